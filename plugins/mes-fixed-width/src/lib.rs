@@ -1,0 +1,77 @@
+//! `mes-fixed-width`: legacy MES production confirmations in a fixed-width layout become
+//! canonical `millrace.production.completed.v1` CloudEvents.
+//!
+//! The layout is not in the code: the route's step settings declare it (see `README.md` beside
+//! this crate), so another plant with another layout needs only configuration.
+//!
+//! One message may carry several records, one per line (`\n` or `\r\n`); each record becomes one
+//! event, in order. Empty lines are skipped; lines excluded by `record_type` are skipped and
+//! logged at debug level. A message with any bad record is rejected whole, naming the line,
+//! the field and the column at fault: nothing is emitted from half a batch and nothing is dropped
+//! silently.
+
+mod layout;
+mod record;
+
+use layout::Layout;
+use millrace_sdk::{CloudEvent, Host, Level, MediationError, Message, Plugin, PluginInfo};
+
+/// Event type emitted for every record.
+pub const EVENT_TYPE: &str = "millrace.production.completed.v1";
+
+/// The plugin: a validated layout built from the step's settings.
+pub struct MesFixedWidth {
+    layout: Layout,
+}
+
+impl Plugin for MesFixedWidth {
+    fn describe() -> PluginInfo {
+        PluginInfo::new("mes-fixed-width", env!("CARGO_PKG_VERSION"))
+            .accepts(["text/plain", "application/octet-stream"])
+            .emits([EVENT_TYPE])
+    }
+
+    fn new(host: &impl Host) -> Result<Self, String> {
+        let layout = Layout::from_settings(host.settings()?)?;
+        if let Some(table) = &layout.work_centre_table {
+            host.lookup(table, "")
+                .map_err(|_| format!("work_centre_table names lookup table {table:?}, which the plant does not have"))?;
+        }
+        Ok(MesFixedWidth { layout })
+    }
+
+    fn mediate(&self, host: &impl Host, input: Message) -> Result<Vec<Message>, MediationError> {
+        let source = format!("/plants/{}/{}", input.plant, self.layout.source_system);
+        let mut outputs = Vec::new();
+        for (index, line) in input.body.split(|b| *b == b'\n').enumerate() {
+            let line_no = index + 1;
+            let line = line.strip_suffix(b"\r").unwrap_or(line);
+            if line.is_empty() {
+                continue;
+            }
+            if !self.layout.selects(line) {
+                host.log(Level::Debug, &format!("line {line_no}: record type not selected, skipped"));
+                continue;
+            }
+            let mut completion = record::parse(&self.layout, line, line_no)?;
+            if let Some(table) = &self.layout.work_centre_table {
+                completion.map_work_centre(host, table, line_no)?;
+            }
+            let event = CloudEvent::new(
+                format!("{}-{line_no}", input.id),
+                source.clone(),
+                EVENT_TYPE,
+                completion.to_json(&input.plant),
+            )
+            .subject(completion.work_order.clone())
+            .time(completion.completed_at.clone());
+            outputs.push(event.into_message(&input));
+        }
+        Ok(outputs)
+    }
+}
+
+millrace_sdk::export!(MesFixedWidth);
+
+#[cfg(test)]
+mod tests;

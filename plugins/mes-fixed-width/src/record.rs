@@ -1,0 +1,304 @@
+//! One fixed-width record → one production completion, or a rejection naming line, field and
+//! column.
+
+use crate::layout::{Encoding, FieldSpec, FieldType, Layout};
+use chrono::{NaiveDate, NaiveDateTime, NaiveTime, TimeDelta};
+use millrace_sdk::{Host, MediationError};
+use serde_json::{Map, Value, json};
+
+/// The canonical content of one record.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Completion {
+    pub work_order: String,
+    pub material: String,
+    pub quantity: f64,
+    pub unit: String,
+    pub work_centre: Option<String>,
+    /// Column where the work centre was read, for rejections of the lookup.
+    work_centre_column: Option<usize>,
+    pub operator: Option<String>,
+    /// RFC 3339 UTC, e.g. `2026-11-27T05:30:00Z`.
+    pub completed_at: String,
+    pub attributes: Map<String, Value>,
+}
+
+impl Completion {
+    /// Replace the plant-local work centre with its canonical code from `table`.
+    pub fn map_work_centre(&mut self, host: &impl Host, table: &str, line: usize) -> Result<(), MediationError> {
+        let Some(local) = &self.work_centre else {
+            return Ok(());
+        };
+        match host.lookup(table, local) {
+            Ok(Some(canonical)) => {
+                self.work_centre = Some(canonical);
+                Ok(())
+            }
+            Ok(None) => {
+                let column = self.work_centre_column.unwrap_or(0);
+                Err(MediationError::rejected(format!(
+                    "line {line}, field work_centre (column {column}): {local:?} is not in lookup table {table}"
+                ))
+                .field("work_centre")
+                .position(column as u32))
+            }
+            Err(_) => Err(MediationError::rejected(format!("lookup table {table} is missing for this plant"))),
+        }
+    }
+
+    /// The `data` of the `production.completed` event.
+    pub fn to_json(&self, plant: &str) -> Value {
+        let mut data = json!({
+            "work_order": self.work_order,
+            "material": self.material,
+            "quantity": self.quantity,
+            "unit": self.unit,
+            "plant": plant,
+            "completed_at": self.completed_at,
+        });
+        let object = data.as_object_mut().expect("json! of an object literal is an object");
+        if let Some(wc) = &self.work_centre {
+            object.insert("work_centre".into(), Value::String(wc.clone()));
+        }
+        if let Some(op) = &self.operator {
+            object.insert("operator".into(), Value::String(op.clone()));
+        }
+        if !self.attributes.is_empty() {
+            object.insert("attributes".into(), Value::Object(self.attributes.clone()));
+        }
+        data
+    }
+}
+
+/// A field's value after its type was checked.
+enum Parsed {
+    Text(String),
+    Number(f64),
+    DateTime(NaiveDateTime),
+    Date(NaiveDate),
+    Time(NaiveTime),
+}
+
+/// Parse one record (`line` without its line ending) of line number `line_no`.
+pub fn parse(layout: &Layout, line: &[u8], line_no: usize) -> Result<Completion, MediationError> {
+    if line.len() != layout.record_length {
+        let (what, column) = if line.len() < layout.record_length {
+            ("short", line.len() + 1)
+        } else {
+            ("long", layout.record_length + 1)
+        };
+        let field = layout
+            .fields
+            .iter()
+            .filter(|f| f.end() >= column)
+            .min_by_key(|f| f.start)
+            .map(|f| f.name.clone());
+        let mut reason = format!(
+            "line {line_no}: record too {what}: {} bytes, the layout needs {}",
+            line.len(),
+            layout.record_length
+        );
+        if let (Some(name), "short") = (&field, what) {
+            reason.push_str(&format!("; field {name} is cut off at column {column}"));
+        }
+        let mut err = MediationError::rejected(reason).position(column as u32);
+        if let (Some(name), "short") = (field, what) {
+            err = err.field(name);
+        }
+        return Err(err);
+    }
+    if let Some(index) = line.iter().position(|b| !allowed(layout.encoding, *b)) {
+        let column = index + 1;
+        let field = layout.fields.iter().find(|f| f.start <= column && column <= f.end());
+        let mut reason = format!("line {line_no}, column {column}: byte 0x{:02X} is not allowed in a record", line[index]);
+        if let Some(f) = field {
+            reason.push_str(&format!(" (field {})", f.name));
+        }
+        let err = MediationError::rejected(reason).position(column as u32);
+        return Err(match field {
+            Some(f) => err.field(f.name.clone()),
+            None => err,
+        });
+    }
+
+    let mut work_order = None;
+    let mut material = None;
+    let mut quantity = None;
+    let mut unit = layout.defaults.get("unit").cloned();
+    let mut work_centre = layout.defaults.get("work_centre").cloned();
+    let mut work_centre_column = None;
+    let mut operator = layout.defaults.get("operator").cloned();
+    let mut completed_at = None;
+    let mut completed_date = None;
+    let mut completed_time = None;
+    let mut attributes = Map::new();
+
+    for field in &layout.fields {
+        let raw = decode(layout.encoding, &line[field.start - 1..field.end()]);
+        let value = parse_field(field, &raw, line_no)?;
+        match (field.name.as_str(), value) {
+            ("work_order", Parsed::Text(v)) => work_order = Some(required(field, v, line_no)?),
+            ("material", Parsed::Text(v)) => material = Some(required(field, v, line_no)?),
+            ("quantity", Parsed::Number(v)) => quantity = Some(v),
+            ("unit", Parsed::Text(v)) => unit = Some(required(field, v, line_no)?),
+            ("work_centre", Parsed::Text(v)) if !v.is_empty() => {
+                work_centre = Some(v);
+                work_centre_column = Some(field.start);
+            }
+            ("operator", Parsed::Text(v)) if !v.is_empty() => operator = Some(v),
+            ("work_centre" | "operator", _) => {}
+            ("completed_at", Parsed::DateTime(v)) => completed_at = Some(v),
+            ("completed_date", Parsed::Date(v)) => completed_date = Some(v),
+            ("completed_time", Parsed::Time(v)) => completed_time = Some(v),
+            (name, value) if !Layout::is_canonical(name) => {
+                attributes.insert(name.to_string(), to_json(value));
+            }
+            // Integer work orders and materials keep their text form.
+            (name @ ("work_order" | "material"), Parsed::Number(_)) => {
+                let text = required(field, raw.trim().to_string(), line_no)?;
+                if name == "work_order" {
+                    work_order = Some(text);
+                } else {
+                    material = Some(text);
+                }
+            }
+            (name, _) => unreachable!("layout validation fixes the type of canonical field {name}"),
+        }
+    }
+
+    let local = match (completed_at, completed_date, completed_time) {
+        (Some(at), _, _) => at,
+        (None, Some(d), Some(t)) => d.and_time(t),
+        _ => unreachable!("layout validation requires a completion time"),
+    };
+    let utc = local
+        .checked_sub_signed(TimeDelta::seconds(layout.utc_offset_secs))
+        .ok_or_else(|| MediationError::rejected(format!("line {line_no}: completion time is out of range")))?;
+
+    Ok(Completion {
+        work_order: work_order.expect("layout validation requires work_order"),
+        material: material.expect("layout validation requires material"),
+        quantity: quantity.expect("layout validation requires quantity"),
+        unit: unit.expect("layout validation requires unit or defaults.unit"),
+        work_centre,
+        work_centre_column,
+        operator,
+        completed_at: utc.format("%Y-%m-%dT%H:%M:%SZ").to_string(),
+        attributes,
+    })
+}
+
+fn allowed(encoding: Encoding, b: u8) -> bool {
+    match encoding {
+        Encoding::Ascii => (0x20..0x7f).contains(&b),
+        Encoding::Latin1 => (0x20..0x7f).contains(&b) || b >= 0xa0,
+    }
+}
+
+fn decode(encoding: Encoding, bytes: &[u8]) -> String {
+    match encoding {
+        // Checked printable ASCII above, so every byte is a char.
+        Encoding::Ascii | Encoding::Latin1 => bytes.iter().map(|b| char::from(*b)).collect(),
+    }
+}
+
+fn required(field: &FieldSpec, value: String, line_no: usize) -> Result<String, MediationError> {
+    if value.is_empty() {
+        Err(field_error(field, line_no, "is blank".to_string()))
+    } else {
+        Ok(value)
+    }
+}
+
+fn field_error(field: &FieldSpec, line_no: usize, what: String) -> MediationError {
+    MediationError::rejected(format!(
+        "line {line_no}, field {} (columns {}-{}): {what}",
+        field.name,
+        field.start,
+        field.end()
+    ))
+    .field(field.name.clone())
+    .position(field.start as u32)
+}
+
+fn parse_field(field: &FieldSpec, raw: &str, line_no: usize) -> Result<Parsed, MediationError> {
+    let text = raw.trim();
+    let invalid = |kind: &str| field_error(field, line_no, format!("{raw:?} is not {kind}"));
+    match field.kind {
+        FieldType::Text => Ok(Parsed::Text(text.to_string())),
+        FieldType::Integer => parse_decimal(text, 0).map(Parsed::Number).ok_or_else(|| invalid("an integer")),
+        FieldType::Decimal => parse_decimal(text, field.decimals)
+            .map(Parsed::Number)
+            .ok_or_else(|| invalid("a decimal number")),
+        FieldType::Datetime => NaiveDateTime::parse_from_str(text, field.format.as_deref().unwrap_or_default())
+            .map(Parsed::DateTime)
+            .map_err(|e| invalid(&format!("a date and time in format {:?} ({e})", field.format.as_deref().unwrap_or_default()))),
+        FieldType::Date => NaiveDate::parse_from_str(text, field.format.as_deref().unwrap_or_default())
+            .map(Parsed::Date)
+            .map_err(|e| invalid(&format!("a date in format {:?} ({e})", field.format.as_deref().unwrap_or_default()))),
+        FieldType::Time => NaiveTime::parse_from_str(text, field.format.as_deref().unwrap_or_default())
+            .map(Parsed::Time)
+            .map_err(|e| invalid(&format!("a time in format {:?} ({e})", field.format.as_deref().unwrap_or_default()))),
+    }
+}
+
+/// `[+|-]digits` with `decimals` implied places, or `[+|-]digits.digits` when `decimals` is 0.
+/// At most 15 significant digits, so the value is exact as an f64.
+fn parse_decimal(text: &str, decimals: u32) -> Option<f64> {
+    let (negative, digits) = match text.as_bytes().first()? {
+        b'-' => (true, &text[1..]),
+        b'+' => (false, &text[1..]),
+        _ => (false, text),
+    };
+    let (int_part, frac_part) = match digits.split_once('.') {
+        Some((i, f)) if decimals == 0 => (i, f),
+        Some(_) => return None,
+        None => (digits, ""),
+    };
+    let all = || int_part.bytes().chain(frac_part.bytes());
+    if int_part.is_empty() && frac_part.is_empty() || !all().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let significant = all().skip_while(|b| *b == b'0').count();
+    if significant > 15 {
+        return None;
+    }
+    let mantissa = format!("{int_part}{frac_part}").parse::<u64>().ok()? as f64;
+    // An integer below 2^53 divided by a power of ten is the nearest f64 to the decimal.
+    let value = mantissa / 10f64.powi(decimals as i32 + frac_part.len() as i32);
+    Some(if negative { -value } else { value })
+}
+
+fn to_json(value: Parsed) -> Value {
+    match value {
+        Parsed::Text(s) => Value::String(s),
+        Parsed::Number(n) => json!(n),
+        Parsed::DateTime(dt) => Value::String(dt.format("%Y-%m-%dT%H:%M:%S").to_string()),
+        Parsed::Date(d) => Value::String(d.format("%Y-%m-%d").to_string()),
+        Parsed::Time(t) => Value::String(t.format("%H:%M:%S").to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_decimal;
+
+    #[test]
+    fn decimals_with_implied_places_and_signs_are_exact() {
+        let cases = [
+            ("0000012500", 3, Some(12.5)),
+            ("000000001", 3, Some(0.001)),
+            ("-12.75", 0, Some(-12.75)),
+            ("+7", 0, Some(7.0)),
+            (".5", 0, Some(0.5)),
+            ("12.5", 3, None),
+            ("1 2", 0, None),
+            ("-", 0, None),
+            ("", 0, None),
+            ("1234567890123456", 0, None),
+            ("0000000000000000000001", 0, Some(1.0)),
+        ];
+        for (text, decimals, expected) in cases {
+            assert_eq!(parse_decimal(text, decimals), expected, "{text:?} with {decimals} decimals");
+        }
+    }
+}

@@ -1,0 +1,224 @@
+use super::*;
+use millrace_sdk::{MediationError, TestHost};
+use serde_json::{Value, json};
+
+/// The layout of the quickstart (`examples/quickstart/millrace.toml`), 80 columns.
+pub fn layout() -> Value {
+    json!({
+        "record_length": 80,
+        "utc_offset": "+01:00",
+        "work_centre_table": "work_centres",
+        "record_type": { "start": 1, "length": 2, "value": "PC" },
+        "fields": [
+            { "name": "work_order",   "start": 3,  "length": 12, "type": "text" },
+            { "name": "material",     "start": 15, "length": 18, "type": "text" },
+            { "name": "quantity",     "start": 33, "length": 10, "type": "decimal", "decimals": 3 },
+            { "name": "unit",         "start": 43, "length": 3,  "type": "text" },
+            { "name": "work_centre",  "start": 46, "length": 6,  "type": "text" },
+            { "name": "completed_at", "start": 52, "length": 14, "type": "datetime", "format": "%Y%m%d%H%M%S" },
+            { "name": "operator",     "start": 66, "length": 8,  "type": "text" },
+            { "name": "shift",        "start": 74, "length": 1,  "type": "text" }
+        ]
+    })
+}
+
+fn host() -> TestHost {
+    TestHost::new().with_settings(layout()).with_table("work_centres", [("WC01", "ASSY-01"), ("WC02", "PAINT-02")])
+}
+
+/// Build an 80-column record from its fields.
+fn record(wo: &str, mat: &str, qty: &str, unit: &str, wc: &str, at: &str, op: &str) -> String {
+    let r = format!("PC{wo:<12}{mat:<18}{qty:>10}{unit:<3}{wc:<6}{at:<14}{op:<8}A      ");
+    assert_eq!(r.len(), 80, "test record must be 80 columns: {r:?}");
+    r
+}
+
+fn good() -> String {
+    record("WO-1001", "MAT-4711", "0000012500", "EA", "WC01", "20261127063000", "OP17")
+}
+
+fn run(body: &str) -> Result<Vec<Message>, MediationError> {
+    host().run::<MesFixedWidth>(TestHost::message("text/plain", body))
+}
+
+fn rejection(body: &str) -> millrace_sdk::Rejection {
+    match run(body) {
+        Err(MediationError::Rejected(r)) => r,
+        other => panic!("expected a rejection, got {other:?}"),
+    }
+}
+
+fn event(m: &Message) -> Value {
+    serde_json::from_slice(&m.body).unwrap()
+}
+
+#[test]
+fn good_record_becomes_production_completed_event() {
+    let out = run(&good()).unwrap();
+    assert_eq!(out.len(), 1);
+    assert_eq!(out[0].content_type, "application/cloudevents+json");
+    assert_eq!(out[0].id, "test-1-1");
+    assert_eq!(
+        event(&out[0]),
+        json!({
+            "specversion": "1.0",
+            "id": "test-1-1",
+            "source": "/plants/test-plant/mes",
+            "type": "millrace.production.completed.v1",
+            "subject": "WO-1001",
+            "time": "2026-11-27T05:30:00Z",
+            "datacontenttype": "application/json",
+            "data": {
+                "work_order": "WO-1001",
+                "material": "MAT-4711",
+                "quantity": 12.5,
+                "unit": "EA",
+                "plant": "test-plant",
+                "work_centre": "ASSY-01",
+                "completed_at": "2026-11-27T05:30:00Z",
+                "operator": "OP17",
+                "attributes": { "shift": "A" }
+            }
+        })
+    );
+}
+
+#[test]
+fn several_records_fan_out_in_order_with_line_based_ids() {
+    let second = record("WO-1002", "MAT-4712", "-000000250", "KG", "WC02", "20261127070000", "");
+    let body = format!("{}\r\n\n{second}\n", good());
+    let out = run(&body).unwrap();
+    let ids: Vec<_> = out.iter().map(|m| m.id.as_str()).collect();
+    assert_eq!(ids, ["test-1-1", "test-1-3"]);
+    let data = &event(&out[1])["data"];
+    assert_eq!(data["quantity"], json!(-0.25));
+    assert_eq!(data["work_centre"], "PAINT-02");
+    assert!(data.get("operator").is_none());
+}
+
+#[test]
+fn other_record_types_are_skipped_and_logged() {
+    let header = format!("HD{:<78}", "BATCH 7");
+    let h = host();
+    let out = h.run::<MesFixedWidth>(TestHost::message("text/plain", format!("{header}\n{}", good()))).unwrap();
+    assert_eq!(out.len(), 1);
+    assert!(h.logs().iter().any(|(_, m)| m.contains("line 1")));
+}
+
+#[test]
+fn only_skipped_records_means_filtered() {
+    let header = format!("HD{:<78}", "BATCH 7");
+    assert_eq!(run(&header).unwrap(), vec![]);
+}
+
+#[test]
+fn short_record_names_field_and_column() {
+    let r = rejection(&good()[..40]);
+    assert_eq!(r.field.as_deref(), Some("quantity"));
+    assert_eq!(r.position, Some(41));
+    assert!(r.reason.contains("line 1: record too short: 40 bytes, the layout needs 80"), "{}", r.reason);
+}
+
+#[test]
+fn long_record_names_column_past_the_end() {
+    let r = rejection(&format!("{}XX", good()));
+    assert_eq!(r.position, Some(81));
+    assert!(r.reason.contains("too long: 82 bytes"), "{}", r.reason);
+}
+
+#[test]
+fn garbled_quantity_names_field_and_columns() {
+    let bad = record("WO-1001", "MAT-4711", "00001A500", "EA", "WC01", "20261127063000", "OP17");
+    let r = rejection(&format!("{}\n{bad}", good()));
+    assert_eq!(r.field.as_deref(), Some("quantity"));
+    assert_eq!(r.position, Some(33));
+    assert!(r.reason.starts_with("line 2, field quantity (columns 33-42)"), "{}", r.reason);
+}
+
+#[test]
+fn impossible_date_is_rejected() {
+    let bad = record("WO-1001", "MAT-4711", "0000012500", "EA", "WC01", "20261331063000", "OP17");
+    let r = rejection(&bad);
+    assert_eq!(r.field.as_deref(), Some("completed_at"));
+    assert_eq!(r.position, Some(52));
+}
+
+#[test]
+fn control_and_non_ascii_bytes_are_rejected_with_column() {
+    let mut bad = good().into_bytes();
+    bad[20] = 0x07;
+    let r = match host().run::<MesFixedWidth>(TestHost::message("text/plain", bad)) {
+        Err(MediationError::Rejected(r)) => r,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(r.position, Some(21));
+    assert_eq!(r.field.as_deref(), Some("material"));
+}
+
+#[test]
+fn blank_work_order_is_rejected() {
+    let r = rejection(&record("", "MAT-4711", "0000012500", "EA", "WC01", "20261127063000", "OP17"));
+    assert_eq!(r.field.as_deref(), Some("work_order"));
+    assert!(r.reason.contains("is blank"));
+}
+
+#[test]
+fn unknown_work_centre_names_the_table() {
+    let r = rejection(&record("WO-1", "M", "1", "EA", "WC99", "20261127063000", ""));
+    assert_eq!(r.field.as_deref(), Some("work_centre"));
+    assert!(r.reason.contains("\"WC99\" is not in lookup table work_centres"), "{}", r.reason);
+}
+
+#[test]
+fn another_plant_layout_needs_only_settings() {
+    // A plant whose MES writes date and time apart, integer quantities, a constant unit, no lookups.
+    let settings = json!({
+        "record_length": 40,
+        "source_system": "legacy-mes",
+        "defaults": { "unit": "PCE" },
+        "fields": [
+            { "name": "completed_date", "start": 1,  "length": 8, "type": "date", "format": "%d%m%Y" },
+            { "name": "completed_time", "start": 9,  "length": 4, "type": "time", "format": "%H%M" },
+            { "name": "work_order",     "start": 13, "length": 10, "type": "integer" },
+            { "name": "material",       "start": 23, "length": 12, "type": "text" },
+            { "name": "quantity",       "start": 35, "length": 6,  "type": "integer" }
+        ]
+    });
+    let host = TestHost::new().with_settings(settings);
+    let out = host.run::<MesFixedWidth>(TestHost::message("text/plain", format!("{}{}{:>10}{:<12}{}", "27112026", "2215", "0004711", "BOLT-M8", "000042"))).unwrap();
+    let e = event(&out[0]);
+    assert_eq!(e["source"], "/plants/test-plant/legacy-mes");
+    assert_eq!(e["data"]["work_order"], "0004711");
+    assert_eq!(e["data"]["quantity"], json!(42.0));
+    assert_eq!(e["data"]["unit"], "PCE");
+    assert_eq!(e["data"]["completed_at"], "2026-11-27T22:15:00Z");
+}
+
+#[test]
+fn invalid_layouts_fail_the_load_with_a_reason() {
+    let cases = [
+        (json!({"record_length": 10, "fields": []}), "the layout needs a work_order field"),
+        (
+            json!({"record_length": 10, "fields": [{"name": "work_order", "start": 5, "length": 10, "type": "text"}]}),
+            "field work_order ends at column 14, past record_length 10",
+        ),
+        (json!({"record_length": 10, "fields": [], "colour": "red"}), "unknown field `colour`"),
+        (
+            json!({"record_length": 10, "utc_offset": "CET", "fields": []}),
+            "utc_offset \"CET\" must look like",
+        ),
+    ];
+    for (settings, expected) in cases {
+        let err = match MesFixedWidth::new(&TestHost::new().with_settings(settings.clone())) {
+            Err(e) => e,
+            Ok(_) => panic!("{settings} should not load"),
+        };
+        assert!(err.contains(expected), "{settings}: {err}");
+    }
+}
+
+#[test]
+fn missing_lookup_table_fails_the_load() {
+    let err = MesFixedWidth::new(&TestHost::new().with_settings(layout())).err().unwrap();
+    assert!(err.contains("lookup table \"work_centres\""), "{err}");
+}

@@ -1,0 +1,58 @@
+//! What a plugin may ask of its host: the capability calls, behind one trait.
+
+use crate::{Level, LookupError};
+use serde::de::DeserializeOwned;
+
+/// The capabilities a plugin can use. On `wasm32` each method is an import of the `plugin`
+/// world that the route must grant (`log`, `config`, `lookup`); natively, [`crate::TestHost`]
+/// implements it in memory.
+pub trait Host {
+    /// Write one entry to the host log (capability `log`).
+    fn log(&self, level: Level, message: &str);
+
+    /// One top-level setting of this step: strings as they are, other values as JSON text
+    /// (capability `config`).
+    fn setting(&self, key: &str) -> Option<String>;
+
+    /// The names of this step's top-level settings, sorted (capability `config`).
+    fn setting_keys(&self) -> Vec<String>;
+
+    /// All settings of this step as a JSON object (capability `config`).
+    fn settings_json(&self) -> String;
+
+    /// A value from one of the plant's reference tables (capability `lookup`).
+    fn lookup(&self, table: &str, key: &str) -> Result<Option<String>, LookupError>;
+
+    /// All settings deserialized into `T`; the error names the setting at fault.
+    fn settings<T: DeserializeOwned>(&self) -> Result<T, String> {
+        let text = self.settings_json();
+        serde_json::from_str(&text).map_err(|e| format!("invalid step settings: {e}"))
+    }
+}
+
+/// The real host, reached through the component's imports.
+#[cfg(target_arch = "wasm32")]
+pub(crate) struct WasmHost;
+
+#[cfg(target_arch = "wasm32")]
+impl Host for WasmHost {
+    fn log(&self, level: Level, message: &str) {
+        crate::bindings::millrace::mediation::log::write(level, message)
+    }
+
+    fn setting(&self, key: &str) -> Option<String> {
+        crate::bindings::millrace::mediation::config::get(key)
+    }
+
+    fn setting_keys(&self) -> Vec<String> {
+        crate::bindings::millrace::mediation::config::keys()
+    }
+
+    fn settings_json(&self) -> String {
+        crate::bindings::millrace::mediation::config::document()
+    }
+
+    fn lookup(&self, table: &str, key: &str) -> Result<Option<String>, LookupError> {
+        crate::bindings::millrace::mediation::lookup::get(table, key)
+    }
+}

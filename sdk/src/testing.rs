@@ -1,0 +1,102 @@
+//! An in-memory host double, so plugin logic runs natively under `cargo test` and `cargo bench`.
+
+use crate::{Host, Level, LookupError, MediationError, Message, Plugin};
+use std::cell::RefCell;
+use std::collections::BTreeMap;
+
+/// A [`Host`] held in memory: settings, lookup tables and a captured log.
+///
+/// Settings follow the real host's rules: [`Host::setting`] returns strings as they are and
+/// other values as JSON text.
+#[derive(Debug, Default)]
+pub struct TestHost {
+    settings: serde_json::Map<String, serde_json::Value>,
+    tables: BTreeMap<String, BTreeMap<String, String>>,
+    log: RefCell<Vec<(Level, String)>>,
+}
+
+impl TestHost {
+    /// A host with no settings and no tables.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Replace the settings with a JSON object (panics if `settings` is not an object).
+    pub fn with_settings(mut self, settings: serde_json::Value) -> Self {
+        match settings {
+            serde_json::Value::Object(map) => self.settings = map,
+            other => panic!("settings must be a JSON object, got {other}"),
+        }
+        self
+    }
+
+    /// Set one setting.
+    pub fn with_setting(mut self, key: &str, value: serde_json::Value) -> Self {
+        self.settings.insert(key.to_string(), value);
+        self
+    }
+
+    /// Add a lookup table.
+    pub fn with_table<I, K, V>(mut self, name: &str, rows: I) -> Self
+    where
+        I: IntoIterator<Item = (K, V)>,
+        K: Into<String>,
+        V: Into<String>,
+    {
+        let rows = rows.into_iter().map(|(k, v)| (k.into(), v.into())).collect();
+        self.tables.insert(name.to_string(), rows);
+        self
+    }
+
+    /// Everything logged so far.
+    pub fn logs(&self) -> Vec<(Level, String)> {
+        self.log.borrow().clone()
+    }
+
+    /// Build `P` from these settings and mediate one message with it, as the host would on a
+    /// fresh instance.
+    pub fn run<P: Plugin>(&self, input: Message) -> Result<Vec<Message>, MediationError> {
+        let plugin = P::new(self).map_err(|e| MediationError::rejected(format!("step settings are invalid: {e}")))?;
+        plugin.mediate(self, input)
+    }
+
+    /// A message for tests: id `test-1`, plant `test-plant`, route `test-route`.
+    pub fn message(content_type: &str, body: impl Into<Vec<u8>>) -> Message {
+        Message {
+            id: "test-1".into(),
+            plant: "test-plant".into(),
+            route: "test-route".into(),
+            content_type: content_type.into(),
+            headers: Vec::new(),
+            body: body.into(),
+        }
+    }
+}
+
+impl Host for TestHost {
+    fn log(&self, level: Level, message: &str) {
+        self.log.borrow_mut().push((level, message.to_string()));
+    }
+
+    fn setting(&self, key: &str) -> Option<String> {
+        self.settings.get(key).map(|v| match v {
+            serde_json::Value::String(s) => s.clone(),
+            other => other.to_string(),
+        })
+    }
+
+    fn setting_keys(&self) -> Vec<String> {
+        let mut keys: Vec<String> = self.settings.keys().cloned().collect();
+        keys.sort();
+        keys
+    }
+
+    fn settings_json(&self) -> String {
+        serde_json::Value::Object(self.settings.clone()).to_string()
+    }
+
+    fn lookup(&self, table: &str, key: &str) -> Result<Option<String>, LookupError> {
+        let rows = self.tables.get(table).ok_or_else(|| LookupError::NoSuchTable(table.to_string()))?;
+        Ok(rows.get(key).cloned())
+    }
+}
