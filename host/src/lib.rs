@@ -1,0 +1,17 @@
+//! millrace host: messages enter through an ingress (`ingress/`), are matched to a route of a
+//! plant (`route`), pass the route's chain of Wasm plugins (`chain`, `plugin/`), and leave to a
+//! sink (`sink/`) or the dead-letter store (`deadletter`). `config` reads the TOML, `lookup`
+//! the plants' reference tables, `mediator` wires it all and runs it.
+#![forbid(unsafe_code)]
+
+pub mod chain;
+pub mod cli;
+pub mod config;
+pub mod deadletter;
+pub mod ingress;
+pub mod lookup;
+pub mod mediator;
+pub mod plugin;
+pub mod route;
+pub mod sink;
+pub mod telemetry;

@@ -1,1 +1,136 @@
-fn main(){}
+//! The `millrace` command line.
+#![forbid(unsafe_code)]
+
+use clap::{Parser, Subcommand};
+use millrace_host::{cli, config::Config, mediator, telemetry};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+/// millrace: mediate factory-floor and ERP messages through sandboxed Wasm plugins.
+#[derive(Parser)]
+#[command(name = "millrace", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the host: serve every configured route until SIGTERM/SIGINT.
+    Run {
+        /// Configuration file.
+        #[arg(long, default_value = "millrace.toml")]
+        config: PathBuf,
+        /// HTTP listen address; overrides host.http of the configuration.
+        #[arg(long)]
+        http: Option<SocketAddr>,
+    },
+    /// Validate the configuration and load every plugin it names.
+    Check {
+        #[arg(long, default_value = "millrace.toml")]
+        config: PathBuf,
+    },
+    /// Work with plugin files.
+    Plugin {
+        #[command(subcommand)]
+        command: PluginCommand,
+    },
+    /// The dead-letter store.
+    Dlq {
+        #[command(subcommand)]
+        command: DlqCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum PluginCommand {
+    /// Show a plugin's world, imports (the capabilities it asks for), exports, digest and size.
+    Inspect { file: PathBuf },
+    /// Run one message through one plugin locally, every capability granted.
+    Test {
+        file: PathBuf,
+        /// The message body.
+        #[arg(long)]
+        input: PathBuf,
+        /// Content type of the input (default: the plugin's first accepted type).
+        #[arg(long)]
+        content_type: Option<String>,
+        /// Step settings from a TOML file.
+        #[arg(long)]
+        settings: Option<PathBuf>,
+        /// One setting; VALUE is JSON if it parses as JSON, else a string. Repeatable.
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        set: Vec<String>,
+        /// A lookup table from a CSV file (header row; key and value = first two columns).
+        #[arg(long = "lookup", value_name = "TABLE=FILE.csv")]
+        lookup: Vec<String>,
+        #[arg(long, default_value_t = 1000)]
+        deadline_ms: u64,
+        #[arg(long, default_value_t = 64)]
+        memory_mib: u32,
+    },
+}
+
+#[derive(Subcommand)]
+enum DlqCommand {
+    /// List dead letters with reason, plugin, version and digest.
+    List {
+        #[arg(long, default_value = "millrace.toml")]
+        config: PathBuf,
+        /// Only this route's entries.
+        #[arg(long)]
+        route: Option<String>,
+        /// JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    telemetry::init();
+    let code = match cli.command {
+        Command::Run { config, http } => run(config, http),
+        Command::Check { config } => cli::check(&config),
+        Command::Plugin { command: PluginCommand::Inspect { file } } => cli::inspect(&file),
+        Command::Plugin {
+            command: PluginCommand::Test { file, input, content_type, settings, set, lookup, deadline_ms, memory_mib },
+        } => cli::test(cli::TestRun {
+            file,
+            input,
+            content_type,
+            settings_file: settings,
+            set,
+            lookups: lookup,
+            deadline_ms,
+            memory_mib,
+        }),
+        Command::Dlq { command: DlqCommand::List { config, route, json } } => cli::dlq_list(&config, route.as_deref(), json),
+    };
+    ExitCode::from(code as u8)
+}
+
+fn run(config: PathBuf, http: Option<SocketAddr>) -> i32 {
+    let config = match Config::load(&config) {
+        Ok(c) => c,
+        Err(errors) => {
+            eprintln!("{errors}");
+            return 1;
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return 1;
+        }
+    };
+    match runtime.block_on(mediator::run(config, http)) {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("error: {e}");
+            1
+        }
+    }
+}

@@ -1,0 +1,98 @@
+//! A route's chain: the message passes each step in order (fan-out multiplies the messages the
+//! next step sees); a failure at any step stops the chain and dead-letters the original message.
+
+use crate::deadletter::{DeadLetter, DeadLetterError, DeadLetterStore, Kind};
+use crate::plugin::bindings::types::Message;
+use crate::plugin::{PluginId, StepFailure};
+use crate::route::Route;
+
+/// Where in the chain a message failed, and how.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Failure {
+    /// 1-based step index.
+    pub step: u32,
+    pub plugin: PluginId,
+    pub failure: StepFailure,
+}
+
+impl Failure {
+    /// The dead-letter kind, `None` for transient failures (the sender retries them).
+    pub fn dead_letter_kind(&self) -> Option<Kind> {
+        match self.failure {
+            StepFailure::Rejected(_) => Some(Kind::Rejected),
+            StepFailure::RetryLater(_) => None,
+            StepFailure::Deadline(_) => Some(Kind::Deadline),
+            StepFailure::MemoryCap(_) => Some(Kind::MemoryCap),
+            StepFailure::Trap(_) => Some(Kind::Trap),
+        }
+    }
+
+    /// A sentence for the dead-letter entry and the sender.
+    pub fn reason(&self) -> String {
+        match &self.failure {
+            StepFailure::Rejected(r) => r.reason.clone(),
+            StepFailure::RetryLater(r) => r.reason.clone(),
+            StepFailure::Deadline(d) => format!("the plugin ran past its deadline of {} ms and was stopped", d.as_millis()),
+            StepFailure::MemoryCap(bytes) => {
+                format!("the plugin tried to grow its memory past the cap of {} MiB and was stopped", bytes / (1024 * 1024))
+            }
+            StepFailure::Trap(t) => format!("the plugin failed: {t}"),
+        }
+    }
+}
+
+/// Run `input` through every step of `route`. Blocking (Wasm runs on this thread): call it from
+/// a blocking-capable thread.
+pub fn run(route: &Route, input: &Message) -> Result<Vec<Message>, Failure> {
+    let mut messages = vec![input.clone()];
+    for (index, step) in route.steps.iter().enumerate() {
+        let mut next = Vec::with_capacity(messages.len());
+        for message in &messages {
+            let outputs = step.mediate(message).map_err(|failure| Failure {
+                step: index as u32 + 1,
+                plugin: step.id.clone(),
+                failure,
+            })?;
+            for mut output in outputs {
+                // A plugin cannot move a message to another plant or route.
+                output.plant.clone_from(&route.plant);
+                output.route.clone_from(&route.name);
+                next.push(output);
+            }
+        }
+        messages = next;
+    }
+    Ok(messages)
+}
+
+/// Record `input` as a dead letter for `failure`; `Ok(None)` if the failure is transient.
+pub fn dead_letter(store: &DeadLetterStore, route: &Route, input: &Message, failure: &Failure) -> Result<Option<i64>, DeadLetterError> {
+    let Some(kind) = failure.dead_letter_kind() else { return Ok(None) };
+    let (field, position) = match &failure.failure {
+        StepFailure::Rejected(r) => (r.field.clone(), r.position),
+        _ => (None, None),
+    };
+    let entry = DeadLetter {
+        id: 0,
+        at: String::new(),
+        plant: route.plant.clone(),
+        route: route.name.clone(),
+        message_id: input.id.clone(),
+        step: failure.step,
+        plugin: failure.plugin.clone(),
+        kind,
+        reason: failure.reason(),
+        field,
+        position,
+        content_type: input.content_type.clone(),
+        headers: input.headers.clone(),
+        body: input.body.clone(),
+    };
+    let id = store.record(&entry)?;
+    tracing::warn!(
+        plant = %route.plant, route = %route.name, message_id = %input.id, step = failure.step,
+        plugin = %failure.plugin.name, version = %failure.plugin.version, kind = kind.as_str(), dead_letter = id,
+        "dead-lettered: {}", entry.reason
+    );
+    Ok(Some(id))
+}

@@ -1,0 +1,254 @@
+//! The `millrace` commands other than `run`: `check`, `plugin inspect`, `plugin test`,
+//! `dlq list`. Each returns the process exit code; output goes to stdout, errors to stderr.
+
+use crate::config::{Config, toml_to_json};
+use crate::deadletter::DeadLetterStore;
+use crate::lookup::{self, Tables};
+use crate::plugin::capability::Capability;
+use crate::plugin::engine::PluginEngine;
+use crate::plugin::store::Settings;
+use crate::plugin::{self, Artifact, StepFailure, StepLimits, StepRuntime, bindings::types::Message};
+use crate::route::Routes;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// `millrace check`: validate the configuration and load every plugin it names.
+pub fn check(config_path: &Path) -> i32 {
+    let config = match Config::load(config_path) {
+        Ok(c) => c,
+        Err(errors) => {
+            eprintln!("{errors}");
+            return 1;
+        }
+    };
+    let engine = match PluginEngine::new(Some(&config.data_dir.join("compile-cache"))) {
+        Ok(e) => e,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            return 1;
+        }
+    };
+    match Routes::build(&config, &engine) {
+        Ok(routes) => {
+            let mut names: Vec<_> = routes.iter().collect();
+            names.sort_by(|a, b| a.name.cmp(&b.name));
+            for route in names {
+                let chain: Vec<String> = route.steps.iter().map(|s| format!("{}@{} ({})", s.id.name, s.id.version, short(&s.id.digest))).collect();
+                println!("route {} (plant {}): {}", route.name, route.plant, chain.join(" -> "));
+            }
+            if let Some((hits, misses)) = engine.cache_stats() {
+                println!("compile cache: {hits} hit(s), {misses} miss(es)");
+            }
+            println!("ok: {}", config.path.display());
+            0
+        }
+        Err(errors) => {
+            eprintln!("{errors}");
+            1
+        }
+    }
+}
+
+fn short(digest: &str) -> &str {
+    let hex = digest.strip_prefix("sha256:").unwrap_or(digest);
+    &hex[..hex.len().min(12)]
+}
+
+/// `millrace plugin inspect FILE.wasm`.
+pub fn inspect(file: &Path) -> i32 {
+    let engine = match PluginEngine::new(None) {
+        Ok(e) => e,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            return 1;
+        }
+    };
+    let artifact = match Artifact::load(&engine, file) {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return 1;
+        }
+    };
+    println!("file:    {}", artifact.path.display());
+    println!("size:    {} bytes", artifact.size);
+    println!("digest:  {}", artifact.digest);
+    let described = plugin::describe(&engine, &artifact);
+    match &described {
+        Ok(_) => println!("world:   {}/plugin@{} (conforms)", plugin::capability::PACKAGE, plugin::capability::VERSION),
+        Err(e) => println!("world:   does not conform: {e}"),
+    }
+    if let Ok(info) = &described {
+        println!("plugin:  {} {}", info.name, info.version);
+        println!("accepts: {}", info.accepts.join(", "));
+        println!("emits:   {}", info.emits.join(", "));
+    }
+    println!("imports (capabilities it asks for; its step must grant each):");
+    for import in &artifact.imports {
+        match Capability::of_import(import) {
+            Ok(Some(cap)) => println!("  {import:<40} grant \"{cap}\""),
+            Ok(None) => println!("  {import:<40} types only, always provided"),
+            Err(e) => println!("  {import:<40} NOT PROVIDED: {e}"),
+        }
+    }
+    println!("exports:");
+    for export in &artifact.exports {
+        println!("  {export}");
+    }
+    if described.is_ok() { 0 } else { 1 }
+}
+
+/// Options of `millrace plugin test`.
+pub struct TestRun {
+    pub file: PathBuf,
+    pub input: PathBuf,
+    pub content_type: Option<String>,
+    pub settings_file: Option<PathBuf>,
+    pub set: Vec<String>,
+    pub lookups: Vec<String>,
+    pub deadline_ms: u64,
+    pub memory_mib: u32,
+}
+
+/// `millrace plugin test`: one message through one plugin, every capability granted.
+/// Exit 0 with the outputs, 1 on rejection or any other failure.
+pub fn test(run: TestRun) -> i32 {
+    match test_inner(run) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e}");
+            1
+        }
+    }
+}
+
+fn test_inner(run: TestRun) -> Result<i32, String> {
+    let mut settings = serde_json::Map::new();
+    if let Some(path) = &run.settings_file {
+        let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        let table: toml::Table = toml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+        settings.extend(table.iter().map(|(k, v)| (k.clone(), toml_to_json(v))));
+    }
+    for pair in &run.set {
+        let (key, value) = pair.split_once('=').ok_or_else(|| format!("--set {pair:?}: expected KEY=VALUE"))?;
+        let value = serde_json::from_str(value).unwrap_or_else(|_| serde_json::Value::String(value.to_string()));
+        settings.insert(key.to_string(), value);
+    }
+    let mut tables = HashMap::new();
+    for pair in &run.lookups {
+        let (name, file) = pair.split_once('=').ok_or_else(|| format!("--lookup {pair:?}: expected TABLE=FILE.csv"))?;
+        tables.insert(name.to_string(), lookup::read_csv(Path::new(file), None, None)?);
+    }
+    let body = std::fs::read(&run.input).map_err(|e| format!("cannot read input {}: {e}", run.input.display()))?;
+
+    let engine = PluginEngine::new(None).map_err(|e| format!("{e:#}"))?;
+    let artifact = Artifact::load(&engine, &run.file).map_err(|e| e.to_string())?;
+    let limits = StepLimits {
+        deadline: Duration::from_millis(run.deadline_ms),
+        memory_bytes: run.memory_mib as usize * 1024 * 1024,
+        instance_reuse: 1,
+    };
+    let step = StepRuntime::load(
+        &engine,
+        &artifact,
+        Capability::ALL.to_vec(),
+        "local",
+        "local",
+        Settings::new(settings),
+        Tables::new(tables),
+        limits,
+    )
+    .map_err(|e| e.to_string())?;
+    let content_type = run.content_type.or_else(|| step.info.accepts.first().cloned()).unwrap_or_else(|| "application/octet-stream".into());
+    let input = Message {
+        id: "test-1".into(),
+        plant: "local".into(),
+        route: "local".into(),
+        content_type,
+        headers: Vec::new(),
+        body,
+    };
+    match step.mediate(&input) {
+        Ok(outputs) if outputs.is_empty() => {
+            println!("filtered: {}@{} produced no output", step.id.name, step.id.version);
+            Ok(0)
+        }
+        Ok(outputs) => {
+            for (i, out) in outputs.iter().enumerate() {
+                println!("--- output {} of {}: id {} ({})", i + 1, outputs.len(), out.id, out.content_type);
+                match serde_json::from_slice::<serde_json::Value>(&out.body) {
+                    Ok(json) => println!("{}", serde_json::to_string_pretty(&json).expect("a JSON value prints")),
+                    Err(_) => println!("{}", String::from_utf8_lossy(&out.body)),
+                }
+            }
+            Ok(0)
+        }
+        Err(failure) => {
+            match failure {
+                StepFailure::Rejected(r) => {
+                    println!("rejected: {}", r.reason);
+                    if let Some(field) = r.field {
+                        println!("field:    {field}");
+                    }
+                    if let Some(position) = r.position {
+                        println!("position: {position}");
+                    }
+                }
+                StepFailure::RetryLater(r) => println!("retry later: {}", r.reason),
+                StepFailure::Deadline(d) => println!("deadline: stopped after {} ms", d.as_millis()),
+                StepFailure::MemoryCap(b) => println!("memory cap: stopped at {} MiB", b >> 20),
+                StepFailure::Trap(t) => println!("trap: {t}"),
+            }
+            Ok(1)
+        }
+    }
+}
+
+/// `millrace dlq list`.
+pub fn dlq_list(config_path: &Path, route: Option<&str>, json: bool) -> i32 {
+    let config = match Config::load(config_path) {
+        Ok(c) => c,
+        Err(errors) => {
+            eprintln!("{errors}");
+            return 1;
+        }
+    };
+    let store = match DeadLetterStore::open_read_only(&config.data_dir) {
+        Ok(Some(store)) => store,
+        Ok(None) => {
+            if json {
+                println!("[]");
+            } else {
+                println!("no dead letters (no store at {} yet)", config.data_dir.display());
+            }
+            return 0;
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            return 1;
+        }
+    };
+    let entries = match store.list(route) {
+        Ok(entries) => entries,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return 1;
+        }
+    };
+    if json {
+        println!("{}", serde_json::to_string_pretty(&entries).expect("dead letters serialize"));
+        return 0;
+    }
+    if entries.is_empty() {
+        println!("no dead letters");
+        return 0;
+    }
+    println!("{:<5} {:<24} {:<20} {:<4} {:<30} {:<10} REASON", "ID", "RECORDED", "ROUTE", "STEP", "PLUGIN@VERSION (DIGEST)", "KIND");
+    for e in &entries {
+        let plugin = format!("{}@{} ({})", e.plugin.name, e.plugin.version, short(&e.plugin.digest));
+        println!("{:<5} {:<24} {:<20} {:<4} {:<30} {:<10} {}", e.id, e.at, e.route, e.step, plugin, e.kind.as_str(), e.reason);
+    }
+    println!("{} dead letter(s) in {}", entries.len(), store.path().display());
+    0
+}

@@ -1,0 +1,406 @@
+//! The host configuration (TOML): plants and their lookup tables, routes (source → ordered
+//! steps → sink), limits. Unknown keys are errors; every error says file:line:col and what to do.
+//!
+//! Relative paths in the file are relative to the file's own directory.
+
+use crate::lookup::{self, Table, Tables};
+use crate::plugin::StepLimits;
+use crate::plugin::capability::Capability;
+use crate::plugin::store::Settings;
+use serde::Deserialize;
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::net::SocketAddr;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+use toml::Spanned;
+
+/// Default HTTP listen address.
+pub const DEFAULT_HTTP: &str = "127.0.0.1:8080";
+
+// ---- the file as written -------------------------------------------------------------------
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct File {
+    #[serde(default)]
+    host: HostSection,
+    #[serde(default)]
+    limits: LimitsSection,
+    #[serde(default)]
+    plants: BTreeMap<Spanned<String>, PlantSection>,
+    #[serde(default)]
+    routes: BTreeMap<Spanned<String>, RouteSection>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HostSection {
+    http: Option<Spanned<String>>,
+    data_dir: Option<String>,
+    plugin_dir: Option<String>,
+}
+
+#[derive(Debug, Default, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LimitsSection {
+    deadline_ms: Option<u64>,
+    memory_mib: Option<u32>,
+    max_body_kib: Option<u32>,
+    instance_reuse: Option<u32>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PlantSection {
+    #[serde(default)]
+    lookups: BTreeMap<Spanned<String>, Spanned<LookupSection>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LookupSection {
+    csv: Option<String>,
+    key_column: Option<String>,
+    value_column: Option<String>,
+    entries: Option<BTreeMap<String, String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RouteSection {
+    plant: Spanned<String>,
+    source: Source,
+    sink: Sink,
+    steps: Spanned<Vec<StepSection>>,
+    max_body_kib: Option<u32>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StepSection {
+    plugin: Spanned<String>,
+    grants: Option<Spanned<Vec<Spanned<String>>>>,
+    settings: Option<Spanned<toml::Table>>,
+    deadline_ms: Option<u64>,
+    memory_mib: Option<u32>,
+    instance_reuse: Option<u32>,
+}
+
+/// Where a route's messages come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Source {
+    /// `POST /v1/routes/{route}/messages` on the HTTP listener.
+    Http,
+}
+
+/// Where a route's outputs go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Sink {
+    /// Back to the HTTP caller in the response.
+    Reply,
+}
+
+// ---- the validated configuration -----------------------------------------------------------
+
+/// A validated configuration.
+#[derive(Debug)]
+pub struct Config {
+    pub path: PathBuf,
+    pub http: SocketAddr,
+    pub data_dir: PathBuf,
+    pub plugin_dir: PathBuf,
+    pub plants: BTreeMap<String, Tables>,
+    pub routes: Vec<RouteConfig>,
+}
+
+#[derive(Debug)]
+pub struct RouteConfig {
+    pub name: String,
+    pub plant: String,
+    pub source: Source,
+    pub sink: Sink,
+    pub max_body_bytes: usize,
+    pub steps: Vec<StepConfig>,
+}
+
+#[derive(Debug)]
+pub struct StepConfig {
+    /// The plugin as written (`mes-fixed-width` or a path).
+    pub plugin: String,
+    pub plugin_path: PathBuf,
+    pub grants: Vec<Capability>,
+    pub settings: Settings,
+    pub limits: StepLimits,
+    /// Where the step's `plugin` key is, for load errors.
+    pub at: Location,
+    /// Where its `grants` are.
+    pub grants_at: Location,
+    /// Where its settings are.
+    pub settings_at: Location,
+}
+
+/// A line and column (1-based) in the configuration file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Location {
+    pub line: usize,
+    pub col: usize,
+}
+
+/// One configuration problem, located.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub file: PathBuf,
+    pub at: Option<Location>,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.at {
+            Some(at) => write!(f, "{}:{}:{}: {}", self.file.display(), at.line, at.col, self.message),
+            None => write!(f, "{}: {}", self.file.display(), self.message),
+        }
+    }
+}
+
+/// Every problem found in one configuration file.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub struct ConfigErrors(pub Vec<ConfigError>);
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, e) in self.0.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "error: {e}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Collects located errors while reading one file.
+pub struct Diagnostics<'a> {
+    file: &'a Path,
+    text: &'a str,
+    errors: Vec<ConfigError>,
+}
+
+impl<'a> Diagnostics<'a> {
+    pub fn new(file: &'a Path, text: &'a str) -> Self {
+        Diagnostics { file, text, errors: Vec::new() }
+    }
+
+    pub fn locate(&self, span: Range<usize>) -> Location {
+        let before = &self.text[..span.start.min(self.text.len())];
+        let line = before.matches('\n').count() + 1;
+        let col = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+        Location { line, col }
+    }
+
+    pub fn error_at(&mut self, span: Range<usize>, message: impl Into<String>) {
+        let at = Some(self.locate(span));
+        self.errors.push(ConfigError { file: self.file.to_path_buf(), at, message: message.into() });
+    }
+
+    pub fn error_at_location(&mut self, at: Location, message: impl Into<String>) {
+        self.errors.push(ConfigError { file: self.file.to_path_buf(), at: Some(at), message: message.into() });
+    }
+
+    pub fn finish(self) -> Result<(), ConfigErrors> {
+        if self.errors.is_empty() { Ok(()) } else { Err(ConfigErrors(self.errors)) }
+    }
+}
+
+/// A config error without a position (file missing, unreadable).
+fn unlocated(path: &Path, message: String) -> ConfigErrors {
+    ConfigErrors(vec![ConfigError { file: path.to_path_buf(), at: None, message }])
+}
+
+impl Config {
+    /// Read and validate the configuration at `path`. Does not load plugins (see
+    /// [`crate::route::Routes::build`]).
+    pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            unlocated(path, format!("cannot read the configuration: {e}; pass --config FILE or create ./millrace.toml"))
+        })?;
+        Self::parse(path, &text)
+    }
+
+    /// Validate `text` as if read from `path`.
+    pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigErrors> {
+        let mut diag = Diagnostics::new(path, text);
+        let file: File = match toml::from_str(text) {
+            Ok(file) => file,
+            Err(e) => {
+                let message = e.message().trim_end().to_string();
+                match e.span() {
+                    Some(span) => diag.error_at(span, message),
+                    None => diag.errors.push(ConfigError { file: path.to_path_buf(), at: None, message }),
+                }
+                return Err(ConfigErrors(diag.errors));
+            }
+        };
+        let dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
+        let dir = if dir.as_os_str().is_empty() { PathBuf::from(".") } else { dir };
+
+        let http = match &file.host.http {
+            None => DEFAULT_HTTP.parse().expect("the default address parses"),
+            Some(addr) => addr.get_ref().parse().unwrap_or_else(|e| {
+                diag.error_at(addr.span(), format!("host.http {:?} is not an address like 127.0.0.1:8080: {e}", addr.get_ref()));
+                DEFAULT_HTTP.parse().expect("the default address parses")
+            }),
+        };
+        let data_dir = dir.join(file.host.data_dir.as_deref().unwrap_or(".millrace"));
+        let plugin_dir = dir.join(file.host.plugin_dir.as_deref().unwrap_or("target/plugins"));
+
+        let mut plants = BTreeMap::new();
+        for (name, plant) in &file.plants {
+            check_name(&mut diag, name, "plant");
+            let mut tables = HashMap::new();
+            for (table_name, table) in &plant.lookups {
+                if let Some(table) = read_table(&mut diag, &dir, table) {
+                    tables.insert(table_name.get_ref().clone(), table);
+                }
+            }
+            plants.insert(name.get_ref().clone(), Arc::new(tables));
+        }
+
+        let mut routes = Vec::new();
+        for (name, route) in &file.routes {
+            check_name(&mut diag, name, "route");
+            let plant = route.plant.get_ref();
+            if !plants.contains_key(plant) {
+                let known: Vec<&str> = plants.keys().map(String::as_str).collect();
+                diag.error_at(
+                    route.plant.span(),
+                    format!("route {} names plant {plant:?}, which is not configured; add [plants.{plant}] (configured: {})", name.get_ref(), list(&known)),
+                );
+            }
+            if route.steps.get_ref().is_empty() {
+                diag.error_at(route.steps.span(), format!("route {} has no steps; add at least one [[routes.{}.steps]]", name.get_ref(), name.get_ref()));
+            }
+            let max_body_kib = route.max_body_kib.or(file.limits.max_body_kib).unwrap_or(1024);
+            let mut steps = Vec::new();
+            for step in route.steps.get_ref() {
+                steps.push(step_config(&mut diag, &dir, &plugin_dir, &file.limits, step));
+            }
+            routes.push(RouteConfig {
+                name: name.get_ref().clone(),
+                plant: plant.clone(),
+                source: route.source,
+                sink: route.sink,
+                max_body_bytes: max_body_kib as usize * 1024,
+                steps,
+            });
+        }
+        if routes.is_empty() {
+            diag.errors.push(ConfigError {
+                file: path.to_path_buf(),
+                at: None,
+                message: "no routes are configured; add a [routes.NAME] table".into(),
+            });
+        }
+        diag.finish()?;
+        Ok(Config { path: path.to_path_buf(), http, data_dir, plugin_dir, plants, routes })
+    }
+}
+
+fn list(items: &[&str]) -> String {
+    if items.is_empty() { "none".to_string() } else { items.join(", ") }
+}
+
+/// Plant and route names appear in URLs and logs: lower-case letters, digits, `-`, `_`, `.`.
+fn check_name(diag: &mut Diagnostics, name: &Spanned<String>, what: &str) {
+    let n = name.get_ref();
+    let ok = n.chars().next().is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
+        && n.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "-_.".contains(c));
+    if !ok {
+        diag.error_at(name.span(), format!("{what} name {n:?} must start with a lower-case letter or digit and use only a-z, 0-9, '-', '_' and '.'"));
+    }
+}
+
+fn read_table(diag: &mut Diagnostics, dir: &Path, table: &Spanned<LookupSection>) -> Option<Table> {
+    let t = table.get_ref();
+    match (&t.csv, &t.entries) {
+        (Some(csv), None) => match lookup::read_csv(&dir.join(csv), t.key_column.as_deref(), t.value_column.as_deref()) {
+            Ok(rows) => Some(rows),
+            Err(e) => {
+                diag.error_at(table.span(), e);
+                None
+            }
+        },
+        (None, Some(entries)) if t.key_column.is_none() && t.value_column.is_none() => {
+            Some(entries.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
+        }
+        (None, Some(_)) => {
+            diag.error_at(table.span(), "key_column and value_column apply to csv tables only");
+            None
+        }
+        _ => {
+            diag.error_at(table.span(), "a lookup table needs exactly one of csv = \"FILE.csv\" or entries = { KEY = \"VALUE\" }");
+            None
+        }
+    }
+}
+
+fn step_config(diag: &mut Diagnostics, dir: &Path, plugin_dir: &Path, defaults: &LimitsSection, step: &StepSection) -> StepConfig {
+    let plugin = step.plugin.get_ref().clone();
+    let plugin_path = if plugin.ends_with(".wasm") || plugin.contains('/') {
+        dir.join(&plugin)
+    } else {
+        plugin_dir.join(format!("{plugin}.wasm"))
+    };
+    let mut grants = Vec::new();
+    for grant in step.grants.iter().flat_map(|g| g.get_ref()) {
+        match Capability::from_name(grant.get_ref()) {
+            Some(cap) if !grants.contains(&cap) => grants.push(cap),
+            Some(_) => diag.error_at(grant.span(), format!("capability {:?} is granted twice", grant.get_ref())),
+            None => {
+                let known: Vec<&str> = Capability::ALL.iter().map(|c| c.name()).collect();
+                diag.error_at(grant.span(), format!("unknown capability {:?}; grants are any of {}", grant.get_ref(), known.join(", ")));
+            }
+        }
+    }
+    let pick = |own: Option<u64>, default: Option<u64>, fallback: u64| own.or(default).unwrap_or(fallback);
+    let limits = StepLimits {
+        deadline: Duration::from_millis(pick(step.deadline_ms, defaults.deadline_ms, 500)),
+        memory_bytes: pick(step.memory_mib.map(u64::from), defaults.memory_mib.map(u64::from), 64) as usize * 1024 * 1024,
+        instance_reuse: pick(step.instance_reuse.map(u64::from), defaults.instance_reuse.map(u64::from), 1000).max(1) as u32,
+    };
+    if limits.deadline.is_zero() {
+        diag.error_at(step.plugin.span(), "deadline_ms must be at least 1");
+    }
+    let settings = Settings::new(
+        step.settings.iter().flat_map(|s| s.get_ref()).map(|(k, v)| (k.clone(), toml_to_json(v))).collect(),
+    );
+    StepConfig {
+        plugin,
+        plugin_path,
+        grants,
+        settings,
+        limits,
+        at: diag.locate(step.plugin.span()),
+        grants_at: diag.locate(step.grants.as_ref().map_or(step.plugin.span(), |g| g.span())),
+        settings_at: diag.locate(step.settings.as_ref().map_or(step.plugin.span(), |s| s.span())),
+    }
+}
+
+/// Settings reach plugins as JSON; TOML dates become RFC 3339 strings.
+pub fn toml_to_json(value: &toml::Value) -> serde_json::Value {
+    use serde_json::Value as J;
+    match value {
+        toml::Value::String(s) => J::String(s.clone()),
+        toml::Value::Integer(i) => J::from(*i),
+        toml::Value::Float(f) => serde_json::Number::from_f64(*f).map_or(J::Null, J::Number),
+        toml::Value::Boolean(b) => J::Bool(*b),
+        toml::Value::Datetime(d) => J::String(d.to_string()),
+        toml::Value::Array(a) => J::Array(a.iter().map(toml_to_json).collect()),
+        toml::Value::Table(t) => J::Object(t.iter().map(|(k, v)| (k.clone(), toml_to_json(v))).collect()),
+    }
+}

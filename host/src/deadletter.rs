@@ -1,0 +1,286 @@
+//! The dead-letter store of the embedded default: an SQLite file in the data directory.
+//!
+//! Each entry keeps the message as it arrived (headers and body), which step failed, the
+//! plugin's name, version and digest, the kind of failure and its reason. A write is committed
+//! (WAL, `synchronous = FULL`) before the sender hears about the failure, so an entry survives a
+//! crash or restart. SQLite lets `millrace dlq list` read the file while a host is writing it.
+
+use crate::plugin::PluginId;
+use rusqlite::{Connection, OpenFlags, params};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+/// File name of the store inside the data directory.
+pub const FILE: &str = "deadletters.sqlite";
+
+/// Errors of the dead-letter store.
+#[derive(Debug, thiserror::Error)]
+pub enum DeadLetterError {
+    /// The store could not be opened or created.
+    #[error("cannot open the dead-letter store {path}: {source}")]
+    Open {
+        path: PathBuf,
+        #[source]
+        source: rusqlite::Error,
+    },
+    /// The data directory could not be created.
+    #[error("cannot create data directory {path}: {source}")]
+    Directory {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// A read or write failed.
+    #[error("dead-letter store {path}: {source}")]
+    Sql {
+        path: PathBuf,
+        #[source]
+        source: rusqlite::Error,
+    },
+}
+
+/// Why a message was dead-lettered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Kind {
+    /// A plugin rejected it.
+    Rejected,
+    /// A plugin ran past its deadline.
+    Deadline,
+    /// A plugin hit its memory cap.
+    MemoryCap,
+    /// A plugin trapped.
+    Trap,
+}
+
+impl Kind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Rejected => "rejected",
+            Kind::Deadline => "deadline",
+            Kind::MemoryCap => "memory-cap",
+            Kind::Trap => "trap",
+        }
+    }
+
+    fn parse(text: &str) -> Kind {
+        match text {
+            "rejected" => Kind::Rejected,
+            "deadline" => Kind::Deadline,
+            "memory-cap" => Kind::MemoryCap,
+            _ => Kind::Trap,
+        }
+    }
+}
+
+/// One dead letter.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct DeadLetter {
+    /// Store-assigned, increasing.
+    pub id: i64,
+    /// When it was recorded, RFC 3339 UTC.
+    pub at: String,
+    pub plant: String,
+    pub route: String,
+    pub message_id: String,
+    /// 1-based step of the route's chain that failed.
+    pub step: u32,
+    pub plugin: PluginId,
+    pub kind: Kind,
+    pub reason: String,
+    pub field: Option<String>,
+    pub position: Option<u32>,
+    pub content_type: String,
+    pub headers: Vec<(String, String)>,
+    #[serde(serialize_with = "serialize_body")]
+    pub body: Vec<u8>,
+}
+
+fn serialize_body<S: serde::Serializer>(body: &[u8], s: S) -> Result<S::Ok, S::Error> {
+    match std::str::from_utf8(body) {
+        Ok(text) => s.serialize_str(text),
+        Err(_) => s.serialize_str(&format!("<{} bytes, not UTF-8>", body.len())),
+    }
+}
+
+/// The store.
+pub struct DeadLetterStore {
+    path: PathBuf,
+    conn: Mutex<Connection>,
+}
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS dead_letters (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    at TEXT NOT NULL,
+    plant TEXT NOT NULL,
+    route TEXT NOT NULL,
+    message_id TEXT NOT NULL,
+    step INTEGER NOT NULL,
+    plugin TEXT NOT NULL,
+    version TEXT NOT NULL,
+    digest TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    field TEXT,
+    position INTEGER,
+    content_type TEXT NOT NULL,
+    headers TEXT NOT NULL,
+    body BLOB NOT NULL
+);
+CREATE INDEX IF NOT EXISTS dead_letters_route ON dead_letters (route, id);
+";
+
+impl DeadLetterStore {
+    /// Open (or create) the store in `data_dir`.
+    pub fn open(data_dir: &Path) -> Result<DeadLetterStore, DeadLetterError> {
+        std::fs::create_dir_all(data_dir).map_err(|source| DeadLetterError::Directory { path: data_dir.to_path_buf(), source })?;
+        let path = data_dir.join(FILE);
+        let open = |source| DeadLetterError::Open { path: path.clone(), source };
+        let conn = Connection::open(&path).map_err(open)?;
+        conn.pragma_update(None, "journal_mode", "WAL").map_err(open)?;
+        conn.pragma_update(None, "synchronous", "FULL").map_err(open)?;
+        conn.busy_timeout(std::time::Duration::from_secs(5)).map_err(open)?;
+        conn.execute_batch(SCHEMA).map_err(open)?;
+        Ok(DeadLetterStore { path, conn: Mutex::new(conn) })
+    }
+
+    /// Open an existing store for reading only (`millrace dlq list`, also while a host runs).
+    /// `Ok(None)` if there is no store yet.
+    pub fn open_read_only(data_dir: &Path) -> Result<Option<DeadLetterStore>, DeadLetterError> {
+        let path = data_dir.join(FILE);
+        if !path.exists() {
+            return Ok(None);
+        }
+        let conn = Connection::open_with_flags(&path, OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .map_err(|source| DeadLetterError::Open { path: path.clone(), source })?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))
+            .map_err(|source| DeadLetterError::Open { path: path.clone(), source })?;
+        Ok(Some(DeadLetterStore { path, conn: Mutex::new(conn) }))
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn sql(&self, source: rusqlite::Error) -> DeadLetterError {
+        DeadLetterError::Sql { path: self.path.clone(), source }
+    }
+
+    /// Record one entry (its `id` and `at` are assigned here); returns the id once committed.
+    pub fn record(&self, entry: &DeadLetter) -> Result<i64, DeadLetterError> {
+        let headers = serde_json::to_string(&entry.headers).expect("string pairs serialize");
+        let at = now_rfc3339();
+        let conn = self.conn.lock().expect("dead-letter connection lock");
+        conn.execute(
+            "INSERT INTO dead_letters (at, plant, route, message_id, step, plugin, version, digest, kind, reason, field, position, content_type, headers, body)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
+            params![
+                at,
+                entry.plant,
+                entry.route,
+                entry.message_id,
+                entry.step,
+                entry.plugin.name,
+                entry.plugin.version,
+                entry.plugin.digest,
+                entry.kind.as_str(),
+                entry.reason,
+                entry.field,
+                entry.position,
+                entry.content_type,
+                headers,
+                entry.body,
+            ],
+        )
+        .map_err(|e| self.sql(e))?;
+        Ok(conn.last_insert_rowid())
+    }
+
+    /// Entries in the order they were recorded, optionally of one route.
+    pub fn list(&self, route: Option<&str>) -> Result<Vec<DeadLetter>, DeadLetterError> {
+        let conn = self.conn.lock().expect("dead-letter connection lock");
+        let mut stmt = conn
+            .prepare(
+                "SELECT id, at, plant, route, message_id, step, plugin, version, digest, kind, reason, field, position, content_type, headers, body
+                 FROM dead_letters WHERE (?1 IS NULL OR route = ?1) ORDER BY id",
+            )
+            .map_err(|e| self.sql(e))?;
+        let rows = stmt
+            .query_map(params![route], |row| {
+                let headers: String = row.get(14)?;
+                let kind: String = row.get(9)?;
+                Ok(DeadLetter {
+                    id: row.get(0)?,
+                    at: row.get(1)?,
+                    plant: row.get(2)?,
+                    route: row.get(3)?,
+                    message_id: row.get(4)?,
+                    step: row.get(5)?,
+                    plugin: PluginId { name: row.get(6)?, version: row.get(7)?, digest: row.get(8)? },
+                    kind: Kind::parse(&kind),
+                    reason: row.get(10)?,
+                    field: row.get(11)?,
+                    position: row.get(12)?,
+                    content_type: row.get(13)?,
+                    headers: serde_json::from_str(&headers).unwrap_or_default(),
+                    body: row.get(15)?,
+                })
+            })
+            .map_err(|e| self.sql(e))?;
+        rows.collect::<Result<Vec<_>, _>>().map_err(|e| self.sql(e))
+    }
+}
+
+/// Now as RFC 3339 UTC with milliseconds.
+pub fn now_rfc3339() -> String {
+    let format = time::macros::format_description!("[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z");
+    time::OffsetDateTime::now_utc().format(&format).expect("UTC time formats")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry() -> DeadLetter {
+        DeadLetter {
+            id: 0,
+            at: String::new(),
+            plant: "p".into(),
+            route: "r".into(),
+            message_id: "m-1".into(),
+            step: 1,
+            plugin: PluginId { name: "x".into(), version: "1.0.0".into(), digest: "sha256:00".into() },
+            kind: Kind::Rejected,
+            reason: "bad".into(),
+            field: Some("quantity".into()),
+            position: Some(33),
+            content_type: "text/plain".into(),
+            headers: vec![("a".into(), "b".into())],
+            body: vec![0xff, b'x'],
+        }
+    }
+
+    #[test]
+    fn entries_survive_reopening_and_are_readable_while_the_writer_is_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = DeadLetterStore::open(dir.path()).unwrap();
+        let id = store.record(&entry()).unwrap();
+        let reader = DeadLetterStore::open_read_only(dir.path()).unwrap().unwrap();
+        let listed = reader.list(None).unwrap();
+        assert_eq!(listed.len(), 1);
+        assert_eq!(listed[0].id, id);
+        assert_eq!(listed[0].body, vec![0xff, b'x']);
+        assert_eq!(listed[0].headers, vec![("a".to_string(), "b".to_string())]);
+        drop(store);
+        let reopened = DeadLetterStore::open(dir.path()).unwrap();
+        assert_eq!(reopened.list(Some("r")).unwrap().len(), 1);
+        assert_eq!(reopened.list(Some("other")).unwrap().len(), 0);
+    }
+
+    #[test]
+    fn no_store_yet_reads_as_none() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(DeadLetterStore::open_read_only(dir.path()).unwrap().is_none());
+    }
+}

@@ -1,0 +1,203 @@
+//! HTTP ingress (hyper 1, HTTP/1.1): `POST /v1/routes/{route}/messages` hands the body to the
+//! route's chain and answers with its outputs (sink `reply`) or an RFC 9457 problem.
+//!
+//! | status | when |
+//! |---|---|
+//! | 200 / 204 | outputs / filtered |
+//! | 400 | the body could not be read |
+//! | 404 | unknown route, or a route that does not take HTTP |
+//! | 405 | not `POST` |
+//! | 413 | body over the route's `max_body_kib` |
+//! | 415 | content type the first step does not accept |
+//! | 422 | a plugin rejected the message (dead-lettered) |
+//! | 502 | a plugin trapped (dead-lettered) |
+//! | 503 | a plugin ran past its deadline or memory cap (dead-lettered), or asked for a retry (not dead-lettered; `Retry-After`) |
+//! | 500 | the host itself failed (e.g. the dead-letter store is unwritable) |
+//!
+//! Shutdown: stop accepting, let in-flight requests finish, return.
+
+use super::problem::Problem;
+use crate::chain::{self, Failure};
+use crate::config::{Sink, Source};
+use crate::mediator::Mediator;
+use crate::plugin::StepFailure;
+use crate::plugin::bindings::types::Message;
+use crate::sink;
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Method, Request, Response, StatusCode, header};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use std::convert::Infallible;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+
+/// Longest accepted `Idempotency-Key`.
+const MAX_KEY_LEN: usize = 256;
+
+/// Serve `listener` until `shutdown` resolves, then wait for in-flight requests.
+pub async fn serve(listener: TcpListener, mediator: Arc<Mediator>, shutdown: impl Future<Output = ()>) {
+    let graceful = GracefulShutdown::new();
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let (stream, peer) = match accepted {
+                    Ok(conn) => conn,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                let mediator = Arc::clone(&mediator);
+                let service = service_fn(move |req| {
+                    let mediator = Arc::clone(&mediator);
+                    async move { Ok::<_, Infallible>(handle(&mediator, req).await) }
+                });
+                let conn = http1::Builder::new()
+                    .timer(TokioTimer::new())
+                    .header_read_timeout(Duration::from_secs(30))
+                    .serve_connection(TokioIo::new(stream), service);
+                let conn = graceful.watch(conn);
+                tokio::spawn(async move {
+                    if let Err(e) = conn.await {
+                        tracing::debug!(%peer, error = %e, "connection ended with an error");
+                    }
+                });
+            }
+            () = &mut shutdown => break,
+        }
+    }
+    drop(listener);
+    tracing::info!("HTTP ingress: stopped accepting; finishing in-flight requests");
+    graceful.shutdown().await;
+}
+
+/// Answer one request; never fails (errors are problem documents).
+pub async fn handle(mediator: &Mediator, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    match route_request(mediator, req).await {
+        Ok(response) => response,
+        Err(problem) => problem.into_response(),
+    }
+}
+
+async fn route_request(mediator: &Mediator, req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Problem> {
+    let path = req.uri().path().to_string();
+    if path == "/healthz" {
+        return Ok(Response::new(Full::new(Bytes::from_static(b"ok\n"))));
+    }
+    let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
+    let ["v1", "routes", route_name, "messages"] = segments.as_slice() else {
+        return Err(Problem::not_found(format!("no resource at {path}; messages go to POST /v1/routes/{{route}}/messages")));
+    };
+    if req.method() != Method::POST {
+        return Err(Problem::method_not_allowed("POST"));
+    }
+    let route = mediator.routes.get(route_name).ok_or_else(|| Problem::unknown_route(route_name))?;
+    if route.source != Source::Http {
+        return Err(Problem::unknown_route(route_name).with("detail", format!("route {route_name} does not take HTTP messages")));
+    }
+    let content_type = req.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).map(str::to_string);
+    match &content_type {
+        Some(ct) if route.accepts(ct) => {}
+        other => return Err(Problem::unsupported_media(&route.name, other.as_deref(), route.accepted())),
+    }
+    let declared = req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|len| len > route.max_body_bytes) {
+        return Err(Problem::too_large(&route.name, route.max_body_bytes));
+    }
+    let id = match req.headers().get("idempotency-key").map(|v| v.to_str()) {
+        Some(Ok(key)) if !key.is_empty() && key.len() <= MAX_KEY_LEN => key.to_string(),
+        Some(_) => return Err(Problem::bad_request(format!("Idempotency-Key must be 1 to {MAX_KEY_LEN} visible ASCII characters"))),
+        None => uuid::Uuid::now_v7().to_string(),
+    };
+    let headers = req
+        .headers()
+        .iter()
+        .filter(|(name, _)| !is_hop_by_hop(name))
+        .map(|(name, value)| (name.as_str().to_string(), String::from_utf8_lossy(value.as_bytes()).into_owned()))
+        .collect();
+    let body = match Limited::new(req.into_body(), route.max_body_bytes).collect().await {
+        Ok(collected) => collected.to_bytes(),
+        Err(e) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => {
+            return Err(Problem::too_large(&route.name, route.max_body_bytes));
+        }
+        Err(e) => return Err(Problem::bad_request(format!("could not read the request body: {e}"))),
+    };
+    let message = Message {
+        id: id.clone(),
+        plant: route.plant.clone(),
+        route: route.name.clone(),
+        content_type: content_type.unwrap_or_default(),
+        headers,
+        body: body.to_vec(),
+    };
+
+    let worker = Arc::clone(&route);
+    let deadletters = Arc::clone(&mediator.deadletters);
+    let outcome = tokio::task::spawn_blocking(move || match chain::run(&worker, &message) {
+        Ok(outputs) => Ok(outputs),
+        Err(failure) => {
+            let recorded = chain::dead_letter(&deadletters, &worker, &message, &failure);
+            Err((failure, recorded))
+        }
+    })
+    .await
+    .map_err(|e| Problem::internal(format!("the mediation task failed: {e}")))?;
+
+    match outcome {
+        Ok(outputs) => match route.sink {
+            Sink::Reply => Ok(sink::reply::respond(&id, outputs)),
+        },
+        Err((failure, Ok(dead_letter))) => Err(failure_problem(&route.name, &id, &failure, dead_letter)),
+        Err((failure, Err(e))) => {
+            tracing::error!(route = %route.name, message_id = %id, error = %e, "could not record a dead letter");
+            Err(Problem::internal(format!("{}; and the dead letter could not be recorded: {e}", failure.reason())))
+        }
+    }
+}
+
+fn is_hop_by_hop(name: &header::HeaderName) -> bool {
+    matches!(
+        name.as_str(),
+        "connection" | "keep-alive" | "proxy-connection" | "transfer-encoding" | "te" | "trailer" | "upgrade" | "content-length" | "host"
+    )
+}
+
+fn failure_problem(route: &str, id: &str, failure: &Failure, dead_letter: Option<i64>) -> Problem {
+    let (status, kind, title) = match &failure.failure {
+        StepFailure::Rejected(_) => (StatusCode::UNPROCESSABLE_ENTITY, "rejected", "Message rejected by a plugin"),
+        StepFailure::RetryLater(_) => (StatusCode::SERVICE_UNAVAILABLE, "retry-later", "Message cannot be handled now"),
+        StepFailure::Deadline(_) => (StatusCode::SERVICE_UNAVAILABLE, "plugin-deadline", "Plugin exceeded its deadline"),
+        StepFailure::MemoryCap(_) => (StatusCode::SERVICE_UNAVAILABLE, "plugin-memory-cap", "Plugin exceeded its memory cap"),
+        StepFailure::Trap(_) => (StatusCode::BAD_GATEWAY, "plugin-trap", "Plugin failed"),
+    };
+    let mut problem = Problem::new(status, kind, title, failure.reason())
+        .with("route", route)
+        .with("message_id", id)
+        .with("step", failure.step)
+        .with("plugin", failure.plugin.name.as_str())
+        .with("version", failure.plugin.version.as_str())
+        .with("digest", failure.plugin.digest.as_str());
+    if let StepFailure::Rejected(r) = &failure.failure {
+        if let Some(field) = &r.field {
+            problem = problem.with("field", field.as_str());
+        }
+        if let Some(position) = r.position {
+            problem = problem.with("position", position);
+        }
+    }
+    if let StepFailure::RetryLater(r) = &failure.failure {
+        problem.retry_after = Some(r.after_ms.map_or(1, |ms| u64::from(ms).div_ceil(1000).max(1)));
+    }
+    if let Some(id) = dead_letter {
+        problem = problem.with("dead_letter", id);
+    }
+    problem
+}

@@ -1,0 +1,101 @@
+//! Errors at the HTTP edge as RFC 9457 `application/problem+json`, one constructor per cause.
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::{Response, StatusCode, header};
+use serde_json::{Map, Value, json};
+
+/// Media type of a problem document.
+pub const PROBLEM_JSON: &str = "application/problem+json";
+
+/// One problem: a status, a stable type, a title, a detail for this occurrence, extensions.
+#[derive(Debug, Clone)]
+pub struct Problem {
+    pub status: StatusCode,
+    /// Short kebab-case name; the `type` member is `urn:millrace:problem:<kind>`.
+    pub kind: &'static str,
+    pub title: &'static str,
+    pub detail: String,
+    pub extensions: Map<String, Value>,
+    /// `Retry-After` seconds, for transient failures.
+    pub retry_after: Option<u64>,
+}
+
+impl Problem {
+    pub fn new(status: StatusCode, kind: &'static str, title: &'static str, detail: impl Into<String>) -> Problem {
+        Problem { status, kind, title, detail: detail.into(), extensions: Map::new(), retry_after: None }
+    }
+
+    /// Add an extension member.
+    pub fn with(mut self, key: &str, value: impl Into<Value>) -> Problem {
+        self.extensions.insert(key.to_string(), value.into());
+        self
+    }
+
+    pub fn not_found(detail: impl Into<String>) -> Problem {
+        Problem::new(StatusCode::NOT_FOUND, "not-found", "No such resource", detail)
+    }
+
+    pub fn unknown_route(route: &str) -> Problem {
+        Problem::new(StatusCode::NOT_FOUND, "unknown-route", "Unknown route", format!("no route named {route:?} is configured"))
+            .with("route", route)
+    }
+
+    pub fn method_not_allowed(allowed: &'static str) -> Problem {
+        Problem::new(StatusCode::METHOD_NOT_ALLOWED, "method-not-allowed", "Method not allowed", format!("use {allowed}"))
+            .with("allow", allowed)
+    }
+
+    pub fn too_large(route: &str, limit: usize) -> Problem {
+        Problem::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "message-too-large",
+            "Message too large",
+            format!("route {route} accepts messages of at most {limit} bytes"),
+        )
+        .with("route", route)
+        .with("limit_bytes", limit)
+    }
+
+    pub fn unsupported_media(route: &str, got: Option<&str>, accepted: &[String]) -> Problem {
+        let detail = match got {
+            Some(ct) => format!("route {route} does not accept content type {ct:?}; send one of: {}", accepted.join(", ")),
+            None => format!("the request has no Content-Type; route {route} accepts: {}", accepted.join(", ")),
+        };
+        Problem::new(StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported-content-type", "Unsupported content type", detail)
+            .with("route", route)
+            .with("accepted", accepted.to_vec())
+    }
+
+    pub fn bad_request(detail: impl Into<String>) -> Problem {
+        Problem::new(StatusCode::BAD_REQUEST, "bad-request", "Bad request", detail)
+    }
+
+    pub fn internal(detail: impl Into<String>) -> Problem {
+        Problem::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "Internal error", detail)
+    }
+
+    /// The response for this problem.
+    pub fn into_response(self) -> Response<Full<Bytes>> {
+        let mut doc = json!({
+            "type": format!("urn:millrace:problem:{}", self.kind),
+            "title": self.title,
+            "status": self.status.as_u16(),
+            "detail": self.detail,
+        });
+        let object = doc.as_object_mut().expect("json! object literal");
+        object.extend(self.extensions);
+        let mut builder = Response::builder().status(self.status).header(header::CONTENT_TYPE, PROBLEM_JSON);
+        if let Some(secs) = self.retry_after {
+            builder = builder.header(header::RETRY_AFTER, secs);
+        }
+        if self.status == StatusCode::METHOD_NOT_ALLOWED
+            && let Some(Value::String(allow)) = object.get("allow")
+        {
+            builder = builder.header(header::ALLOW, allow.as_str());
+        }
+        builder
+            .body(Full::new(Bytes::from(doc.to_string())))
+            .expect("static status and header names are valid")
+    }
+}

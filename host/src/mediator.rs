@@ -1,0 +1,79 @@
+//! The running host: the engine, the route table and the dead-letter store, built from a
+//! configuration; and `run`, which serves the ingresses until SIGTERM/SIGINT.
+
+use crate::config::{Config, ConfigErrors};
+use crate::deadletter::DeadLetterStore;
+use crate::ingress;
+use crate::plugin::engine::PluginEngine;
+use crate::route::Routes;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+/// Why the host could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The configuration or a plugin it names is wrong.
+    #[error("{0}")]
+    Config(#[from] ConfigErrors),
+    /// The Wasm engine could not be set up.
+    #[error("{0:#}")]
+    Engine(anyhow::Error),
+    /// The dead-letter store could not be opened.
+    #[error(transparent)]
+    DeadLetters(#[from] crate::deadletter::DeadLetterError),
+    /// The HTTP listener could not be bound.
+    #[error("cannot listen on {addr}: {source}; pick another address with --http or host.http")]
+    Bind {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Everything a message needs on its way through the host.
+pub struct Mediator {
+    pub engine: PluginEngine,
+    pub routes: Routes,
+    pub deadletters: Arc<DeadLetterStore>,
+}
+
+impl Mediator {
+    /// Load every route of `config` (compiling plugins or taking them from the compile cache
+    /// under the data directory) and open the dead-letter store.
+    pub fn start(config: &Config) -> Result<Mediator, StartError> {
+        let engine = PluginEngine::new(Some(&config.data_dir.join("compile-cache"))).map_err(StartError::Engine)?;
+        let routes = Routes::build(config, &engine)?;
+        let deadletters = Arc::new(DeadLetterStore::open(&config.data_dir)?);
+        Ok(Mediator { engine, routes, deadletters })
+    }
+}
+
+/// Run the host on `config` until SIGTERM or SIGINT; then stop accepting, finish in-flight
+/// messages and return.
+pub async fn run(config: Config, http: Option<SocketAddr>) -> Result<(), StartError> {
+    let mediator = Arc::new(tokio::task::block_in_place(|| Mediator::start(&config))?);
+    if let Some((hits, misses)) = mediator.engine.cache_stats() {
+        tracing::info!(hits, misses, "plugins loaded (compile cache hits/misses)");
+    }
+    let addr = http.unwrap_or(config.http);
+    let listener = tokio::net::TcpListener::bind(addr).await.map_err(|source| StartError::Bind { addr, source })?;
+    let bound = listener.local_addr().map_err(|source| StartError::Bind { addr, source })?;
+    let mut routes: Vec<_> = mediator.routes.iter().map(|r| r.name.clone()).collect();
+    routes.sort();
+    tracing::info!(routes = %routes.join(","), "millrace listening on http://{bound}");
+    // One stable line on stdout for scripts and tests.
+    println!("millrace: listening on http://{bound}");
+    ingress::http::serve(listener, mediator, shutdown_signal()).await;
+    tracing::info!("millrace stopped");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler installs");
+    let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler installs");
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM received"),
+        _ = int.recv() => tracing::info!("SIGINT received"),
+    }
+}

@@ -1,0 +1,127 @@
+//! Capabilities: the WIT interfaces a route grants to a step, one file per interface.
+//!
+//! A step's linker holds exactly the granted interfaces; `check_grants` explains a refusal in
+//! words before wasmtime would report a missing import.
+
+mod config;
+mod log;
+mod lookup;
+
+use super::bindings;
+use super::store::Invocation;
+use std::fmt;
+use wasmtime::component::{HasSelf, Linker};
+
+/// One capability a step can be granted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Capability {
+    /// `millrace:mediation/log`: write to the host log.
+    Log,
+    /// `millrace:mediation/config`: read the step's settings.
+    Config,
+    /// `millrace:mediation/lookup`: read the plant's reference tables.
+    Lookup,
+}
+
+/// WIT package of every interface the host provides.
+pub const PACKAGE: &str = "millrace:mediation";
+/// Version of the WIT package the host implements.
+pub const VERSION: &str = "0.1.0";
+
+impl Capability {
+    /// Every capability, in grant order.
+    pub const ALL: [Capability; 3] = [Capability::Log, Capability::Config, Capability::Lookup];
+
+    /// The name used in `grants = [...]`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Capability::Log => "log",
+            Capability::Config => "config",
+            Capability::Lookup => "lookup",
+        }
+    }
+
+    /// Parse a grant name.
+    pub fn from_name(name: &str) -> Option<Capability> {
+        Capability::ALL.into_iter().find(|c| c.name() == name)
+    }
+
+    /// The capability an import name (`millrace:mediation/log@0.1.0`) stands for.
+    /// `Ok(None)` for the type-only `types` interface, `Err` for anything the host does not offer.
+    pub fn of_import(import: &str) -> Result<Option<Capability>, String> {
+        let unversioned = import.split('@').next().unwrap_or(import);
+        match unversioned.strip_prefix(PACKAGE).and_then(|s| s.strip_prefix('/')) {
+            Some("types") => Ok(None),
+            Some(interface) => Capability::from_name(interface)
+                .map(Some)
+                .ok_or_else(|| format!("imports {import}, an interface millrace does not provide")),
+            None => Err(format!("imports {import}, which millrace does not provide (plugins get no WASI or other host APIs)")),
+        }
+    }
+
+    /// Add this capability's interface to a step's linker.
+    pub fn add_to_linker(self, linker: &mut Linker<Invocation>) -> wasmtime::Result<()> {
+        match self {
+            Capability::Log => bindings::log::add_to_linker::<_, HasSelf<Invocation>>(linker, |s| s),
+            Capability::Config => bindings::config::add_to_linker::<_, HasSelf<Invocation>>(linker, |s| s),
+            Capability::Lookup => bindings::lookup::add_to_linker::<_, HasSelf<Invocation>>(linker, |s| s),
+        }
+    }
+}
+
+impl fmt::Display for Capability {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// The `types` interface has no functions; it is linked for its types alone.
+impl bindings::types::Host for Invocation {}
+
+/// A linker with exactly `grants` (and the type-only `types` interface).
+pub fn linker(engine: &wasmtime::Engine, grants: &[Capability]) -> wasmtime::Result<Linker<Invocation>> {
+    let mut linker = Linker::new(engine);
+    bindings::types::add_to_linker::<_, HasSelf<Invocation>>(&mut linker, |s| s)?;
+    for grant in grants {
+        grant.add_to_linker(&mut linker)?;
+    }
+    Ok(linker)
+}
+
+/// Why a component cannot load with `grants`: each import it asks for that is not granted or
+/// not provided, one line each.
+pub fn check_grants(imports: &[String], grants: &[Capability]) -> Result<(), Vec<String>> {
+    let mut problems = Vec::new();
+    for import in imports {
+        match Capability::of_import(import) {
+            Ok(Some(cap)) if !grants.contains(&cap) => problems.push(format!(
+                "the plugin imports {import} but its step does not grant \"{cap}\"; add \"{cap}\" to the step's grants if the plugin should have it"
+            )),
+            Ok(_) => {}
+            Err(e) => problems.push(format!("the plugin {e}")),
+        }
+    }
+    if problems.is_empty() { Ok(()) } else { Err(problems) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn import_names_map_to_capabilities() {
+        assert_eq!(Capability::of_import("millrace:mediation/log@0.1.0"), Ok(Some(Capability::Log)));
+        assert_eq!(Capability::of_import("millrace:mediation/types@0.1.0"), Ok(None));
+        assert!(Capability::of_import("wasi:filesystem/types@0.2.6").unwrap_err().contains("no WASI"));
+        assert!(Capability::of_import("millrace:mediation/state@0.1.0").is_err());
+    }
+
+    #[test]
+    fn ungranted_import_is_named_with_the_fix() {
+        let imports = vec!["millrace:mediation/log@0.1.0".to_string(), "millrace:mediation/lookup@0.1.0".to_string()];
+        let err = check_grants(&imports, &[Capability::Log]).unwrap_err();
+        assert_eq!(err.len(), 1);
+        assert!(err[0].contains("does not grant \"lookup\""), "{}", err[0]);
+        assert!(check_grants(&imports, &[Capability::Log, Capability::Lookup]).is_ok());
+    }
+}

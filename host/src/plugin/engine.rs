@@ -1,0 +1,67 @@
+//! The wasmtime engine every plugin shares: component model, epoch interruption driven by a
+//! ticker thread, and an on-disk cache of compiled artifacts so a restart does not recompile.
+
+use std::path::Path;
+use std::time::Duration;
+use wasmtime::{Cache, CacheConfig, Config, Engine};
+
+/// How often the epoch advances; deadlines are whole ticks.
+pub const EPOCH_TICK: Duration = Duration::from_millis(1);
+
+/// The shared engine and its epoch ticker (stopped when the last engine handle is dropped).
+#[derive(Clone)]
+pub struct PluginEngine {
+    engine: Engine,
+    cache: Option<Cache>,
+}
+
+impl PluginEngine {
+    /// An engine whose compiled artifacts are cached under `cache_dir` (none: compile every time).
+    pub fn new(cache_dir: Option<&Path>) -> anyhow::Result<PluginEngine> {
+        let mut config = Config::new();
+        let mut cached = None;
+        config.wasm_component_model(true);
+        config.epoch_interruption(true);
+        // Guests get 512 KiB of native stack for deep recursion; deeper is a stack-overflow trap.
+        config.max_wasm_stack(512 * 1024);
+        if let Some(dir) = cache_dir {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| anyhow::anyhow!("cannot create compile cache directory {}: {e}", dir.display()))?;
+            let dir = dir
+                .canonicalize()
+                .map_err(|e| anyhow::anyhow!("compile cache directory {}: {e}", dir.display()))?;
+            let mut cache = CacheConfig::new();
+            cache.with_directory(&dir);
+            let cache = Cache::new(cache).map_err(|e| anyhow::anyhow!("compile cache at {}: {e}", dir.display()))?;
+            config.cache(Some(cache.clone()));
+            cached = Some(cache);
+        }
+        let engine = Engine::new(&config).map_err(|e| anyhow::anyhow!("cannot create the Wasm engine: {e}"))?;
+        let weak = engine.weak();
+        std::thread::Builder::new()
+            .name("millrace-epoch".into())
+            .spawn(move || {
+                while let Some(engine) = weak.upgrade() {
+                    engine.increment_epoch();
+                    drop(engine);
+                    std::thread::sleep(EPOCH_TICK);
+                }
+            })
+            .map_err(|e| anyhow::anyhow!("cannot start the epoch ticker thread: {e}"))?;
+        Ok(PluginEngine { engine, cache: cached })
+    }
+
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    /// Compile-cache hits and misses since start, when a cache is configured.
+    pub fn cache_stats(&self) -> Option<(usize, usize)> {
+        self.cache.as_ref().map(|c| (c.cache_hits(), c.cache_misses()))
+    }
+
+    /// Deadline in epoch ticks: rounded up, plus one because the current tick is partly gone.
+    pub fn ticks(deadline: Duration) -> u64 {
+        deadline.as_millis().div_ceil(EPOCH_TICK.as_millis()) as u64 + 1
+    }
+}

@@ -1,0 +1,300 @@
+//! Plugins: loading a component (digest, imports), checking it against a step's grants, and
+//! running it with limits. Engine config in `engine`, store data and limits in `store`, one
+//! file per capability in `capability/`, the generated bindings in `bindings`.
+//!
+//! Instance strategy: each step keeps a small pool of warm instances of its plugin version.
+//! An instance serves messages of that one step (one plant, one route, one plugin digest) only,
+//! for at most `instance_reuse` messages, and is discarded after any trap, deadline or memory-cap
+//! breach; `instance_reuse = 1` gives every message a fresh instance. What may persist between
+//! two messages of one instance: the plugin's own memory (globals, heap, e.g. its parsed
+//! settings). Nothing else is shared: no instance is ever handed a message of another plant,
+//! route or plugin version.
+
+pub mod bindings;
+pub mod capability;
+pub mod engine;
+pub mod store;
+
+use crate::lookup::Tables;
+use bindings::types;
+use capability::Capability;
+use engine::PluginEngine;
+use sha2::{Digest, Sha256};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use store::{Invocation, MemoryCap, Settings, StepContext};
+use wasmtime::component::Component;
+use wasmtime::{Store, Trap};
+
+/// Why a plugin could not be loaded for a step.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    /// The file could not be read.
+    #[error("cannot read plugin {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The bytes are not a valid component for this host.
+    #[error("{path} is not a loadable Wasm component: {reason}")]
+    Invalid { path: PathBuf, reason: String },
+    /// The component imports something its step does not grant or the host does not offer.
+    #[error("{}", .0.join("; "))]
+    Grants(Vec<String>),
+    /// The component does not implement the `millrace:mediation/plugin` world.
+    #[error("{path} does not implement world millrace:mediation/plugin@0.1.0: {reason}")]
+    World { path: PathBuf, reason: String },
+    /// Instantiation or `describe`/`check-settings` trapped.
+    #[error("plugin {plugin} failed while loading: {reason}")]
+    Trapped { plugin: String, reason: String },
+    /// `check-settings` refused the step's settings.
+    #[error("plugin {plugin} refused its settings: {reason}")]
+    Settings { plugin: String, reason: String },
+}
+
+/// A plugin file, compiled (or loaded from the compile cache).
+pub struct Artifact {
+    pub path: PathBuf,
+    pub size: u64,
+    /// `sha256:<hex>` of the file's bytes.
+    pub digest: String,
+    pub component: Component,
+    /// Import names, e.g. `millrace:mediation/log@0.1.0`.
+    pub imports: Vec<String>,
+    /// Export names.
+    pub exports: Vec<String>,
+}
+
+impl Artifact {
+    pub fn load(engine: &PluginEngine, path: &Path) -> Result<Artifact, LoadError> {
+        let bytes = std::fs::read(path).map_err(|source| LoadError::Read { path: path.to_path_buf(), source })?;
+        Self::from_bytes(engine, path, &bytes)
+    }
+
+    pub fn from_bytes(engine: &PluginEngine, path: &Path, bytes: &[u8]) -> Result<Artifact, LoadError> {
+        let digest = format!("sha256:{}", hex::encode(Sha256::digest(bytes)));
+        let component = Component::new(engine.engine(), bytes).map_err(|e| LoadError::Invalid {
+            path: path.to_path_buf(),
+            reason: format!("{e:#}"),
+        })?;
+        let ty = component.component_type();
+        let imports = ty.imports(engine.engine()).map(|(name, _)| name.to_string()).collect();
+        let exports = ty.exports(engine.engine()).map(|(name, _)| name.to_string()).collect();
+        Ok(Artifact {
+            path: path.to_path_buf(),
+            size: bytes.len() as u64,
+            digest,
+            component,
+            imports,
+            exports,
+        })
+    }
+}
+
+/// Check `artifact` against `grants` and the world, and pre-instantiate it.
+fn link(engine: &PluginEngine, artifact: &Artifact, grants: &[Capability]) -> Result<bindings::PluginPre<Invocation>, LoadError> {
+    capability::check_grants(&artifact.imports, grants).map_err(LoadError::Grants)?;
+    let world_error = |e: wasmtime::Error| LoadError::World {
+        path: artifact.path.clone(),
+        reason: format!("{e:#}"),
+    };
+    let linker = capability::linker(engine.engine(), grants).map_err(world_error)?;
+    let pre = linker.instantiate_pre(&artifact.component).map_err(world_error)?;
+    bindings::PluginPre::new(pre).map_err(world_error)
+}
+
+/// Call `describe` on a fresh instance with every capability granted and no settings
+/// (`millrace plugin inspect`). Fails if the component does not implement the world.
+pub fn describe(engine: &PluginEngine, artifact: &Artifact) -> Result<types::PluginInfo, LoadError> {
+    let pre = link(engine, artifact, &Capability::ALL)?;
+    let context = StepContext {
+        plant: String::new(),
+        route: String::new(),
+        plugin: artifact.path.display().to_string(),
+        settings: Settings::default(),
+        tables: Tables::default(),
+    };
+    let mut store = Store::new(
+        engine.engine(),
+        Invocation { step: Arc::new(context), message_id: "describe".into(), limiter: MemoryCap::new(64 << 20) },
+    );
+    store.limiter(|inv| &mut inv.limiter);
+    store.set_epoch_deadline(PluginEngine::ticks(Duration::from_secs(5)));
+    let trapped = |e: wasmtime::Error| LoadError::Trapped { plugin: artifact.path.display().to_string(), reason: format!("{e:#}") };
+    let plugin = pre.instantiate(&mut store).map_err(trapped)?;
+    plugin.call_describe(&mut store).map_err(trapped)
+}
+
+/// Name, version and digest of the plugin that ran a step (for dead letters and lineage).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct PluginId {
+    pub name: String,
+    pub version: String,
+    pub digest: String,
+}
+
+/// Limits of one step.
+#[derive(Debug, Clone, Copy)]
+pub struct StepLimits {
+    /// Wall-clock budget of one `mediate` call.
+    pub deadline: Duration,
+    /// Cap on the instance's linear memory.
+    pub memory_bytes: usize,
+    /// Messages one instance may serve before it is replaced (1 = fresh instance per message).
+    pub instance_reuse: u32,
+}
+
+/// How a step failed on one message.
+#[derive(Debug, Clone, PartialEq)]
+pub enum StepFailure {
+    /// The plugin rejected the message (permanent).
+    Rejected(types::Rejection),
+    /// The plugin asked for a later retry (transient).
+    RetryLater(types::Retry),
+    /// The call ran past its deadline and was interrupted.
+    Deadline(Duration),
+    /// The instance tried to grow its memory past the cap.
+    MemoryCap(usize),
+    /// The plugin trapped (panic, out-of-bounds access, stack overflow...).
+    Trap(String),
+}
+
+/// A warm instance with the number of messages it has served.
+struct Warm {
+    store: Store<Invocation>,
+    plugin: bindings::Plugin,
+    served: u32,
+}
+
+/// Idle instances kept per step; beyond this, returned instances are dropped.
+const MAX_IDLE: usize = 16;
+
+/// One step of one route: a plugin version, its grants, settings, tables and limits.
+pub struct StepRuntime {
+    pub id: PluginId,
+    pub info: types::PluginInfo,
+    pub grants: Vec<Capability>,
+    pre: bindings::PluginPre<Invocation>,
+    context: Arc<StepContext>,
+    limits: StepLimits,
+    idle: Mutex<Vec<Warm>>,
+}
+
+impl StepRuntime {
+    /// Check `artifact` against `grants`, link it, describe it and check its settings.
+    pub fn load(
+        engine: &PluginEngine,
+        artifact: &Artifact,
+        grants: Vec<Capability>,
+        plant: &str,
+        route: &str,
+        settings: Settings,
+        tables: Tables,
+        limits: StepLimits,
+    ) -> Result<StepRuntime, LoadError> {
+        let pre = link(engine, artifact, &grants)?;
+        let file = artifact.path.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default();
+        let mut step = StepRuntime {
+            id: PluginId { name: file.clone(), version: String::new(), digest: artifact.digest.clone() },
+            info: types::PluginInfo { name: file, version: String::new(), accepts: vec![], emits: vec![] },
+            grants,
+            pre,
+            context: Arc::new(StepContext {
+                plant: plant.to_string(),
+                route: route.to_string(),
+                plugin: artifact.path.display().to_string(),
+                settings,
+                tables,
+            }),
+            limits,
+            idle: Mutex::new(Vec::new()),
+        };
+        let trapped = |reason: String| LoadError::Trapped { plugin: artifact.path.display().to_string(), reason };
+        let mut warm = step.instantiate("load").map_err(|e| trapped(format!("{e:#}")))?;
+        let info = warm.plugin.call_describe(&mut warm.store).map_err(|e| trapped(format!("describe: {e:#}")))?;
+        let label = format!("{}@{}", info.name, info.version);
+        let checked = warm.plugin.call_check_settings(&mut warm.store).map_err(|e| trapped(format!("check-settings: {e:#}")))?;
+        checked.map_err(|reason| LoadError::Settings { plugin: label.clone(), reason })?;
+        step.id.name = info.name.clone();
+        step.id.version = info.version.clone();
+        step.info = info;
+        drop(warm);
+        // Instances made from now on log under the plugin's own name and version.
+        let mut context = StepContext::clone(&step.context);
+        context.plugin = label;
+        step.context = Arc::new(context);
+        let fresh = step.instantiate("warm-up").map_err(|e| trapped(format!("{e:#}")))?;
+        step.idle.lock().expect("idle pool lock").push(fresh);
+        Ok(step)
+    }
+
+    fn instantiate(&self, message_id: &str) -> wasmtime::Result<Warm> {
+        let mut store = Store::new(
+            self.pre.engine(),
+            Invocation {
+                step: Arc::clone(&self.context),
+                message_id: message_id.to_string(),
+                limiter: MemoryCap::new(self.limits.memory_bytes),
+            },
+        );
+        store.limiter(|inv| &mut inv.limiter);
+        store.set_epoch_deadline(PluginEngine::ticks(self.limits.deadline));
+        let plugin = self.pre.instantiate(&mut store)?;
+        Ok(Warm { store, plugin, served: 0 })
+    }
+
+    /// Mediate one message on a warm (or new) instance of this step.
+    pub fn mediate(&self, input: &types::Message) -> Result<Vec<types::Message>, StepFailure> {
+        let pooled = self.idle.lock().expect("idle pool lock").pop();
+        let mut warm = match pooled {
+            Some(warm) => warm,
+            None => self.instantiate(&input.id).map_err(|e| self.classify(None, e))?,
+        };
+        let data = warm.store.data_mut();
+        data.message_id.clone_from(&input.id);
+        data.limiter.reset();
+        warm.store.set_epoch_deadline(PluginEngine::ticks(self.limits.deadline));
+        match warm.plugin.call_mediate(&mut warm.store, input) {
+            Ok(result) => {
+                warm.served += 1;
+                if warm.served < self.limits.instance_reuse {
+                    let mut idle = self.idle.lock().expect("idle pool lock");
+                    if idle.len() < MAX_IDLE {
+                        idle.push(warm);
+                    }
+                }
+                result.map_err(|e| match e {
+                    types::MediationError::Rejected(r) => StepFailure::Rejected(r),
+                    types::MediationError::RetryLater(r) => StepFailure::RetryLater(r),
+                })
+            }
+            // The instance is dropped here: a trapped instance never serves another message.
+            Err(e) => Err(self.classify(Some(&warm.store), e)),
+        }
+    }
+
+    fn classify(&self, store: Option<&Store<Invocation>>, error: wasmtime::Error) -> StepFailure {
+        if store.is_some_and(|s| s.data().limiter.breached()) {
+            return StepFailure::MemoryCap(self.limits.memory_bytes);
+        }
+        match error.downcast_ref::<Trap>() {
+            Some(Trap::Interrupt) => StepFailure::Deadline(self.limits.deadline),
+            _ => StepFailure::Trap(trap_reason(&error)),
+        }
+    }
+
+    pub fn limits(&self) -> StepLimits {
+        self.limits
+    }
+}
+
+/// The trap without its Wasm backtrace (which goes to the debug log).
+fn trap_reason(error: &wasmtime::Error) -> String {
+    tracing::debug!(error = ?error, "plugin trapped");
+    match error.downcast_ref::<Trap>() {
+        Some(trap) => format!("wasm trap: {trap}"),
+        None => format!("{error:#}"),
+    }
+}

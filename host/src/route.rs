@@ -1,0 +1,120 @@
+//! The route table: each configured route of a plant with its loaded chain of plugin steps.
+//!
+//! Building it compiles (or loads from the compile cache) every plugin the configuration names,
+//! checks each against its step's grants, and calls its `check-settings`; every failure is
+//! reported at the step's place in the configuration file.
+
+use crate::config::{Config, ConfigErrors, Diagnostics, Sink, Source};
+use crate::plugin::engine::PluginEngine;
+use crate::plugin::{Artifact, LoadError, StepRuntime};
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+/// One route of one plant, ready to mediate.
+pub struct Route {
+    pub name: String,
+    pub plant: String,
+    pub source: Source,
+    pub sink: Sink,
+    pub max_body_bytes: usize,
+    /// The chain, in order.
+    pub steps: Vec<StepRuntime>,
+}
+
+impl Route {
+    /// Whether the first step accepts `content_type` (parameters ignored; `*/*` accepts all).
+    pub fn accepts(&self, content_type: &str) -> bool {
+        let media = content_type.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+        let Some(first) = self.steps.first() else { return false };
+        first.info.accepts.iter().any(|a| {
+            a == "*/*" || a.eq_ignore_ascii_case(&media) || a.strip_suffix("/*").is_some_and(|prefix| media.split('/').next() == Some(prefix))
+        })
+    }
+
+    /// Media types the first step accepts.
+    pub fn accepted(&self) -> &[String] {
+        self.steps.first().map_or(&[], |s| s.info.accepts.as_slice())
+    }
+}
+
+/// All routes by name.
+pub struct Routes {
+    by_name: HashMap<String, Arc<Route>>,
+}
+
+impl Routes {
+    /// Load every route of `config` with `engine`.
+    pub fn build(config: &Config, engine: &PluginEngine) -> Result<Routes, ConfigErrors> {
+        let text = std::fs::read_to_string(&config.path).unwrap_or_default();
+        let mut diag = Diagnostics::new(&config.path, &text);
+        let mut artifacts: HashMap<PathBuf, Result<Arc<Artifact>, String>> = HashMap::new();
+        let mut by_name = HashMap::new();
+        for route in &config.routes {
+            let tables = config.plants.get(&route.plant).cloned().unwrap_or_default();
+            let mut steps = Vec::new();
+            for step in &route.steps {
+                let artifact = artifacts
+                    .entry(step.plugin_path.clone())
+                    .or_insert_with(|| load_artifact(engine, step));
+                let artifact = match artifact {
+                    Ok(a) => Arc::clone(a),
+                    Err(e) => {
+                        diag.error_at_location(step.at, e.clone());
+                        continue;
+                    }
+                };
+                let loaded = StepRuntime::load(
+                    engine,
+                    &artifact,
+                    step.grants.clone(),
+                    &route.plant,
+                    &route.name,
+                    step.settings.clone(),
+                    Arc::clone(&tables),
+                    step.limits,
+                );
+                match loaded {
+                    Ok(runtime) => steps.push(runtime),
+                    Err(e @ LoadError::Grants(_)) => diag.error_at_location(step.grants_at, format!("route {}: {e}", route.name)),
+                    Err(e @ LoadError::Settings { .. }) => {
+                        diag.error_at_location(step.settings_at, format!("route {}: {e}; fix the step's settings", route.name))
+                    }
+                    Err(e) => diag.error_at_location(step.at, format!("route {}: {e}", route.name)),
+                }
+            }
+            by_name.insert(
+                route.name.clone(),
+                Arc::new(Route {
+                    name: route.name.clone(),
+                    plant: route.plant.clone(),
+                    source: route.source,
+                    sink: route.sink,
+                    max_body_bytes: route.max_body_bytes,
+                    steps,
+                }),
+            );
+        }
+        diag.finish()?;
+        Ok(Routes { by_name })
+    }
+
+    pub fn get(&self, name: &str) -> Option<Arc<Route>> {
+        self.by_name.get(name).cloned()
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &Arc<Route>> {
+        self.by_name.values()
+    }
+}
+
+fn load_artifact(engine: &PluginEngine, step: &crate::config::StepConfig) -> Result<Arc<Artifact>, String> {
+    if !step.plugin_path.exists() {
+        return Err(format!(
+            "plugin {:?}: file {} not found; build the project's plugins with scripts/build-plugins, or give a path to a .wasm component",
+            step.plugin,
+            step.plugin_path.display()
+        ));
+    }
+    Artifact::load(engine, &step.plugin_path).map(Arc::new).map_err(|e| e.to_string())
+}
