@@ -32,9 +32,15 @@ impl Failure {
         match &self.failure {
             StepFailure::Rejected(r) => r.reason.clone(),
             StepFailure::RetryLater(r) => r.reason.clone(),
-            StepFailure::Deadline(d) => format!("the plugin ran past its deadline of {} ms and was stopped", d.as_millis()),
+            StepFailure::Deadline(d) => format!(
+                "the plugin ran past its deadline of {} ms and was stopped",
+                d.as_millis()
+            ),
             StepFailure::MemoryCap(bytes) => {
-                format!("the plugin tried to grow its memory past the cap of {} MiB and was stopped", bytes / (1024 * 1024))
+                format!(
+                    "the plugin tried to grow its memory past the cap of {} MiB and was stopped",
+                    bytes / (1024 * 1024)
+                )
             }
             StepFailure::Trap(t) => format!("the plugin failed: {t}"),
         }
@@ -43,15 +49,17 @@ impl Failure {
 
 /// Run `input` through every step of `route`. Blocking (Wasm runs on this thread): call it from
 /// a blocking-capable thread.
-pub fn run(route: &Route, input: &Message) -> Result<Vec<Message>, Failure> {
+pub fn run(route: &Route, input: &Message) -> Result<Vec<Message>, Box<Failure>> {
     let mut messages = vec![input.clone()];
     for (index, step) in route.steps.iter().enumerate() {
         let mut next = Vec::with_capacity(messages.len());
         for message in &messages {
-            let outputs = step.mediate(message).map_err(|failure| Failure {
-                step: index as u32 + 1,
-                plugin: step.id.clone(),
-                failure,
+            let outputs = step.mediate(message).map_err(|failure| {
+                Box::new(Failure {
+                    step: index as u32 + 1,
+                    plugin: step.id.clone(),
+                    failure,
+                })
             })?;
             for mut output in outputs {
                 // A plugin cannot move a message to another plant or route.
@@ -66,8 +74,15 @@ pub fn run(route: &Route, input: &Message) -> Result<Vec<Message>, Failure> {
 }
 
 /// Record `input` as a dead letter for `failure`; `Ok(None)` if the failure is transient.
-pub fn dead_letter(store: &DeadLetterStore, route: &Route, input: &Message, failure: &Failure) -> Result<Option<i64>, DeadLetterError> {
-    let Some(kind) = failure.dead_letter_kind() else { return Ok(None) };
+pub fn dead_letter(
+    store: &DeadLetterStore,
+    route: &Route,
+    input: &Message,
+    failure: &Failure,
+) -> Result<Option<i64>, DeadLetterError> {
+    let Some(kind) = failure.dead_letter_kind() else {
+        return Ok(None);
+    };
     let (field, position) = match &failure.failure {
         StepFailure::Rejected(r) => (r.field.clone(), r.position),
         _ => (None, None),

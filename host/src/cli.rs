@@ -7,7 +7,9 @@ use crate::lookup::{self, Tables};
 use crate::plugin::capability::Capability;
 use crate::plugin::engine::PluginEngine;
 use crate::plugin::store::Settings;
-use crate::plugin::{self, Artifact, StepFailure, StepLimits, StepRuntime, bindings::types::Message};
+use crate::plugin::{
+    self, Artifact, StepFailure, StepLimits, StepRuntime, StepSpec, bindings::types::Message,
+};
 use crate::route::Routes;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -34,8 +36,17 @@ pub fn check(config_path: &Path) -> i32 {
             let mut names: Vec<_> = routes.iter().collect();
             names.sort_by(|a, b| a.name.cmp(&b.name));
             for route in names {
-                let chain: Vec<String> = route.steps.iter().map(|s| format!("{}@{} ({})", s.id.name, s.id.version, short(&s.id.digest))).collect();
-                println!("route {} (plant {}): {}", route.name, route.plant, chain.join(" -> "));
+                let chain: Vec<String> = route
+                    .steps
+                    .iter()
+                    .map(|s| format!("{}@{} ({})", s.id.name, s.id.version, short(&s.id.digest)))
+                    .collect();
+                println!(
+                    "route {} (plant {}): {}",
+                    route.name,
+                    route.plant,
+                    chain.join(" -> ")
+                );
             }
             if let Some((hits, misses)) = engine.cache_stats() {
                 println!("compile cache: {hits} hit(s), {misses} miss(es)");
@@ -76,7 +87,11 @@ pub fn inspect(file: &Path) -> i32 {
     println!("digest:  {}", artifact.digest);
     let described = plugin::describe(&engine, &artifact);
     match &described {
-        Ok(_) => println!("world:   {}/plugin@{} (conforms)", plugin::capability::PACKAGE, plugin::capability::VERSION),
+        Ok(_) => println!(
+            "world:   {}/plugin@{} (conforms)",
+            plugin::capability::PACKAGE,
+            plugin::capability::VERSION
+        ),
         Err(e) => println!("world:   does not conform: {e}"),
     }
     if let Ok(info) = &described {
@@ -126,21 +141,32 @@ pub fn test(run: TestRun) -> i32 {
 fn test_inner(run: TestRun) -> Result<i32, String> {
     let mut settings = serde_json::Map::new();
     if let Some(path) = &run.settings_file {
-        let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-        let table: toml::Table = toml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        let table: toml::Table =
+            toml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
         settings.extend(table.iter().map(|(k, v)| (k.clone(), toml_to_json(v))));
     }
     for pair in &run.set {
-        let (key, value) = pair.split_once('=').ok_or_else(|| format!("--set {pair:?}: expected KEY=VALUE"))?;
-        let value = serde_json::from_str(value).unwrap_or_else(|_| serde_json::Value::String(value.to_string()));
+        let (key, value) = pair
+            .split_once('=')
+            .ok_or_else(|| format!("--set {pair:?}: expected KEY=VALUE"))?;
+        let value = serde_json::from_str(value)
+            .unwrap_or_else(|_| serde_json::Value::String(value.to_string()));
         settings.insert(key.to_string(), value);
     }
     let mut tables = HashMap::new();
     for pair in &run.lookups {
-        let (name, file) = pair.split_once('=').ok_or_else(|| format!("--lookup {pair:?}: expected TABLE=FILE.csv"))?;
-        tables.insert(name.to_string(), lookup::read_csv(Path::new(file), None, None)?);
+        let (name, file) = pair
+            .split_once('=')
+            .ok_or_else(|| format!("--lookup {pair:?}: expected TABLE=FILE.csv"))?;
+        tables.insert(
+            name.to_string(),
+            lookup::read_csv(Path::new(file), None, None)?,
+        );
     }
-    let body = std::fs::read(&run.input).map_err(|e| format!("cannot read input {}: {e}", run.input.display()))?;
+    let body = std::fs::read(&run.input)
+        .map_err(|e| format!("cannot read input {}: {e}", run.input.display()))?;
 
     let engine = PluginEngine::new(None).map_err(|e| format!("{e:#}"))?;
     let artifact = Artifact::load(&engine, &run.file).map_err(|e| e.to_string())?;
@@ -149,18 +175,19 @@ fn test_inner(run: TestRun) -> Result<i32, String> {
         memory_bytes: run.memory_mib as usize * 1024 * 1024,
         instance_reuse: 1,
     };
-    let step = StepRuntime::load(
-        &engine,
-        &artifact,
-        Capability::ALL.to_vec(),
-        "local",
-        "local",
-        Settings::new(settings),
-        Tables::new(tables),
+    let spec = StepSpec {
+        plant: "local",
+        route: "local",
+        grants: Capability::ALL.to_vec(),
+        settings: Settings::new(settings),
+        tables: Tables::new(tables),
         limits,
-    )
-    .map_err(|e| e.to_string())?;
-    let content_type = run.content_type.or_else(|| step.info.accepts.first().cloned()).unwrap_or_else(|| "application/octet-stream".into());
+    };
+    let step = StepRuntime::load(&engine, &artifact, spec).map_err(|e| e.to_string())?;
+    let content_type = run
+        .content_type
+        .or_else(|| step.info.accepts.first().cloned())
+        .unwrap_or_else(|| "application/octet-stream".into());
     let input = Message {
         id: "test-1".into(),
         plant: "local".into(),
@@ -171,14 +198,26 @@ fn test_inner(run: TestRun) -> Result<i32, String> {
     };
     match step.mediate(&input) {
         Ok(outputs) if outputs.is_empty() => {
-            println!("filtered: {}@{} produced no output", step.id.name, step.id.version);
+            println!(
+                "filtered: {}@{} produced no output",
+                step.id.name, step.id.version
+            );
             Ok(0)
         }
         Ok(outputs) => {
             for (i, out) in outputs.iter().enumerate() {
-                println!("--- output {} of {}: id {} ({})", i + 1, outputs.len(), out.id, out.content_type);
+                println!(
+                    "--- output {} of {}: id {} ({})",
+                    i + 1,
+                    outputs.len(),
+                    out.id,
+                    out.content_type
+                );
                 match serde_json::from_slice::<serde_json::Value>(&out.body) {
-                    Ok(json) => println!("{}", serde_json::to_string_pretty(&json).expect("a JSON value prints")),
+                    Ok(json) => println!(
+                        "{}",
+                        serde_json::to_string_pretty(&json).expect("a JSON value prints")
+                    ),
                     Err(_) => println!("{}", String::from_utf8_lossy(&out.body)),
                 }
             }
@@ -196,7 +235,9 @@ fn test_inner(run: TestRun) -> Result<i32, String> {
                     }
                 }
                 StepFailure::RetryLater(r) => println!("retry later: {}", r.reason),
-                StepFailure::Deadline(d) => println!("deadline: stopped after {} ms", d.as_millis()),
+                StepFailure::Deadline(d) => {
+                    println!("deadline: stopped after {} ms", d.as_millis())
+                }
                 StepFailure::MemoryCap(b) => println!("memory cap: stopped at {} MiB", b >> 20),
                 StepFailure::Trap(t) => println!("trap: {t}"),
             }
@@ -220,7 +261,10 @@ pub fn dlq_list(config_path: &Path, route: Option<&str>, json: bool) -> i32 {
             if json {
                 println!("[]");
             } else {
-                println!("no dead letters (no store at {} yet)", config.data_dir.display());
+                println!(
+                    "no dead letters (no store at {} yet)",
+                    config.data_dir.display()
+                );
             }
             return 0;
         }
@@ -237,18 +281,42 @@ pub fn dlq_list(config_path: &Path, route: Option<&str>, json: bool) -> i32 {
         }
     };
     if json {
-        println!("{}", serde_json::to_string_pretty(&entries).expect("dead letters serialize"));
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&entries).expect("dead letters serialize")
+        );
         return 0;
     }
     if entries.is_empty() {
         println!("no dead letters");
         return 0;
     }
-    println!("{:<5} {:<24} {:<20} {:<4} {:<30} {:<10} REASON", "ID", "RECORDED", "ROUTE", "STEP", "PLUGIN@VERSION (DIGEST)", "KIND");
+    println!(
+        "{:<5} {:<24} {:<20} {:<4} {:<30} {:<10} REASON",
+        "ID", "RECORDED", "ROUTE", "STEP", "PLUGIN@VERSION (DIGEST)", "KIND"
+    );
     for e in &entries {
-        let plugin = format!("{}@{} ({})", e.plugin.name, e.plugin.version, short(&e.plugin.digest));
-        println!("{:<5} {:<24} {:<20} {:<4} {:<30} {:<10} {}", e.id, e.at, e.route, e.step, plugin, e.kind.as_str(), e.reason);
+        let plugin = format!(
+            "{}@{} ({})",
+            e.plugin.name,
+            e.plugin.version,
+            short(&e.plugin.digest)
+        );
+        println!(
+            "{:<5} {:<24} {:<20} {:<4} {:<30} {:<10} {}",
+            e.id,
+            e.at,
+            e.route,
+            e.step,
+            plugin,
+            e.kind.as_str(),
+            e.reason
+        );
     }
-    println!("{} dead letter(s) in {}", entries.len(), store.path().display());
+    println!(
+        "{} dead letter(s) in {}",
+        entries.len(),
+        store.path().display()
+    );
     0
 }

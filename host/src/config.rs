@@ -162,7 +162,14 @@ pub struct ConfigError {
 impl fmt::Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self.at {
-            Some(at) => write!(f, "{}:{}:{}: {}", self.file.display(), at.line, at.col, self.message),
+            Some(at) => write!(
+                f,
+                "{}:{}:{}: {}",
+                self.file.display(),
+                at.line,
+                at.col,
+                self.message
+            ),
             None => write!(f, "{}: {}", self.file.display(), self.message),
         }
     }
@@ -193,7 +200,11 @@ pub struct Diagnostics<'a> {
 
 impl<'a> Diagnostics<'a> {
     pub fn new(file: &'a Path, text: &'a str) -> Self {
-        Diagnostics { file, text, errors: Vec::new() }
+        Diagnostics {
+            file,
+            text,
+            errors: Vec::new(),
+        }
     }
 
     pub fn locate(&self, span: Range<usize>) -> Location {
@@ -205,21 +216,37 @@ impl<'a> Diagnostics<'a> {
 
     pub fn error_at(&mut self, span: Range<usize>, message: impl Into<String>) {
         let at = Some(self.locate(span));
-        self.errors.push(ConfigError { file: self.file.to_path_buf(), at, message: message.into() });
+        self.errors.push(ConfigError {
+            file: self.file.to_path_buf(),
+            at,
+            message: message.into(),
+        });
     }
 
     pub fn error_at_location(&mut self, at: Location, message: impl Into<String>) {
-        self.errors.push(ConfigError { file: self.file.to_path_buf(), at: Some(at), message: message.into() });
+        self.errors.push(ConfigError {
+            file: self.file.to_path_buf(),
+            at: Some(at),
+            message: message.into(),
+        });
     }
 
     pub fn finish(self) -> Result<(), ConfigErrors> {
-        if self.errors.is_empty() { Ok(()) } else { Err(ConfigErrors(self.errors)) }
+        if self.errors.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigErrors(self.errors))
+        }
     }
 }
 
 /// A config error without a position (file missing, unreadable).
 fn unlocated(path: &Path, message: String) -> ConfigErrors {
-    ConfigErrors(vec![ConfigError { file: path.to_path_buf(), at: None, message }])
+    ConfigErrors(vec![ConfigError {
+        file: path.to_path_buf(),
+        at: None,
+        message,
+    }])
 }
 
 impl Config {
@@ -241,18 +268,32 @@ impl Config {
                 let message = e.message().trim_end().to_string();
                 match e.span() {
                     Some(span) => diag.error_at(span, message),
-                    None => diag.errors.push(ConfigError { file: path.to_path_buf(), at: None, message }),
+                    None => diag.errors.push(ConfigError {
+                        file: path.to_path_buf(),
+                        at: None,
+                        message,
+                    }),
                 }
                 return Err(ConfigErrors(diag.errors));
             }
         };
         let dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
-        let dir = if dir.as_os_str().is_empty() { PathBuf::from(".") } else { dir };
+        let dir = if dir.as_os_str().is_empty() {
+            PathBuf::from(".")
+        } else {
+            dir
+        };
 
         let http = match &file.host.http {
             None => DEFAULT_HTTP.parse().expect("the default address parses"),
             Some(addr) => addr.get_ref().parse().unwrap_or_else(|e| {
-                diag.error_at(addr.span(), format!("host.http {:?} is not an address like 127.0.0.1:8080: {e}", addr.get_ref()));
+                diag.error_at(
+                    addr.span(),
+                    format!(
+                        "host.http {:?} is not an address like 127.0.0.1:8080: {e}",
+                        addr.get_ref()
+                    ),
+                );
                 DEFAULT_HTTP.parse().expect("the default address parses")
             }),
         };
@@ -283,12 +324,28 @@ impl Config {
                 );
             }
             if route.steps.get_ref().is_empty() {
-                diag.error_at(route.steps.span(), format!("route {} has no steps; add at least one [[routes.{}.steps]]", name.get_ref(), name.get_ref()));
+                diag.error_at(
+                    route.steps.span(),
+                    format!(
+                        "route {} has no steps; add at least one [[routes.{}.steps]]",
+                        name.get_ref(),
+                        name.get_ref()
+                    ),
+                );
             }
-            let max_body_kib = route.max_body_kib.or(file.limits.max_body_kib).unwrap_or(1024);
+            let max_body_kib = route
+                .max_body_kib
+                .or(file.limits.max_body_kib)
+                .unwrap_or(1024);
             let mut steps = Vec::new();
             for step in route.steps.get_ref() {
-                steps.push(step_config(&mut diag, &dir, &plugin_dir, &file.limits, step));
+                steps.push(step_config(
+                    &mut diag,
+                    &dir,
+                    &plugin_dir,
+                    &file.limits,
+                    step,
+                ));
             }
             routes.push(RouteConfig {
                 name: name.get_ref().clone(),
@@ -307,19 +364,34 @@ impl Config {
             });
         }
         diag.finish()?;
-        Ok(Config { path: path.to_path_buf(), http, data_dir, plugin_dir, plants, routes })
+        Ok(Config {
+            path: path.to_path_buf(),
+            http,
+            data_dir,
+            plugin_dir,
+            plants,
+            routes,
+        })
     }
 }
 
 fn list(items: &[&str]) -> String {
-    if items.is_empty() { "none".to_string() } else { items.join(", ") }
+    if items.is_empty() {
+        "none".to_string()
+    } else {
+        items.join(", ")
+    }
 }
 
 /// Plant and route names appear in URLs and logs: lower-case letters, digits, `-`, `_`, `.`.
 fn check_name(diag: &mut Diagnostics, name: &Spanned<String>, what: &str) {
     let n = name.get_ref();
-    let ok = n.chars().next().is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
-        && n.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "-_.".contains(c));
+    let ok = n
+        .chars()
+        .next()
+        .is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
+        && n.chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "-_.".contains(c));
     if !ok {
         diag.error_at(name.span(), format!("{what} name {n:?} must start with a lower-case letter or digit and use only a-z, 0-9, '-', '_' and '.'"));
     }
@@ -328,18 +400,28 @@ fn check_name(diag: &mut Diagnostics, name: &Spanned<String>, what: &str) {
 fn read_table(diag: &mut Diagnostics, dir: &Path, table: &Spanned<LookupSection>) -> Option<Table> {
     let t = table.get_ref();
     match (&t.csv, &t.entries) {
-        (Some(csv), None) => match lookup::read_csv(&dir.join(csv), t.key_column.as_deref(), t.value_column.as_deref()) {
+        (Some(csv), None) => match lookup::read_csv(
+            &dir.join(csv),
+            t.key_column.as_deref(),
+            t.value_column.as_deref(),
+        ) {
             Ok(rows) => Some(rows),
             Err(e) => {
                 diag.error_at(table.span(), e);
                 None
             }
         },
-        (None, Some(entries)) if t.key_column.is_none() && t.value_column.is_none() => {
-            Some(entries.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
-        }
+        (None, Some(entries)) if t.key_column.is_none() && t.value_column.is_none() => Some(
+            entries
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+        ),
         (None, Some(_)) => {
-            diag.error_at(table.span(), "key_column and value_column apply to csv tables only");
+            diag.error_at(
+                table.span(),
+                "key_column and value_column apply to csv tables only",
+            );
             None
         }
         _ => {
@@ -349,7 +431,13 @@ fn read_table(diag: &mut Diagnostics, dir: &Path, table: &Spanned<LookupSection>
     }
 }
 
-fn step_config(diag: &mut Diagnostics, dir: &Path, plugin_dir: &Path, defaults: &LimitsSection, step: &StepSection) -> StepConfig {
+fn step_config(
+    diag: &mut Diagnostics,
+    dir: &Path,
+    plugin_dir: &Path,
+    defaults: &LimitsSection,
+    step: &StepSection,
+) -> StepConfig {
     let plugin = step.plugin.get_ref().clone();
     let plugin_path = if plugin.ends_with(".wasm") || plugin.contains('/') {
         dir.join(&plugin)
@@ -360,24 +448,50 @@ fn step_config(diag: &mut Diagnostics, dir: &Path, plugin_dir: &Path, defaults: 
     for grant in step.grants.iter().flat_map(|g| g.get_ref()) {
         match Capability::from_name(grant.get_ref()) {
             Some(cap) if !grants.contains(&cap) => grants.push(cap),
-            Some(_) => diag.error_at(grant.span(), format!("capability {:?} is granted twice", grant.get_ref())),
+            Some(_) => diag.error_at(
+                grant.span(),
+                format!("capability {:?} is granted twice", grant.get_ref()),
+            ),
             None => {
                 let known: Vec<&str> = Capability::ALL.iter().map(|c| c.name()).collect();
-                diag.error_at(grant.span(), format!("unknown capability {:?}; grants are any of {}", grant.get_ref(), known.join(", ")));
+                diag.error_at(
+                    grant.span(),
+                    format!(
+                        "unknown capability {:?}; grants are any of {}",
+                        grant.get_ref(),
+                        known.join(", ")
+                    ),
+                );
             }
         }
     }
-    let pick = |own: Option<u64>, default: Option<u64>, fallback: u64| own.or(default).unwrap_or(fallback);
+    let pick =
+        |own: Option<u64>, default: Option<u64>, fallback: u64| own.or(default).unwrap_or(fallback);
     let limits = StepLimits {
         deadline: Duration::from_millis(pick(step.deadline_ms, defaults.deadline_ms, 500)),
-        memory_bytes: pick(step.memory_mib.map(u64::from), defaults.memory_mib.map(u64::from), 64) as usize * 1024 * 1024,
-        instance_reuse: pick(step.instance_reuse.map(u64::from), defaults.instance_reuse.map(u64::from), 1000).max(1) as u32,
+        memory_bytes: pick(
+            step.memory_mib.map(u64::from),
+            defaults.memory_mib.map(u64::from),
+            64,
+        ) as usize
+            * 1024
+            * 1024,
+        instance_reuse: pick(
+            step.instance_reuse.map(u64::from),
+            defaults.instance_reuse.map(u64::from),
+            1000,
+        )
+        .max(1) as u32,
     };
     if limits.deadline.is_zero() {
         diag.error_at(step.plugin.span(), "deadline_ms must be at least 1");
     }
     let settings = Settings::new(
-        step.settings.iter().flat_map(|s| s.get_ref()).map(|(k, v)| (k.clone(), toml_to_json(v))).collect(),
+        step.settings
+            .iter()
+            .flat_map(|s| s.get_ref())
+            .map(|(k, v)| (k.clone(), toml_to_json(v)))
+            .collect(),
     );
     StepConfig {
         plugin,
@@ -386,8 +500,16 @@ fn step_config(diag: &mut Diagnostics, dir: &Path, plugin_dir: &Path, defaults: 
         settings,
         limits,
         at: diag.locate(step.plugin.span()),
-        grants_at: diag.locate(step.grants.as_ref().map_or(step.plugin.span(), |g| g.span())),
-        settings_at: diag.locate(step.settings.as_ref().map_or(step.plugin.span(), |s| s.span())),
+        grants_at: diag.locate(
+            step.grants
+                .as_ref()
+                .map_or(step.plugin.span(), |g| g.span()),
+        ),
+        settings_at: diag.locate(
+            step.settings
+                .as_ref()
+                .map_or(step.plugin.span(), |s| s.span()),
+        ),
     }
 }
 
@@ -401,6 +523,10 @@ pub fn toml_to_json(value: &toml::Value) -> serde_json::Value {
         toml::Value::Boolean(b) => J::Bool(*b),
         toml::Value::Datetime(d) => J::String(d.to_string()),
         toml::Value::Array(a) => J::Array(a.iter().map(toml_to_json).collect()),
-        toml::Value::Table(t) => J::Object(t.iter().map(|(k, v)| (k.clone(), toml_to_json(v))).collect()),
+        toml::Value::Table(t) => J::Object(
+            t.iter()
+                .map(|(k, v)| (k.clone(), toml_to_json(v)))
+                .collect(),
+        ),
     }
 }

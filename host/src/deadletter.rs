@@ -134,15 +134,27 @@ CREATE INDEX IF NOT EXISTS dead_letters_route ON dead_letters (route, id);
 impl DeadLetterStore {
     /// Open (or create) the store in `data_dir`.
     pub fn open(data_dir: &Path) -> Result<DeadLetterStore, DeadLetterError> {
-        std::fs::create_dir_all(data_dir).map_err(|source| DeadLetterError::Directory { path: data_dir.to_path_buf(), source })?;
+        std::fs::create_dir_all(data_dir).map_err(|source| DeadLetterError::Directory {
+            path: data_dir.to_path_buf(),
+            source,
+        })?;
         let path = data_dir.join(FILE);
-        let open = |source| DeadLetterError::Open { path: path.clone(), source };
+        let open = |source| DeadLetterError::Open {
+            path: path.clone(),
+            source,
+        };
         let conn = Connection::open(&path).map_err(open)?;
-        conn.pragma_update(None, "journal_mode", "WAL").map_err(open)?;
-        conn.pragma_update(None, "synchronous", "FULL").map_err(open)?;
-        conn.busy_timeout(std::time::Duration::from_secs(5)).map_err(open)?;
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(open)?;
+        conn.pragma_update(None, "synchronous", "FULL")
+            .map_err(open)?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))
+            .map_err(open)?;
         conn.execute_batch(SCHEMA).map_err(open)?;
-        Ok(DeadLetterStore { path, conn: Mutex::new(conn) })
+        Ok(DeadLetterStore {
+            path,
+            conn: Mutex::new(conn),
+        })
     }
 
     /// Open an existing store for reading only (`millrace dlq list`, also while a host runs).
@@ -152,11 +164,21 @@ impl DeadLetterStore {
         if !path.exists() {
             return Ok(None);
         }
-        let conn = Connection::open_with_flags(&path, OpenFlags::SQLITE_OPEN_READ_ONLY)
-            .map_err(|source| DeadLetterError::Open { path: path.clone(), source })?;
+        let conn = Connection::open_with_flags(&path, OpenFlags::SQLITE_OPEN_READ_ONLY).map_err(
+            |source| DeadLetterError::Open {
+                path: path.clone(),
+                source,
+            },
+        )?;
         conn.busy_timeout(std::time::Duration::from_secs(5))
-            .map_err(|source| DeadLetterError::Open { path: path.clone(), source })?;
-        Ok(Some(DeadLetterStore { path, conn: Mutex::new(conn) }))
+            .map_err(|source| DeadLetterError::Open {
+                path: path.clone(),
+                source,
+            })?;
+        Ok(Some(DeadLetterStore {
+            path,
+            conn: Mutex::new(conn),
+        }))
     }
 
     pub fn path(&self) -> &Path {
@@ -164,7 +186,10 @@ impl DeadLetterStore {
     }
 
     fn sql(&self, source: rusqlite::Error) -> DeadLetterError {
-        DeadLetterError::Sql { path: self.path.clone(), source }
+        DeadLetterError::Sql {
+            path: self.path.clone(),
+            source,
+        }
     }
 
     /// Record one entry (its `id` and `at` are assigned here); returns the id once committed.
@@ -217,7 +242,11 @@ impl DeadLetterStore {
                     route: row.get(3)?,
                     message_id: row.get(4)?,
                     step: row.get(5)?,
-                    plugin: PluginId { name: row.get(6)?, version: row.get(7)?, digest: row.get(8)? },
+                    plugin: PluginId {
+                        name: row.get(6)?,
+                        version: row.get(7)?,
+                        digest: row.get(8)?,
+                    },
                     kind: Kind::parse(&kind),
                     reason: row.get(10)?,
                     field: row.get(11)?,
@@ -234,8 +263,12 @@ impl DeadLetterStore {
 
 /// Now as RFC 3339 UTC with milliseconds.
 pub fn now_rfc3339() -> String {
-    let format = time::macros::format_description!("[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z");
-    time::OffsetDateTime::now_utc().format(&format).expect("UTC time formats")
+    let format = time::macros::format_description!(
+        "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z"
+    );
+    time::OffsetDateTime::now_utc()
+        .format(&format)
+        .expect("UTC time formats")
 }
 
 #[cfg(test)]
@@ -250,7 +283,11 @@ mod tests {
             route: "r".into(),
             message_id: "m-1".into(),
             step: 1,
-            plugin: PluginId { name: "x".into(), version: "1.0.0".into(), digest: "sha256:00".into() },
+            plugin: PluginId {
+                name: "x".into(),
+                version: "1.0.0".into(),
+                digest: "sha256:00".into(),
+            },
             kind: Kind::Rejected,
             reason: "bad".into(),
             field: Some("quantity".into()),
@@ -266,7 +303,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = DeadLetterStore::open(dir.path()).unwrap();
         let id = store.record(&entry()).unwrap();
-        let reader = DeadLetterStore::open_read_only(dir.path()).unwrap().unwrap();
+        let reader = DeadLetterStore::open_read_only(dir.path())
+            .unwrap()
+            .unwrap();
         let listed = reader.list(None).unwrap();
         assert_eq!(listed.len(), 1);
         assert_eq!(listed[0].id, id);
@@ -281,6 +320,10 @@ mod tests {
     #[test]
     fn no_store_yet_reads_as_none() {
         let dir = tempfile::tempdir().unwrap();
-        assert!(DeadLetterStore::open_read_only(dir.path()).unwrap().is_none());
+        assert!(
+            DeadLetterStore::open_read_only(dir.path())
+                .unwrap()
+                .is_none()
+        );
     }
 }

@@ -13,7 +13,11 @@ pub type Tables = Arc<HashMap<String, Table>>;
 
 /// Read a CSV table with a header row. `key_column`/`value_column` name the columns
 /// (default: the first and the second). Duplicate keys are an error.
-pub fn read_csv(path: &Path, key_column: Option<&str>, value_column: Option<&str>) -> Result<Table, String> {
+pub fn read_csv(
+    path: &Path,
+    key_column: Option<&str>,
+    value_column: Option<&str>,
+) -> Result<Table, String> {
     let mut reader = csv::ReaderBuilder::new()
         .has_headers(true)
         .trim(csv::Trim::All)
@@ -26,11 +30,17 @@ pub fn read_csv(path: &Path, key_column: Option<&str>, value_column: Option<&str
     let column = |name: Option<&str>, default: usize, what: &str| -> Result<usize, String> {
         match name {
             None if headers.len() > default => Ok(default),
-            None => Err(format!("{}: needs at least two columns (key, value)", path.display())),
-            Some(n) => headers
-                .iter()
-                .position(|h| h == n)
-                .ok_or_else(|| format!("{}: no {what} column {n:?} (columns: {})", path.display(), headers.iter().collect::<Vec<_>>().join(", "))),
+            None => Err(format!(
+                "{}: needs at least two columns (key, value)",
+                path.display()
+            )),
+            Some(n) => headers.iter().position(|h| h == n).ok_or_else(|| {
+                format!(
+                    "{}: no {what} column {n:?} (columns: {})",
+                    path.display(),
+                    headers.iter().collect::<Vec<_>>().join(", ")
+                )
+            }),
         }
     };
     let key = column(key_column, 0, "key")?;
@@ -40,10 +50,16 @@ pub fn read_csv(path: &Path, key_column: Option<&str>, value_column: Option<&str
         let line = index + 2;
         let record = record.map_err(|e| format!("{}:{line}: {e}", path.display()))?;
         let (Some(k), Some(v)) = (record.get(key), record.get(value)) else {
-            return Err(format!("{}:{line}: missing key or value column", path.display()));
+            return Err(format!(
+                "{}:{line}: missing key or value column",
+                path.display()
+            ));
         };
         if table.insert(k.to_string(), v.to_string()).is_some() {
-            return Err(format!("{}:{line}: key {k:?} appears twice", path.display()));
+            return Err(format!(
+                "{}:{line}: key {k:?} appears twice",
+                path.display()
+            ));
         }
     }
     Ok(table)
@@ -57,13 +73,31 @@ mod tests {
     fn csv_table_reads_named_columns_and_refuses_duplicates() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("wc.csv");
-        std::fs::write(&path, "local,description,canonical\nWC01,Assembly,ASSY-01\n\"WC,2\",Paint,PAINT-02\n").unwrap();
+        std::fs::write(
+            &path,
+            "local,description,canonical\nWC01,Assembly,ASSY-01\n\"WC,2\",Paint,PAINT-02\n",
+        )
+        .unwrap();
         let table = read_csv(&path, Some("local"), Some("canonical")).unwrap();
         assert_eq!(table.get("WC,2").map(String::as_str), Some("PAINT-02"));
-        assert_eq!(read_csv(&path, None, None).unwrap().get("WC01").map(String::as_str), Some("Assembly"));
+        assert_eq!(
+            read_csv(&path, None, None)
+                .unwrap()
+                .get("WC01")
+                .map(String::as_str),
+            Some("Assembly")
+        );
 
         std::fs::write(&path, "k,v\nA,1\nA,2\n").unwrap();
-        assert!(read_csv(&path, None, None).unwrap_err().contains(":3: key \"A\" appears twice"));
-        assert!(read_csv(&path, Some("x"), None).unwrap_err().contains("no key column \"x\""));
+        assert!(
+            read_csv(&path, None, None)
+                .unwrap_err()
+                .contains(":3: key \"A\" appears twice")
+        );
+        assert!(
+            read_csv(&path, Some("x"), None)
+                .unwrap_err()
+                .contains("no key column \"x\"")
+        );
     }
 }

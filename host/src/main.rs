@@ -93,9 +93,21 @@ fn main() -> ExitCode {
     let code = match cli.command {
         Command::Run { config, http } => run(config, http),
         Command::Check { config } => cli::check(&config),
-        Command::Plugin { command: PluginCommand::Inspect { file } } => cli::inspect(&file),
         Command::Plugin {
-            command: PluginCommand::Test { file, input, content_type, settings, set, lookup, deadline_ms, memory_mib },
+            command: PluginCommand::Inspect { file },
+        } => cli::inspect(&file),
+        Command::Plugin {
+            command:
+                PluginCommand::Test {
+                    file,
+                    input,
+                    content_type,
+                    settings,
+                    set,
+                    lookup,
+                    deadline_ms,
+                    memory_mib,
+                },
         } => cli::test(cli::TestRun {
             file,
             input,
@@ -106,7 +118,14 @@ fn main() -> ExitCode {
             deadline_ms,
             memory_mib,
         }),
-        Command::Dlq { command: DlqCommand::List { config, route, json } } => cli::dlq_list(&config, route.as_deref(), json),
+        Command::Dlq {
+            command:
+                DlqCommand::List {
+                    config,
+                    route,
+                    json,
+                },
+        } => cli::dlq_list(&config, route.as_deref(), json),
     };
     ExitCode::from(code as u8)
 }
@@ -119,7 +138,10 @@ fn run(config: PathBuf, http: Option<SocketAddr>) -> i32 {
             return 1;
         }
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
@@ -128,6 +150,10 @@ fn run(config: PathBuf, http: Option<SocketAddr>) -> i32 {
     };
     match runtime.block_on(mediator::run(config, http)) {
         Ok(()) => 0,
+        Err(e @ mediator::StartError::Config(_)) => {
+            eprintln!("{e}");
+            1
+        }
         Err(e) => {
             eprintln!("error: {e}");
             1

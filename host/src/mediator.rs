@@ -41,10 +41,15 @@ impl Mediator {
     /// Load every route of `config` (compiling plugins or taking them from the compile cache
     /// under the data directory) and open the dead-letter store.
     pub fn start(config: &Config) -> Result<Mediator, StartError> {
-        let engine = PluginEngine::new(Some(&config.data_dir.join("compile-cache"))).map_err(StartError::Engine)?;
+        let engine = PluginEngine::new(Some(&config.data_dir.join("compile-cache")))
+            .map_err(StartError::Engine)?;
         let routes = Routes::build(config, &engine)?;
         let deadletters = Arc::new(DeadLetterStore::open(&config.data_dir)?);
-        Ok(Mediator { engine, routes, deadletters })
+        Ok(Mediator {
+            engine,
+            routes,
+            deadletters,
+        })
     }
 }
 
@@ -56,8 +61,12 @@ pub async fn run(config: Config, http: Option<SocketAddr>) -> Result<(), StartEr
         tracing::info!(hits, misses, "plugins loaded (compile cache hits/misses)");
     }
     let addr = http.unwrap_or(config.http);
-    let listener = tokio::net::TcpListener::bind(addr).await.map_err(|source| StartError::Bind { addr, source })?;
-    let bound = listener.local_addr().map_err(|source| StartError::Bind { addr, source })?;
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|source| StartError::Bind { addr, source })?;
+    let bound = listener
+        .local_addr()
+        .map_err(|source| StartError::Bind { addr, source })?;
     let mut routes: Vec<_> = mediator.routes.iter().map(|r| r.name.clone()).collect();
     routes.sort();
     tracing::info!(routes = %routes.join(","), "millrace listening on http://{bound}");

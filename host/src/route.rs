@@ -6,7 +6,7 @@
 
 use crate::config::{Config, ConfigErrors, Diagnostics, Sink, Source};
 use crate::plugin::engine::PluginEngine;
-use crate::plugin::{Artifact, LoadError, StepRuntime};
+use crate::plugin::{Artifact, LoadError, StepRuntime, StepSpec};
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -25,16 +25,28 @@ pub struct Route {
 impl Route {
     /// Whether the first step accepts `content_type` (parameters ignored; `*/*` accepts all).
     pub fn accepts(&self, content_type: &str) -> bool {
-        let media = content_type.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
-        let Some(first) = self.steps.first() else { return false };
+        let media = content_type
+            .split(';')
+            .next()
+            .unwrap_or("")
+            .trim()
+            .to_ascii_lowercase();
+        let Some(first) = self.steps.first() else {
+            return false;
+        };
         first.info.accepts.iter().any(|a| {
-            a == "*/*" || a.eq_ignore_ascii_case(&media) || a.strip_suffix("/*").is_some_and(|prefix| media.split('/').next() == Some(prefix))
+            a == "*/*"
+                || a.eq_ignore_ascii_case(&media)
+                || a.strip_suffix("/*")
+                    .is_some_and(|prefix| media.split('/').next() == Some(prefix))
         })
     }
 
     /// Media types the first step accepts.
     pub fn accepted(&self) -> &[String] {
-        self.steps.first().map_or(&[], |s| s.info.accepts.as_slice())
+        self.steps
+            .first()
+            .map_or(&[], |s| s.info.accepts.as_slice())
     }
 }
 
@@ -64,22 +76,24 @@ impl Routes {
                         continue;
                     }
                 };
-                let loaded = StepRuntime::load(
-                    engine,
-                    &artifact,
-                    step.grants.clone(),
-                    &route.plant,
-                    &route.name,
-                    step.settings.clone(),
-                    Arc::clone(&tables),
-                    step.limits,
-                );
+                let spec = StepSpec {
+                    plant: &route.plant,
+                    route: &route.name,
+                    grants: step.grants.clone(),
+                    settings: step.settings.clone(),
+                    tables: Arc::clone(&tables),
+                    limits: step.limits,
+                };
+                let loaded = StepRuntime::load(engine, &artifact, spec);
                 match loaded {
                     Ok(runtime) => steps.push(runtime),
-                    Err(e @ LoadError::Grants(_)) => diag.error_at_location(step.grants_at, format!("route {}: {e}", route.name)),
-                    Err(e @ LoadError::Settings { .. }) => {
-                        diag.error_at_location(step.settings_at, format!("route {}: {e}; fix the step's settings", route.name))
+                    Err(e @ LoadError::Grants(_)) => {
+                        diag.error_at_location(step.grants_at, format!("route {}: {e}", route.name))
                     }
+                    Err(e @ LoadError::Settings { .. }) => diag.error_at_location(
+                        step.settings_at,
+                        format!("route {}: {e}; fix the step's settings", route.name),
+                    ),
                     Err(e) => diag.error_at_location(step.at, format!("route {}: {e}", route.name)),
                 }
             }
@@ -108,7 +122,10 @@ impl Routes {
     }
 }
 
-fn load_artifact(engine: &PluginEngine, step: &crate::config::StepConfig) -> Result<Arc<Artifact>, String> {
+fn load_artifact(
+    engine: &PluginEngine,
+    step: &crate::config::StepConfig,
+) -> Result<Arc<Artifact>, String> {
     if !step.plugin_path.exists() {
         return Err(format!(
             "plugin {:?}: file {} not found; build the project's plugins with scripts/build-plugins, or give a path to a .wasm component",
@@ -116,5 +133,7 @@ fn load_artifact(engine: &PluginEngine, step: &crate::config::StepConfig) -> Res
             step.plugin_path.display()
         ));
     }
-    Artifact::load(engine, &step.plugin_path).map(Arc::new).map_err(|e| e.to_string())
+    Artifact::load(engine, &step.plugin_path)
+        .map(Arc::new)
+        .map_err(|e| e.to_string())
 }

@@ -74,7 +74,8 @@ impl CloudEvent {
     /// The event as an output message of `input`: the event id becomes the message id, the body
     /// is the structured-mode JSON, the content type `application/cloudevents+json`.
     pub fn into_message(self, input: &Message) -> Message {
-        let body = serde_json::to_vec(&self).expect("a CloudEvent with JSON data always serializes");
+        let body =
+            serde_json::to_vec(&self).expect("a CloudEvent with JSON data always serializes");
         Message {
             id: self.id,
             plant: input.plant.clone(),

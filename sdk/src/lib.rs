@@ -7,7 +7,7 @@
 //! natively it is a [`TestHost`], so the plugin's logic is unit-tested and benchmarked with plain
 //! `cargo test` / `cargo bench`.
 //!
-//! ```ignore
+//! ```
 //! use millrace_sdk::{Host, Message, MediationError, Plugin, PluginInfo};
 //!
 //! struct Upper;
@@ -82,8 +82,9 @@ macro_rules! export {
     ($plugin:ty) => {
         #[cfg(target_arch = "wasm32")]
         const _: () = {
-            static INSTANCE: ::std::sync::OnceLock<::std::result::Result<$plugin, ::std::string::String>> =
-                ::std::sync::OnceLock::new();
+            static INSTANCE: ::std::sync::OnceLock<
+                ::std::result::Result<$plugin, ::std::string::String>,
+            > = ::std::sync::OnceLock::new();
 
             struct MillraceExport;
 
@@ -96,13 +97,41 @@ macro_rules! export {
                 }
                 fn mediate(
                     input: $crate::Message,
-                ) -> ::std::result::Result<::std::vec::Vec<$crate::Message>, $crate::MediationError> {
+                ) -> ::std::result::Result<::std::vec::Vec<$crate::Message>, $crate::MediationError>
+                {
                     $crate::runtime::mediate::<$plugin>(&INSTANCE, input)
                 }
             }
 
-            $crate::bindings::__export_plugin_world!(MillraceExport with_types_in $crate::bindings);
+    $crate::bindings::__export_plugin_world!(MillraceExport with_types_in $crate::bindings);
         };
+
+        // Natively the plugin runs against the host double: keep it linked (and type-checked
+        // against `TestHost`) in crates that only export it, and check `describe` in tests.
+        #[cfg(not(target_arch = "wasm32"))]
+        #[doc(hidden)]
+        pub fn __millrace_native_root() {
+            let host = $crate::TestHost::new();
+            let _ = <$plugin as $crate::Plugin>::describe();
+            if let Ok(plugin) = <$plugin as $crate::Plugin>::new(&host) {
+                let _ = $crate::Plugin::mediate(
+                    &plugin,
+                    &host,
+                    $crate::TestHost::message("", Vec::new()),
+                );
+            }
+        }
+
+        #[cfg(all(test, not(target_arch = "wasm32")))]
+        #[test]
+        fn millrace_plugin_describes_itself() {
+            let info = <$plugin as $crate::Plugin>::describe();
+            assert!(
+                !info.name.is_empty() && !info.version.is_empty(),
+                "describe() needs a name and a version"
+            );
+            let _linked: fn() = __millrace_native_root;
+        }
     };
 }
 

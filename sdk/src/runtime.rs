@@ -39,6 +39,8 @@ pub fn check_settings<P: Plugin>(slot: &Slot<P>) -> Result<(), String> {
 pub fn mediate<P: Plugin>(slot: &Slot<P>, input: Message) -> Result<Vec<Message>, MediationError> {
     match instance(slot) {
         Ok(plugin) => plugin.mediate(&host(), input),
-        Err(e) => Err(MediationError::rejected(format!("step settings are invalid: {e}"))),
+        Err(e) => Err(MediationError::rejected(format!(
+            "step settings are invalid: {e}"
+        ))),
     }
 }

@@ -43,7 +43,10 @@ impl TestHost {
         K: Into<String>,
         V: Into<String>,
     {
-        let rows = rows.into_iter().map(|(k, v)| (k.into(), v.into())).collect();
+        let rows = rows
+            .into_iter()
+            .map(|(k, v)| (k.into(), v.into()))
+            .collect();
         self.tables.insert(name.to_string(), rows);
         self
     }
@@ -56,7 +59,8 @@ impl TestHost {
     /// Build `P` from these settings and mediate one message with it, as the host would on a
     /// fresh instance.
     pub fn run<P: Plugin>(&self, input: Message) -> Result<Vec<Message>, MediationError> {
-        let plugin = P::new(self).map_err(|e| MediationError::rejected(format!("step settings are invalid: {e}")))?;
+        let plugin = P::new(self)
+            .map_err(|e| MediationError::rejected(format!("step settings are invalid: {e}")))?;
         plugin.mediate(self, input)
     }
 
@@ -96,7 +100,10 @@ impl Host for TestHost {
     }
 
     fn lookup(&self, table: &str, key: &str) -> Result<Option<String>, LookupError> {
-        let rows = self.tables.get(table).ok_or_else(|| LookupError::NoSuchTable(table.to_string()))?;
+        let rows = self
+            .tables
+            .get(table)
+            .ok_or_else(|| LookupError::NoSuchTable(table.to_string()))?;
         Ok(rows.get(key).cloned())
     }
 }

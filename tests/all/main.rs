@@ -1,1 +1,10 @@
+//! Integration tests: the real `millrace` binary, real HTTP, real components built from source
+//! by `scripts/build-plugins` (plugins in `target/plugins/`, test guests in
+//! `target/test-guests/`). One test binary, one module per area.
 
+mod cli;
+mod config_errors;
+mod harness;
+mod http;
+mod limits;
+mod quickstart;

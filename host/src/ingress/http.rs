@@ -41,7 +41,11 @@ use tokio::net::TcpListener;
 const MAX_KEY_LEN: usize = 256;
 
 /// Serve `listener` until `shutdown` resolves, then wait for in-flight requests.
-pub async fn serve(listener: TcpListener, mediator: Arc<Mediator>, shutdown: impl Future<Output = ()>) {
+pub async fn serve(
+    listener: TcpListener,
+    mediator: Arc<Mediator>,
+    shutdown: impl Future<Output = ()>,
+) {
     let graceful = GracefulShutdown::new();
     tokio::pin!(shutdown);
     loop {
@@ -87,48 +91,92 @@ pub async fn handle(mediator: &Mediator, req: Request<Incoming>) -> Response<Ful
     }
 }
 
-async fn route_request(mediator: &Mediator, req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Problem> {
+async fn route_request(
+    mediator: &Mediator,
+    req: Request<Incoming>,
+) -> Result<Response<Full<Bytes>>, Problem> {
     let path = req.uri().path().to_string();
     if path == "/healthz" {
         return Ok(Response::new(Full::new(Bytes::from_static(b"ok\n"))));
     }
     let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
     let ["v1", "routes", route_name, "messages"] = segments.as_slice() else {
-        return Err(Problem::not_found(format!("no resource at {path}; messages go to POST /v1/routes/{{route}}/messages")));
+        return Err(Problem::not_found(format!(
+            "no resource at {path}; messages go to POST /v1/routes/{{route}}/messages"
+        )));
     };
     if req.method() != Method::POST {
         return Err(Problem::method_not_allowed("POST"));
     }
-    let route = mediator.routes.get(route_name).ok_or_else(|| Problem::unknown_route(route_name))?;
+    let route = mediator
+        .routes
+        .get(route_name)
+        .ok_or_else(|| Problem::unknown_route(route_name))?;
     if route.source != Source::Http {
-        return Err(Problem::unknown_route(route_name).with("detail", format!("route {route_name} does not take HTTP messages")));
+        return Err(Problem::unknown_route(route_name).with(
+            "detail",
+            format!("route {route_name} does not take HTTP messages"),
+        ));
     }
-    let content_type = req.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).map(str::to_string);
+    let content_type = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
     match &content_type {
         Some(ct) if route.accepts(ct) => {}
-        other => return Err(Problem::unsupported_media(&route.name, other.as_deref(), route.accepted())),
+        other => {
+            return Err(Problem::unsupported_media(
+                &route.name,
+                other.as_deref(),
+                route.accepted(),
+            ));
+        }
     }
-    let declared = req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<usize>().ok());
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
     if declared.is_some_and(|len| len > route.max_body_bytes) {
         return Err(Problem::too_large(&route.name, route.max_body_bytes));
     }
     let id = match req.headers().get("idempotency-key").map(|v| v.to_str()) {
         Some(Ok(key)) if !key.is_empty() && key.len() <= MAX_KEY_LEN => key.to_string(),
-        Some(_) => return Err(Problem::bad_request(format!("Idempotency-Key must be 1 to {MAX_KEY_LEN} visible ASCII characters"))),
+        Some(_) => {
+            return Err(Problem::bad_request(format!(
+                "Idempotency-Key must be 1 to {MAX_KEY_LEN} visible ASCII characters"
+            )));
+        }
         None => uuid::Uuid::now_v7().to_string(),
     };
     let headers = req
         .headers()
         .iter()
         .filter(|(name, _)| !is_hop_by_hop(name))
-        .map(|(name, value)| (name.as_str().to_string(), String::from_utf8_lossy(value.as_bytes()).into_owned()))
+        .map(|(name, value)| {
+            (
+                name.as_str().to_string(),
+                String::from_utf8_lossy(value.as_bytes()).into_owned(),
+            )
+        })
         .collect();
-    let body = match Limited::new(req.into_body(), route.max_body_bytes).collect().await {
+    let body = match Limited::new(req.into_body(), route.max_body_bytes)
+        .collect()
+        .await
+    {
         Ok(collected) => collected.to_bytes(),
-        Err(e) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => {
+        Err(e)
+            if e.downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some() =>
+        {
             return Err(Problem::too_large(&route.name, route.max_body_bytes));
         }
-        Err(e) => return Err(Problem::bad_request(format!("could not read the request body: {e}"))),
+        Err(e) => {
+            return Err(Problem::bad_request(format!(
+                "could not read the request body: {e}"
+            )));
+        }
     };
     let message = Message {
         id: id.clone(),
@@ -139,6 +187,7 @@ async fn route_request(mediator: &Mediator, req: Request<Incoming>) -> Result<Re
         body: body.to_vec(),
     };
 
+    tracing::debug!(route = %route.name, message_id = %id, bytes = message.body.len(), "message received");
     let worker = Arc::clone(&route);
     let deadletters = Arc::clone(&mediator.deadletters);
     let outcome = tokio::task::spawn_blocking(move || match chain::run(&worker, &message) {
@@ -155,10 +204,15 @@ async fn route_request(mediator: &Mediator, req: Request<Incoming>) -> Result<Re
         Ok(outputs) => match route.sink {
             Sink::Reply => Ok(sink::reply::respond(&id, outputs)),
         },
-        Err((failure, Ok(dead_letter))) => Err(failure_problem(&route.name, &id, &failure, dead_letter)),
+        Err((failure, Ok(dead_letter))) => {
+            Err(failure_problem(&route.name, &id, &failure, dead_letter))
+        }
         Err((failure, Err(e))) => {
             tracing::error!(route = %route.name, message_id = %id, error = %e, "could not record a dead letter");
-            Err(Problem::internal(format!("{}; and the dead letter could not be recorded: {e}", failure.reason())))
+            Err(Problem::internal(format!(
+                "{}; and the dead letter could not be recorded: {e}",
+                failure.reason()
+            )))
         }
     }
 }
@@ -166,16 +220,40 @@ async fn route_request(mediator: &Mediator, req: Request<Incoming>) -> Result<Re
 fn is_hop_by_hop(name: &header::HeaderName) -> bool {
     matches!(
         name.as_str(),
-        "connection" | "keep-alive" | "proxy-connection" | "transfer-encoding" | "te" | "trailer" | "upgrade" | "content-length" | "host"
+        "connection"
+            | "keep-alive"
+            | "proxy-connection"
+            | "transfer-encoding"
+            | "te"
+            | "trailer"
+            | "upgrade"
+            | "content-length"
+            | "host"
     )
 }
 
 fn failure_problem(route: &str, id: &str, failure: &Failure, dead_letter: Option<i64>) -> Problem {
     let (status, kind, title) = match &failure.failure {
-        StepFailure::Rejected(_) => (StatusCode::UNPROCESSABLE_ENTITY, "rejected", "Message rejected by a plugin"),
-        StepFailure::RetryLater(_) => (StatusCode::SERVICE_UNAVAILABLE, "retry-later", "Message cannot be handled now"),
-        StepFailure::Deadline(_) => (StatusCode::SERVICE_UNAVAILABLE, "plugin-deadline", "Plugin exceeded its deadline"),
-        StepFailure::MemoryCap(_) => (StatusCode::SERVICE_UNAVAILABLE, "plugin-memory-cap", "Plugin exceeded its memory cap"),
+        StepFailure::Rejected(_) => (
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "rejected",
+            "Message rejected by a plugin",
+        ),
+        StepFailure::RetryLater(_) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "retry-later",
+            "Message cannot be handled now",
+        ),
+        StepFailure::Deadline(_) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "plugin-deadline",
+            "Plugin exceeded its deadline",
+        ),
+        StepFailure::MemoryCap(_) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "plugin-memory-cap",
+            "Plugin exceeded its memory cap",
+        ),
         StepFailure::Trap(_) => (StatusCode::BAD_GATEWAY, "plugin-trap", "Plugin failed"),
     };
     let mut problem = Problem::new(status, kind, title, failure.reason())
@@ -194,7 +272,10 @@ fn failure_problem(route: &str, id: &str, failure: &Failure, dead_letter: Option
         }
     }
     if let StepFailure::RetryLater(r) = &failure.failure {
-        problem.retry_after = Some(r.after_ms.map_or(1, |ms| u64::from(ms).div_ceil(1000).max(1)));
+        problem.retry_after = Some(
+            r.after_ms
+                .map_or(1, |ms| u64::from(ms).div_ceil(1000).max(1)),
+        );
     }
     if let Some(id) = dead_letter {
         problem = problem.with("dead_letter", id);

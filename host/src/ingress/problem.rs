@@ -22,8 +22,20 @@ pub struct Problem {
 }
 
 impl Problem {
-    pub fn new(status: StatusCode, kind: &'static str, title: &'static str, detail: impl Into<String>) -> Problem {
-        Problem { status, kind, title, detail: detail.into(), extensions: Map::new(), retry_after: None }
+    pub fn new(
+        status: StatusCode,
+        kind: &'static str,
+        title: &'static str,
+        detail: impl Into<String>,
+    ) -> Problem {
+        Problem {
+            status,
+            kind,
+            title,
+            detail: detail.into(),
+            extensions: Map::new(),
+            retry_after: None,
+        }
     }
 
     /// Add an extension member.
@@ -33,17 +45,32 @@ impl Problem {
     }
 
     pub fn not_found(detail: impl Into<String>) -> Problem {
-        Problem::new(StatusCode::NOT_FOUND, "not-found", "No such resource", detail)
+        Problem::new(
+            StatusCode::NOT_FOUND,
+            "not-found",
+            "No such resource",
+            detail,
+        )
     }
 
     pub fn unknown_route(route: &str) -> Problem {
-        Problem::new(StatusCode::NOT_FOUND, "unknown-route", "Unknown route", format!("no route named {route:?} is configured"))
-            .with("route", route)
+        Problem::new(
+            StatusCode::NOT_FOUND,
+            "unknown-route",
+            "Unknown route",
+            format!("no route named {route:?} is configured"),
+        )
+        .with("route", route)
     }
 
     pub fn method_not_allowed(allowed: &'static str) -> Problem {
-        Problem::new(StatusCode::METHOD_NOT_ALLOWED, "method-not-allowed", "Method not allowed", format!("use {allowed}"))
-            .with("allow", allowed)
+        Problem::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method-not-allowed",
+            "Method not allowed",
+            format!("use {allowed}"),
+        )
+        .with("allow", allowed)
     }
 
     pub fn too_large(route: &str, limit: usize) -> Problem {
@@ -59,20 +86,41 @@ impl Problem {
 
     pub fn unsupported_media(route: &str, got: Option<&str>, accepted: &[String]) -> Problem {
         let detail = match got {
-            Some(ct) => format!("route {route} does not accept content type {ct:?}; send one of: {}", accepted.join(", ")),
-            None => format!("the request has no Content-Type; route {route} accepts: {}", accepted.join(", ")),
+            Some(ct) => format!(
+                "route {route} does not accept content type {ct:?}; send one of: {}",
+                accepted.join(", ")
+            ),
+            None => format!(
+                "the request has no Content-Type; route {route} accepts: {}",
+                accepted.join(", ")
+            ),
         };
-        Problem::new(StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported-content-type", "Unsupported content type", detail)
-            .with("route", route)
-            .with("accepted", accepted.to_vec())
+        Problem::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported-content-type",
+            "Unsupported content type",
+            detail,
+        )
+        .with("route", route)
+        .with("accepted", accepted.to_vec())
     }
 
     pub fn bad_request(detail: impl Into<String>) -> Problem {
-        Problem::new(StatusCode::BAD_REQUEST, "bad-request", "Bad request", detail)
+        Problem::new(
+            StatusCode::BAD_REQUEST,
+            "bad-request",
+            "Bad request",
+            detail,
+        )
     }
 
     pub fn internal(detail: impl Into<String>) -> Problem {
-        Problem::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "Internal error", detail)
+        Problem::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "Internal error",
+            detail,
+        )
     }
 
     /// The response for this problem.
@@ -85,7 +133,9 @@ impl Problem {
         });
         let object = doc.as_object_mut().expect("json! object literal");
         object.extend(self.extensions);
-        let mut builder = Response::builder().status(self.status).header(header::CONTENT_TYPE, PROBLEM_JSON);
+        let mut builder = Response::builder()
+            .status(self.status)
+            .header(header::CONTENT_TYPE, PROBLEM_JSON);
         if let Some(secs) = self.retry_after {
             builder = builder.header(header::RETRY_AFTER, secs);
         }

@@ -25,18 +25,24 @@ impl PluginEngine {
         // Guests get 512 KiB of native stack for deep recursion; deeper is a stack-overflow trap.
         config.max_wasm_stack(512 * 1024);
         if let Some(dir) = cache_dir {
-            std::fs::create_dir_all(dir)
-                .map_err(|e| anyhow::anyhow!("cannot create compile cache directory {}: {e}", dir.display()))?;
+            std::fs::create_dir_all(dir).map_err(|e| {
+                anyhow::anyhow!(
+                    "cannot create compile cache directory {}: {e}",
+                    dir.display()
+                )
+            })?;
             let dir = dir
                 .canonicalize()
                 .map_err(|e| anyhow::anyhow!("compile cache directory {}: {e}", dir.display()))?;
             let mut cache = CacheConfig::new();
             cache.with_directory(&dir);
-            let cache = Cache::new(cache).map_err(|e| anyhow::anyhow!("compile cache at {}: {e}", dir.display()))?;
+            let cache = Cache::new(cache)
+                .map_err(|e| anyhow::anyhow!("compile cache at {}: {e}", dir.display()))?;
             config.cache(Some(cache.clone()));
             cached = Some(cache);
         }
-        let engine = Engine::new(&config).map_err(|e| anyhow::anyhow!("cannot create the Wasm engine: {e}"))?;
+        let engine = Engine::new(&config)
+            .map_err(|e| anyhow::anyhow!("cannot create the Wasm engine: {e}"))?;
         let weak = engine.weak();
         std::thread::Builder::new()
             .name("millrace-epoch".into())
@@ -48,7 +54,10 @@ impl PluginEngine {
                 }
             })
             .map_err(|e| anyhow::anyhow!("cannot start the epoch ticker thread: {e}"))?;
-        Ok(PluginEngine { engine, cache: cached })
+        Ok(PluginEngine {
+            engine,
+            cache: cached,
+        })
     }
 
     pub fn engine(&self) -> &Engine {
@@ -57,7 +66,9 @@ impl PluginEngine {
 
     /// Compile-cache hits and misses since start, when a cache is configured.
     pub fn cache_stats(&self) -> Option<(usize, usize)> {
-        self.cache.as_ref().map(|c| (c.cache_hits(), c.cache_misses()))
+        self.cache
+            .as_ref()
+            .map(|c| (c.cache_hits(), c.cache_misses()))
     }
 
     /// Deadline in epoch ticks: rounded up, plus one because the current tick is partly gone.

@@ -69,19 +69,32 @@ pub struct Artifact {
 
 impl Artifact {
     pub fn load(engine: &PluginEngine, path: &Path) -> Result<Artifact, LoadError> {
-        let bytes = std::fs::read(path).map_err(|source| LoadError::Read { path: path.to_path_buf(), source })?;
+        let bytes = std::fs::read(path).map_err(|source| LoadError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
         Self::from_bytes(engine, path, &bytes)
     }
 
-    pub fn from_bytes(engine: &PluginEngine, path: &Path, bytes: &[u8]) -> Result<Artifact, LoadError> {
+    pub fn from_bytes(
+        engine: &PluginEngine,
+        path: &Path,
+        bytes: &[u8],
+    ) -> Result<Artifact, LoadError> {
         let digest = format!("sha256:{}", hex::encode(Sha256::digest(bytes)));
         let component = Component::new(engine.engine(), bytes).map_err(|e| LoadError::Invalid {
             path: path.to_path_buf(),
             reason: format!("{e:#}"),
         })?;
         let ty = component.component_type();
-        let imports = ty.imports(engine.engine()).map(|(name, _)| name.to_string()).collect();
-        let exports = ty.exports(engine.engine()).map(|(name, _)| name.to_string()).collect();
+        let imports = ty
+            .imports(engine.engine())
+            .map(|(name, _)| name.to_string())
+            .collect();
+        let exports = ty
+            .exports(engine.engine())
+            .map(|(name, _)| name.to_string())
+            .collect();
         Ok(Artifact {
             path: path.to_path_buf(),
             size: bytes.len() as u64,
@@ -94,20 +107,29 @@ impl Artifact {
 }
 
 /// Check `artifact` against `grants` and the world, and pre-instantiate it.
-fn link(engine: &PluginEngine, artifact: &Artifact, grants: &[Capability]) -> Result<bindings::PluginPre<Invocation>, LoadError> {
+fn link(
+    engine: &PluginEngine,
+    artifact: &Artifact,
+    grants: &[Capability],
+) -> Result<bindings::PluginPre<Invocation>, LoadError> {
     capability::check_grants(&artifact.imports, grants).map_err(LoadError::Grants)?;
     let world_error = |e: wasmtime::Error| LoadError::World {
         path: artifact.path.clone(),
         reason: format!("{e:#}"),
     };
     let linker = capability::linker(engine.engine(), grants).map_err(world_error)?;
-    let pre = linker.instantiate_pre(&artifact.component).map_err(world_error)?;
+    let pre = linker
+        .instantiate_pre(&artifact.component)
+        .map_err(world_error)?;
     bindings::PluginPre::new(pre).map_err(world_error)
 }
 
 /// Call `describe` on a fresh instance with every capability granted and no settings
 /// (`millrace plugin inspect`). Fails if the component does not implement the world.
-pub fn describe(engine: &PluginEngine, artifact: &Artifact) -> Result<types::PluginInfo, LoadError> {
+pub fn describe(
+    engine: &PluginEngine,
+    artifact: &Artifact,
+) -> Result<types::PluginInfo, LoadError> {
     let pre = link(engine, artifact, &Capability::ALL)?;
     let context = StepContext {
         plant: String::new(),
@@ -118,11 +140,18 @@ pub fn describe(engine: &PluginEngine, artifact: &Artifact) -> Result<types::Plu
     };
     let mut store = Store::new(
         engine.engine(),
-        Invocation { step: Arc::new(context), message_id: "describe".into(), limiter: MemoryCap::new(64 << 20) },
+        Invocation {
+            step: Arc::new(context),
+            message_id: "describe".into(),
+            limiter: MemoryCap::new(64 << 20),
+        },
     );
     store.limiter(|inv| &mut inv.limiter);
     store.set_epoch_deadline(PluginEngine::ticks(Duration::from_secs(5)));
-    let trapped = |e: wasmtime::Error| LoadError::Trapped { plugin: artifact.path.display().to_string(), reason: format!("{e:#}") };
+    let trapped = |e: wasmtime::Error| LoadError::Trapped {
+        plugin: artifact.path.display().to_string(),
+        reason: format!("{e:#}"),
+    };
     let plugin = pre.instantiate(&mut store).map_err(trapped)?;
     plugin.call_describe(&mut store).map_err(trapped)
 }
@@ -161,6 +190,16 @@ pub enum StepFailure {
     Trap(String),
 }
 
+/// What a step is, apart from its plugin: where it runs, what it may use, its limits.
+pub struct StepSpec<'a> {
+    pub plant: &'a str,
+    pub route: &'a str,
+    pub grants: Vec<Capability>,
+    pub settings: Settings,
+    pub tables: Tables,
+    pub limits: StepLimits,
+}
+
 /// A warm instance with the number of messages it has served.
 struct Warm {
     store: Store<Invocation>,
@@ -187,18 +226,34 @@ impl StepRuntime {
     pub fn load(
         engine: &PluginEngine,
         artifact: &Artifact,
-        grants: Vec<Capability>,
-        plant: &str,
-        route: &str,
-        settings: Settings,
-        tables: Tables,
-        limits: StepLimits,
+        spec: StepSpec<'_>,
     ) -> Result<StepRuntime, LoadError> {
+        let StepSpec {
+            plant,
+            route,
+            grants,
+            settings,
+            tables,
+            limits,
+        } = spec;
         let pre = link(engine, artifact, &grants)?;
-        let file = artifact.path.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default();
+        let file = artifact
+            .path
+            .file_name()
+            .map(|f| f.to_string_lossy().into_owned())
+            .unwrap_or_default();
         let mut step = StepRuntime {
-            id: PluginId { name: file.clone(), version: String::new(), digest: artifact.digest.clone() },
-            info: types::PluginInfo { name: file, version: String::new(), accepts: vec![], emits: vec![] },
+            id: PluginId {
+                name: file.clone(),
+                version: String::new(),
+                digest: artifact.digest.clone(),
+            },
+            info: types::PluginInfo {
+                name: file,
+                version: String::new(),
+                accepts: vec![],
+                emits: vec![],
+            },
             grants,
             pre,
             context: Arc::new(StepContext {
@@ -211,12 +266,26 @@ impl StepRuntime {
             limits,
             idle: Mutex::new(Vec::new()),
         };
-        let trapped = |reason: String| LoadError::Trapped { plugin: artifact.path.display().to_string(), reason };
-        let mut warm = step.instantiate("load").map_err(|e| trapped(format!("{e:#}")))?;
-        let info = warm.plugin.call_describe(&mut warm.store).map_err(|e| trapped(format!("describe: {e:#}")))?;
+        let trapped = |reason: String| LoadError::Trapped {
+            plugin: artifact.path.display().to_string(),
+            reason,
+        };
+        let mut warm = step
+            .instantiate("load")
+            .map_err(|e| trapped(format!("{e:#}")))?;
+        let info = warm
+            .plugin
+            .call_describe(&mut warm.store)
+            .map_err(|e| trapped(format!("describe: {e:#}")))?;
         let label = format!("{}@{}", info.name, info.version);
-        let checked = warm.plugin.call_check_settings(&mut warm.store).map_err(|e| trapped(format!("check-settings: {e:#}")))?;
-        checked.map_err(|reason| LoadError::Settings { plugin: label.clone(), reason })?;
+        let checked = warm
+            .plugin
+            .call_check_settings(&mut warm.store)
+            .map_err(|e| trapped(format!("check-settings: {e:#}")))?;
+        checked.map_err(|reason| LoadError::Settings {
+            plugin: label.clone(),
+            reason,
+        })?;
         step.id.name = info.name.clone();
         step.id.version = info.version.clone();
         step.info = info;
@@ -225,7 +294,9 @@ impl StepRuntime {
         let mut context = StepContext::clone(&step.context);
         context.plugin = label;
         step.context = Arc::new(context);
-        let fresh = step.instantiate("warm-up").map_err(|e| trapped(format!("{e:#}")))?;
+        let fresh = step
+            .instantiate("warm-up")
+            .map_err(|e| trapped(format!("{e:#}")))?;
         step.idle.lock().expect("idle pool lock").push(fresh);
         Ok(step)
     }
@@ -242,7 +313,11 @@ impl StepRuntime {
         store.limiter(|inv| &mut inv.limiter);
         store.set_epoch_deadline(PluginEngine::ticks(self.limits.deadline));
         let plugin = self.pre.instantiate(&mut store)?;
-        Ok(Warm { store, plugin, served: 0 })
+        Ok(Warm {
+            store,
+            plugin,
+            served: 0,
+        })
     }
 
     /// Mediate one message on a warm (or new) instance of this step.
@@ -250,12 +325,15 @@ impl StepRuntime {
         let pooled = self.idle.lock().expect("idle pool lock").pop();
         let mut warm = match pooled {
             Some(warm) => warm,
-            None => self.instantiate(&input.id).map_err(|e| self.classify(None, e))?,
+            None => self
+                .instantiate(&input.id)
+                .map_err(|e| self.classify(None, e))?,
         };
         let data = warm.store.data_mut();
         data.message_id.clone_from(&input.id);
         data.limiter.reset();
-        warm.store.set_epoch_deadline(PluginEngine::ticks(self.limits.deadline));
+        warm.store
+            .set_epoch_deadline(PluginEngine::ticks(self.limits.deadline));
         match warm.plugin.call_mediate(&mut warm.store, input) {
             Ok(result) => {
                 warm.served += 1;

@@ -71,7 +71,10 @@ pub struct MemoryCap {
 
 impl MemoryCap {
     pub fn new(max_bytes: usize) -> MemoryCap {
-        MemoryCap { max_bytes, breached: false }
+        MemoryCap {
+            max_bytes,
+            breached: false,
+        }
     }
 
     /// Whether growth was refused since the last [`MemoryCap::reset`].
@@ -88,7 +91,12 @@ impl MemoryCap {
 const MAX_TABLE_ELEMENTS: usize = 100_000;
 
 impl ResourceLimiter for MemoryCap {
-    fn memory_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+    fn memory_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
         if desired > self.max_bytes {
             self.breached = true;
             return Ok(false);
@@ -96,7 +104,12 @@ impl ResourceLimiter for MemoryCap {
         Ok(true)
     }
 
-    fn table_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
         Ok(desired <= MAX_TABLE_ELEMENTS)
     }
 }

@@ -16,19 +16,28 @@ const CLOUDEVENT: &str = "application/cloudevents+json";
 const BOUNDARY: &str = "millrace-output-boundary-7d0c";
 
 fn media(content_type: &str) -> String {
-    content_type.split(';').next().unwrap_or("").trim().to_ascii_lowercase()
+    content_type
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase()
 }
 
 fn is_json(m: &Message) -> bool {
     let media = media(&m.content_type);
-    (media == "application/json" || media.ends_with("+json")) && serde_json::from_slice::<serde::de::IgnoredAny>(&m.body).is_ok()
+    (media == "application/json" || media.ends_with("+json"))
+        && serde_json::from_slice::<serde::de::IgnoredAny>(&m.body).is_ok()
 }
 
 /// The response for `outputs` of message `message_id`.
 pub fn respond(message_id: &str, outputs: Vec<Message>) -> Response<Full<Bytes>> {
     let builder = Response::builder().header("millrace-message-id", message_id);
     let response = match outputs.len() {
-        0 => builder.status(StatusCode::NO_CONTENT).header("millrace-outcome", "filtered").body(Full::new(Bytes::new())),
+        0 => builder
+            .status(StatusCode::NO_CONTENT)
+            .header("millrace-outcome", "filtered")
+            .body(Full::new(Bytes::new())),
         1 => {
             let out = outputs.into_iter().next().expect("one output");
             builder
@@ -43,7 +52,8 @@ pub fn respond(message_id: &str, outputs: Vec<Message>) -> Response<Full<Bytes>>
             } else {
                 "application/json"
             };
-            let mut body = Vec::with_capacity(outputs.iter().map(|m| m.body.len() + 1).sum::<usize>() + 2);
+            let mut body =
+                Vec::with_capacity(outputs.iter().map(|m| m.body.len() + 1).sum::<usize>() + 2);
             body.push(b'[');
             for (i, m) in outputs.iter().enumerate() {
                 if i > 0 {
@@ -52,19 +62,31 @@ pub fn respond(message_id: &str, outputs: Vec<Message>) -> Response<Full<Bytes>>
                 body.extend_from_slice(&m.body);
             }
             body.push(b']');
-            builder.status(StatusCode::OK).header(header::CONTENT_TYPE, content_type).body(Full::new(Bytes::from(body)))
+            builder
+                .status(StatusCode::OK)
+                .header(header::CONTENT_TYPE, content_type)
+                .body(Full::new(Bytes::from(body)))
         }
         _ => {
             let mut body = Vec::new();
             for m in &outputs {
-                body.extend_from_slice(format!("--{BOUNDARY}\r\ncontent-type: {}\r\nmillrace-output-id: {}\r\n\r\n", m.content_type, m.id).as_bytes());
+                body.extend_from_slice(
+                    format!(
+                        "--{BOUNDARY}\r\ncontent-type: {}\r\nmillrace-output-id: {}\r\n\r\n",
+                        m.content_type, m.id
+                    )
+                    .as_bytes(),
+                );
                 body.extend_from_slice(&m.body);
                 body.extend_from_slice(b"\r\n");
             }
             body.extend_from_slice(format!("--{BOUNDARY}--\r\n").as_bytes());
             builder
                 .status(StatusCode::OK)
-                .header(header::CONTENT_TYPE, format!("multipart/mixed; boundary={BOUNDARY}"))
+                .header(
+                    header::CONTENT_TYPE,
+                    format!("multipart/mixed; boundary={BOUNDARY}"),
+                )
                 .body(Full::new(Bytes::from(body)))
         }
     };
@@ -100,13 +122,36 @@ mod tests {
         assert_eq!(r.headers()[header::CONTENT_TYPE], "text/plain");
         assert_eq!(body(r).await, "x");
 
-        let r = respond("m", vec![msg("a", CLOUDEVENT, "{\"id\":1}"), msg("b", CLOUDEVENT, "{\"id\":2}")]);
-        assert_eq!(r.headers()[header::CONTENT_TYPE], "application/cloudevents-batch+json");
+        let r = respond(
+            "m",
+            vec![
+                msg("a", CLOUDEVENT, "{\"id\":1}"),
+                msg("b", CLOUDEVENT, "{\"id\":2}"),
+            ],
+        );
+        assert_eq!(
+            r.headers()[header::CONTENT_TYPE],
+            "application/cloudevents-batch+json"
+        );
         assert_eq!(body(r).await, "[{\"id\":1},{\"id\":2}]");
 
-        let r = respond("m", vec![msg("a", "application/json", "{}"), msg("b", "text/plain", "y")]);
-        assert!(r.headers()[header::CONTENT_TYPE].to_str().unwrap().starts_with("multipart/mixed"));
+        let r = respond(
+            "m",
+            vec![
+                msg("a", "application/json", "{}"),
+                msg("b", "text/plain", "y"),
+            ],
+        );
+        assert!(
+            r.headers()[header::CONTENT_TYPE]
+                .to_str()
+                .unwrap()
+                .starts_with("multipart/mixed")
+        );
         let text = body(r).await;
-        assert!(text.contains("millrace-output-id: b\r\n\r\ny\r\n"), "{text}");
+        assert!(
+            text.contains("millrace-output-id: b\r\n\r\ny\r\n"),
+            "{text}"
+        );
     }
 }

@@ -86,13 +86,27 @@ pub enum Encoding {
     Latin1,
 }
 
-/// Only lines whose columns `start..start+length` equal `value` are production confirmations.
+/// Lines whose columns `start..start+length` equal `value` are production confirmations; lines
+/// whose type is listed in `skip` (headers, trailers) are skipped; any other type is rejected.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RecordType {
     pub start: usize,
     pub length: usize,
     pub value: String,
+    #[serde(default)]
+    pub skip: Vec<String>,
+}
+
+/// What to do with one line under `record_type`.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Selection {
+    /// A production confirmation.
+    Take,
+    /// A known other record type.
+    Skip,
+    /// An unknown record type (the text found there).
+    Unknown(String),
 }
 
 /// A validated layout.
@@ -111,8 +125,8 @@ pub struct Layout {
 
 impl Layout {
     pub fn from_settings(value: serde_json::Value) -> Result<Layout, String> {
-        let settings: Settings =
-            serde_json::from_value(value).map_err(|e| format!("invalid mes-fixed-width settings: {e}"))?;
+        let settings: Settings = serde_json::from_value(value)
+            .map_err(|e| format!("invalid mes-fixed-width settings: {e}"))?;
         let layout = Layout {
             record_length: settings.record_length,
             utc_offset_secs: parse_utc_offset(settings.utc_offset.as_deref().unwrap_or("+00:00"))?,
@@ -134,7 +148,10 @@ impl Layout {
         let mut seen = BTreeMap::new();
         for f in &self.fields {
             if f.start == 0 || f.length == 0 {
-                return Err(format!("field {}: start and length are 1-based and must be at least 1", f.name));
+                return Err(format!(
+                    "field {}: start and length are 1-based and must be at least 1",
+                    f.name
+                ));
             }
             if f.end() > self.record_length {
                 return Err(format!(
@@ -149,21 +166,29 @@ impl Layout {
             }
             match f.kind {
                 FieldType::Datetime | FieldType::Date | FieldType::Time => {
-                    let format = f
-                        .format
-                        .as_deref()
-                        .ok_or_else(|| format!("field {} of type {:?} needs a format", f.name, f.kind))?;
+                    let format = f.format.as_deref().ok_or_else(|| {
+                        format!("field {} of type {:?} needs a format", f.name, f.kind)
+                    })?;
                     if StrftimeItems::new(format).any(|i| matches!(i, Item::Error)) {
-                        return Err(format!("field {}: format {format:?} is not a valid strftime format", f.name));
+                        return Err(format!(
+                            "field {}: format {format:?} is not a valid strftime format",
+                            f.name
+                        ));
                     }
                 }
                 _ if f.format.is_some() => {
-                    return Err(format!("field {}: format only applies to datetime, date and time fields", f.name));
+                    return Err(format!(
+                        "field {}: format only applies to datetime, date and time fields",
+                        f.name
+                    ));
                 }
                 _ => {}
             }
             if f.decimals > 0 && f.kind != FieldType::Decimal {
-                return Err(format!("field {}: decimals only applies to decimal fields", f.name));
+                return Err(format!(
+                    "field {}: decimals only applies to decimal fields",
+                    f.name
+                ));
             }
             if f.decimals > 12 {
                 return Err(format!("field {}: at most 12 implied decimals", f.name));
@@ -176,26 +201,41 @@ impl Layout {
         if self.field("unit").is_none() && !self.defaults.contains_key("unit") {
             return Err("the layout needs a unit field or a defaults.unit value".into());
         }
-        match (self.field("completed_at"), self.field("completed_date"), self.field("completed_time")) {
+        match (
+            self.field("completed_at"),
+            self.field("completed_date"),
+            self.field("completed_time"),
+        ) {
             (Some(f), None, None) if f.kind == FieldType::Datetime => {}
             (None, Some(d), Some(t)) if d.kind == FieldType::Date && t.kind == FieldType::Time => {}
             _ => {
-                return Err("the completion time needs either a completed_at datetime field, \
+                return Err(
+                    "the completion time needs either a completed_at datetime field, \
                             or a completed_date date field with a completed_time time field"
-                    .into());
+                        .into(),
+                );
             }
         }
         for key in self.defaults.keys() {
             if !["unit", "work_centre", "operator"].contains(&key.as_str()) {
-                return Err(format!("defaults.{key}: only unit, work_centre and operator can have a default"));
+                return Err(format!(
+                    "defaults.{key}: only unit, work_centre and operator can have a default"
+                ));
             }
         }
         if let Some(rt) = &self.record_type {
             if rt.start == 0 || rt.length == 0 || rt.start + rt.length - 1 > self.record_length {
-                return Err("record_type must lie within record_length (1-based start, length ≥ 1)".into());
+                return Err(
+                    "record_type must lie within record_length (1-based start, length ≥ 1)".into(),
+                );
             }
-            if rt.value.len() != rt.length {
-                return Err(format!("record_type.value {:?} must be {} characters long", rt.value, rt.length));
+            for value in std::iter::once(&rt.value).chain(&rt.skip) {
+                if value.len() != rt.length {
+                    return Err(format!(
+                        "record type {value:?} must be {} characters long",
+                        rt.length
+                    ));
+                }
             }
         }
         Ok(())
@@ -204,7 +244,10 @@ impl Layout {
     fn require(&self, name: &str, kinds: &[FieldType]) -> Result<(), String> {
         match self.field(name) {
             Some(f) if kinds.contains(&f.kind) => Ok(()),
-            Some(f) => Err(format!("field {name} must be one of {kinds:?}, not {:?}", f.kind)),
+            Some(f) => Err(format!(
+                "field {name} must be one of {kinds:?}, not {:?}",
+                f.kind
+            )),
             None => Err(format!("the layout needs a {name} field")),
         }
     }
@@ -218,10 +261,19 @@ impl Layout {
     }
 
     /// Whether `line` is a production confirmation under `record_type` (always, without one).
-    pub fn selects(&self, line: &[u8]) -> bool {
-        match &self.record_type {
-            None => true,
-            Some(rt) => line.get(rt.start - 1..rt.start - 1 + rt.length) == Some(rt.value.as_bytes()),
+    pub fn select(&self, line: &[u8]) -> Selection {
+        let Some(rt) = &self.record_type else {
+            return Selection::Take;
+        };
+        let found = line
+            .get(rt.start - 1..(rt.start - 1 + rt.length).min(line.len()))
+            .unwrap_or_default();
+        if found == rt.value.as_bytes() {
+            Selection::Take
+        } else if rt.skip.iter().any(|s| s.as_bytes() == found) {
+            Selection::Skip
+        } else {
+            Selection::Unknown(String::from_utf8_lossy(found).into_owned())
         }
     }
 }

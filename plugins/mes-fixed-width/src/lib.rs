@@ -5,15 +5,15 @@
 //! this crate), so another plant with another layout needs only configuration.
 //!
 //! One message may carry several records, one per line (`\n` or `\r\n`); each record becomes one
-//! event, in order. Empty lines are skipped; lines excluded by `record_type` are skipped and
-//! logged at debug level. A message with any bad record is rejected whole, naming the line,
+//! event, in order. Empty lines are skipped; lines of a type listed in `record_type.skip`
+//! (headers, trailers) are skipped and logged at debug level; a line of any other type is bad. A message with any bad record is rejected whole, naming the line,
 //! the field and the column at fault: nothing is emitted from half a batch and nothing is dropped
 //! silently.
 
 mod layout;
 mod record;
 
-use layout::Layout;
+use layout::{Layout, Selection};
 use millrace_sdk::{CloudEvent, Host, Level, MediationError, Message, Plugin, PluginInfo};
 
 /// Event type emitted for every record.
@@ -34,8 +34,11 @@ impl Plugin for MesFixedWidth {
     fn new(host: &impl Host) -> Result<Self, String> {
         let layout = Layout::from_settings(host.settings()?)?;
         if let Some(table) = &layout.work_centre_table {
-            host.lookup(table, "")
-                .map_err(|_| format!("work_centre_table names lookup table {table:?}, which the plant does not have"))?;
+            host.lookup(table, "").map_err(|_| {
+                format!(
+                    "work_centre_table names lookup table {table:?}, which the plant does not have"
+                )
+            })?;
         }
         Ok(MesFixedWidth { layout })
     }
@@ -49,9 +52,27 @@ impl Plugin for MesFixedWidth {
             if line.is_empty() {
                 continue;
             }
-            if !self.layout.selects(line) {
-                host.log(Level::Debug, &format!("line {line_no}: record type not selected, skipped"));
-                continue;
+            match self.layout.select(line) {
+                Selection::Take => {}
+                Selection::Skip => {
+                    host.log(
+                        Level::Debug,
+                        &format!("line {line_no}: record type skipped by record_type.skip"),
+                    );
+                    continue;
+                }
+                Selection::Unknown(found) => {
+                    let rt = self
+                        .layout
+                        .record_type
+                        .as_ref()
+                        .expect("Unknown only comes from a record_type");
+                    return Err(MediationError::rejected(format!(
+                        "line {line_no}, column {}: unknown record type {found:?}; expected {:?} or one of record_type.skip {:?}",
+                        rt.start, rt.value, rt.skip
+                    ))
+                    .position(rt.start as u32));
+                }
             }
             let mut completion = record::parse(&self.layout, line, line_no)?;
             if let Some(table) = &self.layout.work_centre_table {

@@ -24,7 +24,12 @@ pub struct Completion {
 
 impl Completion {
     /// Replace the plant-local work centre with its canonical code from `table`.
-    pub fn map_work_centre(&mut self, host: &impl Host, table: &str, line: usize) -> Result<(), MediationError> {
+    pub fn map_work_centre(
+        &mut self,
+        host: &impl Host,
+        table: &str,
+        line: usize,
+    ) -> Result<(), MediationError> {
         let Some(local) = &self.work_centre else {
             return Ok(());
         };
@@ -41,7 +46,9 @@ impl Completion {
                 .field("work_centre")
                 .position(column as u32))
             }
-            Err(_) => Err(MediationError::rejected(format!("lookup table {table} is missing for this plant"))),
+            Err(_) => Err(MediationError::rejected(format!(
+                "lookup table {table} is missing for this plant"
+            ))),
         }
     }
 
@@ -55,7 +62,9 @@ impl Completion {
             "plant": plant,
             "completed_at": self.completed_at,
         });
-        let object = data.as_object_mut().expect("json! of an object literal is an object");
+        let object = data
+            .as_object_mut()
+            .expect("json! of an object literal is an object");
         if let Some(wc) = &self.work_centre {
             object.insert("work_centre".into(), Value::String(wc.clone()));
         }
@@ -108,8 +117,14 @@ pub fn parse(layout: &Layout, line: &[u8], line_no: usize) -> Result<Completion,
     }
     if let Some(index) = line.iter().position(|b| !allowed(layout.encoding, *b)) {
         let column = index + 1;
-        let field = layout.fields.iter().find(|f| f.start <= column && column <= f.end());
-        let mut reason = format!("line {line_no}, column {column}: byte 0x{:02X} is not allowed in a record", line[index]);
+        let field = layout
+            .fields
+            .iter()
+            .find(|f| f.start <= column && column <= f.end());
+        let mut reason = format!(
+            "line {line_no}, column {column}: byte 0x{:02X} is not allowed in a record",
+            line[index]
+        );
         if let Some(f) = field {
             reason.push_str(&format!(" (field {})", f.name));
         }
@@ -172,7 +187,9 @@ pub fn parse(layout: &Layout, line: &[u8], line_no: usize) -> Result<Completion,
     };
     let utc = local
         .checked_sub_signed(TimeDelta::seconds(layout.utc_offset_secs))
-        .ok_or_else(|| MediationError::rejected(format!("line {line_no}: completion time is out of range")))?;
+        .ok_or_else(|| {
+            MediationError::rejected(format!("line {line_no}: completion time is out of range"))
+        })?;
 
     Ok(Completion {
         work_order: work_order.expect("layout validation requires work_order"),
@@ -225,19 +242,42 @@ fn parse_field(field: &FieldSpec, raw: &str, line_no: usize) -> Result<Parsed, M
     let invalid = |kind: &str| field_error(field, line_no, format!("{raw:?} is not {kind}"));
     match field.kind {
         FieldType::Text => Ok(Parsed::Text(text.to_string())),
-        FieldType::Integer => parse_decimal(text, 0).map(Parsed::Number).ok_or_else(|| invalid("an integer")),
+        FieldType::Integer => parse_decimal(text, 0)
+            .map(Parsed::Number)
+            .ok_or_else(|| invalid("an integer")),
         FieldType::Decimal => parse_decimal(text, field.decimals)
             .map(Parsed::Number)
             .ok_or_else(|| invalid("a decimal number")),
-        FieldType::Datetime => NaiveDateTime::parse_from_str(text, field.format.as_deref().unwrap_or_default())
-            .map(Parsed::DateTime)
-            .map_err(|e| invalid(&format!("a date and time in format {:?} ({e})", field.format.as_deref().unwrap_or_default()))),
-        FieldType::Date => NaiveDate::parse_from_str(text, field.format.as_deref().unwrap_or_default())
-            .map(Parsed::Date)
-            .map_err(|e| invalid(&format!("a date in format {:?} ({e})", field.format.as_deref().unwrap_or_default()))),
-        FieldType::Time => NaiveTime::parse_from_str(text, field.format.as_deref().unwrap_or_default())
-            .map(Parsed::Time)
-            .map_err(|e| invalid(&format!("a time in format {:?} ({e})", field.format.as_deref().unwrap_or_default()))),
+        FieldType::Datetime => {
+            NaiveDateTime::parse_from_str(text, field.format.as_deref().unwrap_or_default())
+                .map(Parsed::DateTime)
+                .map_err(|e| {
+                    invalid(&format!(
+                        "a date and time in format {:?} ({e})",
+                        field.format.as_deref().unwrap_or_default()
+                    ))
+                })
+        }
+        FieldType::Date => {
+            NaiveDate::parse_from_str(text, field.format.as_deref().unwrap_or_default())
+                .map(Parsed::Date)
+                .map_err(|e| {
+                    invalid(&format!(
+                        "a date in format {:?} ({e})",
+                        field.format.as_deref().unwrap_or_default()
+                    ))
+                })
+        }
+        FieldType::Time => {
+            NaiveTime::parse_from_str(text, field.format.as_deref().unwrap_or_default())
+                .map(Parsed::Time)
+                .map_err(|e| {
+                    invalid(&format!(
+                        "a time in format {:?} ({e})",
+                        field.format.as_deref().unwrap_or_default()
+                    ))
+                })
+        }
     }
 }
 
@@ -298,7 +338,11 @@ mod tests {
             ("0000000000000000000001", 0, Some(1.0)),
         ];
         for (text, decimals, expected) in cases {
-            assert_eq!(parse_decimal(text, decimals), expected, "{text:?} with {decimals} decimals");
+            assert_eq!(
+                parse_decimal(text, decimals),
+                expected,
+                "{text:?} with {decimals} decimals"
+            );
         }
     }
 }

@@ -8,7 +8,7 @@ pub fn layout() -> Value {
         "record_length": 80,
         "utc_offset": "+01:00",
         "work_centre_table": "work_centres",
-        "record_type": { "start": 1, "length": 2, "value": "PC" },
+        "record_type": { "start": 1, "length": 2, "value": "PC", "skip": ["HD"] },
         "fields": [
             { "name": "work_order",   "start": 3,  "length": 12, "type": "text" },
             { "name": "material",     "start": 15, "length": 18, "type": "text" },
@@ -23,7 +23,9 @@ pub fn layout() -> Value {
 }
 
 fn host() -> TestHost {
-    TestHost::new().with_settings(layout()).with_table("work_centres", [("WC01", "ASSY-01"), ("WC02", "PAINT-02")])
+    TestHost::new()
+        .with_settings(layout())
+        .with_table("work_centres", [("WC01", "ASSY-01"), ("WC02", "PAINT-02")])
 }
 
 /// Build an 80-column record from its fields.
@@ -34,7 +36,15 @@ fn record(wo: &str, mat: &str, qty: &str, unit: &str, wc: &str, at: &str, op: &s
 }
 
 fn good() -> String {
-    record("WO-1001", "MAT-4711", "0000012500", "EA", "WC01", "20261127063000", "OP17")
+    record(
+        "WO-1001",
+        "MAT-4711",
+        "0000012500",
+        "EA",
+        "WC01",
+        "20261127063000",
+        "OP17",
+    )
 }
 
 fn run(body: &str) -> Result<Vec<Message>, MediationError> {
@@ -85,7 +95,15 @@ fn good_record_becomes_production_completed_event() {
 
 #[test]
 fn several_records_fan_out_in_order_with_line_based_ids() {
-    let second = record("WO-1002", "MAT-4712", "-000000250", "KG", "WC02", "20261127070000", "");
+    let second = record(
+        "WO-1002",
+        "MAT-4712",
+        "-000000250",
+        "KG",
+        "WC02",
+        "20261127070000",
+        "",
+    );
     let body = format!("{}\r\n\n{second}\n", good());
     let out = run(&body).unwrap();
     let ids: Vec<_> = out.iter().map(|m| m.id.as_str()).collect();
@@ -100,7 +118,12 @@ fn several_records_fan_out_in_order_with_line_based_ids() {
 fn other_record_types_are_skipped_and_logged() {
     let header = format!("HD{:<78}", "BATCH 7");
     let h = host();
-    let out = h.run::<MesFixedWidth>(TestHost::message("text/plain", format!("{header}\n{}", good()))).unwrap();
+    let out = h
+        .run::<MesFixedWidth>(TestHost::message(
+            "text/plain",
+            format!("{header}\n{}", good()),
+        ))
+        .unwrap();
     assert_eq!(out.len(), 1);
     assert!(h.logs().iter().any(|(_, m)| m.contains("line 1")));
 }
@@ -112,11 +135,28 @@ fn only_skipped_records_means_filtered() {
 }
 
 #[test]
+fn unknown_record_types_are_rejected_not_skipped() {
+    let r = rejection(&format!("{}\nXX{:<78}", good(), "?"));
+    assert_eq!(r.position, Some(1));
+    assert!(
+        r.reason
+            .starts_with("line 2, column 1: unknown record type \"XX\""),
+        "{}",
+        r.reason
+    );
+}
+
+#[test]
 fn short_record_names_field_and_column() {
     let r = rejection(&good()[..40]);
     assert_eq!(r.field.as_deref(), Some("quantity"));
     assert_eq!(r.position, Some(41));
-    assert!(r.reason.contains("line 1: record too short: 40 bytes, the layout needs 80"), "{}", r.reason);
+    assert!(
+        r.reason
+            .contains("line 1: record too short: 40 bytes, the layout needs 80"),
+        "{}",
+        r.reason
+    );
 }
 
 #[test]
@@ -128,16 +168,37 @@ fn long_record_names_column_past_the_end() {
 
 #[test]
 fn garbled_quantity_names_field_and_columns() {
-    let bad = record("WO-1001", "MAT-4711", "00001A500", "EA", "WC01", "20261127063000", "OP17");
+    let bad = record(
+        "WO-1001",
+        "MAT-4711",
+        "00001A500",
+        "EA",
+        "WC01",
+        "20261127063000",
+        "OP17",
+    );
     let r = rejection(&format!("{}\n{bad}", good()));
     assert_eq!(r.field.as_deref(), Some("quantity"));
     assert_eq!(r.position, Some(33));
-    assert!(r.reason.starts_with("line 2, field quantity (columns 33-42)"), "{}", r.reason);
+    assert!(
+        r.reason
+            .starts_with("line 2, field quantity (columns 33-42)"),
+        "{}",
+        r.reason
+    );
 }
 
 #[test]
 fn impossible_date_is_rejected() {
-    let bad = record("WO-1001", "MAT-4711", "0000012500", "EA", "WC01", "20261331063000", "OP17");
+    let bad = record(
+        "WO-1001",
+        "MAT-4711",
+        "0000012500",
+        "EA",
+        "WC01",
+        "20261331063000",
+        "OP17",
+    );
     let r = rejection(&bad);
     assert_eq!(r.field.as_deref(), Some("completed_at"));
     assert_eq!(r.position, Some(52));
@@ -157,16 +218,37 @@ fn control_and_non_ascii_bytes_are_rejected_with_column() {
 
 #[test]
 fn blank_work_order_is_rejected() {
-    let r = rejection(&record("", "MAT-4711", "0000012500", "EA", "WC01", "20261127063000", "OP17"));
+    let r = rejection(&record(
+        "",
+        "MAT-4711",
+        "0000012500",
+        "EA",
+        "WC01",
+        "20261127063000",
+        "OP17",
+    ));
     assert_eq!(r.field.as_deref(), Some("work_order"));
     assert!(r.reason.contains("is blank"));
 }
 
 #[test]
 fn unknown_work_centre_names_the_table() {
-    let r = rejection(&record("WO-1", "M", "1", "EA", "WC99", "20261127063000", ""));
+    let r = rejection(&record(
+        "WO-1",
+        "M",
+        "1",
+        "EA",
+        "WC99",
+        "20261127063000",
+        "",
+    ));
     assert_eq!(r.field.as_deref(), Some("work_centre"));
-    assert!(r.reason.contains("\"WC99\" is not in lookup table work_centres"), "{}", r.reason);
+    assert!(
+        r.reason
+            .contains("\"WC99\" is not in lookup table work_centres"),
+        "{}",
+        r.reason
+    );
 }
 
 #[test]
@@ -185,7 +267,15 @@ fn another_plant_layout_needs_only_settings() {
         ]
     });
     let host = TestHost::new().with_settings(settings);
-    let out = host.run::<MesFixedWidth>(TestHost::message("text/plain", format!("{}{}{:>10}{:<12}{}", "27112026", "2215", "0004711", "BOLT-M8", "000042"))).unwrap();
+    let out = host
+        .run::<MesFixedWidth>(TestHost::message(
+            "text/plain",
+            format!(
+                "{}{}{:>10}{:<12}{}",
+                "27112026", "2215", "0004711", "BOLT-M8", "000042"
+            ),
+        ))
+        .unwrap();
     let e = event(&out[0]);
     assert_eq!(e["source"], "/plants/test-plant/legacy-mes");
     assert_eq!(e["data"]["work_order"], "0004711");
@@ -197,12 +287,18 @@ fn another_plant_layout_needs_only_settings() {
 #[test]
 fn invalid_layouts_fail_the_load_with_a_reason() {
     let cases = [
-        (json!({"record_length": 10, "fields": []}), "the layout needs a work_order field"),
+        (
+            json!({"record_length": 10, "fields": []}),
+            "the layout needs a work_order field",
+        ),
         (
             json!({"record_length": 10, "fields": [{"name": "work_order", "start": 5, "length": 10, "type": "text"}]}),
             "field work_order ends at column 14, past record_length 10",
         ),
-        (json!({"record_length": 10, "fields": [], "colour": "red"}), "unknown field `colour`"),
+        (
+            json!({"record_length": 10, "fields": [], "colour": "red"}),
+            "unknown field `colour`",
+        ),
         (
             json!({"record_length": 10, "utc_offset": "CET", "fields": []}),
             "utc_offset \"CET\" must look like",
@@ -219,6 +315,8 @@ fn invalid_layouts_fail_the_load_with_a_reason() {
 
 #[test]
 fn missing_lookup_table_fails_the_load() {
-    let err = MesFixedWidth::new(&TestHost::new().with_settings(layout())).err().unwrap();
+    let err = MesFixedWidth::new(&TestHost::new().with_settings(layout()))
+        .err()
+        .unwrap();
     assert!(err.contains("lookup table \"work_centres\""), "{err}");
 }

@@ -50,21 +50,32 @@ impl Capability {
     /// `Ok(None)` for the type-only `types` interface, `Err` for anything the host does not offer.
     pub fn of_import(import: &str) -> Result<Option<Capability>, String> {
         let unversioned = import.split('@').next().unwrap_or(import);
-        match unversioned.strip_prefix(PACKAGE).and_then(|s| s.strip_prefix('/')) {
+        match unversioned
+            .strip_prefix(PACKAGE)
+            .and_then(|s| s.strip_prefix('/'))
+        {
             Some("types") => Ok(None),
             Some(interface) => Capability::from_name(interface)
                 .map(Some)
                 .ok_or_else(|| format!("imports {import}, an interface millrace does not provide")),
-            None => Err(format!("imports {import}, which millrace does not provide (plugins get no WASI or other host APIs)")),
+            None => Err(format!(
+                "imports {import}, which millrace does not provide (plugins get no WASI or other host APIs)"
+            )),
         }
     }
 
     /// Add this capability's interface to a step's linker.
     pub fn add_to_linker(self, linker: &mut Linker<Invocation>) -> wasmtime::Result<()> {
         match self {
-            Capability::Log => bindings::log::add_to_linker::<_, HasSelf<Invocation>>(linker, |s| s),
-            Capability::Config => bindings::config::add_to_linker::<_, HasSelf<Invocation>>(linker, |s| s),
-            Capability::Lookup => bindings::lookup::add_to_linker::<_, HasSelf<Invocation>>(linker, |s| s),
+            Capability::Log => {
+                bindings::log::add_to_linker::<_, HasSelf<Invocation>>(linker, |s| s)
+            }
+            Capability::Config => {
+                bindings::config::add_to_linker::<_, HasSelf<Invocation>>(linker, |s| s)
+            }
+            Capability::Lookup => {
+                bindings::lookup::add_to_linker::<_, HasSelf<Invocation>>(linker, |s| s)
+            }
         }
     }
 }
@@ -79,7 +90,10 @@ impl fmt::Display for Capability {
 impl bindings::types::Host for Invocation {}
 
 /// A linker with exactly `grants` (and the type-only `types` interface).
-pub fn linker(engine: &wasmtime::Engine, grants: &[Capability]) -> wasmtime::Result<Linker<Invocation>> {
+pub fn linker(
+    engine: &wasmtime::Engine,
+    grants: &[Capability],
+) -> wasmtime::Result<Linker<Invocation>> {
     let mut linker = Linker::new(engine);
     bindings::types::add_to_linker::<_, HasSelf<Invocation>>(&mut linker, |s| s)?;
     for grant in grants {
@@ -101,7 +115,11 @@ pub fn check_grants(imports: &[String], grants: &[Capability]) -> Result<(), Vec
             Err(e) => problems.push(format!("the plugin {e}")),
         }
     }
-    if problems.is_empty() { Ok(()) } else { Err(problems) }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(problems)
+    }
 }
 
 #[cfg(test)]
@@ -110,15 +128,28 @@ mod tests {
 
     #[test]
     fn import_names_map_to_capabilities() {
-        assert_eq!(Capability::of_import("millrace:mediation/log@0.1.0"), Ok(Some(Capability::Log)));
-        assert_eq!(Capability::of_import("millrace:mediation/types@0.1.0"), Ok(None));
-        assert!(Capability::of_import("wasi:filesystem/types@0.2.6").unwrap_err().contains("no WASI"));
+        assert_eq!(
+            Capability::of_import("millrace:mediation/log@0.1.0"),
+            Ok(Some(Capability::Log))
+        );
+        assert_eq!(
+            Capability::of_import("millrace:mediation/types@0.1.0"),
+            Ok(None)
+        );
+        assert!(
+            Capability::of_import("wasi:filesystem/types@0.2.6")
+                .unwrap_err()
+                .contains("no WASI")
+        );
         assert!(Capability::of_import("millrace:mediation/state@0.1.0").is_err());
     }
 
     #[test]
     fn ungranted_import_is_named_with_the_fix() {
-        let imports = vec!["millrace:mediation/log@0.1.0".to_string(), "millrace:mediation/lookup@0.1.0".to_string()];
+        let imports = vec![
+            "millrace:mediation/log@0.1.0".to_string(),
+            "millrace:mediation/lookup@0.1.0".to_string(),
+        ];
         let err = check_grants(&imports, &[Capability::Log]).unwrap_err();
         assert_eq!(err.len(), 1);
         assert!(err[0].contains("does not grant \"lookup\""), "{}", err[0]);

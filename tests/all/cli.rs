@@ -1,0 +1,138 @@
+//! `millrace plugin inspect`, `plugin test`, `check` and the compile cache.
+
+use crate::harness::*;
+
+fn stdout(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn inspect_shows_world_capabilities_digest_and_size() {
+    let path = plugin("mes-fixed-width");
+    let out = run_in(&root(), &["plugin", "inspect", path.to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = stdout(&out);
+    let bytes = std::fs::read(&path).unwrap();
+    assert!(
+        text.contains(&format!("size:    {} bytes", bytes.len())),
+        "{text}"
+    );
+    assert!(text.contains("digest:  sha256:"), "{text}");
+    assert!(
+        text.contains("world:   millrace:mediation/plugin@0.1.0 (conforms)"),
+        "{text}"
+    );
+    assert!(text.contains("plugin:  mes-fixed-width 1.0.0"), "{text}");
+    for cap in ["log", "config", "lookup"] {
+        assert!(text.contains(&format!("grant \"{cap}\"")), "{cap}: {text}");
+    }
+    assert!(text.contains("  mediate"), "{text}");
+
+    // A plugin imports only what its code uses: the spin guest never reads config or lookups.
+    let spin = run_in(
+        &root(),
+        &["plugin", "inspect", guest("guest-spin").to_str().unwrap()],
+    );
+    let text = stdout(&spin);
+    assert!(text.contains("grant \"log\""), "{text}");
+    assert!(
+        !text.contains("grant \"config\"") && !text.contains("grant \"lookup\""),
+        "{text}"
+    );
+}
+
+#[test]
+fn inspect_refuses_a_file_that_is_not_a_component() {
+    let dir = tempfile::tempdir().unwrap();
+    let bogus = dir.path().join("bogus.wasm");
+    std::fs::write(&bogus, b"\0asm garbage").unwrap();
+    let out = run_in(dir.path(), &["plugin", "inspect", "bogus.wasm"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("is not a loadable Wasm component"));
+}
+
+#[test]
+fn plugin_test_runs_one_message_and_exits_one_on_reject() {
+    let ws = Workspace::new("");
+    let settings = mes_settings("x").replace("[routes.x.steps.settings]\n", "");
+    ws.write("settings.toml", &settings);
+    ws.write("good.txt", &record("WO-5", "0000002000", "WC02"));
+    ws.write("bad.txt", &record("WO-5", "00000X2000", "WC02"));
+    ws.write("wc.csv", "local,canonical\nWC02,PAINT-02\n");
+    let mes = plugin("mes-fixed-width");
+    let args = |input: &'static str| {
+        vec![
+            "plugin",
+            "test",
+            mes.to_str().unwrap(),
+            "--input",
+            input,
+            "--settings",
+            "settings.toml",
+            "--lookup",
+            "work_centres=wc.csv",
+            "--set",
+            "source_system=\"mes-7\"",
+        ]
+        .into_iter()
+        .map(str::to_string)
+        .collect::<Vec<_>>()
+    };
+    let run = |a: Vec<String>| ws.millrace(&a.iter().map(String::as_str).collect::<Vec<_>>());
+
+    let good = run(args("good.txt"));
+    assert!(
+        good.status.success(),
+        "{}",
+        String::from_utf8_lossy(&good.stderr)
+    );
+    let text = stdout(&good);
+    assert!(text.contains("\"work_centre\": \"PAINT-02\""), "{text}");
+    assert!(
+        text.contains("\"source\": \"/plants/local/mes-7\""),
+        "{text}"
+    );
+
+    let bad = run(args("bad.txt"));
+    assert_eq!(bad.status.code(), Some(1));
+    let text = stdout(&bad);
+    assert!(text.contains("rejected: line 1, field quantity"), "{text}");
+    assert!(text.contains("position: 33"), "{text}");
+}
+
+#[test]
+fn check_loads_every_plugin_and_a_restart_reuses_compiled_artifacts() {
+    let mes = plugin("mes-fixed-width");
+    let ws = Workspace::new(
+        &("[plants.plant-a.lookups.work_centres]\nentries = { WC01 = \"ASSY-01\" }\n\n"
+            .to_string()
+            + &route_toml("r", &mes, r#"["log", "config", "lookup"]"#, "")
+            + &mes_settings("r")),
+    );
+    let first = ws.millrace(&["check"]);
+    assert!(
+        first.status.success(),
+        "{}",
+        String::from_utf8_lossy(&first.stderr)
+    );
+    assert!(
+        stdout(&first).contains("compile cache: 0 hit(s), 1 miss(es)"),
+        "{}",
+        stdout(&first)
+    );
+    let second = ws.millrace(&["check"]);
+    assert!(
+        stdout(&second).contains("compile cache: 1 hit(s), 0 miss(es)"),
+        "{}",
+        stdout(&second)
+    );
+    assert!(
+        stdout(&second).contains("route r (plant plant-a): mes-fixed-width@1.0.0"),
+        "{}",
+        stdout(&second)
+    );
+}

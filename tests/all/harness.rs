@@ -1,0 +1,313 @@
+//! Starting and stopping real hosts, sending real HTTP, locating built components.
+
+use std::io::{BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+/// The repository root.
+pub fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("host/ has a parent")
+        .to_path_buf()
+}
+
+fn component(dir: &str, name: &str) -> PathBuf {
+    let path = root().join("target").join(dir).join(format!("{name}.wasm"));
+    assert!(
+        path.exists(),
+        "{} is missing: build the components with scripts/build-plugins first",
+        path.display()
+    );
+    path
+}
+
+/// A plugin of `plugins/`, built.
+pub fn plugin(name: &str) -> PathBuf {
+    component("plugins", name)
+}
+
+/// A test guest of `tests/guests/`, built.
+pub fn guest(name: &str) -> PathBuf {
+    component("test-guests", name)
+}
+
+/// The `millrace` binary under test.
+pub fn millrace() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_millrace"));
+    cmd.env_remove("RUST_LOG");
+    cmd
+}
+
+/// Run `millrace ARGS` in `dir` to completion.
+pub fn run_in(dir: &Path, args: &[&str]) -> Output {
+    millrace()
+        .current_dir(dir)
+        .args(args)
+        .output()
+        .expect("millrace runs")
+}
+
+/// A configuration in a fresh temporary directory (its data directory is in there too).
+pub struct Workspace {
+    pub dir: tempfile::TempDir,
+}
+
+impl Workspace {
+    pub fn new(config: &str) -> Workspace {
+        let dir = tempfile::tempdir().expect("temp dir");
+        std::fs::write(dir.path().join("millrace.toml"), config).expect("write config");
+        Workspace { dir }
+    }
+
+    pub fn config(&self) -> PathBuf {
+        self.dir.path().join("millrace.toml")
+    }
+
+    pub fn write(&self, name: &str, text: &str) {
+        std::fs::write(self.dir.path().join(name), text).expect("write file");
+    }
+
+    pub fn start(&self) -> Host {
+        Host::start(&self.config(), &[])
+    }
+
+    pub fn millrace(&self, args: &[&str]) -> Output {
+        run_in(self.dir.path(), args)
+    }
+}
+
+/// A running `millrace run` on an ephemeral port.
+pub struct Host {
+    child: Option<Child>,
+    pub url: String,
+    stderr: mpsc::Receiver<String>,
+    log: Vec<String>,
+}
+
+/// One HTTP answer.
+#[derive(Debug)]
+pub struct Reply {
+    pub status: u16,
+    pub content_type: String,
+    pub body: String,
+}
+
+impl Reply {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.body))
+    }
+}
+
+impl Host {
+    pub fn start(config: &Path, env: &[(&str, &str)]) -> Host {
+        let mut cmd = millrace();
+        cmd.args(["run", "--config"])
+            .arg(config)
+            .args(["--http", "127.0.0.1:0"]);
+        cmd.envs(env.iter().copied());
+        let mut child = cmd
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("millrace run starts");
+        let stdout = child.stdout.take().expect("piped stdout");
+        let stderr = child.stderr.take().expect("piped stderr");
+        let (line_tx, line_rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                let _ = line_tx.send(line);
+            }
+        });
+        let (err_tx, err_rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                let _ = err_tx.send(line);
+            }
+        });
+        // A guard against a hung start, not a timing assertion.
+        let url = loop {
+            match line_rx.recv_timeout(Duration::from_secs(120)) {
+                Ok(line) => {
+                    if let Some(url) = line.strip_prefix("millrace: listening on ") {
+                        break url.to_string();
+                    }
+                }
+                Err(_) => {
+                    let _ = child.kill();
+                    let log: Vec<String> = err_rx.try_iter().collect();
+                    panic!("millrace run did not start:\n{}", log.join("\n"));
+                }
+            }
+        };
+        Host {
+            child: Some(child),
+            url,
+            stderr: err_rx,
+            log: Vec::new(),
+        }
+    }
+
+    pub fn post(&self, route: &str, content_type: Option<&str>, body: impl AsRef<[u8]>) -> Reply {
+        self.request(
+            "POST",
+            &format!("/v1/routes/{route}/messages"),
+            content_type,
+            &[],
+            body.as_ref(),
+        )
+    }
+
+    pub fn post_with_key(
+        &self,
+        route: &str,
+        content_type: &str,
+        key: &str,
+        body: impl AsRef<[u8]>,
+    ) -> Reply {
+        self.request(
+            "POST",
+            &format!("/v1/routes/{route}/messages"),
+            Some(content_type),
+            &[("idempotency-key", key)],
+            body.as_ref(),
+        )
+    }
+
+    pub fn request(
+        &self,
+        method: &str,
+        path: &str,
+        content_type: Option<&str>,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> Reply {
+        request(&self.url, method, path, content_type, headers, body)
+    }
+
+    /// Wait until the host's log has a line containing `needle`; returns it.
+    pub fn wait_for_log(&mut self, needle: &str) -> String {
+        if let Some(line) = self.log.iter().find(|l| l.contains(needle)) {
+            return line.clone();
+        }
+        loop {
+            let line = self
+                .stderr
+                .recv_timeout(Duration::from_secs(120))
+                .unwrap_or_else(|_| panic!("no log line with {needle:?}"));
+            self.log.push(line.clone());
+            if line.contains(needle) {
+                return line;
+            }
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
+    /// SIGTERM, then wait for the exit.
+    pub fn stop(mut self) -> ExitStatus {
+        let mut child = self.child.take().expect("running");
+        let status = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .expect("kill runs");
+        assert!(status.success(), "kill -TERM failed");
+        child.wait().expect("millrace exits")
+    }
+}
+
+impl Host {
+    /// Wait for the exit (after a signal was sent).
+    pub fn wait(mut self) -> ExitStatus {
+        self.child
+            .take()
+            .expect("running")
+            .wait()
+            .expect("millrace exits")
+    }
+}
+
+impl Drop for Host {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// One HTTP/1.1 request with a fresh agent that reports every status as a reply.
+pub fn request(
+    base: &str,
+    method: &str,
+    path: &str,
+    content_type: Option<&str>,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> Reply {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .into();
+    let url = format!("{base}{path}");
+    let mut builder = ureq::http::Request::builder().method(method).uri(&url);
+    if let Some(ct) = content_type {
+        builder = builder.header("content-type", ct);
+    }
+    for (k, v) in headers {
+        builder = builder.header(*k, *v);
+    }
+    let req = builder.body(body.to_vec()).expect("request builds");
+    let mut resp = agent
+        .run(req)
+        .unwrap_or_else(|e| panic!("{method} {url}: {e}"));
+    let status = resp.status().as_u16();
+    let content_type = resp
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string();
+    let mut body = String::new();
+    resp.body_mut()
+        .as_reader()
+        .read_to_string(&mut body)
+        .expect("body reads");
+    Reply {
+        status,
+        content_type,
+        body,
+    }
+}
+
+/// A config of one HTTP route `name` → one step of `plugin` (a path) with extra step TOML.
+pub fn route_toml(name: &str, plugin: &Path, grants: &str, extra: &str) -> String {
+    format!(
+        "[routes.{name}]\nplant = \"plant-a\"\nsource = \"http\"\nsink = \"reply\"\n\n[[routes.{name}.steps]]\nplugin = \"{}\"\ngrants = {grants}\n{extra}\n",
+        plugin.display()
+    )
+}
+
+/// The quickstart's mes-fixed-width step settings, as TOML lines.
+pub fn mes_settings(route: &str) -> String {
+    let text = std::fs::read_to_string(root().join("examples/quickstart/millrace.toml"))
+        .expect("quickstart config");
+    let start = text
+        .find("[routes.mes-confirmations.steps.settings]")
+        .expect("settings table");
+    text[start..].replace("mes-confirmations", route)
+}
+
+/// An 80-column quickstart record.
+pub fn record(work_order: &str, quantity: &str, work_centre: &str) -> String {
+    let r = format!(
+        "PC{work_order:<12}{:<18}{quantity:>10}{:<3}{work_centre:<6}{:<14}{:<8}A      ",
+        "MAT-4711", "EA", "20261127063000", "OP17"
+    );
+    assert_eq!(r.len(), 80);
+    r
+}

@@ -1,0 +1,187 @@
+//! HTTP ingress: statuses, problem documents, dead letters that survive a restart.
+
+use crate::harness::*;
+
+fn workspace() -> Workspace {
+    let mes = plugin("mes-fixed-width");
+    let lookups = format!(
+        "[plants.plant-a.lookups.work_centres]\ncsv = \"{}\"\nkey_column = \"local\"\nvalue_column = \"canonical\"\n\n",
+        root()
+            .join("examples/quickstart/work-centres.csv")
+            .display()
+    );
+    let route =
+        route_toml("mes", &mes, r#"["log", "config", "lookup"]"#, "") + &mes_settings("mes");
+    let small = format!(
+        "[routes.small]\nplant = \"plant-a\"\nsource = \"http\"\nsink = \"reply\"\nmax_body_kib = 1\n\n[[routes.small.steps]]\nplugin = \"{}\"\ngrants = [\"log\", \"config\", \"lookup\"]\n",
+        mes.display()
+    ) + &mes_settings("small");
+    Workspace::new(&format!("{lookups}{route}\n{small}"))
+}
+
+#[test]
+fn production_confirmations_become_events_single_and_batched() {
+    let ws = workspace();
+    let host = ws.start();
+    let one = host.post_with_key(
+        "mes",
+        "text/plain",
+        "k-1",
+        record("WO-1", "0000012500", "WC01"),
+    );
+    assert_eq!(one.status, 200, "{}", one.body);
+    assert_eq!(one.content_type, "application/cloudevents+json");
+    let event = one.json();
+    assert_eq!(event["id"], "k-1-1");
+    assert_eq!(event["type"], "millrace.production.completed.v1");
+    assert_eq!(event["data"]["work_centre"], "ASSY-01");
+    assert_eq!(event["data"]["quantity"], 12.5);
+    assert_eq!(event["time"], "2026-11-27T05:30:00Z");
+
+    let batch = format!(
+        "{}\n{}\n",
+        record("WO-1", "1", "WC01"),
+        record("WO-2", "2", "WC02")
+    );
+    let two = host.post("mes", Some("text/plain; charset=us-ascii"), batch);
+    assert_eq!(two.status, 200, "{}", two.body);
+    assert_eq!(two.content_type, "application/cloudevents-batch+json");
+    let events = two.json();
+    assert_eq!(events.as_array().map(Vec::len), Some(2));
+    assert_eq!(events[1]["subject"], "WO-2");
+
+    let filtered = host.post(
+        "mes",
+        Some("text/plain"),
+        format!("HD{:<78}\n", "header only"),
+    );
+    assert_eq!(filtered.status, 204);
+}
+
+#[test]
+fn every_error_status_is_a_problem_document() {
+    let ws = workspace();
+    let host = ws.start();
+    let problem = |reply: &Reply, status: u16, kind: &str| {
+        assert_eq!(reply.status, status, "{}", reply.body);
+        assert_eq!(reply.content_type, "application/problem+json");
+        let doc = reply.json();
+        assert_eq!(doc["type"], format!("urn:millrace:problem:{kind}"));
+        assert_eq!(doc["status"], status);
+        assert!(doc["detail"].as_str().is_some_and(|d| !d.is_empty()));
+        doc
+    };
+
+    problem(
+        &host.post("nope", Some("text/plain"), "x"),
+        404,
+        "unknown-route",
+    );
+    problem(
+        &host.request("GET", "/v1/routes/mes/messages", None, &[], b""),
+        405,
+        "method-not-allowed",
+    );
+    problem(
+        &host.request("POST", "/elsewhere", Some("text/plain"), &[], b"x"),
+        404,
+        "not-found",
+    );
+    let big = "x".repeat(2048);
+    let doc = problem(
+        &host.post("small", Some("text/plain"), &big),
+        413,
+        "message-too-large",
+    );
+    assert_eq!(doc["limit_bytes"], 1024);
+    let doc = problem(
+        &host.post("mes", Some("application/json"), "{}"),
+        415,
+        "unsupported-content-type",
+    );
+    assert_eq!(doc["accepted"][0], "text/plain");
+    problem(
+        &host.post("mes", None, "x"),
+        415,
+        "unsupported-content-type",
+    );
+    problem(
+        &host.request(
+            "POST",
+            "/v1/routes/mes/messages",
+            Some("text/plain"),
+            &[("idempotency-key", "")],
+            b"x",
+        ),
+        400,
+        "bad-request",
+    );
+
+    let doc = problem(
+        &host.post(
+            "mes",
+            Some("text/plain"),
+            record("WO-9", "00001A500", "WC01"),
+        ),
+        422,
+        "rejected",
+    );
+    assert_eq!(doc["field"], "quantity");
+    assert_eq!(doc["position"], 33);
+    assert_eq!(doc["plugin"], "mes-fixed-width");
+    assert_eq!(doc["version"], "1.0.0");
+    assert!(doc["digest"].as_str().unwrap().starts_with("sha256:"));
+    assert!(doc["dead_letter"].as_i64().is_some());
+
+    // Garbage never crashes the host: it still answers.
+    let garbage: Vec<u8> = (0..=255u8).cycle().take(4000).collect();
+    problem(
+        &host.post("mes", Some("application/octet-stream"), garbage),
+        422,
+        "rejected",
+    );
+    assert_eq!(host.request("GET", "/healthz", None, &[], b"").status, 200);
+}
+
+#[test]
+fn dead_letters_are_written_and_listed_after_a_restart() {
+    let ws = workspace();
+    let host = ws.start();
+    let reply = host.post_with_key(
+        "mes",
+        "text/plain",
+        "bad-1",
+        record("WO-7", "0000001000", "WC99"),
+    );
+    assert_eq!(reply.status, 422);
+    assert!(host.stop().success(), "SIGTERM exits 0");
+
+    // A new host on the same data directory; list while it runs.
+    let host = ws.start();
+    let out = ws.millrace(&["dlq", "list", "--json"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let entries: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let entry = &entries[0];
+    assert_eq!(entry["message_id"], "bad-1");
+    assert_eq!(entry["route"], "mes");
+    assert_eq!(entry["kind"], "rejected");
+    assert_eq!(entry["plugin"]["name"], "mes-fixed-width");
+    assert_eq!(entry["plugin"]["version"], "1.0.0");
+    assert!(
+        entry["reason"]
+            .as_str()
+            .unwrap()
+            .contains("\"WC99\" is not in lookup table work_centres")
+    );
+    assert_eq!(entry["body"], record("WO-7", "0000001000", "WC99"));
+
+    let table = ws.millrace(&["dlq", "list"]);
+    let text = String::from_utf8_lossy(&table.stdout);
+    assert!(text.contains("mes-fixed-width@1.0.0"), "{text}");
+    assert!(text.contains("1 dead letter(s)"), "{text}");
+    drop(host);
+}

@@ -1,0 +1,148 @@
+//! Sandbox limits over real HTTP: a trapping guest, a guest that never returns and a guest that
+//! grows its memory are each stopped and dead-lettered, and other routes keep serving meanwhile.
+
+use crate::harness::*;
+
+fn workspace() -> Workspace {
+    let mes = plugin("mes-fixed-width");
+    let good = route_toml("good", &mes, r#"["log", "config", "lookup"]"#, "")
+        + &mes_settings("good").replace("work_centre_table = \"work_centres\"\n", "");
+    let trap = route_toml("trap", &guest("guest-trap"), r#"["log"]"#, "");
+    let spin = route_toml(
+        "spin",
+        &guest("guest-spin"),
+        r#"["log"]"#,
+        "deadline_ms = 200",
+    );
+    let grow = route_toml(
+        "grow",
+        &guest("guest-grow"),
+        r#"["log"]"#,
+        "memory_mib = 16",
+    );
+    Workspace::new(&format!(
+        "[plants.plant-a]\n\n{good}\n{trap}\n{spin}\n{grow}"
+    ))
+}
+
+fn kind(reply: &Reply) -> String {
+    reply.json()["type"]
+        .as_str()
+        .unwrap_or_default()
+        .trim_start_matches("urn:millrace:problem:")
+        .to_string()
+}
+
+#[test]
+fn trapping_and_spinning_guests_are_contained_while_other_routes_keep_succeeding() {
+    let ws = workspace();
+    let host = ws.start();
+    let good = || host.post("good", Some("text/plain"), record("WO-1", "1", "WC01"));
+
+    let url = host.url.as_str();
+    let post = move |route: &str, body: &[u8]| {
+        request(
+            url,
+            "POST",
+            &format!("/v1/routes/{route}/messages"),
+            Some("text/plain"),
+            &[],
+            body,
+        )
+    };
+    std::thread::scope(|s| {
+        let spinner = s.spawn(move || (0..3).map(|_| post("spin", b"loop")).collect::<Vec<_>>());
+        let trapper = s.spawn(move || (0..3).map(|_| post("trap", b"boom")).collect::<Vec<_>>());
+        for _ in 0..20 {
+            let reply = good();
+            assert_eq!(reply.status, 200, "{}", reply.body);
+        }
+        for reply in spinner.join().unwrap() {
+            assert_eq!(reply.status, 503, "{}", reply.body);
+            assert_eq!(kind(&reply), "plugin-deadline");
+        }
+        for reply in trapper.join().unwrap() {
+            assert_eq!(reply.status, 502, "{}", reply.body);
+            assert_eq!(kind(&reply), "plugin-trap");
+            assert!(
+                reply.json()["detail"]
+                    .as_str()
+                    .unwrap()
+                    .contains("wasm trap"),
+                "{}",
+                reply.body
+            );
+        }
+    });
+    // The trapped and interrupted instances were discarded; fresh ones serve.
+    assert_eq!(host.post("trap", Some("text/plain"), "ok").status, 200);
+    assert_eq!(host.post("spin", Some("text/plain"), "ok").status, 200);
+    assert_eq!(good().status, 200);
+
+    let out = ws.millrace(&["dlq", "list", "--json"]);
+    let entries: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let kinds: Vec<&str> = entries
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["kind"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        kinds.iter().filter(|k| **k == "deadline").count(),
+        3,
+        "{kinds:?}"
+    );
+    assert_eq!(
+        kinds.iter().filter(|k| **k == "trap").count(),
+        3,
+        "{kinds:?}"
+    );
+}
+
+#[test]
+fn memory_growth_guest_hits_the_cap_and_the_route_recovers() {
+    let ws = workspace();
+    let host = ws.start();
+    let reply = host.post("grow", Some("text/plain"), "grow");
+    assert_eq!(reply.status, 503, "{}", reply.body);
+    assert_eq!(kind(&reply), "plugin-memory-cap");
+    assert!(reply.json()["detail"].as_str().unwrap().contains("16 MiB"));
+    assert_eq!(host.post("grow", Some("text/plain"), "ok").status, 200);
+
+    let out = ws.millrace(&["dlq", "list", "--json"]);
+    let entries: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(entries[0]["kind"], "memory-cap");
+    assert_eq!(entries[0]["plugin"]["name"], "guest-grow");
+}
+
+#[test]
+fn sigterm_lets_the_in_flight_message_finish_then_exits_zero() {
+    let ws = workspace();
+    let mut host = Host::start(&ws.config(), &[("RUST_LOG", "millrace_host=debug")]);
+    let url = host.url.clone();
+    let in_flight = std::thread::spawn(move || {
+        request(
+            &url,
+            "POST",
+            "/v1/routes/spin/messages",
+            Some("text/plain"),
+            &[("idempotency-key", "slow-1")],
+            b"loop",
+        )
+    });
+    host.wait_for_log("message_id=slow-1");
+    let status = Command::new("kill")
+        .args(["-TERM", &host.pid().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let reply = in_flight.join().unwrap();
+    assert_eq!(
+        reply.status, 503,
+        "the in-flight message got its answer: {}",
+        reply.body
+    );
+    assert!(host.wait().success(), "exit status 0 after SIGTERM");
+}
+
+use std::process::Command;
