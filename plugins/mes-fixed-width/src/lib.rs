@@ -82,7 +82,7 @@ impl Plugin for MesFixedWidth {
                 format!("{}-{line_no}", input.id),
                 source.clone(),
                 EVENT_TYPE,
-                completion.to_json(&input.plant),
+                completion.to_data(&input.plant),
             )
             .subject(completion.work_order.clone())
             .time(completion.completed_at.clone());

@@ -4,6 +4,7 @@
 use crate::layout::{Encoding, FieldSpec, FieldType, Layout};
 use chrono::{NaiveDate, NaiveDateTime, NaiveTime, TimeDelta};
 use millrace_sdk::{Host, MediationError};
+use serde::Serialize;
 use serde_json::{Map, Value, json};
 
 /// The canonical content of one record.
@@ -53,29 +54,37 @@ impl Completion {
     }
 
     /// The `data` of the `production.completed` event.
-    pub fn to_json(&self, plant: &str) -> Value {
-        let mut data = json!({
-            "work_order": self.work_order,
-            "material": self.material,
-            "quantity": self.quantity,
-            "unit": self.unit,
-            "plant": plant,
-            "completed_at": self.completed_at,
-        });
-        let object = data
-            .as_object_mut()
-            .expect("json! of an object literal is an object");
-        if let Some(wc) = &self.work_centre {
-            object.insert("work_centre".into(), Value::String(wc.clone()));
+    pub fn to_data<'a>(&'a self, plant: &'a str) -> ProductionCompleted<'a> {
+        ProductionCompleted {
+            work_order: &self.work_order,
+            material: &self.material,
+            quantity: self.quantity,
+            unit: &self.unit,
+            plant,
+            work_centre: self.work_centre.as_deref(),
+            completed_at: &self.completed_at,
+            operator: self.operator.as_deref(),
+            attributes: (!self.attributes.is_empty()).then_some(&self.attributes),
         }
-        if let Some(op) = &self.operator {
-            object.insert("operator".into(), Value::String(op.clone()));
-        }
-        if !self.attributes.is_empty() {
-            object.insert("attributes".into(), Value::Object(self.attributes.clone()));
-        }
-        data
     }
+}
+
+/// `data` of `millrace.production.completed.v1`.
+#[derive(Debug, Serialize)]
+pub struct ProductionCompleted<'a> {
+    pub work_order: &'a str,
+    pub material: &'a str,
+    pub quantity: f64,
+    pub unit: &'a str,
+    pub plant: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub work_centre: Option<&'a str>,
+    pub completed_at: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub operator: Option<&'a str>,
+    /// Layout fields that are not canonical, by name.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub attributes: Option<&'a Map<String, Value>>,
 }
 
 /// A field's value after its type was checked.
