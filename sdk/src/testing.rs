@@ -107,3 +107,86 @@ impl Host for TestHost {
         Ok(rows.get(key).cloned())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{CloudEvent, Host, LookupError, MediationError};
+    use serde_json::json;
+
+    #[test]
+    fn settings_follow_the_host_rules_for_strings_and_other_values() {
+        let host = TestHost::new()
+            .with_settings(json!({ "name": "north", "length": 80, "fields": [1, 2] }));
+        assert_eq!(host.setting("name").as_deref(), Some("north"));
+        assert_eq!(host.setting("length").as_deref(), Some("80"));
+        assert_eq!(host.setting("fields").as_deref(), Some("[1,2]"));
+        assert_eq!(host.setting("missing"), None);
+        assert_eq!(host.setting_keys(), ["fields", "length", "name"]);
+    }
+
+    #[test]
+    fn lookups_distinguish_a_missing_key_from_a_missing_table() {
+        let host = TestHost::new().with_table("units", [("ST", "PCE")]);
+        assert_eq!(host.lookup("units", "ST"), Ok(Some("PCE".to_string())));
+        assert_eq!(host.lookup("units", "KG"), Ok(None));
+        assert_eq!(
+            host.lookup("plants", "x"),
+            Err(LookupError::NoSuchTable("plants".into()))
+        );
+    }
+
+    #[test]
+    fn cloudevent_is_structured_mode_json_with_the_input_plant_and_route() {
+        let input = TestHost::message("text/plain", "x");
+        let out = CloudEvent::new(
+            "e-1",
+            "/plants/test-plant/mes",
+            "millrace.test.v1",
+            json!({ "a": 1 }),
+        )
+        .subject("WO-1")
+        .into_message(&input);
+        assert_eq!(out.content_type, "application/cloudevents+json");
+        assert_eq!(
+            (out.plant.as_str(), out.route.as_str(), out.id.as_str()),
+            ("test-plant", "test-route", "e-1")
+        );
+        let event: serde_json::Value = serde_json::from_slice(&out.body).unwrap();
+        assert_eq!(
+            event,
+            json!({
+                "specversion": "1.0", "id": "e-1", "source": "/plants/test-plant/mes", "type": "millrace.test.v1",
+                "subject": "WO-1", "datacontenttype": "application/json", "data": { "a": 1 }
+            })
+        );
+    }
+
+    #[test]
+    fn body_helpers_reject_with_a_position() {
+        let bad = TestHost::message("text/plain", vec![b'o', b'k', 0xff]);
+        match bad.body_str() {
+            Err(MediationError::Rejected(r)) => assert_eq!(r.position, Some(3)),
+            other => panic!("{other:?}"),
+        }
+        let json = TestHost::message("application/json", "{\n\"a\": }");
+        assert!(
+            matches!(json.body_json::<serde_json::Value>(), Err(MediationError::Rejected(r)) if r.position == Some(2))
+        );
+        assert_eq!(
+            TestHost::message("Text/Plain; charset=utf-8", "").media_type(),
+            "text/plain"
+        );
+    }
+
+    #[test]
+    fn error_builders_only_annotate_rejections() {
+        let r = MediationError::rejected("bad").field("qty").position(4);
+        assert!(
+            matches!(&r, MediationError::Rejected(x) if x.field.as_deref() == Some("qty") && x.position == Some(4))
+        );
+        let t = MediationError::retry_later("busy").field("qty");
+        assert!(matches!(&t, MediationError::RetryLater(x) if x.reason == "busy"));
+        assert_eq!(t.reason(), "busy");
+    }
+}
