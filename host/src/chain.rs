@@ -50,10 +50,16 @@ impl Failure {
 /// Run `input` through every step of `route`. Blocking (Wasm runs on this thread): call it from
 /// a blocking-capable thread.
 pub fn run(route: &Route, input: &Message) -> Result<Vec<Message>, Box<Failure>> {
-    let mut messages = vec![input.clone()];
+    let mut messages: Vec<Message> = Vec::new();
     for (index, step) in route.steps.iter().enumerate() {
-        let mut next = Vec::with_capacity(messages.len());
-        for message in &messages {
+        // The first step reads the input in place: no copy on the hot path.
+        let inputs = if index == 0 {
+            std::slice::from_ref(input)
+        } else {
+            messages.as_slice()
+        };
+        let mut next = Vec::with_capacity(inputs.len());
+        for message in inputs {
             let outputs = step.mediate(message).map_err(|failure| {
                 Box::new(Failure {
                     step: index as u32 + 1,

@@ -17,9 +17,14 @@ fn forward_panics() {
     static ONCE: std::sync::Once = std::sync::Once::new();
     ONCE.call_once(|| {
         std::panic::set_hook(Box::new(|info| {
+            let payload = info.payload_as_str().unwrap_or("(no message)");
+            let at = info
+                .location()
+                .map(|l| format!(" at {}:{}", l.file(), l.line()))
+                .unwrap_or_default();
             crate::bindings::millrace::mediation::log::write(
                 crate::Level::Error,
-                &format!("plugin panicked: {info}"),
+                &format!("plugin panicked{at}: {payload}"),
             );
         }))
     });

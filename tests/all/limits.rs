@@ -36,7 +36,7 @@ fn kind(reply: &Reply) -> String {
 #[test]
 fn trapping_and_spinning_guests_are_contained_while_other_routes_keep_succeeding() {
     let ws = workspace();
-    let host = ws.start();
+    let mut host = ws.start();
     let good = || host.post("good", Some("text/plain"), record("WO-1", "1", "WC01"));
 
     let url = host.url.as_str();
@@ -78,6 +78,7 @@ fn trapping_and_spinning_guests_are_contained_while_other_routes_keep_succeeding
     assert_eq!(host.post("trap", Some("text/plain"), "ok").status, 200);
     assert_eq!(host.post("spin", Some("text/plain"), "ok").status, 200);
     assert_eq!(good().status, 200);
+    host.wait_for_log("guest-trap was asked to fail on 4 bytes");
 
     let out = ws.millrace(&["dlq", "list", "--json"]);
     let entries: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();

@@ -184,7 +184,7 @@ async fn route_request(
         route: route.name.clone(),
         content_type: content_type.unwrap_or_default(),
         headers,
-        body: body.to_vec(),
+        body: body.into(),
     };
 
     tracing::debug!(route = %route.name, message_id = %id, bytes = message.body.len(), "message received");

@@ -144,6 +144,7 @@ pub fn describe(
             step: Arc::new(context),
             message_id: "describe".into(),
             limiter: MemoryCap::new(64 << 20),
+            last_error_log: None,
         },
     );
     store.limiter(|inv| &mut inv.limiter);
@@ -308,6 +309,7 @@ impl StepRuntime {
                 step: Arc::clone(&self.context),
                 message_id: message_id.to_string(),
                 limiter: MemoryCap::new(self.limits.memory_bytes),
+                last_error_log: None,
             },
         );
         store.limiter(|inv| &mut inv.limiter);
@@ -332,6 +334,7 @@ impl StepRuntime {
         let data = warm.store.data_mut();
         data.message_id.clone_from(&input.id);
         data.limiter.reset();
+        data.last_error_log = None;
         warm.store
             .set_epoch_deadline(PluginEngine::ticks(self.limits.deadline));
         match warm.plugin.call_mediate(&mut warm.store, input) {
@@ -359,7 +362,13 @@ impl StepRuntime {
         }
         match error.downcast_ref::<Trap>() {
             Some(Trap::Interrupt) => StepFailure::Deadline(self.limits.deadline),
-            _ => StepFailure::Trap(trap_reason(&error)),
+            _ => {
+                let logged = store.and_then(|s| s.data().last_error_log.as_deref());
+                StepFailure::Trap(match logged {
+                    Some(log) => format!("{} (plugin log: {log})", trap_reason(&error)),
+                    None => trap_reason(&error),
+                })
+            }
         }
     }
 
@@ -372,7 +381,7 @@ impl StepRuntime {
 fn trap_reason(error: &wasmtime::Error) -> String {
     tracing::debug!(error = ?error, "plugin trapped");
     match error.downcast_ref::<Trap>() {
-        Some(trap) => format!("wasm trap: {trap}"),
+        Some(trap) => trap.to_string(),
         None => format!("{error:#}"),
     }
 }

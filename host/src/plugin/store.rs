@@ -60,6 +60,9 @@ pub struct Invocation {
     /// Id of the message being mediated (for log entries).
     pub message_id: String,
     pub limiter: MemoryCap,
+    /// The last error-level entry the plugin logged during the current call (e.g. the SDK's
+    /// panic message), to explain a trap in the dead-letter reason.
+    pub last_error_log: Option<String>,
 }
 
 /// Caps the linear memory of one instance. Growth past the cap fails (as Wasm `memory.grow`

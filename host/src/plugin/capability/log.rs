@@ -20,5 +20,8 @@ impl Host for Invocation {
             Level::Warn => emit!(tracing::Level::WARN),
             Level::Error => emit!(tracing::Level::ERROR),
         }
+        if level == Level::Error {
+            self.last_error_log = Some(message);
+        }
     }
 }
