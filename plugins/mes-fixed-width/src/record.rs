@@ -249,6 +249,9 @@ fn field_error(field: &FieldSpec, line_no: usize, what: String) -> MediationErro
 fn parse_field(field: &FieldSpec, raw: &str, line_no: usize) -> Result<Parsed, MediationError> {
     let text = raw.trim();
     let invalid = |kind: &str| field_error(field, line_no, format!("{raw:?} is not {kind}"));
+    let format = field.format.as_deref().unwrap_or_default();
+    let unparsable =
+        |kind: &str, e: chrono::ParseError| invalid(&format!("{kind} in format {format:?} ({e})"));
     match field.kind {
         FieldType::Text => Ok(Parsed::Text(text.to_string())),
         FieldType::Integer => parse_decimal(text, 0)
@@ -257,36 +260,15 @@ fn parse_field(field: &FieldSpec, raw: &str, line_no: usize) -> Result<Parsed, M
         FieldType::Decimal => parse_decimal(text, field.decimals)
             .map(Parsed::Number)
             .ok_or_else(|| invalid("a decimal number")),
-        FieldType::Datetime => {
-            NaiveDateTime::parse_from_str(text, field.format.as_deref().unwrap_or_default())
-                .map(Parsed::DateTime)
-                .map_err(|e| {
-                    invalid(&format!(
-                        "a date and time in format {:?} ({e})",
-                        field.format.as_deref().unwrap_or_default()
-                    ))
-                })
-        }
-        FieldType::Date => {
-            NaiveDate::parse_from_str(text, field.format.as_deref().unwrap_or_default())
-                .map(Parsed::Date)
-                .map_err(|e| {
-                    invalid(&format!(
-                        "a date in format {:?} ({e})",
-                        field.format.as_deref().unwrap_or_default()
-                    ))
-                })
-        }
-        FieldType::Time => {
-            NaiveTime::parse_from_str(text, field.format.as_deref().unwrap_or_default())
-                .map(Parsed::Time)
-                .map_err(|e| {
-                    invalid(&format!(
-                        "a time in format {:?} ({e})",
-                        field.format.as_deref().unwrap_or_default()
-                    ))
-                })
-        }
+        FieldType::Datetime => NaiveDateTime::parse_from_str(text, format)
+            .map(Parsed::DateTime)
+            .map_err(|e| unparsable("a date and time", e)),
+        FieldType::Date => NaiveDate::parse_from_str(text, format)
+            .map(Parsed::Date)
+            .map_err(|e| unparsable("a date", e)),
+        FieldType::Time => NaiveTime::parse_from_str(text, format)
+            .map(Parsed::Time)
+            .map_err(|e| unparsable("a time", e)),
     }
 }
 
