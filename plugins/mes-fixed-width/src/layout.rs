@@ -57,6 +57,9 @@ pub struct FieldSpec {
     /// chrono/strftime format of `datetime`, `date` and `time` fields, e.g. `%Y%m%d%H%M%S`.
     #[serde(default)]
     pub format: Option<String>,
+    /// `format`, parsed once when the step loads.
+    #[serde(skip)]
+    pub items: Vec<Item<'static>>,
 }
 
 impl FieldSpec {
@@ -137,7 +140,15 @@ impl Layout {
             defaults: settings.defaults,
             record_type: settings.record_type,
         };
+        let mut layout = layout;
         layout.validate()?;
+        for field in &mut layout.fields {
+            if let Some(format) = &field.format {
+                field.items = StrftimeItems::new(format)
+                    .parse_to_owned()
+                    .map_err(|e| format!("field {}: format {format:?}: {e}", field.name))?;
+            }
+        }
         Ok(layout)
     }
 

@@ -6,6 +6,7 @@ use chrono::{NaiveDate, NaiveDateTime, NaiveTime, TimeDelta};
 use millrace_sdk::{Host, MediationError};
 use serde::Serialize;
 use serde_json::{Map, Value, json};
+use std::borrow::Cow;
 
 /// The canonical content of one record.
 #[derive(Debug, Clone, PartialEq)]
@@ -208,7 +209,9 @@ pub fn parse(layout: &Layout, line: &[u8], line_no: usize) -> Result<Completion,
         work_centre,
         work_centre_column,
         operator,
-        completed_at: utc.format("%Y-%m-%dT%H:%M:%SZ").to_string(),
+        completed_at: utc
+            .and_utc()
+            .to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
         attributes,
     })
 }
@@ -220,10 +223,12 @@ fn allowed(encoding: Encoding, b: u8) -> bool {
     }
 }
 
-fn decode(encoding: Encoding, bytes: &[u8]) -> String {
-    match encoding {
-        // Checked printable ASCII above, so every byte is a char.
-        Encoding::Ascii | Encoding::Latin1 => bytes.iter().map(|b| char::from(*b)).collect(),
+/// The text of a field. ASCII is borrowed (the record was checked to be printable ASCII);
+/// Latin-1 bytes map one-to-one to the first 256 code points.
+fn decode(encoding: Encoding, bytes: &[u8]) -> Cow<'_, str> {
+    match std::str::from_utf8(bytes) {
+        Ok(text) if encoding == Encoding::Ascii || bytes.is_ascii() => Cow::Borrowed(text),
+        _ => Cow::Owned(bytes.iter().map(|b| char::from(*b)).collect()),
     }
 }
 
@@ -246,6 +251,13 @@ fn field_error(field: &FieldSpec, line_no: usize, what: String) -> MediationErro
     .position(field.start as u32)
 }
 
+/// Parse `text` with the field's pre-parsed format items.
+fn temporal(field: &FieldSpec, text: &str) -> chrono::ParseResult<chrono::format::Parsed> {
+    let mut parsed = chrono::format::Parsed::new();
+    chrono::format::parse(&mut parsed, text, field.items.iter())?;
+    Ok(parsed)
+}
+
 fn parse_field(field: &FieldSpec, raw: &str, line_no: usize) -> Result<Parsed, MediationError> {
     let text = raw.trim();
     let invalid = |kind: &str| field_error(field, line_no, format!("{raw:?} is not {kind}"));
@@ -260,13 +272,16 @@ fn parse_field(field: &FieldSpec, raw: &str, line_no: usize) -> Result<Parsed, M
         FieldType::Decimal => parse_decimal(text, field.decimals)
             .map(Parsed::Number)
             .ok_or_else(|| invalid("a decimal number")),
-        FieldType::Datetime => NaiveDateTime::parse_from_str(text, format)
+        FieldType::Datetime => temporal(field, text)
+            .and_then(|p| p.to_naive_datetime_with_offset(0))
             .map(Parsed::DateTime)
             .map_err(|e| unparsable("a date and time", e)),
-        FieldType::Date => NaiveDate::parse_from_str(text, format)
+        FieldType::Date => temporal(field, text)
+            .and_then(|p| p.to_naive_date())
             .map(Parsed::Date)
             .map_err(|e| unparsable("a date", e)),
-        FieldType::Time => NaiveTime::parse_from_str(text, format)
+        FieldType::Time => temporal(field, text)
+            .and_then(|p| p.to_naive_time())
             .map(Parsed::Time)
             .map_err(|e| unparsable("a time", e)),
     }
