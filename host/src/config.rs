@@ -41,6 +41,7 @@ struct HostSection {
     http: Option<Spanned<String>>,
     data_dir: Option<String>,
     plugin_dir: Option<String>,
+    max_in_flight: Option<Spanned<usize>>,
 }
 
 #[derive(Debug, Default, Clone, Copy, Deserialize)]
@@ -112,6 +113,8 @@ pub enum Sink {
 pub struct Config {
     pub path: PathBuf,
     pub http: SocketAddr,
+    /// Messages mediated at once across all routes; more wait for a slot.
+    pub max_in_flight: usize,
     pub data_dir: PathBuf,
     pub plugin_dir: PathBuf,
     pub plants: BTreeMap<String, Tables>,
@@ -299,6 +302,14 @@ impl Config {
         };
         let data_dir = dir.join(file.host.data_dir.as_deref().unwrap_or(".millrace"));
         let plugin_dir = dir.join(file.host.plugin_dir.as_deref().unwrap_or("target/plugins"));
+        let max_in_flight = match &file.host.max_in_flight {
+            None => default_max_in_flight(),
+            Some(n) if *n.get_ref() == 0 => {
+                diag.error_at(n.span(), "host.max_in_flight must be at least 1");
+                1
+            }
+            Some(n) => *n.get_ref(),
+        };
 
         let mut plants = BTreeMap::new();
         for (name, plant) in &file.plants {
@@ -367,12 +378,18 @@ impl Config {
         Ok(Config {
             path: path.to_path_buf(),
             http,
+            max_in_flight,
             data_dir,
             plugin_dir,
             plants,
             routes,
         })
     }
+}
+
+/// Four messages in flight per core: enough to keep every core busy while some wait on the host.
+fn default_max_in_flight() -> usize {
+    4 * std::thread::available_parallelism().map_or(2, usize::from)
 }
 
 fn list(items: &[&str]) -> String {

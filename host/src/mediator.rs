@@ -35,6 +35,9 @@ pub struct Mediator {
     pub engine: PluginEngine,
     pub routes: Routes,
     pub deadletters: Arc<DeadLetterStore>,
+    /// One permit per message being mediated (`host.max_in_flight`); bounds the threads and
+    /// plugin instances in use at once. Waiting messages queue in arrival order.
+    pub slots: Arc<tokio::sync::Semaphore>,
 }
 
 impl Mediator {
@@ -45,10 +48,12 @@ impl Mediator {
             .map_err(StartError::Engine)?;
         let routes = Routes::build(config, &engine)?;
         let deadletters = Arc::new(DeadLetterStore::open(&config.data_dir)?);
+        let slots = Arc::new(tokio::sync::Semaphore::new(config.max_in_flight));
         Ok(Mediator {
             engine,
             routes,
             deadletters,
+            slots,
         })
     }
 }

@@ -204,6 +204,11 @@ impl Host {
         }
     }
 
+    /// Every log line read so far.
+    pub fn log_so_far(&self) -> Vec<String> {
+        self.log.clone()
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.as_ref().expect("running").id()
     }

@@ -147,3 +147,60 @@ fn sigterm_lets_the_in_flight_message_finish_then_exits_zero() {
 }
 
 use std::process::Command;
+
+#[test]
+fn max_in_flight_makes_later_messages_wait_for_a_slot() {
+    let mes = plugin("mes-fixed-width");
+    let good = route_toml("good", &mes, r#"["log", "config", "lookup"]"#, "")
+        + &mes_settings("good").replace("work_centre_table = \"work_centres\"\n", "");
+    let spin = route_toml(
+        "spin",
+        &guest("guest-spin"),
+        r#"["log"]"#,
+        "deadline_ms = 1000",
+    );
+    let ws = Workspace::new(&format!(
+        "[host]\nmax_in_flight = 1\n\n[plants.plant-a]\n\n{good}\n{spin}"
+    ));
+    let mut host = Host::start(&ws.config(), &[("RUST_LOG", "millrace_host=debug")]);
+    let url = host.url.clone();
+    let slow = std::thread::spawn(move || {
+        request(
+            &url,
+            "POST",
+            "/v1/routes/spin/messages",
+            Some("text/plain"),
+            &[("idempotency-key", "slow")],
+            b"loop",
+        )
+    });
+    host.wait_for_log("mediating route=spin message_id=slow");
+    let url = host.url.clone();
+    let fast = std::thread::spawn(move || {
+        let body = record("WO-1", "1", "WC01");
+        request(
+            &url,
+            "POST",
+            "/v1/routes/good/messages",
+            Some("text/plain"),
+            &[("idempotency-key", "fast")],
+            body.as_bytes(),
+        )
+    });
+    host.wait_for_log("message received route=good message_id=fast");
+    // The only slot is taken: the fast message is mediated after the slow one was dead-lettered.
+    let started = host.wait_for_log("mediating route=good message_id=fast");
+    let log = host.log_so_far();
+    let dead = log
+        .iter()
+        .position(|l| l.contains("dead-lettered") && l.contains("message_id=slow"))
+        .expect("slow dead-lettered");
+    let fast_at = log.iter().position(|l| *l == started).unwrap();
+    assert!(
+        dead < fast_at,
+        "fast started before slow finished:\n{}",
+        log.join("\n")
+    );
+    assert_eq!(slow.join().unwrap().status, 503);
+    assert_eq!(fast.join().unwrap().status, 200);
+}

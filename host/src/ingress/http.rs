@@ -188,14 +188,24 @@ async fn route_request(
     };
 
     tracing::debug!(route = %route.name, message_id = %id, bytes = message.body.len(), "message received");
+    // Closed only if the host is torn down, which ends this task anyway.
+    let slot = Arc::clone(&mediator.slots)
+        .acquire_owned()
+        .await
+        .map_err(|_| Problem::internal("the host is shutting down"))?;
+    tracing::debug!(route = %route.name, message_id = %id, "mediating");
     let worker = Arc::clone(&route);
     let deadletters = Arc::clone(&mediator.deadletters);
-    let outcome = tokio::task::spawn_blocking(move || match chain::run(&worker, &message) {
-        Ok(outputs) => Ok(outputs),
-        Err(failure) => {
-            let recorded = chain::dead_letter(&deadletters, &worker, &message, &failure);
-            Err((failure, recorded))
-        }
+    let outcome = tokio::task::spawn_blocking(move || {
+        let result = match chain::run(&worker, &message) {
+            Ok(outputs) => Ok(outputs),
+            Err(failure) => {
+                let recorded = chain::dead_letter(&deadletters, &worker, &message, &failure);
+                Err((failure, recorded))
+            }
+        };
+        drop(slot);
+        result
     })
     .await
     .map_err(|e| Problem::internal(format!("the mediation task failed: {e}")))?;
