@@ -131,30 +131,50 @@ pub fn describe(
     artifact: &Artifact,
 ) -> Result<types::PluginInfo, LoadError> {
     let pre = link(engine, artifact, &Capability::ALL)?;
-    let context = StepContext {
+    let context = Arc::new(StepContext {
         plant: String::new(),
         route: String::new(),
         plugin: artifact.path.display().to_string(),
         settings: Settings::default(),
         tables: Tables::default(),
+    });
+    let limits = StepLimits {
+        deadline: Duration::from_secs(5),
+        memory_bytes: 64 << 20,
+        instance_reuse: 1,
     };
-    let mut store = Store::new(
-        engine.engine(),
-        Invocation {
-            step: Arc::new(context),
-            message_id: "describe".into(),
-            limiter: MemoryCap::new(64 << 20),
-            last_error_log: None,
-        },
-    );
-    store.limiter(|inv| &mut inv.limiter);
-    store.set_epoch_deadline(PluginEngine::ticks(Duration::from_secs(5)));
     let trapped = |e: wasmtime::Error| LoadError::Trapped {
         plugin: artifact.path.display().to_string(),
         reason: format!("{e:#}"),
     };
-    let plugin = pre.instantiate(&mut store).map_err(trapped)?;
-    plugin.call_describe(&mut store).map_err(trapped)
+    let mut warm = instantiate(&pre, &context, limits, "describe").map_err(trapped)?;
+    warm.plugin.call_describe(&mut warm.store).map_err(trapped)
+}
+
+/// A new instance serving `context`, with its memory cap and a first deadline set.
+fn instantiate(
+    pre: &bindings::PluginPre<Invocation>,
+    context: &Arc<StepContext>,
+    limits: StepLimits,
+    message_id: &str,
+) -> wasmtime::Result<Warm> {
+    let mut store = Store::new(
+        pre.engine(),
+        Invocation {
+            step: Arc::clone(context),
+            message_id: message_id.to_string(),
+            limiter: MemoryCap::new(limits.memory_bytes),
+            last_error_log: None,
+        },
+    );
+    store.limiter(|inv| &mut inv.limiter);
+    store.set_epoch_deadline(PluginEngine::ticks(limits.deadline));
+    let plugin = pre.instantiate(&mut store)?;
+    Ok(Warm {
+        store,
+        plugin,
+        served: 0,
+    })
 }
 
 /// Name, version and digest of the plugin that ran a step (for dead letters and lineage).
@@ -238,88 +258,57 @@ impl StepRuntime {
             limits,
         } = spec;
         let pre = link(engine, artifact, &grants)?;
-        let file = artifact
-            .path
-            .file_name()
-            .map(|f| f.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        let mut step = StepRuntime {
-            id: PluginId {
-                name: file.clone(),
-                version: String::new(),
-                digest: artifact.digest.clone(),
-            },
-            info: types::PluginInfo {
-                name: file,
-                version: String::new(),
-                accepts: vec![],
-                emits: vec![],
-            },
-            grants,
-            pre,
-            context: Arc::new(StepContext {
-                plant: plant.to_string(),
-                route: route.to_string(),
-                plugin: artifact.path.display().to_string(),
-                settings,
-                tables,
-            }),
-            limits,
-            idle: Mutex::new(Vec::new()),
-        };
         let trapped = |reason: String| LoadError::Trapped {
             plugin: artifact.path.display().to_string(),
             reason,
         };
-        let mut warm = step
-            .instantiate("load")
+        // A first instance answers `describe` and checks the settings; it is not kept, so
+        // instances that serve messages log under the plugin's own name and version.
+        let mut context = StepContext {
+            plant: plant.to_string(),
+            route: route.to_string(),
+            plugin: artifact.path.display().to_string(),
+            settings,
+            tables,
+        };
+        let probe_context = Arc::new(context.clone());
+        let mut probe = instantiate(&pre, &probe_context, limits, "load")
             .map_err(|e| trapped(format!("{e:#}")))?;
-        let info = warm
+        let info = probe
             .plugin
-            .call_describe(&mut warm.store)
+            .call_describe(&mut probe.store)
             .map_err(|e| trapped(format!("describe: {e:#}")))?;
-        let label = format!("{}@{}", info.name, info.version);
-        let checked = warm
+        context.plugin = format!("{}@{}", info.name, info.version);
+        probe
             .plugin
-            .call_check_settings(&mut warm.store)
-            .map_err(|e| trapped(format!("check-settings: {e:#}")))?;
-        checked.map_err(|reason| LoadError::Settings {
-            plugin: label.clone(),
-            reason,
-        })?;
-        step.id.name = info.name.clone();
-        step.id.version = info.version.clone();
-        step.info = info;
-        drop(warm);
-        // Instances made from now on log under the plugin's own name and version.
-        let mut context = StepContext::clone(&step.context);
-        context.plugin = label;
-        step.context = Arc::new(context);
-        let fresh = step
+            .call_check_settings(&mut probe.store)
+            .map_err(|e| trapped(format!("check-settings: {e:#}")))?
+            .map_err(|reason| LoadError::Settings {
+                plugin: context.plugin.clone(),
+                reason,
+            })?;
+        let step = StepRuntime {
+            id: PluginId {
+                name: info.name.clone(),
+                version: info.version.clone(),
+                digest: artifact.digest.clone(),
+            },
+            info,
+            grants,
+            pre,
+            context: Arc::new(context),
+            limits,
+            idle: Mutex::new(Vec::new()),
+        };
+        let warm = step
             .instantiate("warm-up")
             .map_err(|e| trapped(format!("{e:#}")))?;
-        step.idle.lock().expect("idle pool lock").push(fresh);
+        step.idle.lock().expect("idle pool lock").push(warm);
         Ok(step)
     }
 
     fn instantiate(&self, message_id: &str) -> wasmtime::Result<Warm> {
-        let mut store = Store::new(
-            self.pre.engine(),
-            Invocation {
-                step: Arc::clone(&self.context),
-                message_id: message_id.to_string(),
-                limiter: MemoryCap::new(self.limits.memory_bytes),
-                last_error_log: None,
-            },
-        );
-        store.limiter(|inv| &mut inv.limiter);
-        store.set_epoch_deadline(PluginEngine::ticks(self.limits.deadline));
-        let plugin = self.pre.instantiate(&mut store)?;
-        Ok(Warm {
-            store,
-            plugin,
-            served: 0,
-        })
+        instantiate(&self.pre, &self.context, self.limits, message_id)
     }
 
     /// Mediate one message on a warm (or new) instance of this step.
