@@ -1,7 +1,8 @@
 //! The `millrace` commands other than `run`: `check`, `plugin inspect`, `plugin test`,
 //! `dlq list`. Each returns the process exit code; output goes to stdout, errors to stderr.
 
-use crate::config::{Config, toml_to_json};
+use crate::config::Config;
+use crate::conformance;
 use crate::deadletter::DeadLetterStore;
 use crate::lookup::{self, Tables};
 use crate::plugin::capability::Capability;
@@ -139,14 +140,11 @@ pub fn test(run: TestRun) -> i32 {
 }
 
 fn test_inner(run: TestRun) -> Result<i32, String> {
-    let mut settings = serde_json::Map::new();
-    if let Some(path) = &run.settings_file {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-        let table: toml::Table =
-            toml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
-        settings.extend(table.iter().map(|(k, v)| (k.clone(), toml_to_json(v))));
-    }
+    let mut settings = match &run.settings_file {
+        Some(path) => conformance::read_settings(path)?
+            .ok_or_else(|| format!("settings file {} does not exist", path.display()))?,
+        None => serde_json::Map::new(),
+    };
     for pair in &run.set {
         let (key, value) = pair
             .split_once('=')
@@ -244,6 +242,35 @@ fn test_inner(run: TestRun) -> Result<i32, String> {
             Ok(1)
         }
     }
+}
+
+/// `millrace plugin test FILE.wasm --vectors DIR [--bless]`: every case, one line each, then
+/// `N passed, M failed`; exit 1 if any failed.
+pub fn vectors(file: &Path, dir: &Path, bless: bool) -> i32 {
+    let results = match conformance::run(file, dir, bless) {
+        Ok(results) => results,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return 1;
+        }
+    };
+    let mut failed = 0;
+    for case in &results {
+        match &case.failure {
+            None if bless => println!("BLESSED {}", case.name),
+            None => println!("PASS {}", case.name),
+            Some(diff) => {
+                failed += 1;
+                println!(
+                    "FAIL {}
+     {diff}",
+                    case.name
+                );
+            }
+        }
+    }
+    println!("{} passed, {failed} failed", results.len() - failed);
+    i32::from(failed > 0)
 }
 
 /// `millrace dlq list`.

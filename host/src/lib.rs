@@ -7,6 +7,7 @@
 pub mod chain;
 pub mod cli;
 pub mod config;
+pub mod conformance;
 pub mod deadletter;
 pub mod ingress;
 pub mod lookup;

@@ -51,8 +51,14 @@ enum PluginCommand {
     Test {
         file: PathBuf,
         /// The message body.
-        #[arg(long)]
-        input: PathBuf,
+        #[arg(long, required_unless_present = "vectors", conflicts_with = "vectors")]
+        input: Option<PathBuf>,
+        /// Run every case of a conformance-vector folder instead (see docs/plugins.md).
+        #[arg(long, value_name = "DIR")]
+        vectors: Option<PathBuf>,
+        /// With --vectors: write each case's expected.json from the plugin's answers.
+        #[arg(long, requires = "vectors")]
+        bless: bool,
         /// Content type of the input (default: the plugin's first accepted type).
         #[arg(long)]
         content_type: Option<String>,
@@ -100,13 +106,23 @@ fn main() -> ExitCode {
             command:
                 PluginCommand::Test {
                     file,
-                    input,
+                    vectors: Some(vectors),
+                    bless,
+                    ..
+                },
+        } => cli::vectors(&file, &vectors, bless),
+        Command::Plugin {
+            command:
+                PluginCommand::Test {
+                    file,
+                    input: Some(input),
                     content_type,
                     settings,
                     set,
                     lookup,
                     deadline_ms,
                     memory_mib,
+                    ..
                 },
         } => cli::test(cli::TestRun {
             file,
@@ -118,6 +134,9 @@ fn main() -> ExitCode {
             deadline_ms,
             memory_mib,
         }),
+        Command::Plugin {
+            command: PluginCommand::Test { .. },
+        } => unreachable!("clap requires --input or --vectors"),
         Command::Dlq {
             command:
                 DlqCommand::List {

@@ -136,3 +136,74 @@ fn check_loads_every_plugin_and_a_restart_reuses_compiled_artifacts() {
         stdout(&second)
     );
 }
+
+#[test]
+fn every_plugin_passes_its_conformance_vectors() {
+    let mut checked = 0;
+    for entry in std::fs::read_dir(root().join("plugins")).unwrap() {
+        let dir = entry.unwrap().path();
+        let vectors = dir.join("vectors");
+        if !vectors.is_dir() {
+            continue;
+        }
+        let name = dir.file_name().unwrap().to_str().unwrap().to_string();
+        let out = run_in(
+            &root(),
+            &[
+                "plugin",
+                "test",
+                plugin(&name).to_str().unwrap(),
+                "--vectors",
+                vectors.to_str().unwrap(),
+            ],
+        );
+        let text = stdout(&out);
+        assert!(
+            out.status.success(),
+            "{name}:\n{text}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            text.trim_end().ends_with(" passed, 0 failed"),
+            "{name}: {text}"
+        );
+        checked += 1;
+    }
+    assert!(checked >= 1, "no plugin has a vectors/ folder");
+}
+
+#[test]
+fn a_vector_the_plugin_does_not_meet_fails_with_the_difference() {
+    let src = root().join("plugins/mes-fixed-width/vectors");
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(src.join("settings.toml"), dir.path().join("settings.toml")).unwrap();
+    std::fs::create_dir(dir.path().join("lookups")).unwrap();
+    std::fs::copy(
+        src.join("lookups/work_centres.csv"),
+        dir.path().join("lookups/work_centres.csv"),
+    )
+    .unwrap();
+    let case = dir.path().join("wrong-expectation");
+    std::fs::create_dir(&case).unwrap();
+    std::fs::copy(
+        src.join("04-bad-quantity/input.txt"),
+        case.join("input.txt"),
+    )
+    .unwrap();
+    std::fs::write(case.join("expected.json"), r#"{"outputs": []}"#).unwrap();
+    let out = run_in(
+        dir.path(),
+        &[
+            "plugin",
+            "test",
+            plugin("mes-fixed-width").to_str().unwrap(),
+            "--vectors",
+            ".",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let text = stdout(&out);
+    assert!(text.contains("FAIL wrong-expectation"), "{text}");
+    assert!(text.contains("\"rejected\""), "{text}");
+    assert!(text.trim_end().ends_with("0 passed, 1 failed"), "{text}");
+}

@@ -1,0 +1,239 @@
+//! Conformance vectors: a folder of cases, each an input and the outputs (or the rejection) one
+//! plugin must give for it. Run by `millrace plugin test FILE.wasm --vectors DIR`; the same
+//! folder serves every implementation of a plugin, in any language.
+//!
+//! ```text
+//! vectors/
+//!   settings.toml            step settings for every case (optional)
+//!   lookups/TABLE.csv        lookup tables for every case (optional; header row, key, value)
+//!   CASE/
+//!     input.EXT              the message body; EXT gives the content type (txt, csv, json, ...)
+//!     content-type           overrides the content type (optional)
+//!     settings.toml          settings for this case only (optional, replaces the shared ones)
+//!     expected.json          {"outputs": [{"content_type": ..., "body": ...}, ...]}
+//!                            or {"rejected": {"reason": ..., "field": ..., "position": ...}}
+//!                            or {"retry_later": {"reason": ...}}
+//! ```
+//!
+//! A case's message has id `CASE`, plant `test-plant`, route `test-route` (the SDK's
+//! `TestHost::message` uses the same plant and route, so native tests can share expectations).
+//! Bodies of JSON outputs are compared as JSON, others as text.
+
+use crate::config::toml_to_json;
+use crate::lookup::{self, Tables};
+use crate::plugin::bindings::types::Message;
+use crate::plugin::capability::Capability;
+use crate::plugin::engine::PluginEngine;
+use crate::plugin::store::Settings;
+use crate::plugin::{Artifact, StepFailure, StepLimits, StepRuntime, StepSpec};
+use serde_json::{Value, json};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Plant and route of every vector message.
+pub const PLANT: &str = "test-plant";
+pub const ROUTE: &str = "test-route";
+
+/// The outcome of one case.
+#[derive(Debug)]
+pub struct CaseResult {
+    pub name: String,
+    /// `None`: passed. `Some(text)`: what differed.
+    pub failure: Option<String>,
+}
+
+/// Run every case of `dir` against `plugin`. With `bless`, write each case's `expected.json`
+/// from what the plugin gives instead of comparing.
+pub fn run(plugin: &Path, dir: &Path, bless: bool) -> Result<Vec<CaseResult>, String> {
+    let engine = PluginEngine::new(None).map_err(|e| format!("{e:#}"))?;
+    let artifact = Artifact::load(&engine, plugin).map_err(|e| e.to_string())?;
+    let shared_settings = read_settings(&dir.join("settings.toml"))?;
+    let tables = read_tables(&dir.join("lookups"))?;
+    let mut cases: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map_err(|e| format!("cannot read vectors folder {}: {e}", dir.display()))?
+        .filter_map(|entry| entry.ok().map(|e| e.path()))
+        .filter(|p| p.is_dir() && p.file_name().is_some_and(|n| n != "lookups"))
+        .collect();
+    cases.sort();
+    if cases.is_empty() {
+        return Err(format!("{} has no case folders", dir.display()));
+    }
+    let mut results = Vec::new();
+    for case in cases {
+        let name = case
+            .file_name()
+            .expect("a case folder has a name")
+            .to_string_lossy()
+            .into_owned();
+        let settings = match read_settings(&case.join("settings.toml"))? {
+            Some(own) => Some(own),
+            None => shared_settings.clone(),
+        };
+        let failure = run_case(
+            &engine,
+            &artifact,
+            &case,
+            &name,
+            settings.unwrap_or_default(),
+            tables.clone(),
+            bless,
+        )?;
+        results.push(CaseResult { name, failure });
+    }
+    Ok(results)
+}
+
+fn run_case(
+    engine: &PluginEngine,
+    artifact: &Artifact,
+    case: &Path,
+    name: &str,
+    settings: serde_json::Map<String, Value>,
+    tables: Tables,
+    bless: bool,
+) -> Result<Option<String>, String> {
+    let (input_path, content_type) = find_input(case)?;
+    let body = std::fs::read(&input_path)
+        .map_err(|e| format!("cannot read {}: {e}", input_path.display()))?;
+    let spec = StepSpec {
+        plant: PLANT,
+        route: ROUTE,
+        grants: Capability::ALL.to_vec(),
+        settings: Settings::new(settings),
+        tables,
+        limits: StepLimits {
+            deadline: Duration::from_secs(5),
+            memory_bytes: 256 << 20,
+            instance_reuse: 1,
+        },
+    };
+    let step = match StepRuntime::load(engine, artifact, spec) {
+        Ok(step) => step,
+        Err(e) => return Ok(Some(format!("the plugin did not load: {e}"))),
+    };
+    let input = Message {
+        id: name.to_string(),
+        plant: PLANT.into(),
+        route: ROUTE.into(),
+        content_type,
+        headers: Vec::new(),
+        body,
+    };
+    let got = outcome(step.mediate(&input));
+    let expected_path = case.join("expected.json");
+    if bless {
+        let text = serde_json::to_string_pretty(&got).expect("JSON values print") + "\n";
+        std::fs::write(&expected_path, text)
+            .map_err(|e| format!("cannot write {}: {e}", expected_path.display()))?;
+        return Ok(None);
+    }
+    let text = std::fs::read_to_string(&expected_path).map_err(|e| {
+        format!(
+            "cannot read {}: {e} (write it, or run with --bless)",
+            expected_path.display()
+        )
+    })?;
+    let expected: Value =
+        serde_json::from_str(&text).map_err(|e| format!("{}: {e}", expected_path.display()))?;
+    Ok((got != expected).then(|| {
+        format!(
+            "expected {}\n     got {}",
+            serde_json::to_string(&expected).expect("JSON values print"),
+            serde_json::to_string(&got).expect("JSON values print")
+        )
+    }))
+}
+
+/// What a call gave, in the `expected.json` shape.
+fn outcome(result: Result<Vec<Message>, StepFailure>) -> Value {
+    match result {
+        Ok(outputs) => json!({ "outputs": outputs.iter().map(output_json).collect::<Vec<_>>() }),
+        Err(StepFailure::Rejected(r)) => {
+            json!({ "rejected": { "reason": r.reason, "field": r.field, "position": r.position } })
+        }
+        Err(StepFailure::RetryLater(r)) => json!({ "retry_later": { "reason": r.reason } }),
+        Err(StepFailure::Deadline(_)) => json!({ "failed": "deadline" }),
+        Err(StepFailure::MemoryCap(_)) => json!({ "failed": "memory-cap" }),
+        Err(StepFailure::Trap(t)) => json!({ "failed": t }),
+    }
+}
+
+fn output_json(m: &Message) -> Value {
+    let media = m
+        .content_type
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    let body = if media == "application/json" || media.ends_with("+json") {
+        serde_json::from_slice(&m.body)
+            .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&m.body).into_owned()))
+    } else {
+        Value::String(String::from_utf8_lossy(&m.body).into_owned())
+    };
+    json!({ "id": m.id, "content_type": m.content_type, "body": body })
+}
+
+fn find_input(case: &Path) -> Result<(PathBuf, String), String> {
+    let input = std::fs::read_dir(case)
+        .map_err(|e| format!("cannot read {}: {e}", case.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .find(|p| p.file_stem().is_some_and(|s| s == "input"))
+        .ok_or_else(|| format!("{} has no input.* file", case.display()))?;
+    let content_type = match std::fs::read_to_string(case.join("content-type")) {
+        Ok(ct) => ct.trim().to_string(),
+        Err(_) => content_type_of(&input).to_string(),
+    };
+    Ok((input, content_type))
+}
+
+/// Content type by file extension.
+pub fn content_type_of(path: &Path) -> &'static str {
+    match path.extension().and_then(|e| e.to_str()).unwrap_or("") {
+        "txt" | "dat" | "idoc" => "text/plain",
+        "csv" => "text/csv",
+        "json" => "application/json",
+        "x12" | "edi" => "application/edi-x12",
+        "xml" => "application/xml",
+        _ => "application/octet-stream",
+    }
+}
+
+/// Step settings from a TOML file; `Ok(None)` if there is no such file.
+pub fn read_settings(path: &Path) -> Result<Option<serde_json::Map<String, Value>>, String> {
+    if !path.exists() {
+        return Ok(None);
+    }
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let table: toml::Table =
+        toml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+    Ok(Some(
+        table
+            .iter()
+            .map(|(k, v)| (k.clone(), toml_to_json(v)))
+            .collect(),
+    ))
+}
+
+fn read_tables(dir: &Path) -> Result<Tables, String> {
+    let mut tables = HashMap::new();
+    if dir.is_dir() {
+        for entry in
+            std::fs::read_dir(dir).map_err(|e| format!("cannot read {}: {e}", dir.display()))?
+        {
+            let path = entry.map_err(|e| e.to_string())?.path();
+            if path.extension().is_some_and(|e| e == "csv") {
+                let name = path
+                    .file_stem()
+                    .expect("a csv file has a stem")
+                    .to_string_lossy()
+                    .into_owned();
+                tables.insert(name, lookup::read_csv(&path, None, None)?);
+            }
+        }
+    }
+    Ok(Tables::new(tables))
+}
