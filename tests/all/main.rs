@@ -4,6 +4,7 @@
 
 mod cli;
 mod config_errors;
+mod events;
 mod harness;
 mod http;
 mod limits;

@@ -19,6 +19,9 @@ use millrace_sdk::{CloudEvent, Host, Level, MediationError, Message, Plugin, Plu
 /// Event type emitted for every record.
 pub const EVENT_TYPE: &str = "millrace.production.completed.v1";
 
+/// Schema of the event's `data` (`schemas/production.completed/v1.json`).
+pub const DATA_SCHEMA: &str = "urn:millrace:schema:production.completed:v1";
+
 /// The plugin: a validated layout built from the step's settings.
 pub struct MesFixedWidth {
     layout: Layout,
@@ -84,6 +87,7 @@ impl Plugin for MesFixedWidth {
                 EVENT_TYPE,
                 completion.to_data(&input.plant),
             )
+            .dataschema(DATA_SCHEMA)
             .subject(completion.work_order.clone())
             .time(completion.completed_at.clone());
             outputs.push(event.into_message(&input));

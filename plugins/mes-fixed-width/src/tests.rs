@@ -78,6 +78,7 @@ fn good_record_becomes_production_completed_event() {
             "subject": "WO-1001",
             "time": "2026-11-27T05:30:00Z",
             "datacontenttype": "application/json",
+            "dataschema": "urn:millrace:schema:production.completed:v1",
             "data": {
                 "work_order": "WO-1001",
                 "material": "MAT-4711",
