@@ -321,3 +321,35 @@ fn missing_lookup_table_fails_the_load() {
         .unwrap();
     assert!(err.contains("lookup table \"work_centres\""), "{err}");
 }
+
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Whatever bytes arrive, the plugin answers with events or a rejection; it never panics.
+        #[test]
+        fn arbitrary_bytes_never_panic(body in proptest::collection::vec(any::<u8>(), 0..400)) {
+            let _ = host().run::<MesFixedWidth>(TestHost::message("text/plain", body));
+        }
+
+        /// Records of the right shape with arbitrary printable field contents: every accepted
+        /// record yields one event with the record's work order; rejections name a field or column.
+        #[test]
+        fn arbitrary_records_are_accepted_or_rejected_with_a_position(
+            wo in "[ -~]{12}", qty in "[ 0-9A+-]{10}", wc in "WC0[127]  |[ -~]{6}", at in "[0-9]{14}|[ -~]{14}",
+        ) {
+            let line = format!("PC{wo}{:<18}{qty}EA {wc}{at}{:<8}A      ", "MAT-1", "OP1");
+            prop_assume!(line.len() == 80);
+            match run(&line) {
+                Ok(out) => {
+                    prop_assert_eq!(out.len(), 1);
+                    let e = event(&out[0]);
+                    prop_assert_eq!(e["subject"].as_str(), Some(wo.trim()));
+                }
+                Err(MediationError::Rejected(r)) => prop_assert!(r.position.is_some() || r.field.is_some(), "{}", r.reason),
+                Err(other) => prop_assert!(false, "unexpected {:?}", other),
+            }
+        }
+    }
+}
