@@ -29,6 +29,7 @@
 mod cloudevent;
 mod host;
 mod message;
+pub mod parse;
 #[cfg(target_arch = "wasm32")]
 #[doc(hidden)]
 pub mod runtime;

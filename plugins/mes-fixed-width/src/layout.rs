@@ -132,7 +132,9 @@ impl Layout {
             .map_err(|e| format!("invalid mes-fixed-width settings: {e}"))?;
         let layout = Layout {
             record_length: settings.record_length,
-            utc_offset_secs: parse_utc_offset(settings.utc_offset.as_deref().unwrap_or("+00:00"))?,
+            utc_offset_secs: millrace_sdk::parse::utc_offset(
+                settings.utc_offset.as_deref().unwrap_or("+00:00"),
+            )?,
             fields: settings.fields,
             source_system: settings.source_system,
             work_centre_table: settings.work_centre_table,
@@ -287,24 +289,4 @@ impl Layout {
             Selection::Unknown(String::from_utf8_lossy(found).into_owned())
         }
     }
-}
-
-/// `+01:00`, `-05:30`, `Z` → seconds east of UTC.
-fn parse_utc_offset(text: &str) -> Result<i64, String> {
-    if text == "Z" {
-        return Ok(0);
-    }
-    let bad = || format!("utc_offset {text:?} must look like +01:00, -05:30 or Z");
-    let (sign, rest) = match text.as_bytes().first() {
-        Some(b'+') => (1, &text[1..]),
-        Some(b'-') => (-1, &text[1..]),
-        _ => return Err(bad()),
-    };
-    let (h, m) = rest.split_once(':').ok_or_else(bad)?;
-    let h: i64 = h.parse().map_err(|_| bad())?;
-    let m: i64 = m.parse().map_err(|_| bad())?;
-    if h > 14 || m > 59 {
-        return Err(bad());
-    }
-    Ok(sign * (h * 3600 + m * 60))
 }

@@ -3,7 +3,7 @@
 
 use crate::layout::{Encoding, FieldSpec, FieldType, Layout};
 use chrono::{NaiveDate, NaiveDateTime, NaiveTime, TimeDelta};
-use millrace_sdk::{Host, MediationError};
+use millrace_sdk::{Host, MediationError, parse};
 use serde::Serialize;
 use serde_json::{Map, Value, json};
 use std::borrow::Cow;
@@ -266,10 +266,10 @@ fn parse_field(field: &FieldSpec, raw: &str, line_no: usize) -> Result<Parsed, M
         |kind: &str, e: chrono::ParseError| invalid(&format!("{kind} in format {format:?} ({e})"));
     match field.kind {
         FieldType::Text => Ok(Parsed::Text(text.to_string())),
-        FieldType::Integer => parse_decimal(text, 0)
+        FieldType::Integer => parse::decimal(text, '.', 0)
             .map(Parsed::Number)
             .ok_or_else(|| invalid("an integer")),
-        FieldType::Decimal => parse_decimal(text, field.decimals)
+        FieldType::Decimal => parse::decimal(text, '.', field.decimals)
             .map(Parsed::Number)
             .ok_or_else(|| invalid("a decimal number")),
         FieldType::Datetime => temporal(field, text)
@@ -287,33 +287,6 @@ fn parse_field(field: &FieldSpec, raw: &str, line_no: usize) -> Result<Parsed, M
     }
 }
 
-/// `[+|-]digits` with `decimals` implied places, or `[+|-]digits.digits` when `decimals` is 0.
-/// At most 15 significant digits, so the value is exact as an f64.
-fn parse_decimal(text: &str, decimals: u32) -> Option<f64> {
-    let (negative, digits) = match text.as_bytes().first()? {
-        b'-' => (true, &text[1..]),
-        b'+' => (false, &text[1..]),
-        _ => (false, text),
-    };
-    let (int_part, frac_part) = match digits.split_once('.') {
-        Some((i, f)) if decimals == 0 => (i, f),
-        Some(_) => return None,
-        None => (digits, ""),
-    };
-    let all = || int_part.bytes().chain(frac_part.bytes());
-    if int_part.is_empty() && frac_part.is_empty() || !all().all(|b| b.is_ascii_digit()) {
-        return None;
-    }
-    let significant = all().skip_while(|b| *b == b'0').count();
-    if significant > 15 {
-        return None;
-    }
-    let mantissa = format!("{int_part}{frac_part}").parse::<u64>().ok()? as f64;
-    // An integer below 2^53 divided by a power of ten is the nearest f64 to the decimal.
-    let value = mantissa / 10f64.powi(decimals as i32 + frac_part.len() as i32);
-    Some(if negative { -value } else { value })
-}
-
 fn to_json(value: Parsed) -> Value {
     match value {
         Parsed::Text(s) => Value::String(s),
@@ -321,34 +294,5 @@ fn to_json(value: Parsed) -> Value {
         Parsed::DateTime(dt) => Value::String(dt.format("%Y-%m-%dT%H:%M:%S").to_string()),
         Parsed::Date(d) => Value::String(d.format("%Y-%m-%d").to_string()),
         Parsed::Time(t) => Value::String(t.format("%H:%M:%S").to_string()),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::parse_decimal;
-
-    #[test]
-    fn decimals_with_implied_places_and_signs_are_exact() {
-        let cases = [
-            ("0000012500", 3, Some(12.5)),
-            ("000000001", 3, Some(0.001)),
-            ("-12.75", 0, Some(-12.75)),
-            ("+7", 0, Some(7.0)),
-            (".5", 0, Some(0.5)),
-            ("12.5", 3, None),
-            ("1 2", 0, None),
-            ("-", 0, None),
-            ("", 0, None),
-            ("1234567890123456", 0, None),
-            ("0000000000000000000001", 0, Some(1.0)),
-        ];
-        for (text, decimals, expected) in cases {
-            assert_eq!(
-                parse_decimal(text, decimals),
-                expected,
-                "{text:?} with {decimals} decimals"
-            );
-        }
     }
 }

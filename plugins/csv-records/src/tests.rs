@@ -1,0 +1,212 @@
+use super::*;
+use millrace_sdk::TestHost;
+use proptest::prelude::*;
+use serde_json::{Value, json};
+
+/// A WMS export of pallet moves: semicolons, decimal commas, local times.
+fn settings() -> Value {
+    json!({
+        "event_type": "millrace.inventory.moved.v1",
+        "dataschema": "urn:millrace:schema:inventory.moved:v1",
+        "delimiter": ";",
+        "decimal_separator": ",",
+        "utc_offset": "+01:00",
+        "subject": "handling_unit",
+        "time": "moved_at",
+        "fields": [
+            { "path": "handling_unit", "column": "Pallet" },
+            { "path": "material", "column": "Article" },
+            { "path": "quantity", "column": "Qty", "type": "decimal" },
+            { "path": "unit", "column": "UoM" },
+            { "path": "from.storage_location", "column": "From", "required": false },
+            { "path": "to.storage_location", "column": "To" },
+            { "path": "to.bin", "column": "Bin", "required": false },
+            { "path": "lot", "column": "Batch", "required": false },
+            { "path": "moved_at", "column": "Moved", "type": "datetime", "format": "%d.%m.%Y %H:%M" }
+        ],
+        "constants": { "movement_type": "311" }
+    })
+}
+
+const HEADER: &str = "Pallet;Article;Qty;UoM;From;To;Bin;Batch;Moved\n";
+
+fn run(body: &str) -> Result<Vec<Message>, MediationError> {
+    TestHost::new()
+        .with_settings(settings())
+        .run::<CsvRecords>(TestHost::message("text/csv", body))
+}
+
+fn rejection(body: &str) -> millrace_sdk::Rejection {
+    match run(body) {
+        Err(MediationError::Rejected(r)) => r,
+        other => panic!("expected a rejection, got {other:?}"),
+    }
+}
+
+fn event(m: &Message) -> Value {
+    serde_json::from_slice(&m.body).unwrap()
+}
+
+#[test]
+fn each_row_becomes_an_event_with_nested_fields_and_utc_time() {
+    let body = format!(
+        "{HEADER}PAL-001;MAT-4711;12,5;EA;RECV;STOR-A;A-01-03;L2611;27.11.2026 07:30\n\"PAL;002\";MAT-4712;3;KG;;STOR-B;;;27.11.2026 08:00\n"
+    );
+    let out = run(&body).unwrap();
+    assert_eq!(out.len(), 2);
+    let first = event(&out[0]);
+    assert_eq!(first["id"], "test-1-2");
+    assert_eq!(first["subject"], "PAL-001");
+    assert_eq!(first["time"], "2026-11-27T06:30:00Z");
+    assert_eq!(
+        first["dataschema"],
+        "urn:millrace:schema:inventory.moved:v1"
+    );
+    assert_eq!(
+        first["data"],
+        json!({
+            "handling_unit": "PAL-001", "material": "MAT-4711", "quantity": 12.5, "unit": "EA",
+            "from": { "storage_location": "RECV" }, "to": { "storage_location": "STOR-A", "bin": "A-01-03" },
+            "lot": "L2611", "moved_at": "2026-11-27T06:30:00Z", "movement_type": "311", "plant": "test-plant"
+        })
+    );
+    let second = event(&out[1]);
+    assert_eq!(
+        second["subject"], "PAL;002",
+        "quoted delimiter stays in the field"
+    );
+    assert!(second["data"].get("from").is_none() && second["data"].get("lot").is_none());
+}
+
+#[test]
+fn a_bad_row_rejects_the_batch_naming_line_and_column() {
+    let body = format!(
+        "{HEADER}PAL-001;MAT-4711;12,5;EA;;STOR-A;;;27.11.2026 07:30\nPAL-002;MAT-4712;1.000,0;EA;;STOR-A;;;27.11.2026 07:31\n"
+    );
+    let r = rejection(&body);
+    assert_eq!(r.position, Some(3));
+    assert_eq!(r.field.as_deref(), Some("Qty"));
+    assert!(
+        r.reason
+            .starts_with("line 3, column \"Qty\": \"1.000,0\" is not a decimal number"),
+        "{}",
+        r.reason
+    );
+}
+
+#[test]
+fn blank_required_value_wrong_field_count_and_missing_column_are_rejected() {
+    let r = rejection(&format!("{HEADER}PAL-1;;1;EA;;STOR-A;;;27.11.2026 07:30\n"));
+    assert_eq!((r.field.as_deref(), r.position), (Some("Article"), Some(2)));
+    let r = rejection(&format!("{HEADER}PAL-1;MAT;1;EA\n"));
+    assert_eq!(r.position, Some(2));
+    assert!(
+        r.reason.contains("4 fields, the header has 9"),
+        "{}",
+        r.reason
+    );
+    let r = rejection("Pallet;Article\nPAL-1;MAT\n");
+    assert!(
+        r.reason
+            .starts_with("line 1: the header has no column \"Qty\""),
+        "{}",
+        r.reason
+    );
+}
+
+#[test]
+fn header_only_or_blank_rows_emit_nothing() {
+    assert_eq!(run(HEADER).unwrap(), vec![]);
+    assert_eq!(run(&format!("{HEADER};;;;;;;;\n")).unwrap(), vec![]);
+}
+
+#[test]
+fn files_without_a_header_map_by_position() {
+    let host = TestHost::new().with_settings(json!({
+        "event_type": "millrace.material.consumed.v1",
+        "has_header": false,
+        "fields": [
+            { "path": "work_order", "index": 1 },
+            { "path": "material", "index": 2 },
+            { "path": "quantity", "index": 3, "type": "decimal" },
+            { "path": "consumed_at", "index": 4, "type": "datetime" }
+        ],
+        "constants": { "unit": "KG" }
+    }));
+    let out = host
+        .run::<CsvRecords>(TestHost::message(
+            "text/csv",
+            "WO-1,STEEL,2.5,2026-11-27T06:30:00+01:00\n",
+        ))
+        .unwrap();
+    let data = &event(&out[0])["data"];
+    assert_eq!(data["consumed_at"], "2026-11-27T05:30:00Z");
+    assert_eq!(data["unit"], "KG");
+    assert_eq!(event(&out[0])["id"], "test-1-1");
+}
+
+#[test]
+fn invalid_mappings_fail_the_load() {
+    let cases = [
+        (
+            json!({ "event_type": "x", "fields": [{ "path": "a", "index": 1 }] }),
+            "name its column",
+        ),
+        (
+            json!({ "event_type": "x", "delimiter": ";;", "fields": [{ "path": "a", "column": "A" }] }),
+            "delimiter",
+        ),
+        (
+            json!({ "event_type": "x", "fields": [{ "path": "plant", "column": "P" }] }),
+            "plant is set by the host",
+        ),
+        (
+            json!({ "event_type": "x", "time": "a", "fields": [{ "path": "a", "column": "A" }] }),
+            "must be a datetime field",
+        ),
+        (
+            json!({ "event_type": "x", "fields": [{ "path": "A-b", "column": "A" }] }),
+            "snake_case",
+        ),
+        (
+            json!({ "event_type": "x", "fields": [{ "path": "a", "column": "A", "type": "date", "format": "%Q" }] }),
+            "format",
+        ),
+    ];
+    for (settings, expected) in cases {
+        let err = CsvRecords::new(&TestHost::new().with_settings(settings.clone()))
+            .err()
+            .unwrap_or_else(|| panic!("{settings} loaded"));
+        assert!(err.contains(expected), "{settings}: {err}");
+    }
+}
+
+proptest! {
+    /// Whatever bytes arrive, the plugin answers with events or a rejection; it never panics.
+    #[test]
+    fn arbitrary_bytes_never_panic(body in proptest::collection::vec(any::<u8>(), 0..400)) {
+        let _ = TestHost::new().with_settings(settings()).run::<CsvRecords>(TestHost::message("text/csv", body));
+    }
+
+    /// Rows of arbitrary printable cells: an accepted batch has one event per non-blank row, a
+    /// rejected one names its line.
+    #[test]
+    fn arbitrary_rows_give_one_event_each_or_a_located_rejection(
+        rows in proptest::collection::vec(proptest::collection::vec("[ -~]{0,6}|12,5|27.11.2026 07:30", 9), 0..5)
+    ) {
+        let mut body = HEADER.to_string();
+        let mut writer = csv::WriterBuilder::new().delimiter(b';').has_headers(false).from_writer(Vec::new());
+        for row in &rows {
+            writer.write_record(row).unwrap();
+        }
+        body.push_str(&String::from_utf8(writer.into_inner().unwrap()).unwrap());
+        match run(&body) {
+            Ok(out) => {
+                let non_blank = rows.iter().filter(|r| r.iter().any(|c| !c.is_empty())).count();
+                prop_assert_eq!(out.len(), non_blank);
+            }
+            Err(MediationError::Rejected(r)) => prop_assert!(r.position.is_some(), "{}", r.reason),
+            Err(other) => prop_assert!(false, "unexpected {:?}", other),
+        }
+    }
+}
