@@ -8,4 +8,4 @@ mod events;
 mod harness;
 mod http;
 mod limits;
-mod quickstart;
+mod examples;

@@ -1,0 +1,70 @@
+//! Every example gives exactly its documented outputs: for `examples/EX/samples/ROUTE/CASE.EXT`,
+//! the answer of route ROUTE is `examples/EX/expected/ROUTE/CASE.json` (sent with
+//! `Idempotency-Key: EX-CASE`, so ids are stable). Set `MILLRACE_BLESS=1` to rewrite them.
+
+use crate::harness::*;
+use std::path::Path;
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap();
+        if name == ".millrace" {
+            continue;
+        }
+        if path.is_dir() {
+            copy_dir(&path, &to.join(name));
+        } else {
+            std::fs::copy(&path, to.join(name)).unwrap();
+        }
+    }
+}
+
+fn sorted(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut entries: Vec<_> = std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().path()).collect();
+    entries.sort();
+    entries
+}
+
+#[test]
+fn every_example_gives_its_expected_outputs() {
+    let bless = std::env::var_os("MILLRACE_BLESS").is_some();
+    let mut checked = 0;
+    for example in sorted(&root().join("examples")) {
+        let name = example.file_name().unwrap().to_str().unwrap().to_string();
+        let work = tempfile::tempdir().unwrap();
+        copy_dir(&example, work.path());
+        let config = std::fs::read_to_string(work.path().join("millrace.toml")).unwrap().replace(
+            "plugin_dir = \"../../target/plugins\"",
+            &format!("plugin_dir = \"{}\"", root().join("target/plugins").display()),
+        );
+        std::fs::write(work.path().join("millrace.toml"), config).unwrap();
+        let host = Host::start(&work.path().join("millrace.toml"), &[]);
+        for route_dir in sorted(&example.join("samples")) {
+            let route = route_dir.file_name().unwrap().to_str().unwrap().to_string();
+            for sample in sorted(&route_dir) {
+                let case = sample.file_stem().unwrap().to_str().unwrap().to_string();
+                let content_type = millrace_host::conformance::content_type_of(&sample);
+                let reply = host.post_with_key(&route, content_type, &format!("{name}-{case}"), std::fs::read(&sample).unwrap());
+                let body = if reply.body.is_empty() { serde_json::Value::Null } else { reply.json() };
+                let mut got = serde_json::json!({ "status": reply.status, "content_type": reply.content_type, "body": body });
+                // The digest changes with every plugin build; other tests check it.
+                if got["body"].get("digest").is_some() {
+                    got["body"]["digest"] = "sha256:…".into();
+                }
+                let expected_path = example.join("expected").join(&route).join(format!("{case}.json"));
+                if bless {
+                    std::fs::create_dir_all(expected_path.parent().unwrap()).unwrap();
+                    std::fs::write(&expected_path, serde_json::to_string_pretty(&got).unwrap() + "\n").unwrap();
+                    continue;
+                }
+                let text = std::fs::read_to_string(&expected_path).unwrap_or_else(|_| panic!("missing {}", expected_path.display()));
+                let expected: serde_json::Value = serde_json::from_str(&text).unwrap();
+                assert_eq!(got, expected, "{name}/{route}/{case}");
+                checked += 1;
+            }
+        }
+    }
+    assert!(bless || checked >= 5, "only {checked} example samples checked");
+}
