@@ -22,7 +22,10 @@ fn copy_dir(from: &Path, to: &Path) {
 }
 
 fn sorted(dir: &Path) -> Vec<std::path::PathBuf> {
-    let mut entries: Vec<_> = std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().path()).collect();
+    let mut entries: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
     entries.sort();
     entries
 }
@@ -35,10 +38,15 @@ fn every_example_gives_its_expected_outputs() {
         let name = example.file_name().unwrap().to_str().unwrap().to_string();
         let work = tempfile::tempdir().unwrap();
         copy_dir(&example, work.path());
-        let config = std::fs::read_to_string(work.path().join("millrace.toml")).unwrap().replace(
-            "plugin_dir = \"../../target/plugins\"",
-            &format!("plugin_dir = \"{}\"", root().join("target/plugins").display()),
-        );
+        let config = std::fs::read_to_string(work.path().join("millrace.toml"))
+            .unwrap()
+            .replace(
+                "plugin_dir = \"../../target/plugins\"",
+                &format!(
+                    "plugin_dir = \"{}\"",
+                    root().join("target/plugins").display()
+                ),
+            );
         std::fs::write(work.path().join("millrace.toml"), config).unwrap();
         let host = Host::start(&work.path().join("millrace.toml"), &[]);
         for route_dir in sorted(&example.join("samples")) {
@@ -46,25 +54,45 @@ fn every_example_gives_its_expected_outputs() {
             for sample in sorted(&route_dir) {
                 let case = sample.file_stem().unwrap().to_str().unwrap().to_string();
                 let content_type = millrace_host::conformance::content_type_of(&sample);
-                let reply = host.post_with_key(&route, content_type, &format!("{name}-{case}"), std::fs::read(&sample).unwrap());
-                let body = if reply.body.is_empty() { serde_json::Value::Null } else { reply.json() };
+                let reply = host.post_with_key(
+                    &route,
+                    content_type,
+                    &format!("{name}-{case}"),
+                    std::fs::read(&sample).unwrap(),
+                );
+                let body = if reply.body.is_empty() {
+                    serde_json::Value::Null
+                } else {
+                    reply.json()
+                };
                 let mut got = serde_json::json!({ "status": reply.status, "content_type": reply.content_type, "body": body });
                 // The digest changes with every plugin build; other tests check it.
                 if got["body"].get("digest").is_some() {
                     got["body"]["digest"] = "sha256:…".into();
                 }
-                let expected_path = example.join("expected").join(&route).join(format!("{case}.json"));
+                let expected_path = example
+                    .join("expected")
+                    .join(&route)
+                    .join(format!("{case}.json"));
                 if bless {
                     std::fs::create_dir_all(expected_path.parent().unwrap()).unwrap();
-                    std::fs::write(&expected_path, serde_json::to_string_pretty(&got).unwrap() + "\n").unwrap();
+                    std::fs::write(
+                        &expected_path,
+                        serde_json::to_string_pretty(&got).unwrap() + "\n",
+                    )
+                    .unwrap();
                     continue;
                 }
-                let text = std::fs::read_to_string(&expected_path).unwrap_or_else(|_| panic!("missing {}", expected_path.display()));
+                let text = std::fs::read_to_string(&expected_path)
+                    .unwrap_or_else(|_| panic!("missing {}", expected_path.display()));
                 let expected: serde_json::Value = serde_json::from_str(&text).unwrap();
                 assert_eq!(got, expected, "{name}/{route}/{case}");
                 checked += 1;
             }
         }
     }
-    assert!(bless || checked >= 5, "only {checked} example samples checked");
+    assert!(
+        bless || checked >= 5,
+        "only {checked} example samples checked"
+    );
 }

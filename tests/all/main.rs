@@ -5,7 +5,7 @@
 mod cli;
 mod config_errors;
 mod events;
+mod examples;
 mod harness;
 mod http;
 mod limits;
-mod examples;
