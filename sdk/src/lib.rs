@@ -33,7 +33,7 @@ pub mod parse;
 #[cfg(target_arch = "wasm32")]
 #[doc(hidden)]
 pub mod runtime;
-mod testing;
+pub mod testing;
 
 /// Bindings generated from `wit/` (the one `generate!` site of the guest side).
 #[doc(hidden)]

@@ -77,6 +77,20 @@ impl TestHost {
     }
 }
 
+/// The rejection in `result`; panics (failing the test) on outputs or a retry-later.
+pub fn expect_rejected(result: Result<Vec<Message>, MediationError>) -> crate::Rejection {
+    match result {
+        Err(MediationError::Rejected(r)) => r,
+        other => panic!("expected a rejection, got {other:?}"),
+    }
+}
+
+/// The body of `message` as JSON; panics (failing the test) if it is not JSON.
+pub fn body_value(message: &Message) -> serde_json::Value {
+    serde_json::from_slice(&message.body)
+        .unwrap_or_else(|e| panic!("output {} is not JSON: {e}", message.id))
+}
+
 impl Host for TestHost {
     fn log(&self, level: Level, message: &str) {
         self.log.borrow_mut().push((level, message.to_string()));

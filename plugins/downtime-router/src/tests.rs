@@ -21,14 +21,11 @@ fn run(body: Value) -> Result<Vec<Message>, MediationError> {
 }
 
 fn rejection(body: Value) -> millrace_sdk::Rejection {
-    match run(body) {
-        Err(MediationError::Rejected(r)) => r,
-        other => panic!("expected a rejection, got {other:?}"),
-    }
+    millrace_sdk::testing::expect_rejected(run(body))
 }
 
 fn event(m: &Message) -> Value {
-    serde_json::from_slice(&m.body).unwrap()
+    millrace_sdk::testing::body_value(m)
 }
 
 #[test]

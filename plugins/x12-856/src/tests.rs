@@ -69,10 +69,7 @@ fn run(text: &str) -> Result<Vec<Message>, MediationError> {
 }
 
 fn rejection(text: &str) -> millrace_sdk::Rejection {
-    match run(text) {
-        Err(MediationError::Rejected(r)) => r,
-        other => panic!("expected a rejection, got {other:?}"),
-    }
+    millrace_sdk::testing::expect_rejected(run(text))
 }
 
 fn data(out: &[Message]) -> Value {
