@@ -2,6 +2,9 @@
 //! against the SDK's host double) vs through the host (the built component, with a warm reused
 //! instance and with a fresh instance per message). Same input, same settings, same run.
 //!
+//! The `vectors/PLUGIN` groups do the same for every plugin on the output-giving cases of its
+//! conformance vectors (one iteration = each case once), natively and with a reused instance.
+//!
 //! Needs `scripts/build-plugins` first. Run: `scripts/bench` (prints the ratios).
 
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
@@ -126,5 +129,141 @@ fn bench(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, bench);
+/// The cases of a plugin's vectors folder that use the shared settings and give outputs.
+struct Vectors {
+    settings: serde_json::Map<String, serde_json::Value>,
+    tables: millrace_host::lookup::Tables,
+    messages: Vec<Message>,
+}
+
+fn vectors(plugin: &str) -> Vectors {
+    use millrace_host::conformance;
+    let dir = root().join("plugins").join(plugin).join("vectors");
+    let settings = conformance::read_settings(&dir.join("settings.toml"))
+        .expect("settings")
+        .unwrap_or_default();
+    let tables = conformance::read_tables(&dir.join("lookups")).expect("tables");
+    let mut messages = Vec::new();
+    let mut cases: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.is_dir())
+        .collect();
+    cases.sort();
+    for case in cases {
+        let expected = std::fs::read_to_string(case.join("expected.json")).unwrap_or_default();
+        let gives_outputs = serde_json::from_str::<serde_json::Value>(&expected)
+            .ok()
+            .and_then(|v| v["outputs"].as_array().map(|o| !o.is_empty()))
+            .unwrap_or(false);
+        if !gives_outputs || case.join("settings.toml").exists() {
+            continue;
+        }
+        let input = std::fs::read_dir(&case)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .find(|p| p.file_stem().is_some_and(|s| s == "input"))
+            .unwrap();
+        let content_type = std::fs::read_to_string(case.join("content-type"))
+            .map(|c| c.trim().to_string())
+            .unwrap_or_else(|_| conformance::content_type_of(&input).to_string());
+        messages.push(Message {
+            id: case.file_name().unwrap().to_string_lossy().into_owned(),
+            plant: conformance::PLANT.into(),
+            route: conformance::ROUTE.into(),
+            content_type,
+            headers: Vec::new(),
+            body: std::fs::read(&input).unwrap(),
+        });
+    }
+    assert!(!messages.is_empty(), "{plugin}: no vector gives outputs");
+    Vectors {
+        settings,
+        tables,
+        messages,
+    }
+}
+
+fn to_sdk(m: &Message) -> millrace_sdk::Message {
+    millrace_sdk::Message {
+        id: m.id.clone(),
+        plant: m.plant.clone(),
+        route: m.route.clone(),
+        content_type: m.content_type.clone(),
+        headers: m.headers.clone(),
+        body: m.body.clone(),
+    }
+}
+
+/// One plugin on its vectors: natively against the host double, and through the host with a
+/// warm reused instance. One iteration = every output-giving case once.
+fn bench_plugin<P: Plugin>(c: &mut Criterion, engine: &PluginEngine, name: &str) {
+    let v = vectors(name);
+    let mut host = TestHost::new().with_settings(serde_json::Value::Object(v.settings.clone()));
+    for (table, rows) in v.tables.iter() {
+        host = host.with_table(table, rows.clone());
+    }
+    let plugin = P::new(&host).expect("settings load natively");
+    let native_inputs: Vec<_> = v.messages.iter().map(to_sdk).collect();
+    for input in &native_inputs {
+        assert!(
+            plugin.mediate(&host, input.clone()).is_ok(),
+            "{name}/{}: native run",
+            input.id
+        );
+    }
+    let artifact = Artifact::load(
+        engine,
+        &root().join("target/plugins").join(format!("{name}.wasm")),
+    )
+    .expect("component loads");
+    let spec = StepSpec {
+        plant: millrace_host::conformance::PLANT,
+        route: millrace_host::conformance::ROUTE,
+        grants: millrace_host::plugin::capability::Capability::ALL.to_vec(),
+        settings: millrace_host::plugin::store::Settings::new(v.settings.clone()),
+        tables: v.tables.clone(),
+        limits: StepLimits {
+            deadline: Duration::from_secs(1),
+            memory_bytes: 64 << 20,
+            instance_reuse: u32::MAX,
+        },
+    };
+    let step = StepRuntime::load(engine, &artifact, spec).expect("step loads");
+    for m in &v.messages {
+        assert!(step.mediate(m).is_ok(), "{name}/{}: wasm run", m.id);
+    }
+    let mut group = c.benchmark_group(format!("vectors/{name}"));
+    group.throughput(Throughput::Elements(v.messages.len() as u64));
+    group.bench_function("native", |b| {
+        b.iter_batched(
+            || native_inputs.clone(),
+            |inputs| {
+                for input in inputs {
+                    black_box(plugin.mediate(&host, input).ok());
+                }
+            },
+            BatchSize::SmallInput,
+        )
+    });
+    group.bench_function("wasm-reused-instance", |b| {
+        b.iter(|| {
+            for m in &v.messages {
+                black_box(step.mediate(black_box(m)).ok());
+            }
+        })
+    });
+    group.finish();
+}
+
+fn bench_vectors(c: &mut Criterion) {
+    let engine = PluginEngine::new(None).expect("engine");
+    bench_plugin::<MesFixedWidth>(c, &engine, "mes-fixed-width");
+    bench_plugin::<csv_records::CsvRecords>(c, &engine, "csv-records");
+    bench_plugin::<downtime_router::DowntimeRouter>(c, &engine, "downtime-router");
+    bench_plugin::<x12_856::X12Asn>(c, &engine, "x12-856");
+    bench_plugin::<canonical_map::CanonicalMap>(c, &engine, "canonical-map");
+}
+
+criterion_group!(benches, bench, bench_vectors);
 criterion_main!(benches);

@@ -218,7 +218,8 @@ pub fn read_settings(path: &Path) -> Result<Option<serde_json::Map<String, Value
     ))
 }
 
-fn read_tables(dir: &Path) -> Result<Tables, String> {
+/// The lookup tables of a vectors folder (`lookups/TABLE.csv`).
+pub fn read_tables(dir: &Path) -> Result<Tables, String> {
     let mut tables = HashMap::new();
     if dir.is_dir() {
         for entry in
