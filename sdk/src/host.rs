@@ -1,6 +1,6 @@
 //! What a plugin may ask of its host: the capability calls, behind one trait.
 
-use crate::{Level, LookupError};
+use crate::{Level, LookupError, MediationError};
 use serde::de::DeserializeOwned;
 
 /// The capabilities a plugin can use. On `wasm32` each method is an import of the `plugin`
@@ -22,6 +22,22 @@ pub trait Host {
 
     /// A value from one of the plant's reference tables (capability `lookup`).
     fn lookup(&self, table: &str, key: &str) -> Result<Option<String>, LookupError>;
+
+    /// The value of `key` in `table`, for a code that must be known: an unknown key is rejected
+    /// as `FIELD "KEY" is not in lookup table TABLE` (with `field` as the field at fault), a
+    /// table the plant does not have as `lookup table TABLE is missing for this plant`.
+    fn code(&self, table: &str, key: &str, field: &str) -> Result<String, MediationError> {
+        match self.lookup(table, key) {
+            Ok(Some(value)) => Ok(value),
+            Ok(None) => Err(MediationError::rejected(format!(
+                "{field} {key:?} is not in lookup table {table}"
+            ))
+            .field(field)),
+            Err(_) => Err(MediationError::rejected(format!(
+                "lookup table {table} is missing for this plant"
+            ))),
+        }
+    }
 
     /// All settings deserialized into `T`; the error names the setting at fault.
     fn settings<T: DeserializeOwned>(&self) -> Result<T, String> {

@@ -111,7 +111,7 @@ impl Plugin for CanonicalMap {
                         MediationError::rejected(format!("{at} is not a text code")).field(at)
                     );
                 };
-                *value = Value::String(lookup(host, &map.table, &local, at)?);
+                *value = Value::String(host.code(&map.table, &local, at)?);
                 Ok(())
             })?;
             if found == 0 && map.required {
@@ -182,19 +182,6 @@ fn for_each(
     }
 }
 
-fn lookup(host: &impl Host, table: &str, key: &str, at: &str) -> Result<String, MediationError> {
-    match host.lookup(table, key) {
-        Ok(Some(value)) => Ok(value),
-        Ok(None) => Err(MediationError::rejected(format!(
-            "{at}: {key:?} is not in lookup table {table}"
-        ))
-        .field(at)),
-        Err(_) => Err(MediationError::rejected(format!(
-            "lookup table {table} is missing for this plant"
-        ))),
-    }
-}
-
 /// Convert one object's quantity and unit.
 fn convert(
     host: &impl Host,
@@ -209,7 +196,7 @@ fn convert(
         return Ok(());
     };
     let unit_at = format!("{at}.{}", c.unit);
-    let target = lookup(host, &c.table, &unit, &unit_at)?;
+    let target = host.code(&c.table, &unit, &unit_at)?;
     let (canonical, factor) = match target.split_once(' ') {
         None => (target.as_str(), 1.0),
         Some((u, f)) => match f.trim().parse::<f64>() {

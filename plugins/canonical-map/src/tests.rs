@@ -79,19 +79,19 @@ fn unknown_codes_name_the_table_key_and_place() {
     let r = expect_rejected(run(completed(json!({ "work_centre": "WC99" }))));
     assert_eq!(
         r.reason,
-        "data.work_centre: \"WC99\" is not in lookup table work_centres"
+        "data.work_centre \"WC99\" is not in lookup table work_centres"
     );
     assert_eq!(r.field.as_deref(), Some("data.work_centre"));
     let data = json!({ "work_centre": "WC01", "purchase_orders": [{ "items": [ { "buyer_part": "BOLT", "quantity": 1, "unit": "ST" }, { "buyer_part": "NUT", "quantity": 1, "unit": "ST" } ] }] });
     let r = expect_rejected(run(completed(data)));
     assert_eq!(
         r.reason,
-        "data.purchase_orders[0].items[1].buyer_part: \"NUT\" is not in lookup table materials"
+        "data.purchase_orders[0].items[1].buyer_part \"NUT\" is not in lookup table materials"
     );
     let r = expect_rejected(run(completed(
         json!({ "work_centre": "WC01", "quantity": 1, "unit": "BOX" }),
     )));
-    assert_eq!(r.reason, "data.unit: \"BOX\" is not in lookup table units");
+    assert_eq!(r.reason, "data.unit \"BOX\" is not in lookup table units");
 }
 
 #[test]

@@ -121,13 +121,13 @@ impl Plugin for DowntimeRouter {
             return Ok(Vec::new());
         }
         let s = &self.settings;
-        let machine = lookup(host, &s.machines_table, &report.machine, "machine")?;
-        let work_centre = lookup(host, &s.work_centres_table, &machine, "machine")?;
+        let machine = host.code(&s.machines_table, &report.machine, "machine")?;
+        let work_centre = host.code(&s.work_centres_table, &machine, "machine")?;
         let alarm = report.alarm.as_deref().filter(|a| !a.is_empty());
         let alarm_key = alarm.ok_or_else(|| {
             MediationError::rejected("a down report needs an alarm code").field("alarm")
         })?;
-        let reason = lookup(host, &s.reasons_table, alarm_key, "alarm")?;
+        let reason = host.code(&s.reasons_table, alarm_key, "alarm")?;
         let started = utc(&report.started_at, "started_at")?;
         let ended = report
             .ended_at
@@ -195,20 +195,6 @@ impl Plugin for DowntimeRouter {
         .dataschema("urn:millrace:schema:planning.capacity-impact:v1")
         .into_message(&input);
         Ok(vec![downtime, capacity])
-    }
-}
-
-/// A canonical code from `table`, or a rejection naming the table and the key.
-fn lookup(host: &impl Host, table: &str, key: &str, field: &str) -> Result<String, MediationError> {
-    match host.lookup(table, key) {
-        Ok(Some(value)) => Ok(value),
-        Ok(None) => Err(MediationError::rejected(format!(
-            "{field} {key:?} is not in lookup table {table}"
-        ))
-        .field(field)),
-        Err(_) => Err(MediationError::rejected(format!(
-            "lookup table {table} is missing for this plant"
-        ))),
     }
 }
 
