@@ -263,6 +263,7 @@ fn bench_vectors(c: &mut Criterion) {
     bench_plugin::<downtime_router::DowntimeRouter>(c, &engine, "downtime-router");
     bench_plugin::<x12_856::X12Asn>(c, &engine, "x12-856");
     bench_plugin::<canonical_map::CanonicalMap>(c, &engine, "canonical-map");
+    bench_plugin::<idoc_flat::IdocFlat>(c, &engine, "idoc-flat");
 }
 
 criterion_group!(benches, bench, bench_vectors);

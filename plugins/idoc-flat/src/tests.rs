@@ -1,0 +1,221 @@
+use super::*;
+use millrace_sdk::TestHost;
+use millrace_sdk::testing::{body_value, expect_rejected};
+use proptest::prelude::*;
+use serde_json::json;
+
+/// A goods movement layout (WMMBXY): header E1MBXYH with posting date and time and a reference,
+/// items E1MBXYI with material, storage locations, batch, movement type, quantity, unit.
+pub fn settings() -> Value {
+    json!({
+        "message_type": "WMMBXY",
+        "header_segment": "E1MBXYH",
+        "item_segment": "E1MBXYI",
+        "event_type": "millrace.inventory.moved.v1",
+        "dataschema": "urn:millrace:schema:inventory.moved:v1",
+        "utc_offset": "+01:00",
+        "subject": "material",
+        "time": "moved_at",
+        "header_fields": [
+            { "path": "moved_at", "start": 1, "length": 8, "type": "datetime", "time_start": 9 },
+            { "path": "reference", "start": 15, "length": 16, "required": false }
+        ],
+        "item_fields": [
+            { "path": "material", "start": 1, "length": 18 },
+            { "path": "from.storage_location", "start": 19, "length": 4 },
+            { "path": "to.storage_location", "start": 23, "length": 4 },
+            { "path": "lot", "start": 27, "length": 10, "required": false },
+            { "path": "movement_type", "start": 37, "length": 3 },
+            { "path": "quantity", "start": 40, "length": 15, "type": "decimal" },
+            { "path": "unit", "start": 55, "length": 3 }
+        ]
+    })
+}
+
+pub fn control(docnum: &str, mestyp: &str) -> String {
+    format!(
+        "{:<10}{:<3}{:0>16}{:<4}{:<2}{:<1}{:<1}{:<1}{:<1}{:<30}{:<30}{:<30}",
+        "EDI_DC40", "100", docnum, "740", "30", "2", "2", "", "", "WMMBID02", "", mestyp
+    )
+}
+
+pub fn data(segment: &str, docnum: &str, segnum: u32, sdata: &str) -> String {
+    format!(
+        "{segment:<30}100{docnum:0>16}{segnum:0>6}{:0>6}02{sdata}",
+        0
+    )
+}
+
+pub fn header(date: &str, time: &str, reference: &str) -> String {
+    format!("{date:<8}{time:<6}{reference:<16}")
+}
+
+pub fn item(
+    material: &str,
+    from: &str,
+    to: &str,
+    lot: &str,
+    bwart: &str,
+    qty: &str,
+    unit: &str,
+) -> String {
+    format!("{material:<18}{from:<4}{to:<4}{lot:<10}{bwart:<3}{qty:>15}{unit:<3}")
+}
+
+fn good() -> String {
+    [
+        control("4711", "WMMBXY"),
+        data(
+            "E1MBXYH",
+            "4711",
+            1,
+            &header("20261127", "073000", "MD-49000123"),
+        ),
+        data(
+            "E1MBXYI",
+            "4711",
+            2,
+            &item("MAT-4711", "0001", "0002", "L2611", "311", "12.500", "EA"),
+        ),
+        data(
+            "E1MBXYI",
+            "4711",
+            3,
+            &item("BOLT-M8", "0001", "0005", "", "311", "2.000-", "KG"),
+        ),
+    ]
+    .join("\n")
+}
+
+fn run(body: &str) -> Result<Vec<Message>, MediationError> {
+    TestHost::new()
+        .with_settings(settings())
+        .run::<IdocFlat>(TestHost::message("text/plain", body))
+}
+
+#[test]
+fn each_item_segment_becomes_an_inventory_move_with_the_header_fields() {
+    let out = run(&good()).unwrap();
+    assert_eq!(out.len(), 2);
+    let first = body_value(&out[0]);
+    assert_eq!(first["id"], "test-1-4711-1");
+    assert_eq!(first["subject"], "MAT-4711");
+    assert_eq!(first["time"], "2026-11-27T06:30:00Z");
+    assert_eq!(
+        first["data"],
+        json!({
+            "moved_at": "2026-11-27T06:30:00Z", "reference": "MD-49000123", "material": "MAT-4711",
+            "from": { "storage_location": "0001" }, "to": { "storage_location": "0002" }, "lot": "L2611",
+            "movement_type": "311", "quantity": 12.5, "unit": "EA", "plant": "test-plant",
+            "attributes": { "idoc_number": "4711" }
+        })
+    );
+    let second = body_value(&out[1]);
+    assert_eq!(
+        second["data"]["quantity"],
+        json!(-2.0),
+        "SAP's trailing minus"
+    );
+    assert!(second["data"].get("lot").is_none());
+}
+
+#[test]
+fn trimmed_trailing_blanks_and_several_idocs_are_fine() {
+    let two = format!(
+        "{}\n{}\n{}\n{}\n",
+        good()
+            .lines()
+            .map(str::trim_end)
+            .collect::<Vec<_>>()
+            .join("\n"),
+        control("4712", "WMMBXY"),
+        data("E1MBXYH", "4712", 1, &header("20260101", "003000", "")),
+        data(
+            "E1MBXYI",
+            "4712",
+            2,
+            &item("MAT-1", "0001", "0002", "", "311", "1.000", "EA")
+        )
+    );
+    let out = run(&two).unwrap();
+    assert_eq!(out.len(), 3);
+    let third = body_value(&out[2]);
+    assert_eq!(third["id"], "test-1-4712-1");
+    assert_eq!(
+        third["data"]["moved_at"], "2025-12-31T23:30:00Z",
+        "the offset crosses midnight and the year"
+    );
+}
+
+#[test]
+fn faults_name_line_segment_and_field() {
+    let r = expect_rejected(run(&good().replace("WMMBXY", "ORDERS")));
+    assert_eq!((r.field.as_deref(), r.position), (Some("MESTYP"), Some(1)));
+    let r = expect_rejected(run(&good().replace("12.500", "12,500")));
+    assert_eq!(
+        (r.field.as_deref(), r.position),
+        (Some("quantity"), Some(3))
+    );
+    assert!(
+        r.reason
+            .starts_with("line 3, segment E1MBXYI, quantity (SDATA 40-54)"),
+        "{}",
+        r.reason
+    );
+    let r = expect_rejected(run(&good().replace("20261127", "20261131")));
+    assert_eq!(r.field.as_deref(), Some("moved_at"));
+    let lines: Vec<String> = good().lines().map(str::to_string).collect();
+    let r = expect_rejected(run(&lines[1..].join("\n")));
+    assert!(r.reason.contains("before any EDI_DC40"), "{}", r.reason);
+    let wrong_doc = format!(
+        "{}\n{}",
+        lines[0],
+        data(
+            "E1MBXYI",
+            "4799",
+            2,
+            &item("M", "1", "2", "", "311", "1", "EA")
+        )
+    );
+    assert_eq!(
+        expect_rejected(run(&wrong_doc)).field.as_deref(),
+        Some("DOCNUM")
+    );
+    let blank = format!(
+        "{}\n{}",
+        lines[0],
+        data(
+            "E1MBXYI",
+            "4711",
+            2,
+            &item("", "1", "2", "", "311", "1", "EA")
+        )
+    );
+    assert_eq!(
+        expect_rejected(run(&blank)).field.as_deref(),
+        Some("material")
+    );
+    assert!(
+        expect_rejected(run("hello"))
+            .reason
+            .contains("before any EDI_DC40")
+    );
+}
+
+#[test]
+fn calendar_helpers_round_trip() {
+    for days in [-719_468, -1, 0, 59, 10_957, 20_784, 2_932_896] {
+        let (y, m, d) = civil_from_days(days);
+        assert_eq!(days_from_civil(y, m, d), days);
+    }
+    assert_eq!(date("20240229").as_deref(), Some("2024-02-29"));
+    assert_eq!(date("20250229"), None);
+}
+
+proptest! {
+    #[test]
+    fn arbitrary_text_never_panics(text in "[ -~\\n]{0,300}", prefix in proptest::bool::ANY) {
+        let body = if prefix { format!("{}\n{text}", control("1", "WMMBXY")) } else { text };
+        let _ = run(&body);
+    }
+}
