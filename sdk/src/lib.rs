@@ -27,6 +27,7 @@
 #![warn(missing_docs)]
 
 mod cloudevent;
+pub mod data;
 mod host;
 mod message;
 pub mod parse;

@@ -9,7 +9,7 @@
 mod mapping;
 
 use mapping::{Mapping, Value};
-use millrace_sdk::{CloudEvent, Host, MediationError, Message, Plugin, PluginInfo};
+use millrace_sdk::{CloudEvent, Host, MediationError, Message, Plugin, PluginInfo, data};
 
 /// The plugin: the validated mapping of the step.
 pub struct CsvRecords {
@@ -53,17 +53,19 @@ impl Plugin for CsvRecords {
             if record.iter().all(str::is_empty) {
                 continue;
             }
-            let data = m.row(&record, &columns, line, &input.plant)?;
+            let row = m.row(&record, &columns, line, &input.plant)?;
+            let subject = m.subject.as_deref().and_then(|p| data::text(&row, p));
+            let time = m.time.as_deref().and_then(|p| data::text(&row, p));
             let mut event = CloudEvent::new(
                 format!("{}-{line}", input.id),
                 source.clone(),
                 m.event_type.clone(),
-                data.json,
+                row,
             );
-            if let Some(subject) = data.subject {
+            if let Some(subject) = subject {
                 event = event.subject(subject);
             }
-            if let Some(time) = data.time {
+            if let Some(time) = time {
                 event = event.time(time);
             }
             if let Some(schema) = &m.dataschema {

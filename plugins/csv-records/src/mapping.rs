@@ -2,7 +2,7 @@
 
 use chrono::format::{Item, StrftimeItems};
 use chrono::{DateTime, NaiveDate, SecondsFormat, TimeDelta, Utc};
-use millrace_sdk::{MediationError, parse};
+use millrace_sdk::{MediationError, data, parse};
 use serde::Deserialize;
 use std::collections::BTreeMap;
 
@@ -99,17 +99,12 @@ pub struct Mapping {
     pub has_header: bool,
     decimal_comma: bool,
     utc_offset_secs: i64,
-    subject: Option<String>,
-    time: Option<String>,
+    /// The data path whose text becomes the event's `subject`.
+    pub subject: Option<String>,
+    /// The data path whose text becomes the event's `time`.
+    pub time: Option<String>,
     fields: Vec<FieldSpec>,
     constants: BTreeMap<String, serde_json::Value>,
-}
-
-/// One row as event data.
-pub struct RowData {
-    pub json: serde_json::Value,
-    pub subject: Option<String>,
-    pub time: Option<String>,
 }
 
 impl Mapping {
@@ -257,10 +252,8 @@ impl Mapping {
         columns: &[usize],
         line: u64,
         plant: &str,
-    ) -> Result<RowData, MediationError> {
+    ) -> Result<serde_json::Value, MediationError> {
         let mut data = serde_json::Map::new();
-        let mut subject = None;
-        let mut time = None;
         for (field, &index) in self.fields.iter().zip(columns) {
             let column = field
                 .column
@@ -286,30 +279,13 @@ impl Mapping {
                 .field(column.clone())
                 .position(line as u32)
             })?;
-            if self.subject.as_deref() == Some(field.path.as_str())
-                && let Value::Text(s) = &value
-            {
-                subject = Some(s.clone());
-            }
-            if self.time.as_deref() == Some(field.path.as_str())
-                && let Value::Text(s) = &value
-            {
-                time = Some(s.clone());
-            }
-            insert(&mut data, &field.path, value.into());
+            data::insert(&mut data, &field.path, value.into());
         }
         for (path, value) in &self.constants {
-            if self.subject.as_deref() == Some(path.as_str()) {
-                subject = value.as_str().map(str::to_string);
-            }
-            insert(&mut data, path, value.clone());
+            data::insert(&mut data, path, value.clone());
         }
         data.insert("plant".into(), serde_json::Value::String(plant.to_string()));
-        Ok(RowData {
-            json: serde_json::Value::Object(data),
-            subject,
-            time,
-        })
+        Ok(serde_json::Value::Object(data))
     }
 
     fn parse(&self, field: &FieldSpec, text: &str) -> Result<Value, String> {
@@ -387,25 +363,4 @@ fn check_path(path: &str) -> Result<(), String> {
         return Err("plant is set by the host from the route's plant; do not map it".into());
     }
     Ok(())
-}
-
-/// Put `value` at a dotted `path`, creating objects on the way.
-fn insert(
-    map: &mut serde_json::Map<String, serde_json::Value>,
-    path: &str,
-    value: serde_json::Value,
-) {
-    match path.split_once('.') {
-        None => {
-            map.insert(path.to_string(), value);
-        }
-        Some((head, rest)) => {
-            let child = map
-                .entry(head.to_string())
-                .or_insert_with(|| serde_json::Value::Object(Default::default()));
-            if let serde_json::Value::Object(child) = child {
-                insert(child, rest, value);
-            }
-        }
-    }
 }

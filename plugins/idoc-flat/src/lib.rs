@@ -9,7 +9,7 @@
 //!
 //! Any fault rejects the whole file, naming the line, the segment and the field.
 
-use millrace_sdk::{CloudEvent, Host, MediationError, Message, Plugin, PluginInfo, parse};
+use millrace_sdk::{CloudEvent, Host, MediationError, Message, Plugin, PluginInfo, data, parse};
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
@@ -195,10 +195,10 @@ impl Plugin for IdocFlat {
                     merge(&mut data, k, v);
                 }
                 for (path, value) in &s.constants {
-                    insert(&mut data, path, value.clone());
+                    data::insert(&mut data, path, value.clone());
                 }
                 data.insert("plant".into(), Value::String(input.plant.clone()));
-                insert(
+                data::insert(
                     &mut data,
                     "attributes.idoc_number",
                     Value::String(docnum.clone()),
@@ -210,10 +210,10 @@ impl Plugin for IdocFlat {
                     s.event_type.clone(),
                     data.clone(),
                 );
-                if let Some(text) = s.subject.as_deref().and_then(|p| get(&data, p)) {
+                if let Some(text) = s.subject.as_deref().and_then(|p| data::text(&data, p)) {
                     event = event.subject(text);
                 }
-                if let Some(text) = s.time.as_deref().and_then(|p| get(&data, p)) {
+                if let Some(text) = s.time.as_deref().and_then(|p| data::text(&data, p)) {
                     event = event.time(text);
                 }
                 if let Some(schema) = &s.dataschema {
@@ -291,7 +291,7 @@ impl IdocFlat {
                     })?)
                 }
             };
-            insert(&mut data, &f.path, value);
+            data::insert(&mut data, &f.path, value);
         }
         Ok(data)
     }
@@ -379,23 +379,6 @@ fn civil_from_days(z: i64) -> (i64, i64, i64) {
     (yoe + era * 400 + i64::from(m <= 2), m, d)
 }
 
-/// Put `value` at a dotted `path`.
-fn insert(map: &mut Map<String, Value>, path: &str, value: Value) {
-    match path.split_once('.') {
-        None => {
-            map.insert(path.to_string(), value);
-        }
-        Some((head, rest)) => {
-            if let Value::Object(child) = map
-                .entry(head.to_string())
-                .or_insert_with(|| Value::Object(Map::new()))
-            {
-                insert(child, rest, value);
-            }
-        }
-    }
-}
-
 /// Merge an item's top-level entry into the header's (objects merge, values replace).
 fn merge(map: &mut Map<String, Value>, key: String, value: Value) {
     match (map.get_mut(&key), value) {
@@ -404,14 +387,6 @@ fn merge(map: &mut Map<String, Value>, key: String, value: Value) {
             map.insert(key, value);
         }
     }
-}
-
-/// The text at a dotted `path` of `data`.
-fn get(data: &Value, path: &str) -> Option<String> {
-    path.split('.')
-        .try_fold(data, |v, k| v.get(k))?
-        .as_str()
-        .map(str::to_string)
 }
 
 millrace_sdk::export!(IdocFlat);
