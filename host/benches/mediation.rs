@@ -98,6 +98,7 @@ fn bench(c: &mut Criterion) {
             grants: step.grants.clone(),
             settings: step.settings.clone(),
             tables: tables.clone(),
+            state: std::sync::Arc::new(millrace_host::state::StateStore::in_memory()),
             limits: StepLimits {
                 deadline: Duration::from_secs(1),
                 memory_bytes: 64 << 20,
@@ -223,6 +224,7 @@ fn bench_plugin<P: Plugin>(c: &mut Criterion, engine: &PluginEngine, name: &str)
         grants: millrace_host::plugin::capability::Capability::ALL.to_vec(),
         settings: millrace_host::plugin::store::Settings::new(v.settings.clone()),
         tables: v.tables.clone(),
+        state: std::sync::Arc::new(millrace_host::state::StateStore::in_memory()),
         limits: StepLimits {
             deadline: Duration::from_secs(1),
             memory_bytes: 64 << 20,
@@ -264,6 +266,9 @@ fn bench_vectors(c: &mut Criterion) {
     bench_plugin::<x12_856::X12Asn>(c, &engine, "x12-856");
     bench_plugin::<canonical_map::CanonicalMap>(c, &engine, "canonical-map");
     bench_plugin::<idoc_flat::IdocFlat>(c, &engine, "idoc-flat");
+    // Cases 01 (hold), 04 (release), 05 (ASN of the released lot) run in that order, so every
+    // iteration leaves the state as it found it.
+    bench_plugin::<policy_guard::PolicyGuard>(c, &engine, "policy-guard");
 }
 
 criterion_group!(benches, bench, bench_vectors);

@@ -14,6 +14,7 @@ use crate::plugin::{
 use crate::route::Routes;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// `millrace check`: validate the configuration and load every plugin it names.
@@ -32,7 +33,9 @@ pub fn check(config_path: &Path) -> i32 {
             return 1;
         }
     };
-    match Routes::build(&config, &engine) {
+    // Loading checks settings only; the plants' state is neither read nor written.
+    let state = Arc::new(crate::state::StateStore::in_memory());
+    match Routes::build(&config, &engine, &state) {
         Ok(routes) => {
             let mut names: Vec<_> = routes.iter().collect();
             names.sort_by(|a, b| a.name.cmp(&b.name));
@@ -179,6 +182,7 @@ fn test_inner(run: TestRun) -> Result<i32, String> {
         grants: Capability::ALL.to_vec(),
         settings: Settings::new(settings),
         tables: Tables::new(tables),
+        state: Arc::new(crate::state::StateStore::in_memory()),
         limits,
     };
     let step = StepRuntime::load(&engine, &artifact, spec).map_err(|e| e.to_string())?;

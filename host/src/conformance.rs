@@ -10,10 +10,16 @@
 //!     input.EXT              the message body; EXT gives the content type (txt, csv, json, ...)
 //!     content-type           overrides the content type (optional)
 //!     settings.toml          settings for this case only (optional, replaces the shared ones)
+//!     state.json             the plant's state before the case, {"KEY": VALUE, ...} (optional;
+//!                            a VALUE that is not a string is stored as its JSON text)
 //!     expected.json          {"outputs": [{"content_type": ..., "body": ...}, ...]}
 //!                            or {"rejected": {"reason": ..., "field": ..., "position": ...}}
 //!                            or {"retry_later": {"reason": ...}}
+//!                            plus "state": {...}, the plant's state after the case, when it is
+//!                            not empty (values that are JSON objects or arrays shown as JSON)
 //! ```
+//!
+//! Every case starts from its own `state.json` (or an empty state) in a fresh in-memory store.
 //!
 //! A case's message has id `CASE`, plant `test-plant`, route `test-route` (the SDK's
 //! `TestHost::message` uses the same plant and route, so native tests can share expectations).
@@ -26,9 +32,11 @@ use crate::plugin::capability::Capability;
 use crate::plugin::engine::PluginEngine;
 use crate::plugin::store::Settings;
 use crate::plugin::{Artifact, StepFailure, StepLimits, StepRuntime, StepSpec};
+use crate::state::StateStore;
 use serde_json::{Value, json};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// Plant and route of every vector message.
@@ -96,12 +104,17 @@ fn run_case(
     let (input_path, content_type) = find_input(case)?;
     let body = std::fs::read(&input_path)
         .map_err(|e| format!("cannot read {}: {e}", input_path.display()))?;
+    let state = Arc::new(StateStore::in_memory());
+    for (key, value) in read_state(&case.join("state.json"))? {
+        state.put(PLANT, &key, &value).map_err(|e| e.to_string())?;
+    }
     let spec = StepSpec {
         plant: PLANT,
         route: ROUTE,
         grants: Capability::ALL.to_vec(),
         settings: Settings::new(settings),
         tables,
+        state: Arc::clone(&state),
         limits: StepLimits {
             deadline: Duration::from_secs(5),
             memory_bytes: 256 << 20,
@@ -120,7 +133,21 @@ fn run_case(
         headers: Vec::new(),
         body,
     };
-    let got = outcome(step.mediate(&input));
+    let mut got = outcome(step.mediate(&input));
+    let after = state.entries(PLANT).map_err(|e| e.to_string())?;
+    if !after.is_empty() {
+        let shown = after
+            .into_iter()
+            .map(|(key, value)| {
+                let value = match serde_json::from_str::<Value>(&value) {
+                    Ok(v @ (Value::Object(_) | Value::Array(_))) => v,
+                    _ => Value::String(value),
+                };
+                (key, value)
+            })
+            .collect();
+        got["state"] = Value::Object(shown);
+    }
     let expected_path = case.join("expected.json");
     if bless {
         let text = serde_json::to_string_pretty(&got).expect("JSON values print") + "\n";
@@ -216,6 +243,28 @@ pub fn read_settings(path: &Path) -> Result<Option<serde_json::Map<String, Value
             .map(|(k, v)| (k.clone(), toml_to_json(v)))
             .collect(),
     ))
+}
+
+/// A case's initial state (`state.json`); empty if there is no such file.
+fn read_state(path: &Path) -> Result<Vec<(String, String)>, String> {
+    if !path.exists() {
+        return Ok(Vec::new());
+    }
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let object: serde_json::Map<String, Value> = serde_json::from_str(&text).map_err(|e| {
+        format!(
+            "{}: expected a JSON object of keys and values: {e}",
+            path.display()
+        )
+    })?;
+    Ok(object
+        .into_iter()
+        .map(|(key, value)| match value {
+            Value::String(s) => (key, s),
+            other => (key, other.to_string()),
+        })
+        .collect())
 }
 
 /// The lookup tables of a vectors folder (`lookups/TABLE.csv`).

@@ -1,7 +1,8 @@
 //! millrace host: messages enter through an ingress (`ingress/`), are matched to a route of a
 //! plant (`route`), pass the route's chain of Wasm plugins (`chain`, `plugin/`), and leave to a
 //! sink (`sink/`) or the dead-letter store (`deadletter`). `config` reads the TOML, `lookup`
-//! the plants' reference tables, `mediator` wires it all and runs it.
+//! the plants' reference tables, `state` keeps the plants' durable key-value state, `mediator`
+//! wires it all and runs it.
 #![forbid(unsafe_code)]
 
 pub mod chain;
@@ -15,4 +16,5 @@ pub mod mediator;
 pub mod plugin;
 pub mod route;
 pub mod sink;
+pub mod state;
 pub mod telemetry;

@@ -1,4 +1,4 @@
-//! The running host: the engine, the route table and the dead-letter store, built from a
+//! The running host: the engine, the route table, the state and dead-letter stores, built from a
 //! configuration; and `run`, which serves the ingresses until SIGTERM/SIGINT.
 
 use crate::config::{Config, ConfigErrors};
@@ -6,6 +6,7 @@ use crate::deadletter::DeadLetterStore;
 use crate::ingress;
 use crate::plugin::engine::PluginEngine;
 use crate::route::Routes;
+use crate::state::StateStore;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -21,6 +22,9 @@ pub enum StartError {
     /// The dead-letter store could not be opened.
     #[error(transparent)]
     DeadLetters(#[from] crate::deadletter::DeadLetterError),
+    /// The state store could not be opened.
+    #[error(transparent)]
+    State(#[from] crate::state::StateError),
     /// The HTTP listener could not be bound.
     #[error("cannot listen on {addr}: {source}; pick another address with --http or host.http")]
     Bind {
@@ -46,7 +50,8 @@ impl Mediator {
     pub fn start(config: &Config) -> Result<Mediator, StartError> {
         let engine = PluginEngine::new(Some(&config.data_dir.join("compile-cache")))
             .map_err(StartError::Engine)?;
-        let routes = Routes::build(config, &engine)?;
+        let state = Arc::new(StateStore::open(&config.data_dir)?);
+        let routes = Routes::build(config, &engine, &state)?;
         let deadletters = Arc::new(DeadLetterStore::open(&config.data_dir)?);
         let slots = Arc::new(tokio::sync::Semaphore::new(config.max_in_flight));
         Ok(Mediator {

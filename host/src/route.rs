@@ -7,6 +7,7 @@
 use crate::config::{Config, ConfigErrors, Diagnostics, Sink, Source};
 use crate::plugin::engine::PluginEngine;
 use crate::plugin::{Artifact, LoadError, StepRuntime, StepSpec};
+use crate::state::StateStore;
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -56,8 +57,12 @@ pub struct Routes {
 }
 
 impl Routes {
-    /// Load every route of `config` with `engine`.
-    pub fn build(config: &Config, engine: &PluginEngine) -> Result<Routes, ConfigErrors> {
+    /// Load every route of `config` with `engine`; steps granted `state` use `state`.
+    pub fn build(
+        config: &Config,
+        engine: &PluginEngine,
+        state: &Arc<StateStore>,
+    ) -> Result<Routes, ConfigErrors> {
         let text = std::fs::read_to_string(&config.path).unwrap_or_default();
         let mut diag = Diagnostics::new(&config.path, &text);
         let mut artifacts: HashMap<PathBuf, Result<Arc<Artifact>, String>> = HashMap::new();
@@ -82,6 +87,7 @@ impl Routes {
                     grants: step.grants.clone(),
                     settings: step.settings.clone(),
                     tables: Arc::clone(&tables),
+                    state: Arc::clone(state),
                     limits: step.limits,
                 };
                 let loaded = StepRuntime::load(engine, &artifact, spec);

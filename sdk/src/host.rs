@@ -1,11 +1,11 @@
 //! What a plugin may ask of its host: the capability calls, behind one trait.
 
-use crate::{Level, LookupError, MediationError};
+use crate::{Level, LookupError, MediationError, StateError};
 use serde::de::DeserializeOwned;
 
 /// The capabilities a plugin can use. On `wasm32` each method is an import of the `plugin`
-/// world that the route must grant (`log`, `config`, `lookup`); natively, [`crate::TestHost`]
-/// implements it in memory.
+/// world that the route must grant (`log`, `config`, `lookup`, `state`); natively,
+/// [`crate::TestHost`] implements it in memory.
 pub trait Host {
     /// Write one entry to the host log (capability `log`).
     fn log(&self, level: Level, message: &str);
@@ -22,6 +22,16 @@ pub trait Host {
 
     /// A value from one of the plant's reference tables (capability `lookup`).
     fn lookup(&self, table: &str, key: &str) -> Result<Option<String>, LookupError>;
+
+    /// The value stored under `key` in the plant's durable state (capability `state`).
+    fn state_get(&self, key: &str) -> Result<Option<String>, StateError>;
+
+    /// Store `value` under `key` in the plant's durable state, durable when this returns
+    /// (capability `state`). Not undone if the message later fails: write idempotently.
+    fn state_put(&self, key: &str, value: &str) -> Result<(), StateError>;
+
+    /// Remove `key` from the plant's durable state; `true` if it was there (capability `state`).
+    fn state_delete(&self, key: &str) -> Result<bool, StateError>;
 
     /// The value of `key` in `table`, for a code that must be known: an unknown key is rejected
     /// as `FIELD "KEY" is not in lookup table TABLE` (with `field` as the field at fault), a
@@ -70,5 +80,17 @@ impl Host for WasmHost {
 
     fn lookup(&self, table: &str, key: &str) -> Result<Option<String>, LookupError> {
         crate::bindings::millrace::mediation::lookup::get(table, key)
+    }
+
+    fn state_get(&self, key: &str) -> Result<Option<String>, StateError> {
+        crate::bindings::millrace::mediation::state::get(key)
+    }
+
+    fn state_put(&self, key: &str, value: &str) -> Result<(), StateError> {
+        crate::bindings::millrace::mediation::state::put(key, value)
+    }
+
+    fn state_delete(&self, key: &str) -> Result<bool, StateError> {
+        crate::bindings::millrace::mediation::state::delete(key)
     }
 }

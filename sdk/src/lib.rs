@@ -52,6 +52,7 @@ pub mod bindings {
 
 pub use bindings::millrace::mediation::log::Level;
 pub use bindings::millrace::mediation::lookup::LookupError;
+pub use bindings::millrace::mediation::state::StateError;
 pub use bindings::millrace::mediation::types::{
     MediationError, Message, PluginInfo, Rejection, Retry,
 };
@@ -201,6 +202,19 @@ impl MediationError {
         match self {
             MediationError::Rejected(r) => &r.reason,
             MediationError::RetryLater(r) => &r.reason,
+        }
+    }
+}
+
+/// A state store that cannot be reached is transient (retry later); an oversized key or value
+/// is permanent for this message (rejected).
+impl From<StateError> for MediationError {
+    fn from(error: StateError) -> Self {
+        match error {
+            StateError::Unavailable(why) => {
+                MediationError::retry_later(format!("plant state unavailable: {why}"))
+            }
+            StateError::TooLarge(why) => MediationError::rejected(format!("plant state: {why}")),
         }
     }
 }

@@ -1,10 +1,10 @@
 //! An in-memory host double, so plugin logic runs natively under `cargo test` and `cargo bench`.
 
-use crate::{Host, Level, LookupError, MediationError, Message, Plugin};
+use crate::{Host, Level, LookupError, MediationError, Message, Plugin, StateError};
 use std::cell::RefCell;
 use std::collections::BTreeMap;
 
-/// A [`Host`] held in memory: settings, lookup tables and a captured log.
+/// A [`Host`] held in memory: settings, lookup tables, the plant's state and a captured log.
 ///
 /// Settings follow the real host's rules: [`Host::setting`] returns strings as they are and
 /// other values as JSON text.
@@ -12,6 +12,7 @@ use std::collections::BTreeMap;
 pub struct TestHost {
     settings: serde_json::Map<String, serde_json::Value>,
     tables: BTreeMap<String, BTreeMap<String, String>>,
+    state: RefCell<BTreeMap<String, String>>,
     log: RefCell<Vec<(Level, String)>>,
 }
 
@@ -49,6 +50,19 @@ impl TestHost {
             .collect();
         self.tables.insert(name.to_string(), rows);
         self
+    }
+
+    /// Set one entry of the plant's state.
+    pub fn with_state(self, key: &str, value: &str) -> Self {
+        self.state
+            .borrow_mut()
+            .insert(key.to_string(), value.to_string());
+        self
+    }
+
+    /// The plant's state now, sorted by key.
+    pub fn state(&self) -> BTreeMap<String, String> {
+        self.state.borrow().clone()
     }
 
     /// Everything logged so far.
@@ -119,6 +133,21 @@ impl Host for TestHost {
             .get(table)
             .ok_or_else(|| LookupError::NoSuchTable(table.to_string()))?;
         Ok(rows.get(key).cloned())
+    }
+
+    fn state_get(&self, key: &str) -> Result<Option<String>, StateError> {
+        Ok(self.state.borrow().get(key).cloned())
+    }
+
+    fn state_put(&self, key: &str, value: &str) -> Result<(), StateError> {
+        self.state
+            .borrow_mut()
+            .insert(key.to_string(), value.to_string());
+        Ok(())
+    }
+
+    fn state_delete(&self, key: &str) -> Result<bool, StateError> {
+        Ok(self.state.borrow_mut().remove(key).is_some())
     }
 }
 

@@ -13,5 +13,5 @@ mod generated {
     });
 }
 
-pub use generated::millrace::mediation::{config, log, lookup, types};
+pub use generated::millrace::mediation::{config, log, lookup, state, types};
 pub use generated::{Plugin, PluginPre};

@@ -137,6 +137,7 @@ pub fn describe(
         plugin: artifact.path.display().to_string(),
         settings: Settings::default(),
         tables: Tables::default(),
+        state: Arc::new(crate::state::StateStore::in_memory()),
     });
     let limits = StepLimits {
         deadline: Duration::from_secs(5),
@@ -218,6 +219,8 @@ pub struct StepSpec<'a> {
     pub grants: Vec<Capability>,
     pub settings: Settings,
     pub tables: Tables,
+    /// The store behind the `state` capability.
+    pub state: Arc<crate::state::StateStore>,
     pub limits: StepLimits,
 }
 
@@ -255,6 +258,7 @@ impl StepRuntime {
             grants,
             settings,
             tables,
+            state,
             limits,
         } = spec;
         let pre = link(engine, artifact, &grants)?;
@@ -270,6 +274,7 @@ impl StepRuntime {
             plugin: artifact.path.display().to_string(),
             settings,
             tables,
+            state,
         };
         let probe_context = Arc::new(context.clone());
         let mut probe = instantiate(&pre, &probe_context, limits, "load")

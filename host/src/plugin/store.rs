@@ -2,10 +2,12 @@
 //! its memory cap and its deadline.
 //!
 //! Everything a plugin can reach from the host is in [`Invocation`]: the step's settings and the
-//! plant's tables (shared, read-only) and the id of the message in hand. Nothing of another
+//! plant's tables (shared, read-only), the plant's state namespace (through the `state`
+//! capability, when granted) and the id of the message in hand. Nothing of another
 //! plant, route or step is reachable.
 
 use crate::lookup::Tables;
+use crate::state::StateStore;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use wasmtime::ResourceLimiter;
@@ -19,6 +21,8 @@ pub struct StepContext {
     pub plugin: String,
     pub settings: Settings,
     pub tables: Tables,
+    /// The state store; the `state` capability reads and writes `plant`'s namespace only.
+    pub state: Arc<StateStore>,
 }
 
 /// A step's settings: the TOML table of the configuration, as JSON.

@@ -6,6 +6,7 @@
 mod config;
 mod log;
 mod lookup;
+mod state;
 
 use super::bindings;
 use super::store::Invocation;
@@ -21,6 +22,8 @@ pub enum Capability {
     Config,
     /// `millrace:mediation/lookup`: read the plant's reference tables.
     Lookup,
+    /// `millrace:mediation/state`: read and write the plant's durable key-value state.
+    State,
 }
 
 /// WIT package of every interface the host provides.
@@ -30,7 +33,12 @@ pub const VERSION: &str = "0.1.0";
 
 impl Capability {
     /// Every capability, in grant order.
-    pub const ALL: [Capability; 3] = [Capability::Log, Capability::Config, Capability::Lookup];
+    pub const ALL: [Capability; 4] = [
+        Capability::Log,
+        Capability::Config,
+        Capability::Lookup,
+        Capability::State,
+    ];
 
     /// The name used in `grants = [...]`.
     pub fn name(self) -> &'static str {
@@ -38,6 +46,7 @@ impl Capability {
             Capability::Log => "log",
             Capability::Config => "config",
             Capability::Lookup => "lookup",
+            Capability::State => "state",
         }
     }
 
@@ -75,6 +84,9 @@ impl Capability {
             }
             Capability::Lookup => {
                 bindings::lookup::add_to_linker::<_, HasSelf<Invocation>>(linker, |s| s)
+            }
+            Capability::State => {
+                bindings::state::add_to_linker::<_, HasSelf<Invocation>>(linker, |s| s)
             }
         }
     }
@@ -141,7 +153,11 @@ mod tests {
                 .unwrap_err()
                 .contains("no WASI")
         );
-        assert!(Capability::of_import("millrace:mediation/state@0.1.0").is_err());
+        assert_eq!(
+            Capability::of_import("millrace:mediation/state@0.1.0"),
+            Ok(Some(Capability::State))
+        );
+        assert!(Capability::of_import("millrace:mediation/clock@0.1.0").is_err());
     }
 
     #[test]

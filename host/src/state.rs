@@ -1,0 +1,258 @@
+//! The plants' durable key-value state (capability `state`): an SQLite file in the data
+//! directory, one namespace per plant.
+//!
+//! A write is committed (WAL, `synchronous = FULL`) before the plugin's call returns, so a fact a
+//! plugin recorded (a lot on hold) survives a crash or restart. Only
+//! `plugin::capability::state` reaches this store on behalf of plugins, always with the plant of
+//! the step it serves; nothing here lets one plant name another's keys.
+
+use rusqlite::{Connection, OptionalExtension, params};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+/// File name of the store inside the data directory.
+pub const FILE: &str = "state.sqlite";
+/// Longest key, in bytes.
+pub const MAX_KEY_BYTES: usize = 512;
+/// Longest value, in bytes.
+pub const MAX_VALUE_BYTES: usize = 65_536;
+
+/// Errors of the state store.
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    /// The store could not be opened or created.
+    #[error("cannot open the state store {path}: {source}")]
+    Open {
+        path: PathBuf,
+        #[source]
+        source: rusqlite::Error,
+    },
+    /// The data directory could not be created.
+    #[error("cannot create data directory {path}: {source}")]
+    Directory {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// A read or write failed.
+    #[error("state store {path}: {source}")]
+    Sql {
+        path: PathBuf,
+        #[source]
+        source: rusqlite::Error,
+    },
+    /// A key or value over the limits.
+    #[error("{what} is {len} bytes; the limit is {limit}")]
+    TooLarge {
+        what: &'static str,
+        len: usize,
+        limit: usize,
+    },
+}
+
+/// The store.
+pub struct StateStore {
+    path: PathBuf,
+    conn: Mutex<Connection>,
+}
+
+impl std::fmt::Debug for StateStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StateStore")
+            .field("path", &self.path)
+            .finish()
+    }
+}
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS state (
+    plant TEXT NOT NULL,
+    key TEXT NOT NULL,
+    value TEXT NOT NULL,
+    updated_at TEXT NOT NULL,
+    PRIMARY KEY (plant, key)
+) WITHOUT ROWID;
+";
+
+impl StateStore {
+    /// Open (or create) the store in `data_dir`.
+    pub fn open(data_dir: &Path) -> Result<StateStore, StateError> {
+        std::fs::create_dir_all(data_dir).map_err(|source| StateError::Directory {
+            path: data_dir.to_path_buf(),
+            source,
+        })?;
+        let path = data_dir.join(FILE);
+        let open = |source| StateError::Open {
+            path: path.clone(),
+            source,
+        };
+        let conn = Connection::open(&path).map_err(open)?;
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(open)?;
+        conn.pragma_update(None, "synchronous", "FULL")
+            .map_err(open)?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))
+            .map_err(open)?;
+        conn.execute_batch(SCHEMA).map_err(open)?;
+        Ok(StateStore {
+            path,
+            conn: Mutex::new(conn),
+        })
+    }
+
+    /// A store in memory, gone when dropped (conformance vectors, `plugin test`, `inspect`).
+    pub fn in_memory() -> StateStore {
+        let path = PathBuf::from(":memory:");
+        let conn = Connection::open_in_memory().expect("SQLite opens an in-memory database");
+        conn.execute_batch(SCHEMA)
+            .expect("the state schema applies to an empty database");
+        StateStore {
+            path,
+            conn: Mutex::new(conn),
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn sql(&self, source: rusqlite::Error) -> StateError {
+        StateError::Sql {
+            path: self.path.clone(),
+            source,
+        }
+    }
+
+    fn check_key(key: &str) -> Result<(), StateError> {
+        if key.len() > MAX_KEY_BYTES {
+            return Err(StateError::TooLarge {
+                what: "the key",
+                len: key.len(),
+                limit: MAX_KEY_BYTES,
+            });
+        }
+        Ok(())
+    }
+
+    /// The value of `key` in `plant`'s namespace.
+    pub fn get(&self, plant: &str, key: &str) -> Result<Option<String>, StateError> {
+        Self::check_key(key)?;
+        let conn = self.conn.lock().expect("state connection lock");
+        conn.query_row(
+            "SELECT value FROM state WHERE plant = ?1 AND key = ?2",
+            params![plant, key],
+            |row| row.get(0),
+        )
+        .optional()
+        .map_err(|e| self.sql(e))
+    }
+
+    /// Store `value` under `key` in `plant`'s namespace; committed when this returns.
+    pub fn put(&self, plant: &str, key: &str, value: &str) -> Result<(), StateError> {
+        Self::check_key(key)?;
+        if value.len() > MAX_VALUE_BYTES {
+            return Err(StateError::TooLarge {
+                what: "the value",
+                len: value.len(),
+                limit: MAX_VALUE_BYTES,
+            });
+        }
+        let conn = self.conn.lock().expect("state connection lock");
+        conn.execute(
+            "INSERT INTO state (plant, key, value, updated_at) VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT (plant, key) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at",
+            params![plant, key, value, crate::deadletter::now_rfc3339()],
+        )
+        .map_err(|e| self.sql(e))?;
+        Ok(())
+    }
+
+    /// Remove `key` from `plant`'s namespace; `true` if it was there.
+    pub fn delete(&self, plant: &str, key: &str) -> Result<bool, StateError> {
+        Self::check_key(key)?;
+        let conn = self.conn.lock().expect("state connection lock");
+        let removed = conn
+            .execute(
+                "DELETE FROM state WHERE plant = ?1 AND key = ?2",
+                params![plant, key],
+            )
+            .map_err(|e| self.sql(e))?;
+        Ok(removed > 0)
+    }
+
+    /// Every key and value of `plant`, sorted by key.
+    pub fn entries(&self, plant: &str) -> Result<Vec<(String, String)>, StateError> {
+        let conn = self.conn.lock().expect("state connection lock");
+        let mut stmt = conn
+            .prepare("SELECT key, value FROM state WHERE plant = ?1 ORDER BY key")
+            .map_err(|e| self.sql(e))?;
+        let rows = stmt
+            .query_map(params![plant], |row| Ok((row.get(0)?, row.get(1)?)))
+            .map_err(|e| self.sql(e))?;
+        rows.collect::<Result<Vec<_>, _>>().map_err(|e| self.sql(e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plants_do_not_see_each_others_keys() {
+        let store = StateStore::in_memory();
+        store.put("plant-a", "hold/L1", "a").unwrap();
+        store.put("plant-b", "hold/L1", "b").unwrap();
+        assert_eq!(
+            store.get("plant-a", "hold/L1").unwrap().as_deref(),
+            Some("a")
+        );
+        assert!(store.delete("plant-b", "hold/L1").unwrap());
+        assert_eq!(store.get("plant-b", "hold/L1").unwrap(), None);
+        assert_eq!(
+            store.get("plant-a", "hold/L1").unwrap().as_deref(),
+            Some("a")
+        );
+        assert!(!store.delete("plant-b", "hold/L1").unwrap());
+    }
+
+    #[test]
+    fn put_replaces_and_entries_are_sorted() {
+        let store = StateStore::in_memory();
+        store.put("p", "b", "1").unwrap();
+        store.put("p", "a", "2").unwrap();
+        store.put("p", "b", "3").unwrap();
+        assert_eq!(
+            store.entries("p").unwrap(),
+            vec![("a".into(), "2".into()), ("b".into(), "3".into())]
+        );
+    }
+
+    #[test]
+    fn oversized_keys_and_values_are_refused() {
+        let store = StateStore::in_memory();
+        let key = "k".repeat(MAX_KEY_BYTES + 1);
+        assert!(matches!(
+            store.put("p", &key, "v"),
+            Err(StateError::TooLarge { .. })
+        ));
+        let value = "v".repeat(MAX_VALUE_BYTES + 1);
+        assert!(matches!(
+            store.put("p", "k", &value),
+            Err(StateError::TooLarge { .. })
+        ));
+    }
+
+    #[test]
+    fn state_survives_reopening_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        StateStore::open(dir.path())
+            .unwrap()
+            .put("p", "hold/L1", "since")
+            .unwrap();
+        let reopened = StateStore::open(dir.path()).unwrap();
+        assert_eq!(
+            reopened.get("p", "hold/L1").unwrap().as_deref(),
+            Some("since")
+        );
+    }
+}
