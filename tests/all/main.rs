@@ -9,3 +9,4 @@ mod examples;
 mod harness;
 mod http;
 mod limits;
+mod wasi;

@@ -148,15 +148,19 @@ pub fn describe(
         plugin: artifact.path.display().to_string(),
         reason: format!("{e:#}"),
     };
-    let mut warm = instantiate(&pre, &context, limits, "describe").map_err(trapped)?;
-    warm.plugin.call_describe(&mut warm.store).map_err(trapped)
+    let mut warm = instantiate(&pre, &context, limits, true, "describe").map_err(trapped)?;
+    let info = warm.plugin.call_describe(&mut warm.store);
+    warm.store.data_mut().flush_guest_output();
+    info.map_err(trapped)
 }
 
-/// A new instance serving `context`, with its memory cap and a first deadline set.
+/// A new instance serving `context`, with its memory cap and a first deadline set, and WASI
+/// state when the step is granted `wasi`.
 fn instantiate(
     pre: &bindings::PluginPre<Invocation>,
     context: &Arc<StepContext>,
     limits: StepLimits,
+    wasi: bool,
     message_id: &str,
 ) -> wasmtime::Result<Warm> {
     let mut store = Store::new(
@@ -166,6 +170,7 @@ fn instantiate(
             message_id: message_id.to_string(),
             limiter: MemoryCap::new(limits.memory_bytes),
             last_error_log: None,
+            wasi: wasi.then(capability::wasi::Wasi::new),
         },
     );
     store.limiter(|inv| &mut inv.limiter);
@@ -277,16 +282,16 @@ impl StepRuntime {
             state,
         };
         let probe_context = Arc::new(context.clone());
-        let mut probe = instantiate(&pre, &probe_context, limits, "load")
+        let wasi = grants.contains(&Capability::Wasi);
+        let mut probe = instantiate(&pre, &probe_context, limits, wasi, "load")
             .map_err(|e| trapped(format!("{e:#}")))?;
-        let info = probe
-            .plugin
-            .call_describe(&mut probe.store)
-            .map_err(|e| trapped(format!("describe: {e:#}")))?;
+        let info = probe.plugin.call_describe(&mut probe.store);
+        probe.store.data_mut().flush_guest_output();
+        let info = info.map_err(|e| trapped(format!("describe: {e:#}")))?;
         context.plugin = format!("{}@{}", info.name, info.version);
-        probe
-            .plugin
-            .call_check_settings(&mut probe.store)
+        let checked = probe.plugin.call_check_settings(&mut probe.store);
+        probe.store.data_mut().flush_guest_output();
+        checked
             .map_err(|e| trapped(format!("check-settings: {e:#}")))?
             .map_err(|reason| LoadError::Settings {
                 plugin: context.plugin.clone(),
@@ -313,7 +318,8 @@ impl StepRuntime {
     }
 
     fn instantiate(&self, message_id: &str) -> wasmtime::Result<Warm> {
-        instantiate(&self.pre, &self.context, self.limits, message_id)
+        let wasi = self.grants.contains(&Capability::Wasi);
+        instantiate(&self.pre, &self.context, self.limits, wasi, message_id)
     }
 
     /// Mediate one message on a warm (or new) instance of this step.
@@ -331,7 +337,9 @@ impl StepRuntime {
         data.last_error_log = None;
         warm.store
             .set_epoch_deadline(PluginEngine::ticks(self.limits.deadline));
-        match warm.plugin.call_mediate(&mut warm.store, input) {
+        let called = warm.plugin.call_mediate(&mut warm.store, input);
+        warm.store.data_mut().flush_guest_output();
+        match called {
             Ok(result) => {
                 warm.served += 1;
                 if warm.served < self.limits.instance_reuse {

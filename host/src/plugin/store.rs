@@ -67,6 +67,21 @@ pub struct Invocation {
     /// The last error-level entry the plugin logged during the current call (e.g. the SDK's
     /// panic message), to explain a trap in the dead-letter reason.
     pub last_error_log: Option<String>,
+    /// WASI state, for steps granted `wasi` only.
+    pub wasi: Option<crate::plugin::capability::wasi::Wasi>,
+}
+
+impl Invocation {
+    /// After a call: what a WASI guest printed goes to the log; its last stderr line explains a
+    /// trap when the plugin logged no error itself.
+    pub fn flush_guest_output(&mut self) {
+        if let Some(wasi) = &self.wasi
+            && let Some(last) = wasi.flush_to_log(&self.step, &self.message_id)
+            && self.last_error_log.is_none()
+        {
+            self.last_error_log = Some(last);
+        }
+    }
 }
 
 /// Caps the linear memory of one instance. Growth past the cap fails (as Wasm `memory.grow`

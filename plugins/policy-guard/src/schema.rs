@@ -88,22 +88,22 @@ impl Catalog {
         let ty = attribute("type")?;
         let kind = parse_type(ty)?;
         let entry = self.entry(&kind, ty)?;
-        if let Some(content_type) = object.get("datacontenttype") {
-            if content_type != "application/json" {
-                return Err(MediationError::rejected(format!(
-                    "datacontenttype {content_type} is not application/json"
-                ))
-                .field("datacontenttype"));
-            }
+        if let Some(content_type) = object.get("datacontenttype")
+            && content_type != "application/json"
+        {
+            return Err(MediationError::rejected(format!(
+                "datacontenttype {content_type} is not application/json"
+            ))
+            .field("datacontenttype"));
         }
-        if let Some(schema) = object.get("dataschema") {
-            if schema.as_str() != Some(entry.id.as_str()) {
-                return Err(MediationError::rejected(format!(
-                    "dataschema {schema} does not match type {ty} (expected {:?})",
-                    entry.id
-                ))
-                .field("dataschema"));
-            }
+        if let Some(schema) = object.get("dataschema")
+            && schema.as_str() != Some(entry.id.as_str())
+        {
+            return Err(MediationError::rejected(format!(
+                "dataschema {schema} does not match type {ty} (expected {:?})",
+                entry.id
+            ))
+            .field("dataschema"));
         }
         let data = object.get("data").ok_or_else(|| {
             MediationError::rejected(format!("event {ty} has no data")).field("data")

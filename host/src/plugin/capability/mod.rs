@@ -7,6 +7,7 @@ mod config;
 mod log;
 mod lookup;
 mod state;
+pub mod wasi;
 
 use super::bindings;
 use super::store::Invocation;
@@ -24,6 +25,8 @@ pub enum Capability {
     Lookup,
     /// `millrace:mediation/state`: read and write the plant's durable key-value state.
     State,
+    /// WASI 0.2 (`wasi:*`) with no ambient authority, for guests whose runtime needs it.
+    Wasi,
 }
 
 /// WIT package of every interface the host provides.
@@ -33,11 +36,12 @@ pub const VERSION: &str = "0.1.0";
 
 impl Capability {
     /// Every capability, in grant order.
-    pub const ALL: [Capability; 4] = [
+    pub const ALL: [Capability; 5] = [
         Capability::Log,
         Capability::Config,
         Capability::Lookup,
         Capability::State,
+        Capability::Wasi,
     ];
 
     /// The name used in `grants = [...]`.
@@ -47,6 +51,7 @@ impl Capability {
             Capability::Config => "config",
             Capability::Lookup => "lookup",
             Capability::State => "state",
+            Capability::Wasi => "wasi",
         }
     }
 
@@ -55,9 +60,13 @@ impl Capability {
         Capability::ALL.into_iter().find(|c| c.name() == name)
     }
 
-    /// The capability an import name (`millrace:mediation/log@0.1.0`) stands for.
-    /// `Ok(None)` for the type-only `types` interface, `Err` for anything the host does not offer.
+    /// The capability an import name (`millrace:mediation/log@0.1.0`, `wasi:io/streams@0.2.6`)
+    /// stands for. `Ok(None)` for the type-only `types` interface, `Err` for anything the host
+    /// does not offer.
     pub fn of_import(import: &str) -> Result<Option<Capability>, String> {
+        if import.starts_with("wasi:") {
+            return Ok(Some(Capability::Wasi));
+        }
         let unversioned = import.split('@').next().unwrap_or(import);
         match unversioned
             .strip_prefix(PACKAGE)
@@ -68,7 +77,7 @@ impl Capability {
                 .map(Some)
                 .ok_or_else(|| format!("imports {import}, an interface millrace does not provide")),
             None => Err(format!(
-                "imports {import}, which millrace does not provide (plugins get no WASI or other host APIs)"
+                "imports {import}, which millrace does not provide (plugins get millrace:mediation and, when granted, WASI 0.2)"
             )),
         }
     }
@@ -88,6 +97,7 @@ impl Capability {
             Capability::State => {
                 bindings::state::add_to_linker::<_, HasSelf<Invocation>>(linker, |s| s)
             }
+            Capability::Wasi => wasmtime_wasi::p2::add_to_linker_sync(linker),
         }
     }
 }
@@ -148,10 +158,14 @@ mod tests {
             Capability::of_import("millrace:mediation/types@0.1.0"),
             Ok(None)
         );
+        assert_eq!(
+            Capability::of_import("wasi:filesystem/types@0.2.6"),
+            Ok(Some(Capability::Wasi))
+        );
         assert!(
-            Capability::of_import("wasi:filesystem/types@0.2.6")
+            Capability::of_import("acme:net/http@1.0.0")
                 .unwrap_err()
-                .contains("no WASI")
+                .contains("does not provide")
         );
         assert_eq!(
             Capability::of_import("millrace:mediation/state@0.1.0"),

@@ -1,0 +1,169 @@
+//! Capability `wasi`: WASI 0.2 for guests whose language runtime needs it (C with wasi-libc,
+//! Python, JavaScript), with no ambient authority.
+//!
+//! What a guest gets: no preopened directories (no files), no sockets (TCP, UDP and name lookup
+//! switched off), an empty environment, no arguments, a closed stdin, the host's clocks and a
+//! random source. stdout and stderr are collected per call and written to the host log with the
+//! plant, route, plugin and message id (stderr at warn level; its last line explains a trap).
+
+use crate::plugin::store::{Invocation, StepContext};
+use bytes::Bytes;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use wasmtime::component::ResourceTable;
+use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
+use wasmtime_wasi::p2::{OutputStream, Pollable, StreamResult};
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+
+/// Bytes kept per stream and call; beyond this, output is dropped and the log says so.
+const MAX_OUTPUT_BYTES: usize = 64 * 1024;
+
+/// The WASI state of one instance.
+pub struct Wasi {
+    ctx: WasiCtx,
+    table: ResourceTable,
+    stdout: Captured,
+    stderr: Captured,
+}
+
+impl Wasi {
+    /// WASI with no authority, stdout and stderr captured.
+    pub fn new() -> Wasi {
+        let stdout = Captured::default();
+        let stderr = Captured::default();
+        let ctx = WasiCtx::builder()
+            .stdout(stdout.clone())
+            .stderr(stderr.clone())
+            .allow_tcp(false)
+            .allow_udp(false)
+            .allow_ip_name_lookup(false)
+            .build();
+        Wasi {
+            ctx,
+            table: ResourceTable::new(),
+            stdout,
+            stderr,
+        }
+    }
+
+    /// Write what the guest printed since the last call to the log; the last stderr line, if
+    /// any, to explain a trap.
+    pub fn flush_to_log(&self, step: &StepContext, message_id: &str) -> Option<String> {
+        for line in self.stdout.take_lines() {
+            tracing::info!(target: "millrace::plugin", plant = %step.plant, route = %step.route, plugin = %step.plugin, message_id, stream = "stdout", "{line}");
+        }
+        let mut last = None;
+        for line in self.stderr.take_lines() {
+            tracing::warn!(target: "millrace::plugin", plant = %step.plant, route = %step.route, plugin = %step.plugin, message_id, stream = "stderr", "{line}");
+            if !line.trim().is_empty() {
+                last = Some(line);
+            }
+        }
+        last
+    }
+}
+
+impl WasiView for Invocation {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        let wasi = self
+            .wasi
+            .as_mut()
+            .expect("WASI is linked only for steps granted `wasi`, whose instances have it");
+        WasiCtxView {
+            ctx: &mut wasi.ctx,
+            table: &mut wasi.table,
+        }
+    }
+}
+
+/// One captured output stream (stdout or stderr), shared by the instance's stream handles.
+#[derive(Clone, Default)]
+struct Captured(Arc<Mutex<Buffer>>);
+
+#[derive(Default)]
+struct Buffer {
+    bytes: Vec<u8>,
+    dropped: usize,
+}
+
+impl Captured {
+    fn push(&self, data: &[u8]) {
+        let mut buffer = self.0.lock().expect("output buffer lock");
+        let room = MAX_OUTPUT_BYTES.saturating_sub(buffer.bytes.len());
+        let kept = data.len().min(room);
+        buffer.bytes.extend_from_slice(&data[..kept]);
+        buffer.dropped += data.len() - kept;
+    }
+
+    fn take_lines(&self) -> Vec<String> {
+        let mut buffer = self.0.lock().expect("output buffer lock");
+        let bytes = std::mem::take(&mut buffer.bytes);
+        let dropped = std::mem::take(&mut buffer.dropped);
+        let mut lines: Vec<String> = String::from_utf8_lossy(&bytes)
+            .lines()
+            .map(str::to_string)
+            .collect();
+        if dropped > 0 {
+            lines.push(format!(
+                "({dropped} more bytes dropped: over {MAX_OUTPUT_BYTES} bytes in one call)"
+            ));
+        }
+        lines
+    }
+}
+
+impl IsTerminal for Captured {
+    fn is_terminal(&self) -> bool {
+        false
+    }
+}
+
+impl StdoutStream for Captured {
+    fn p2_stream(&self) -> Box<dyn OutputStream> {
+        Box::new(self.clone())
+    }
+
+    fn async_stream(&self) -> Box<dyn tokio::io::AsyncWrite + Send + Sync> {
+        Box::new(self.clone())
+    }
+}
+
+#[wasmtime_wasi::async_trait]
+impl Pollable for Captured {
+    async fn ready(&mut self) {}
+}
+
+impl OutputStream for Captured {
+    fn write(&mut self, bytes: Bytes) -> StreamResult<()> {
+        self.push(&bytes);
+        Ok(())
+    }
+
+    fn flush(&mut self) -> StreamResult<()> {
+        Ok(())
+    }
+
+    fn check_write(&mut self) -> StreamResult<usize> {
+        Ok(MAX_OUTPUT_BYTES)
+    }
+}
+
+impl tokio::io::AsyncWrite for Captured {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        self.push(buf);
+        Poll::Ready(Ok(buf.len()))
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+}
