@@ -216,8 +216,12 @@ fn find_input(case: &Path) -> Result<(PathBuf, String), String> {
     Ok((input, content_type))
 }
 
-/// Content type by file extension.
+/// Content type by file extension; `NAME.ce.json` is a CloudEvent in structured mode.
 pub fn content_type_of(path: &Path) -> &'static str {
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+    if name.ends_with(".ce.json") {
+        return "application/cloudevents+json";
+    }
     match path.extension().and_then(|e| e.to_str()).unwrap_or("") {
         "txt" | "dat" | "idoc" => "text/plain",
         "csv" => "text/csv",

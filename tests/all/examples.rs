@@ -1,6 +1,8 @@
 //! Every example gives exactly its documented outputs: for `examples/EX/samples/ROUTE/CASE.EXT`,
 //! the answer of route ROUTE is `examples/EX/expected/ROUTE/CASE.json` (sent with
-//! `Idempotency-Key: EX-CASE`, so ids are stable). Set `MILLRACE_BLESS=1` to rewrite them.
+//! `Idempotency-Key: EX-CASE`, so ids are stable). Samples are sent in the order of their case
+//! names across all routes of the example (`01-…`, `02-…`), so an example can show one route's
+//! message changing what another route does. Set `MILLRACE_BLESS=1` to rewrite them.
 
 use crate::harness::*;
 use std::path::Path;
@@ -49,46 +51,52 @@ fn every_example_gives_its_expected_outputs() {
             );
         std::fs::write(work.path().join("millrace.toml"), config).unwrap();
         let host = Host::start(&work.path().join("millrace.toml"), &[]);
+        let mut samples = Vec::new();
         for route_dir in sorted(&example.join("samples")) {
             let route = route_dir.file_name().unwrap().to_str().unwrap().to_string();
             for sample in sorted(&route_dir) {
-                let case = sample.file_stem().unwrap().to_str().unwrap().to_string();
-                let content_type = millrace_host::conformance::content_type_of(&sample);
-                let reply = host.post_with_key(
-                    &route,
-                    content_type,
-                    &format!("{name}-{case}"),
-                    std::fs::read(&sample).unwrap(),
-                );
-                let body = if reply.body.is_empty() {
-                    serde_json::Value::Null
-                } else {
-                    reply.json()
-                };
-                let mut got = serde_json::json!({ "status": reply.status, "content_type": reply.content_type, "body": body });
-                // The digest changes with every plugin build; other tests check it.
-                if got["body"].get("digest").is_some() {
-                    got["body"]["digest"] = "sha256:…".into();
-                }
-                let expected_path = example
-                    .join("expected")
-                    .join(&route)
-                    .join(format!("{case}.json"));
-                if bless {
-                    std::fs::create_dir_all(expected_path.parent().unwrap()).unwrap();
-                    std::fs::write(
-                        &expected_path,
-                        serde_json::to_string_pretty(&got).unwrap() + "\n",
-                    )
-                    .unwrap();
-                    continue;
-                }
-                let text = std::fs::read_to_string(&expected_path)
-                    .unwrap_or_else(|_| panic!("missing {}", expected_path.display()));
-                let expected: serde_json::Value = serde_json::from_str(&text).unwrap();
-                assert_eq!(got, expected, "{name}/{route}/{case}");
-                checked += 1;
+                let file = sample.file_name().unwrap().to_str().unwrap();
+                let case = file.split('.').next().unwrap().to_string();
+                samples.push((case, route.clone(), sample));
             }
+        }
+        samples.sort();
+        for (case, route, sample) in samples {
+            let content_type = millrace_host::conformance::content_type_of(&sample);
+            let reply = host.post_with_key(
+                &route,
+                content_type,
+                &format!("{name}-{case}"),
+                std::fs::read(&sample).unwrap(),
+            );
+            let body = if reply.body.is_empty() {
+                serde_json::Value::Null
+            } else {
+                reply.json()
+            };
+            let mut got = serde_json::json!({ "status": reply.status, "content_type": reply.content_type, "body": body });
+            // The digest changes with every plugin build; other tests check it.
+            if got["body"].get("digest").is_some() {
+                got["body"]["digest"] = "sha256:…".into();
+            }
+            let expected_path = example
+                .join("expected")
+                .join(&route)
+                .join(format!("{case}.json"));
+            if bless {
+                std::fs::create_dir_all(expected_path.parent().unwrap()).unwrap();
+                std::fs::write(
+                    &expected_path,
+                    serde_json::to_string_pretty(&got).unwrap() + "\n",
+                )
+                .unwrap();
+                continue;
+            }
+            let text = std::fs::read_to_string(&expected_path)
+                .unwrap_or_else(|_| panic!("missing {}", expected_path.display()));
+            let expected: serde_json::Value = serde_json::from_str(&text).unwrap();
+            assert_eq!(got, expected, "{name}/{route}/{case}");
+            checked += 1;
         }
     }
     assert!(

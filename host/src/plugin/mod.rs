@@ -170,7 +170,7 @@ fn instantiate(
             message_id: message_id.to_string(),
             limiter: MemoryCap::new(limits.memory_bytes),
             last_error_log: None,
-            wasi: wasi.then(capability::wasi::Wasi::new),
+            wasi: wasi.then(capability::wasi::Wasi::default),
         },
     );
     store.limiter(|inv| &mut inv.limiter);

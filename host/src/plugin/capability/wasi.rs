@@ -27,9 +27,9 @@ pub struct Wasi {
     stderr: Captured,
 }
 
-impl Wasi {
-    /// WASI with no authority, stdout and stderr captured.
-    pub fn new() -> Wasi {
+/// WASI with no authority, stdout and stderr captured.
+impl Default for Wasi {
+    fn default() -> Wasi {
         let stdout = Captured::default();
         let stderr = Captured::default();
         let ctx = WasiCtx::builder()
@@ -46,6 +46,9 @@ impl Wasi {
             stderr,
         }
     }
+}
+
+impl Wasi {
 
     /// Write what the guest printed since the last call to the log; the last stderr line, if
     /// any, to explain a trap.
