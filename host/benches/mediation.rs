@@ -199,6 +199,17 @@ fn to_sdk(m: &Message) -> millrace_sdk::Message {
 /// One plugin on its vectors: natively against the host double, and through the host with a
 /// warm reused instance. One iteration = every output-giving case once.
 fn bench_plugin<P: Plugin>(c: &mut Criterion, engine: &PluginEngine, name: &str) {
+    bench_plugin_and_twins::<P>(c, engine, name, &[]);
+}
+
+/// Like [`bench_plugin`], plus each twin (the same plugin in another language, built at
+/// `target/plugins/TWIN.wasm`) on the same vectors, in the same group.
+fn bench_plugin_and_twins<P: Plugin>(
+    c: &mut Criterion,
+    engine: &PluginEngine,
+    name: &str,
+    twins: &[&str],
+) {
     let v = vectors(name);
     let mut host = TestHost::new().with_settings(serde_json::Value::Object(v.settings.clone()));
     for (table, rows) in v.tables.iter() {
@@ -213,28 +224,35 @@ fn bench_plugin<P: Plugin>(c: &mut Criterion, engine: &PluginEngine, name: &str)
             input.id
         );
     }
-    let artifact = Artifact::load(
-        engine,
-        &root().join("target/plugins").join(format!("{name}.wasm")),
-    )
-    .expect("component loads");
-    let spec = StepSpec {
-        plant: millrace_host::conformance::PLANT,
-        route: millrace_host::conformance::ROUTE,
-        grants: millrace_host::plugin::capability::Capability::ALL.to_vec(),
-        settings: millrace_host::plugin::store::Settings::new(v.settings.clone()),
-        tables: v.tables.clone(),
-        state: std::sync::Arc::new(millrace_host::state::StateStore::in_memory()),
-        limits: StepLimits {
-            deadline: Duration::from_secs(1),
-            memory_bytes: 64 << 20,
-            instance_reuse: u32::MAX,
-        },
+    let load = |component: &str| {
+        let artifact = Artifact::load(
+            engine,
+            &root()
+                .join("target/plugins")
+                .join(format!("{component}.wasm")),
+        )
+        .expect("component loads");
+        let spec = StepSpec {
+            plant: millrace_host::conformance::PLANT,
+            route: millrace_host::conformance::ROUTE,
+            grants: millrace_host::plugin::capability::Capability::ALL.to_vec(),
+            settings: millrace_host::plugin::store::Settings::new(v.settings.clone()),
+            tables: v.tables.clone(),
+            state: std::sync::Arc::new(millrace_host::state::StateStore::in_memory()),
+            limits: StepLimits {
+                deadline: Duration::from_secs(1),
+                memory_bytes: 256 << 20,
+                instance_reuse: u32::MAX,
+            },
+        };
+        let step = StepRuntime::load(engine, &artifact, spec).expect("step loads");
+        for m in &v.messages {
+            assert!(step.mediate(m).is_ok(), "{component}/{}: wasm run", m.id);
+        }
+        step
     };
-    let step = StepRuntime::load(engine, &artifact, spec).expect("step loads");
-    for m in &v.messages {
-        assert!(step.mediate(m).is_ok(), "{name}/{}: wasm run", m.id);
-    }
+    let step = load(name);
+    let twin_steps: Vec<_> = twins.iter().map(|twin| (*twin, load(twin))).collect();
     let mut group = c.benchmark_group(format!("vectors/{name}"));
     group.throughput(Throughput::Elements(v.messages.len() as u64));
     group.bench_function("native", |b| {
@@ -255,6 +273,15 @@ fn bench_plugin<P: Plugin>(c: &mut Criterion, engine: &PluginEngine, name: &str)
             }
         })
     });
+    for (twin, twin_step) in &twin_steps {
+        group.bench_function(format!("{twin}-reused-instance"), |b| {
+            b.iter(|| {
+                for m in &v.messages {
+                    black_box(twin_step.mediate(black_box(m)).ok());
+                }
+            })
+        });
+    }
     group.finish();
 }
 
@@ -262,9 +289,19 @@ fn bench_vectors(c: &mut Criterion) {
     let engine = PluginEngine::new(None).expect("engine");
     bench_plugin::<MesFixedWidth>(c, &engine, "mes-fixed-width");
     bench_plugin::<csv_records::CsvRecords>(c, &engine, "csv-records");
-    bench_plugin::<downtime_router::DowntimeRouter>(c, &engine, "downtime-router");
+    bench_plugin_and_twins::<downtime_router::DowntimeRouter>(
+        c,
+        &engine,
+        "downtime-router",
+        &["downtime-router-c"],
+    );
     bench_plugin::<x12_856::X12Asn>(c, &engine, "x12-856");
-    bench_plugin::<canonical_map::CanonicalMap>(c, &engine, "canonical-map");
+    bench_plugin_and_twins::<canonical_map::CanonicalMap>(
+        c,
+        &engine,
+        "canonical-map",
+        &["canonical-map-py"],
+    );
     bench_plugin::<idoc_flat::IdocFlat>(c, &engine, "idoc-flat");
     // Cases 01 (hold), 04 (release), 05 (ASN of the released lot) run in that order, so every
     // iteration leaves the state as it found it.

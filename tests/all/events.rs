@@ -74,7 +74,14 @@ fn every_documented_event_names_and_matches_its_schema() {
     );
     let mut files = Vec::new();
     json_files(&root().join("plugins"), "expected.json", &mut files);
-    json_files(&root().join("examples"), "*.json", &mut files);
+    // Example outputs; samples may be wrong on purpose (an unknown major version, say).
+    let mut example_files = Vec::new();
+    json_files(&root().join("examples"), "*.json", &mut example_files);
+    files.extend(
+        example_files
+            .into_iter()
+            .filter(|f| f.components().any(|c| c.as_os_str() == "expected")),
+    );
     let mut checked = 0;
     for file in files {
         let doc: Value = serde_json::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();

@@ -49,7 +49,6 @@ impl Default for Wasi {
 }
 
 impl Wasi {
-
     /// Write what the guest printed since the last call to the log; the last stderr line, if
     /// any, to explain a trap.
     pub fn flush_to_log(&self, step: &StepContext, message_id: &str) -> Option<String> {
