@@ -9,4 +9,5 @@ mod examples;
 mod harness;
 mod http;
 mod limits;
+mod state;
 mod wasi;
