@@ -42,6 +42,7 @@ struct HostSection {
     data_dir: Option<String>,
     plugin_dir: Option<String>,
     max_in_flight: Option<Spanned<usize>>,
+    idempotency_window_s: Option<u64>,
 }
 
 #[derive(Debug, Default, Clone, Copy, Deserialize)]
@@ -117,6 +118,8 @@ pub struct Config {
     pub max_in_flight: usize,
     pub data_dir: PathBuf,
     pub plugin_dir: PathBuf,
+    /// How long the answer to a request with an `Idempotency-Key` is kept (0: not kept).
+    pub idempotency_window: std::time::Duration,
     pub plants: BTreeMap<String, Tables>,
     pub routes: Vec<RouteConfig>,
 }
@@ -381,11 +384,19 @@ impl Config {
             max_in_flight,
             data_dir,
             plugin_dir,
+            idempotency_window: std::time::Duration::from_secs(
+                file.host
+                    .idempotency_window_s
+                    .unwrap_or(DEFAULT_IDEMPOTENCY_WINDOW_S),
+            ),
             plants,
             routes,
         })
     }
 }
+
+/// Answers to keyed requests are kept a day: longer than any client's retry schedule.
+const DEFAULT_IDEMPOTENCY_WINDOW_S: u64 = 24 * 60 * 60;
 
 /// Four messages in flight per core: enough to keep every core busy while some wait on the host.
 fn default_max_in_flight() -> usize {

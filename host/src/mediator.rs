@@ -3,6 +3,7 @@
 
 use crate::config::{Config, ConfigErrors};
 use crate::deadletter::DeadLetterStore;
+use crate::idempotency::IdempotencyStore;
 use crate::ingress;
 use crate::plugin::engine::PluginEngine;
 use crate::route::Routes;
@@ -25,6 +26,9 @@ pub enum StartError {
     /// The state store could not be opened.
     #[error(transparent)]
     State(#[from] crate::state::StateError),
+    /// The idempotency store could not be opened.
+    #[error(transparent)]
+    Idempotency(#[from] crate::idempotency::IdempotencyError),
     /// The HTTP listener could not be bound.
     #[error("cannot listen on {addr}: {source}; pick another address with --http or host.http")]
     Bind {
@@ -39,6 +43,8 @@ pub struct Mediator {
     pub engine: PluginEngine,
     pub routes: Routes,
     pub deadletters: Arc<DeadLetterStore>,
+    /// Answers to requests with an `Idempotency-Key`; `None` when the window is 0.
+    pub idempotency: Option<Arc<IdempotencyStore>>,
     /// One permit per message being mediated (`host.max_in_flight`); bounds the threads and
     /// plugin instances in use at once. Waiting messages queue in arrival order.
     pub slots: Arc<tokio::sync::Semaphore>,
@@ -53,11 +59,20 @@ impl Mediator {
         let state = Arc::new(StateStore::open(&config.data_dir)?);
         let routes = Routes::build(config, &engine, &state)?;
         let deadletters = Arc::new(DeadLetterStore::open(&config.data_dir)?);
+        let idempotency = if config.idempotency_window.is_zero() {
+            None
+        } else {
+            Some(Arc::new(IdempotencyStore::open(
+                &config.data_dir,
+                config.idempotency_window,
+            )?))
+        };
         let slots = Arc::new(tokio::sync::Semaphore::new(config.max_in_flight));
         Ok(Mediator {
             engine,
             routes,
             deadletters,
+            idempotency,
             slots,
         })
     }

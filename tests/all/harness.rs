@@ -93,9 +93,19 @@ pub struct Reply {
     pub status: u16,
     pub content_type: String,
     pub body: String,
+    /// Every response header, names lower-case.
+    pub headers: Vec<(String, String)>,
 }
 
 impl Reply {
+    /// The first header of that (lower-case) name.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+
     pub fn json(&self) -> serde_json::Value {
         serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.body))
     }
@@ -277,6 +287,16 @@ pub fn request(
         .and_then(|v| v.to_str().ok())
         .unwrap_or("")
         .to_string();
+    let response_headers = resp
+        .headers()
+        .iter()
+        .map(|(n, v)| {
+            (
+                n.as_str().to_string(),
+                String::from_utf8_lossy(v.as_bytes()).into_owned(),
+            )
+        })
+        .collect();
     let mut body = String::new();
     resp.body_mut()
         .as_reader()
@@ -286,6 +306,7 @@ pub fn request(
         status,
         content_type,
         body,
+        headers: response_headers,
     }
 }
 

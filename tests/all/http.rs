@@ -185,3 +185,54 @@ fn dead_letters_are_written_and_listed_after_a_restart() {
     assert!(text.contains("1 dead letter(s)"), "{text}");
     drop(host);
 }
+
+#[test]
+fn a_repeated_request_gets_the_kept_answer_without_running_the_chain_again() {
+    let ws = workspace();
+    let host = ws.start();
+    let good = record("WO-8", "0000002000", "WC01");
+    let first = host.post_with_key("mes", "text/plain", "good-1", &good);
+    assert_eq!(first.status, 200, "{}", first.body);
+    assert_eq!(first.header("millrace-replayed"), None);
+    let again = host.post_with_key("mes", "text/plain", "good-1", &good);
+    assert_eq!(again.status, 200);
+    assert_eq!(again.header("millrace-replayed"), Some("true"));
+    assert_eq!(again.body, first.body, "the same events, the same ids");
+    assert_eq!(again.content_type, first.content_type);
+
+    let bad = record("WO-9", "0000001000", "WC99");
+    let rejected = host.post_with_key("mes", "text/plain", "bad-2", &bad);
+    assert_eq!(rejected.status, 422);
+    let reused = host.post_with_key("mes", "text/plain", "good-1", &bad);
+    assert_eq!(reused.status, 422);
+    assert_eq!(
+        reused.json()["type"],
+        "urn:millrace:problem:idempotency-key-reused"
+    );
+    assert!(host.stop().success());
+
+    // Kept answers survive a restart; the repeat is not dead-lettered a second time.
+    let host = ws.start();
+    let repeat = host.post_with_key("mes", "text/plain", "bad-2", &bad);
+    assert_eq!(repeat.status, 422);
+    assert_eq!(repeat.header("millrace-replayed"), Some("true"));
+    assert_eq!(repeat.body, rejected.body);
+    let unkeyed = host.post("mes", Some("text/plain"), &bad);
+    assert_eq!(unkeyed.status, 422);
+    assert_eq!(unkeyed.header("millrace-replayed"), None);
+    let out = ws.millrace(&["dlq", "list", "--json"]);
+    let entries: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let ids: Vec<&str> = entries
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["message_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        ids.len(),
+        2,
+        "bad-2 once, the unkeyed request once: {ids:?}"
+    );
+    assert_eq!(ids[0], "bad-2");
+    drop(host);
+}

@@ -7,18 +7,24 @@
 //! | 400 | the body could not be read |
 //! | 404 | unknown route, or a route that does not take HTTP |
 //! | 405 | not `POST` |
+//! | 409 | a request with the same `Idempotency-Key` is still being mediated (`Retry-After`) |
 //! | 413 | body over the route's `max_body_kib` |
 //! | 415 | content type the first step does not accept |
-//! | 422 | a plugin rejected the message (dead-lettered) |
+//! | 422 | a plugin rejected the message (dead-lettered), or an `Idempotency-Key` was reused for another body |
 //! | 502 | a plugin trapped (dead-lettered) |
 //! | 503 | a plugin ran past its deadline or memory cap (dead-lettered), or asked for a retry (not dead-lettered; `Retry-After`) |
 //! | 500 | the host itself failed (e.g. the dead-letter store is unwritable) |
+//!
+//! Idempotency: the final answer (2xx, 422) to a request with an `Idempotency-Key` is kept for
+//! `host.idempotency_window_s`; the same request again gets it back (header
+//! `millrace-replayed: true`) without running the chain again (see `idempotency`).
 //!
 //! Shutdown: stop accepting, let in-flight requests finish, return.
 
 use super::problem::Problem;
 use crate::chain::{self, Failure};
 use crate::config::{Sink, Source};
+use crate::idempotency::{self, Begin, StoredAnswer};
 use crate::mediator::Mediator;
 use crate::plugin::StepFailure;
 use crate::plugin::bindings::types::Message;
@@ -141,15 +147,18 @@ async fn route_request(
     if declared.is_some_and(|len| len > route.max_body_bytes) {
         return Err(Problem::too_large(&route.name, route.max_body_bytes));
     }
-    let id = match req.headers().get("idempotency-key").map(|v| v.to_str()) {
-        Some(Ok(key)) if !key.is_empty() && key.len() <= MAX_KEY_LEN => key.to_string(),
+    let key = match req.headers().get("idempotency-key").map(|v| v.to_str()) {
+        Some(Ok(key)) if !key.is_empty() && key.len() <= MAX_KEY_LEN => Some(key.to_string()),
         Some(_) => {
             return Err(Problem::bad_request(format!(
                 "Idempotency-Key must be 1 to {MAX_KEY_LEN} visible ASCII characters"
             )));
         }
-        None => uuid::Uuid::now_v7().to_string(),
+        None => None,
     };
+    let id = key
+        .clone()
+        .unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
     let headers = req
         .headers()
         .iter()
@@ -188,13 +197,84 @@ async fn route_request(
     };
 
     tracing::debug!(route = %route.name, message_id = %id, bytes = message.body.len(), "message received");
+    let flight = match (&mediator.idempotency, &key) {
+        (Some(store), Some(key)) => {
+            let fingerprint = idempotency::fingerprint(&message.content_type, &message.body);
+            let begun = tokio::task::block_in_place(|| store.begin(&route.name, key, fingerprint))
+                .map_err(|e| Problem::internal(e.to_string()))?;
+            match begun {
+                Begin::Fresh(flight) => Some(flight),
+                Begin::Answered(answer) => {
+                    tracing::info!(route = %route.name, message_id = %id, status = answer.status, "repeated request: kept answer sent again");
+                    return Ok(replay(answer));
+                }
+                Begin::Mismatch => return Err(Problem::key_reused(&route.name, key)),
+                Begin::InProgress => return Err(Problem::key_in_progress(&route.name, key)),
+            }
+        }
+        _ => None,
+    };
+    let response = match mediate(mediator, &route, message).await {
+        Ok(response) => response,
+        Err(problem) => problem.into_response(),
+    };
+    let Some(flight) = flight else {
+        return Ok(response);
+    };
+    let (parts, body) = response.into_parts();
+    let body = body
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
+    let answer = StoredAnswer {
+        status: parts.status.as_u16(),
+        headers: parts
+            .headers
+            .iter()
+            .filter(|(n, _)| *n != header::CONTENT_LENGTH)
+            .map(|(n, v)| {
+                (
+                    n.to_string(),
+                    String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                )
+            })
+            .collect(),
+        body: body.to_vec(),
+    };
+    if let Err(e) = tokio::task::block_in_place(|| flight.finish(&answer)) {
+        // The answer stands; a repeat of this request would be mediated again.
+        tracing::error!(route = %route.name, message_id = %id, error = %e, "could not keep the answer for its Idempotency-Key");
+    }
+    Ok(Response::from_parts(parts, Full::new(body)))
+}
+
+/// A kept answer, sent again.
+fn replay(answer: StoredAnswer) -> Response<Full<Bytes>> {
+    let mut builder = Response::builder().status(answer.status);
+    for (name, value) in &answer.headers {
+        builder = builder.header(name, value);
+    }
+    builder
+        .header("millrace-replayed", "true")
+        .body(Full::new(Bytes::from(answer.body)))
+        .unwrap_or_else(|e| Problem::internal(format!("kept answer: {e}")).into_response())
+}
+
+/// Run `message` through `route`'s chain and answer with its outputs or a problem.
+async fn mediate(
+    mediator: &Mediator,
+    route: &Arc<crate::route::Route>,
+    message: Message,
+) -> Result<Response<Full<Bytes>>, Problem> {
+    let id = message.id.clone();
     // Closed only if the host is torn down, which ends this task anyway.
     let slot = Arc::clone(&mediator.slots)
         .acquire_owned()
         .await
         .map_err(|_| Problem::internal("the host is shutting down"))?;
     tracing::debug!(route = %route.name, message_id = %id, "mediating");
-    let worker = Arc::clone(&route);
+    let worker = Arc::clone(route);
     let deadletters = Arc::clone(&mediator.deadletters);
     let outcome = tokio::task::spawn_blocking(move || {
         let result = match chain::run(&worker, &message) {

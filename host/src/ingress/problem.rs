@@ -114,6 +114,34 @@ impl Problem {
         )
     }
 
+    /// The `Idempotency-Key` was used on this route for another content type or body.
+    pub fn key_reused(route: &str, key: &str) -> Problem {
+        Problem::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "idempotency-key-reused",
+            "Idempotency-Key reused",
+            format!(
+                "Idempotency-Key {key:?} was already used on route {route} for a different content type or body; use a new key for a new message"
+            ),
+        )
+        .with("route", route)
+    }
+
+    /// A request with the same `Idempotency-Key` is still being mediated.
+    pub fn key_in_progress(route: &str, key: &str) -> Problem {
+        let mut problem = Problem::new(
+            StatusCode::CONFLICT,
+            "idempotency-key-in-progress",
+            "Request with this key in progress",
+            format!(
+                "a request with Idempotency-Key {key:?} is being mediated on route {route}; retry to get its answer"
+            ),
+        )
+        .with("route", route);
+        problem.retry_after = Some(1);
+        problem
+    }
+
     pub fn internal(detail: impl Into<String>) -> Problem {
         Problem::new(
             StatusCode::INTERNAL_SERVER_ERROR,

@@ -1,0 +1,322 @@
+//! Idempotent HTTP ingress: the final answer to a request with an `Idempotency-Key` is kept (an
+//! SQLite file in the data directory) for `host.idempotency_window_s`, and a repeat of the
+//! request within the window gets that answer again without running the chain a second time —
+//! no second output, no second dead letter, no second write to a plant's state.
+//!
+//! Keys are scoped by route. A repeat must carry the same content type and body (compared by
+//! SHA-256); the same key with another body is refused. While the first request is being
+//! mediated, a repeat is told to come back (409). Only final answers are kept: outputs (2xx)
+//! and rejections (422); a transient failure (5xx) may succeed when retried, so it is not.
+
+use rusqlite::{Connection, OptionalExtension, params};
+use sha2::{Digest, Sha256};
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// File name of the store inside the data directory.
+pub const FILE: &str = "idempotency.sqlite";
+
+/// Errors of the store.
+#[derive(Debug, thiserror::Error)]
+pub enum IdempotencyError {
+    /// The store could not be opened or created.
+    #[error("cannot open the idempotency store {path}: {source}")]
+    Open {
+        path: PathBuf,
+        #[source]
+        source: rusqlite::Error,
+    },
+    /// A read or write failed.
+    #[error("idempotency store {path}: {source}")]
+    Sql {
+        path: PathBuf,
+        #[source]
+        source: rusqlite::Error,
+    },
+}
+
+/// An answer as it was sent.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredAnswer {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+/// What to do with a keyed request.
+#[derive(Debug)]
+pub enum Begin {
+    /// First time (or the kept answer expired): mediate, then [`InFlight::finish`].
+    Fresh(InFlight),
+    /// Answered before: send this again.
+    Answered(StoredAnswer),
+    /// The key was used for another content type or body.
+    Mismatch,
+    /// The first request with this key is still being mediated.
+    InProgress,
+}
+
+/// A keyed request being mediated; dropping it without [`InFlight::finish`] keeps nothing.
+#[derive(Debug)]
+pub struct InFlight {
+    store: Arc<IdempotencyStore>,
+    route: String,
+    key: String,
+    fingerprint: String,
+}
+
+/// The store.
+pub struct IdempotencyStore {
+    path: PathBuf,
+    window: Duration,
+    conn: Mutex<Connection>,
+    in_flight: Mutex<HashSet<(String, String)>>,
+}
+
+impl std::fmt::Debug for IdempotencyStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IdempotencyStore")
+            .field("path", &self.path)
+            .field("window", &self.window)
+            .finish()
+    }
+}
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS answers (
+    route TEXT NOT NULL,
+    key TEXT NOT NULL,
+    fingerprint TEXT NOT NULL,
+    at_ms INTEGER NOT NULL,
+    status INTEGER NOT NULL,
+    headers TEXT NOT NULL,
+    body BLOB NOT NULL,
+    PRIMARY KEY (route, key)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS answers_at ON answers (at_ms);
+";
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+/// SHA-256 of the content type and the body: what makes two requests "the same".
+pub fn fingerprint(content_type: &str, body: &[u8]) -> String {
+    let mut hash = Sha256::new();
+    hash.update(content_type.as_bytes());
+    hash.update([0]);
+    hash.update(body);
+    hex::encode(hash.finalize())
+}
+
+impl IdempotencyStore {
+    /// Open (or create) the store in `data_dir`, keeping answers for `window`.
+    pub fn open(data_dir: &Path, window: Duration) -> Result<IdempotencyStore, IdempotencyError> {
+        let path = data_dir.join(FILE);
+        let open = |source| IdempotencyError::Open {
+            path: path.clone(),
+            source,
+        };
+        let conn = Connection::open(&path).map_err(open)?;
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(open)?;
+        conn.pragma_update(None, "synchronous", "FULL")
+            .map_err(open)?;
+        conn.busy_timeout(Duration::from_secs(5)).map_err(open)?;
+        conn.execute_batch(SCHEMA).map_err(open)?;
+        Ok(IdempotencyStore {
+            path,
+            window,
+            conn: Mutex::new(conn),
+            in_flight: Mutex::new(HashSet::new()),
+        })
+    }
+
+    fn sql(&self, source: rusqlite::Error) -> IdempotencyError {
+        IdempotencyError::Sql {
+            path: self.path.clone(),
+            source,
+        }
+    }
+
+    /// Look `key` up on `route` for a request with `fingerprint`.
+    pub fn begin(
+        self: &Arc<Self>,
+        route: &str,
+        key: &str,
+        fingerprint: String,
+    ) -> Result<Begin, IdempotencyError> {
+        let slot = (route.to_string(), key.to_string());
+        let mut in_flight = self.in_flight.lock().expect("in-flight keys lock");
+        if in_flight.contains(&slot) {
+            return Ok(Begin::InProgress);
+        }
+        let oldest = now_ms() - self.window.as_millis() as i64;
+        let found = {
+            let conn = self.conn.lock().expect("idempotency connection lock");
+            conn.query_row(
+                "SELECT fingerprint, status, headers, body FROM answers
+                 WHERE route = ?1 AND key = ?2 AND at_ms >= ?3",
+                params![route, key, oldest],
+                |row| {
+                    let headers: String = row.get(2)?;
+                    Ok((
+                        row.get::<_, String>(0)?,
+                        StoredAnswer {
+                            status: row.get(1)?,
+                            headers: serde_json::from_str(&headers).unwrap_or_default(),
+                            body: row.get(3)?,
+                        },
+                    ))
+                },
+            )
+            .optional()
+            .map_err(|e| self.sql(e))?
+        };
+        match found {
+            Some((kept, answer)) if kept == fingerprint => Ok(Begin::Answered(answer)),
+            Some(_) => Ok(Begin::Mismatch),
+            None => {
+                in_flight.insert(slot);
+                Ok(Begin::Fresh(InFlight {
+                    store: Arc::clone(self),
+                    route: route.to_string(),
+                    key: key.to_string(),
+                    fingerprint,
+                }))
+            }
+        }
+    }
+
+    fn keep(&self, flight: &InFlight, answer: &StoredAnswer) -> Result<(), IdempotencyError> {
+        let now = now_ms();
+        let headers = serde_json::to_string(&answer.headers).expect("string pairs serialize");
+        let conn = self.conn.lock().expect("idempotency connection lock");
+        conn.execute(
+            "INSERT INTO answers (route, key, fingerprint, at_ms, status, headers, body)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+             ON CONFLICT (route, key) DO UPDATE SET fingerprint = excluded.fingerprint,
+               at_ms = excluded.at_ms, status = excluded.status, headers = excluded.headers,
+               body = excluded.body",
+            params![
+                flight.route,
+                flight.key,
+                flight.fingerprint,
+                now,
+                answer.status,
+                headers,
+                answer.body
+            ],
+        )
+        .map_err(|e| self.sql(e))?;
+        conn.execute(
+            "DELETE FROM answers WHERE at_ms < ?1",
+            params![now - self.window.as_millis() as i64],
+        )
+        .map_err(|e| self.sql(e))?;
+        Ok(())
+    }
+}
+
+impl InFlight {
+    /// Keep `answer` if it is final (2xx or 422); committed before this returns.
+    pub fn finish(self, answer: &StoredAnswer) -> Result<(), IdempotencyError> {
+        if (200..300).contains(&answer.status) || answer.status == 422 {
+            self.store.keep(&self, answer)?;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.store
+            .in_flight
+            .lock()
+            .expect("in-flight keys lock")
+            .remove(&(self.route.clone(), self.key.clone()));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn answer(status: u16) -> StoredAnswer {
+        StoredAnswer {
+            status,
+            headers: vec![("content-type".into(), "application/json".into())],
+            body: b"[1]".to_vec(),
+        }
+    }
+
+    fn store(window: Duration) -> (tempfile::TempDir, Arc<IdempotencyStore>) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(IdempotencyStore::open(dir.path(), window).unwrap());
+        (dir, store)
+    }
+
+    #[test]
+    fn a_final_answer_is_given_again_for_the_same_request() {
+        let (_dir, store) = store(Duration::from_secs(60));
+        let Begin::Fresh(flight) = store.begin("r", "k", "f1".into()).unwrap() else {
+            panic!("first use is fresh")
+        };
+        assert!(matches!(
+            store.begin("r", "k", "f1".into()).unwrap(),
+            Begin::InProgress
+        ));
+        flight.finish(&answer(200)).unwrap();
+        assert!(
+            matches!(store.begin("r", "k", "f1".into()).unwrap(), Begin::Answered(a) if a == answer(200))
+        );
+        assert!(matches!(
+            store.begin("r", "k", "f2".into()).unwrap(),
+            Begin::Mismatch
+        ));
+        assert!(
+            matches!(
+                store.begin("other-route", "k", "f1".into()).unwrap(),
+                Begin::Fresh(_)
+            ),
+            "keys are per route"
+        );
+    }
+
+    #[test]
+    fn transient_answers_are_not_kept_and_answers_survive_reopening() {
+        let (dir, store) = store(Duration::from_secs(60));
+        let Begin::Fresh(flight) = store.begin("r", "k", "f".into()).unwrap() else {
+            panic!()
+        };
+        flight.finish(&answer(503)).unwrap();
+        let Begin::Fresh(flight) = store.begin("r", "k", "f".into()).unwrap() else {
+            panic!("a 503 is not kept")
+        };
+        flight.finish(&answer(422)).unwrap();
+        drop(store);
+        let reopened =
+            Arc::new(IdempotencyStore::open(dir.path(), Duration::from_secs(60)).unwrap());
+        assert!(
+            matches!(reopened.begin("r", "k", "f".into()).unwrap(), Begin::Answered(a) if a.status == 422)
+        );
+    }
+
+    #[test]
+    fn answers_expire_after_the_window() {
+        let (_dir, store) = store(Duration::ZERO);
+        let Begin::Fresh(flight) = store.begin("r", "k", "f".into()).unwrap() else {
+            panic!()
+        };
+        flight.finish(&answer(200)).unwrap();
+        std::thread::sleep(Duration::from_millis(5));
+        assert!(matches!(
+            store.begin("r", "k", "f".into()).unwrap(),
+            Begin::Fresh(_)
+        ));
+    }
+}
