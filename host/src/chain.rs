@@ -108,6 +108,7 @@ pub fn dead_letter(
         content_type: input.content_type.clone(),
         headers: input.headers.clone(),
         body: input.body.clone(),
+        replayed_at: None,
     };
     let id = store.record(&entry)?;
     tracing::warn!(

@@ -351,3 +351,129 @@ pub fn dlq_list(config_path: &Path, route: Option<&str>, json: bool) -> i32 {
     );
     0
 }
+
+/// `millrace dlq replay`.
+pub fn dlq_replay(config_path: &Path, route_name: &str, limit: u32, dry_run: bool) -> i32 {
+    match replay_inner(config_path, route_name, limit, dry_run) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e}");
+            1
+        }
+    }
+}
+
+fn replay_inner(
+    config_path: &Path,
+    route_name: &str,
+    limit: u32,
+    dry_run: bool,
+) -> Result<i32, String> {
+    let config = Config::load(config_path).map_err(|e| e.to_string())?;
+    let engine = PluginEngine::new(Some(&config.data_dir.join("compile-cache")))
+        .map_err(|e| format!("{e:#}"))?;
+    // A dry run must not change the plants' state: its stateful steps see an empty state.
+    let state = if dry_run {
+        Arc::new(crate::state::StateStore::in_memory())
+    } else {
+        Arc::new(crate::state::StateStore::open(&config.data_dir).map_err(|e| e.to_string())?)
+    };
+    let routes = Routes::build(&config, &engine, &state).map_err(|e| e.to_string())?;
+    let route = routes
+        .get(route_name)
+        .ok_or_else(|| format!("no route {route_name:?} in {}", config.path.display()))?;
+    let webhook = match (&route.sink, &route.webhook) {
+        _ if dry_run => None,
+        (crate::config::Sink::Http, Some(webhook)) => Some(webhook.clone()),
+        _ => {
+            return Err(format!(
+                "route {route_name} answers its HTTP caller (sink \"reply\"), so replayed outputs have nowhere to go; use --dry-run to see them"
+            ));
+        }
+    };
+    let store = DeadLetterStore::open(&config.data_dir).map_err(|e| e.to_string())?;
+    let entries = store
+        .pending(route_name, limit)
+        .map_err(|e| e.to_string())?;
+    if entries.is_empty() {
+        println!("no dead letters of route {route_name} wait for a replay");
+        return Ok(0);
+    }
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the async runtime: {e}"))?;
+    let client = crate::sink::http::WebhookClient::default();
+    let (mut delivered, mut failed) = (0, 0);
+    for entry in &entries {
+        let message = Message {
+            id: entry.message_id.clone(),
+            plant: entry.plant.clone(),
+            route: entry.route.clone(),
+            content_type: entry.content_type.clone(),
+            headers: entry.headers.clone(),
+            body: entry.body.clone(),
+        };
+        let outputs = match crate::chain::run(&route, &message) {
+            Ok(outputs) => outputs,
+            Err(failure) => {
+                failed += 1;
+                println!(
+                    "dead letter {} (message {}): still fails at step {} ({}@{}): {}",
+                    entry.id,
+                    entry.message_id,
+                    failure.step,
+                    failure.plugin.name,
+                    failure.plugin.version,
+                    failure.reason()
+                );
+                continue;
+            }
+        };
+        match &webhook {
+            None => {
+                println!(
+                    "dead letter {} (message {}): would deliver {} output(s)",
+                    entry.id,
+                    entry.message_id,
+                    outputs.len()
+                );
+                for output in &outputs {
+                    println!(
+                        "--- {} ({})\n{}",
+                        output.id,
+                        output.content_type,
+                        String::from_utf8_lossy(&output.body)
+                    );
+                }
+            }
+            Some(webhook) => match runtime.block_on(client.deliver(webhook, &outputs)) {
+                Ok(n) => {
+                    store.mark_replayed(entry.id).map_err(|e| e.to_string())?;
+                    delivered += 1;
+                    println!(
+                        "dead letter {} (message {}): delivered {n} output(s)",
+                        entry.id, entry.message_id
+                    );
+                }
+                Err(e) => {
+                    failed += 1;
+                    println!(
+                        "dead letter {} (message {}): not delivered: {e}",
+                        entry.id, entry.message_id
+                    );
+                }
+            },
+        }
+    }
+    if dry_run {
+        println!(
+            "dry run: {} of {} would deliver; nothing was delivered or marked",
+            entries.len() - failed,
+            entries.len()
+        );
+        return Ok(0);
+    }
+    println!("{delivered} replayed, {failed} still waiting");
+    Ok(i32::from(failed > 0))
+}

@@ -75,9 +75,17 @@ struct LookupSection {
 struct RouteSection {
     plant: Spanned<String>,
     source: Source,
-    sink: Sink,
+    sink: Spanned<Sink>,
+    webhook: Option<Spanned<WebhookSection>>,
     steps: Spanned<Vec<StepSection>>,
     max_body_kib: Option<u32>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WebhookSection {
+    url: Spanned<String>,
+    timeout_ms: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -105,6 +113,16 @@ pub enum Source {
 pub enum Sink {
     /// Back to the HTTP caller in the response.
     Reply,
+    /// POSTed to the route's webhook, one request per output, in order.
+    Http,
+}
+
+/// Where sink `http` delivers.
+#[derive(Debug, Clone)]
+pub struct Webhook {
+    pub url: hyper::Uri,
+    /// Budget of one delivery request.
+    pub timeout: std::time::Duration,
 }
 
 // ---- the validated configuration -----------------------------------------------------------
@@ -130,6 +148,8 @@ pub struct RouteConfig {
     pub plant: String,
     pub source: Source,
     pub sink: Sink,
+    /// Set when `sink` is `http`.
+    pub webhook: Option<Webhook>,
     pub max_body_bytes: usize,
     pub steps: Vec<StepConfig>,
 }
@@ -361,11 +381,13 @@ impl Config {
                     step,
                 ));
             }
+            let webhook = webhook_config(&mut diag, name.get_ref(), route);
             routes.push(RouteConfig {
                 name: name.get_ref().clone(),
                 plant: plant.clone(),
                 source: route.source,
-                sink: route.sink,
+                sink: *route.sink.get_ref(),
+                webhook,
                 max_body_bytes: max_body_kib as usize * 1024,
                 steps,
             });
@@ -392,6 +414,47 @@ impl Config {
             plants,
             routes,
         })
+    }
+}
+
+/// Sink `http` needs a `[routes.R.webhook]` with an `http://` URL; other sinks take none.
+fn webhook_config(diag: &mut Diagnostics, route: &str, section: &RouteSection) -> Option<Webhook> {
+    match (section.sink.get_ref(), &section.webhook) {
+        (Sink::Http, None) => {
+            diag.error_at(
+                section.sink.span(),
+                format!("route {route} has sink \"http\" but no webhook; add [routes.{route}.webhook] with url = \"http://…\""),
+            );
+            None
+        }
+        (Sink::Http, Some(webhook)) => {
+            let text = webhook.get_ref().url.get_ref();
+            match text.parse::<hyper::Uri>() {
+                Ok(url) if url.scheme_str() == Some("http") && url.host().is_some() => {
+                    Some(Webhook {
+                        url,
+                        timeout: std::time::Duration::from_millis(
+                            webhook.get_ref().timeout_ms.unwrap_or(5000),
+                        ),
+                    })
+                }
+                _ => {
+                    diag.error_at(
+                        webhook.get_ref().url.span(),
+                        format!("route {route}: webhook url {text:?} is not an http:// URL with a host (https is not supported yet)"),
+                    );
+                    None
+                }
+            }
+        }
+        (_, Some(webhook)) => {
+            diag.error_at(
+                webhook.span(),
+                format!("route {route} has a webhook but its sink is not \"http\"; set sink = \"http\" or remove the webhook"),
+            );
+            None
+        }
+        (_, None) => None,
     }
 }
 

@@ -94,6 +94,8 @@ pub struct DeadLetter {
     pub headers: Vec<(String, String)>,
     #[serde(serialize_with = "serialize_body")]
     pub body: Vec<u8>,
+    /// When `millrace dlq replay` delivered it, RFC 3339 UTC; `None` while it waits.
+    pub replayed_at: Option<String>,
 }
 
 fn serialize_body<S: serde::Serializer>(body: &[u8], s: S) -> Result<S::Ok, S::Error> {
@@ -131,6 +133,24 @@ CREATE TABLE IF NOT EXISTS dead_letters (
 CREATE INDEX IF NOT EXISTS dead_letters_route ON dead_letters (route, id);
 ";
 
+/// Columns added after the first release of the store, with their definitions.
+const ADDED_COLUMNS: &[(&str, &str)] = &[("replayed_at", "TEXT")];
+
+fn add_missing_columns(conn: &Connection) -> rusqlite::Result<()> {
+    let mut stmt = conn.prepare("SELECT name FROM pragma_table_info('dead_letters')")?;
+    let present: Vec<String> = stmt
+        .query_map([], |row| row.get(0))?
+        .collect::<Result<_, _>>()?;
+    for (column, definition) in ADDED_COLUMNS {
+        if !present.iter().any(|p| p == column) {
+            conn.execute_batch(&format!(
+                "ALTER TABLE dead_letters ADD COLUMN {column} {definition}"
+            ))?;
+        }
+    }
+    Ok(())
+}
+
 impl DeadLetterStore {
     /// Open (or create) the store in `data_dir`.
     pub fn open(data_dir: &Path) -> Result<DeadLetterStore, DeadLetterError> {
@@ -151,6 +171,7 @@ impl DeadLetterStore {
         conn.busy_timeout(std::time::Duration::from_secs(5))
             .map_err(open)?;
         conn.execute_batch(SCHEMA).map_err(open)?;
+        add_missing_columns(&conn).map_err(open)?;
         Ok(DeadLetterStore {
             path,
             conn: Mutex::new(conn),
@@ -224,15 +245,59 @@ impl DeadLetterStore {
 
     /// Entries in the order they were recorded, optionally of one route.
     pub fn list(&self, route: Option<&str>) -> Result<Vec<DeadLetter>, DeadLetterError> {
+        self.select(
+            "WHERE (?1 IS NULL OR route = ?1) ORDER BY id LIMIT ?2",
+            route,
+            u32::MAX,
+        )
+    }
+
+    /// The oldest `limit` entries of `route` not replayed yet.
+    pub fn pending(&self, route: &str, limit: u32) -> Result<Vec<DeadLetter>, DeadLetterError> {
+        self.select(
+            "WHERE route = ?1 AND replayed_at IS NULL ORDER BY id LIMIT ?2",
+            Some(route),
+            limit,
+        )
+    }
+
+    /// Record that entry `id` was replayed and delivered.
+    pub fn mark_replayed(&self, id: i64) -> Result<(), DeadLetterError> {
         let conn = self.conn.lock().expect("dead-letter connection lock");
+        conn.execute(
+            "UPDATE dead_letters SET replayed_at = ?1 WHERE id = ?2",
+            params![now_rfc3339(), id],
+        )
+        .map_err(|e| self.sql(e))?;
+        Ok(())
+    }
+
+    fn select(
+        &self,
+        filter: &str,
+        route: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<DeadLetter>, DeadLetterError> {
+        let conn = self.conn.lock().expect("dead-letter connection lock");
+        let has_replayed = conn
+            .prepare("SELECT 1 FROM pragma_table_info('dead_letters') WHERE name = 'replayed_at'")
+            .and_then(|mut s| s.exists([]))
+            .map_err(|e| self.sql(e))?;
+        // A store written before `replayed_at` existed and opened read-only lacks the column.
+        let replayed = if has_replayed { "replayed_at" } else { "NULL" };
+        let filter = if has_replayed {
+            filter.to_string()
+        } else {
+            filter.replace("AND replayed_at IS NULL", "")
+        };
         let mut stmt = conn
-            .prepare(
-                "SELECT id, at, plant, route, message_id, step, plugin, version, digest, kind, reason, field, position, content_type, headers, body
-                 FROM dead_letters WHERE (?1 IS NULL OR route = ?1) ORDER BY id",
-            )
+            .prepare(&format!(
+                "SELECT id, at, plant, route, message_id, step, plugin, version, digest, kind, reason, field, position, content_type, headers, body, {replayed}
+                 FROM dead_letters {filter}"
+            ))
             .map_err(|e| self.sql(e))?;
         let rows = stmt
-            .query_map(params![route], |row| {
+            .query_map(params![route, limit], |row| {
                 let headers: String = row.get(14)?;
                 let kind: String = row.get(9)?;
                 Ok(DeadLetter {
@@ -254,6 +319,7 @@ impl DeadLetterStore {
                     content_type: row.get(13)?,
                     headers: serde_json::from_str(&headers).unwrap_or_default(),
                     body: row.get(15)?,
+                    replayed_at: row.get(16)?,
                 })
             })
             .map_err(|e| self.sql(e))?;
@@ -295,7 +361,26 @@ mod tests {
             content_type: "text/plain".into(),
             headers: vec![("a".into(), "b".into())],
             body: vec![0xff, b'x'],
+            replayed_at: None,
         }
+    }
+
+    #[test]
+    fn replayed_entries_leave_the_pending_list() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = DeadLetterStore::open(dir.path()).unwrap();
+        let first = store.record(&entry()).unwrap();
+        let second = store.record(&entry()).unwrap();
+        store.mark_replayed(first).unwrap();
+        let pending = store.pending("r", 10).unwrap();
+        assert_eq!(pending.iter().map(|e| e.id).collect::<Vec<_>>(), [second]);
+        assert!(store.pending("other", 10).unwrap().is_empty());
+        let all = store.list(None).unwrap();
+        assert!(all[0].replayed_at.is_some() && all[1].replayed_at.is_none());
+        drop(store);
+        // Reopening (and its column check) keeps the marks.
+        let reopened = DeadLetterStore::open(dir.path()).unwrap();
+        assert_eq!(reopened.pending("r", 10).unwrap().len(), 1);
     }
 
     #[test]

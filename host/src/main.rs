@@ -91,6 +91,20 @@ enum DlqCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Run a route's waiting dead letters through its current chain and deliver the outputs to
+    /// its sink (after a fixed plugin or table is deployed); `--dry-run` shows what the chain
+    /// would output without delivering or marking anything.
+    Replay {
+        #[arg(long, default_value = "millrace.toml")]
+        config: PathBuf,
+        #[arg(long)]
+        route: String,
+        /// At most this many entries, oldest first.
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+        #[arg(long)]
+        dry_run: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -145,6 +159,15 @@ fn main() -> ExitCode {
                     json,
                 },
         } => cli::dlq_list(&config, route.as_deref(), json),
+        Command::Dlq {
+            command:
+                DlqCommand::Replay {
+                    config,
+                    route,
+                    limit,
+                    dry_run,
+                },
+        } => cli::dlq_replay(&config, &route, limit, dry_run),
     };
     ExitCode::from(code as u8)
 }

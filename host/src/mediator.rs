@@ -43,6 +43,8 @@ pub struct Mediator {
     pub engine: PluginEngine,
     pub routes: Routes,
     pub deadletters: Arc<DeadLetterStore>,
+    /// Client of the routes whose sink is `http`.
+    pub webhooks: crate::sink::http::WebhookClient,
     /// Answers to requests with an `Idempotency-Key`; `None` when the window is 0.
     pub idempotency: Option<Arc<IdempotencyStore>>,
     /// One permit per message being mediated (`host.max_in_flight`); bounds the threads and
@@ -72,6 +74,7 @@ impl Mediator {
             engine,
             routes,
             deadletters,
+            webhooks: crate::sink::http::WebhookClient::default(),
             idempotency,
             slots,
         })

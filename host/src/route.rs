@@ -4,7 +4,7 @@
 //! checks each against its step's grants, and calls its `check-settings`; every failure is
 //! reported at the step's place in the configuration file.
 
-use crate::config::{Config, ConfigErrors, Diagnostics, Sink, Source};
+use crate::config::{Config, ConfigErrors, Diagnostics, Sink, Source, Webhook};
 use crate::plugin::engine::PluginEngine;
 use crate::plugin::{Artifact, LoadError, StepRuntime, StepSpec};
 use crate::state::StateStore;
@@ -18,6 +18,8 @@ pub struct Route {
     pub plant: String,
     pub source: Source,
     pub sink: Sink,
+    /// Where sink `http` delivers.
+    pub webhook: Option<Webhook>,
     pub max_body_bytes: usize,
     /// The chain, in order.
     pub steps: Vec<StepRuntime>,
@@ -110,6 +112,7 @@ impl Routes {
                     plant: route.plant.clone(),
                     source: route.source,
                     sink: route.sink,
+                    webhook: route.webhook.clone(),
                     max_body_bytes: route.max_body_bytes,
                     steps,
                 }),

@@ -337,3 +337,101 @@ pub fn record(work_order: &str, quantity: &str, work_centre: &str) -> String {
     assert_eq!(r.len(), 80);
     r
 }
+
+/// One request a [`WebhookReceiver`] took.
+#[derive(Debug, Clone)]
+pub struct Received {
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+}
+
+impl Received {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// A real HTTP/1.1 server on loopback standing in for a downstream system: it records every
+/// request and answers each with the status set by [`WebhookReceiver::answer_with`].
+pub struct WebhookReceiver {
+    pub url: String,
+    received: std::sync::Arc<std::sync::Mutex<Vec<Received>>>,
+    status: std::sync::Arc<std::sync::atomic::AtomicU16>,
+}
+
+impl WebhookReceiver {
+    pub fn start() -> WebhookReceiver {
+        use std::sync::atomic::{AtomicU16, Ordering};
+        use std::sync::{Arc, Mutex};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind webhook");
+        let url = format!("http://{}/events", listener.local_addr().unwrap());
+        let received = Arc::new(Mutex::new(Vec::new()));
+        let status = Arc::new(AtomicU16::new(200));
+        let (rec, st) = (Arc::clone(&received), Arc::clone(&status));
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(stream) = stream else { continue };
+                let (rec, st) = (Arc::clone(&rec), Arc::clone(&st));
+                std::thread::spawn(move || {
+                    let mut reader = BufReader::new(stream.try_clone().expect("clone stream"));
+                    let mut writer = stream;
+                    loop {
+                        let mut line = String::new();
+                        if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                            return;
+                        }
+                        let mut headers = Vec::new();
+                        loop {
+                            let mut h = String::new();
+                            reader.read_line(&mut h).expect("header line");
+                            let h = h.trim_end();
+                            if h.is_empty() {
+                                break;
+                            }
+                            if let Some((n, v)) = h.split_once(':') {
+                                headers.push((n.trim().to_ascii_lowercase(), v.trim().to_string()));
+                            }
+                        }
+                        let len = headers
+                            .iter()
+                            .find(|(n, _)| n == "content-length")
+                            .and_then(|(_, v)| v.parse::<usize>().ok())
+                            .unwrap_or(0);
+                        let mut body = vec![0; len];
+                        reader.read_exact(&mut body).expect("body");
+                        let code = st.load(Ordering::SeqCst);
+                        if code == 200 {
+                            rec.lock().unwrap().push(Received {
+                                headers,
+                                body: String::from_utf8_lossy(&body).into_owned(),
+                            });
+                        }
+                        let answer = format!("HTTP/1.1 {code} X\r\ncontent-length: 0\r\n\r\n");
+                        if std::io::Write::write_all(&mut writer, answer.as_bytes()).is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        WebhookReceiver {
+            url,
+            received,
+            status,
+        }
+    }
+
+    /// Answer every later request with `status` (200 records it; others refuse it).
+    pub fn answer_with(&self, status: u16) {
+        self.status
+            .store(status, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Every request answered 200 so far, in arrival order.
+    pub fn received(&self) -> Vec<Received> {
+        self.received.lock().unwrap().clone()
+    }
+}

@@ -9,5 +9,6 @@ mod examples;
 mod harness;
 mod http;
 mod limits;
+mod replay;
 mod state;
 mod wasi;

@@ -3,7 +3,7 @@
 //!
 //! | status | when |
 //! |---|---|
-//! | 200 / 204 | outputs / filtered |
+//! | 200 / 204 | outputs / filtered (sink `reply`); delivered to the webhook (sink `http`) |
 //! | 400 | the body could not be read |
 //! | 404 | unknown route, or a route that does not take HTTP |
 //! | 405 | not `POST` |
@@ -12,7 +12,7 @@
 //! | 415 | content type the first step does not accept |
 //! | 422 | a plugin rejected the message (dead-lettered), or an `Idempotency-Key` was reused for another body |
 //! | 502 | a plugin trapped (dead-lettered) |
-//! | 503 | a plugin ran past its deadline or memory cap (dead-lettered), or asked for a retry (not dead-lettered; `Retry-After`) |
+//! | 503 | a plugin ran past its deadline or memory cap (dead-lettered), asked for a retry, or the webhook did not take the outputs (neither dead-lettered; `Retry-After`) |
 //! | 500 | the host itself failed (e.g. the dead-letter store is unwritable) |
 //!
 //! Idempotency: the final answer (2xx, 422) to a request with an `Idempotency-Key` is kept for
@@ -249,6 +249,18 @@ async fn route_request(
     Ok(Response::from_parts(parts, Full::new(body)))
 }
 
+/// Sink `http`: what was delivered.
+fn delivered_response(id: &str, outputs: &[Message], delivered: usize) -> Response<Full<Bytes>> {
+    let ids: Vec<&str> = outputs.iter().map(|o| o.id.as_str()).collect();
+    let body = serde_json::json!({ "message_id": id, "delivered": delivered, "outputs": ids });
+    Response::builder()
+        .status(StatusCode::OK)
+        .header(header::CONTENT_TYPE, "application/json")
+        .header("millrace-message-id", id)
+        .body(Full::new(Bytes::from(body.to_string())))
+        .unwrap_or_else(|e| Problem::internal(e.to_string()).into_response())
+}
+
 /// A kept answer, sent again.
 fn replay(answer: StoredAnswer) -> Response<Full<Bytes>> {
     let mut builder = Response::builder().status(answer.status);
@@ -291,8 +303,17 @@ async fn mediate(
     .map_err(|e| Problem::internal(format!("the mediation task failed: {e}")))?;
 
     match outcome {
-        Ok(outputs) => match route.sink {
-            Sink::Reply => Ok(sink::reply::respond(&id, outputs)),
+        Ok(outputs) => match (route.sink, &route.webhook) {
+            (Sink::Http, Some(webhook)) => {
+                match mediator.webhooks.deliver(webhook, &outputs).await {
+                    Ok(delivered) => Ok(delivered_response(&id, &outputs, delivered)),
+                    Err(e) => {
+                        tracing::warn!(route = %route.name, message_id = %id, error = %e, "webhook delivery failed");
+                        Err(Problem::sink_unavailable(&route.name, &id, e.to_string()))
+                    }
+                }
+            }
+            _ => Ok(sink::reply::respond(&id, outputs)),
         },
         Err((failure, Ok(dead_letter))) => {
             Err(failure_problem(&route.name, &id, &failure, dead_letter))

@@ -142,6 +142,20 @@ impl Problem {
         problem
     }
 
+    /// The route's webhook did not take the outputs; the sender retries (same outputs, same ids).
+    pub fn sink_unavailable(route: &str, message_id: &str, detail: String) -> Problem {
+        let mut problem = Problem::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "sink-unavailable",
+            "Outputs not delivered",
+            detail,
+        )
+        .with("route", route)
+        .with("message_id", message_id);
+        problem.retry_after = Some(5);
+        problem
+    }
+
     pub fn internal(detail: impl Into<String>) -> Problem {
         Problem::new(
             StatusCode::INTERNAL_SERVER_ERROR,

@@ -1,4 +1,5 @@
-//! Sinks: where a route's outputs go. The embedded default has one, `reply` (the HTTP
-//! response); broker and webhook sinks join here.
+//! Sinks: where a route's outputs go: `reply` (the HTTP response) and `http` (a webhook);
+//! the broker sink joins here.
 
+pub mod http;
 pub mod reply;
