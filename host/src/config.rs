@@ -43,6 +43,7 @@ struct HostSection {
     plugin_dir: Option<String>,
     max_in_flight: Option<Spanned<usize>>,
     idempotency_window_s: Option<u64>,
+    amqp: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Default, Clone, Copy, Deserialize)]
@@ -77,8 +78,18 @@ struct RouteSection {
     source: Source,
     sink: Spanned<Sink>,
     webhook: Option<Spanned<WebhookSection>>,
+    amqp: Option<AmqpSection>,
     steps: Spanned<Vec<StepSection>>,
     max_body_kib: Option<u32>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AmqpSection {
+    queue: Option<String>,
+    prefetch: Option<u16>,
+    exchange: Option<String>,
+    routing_key: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -105,6 +116,8 @@ struct StepSection {
 pub enum Source {
     /// `POST /v1/routes/{route}/messages` on the HTTP listener.
     Http,
+    /// A RabbitMQ queue (`[routes.R.amqp] queue`).
+    Amqp,
 }
 
 /// Where a route's outputs go.
@@ -115,6 +128,24 @@ pub enum Sink {
     Reply,
     /// POSTed to the route's webhook, one request per output, in order.
     Http,
+    /// Published to a RabbitMQ exchange with publisher confirms.
+    Amqp,
+}
+
+/// A route's broker settings (used when its source or sink is `amqp`).
+#[derive(Debug, Clone)]
+pub struct RouteAmqp {
+    /// Source queue (durable), default `millrace.ROUTE`.
+    pub queue: String,
+    /// Deliveries in flight per consumer, default 32.
+    pub prefetch: u16,
+    /// Sink exchange (durable topic), default `millrace.events`.
+    pub exchange: String,
+    /// Routing key template: `{type}` (the CloudEvent type, else the content type), `{plant}`,
+    /// `{route}`, `{subject}`; default `{plant}.{type}`.
+    pub routing_key: String,
+    /// Where permanent failures go: exchange `millrace.ROUTE.dead-letter` → queue of that name.
+    pub dead_letter: String,
 }
 
 /// Where sink `http` delivers.
@@ -136,6 +167,8 @@ pub struct Config {
     pub max_in_flight: usize,
     pub data_dir: PathBuf,
     pub plugin_dir: PathBuf,
+    /// The broker (`amqp://…`), needed when a route's source or sink is `amqp`.
+    pub amqp: Option<String>,
     /// How long the answer to a request with an `Idempotency-Key` is kept (0: not kept).
     pub idempotency_window: std::time::Duration,
     pub plants: BTreeMap<String, Tables>,
@@ -150,6 +183,7 @@ pub struct RouteConfig {
     pub sink: Sink,
     /// Set when `sink` is `http`.
     pub webhook: Option<Webhook>,
+    pub amqp: RouteAmqp,
     pub max_body_bytes: usize,
     pub steps: Vec<StepConfig>,
 }
@@ -382,12 +416,46 @@ impl Config {
                 ));
             }
             let webhook = webhook_config(&mut diag, name.get_ref(), route);
+            let section = route.amqp.as_ref();
+            let amqp = RouteAmqp {
+                queue: section
+                    .and_then(|a| a.queue.clone())
+                    .unwrap_or_else(|| format!("millrace.{}", name.get_ref())),
+                prefetch: section.and_then(|a| a.prefetch).unwrap_or(32).max(1),
+                exchange: section
+                    .and_then(|a| a.exchange.clone())
+                    .unwrap_or_else(|| "millrace.events".into()),
+                routing_key: section
+                    .and_then(|a| a.routing_key.clone())
+                    .unwrap_or_else(|| "{plant}.{type}".into()),
+                dead_letter: format!("millrace.{}.dead-letter", name.get_ref()),
+            };
+            let uses_broker = route.source == Source::Amqp || *route.sink.get_ref() == Sink::Amqp;
+            if uses_broker && file.host.amqp.is_none() {
+                diag.error_at(
+                    route.sink.span(),
+                    format!("route {} uses the broker but host.amqp is not set; add amqp = \"amqp://127.0.0.1:5672/%2f\" to [host]", name.get_ref()),
+                );
+            }
+            if route.source == Source::Http && *route.sink.get_ref() == Sink::Amqp {
+                diag.error_at(
+                    route.sink.span(),
+                    format!("route {}: HTTP in, broker out is not supported yet (it needs the local outbox); use source \"amqp\" or sink \"http\"", name.get_ref()),
+                );
+            }
+            if route.source == Source::Amqp && *route.sink.get_ref() == Sink::Reply {
+                diag.error_at(
+                    route.sink.span(),
+                    format!("route {} takes messages from a queue, so there is no caller to reply to; use sink \"amqp\" or \"http\"", name.get_ref()),
+                );
+            }
             routes.push(RouteConfig {
                 name: name.get_ref().clone(),
                 plant: plant.clone(),
                 source: route.source,
                 sink: *route.sink.get_ref(),
                 webhook,
+                amqp,
                 max_body_bytes: max_body_kib as usize * 1024,
                 steps,
             });
@@ -406,6 +474,7 @@ impl Config {
             max_in_flight,
             data_dir,
             plugin_dir,
+            amqp: file.host.amqp.as_ref().map(|a| a.get_ref().clone()),
             idempotency_window: std::time::Duration::from_secs(
                 file.host
                     .idempotency_window_s

@@ -29,6 +29,9 @@ pub enum StartError {
     /// The idempotency store could not be opened.
     #[error(transparent)]
     Idempotency(#[from] crate::idempotency::IdempotencyError),
+    /// The broker could not be reached or its topology not declared.
+    #[error("{0}; check host.amqp and that the broker runs")]
+    Broker(String),
     /// The HTTP listener could not be bound.
     #[error("cannot listen on {addr}: {source}; pick another address with --http or host.http")]
     Bind {
@@ -97,10 +100,48 @@ pub async fn run(config: Config, http: Option<SocketAddr>) -> Result<(), StartEr
         .map_err(|source| StartError::Bind { addr, source })?;
     let mut routes: Vec<_> = mediator.routes.iter().map(|r| r.name.clone()).collect();
     routes.sort();
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let uses_broker = mediator
+        .routes
+        .iter()
+        .any(|r| r.source == crate::config::Source::Amqp || r.sink == crate::config::Sink::Amqp);
+    let broker = match (&config.amqp, uses_broker) {
+        (Some(url), true) => {
+            let (connected, ready) = tokio::sync::oneshot::channel();
+            let task = tokio::spawn(ingress::amqp::serve(
+                Arc::clone(&mediator),
+                url.clone(),
+                connected,
+                stopped.clone(),
+            ));
+            match ready.await {
+                Ok(Ok(())) => tracing::info!("connected to the broker; consuming"),
+                Ok(Err(e)) => return Err(StartError::Broker(e)),
+                Err(_) => return Err(StartError::Broker("the broker task ended".into())),
+            }
+            Some(task)
+        }
+        _ => None,
+    };
     tracing::info!(routes = %routes.join(","), "millrace listening on http://{bound}");
     // One stable line on stdout for scripts and tests.
     println!("millrace: listening on http://{bound}");
-    ingress::http::serve(listener, mediator, shutdown_signal()).await;
+    let mut http_stop = stopped.clone();
+    let http = ingress::http::serve(listener, mediator, async move {
+        let _ = http_stop.changed().await;
+    });
+    tokio::pin!(http);
+    tokio::select! {
+        () = &mut http => {}
+        () = shutdown_signal() => {
+            let _ = stop.send(true);
+            http.await;
+        }
+    }
+    let _ = stop.send(true);
+    if let Some(task) = broker {
+        let _ = task.await;
+    }
     tracing::info!("millrace stopped");
     Ok(())
 }

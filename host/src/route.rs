@@ -4,7 +4,7 @@
 //! checks each against its step's grants, and calls its `check-settings`; every failure is
 //! reported at the step's place in the configuration file.
 
-use crate::config::{Config, ConfigErrors, Diagnostics, Sink, Source, Webhook};
+use crate::config::{Config, ConfigErrors, Diagnostics, RouteAmqp, Sink, Source, Webhook};
 use crate::plugin::engine::PluginEngine;
 use crate::plugin::{Artifact, LoadError, StepRuntime, StepSpec};
 use crate::state::StateStore;
@@ -20,6 +20,8 @@ pub struct Route {
     pub sink: Sink,
     /// Where sink `http` delivers.
     pub webhook: Option<Webhook>,
+    /// Queue, exchange and dead-letter names for source/sink `amqp`.
+    pub amqp: RouteAmqp,
     pub max_body_bytes: usize,
     /// The chain, in order.
     pub steps: Vec<StepRuntime>,
@@ -113,6 +115,7 @@ impl Routes {
                     source: route.source,
                     sink: route.sink,
                     webhook: route.webhook.clone(),
+                    amqp: route.amqp.clone(),
                     max_body_bytes: route.max_body_bytes,
                     steps,
                 }),

@@ -435,3 +435,84 @@ impl WebhookReceiver {
         self.received.lock().unwrap().clone()
     }
 }
+
+/// A real RabbitMQ node on loopback for one test (`scripts/rabbitmq`), stopped when dropped.
+pub struct Broker {
+    pub port: u16,
+    pid: u32,
+    _dir: tempfile::TempDir,
+}
+
+impl Broker {
+    pub fn start() -> Broker {
+        let dir = tempfile::tempdir().expect("broker dir");
+        // The node also listens on PORT + 20000 (Erlang distribution).
+        let port = loop {
+            let probe = std::net::TcpListener::bind("127.0.0.1:0").expect("free port");
+            let port = probe.local_addr().unwrap().port();
+            if port < 45000 && std::net::TcpListener::bind(("127.0.0.1", port + 20000)).is_ok() {
+                break port;
+            }
+        };
+        let out = Command::new(root().join("scripts/rabbitmq"))
+            .args(["start", dir.path().to_str().unwrap(), &port.to_string()])
+            .output()
+            .expect("scripts/rabbitmq runs");
+        assert!(
+            out.status.success(),
+            "broker did not start: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let pid = String::from_utf8_lossy(&out.stdout)
+            .trim()
+            .parse()
+            .expect("the broker's pid");
+        Broker {
+            port,
+            pid,
+            _dir: dir,
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("amqp://guest:guest@127.0.0.1:{}/%2f", self.port)
+    }
+
+    /// Run a Python program with pika (Debian's python3-pika), a client that is not ours, with
+    /// `PORT` set; its stdout parsed as JSON.
+    pub fn client(&self, program: &str) -> serde_json::Value {
+        let out = Command::new("/usr/bin/python3")
+            .arg("-c")
+            .arg(format!(
+                "import json, os, time, pika\nPORT = int(os.environ['PORT'])\n{program}"
+            ))
+            .env("PORT", self.port.to_string())
+            .output()
+            .expect("python3 runs");
+        assert!(
+            out.status.success(),
+            "client failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+            panic!(
+                "client output is not JSON ({e}): {}",
+                String::from_utf8_lossy(&out.stdout)
+            )
+        })
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.pid.to_string()])
+            .status();
+        for _ in 0..100 {
+            if !Path::new(&format!("/proc/{}", self.pid)).exists() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}

@@ -2,6 +2,7 @@
 //! by `scripts/build-plugins` (plugins in `target/plugins/`, test guests in
 //! `target/test-guests/`). One test binary, one module per area.
 
+mod amqp;
 mod cli;
 mod config_errors;
 mod events;
