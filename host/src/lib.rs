@@ -10,6 +10,7 @@ pub mod cli;
 pub mod config;
 pub mod conformance;
 pub mod deadletter;
+pub mod durable;
 pub mod idempotency;
 pub mod ingress;
 pub mod lookup;

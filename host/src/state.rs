@@ -86,14 +86,7 @@ impl StateStore {
             path: path.clone(),
             source,
         };
-        let conn = Connection::open(&path).map_err(open)?;
-        conn.pragma_update(None, "journal_mode", "WAL")
-            .map_err(open)?;
-        conn.pragma_update(None, "synchronous", "FULL")
-            .map_err(open)?;
-        conn.busy_timeout(std::time::Duration::from_secs(5))
-            .map_err(open)?;
-        conn.execute_batch(SCHEMA).map_err(open)?;
+        let conn = crate::durable::open(&path, SCHEMA).map_err(open)?;
         Ok(StateStore {
             path,
             conn: Mutex::new(conn),
