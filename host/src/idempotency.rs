@@ -1,4 +1,4 @@
-//! Idempotent HTTP ingress: the final answer to a request with an `Idempotency-Key` is kept (an
+//! Idempotent ingress. HTTP: the final answer to a request with an `Idempotency-Key` is kept (an
 //! SQLite file in the data directory) for `host.idempotency_window_s`, and a repeat of the
 //! request within the window gets that answer again without running the chain a second time —
 //! no second output, no second dead letter, no second write to a plant's state.
@@ -7,6 +7,10 @@
 //! SHA-256); the same key with another body is refused. While the first request is being
 //! mediated, a repeat is told to come back (409). Only final answers are kept: outputs (2xx)
 //! and rejections (422); a transient failure (5xx) may succeed when retried, so it is not.
+//!
+//! AMQP: the ids of settled deliveries (per route, same window) are kept, so a redelivery of a
+//! message already settled — the host died before its ack reached the broker — is acknowledged
+//! without a second run.
 
 use rusqlite::{Connection, OptionalExtension, params};
 use sha2::{Digest, Sha256};
@@ -96,6 +100,13 @@ CREATE TABLE IF NOT EXISTS answers (
     PRIMARY KEY (route, key)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS answers_at ON answers (at_ms);
+CREATE TABLE IF NOT EXISTS processed (
+    route TEXT NOT NULL,
+    message_id TEXT NOT NULL,
+    at_ms INTEGER NOT NULL,
+    PRIMARY KEY (route, message_id)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS processed_at ON processed (at_ms);
 ";
 
 fn now_ms() -> i64 {
@@ -216,6 +227,41 @@ impl IdempotencyStore {
     }
 }
 
+/// Broker deliveries: which message ids a route has settled (outputs confirmed or dead letter
+/// confirmed), so a redelivery of one of them is acknowledged without a second run.
+impl IdempotencyStore {
+    /// Whether `message_id` was settled on `route` within the window.
+    pub fn processed(&self, route: &str, message_id: &str) -> Result<bool, IdempotencyError> {
+        let oldest = now_ms() - self.window.as_millis() as i64;
+        let conn = self.conn.lock().expect("idempotency connection lock");
+        conn.query_row(
+            "SELECT 1 FROM processed WHERE route = ?1 AND message_id = ?2 AND at_ms >= ?3",
+            params![route, message_id, oldest],
+            |_| Ok(()),
+        )
+        .optional()
+        .map(|found| found.is_some())
+        .map_err(|e| self.sql(e))
+    }
+
+    /// Record that `message_id` was settled on `route`; committed when this returns.
+    pub fn mark_processed(&self, route: &str, message_id: &str) -> Result<(), IdempotencyError> {
+        let now = now_ms();
+        let conn = self.conn.lock().expect("idempotency connection lock");
+        conn.execute(
+            "INSERT OR REPLACE INTO processed (route, message_id, at_ms) VALUES (?1, ?2, ?3)",
+            params![route, message_id, now],
+        )
+        .map_err(|e| self.sql(e))?;
+        conn.execute(
+            "DELETE FROM processed WHERE at_ms < ?1",
+            params![now - self.window.as_millis() as i64],
+        )
+        .map_err(|e| self.sql(e))?;
+        Ok(())
+    }
+}
+
 impl InFlight {
     /// Keep `answer` if it is final (2xx or 422); committed before this returns.
     pub fn finish(self, answer: &StoredAnswer) -> Result<(), IdempotencyError> {
@@ -298,6 +344,18 @@ mod tests {
         assert!(
             matches!(reopened.begin("r", "k", "f".into()).unwrap(), Begin::Answered(a) if a.status == 422)
         );
+    }
+
+    #[test]
+    fn processed_ids_are_per_route_and_survive_reopening() {
+        let (dir, store) = store(Duration::from_secs(60));
+        assert!(!store.processed("r", "m-1").unwrap());
+        store.mark_processed("r", "m-1").unwrap();
+        assert!(store.processed("r", "m-1").unwrap());
+        assert!(!store.processed("other", "m-1").unwrap());
+        drop(store);
+        let reopened = IdempotencyStore::open(dir.path(), Duration::from_secs(60)).unwrap();
+        assert!(reopened.processed("r", "m-1").unwrap());
     }
 
     #[test]

@@ -101,3 +101,43 @@ fn an_unreachable_broker_fails_the_start_with_the_cause() {
         "{text}"
     );
 }
+
+#[test]
+fn a_redelivered_message_that_was_settled_gives_no_second_output() {
+    let broker = Broker::start();
+    let ws = workspace(&broker);
+    let _host = ws.start();
+    let good = record("WO-5", "0000001000", "WC01");
+    // The same message-id twice: what the broker does when a host died after settling a
+    // delivery but before its ack arrived.
+    let program = format!(
+        r#"
+c = pika.BlockingConnection(pika.ConnectionParameters('127.0.0.1', PORT))
+ch = c.channel()
+ch.confirm_delivery()
+ch.queue_declare('out', durable=True)
+ch.queue_bind('out', 'plant-a.events', '#')
+props = pika.BasicProperties(message_id='m-5', content_type='text/plain', delivery_mode=2)
+ch.basic_publish('', 'plant-a.mes', {good:?}.encode(), props)
+time.sleep(1.0)
+ch.basic_publish('', 'plant-a.mes', {good:?}.encode(), props)
+ch.basic_publish('', 'plant-a.mes', {good:?}.encode(), pika.BasicProperties(message_id='m-6', content_type='text/plain', delivery_mode=2))
+ids = []
+deadline = time.time() + 30
+while 'm-6-1' not in ids and time.time() < deadline:
+    m, p, b = ch.basic_get('out', auto_ack=True)
+    if m: ids.append(p.message_id)
+    else: time.sleep(0.05)
+time.sleep(1.0)
+while True:
+    m, p, b = ch.basic_get('out', auto_ack=True)
+    if not m: break
+    ids.append(p.message_id)
+left = ch.queue_declare('plant-a.mes', passive=True).method.message_count
+print(json.dumps({{'ids': ids, 'left': left}}))
+"#
+    );
+    let got = broker.client(&program);
+    assert_eq!(got["ids"], serde_json::json!(["m-5-1", "m-6-1"]), "{got}");
+    assert_eq!(got["left"], 0, "the repeat was acknowledged");
+}

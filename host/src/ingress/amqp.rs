@@ -10,7 +10,10 @@
 //!   nack with requeue, so the broker delivers it again (no backoff yet).
 //!
 //! A host that dies before the ack leaves the delivery unacknowledged: the broker redelivers it.
-//! Output ids derive from the input's `message-id`, so a redelivery publishes the same ids.
+//! Output ids derive from the input's `message-id`, so a redelivery publishes the same ids. The
+//! ids of settled deliveries are kept (`idempotency`), so a redelivery of a settled message is
+//! acknowledged without a second run; only a death between the broker's confirm and that record
+//! can publish an output twice (with the same id).
 
 use crate::chain;
 use crate::config::Sink;
@@ -138,12 +141,31 @@ async fn handle(
     delivery: Delivery,
 ) {
     let properties = &delivery.properties;
-    let id = properties
+    let given_id = properties
         .message_id()
         .as_ref()
         .map(|s| s.as_str().to_string())
-        .filter(|s| !s.is_empty())
+        .filter(|s| !s.is_empty());
+    // Deduplication needs the sender's id; a generated one differs on every redelivery.
+    let dedupe = given_id.as_ref().and(mediator.idempotency.as_ref());
+    let id = given_id
+        .clone()
         .unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
+    if let Some(store) = dedupe {
+        match tokio::task::block_in_place(|| store.processed(&route.name, &id)) {
+            Ok(true) => {
+                tracing::info!(route = %route.name, message_id = %id, redelivered = delivery.redelivered, "already settled: acknowledged without a second run");
+                if let Err(e) = delivery.ack(BasicAckOptions::default()).await {
+                    tracing::warn!(route = %route.name, message_id = %id, error = %e, "ack failed; the broker redelivers");
+                }
+                return;
+            }
+            Ok(false) => {}
+            Err(e) => {
+                tracing::error!(route = %route.name, message_id = %id, error = %e, "idempotency store unreadable; mediating")
+            }
+        }
+    }
     let headers = properties
         .headers()
         .as_ref()
@@ -211,6 +233,13 @@ async fn handle(
                 .await
                 .map_err(|e| e.to_string())
         }
+    };
+    let settled = match (settled, dedupe) {
+        (Ok(()), Some(store)) => {
+            tokio::task::block_in_place(|| store.mark_processed(&route.name, &id))
+                .map_err(|e| format!("could not record the settled id: {e}"))
+        }
+        (other, _) => other,
     };
     let acked = match settled {
         Ok(()) => delivery.ack(BasicAckOptions::default()).await,
