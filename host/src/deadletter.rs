@@ -14,30 +14,7 @@ use std::sync::Mutex;
 pub const FILE: &str = "deadletters.sqlite";
 
 /// Errors of the dead-letter store.
-#[derive(Debug, thiserror::Error)]
-pub enum DeadLetterError {
-    /// The store could not be opened or created.
-    #[error("cannot open the dead-letter store {path}: {source}")]
-    Open {
-        path: PathBuf,
-        #[source]
-        source: rusqlite::Error,
-    },
-    /// The data directory could not be created.
-    #[error("cannot create data directory {path}: {source}")]
-    Directory {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-    /// A read or write failed.
-    #[error("dead-letter store {path}: {source}")]
-    Sql {
-        path: PathBuf,
-        #[source]
-        source: rusqlite::Error,
-    },
-}
+pub use crate::durable::StoreError as DeadLetterError;
 
 /// Why a message was dead-lettered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -154,17 +131,11 @@ fn add_missing_columns(conn: &Connection) -> rusqlite::Result<()> {
 impl DeadLetterStore {
     /// Open (or create) the store in `data_dir`.
     pub fn open(data_dir: &Path) -> Result<DeadLetterStore, DeadLetterError> {
-        std::fs::create_dir_all(data_dir).map_err(|source| DeadLetterError::Directory {
-            path: data_dir.to_path_buf(),
-            source,
-        })?;
-        let path = data_dir.join(FILE);
-        let open = |source| DeadLetterError::Open {
+        let (path, conn) = crate::durable::open_in(data_dir, FILE, SCHEMA)?;
+        add_missing_columns(&conn).map_err(|source| DeadLetterError::Open {
             path: path.clone(),
             source,
-        };
-        let conn = crate::durable::open(&path, SCHEMA).map_err(open)?;
-        add_missing_columns(&conn).map_err(open)?;
+        })?;
         Ok(DeadLetterStore {
             path,
             conn: Mutex::new(conn),
@@ -200,10 +171,7 @@ impl DeadLetterStore {
     }
 
     fn sql(&self, source: rusqlite::Error) -> DeadLetterError {
-        DeadLetterError::Sql {
-            path: self.path.clone(),
-            source,
-        }
+        DeadLetterError::sql(&self.path, source)
     }
 
     /// Record one entry (its `id` and `at` are assigned here); returns the id once committed.

@@ -1,18 +1,70 @@
 //! The embedded store's SQLite files (dead letters, plant state, kept answers): one way to open
 //! them, so each gets the same durability — WAL, `synchronous = FULL` (a commit is on disk
 //! before its caller hears of it), a busy timeout so readers in other processes (`millrace dlq
-//! list`, `dlq replay`) wait instead of failing — and its schema.
+//! list`, `dlq replay`) wait instead of failing — its schema, and one error type naming the file.
 
 use rusqlite::Connection;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-/// Open (or create) the SQLite file at `path` and apply `schema` (idempotent statements).
-pub fn open(path: &Path, schema: &str) -> rusqlite::Result<Connection> {
-    let conn = Connection::open(path)?;
-    conn.pragma_update(None, "journal_mode", "WAL")?;
-    conn.pragma_update(None, "synchronous", "FULL")?;
-    conn.busy_timeout(Duration::from_secs(5))?;
-    conn.execute_batch(schema)?;
-    Ok(conn)
+/// Errors of an embedded store file.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The data directory could not be created.
+    #[error("cannot create data directory {path}: {source}")]
+    Directory {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file could not be opened, created or given its schema.
+    #[error("cannot open the store {path}: {source}")]
+    Open {
+        path: PathBuf,
+        #[source]
+        source: rusqlite::Error,
+    },
+    /// A read or write failed.
+    #[error("store {path}: {source}")]
+    Sql {
+        path: PathBuf,
+        #[source]
+        source: rusqlite::Error,
+    },
+}
+
+impl StoreError {
+    /// A failed read or write of the file at `path`.
+    pub fn sql(path: &Path, source: rusqlite::Error) -> StoreError {
+        StoreError::Sql {
+            path: path.to_path_buf(),
+            source,
+        }
+    }
+}
+
+/// Open (or create) `file` in `data_dir` (created if missing) and apply `schema` (idempotent
+/// statements); the file's path and its connection.
+pub fn open_in(
+    data_dir: &Path,
+    file: &str,
+    schema: &str,
+) -> Result<(PathBuf, Connection), StoreError> {
+    std::fs::create_dir_all(data_dir).map_err(|source| StoreError::Directory {
+        path: data_dir.to_path_buf(),
+        source,
+    })?;
+    let path = data_dir.join(file);
+    let open = |source| StoreError::Open {
+        path: path.clone(),
+        source,
+    };
+    let conn = Connection::open(&path).map_err(open)?;
+    conn.pragma_update(None, "journal_mode", "WAL")
+        .map_err(open)?;
+    conn.pragma_update(None, "synchronous", "FULL")
+        .map_err(open)?;
+    conn.busy_timeout(Duration::from_secs(5)).map_err(open)?;
+    conn.execute_batch(schema).map_err(open)?;
+    Ok((path, conn))
 }

@@ -23,23 +23,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 pub const FILE: &str = "idempotency.sqlite";
 
 /// Errors of the store.
-#[derive(Debug, thiserror::Error)]
-pub enum IdempotencyError {
-    /// The store could not be opened or created.
-    #[error("cannot open the idempotency store {path}: {source}")]
-    Open {
-        path: PathBuf,
-        #[source]
-        source: rusqlite::Error,
-    },
-    /// A read or write failed.
-    #[error("idempotency store {path}: {source}")]
-    Sql {
-        path: PathBuf,
-        #[source]
-        source: rusqlite::Error,
-    },
-}
+pub use crate::durable::StoreError as IdempotencyError;
 
 /// An answer as it was sent.
 #[derive(Debug, Clone, PartialEq)]
@@ -127,12 +111,7 @@ pub fn fingerprint(content_type: &str, body: &[u8]) -> String {
 impl IdempotencyStore {
     /// Open (or create) the store in `data_dir`, keeping answers for `window`.
     pub fn open(data_dir: &Path, window: Duration) -> Result<IdempotencyStore, IdempotencyError> {
-        let path = data_dir.join(FILE);
-        let open = |source| IdempotencyError::Open {
-            path: path.clone(),
-            source,
-        };
-        let conn = crate::durable::open(&path, SCHEMA).map_err(open)?;
+        let (path, conn) = crate::durable::open_in(data_dir, FILE, SCHEMA)?;
         Ok(IdempotencyStore {
             path,
             window,
@@ -142,10 +121,7 @@ impl IdempotencyStore {
     }
 
     fn sql(&self, source: rusqlite::Error) -> IdempotencyError {
-        IdempotencyError::Sql {
-            path: self.path.clone(),
-            source,
-        }
+        IdempotencyError::sql(&self.path, source)
     }
 
     /// Look `key` up on `route` for a request with `fingerprint`.

@@ -20,15 +20,12 @@ pub enum StartError {
     /// The Wasm engine could not be set up.
     #[error("{0:#}")]
     Engine(anyhow::Error),
-    /// The dead-letter store could not be opened.
+    /// A file of the embedded store (dead letters, kept answers) could not be opened.
     #[error(transparent)]
-    DeadLetters(#[from] crate::deadletter::DeadLetterError),
+    Store(#[from] crate::durable::StoreError),
     /// The state store could not be opened.
     #[error(transparent)]
     State(#[from] crate::state::StateError),
-    /// The idempotency store could not be opened.
-    #[error(transparent)]
-    Idempotency(#[from] crate::idempotency::IdempotencyError),
     /// The broker could not be reached or its topology not declared.
     #[error("{0}; check host.amqp and that the broker runs")]
     Broker(String),

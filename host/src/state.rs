@@ -20,27 +20,9 @@ pub const MAX_VALUE_BYTES: usize = 65_536;
 /// Errors of the state store.
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
-    /// The store could not be opened or created.
-    #[error("cannot open the state store {path}: {source}")]
-    Open {
-        path: PathBuf,
-        #[source]
-        source: rusqlite::Error,
-    },
-    /// The data directory could not be created.
-    #[error("cannot create data directory {path}: {source}")]
-    Directory {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-    /// A read or write failed.
-    #[error("state store {path}: {source}")]
-    Sql {
-        path: PathBuf,
-        #[source]
-        source: rusqlite::Error,
-    },
+    /// The store's file failed.
+    #[error(transparent)]
+    Store(#[from] crate::durable::StoreError),
     /// A key or value over the limits.
     #[error("{what} is {len} bytes; the limit is {limit}")]
     TooLarge {
@@ -77,16 +59,7 @@ CREATE TABLE IF NOT EXISTS state (
 impl StateStore {
     /// Open (or create) the store in `data_dir`.
     pub fn open(data_dir: &Path) -> Result<StateStore, StateError> {
-        std::fs::create_dir_all(data_dir).map_err(|source| StateError::Directory {
-            path: data_dir.to_path_buf(),
-            source,
-        })?;
-        let path = data_dir.join(FILE);
-        let open = |source| StateError::Open {
-            path: path.clone(),
-            source,
-        };
-        let conn = crate::durable::open(&path, SCHEMA).map_err(open)?;
+        let (path, conn) = crate::durable::open_in(data_dir, FILE, SCHEMA)?;
         Ok(StateStore {
             path,
             conn: Mutex::new(conn),
@@ -110,10 +83,7 @@ impl StateStore {
     }
 
     fn sql(&self, source: rusqlite::Error) -> StateError {
-        StateError::Sql {
-            path: self.path.clone(),
-            source,
-        }
+        crate::durable::StoreError::sql(&self.path, source).into()
     }
 
     fn check_key(key: &str) -> Result<(), StateError> {

@@ -4,6 +4,14 @@
 
 use crate::harness::*;
 
+/// pika: a confirming channel `ch`, and queue `out` bound to everything the route publishes.
+const CONNECT: &str = "c = pika.BlockingConnection(pika.ConnectionParameters('127.0.0.1', PORT))
+ch = c.channel()
+ch.confirm_delivery()
+ch.queue_declare('out', durable=True)
+ch.queue_bind('out', 'plant-a.events', '#')
+";
+
 fn workspace(broker: &Broker) -> Workspace {
     let mes = plugin("mes-fixed-width");
     let route = route_toml("mes", &mes, r#"["log", "config", "lookup"]"#, "")
@@ -28,12 +36,7 @@ fn broker_route_publishes_confirmed_outputs_and_dead_letters_poison_with_headers
     let bad = record("WO-2", "00001A500 ", "WC01");
     let program = format!(
         r#"
-c = pika.BlockingConnection(pika.ConnectionParameters('127.0.0.1', PORT))
-ch = c.channel()
-ch.confirm_delivery()
-ch.queue_declare('out', durable=True)
-ch.queue_bind('out', 'plant-a.events', '#')
-for mid, body in [('m-1', {good:?}), ('m-2', {bad:?}), ('m-3', {good:?})]:
+{CONNECT}for mid, body in [('m-1', {good:?}), ('m-2', {bad:?}), ('m-3', {good:?})]:
     ch.basic_publish('', 'plant-a.mes', body.encode(), pika.BasicProperties(message_id=mid, content_type='text/plain', delivery_mode=2))
 outputs, dead = [], []
 deadline = time.time() + 30
@@ -112,12 +115,7 @@ fn a_redelivered_message_that_was_settled_gives_no_second_output() {
     // delivery but before its ack arrived.
     let program = format!(
         r#"
-c = pika.BlockingConnection(pika.ConnectionParameters('127.0.0.1', PORT))
-ch = c.channel()
-ch.confirm_delivery()
-ch.queue_declare('out', durable=True)
-ch.queue_bind('out', 'plant-a.events', '#')
-props = pika.BasicProperties(message_id='m-5', content_type='text/plain', delivery_mode=2)
+{CONNECT}props = pika.BasicProperties(message_id='m-5', content_type='text/plain', delivery_mode=2)
 ch.basic_publish('', 'plant-a.mes', {good:?}.encode(), props)
 time.sleep(1.0)
 ch.basic_publish('', 'plant-a.mes', {good:?}.encode(), props)

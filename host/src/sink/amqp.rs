@@ -38,6 +38,15 @@ fn text(value: &str) -> AMQPValue {
     AMQPValue::LongString(LongString::from(value.as_bytes().to_vec()))
 }
 
+/// Properties of a persistent message with an id (outputs and dead letters alike).
+fn persistent(content_type: &str, message_id: &str, headers: FieldTable) -> BasicProperties {
+    BasicProperties::default()
+        .with_content_type(ShortString::from(content_type))
+        .with_message_id(ShortString::from(message_id))
+        .with_delivery_mode(PERSISTENT)
+        .with_headers(headers)
+}
+
 impl AmqpPublisher {
     pub async fn open(connection: &Connection) -> Result<AmqpPublisher, lapin::Error> {
         let channel = connection.create_channel().await?;
@@ -111,11 +120,7 @@ impl AmqpPublisher {
             let mut headers = FieldTable::default();
             headers.insert("millrace-plant".into(), text(&output.plant));
             headers.insert("millrace-route".into(), text(&output.route));
-            let properties = BasicProperties::default()
-                .with_content_type(ShortString::from(output.content_type.as_str()))
-                .with_message_id(ShortString::from(output.id.as_str()))
-                .with_delivery_mode(PERSISTENT)
-                .with_headers(headers);
+            let properties = persistent(&output.content_type, &output.id, headers);
             let confirm = self
                 .channel
                 .basic_publish(
@@ -182,11 +187,7 @@ impl AmqpPublisher {
             headers.insert(name.into(), text(&value));
         }
         headers.insert("x-millrace-attempts".into(), AMQPValue::LongUInt(attempts));
-        let properties = BasicProperties::default()
-            .with_content_type(ShortString::from(input.content_type.as_str()))
-            .with_message_id(ShortString::from(input.id.as_str()))
-            .with_delivery_mode(PERSISTENT)
-            .with_headers(headers);
+        let properties = persistent(&input.content_type, &input.id, headers);
         let confirm = self
             .channel
             .basic_publish(
@@ -208,20 +209,24 @@ impl AmqpPublisher {
 /// structured-mode body (else the content type), `{subject}` its `subject` (else empty),
 /// `{plant}` and `{route}` the output's.
 pub fn routing_key(template: &str, output: &Message) -> String {
-    let event: Option<serde_json::Value> = serde_json::from_slice(&output.body).ok();
-    let attribute = |name: &str| {
-        event
-            .as_ref()
-            .and_then(|e| e.get(name))
-            .and_then(|v| v.as_str())
-            .map(str::to_string)
+    /// The two attributes a template can name; the rest of the event is skipped unparsed.
+    #[derive(Default, serde::Deserialize)]
+    struct Attributes {
+        #[serde(rename = "type")]
+        ty: Option<String>,
+        subject: Option<String>,
+    }
+    let event = if template.contains("{type}") || template.contains("{subject}") {
+        serde_json::from_slice(&output.body).unwrap_or_default()
+    } else {
+        Attributes::default()
     };
     template
         .replace(
             "{type}",
-            &attribute("type").unwrap_or_else(|| output.content_type.clone()),
+            event.ty.as_deref().unwrap_or(&output.content_type),
         )
-        .replace("{subject}", &attribute("subject").unwrap_or_default())
+        .replace("{subject}", event.subject.as_deref().unwrap_or_default())
         .replace("{plant}", &output.plant)
         .replace("{route}", &output.route)
 }
