@@ -353,6 +353,150 @@ pub fn dlq_list(config_path: &Path, route: Option<&str>, json: bool) -> i32 {
 }
 
 /// `millrace dlq replay`.
+/// Where `dlq replay` sends the outputs of a route that takes HTTP.
+enum Target {
+    Webhook(crate::config::Webhook),
+    Outbox(crate::outbox::Outbox),
+}
+
+/// A dry run's view of what the current chain makes of a dead letter.
+fn show_outputs(label: &str, outputs: &[Message]) {
+    println!("{label}: would deliver {} output(s)", outputs.len());
+    for output in outputs {
+        println!(
+            "--- {} ({})\n{}",
+            output.id,
+            output.content_type,
+            String::from_utf8_lossy(&output.body)
+        );
+    }
+}
+
+/// `dlq replay` of a route that consumes a queue: its dead letters wait in the broker's
+/// dead-letter queue. A replay takes up to `limit` of them and sends each back to the source
+/// queue (failure headers dropped, replay count raised), confirmed before the dead letter is
+/// acknowledged; the running host mediates them with its current chain. A dry run runs the
+/// current chain here, shows the outputs, and leaves every dead letter in its queue.
+fn amqp_replay(
+    config: &Config,
+    route: &crate::route::Route,
+    limit: u32,
+    dry_run: bool,
+) -> Result<i32, String> {
+    use lapin::options::{BasicAckOptions, BasicGetOptions};
+    let url = config.amqp.as_ref().ok_or_else(|| {
+        format!(
+            "route {} consumes a queue but host.amqp is not set",
+            route.name
+        )
+    })?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the async runtime: {e}"))?;
+    let broker = |e: lapin::Error| format!("broker {}: {e}", crate::broker::redact(url));
+    runtime.block_on(async {
+        let connection = lapin::Connection::connect(
+            url,
+            lapin::ConnectionProperties::default()
+                .with_connection_name("millrace dlq replay".into()),
+        )
+        .await
+        .map_err(broker)?;
+        let publisher = crate::sink::amqp::AmqpPublisher::open(&connection)
+            .await
+            .map_err(broker)?;
+        let channel = connection.create_channel().await.map_err(broker)?;
+        let queue = route.amqp.dead_letter.as_str();
+        let mut taken = Vec::new();
+        while taken.len() < limit as usize {
+            match channel
+                .basic_get(queue.into(), BasicGetOptions { no_ack: false })
+                .await
+                .map_err(broker)?
+            {
+                Some(got) => taken.push(got.delivery),
+                None => break,
+            }
+        }
+        if taken.is_empty() {
+            println!("no dead letters wait in {queue}");
+            return Ok(0);
+        }
+        let (mut replayed, mut failed) = (0, 0);
+        for delivery in &taken {
+            let id = delivery
+                .properties
+                .message_id()
+                .as_ref()
+                .map(|s| s.as_str().to_string())
+                .unwrap_or_default();
+            let why = delivery
+                .properties
+                .headers()
+                .as_ref()
+                .and_then(|h| crate::sink::amqp::header_string(h, "x-millrace-reason"))
+                .unwrap_or_default();
+            let label = format!("dead letter {id:?} ({why})");
+            if dry_run {
+                let message = crate::ingress::amqp::message_of(
+                    route,
+                    &id,
+                    &delivery.properties,
+                    &delivery.data,
+                );
+                match crate::chain::run(route, &message) {
+                    Ok(outputs) => show_outputs(&label, &outputs),
+                    Err(failure) => {
+                        failed += 1;
+                        println!(
+                            "{label}: still fails at step {} ({}@{}): {}",
+                            failure.step,
+                            failure.plugin.name,
+                            failure.plugin.version,
+                            failure.reason()
+                        );
+                    }
+                }
+                continue;
+            }
+            match publisher
+                .reinject(route, &delivery.data, &delivery.properties)
+                .await
+            {
+                Ok(n) => {
+                    delivery
+                        .ack(BasicAckOptions::default())
+                        .await
+                        .map_err(broker)?;
+                    replayed += 1;
+                    println!("{label}: sent back to {} (replay {n})", route.amqp.queue);
+                }
+                Err(e) => {
+                    failed += 1;
+                    println!("{label}: not sent back: {e}");
+                }
+            }
+        }
+        // Unacknowledged dead letters (a dry run's, failed ones) return to their queue.
+        let _ = channel.close(200, "replay done".into()).await;
+        let _ = connection.close(200, "replay done".into()).await;
+        if dry_run {
+            println!(
+                "dry run: {} of {} would deliver; every dead letter stays in {queue}",
+                taken.len() - failed,
+                taken.len()
+            );
+            return Ok(0);
+        }
+        println!(
+            "{replayed} replayed into {}, {failed} still waiting",
+            route.amqp.queue
+        );
+        Ok(i32::from(failed > 0))
+    })
+}
+
 pub fn dlq_replay(config_path: &Path, route_name: &str, limit: u32, dry_run: bool) -> i32 {
     match replay_inner(config_path, route_name, limit, dry_run) {
         Ok(code) => code,
@@ -382,9 +526,16 @@ fn replay_inner(
     let route = routes
         .get(route_name)
         .ok_or_else(|| format!("no route {route_name:?} in {}", config.path.display()))?;
-    let webhook = match (&route.sink, &route.webhook) {
+    if route.source == crate::config::Source::Amqp {
+        return amqp_replay(&config, &route, limit, dry_run);
+    }
+    let target = match (&route.sink, &route.webhook) {
         _ if dry_run => None,
-        (crate::config::Sink::Http, Some(webhook)) => Some(webhook.clone()),
+        (crate::config::Sink::Http, Some(webhook)) => Some(Target::Webhook(webhook.clone())),
+        (crate::config::Sink::Amqp, _) => Some(Target::Outbox(
+            crate::outbox::Outbox::open(&config.data_dir, config.outbox_max_messages)
+                .map_err(|e| e.to_string())?,
+        )),
         _ => {
             return Err(format!(
                 "route {route_name} answers its HTTP caller (sink \"reply\"), so replayed outputs have nowhere to go; use --dry-run to see them"
@@ -430,40 +581,44 @@ fn replay_inner(
                 continue;
             }
         };
-        match &webhook {
+        let label = format!("dead letter {} (message {})", entry.id, entry.message_id);
+        let sent = match &target {
             None => {
-                println!(
-                    "dead letter {} (message {}): would deliver {} output(s)",
-                    entry.id,
-                    entry.message_id,
-                    outputs.len()
-                );
-                for output in &outputs {
-                    println!(
-                        "--- {} ({})\n{}",
-                        output.id,
-                        output.content_type,
-                        String::from_utf8_lossy(&output.body)
-                    );
+                show_outputs(&label, &outputs);
+                continue;
+            }
+            Some(Target::Webhook(webhook)) => runtime
+                .block_on(client.deliver(webhook, &outputs))
+                .map_err(|e| e.to_string()),
+            Some(Target::Outbox(outbox)) => {
+                let keyed: Vec<(String, Message)> = outputs
+                    .iter()
+                    .map(|o| {
+                        let key = crate::sink::amqp::routing_key(&route.amqp.routing_key, o);
+                        (key, o.clone())
+                    })
+                    .collect();
+                outbox
+                    .put(&route.amqp.exchange, &keyed)
+                    .map(|()| outputs.len())
+                    .map_err(|e| e.to_string())
+            }
+        };
+        match sent {
+            Ok(n) => {
+                store.mark_replayed(entry.id).map_err(|e| e.to_string())?;
+                delivered += 1;
+                match &target {
+                    Some(Target::Outbox(_)) => println!(
+                        "{label}: {n} output(s) handed to the outbox; the running host publishes them"
+                    ),
+                    _ => println!("{label}: delivered {n} output(s)"),
                 }
             }
-            Some(webhook) => match runtime.block_on(client.deliver(webhook, &outputs)) {
-                Ok(n) => {
-                    store.mark_replayed(entry.id).map_err(|e| e.to_string())?;
-                    delivered += 1;
-                    println!(
-                        "dead letter {} (message {}): delivered {n} output(s)",
-                        entry.id, entry.message_id
-                    );
-                }
-                Err(e) => {
-                    failed += 1;
-                    println!(
-                        "dead letter {} (message {}): not delivered: {e}",
-                        entry.id, entry.message_id
-                    );
-                }
-            },
+            Err(e) => {
+                failed += 1;
+                println!("{label}: not delivered: {e}");
+            }
         }
     }
     if dry_run {

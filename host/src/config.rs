@@ -44,6 +44,8 @@ struct HostSection {
     max_in_flight: Option<Spanned<usize>>,
     idempotency_window_s: Option<u64>,
     amqp: Option<Spanned<String>>,
+    amqp_declare: Option<bool>,
+    outbox_max_messages: Option<usize>,
 }
 
 #[derive(Debug, Default, Clone, Copy, Deserialize)]
@@ -90,6 +92,9 @@ struct AmqpSection {
     prefetch: Option<u16>,
     exchange: Option<String>,
     routing_key: Option<String>,
+    max_attempts: Option<u32>,
+    retry_delay_ms: Option<u64>,
+    retry_max_delay_ms: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -146,6 +151,38 @@ pub struct RouteAmqp {
     pub routing_key: String,
     /// Where permanent failures go: exchange `millrace.ROUTE.dead-letter` → queue of that name.
     pub dead_letter: String,
+    /// Runs of one message before a transient failure becomes a dead letter (default 5).
+    pub max_attempts: u32,
+    /// Wait before the first retry (default 1 s); doubled for each further one.
+    pub retry_delay: std::time::Duration,
+    /// Longest wait between two attempts (default 60 s).
+    pub retry_max_delay: std::time::Duration,
+}
+
+impl RouteAmqp {
+    /// The wait before attempt `attempt + 1` after attempt `attempt` (1-based) failed.
+    pub fn retry_delay_after(&self, attempt: u32) -> std::time::Duration {
+        let factor = 1u32
+            .checked_shl(attempt.saturating_sub(1))
+            .unwrap_or(u32::MAX);
+        self.retry_delay
+            .saturating_mul(factor)
+            .min(self.retry_max_delay)
+    }
+
+    /// Every distinct wait between attempts, shortest first (one delay queue each).
+    pub fn retry_delays(&self) -> Vec<std::time::Duration> {
+        let mut delays: Vec<_> = (1..self.max_attempts)
+            .map(|a| self.retry_delay_after(a))
+            .collect();
+        delays.dedup();
+        delays
+    }
+
+    /// The delay queue holding messages for `delay` before they return to the source queue.
+    pub fn retry_queue(&self, delay: std::time::Duration) -> String {
+        format!("{}.retry.{}ms", self.queue, delay.as_millis())
+    }
 }
 
 /// Where sink `http` delivers.
@@ -169,6 +206,11 @@ pub struct Config {
     pub plugin_dir: PathBuf,
     /// The broker (`amqp://…`), needed when a route's source or sink is `amqp`.
     pub amqp: Option<String>,
+    /// Whether the host declares the broker topology its routes use (`host.amqp_declare`,
+    /// default true); false for brokers provisioned beforehand.
+    pub amqp_declare: bool,
+    /// Outputs of HTTP-in/broker-out routes waiting for the broker, at most (default 100,000).
+    pub outbox_max_messages: usize,
     /// How long the answer to a request with an `Idempotency-Key` is kept (0: not kept).
     pub idempotency_window: std::time::Duration,
     pub plants: BTreeMap<String, Tables>,
@@ -359,6 +401,14 @@ impl Config {
         };
         let data_dir = dir.join(file.host.data_dir.as_deref().unwrap_or(".millrace"));
         let plugin_dir = dir.join(file.host.plugin_dir.as_deref().unwrap_or("target/plugins"));
+        if let Some(url) = &file.host.amqp
+            && let Err(e) = url.get_ref().parse::<lapin::uri::AMQPUri>()
+        {
+            diag.error_at(
+                url.span(),
+                format!("host.amqp is not a broker URL ({e}); write it as amqp://USER:PASSWORD@HOST:PORT/VHOST"),
+            );
+        }
         let max_in_flight = match &file.host.max_in_flight {
             None => default_max_in_flight(),
             Some(n) if *n.get_ref() == 0 => {
@@ -429,18 +479,25 @@ impl Config {
                     .and_then(|a| a.routing_key.clone())
                     .unwrap_or_else(|| "{plant}.{type}".into()),
                 dead_letter: format!("millrace.{}.dead-letter", name.get_ref()),
+                max_attempts: section.and_then(|a| a.max_attempts).unwrap_or(5).max(1),
+                retry_delay: std::time::Duration::from_millis(
+                    section
+                        .and_then(|a| a.retry_delay_ms)
+                        .unwrap_or(1000)
+                        .max(1),
+                ),
+                retry_max_delay: std::time::Duration::from_millis(
+                    section
+                        .and_then(|a| a.retry_max_delay_ms)
+                        .unwrap_or(60_000)
+                        .max(1),
+                ),
             };
             let uses_broker = route.source == Source::Amqp || *route.sink.get_ref() == Sink::Amqp;
             if uses_broker && file.host.amqp.is_none() {
                 diag.error_at(
                     route.sink.span(),
                     format!("route {} uses the broker but host.amqp is not set; add amqp = \"amqp://127.0.0.1:5672/%2f\" to [host]", name.get_ref()),
-                );
-            }
-            if route.source == Source::Http && *route.sink.get_ref() == Sink::Amqp {
-                diag.error_at(
-                    route.sink.span(),
-                    format!("route {}: HTTP in, broker out is not supported yet (it needs the local outbox); use source \"amqp\" or sink \"http\"", name.get_ref()),
                 );
             }
             if route.source == Source::Amqp && *route.sink.get_ref() == Sink::Reply {
@@ -475,6 +532,8 @@ impl Config {
             data_dir,
             plugin_dir,
             amqp: file.host.amqp.as_ref().map(|a| a.get_ref().clone()),
+            amqp_declare: file.host.amqp_declare.unwrap_or(true),
+            outbox_max_messages: file.host.outbox_max_messages.unwrap_or(100_000).max(1),
             idempotency_window: std::time::Duration::from_secs(
                 file.host
                     .idempotency_window_s

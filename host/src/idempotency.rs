@@ -222,19 +222,86 @@ impl IdempotencyStore {
 
     /// Record that `message_id` was settled on `route`; committed when this returns.
     pub fn mark_processed(&self, route: &str, message_id: &str) -> Result<(), IdempotencyError> {
+        self.mark_all(&[(route.to_string(), message_id.to_string())])
+    }
+
+    /// Record several settled ids in one transaction (one disk flush for all of them).
+    fn mark_all(&self, settled: &[(String, String)]) -> Result<(), IdempotencyError> {
         let now = now_ms();
-        let conn = self.conn.lock().expect("idempotency connection lock");
-        conn.execute(
-            "INSERT OR REPLACE INTO processed (route, message_id, at_ms) VALUES (?1, ?2, ?3)",
-            params![route, message_id, now],
-        )
-        .map_err(|e| self.sql(e))?;
-        conn.execute(
+        let mut conn = self.conn.lock().expect("idempotency connection lock");
+        let tx = conn.transaction().map_err(|e| self.sql(e))?;
+        {
+            let mut insert = tx
+                .prepare_cached(
+                    "INSERT OR REPLACE INTO processed (route, message_id, at_ms) VALUES (?1, ?2, ?3)",
+                )
+                .map_err(|e| self.sql(e))?;
+            for (route, message_id) in settled {
+                insert
+                    .execute(params![route, message_id, now])
+                    .map_err(|e| self.sql(e))?;
+            }
+        }
+        tx.execute(
             "DELETE FROM processed WHERE at_ms < ?1",
             params![now - self.window.as_millis() as i64],
         )
         .map_err(|e| self.sql(e))?;
-        Ok(())
+        tx.commit().map_err(|e| self.sql(e))
+    }
+
+    /// A writer that commits the settled ids of concurrent deliveries together: while one
+    /// commit is on its way to disk the next ones queue, and go in the following transaction.
+    pub fn settled_log(self: &Arc<Self>) -> SettledLog {
+        let (tx, rx) = std::sync::mpsc::channel::<Mark>();
+        let store = Arc::clone(self);
+        std::thread::Builder::new()
+            .name("millrace-settled".into())
+            .spawn(move || {
+                while let Ok(first) = rx.recv() {
+                    let mut batch = vec![first];
+                    while batch.len() < 1024 {
+                        match rx.try_recv() {
+                            Ok(next) => batch.push(next),
+                            Err(_) => break,
+                        }
+                    }
+                    let ids: Vec<_> = batch.iter().map(|m| m.id.clone()).collect();
+                    let result = store.mark_all(&ids).map_err(|e| e.to_string());
+                    for mark in batch {
+                        let _ = mark.done.send(result.clone());
+                    }
+                }
+            })
+            .expect("the settled-ids writer thread starts");
+        SettledLog { tx }
+    }
+}
+
+struct Mark {
+    id: (String, String),
+    done: tokio::sync::oneshot::Sender<Result<(), String>>,
+}
+
+/// Handle of [`IdempotencyStore::settled_log`]; the writer stops when every handle is dropped.
+#[derive(Clone)]
+pub struct SettledLog {
+    tx: std::sync::mpsc::Sender<Mark>,
+}
+
+impl SettledLog {
+    /// Record that `message_id` was settled on `route`; committed when this returns.
+    pub async fn mark(&self, route: &str, message_id: &str) -> Result<(), String> {
+        let (done, committed) = tokio::sync::oneshot::channel();
+        self.tx
+            .send(Mark {
+                id: (route.to_string(), message_id.to_string()),
+                done,
+            })
+            .map_err(|_| "the settled-ids writer stopped".to_string())?;
+        committed
+            .await
+            .map_err(|_| "the settled-ids writer stopped".to_string())?
     }
 }
 

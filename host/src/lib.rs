@@ -5,6 +5,7 @@
 //! wires it all and runs it.
 #![forbid(unsafe_code)]
 
+pub mod broker;
 pub mod chain;
 pub mod cli;
 pub mod config;
@@ -15,6 +16,7 @@ pub mod idempotency;
 pub mod ingress;
 pub mod lookup;
 pub mod mediator;
+pub mod outbox;
 pub mod plugin;
 pub mod route;
 pub mod sink;

@@ -26,9 +26,6 @@ pub enum StartError {
     /// The state store could not be opened.
     #[error(transparent)]
     State(#[from] crate::state::StateError),
-    /// The broker could not be reached or its topology not declared.
-    #[error("{0}; check host.amqp and that the broker runs")]
-    Broker(String),
     /// The HTTP listener could not be bound.
     #[error("cannot listen on {addr}: {source}; pick another address with --http or host.http")]
     Bind {
@@ -47,6 +44,12 @@ pub struct Mediator {
     pub webhooks: crate::sink::http::WebhookClient,
     /// Answers to requests with an `Idempotency-Key`; `None` when the window is 0.
     pub idempotency: Option<Arc<IdempotencyStore>>,
+    /// The broker session and its state, when a route uses the broker.
+    pub broker: Option<Arc<crate::broker::BrokerLink>>,
+    /// Writer of settled AMQP delivery ids (group commit); with `idempotency`.
+    pub settled: Option<crate::idempotency::SettledLog>,
+    /// Outputs of HTTP-in/broker-out routes waiting for the broker; when such a route exists.
+    pub outbox: Option<Arc<crate::outbox::Outbox>>,
     /// One permit per message being mediated (`host.max_in_flight`); bounds the threads and
     /// plugin instances in use at once. Waiting messages queue in arrival order.
     pub slots: Arc<tokio::sync::Semaphore>,
@@ -70,7 +73,28 @@ impl Mediator {
             )?))
         };
         let slots = Arc::new(tokio::sync::Semaphore::new(config.max_in_flight));
+        let broker = match &config.amqp {
+            Some(url) if routes.iter().any(|r| r.uses_broker()) => Some(Arc::new(
+                crate::broker::BrokerLink::new(url.clone(), config.amqp_declare),
+            )),
+            _ => None,
+        };
+        let outbox = if routes
+            .iter()
+            .any(|r| r.source == crate::config::Source::Http && r.sink == crate::config::Sink::Amqp)
+        {
+            Some(Arc::new(crate::outbox::Outbox::open(
+                &config.data_dir,
+                config.outbox_max_messages,
+            )?))
+        } else {
+            None
+        };
+        let settled = idempotency.as_ref().map(|store| store.settled_log());
         Ok(Mediator {
+            broker,
+            settled,
+            outbox,
             engine,
             routes,
             deadletters,
@@ -98,28 +122,19 @@ pub async fn run(config: Config, http: Option<SocketAddr>) -> Result<(), StartEr
     let mut routes: Vec<_> = mediator.routes.iter().map(|r| r.name.clone()).collect();
     routes.sort();
     let (stop, stopped) = tokio::sync::watch::channel(false);
-    let uses_broker = mediator
-        .routes
-        .iter()
-        .any(|r| r.source == crate::config::Source::Amqp || r.sink == crate::config::Sink::Amqp);
-    let broker = match (&config.amqp, uses_broker) {
-        (Some(url), true) => {
-            let (connected, ready) = tokio::sync::oneshot::channel();
-            let task = tokio::spawn(ingress::amqp::serve(
-                Arc::clone(&mediator),
-                url.clone(),
-                connected,
-                stopped.clone(),
-            ));
-            match ready.await {
-                Ok(Ok(())) => tracing::info!("connected to the broker; consuming"),
-                Ok(Err(e)) => return Err(StartError::Broker(e)),
-                Err(_) => return Err(StartError::Broker("the broker task ended".into())),
-            }
-            Some(task)
+    // The broker is reached in the background (with backoff): the host serves HTTP, and takes
+    // HTTP-in/broker-out messages into the outbox, while it is away. `/readyz` says which.
+    let mut background = tokio::task::JoinSet::new();
+    if let Some(link) = mediator.broker.as_ref().map(Arc::clone) {
+        background.spawn(crate::broker::supervise(
+            Arc::clone(&mediator),
+            stopped.clone(),
+        ));
+        if let Some(outbox) = mediator.outbox.as_ref().map(Arc::clone) {
+            let stopped = stopped.clone();
+            background.spawn(async move { outbox.drain(&link, stopped).await });
         }
-        _ => None,
-    };
+    }
     tracing::info!(routes = %routes.join(","), "millrace listening on http://{bound}");
     // One stable line on stdout for scripts and tests.
     println!("millrace: listening on http://{bound}");
@@ -136,9 +151,7 @@ pub async fn run(config: Config, http: Option<SocketAddr>) -> Result<(), StartEr
         }
     }
     let _ = stop.send(true);
-    if let Some(task) = broker {
-        let _ = task.await;
-    }
+    while background.join_next().await.is_some() {}
     tracing::info!("millrace stopped");
     Ok(())
 }

@@ -28,6 +28,11 @@ pub struct Route {
 }
 
 impl Route {
+    /// Whether the route takes from or publishes to the broker.
+    pub fn uses_broker(&self) -> bool {
+        self.source == Source::Amqp || self.sink == Sink::Amqp
+    }
+
     /// Whether the first step accepts `content_type` (parameters ignored; `*/*` accepts all).
     pub fn accepts(&self, content_type: &str) -> bool {
         let media = content_type

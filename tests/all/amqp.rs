@@ -1,6 +1,8 @@
 //! AMQP transport against a real RabbitMQ node, driven by a client that is not ours (pika):
 //! confirmed outputs on the sink exchange with their ids and routing keys, poison messages on
-//! the route's dead-letter queue with headers saying why, every input acknowledged.
+//! the route's dead-letter queue with headers saying why, every input acknowledged; retries
+//! through the delay queues; replay from the dead-letter queue; a host that starts without its
+//! broker and connects when it comes; the outbox of an HTTP route while the broker is away.
 
 use crate::harness::*;
 
@@ -8,23 +10,30 @@ use crate::harness::*;
 const CONNECT: &str = "c = pika.BlockingConnection(pika.ConnectionParameters('127.0.0.1', PORT))
 ch = c.channel()
 ch.confirm_delivery()
+ch.exchange_declare('plant-a.events', 'topic', durable=True)
 ch.queue_declare('out', durable=True)
 ch.queue_bind('out', 'plant-a.events', '#')
 ";
 
-fn workspace(broker: &Broker) -> Workspace {
+/// A queue-to-exchange route `mes` with mes-fixed-width; `amqp` adds keys to its broker table,
+/// `entries` are the work centres its lookup table knows.
+fn workspace_with(broker: &Broker, amqp: &str, entries: &str) -> Workspace {
     let mes = plugin("mes-fixed-width");
     let route = route_toml("mes", &mes, r#"["log", "config", "lookup"]"#, "")
         .replace("source = \"http\"", "source = \"amqp\"")
         .replace(
             "sink = \"reply\"",
-            "sink = \"amqp\"\namqp = { queue = \"plant-a.mes\", exchange = \"plant-a.events\", routing_key = \"{plant}.{type}\" }",
+            &format!("sink = \"amqp\"\namqp = {{ queue = \"plant-a.mes\", exchange = \"plant-a.events\", routing_key = \"{{plant}}.{{type}}\"{amqp} }}"),
         );
     Workspace::new(&format!(
-        "[host]\namqp = \"{}\"\n\n[plants.plant-a.lookups.work_centres]\nentries = {{ WC01 = \"ASSY-01\" }}\n\n{route}\n{}",
+        "[host]\namqp = \"{}\"\n\n[plants.plant-a.lookups.work_centres]\nentries = {{ {entries} }}\n\n{route}\n{}",
         broker.url(),
         mes_settings("mes")
     ))
+}
+
+fn workspace(broker: &Broker) -> Workspace {
+    workspace_with(broker, "", "WC01 = \"ASSY-01\"")
 }
 
 #[test]
@@ -32,6 +41,7 @@ fn broker_route_publishes_confirmed_outputs_and_dead_letters_poison_with_headers
     let broker = Broker::start();
     let ws = workspace(&broker);
     let host = ws.start();
+    host.wait_ready();
     let good = record("WO-1", "0000001000", "WC01");
     let bad = record("WO-2", "00001A500 ", "WC01");
     let program = format!(
@@ -86,30 +96,54 @@ print(json.dumps({{'outputs': outputs, 'dead': dead, 'left': left}}))
             .contains("quantity")
     );
     assert!(headers["x-millrace-first-failure"].is_string());
+    assert_eq!(headers["x-millrace-attempts"], 1);
     assert_eq!(got["left"], 0, "every input was acknowledged");
     assert!(host.stop().success(), "SIGTERM stops consuming and exits 0");
 }
 
 #[test]
-fn an_unreachable_broker_fails_the_start_with_the_cause() {
-    let broker = Broker::start();
+fn a_host_started_without_its_broker_is_not_ready_then_connects_and_consumes() {
+    let mut broker = Broker::start();
     let ws = workspace(&broker);
-    let port = broker.port;
-    drop(broker);
-    let out = ws.millrace(&["run", "--http", "127.0.0.1:0"]);
-    assert!(!out.status.success());
-    let text = String::from_utf8_lossy(&out.stderr);
+    broker.stop();
+    let host = ws.start();
+    let waiting = host.request("GET", "/readyz", None, &[], b"");
+    assert_eq!(waiting.status, 503, "{}", waiting.body);
+    let detail = waiting.json()["detail"].as_str().unwrap().to_string();
     assert!(
-        text.contains(&format!("127.0.0.1:{port}")) && text.contains("check host.amqp"),
-        "{text}"
+        detail.contains(&format!("127.0.0.1:{}", broker.port)) && !detail.contains(":guest@"),
+        "names the broker without its password: {detail}"
     );
+    assert_eq!(
+        host.request("GET", "/healthz", None, &[], b"").status,
+        200,
+        "alive while not ready"
+    );
+    broker.restart();
+    let ready = host.wait_ready();
+    assert_eq!(ready.json()["broker"], "connected");
+    let good = record("WO-7", "0000001000", "WC01");
+    let got = broker.client(&format!(
+        r#"
+{CONNECT}ch.basic_publish('', 'plant-a.mes', {good:?}.encode(), pika.BasicProperties(message_id='m-7', content_type='text/plain', delivery_mode=2))
+ids = []
+deadline = time.time() + 30
+while not ids and time.time() < deadline:
+    m, p, b = ch.basic_get('out', auto_ack=True)
+    if m: ids.append(p.message_id)
+    else: time.sleep(0.05)
+print(json.dumps({{'ids': ids}}))
+"#
+    ));
+    assert_eq!(got["ids"], serde_json::json!(["m-7-1"]), "{got}");
 }
 
 #[test]
 fn a_redelivered_message_that_was_settled_gives_no_second_output() {
     let broker = Broker::start();
     let ws = workspace(&broker);
-    let _host = ws.start();
+    let host = ws.start();
+    host.wait_ready();
     let good = record("WO-5", "0000001000", "WC01");
     // The same message-id twice: what the broker does when a host died after settling a
     // delivery but before its ack arrived.
@@ -138,4 +172,233 @@ print(json.dumps({{'ids': ids, 'left': left}}))
     let got = broker.client(&program);
     assert_eq!(got["ids"], serde_json::json!(["m-5-1", "m-6-1"]), "{got}");
     assert_eq!(got["left"], 0, "the repeat was acknowledged");
+}
+
+#[test]
+fn transient_failures_are_retried_through_the_delay_queues_then_dead_lettered_when_attempts_run_out()
+ {
+    let broker = Broker::start();
+    let webhook = WebhookReceiver::start();
+    let mes = plugin("mes-fixed-width");
+    let route = route_toml("mes", &mes, r#"["log", "config", "lookup"]"#, "")
+        .replace("source = \"http\"", "source = \"amqp\"")
+        .replace(
+            "sink = \"reply\"",
+            "sink = \"http\"\namqp = { queue = \"plant-a.mes\", max_attempts = 3, retry_delay_ms = 100 }",
+        );
+    let ws = Workspace::new(&format!(
+        "[host]\namqp = \"{}\"\n\n[plants.plant-a.lookups.work_centres]\nentries = {{ WC01 = \"ASSY-01\" }}\n\n{route}\n[routes.mes.webhook]\nurl = \"{}\"\ntimeout_ms = 2000\n\n{}",
+        broker.url(),
+        webhook.url,
+        mes_settings("mes")
+    ));
+    webhook.answer_with(503);
+    let mut host = ws.start();
+    host.wait_ready();
+    let good = |wo: &str| record(wo, "0000001000", "WC01");
+    // m-1: the webhook refuses every attempt; the third goes to the dead-letter queue.
+    let got = broker.client(&format!(
+        r#"
+{CONNECT}ch.basic_publish('', 'plant-a.mes', {:?}.encode(), pika.BasicProperties(message_id='m-1', content_type='text/plain', delivery_mode=2))
+dead = []
+deadline = time.time() + 60
+while not dead and time.time() < deadline:
+    m, p, b = ch.basic_get('millrace.mes.dead-letter', auto_ack=True)
+    if m: dead.append({{k: (v.decode() if isinstance(v, bytes) else v) for k, v in p.headers.items() if k != 'x-death'}})
+    else: time.sleep(0.05)
+print(json.dumps({{'dead': dead}}))
+"#,
+        good("WO-1")
+    ));
+    let dead = &got["dead"][0];
+    assert_eq!(dead["x-millrace-kind"], "attempts-exhausted", "{got}");
+    assert_eq!(dead["x-millrace-attempts"], 3);
+    assert!(
+        dead["x-millrace-reason"]
+            .as_str()
+            .unwrap()
+            .contains("gave up after 3 attempt(s)"),
+        "{got}"
+    );
+    assert_eq!(dead["x-millrace-original-routing-key"], "plant-a.mes");
+    assert!(webhook.received().is_empty());
+    let waits: Vec<String> = host
+        .log_so_far()
+        .into_iter()
+        .chain([host.wait_for_log("attempts used up")])
+        .filter(|l| l.contains("retrying later") && l.contains("m-1"))
+        .collect();
+    assert!(waits.len() <= 2, "{waits:?}");
+
+    // m-2: refused once, then the webhook is back; the retry delivers it, once.
+    broker.client(&format!(
+        r#"
+{CONNECT}ch.basic_publish('', 'plant-a.mes', {:?}.encode(), pika.BasicProperties(message_id='m-2', content_type='text/plain', delivery_mode=2))
+print('{{}}')
+"#,
+        good("WO-2")
+    ));
+    let line = host.wait_for_log("retrying later");
+    let line = if line.contains("m-2") {
+        line
+    } else {
+        host.wait_for_log("message_id=m-2")
+    };
+    assert!(line.contains("attempt=1"), "{line}");
+    webhook.answer_with(200);
+    // A guard against a lost message, not a timing assertion.
+    for _ in 0..600 {
+        if !webhook.received().is_empty() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let received = webhook.received();
+    assert_eq!(received.len(), 1, "{received:?}");
+    assert_eq!(received[0].header("idempotency-key"), Some("m-2-1"));
+}
+
+#[test]
+fn dead_letters_are_replayed_from_the_broker_after_the_chain_is_fixed() {
+    let broker = Broker::start();
+    // WC02 is not in the table yet: its message is rejected.
+    let ws = workspace(&broker);
+    let host = ws.start();
+    host.wait_ready();
+    let unknown = record("WO-8", "0000001000", "WC02");
+    let count = |queue: &str| {
+        broker.client(&format!(
+            "c = pika.BlockingConnection(pika.ConnectionParameters('127.0.0.1', PORT))\nprint(c.channel().queue_declare('{queue}', passive=True).method.message_count)"
+        ))
+    };
+    broker.client(&format!(
+        r#"
+{CONNECT}ch.basic_publish('', 'plant-a.mes', {unknown:?}.encode(), pika.BasicProperties(message_id='m-8', content_type='text/plain', delivery_mode=2))
+deadline = time.time() + 30
+while ch.queue_declare('millrace.mes.dead-letter', passive=True).method.message_count < 1 and time.time() < deadline:
+    time.sleep(0.05)
+print('{{}}')
+"#
+    ));
+    assert!(host.stop().success());
+    // The table gains WC02.
+    let fixed = workspace_with(&broker, "", "WC01 = \"ASSY-01\", WC02 = \"ASSY-02\"");
+    std::fs::copy(fixed.config(), ws.config()).unwrap();
+
+    let dry = ws.millrace(&["dlq", "replay", "--route", "mes", "--dry-run"]);
+    let text = String::from_utf8_lossy(&dry.stdout);
+    assert!(dry.status.success(), "{text}");
+    assert!(text.contains("would deliver 1 output(s)"), "{text}");
+    assert!(text.contains("ASSY-02"), "{text}");
+    assert_eq!(
+        count("millrace.mes.dead-letter"),
+        1,
+        "a dry run takes nothing"
+    );
+
+    let replay = ws.millrace(&["dlq", "replay", "--route", "mes"]);
+    let text = String::from_utf8_lossy(&replay.stdout);
+    assert!(replay.status.success(), "{text}");
+    assert!(text.contains("1 replayed into plant-a.mes"), "{text}");
+    assert_eq!(count("millrace.mes.dead-letter"), 0);
+
+    // The host, started with the fixed table, mediates the replayed message: the output has
+    // the id a first delivery would have had.
+    let host = ws.start();
+    host.wait_ready();
+    let got = broker.client(&format!(
+        r#"
+{CONNECT}ids, keys = [], []
+deadline = time.time() + 30
+while not ids and time.time() < deadline:
+    m, p, b = ch.basic_get('out', auto_ack=True)
+    if m:
+        ids.append(p.message_id)
+        keys.append(json.loads(b)['data']['work_centre'])
+    else: time.sleep(0.05)
+print(json.dumps({{'ids': ids, 'centres': keys}}))
+"#
+    ));
+    assert_eq!(got["ids"], serde_json::json!(["m-8-1"]), "{got}");
+    assert_eq!(got["centres"], serde_json::json!(["ASSY-02"]));
+    assert_eq!(
+        count("millrace.mes.dead-letter"),
+        0,
+        "it did not fail again"
+    );
+    drop(host);
+}
+
+#[test]
+fn an_http_route_keeps_accepting_into_the_outbox_while_the_broker_is_away_and_across_a_restart() {
+    let mut broker = Broker::start();
+    // The consumer's queue exists before the broker goes away (durable, bound).
+    broker.client(&format!("{CONNECT}print('{{}}')"));
+    let mes = plugin("mes-fixed-width");
+    let route = route_toml("mes", &mes, r#"["log", "config", "lookup"]"#, "").replace(
+        "sink = \"reply\"",
+        "sink = \"amqp\"\namqp = { exchange = \"plant-a.events\" }",
+    );
+    let ws = Workspace::new(&format!(
+        "[host]\namqp = \"{}\"\noutbox_max_messages = 4\n\n[plants.plant-a.lookups.work_centres]\nentries = {{ WC01 = \"ASSY-01\" }}\n\n{route}\n{}",
+        broker.url(),
+        mes_settings("mes")
+    ));
+    broker.stop();
+    let host = ws.start();
+    let post = |host: &Host, n: u32| {
+        host.post_with_key(
+            "mes",
+            "text/plain",
+            &format!("k-{n}"),
+            record(&format!("WO-{n}"), "0000001000", "WC01"),
+        )
+    };
+    for n in 1..=3 {
+        let accepted = post(&host, n);
+        assert_eq!(accepted.status, 202, "{}", accepted.body);
+        assert_eq!(accepted.json()["accepted"], 1);
+        assert_eq!(accepted.json()["waiting"], n);
+    }
+    assert!(host.stop().success());
+    // Restarted, the broker still away: what was accepted is still waiting, and more is taken.
+    let host = ws.start();
+    let not_ready = host.request("GET", "/readyz", None, &[], b"");
+    assert_eq!(not_ready.status, 503);
+    assert_eq!(not_ready.json()["outbox_waiting"], 3);
+    assert_eq!(post(&host, 4).status, 202);
+    let full = post(&host, 5);
+    assert_eq!(full.status, 503, "{}", full.body);
+    assert_eq!(full.json()["type"], "urn:millrace:problem:outbox-full");
+    assert!(full.header("retry-after").is_some());
+
+    broker.restart();
+    host.wait_ready();
+    let got = broker.client(&format!(
+        r#"
+{CONNECT}ids = []
+deadline = time.time() + 30
+while len(ids) < 4 and time.time() < deadline:
+    m, p, b = ch.basic_get('out', auto_ack=True)
+    if m: ids.append(p.message_id)
+    else: time.sleep(0.05)
+time.sleep(1.0)
+while True:
+    m, p, b = ch.basic_get('out', auto_ack=True)
+    if not m: break
+    ids.append(p.message_id)
+print(json.dumps({{'ids': ids}}))
+"#
+    ));
+    // The message id is the Idempotency-Key: every output once, in the order accepted.
+    assert_eq!(
+        got["ids"],
+        serde_json::json!(["k-1-1", "k-2-1", "k-3-1", "k-4-1"]),
+        "{got}"
+    );
+    let ready = host.wait_ready();
+    assert_eq!(ready.json()["outbox_waiting"], 0);
+    // Room again: the fifth is accepted now.
+    assert_eq!(post(&host, 5).status, 202);
 }

@@ -223,6 +223,26 @@ impl Host {
         self.child.as_ref().expect("running").id()
     }
 
+    /// Wait until `GET /readyz` answers 200 (the broker is connected); the last answer.
+    pub fn wait_ready(&self) -> Reply {
+        // A guard against a hung host, not a timing assertion.
+        for _ in 0..1200 {
+            let reply = self.request("GET", "/readyz", None, &[], b"");
+            if reply.status == 200 {
+                return reply;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!("the host never became ready");
+    }
+
+    /// SIGKILL: the host dies without finishing anything.
+    pub fn kill9(mut self) {
+        let mut child = self.child.take().expect("running");
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+
     /// SIGTERM, then wait for the exit.
     pub fn stop(mut self) -> ExitStatus {
         let mut child = self.child.take().expect("running");
@@ -454,8 +474,17 @@ impl Broker {
                 break port;
             }
         };
+        let pid = Broker::launch(dir.path(), port);
+        Broker {
+            port,
+            pid,
+            _dir: dir,
+        }
+    }
+
+    fn launch(dir: &Path, port: u16) -> u32 {
         let out = Command::new(root().join("scripts/rabbitmq"))
-            .args(["start", dir.path().to_str().unwrap(), &port.to_string()])
+            .args(["start", dir.to_str().unwrap(), &port.to_string()])
             .output()
             .expect("scripts/rabbitmq runs");
         assert!(
@@ -463,15 +492,42 @@ impl Broker {
             "broker did not start: {}",
             String::from_utf8_lossy(&out.stderr)
         );
-        let pid = String::from_utf8_lossy(&out.stdout)
+        String::from_utf8_lossy(&out.stdout)
             .trim()
             .parse()
-            .expect("the broker's pid");
-        Broker {
-            port,
-            pid,
-            _dir: dir,
+            .expect("the broker's pid")
+    }
+
+    /// SIGKILL the node (a crash: nothing flushed beyond what it already made durable).
+    pub fn kill9(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-KILL", &self.pid.to_string()])
+            .status();
+        self.wait_gone();
+    }
+
+    /// SIGTERM the node and wait until it is gone.
+    pub fn stop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.pid.to_string()])
+            .status();
+        self.wait_gone();
+    }
+
+    fn wait_gone(&self) {
+        // A guard against a hung node, not a timing assertion.
+        for _ in 0..600 {
+            if !Path::new(&format!("/proc/{}", self.pid)).exists() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
         }
+        panic!("broker {} did not exit", self.pid);
+    }
+
+    /// Start the node again on the same data and port (after `kill9` or `stop`).
+    pub fn restart(&mut self) {
+        self.pid = Broker::launch(self._dir.path(), self.port);
     }
 
     pub fn url(&self) -> String {

@@ -1,13 +1,17 @@
 //! AMQP ingress (RabbitMQ via lapin): one consumer per route whose source is `amqp`, manual
-//! acknowledgements, at-least-once.
+//! acknowledgements, at-least-once. Runs on a session of the broker supervisor (`broker`).
 //!
 //! A delivery is acknowledged only after its outcome is safe at the broker or the webhook:
 //! - outputs: published to the sink exchange and confirmed by the broker (sink `amqp`), or
 //!   answered 2xx by the webhook (sink `http`); then ack;
 //! - a permanent failure (rejection, trap, deadline, memory cap): the input is published to the
 //!   route's dead-letter queue with headers saying why, confirmed; then ack;
-//! - a transient failure (the plugin's retry-later, an unreachable sink, a broker error):
-//!   nack with requeue, so the broker delivers it again (no backoff yet).
+//! - a transient failure (the plugin's retry-later, an unreachable webhook): the input is parked
+//!   in the route's delay queue for the next wait of its backoff (it returns to the source queue
+//!   when the wait expires; the consumer goes on meanwhile), confirmed; then ack. After
+//!   `max_attempts` runs it is dead-lettered instead (`attempts-exhausted`);
+//! - the broker itself failing (a publish on a closed channel): no ack; the session is reported
+//!   lost, and the broker redelivers the unacknowledged deliveries to the next session.
 //!
 //! A host that dies before the ack leaves the delivery unacknowledged: the broker redelivers it.
 //! Output ids derive from the input's `message-id`, so a redelivery publishes the same ids. The
@@ -15,80 +19,72 @@
 //! acknowledged without a second run; only a death between the broker's confirm and that record
 //! can publish an output twice (with the same id).
 
+use crate::broker::Session;
 use crate::chain;
-use crate::config::Sink;
+use crate::config::{Sink, Source};
 use crate::mediator::Mediator;
 use crate::plugin::StepFailure;
 use crate::plugin::bindings::types::Message;
 use crate::route::Route;
-use crate::sink::amqp::AmqpPublisher;
+use crate::sink::amqp::{Arrived, Verdict, header_number, headers};
 use futures_lite::StreamExt;
 use lapin::message::Delivery;
-use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions};
+use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions};
 use lapin::types::{AMQPValue, FieldTable};
-use lapin::{Connection, ConnectionProperties};
 use std::sync::Arc;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 
-/// Connect to `url`, declare every broker route's topology, and consume until `shutdown`
-/// turns true; then stop consuming and finish the deliveries in hand.
-pub async fn serve(
+/// Consume every broker route's queue on `session` until it is lost (a message on `lost`, a
+/// consumer ending) or `shutdown` turns true; then stop consuming and finish the deliveries in
+/// hand. Returns why it ended.
+pub async fn consume(
     mediator: Arc<Mediator>,
-    url: String,
-    connected: tokio::sync::oneshot::Sender<Result<(), String>>,
+    session: Session,
+    mut lost: mpsc::UnboundedReceiver<String>,
     mut shutdown: watch::Receiver<bool>,
-) {
-    let setup = async {
-        let connection = Connection::connect(
-            &url,
-            ConnectionProperties::default().with_connection_name("millrace".into()),
-        )
-        .await?;
-        let publisher = AmqpPublisher::open(&connection).await?;
-        let mut consumers = Vec::new();
-        for route in mediator.routes.iter() {
-            if route.source != crate::config::Source::Amqp && route.sink != Sink::Amqp {
-                continue;
-            }
-            publisher.declare(route).await?;
-            if route.source == crate::config::Source::Amqp {
-                let channel = connection.create_channel().await?;
-                channel
-                    .basic_qos(route.amqp.prefetch, BasicQosOptions::default())
-                    .await?;
-                let consumer = channel
-                    .basic_consume(
-                        route.amqp.queue.as_str().into(),
-                        format!("millrace-{}", route.name).into(),
-                        BasicConsumeOptions::default(),
-                        FieldTable::default(),
-                    )
-                    .await?;
-                consumers.push((Arc::clone(route), channel, consumer));
+) -> String {
+    let mut consumers = Vec::new();
+    for route in mediator.routes.iter().filter(|r| r.source == Source::Amqp) {
+        let started = async {
+            let channel = session.connection.create_channel().await?;
+            channel
+                .basic_qos(route.amqp.prefetch, BasicQosOptions::default())
+                .await?;
+            let consumer = channel
+                .basic_consume(
+                    route.amqp.queue.as_str().into(),
+                    format!("millrace-{}", route.name).into(),
+                    BasicConsumeOptions::default(),
+                    FieldTable::default(),
+                )
+                .await?;
+            Ok::<_, lapin::Error>((channel, consumer))
+        };
+        match started.await {
+            Ok((channel, consumer)) => consumers.push((Arc::clone(route), channel, consumer)),
+            Err(e) => {
+                return format!(
+                    "route {}: cannot consume {}: {e}",
+                    route.name, route.amqp.queue
+                );
             }
         }
-        Ok::<_, lapin::Error>((connection, publisher, consumers))
-    };
-    let (connection, publisher, consumers) = match setup.await {
-        Ok(ready) => {
-            let _ = connected.send(Ok(()));
-            ready
-        }
-        Err(e) => {
-            let _ = connected.send(Err(format!("broker {url}: {e}")));
-            return;
-        }
-    };
+    }
     // One forwarding task per consumer; the loop below takes deliveries from all of them.
-    let (tx, mut rx) = tokio::sync::mpsc::channel(64);
+    let (tx, mut rx) = mpsc::channel(64);
     let mut forwarders = JoinSet::new();
     for (route, channel, mut consumer) in consumers {
         let tx = tx.clone();
         forwarders.spawn(async move {
             let _channel = channel; // the consumer lives as long as its channel
-            while let Some(delivery) = consumer.next().await {
-                if tx.send((Arc::clone(&route), delivery)).await.is_err() {
+            loop {
+                let (item, ended) = match consumer.next().await {
+                    Some(Ok(delivery)) => (Ok(delivery), false),
+                    Some(Err(e)) => (Err(e.to_string()), true),
+                    None => (Err("the consumer was cancelled".to_string()), true),
+                };
+                if tx.send((Arc::clone(&route), item)).await.is_err() || ended {
                     break;
                 }
             }
@@ -96,30 +92,37 @@ pub async fn serve(
     }
     drop(tx);
     let mut in_flight = JoinSet::new();
-    loop {
+    let ended = loop {
         tokio::select! {
             next = rx.recv() => {
-                let Some((route, delivery)) = next else { break };
-                let delivery = match delivery {
-                    Ok(d) => d,
-                    Err(e) => {
-                        tracing::error!(route = %route.name, error = %e, "consumer failed");
-                        continue;
+                let Some((route, delivery)) = next else {
+                    if mediator.routes.iter().any(|r| r.source == Source::Amqp) {
+                        break "every consumer ended".to_string();
+                    }
+                    // Publishing only (the outbox): wait for the session to be lost.
+                    tokio::select! {
+                        why = lost.recv() => break why.unwrap_or_default(),
+                        _ = shutdown.changed() => break "the host is stopping".into(),
                     }
                 };
+                let delivery = match delivery {
+                    Ok(d) => d,
+                    Err(e) => break format!("route {}: consumer ended: {e}", route.name),
+                };
                 let mediator = Arc::clone(&mediator);
-                let publisher = publisher.clone();
-                in_flight.spawn(async move { handle(&mediator, &publisher, &route, delivery).await });
+                let session = session.clone();
+                in_flight.spawn(async move { handle(&mediator, &session, &route, delivery).await });
             }
-            _ = shutdown.changed() => break,
+            why = lost.recv() => break why.unwrap_or_default(),
+            _ = shutdown.changed() => break "the host is stopping".into(),
         }
         while in_flight.try_join_next().is_some() {}
-    }
+    };
     forwarders.abort_all();
     drop(rx);
-    tracing::info!("AMQP ingress: stopped consuming; finishing deliveries in hand");
+    tracing::info!(reason = %ended, "AMQP ingress: stopped consuming; finishing deliveries in hand");
     while in_flight.join_next().await.is_some() {}
-    let _ = connection.close(200, "millrace shutting down".into()).await;
+    ended
 }
 
 fn header_text(value: &AMQPValue) -> Option<String> {
@@ -134,25 +137,70 @@ fn header_text(value: &AMQPValue) -> Option<String> {
     }
 }
 
-async fn handle(
-    mediator: &Mediator,
-    publisher: &AmqpPublisher,
-    route: &Arc<Route>,
-    delivery: Delivery,
-) {
+/// Headers the host passes to plugins: the sender's, without the host's own bookkeeping
+/// (attempt counts, failure records), so every attempt runs on the same message.
+fn plugin_headers(table: &FieldTable) -> Vec<(String, String)> {
+    table
+        .inner()
+        .iter()
+        .filter(|(k, _)| {
+            let k = k.as_str();
+            !k.starts_with(headers::PREFIX) && k != "x-death"
+        })
+        .filter_map(|(k, v)| header_text(v).map(|v| (k.as_str().to_ascii_lowercase(), v)))
+        .collect()
+}
+
+/// The message a route's chain sees for a broker delivery with id `id`.
+pub fn message_of(
+    route: &Route,
+    id: &str,
+    properties: &lapin::BasicProperties,
+    body: &[u8],
+) -> Message {
+    Message {
+        id: id.to_string(),
+        plant: route.plant.clone(),
+        route: route.name.clone(),
+        content_type: properties
+            .content_type()
+            .as_ref()
+            .map(|s| s.as_str().to_string())
+            .unwrap_or_else(|| "application/octet-stream".into()),
+        headers: plugin_headers(&properties.headers().clone().unwrap_or_default()),
+        body: body.to_vec(),
+    }
+}
+
+/// How a delivery ends, before its ack.
+enum Outcome {
+    /// Outputs delivered or dead letter confirmed: record the id, then ack.
+    Settled,
+    /// Parked in a delay queue: ack (it comes back, so it is not recorded as settled).
+    Parked,
+}
+
+async fn handle(mediator: &Mediator, session: &Session, route: &Arc<Route>, delivery: Delivery) {
+    let publisher = &session.publisher;
     let properties = &delivery.properties;
+    let table = properties.headers().clone().unwrap_or_default();
     let given_id = properties
         .message_id()
         .as_ref()
         .map(|s| s.as_str().to_string())
         .filter(|s| !s.is_empty());
-    // Deduplication needs the sender's id; a generated one differs on every redelivery.
-    let dedupe = given_id.as_ref().and(mediator.idempotency.as_ref());
     let id = given_id
         .clone()
         .unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
+    // Deduplication needs the sender's id; a generated one differs on every redelivery. A
+    // replayed dead letter is a new run of the same message: its replay count is in the key.
+    let settled_key = match header_number(&table, headers::REPLAY) {
+        Some(n) if n > 0 => format!("{id}#replay-{n}"),
+        _ => id.clone(),
+    };
+    let dedupe = given_id.as_ref().and(mediator.idempotency.as_ref());
     if let Some(store) = dedupe {
-        match tokio::task::block_in_place(|| store.processed(&route.name, &id)) {
+        match tokio::task::block_in_place(|| store.processed(&route.name, &settled_key)) {
             Ok(true) => {
                 tracing::info!(route = %route.name, message_id = %id, redelivered = delivery.redelivered, "already settled: acknowledged without a second run");
                 if let Err(e) = delivery.ack(BasicAckOptions::default()).await {
@@ -166,94 +214,131 @@ async fn handle(
             }
         }
     }
-    let headers = properties
-        .headers()
-        .as_ref()
-        .map(|table| {
-            table
-                .inner()
-                .iter()
-                .filter_map(|(k, v)| header_text(v).map(|v| (k.as_str().to_ascii_lowercase(), v)))
-                .collect()
-        })
-        .unwrap_or_default();
-    let message = Message {
-        id: id.clone(),
-        plant: route.plant.clone(),
-        route: route.name.clone(),
-        content_type: properties
-            .content_type()
-            .as_ref()
-            .map(|s| s.as_str().to_string())
-            .unwrap_or_else(|| "application/octet-stream".into()),
-        headers,
-        body: delivery.data.clone(),
+    let attempt = header_number(&table, headers::ATTEMPTS).unwrap_or(0) as u32 + 1;
+    let message = message_of(route, &id, properties, &delivery.data);
+    let arrived = Arrived {
+        message_id: &id,
+        body: &delivery.data,
+        properties,
+        exchange: delivery.exchange.as_str(),
+        routing_key: delivery.routing_key.as_str(),
     };
     let Ok(slot) = Arc::clone(&mediator.slots).acquire_owned().await else {
         return;
     };
     let worker = Arc::clone(route);
-    let input = message.clone();
+    let input = message;
     let outcome = tokio::task::spawn_blocking(move || {
         let result = chain::run(&worker, &input);
         drop(slot);
         result
     })
     .await;
-    let settled = match outcome {
-        Err(e) => Err(format!("the mediation task failed: {e}")),
-        Ok(Ok(outputs)) => match (route.sink, &route.webhook) {
-            (Sink::Http, Some(webhook)) => mediator
-                .webhooks
-                .deliver(webhook, &outputs)
-                .await
-                .map(|_| ())
-                .map_err(|e| e.to_string()),
-            _ => publisher
-                .publish(route, &outputs)
-                .await
-                .map(|_| ())
-                .map_err(|e| e.to_string()),
-        },
+    // Ok(outcome) or Err((why, is the broker session gone)).
+    let result: Result<Outcome, (String, bool)> = match outcome {
+        Err(e) => Err((format!("the mediation task failed: {e}"), false)),
+        Ok(Ok(outputs)) => {
+            let delivered = match (route.sink, &route.webhook) {
+                (Sink::Http, Some(webhook)) => mediator
+                    .webhooks
+                    .deliver(webhook, &outputs)
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| (e.to_string(), false)),
+                _ => publisher
+                    .publish(route, &outputs)
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| (e.to_string(), e.channel_lost())),
+            };
+            match delivered {
+                Ok(()) => Ok(Outcome::Settled),
+                Err((why, false)) => {
+                    retry_or_give_up(publisher, route, &arrived, attempt, why, None).await
+                }
+                Err(lost) => Err(lost),
+            }
+        }
         Ok(Err(failure)) if matches!(failure.failure, StepFailure::RetryLater(_)) => {
-            Err(failure.reason())
+            retry_or_give_up(
+                publisher,
+                route,
+                &arrived,
+                attempt,
+                failure.reason(),
+                Some(&failure),
+            )
+            .await
         }
         Ok(Err(failure)) => {
             tracing::warn!(route = %route.name, message_id = %id, step = failure.step, plugin = %failure.plugin.name, "dead-lettered to the broker: {}", failure.reason());
             publisher
-                .dead_letter(
-                    route,
-                    &message,
-                    properties,
-                    delivery.exchange.as_str(),
-                    delivery.routing_key.as_str(),
-                    1 + u32::from(delivery.redelivered),
-                    &failure,
-                )
+                .dead_letter(route, &arrived, attempt, &Verdict::failed(&failure))
                 .await
-                .map_err(|e| e.to_string())
+                .map(|()| Outcome::Settled)
+                .map_err(|e| (e.to_string(), e.channel_lost()))
         }
     };
-    let settled = match (settled, dedupe) {
-        (Ok(()), Some(store)) => {
-            tokio::task::block_in_place(|| store.mark_processed(&route.name, &id))
-                .map_err(|e| format!("could not record the settled id: {e}"))
-        }
-        (other, _) => other,
+    let result = match (result, dedupe, &mediator.settled) {
+        (Ok(Outcome::Settled), Some(_), Some(log)) => log
+            .mark(&route.name, &settled_key)
+            .await
+            .map(|()| Outcome::Settled)
+            .map_err(|e| (format!("could not record the settled id: {e}"), false)),
+        (other, _, _) => other,
     };
-    let acked = match settled {
-        Ok(()) => delivery.ack(BasicAckOptions::default()).await,
-        Err(why) => {
+    match result {
+        Ok(_) => {
+            if let Err(e) = delivery.ack(BasicAckOptions::default()).await {
+                tracing::warn!(route = %route.name, message_id = %id, error = %e, "ack failed; the broker redelivers");
+            }
+        }
+        Err((why, lost)) => {
+            // Not acknowledged: the broker delivers it again, to this session or the next.
             tracing::warn!(route = %route.name, message_id = %id, "not settled, the broker will redeliver: {why}");
-            delivery
-                .nack(BasicNackOptions {
+            if lost {
+                session.lost(format!("publishing failed: {why}"));
+            } else if let Err(e) = delivery
+                .nack(lapin::options::BasicNackOptions {
                     requeue: true,
                     ..Default::default()
                 })
                 .await
+            {
+                tracing::warn!(route = %route.name, message_id = %id, error = %e, "nack failed; the broker redelivers");
+            }
         }
-    };
-    if let Err(e) = acked {
-        tracing::warn!(route = %route.name, message_id = %id, error = %e, "ack/nack failed; the broker redelivers");
     }
+}
+
+/// A transient failure of attempt `attempt`: park the delivery for its next wait, or, when the
+/// route's attempts are used up, dead-letter it.
+async fn retry_or_give_up(
+    publisher: &crate::sink::amqp::AmqpPublisher,
+    route: &Route,
+    arrived: &Arrived<'_>,
+    attempt: u32,
+    why: String,
+    failure: Option<&chain::Failure>,
+) -> Result<Outcome, (String, bool)> {
+    if attempt >= route.amqp.max_attempts {
+        tracing::warn!(route = %route.name, message_id = %arrived.message_id, attempt, "attempts used up, dead-lettered: {why}");
+        return publisher
+            .dead_letter(
+                route,
+                arrived,
+                attempt,
+                &Verdict::exhausted(attempt, why, failure),
+            )
+            .await
+            .map(|()| Outcome::Settled)
+            .map_err(|e| (e.to_string(), e.channel_lost()));
+    }
+    let delay = route.amqp.retry_delay_after(attempt);
+    tracing::info!(route = %route.name, message_id = %arrived.message_id, attempt, retry_in_ms = delay.as_millis() as u64, "transient failure, retrying later: {why}");
+    publisher
+        .retry(route, arrived, attempt, delay, &why)
+        .await
+        .map(|()| Outcome::Parked)
+        .map_err(|e| (e.to_string(), e.channel_lost()))
 }

@@ -4,6 +4,7 @@
 //! | status | when |
 //! |---|---|
 //! | 200 / 204 | outputs / filtered (sink `reply`); delivered to the webhook (sink `http`) |
+//! | 202 | outputs kept in the outbox for the broker (sink `amqp`) |
 //! | 400 | the body could not be read |
 //! | 404 | unknown route, or a route that does not take HTTP |
 //! | 405 | not `POST` |
@@ -13,11 +14,15 @@
 //! | 422 | a plugin rejected the message (dead-lettered), or an `Idempotency-Key` was reused for another body |
 //! | 502 | a plugin trapped (dead-lettered) |
 //! | 503 | a plugin ran past its deadline or memory cap (dead-lettered), asked for a retry, or the webhook did not take the outputs (neither dead-lettered; `Retry-After`) |
+//! | 503 | the outbox is full (`outbox-full`, `Retry-After`) |
 //! | 500 | the host itself failed (e.g. the dead-letter store is unwritable) |
 //!
 //! Idempotency: the final answer (2xx, 422) to a request with an `Idempotency-Key` is kept for
 //! `host.idempotency_window_s`; the same request again gets it back (header
 //! `millrace-replayed: true`) without running the chain again (see `idempotency`).
+//!
+//! `GET /healthz` answers while the process serves; `GET /readyz` is 200 when every broker the
+//! routes need is connected, else a 503 problem saying why (and how many outputs wait).
 //!
 //! Shutdown: stop accepting, let in-flight requests finish, return.
 
@@ -104,6 +109,9 @@ async fn route_request(
     let path = req.uri().path().to_string();
     if path == "/healthz" {
         return Ok(Response::new(Full::new(Bytes::from_static(b"ok\n"))));
+    }
+    if path == "/readyz" {
+        return readiness(mediator);
     }
     let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
     let ["v1", "routes", route_name, "messages"] = segments.as_slice() else {
@@ -261,6 +269,79 @@ fn delivered_response(id: &str, outputs: &[Message], delivered: usize) -> Respon
         .unwrap_or_else(|e| Problem::internal(e.to_string()).into_response())
 }
 
+/// Sink `amqp` behind an HTTP source: the outputs go to the outbox, on disk before the 202.
+fn accept_into_outbox(
+    mediator: &Mediator,
+    route: &crate::route::Route,
+    id: &str,
+    outputs: &[Message],
+) -> Result<Response<Full<Bytes>>, Problem> {
+    let outbox = mediator
+        .outbox
+        .as_ref()
+        .ok_or_else(|| Problem::internal("route publishes to the broker but no outbox is open"))?;
+    let keyed: Vec<(String, Message)> = outputs
+        .iter()
+        .map(|o| {
+            (
+                sink::amqp::routing_key(&route.amqp.routing_key, o),
+                o.clone(),
+            )
+        })
+        .collect();
+    match tokio::task::block_in_place(|| outbox.put(&route.amqp.exchange, &keyed)) {
+        Ok(()) => {
+            let ids: Vec<&str> = outputs.iter().map(|o| o.id.as_str()).collect();
+            let body = serde_json::json!({
+                "message_id": id,
+                "accepted": outputs.len(),
+                "outputs": ids,
+                "waiting": outbox.held(),
+            });
+            Response::builder()
+                .status(StatusCode::ACCEPTED)
+                .header(header::CONTENT_TYPE, "application/json")
+                .header("millrace-message-id", id)
+                .body(Full::new(Bytes::from(body.to_string())))
+                .map_err(|e| Problem::internal(e.to_string()))
+        }
+        Err(full @ crate::outbox::OutboxError::Full { .. }) => {
+            tracing::warn!(route = %route.name, message_id = %id, "{full}");
+            Err(Problem::outbox_full(&route.name, id, full.to_string()))
+        }
+        Err(crate::outbox::OutboxError::Store(e)) => {
+            tracing::error!(route = %route.name, message_id = %id, error = %e, "outbox unwritable");
+            Err(Problem::internal(format!(
+                "the outbox could not keep the outputs: {e}"
+            )))
+        }
+    }
+}
+
+/// `/readyz`: ready when every broker the routes need is connected (or none is needed).
+fn readiness(mediator: &Mediator) -> Result<Response<Full<Bytes>>, Problem> {
+    let waiting = mediator.outbox.as_ref().map(|o| o.held());
+    let broker = match mediator.broker.as_ref().map(|b| b.link()) {
+        None => "not used",
+        Some(crate::broker::Link::Up(_)) => "connected",
+        Some(crate::broker::Link::Down { reason, since }) => {
+            let for_s = since.elapsed().map_or(0, |d| d.as_secs());
+            let mut problem = Problem::not_ready(format!(
+                "the broker is not connected (for {for_s} s): {reason}"
+            ));
+            if let Some(waiting) = waiting {
+                problem = problem.with("outbox_waiting", waiting);
+            }
+            return Err(problem);
+        }
+    };
+    let body = serde_json::json!({ "ready": true, "broker": broker, "outbox_waiting": waiting });
+    Response::builder()
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(Full::new(Bytes::from(body.to_string())))
+        .map_err(|e| Problem::internal(e.to_string()))
+}
+
 /// A kept answer, sent again.
 fn replay(answer: StoredAnswer) -> Response<Full<Bytes>> {
     let mut builder = Response::builder().status(answer.status);
@@ -313,6 +394,7 @@ async fn mediate(
                     }
                 }
             }
+            (Sink::Amqp, _) => accept_into_outbox(mediator, route, &id, &outputs),
             _ => Ok(sink::reply::respond(&id, outputs)),
         },
         Err((failure, Ok(dead_letter))) => {

@@ -156,6 +156,32 @@ impl Problem {
         problem
     }
 
+    /// The outbox has no room for the outputs; the sender retries once the broker drained it.
+    pub fn outbox_full(route: &str, message_id: &str, detail: String) -> Problem {
+        let mut problem = Problem::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "outbox-full",
+            "Outputs not accepted",
+            detail,
+        )
+        .with("route", route)
+        .with("message_id", message_id);
+        problem.retry_after = Some(30);
+        problem
+    }
+
+    /// `/readyz`: the broker a route needs is not connected.
+    pub fn not_ready(detail: String) -> Problem {
+        let mut problem = Problem::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not-ready",
+            "Broker not connected",
+            detail,
+        );
+        problem.retry_after = Some(1);
+        problem
+    }
+
     pub fn internal(detail: impl Into<String>) -> Problem {
         Problem::new(
             StatusCode::INTERNAL_SERVER_ERROR,

@@ -7,8 +7,8 @@
 //! consumers deduplicate); `millrace-plant` and `millrace-route` headers name where it came from.
 
 use crate::chain::Failure;
-use crate::plugin::StepFailure;
 use crate::plugin::bindings::types::Message;
+use crate::plugin::{PluginId, StepFailure};
 use crate::route::Route;
 use lapin::options::{
     BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions,
@@ -24,6 +24,13 @@ pub enum PublishError {
     Broker(#[from] lapin::Error),
     #[error("the broker refused (nack) output {0}")]
     Nacked(String),
+}
+
+impl PublishError {
+    /// Whether the channel is gone (reconnect), rather than one message refused.
+    pub fn channel_lost(&self) -> bool {
+        matches!(self, PublishError::Broker(_))
+    }
 }
 
 /// A confirm-mode channel shared by every route that publishes.
@@ -47,6 +54,99 @@ fn persistent(content_type: &str, message_id: &str, headers: FieldTable) -> Basi
         .with_headers(headers)
 }
 
+/// Why an input goes to the dead-letter queue: what the headers say.
+pub struct Verdict {
+    /// `rejected`, `trap`, `deadline`, `memory-cap`, or `attempts-exhausted`.
+    pub kind: &'static str,
+    pub reason: String,
+    /// The step that failed (1-based) and its plugin, when a plugin failed.
+    pub step: Option<(u32, PluginId)>,
+}
+
+impl Verdict {
+    /// A plugin's permanent failure.
+    pub fn failed(failure: &Failure) -> Verdict {
+        let kind = match &failure.failure {
+            StepFailure::Rejected(_) => "rejected",
+            StepFailure::RetryLater(_) => "retry-later",
+            StepFailure::Deadline(_) => "deadline",
+            StepFailure::MemoryCap(_) => "memory-cap",
+            StepFailure::Trap(_) => "trap",
+        };
+        Verdict {
+            kind,
+            reason: failure.reason(),
+            step: Some((failure.step, failure.plugin.clone())),
+        }
+    }
+
+    /// Transient failures until the route's attempts ran out; `last` says the last one.
+    pub fn exhausted(attempts: u32, last: String, failure: Option<&Failure>) -> Verdict {
+        Verdict {
+            kind: "attempts-exhausted",
+            reason: format!("gave up after {attempts} attempt(s); the last: {last}"),
+            step: failure.map(|f| (f.step, f.plugin.clone())),
+        }
+    }
+}
+
+/// Header names the host writes on retried and dead-lettered messages.
+pub mod headers {
+    /// Attempts made so far (integer).
+    pub const ATTEMPTS: &str = "x-millrace-attempts";
+    pub const FIRST_FAILURE: &str = "x-millrace-first-failure";
+    pub const LAST_FAILURE: &str = "x-millrace-last-failure";
+    pub const ORIGINAL_EXCHANGE: &str = "x-millrace-original-exchange";
+    pub const ORIGINAL_ROUTING_KEY: &str = "x-millrace-original-routing-key";
+    /// How many times the message was re-injected from the dead-letter queue (integer).
+    pub const REPLAY: &str = "x-millrace-replay";
+    /// Prefix of every header the host writes; plugins do not see them.
+    pub const PREFIX: &str = "x-millrace-";
+}
+
+/// An integer header (any AMQP integer type), or a string holding one.
+pub fn header_number(table: &FieldTable, name: &str) -> Option<u64> {
+    match table.inner().get(name)? {
+        AMQPValue::ShortShortUInt(n) => Some(u64::from(*n)),
+        AMQPValue::ShortUInt(n) => Some(u64::from(*n)),
+        AMQPValue::LongUInt(n) => Some(u64::from(*n)),
+        AMQPValue::ShortShortInt(n) => u64::try_from(*n).ok(),
+        AMQPValue::ShortInt(n) => u64::try_from(*n).ok(),
+        AMQPValue::LongInt(n) => u64::try_from(*n).ok(),
+        AMQPValue::LongLongInt(n) => u64::try_from(*n).ok(),
+        AMQPValue::LongString(s) => String::from_utf8_lossy(s.as_bytes()).parse().ok(),
+        AMQPValue::ShortString(s) => s.as_str().parse().ok(),
+        _ => None,
+    }
+}
+
+/// A string header.
+pub fn header_string(table: &FieldTable, name: &str) -> Option<String> {
+    match table.inner().get(name)? {
+        AMQPValue::LongString(s) => Some(String::from_utf8_lossy(s.as_bytes()).into_owned()),
+        AMQPValue::ShortString(s) => Some(s.as_str().to_string()),
+        _ => None,
+    }
+}
+
+/// Where a delivery first came from: kept in headers across retries, else where it is now.
+fn origin(table: &FieldTable, exchange: &str, routing_key: &str) -> (String, String) {
+    (
+        header_string(table, headers::ORIGINAL_EXCHANGE).unwrap_or_else(|| exchange.to_string()),
+        header_string(table, headers::ORIGINAL_ROUTING_KEY)
+            .unwrap_or_else(|| routing_key.to_string()),
+    )
+}
+
+/// A delivery as it arrived, for retries and dead letters.
+pub struct Arrived<'a> {
+    pub message_id: &'a str,
+    pub body: &'a [u8],
+    pub properties: &'a BasicProperties,
+    pub exchange: &'a str,
+    pub routing_key: &'a str,
+}
+
 impl AmqpPublisher {
     pub async fn open(connection: &Connection) -> Result<AmqpPublisher, lapin::Error> {
         let channel = connection.create_channel().await?;
@@ -57,7 +157,8 @@ impl AmqpPublisher {
     }
 
     /// Declare what `route` uses: its sink exchange, its source queue (dead-lettering into its
-    /// dead-letter exchange) and the dead-letter exchange and queue. Idempotent.
+    /// dead-letter exchange), one delay queue per retry wait (expiring back into the source
+    /// queue), and the dead-letter exchange and queue. Idempotent.
     pub async fn declare(&self, route: &Route) -> Result<(), lapin::Error> {
         let a = &route.amqp;
         let durable = ExchangeDeclareOptions {
@@ -108,100 +209,200 @@ impl AmqpPublisher {
                     args,
                 )
                 .await?;
+            for delay in a.retry_delays() {
+                let mut args = FieldTable::default();
+                args.insert(
+                    "x-message-ttl".into(),
+                    AMQPValue::LongLongInt(delay.as_millis() as i64),
+                );
+                args.insert("x-dead-letter-exchange".into(), text(""));
+                args.insert("x-dead-letter-routing-key".into(), text(&a.queue));
+                self.channel
+                    .queue_declare(
+                        a.retry_queue(delay).as_str().into(),
+                        QueueDeclareOptions::durable(),
+                        args,
+                    )
+                    .await?;
+            }
         }
         Ok(())
     }
 
-    /// Publish `outputs` to the route's exchange and wait until the broker confirmed each.
-    pub async fn publish(&self, route: &Route, outputs: &[Message]) -> Result<usize, PublishError> {
-        let mut pending = Vec::with_capacity(outputs.len());
-        for output in outputs {
-            let key = routing_key(&route.amqp.routing_key, output);
+    /// Publish one persistent message; the returned confirm resolves when the broker took it.
+    async fn send(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        body: &[u8],
+        properties: BasicProperties,
+    ) -> Result<lapin::PublisherConfirm, lapin::Error> {
+        self.channel
+            .basic_publish(
+                exchange.into(),
+                routing_key.into(),
+                BasicPublishOptions::default(),
+                body,
+                properties,
+            )
+            .await
+    }
+
+    /// Publish each output to its exchange with its routing key, in order, and wait until the
+    /// broker confirmed every one.
+    pub async fn publish_each(
+        &self,
+        outputs: &[(&str, &str, &Message)],
+    ) -> Result<usize, PublishError> {
+        let mut pending = Vec::new();
+        for &(exchange, key, output) in outputs {
             let mut headers = FieldTable::default();
             headers.insert("millrace-plant".into(), text(&output.plant));
             headers.insert("millrace-route".into(), text(&output.route));
             let properties = persistent(&output.content_type, &output.id, headers);
-            let confirm = self
-                .channel
-                .basic_publish(
-                    route.amqp.exchange.as_str().into(),
-                    key.as_str().into(),
-                    BasicPublishOptions::default(),
-                    &output.body,
-                    properties,
-                )
-                .await?;
-            pending.push((output.id.clone(), confirm));
+            let confirm = self.send(exchange, key, &output.body, properties).await?;
+            pending.push((output.id.as_str(), confirm));
         }
+        let sent = pending.len();
         for (id, confirm) in pending {
             if confirm.await?.is_nack() {
-                return Err(PublishError::Nacked(id));
+                return Err(PublishError::Nacked(id.to_string()));
             }
         }
-        Ok(outputs.len())
+        Ok(sent)
     }
 
-    /// Put the input of a permanent failure on the route's dead-letter queue with why, and
-    /// wait for the broker's confirm. Headers follow `x-death`'s spirit: reason, plugin,
-    /// version, digest, step, kind, the original exchange and routing key, the first failure.
-    #[expect(
-        clippy::too_many_arguments,
-        reason = "one call site, each value distinct"
-    )]
+    /// Publish `outputs` to the route's exchange and wait until the broker confirmed each.
+    pub async fn publish(&self, route: &Route, outputs: &[Message]) -> Result<usize, PublishError> {
+        let keys: Vec<String> = outputs
+            .iter()
+            .map(|o| routing_key(&route.amqp.routing_key, o))
+            .collect();
+        let exchange = route.amqp.exchange.as_str();
+        let items: Vec<(&str, &str, &Message)> = keys
+            .iter()
+            .zip(outputs)
+            .map(|(key, output)| (exchange, key.as_str(), output))
+            .collect();
+        self.publish_each(&items).await
+    }
+
+    /// Park a delivery whose attempt `attempts` failed for a transient reason in the route's
+    /// delay queue for `delay`; it comes back to the source queue when that expires. Confirmed.
+    pub async fn retry(
+        &self,
+        route: &Route,
+        input: &Arrived<'_>,
+        attempts: u32,
+        delay: std::time::Duration,
+        why: &str,
+    ) -> Result<(), PublishError> {
+        let mut table = input.properties.headers().clone().unwrap_or_default();
+        let (exchange, key) = origin(&table, input.exchange, input.routing_key);
+        if header_string(&table, headers::FIRST_FAILURE).is_none() {
+            table.insert(
+                headers::FIRST_FAILURE.into(),
+                text(&crate::deadletter::now_rfc3339()),
+            );
+        }
+        table.insert(headers::ORIGINAL_EXCHANGE.into(), text(&exchange));
+        table.insert(headers::ORIGINAL_ROUTING_KEY.into(), text(&key));
+        table.insert(headers::LAST_FAILURE.into(), text(why));
+        table.insert(headers::ATTEMPTS.into(), AMQPValue::LongUInt(attempts));
+        let properties = input
+            .properties
+            .clone()
+            .with_delivery_mode(PERSISTENT)
+            .with_headers(table);
+        let queue = route.amqp.retry_queue(delay);
+        let confirm = self.send("", &queue, input.body, properties).await?;
+        if confirm.await?.is_nack() {
+            return Err(PublishError::Nacked(input.message_id.to_string()));
+        }
+        Ok(())
+    }
+
+    /// Put a delivery on the route's dead-letter queue with why, and wait for the broker's
+    /// confirm. Headers follow `x-death`'s spirit: reason, kind, plugin, version, digest, step,
+    /// the original exchange and routing key, the first failure, the attempts made.
     pub async fn dead_letter(
         &self,
         route: &Route,
-        input: &Message,
-        properties: &BasicProperties,
-        exchange: &str,
-        routing_key: &str,
+        input: &Arrived<'_>,
         attempts: u32,
-        failure: &Failure,
+        verdict: &Verdict,
     ) -> Result<(), PublishError> {
-        let mut headers = properties.headers().clone().unwrap_or_default();
-        let kind = match &failure.failure {
-            StepFailure::Rejected(_) => "rejected",
-            StepFailure::RetryLater(_) => "retry-later",
-            StepFailure::Deadline(_) => "deadline",
-            StepFailure::MemoryCap(_) => "memory-cap",
-            StepFailure::Trap(_) => "trap",
-        };
-        let now = crate::deadletter::now_rfc3339();
-        let first = match headers.inner().get("x-millrace-first-failure") {
-            Some(AMQPValue::LongString(s)) => String::from_utf8_lossy(s.as_bytes()).into_owned(),
-            _ => now,
+        let mut table = input.properties.headers().clone().unwrap_or_default();
+        let (exchange, key) = origin(&table, input.exchange, input.routing_key);
+        let first = header_string(&table, headers::FIRST_FAILURE)
+            .unwrap_or_else(crate::deadletter::now_rfc3339);
+        let (step, plugin) = match &verdict.step {
+            Some((step, plugin)) => (step.to_string(), Some(plugin)),
+            None => (String::new(), None),
         };
         for (name, value) in [
-            ("x-millrace-reason", failure.reason()),
-            ("x-millrace-kind", kind.to_string()),
-            ("x-millrace-plugin", failure.plugin.name.clone()),
-            ("x-millrace-version", failure.plugin.version.clone()),
-            ("x-millrace-digest", failure.plugin.digest.clone()),
-            ("x-millrace-step", failure.step.to_string()),
-            ("x-millrace-route", route.name.clone()),
-            ("x-millrace-plant", route.plant.clone()),
-            ("x-millrace-original-exchange", exchange.to_string()),
-            ("x-millrace-original-routing-key", routing_key.to_string()),
-            ("x-millrace-first-failure", first),
+            ("x-millrace-reason", verdict.reason.as_str()),
+            ("x-millrace-kind", verdict.kind),
+            ("x-millrace-plugin", plugin.map_or("", |p| p.name.as_str())),
+            (
+                "x-millrace-version",
+                plugin.map_or("", |p| p.version.as_str()),
+            ),
+            (
+                "x-millrace-digest",
+                plugin.map_or("", |p| p.digest.as_str()),
+            ),
+            ("x-millrace-step", step.as_str()),
+            ("x-millrace-route", route.name.as_str()),
+            ("x-millrace-plant", route.plant.as_str()),
+            (headers::ORIGINAL_EXCHANGE, exchange.as_str()),
+            (headers::ORIGINAL_ROUTING_KEY, key.as_str()),
+            (headers::FIRST_FAILURE, first.as_str()),
         ] {
-            headers.insert(name.into(), text(&value));
+            table.insert(name.into(), text(value));
         }
-        headers.insert("x-millrace-attempts".into(), AMQPValue::LongUInt(attempts));
-        let properties = persistent(&input.content_type, &input.id, headers);
+        table.insert(headers::ATTEMPTS.into(), AMQPValue::LongUInt(attempts));
+        let properties = input
+            .properties
+            .clone()
+            .with_delivery_mode(PERSISTENT)
+            .with_message_id(ShortString::from(input.message_id))
+            .with_headers(table);
         let confirm = self
-            .channel
-            .basic_publish(
-                route.amqp.dead_letter.as_str().into(),
-                "".into(),
-                BasicPublishOptions::default(),
-                &input.body,
-                properties,
-            )
+            .send(&route.amqp.dead_letter, "", input.body, properties)
             .await?;
         if confirm.await?.is_nack() {
-            return Err(PublishError::Nacked(input.id.clone()));
+            return Err(PublishError::Nacked(input.message_id.to_string()));
         }
         Ok(())
+    }
+
+    /// Send a dead letter back to the route's source queue for another run (`dlq replay`):
+    /// the failure headers are dropped, the replay count goes up. Confirmed.
+    pub async fn reinject(
+        &self,
+        route: &Route,
+        body: &[u8],
+        properties: &BasicProperties,
+    ) -> Result<u64, PublishError> {
+        let old = properties.headers().clone().unwrap_or_default();
+        let replay = header_number(&old, headers::REPLAY).unwrap_or(0) + 1;
+        let mut table = FieldTable::default();
+        for (name, value) in old.inner() {
+            if !name.as_str().starts_with(headers::PREFIX) && name.as_str() != "x-death" {
+                table.insert(name.clone(), value.clone());
+            }
+        }
+        table.insert(
+            headers::REPLAY.into(),
+            AMQPValue::LongLongInt(replay as i64),
+        );
+        let properties = properties.clone().with_headers(table);
+        let confirm = self.send("", &route.amqp.queue, body, properties).await?;
+        if confirm.await?.is_nack() {
+            return Err(PublishError::Nacked(String::new()));
+        }
+        Ok(replay)
     }
 }
 
