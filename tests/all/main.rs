@@ -3,6 +3,7 @@
 //! `target/test-guests/`). One test binary, one module per area.
 
 mod amqp;
+mod amqp_faults;
 mod cli;
 mod config_errors;
 mod events;
