@@ -210,25 +210,31 @@ impl IdempotencyStore {
     pub fn processed(&self, route: &str, message_id: &str) -> Result<bool, IdempotencyError> {
         let oldest = now_ms() - self.window.as_millis() as i64;
         let conn = self.conn.lock().expect("idempotency connection lock");
-        conn.query_row(
+        conn.prepare_cached(
             "SELECT 1 FROM processed WHERE route = ?1 AND message_id = ?2 AND at_ms >= ?3",
-            params![route, message_id, oldest],
-            |_| Ok(()),
         )
-        .optional()
+        .and_then(|mut lookup| {
+            lookup
+                .query_row(params![route, message_id, oldest], |_| Ok(()))
+                .optional()
+        })
         .map(|found| found.is_some())
         .map_err(|e| self.sql(e))
     }
 
     /// Record that `message_id` was settled on `route`; committed when this returns.
     pub fn mark_processed(&self, route: &str, message_id: &str) -> Result<(), IdempotencyError> {
-        self.mark_all(&[(route.to_string(), message_id.to_string())])
+        let mut conn = self.conn.lock().expect("idempotency connection lock");
+        self.mark_all(&mut conn, &[(route.to_string(), message_id.to_string())])
     }
 
-    /// Record several settled ids in one transaction (one disk flush for all of them).
-    fn mark_all(&self, settled: &[(String, String)]) -> Result<(), IdempotencyError> {
+    /// Record several settled ids in one transaction on `conn` (one disk flush for all).
+    fn mark_all(
+        &self,
+        conn: &mut Connection,
+        settled: &[(String, String)],
+    ) -> Result<(), IdempotencyError> {
         let now = now_ms();
-        let mut conn = self.conn.lock().expect("idempotency connection lock");
         let tx = conn.transaction().map_err(|e| self.sql(e))?;
         {
             let mut insert = tx
@@ -250,9 +256,12 @@ impl IdempotencyStore {
         tx.commit().map_err(|e| self.sql(e))
     }
 
-    /// A writer that commits the settled ids of concurrent deliveries together: while one
-    /// commit is on its way to disk the next ones queue, and go in the following transaction.
-    pub fn settled_log(self: &Arc<Self>) -> SettledLog {
+    /// A writer, on its own connection, that commits the settled ids of concurrent deliveries
+    /// together: while one commit is on its way to disk the next ones queue, and go in the
+    /// following transaction. Lookups ([`Self::processed`]) are not held up by its commits.
+    pub fn settled_log(self: &Arc<Self>) -> Result<SettledLog, IdempotencyError> {
+        let dir = self.path.parent().unwrap_or(Path::new("."));
+        let (_, mut conn) = crate::durable::open_in(dir, FILE, SCHEMA)?;
         let (tx, rx) = std::sync::mpsc::channel::<Mark>();
         let store = Arc::clone(self);
         std::thread::Builder::new()
@@ -267,14 +276,14 @@ impl IdempotencyStore {
                         }
                     }
                     let ids: Vec<_> = batch.iter().map(|m| m.id.clone()).collect();
-                    let result = store.mark_all(&ids).map_err(|e| e.to_string());
+                    let result = store.mark_all(&mut conn, &ids).map_err(|e| e.to_string());
                     for mark in batch {
                         let _ = mark.done.send(result.clone());
                     }
                 }
             })
             .expect("the settled-ids writer thread starts");
-        SettledLog { tx }
+        Ok(SettledLog { tx })
     }
 }
 

@@ -50,6 +50,8 @@ pub struct Mediator {
     pub settled: Option<crate::idempotency::SettledLog>,
     /// Outputs of HTTP-in/broker-out routes waiting for the broker; when such a route exists.
     pub outbox: Option<Arc<crate::outbox::Outbox>>,
+    /// The threads chains run on (`host.max_in_flight` of them).
+    pub workers: crate::chain::Workers,
     /// One permit per message being mediated (`host.max_in_flight`); bounds the threads and
     /// plugin instances in use at once. Waiting messages queue in arrival order.
     pub slots: Arc<tokio::sync::Semaphore>,
@@ -90,8 +92,12 @@ impl Mediator {
         } else {
             None
         };
-        let settled = idempotency.as_ref().map(|store| store.settled_log());
+        let settled = idempotency
+            .as_ref()
+            .map(|store| store.settled_log())
+            .transpose()?;
         Ok(Mediator {
+            workers: crate::chain::Workers::new(config.max_in_flight),
             broker,
             settled,
             outbox,

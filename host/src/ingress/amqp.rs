@@ -71,56 +71,58 @@ pub async fn consume(
             }
         }
     }
-    // One forwarding task per consumer; the loop below takes deliveries from all of them.
-    let (tx, mut rx) = mpsc::channel(64);
-    let mut forwarders = JoinSet::new();
-    for (route, channel, mut consumer) in consumers {
-        let tx = tx.clone();
-        forwarders.spawn(async move {
-            let _channel = channel; // the consumer lives as long as its channel
-            loop {
-                let (item, ended) = match consumer.next().await {
-                    Some(Ok(delivery)) => (Ok(delivery), false),
-                    Some(Err(e)) => (Err(e.to_string()), true),
-                    None => (Err("the consumer was cancelled".to_string()), true),
-                };
-                if tx.send((Arc::clone(&route), item)).await.is_err() || ended {
-                    break;
-                }
-            }
-        });
+    // One task per consumer mediates its deliveries; this one watches the session.
+    let (stop, stopping) = watch::channel(false);
+    let mut running = JoinSet::new();
+    for (route, channel, consumer) in consumers {
+        running.spawn(serve_consumer(
+            Arc::clone(&mediator),
+            session.clone(),
+            route,
+            channel,
+            consumer,
+            stopping.clone(),
+        ));
     }
-    drop(tx);
+    let ended = tokio::select! {
+        why = lost.recv() => why.unwrap_or_default(),
+        _ = shutdown.changed() => "the host is stopping".to_string(),
+        Some(why) = running.join_next(), if !running.is_empty() => {
+            why.unwrap_or_else(|e| format!("a consumer task failed: {e}"))
+        }
+    };
+    let _ = stop.send(true);
+    tracing::info!(reason = %ended, "AMQP ingress: stopped consuming; finishing deliveries in hand");
+    while running.join_next().await.is_some() {}
+    ended
+}
+
+/// Mediate one route's deliveries until its consumer ends or `stop` turns true, then finish
+/// the deliveries in hand. Returns why it ended.
+async fn serve_consumer(
+    mediator: Arc<Mediator>,
+    session: Session,
+    route: Arc<Route>,
+    _channel: lapin::Channel, // the consumer lives as long as its channel
+    mut consumer: lapin::Consumer,
+    mut stop: watch::Receiver<bool>,
+) -> String {
     let mut in_flight = JoinSet::new();
     let ended = loop {
         tokio::select! {
-            next = rx.recv() => {
-                let Some((route, delivery)) = next else {
-                    if mediator.routes.iter().any(|r| r.source == Source::Amqp) {
-                        break "every consumer ended".to_string();
-                    }
-                    // Publishing only (the outbox): wait for the session to be lost.
-                    tokio::select! {
-                        why = lost.recv() => break why.unwrap_or_default(),
-                        _ = shutdown.changed() => break "the host is stopping".into(),
-                    }
-                };
-                let delivery = match delivery {
-                    Ok(d) => d,
-                    Err(e) => break format!("route {}: consumer ended: {e}", route.name),
-                };
-                let mediator = Arc::clone(&mediator);
-                let session = session.clone();
-                in_flight.spawn(async move { handle(&mediator, &session, &route, delivery).await });
-            }
-            why = lost.recv() => break why.unwrap_or_default(),
-            _ = shutdown.changed() => break "the host is stopping".into(),
+            next = consumer.next() => match next {
+                Some(Ok(delivery)) => {
+                    let (mediator, session, route) =
+                        (Arc::clone(&mediator), session.clone(), Arc::clone(&route));
+                    in_flight.spawn(async move { handle(&mediator, &session, &route, delivery).await });
+                }
+                Some(Err(e)) => break format!("route {}: consumer ended: {e}", route.name),
+                None => break format!("route {}: the consumer was cancelled", route.name),
+            },
+            _ = stop.changed() => break String::new(),
         }
         while in_flight.try_join_next().is_some() {}
     };
-    forwarders.abort_all();
-    drop(rx);
-    tracing::info!(reason = %ended, "AMQP ingress: stopped consuming; finishing deliveries in hand");
     while in_flight.join_next().await.is_some() {}
     ended
 }
@@ -199,21 +201,6 @@ async fn handle(mediator: &Mediator, session: &Session, route: &Arc<Route>, deli
         _ => id.clone(),
     };
     let dedupe = given_id.as_ref().and(mediator.idempotency.as_ref());
-    if let Some(store) = dedupe {
-        match tokio::task::block_in_place(|| store.processed(&route.name, &settled_key)) {
-            Ok(true) => {
-                tracing::info!(route = %route.name, message_id = %id, redelivered = delivery.redelivered, "already settled: acknowledged without a second run");
-                if let Err(e) = delivery.ack(BasicAckOptions::default()).await {
-                    tracing::warn!(route = %route.name, message_id = %id, error = %e, "ack failed; the broker redelivers");
-                }
-                return;
-            }
-            Ok(false) => {}
-            Err(e) => {
-                tracing::error!(route = %route.name, message_id = %id, error = %e, "idempotency store unreadable; mediating")
-            }
-        }
-    }
     let attempt = header_number(&table, headers::ATTEMPTS).unwrap_or(0) as u32 + 1;
     let message = message_of(route, &id, properties, &delivery.data);
     let arrived = Arrived {
@@ -228,12 +215,34 @@ async fn handle(mediator: &Mediator, session: &Session, route: &Arc<Route>, deli
     };
     let worker = Arc::clone(route);
     let input = message;
-    let outcome = tokio::task::spawn_blocking(move || {
-        let result = chain::run(&worker, &input);
+    let store = dedupe.map(Arc::clone);
+    let key = settled_key.clone();
+    // The settled-id lookup and the chain, on one blocking thread.
+    let outcome = mediator.workers.run(move || {
+        let settled = match store.map(|s| s.processed(&worker.name, &key)) {
+            Some(Ok(true)) => true,
+            Some(Err(e)) => {
+                tracing::error!(route = %worker.name, message_id = %input.id, error = %e, "idempotency store unreadable; mediating");
+                false
+            }
+            _ => false,
+        };
+        let result = (!settled).then(|| chain::run(&worker, &input));
         drop(slot);
         result
     })
     .await;
+    let outcome = match outcome {
+        Ok(None) => {
+            tracing::info!(route = %route.name, message_id = %id, redelivered = delivery.redelivered, "already settled: acknowledged without a second run");
+            if let Err(e) = delivery.ack(BasicAckOptions::default()).await {
+                tracing::warn!(route = %route.name, message_id = %id, error = %e, "ack failed; the broker redelivers");
+            }
+            return;
+        }
+        Ok(Some(ran)) => Ok(ran),
+        Err(e) => Err(e),
+    };
     // Ok(outcome) or Err((why, is the broker session gone)).
     let result: Result<Outcome, (String, bool)> = match outcome {
         Err(e) => Err((format!("the mediation task failed: {e}"), false)),

@@ -369,19 +369,21 @@ async fn mediate(
     tracing::debug!(route = %route.name, message_id = %id, "mediating");
     let worker = Arc::clone(route);
     let deadletters = Arc::clone(&mediator.deadletters);
-    let outcome = tokio::task::spawn_blocking(move || {
-        let result = match chain::run(&worker, &message) {
-            Ok(outputs) => Ok(outputs),
-            Err(failure) => {
-                let recorded = chain::dead_letter(&deadletters, &worker, &message, &failure);
-                Err((failure, recorded))
-            }
-        };
-        drop(slot);
-        result
-    })
-    .await
-    .map_err(|e| Problem::internal(format!("the mediation task failed: {e}")))?;
+    let outcome = mediator
+        .workers
+        .run(move || {
+            let result = match chain::run(&worker, &message) {
+                Ok(outputs) => Ok(outputs),
+                Err(failure) => {
+                    let recorded = chain::dead_letter(&deadletters, &worker, &message, &failure);
+                    Err((failure, recorded))
+                }
+            };
+            drop(slot);
+            result
+        })
+        .await
+        .map_err(|e| Problem::internal(format!("the mediation task failed: {e}")))?;
 
     match outcome {
         Ok(outputs) => match (route.sink, &route.webhook) {

@@ -1,0 +1,460 @@
+//! Throughput of a broker route (queue → mes-fixed-width → exchange; persistent messages,
+//! publisher confirms, manual acks after the confirm) against a plain lapin pipe that does the
+//! same minus the mediation: consume with the same prefetch, publish an event persistent on a
+//! confirm channel (the bytes the route makes of the same record, made once up front), ack after
+//! the confirm. Same broker, queue type, message, prefetch, same run.
+//!
+//! Each round preloads N inputs into a durable queue, then starts the consumer (the pipe
+//! in-process, or `millrace run` as its own process) and watches the output queue's depth from
+//! an observer connection; the rate is taken between 5 % and 100 % of the outputs, so start-up
+//! is left out of both. Rounds alternate pipe / millrace; medians are printed.
+//!
+//! Needs `scripts/build-plugins` and Debian's rabbitmq-server (scripts/setup). Run:
+//! `cargo bench -p millrace-host --bench amqp` (or `scripts/bench`). Environment: `N`
+//! (messages per round, default 50000), `ROUNDS` (default 3), `PREFETCH` (default 256).
+
+use futures_lite::StreamExt;
+use lapin::options::{
+    BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
+    ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
+    QueuePurgeOptions,
+};
+use lapin::types::FieldTable;
+use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("host/ has a parent")
+        .to_path_buf()
+}
+
+fn setting(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// The event the route makes of [`record`], made natively (the plugin crate against the SDK's
+/// host double): the pipe publishes these bytes, so both sides put the same sizes on the broker.
+fn route_output() -> Vec<u8> {
+    use millrace_sdk::Plugin;
+    let config =
+        millrace_host::config::Config::load(&root().join("examples/quickstart/millrace.toml"))
+            .expect("quickstart config");
+    let route = &config.routes[0];
+    let settings: serde_json::Value =
+        serde_json::from_str(route.steps[0].settings.document()).expect("settings are JSON");
+    let table = config.plants[&route.plant]
+        .get("work_centres")
+        .expect("work_centres table")
+        .clone();
+    let host = millrace_sdk::TestHost::new()
+        .with_settings(settings)
+        .with_table("work_centres", table);
+    let plugin = mes_fixed_width::MesFixedWidth::new(&host).expect("settings load");
+    let outputs = plugin
+        .mediate(
+            &host,
+            millrace_sdk::Message {
+                id: "m-0".into(),
+                plant: route.plant.clone(),
+                route: "bench".into(),
+                content_type: "text/plain".into(),
+                headers: Vec::new(),
+                body: record(),
+            },
+        )
+        .expect("the record maps");
+    outputs.into_iter().next().expect("one event").body
+}
+
+/// One 80-column MES production confirmation (the quickstart's format).
+fn record() -> Vec<u8> {
+    format!(
+        "PC{:<12}{:<18}{:>10}{:<3}{:<6}{:<14}{:<8}A      ",
+        "WO-1", "MAT-4711", "0000012500", "EA", "WC01", "20261127063000", "OP17"
+    )
+    .into_bytes()
+}
+
+struct Node {
+    pid: u32,
+    port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl Node {
+    fn start() -> Node {
+        let dir = tempfile::tempdir().expect("broker dir");
+        let port = loop {
+            let probe = std::net::TcpListener::bind("127.0.0.1:0").expect("free port");
+            let port = probe.local_addr().unwrap().port();
+            if port < 45000 && std::net::TcpListener::bind(("127.0.0.1", port + 20000)).is_ok() {
+                break port;
+            }
+        };
+        let out = Command::new(root().join("scripts/rabbitmq"))
+            .args(["start", dir.path().to_str().unwrap(), &port.to_string()])
+            .output()
+            .expect("scripts/rabbitmq runs");
+        assert!(
+            out.status.success(),
+            "broker did not start: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let pid = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap();
+        Node {
+            pid,
+            port,
+            _dir: dir,
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("amqp://guest:guest@127.0.0.1:{}/%2f", self.port)
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.pid.to_string()])
+            .status();
+    }
+}
+
+async fn connect(url: &str) -> Connection {
+    Connection::connect(url, ConnectionProperties::default())
+        .await
+        .expect("connect")
+}
+
+/// Durable `exchange` (topic) with durable `sink` bound to it, and durable `queue`; all empty.
+async fn topology(ch: &Channel, queue: &str, exchange: &str, sink: &str) {
+    ch.exchange_declare(
+        exchange.into(),
+        ExchangeKind::Topic,
+        ExchangeDeclareOptions {
+            durable: true,
+            ..Default::default()
+        },
+        FieldTable::default(),
+    )
+    .await
+    .unwrap();
+    for q in [queue, sink] {
+        ch.queue_declare(
+            q.into(),
+            QueueDeclareOptions::durable(),
+            queue_args(q, queue),
+        )
+        .await
+        .unwrap();
+        ch.queue_purge(q.into(), QueuePurgeOptions::default())
+            .await
+            .unwrap();
+    }
+    ch.queue_bind(
+        sink.into(),
+        exchange.into(),
+        "#".into(),
+        QueueBindOptions::default(),
+        FieldTable::default(),
+    )
+    .await
+    .unwrap();
+}
+
+/// The route's source queue carries the arguments millrace declares it with.
+fn queue_args(q: &str, source: &str) -> FieldTable {
+    let mut args = FieldTable::default();
+    if q == source && q == "bench.in" {
+        args.insert(
+            "x-dead-letter-exchange".into(),
+            lapin::types::AMQPValue::LongString("millrace.bench.dead-letter".into()),
+        );
+    }
+    args
+}
+
+/// Publish `n` persistent inputs with confirms (windows of 1,000).
+async fn preload(ch: &Channel, queue: &str, n: usize) {
+    let body = record();
+    ch.confirm_select(ConfirmSelectOptions::default())
+        .await
+        .unwrap();
+    let mut sent = 0;
+    while sent < n {
+        let window = (n - sent).min(1000);
+        let mut confirms = Vec::with_capacity(window);
+        for i in sent..sent + window {
+            let properties = BasicProperties::default()
+                .with_message_id(format!("m-{i}").into())
+                .with_content_type("text/plain".into())
+                .with_delivery_mode(2);
+            confirms.push(
+                ch.basic_publish(
+                    "".into(),
+                    queue.into(),
+                    BasicPublishOptions::default(),
+                    &body,
+                    properties,
+                )
+                .await
+                .unwrap(),
+            );
+        }
+        for c in confirms {
+            assert!(c.await.unwrap().is_ack());
+        }
+        sent += window;
+    }
+}
+
+/// CPU seconds (user + system) process `pid` used so far.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name (which ends with ')'): utime is the 12th, stime the 13th.
+    let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let ticks: f64 = fields.get(11..13).map_or(0.0, |f| {
+        f.iter().filter_map(|v| v.parse::<f64>().ok()).sum()
+    });
+    ticks / 100.0
+}
+
+/// What one round measured: outputs per second, and CPU µs per message of the consumer process
+/// (millrace, or the bench process running the pipe) and of the broker, over the same window.
+struct Measured {
+    rate: f64,
+    consumer_us: f64,
+    broker_us: f64,
+}
+
+/// Watch `sink` fill up to `n`; measure between 5 % and 100 %.
+async fn watch(observer: &Channel, sink: &str, n: usize, consumer: u32, broker: u32) -> Measured {
+    let depth = || async {
+        observer
+            .queue_declare(
+                sink.into(),
+                QueueDeclareOptions {
+                    passive: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .unwrap()
+            .message_count() as usize
+    };
+    let from = n / 20;
+    let mut start = None;
+    let deadline = Instant::now() + Duration::from_secs(600);
+    loop {
+        let d = depth().await;
+        let now = Instant::now();
+        assert!(now < deadline, "stalled at {d} of {n} outputs");
+        if start.is_none() && d >= from {
+            start = Some((now, d, cpu_seconds(consumer), cpu_seconds(broker)));
+        }
+        if d >= n {
+            let (t0, d0, c0, b0) = start.expect("set before the end");
+            let done = (d - d0) as f64;
+            return Measured {
+                rate: done / now.duration_since(t0).as_secs_f64(),
+                consumer_us: (cpu_seconds(consumer) - c0) / done * 1e6,
+                broker_us: (cpu_seconds(broker) - b0) / done * 1e6,
+            };
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// The plain pipe: consume `pipe.in`, publish every body to `pipe.out` (persistent, confirmed),
+/// ack after the confirm, one task per delivery — millrace's delivery path without mediation.
+async fn pipe(url: &str, n: usize, prefetch: u16, broker: u32, event: Vec<u8>) -> Measured {
+    let event = std::sync::Arc::new(event);
+    let setup = connect(url).await;
+    let ch = setup.create_channel().await.unwrap();
+    topology(&ch, "pipe.in", "pipe.out", "pipe.sink").await;
+    preload(&ch, "pipe.in", n).await;
+    let conn = connect(url).await;
+    let publisher = conn.create_channel().await.unwrap();
+    publisher
+        .confirm_select(ConfirmSelectOptions::default())
+        .await
+        .unwrap();
+    let consumer_ch = conn.create_channel().await.unwrap();
+    consumer_ch
+        .basic_qos(prefetch, BasicQosOptions::default())
+        .await
+        .unwrap();
+    let mut consumer = consumer_ch
+        .basic_consume(
+            "pipe.in".into(),
+            "pipe".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    let task = tokio::spawn(async move {
+        while let Some(Ok(delivery)) = consumer.next().await {
+            let publisher = publisher.clone();
+            let event = std::sync::Arc::clone(&event);
+            tokio::spawn(async move {
+                let properties = BasicProperties::default()
+                    .with_content_type("application/cloudevents+json".into())
+                    .with_message_id(
+                        format!(
+                            "{}-1",
+                            delivery
+                                .properties
+                                .message_id()
+                                .as_ref()
+                                .map_or("", |s| s.as_str())
+                        )
+                        .into(),
+                    )
+                    .with_delivery_mode(2);
+                let confirm = publisher
+                    .basic_publish(
+                        "pipe.out".into(),
+                        "plant.event".into(),
+                        BasicPublishOptions::default(),
+                        &event,
+                        properties,
+                    )
+                    .await
+                    .unwrap();
+                if !confirm.await.unwrap().is_nack() {
+                    delivery.ack(BasicAckOptions::default()).await.unwrap();
+                }
+            });
+        }
+    });
+    let rate = watch(&ch, "pipe.sink", n, std::process::id(), broker).await;
+    task.abort();
+    let _ = conn.close(200, "done".into()).await;
+    let _ = setup.close(200, "done".into()).await;
+    rate
+}
+
+/// The millrace route, as its own process.
+async fn millrace(url: &str, n: usize, prefetch: u16, data: &Path, broker: u32) -> Measured {
+    let setup = connect(url).await;
+    let ch = setup.create_channel().await.unwrap();
+    topology(&ch, "bench.in", "bench.out", "bench.sink").await;
+    preload(&ch, "bench.in", n).await;
+    let config = data.join("millrace.toml");
+    std::fs::write(&config, config_text(url, prefetch, data)).unwrap();
+    let mut host = Host(
+        Command::new(env!("CARGO_BIN_EXE_millrace"))
+            .args(["run", "--config"])
+            .arg(&config)
+            .args(["--http", "127.0.0.1:0"])
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("millrace starts"),
+    );
+    let rate = watch(&ch, "bench.sink", n, host.0.id(), broker).await;
+    let _ = Command::new("kill")
+        .args(["-TERM", &host.0.id().to_string()])
+        .status();
+    let _ = host.0.wait();
+    let _ = setup.close(200, "done".into()).await;
+    rate
+}
+
+struct Host(Child);
+
+impl Drop for Host {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+    }
+}
+
+/// The quickstart's route and settings, taking from the queue and publishing to the exchange.
+fn config_text(url: &str, prefetch: u16, data: &Path) -> String {
+    let quickstart = root().join("examples/quickstart");
+    let text = std::fs::read_to_string(quickstart.join("millrace.toml")).unwrap();
+    text.replace(
+        "[host]\n",
+        &format!("[host]\namqp = \"{url}\"\nidempotency_window_s = 86400\n"),
+    )
+    .replace(
+        "data_dir = \".millrace\"",
+        &format!("data_dir = \"{}\"", data.join("data").display()),
+    )
+    .replace(
+        "plugin_dir = \"../../target/plugins\"",
+        &format!("plugin_dir = \"{}\"", root().join("target/plugins").display()),
+    )
+    .replace(
+        "csv = \"work-centres.csv\"",
+        &format!("csv = \"{}\"", quickstart.join("work-centres.csv").display()),
+    )
+    .replace(
+        "source = \"http\"",
+        &format!("source = \"amqp\"\namqp = {{ queue = \"bench.in\", exchange = \"bench.out\", prefetch = {prefetch} }}"),
+    )
+    .replace("sink = \"reply\"", "sink = \"amqp\"")
+    .replace("[routes.mes-confirmations", "[routes.bench")
+}
+
+fn median(mut xs: Vec<f64>) -> f64 {
+    xs.sort_by(f64::total_cmp);
+    xs[xs.len() / 2]
+}
+
+fn main() {
+    // `cargo bench` passes `--bench`; nothing to filter here.
+    let n = setting("N", 50_000);
+    let rounds = setting("ROUNDS", 3);
+    let prefetch = setting("PREFETCH", 256) as u16;
+    let event = route_output();
+    let node = Node::start();
+    let url = node.url();
+    let data = tempfile::tempdir().unwrap();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let (mut pipes, mut hosts) = (Vec::new(), Vec::new());
+    for round in 1..=rounds {
+        let p = runtime.block_on(pipe(&url, n, prefetch, node.pid, event.clone()));
+        // A fresh data directory per round: no settled ids from the last one.
+        let dir = data.path().join(format!("round-{round}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let m = runtime.block_on(millrace(&url, n, prefetch, &dir, node.pid));
+        println!(
+            "round {round}: lapin pipe {:>6.0} msg/s (pipe {:>5.1} µs CPU/msg, broker {:>5.1})   millrace {:>6.0} msg/s (host {:>5.1} µs CPU/msg, broker {:>5.1})   ratio {:.2}",
+            p.rate,
+            p.consumer_us,
+            p.broker_us,
+            m.rate,
+            m.consumer_us,
+            m.broker_us,
+            m.rate / p.rate
+        );
+        pipes.push(p);
+        hosts.push(m);
+    }
+    let med = |xs: &[Measured], f: fn(&Measured) -> f64| median(xs.iter().map(f).collect());
+    let (p, m) = (med(&pipes, |x| x.rate), med(&hosts, |x| x.rate));
+    println!(
+        "median of {rounds} rounds, {n} persistent messages each, prefetch {prefetch}: lapin pipe {p:.0} msg/s, millrace (mes-fixed-width) {m:.0} msg/s, ratio {:.2}; CPU µs/msg: pipe {:.1}, host {:.1}, broker {:.1} (pipe) / {:.1} (millrace)",
+        m / p,
+        med(&pipes, |x| x.consumer_us),
+        med(&hosts, |x| x.consumer_us),
+        med(&pipes, |x| x.broker_us),
+        med(&hosts, |x| x.broker_us),
+    );
+}
