@@ -122,16 +122,23 @@ pub async fn supervise(mediator: Arc<Mediator>, mut shutdown: watch::Receiver<bo
     while !*shutdown.borrow() {
         let reason = match link.connect(&mediator).await {
             Ok((session, lost)) => {
-                tracing::info!("connected to the broker; consuming");
-                pause = RECONNECT_MIN;
-                link.state.send_replace(Link::Up(session.clone()));
+                let was_up = std::sync::atomic::AtomicBool::new(false);
+                let up = || {
+                    was_up.store(true, std::sync::atomic::Ordering::Relaxed);
+                    tracing::info!("connected to the broker; consuming");
+                    link.state.send_replace(Link::Up(session.clone()));
+                };
                 let ended = crate::ingress::amqp::consume(
                     Arc::clone(&mediator),
                     session.clone(),
                     lost,
                     shutdown.clone(),
+                    up,
                 )
                 .await;
+                if was_up.load(std::sync::atomic::Ordering::Relaxed) {
+                    pause = RECONNECT_MIN;
+                }
                 if *shutdown.borrow() {
                     link.state.send_replace(Link::Down {
                         reason: "the host is stopping".into(),

@@ -402,3 +402,58 @@ print(json.dumps({{'ids': ids}}))
     // Room again: the fifth is accepted now.
     assert_eq!(post(&host, 5).status, 202);
 }
+
+#[test]
+fn with_declaring_off_a_missing_queue_keeps_the_host_not_ready_until_it_is_provisioned() {
+    let broker = Broker::start();
+    let ws = workspace(&broker);
+    let config = std::fs::read_to_string(ws.config()).unwrap();
+    ws.write(
+        "millrace.toml",
+        &config.replace("[host]\n", "[host]\namqp_declare = false\n"),
+    );
+    let host = ws.start();
+    // The host does not create the queue: consuming fails, the host says why and retries.
+    let mut reason = String::new();
+    for _ in 0..600 {
+        let reply = host.request("GET", "/readyz", None, &[], b"");
+        assert_eq!(reply.status, 503, "not ready without its queue");
+        reason = reply.json()["detail"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        if reason.contains("plant-a.mes") {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert!(reason.contains("cannot consume plant-a.mes"), "{reason}");
+    // Provisioned by someone else (no dead-letter arguments: the host imposes none).
+    broker.client(&format!(
+        "{CONNECT}ch.queue_declare('plant-a.mes', durable=True)\nprint('{{}}')"
+    ));
+    host.wait_ready();
+    let good = record("WO-9", "0000001000", "WC01");
+    let got = broker.client(&format!(
+        r#"
+{CONNECT}ch.basic_publish('', 'plant-a.mes', {good:?}.encode(), pika.BasicProperties(message_id='m-9', content_type='text/plain', delivery_mode=2))
+ids = []
+deadline = time.time() + 30
+while not ids and time.time() < deadline:
+    m, p, b = ch.basic_get('out', auto_ack=True)
+    if m: ids.append(p.message_id)
+    else: time.sleep(0.05)
+names = []
+for q in ['millrace.mes.dead-letter', 'plant-a.mes.retry.1000ms']:
+    probe = c.channel()
+    try:
+        probe.queue_declare(q, passive=True)
+        names.append(q)
+    except pika.exceptions.ChannelClosedByBroker:
+        pass
+print(json.dumps({{'ids': ids, 'declared_by_host': names}}))
+"#
+    ));
+    assert_eq!(got["ids"], serde_json::json!(["m-9-1"]), "{got}");
+    assert_eq!(got["declared_by_host"], serde_json::json!([]), "{got}");
+}

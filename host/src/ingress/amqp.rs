@@ -37,12 +37,13 @@ use tokio::task::JoinSet;
 
 /// Consume every broker route's queue on `session` until it is lost (a message on `lost`, a
 /// consumer ending) or `shutdown` turns true; then stop consuming and finish the deliveries in
-/// hand. Returns why it ended.
+/// hand. Calls `ready` once every consumer runs. Returns why it ended.
 pub async fn consume(
     mediator: Arc<Mediator>,
     session: Session,
     mut lost: mpsc::UnboundedReceiver<String>,
     mut shutdown: watch::Receiver<bool>,
+    ready: impl FnOnce(),
 ) -> String {
     let mut consumers = Vec::new();
     for route in mediator.routes.iter().filter(|r| r.source == Source::Amqp) {
@@ -71,6 +72,7 @@ pub async fn consume(
             }
         }
     }
+    ready();
     // One task per consumer mediates its deliveries; this one watches the session.
     let (stop, stopping) = watch::channel(false);
     let mut running = JoinSet::new();
