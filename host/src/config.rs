@@ -749,3 +749,52 @@ pub fn toml_to_json(value: &toml::Value) -> serde_json::Value {
         ),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn amqp(max_attempts: u32, delay_ms: u64, max_ms: u64) -> RouteAmqp {
+        RouteAmqp {
+            queue: "q".into(),
+            prefetch: 1,
+            exchange: "x".into(),
+            routing_key: "{type}".into(),
+            dead_letter: "d".into(),
+            max_attempts,
+            retry_delay: Duration::from_millis(delay_ms),
+            retry_max_delay: Duration::from_millis(max_ms),
+        }
+    }
+
+    #[test]
+    fn retry_waits_double_up_to_the_cap_with_one_delay_queue_per_distinct_wait() {
+        let a = amqp(7, 1000, 5000);
+        let waits: Vec<_> = (1..7).map(|n| a.retry_delay_after(n).as_millis()).collect();
+        assert_eq!(waits, [1000, 2000, 4000, 5000, 5000, 5000]);
+        let queues: Vec<_> = a
+            .retry_delays()
+            .into_iter()
+            .map(|d| a.retry_queue(d))
+            .collect();
+        assert_eq!(
+            queues,
+            [
+                "q.retry.1000ms",
+                "q.retry.2000ms",
+                "q.retry.4000ms",
+                "q.retry.5000ms"
+            ]
+        );
+        assert!(
+            amqp(1, 1000, 5000).retry_delays().is_empty(),
+            "one attempt: no retries"
+        );
+        assert_eq!(
+            amqp(64, 1000, 60_000).retry_delay_after(60).as_millis(),
+            60_000,
+            "no overflow"
+        );
+    }
+}

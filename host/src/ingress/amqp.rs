@@ -105,28 +105,83 @@ async fn serve_consumer(
     mediator: Arc<Mediator>,
     session: Session,
     route: Arc<Route>,
-    _channel: lapin::Channel, // the consumer lives as long as its channel
+    channel: lapin::Channel, // the consumer lives as long as its channel; acks go on it
     mut consumer: lapin::Consumer,
     mut stop: watch::Receiver<bool>,
 ) -> String {
     let mut in_flight = JoinSet::new();
+    let mut acks = InOrderAcks::new();
     let ended = loop {
         tokio::select! {
             next = consumer.next() => match next {
                 Some(Ok(delivery)) => {
                     let (mediator, session, route) =
                         (Arc::clone(&mediator), session.clone(), Arc::clone(&route));
-                    in_flight.spawn(async move { handle(&mediator, &session, &route, delivery).await });
+                    in_flight.spawn(async move {
+                        let settle = handle(&mediator, &session, &route, &delivery).await;
+                        (delivery, settle)
+                    });
                 }
                 Some(Err(e)) => break format!("route {}: consumer ended: {e}", route.name),
                 None => break format!("route {}: the consumer was cancelled", route.name),
             },
+            Some(done) = in_flight.join_next(), if !in_flight.is_empty() => {
+                settle(&channel, &route, &mut acks, done).await;
+            }
             _ = stop.changed() => break String::new(),
         }
-        while in_flight.try_join_next().is_some() {}
     };
-    while in_flight.join_next().await.is_some() {}
+    while let Some(done) = in_flight.join_next().await {
+        settle(&channel, &route, &mut acks, done).await;
+    }
     ended
+}
+
+/// Acknowledge (in order, several at once) or requeue a delivery [`handle`] is done with.
+async fn settle(
+    channel: &lapin::Channel,
+    route: &Route,
+    acks: &mut InOrderAcks,
+    done: Result<(Delivery, Settle), tokio::task::JoinError>,
+) {
+    let Ok((delivery, settle)) = done else {
+        // A handler that panicked leaves its delivery to the broker (redelivered with the
+        // session); its tag is never settled, so no later ack covers it.
+        tracing::error!(route = %route.name, "a delivery handler failed");
+        return;
+    };
+    let tag = delivery.delivery_tag;
+    let sent = match settle {
+        Settle::Leave => return,
+        Settle::Ack => match acks.settle(tag) {
+            Some(upto) => {
+                channel
+                    .basic_ack(upto, BasicAckOptions { multiple: true })
+                    .await
+            }
+            None => Ok(()),
+        },
+        Settle::Requeue => {
+            let nacked = delivery
+                .nack(lapin::options::BasicNackOptions {
+                    requeue: true,
+                    ..Default::default()
+                })
+                .await
+                .map(|_| ());
+            match (nacked, acks.settle(tag)) {
+                (Ok(()), Some(upto)) => {
+                    channel
+                        .basic_ack(upto, BasicAckOptions { multiple: true })
+                        .await
+                }
+                (other, _) => other,
+            }
+        }
+    };
+    if let Err(e) = sent {
+        tracing::warn!(route = %route.name, error = %e, "ack failed; the broker redelivers");
+    }
 }
 
 fn header_text(value: &AMQPValue) -> Option<String> {
@@ -184,7 +239,52 @@ enum Outcome {
     Parked,
 }
 
-async fn handle(mediator: &Mediator, session: &Session, route: &Arc<Route>, delivery: Delivery) {
+/// What the consumer does with a delivery once [`handle`] is done with it.
+enum Settle {
+    /// Acknowledge (outputs confirmed, dead letter confirmed, parked for a retry, or settled
+    /// before).
+    Ack,
+    /// Give it back to the queue now (requeue).
+    Requeue,
+    /// Nothing: the session is lost and the broker redelivers it to the next one.
+    Leave,
+}
+
+/// Delivery tags settled out of order, acknowledged in order: one `multiple` ack covers every
+/// tag up to the highest one below which all are settled. Tags of a channel count up from 1.
+struct InOrderAcks {
+    /// Every tag below this one is acknowledged.
+    next: u64,
+    settled: std::collections::BTreeSet<u64>,
+}
+
+impl InOrderAcks {
+    fn new() -> InOrderAcks {
+        InOrderAcks {
+            next: 1,
+            settled: std::collections::BTreeSet::new(),
+        }
+    }
+
+    /// Record `tag` as settled; the tag to acknowledge with `multiple` when the run below it
+    /// is complete.
+    fn settle(&mut self, tag: u64) -> Option<u64> {
+        self.settled.insert(tag);
+        let mut upto = None;
+        while self.settled.remove(&self.next) {
+            upto = Some(self.next);
+            self.next += 1;
+        }
+        upto
+    }
+}
+
+async fn handle(
+    mediator: &Mediator,
+    session: &Session,
+    route: &Arc<Route>,
+    delivery: &Delivery,
+) -> Settle {
     let publisher = &session.publisher;
     let properties = &delivery.properties;
     let table = properties.headers().clone().unwrap_or_default();
@@ -213,7 +313,7 @@ async fn handle(mediator: &Mediator, session: &Session, route: &Arc<Route>, deli
         routing_key: delivery.routing_key.as_str(),
     };
     let Ok(slot) = Arc::clone(&mediator.slots).acquire_owned().await else {
-        return;
+        return Settle::Leave;
     };
     let worker = Arc::clone(route);
     let input = message;
@@ -237,10 +337,7 @@ async fn handle(mediator: &Mediator, session: &Session, route: &Arc<Route>, deli
     let outcome = match outcome {
         Ok(None) => {
             tracing::info!(route = %route.name, message_id = %id, redelivered = delivery.redelivered, "already settled: acknowledged without a second run");
-            if let Err(e) = delivery.ack(BasicAckOptions::default()).await {
-                tracing::warn!(route = %route.name, message_id = %id, error = %e, "ack failed; the broker redelivers");
-            }
-            return;
+            return Settle::Ack;
         }
         Ok(Some(ran)) => Ok(ran),
         Err(e) => Err(e),
@@ -299,24 +396,15 @@ async fn handle(mediator: &Mediator, session: &Session, route: &Arc<Route>, deli
         (other, _, _) => other,
     };
     match result {
-        Ok(_) => {
-            if let Err(e) = delivery.ack(BasicAckOptions::default()).await {
-                tracing::warn!(route = %route.name, message_id = %id, error = %e, "ack failed; the broker redelivers");
-            }
-        }
+        Ok(_) => Settle::Ack,
         Err((why, lost)) => {
             // Not acknowledged: the broker delivers it again, to this session or the next.
             tracing::warn!(route = %route.name, message_id = %id, "not settled, the broker will redeliver: {why}");
             if lost {
                 session.lost(format!("publishing failed: {why}"));
-            } else if let Err(e) = delivery
-                .nack(lapin::options::BasicNackOptions {
-                    requeue: true,
-                    ..Default::default()
-                })
-                .await
-            {
-                tracing::warn!(route = %route.name, message_id = %id, error = %e, "nack failed; the broker redelivers");
+                Settle::Leave
+            } else {
+                Settle::Requeue
             }
         }
     }
@@ -352,4 +440,20 @@ async fn retry_or_give_up(
         .await
         .map(|()| Outcome::Parked)
         .map_err(|e| (e.to_string(), e.channel_lost()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn out_of_order_settlements_are_acknowledged_in_order_runs() {
+        let mut acks = InOrderAcks::new();
+        assert_eq!(acks.settle(2), None, "1 is still in hand");
+        assert_eq!(acks.settle(3), None);
+        assert_eq!(acks.settle(1), Some(3), "1..=3 with one multiple ack");
+        assert_eq!(acks.settle(5), None);
+        assert_eq!(acks.settle(4), Some(5));
+        assert_eq!(acks.settle(6), Some(6));
+    }
 }
