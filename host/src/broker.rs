@@ -87,7 +87,7 @@ impl BrokerLink {
         .await?;
         let publisher = AmqpPublisher::open(&connection).await?;
         if self.declare {
-            for route in mediator.routes.iter().filter(|r| r.uses_broker()) {
+            for route in mediator.routes.all().iter().filter(|r| r.uses_broker()) {
                 publisher.declare(route).await?;
             }
         }

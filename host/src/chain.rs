@@ -109,6 +109,7 @@ pub fn dead_letter(
         headers: input.headers.clone(),
         body: input.body.clone(),
         replayed_at: None,
+        lineage: route.lineage(),
     };
     let id = store.record(&entry)?;
     tracing::warn!(

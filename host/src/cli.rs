@@ -37,7 +37,7 @@ pub fn check(config_path: &Path) -> i32 {
     let state = Arc::new(crate::state::StateStore::in_memory());
     match Routes::build(&config, &engine, &state) {
         Ok(routes) => {
-            let mut names: Vec<_> = routes.iter().collect();
+            let mut names = routes.all();
             names.sort_by(|a, b| a.name.cmp(&b.name));
             for route in names {
                 let chain: Vec<String> = route
@@ -588,7 +588,7 @@ fn replay_inner(
                 continue;
             }
             Some(Target::Webhook(webhook)) => runtime
-                .block_on(client.deliver(webhook, &outputs))
+                .block_on(client.deliver(webhook, &route.lineage(), &outputs))
                 .map_err(|e| e.to_string()),
             Some(Target::Outbox(outbox)) => {
                 let keyed: Vec<(String, Message)> = outputs
@@ -599,7 +599,7 @@ fn replay_inner(
                     })
                     .collect();
                 outbox
-                    .put(&route.amqp.exchange, &keyed)
+                    .put(&route.amqp.exchange, &route.lineage(), &keyed)
                     .map(|()| outputs.len())
                     .map_err(|e| e.to_string())
             }
@@ -631,4 +631,93 @@ fn replay_inner(
     }
     println!("{delivered} replayed, {failed} still waiting");
     Ok(i32::from(failed > 0))
+}
+
+/// One admin API call; prints the JSON answer (or the problem) and returns 0 on 2xx.
+pub fn admin_call(method: &str, url: &str, body: Option<Vec<u8>>) -> i32 {
+    match admin_request(method, url, body) {
+        Ok((status, text)) => {
+            let pretty = serde_json::from_str::<serde_json::Value>(&text)
+                .ok()
+                .and_then(|v| serde_json::to_string_pretty(&v).ok())
+                .unwrap_or(text);
+            if (200..300).contains(&status) {
+                println!("{pretty}");
+                0
+            } else {
+                eprintln!("error: the admin API answered {status}:\n{pretty}");
+                1
+            }
+        }
+        Err(e) => {
+            eprintln!("error: {url}: {e}; is the host running with host.admin set?");
+            1
+        }
+    }
+}
+
+fn admin_request(method: &str, url: &str, body: Option<Vec<u8>>) -> Result<(u16, String), String> {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .into();
+    let response = match body {
+        Some(bytes) => agent
+            .post(url)
+            .header("millrace-deployed-by", deployed_by())
+            .send(&bytes[..]),
+        None if method == "GET" => agent.get(url).call(),
+        None => agent.post(url).send_empty(),
+    }
+    .map_err(|e| e.to_string())?;
+    let status = response.status().as_u16();
+    let text = response
+        .into_body()
+        .read_to_string()
+        .map_err(|e| e.to_string())?;
+    Ok((status, text))
+}
+
+/// Who deploys: `$MILLRACE_DEPLOYED_BY`, else `$USER`, else `cli`.
+fn deployed_by() -> String {
+    std::env::var("MILLRACE_DEPLOYED_BY")
+        .or_else(|_| std::env::var("USER"))
+        .unwrap_or_else(|_| "cli".into())
+}
+
+/// `millrace plugin deploy`: upload `file` to `plant`; with `activate`, activate what was kept.
+pub fn deploy(admin: &str, plant: &str, file: &Path, activate: bool) -> i32 {
+    let bytes = match std::fs::read(file) {
+        Ok(b) => b,
+        Err(e) => {
+            eprintln!("error: cannot read {}: {e}", file.display());
+            return 1;
+        }
+    };
+    let url = format!("{admin}/v1/plants/{plant}/plugins");
+    let kept = match admin_request("POST", &url, Some(bytes)) {
+        Ok((status, text)) if (200..300).contains(&status) => text,
+        Ok((status, text)) => {
+            eprintln!("error: refused ({status}): {text}");
+            return 1;
+        }
+        Err(e) => {
+            eprintln!("error: {url}: {e}; is the host running with host.admin set?");
+            return 1;
+        }
+    };
+    println!("{kept}");
+    if !activate {
+        return 0;
+    }
+    let version: serde_json::Value = serde_json::from_str(&kept).unwrap_or_default();
+    let (Some(plugin), Some(v)) = (version["plugin"].as_str(), version["version"].as_str()) else {
+        eprintln!("error: the admin API's answer names no plugin and version: {kept}");
+        return 1;
+    };
+    admin_call(
+        "POST",
+        &format!("{admin}/v1/plants/{plant}/plugins/{plugin}/activate"),
+        Some(serde_json::json!({ "version": v }).to_string().into_bytes()),
+    )
 }

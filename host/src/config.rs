@@ -39,6 +39,7 @@ struct File {
 #[serde(deny_unknown_fields)]
 struct HostSection {
     http: Option<Spanned<String>>,
+    admin: Option<Spanned<String>>,
     data_dir: Option<String>,
     plugin_dir: Option<String>,
     max_in_flight: Option<Spanned<usize>>,
@@ -200,6 +201,8 @@ pub struct Webhook {
 pub struct Config {
     pub path: PathBuf,
     pub http: SocketAddr,
+    /// The admin API's listen address (`host.admin`); none: no admin API.
+    pub admin: Option<SocketAddr>,
     /// Messages mediated at once across all routes; more wait for a slot.
     pub max_in_flight: usize,
     pub data_dir: PathBuf,
@@ -399,6 +402,20 @@ impl Config {
                 DEFAULT_HTTP.parse().expect("the default address parses")
             }),
         };
+        let admin = file.host.admin.as_ref().and_then(|addr| {
+            addr.get_ref()
+                .parse()
+                .map_err(|e| {
+                    diag.error_at(
+                        addr.span(),
+                        format!(
+                            "host.admin {:?} is not an address like 127.0.0.1:9090: {e}",
+                            addr.get_ref()
+                        ),
+                    )
+                })
+                .ok()
+        });
         let data_dir = dir.join(file.host.data_dir.as_deref().unwrap_or(".millrace"));
         let plugin_dir = dir.join(file.host.plugin_dir.as_deref().unwrap_or("target/plugins"));
         if let Some(url) = &file.host.amqp
@@ -528,6 +545,7 @@ impl Config {
         Ok(Config {
             path: path.to_path_buf(),
             http,
+            admin,
             max_in_flight,
             data_dir,
             plugin_dir,

@@ -73,6 +73,9 @@ pub struct DeadLetter {
     pub body: Vec<u8>,
     /// When `millrace dlq replay` delivered it, RFC 3339 UTC; `None` while it waits.
     pub replayed_at: Option<String>,
+    /// The chain it ran on: `name@version+digest` of each step, in order (empty in entries
+    /// recorded before lineage was kept).
+    pub lineage: String,
 }
 
 fn serialize_body<S: serde::Serializer>(body: &[u8], s: S) -> Result<S::Ok, S::Error> {
@@ -111,7 +114,7 @@ CREATE INDEX IF NOT EXISTS dead_letters_route ON dead_letters (route, id);
 ";
 
 /// Columns added after the first release of the store, with their definitions.
-const ADDED_COLUMNS: &[(&str, &str)] = &[("replayed_at", "TEXT")];
+const ADDED_COLUMNS: &[(&str, &str)] = &[("replayed_at", "TEXT"), ("lineage", "TEXT")];
 
 fn add_missing_columns(conn: &Connection) -> rusqlite::Result<()> {
     let mut stmt = conn.prepare("SELECT name FROM pragma_table_info('dead_letters')")?;
@@ -180,8 +183,8 @@ impl DeadLetterStore {
         let at = now_rfc3339();
         let conn = self.conn.lock().expect("dead-letter connection lock");
         conn.execute(
-            "INSERT INTO dead_letters (at, plant, route, message_id, step, plugin, version, digest, kind, reason, field, position, content_type, headers, body)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
+            "INSERT INTO dead_letters (at, plant, route, message_id, step, plugin, version, digest, kind, reason, field, position, content_type, headers, body, lineage)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)",
             params![
                 at,
                 entry.plant,
@@ -198,6 +201,7 @@ impl DeadLetterStore {
                 entry.content_type,
                 headers,
                 entry.body,
+                entry.lineage,
             ],
         )
         .map_err(|e| self.sql(e))?;
@@ -240,20 +244,27 @@ impl DeadLetterStore {
         limit: u32,
     ) -> Result<Vec<DeadLetter>, DeadLetterError> {
         let conn = self.conn.lock().expect("dead-letter connection lock");
-        let has_replayed = conn
-            .prepare("SELECT 1 FROM pragma_table_info('dead_letters') WHERE name = 'replayed_at'")
-            .and_then(|mut s| s.exists([]))
+        // A store written before a column was added, opened read-only, lacks it.
+        let present: Vec<String> = conn
+            .prepare("SELECT name FROM pragma_table_info('dead_letters')")
+            .and_then(|mut s| s.query_map([], |row| row.get(0))?.collect())
             .map_err(|e| self.sql(e))?;
-        // A store written before `replayed_at` existed and opened read-only lacks the column.
-        let replayed = if has_replayed { "replayed_at" } else { "NULL" };
-        let filter = if has_replayed {
+        let column = |name: &'static str| {
+            if present.iter().any(|p| p == name) {
+                name
+            } else {
+                "NULL"
+            }
+        };
+        let (replayed, lineage) = (column("replayed_at"), column("lineage"));
+        let filter = if replayed != "NULL" {
             filter.to_string()
         } else {
             filter.replace("AND replayed_at IS NULL", "")
         };
         let mut stmt = conn
             .prepare(&format!(
-                "SELECT id, at, plant, route, message_id, step, plugin, version, digest, kind, reason, field, position, content_type, headers, body, {replayed}
+                "SELECT id, at, plant, route, message_id, step, plugin, version, digest, kind, reason, field, position, content_type, headers, body, {replayed}, {lineage}
                  FROM dead_letters {filter}"
             ))
             .map_err(|e| self.sql(e))?;
@@ -281,6 +292,7 @@ impl DeadLetterStore {
                     headers: serde_json::from_str(&headers).unwrap_or_default(),
                     body: row.get(15)?,
                     replayed_at: row.get(16)?,
+                    lineage: row.get::<_, Option<String>>(17)?.unwrap_or_default(),
                 })
             })
             .map_err(|e| self.sql(e))?;
@@ -323,6 +335,7 @@ mod tests {
             headers: vec![("a".into(), "b".into())],
             body: vec![0xff, b'x'],
             replayed_at: None,
+            lineage: "a@1.0.0+sha256:00".into(),
         }
     }
 

@@ -5,12 +5,14 @@
 //! wires it all and runs it.
 #![forbid(unsafe_code)]
 
+pub mod admin;
 pub mod broker;
 pub mod chain;
 pub mod cli;
 pub mod config;
 pub mod conformance;
 pub mod deadletter;
+pub mod deploy;
 pub mod durable;
 pub mod idempotency;
 pub mod ingress;
@@ -18,6 +20,7 @@ pub mod lookup;
 pub mod mediator;
 pub mod outbox;
 pub mod plugin;
+pub mod registry;
 pub mod route;
 pub mod sink;
 pub mod state;

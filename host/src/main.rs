@@ -25,6 +25,9 @@ enum Command {
         /// HTTP listen address; overrides host.http of the configuration.
         #[arg(long)]
         http: Option<SocketAddr>,
+        /// Admin API listen address; overrides host.admin of the configuration.
+        #[arg(long)]
+        admin: Option<SocketAddr>,
     },
     /// Validate the configuration and load every plugin it names.
     Check {
@@ -76,6 +79,48 @@ enum PluginCommand {
         #[arg(long, default_value_t = 64)]
         memory_mib: u32,
     },
+    /// Upload a component to a plant of a running host (its admin API); gated and kept, and
+    /// with --activate made the plant's active version.
+    Deploy {
+        file: PathBuf,
+        #[command(flatten)]
+        at: AdminTarget,
+        #[arg(long)]
+        activate: bool,
+    },
+    /// Make a deployed version the plant's active one.
+    Activate {
+        #[command(flatten)]
+        at: AdminTarget,
+        #[arg(long)]
+        plugin: String,
+        #[arg(long)]
+        version: String,
+    },
+    /// Go back to the version that was active before.
+    Rollback {
+        #[command(flatten)]
+        at: AdminTarget,
+        #[arg(long)]
+        plugin: String,
+    },
+    /// The versions of a plugin on a plant, the active one and the swap history.
+    Versions {
+        #[command(flatten)]
+        at: AdminTarget,
+        #[arg(long)]
+        plugin: String,
+    },
+}
+
+/// Where the admin API is and which plant to act on.
+#[derive(clap::Args)]
+struct AdminTarget {
+    /// Admin API base URL (`host.admin` of the running host).
+    #[arg(long, default_value = "http://127.0.0.1:9090")]
+    admin: String,
+    #[arg(long)]
+    plant: String,
 }
 
 #[derive(Subcommand)]
@@ -111,7 +156,11 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     telemetry::init();
     let code = match cli.command {
-        Command::Run { config, http } => run(config, http),
+        Command::Run {
+            config,
+            http,
+            admin,
+        } => run(config, http, admin),
         Command::Check { config } => cli::check(&config),
         Command::Plugin {
             command: PluginCommand::Inspect { file },
@@ -151,6 +200,45 @@ fn main() -> ExitCode {
         Command::Plugin {
             command: PluginCommand::Test { .. },
         } => unreachable!("clap requires --input or --vectors"),
+        Command::Plugin {
+            command: PluginCommand::Deploy { file, at, activate },
+        } => cli::deploy(&at.admin, &at.plant, &file, activate),
+        Command::Plugin {
+            command:
+                PluginCommand::Activate {
+                    at,
+                    plugin,
+                    version,
+                },
+        } => cli::admin_call(
+            "POST",
+            &format!(
+                "{}/v1/plants/{}/plugins/{plugin}/activate",
+                at.admin, at.plant
+            ),
+            Some(
+                serde_json::json!({ "version": version })
+                    .to_string()
+                    .into_bytes(),
+            ),
+        ),
+        Command::Plugin {
+            command: PluginCommand::Rollback { at, plugin },
+        } => cli::admin_call(
+            "POST",
+            &format!(
+                "{}/v1/plants/{}/plugins/{plugin}/rollback",
+                at.admin, at.plant
+            ),
+            Some(Vec::new()),
+        ),
+        Command::Plugin {
+            command: PluginCommand::Versions { at, plugin },
+        } => cli::admin_call(
+            "GET",
+            &format!("{}/v1/plants/{}/plugins/{plugin}", at.admin, at.plant),
+            None,
+        ),
         Command::Dlq {
             command:
                 DlqCommand::List {
@@ -172,7 +260,7 @@ fn main() -> ExitCode {
     ExitCode::from(code as u8)
 }
 
-fn run(config: PathBuf, http: Option<SocketAddr>) -> i32 {
+fn run(config: PathBuf, http: Option<SocketAddr>, admin: Option<SocketAddr>) -> i32 {
     let config = match Config::load(&config) {
         Ok(c) => c,
         Err(errors) => {
@@ -190,7 +278,7 @@ fn run(config: PathBuf, http: Option<SocketAddr>) -> i32 {
             return 1;
         }
     };
-    match runtime.block_on(mediator::run(config, http)) {
+    match runtime.block_on(mediator::run(config, http, admin)) {
         Ok(()) => 0,
         Err(e @ mediator::StartError::Config(_)) => {
             eprintln!("{e}");

@@ -23,6 +23,9 @@ pub enum StartError {
     /// A file of the embedded store (dead letters, kept answers) could not be opened.
     #[error(transparent)]
     Store(#[from] crate::durable::StoreError),
+    /// The plugin registry could not be opened or its active versions restored.
+    #[error("plugin registry: {0}")]
+    Registry(#[from] crate::deploy::DeployError),
     /// The state store could not be opened.
     #[error(transparent)]
     State(#[from] crate::state::StateError),
@@ -50,6 +53,8 @@ pub struct Mediator {
     pub settled: Option<crate::idempotency::SettledLog>,
     /// Outputs of HTTP-in/broker-out routes waiting for the broker; when such a route exists.
     pub outbox: Option<Arc<crate::outbox::Outbox>>,
+    /// Plugin versions per plant: deploy, activate, roll back.
+    pub deployer: crate::deploy::Deployer,
     /// The threads chains run on (`host.max_in_flight` of them).
     pub workers: crate::chain::Workers,
     /// One permit per message being mediated (`host.max_in_flight`); bounds the threads and
@@ -65,6 +70,10 @@ impl Mediator {
             .map_err(StartError::Engine)?;
         let state = Arc::new(StateStore::open(&config.data_dir)?);
         let routes = Routes::build(config, &engine, &state)?;
+        let registry = crate::registry::Registry::open(&config.data_dir)
+            .map_err(crate::deploy::DeployError::from)?;
+        let deployer = crate::deploy::Deployer::new(registry);
+        deployer.restore(&engine, &routes)?;
         let deadletters = Arc::new(DeadLetterStore::open(&config.data_dir)?);
         let idempotency = if config.idempotency_window.is_zero() {
             None
@@ -76,27 +85,28 @@ impl Mediator {
         };
         let slots = Arc::new(tokio::sync::Semaphore::new(config.max_in_flight));
         let broker = match &config.amqp {
-            Some(url) if routes.iter().any(|r| r.uses_broker()) => Some(Arc::new(
+            Some(url) if routes.all().iter().any(|r| r.uses_broker()) => Some(Arc::new(
                 crate::broker::BrokerLink::new(url.clone(), config.amqp_declare),
             )),
             _ => None,
         };
-        let outbox = if routes
-            .iter()
-            .any(|r| r.source == crate::config::Source::Http && r.sink == crate::config::Sink::Amqp)
-        {
-            Some(Arc::new(crate::outbox::Outbox::open(
-                &config.data_dir,
-                config.outbox_max_messages,
-            )?))
-        } else {
-            None
-        };
+        let outbox =
+            if routes.all().iter().any(|r| {
+                r.source == crate::config::Source::Http && r.sink == crate::config::Sink::Amqp
+            }) {
+                Some(Arc::new(crate::outbox::Outbox::open(
+                    &config.data_dir,
+                    config.outbox_max_messages,
+                )?))
+            } else {
+                None
+            };
         let settled = idempotency
             .as_ref()
             .map(|store| store.settled_log())
             .transpose()?;
         Ok(Mediator {
+            deployer,
             workers: crate::chain::Workers::new(config.max_in_flight),
             broker,
             settled,
@@ -113,7 +123,11 @@ impl Mediator {
 
 /// Run the host on `config` until SIGTERM or SIGINT; then stop accepting, finish in-flight
 /// messages and return.
-pub async fn run(config: Config, http: Option<SocketAddr>) -> Result<(), StartError> {
+pub async fn run(
+    config: Config,
+    http: Option<SocketAddr>,
+    admin: Option<SocketAddr>,
+) -> Result<(), StartError> {
     let mediator = Arc::new(tokio::task::block_in_place(|| Mediator::start(&config))?);
     if let Some((hits, misses)) = mediator.engine.cache_stats() {
         tracing::info!(hits, misses, "plugins loaded (compile cache hits/misses)");
@@ -125,7 +139,12 @@ pub async fn run(config: Config, http: Option<SocketAddr>) -> Result<(), StartEr
     let bound = listener
         .local_addr()
         .map_err(|source| StartError::Bind { addr, source })?;
-    let mut routes: Vec<_> = mediator.routes.iter().map(|r| r.name.clone()).collect();
+    let mut routes: Vec<_> = mediator
+        .routes
+        .all()
+        .iter()
+        .map(|r| r.name.clone())
+        .collect();
     routes.sort();
     let (stop, stopped) = tokio::sync::watch::channel(false);
     // The broker is reached in the background (with backoff): the host serves HTTP, and takes
@@ -140,6 +159,21 @@ pub async fn run(config: Config, http: Option<SocketAddr>) -> Result<(), StartEr
             let stopped = stopped.clone();
             background.spawn(async move { outbox.drain(&link, stopped).await });
         }
+    }
+    if let Some(addr) = admin.or(config.admin) {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|source| StartError::Bind { addr, source })?;
+        let bound = listener
+            .local_addr()
+            .map_err(|source| StartError::Bind { addr, source })?;
+        tracing::info!("admin API on http://{bound}");
+        println!("millrace: admin on http://{bound}");
+        background.spawn(crate::admin::serve(
+            listener,
+            Arc::clone(&mediator),
+            stopped.clone(),
+        ));
     }
     tracing::info!(routes = %routes.join(","), "millrace listening on http://{bound}");
     // One stable line on stdout for scripts and tests.

@@ -49,6 +49,7 @@ CREATE TABLE IF NOT EXISTS outbox (
     route TEXT NOT NULL,
     content_type TEXT NOT NULL,
     body BLOB NOT NULL,
+    lineage TEXT NOT NULL,
     at_ms INTEGER NOT NULL
 );
 ";
@@ -59,6 +60,8 @@ pub struct Waiting {
     pub seq: i64,
     pub exchange: String,
     pub routing_key: String,
+    /// The chain that made it (`millrace-lineage`).
+    pub lineage: String,
     pub output: Message,
 }
 
@@ -98,7 +101,12 @@ impl Outbox {
 
     /// Keep one message's outputs (each with its routing key) for `exchange`, all or none;
     /// on disk when this returns.
-    pub fn put(&self, exchange: &str, outputs: &[(String, Message)]) -> Result<(), OutboxError> {
+    pub fn put(
+        &self,
+        exchange: &str,
+        lineage: &str,
+        outputs: &[(String, Message)],
+    ) -> Result<(), OutboxError> {
         let mut conn = self.conn.lock().expect("outbox connection lock");
         let held = self.held();
         if held + outputs.len() > self.max {
@@ -115,8 +123,8 @@ impl Outbox {
         {
             let mut insert = tx
                 .prepare_cached(
-                    "INSERT INTO outbox (exchange, routing_key, message_id, plant, route, content_type, body, at_ms)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                    "INSERT INTO outbox (exchange, routing_key, message_id, plant, route, content_type, body, lineage, at_ms)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
                 )
                 .map_err(|e| self.sql(e))?;
             for (key, output) in outputs {
@@ -129,6 +137,7 @@ impl Outbox {
                         output.route,
                         output.content_type,
                         output.body,
+                        lineage,
                         now
                     ])
                     .map_err(|e| self.sql(e))?;
@@ -145,7 +154,7 @@ impl Outbox {
         let conn = self.conn.lock().expect("outbox connection lock");
         let mut select = conn
             .prepare_cached(
-                "SELECT seq, exchange, routing_key, message_id, plant, route, content_type, body
+                "SELECT seq, exchange, routing_key, message_id, plant, route, content_type, body, lineage
                  FROM outbox ORDER BY seq LIMIT ?1",
             )
             .map_err(|e| self.sql(e))?;
@@ -155,6 +164,7 @@ impl Outbox {
                     seq: row.get(0)?,
                     exchange: row.get(1)?,
                     routing_key: row.get(2)?,
+                    lineage: row.get(8)?,
                     output: Message {
                         id: row.get(3)?,
                         plant: row.get(4)?,
@@ -213,9 +223,16 @@ impl Outbox {
                 }
                 continue;
             };
-            let items: Vec<(&str, &str, &Message)> = batch
+            let items: Vec<(&str, &str, &str, &Message)> = batch
                 .iter()
-                .map(|w| (w.exchange.as_str(), w.routing_key.as_str(), &w.output))
+                .map(|w| {
+                    (
+                        w.exchange.as_str(),
+                        w.routing_key.as_str(),
+                        w.lineage.as_str(),
+                        &w.output,
+                    )
+                })
                 .collect();
             let sent = session.publisher.publish_each(&items).await;
             match sent {
@@ -274,8 +291,10 @@ mod tests {
     fn outputs_wait_in_acceptance_order_across_reopens_and_the_bound_refuses_whole_messages() {
         let dir = tempfile::tempdir().unwrap();
         let outbox = Outbox::open(dir.path(), 3).unwrap();
-        outbox.put("ex", &[output("a-1"), output("a-2")]).unwrap();
-        let full = outbox.put("ex", &[output("b-1"), output("b-2")]);
+        outbox
+            .put("ex", "p@1+sha256:00", &[output("a-1"), output("a-2")])
+            .unwrap();
+        let full = outbox.put("ex", "p@1+sha256:00", &[output("b-1"), output("b-2")]);
         assert!(
             matches!(
                 full,
@@ -287,7 +306,7 @@ mod tests {
             ),
             "{full:?}"
         );
-        outbox.put("ex", &[output("c-1")]).unwrap();
+        outbox.put("ex", "p@1+sha256:00", &[output("c-1")]).unwrap();
         drop(outbox);
         let outbox = Outbox::open(dir.path(), 3).unwrap();
         assert_eq!(outbox.held(), 3);

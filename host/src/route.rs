@@ -23,11 +23,21 @@ pub struct Route {
     /// Queue, exchange and dead-letter names for source/sink `amqp`.
     pub amqp: RouteAmqp,
     pub max_body_bytes: usize,
-    /// The chain, in order.
-    pub steps: Vec<StepRuntime>,
+    /// The chain, in order. Shared between versions of the route that differ in other steps.
+    pub steps: Vec<Arc<StepRuntime>>,
 }
 
 impl Route {
+    /// The chain this version of the route runs: `name@version+digest` of each step, comma
+    /// separated. Outputs and dead letters carry it (`millrace-lineage`).
+    pub fn lineage(&self) -> String {
+        self.steps
+            .iter()
+            .map(|s| format!("{}@{}+{}", s.id.name, s.id.version, s.id.digest))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
     /// Whether the route takes from or publishes to the broker.
     pub fn uses_broker(&self) -> bool {
         self.source == Source::Amqp || self.sink == Sink::Amqp
@@ -62,7 +72,7 @@ impl Route {
 
 /// All routes by name.
 pub struct Routes {
-    by_name: HashMap<String, Arc<Route>>,
+    by_name: std::sync::RwLock<HashMap<String, Arc<Route>>>,
 }
 
 impl Routes {
@@ -101,7 +111,7 @@ impl Routes {
                 };
                 let loaded = StepRuntime::load(engine, &artifact, spec);
                 match loaded {
-                    Ok(runtime) => steps.push(runtime),
+                    Ok(runtime) => steps.push(Arc::new(runtime)),
                     Err(e @ LoadError::Grants(_)) => {
                         diag.error_at_location(step.grants_at, format!("route {}: {e}", route.name))
                     }
@@ -127,16 +137,114 @@ impl Routes {
             );
         }
         diag.finish()?;
-        Ok(Routes { by_name })
+        Ok(Routes {
+            by_name: std::sync::RwLock::new(by_name),
+        })
     }
 
     pub fn get(&self, name: &str) -> Option<Arc<Route>> {
-        self.by_name.get(name).cloned()
+        self.by_name
+            .read()
+            .expect("route table lock")
+            .get(name)
+            .cloned()
     }
 
-    pub fn iter(&self) -> impl Iterator<Item = &Arc<Route>> {
-        self.by_name.values()
+    /// Every route as it is now.
+    pub fn all(&self) -> Vec<Arc<Route>> {
+        self.by_name
+            .read()
+            .expect("route table lock")
+            .values()
+            .cloned()
+            .collect()
     }
+
+    /// The routes of `plant` as they would be with `artifact` in place of plugin `plugin`, in
+    /// every step that runs it. Each affected step is reloaded with its own grants, settings,
+    /// tables and limits — the gate: the world, the capabilities the plant grants the step, the
+    /// settings — and nothing is installed ([`Routes::install`] does that).
+    pub fn with_plugin(
+        &self,
+        engine: &PluginEngine,
+        plant: &str,
+        plugin: &str,
+        artifact: &Artifact,
+    ) -> Result<Vec<Arc<Route>>, SwapError> {
+        let current = self.all();
+        let mut replaced = Vec::new();
+        for route in current.iter().filter(|r| r.plant == plant) {
+            if !route.steps.iter().any(|s| s.id.name == plugin) {
+                continue;
+            }
+            let mut steps = Vec::with_capacity(route.steps.len());
+            for (index, step) in route.steps.iter().enumerate() {
+                if step.id.name != plugin {
+                    steps.push(Arc::clone(step));
+                    continue;
+                }
+                let candidate = step
+                    .reload(engine, artifact)
+                    .map_err(|e| SwapError::Refused {
+                        route: route.name.clone(),
+                        step: index + 1,
+                        reason: e.to_string(),
+                    })?;
+                if candidate.id.name != plugin {
+                    return Err(SwapError::Refused {
+                        route: route.name.clone(),
+                        step: index + 1,
+                        reason: format!(
+                            "the component is plugin {:?}, not {plugin:?}",
+                            candidate.id.name
+                        ),
+                    });
+                }
+                steps.push(Arc::new(candidate));
+            }
+            replaced.push(Arc::new(Route {
+                name: route.name.clone(),
+                plant: route.plant.clone(),
+                source: route.source,
+                sink: route.sink,
+                webhook: route.webhook.clone(),
+                amqp: route.amqp.clone(),
+                max_body_bytes: route.max_body_bytes,
+                steps,
+            }));
+        }
+        if replaced.is_empty() {
+            return Err(SwapError::Unused {
+                plant: plant.into(),
+                plugin: plugin.into(),
+            });
+        }
+        Ok(replaced)
+    }
+
+    /// Replace the routes of the same names with `routes`, all at once. A message holds the
+    /// route it started with until it is done, so it runs one version of each step throughout.
+    pub fn install(&self, routes: Vec<Arc<Route>>) {
+        let mut table = self.by_name.write().expect("route table lock");
+        for route in routes {
+            table.insert(route.name.clone(), route);
+        }
+    }
+}
+
+/// Why a plugin version was not put in place.
+#[derive(Debug, thiserror::Error)]
+pub enum SwapError {
+    /// A step refused the candidate; nothing changed.
+    #[error("route {route}, step {step}: {reason}")]
+    Refused {
+        route: String,
+        step: usize,
+        reason: String,
+    },
+    /// No route of the plant runs the plugin.
+    #[error("no route of plant {plant} runs plugin {plugin}")]
+    Unused { plant: String, plugin: String },
 }
 
 fn load_artifact(

@@ -83,6 +83,8 @@ impl Workspace {
 pub struct Host {
     child: Option<Child>,
     pub url: String,
+    /// The admin API, when the configuration sets `host.admin`.
+    pub admin: Option<String>,
     stderr: mpsc::Receiver<String>,
     log: Vec<String>,
 }
@@ -138,9 +140,13 @@ impl Host {
             }
         });
         // A guard against a hung start, not a timing assertion.
+        let mut admin = None;
         let url = loop {
             match line_rx.recv_timeout(Duration::from_secs(120)) {
                 Ok(line) => {
+                    if let Some(url) = line.strip_prefix("millrace: admin on ") {
+                        admin = Some(url.to_string());
+                    }
                     if let Some(url) = line.strip_prefix("millrace: listening on ") {
                         break url.to_string();
                     }
@@ -155,6 +161,7 @@ impl Host {
         Host {
             child: Some(child),
             url,
+            admin,
             stderr: err_rx,
             log: Vec::new(),
         }
@@ -221,6 +228,12 @@ impl Host {
 
     pub fn pid(&self) -> u32 {
         self.child.as_ref().expect("running").id()
+    }
+
+    /// A request to the admin API.
+    pub fn admin(&self, method: &str, path: &str, body: &[u8]) -> Reply {
+        let base = self.admin.as_deref().expect("host.admin is set");
+        request(base, method, path, None, &[], body)
     }
 
     /// Wait until `GET /readyz` answers 200 (the broker is connected); the last answer.

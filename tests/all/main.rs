@@ -9,6 +9,7 @@ mod config_errors;
 mod events;
 mod examples;
 mod harness;
+mod hot_reload;
 mod http;
 mod limits;
 mod replay;

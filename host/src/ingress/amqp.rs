@@ -46,7 +46,12 @@ pub async fn consume(
     ready: impl FnOnce(),
 ) -> String {
     let mut consumers = Vec::new();
-    for route in mediator.routes.iter().filter(|r| r.source == Source::Amqp) {
+    for route in mediator
+        .routes
+        .all()
+        .iter()
+        .filter(|r| r.source == Source::Amqp)
+    {
         let started = async {
             let channel = session.connection.create_channel().await?;
             channel
@@ -115,8 +120,11 @@ async fn serve_consumer(
         tokio::select! {
             next = consumer.next() => match next {
                 Some(Ok(delivery)) => {
+                    // The route as it is now: a message runs on the version current when it
+                    // arrives, throughout.
+                    let current = mediator.routes.get(&route.name).unwrap_or_else(|| Arc::clone(&route));
                     let (mediator, session, route) =
-                        (Arc::clone(&mediator), session.clone(), Arc::clone(&route));
+                        (Arc::clone(&mediator), session.clone(), current);
                     in_flight.spawn(async move {
                         let settle = handle(&mediator, &session, &route, &delivery).await;
                         (delivery, settle)
@@ -349,7 +357,7 @@ async fn handle(
             let delivered = match (route.sink, &route.webhook) {
                 (Sink::Http, Some(webhook)) => mediator
                     .webhooks
-                    .deliver(webhook, &outputs)
+                    .deliver(webhook, &route.lineage(), &outputs)
                     .await
                     .map(|_| ())
                     .map_err(|e| (e.to_string(), false)),

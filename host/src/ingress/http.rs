@@ -289,7 +289,8 @@ fn accept_into_outbox(
             )
         })
         .collect();
-    match tokio::task::block_in_place(|| outbox.put(&route.amqp.exchange, &keyed)) {
+    match tokio::task::block_in_place(|| outbox.put(&route.amqp.exchange, &route.lineage(), &keyed))
+    {
         Ok(()) => {
             let ids: Vec<&str> = outputs.iter().map(|o| o.id.as_str()).collect();
             let body = serde_json::json!({
@@ -385,10 +386,14 @@ async fn mediate(
         .await
         .map_err(|e| Problem::internal(format!("the mediation task failed: {e}")))?;
 
-    match outcome {
+    let answer = match outcome {
         Ok(outputs) => match (route.sink, &route.webhook) {
             (Sink::Http, Some(webhook)) => {
-                match mediator.webhooks.deliver(webhook, &outputs).await {
+                match mediator
+                    .webhooks
+                    .deliver(webhook, &route.lineage(), &outputs)
+                    .await
+                {
                     Ok(delivered) => Ok(delivered_response(&id, &outputs, delivered)),
                     Err(e) => {
                         tracing::warn!(route = %route.name, message_id = %id, error = %e, "webhook delivery failed");
@@ -409,7 +414,14 @@ async fn mediate(
                 failure.reason()
             )))
         }
-    }
+    };
+    // Which version of each step made the answer.
+    answer.map(|mut response| {
+        if let Ok(value) = header::HeaderValue::from_str(&route.lineage()) {
+            response.headers_mut().insert("millrace-lineage", value);
+        }
+        response
+    })
 }
 
 fn is_hop_by_hop(name: &header::HeaderName) -> bool {

@@ -81,7 +81,7 @@ impl Artifact {
         path: &Path,
         bytes: &[u8],
     ) -> Result<Artifact, LoadError> {
-        let digest = format!("sha256:{}", hex::encode(Sha256::digest(bytes)));
+        let digest = digest(bytes);
         let component = Component::new(engine.engine(), bytes).map_err(|e| LoadError::Invalid {
             path: path.to_path_buf(),
             reason: format!("{e:#}"),
@@ -104,6 +104,12 @@ impl Artifact {
             exports,
         })
     }
+}
+
+/// `sha256:<hex>` of a component's bytes: how a plugin version is named in lineage and the
+/// registry.
+pub fn digest(bytes: &[u8]) -> String {
+    format!("sha256:{}", hex::encode(Sha256::digest(bytes)))
 }
 
 /// Check `artifact` against `grants` and the world, and pre-instantiate it.
@@ -242,6 +248,8 @@ const MAX_IDLE: usize = 16;
 /// One step of one route: a plugin version, its grants, settings, tables and limits.
 pub struct StepRuntime {
     pub id: PluginId,
+    /// The component file it was loaded from.
+    pub path: PathBuf,
     pub info: types::PluginInfo,
     pub grants: Vec<Capability>,
     pre: bindings::PluginPre<Invocation>,
@@ -298,6 +306,7 @@ impl StepRuntime {
                 reason,
             })?;
         let step = StepRuntime {
+            path: artifact.path.clone(),
             id: PluginId {
                 name: info.name.clone(),
                 version: info.version.clone(),
@@ -315,6 +324,29 @@ impl StepRuntime {
             .map_err(|e| trapped(format!("{e:#}")))?;
         step.idle.lock().expect("idle pool lock").push(warm);
         Ok(step)
+    }
+
+    /// The same step — plant, route, grants, settings, tables, limits — on another component
+    /// (a candidate version): linked, described and its settings checked like any load.
+    pub fn reload(
+        &self,
+        engine: &PluginEngine,
+        artifact: &Artifact,
+    ) -> Result<StepRuntime, LoadError> {
+        let c = &self.context;
+        StepRuntime::load(
+            engine,
+            artifact,
+            StepSpec {
+                plant: &c.plant,
+                route: &c.route,
+                grants: self.grants.clone(),
+                settings: c.settings.clone(),
+                tables: c.tables.clone(),
+                state: Arc::clone(&c.state),
+                limits: self.limits,
+            },
+        )
     }
 
     fn instantiate(&self, message_id: &str) -> wasmtime::Result<Warm> {

@@ -248,17 +248,18 @@ impl AmqpPublisher {
             .await
     }
 
-    /// Publish each output to its exchange with its routing key, in order, and wait until the
+    /// Publish each output to its exchange with its routing key and lineage, in order, and wait until the
     /// broker confirmed every one.
     pub async fn publish_each(
         &self,
-        outputs: &[(&str, &str, &Message)],
+        outputs: &[(&str, &str, &str, &Message)],
     ) -> Result<usize, PublishError> {
         let mut pending = Vec::new();
-        for &(exchange, key, output) in outputs {
+        for &(exchange, key, lineage, output) in outputs {
             let mut headers = FieldTable::default();
             headers.insert("millrace-plant".into(), text(&output.plant));
             headers.insert("millrace-route".into(), text(&output.route));
+            headers.insert("millrace-lineage".into(), text(lineage));
             let properties = persistent(&output.content_type, &output.id, headers);
             let confirm = self.send(exchange, key, &output.body, properties).await?;
             pending.push((output.id.as_str(), confirm));
@@ -279,10 +280,11 @@ impl AmqpPublisher {
             .map(|o| routing_key(&route.amqp.routing_key, o))
             .collect();
         let exchange = route.amqp.exchange.as_str();
-        let items: Vec<(&str, &str, &Message)> = keys
+        let lineage = route.lineage();
+        let items: Vec<(&str, &str, &str, &Message)> = keys
             .iter()
             .zip(outputs)
-            .map(|(key, output)| (exchange, key.as_str(), output))
+            .map(|(key, output)| (exchange, key.as_str(), lineage.as_str(), output))
             .collect();
         self.publish_each(&items).await
     }
@@ -354,6 +356,7 @@ impl AmqpPublisher {
             ),
             ("x-millrace-step", step.as_str()),
             ("x-millrace-route", route.name.as_str()),
+            ("x-millrace-lineage", route.lineage().as_str()),
             ("x-millrace-plant", route.plant.as_str()),
             (headers::ORIGINAL_EXCHANGE, exchange.as_str()),
             (headers::ORIGINAL_ROUTING_KEY, key.as_str()),

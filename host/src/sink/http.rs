@@ -53,6 +53,7 @@ impl WebhookClient {
     pub async fn deliver(
         &self,
         webhook: &Webhook,
+        lineage: &str,
         outputs: &[Message],
     ) -> Result<usize, DeliveryError> {
         for output in outputs {
@@ -63,6 +64,7 @@ impl WebhookClient {
                 .header("idempotency-key", output.id.as_str())
                 .header("millrace-plant", output.plant.as_str())
                 .header("millrace-route", output.route.as_str())
+                .header("millrace-lineage", lineage)
                 .body(Full::new(Bytes::from(output.body.clone())))
                 .map_err(|e| self.unreachable(webhook, output, e.to_string()))?;
             let sent = tokio::time::timeout(webhook.timeout, async {

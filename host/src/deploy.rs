@@ -1,0 +1,243 @@
+//! The one path a plugin version takes into a plant, whichever way it came (the admin API, a
+//! CLI call): compile it off the message path, gate it against every step of the plant that
+//! runs the plugin, keep it in the registry; activate it (an atomic swap of the plant's
+//! affected routes), roll back. Activations are serialized per host.
+
+use crate::plugin::engine::PluginEngine;
+use crate::plugin::{Artifact, LoadError};
+use crate::registry::{Activation, NewVersion, Registry, RegistryError, Version};
+use crate::route::{Routes, SwapError};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+/// Why a deployment, activation or rollback did not happen. The running version keeps serving.
+#[derive(Debug, thiserror::Error)]
+pub enum DeployError {
+    /// The bytes are not a component of the contract's world.
+    #[error("{0}")]
+    Invalid(#[from] LoadError),
+    /// A step of the plant refused the candidate (capabilities, settings, world), or no route
+    /// of the plant runs the plugin.
+    #[error("{0}")]
+    Refused(#[from] SwapError),
+    #[error("{0}")]
+    Registry(#[from] RegistryError),
+}
+
+/// A plugin of a plant: what an activation changes.
+#[derive(Debug, Clone, Copy)]
+pub struct Slot<'a> {
+    pub plant: &'a str,
+    pub plugin: &'a str,
+}
+
+/// What an activation did.
+#[derive(Debug, serde::Serialize)]
+pub struct Activated {
+    pub activation: Activation,
+    pub routes: Vec<String>,
+    /// From the call to the new routes being installed.
+    pub took_ms: f64,
+}
+
+/// Deploys, activations and rollbacks of one host.
+pub struct Deployer {
+    pub registry: Registry,
+    /// Compiled components by digest, so an activation does not compile.
+    compiled: Mutex<HashMap<String, Arc<Artifact>>>,
+    /// One activation at a time.
+    activating: Mutex<()>,
+}
+
+impl Deployer {
+    pub fn new(registry: Registry) -> Deployer {
+        Deployer {
+            registry,
+            compiled: Mutex::new(HashMap::new()),
+            activating: Mutex::new(()),
+        }
+    }
+
+    fn artifact(
+        &self,
+        engine: &PluginEngine,
+        digest: &str,
+        bytes: Option<&[u8]>,
+    ) -> Result<Arc<Artifact>, DeployError> {
+        if let Some(kept) = self.compiled.lock().expect("compiled lock").get(digest) {
+            return Ok(Arc::clone(kept));
+        }
+        let path = self.registry.blob(digest);
+        let artifact = Arc::new(match bytes {
+            Some(bytes) => Artifact::from_bytes(engine, &path, bytes)?,
+            None => Artifact::load(engine, &path)?,
+        });
+        self.compiled
+            .lock()
+            .expect("compiled lock")
+            .insert(artifact.digest.clone(), Arc::clone(&artifact));
+        Ok(artifact)
+    }
+
+    /// Register the versions the configuration runs (origin `config`), so later activations
+    /// can be rolled back to them, then put back what was last active on each plant.
+    pub fn restore(&self, engine: &PluginEngine, routes: &Routes) -> Result<(), DeployError> {
+        for route in routes.all() {
+            for step in &route.steps {
+                let bytes = std::fs::read(&step.path).map_err(|source| RegistryError::Blob {
+                    path: step.path.clone(),
+                    source,
+                })?;
+                let id = &step.id;
+                let new = NewVersion {
+                    plant: &route.plant,
+                    plugin: &id.name,
+                    version: &id.version,
+                    digest: &id.digest,
+                    by: "config",
+                    origin: "config",
+                };
+                match self.registry.add(&new, &bytes) {
+                    Ok(_) => {}
+                    // The file changed but kept its version number: the registered bytes stand.
+                    Err(e @ RegistryError::VersionTaken { .. }) => {
+                        tracing::warn!(error = %e, "configured plugin differs from the registered version of the same number");
+                    }
+                    Err(e) => return Err(e.into()),
+                }
+            }
+        }
+        let mut plants: Vec<String> = routes.all().iter().map(|r| r.plant.clone()).collect();
+        plants.sort();
+        plants.dedup();
+        for plant in plants {
+            for active in self.registry.active(&plant)? {
+                let running = routes.all().iter().any(|r| {
+                    r.plant == plant
+                        && r.steps
+                            .iter()
+                            .any(|s| s.id.name == active.plugin && s.id.digest != active.digest)
+                });
+                if running {
+                    let artifact = self.artifact(engine, &active.digest, None)?;
+                    routes.install(routes.with_plugin(
+                        engine,
+                        &plant,
+                        &active.plugin,
+                        &artifact,
+                    )?);
+                    tracing::info!(plant = %plant, plugin = %active.plugin, version = %active.version, "restored the active version");
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Compile and gate `bytes` as a new version for `plant`, and keep it (not active yet).
+    pub fn deploy(
+        &self,
+        engine: &PluginEngine,
+        routes: &Routes,
+        plant: &str,
+        bytes: &[u8],
+        by: &str,
+        origin: &str,
+    ) -> Result<Version, DeployError> {
+        let digest = crate::plugin::digest(bytes);
+        let artifact = self.artifact(engine, &digest, Some(bytes))?;
+        // The gate: the world, then every step of the plant that runs this plugin takes it.
+        let gated = crate::plugin::describe(engine, &artifact)
+            .map_err(DeployError::from)
+            .and_then(|info| {
+                routes.with_plugin(engine, plant, &info.name, &artifact)?;
+                Ok(info)
+            });
+        let info = match gated {
+            Ok(info) => info,
+            Err(e) => {
+                // A refused candidate is not kept, compiled or otherwise.
+                self.compiled.lock().expect("compiled lock").remove(&digest);
+                return Err(e);
+            }
+        };
+        let version = self.registry.add(
+            &NewVersion {
+                plant,
+                plugin: &info.name,
+                version: &info.version,
+                digest: &digest,
+                by,
+                origin,
+            },
+            bytes,
+        )?;
+        tracing::info!(plant, plugin = %info.name, version = %info.version, digest = %digest, by, "plugin version deployed");
+        Ok(version)
+    }
+
+    /// Make `version` of `plugin` the one `plant` runs: the affected routes are rebuilt on it
+    /// and installed at once. `action` is `activate` or `rollback` (for the history).
+    pub fn activate(
+        &self,
+        engine: &PluginEngine,
+        routes: &Routes,
+        slot: Slot<'_>,
+        version: &str,
+        by: &str,
+        action: &str,
+    ) -> Result<Activated, DeployError> {
+        let Slot { plant, plugin } = slot;
+        let started = std::time::Instant::now();
+        let _one_at_a_time = self.activating.lock().expect("activation lock");
+        let target = self.registry.find(plant, plugin, version)?;
+        let previous = routes
+            .all()
+            .iter()
+            .filter(|r| r.plant == plant)
+            .flat_map(|r| r.steps.iter())
+            .find(|s| s.id.name == plugin)
+            .map(|s| s.id.version.clone());
+        let artifact = self.artifact(engine, &target.digest, None)?;
+        let rebuilt = routes.with_plugin(engine, plant, plugin, &artifact)?;
+        let names = rebuilt.iter().map(|r| r.name.clone()).collect();
+        routes.install(rebuilt);
+        let took_ms = started.elapsed().as_secs_f64() * 1000.0;
+        let activation = self
+            .registry
+            .record(&target, previous.as_deref(), action, by)?;
+        tracing::info!(plant, plugin, version, previous = ?previous, action, by, took_ms, "plugin version active");
+        Ok(Activated {
+            activation,
+            routes: names,
+            took_ms,
+        })
+    }
+
+    /// Go back to the version that was active before the current one.
+    pub fn rollback(
+        &self,
+        engine: &PluginEngine,
+        routes: &Routes,
+        plant: &str,
+        plugin: &str,
+        by: &str,
+    ) -> Result<Activated, DeployError> {
+        let previous = self
+            .registry
+            .history(plant, Some(plugin))?
+            .pop()
+            .and_then(|last| last.previous_version)
+            .ok_or_else(|| RegistryError::NoPrevious {
+                plant: plant.into(),
+                plugin: plugin.into(),
+            })?;
+        self.activate(
+            engine,
+            routes,
+            Slot { plant, plugin },
+            &previous,
+            by,
+            "rollback",
+        )
+    }
+}
