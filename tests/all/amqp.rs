@@ -465,3 +465,55 @@ print(json.dumps({{'ids': ids, 'declared_by_host': names}}))
     assert_eq!(got["ids"], serde_json::json!(["m-9-1"]), "{got}");
     assert_eq!(got["declared_by_host"], serde_json::json!([]), "{got}");
 }
+
+#[test]
+fn an_output_no_queue_takes_is_retried_then_dead_lettered_not_dropped() {
+    let broker = Broker::start();
+    // The route publishes to an exchange nobody bound a queue to.
+    let ws = workspace_with(
+        &broker,
+        ", max_attempts = 2, retry_delay_ms = 100",
+        "WC01 = \"ASSY-01\"",
+    );
+    let config = std::fs::read_to_string(ws.config()).unwrap();
+    ws.write(
+        "millrace.toml",
+        &config.replace(
+            "exchange = \"plant-a.events\"",
+            "exchange = \"unbound.events\"",
+        ),
+    );
+    let host = ws.start();
+    host.wait_ready();
+    let good = record("WO-10", "0000001000", "WC01");
+    let got = broker.client(&format!(
+        r#"
+c = pika.BlockingConnection(pika.ConnectionParameters('127.0.0.1', PORT))
+ch = c.channel()
+ch.basic_publish('', 'plant-a.mes', {good:?}.encode(), pika.BasicProperties(message_id='m-10', content_type='text/plain', delivery_mode=2))
+dead = []
+deadline = time.time() + 30
+while not dead and time.time() < deadline:
+    m, p, b = ch.basic_get('millrace.mes.dead-letter', auto_ack=True)
+    if m: dead.append({{k: (v.decode() if isinstance(v, bytes) else v) for k, v in p.headers.items() if k != 'x-death'}})
+    else: time.sleep(0.05)
+print(json.dumps({{'dead': dead}}))
+"#
+    ));
+    let dead = &got["dead"][0];
+    assert_eq!(dead["x-millrace-kind"], "attempts-exhausted", "{got}");
+    assert_eq!(dead["x-millrace-attempts"], 2);
+    assert!(
+        dead["x-millrace-reason"]
+            .as_str()
+            .unwrap()
+            .contains("no queue takes message m-10-1 (exchange \"unbound.events\""),
+        "{got}"
+    );
+    assert!(
+        dead["x-millrace-lineage"]
+            .as_str()
+            .unwrap()
+            .starts_with("mes-fixed-width@1.0.0+sha256:")
+    );
+}

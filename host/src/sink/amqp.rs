@@ -24,6 +24,33 @@ pub enum PublishError {
     Broker(#[from] lapin::Error),
     #[error("the broker refused (nack) output {0}")]
     Nacked(String),
+    /// No queue is bound where the message was published: it would have vanished.
+    #[error(
+        "no queue takes message {id} (exchange {exchange:?}, routing key {routing_key:?}); bind one"
+    )]
+    Unroutable {
+        id: String,
+        exchange: String,
+        routing_key: String,
+    },
+}
+
+/// What the broker's confirm of message `id` says: taken (and routed to a queue), or why not.
+fn confirmed(id: &str, confirmation: lapin::Confirmation) -> Result<(), PublishError> {
+    use lapin::Confirmation;
+    match confirmation {
+        Confirmation::Ack(None) => Ok(()),
+        Confirmation::Ack(Some(returned)) => Err(PublishError::Unroutable {
+            id: id.to_string(),
+            exchange: returned.delivery.exchange.to_string(),
+            routing_key: returned.delivery.routing_key.to_string(),
+        }),
+        Confirmation::Nack(_) => Err(PublishError::Nacked(id.to_string())),
+        // The channel is in confirm mode: an answer without a confirm means it is not usable.
+        Confirmation::NotRequested => Err(PublishError::Broker(lapin::Error::from(
+            lapin::ErrorKind::InvalidChannelState(lapin::ChannelState::Closed, "no confirm"),
+        ))),
+    }
 }
 
 impl PublishError {
@@ -229,7 +256,8 @@ impl AmqpPublisher {
         Ok(())
     }
 
-    /// Publish one persistent message; the returned confirm resolves when the broker took it.
+    /// Publish one persistent message, `mandatory` (a message no queue takes comes back rather
+    /// than vanishing); the returned confirm resolves when the broker took it.
     async fn send(
         &self,
         exchange: &str,
@@ -241,7 +269,10 @@ impl AmqpPublisher {
             .basic_publish(
                 exchange.into(),
                 routing_key.into(),
-                BasicPublishOptions::default(),
+                BasicPublishOptions {
+                    mandatory: true,
+                    ..Default::default()
+                },
                 body,
                 properties,
             )
@@ -266,9 +297,7 @@ impl AmqpPublisher {
         }
         let sent = pending.len();
         for (id, confirm) in pending {
-            if confirm.await?.is_nack() {
-                return Err(PublishError::Nacked(id.to_string()));
-            }
+            confirmed(id, confirm.await?)?;
         }
         Ok(sent)
     }
@@ -318,9 +347,7 @@ impl AmqpPublisher {
             .with_headers(table);
         let queue = route.amqp.retry_queue(delay);
         let confirm = self.send("", &queue, input.body, properties).await?;
-        if confirm.await?.is_nack() {
-            return Err(PublishError::Nacked(input.message_id.to_string()));
-        }
+        confirmed(input.message_id, confirm.await?)?;
         Ok(())
     }
 
@@ -374,9 +401,7 @@ impl AmqpPublisher {
         let confirm = self
             .send(&route.amqp.dead_letter, "", input.body, properties)
             .await?;
-        if confirm.await?.is_nack() {
-            return Err(PublishError::Nacked(input.message_id.to_string()));
-        }
+        confirmed(input.message_id, confirm.await?)?;
         Ok(())
     }
 
@@ -402,9 +427,7 @@ impl AmqpPublisher {
         );
         let properties = properties.clone().with_headers(table);
         let confirm = self.send("", &route.amqp.queue, body, properties).await?;
-        if confirm.await?.is_nack() {
-            return Err(PublishError::Nacked(String::new()));
-        }
+        confirmed("", confirm.await?)?;
         Ok(replay)
     }
 }
