@@ -180,7 +180,10 @@ fn bad_candidates_are_refused_with_the_reason_while_the_active_version_serves() 
         "is not a loadable Wasm component",
     );
     // Asks for a capability the plant does not grant its step.
-    refused(upload(&host, "plant-a", "guest-stamp-3"), "state");
+    refused(
+        upload(&host, "plant-a", "guest-stamp-3"),
+        "route a, step 1: the plugin imports millrace:mediation/state@0.1.0 but its step does not grant \"state\"",
+    );
     // Another plugin: nothing on the plant runs it.
     refused(
         upload(&host, "plant-a", "guest-trap"),
