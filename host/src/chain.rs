@@ -109,7 +109,7 @@ pub fn dead_letter(
         headers: input.headers.clone(),
         body: input.body.clone(),
         replayed_at: None,
-        lineage: route.lineage(),
+        lineage: route.lineage().to_string(),
     };
     let id = store.record(&entry)?;
     tracing::warn!(

@@ -588,7 +588,7 @@ fn replay_inner(
                 continue;
             }
             Some(Target::Webhook(webhook)) => runtime
-                .block_on(client.deliver(webhook, &route.lineage(), &outputs))
+                .block_on(client.deliver(webhook, route.lineage(), &outputs))
                 .map_err(|e| e.to_string()),
             Some(Target::Outbox(outbox)) => {
                 let keyed: Vec<(String, Message)> = outputs
@@ -599,7 +599,7 @@ fn replay_inner(
                     })
                     .collect();
                 outbox
-                    .put(&route.amqp.exchange, &route.lineage(), &keyed)
+                    .put(&route.amqp.exchange, route.lineage(), &keyed)
                     .map(|()| outputs.len())
                     .map_err(|e| e.to_string())
             }

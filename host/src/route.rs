@@ -25,17 +25,54 @@ pub struct Route {
     pub max_body_bytes: usize,
     /// The chain, in order. Shared between versions of the route that differ in other steps.
     pub steps: Vec<Arc<StepRuntime>>,
+    lineage: String,
+}
+
+/// What a route is apart from its steps.
+struct RouteBase {
+    name: String,
+    plant: String,
+    source: Source,
+    sink: Sink,
+    webhook: Option<Webhook>,
+    amqp: RouteAmqp,
+    max_body_bytes: usize,
 }
 
 impl Route {
     /// The chain this version of the route runs: `name@version+digest` of each step, comma
     /// separated. Outputs and dead letters carry it (`millrace-lineage`).
-    pub fn lineage(&self) -> String {
-        self.steps
+    pub fn lineage(&self) -> &str {
+        &self.lineage
+    }
+
+    /// A route with these steps (its lineage derived once, here).
+    fn with_steps(base: RouteBase, steps: Vec<Arc<StepRuntime>>) -> Route {
+        let lineage = steps
             .iter()
             .map(|s| format!("{}@{}+{}", s.id.name, s.id.version, s.id.digest))
             .collect::<Vec<_>>()
-            .join(",")
+            .join(",");
+        let RouteBase {
+            name,
+            plant,
+            source,
+            sink,
+            webhook,
+            amqp,
+            max_body_bytes,
+        } = base;
+        Route {
+            name,
+            plant,
+            source,
+            sink,
+            webhook,
+            amqp,
+            max_body_bytes,
+            steps,
+            lineage,
+        }
     }
 
     /// Whether the route takes from or publishes to the broker.
@@ -124,16 +161,18 @@ impl Routes {
             }
             by_name.insert(
                 route.name.clone(),
-                Arc::new(Route {
-                    name: route.name.clone(),
-                    plant: route.plant.clone(),
-                    source: route.source,
-                    sink: route.sink,
-                    webhook: route.webhook.clone(),
-                    amqp: route.amqp.clone(),
-                    max_body_bytes: route.max_body_bytes,
+                Arc::new(Route::with_steps(
+                    RouteBase {
+                        name: route.name.clone(),
+                        plant: route.plant.clone(),
+                        source: route.source,
+                        sink: route.sink,
+                        webhook: route.webhook.clone(),
+                        amqp: route.amqp.clone(),
+                        max_body_bytes: route.max_body_bytes,
+                    },
                     steps,
-                }),
+                )),
             );
         }
         diag.finish()?;
@@ -202,16 +241,18 @@ impl Routes {
                 }
                 steps.push(Arc::new(candidate));
             }
-            replaced.push(Arc::new(Route {
-                name: route.name.clone(),
-                plant: route.plant.clone(),
-                source: route.source,
-                sink: route.sink,
-                webhook: route.webhook.clone(),
-                amqp: route.amqp.clone(),
-                max_body_bytes: route.max_body_bytes,
+            replaced.push(Arc::new(Route::with_steps(
+                RouteBase {
+                    name: route.name.clone(),
+                    plant: route.plant.clone(),
+                    source: route.source,
+                    sink: route.sink,
+                    webhook: route.webhook.clone(),
+                    amqp: route.amqp.clone(),
+                    max_body_bytes: route.max_body_bytes,
+                },
                 steps,
-            }));
+            )));
         }
         if replaced.is_empty() {
             return Err(SwapError::Unused {

@@ -32,6 +32,21 @@ fn workspace_with(broker: &Broker, amqp: &str, entries: &str) -> Workspace {
     ))
 }
 
+/// pika: publish `body` as `id` to the route's queue, then wait (30 s at most) for the first
+/// output and leave its id in `ids`.
+fn publish_and_take_output(id: &str, body: &str) -> String {
+    format!(
+        r#"{CONNECT}ch.basic_publish('', 'plant-a.mes', {body:?}.encode(), pika.BasicProperties(message_id='{id}', content_type='text/plain', delivery_mode=2))
+ids = []
+deadline = time.time() + 30
+while not ids and time.time() < deadline:
+    m, p, b = ch.basic_get('out', auto_ack=True)
+    if m: ids.append(p.message_id)
+    else: time.sleep(0.05)
+"#
+    )
+}
+
 fn workspace(broker: &Broker) -> Workspace {
     workspace_with(broker, "", "WC01 = \"ASSY-01\"")
 }
@@ -135,15 +150,9 @@ fn a_host_started_without_its_broker_is_not_ready_then_connects_and_consumes() {
     let good = record("WO-7", "0000001000", "WC01");
     let got = broker.client(&format!(
         r#"
-{CONNECT}ch.basic_publish('', 'plant-a.mes', {good:?}.encode(), pika.BasicProperties(message_id='m-7', content_type='text/plain', delivery_mode=2))
-ids = []
-deadline = time.time() + 30
-while not ids and time.time() < deadline:
-    m, p, b = ch.basic_get('out', auto_ack=True)
-    if m: ids.append(p.message_id)
-    else: time.sleep(0.05)
-print(json.dumps({{'ids': ids}}))
-"#
+{}print(json.dumps({{'ids': ids}}))
+"#,
+        publish_and_take_output("m-7", &good)
     ));
     assert_eq!(got["ids"], serde_json::json!(["m-7-1"]), "{got}");
 }
@@ -446,14 +455,7 @@ fn with_declaring_off_a_missing_queue_keeps_the_host_not_ready_until_it_is_provi
     let good = record("WO-9", "0000001000", "WC01");
     let got = broker.client(&format!(
         r#"
-{CONNECT}ch.basic_publish('', 'plant-a.mes', {good:?}.encode(), pika.BasicProperties(message_id='m-9', content_type='text/plain', delivery_mode=2))
-ids = []
-deadline = time.time() + 30
-while not ids and time.time() < deadline:
-    m, p, b = ch.basic_get('out', auto_ack=True)
-    if m: ids.append(p.message_id)
-    else: time.sleep(0.05)
-names = []
+{}names = []
 for q in ['millrace.mes.dead-letter', 'plant-a.mes.retry.1000ms']:
     probe = c.channel()
     try:
@@ -462,7 +464,8 @@ for q in ['millrace.mes.dead-letter', 'plant-a.mes.retry.1000ms']:
     except pika.exceptions.ChannelClosedByBroker:
         pass
 print(json.dumps({{'ids': ids, 'declared_by_host': names}}))
-"#
+"#,
+        publish_and_take_output("m-9", &good)
     ));
     assert_eq!(got["ids"], serde_json::json!(["m-9-1"]), "{got}");
     assert_eq!(got["declared_by_host"], serde_json::json!([]), "{got}");

@@ -357,7 +357,7 @@ async fn handle(
             let delivered = match (route.sink, &route.webhook) {
                 (Sink::Http, Some(webhook)) => mediator
                     .webhooks
-                    .deliver(webhook, &route.lineage(), &outputs)
+                    .deliver(webhook, route.lineage(), &outputs)
                     .await
                     .map(|_| ())
                     .map_err(|e| (e.to_string(), false)),

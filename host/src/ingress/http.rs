@@ -289,7 +289,7 @@ fn accept_into_outbox(
             )
         })
         .collect();
-    match tokio::task::block_in_place(|| outbox.put(&route.amqp.exchange, &route.lineage(), &keyed))
+    match tokio::task::block_in_place(|| outbox.put(&route.amqp.exchange, route.lineage(), &keyed))
     {
         Ok(()) => {
             let ids: Vec<&str> = outputs.iter().map(|o| o.id.as_str()).collect();
@@ -391,7 +391,7 @@ async fn mediate(
             (Sink::Http, Some(webhook)) => {
                 match mediator
                     .webhooks
-                    .deliver(webhook, &route.lineage(), &outputs)
+                    .deliver(webhook, route.lineage(), &outputs)
                     .await
                 {
                     Ok(delivered) => Ok(delivered_response(&id, &outputs, delivered)),
@@ -417,7 +417,7 @@ async fn mediate(
     };
     // Which version of each step made the answer.
     answer.map(|mut response| {
-        if let Ok(value) = header::HeaderValue::from_str(&route.lineage()) {
+        if let Ok(value) = header::HeaderValue::from_str(route.lineage()) {
             response.headers_mut().insert("millrace-lineage", value);
         }
         response

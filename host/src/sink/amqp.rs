@@ -313,7 +313,7 @@ impl AmqpPublisher {
         let items: Vec<(&str, &str, &str, &Message)> = keys
             .iter()
             .zip(outputs)
-            .map(|(key, output)| (exchange, key.as_str(), lineage.as_str(), output))
+            .map(|(key, output)| (exchange, key.as_str(), lineage, output))
             .collect();
         self.publish_each(&items).await
     }
@@ -383,7 +383,7 @@ impl AmqpPublisher {
             ),
             ("x-millrace-step", step.as_str()),
             ("x-millrace-route", route.name.as_str()),
-            ("x-millrace-lineage", route.lineage().as_str()),
+            ("x-millrace-lineage", route.lineage()),
             ("x-millrace-plant", route.plant.as_str()),
             (headers::ORIGINAL_EXCHANGE, exchange.as_str()),
             (headers::ORIGINAL_ROUTING_KEY, key.as_str()),
