@@ -29,10 +29,14 @@ pub enum StartError {
     /// The state store could not be opened.
     #[error(transparent)]
     State(#[from] crate::state::StateError),
-    /// The HTTP listener could not be bound.
-    #[error("cannot listen on {addr}: {source}; pick another address with --http or host.http")]
+    /// A listener (messages or admin) could not be bound.
+    #[error("cannot listen on {addr} ({listener}): {source}; pick another address with {flag}")]
     Bind {
         addr: SocketAddr,
+        /// `HTTP` or `admin API`.
+        listener: &'static str,
+        /// Where the address comes from.
+        flag: &'static str,
         #[source]
         source: std::io::Error,
     },
@@ -135,10 +139,18 @@ pub async fn run(
     let addr = http.unwrap_or(config.http);
     let listener = tokio::net::TcpListener::bind(addr)
         .await
-        .map_err(|source| StartError::Bind { addr, source })?;
-    let bound = listener
-        .local_addr()
-        .map_err(|source| StartError::Bind { addr, source })?;
+        .map_err(|source| StartError::Bind {
+            addr,
+            listener: "HTTP",
+            flag: "--http or host.http",
+            source,
+        })?;
+    let bound = listener.local_addr().map_err(|source| StartError::Bind {
+        addr,
+        listener: "HTTP",
+        flag: "--http or host.http",
+        source,
+    })?;
     let mut routes: Vec<_> = mediator
         .routes
         .all()
@@ -163,10 +175,18 @@ pub async fn run(
     if let Some(addr) = admin.or(config.admin) {
         let listener = tokio::net::TcpListener::bind(addr)
             .await
-            .map_err(|source| StartError::Bind { addr, source })?;
-        let bound = listener
-            .local_addr()
-            .map_err(|source| StartError::Bind { addr, source })?;
+            .map_err(|source| StartError::Bind {
+                addr,
+                listener: "admin API",
+                flag: "--admin or host.admin",
+                source,
+            })?;
+        let bound = listener.local_addr().map_err(|source| StartError::Bind {
+            addr,
+            listener: "admin API",
+            flag: "--admin or host.admin",
+            source,
+        })?;
         tracing::info!("admin API on http://{bound}");
         println!("millrace: admin on http://{bound}");
         background.spawn(crate::admin::serve(
