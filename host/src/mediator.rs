@@ -137,20 +137,7 @@ pub async fn run(
         tracing::info!(hits, misses, "plugins loaded (compile cache hits/misses)");
     }
     let addr = http.unwrap_or(config.http);
-    let listener = tokio::net::TcpListener::bind(addr)
-        .await
-        .map_err(|source| StartError::Bind {
-            addr,
-            listener: "HTTP",
-            flag: "--http or host.http",
-            source,
-        })?;
-    let bound = listener.local_addr().map_err(|source| StartError::Bind {
-        addr,
-        listener: "HTTP",
-        flag: "--http or host.http",
-        source,
-    })?;
+    let (listener, bound) = listen(addr, "HTTP", "--http or host.http").await?;
     let mut routes: Vec<_> = mediator
         .routes
         .all()
@@ -173,20 +160,7 @@ pub async fn run(
         }
     }
     if let Some(addr) = admin.or(config.admin) {
-        let listener = tokio::net::TcpListener::bind(addr)
-            .await
-            .map_err(|source| StartError::Bind {
-                addr,
-                listener: "admin API",
-                flag: "--admin or host.admin",
-                source,
-            })?;
-        let bound = listener.local_addr().map_err(|source| StartError::Bind {
-            addr,
-            listener: "admin API",
-            flag: "--admin or host.admin",
-            source,
-        })?;
+        let (listener, bound) = listen(addr, "admin API", "--admin or host.admin").await?;
         tracing::info!("admin API on http://{bound}");
         println!("millrace: admin on http://{bound}");
         background.spawn(crate::admin::serve(
@@ -214,6 +188,24 @@ pub async fn run(
     while background.join_next().await.is_some() {}
     tracing::info!("millrace stopped");
     Ok(())
+}
+
+/// Bind `addr` for `listener` (named, with the `flag` that sets it, if that fails); the
+/// listener and the address it got.
+async fn listen(
+    addr: SocketAddr,
+    listener: &'static str,
+    flag: &'static str,
+) -> Result<(tokio::net::TcpListener, SocketAddr), StartError> {
+    let failed = |source| StartError::Bind {
+        addr,
+        listener,
+        flag,
+        source,
+    };
+    let bound = tokio::net::TcpListener::bind(addr).await.map_err(failed)?;
+    let local = bound.local_addr().map_err(failed)?;
+    Ok((bound, local))
 }
 
 async fn shutdown_signal() {

@@ -39,6 +39,21 @@ struct RouteBase {
     max_body_bytes: usize,
 }
 
+/// The [`RouteBase`] of a configured route or a running one (both have these fields).
+macro_rules! base_of {
+    ($route:expr) => {
+        RouteBase {
+            name: $route.name.clone(),
+            plant: $route.plant.clone(),
+            source: $route.source,
+            sink: $route.sink,
+            webhook: $route.webhook.clone(),
+            amqp: $route.amqp.clone(),
+            max_body_bytes: $route.max_body_bytes,
+        }
+    };
+}
+
 impl Route {
     /// The chain this version of the route runs: `name@version+digest` of each step, comma
     /// separated. Outputs and dead letters carry it (`millrace-lineage`).
@@ -161,18 +176,7 @@ impl Routes {
             }
             by_name.insert(
                 route.name.clone(),
-                Arc::new(Route::with_steps(
-                    RouteBase {
-                        name: route.name.clone(),
-                        plant: route.plant.clone(),
-                        source: route.source,
-                        sink: route.sink,
-                        webhook: route.webhook.clone(),
-                        amqp: route.amqp.clone(),
-                        max_body_bytes: route.max_body_bytes,
-                    },
-                    steps,
-                )),
+                Arc::new(Route::with_steps(base_of!(route), steps)),
             );
         }
         diag.finish()?;
@@ -241,18 +245,7 @@ impl Routes {
                 }
                 steps.push(Arc::new(candidate));
             }
-            replaced.push(Arc::new(Route::with_steps(
-                RouteBase {
-                    name: route.name.clone(),
-                    plant: route.plant.clone(),
-                    source: route.source,
-                    sink: route.sink,
-                    webhook: route.webhook.clone(),
-                    amqp: route.amqp.clone(),
-                    max_body_bytes: route.max_body_bytes,
-                },
-                steps,
-            )));
+            replaced.push(Arc::new(Route::with_steps(base_of!(route), steps)));
         }
         if replaced.is_empty() {
             return Err(SwapError::Unused {
