@@ -128,6 +128,10 @@ pub async fn supervise(mediator: Arc<Mediator>, mut shutdown: watch::Receiver<bo
                     tracing::info!("connected to the broker; consuming");
                     link.state.send_replace(Link::Up(session.clone()));
                 };
+                let control = tokio::spawn(crate::admin::broadcast::follow(
+                    Arc::clone(&mediator),
+                    session.clone(),
+                ));
                 let ended = crate::ingress::amqp::consume(
                     Arc::clone(&mediator),
                     session.clone(),
@@ -136,6 +140,7 @@ pub async fn supervise(mediator: Arc<Mediator>, mut shutdown: watch::Receiver<bo
                     up,
                 )
                 .await;
+                control.abort();
                 if was_up.load(std::sync::atomic::Ordering::Relaxed) {
                     pause = RECONNECT_MIN;
                 }

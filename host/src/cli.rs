@@ -277,6 +277,49 @@ pub fn vectors(file: &Path, dir: &Path, bless: bool) -> i32 {
     i32::from(failed > 0)
 }
 
+/// `millrace plugin bundle FILE.wasm --vectors DIR -o OUT.wasm`: the vectors are run against
+/// the component first (a failing case is not bundled), then packed into it.
+pub fn bundle(file: &Path, dir: &Path, output: &Path) -> i32 {
+    let bundled = conformance::run(file, dir, false).and_then(|results| {
+        let failed: Vec<&str> = results
+            .iter()
+            .filter(|c| c.failure.is_some())
+            .map(|c| c.name.as_str())
+            .collect();
+        if !failed.is_empty() {
+            return Err(format!(
+                "{} of {} cases fail ({}); run `millrace plugin test {} --vectors {}` to see why",
+                failed.len(),
+                results.len(),
+                failed.join(", "),
+                file.display(),
+                dir.display()
+            ));
+        }
+        let bytes =
+            std::fs::read(file).map_err(|e| format!("cannot read {}: {e}", file.display()))?;
+        let bundled = conformance::bundle(&bytes, dir)?;
+        std::fs::write(output, &bundled)
+            .map_err(|e| format!("cannot write {}: {e}", output.display()))?;
+        Ok((results.len(), bundled))
+    });
+    match bundled {
+        Ok((cases, bytes)) => {
+            println!(
+                "{}: {} with {cases} case(s), digest {}",
+                output.display(),
+                file.display(),
+                crate::plugin::digest(&bytes)
+            );
+            0
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            1
+        }
+    }
+}
+
 /// `millrace dlq list`.
 pub fn dlq_list(config_path: &Path, route: Option<&str>, json: bool) -> i32 {
     let config = match Config::load(config_path) {

@@ -47,6 +47,10 @@ struct HostSection {
     amqp: Option<Spanned<String>>,
     amqp_declare: Option<bool>,
     outbox_max_messages: Option<usize>,
+    drop_dir: Option<String>,
+    drop_settle_ms: Option<u64>,
+    watch_config: Option<bool>,
+    id: Option<String>,
 }
 
 #[derive(Debug, Default, Clone, Copy, Deserialize)]
@@ -216,8 +220,42 @@ pub struct Config {
     pub outbox_max_messages: usize,
     /// How long the answer to a request with an `Idempotency-Key` is kept (0: not kept).
     pub idempotency_window: std::time::Duration,
+    /// The watched plugin directory (`host.drop_dir`, default `DATA_DIR/drop`; `""`: none).
+    pub drop_dir: Option<PathBuf>,
+    /// How long a dropped file (or the edited configuration) must stay unchanged before it is
+    /// read (`host.drop_settle_ms`, default 1000).
+    pub settle: std::time::Duration,
+    /// Whether saving the configuration file reloads it (`host.watch_config`, default true).
+    pub watch_config: bool,
+    /// This host's name among hosts sharing a broker (`host.id`, default the machine's
+    /// hostname); names its activation-broadcast queue.
+    pub host_id: String,
     pub plants: BTreeMap<String, Tables>,
     pub routes: Vec<RouteConfig>,
+}
+
+impl Config {
+    /// The settings only a restart applies, as (`key`, value) pairs in a fixed order; a
+    /// reload that changes any of them is refused.
+    pub fn restart_only(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("host.http", self.http.to_string()),
+            ("host.admin", format!("{:?}", self.admin)),
+            ("host.data_dir", self.data_dir.display().to_string()),
+            ("host.max_in_flight", self.max_in_flight.to_string()),
+            ("host.amqp", format!("{:?}", self.amqp)),
+            ("host.amqp_declare", self.amqp_declare.to_string()),
+            ("host.outbox_max_messages", self.outbox_max_messages.to_string()),
+            (
+                "host.idempotency_window_s",
+                self.idempotency_window.as_secs().to_string(),
+            ),
+            ("host.drop_dir", format!("{:?}", self.drop_dir)),
+            ("host.drop_settle_ms", self.settle.as_millis().to_string()),
+            ("host.watch_config", self.watch_config.to_string()),
+            ("host.id", self.host_id.clone()),
+        ]
+    }
 }
 
 #[derive(Debug)]
@@ -542,6 +580,11 @@ impl Config {
             });
         }
         diag.finish()?;
+        let drop_dir = match file.host.drop_dir.as_deref() {
+            Some("") => None,
+            Some(d) => Some(dir.join(d)),
+            None => Some(data_dir.join("drop")),
+        };
         Ok(Config {
             path: path.to_path_buf(),
             http,
@@ -551,6 +594,10 @@ impl Config {
             plugin_dir,
             amqp: file.host.amqp.as_ref().map(|a| a.get_ref().clone()),
             amqp_declare: file.host.amqp_declare.unwrap_or(true),
+            drop_dir,
+            settle: std::time::Duration::from_millis(file.host.drop_settle_ms.unwrap_or(1000)),
+            watch_config: file.host.watch_config.unwrap_or(true),
+            host_id: file.host.id.clone().unwrap_or_else(hostname),
             outbox_max_messages: file.host.outbox_max_messages.unwrap_or(100_000).max(1),
             idempotency_window: std::time::Duration::from_secs(
                 file.host
@@ -561,6 +608,16 @@ impl Config {
             routes,
         })
     }
+}
+
+/// The machine's hostname (`/proc/sys/kernel/hostname`, else `$HOSTNAME`, else `millrace`).
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "millrace".into())
 }
 
 /// Sink `http` needs a `[routes.R.webhook]` with an `http://` URL; other sinks take none.

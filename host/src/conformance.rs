@@ -56,6 +56,16 @@ pub struct CaseResult {
 pub fn run(plugin: &Path, dir: &Path, bless: bool) -> Result<Vec<CaseResult>, String> {
     let engine = PluginEngine::new(None).map_err(|e| format!("{e:#}"))?;
     let artifact = Artifact::load(&engine, plugin).map_err(|e| e.to_string())?;
+    run_artifact(&engine, &artifact, dir, bless)
+}
+
+/// Run every case of `dir` against a loaded component.
+pub fn run_artifact(
+    engine: &PluginEngine,
+    artifact: &Artifact,
+    dir: &Path,
+    bless: bool,
+) -> Result<Vec<CaseResult>, String> {
     let shared_settings = read_settings(&dir.join("settings.toml"))?;
     let tables = read_tables(&dir.join("lookups"))?;
     let mut cases: Vec<PathBuf> = std::fs::read_dir(dir)
@@ -79,8 +89,8 @@ pub fn run(plugin: &Path, dir: &Path, bless: bool) -> Result<Vec<CaseResult>, St
             None => shared_settings.clone(),
         };
         let failure = run_case(
-            &engine,
-            &artifact,
+            engine,
+            artifact,
             &case,
             &name,
             settings.unwrap_or_default(),
@@ -290,4 +300,164 @@ pub fn read_tables(dir: &Path) -> Result<Tables, String> {
         }
     }
     Ok(Tables::new(tables))
+}
+
+// ---- vectors shipped inside the component --------------------------------------------------
+
+/// The custom section that carries a component's own vectors folder (see [`bundle`]).
+pub const SECTION: &str = "millrace:vectors";
+
+/// `component` with the vectors folder `dir` appended as a top-level custom section
+/// ([`SECTION`]): one file, one digest, and the deploy gate runs its cases. Every file of the
+/// folder must be UTF-8 text; a component that already carries vectors is refused.
+pub fn bundle(component: &[u8], dir: &Path) -> Result<Vec<u8>, String> {
+    use wasm_encoder::ComponentSection;
+    if embedded(component)?.is_some() {
+        return Err("the component already carries vectors; bundle the plain build".into());
+    }
+    let mut files = serde_json::Map::new();
+    pack(dir, dir, &mut files)?;
+    if files.is_empty() {
+        return Err(format!("{} has no files", dir.display()));
+    }
+    let data = serde_json::to_vec(&Value::Object(files)).expect("JSON values print");
+    let mut out = component.to_vec();
+    wasm_encoder::CustomSection {
+        name: SECTION.into(),
+        data: data.into(),
+    }
+    .append_to_component(&mut out);
+    Ok(out)
+}
+
+fn pack(root: &Path, dir: &Path, files: &mut serde_json::Map<String, Value>) -> Result<(), String> {
+    let mut entries: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map_err(|e| format!("cannot read vectors folder {}: {e}", dir.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .collect();
+    entries.sort();
+    for path in entries {
+        if path.is_dir() {
+            pack(root, &path, files)?;
+            continue;
+        }
+        let text = std::fs::read_to_string(&path)
+            .map_err(|e| format!("{}: vectors files must be UTF-8 text: {e}", path.display()))?;
+        let relative = path
+            .strip_prefix(root)
+            .expect("walked from the root")
+            .components()
+            .map(|c| c.as_os_str().to_string_lossy())
+            .collect::<Vec<_>>()
+            .join("/");
+        files.insert(relative, Value::String(text));
+    }
+    Ok(())
+}
+
+/// The vectors a component carries (the payload of its top-level [`SECTION`]), if any.
+pub fn embedded(component: &[u8]) -> Result<Option<Vec<u8>>, String> {
+    let mut depth = 0usize;
+    for payload in wasmparser::Parser::new(0).parse_all(component) {
+        match payload.map_err(|e| format!("not a Wasm binary: {e}"))? {
+            wasmparser::Payload::Version { .. } => depth += 1,
+            wasmparser::Payload::End(_) => depth = depth.saturating_sub(1),
+            wasmparser::Payload::CustomSection(section)
+                if depth == 1 && section.name() == SECTION =>
+            {
+                return Ok(Some(section.data().to_vec()));
+            }
+            _ => {}
+        }
+    }
+    Ok(None)
+}
+
+/// Write packed vectors (from [`embedded`]) as a folder under `into`.
+fn unpack(packed: &[u8], into: &Path) -> Result<(), String> {
+    let files: serde_json::Map<String, Value> = serde_json::from_slice(packed)
+        .map_err(|e| format!("the embedded vectors are not a JSON object of files: {e}"))?;
+    for (name, text) in files {
+        let relative = Path::new(&name);
+        let safe = relative
+            .components()
+            .all(|c| matches!(c, std::path::Component::Normal(_)));
+        let Some(text) = text.as_str().filter(|_| safe) else {
+            return Err(format!("the embedded vectors have a bad entry {name:?}"));
+        };
+        let path = into.join(relative);
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent).map_err(|e| format!("{}: {e}", parent.display()))?;
+        }
+        std::fs::write(&path, text).map_err(|e| format!("{}: {e}", path.display()))?;
+    }
+    Ok(())
+}
+
+/// Run the vectors `component` carries against it (compiled as `artifact`): `Ok(None)` when it
+/// carries none, `Ok(Some(n))` when all `n` cases pass, else why not (each failing case).
+pub fn run_embedded(
+    engine: &PluginEngine,
+    artifact: &Artifact,
+    component: &[u8],
+) -> Result<Option<usize>, String> {
+    let Some(packed) = embedded(component)? else {
+        return Ok(None);
+    };
+    let dir = tempfile::tempdir().map_err(|e| format!("a folder for the vectors: {e}"))?;
+    unpack(&packed, dir.path())?;
+    let results = run_artifact(engine, artifact, dir.path(), false)?;
+    let failed: Vec<String> = results
+        .iter()
+        .filter_map(|c| {
+            c.failure
+                .as_ref()
+                .map(|diff| format!("case {}: {diff}", c.name))
+        })
+        .collect();
+    if failed.is_empty() {
+        Ok(Some(results.len()))
+    } else {
+        Err(format!(
+            "{} of {} sample vectors failed: {}",
+            failed.len(),
+            results.len(),
+            failed.join("; ")
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bundled_vectors_come_back_out_of_the_component() {
+        let component = wasm_encoder::Component::new().finish();
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("case-1")).unwrap();
+        std::fs::write(dir.path().join("case-1/input.txt"), "A|1\n").unwrap();
+        std::fs::write(dir.path().join("settings.toml"), "x = 1\n").unwrap();
+        let bundled = bundle(&component, dir.path()).unwrap();
+        assert_eq!(embedded(&component).unwrap(), None);
+        let packed = embedded(&bundled).unwrap().expect("the section is there");
+        let out = tempfile::tempdir().unwrap();
+        unpack(&packed, out.path()).unwrap();
+        assert_eq!(
+            std::fs::read_to_string(out.path().join("case-1/input.txt")).unwrap(),
+            "A|1\n"
+        );
+        assert!(bundle(&bundled, dir.path()).is_err(), "bundled twice");
+        wasmparser::Validator::new_with_features(wasmparser::WasmFeatures::all())
+            .validate_all(&bundled)
+            .expect("still a valid component");
+    }
+
+    #[test]
+    fn embedded_vectors_cannot_write_outside_their_folder() {
+        let out = tempfile::tempdir().unwrap();
+        let err = unpack(br#"{"../escape.txt": "x"}"#, out.path()).unwrap_err();
+        assert!(err.contains("bad entry"), "{err}");
+        assert!(!out.path().join("../escape.txt").exists());
+    }
 }

@@ -1,7 +1,8 @@
 //! The one path a plugin version takes into a plant, whichever way it came (the admin API, a
-//! CLI call): compile it off the message path, gate it against every step of the plant that
-//! runs the plugin, keep it in the registry; activate it (an atomic swap of the plant's
-//! affected routes), roll back. Activations are serialized per host.
+//! CLI call, a file dropped in the watched directory): compile it off the message path, gate
+//! it (the world, every step of the plant that runs the plugin, the sample vectors it carries),
+//! keep it in the registry; activate it (an atomic swap of the plant's affected routes), roll
+//! back; install a reloaded configuration. Activations and reloads are serialized per host.
 
 use crate::plugin::engine::PluginEngine;
 use crate::plugin::{Artifact, LoadError};
@@ -20,6 +21,9 @@ pub enum DeployError {
     /// of the plant runs the plugin.
     #[error("{0}")]
     Refused(#[from] SwapError),
+    /// The sample vectors the candidate carries do not pass.
+    #[error("{0}")]
+    Vectors(String),
     #[error("{0}")]
     Registry(#[from] RegistryError),
 }
@@ -40,13 +44,29 @@ pub struct Activated {
     pub took_ms: f64,
 }
 
+/// A candidate the gate refused (kept in memory, the last [`KEPT_REFUSALS`]).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Refusal {
+    pub at: String,
+    pub plant: String,
+    /// `upload`, `drop` or `broadcast`.
+    pub origin: String,
+    pub by: String,
+    pub digest: String,
+    pub reason: String,
+}
+
+/// How many refusals [`Deployer::refusals`] remembers.
+pub const KEPT_REFUSALS: usize = 100;
+
 /// Deploys, activations and rollbacks of one host.
 pub struct Deployer {
     pub registry: Registry,
     /// Compiled components by digest, so an activation does not compile.
     compiled: Mutex<HashMap<String, Arc<Artifact>>>,
-    /// One activation at a time.
+    /// One activation or configuration reload at a time.
     activating: Mutex<()>,
+    refusals: Mutex<std::collections::VecDeque<Refusal>>,
 }
 
 impl Deployer {
@@ -55,7 +75,18 @@ impl Deployer {
             registry,
             compiled: Mutex::new(HashMap::new()),
             activating: Mutex::new(()),
+            refusals: Mutex::new(std::collections::VecDeque::new()),
         }
+    }
+
+    /// The latest refused candidates, oldest first.
+    pub fn refusals(&self) -> Vec<Refusal> {
+        self.refusals
+            .lock()
+            .expect("refusals lock")
+            .iter()
+            .cloned()
+            .collect()
     }
 
     fn artifact(
@@ -77,6 +108,21 @@ impl Deployer {
             .expect("compiled lock")
             .insert(artifact.digest.clone(), Arc::clone(&artifact));
         Ok(artifact)
+    }
+
+    /// Put a reloaded configuration's routes in place of `current`'s, all at once: its
+    /// versions registered and each plant's active versions applied first ([`Deployer::restore`]),
+    /// never between two halves of an activation.
+    pub fn reload(
+        &self,
+        engine: &PluginEngine,
+        current: &Routes,
+        reloaded: Routes,
+    ) -> Result<(), DeployError> {
+        let _one_at_a_time = self.activating.lock().expect("activation lock");
+        self.restore(engine, &reloaded)?;
+        current.replace(reloaded);
+        Ok(())
     }
 
     /// Register the versions the configuration runs (origin `config`), so later activations
@@ -134,6 +180,8 @@ impl Deployer {
     }
 
     /// Compile and gate `bytes` as a new version for `plant`, and keep it (not active yet).
+    /// A refusal is logged, counted (`millrace_plugin_refusals_total`) and remembered
+    /// ([`Deployer::refusals`]).
     pub fn deploy(
         &self,
         engine: &PluginEngine,
@@ -144,28 +192,61 @@ impl Deployer {
         origin: &str,
     ) -> Result<Version, DeployError> {
         let digest = crate::plugin::digest(bytes);
-        let artifact = self.artifact(engine, &digest, Some(bytes))?;
-        // The gate: the world, then every step of the plant that runs this plugin takes it.
-        let gated = crate::plugin::describe(engine, &artifact)
-            .map_err(DeployError::from)
-            .and_then(|info| {
-                routes.with_plugin(engine, plant, &info.name, &artifact)?;
-                Ok(info)
-            });
-        let info = match gated {
-            Ok(info) => info,
-            Err(e) => {
-                // A refused candidate is not kept, compiled or otherwise.
-                self.compiled.lock().expect("compiled lock").remove(&digest);
-                return Err(e);
+        let deployed = self.gate_and_keep(engine, routes, plant, bytes, &digest, by, origin);
+        if let Err(e) = &deployed {
+            // A refused candidate is not kept, compiled or otherwise.
+            self.compiled.lock().expect("compiled lock").remove(&digest);
+            tracing::warn!(plant, origin, by, digest = %digest, error = %e, "plugin candidate refused");
+            crate::telemetry::metrics()
+                .refusals
+                .get_or_create(&crate::telemetry::RefusalLabels {
+                    plant: plant.into(),
+                    origin: origin.into(),
+                })
+                .inc();
+            let mut kept = self.refusals.lock().expect("refusals lock");
+            if kept.len() == KEPT_REFUSALS {
+                kept.pop_front();
             }
-        };
+            kept.push_back(Refusal {
+                at: crate::deadletter::now_rfc3339(),
+                plant: plant.into(),
+                origin: origin.into(),
+                by: by.into(),
+                digest,
+                reason: e.to_string(),
+            });
+        }
+        deployed
+    }
+
+    #[expect(clippy::too_many_arguments, reason = "one call site, the named parts of a deploy")]
+    fn gate_and_keep(
+        &self,
+        engine: &PluginEngine,
+        routes: &Routes,
+        plant: &str,
+        bytes: &[u8],
+        digest: &str,
+        by: &str,
+        origin: &str,
+    ) -> Result<Version, DeployError> {
+        let artifact = self.artifact(engine, digest, Some(bytes))?;
+        // The gate: the world, then every step of the plant that runs this plugin takes it,
+        // then the sample vectors it carries pass.
+        let info = crate::plugin::describe(engine, &artifact)?;
+        routes.with_plugin(engine, plant, &info.name, &artifact)?;
+        if let Some(cases) = crate::conformance::run_embedded(engine, &artifact, bytes)
+            .map_err(DeployError::Vectors)?
+        {
+            tracing::info!(plant, plugin = %info.name, version = %info.version, cases, "sample vectors passed");
+        }
         let version = self.registry.add(
             &NewVersion {
                 plant,
                 plugin: &info.name,
                 version: &info.version,
-                digest: &digest,
+                digest,
                 by,
                 origin,
             },
@@ -206,6 +287,14 @@ impl Deployer {
             .registry
             .record(&target, previous.as_deref(), action, by)?;
         tracing::info!(plant, plugin, version, previous = ?previous, action, by, took_ms, "plugin version active");
+        crate::telemetry::metrics()
+            .activations
+            .get_or_create(&crate::telemetry::ActivationLabels {
+                plant: plant.into(),
+                plugin: plugin.into(),
+                action: action.into(),
+            })
+            .inc();
         Ok(Activated {
             activation,
             routes: names,

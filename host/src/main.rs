@@ -79,6 +79,16 @@ enum PluginCommand {
         #[arg(long, default_value_t = 64)]
         memory_mib: u32,
     },
+    /// Put a conformance-vector folder inside a component (a custom section), so the deploy
+    /// gate runs its cases before the version is kept.
+    Bundle {
+        file: PathBuf,
+        #[arg(long, value_name = "DIR")]
+        vectors: PathBuf,
+        /// Where to write the bundled component.
+        #[arg(long, short)]
+        output: PathBuf,
+    },
     /// Upload a component to a plant of a running host (its admin API); gated and kept, and
     /// with --activate made the plant's active version.
     Deploy {
@@ -200,6 +210,14 @@ fn main() -> ExitCode {
         Command::Plugin {
             command: PluginCommand::Test { .. },
         } => unreachable!("clap requires --input or --vectors"),
+        Command::Plugin {
+            command:
+                PluginCommand::Bundle {
+                    file,
+                    vectors,
+                    output,
+                },
+        } => cli::bundle(&file, &vectors, &output),
         Command::Plugin {
             command: PluginCommand::Deploy { file, at, activate },
         } => cli::deploy(&at.admin, &at.plant, &file, activate),

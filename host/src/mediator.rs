@@ -64,6 +64,14 @@ pub struct Mediator {
     /// One permit per message being mediated (`host.max_in_flight`); bounds the threads and
     /// plugin instances in use at once. Waiting messages queue in arrival order.
     pub slots: Arc<tokio::sync::Semaphore>,
+    /// The plants' shared state, for routes built again by a configuration reload.
+    pub state: Arc<StateStore>,
+    /// The configuration file, read again by a reload.
+    pub config_path: std::path::PathBuf,
+    /// The settings only a restart applies, as started ([`Config::restart_only`]).
+    pub restart_only: Vec<(&'static str, String)>,
+    /// This host's name among hosts sharing a broker (`host.id`).
+    pub host_id: String,
 }
 
 impl Mediator {
@@ -74,6 +82,7 @@ impl Mediator {
             .map_err(StartError::Engine)?;
         let state = Arc::new(StateStore::open(&config.data_dir)?);
         let routes = Routes::build(config, &engine, &state)?;
+
         let registry = crate::registry::Registry::open(&config.data_dir)
             .map_err(crate::deploy::DeployError::from)?;
         let deployer = crate::deploy::Deployer::new(registry);
@@ -121,6 +130,10 @@ impl Mediator {
             webhooks: crate::sink::http::WebhookClient::default(),
             idempotency,
             slots,
+            state,
+            config_path: config.path.clone(),
+            restart_only: config.restart_only(),
+            host_id: config.host_id.clone(),
         })
     }
 }
@@ -159,6 +172,20 @@ pub async fn run(
             background.spawn(async move { outbox.drain(&link, stopped).await });
         }
     }
+    if let Some(dir) = config.drop_dir.clone() {
+        background.spawn(crate::admin::drop::serve(
+            Arc::clone(&mediator),
+            dir,
+            config.settle,
+            stopped.clone(),
+        ));
+    }
+    background.spawn(crate::admin::reload::watch(
+        Arc::clone(&mediator),
+        config.watch_config,
+        config.settle,
+        stopped.clone(),
+    ));
     if let Some(addr) = admin.or(config.admin) {
         let (listener, bound) = listen(addr, "admin API", "--admin or host.admin").await?;
         tracing::info!("admin API on http://{bound}");

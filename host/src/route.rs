@@ -256,6 +256,12 @@ impl Routes {
         Ok(replaced)
     }
 
+    /// Take every route of `other` in place of this table's (routes it lacks are gone), at once.
+    pub fn replace(&self, other: Routes) {
+        let new = other.by_name.into_inner().expect("route table lock");
+        *self.by_name.write().expect("route table lock") = new;
+    }
+
     /// Replace the routes of the same names with `routes`, all at once. A message holds the
     /// route it started with until it is done, so it runs one version of each step throughout.
     pub fn install(&self, routes: Vec<Arc<Route>>) {

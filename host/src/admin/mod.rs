@@ -9,6 +9,9 @@
 //! | POST | `/v1/plants/{plant}/plugins` | body: a component; gated and kept (201), or refused (422) |
 //! | POST | `/v1/plants/{plant}/plugins/{plugin}/activate` | `{"version": V}`: swap to it |
 //! | POST | `/v1/plants/{plant}/plugins/{plugin}/rollback` | back to the version active before |
+//! | GET | `/v1/refusals` | the latest candidates the gate refused, with the reasons |
+//! | POST | `/v1/config/reload` | read the configuration file again; applied (200) or refused (422) |
+//! | GET | `/metrics` | counters, Prometheus text format |
 //!
 //! `millrace-deployed-by` names who acts (default `admin-api`); it goes to the registry.
 
@@ -26,6 +29,11 @@ use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
+
+pub mod broadcast;
+pub mod drop;
+pub mod reload;
+mod watch;
 
 /// Largest component accepted by upload.
 const MAX_UPLOAD: usize = 64 << 20;
@@ -110,6 +118,29 @@ async fn route(
     let method = req.method().clone();
     match (method, segments.as_slice()) {
         (Method::GET, ["v1", "plants"]) => json(StatusCode::OK, &plants(mediator)),
+        (Method::GET, ["v1", "refusals"]) => json(StatusCode::OK, &mediator.deployer.refusals()),
+        (Method::GET, ["metrics"]) => Response::builder()
+            .header(
+                header::CONTENT_TYPE,
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            )
+            .body(Full::new(Bytes::from(crate::telemetry::metrics().text())))
+            .map_err(|e| Problem::internal(e.to_string())),
+        (Method::POST, ["v1", "config", "reload"]) => {
+            let mediator_ = Arc::clone(mediator);
+            let done = tokio::task::spawn_blocking(move || reload::reload(&mediator_))
+                .await
+                .map_err(|e| Problem::internal(e.to_string()))?;
+            match done {
+                Ok(reloaded) => json(StatusCode::OK, &reloaded),
+                Err(e) => Err(Problem::new(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "config-refused",
+                    "Configuration reload refused",
+                    e.to_string(),
+                )),
+            }
+        }
         (Method::GET, ["v1", "plants", plant, "plugins", plugin]) => {
             let registry = &mediator.deployer.registry;
             let versions = registry
@@ -198,7 +229,10 @@ async fn route(
             .await
             .map_err(|e| Problem::internal(e.to_string()))?;
             match done {
-                Ok(activated) => json(StatusCode::OK, &activated),
+                Ok(activated) => {
+                    broadcast::announce(mediator, &activated.activation).await;
+                    json(StatusCode::OK, &activated)
+                }
                 Err(e) => {
                     tracing::warn!(error = %e, "activation refused");
                     Err(refused(e))

@@ -1,0 +1,272 @@
+//! Activations shared by hosts on one broker: an activation or rollback made on one host (admin
+//! API or drop folder) is published, with the component's bytes, to the fanout exchange
+//! `millrace.control`; every host has its own durable queue there (`millrace.control.HOST_ID`,
+//! `host.id`) and applies what arrives — the same gate (origin `broadcast`), then the same
+//! activation — in the order it was published. A host that is away finds the activations
+//! waiting in its queue when it connects again.
+//!
+//! Announcements are not broadcast again by the hosts that apply them, and a host skips its
+//! own. A host whose routes do not run the plugin on that plant skips it; one whose gate refuses
+//! it keeps its version and records the refusal. Runs on the broker session (hosts whose routes
+//! use the broker); an activation made while the broker is away is not announced (logged).
+
+use crate::broker::{Link, Session};
+use crate::deploy::{DeployError, Slot};
+use crate::mediator::Mediator;
+use crate::registry::{Activation, RegistryError};
+use crate::route::SwapError;
+use crate::sink::amqp::header_string;
+use futures_lite::StreamExt;
+use lapin::BasicProperties;
+use lapin::options::{
+    BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
+    ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
+};
+use lapin::types::{AMQPValue, FieldTable};
+use std::sync::Arc;
+
+/// The fanout exchange activations are announced on.
+pub const EXCHANGE: &str = "millrace.control";
+
+/// The queue of host `id` on [`EXCHANGE`].
+pub fn queue(id: &str) -> String {
+    format!("{EXCHANGE}.{id}")
+}
+
+const FROM: &str = "x-millrace-host";
+
+/// One announced activation, as carried in the message headers.
+#[derive(Debug)]
+struct Note {
+    from: String,
+    plant: String,
+    plugin: String,
+    version: String,
+    digest: String,
+    action: String,
+    by: String,
+}
+
+impl Note {
+    fn headers(&self) -> FieldTable {
+        let mut table = FieldTable::default();
+        for (name, value) in [
+            (FROM, &self.from),
+            ("plant", &self.plant),
+            ("plugin", &self.plugin),
+            ("version", &self.version),
+            ("digest", &self.digest),
+            ("action", &self.action),
+            ("by", &self.by),
+        ] {
+            table.insert(
+                name.into(),
+                AMQPValue::LongString(value.as_str().into()),
+            );
+        }
+        table
+    }
+
+    fn read(table: &FieldTable) -> Option<Note> {
+        let get = |name| header_string(table, name);
+        Some(Note {
+            from: get(FROM)?,
+            plant: get("plant")?,
+            plugin: get("plugin")?,
+            version: get("version")?,
+            digest: get("digest")?,
+            action: get("action")?,
+            by: get("by")?,
+        })
+    }
+}
+
+/// Tell the other hosts on the broker that `activation` happened here (best effort: logged when
+/// the broker is away or does not confirm).
+pub async fn announce(mediator: &Mediator, activation: &Activation) {
+    let Some(link) = &mediator.broker else {
+        return;
+    };
+    let Link::Up(session) = link.link() else {
+        tracing::warn!(plant = %activation.plant, plugin = %activation.plugin, version = %activation.version, "the broker is away: this activation is not announced to other hosts");
+        return;
+    };
+    let note = Note {
+        from: mediator.host_id.clone(),
+        plant: activation.plant.clone(),
+        plugin: activation.plugin.clone(),
+        version: activation.version.clone(),
+        digest: activation.digest.clone(),
+        action: activation.action.clone(),
+        by: activation.by.clone(),
+    };
+    let blob = mediator.deployer.registry.blob(&activation.digest);
+    let sent = async {
+        let bytes = std::fs::read(&blob).map_err(|e| format!("{}: {e}", blob.display()))?;
+        let channel = session
+            .connection
+            .create_channel()
+            .await
+            .map_err(|e| e.to_string())?;
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await
+            .map_err(|e| e.to_string())?;
+        declare_exchange(&channel).await.map_err(|e| e.to_string())?;
+        let confirm = channel
+            .basic_publish(
+                EXCHANGE.into(),
+                "".into(),
+                BasicPublishOptions::default(),
+                &bytes,
+                BasicProperties::default()
+                    .with_delivery_mode(2)
+                    .with_content_type("application/wasm".into())
+                    .with_headers(note.headers()),
+            )
+            .await
+            .map_err(|e| e.to_string())?
+            .await
+            .map_err(|e| e.to_string())?;
+        let _ = channel.close(200, "announced".into()).await;
+        if confirm.is_nack() {
+            return Err("the broker refused it".to_string());
+        }
+        Ok::<_, String>(())
+    };
+    match sent.await {
+        Ok(()) => {
+            tracing::info!(plant = %note.plant, plugin = %note.plugin, version = %note.version, "activation announced to the other hosts")
+        }
+        Err(e) => {
+            tracing::warn!(plant = %note.plant, plugin = %note.plugin, version = %note.version, error = %e, "this activation could not be announced to other hosts")
+        }
+    }
+}
+
+async fn declare_exchange(channel: &lapin::Channel) -> Result<(), lapin::Error> {
+    channel
+        .exchange_declare(
+            EXCHANGE.into(),
+            lapin::ExchangeKind::Fanout,
+            ExchangeDeclareOptions {
+                durable: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+}
+
+/// Apply the activations other hosts announce, for as long as `session` lasts.
+pub async fn follow(mediator: Arc<Mediator>, session: Session) {
+    let queue = queue(&mediator.host_id);
+    let started = async {
+        let channel = session.connection.create_channel().await?;
+        declare_exchange(&channel).await?;
+        channel
+            .queue_declare(
+                queue.as_str().into(),
+                QueueDeclareOptions::durable(),
+                FieldTable::default(),
+            )
+            .await?;
+        channel
+            .queue_bind(
+                queue.as_str().into(),
+                EXCHANGE.into(),
+                "".into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+        channel.basic_qos(1, BasicQosOptions::default()).await?;
+        let consumer = channel
+            .basic_consume(
+                queue.as_str().into(),
+                "millrace-control".into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+        Ok::<_, lapin::Error>((channel, consumer))
+    };
+    let (_channel, mut consumer) = match started.await {
+        Ok(started) => started,
+        Err(e) => {
+            tracing::warn!(queue = %queue, error = %e, "cannot follow other hosts' activations on this session");
+            return;
+        }
+    };
+    while let Some(Ok(delivery)) = consumer.next().await {
+        let note = delivery
+            .properties
+            .headers()
+            .as_ref()
+            .and_then(Note::read);
+        match note {
+            Some(note) if note.from != mediator.host_id => {
+                let mediator_ = Arc::clone(&mediator);
+                let bytes = delivery.data.clone();
+                let _ = tokio::task::spawn_blocking(move || apply(&mediator_, &note, &bytes)).await;
+            }
+            Some(_) => {}
+            None => tracing::warn!("a control message without an activation's headers; dropped"),
+        }
+        if let Err(e) = delivery.acker.ack(BasicAckOptions::default()).await {
+            tracing::warn!(error = %e, "cannot acknowledge a control message");
+            return;
+        }
+    }
+}
+
+/// Make another host's activation ours: keep the version (gated) if we lack it, then activate.
+fn apply(mediator: &Mediator, note: &Note, bytes: &[u8]) {
+    let by = format!("{} via {}", note.by, note.from);
+    let d = &mediator.deployer;
+    let done = (|| {
+        if crate::plugin::digest(bytes) != note.digest {
+            return Err(DeployError::Vectors(format!(
+                "the announced bytes do not have digest {}",
+                note.digest
+            )));
+        }
+        match d.registry.find(&note.plant, &note.plugin, &note.version) {
+            Ok(_) => {}
+            Err(RegistryError::UnknownVersion { .. }) => {
+                d.deploy(
+                    &mediator.engine,
+                    &mediator.routes,
+                    &note.plant,
+                    bytes,
+                    &by,
+                    "broadcast",
+                )?;
+            }
+            Err(e) => return Err(e.into()),
+        }
+        d.activate(
+            &mediator.engine,
+            &mediator.routes,
+            Slot {
+                plant: &note.plant,
+                plugin: &note.plugin,
+            },
+            &note.version,
+            &by,
+            &note.action,
+        )
+        .map(Some)
+    })();
+    match done {
+        Ok(_) => {
+            tracing::info!(plant = %note.plant, plugin = %note.plugin, version = %note.version, from = %note.from, "activation from another host applied")
+        }
+        Err(DeployError::Refused(SwapError::Unused { .. })) => {
+            tracing::debug!(plant = %note.plant, plugin = %note.plugin, "announced activation is for a plugin no route here runs")
+        }
+        Err(e) => {
+            tracing::warn!(plant = %note.plant, plugin = %note.plugin, version = %note.version, from = %note.from, error = %e, "activation from another host refused; this host keeps its version")
+        }
+    }
+}

@@ -1,0 +1,152 @@
+//! The watched plugin directory (`host.drop_dir`, default `DATA_DIR/drop`): a component put in
+//! `DROP/PLANT/NAME.wasm` is deployed to that plant (origin `drop`, the same gate as an upload)
+//! and made active; then it is moved to `DROP/PLANT/deployed/`, or, refused, to
+//! `DROP/PLANT/refused/` beside `NAME.wasm.reason` (the reason, one line).
+//!
+//! Only `*.wasm` files directly under a plant folder are taken, once they have stopped changing
+//! ([`super::watch`]); write elsewhere (or as `NAME.wasm.part`) and rename to be sure a file is
+//! never read half-written. Files already there when the host starts are taken then.
+
+use crate::deploy::Slot;
+use crate::mediator::Mediator;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Where accepted and refused files go, under each plant folder.
+pub const DEPLOYED: &str = "deployed";
+pub const REFUSED: &str = "refused";
+
+/// Watch `dir` until `shutdown` turns true, deploying what is dropped there.
+pub async fn serve(
+    mediator: Arc<Mediator>,
+    dir: PathBuf,
+    settle: Duration,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) {
+    if let Err(e) = prepare(&mediator, &dir) {
+        tracing::error!(dir = %dir.display(), error = %e, "the plugin drop directory cannot be used; not watching it");
+        return;
+    }
+    let mut settled = match super::watch::watch(&dir, true, settle) {
+        Ok(settled) => settled,
+        Err(e) => {
+            tracing::error!(dir = %dir.display(), error = %e, "cannot watch the plugin drop directory");
+            return;
+        }
+    };
+    tracing::info!(dir = %dir.display(), "watching for dropped plugins");
+    for waiting in already_there(&dir) {
+        take(&mediator, &dir, waiting).await;
+    }
+    loop {
+        tokio::select! {
+            path = settled.paths.recv() => match path {
+                Some(path) => take(&mediator, &dir, path).await,
+                None => break,
+            },
+            _ = shutdown.changed() => break,
+        }
+    }
+}
+
+/// Create the drop folder and one folder per configured plant.
+fn prepare(mediator: &Mediator, dir: &Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    for route in mediator.routes.all() {
+        std::fs::create_dir_all(dir.join(&route.plant))?;
+    }
+    Ok(())
+}
+
+/// Candidates dropped while the host was not running.
+fn already_there(dir: &Path) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    for plant in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        for file in std::fs::read_dir(plant.path()).into_iter().flatten().flatten() {
+            found.push(file.path());
+        }
+    }
+    found.sort();
+    found
+}
+
+/// The plant a path is a candidate for: `DROP/PLANT/NAME.wasm`, a file.
+fn candidate<'a>(dir: &Path, path: &'a Path) -> Option<&'a str> {
+    let relative = path.strip_prefix(dir).ok()?;
+    let mut parts = relative.components();
+    let plant = parts.next()?.as_os_str().to_str()?;
+    let name = parts.next()?.as_os_str().to_str()?;
+    let wanted = parts.next().is_none()
+        && name.ends_with(".wasm")
+        && !name.starts_with('.')
+        && path.is_file();
+    wanted.then_some(plant)
+}
+
+async fn take(mediator: &Arc<Mediator>, dir: &Path, path: PathBuf) {
+    let Some(plant) = candidate(dir, &path).map(str::to_string) else {
+        return;
+    };
+    let mediator_ = Arc::clone(mediator);
+    let path_ = path.clone();
+    let outcome = tokio::task::spawn_blocking(move || deploy(&mediator_, &plant, &path_)).await;
+    let (folder, reason) = match outcome {
+        Ok(Ok(activation)) => {
+            crate::admin::broadcast::announce(mediator, &activation).await;
+            (DEPLOYED, None)
+        }
+        Ok(Err(reason)) => (REFUSED, Some(reason)),
+        Err(e) => (REFUSED, Some(format!("the deploy stopped: {e}"))),
+    };
+    if let Err(e) = file_away(&path, folder, reason.as_deref()) {
+        tracing::error!(file = %path.display(), error = %e, "cannot move a dropped plugin out of the drop folder");
+    }
+}
+
+/// Deploy and activate one dropped file; the reason if it was refused.
+fn deploy(
+    mediator: &Mediator,
+    plant: &str,
+    path: &Path,
+) -> Result<crate::registry::Activation, String> {
+    let bytes = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let by = format!(
+        "drop:{}",
+        path.file_name().unwrap_or_default().to_string_lossy()
+    );
+    let d = &mediator.deployer;
+    let version = d
+        .deploy(&mediator.engine, &mediator.routes, plant, &bytes, &by, "drop")
+        .map_err(|e| e.to_string())?;
+    let activated = d
+        .activate(
+            &mediator.engine,
+            &mediator.routes,
+            Slot {
+                plant,
+                plugin: &version.plugin,
+            },
+            &version.version,
+            &by,
+            "activate",
+        )
+        .map_err(|e| e.to_string())?;
+    tracing::info!(file = %path.display(), plant, plugin = %version.plugin, version = %version.version, took_ms = activated.took_ms, "dropped plugin deployed and active");
+    Ok(activated.activation)
+}
+
+/// Move `path` into `folder` beside it (and write the reason next to it when refused).
+fn file_away(path: &Path, folder: &str, reason: Option<&str>) -> std::io::Result<()> {
+    let parent = path.parent().expect("a candidate has a plant folder");
+    let name = path.file_name().expect("a candidate has a name");
+    let target_dir = parent.join(folder);
+    std::fs::create_dir_all(&target_dir)?;
+    let target = target_dir.join(name);
+    if let Some(reason) = reason {
+        let mut note = target.as_os_str().to_owned();
+        note.push(".reason");
+        std::fs::write(PathBuf::from(note), format!("{reason}\n"))?;
+    }
+    std::fs::rename(path, target)
+}
