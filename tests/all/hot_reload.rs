@@ -282,3 +282,301 @@ fn the_active_version_survives_a_restart_and_the_cli_drives_the_admin_api() {
         String::from_utf8_lossy(&again.stderr)
     );
 }
+
+/// Poll `what` until it gives `Some` (a guard against a hung host, not a timing assertion).
+fn eventually<T>(what: &str, mut probe: impl FnMut() -> Option<T>) -> T {
+    for _ in 0..1200 {
+        if let Some(found) = probe() {
+            return found;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    panic!("never happened: {what}");
+}
+
+/// The value of one counter line of `GET /metrics` (0 when absent).
+fn counter(host: &Host, line_start: &str) -> u64 {
+    let text = host.admin("GET", "/metrics", b"").body;
+    text.lines()
+        .find(|l| l.starts_with(line_start))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}
+
+fn active(host: &Host) -> String {
+    host.admin("GET", "/v1/plants/plant-a/plugins/stamp", b"").json()["active"]["version"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// Keep plant A's route busy until the returned flag is set; the answers' statuses.
+fn load(url: &str) -> (Arc<AtomicBool>, std::thread::JoinHandle<Vec<u16>>) {
+    let done = Arc::new(AtomicBool::new(false));
+    let (url, stop) = (url.to_string(), Arc::clone(&done));
+    let thread = std::thread::spawn(move || {
+        let mut statuses = Vec::new();
+        while !stop.load(Ordering::SeqCst) {
+            statuses.push(stamped(&url, "a", statuses.len()).0);
+        }
+        statuses
+    });
+    (done, thread)
+}
+
+#[test]
+fn a_dropped_plugin_is_taken_only_once_written_whole_and_a_bad_one_is_refused_with_the_reason() {
+    let ws = workspace();
+    let config = std::fs::read_to_string(ws.config()).unwrap();
+    // Long enough that the pause between the two halves below never completes a settle.
+    ws.write(
+        "millrace.toml",
+        &config.replace("[host]\n", "[host]\ndrop_settle_ms = 3000\n"),
+    );
+    let host = ws.start();
+    let (done, statuses) = load(&host.url);
+    let plant_dir = ws.dir.path().join(".millrace/drop/plant-a");
+    assert!(plant_dir.is_dir(), "a folder per plant is made");
+
+    // Written in two halves with a pause: never read half-written.
+    let bytes = std::fs::read(guest("guest-stamp-2")).unwrap();
+    let target = plant_dir.join("stamp-2.wasm");
+    {
+        use std::io::Write;
+        let mut file = std::fs::File::create(&target).unwrap();
+        file.write_all(&bytes[..bytes.len() / 2]).unwrap();
+        file.sync_all().unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        file.write_all(&bytes[bytes.len() / 2..]).unwrap();
+    }
+    eventually("the dropped version is active", || {
+        (active(&host) == "2.0.0").then_some(())
+    });
+    assert_eq!(stamped(&host.url, "a", 1).1, "2.0.0");
+    assert!(plant_dir.join("deployed/stamp-2.wasm").is_file());
+    assert!(!target.exists());
+    let doc = host.admin("GET", "/v1/plants/plant-a/plugins/stamp", b"").json();
+    let kept = doc["versions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["version"] == "2.0.0")
+        .cloned()
+        .unwrap();
+    assert_eq!(kept["origin"], "drop");
+    assert_eq!(kept["deployed_by"], "drop:stamp-2.wasm");
+    assert_eq!(
+        host.admin("GET", "/v1/refusals", b"").json(),
+        serde_json::json!([]),
+        "the half-written file was never tried"
+    );
+
+    // Garbage, renamed into place: refused, the reason beside it, counted, the version stays.
+    let part = plant_dir.join("junk.wasm.part");
+    std::fs::write(&part, b"not a component").unwrap();
+    std::fs::rename(&part, plant_dir.join("junk.wasm")).unwrap();
+    let reason = eventually("the junk is refused", || {
+        std::fs::read_to_string(plant_dir.join("refused/junk.wasm.reason")).ok()
+    });
+    assert!(
+        reason.contains("is not a loadable Wasm component"),
+        "{reason}"
+    );
+    assert!(plant_dir.join("refused/junk.wasm").is_file());
+    let refusals = host.admin("GET", "/v1/refusals", b"").json();
+    assert_eq!(refusals[0]["origin"], "drop", "{refusals}");
+    assert_eq!(refusals[0]["plant"], "plant-a");
+    assert_eq!(
+        counter(
+            &host,
+            "millrace_plugin_refusals_total{plant=\"plant-a\",origin=\"drop\"}"
+        ),
+        1
+    );
+    assert_eq!(active(&host), "2.0.0");
+
+    // Rollback restores the configured version.
+    let back = host.admin("POST", "/v1/plants/plant-a/plugins/stamp/rollback", b"");
+    assert_eq!(back.status, 200, "{}", back.body);
+    assert_eq!(stamped(&host.url, "a", 2).1, "1.0.0");
+    done.store(true, Ordering::SeqCst);
+    let statuses = statuses.join().unwrap();
+    assert!(!statuses.is_empty());
+    assert!(
+        statuses.iter().all(|s| *s == 200),
+        "the load never saw a failure"
+    );
+}
+
+/// A vectors folder for `stamp`: one case whose answer names `version`.
+fn stamp_vectors(ws: &Workspace, version: &str) -> std::path::PathBuf {
+    let dir = ws.dir.path().join(format!("vectors-{version}"));
+    std::fs::create_dir_all(dir.join("hello")).unwrap();
+    std::fs::write(dir.join("hello/input.txt"), "hello").unwrap();
+    let expected = serde_json::json!({
+        "outputs": [{
+            "id": "hello-1",
+            "content_type": "application/json",
+            "body": { "stamp": version, "input": "hello" }
+        }]
+    });
+    std::fs::write(dir.join("hello/expected.json"), expected.to_string()).unwrap();
+    dir
+}
+
+#[test]
+fn sample_vectors_shipped_inside_a_candidate_gate_its_deployment() {
+    let ws = workspace();
+    let host = ws.start();
+    let (done, statuses) = load(&host.url);
+    let stamp_2 = guest("guest-stamp-2");
+
+    // Vectors that pass: bundled by the CLI (which runs them first), then uploaded.
+    let passing = stamp_vectors(&ws, "2.0.0");
+    let bundled = ws.dir.path().join("stamp-2-with-vectors.wasm");
+    let out = ws.millrace(&[
+        "plugin",
+        "bundle",
+        stamp_2.to_str().unwrap(),
+        "--vectors",
+        passing.to_str().unwrap(),
+        "-o",
+        bundled.to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The CLI does not bundle vectors the component fails.
+    let failing = stamp_vectors(&ws, "1.0.0");
+    let refused_bundle = ws.millrace(&[
+        "plugin",
+        "bundle",
+        stamp_2.to_str().unwrap(),
+        "--vectors",
+        failing.to_str().unwrap(),
+        "-o",
+        ws.dir.path().join("never.wasm").to_str().unwrap(),
+    ]);
+    assert!(!refused_bundle.status.success());
+    assert!(!ws.dir.path().join("never.wasm").exists());
+
+    // A candidate carrying vectors it fails (packed without the CLI's check) is refused.
+    let plain = std::fs::read(&stamp_2).unwrap();
+    let lying = millrace_host::conformance::bundle(&plain, &failing).unwrap();
+    let reply = host.admin("POST", "/v1/plants/plant-a/plugins", &lying);
+    assert_eq!(reply.status, 422, "{}", reply.body);
+    let detail = reply.json()["detail"].as_str().unwrap().to_string();
+    assert!(
+        detail.contains("1 of 1 sample vectors failed: case hello"),
+        "{detail}"
+    );
+    assert_eq!(active(&host), "1.0.0");
+    let doc = host.admin("GET", "/v1/plants/plant-a/plugins/stamp", b"").json();
+    assert_eq!(doc["versions"].as_array().unwrap().len(), 1, "not kept");
+
+    let reply = host.admin(
+        "POST",
+        "/v1/plants/plant-a/plugins",
+        &std::fs::read(&bundled).unwrap(),
+    );
+    assert_eq!(reply.status, 201, "{}", reply.body);
+    assert_eq!(reply.json()["version"], "2.0.0");
+    let on = activate(&host, "2.0.0");
+    assert_eq!(on.status, 200, "{}", on.body);
+    assert_eq!(stamped(&host.url, "a", 1).1, "2.0.0");
+    done.store(true, Ordering::SeqCst);
+    assert!(statuses.join().unwrap().iter().all(|s| *s == 200));
+}
+
+/// Write the configuration the way editors do: a new file renamed over the old one.
+fn save_config(ws: &Workspace, text: &str) {
+    let next = ws.dir.path().join(".millrace.toml.new");
+    std::fs::write(&next, text).unwrap();
+    std::fs::rename(&next, ws.config()).unwrap();
+}
+
+#[test]
+fn a_saved_configuration_is_applied_without_restart_and_an_invalid_one_is_refused() {
+    let mes = plugin("mes-fixed-width");
+    let stamp = guest("guest-stamp-1");
+    let config = |centre: &str, extra_route: bool, host_extra: &str| {
+        let mes_route =
+            route_toml("mes", &mes, r#"["log", "config", "lookup"]"#, "") + &mes_settings("mes");
+        let a = if extra_route {
+            route_toml("a", &stamp, r#"["log"]"#, "")
+        } else {
+            String::new()
+        };
+        format!(
+            "[host]\nadmin = \"127.0.0.1:0\"\ndrop_settle_ms = 200\n{host_extra}\n[plants.plant-a.lookups.work_centres]\nentries = {{ WC01 = \"{centre}\" }}\n\n{mes_route}\n{a}"
+        )
+    };
+    let ws = Workspace::new(&config("ASSY-01", false, ""));
+    let host = ws.start();
+    let centre = |host: &Host| {
+        let reply = host.post("mes", Some("text/plain"), record("WO-1", "1", "WC01"));
+        assert_eq!(reply.status, 200, "{}", reply.body);
+        reply.json()["data"]["work_centre"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    assert_eq!(centre(&host), "ASSY-01");
+    assert_eq!(host.post("a", Some("text/plain"), "x").status, 404);
+    let pid = host.pid();
+
+    // A new lookup value and a new route, saved: applied, same process.
+    save_config(&ws, &config("ASSY-99", true, ""));
+    eventually("the reloaded route serves", || {
+        (host.post("a", Some("text/plain"), "x").status == 200).then_some(())
+    });
+    assert_eq!(centre(&host), "ASSY-99", "the lookup table was reloaded");
+    eventually("the reload is counted", || {
+        (counter(&host, "millrace_config_reloads_total{outcome=\"applied\"}") >= 1).then_some(())
+    });
+
+    // An invalid one (a route of an unconfigured plant): refused, the running one stays.
+    let invalid = config("ASSY-00", true, "").replace(
+        "[routes.a]\nplant = \"plant-a\"",
+        "[routes.a]\nplant = \"plant-z\"",
+    );
+    save_config(&ws, &invalid);
+    eventually("the invalid file is refused", || {
+        (counter(&host, "millrace_config_reloads_total{outcome=\"refused\"}") >= 1).then_some(())
+    });
+    assert_eq!(centre(&host), "ASSY-99");
+    assert_eq!(host.post("a", Some("text/plain"), "x").status, 200);
+    let asked = host.admin("POST", "/v1/config/reload", b"");
+    assert_eq!(asked.status, 422, "{}", asked.body);
+    let detail = asked.json()["detail"].as_str().unwrap().to_string();
+    assert!(
+        detail.contains("millrace.toml:") && detail.contains("plant-z"),
+        "names the place: {detail}"
+    );
+
+    // A setting only a restart applies: refused, saying which.
+    save_config(&ws, &config("ASSY-99", true, "max_in_flight = 3\n"));
+    let asked = host.admin("POST", "/v1/config/reload", b"");
+    assert_eq!(asked.status, 422, "{}", asked.body);
+    assert!(
+        asked.json()["detail"]
+            .as_str()
+            .unwrap()
+            .contains("host.max_in_flight changed"),
+        "{}",
+        asked.body
+    );
+
+    // Put right and asked for through the admin API (the file watch may apply it first):
+    // applied.
+    save_config(&ws, &config("ASSY-02", false, ""));
+    let asked = host.admin("POST", "/v1/config/reload", b"");
+    assert_eq!(asked.status, 200, "{}", asked.body);
+    assert_eq!(asked.json()["routes"], 1);
+    assert_eq!(centre(&host), "ASSY-02");
+    assert_eq!(host.post("a", Some("text/plain"), "x").status, 404);
+    assert_eq!(host.pid(), pid, "never restarted");
+}

@@ -24,10 +24,14 @@ pub async fn serve(
     settle: Duration,
     mut shutdown: tokio::sync::watch::Receiver<bool>,
 ) {
-    if let Err(e) = prepare(&mediator, &dir) {
-        tracing::error!(dir = %dir.display(), error = %e, "the plugin drop directory cannot be used; not watching it");
-        return;
-    }
+    // Events name absolute paths; so does everything here.
+    let dir = match prepare(&mediator, &dir).and_then(|()| dir.canonicalize()) {
+        Ok(dir) => dir,
+        Err(e) => {
+            tracing::error!(dir = %dir.display(), error = %e, "the plugin drop directory cannot be used; not watching it");
+            return;
+        }
+    };
     let mut settled = match super::watch::watch(&dir, true, settle) {
         Ok(settled) => settled,
         Err(e) => {

@@ -38,6 +38,9 @@ pub struct Reloaded {
 /// Reload the host's configuration file (blocking: plugins may be compiled). Logged and
 /// counted (`millrace_config_reloads_total{outcome}`) either way.
 pub fn reload(mediator: &Mediator) -> Result<Reloaded, ReloadError> {
+    // One reload at a time, so a slower reload of an older file never lands after a newer one.
+    static RELOADING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one_at_a_time = RELOADING.lock().unwrap_or_else(|e| e.into_inner());
     let started = std::time::Instant::now();
     let result = apply(mediator, started);
     let outcome = match &result {
