@@ -128,10 +128,8 @@ pub async fn supervise(mediator: Arc<Mediator>, mut shutdown: watch::Receiver<bo
                     tracing::info!("connected to the broker; consuming");
                     link.state.send_replace(Link::Up(session.clone()));
                 };
-                let control = tokio::spawn(crate::admin::broadcast::follow(
-                    Arc::clone(&mediator),
-                    session.clone(),
-                ));
+                let control =
+                    crate::admin::broadcast::follow(Arc::clone(&mediator), &session).await;
                 let ended = crate::ingress::amqp::consume(
                     Arc::clone(&mediator),
                     session.clone(),
@@ -140,7 +138,9 @@ pub async fn supervise(mediator: Arc<Mediator>, mut shutdown: watch::Receiver<bo
                     up,
                 )
                 .await;
-                control.abort();
+                if let Some(control) = control {
+                    control.abort();
+                }
                 if was_up.load(std::sync::atomic::Ordering::Relaxed) {
                     pause = RECONNECT_MIN;
                 }

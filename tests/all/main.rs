@@ -10,6 +10,7 @@ mod events;
 mod examples;
 mod harness;
 mod hot_reload;
+mod hot_reload_amqp;
 mod http;
 mod limits;
 mod replay;

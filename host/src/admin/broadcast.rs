@@ -158,8 +158,12 @@ async fn declare_exchange(channel: &lapin::Channel) -> Result<(), lapin::Error> 
         .await
 }
 
-/// Apply the activations other hosts announce, for as long as `session` lasts.
-pub async fn follow(mediator: Arc<Mediator>, session: Session) {
+/// Declare this host's control queue and start applying the activations other hosts announce,
+/// for as long as `session` lasts (the returned task). `None`, logged, if the broker refuses.
+pub async fn follow(
+    mediator: Arc<Mediator>,
+    session: &Session,
+) -> Option<tokio::task::JoinHandle<()>> {
     let queue = queue(&mediator.host_id);
     let started = async {
         let channel = session.connection.create_channel().await?;
@@ -191,13 +195,21 @@ pub async fn follow(mediator: Arc<Mediator>, session: Session) {
             .await?;
         Ok::<_, lapin::Error>((channel, consumer))
     };
-    let (_channel, mut consumer) = match started.await {
+    let (channel, consumer) = match started.await {
         Ok(started) => started,
         Err(e) => {
             tracing::warn!(queue = %queue, error = %e, "cannot follow other hosts' activations on this session");
-            return;
+            return None;
         }
     };
+    Some(tokio::spawn(apply_each(mediator, channel, consumer)))
+}
+
+async fn apply_each(
+    mediator: Arc<Mediator>,
+    _channel: lapin::Channel, // the consumer lives as long as its channel
+    mut consumer: lapin::Consumer,
+) {
     while let Some(Ok(delivery)) = consumer.next().await {
         let note = delivery
             .properties

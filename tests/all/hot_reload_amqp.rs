@@ -1,0 +1,198 @@
+//! Plugin versions swapped on broker routes against a real RabbitMQ node: activations under a
+//! continuous stream of deliveries (nothing lost, one version per output, lineage agreeing), and
+//! activations reaching every host that shares the broker, including one that was away.
+
+use crate::harness::*;
+
+/// Plant A: HTTP route `a` and broker route `q` (queue `plant-a.stamp` → exchange
+/// `plant-a.events`), both running `stamp`; this host is `host.id = ID`.
+fn workspace(broker: &Broker, id: &str) -> Workspace {
+    let stamp = guest("guest-stamp-1");
+    let a = route_toml("a", &stamp, r#"["log"]"#, "");
+    let q = route_toml("q", &stamp, r#"["log"]"#, "")
+        .replace("source = \"http\"", "source = \"amqp\"")
+        .replace(
+            "sink = \"reply\"",
+            "sink = \"amqp\"\namqp = { queue = \"plant-a.stamp\", exchange = \"plant-a.events\", routing_key = \"{plant}.{route}\", prefetch = 64 }",
+        );
+    Workspace::new(&format!(
+        "[host]\nid = \"{id}\"\namqp = \"{}\"\nadmin = \"127.0.0.1:0\"\n\n[plants.plant-a]\n\n{a}\n{q}",
+        broker.url()
+    ))
+}
+
+fn activate(host: &Host, version: &str) -> Reply {
+    host.admin(
+        "POST",
+        "/v1/plants/plant-a/plugins/stamp/activate",
+        format!("{{\"version\": \"{version}\"}}").as_bytes(),
+    )
+}
+
+fn active(host: &Host) -> serde_json::Value {
+    host.admin("GET", "/v1/plants/plant-a/plugins/stamp", b"").json()
+}
+
+/// Poll until `probe` holds (a guard against a hung host, not a timing assertion).
+fn eventually(what: &str, mut probe: impl FnMut() -> bool) {
+    for _ in 0..1200 {
+        if probe() {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    panic!("never happened: {what}");
+}
+
+#[test]
+fn swapping_versions_under_a_broker_stream_loses_nothing_and_mixes_nothing() {
+    const MESSAGES: usize = 10_000;
+    let broker = Broker::start();
+    let ws = workspace(&broker, "host-a");
+    let host = ws.start();
+    host.wait_ready();
+    let pid = host.pid();
+    let stamp_2 = std::fs::read(guest("guest-stamp-2")).unwrap();
+    let up = host.admin("POST", "/v1/plants/plant-a/plugins", &stamp_2);
+    assert_eq!(up.status, 201, "{}", up.body);
+    broker.client(
+        "c = pika.BlockingConnection(pika.ConnectionParameters('127.0.0.1', PORT))
+ch = c.channel()
+ch.exchange_declare('plant-a.events', 'topic', durable=True)
+ch.queue_declare('out', durable=True)
+ch.queue_bind('out', 'plant-a.events', '#')
+print('{}')",
+    );
+    let publisher = {
+        let program = format!(
+            "c = pika.BlockingConnection(pika.ConnectionParameters('127.0.0.1', PORT))
+ch = c.channel()
+ch.confirm_delivery()
+for i in range({MESSAGES}):
+    ch.basic_publish('', 'plant-a.stamp', ('m%d' % i).encode(), pika.BasicProperties(message_id='m%d' % i, content_type='text/plain', delivery_mode=2))
+print('{{}}')"
+        );
+        let port = broker.port;
+        std::thread::spawn(move || {
+            let out = std::process::Command::new("/usr/bin/python3")
+                .arg("-c")
+                .arg(format!("import pika\nPORT = {port}\n{program}"))
+                .output()
+                .expect("python3 runs");
+            assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        })
+    };
+    // Swap back and forth while the stream flows: at least 20 times, until it is all published.
+    let mut swaps = 0;
+    while swaps < 20 || !publisher.is_finished() {
+        let version = if swaps % 2 == 0 { "2.0.0" } else { "1.0.0" };
+        let swapped = activate(&host, version);
+        assert_eq!(swapped.status, 200, "{}", swapped.body);
+        assert_eq!(swapped.json()["routes"], serde_json::json!(["a", "q"]));
+        swaps += 1;
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    publisher.join().expect("publisher");
+    let got = broker.client(&format!(
+        "c = pika.BlockingConnection(pika.ConnectionParameters('127.0.0.1', PORT))
+ch = c.channel()
+outputs = {{}}
+copies = 0
+deadline = time.time() + 600
+while len(outputs) < {MESSAGES} and time.time() < deadline:
+    m, p, b = ch.basic_get('out', auto_ack=True)
+    if not m:
+        time.sleep(0.05)
+        continue
+    if p.message_id in outputs: copies += 1
+    outputs[p.message_id] = [json.loads(b)['stamp'], p.headers['millrace-lineage'], json.loads(b)['input']]
+time.sleep(0.5)
+left = ch.queue_declare('plant-a.stamp', passive=True).method.message_count
+dead = ch.queue_declare('millrace.q.dead-letter', passive=True).method.message_count
+print(json.dumps({{'outputs': outputs, 'copies': copies, 'left': left, 'dead': dead}}))"
+    ));
+    let outputs = got["outputs"].as_object().unwrap();
+    assert_eq!(outputs.len(), MESSAGES, "every input has its output");
+    let mut seen = std::collections::BTreeMap::new();
+    for (id, output) in outputs {
+        let (stamp, lineage, input) = (
+            output[0].as_str().unwrap(),
+            output[1].as_str().unwrap(),
+            output[2].as_str().unwrap(),
+        );
+        assert_eq!(format!("{input}-1"), *id, "the output of its own input");
+        assert!(
+            lineage.starts_with(&format!("stamp@{stamp}+sha256:")) && !lineage.contains(','),
+            "{id}: body {stamp} vs lineage {lineage}"
+        );
+        *seen.entry(stamp.to_string()).or_insert(0) += 1;
+    }
+    assert_eq!(
+        seen.keys().collect::<Vec<_>>(),
+        ["1.0.0", "2.0.0"],
+        "both versions served: {seen:?}"
+    );
+    assert_eq!(got["copies"], 0, "no delivery ran twice");
+    assert_eq!(got["left"], 0, "every input acknowledged");
+    assert_eq!(got["dead"], 0, "no dead letters");
+    assert!(swaps >= 20);
+    assert_eq!(host.pid(), pid, "never restarted");
+    assert_eq!(
+        active(&host)["history"].as_array().unwrap().len(),
+        swaps,
+        "every swap in the history"
+    );
+}
+
+#[test]
+fn an_activation_reaches_every_host_on_the_broker_even_one_that_was_away() {
+    let broker = Broker::start();
+    let (ws_a, ws_b) = (workspace(&broker, "host-a"), workspace(&broker, "host-b"));
+    let a = ws_a.start();
+    let b = ws_b.start();
+    a.wait_ready();
+    b.wait_ready();
+    let stamp_of = |host: &Host| {
+        let reply = host.post("a", Some("text/plain"), "x");
+        assert_eq!(reply.status, 200, "{}", reply.body);
+        reply.json()["stamp"].as_str().unwrap().to_string()
+    };
+    let active_version = |host: &Host| active(host)["active"]["version"].clone();
+
+    let stamp_2 = std::fs::read(guest("guest-stamp-2")).unwrap();
+    assert_eq!(
+        a.admin("POST", "/v1/plants/plant-a/plugins", &stamp_2)
+            .status,
+        201
+    );
+    assert_eq!(activate(&a, "2.0.0").status, 200);
+    eventually("host B runs 2.0.0", || active_version(&b) == "2.0.0");
+    assert_eq!(stamp_of(&b), "2.0.0");
+    let doc = active(&b);
+    let kept = doc["versions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["version"] == "2.0.0")
+        .cloned()
+        .unwrap();
+    assert_eq!(kept["origin"], "broadcast", "{doc}");
+    assert_eq!(doc["history"][0]["by"], "admin-api via host-a", "{doc}");
+
+    // Rollback travels too.
+    let back = a.admin("POST", "/v1/plants/plant-a/plugins/stamp/rollback", b"");
+    assert_eq!(back.status, 200, "{}", back.body);
+    eventually("host B back on 1.0.0", || active_version(&b) == "1.0.0");
+    assert_eq!(stamp_of(&b), "1.0.0");
+
+    // A host that is away when the activation happens finds it waiting when it comes back.
+    assert!(b.stop().success());
+    assert_eq!(activate(&a, "2.0.0").status, 200);
+    let b = ws_b.start();
+    b.wait_ready();
+    eventually("host B caught up", || active_version(&b) == "2.0.0");
+    assert_eq!(stamp_of(&b), "2.0.0");
+    assert_eq!(stamp_of(&a), "2.0.0");
+    // Host A never applied its own announcements.
+    assert_eq!(active(&a)["history"].as_array().unwrap().len(), 3);
+}
