@@ -245,7 +245,10 @@ impl Config {
             ("host.max_in_flight", self.max_in_flight.to_string()),
             ("host.amqp", format!("{:?}", self.amqp)),
             ("host.amqp_declare", self.amqp_declare.to_string()),
-            ("host.outbox_max_messages", self.outbox_max_messages.to_string()),
+            (
+                "host.outbox_max_messages",
+                self.outbox_max_messages.to_string(),
+            ),
             (
                 "host.idempotency_window_s",
                 self.idempotency_window.as_secs().to_string(),

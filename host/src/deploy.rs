@@ -220,7 +220,10 @@ impl Deployer {
         deployed
     }
 
-    #[expect(clippy::too_many_arguments, reason = "one call site, the named parts of a deploy")]
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "one call site, the named parts of a deploy"
+    )]
     fn gate_and_keep(
         &self,
         engine: &PluginEngine,

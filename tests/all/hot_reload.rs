@@ -305,7 +305,8 @@ fn counter(host: &Host, line_start: &str) -> u64 {
 }
 
 fn active(host: &Host) -> String {
-    host.admin("GET", "/v1/plants/plant-a/plugins/stamp", b"").json()["active"]["version"]
+    host.admin("GET", "/v1/plants/plant-a/plugins/stamp", b"")
+        .json()["active"]["version"]
         .as_str()
         .unwrap_or_default()
         .to_string()
@@ -356,7 +357,9 @@ fn a_dropped_plugin_is_taken_only_once_written_whole_and_a_bad_one_is_refused_wi
     assert_eq!(stamped(&host.url, "a", 1).1, "2.0.0");
     assert!(plant_dir.join("deployed/stamp-2.wasm").is_file());
     assert!(!target.exists());
-    let doc = host.admin("GET", "/v1/plants/plant-a/plugins/stamp", b"").json();
+    let doc = host
+        .admin("GET", "/v1/plants/plant-a/plugins/stamp", b"")
+        .json();
     let kept = doc["versions"]
         .as_array()
         .unwrap()
@@ -474,7 +477,9 @@ fn sample_vectors_shipped_inside_a_candidate_gate_its_deployment() {
         "{detail}"
     );
     assert_eq!(active(&host), "1.0.0");
-    let doc = host.admin("GET", "/v1/plants/plant-a/plugins/stamp", b"").json();
+    let doc = host
+        .admin("GET", "/v1/plants/plant-a/plugins/stamp", b"")
+        .json();
     assert_eq!(doc["versions"].as_array().unwrap().len(), 1, "not kept");
 
     let reply = host.admin(

@@ -30,7 +30,8 @@ fn activate(host: &Host, version: &str) -> Reply {
 }
 
 fn active(host: &Host) -> serde_json::Value {
-    host.admin("GET", "/v1/plants/plant-a/plugins/stamp", b"").json()
+    host.admin("GET", "/v1/plants/plant-a/plugins/stamp", b"")
+        .json()
 }
 
 /// Poll until `probe` holds (a guard against a hung host, not a timing assertion).
@@ -79,7 +80,11 @@ print('{{}}')"
                 .arg(format!("import pika\nPORT = {port}\n{program}"))
                 .output()
                 .expect("python3 runs");
-            assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
         })
     };
     // Swap back and forth while the stream flows: at least 20 times, until it is all published.

@@ -59,10 +59,7 @@ impl Note {
             ("action", &self.action),
             ("by", &self.by),
         ] {
-            table.insert(
-                name.into(),
-                AMQPValue::LongString(value.as_str().into()),
-            );
+            table.insert(name.into(), AMQPValue::LongString(value.as_str().into()));
         }
         table
     }
@@ -112,7 +109,9 @@ pub async fn announce(mediator: &Mediator, activation: &Activation) {
             .confirm_select(ConfirmSelectOptions::default())
             .await
             .map_err(|e| e.to_string())?;
-        declare_exchange(&channel).await.map_err(|e| e.to_string())?;
+        declare_exchange(&channel)
+            .await
+            .map_err(|e| e.to_string())?;
         let confirm = channel
             .basic_publish(
                 EXCHANGE.into(),
@@ -211,11 +210,7 @@ async fn apply_each(
     mut consumer: lapin::Consumer,
 ) {
     while let Some(Ok(delivery)) = consumer.next().await {
-        let note = delivery
-            .properties
-            .headers()
-            .as_ref()
-            .and_then(Note::read);
+        let note = delivery.properties.headers().as_ref().and_then(Note::read);
         match note {
             Some(note) if note.from != mediator.host_id => {
                 let mediator_ = Arc::clone(&mediator);

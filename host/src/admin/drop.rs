@@ -67,7 +67,11 @@ fn prepare(mediator: &Mediator, dir: &Path) -> std::io::Result<()> {
 fn already_there(dir: &Path) -> Vec<PathBuf> {
     let mut found = Vec::new();
     for plant in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-        for file in std::fs::read_dir(plant.path()).into_iter().flatten().flatten() {
+        for file in std::fs::read_dir(plant.path())
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
             found.push(file.path());
         }
     }
@@ -121,7 +125,14 @@ fn deploy(
     );
     let d = &mediator.deployer;
     let version = d
-        .deploy(&mediator.engine, &mediator.routes, plant, &bytes, &by, "drop")
+        .deploy(
+            &mediator.engine,
+            &mediator.routes,
+            plant,
+            &bytes,
+            &by,
+            "drop",
+        )
         .map_err(|e| e.to_string())?;
     let activated = d
         .activate(

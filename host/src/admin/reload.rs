@@ -80,9 +80,10 @@ fn apply(mediator: &Mediator, started: std::time::Instant) -> Result<Reloaded, R
         needs.push("a route now uses the broker (the host started without one)".to_string());
     }
     if mediator.outbox.is_none()
-        && reloaded.all().iter().any(|r| {
-            r.source == crate::config::Source::Http && r.sink == crate::config::Sink::Amqp
-        })
+        && reloaded
+            .all()
+            .iter()
+            .any(|r| r.source == crate::config::Source::Http && r.sink == crate::config::Sink::Amqp)
     {
         needs.push("an HTTP route now publishes to the broker (it needs the outbox)".to_string());
     }
@@ -105,8 +106,16 @@ fn apply(mediator: &Mediator, started: std::time::Instant) -> Result<Reloaded, R
         session.lost("the configuration was reloaded and a broker route changed".into());
     }
     Ok(Reloaded {
-        added: after.iter().filter(|n| !before.contains(n)).cloned().collect(),
-        removed: before.iter().filter(|n| !after.contains(n)).cloned().collect(),
+        added: after
+            .iter()
+            .filter(|n| !before.contains(n))
+            .cloned()
+            .collect(),
+        removed: before
+            .iter()
+            .filter(|n| !after.contains(n))
+            .cloned()
+            .collect(),
         routes: after.len(),
         broker_restarted,
         took_ms: started.elapsed().as_secs_f64() * 1000.0,

@@ -1,0 +1,326 @@
+//! Hot swap, measured on a running `millrace run` over real HTTP (the `stamp` test guests,
+//! versions 1.0.0 and 2.0.0, each answer naming its version):
+//!
+//! - **activation → first message served by the new version**, while a client keeps sending:
+//!   from just before the activation call to the end of the first answer that names the new
+//!   version. *Precompiled*: the version was compiled when it was deployed (the usual path).
+//!   *Freshly compiled*: the upload (compile + gate) and the activation together, on a host
+//!   whose data directory (and compile cache) has never seen the component.
+//! - **latency during a swap storm vs steady state**: `CLIENTS` keep-alive clients sending for
+//!   `SECONDS`, first with no activation, then while activations toggle the version every
+//!   `STORM_MS`; p50 and p99 of each, same host, same run.
+//!
+//! A fresh host per round. Needs `scripts/build-plugins`. Run:
+//! `cargo bench -p millrace-host --bench swap`. Environment: `ROUNDS` (default 3), `SECONDS`
+//! (default 5), `CLIENTS` (default 2), `STORM_MS` (default 10), `TOGGLES` (precompiled
+//! activations timed per round, default 20).
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("host/ has a parent")
+        .to_path_buf()
+}
+
+fn setting(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn guest(name: &str) -> PathBuf {
+    let path = root().join(format!("target/test-guests/{name}.wasm"));
+    assert!(
+        path.exists(),
+        "{} missing: run scripts/build-plugins",
+        path.display()
+    );
+    path
+}
+
+struct Host {
+    child: Child,
+    url: String,
+    admin: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Host {
+    fn start() -> Host {
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("millrace.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "[host]\nadmin = \"127.0.0.1:0\"\n\n[plants.plant-a]\n\n[routes.a]\nplant = \"plant-a\"\nsource = \"http\"\nsink = \"reply\"\n\n[[routes.a.steps]]\nplugin = \"{}\"\ngrants = [\"log\"]\n",
+                guest("guest-stamp-1").display()
+            ),
+        )
+        .unwrap();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_millrace"))
+            .args(["run", "--config"])
+            .arg(&config)
+            .args(["--http", "127.0.0.1:0"])
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("millrace starts");
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let (mut url, mut admin) = (String::new(), String::new());
+        while url.is_empty() || admin.is_empty() {
+            let line = lines
+                .next()
+                .expect("millrace prints its addresses")
+                .unwrap();
+            if let Some(a) = line.strip_prefix("millrace: admin on ") {
+                admin = a.to_string();
+            }
+            if let Some(u) = line.strip_prefix("millrace: listening on ") {
+                url = u.to_string();
+            }
+        }
+        Host {
+            child,
+            url,
+            admin,
+            _dir: dir,
+        }
+    }
+}
+
+impl Drop for Host {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn agent() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .into()
+}
+
+/// One message; the version that answered.
+fn send(agent: &ureq::Agent, url: &str) -> String {
+    let mut reply = agent
+        .post(&format!("{url}/v1/routes/a/messages"))
+        .header("content-type", "text/plain")
+        .send("x")
+        .expect("the host answers");
+    assert_eq!(reply.status(), 200);
+    let body: serde_json::Value =
+        serde_json::from_str(&reply.body_mut().read_to_string().unwrap()).unwrap();
+    body["stamp"].as_str().unwrap().to_string()
+}
+
+fn admin(agent: &ureq::Agent, host: &Host, path: &str, body: &[u8]) {
+    let reply = agent
+        .post(&format!("{}{path}", host.admin))
+        .send(body)
+        .expect("the admin API answers");
+    assert!(reply.status().is_success(), "{path}: {}", reply.status());
+}
+
+fn activate(agent: &ureq::Agent, host: &Host, version: &str) {
+    admin(
+        agent,
+        host,
+        "/v1/plants/plant-a/plugins/stamp/activate",
+        format!("{{\"version\": \"{version}\"}}").as_bytes(),
+    );
+}
+
+/// A client sending without pause; every answer's end time and version.
+struct Load {
+    stop: Arc<AtomicBool>,
+    answers: Arc<Mutex<Vec<(Instant, String)>>>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl Load {
+    fn start(url: &str) -> Load {
+        let stop = Arc::new(AtomicBool::new(false));
+        let answers = Arc::new(Mutex::new(Vec::new()));
+        let thread = {
+            let (stop, answers, url) = (Arc::clone(&stop), Arc::clone(&answers), url.to_string());
+            std::thread::spawn(move || {
+                let agent = agent();
+                while !stop.load(Ordering::SeqCst) {
+                    let version = send(&agent, &url);
+                    answers.lock().unwrap().push((Instant::now(), version));
+                }
+            })
+        };
+        Load {
+            stop,
+            answers,
+            thread,
+        }
+    }
+
+    /// From `from` to the end of the first answer after it that names `version`.
+    fn first(&self, from: Instant, version: &str) -> Duration {
+        loop {
+            if let Some((at, _)) = self
+                .answers
+                .lock()
+                .unwrap()
+                .iter()
+                .find(|(at, v)| *at > from && v == version)
+            {
+                return *at - from;
+            }
+            std::thread::sleep(Duration::from_micros(200));
+        }
+    }
+
+    fn stop(self) {
+        self.stop.store(true, Ordering::SeqCst);
+        self.thread.join().unwrap();
+    }
+}
+
+/// Latencies (µs) of `clients` clients sending for `seconds`, while `meanwhile` runs.
+fn latencies(
+    url: &str,
+    clients: u64,
+    seconds: u64,
+    meanwhile: impl FnOnce(&AtomicBool),
+) -> Vec<f64> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let threads: Vec<_> = (0..clients)
+        .map(|_| {
+            let (stop, url) = (Arc::clone(&stop), url.to_string());
+            std::thread::spawn(move || {
+                let agent = agent();
+                let mut took = Vec::new();
+                while !stop.load(Ordering::SeqCst) {
+                    let started = Instant::now();
+                    send(&agent, &url);
+                    took.push(started.elapsed().as_secs_f64() * 1e6);
+                }
+                took
+            })
+        })
+        .collect();
+    let flag = Arc::clone(&stop);
+    let timer = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_secs(seconds));
+        flag.store(true, Ordering::SeqCst);
+    });
+    meanwhile(&stop);
+    timer.join().unwrap();
+    let mut all: Vec<f64> = threads
+        .into_iter()
+        .flat_map(|t| t.join().unwrap())
+        .collect();
+    all.sort_by(f64::total_cmp);
+    all
+}
+
+fn pct(sorted: &[f64], p: f64) -> f64 {
+    sorted[((sorted.len() as f64 * p) as usize).min(sorted.len() - 1)]
+}
+
+fn median(mut xs: Vec<f64>) -> f64 {
+    xs.sort_by(f64::total_cmp);
+    xs[xs.len() / 2]
+}
+
+fn main() {
+    let rounds = setting("ROUNDS", 3);
+    let seconds = setting("SECONDS", 5);
+    let clients = setting("CLIENTS", 2);
+    let storm_ms = setting("STORM_MS", 10);
+    let toggles = setting("TOGGLES", 20);
+    let stamp_2 = std::fs::read(guest("guest-stamp-2")).unwrap();
+    let (mut fresh, mut precompiled, mut uploads) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut steady_p99, mut storm_p99, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
+    for round in 1..=rounds {
+        let host = Host::start();
+        let agent = agent();
+        send(&agent, &host.url);
+        let load = Load::start(&host.url);
+        std::thread::sleep(Duration::from_millis(200));
+
+        let t0 = Instant::now();
+        admin(&agent, &host, "/v1/plants/plant-a/plugins", &stamp_2);
+        let upload = t0.elapsed().as_secs_f64() * 1000.0;
+        activate(&agent, &host, "2.0.0");
+        let took = load.first(t0, "2.0.0").as_secs_f64() * 1000.0;
+        fresh.push(took);
+        uploads.push(upload);
+
+        let mut these = Vec::new();
+        for i in 0..toggles {
+            let version = if i % 2 == 0 { "1.0.0" } else { "2.0.0" };
+            std::thread::sleep(Duration::from_millis(20));
+            let t0 = Instant::now();
+            activate(&agent, &host, version);
+            these.push(load.first(t0, version).as_secs_f64() * 1000.0);
+        }
+        load.stop();
+        let round_precompiled = median(these.clone());
+        precompiled.extend(these);
+
+        let steady = latencies(&host.url, clients, seconds, |_| {});
+        let mut swaps = 0u64;
+        let storm = latencies(&host.url, clients, seconds, |stop| {
+            while !stop.load(Ordering::SeqCst) {
+                activate(
+                    &agent,
+                    &host,
+                    if swaps.is_multiple_of(2) {
+                        "1.0.0"
+                    } else {
+                        "2.0.0"
+                    },
+                );
+                swaps += 1;
+                std::thread::sleep(Duration::from_millis(storm_ms));
+            }
+        });
+        let (s99, w99) = (pct(&steady, 0.99), pct(&storm, 0.99));
+        println!(
+            "round {round}: first answer of the new version: fresh (upload+compile+gate+activate) {took:.1} ms (upload {upload:.1} ms), precompiled median {round_precompiled:.2} ms; \
+             steady {} msgs p50 {:.0} µs p99 {s99:.0} µs; storm ({swaps} swaps) {} msgs p50 {:.0} µs p99 {w99:.0} µs; p99 ratio {:.2}",
+            steady.len(),
+            pct(&steady, 0.5),
+            storm.len(),
+            pct(&storm, 0.5),
+            w99 / s99
+        );
+        steady_p99.push(s99);
+        storm_p99.push(w99);
+        ratios.push(w99 / s99);
+    }
+    let max = |xs: &[f64]| xs.iter().copied().fold(f64::MIN, f64::max);
+    println!(
+        "\nactivation → first message served by the new version: precompiled median {:.2} ms (max {:.2} ms, {} activations); freshly compiled median {:.1} ms (max {:.1} ms, {} rounds; of which the upload call — compile and gate — median {:.1} ms)",
+        median(precompiled.clone()),
+        max(&precompiled),
+        precompiled.len(),
+        median(fresh.clone()),
+        max(&fresh),
+        fresh.len(),
+        median(uploads)
+    );
+    println!(
+        "p99 latency: steady median {:.0} µs, swap storm median {:.0} µs, storm/steady median {:.2} (max {:.2})",
+        median(steady_p99),
+        median(storm_p99),
+        median(ratios.clone()),
+        max(&ratios)
+    );
+}
