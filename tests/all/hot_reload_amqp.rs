@@ -201,3 +201,44 @@ fn an_activation_reaches_every_host_on_the_broker_even_one_that_was_away() {
     // Host A never applied its own announcements.
     assert_eq!(active(&a)["history"].as_array().unwrap().len(), 3);
 }
+
+#[test]
+fn a_reloaded_configuration_with_a_new_broker_route_consumes_its_queue_without_restart() {
+    let broker = Broker::start();
+    let ws = workspace(&broker, "host-a");
+    // Reloaded through the admin API only, so its answer says what this reload changed.
+    let config = std::fs::read_to_string(ws.config())
+        .unwrap()
+        .replace("[host]\n", "[host]\nwatch_config = false\n");
+    ws.write("millrace.toml", &config);
+    let host = ws.start();
+    host.wait_ready();
+    let pid = host.pid();
+    let q2 = config[config.find("[routes.q]").unwrap()..]
+        .replace("routes.q", "routes.q2")
+        .replace("plant-a.stamp", "plant-a.stamp2");
+    std::fs::write(ws.config(), format!("{config}\n{q2}")).unwrap();
+    let reloaded = host.admin("POST", "/v1/config/reload", b"");
+    assert_eq!(reloaded.status, 200, "{}", reloaded.body);
+    assert_eq!(reloaded.json()["added"], serde_json::json!(["q2"]));
+    assert_eq!(reloaded.json()["broker_restarted"], true);
+    host.wait_ready();
+    let got = broker.client(
+        "c = pika.BlockingConnection(pika.ConnectionParameters('127.0.0.1', PORT))
+ch = c.channel()
+ch.confirm_delivery()
+ch.queue_declare('out2', durable=True)
+ch.queue_bind('out2', 'plant-a.events', 'plant-a.q2')
+ch.basic_publish('', 'plant-a.stamp2', b'hello', pika.BasicProperties(message_id='n-1', content_type='text/plain', delivery_mode=2))
+out = None
+deadline = time.time() + 60
+while out is None and time.time() < deadline:
+    m, p, b = ch.basic_get('out2', auto_ack=True)
+    if m: out = {'id': p.message_id, 'body': json.loads(b)}
+    else: time.sleep(0.05)
+print(json.dumps(out))",
+    );
+    assert_eq!(got["id"], "n-1-1", "{got}");
+    assert_eq!(got["body"]["input"], "hello");
+    assert_eq!(host.pid(), pid, "never restarted");
+}
