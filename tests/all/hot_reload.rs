@@ -179,6 +179,15 @@ fn bad_candidates_are_refused_with_the_reason_while_the_active_version_serves() 
         host.admin("POST", "/v1/plants/plant-a/plugins", b"\0asm\x01\0\0\0"),
         "is not a loadable Wasm component",
     );
+    // A component of another world (it exports nothing of the contract).
+    refused(
+        host.admin(
+            "POST",
+            "/v1/plants/plant-a/plugins",
+            &wasm_encoder::Component::new().finish(),
+        ),
+        "does not implement world millrace:mediation/plugin@0.1.0",
+    );
     // Asks for a capability the plant does not grant its step.
     refused(
         upload(&host, "plant-a", "guest-stamp-3"),
