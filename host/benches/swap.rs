@@ -8,11 +8,12 @@
 //!   whose data directory (and compile cache) has never seen the component.
 //! - **latency during a swap storm vs steady state**: `CLIENTS` keep-alive clients sending for
 //!   `SECONDS`, first with no activation, then while activations toggle the version every
-//!   `STORM_MS`; p50 and p99 of each, same host, same run.
+//!   `STORM_MS` (each of a comma-separated list, default `10,100`); p50 and p99 of each, same
+//!   host, same run.
 //!
 //! A fresh host per round. Needs `scripts/build-plugins`. Run:
 //! `cargo bench -p millrace-host --bench swap`. Environment: `ROUNDS` (default 3), `SECONDS`
-//! (default 5), `CLIENTS` (default 2), `STORM_MS` (default 10), `TOGGLES` (precompiled
+//! (default 5), `CLIENTS` (default 2), `STORM_MS` (default `10,100`), `TOGGLES` (precompiled
 //! activations timed per round, default 20).
 
 use std::io::{BufRead, BufReader};
@@ -242,11 +243,23 @@ fn main() {
     let rounds = setting("ROUNDS", 3);
     let seconds = setting("SECONDS", 5);
     let clients = setting("CLIENTS", 2);
-    let storm_ms = setting("STORM_MS", 10);
     let toggles = setting("TOGGLES", 20);
     let stamp_2 = std::fs::read(guest("guest-stamp-2")).unwrap();
     let (mut fresh, mut precompiled, mut uploads) = (Vec::new(), Vec::new(), Vec::new());
-    let (mut steady_p99, mut storm_p99, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
+    let storms: Vec<u64> = std::env::var("STORM_MS")
+        .unwrap_or_else(|_| "10,100".into())
+        .split(',')
+        .map(|ms| {
+            ms.trim()
+                .parse()
+                .expect("STORM_MS: milliseconds, comma separated")
+        })
+        .collect();
+    let mut steady_p99 = Vec::new();
+    let (mut storm_p99, mut ratios) = (
+        vec![Vec::new(); storms.len()],
+        vec![Vec::new(); storms.len()],
+    );
     for round in 1..=rounds {
         let host = Host::start();
         let agent = agent();
@@ -275,35 +288,41 @@ fn main() {
         precompiled.extend(these);
 
         let steady = latencies(&host.url, clients, seconds, |_| {});
-        let mut swaps = 0u64;
-        let storm = latencies(&host.url, clients, seconds, |stop| {
-            while !stop.load(Ordering::SeqCst) {
-                activate(
-                    &agent,
-                    &host,
-                    if swaps.is_multiple_of(2) {
-                        "1.0.0"
-                    } else {
-                        "2.0.0"
-                    },
-                );
-                swaps += 1;
-                std::thread::sleep(Duration::from_millis(storm_ms));
-            }
-        });
-        let (s99, w99) = (pct(&steady, 0.99), pct(&storm, 0.99));
-        println!(
-            "round {round}: first answer of the new version: fresh (upload+compile+gate+activate) {took:.1} ms (upload {upload:.1} ms), precompiled median {round_precompiled:.2} ms; \
-             steady {} msgs p50 {:.0} µs p99 {s99:.0} µs; storm ({swaps} swaps) {} msgs p50 {:.0} µs p99 {w99:.0} µs; p99 ratio {:.2}",
+        let s99 = pct(&steady, 0.99);
+        let mut line = format!(
+            "round {round}: first answer of the new version: fresh (upload+compile+gate+activate) {took:.1} ms (upload {upload:.1} ms), precompiled median {round_precompiled:.2} ms\n  steady: {} msgs p50 {:.0} µs p99 {s99:.0} µs",
             steady.len(),
             pct(&steady, 0.5),
-            storm.len(),
-            pct(&storm, 0.5),
-            w99 / s99
         );
+        for (i, every) in storms.iter().enumerate() {
+            let mut swaps = 0u64;
+            let storm = latencies(&host.url, clients, seconds, |stop| {
+                while !stop.load(Ordering::SeqCst) {
+                    activate(
+                        &agent,
+                        &host,
+                        if swaps.is_multiple_of(2) {
+                            "1.0.0"
+                        } else {
+                            "2.0.0"
+                        },
+                    );
+                    swaps += 1;
+                    std::thread::sleep(Duration::from_millis(*every));
+                }
+            });
+            let w99 = pct(&storm, 0.99);
+            line += &format!(
+                "\n  storm, an activation every {every} ms ({swaps} swaps): {} msgs p50 {:.0} µs p99 {w99:.0} µs; p99 storm/steady {:.2}",
+                storm.len(),
+                pct(&storm, 0.5),
+                w99 / s99
+            );
+            storm_p99[i].push(w99);
+            ratios[i].push(w99 / s99);
+        }
+        println!("{line}");
         steady_p99.push(s99);
-        storm_p99.push(w99);
-        ratios.push(w99 / s99);
     }
     let max = |xs: &[f64]| xs.iter().copied().fold(f64::MIN, f64::max);
     println!(
@@ -316,11 +335,13 @@ fn main() {
         fresh.len(),
         median(uploads)
     );
-    println!(
-        "p99 latency: steady median {:.0} µs, swap storm median {:.0} µs, storm/steady median {:.2} (max {:.2})",
-        median(steady_p99),
-        median(storm_p99),
-        median(ratios.clone()),
-        max(&ratios)
-    );
+    println!("p99 latency: steady median {:.0} µs", median(steady_p99));
+    for (i, every) in storms.iter().enumerate() {
+        println!(
+            "  storm every {every} ms: p99 median {:.0} µs, storm/steady median {:.2} (max {:.2})",
+            median(storm_p99[i].clone()),
+            median(ratios[i].clone()),
+            max(&ratios[i])
+        );
+    }
 }
