@@ -283,7 +283,8 @@ impl Deployer {
             .map(|s| s.id.version.clone());
         let artifact = self.artifact(engine, &target.digest, None)?;
         let rebuilt = routes.with_plugin(engine, plant, plugin, &artifact)?;
-        let names = rebuilt.iter().map(|r| r.name.clone()).collect();
+        let mut names: Vec<String> = rebuilt.iter().map(|r| r.name.clone()).collect();
+        names.sort();
         routes.install(rebuilt);
         let took_ms = started.elapsed().as_secs_f64() * 1000.0;
         let activation = self

@@ -172,18 +172,26 @@ pub async fn run(
             background.spawn(async move { outbox.drain(&link, stopped).await });
         }
     }
-    if let Some(dir) = config.drop_dir.clone() {
+    // Watching starts before the host says it listens, so nothing saved or dropped after
+    // that is missed.
+    if let Some(watched) = config
+        .drop_dir
+        .as_deref()
+        .and_then(|dir| crate::admin::drop::watch(&mediator, dir, config.settle))
+    {
         background.spawn(crate::admin::drop::serve(
             Arc::clone(&mediator),
-            dir,
-            config.settle,
+            watched,
             stopped.clone(),
         ));
     }
-    background.spawn(crate::admin::reload::watch(
+    let config_file = config
+        .watch_config
+        .then(|| crate::admin::reload::watch_file(&config.path, config.settle))
+        .flatten();
+    background.spawn(crate::admin::reload::serve(
         Arc::clone(&mediator),
-        config.watch_config,
-        config.settle,
+        config_file,
         stopped.clone(),
     ));
     if let Some(addr) = admin.or(config.admin) {

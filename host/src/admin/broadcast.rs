@@ -14,7 +14,6 @@ use crate::broker::{Link, Session};
 use crate::deploy::{DeployError, Slot};
 use crate::mediator::Mediator;
 use crate::registry::{Activation, RegistryError};
-use crate::route::SwapError;
 use crate::sink::amqp::header_string;
 use futures_lite::StreamExt;
 use lapin::BasicProperties;
@@ -229,48 +228,59 @@ async fn apply_each(
 
 /// Make another host's activation ours: keep the version (gated) if we lack it, then activate.
 fn apply(mediator: &Mediator, note: &Note, bytes: &[u8]) {
+    if crate::plugin::digest(bytes) != note.digest {
+        tracing::warn!(plant = %note.plant, plugin = %note.plugin, version = %note.version, from = %note.from, digest = %note.digest, "an announced activation whose bytes do not have its digest; ignored");
+        return;
+    }
+    let runs = mediator
+        .routes
+        .all()
+        .iter()
+        .any(|r| r.plant == note.plant && r.steps.iter().any(|s| s.id.name == note.plugin));
+    if !runs {
+        tracing::debug!(plant = %note.plant, plugin = %note.plugin, "announced activation is for a plugin no route here runs");
+        return;
+    }
     let by = format!("{} via {}", note.by, note.from);
     let d = &mediator.deployer;
-    let done = (|| {
-        if crate::plugin::digest(bytes) != note.digest {
-            return Err(DeployError::Vectors(format!(
-                "the announced bytes do not have digest {}",
-                note.digest
-            )));
+    let kept = match d.registry.find(&note.plant, &note.plugin, &note.version) {
+        Ok(kept) if kept.digest != note.digest => Err(RegistryError::VersionTaken {
+            plant: kept.plant,
+            plugin: kept.plugin,
+            version: kept.version,
+            digest: kept.digest,
         }
-        match d.registry.find(&note.plant, &note.plugin, &note.version) {
-            Ok(_) => {}
-            Err(RegistryError::UnknownVersion { .. }) => {
-                d.deploy(
-                    &mediator.engine,
-                    &mediator.routes,
-                    &note.plant,
-                    bytes,
-                    &by,
-                    "broadcast",
-                )?;
-            }
-            Err(e) => return Err(e.into()),
-        }
+        .into()),
+        Ok(_) => Ok(()),
+        Err(RegistryError::UnknownVersion { .. }) => d
+            .deploy(
+                &mediator.engine,
+                &mediator.routes,
+                &note.plant,
+                bytes,
+                &by,
+                "broadcast",
+            )
+            .map(|_| ()),
+        Err(e) => Err(DeployError::from(e)),
+    };
+    let slot = Slot {
+        plant: &note.plant,
+        plugin: &note.plugin,
+    };
+    let done = kept.and_then(|()| {
         d.activate(
             &mediator.engine,
             &mediator.routes,
-            Slot {
-                plant: &note.plant,
-                plugin: &note.plugin,
-            },
+            slot,
             &note.version,
             &by,
             &note.action,
         )
-        .map(Some)
-    })();
+    });
     match done {
         Ok(_) => {
             tracing::info!(plant = %note.plant, plugin = %note.plugin, version = %note.version, from = %note.from, "activation from another host applied")
-        }
-        Err(DeployError::Refused(SwapError::Unused { .. })) => {
-            tracing::debug!(plant = %note.plant, plugin = %note.plugin, "announced activation is for a plugin no route here runs")
         }
         Err(e) => {
             tracing::warn!(plant = %note.plant, plugin = %note.plugin, version = %note.version, from = %note.from, error = %e, "activation from another host refused; this host keeps its version")

@@ -7,6 +7,7 @@
 //! ([`super::watch`]); write elsewhere (or as `NAME.wasm.part`) and rename to be sure a file is
 //! never read half-written. Files already there when the host starts are taken then.
 
+use super::watch::Settled;
 use crate::deploy::Slot;
 use crate::mediator::Mediator;
 use std::path::{Path, PathBuf};
@@ -17,32 +18,36 @@ use std::time::Duration;
 pub const DEPLOYED: &str = "deployed";
 pub const REFUSED: &str = "refused";
 
-/// Watch `dir` until `shutdown` turns true, deploying what is dropped there.
-pub async fn serve(
-    mediator: Arc<Mediator>,
-    dir: PathBuf,
-    settle: Duration,
-    mut shutdown: tokio::sync::watch::Receiver<bool>,
-) {
+/// Make the drop folder and its plant folders and start watching it (files already there
+/// included); `None`, logged, if it cannot be used. Called before the host says it listens, so
+/// nothing dropped after that is missed.
+pub fn watch(mediator: &Mediator, dir: &Path, settle: Duration) -> Option<(PathBuf, Settled)> {
     // Events name absolute paths; so does everything here.
-    let dir = match prepare(&mediator, &dir).and_then(|()| dir.canonicalize()) {
+    let dir = match prepare(mediator, dir).and_then(|()| dir.canonicalize()) {
         Ok(dir) => dir,
         Err(e) => {
             tracing::error!(dir = %dir.display(), error = %e, "the plugin drop directory cannot be used; not watching it");
-            return;
+            return None;
         }
     };
-    let mut settled = match super::watch::watch(&dir, true, settle) {
-        Ok(settled) => settled,
+    match super::watch::watch(&dir, true, settle, already_there(&dir)) {
+        Ok(settled) => {
+            tracing::info!(dir = %dir.display(), "watching for dropped plugins");
+            Some((dir, settled))
+        }
         Err(e) => {
             tracing::error!(dir = %dir.display(), error = %e, "cannot watch the plugin drop directory");
-            return;
+            None
         }
-    };
-    tracing::info!(dir = %dir.display(), "watching for dropped plugins");
-    for waiting in already_there(&dir) {
-        take(&mediator, &dir, waiting).await;
     }
+}
+
+/// Deploy what settles in the drop folder (from [`watch`]) until `shutdown` turns true.
+pub async fn serve(
+    mediator: Arc<Mediator>,
+    (dir, mut settled): (PathBuf, Settled),
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) {
     loop {
         tokio::select! {
             path = settled.paths.recv() => match path {

@@ -5,9 +5,11 @@
 //! running one stays. Triggers: saving the file (`host.watch_config`), SIGHUP, and
 //! `POST /v1/config/reload` on the admin API.
 
+use super::watch::Settled;
 use crate::config::{Config, ConfigErrors};
 use crate::mediator::Mediator;
 use crate::route::Routes;
+use std::path::Path;
 use std::sync::Arc;
 
 /// Why a reload was refused. The running configuration keeps serving.
@@ -140,11 +142,25 @@ fn broker_shape(routes: &Routes) -> Vec<String> {
     shape
 }
 
-/// Reload on every settled change of the configuration file and on SIGHUP, until `shutdown`.
-pub async fn watch(
+/// Watch the configuration file's folder (editors save by renaming over the file); `None`,
+/// logged, if it cannot be watched. Called before the host says it listens.
+pub fn watch_file(file: &Path, settle: std::time::Duration) -> Option<Settled> {
+    let dir = match file.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => std::path::PathBuf::from("."),
+    };
+    super::watch::watch(&dir, false, settle, Vec::new())
+        .inspect_err(|e| {
+            tracing::warn!(file = %file.display(), error = %e, "cannot watch the configuration file; reload with SIGHUP or the admin API");
+        })
+        .ok()
+}
+
+/// Reload on every settled change of the configuration file (`settled`, from [`watch_file`])
+/// and on SIGHUP, until `shutdown`.
+pub async fn serve(
     mediator: Arc<Mediator>,
-    watch_file: bool,
-    settle: std::time::Duration,
+    mut settled: Option<Settled>,
     mut shutdown: tokio::sync::watch::Receiver<bool>,
 ) {
     use tokio::signal::unix::{SignalKind, signal};
@@ -155,23 +171,7 @@ pub async fn watch(
             None
         }
     };
-    let file = mediator.config_path.clone();
-    let dir = match file.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => std::path::PathBuf::from("."),
-    };
-    // Editors save by renaming over the file: watch its folder, take only its name.
-    let mut settled = if watch_file {
-        match super::watch::watch(&dir, false, settle) {
-            Ok(settled) => Some(settled),
-            Err(e) => {
-                tracing::warn!(file = %file.display(), error = %e, "cannot watch the configuration file; reload with SIGHUP or the admin API");
-                None
-            }
-        }
-    } else {
-        None
-    };
+    let name = mediator.config_path.file_name().map(|n| n.to_os_string());
     loop {
         let changed = async {
             match settled.as_mut() {
@@ -188,7 +188,7 @@ pub async fn watch(
         tokio::select! {
             path = changed => {
                 let Some(path) = path else { settled = None; continue };
-                if path.file_name() != file.file_name() {
+                if path.file_name() != name.as_deref() {
                     continue;
                 }
             }

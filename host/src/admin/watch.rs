@@ -26,8 +26,14 @@ fn look(path: &Path) -> Option<(u64, SystemTime)> {
     Some((meta.len(), meta.modified().ok()?))
 }
 
-/// Watch `dir` (and, with `recursive`, its subfolders) and report settled paths.
-pub fn watch(dir: &Path, recursive: bool, settle: Duration) -> notify::Result<Settled> {
+/// Watch `dir` (and, with `recursive`, its subfolders) and report settled paths; `existing`
+/// paths are treated as just changed (files that were there before the watch began).
+pub fn watch(
+    dir: &Path,
+    recursive: bool,
+    settle: Duration,
+    existing: Vec<PathBuf>,
+) -> notify::Result<Settled> {
     let (raw_tx, mut raw) = mpsc::unbounded_channel::<PathBuf>();
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
         let Ok(event) = event else { return };
@@ -50,7 +56,13 @@ pub fn watch(dir: &Path, recursive: bool, settle: Duration) -> notify::Result<Se
     watcher.watch(dir, mode)?;
     let (out, paths) = mpsc::unbounded_channel();
     tokio::spawn(async move {
-        let mut pending: HashMap<PathBuf, (Instant, Option<(u64, SystemTime)>)> = HashMap::new();
+        let mut pending: HashMap<PathBuf, (Instant, Option<(u64, SystemTime)>)> = existing
+            .into_iter()
+            .map(|path| {
+                let seen = look(&path);
+                (path, (Instant::now() + settle, seen))
+            })
+            .collect();
         loop {
             let next = pending.values().map(|(due, _)| *due).min();
             let due = async {
