@@ -70,6 +70,19 @@ impl BrokerLink {
         self.state.borrow().clone()
     }
 
+    /// Drop the current session (if any) so the supervisor connects again at once, declaring
+    /// the topology and starting consumers for the routes as they are now. Not ready from this
+    /// call until the new session's consumers run.
+    pub fn restart(&self, reason: &str) {
+        let previous = self.state.send_replace(Link::Down {
+            reason: format!("reconnecting: {reason}"),
+            since: SystemTime::now(),
+        });
+        if let Link::Up(session) = previous {
+            session.lost(reason.to_string());
+        }
+    }
+
     /// Follow the state as it changes.
     pub fn watch(&self) -> watch::Receiver<Link> {
         self.state.subscribe()

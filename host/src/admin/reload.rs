@@ -99,13 +99,9 @@ fn apply(mediator: &Mediator, started: std::time::Instant) -> Result<Reloaded, R
         .reload(&mediator.engine, &mediator.routes, reloaded)?;
     let after = names(&mediator.routes);
     let broker_restarted = broker_shape(&mediator.routes) != broker_before;
-    if broker_restarted
-        && let Some(link) = &mediator.broker
-        && let crate::broker::Link::Up(session) = link.link()
-    {
-        // The supervisor reconnects at once: topology declared and consumers started for the
-        // routes as they are now; deliveries in hand go back to their queues.
-        session.lost("the configuration was reloaded and a broker route changed".into());
+    if broker_restarted && let Some(link) = &mediator.broker {
+        // Deliveries in hand are finished; unacknowledged ones go back to their queues.
+        link.restart("the configuration was reloaded and a broker route changed");
     }
     Ok(Reloaded {
         added: after
