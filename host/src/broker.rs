@@ -50,6 +50,9 @@ pub struct BrokerLink {
     url: String,
     declare: bool,
     state: watch::Sender<Link>,
+    /// Bumped by [`BrokerLink::restart`]: a session set up from routes read before a bump is
+    /// not used.
+    generation: std::sync::atomic::AtomicU64,
 }
 
 impl BrokerLink {
@@ -62,6 +65,7 @@ impl BrokerLink {
             url,
             declare,
             state,
+            generation: std::sync::atomic::AtomicU64::new(0),
         }
     }
 
@@ -74,6 +78,8 @@ impl BrokerLink {
     /// the topology and starting consumers for the routes as they are now. Not ready from this
     /// call until the new session's consumers run.
     pub fn restart(&self, reason: &str) {
+        self.generation
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         let previous = self.state.send_replace(Link::Down {
             reason: format!("reconnecting: {reason}"),
             since: SystemTime::now(),
@@ -133,10 +139,16 @@ pub async fn supervise(mediator: Arc<Mediator>, mut shutdown: watch::Receiver<bo
     };
     let mut pause = RECONNECT_MIN;
     while !*shutdown.borrow() {
+        let generation = link.generation.load(std::sync::atomic::Ordering::SeqCst);
         let reason = match link.connect(&mediator).await {
             Ok((session, lost)) => {
                 let was_up = std::sync::atomic::AtomicBool::new(false);
                 let up = || {
+                    if link.generation.load(std::sync::atomic::Ordering::SeqCst) != generation {
+                        // The routes changed while this session was being set up.
+                        session.lost("the routes changed while connecting".into());
+                        return;
+                    }
                     was_up.store(true, std::sync::atomic::Ordering::Relaxed);
                     tracing::info!("connected to the broker; consuming");
                     link.state.send_replace(Link::Up(session.clone()));
