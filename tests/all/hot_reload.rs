@@ -22,7 +22,7 @@ fn upload(host: &Host, plant: &str, name: &str) -> Reply {
     host.admin("POST", &format!("/v1/plants/{plant}/plugins"), &bytes)
 }
 
-fn activate(host: &Host, version: &str) -> Reply {
+pub(crate) fn activate(host: &Host, version: &str) -> Reply {
     host.admin(
         "POST",
         "/v1/plants/plant-a/plugins/stamp/activate",
@@ -108,20 +108,13 @@ fn swapping_versions_under_load_loses_nothing_mixes_nothing_and_leaves_other_pla
     let plant_b = plant_b.join().expect("plant b client");
 
     assert_eq!(answers.len(), MESSAGES);
-    let mut seen = std::collections::BTreeMap::new();
-    for (status, version, lineage, _) in &answers {
+    for (status, version, ..) in &answers {
         assert_eq!(*status, 200, "every message answered: {version}");
-        // The body says which version ran; the lineage names the same one: one version per step.
-        assert!(
-            lineage.starts_with(&format!("stamp@{version}+sha256:")) && !lineage.contains(','),
-            "{version} vs {lineage}"
-        );
-        *seen.entry(version.clone()).or_insert(0) += 1;
     }
-    assert_eq!(
-        seen.keys().collect::<Vec<_>>(),
-        ["1.0.0", "2.0.0"],
-        "both versions served: {seen:?}"
+    both_versions_one_per_output(
+        answers
+            .iter()
+            .map(|(_, version, lineage, _)| (version.as_str(), lineage.as_str())),
     );
     assert!(!plant_b.is_empty());
     for (status, version, _, body) in &plant_b {
@@ -292,8 +285,27 @@ fn the_active_version_survives_a_restart_and_the_cli_drives_the_admin_api() {
     );
 }
 
+/// Each output's body version (`stamp`) against its lineage: one step, that version. Both
+/// versions must have served.
+pub(crate) fn both_versions_one_per_output<'a>(outputs: impl Iterator<Item = (&'a str, &'a str)>) {
+    let mut seen = std::collections::BTreeMap::new();
+    for (version, lineage) in outputs {
+        // The body says which version ran; the lineage names the same one: one version per step.
+        assert!(
+            lineage.starts_with(&format!("stamp@{version}+sha256:")) && !lineage.contains(','),
+            "body {version} vs lineage {lineage}"
+        );
+        *seen.entry(version).or_insert(0) += 1;
+    }
+    assert_eq!(
+        seen.keys().collect::<Vec<_>>(),
+        [&"1.0.0", &"2.0.0"],
+        "both versions served: {seen:?}"
+    );
+}
+
 /// Poll `what` until it gives `Some` (a guard against a hung host, not a timing assertion).
-fn eventually<T>(what: &str, mut probe: impl FnMut() -> Option<T>) -> T {
+pub(crate) fn eventually<T>(what: &str, mut probe: impl FnMut() -> Option<T>) -> T {
     for _ in 0..1200 {
         if let Some(found) = probe() {
             return found;
