@@ -274,13 +274,7 @@ impl Deployer {
         let started = std::time::Instant::now();
         let _one_at_a_time = self.activating.lock().expect("activation lock");
         let target = self.registry.find(plant, plugin, version)?;
-        let previous = routes
-            .all()
-            .iter()
-            .filter(|r| r.plant == plant)
-            .flat_map(|r| r.steps.iter())
-            .find(|s| s.id.name == plugin)
-            .map(|s| s.id.version.clone());
+        let previous = routes.running(plant, plugin).map(|s| s.id.version.clone());
         let artifact = self.artifact(engine, &target.digest, None)?;
         let rebuilt = routes.with_plugin(engine, plant, plugin, &artifact)?;
         let mut names: Vec<String> = rebuilt.iter().map(|r| r.name.clone()).collect();

@@ -203,6 +203,17 @@ impl Routes {
             .collect()
     }
 
+    /// A step running `plugin` on `plant` now (activations keep every route of a plant on one
+    /// version of a plugin), if any route of the plant runs it.
+    pub fn running(&self, plant: &str, plugin: &str) -> Option<Arc<StepRuntime>> {
+        self.all()
+            .iter()
+            .filter(|r| r.plant == plant)
+            .flat_map(|r| r.steps.iter())
+            .find(|s| s.id.name == plugin)
+            .cloned()
+    }
+
     /// The routes of `plant` as they would be with `artifact` in place of plugin `plugin`, in
     /// every step that runs it. Each affected step is reloaded with its own grants, settings,
     /// tables and limits — the gate: the world, the capabilities the plant grants the step, the

@@ -304,6 +304,15 @@ pub(crate) fn both_versions_one_per_output<'a>(outputs: impl Iterator<Item = (&'
     );
 }
 
+/// The entry of `version` in a `GET /v1/plants/{plant}/plugins/{plugin}` answer's `versions`.
+pub(crate) fn kept(doc: &serde_json::Value, version: &str) -> serde_json::Value {
+    doc["versions"]
+        .as_array()
+        .and_then(|versions| versions.iter().find(|v| v["version"] == version))
+        .cloned()
+        .unwrap_or_else(|| panic!("version {version} is not kept: {doc}"))
+}
+
 /// Poll `what` until it gives `Some` (a guard against a hung host, not a timing assertion).
 pub(crate) fn eventually<T>(what: &str, mut probe: impl FnMut() -> Option<T>) -> T {
     for _ in 0..1200 {
@@ -381,13 +390,7 @@ fn a_dropped_plugin_is_taken_only_once_written_whole_and_a_bad_one_is_refused_wi
     let doc = host
         .admin("GET", "/v1/plants/plant-a/plugins/stamp", b"")
         .json();
-    let kept = doc["versions"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|v| v["version"] == "2.0.0")
-        .cloned()
-        .unwrap();
+    let kept = kept(&doc, "2.0.0");
     assert_eq!(kept["origin"], "drop");
     assert_eq!(kept["deployed_by"], "drop:stamp-2.wasm");
     assert_eq!(

@@ -3,7 +3,7 @@
 //! activations reaching every host that shares the broker, including one that was away.
 
 use crate::harness::*;
-use crate::hot_reload::{activate, both_versions_one_per_output, eventually};
+use crate::hot_reload::{activate, both_versions_one_per_output, eventually, kept};
 
 /// Plant A: HTTP route `a` and broker route `q` (queue `plant-a.stamp` → exchange
 /// `plant-a.events`), both running `stamp`; this host is `host.id = ID`.
@@ -148,14 +148,7 @@ fn an_activation_reaches_every_host_on_the_broker_even_one_that_was_away() {
     });
     assert_eq!(stamp_of(&b), "2.0.0");
     let doc = active(&b);
-    let kept = doc["versions"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|v| v["version"] == "2.0.0")
-        .cloned()
-        .unwrap();
-    assert_eq!(kept["origin"], "broadcast", "{doc}");
+    assert_eq!(kept(&doc, "2.0.0")["origin"], "broadcast", "{doc}");
     assert_eq!(doc["history"][0]["by"], "admin-api via host-a", "{doc}");
 
     // Rollback travels too.

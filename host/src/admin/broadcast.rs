@@ -232,12 +232,7 @@ fn apply(mediator: &Mediator, note: &Note, bytes: &[u8]) {
         tracing::warn!(plant = %note.plant, plugin = %note.plugin, version = %note.version, from = %note.from, digest = %note.digest, "an announced activation whose bytes do not have its digest; ignored");
         return;
     }
-    let runs = mediator
-        .routes
-        .all()
-        .iter()
-        .any(|r| r.plant == note.plant && r.steps.iter().any(|s| s.id.name == note.plugin));
-    if !runs {
+    if mediator.routes.running(&note.plant, &note.plugin).is_none() {
         tracing::debug!(plant = %note.plant, plugin = %note.plugin, "announced activation is for a plugin no route here runs");
         return;
     }

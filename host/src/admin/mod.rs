@@ -257,11 +257,7 @@ async fn body(req: Request<Incoming>) -> Result<Vec<u8>, Problem> {
 fn running(mediator: &Mediator, plant: &str, plugin: &str) -> Option<serde_json::Value> {
     mediator
         .routes
-        .all()
-        .iter()
-        .filter(|r| r.plant == plant)
-        .flat_map(|r| r.steps.iter())
-        .find(|s| s.id.name == plugin)
+        .running(plant, plugin)
         .map(|s| serde_json::json!({ "version": s.id.version, "digest": s.id.digest }))
 }
 
