@@ -71,9 +71,7 @@ while (len(outputs) < 2 or len(dead) < 1) and time.time() < deadline:
     m, p, b = ch.basic_get('millrace.mes.dead-letter', auto_ack=True)
     if m: dead.append({{'id': p.message_id, 'headers': {{k: (v.decode() if isinstance(v, bytes) else v) for k, v in p.headers.items()}}, 'body': b.decode()}})
     if not m: time.sleep(0.05)
-time.sleep(0.5)
-left = ch.queue_declare('plant-a.mes', passive=True).method.message_count
-print(json.dumps({{'outputs': outputs, 'dead': dead, 'left': left}}))
+print(json.dumps({{'outputs': outputs, 'dead': dead}}))
 "#
     );
     let got = broker.client(&program);
@@ -114,8 +112,19 @@ print(json.dumps({{'outputs': outputs, 'dead': dead, 'left': left}}))
     );
     assert!(headers["x-millrace-first-failure"].is_string());
     assert_eq!(headers["x-millrace-attempts"], 1);
-    assert_eq!(got["left"], 0, "every input was acknowledged");
     assert!(host.stop().success(), "SIGTERM stops consuming and exits 0");
+    // With the host gone, a delivery it never acknowledged would be back in the queue.
+    assert_eq!(
+        broker.depth("plant-a.mes"),
+        0,
+        "every input was acknowledged"
+    );
+    assert_eq!(broker.depth("out"), 0, "no output beyond the two");
+    assert_eq!(
+        broker.depth("millrace.mes.dead-letter"),
+        0,
+        "one dead letter"
+    );
 }
 
 #[test]
@@ -161,7 +170,7 @@ fn a_host_started_without_its_broker_is_not_ready_then_connects_and_consumes() {
 fn a_redelivered_message_that_was_settled_gives_no_second_output() {
     let broker = Broker::start();
     let ws = workspace(&broker);
-    let host = ws.start();
+    let mut host = ws.start();
     host.wait_ready();
     let good = record("WO-5", "0000001000", "WC01");
     // The same message-id twice: what the broker does when a host died after settling a
@@ -184,13 +193,23 @@ while True:
     m, p, b = ch.basic_get('out', auto_ack=True)
     if not m: break
     ids.append(p.message_id)
-left = ch.queue_declare('plant-a.mes', passive=True).method.message_count
-print(json.dumps({{'ids': ids, 'left': left}}))
+print(json.dumps({{'ids': ids}}))
 "#
     );
     let got = broker.client(&program);
     assert_eq!(got["ids"], serde_json::json!(["m-5-1", "m-6-1"]), "{got}");
-    assert_eq!(got["left"], 0, "the repeat was acknowledged");
+    assert!(host.stop_in_place().success());
+    assert_eq!(
+        broker.depth("plant-a.mes"),
+        0,
+        "the repeat was acknowledged, not left unacknowledged"
+    );
+    assert_eq!(
+        broker.depth("out"),
+        0,
+        "and made no output after the host stopped"
+    );
+    host.wait_for_log("already settled: acknowledged without a second run");
 }
 
 #[test]
@@ -240,14 +259,25 @@ print(json.dumps({{'dead': dead}}))
         "{got}"
     );
     assert_eq!(dead["x-millrace-original-routing-key"], "plant-a.mes");
+    // Every attempt reached the webhook and was refused; none was taken.
+    let attempts: Vec<u16> = webhook.requests().iter().map(|r| r.status).collect();
+    assert_eq!(attempts, [503, 503, 503], "one request per attempt");
     assert!(webhook.received().is_empty());
+    // Attempts 1 and 2 were parked for a retry; the third was dead-lettered.
+    host.wait_for_log_where(
+        |l| l.contains("attempts used up") && l.contains("message_id=m-1"),
+        "m-1 dead-lettered",
+    );
     let waits: Vec<String> = host
-        .log_so_far()
+        .drain_log()
         .into_iter()
-        .chain([host.wait_for_log("attempts used up")])
-        .filter(|l| l.contains("retrying later") && l.contains("m-1"))
+        .filter(|l| l.contains("retrying later") && l.contains("message_id=m-1"))
         .collect();
-    assert!(waits.len() <= 2, "{waits:?}");
+    assert_eq!(waits.len(), 2, "{waits:?}");
+    assert!(
+        waits[0].contains("attempt=1") && waits[1].contains("attempt=2"),
+        "{waits:?}"
+    );
 
     // m-2: refused once, then the webhook is back; the retry delivers it, once.
     broker.client(&format!(
@@ -257,12 +287,10 @@ print('{{}}')
 "#,
         good("WO-2")
     ));
-    let line = host.wait_for_log("retrying later");
-    let line = if line.contains("m-2") {
-        line
-    } else {
-        host.wait_for_log("message_id=m-2")
-    };
+    let line = host.wait_for_log_where(
+        |l| l.contains("retrying later") && l.contains("message_id=m-2"),
+        "m-2 parked for a retry",
+    );
     assert!(line.contains("attempt=1"), "{line}");
     webhook.answer_with(200);
     // A guard against a lost message, not a timing assertion.
@@ -272,10 +300,24 @@ print('{{}}')
         }
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
-    std::thread::sleep(std::time::Duration::from_millis(500));
+    // Once the host has stopped nothing more can arrive: exactly one delivery was taken.
+    assert!(host.stop_in_place().success());
     let received = webhook.received();
     assert_eq!(received.len(), 1, "{received:?}");
     assert_eq!(received[0].header("idempotency-key"), Some("m-2-1"));
+    let m2: Vec<u16> = webhook
+        .requests()
+        .iter()
+        .filter(|r| r.header("idempotency-key") == Some("m-2-1"))
+        .map(|r| r.status)
+        .collect();
+    assert_eq!(m2, [503, 200], "refused once, then taken by the retry");
+    assert_eq!(broker.depth("plant-a.mes"), 0, "both inputs acknowledged");
+    assert_eq!(
+        broker.depth("millrace.mes.dead-letter"),
+        0,
+        "m-1's dead letter was read"
+    );
 }
 
 #[test]
@@ -521,4 +563,228 @@ print(json.dumps({{'dead': dead}}))
             .unwrap()
             .starts_with("mes-fixed-width@1.0.0+sha256:")
     );
+}
+
+/// A queue-to-exchange route `act` (queue `plant-a.act`) running the `act` guest; `amqp` adds
+/// keys to its broker table, `host` to the host table.
+fn act_workspace(broker: &Broker, host: &str, amqp: &str) -> Workspace {
+    let route = act_route("act", ACT_DEADLINE)
+        .replace("source = \"http\"", "source = \"amqp\"")
+        .replace(
+            "sink = \"reply\"",
+            &format!("sink = \"amqp\"\namqp = {{ queue = \"plant-a.act\", exchange = \"plant-a.events\"{amqp} }}"),
+        );
+    Workspace::new(&format!(
+        "[host]\namqp = \"{}\"\n{host}\n[plants.plant-a]\n\n{route}",
+        broker.url()
+    ))
+}
+
+/// pika: declare `out` (bound to the route's exchange) and the queue `plant-a.act`, then publish
+/// each `(id, body)` persistently with confirms.
+fn publish_to_act(broker: &Broker, messages: &[(String, String)]) {
+    let list = messages
+        .iter()
+        .map(|(id, body)| format!("({id:?}, {body:?})"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    broker.client(&format!(
+        r#"
+{CONNECT}ch.queue_declare('plant-a.act', durable=True, arguments={{'x-dead-letter-exchange': 'millrace.act.dead-letter'}})
+for mid, body in [{list}]:
+    ch.basic_publish('', 'plant-a.act', body.encode(), pika.BasicProperties(message_id=mid, content_type='text/plain', delivery_mode=2))
+print('{{}}')
+"#
+    ));
+}
+
+/// pika: every message waiting in `out` now (the ids, in order), taken off the queue.
+fn take_outputs(broker: &Broker) -> Vec<String> {
+    let got = broker.client(&format!(
+        r#"
+{CONNECT}ids = []
+while True:
+    m, p, b = ch.basic_get('out', auto_ack=True)
+    if not m: break
+    ids.append(p.message_id)
+print(json.dumps(ids))
+"#
+    ));
+    got.as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap().to_string())
+        .collect()
+}
+
+#[test]
+fn sigterm_finishes_the_deliveries_in_hand_and_leaves_the_rest_in_the_queue() {
+    const MESSAGES: usize = 12;
+    let broker = Broker::start();
+    // Two mediation threads, up to four deliveries in hand: at the signal two are being
+    // mediated, up to two wait for a thread, the rest wait at the broker.
+    let ws = act_workspace(&broker, "max_in_flight = 2", ", prefetch = 4");
+    let inputs: Vec<(String, String)> = (0..MESSAGES)
+        .map(|i| (format!("w-{i}"), "work 1000000000".to_string()))
+        .collect();
+    publish_to_act(&broker, &inputs);
+    let mut host = Host::start(&ws.config(), &[("RUST_LOG", "millrace_host=debug")]);
+    host.wait_for_log("mediating route=act");
+    host.wait_for_log("mediating route=act");
+    host.signal("TERM");
+    assert!(host.wait_exit().success(), "exit 0 after SIGTERM");
+    let log = host.drain_log();
+    let signalled = log
+        .iter()
+        .position(|l| l.contains("SIGTERM received"))
+        .expect("the signal is logged");
+    let id_of = |line: &str| {
+        line.split_whitespace()
+            .find_map(|w| w.strip_prefix("message_id="))
+            .unwrap()
+            .to_string()
+    };
+    let begun: std::collections::BTreeSet<String> = log
+        .iter()
+        .filter(|l| l.contains("mediating route=act"))
+        .map(|l| id_of(l))
+        .collect();
+    let in_flight_at_signal: Vec<String> = log[..signalled]
+        .iter()
+        .filter(|l| l.contains("mediating route=act"))
+        .map(|l| id_of(l))
+        .filter(|id| {
+            !log[..signalled]
+                .iter()
+                .any(|l| l.contains("mediated route=act") && id_of(l) == *id)
+        })
+        .collect();
+    assert!(
+        !in_flight_at_signal.is_empty(),
+        "nothing was being mediated at the signal:\n{}",
+        log.join("\n")
+    );
+    // Every delivery the host had begun was finished: its output is out, it is acknowledged.
+    let first_run = take_outputs(&broker);
+    let first_set: std::collections::BTreeSet<String> = first_run
+        .iter()
+        .map(|id| {
+            id.strip_suffix("-1")
+                .expect("output id INPUT-1")
+                .to_string()
+        })
+        .collect();
+    assert_eq!(first_set, begun, "outputs of exactly the deliveries begun");
+    assert_eq!(first_run.len(), first_set.len(), "no copies");
+    // What it had not begun is back at the broker, not lost, not acknowledged.
+    assert!(first_set.len() < MESSAGES, "the signal came before the end");
+    assert_eq!(
+        broker.depth("plant-a.act") as usize,
+        MESSAGES - first_set.len(),
+        "the rest waits in the queue"
+    );
+    // A new host takes the rest: every input once in all.
+    let host = ws.start();
+    host.wait_ready();
+    let mut all = first_run.clone();
+    // A guard against a lost message, not a timing assertion.
+    for _ in 0..1200 {
+        all.extend(take_outputs(&broker));
+        if all.len() >= MESSAGES {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert!(host.stop().success());
+    all.extend(take_outputs(&broker));
+    all.sort();
+    let mut expected: Vec<String> = (0..MESSAGES).map(|i| format!("w-{i}-1")).collect();
+    expected.sort();
+    assert_eq!(all, expected, "each input's output once");
+    assert_eq!(broker.depth("plant-a.act"), 0);
+    assert_eq!(broker.depth("millrace.act.dead-letter"), 0);
+}
+
+#[test]
+fn a_plugin_asking_to_retry_later_is_parked_and_retried_until_its_attempts_run_out() {
+    let broker = Broker::start();
+    let ws = act_workspace(&broker, "", ", max_attempts = 3, retry_delay_ms = 100");
+    let host = ws.start();
+    host.wait_ready();
+    publish_to_act(&broker, &[("r-1".to_string(), "retry 50".to_string())]);
+    let got = broker.client(&format!(
+        r#"
+{CONNECT}dead = []
+deadline = time.time() + 60
+while not dead and time.time() < deadline:
+    m, p, b = ch.basic_get('millrace.act.dead-letter', auto_ack=True)
+    if m: dead.append({{k: (v.decode() if isinstance(v, bytes) else v) for k, v in p.headers.items() if k != 'x-death'}})
+    else: time.sleep(0.05)
+print(json.dumps({{'dead': dead}}))
+"#
+    ));
+    let dead = &got["dead"][0];
+    assert_eq!(dead["x-millrace-kind"], "attempts-exhausted", "{got}");
+    assert_eq!(dead["x-millrace-attempts"], 3);
+    assert_eq!(dead["x-millrace-plugin"], "guest-act");
+    assert!(
+        dead["x-millrace-reason"]
+            .as_str()
+            .unwrap()
+            .contains("asked to retry in 50 ms"),
+        "{got}"
+    );
+    assert!(host.stop().success());
+    assert_eq!(broker.depth("plant-a.act"), 0);
+    assert_eq!(
+        broker.depth("out"),
+        0,
+        "no output for a message that never succeeded"
+    );
+}
+
+#[test]
+fn the_outbox_survives_a_kill_9_of_the_host_and_delivers_everything_once_in_order() {
+    let mut broker = Broker::start();
+    broker.client(&format!("{CONNECT}print('{{}}')"));
+    let mes = plugin("mes-fixed-width");
+    let route = route_toml("mes", &mes, r#"["log", "config", "lookup"]"#, "").replace(
+        "sink = \"reply\"",
+        "sink = \"amqp\"\namqp = { exchange = \"plant-a.events\" }",
+    );
+    let ws = Workspace::new(&format!(
+        "[host]\namqp = \"{}\"\n\n[plants.plant-a.lookups.work_centres]\nentries = {{ WC01 = \"ASSY-01\" }}\n\n{route}\n{}",
+        broker.url(),
+        mes_settings("mes")
+    ));
+    broker.stop();
+    let host = ws.start();
+    for n in 1..=5 {
+        let accepted = host.post_with_key(
+            "mes",
+            "text/plain",
+            &format!("k-{n}"),
+            record(&format!("WO-{n}"), "0000001000", "WC01"),
+        );
+        assert_eq!(accepted.status, 202, "{}", accepted.body);
+    }
+    // 202 means on disk: a crash right after loses nothing.
+    host.kill9();
+    let host = ws.start();
+    let waiting = host.request("GET", "/readyz", None, &[], b"");
+    assert_eq!(waiting.json()["outbox_waiting"], 5, "{}", waiting.body);
+    broker.restart();
+    host.wait_ready();
+    let mut ids = Vec::new();
+    // A guard against a lost message, not a timing assertion.
+    for _ in 0..600 {
+        ids.extend(take_outputs(&broker));
+        if ids.len() >= 5 {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert!(host.stop().success());
+    ids.extend(take_outputs(&broker));
+    assert_eq!(ids, ["k-1-1", "k-2-1", "k-3-1", "k-4-1", "k-5-1"]);
 }

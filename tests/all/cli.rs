@@ -21,7 +21,13 @@ fn inspect_shows_world_capabilities_digest_and_size() {
         text.contains(&format!("size:    {} bytes", bytes.len())),
         "{text}"
     );
-    assert!(text.contains("digest:  sha256:"), "{text}");
+    // The digest is the SHA-256 of the file's bytes, as `sha256sum` would print it.
+    use sha2::Digest;
+    let sha256 = hex::encode(sha2::Sha256::digest(&bytes));
+    assert!(
+        text.contains(&format!("digest:  sha256:{sha256}\n")),
+        "{sha256}: {text}"
+    );
     assert!(
         text.contains("world:   millrace:mediation/plugin@0.1.0 (conforms)"),
         "{text}"
@@ -147,20 +153,29 @@ fn check_loads_every_plugin_and_a_restart_reuses_compiled_artifacts() {
 
 #[test]
 fn every_plugin_passes_its_conformance_vectors() {
-    let mut checked = 0;
-    for entry in std::fs::read_dir(root().join("plugins")).unwrap() {
-        let dir = entry.unwrap().path();
-        let vectors = dir.join("vectors");
-        if !vectors.is_dir() {
-            continue;
-        }
-        let name = dir.file_name().unwrap().to_str().unwrap().to_string();
+    // Every folder of plugins/ is a plugin with vectors, checked by name: a plugin added without
+    // vectors, or whose vectors stopped being found, fails here.
+    let mut folders: Vec<String> = std::fs::read_dir(root().join("plugins"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_str().unwrap().to_string())
+        .collect();
+    folders.sort();
+    let mut checked = Vec::new();
+    for name in &folders {
+        let vectors = root().join("plugins").join(name).join("vectors");
+        assert!(vectors.is_dir(), "plugins/{name} has no vectors/ folder");
+        let cases = std::fs::read_dir(&vectors)
+            .unwrap()
+            .filter(|e| {
+                e.as_ref().unwrap().path().is_dir() && e.as_ref().unwrap().file_name() != "lookups"
+            })
+            .count();
         let out = run_in(
             &root(),
             &[
                 "plugin",
                 "test",
-                plugin(&name).to_str().unwrap(),
+                plugin(name).to_str().unwrap(),
                 "--vectors",
                 vectors.to_str().unwrap(),
             ],
@@ -172,12 +187,29 @@ fn every_plugin_passes_its_conformance_vectors() {
             String::from_utf8_lossy(&out.stderr)
         );
         assert!(
-            text.trim_end().ends_with(" passed, 0 failed"),
-            "{name}: {text}"
+            text.trim_end()
+                .ends_with(&format!("{cases} passed, 0 failed")),
+            "{name}: expected all {cases} case folders to pass: {text}"
         );
-        checked += 1;
+        assert!(cases >= 3, "{name}: only {cases} cases");
+        checked.push(name.clone());
     }
-    assert!(checked >= 1, "no plugin has a vectors/ folder");
+    for expected in [
+        "canonical-map",
+        "canonical-map-py",
+        "csv-records",
+        "downtime-router",
+        "downtime-router-c",
+        "idoc-flat",
+        "mes-fixed-width",
+        "policy-guard",
+        "x12-856",
+    ] {
+        assert!(
+            checked.iter().any(|c| c == expected),
+            "{expected} not checked: {checked:?}"
+        );
+    }
 }
 
 #[test]

@@ -34,6 +34,17 @@ pub fn guest(name: &str) -> PathBuf {
     component("test-guests", name)
 }
 
+/// Whether expected files are to be rewritten from the current output (`MILLRACE_BLESS`). Refused
+/// when `CI` is set: in CI a comparison must compare, never pass by rewriting its expectation.
+pub fn blessing() -> bool {
+    let bless = std::env::var_os("MILLRACE_BLESS").is_some();
+    assert!(
+        !(bless && std::env::var_os("CI").is_some()),
+        "MILLRACE_BLESS is refused when CI is set: bless locally and commit the changed files"
+    );
+    bless
+}
+
 /// The `millrace` binary under test.
 pub fn millrace() -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_millrace"));
@@ -87,7 +98,13 @@ pub struct Host {
     pub admin: Option<String>,
     stderr: mpsc::Receiver<String>,
     log: Vec<String>,
+    /// Lines before this index were passed by an earlier [`Host::wait_for_log`].
+    log_cursor: usize,
 }
+
+/// Longest a test waits for a host to exit, an HTTP answer or an awaited log line: a guard that
+/// turns a hung host into a failed test instead of a hung CI run, never a timing assertion.
+pub const GUARD: Duration = Duration::from_secs(180);
 
 /// One HTTP answer.
 #[derive(Debug)]
@@ -164,6 +181,7 @@ impl Host {
             admin,
             stderr: err_rx,
             log: Vec::new(),
+            log_cursor: 0,
         }
     }
 
@@ -204,21 +222,38 @@ impl Host {
         request(&self.url, method, path, content_type, headers, body)
     }
 
-    /// Wait until the host's log has a line containing `needle`; returns it.
+    /// Wait for the next log line containing `needle`, after the line an earlier wait matched
+    /// (so a line from before the awaited event is never taken for it); returns it.
     pub fn wait_for_log(&mut self, needle: &str) -> String {
-        if let Some(line) = self.log.iter().find(|l| l.contains(needle)) {
-            return line.clone();
-        }
+        self.wait_for_log_where(|line| line.contains(needle), needle)
+    }
+
+    /// Wait for the next log line (after the one an earlier wait matched) for which `matches`
+    /// holds; `what` names it in the failure.
+    pub fn wait_for_log_where(&mut self, matches: impl Fn(&str) -> bool, what: &str) -> String {
+        let deadline = std::time::Instant::now() + GUARD;
         loop {
-            let line = self
-                .stderr
-                .recv_timeout(Duration::from_secs(120))
-                .unwrap_or_else(|_| panic!("no log line with {needle:?}"));
-            self.log.push(line.clone());
-            if line.contains(needle) {
-                return line;
+            if let Some(found) = self.log[self.log_cursor..].iter().position(|l| matches(l)) {
+                self.log_cursor += found + 1;
+                return self.log[self.log_cursor - 1].clone();
+            }
+            self.log_cursor = self.log.len();
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match self.stderr.recv_timeout(left) {
+                Ok(line) => self.log.push(line),
+                Err(_) => panic!(
+                    "no log line with {what:?}; the log so far:\n{}",
+                    self.log.join("\n")
+                ),
             }
         }
+    }
+
+    /// Read every log line the host wrote until it exited (after [`Host::stop`] or
+    /// [`Host::wait`] the pipe is closed) or, while it runs, every line written so far.
+    pub fn drain_log(&mut self) -> Vec<String> {
+        self.log.extend(self.stderr.try_iter());
+        self.log.clone()
     }
 
     /// Every log line read so far.
@@ -258,24 +293,49 @@ impl Host {
 
     /// SIGTERM, then wait for the exit.
     pub fn stop(mut self) -> ExitStatus {
-        let mut child = self.child.take().expect("running");
+        self.stop_in_place()
+    }
+
+    /// [`Host::stop`], keeping the host's log readable afterwards.
+    pub fn stop_in_place(&mut self) -> ExitStatus {
+        self.signal("TERM");
+        self.wait_exit()
+    }
+
+    /// Send `signal` (`TERM`, `INT`, `KILL`, `HUP`) to the host.
+    pub fn signal(&self, signal: &str) {
+        let pid = self.pid();
         let status = Command::new("kill")
-            .args(["-TERM", &child.id().to_string()])
+            .args([&format!("-{signal}"), &pid.to_string()])
             .status()
             .expect("kill runs");
-        assert!(status.success(), "kill -TERM failed");
-        child.wait().expect("millrace exits")
+        assert!(status.success(), "kill -{signal} {pid} failed");
     }
-}
 
-impl Host {
-    /// Wait for the exit (after a signal was sent).
-    pub fn wait(mut self) -> ExitStatus {
-        self.child
-            .take()
-            .expect("running")
-            .wait()
-            .expect("millrace exits")
+    /// Wait for the exit (after a signal was sent), keeping the host's log readable afterwards;
+    /// a host still running after [`GUARD`] is killed and the test fails.
+    pub fn wait_exit(&mut self) -> ExitStatus {
+        let mut child = self.child.take().expect("running");
+        let deadline = std::time::Instant::now() + GUARD;
+        loop {
+            if let Some(status) = child.try_wait().expect("wait on millrace") {
+                // The pipe is closed now: every line it wrote can be read.
+                let reader = std::mem::replace(&mut self.stderr, mpsc::channel().1);
+                for line in reader.iter() {
+                    self.log.push(line);
+                }
+                return status;
+            }
+            if std::time::Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!(
+                    "millrace did not exit within {GUARD:?}; its log:\n{}",
+                    self.drain_log().join("\n")
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 }
 
@@ -288,7 +348,8 @@ impl Drop for Host {
     }
 }
 
-/// One HTTP/1.1 request with a fresh agent that reports every status as a reply.
+/// One HTTP/1.1 request with a fresh agent that reports every status as a reply; a request
+/// unanswered after [`GUARD`] fails the test.
 pub fn request(
     base: &str,
     method: &str,
@@ -297,8 +358,22 @@ pub fn request(
     headers: &[(&str, &str)],
     body: &[u8],
 ) -> Reply {
+    try_request(base, method, path, content_type, headers, body)
+        .unwrap_or_else(|e| panic!("{method} {base}{path}: {e}"))
+}
+
+/// [`request`], with a transport failure (refused connection, reset, timeout) as an error.
+pub fn try_request(
+    base: &str,
+    method: &str,
+    path: &str,
+    content_type: Option<&str>,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> Result<Reply, ureq::Error> {
     let agent: ureq::Agent = ureq::Agent::config_builder()
         .http_status_as_error(false)
+        .timeout_global(Some(GUARD))
         .build()
         .into();
     let url = format!("{base}{path}");
@@ -310,9 +385,7 @@ pub fn request(
         builder = builder.header(*k, *v);
     }
     let req = builder.body(body.to_vec()).expect("request builds");
-    let mut resp = agent
-        .run(req)
-        .unwrap_or_else(|e| panic!("{method} {url}: {e}"));
+    let mut resp = agent.run(req)?;
     let status = resp.status().as_u16();
     let content_type = resp
         .headers()
@@ -331,16 +404,13 @@ pub fn request(
         })
         .collect();
     let mut body = String::new();
-    resp.body_mut()
-        .as_reader()
-        .read_to_string(&mut body)
-        .expect("body reads");
-    Reply {
+    resp.body_mut().as_reader().read_to_string(&mut body)?;
+    Ok(Reply {
         status,
         content_type,
         body,
         headers: response_headers,
-    }
+    })
 }
 
 /// A config of one HTTP route `name` → one step of `plugin` (a path) with extra step TOML.
@@ -350,6 +420,20 @@ pub fn route_toml(name: &str, plugin: &Path, grants: &str, extra: &str) -> Strin
         plugin.display()
     )
 }
+
+/// A route `name` of plant-a (HTTP in, reply out) with one step of the `act` test guest (which
+/// does what each message says: `work N`, `count`, `retry MS`, `trap`, `put K V`, `get K`).
+pub fn act_route(name: &str, extra: &str) -> String {
+    route_toml(name, &guest("guest-act"), r#"["log", "state"]"#, extra)
+}
+
+/// A message for the `act` guest that keeps its call busy for a while and then finishes: long
+/// enough that a test can act while it runs (seconds here), far inside [`ACT_DEADLINE`]. How
+/// long it takes is never asserted; tests that need it still running check the log's order.
+pub const SLOW_WORK: &str = "work 3000000000";
+
+/// A step deadline for slow `act` messages: the slow work finishes well inside it.
+pub const ACT_DEADLINE: &str = "deadline_ms = 120000";
 
 /// The quickstart's mes-fixed-width step settings, as TOML lines.
 pub fn mes_settings(route: &str) -> String {
@@ -374,6 +458,8 @@ pub fn record(work_order: &str, quantity: &str, work_centre: &str) -> String {
 /// One request a [`WebhookReceiver`] took.
 #[derive(Debug, Clone)]
 pub struct Received {
+    /// The status it was answered with.
+    pub status: u16,
     pub headers: Vec<(String, String)>,
     pub body: String,
 }
@@ -436,12 +522,11 @@ impl WebhookReceiver {
                         let mut body = vec![0; len];
                         reader.read_exact(&mut body).expect("body");
                         let code = st.load(Ordering::SeqCst);
-                        if code == 200 {
-                            rec.lock().unwrap().push(Received {
-                                headers,
-                                body: String::from_utf8_lossy(&body).into_owned(),
-                            });
-                        }
+                        rec.lock().unwrap().push(Received {
+                            status: code,
+                            headers,
+                            body: String::from_utf8_lossy(&body).into_owned(),
+                        });
                         let answer = format!("HTTP/1.1 {code} X\r\ncontent-length: 0\r\n\r\n");
                         if std::io::Write::write_all(&mut writer, answer.as_bytes()).is_err() {
                             return;
@@ -457,14 +542,22 @@ impl WebhookReceiver {
         }
     }
 
-    /// Answer every later request with `status` (200 records it; others refuse it).
+    /// Answer every later request with `status` (200 takes it; others refuse it).
     pub fn answer_with(&self, status: u16) {
         self.status
             .store(status, std::sync::atomic::Ordering::SeqCst);
     }
 
-    /// Every request answered 200 so far, in arrival order.
+    /// Every request answered 200 (taken) so far, in arrival order.
     pub fn received(&self) -> Vec<Received> {
+        self.requests()
+            .into_iter()
+            .filter(|r| r.status == 200)
+            .collect()
+    }
+
+    /// Every request so far, taken or refused, in arrival order.
+    pub fn requests(&self) -> Vec<Received> {
         self.received.lock().unwrap().clone()
     }
 }
@@ -545,6 +638,18 @@ impl Broker {
 
     pub fn url(&self) -> String {
         format!("amqp://guest:guest@127.0.0.1:{}/%2f", self.port)
+    }
+
+    /// Messages in `queue`. RabbitMQ counts only messages ready for delivery, not those a
+    /// connected consumer holds unacknowledged: ask after the consumers' hosts have stopped
+    /// (their unacknowledged deliveries are then back in the queue) to learn what was never
+    /// acknowledged. Fails the test if the broker cannot be asked.
+    pub fn depth(&self, queue: &str) -> u64 {
+        self.client(&format!(
+            "c = pika.BlockingConnection(pika.ConnectionParameters('127.0.0.1', PORT))\nprint(c.channel().queue_declare('{queue}', passive=True).method.message_count)"
+        ))
+        .as_u64()
+        .expect("a message count")
     }
 
     /// Run a Python program with pika (Debian's python3-pika), a client that is not ours, with

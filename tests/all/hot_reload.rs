@@ -609,3 +609,79 @@ fn a_saved_configuration_is_applied_without_restart_and_an_invalid_one_is_refuse
     assert_eq!(host.post("a", Some("text/plain"), "x").status, 404);
     assert_eq!(host.pid(), pid, "never restarted");
 }
+
+#[test]
+fn a_swap_during_a_two_step_chain_runs_each_message_on_one_version_per_step_as_its_lineage_says() {
+    // Both steps run `stamp`: step 2 stamps step 1's answer, so the body holds the version of
+    // each step, and the lineage names one per step.
+    let stamp = guest("guest-stamp-1");
+    let chain = route_toml("a", &stamp, r#"["log"]"#, "")
+        + &format!(
+            "\n[[routes.a.steps]]\nplugin = \"{}\"\ngrants = [\"log\"]\n",
+            stamp.display()
+        );
+    let ws = Workspace::new(&format!(
+        "[host]\nadmin = \"127.0.0.1:0\"\nmax_in_flight = 4\n\n[plants.plant-a]\n\n{chain}"
+    ));
+    let host = ws.start();
+    assert_eq!(upload(&host, "plant-a", "guest-stamp-2").status, 201);
+    let url: Arc<str> = host.url.clone().into();
+    const CLIENTS: usize = 4;
+    const EACH: usize = 500;
+    let clients: Vec<_> = (0..CLIENTS)
+        .map(|c| {
+            let url = Arc::clone(&url);
+            std::thread::spawn(move || {
+                (0..EACH)
+                    .map(|i| {
+                        let reply = request(
+                            &url,
+                            "POST",
+                            "/v1/routes/a/messages",
+                            Some("text/plain"),
+                            &[],
+                            format!("m{c}-{i}").as_bytes(),
+                        );
+                        assert_eq!(reply.status, 200, "{}", reply.body);
+                        let outer = reply.json();
+                        let inner: serde_json::Value =
+                            serde_json::from_str(outer["input"].as_str().unwrap()).unwrap();
+                        assert_eq!(inner["input"], format!("m{c}-{i}"));
+                        (
+                            inner["stamp"].as_str().unwrap().to_string(),
+                            outer["stamp"].as_str().unwrap().to_string(),
+                            reply.header("millrace-lineage").unwrap().to_string(),
+                        )
+                    })
+                    .collect::<Vec<_>>()
+            })
+        })
+        .collect();
+    let mut swaps = 0;
+    while swaps < 20 || clients.iter().any(|c| !c.is_finished()) {
+        let version = if swaps % 2 == 0 { "2.0.0" } else { "1.0.0" };
+        assert_eq!(activate(&host, version).status, 200);
+        swaps += 1;
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    let answers: Vec<_> = clients
+        .into_iter()
+        .flat_map(|c| c.join().expect("client"))
+        .collect();
+    assert_eq!(answers.len(), CLIENTS * EACH);
+    let mut seen = std::collections::BTreeSet::new();
+    for (step1, step2, lineage) in &answers {
+        let steps: Vec<&str> = lineage.split(',').collect();
+        assert_eq!(steps.len(), 2, "{lineage}");
+        assert!(
+            steps[0].starts_with(&format!("stamp@{step1}+sha256:"))
+                && steps[1].starts_with(&format!("stamp@{step2}+sha256:")),
+            "step 1 ran {step1}, step 2 ran {step2}, lineage says {lineage}"
+        );
+        // One activation swaps both steps of the plant at once; a message keeps the chain it
+        // started on.
+        assert_eq!(step1, step2, "{lineage}");
+        seen.insert(step1.clone());
+    }
+    assert_eq!(seen.len(), 2, "both versions served: {seen:?}");
+}

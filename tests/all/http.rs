@@ -236,3 +236,79 @@ fn a_repeated_request_gets_the_kept_answer_without_running_the_chain_again() {
     assert_eq!(ids[0], "bad-2");
     drop(host);
 }
+
+#[test]
+fn a_keyed_request_still_being_mediated_is_answered_409_and_then_its_answer() {
+    let ws = Workspace::new(&format!(
+        "[plants.plant-a]\n\n{}",
+        act_route("act", ACT_DEADLINE)
+    ));
+    let mut host = Host::start(&ws.config(), &[("RUST_LOG", "millrace_host=debug")]);
+    let url = host.url.clone();
+    let first = std::thread::spawn(move || {
+        request(
+            &url,
+            "POST",
+            "/v1/routes/act/messages",
+            Some("text/plain"),
+            &[("idempotency-key", "k-slow")],
+            SLOW_WORK.as_bytes(),
+        )
+    });
+    host.wait_for_log("mediating route=act message_id=k-slow");
+    let again = host.post_with_key("act", "text/plain", "k-slow", SLOW_WORK);
+    let first = first.join().unwrap();
+    assert_eq!(first.status, 200, "{}", first.body);
+    assert_eq!(again.status, 409, "{}", again.body);
+    assert_eq!(
+        again.json()["type"],
+        "urn:millrace:problem:idempotency-key-in-progress"
+    );
+    assert_eq!(again.header("retry-after"), Some("1"));
+    // The 409 came while the first was in flight: before the chain finished.
+    let log = host.drain_log();
+    let conflict = log
+        .iter()
+        .position(|l| l.contains("message received route=act message_id=k-slow"))
+        .and_then(|first| {
+            log.iter()
+                .skip(first + 1)
+                .position(|l| l.contains("message received route=act message_id=k-slow"))
+                .map(|n| n + first + 1)
+        })
+        .expect("two requests with the key arrived");
+    let finished = log
+        .iter()
+        .position(|l| l.contains("mediated route=act message_id=k-slow"))
+        .expect("the first finished");
+    assert!(conflict < finished, "{}", log.join("\n"));
+    // Retried after the first finished: its kept answer, not a second run.
+    let retried = host.post_with_key("act", "text/plain", "k-slow", SLOW_WORK);
+    assert_eq!(retried.status, 200);
+    assert_eq!(retried.header("millrace-replayed"), Some("true"));
+    assert_eq!(retried.body, first.body);
+}
+
+#[test]
+fn a_plugin_asking_to_retry_later_is_answered_503_with_retry_after_and_not_dead_lettered() {
+    let ws = Workspace::new(&format!("[plants.plant-a]\n\n{}", act_route("act", "")));
+    let host = ws.start();
+    let reply = host.post_with_key("act", "text/plain", "r-1", "retry 2500");
+    assert_eq!(reply.status, 503, "{}", reply.body);
+    let doc = reply.json();
+    assert_eq!(doc["type"], "urn:millrace:problem:retry-later");
+    assert_eq!(doc["detail"], "asked to retry in 2500 ms");
+    assert_eq!(doc["plugin"], "guest-act");
+    assert!(doc.get("dead_letter").is_none(), "{doc}");
+    // 2500 ms, rounded up to whole seconds.
+    assert_eq!(reply.header("retry-after"), Some("3"));
+    // Transient: the same key is mediated again (nothing was kept), and nothing dead-lettered.
+    let again = host.post_with_key("act", "text/plain", "r-1", "retry 2500");
+    assert_eq!(again.status, 503);
+    assert_eq!(again.header("millrace-replayed"), None);
+    let out = ws.millrace(&["dlq", "list", "--json"]);
+    assert_eq!(
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap(),
+        serde_json::json!([])
+    );
+}

@@ -116,37 +116,71 @@ fn memory_growth_guest_hits_the_cap_and_the_route_recovers() {
     assert_eq!(entries[0]["plugin"]["name"], "guest-grow");
 }
 
-#[test]
-fn sigterm_lets_the_in_flight_message_finish_then_exits_zero() {
-    let ws = workspace();
+/// `signal` while a slow message is being mediated: that message is finished and answered 200,
+/// a new connection is refused once the host has stopped accepting, and the host exits 0.
+fn in_flight_message_finishes_after(signal: &str) {
+    let ws = Workspace::new(&format!(
+        "[plants.plant-a]\n\n{}",
+        act_route("act", ACT_DEADLINE)
+    ));
     let mut host = Host::start(&ws.config(), &[("RUST_LOG", "millrace_host=debug")]);
     let url = host.url.clone();
     let in_flight = std::thread::spawn(move || {
         request(
             &url,
             "POST",
-            "/v1/routes/spin/messages",
+            "/v1/routes/act/messages",
             Some("text/plain"),
             &[("idempotency-key", "slow-1")],
-            b"loop",
+            SLOW_WORK.as_bytes(),
         )
     });
-    host.wait_for_log("message_id=slow-1");
-    let status = Command::new("kill")
-        .args(["-TERM", &host.pid().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
+    host.wait_for_log("mediating route=act message_id=slow-1");
+    host.signal(signal);
+    host.wait_for_log("stopped accepting");
+    // Not accepted: the listener is closed while the slow message still runs.
+    let after = try_request(&host.url, "GET", "/healthz", None, &[], b"");
+    let refused = match &after {
+        Err(ureq::Error::Io(e)) => e.kind() == std::io::ErrorKind::ConnectionRefused,
+        _ => false,
+    };
+    assert!(
+        refused,
+        "a request after {signal} was not refused: {after:?}"
+    );
     let reply = in_flight.join().unwrap();
     assert_eq!(
-        reply.status, 503,
-        "the in-flight message got its answer: {}",
+        reply.status, 200,
+        "the in-flight message finished: {}",
         reply.body
     );
-    assert!(host.wait().success(), "exit status 0 after SIGTERM");
+    assert_eq!(reply.body, SLOW_WORK.replace("work", "worked"));
+    assert!(host.wait_exit().success(), "exit status 0 after {signal}");
+    // The message was still being mediated when the signal arrived (else this proves nothing).
+    let log = host.drain_log();
+    let at = |needle: &str| {
+        log.iter()
+            .position(|l| l.contains(needle))
+            .unwrap_or_else(|| panic!("no {needle:?} in the log:\n{}", log.join("\n")))
+    };
+    let signalled = at(&format!("SIG{signal} received"));
+    assert!(
+        at("mediating route=act message_id=slow-1") < signalled
+            && signalled < at("mediated route=act message_id=slow-1"),
+        "the slow message was not in flight at the signal:\n{}",
+        log.join("\n")
+    );
 }
 
-use std::process::Command;
+#[test]
+fn sigterm_finishes_the_in_flight_message_refuses_new_ones_and_exits_zero() {
+    in_flight_message_finishes_after("TERM");
+}
+
+#[test]
+fn sigint_finishes_the_in_flight_message_refuses_new_ones_and_exits_zero() {
+    in_flight_message_finishes_after("INT");
+}
 
 #[test]
 fn max_in_flight_makes_later_messages_wait_for_a_slot() {

@@ -12,6 +12,7 @@ mod harness;
 mod hot_reload;
 mod hot_reload_amqp;
 mod http;
+mod instances;
 mod limits;
 mod replay;
 mod state;

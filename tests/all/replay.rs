@@ -107,7 +107,7 @@ fn a_dead_letter_is_replayed_after_the_fix_once() {
         text.contains("would deliver 1 output(s)") && text.contains("PAINT-09"),
         "{text}"
     );
-    assert!(webhook.received().is_empty(), "a dry run delivers nothing");
+    assert!(webhook.requests().is_empty(), "a dry run sends nothing");
 
     let replay = ws.millrace(&["dlq", "replay", "--route", "mes"]);
     let text = String::from_utf8_lossy(&replay.stdout);

@@ -323,6 +323,7 @@ async fn handle(
     let Ok(slot) = Arc::clone(&mediator.slots).acquire_owned().await else {
         return Settle::Leave;
     };
+    tracing::debug!(route = %route.name, message_id = %id, attempt, "mediating");
     let worker = Arc::clone(route);
     let input = message;
     let store = dedupe.map(Arc::clone);
@@ -350,6 +351,7 @@ async fn handle(
         Ok(Some(ran)) => Ok(ran),
         Err(e) => Err(e),
     };
+    tracing::debug!(route = %route.name, message_id = %id, ok = matches!(outcome, Ok(Ok(_))), "mediated");
     // Ok(outcome) or Err((why, is the broker session gone)).
     let result: Result<Outcome, (String, bool)> = match outcome {
         Err(e) => Err((format!("the mediation task failed: {e}"), false)),

@@ -385,6 +385,7 @@ async fn mediate(
         })
         .await
         .map_err(|e| Problem::internal(format!("the mediation task failed: {e}")))?;
+    tracing::debug!(route = %route.name, message_id = %id, ok = outcome.is_ok(), "mediated");
 
     let answer = match outcome {
         Ok(outputs) => match (route.sink, &route.webhook) {

@@ -18,12 +18,21 @@ pub struct PluginEngine {
 impl PluginEngine {
     /// An engine whose compiled artifacts are cached under `cache_dir` (none: compile every time).
     pub fn new(cache_dir: Option<&Path>) -> anyhow::Result<PluginEngine> {
+        Self::build(cache_dir, |_| {})
+    }
+
+    /// [`PluginEngine::new`] with the settings changed by `adjust` after the host's own.
+    fn build(
+        cache_dir: Option<&Path>,
+        adjust: impl FnOnce(&mut Config),
+    ) -> anyhow::Result<PluginEngine> {
         let mut config = Config::new();
         let mut cached = None;
         config.wasm_component_model(true);
         config.epoch_interruption(true);
         // Guests get 512 KiB of native stack for deep recursion; deeper is a stack-overflow trap.
         config.max_wasm_stack(512 * 1024);
+        adjust(&mut config);
         if let Some(dir) = cache_dir {
             std::fs::create_dir_all(dir).map_err(|e| {
                 anyhow::anyhow!(
@@ -74,5 +83,48 @@ impl PluginEngine {
     /// Deadline in epoch ticks: rounded up, plus one because the current tick is partly gone.
     pub fn ticks(deadline: Duration) -> u64 {
         deadline.as_millis().div_ceil(EPOCH_TICK.as_millis()) as u64 + 1
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use wasmtime::{Module, Store, Trap};
+
+    /// A core module whose `spin` export never returns.
+    const SPIN: &str = r#"(module (func (export "spin") (loop (br 0))))"#;
+
+    fn compile(engine: &PluginEngine) -> Module {
+        Module::new(engine.engine(), wat::parse_str(SPIN).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn compiled_code_is_reused_only_by_an_engine_with_the_same_settings() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = PluginEngine::new(Some(dir.path())).unwrap();
+        compile(&first);
+        assert_eq!(first.cache_stats(), Some((0, 1)), "compiled and stored");
+
+        // Same settings: taken from the cache, and its epoch checks still stop a spinning call.
+        let again = PluginEngine::new(Some(dir.path())).unwrap();
+        let module = compile(&again);
+        assert_eq!(again.cache_stats(), Some((1, 0)), "reused");
+        let mut store = Store::new(again.engine(), ());
+        store.set_epoch_deadline(PluginEngine::ticks(Duration::from_millis(5)));
+        let instance = wasmtime::Instance::new(&mut store, &module, &[]).unwrap();
+        let spin = instance
+            .get_typed_func::<(), ()>(&mut store, "spin")
+            .unwrap();
+        let trap = spin.call(&mut store, ()).unwrap_err();
+        assert_eq!(trap.downcast_ref::<Trap>(), Some(&Trap::Interrupt));
+
+        // Other settings (here: code compiled without the epoch checks deadlines rely on): the
+        // cached code is not taken; it is compiled again for these settings.
+        let other = PluginEngine::build(Some(dir.path()), |c| {
+            c.epoch_interruption(false);
+        })
+        .unwrap();
+        compile(&other);
+        assert_eq!(other.cache_stats(), Some((0, 1)), "not reused");
     }
 }

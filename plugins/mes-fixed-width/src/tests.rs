@@ -323,6 +323,49 @@ mod properties {
     use super::*;
     use proptest::prelude::*;
 
+    /// The fields of a record that must be accepted, built valid: work order and material
+    /// non-blank, a 10-digit quantity, a work centre the table knows, a real local time.
+    fn valid() -> impl Strategy<Value = (String, String, String, String, String, String)> {
+        (
+            "[A-Z0-9][A-Z0-9-]{0,11}",
+            "[A-Z0-9][A-Z0-9-]{0,17}",
+            "[0-9]{10}",
+            prop_oneof![Just("WC01"), Just("WC02")],
+            (
+                2000u32..2100,
+                1u32..=12,
+                1u32..=28,
+                0u32..24,
+                0u32..60,
+                0u32..60,
+            )
+                .prop_map(|(y, mo, d, h, mi, s)| format!("{y:04}{mo:02}{d:02}{h:02}{mi:02}{s:02}")),
+            "[A-Z0-9]{0,8}",
+        )
+            .prop_map(|(wo, mat, qty, wc, at, op)| (wo, mat, qty, wc.to_string(), at, op))
+    }
+
+    /// One way to break a valid record, and the field and column its rejection must name.
+    #[derive(Debug, Clone)]
+    enum Break {
+        Quantity(String),
+        WorkCentre(String),
+        Month(u32),
+        BlankWorkOrder,
+    }
+
+    fn breakage() -> impl Strategy<Value = Break> {
+        prop_oneof![
+            // Ten columns, not all digits: a letter at one of them.
+            (0usize..10, "[0-9]{10}", "[A-Z]").prop_map(|(at, digits, letter)| {
+                Break::Quantity(format!("{}{letter}{}", &digits[..at], &digits[at + 1..]))
+            }),
+            "WC[1-9][0-9]".prop_map(Break::WorkCentre),
+            (13u32..=99).prop_map(Break::Month),
+            Just(Break::BlankWorkOrder),
+        ]
+    }
+
     proptest! {
         /// Whatever bytes arrive, the plugin answers with events or a rejection; it never panics.
         #[test]
@@ -330,23 +373,44 @@ mod properties {
             let _ = host().run::<MesFixedWidth>(TestHost::message("text/plain", body));
         }
 
-        /// Records of the right shape with arbitrary printable field contents: every accepted
-        /// record yields one event with the record's work order; rejections name a field or column.
+        /// Every valid record gives one event carrying its fields (every case takes this branch).
         #[test]
-        fn arbitrary_records_are_accepted_or_rejected_with_a_position(
-            wo in "[ -~]{12}", qty in "[ 0-9A+-]{10}", wc in "WC0[127]  |[ -~]{6}", at in "[0-9]{14}|[ -~]{14}",
+        fn valid_records_become_one_event_each((wo, mat, qty, wc, at, op) in valid()) {
+            let line = record(&wo, &mat, &qty, "EA", &wc, &at, &op);
+            let out = run(&line);
+            prop_assert!(out.is_ok(), "{line:?}: {out:?}");
+            let out = out.unwrap();
+            prop_assert_eq!(out.len(), 1);
+            let e = event(&out[0]);
+            prop_assert_eq!(e["subject"].as_str(), Some(wo.as_str()));
+            prop_assert_eq!(e["data"]["material"].as_str(), Some(mat.as_str()));
+            let quantity = qty.parse::<u64>().unwrap() as f64 / 1000.0;
+            prop_assert_eq!(e["data"]["quantity"].as_f64(), Some(quantity));
+            let centre = if wc == "WC01" { "ASSY-01" } else { "PAINT-02" };
+            prop_assert_eq!(e["data"]["work_centre"].as_str(), Some(centre));
+        }
+
+        /// A valid record broken in one field is rejected naming that field and its first
+        /// column (every case takes this branch).
+        #[test]
+        fn a_record_broken_in_one_field_is_rejected_naming_it(
+            (wo, mat, qty, wc, at, op) in valid(), broken in breakage(),
         ) {
-            let line = format!("PC{wo}{:<18}{qty}EA {wc}{at}{:<8}A      ", "MAT-1", "OP1");
-            prop_assume!(line.len() == 80);
-            match run(&line) {
-                Ok(out) => {
-                    prop_assert_eq!(out.len(), 1);
-                    let e = event(&out[0]);
-                    prop_assert_eq!(e["subject"].as_str(), Some(wo.trim()));
+            let (field, column, line) = match &broken {
+                Break::Quantity(q) => ("quantity", 33, record(&wo, &mat, q, "EA", &wc, &at, &op)),
+                Break::WorkCentre(w) => ("work_centre", 46, record(&wo, &mat, &qty, "EA", w, &at, &op)),
+                Break::Month(m) => {
+                    let at = format!("{}{m:02}{}", &at[..4], &at[6..]);
+                    ("completed_at", 52, record(&wo, &mat, &qty, "EA", &wc, &at, &op))
                 }
-                Err(MediationError::Rejected(r)) => prop_assert!(r.position.is_some() || r.field.is_some(), "{}", r.reason),
-                Err(other) => prop_assert!(false, "unexpected {:?}", other),
-            }
+                Break::BlankWorkOrder => ("work_order", 3, record("", &mat, &qty, "EA", &wc, &at, &op)),
+            };
+            let out = run(&line);
+            let Err(MediationError::Rejected(r)) = out else {
+                return Err(TestCaseError::fail(format!("{broken:?} not rejected: {line:?} {out:?}")));
+            };
+            prop_assert_eq!(r.field.as_deref(), Some(field), "{}", r.reason);
+            prop_assert_eq!(r.position, Some(column), "{}", r.reason);
         }
     }
 }

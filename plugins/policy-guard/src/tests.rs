@@ -196,19 +196,24 @@ fn unknown_or_malformed_types_are_refused() {
 
 #[test]
 fn data_that_breaks_the_schema_is_refused_with_the_field() {
+    // One host for all: a refused hold must not reach the state a valid one would write.
+    let host = host();
     let mut bad = hold("L-7", "2026-11-27T06:00:00Z");
     bad["data"]["held_at"] = "2026-11-27T07:00:00+01:00".into();
-    let r = expect_rejected(run(&host(), &bad));
+    let r = expect_rejected(run(&host, &bad));
     assert_eq!(r.field.as_deref(), Some("data.held_at"), "{}", r.reason);
     let mut missing = hold("L-7", "2026-11-27T06:00:00Z");
     missing["data"].as_object_mut().unwrap().remove("lot");
-    let r = expect_rejected(run(&host(), &missing));
+    let r = expect_rejected(run(&host, &missing));
     assert!(
         r.reason.contains("\"lot\" is a required property"),
         "{}",
         r.reason
     );
-    assert!(host().state().is_empty());
+    assert!(host.state().is_empty(), "{:?}", host.state());
+    // The same host does record a valid hold: the emptiness above is not vacuous.
+    run(&host, &hold("L-7", "2026-11-27T06:00:00Z")).unwrap();
+    assert_eq!(host.state().len(), 1, "{:?}", host.state());
 }
 
 #[test]

@@ -12,10 +12,15 @@ from wit_world.imports import types
 
 
 def attempt(action):
+    """`allowed: RESULT`; `denied: TYPE errno=N` when the system refused (an OSError, which
+    includes socket.gaierror); `error: TYPE: TEXT` for any other exception (a bug in the probe
+    or the runtime, which must not pass for a denial)."""
     try:
         return "allowed: " + repr(action())[:200]
-    except BaseException as e:  # noqa: BLE001 - every failure is the answer
-        return "denied: " + type(e).__name__
+    except OSError as e:
+        return "denied: %s errno=%s" % (type(e).__name__, e.errno)
+    except BaseException as e:  # noqa: BLE001 - reported, never taken for a denial
+        return "error: %s: %s" % (type(e).__name__, e)
 
 
 class WitWorld(wit_world.WitWorld):
@@ -35,12 +40,16 @@ class WitWorld(wit_world.WitWorld):
             "list_cwd": attempt(lambda: os.listdir(".")),
             "write_file": attempt(lambda: open("/tmp/millrace-probe", "w").write("x")),
             "environment": dict(os.environ),
-            "tcp_connect": attempt(lambda: socket.create_connection(("127.0.0.1", port), timeout=1)),
+            # Host names as bytes: a str would first be IDNA-encoded, a codec this runtime lacks
+            # (the attempt would fail before asking the host anything).
+            "tcp_connect": attempt(lambda: socket.create_connection((b"127.0.0.1", port), timeout=1)),
             "tcp_connect_raw": attempt(lambda: socket.socket().connect(("127.0.0.1", port))),
             "udp_send": attempt(
                 lambda: socket.socket(socket.AF_INET, socket.SOCK_DGRAM).sendto(b"x", ("127.0.0.1", port))
             ),
-            "name_lookup": attempt(lambda: socket.getaddrinfo("localhost", 80)),
+            "name_lookup": attempt(lambda: socket.getaddrinfo(b"localhost", 80)),
+            # A failure that is not a denial: shows the probe tells the two apart.
+            "control": attempt(lambda: int("not a number")),
         }
         body = json.dumps(report).encode()
         return [types.Message(input.id, input.plant, input.route, "application/json", [], body)]
