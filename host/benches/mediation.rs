@@ -103,6 +103,7 @@ fn bench(c: &mut Criterion) {
                 deadline: Duration::from_secs(1),
                 memory_bytes: 64 << 20,
                 instance_reuse,
+                ..StepLimits::default()
             },
         };
         StepRuntime::load(&engine, &artifact, spec).expect("step loads")
@@ -243,6 +244,7 @@ fn bench_plugin_and_twins<P: Plugin>(
                 deadline: Duration::from_secs(1),
                 memory_bytes: 256 << 20,
                 instance_reuse: u32::MAX,
+                ..StepLimits::default()
             },
         };
         let step = StepRuntime::load(engine, &artifact, spec).expect("step loads");

@@ -3,7 +3,8 @@
 
 use crate::deadletter::{DeadLetter, DeadLetterError, DeadLetterStore, Kind};
 use crate::plugin::bindings::types::Message;
-use crate::plugin::{PluginId, StepFailure};
+use crate::plugin::bounds::{Breach, output_bytes};
+use crate::plugin::{Budget, PluginId, StepFailure};
 use crate::route::Route;
 
 /// Where in the chain a message failed, and how.
@@ -24,6 +25,7 @@ impl Failure {
             StepFailure::Deadline(_) => Some(Kind::Deadline),
             StepFailure::MemoryCap(_) => Some(Kind::MemoryCap),
             StepFailure::Trap(_) => Some(Kind::Trap),
+            StepFailure::Limit(_) => Some(Kind::Limit),
         }
     }
 
@@ -43,15 +45,27 @@ impl Failure {
                 )
             }
             StepFailure::Trap(t) => format!("the plugin failed: {t}"),
+            StepFailure::Limit(breach) => breach.reason(),
         }
     }
 }
 
-/// Run `input` through every step of `route`. Blocking (Wasm runs on this thread): call it from
-/// a blocking-capable thread.
+/// Run `input` through every step of `route`, within the route's message budget: the chain's
+/// time (each call gets its step's deadline or what is left, whichever is shorter), and the
+/// outputs at each stage (how many, how many bytes). Blocking (Wasm runs on this thread): call
+/// it from a blocking-capable thread.
 pub fn run(route: &Route, input: &Message) -> Result<Vec<Message>, Box<Failure>> {
+    let started = std::time::Instant::now();
+    let budget = route.budget;
     let mut messages: Vec<Message> = Vec::new();
     for (index, step) in route.steps.iter().enumerate() {
+        let failed = |failure| {
+            Box::new(Failure {
+                step: index as u32 + 1,
+                plugin: step.id.clone(),
+                failure,
+            })
+        };
         // The first step reads the input in place: no copy on the hot path.
         let inputs = if index == 0 {
             std::slice::from_ref(input)
@@ -59,19 +73,38 @@ pub fn run(route: &Route, input: &Message) -> Result<Vec<Message>, Box<Failure>>
             messages.as_slice()
         };
         let mut next = Vec::with_capacity(inputs.len());
+        let mut bytes = 0;
         for message in inputs {
-            let outputs = step.mediate(message).map_err(|failure| {
-                Box::new(Failure {
-                    step: index as u32 + 1,
-                    plugin: step.id.clone(),
-                    failure,
-                })
-            })?;
+            let left = budget.time.saturating_sub(started.elapsed());
+            if left.is_zero() {
+                return Err(failed(StepFailure::Limit(Breach::Budget(budget.time))));
+            }
+            let outputs = step
+                .mediate_within(
+                    message,
+                    Some(Budget {
+                        total: budget.time,
+                        left,
+                    }),
+                )
+                .map_err(failed)?;
             for mut output in outputs {
                 // A plugin cannot move a message to another plant or route.
                 output.plant.clone_from(&route.plant);
                 output.route.clone_from(&route.name);
+                bytes += output_bytes(&output);
                 next.push(output);
+            }
+            if next.len() > budget.max_outputs {
+                return Err(failed(StepFailure::Limit(Breach::Outputs {
+                    count: next.len(),
+                    max: budget.max_outputs,
+                })));
+            }
+            if bytes > budget.max_output_bytes {
+                return Err(failed(StepFailure::Limit(Breach::OutputBytes {
+                    max: budget.max_output_bytes,
+                })));
             }
         }
         messages = next;

@@ -175,6 +175,7 @@ fn test_inner(run: TestRun) -> Result<i32, String> {
         deadline: Duration::from_millis(run.deadline_ms),
         memory_bytes: run.memory_mib as usize * 1024 * 1024,
         instance_reuse: 1,
+        ..StepLimits::default()
     };
     let spec = StepSpec {
         plant: "local",
@@ -242,6 +243,7 @@ fn test_inner(run: TestRun) -> Result<i32, String> {
                 }
                 StepFailure::MemoryCap(b) => println!("memory cap: stopped at {} MiB", b >> 20),
                 StepFailure::Trap(t) => println!("trap: {t}"),
+                StepFailure::Limit(breach) => println!("limit: {}", breach.reason()),
             }
             Ok(1)
         }

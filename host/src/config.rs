@@ -42,7 +42,7 @@ struct HostSection {
     admin: Option<Spanned<String>>,
     data_dir: Option<String>,
     plugin_dir: Option<String>,
-    max_in_flight: Option<Spanned<usize>>,
+    max_in_flight: Option<Spanned<u64>>,
     idempotency_window_s: Option<u64>,
     amqp: Option<Spanned<String>>,
     amqp_declare: Option<bool>,
@@ -51,15 +51,25 @@ struct HostSection {
     drop_settle_ms: Option<u64>,
     watch_config: Option<bool>,
     id: Option<String>,
+    max_component_mib: Number,
+    compile_memory_mib: Number,
+    compile_timeout_s: Number,
+    gate_budget_s: Number,
 }
 
-#[derive(Debug, Default, Clone, Copy, Deserialize)]
+/// A number as written, with where it is (range errors point at it).
+type Number = Option<Spanned<u64>>;
+
+#[derive(Debug, Default, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct LimitsSection {
-    deadline_ms: Option<u64>,
-    memory_mib: Option<u32>,
-    max_body_kib: Option<u32>,
-    instance_reuse: Option<u32>,
+    deadline_ms: Number,
+    memory_mib: Number,
+    max_body_kib: Number,
+    instance_reuse: Number,
+    max_outputs: Number,
+    max_output_kib: Number,
+    message_budget_ms: Number,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -67,6 +77,10 @@ struct LimitsSection {
 struct PlantSection {
     #[serde(default)]
     lookups: BTreeMap<Spanned<String>, Spanned<LookupSection>>,
+    max_in_flight: Number,
+    max_waiting: Number,
+    state_max_keys: Number,
+    state_max_mib: Number,
 }
 
 #[derive(Debug, Deserialize)]
@@ -87,7 +101,11 @@ struct RouteSection {
     webhook: Option<Spanned<WebhookSection>>,
     amqp: Option<AmqpSection>,
     steps: Spanned<Vec<StepSection>>,
-    max_body_kib: Option<u32>,
+    max_body_kib: Number,
+    max_outputs: Number,
+    max_output_kib: Number,
+    message_budget_ms: Number,
+    max_in_flight: Number,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -115,9 +133,11 @@ struct StepSection {
     plugin: Spanned<String>,
     grants: Option<Spanned<Vec<Spanned<String>>>>,
     settings: Option<Spanned<toml::Table>>,
-    deadline_ms: Option<u64>,
-    memory_mib: Option<u32>,
-    instance_reuse: Option<u32>,
+    deadline_ms: Number,
+    memory_mib: Number,
+    instance_reuse: Number,
+    max_outputs: Number,
+    max_output_kib: Number,
 }
 
 /// Where a route's messages come from.
@@ -230,8 +250,44 @@ pub struct Config {
     /// This host's name among hosts sharing a broker (`host.id`, default the machine's
     /// hostname); names its activation-broadcast queue.
     pub host_id: String,
+    /// What a candidate component may cost before the gate runs it: its size, and the memory
+    /// and time its compilation may take (`host.max_component_mib`, `compile_memory_mib`,
+    /// `compile_timeout_s`).
+    pub intake: crate::plugin::intake::IntakeLimits,
+    /// Time the gate may spend running one candidate (describe, every step's load, its sample
+    /// vectors) (`host.gate_budget_s`, default 60).
+    pub gate_budget: Duration,
     pub plants: BTreeMap<String, Tables>,
+    /// Each plant's share of the host: messages in flight and waiting, state quota.
+    pub plant_limits: BTreeMap<String, PlantLimits>,
     pub routes: Vec<RouteConfig>,
+}
+
+/// What one plant may take of the host (`[plants.P]`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PlantLimits {
+    /// Messages of the plant mediated at once (`max_in_flight`; default: all of
+    /// `host.max_in_flight` when one plant is configured, else half of it, at least 1).
+    pub max_in_flight: usize,
+    /// HTTP messages of the plant waiting for one of its slots (`max_waiting`, default 4 ×
+    /// `max_in_flight`); more are answered 503 `plant-busy`.
+    pub max_waiting: usize,
+    /// Keys the plant's state may hold (`state_max_keys`, default 100,000).
+    pub state_max_keys: u64,
+    /// Bytes of keys and values the plant's state may hold (`state_max_mib`, default 256).
+    pub state_max_bytes: u64,
+}
+
+/// What one message may use across a route's whole chain.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MessageBudget {
+    /// Time from the first step's call to the last step's answer (`message_budget_ms`, default
+    /// 10,000).
+    pub time: Duration,
+    /// Messages at any stage of the chain (`max_outputs`, default 1,000).
+    pub max_outputs: usize,
+    /// Bytes of the messages at any stage (`max_output_kib`, default 16 MiB).
+    pub max_output_bytes: usize,
 }
 
 impl Config {
@@ -257,6 +313,19 @@ impl Config {
             ("host.drop_settle_ms", self.settle.as_millis().to_string()),
             ("host.watch_config", self.watch_config.to_string()),
             ("host.id", self.host_id.clone()),
+            (
+                "host.max_component_mib",
+                (self.intake.max_bytes >> 20).to_string(),
+            ),
+            (
+                "host.compile_memory_mib",
+                (self.intake.compile_memory_bytes >> 20).to_string(),
+            ),
+            (
+                "host.compile_timeout_s",
+                self.intake.compile_timeout.as_secs().to_string(),
+            ),
+            ("host.gate_budget_s", self.gate_budget.as_secs().to_string()),
         ]
     }
 }
@@ -271,6 +340,10 @@ pub struct RouteConfig {
     pub webhook: Option<Webhook>,
     pub amqp: RouteAmqp,
     pub max_body_bytes: usize,
+    /// What one message may use across the chain.
+    pub budget: MessageBudget,
+    /// Messages of this route mediated at once (`max_in_flight`, default the plant's).
+    pub max_in_flight: Option<usize>,
     pub steps: Vec<StepConfig>,
 }
 
@@ -467,16 +540,48 @@ impl Config {
                 format!("host.amqp is not a broker URL ({e}); write it as amqp://USER:PASSWORD@HOST:PORT/VHOST"),
             );
         }
-        let max_in_flight = match &file.host.max_in_flight {
-            None => default_max_in_flight(),
-            Some(n) if *n.get_ref() == 0 => {
-                diag.error_at(n.span(), "host.max_in_flight must be at least 1");
-                1
-            }
-            Some(n) => *n.get_ref(),
+        let max_in_flight = ranged(
+            &mut diag,
+            "host.max_in_flight",
+            file.host.max_in_flight.as_ref(),
+            1..=4096,
+            default_max_in_flight() as u64,
+        ) as usize;
+
+        let intake = crate::plugin::intake::IntakeLimits {
+            max_bytes: (ranged(
+                &mut diag,
+                "host.max_component_mib",
+                file.host.max_component_mib.as_ref(),
+                1..=1024,
+                64,
+            ) as usize)
+                << 20,
+            compile_memory_bytes: ranged(
+                &mut diag,
+                "host.compile_memory_mib",
+                file.host.compile_memory_mib.as_ref(),
+                64..=65_536,
+                2048,
+            ) << 20,
+            compile_timeout: Duration::from_secs(ranged(
+                &mut diag,
+                "host.compile_timeout_s",
+                file.host.compile_timeout_s.as_ref(),
+                1..=3600,
+                120,
+            )),
         };
+        let gate_budget = Duration::from_secs(ranged(
+            &mut diag,
+            "host.gate_budget_s",
+            file.host.gate_budget_s.as_ref(),
+            1..=3600,
+            60,
+        ));
 
         let mut plants = BTreeMap::new();
+        let mut plant_limits = BTreeMap::new();
         for (name, plant) in &file.plants {
             check_name(&mut diag, name, "plant");
             let mut tables = HashMap::new();
@@ -486,6 +591,46 @@ impl Config {
                 }
             }
             plants.insert(name.get_ref().clone(), Arc::new(tables));
+            let share = if file.plants.len() > 1 {
+                max_in_flight.div_ceil(2)
+            } else {
+                max_in_flight
+            };
+            let key = |k: &str| format!("plants.{}.{k}", name.get_ref());
+            let plant_in_flight = ranged(
+                &mut diag,
+                &key("max_in_flight"),
+                plant.max_in_flight.as_ref(),
+                1..=max_in_flight as u64,
+                share as u64,
+            ) as usize;
+            plant_limits.insert(
+                name.get_ref().clone(),
+                PlantLimits {
+                    max_in_flight: plant_in_flight,
+                    max_waiting: ranged(
+                        &mut diag,
+                        &key("max_waiting"),
+                        plant.max_waiting.as_ref(),
+                        0..=1_000_000,
+                        4 * plant_in_flight as u64,
+                    ) as usize,
+                    state_max_keys: ranged(
+                        &mut diag,
+                        &key("state_max_keys"),
+                        plant.state_max_keys.as_ref(),
+                        1..=100_000_000,
+                        100_000,
+                    ),
+                    state_max_bytes: ranged(
+                        &mut diag,
+                        &key("state_max_mib"),
+                        plant.state_max_mib.as_ref(),
+                        1..=65_536,
+                        256,
+                    ) << 20,
+                },
+            );
         }
 
         let mut routes = Vec::new();
@@ -509,10 +654,59 @@ impl Config {
                     ),
                 );
             }
-            let max_body_kib = route
-                .max_body_kib
-                .or(file.limits.max_body_kib)
-                .unwrap_or(1024);
+            let route_key = |k: &str| format!("routes.{}.{k}", name.get_ref());
+            let max_body_kib = ranged(
+                &mut diag,
+                &route_key("max_body_kib"),
+                route
+                    .max_body_kib
+                    .as_ref()
+                    .or(file.limits.max_body_kib.as_ref()),
+                MAX_BODY_KIB,
+                1024,
+            );
+            let budget = MessageBudget {
+                time: Duration::from_millis(ranged(
+                    &mut diag,
+                    &route_key("message_budget_ms"),
+                    route
+                        .message_budget_ms
+                        .as_ref()
+                        .or(file.limits.message_budget_ms.as_ref()),
+                    DEADLINE_MS,
+                    10_000,
+                )),
+                max_outputs: ranged(
+                    &mut diag,
+                    &route_key("max_outputs"),
+                    route
+                        .max_outputs
+                        .as_ref()
+                        .or(file.limits.max_outputs.as_ref()),
+                    MAX_OUTPUTS,
+                    1000,
+                ) as usize,
+                max_output_bytes: (ranged(
+                    &mut diag,
+                    &route_key("max_output_kib"),
+                    route
+                        .max_output_kib
+                        .as_ref()
+                        .or(file.limits.max_output_kib.as_ref()),
+                    MAX_OUTPUT_KIB,
+                    16 * 1024,
+                ) as usize)
+                    << 10,
+            };
+            let route_in_flight = route.max_in_flight.as_ref().map(|n| {
+                ranged(
+                    &mut diag,
+                    &route_key("max_in_flight"),
+                    Some(n),
+                    1..=max_in_flight as u64,
+                    1,
+                ) as usize
+            });
             let mut steps = Vec::new();
             for step in route.steps.get_ref() {
                 steps.push(step_config(
@@ -572,6 +766,8 @@ impl Config {
                 webhook,
                 amqp,
                 max_body_bytes: max_body_kib as usize * 1024,
+                budget,
+                max_in_flight: route_in_flight,
                 steps,
             });
         }
@@ -601,6 +797,8 @@ impl Config {
             settle: std::time::Duration::from_millis(file.host.drop_settle_ms.unwrap_or(1000)),
             watch_config: file.host.watch_config.unwrap_or(true),
             host_id: file.host.id.clone().unwrap_or_else(hostname),
+            intake,
+            gate_budget,
             outbox_max_messages: file.host.outbox_max_messages.unwrap_or(100_000).max(1),
             idempotency_window: std::time::Duration::from_secs(
                 file.host
@@ -608,8 +806,46 @@ impl Config {
                     .unwrap_or(DEFAULT_IDEMPOTENCY_WINDOW_S),
             ),
             plants,
+            plant_limits,
             routes,
         })
+    }
+}
+
+/// Ranges of the limits: a value outside is an error at its place in the file, so a typo can
+/// never turn a limit off (`deadline_ms = 9223372036854775807`) or refuse everything
+/// (`max_body_kib = 0`).
+const DEADLINE_MS: std::ops::RangeInclusive<u64> = 1..=3_600_000;
+const MEMORY_MIB: std::ops::RangeInclusive<u64> = 1..=4096;
+const INSTANCE_REUSE: std::ops::RangeInclusive<u64> = 1..=1_000_000;
+const MAX_BODY_KIB: std::ops::RangeInclusive<u64> = 1..=262_144;
+const MAX_OUTPUTS: std::ops::RangeInclusive<u64> = 1..=100_000;
+const MAX_OUTPUT_KIB: std::ops::RangeInclusive<u64> = 1..=262_144;
+
+/// `value` if it lies in `range` (else an error at it, naming `key` and the range), or
+/// `default` when it is not set.
+fn ranged(
+    diag: &mut Diagnostics,
+    key: &str,
+    value: Option<&Spanned<u64>>,
+    range: std::ops::RangeInclusive<u64>,
+    default: u64,
+) -> u64 {
+    match value {
+        None => default,
+        Some(v) if range.contains(v.get_ref()) => *v.get_ref(),
+        Some(v) => {
+            diag.error_at(
+                v.span(),
+                format!(
+                    "{key} = {} is out of range; it must be {} to {}",
+                    v.get_ref(),
+                    range.start(),
+                    range.end()
+                ),
+            );
+            default
+        }
     }
 }
 
@@ -762,27 +998,59 @@ fn step_config(
             }
         }
     }
-    let pick =
-        |own: Option<u64>, default: Option<u64>, fallback: u64| own.or(default).unwrap_or(fallback);
-    let limits = StepLimits {
-        deadline: Duration::from_millis(pick(step.deadline_ms, defaults.deadline_ms, 500)),
-        memory_bytes: pick(
-            step.memory_mib.map(u64::from),
-            defaults.memory_mib.map(u64::from),
-            64,
-        ) as usize
-            * 1024
-            * 1024,
-        instance_reuse: pick(
-            step.instance_reuse.map(u64::from),
-            defaults.instance_reuse.map(u64::from),
-            1000,
+    let mut limit = |key: &str,
+                     own: &Number,
+                     default: &Number,
+                     range: std::ops::RangeInclusive<u64>,
+                     fallback: u64| {
+        ranged(
+            diag,
+            &format!("{key} of step {plugin:?}"),
+            own.as_ref().or(default.as_ref()),
+            range,
+            fallback,
         )
-        .max(1) as u32,
     };
-    if limits.deadline.is_zero() {
-        diag.error_at(step.plugin.span(), "deadline_ms must be at least 1");
-    }
+    let fallback = StepLimits::default();
+    let limits = StepLimits {
+        deadline: Duration::from_millis(limit(
+            "deadline_ms",
+            &step.deadline_ms,
+            &defaults.deadline_ms,
+            DEADLINE_MS,
+            fallback.deadline.as_millis() as u64,
+        )),
+        memory_bytes: (limit(
+            "memory_mib",
+            &step.memory_mib,
+            &defaults.memory_mib,
+            MEMORY_MIB,
+            (fallback.memory_bytes >> 20) as u64,
+        ) as usize)
+            << 20,
+        instance_reuse: limit(
+            "instance_reuse",
+            &step.instance_reuse,
+            &defaults.instance_reuse,
+            INSTANCE_REUSE,
+            u64::from(fallback.instance_reuse),
+        ) as u32,
+        max_outputs: limit(
+            "max_outputs",
+            &step.max_outputs,
+            &defaults.max_outputs,
+            MAX_OUTPUTS,
+            fallback.max_outputs as u64,
+        ) as usize,
+        max_output_bytes: (limit(
+            "max_output_kib",
+            &step.max_output_kib,
+            &defaults.max_output_kib,
+            MAX_OUTPUT_KIB,
+            (fallback.max_output_bytes >> 10) as u64,
+        ) as usize)
+            << 10,
+    };
     let settings = Settings::new(
         step.settings
             .iter()

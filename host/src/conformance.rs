@@ -51,20 +51,49 @@ pub struct CaseResult {
     pub failure: Option<String>,
 }
 
+/// What the cases of a vector folder run with.
+#[derive(Debug, Clone)]
+pub struct Sandbox {
+    /// The capabilities linked (a case's plugin gets nothing else).
+    pub grants: Vec<Capability>,
+    /// The limits of every call.
+    pub limits: StepLimits,
+    /// When the run must stop (the gate's budget), if ever.
+    pub until: Option<std::time::Instant>,
+}
+
+impl Sandbox {
+    /// Locally (`millrace plugin test --vectors`, `plugin bundle`): every capability, 5 s per
+    /// call, 256 MiB.
+    pub fn local() -> Sandbox {
+        Sandbox {
+            grants: Capability::ALL.to_vec(),
+            limits: StepLimits {
+                deadline: Duration::from_secs(5),
+                memory_bytes: 256 << 20,
+                instance_reuse: 1,
+                ..StepLimits::default()
+            },
+            until: None,
+        }
+    }
+}
+
 /// Run every case of `dir` against `plugin`. With `bless`, write each case's `expected.json`
 /// from what the plugin gives instead of comparing.
 pub fn run(plugin: &Path, dir: &Path, bless: bool) -> Result<Vec<CaseResult>, String> {
     let engine = PluginEngine::new(None).map_err(|e| format!("{e:#}"))?;
     let artifact = Artifact::load(&engine, plugin).map_err(|e| e.to_string())?;
-    run_artifact(&engine, &artifact, dir, bless)
+    run_artifact(&engine, &artifact, dir, bless, &Sandbox::local())
 }
 
-/// Run every case of `dir` against a loaded component.
+/// Run every case of `dir` against a loaded component, in `sandbox`.
 pub fn run_artifact(
     engine: &PluginEngine,
     artifact: &Artifact,
     dir: &Path,
     bless: bool,
+    sandbox: &Sandbox,
 ) -> Result<Vec<CaseResult>, String> {
     let shared_settings = read_settings(&dir.join("settings.toml"))?;
     let tables = read_tables(&dir.join("lookups"))?;
@@ -78,7 +107,17 @@ pub fn run_artifact(
         return Err(format!("{} has no case folders", dir.display()));
     }
     let mut results = Vec::new();
+    let total = cases.len();
     for case in cases {
+        if sandbox
+            .until
+            .is_some_and(|until| std::time::Instant::now() >= until)
+        {
+            return Err(format!(
+                "the gate's time budget ran out after {} of {total} sample cases (host.gate_budget_s)",
+                results.len()
+            ));
+        }
         let name = case
             .file_name()
             .expect("a case folder has a name")
@@ -92,10 +131,10 @@ pub fn run_artifact(
             engine,
             artifact,
             &case,
-            &name,
             settings.unwrap_or_default(),
             tables.clone(),
             bless,
+            sandbox,
         )?;
         results.push(CaseResult { name, failure });
     }
@@ -106,11 +145,15 @@ fn run_case(
     engine: &PluginEngine,
     artifact: &Artifact,
     case: &Path,
-    name: &str,
     settings: serde_json::Map<String, Value>,
     tables: Tables,
     bless: bool,
+    sandbox: &Sandbox,
 ) -> Result<Option<String>, String> {
+    let name = case
+        .file_name()
+        .expect("a case folder has a name")
+        .to_string_lossy();
     let (input_path, content_type) = find_input(case)?;
     let body = std::fs::read(&input_path)
         .map_err(|e| format!("cannot read {}: {e}", input_path.display()))?;
@@ -121,15 +164,11 @@ fn run_case(
     let spec = StepSpec {
         plant: PLANT,
         route: ROUTE,
-        grants: Capability::ALL.to_vec(),
+        grants: sandbox.grants.clone(),
         settings: Settings::new(settings),
         tables,
         state: Arc::clone(&state),
-        limits: StepLimits {
-            deadline: Duration::from_secs(5),
-            memory_bytes: 256 << 20,
-            instance_reuse: 1,
-        },
+        limits: sandbox.limits,
     };
     let step = match StepRuntime::load(engine, artifact, spec) {
         Ok(step) => step,
@@ -193,6 +232,7 @@ fn outcome(result: Result<Vec<Message>, StepFailure>) -> Value {
         Err(StepFailure::Deadline(_)) => json!({ "failed": "deadline" }),
         Err(StepFailure::MemoryCap(_)) => json!({ "failed": "memory-cap" }),
         Err(StepFailure::Trap(t)) => json!({ "failed": t }),
+        Err(StepFailure::Limit(breach)) => json!({ "failed": breach.reason() }),
     }
 }
 
@@ -400,13 +440,14 @@ pub fn run_embedded(
     engine: &PluginEngine,
     artifact: &Artifact,
     component: &[u8],
+    sandbox: &Sandbox,
 ) -> Result<Option<usize>, String> {
     let Some(packed) = embedded(component)? else {
         return Ok(None);
     };
     let dir = tempfile::tempdir().map_err(|e| format!("a folder for the vectors: {e}"))?;
     unpack(&packed, dir.path())?;
-    let results = run_artifact(engine, artifact, dir.path(), false)?;
+    let results = run_artifact(engine, artifact, dir.path(), false, sandbox)?;
     let failed: Vec<String> = results
         .iter()
         .filter_map(|c| {

@@ -28,6 +28,9 @@ pub enum Kind {
     MemoryCap,
     /// A plugin trapped.
     Trap,
+    /// A plugin broke a bound on what it hands over (outputs, bytes, invalid headers, tables),
+    /// or the message ran out of its budget across the chain.
+    Limit,
 }
 
 impl Kind {
@@ -37,6 +40,7 @@ impl Kind {
             Kind::Deadline => "deadline",
             Kind::MemoryCap => "memory-cap",
             Kind::Trap => "trap",
+            Kind::Limit => "limit",
         }
     }
 
@@ -45,6 +49,7 @@ impl Kind {
             "rejected" => Kind::Rejected,
             "deadline" => Kind::Deadline,
             "memory-cap" => Kind::MemoryCap,
+            "limit" => Kind::Limit,
             _ => Kind::Trap,
         }
     }

@@ -59,9 +59,24 @@ pub struct Refusal {
 /// How many refusals [`Deployer::refusals`] remembers.
 pub const KEPT_REFUSALS: usize = 100;
 
+/// What the gate may spend on one candidate, and where it compiles.
+#[derive(Debug, Clone)]
+pub struct GateLimits {
+    /// Size and compilation budget ([`crate::plugin::intake`]).
+    pub intake: crate::plugin::intake::IntakeLimits,
+    /// Time for running the candidate: describe, every step's load, its sample vectors.
+    pub budget: std::time::Duration,
+    /// The host's compile cache (the compiling child fills it).
+    pub cache_dir: std::path::PathBuf,
+    /// Where candidates are written for the compiling child.
+    pub scratch_dir: std::path::PathBuf,
+}
+
 /// Deploys, activations and rollbacks of one host.
 pub struct Deployer {
     pub registry: Registry,
+    /// The gate's budget for untrusted candidates.
+    gate: GateLimits,
     /// Compiled components by digest, so an activation does not compile.
     compiled: Mutex<HashMap<String, Arc<Artifact>>>,
     /// One activation or configuration reload at a time.
@@ -70,9 +85,10 @@ pub struct Deployer {
 }
 
 impl Deployer {
-    pub fn new(registry: Registry) -> Deployer {
+    pub fn new(registry: Registry, gate: GateLimits) -> Deployer {
         Deployer {
             registry,
+            gate,
             compiled: Mutex::new(HashMap::new()),
             activating: Mutex::new(()),
             refusals: Mutex::new(std::collections::VecDeque::new()),
@@ -234,15 +250,73 @@ impl Deployer {
         by: &str,
         origin: &str,
     ) -> Result<Version, DeployError> {
-        let artifact = self.artifact(engine, digest, Some(bytes))?;
-        // The gate: the world, then every step of the plant that runs this plugin takes it,
-        // then the sample vectors it carries pass.
-        let info = crate::plugin::describe(engine, &artifact)?;
+        // The gate. Before anything runs: the size, the shape, the imports against what the
+        // plant grants at all, and a compilation bounded in memory and time (a child process).
+        let started = std::time::Instant::now();
+        let until = started + self.gate.budget;
+        // Named by its digest in every reason: refusals never show the host's paths.
+        let name = std::path::PathBuf::from(format!(
+            "candidate {}",
+            &digest[..digest.len().min("sha256:".len() + 12)]
+        ));
+        let refused = |reason: String| {
+            DeployError::Invalid(LoadError::Invalid {
+                path: name.clone(),
+                reason,
+            })
+        };
+        let shape =
+            crate::plugin::intake::shape(bytes, self.gate.intake.max_bytes).map_err(refused)?;
+        let wanted =
+            crate::plugin::intake::capabilities(&shape.imports, &routes.plant_grants(plant))
+                .map_err(refused)?;
+        let artifact = match self.compiled.lock().expect("compiled lock").get(digest) {
+            Some(kept) => Arc::clone(kept),
+            None => Arc::new(crate::plugin::intake::compile(
+                engine,
+                &self.gate.cache_dir,
+                &self.gate.scratch_dir,
+                &name,
+                bytes,
+                self.gate.intake,
+            )?),
+        };
+        self.compiled
+            .lock()
+            .expect("compiled lock")
+            .insert(digest.to_string(), Arc::clone(&artifact));
+        // Then its code, with only the capabilities it imports, under the plant's tightest
+        // limits: describe (which plugin is it?), every step of the plant that runs it takes it
+        // (its grants, settings, limits), and the sample vectors it carries pass under the
+        // first such step's grants and limits, all within the gate's time budget.
+        let info = crate::plugin::describe_within(
+            engine,
+            &artifact,
+            &wanted,
+            routes.strictest_limits(plant),
+        )?;
         routes.with_plugin(engine, plant, &info.name, &artifact)?;
-        if let Some(cases) = crate::conformance::run_embedded(engine, &artifact, bytes)
+        let step = routes
+            .running(plant, &info.name)
+            .ok_or_else(|| SwapError::Unused {
+                plant: plant.into(),
+                plugin: info.name.clone(),
+            })?;
+        let sandbox = crate::conformance::Sandbox {
+            grants: step.grants.clone(),
+            limits: step.limits(),
+            until: Some(until),
+        };
+        if let Some(cases) = crate::conformance::run_embedded(engine, &artifact, bytes, &sandbox)
             .map_err(DeployError::Vectors)?
         {
             tracing::info!(plant, plugin = %info.name, version = %info.version, cases, "sample vectors passed");
+        }
+        if std::time::Instant::now() > until {
+            return Err(DeployError::Vectors(format!(
+                "the gate's time budget of {} s ran out (host.gate_budget_s)",
+                self.gate.budget.as_secs()
+            )));
         }
         let version = self.registry.add(
             &NewVersion {

@@ -2,10 +2,11 @@
 //! plant (`route`), pass the route's chain of Wasm plugins (`chain`, `plugin/`), and leave to a
 //! sink (`sink/`) or the dead-letter store (`deadletter`). `config` reads the TOML, `lookup`
 //! the plants' reference tables, `state` keeps the plants' durable key-value state, `mediator`
-//! wires it all and runs it.
+//! wires it all and runs it; `admission` gives each plant its share of the mediation slots.
 #![forbid(unsafe_code)]
 
 pub mod admin;
+pub mod admission;
 pub mod broker;
 pub mod chain;
 pub mod cli;

@@ -79,6 +79,22 @@ enum PluginCommand {
         #[arg(long, default_value_t = 64)]
         memory_mib: u32,
     },
+    /// Compile a component into a compile cache, limiting this process's address space and CPU
+    /// time first; the host runs this for every candidate it did not get from its own
+    /// configuration, so compiling untrusted bytes is bounded. Exit 0 when compiled, 1 when
+    /// refused (`error: REASON`); killed or aborted past the budget.
+    Compile {
+        file: PathBuf,
+        /// The compile cache directory (the host's `DATA_DIR/compile-cache`).
+        #[arg(long)]
+        cache: PathBuf,
+        /// Address space this process may use, in MiB.
+        #[arg(long, default_value_t = 2048)]
+        memory_mib: u64,
+        /// CPU time this process may use, in seconds.
+        #[arg(long, default_value_t = 120)]
+        cpu_s: u64,
+    },
     /// Put a conformance-vector folder inside a component (a custom section), so the deploy
     /// gate runs its cases before the version is kept.
     Bundle {
@@ -210,6 +226,15 @@ fn main() -> ExitCode {
         Command::Plugin {
             command: PluginCommand::Test { .. },
         } => unreachable!("clap requires --input or --vectors"),
+        Command::Plugin {
+            command:
+                PluginCommand::Compile {
+                    file,
+                    cache,
+                    memory_mib,
+                    cpu_s,
+                },
+        } => millrace_host::plugin::intake::compile_child(&file, &cache, memory_mib, cpu_s),
         Command::Plugin {
             command:
                 PluginCommand::Bundle {

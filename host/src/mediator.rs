@@ -61,9 +61,9 @@ pub struct Mediator {
     pub deployer: crate::deploy::Deployer,
     /// The threads chains run on (`host.max_in_flight` of them).
     pub workers: crate::chain::Workers,
-    /// One permit per message being mediated (`host.max_in_flight`); bounds the threads and
-    /// plugin instances in use at once. Waiting messages queue in arrival order.
-    pub slots: Arc<tokio::sync::Semaphore>,
+    /// Slots of the host, its plants and routes: bounds the threads and plugin instances in use
+    /// at once, and each plant's share of them.
+    pub admission: crate::admission::Admission,
     /// The plants' shared state, for routes built again by a configuration reload.
     pub state: Arc<StateStore>,
     /// The configuration file, read again by a reload.
@@ -85,7 +85,15 @@ impl Mediator {
 
         let registry = crate::registry::Registry::open(&config.data_dir)
             .map_err(crate::deploy::DeployError::from)?;
-        let deployer = crate::deploy::Deployer::new(registry);
+        let deployer = crate::deploy::Deployer::new(
+            registry,
+            crate::deploy::GateLimits {
+                intake: config.intake,
+                budget: config.gate_budget,
+                cache_dir: config.data_dir.join("compile-cache"),
+                scratch_dir: crate::plugin::intake::scratch_dir(&config.data_dir),
+            },
+        );
         deployer.restore(&engine, &routes)?;
         let deadletters = Arc::new(DeadLetterStore::open(&config.data_dir)?);
         let idempotency = if config.idempotency_window.is_zero() {
@@ -96,7 +104,8 @@ impl Mediator {
                 config.idempotency_window,
             )?))
         };
-        let slots = Arc::new(tokio::sync::Semaphore::new(config.max_in_flight));
+        let admission = crate::admission::Admission::new(config);
+        apply_quotas(config, &state);
         let broker = match &config.amqp {
             Some(url) if routes.all().iter().any(|r| r.uses_broker()) => Some(Arc::new(
                 crate::broker::BrokerLink::new(url.clone(), config.amqp_declare),
@@ -129,12 +138,25 @@ impl Mediator {
             deadletters,
             webhooks: crate::sink::http::WebhookClient::default(),
             idempotency,
-            slots,
+            admission,
             state,
             config_path: config.path.clone(),
             restart_only: config.restart_only(),
             host_id: config.host_id.clone(),
         })
+    }
+}
+
+/// Give each plant's state its quota from `config` (at start and on a reload).
+pub fn apply_quotas(config: &Config, state: &StateStore) {
+    for (plant, limits) in &config.plant_limits {
+        state.set_quota(
+            plant,
+            crate::state::Quota {
+                max_keys: limits.state_max_keys,
+                max_bytes: limits.state_max_bytes,
+            },
+        );
     }
 }
 

@@ -23,6 +23,8 @@ pub struct Route {
     /// Queue, exchange and dead-letter names for source/sink `amqp`.
     pub amqp: RouteAmqp,
     pub max_body_bytes: usize,
+    /// What one message may use across the chain.
+    pub budget: crate::config::MessageBudget,
     /// The chain, in order. Shared between versions of the route that differ in other steps.
     pub steps: Vec<Arc<StepRuntime>>,
     lineage: String,
@@ -37,6 +39,7 @@ struct RouteBase {
     webhook: Option<Webhook>,
     amqp: RouteAmqp,
     max_body_bytes: usize,
+    budget: crate::config::MessageBudget,
 }
 
 /// The [`RouteBase`] of a configured route or a running one (both have these fields).
@@ -50,6 +53,7 @@ macro_rules! base_of {
             webhook: $route.webhook.clone(),
             amqp: $route.amqp.clone(),
             max_body_bytes: $route.max_body_bytes,
+            budget: $route.budget,
         }
     };
 }
@@ -76,6 +80,7 @@ impl Route {
             webhook,
             amqp,
             max_body_bytes,
+            budget,
         } = base;
         Route {
             name,
@@ -85,6 +90,7 @@ impl Route {
             webhook,
             amqp,
             max_body_bytes,
+            budget,
             steps,
             lineage,
         }
@@ -212,6 +218,45 @@ impl Routes {
             .flat_map(|r| r.steps.iter())
             .find(|s| s.id.name == plugin)
             .cloned()
+    }
+
+    /// Every capability some step of `plant` is granted: what a candidate for the plant may
+    /// import at most.
+    pub fn plant_grants(&self, plant: &str) -> Vec<crate::plugin::capability::Capability> {
+        let mut grants: Vec<_> = self
+            .all()
+            .iter()
+            .filter(|r| r.plant == plant)
+            .flat_map(|r| r.steps.iter().flat_map(|s| s.grants.clone()))
+            .collect();
+        grants.sort();
+        grants.dedup();
+        grants
+    }
+
+    /// The tightest limits among `plant`'s steps (shortest deadline, smallest memory cap, fewest
+    /// outputs): what a candidate runs under before the gate knows which steps it is for.
+    pub fn strictest_limits(&self, plant: &str) -> crate::plugin::StepLimits {
+        let mut limits: Option<crate::plugin::StepLimits> = None;
+        for step in self
+            .all()
+            .iter()
+            .filter(|r| r.plant == plant)
+            .flat_map(|r| r.steps.clone())
+        {
+            let l = step.limits();
+            limits = Some(match limits {
+                None => l,
+                Some(m) => crate::plugin::StepLimits {
+                    deadline: m.deadline.min(l.deadline),
+                    memory_bytes: m.memory_bytes.min(l.memory_bytes),
+                    instance_reuse: 1,
+                    max_outputs: m.max_outputs.min(l.max_outputs),
+                    max_output_bytes: m.max_output_bytes.min(l.max_output_bytes),
+                },
+            });
+        }
+        limits.unwrap_or_default()
     }
 
     /// The routes of `plant` as they would be with `artifact` in place of plugin `plugin`, in

@@ -30,12 +30,43 @@ pub enum StateError {
         len: usize,
         limit: usize,
     },
+    /// The plant's state is full: the write would take it past its quota.
+    #[error(
+        "plant {plant}'s state is full: {what} would be {would}, the quota is {quota} (plants.{plant}.{key})"
+    )]
+    Quota {
+        plant: String,
+        what: &'static str,
+        would: u64,
+        quota: u64,
+        key: &'static str,
+    },
+}
+
+/// How much one plant's state may hold.
+#[derive(Debug, Clone, Copy)]
+pub struct Quota {
+    pub max_keys: u64,
+    /// Bytes of keys and values together.
+    pub max_bytes: u64,
+}
+
+/// What one plant's state holds now.
+#[derive(Debug, Clone, Copy, Default)]
+struct Usage {
+    keys: u64,
+    bytes: u64,
 }
 
 /// The store.
 pub struct StateStore {
     path: PathBuf,
     conn: Mutex<Connection>,
+    /// Quotas per plant (none: unbounded, e.g. the throwaway stores of `plugin test`).
+    quotas: std::sync::RwLock<std::collections::HashMap<String, Quota>>,
+    /// Usage per plant, read from the file the first time a plant writes, then kept up to date
+    /// by every write (all writes go through `conn`'s lock).
+    usage: Mutex<std::collections::HashMap<String, Usage>>,
 }
 
 impl std::fmt::Debug for StateStore {
@@ -63,7 +94,18 @@ impl StateStore {
         Ok(StateStore {
             path,
             conn: Mutex::new(conn),
+            quotas: Default::default(),
+            usage: Default::default(),
         })
+    }
+
+    /// Bound what `plant`'s state may hold from now on (writes that would pass it fail; what is
+    /// there stays).
+    pub fn set_quota(&self, plant: &str, quota: Quota) {
+        self.quotas
+            .write()
+            .expect("state quotas lock")
+            .insert(plant.to_string(), quota);
     }
 
     /// A store in memory, gone when dropped (conformance vectors, `plugin test`, `inspect`).
@@ -75,6 +117,8 @@ impl StateStore {
         StateStore {
             path,
             conn: Mutex::new(conn),
+            quotas: Default::default(),
+            usage: Default::default(),
         }
     }
 
@@ -121,25 +165,106 @@ impl StateStore {
             });
         }
         let conn = self.conn.lock().expect("state connection lock");
+        let mut usage = self.usage.lock().expect("state usage lock");
+        let now = self.usage_of(&conn, &mut usage, plant)?;
+        let previous: Option<i64> = conn
+            .query_row(
+                "SELECT length(CAST(value AS BLOB)) FROM state WHERE plant = ?1 AND key = ?2",
+                params![plant, key],
+                |row| row.get(0),
+            )
+            .optional()
+            .map_err(|e| self.sql(e))?;
+        let after = match previous {
+            Some(old) => Usage {
+                keys: now.keys,
+                bytes: now.bytes - (key.len() as u64 + old as u64)
+                    + (key.len() + value.len()) as u64,
+            },
+            None => Usage {
+                keys: now.keys + 1,
+                bytes: now.bytes + (key.len() + value.len()) as u64,
+            },
+        };
+        if let Some(quota) = self.quotas.read().expect("state quotas lock").get(plant) {
+            if after.keys > quota.max_keys && previous.is_none() {
+                return Err(StateError::Quota {
+                    plant: plant.into(),
+                    what: "its key count",
+                    would: after.keys,
+                    quota: quota.max_keys,
+                    key: "state_max_keys",
+                });
+            }
+            if after.bytes > quota.max_bytes && after.bytes > now.bytes {
+                return Err(StateError::Quota {
+                    plant: plant.into(),
+                    what: "its size in bytes",
+                    would: after.bytes,
+                    quota: quota.max_bytes,
+                    key: "state_max_mib",
+                });
+            }
+        }
         conn.execute(
             "INSERT INTO state (plant, key, value, updated_at) VALUES (?1, ?2, ?3, ?4)
              ON CONFLICT (plant, key) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at",
             params![plant, key, value, crate::deadletter::now_rfc3339()],
         )
         .map_err(|e| self.sql(e))?;
+        usage.insert(plant.to_string(), after);
         Ok(())
+    }
+
+    /// What `plant`'s state holds (read from the file the first time).
+    fn usage_of(
+        &self,
+        conn: &Connection,
+        usage: &mut std::collections::HashMap<String, Usage>,
+        plant: &str,
+    ) -> Result<Usage, StateError> {
+        if let Some(known) = usage.get(plant) {
+            return Ok(*known);
+        }
+        let (keys, bytes): (i64, i64) = conn
+            .query_row(
+                "SELECT COUNT(*), COALESCE(SUM(length(CAST(key AS BLOB)) + length(CAST(value AS BLOB))), 0)
+                 FROM state WHERE plant = ?1",
+                params![plant],
+                |row| Ok((row.get(0)?, row.get(1)?)),
+            )
+            .map_err(|e| self.sql(e))?;
+        let found = Usage {
+            keys: keys as u64,
+            bytes: bytes as u64,
+        };
+        usage.insert(plant.to_string(), found);
+        Ok(found)
     }
 
     /// Remove `key` from `plant`'s namespace; `true` if it was there.
     pub fn delete(&self, plant: &str, key: &str) -> Result<bool, StateError> {
         Self::check_key(key)?;
         let conn = self.conn.lock().expect("state connection lock");
+        let mut usage = self.usage.lock().expect("state usage lock");
+        let old: Option<i64> = conn
+            .query_row(
+                "SELECT length(CAST(value AS BLOB)) FROM state WHERE plant = ?1 AND key = ?2",
+                params![plant, key],
+                |row| row.get(0),
+            )
+            .optional()
+            .map_err(|e| self.sql(e))?;
         let removed = conn
             .execute(
                 "DELETE FROM state WHERE plant = ?1 AND key = ?2",
                 params![plant, key],
             )
             .map_err(|e| self.sql(e))?;
+        if let (Some(old), Some(known)) = (old, usage.get_mut(plant)) {
+            known.keys -= 1;
+            known.bytes -= key.len() as u64 + old as u64;
+        }
         Ok(removed > 0)
     }
 
@@ -202,6 +327,59 @@ mod tests {
         assert!(matches!(
             store.put("p", "k", &value),
             Err(StateError::TooLarge { .. })
+        ));
+    }
+
+    #[test]
+    fn a_plant_cannot_write_past_its_quota_and_another_plant_is_not_affected() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = StateStore::open(dir.path()).unwrap();
+        store.put("p", "before", "x").unwrap();
+        store.set_quota(
+            "p",
+            Quota {
+                max_keys: 3,
+                max_bytes: 100,
+            },
+        );
+        store.put("p", "k1", "v").unwrap();
+        store.put("p", "k2", "v").unwrap();
+        assert!(matches!(
+            store.put("p", "k3", "v"),
+            Err(StateError::Quota {
+                key: "state_max_keys",
+                ..
+            })
+        ));
+        // Replacing a key's value is not a new key; growing past the bytes is refused.
+        store.put("p", "k2", "w").unwrap();
+        assert!(matches!(
+            store.put("p", "k2", &"v".repeat(200)),
+            Err(StateError::Quota {
+                key: "state_max_mib",
+                ..
+            })
+        ));
+        // Deleting makes room again.
+        assert!(store.delete("p", "k1").unwrap());
+        store.put("p", "k3", "v").unwrap();
+        // Another plant has its own (here none).
+        for i in 0..10 {
+            store.put("q", &format!("k{i}"), "v").unwrap();
+        }
+        // Usage read from the file when a store is opened again.
+        drop(store);
+        let reopened = StateStore::open(dir.path()).unwrap();
+        reopened.set_quota(
+            "p",
+            Quota {
+                max_keys: 3,
+                max_bytes: 100,
+            },
+        );
+        assert!(matches!(
+            reopened.put("p", "k4", "v"),
+            Err(StateError::Quota { .. })
         ));
     }
 

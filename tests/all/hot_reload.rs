@@ -181,10 +181,17 @@ fn bad_candidates_are_refused_with_the_reason_while_the_active_version_serves() 
         ),
         "does not implement world millrace:mediation/plugin@0.1.0",
     );
-    // Asks for a capability the plant does not grant its step.
+    // Asks for a capability no step of the plant is granted: refused before it is compiled,
+    // and the reason names the candidate by its digest, not by a path on the host.
+    let asks_state = upload(&host, "plant-a", "guest-stamp-3");
+    assert!(
+        !asks_state.body.contains(".millrace"),
+        "{}",
+        asks_state.body
+    );
     refused(
-        upload(&host, "plant-a", "guest-stamp-3"),
-        "route a, step 1: the plugin imports millrace:mediation/state@0.1.0 but its step does not grant \"state\"",
+        asks_state,
+        "the plugin imports millrace:mediation/state@0.1.0 but no step of the plant is granted \"state\"",
     );
     // Another plugin: nothing on the plant runs it.
     refused(

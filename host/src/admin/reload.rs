@@ -97,6 +97,8 @@ fn apply(mediator: &Mediator, started: std::time::Instant) -> Result<Reloaded, R
     mediator
         .deployer
         .reload(&mediator.engine, &mediator.routes, reloaded)?;
+    mediator.admission.configure(&config);
+    crate::mediator::apply_quotas(&config, &mediator.state);
     let after = names(&mediator.routes);
     let broker_restarted = broker_shape(&mediator.routes) != broker_before;
     if broker_restarted && let Some(link) = &mediator.broker {

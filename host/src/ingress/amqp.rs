@@ -320,9 +320,8 @@ async fn handle(
         exchange: delivery.exchange.as_str(),
         routing_key: delivery.routing_key.as_str(),
     };
-    let Ok(slot) = Arc::clone(&mediator.slots).acquire_owned().await else {
-        return Settle::Leave;
-    };
+    // Back-pressure: a saturated plant's consumer waits here (its prefetch bounds how many).
+    let slot = mediator.admission.wait(&route.plant, &route.name).await;
     tracing::debug!(route = %route.name, message_id = %id, attempt, "mediating");
     let worker = Arc::clone(route);
     let input = message;

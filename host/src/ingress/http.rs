@@ -33,6 +33,7 @@ use crate::idempotency::{self, Begin, StoredAnswer};
 use crate::mediator::Mediator;
 use crate::plugin::StepFailure;
 use crate::plugin::bindings::types::Message;
+use crate::plugin::bounds::Breach;
 use crate::sink;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
@@ -362,11 +363,14 @@ async fn mediate(
     message: Message,
 ) -> Result<Response<Full<Bytes>>, Problem> {
     let id = message.id.clone();
-    // Closed only if the host is torn down, which ends this task anyway.
-    let slot = Arc::clone(&mediator.slots)
-        .acquire_owned()
+    let slot = mediator
+        .admission
+        .enter(&route.plant, &route.name)
         .await
-        .map_err(|_| Problem::internal("the host is shutting down"))?;
+        .map_err(|busy| {
+            tracing::warn!(route = %route.name, message_id = %id, "{busy}");
+            Problem::plant_busy(&route.name, &busy)
+        })?;
     tracing::debug!(route = %route.name, message_id = %id, "mediating");
     let worker = Arc::clone(route);
     let deadletters = Arc::clone(&mediator.deadletters);
@@ -463,6 +467,16 @@ fn failure_problem(route: &str, id: &str, failure: &Failure, dead_letter: Option
             "Plugin exceeded its memory cap",
         ),
         StepFailure::Trap(_) => (StatusCode::BAD_GATEWAY, "plugin-trap", "Plugin failed"),
+        StepFailure::Limit(Breach::Budget(_)) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "message-budget",
+            "Message ran out of its budget across the chain",
+        ),
+        StepFailure::Limit(_) => (
+            StatusCode::BAD_GATEWAY,
+            "plugin-limit",
+            "Plugin broke a limit on what it hands over",
+        ),
     };
     let mut problem = Problem::new(status, kind, title, failure.reason())
         .with("route", route)

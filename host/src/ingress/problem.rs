@@ -170,6 +170,21 @@ impl Problem {
         problem
     }
 
+    /// The route's plant has as many messages in flight and waiting as it may; other plants
+    /// are not affected.
+    pub fn plant_busy(route: &str, busy: &crate::admission::Busy) -> Problem {
+        let mut problem = Problem::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "plant-busy",
+            "Plant busy",
+            busy.to_string(),
+        )
+        .with("route", route)
+        .with("plant", busy.plant.as_str());
+        problem.retry_after = Some(1);
+        problem
+    }
+
     /// `/readyz`: the broker a route needs is not connected.
     pub fn not_ready(detail: String) -> Problem {
         let mut problem = Problem::new(

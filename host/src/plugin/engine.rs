@@ -1,5 +1,6 @@
-//! The wasmtime engine every plugin shares: component model, epoch interruption driven by a
-//! ticker thread, and an on-disk cache of compiled artifacts so a restart does not recompile.
+//! The wasmtime engine every plugin shares: component model (one memory per core module), epoch
+//! interruption driven by a ticker thread that follows the clock, and an on-disk cache of
+//! compiled artifacts so a restart does not recompile.
 
 use std::path::Path;
 use std::time::Duration;
@@ -30,6 +31,9 @@ impl PluginEngine {
         let mut cached = None;
         config.wasm_component_model(true);
         config.epoch_interruption(true);
+        // One memory per core module: what every toolchain emits. A component may still hold
+        // several modules, each with its memory; the instance's limiter caps them together.
+        config.wasm_multi_memory(false);
         // Guests get 512 KiB of native stack for deep recursion; deeper is a stack-overflow trap.
         config.max_wasm_stack(512 * 1024);
         adjust(&mut config);
@@ -56,8 +60,16 @@ impl PluginEngine {
         std::thread::Builder::new()
             .name("millrace-epoch".into())
             .spawn(move || {
+                // The epoch follows the clock, not the number of wake-ups: a ticker woken late
+                // (a busy machine) catches up, so a deadline in ticks stays a deadline in time.
+                let started = std::time::Instant::now();
+                let mut ticks: u64 = 0;
                 while let Some(engine) = weak.upgrade() {
-                    engine.increment_epoch();
+                    let due = (started.elapsed().as_micros() / EPOCH_TICK.as_micros()) as u64;
+                    while ticks < due {
+                        engine.increment_epoch();
+                        ticks += 1;
+                    }
                     drop(engine);
                     std::thread::sleep(EPOCH_TICK);
                 }

@@ -11,19 +11,22 @@
 //! route or plugin version.
 
 pub mod bindings;
+pub mod bounds;
 pub mod capability;
 pub mod engine;
+pub mod intake;
 pub mod store;
 
 use crate::lookup::Tables;
 use bindings::types;
+use bounds::Breach;
 use capability::Capability;
 use engine::PluginEngine;
 use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use store::{Invocation, MemoryCap, Settings, StepContext};
+use store::{InstanceLimiter, Invocation, Refused, Settings, StepContext};
 use wasmtime::component::Component;
 use wasmtime::{Store, Trap};
 
@@ -49,6 +52,10 @@ pub enum LoadError {
     /// Instantiation or `describe`/`check-settings` trapped.
     #[error("plugin {plugin} failed while loading: {reason}")]
     Trapped { plugin: String, reason: String },
+    /// `describe` answered something the host cannot use (a name or version that is not a
+    /// plain identifier, too many media types).
+    #[error("plugin {plugin} describes itself unusably: {reason}")]
+    Info { plugin: String, reason: String },
     /// `check-settings` refused the step's settings.
     #[error("plugin {plugin} refused its settings: {reason}")]
     Settings { plugin: String, reason: String },
@@ -131,12 +138,34 @@ fn link(
 }
 
 /// Call `describe` on a fresh instance with every capability granted and no settings
-/// (`millrace plugin inspect`). Fails if the component does not implement the world.
+/// (`millrace plugin inspect`, a file the operator chose). Fails if the component does not
+/// implement the world.
 pub fn describe(
     engine: &PluginEngine,
     artifact: &Artifact,
 ) -> Result<types::PluginInfo, LoadError> {
-    let pre = link(engine, artifact, &Capability::ALL)?;
+    describe_within(
+        engine,
+        artifact,
+        &Capability::ALL,
+        StepLimits {
+            deadline: Duration::from_secs(5),
+            ..StepLimits::default()
+        },
+    )
+}
+
+/// Call `describe` on a fresh instance linked with `grants` only, under `limits`, with no
+/// settings, no tables and a throwaway state (the gate, before it knows which steps the plugin
+/// is for). Its answer is checked ([`check_info`]).
+pub fn describe_within(
+    engine: &PluginEngine,
+    artifact: &Artifact,
+    grants: &[Capability],
+    limits: StepLimits,
+) -> Result<types::PluginInfo, LoadError> {
+    capability::check_grants(&artifact.imports, grants).map_err(LoadError::Grants)?;
+    let pre = link(engine, artifact, grants)?;
     let context = Arc::new(StepContext {
         plant: String::new(),
         route: String::new(),
@@ -144,23 +173,33 @@ pub fn describe(
         settings: Settings::default(),
         tables: Tables::default(),
         state: Arc::new(crate::state::StateStore::in_memory()),
+        log_budget: Arc::new(Mutex::new(bounds::LogBudget::new(
+            bounds::LOG_BYTES_PER_SECOND,
+        ))),
     });
-    let limits = StepLimits {
-        deadline: Duration::from_secs(5),
-        memory_bytes: 64 << 20,
-        instance_reuse: 1,
-    };
     let trapped = |e: wasmtime::Error| LoadError::Trapped {
         plugin: artifact.path.display().to_string(),
-        reason: format!("{e:#}"),
+        reason: bounds::truncate(&format!("{e:#}"), bounds::MAX_REASON_BYTES),
     };
-    let mut warm = instantiate(&pre, &context, limits, true, "describe").map_err(trapped)?;
+    let wasi = grants.contains(&Capability::Wasi);
+    let mut warm = instantiate(&pre, &context, limits, wasi, "describe").map_err(trapped)?;
     let info = warm.plugin.call_describe(&mut warm.store);
     warm.store.data_mut().flush_guest_output();
-    info.map_err(trapped)
+    let info = info.map_err(trapped)?;
+    check_info(&info).map_err(|reason| LoadError::Info {
+        plugin: artifact.path.display().to_string(),
+        reason,
+    })?;
+    Ok(info)
 }
 
-/// A new instance serving `context`, with its memory cap and a first deadline set, and WASI
+/// Instantiation refused by the instance's limits (its memories or tables, all together, past
+/// the cap at creation).
+#[derive(Debug, thiserror::Error)]
+#[error("instantiation refused: {0:?} over the instance's limit")]
+struct InstantiationRefused(Refused);
+
+/// A new instance serving `context`, with its limits and a first deadline set, and WASI
 /// state when the step is granted `wasi`.
 fn instantiate(
     pre: &bindings::PluginPre<Invocation>,
@@ -174,19 +213,65 @@ fn instantiate(
         Invocation {
             step: Arc::clone(context),
             message_id: message_id.to_string(),
-            limiter: MemoryCap::new(limits.memory_bytes),
+            limiter: InstanceLimiter::new(limits.memory_bytes),
             last_error_log: None,
             wasi: wasi.then(capability::wasi::Wasi::default),
         },
     );
     store.limiter(|inv| &mut inv.limiter);
+    // What one lift may copy out of the instance: a call's outputs, a host call's arguments.
+    store.set_hostcall_fuel(limits.max_output_bytes);
     store.set_epoch_deadline(PluginEngine::ticks(limits.deadline));
-    let plugin = pre.instantiate(&mut store)?;
+    let plugin = match pre.instantiate(&mut store) {
+        Ok(plugin) => plugin,
+        Err(e) => {
+            return Err(match store.data().limiter.refused() {
+                Some(refused) => wasmtime::Error::new(InstantiationRefused(refused)).context(e),
+                None => e,
+            });
+        }
+    };
     Ok(Warm {
         store,
         plugin,
         served: 0,
     })
+}
+
+/// A plugin's description is used in lineage headers, logs and URLs: its name must be a plain
+/// identifier (`a-z`, `0-9`, `-`, `_`, `.`, at most 64), its version one too (letters, digits,
+/// `.`, `-`, `+`, at most 64), and its lists bounded.
+pub fn check_info(info: &types::PluginInfo) -> Result<(), String> {
+    let plain = |s: &str, extra: &str| {
+        !s.is_empty()
+            && s.len() <= 64
+            && s.chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || extra.contains(c))
+    };
+    if !plain(&info.name, "-_.") {
+        return Err(format!(
+            "name {:?} must be 1 to 64 of a-z, 0-9, '-', '_', '.'",
+            info.name.escape_debug().take(80).collect::<String>()
+        ));
+    }
+    if !(plain(&info.version.to_ascii_lowercase(), ".-+")) {
+        return Err(format!(
+            "version {:?} must be 1 to 64 of letters, digits, '.', '-', '+'",
+            info.version.escape_debug().take(80).collect::<String>()
+        ));
+    }
+    for (what, list) in [("accepts", &info.accepts), ("emits", &info.emits)] {
+        if list.len() > 64
+            || list
+                .iter()
+                .any(|t| t.len() > 256 || t.chars().any(char::is_control))
+        {
+            return Err(format!(
+                "{what} must list at most 64 types of at most 256 bytes without control characters"
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Name, version and digest of the plugin that ran a step (for dead letters and lineage).
@@ -202,10 +287,37 @@ pub struct PluginId {
 pub struct StepLimits {
     /// Wall-clock budget of one `mediate` call.
     pub deadline: Duration,
-    /// Cap on the instance's linear memory.
+    /// Cap on the instance's linear memories, all together.
     pub memory_bytes: usize,
     /// Messages one instance may serve before it is replaced (1 = fresh instance per message).
     pub instance_reuse: u32,
+    /// Outputs one call may return.
+    pub max_outputs: usize,
+    /// Bytes one call may hand over (and one host call may pass in): the host stops copying
+    /// beyond this.
+    pub max_output_bytes: usize,
+}
+
+impl Default for StepLimits {
+    /// The configuration's defaults (docs/configuration.md).
+    fn default() -> Self {
+        StepLimits {
+            deadline: Duration::from_millis(500),
+            memory_bytes: 64 << 20,
+            instance_reuse: 1000,
+            max_outputs: 1000,
+            max_output_bytes: 16 << 20,
+        }
+    }
+}
+
+/// What is left of a message's budget when a step is called.
+#[derive(Debug, Clone, Copy)]
+pub struct Budget {
+    /// The message's whole budget across the chain.
+    pub total: Duration,
+    /// What is left of it now.
+    pub left: Duration,
 }
 
 /// How a step failed on one message.
@@ -221,6 +333,23 @@ pub enum StepFailure {
     MemoryCap(usize),
     /// The plugin trapped (panic, out-of-bounds access, stack overflow...).
     Trap(String),
+    /// The plugin broke a bound on what it may hand over, or the message ran out of budget.
+    Limit(Breach),
+}
+
+impl StepFailure {
+    /// The failure's name in dead letters, headers and vectors: `rejected`, `retry-later`,
+    /// `deadline`, `memory-cap`, `trap` or `limit`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            StepFailure::Rejected(_) => "rejected",
+            StepFailure::RetryLater(_) => "retry-later",
+            StepFailure::Deadline(_) => "deadline",
+            StepFailure::MemoryCap(_) => "memory-cap",
+            StepFailure::Trap(_) => "trap",
+            StepFailure::Limit(_) => "limit",
+        }
+    }
 }
 
 /// What a step is, apart from its plugin: where it runs, what it may use, its limits.
@@ -288,6 +417,9 @@ impl StepRuntime {
             settings,
             tables,
             state,
+            log_budget: Arc::new(Mutex::new(bounds::LogBudget::new(
+                bounds::LOG_BYTES_PER_SECOND,
+            ))),
         };
         let probe_context = Arc::new(context.clone());
         let wasi = grants.contains(&Capability::Wasi);
@@ -296,6 +428,10 @@ impl StepRuntime {
         let info = probe.plugin.call_describe(&mut probe.store);
         probe.store.data_mut().flush_guest_output();
         let info = info.map_err(|e| trapped(format!("describe: {e:#}")))?;
+        check_info(&info).map_err(|reason| LoadError::Info {
+            plugin: artifact.path.display().to_string(),
+            reason,
+        })?;
         context.plugin = format!("{}@{}", info.name, info.version);
         let checked = probe.plugin.call_check_settings(&mut probe.store);
         probe.store.data_mut().flush_guest_output();
@@ -303,7 +439,7 @@ impl StepRuntime {
             .map_err(|e| trapped(format!("check-settings: {e:#}")))?
             .map_err(|reason| LoadError::Settings {
                 plugin: context.plugin.clone(),
-                reason,
+                reason: bounds::truncate(&reason, bounds::MAX_REASON_BYTES),
             })?;
         let step = StepRuntime {
             path: artifact.path.clone(),
@@ -354,48 +490,105 @@ impl StepRuntime {
         instantiate(&self.pre, &self.context, self.limits, wasi, message_id)
     }
 
-    /// Mediate one message on a warm (or new) instance of this step.
+    /// Mediate one message on a warm (or new) instance of this step, with no message budget
+    /// beyond the step's own deadline.
     pub fn mediate(&self, input: &types::Message) -> Result<Vec<types::Message>, StepFailure> {
+        self.mediate_within(input, None)
+    }
+
+    /// Mediate one message on a warm (or new) instance of this step. The call gets the step's
+    /// deadline or what is left of the message's `budget`, whichever is shorter; its outputs
+    /// are checked against the step's bounds ([`bounds::check_outputs`]).
+    pub fn mediate_within(
+        &self,
+        input: &types::Message,
+        budget: Option<Budget>,
+    ) -> Result<Vec<types::Message>, StepFailure> {
+        let cut = budget.filter(|b| b.left < self.limits.deadline);
+        let deadline = cut.map_or(self.limits.deadline, |b| b.left);
         let pooled = self.idle.lock().expect("idle pool lock").pop();
         let mut warm = match pooled {
             Some(warm) => warm,
             None => self
                 .instantiate(&input.id)
-                .map_err(|e| self.classify(None, e))?,
+                .map_err(|e| self.classify(None, e, cut))?,
         };
         let data = warm.store.data_mut();
         data.message_id.clone_from(&input.id);
         data.limiter.reset();
         data.last_error_log = None;
-        warm.store
-            .set_epoch_deadline(PluginEngine::ticks(self.limits.deadline));
+        warm.store.set_epoch_deadline(PluginEngine::ticks(deadline));
         let called = warm.plugin.call_mediate(&mut warm.store, input);
         warm.store.data_mut().flush_guest_output();
-        match called {
-            Ok(result) => {
-                warm.served += 1;
-                if warm.served < self.limits.instance_reuse {
-                    let mut idle = self.idle.lock().expect("idle pool lock");
-                    if idle.len() < MAX_IDLE {
-                        idle.push(warm);
-                    }
-                }
-                result.map_err(|e| match e {
-                    types::MediationError::Rejected(r) => StepFailure::Rejected(r),
-                    types::MediationError::RetryLater(r) => StepFailure::RetryLater(r),
-                })
-            }
+        let result = match called {
+            Ok(result) => result,
             // The instance is dropped here: a trapped instance never serves another message.
-            Err(e) => Err(self.classify(Some(&warm.store), e)),
+            Err(e) => return Err(self.classify(Some(&warm.store), e, cut)),
+        };
+        let outputs = match result {
+            Ok(outputs) => outputs,
+            Err(types::MediationError::Rejected(mut r)) => {
+                r.reason = bounds::truncate(&r.reason, bounds::MAX_REASON_BYTES);
+                r.field = r
+                    .field
+                    .map(|f| bounds::truncate(&f, bounds::MAX_FIELD_BYTES));
+                self.keep(warm);
+                return Err(StepFailure::Rejected(r));
+            }
+            Err(types::MediationError::RetryLater(mut r)) => {
+                r.reason = bounds::truncate(&r.reason, bounds::MAX_REASON_BYTES);
+                self.keep(warm);
+                return Err(StepFailure::RetryLater(r));
+            }
+        };
+        // An instance that handed over what it may not is not trusted with another message.
+        bounds::check_outputs(
+            &outputs,
+            self.limits.max_outputs,
+            self.limits.max_output_bytes,
+        )
+        .map_err(StepFailure::Limit)?;
+        self.keep(warm);
+        Ok(outputs)
+    }
+
+    /// Return an instance that served a message to the pool, unless it has served its share.
+    fn keep(&self, mut warm: Warm) {
+        warm.served += 1;
+        if warm.served < self.limits.instance_reuse {
+            let mut idle = self.idle.lock().expect("idle pool lock");
+            if idle.len() < MAX_IDLE {
+                idle.push(warm);
+            }
         }
     }
 
-    fn classify(&self, store: Option<&Store<Invocation>>, error: wasmtime::Error) -> StepFailure {
-        if store.is_some_and(|s| s.data().limiter.breached()) {
-            return StepFailure::MemoryCap(self.limits.memory_bytes);
+    /// What a failed call (or instantiation) means. `cut` is the message budget when it made
+    /// the call's deadline shorter than the step's: an interrupt then means the budget ran out.
+    fn classify(
+        &self,
+        store: Option<&Store<Invocation>>,
+        error: wasmtime::Error,
+        cut: Option<Budget>,
+    ) -> StepFailure {
+        let refused = store
+            .and_then(|s| s.data().limiter.refused())
+            .or_else(|| error.downcast_ref::<InstantiationRefused>().map(|r| r.0));
+        match refused {
+            Some(Refused::Memory) => return StepFailure::MemoryCap(self.limits.memory_bytes),
+            Some(Refused::Tables) => return StepFailure::Limit(Breach::Tables),
+            None => {}
         }
-        match error.downcast_ref::<Trap>() {
-            Some(Trap::Interrupt) => StepFailure::Deadline(self.limits.deadline),
+        if is_copy_budget_spent(&error) {
+            return StepFailure::Limit(Breach::OutputBytes {
+                max: self.limits.max_output_bytes,
+            });
+        }
+        match (error.downcast_ref::<Trap>(), cut) {
+            (Some(Trap::Interrupt), Some(budget)) => {
+                StepFailure::Limit(Breach::Budget(budget.total))
+            }
+            (Some(Trap::Interrupt), None) => StepFailure::Deadline(self.limits.deadline),
             _ => {
                 let logged = store.and_then(|s| s.data().last_error_log.as_deref());
                 StepFailure::Trap(match logged {
@@ -409,6 +602,18 @@ impl StepRuntime {
     pub fn limits(&self) -> StepLimits {
         self.limits
     }
+}
+
+/// Whether the call failed because the host stopped copying data out of the instance (its
+/// copy budget, wasmtime's hostcall fuel, ran out). wasmtime reports this with a private error
+/// type, so its message is matched; `tests` pins the message so an upgrade that changes it
+/// fails there.
+fn is_copy_budget_spent(error: &wasmtime::Error) -> bool {
+    error.chain().any(|cause| {
+        cause
+            .to_string()
+            .contains("fuel allocated for hostcalls has been exhausted")
+    })
 }
 
 /// The trap without its Wasm backtrace (which goes to the debug log).

@@ -23,6 +23,8 @@ pub struct StepContext {
     pub tables: Tables,
     /// The state store; the `state` capability reads and writes `plant`'s namespace only.
     pub state: Arc<StateStore>,
+    /// Log bytes the step may still write (all its instances together).
+    pub log_budget: Arc<std::sync::Mutex<crate::plugin::bounds::LogBudget>>,
 }
 
 /// A step's settings: the TOML table of the configuration, as JSON.
@@ -63,7 +65,7 @@ pub struct Invocation {
     pub step: Arc<StepContext>,
     /// Id of the message being mediated (for log entries).
     pub message_id: String,
-    pub limiter: MemoryCap,
+    pub limiter: InstanceLimiter,
     /// The last error-level entry the plugin logged during the current call (e.g. the SDK's
     /// panic message), to explain a trap in the dead-letter reason.
     pub last_error_log: Option<String>,
@@ -84,54 +86,153 @@ impl Invocation {
     }
 }
 
-/// Caps the linear memory of one instance. Growth past the cap fails (as Wasm `memory.grow`
-/// returning -1) and is remembered, so the host can tell a memory-cap trap from a plugin bug.
-pub struct MemoryCap {
-    max_bytes: usize,
-    breached: bool,
+/// What one instance may hold, all its parts together: a component is several core instances,
+/// and each may define memories and tables. Every definition and every growth is counted
+/// against the instance's totals (creation counts as growth from zero), so many memories each
+/// under the cap are refused like one memory over it.
+pub struct InstanceLimiter {
+    max_memory_bytes: usize,
+    /// Bytes of every linear memory the instance defined, together (memories never shrink).
+    memory_bytes: usize,
+    /// Elements of every table the instance defined, together.
+    table_elements: usize,
+    refused: Option<Refused>,
 }
 
-impl MemoryCap {
-    pub fn new(max_bytes: usize) -> MemoryCap {
-        MemoryCap {
-            max_bytes,
-            breached: false,
+/// What an [`InstanceLimiter`] refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refused {
+    /// Linear memory past the cap (all memories together).
+    Memory,
+    /// Table elements past [`MAX_TABLE_ELEMENTS`] (all tables together).
+    Tables,
+}
+
+/// Table elements per instance, all tables together; generous for any Rust, C, Python or JS
+/// guest.
+pub const MAX_TABLE_ELEMENTS: usize = 100_000;
+/// Linear memories one instance may define (core modules may declare one each: the engine
+/// refuses multi-memory modules; a component of several modules defines one per module).
+pub const MAX_MEMORIES: usize = 8;
+/// Tables one instance may define.
+pub const MAX_TABLES: usize = 64;
+/// Core instances one component instance may create (one per core module it instantiates,
+/// plus adapters and shims).
+pub const MAX_CORE_INSTANCES: usize = 128;
+
+impl InstanceLimiter {
+    pub fn new(max_memory_bytes: usize) -> InstanceLimiter {
+        InstanceLimiter {
+            max_memory_bytes,
+            memory_bytes: 0,
+            table_elements: 0,
+            refused: None,
         }
     }
 
-    /// Whether growth was refused since the last [`MemoryCap::reset`].
-    pub fn breached(&self) -> bool {
-        self.breached
+    /// What was refused since the last [`InstanceLimiter::reset`].
+    pub fn refused(&self) -> Option<Refused> {
+        self.refused
     }
 
+    /// Forget a refusal (the totals stay: the instance still holds what it holds).
     pub fn reset(&mut self) {
-        self.breached = false;
+        self.refused = None;
+    }
+
+    /// The bytes of linear memory the instance holds now, all memories together.
+    pub fn memory_bytes(&self) -> usize {
+        self.memory_bytes
     }
 }
 
-/// Table elements per instance; generous for any Rust, C or JS guest.
-const MAX_TABLE_ELEMENTS: usize = 100_000;
-
-impl ResourceLimiter for MemoryCap {
+impl ResourceLimiter for InstanceLimiter {
     fn memory_growing(
         &mut self,
-        _current: usize,
+        current: usize,
         desired: usize,
         _maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
-        if desired > self.max_bytes {
-            self.breached = true;
+        let total = self
+            .memory_bytes
+            .saturating_sub(current)
+            .saturating_add(desired);
+        if total > self.max_memory_bytes {
+            self.refused = Some(Refused::Memory);
             return Ok(false);
         }
+        self.memory_bytes = total;
         Ok(true)
     }
 
     fn table_growing(
         &mut self,
-        _current: usize,
+        current: usize,
         desired: usize,
         _maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
-        Ok(desired <= MAX_TABLE_ELEMENTS)
+        let total = self
+            .table_elements
+            .saturating_sub(current)
+            .saturating_add(desired);
+        if total > MAX_TABLE_ELEMENTS {
+            self.refused = Some(Refused::Tables);
+            return Ok(false);
+        }
+        self.table_elements = total;
+        Ok(true)
+    }
+
+    fn instances(&self) -> usize {
+        MAX_CORE_INSTANCES
+    }
+
+    fn tables(&self) -> usize {
+        MAX_TABLES
+    }
+
+    fn memories(&self) -> usize {
+        MAX_MEMORIES
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn memories_are_capped_together_and_growth_counts_only_the_difference() {
+        let mut limiter = InstanceLimiter::new(64 << 20);
+        // Three memories of 20 MiB each: 60 MiB, under the cap.
+        for _ in 0..3 {
+            assert!(limiter.memory_growing(0, 20 << 20, None).unwrap());
+        }
+        assert_eq!(limiter.memory_bytes(), 60 << 20);
+        // A fourth of 20 MiB would make 80: refused, remembered, nothing counted.
+        assert!(!limiter.memory_growing(0, 20 << 20, None).unwrap());
+        assert_eq!(limiter.refused(), Some(Refused::Memory));
+        assert_eq!(limiter.memory_bytes(), 60 << 20);
+        limiter.reset();
+        // One of them growing from 20 to 24 MiB adds 4.
+        assert!(limiter.memory_growing(20 << 20, 24 << 20, None).unwrap());
+        assert_eq!(limiter.memory_bytes(), 64 << 20);
+        assert!(!limiter.memory_growing(24 << 20, 25 << 20, None).unwrap());
+    }
+
+    #[test]
+    fn table_elements_are_capped_together() {
+        let mut limiter = InstanceLimiter::new(64 << 20);
+        assert!(
+            limiter
+                .table_growing(0, MAX_TABLE_ELEMENTS / 2, None)
+                .unwrap()
+        );
+        assert!(
+            limiter
+                .table_growing(0, MAX_TABLE_ELEMENTS / 2, None)
+                .unwrap()
+        );
+        assert!(!limiter.table_growing(0, 1, None).unwrap());
+        assert_eq!(limiter.refused(), Some(Refused::Tables));
     }
 }

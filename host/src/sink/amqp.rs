@@ -7,8 +7,8 @@
 //! consumers deduplicate); `millrace-plant` and `millrace-route` headers name where it came from.
 
 use crate::chain::Failure;
+use crate::plugin::PluginId;
 use crate::plugin::bindings::types::Message;
-use crate::plugin::{PluginId, StepFailure};
 use crate::route::Route;
 use lapin::options::{
     BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions,
@@ -83,7 +83,7 @@ fn persistent(content_type: &str, message_id: &str, headers: FieldTable) -> Basi
 
 /// Why an input goes to the dead-letter queue: what the headers say.
 pub struct Verdict {
-    /// `rejected`, `trap`, `deadline`, `memory-cap`, or `attempts-exhausted`.
+    /// `rejected`, `trap`, `deadline`, `memory-cap`, `limit`, or `attempts-exhausted`.
     pub kind: &'static str,
     pub reason: String,
     /// The step that failed (1-based) and its plugin, when a plugin failed.
@@ -93,15 +93,8 @@ pub struct Verdict {
 impl Verdict {
     /// A plugin's permanent failure.
     pub fn failed(failure: &Failure) -> Verdict {
-        let kind = match &failure.failure {
-            StepFailure::Rejected(_) => "rejected",
-            StepFailure::RetryLater(_) => "retry-later",
-            StepFailure::Deadline(_) => "deadline",
-            StepFailure::MemoryCap(_) => "memory-cap",
-            StepFailure::Trap(_) => "trap",
-        };
         Verdict {
-            kind,
+            kind: failure.failure.kind(),
             reason: failure.reason(),
             step: Some((failure.step, failure.plugin.clone())),
         }

@@ -6,7 +6,9 @@ use crate::state::StateError as StoreError;
 
 fn to_wit(error: StoreError) -> StateError {
     match error {
-        e @ StoreError::TooLarge { .. } => StateError::TooLarge(e.to_string()),
+        e @ (StoreError::TooLarge { .. } | StoreError::Quota { .. }) => {
+            StateError::TooLarge(e.to_string())
+        }
         other => {
             tracing::error!(error = %other, "state store call failed");
             StateError::Unavailable(other.to_string())

@@ -52,12 +52,26 @@ impl Wasi {
     /// Write what the guest printed since the last call to the log; the last stderr line, if
     /// any, to explain a trap.
     pub fn flush_to_log(&self, step: &StepContext, message_id: &str) -> Option<String> {
+        // The same bounds as the `log` capability: one line per entry, control characters
+        // escaped, within the step's log budget.
+        let allowed = |line: &str| {
+            step.log_budget
+                .lock()
+                .expect("log budget lock")
+                .take(line.len())
+        };
         for line in self.stdout.take_lines() {
-            tracing::info!(target: "millrace::plugin", plant = %step.plant, route = %step.route, plugin = %step.plugin, message_id, stream = "stdout", "{line}");
+            let line = crate::plugin::bounds::log_entry(&line);
+            if allowed(&line) {
+                tracing::info!(target: "millrace::plugin", plant = %step.plant, route = %step.route, plugin = %step.plugin, message_id, stream = "stdout", "{line}");
+            }
         }
         let mut last = None;
         for line in self.stderr.take_lines() {
-            tracing::warn!(target: "millrace::plugin", plant = %step.plant, route = %step.route, plugin = %step.plugin, message_id, stream = "stderr", "{line}");
+            let line = crate::plugin::bounds::log_entry(&line);
+            if allowed(&line) {
+                tracing::warn!(target: "millrace::plugin", plant = %step.plant, route = %step.route, plugin = %step.plugin, message_id, stream = "stderr", "{line}");
+            }
             if !line.trim().is_empty() {
                 last = Some(line);
             }

@@ -1,0 +1,404 @@
+//! How untrusted component bytes come in (uploads, dropped files, broadcasts from other hosts):
+//! a size cap, then cheap structural checks that read the bytes without compiling them, then
+//! compilation in a child process under a memory and time budget. Only bytes whose compilation
+//! fits the budget are compiled by the host itself — from the compile cache the child filled,
+//! so usually not compiled again at all; a compilation the child proved bounded is bounded here
+//! too, whether the cache answers or not.
+
+use crate::plugin::capability::Capability;
+use crate::plugin::engine::PluginEngine;
+use crate::plugin::{Artifact, LoadError};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// What one candidate may cost before the gate looks at its behaviour.
+#[derive(Debug, Clone, Copy)]
+pub struct IntakeLimits {
+    /// Largest component accepted (`host.max_component_mib`, default 64 MiB).
+    pub max_bytes: usize,
+    /// Address space the compiling child may use (`host.compile_memory_mib`, default 2048).
+    pub compile_memory_bytes: u64,
+    /// Wall-clock time the compilation may take (`host.compile_timeout_s`, default 120).
+    pub compile_timeout: Duration,
+}
+
+impl Default for IntakeLimits {
+    fn default() -> Self {
+        IntakeLimits {
+            max_bytes: 64 << 20,
+            compile_memory_bytes: 2048 << 20,
+            compile_timeout: Duration::from_secs(120),
+        }
+    }
+}
+
+/// Structural bounds checked before compiling. Each is several times what the largest plugin
+/// this project builds needs (the CPython and SpiderMonkey components included); a component
+/// past any of them is refused without being compiled.
+pub const MAX_CORE_MODULES: usize = 64;
+pub const MAX_COMPONENTS: usize = 64;
+pub const MAX_CORE_INSTANCES: usize = 256;
+pub const MAX_FUNCTIONS: usize = 400_000;
+pub const MAX_FUNCTION_BYTES: usize = 4 << 20;
+pub const MAX_LOCALS: u64 = 50_000;
+pub const MAX_MEMORIES: usize = 64;
+pub const MAX_TABLES: usize = 256;
+
+/// What a component is made of, read without compiling it.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Shape {
+    pub core_modules: usize,
+    pub components: usize,
+    pub core_instances: usize,
+    pub functions: usize,
+    pub largest_function_bytes: usize,
+    pub most_locals: u64,
+    pub memories: usize,
+    pub tables: usize,
+    /// The component's own imports (`millrace:mediation/log@0.1.0`, `wasi:io/streams@0.2.6`).
+    pub imports: Vec<String>,
+}
+
+/// Read `bytes` as a component and check its shape against the structural bounds.
+pub fn shape(bytes: &[u8], max_bytes: usize) -> Result<Shape, String> {
+    if bytes.len() > max_bytes {
+        return Err(format!(
+            "the component is {} bytes; at most {} MiB are accepted (host.max_component_mib)",
+            bytes.len(),
+            max_bytes >> 20
+        ));
+    }
+    if !bytes.starts_with(b"\0asm") || bytes.get(4..8) != Some(&[0x0d, 0x00, 0x01, 0x00]) {
+        return Err(
+            "not a WebAssembly component (a core module or another file); build a component, e.g. with wasm-component-ld or `wasm-tools component new`"
+                .into(),
+        );
+    }
+    let mut shape = Shape::default();
+    let mut depth = 0usize;
+    let over = |what: &str, n: usize, max: usize| {
+        Err(format!(
+            "the component has {n} {what}; at most {max} are accepted"
+        ))
+    };
+    for payload in wasmparser::Parser::new(0).parse_all(bytes) {
+        use wasmparser::Payload;
+        match payload.map_err(|e| format!("not a valid component: {e}"))? {
+            Payload::Version { .. } => depth += 1,
+            Payload::End(_) => depth = depth.saturating_sub(1),
+            Payload::ModuleSection { .. } => {
+                shape.core_modules += 1;
+                if shape.core_modules > MAX_CORE_MODULES {
+                    return over("core modules", shape.core_modules, MAX_CORE_MODULES);
+                }
+            }
+            Payload::ComponentSection { .. } => {
+                shape.components += 1;
+                if shape.components > MAX_COMPONENTS {
+                    return over("nested components", shape.components, MAX_COMPONENTS);
+                }
+            }
+            Payload::InstanceSection(reader) => {
+                shape.core_instances += reader.count() as usize;
+                if shape.core_instances > MAX_CORE_INSTANCES {
+                    return over("core instances", shape.core_instances, MAX_CORE_INSTANCES);
+                }
+            }
+            Payload::ComponentImportSection(reader) if depth == 1 => {
+                for import in reader {
+                    let import = import.map_err(|e| format!("not a valid component: {e}"))?;
+                    // Imported types (`message`, from the world's `use types.{..}`) are not
+                    // capabilities; instances and functions are.
+                    if !matches!(import.ty, wasmparser::ComponentTypeRef::Type(_)) {
+                        shape.imports.push(import.name.name.to_string());
+                    }
+                }
+            }
+            Payload::FunctionSection(reader) => {
+                shape.functions += reader.count() as usize;
+                if shape.functions > MAX_FUNCTIONS {
+                    return over("functions", shape.functions, MAX_FUNCTIONS);
+                }
+            }
+            Payload::CodeSectionEntry(body) => {
+                let size = body.range().len();
+                shape.largest_function_bytes = shape.largest_function_bytes.max(size);
+                if size > MAX_FUNCTION_BYTES {
+                    return Err(format!(
+                        "the component has a function of {size} bytes; at most {MAX_FUNCTION_BYTES} are accepted"
+                    ));
+                }
+                let mut locals: u64 = 0;
+                for declared in body
+                    .get_locals_reader()
+                    .map_err(|e| format!("not a valid component: {e}"))?
+                {
+                    let (count, _) = declared.map_err(|e| format!("not a valid component: {e}"))?;
+                    locals += u64::from(count);
+                }
+                shape.most_locals = shape.most_locals.max(locals);
+                if locals > MAX_LOCALS {
+                    return Err(format!(
+                        "the component has a function with {locals} locals; at most {MAX_LOCALS} are accepted"
+                    ));
+                }
+            }
+            Payload::MemorySection(reader) => {
+                shape.memories += reader.count() as usize;
+                if shape.memories > MAX_MEMORIES {
+                    return over("memories", shape.memories, MAX_MEMORIES);
+                }
+            }
+            Payload::TableSection(reader) => {
+                shape.tables += reader.count() as usize;
+                if shape.tables > MAX_TABLES {
+                    return over("tables", shape.tables, MAX_TABLES);
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok(shape)
+}
+
+/// The capabilities `imports` ask for, or why one cannot be granted here: an import the host
+/// does not provide, or a capability no step of the plant is granted (`granted`).
+pub fn capabilities(imports: &[String], granted: &[Capability]) -> Result<Vec<Capability>, String> {
+    let mut wanted = Vec::new();
+    for import in imports {
+        match Capability::of_import(import) {
+            Ok(Some(cap)) if !granted.contains(&cap) => {
+                return Err(format!(
+                    "the plugin imports {import} but no step of the plant is granted \"{cap}\""
+                ));
+            }
+            Ok(Some(cap)) if !wanted.contains(&cap) => wanted.push(cap),
+            Ok(_) => {}
+            Err(e) => return Err(format!("the plugin {e}")),
+        }
+    }
+    Ok(wanted)
+}
+
+/// Compile `bytes` in a child process (`millrace plugin compile`) bounded by `limits`, into the
+/// compile cache of `engine` (at `cache_dir`); then load it here. A child that runs out of
+/// memory or time is killed and the candidate refused.
+pub fn compile(
+    engine: &PluginEngine,
+    cache_dir: &Path,
+    scratch: &Path,
+    name: &Path,
+    bytes: &[u8],
+    limits: IntakeLimits,
+) -> Result<Artifact, LoadError> {
+    let refused = |reason: String| LoadError::Invalid {
+        path: name.to_path_buf(),
+        reason,
+    };
+    std::fs::create_dir_all(scratch)
+        .map_err(|e| refused(format!("cannot make {}: {e}", scratch.display())))?;
+    let file = tempfile::Builder::new()
+        .suffix(".wasm")
+        .tempfile_in(scratch)
+        .map_err(|e| refused(format!("cannot write the candidate for compiling: {e}")))?;
+    std::fs::write(file.path(), bytes)
+        .map_err(|e| refused(format!("cannot write the candidate for compiling: {e}")))?;
+    let exe = std::env::current_exe().map_err(|e| {
+        refused(format!(
+            "cannot find the millrace binary to compile with: {e}"
+        ))
+    })?;
+    run_compiler(&exe, cache_dir, file.path(), limits).map_err(refused)?;
+    Artifact::from_bytes(engine, name, bytes)
+}
+
+/// Run `exe plugin compile` on `file` and wait for it, within `limits`.
+fn run_compiler(
+    exe: &Path,
+    cache_dir: &Path,
+    file: &Path,
+    limits: IntakeLimits,
+) -> Result<(), String> {
+    let started = Instant::now();
+    let mut child = Command::new(exe)
+        .args(["plugin", "compile"])
+        .arg(file)
+        .arg("--cache")
+        .arg(cache_dir)
+        .arg("--memory-mib")
+        .arg((limits.compile_memory_bytes >> 20).to_string())
+        .arg("--cpu-s")
+        .arg(limits.compile_timeout.as_secs().max(1).to_string())
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("cannot start the compiler process {}: {e}", exe.display()))?;
+    let mut stderr = child.stderr.take();
+    let reader = std::thread::spawn(move || {
+        let mut text = String::new();
+        if let Some(stderr) = stderr.as_mut() {
+            // At most 64 KiB of what it says.
+            let _ = std::io::Read::read_to_string(
+                &mut std::io::Read::take(stderr, 64 * 1024),
+                &mut text,
+            );
+        }
+        text
+    });
+    let status = loop {
+        if let Some(status) = child
+            .try_wait()
+            .map_err(|e| format!("waiting for the compiler process: {e}"))?
+        {
+            break status;
+        }
+        if started.elapsed() > limits.compile_timeout {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(format!(
+                "compiling the component took longer than {} s (host.compile_timeout_s); it was stopped",
+                limits.compile_timeout.as_secs()
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    let said = reader.join().unwrap_or_default();
+    if status.success() {
+        return Ok(());
+    }
+    let said = said.trim();
+    if let Some(reason) = said.strip_prefix("error: ") {
+        // The compiler refused the bytes (invalid Wasm, unsupported features): its reason.
+        return Err(reason.to_string());
+    }
+    Err(format!(
+        "compiling the component needed more than {} MiB of address space or {} s of CPU (host.compile_memory_mib, host.compile_timeout_s); the compiler process ended with {status}",
+        limits.compile_memory_bytes >> 20,
+        limits.compile_timeout.as_secs()
+    ))
+}
+
+/// `millrace plugin compile FILE --cache DIR --memory-mib M --cpu-s S`: the child side of
+/// [`compile`]. Limits its own address space and CPU time first, then compiles `file` with the
+/// host's engine settings into the compile cache at `cache_dir`. Exit 0 when compiled; 1 with
+/// `error: REASON` on stderr when the bytes are refused; killed or aborted past its budget.
+pub fn compile_child(file: &Path, cache_dir: &Path, memory_mib: u64, cpu_s: u64) -> i32 {
+    use rustix::process::{Resource, Rlimit, setrlimit};
+    let bytes = memory_mib << 20;
+    for (resource, limit) in [(Resource::As, bytes), (Resource::Cpu, cpu_s)] {
+        if let Err(e) = setrlimit(
+            resource,
+            Rlimit {
+                current: Some(limit),
+                maximum: Some(limit),
+            },
+        ) {
+            eprintln!("error: cannot limit the compiler process ({resource:?}): {e}");
+            return 1;
+        }
+    }
+    let engine = match PluginEngine::new(Some(cache_dir)) {
+        Ok(engine) => engine,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            return 1;
+        }
+    };
+    let component = match std::fs::read(file) {
+        Ok(bytes) => bytes,
+        Err(e) => {
+            eprintln!("error: cannot read {}: {e}", file.display());
+            return 1;
+        }
+    };
+    match wasmtime::component::Component::new(engine.engine(), &component) {
+        Ok(_) => 0,
+        Err(e) => {
+            eprintln!("error: {}", format!("{e:#}").replace('\n', " "));
+            1
+        }
+    }
+}
+
+/// Where `compile` writes candidates for the child to read: `DATA_DIR/tmp`.
+pub fn scratch_dir(data_dir: &Path) -> PathBuf {
+    data_dir.join("tmp")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn built(dir: &str, name: &str) -> Option<Vec<u8>> {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../target")
+            .join(dir)
+            .join(format!("{name}.wasm"));
+        std::fs::read(path).ok()
+    }
+
+    #[test]
+    fn the_plugins_this_project_builds_fit_the_structural_bounds() {
+        // Skipped for components not built yet (scripts/build-plugins builds them before the
+        // tests run in CI).
+        for (dir, name) in [
+            ("plugins", "canonical-map-py"),
+            ("plugins", "policy-guard"),
+            ("plugins", "downtime-router-c"),
+            ("plugins", "mes-fixed-width"),
+            ("test-guests", "guest-wasi-probe"),
+        ] {
+            let Some(bytes) = built(dir, name) else {
+                continue;
+            };
+            let shape = shape(&bytes, 64 << 20).unwrap_or_else(|e| panic!("{name}: {e}"));
+            println!("{name}: {shape:?}");
+        }
+    }
+
+    #[test]
+    fn what_is_not_a_component_is_refused_before_anything_else() {
+        assert!(
+            shape(b"\0asm\x01\0\0\0", 1 << 20)
+                .unwrap_err()
+                .contains("not a WebAssembly component")
+        );
+        assert!(
+            shape(b"hello", 1 << 20)
+                .unwrap_err()
+                .contains("not a WebAssembly component")
+        );
+        let big = vec![0u8; 2 << 20];
+        assert!(shape(&big, 1 << 20).unwrap_err().contains("at most 1 MiB"));
+    }
+
+    #[test]
+    fn a_function_with_too_many_locals_is_refused_unread_by_the_compiler() {
+        let wat = format!(
+            "(component (core module (func (local {}))))",
+            "i64 ".repeat(MAX_LOCALS as usize + 1)
+        );
+        let bytes = wat::parse_str(&wat).unwrap();
+        assert!(shape(&bytes, 1 << 20).unwrap_err().contains("locals"));
+    }
+
+    #[test]
+    fn imports_must_be_capabilities_the_plant_grants() {
+        let imports = vec![
+            "millrace:mediation/log@0.1.0".to_string(),
+            "millrace:mediation/state@0.1.0".to_string(),
+        ];
+        assert_eq!(
+            capabilities(&imports, &[Capability::Log, Capability::State]),
+            Ok(vec![Capability::Log, Capability::State])
+        );
+        assert!(
+            capabilities(&imports, &[Capability::Log])
+                .unwrap_err()
+                .contains("no step of the plant is granted \"state\"")
+        );
+    }
+}
