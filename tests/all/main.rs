@@ -9,6 +9,7 @@ mod config_errors;
 mod events;
 mod examples;
 mod harness;
+mod hostile;
 mod hot_reload;
 mod hot_reload_amqp;
 mod http;

@@ -32,7 +32,7 @@ impl Breach {
                 format!("the plugin returned {count} outputs; at most {max} are allowed")
             }
             Breach::OutputBytes { max } => format!(
-                "the plugin's outputs exceed {} KiB; the host stopped copying them",
+                "the plugin handed over more than {} KiB (outputs, a reason or a host call's arguments); the host stopped copying",
                 max / 1024
             ),
             Breach::InvalidOutput(what) => format!("the plugin returned an invalid output: {what}"),

@@ -196,8 +196,24 @@ pub fn describe_within(
 /// Instantiation refused by the instance's limits (its memories or tables, all together, past
 /// the cap at creation).
 #[derive(Debug, thiserror::Error)]
-#[error("instantiation refused: {0:?} over the instance's limit")]
-struct InstantiationRefused(Refused);
+struct InstantiationRefused(Refused, usize);
+
+impl std::fmt::Display for InstantiationRefused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            Refused::Memory => write!(
+                f,
+                "its memories together need more than the step's cap of {} MiB",
+                self.1 >> 20
+            ),
+            Refused::Tables => write!(
+                f,
+                "its tables together need more than {} elements",
+                store::MAX_TABLE_ELEMENTS
+            ),
+        }
+    }
+}
 
 /// A new instance serving `context`, with its limits and a first deadline set, and WASI
 /// state when the step is granted `wasi`.
@@ -226,7 +242,9 @@ fn instantiate(
         Ok(plugin) => plugin,
         Err(e) => {
             return Err(match store.data().limiter.refused() {
-                Some(refused) => wasmtime::Error::new(InstantiationRefused(refused)).context(e),
+                Some(refused) => {
+                    wasmtime::Error::new(InstantiationRefused(refused, limits.memory_bytes))
+                }
                 None => e,
             });
         }

@@ -74,9 +74,22 @@ pub struct Invocation {
 }
 
 impl Invocation {
-    /// After a call: what a WASI guest printed goes to the log; its last stderr line explains a
-    /// trap when the plugin logged no error itself.
+    /// After a call: log entries dropped over the step's log budget are reported (one line);
+    /// what a WASI guest printed goes to the log; its last stderr line explains a trap when the
+    /// plugin logged no error itself.
     pub fn flush_guest_output(&mut self) {
+        let dropped = std::mem::take(
+            &mut self
+                .step
+                .log_budget
+                .lock()
+                .expect("log budget lock")
+                .dropped,
+        );
+        if dropped > 0 {
+            let step = &self.step;
+            tracing::warn!(target: "millrace::plugin", plant = %step.plant, route = %step.route, plugin = %step.plugin, message_id = %self.message_id, dropped, "plugin log entries dropped: over {} bytes per second", crate::plugin::bounds::LOG_BYTES_PER_SECOND);
+        }
         if let Some(wasi) = &self.wasi
             && let Some(last) = wasi.flush_to_log(&self.step, &self.message_id)
             && self.last_error_log.is_none()

@@ -1,0 +1,674 @@
+//! Hostile plugins, through the documented interfaces only: each attack is contained — the
+//! message fails with a problem and a dead letter, or the candidate is refused — while a second
+//! plant under steady load in the same test keeps being served without an error and with a
+//! share of its throughput (its rate during the attack against its rate before it, same test).
+//!
+//! The attackers are built from source: the `hostile` Rust guest (tests/guests/hostile), and
+//! plugins written here against the canonical ABI in WAT, for what no SDK would emit (one
+//! buffer returned many times, many memories, a trap in `describe`, a forbidden import).
+
+use crate::harness::*;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+/// A plugin written against the canonical ABI. `mediate` returns `outputs` messages, all
+/// pointing at one body of `body_len` bytes in its memory, with `content_type`.
+pub struct WatPlugin {
+    pub name: &'static str,
+    pub version: &'static str,
+    pub outputs: u32,
+    pub body_len: u32,
+    pub content_type: &'static str,
+    pub describe_traps: bool,
+    /// Component-level items added before the plugin's own core instance (extra core modules
+    /// and instances, imports).
+    pub extra: String,
+}
+
+impl Default for WatPlugin {
+    fn default() -> Self {
+        WatPlugin {
+            name: "wat-plugin",
+            version: "1.0.0",
+            outputs: 1,
+            body_len: 2,
+            content_type: "text/plain",
+            describe_traps: false,
+            extra: String::new(),
+        }
+    }
+}
+
+/// Where the plugin keeps its outputs and their shared body.
+const OUT: u32 = 8 << 20;
+const BODY: u32 = 32 << 20;
+const HEAP: u32 = 1 << 20;
+
+fn wat_text(s: &str) -> String {
+    s.bytes().map(|b| format!("\\{b:02x}")).collect()
+}
+
+impl WatPlugin {
+    pub fn component(&self) -> Vec<u8> {
+        let end = (OUT + self.outputs * 48)
+            .max(BODY + self.body_len)
+            .max(HEAP + (2 << 20));
+        let pages = end.div_ceil(65536);
+        let describe = if self.describe_traps {
+            "unreachable".to_string()
+        } else {
+            format!(
+                "i32.const 16 i32.const 256 i32.store
+                 i32.const 20 i32.const {} i32.store
+                 i32.const 24 i32.const 272 i32.store
+                 i32.const 28 i32.const {} i32.store
+                 i32.const 32 i32.const 512 i32.store
+                 i32.const 36 i32.const 1 i32.store
+                 i32.const 512 i32.const 288 i32.store
+                 i32.const 516 i32.const 3 i32.store
+                 i32.const 16",
+                self.name.len(),
+                self.version.len()
+            )
+        };
+        let text = format!(
+            r#"(component
+  {extra}
+  (core module $m
+    (memory (export "memory") {pages})
+    (global $heap (mut i32) (i32.const {HEAP}))
+    (func (export "realloc") (param i32 i32 i32 i32) (result i32)
+      (local $ptr i32)
+      global.get $heap
+      local.get 2 i32.const 1 i32.sub i32.add
+      local.get 2 i32.const 1 i32.sub i32.const -1 i32.xor i32.and
+      local.tee $ptr
+      local.get 3 i32.add global.set $heap
+      (block $ok
+        global.get $heap memory.size i32.const 16 i32.shl i32.le_u br_if $ok
+        global.get $heap memory.size i32.const 16 i32.shl i32.sub
+        i32.const 65535 i32.add i32.const 16 i32.shr_u memory.grow
+        i32.const -1 i32.ne br_if $ok
+        unreachable)
+      local.get $ptr)
+    (func (export "describe") (result i32) {describe})
+    (func (export "check-settings") (result i32) i32.const 64)
+    (func (export "mediate") (param i32 i32 i32 i32 i32 i32 i32 i32 i32 i32 i32 i32) (result i32)
+      (local $i i32) (local $e i32)
+      (block $done (loop $next
+        local.get $i i32.const {outputs} i32.ge_u br_if $done
+        local.get $i i32.const 48 i32.mul i32.const {OUT} i32.add local.set $e
+        local.get $e i32.const 420 i32.store offset=0
+        local.get $e i32.const 1 i32.store offset=4
+        local.get $e i32.const 420 i32.store offset=8
+        local.get $e i32.const 1 i32.store offset=12
+        local.get $e i32.const 420 i32.store offset=16
+        local.get $e i32.const 1 i32.store offset=20
+        local.get $e i32.const 300 i32.store offset=24
+        local.get $e i32.const {ct_len} i32.store offset=28
+        local.get $e i32.const 0 i32.store offset=32
+        local.get $e i32.const 0 i32.store offset=36
+        local.get $e i32.const {BODY} i32.store offset=40
+        local.get $e i32.const {body_len} i32.store offset=44
+        local.get $i i32.const 1 i32.add local.set $i
+        br $next))
+      i32.const 128 i32.const 0 i32.store8
+      i32.const 132 i32.const {OUT} i32.store
+      i32.const 136 i32.const {outputs} i32.store
+      i32.const 128)
+    (data (i32.const 256) "{name}")
+    (data (i32.const 272) "{version}")
+    (data (i32.const 288) "*/*")
+    (data (i32.const 300) "{ct}")
+    (data (i32.const 420) "x")
+    (data (i32.const {BODY}) "ok"))
+  (core instance $i (instantiate $m))
+  (type $message' (record (field "id" string) (field "plant" string) (field "route" string)
+    (field "content-type" string) (field "headers" (list (tuple string string))) (field "body" (list u8))))
+  (export $message "message" (type $message'))
+  (type $rejection' (record (field "reason" string) (field "field" (option string)) (field "position" (option u32))))
+  (export $rejection "rejection" (type $rejection'))
+  (type $retry' (record (field "reason" string) (field "after-ms" (option u32))))
+  (export $retry "retry" (type $retry'))
+  (type $error' (variant (case "rejected" $rejection) (case "retry-later" $retry)))
+  (export $error "mediation-error" (type $error'))
+  (type $info' (record (field "name" string) (field "version" string) (field "accepts" (list string)) (field "emits" (list string))))
+  (export $info "plugin-info" (type $info'))
+  (func (export "describe") (result $info)
+    (canon lift (core func $i "describe") (memory $i "memory") (realloc (func $i "realloc"))))
+  (func (export "check-settings") (result (result (error string)))
+    (canon lift (core func $i "check-settings") (memory $i "memory") (realloc (func $i "realloc"))))
+  (func (export "mediate") (param "input" $message) (result (result (list $message) (error $error)))
+    (canon lift (core func $i "mediate") (memory $i "memory") (realloc (func $i "realloc")))))"#,
+            extra = self.extra,
+            outputs = self.outputs,
+            body_len = self.body_len,
+            ct_len = self.content_type.len(),
+            name = wat_text(self.name),
+            version = wat_text(self.version),
+            ct = wat_text(self.content_type),
+        );
+        wat::parse_str(&text).unwrap_or_else(|e| panic!("the WAT plugin does not assemble: {e}"))
+    }
+
+    /// Write the component to `dir/FILE` and give its path.
+    pub fn write(&self, dir: &std::path::Path, file: &str) -> std::path::PathBuf {
+        let path = dir.join(file);
+        std::fs::write(&path, self.component()).expect("write the WAT plugin");
+        path
+    }
+}
+
+/// Extra component items: `count` core modules each defining a memory of `mib` MiB, each
+/// instantiated.
+fn memories(count: usize, mib: u32) -> String {
+    (0..count)
+        .map(|k| {
+            format!(
+                "(core module $mem{k} (memory {}))\n(core instance $memi{k} (instantiate $mem{k}))\n",
+                mib * 16
+            )
+        })
+        .collect()
+}
+
+/// Plant B under steady load: one client posting `ok` to its route `steady` as fast as it is
+/// answered, counting answers and failures.
+pub struct Bystander {
+    stop: Arc<AtomicBool>,
+    thread: std::thread::JoinHandle<(u64, Vec<String>, Duration)>,
+}
+
+/// What plant B saw while a [`Bystander`] ran.
+#[derive(Debug)]
+pub struct Served {
+    pub answered: u64,
+    pub failures: Vec<String>,
+    pub per_second: f64,
+}
+
+impl Bystander {
+    pub fn start(url: &str) -> Bystander {
+        let stop = Arc::new(AtomicBool::new(false));
+        let (url, flag) = (url.to_string(), Arc::clone(&stop));
+        let thread = std::thread::spawn(move || {
+            let started = Instant::now();
+            let mut answered = 0;
+            let mut failures = Vec::new();
+            while !flag.load(Ordering::SeqCst) {
+                match try_request(
+                    &url,
+                    "POST",
+                    "/v1/routes/steady/messages",
+                    Some("text/plain"),
+                    &[],
+                    b"ok",
+                ) {
+                    Ok(reply) if reply.status == 200 && reply.body == "ok" => answered += 1,
+                    Ok(reply) => failures.push(format!("{} {}", reply.status, reply.body)),
+                    Err(e) => failures.push(e.to_string()),
+                }
+            }
+            (answered, failures, started.elapsed())
+        });
+        Bystander { stop, thread }
+    }
+
+    pub fn finish(self) -> Served {
+        self.stop.store(true, Ordering::SeqCst);
+        let (answered, failures, took) = self.thread.join().expect("bystander");
+        Served {
+            answered,
+            failures,
+            per_second: answered as f64 / took.as_secs_f64(),
+        }
+    }
+
+    /// Plant B's rate alone for `span`, as a baseline measured in the same test.
+    pub fn baseline(url: &str, span: Duration) -> Served {
+        let alone = Bystander::start(url);
+        std::thread::sleep(span);
+        alone.finish()
+    }
+}
+
+/// Plant B kept being served during an attack: no failure, and at least a tenth of the rate it
+/// had alone in the same test (a starved plant got 0.3–6 % before plants had their own slots).
+pub fn assert_served(what: &str, baseline: &Served, during: &Served) {
+    assert!(
+        during.failures.is_empty(),
+        "{what}: plant B failed {} time(s), e.g. {:?}",
+        during.failures.len(),
+        during.failures.first()
+    );
+    let ratio = during.per_second / baseline.per_second;
+    println!(
+        "{what}: plant B {:.0} msg/s during vs {:.0} alone ({ratio:.2}×)",
+        during.per_second, baseline.per_second
+    );
+    assert!(
+        ratio >= 0.1,
+        "{what}: plant B got {ratio:.3} of its throughput ({:.0} vs {:.0} msg/s)",
+        during.per_second,
+        baseline.per_second
+    );
+}
+
+/// Plant A with the attackers' routes, plant B with `steady` (the `act` guest).
+fn workspace(extra_routes: &str) -> Workspace {
+    let steady = act_route("steady", "").replace("plant = \"plant-a\"", "plant = \"plant-b\"");
+    let hostile = route_toml(
+        "hostile",
+        &guest("guest-hostile"),
+        r#"["log", "state"]"#,
+        "",
+    );
+    Workspace::new(&format!(
+        "[host]\nadmin = \"127.0.0.1:0\"\nmax_in_flight = 4\n\n[plants.plant-a]\nstate_max_keys = 50\n[plants.plant-b]\n\n{steady}\n{hostile}\n{extra_routes}"
+    ))
+}
+
+fn kind(reply: &Reply) -> String {
+    reply.json()["type"]
+        .as_str()
+        .unwrap_or_default()
+        .trim_start_matches("urn:millrace:problem:")
+        .to_string()
+}
+
+/// The host's resident memory now, from /proc.
+fn rss_mib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap();
+    kib / 1024
+}
+
+#[test]
+fn outputs_headers_and_reasons_past_their_bounds_fail_the_message_not_the_host() {
+    let dir = tempfile::tempdir().unwrap();
+    // One 60 MB buffer returned twice, and 300,000 outputs of it: the host stops copying.
+    let twice = WatPlugin {
+        outputs: 2,
+        body_len: 60 << 20,
+        ..WatPlugin::default()
+    }
+    .write(dir.path(), "twice.wasm");
+    let many = WatPlugin {
+        name: "wat-many",
+        outputs: 300_000,
+        body_len: 2,
+        ..WatPlugin::default()
+    }
+    .write(dir.path(), "many.wasm");
+    let routes = format!(
+        "{}\n{}",
+        route_toml("twice", &twice, "[]", "memory_mib = 128"),
+        route_toml("many", &many, "[]", "memory_mib = 64"),
+    );
+    let ws = workspace(&routes);
+    let host = ws.start();
+    let baseline = Bystander::baseline(&host.url, Duration::from_secs(1));
+    let during = Bystander::start(&host.url);
+    let rss_before = rss_mib(host.pid());
+    let mut seen = Vec::new();
+    for _ in 0..3 {
+        for (route, body, status, expected) in [
+            ("twice", "go", 502, "plugin-limit"),
+            ("many", "go", 502, "plugin-limit"),
+            ("hostile", "outputs 5000", 502, "plugin-limit"),
+            ("hostile", "big 40", 502, "plugin-limit"),
+            ("hostile", "header", 502, "plugin-limit"),
+            ("hostile", "reason 20", 502, "plugin-limit"),
+            ("hostile", "reason 2", 422, "rejected"),
+        ] {
+            let reply = host.post(route, Some("text/plain"), body);
+            assert_eq!(reply.status, status, "{route} {body}: {}", reply.body);
+            assert_eq!(kind(&reply), expected, "{route} {body}: {}", reply.body);
+            // Every answer is a bounded problem document.
+            assert!(
+                reply.body.len() < 8192,
+                "{route} {body}: {} bytes",
+                reply.body.len()
+            );
+            seen.push(reply.json()["detail"].as_str().unwrap().to_string());
+        }
+    }
+    let rss_after = rss_mib(host.pid());
+    assert_served("outputs past their bounds", &baseline, &during.finish());
+    assert!(seen[0].contains("more than 16384 KiB"), "{}", seen[0]);
+    assert!(seen[1].contains("more than 16384 KiB"), "{}", seen[1]);
+    assert!(
+        seen[2].contains("returned 5000 outputs; at most 1000"),
+        "{}",
+        seen[2]
+    );
+    assert!(seen[3].contains("more than 16384 KiB"), "{}", seen[3]);
+    assert!(
+        seen[4].contains("content type \"text/plain\\r\\nx-injected: yes\""),
+        "{}",
+        seen[4]
+    );
+    assert!(seen[5].contains("more than 16384 KiB"), "{}", seen[5]);
+    assert!(
+        seen[6].ends_with("more bytes cut)"),
+        "{}",
+        &seen[6][seen[6].len() - 60..]
+    );
+    println!("host RSS {rss_before} MiB before, {rss_after} MiB after 21 attacks");
+    assert!(
+        rss_after < 1024,
+        "the host holds {rss_after} MiB after the attacks"
+    );
+    // Each failed message is a dead letter of kind `limit` (or `rejected`), its reason bounded.
+    let out = ws.millrace(&["dlq", "list", "--json"]);
+    let entries: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let entries = entries.as_array().unwrap();
+    assert_eq!(entries.len(), 21);
+    for entry in entries {
+        assert!(
+            ["limit", "rejected"].contains(&entry["kind"].as_str().unwrap()),
+            "{entry}"
+        );
+        assert!(entry["reason"].as_str().unwrap().len() < 5000);
+    }
+}
+
+#[test]
+fn memories_declared_together_past_the_cap_are_refused_at_instantiation() {
+    let dir = tempfile::tempdir().unwrap();
+    let plain = WatPlugin::default().write(dir.path(), "plain.wasm");
+    let ws = workspace(&route_toml("mem", &plain, "[]", "memory_mib = 64"));
+    let host = ws.start();
+    let baseline = Bystander::baseline(&host.url, Duration::from_secs(1));
+    let during = Bystander::start(&host.url);
+    // Ten extra memories of 60 MiB each, every one under the cap of 64: 600 MiB in one
+    // instance. The gate instantiates it for the step and the instance's limiter refuses.
+    let bomb = WatPlugin {
+        version: "2.0.0",
+        extra: memories(10, 60),
+        ..WatPlugin::default()
+    };
+    let refused = host.admin("POST", "/v1/plants/plant-a/plugins", &bomb.component());
+    assert_eq!(refused.status, 422, "{}", refused.body);
+    let detail = refused.json()["detail"].as_str().unwrap().to_string();
+    assert!(
+        detail.contains("its memories together need more than the step's cap of 64 MiB"),
+        "{detail}"
+    );
+    // Two of 30 MiB each (60 MiB together, with the plugin's own 34 MiB: over 64) are refused
+    // too; one of 8 MiB fits and is taken.
+    let two = WatPlugin {
+        version: "2.0.1",
+        extra: memories(2, 30),
+        ..WatPlugin::default()
+    };
+    assert_eq!(
+        host.admin("POST", "/v1/plants/plant-a/plugins", &two.component())
+            .status,
+        422
+    );
+    let fits = WatPlugin {
+        version: "2.0.2",
+        extra: memories(1, 8),
+        ..WatPlugin::default()
+    };
+    let taken = host.admin("POST", "/v1/plants/plant-a/plugins", &fits.component());
+    assert_eq!(taken.status, 201, "{}", taken.body);
+    assert_served("memory bombs", &baseline, &during.finish());
+    assert_eq!(host.post("mem", Some("text/plain"), "go").status, 200);
+}
+
+#[test]
+fn candidates_that_trap_in_describe_import_the_unknown_or_carry_spinning_vectors_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let plain = WatPlugin::default().write(dir.path(), "plain.wasm");
+    let spin = route_toml(
+        "spin",
+        &guest("guest-spin"),
+        r#"["log"]"#,
+        "deadline_ms = 300",
+    );
+    let ws = workspace(&(route_toml("wat", &plain, "[]", "") + "\n" + &spin));
+    let host = ws.start();
+    let baseline = Bystander::baseline(&host.url, Duration::from_secs(1));
+    let during = Bystander::start(&host.url);
+    let upload = |bytes: &[u8]| host.admin("POST", "/v1/plants/plant-a/plugins", bytes);
+    let detail = |reply: Reply| {
+        assert_eq!(reply.status, 422, "{}", reply.body);
+        reply.json()["detail"].as_str().unwrap().to_string()
+    };
+
+    let traps = WatPlugin {
+        version: "2.0.0",
+        describe_traps: true,
+        ..WatPlugin::default()
+    };
+    let why = detail(upload(&traps.component()));
+    assert!(
+        why.contains("failed while loading") && why.contains("unreachable"),
+        "{why}"
+    );
+
+    let imports = WatPlugin {
+        version: "2.0.1",
+        extra: "(import \"acme:net/http@1.0.0\" (instance))".into(),
+        ..WatPlugin::default()
+    };
+    let why = detail(upload(&imports.component()));
+    assert!(
+        why.contains("imports acme:net/http@1.0.0, which millrace does not provide"),
+        "{why}"
+    );
+
+    // guest-spin with a sample vector that loops: stopped at the step's deadline (300 ms),
+    // refused, while plant B is served.
+    let vectors = dir.path().join("vectors");
+    std::fs::create_dir_all(vectors.join("01-loops")).unwrap();
+    std::fs::write(vectors.join("01-loops/input.txt"), "loop").unwrap();
+    std::fs::write(vectors.join("01-loops/expected.json"), r#"{"outputs": []}"#).unwrap();
+    // Bundled without running the cases (`plugin bundle` would run them first and refuse).
+    let bundled =
+        millrace_host::conformance::bundle(&std::fs::read(guest("guest-spin")).unwrap(), &vectors)
+            .unwrap();
+    let started = Instant::now();
+    let why = detail(upload(&bundled));
+    assert!(
+        why.contains("01-loops") && why.contains("deadline"),
+        "{why}"
+    );
+    println!("spinning vectors refused after {:?}", started.elapsed());
+    assert_served("gate attacks", &baseline, &during.finish());
+}
+
+#[test]
+fn a_looping_plugin_flooded_with_messages_takes_only_its_plants_share_of_the_host() {
+    // Plant A: a plugin that loops until its deadline, sent as many concurrent messages as the
+    // host has slots and more. Plant A may hold half the host's slots; the rest wait (at most
+    // max_waiting) or are answered 503 plant-busy at once.
+    let spin = route_toml(
+        "spin",
+        &guest("guest-spin"),
+        r#"["log"]"#,
+        "deadline_ms = 1000",
+    );
+    let ws = workspace(&spin);
+    let host = ws.start();
+    let baseline = Bystander::baseline(&host.url, Duration::from_secs(1));
+    let during = Bystander::start(&host.url);
+    let url = host.url.clone();
+    let flood: Vec<_> = (0..12)
+        .map(|_| {
+            let url = url.clone();
+            std::thread::spawn(move || {
+                (0..3)
+                    .map(|_| {
+                        let reply = request(
+                            &url,
+                            "POST",
+                            "/v1/routes/spin/messages",
+                            Some("text/plain"),
+                            &[],
+                            b"loop",
+                        );
+                        (reply.status, kind(&reply))
+                    })
+                    .collect::<Vec<_>>()
+            })
+        })
+        .collect();
+    let answers: Vec<(u16, String)> = flood
+        .into_iter()
+        .flat_map(|t| t.join().expect("flood client"))
+        .collect();
+    assert_served("a looping plant flooded", &baseline, &during.finish());
+    let busy = answers.iter().filter(|(_, k)| k == "plant-busy").count();
+    let deadline = answers
+        .iter()
+        .filter(|(_, k)| k == "plugin-deadline")
+        .count();
+    println!("plant A: {deadline} ran to their deadline, {busy} refused as plant-busy");
+    assert_eq!(busy + deadline, answers.len(), "{answers:?}");
+    assert!(
+        busy > 0,
+        "12 clients against 2 slots and 8 waiting places: some refused"
+    );
+    let refused = answers.iter().find(|(s, _)| *s == 503).unwrap();
+    assert_eq!(refused.0, 503);
+}
+
+#[test]
+fn a_message_fanned_out_past_its_budget_stops_at_the_budget_not_at_outputs_times_deadline() {
+    // Step 1 makes 300 outputs; step 2 works ~0.3 s on each: 90 s of deadlines, but the
+    // message's budget across the chain is 2 s.
+    let fan = route_toml("fan", &guest("guest-hostile"), r#"["log", "state"]"#, "").replace(
+        "source = \"http\"",
+        "source = \"http\"\nmessage_budget_ms = 2000",
+    ) + &format!(
+        "\n[[routes.fan.steps]]\nplugin = \"{}\"\ngrants = [\"log\", \"state\"]\ndeadline_ms = 1000\n",
+        guest("guest-act").display()
+    );
+    let ws = workspace(&fan);
+    let host = ws.start();
+    let baseline = Bystander::baseline(&host.url, Duration::from_secs(1));
+    let during = Bystander::start(&host.url);
+    // Within the budget: 300 outputs that step 2 passes on at once.
+    let quick = host.post("fan", Some("text/plain"), "fan 300 ok");
+    assert_eq!(quick.status, 200, "{}", quick.body);
+    assert_eq!(quick.body.matches("millrace-output-id:").count(), 300);
+    // Past it: each of the 300 outputs keeps step 2 busy.
+    let slow = host.post("fan", Some("text/plain"), "fan 300 work 300000000");
+    assert_served("a fan-out past its budget", &baseline, &during.finish());
+    assert_eq!(slow.status, 503, "{}", slow.body);
+    assert_eq!(kind(&slow), "message-budget", "{}", slow.body);
+    assert_eq!(slow.json()["step"], 2);
+    assert!(
+        slow.json()["detail"]
+            .as_str()
+            .unwrap()
+            .contains("budget of 2000 ms"),
+        "{}",
+        slow.body
+    );
+}
+
+#[test]
+fn log_and_state_floods_are_bounded_and_cannot_forge_log_lines() {
+    let ws = workspace("");
+    let mut host = Host::start(&ws.config(), &[]);
+    let baseline = Bystander::baseline(&host.url, Duration::from_secs(1));
+    let during = Bystander::start(&host.url);
+    // 200 entries of ~66 KB, each full of newlines and forged lines.
+    let flood = host.post("hostile", Some("text/plain"), "log 200");
+    assert_eq!(flood.status, 200, "{}", flood.body);
+    // 60 KB values under new keys: the plant's quota (50 keys here) stops them.
+    let state = host.post("hostile", Some("text/plain"), "state 100");
+    assert_eq!(state.status, 422, "{}", state.body);
+    assert!(
+        state.json()["detail"]
+            .as_str()
+            .unwrap()
+            .contains("plant plant-a's state is full"),
+        "{}",
+        state.body
+    );
+    assert_served("log and state floods", &baseline, &during.finish());
+    assert!(host.stop_in_place().success());
+    let log = host.drain_log();
+    let plugin_lines: Vec<&String> = log.iter().filter(|l| l.contains("flood")).collect();
+    let bytes: usize = plugin_lines.iter().map(|l| l.len()).sum();
+    println!(
+        "log flood: {} lines, {bytes} bytes written of {} asked",
+        plugin_lines.len(),
+        200 * 66_000
+    );
+    // The burst (128 KiB) and a few seconds at 64 KiB/s at most, entries cut to 2 KiB.
+    assert!(bytes < 1 << 20, "{bytes} bytes of plugin log");
+    assert!(plugin_lines.iter().all(|l| l.len() < 2400));
+    assert!(
+        !log.iter().any(|l| l.starts_with("2026-12-01T00:00:00Z")),
+        "a forged line reached the log"
+    );
+    assert!(log.iter().any(|l| l.contains("plugin log entries dropped")));
+}
+
+#[test]
+fn oversized_components_and_compilations_past_their_budget_are_refused() {
+    // A plant that grants what the Python components import; the host's compilation budget is
+    // small enough that compiling CPython (≈400 MB, ≈5 s here) does not fit.
+    let python = route_toml(
+        "py",
+        &plugin("canonical-map-py"),
+        r#"["log", "config", "lookup", "state", "wasi"]"#,
+        "memory_mib = 128\nsettings = { codes = [{ path = \"data.work_centre\", table = \"work_centres\" }] }",
+    );
+    let memory = workspace(&python);
+    let config = std::fs::read_to_string(memory.config()).unwrap().replace(
+        "[host]\n",
+        "[host]\ncompile_memory_mib = 128\nmax_component_mib = 20\n",
+    ) + "\n[plants.plant-a.lookups.work_centres]\nentries = { WC01 = \"ASSY-01\" }\n";
+    memory.write("millrace.toml", &config);
+    let host = memory.start();
+    let baseline = Bystander::baseline(&host.url, Duration::from_secs(1));
+    let during = Bystander::start(&host.url);
+    let upload = |bytes: &[u8]| host.admin("POST", "/v1/plants/plant-a/plugins", bytes);
+    // Over the size cap: refused unread.
+    let big = upload(&vec![0u8; 21 << 20]);
+    assert_eq!(big.status, 422, "{}", big.body);
+    assert!(big.body.contains("at most 20 MiB"), "{}", big.body);
+    // Another Python component (same imports): its compilation runs out of memory in the
+    // child process; the host is not touched.
+    let probe = std::fs::read(guest("guest-wasi-probe")).unwrap();
+    let refused = upload(&probe);
+    assert_eq!(refused.status, 422, "{}", refused.body);
+    assert!(
+        refused.body.contains("needed more than 128 MiB"),
+        "{}",
+        refused.body
+    );
+    assert_served(
+        "a compilation past its memory budget",
+        &baseline,
+        &during.finish(),
+    );
+    drop(host);
+
+    // The same candidate against a budget of 1 s of compilation.
+    let config = std::fs::read_to_string(memory.config())
+        .unwrap()
+        .replace("compile_memory_mib = 128", "compile_timeout_s = 1");
+    memory.write("millrace.toml", &config);
+    let host = memory.start();
+    let refused = host.admin("POST", "/v1/plants/plant-a/plugins", &probe);
+    assert_eq!(refused.status, 422, "{}", refused.body);
+    assert!(
+        refused.body.contains("compile_timeout_s") || refused.body.contains("of CPU"),
+        "{}",
+        refused.body
+    );
+}
