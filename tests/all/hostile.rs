@@ -242,10 +242,11 @@ pub fn assert_served(what: &str, baseline: &Served, during: &Served) {
         during.failures.len(),
         during.failures.first()
     );
+    assert!(during.answered > 0, "{what}: plant B was not answered at all");
     let ratio = during.per_second / baseline.per_second;
     println!(
-        "{what}: plant B {:.0} msg/s during vs {:.0} alone ({ratio:.2}×)",
-        during.per_second, baseline.per_second
+        "{what}: plant B {} answers, {:.0} msg/s during vs {:.0} alone ({ratio:.2}×)",
+        during.answered, during.per_second, baseline.per_second
     );
     assert!(
         ratio >= 0.1,
