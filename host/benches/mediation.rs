@@ -105,6 +105,7 @@ fn bench(c: &mut Criterion) {
                 instance_reuse,
                 ..StepLimits::default()
             },
+            quarantines: std::sync::Arc::new(millrace_host::quarantine::Quarantines::disabled()),
         };
         StepRuntime::load(&engine, &artifact, spec).expect("step loads")
     };
@@ -246,6 +247,7 @@ fn bench_plugin_and_twins<P: Plugin>(
                 instance_reuse: u32::MAX,
                 ..StepLimits::default()
             },
+            quarantines: std::sync::Arc::new(millrace_host::quarantine::Quarantines::disabled()),
         };
         let step = StepRuntime::load(engine, &artifact, spec).expect("step loads");
         for m in &v.messages {

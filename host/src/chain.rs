@@ -26,6 +26,7 @@ impl Failure {
             StepFailure::MemoryCap(_) => Some(Kind::MemoryCap),
             StepFailure::Trap(_) => Some(Kind::Trap),
             StepFailure::Limit(_) => Some(Kind::Limit),
+            StepFailure::Quarantined(_) => None,
         }
     }
 
@@ -46,6 +47,7 @@ impl Failure {
             }
             StepFailure::Trap(t) => format!("the plugin failed: {t}"),
             StepFailure::Limit(breach) => breach.reason(),
+            StepFailure::Quarantined(why) => why.clone(),
         }
     }
 }

@@ -35,7 +35,12 @@ pub fn check(config_path: &Path) -> i32 {
     };
     // Loading checks settings only; the plants' state is neither read nor written.
     let state = Arc::new(crate::state::StateStore::in_memory());
-    match Routes::build(&config, &engine, &state) {
+    match Routes::build(
+        &config,
+        &engine,
+        &state,
+        &Arc::new(crate::quarantine::Quarantines::disabled()),
+    ) {
         Ok(routes) => {
             let mut names = routes.all();
             names.sort_by(|a, b| a.name.cmp(&b.name));
@@ -185,6 +190,7 @@ fn test_inner(run: TestRun) -> Result<i32, String> {
         tables: Tables::new(tables),
         state: Arc::new(crate::state::StateStore::in_memory()),
         limits,
+        quarantines: Arc::new(crate::quarantine::Quarantines::disabled()),
     };
     let step = StepRuntime::load(&engine, &artifact, spec).map_err(|e| e.to_string())?;
     let content_type = run
@@ -244,6 +250,7 @@ fn test_inner(run: TestRun) -> Result<i32, String> {
                 StepFailure::MemoryCap(b) => println!("memory cap: stopped at {} MiB", b >> 20),
                 StepFailure::Trap(t) => println!("trap: {t}"),
                 StepFailure::Limit(breach) => println!("limit: {}", breach.reason()),
+                StepFailure::Quarantined(why) => println!("quarantined: {why}"),
             }
             Ok(1)
         }
@@ -567,7 +574,13 @@ fn replay_inner(
     } else {
         Arc::new(crate::state::StateStore::open(&config.data_dir).map_err(|e| e.to_string())?)
     };
-    let routes = Routes::build(&config, &engine, &state).map_err(|e| e.to_string())?;
+    let routes = Routes::build(
+        &config,
+        &engine,
+        &state,
+        &Arc::new(crate::quarantine::Quarantines::disabled()),
+    )
+    .map_err(|e| e.to_string())?;
     let route = routes
         .get(route_name)
         .ok_or_else(|| format!("no route {route_name:?} in {}", config.path.display()))?;

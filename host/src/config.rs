@@ -70,6 +70,9 @@ struct LimitsSection {
     max_outputs: Number,
     max_output_kib: Number,
     message_budget_ms: Number,
+    quarantine_after: Number,
+    quarantine_window_s: Number,
+    quarantine_action: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -257,6 +260,8 @@ pub struct Config {
     /// Time the gate may spend running one candidate (describe, every step's load, its sample
     /// vectors) (`host.gate_budget_s`, default 60).
     pub gate_budget: Duration,
+    /// When a plugin version is quarantined and what then (`limits.quarantine_*`).
+    pub quarantine: crate::quarantine::Policy,
     pub plants: BTreeMap<String, Tables>,
     /// Each plant's share of the host: messages in flight and waiting, state quota.
     pub plant_limits: BTreeMap<String, PlantLimits>,
@@ -326,6 +331,7 @@ impl Config {
                 self.intake.compile_timeout.as_secs().to_string(),
             ),
             ("host.gate_budget_s", self.gate_budget.as_secs().to_string()),
+            ("limits.quarantine_*", format!("{:?}", self.quarantine)),
         ]
     }
 }
@@ -572,6 +578,37 @@ impl Config {
                 120,
             )),
         };
+        let quarantine = crate::quarantine::Policy {
+            after: ranged(
+                &mut diag,
+                "limits.quarantine_after",
+                file.limits.quarantine_after.as_ref(),
+                0..=1_000_000,
+                5,
+            ) as usize,
+            window: Duration::from_secs(ranged(
+                &mut diag,
+                "limits.quarantine_window_s",
+                file.limits.quarantine_window_s.as_ref(),
+                1..=86_400,
+                60,
+            )),
+            action: match file.limits.quarantine_action.as_ref() {
+                None => crate::quarantine::Action::Pause,
+                Some(a) if a.get_ref() == "pause" => crate::quarantine::Action::Pause,
+                Some(a) if a.get_ref() == "rollback" => crate::quarantine::Action::Rollback,
+                Some(a) => {
+                    diag.error_at(
+                        a.span(),
+                        format!(
+                            "limits.quarantine_action {:?} is not one of \"pause\", \"rollback\"",
+                            a.get_ref()
+                        ),
+                    );
+                    crate::quarantine::Action::Pause
+                }
+            },
+        };
         let gate_budget = Duration::from_secs(ranged(
             &mut diag,
             "host.gate_budget_s",
@@ -799,6 +836,7 @@ impl Config {
             host_id: file.host.id.clone().unwrap_or_else(hostname),
             intake,
             gate_budget,
+            quarantine,
             outbox_max_messages: file.host.outbox_max_messages.unwrap_or(100_000).max(1),
             idempotency_window: std::time::Duration::from_secs(
                 file.host

@@ -169,6 +169,7 @@ fn run_case(
         tables,
         state: Arc::clone(&state),
         limits: sandbox.limits,
+        quarantines: Arc::new(crate::quarantine::Quarantines::disabled()),
     };
     let step = match StepRuntime::load(engine, artifact, spec) {
         Ok(step) => step,
@@ -233,6 +234,7 @@ fn outcome(result: Result<Vec<Message>, StepFailure>) -> Value {
         Err(StepFailure::MemoryCap(_)) => json!({ "failed": "memory-cap" }),
         Err(StepFailure::Trap(t)) => json!({ "failed": t }),
         Err(StepFailure::Limit(breach)) => json!({ "failed": breach.reason() }),
+        Err(StepFailure::Quarantined(why)) => json!({ "failed": why }),
     }
 }
 

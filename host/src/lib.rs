@@ -21,6 +21,7 @@ pub mod lookup;
 pub mod mediator;
 pub mod outbox;
 pub mod plugin;
+pub mod quarantine;
 pub mod registry;
 pub mod route;
 pub mod sink;

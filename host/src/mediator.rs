@@ -64,6 +64,8 @@ pub struct Mediator {
     /// Slots of the host, its plants and routes: bounds the threads and plugin instances in use
     /// at once, and each plant's share of them.
     pub admission: crate::admission::Admission,
+    /// The plugin versions' circuit breakers.
+    pub quarantines: Arc<crate::quarantine::Quarantines>,
     /// The plants' shared state, for routes built again by a configuration reload.
     pub state: Arc<StateStore>,
     /// The configuration file, read again by a reload.
@@ -81,7 +83,8 @@ impl Mediator {
         let engine = PluginEngine::new(Some(&config.data_dir.join("compile-cache")))
             .map_err(StartError::Engine)?;
         let state = Arc::new(StateStore::open(&config.data_dir)?);
-        let routes = Routes::build(config, &engine, &state)?;
+        let quarantines = Arc::new(crate::quarantine::Quarantines::new(config.quarantine));
+        let routes = Routes::build(config, &engine, &state, &quarantines)?;
 
         let registry = crate::registry::Registry::open(&config.data_dir)
             .map_err(crate::deploy::DeployError::from)?;
@@ -139,6 +142,7 @@ impl Mediator {
             webhooks: crate::sink::http::WebhookClient::default(),
             idempotency,
             admission,
+            quarantines,
             state,
             config_path: config.path.clone(),
             restart_only: config.restart_only(),
@@ -207,6 +211,12 @@ pub async fn run(
             stopped.clone(),
         ));
     }
+    if mediator.quarantines.policy().action == crate::quarantine::Action::Rollback {
+        background.spawn(roll_back_quarantined(
+            Arc::clone(&mediator),
+            stopped.clone(),
+        ));
+    }
     let config_file = config
         .watch_config
         .then(|| crate::admin::reload::watch_file(&config.path, config.settle))
@@ -245,6 +255,39 @@ pub async fn run(
     while background.join_next().await.is_some() {}
     tracing::info!("millrace stopped");
     Ok(())
+}
+
+/// With `limits.quarantine_action = "rollback"`: roll each plant whose plugin version was
+/// quarantined back to the version active before (announced to other hosts like any
+/// activation); a plant with no earlier version keeps the quarantine.
+async fn roll_back_quarantined(
+    mediator: Arc<Mediator>,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) {
+    let mut tripped = mediator.quarantines.subscribe();
+    loop {
+        let subject = tokio::select! {
+            s = tripped.recv() => match s { Some(s) => s, None => return },
+            _ = shutdown.changed() => return,
+        };
+        let m = Arc::clone(&mediator);
+        let (plant, plugin) = (subject.plant.clone(), subject.plugin.clone());
+        let rolled = tokio::task::spawn_blocking(move || {
+            m.deployer
+                .rollback(&m.engine, &m.routes, &plant, &plugin, "quarantine")
+        })
+        .await;
+        match rolled {
+            Ok(Ok(activated)) => {
+                tracing::warn!(plant = %subject.plant, plugin = %subject.plugin, from = %subject.version, to = %activated.activation.version, "quarantined version rolled back");
+                crate::admin::broadcast::announce(&mediator, &activated.activation).await;
+            }
+            Ok(Err(e)) => {
+                tracing::error!(plant = %subject.plant, plugin = %subject.plugin, error = %e, "quarantined version not rolled back; it stays quarantined");
+            }
+            Err(e) => tracing::error!(error = %e, "the rollback task failed"),
+        }
+    }
 }
 
 /// Bind `addr` for `listener` (named, with the `flag` that sets it, if that fails); the

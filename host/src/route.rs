@@ -139,6 +139,7 @@ impl Routes {
         config: &Config,
         engine: &PluginEngine,
         state: &Arc<StateStore>,
+        quarantines: &Arc<crate::quarantine::Quarantines>,
     ) -> Result<Routes, ConfigErrors> {
         let text = std::fs::read_to_string(&config.path).unwrap_or_default();
         let mut diag = Diagnostics::new(&config.path, &text);
@@ -166,6 +167,7 @@ impl Routes {
                     tables: Arc::clone(&tables),
                     state: Arc::clone(state),
                     limits: step.limits,
+                    quarantines: Arc::clone(quarantines),
                 };
                 let loaded = StepRuntime::load(engine, &artifact, spec);
                 match loaded {

@@ -21,6 +21,7 @@ pub struct WatPlugin {
     pub body_len: u32,
     pub content_type: &'static str,
     pub describe_traps: bool,
+    pub mediate_traps: bool,
     /// Component-level items added before the plugin's own core instance (extra core modules
     /// and instances, imports).
     pub extra: String,
@@ -35,6 +36,7 @@ impl Default for WatPlugin {
             body_len: 2,
             content_type: "text/plain",
             describe_traps: false,
+            mediate_traps: false,
             extra: String::new(),
         }
     }
@@ -96,6 +98,7 @@ impl WatPlugin {
     (func (export "check-settings") (result i32) i32.const 64)
     (func (export "mediate") (param i32 i32 i32 i32 i32 i32 i32 i32 i32 i32 i32 i32) (result i32)
       (local $i i32) (local $e i32)
+      {trap}
       (block $done (loop $next
         local.get $i i32.const {outputs} i32.ge_u br_if $done
         local.get $i i32.const 48 i32.mul i32.const {OUT} i32.add local.set $e
@@ -142,6 +145,11 @@ impl WatPlugin {
   (func (export "mediate") (param "input" $message) (result (result (list $message) (error $error)))
     (canon lift (core func $i "mediate") (memory $i "memory") (realloc (func $i "realloc")))))"#,
             extra = self.extra,
+            trap = if self.mediate_traps {
+                "unreachable"
+            } else {
+                ""
+            },
             outputs = self.outputs,
             body_len = self.body_len,
             ct_len = self.content_type.len(),
@@ -242,7 +250,10 @@ pub fn assert_served(what: &str, baseline: &Served, during: &Served) {
         during.failures.len(),
         during.failures.first()
     );
-    assert!(during.answered > 0, "{what}: plant B was not answered at all");
+    assert!(
+        during.answered > 0,
+        "{what}: plant B was not answered at all"
+    );
     let ratio = during.per_second / baseline.per_second;
     println!(
         "{what}: plant B {} answers, {:.0} msg/s during vs {:.0} alone ({ratio:.2}×)",
@@ -672,4 +683,94 @@ fn oversized_components_and_compilations_past_their_budget_are_refused() {
         "{}",
         refused.body
     );
+}
+
+#[test]
+fn a_version_that_keeps_trapping_is_quarantined_then_lifted_or_rolled_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let v1 = WatPlugin::default().write(dir.path(), "v1.wasm");
+    let trap = route_toml("trap", &guest("guest-act"), r#"["log", "state"]"#, "");
+    let ws = workspace(&(route_toml("wat", &v1, "[]", "") + "\n" + &trap));
+    let config = std::fs::read_to_string(ws.config()).unwrap().replace(
+        "[plants.plant-a]",
+        "[limits]\nquarantine_after = 3\n\n[plants.plant-a]",
+    );
+    ws.write("millrace.toml", &config);
+    let host = ws.start();
+    let baseline = Bystander::baseline(&host.url, Duration::from_secs(1));
+    let during = Bystander::start(&host.url);
+    // Pause (the default): three traps, then the version's messages are held (503), not run.
+    for _ in 0..3 {
+        assert_eq!(host.post("trap", Some("text/plain"), "trap").status, 502);
+    }
+    let held = host.post("trap", Some("text/plain"), "ok");
+    assert_eq!(held.status, 503, "{}", held.body);
+    assert_eq!(kind(&held), "plugin-quarantined");
+    assert_eq!(held.header("retry-after"), Some("30"));
+    let listed = host.admin("GET", "/v1/quarantine", b"").json();
+    assert_eq!(listed[0]["plugin"], "guest-act", "{listed}");
+    assert_eq!(listed[0]["plant"], "plant-a");
+    assert_eq!(listed[0]["failures"], 3);
+    // Other plugins of the plant are not affected; an operator lifts it.
+    assert_eq!(host.post("wat", Some("text/plain"), "go").status, 200);
+    let lifted = host.admin(
+        "POST",
+        "/v1/plants/plant-a/plugins/guest-act/quarantine/reset",
+        b"",
+    );
+    assert_eq!(lifted.status, 200, "{}", lifted.body);
+    assert_eq!(host.post("trap", Some("text/plain"), "ok").status, 200);
+    assert_served("a quarantined version", &baseline, &during.finish());
+    drop(host);
+
+    // Rollback: a trapping version 2 is quarantined and the plant goes back to version 1.
+    ws.write(
+        "millrace.toml",
+        &config.replace(
+            "quarantine_after = 3",
+            "quarantine_after = 2\nquarantine_action = \"rollback\"",
+        ),
+    );
+    let host = ws.start();
+    let v2 = WatPlugin {
+        version: "2.0.0",
+        mediate_traps: true,
+        ..WatPlugin::default()
+    };
+    assert_eq!(
+        host.admin("POST", "/v1/plants/plant-a/plugins", &v2.component())
+            .status,
+        201
+    );
+    let activated = host.admin(
+        "POST",
+        "/v1/plants/plant-a/plugins/wat-plugin/activate",
+        br#"{"version": "2.0.0"}"#,
+    );
+    assert_eq!(activated.status, 200, "{}", activated.body);
+    for _ in 0..2 {
+        assert_eq!(host.post("wat", Some("text/plain"), "go").status, 502);
+    }
+    // A guard against a rollback that never comes, not a timing assertion.
+    let mut lineage = String::new();
+    for _ in 0..200 {
+        let reply = host.post("wat", Some("text/plain"), "go");
+        if reply.status == 200 {
+            lineage = reply.header("millrace-lineage").unwrap().to_string();
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(lineage.starts_with("wat-plugin@1.0.0+"), "{lineage}");
+    let history = host
+        .admin("GET", "/v1/plants/plant-a/plugins/wat-plugin", b"")
+        .json();
+    let last = history["history"]
+        .as_array()
+        .unwrap()
+        .last()
+        .unwrap()
+        .clone();
+    assert_eq!(last["action"], "rollback", "{history}");
+    assert_eq!(last["by"], "quarantine", "{history}");
 }

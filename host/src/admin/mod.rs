@@ -10,6 +10,8 @@
 //! | POST | `/v1/plants/{plant}/plugins/{plugin}/activate` | `{"version": V}`: swap to it |
 //! | POST | `/v1/plants/{plant}/plugins/{plugin}/rollback` | back to the version active before |
 //! | GET | `/v1/refusals` | the latest candidates the gate refused, with the reasons |
+//! | GET | `/v1/quarantine` | plugin versions quarantined by their circuit breaker, with why |
+//! | POST | `/v1/plants/{plant}/plugins/{plugin}/quarantine/reset` | lift the plugin's quarantine on the plant |
 //! | POST | `/v1/config/reload` | read the configuration file again; applied (200) or refused (422) |
 //! | GET | `/metrics` | counters, Prometheus text format |
 //!
@@ -119,6 +121,23 @@ async fn route(
     match (method, segments.as_slice()) {
         (Method::GET, ["v1", "plants"]) => json(StatusCode::OK, &plants(mediator)),
         (Method::GET, ["v1", "refusals"]) => json(StatusCode::OK, &mediator.deployer.refusals()),
+        (Method::GET, ["v1", "quarantine"]) => json(StatusCode::OK, &mediator.quarantines.list()),
+        (
+            Method::POST,
+            [
+                "v1",
+                "plants",
+                plant,
+                "plugins",
+                plugin,
+                "quarantine",
+                "reset",
+            ],
+        ) => {
+            let lifted = mediator.quarantines.reset(plant, plugin);
+            tracing::warn!(plant, plugin, by = %by, lifted = lifted.len(), "quarantine lifted");
+            json(StatusCode::OK, &serde_json::json!({ "lifted": lifted }))
+        }
         (Method::GET, ["metrics"]) => Response::builder()
             .header(
                 header::CONTENT_TYPE,

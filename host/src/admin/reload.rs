@@ -76,7 +76,12 @@ fn apply(mediator: &Mediator, started: std::time::Instant) -> Result<Reloaded, R
     if !changed.is_empty() {
         return Err(ReloadError::NeedsRestart(changed));
     }
-    let reloaded = Routes::build(&config, &mediator.engine, &mediator.state)?;
+    let reloaded = Routes::build(
+        &config,
+        &mediator.engine,
+        &mediator.state,
+        &mediator.quarantines,
+    )?;
     let mut needs = Vec::new();
     if mediator.broker.is_none() && reloaded.all().iter().any(|r| r.uses_broker()) {
         needs.push("a route now uses the broker (the host started without one)".to_string());

@@ -376,7 +376,12 @@ async fn handle(
                 Err(lost) => Err(lost),
             }
         }
-        Ok(Err(failure)) if matches!(failure.failure, StepFailure::RetryLater(_)) => {
+        Ok(Err(failure))
+            if matches!(
+                failure.failure,
+                StepFailure::RetryLater(_) | StepFailure::Quarantined(_)
+            ) =>
+        {
             retry_or_give_up(
                 publisher,
                 route,

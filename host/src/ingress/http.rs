@@ -477,6 +477,11 @@ fn failure_problem(route: &str, id: &str, failure: &Failure, dead_letter: Option
             "plugin-limit",
             "Plugin broke a limit on what it hands over",
         ),
+        StepFailure::Quarantined(_) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "plugin-quarantined",
+            "Plugin version quarantined",
+        ),
     };
     let mut problem = Problem::new(status, kind, title, failure.reason())
         .with("route", route)
@@ -498,6 +503,9 @@ fn failure_problem(route: &str, id: &str, failure: &Failure, dead_letter: Option
             r.after_ms
                 .map_or(1, |ms| u64::from(ms).div_ceil(1000).max(1)),
         );
+    }
+    if let StepFailure::Quarantined(_) = &failure.failure {
+        problem.retry_after = Some(30);
     }
     if let Some(id) = dead_letter {
         problem = problem.with("dead_letter", id);

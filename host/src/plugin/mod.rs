@@ -353,6 +353,8 @@ pub enum StepFailure {
     Trap(String),
     /// The plugin broke a bound on what it may hand over, or the message ran out of budget.
     Limit(Breach),
+    /// The plugin version is quarantined on this plant (transient: held, not dead-lettered).
+    Quarantined(String),
 }
 
 impl StepFailure {
@@ -366,6 +368,7 @@ impl StepFailure {
             StepFailure::MemoryCap(_) => "memory-cap",
             StepFailure::Trap(_) => "trap",
             StepFailure::Limit(_) => "limit",
+            StepFailure::Quarantined(_) => "quarantined",
         }
     }
 }
@@ -380,6 +383,8 @@ pub struct StepSpec<'a> {
     /// The store behind the `state` capability.
     pub state: Arc<crate::state::StateStore>,
     pub limits: StepLimits,
+    /// The breakers the step's plugin version reports its failures to.
+    pub quarantines: Arc<crate::quarantine::Quarantines>,
 }
 
 /// A warm instance with the number of messages it has served.
@@ -403,6 +408,9 @@ pub struct StepRuntime {
     context: Arc<StepContext>,
     limits: StepLimits,
     idle: Mutex<Vec<Warm>>,
+    quarantines: Arc<crate::quarantine::Quarantines>,
+    /// This step's plugin version on its plant, for the breaker.
+    subject: crate::quarantine::Subject,
 }
 
 impl StepRuntime {
@@ -420,6 +428,7 @@ impl StepRuntime {
             tables,
             state,
             limits,
+            quarantines,
         } = spec;
         let pre = link(engine, artifact, &grants)?;
         let trapped = |reason: String| LoadError::Trapped {
@@ -459,7 +468,15 @@ impl StepRuntime {
                 plugin: context.plugin.clone(),
                 reason: bounds::truncate(&reason, bounds::MAX_REASON_BYTES),
             })?;
+        let subject = crate::quarantine::Subject {
+            plant: plant.to_string(),
+            plugin: info.name.clone(),
+            version: info.version.clone(),
+            digest: artifact.digest.clone(),
+        };
         let step = StepRuntime {
+            quarantines,
+            subject,
             path: artifact.path.clone(),
             id: PluginId {
                 name: info.name.clone(),
@@ -499,6 +516,7 @@ impl StepRuntime {
                 tables: c.tables.clone(),
                 state: Arc::clone(&c.state),
                 limits: self.limits,
+                quarantines: Arc::clone(&self.quarantines),
             },
         )
     }
@@ -522,6 +540,9 @@ impl StepRuntime {
         input: &types::Message,
         budget: Option<Budget>,
     ) -> Result<Vec<types::Message>, StepFailure> {
+        if let Some(why) = self.quarantines.check(&self.subject) {
+            return Err(StepFailure::Quarantined(why));
+        }
         let cut = budget.filter(|b| b.left < self.limits.deadline);
         let deadline = cut.map_or(self.limits.deadline, |b| b.left);
         let pooled = self.idle.lock().expect("idle pool lock").pop();
@@ -529,7 +550,7 @@ impl StepRuntime {
             Some(warm) => warm,
             None => self
                 .instantiate(&input.id)
-                .map_err(|e| self.classify(None, e, cut))?,
+                .map_err(|e| self.failed(self.classify(None, e, cut)))?,
         };
         let data = warm.store.data_mut();
         data.message_id.clone_from(&input.id);
@@ -541,7 +562,7 @@ impl StepRuntime {
         let result = match called {
             Ok(result) => result,
             // The instance is dropped here: a trapped instance never serves another message.
-            Err(e) => return Err(self.classify(Some(&warm.store), e, cut)),
+            Err(e) => return Err(self.failed(self.classify(Some(&warm.store), e, cut))),
         };
         let outputs = match result {
             Ok(outputs) => outputs,
@@ -565,9 +586,28 @@ impl StepRuntime {
             self.limits.max_outputs,
             self.limits.max_output_bytes,
         )
-        .map_err(StepFailure::Limit)?;
+        .map_err(|breach| self.failed(StepFailure::Limit(breach)))?;
         self.keep(warm);
         Ok(outputs)
+    }
+
+    /// Report a failure of the plugin itself (a trap, a breached limit — not a message
+    /// budget, which the chain sets) to its breaker; the failure, unchanged.
+    fn failed(&self, failure: StepFailure) -> StepFailure {
+        let counts = match &failure {
+            StepFailure::Trap(_) | StepFailure::Deadline(_) | StepFailure::MemoryCap(_) => true,
+            StepFailure::Limit(breach) => !matches!(breach, Breach::Budget(_)),
+            _ => false,
+        };
+        if counts {
+            let reason = match &failure {
+                StepFailure::Trap(t) => t.clone(),
+                StepFailure::Limit(b) => b.reason(),
+                other => other.kind().to_string(),
+            };
+            self.quarantines.failed(&self.subject, &reason);
+        }
+        failure
     }
 
     /// Return an instance that served a message to the pool, unless it has served its share.
