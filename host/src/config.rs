@@ -617,6 +617,62 @@ impl Config {
             60,
         ));
 
+        let fallback = StepLimits::default();
+        let step_defaults = StepLimits {
+            deadline: Duration::from_millis(ranged(
+                &mut diag,
+                "limits.deadline_ms",
+                file.limits.deadline_ms.as_ref(),
+                DEADLINE_MS,
+                fallback.deadline.as_millis() as u64,
+            )),
+            memory_bytes: (ranged(
+                &mut diag,
+                "limits.memory_mib",
+                file.limits.memory_mib.as_ref(),
+                MEMORY_MIB,
+                (fallback.memory_bytes >> 20) as u64,
+            ) as usize)
+                << 20,
+            instance_reuse: ranged(
+                &mut diag,
+                "limits.instance_reuse",
+                file.limits.instance_reuse.as_ref(),
+                INSTANCE_REUSE,
+                u64::from(fallback.instance_reuse),
+            ) as u32,
+            max_outputs: ranged(
+                &mut diag,
+                "limits.max_outputs",
+                file.limits.max_outputs.as_ref(),
+                MAX_OUTPUTS,
+                fallback.max_outputs as u64,
+            ) as usize,
+            max_output_bytes: (ranged(
+                &mut diag,
+                "limits.max_output_kib",
+                file.limits.max_output_kib.as_ref(),
+                MAX_OUTPUT_KIB,
+                (fallback.max_output_bytes >> 10) as u64,
+            ) as usize)
+                << 10,
+        };
+
+        let default_body_kib = ranged(
+            &mut diag,
+            "limits.max_body_kib",
+            file.limits.max_body_kib.as_ref(),
+            MAX_BODY_KIB,
+            1024,
+        );
+        let default_budget_ms = ranged(
+            &mut diag,
+            "limits.message_budget_ms",
+            file.limits.message_budget_ms.as_ref(),
+            DEADLINE_MS,
+            10_000,
+        );
+
         let mut plants = BTreeMap::new();
         let mut plant_limits = BTreeMap::new();
         for (name, plant) in &file.plants {
@@ -695,43 +751,31 @@ impl Config {
             let max_body_kib = ranged(
                 &mut diag,
                 &route_key("max_body_kib"),
-                route
-                    .max_body_kib
-                    .as_ref()
-                    .or(file.limits.max_body_kib.as_ref()),
+                route.max_body_kib.as_ref(),
                 MAX_BODY_KIB,
-                1024,
+                default_body_kib,
             );
             let budget = MessageBudget {
                 time: Duration::from_millis(ranged(
                     &mut diag,
                     &route_key("message_budget_ms"),
-                    route
-                        .message_budget_ms
-                        .as_ref()
-                        .or(file.limits.message_budget_ms.as_ref()),
+                    route.message_budget_ms.as_ref(),
                     DEADLINE_MS,
-                    10_000,
+                    default_budget_ms,
                 )),
                 max_outputs: ranged(
                     &mut diag,
                     &route_key("max_outputs"),
-                    route
-                        .max_outputs
-                        .as_ref()
-                        .or(file.limits.max_outputs.as_ref()),
+                    route.max_outputs.as_ref(),
                     MAX_OUTPUTS,
-                    1000,
+                    step_defaults.max_outputs as u64,
                 ) as usize,
                 max_output_bytes: (ranged(
                     &mut diag,
                     &route_key("max_output_kib"),
-                    route
-                        .max_output_kib
-                        .as_ref()
-                        .or(file.limits.max_output_kib.as_ref()),
+                    route.max_output_kib.as_ref(),
                     MAX_OUTPUT_KIB,
-                    16 * 1024,
+                    (step_defaults.max_output_bytes >> 10) as u64,
                 ) as usize)
                     << 10,
             };
@@ -745,12 +789,13 @@ impl Config {
                 ) as usize
             });
             let mut steps = Vec::new();
-            for step in route.steps.get_ref() {
+            for (index, step) in route.steps.get_ref().iter().enumerate() {
                 steps.push(step_config(
                     &mut diag,
                     &dir,
                     &plugin_dir,
-                    &file.limits,
+                    &step_defaults,
+                    &format!("routes.{}.steps[{}]", name.get_ref(), index + 1),
                     step,
                 ));
             }
@@ -1002,11 +1047,14 @@ fn read_table(diag: &mut Diagnostics, dir: &Path, table: &Spanned<LookupSection>
     }
 }
 
+/// One step of a route; `at` names it in errors (`routes.R.steps[N]`), `defaults` are the
+/// validated `[limits]`.
 fn step_config(
     diag: &mut Diagnostics,
     dir: &Path,
     plugin_dir: &Path,
-    defaults: &LimitsSection,
+    defaults: &StepLimits,
+    at: &str,
     step: &StepSection,
 ) -> StepConfig {
     let plugin = step.plugin.get_ref().clone();
@@ -1036,56 +1084,46 @@ fn step_config(
             }
         }
     }
-    let mut limit = |key: &str,
-                     own: &Number,
-                     default: &Number,
-                     range: std::ops::RangeInclusive<u64>,
-                     fallback: u64| {
+    let mut limit = |key: &str, own: &Number, range: std::ops::RangeInclusive<u64>, default: u64| {
         ranged(
             diag,
-            &format!("{key} of step {plugin:?}"),
-            own.as_ref().or(default.as_ref()),
+            &format!("{at}.{key}"),
+            own.as_ref(),
             range,
-            fallback,
+            default,
         )
     };
-    let fallback = StepLimits::default();
     let limits = StepLimits {
         deadline: Duration::from_millis(limit(
             "deadline_ms",
             &step.deadline_ms,
-            &defaults.deadline_ms,
             DEADLINE_MS,
-            fallback.deadline.as_millis() as u64,
+            defaults.deadline.as_millis() as u64,
         )),
         memory_bytes: (limit(
             "memory_mib",
             &step.memory_mib,
-            &defaults.memory_mib,
             MEMORY_MIB,
-            (fallback.memory_bytes >> 20) as u64,
+            (defaults.memory_bytes >> 20) as u64,
         ) as usize)
             << 20,
         instance_reuse: limit(
             "instance_reuse",
             &step.instance_reuse,
-            &defaults.instance_reuse,
             INSTANCE_REUSE,
-            u64::from(fallback.instance_reuse),
+            u64::from(defaults.instance_reuse),
         ) as u32,
         max_outputs: limit(
             "max_outputs",
             &step.max_outputs,
-            &defaults.max_outputs,
             MAX_OUTPUTS,
-            fallback.max_outputs as u64,
+            defaults.max_outputs as u64,
         ) as usize,
         max_output_bytes: (limit(
             "max_output_kib",
             &step.max_output_kib,
-            &defaults.max_output_kib,
             MAX_OUTPUT_KIB,
-            (fallback.max_output_bytes >> 10) as u64,
+            (defaults.max_output_bytes >> 10) as u64,
         ) as usize)
             << 10,
     };

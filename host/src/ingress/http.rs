@@ -12,8 +12,8 @@
 //! | 413 | body over the route's `max_body_kib` |
 //! | 415 | content type the first step does not accept |
 //! | 422 | a plugin rejected the message (dead-lettered), or an `Idempotency-Key` was reused for another body |
-//! | 502 | a plugin trapped (dead-lettered) |
-//! | 503 | a plugin ran past its deadline or memory cap (dead-lettered), asked for a retry, or the webhook did not take the outputs (neither dead-lettered; `Retry-After`) |
+//! | 502 | a plugin trapped, or broke a bound on what it hands over (dead-lettered) |
+//! | 503 | a plugin ran past its deadline or memory cap, or the message past its budget (dead-lettered); a plugin asked for a retry, is quarantined, the plant is busy, or the webhook did not take the outputs (not dead-lettered; `Retry-After`) |
 //! | 503 | the outbox is full (`outbox-full`, `Retry-After`) |
 //! | 500 | the host itself failed (e.g. the dead-letter store is unwritable) |
 //!
