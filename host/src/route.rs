@@ -151,7 +151,7 @@ impl Routes {
             for step in &route.steps {
                 let artifact = artifacts
                     .entry(step.plugin_path.clone())
-                    .or_insert_with(|| load_artifact(engine, step));
+                    .or_insert_with(|| load_artifact(engine, step, config.intake.max_bytes));
                 let artifact = match artifact {
                     Ok(a) => Arc::clone(a),
                     Err(e) => {
@@ -348,12 +348,22 @@ pub enum SwapError {
 fn load_artifact(
     engine: &PluginEngine,
     step: &crate::config::StepConfig,
+    max_bytes: usize,
 ) -> Result<Arc<Artifact>, String> {
-    if !step.plugin_path.exists() {
+    let Ok(meta) = std::fs::metadata(&step.plugin_path) else {
         return Err(format!(
             "plugin {:?}: file {} not found; build the project's plugins with scripts/build-plugins, or give a path to a .wasm component",
             step.plugin,
             step.plugin_path.display()
+        ));
+    };
+    if meta.len() > max_bytes as u64 {
+        return Err(format!(
+            "plugin {:?}: {} is {} bytes; at most {} MiB are accepted (host.max_component_mib)",
+            step.plugin,
+            step.plugin_path.display(),
+            meta.len(),
+            max_bytes >> 20
         ));
     }
     Artifact::load(engine, &step.plugin_path)
