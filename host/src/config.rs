@@ -55,6 +55,13 @@ struct HostSection {
     compile_memory_mib: Number,
     compile_timeout_s: Number,
     gate_budget_s: Number,
+    max_connections: Number,
+    max_connections_per_client: Number,
+    header_timeout_s: Number,
+    body_timeout_s: Number,
+    idempotency_max_keys: Number,
+    idempotency_max_mib: Number,
+    idempotency_max_answer_kib: Number,
 }
 
 /// A number as written, with where it is (range errors point at it).
@@ -262,6 +269,11 @@ pub struct Config {
     pub gate_budget: Duration,
     /// When a plugin version is quarantined and what then (`limits.quarantine_*`).
     pub quarantine: crate::quarantine::Policy,
+    /// What each listener accepts (`host.max_connections`, `max_connections_per_client`,
+    /// `header_timeout_s`, `body_timeout_s`).
+    pub connections: crate::ingress::connections::ConnectionLimits,
+    /// How much of the answers to keyed requests is kept (`host.idempotency_max_*`).
+    pub idempotency_bounds: crate::idempotency::Bounds,
     pub plants: BTreeMap<String, Tables>,
     /// Each plant's share of the host: messages in flight and waiting, state quota.
     pub plant_limits: BTreeMap<String, PlantLimits>,
@@ -332,6 +344,14 @@ impl Config {
             ),
             ("host.gate_budget_s", self.gate_budget.as_secs().to_string()),
             ("limits.quarantine_*", format!("{:?}", self.quarantine)),
+            (
+                "host.max_connections etc.",
+                format!("{:?}", self.connections),
+            ),
+            (
+                "host.idempotency_max_*",
+                format!("{:?}", self.idempotency_bounds),
+            ),
         ]
     }
 }
@@ -609,6 +629,60 @@ impl Config {
                 }
             },
         };
+        let connections = crate::ingress::connections::ConnectionLimits {
+            max_connections: ranged(
+                &mut diag,
+                "host.max_connections",
+                file.host.max_connections.as_ref(),
+                1..=1_000_000,
+                1024,
+            ) as usize,
+            max_per_client: ranged(
+                &mut diag,
+                "host.max_connections_per_client",
+                file.host.max_connections_per_client.as_ref(),
+                1..=1_000_000,
+                64,
+            ) as usize,
+            header_timeout: Duration::from_secs(ranged(
+                &mut diag,
+                "host.header_timeout_s",
+                file.host.header_timeout_s.as_ref(),
+                1..=3600,
+                30,
+            )),
+            body_timeout: Duration::from_secs(ranged(
+                &mut diag,
+                "host.body_timeout_s",
+                file.host.body_timeout_s.as_ref(),
+                1..=3600,
+                30,
+            )),
+        };
+        let idempotency_bounds = crate::idempotency::Bounds {
+            max_keys: ranged(
+                &mut diag,
+                "host.idempotency_max_keys",
+                file.host.idempotency_max_keys.as_ref(),
+                1..=100_000_000,
+                1_000_000,
+            ),
+            max_bytes: ranged(
+                &mut diag,
+                "host.idempotency_max_mib",
+                file.host.idempotency_max_mib.as_ref(),
+                1..=1_048_576,
+                1024,
+            ) << 20,
+            max_answer_bytes: (ranged(
+                &mut diag,
+                "host.idempotency_max_answer_kib",
+                file.host.idempotency_max_answer_kib.as_ref(),
+                1..=262_144,
+                1024,
+            ) as usize)
+                << 10,
+        };
         let gate_budget = Duration::from_secs(ranged(
             &mut diag,
             "host.gate_budget_s",
@@ -882,6 +956,8 @@ impl Config {
             intake,
             gate_budget,
             quarantine,
+            connections,
+            idempotency_bounds,
             outbox_max_messages: file.host.outbox_max_messages.unwrap_or(100_000).max(1),
             idempotency_window: std::time::Duration::from_secs(
                 file.host
@@ -1084,15 +1160,10 @@ fn step_config(
             }
         }
     }
-    let mut limit = |key: &str, own: &Number, range: std::ops::RangeInclusive<u64>, default: u64| {
-        ranged(
-            diag,
-            &format!("{at}.{key}"),
-            own.as_ref(),
-            range,
-            default,
-        )
-    };
+    let mut limit =
+        |key: &str, own: &Number, range: std::ops::RangeInclusive<u64>, default: u64| {
+            ranged(diag, &format!("{at}.{key}"), own.as_ref(), range, default)
+        };
     let limits = StepLimits {
         deadline: Duration::from_millis(limit(
             "deadline_ms",

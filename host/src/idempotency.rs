@@ -8,6 +8,10 @@
 //! mediated, a repeat is told to come back (409). Only final answers are kept: outputs (2xx)
 //! and rejections (422); a transient failure (5xx) may succeed when retried, so it is not.
 //!
+//! Bounded: at most `max_keys` answers and `max_bytes` of them are kept (the oldest are evicted
+//! first: a resend of an evicted request is mediated again), and an answer larger than
+//! `max_answer_bytes` is given but not kept.
+//!
 //! AMQP: the ids of settled deliveries (per route, same window) are kept, so a redelivery of a
 //! message already settled — the host died before its ack reached the broker — is acknowledged
 //! without a second run.
@@ -55,13 +59,41 @@ pub struct InFlight {
     fingerprint: String,
 }
 
+/// How much the store keeps of HTTP answers.
+#[derive(Debug, Clone, Copy)]
+pub struct Bounds {
+    /// Answers kept at most (`host.idempotency_max_keys`, default 1,000,000).
+    pub max_keys: u64,
+    /// Bytes of kept answers at most (`host.idempotency_max_mib`, default 1024).
+    pub max_bytes: u64,
+    /// Larger answers are given but not kept (`host.idempotency_max_answer_kib`, default 1024).
+    pub max_answer_bytes: usize,
+}
+
+impl Default for Bounds {
+    fn default() -> Self {
+        Bounds {
+            max_keys: 1_000_000,
+            max_bytes: 1024 << 20,
+            max_answer_bytes: 1 << 20,
+        }
+    }
+}
+
 /// The store.
 pub struct IdempotencyStore {
     path: PathBuf,
     window: Duration,
+    bounds: Bounds,
     conn: Mutex<Connection>,
     in_flight: Mutex<HashSet<(String, String)>>,
+    /// Answers kept, their bytes (read from the file when opened, kept up to date under
+    /// `conn`'s lock), and the time the last one was kept.
+    kept: Mutex<(u64, u64, i64)>,
 }
+
+/// Bytes one kept answer stands for, as SQL over a row of `answers`.
+const ROW_BYTES: &str = "length(CAST(route AS BLOB)) + length(CAST(key AS BLOB)) + length(CAST(headers AS BLOB)) + length(body) + 64";
 
 impl std::fmt::Debug for IdempotencyStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -111,12 +143,30 @@ pub fn fingerprint(content_type: &str, body: &[u8]) -> String {
 impl IdempotencyStore {
     /// Open (or create) the store in `data_dir`, keeping answers for `window`.
     pub fn open(data_dir: &Path, window: Duration) -> Result<IdempotencyStore, IdempotencyError> {
+        Self::open_bounded(data_dir, window, Bounds::default())
+    }
+
+    /// [`IdempotencyStore::open`] with its bounds.
+    pub fn open_bounded(
+        data_dir: &Path,
+        window: Duration,
+        bounds: Bounds,
+    ) -> Result<IdempotencyStore, IdempotencyError> {
         let (path, conn) = crate::durable::open_in(data_dir, FILE, SCHEMA)?;
+        let kept: (i64, i64) = conn
+            .query_row(
+                &format!("SELECT COUNT(*), COALESCE(SUM({ROW_BYTES}), 0) FROM answers"),
+                [],
+                |row| Ok((row.get(0)?, row.get(1)?)),
+            )
+            .map_err(|e| IdempotencyError::sql(&path, e))?;
         Ok(IdempotencyStore {
             path,
             window,
+            bounds,
             conn: Mutex::new(conn),
             in_flight: Mutex::new(HashSet::new()),
+            kept: Mutex::new((kept.0 as u64, kept.1 as u64, 0)),
         })
     }
 
@@ -174,32 +224,107 @@ impl IdempotencyStore {
     }
 
     fn keep(&self, flight: &InFlight, answer: &StoredAnswer) -> Result<(), IdempotencyError> {
-        let now = now_ms();
+        let size = answer.body.len()
+            + answer
+                .headers
+                .iter()
+                .map(|(n, v)| n.len() + v.len())
+                .sum::<usize>();
+        if size > self.bounds.max_answer_bytes {
+            tracing::info!(route = %flight.route, key = %flight.key, bytes = size, "answer larger than host.idempotency_max_answer_kib: given, not kept");
+            return Ok(());
+        }
         let headers = serde_json::to_string(&answer.headers).expect("string pairs serialize");
         let conn = self.conn.lock().expect("idempotency connection lock");
-        conn.execute(
-            "INSERT INTO answers (route, key, fingerprint, at_ms, status, headers, body)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
-             ON CONFLICT (route, key) DO UPDATE SET fingerprint = excluded.fingerprint,
-               at_ms = excluded.at_ms, status = excluded.status, headers = excluded.headers,
-               body = excluded.body",
-            params![
-                flight.route,
-                flight.key,
-                flight.fingerprint,
-                now,
-                answer.status,
-                headers,
-                answer.body
-            ],
-        )
-        .map_err(|e| self.sql(e))?;
-        conn.execute(
-            "DELETE FROM answers WHERE at_ms < ?1",
-            params![now - self.window.as_millis() as i64],
-        )
-        .map_err(|e| self.sql(e))?;
+        let mut kept = self.kept.lock().expect("idempotency bounds lock");
+        // Strictly increasing under the lock, so "oldest" is well defined within a millisecond.
+        let now = now_ms().max(kept.2 + 1);
+        kept.2 = now;
+        let removed = |rows: Vec<i64>, kept: &mut (u64, u64, i64)| {
+            kept.0 = kept.0.saturating_sub(rows.len() as u64);
+            kept.1 = kept.1.saturating_sub(rows.iter().sum::<i64>() as u64);
+        };
+        let replaced: Vec<i64> = conn
+            .prepare_cached(&format!(
+                "DELETE FROM answers WHERE route = ?1 AND key = ?2 RETURNING {ROW_BYTES}"
+            ))
+            .and_then(|mut delete| {
+                delete
+                    .query_map(params![flight.route, flight.key], |row| row.get(0))?
+                    .collect()
+            })
+            .map_err(|e| self.sql(e))?;
+        removed(replaced, &mut kept);
+        let added: i64 = conn
+            .prepare_cached(&format!(
+                "INSERT INTO answers (route, key, fingerprint, at_ms, status, headers, body)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) RETURNING {ROW_BYTES}"
+            ))
+            .and_then(|mut insert| {
+                insert.query_row(
+                    params![
+                        flight.route,
+                        flight.key,
+                        flight.fingerprint,
+                        now,
+                        answer.status,
+                        headers,
+                        answer.body
+                    ],
+                    |row| row.get(0),
+                )
+            })
+            .map_err(|e| self.sql(e))?;
+        kept.0 += 1;
+        kept.1 += added as u64;
+        let expired: Vec<i64> = conn
+            .prepare_cached(&format!(
+                "DELETE FROM answers WHERE at_ms < ?1 RETURNING {ROW_BYTES}"
+            ))
+            .and_then(|mut delete| {
+                delete
+                    .query_map(params![now - self.window.as_millis() as i64], |row| {
+                        row.get(0)
+                    })?
+                    .collect()
+            })
+            .map_err(|e| self.sql(e))?;
+        removed(expired, &mut kept);
+        // Over a bound: the oldest answers go first, a batch at a time.
+        while kept.0 > self.bounds.max_keys || kept.1 > self.bounds.max_bytes {
+            let batch = if kept.0 > self.bounds.max_keys {
+                (kept.0 - self.bounds.max_keys).min(256)
+            } else {
+                16
+            };
+            let evicted: Vec<i64> = conn
+                .prepare_cached(&format!(
+                    "DELETE FROM answers WHERE (route, key) IN
+                       (SELECT route, key FROM answers ORDER BY at_ms LIMIT ?1)
+                     RETURNING {ROW_BYTES}"
+                ))
+                .and_then(|mut delete| {
+                    delete
+                        .query_map(params![batch as i64], |row| row.get(0))?
+                        .collect()
+                })
+                .map_err(|e| self.sql(e))?;
+            if evicted.is_empty() {
+                break;
+            }
+            tracing::debug!(
+                evicted = evicted.len(),
+                "idempotency store over its bounds: oldest answers evicted"
+            );
+            removed(evicted, &mut kept);
+        }
         Ok(())
+    }
+
+    /// Answers kept and their bytes.
+    pub fn kept(&self) -> (u64, u64) {
+        let kept = self.kept.lock().expect("idempotency bounds lock");
+        (kept.0, kept.1)
     }
 }
 
@@ -337,6 +462,59 @@ impl Drop for InFlight {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_store_keeps_at_most_its_bounds_evicting_the_oldest_and_not_keeping_big_answers() {
+        let dir = tempfile::tempdir().unwrap();
+        let bounds = Bounds {
+            max_keys: 10,
+            max_bytes: 1 << 20,
+            max_answer_bytes: 1000,
+        };
+        let store = Arc::new(
+            IdempotencyStore::open_bounded(dir.path(), Duration::from_secs(600), bounds).unwrap(),
+        );
+        let keep = |key: &str, body: Vec<u8>| {
+            let Begin::Fresh(flight) = store
+                .begin("r", key, fingerprint("t", key.as_bytes()))
+                .unwrap()
+            else {
+                panic!("{key} is not fresh");
+            };
+            flight
+                .finish(&StoredAnswer {
+                    status: 200,
+                    headers: vec![],
+                    body,
+                })
+                .unwrap();
+        };
+        for i in 0..25 {
+            keep(&format!("k{i}"), vec![b'x'; 100]);
+        }
+        assert_eq!(store.kept().0, 10, "at most 10 kept");
+        // The oldest went first: k0 is mediated again, k24 is answered.
+        assert!(matches!(
+            store.begin("r", "k0", fingerprint("t", b"k0")).unwrap(),
+            Begin::Fresh(_)
+        ));
+        assert!(matches!(
+            store.begin("r", "k24", fingerprint("t", b"k24")).unwrap(),
+            Begin::Answered(_)
+        ));
+        // An answer over the size bound is given but not kept.
+        keep("big", vec![b'x'; 5000]);
+        assert!(matches!(
+            store.begin("r", "big", fingerprint("t", b"big")).unwrap(),
+            Begin::Fresh(_)
+        ));
+        // The counts survive reopening.
+        let (keys, bytes) = store.kept();
+        drop(store);
+        let reopened =
+            IdempotencyStore::open_bounded(dir.path(), Duration::from_secs(600), bounds).unwrap();
+        assert_eq!(reopened.kept(), (keys, bytes));
+    }
 
     fn answer(status: u16) -> StoredAnswer {
         StoredAnswer {

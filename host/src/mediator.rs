@@ -66,6 +66,8 @@ pub struct Mediator {
     pub admission: crate::admission::Admission,
     /// The plugin versions' circuit breakers.
     pub quarantines: Arc<crate::quarantine::Quarantines>,
+    /// What each listener accepts (connections, header and body timeouts).
+    pub connections: crate::ingress::connections::ConnectionLimits,
     /// The plants' shared state, for routes built again by a configuration reload.
     pub state: Arc<StateStore>,
     /// The configuration file, read again by a reload.
@@ -102,9 +104,10 @@ impl Mediator {
         let idempotency = if config.idempotency_window.is_zero() {
             None
         } else {
-            Some(Arc::new(IdempotencyStore::open(
+            Some(Arc::new(IdempotencyStore::open_bounded(
                 &config.data_dir,
                 config.idempotency_window,
+                config.idempotency_bounds,
             )?))
         };
         let admission = crate::admission::Admission::new(config);
@@ -143,6 +146,7 @@ impl Mediator {
             idempotency,
             admission,
             quarantines,
+            connections: config.connections,
             state,
             config_path: config.path.clone(),
             restart_only: config.restart_only(),

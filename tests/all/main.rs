@@ -13,6 +13,7 @@ mod hostile;
 mod hot_reload;
 mod hot_reload_amqp;
 mod http;
+mod ingress_abuse;
 mod instances;
 mod limits;
 mod replay;

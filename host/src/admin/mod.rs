@@ -46,11 +46,15 @@ pub async fn serve(
     mediator: Arc<Mediator>,
     mut shutdown: tokio::sync::watch::Receiver<bool>,
 ) {
+    let connections = crate::ingress::connections::Connections::new(mediator.connections);
     loop {
         tokio::select! {
             accepted = listener.accept() => {
-                let Ok((stream, _)) = accepted else {
+                let Ok((stream, peer)) = accepted else {
                     tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                };
+                let Some((stream, held)) = connections.admit(stream, peer) else {
                     continue;
                 };
                 let mediator = Arc::clone(&mediator);
@@ -63,12 +67,14 @@ pub async fn serve(
                         })
                     }
                 });
-                tokio::spawn(
-                    http1::Builder::new()
-                        .timer(TokioTimer::new())
-                        .header_read_timeout(Duration::from_secs(30))
-                        .serve_connection(TokioIo::new(stream), service),
-                );
+                let conn = http1::Builder::new()
+                    .timer(TokioTimer::new())
+                    .header_read_timeout(connections.limits().header_timeout)
+                    .serve_connection(TokioIo::new(stream), service);
+                tokio::spawn(async move {
+                    let _held = held;
+                    let _ = conn.await;
+                });
             }
             _ = shutdown.changed() => break,
         }

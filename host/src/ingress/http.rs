@@ -59,6 +59,7 @@ pub async fn serve(
     shutdown: impl Future<Output = ()>,
 ) {
     let graceful = GracefulShutdown::new();
+    let connections = super::connections::Connections::new(mediator.connections);
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
@@ -71,6 +72,9 @@ pub async fn serve(
                         continue;
                     }
                 };
+                let Some((stream, held)) = connections.admit(stream, peer) else {
+                    continue;
+                };
                 let mediator = Arc::clone(&mediator);
                 let service = service_fn(move |req| {
                     let mediator = Arc::clone(&mediator);
@@ -78,10 +82,11 @@ pub async fn serve(
                 });
                 let conn = http1::Builder::new()
                     .timer(TokioTimer::new())
-                    .header_read_timeout(Duration::from_secs(30))
+                    .header_read_timeout(connections.limits().header_timeout)
                     .serve_connection(TokioIo::new(stream), service);
                 let conn = graceful.watch(conn);
                 tokio::spawn(async move {
+                    let _held = held;
                     if let Err(e) = conn.await {
                         tracing::debug!(%peer, error = %e, "connection ended with an error");
                     }
@@ -179,10 +184,13 @@ async fn route_request(
             )
         })
         .collect();
-    let body = match Limited::new(req.into_body(), route.max_body_bytes)
-        .collect()
-        .await
-    {
+    let read = tokio::time::timeout(
+        mediator.connections.body_timeout,
+        Limited::new(req.into_body(), route.max_body_bytes).collect(),
+    )
+    .await
+    .map_err(|_| Problem::request_timeout(mediator.connections.body_timeout))?;
+    let body = match read {
         Ok(collected) => collected.to_bytes(),
         Err(e)
             if e.downcast_ref::<http_body_util::LengthLimitError>()

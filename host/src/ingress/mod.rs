@@ -2,5 +2,6 @@
 //! [`crate::plugin::bindings::types::Message`] for one route and hands it to [`crate::chain`].
 
 pub mod amqp;
+pub mod connections;
 pub mod http;
 pub mod problem;

@@ -170,6 +170,19 @@ impl Problem {
         problem
     }
 
+    /// The body did not arrive within the body timeout.
+    pub fn request_timeout(timeout: std::time::Duration) -> Problem {
+        Problem::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "request-timeout",
+            "Request body too slow",
+            format!(
+                "the request body did not arrive within {} s (host.body_timeout_s)",
+                timeout.as_secs()
+            ),
+        )
+    }
+
     /// The route's plant has as many messages in flight and waiting as it may; other plants
     /// are not affected.
     pub fn plant_busy(route: &str, busy: &crate::admission::Busy) -> Problem {

@@ -1,0 +1,139 @@
+//! What one listener accepts: at most `max_connections` connections at once and at most
+//! `max_connections_per_client` from one address; a connection beyond either is answered
+//! `503` with a problem document and closed at once (it never reaches a handler). Shared by the
+//! HTTP ingress and the admin API.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+/// Bounds of one listener's connections and requests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConnectionLimits {
+    /// Open connections at most (`host.max_connections`, default 1024).
+    pub max_connections: usize,
+    /// Open connections from one address at most (`host.max_connections_per_client`, 64).
+    pub max_per_client: usize,
+    /// Time a client has to send a request's headers (`host.header_timeout_s`, 30); an idle
+    /// keep-alive connection is closed after it too.
+    pub header_timeout: Duration,
+    /// Time a client has to send a request's body (`host.body_timeout_s`, 30); then 408.
+    pub body_timeout: Duration,
+}
+
+impl Default for ConnectionLimits {
+    fn default() -> Self {
+        ConnectionLimits {
+            max_connections: 1024,
+            max_per_client: 64,
+            header_timeout: Duration::from_secs(30),
+            body_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// The connections a listener holds now.
+pub struct Connections {
+    limits: ConnectionLimits,
+    open: Arc<Semaphore>,
+    per_client: Arc<Mutex<HashMap<IpAddr, usize>>>,
+}
+
+/// One accepted connection's places; they return when it is dropped.
+pub struct Held {
+    _open: OwnedSemaphorePermit,
+    client: IpAddr,
+    per_client: Arc<Mutex<HashMap<IpAddr, usize>>>,
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        let mut per_client = self.per_client.lock().expect("per-client lock");
+        if let Some(n) = per_client.get_mut(&self.client) {
+            *n -= 1;
+            if *n == 0 {
+                per_client.remove(&self.client);
+            }
+        }
+    }
+}
+
+impl Connections {
+    pub fn new(limits: ConnectionLimits) -> Connections {
+        Connections {
+            limits,
+            open: Arc::new(Semaphore::new(limits.max_connections)),
+            per_client: Arc::default(),
+        }
+    }
+
+    pub fn limits(&self) -> ConnectionLimits {
+        self.limits
+    }
+
+    /// A place for a connection from `peer`, or `None` after answering it 503 and closing it.
+    pub fn admit(&self, stream: TcpStream, peer: SocketAddr) -> Option<(TcpStream, Held)> {
+        let Ok(open) = Arc::clone(&self.open).try_acquire_owned() else {
+            refuse(
+                stream,
+                format!(
+                    "the host has {} connections open, its limit (host.max_connections)",
+                    self.limits.max_connections
+                ),
+            );
+            return None;
+        };
+        {
+            let mut per_client = self.per_client.lock().expect("per-client lock");
+            let n = per_client.entry(peer.ip()).or_insert(0);
+            if *n >= self.limits.max_per_client {
+                drop(per_client);
+                refuse(
+                    stream,
+                    format!(
+                        "{} has {} connections open, the limit per client (host.max_connections_per_client)",
+                        peer.ip(),
+                        self.limits.max_per_client
+                    ),
+                );
+                return None;
+            }
+            *n += 1;
+        }
+        Some((
+            stream,
+            Held {
+                _open: open,
+                client: peer.ip(),
+                per_client: Arc::clone(&self.per_client),
+            },
+        ))
+    }
+}
+
+/// Answer `stream` 503 (a problem document, `Retry-After: 1`) and close it, without reading.
+fn refuse(mut stream: TcpStream, detail: String) {
+    tracing::warn!("connection refused: {detail}");
+    tokio::spawn(async move {
+        let body = serde_json::json!({
+            "type": "urn:millrace:problem:too-many-connections",
+            "title": "Too many connections",
+            "status": 503,
+            "detail": detail,
+        })
+        .to_string();
+        let answer = format!(
+            "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/problem+json\r\nretry-after: 1\r\nconnection: close\r\ncontent-length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        let _ = tokio::time::timeout(Duration::from_secs(1), async {
+            let _ = stream.write_all(answer.as_bytes()).await;
+            let _ = stream.shutdown().await;
+        })
+        .await;
+    });
+}

@@ -1,0 +1,168 @@
+//! Hostile HTTP clients against the ingress: slow bodies, slow headers, many connections, more
+//! connections than one client may hold, Idempotency-Key floods and answers too big to keep.
+//! The attackers connect from 127.0.0.2 (still loopback), a well-behaved client of plant B from
+//! 127.0.0.1 keeps being served meanwhile (no failure, a share of its own rate measured before
+//! the attack in the same test).
+
+use crate::harness::*;
+use crate::hostile::{Bystander, assert_served};
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::Duration;
+
+/// A connection to `url`'s host and port from 127.0.0.2.
+fn attacker(url: &str) -> TcpStream {
+    let addr: std::net::SocketAddr = url
+        .trim_start_matches("http://")
+        .parse()
+        .expect("host:port");
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind("127.0.0.2:0".parse().unwrap()).unwrap();
+        let stream = socket.connect(addr).await.expect("connect");
+        let stream = stream.into_std().unwrap();
+        stream.set_nonblocking(false).unwrap();
+        stream
+    })
+}
+
+/// Everything the server sends on `stream` until it closes it (or [`GUARD`] passes).
+fn read_to_close(stream: &mut TcpStream) -> String {
+    stream.set_read_timeout(Some(GUARD)).unwrap();
+    let mut got = Vec::new();
+    let _ = stream.read_to_end(&mut got);
+    String::from_utf8_lossy(&got).into_owned()
+}
+
+fn workspace(host: &str) -> Workspace {
+    let steady = act_route("steady", "").replace("plant = \"plant-a\"", "plant = \"plant-b\"");
+    Workspace::new(&format!(
+        "[host]\n{host}\n\n[plants.plant-a]\n[plants.plant-b]\n\n{}\n{steady}",
+        act_route("act", "")
+    ))
+}
+
+#[test]
+fn slow_bodies_and_slow_headers_are_cut_off_at_their_timeouts() {
+    let ws =
+        workspace("header_timeout_s = 1\nbody_timeout_s = 2\nmax_connections_per_client = 200");
+    let host = ws.start();
+    let baseline = Bystander::baseline(&host.url, Duration::from_secs(1));
+    let during = Bystander::start(&host.url);
+    // 100 requests announcing 1 MiB bodies that send one byte and stall.
+    let mut slow_bodies: Vec<TcpStream> = (0..100)
+        .map(|_| {
+            let mut s = attacker(&host.url);
+            s.write_all(
+                b"POST /v1/routes/act/messages HTTP/1.1\r\nhost: x\r\ncontent-type: text/plain\r\ncontent-length: 1048576\r\n\r\nx",
+            )
+            .unwrap();
+            s
+        })
+        .collect();
+    // 50 connections that send half a request line and stall.
+    let mut slow_headers: Vec<TcpStream> = (0..50)
+        .map(|_| {
+            let mut s = attacker(&host.url);
+            s.write_all(b"POST /v1/routes/act/mess").unwrap();
+            s
+        })
+        .collect();
+    for s in &mut slow_bodies {
+        let answer = read_to_close(s);
+        assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+        assert!(
+            answer.contains("urn:millrace:problem:request-timeout"),
+            "{answer}"
+        );
+    }
+    for s in &mut slow_headers {
+        // Closed (hyper answers 408 or just closes): never left open.
+        let answer = read_to_close(s);
+        assert!(
+            answer.is_empty() || answer.starts_with("HTTP/1.1 408"),
+            "{answer}"
+        );
+    }
+    assert_served("slow bodies and headers", &baseline, &during.finish());
+}
+
+#[test]
+fn connections_past_the_host_and_client_limits_are_refused_with_a_problem() {
+    let ws = workspace("max_connections = 40\nmax_connections_per_client = 10");
+    let host = ws.start();
+    let baseline = Bystander::baseline(&host.url, Duration::from_secs(1));
+    let during = Bystander::start(&host.url);
+    // Ten idle connections from one client are its share; the eleventh is refused at once.
+    let mut held: Vec<TcpStream> = (0..10).map(|_| attacker(&host.url)).collect();
+    // Each held connection is in: a request on it is answered.
+    held[0]
+        .write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n")
+        .unwrap();
+    let mut first = [0u8; 12];
+    held[0].read_exact(&mut first).unwrap();
+    assert_eq!(&first, b"HTTP/1.1 200");
+    let mut eleventh = attacker(&host.url);
+    let answer = read_to_close(&mut eleventh);
+    assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
+    assert!(answer.contains("too-many-connections"), "{answer}");
+    assert!(
+        answer.contains("host.max_connections_per_client"),
+        "{answer}"
+    );
+    assert_served("one client's connections", &baseline, &during.finish());
+    // Closing them gives the places back.
+    held.clear();
+    std::thread::sleep(Duration::from_millis(200));
+    let mut again = attacker(&host.url);
+    again
+        .write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+        .unwrap();
+    assert!(read_to_close(&mut again).starts_with("HTTP/1.1 200"));
+    drop(host);
+
+    // The host's own limit: 40 connections in all, from any client.
+    let ws = workspace("max_connections = 40\nmax_connections_per_client = 1000");
+    let host = ws.start();
+    let _held: Vec<TcpStream> = (0..40).map(|_| attacker(&host.url)).collect();
+    std::thread::sleep(Duration::from_millis(200));
+    let mut over = attacker(&host.url);
+    let answer = read_to_close(&mut over);
+    assert!(answer.contains("host.max_connections)"), "{answer}");
+}
+
+#[test]
+fn idempotency_keys_are_kept_within_their_bounds_and_big_answers_are_not_kept() {
+    let ws = workspace("idempotency_max_keys = 100\nidempotency_max_answer_kib = 1");
+    let host = ws.start();
+    let baseline = Bystander::baseline(&host.url, Duration::from_secs(1));
+    let during = Bystander::start(&host.url);
+    for i in 0..1000 {
+        let reply = host.post_with_key("act", "text/plain", &format!("flood-{i}"), "ok");
+        assert_eq!(reply.status, 200);
+    }
+    assert_served("a key flood", &baseline, &during.finish());
+    let db =
+        rusqlite::Connection::open(ws.dir.path().join(".millrace/idempotency.sqlite")).unwrap();
+    let kept: i64 = db
+        .query_row("SELECT COUNT(*) FROM answers", [], |r| r.get(0))
+        .unwrap();
+    assert!(kept <= 100, "{kept} answers kept");
+    // The newest are kept, the oldest evicted.
+    let newest = host.post_with_key("act", "text/plain", "flood-999", "ok");
+    assert_eq!(newest.header("millrace-replayed"), Some("true"));
+    let oldest = host.post_with_key("act", "text/plain", "flood-0", "ok");
+    assert_eq!(oldest.header("millrace-replayed"), None);
+    // An answer over 1 KiB is given, not kept: its repeat is mediated again.
+    let big = "z".repeat(4000);
+    let first = host.post_with_key("act", "text/plain", "big-1", &big);
+    assert_eq!(first.status, 200);
+    assert_eq!(first.body.len(), 4000);
+    let again = host.post_with_key("act", "text/plain", "big-1", &big);
+    assert_eq!(again.status, 200);
+    assert_eq!(again.header("millrace-replayed"), None);
+}
