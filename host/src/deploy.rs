@@ -95,6 +95,11 @@ impl Deployer {
         }
     }
 
+    /// The largest component the gate takes (`host.max_component_mib`).
+    pub fn max_component_bytes(&self) -> usize {
+        self.gate.intake.max_bytes
+    }
+
     /// The latest refused candidates, oldest first.
     pub fn refusals(&self) -> Vec<Refusal> {
         self.refusals
@@ -212,28 +217,35 @@ impl Deployer {
         if let Err(e) = &deployed {
             // A refused candidate is not kept, compiled or otherwise.
             self.compiled.lock().expect("compiled lock").remove(&digest);
-            tracing::warn!(plant, origin, by, digest = %digest, error = %e, "plugin candidate refused");
-            crate::telemetry::metrics()
-                .refusals
-                .get_or_create(&crate::telemetry::RefusalLabels {
-                    plant: plant.into(),
-                    origin: origin.into(),
-                })
-                .inc();
-            let mut kept = self.refusals.lock().expect("refusals lock");
-            if kept.len() == KEPT_REFUSALS {
-                kept.pop_front();
-            }
-            kept.push_back(Refusal {
-                at: crate::deadletter::now_rfc3339(),
-                plant: plant.into(),
-                origin: origin.into(),
-                by: by.into(),
-                digest,
-                reason: e.to_string(),
-            });
+            self.refused(plant, origin, by, &digest, &e.to_string());
         }
         deployed
+    }
+
+    /// Record a refused candidate: logged, counted (`millrace_plugin_refusals_total`),
+    /// remembered ([`Deployer::refusals`]). `digest` is `unread` for a file refused before it
+    /// was read.
+    pub fn refused(&self, plant: &str, origin: &str, by: &str, digest: &str, reason: &str) {
+        tracing::warn!(plant, origin, by, digest = %digest, error = %reason, "plugin candidate refused");
+        crate::telemetry::metrics()
+            .refusals
+            .get_or_create(&crate::telemetry::RefusalLabels {
+                plant: plant.into(),
+                origin: origin.into(),
+            })
+            .inc();
+        let mut kept = self.refusals.lock().expect("refusals lock");
+        if kept.len() == KEPT_REFUSALS {
+            kept.pop_front();
+        }
+        kept.push_back(Refusal {
+            at: crate::deadletter::now_rfc3339(),
+            plant: plant.into(),
+            origin: origin.into(),
+            by: by.into(),
+            digest: digest.into(),
+            reason: reason.into(),
+        });
     }
 
     #[expect(

@@ -774,3 +774,73 @@ fn a_version_that_keeps_trapping_is_quarantined_then_lifted_or_rolled_back() {
     assert_eq!(last["action"], "rollback", "{history}");
     assert_eq!(last["by"], "quarantine", "{history}");
 }
+
+#[test]
+fn the_drop_folder_takes_only_regular_files_of_the_hosts_user_within_the_size_cap() {
+    let dir = tempfile::tempdir().unwrap();
+    let plain = WatPlugin::default().write(dir.path(), "plain.wasm");
+    let ws = workspace(&route_toml("wat", &plain, "[]", ""));
+    let config = std::fs::read_to_string(ws.config()).unwrap().replace(
+        "[host]\n",
+        "[host]\ndrop_settle_ms = 200\nmax_component_mib = 4\n",
+    );
+    ws.write("millrace.toml", &config);
+    let host = ws.start();
+    let baseline = Bystander::baseline(&host.url, Duration::from_secs(1));
+    let during = Bystander::start(&host.url);
+    let plant = ws.dir.path().join(".millrace/drop/plant-a");
+    // A secret the host's user can read, and a link to it named like a candidate.
+    let secret = dir.path().join("secret.txt");
+    std::fs::write(&secret, "TOP-SECRET-CONTENT").unwrap();
+    std::os::unix::fs::symlink(&secret, plant.join("link.wasm")).unwrap();
+    // A FIFO (reading it would block forever), a file others may write, a 3 GB sparse file.
+    let fifo = plant.join("fifo.wasm");
+    assert!(
+        std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap()
+            .success()
+    );
+    let shared = plant.join("shared.wasm");
+    std::fs::write(&shared, WatPlugin::default().component()).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o666)).unwrap();
+    let huge = plant.join("huge.wasm");
+    std::fs::File::create(&huge)
+        .unwrap()
+        .set_len(3 << 30)
+        .unwrap();
+    let rss_before = rss_mib(host.pid());
+    let reason = |name: &str| {
+        crate::hot_reload::eventually(&format!("{name} refused"), || {
+            std::fs::read_to_string(plant.join(format!("refused/{name}.reason"))).ok()
+        })
+    };
+    let link = reason("link.wasm");
+    assert!(link.contains("is a symbolic link"), "{link}");
+    let fifo_reason = reason("fifo.wasm");
+    assert!(fifo_reason.contains("not a regular file"), "{fifo_reason}");
+    let shared_reason = reason("shared.wasm");
+    assert!(
+        shared_reason.contains("writable by others"),
+        "{shared_reason}"
+    );
+    let huge_reason = reason("huge.wasm");
+    assert!(huge_reason.contains("at most 4 MiB"), "{huge_reason}");
+    let refusals = host.admin("GET", "/v1/refusals", b"").body;
+    assert!(!refusals.contains("TOP-SECRET"), "{refusals}");
+    assert!(refusals.contains("\"digest\":\"unread\""), "{refusals}");
+    let rss_after = rss_mib(host.pid());
+    println!("drop attacks: host RSS {rss_before} → {rss_after} MiB");
+    assert!(
+        rss_after < rss_before + 256,
+        "{rss_before} → {rss_after} MiB"
+    );
+    assert_served("drop-folder attacks", &baseline, &during.finish());
+    // The secret was neither read into a reason nor moved.
+    assert_eq!(
+        std::fs::read_to_string(&secret).unwrap(),
+        "TOP-SECRET-CONTENT"
+    );
+}

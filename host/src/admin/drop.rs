@@ -6,6 +6,11 @@
 //! Only `*.wasm` files directly under a plant folder are taken, once they have stopped changing
 //! ([`super::watch`]); write elsewhere (or as `NAME.wasm.part`) and rename to be sure a file is
 //! never read half-written. Files already there when the host starts are taken then.
+//!
+//! A candidate must be a regular file — not a symbolic link, device, FIFO or socket — owned by
+//! the host's user, not writable by others, and at most `host.max_component_mib`; anything else
+//! is refused with the reason before a byte of it is read (it is opened without following links
+//! and checked on the open file, so it cannot be swapped in between).
 
 use super::watch::Settled;
 use crate::deploy::Slot;
@@ -90,10 +95,13 @@ fn candidate<'a>(dir: &Path, path: &'a Path) -> Option<&'a str> {
     let mut parts = relative.components();
     let plant = parts.next()?.as_os_str().to_str()?;
     let name = parts.next()?.as_os_str().to_str()?;
+    // Not following links: a link (or a FIFO) named like a candidate is taken, to be refused.
     let wanted = parts.next().is_none()
         && name.ends_with(".wasm")
         && !name.starts_with('.')
-        && path.is_file();
+        && path
+            .symlink_metadata()
+            .is_ok_and(|m| !m.file_type().is_dir());
     wanted.then_some(plant)
 }
 
@@ -123,11 +131,16 @@ fn deploy(
     plant: &str,
     path: &Path,
 ) -> Result<crate::registry::Activation, String> {
-    let bytes = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
     let by = format!(
         "drop:{}",
         path.file_name().unwrap_or_default().to_string_lossy()
     );
+    let bytes =
+        read_candidate(path, mediator.deployer.max_component_bytes()).inspect_err(|reason| {
+            mediator
+                .deployer
+                .refused(plant, "drop", &by, "unread", reason)
+        })?;
     let d = &mediator.deployer;
     let version = d
         .deploy(
@@ -154,6 +167,66 @@ fn deploy(
         .map_err(|e| e.to_string())?;
     tracing::info!(file = %path.display(), plant, plugin = %version.plugin, version = %version.version, took_ms = activated.took_ms, "dropped plugin deployed and active");
     Ok(activated.activation)
+}
+
+/// The bytes of a dropped file, if it is one the host may take (see the module's docs).
+fn read_candidate(path: &Path, max_bytes: usize) -> Result<Vec<u8>, String> {
+    use std::io::Read;
+    use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+    let name = path.file_name().unwrap_or_default().to_string_lossy();
+    let link = path
+        .symlink_metadata()
+        .map_err(|e| format!("cannot read {name}: {e}"))?;
+    if link.file_type().is_symlink() {
+        return Err(format!(
+            "{name} is a symbolic link; drop the component file itself (links are never followed)"
+        ));
+    }
+    let flags = rustix::fs::OFlags::NOFOLLOW | rustix::fs::OFlags::NONBLOCK;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(flags.bits() as i32)
+        .open(path)
+        .map_err(|e| format!("cannot open {name} (links are not followed): {e}"))?;
+    let meta = file
+        .metadata()
+        .map_err(|e| format!("cannot read {name}: {e}"))?;
+    if !meta.file_type().is_file() {
+        return Err(format!(
+            "{name} is not a regular file (a device, FIFO or socket); drop the component file itself"
+        ));
+    }
+    let me = rustix::process::geteuid().as_raw();
+    if meta.uid() != me {
+        return Err(format!(
+            "{name} belongs to user {} and the host runs as {me}; only files of the host's user are taken",
+            meta.uid()
+        ));
+    }
+    if meta.mode() & 0o002 != 0 {
+        return Err(format!(
+            "{name} is writable by others (mode {:o}); make it writable by its owner only",
+            meta.mode() & 0o7777
+        ));
+    }
+    if meta.len() > max_bytes as u64 {
+        return Err(format!(
+            "{name} is {} bytes; at most {} MiB are accepted (host.max_component_mib)",
+            meta.len(),
+            max_bytes >> 20
+        ));
+    }
+    let mut bytes = Vec::with_capacity(meta.len() as usize);
+    file.take(max_bytes as u64 + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| format!("cannot read {name}: {e}"))?;
+    if bytes.len() > max_bytes {
+        return Err(format!(
+            "{name} grew past {} MiB while read (host.max_component_mib)",
+            max_bytes >> 20
+        ));
+    }
+    Ok(bytes)
 }
 
 /// Move `path` into `folder` beside it (and write the reason next to it when refused).
