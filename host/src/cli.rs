@@ -693,7 +693,7 @@ fn replay_inner(
 
 /// One admin API call; prints the JSON answer (or the problem) and returns 0 on 2xx.
 pub fn admin_call(method: &str, url: &str, body: Option<Vec<u8>>) -> i32 {
-    match admin_request(method, url, body) {
+    match admin_request(method, url, body.map(|b| (b, "application/json"))) {
         Ok((status, text)) => {
             let pretty = serde_json::from_str::<serde_json::Value>(&text)
                 .ok()
@@ -714,18 +714,33 @@ pub fn admin_call(method: &str, url: &str, body: Option<Vec<u8>>) -> i32 {
     }
 }
 
-fn admin_request(method: &str, url: &str, body: Option<Vec<u8>>) -> Result<(u16, String), String> {
+/// The admin API's answer (status, body) to one request, with the token of
+/// `MILLRACE_ADMIN_TOKEN` and the body typed as `content_type`.
+fn admin_request(
+    method: &str,
+    url: &str,
+    body: Option<(Vec<u8>, &str)>,
+) -> Result<(u16, String), String> {
     let agent: ureq::Agent = ureq::Agent::config_builder()
         .http_status_as_error(false)
         .build()
         .into();
+    let token = std::env::var(ADMIN_TOKEN_ENV).unwrap_or_default();
+    let authorization = format!("Bearer {token}");
     let response = match body {
-        Some(bytes) => agent
+        Some((bytes, content_type)) => agent
             .post(url)
-            .header("millrace-deployed-by", deployed_by())
+            .header("authorization", &authorization)
+            .header("content-type", content_type)
             .send(&bytes[..]),
-        None if method == "GET" => agent.get(url).call(),
-        None => agent.post(url).send_empty(),
+        None if method == "GET" => agent
+            .get(url)
+            .header("authorization", &authorization)
+            .call(),
+        None => agent
+            .post(url)
+            .header("authorization", &authorization)
+            .send_empty(),
     }
     .map_err(|e| e.to_string())?;
     let status = response.status().as_u16();
@@ -733,17 +748,54 @@ fn admin_request(method: &str, url: &str, body: Option<Vec<u8>>) -> Result<(u16,
         .into_body()
         .read_to_string()
         .map_err(|e| e.to_string())?;
+    if status == 401 && token.is_empty() {
+        return Err(format!(
+            "the admin API needs a token: set {ADMIN_TOKEN_ENV} (`millrace admin token` makes one)"
+        ));
+    }
     Ok((status, text))
 }
 
-/// Who deploys: `$MILLRACE_DEPLOYED_BY`, else `$USER`, else `cli`.
-fn deployed_by() -> String {
-    std::env::var("MILLRACE_DEPLOYED_BY")
-        .or_else(|_| std::env::var("USER"))
-        .unwrap_or_else(|_| "cli".into())
+/// The environment variable the admin commands take their bearer token from.
+pub const ADMIN_TOKEN_ENV: &str = "MILLRACE_ADMIN_TOKEN";
+
+/// `millrace admin token --name N --role R [--plant P ...]`: a new token, and the lines that
+/// make the host accept it.
+pub fn admin_token(name: &str, role: &str, plants: &[String]) -> i32 {
+    if crate::admin::auth::Role::parse(role).is_none() {
+        eprintln!("error: --role must be viewer or operator, not {role:?}");
+        return 1;
+    }
+    let token = match crate::admin::auth::new_token() {
+        Ok(token) => token,
+        Err(e) => {
+            eprintln!("error: no random source for the token: {e}");
+            return 1;
+        }
+    };
+    let plants = if plants.is_empty() {
+        vec!["*".to_string()]
+    } else {
+        plants.to_vec()
+    };
+    let list = plants
+        .iter()
+        .map(|p| format!("{p:?}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    eprintln!(
+        "the token is shown once; give it to the caller ({ADMIN_TOKEN_ENV} for the millrace command) and keep only its hash:"
+    );
+    println!("{token}");
+    eprintln!();
+    eprintln!("add to the configuration (or the admin tokens file, as [[tokens]]):");
+    println!(
+        "\n[[admin.tokens]]\nname = {name:?}\nsha256 = \"{}\"\nrole = {role:?}\nplants = [{list}]",
+        crate::admin::auth::token_hash(&token)
+    );
+    0
 }
 
-/// `millrace plugin deploy`: upload `file` to `plant`; with `activate`, activate what was kept.
 pub fn deploy(admin: &str, plant: &str, file: &Path, activate: bool) -> i32 {
     let bytes = match std::fs::read(file) {
         Ok(b) => b,
@@ -753,7 +805,7 @@ pub fn deploy(admin: &str, plant: &str, file: &Path, activate: bool) -> i32 {
         }
     };
     let url = format!("{admin}/v1/plants/{plant}/plugins");
-    let kept = match admin_request("POST", &url, Some(bytes)) {
+    let kept = match admin_request("POST", &url, Some((bytes, "application/wasm"))) {
         Ok((status, text)) if (200..300).contains(&status) => text,
         Ok((status, text)) => {
             eprintln!("error: refused ({status}): {text}");

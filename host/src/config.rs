@@ -28,6 +28,8 @@ struct File {
     #[serde(default)]
     host: HostSection,
     #[serde(default)]
+    admin: AdminSection,
+    #[serde(default)]
     limits: LimitsSection,
     #[serde(default)]
     plants: BTreeMap<Spanned<String>, PlantSection>,
@@ -62,6 +64,14 @@ struct HostSection {
     idempotency_max_keys: Number,
     idempotency_max_mib: Number,
     idempotency_max_answer_kib: Number,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AdminSection {
+    tokens: Option<Spanned<Vec<toml::Value>>>,
+    tokens_file: Option<Spanned<String>>,
+    allowed_hosts: Option<Vec<String>>,
 }
 
 /// A number as written, with where it is (range errors point at it).
@@ -274,10 +284,23 @@ pub struct Config {
     pub connections: crate::ingress::connections::ConnectionLimits,
     /// How much of the answers to keyed requests is kept (`host.idempotency_max_*`).
     pub idempotency_bounds: crate::idempotency::Bounds,
+    /// Who may call the admin API (`[admin]`).
+    pub admin_access: AdminAccess,
     pub plants: BTreeMap<String, Tables>,
     /// Each plant's share of the host: messages in flight and waiting, state quota.
     pub plant_limits: BTreeMap<String, PlantLimits>,
     pub routes: Vec<RouteConfig>,
+}
+
+/// The admin API's credentials (`[admin]`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AdminAccess {
+    /// `[[admin.tokens]]`.
+    pub tokens: Vec<crate::admin::auth::Credential>,
+    /// `admin.tokens_file`: more tokens, re-read when the file changes.
+    pub tokens_file: Option<PathBuf>,
+    /// `admin.allowed_hosts`: `Host` values the admin API answers to besides its address.
+    pub allowed_hosts: Vec<String>,
 }
 
 /// What one plant may take of the host (`[plants.P]`).
@@ -343,15 +366,44 @@ impl Config {
                 self.intake.compile_timeout.as_secs().to_string(),
             ),
             ("host.gate_budget_s", self.gate_budget.as_secs().to_string()),
-            ("limits.quarantine_*", format!("{:?}", self.quarantine)),
+            ("limits.quarantine_after", self.quarantine.after.to_string()),
             (
-                "host.max_connections etc.",
-                format!("{:?}", self.connections),
+                "limits.quarantine_window_s",
+                self.quarantine.window.as_secs().to_string(),
             ),
             (
-                "host.idempotency_max_*",
-                format!("{:?}", self.idempotency_bounds),
+                "limits.quarantine_action",
+                format!("{:?}", self.quarantine.action),
             ),
+            (
+                "host.max_connections",
+                self.connections.max_connections.to_string(),
+            ),
+            (
+                "host.max_connections_per_client",
+                self.connections.max_per_client.to_string(),
+            ),
+            (
+                "host.header_timeout_s",
+                self.connections.header_timeout.as_secs().to_string(),
+            ),
+            (
+                "host.body_timeout_s",
+                self.connections.body_timeout.as_secs().to_string(),
+            ),
+            (
+                "host.idempotency_max_keys",
+                self.idempotency_bounds.max_keys.to_string(),
+            ),
+            (
+                "host.idempotency_max_mib",
+                (self.idempotency_bounds.max_bytes >> 20).to_string(),
+            ),
+            (
+                "host.idempotency_max_answer_kib",
+                (self.idempotency_bounds.max_answer_bytes >> 10).to_string(),
+            ),
+            ("[admin]", format!("{:?}", self.admin_access)),
         ]
     }
 }
@@ -683,6 +735,23 @@ impl Config {
             ) as usize)
                 << 10,
         };
+        let mut admin_access = AdminAccess {
+            allowed_hosts: file.admin.allowed_hosts.clone().unwrap_or_default(),
+            ..AdminAccess::default()
+        };
+        if let Some(tokens) = &file.admin.tokens {
+            match crate::admin::auth::parse_credentials(tokens.get_ref()) {
+                Ok(found) => admin_access.tokens = found,
+                Err(e) => diag.error_at(tokens.span(), format!("admin.tokens: {e}")),
+            }
+        }
+        if let Some(tokens_file) = &file.admin.tokens_file {
+            let path = dir.join(tokens_file.get_ref());
+            if let Err(e) = crate::admin::auth::read_tokens_file(&path) {
+                diag.error_at(tokens_file.span(), e);
+            }
+            admin_access.tokens_file = Some(path);
+        }
         let gate_budget = Duration::from_secs(ranged(
             &mut diag,
             "host.gate_budget_s",
@@ -958,6 +1027,7 @@ impl Config {
             quarantine,
             connections,
             idempotency_bounds,
+            admin_access,
             outbox_max_messages: file.host.outbox_max_messages.unwrap_or(100_000).max(1),
             idempotency_window: std::time::Duration::from_secs(
                 file.host

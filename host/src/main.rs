@@ -28,6 +28,9 @@ enum Command {
         /// Admin API listen address; overrides host.admin of the configuration.
         #[arg(long)]
         admin: Option<SocketAddr>,
+        /// Serve the admin API without authentication (loopback only; local development).
+        #[arg(long)]
+        insecure_admin: bool,
     },
     /// Validate the configuration and load every plugin it names.
     Check {
@@ -43,6 +46,28 @@ enum Command {
     Dlq {
         #[command(subcommand)]
         command: DlqCommand,
+    },
+    /// Credentials for the admin API.
+    Admin {
+        #[command(subcommand)]
+        command: AdminCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum AdminCommand {
+    /// Make a new admin token: prints the token once (for the caller, e.g. in
+    /// MILLRACE_ADMIN_TOKEN) and the [[admin.tokens]] entry holding its SHA-256 for the host.
+    Token {
+        /// Who holds it: recorded as the actor of everything it does.
+        #[arg(long)]
+        name: String,
+        /// viewer (reads) or operator (also deploys, activates, rolls back, reloads).
+        #[arg(long, default_value = "operator")]
+        role: String,
+        /// A plant it may act on (repeat for several); none: every plant.
+        #[arg(long = "plant")]
+        plants: Vec<String>,
     },
 }
 
@@ -142,7 +167,8 @@ enum PluginCommand {
 /// Where the admin API is and which plant to act on.
 #[derive(clap::Args)]
 struct AdminTarget {
-    /// Admin API base URL (`host.admin` of the running host).
+    /// Admin API base URL (`host.admin` of the running host). The token is taken from
+    /// MILLRACE_ADMIN_TOKEN.
     #[arg(long, default_value = "http://127.0.0.1:9090")]
     admin: String,
     #[arg(long)]
@@ -186,7 +212,8 @@ fn main() -> ExitCode {
             config,
             http,
             admin,
-        } => run(config, http, admin),
+            insecure_admin,
+        } => run(config, http, admin, insecure_admin),
         Command::Check { config } => cli::check(&config),
         Command::Plugin {
             command: PluginCommand::Inspect { file },
@@ -282,6 +309,9 @@ fn main() -> ExitCode {
             &format!("{}/v1/plants/{}/plugins/{plugin}", at.admin, at.plant),
             None,
         ),
+        Command::Admin {
+            command: AdminCommand::Token { name, role, plants },
+        } => cli::admin_token(&name, &role, &plants),
         Command::Dlq {
             command:
                 DlqCommand::List {
@@ -303,7 +333,12 @@ fn main() -> ExitCode {
     ExitCode::from(code as u8)
 }
 
-fn run(config: PathBuf, http: Option<SocketAddr>, admin: Option<SocketAddr>) -> i32 {
+fn run(
+    config: PathBuf,
+    http: Option<SocketAddr>,
+    admin: Option<SocketAddr>,
+    insecure_admin: bool,
+) -> i32 {
     let config = match Config::load(&config) {
         Ok(c) => c,
         Err(errors) => {
@@ -321,7 +356,7 @@ fn run(config: PathBuf, http: Option<SocketAddr>, admin: Option<SocketAddr>) -> 
             return 1;
         }
     };
-    match runtime.block_on(mediator::run(config, http, admin)) {
+    match runtime.block_on(mediator::run(config, http, admin, insecure_admin)) {
         Ok(()) => 0,
         Err(e @ mediator::StartError::Config(_)) => {
             eprintln!("{e}");

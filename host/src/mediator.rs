@@ -29,6 +29,9 @@ pub enum StartError {
     /// The state store could not be opened.
     #[error(transparent)]
     State(#[from] crate::state::StateError),
+    /// The admin API cannot be served as configured (no credentials, insecure beyond loopback).
+    #[error("{0}")]
+    Admin(String),
     /// A listener (messages or admin) could not be bound.
     #[error("cannot listen on {addr} ({listener}): {source}; pick another address with {flag}")]
     Bind {
@@ -174,6 +177,7 @@ pub async fn run(
     config: Config,
     http: Option<SocketAddr>,
     admin: Option<SocketAddr>,
+    insecure_admin: bool,
 ) -> Result<(), StartError> {
     let mediator = Arc::new(tokio::task::block_in_place(|| Mediator::start(&config))?);
     if let Some((hits, misses)) = mediator.engine.cache_stats() {
@@ -231,12 +235,43 @@ pub async fn run(
         stopped.clone(),
     ));
     if let Some(addr) = admin.or(config.admin) {
+        let access = crate::admin::auth::Access::new(
+            config.admin_access.tokens.clone(),
+            config.admin_access.tokens_file.clone(),
+            config.admin_access.allowed_hosts.clone(),
+            insecure_admin,
+        );
+        if insecure_admin && !addr.ip().is_loopback() {
+            return Err(StartError::Admin(format!(
+                "--insecure-admin is for local development only: bind the admin API to a loopback address (it is {addr})"
+            )));
+        }
+        if !access.usable() {
+            return Err(StartError::Admin(
+                "the admin API needs credentials: add [[admin.tokens]] (`millrace admin token` makes one) or admin.tokens_file, or run with --insecure-admin for local development".into(),
+            ));
+        }
         let (listener, bound) = listen(addr, "admin API", "--admin or host.admin").await?;
+        if insecure_admin {
+            tracing::warn!(
+                "admin API on http://{bound} WITHOUT AUTHENTICATION (--insecure-admin): anyone who reaches it may deploy code"
+            );
+        } else if !bound.ip().is_loopback() {
+            tracing::warn!(
+                "admin API bound to {bound} beyond loopback without TLS: its tokens travel in clear; bind it to 127.0.0.1 or put a TLS proxy in front"
+            );
+        }
+        let audit = crate::admin::audit::AuditLog::open(&config.data_dir)?;
         tracing::info!("admin API on http://{bound}");
         println!("millrace: admin on http://{bound}");
         background.spawn(crate::admin::serve(
             listener,
-            Arc::clone(&mediator),
+            Arc::new(crate::admin::AdminApi {
+                mediator: Arc::clone(&mediator),
+                access,
+                audit,
+                bound,
+            }),
             stopped.clone(),
         ));
     }

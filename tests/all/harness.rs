@@ -52,13 +52,27 @@ pub fn millrace() -> Command {
     cmd
 }
 
-/// Run `millrace ARGS` in `dir` to completion.
+/// Run `millrace ARGS` in `dir` to completion (admin commands carry the test operator's token).
 pub fn run_in(dir: &Path, args: &[&str]) -> Output {
     millrace()
         .current_dir(dir)
         .args(args)
+        .env("MILLRACE_ADMIN_TOKEN", TEST_ADMIN_TOKEN)
         .output()
         .expect("millrace runs")
+}
+
+/// The admin token every test workspace with an admin API accepts (an operator of every plant,
+/// named `test-operator`).
+pub const TEST_ADMIN_TOKEN: &str = "test-admin-token-0123456789";
+
+/// The `[[admin.tokens]]` entry for [`TEST_ADMIN_TOKEN`].
+pub fn test_admin_tokens() -> String {
+    use sha2::Digest;
+    format!(
+        "\n[[admin.tokens]]\nname = \"test-operator\"\nsha256 = \"{}\"\nrole = \"operator\"\n",
+        hex::encode(sha2::Sha256::digest(TEST_ADMIN_TOKEN.as_bytes()))
+    )
 }
 
 /// A configuration in a fresh temporary directory (its data directory is in there too).
@@ -67,8 +81,15 @@ pub struct Workspace {
 }
 
 impl Workspace {
+    /// A workspace with `config`; a configuration with an admin API and no `[admin]` of its own
+    /// gets the test operator's token ([`TEST_ADMIN_TOKEN`]).
     pub fn new(config: &str) -> Workspace {
         let dir = tempfile::tempdir().expect("temp dir");
+        let config = if config.contains("\nadmin = ") && !config.contains("[admin") {
+            format!("{config}\n{}", test_admin_tokens())
+        } else {
+            config.to_string()
+        };
         std::fs::write(dir.path().join("millrace.toml"), config).expect("write config");
         Workspace { dir }
     }
@@ -132,10 +153,16 @@ impl Reply {
 
 impl Host {
     pub fn start(config: &Path, env: &[(&str, &str)]) -> Host {
+        Host::start_with(config, env, &[])
+    }
+
+    /// [`Host::start`] with more arguments to `millrace run`.
+    pub fn start_with(config: &Path, env: &[(&str, &str)], args: &[&str]) -> Host {
         let mut cmd = millrace();
         cmd.args(["run", "--config"])
             .arg(config)
-            .args(["--http", "127.0.0.1:0"]);
+            .args(["--http", "127.0.0.1:0"])
+            .args(args);
         cmd.envs(env.iter().copied());
         let mut child = cmd
             .stdout(Stdio::piped())
@@ -265,10 +292,23 @@ impl Host {
         self.child.as_ref().expect("running").id()
     }
 
-    /// A request to the admin API.
+    /// A request to the admin API as the test operator; a body is typed as JSON when it looks
+    /// like JSON, else as a component (`application/wasm`).
     pub fn admin(&self, method: &str, path: &str, body: &[u8]) -> Reply {
         let base = self.admin.as_deref().expect("host.admin is set");
-        request(base, method, path, None, &[], body)
+        let content_type = match body.first() {
+            None => None,
+            Some(b'{' | b'[') => Some("application/json"),
+            Some(_) => Some("application/wasm"),
+        };
+        request(
+            base,
+            method,
+            path,
+            content_type,
+            &[("authorization", &format!("Bearer {TEST_ADMIN_TOKEN}"))],
+            body,
+        )
     }
 
     /// Wait until `GET /readyz` answers 200 (the broker is connected); the last answer.

@@ -547,7 +547,8 @@ fn a_saved_configuration_is_applied_without_restart_and_an_invalid_one_is_refuse
             String::new()
         };
         format!(
-            "[host]\nadmin = \"127.0.0.1:0\"\ndrop_settle_ms = 200\n{host_extra}\n[plants.plant-a.lookups.work_centres]\nentries = {{ WC01 = \"{centre}\" }}\n\n{mes_route}\n{a}"
+            "[host]\nadmin = \"127.0.0.1:0\"\ndrop_settle_ms = 200\n{host_extra}\n[plants.plant-a.lookups.work_centres]\nentries = {{ WC01 = \"{centre}\" }}\n\n{mes_route}\n{a}\n{}",
+            test_admin_tokens()
         )
     };
     let ws = Workspace::new(&config("ASSY-01", false, ""));

@@ -149,7 +149,7 @@ fn an_activation_reaches_every_host_on_the_broker_even_one_that_was_away() {
     assert_eq!(stamp_of(&b), "2.0.0");
     let doc = active(&b);
     assert_eq!(kept(&doc, "2.0.0")["origin"], "broadcast", "{doc}");
-    assert_eq!(doc["history"][0]["by"], "admin-api via host-a", "{doc}");
+    assert_eq!(doc["history"][0]["by"], "test-operator via host-a", "{doc}");
 
     // Rollback travels too.
     let back = a.admin("POST", "/v1/plants/plant-a/plugins/stamp/rollback", b"");
@@ -185,7 +185,8 @@ fn a_reloaded_configuration_with_a_new_broker_route_consumes_its_queue_without_r
     let host = ws.start();
     host.wait_ready();
     let pid = host.pid();
-    let q2 = config[config.find("[routes.q]").unwrap()..]
+    let routes = &config[config.find("[routes.q]").unwrap()..];
+    let q2 = routes[..routes.find("[[admin.tokens]]").unwrap_or(routes.len())]
         .replace("routes.q", "routes.q2")
         .replace("plant-a.stamp", "plant-a.stamp2");
     std::fs::write(ws.config(), format!("{config}\n{q2}")).unwrap();

@@ -2,6 +2,7 @@
 //! by `scripts/build-plugins` (plugins in `target/plugins/`, test guests in
 //! `target/test-guests/`). One test binary, one module per area.
 
+mod admin_auth;
 mod amqp;
 mod amqp_faults;
 mod cli;

@@ -2,24 +2,28 @@
 //! runs where, and plugin versions per plant — upload, activate, roll back. Messages never go
 //! through it; it never goes through the message listener.
 //!
-//! | method | path | what |
-//! |---|---|---|
-//! | GET | `/v1/plants` | plants, their routes, each step's plugin, version and digest |
-//! | GET | `/v1/plants/{plant}/plugins/{plugin}` | versions deployed, the active one, swap history |
-//! | POST | `/v1/plants/{plant}/plugins` | body: a component; gated and kept (201), or refused (422) |
-//! | POST | `/v1/plants/{plant}/plugins/{plugin}/activate` | `{"version": V}`: swap to it |
-//! | POST | `/v1/plants/{plant}/plugins/{plugin}/rollback` | back to the version active before |
-//! | GET | `/v1/refusals` | the latest candidates the gate refused, with the reasons |
-//! | GET | `/v1/quarantine` | plugin versions quarantined by their circuit breaker, with why |
-//! | POST | `/v1/plants/{plant}/plugins/{plugin}/quarantine/reset` | lift the plugin's quarantine on the plant |
-//! | POST | `/v1/config/reload` | read the configuration file again; applied (200) or refused (422) |
-//! | GET | `/metrics` | counters, Prometheus text format |
+//! Every request needs a bearer token ([`auth`]): the role and plants it may act on decide what
+//! it may do, and its name is who acted (in the registry, the history and the audit log).
+//! Every request that changes something, or is refused, is in the audit log ([`audit`]).
 //!
-//! `millrace-deployed-by` names who acts (default `admin-api`); it goes to the registry.
+//! | method | path | role | what |
+//! |---|---|---|---|
+//! | GET | `/v1/plants` | viewer | plants it may see, their routes, each step's plugin, version and digest |
+//! | GET | `/v1/plants/{plant}/plugins/{plugin}` | viewer | versions deployed, the active one, swap history |
+//! | POST | `/v1/plants/{plant}/plugins` | operator | body (`application/wasm`): a component; gated and kept (201), or refused (422) |
+//! | POST | `/v1/plants/{plant}/plugins/{plugin}/activate` | operator | `{"version": V}` (`application/json`): swap to it |
+//! | POST | `/v1/plants/{plant}/plugins/{plugin}/rollback` | operator | back to the version active before |
+//! | GET | `/v1/refusals` | viewer | the latest candidates the gate refused (of its plants), with the reasons |
+//! | GET | `/v1/quarantine` | viewer | plugin versions quarantined by their circuit breaker (of its plants) |
+//! | POST | `/v1/plants/{plant}/plugins/{plugin}/quarantine/reset` | operator | lift the plugin's quarantine on the plant |
+//! | POST | `/v1/config/reload` | operator of every plant | read the configuration file again; applied (200) or refused (422) |
+//! | GET | `/v1/audit?plant=&who=&after=&limit=` | viewer | the audit log (of its plants; entries of no plant for every-plant viewers) |
+//! | GET | `/metrics` | viewer | counters, Prometheus text format |
 
 use crate::deploy::DeployError;
 use crate::ingress::problem::Problem;
 use crate::mediator::Mediator;
+use auth::{Access, Denied, Identity, Role};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
@@ -28,25 +32,37 @@ use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode, header};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use std::convert::Infallible;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
 
+pub mod audit;
+pub mod auth;
 pub mod broadcast;
 pub mod drop;
 pub mod reload;
 mod watch;
 
-/// Largest component accepted by upload.
-const MAX_UPLOAD: usize = 64 << 20;
+/// Largest body the admin API reads (components are capped again by the gate).
+const MAX_UPLOAD: usize = 1024 << 20;
+
+/// What the admin listener serves with.
+pub struct AdminApi {
+    pub mediator: Arc<Mediator>,
+    pub access: Access,
+    pub audit: audit::AuditLog,
+    /// The listener's own address (requests must name it in `Host`).
+    pub bound: SocketAddr,
+}
 
 /// Serve the admin API on `listener` until `shutdown` turns true.
 pub async fn serve(
     listener: TcpListener,
-    mediator: Arc<Mediator>,
+    api: Arc<AdminApi>,
     mut shutdown: tokio::sync::watch::Receiver<bool>,
 ) {
-    let connections = crate::ingress::connections::Connections::new(mediator.connections);
+    let connections = crate::ingress::connections::Connections::new(api.mediator.connections);
     loop {
         tokio::select! {
             accepted = listener.accept() => {
@@ -57,15 +73,10 @@ pub async fn serve(
                 let Some((stream, held)) = connections.admit(stream, peer) else {
                     continue;
                 };
-                let mediator = Arc::clone(&mediator);
+                let api = Arc::clone(&api);
                 let service = service_fn(move |req| {
-                    let mediator = Arc::clone(&mediator);
-                    async move {
-                        Ok::<_, Infallible>(match route(&mediator, req).await {
-                            Ok(response) => response,
-                            Err(problem) => problem.into_response(),
-                        })
-                    }
+                    let api = Arc::clone(&api);
+                    async move { Ok::<_, Infallible>(handle(&api, req, peer).await) }
                 });
                 let conn = http1::Builder::new()
                     .timer(TokioTimer::new())
@@ -79,6 +90,68 @@ pub async fn serve(
             _ = shutdown.changed() => break,
         }
     }
+}
+
+/// A refusal before anything was done, as a problem document.
+fn denied(denied: Denied) -> Problem {
+    let (status, kind, title) = match &denied {
+        Denied::Unauthenticated(_) => (
+            StatusCode::UNAUTHORIZED,
+            "unauthenticated",
+            "Credentials needed",
+        ),
+        Denied::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden", "Not allowed"),
+        Denied::Foreign(_) => (StatusCode::FORBIDDEN, "foreign-request", "Foreign request"),
+        Denied::Untyped(_) => (
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported-content-type",
+            "Body type not accepted",
+        ),
+    };
+    Problem::new(status, kind, title, denied.to_string())
+}
+
+/// Answer one request: authenticate, route, and record it in the audit log when it changes
+/// something or is refused.
+async fn handle(api: &AdminApi, req: Request<Incoming>, peer: SocketAddr) -> Response<Full<Bytes>> {
+    let method = req.method().clone();
+    let path = req.uri().path().to_string();
+    let query = req.uri().query().unwrap_or_default().to_string();
+    let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
+    let plant = match segments.as_slice() {
+        ["v1", "plants", plant, ..] => Some(plant.to_string()),
+        _ => None,
+    };
+    let who = api.access.authenticate(req.headers(), api.bound);
+    let outcome = match &who {
+        Ok(who) => route(api, who, req, &query).await,
+        Err(e) => Err(denied(e.clone())),
+    };
+    let (response, detail) = match outcome {
+        Ok(response) => (response, "done".to_string()),
+        Err(problem) => {
+            let detail = problem.detail.clone();
+            (problem.into_response(), detail)
+        }
+    };
+    let status = response.status();
+    if method != Method::GET || status.is_client_error() || status.is_server_error() {
+        let entry = audit::Entry {
+            id: 0,
+            at: String::new(),
+            who: who.map_or_else(|_| "anonymous".into(), |w| w.name),
+            peer: peer.to_string(),
+            method: method.to_string(),
+            path: crate::plugin::bounds::truncate(&path, 512),
+            plant,
+            status: status.as_u16(),
+            detail,
+        };
+        if let Err(e) = tokio::task::block_in_place(|| api.audit.record(&entry)) {
+            tracing::error!(error = %e, "the admin audit log cannot be written");
+        }
+    }
+    response
 }
 
 fn json(
@@ -112,37 +185,65 @@ fn refused(e: DeployError) -> Problem {
 }
 
 async fn route(
-    mediator: &Arc<Mediator>,
+    api: &AdminApi,
+    who: &Identity,
     req: Request<Incoming>,
+    query: &str,
 ) -> Result<Response<Full<Bytes>>, Problem> {
+    let mediator = &api.mediator;
     let path = req.uri().path().to_string();
     let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
-    let by = req
-        .headers()
-        .get("millrace-deployed-by")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("admin-api")
-        .to_string();
+    let by = who.name.clone();
     let method = req.method().clone();
+    let allow = |role: Role, plant: Option<&str>| auth::allow(who, role, plant).map_err(denied);
     match (method, segments.as_slice()) {
-        (Method::GET, ["v1", "plants"]) => json(StatusCode::OK, &plants(mediator)),
-        (Method::GET, ["v1", "refusals"]) => json(StatusCode::OK, &mediator.deployer.refusals()),
-        (Method::GET, ["v1", "quarantine"]) => json(StatusCode::OK, &mediator.quarantines.list()),
-        (
-            Method::POST,
-            [
-                "v1",
-                "plants",
-                plant,
-                "plugins",
-                plugin,
-                "quarantine",
-                "reset",
-            ],
-        ) => {
-            let lifted = mediator.quarantines.reset(plant, plugin);
-            tracing::warn!(plant, plugin, by = %by, lifted = lifted.len(), "quarantine lifted");
-            json(StatusCode::OK, &serde_json::json!({ "lifted": lifted }))
+        (Method::GET, ["v1", "plants"]) => json(StatusCode::OK, &plants(mediator, who)),
+        (Method::GET, ["v1", "refusals"]) => {
+            let seen: Vec<_> = mediator
+                .deployer
+                .refusals()
+                .into_iter()
+                .filter(|r| who.covers(&r.plant))
+                .collect();
+            json(StatusCode::OK, &seen)
+        }
+        (Method::GET, ["v1", "quarantine"]) => {
+            let seen: Vec<_> = mediator
+                .quarantines
+                .list()
+                .into_iter()
+                .filter(|q| who.covers(&q.subject.plant))
+                .collect();
+            json(StatusCode::OK, &seen)
+        }
+        (Method::GET, ["v1", "audit"]) => {
+            let mut q = audit::Query {
+                limit: 100,
+                ..audit::Query::default()
+            };
+            for (key, value) in form_urlencoded(query) {
+                match key.as_str() {
+                    "plant" => q.plant = Some(value),
+                    "who" => q.who = Some(value),
+                    "after" => q.after = value.parse().ok(),
+                    "limit" => q.limit = value.parse().unwrap_or(100),
+                    _ => {}
+                }
+            }
+            if let Some(plant) = &q.plant {
+                allow(Role::Viewer, Some(plant))?;
+            }
+            let entries: Vec<_> = api
+                .audit
+                .list(&q)
+                .map_err(|e| Problem::internal(e.to_string()))?
+                .into_iter()
+                .filter(|e| match &e.plant {
+                    Some(plant) => who.covers(plant),
+                    None => who.everywhere(),
+                })
+                .collect();
+            json(StatusCode::OK, &entries)
         }
         (Method::GET, ["metrics"]) => Response::builder()
             .header(
@@ -152,6 +253,7 @@ async fn route(
             .body(Full::new(Bytes::from(crate::telemetry::metrics().text())))
             .map_err(|e| Problem::internal(e.to_string())),
         (Method::POST, ["v1", "config", "reload"]) => {
+            allow(Role::Operator, None)?;
             let mediator_ = Arc::clone(mediator);
             let done = tokio::task::spawn_blocking(move || reload::reload(&mediator_))
                 .await
@@ -166,7 +268,25 @@ async fn route(
                 )),
             }
         }
+        (
+            Method::POST,
+            [
+                "v1",
+                "plants",
+                plant,
+                "plugins",
+                plugin,
+                "quarantine",
+                "reset",
+            ],
+        ) => {
+            allow(Role::Operator, Some(plant))?;
+            let lifted = mediator.quarantines.reset(plant, plugin);
+            tracing::warn!(plant, plugin, by = %by, lifted = lifted.len(), "quarantine lifted");
+            json(StatusCode::OK, &serde_json::json!({ "lifted": lifted }))
+        }
         (Method::GET, ["v1", "plants", plant, "plugins", plugin]) => {
+            allow(Role::Viewer, Some(plant))?;
             let registry = &mediator.deployer.registry;
             let versions = registry
                 .versions(plant, plugin)
@@ -186,7 +306,13 @@ async fn route(
             )
         }
         (Method::POST, ["v1", "plants", plant, "plugins"]) => {
-            let bytes = body(req).await?;
+            allow(Role::Operator, Some(plant))?;
+            auth::typed(
+                req.headers(),
+                &["application/wasm", "application/octet-stream"],
+            )
+            .map_err(denied)?;
+            let bytes = body(mediator, req).await?;
             let (plant, mediator_) = (plant.to_string(), Arc::clone(mediator));
             let deployed = tokio::task::spawn_blocking(move || {
                 mediator_.deployer.deploy(
@@ -219,8 +345,10 @@ async fn route(
                 action @ ("activate" | "rollback"),
             ],
         ) => {
+            allow(Role::Operator, Some(plant))?;
             let wanted = if *action == "activate" {
-                let bytes = body(req).await?;
+                auth::typed(req.headers(), &["application/json"]).map_err(denied)?;
+                let bytes = body(mediator, req).await?;
                 let doc: serde_json::Value = serde_json::from_slice(&bytes)
                     .map_err(|e| Problem::bad_request(format!("body is not JSON: {e}")))?;
                 Some(
@@ -270,12 +398,60 @@ async fn route(
     }
 }
 
-async fn body(req: Request<Incoming>) -> Result<Vec<u8>, Problem> {
-    Limited::new(req.into_body(), MAX_UPLOAD)
+/// `key=value&…` pairs of a query string (`%XX` and `+` decoded).
+fn form_urlencoded(query: &str) -> Vec<(String, String)> {
+    let decode = |s: &str| {
+        let bytes = s.replace('+', " ").into_bytes();
+        let mut out = Vec::with_capacity(bytes.len());
+        let mut i = 0;
+        while i < bytes.len() {
+            if bytes[i] == b'%'
+                && i + 2 < bytes.len()
+                && let Ok(b) =
+                    u8::from_str_radix(&String::from_utf8_lossy(&bytes[i + 1..i + 3]), 16)
+            {
+                out.push(b);
+                i += 3;
+            } else {
+                out.push(bytes[i]);
+                i += 1;
+            }
+        }
+        String::from_utf8_lossy(&out).into_owned()
+    };
+    query
+        .split('&')
+        .filter(|p| !p.is_empty())
+        .map(|p| match p.split_once('=') {
+            Some((k, v)) => (decode(k), decode(v)),
+            None => (decode(p), String::new()),
+        })
         .collect()
-        .await
-        .map(|b| b.to_bytes().to_vec())
-        .map_err(|e| Problem::bad_request(format!("the body could not be read: {e}")))
+}
+
+async fn body(mediator: &Mediator, req: Request<Incoming>) -> Result<Vec<u8>, Problem> {
+    let limit = mediator.deployer.max_component_bytes().min(MAX_UPLOAD);
+    let read = tokio::time::timeout(
+        mediator.connections.body_timeout,
+        Limited::new(req.into_body(), limit).collect(),
+    )
+    .await
+    .map_err(|_| Problem::request_timeout(mediator.connections.body_timeout))?;
+    read.map(|b| b.to_bytes().to_vec()).map_err(|e| {
+        if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() {
+            Problem::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "component-too-large",
+                "Component too large",
+                format!(
+                    "the body is over the limit: at most {} MiB are accepted (host.max_component_mib)",
+                    limit >> 20
+                ),
+            )
+        } else {
+            Problem::bad_request(format!("the body could not be read: {e}"))
+        }
+    })
 }
 
 /// The version of `plugin` the plant's routes run now.
@@ -286,12 +462,12 @@ fn running(mediator: &Mediator, plant: &str, plugin: &str) -> Option<serde_json:
         .map(|s| serde_json::json!({ "version": s.id.version, "digest": s.id.digest }))
 }
 
-fn plants(mediator: &Mediator) -> serde_json::Value {
+fn plants(mediator: &Mediator, who: &Identity) -> serde_json::Value {
     let mut by_plant: std::collections::BTreeMap<String, Vec<serde_json::Value>> =
         Default::default();
     let mut routes = mediator.routes.all();
     routes.sort_by(|a, b| a.name.cmp(&b.name));
-    for route in routes {
+    for route in routes.into_iter().filter(|r| who.covers(&r.plant)) {
         let steps: Vec<_> = route
             .steps
             .iter()
