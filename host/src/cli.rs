@@ -831,3 +831,105 @@ pub fn deploy(admin: &str, plant: &str, file: &Path, activate: bool) -> i32 {
         Some(serde_json::json!({ "version": v }).to_string().into_bytes()),
     )
 }
+
+/// `millrace plugin keygen --out BASE`: BASE.key (secret, mode 600) and BASE.pub.
+pub fn keygen(base: &Path) -> i32 {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let (secret_path, public_path) = crate::plugin::signature::key_files(base);
+    let (secret, public) = match crate::plugin::signature::generate() {
+        Ok(pair) => pair,
+        Err(e) => {
+            eprintln!("error: no random source for the key: {e}");
+            return 1;
+        }
+    };
+    let written = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&secret_path)
+        .and_then(|mut f| f.write_all(&secret))
+        .and_then(|()| std::fs::write(&public_path, &public));
+    match written {
+        Ok(()) => {
+            println!(
+                "secret key: {} (keep it; mode 600)\npublic key: {} (name it in [plants.P.trust] keys)",
+                secret_path.display(),
+                public_path.display()
+            );
+            0
+        }
+        Err(e) => {
+            eprintln!(
+                "error: cannot write {}: {e} (an existing key is never overwritten)",
+                secret_path.display()
+            );
+            1
+        }
+    }
+}
+
+/// `millrace plugin sign FILE --key SECRET -o OUT`.
+pub fn sign(file: &Path, key: &Path, output: &Path) -> i32 {
+    let signed = std::fs::read(file)
+        .map_err(|e| format!("cannot read {}: {e}", file.display()))
+        .and_then(|bytes| {
+            let key = crate::plugin::signature::read_secret_key(key)?;
+            crate::plugin::signature::sign(&bytes, &key).map_err(|e| e.to_string())
+        })
+        .and_then(|signed| {
+            std::fs::write(output, &signed)
+                .map_err(|e| format!("cannot write {}: {e}", output.display()))
+        });
+    match signed {
+        Ok(()) => {
+            println!("signed: {}", output.display());
+            0
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            1
+        }
+    }
+}
+
+/// `millrace plugin verify FILE --key PUBLIC ... [--min-signatures N]`.
+pub fn verify(file: &Path, keys: &[PathBuf], min_signatures: usize) -> i32 {
+    let checked = (|| {
+        let bytes =
+            std::fs::read(file).map_err(|e| format!("cannot read {}: {e}", file.display()))?;
+        let mut public = Vec::new();
+        for key in keys {
+            public.push(crate::plugin::signature::read_public_key(key)?);
+        }
+        let signers =
+            crate::plugin::signature::signers(&bytes, &public).map_err(|e| e.to_string())?;
+        Ok::<_, String>(
+            keys.iter()
+                .zip(&public)
+                .filter(|(_, k)| signers.contains(k))
+                .map(|(path, _)| path.display().to_string())
+                .collect::<Vec<_>>(),
+        )
+    })();
+    match checked {
+        Ok(signed_by) if signed_by.len() >= min_signatures.max(1) => {
+            println!("valid: signed by {}", signed_by.join(", "));
+            0
+        }
+        Ok(signed_by) => {
+            eprintln!(
+                "error: signed by {} of the given keys ({}), {} needed",
+                signed_by.len(),
+                signed_by.join(", "),
+                min_signatures.max(1)
+            );
+            1
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            1
+        }
+    }
+}

@@ -101,6 +101,14 @@ struct PlantSection {
     max_waiting: Number,
     state_max_keys: Number,
     state_max_mib: Number,
+    trust: Option<TrustSection>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TrustSection {
+    keys: Spanned<Vec<Spanned<String>>>,
+    min_signatures: Number,
 }
 
 #[derive(Debug, Deserialize)]
@@ -289,6 +297,9 @@ pub struct Config {
     pub plants: BTreeMap<String, Tables>,
     /// Each plant's share of the host: messages in flight and waiting, state quota.
     pub plant_limits: BTreeMap<String, PlantLimits>,
+    /// The plants that accept only signed plugins, with the keys they trust
+    /// (`[plants.P.trust]`).
+    pub trust: BTreeMap<String, crate::plugin::signature::TrustPolicy>,
     pub routes: Vec<RouteConfig>,
 }
 
@@ -818,7 +829,31 @@ impl Config {
 
         let mut plants = BTreeMap::new();
         let mut plant_limits = BTreeMap::new();
+        let mut trust = BTreeMap::new();
         for (name, plant) in &file.plants {
+            if let Some(section) = &plant.trust {
+                let mut keys = Vec::new();
+                for key in section.keys.get_ref() {
+                    match crate::plugin::signature::read_public_key(&dir.join(key.get_ref())) {
+                        Ok(k) => keys.push(k),
+                        Err(e) => diag.error_at(key.span(), e),
+                    }
+                }
+                let min_signatures = ranged(
+                    &mut diag,
+                    &format!("plants.{}.trust.min_signatures", name.get_ref()),
+                    section.min_signatures.as_ref(),
+                    1..=64,
+                    1,
+                ) as usize;
+                trust.insert(
+                    name.get_ref().clone(),
+                    crate::plugin::signature::TrustPolicy {
+                        keys,
+                        min_signatures,
+                    },
+                );
+            }
             check_name(&mut diag, name, "plant");
             let mut tables = HashMap::new();
             for (table_name, table) in &plant.lookups {
@@ -1036,6 +1071,7 @@ impl Config {
             ),
             plants,
             plant_limits,
+            trust,
             routes,
         })
     }

@@ -24,6 +24,9 @@ pub enum DeployError {
     /// The sample vectors the candidate carries do not pass.
     #[error("{0}")]
     Vectors(String),
+    /// The plant's trust policy refuses the version (unsigned, or not by enough trusted keys).
+    #[error("{0}")]
+    Untrusted(String),
     #[error("{0}")]
     Registry(#[from] RegistryError),
 }
@@ -77,6 +80,11 @@ pub struct Deployer {
     pub registry: Registry,
     /// The gate's budget for untrusted candidates.
     gate: GateLimits,
+    /// The plants that accept only signed plugins (from the configuration, kept up to date by
+    /// reloads).
+    trust: std::sync::RwLock<
+        std::collections::BTreeMap<String, crate::plugin::signature::TrustPolicy>,
+    >,
     /// Compiled components by digest, so an activation does not compile.
     compiled: Mutex<HashMap<String, Arc<Artifact>>>,
     /// One activation or configuration reload at a time.
@@ -89,9 +97,37 @@ impl Deployer {
         Deployer {
             registry,
             gate,
+            trust: Default::default(),
             compiled: Mutex::new(HashMap::new()),
             activating: Mutex::new(()),
             refusals: Mutex::new(std::collections::VecDeque::new()),
+        }
+    }
+
+    /// Take the plants' trust policies from a (re)loaded configuration.
+    pub fn set_trust(
+        &self,
+        trust: std::collections::BTreeMap<String, crate::plugin::signature::TrustPolicy>,
+    ) {
+        *self.trust.write().expect("trust lock") = trust;
+    }
+
+    /// The plants' trust policies now.
+    pub fn trust(
+        &self,
+    ) -> std::collections::BTreeMap<String, crate::plugin::signature::TrustPolicy> {
+        self.trust.read().expect("trust lock").clone()
+    }
+
+    /// Whether `bytes` satisfy `plant`'s trust policy (any bytes do on a plant without one).
+    fn trusted(
+        &self,
+        plant: &str,
+        bytes: &[u8],
+    ) -> Result<(), crate::plugin::signature::SignatureError> {
+        match self.trust.read().expect("trust lock").get(plant) {
+            Some(policy) => crate::plugin::signature::check(bytes, plant, policy),
+            None => Ok(()),
         }
     }
 
@@ -277,6 +313,17 @@ impl Deployer {
                 reason,
             })
         };
+        // Step 0: on a plant that trusts only signed plugins, the signatures, before the bytes
+        // are read any further.
+        if bytes.len() > self.gate.intake.max_bytes {
+            return Err(refused(format!(
+                "the component is {} bytes; at most {} MiB are accepted (host.max_component_mib)",
+                bytes.len(),
+                self.gate.intake.max_bytes >> 20
+            )));
+        }
+        self.trusted(plant, bytes)
+            .map_err(|e| refused(format!("refused by plant {plant}'s trust policy: {e}")))?;
         let shape =
             crate::plugin::intake::shape(bytes, self.gate.intake.max_bytes).map_err(refused)?;
         let wanted =
@@ -360,6 +407,17 @@ impl Deployer {
         let started = std::time::Instant::now();
         let _one_at_a_time = self.activating.lock().expect("activation lock");
         let target = self.registry.find(plant, plugin, version)?;
+        // Kept versions were checked when they came in; a trust policy may have come since.
+        if self.trust.read().expect("trust lock").contains_key(plant) {
+            let path = self.registry.blob(&target.digest);
+            let bytes =
+                std::fs::read(&path).map_err(|source| RegistryError::Blob { path, source })?;
+            self.trusted(plant, &bytes).map_err(|e| {
+                DeployError::Untrusted(format!(
+                    "version {version} is refused by plant {plant}'s trust policy: {e}"
+                ))
+            })?;
+        }
         let previous = routes.running(plant, plugin).map(|s| s.id.version.clone());
         let artifact = self.artifact(engine, &target.digest, None)?;
         let rebuilt = routes.with_plugin(engine, plant, plugin, &artifact)?;

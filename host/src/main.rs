@@ -120,6 +120,32 @@ enum PluginCommand {
         #[arg(long, default_value_t = 120)]
         cpu_s: u64,
     },
+    /// Make an Ed25519 key pair for signing plugins: OUT.key (secret, mode 600) and OUT.pub
+    /// (public; name it in a plant's [plants.P.trust] keys). wasmsign2's key file layout.
+    Keygen {
+        #[arg(long, short)]
+        out: PathBuf,
+    },
+    /// Sign a component with a secret key (adds to the signatures it already carries over the
+    /// same bytes). Bundle sample vectors first: the signature covers them.
+    Sign {
+        file: PathBuf,
+        #[arg(long)]
+        key: PathBuf,
+        /// Where to write the signed component.
+        #[arg(long, short)]
+        output: PathBuf,
+    },
+    /// Check a component's signatures against public keys; exit 1 unless at least
+    /// --min-signatures distinct keys among them signed it.
+    Verify {
+        file: PathBuf,
+        /// A public key file (repeat for several).
+        #[arg(long = "key", required = true)]
+        keys: Vec<PathBuf>,
+        #[arg(long, default_value_t = 1)]
+        min_signatures: usize,
+    },
     /// Put a conformance-vector folder inside a component (a custom section), so the deploy
     /// gate runs its cases before the version is kept.
     Bundle {
@@ -253,6 +279,20 @@ fn main() -> ExitCode {
         Command::Plugin {
             command: PluginCommand::Test { .. },
         } => unreachable!("clap requires --input or --vectors"),
+        Command::Plugin {
+            command: PluginCommand::Keygen { out },
+        } => cli::keygen(&out),
+        Command::Plugin {
+            command: PluginCommand::Sign { file, key, output },
+        } => cli::sign(&file, &key, &output),
+        Command::Plugin {
+            command:
+                PluginCommand::Verify {
+                    file,
+                    keys,
+                    min_signatures,
+                },
+        } => cli::verify(&file, &keys, min_signatures),
         Command::Plugin {
             command:
                 PluginCommand::Compile {

@@ -102,6 +102,7 @@ impl Mediator {
                 scratch_dir: crate::plugin::intake::scratch_dir(&config.data_dir),
             },
         );
+        deployer.set_trust(config.trust.clone());
         deployer.restore(&engine, &routes)?;
         let deadletters = Arc::new(DeadLetterStore::open(&config.data_dir)?);
         let idempotency = if config.idempotency_window.is_zero() {

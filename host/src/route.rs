@@ -159,6 +159,26 @@ impl Routes {
                         continue;
                     }
                 };
+                if let Some(policy) = config.trust.get(&route.plant) {
+                    let signed = std::fs::read(&step.plugin_path)
+                        .map_err(|e| e.to_string())
+                        .and_then(|bytes| {
+                            crate::plugin::signature::check(&bytes, &route.plant, policy)
+                                .map_err(|e| e.to_string())
+                        });
+                    if let Err(e) = signed {
+                        diag.error_at_location(
+                            step.at,
+                            format!(
+                                "route {}: plugin {} is refused by plant {}'s trust policy: {e}",
+                                route.name,
+                                step.plugin_path.display(),
+                                route.plant
+                            ),
+                        );
+                        continue;
+                    }
+                }
                 let spec = StepSpec {
                     plant: &route.plant,
                     route: &route.name,

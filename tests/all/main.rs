@@ -18,5 +18,6 @@ mod ingress_abuse;
 mod instances;
 mod limits;
 mod replay;
+mod signing;
 mod state;
 mod wasi;

@@ -99,9 +99,16 @@ fn apply(mediator: &Mediator, started: std::time::Instant) -> Result<Reloaded, R
     }
     let before = names(&mediator.routes);
     let broker_before = broker_shape(&mediator.routes);
-    mediator
+    // The new trust policies apply to the versions the reload puts back in place.
+    let previous_trust = mediator.deployer.trust();
+    mediator.deployer.set_trust(config.trust.clone());
+    if let Err(e) = mediator
         .deployer
-        .reload(&mediator.engine, &mediator.routes, reloaded)?;
+        .reload(&mediator.engine, &mediator.routes, reloaded)
+    {
+        mediator.deployer.set_trust(previous_trust);
+        return Err(e.into());
+    }
     mediator.admission.configure(&config);
     crate::mediator::apply_quotas(&config, &mediator.state);
     let after = names(&mediator.routes);

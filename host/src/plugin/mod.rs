@@ -15,6 +15,7 @@ pub mod bounds;
 pub mod capability;
 pub mod engine;
 pub mod intake;
+pub mod signature;
 pub mod store;
 
 use crate::lookup::Tables;
