@@ -134,6 +134,23 @@ struct RouteSection {
     max_output_kib: Number,
     message_budget_ms: Number,
     max_in_flight: Number,
+    auth: Option<Spanned<RouteAuthSection>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RouteAuthSection {
+    #[serde(default)]
+    tokens: Vec<RouteTokenSection>,
+    #[serde(default)]
+    clients: Vec<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RouteTokenSection {
+    name: String,
+    sha256: Spanned<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -329,6 +346,16 @@ pub struct PlantLimits {
     pub state_max_bytes: u64,
 }
 
+/// Who may post to an HTTP route (`[routes.R.auth]`): a bearer token whose SHA-256 is listed,
+/// or a TLS client certificate whose common name is listed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RouteAuth {
+    /// (name, SHA-256 of the token).
+    pub tokens: Vec<(String, [u8; 32])>,
+    /// Client certificate common names (needs `[tls] client_ca`).
+    pub clients: Vec<String>,
+}
+
 /// What one message may use across a route's whole chain.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct MessageBudget {
@@ -433,6 +460,8 @@ pub struct RouteConfig {
     pub budget: MessageBudget,
     /// Messages of this route mediated at once (`max_in_flight`, default the plant's).
     pub max_in_flight: Option<usize>,
+    /// Who may post to the route (HTTP), when set.
+    pub auth: Option<RouteAuth>,
     pub steps: Vec<StepConfig>,
 }
 
@@ -966,6 +995,37 @@ impl Config {
                     1,
                 ) as usize
             });
+            let auth = route.auth.as_ref().map(|section| {
+                let mut tokens = Vec::new();
+                for token in &section.get_ref().tokens {
+                    match hex::decode(token.sha256.get_ref())
+                        .ok()
+                        .and_then(|h| <[u8; 32]>::try_from(h).ok())
+                    {
+                        Some(hash) => tokens.push((token.name.clone(), hash)),
+                        None => diag.error_at(
+                            token.sha256.span(),
+                            "sha256 must be the token's SHA-256 in hex (64 characters)",
+                        ),
+                    }
+                }
+                if tokens.is_empty() && section.get_ref().clients.is_empty() {
+                    diag.error_at(
+                        section.span(),
+                        format!("routes.{}.auth names no token and no client: nobody could post to the route", name.get_ref()),
+                    );
+                }
+                RouteAuth {
+                    tokens,
+                    clients: section.get_ref().clients.clone(),
+                }
+            });
+            if auth.is_some() && route.source != Source::Http {
+                diag.error_at(
+                    route.auth.as_ref().expect("set").span(),
+                    format!("routes.{}.auth applies to HTTP routes only", name.get_ref()),
+                );
+            }
             let mut steps = Vec::new();
             for (index, step) in route.steps.get_ref().iter().enumerate() {
                 steps.push(step_config(
@@ -1028,6 +1088,7 @@ impl Config {
                 max_body_bytes: max_body_kib as usize * 1024,
                 budget,
                 max_in_flight: route_in_flight,
+                auth,
                 steps,
             });
         }

@@ -25,6 +25,8 @@ pub struct Route {
     pub max_body_bytes: usize,
     /// What one message may use across the chain.
     pub budget: crate::config::MessageBudget,
+    /// Who may post to it (HTTP), when set.
+    pub auth: Option<crate::config::RouteAuth>,
     /// The chain, in order. Shared between versions of the route that differ in other steps.
     pub steps: Vec<Arc<StepRuntime>>,
     lineage: String,
@@ -40,6 +42,7 @@ struct RouteBase {
     amqp: RouteAmqp,
     max_body_bytes: usize,
     budget: crate::config::MessageBudget,
+    auth: Option<crate::config::RouteAuth>,
 }
 
 /// The [`RouteBase`] of a configured route or a running one (both have these fields).
@@ -54,6 +57,7 @@ macro_rules! base_of {
             amqp: $route.amqp.clone(),
             max_body_bytes: $route.max_body_bytes,
             budget: $route.budget,
+            auth: $route.auth.clone(),
         }
     };
 }
@@ -81,6 +85,7 @@ impl Route {
             amqp,
             max_body_bytes,
             budget,
+            auth,
         } = base;
         Route {
             name,
@@ -91,6 +96,7 @@ impl Route {
             amqp,
             max_body_bytes,
             budget,
+            auth,
             steps,
             lineage,
         }

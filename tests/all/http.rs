@@ -312,3 +312,52 @@ fn a_plugin_asking_to_retry_later_is_answered_503_with_retry_after_and_not_dead_
         serde_json::json!([])
     );
 }
+
+#[test]
+fn a_route_with_auth_takes_only_senders_it_knows_and_plugins_never_see_their_credentials() {
+    use sha2::Digest;
+    let hash = |t: &str| hex::encode(sha2::Sha256::digest(t.as_bytes()));
+    let ws = Workspace::new(&format!(
+        "[plants.plant-a]\n\n{}\n[routes.act.auth]\ntokens = [{{ name = \"erp-1\", sha256 = \"{}\" }}]\n",
+        act_route("act", ""),
+        hash("erp-secret")
+    ));
+    let host = ws.start();
+    let post = |headers: &[(&str, &str)]| {
+        host.request(
+            "POST",
+            "/v1/routes/act/messages",
+            Some("text/plain"),
+            headers,
+            b"headers",
+        )
+    };
+    for headers in [vec![], vec![("authorization", "Bearer wrong")]] {
+        let refused = post(&headers);
+        assert_eq!(refused.status, 401, "{}", refused.body);
+        assert_eq!(
+            refused.json()["type"],
+            "urn:millrace:problem:unauthenticated"
+        );
+    }
+    let taken = post(&[
+        ("authorization", "Bearer erp-secret"),
+        ("cookie", "session=1"),
+        ("millrace-client", "forged"),
+        ("x-plant-line", "L3"),
+    ]);
+    assert_eq!(taken.status, 200, "{}", taken.body);
+    // The plugin sees who sent it, and the sender's own headers, not its credentials.
+    assert!(
+        taken.body.contains("millrace-client: erp-1"),
+        "{}",
+        taken.body
+    );
+    assert!(taken.body.contains("x-plant-line: L3"), "{}", taken.body);
+    for secret in ["erp-secret", "session=1", "forged"] {
+        assert!(!taken.body.contains(secret), "{}", taken.body);
+    }
+    // Refused senders are not dead letters.
+    let out = ws.millrace(&["dlq", "list", "--json"]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "[]");
+}

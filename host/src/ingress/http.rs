@@ -138,6 +138,13 @@ async fn route_request(
             format!("route {route_name} does not take HTTP messages"),
         ));
     }
+    let client = match &route.auth {
+        Some(auth) => Some(authenticate(auth, &req).map_err(|why| {
+            tracing::warn!(route = %route.name, "{why}");
+            Problem::unauthenticated(&route.name, why)
+        })?),
+        None => None,
+    };
     let content_type = req
         .headers()
         .get(header::CONTENT_TYPE)
@@ -173,10 +180,11 @@ async fn route_request(
     let id = key
         .clone()
         .unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
-    let headers = req
+    // Plugins never see the sender's credentials; they see who it was (`millrace-client`).
+    let mut headers: Vec<(String, String)> = req
         .headers()
         .iter()
-        .filter(|(name, _)| !is_hop_by_hop(name))
+        .filter(|(name, _)| !is_hop_by_hop(name) && !is_credential(name))
         .map(|(name, value)| {
             (
                 name.as_str().to_string(),
@@ -184,6 +192,9 @@ async fn route_request(
             )
         })
         .collect();
+    if let Some(client) = client {
+        headers.push(("millrace-client".into(), client));
+    }
     let read = tokio::time::timeout(
         mediator.connections.body_timeout,
         Limited::new(req.into_body(), route.max_body_bytes).collect(),
@@ -435,6 +446,53 @@ async fn mediate(
         }
         response
     })
+}
+
+/// Headers that carry the sender's credentials (and the host's own client header, which only
+/// the host sets).
+fn is_credential(name: &header::HeaderName) -> bool {
+    matches!(
+        name.as_str(),
+        "authorization" | "proxy-authorization" | "cookie" | "millrace-client"
+    )
+}
+
+/// The TLS client certificate's common name of a connection, when it presented one.
+#[derive(Debug, Clone)]
+pub struct ClientCertificate(pub String);
+
+/// Who may post to `auth`'s route: a listed token, or a listed client certificate.
+fn authenticate(
+    auth: &crate::config::RouteAuth,
+    req: &Request<Incoming>,
+) -> Result<String, String> {
+    if let Some(ClientCertificate(name)) = req.extensions().get::<ClientCertificate>()
+        && auth.clients.iter().any(|c| c == name)
+    {
+        return Ok(name.clone());
+    }
+    let presented = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim);
+    let Some(token) = presented else {
+        return Err("the route needs credentials: Authorization: Bearer TOKEN or a client certificate it lists".into());
+    };
+    use sha2::Digest;
+    let hash: [u8; 32] = sha2::Sha256::digest(token.as_bytes()).into();
+    auth.tokens
+        .iter()
+        .find(|(_, known)| {
+            known
+                .iter()
+                .zip(&hash)
+                .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+                == 0
+        })
+        .map(|(name, _)| name.clone())
+        .ok_or_else(|| "the token is not one the route accepts".into())
 }
 
 fn is_hop_by_hop(name: &header::HeaderName) -> bool {

@@ -170,6 +170,17 @@ impl Problem {
         problem
     }
 
+    /// The route takes messages only from senders it knows.
+    pub fn unauthenticated(route: &str, why: String) -> Problem {
+        Problem::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthenticated",
+            "Credentials needed",
+            why,
+        )
+        .with("route", route)
+    }
+
     /// The body did not arrive within the body timeout.
     pub fn request_timeout(timeout: std::time::Duration) -> Problem {
         Problem::new(

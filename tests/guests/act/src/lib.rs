@@ -9,7 +9,8 @@
 //! - `retry MS`: `retry-later` with `after-ms` MS;
 //! - `trap`: a panic (a trap on wasm32);
 //! - `put KEY VALUE`: stores VALUE under KEY in the plant's state, one output `stored KEY`;
-//! - `get KEY`: one output, the value under KEY (empty if none).
+//! - `get KEY`: one output, the value under KEY (empty if none);
+//! - `headers`: one output, the message's headers as `name: value` lines.
 //!
 //! Imports `log` and `state`: a route running it grants both.
 
@@ -66,6 +67,14 @@ impl Plugin for Act {
             (Some("put"), Some(key), Some(value)) => {
                 host.state_put(key, value)?;
                 Ok(output(&input, format!("stored {key}")))
+            }
+            (Some("headers"), None, None) => {
+                let lines: Vec<String> = input
+                    .headers
+                    .iter()
+                    .map(|(n, v)| format!("{n}: {v}"))
+                    .collect();
+                Ok(output(&input, lines.join("\n")))
             }
             (Some("get"), Some(key), None) => {
                 let value = host.state_get(key)?.unwrap_or_default();
