@@ -29,6 +29,7 @@ struct File {
     host: HostSection,
     #[serde(default)]
     admin: AdminSection,
+    tls: Option<TlsSection>,
     #[serde(default)]
     limits: LimitsSection,
     #[serde(default)]
@@ -64,6 +65,16 @@ struct HostSection {
     idempotency_max_keys: Number,
     idempotency_max_mib: Number,
     idempotency_max_answer_kib: Number,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TlsSection {
+    cert: Spanned<String>,
+    key: Spanned<String>,
+    client_ca: Option<Spanned<String>>,
+    require_client_cert: Option<bool>,
+    listeners: Option<Spanned<Vec<String>>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -311,6 +322,8 @@ pub struct Config {
     pub idempotency_bounds: crate::idempotency::Bounds,
     /// Who may call the admin API (`[admin]`).
     pub admin_access: AdminAccess,
+    /// TLS for the listeners (`[tls]`), when set.
+    pub tls: Option<crate::ingress::tls::TlsSettings>,
     pub plants: BTreeMap<String, Tables>,
     /// Each plant's share of the host: messages in flight and waiting, state quota.
     pub plant_limits: BTreeMap<String, PlantLimits>,
@@ -442,6 +455,7 @@ impl Config {
                 (self.idempotency_bounds.max_answer_bytes >> 10).to_string(),
             ),
             ("[admin]", format!("{:?}", self.admin_access)),
+            ("[tls]", format!("{:?}", self.tls)),
         ]
     }
 }
@@ -792,6 +806,38 @@ impl Config {
             }
             admin_access.tokens_file = Some(path);
         }
+        let tls = file.tls.as_ref().map(|t| {
+            let listeners = t
+                .listeners
+                .as_ref()
+                .map(|l| l.get_ref().clone())
+                .unwrap_or_else(|| vec!["http".into(), "admin".into()]);
+            if let Some(l) = &t.listeners
+                && l.get_ref().iter().any(|x| x != "http" && x != "admin")
+            {
+                diag.error_at(l.span(), "tls.listeners lists \"http\" and/or \"admin\"");
+            }
+            let require = t.require_client_cert.unwrap_or(false);
+            if require && t.client_ca.is_none() {
+                diag.error_at(
+                    t.cert.span(),
+                    "tls.require_client_cert needs tls.client_ca (the CA client certificates chain to)",
+                );
+            }
+            crate::ingress::tls::TlsSettings {
+                cert: dir.join(t.cert.get_ref()),
+                key: dir.join(t.key.get_ref()),
+                client_ca: t.client_ca.as_ref().map(|c| dir.join(c.get_ref())),
+                require_client_cert: require,
+                http: listeners.iter().any(|l| l == "http"),
+                admin: listeners.iter().any(|l| l == "admin"),
+            }
+        });
+        if let (Some(settings), Some(section)) = (&tls, &file.tls)
+            && let Err(e) = crate::ingress::tls::Tls::load(settings)
+        {
+            diag.error_at(section.cert.span(), e);
+        }
         let gate_budget = Duration::from_secs(ranged(
             &mut diag,
             "host.gate_budget_s",
@@ -1124,6 +1170,7 @@ impl Config {
             connections,
             idempotency_bounds,
             admin_access,
+            tls,
             outbox_max_messages: file.host.outbox_max_messages.unwrap_or(100_000).max(1),
             idempotency_window: std::time::Duration::from_secs(
                 file.host

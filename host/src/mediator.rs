@@ -29,7 +29,8 @@ pub enum StartError {
     /// The state store could not be opened.
     #[error(transparent)]
     State(#[from] crate::state::StateError),
-    /// The admin API cannot be served as configured (no credentials, insecure beyond loopback).
+    /// The admin API or TLS cannot be served as configured (no credentials, insecure beyond
+    /// loopback, TLS files that do not load).
     #[error("{0}")]
     Admin(String),
     /// A listener (messages or admin) could not be bound.
@@ -184,6 +185,17 @@ pub async fn run(
     if let Some((hits, misses)) = mediator.engine.cache_stats() {
         tracing::info!(hits, misses, "plugins loaded (compile cache hits/misses)");
     }
+    let tls = config
+        .tls
+        .as_ref()
+        .map(crate::ingress::tls::Tls::load)
+        .transpose()
+        .map_err(StartError::Admin)?
+        .map(Arc::new);
+    let tls_on = |listener: bool| tls.clone().filter(|_| listener);
+    let http_tls = tls_on(config.tls.as_ref().is_some_and(|t| t.http));
+    let admin_tls = tls_on(config.tls.as_ref().is_some_and(|t| t.admin));
+    let http_scheme = if http_tls.is_some() { "https" } else { "http" };
     let addr = http.unwrap_or(config.http);
     let (listener, bound) = listen(addr, "HTTP", "--http or host.http").await?;
     let mut routes: Vec<_> = mediator
@@ -257,14 +269,15 @@ pub async fn run(
             tracing::warn!(
                 "admin API on http://{bound} WITHOUT AUTHENTICATION (--insecure-admin): anyone who reaches it may deploy code"
             );
-        } else if !bound.ip().is_loopback() {
+        } else if !bound.ip().is_loopback() && admin_tls.is_none() {
             tracing::warn!(
                 "admin API bound to {bound} beyond loopback without TLS: its tokens travel in clear; bind it to 127.0.0.1 or put a TLS proxy in front"
             );
         }
         let audit = crate::admin::audit::AuditLog::open(&config.data_dir)?;
-        tracing::info!("admin API on http://{bound}");
-        println!("millrace: admin on http://{bound}");
+        let scheme = if admin_tls.is_some() { "https" } else { "http" };
+        tracing::info!("admin API on {scheme}://{bound}");
+        println!("millrace: admin on {scheme}://{bound}");
         background.spawn(crate::admin::serve(
             listener,
             Arc::new(crate::admin::AdminApi {
@@ -273,14 +286,15 @@ pub async fn run(
                 audit,
                 bound,
             }),
+            admin_tls,
             stopped.clone(),
         ));
     }
-    tracing::info!(routes = %routes.join(","), "millrace listening on http://{bound}");
+    tracing::info!(routes = %routes.join(","), "millrace listening on {http_scheme}://{bound}");
     // One stable line on stdout for scripts and tests.
-    println!("millrace: listening on http://{bound}");
+    println!("millrace: listening on {http_scheme}://{bound}");
     let mut http_stop = stopped.clone();
-    let http = ingress::http::serve(listener, mediator, async move {
+    let http = ingress::http::serve(listener, mediator, http_tls, async move {
         let _ = http_stop.changed().await;
     });
     tokio::pin!(http);

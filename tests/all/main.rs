@@ -20,4 +20,5 @@ mod limits;
 mod replay;
 mod signing;
 mod state;
+mod tls;
 mod wasi;

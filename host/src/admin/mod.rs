@@ -27,11 +27,7 @@ use auth::{Access, Denied, Identity, Role};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
-use hyper::server::conn::http1;
-use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode, header};
-use hyper_util::rt::{TokioIo, TokioTimer};
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -60,6 +56,7 @@ pub struct AdminApi {
 pub async fn serve(
     listener: TcpListener,
     api: Arc<AdminApi>,
+    tls: Option<Arc<crate::ingress::tls::Tls>>,
     mut shutdown: tokio::sync::watch::Receiver<bool>,
 ) {
     let connections = crate::ingress::connections::Connections::new(api.mediator.connections);
@@ -74,18 +71,20 @@ pub async fn serve(
                     continue;
                 };
                 let api = Arc::clone(&api);
-                let service = service_fn(move |req| {
-                    let api = Arc::clone(&api);
-                    async move { Ok::<_, Infallible>(handle(&api, req, peer).await) }
-                });
-                let conn = http1::Builder::new()
-                    .timer(TokioTimer::new())
-                    .header_read_timeout(connections.limits().header_timeout)
-                    .serve_connection(TokioIo::new(stream), service);
-                tokio::spawn(async move {
-                    let _held = held;
-                    let _ = conn.await;
-                });
+                let handler: crate::ingress::connections::Handler =
+                    Arc::new(move |req, _client| {
+                        let api = Arc::clone(&api);
+                        Box::pin(async move { handle(&api, req, peer).await })
+                    });
+                crate::ingress::connections::serve_connection(
+                    stream,
+                    peer,
+                    held,
+                    connections.limits(),
+                    tls.clone(),
+                    handler,
+                    None,
+                );
             }
             _ = shutdown.changed() => break,
         }

@@ -137,3 +137,81 @@ fn refuse(mut stream: TcpStream, detail: String) {
         .await;
     });
 }
+
+/// What a connection's requests are answered with: given the connection's client certificate
+/// name (when TLS asked for one and it was presented), a handler for each request.
+pub type Handler = Arc<
+    dyn Fn(
+            hyper::Request<hyper::body::Incoming>,
+            Option<String>,
+        ) -> std::pin::Pin<
+            Box<
+                dyn std::future::Future<
+                        Output = hyper::Response<http_body_util::Full<bytes::Bytes>>,
+                    > + Send,
+            >,
+        > + Send
+        + Sync,
+>;
+
+/// Serve one admitted connection: the TLS handshake first when `tls` is set (within the header
+/// timeout), then HTTP/1.1, each request answered by `handler`; `watcher` lets a graceful
+/// shutdown finish it.
+pub fn serve_connection(
+    stream: TcpStream,
+    peer: SocketAddr,
+    held: Held,
+    limits: ConnectionLimits,
+    tls: Option<Arc<super::tls::Tls>>,
+    handler: Handler,
+    watcher: Option<hyper_util::server::graceful::Watcher>,
+) {
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    tokio::spawn(async move {
+        let _held = held;
+        let builder = {
+            let mut b = hyper::server::conn::http1::Builder::new();
+            b.timer(TokioTimer::new())
+                .header_read_timeout(limits.header_timeout);
+            b
+        };
+        macro_rules! serve {
+            ($io:expr, $client:expr) => {{
+                let (handler, client) = (Arc::clone(&handler), $client);
+                let service = hyper::service::service_fn(move |req| {
+                    let (handler, client) = (Arc::clone(&handler), client.clone());
+                    async move { Ok::<_, std::convert::Infallible>(handler(req, client).await) }
+                });
+                let conn = builder.serve_connection(TokioIo::new($io), service);
+                let ended = match watcher {
+                    Some(watcher) => watcher.watch(conn).await,
+                    None => conn.await,
+                };
+                if let Err(e) = ended {
+                    tracing::debug!(%peer, error = %e, "connection ended with an error");
+                }
+            }};
+        }
+        match tls {
+            None => serve!(stream, None::<String>),
+            Some(tls) => {
+                let handshake =
+                    tokio::time::timeout(limits.header_timeout, tls.acceptor().accept(stream))
+                        .await;
+                let stream = match handshake {
+                    Ok(Ok(stream)) => stream,
+                    Ok(Err(e)) => {
+                        tracing::info!(%peer, error = %e, "TLS handshake failed");
+                        return;
+                    }
+                    Err(_) => {
+                        tracing::info!(%peer, "TLS handshake not finished within the header timeout");
+                        return;
+                    }
+                };
+                let client = super::tls::client_name(stream.get_ref().1);
+                serve!(stream, client)
+            }
+        }
+    });
+}

@@ -38,12 +38,8 @@ use crate::sink;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
-use hyper::server::conn::http1;
-use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode, header};
-use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
-use std::convert::Infallible;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
@@ -56,10 +52,23 @@ const MAX_KEY_LEN: usize = 256;
 pub async fn serve(
     listener: TcpListener,
     mediator: Arc<Mediator>,
+    tls: Option<Arc<super::tls::Tls>>,
     shutdown: impl Future<Output = ()>,
 ) {
     let graceful = GracefulShutdown::new();
     let connections = super::connections::Connections::new(mediator.connections);
+    let handler: super::connections::Handler = {
+        let mediator = Arc::clone(&mediator);
+        Arc::new(move |mut req: Request<Incoming>, client: Option<String>| {
+            let mediator = Arc::clone(&mediator);
+            Box::pin(async move {
+                if let Some(name) = client {
+                    req.extensions_mut().insert(ClientCertificate(name));
+                }
+                handle(&mediator, req).await
+            })
+        })
+    };
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
@@ -75,22 +84,15 @@ pub async fn serve(
                 let Some((stream, held)) = connections.admit(stream, peer) else {
                     continue;
                 };
-                let mediator = Arc::clone(&mediator);
-                let service = service_fn(move |req| {
-                    let mediator = Arc::clone(&mediator);
-                    async move { Ok::<_, Infallible>(handle(&mediator, req).await) }
-                });
-                let conn = http1::Builder::new()
-                    .timer(TokioTimer::new())
-                    .header_read_timeout(connections.limits().header_timeout)
-                    .serve_connection(TokioIo::new(stream), service);
-                let conn = graceful.watch(conn);
-                tokio::spawn(async move {
-                    let _held = held;
-                    if let Err(e) = conn.await {
-                        tracing::debug!(%peer, error = %e, "connection ended with an error");
-                    }
-                });
+                super::connections::serve_connection(
+                    stream,
+                    peer,
+                    held,
+                    connections.limits(),
+                    tls.clone(),
+                    Arc::clone(&handler),
+                    Some(graceful.watcher()),
+                );
             }
             () = &mut shutdown => break,
         }

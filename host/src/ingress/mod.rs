@@ -5,3 +5,4 @@ pub mod amqp;
 pub mod connections;
 pub mod http;
 pub mod problem;
+pub mod tls;
