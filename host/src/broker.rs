@@ -9,6 +9,7 @@
 use crate::mediator::Mediator;
 use crate::sink::amqp::AmqpPublisher;
 use futures_lite::StreamExt;
+use lapin::tcp::{OwnedIdentity, OwnedTLSConfig};
 use lapin::{Connection, ConnectionProperties};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -45,9 +46,134 @@ impl Session {
     }
 }
 
+/// The broker link's TLS material (`[amqp_tls]`), for `amqps://` URLs: CA certificates to trust
+/// besides the public web roots, and a client certificate (with `?auth_mechanism=external` in
+/// the URL, the broker takes it as the login: SASL EXTERNAL). The files are read at every
+/// connection, so a rotated certificate is used from the next one.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AmqpTls {
+    /// CA certificates, PEM, the broker's certificate may chain to.
+    pub ca: Option<std::path::PathBuf>,
+    /// The client certificate chain, PEM.
+    pub cert: Option<std::path::PathBuf>,
+    /// Its private key, PEM (PKCS#8).
+    pub key: Option<std::path::PathBuf>,
+}
+
+impl AmqpTls {
+    /// Read the files; an error names the file and what is wrong.
+    pub fn load(&self) -> Result<OwnedTLSConfig, String> {
+        use rustls::pki_types::pem::PemObject;
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+        let read = |what: &str, path: &std::path::Path| {
+            std::fs::read(path).map_err(|e| format!("{what} {}: {e}", path.display()))
+        };
+        let certs = |what: &str, path: &std::path::Path| -> Result<Vec<u8>, String> {
+            let pem = read(what, path)?;
+            let n = CertificateDer::pem_slice_iter(&pem)
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| format!("{what} {}: {e}", path.display()))?
+                .len();
+            if n == 0 {
+                return Err(format!(
+                    "{what} {}: no certificate in it (PEM, BEGIN CERTIFICATE)",
+                    path.display()
+                ));
+            }
+            Ok(pem)
+        };
+        let cert_chain = match &self.ca {
+            Some(ca) => Some(
+                String::from_utf8(certs("broker CA", ca)?)
+                    .map_err(|_| format!("broker CA {}: not PEM text", ca.display()))?,
+            ),
+            None => None,
+        };
+        let identity = match (&self.cert, &self.key) {
+            (None, None) => None,
+            (Some(cert), Some(key)) => {
+                let pem = certs("client certificate", cert)?;
+                let key_pem = read("client key", key)?;
+                match PrivateKeyDer::from_pem_slice(&key_pem) {
+                    Ok(PrivateKeyDer::Pkcs8(_)) => {}
+                    Ok(_) => {
+                        return Err(format!(
+                            "client key {}: not PKCS#8 (BEGIN PRIVATE KEY); convert it with openssl pkcs8 -topk8 -nocrypt",
+                            key.display()
+                        ));
+                    }
+                    Err(e) => return Err(format!("client key {}: {e}", key.display())),
+                }
+                Some(OwnedIdentity::PKCS8 { pem, key: key_pem })
+            }
+            _ => {
+                return Err(
+                    "[amqp_tls] cert and key go together (the client certificate and its key)"
+                        .into(),
+                );
+            }
+        };
+        Ok(OwnedTLSConfig {
+            identity,
+            cert_chain,
+        })
+    }
+}
+
+/// Open a connection to `url` (its TLS material read now).
+pub async fn open(url: &str, tls: &AmqpTls, name: &str) -> Result<Connection, OpenError> {
+    let config = tls.load().map_err(OpenError::Files)?;
+    lapin::DefaultConnectionBuilder::new()
+        .map_err(OpenError::Broker)?
+        .with_uri_str(url.to_string())
+        .with_properties(ConnectionProperties::default().with_connection_name(name.into()))
+        .with_tls_config(config)
+        .connect()
+        .await
+        .map_err(OpenError::Broker)
+}
+
+/// Why a connection could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    /// The TLS files did not load.
+    #[error("{0}")]
+    Files(String),
+    /// The broker could not be reached, refused the login, or its certificate.
+    #[error("{0}")]
+    Broker(lapin::Error),
+}
+
+impl OpenError {
+    /// A TLS problem (a certificate the link does not accept, a handshake the broker refused, TLS
+    /// files that do not load): configuration to fix, not a broker that is away.
+    pub fn is_tls(&self) -> bool {
+        match self {
+            OpenError::Files(_) => true,
+            OpenError::Broker(e) => {
+                let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
+                while let Some(err) = source {
+                    if err.is::<rustls::Error>() {
+                        return true;
+                    }
+                    if let Some(io) = err.downcast_ref::<std::io::Error>()
+                        && let Some(inner) = io.get_ref()
+                        && inner.is::<rustls::Error>()
+                    {
+                        return true;
+                    }
+                    source = err.source();
+                }
+                false
+            }
+        }
+    }
+}
+
 /// The supervisor's shared state.
 pub struct BrokerLink {
     url: String,
+    tls: AmqpTls,
     declare: bool,
     state: watch::Sender<Link>,
     /// Bumped by [`BrokerLink::restart`]: a session set up from routes read before a bump is
@@ -56,13 +182,14 @@ pub struct BrokerLink {
 }
 
 impl BrokerLink {
-    pub fn new(url: String, declare: bool) -> BrokerLink {
+    pub fn new(url: String, tls: AmqpTls, declare: bool) -> BrokerLink {
         let (state, _) = watch::channel(Link::Down {
             reason: "not connected yet".into(),
             since: SystemTime::now(),
         });
         BrokerLink {
             url,
+            tls,
             declare,
             state,
             generation: std::sync::atomic::AtomicU64::new(0),
@@ -98,12 +225,45 @@ impl BrokerLink {
     async fn connect(
         &self,
         mediator: &Mediator,
-    ) -> Result<(Session, mpsc::UnboundedReceiver<String>), lapin::Error> {
-        let connection = Connection::connect(
-            &self.url,
-            ConnectionProperties::default().with_connection_name("millrace".into()),
+    ) -> Result<(Session, mpsc::UnboundedReceiver<String>), String> {
+        let connection = open(&self.url, &self.tls, "millrace")
+            .await
+            .map_err(|e| e.to_string())?;
+        self.declare_on(connection, mediator)
+            .await
+            .map_err(|e| e.to_string())
+    }
+
+    /// Check, at start, that the link's TLS works: a certificate problem is configuration to
+    /// fix and stops the start (a broker that is away is waited for instead).
+    pub async fn check_tls(&self) -> Result<(), String> {
+        if !self.url.starts_with("amqps://") {
+            return Ok(());
+        }
+        let attempt = tokio::time::timeout(
+            Duration::from_secs(10),
+            open(&self.url, &self.tls, "millrace (TLS check)"),
         )
-        .await?;
+        .await;
+        match attempt {
+            Ok(Ok(connection)) => {
+                let _ = connection.close(200, "TLS checked".into()).await;
+                Ok(())
+            }
+            Ok(Err(e)) if e.is_tls() => Err(format!(
+                "broker {}: TLS: {e}; see [amqp_tls] (ca, cert, key)",
+                redact(&self.url)
+            )),
+            // Away or slow: the supervisor keeps trying.
+            _ => Ok(()),
+        }
+    }
+
+    async fn declare_on(
+        &self,
+        connection: Connection,
+        mediator: &Mediator,
+    ) -> Result<(Session, mpsc::UnboundedReceiver<String>), lapin::Error> {
         let publisher = AmqpPublisher::open(&connection).await?;
         if self.declare {
             for route in mediator.routes.all().iter().filter(|r| r.uses_broker()) {

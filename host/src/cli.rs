@@ -448,13 +448,9 @@ fn amqp_replay(
         .map_err(|e| format!("cannot start the async runtime: {e}"))?;
     let broker = |e: lapin::Error| format!("broker {}: {e}", crate::broker::redact(url));
     runtime.block_on(async {
-        let connection = lapin::Connection::connect(
-            url,
-            lapin::ConnectionProperties::default()
-                .with_connection_name("millrace dlq replay".into()),
-        )
-        .await
-        .map_err(broker)?;
+        let connection = crate::broker::open(url, &config.amqp_tls, "millrace dlq replay")
+            .await
+            .map_err(|e| format!("broker {}: {e}", crate::broker::redact(url)))?;
         let publisher = crate::sink::amqp::AmqpPublisher::open(&connection)
             .await
             .map_err(broker)?;

@@ -30,6 +30,7 @@ struct File {
     #[serde(default)]
     admin: AdminSection,
     tls: Option<TlsSection>,
+    amqp_tls: Option<AmqpTlsSection>,
     #[serde(default)]
     limits: LimitsSection,
     #[serde(default)]
@@ -75,6 +76,14 @@ struct TlsSection {
     client_ca: Option<Spanned<String>>,
     require_client_cert: Option<bool>,
     listeners: Option<Spanned<Vec<String>>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AmqpTlsSection {
+    ca: Option<Spanned<String>>,
+    cert: Option<Spanned<String>>,
+    key: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -324,6 +333,8 @@ pub struct Config {
     pub admin_access: AdminAccess,
     /// TLS for the listeners (`[tls]`), when set.
     pub tls: Option<crate::ingress::tls::TlsSettings>,
+    /// The broker link's CA and client certificate (`[amqp_tls]`, for `amqps://`).
+    pub amqp_tls: crate::broker::AmqpTls,
     pub plants: BTreeMap<String, Tables>,
     /// Each plant's share of the host: messages in flight and waiting, state quota.
     pub plant_limits: BTreeMap<String, PlantLimits>,
@@ -456,6 +467,7 @@ impl Config {
             ),
             ("[admin]", format!("{:?}", self.admin_access)),
             ("[tls]", format!("{:?}", self.tls)),
+            ("[amqp_tls]", format!("{:?}", self.amqp_tls)),
         ]
     }
 }
@@ -672,6 +684,38 @@ impl Config {
                 format!("host.amqp is not a broker URL ({e}); write it as amqp://USER:PASSWORD@HOST:PORT/VHOST"),
             );
         }
+        let amqp_tls = match &file.amqp_tls {
+            None => crate::broker::AmqpTls::default(),
+            Some(t) => {
+                let path = |p: &Option<Spanned<String>>| p.as_ref().map(|p| dir.join(p.get_ref()));
+                let tls = crate::broker::AmqpTls {
+                    ca: path(&t.ca),
+                    cert: path(&t.cert),
+                    key: path(&t.key),
+                };
+                let at =
+                    t.ca.as_ref()
+                        .or(t.cert.as_ref())
+                        .or(t.key.as_ref())
+                        .map(|s| s.span());
+                if let (Err(e), Some(at)) = (tls.load(), at.clone()) {
+                    diag.error_at(at, e);
+                }
+                if let Some(at) = at
+                    && !file
+                        .host
+                        .amqp
+                        .as_ref()
+                        .is_some_and(|u| u.get_ref().starts_with("amqps://"))
+                {
+                    diag.error_at(
+                        at,
+                        "[amqp_tls] is set but host.amqp is not an amqps:// URL; the link would not use it",
+                    );
+                }
+                tls
+            }
+        };
         let max_in_flight = ranged(
             &mut diag,
             "host.max_in_flight",
@@ -1171,6 +1215,7 @@ impl Config {
             idempotency_bounds,
             admin_access,
             tls,
+            amqp_tls,
             outbox_max_messages: file.host.outbox_max_messages.unwrap_or(100_000).max(1),
             idempotency_window: std::time::Duration::from_secs(
                 file.host

@@ -118,9 +118,13 @@ impl Mediator {
         let admission = crate::admission::Admission::new(config);
         apply_quotas(config, &state);
         let broker = match &config.amqp {
-            Some(url) if routes.all().iter().any(|r| r.uses_broker()) => Some(Arc::new(
-                crate::broker::BrokerLink::new(url.clone(), config.amqp_declare),
-            )),
+            Some(url) if routes.all().iter().any(|r| r.uses_broker()) => {
+                Some(Arc::new(crate::broker::BrokerLink::new(
+                    url.clone(),
+                    config.amqp_tls.clone(),
+                    config.amqp_declare,
+                )))
+            }
             _ => None,
         };
         let outbox =
@@ -210,6 +214,7 @@ pub async fn run(
     // HTTP-in/broker-out messages into the outbox, while it is away. `/readyz` says which.
     let mut background = tokio::task::JoinSet::new();
     if let Some(link) = mediator.broker.as_ref().map(Arc::clone) {
+        link.check_tls().await.map_err(StartError::Admin)?;
         background.spawn(crate::broker::supervise(
             Arc::clone(&mediator),
             stopped.clone(),

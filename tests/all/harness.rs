@@ -605,12 +605,26 @@ impl WebhookReceiver {
 /// A real RabbitMQ node on loopback for one test (`scripts/rabbitmq`), stopped when dropped.
 pub struct Broker {
     pub port: u16,
+    /// AMQP over TLS ([`Broker::start_tls`]).
+    pub tls_port: Option<u16>,
+    tls_dir: Option<PathBuf>,
     pid: u32,
     _dir: tempfile::TempDir,
 }
 
 impl Broker {
     pub fn start() -> Broker {
+        Broker::start_with(None)
+    }
+
+    /// A node that also takes AMQP over TLS, with `certs`/{ca.pem,broker.pem,broker.key}: clients
+    /// need a certificate of that CA, and may log in with it (SASL EXTERNAL, the user named by
+    /// its common name).
+    pub fn start_tls(certs: &Path) -> Broker {
+        Broker::start_with(Some(certs.to_path_buf()))
+    }
+
+    fn start_with(tls_dir: Option<PathBuf>) -> Broker {
         let dir = tempfile::tempdir().expect("broker dir");
         // The node also listens on PORT + 20000 (Erlang distribution).
         let port = loop {
@@ -620,17 +634,32 @@ impl Broker {
                 break port;
             }
         };
-        let pid = Broker::launch(dir.path(), port);
+        let tls_port = tls_dir.as_ref().map(|_| {
+            let probe = std::net::TcpListener::bind("127.0.0.1:0").expect("free port");
+            probe.local_addr().unwrap().port()
+        });
+        let tls = tls_port.zip(tls_dir.clone());
+        let pid = Broker::launch(dir.path(), port, tls.as_ref());
         Broker {
             port,
+            tls_port,
+            tls_dir,
             pid,
             _dir: dir,
         }
     }
 
-    fn launch(dir: &Path, port: u16) -> u32 {
+    fn launch(dir: &Path, port: u16, tls: Option<&(u16, PathBuf)>) -> u32 {
+        let mut args = vec![
+            "start".to_string(),
+            dir.display().to_string(),
+            port.to_string(),
+        ];
+        if let Some((tls_port, certs)) = tls {
+            args.extend([tls_port.to_string(), certs.display().to_string()]);
+        }
         let out = Command::new(root().join("scripts/rabbitmq"))
-            .args(["start", dir.to_str().unwrap(), &port.to_string()])
+            .args(&args)
             .output()
             .expect("scripts/rabbitmq runs");
         assert!(
@@ -673,11 +702,36 @@ impl Broker {
 
     /// Start the node again on the same data and port (after `kill9` or `stop`).
     pub fn restart(&mut self) {
-        self.pid = Broker::launch(self._dir.path(), self.port);
+        let tls = self.tls_port.zip(self.tls_dir.clone());
+        self.pid = Broker::launch(self._dir.path(), self.port, tls.as_ref());
     }
 
     pub fn url(&self) -> String {
         format!("amqp://guest:guest@127.0.0.1:{}/%2f", self.port)
+    }
+
+    /// `rabbitmqctl ARGS` against this node; its stdout.
+    pub fn ctl(&self, args: &[&str]) -> String {
+        // The package's inner script: /usr/sbin/rabbitmqctl switches to the rabbitmq user.
+        let ctl = std::fs::read_dir("/usr/lib/rabbitmq/lib")
+            .expect("rabbitmq-server is installed")
+            .filter_map(Result::ok)
+            .map(|e| e.path().join("sbin/rabbitmqctl"))
+            .find(|p| p.exists())
+            .expect("rabbitmqctl");
+        let out = Command::new(ctl)
+            .args(["-n", &format!("millrace-{}@localhost", self.port)])
+            .args(args)
+            .env("HOME", self._dir.path().join("home"))
+            .env("RABBITMQ_CONF_ENV_FILE", "/dev/null")
+            .output()
+            .expect("rabbitmqctl runs");
+        assert!(
+            out.status.success(),
+            "rabbitmqctl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
     /// Messages in `queue`. RabbitMQ counts only messages ready for delivery, not those a
@@ -728,5 +782,48 @@ impl Drop for Broker {
             }
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+}
+
+use rcgen::{
+    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+};
+
+/// A certificate authority that issues the host's and clients' certificates.
+pub struct Ca {
+    issuer: Issuer<'static, KeyPair>,
+    pub pem: String,
+}
+
+impl Ca {
+    pub fn new(name: &str) -> Ca {
+        let key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.distinguished_name.push(DnType::CommonName, name);
+        let pem = params.self_signed(&key).unwrap().pem();
+        Ca {
+            issuer: Issuer::new(params, key),
+            pem,
+        }
+    }
+
+    /// A certificate and its key, PEM, for `name` (a server: SANs 127.0.0.1 and localhost).
+    pub fn issue(&self, name: &str, server: bool) -> (String, String) {
+        let sans = if server {
+            vec!["127.0.0.1".to_string(), "localhost".to_string()]
+        } else {
+            Vec::new()
+        };
+        let mut params = CertificateParams::new(sans).unwrap();
+        params.distinguished_name.push(DnType::CommonName, name);
+        params.extended_key_usages = vec![if server {
+            ExtendedKeyUsagePurpose::ServerAuth
+        } else {
+            ExtendedKeyUsagePurpose::ClientAuth
+        }];
+        let key = KeyPair::generate().unwrap();
+        let cert = params.signed_by(&key, &self.issuer).unwrap();
+        (cert.pem(), key.serialize_pem())
     }
 }

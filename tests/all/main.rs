@@ -5,6 +5,7 @@
 mod admin_auth;
 mod amqp;
 mod amqp_faults;
+mod amqp_tls;
 mod cli;
 mod config_errors;
 mod events;

@@ -4,52 +4,10 @@
 //! checked is the wire, not a library's convenience.
 
 use crate::harness::*;
-use rcgen::{
-    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
-};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use std::io::{Read, Write};
 use std::sync::Arc;
-
-/// A certificate authority that issues the host's and clients' certificates.
-struct Ca {
-    issuer: Issuer<'static, KeyPair>,
-    pem: String,
-}
-
-impl Ca {
-    fn new(name: &str) -> Ca {
-        let key = KeyPair::generate().unwrap();
-        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params.distinguished_name.push(DnType::CommonName, name);
-        let pem = params.self_signed(&key).unwrap().pem();
-        Ca {
-            issuer: Issuer::new(params, key),
-            pem,
-        }
-    }
-
-    /// A certificate and its key, PEM, for `name` (a server: SANs 127.0.0.1 and localhost).
-    fn issue(&self, name: &str, server: bool) -> (String, String) {
-        let sans = if server {
-            vec!["127.0.0.1".to_string(), "localhost".to_string()]
-        } else {
-            Vec::new()
-        };
-        let mut params = CertificateParams::new(sans).unwrap();
-        params.distinguished_name.push(DnType::CommonName, name);
-        params.extended_key_usages = vec![if server {
-            ExtendedKeyUsagePurpose::ServerAuth
-        } else {
-            ExtendedKeyUsagePurpose::ClientAuth
-        }];
-        let key = KeyPair::generate().unwrap();
-        let cert = params.signed_by(&key, &self.issuer).unwrap();
-        (cert.pem(), key.serialize_pem())
-    }
-}
 
 /// One request over TLS to `url` (`https://host:port`), trusting `ca`, presenting `client`
 /// (certificate and key PEM) when given. Err: the handshake or the exchange failed.
