@@ -15,6 +15,7 @@ pub mod conformance;
 pub mod deadletter;
 pub mod deploy;
 pub mod durable;
+pub mod fuzz;
 pub mod idempotency;
 pub mod ingress;
 pub mod lookup;

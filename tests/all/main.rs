@@ -10,6 +10,7 @@ mod cli;
 mod config_errors;
 mod events;
 mod examples;
+mod fuzz;
 mod harness;
 mod hostile;
 mod hot_reload;

@@ -166,34 +166,10 @@ pub fn serve_connection(
     handler: Handler,
     watcher: Option<hyper_util::server::graceful::Watcher>,
 ) {
-    use hyper_util::rt::{TokioIo, TokioTimer};
     tokio::spawn(async move {
         let _held = held;
-        let builder = {
-            let mut b = hyper::server::conn::http1::Builder::new();
-            b.timer(TokioTimer::new())
-                .header_read_timeout(limits.header_timeout);
-            b
-        };
-        macro_rules! serve {
-            ($io:expr, $client:expr) => {{
-                let (handler, client) = (Arc::clone(&handler), $client);
-                let service = hyper::service::service_fn(move |req| {
-                    let (handler, client) = (Arc::clone(&handler), client.clone());
-                    async move { Ok::<_, std::convert::Infallible>(handler(req, client).await) }
-                });
-                let conn = builder.serve_connection(TokioIo::new($io), service);
-                let ended = match watcher {
-                    Some(watcher) => watcher.watch(conn).await,
-                    None => conn.await,
-                };
-                if let Err(e) = ended {
-                    tracing::debug!(%peer, error = %e, "connection ended with an error");
-                }
-            }};
-        }
         match tls {
-            None => serve!(stream, None::<String>),
+            None => serve_http(stream, peer, limits, None, handler, watcher).await,
             Some(tls) => {
                 let handshake =
                     tokio::time::timeout(limits.header_timeout, tls.acceptor().accept(stream))
@@ -210,8 +186,42 @@ pub fn serve_connection(
                     }
                 };
                 let client = super::tls::client_name(stream.get_ref().1);
-                serve!(stream, client)
+                serve_http(stream, peer, limits, client, handler, watcher).await
             }
         }
     });
+}
+
+/// HTTP/1.1 on `io` until the client or a graceful shutdown (`watcher`) ends it: headers within
+/// the header timeout, each request answered by `handler` with `client` (the connection's
+/// client certificate name).
+pub async fn serve_http<S>(
+    io: S,
+    peer: SocketAddr,
+    limits: ConnectionLimits,
+    client: Option<String>,
+    handler: Handler,
+    watcher: Option<hyper_util::server::graceful::Watcher>,
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    // A client that shuts its sending side after its request still gets the answer.
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_timeout)
+        .half_close(true);
+    let service = hyper::service::service_fn(move |req| {
+        let (handler, client) = (Arc::clone(&handler), client.clone());
+        async move { Ok::<_, std::convert::Infallible>(handler(req, client).await) }
+    });
+    let conn = builder.serve_connection(TokioIo::new(io), service);
+    let ended = match watcher {
+        Some(watcher) => watcher.watch(conn).await,
+        None => conn.await,
+    };
+    if let Err(e) = ended {
+        tracing::debug!(%peer, error = %e, "connection ended with an error");
+    }
 }

@@ -57,18 +57,7 @@ pub async fn serve(
 ) {
     let graceful = GracefulShutdown::new();
     let connections = super::connections::Connections::new(mediator.connections);
-    let handler: super::connections::Handler = {
-        let mediator = Arc::clone(&mediator);
-        Arc::new(move |mut req: Request<Incoming>, client: Option<String>| {
-            let mediator = Arc::clone(&mediator);
-            Box::pin(async move {
-                if let Some(name) = client {
-                    req.extensions_mut().insert(ClientCertificate(name));
-                }
-                handle(&mediator, req).await
-            })
-        })
-    };
+    let handler = handler(Arc::clone(&mediator));
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
@@ -457,6 +446,20 @@ fn is_credential(name: &header::HeaderName) -> bool {
         name.as_str(),
         "authorization" | "proxy-authorization" | "cookie" | "millrace-client"
     )
+}
+
+/// The message listener's answer to each request of a connection: [`handle`], with the
+/// connection's client certificate name (when it presented one) for routes' `auth`.
+pub fn handler(mediator: Arc<Mediator>) -> super::connections::Handler {
+    Arc::new(move |mut req: Request<Incoming>, client: Option<String>| {
+        let mediator = Arc::clone(&mediator);
+        Box::pin(async move {
+            if let Some(name) = client {
+                req.extensions_mut().insert(ClientCertificate(name));
+            }
+            handle(&mediator, req).await
+        })
+    })
 }
 
 /// The TLS client certificate's common name of a connection, when it presented one.
