@@ -717,10 +717,29 @@ fn admin_request(
     url: &str,
     body: Option<(Vec<u8>, &str)>,
 ) -> Result<(u16, String), String> {
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .build()
-        .into();
+    let mut config = ureq::Agent::config_builder().http_status_as_error(false);
+    // An admin API with its own CA (`[tls]` on the admin listener): trust that CA.
+    if let Some(ca) = std::env::var_os(ADMIN_CA_ENV) {
+        let shown = Path::new(&ca).display().to_string();
+        let pem = std::fs::read(&ca).map_err(|e| format!("{ADMIN_CA_ENV}={shown}: {e}"))?;
+        let certs: Vec<_> = ureq::tls::parse_pem(&pem)
+            .filter_map(|item| match item {
+                Ok(ureq::tls::PemItem::Certificate(c)) => Some(c.to_owned()),
+                _ => None,
+            })
+            .collect();
+        if certs.is_empty() {
+            return Err(format!(
+                "{ADMIN_CA_ENV}={shown}: no certificate in it (PEM, BEGIN CERTIFICATE)"
+            ));
+        }
+        config = config.tls_config(
+            ureq::tls::TlsConfig::builder()
+                .root_certs(ureq::tls::RootCerts::new_with_certs(&certs))
+                .build(),
+        );
+    }
+    let agent: ureq::Agent = config.build().into();
     let token = std::env::var(ADMIN_TOKEN_ENV).unwrap_or_default();
     let authorization = format!("Bearer {token}");
     let response = match body {
@@ -754,6 +773,10 @@ fn admin_request(
 
 /// The environment variable the admin commands take their bearer token from.
 pub const ADMIN_TOKEN_ENV: &str = "MILLRACE_ADMIN_TOKEN";
+
+/// The environment variable naming a PEM file of CA certificates the admin commands trust for
+/// an `https://` admin API (default: the public web roots).
+pub const ADMIN_CA_ENV: &str = "MILLRACE_ADMIN_CA";
 
 /// `millrace admin token --name N --role R [--plant P ...]`: a new token, and the lines that
 /// make the host accept it.

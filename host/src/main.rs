@@ -194,7 +194,8 @@ enum PluginCommand {
 #[derive(clap::Args)]
 struct AdminTarget {
     /// Admin API base URL (`host.admin` of the running host). The token is taken from
-    /// MILLRACE_ADMIN_TOKEN.
+    /// MILLRACE_ADMIN_TOKEN; for an https:// admin API with its own CA, MILLRACE_ADMIN_CA names
+    /// the CA's PEM file.
     #[arg(long, default_value = "http://127.0.0.1:9090")]
     admin: String,
     #[arg(long)]

@@ -339,6 +339,8 @@ fn outputs_headers_and_reasons_past_their_bounds_fail_the_message_not_the_host()
             ("hostile", "header", 502, "plugin-limit"),
             ("hostile", "reason 20", 502, "plugin-limit"),
             ("hostile", "reason 2", 422, "rejected"),
+            // Recursion without end: the Wasm stack limit traps it.
+            ("hostile", "recurse", 502, "plugin-trap"),
         ] {
             let reply = host.post(route, Some("text/plain"), body);
             assert_eq!(reply.status, status, "{route} {body}: {}", reply.body);
@@ -362,6 +364,7 @@ fn outputs_headers_and_reasons_past_their_bounds_fail_the_message_not_the_host()
         seen[2]
     );
     assert!(seen[3].contains("more than 16384 KiB"), "{}", seen[3]);
+    assert!(seen[7].contains("stack"), "{}", seen[7]);
     assert!(
         seen[4].contains("content type \"text/plain\\r\\nx-injected: yes\""),
         "{}",
@@ -373,19 +376,20 @@ fn outputs_headers_and_reasons_past_their_bounds_fail_the_message_not_the_host()
         "{}",
         &seen[6][seen[6].len() - 60..]
     );
-    println!("host RSS {rss_before} MiB before, {rss_after} MiB after 21 attacks");
+    println!("host RSS {rss_before} MiB before, {rss_after} MiB after 24 attacks");
     assert!(
         rss_after < 1024,
         "the host holds {rss_after} MiB after the attacks"
     );
-    // Each failed message is a dead letter of kind `limit` (or `rejected`), its reason bounded.
+    // Each failed message is a dead letter of kind `limit` (or `rejected`, or `trap` for the
+    // recursion), its reason bounded.
     let out = ws.millrace(&["dlq", "list", "--json"]);
     let entries: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let entries = entries.as_array().unwrap();
-    assert_eq!(entries.len(), 21);
+    assert_eq!(entries.len(), 24);
     for entry in entries {
         assert!(
-            ["limit", "rejected"].contains(&entry["kind"].as_str().unwrap()),
+            ["limit", "rejected", "trap"].contains(&entry["kind"].as_str().unwrap()),
             "{entry}"
         );
         assert!(entry["reason"].as_str().unwrap().len() < 5000);

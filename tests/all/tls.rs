@@ -191,6 +191,39 @@ fn listeners_speak_tls_and_routes_take_the_client_certificates_they_name() {
     )
     .unwrap();
     assert_eq!(status, 200, "{body}");
+
+    // The CLI speaks to it, trusting the CA it is told to, and refuses it otherwise.
+    let versions = |ca: Option<&std::path::Path>| {
+        let mut cmd = millrace();
+        cmd.args([
+            "plugin",
+            "versions",
+            "--plant",
+            "plant-a",
+            "--plugin",
+            "guest-act",
+        ])
+        .args(["--admin", &admin])
+        .env("MILLRACE_ADMIN_TOKEN", TEST_ADMIN_TOKEN);
+        if let Some(ca) = ca {
+            cmd.env("MILLRACE_ADMIN_CA", ca);
+        }
+        cmd.output().unwrap()
+    };
+    let out = versions(Some(&ws.dir.path().join("ca.pem")));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("guest-act"));
+    let out = versions(None);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("certificate"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[test]
