@@ -145,6 +145,29 @@ pub enum OpenError {
 }
 
 impl OpenError {
+    /// The connection was made and then cut (reset, aborted, closed): not a broker that is away.
+    pub fn is_cut(&self) -> bool {
+        let OpenError::Broker(e) = self else {
+            return false;
+        };
+        let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
+        while let Some(err) = source {
+            if let Some(io) = err.downcast_ref::<std::io::Error>()
+                && matches!(
+                    io.kind(),
+                    std::io::ErrorKind::ConnectionReset
+                        | std::io::ErrorKind::ConnectionAborted
+                        | std::io::ErrorKind::BrokenPipe
+                        | std::io::ErrorKind::UnexpectedEof
+                )
+            {
+                return true;
+            }
+            source = err.source();
+        }
+        false
+    }
+
     /// A TLS problem (a certificate the link does not accept, a handshake the broker refused, TLS
     /// files that do not load): configuration to fix, not a broker that is away.
     pub fn is_tls(&self) -> bool {
@@ -240,23 +263,38 @@ impl BrokerLink {
         if !self.url.starts_with("amqps://") {
             return Ok(());
         }
-        let attempt = tokio::time::timeout(
-            Duration::from_secs(10),
-            open(&self.url, &self.tls, "millrace (TLS check)"),
-        )
-        .await;
-        match attempt {
-            Ok(Ok(connection)) => {
-                let _ = connection.close(200, "TLS checked".into()).await;
-                Ok(())
+        // A broker that refuses the host's certificate sends an alert and closes; the host may
+        // read the alert (a TLS error) or, when its next write crossed the close, only see the
+        // connection cut. Cut right after the handshake every time: the same refusal.
+        const TRIES: usize = 3;
+        let mut cut = Vec::new();
+        for _ in 0..TRIES {
+            let attempt = tokio::time::timeout(
+                Duration::from_secs(20),
+                open(&self.url, &self.tls, "millrace (TLS check)"),
+            )
+            .await;
+            match attempt {
+                Ok(Ok(connection)) => {
+                    let _ = connection.close(200, "TLS checked".into()).await;
+                    return Ok(());
+                }
+                Ok(Err(e)) if e.is_tls() => {
+                    return Err(format!(
+                        "broker {}: TLS: {e}; see [amqp_tls] (ca, cert, key)",
+                        redact(&self.url)
+                    ));
+                }
+                Ok(Err(e)) if e.is_cut() => cut.push(e.to_string()),
+                // Away or slow: the supervisor keeps trying.
+                _ => return Ok(()),
             }
-            Ok(Err(e)) if e.is_tls() => Err(format!(
-                "broker {}: TLS: {e}; see [amqp_tls] (ca, cert, key)",
-                redact(&self.url)
-            )),
-            // Away or slow: the supervisor keeps trying.
-            _ => Ok(()),
         }
+        Err(format!(
+            "broker {}: the broker closed the connection after the TLS handshake {TRIES} times ({}); it probably refuses this host's client certificate ([amqp_tls] cert: issued by a CA the broker trusts?)",
+            redact(&self.url),
+            cut.last().map(String::as_str).unwrap_or_default()
+        ))
     }
 
     async fn declare_on(
