@@ -56,7 +56,7 @@ pub struct AmqpTls {
     pub ca: Option<std::path::PathBuf>,
     /// The client certificate chain, PEM.
     pub cert: Option<std::path::PathBuf>,
-    /// Its private key, PEM (PKCS#8).
+    /// Its private key, PEM (PKCS#8, PKCS#1 or SEC1).
     pub key: Option<std::path::PathBuf>,
 }
 
@@ -94,15 +94,8 @@ impl AmqpTls {
             (Some(cert), Some(key)) => {
                 let pem = certs("client certificate", cert)?;
                 let key_pem = read("client key", key)?;
-                match PrivateKeyDer::from_pem_slice(&key_pem) {
-                    Ok(PrivateKeyDer::Pkcs8(_)) => {}
-                    Ok(_) => {
-                        return Err(format!(
-                            "client key {}: not PKCS#8 (BEGIN PRIVATE KEY); convert it with openssl pkcs8 -topk8 -nocrypt",
-                            key.display()
-                        ));
-                    }
-                    Err(e) => return Err(format!("client key {}: {e}", key.display())),
+                if let Err(e) = PrivateKeyDer::from_pem_slice(&key_pem) {
+                    return Err(format!("client key {}: {e}", key.display()));
                 }
                 Some(OwnedIdentity::PKCS8 { pem, key: key_pem })
             }
