@@ -63,28 +63,12 @@ pub struct AmqpTls {
 impl AmqpTls {
     /// Read the files; an error names the file and what is wrong.
     pub fn load(&self) -> Result<OwnedTLSConfig, String> {
+        use crate::ingress::tls::pem_certificates;
+        use rustls::pki_types::PrivateKeyDer;
         use rustls::pki_types::pem::PemObject;
-        use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-        let read = |what: &str, path: &std::path::Path| {
-            std::fs::read(path).map_err(|e| format!("{what} {}: {e}", path.display()))
-        };
-        let certs = |what: &str, path: &std::path::Path| -> Result<Vec<u8>, String> {
-            let pem = read(what, path)?;
-            let n = CertificateDer::pem_slice_iter(&pem)
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(|e| format!("{what} {}: {e}", path.display()))?
-                .len();
-            if n == 0 {
-                return Err(format!(
-                    "{what} {}: no certificate in it (PEM, BEGIN CERTIFICATE)",
-                    path.display()
-                ));
-            }
-            Ok(pem)
-        };
         let cert_chain = match &self.ca {
             Some(ca) => Some(
-                String::from_utf8(certs("broker CA", ca)?)
+                String::from_utf8(pem_certificates("broker CA", ca)?.0)
                     .map_err(|_| format!("broker CA {}: not PEM text", ca.display()))?,
             ),
             None => None,
@@ -92,8 +76,9 @@ impl AmqpTls {
         let identity = match (&self.cert, &self.key) {
             (None, None) => None,
             (Some(cert), Some(key)) => {
-                let pem = certs("client certificate", cert)?;
-                let key_pem = read("client key", key)?;
+                let (pem, _) = pem_certificates("client certificate", cert)?;
+                let key_pem =
+                    std::fs::read(key).map_err(|e| format!("client key {}: {e}", key.display()))?;
                 if let Err(e) = PrivateKeyDer::from_pem_slice(&key_pem) {
                     return Err(format!("client key {}: {e}", key.display()));
                 }

@@ -12,14 +12,14 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-/// Parse `data` as a configuration file. Promises: no panic; every error is located inside the
-/// text (line and column of the file as given) or names no place at all.
-pub fn config(data: &[u8]) -> Result<(), String> {
+/// Parse `data` as a configuration file; whether it was accepted. Promises: no panic; every
+/// error is located inside the text (line and column of the file as given) or names no place.
+pub fn config(data: &[u8]) -> Result<bool, String> {
     let text = String::from_utf8_lossy(data);
     // A folder that does not exist: relative paths in the text lead nowhere.
     let path = Path::new("/nonexistent/millrace-fuzz/millrace.toml");
     let Err(errors) = Config::parse(path, &text) else {
-        return Ok(());
+        return Ok(true);
     };
     if errors.0.is_empty() {
         return Err("refused with no error".into());
@@ -38,7 +38,7 @@ pub fn config(data: &[u8]) -> Result<(), String> {
             return Err("an error without a message".into());
         }
     }
-    Ok(())
+    Ok(false)
 }
 
 /// A host's message listener without a socket: raw request bytes in, raw answer bytes out.
@@ -287,8 +287,8 @@ mod tests {
 
     #[test]
     fn config_errors_must_be_located_in_the_text() {
-        assert!(config(b"[host]\nhttp = 3\n").is_ok());
-        assert!(config(b"[plants.a]\n[plants.a]\n").is_ok());
+        assert_eq!(config(b"[host]\nhttp = 3\n"), Ok(false));
+        assert_eq!(config(b"[plants.a]\n[plants.a]\n"), Ok(false));
     }
 
     #[test]

@@ -36,6 +36,20 @@ fn keep_failure(target: &str, seed: u64, input: &[u8], why: &str) -> ! {
     );
 }
 
+/// `target(input)`'s result; a broken promise or a panic keeps the input and fails the test.
+fn checked<T>(
+    target: &str,
+    seed: u64,
+    input: &[u8],
+    run: impl FnOnce(&[u8]) -> Result<T, String>,
+) -> T {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run(input))) {
+        Ok(Ok(value)) => value,
+        Ok(Err(why)) => keep_failure(target, seed, input, &why),
+        Err(_) => keep_failure(target, seed, input, "panicked"),
+    }
+}
+
 fn files(dir: &std::path::Path, ext: &str) -> Vec<Vec<u8>> {
     let mut out = Vec::new();
     for entry in walk(dir) {
@@ -98,18 +112,7 @@ fn mutated_configurations_are_refused_with_located_errors_never_a_panic() {
     let mut refused = 0;
     for _ in 0..runs {
         let input = mutator.mutant(&corpus);
-        let outcome = std::panic::catch_unwind(|| millrace_host::fuzz::config(&input));
-        match outcome {
-            Ok(Ok(())) => {}
-            Ok(Err(why)) => keep_failure("config", seed, &input, &why),
-            Err(_) => keep_failure("config", seed, &input, "panicked"),
-        }
-        if millrace_host::config::Config::parse(
-            std::path::Path::new("/nonexistent/millrace.toml"),
-            &String::from_utf8_lossy(&input),
-        )
-        .is_err()
-        {
+        if !checked("config", seed, &input, millrace_host::fuzz::config) {
             refused += 1;
         }
     }
@@ -179,16 +182,8 @@ fn mutated_requests_get_documented_answers_never_a_500_or_a_hang() {
     let mut answered = std::collections::BTreeMap::new();
     for _ in 0..runs {
         let input = mutator.mutant(&corpus);
-        let outcome =
-            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| envelope.run(&input)));
-        match outcome {
-            Ok(Ok(statuses)) => {
-                for s in statuses {
-                    *answered.entry(s).or_insert(0) += 1;
-                }
-            }
-            Ok(Err(why)) => keep_failure("envelope", seed, &input, &why),
-            Err(_) => keep_failure("envelope", seed, &input, "panicked"),
+        for status in checked("envelope", seed, &input, |input| envelope.run(input)) {
+            *answered.entry(status).or_insert(0) += 1;
         }
     }
     eprintln!("statuses answered: {answered:?}");

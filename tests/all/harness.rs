@@ -138,6 +138,15 @@ pub struct Reply {
 }
 
 impl Reply {
+    /// The problem type of an error answer without its `urn:millrace:problem:` prefix.
+    pub fn kind(&self) -> String {
+        self.json()["type"]
+            .as_str()
+            .unwrap_or_default()
+            .trim_start_matches("urn:millrace:problem:")
+            .to_string()
+    }
+
     /// The first header of that (lower-case) name.
     pub fn header(&self, name: &str) -> Option<&str> {
         self.headers

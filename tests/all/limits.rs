@@ -25,14 +25,6 @@ fn workspace() -> Workspace {
     ))
 }
 
-fn kind(reply: &Reply) -> String {
-    reply.json()["type"]
-        .as_str()
-        .unwrap_or_default()
-        .trim_start_matches("urn:millrace:problem:")
-        .to_string()
-}
-
 #[test]
 fn trapping_and_spinning_guests_are_contained_while_other_routes_keep_succeeding() {
     let ws = workspace();
@@ -59,11 +51,11 @@ fn trapping_and_spinning_guests_are_contained_while_other_routes_keep_succeeding
         }
         for reply in spinner.join().unwrap() {
             assert_eq!(reply.status, 503, "{}", reply.body);
-            assert_eq!(kind(&reply), "plugin-deadline");
+            assert_eq!(reply.kind(), "plugin-deadline");
         }
         for reply in trapper.join().unwrap() {
             assert_eq!(reply.status, 502, "{}", reply.body);
-            assert_eq!(kind(&reply), "plugin-trap");
+            assert_eq!(reply.kind(), "plugin-trap");
             assert!(
                 reply.json()["detail"]
                     .as_str()
@@ -106,7 +98,7 @@ fn memory_growth_guest_hits_the_cap_and_the_route_recovers() {
     let host = ws.start();
     let reply = host.post("grow", Some("text/plain"), "grow");
     assert_eq!(reply.status, 503, "{}", reply.body);
-    assert_eq!(kind(&reply), "plugin-memory-cap");
+    assert_eq!(reply.kind(), "plugin-memory-cap");
     assert!(reply.json()["detail"].as_str().unwrap().contains("16 MiB"));
     assert_eq!(host.post("grow", Some("text/plain"), "ok").status, 200);
 

@@ -327,3 +327,39 @@ fn a_host_does_not_start_on_tls_files_that_do_not_load() {
         "{stderr}"
     );
 }
+
+#[test]
+fn a_client_that_never_finishes_its_handshake_is_cut_off_and_others_are_served() {
+    let Pki { ca, ws } = pki(false);
+    let text = std::fs::read_to_string(ws.config()).unwrap().replacen(
+        "[host]\n",
+        "[host]\nheader_timeout_s = 1\n",
+        1,
+    );
+    ws.write("millrace.toml", &text);
+    let host = ws.start();
+    let addr = host.url.strip_prefix("https://").unwrap().to_string();
+    // Connections that send nothing, and one that sends half a ClientHello.
+    let mut stalled: Vec<_> = (0..8)
+        .map(|_| std::net::TcpStream::connect(&addr).unwrap())
+        .collect();
+    stalled[0]
+        .write_all(&[0x16, 0x03, 0x01, 0x02, 0x00, 0x01])
+        .unwrap();
+    // Meanwhile the host serves a client that does finish.
+    let (status, body) =
+        tls_request(&host.url, &ca.pem, None, "GET", "/healthz", &[], b"").unwrap();
+    assert_eq!(status, 200, "{body}");
+    // Each stalled connection is closed by the host (a guard, not a timing assertion).
+    for sock in &mut stalled {
+        sock.set_read_timeout(Some(GUARD)).unwrap();
+        // EOF (what the host sent before closing, if anything, is read) or a reset.
+        if let Err(e) = sock.read_to_end(&mut Vec::new()) {
+            assert!(
+                e.kind() != std::io::ErrorKind::WouldBlock
+                    && e.kind() != std::io::ErrorKind::TimedOut,
+                "the host kept a stalled handshake open: {e}"
+            );
+        }
+    }
+}

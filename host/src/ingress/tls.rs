@@ -7,7 +7,7 @@
 
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Instant, SystemTime};
 
@@ -49,15 +49,7 @@ fn stamp(settings: &TlsSettings) -> Vec<Option<SystemTime>> {
 
 fn build(settings: &TlsSettings) -> Result<tokio_rustls::TlsAcceptor, String> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&settings.cert)
-        .and_then(|certs| certs.collect())
-        .map_err(|e| format!("TLS certificate {}: {e}", settings.cert.display()))?;
-    if certs.is_empty() {
-        return Err(format!(
-            "TLS certificate {}: no certificate in it (PEM, BEGIN CERTIFICATE)",
-            settings.cert.display()
-        ));
-    }
+    let (_, certs) = pem_certificates("TLS certificate", &settings.cert)?;
     let key = PrivateKeyDer::from_pem_file(&settings.key)
         .map_err(|e| format!("TLS key {}: {e}", settings.key.display()))?;
     let builder = rustls::ServerConfig::builder_with_provider(Arc::clone(&provider))
@@ -66,9 +58,7 @@ fn build(settings: &TlsSettings) -> Result<tokio_rustls::TlsAcceptor, String> {
     let builder = match &settings.client_ca {
         Some(ca) => {
             let mut roots = rustls::RootCertStore::empty();
-            let cas: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(ca)
-                .and_then(|certs| certs.collect())
-                .map_err(|e| format!("TLS client CA {}: {e}", ca.display()))?;
+            let (_, cas) = pem_certificates("TLS client CA", ca)?;
             for cert in cas {
                 roots
                     .add(cert)
@@ -100,6 +90,25 @@ fn build(settings: &TlsSettings) -> Result<tokio_rustls::TlsAcceptor, String> {
     })?;
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
+}
+
+/// A PEM file of certificates: its bytes and the certificates in it, at least one. An error
+/// names the file as `what` and says what is wrong.
+pub fn pem_certificates(
+    what: &str,
+    path: &Path,
+) -> Result<(Vec<u8>, Vec<CertificateDer<'static>>), String> {
+    let pem = std::fs::read(path).map_err(|e| format!("{what} {}: {e}", path.display()))?;
+    let certs = CertificateDer::pem_slice_iter(&pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("{what} {}: {e}", path.display()))?;
+    if certs.is_empty() {
+        return Err(format!(
+            "{what} {}: no certificate in it (PEM, BEGIN CERTIFICATE)",
+            path.display()
+        ));
+    }
+    Ok((pem, certs))
 }
 
 impl Tls {
