@@ -1,9 +1,12 @@
-//! An X12 interchange: separators from the ISA segment, segments numbered from 1, and the
-//! envelope checks (ISA/IEA, GS/GE, ST/SE counts and control numbers).
+//! An X12 file: one or more interchanges (ISA..IEA), their separators read from the ISA at its
+//! fixed positions, segments numbered from 1 across the file, and the envelope checks (ISA/IEA,
+//! GS/GE, ST/SE counts and control numbers).
 
 use millrace_sdk::MediationError;
+use std::borrow::Cow;
+use std::collections::HashSet;
 
-/// One segment: its 1-based number in the interchange, its id and its elements (element 1 first).
+/// One segment: its 1-based number in the file, its id and its elements (element 1 first).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Segment<'a> {
     pub number: u32,
@@ -20,7 +23,7 @@ impl<'a> Segment<'a> {
     /// Element `n`, which must not be empty.
     pub fn required(&self, n: usize) -> Result<&'a str, MediationError> {
         let value = self.get(n);
-        if value.is_empty() {
+        if value.trim().is_empty() {
             Err(self.error(n, "is required but missing"))
         } else {
             Ok(value)
@@ -37,81 +40,263 @@ impl<'a> Segment<'a> {
         .field(element)
         .position(self.number)
     }
+
+    /// A rejection at this segment as a whole; `field` is the segment id.
+    pub fn fault(&self, what: impl std::fmt::Display) -> MediationError {
+        MediationError::rejected(format!("segment {} ({}): {what}", self.number, self.id))
+            .field(self.id)
+            .position(self.number)
+    }
 }
 
-/// A rejection at a segment as a whole.
-pub fn at(segment: &Segment, what: impl std::fmt::Display) -> MediationError {
-    MediationError::rejected(format!(
-        "segment {} ({}): {what}",
-        segment.number, segment.id
-    ))
-    .position(segment.number)
-}
-
-/// A transaction set (ST..SE), with its group's version.
+/// A transaction set (ST..SE) with its envelopes' facts.
 pub struct Transaction<'a> {
+    /// ST02.
     pub control: &'a str,
+    /// GS06 of its functional group.
+    pub group_control: &'a str,
+    /// ISA13 of its interchange.
+    pub interchange_control: &'a str,
+    /// GS08 of its functional group, e.g. `004010VICS`.
     pub version: &'a str,
+    /// The segments between ST and SE.
     pub segments: Vec<Segment<'a>>,
 }
 
-/// The ISA segment is fixed-width: 106 characters including its terminator.
-const ISA_LEN: usize = 106;
+/// What a file held: the 856 ship notices, and the other transaction sets passed over.
+pub struct Interchanges<'a> {
+    pub ship_notices: Vec<Transaction<'a>>,
+    /// `ST01 ST02` of every transaction set that is not an 856.
+    pub skipped: Vec<String>,
+}
 
-/// Split `text` into segments with the separators the ISA segment declares, check the
-/// envelopes, and return the transaction sets.
-pub fn parse(text: &str) -> Result<Vec<Transaction<'_>>, MediationError> {
-    let start = text.find("ISA").ok_or_else(|| {
-        MediationError::rejected("no ISA segment: not an X12 interchange").position(1)
-    })?;
-    if !text[..start].trim().is_empty() {
-        return Err(
-            MediationError::rejected("the interchange must start with the ISA segment").position(1),
-        );
+/// The body as text: UTF-8 when it is valid UTF-8, else ISO 8859-1 (every byte one character,
+/// so single-byte terminators such as 0x85 survive).
+pub fn decode(body: &[u8]) -> Cow<'_, str> {
+    match std::str::from_utf8(body) {
+        Ok(text) => Cow::Borrowed(text),
+        Err(_) => Cow::Owned(body.iter().map(|&b| b as char).collect()),
     }
-    let text = &text[start..];
-    if text.len() < ISA_LEN || !text.is_char_boundary(ISA_LEN) {
-        return Err(MediationError::rejected(
-            "segment 1 (ISA): shorter than the fixed 106 characters",
-        )
-        .position(1));
+}
+
+/// Widths of ISA01..ISA16, fixed by the standard in every version.
+const ISA_WIDTHS: [usize; 16] = [2, 10, 2, 10, 2, 15, 2, 15, 6, 4, 1, 5, 9, 1, 1, 1];
+
+/// The separators one interchange's segments are split with (the component and repetition
+/// separators are checked, but no element this plugin reads is a composite or repeats).
+#[derive(Debug, Clone, Copy)]
+struct Separators {
+    element: char,
+    terminator: char,
+}
+
+/// Bytes that may follow the last IEA without being content: whitespace, NUL padding and the
+/// DOS end-of-file mark.
+fn is_padding(c: char) -> bool {
+    c.is_whitespace() || c == '\0' || c == '\u{1a}'
+}
+
+/// Split `text` into interchanges with the separators each ISA declares, check the envelopes,
+/// and return the 856 transaction sets.
+pub fn parse(text: &str) -> Result<Interchanges<'_>, MediationError> {
+    let mut rest = text.trim_start_matches(|c: char| c == '\u{feff}' || c.is_whitespace());
+    if !rest.starts_with("ISA") {
+        let what = if text.contains("ISA") {
+            "the file must start with the ISA segment"
+        } else {
+            "no ISA segment: not an X12 interchange"
+        };
+        return Err(MediationError::rejected(what).field("ISA").position(1));
     }
-    let bytes = text.as_bytes();
-    let (element_sep, component_sep, terminator) =
-        (bytes[3] as char, bytes[104] as char, bytes[105] as char);
-    if element_sep.is_alphanumeric()
-        || terminator.is_alphanumeric()
-        || element_sep == terminator
-        || component_sep == element_sep
-    {
-        return Err(MediationError::rejected(format!(
-            "segment 1 (ISA): separators element {element_sep:?}, component {component_sep:?}, segment {terminator:?} are not usable"
-        ))
-        .position(1));
+    let mut found = Interchanges {
+        ship_notices: Vec::new(),
+        skipped: Vec::new(),
+    };
+    let mut number = 0;
+    loop {
+        rest = interchange(rest, &mut number, &mut found)?;
+        let next = rest.trim_start_matches(is_padding);
+        if next.is_empty() {
+            return Ok(found);
+        }
+        if !next.starts_with("ISA") {
+            let shown: String = next.chars().take(24).collect();
+            return Err(MediationError::rejected(format!(
+                "segment {}: {shown:?} follows the IEA; only another interchange (ISA) may",
+                number + 1
+            ))
+            .field("IEA")
+            .position(number + 1));
+        }
+        rest = next;
     }
-    let segments: Vec<Segment> = text
-        .split(terminator)
-        .map(|s| s.trim_start_matches(['\r', '\n']))
-        .filter(|s| !s.trim().is_empty())
-        .enumerate()
-        .map(|(i, s)| {
-            let mut parts = s.split(element_sep);
-            let id = parts.next().unwrap_or("").trim();
-            Segment {
-                number: i as u32 + 1,
-                id,
-                elements: parts.collect(),
-            }
-        })
-        .collect();
-    let isa = &segments[0];
-    if isa.id != "ISA" || isa.elements.len() != 16 {
-        return Err(at(
-            isa,
-            format!("ISA must have 16 elements, has {}", isa.elements.len()),
+}
+
+/// Read the ISA at the start of `text` at its fixed positions.
+fn separators(text: &str, number: u32) -> Result<(Separators, Segment<'_>, &str), MediationError> {
+    let isa_fault = |what: String, field: &str| {
+        MediationError::rejected(format!("segment {number} (ISA): {what}"))
+            .field(field)
+            .position(number)
+    };
+    let element = text[3..]
+        .chars()
+        .next()
+        .ok_or_else(|| isa_fault("ends after its id".into(), "ISA"))?;
+    if element.is_alphanumeric() || element == ' ' {
+        return Err(isa_fault(
+            format!(
+                "the element separator (the 4th character) is {element:?}, which cannot be a separator"
+            ),
+            "ISA",
         ));
     }
-    let mut transactions = Vec::new();
+    // ISA01..ISA15 end at an element separator; ISA16 is one character, then the terminator.
+    let mut at = 3 + element.len_utf8();
+    let mut elements = Vec::with_capacity(16);
+    for (i, width) in ISA_WIDTHS.iter().enumerate().take(15) {
+        let name = format!("ISA{:02}", i + 1);
+        let end = text[at..]
+            .find(element)
+            .map(|e| at + e)
+            .filter(|&e| text[at..e].chars().count() <= 40 && !text[at..e].contains(['\r', '\n']))
+            .ok_or_else(|| {
+                isa_fault(
+                    format!(
+                        "ends inside {name}; an ISA has 16 elements of fixed width (106 characters)"
+                    ),
+                    &name,
+                )
+            })?;
+        let value = &text[at..end];
+        let got = value.chars().count();
+        if got != *width {
+            return Err(isa_fault(
+                format!(
+                    "{name} is {got} characters, must be {width} (the ISA is fixed-width, 106 characters)"
+                ),
+                &name,
+            ));
+        }
+        elements.push(value);
+        at = end + element.len_utf8();
+    }
+    let mut tail = text[at..].chars();
+    let (Some(component), Some(terminator)) = (tail.next(), tail.next()) else {
+        return Err(isa_fault(
+            "ends before ISA16 and the segment terminator".into(),
+            "ISA16",
+        ));
+    };
+    elements.push(&text[at..at + component.len_utf8()]);
+    let version = elements[11];
+    let repetition = elements[10]
+        .chars()
+        .next()
+        .filter(|c| !c.is_alphanumeric() && *c != ' ' && version >= "00402");
+    let separators = Separators {
+        element,
+        terminator,
+    };
+    if terminator.is_alphanumeric() || terminator == ' ' {
+        return Err(isa_fault(
+            format!(
+                "the character after ISA16 is the segment terminator and cannot be {terminator:?}; ISA16 must be one character"
+            ),
+            "ISA16",
+        ));
+    }
+    let mut all = vec![element, component, terminator];
+    all.extend(repetition);
+    if component.is_alphanumeric() || all.iter().collect::<HashSet<_>>().len() != all.len() {
+        return Err(isa_fault(
+            format!(
+                "separators element {element:?}, component {component:?}{}, terminator {terminator:?} must be distinct non-alphanumeric characters",
+                repetition
+                    .map(|r| format!(", repetition {r:?}"))
+                    .unwrap_or_default()
+            ),
+            "ISA16",
+        ));
+    }
+    let isa = Segment {
+        number,
+        id: "ISA",
+        elements,
+    };
+    let after = at + component.len_utf8() + terminator.len_utf8();
+    Ok((separators, isa, &text[after..]))
+}
+
+/// The segments of one interchange, from its ISA up to and including its IEA; returns the text
+/// after the IEA.
+fn interchange<'a>(
+    text: &'a str,
+    number: &mut u32,
+    found: &mut Interchanges<'a>,
+) -> Result<&'a str, MediationError> {
+    *number += 1;
+    let (sep, isa, mut rest) = separators(text, *number)?;
+    let mut segments = vec![isa];
+    loop {
+        let (piece, after) = match rest.find(sep.terminator) {
+            Some(i) => (&rest[..i], &rest[i + sep.terminator.len_utf8()..]),
+            None => (rest, ""),
+        };
+        rest = after;
+        let piece = piece
+            .trim_start_matches(|c: char| c.is_whitespace() || c == '\0')
+            .trim_end_matches(['\r', '\n']);
+        if piece.is_empty() {
+            if rest.is_empty() {
+                let last = &segments[segments.len() - 1];
+                return Err(last.fault("the interchange has no IEA segment"));
+            }
+            continue;
+        }
+        *number += 1;
+        let mut parts = piece.split(sep.element);
+        let id = parts.next().unwrap_or("").trim_end();
+        let segment = Segment {
+            number: *number,
+            id,
+            elements: parts.collect(),
+        };
+        let valid_id = (2..=3).contains(&id.len())
+            && id
+                .bytes()
+                .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit())
+            && id.as_bytes()[0].is_ascii_uppercase();
+        if !valid_id {
+            let shown: String = piece.chars().take(24).collect();
+            return Err(MediationError::rejected(format!(
+                "segment {}: {shown:?} does not start with a segment id (separator {:?}, terminator {:?} from the ISA)",
+                *number, sep.element, sep.terminator
+            ))
+            .field(id.chars().take(3).collect::<String>())
+            .position(*number));
+        }
+        let done = segment.id == "IEA";
+        segments.push(segment);
+        if done {
+            break;
+        }
+        if rest.is_empty() {
+            let last = &segments[segments.len() - 1];
+            return Err(last.fault("the interchange has no IEA segment"));
+        }
+    }
+    envelopes(segments, found)?;
+    Ok(rest)
+}
+
+/// Check the envelopes of one interchange's segments (ISA first, IEA last) and collect its sets.
+fn envelopes<'a>(
+    segments: Vec<Segment<'a>>,
+    found: &mut Interchanges<'a>,
+) -> Result<(), MediationError> {
+    let isa = &segments[0];
+    let interchange_control = isa.get(13);
     let mut groups = 0;
     let mut i = 1;
     while i < segments.len() {
@@ -120,32 +305,47 @@ pub fn parse(text: &str) -> Result<Vec<Transaction<'_>>, MediationError> {
             "GS" => {
                 groups += 1;
                 let version = seg.required(8)?;
-                if !(version.starts_with("004010") || version.starts_with("005010")) {
-                    return Err(seg.error(
-                        8,
-                        &format!("version {version:?} is not supported (004010, 005010)"),
-                    ));
-                }
+                check_version(seg, version)?;
                 let group_control = seg.required(6)?;
                 let mut sets = 0;
+                let mut controls = HashSet::new();
                 i += 1;
                 loop {
                     let Some(seg) = segments.get(i) else {
-                        return Err(at(
-                            &segments[segments.len() - 1],
-                            "the functional group has no GE segment",
-                        ));
+                        unreachable!("the interchange ends with IEA")
                     };
                     match seg.id {
                         "ST" => {
                             sets += 1;
-                            let (transaction, next) = transaction(&segments, i, version)?;
-                            transactions.push(transaction);
+                            let (transaction, next) = transaction(&segments, i)?;
+                            if !controls.insert(transaction.control) {
+                                return Err(seg.error(
+                                    2,
+                                    &format!(
+                                        "control number {:?} is used twice in functional group {group_control:?}",
+                                        transaction.control
+                                    ),
+                                ));
+                            }
+                            if seg.get(1) == "856" {
+                                found.ship_notices.push(Transaction {
+                                    group_control,
+                                    interchange_control,
+                                    version,
+                                    ..transaction
+                                });
+                            } else {
+                                found.skipped.push(format!(
+                                    "{} {}",
+                                    seg.get(1),
+                                    transaction.control
+                                ));
+                            }
                             i = next;
                         }
                         "GE" => {
                             count(seg, 1, sets, "transaction sets")?;
-                            if seg.get(2) != group_control {
+                            if seg.get(2).trim() != group_control.trim() {
                                 return Err(seg.error(
                                     2,
                                     &format!(
@@ -157,67 +357,71 @@ pub fn parse(text: &str) -> Result<Vec<Transaction<'_>>, MediationError> {
                             i += 1;
                             break;
                         }
-                        other => return Err(at(seg, format!("expected ST or GE, found {other}"))),
+                        "IEA" => return Err(seg.fault("the functional group has no GE segment")),
+                        other => {
+                            return Err(seg.fault(format!("expected ST or GE, found {other}")));
+                        }
                     }
                 }
             }
             "IEA" => {
                 count(seg, 1, groups, "functional groups")?;
-                if seg.get(2) != isa.get(13) {
+                if seg.get(2).trim() != interchange_control.trim() {
                     return Err(seg.error(
                         2,
                         &format!(
-                            "control number {:?} does not match ISA13 {:?}",
-                            seg.get(2),
-                            isa.get(13)
+                            "control number {:?} does not match ISA13 {interchange_control:?}",
+                            seg.get(2)
                         ),
                     ));
                 }
-                if let Some(extra) = segments.get(i + 1) {
-                    return Err(at(extra, "segment after IEA"));
-                }
-                return Ok(transactions);
+                return Ok(());
             }
-            other => return Err(at(seg, format!("expected GS or IEA, found {other}"))),
+            "TA1" => i += 1,
+            other => return Err(seg.fault(format!("expected GS or IEA, found {other}"))),
         }
     }
-    Err(at(
-        &segments[segments.len() - 1],
-        "the interchange has no IEA segment",
-    ))
+    unreachable!("the interchange ends with IEA")
+}
+
+/// GS08 is the version, release and sub-release (6 digits) and an optional industry identifier
+/// (`004010VICS`). Versions 003010 to 008xxx are read.
+fn check_version(gs: &Segment, version: &str) -> Result<(), MediationError> {
+    let digits = version
+        .get(..6)
+        .filter(|d| d.bytes().all(|b| b.is_ascii_digit()));
+    match digits {
+        Some(d) if ("003010"..="008999").contains(&d) => Ok(()),
+        Some(d) => Err(gs.error(
+            8,
+            &format!("version {d} is outside 003010 to 008xxx, the versions this plugin reads"),
+        )),
+        None => Err(gs.error(
+            8,
+            &format!("{version:?} is not a version: six digits (version, release, sub-release) and an optional industry identifier, e.g. 004010 or 004010VICS"),
+        )),
+    }
 }
 
 /// The transaction set starting at `segments[start]` (an ST) and the index after its SE.
 fn transaction<'a>(
     segments: &[Segment<'a>],
     start: usize,
-    version: &'a str,
 ) -> Result<(Transaction<'a>, usize), MediationError> {
     let st = &segments[start];
-    if st.get(1) != "856" {
-        return Err(st.error(
-            1,
-            &format!("transaction set {:?} is not an 856 ship notice", st.get(1)),
-        ));
-    }
+    st.required(1)?;
     let control = st.required(2)?;
-    let end = segments[start..]
+    let end = segments[start + 1..]
         .iter()
-        .position(|s| s.id == "SE")
-        .map(|p| start + p)
-        .ok_or_else(|| at(st, "the transaction set has no SE segment"))?;
-    if let Some(nested) = segments[start + 1..end]
-        .iter()
-        .find(|s| matches!(s.id, "ST" | "GS" | "GE" | "ISA" | "IEA"))
-    {
-        return Err(at(
-            nested,
-            "envelope segment inside a transaction set (missing SE?)",
-        ));
-    }
+        .position(|s| matches!(s.id, "SE" | "ST" | "GS" | "GE" | "ISA" | "IEA"))
+        .map(|p| start + 1 + p)
+        .filter(|&e| segments[e].id == "SE")
+        .ok_or_else(|| {
+            st.fault("the transaction set has no SE segment before the next envelope segment")
+        })?;
     let se = &segments[end];
     count(se, 1, end - start + 1, "segments")?;
-    if se.get(2) != control {
+    if se.get(2).trim() != control.trim() {
         return Err(se.error(
             2,
             &format!(
@@ -229,7 +433,9 @@ fn transaction<'a>(
     Ok((
         Transaction {
             control,
-            version,
+            group_control: "",
+            interchange_control: "",
+            version: "",
             segments: segments[start + 1..end].to_vec(),
         },
         end + 1,

@@ -1,20 +1,18 @@
-//! `x12-856`: ANSI X12 856 ship notices (versions 004010 and 005010) become
-//! `millrace.shipment.asn.v1` events, one per transaction set.
+//! `x12-856`: ANSI X12 856 ship notices (versions 003010 to 008xxx, any industry identifier)
+//! become `millrace.shipment.asn.v1` events, one per transaction set.
 //!
-//! Separators come from the ISA segment (any element, component and segment separators, with or
-//! without line breaks between segments). Envelopes are checked — IEA01 against the number of
-//! groups, GE01 against the transaction sets, SE01 against the segments, and every control
-//! number against its header — and any fault is rejected with the segment number at fault.
-//!
-//! The HL hierarchy S (shipment) / O (order) / T (tare) / P (pack) / I (item) is followed through
-//! HL02 parents: each item belongs to the purchase order of its nearest order ancestor.
+//! `interchange` reads the file: separators from each ISA at its fixed positions, several
+//! interchanges per file, envelopes checked. This module reads one ship notice: the HL hierarchy
+//! of any shape (S-O-I, S-O-P-I, S-O-T-I, S-I, S-T-I, S-T-P-I, several orders or shipments),
+//! items identified by any LIN qualifiers, each item's purchase order taken from the nearest PRF
+//! on its path.
 
 mod interchange;
 
-use interchange::{Segment, Transaction, at};
-use millrace_sdk::{CloudEvent, Host, MediationError, Message, Plugin, PluginInfo};
+use interchange::{Segment, Transaction};
+use millrace_sdk::{CloudEvent, Host, Level, MediationError, Message, Plugin, PluginInfo};
 use serde::{Deserialize, Serialize};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 /// Event type emitted per transaction set.
 pub const EVENT_TYPE: &str = "millrace.shipment.asn.v1";
@@ -49,11 +47,16 @@ struct Attributes {
     x12_version: String,
     /// ST02 of the transaction set.
     transaction_control: String,
+    /// TD503 when it is not a 2–4 letter SCAC (e.g. a DUNS number with TD502 = 1).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    carrier: Option<String>,
 }
 
 #[derive(Debug, Serialize)]
 struct PurchaseOrder {
-    purchase_order: String,
+    /// Absent for items with no PRF on their path.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    purchase_order: Option<String>,
     items: Vec<Item>,
 }
 
@@ -69,6 +72,15 @@ struct Item {
     unit: String,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     lots: Vec<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    identifiers: Vec<Identifier>,
+}
+
+/// One LIN qualifier/value pair, as sent.
+#[derive(Debug, Serialize)]
+struct Identifier {
+    qualifier: String,
+    value: String,
 }
 
 /// The plugin.
@@ -89,206 +101,261 @@ impl Plugin for X12Asn {
         })
     }
 
-    fn mediate(&self, _host: &impl Host, input: Message) -> Result<Vec<Message>, MediationError> {
-        let text = input.body_str()?;
-        let transactions = interchange::parse(text)?;
+    fn mediate(&self, host: &impl Host, input: Message) -> Result<Vec<Message>, MediationError> {
+        let text = interchange::decode(&input.body);
+        let found = interchange::parse(&text)?;
+        if !found.skipped.is_empty() {
+            host.log(
+                Level::Info,
+                &format!(
+                    "passed over transaction sets that are not 856 ship notices: {}",
+                    found.skipped.join(", ")
+                ),
+            );
+        }
+        if found.ship_notices.is_empty() {
+            return Err(MediationError::rejected(format!(
+                "the file holds no 856 ship notice (transaction sets: {})",
+                if found.skipped.is_empty() {
+                    "none".to_string()
+                } else {
+                    found.skipped.join(", ")
+                }
+            ))
+            .field("ST01"));
+        }
         let source = format!("/plants/{}/{}", input.plant, self.settings.source_system);
-        transactions
+        let ids = event_ids(&input.id, &found.ship_notices)?;
+        found
+            .ship_notices
             .iter()
-            .map(|t| {
+            .zip(ids)
+            .map(|(t, id)| {
                 let asn = ship_notice(t, &input.plant)?;
-                Ok(CloudEvent::new(
-                    format!("{}-{}", input.id, t.control),
-                    source.clone(),
-                    EVENT_TYPE,
-                    &asn,
-                )
-                .subject(asn.shipment_id.clone())
-                .dataschema("urn:millrace:schema:shipment.asn:v1")
-                .into_message(&input))
+                Ok(CloudEvent::new(id, source.clone(), EVENT_TYPE, &asn)
+                    .subject(asn.shipment_id.clone())
+                    .dataschema("urn:millrace:schema:shipment.asn:v1")
+                    .into_message(&input))
             })
             .collect()
     }
 }
 
-/// What an HL level is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Level {
-    Shipment,
-    Order,
-    Tare,
-    Pack,
-    Item,
+/// `<message id>-<ST02>`, or `<message id>-<ISA13>-<GS06>-<ST02>` when ST02 alone repeats in
+/// the file (several groups or interchanges).
+fn event_ids(message: &str, sets: &[Transaction]) -> Result<Vec<String>, MediationError> {
+    let mut seen = HashMap::new();
+    for t in sets {
+        *seen.entry(t.control.trim()).or_insert(0) += 1;
+    }
+    let mut ids = HashSet::new();
+    sets.iter()
+        .map(|t| {
+            let id = if seen[t.control.trim()] == 1 {
+                format!("{message}-{}", t.control.trim())
+            } else {
+                format!(
+                    "{message}-{}-{}-{}",
+                    t.interchange_control.trim(),
+                    t.group_control.trim(),
+                    t.control.trim()
+                )
+            };
+            if !ids.insert(id.clone()) {
+                return Err(MediationError::rejected(format!(
+                    "interchange {} appears twice in the file (its transaction set {} repeats); send each interchange once",
+                    t.interchange_control.trim(),
+                    t.control.trim()
+                ))
+                .field("ISA13"));
+            }
+            Ok(id)
+        })
+        .collect()
+}
+
+/// One HL loop: the HL segment and what the loop holds.
+struct Loop<'a, 's> {
+    hl: &'s Segment<'a>,
+    level: &'a str,
+    parent: Option<usize>,
+    prf: Option<&'s Segment<'a>>,
+    lin: Option<&'s Segment<'a>>,
+    sn1: Option<&'s Segment<'a>>,
+}
+
+impl Loop<'_, '_> {
+    fn is_shipment_or_order(&self) -> bool {
+        matches!(self.level, "S" | "O")
+    }
 }
 
 fn ship_notice(t: &Transaction, plant: &str) -> Result<Asn, MediationError> {
-    let bsn = t
-        .segments
-        .first()
-        .filter(|s| s.id == "BSN")
-        .ok_or_else(|| match t.segments.first() {
-            Some(s) => at(s, "an 856 starts with BSN"),
-            None => MediationError::rejected(format!("transaction set {} is empty", t.control)),
-        })?;
-    let shipment_id = bsn.required(2)?.to_string();
+    let bsn = match t.segments.first() {
+        Some(s) if s.id == "BSN" => s,
+        Some(s) => return Err(s.fault("an 856 starts with BSN")),
+        None => {
+            return Err(MediationError::rejected(format!(
+                "transaction set {} is empty: an 856 starts with BSN",
+                t.control
+            ))
+            .field("BSN"));
+        }
+    };
+    let shipment_id = bsn.required(2)?.trim().to_string();
     let ship_date = date(bsn, 3)?;
 
-    // HL id → (level, parent id); the order each HL belongs to; items in document order.
-    let mut levels: HashMap<&str, (Level, &str)> = HashMap::new();
-    let mut orders: HashMap<&str, String> = HashMap::new();
-    let mut order_sequence: Vec<String> = Vec::new();
-    let mut items: Vec<(String, Item)> = Vec::new();
-    let mut carrier_scac = None;
-    let mut current: Option<(&str, Level, &Segment)> = None;
-    let mut seen_shipment = false;
-
+    let mut loops: Vec<Loop> = Vec::new();
+    let mut index: HashMap<&str, usize> = HashMap::new();
+    let mut carrier = None;
     for seg in &t.segments[1..] {
+        if seg.id == "HL" {
+            let id = seg.required(1)?.trim();
+            let parent =
+                match seg.get(2).trim() {
+                    "" => None,
+                    p => Some(*index.get(p).ok_or_else(|| {
+                        seg.error(2, &format!("parent {p:?} is not an earlier HL"))
+                    })?),
+                };
+            let level = seg.required(3)?.trim();
+            if index.insert(id, loops.len()).is_some() {
+                return Err(seg.error(1, &format!("HL id {id:?} is used twice")));
+            }
+            loops.push(Loop {
+                hl: seg,
+                level,
+                parent,
+                prf: None,
+                lin: None,
+                sn1: None,
+            });
+            continue;
+        }
+        let current = loops.last_mut();
         match seg.id {
-            "HL" => {
-                let id = seg.required(1)?;
-                let parent = seg.get(2);
-                let level = match seg.required(3)? {
-                    "S" => Level::Shipment,
-                    "O" => Level::Order,
-                    "T" => Level::Tare,
-                    "P" => Level::Pack,
-                    "I" => Level::Item,
-                    other => {
-                        return Err(
-                            seg.error(3, &format!("level {other:?} is not S, O, T, P or I"))
-                        );
-                    }
+            "PRF" | "LIN" | "SN1" => {
+                let Some(current) = current else {
+                    return Err(seg.fault(format!("{} before the first HL loop", seg.id)));
                 };
-                if levels.contains_key(id) {
-                    return Err(seg.error(1, &format!("HL id {id:?} is used twice")));
+                if seg.id != "PRF" && current.is_shipment_or_order() {
+                    return Err(seg.fault(format!(
+                        "{} belongs to an item level, not to HL {} with HL03 = {}",
+                        seg.id,
+                        current.hl.get(1),
+                        current.level
+                    )));
                 }
-                match level {
-                    Level::Shipment if !parent.is_empty() => {
-                        return Err(seg.error(2, "a shipment level has no parent"));
-                    }
-                    Level::Shipment if seen_shipment => {
-                        return Err(at(seg, "a second shipment level"));
-                    }
-                    Level::Shipment => seen_shipment = true,
-                    _ if !levels.contains_key(parent) => {
-                        return Err(
-                            seg.error(2, &format!("parent {parent:?} is not an earlier HL"))
-                        );
-                    }
-                    _ => {}
+                let hl = current.hl.number;
+                let slot = match seg.id {
+                    "PRF" => &mut current.prf,
+                    "LIN" => &mut current.lin,
+                    _ => &mut current.sn1,
+                };
+                if let Some(first) = slot {
+                    return Err(seg.fault(format!(
+                        "a second {} in the HL loop of segment {hl} (the first is segment {})",
+                        seg.id, first.number
+                    )));
                 }
-                levels.insert(id, (level, parent));
-                current = Some((id, level, seg));
+                *slot = Some(seg);
             }
-            // TD502 = 2: TD503 is the carrier's SCAC.
+            // TD502 = 2: TD503 is the carrier's SCAC; the first shipment level's carrier counts.
             "TD5"
-                if current.is_some_and(|c| c.1 == Level::Shipment)
-                    && seg.get(2) == "2"
-                    && !seg.get(3).is_empty() =>
+                if carrier.is_none()
+                    && current.is_some_and(|c| c.level == "S")
+                    && !seg.get(3).trim().is_empty() =>
             {
-                carrier_scac = Some(seg.get(3).to_string());
-            }
-            "PRF" => {
-                let Some((id, Level::Order, _)) = current else {
-                    return Err(at(seg, "PRF belongs to an order level (HL03 = O)"));
-                };
-                let po = seg.required(1)?.to_string();
-                if !order_sequence.contains(&po) {
-                    order_sequence.push(po.clone());
-                }
-                orders.insert(id, po);
-            }
-            "LIN" => {
-                let Some((id, Level::Item, _)) = current else {
-                    return Err(at(seg, "LIN belongs to an item level (HL03 = I)"));
-                };
-                let po = order_of(id, &levels, &orders).ok_or_else(|| {
-                    at(
-                        seg,
-                        "the item is under no order level with a PRF purchase order",
-                    )
-                })?;
-                let mut item = Item {
-                    line: seg.get(1).parse().ok(),
-                    ..Item::default()
-                };
-                let mut n = 2;
-                while !seg.get(n).is_empty() || !seg.get(n + 1).is_empty() {
-                    let (qualifier, value) = (seg.get(n), seg.get(n + 1));
-                    if value.is_empty() {
-                        return Err(
-                            seg.error(n + 1, &format!("is missing for qualifier {qualifier:?}"))
-                        );
-                    }
-                    match qualifier {
-                        "BP" => item.buyer_part = Some(value.to_string()),
-                        "VP" | "VN" => item.vendor_part = Some(value.to_string()),
-                        "LT" => item.lots.push(value.to_string()),
-                        _ => {}
-                    }
-                    n += 2;
-                }
-                if item.buyer_part.is_none() && item.vendor_part.is_none() {
-                    return Err(at(
-                        seg,
-                        "LIN names neither a buyer part (BP) nor a vendor part (VP)",
-                    ));
-                }
-                items.push((po, item));
-            }
-            "SN1" => {
-                let Some((_, Level::Item, hl)) = current else {
-                    return Err(at(seg, "SN1 belongs to an item level (HL03 = I)"));
-                };
-                let Some((_, item)) = items.last_mut().filter(|_| hl.number < seg.number) else {
-                    return Err(at(seg, "SN1 before the item's LIN"));
-                };
-                let quantity = seg.required(2)?;
-                item.quantity = millrace_sdk::parse::decimal(quantity, '.', 0)
-                    .filter(|q| *q > 0.0)
-                    .ok_or_else(|| {
-                        seg.error(
-                            2,
-                            &format!("quantity {quantity:?} is not a positive number"),
-                        )
-                    })?;
-                item.unit = seg.required(3)?.to_string();
+                carrier = Some((seg.get(2).trim(), seg.get(3).trim()));
             }
             _ => {}
         }
     }
-    if !seen_shipment {
-        return Err(at(bsn, "the ship notice has no shipment level (HL03 = S)"));
+    if !loops.iter().any(|l| l.level == "S") {
+        return Err(bsn
+            .fault("the ship notice has no shipment level (an HL with HL03 = S)")
+            .field("HL03"));
     }
-    let mut purchase_orders: Vec<PurchaseOrder> = order_sequence
-        .into_iter()
-        .map(|po| PurchaseOrder {
-            purchase_order: po,
-            items: Vec::new(),
-        })
-        .collect();
-    for (po, item) in items {
-        if item.unit.is_empty() {
-            let what = item.buyer_part.or(item.vendor_part).unwrap_or_default();
-            return Err(MediationError::rejected(format!(
-                "item {what:?} of purchase order {po} has no SN1 quantity"
+
+    // Items: loops with a quantity, and item levels (HL03 = I) that must have one.
+    let mut has_item = vec![false; loops.len()];
+    let mut purchase_orders: Vec<PurchaseOrder> = Vec::new();
+    for (i, l) in loops.iter().enumerate() {
+        let Some(sn1) = l.sn1 else {
+            if l.level == "I" {
+                return Err(l
+                    .hl
+                    .fault(format!(
+                        "item level HL {} has no SN1 quantity",
+                        l.hl.get(1).trim()
+                    ))
+                    .field("SN102"));
+            }
+            continue;
+        };
+        let mut item = match l.lin {
+            Some(lin) => identify(lin)?,
+            None => Item::default(),
+        };
+        let quantity = sn1.required(2)?.trim();
+        item.quantity = number(quantity).filter(|q| *q > 0.0).ok_or_else(|| {
+            sn1.error(
+                2,
+                &format!("quantity {quantity:?} is not a positive number"),
+            )
+        })?;
+        item.unit = sn1.required(3)?.trim().to_string();
+        // The nearest PRF on the item's path; every loop on it has an item below.
+        let mut purchase_order = None;
+        let mut at = Some(i);
+        for _ in 0..loops.len() {
+            let Some(a) = at else { break };
+            has_item[a] = true;
+            if purchase_order.is_none() {
+                purchase_order = loops[a].prf.map(|p| p.required(1)).transpose()?;
+            }
+            at = loops[a].parent;
+        }
+        let purchase_order = purchase_order.map(|p| p.trim().to_string());
+        match purchase_orders
+            .iter_mut()
+            .find(|o| o.purchase_order == purchase_order)
+        {
+            Some(order) => order.items.push(item),
+            None => purchase_orders.push(PurchaseOrder {
+                purchase_order,
+                items: vec![item],
+            }),
+        }
+    }
+    if let Some(empty) = loops
+        .iter()
+        .zip(&has_item)
+        .find(|(l, has)| l.level == "O" && !**has)
+    {
+        return Err(empty
+            .0
+            .hl
+            .fault(format!(
+                "order level HL {} has no item with an SN1 quantity below it",
+                empty.0.hl.get(1).trim()
             ))
-            .field("SN1"));
-        }
-        if let Some(order) = purchase_orders.iter_mut().find(|o| o.purchase_order == po) {
-            order.items.push(item);
-        }
-    }
-    if let Some(empty) = purchase_orders.iter().find(|o| o.items.is_empty()) {
-        return Err(MediationError::rejected(format!(
-            "purchase order {} has no items",
-            empty.purchase_order
-        ))
-        .field("PRF01"));
+            .field("HL03"));
     }
     if purchase_orders.is_empty() {
-        return Err(at(bsn, "the ship notice has no order level with items"));
+        return Err(bsn
+            .fault("the ship notice has no items (no HL loop with an SN1 quantity)")
+            .field("SN1"));
     }
+    let (carrier_scac, carrier) = match carrier {
+        Some(("2", scac))
+            if (2..=4).contains(&scac.len()) && scac.bytes().all(|b| b.is_ascii_uppercase()) =>
+        {
+            (Some(scac.to_string()), None)
+        }
+        Some((_, other)) => (None, Some(other.to_string())),
+        None => (None, None),
+    };
     Ok(Asn {
         shipment_id,
         plant: plant.to_string(),
@@ -296,48 +363,94 @@ fn ship_notice(t: &Transaction, plant: &str) -> Result<Asn, MediationError> {
         carrier_scac,
         purchase_orders,
         attributes: Attributes {
-            x12_version: t.version.to_string(),
-            transaction_control: t.control.to_string(),
+            x12_version: t.version.trim().to_string(),
+            transaction_control: t.control.trim().to_string(),
+            carrier,
         },
     })
 }
 
-/// The purchase order of the nearest order ancestor of HL `id`.
-fn order_of<'a>(
-    mut id: &'a str,
-    levels: &HashMap<&'a str, (Level, &'a str)>,
-    orders: &HashMap<&str, String>,
-) -> Option<String> {
-    for _ in 0..levels.len() {
-        let (level, parent) = levels.get(id)?;
-        if *level == Level::Order {
-            return orders.get(id).cloned();
+/// An item from its LIN: LIN01 as the line number when it is one, every qualifier/value pair as
+/// an identifier, and the canonical parts among them.
+fn identify(lin: &Segment) -> Result<Item, MediationError> {
+    let mut item = Item {
+        line: lin.get(1).trim().parse().ok().filter(|n| *n > 0),
+        ..Item::default()
+    };
+    let (mut buyer_item, mut vendor_item) = (None, None);
+    let mut n = 2;
+    while n <= lin.elements.len() {
+        let (qualifier, value) = (lin.get(n).trim(), lin.get(n + 1).trim());
+        match (qualifier.is_empty(), value.is_empty()) {
+            (true, true) => {}
+            (true, false) => {
+                return Err(lin.error(n, &format!("is missing: value {value:?} has no qualifier")));
+            }
+            (false, true) => {
+                return Err(lin.error(n + 1, &format!("is missing for qualifier {qualifier:?}")));
+            }
+            (false, false) => {
+                let value_owned = value.to_string();
+                match qualifier {
+                    "BP" if item.buyer_part.is_none() => item.buyer_part = Some(value_owned),
+                    "IN" if buyer_item.is_none() => buyer_item = Some(value_owned),
+                    "VP" if item.vendor_part.is_none() => item.vendor_part = Some(value_owned),
+                    "VN" if vendor_item.is_none() => vendor_item = Some(value_owned),
+                    "LT" => item.lots.push(value_owned),
+                    _ => {}
+                }
+                item.identifiers.push(Identifier {
+                    qualifier: qualifier.to_string(),
+                    value: value.to_string(),
+                });
+            }
         }
-        id = parent;
+        n += 2;
     }
-    None
+    item.buyer_part = item.buyer_part.or(buyer_item);
+    item.vendor_part = item.vendor_part.or(vendor_item);
+    Ok(item)
 }
 
-/// A CCYYMMDD date element as `YYYY-MM-DD`.
-fn date(seg: &Segment, n: usize) -> Result<String, MediationError> {
-    let text = seg.required(n)?;
-    let valid = text.len() == 8 && text.bytes().all(|b| b.is_ascii_digit()) && {
-        let number = |r: std::ops::Range<usize>| text[r].parse::<u32>().unwrap_or(0);
-        let (y, m, d) = (number(0..4), number(4..6), number(6..8));
-        let leap = y % 4 == 0 && (y % 100 != 0 || y % 400 == 0);
-        let days = match m {
-            1 | 3 | 5 | 7 | 8 | 10 | 12 => 31,
-            4 | 6 | 9 | 11 => 30,
-            2 if leap => 29,
-            2 => 28,
-            _ => 0,
-        };
-        (1..=days).contains(&d)
-    };
-    if !valid {
-        return Err(seg.error(n, &format!("date {text:?} is not CCYYMMDD")));
+/// An X12 decimal (R type): optional sign, digits with an optional point, or an exponent form
+/// (`1.5E3`). At most 15 significant digits, so the value is exact.
+fn number(text: &str) -> Option<f64> {
+    if let Some(value) = millrace_sdk::parse::decimal(text, '.', 0) {
+        return Some(value);
     }
-    Ok(format!("{}-{}-{}", &text[..4], &text[4..6], &text[6..8]))
+    let (mantissa, exponent) = text.split_once(['E', 'e'])?;
+    let mantissa = millrace_sdk::parse::decimal(mantissa, '.', 0)?;
+    let exponent: i32 = exponent.parse().ok().filter(|e: &i32| e.abs() <= 30)?;
+    Some(mantissa * 10f64.powi(exponent)).filter(|v| v.is_finite())
+}
+
+/// A date element, CCYYMMDD or (versions before 004010) YYMMDD, as `YYYY-MM-DD`. Two-digit
+/// years follow POSIX `%y`: 69–99 are 1969–1999, 00–68 are 2000–2068.
+fn date(seg: &Segment, n: usize) -> Result<String, MediationError> {
+    let text = seg.required(n)?.trim();
+    let digits = text.bytes().all(|b| b.is_ascii_digit());
+    let full = match text.len() {
+        8 if digits => text.to_string(),
+        6 if digits => {
+            let century = if text[..2] >= *"69" { "19" } else { "20" };
+            format!("{century}{text}")
+        }
+        _ => return Err(seg.error(n, &format!("date {text:?} is not CCYYMMDD or YYMMDD"))),
+    };
+    let number = |r: std::ops::Range<usize>| full[r].parse::<u32>().unwrap_or(0);
+    let (y, m, d) = (number(0..4), number(4..6), number(6..8));
+    let leap = y % 4 == 0 && (y % 100 != 0 || y % 400 == 0);
+    let days = match m {
+        1 | 3 | 5 | 7 | 8 | 10 | 12 => 31,
+        4 | 6 | 9 | 11 => 30,
+        2 if leap => 29,
+        2 => 28,
+        _ => 0,
+    };
+    if !(1..=days).contains(&d) {
+        return Err(seg.error(n, &format!("date {text:?} is not a calendar date")));
+    }
+    Ok(format!("{}-{}-{}", &full[..4], &full[4..6], &full[6..8]))
 }
 
 millrace_sdk::export!(X12Asn);
