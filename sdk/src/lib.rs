@@ -35,6 +35,8 @@ pub mod parse;
 #[doc(hidden)]
 pub mod runtime;
 pub mod testing;
+#[cfg(feature = "time")]
+pub mod time;
 
 /// Bindings generated from `wit/` (the one `generate!` site of the guest side).
 #[doc(hidden)]

@@ -95,7 +95,7 @@ print(json.dumps({{'outputs': outputs, 'dead': dead}}))
     assert_eq!(dead[0]["body"], bad.as_str());
     assert_eq!(headers["x-millrace-kind"], "rejected");
     assert_eq!(headers["x-millrace-plugin"], "mes-fixed-width");
-    assert_eq!(headers["x-millrace-version"], "1.0.0");
+    assert_eq!(headers["x-millrace-version"], "1.1.0");
     assert!(
         headers["x-millrace-digest"]
             .as_str()
@@ -561,7 +561,7 @@ print(json.dumps({{'dead': dead}}))
         dead["x-millrace-lineage"]
             .as_str()
             .unwrap()
-            .starts_with("mes-fixed-width@1.0.0+sha256:")
+            .starts_with("mes-fixed-width@1.1.0+sha256:")
     );
 }
 

@@ -32,7 +32,7 @@ fn inspect_shows_world_capabilities_digest_and_size() {
         text.contains("world:   millrace:mediation/plugin@0.1.0 (conforms)"),
         "{text}"
     );
-    assert!(text.contains("plugin:  mes-fixed-width 1.0.0"), "{text}");
+    assert!(text.contains("plugin:  mes-fixed-width 1.1.0"), "{text}");
     for cap in ["log", "config", "lookup"] {
         assert!(text.contains(&format!("grant \"{cap}\"")), "{cap}: {text}");
     }
@@ -145,7 +145,7 @@ fn check_loads_every_plugin_and_a_restart_reuses_compiled_artifacts() {
         stdout(&second)
     );
     assert!(
-        stdout(&second).contains("route r (plant plant-a): mes-fixed-width@1.0.0"),
+        stdout(&second).contains("route r (plant plant-a): mes-fixed-width@1.1.0"),
         "{}",
         stdout(&second)
     );

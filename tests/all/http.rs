@@ -129,7 +129,7 @@ fn every_error_status_is_a_problem_document() {
     assert_eq!(doc["field"], "quantity");
     assert_eq!(doc["position"], 33);
     assert_eq!(doc["plugin"], "mes-fixed-width");
-    assert_eq!(doc["version"], "1.0.0");
+    assert_eq!(doc["version"], "1.1.0");
     assert!(doc["digest"].as_str().unwrap().starts_with("sha256:"));
     assert!(doc["dead_letter"].as_i64().is_some());
 
@@ -170,7 +170,7 @@ fn dead_letters_are_written_and_listed_after_a_restart() {
     assert_eq!(entry["route"], "mes");
     assert_eq!(entry["kind"], "rejected");
     assert_eq!(entry["plugin"]["name"], "mes-fixed-width");
-    assert_eq!(entry["plugin"]["version"], "1.0.0");
+    assert_eq!(entry["plugin"]["version"], "1.1.0");
     assert!(
         entry["reason"]
             .as_str()
@@ -181,7 +181,7 @@ fn dead_letters_are_written_and_listed_after_a_restart() {
 
     let table = ws.millrace(&["dlq", "list"]);
     let text = String::from_utf8_lossy(&table.stdout);
-    assert!(text.contains("mes-fixed-width@1.0.0"), "{text}");
+    assert!(text.contains("mes-fixed-width@1.1.0"), "{text}");
     assert!(text.contains("1 dead letter(s)"), "{text}");
     drop(host);
 }

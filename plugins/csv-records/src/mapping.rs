@@ -1,8 +1,9 @@
 //! The column → event-field mapping of a step, validated once, and the typed reading of a row.
 
 use chrono::format::{Item, StrftimeItems};
-use chrono::{DateTime, NaiveDate, SecondsFormat, TimeDelta, Utc};
-use millrace_sdk::{MediationError, data, parse};
+use chrono::{DateTime, NaiveDate, SecondsFormat, Utc};
+use millrace_sdk::time::Zone;
+use millrace_sdk::{MediationError, data};
 use serde::Deserialize;
 use std::collections::BTreeMap;
 
@@ -21,7 +22,15 @@ struct Settings {
     #[serde(default = "default_decimal_separator")]
     decimal_separator: String,
     #[serde(default)]
+    thousands_separator: Option<String>,
+    #[serde(default)]
     utc_offset: Option<String>,
+    #[serde(default)]
+    time_zone: Option<String>,
+    #[serde(default)]
+    encoding: Encoding,
+    #[serde(default)]
+    skip_lines: usize,
     #[serde(default)]
     subject: Option<String>,
     #[serde(default)]
@@ -56,6 +65,12 @@ pub struct FieldSpec {
     /// The 1-based position of the column (files without a header).
     #[serde(default)]
     pub index: Option<usize>,
+    /// A datetime whose time of day is in another column: its header name...
+    #[serde(default)]
+    pub time_column: Option<String>,
+    /// ...or its 1-based position. The two cells are joined with one space before `format`.
+    #[serde(default)]
+    pub time_index: Option<usize>,
     #[serde(rename = "type", default)]
     pub kind: Kind,
     /// strftime format of `datetime` (default RFC 3339) and `date` (default `%Y-%m-%d`) columns.
@@ -80,6 +95,20 @@ pub enum Kind {
     Date,
 }
 
+/// How the bytes of a file are text.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+pub enum Encoding {
+    #[default]
+    #[serde(rename = "utf-8")]
+    Utf8,
+    /// ISO 8859-1: every byte is the character of the same number.
+    #[serde(rename = "latin1")]
+    Latin1,
+    /// Windows code page 1252: ISO 8859-1 with printable characters in 0x80–0x9F (€, „, …).
+    #[serde(rename = "windows-1252")]
+    Windows1252,
+}
+
 /// A typed cell value.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Value {
@@ -97,8 +126,12 @@ pub struct Mapping {
     pub source_system: String,
     pub delimiter: u8,
     pub has_header: bool,
-    decimal_comma: bool,
-    utc_offset_secs: i64,
+    pub encoding: Encoding,
+    /// Lines before the header (or the first row): a title, a logger's preamble.
+    pub skip_lines: usize,
+    decimal: char,
+    thousands: Option<char>,
+    zone: Zone,
     /// The data path whose text becomes the event's `subject`.
     pub subject: Option<String>,
     /// The data path whose text becomes the event's `time`.
@@ -121,12 +154,29 @@ impl Mapping {
                 ));
             }
         };
-        let decimal_comma = match s.decimal_separator.as_str() {
-            "." => false,
-            "," => true,
+        let decimal = match s.decimal_separator.as_str() {
+            "." => '.',
+            "," => ',',
             other => {
                 return Err(format!(
                     "decimal_separator {other:?} must be \".\" or \",\""
+                ));
+            }
+        };
+        let thousands = match s.thousands_separator.as_deref() {
+            None => None,
+            Some(t @ ("." | "," | " " | "'" | "_" | "\u{a0}" | "\u{202f}")) => {
+                let t = t.chars().next().unwrap_or(' ');
+                if t == decimal || t as u32 == u32::from(delimiter) {
+                    return Err(format!(
+                        "thousands_separator {t:?} is also the decimal separator or the delimiter"
+                    ));
+                }
+                Some(t)
+            }
+            Some(other) => {
+                return Err(format!(
+                    "thousands_separator {other:?} must be one of \".\", \",\", \" \", \"'\", \"_\", a no-break space"
                 ));
             }
         };
@@ -155,6 +205,36 @@ impl Mapping {
                 (false, _, _) => {
                     return Err(format!(
                         "field {}: with has_header = false, give its 1-based index",
+                        f.path
+                    ));
+                }
+            }
+            match (f.kind, &f.time_column, f.time_index, s.has_header) {
+                (_, None, None, _) => {}
+                (Kind::Datetime, Some(_), None, true)
+                | (Kind::Datetime, None, Some(1..), false)
+                    if f.format.is_some() => {}
+                (Kind::Datetime, _, _, _) if f.format.is_none() => {
+                    return Err(format!(
+                        "field {}: a time in another column needs the format of the joined \"DATE TIME\" text, e.g. format = \"%d.%m.%Y %H:%M:%S\"",
+                        f.path
+                    ));
+                }
+                (Kind::Datetime, _, _, true) => {
+                    return Err(format!(
+                        "field {}: with has_header = true, name the time's column (time_column = \"...\")",
+                        f.path
+                    ));
+                }
+                (Kind::Datetime, _, _, false) => {
+                    return Err(format!(
+                        "field {}: with has_header = false, give the time's 1-based time_index",
+                        f.path
+                    ));
+                }
+                _ => {
+                    return Err(format!(
+                        "field {}: time_column and time_index apply to datetime columns only",
                         f.path
                     ));
                 }
@@ -204,8 +284,11 @@ impl Mapping {
             source_system: s.source_system,
             delimiter,
             has_header: s.has_header,
-            decimal_comma,
-            utc_offset_secs: parse::utc_offset(s.utc_offset.as_deref().unwrap_or("+00:00"))?,
+            encoding: s.encoding,
+            skip_lines: s.skip_lines,
+            decimal,
+            thousands,
+            zone: Zone::from_settings(s.utc_offset.as_deref(), s.time_zone.as_deref())?,
             subject: s.subject,
             time: s.time,
             fields,
@@ -213,35 +296,45 @@ impl Mapping {
         })
     }
 
-    /// Column index of every field, by header name; a missing column rejects the message.
+    /// Column index of every field (and of its time column), by header name; a missing column
+    /// rejects the message. `line` is the header's line.
     pub fn resolve_header(
         &self,
         headers: &csv::StringRecord,
-    ) -> Result<Vec<usize>, MediationError> {
+        line: u32,
+    ) -> Result<Vec<Columns>, MediationError> {
+        let find = |name: &str| {
+            headers
+                .iter()
+                .position(|h| h.trim_start_matches('\u{feff}').trim() == name)
+                .ok_or_else(|| {
+                    MediationError::rejected(format!(
+                        "line {line}: the header has no column {name:?} (columns: {})",
+                        headers.iter().collect::<Vec<_>>().join(", ")
+                    ))
+                    .field(name)
+                    .position(line)
+                })
+        };
         self.fields
             .iter()
             .map(|f| {
-                let name = f.column.as_deref().unwrap_or_default();
-                headers
-                    .iter()
-                    .position(|h| h.trim() == name)
-                    .ok_or_else(|| {
-                        MediationError::rejected(format!(
-                            "line 1: the header has no column {name:?} (columns: {})",
-                            headers.iter().collect::<Vec<_>>().join(", ")
-                        ))
-                        .field(name)
-                        .position(1)
-                    })
+                Ok(Columns {
+                    value: find(f.column.as_deref().unwrap_or_default())?,
+                    time: f.time_column.as_deref().map(find).transpose()?,
+                })
             })
             .collect()
     }
 
     /// Column index of every field, from its configured position.
-    pub fn resolve_positions(&self) -> Vec<usize> {
+    pub fn resolve_positions(&self) -> Vec<Columns> {
         self.fields
             .iter()
-            .map(|f| f.index.unwrap_or(1) - 1)
+            .map(|f| Columns {
+                value: f.index.unwrap_or(1) - 1,
+                time: f.time_index.map(|i| i - 1),
+            })
             .collect()
     }
 
@@ -249,17 +342,24 @@ impl Mapping {
     pub fn row(
         &self,
         record: &csv::StringRecord,
-        columns: &[usize],
+        columns: &[Columns],
         line: u64,
         plant: &str,
     ) -> Result<serde_json::Value, MediationError> {
         let mut data = serde_json::Map::new();
-        for (field, &index) in self.fields.iter().zip(columns) {
+        for (field, at) in self.fields.iter().zip(columns) {
             let column = field
                 .column
                 .clone()
-                .unwrap_or_else(|| format!("#{}", index + 1));
-            let raw = record.get(index).unwrap_or_default();
+                .unwrap_or_else(|| format!("#{}", at.value + 1));
+            let mut raw = record.get(at.value).unwrap_or_default().to_string();
+            if let Some(time) = at.time {
+                let time = record.get(time).unwrap_or_default().trim();
+                if !raw.trim().is_empty() && !time.is_empty() {
+                    raw = format!("{} {time}", raw.trim());
+                }
+            }
+            let raw = raw.as_str();
             let text = raw.trim();
             if text.is_empty() {
                 if field.required {
@@ -291,15 +391,29 @@ impl Mapping {
     fn parse(&self, field: &FieldSpec, text: &str) -> Result<Value, String> {
         match field.kind {
             Kind::Text => Ok(Value::Text(text.to_string())),
-            Kind::Integer => text
-                .parse::<i64>()
+            Kind::Integer => self
+                .digits(text)
+                .and_then(|(digits, fraction, exponent)| {
+                    (fraction.is_empty() && exponent.is_none()).then_some(digits)
+                })
+                .and_then(|digits| digits.parse::<i64>().ok())
                 .map(Value::Integer)
-                .map_err(|_| "an integer".into()),
-            Kind::Decimal => parse::decimal(text, if self.decimal_comma { ',' } else { '.' }, 0)
+                .ok_or_else(|| format!("an integer{}", self.thousands_note())),
+            Kind::Decimal => self
+                .digits(text)
+                .and_then(|(digits, fraction, exponent)| {
+                    format!("{digits}.{fraction}e{}", exponent.unwrap_or("0"))
+                        .parse::<f64>()
+                        .ok()
+                })
+                .filter(|v| v.is_finite())
                 .map(Value::Number)
                 .ok_or_else(|| {
-                    let sep = if self.decimal_comma { "," } else { "." };
-                    format!("a decimal number (decimal separator {sep:?}, no thousands separators)")
+                    format!(
+                        "a decimal number (decimal separator {:?}{}, exponent allowed)",
+                        self.decimal,
+                        self.thousands_note()
+                    )
                 }),
             Kind::Boolean => match text.to_ascii_lowercase().as_str() {
                 "true" | "yes" | "y" | "1" | "x" => Ok(Value::Bool(true)),
@@ -319,33 +433,94 @@ impl Mapping {
                     })
             }
             Kind::Datetime if field.items.is_empty() => DateTime::parse_from_rfc3339(text)
-                .map(|t| {
-                    Value::Text(
-                        t.with_timezone(&Utc)
-                            .to_rfc3339_opts(SecondsFormat::Secs, true),
-                    )
-                })
+                .map(|t| Value::Text(utc_text(t.with_timezone(&Utc))))
                 .map_err(|e| format!("an RFC 3339 date and time ({e})")),
             Kind::Datetime => {
                 let mut parsed = chrono::format::Parsed::new();
-                chrono::format::parse(&mut parsed, text, field.items.iter())
+                let local = chrono::format::parse(&mut parsed, text, field.items.iter())
                     .and_then(|()| parsed.to_naive_datetime_with_offset(0))
-                    .ok()
-                    .and_then(|local| {
-                        local.checked_sub_signed(TimeDelta::seconds(self.utc_offset_secs))
-                    })
-                    .map(|utc| {
-                        Value::Text(utc.and_utc().to_rfc3339_opts(SecondsFormat::Secs, true))
-                    })
-                    .ok_or_else(|| {
+                    .map_err(|e| {
                         format!(
-                            "a date and time in format {:?}",
+                            "a date and time in format {:?} ({e})",
                             field.format.as_deref().unwrap_or_default()
                         )
-                    })
+                    })?;
+                self.zone
+                    .to_utc(local)
+                    .map(|utc| Value::Text(utc_text(utc)))
             }
         }
     }
+
+    /// A number's parts without sign noise: `(sign and integer digits, fraction digits,
+    /// exponent)`, thousands separators removed where the settings allow them and grouped by
+    /// three. `None` if it is not a number.
+    fn digits<'t>(&self, text: &'t str) -> Option<(String, &'t str, Option<&'t str>)> {
+        let (mantissa, exponent) = match text.split_once(['e', 'E']) {
+            Some((m, e)) => {
+                let digits = e.strip_prefix(['+', '-']).unwrap_or(e);
+                if digits.is_empty()
+                    || digits.len() > 4
+                    || !digits.bytes().all(|b| b.is_ascii_digit())
+                {
+                    return None;
+                }
+                (m, Some(e))
+            }
+            None => (text, None),
+        };
+        let (sign, unsigned) = match mantissa.as_bytes().first()? {
+            b'-' => ("-", &mantissa[1..]),
+            b'+' => ("", &mantissa[1..]),
+            _ => ("", mantissa),
+        };
+        let (integer, fraction) = unsigned.split_once(self.decimal).unwrap_or((unsigned, ""));
+        let integer = match self.thousands {
+            Some(t) if integer.contains(t) => {
+                let groups: Vec<&str> = integer.split(t).collect();
+                let grouped =
+                    (1..=3).contains(&groups[0].len()) && groups[1..].iter().all(|g| g.len() == 3);
+                if !grouped {
+                    return None;
+                }
+                groups.concat()
+            }
+            _ => integer.to_string(),
+        };
+        let all_digits = |s: &str| s.bytes().all(|b| b.is_ascii_digit());
+        if (integer.is_empty() && fraction.is_empty())
+            || !all_digits(&integer)
+            || !all_digits(fraction)
+        {
+            return None;
+        }
+        let integer = if integer.is_empty() {
+            "0".to_string()
+        } else {
+            integer
+        };
+        Some((format!("{sign}{integer}"), fraction, exponent))
+    }
+
+    fn thousands_note(&self) -> String {
+        match self.thousands {
+            Some(t) => format!(", thousands separator {t:?}"),
+            None => ", no thousands separators".into(),
+        }
+    }
+}
+
+/// Column positions of one field.
+#[derive(Debug, Clone, Copy)]
+pub struct Columns {
+    pub value: usize,
+    /// The time-of-day column of a datetime split over two columns.
+    pub time: Option<usize>,
+}
+
+/// RFC 3339 in UTC, with fractional seconds only when there are any.
+fn utc_text(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(SecondsFormat::AutoSi, true)
 }
 
 fn check_path(path: &str) -> Result<(), String> {

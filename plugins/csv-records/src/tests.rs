@@ -207,3 +207,172 @@ proptest! {
         }
     }
 }
+
+/// A machine log: one value per row, settings on top of the given ones.
+fn machine(extra: Value, body: impl Into<Vec<u8>>) -> Result<Vec<Message>, MediationError> {
+    let mut settings = json!({
+        "event_type": "millrace.machine.sample.v1",
+        "has_header": false,
+        "fields": [{ "path": "value", "index": 1, "type": "decimal" }]
+    });
+    settings
+        .as_object_mut()
+        .unwrap()
+        .extend(extra.as_object().unwrap().clone());
+    TestHost::new()
+        .with_settings(settings)
+        .run::<CsvRecords>(TestHost::message("text/csv", body))
+}
+
+fn values(out: &[Message], path: &str) -> Vec<Value> {
+    out.iter().map(|m| event(m)["data"][path].clone()).collect()
+}
+
+fn ids(out: &[Message]) -> Vec<String> {
+    out.iter()
+        .map(|m| event(m)["id"].as_str().unwrap().to_string())
+        .collect()
+}
+
+#[test]
+fn line_numbers_are_the_same_for_lf_crlf_and_cr_files() {
+    for (ending, name) in [("\n", "LF"), ("\r\n", "CRLF"), ("\r", "CR")] {
+        let body = ["1", "2", "", "3"].join(ending) + ending;
+        let out = machine(json!({}), body).unwrap();
+        assert_eq!(ids(&out), ["test-1-1", "test-1-2", "test-1-4"], "{name}");
+        let bad = ["1", "2", "x"].join(ending);
+        let r = millrace_sdk::testing::expect_rejected(machine(json!({}), bad));
+        assert_eq!(r.position, Some(3), "{name}: {}", r.reason);
+    }
+    // With a header and a quoted line break, a row keeps the line it starts on.
+    let body = format!(
+        "{}PAL-1;M;1;EA;;S;;;27.11.2026 07:30\r\n\"PAL\r\n2\";M;1;EA;;S;;;27.11.2026 07:30\r\nPAL-3;M;x;EA;;S;;;27.11.2026 07:30\r\n",
+        HEADER.replace('\n', "\r\n")
+    );
+    let r = rejection(&body);
+    assert_eq!(r.position, Some(5), "{}", r.reason);
+}
+
+#[test]
+fn numbers_as_machines_write_them() {
+    let out = machine(
+        json!({}),
+        "-1.34236e-006\n1E3\n0.036000000000000004\n12345678901234567\n+.5\n",
+    )
+    .unwrap();
+    assert_eq!(
+        values(&out, "value"),
+        [
+            json!(-1.34236e-6),
+            json!(1000.0),
+            json!(0.036000000000000004),
+            json!(12345678901234568.0),
+            json!(0.5)
+        ]
+    );
+    let comma = machine(
+        json!({ "decimal_separator": ",", "thousands_separator": ".", "delimiter": ";" }),
+        "1.234.567,89\n3,906250E-5\n-0,5\n",
+    )
+    .unwrap();
+    assert_eq!(
+        values(&comma, "value"),
+        [json!(1234567.89), json!(3.90625e-5), json!(-0.5)]
+    );
+    for bad in [
+        "1.23.4", "1,2345", "1,5", "1e", "e5", "--1", "1e99999", "0x10",
+    ] {
+        let r = millrace_sdk::testing::expect_rejected(machine(
+            json!({ "thousands_separator": ",", "delimiter": ";" }),
+            format!("\"{bad}\"\n"),
+        ));
+        assert_eq!(r.position, Some(1), "{bad}: {}", r.reason);
+    }
+    let integers = machine(
+        json!({ "thousands_separator": "'", "fields": [{ "path": "count", "index": 1, "type": "integer" }] }),
+        "1'250\n-7\n",
+    )
+    .unwrap();
+    assert_eq!(values(&integers, "count"), [json!(1250), json!(-7)]);
+}
+
+#[test]
+fn a_timestamp_from_date_and_time_columns_in_a_time_zone() {
+    let settings = json!({
+        "delimiter": ";",
+        "has_header": true,
+        "time_zone": "Europe/Berlin",
+        "time": "sampled_at",
+        "fields": [
+            { "path": "sampled_at", "column": "Date", "time_column": "Time", "type": "datetime", "format": "%d.%m.%Y %H:%M:%S%.f" },
+            { "path": "value", "column": "Value", "type": "decimal" }
+        ]
+    });
+    let body = "Date;Time;Value\n15.01.2026;08:00:00;1\n15.07.2026;08:00:00.250;2\n25.10.2026;02:30:00;3\n";
+    let out = machine(settings.clone(), body).unwrap();
+    assert_eq!(
+        values(&out, "sampled_at"),
+        [
+            json!("2026-01-15T07:00:00Z"),
+            json!("2026-07-15T06:00:00.250Z"),
+            json!("2026-10-25T00:30:00Z")
+        ]
+    );
+    assert_eq!(event(&out[1])["time"], "2026-07-15T06:00:00.250Z");
+    let r = millrace_sdk::testing::expect_rejected(machine(
+        settings.clone(),
+        "Date;Time;Value\n29.03.2026;02:30:00;1\n",
+    ));
+    assert!(
+        r.reason.contains("does not exist in Europe/Berlin"),
+        "{}",
+        r.reason
+    );
+    assert_eq!((r.field.as_deref(), r.position), (Some("Date"), Some(2)));
+    let mut both = settings.clone();
+    both["utc_offset"] = json!("+01:00");
+    assert!(machine(both, body).is_err());
+    let mut no_format = settings;
+    no_format["fields"][0]
+        .as_object_mut()
+        .unwrap()
+        .remove("format");
+    let e = TestHost::new()
+        .with_settings(no_format)
+        .run::<CsvRecords>(TestHost::message("text/csv", body));
+    assert!(e.is_err());
+}
+
+#[test]
+fn encodings_a_byte_order_mark_and_a_preamble() {
+    let settings = json!({
+        "has_header": true,
+        "skip_lines": 2,
+        "fields": [{ "path": "name", "column": "Name" }, { "path": "value", "column": "Wert", "type": "decimal" }]
+    });
+    let mut body =
+        b"\xef\xbb\xbfLogger 7\r\nTitle line\r\nName,Wert\r\nM\xc3\xbchle,1\r\n".to_vec();
+    let out = machine(settings.clone(), body.clone()).unwrap();
+    assert_eq!(values(&out, "name"), [json!("Mühle")]);
+    assert_eq!(ids(&out), ["test-1-4"]);
+    body = b"Logger\nTitle\nName,Wert\nM\xfchle \x80,1\n".to_vec();
+    let r = millrace_sdk::testing::expect_rejected(machine(settings.clone(), body.clone()));
+    assert_eq!(
+        (r.field.as_deref(), r.position),
+        (Some("encoding"), Some(4)),
+        "{}",
+        r.reason
+    );
+    let mut latin1 = settings.clone();
+    latin1["encoding"] = json!("latin1");
+    assert_eq!(
+        values(&machine(latin1, body.clone()).unwrap(), "name"),
+        [json!("Mühle \u{80}")]
+    );
+    let mut cp1252 = settings;
+    cp1252["encoding"] = json!("windows-1252");
+    assert_eq!(
+        values(&machine(cp1252, body).unwrap(), "name"),
+        [json!("Mühle €")]
+    );
+}

@@ -28,6 +28,8 @@ struct Settings {
     #[serde(default)]
     utc_offset: Option<String>,
     #[serde(default)]
+    time_zone: Option<String>,
+    #[serde(default)]
     work_centre_table: Option<String>,
     #[serde(default)]
     encoding: Encoding,
@@ -118,8 +120,8 @@ pub struct Layout {
     pub record_length: usize,
     pub fields: Vec<FieldSpec>,
     pub source_system: String,
-    /// Offset of the plant's local time from UTC, in seconds.
-    pub utc_offset_secs: i64,
+    /// Where the MES's local times are: a fixed offset or an IANA time zone.
+    pub zone: millrace_sdk::time::Zone,
     pub work_centre_table: Option<String>,
     pub encoding: Encoding,
     pub defaults: BTreeMap<String, String>,
@@ -132,8 +134,9 @@ impl Layout {
             .map_err(|e| format!("invalid mes-fixed-width settings: {e}"))?;
         let layout = Layout {
             record_length: settings.record_length,
-            utc_offset_secs: millrace_sdk::parse::utc_offset(
-                settings.utc_offset.as_deref().unwrap_or("+00:00"),
+            zone: millrace_sdk::time::Zone::from_settings(
+                settings.utc_offset.as_deref(),
+                settings.time_zone.as_deref(),
             )?,
             fields: settings.fields,
             source_system: settings.source_system,

@@ -2,7 +2,7 @@
 //! column.
 
 use crate::layout::{Encoding, FieldSpec, FieldType, Layout};
-use chrono::{NaiveDate, NaiveDateTime, NaiveTime, TimeDelta};
+use chrono::{NaiveDate, NaiveDateTime, NaiveTime};
 use millrace_sdk::{Host, MediationError, parse};
 use serde::Serialize;
 use serde_json::{Map, Value, json};
@@ -195,11 +195,17 @@ pub fn parse(layout: &Layout, line: &[u8], line_no: usize) -> Result<Completion,
         (None, Some(d), Some(t)) => d.and_time(t),
         _ => unreachable!("layout validation requires a completion time"),
     };
-    let utc = local
-        .checked_sub_signed(TimeDelta::seconds(layout.utc_offset_secs))
-        .ok_or_else(|| {
-            MediationError::rejected(format!("line {line_no}: completion time is out of range"))
-        })?;
+    let utc = layout.zone.to_utc(local).map_err(|what| {
+        let field = layout
+            .fields
+            .iter()
+            .find(|f| matches!(f.name.as_str(), "completed_at" | "completed_date"));
+        let err = MediationError::rejected(format!("line {line_no}: completion time {what}"));
+        match field {
+            Some(f) => err.field(f.name.clone()).position(f.start as u32),
+            None => err,
+        }
+    })?;
 
     Ok(Completion {
         work_order: work_order.expect("layout validation requires work_order"),
@@ -209,9 +215,7 @@ pub fn parse(layout: &Layout, line: &[u8], line_no: usize) -> Result<Completion,
         work_centre,
         work_centre_column,
         operator,
-        completed_at: utc
-            .and_utc()
-            .to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        completed_at: utc.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
         attributes,
     })
 }

@@ -414,3 +414,31 @@ mod properties {
         }
     }
 }
+
+#[test]
+fn local_times_in_an_iana_time_zone_follow_daylight_saving_time() {
+    let mut settings = layout();
+    let object = settings.as_object_mut().unwrap();
+    object.remove("utc_offset");
+    object.insert("time_zone".into(), json!("Europe/Berlin"));
+    let host = TestHost::new()
+        .with_settings(settings)
+        .with_table("work_centres", [("WC01", "ASSY-01")]);
+    let at = |local: &str| {
+        let r = record("WO-1", "MAT-1", "0000001000", "EA", "WC01", local, "OP1");
+        host.run::<MesFixedWidth>(TestHost::message("text/plain", r))
+    };
+    let time = |local: &str| event(&at(local).unwrap()[0])["time"].clone();
+    assert_eq!(time("20260115080000"), "2026-01-15T07:00:00Z");
+    assert_eq!(time("20260715080000"), "2026-07-15T06:00:00Z");
+    let r = millrace_sdk::testing::expect_rejected(at("20260329023000"));
+    assert!(
+        r.reason.contains("does not exist in Europe/Berlin"),
+        "{}",
+        r.reason
+    );
+    assert_eq!(
+        (r.field.as_deref(), r.position),
+        (Some("completed_at"), Some(52))
+    );
+}
