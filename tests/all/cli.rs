@@ -161,38 +161,30 @@ fn every_plugin_passes_its_conformance_vectors() {
         .collect();
     folders.sort();
     let mut checked = Vec::new();
+    let mut corpora = Vec::new();
     for name in &folders {
         let vectors = root().join("plugins").join(name).join("vectors");
         assert!(vectors.is_dir(), "plugins/{name} has no vectors/ folder");
-        let cases = std::fs::read_dir(&vectors)
-            .unwrap()
-            .filter(|e| {
-                e.as_ref().unwrap().path().is_dir() && e.as_ref().unwrap().file_name() != "lookups"
-            })
-            .count();
-        let out = run_in(
-            &root(),
-            &[
-                "plugin",
-                "test",
-                plugin(name).to_str().unwrap(),
-                "--vectors",
-                vectors.to_str().unwrap(),
-            ],
-        );
-        let text = stdout(&out);
-        assert!(
-            out.status.success(),
-            "{name}:\n{text}{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        assert!(
-            text.trim_end()
-                .ends_with(&format!("{cases} passed, 0 failed")),
-            "{name}: expected all {cases} case folders to pass: {text}"
-        );
+        let cases = passes_every_case(name, &vectors);
         assert!(cases >= 3, "{name}: only {cases} cases");
         checked.push(name.clone());
+        // Real-world files gathered from other projects, each with its expected answer.
+        let corpus = root().join("plugins").join(name).join("corpus");
+        if corpus.is_dir() {
+            assert!(
+                corpus.join("SOURCES.md").is_file(),
+                "plugins/{name}/corpus has no SOURCES.md"
+            );
+            corpora.push((name.clone(), passes_every_case(name, &corpus)));
+        }
+    }
+    for (expected, at_least) in [("x12-856", 15)] {
+        assert!(
+            corpora
+                .iter()
+                .any(|(name, cases)| name == expected && *cases >= at_least),
+            "{expected} has no corpus of {at_least} files or more: {corpora:?}"
+        );
     }
     for expected in [
         "canonical-map",
@@ -210,6 +202,41 @@ fn every_plugin_passes_its_conformance_vectors() {
             "{expected} not checked: {checked:?}"
         );
     }
+}
+
+/// Run a folder of cases against the plugin `name`; every case folder must pass. Returns how many
+/// there were.
+fn passes_every_case(name: &str, dir: &std::path::Path) -> usize {
+    let cases = std::fs::read_dir(dir)
+        .unwrap()
+        .filter(|e| {
+            e.as_ref().unwrap().path().is_dir() && e.as_ref().unwrap().file_name() != "lookups"
+        })
+        .count();
+    let out = run_in(
+        &root(),
+        &[
+            "plugin",
+            "test",
+            plugin(name).to_str().unwrap(),
+            "--vectors",
+            dir.to_str().unwrap(),
+        ],
+    );
+    let text = stdout(&out);
+    assert!(
+        out.status.success(),
+        "{name} {}:\n{text}{}",
+        dir.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.trim_end()
+            .ends_with(&format!("{cases} passed, 0 failed")),
+        "{name}: expected all {cases} case folders of {} to pass: {text}",
+        dir.display()
+    );
+    cases
 }
 
 #[test]

@@ -1,13 +1,18 @@
-//! `idoc-flat`: SAP IDoc flat files → one canonical event per item segment (e.g. goods movements
-//! WMMBXY or MBGMCR → `inventory.moved`).
+//! `idoc-flat`: SAP IDocs, flat files and XML, → one canonical event per item segment (e.g.
+//! goods movements WMMBXY or MBGMCR → `inventory.moved`, deliveries DELVRY/DESADV items →
+//! any event the settings describe).
 //!
-//! A file holds one or more IDocs, each an `EDI_DC40` control record followed by its data
-//! records. Control record: TABNAM in columns 1–10, DOCNUM 14–29, MESTYP 100–129. Data record:
-//! SEGNAM 1–30, DOCNUM 34–49, segment data (SDATA) from column 64. Field positions inside SDATA
-//! come from the step settings (the segment definitions of the sending system), so another
-//! message type or release needs only configuration. Trailing blanks may be trimmed by the sender.
+//! `flat` reads flat files (control records `EDI_DC40` and `EDI_DC40_U`, data records with SDATA
+//! from column 64), `xml` reads XML IDocs (`<IDOC BEGIN="1">` elements with an `EDI_DC40`
+//! control element and nested segment elements). Both give the same IDocs of named segments;
+//! this module checks the message type and turns item segments, with the fields of the header
+//! segment before them, into events. Field positions (flat) and names (XML) come from the step
+//! settings, so another message type or release needs only configuration.
 //!
 //! Any fault rejects the whole file, naming the line, the segment and the field.
+
+mod flat;
+mod xml;
 
 use millrace_sdk::{CloudEvent, Host, MediationError, Message, Plugin, PluginInfo, data, parse};
 use serde::Deserialize;
@@ -42,22 +47,37 @@ fn default_source_system() -> String {
     "sap".into()
 }
 
-/// A field inside a segment's SDATA.
+/// A field of a segment: where it is in a flat record's SDATA and what it is called in XML.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Field {
     /// Where it goes in `data`; dots nest.
     path: String,
-    /// 1-based column inside SDATA.
-    start: usize,
-    length: usize,
+    /// SAP's field name (e.g. `LFIMG`): the element of XML IDocs, and the name in rejections.
+    #[serde(default)]
+    name: Option<String>,
+    /// 1-based column inside SDATA (flat files).
+    #[serde(default)]
+    start: Option<usize>,
+    #[serde(default)]
+    length: Option<usize>,
     #[serde(rename = "type", default)]
     kind: Kind,
-    /// `datetime`: 1-based SDATA column of the HHMMSS time that goes with the YYYYMMDD date.
+    /// `datetime`, flat: 1-based SDATA column of the HHMMSS time that goes with the date.
     #[serde(default)]
     time_start: Option<usize>,
+    /// `datetime`, XML: the element of the HHMMSS time that goes with the date.
+    #[serde(default)]
+    time_name: Option<String>,
     #[serde(default = "yes")]
     required: bool,
+}
+
+impl Field {
+    /// How rejections name it: SAP's field name, else its data path.
+    fn label(&self) -> &str {
+        self.name.as_deref().unwrap_or(&self.path)
+    }
 }
 
 fn yes() -> bool {
@@ -73,18 +93,35 @@ enum Kind {
     Decimal,
     /// YYYYMMDD.
     Date,
-    /// YYYYMMDD at `start`, HHMMSS at `time_start`, in `utc_offset`.
+    /// YYYYMMDD with an HHMMSS time, in `utc_offset`.
     Datetime,
 }
 
-/// Control record columns.
-const TABNAM: (usize, usize) = (1, 10);
-const DOCNUM_CONTROL: (usize, usize) = (14, 16);
-const MESTYP: (usize, usize) = (100, 30);
-/// Data record columns.
-const SEGNAM: (usize, usize) = (1, 30);
-const DOCNUM_DATA: (usize, usize) = (34, 16);
-const SDATA_START: usize = 64;
+/// One IDoc of a file, whatever its form.
+pub struct Idoc<'a> {
+    /// DOCNUM without leading zeros; empty when the sender left it blank.
+    pub docnum: String,
+    pub mestyp: String,
+    /// Line of the control record.
+    pub line: u32,
+    pub segments: Vec<Segment<'a>>,
+}
+
+/// One data segment.
+pub struct Segment<'a> {
+    /// SEGNAM (flat) or the element name (XML).
+    pub name: String,
+    pub line: u32,
+    pub content: Content<'a>,
+}
+
+/// A segment's fields as the file holds them.
+pub enum Content<'a> {
+    /// SDATA of a flat record (from column 64).
+    Flat(&'a str),
+    /// Leaf child elements of an XML segment, name → trimmed text.
+    Xml(Vec<(String, String)>),
+}
 
 /// The plugin.
 pub struct IdocFlat {
@@ -94,8 +131,12 @@ pub struct IdocFlat {
 
 impl Plugin for IdocFlat {
     fn describe() -> PluginInfo {
-        PluginInfo::new("idoc-flat", env!("CARGO_PKG_VERSION"))
-            .accepts(["text/plain", "application/octet-stream"])
+        PluginInfo::new("idoc-flat", env!("CARGO_PKG_VERSION")).accepts([
+            "text/plain",
+            "application/octet-stream",
+            "application/xml",
+            "text/xml",
+        ])
     }
 
     fn new(host: &impl Host) -> Result<Self, String> {
@@ -103,19 +144,35 @@ impl Plugin for IdocFlat {
         let utc_offset_secs =
             parse::utc_offset(settings.utc_offset.as_deref().unwrap_or("+00:00"))?;
         for f in settings.header_fields.iter().chain(&settings.item_fields) {
-            if f.start == 0
-                || f.length == 0
-                || f.path.split('.').any(str::is_empty)
-                || f.path == "plant"
-            {
+            let flat = match (f.start, f.length) {
+                (Some(start), Some(length)) if start >= 1 && length >= 1 => true,
+                (None, None) => false,
+                _ => {
+                    return Err(format!(
+                        "field {:?}: start and length go together, 1-based and at least 1",
+                        f.path
+                    ));
+                }
+            };
+            if !flat && f.name.is_none() {
                 return Err(format!(
-                    "field {:?}: start and length are 1-based and at least 1; path is names joined by dots, not plant",
+                    "field {:?}: give start and length (flat IDocs), name (XML IDocs), or both",
                     f.path
                 ));
             }
-            if (f.kind == Kind::Datetime) != f.time_start.is_some() {
+            if f.path.split('.').any(str::is_empty) || f.path == "plant" {
                 return Err(format!(
-                    "field {:?}: time_start goes with type datetime, and only with it",
+                    "field {:?}: path is names joined by dots, not plant",
+                    f.path
+                ));
+            }
+            let timed = f.time_start.is_some() || f.time_name.is_some();
+            if (f.kind == Kind::Datetime) != timed
+                || (f.time_start.is_some() && !flat)
+                || (f.time_name.is_some() && f.name.is_none())
+            {
+                return Err(format!(
+                    "field {:?}: type datetime needs the time's place, time_start (with start) or time_name (with name), and only datetime has one",
                     f.path
                 ));
             }
@@ -131,144 +188,148 @@ impl Plugin for IdocFlat {
 
     fn mediate(&self, _host: &impl Host, input: Message) -> Result<Vec<Message>, MediationError> {
         let s = &self.settings;
-        let text = input.body_str()?;
+        let text = decode(&input.body);
+        let text = text.trim_start_matches('\u{feff}');
+        let is_xml = input.media_type().ends_with("xml") || text.trim_start().starts_with('<');
+        let idocs = if is_xml {
+            xml::read(text)?
+        } else {
+            flat::read(text)?
+        };
         let source = format!("/plants/{}/{}", input.plant, s.source_system);
         let mut outputs = Vec::new();
-        let mut idoc: Option<String> = None;
-        let mut header = Map::new();
-        let mut item_no = 0;
-        for (index, line) in text.lines().enumerate() {
-            let line_no = index + 1;
-            if line.trim().is_empty() {
-                continue;
-            }
-            if !line.is_ascii() {
-                return Err(MediationError::rejected(format!(
-                    "line {line_no}: only ASCII is supported"
-                ))
-                .position(line_no as u32));
-            }
-            if column(line, TABNAM) == "EDI_DC40" {
-                let mestyp = column(line, MESTYP);
-                if mestyp != s.message_type {
-                    return Err(reject(
-                        line_no,
-                        "EDI_DC40",
-                        "MESTYP",
-                        format!("message type {mestyp:?} is not {:?}", s.message_type),
-                    ));
-                }
-                idoc = Some(
-                    column(line, DOCNUM_CONTROL)
-                        .trim_start_matches('0')
-                        .to_string(),
-                );
-                header.clear();
-                item_no = 0;
-                continue;
-            }
-            let segment = column(line, SEGNAM);
-            let Some(docnum) = &idoc else {
+        for (ordinal, idoc) in idocs.iter().enumerate() {
+            if idoc.mestyp != s.message_type {
                 return Err(reject(
-                    line_no,
-                    segment,
-                    "TABNAM",
-                    "a data record before any EDI_DC40 control record".into(),
+                    idoc.line,
+                    "EDI_DC40",
+                    "MESTYP",
+                    format!("message type {:?} is not {:?}", idoc.mestyp, s.message_type),
                 ));
+            }
+            // A blank DOCNUM would give two IDocs the same event ids: use the ordinal instead.
+            let key = if idoc.docnum.is_empty() {
+                format!("n{}", ordinal + 1)
+            } else {
+                idoc.docnum.clone()
             };
-            let own = column(line, DOCNUM_DATA).trim_start_matches('0');
-            if own != docnum {
-                return Err(reject(
-                    line_no,
-                    segment,
-                    "DOCNUM",
-                    format!("IDoc number {own:?} differs from the control record's {docnum:?}"),
-                ));
+            let mut header = Map::new();
+            let mut item_no = 0;
+            for segment in &idoc.segments {
+                if s.header_segment.as_deref() == Some(segment.name.as_str()) {
+                    header = self.fields(&s.header_fields, segment)?;
+                } else if segment.name == s.item_segment {
+                    item_no += 1;
+                    let mut data = header.clone();
+                    for (k, v) in self.fields(&s.item_fields, segment)? {
+                        merge(&mut data, k, v);
+                    }
+                    for (path, value) in &s.constants {
+                        data::insert(&mut data, path, value.clone());
+                    }
+                    data.insert("plant".into(), Value::String(input.plant.clone()));
+                    data::insert(
+                        &mut data,
+                        "attributes.idoc_number",
+                        Value::String(key.clone()),
+                    );
+                    let data = Value::Object(data);
+                    let mut event = CloudEvent::new(
+                        format!("{}-{key}-{item_no}", input.id),
+                        source.clone(),
+                        s.event_type.clone(),
+                        data.clone(),
+                    );
+                    if let Some(text) = s.subject.as_deref().and_then(|p| data::text(&data, p)) {
+                        event = event.subject(text);
+                    }
+                    if let Some(text) = s.time.as_deref().and_then(|p| data::text(&data, p)) {
+                        event = event.time(text);
+                    }
+                    if let Some(schema) = &s.dataschema {
+                        event = event.dataschema(schema.clone());
+                    }
+                    outputs.push(event.into_message(&input));
+                }
             }
-            let sdata = line.get(SDATA_START - 1..).unwrap_or("");
-            if s.header_segment.as_deref() == Some(segment) {
-                header = self.fields(&s.header_fields, sdata, line_no, segment)?;
-            } else if segment == s.item_segment {
-                item_no += 1;
-                let mut data = header.clone();
-                for (k, v) in self.fields(&s.item_fields, sdata, line_no, segment)? {
-                    merge(&mut data, k, v);
-                }
-                for (path, value) in &s.constants {
-                    data::insert(&mut data, path, value.clone());
-                }
-                data.insert("plant".into(), Value::String(input.plant.clone()));
-                data::insert(
-                    &mut data,
-                    "attributes.idoc_number",
-                    Value::String(docnum.clone()),
-                );
-                let data = Value::Object(data);
-                let mut event = CloudEvent::new(
-                    format!("{}-{docnum}-{item_no}", input.id),
-                    source.clone(),
-                    s.event_type.clone(),
-                    data.clone(),
-                );
-                if let Some(text) = s.subject.as_deref().and_then(|p| data::text(&data, p)) {
-                    event = event.subject(text);
-                }
-                if let Some(text) = s.time.as_deref().and_then(|p| data::text(&data, p)) {
-                    event = event.time(text);
-                }
-                if let Some(schema) = &s.dataschema {
-                    event = event.dataschema(schema.clone());
-                }
-                outputs.push(event.into_message(&input));
-            }
-        }
-        if idoc.is_none() {
-            return Err(MediationError::rejected(
-                "no EDI_DC40 control record: not an IDoc flat file",
-            )
-            .position(1));
         }
         Ok(outputs)
     }
 }
 
+/// The body as text: UTF-8 when it is valid UTF-8 (Unicode IDocs), else ISO 8859-1.
+fn decode(body: &[u8]) -> std::borrow::Cow<'_, str> {
+    match std::str::from_utf8(body) {
+        Ok(text) => std::borrow::Cow::Borrowed(text),
+        Err(_) => std::borrow::Cow::Owned(body.iter().map(|&b| b as char).collect()),
+    }
+}
+
 impl IdocFlat {
-    /// The fields of one segment's SDATA as a data object.
+    /// The fields of one segment as a data object.
     fn fields(
         &self,
         fields: &[Field],
-        sdata: &str,
-        line_no: usize,
-        segment: &str,
+        segment: &Segment,
     ) -> Result<Map<String, Value>, MediationError> {
         let mut data = Map::new();
         for f in fields {
-            let raw = column(sdata, (f.start, f.length));
+            let (raw, time, place) = match &segment.content {
+                Content::Flat(sdata) => {
+                    let (Some(start), Some(length)) = (f.start, f.length) else {
+                        return Err(reject(
+                            segment.line,
+                            &segment.name,
+                            f.label(),
+                            "has no start and length in the settings, which a flat IDoc needs"
+                                .into(),
+                        ));
+                    };
+                    (
+                        column(sdata, (start, length)),
+                        f.time_start.map(|t| column(sdata, (t, 6))),
+                        format!("(SDATA {start}-{})", start + length - 1),
+                    )
+                }
+                Content::Xml(leaves) => {
+                    let Some(name) = &f.name else {
+                        return Err(reject(
+                            segment.line,
+                            &segment.name,
+                            f.label(),
+                            "has no name in the settings, which an XML IDoc needs".into(),
+                        ));
+                    };
+                    let get = |n: &str| {
+                        leaves
+                            .iter()
+                            .find(|(k, _)| k == n)
+                            .map_or("", |(_, v)| v.as_str())
+                    };
+                    (
+                        get(name),
+                        f.time_name.as_deref().map(get),
+                        format!("<{name}>"),
+                    )
+                }
+            };
             if raw.is_empty() {
                 if f.required {
                     return Err(reject(
-                        line_no,
-                        segment,
-                        &f.path,
-                        format!(
-                            "(SDATA {}-{}) is required but blank",
-                            f.start,
-                            f.start + f.length - 1
-                        ),
+                        segment.line,
+                        &segment.name,
+                        f.label(),
+                        format!("{place} is required but blank"),
                     ));
                 }
                 continue;
             }
             let bad = |what: &str| {
                 reject(
-                    line_no,
-                    segment,
-                    &f.path,
-                    format!(
-                        "(SDATA {}-{}) {raw:?} is not {what}",
-                        f.start,
-                        f.start + f.length - 1
-                    ),
+                    segment.line,
+                    &segment.name,
+                    f.label(),
+                    format!("{place} {raw:?} is not {what}"),
                 )
             };
             let value = match f.kind {
@@ -285,7 +346,7 @@ impl IdocFlat {
                 }
                 Kind::Date => Value::String(date(raw).ok_or_else(|| bad("a YYYYMMDD date"))?),
                 Kind::Datetime => {
-                    let time = column(sdata, (f.time_start.unwrap_or(1), 6));
+                    let time = time.unwrap_or_default();
                     Value::String(self.datetime(raw, time).ok_or_else(|| {
                         bad(&format!("a YYYYMMDD date with HHMMSS time {time:?}"))
                     })?)
@@ -328,16 +389,20 @@ impl IdocFlat {
     }
 }
 
-/// Columns `start..start+len` (1-based) of `line`, trimmed; empty past the end (trimmed senders).
-fn column(line: &str, (start, len): (usize, usize)) -> &str {
-    let end = (start - 1 + len).min(line.len());
-    line.get(start - 1..end).unwrap_or("").trim()
+/// Columns `start..start+len` (1-based characters, so Unicode IDocs count as SAP does) of
+/// `line`, trimmed; empty past the end (trimmed senders).
+pub fn column(line: &str, (start, len): (usize, usize)) -> &str {
+    let mut at = line.char_indices().map(|(i, _)| i).chain([line.len()]);
+    let from = at.nth(start - 1);
+    let to = at.nth(len - 1).unwrap_or(line.len());
+    from.map_or("", |from| line[from..to].trim())
 }
 
-fn reject(line: usize, segment: &str, field: &str, what: String) -> MediationError {
+/// A rejection naming the line, the segment and the field.
+pub fn reject(line: u32, segment: &str, field: &str, what: String) -> MediationError {
     MediationError::rejected(format!("line {line}, segment {segment}, {field} {what}"))
         .field(field)
-        .position(line as u32)
+        .position(line)
 }
 
 /// YYYYMMDD → YYYY-MM-DD, if it is a real date.

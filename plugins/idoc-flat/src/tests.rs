@@ -219,3 +219,198 @@ proptest! {
         let _ = run(&body);
     }
 }
+
+/// A delivery (DELVRY07) layout by SAP field names, for XML IDocs.
+fn delivery_settings() -> Value {
+    json!({
+        "message_type": "DESADV",
+        "header_segment": "E1EDL20",
+        "item_segment": "E1EDL24",
+        "event_type": "millrace.inventory.moved.v1",
+        "header_fields": [{ "path": "reference", "name": "VBELN" }],
+        "item_fields": [
+            { "path": "material", "name": "MATNR" },
+            { "path": "quantity", "name": "LFIMG", "type": "decimal" },
+            { "path": "unit", "name": "VRKME" },
+            { "path": "lot", "name": "CHARG", "required": false }
+        ]
+    })
+}
+
+fn delivery_xml(docnums: [&str; 2]) -> String {
+    let idoc = |docnum: &str, delivery: &str| {
+        format!(
+            r#"<IDOC BEGIN="1">
+    <EDI_DC40 SEGMENT="1"><TABNAM>EDI_DC40</TABNAM><DOCNUM>{docnum}</DOCNUM><IDOCTYP>DELVRY07</IDOCTYP><MESTYP>DESADV</MESTYP></EDI_DC40>
+    <E1EDL20 SEGMENT="1"><VBELN>{delivery}</VBELN><VSTEL>1000</VSTEL>
+      <E1EDL24 SEGMENT="1"><POSNR>000010</POSNR><MATNR>MAT-1</MATNR><LFIMG>12.500</LFIMG><VRKME>EA</VRKME><CHARG>L1</CHARG></E1EDL24>
+      <E1EDL24 SEGMENT="1"><POSNR>000020</POSNR><MATNR>MAT-2</MATNR><LFIMG>3</LFIMG><VRKME>KG</VRKME></E1EDL24>
+    </E1EDL20>
+  </IDOC>"#
+        )
+    };
+    format!(
+        "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<DELVRY07>\n  {}\n  {}\n</DELVRY07>\n",
+        idoc(docnums[0], "80001"),
+        idoc(docnums[1], "80002")
+    )
+}
+
+fn run_with(
+    settings: Value,
+    content_type: &str,
+    body: &str,
+) -> Result<Vec<Message>, MediationError> {
+    TestHost::new()
+        .with_settings(settings)
+        .run::<IdocFlat>(TestHost::message(content_type, body))
+}
+
+#[test]
+fn xml_idocs_under_one_root_give_an_event_per_item_with_its_delivery() {
+    let out = run_with(
+        delivery_settings(),
+        "application/xml",
+        &delivery_xml(["0000000000004711", "4712"]),
+    )
+    .unwrap();
+    let events: Vec<Value> = out.iter().map(body_value).collect();
+    let summary: Vec<(&str, &str, &Value, &Value)> = events
+        .iter()
+        .map(|e| {
+            (
+                e["id"].as_str().unwrap(),
+                e["data"]["reference"].as_str().unwrap(),
+                &e["data"]["material"],
+                &e["data"]["quantity"],
+            )
+        })
+        .collect();
+    assert_eq!(
+        summary,
+        [
+            ("test-1-4711-1", "80001", &json!("MAT-1"), &json!(12.5)),
+            ("test-1-4711-2", "80001", &json!("MAT-2"), &json!(3.0)),
+            ("test-1-4712-1", "80002", &json!("MAT-1"), &json!(12.5)),
+            ("test-1-4712-2", "80002", &json!("MAT-2"), &json!(3.0)),
+        ]
+    );
+    assert_eq!(events[0]["data"]["lot"], "L1");
+    assert!(events[1]["data"].get("lot").is_none());
+}
+
+#[test]
+fn blank_docnums_fall_back_to_the_idoc_ordinal_so_ids_stay_distinct() {
+    let out = run_with(
+        delivery_settings(),
+        "text/xml",
+        &delivery_xml(["", "0000000000000000"]),
+    )
+    .unwrap();
+    let ids: Vec<Value> = out.iter().map(|m| body_value(m)["id"].clone()).collect();
+    assert_eq!(
+        ids,
+        [
+            json!("test-1-n1-1"),
+            json!("test-1-n1-2"),
+            json!("test-1-n2-1"),
+            json!("test-1-n2-2")
+        ]
+    );
+    // The same in a flat file: two IDocs without DOCNUM.
+    let flat = [
+        control("", "WMMBXY"),
+        data("E1MBXYH", "", 1, &header("20261127", "073000", "A")),
+        data(
+            "E1MBXYI",
+            "",
+            2,
+            &item("MAT-1", "0001", "0002", "", "311", "1.000", "EA"),
+        ),
+        control("", "WMMBXY"),
+        data("E1MBXYH", "", 1, &header("20261127", "080000", "B")),
+        data(
+            "E1MBXYI",
+            "",
+            2,
+            &item("MAT-2", "0001", "0002", "", "311", "2.000", "EA"),
+        ),
+    ]
+    .join("\r\n");
+    let ids: Vec<Value> = run(&flat)
+        .unwrap()
+        .iter()
+        .map(|m| body_value(m)["id"].clone())
+        .collect();
+    assert_eq!(ids, [json!("test-1-n1-1"), json!("test-1-n2-1")]);
+}
+
+#[test]
+fn xml_faults_name_the_line_segment_and_field() {
+    let bad = delivery_xml(["1", "2"]).replacen("<LFIMG>12.500</LFIMG>", "<LFIMG>12,5</LFIMG>", 1);
+    let r = expect_rejected(run_with(delivery_settings(), "application/xml", &bad));
+    assert_eq!(
+        (r.field.as_deref(), r.position),
+        (Some("LFIMG"), Some(6)),
+        "{}",
+        r.reason
+    );
+    assert!(
+        r.reason
+            .starts_with("line 6, segment E1EDL24, LFIMG <LFIMG> \"12,5\""),
+        "{}",
+        r.reason
+    );
+    let r = expect_rejected(run_with(
+        delivery_settings(),
+        "application/xml",
+        "<DELVRY07><IDOC BEGIN=\"1\">",
+    ));
+    assert_eq!(r.field.as_deref(), Some("IDOC"), "{}", r.reason);
+    let r = expect_rejected(run_with(
+        delivery_settings(),
+        "application/xml",
+        "<a><b/></a>",
+    ));
+    assert!(r.reason.contains("no IDOC element"), "{}", r.reason);
+    // A flat layout (positions only) cannot read an XML IDoc, and says so.
+    let r = expect_rejected(run_with(
+        settings(),
+        "application/xml",
+        &delivery_xml(["1", "2"])
+            .replace("DESADV", "WMMBXY")
+            .replace("E1EDL20", "E1MBXYH"),
+    ));
+    assert!(
+        r.reason.contains("has no name in the settings"),
+        "{}",
+        r.reason
+    );
+}
+
+#[test]
+fn unicode_control_records_and_a_clean_segment_name() {
+    let mut body = good().replacen("EDI_DC40  ", "EDI_DC40_U", 1);
+    assert_eq!(run(&body).unwrap().len(), 2);
+    // A data record whose SEGNAM column is followed straight by other text is named by the segment only.
+    body.push_str(&format!(
+        "\n{}",
+        data(
+            "E1MBXYI",
+            "4711",
+            4,
+            &item("MAT-9", "0001", "0002", "", "311", "x", "EA")
+        )
+    ));
+    let r = expect_rejected(run(&body));
+    assert!(
+        r.reason.starts_with("line 5, segment E1MBXYI, quantity"),
+        "{}",
+        r.reason
+    );
+    // Unicode: columns count characters.
+    let umlaut = good().replace("MAT-4711      ", "MÄT-4711      ");
+    let out = run(&umlaut).unwrap();
+    assert_eq!(body_value(&out[0])["data"]["material"], "MÄT-4711");
+    assert_eq!(body_value(&out[0])["data"]["quantity"], 12.5);
+}

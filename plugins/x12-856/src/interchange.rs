@@ -173,7 +173,8 @@ fn separators(text: &str, number: u32) -> Result<(Separators, Segment<'_>, &str)
         if got != *width {
             return Err(isa_fault(
                 format!(
-                    "{name} is {got} characters, must be {width} (the ISA is fixed-width, 106 characters)"
+                    "{name} is {got} character{}, must be {width} (the ISA is fixed-width, 106 characters)",
+                    if got == 1 { "" } else { "s" }
                 ),
                 &name,
             ));

@@ -211,14 +211,16 @@ fn ship_notice(t: &Transaction, plant: &str) -> Result<Asn, MediationError> {
     for seg in &t.segments[1..] {
         if seg.id == "HL" {
             let id = seg.required(1)?.trim();
+            let level = seg.required(3)?.trim();
             let parent =
                 match seg.get(2).trim() {
-                    "" => None,
+                    // Without HL02 the hierarchy is implied by order: the parent is the nearest
+                    // earlier loop of a level above this one.
+                    "" => loops.iter().rposition(|l| rank(l.level) < rank(level)),
                     p => Some(*index.get(p).ok_or_else(|| {
                         seg.error(2, &format!("parent {p:?} is not an earlier HL"))
                     })?),
                 };
-            let level = seg.required(3)?.trim();
             if index.insert(id, loops.len()).is_some() {
                 return Err(seg.error(1, &format!("HL id {id:?} is used twice")));
             }
@@ -368,6 +370,17 @@ fn ship_notice(t: &Transaction, plant: &str) -> Result<Asn, MediationError> {
             carrier,
         },
     })
+}
+
+/// How high a level stands: shipment, order, tare, pack, then items and any other code.
+fn rank(level: &str) -> u8 {
+    match level {
+        "S" => 0,
+        "O" => 1,
+        "T" => 2,
+        "P" => 3,
+        _ => 4,
+    }
 }
 
 /// An item from its LIN: LIN01 as the line number when it is one, every qualifier/value pair as

@@ -536,3 +536,36 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn without_hl02_the_parent_is_the_nearest_level_above() {
+    let d = asn(&[
+        "BSN*00*S*20261127",
+        "HL*1**S",
+        "HL*2**O",
+        "PRF*PO-1",
+        "HL*3**I",
+        "LIN**SK*A",
+        "SN1**1*EA",
+        "HL*4**I",
+        "LIN**SK*B",
+        "SN1**2*EA",
+        "HL*5**O",
+        "PRF*PO-2",
+        "HL*6**I",
+        "LIN**SK*C",
+        "SN1**3*EA",
+    ]);
+    let orders: Vec<(Value, usize)> = d["purchase_orders"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| {
+            (
+                o["purchase_order"].clone(),
+                o["items"].as_array().unwrap().len(),
+            )
+        })
+        .collect();
+    assert_eq!(orders, [(json!("PO-1"), 2), (json!("PO-2"), 1)]);
+}
