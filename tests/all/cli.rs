@@ -178,7 +178,7 @@ fn every_plugin_passes_its_conformance_vectors() {
             corpora.push((name.clone(), passes_every_case(name, &corpus)));
         }
     }
-    for (expected, at_least) in [("x12-856", 15)] {
+    for (expected, at_least) in [("x12-856", 15), ("csv-records", 10), ("idoc-flat", 10)] {
         assert!(
             corpora
                 .iter()

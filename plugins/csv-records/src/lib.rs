@@ -43,7 +43,7 @@ impl Plugin for CsvRecords {
         let mut reader = csv::ReaderBuilder::new()
             .delimiter(m.delimiter)
             .has_headers(m.has_header)
-            .flexible(false)
+            .flexible(m.ragged_rows)
             .from_reader(body);
         let line_of = |lines: &mut Lines, position: Option<&csv::Position>| {
             position.map_or(0, |p| lines.line_at(start + p.byte() as usize))
@@ -67,6 +67,21 @@ impl Plugin for CsvRecords {
             let line = line_of(&mut lines, record.position());
             if record.iter().all(|cell| cell.trim().is_empty()) {
                 continue;
+            }
+            // Ragged rows: missing cells are blank, extra cells must be.
+            if let Some((extra, cell)) = record
+                .iter()
+                .enumerate()
+                .skip(header.len())
+                .find(|(_, cell)| !header.is_empty() && !cell.trim().is_empty())
+            {
+                return Err(MediationError::rejected(format!(
+                    "line {line}: cell {} ({cell:?}) is past the header's {} columns",
+                    extra + 1,
+                    header.len()
+                ))
+                .field(format!("#{}", extra + 1))
+                .position(line as u32));
             }
             let row = m.row(&record, &columns, line, &input.plant)?;
             let subject = m.subject.as_deref().and_then(|p| data::text(&row, p));
@@ -96,10 +111,7 @@ impl Plugin for CsvRecords {
 fn decode(body: &[u8], encoding: Encoding) -> Result<Cow<'_, str>, MediationError> {
     match encoding {
         Encoding::Utf8 => std::str::from_utf8(body).map(Cow::Borrowed).map_err(|e| {
-            let line = 1 + body[..e.valid_up_to()]
-                .iter()
-                .filter(|&&b| b == b'\n')
-                .count();
+            let line = Lines::new(body).line_at(e.valid_up_to());
             MediationError::rejected(format!(
                 "line {line}: byte 0x{:02X} is not UTF-8; set encoding = \"latin1\" or \"windows-1252\" if the file is in one of those",
                 body[e.valid_up_to()]

@@ -32,6 +32,8 @@ struct Settings {
     #[serde(default)]
     skip_lines: usize,
     #[serde(default)]
+    ragged_rows: bool,
+    #[serde(default)]
     subject: Option<String>,
     #[serde(default)]
     time: Option<String>,
@@ -79,6 +81,10 @@ pub struct FieldSpec {
     /// A blank required value rejects the row; a blank optional one is left out.
     #[serde(default = "yes")]
     pub required: bool,
+    /// `decimal`: move the decimal point by this many places (-3 turns milliseconds into
+    /// seconds), exactly, before the value is rounded to a double.
+    #[serde(default)]
+    pub shift: i32,
     #[serde(skip)]
     items: Vec<Item<'static>>,
 }
@@ -129,6 +135,8 @@ pub struct Mapping {
     pub encoding: Encoding,
     /// Lines before the header (or the first row): a title, a logger's preamble.
     pub skip_lines: usize,
+    /// Rows may have fewer cells than the header (missing ones are blank) or more (blank ones).
+    pub ragged_rows: bool,
     decimal: char,
     thousands: Option<char>,
     zone: Zone,
@@ -239,6 +247,12 @@ impl Mapping {
                     ));
                 }
             }
+            if f.shift != 0 && (f.kind != Kind::Decimal || f.shift.abs() > 30) {
+                return Err(format!(
+                    "field {}: shift applies to decimal columns, at most 30 places either way",
+                    f.path
+                ));
+            }
             let format = match (f.kind, &f.format) {
                 (Kind::Datetime | Kind::Date, Some(format)) => Some(format.clone()),
                 (Kind::Date, None) => Some("%Y-%m-%d".to_string()),
@@ -286,6 +300,7 @@ impl Mapping {
             has_header: s.has_header,
             encoding: s.encoding,
             skip_lines: s.skip_lines,
+            ragged_rows: s.ragged_rows,
             decimal,
             thousands,
             zone: Zone::from_settings(s.utc_offset.as_deref(), s.time_zone.as_deref())?,
@@ -304,17 +319,28 @@ impl Mapping {
         line: u32,
     ) -> Result<Vec<Columns>, MediationError> {
         let find = |name: &str| {
-            headers
+            let mut at = headers
                 .iter()
-                .position(|h| h.trim_start_matches('\u{feff}').trim() == name)
-                .ok_or_else(|| {
-                    MediationError::rejected(format!(
-                        "line {line}: the header has no column {name:?} (columns: {})",
-                        headers.iter().collect::<Vec<_>>().join(", ")
-                    ))
+                .enumerate()
+                .filter(|(_, h)| h.trim_start_matches('\u{feff}').trim() == name)
+                .map(|(i, _)| i);
+            let fault = |what: String| {
+                MediationError::rejected(format!("line {line}: {what}"))
                     .field(name)
                     .position(line)
-                })
+            };
+            match (at.next(), at.next()) {
+                (Some(first), None) => Ok(first),
+                (Some(first), Some(second)) => Err(fault(format!(
+                    "the header names column {name:?} twice (columns {} and {}); map these columns by index with has_header = false and skip_lines",
+                    first + 1,
+                    second + 1
+                ))),
+                (None, _) => Err(fault(format!(
+                    "the header has no column {name:?} (columns: {})",
+                    headers.iter().collect::<Vec<_>>().join(", ")
+                ))),
+            }
         };
         self.fields
             .iter()
@@ -402,7 +428,8 @@ impl Mapping {
             Kind::Decimal => self
                 .digits(text)
                 .and_then(|(digits, fraction, exponent)| {
-                    format!("{digits}.{fraction}e{}", exponent.unwrap_or("0"))
+                    let exponent = exponent.unwrap_or("0").parse::<i32>().ok()? + field.shift;
+                    format!("{digits}.{fraction}e{exponent}")
                         .parse::<f64>()
                         .ok()
                 })
@@ -437,17 +464,26 @@ impl Mapping {
                 .map_err(|e| format!("an RFC 3339 date and time ({e})")),
             Kind::Datetime => {
                 let mut parsed = chrono::format::Parsed::new();
-                let local = chrono::format::parse(&mut parsed, text, field.items.iter())
-                    .and_then(|()| parsed.to_naive_datetime_with_offset(0))
-                    .map_err(|e| {
-                        format!(
-                            "a date and time in format {:?} ({e})",
-                            field.format.as_deref().unwrap_or_default()
-                        )
-                    })?;
+                let wrong = |e: chrono::format::ParseError| {
+                    format!(
+                        "a date and time in format {:?} ({e})",
+                        field.format.as_deref().unwrap_or_default()
+                    )
+                };
+                chrono::format::parse(&mut parsed, text, field.items.iter()).map_err(wrong)?;
+                // An offset (%z) or a Unix time (%s) in the cell fixes the instant; otherwise
+                // the text is a local time of the configured zone.
+                if parsed.offset().is_some() || parsed.timestamp().is_some() {
+                    return parsed
+                        .to_datetime()
+                        .map(|t| Value::Text(utc_text(t.with_timezone(&Utc))))
+                        .map_err(wrong);
+                }
+                let local = parsed.to_naive_datetime_with_offset(0).map_err(wrong)?;
                 self.zone
                     .to_utc(local)
                     .map(|utc| Value::Text(utc_text(utc)))
+                    .map_err(|e| format!("a time that exists locally: {e}"))
             }
         }
     }

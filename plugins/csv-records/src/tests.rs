@@ -376,3 +376,90 @@ fn encodings_a_byte_order_mark_and_a_preamble() {
         [json!("Mühle €")]
     );
 }
+
+#[test]
+fn an_offset_or_a_unix_time_in_the_cell_wins_over_the_configured_zone() {
+    let settings = |format: &str| {
+        json!({
+            "utc_offset": "+05:00",
+            "fields": [{ "path": "measured_at", "index": 1, "type": "datetime", "format": format }]
+        })
+    };
+    let at = |format: &str, cell: &str| {
+        values(
+            &machine(settings(format), format!("{cell}\n")).unwrap(),
+            "measured_at",
+        )[0]
+        .clone()
+    };
+    assert_eq!(
+        at("%Y-%m-%d %H:%M:%S%.f%:z", "2019-02-08 07:36:36.443+02:00"),
+        "2019-02-08T05:36:36.443Z"
+    );
+    assert_eq!(at("%s", "1749612300"), "2025-06-11T03:25:00Z");
+    assert_eq!(
+        at("%Y-%m-%d %H:%M", "2025-06-11 08:25"),
+        "2025-06-11T03:25:00Z"
+    );
+}
+
+#[test]
+fn a_mapped_column_named_twice_in_the_header_is_refused() {
+    let settings = json!({
+        "has_header": true,
+        "fields": [{ "path": "value", "column": "Value", "type": "decimal" }]
+    });
+    let r = millrace_sdk::testing::expect_rejected(machine(
+        settings,
+        "Value;Value\n1;2\n".replace(';', ","),
+    ));
+    assert_eq!((r.field.as_deref(), r.position), (Some("Value"), Some(1)));
+    assert!(r.reason.contains("columns 1 and 2"), "{}", r.reason);
+}
+
+#[test]
+fn ragged_rows_read_missing_cells_as_blank_when_allowed() {
+    let settings = json!({
+        "has_header": true,
+        "fields": [
+            { "path": "value", "column": "A", "type": "decimal" },
+            { "path": "comment", "column": "C", "required": false }
+        ]
+    });
+    let body = "A,B,C\n1,2\n3,4,x\n5,6,,\n";
+    assert!(machine(settings.clone(), body).is_err());
+    let mut ragged = settings;
+    ragged["ragged_rows"] = json!(true);
+    let out = machine(ragged.clone(), body).unwrap();
+    assert_eq!(values(&out, "value"), [json!(1.0), json!(3.0), json!(5.0)]);
+    assert_eq!(
+        values(&out, "comment"),
+        [Value::Null, json!("x"), Value::Null]
+    );
+    let r = millrace_sdk::testing::expect_rejected(machine(ragged, "A,B,C\n1,2,3,extra\n"));
+    assert_eq!(
+        (r.field.as_deref(), r.position),
+        (Some("#4"), Some(2)),
+        "{}",
+        r.reason
+    );
+}
+
+#[test]
+fn a_byte_that_is_not_utf8_is_located_in_a_cr_only_file() {
+    let r = millrace_sdk::testing::expect_rejected(machine(json!({}), b"1\r2\r\xff\r".to_vec()));
+    assert_eq!(r.position, Some(3), "{}", r.reason);
+}
+
+#[test]
+fn a_shift_moves_the_decimal_point_exactly() {
+    let settings =
+        json!({ "fields": [{ "path": "offset_s", "index": 1, "type": "decimal", "shift": -3 }] });
+    let out = machine(settings, "123\n0,5\n1e3\n".replace(",5", ".5")).unwrap();
+    assert_eq!(
+        values(&out, "offset_s"),
+        [json!(0.123), json!(0.0005), json!(1.0)]
+    );
+    let bad = json!({ "fields": [{ "path": "n", "index": 1, "type": "integer", "shift": 2 }] });
+    assert!(machine(bad, "1\n").is_err());
+}

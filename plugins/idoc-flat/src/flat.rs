@@ -27,7 +27,11 @@ pub fn read(text: &str) -> Result<Vec<Idoc<'_>>, MediationError> {
                     .trim_start_matches('0')
                     .to_string(),
                 mestyp: column(line, MESTYP).to_string(),
-                line: line_no,
+                control: Segment {
+                    name: column(line, TABNAM).to_string(),
+                    line: line_no,
+                    content: Content::Flat(line),
+                },
                 segments: Vec::new(),
             });
             continue;

@@ -37,6 +37,8 @@ struct Settings {
     #[serde(default)]
     time: Option<String>,
     #[serde(default)]
+    control_fields: Vec<Field>,
+    #[serde(default)]
     header_fields: Vec<Field>,
     item_fields: Vec<Field>,
     #[serde(default)]
@@ -102,8 +104,8 @@ pub struct Idoc<'a> {
     /// DOCNUM without leading zeros; empty when the sender left it blank.
     pub docnum: String,
     pub mestyp: String,
-    /// Line of the control record.
-    pub line: u32,
+    /// The control record as a segment (flat: the whole record, columns from 1).
+    pub control: Segment<'a>,
     pub segments: Vec<Segment<'a>>,
 }
 
@@ -143,7 +145,12 @@ impl Plugin for IdocFlat {
         let settings: Settings = host.settings()?;
         let utc_offset_secs =
             parse::utc_offset(settings.utc_offset.as_deref().unwrap_or("+00:00"))?;
-        for f in settings.header_fields.iter().chain(&settings.item_fields) {
+        for f in settings
+            .control_fields
+            .iter()
+            .chain(&settings.header_fields)
+            .chain(&settings.item_fields)
+        {
             let flat = match (f.start, f.length) {
                 (Some(start), Some(length)) if start >= 1 && length >= 1 => true,
                 (None, None) => false,
@@ -201,8 +208,8 @@ impl Plugin for IdocFlat {
         for (ordinal, idoc) in idocs.iter().enumerate() {
             if idoc.mestyp != s.message_type {
                 return Err(reject(
-                    idoc.line,
-                    "EDI_DC40",
+                    idoc.control.line,
+                    &idoc.control.name,
                     "MESTYP",
                     format!("message type {:?} is not {:?}", idoc.mestyp, s.message_type),
                 ));
@@ -213,14 +220,21 @@ impl Plugin for IdocFlat {
             } else {
                 idoc.docnum.clone()
             };
+            let control = self.fields(&s.control_fields, &idoc.control)?;
             let mut header = Map::new();
             let mut item_no = 0;
             for segment in &idoc.segments {
-                if s.header_segment.as_deref() == Some(segment.name.as_str()) {
+                if s.header_segment
+                    .as_deref()
+                    .is_some_and(|h| is_segment(&segment.name, h))
+                {
                     header = self.fields(&s.header_fields, segment)?;
-                } else if segment.name == s.item_segment {
+                } else if is_segment(&segment.name, &s.item_segment) {
                     item_no += 1;
-                    let mut data = header.clone();
+                    let mut data = control.clone();
+                    for (k, v) in header.clone() {
+                        merge(&mut data, k, v);
+                    }
                     for (k, v) in self.fields(&s.item_fields, segment)? {
                         merge(&mut data, k, v);
                     }
@@ -368,7 +382,9 @@ impl IdocFlat {
             time[2..4].parse::<i64>().ok()?,
             time[4..6].parse::<i64>().ok()?,
         );
-        if h > 23 || m > 59 || s > 59 {
+        // SAP writes the end of a day as 240000: midnight of the next day.
+        let end_of_day = (h, m, s) == (24, 0, 0);
+        if (h > 23 && !end_of_day) || m > 59 || s > 59 {
             return None;
         }
         let (y, mo, d) = (
@@ -396,6 +412,25 @@ pub fn column(line: &str, (start, len): (usize, usize)) -> &str {
     let from = at.nth(start - 1);
     let to = at.nth(len - 1).unwrap_or(line.len());
     from.map_or("", |from| line[from..to].trim())
+}
+
+/// Whether a record's segment name is segment type `wanted` (`E1EDL24`). Flat files from SAP
+/// often carry the segment definition instead: `E2` for `E1` (`Z2` for `Z1`) and an optional
+/// three-digit release, `E2EDL24007`.
+fn is_segment(name: &str, wanted: &str) -> bool {
+    if name == wanted {
+        return true;
+    }
+    let definition = match (wanted.get(..2), wanted.get(2..)) {
+        (Some("E1"), Some(rest)) => format!("E2{rest}"),
+        (Some("Z1"), Some(rest)) => format!("Z2{rest}"),
+        _ => return false,
+    };
+    name.strip_prefix(definition.as_str())
+        .is_some_and(|release| {
+            release.is_empty()
+                || (release.len() == 3 && release.bytes().all(|b| b.is_ascii_digit()))
+        })
 }
 
 /// A rejection naming the line, the segment and the field.

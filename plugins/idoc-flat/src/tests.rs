@@ -414,3 +414,82 @@ fn unicode_control_records_and_a_clean_segment_name() {
     assert_eq!(body_value(&out[0])["data"]["material"], "MÄT-4711");
     assert_eq!(body_value(&out[0])["data"]["quantity"], 12.5);
 }
+
+#[test]
+fn control_record_fields_reach_every_item_of_their_idoc() {
+    let mut settings = delivery_settings();
+    settings["utc_offset"] = json!("+01:00");
+    settings["control_fields"] = json!([
+        { "path": "moved_at", "name": "CREDAT", "start": 379, "length": 8, "type": "datetime", "time_name": "CRETIM" },
+        { "path": "attributes.sender", "name": "SNDPRN", "required": false }
+    ]);
+    // time_name goes with name, time_start with start: both forms may be given.
+    settings["control_fields"][0]["time_start"] = json!(387);
+    let body = delivery_xml(["1", "2"]).replace(
+        "<MESTYP>DESADV</MESTYP>",
+        "<MESTYP>DESADV</MESTYP><SNDPRN>PLANT1000</SNDPRN><CREDAT>20261127</CREDAT><CRETIM>073000</CRETIM>",
+    );
+    let out = run_with(settings.clone(), "application/xml", &body).unwrap();
+    let first = body_value(&out[0]);
+    assert_eq!(first["data"]["moved_at"], "2026-11-27T06:30:00Z");
+    assert_eq!(first["data"]["attributes"]["sender"], "PLANT1000");
+    assert_eq!(first["data"]["attributes"]["idoc_number"], "1");
+    let r = expect_rejected(run_with(
+        settings,
+        "application/xml",
+        &delivery_xml(["1", "2"]),
+    ));
+    assert_eq!(
+        (r.field.as_deref(), r.position),
+        (Some("CREDAT"), Some(4)),
+        "{}",
+        r.reason
+    );
+}
+
+#[test]
+fn a_real_flat_idoc_and_its_xml_twin_give_the_same_items() {
+    // The same ORDERS05 IDoc from SAP's integration recipes, once flat (segment definitions
+    // E2EDP01…, CR LF, trimmed records) and once as XML (segment types E1EDP01).
+    let settings = json!({
+        "message_type": "ORDERS",
+        "item_segment": "E1EDP01",
+        "event_type": "millrace.test.order-line.v1",
+        "item_fields": [
+            { "path": "line", "name": "POSEX", "start": 1, "length": 6 },
+            { "path": "quantity", "name": "MENGE", "start": 12, "length": 15, "type": "decimal" },
+            { "path": "unit", "name": "MENEE", "start": 27, "length": 3, "required": false }
+        ]
+    });
+    let flat = include_str!("../corpus/12-sap-recipes-orders05-flat-crlf/input.idoc");
+    let xml = include_str!("../corpus/14-sap-recipes-orders05-xml-crlf/input.xml");
+    let data = |content_type: &str, body: &str| -> Vec<Value> {
+        run_with(settings.clone(), content_type, body)
+            .unwrap()
+            .iter()
+            .map(|m| body_value(m)["data"].clone())
+            .collect()
+    };
+    let from_flat = data("text/plain", flat);
+    assert!(!from_flat.is_empty());
+    assert_eq!(from_flat, data("application/xml", xml));
+    assert!(from_flat[0]["quantity"].is_number(), "{from_flat:?}");
+}
+
+#[test]
+fn sap_end_of_day_is_midnight_of_the_next_day() {
+    let plugin = IdocFlat {
+        settings: serde_json::from_value(settings()).unwrap(),
+        utc_offset_secs: 3600,
+    };
+    assert_eq!(
+        plugin.datetime("20261231", "240000").as_deref(),
+        Some("2026-12-31T23:00:00Z")
+    );
+    assert_eq!(plugin.datetime("20261231", "240001"), None);
+    assert!(is_segment("E2EDL24007", "E1EDL24"));
+    assert!(is_segment("E2EDK14", "E1EDK14"));
+    assert!(is_segment("Z2EXT001", "Z1EXT"));
+    assert!(!is_segment("E2EDL2400", "E1EDL24"));
+    assert!(!is_segment("E1EDL241", "E1EDL24"));
+}

@@ -1,7 +1,7 @@
 //! XML IDocs: every `IDOC` element of the document (one as the root, or several under a root
 //! such as `<DELVRY07>`), each with a control element (`EDI_DC40` or `EDI_DC40_U`) and segment
-//! elements, nested as the IDoc type nests them. A segment's fields are its child elements
-//! without children of their own.
+//! elements, nested as the IDoc type nests them. A segment is an element marked `SEGMENT`, or one
+//! with child elements; its fields are its other child elements.
 
 use crate::{Content, Idoc, Segment, reject};
 use millrace_sdk::MediationError;
@@ -50,28 +50,22 @@ pub fn read(text: &str) -> Result<Vec<Idoc<'_>>, MediationError> {
                 n.is_element()
                     && *n != idoc
                     && !n.ancestors().any(|a| a == control)
-                    && n.children().any(|c| c.is_element())
+                    && is_segment(*n)
             })
             .map(|n| Segment {
                 name: n.tag_name().name().to_string(),
                 line: line(n),
-                content: Content::Xml(
-                    n.children()
-                        .filter(|c| c.is_element() && !c.children().any(|g| g.is_element()))
-                        .map(|c| {
-                            (
-                                c.tag_name().name().to_string(),
-                                c.text().unwrap_or("").trim().to_string(),
-                            )
-                        })
-                        .collect(),
-                ),
+                content: leaves(n),
             })
             .collect();
         idocs.push(Idoc {
             docnum: leaf("DOCNUM").trim_start_matches('0').to_string(),
             mestyp: leaf("MESTYP"),
-            line: line(control),
+            control: Segment {
+                name: control.tag_name().name().to_string(),
+                line: line(control),
+                content: leaves(control),
+            },
             segments,
         });
     }
@@ -83,4 +77,26 @@ pub fn read(text: &str) -> Result<Vec<Idoc<'_>>, MediationError> {
         .position(1));
     }
     Ok(idocs)
+}
+
+/// A segment's fields: its child elements without children of their own, name → trimmed text.
+fn leaves(segment: Node) -> Content<'static> {
+    Content::Xml(
+        segment
+            .children()
+            .filter(|c| c.is_element() && !is_segment(*c))
+            .map(|c| {
+                (
+                    c.tag_name().name().to_string(),
+                    c.text().unwrap_or("").trim().to_string(),
+                )
+            })
+            .collect(),
+    )
+}
+
+/// A segment element: marked `SEGMENT="1"`, or (senders that leave the mark out) holding
+/// elements of its own.
+fn is_segment(node: Node) -> bool {
+    node.has_attribute("SEGMENT") || node.children().any(|c| c.is_element())
 }
