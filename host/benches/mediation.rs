@@ -140,50 +140,84 @@ struct Vectors {
 }
 
 fn vectors(plugin: &str) -> Vectors {
-    use millrace_host::conformance;
     let dir = root().join("plugins").join(plugin).join("vectors");
-    let settings = conformance::read_settings(&dir.join("settings.toml"))
+    let settings = millrace_host::conformance::read_settings(&dir.join("settings.toml"))
         .expect("settings")
         .unwrap_or_default();
-    let tables = conformance::read_tables(&dir.join("lookups")).expect("tables");
-    let mut messages = Vec::new();
-    let mut cases: Vec<_> = std::fs::read_dir(&dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.is_dir())
+    let tables = millrace_host::conformance::read_tables(&dir.join("lookups")).expect("tables");
+    let messages: Vec<Message> = output_giving_cases(&dir)
+        .into_iter()
+        .filter(|case| !case.join("settings.toml").exists())
+        .map(|case| case_message(&case))
         .collect();
-    cases.sort();
-    for case in cases {
-        let expected = std::fs::read_to_string(case.join("expected.json")).unwrap_or_default();
-        let gives_outputs = serde_json::from_str::<serde_json::Value>(&expected)
-            .ok()
-            .and_then(|v| v["outputs"].as_array().map(|o| !o.is_empty()))
-            .unwrap_or(false);
-        if !gives_outputs || case.join("settings.toml").exists() {
-            continue;
-        }
-        let input = std::fs::read_dir(&case)
-            .unwrap()
-            .map(|e| e.unwrap().path())
-            .find(|p| p.file_stem().is_some_and(|s| s == "input"))
-            .unwrap();
-        let content_type = std::fs::read_to_string(case.join("content-type"))
-            .map(|c| c.trim().to_string())
-            .unwrap_or_else(|_| conformance::content_type_of(&input).to_string());
-        messages.push(Message {
-            id: case.file_name().unwrap().to_string_lossy().into_owned(),
-            plant: conformance::PLANT.into(),
-            route: conformance::ROUTE.into(),
-            content_type,
-            headers: Vec::new(),
-            body: std::fs::read(&input).unwrap(),
-        });
-    }
     assert!(!messages.is_empty(), "{plugin}: no vector gives outputs");
     Vectors {
         settings,
         tables,
         messages,
+    }
+}
+
+/// The largest file of a plugin's real-world corpus that gives outputs, with its settings (its
+/// own, else the corpus folder's).
+fn largest_corpus_file(plugin: &str) -> Vectors {
+    let dir = root().join("plugins").join(plugin).join("corpus");
+    let case = output_giving_cases(&dir)
+        .into_iter()
+        .max_by_key(|case| case_message(case).body.len())
+        .unwrap_or_else(|| panic!("{plugin}: no corpus file gives outputs"));
+    let own = case.join("settings.toml");
+    let settings_file = if own.exists() {
+        own
+    } else {
+        dir.join("settings.toml")
+    };
+    let settings = millrace_host::conformance::read_settings(&settings_file)
+        .expect("settings")
+        .unwrap_or_default();
+    Vectors {
+        settings,
+        tables: millrace_host::conformance::read_tables(&dir.join("lookups")).expect("tables"),
+        messages: vec![case_message(&case)],
+    }
+}
+
+/// The case folders of `dir` whose expected answer has outputs, in name order.
+fn output_giving_cases(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut cases: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.is_dir())
+        .filter(|case| {
+            let expected = std::fs::read_to_string(case.join("expected.json")).unwrap_or_default();
+            serde_json::from_str::<serde_json::Value>(&expected)
+                .ok()
+                .and_then(|v| v["outputs"].as_array().map(|o| !o.is_empty()))
+                .unwrap_or(false)
+        })
+        .collect();
+    cases.sort();
+    cases
+}
+
+/// A case's message, as the conformance runner builds it.
+fn case_message(case: &Path) -> Message {
+    use millrace_host::conformance;
+    let input = std::fs::read_dir(case)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.file_stem().is_some_and(|s| s == "input"))
+        .unwrap();
+    let content_type = std::fs::read_to_string(case.join("content-type"))
+        .map(|c| c.trim().to_string())
+        .unwrap_or_else(|_| conformance::content_type_of(&input).to_string());
+    Message {
+        id: case.file_name().unwrap().to_string_lossy().into_owned(),
+        plant: conformance::PLANT.into(),
+        route: conformance::ROUTE.into(),
+        content_type,
+        headers: Vec::new(),
+        body: std::fs::read(&input).unwrap(),
     }
 }
 
@@ -213,6 +247,49 @@ fn bench_plugin_and_twins<P: Plugin>(
     twins: &[&str],
 ) {
     let v = vectors(name);
+    let throughput = Throughput::Elements(v.messages.len() as u64);
+    bench_cases::<P>(
+        c,
+        engine,
+        name,
+        &format!("vectors/{name}"),
+        v,
+        throughput,
+        twins,
+    );
+}
+
+/// A parser on the largest file of its real-world corpus (`corpus/PLUGIN` groups, throughput
+/// in bytes), natively and through the host with a warm instance.
+fn bench_largest_corpus_file<P: Plugin>(c: &mut Criterion, engine: &PluginEngine, name: &str) {
+    let v = largest_corpus_file(name);
+    let throughput = Throughput::Bytes(v.messages[0].body.len() as u64);
+    eprintln!(
+        "corpus/{name}: {} ({} bytes)",
+        v.messages[0].id,
+        v.messages[0].body.len()
+    );
+    bench_cases::<P>(
+        c,
+        engine,
+        name,
+        &format!("corpus/{name}"),
+        v,
+        throughput,
+        &[],
+    );
+}
+
+/// One plugin (and its twins) on a set of cases, natively and with a reused instance.
+fn bench_cases<P: Plugin>(
+    c: &mut Criterion,
+    engine: &PluginEngine,
+    name: &str,
+    group_name: &str,
+    v: Vectors,
+    throughput: Throughput,
+    twins: &[&str],
+) {
     let mut host = TestHost::new().with_settings(serde_json::Value::Object(v.settings.clone()));
     for (table, rows) in v.tables.iter() {
         host = host.with_table(table, rows.clone());
@@ -257,8 +334,8 @@ fn bench_plugin_and_twins<P: Plugin>(
     };
     let step = load(name);
     let twin_steps: Vec<_> = twins.iter().map(|twin| (*twin, load(twin))).collect();
-    let mut group = c.benchmark_group(format!("vectors/{name}"));
-    group.throughput(Throughput::Elements(v.messages.len() as u64));
+    let mut group = c.benchmark_group(group_name);
+    group.throughput(throughput);
     group.bench_function("native", |b| {
         b.iter_batched(
             || native_inputs.clone(),
@@ -310,6 +387,9 @@ fn bench_vectors(c: &mut Criterion) {
     // Cases 01 (hold), 04 (release), 05 (ASN of the released lot) run in that order, so every
     // iteration leaves the state as it found it.
     bench_plugin::<policy_guard::PolicyGuard>(c, &engine, "policy-guard");
+    bench_largest_corpus_file::<x12_856::X12Asn>(c, &engine, "x12-856");
+    bench_largest_corpus_file::<csv_records::CsvRecords>(c, &engine, "csv-records");
+    bench_largest_corpus_file::<idoc_flat::IdocFlat>(c, &engine, "idoc-flat");
 }
 
 criterion_group!(benches, bench, bench_vectors);

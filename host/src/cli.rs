@@ -193,8 +193,10 @@ fn test_inner(run: TestRun) -> Result<i32, String> {
         quarantines: Arc::new(crate::quarantine::Quarantines::disabled()),
     };
     let step = StepRuntime::load(&engine, &artifact, spec).map_err(|e| e.to_string())?;
+    let by_extension = crate::conformance::content_type_of(&run.input);
     let content_type = run
         .content_type
+        .or_else(|| (by_extension != "application/octet-stream").then(|| by_extension.into()))
         .or_else(|| step.info.accepts.first().cloned())
         .unwrap_or_else(|| "application/octet-stream".into());
     let input = Message {

@@ -75,10 +75,13 @@ enum AdminCommand {
 enum PluginCommand {
     /// Show a plugin's world, imports (the capabilities it asks for), exports, digest and size.
     Inspect { file: PathBuf },
-    /// Run one message through one plugin locally, every capability granted.
+    /// Run one message through one plugin locally, every capability granted. Exit 0 with the
+    /// outputs (or none), 1 on a rejection, retry-later, trap or load failure.
     Test {
+        /// The plugin: a WebAssembly component (.wasm), e.g. target/plugins/csv-records.wasm.
         file: PathBuf,
-        /// The message body.
+        /// The message body, read as bytes. The message has id `test-1`, plant `local` and route
+        /// `local` (conformance vectors use the case name as id and plant `test-plant`).
         #[arg(long, required_unless_present = "vectors", conflicts_with = "vectors")]
         input: Option<PathBuf>,
         /// Run every case of a conformance-vector folder instead (see docs/plugins.md).
@@ -87,7 +90,9 @@ enum PluginCommand {
         /// With --vectors: write each case's expected.json from the plugin's answers.
         #[arg(long, requires = "vectors")]
         bless: bool,
-        /// Content type of the input (default: the plugin's first accepted type).
+        /// Content type of the input. Default: from the input's extension as conformance vectors
+        /// do (.csv text/csv, .json application/json, .x12/.edi application/edi-x12, .xml
+        /// application/xml, .txt/.dat/.idoc text/plain), else the plugin's first accepted type.
         #[arg(long)]
         content_type: Option<String>,
         /// Step settings from a TOML file.
@@ -99,8 +104,12 @@ enum PluginCommand {
         /// A lookup table from a CSV file (header row; key and value = first two columns).
         #[arg(long = "lookup", value_name = "TABLE=FILE.csv")]
         lookup: Vec<String>,
+        /// Wall-clock deadline of the call in milliseconds; past it the plugin is stopped (a
+        /// `deadline` trap), as a route's `deadline_ms` does.
         #[arg(long, default_value_t = 1000)]
         deadline_ms: u64,
+        /// Linear memory the plugin may grow to, in MiB; a larger growth fails (usually a
+        /// `memory` trap), as a route's `memory_mib` does.
         #[arg(long, default_value_t = 64)]
         memory_mib: u32,
     },

@@ -274,3 +274,28 @@ fn a_vector_the_plugin_does_not_meet_fails_with_the_difference() {
     assert!(text.contains("\"rejected\""), "{text}");
     assert!(text.trim_end().ends_with("0 passed, 1 failed"), "{text}");
 }
+
+#[test]
+fn plugin_test_help_describes_every_argument() {
+    let out = run_in(&root(), &["plugin", "test", "--help"]);
+    assert!(out.status.success());
+    let help = stdout(&out);
+    for argument in [
+        "<FILE>",
+        "--input",
+        "--content-type",
+        "--deadline-ms",
+        "--memory-mib",
+    ] {
+        let line = help
+            .lines()
+            .find(|l| l.trim_start().starts_with(argument))
+            .unwrap_or_else(|| panic!("no {argument} in:\n{help}"));
+        let described = line.trim_start()[argument.len()..]
+            .split_whitespace()
+            .filter(|w| !w.starts_with('<') && !w.starts_with('['))
+            .count()
+            > 2;
+        assert!(described, "{argument} is not described: {line:?}");
+    }
+}
