@@ -237,9 +237,13 @@ fn file_away(path: &Path, folder: &str, reason: Option<&str>) -> std::io::Result
     std::fs::create_dir_all(&target_dir)?;
     let target = target_dir.join(name);
     if let Some(reason) = reason {
+        // Written aside, then renamed: whoever watches the folder sees the whole reason or none.
         let mut note = target.as_os_str().to_owned();
         note.push(".reason");
-        std::fs::write(PathBuf::from(note), format!("{reason}\n"))?;
+        let mut partial = note.clone();
+        partial.push(".partial");
+        std::fs::write(PathBuf::from(&partial), format!("{reason}\n"))?;
+        std::fs::rename(PathBuf::from(partial), PathBuf::from(note))?;
     }
     std::fs::rename(path, target)
 }
