@@ -1,4 +1,5 @@
-//! Parsing helpers that legacy formats keep needing: exact decimals and UTC offsets.
+//! Parsing helpers that legacy formats keep needing: exact decimals, UTC offsets, and text that
+//! may not be UTF-8.
 
 /// A decimal number: optional sign, digits, and either one `separator` followed by digits or,
 /// when `implied_decimals` > 0, no separator and that many implied decimal places
@@ -45,6 +46,20 @@ pub fn utc_offset(text: &str) -> Result<i64, String> {
         return Err(bad());
     }
     Ok(sign * (h * 3600 + m * 60))
+}
+
+/// The bytes as text: UTF-8 when they are valid UTF-8, else ISO 8859-1 (every byte the character
+/// of the same number), so legacy files with single-byte separators or accents still read.
+pub fn text_or_latin1(bytes: &[u8]) -> std::borrow::Cow<'_, str> {
+    match std::str::from_utf8(bytes) {
+        Ok(text) => std::borrow::Cow::Borrowed(text),
+        Err(_) => std::borrow::Cow::Owned(latin1(bytes)),
+    }
+}
+
+/// ISO 8859-1 bytes as text.
+pub fn latin1(bytes: &[u8]) -> String {
+    bytes.iter().map(|&b| b as char).collect()
 }
 
 #[cfg(test)]

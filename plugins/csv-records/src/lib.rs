@@ -119,7 +119,7 @@ fn decode(body: &[u8], encoding: Encoding) -> Result<Cow<'_, str>, MediationErro
             .field("encoding")
             .position(line as u32)
         }),
-        Encoding::Latin1 => Ok(Cow::Owned(body.iter().map(|&b| b as char).collect())),
+        Encoding::Latin1 => Ok(Cow::Owned(millrace_sdk::parse::latin1(body))),
         Encoding::Windows1252 => Ok(Cow::Owned(body.iter().map(|&b| windows_1252(b)).collect())),
     }
 }

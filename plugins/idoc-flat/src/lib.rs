@@ -195,7 +195,7 @@ impl Plugin for IdocFlat {
 
     fn mediate(&self, _host: &impl Host, input: Message) -> Result<Vec<Message>, MediationError> {
         let s = &self.settings;
-        let text = decode(&input.body);
+        let text = parse::text_or_latin1(&input.body);
         let text = text.trim_start_matches('\u{feff}');
         let is_xml = input.media_type().ends_with("xml") || text.trim_start().starts_with('<');
         let idocs = if is_xml {
@@ -232,8 +232,8 @@ impl Plugin for IdocFlat {
                 } else if is_segment(&segment.name, &s.item_segment) {
                     item_no += 1;
                     let mut data = control.clone();
-                    for (k, v) in header.clone() {
-                        merge(&mut data, k, v);
+                    for (k, v) in &header {
+                        merge(&mut data, k.clone(), v.clone());
                     }
                     for (k, v) in self.fields(&s.item_fields, segment)? {
                         merge(&mut data, k, v);
@@ -268,14 +268,6 @@ impl Plugin for IdocFlat {
             }
         }
         Ok(outputs)
-    }
-}
-
-/// The body as text: UTF-8 when it is valid UTF-8 (Unicode IDocs), else ISO 8859-1.
-fn decode(body: &[u8]) -> std::borrow::Cow<'_, str> {
-    match std::str::from_utf8(body) {
-        Ok(text) => std::borrow::Cow::Borrowed(text),
-        Err(_) => std::borrow::Cow::Owned(body.iter().map(|&b| b as char).collect()),
     }
 }
 
@@ -421,12 +413,13 @@ fn is_segment(name: &str, wanted: &str) -> bool {
     if name == wanted {
         return true;
     }
-    let definition = match (wanted.get(..2), wanted.get(2..)) {
-        (Some("E1"), Some(rest)) => format!("E2{rest}"),
-        (Some("Z1"), Some(rest)) => format!("Z2{rest}"),
+    let definition_kind = match wanted.get(..2) {
+        Some("E1") => "E2",
+        Some("Z1") => "Z2",
         _ => return false,
     };
-    name.strip_prefix(definition.as_str())
+    name.strip_prefix(definition_kind)
+        .and_then(|rest| rest.strip_prefix(&wanted[2..]))
         .is_some_and(|release| {
             release.is_empty()
                 || (release.len() == 3 && release.bytes().all(|b| b.is_ascii_digit()))

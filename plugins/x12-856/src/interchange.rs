@@ -3,7 +3,6 @@
 //! GS/GE, ST/SE counts and control numbers).
 
 use millrace_sdk::MediationError;
-use std::borrow::Cow;
 use std::collections::HashSet;
 
 /// One segment: its 1-based number in the file, its id and its elements (element 1 first).
@@ -68,15 +67,6 @@ pub struct Interchanges<'a> {
     pub ship_notices: Vec<Transaction<'a>>,
     /// `ST01 ST02` of every transaction set that is not an 856.
     pub skipped: Vec<String>,
-}
-
-/// The body as text: UTF-8 when it is valid UTF-8, else ISO 8859-1 (every byte one character,
-/// so single-byte terminators such as 0x85 survive).
-pub fn decode(body: &[u8]) -> Cow<'_, str> {
-    match std::str::from_utf8(body) {
-        Ok(text) => Cow::Borrowed(text),
-        Err(_) => Cow::Owned(body.iter().map(|&b| b as char).collect()),
-    }
 }
 
 /// Widths of ISA01..ISA16, fixed by the standard in every version.

@@ -102,7 +102,7 @@ impl Plugin for X12Asn {
     }
 
     fn mediate(&self, host: &impl Host, input: Message) -> Result<Vec<Message>, MediationError> {
-        let text = interchange::decode(&input.body);
+        let text = millrace_sdk::parse::text_or_latin1(&input.body);
         let found = interchange::parse(&text)?;
         if !found.skipped.is_empty() {
             host.log(
