@@ -228,7 +228,7 @@ pub enum Sink {
 }
 
 /// A route's broker settings (used when its source or sink is `amqp`).
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct RouteAmqp {
     /// Source queue (durable), default `millrace.ROUTE`.
     pub queue: String,
@@ -276,7 +276,7 @@ impl RouteAmqp {
 }
 
 /// Where sink `http` delivers.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Webhook {
     pub url: hyper::Uri,
     /// Budget of one delivery request.
@@ -326,15 +326,15 @@ pub struct Config {
     pub quarantine: crate::quarantine::Policy,
     /// What each listener accepts (`host.max_connections`, `max_connections_per_client`,
     /// `header_timeout_s`, `body_timeout_s`).
-    pub connections: crate::ingress::connections::ConnectionLimits,
+    pub connections: crate::http::connections::ConnectionLimits,
     /// How much of the answers to keyed requests is kept (`host.idempotency_max_*`).
     pub idempotency_bounds: crate::idempotency::Bounds,
     /// Who may call the admin API (`[admin]`).
     pub admin_access: AdminAccess,
     /// TLS for the listeners (`[tls]`), when set.
-    pub tls: Option<crate::ingress::tls::TlsSettings>,
+    pub tls: Option<crate::http::tls::TlsSettings>,
     /// The broker link's CA and client certificate (`[amqp_tls]`, for `amqps://`).
-    pub amqp_tls: crate::broker::AmqpTls,
+    pub amqp_tls: crate::amqp::session::AmqpTls,
     pub plants: BTreeMap<String, Tables>,
     /// Each plant's share of the host: messages in flight and waiting, state quota.
     pub plant_limits: BTreeMap<String, PlantLimits>,
@@ -348,7 +348,7 @@ pub struct Config {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct AdminAccess {
     /// `[[admin.tokens]]`.
-    pub tokens: Vec<crate::admin::auth::Credential>,
+    pub tokens: Vec<crate::control::auth::Credential>,
     /// `admin.tokens_file`: more tokens, re-read when the file changes.
     pub tokens_file: Option<PathBuf>,
     /// `admin.allowed_hosts`: `Host` values the admin API answers to besides its address.
@@ -685,10 +685,10 @@ impl Config {
             );
         }
         let amqp_tls = match &file.amqp_tls {
-            None => crate::broker::AmqpTls::default(),
+            None => crate::amqp::session::AmqpTls::default(),
             Some(t) => {
                 let path = |p: &Option<Spanned<String>>| p.as_ref().map(|p| dir.join(p.get_ref()));
-                let tls = crate::broker::AmqpTls {
+                let tls = crate::amqp::session::AmqpTls {
                     ca: path(&t.ca),
                     cert: path(&t.cert),
                     key: path(&t.key),
@@ -779,7 +779,7 @@ impl Config {
                 }
             },
         };
-        let connections = crate::ingress::connections::ConnectionLimits {
+        let connections = crate::http::connections::ConnectionLimits {
             max_connections: ranged(
                 &mut diag,
                 "host.max_connections",
@@ -838,14 +838,14 @@ impl Config {
             ..AdminAccess::default()
         };
         if let Some(tokens) = &file.admin.tokens {
-            match crate::admin::auth::parse_credentials(tokens.get_ref()) {
+            match crate::control::auth::parse_credentials(tokens.get_ref()) {
                 Ok(found) => admin_access.tokens = found,
                 Err(e) => diag.error_at(tokens.span(), format!("admin.tokens: {e}")),
             }
         }
         if let Some(tokens_file) = &file.admin.tokens_file {
             let path = dir.join(tokens_file.get_ref());
-            if let Err(e) = crate::admin::auth::read_tokens_file(&path) {
+            if let Err(e) = crate::control::auth::read_tokens_file(&path) {
                 diag.error_at(tokens_file.span(), e);
             }
             admin_access.tokens_file = Some(path);
@@ -868,7 +868,7 @@ impl Config {
                     "tls.require_client_cert needs tls.client_ca (the CA client certificates chain to)",
                 );
             }
-            crate::ingress::tls::TlsSettings {
+            crate::http::tls::TlsSettings {
                 cert: dir.join(t.cert.get_ref()),
                 key: dir.join(t.key.get_ref()),
                 client_ca: t.client_ca.as_ref().map(|c| dir.join(c.get_ref())),
@@ -878,7 +878,7 @@ impl Config {
             }
         });
         if let (Some(settings), Some(section)) = (&tls, &file.tls)
-            && let Err(e) = crate::ingress::tls::Tls::load(settings)
+            && let Err(e) = crate::http::tls::Tls::load(settings)
         {
             diag.error_at(section.cert.span(), e);
         }

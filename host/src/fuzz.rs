@@ -7,7 +7,7 @@
 //! suite, which mutates the seed corpus with [`Mutator`] (`tests/all/fuzz.rs`).
 
 use crate::config::Config;
-use crate::mediator::Mediator;
+use crate::start::Host;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -44,8 +44,8 @@ pub fn config(data: &[u8]) -> Result<bool, String> {
 /// A host's message listener without a socket: raw request bytes in, raw answer bytes out.
 pub struct Envelope {
     runtime: tokio::runtime::Runtime,
-    handler: crate::ingress::connections::Handler,
-    limits: crate::ingress::connections::ConnectionLimits,
+    handler: crate::http::connections::Handler,
+    limits: crate::http::connections::ConnectionLimits,
     _data: tempfile::TempDir,
 }
 
@@ -64,13 +64,13 @@ impl Envelope {
             .enable_all()
             .build()
             .map_err(|e| e.to_string())?;
-        let mediator = runtime.block_on(async {
-            Mediator::start(&config).map_err(|e| format!("the host does not start: {e}"))
+        let host = runtime.block_on(async {
+            Host::start(&config).map_err(|e| format!("the host does not start: {e}"))
         })?;
-        let limits = mediator.connections;
+        let limits = config.connections;
         Ok(Envelope {
             runtime,
-            handler: crate::ingress::http::handler(Arc::new(mediator)),
+            handler: crate::http::source::handler(Arc::new(host.http_source(limits))),
             limits,
             _data: data,
         })
@@ -85,7 +85,7 @@ impl Envelope {
         let answer = self.runtime.block_on(async {
             let (client, server) = tokio::io::duplex(1 << 16);
             let peer = std::net::SocketAddr::from(([127, 0, 0, 1], 40000));
-            let served = tokio::spawn(crate::ingress::connections::serve_http(
+            let served = tokio::spawn(crate::http::connections::serve_http(
                 server,
                 peer,
                 self.limits,

@@ -5,26 +5,22 @@
 //! wires it all and runs it; `admission` gives each plant its share of the mediation slots.
 #![forbid(unsafe_code)]
 
-pub mod admin;
 pub mod admission;
-pub mod broker;
-pub mod chain;
+pub mod amqp;
 pub mod cli;
 pub mod config;
 pub mod conformance;
+pub mod control;
 pub mod deadletter;
-pub mod deploy;
 pub mod durable;
 pub mod fuzz;
+pub mod http;
 pub mod idempotency;
-pub mod ingress;
 pub mod lookup;
-pub mod mediator;
-pub mod outbox;
+pub mod pipeline;
 pub mod plugin;
 pub mod quarantine;
-pub mod registry;
 pub mod route;
-pub mod sink;
+pub mod start;
 pub mod state;
 pub mod telemetry;

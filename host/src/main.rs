@@ -2,7 +2,7 @@
 #![forbid(unsafe_code)]
 
 use clap::{Parser, Subcommand};
-use millrace_host::{cli, config::Config, mediator, telemetry};
+use millrace_host::{cli, config::Config, start, telemetry};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -406,9 +406,9 @@ fn run(
             return 1;
         }
     };
-    match runtime.block_on(mediator::run(config, http, admin, insecure_admin)) {
+    match runtime.block_on(start::run(config, http, admin, insecure_admin)) {
         Ok(()) => 0,
-        Err(e @ mediator::StartError::Config(_)) => {
+        Err(e @ start::StartError::Config(_)) => {
             eprintln!("{e}");
             1
         }

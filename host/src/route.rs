@@ -102,6 +102,20 @@ impl Route {
         }
     }
 
+    /// Whether `other` is the same route: the same transports, names, bounds and step versions.
+    pub fn same_as(&self, other: &Route) -> bool {
+        self.name == other.name
+            && self.plant == other.plant
+            && self.source == other.source
+            && self.sink == other.sink
+            && self.webhook == other.webhook
+            && self.amqp == other.amqp
+            && self.max_body_bytes == other.max_body_bytes
+            && self.budget == other.budget
+            && self.auth == other.auth
+            && self.lineage == other.lineage
+    }
+
     /// Whether the route takes from or publishes to the broker.
     pub fn uses_broker(&self) -> bool {
         self.source == Source::Amqp || self.sink == Sink::Amqp
@@ -135,6 +149,50 @@ impl Route {
 }
 
 /// All routes by name.
+/// What a reload changes in the route table, by route name.
+#[derive(Default)]
+pub struct RouteDiff {
+    pub added: Vec<Arc<Route>>,
+    pub removed: Vec<Arc<Route>>,
+    /// Same name, something else differs: (before, after).
+    pub changed: Vec<(Arc<Route>, Arc<Route>)>,
+}
+
+impl RouteDiff {
+    /// The difference from `before` to `after`.
+    pub fn between(before: &[Arc<Route>], after: &[Arc<Route>]) -> RouteDiff {
+        let find = |routes: &[Arc<Route>], name: &str| {
+            routes.iter().find(|r| r.name == name).map(Arc::clone)
+        };
+        let mut diff = RouteDiff::default();
+        for route in after {
+            match find(before, &route.name) {
+                None => diff.added.push(Arc::clone(route)),
+                Some(old) if !old.same_as(route) => diff.changed.push((old, Arc::clone(route))),
+                Some(_) => {}
+            }
+        }
+        for route in before {
+            if find(after, &route.name).is_none() {
+                diff.removed.push(Arc::clone(route));
+            }
+        }
+        for list in [&mut diff.added, &mut diff.removed] {
+            list.sort_by(|a, b| a.name.cmp(&b.name));
+        }
+        diff.changed.sort_by(|a, b| a.0.name.cmp(&b.0.name));
+        diff
+    }
+
+    /// Every route the diff touches, before or after the change.
+    pub fn touched(&self) -> impl Iterator<Item = &Arc<Route>> {
+        self.added
+            .iter()
+            .chain(&self.removed)
+            .chain(self.changed.iter().flat_map(|(a, b)| [a, b]))
+    }
+}
+
 pub struct Routes {
     by_name: std::sync::RwLock<HashMap<String, Arc<Route>>>,
 }

@@ -10,11 +10,10 @@
 //! it keeps its version and records the refusal. Runs on the broker session (hosts whose routes
 //! use the broker); an activation made while the broker is away is not announced (logged).
 
-use crate::broker::{Link, Session};
-use crate::deploy::{DeployError, Slot};
-use crate::mediator::Mediator;
-use crate::registry::{Activation, RegistryError};
-use crate::sink::amqp::header_string;
+use crate::amqp::publisher::header_string;
+use crate::amqp::session::{BrokerLink, Link, Session};
+use crate::control::deploy::{DeployError, Deployer, Slot};
+use crate::control::registry::{Activation, RegistryError};
 use futures_lite::StreamExt;
 use lapin::BasicProperties;
 use lapin::options::{
@@ -77,18 +76,24 @@ impl Note {
     }
 }
 
+/// Tell the other hosts on the broker about each activation made here, as the deployer
+/// reports them ([`Deployer::announcements`]), until the deployer is gone.
+pub async fn announce_all(link: Arc<BrokerLink>, deployer: Arc<Deployer>, host_id: String) {
+    let mut activations = deployer.announcements();
+    while let Some(activation) = activations.recv().await {
+        announce(&link, &deployer, &host_id, &activation).await;
+    }
+}
+
 /// Tell the other hosts on the broker that `activation` happened here (best effort: logged when
 /// the broker is away or does not confirm).
-pub async fn announce(mediator: &Mediator, activation: &Activation) {
-    let Some(link) = &mediator.broker else {
-        return;
-    };
+async fn announce(link: &BrokerLink, deployer: &Deployer, host_id: &str, activation: &Activation) {
     let Link::Up(session) = link.link() else {
         tracing::warn!(plant = %activation.plant, plugin = %activation.plugin, version = %activation.version, "the broker is away: this activation is not announced to other hosts");
         return;
     };
     let note = Note {
-        from: mediator.host_id.clone(),
+        from: host_id.to_string(),
         plant: activation.plant.clone(),
         plugin: activation.plugin.clone(),
         version: activation.version.clone(),
@@ -96,7 +101,7 @@ pub async fn announce(mediator: &Mediator, activation: &Activation) {
         action: activation.action.clone(),
         by: activation.by.clone(),
     };
-    let blob = mediator.deployer.registry.blob(&activation.digest);
+    let blob = deployer.registry.blob(&activation.digest);
     let sent = async {
         let bytes = std::fs::read(&blob).map_err(|e| format!("{}: {e}", blob.display()))?;
         let channel = session
@@ -159,10 +164,11 @@ async fn declare_exchange(channel: &lapin::Channel) -> Result<(), lapin::Error> 
 /// Declare this host's control queue and start applying the activations other hosts announce,
 /// for as long as `session` lasts (the returned task). `None`, logged, if the broker refuses.
 pub async fn follow(
-    mediator: Arc<Mediator>,
+    deployer: Arc<Deployer>,
+    host_id: String,
     session: &Session,
 ) -> Option<tokio::task::JoinHandle<()>> {
-    let queue = queue(&mediator.host_id);
+    let queue = queue(&host_id);
     let started = async {
         let channel = session.connection.create_channel().await?;
         declare_exchange(&channel).await?;
@@ -200,21 +206,24 @@ pub async fn follow(
             return None;
         }
     };
-    Some(tokio::spawn(apply_each(mediator, channel, consumer)))
+    Some(tokio::spawn(apply_each(
+        deployer, host_id, channel, consumer,
+    )))
 }
 
 async fn apply_each(
-    mediator: Arc<Mediator>,
+    deployer: Arc<Deployer>,
+    host_id: String,
     _channel: lapin::Channel, // the consumer lives as long as its channel
     mut consumer: lapin::Consumer,
 ) {
     while let Some(Ok(delivery)) = consumer.next().await {
         let note = delivery.properties.headers().as_ref().and_then(Note::read);
         match note {
-            Some(note) if note.from != mediator.host_id => {
-                let mediator_ = Arc::clone(&mediator);
+            Some(note) if note.from != host_id => {
+                let deployer = Arc::clone(&deployer);
                 let bytes = delivery.data.clone();
-                let _ = tokio::task::spawn_blocking(move || apply(&mediator_, &note, &bytes)).await;
+                let _ = tokio::task::spawn_blocking(move || apply(&deployer, &note, &bytes)).await;
             }
             Some(_) => {}
             None => tracing::warn!("a control message without an activation's headers; dropped"),
@@ -227,17 +236,16 @@ async fn apply_each(
 }
 
 /// Make another host's activation ours: keep the version (gated) if we lack it, then activate.
-fn apply(mediator: &Mediator, note: &Note, bytes: &[u8]) {
+fn apply(d: &Deployer, note: &Note, bytes: &[u8]) {
     if crate::plugin::digest(bytes) != note.digest {
         tracing::warn!(plant = %note.plant, plugin = %note.plugin, version = %note.version, from = %note.from, digest = %note.digest, "an announced activation whose bytes do not have its digest; ignored");
         return;
     }
-    if mediator.routes.running(&note.plant, &note.plugin).is_none() {
+    if d.routes().running(&note.plant, &note.plugin).is_none() {
         tracing::debug!(plant = %note.plant, plugin = %note.plugin, "announced activation is for a plugin no route here runs");
         return;
     }
     let by = format!("{} via {}", note.by, note.from);
-    let d = &mediator.deployer;
     let kept = match d.registry.find(&note.plant, &note.plugin, &note.version) {
         Ok(kept) if kept.digest != note.digest => Err(RegistryError::VersionTaken {
             plant: kept.plant,
@@ -247,32 +255,16 @@ fn apply(mediator: &Mediator, note: &Note, bytes: &[u8]) {
         }
         .into()),
         Ok(_) => Ok(()),
-        Err(RegistryError::UnknownVersion { .. }) => d
-            .deploy(
-                &mediator.engine,
-                &mediator.routes,
-                &note.plant,
-                bytes,
-                &by,
-                "broadcast",
-            )
-            .map(|_| ()),
+        Err(RegistryError::UnknownVersion { .. }) => {
+            d.deploy(&note.plant, bytes, &by, "broadcast").map(|_| ())
+        }
         Err(e) => Err(DeployError::from(e)),
     };
     let slot = Slot {
         plant: &note.plant,
         plugin: &note.plugin,
     };
-    let done = kept.and_then(|()| {
-        d.activate(
-            &mediator.engine,
-            &mediator.routes,
-            slot,
-            &note.version,
-            &by,
-            &note.action,
-        )
-    });
+    let done = kept.and_then(|()| d.apply_announced(slot, &note.version, &by, &note.action));
     match done {
         Ok(_) => {
             tracing::info!(plant = %note.plant, plugin = %note.plugin, version = %note.version, from = %note.from, "activation from another host applied")

@@ -138,11 +138,13 @@ fn refuse(mut stream: TcpStream, detail: String) {
     });
 }
 
-/// What a connection's requests are answered with: given the connection's client certificate
-/// name (when TLS asked for one and it was presented), a handler for each request.
+/// What a connection's requests are answered with: given the peer's address and the
+/// connection's client certificate name (when TLS asked for one and it was presented), a
+/// handler for each request.
 pub type Handler = Arc<
     dyn Fn(
             hyper::Request<hyper::body::Incoming>,
+            SocketAddr,
             Option<String>,
         ) -> std::pin::Pin<
             Box<
@@ -153,6 +155,48 @@ pub type Handler = Arc<
         > + Send
         + Sync,
 >;
+
+/// Accept connections on `listener` within `limits` until `shutdown` resolves, each served by
+/// [`serve_connection`]; the one accept loop of the message listener and the admin API. With
+/// `graceful`, connections in hand can be finished after the loop ends.
+pub async fn accept(
+    listener: tokio::net::TcpListener,
+    limits: ConnectionLimits,
+    tls: Option<Arc<super::tls::Tls>>,
+    handler: Handler,
+    graceful: Option<&hyper_util::server::graceful::GracefulShutdown>,
+    shutdown: impl std::future::Future<Output = ()>,
+) {
+    let connections = Connections::new(limits);
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let (stream, peer) = match accepted {
+                    Ok(conn) => conn,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                let Some((stream, held)) = connections.admit(stream, peer) else {
+                    continue;
+                };
+                serve_connection(
+                    stream,
+                    peer,
+                    held,
+                    limits,
+                    tls.clone(),
+                    Arc::clone(&handler),
+                    graceful.map(|g| g.watcher()),
+                );
+            }
+            () = &mut shutdown => break,
+        }
+    }
+}
 
 /// Serve one admitted connection: the TLS handshake first when `tls` is set (within the header
 /// timeout), then HTTP/1.1, each request answered by `handler`; `watcher` lets a graceful
@@ -214,7 +258,7 @@ pub async fn serve_http<S>(
         .half_close(true);
     let service = hyper::service::service_fn(move |req| {
         let (handler, client) = (Arc::clone(&handler), client.clone());
-        async move { Ok::<_, std::convert::Infallible>(handler(req, client).await) }
+        async move { Ok::<_, std::convert::Infallible>(handler(req, peer, client).await) }
     });
     let conn = builder.serve_connection(TokioIo::new(io), service);
     let ended = match watcher {

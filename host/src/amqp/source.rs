@@ -19,14 +19,17 @@
 //! acknowledged without a second run; only a death between the broker's confirm and that record
 //! can publish an output twice (with the same id).
 
-use crate::broker::Session;
-use crate::chain;
-use crate::config::{Sink, Source};
-use crate::mediator::Mediator;
+use super::Amqp;
+use crate::amqp::publisher::{Arrived, Verdict, header_number, headers};
+use crate::amqp::session::{Ready, Session};
+use crate::config::Source;
+use crate::pipeline::chain;
+use crate::pipeline::sinks::DeliveryError;
+use crate::pipeline::sinks::Via;
+use crate::pipeline::{Ask, Mediated, OnFailure, WhenBusy};
 use crate::plugin::StepFailure;
 use crate::plugin::bindings::types::Message;
 use crate::route::Route;
-use crate::sink::amqp::{Arrived, Verdict, header_number, headers};
 use futures_lite::StreamExt;
 use lapin::message::Delivery;
 use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions};
@@ -39,14 +42,15 @@ use tokio::task::JoinSet;
 /// consumer ending) or `shutdown` turns true; then stop consuming and finish the deliveries in
 /// hand. Calls `ready` once every consumer runs. Returns why it ended.
 pub async fn consume(
-    mediator: Arc<Mediator>,
+    amqp: Arc<Amqp>,
     session: Session,
     mut lost: mpsc::UnboundedReceiver<String>,
     mut shutdown: watch::Receiver<bool>,
-    ready: impl FnOnce(),
+    ready: Ready,
 ) -> String {
     let mut consumers = Vec::new();
-    for route in mediator
+    for route in amqp
+        .pipeline
         .routes
         .all()
         .iter()
@@ -77,13 +81,13 @@ pub async fn consume(
             }
         }
     }
-    ready();
+    ready.up();
     // One task per consumer mediates its deliveries; this one watches the session.
     let (stop, stopping) = watch::channel(false);
     let mut running = JoinSet::new();
     for (route, channel, consumer) in consumers {
         running.spawn(serve_consumer(
-            Arc::clone(&mediator),
+            Arc::clone(&amqp),
             session.clone(),
             route,
             channel,
@@ -107,7 +111,7 @@ pub async fn consume(
 /// Mediate one route's deliveries until its consumer ends or `stop` turns true, then finish
 /// the deliveries in hand. Returns why it ended.
 async fn serve_consumer(
-    mediator: Arc<Mediator>,
+    amqp: Arc<Amqp>,
     session: Session,
     route: Arc<Route>,
     channel: lapin::Channel, // the consumer lives as long as its channel; acks go on it
@@ -122,11 +126,11 @@ async fn serve_consumer(
                 Some(Ok(delivery)) => {
                     // The route as it is now: a message runs on the version current when it
                     // arrives, throughout.
-                    let current = mediator.routes.get(&route.name).unwrap_or_else(|| Arc::clone(&route));
-                    let (mediator, session, route) =
-                        (Arc::clone(&mediator), session.clone(), current);
+                    let current = amqp.pipeline.routes.get(&route.name).unwrap_or_else(|| Arc::clone(&route));
+                    let (amqp, session, route) =
+                        (Arc::clone(&amqp), session.clone(), current);
                     in_flight.spawn(async move {
-                        let settle = handle(&mediator, &session, &route, &delivery).await;
+                        let settle = handle(&amqp, &session, &route, &delivery).await;
                         (delivery, settle)
                     });
                 }
@@ -287,12 +291,7 @@ impl InOrderAcks {
     }
 }
 
-async fn handle(
-    mediator: &Mediator,
-    session: &Session,
-    route: &Arc<Route>,
-    delivery: &Delivery,
-) -> Settle {
+async fn handle(amqp: &Amqp, session: &Session, route: &Arc<Route>, delivery: &Delivery) -> Settle {
     let publisher = &session.publisher;
     let properties = &delivery.properties;
     let table = properties.headers().clone().unwrap_or_default();
@@ -310,7 +309,7 @@ async fn handle(
         Some(n) if n > 0 => format!("{id}#replay-{n}"),
         _ => id.clone(),
     };
-    let dedupe = given_id.as_ref().and(mediator.idempotency.as_ref());
+    let dedupe = given_id.as_ref().and(amqp.pipeline.idempotency.as_ref());
     let attempt = header_number(&table, headers::ATTEMPTS).unwrap_or(0) as u32 + 1;
     let message = message_of(route, &id, properties, &delivery.data);
     let arrived = Arrived {
@@ -320,63 +319,39 @@ async fn handle(
         exchange: delivery.exchange.as_str(),
         routing_key: delivery.routing_key.as_str(),
     };
-    // Back-pressure: a saturated plant's consumer waits here (its prefetch bounds how many).
-    let slot = mediator.admission.wait(&route.plant, &route.name).await;
-    tracing::debug!(route = %route.name, message_id = %id, attempt, "mediating");
-    let worker = Arc::clone(route);
-    let input = message;
-    let store = dedupe.map(Arc::clone);
-    let key = settled_key.clone();
-    // The settled-id lookup and the chain, on one blocking thread.
-    let outcome = mediator.workers.run(move || {
-        let settled = match store.map(|s| s.processed(&worker.name, &key)) {
-            Some(Ok(true)) => true,
-            Some(Err(e)) => {
-                tracing::error!(route = %worker.name, message_id = %input.id, error = %e, "idempotency store unreadable; mediating");
-                false
-            }
-            _ => false,
-        };
-        let result = (!settled).then(|| chain::run(&worker, &input));
-        drop(slot);
-        result
-    })
-    .await;
-    let outcome = match outcome {
-        Ok(None) => {
+    tracing::debug!(route = %route.name, message_id = %id, attempt, "delivery received");
+    // Back-pressure: a saturated plant's consumer waits for a slot (its prefetch bounds how
+    // many); failures go to the broker's dead-letter queue, not the local store.
+    let ask = Ask {
+        when_busy: WhenBusy::Wait,
+        on_failure: OnFailure::Caller,
+        settled: dedupe.map(|store| (Arc::clone(store), settled_key.clone())),
+    };
+    let mediated = amqp.pipeline.mediate(route, message, ask).await;
+    tracing::debug!(route = %route.name, message_id = %id, ok = mediated.is_ok(), "mediated");
+    // Ok(outcome) or Err((why, is the broker session gone)).
+    let result: Result<Outcome, (String, bool)> = match mediated {
+        Err(Mediated::Settled) => {
             tracing::info!(route = %route.name, message_id = %id, redelivered = delivery.redelivered, "already settled: acknowledged without a second run");
             return Settle::Ack;
         }
-        Ok(Some(ran)) => Ok(ran),
-        Err(e) => Err(e),
-    };
-    tracing::debug!(route = %route.name, message_id = %id, ok = matches!(outcome, Ok(Ok(_))), "mediated");
-    // Ok(outcome) or Err((why, is the broker session gone)).
-    let result: Result<Outcome, (String, bool)> = match outcome {
-        Err(e) => Err((format!("the mediation task failed: {e}"), false)),
-        Ok(Ok(outputs)) => {
-            let delivered = match (route.sink, &route.webhook) {
-                (Sink::Http, Some(webhook)) => mediator
-                    .webhooks
-                    .deliver(webhook, route.lineage(), &outputs)
-                    .await
-                    .map(|_| ())
-                    .map_err(|e| (e.to_string(), false)),
-                _ => publisher
-                    .publish(route, &outputs)
-                    .await
-                    .map(|_| ())
-                    .map_err(|e| (e.to_string(), e.channel_lost())),
-            };
+        Err(Mediated::Lost(e)) => Err((format!("the mediation task failed: {e}"), false)),
+        Err(Mediated::Busy(busy)) => Err((busy.to_string(), false)),
+        Ok(outputs) => {
+            let delivered = amqp
+                .pipeline
+                .sinks
+                .deliver(route, outputs, Via::Publisher(publisher))
+                .await;
             match delivered {
-                Ok(()) => Ok(Outcome::Settled),
-                Err((why, false)) => {
-                    retry_or_give_up(publisher, route, &arrived, attempt, why, None).await
+                Ok(_) => Ok(Outcome::Settled),
+                Err(DeliveryError::Publish(e)) if e.channel_lost() => Err((e.to_string(), true)),
+                Err(e) => {
+                    retry_or_give_up(publisher, route, &arrived, attempt, e.to_string(), None).await
                 }
-                Err(lost) => Err(lost),
             }
         }
-        Ok(Err(failure))
+        Err(Mediated::Failed { failure, .. })
             if matches!(
                 failure.failure,
                 StepFailure::RetryLater(_) | StepFailure::Quarantined(_)
@@ -392,7 +367,7 @@ async fn handle(
             )
             .await
         }
-        Ok(Err(failure)) => {
+        Err(Mediated::Failed { failure, .. }) => {
             tracing::warn!(route = %route.name, message_id = %id, step = failure.step, plugin = %failure.plugin.name, "dead-lettered to the broker: {}", failure.reason());
             publisher
                 .dead_letter(route, &arrived, attempt, &Verdict::failed(&failure))
@@ -401,7 +376,7 @@ async fn handle(
                 .map_err(|e| (e.to_string(), e.channel_lost()))
         }
     };
-    let result = match (result, dedupe, &mediator.settled) {
+    let result = match (result, dedupe, &amqp.settled) {
         (Ok(Outcome::Settled), Some(_), Some(log)) => log
             .mark(&route.name, &settled_key)
             .await
@@ -427,7 +402,7 @@ async fn handle(
 /// A transient failure of attempt `attempt`: park the delivery for its next wait, or, when the
 /// route's attempts are used up, dead-letter it.
 async fn retry_or_give_up(
-    publisher: &crate::sink::amqp::AmqpPublisher,
+    publisher: &crate::amqp::publisher::AmqpPublisher,
     route: &Route,
     arrived: &Arrived<'_>,
     attempt: u32,

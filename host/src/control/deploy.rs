@@ -3,10 +3,12 @@
 //! it (the world, every step of the plant that runs the plugin, the sample vectors it carries),
 //! keep it in the registry; activate it (an atomic swap of the plant's affected routes), roll
 //! back; install a reloaded configuration. Activations and reloads are serialized per host.
+//! The deployer owns the engine and the route table it changes, and announces every activation
+//! made here to whoever subscribed ([`Deployer::announcements`]: the hosts sharing a broker).
 
+use crate::control::registry::{Activation, NewVersion, Registry, RegistryError, Version};
 use crate::plugin::engine::PluginEngine;
 use crate::plugin::{Artifact, LoadError};
-use crate::registry::{Activation, NewVersion, Registry, RegistryError, Version};
 use crate::route::{Routes, SwapError};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -78,6 +80,10 @@ pub struct GateLimits {
 /// Deploys, activations and rollbacks of one host.
 pub struct Deployer {
     pub registry: Registry,
+    engine: Arc<PluginEngine>,
+    routes: Arc<Routes>,
+    /// Where activations made on this host are announced, once someone subscribed.
+    announce: Mutex<Option<tokio::sync::mpsc::UnboundedSender<Activation>>>,
     /// The gate's budget for untrusted candidates.
     gate: GateLimits,
     /// The plants that accept only signed plugins (from the configuration, kept up to date by
@@ -93,15 +99,41 @@ pub struct Deployer {
 }
 
 impl Deployer {
-    pub fn new(registry: Registry, gate: GateLimits) -> Deployer {
+    pub fn new(
+        registry: Registry,
+        gate: GateLimits,
+        engine: Arc<PluginEngine>,
+        routes: Arc<Routes>,
+    ) -> Deployer {
         Deployer {
             registry,
+            engine,
+            routes,
+            announce: Mutex::new(None),
             gate,
             trust: Default::default(),
             compiled: Mutex::new(HashMap::new()),
             activating: Mutex::new(()),
             refusals: Mutex::new(std::collections::VecDeque::new()),
         }
+    }
+
+    /// The engine plugins are compiled with.
+    pub fn engine(&self) -> &PluginEngine {
+        &self.engine
+    }
+
+    /// The route table activations change.
+    pub fn routes(&self) -> &Arc<Routes> {
+        &self.routes
+    }
+
+    /// Every activation and rollback made on this host from now on (not those applied from an
+    /// announcement of another host). One subscriber: a second call replaces the first.
+    pub fn announcements(&self) -> tokio::sync::mpsc::UnboundedReceiver<Activation> {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        *self.announce.lock().expect("announce lock") = Some(tx);
+        rx
     }
 
     /// Take the plants' trust policies from a (re)loaded configuration.
@@ -170,21 +202,21 @@ impl Deployer {
     /// Put a reloaded configuration's routes in place of `current`'s, all at once: its
     /// versions registered and each plant's active versions applied first ([`Deployer::restore`]),
     /// never between two halves of an activation.
-    pub fn reload(
-        &self,
-        engine: &PluginEngine,
-        current: &Routes,
-        reloaded: Routes,
-    ) -> Result<(), DeployError> {
+    pub fn reload(&self, reloaded: Routes) -> Result<(), DeployError> {
         let _one_at_a_time = self.activating.lock().expect("activation lock");
-        self.restore(engine, &reloaded)?;
-        current.replace(reloaded);
+        self.restore_on(&reloaded)?;
+        self.routes.replace(reloaded);
         Ok(())
     }
 
     /// Register the versions the configuration runs (origin `config`), so later activations
     /// can be rolled back to them, then put back what was last active on each plant.
-    pub fn restore(&self, engine: &PluginEngine, routes: &Routes) -> Result<(), DeployError> {
+    pub fn restore(&self) -> Result<(), DeployError> {
+        self.restore_on(&self.routes)
+    }
+
+    fn restore_on(&self, routes: &Routes) -> Result<(), DeployError> {
+        let engine = &*self.engine;
         for route in routes.all() {
             for step in &route.steps {
                 let bytes = std::fs::read(&step.path).map_err(|source| RegistryError::Blob {
@@ -241,15 +273,13 @@ impl Deployer {
     /// ([`Deployer::refusals`]).
     pub fn deploy(
         &self,
-        engine: &PluginEngine,
-        routes: &Routes,
         plant: &str,
         bytes: &[u8],
         by: &str,
         origin: &str,
     ) -> Result<Version, DeployError> {
         let digest = crate::plugin::digest(bytes);
-        let deployed = self.gate_and_keep(engine, routes, plant, bytes, &digest, by, origin);
+        let deployed = self.gate_and_keep(plant, bytes, &digest, by, origin);
         if let Err(e) = &deployed {
             // A refused candidate is not kept, compiled or otherwise.
             self.compiled.lock().expect("compiled lock").remove(&digest);
@@ -284,20 +314,15 @@ impl Deployer {
         });
     }
 
-    #[expect(
-        clippy::too_many_arguments,
-        reason = "one call site, the named parts of a deploy"
-    )]
     fn gate_and_keep(
         &self,
-        engine: &PluginEngine,
-        routes: &Routes,
         plant: &str,
         bytes: &[u8],
         digest: &str,
         by: &str,
         origin: &str,
     ) -> Result<Version, DeployError> {
+        let (engine, routes) = (&*self.engine, &*self.routes);
         // The gate. Before anything runs: the size, the shape, the imports against what the
         // plant grants at all, and a compilation bounded in memory and time (a child process).
         let started = std::time::Instant::now();
@@ -396,13 +421,37 @@ impl Deployer {
     /// and installed at once. `action` is `activate` or `rollback` (for the history).
     pub fn activate(
         &self,
-        engine: &PluginEngine,
-        routes: &Routes,
         slot: Slot<'_>,
         version: &str,
         by: &str,
         action: &str,
     ) -> Result<Activated, DeployError> {
+        let activated = self.activate_here(slot, version, by, action)?;
+        if let Some(announce) = &*self.announce.lock().expect("announce lock") {
+            let _ = announce.send(activated.activation.clone());
+        }
+        Ok(activated)
+    }
+
+    /// [`Deployer::activate`] for an activation another host announced: not announced again.
+    pub fn apply_announced(
+        &self,
+        slot: Slot<'_>,
+        version: &str,
+        by: &str,
+        action: &str,
+    ) -> Result<Activated, DeployError> {
+        self.activate_here(slot, version, by, action)
+    }
+
+    fn activate_here(
+        &self,
+        slot: Slot<'_>,
+        version: &str,
+        by: &str,
+        action: &str,
+    ) -> Result<Activated, DeployError> {
+        let (engine, routes) = (&*self.engine, &*self.routes);
         let Slot { plant, plugin } = slot;
         let started = std::time::Instant::now();
         let _one_at_a_time = self.activating.lock().expect("activation lock");
@@ -445,14 +494,7 @@ impl Deployer {
     }
 
     /// Go back to the version that was active before the current one.
-    pub fn rollback(
-        &self,
-        engine: &PluginEngine,
-        routes: &Routes,
-        plant: &str,
-        plugin: &str,
-        by: &str,
-    ) -> Result<Activated, DeployError> {
+    pub fn rollback(&self, plant: &str, plugin: &str, by: &str) -> Result<Activated, DeployError> {
         let previous = self
             .registry
             .history(plant, Some(plugin))?
@@ -462,13 +504,6 @@ impl Deployer {
                 plant: plant.into(),
                 plugin: plugin.into(),
             })?;
-        self.activate(
-            engine,
-            routes,
-            Slot { plant, plugin },
-            &previous,
-            by,
-            "rollback",
-        )
+        self.activate(Slot { plant, plugin }, &previous, by, "rollback")
     }
 }

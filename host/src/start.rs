@@ -1,10 +1,16 @@
-//! The running host: the engine, the route table, the state and dead-letter stores, built from a
-//! configuration; and `run`, which serves the ingresses until SIGTERM/SIGINT.
+//! Starting the host: the pipeline, the control plane and the transports, built from a
+//! configuration; and `run`, which serves them until SIGTERM/SIGINT.
 
 use crate::config::{Config, ConfigErrors};
 use crate::deadletter::DeadLetterStore;
 use crate::idempotency::IdempotencyStore;
-use crate::ingress;
+
+use crate::control::Control;
+use crate::http::connections::ConnectionLimits;
+use crate::http::source::HttpSource;
+use crate::http::webhook::WebhookClient;
+use crate::pipeline::Pipeline;
+use crate::pipeline::sinks::Sinks;
 use crate::plugin::engine::PluginEngine;
 use crate::route::Routes;
 use crate::state::StateStore;
@@ -25,7 +31,7 @@ pub enum StartError {
     Store(#[from] crate::durable::StoreError),
     /// The plugin registry could not be opened or its active versions restored.
     #[error("plugin registry: {0}")]
-    Registry(#[from] crate::deploy::DeployError),
+    Registry(#[from] crate::control::deploy::DeployError),
     /// The state store could not be opened.
     #[error(transparent)]
     State(#[from] crate::state::StateError),
@@ -46,65 +52,41 @@ pub enum StartError {
     },
 }
 
-/// Everything a message needs on its way through the host.
-pub struct Mediator {
-    pub engine: PluginEngine,
-    pub routes: Routes,
-    pub deadletters: Arc<DeadLetterStore>,
-    /// Client of the routes whose sink is `http`.
-    pub webhooks: crate::sink::http::WebhookClient,
-    /// Answers to requests with an `Idempotency-Key`; `None` when the window is 0.
-    pub idempotency: Option<Arc<IdempotencyStore>>,
-    /// The broker session and its state, when a route uses the broker.
-    pub broker: Option<Arc<crate::broker::BrokerLink>>,
-    /// Writer of settled AMQP delivery ids (group commit); with `idempotency`.
-    pub settled: Option<crate::idempotency::SettledLog>,
-    /// Outputs of HTTP-in/broker-out routes waiting for the broker; when such a route exists.
-    pub outbox: Option<Arc<crate::outbox::Outbox>>,
-    /// Plugin versions per plant: deploy, activate, roll back.
-    pub deployer: crate::deploy::Deployer,
-    /// The threads chains run on (`host.max_in_flight` of them).
-    pub workers: crate::chain::Workers,
-    /// Slots of the host, its plants and routes: bounds the threads and plugin instances in use
-    /// at once, and each plant's share of them.
-    pub admission: crate::admission::Admission,
-    /// The plugin versions' circuit breakers.
-    pub quarantines: Arc<crate::quarantine::Quarantines>,
-    /// What each listener accepts (connections, header and body timeouts).
-    pub connections: crate::ingress::connections::ConnectionLimits,
-    /// The plants' shared state, for routes built again by a configuration reload.
-    pub state: Arc<StateStore>,
-    /// The configuration file, read again by a reload.
-    pub config_path: std::path::PathBuf,
-    /// The settings only a restart applies, as started ([`Config::restart_only`]).
-    pub restart_only: Vec<(&'static str, String)>,
-    /// This host's name among hosts sharing a broker (`host.id`).
-    pub host_id: String,
+/// A started host: the pipeline every transport feeds, the control plane, and the broker
+/// transport when a route uses the broker.
+pub struct Host {
+    pub pipeline: Arc<Pipeline>,
+    pub control: Arc<Control>,
+    pub amqp: Option<Arc<crate::amqp::Amqp>>,
 }
 
-impl Mediator {
+impl Host {
     /// Load every route of `config` (compiling plugins or taking them from the compile cache
-    /// under the data directory) and open the dead-letter store.
-    pub fn start(config: &Config) -> Result<Mediator, StartError> {
-        let engine = PluginEngine::new(Some(&config.data_dir.join("compile-cache")))
-            .map_err(StartError::Engine)?;
+    /// under the data directory) and open the stores.
+    pub fn start(config: &Config) -> Result<Host, StartError> {
+        let engine = Arc::new(
+            PluginEngine::new(Some(&config.data_dir.join("compile-cache")))
+                .map_err(StartError::Engine)?,
+        );
         let state = Arc::new(StateStore::open(&config.data_dir)?);
         let quarantines = Arc::new(crate::quarantine::Quarantines::new(config.quarantine));
-        let routes = Routes::build(config, &engine, &state, &quarantines)?;
+        let routes = Arc::new(Routes::build(config, &engine, &state, &quarantines)?);
 
-        let registry = crate::registry::Registry::open(&config.data_dir)
-            .map_err(crate::deploy::DeployError::from)?;
-        let deployer = crate::deploy::Deployer::new(
+        let registry = crate::control::registry::Registry::open(&config.data_dir)
+            .map_err(crate::control::deploy::DeployError::from)?;
+        let deployer = Arc::new(crate::control::deploy::Deployer::new(
             registry,
-            crate::deploy::GateLimits {
+            crate::control::deploy::GateLimits {
                 intake: config.intake,
                 budget: config.gate_budget,
                 cache_dir: config.data_dir.join("compile-cache"),
                 scratch_dir: crate::plugin::intake::scratch_dir(&config.data_dir),
             },
-        );
+            Arc::clone(&engine),
+            Arc::clone(&routes),
+        ));
         deployer.set_trust(config.trust.clone());
-        deployer.restore(&engine, &routes)?;
+        deployer.restore()?;
         let deadletters = Arc::new(DeadLetterStore::open(&config.data_dir)?);
         let idempotency = if config.idempotency_window.is_zero() {
             None
@@ -115,11 +97,11 @@ impl Mediator {
                 config.idempotency_bounds,
             )?))
         };
-        let admission = crate::admission::Admission::new(config);
         apply_quotas(config, &state);
-        let broker = match &config.amqp {
-            Some(url) if routes.all().iter().any(|r| r.uses_broker()) => {
-                Some(Arc::new(crate::broker::BrokerLink::new(
+        let all = routes.all();
+        let link = match &config.amqp {
+            Some(url) if crate::amqp::used_by(&all) => {
+                Some(Arc::new(crate::amqp::session::BrokerLink::new(
                     url.clone(),
                     config.amqp_tls.clone(),
                     config.amqp_declare,
@@ -127,40 +109,73 @@ impl Mediator {
             }
             _ => None,
         };
-        let outbox =
-            if routes.all().iter().any(|r| {
-                r.source == crate::config::Source::Http && r.sink == crate::config::Sink::Amqp
-            }) {
-                Some(Arc::new(crate::outbox::Outbox::open(
-                    &config.data_dir,
-                    config.outbox_max_messages,
-                )?))
-            } else {
-                None
-            };
+        let outbox = if crate::amqp::needs_outbox(&all) {
+            Some(Arc::new(crate::amqp::outbox::Outbox::open(
+                &config.data_dir,
+                config.outbox_max_messages,
+            )?))
+        } else {
+            None
+        };
         let settled = idempotency
             .as_ref()
             .map(|store| store.settled_log())
             .transpose()?;
-        Ok(Mediator {
-            deployer,
-            workers: crate::chain::Workers::new(config.max_in_flight),
-            broker,
-            settled,
-            outbox,
-            engine,
-            routes,
+        let has_outbox = outbox.is_some();
+        let pipeline = Arc::new(Pipeline::new(
+            Arc::clone(&routes),
+            crate::admission::Admission::new(config),
+            config.max_in_flight,
             deadletters,
-            webhooks: crate::sink::http::WebhookClient::default(),
+            Sinks {
+                webhooks: WebhookClient::default(),
+                outbox,
+            },
             idempotency,
-            admission,
+        ));
+        let amqp = link.as_ref().map(|link| {
+            Arc::new(crate::amqp::Amqp {
+                link: Arc::clone(link),
+                pipeline: Arc::clone(&pipeline),
+                settled,
+                deployer: Arc::clone(&deployer),
+                host_id: config.host_id.clone(),
+            })
+        });
+        let control = Arc::new(Control {
+            deployer,
+            pipeline: Arc::clone(&pipeline),
             quarantines,
-            connections: config.connections,
             state,
             config_path: config.path.clone(),
             restart_only: config.restart_only(),
-            host_id: config.host_id.clone(),
+            connections: config.connections,
+            transports: vec![Box::new(crate::amqp::AmqpReload {
+                link,
+                outbox: has_outbox,
+            })],
+        });
+        Ok(Host {
+            pipeline,
+            control,
+            amqp,
         })
+    }
+
+    /// What the message listener serves with.
+    pub fn http_source(&self, connections: ConnectionLimits) -> HttpSource {
+        let ready: Vec<Arc<dyn crate::pipeline::Ready>> = match &self.amqp {
+            Some(amqp) => vec![Arc::new(crate::amqp::AmqpReady {
+                link: Arc::clone(&amqp.link),
+                pipeline: Arc::clone(&self.pipeline),
+            })],
+            None => Vec::new(),
+        };
+        HttpSource {
+            pipeline: Arc::clone(&self.pipeline),
+            connections,
+            ready,
+        }
     }
 }
 
@@ -185,14 +200,14 @@ pub async fn run(
     admin: Option<SocketAddr>,
     insecure_admin: bool,
 ) -> Result<(), StartError> {
-    let mediator = Arc::new(tokio::task::block_in_place(|| Mediator::start(&config))?);
-    if let Some((hits, misses)) = mediator.engine.cache_stats() {
+    let host = tokio::task::block_in_place(|| Host::start(&config))?;
+    if let Some((hits, misses)) = host.control.deployer.engine().cache_stats() {
         tracing::info!(hits, misses, "plugins loaded (compile cache hits/misses)");
     }
     let tls = config
         .tls
         .as_ref()
-        .map(crate::ingress::tls::Tls::load)
+        .map(crate::http::tls::Tls::load)
         .transpose()
         .map_err(StartError::Admin)?
         .map(Arc::new);
@@ -202,7 +217,8 @@ pub async fn run(
     let http_scheme = if http_tls.is_some() { "https" } else { "http" };
     let addr = http.unwrap_or(config.http);
     let (listener, bound) = listen(addr, "HTTP", "--http or host.http").await?;
-    let mut routes: Vec<_> = mediator
+    let mut routes: Vec<_> = host
+        .pipeline
         .routes
         .all()
         .iter()
@@ -213,47 +229,42 @@ pub async fn run(
     // The broker is reached in the background (with backoff): the host serves HTTP, and takes
     // HTTP-in/broker-out messages into the outbox, while it is away. `/readyz` says which.
     let mut background = tokio::task::JoinSet::new();
-    if let Some(link) = mediator.broker.as_ref().map(Arc::clone) {
-        link.check_tls().await.map_err(StartError::Admin)?;
-        background.spawn(crate::broker::supervise(
-            Arc::clone(&mediator),
-            stopped.clone(),
-        ));
-        if let Some(outbox) = mediator.outbox.as_ref().map(Arc::clone) {
-            let stopped = stopped.clone();
-            background.spawn(async move { outbox.drain(&link, stopped).await });
-        }
+    if let Some(amqp) = &host.amqp {
+        Arc::clone(amqp)
+            .start(&mut background, stopped.clone())
+            .await
+            .map_err(StartError::Admin)?;
     }
     // Watching starts before the host says it listens, so nothing saved or dropped after
     // that is missed.
     if let Some(watched) = config
         .drop_dir
         .as_deref()
-        .and_then(|dir| crate::admin::drop::watch(&mediator, dir, config.settle))
+        .and_then(|dir| crate::control::drop::watch(&host.control.deployer, dir, config.settle))
     {
-        background.spawn(crate::admin::drop::serve(
-            Arc::clone(&mediator),
+        background.spawn(crate::control::drop::serve(
+            Arc::clone(&host.control.deployer),
             watched,
             stopped.clone(),
         ));
     }
-    if mediator.quarantines.policy().action == crate::quarantine::Action::Rollback {
+    if host.control.quarantines.policy().action == crate::quarantine::Action::Rollback {
         background.spawn(roll_back_quarantined(
-            Arc::clone(&mediator),
+            Arc::clone(&host.control),
             stopped.clone(),
         ));
     }
     let config_file = config
         .watch_config
-        .then(|| crate::admin::reload::watch_file(&config.path, config.settle))
+        .then(|| crate::control::reload::watch_file(&config.path, config.settle))
         .flatten();
-    background.spawn(crate::admin::reload::serve(
-        Arc::clone(&mediator),
+    background.spawn(crate::control::reload::serve(
+        Arc::clone(&host.control),
         config_file,
         stopped.clone(),
     ));
     if let Some(addr) = admin.or(config.admin) {
-        let access = crate::admin::auth::Access::new(
+        let access = crate::control::auth::Access::new(
             config.admin_access.tokens.clone(),
             config.admin_access.tokens_file.clone(),
             config.admin_access.allowed_hosts.clone(),
@@ -279,14 +290,14 @@ pub async fn run(
                 "admin API bound to {bound} beyond loopback without TLS: its tokens travel in clear; bind it to 127.0.0.1 or put a TLS proxy in front"
             );
         }
-        let audit = crate::admin::audit::AuditLog::open(&config.data_dir)?;
+        let audit = crate::control::audit::AuditLog::open(&config.data_dir)?;
         let scheme = if admin_tls.is_some() { "https" } else { "http" };
         tracing::info!("admin API on {scheme}://{bound}");
         println!("millrace: admin on {scheme}://{bound}");
-        background.spawn(crate::admin::serve(
+        background.spawn(crate::control::api::serve(
             listener,
-            Arc::new(crate::admin::AdminApi {
-                mediator: Arc::clone(&mediator),
+            Arc::new(crate::control::api::AdminApi {
+                control: Arc::clone(&host.control),
                 access,
                 audit,
                 bound,
@@ -299,7 +310,8 @@ pub async fn run(
     // One stable line on stdout for scripts and tests.
     println!("millrace: listening on {http_scheme}://{bound}");
     let mut http_stop = stopped.clone();
-    let http = ingress::http::serve(listener, mediator, http_tls, async move {
+    let source = Arc::new(host.http_source(config.connections));
+    let http = crate::http::source::serve(listener, source, http_tls, async move {
         let _ = http_stop.changed().await;
     });
     tokio::pin!(http);
@@ -320,26 +332,23 @@ pub async fn run(
 /// quarantined back to the version active before (announced to other hosts like any
 /// activation); a plant with no earlier version keeps the quarantine.
 async fn roll_back_quarantined(
-    mediator: Arc<Mediator>,
+    control: Arc<Control>,
     mut shutdown: tokio::sync::watch::Receiver<bool>,
 ) {
-    let mut tripped = mediator.quarantines.subscribe();
+    let mut tripped = control.quarantines.subscribe();
     loop {
         let subject = tokio::select! {
             s = tripped.recv() => match s { Some(s) => s, None => return },
             _ = shutdown.changed() => return,
         };
-        let m = Arc::clone(&mediator);
+        let deployer = Arc::clone(&control.deployer);
         let (plant, plugin) = (subject.plant.clone(), subject.plugin.clone());
-        let rolled = tokio::task::spawn_blocking(move || {
-            m.deployer
-                .rollback(&m.engine, &m.routes, &plant, &plugin, "quarantine")
-        })
-        .await;
+        let rolled =
+            tokio::task::spawn_blocking(move || deployer.rollback(&plant, &plugin, "quarantine"))
+                .await;
         match rolled {
             Ok(Ok(activated)) => {
                 tracing::warn!(plant = %subject.plant, plugin = %subject.plugin, from = %subject.version, to = %activated.activation.version, "quarantined version rolled back");
-                crate::admin::broadcast::announce(&mediator, &activated.activation).await;
             }
             Ok(Err(e)) => {
                 tracing::error!(plant = %subject.plant, plugin = %subject.plugin, error = %e, "quarantined version not rolled back; it stays quarantined");

@@ -6,7 +6,7 @@
 //! event, `content-type` is `application/cloudevents+json`, `message-id` the output's id (so
 //! consumers deduplicate); `millrace-plant` and `millrace-route` headers name where it came from.
 
-use crate::chain::Failure;
+use crate::pipeline::chain::Failure;
 use crate::plugin::PluginId;
 use crate::plugin::bindings::types::Message;
 use crate::route::Route;

@@ -8,7 +8,7 @@
 //! confirm and the delete publishes that batch again after its restart, with the same output
 //! ids (at least once; consumers deduplicate by `message-id`).
 
-use crate::broker::{BrokerLink, Link, RECONNECT_MAX, RECONNECT_MIN};
+use crate::amqp::session::{BrokerLink, Link, RECONNECT_MAX, RECONNECT_MIN};
 use crate::plugin::bindings::types::Message;
 use rusqlite::{Connection, params};
 use std::path::{Path, PathBuf};

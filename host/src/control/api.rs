@@ -20,32 +20,25 @@
 //! | GET | `/v1/audit?plant=&who=&after=&limit=` | viewer | the audit log (of its plants; entries of no plant for every-plant viewers) |
 //! | GET | `/metrics` | viewer | counters, Prometheus text format |
 
-use crate::deploy::DeployError;
-use crate::ingress::problem::Problem;
-use crate::mediator::Mediator;
-use auth::{Access, Denied, Identity, Role};
+use super::Control;
+use super::auth::{Access, Denied, Identity, Role};
+use super::{audit, auth, reload};
+use crate::control::deploy::DeployError;
+use crate::http::problem::Problem;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode, header};
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 use tokio::net::TcpListener;
-
-pub mod audit;
-pub mod auth;
-pub mod broadcast;
-pub mod drop;
-pub mod reload;
-mod watch;
 
 /// Largest body the admin API reads (components are capped again by the gate).
 const MAX_UPLOAD: usize = 1024 << 20;
 
 /// What the admin listener serves with.
 pub struct AdminApi {
-    pub mediator: Arc<Mediator>,
+    pub control: Arc<Control>,
     pub access: Access,
     pub audit: audit::AuditLog,
     /// The listener's own address (requests must name it in `Host`).
@@ -56,39 +49,18 @@ pub struct AdminApi {
 pub async fn serve(
     listener: TcpListener,
     api: Arc<AdminApi>,
-    tls: Option<Arc<crate::ingress::tls::Tls>>,
+    tls: Option<Arc<crate::http::tls::Tls>>,
     mut shutdown: tokio::sync::watch::Receiver<bool>,
 ) {
-    let connections = crate::ingress::connections::Connections::new(api.mediator.connections);
-    loop {
-        tokio::select! {
-            accepted = listener.accept() => {
-                let Ok((stream, peer)) = accepted else {
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                };
-                let Some((stream, held)) = connections.admit(stream, peer) else {
-                    continue;
-                };
-                let api = Arc::clone(&api);
-                let handler: crate::ingress::connections::Handler =
-                    Arc::new(move |req, _client| {
-                        let api = Arc::clone(&api);
-                        Box::pin(async move { handle(&api, req, peer).await })
-                    });
-                crate::ingress::connections::serve_connection(
-                    stream,
-                    peer,
-                    held,
-                    connections.limits(),
-                    tls.clone(),
-                    handler,
-                    None,
-                );
-            }
-            _ = shutdown.changed() => break,
-        }
-    }
+    let limits = api.control.connections;
+    let handler: crate::http::connections::Handler = Arc::new(move |req, peer, _client| {
+        let api = Arc::clone(&api);
+        Box::pin(async move { handle(&api, req, peer).await })
+    });
+    crate::http::connections::accept(listener, limits, tls, handler, None, async move {
+        let _ = shutdown.changed().await;
+    })
+    .await;
 }
 
 /// A refusal before anything was done, as a problem document.
@@ -167,7 +139,7 @@ fn json(
 
 /// A refused deployment or activation: 422 with the reason, or 404 for unknown versions.
 fn refused(e: DeployError) -> Problem {
-    use crate::registry::RegistryError;
+    use crate::control::registry::RegistryError;
     let status = match &e {
         DeployError::Registry(RegistryError::UnknownVersion { .. }) => StatusCode::NOT_FOUND,
         DeployError::Registry(RegistryError::Blob { .. } | RegistryError::Store(_)) => {
@@ -189,16 +161,16 @@ async fn route(
     req: Request<Incoming>,
     query: &str,
 ) -> Result<Response<Full<Bytes>>, Problem> {
-    let mediator = &api.mediator;
+    let control = &api.control;
     let path = req.uri().path().to_string();
     let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
     let by = who.name.clone();
     let method = req.method().clone();
     let allow = |role: Role, plant: Option<&str>| auth::allow(who, role, plant).map_err(denied);
     match (method, segments.as_slice()) {
-        (Method::GET, ["v1", "plants"]) => json(StatusCode::OK, &plants(mediator, who)),
+        (Method::GET, ["v1", "plants"]) => json(StatusCode::OK, &plants(control, who)),
         (Method::GET, ["v1", "refusals"]) => {
-            let seen: Vec<_> = mediator
+            let seen: Vec<_> = control
                 .deployer
                 .refusals()
                 .into_iter()
@@ -207,7 +179,7 @@ async fn route(
             json(StatusCode::OK, &seen)
         }
         (Method::GET, ["v1", "quarantine"]) => {
-            let seen: Vec<_> = mediator
+            let seen: Vec<_> = control
                 .quarantines
                 .list()
                 .into_iter()
@@ -253,8 +225,8 @@ async fn route(
             .map_err(|e| Problem::internal(e.to_string())),
         (Method::POST, ["v1", "config", "reload"]) => {
             allow(Role::Operator, None)?;
-            let mediator_ = Arc::clone(mediator);
-            let done = tokio::task::spawn_blocking(move || reload::reload(&mediator_))
+            let control_ = Arc::clone(control);
+            let done = tokio::task::spawn_blocking(move || reload::reload(&control_))
                 .await
                 .map_err(|e| Problem::internal(e.to_string()))?;
             match done {
@@ -280,20 +252,20 @@ async fn route(
             ],
         ) => {
             allow(Role::Operator, Some(plant))?;
-            let lifted = mediator.quarantines.reset(plant, plugin);
+            let lifted = control.quarantines.reset(plant, plugin);
             tracing::warn!(plant, plugin, by = %by, lifted = lifted.len(), "quarantine lifted");
             json(StatusCode::OK, &serde_json::json!({ "lifted": lifted }))
         }
         (Method::GET, ["v1", "plants", plant, "plugins", plugin]) => {
             allow(Role::Viewer, Some(plant))?;
-            let registry = &mediator.deployer.registry;
+            let registry = &control.deployer.registry;
             let versions = registry
                 .versions(plant, plugin)
                 .map_err(|e| Problem::internal(e.to_string()))?;
             let history = registry
                 .history(plant, Some(plugin))
                 .map_err(|e| Problem::internal(e.to_string()))?;
-            let active = running(mediator, plant, plugin);
+            let active = running(control, plant, plugin);
             if versions.is_empty() && active.is_none() {
                 return Err(Problem::not_found(format!(
                     "plant {plant} has no plugin {plugin}"
@@ -311,17 +283,10 @@ async fn route(
                 &["application/wasm", "application/octet-stream"],
             )
             .map_err(denied)?;
-            let bytes = body(mediator, req).await?;
-            let (plant, mediator_) = (plant.to_string(), Arc::clone(mediator));
+            let bytes = body(control, req).await?;
+            let (plant, control_) = (plant.to_string(), Arc::clone(control));
             let deployed = tokio::task::spawn_blocking(move || {
-                mediator_.deployer.deploy(
-                    &mediator_.engine,
-                    &mediator_.routes,
-                    &plant,
-                    &bytes,
-                    &by,
-                    "upload",
-                )
+                control_.deployer.deploy(&plant, &bytes, &by, "upload")
             })
             .await
             .map_err(|e| Problem::internal(e.to_string()))?;
@@ -347,7 +312,7 @@ async fn route(
             allow(Role::Operator, Some(plant))?;
             let wanted = if *action == "activate" {
                 auth::typed(req.headers(), &["application/json"]).map_err(denied)?;
-                let bytes = body(mediator, req).await?;
+                let bytes = body(control, req).await?;
                 let doc: serde_json::Value = serde_json::from_slice(&bytes)
                     .map_err(|e| Problem::bad_request(format!("body is not JSON: {e}")))?;
                 Some(
@@ -359,15 +324,13 @@ async fn route(
             } else {
                 None
             };
-            let (plant, plugin, mediator_) =
-                (plant.to_string(), plugin.to_string(), Arc::clone(mediator));
+            let (plant, plugin, control_) =
+                (plant.to_string(), plugin.to_string(), Arc::clone(control));
             let done = tokio::task::spawn_blocking(move || {
-                let d = &mediator_.deployer;
+                let d = &control_.deployer;
                 match wanted {
                     Some(version) => d.activate(
-                        &mediator_.engine,
-                        &mediator_.routes,
-                        crate::deploy::Slot {
+                        crate::control::deploy::Slot {
                             plant: &plant,
                             plugin: &plugin,
                         },
@@ -375,16 +338,13 @@ async fn route(
                         &by,
                         "activate",
                     ),
-                    None => d.rollback(&mediator_.engine, &mediator_.routes, &plant, &plugin, &by),
+                    None => d.rollback(&plant, &plugin, &by),
                 }
             })
             .await
             .map_err(|e| Problem::internal(e.to_string()))?;
             match done {
-                Ok(activated) => {
-                    broadcast::announce(mediator, &activated.activation).await;
-                    json(StatusCode::OK, &activated)
-                }
+                Ok(activated) => json(StatusCode::OK, &activated),
                 Err(e) => {
                     tracing::warn!(error = %e, "activation refused");
                     Err(refused(e))
@@ -428,14 +388,14 @@ fn form_urlencoded(query: &str) -> Vec<(String, String)> {
         .collect()
 }
 
-async fn body(mediator: &Mediator, req: Request<Incoming>) -> Result<Vec<u8>, Problem> {
-    let limit = mediator.deployer.max_component_bytes().min(MAX_UPLOAD);
+async fn body(control: &Control, req: Request<Incoming>) -> Result<Vec<u8>, Problem> {
+    let limit = control.deployer.max_component_bytes().min(MAX_UPLOAD);
     let read = tokio::time::timeout(
-        mediator.connections.body_timeout,
+        control.connections.body_timeout,
         Limited::new(req.into_body(), limit).collect(),
     )
     .await
-    .map_err(|_| Problem::request_timeout(mediator.connections.body_timeout))?;
+    .map_err(|_| Problem::request_timeout(control.connections.body_timeout))?;
     read.map(|b| b.to_bytes().to_vec()).map_err(|e| {
         if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() {
             Problem::new(
@@ -454,17 +414,18 @@ async fn body(mediator: &Mediator, req: Request<Incoming>) -> Result<Vec<u8>, Pr
 }
 
 /// The version of `plugin` the plant's routes run now.
-fn running(mediator: &Mediator, plant: &str, plugin: &str) -> Option<serde_json::Value> {
-    mediator
-        .routes
+fn running(control: &Control, plant: &str, plugin: &str) -> Option<serde_json::Value> {
+    control
+        .deployer
+        .routes()
         .running(plant, plugin)
         .map(|s| serde_json::json!({ "version": s.id.version, "digest": s.id.digest }))
 }
 
-fn plants(mediator: &Mediator, who: &Identity) -> serde_json::Value {
+fn plants(control: &Control, who: &Identity) -> serde_json::Value {
     let mut by_plant: std::collections::BTreeMap<String, Vec<serde_json::Value>> =
         Default::default();
-    let mut routes = mediator.routes.all();
+    let mut routes = control.deployer.routes().all();
     routes.sort_by(|a, b| a.name.cmp(&b.name));
     for route in routes.into_iter().filter(|r| who.covers(&r.plant)) {
         let steps: Vec<_> = route

@@ -5,10 +5,10 @@
 //! running one stays. Triggers: saving the file (`host.watch_config`), SIGHUP, and
 //! `POST /v1/config/reload` on the admin API.
 
+use super::Control;
 use super::watch::Settled;
 use crate::config::{Config, ConfigErrors};
-use crate::mediator::Mediator;
-use crate::route::Routes;
+use crate::route::{Route, RouteDiff, Routes};
 use std::path::Path;
 use std::sync::Arc;
 
@@ -23,7 +23,7 @@ pub enum ReloadError {
     NeedsRestart(Vec<String>),
     /// Active plugin versions could not be applied to the new routes.
     #[error("plugin registry: {0}")]
-    Registry(#[from] crate::deploy::DeployError),
+    Registry(#[from] crate::control::deploy::DeployError),
 }
 
 /// What a reload changed.
@@ -31,27 +31,38 @@ pub enum ReloadError {
 pub struct Reloaded {
     pub added: Vec<String>,
     pub removed: Vec<String>,
+    /// Routes whose settings or step versions differ.
+    pub changed: Vec<String>,
     pub routes: usize,
-    /// Whether the broker consumers were restarted (a broker route changed).
+    /// Whether a transport's sessions were restarted (a route it serves changed).
     pub broker_restarted: bool,
     pub took_ms: f64,
 }
 
+/// A transport's part in a reload: whether it can serve the reloaded routes without a restart,
+/// and restarting its sessions when the routes it serves changed.
+pub trait Reloadable: Send + Sync {
+    /// Why `routes` need this transport started differently (a restart), if they do.
+    fn needs_restart(&self, routes: &[Arc<Route>]) -> Vec<String>;
+    /// Apply `diff` (already in the route table); whether sessions were restarted.
+    fn reloaded(&self, diff: &RouteDiff) -> bool;
+}
+
 /// Reload the host's configuration file (blocking: plugins may be compiled). Logged and
 /// counted (`millrace_config_reloads_total{outcome}`) either way.
-pub fn reload(mediator: &Mediator) -> Result<Reloaded, ReloadError> {
+pub fn reload(control: &Control) -> Result<Reloaded, ReloadError> {
     // One reload at a time, so a slower reload of an older file never lands after a newer one.
     static RELOADING: std::sync::Mutex<()> = std::sync::Mutex::new(());
     let _one_at_a_time = RELOADING.lock().unwrap_or_else(|e| e.into_inner());
     let started = std::time::Instant::now();
-    let result = apply(mediator, started);
+    let result = apply(control, started);
     let outcome = match &result {
         Ok(done) => {
-            tracing::info!(added = ?done.added, removed = ?done.removed, routes = done.routes, broker_restarted = done.broker_restarted, took_ms = done.took_ms, "configuration reloaded");
+            tracing::info!(added = ?done.added, removed = ?done.removed, changed = ?done.changed, routes = done.routes, broker_restarted = done.broker_restarted, took_ms = done.took_ms, "configuration reloaded");
             "applied"
         }
         Err(e) => {
-            tracing::warn!(file = %mediator.config_path.display(), error = %e, "configuration reload refused; the running configuration stays");
+            tracing::warn!(file = %control.config_path.display(), error = %e, "configuration reload refused; the running configuration stays");
             "refused"
         }
     };
@@ -64,92 +75,58 @@ pub fn reload(mediator: &Mediator) -> Result<Reloaded, ReloadError> {
     result
 }
 
-fn apply(mediator: &Mediator, started: std::time::Instant) -> Result<Reloaded, ReloadError> {
-    let config = Config::load(&mediator.config_path)?;
+fn apply(control: &Control, started: std::time::Instant) -> Result<Reloaded, ReloadError> {
+    let config = Config::load(&control.config_path)?;
     let changed: Vec<String> = config
         .restart_only()
         .into_iter()
-        .zip(mediator.restart_only.iter())
+        .zip(control.restart_only.iter())
         .filter(|(new, old)| new != *old)
         .map(|((key, _), _)| key.to_string())
         .collect();
     if !changed.is_empty() {
         return Err(ReloadError::NeedsRestart(changed));
     }
+    let deployer = &control.deployer;
     let reloaded = Routes::build(
         &config,
-        &mediator.engine,
-        &mediator.state,
-        &mediator.quarantines,
+        deployer.engine(),
+        &control.state,
+        &control.quarantines,
     )?;
-    let mut needs = Vec::new();
-    if mediator.broker.is_none() && reloaded.all().iter().any(|r| r.uses_broker()) {
-        needs.push("a route now uses the broker (the host started without one)".to_string());
-    }
-    if mediator.outbox.is_none()
-        && reloaded
-            .all()
-            .iter()
-            .any(|r| r.source == crate::config::Source::Http && r.sink == crate::config::Sink::Amqp)
-    {
-        needs.push("an HTTP route now publishes to the broker (it needs the outbox)".to_string());
-    }
+    let after = reloaded.all();
+    let needs: Vec<String> = control
+        .transports
+        .iter()
+        .flat_map(|t| t.needs_restart(&after))
+        .collect();
     if !needs.is_empty() {
         return Err(ReloadError::NeedsRestart(needs));
     }
-    let before = names(&mediator.routes);
-    let broker_before = broker_shape(&mediator.routes);
+    let before = deployer.routes().all();
     // The new trust policies apply to the versions the reload puts back in place.
-    let previous_trust = mediator.deployer.trust();
-    mediator.deployer.set_trust(config.trust.clone());
-    if let Err(e) = mediator
-        .deployer
-        .reload(&mediator.engine, &mediator.routes, reloaded)
-    {
-        mediator.deployer.set_trust(previous_trust);
+    let previous_trust = deployer.trust();
+    deployer.set_trust(config.trust.clone());
+    if let Err(e) = deployer.reload(reloaded) {
+        deployer.set_trust(previous_trust);
         return Err(e.into());
     }
-    mediator.admission.configure(&config);
-    crate::mediator::apply_quotas(&config, &mediator.state);
-    let after = names(&mediator.routes);
-    let broker_restarted = broker_shape(&mediator.routes) != broker_before;
-    if broker_restarted && let Some(link) = &mediator.broker {
-        // Deliveries in hand are finished; unacknowledged ones go back to their queues.
-        link.restart("the configuration was reloaded and a broker route changed");
+    control.pipeline.admission.configure(&config);
+    crate::start::apply_quotas(&config, &control.state);
+    let diff = RouteDiff::between(&before, &deployer.routes().all());
+    let mut broker_restarted = false;
+    for transport in &control.transports {
+        broker_restarted |= transport.reloaded(&diff);
     }
+    let names = |routes: &[Arc<Route>]| routes.iter().map(|r| r.name.clone()).collect();
     Ok(Reloaded {
-        added: after
-            .iter()
-            .filter(|n| !before.contains(n))
-            .cloned()
-            .collect(),
-        removed: before
-            .iter()
-            .filter(|n| !after.contains(n))
-            .cloned()
-            .collect(),
-        routes: after.len(),
+        added: names(&diff.added),
+        removed: names(&diff.removed),
+        changed: diff.changed.iter().map(|(r, _)| r.name.clone()).collect(),
+        routes: deployer.routes().all().len(),
         broker_restarted,
         took_ms: started.elapsed().as_secs_f64() * 1000.0,
     })
-}
-
-fn names(routes: &Routes) -> Vec<String> {
-    let mut names: Vec<String> = routes.all().iter().map(|r| r.name.clone()).collect();
-    names.sort();
-    names
-}
-
-/// What the broker session depends on: each broker route's name, source, sink and AMQP names.
-fn broker_shape(routes: &Routes) -> Vec<String> {
-    let mut shape: Vec<String> = routes
-        .all()
-        .iter()
-        .filter(|r| r.uses_broker())
-        .map(|r| format!("{} {:?} {:?} {:?}", r.name, r.source, r.sink, r.amqp))
-        .collect();
-    shape.sort();
-    shape
 }
 
 /// Watch the configuration file's folder (editors save by renaming over the file); `None`,
@@ -169,7 +146,7 @@ pub fn watch_file(file: &Path, settle: std::time::Duration) -> Option<Settled> {
 /// Reload on every settled change of the configuration file (`settled`, from [`watch_file`])
 /// and on SIGHUP, until `shutdown`.
 pub async fn serve(
-    mediator: Arc<Mediator>,
+    control: Arc<Control>,
     mut settled: Option<Settled>,
     mut shutdown: tokio::sync::watch::Receiver<bool>,
 ) {
@@ -181,7 +158,7 @@ pub async fn serve(
             None
         }
     };
-    let name = mediator.config_path.file_name().map(|n| n.to_os_string());
+    let name = control.config_path.file_name().map(|n| n.to_os_string());
     loop {
         let changed = async {
             match settled.as_mut() {
@@ -205,7 +182,7 @@ pub async fn serve(
             _ = hangup => tracing::info!("SIGHUP received; reloading the configuration"),
             _ = shutdown.changed() => break,
         }
-        let mediator_ = Arc::clone(&mediator);
-        let _ = tokio::task::spawn_blocking(move || reload(&mediator_)).await;
+        let control_ = Arc::clone(&control);
+        let _ = tokio::task::spawn_blocking(move || reload(&control_)).await;
     }
 }

@@ -27,14 +27,15 @@
 //! Shutdown: stop accepting, let in-flight requests finish, return.
 
 use super::problem::Problem;
-use crate::chain::{self, Failure};
-use crate::config::{Sink, Source};
+use crate::config::Source;
 use crate::idempotency::{self, Begin, StoredAnswer};
-use crate::mediator::Mediator;
+use crate::pipeline::chain::Failure;
+use crate::pipeline::sinks::{Delivered, DeliveryError, Via};
+use crate::pipeline::{Ask, Mediated, OnFailure, Pipeline, Ready, WhenBusy};
 use crate::plugin::StepFailure;
 use crate::plugin::bindings::types::Message;
 use crate::plugin::bounds::Breach;
-use crate::sink;
+
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
@@ -42,65 +43,52 @@ use hyper::{Method, Request, Response, StatusCode, header};
 use hyper_util::server::graceful::GracefulShutdown;
 use std::future::Future;
 use std::sync::Arc;
-use std::time::Duration;
 use tokio::net::TcpListener;
 
 /// Longest accepted `Idempotency-Key`.
 const MAX_KEY_LEN: usize = 256;
 
+/// What the message listener serves with.
+pub struct HttpSource {
+    pub pipeline: Arc<Pipeline>,
+    /// What the listener accepts (connections, header and body timeouts).
+    pub connections: super::connections::ConnectionLimits,
+    /// The transports `/readyz` asks.
+    pub ready: Vec<Arc<dyn Ready>>,
+}
+
 /// Serve `listener` until `shutdown` resolves, then wait for in-flight requests.
 pub async fn serve(
     listener: TcpListener,
-    mediator: Arc<Mediator>,
+    source: Arc<HttpSource>,
     tls: Option<Arc<super::tls::Tls>>,
     shutdown: impl Future<Output = ()>,
 ) {
     let graceful = GracefulShutdown::new();
-    let connections = super::connections::Connections::new(mediator.connections);
-    let handler = handler(Arc::clone(&mediator));
-    tokio::pin!(shutdown);
-    loop {
-        tokio::select! {
-            accepted = listener.accept() => {
-                let (stream, peer) = match accepted {
-                    Ok(conn) => conn,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
-                };
-                let Some((stream, held)) = connections.admit(stream, peer) else {
-                    continue;
-                };
-                super::connections::serve_connection(
-                    stream,
-                    peer,
-                    held,
-                    connections.limits(),
-                    tls.clone(),
-                    Arc::clone(&handler),
-                    Some(graceful.watcher()),
-                );
-            }
-            () = &mut shutdown => break,
-        }
-    }
-    drop(listener);
+    let limits = source.connections;
+    super::connections::accept(
+        listener,
+        limits,
+        tls,
+        handler(source),
+        Some(&graceful),
+        shutdown,
+    )
+    .await;
     tracing::info!("HTTP ingress: stopped accepting; finishing in-flight requests");
     graceful.shutdown().await;
 }
 
 /// Answer one request; never fails (errors are problem documents).
-pub async fn handle(mediator: &Mediator, req: Request<Incoming>) -> Response<Full<Bytes>> {
-    match route_request(mediator, req).await {
+pub async fn handle(source: &HttpSource, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    match route_request(source, req).await {
         Ok(response) => response,
         Err(problem) => problem.into_response(),
     }
 }
 
 async fn route_request(
-    mediator: &Mediator,
+    source: &HttpSource,
     req: Request<Incoming>,
 ) -> Result<Response<Full<Bytes>>, Problem> {
     let path = req.uri().path().to_string();
@@ -108,7 +96,7 @@ async fn route_request(
         return Ok(Response::new(Full::new(Bytes::from_static(b"ok\n"))));
     }
     if path == "/readyz" {
-        return readiness(mediator);
+        return readiness(source);
     }
     let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
     let ["v1", "routes", route_name, "messages"] = segments.as_slice() else {
@@ -119,7 +107,8 @@ async fn route_request(
     if req.method() != Method::POST {
         return Err(Problem::method_not_allowed("POST"));
     }
-    let route = mediator
+    let pipeline = &source.pipeline;
+    let route = pipeline
         .routes
         .get(route_name)
         .ok_or_else(|| Problem::unknown_route(route_name))?;
@@ -187,11 +176,11 @@ async fn route_request(
         headers.push(("millrace-client".into(), client));
     }
     let read = tokio::time::timeout(
-        mediator.connections.body_timeout,
+        source.connections.body_timeout,
         Limited::new(req.into_body(), route.max_body_bytes).collect(),
     )
     .await
-    .map_err(|_| Problem::request_timeout(mediator.connections.body_timeout))?;
+    .map_err(|_| Problem::request_timeout(source.connections.body_timeout))?;
     let body = match read {
         Ok(collected) => collected.to_bytes(),
         Err(e)
@@ -216,7 +205,7 @@ async fn route_request(
     };
 
     tracing::debug!(route = %route.name, message_id = %id, bytes = message.body.len(), "message received");
-    let flight = match (&mediator.idempotency, &key) {
+    let flight = match (&pipeline.idempotency, &key) {
         (Some(store), Some(key)) => {
             let fingerprint = idempotency::fingerprint(&message.content_type, &message.body);
             let begun = tokio::task::block_in_place(|| store.begin(&route.name, key, fingerprint))
@@ -233,7 +222,7 @@ async fn route_request(
         }
         _ => None,
     };
-    let response = match mediate(mediator, &route, message).await {
+    let response = match mediate(pipeline, &route, message).await {
         Ok(response) => response,
         Err(problem) => problem.into_response(),
     };
@@ -269,8 +258,7 @@ async fn route_request(
 }
 
 /// Sink `http`: what was delivered.
-fn delivered_response(id: &str, outputs: &[Message], delivered: usize) -> Response<Full<Bytes>> {
-    let ids: Vec<&str> = outputs.iter().map(|o| o.id.as_str()).collect();
+fn delivered_response(id: &str, ids: &[String], delivered: usize) -> Response<Full<Bytes>> {
     let body = serde_json::json!({ "message_id": id, "delivered": delivered, "outputs": ids });
     Response::builder()
         .status(StatusCode::OK)
@@ -280,74 +268,46 @@ fn delivered_response(id: &str, outputs: &[Message], delivered: usize) -> Respon
         .unwrap_or_else(|e| Problem::internal(e.to_string()).into_response())
 }
 
-/// Sink `amqp` behind an HTTP source: the outputs go to the outbox, on disk before the 202.
-fn accept_into_outbox(
-    mediator: &Mediator,
-    route: &crate::route::Route,
-    id: &str,
-    outputs: &[Message],
-) -> Result<Response<Full<Bytes>>, Problem> {
-    let outbox = mediator
-        .outbox
-        .as_ref()
-        .ok_or_else(|| Problem::internal("route publishes to the broker but no outbox is open"))?;
-    let keyed: Vec<(String, Message)> = outputs
-        .iter()
-        .map(|o| {
-            (
-                sink::amqp::routing_key(&route.amqp.routing_key, o),
-                o.clone(),
-            )
-        })
-        .collect();
-    match tokio::task::block_in_place(|| outbox.put(&route.amqp.exchange, route.lineage(), &keyed))
-    {
-        Ok(()) => {
-            let ids: Vec<&str> = outputs.iter().map(|o| o.id.as_str()).collect();
-            let body = serde_json::json!({
-                "message_id": id,
-                "accepted": outputs.len(),
-                "outputs": ids,
-                "waiting": outbox.held(),
-            });
-            Response::builder()
-                .status(StatusCode::ACCEPTED)
-                .header(header::CONTENT_TYPE, "application/json")
-                .header("millrace-message-id", id)
-                .body(Full::new(Bytes::from(body.to_string())))
-                .map_err(|e| Problem::internal(e.to_string()))
-        }
-        Err(full @ crate::outbox::OutboxError::Full { .. }) => {
-            tracing::warn!(route = %route.name, message_id = %id, "{full}");
-            Err(Problem::outbox_full(&route.name, id, full.to_string()))
-        }
-        Err(crate::outbox::OutboxError::Store(e)) => {
-            tracing::error!(route = %route.name, message_id = %id, error = %e, "outbox unwritable");
-            Err(Problem::internal(format!(
-                "the outbox could not keep the outputs: {e}"
-            )))
-        }
-    }
+/// Sink `amqp` behind an HTTP source: the outputs are in the outbox, on disk before the 202.
+fn held_response(id: &str, ids: &[String], waiting: usize) -> Response<Full<Bytes>> {
+    let body = serde_json::json!({
+        "message_id": id,
+        "accepted": ids.len(),
+        "outputs": ids,
+        "waiting": waiting,
+    });
+    Response::builder()
+        .status(StatusCode::ACCEPTED)
+        .header(header::CONTENT_TYPE, "application/json")
+        .header("millrace-message-id", id)
+        .body(Full::new(Bytes::from(body.to_string())))
+        .unwrap_or_else(|e| Problem::internal(e.to_string()).into_response())
 }
 
-/// `/readyz`: ready when every broker the routes need is connected (or none is needed).
-fn readiness(mediator: &Mediator) -> Result<Response<Full<Bytes>>, Problem> {
-    let waiting = mediator.outbox.as_ref().map(|o| o.held());
-    let broker = match mediator.broker.as_ref().map(|b| b.link()) {
-        None => "not used",
-        Some(crate::broker::Link::Up(_)) => "connected",
-        Some(crate::broker::Link::Down { reason, since }) => {
-            let for_s = since.elapsed().map_or(0, |d| d.as_secs());
-            let mut problem = Problem::not_ready(format!(
-                "the broker is not connected (for {for_s} s): {reason}"
-            ));
-            if let Some(waiting) = waiting {
-                problem = problem.with("outbox_waiting", waiting);
+/// `/readyz`: ready when every transport the routes need can serve (or none is needed).
+fn readiness(source: &HttpSource) -> Result<Response<Full<Bytes>>, Problem> {
+    let mut body = serde_json::json!({ "ready": true });
+    let mut down: Option<Problem> = None;
+    for transport in &source.ready {
+        let r = transport.readiness();
+        match r.state {
+            Ok(state) => body[r.name] = state.into(),
+            Err(why) => {
+                let mut problem = down.take().unwrap_or_else(|| Problem::not_ready(why));
+                for (name, value) in &r.facts {
+                    problem = problem.with(name, value.clone());
+                }
+                down = Some(problem);
+                continue;
             }
-            return Err(problem);
         }
-    };
-    let body = serde_json::json!({ "ready": true, "broker": broker, "outbox_waiting": waiting });
+        for (name, value) in r.facts {
+            body[name] = value;
+        }
+    }
+    if let Some(problem) = down {
+        return Err(problem);
+    }
     Response::builder()
         .header(header::CONTENT_TYPE, "application/json")
         .body(Full::new(Bytes::from(body.to_string())))
@@ -368,66 +328,61 @@ fn replay(answer: StoredAnswer) -> Response<Full<Bytes>> {
 
 /// Run `message` through `route`'s chain and answer with its outputs or a problem.
 async fn mediate(
-    mediator: &Mediator,
+    pipeline: &Pipeline,
     route: &Arc<crate::route::Route>,
     message: Message,
 ) -> Result<Response<Full<Bytes>>, Problem> {
     let id = message.id.clone();
-    let slot = mediator
-        .admission
-        .enter(&route.plant, &route.name)
-        .await
-        .map_err(|busy| {
+    let ask = Ask {
+        when_busy: WhenBusy::Refuse,
+        on_failure: OnFailure::DeadLetterHere,
+        settled: None,
+    };
+    let outputs = match pipeline.mediate(route, message, ask).await {
+        Ok(outputs) => outputs,
+        Err(Mediated::Busy(busy)) => {
             tracing::warn!(route = %route.name, message_id = %id, "{busy}");
-            Problem::plant_busy(&route.name, &busy)
-        })?;
-    tracing::debug!(route = %route.name, message_id = %id, "mediating");
-    let worker = Arc::clone(route);
-    let deadletters = Arc::clone(&mediator.deadletters);
-    let outcome = mediator
-        .workers
-        .run(move || {
-            let result = match chain::run(&worker, &message) {
-                Ok(outputs) => Ok(outputs),
-                Err(failure) => {
-                    let recorded = chain::dead_letter(&deadletters, &worker, &message, &failure);
-                    Err((failure, recorded))
-                }
-            };
-            drop(slot);
-            result
-        })
-        .await
-        .map_err(|e| Problem::internal(format!("the mediation task failed: {e}")))?;
-    tracing::debug!(route = %route.name, message_id = %id, ok = outcome.is_ok(), "mediated");
-
-    let answer = match outcome {
-        Ok(outputs) => match (route.sink, &route.webhook) {
-            (Sink::Http, Some(webhook)) => {
-                match mediator
-                    .webhooks
-                    .deliver(webhook, route.lineage(), &outputs)
-                    .await
-                {
-                    Ok(delivered) => Ok(delivered_response(&id, &outputs, delivered)),
-                    Err(e) => {
-                        tracing::warn!(route = %route.name, message_id = %id, error = %e, "webhook delivery failed");
-                        Err(Problem::sink_unavailable(&route.name, &id, e.to_string()))
-                    }
-                }
-            }
-            (Sink::Amqp, _) => accept_into_outbox(mediator, route, &id, &outputs),
-            _ => Ok(sink::reply::respond(&id, outputs)),
-        },
-        Err((failure, Ok(dead_letter))) => {
-            Err(failure_problem(&route.name, &id, &failure, dead_letter))
+            return Err(Problem::plant_busy(&route.name, &busy));
         }
-        Err((failure, Err(e))) => {
+        Err(Mediated::Failed {
+            failure,
+            dead_letter: Ok(dead_letter),
+        }) => return Err(failure_problem(&route.name, &id, &failure, dead_letter)),
+        Err(Mediated::Failed {
+            failure,
+            dead_letter: Err(e),
+        }) => {
             tracing::error!(route = %route.name, message_id = %id, error = %e, "could not record a dead letter");
-            Err(Problem::internal(format!(
+            return Err(Problem::internal(format!(
                 "{}; and the dead letter could not be recorded: {e}",
                 failure.reason()
+            )));
+        }
+        Err(other @ (Mediated::Lost(_) | Mediated::Settled)) => {
+            return Err(Problem::internal(format!(
+                "the mediation task failed: {other:?}"
+            )));
+        }
+    };
+    tracing::debug!(route = %route.name, message_id = %id, "mediated");
+    let ids: Vec<String> = outputs.iter().map(|o| o.id.clone()).collect();
+    let answer = match pipeline.sinks.deliver(route, outputs, Via::Outbox).await {
+        Ok(Delivered::Reply(outputs)) => Ok(super::reply::respond(&id, outputs)),
+        Ok(Delivered::Webhook(n) | Delivered::Published(n)) => Ok(delivered_response(&id, &ids, n)),
+        Ok(Delivered::Held { waiting, .. }) => Ok(held_response(&id, &ids, waiting)),
+        Err(DeliveryError::Outbox(full @ crate::amqp::outbox::OutboxError::Full { .. })) => {
+            tracing::warn!(route = %route.name, message_id = %id, "{full}");
+            Err(Problem::outbox_full(&route.name, &id, full.to_string()))
+        }
+        Err(e @ (DeliveryError::Outbox(_) | DeliveryError::NoOutbox(_))) => {
+            tracing::error!(route = %route.name, message_id = %id, error = %e, "outbox unwritable");
+            Err(Problem::internal(format!(
+                "the outbox could not keep the outputs: {e}"
             )))
+        }
+        Err(e) => {
+            tracing::warn!(route = %route.name, message_id = %id, error = %e, "webhook delivery failed");
+            Err(Problem::sink_unavailable(&route.name, &id, e.to_string()))
         }
     };
     // Which version of each step made the answer.
@@ -450,16 +405,18 @@ fn is_credential(name: &header::HeaderName) -> bool {
 
 /// The message listener's answer to each request of a connection: [`handle`], with the
 /// connection's client certificate name (when it presented one) for routes' `auth`.
-pub fn handler(mediator: Arc<Mediator>) -> super::connections::Handler {
-    Arc::new(move |mut req: Request<Incoming>, client: Option<String>| {
-        let mediator = Arc::clone(&mediator);
-        Box::pin(async move {
-            if let Some(name) = client {
-                req.extensions_mut().insert(ClientCertificate(name));
-            }
-            handle(&mediator, req).await
-        })
-    })
+pub fn handler(source: Arc<HttpSource>) -> super::connections::Handler {
+    Arc::new(
+        move |mut req: Request<Incoming>, _peer, client: Option<String>| {
+            let source = Arc::clone(&source);
+            Box::pin(async move {
+                if let Some(name) = client {
+                    req.extensions_mut().insert(ClientCertificate(name));
+                }
+                handle(&source, req).await
+            })
+        },
+    )
 }
 
 /// The TLS client certificate's common name of a connection, when it presented one.

@@ -6,8 +6,8 @@
 //! (its unacknowledged deliveries go back to the queue at the broker) and a new connection with
 //! new channels and consumers replaces it, so no half-recovered channel is ever used.
 
-use crate::mediator::Mediator;
-use crate::sink::amqp::AmqpPublisher;
+use crate::amqp::publisher::AmqpPublisher;
+use crate::route::Routes;
 use futures_lite::StreamExt;
 use lapin::tcp::{OwnedIdentity, OwnedTLSConfig};
 use lapin::{Connection, ConnectionProperties};
@@ -63,7 +63,7 @@ pub struct AmqpTls {
 impl AmqpTls {
     /// Read the files; an error names the file and what is wrong.
     pub fn load(&self) -> Result<OwnedTLSConfig, String> {
-        use crate::ingress::tls::pem_certificates;
+        use crate::http::tls::pem_certificates;
         use rustls::pki_types::PrivateKeyDer;
         use rustls::pki_types::pem::PemObject;
         let cert_chain = match &self.ca {
@@ -225,12 +225,12 @@ impl BrokerLink {
     /// Connect and declare every broker route's topology (unless `host.amqp_declare` is off).
     async fn connect(
         &self,
-        mediator: &Mediator,
+        routes: &Routes,
     ) -> Result<(Session, mpsc::UnboundedReceiver<String>), String> {
         let connection = open(&self.url, &self.tls, "millrace")
             .await
             .map_err(|e| e.to_string())?;
-        self.declare_on(connection, mediator)
+        self.declare_on(connection, routes)
             .await
             .map_err(|e| e.to_string())
     }
@@ -278,11 +278,11 @@ impl BrokerLink {
     async fn declare_on(
         &self,
         connection: Connection,
-        mediator: &Mediator,
+        routes: &Routes,
     ) -> Result<(Session, mpsc::UnboundedReceiver<String>), lapin::Error> {
         let publisher = AmqpPublisher::open(&connection).await?;
         if self.declare {
-            for route in mediator.routes.all().iter().filter(|r| r.uses_broker()) {
+            for route in routes.all().iter().filter(|r| r.uses_broker()) {
                 publisher.declare(route).await?;
             }
         }
@@ -307,41 +307,60 @@ impl BrokerLink {
     }
 }
 
-/// Keep a session with the broker until `shutdown` turns true: connect, consume (the AMQP
-/// ingress) until the session is lost, then connect again after a growing pause.
-pub async fn supervise(mediator: Arc<Mediator>, mut shutdown: watch::Receiver<bool>) {
-    let Some(link) = mediator.broker.as_ref().map(Arc::clone) else {
-        return;
-    };
+/// Handed to whatever runs on a session: call [`Ready::up`] once it serves (consumers
+/// started); the link then reports the session up.
+pub struct Ready {
+    link: Arc<BrokerLink>,
+    generation: u64,
+    session: Session,
+    was_up: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Ready {
+    /// The session serves: report it up (unless the routes changed while it was set up).
+    pub fn up(self) {
+        if self
+            .link
+            .generation
+            .load(std::sync::atomic::Ordering::SeqCst)
+            != self.generation
+        {
+            self.session
+                .lost("the routes changed while connecting".into());
+            return;
+        }
+        self.was_up
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        tracing::info!("connected to the broker; consuming");
+        self.link.state.send_replace(Link::Up(self.session));
+    }
+}
+
+/// Keep a session with the broker until `shutdown` turns true: connect (declaring the topology
+/// of `routes`), run `serve` on the session until it returns why it ended (the session was
+/// lost: `lost` said so, or a consumer ended), then connect again after a growing pause.
+pub async fn supervise<Serve, Served>(
+    link: Arc<BrokerLink>,
+    routes: Arc<Routes>,
+    mut shutdown: watch::Receiver<bool>,
+    serve: Serve,
+) where
+    Serve: Fn(Session, mpsc::UnboundedReceiver<String>, Ready) -> Served,
+    Served: std::future::Future<Output = String>,
+{
     let mut pause = RECONNECT_MIN;
     while !*shutdown.borrow() {
         let generation = link.generation.load(std::sync::atomic::Ordering::SeqCst);
-        let reason = match link.connect(&mediator).await {
+        let reason = match link.connect(&routes).await {
             Ok((session, lost)) => {
-                let was_up = std::sync::atomic::AtomicBool::new(false);
-                let up = || {
-                    if link.generation.load(std::sync::atomic::Ordering::SeqCst) != generation {
-                        // The routes changed while this session was being set up.
-                        session.lost("the routes changed while connecting".into());
-                        return;
-                    }
-                    was_up.store(true, std::sync::atomic::Ordering::Relaxed);
-                    tracing::info!("connected to the broker; consuming");
-                    link.state.send_replace(Link::Up(session.clone()));
+                let was_up = Arc::new(std::sync::atomic::AtomicBool::new(false));
+                let ready = Ready {
+                    link: Arc::clone(&link),
+                    generation,
+                    session: session.clone(),
+                    was_up: Arc::clone(&was_up),
                 };
-                let control =
-                    crate::admin::broadcast::follow(Arc::clone(&mediator), &session).await;
-                let ended = crate::ingress::amqp::consume(
-                    Arc::clone(&mediator),
-                    session.clone(),
-                    lost,
-                    shutdown.clone(),
-                    up,
-                )
-                .await;
-                if let Some(control) = control {
-                    control.abort();
-                }
+                let ended = serve(session.clone(), lost, ready).await;
                 if was_up.load(std::sync::atomic::Ordering::Relaxed) {
                     pause = RECONNECT_MIN;
                 }

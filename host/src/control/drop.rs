@@ -13,8 +13,7 @@
 //! and checked on the open file, so it cannot be swapped in between).
 
 use super::watch::Settled;
-use crate::deploy::Slot;
-use crate::mediator::Mediator;
+use crate::control::deploy::{Deployer, Slot};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -26,9 +25,9 @@ pub const REFUSED: &str = "refused";
 /// Make the drop folder and its plant folders and start watching it (files already there
 /// included); `None`, logged, if it cannot be used. Called before the host says it listens, so
 /// nothing dropped after that is missed.
-pub fn watch(mediator: &Mediator, dir: &Path, settle: Duration) -> Option<(PathBuf, Settled)> {
+pub fn watch(deployer: &Deployer, dir: &Path, settle: Duration) -> Option<(PathBuf, Settled)> {
     // Events name absolute paths; so does everything here.
-    let dir = match prepare(mediator, dir).and_then(|()| dir.canonicalize()) {
+    let dir = match prepare(deployer, dir).and_then(|()| dir.canonicalize()) {
         Ok(dir) => dir,
         Err(e) => {
             tracing::error!(dir = %dir.display(), error = %e, "the plugin drop directory cannot be used; not watching it");
@@ -49,14 +48,14 @@ pub fn watch(mediator: &Mediator, dir: &Path, settle: Duration) -> Option<(PathB
 
 /// Deploy what settles in the drop folder (from [`watch`]) until `shutdown` turns true.
 pub async fn serve(
-    mediator: Arc<Mediator>,
+    deployer: Arc<Deployer>,
     (dir, mut settled): (PathBuf, Settled),
     mut shutdown: tokio::sync::watch::Receiver<bool>,
 ) {
     loop {
         tokio::select! {
             path = settled.paths.recv() => match path {
-                Some(path) => take(&mediator, &dir, path).await,
+                Some(path) => take(&deployer, &dir, path).await,
                 None => break,
             },
             _ = shutdown.changed() => break,
@@ -65,9 +64,9 @@ pub async fn serve(
 }
 
 /// Create the drop folder and one folder per configured plant.
-fn prepare(mediator: &Mediator, dir: &Path) -> std::io::Result<()> {
+fn prepare(deployer: &Deployer, dir: &Path) -> std::io::Result<()> {
     std::fs::create_dir_all(dir)?;
-    for route in mediator.routes.all() {
+    for route in deployer.routes().all() {
         std::fs::create_dir_all(dir.join(&route.plant))?;
     }
     Ok(())
@@ -105,18 +104,15 @@ fn candidate<'a>(dir: &Path, path: &'a Path) -> Option<&'a str> {
     wanted.then_some(plant)
 }
 
-async fn take(mediator: &Arc<Mediator>, dir: &Path, path: PathBuf) {
+async fn take(deployer: &Arc<Deployer>, dir: &Path, path: PathBuf) {
     let Some(plant) = candidate(dir, &path).map(str::to_string) else {
         return;
     };
-    let mediator_ = Arc::clone(mediator);
+    let deployer_ = Arc::clone(deployer);
     let path_ = path.clone();
-    let outcome = tokio::task::spawn_blocking(move || deploy(&mediator_, &plant, &path_)).await;
+    let outcome = tokio::task::spawn_blocking(move || deploy(&deployer_, &plant, &path_)).await;
     let (folder, reason) = match outcome {
-        Ok(Ok(activation)) => {
-            crate::admin::broadcast::announce(mediator, &activation).await;
-            (DEPLOYED, None)
-        }
+        Ok(Ok(_)) => (DEPLOYED, None),
         Ok(Err(reason)) => (REFUSED, Some(reason)),
         Err(e) => (REFUSED, Some(format!("the deploy stopped: {e}"))),
     };
@@ -127,35 +123,21 @@ async fn take(mediator: &Arc<Mediator>, dir: &Path, path: PathBuf) {
 
 /// Deploy and activate one dropped file; the reason if it was refused.
 fn deploy(
-    mediator: &Mediator,
+    d: &Deployer,
     plant: &str,
     path: &Path,
-) -> Result<crate::registry::Activation, String> {
+) -> Result<crate::control::registry::Activation, String> {
     let by = format!(
         "drop:{}",
         path.file_name().unwrap_or_default().to_string_lossy()
     );
-    let bytes =
-        read_candidate(path, mediator.deployer.max_component_bytes()).inspect_err(|reason| {
-            mediator
-                .deployer
-                .refused(plant, "drop", &by, "unread", reason)
-        })?;
-    let d = &mediator.deployer;
+    let bytes = read_candidate(path, d.max_component_bytes())
+        .inspect_err(|reason| d.refused(plant, "drop", &by, "unread", reason))?;
     let version = d
-        .deploy(
-            &mediator.engine,
-            &mediator.routes,
-            plant,
-            &bytes,
-            &by,
-            "drop",
-        )
+        .deploy(plant, &bytes, &by, "drop")
         .map_err(|e| e.to_string())?;
     let activated = d
         .activate(
-            &mediator.engine,
-            &mediator.routes,
             Slot {
                 plant,
                 plugin: &version.plugin,

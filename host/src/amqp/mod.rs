@@ -1,0 +1,165 @@
+//! AMQP 0-9-1 (RabbitMQ via lapin), every part of it: the supervised broker session
+//! (`session`), the consumer of queue routes (`source`), the confirm-mode publisher with its
+//! retry and dead-letter topology (`publisher`), the outbox that holds outputs while the broker
+//! is away (`outbox`), activations shared between hosts (`broadcast`), and the replay of broker
+//! dead letters (`replay`). Nothing outside this folder speaks lapin.
+
+pub mod broadcast;
+pub mod outbox;
+pub mod publisher;
+pub mod replay;
+pub mod session;
+pub mod source;
+
+use crate::config::{Sink, Source};
+use crate::control::deploy::Deployer;
+use crate::control::reload::Reloadable;
+use crate::idempotency::SettledLog;
+use crate::pipeline::{Pipeline, Readiness, Ready};
+use crate::route::{Route, RouteDiff};
+use session::{BrokerLink, Link};
+use std::sync::Arc;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+
+/// The broker transport of a host whose routes use the broker.
+pub struct Amqp {
+    pub link: Arc<BrokerLink>,
+    pub pipeline: Arc<Pipeline>,
+    /// Writer of settled delivery ids (group commit), when the pipeline keeps them.
+    pub settled: Option<SettledLog>,
+    /// Activations to announce to, and apply from, the hosts on the broker.
+    pub deployer: Arc<Deployer>,
+    /// This host's name among hosts sharing the broker (`host.id`).
+    pub host_id: String,
+}
+
+impl Amqp {
+    /// Check the link's TLS (a certificate problem stops the start), then run in `background`
+    /// until `stopped`: the session supervisor (topology, consumers, other hosts'
+    /// activations), the outbox drainer, and the announcer of this host's activations.
+    pub async fn start(
+        self: Arc<Self>,
+        background: &mut JoinSet<()>,
+        stopped: watch::Receiver<bool>,
+    ) -> Result<(), String> {
+        self.link.check_tls().await?;
+        let amqp = Arc::clone(&self);
+        let shutdown = stopped.clone();
+        background.spawn(session::supervise(
+            Arc::clone(&self.link),
+            Arc::clone(&self.pipeline.routes),
+            stopped.clone(),
+            move |session, lost, ready| {
+                let (amqp, shutdown) = (Arc::clone(&amqp), shutdown.clone());
+                async move {
+                    let control = broadcast::follow(
+                        Arc::clone(&amqp.deployer),
+                        amqp.host_id.clone(),
+                        &session,
+                    )
+                    .await;
+                    let ended = source::consume(amqp, session, lost, shutdown, ready).await;
+                    if let Some(control) = control {
+                        control.abort();
+                    }
+                    ended
+                }
+            },
+        ));
+        if let Some(outbox) = self.pipeline.sinks.outbox.as_ref().map(Arc::clone) {
+            let link = Arc::clone(&self.link);
+            background.spawn(async move { outbox.drain(&link, stopped).await });
+        }
+        // Ends with the process (the deployer never drops its sender before).
+        tokio::spawn(broadcast::announce_all(
+            Arc::clone(&self.link),
+            Arc::clone(&self.deployer),
+            self.host_id.clone(),
+        ));
+        Ok(())
+    }
+}
+
+/// Whether any of `routes` takes from or publishes to the broker.
+pub fn used_by(routes: &[Arc<Route>]) -> bool {
+    routes.iter().any(|r| r.uses_broker())
+}
+
+/// Whether any of `routes` takes messages from a source without a broker session and publishes
+/// to the broker (its outputs wait in the outbox).
+pub fn needs_outbox(routes: &[Arc<Route>]) -> bool {
+    routes
+        .iter()
+        .any(|r| r.source != Source::Amqp && r.sink == Sink::Amqp)
+}
+
+/// The broker's part in a configuration reload.
+pub struct AmqpReload {
+    pub link: Option<Arc<BrokerLink>>,
+    pub outbox: bool,
+}
+
+impl Reloadable for AmqpReload {
+    fn needs_restart(&self, routes: &[Arc<Route>]) -> Vec<String> {
+        let mut needs = Vec::new();
+        if self.link.is_none() && used_by(routes) {
+            needs.push("a route now uses the broker (the host started without one)".to_string());
+        }
+        if !self.outbox && needs_outbox(routes) {
+            needs.push(
+                "an HTTP route now publishes to the broker (it needs the outbox)".to_string(),
+            );
+        }
+        needs
+    }
+
+    fn reloaded(&self, diff: &RouteDiff) -> bool {
+        // The session depends on each broker route's name, source, sink and broker names.
+        let changed = diff
+            .added
+            .iter()
+            .chain(&diff.removed)
+            .any(|r| r.uses_broker())
+            || diff.changed.iter().any(|(before, after)| {
+                (before.uses_broker() || after.uses_broker())
+                    && (before.source != after.source
+                        || before.sink != after.sink
+                        || before.amqp != after.amqp)
+            });
+        match &self.link {
+            Some(link) if changed => {
+                // Deliveries in hand are finished; unacknowledged ones go back to their queues.
+                link.restart("the configuration was reloaded and a broker route changed");
+                true
+            }
+            _ => false,
+        }
+    }
+}
+
+/// `/readyz`'s broker entry: connected, or why not and how many outputs wait.
+pub struct AmqpReady {
+    pub link: Arc<BrokerLink>,
+    pub pipeline: Arc<Pipeline>,
+}
+
+impl Ready for AmqpReady {
+    fn readiness(&self) -> Readiness {
+        let waiting = self.pipeline.sinks.outbox.as_ref().map(|o| o.held());
+        let state = match self.link.link() {
+            Link::Up(_) => Ok("connected"),
+            Link::Down { reason, since } => {
+                let for_s = since.elapsed().map_or(0, |d| d.as_secs());
+                Err(format!(
+                    "the broker is not connected (for {for_s} s): {reason}"
+                ))
+            }
+        };
+        Readiness {
+            name: "broker",
+            state,
+            facts: vec![("outbox_waiting", serde_json::json!(waiting))],
+        }
+    }
+}

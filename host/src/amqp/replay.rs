@@ -1,0 +1,124 @@
+//! `millrace dlq replay` of a route that consumes a queue: its dead letters wait in the broker's
+//! dead-letter queue, and a replay sends them back to the source queue for the running host.
+
+use crate::config::Config;
+use crate::plugin::bindings::types::Message;
+use crate::route::Route;
+use lapin::options::{BasicAckOptions, BasicGetOptions};
+
+/// `dlq replay` of route `route`, which consumes a queue: its dead letters wait in the broker's
+/// dead-letter queue. A replay takes up to `limit` of them and sends each back to the source
+/// queue (failure headers dropped, replay count raised), confirmed before the dead letter is
+/// acknowledged; the running host mediates them with its current chain. A dry run runs the
+/// current chain here, shows the outputs, and leaves every dead letter in its queue.
+pub fn replay(
+    config: &Config,
+    route: &Route,
+    limit: u32,
+    dry_run: bool,
+    show: &dyn Fn(&str, &[Message]),
+) -> Result<i32, String> {
+    let url = config.amqp.as_ref().ok_or_else(|| {
+        format!(
+            "route {} consumes a queue but host.amqp is not set",
+            route.name
+        )
+    })?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the async runtime: {e}"))?;
+    let broker = |e: lapin::Error| format!("broker {}: {e}", super::session::redact(url));
+    runtime.block_on(async {
+        let connection = super::session::open(url, &config.amqp_tls, "millrace dlq replay")
+            .await
+            .map_err(|e| format!("broker {}: {e}", super::session::redact(url)))?;
+        let publisher = super::publisher::AmqpPublisher::open(&connection)
+            .await
+            .map_err(broker)?;
+        let channel = connection.create_channel().await.map_err(broker)?;
+        let queue = route.amqp.dead_letter.as_str();
+        let mut taken = Vec::new();
+        while taken.len() < limit as usize {
+            match channel
+                .basic_get(queue.into(), BasicGetOptions { no_ack: false })
+                .await
+                .map_err(broker)?
+            {
+                Some(got) => taken.push(got.delivery),
+                None => break,
+            }
+        }
+        if taken.is_empty() {
+            println!("no dead letters wait in {queue}");
+            return Ok(0);
+        }
+        let (mut replayed, mut failed) = (0, 0);
+        for delivery in &taken {
+            let id = delivery
+                .properties
+                .message_id()
+                .as_ref()
+                .map(|s| s.as_str().to_string())
+                .unwrap_or_default();
+            let why = delivery
+                .properties
+                .headers()
+                .as_ref()
+                .and_then(|h| super::publisher::header_string(h, "x-millrace-reason"))
+                .unwrap_or_default();
+            let label = format!("dead letter {id:?} ({why})");
+            if dry_run {
+                let message =
+                    super::source::message_of(route, &id, &delivery.properties, &delivery.data);
+                match crate::pipeline::chain::run(route, &message) {
+                    Ok(outputs) => show(&label, &outputs),
+                    Err(failure) => {
+                        failed += 1;
+                        println!(
+                            "{label}: still fails at step {} ({}@{}): {}",
+                            failure.step,
+                            failure.plugin.name,
+                            failure.plugin.version,
+                            failure.reason()
+                        );
+                    }
+                }
+                continue;
+            }
+            match publisher
+                .reinject(route, &delivery.data, &delivery.properties)
+                .await
+            {
+                Ok(n) => {
+                    delivery
+                        .ack(BasicAckOptions::default())
+                        .await
+                        .map_err(broker)?;
+                    replayed += 1;
+                    println!("{label}: sent back to {} (replay {n})", route.amqp.queue);
+                }
+                Err(e) => {
+                    failed += 1;
+                    println!("{label}: not sent back: {e}");
+                }
+            }
+        }
+        // Unacknowledged dead letters (a dry run's, failed ones) return to their queue.
+        let _ = channel.close(200, "replay done".into()).await;
+        let _ = connection.close(200, "replay done".into()).await;
+        if dry_run {
+            println!(
+                "dry run: {} of {} would deliver; every dead letter stays in {queue}",
+                taken.len() - failed,
+                taken.len()
+            );
+            return Ok(0);
+        }
+        println!(
+            "{replayed} replayed into {}, {failed} still waiting",
+            route.amqp.queue
+        );
+        Ok(i32::from(failed > 0))
+    })
+}

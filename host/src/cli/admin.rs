@@ -1,0 +1,167 @@
+//! The admin API's client: `millrace admin ...`, `millrace deploy`, and `admin token`.
+
+use std::path::Path;
+
+/// One admin API call; prints the JSON answer (or the problem) and returns 0 on 2xx.
+pub fn admin_call(method: &str, url: &str, body: Option<Vec<u8>>) -> i32 {
+    match admin_request(method, url, body.map(|b| (b, "application/json"))) {
+        Ok((status, text)) => {
+            let pretty = serde_json::from_str::<serde_json::Value>(&text)
+                .ok()
+                .and_then(|v| serde_json::to_string_pretty(&v).ok())
+                .unwrap_or(text);
+            if (200..300).contains(&status) {
+                println!("{pretty}");
+                0
+            } else {
+                eprintln!("error: the admin API answered {status}:\n{pretty}");
+                1
+            }
+        }
+        Err(e) => {
+            eprintln!("error: {url}: {e}; is the host running with host.admin set?");
+            1
+        }
+    }
+}
+
+/// The admin API's answer (status, body) to one request, with the token of
+/// `MILLRACE_ADMIN_TOKEN` and the body typed as `content_type`.
+fn admin_request(
+    method: &str,
+    url: &str,
+    body: Option<(Vec<u8>, &str)>,
+) -> Result<(u16, String), String> {
+    let mut config = ureq::Agent::config_builder().http_status_as_error(false);
+    // An admin API with its own CA (`[tls]` on the admin listener): trust that CA.
+    if let Some(ca) = std::env::var_os(ADMIN_CA_ENV) {
+        let shown = Path::new(&ca).display().to_string();
+        let pem = std::fs::read(&ca).map_err(|e| format!("{ADMIN_CA_ENV}={shown}: {e}"))?;
+        let certs: Vec<_> = ureq::tls::parse_pem(&pem)
+            .filter_map(|item| match item {
+                Ok(ureq::tls::PemItem::Certificate(c)) => Some(c.to_owned()),
+                _ => None,
+            })
+            .collect();
+        if certs.is_empty() {
+            return Err(format!(
+                "{ADMIN_CA_ENV}={shown}: no certificate in it (PEM, BEGIN CERTIFICATE)"
+            ));
+        }
+        config = config.tls_config(
+            ureq::tls::TlsConfig::builder()
+                .root_certs(ureq::tls::RootCerts::new_with_certs(&certs))
+                .build(),
+        );
+    }
+    let agent: ureq::Agent = config.build().into();
+    let token = std::env::var(ADMIN_TOKEN_ENV).unwrap_or_default();
+    let authorization = format!("Bearer {token}");
+    let response = match body {
+        Some((bytes, content_type)) => agent
+            .post(url)
+            .header("authorization", &authorization)
+            .header("content-type", content_type)
+            .send(&bytes[..]),
+        None if method == "GET" => agent
+            .get(url)
+            .header("authorization", &authorization)
+            .call(),
+        None => agent
+            .post(url)
+            .header("authorization", &authorization)
+            .send_empty(),
+    }
+    .map_err(|e| e.to_string())?;
+    let status = response.status().as_u16();
+    let text = response
+        .into_body()
+        .read_to_string()
+        .map_err(|e| e.to_string())?;
+    if status == 401 && token.is_empty() {
+        return Err(format!(
+            "the admin API needs a token: set {ADMIN_TOKEN_ENV} (`millrace admin token` makes one)"
+        ));
+    }
+    Ok((status, text))
+}
+
+/// The environment variable the admin commands take their bearer token from.
+pub const ADMIN_TOKEN_ENV: &str = "MILLRACE_ADMIN_TOKEN";
+
+/// The environment variable naming a PEM file of CA certificates the admin commands trust for
+/// an `https://` admin API (default: the public web roots).
+pub const ADMIN_CA_ENV: &str = "MILLRACE_ADMIN_CA";
+
+/// `millrace admin token --name N --role R [--plant P ...]`: a new token, and the lines that
+/// make the host accept it.
+pub fn admin_token(name: &str, role: &str, plants: &[String]) -> i32 {
+    if crate::control::auth::Role::parse(role).is_none() {
+        eprintln!("error: --role must be viewer or operator, not {role:?}");
+        return 1;
+    }
+    let token = match crate::control::auth::new_token() {
+        Ok(token) => token,
+        Err(e) => {
+            eprintln!("error: no random source for the token: {e}");
+            return 1;
+        }
+    };
+    let plants = if plants.is_empty() {
+        vec!["*".to_string()]
+    } else {
+        plants.to_vec()
+    };
+    let list = plants
+        .iter()
+        .map(|p| format!("{p:?}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    eprintln!(
+        "the token is shown once; give it to the caller ({ADMIN_TOKEN_ENV} for the millrace command) and keep only its hash:"
+    );
+    println!("{token}");
+    eprintln!();
+    eprintln!("add to the configuration (or the admin tokens file, as [[tokens]]):");
+    println!(
+        "\n[[admin.tokens]]\nname = {name:?}\nsha256 = \"{}\"\nrole = {role:?}\nplants = [{list}]",
+        crate::control::auth::token_hash(&token)
+    );
+    0
+}
+
+pub fn deploy(admin: &str, plant: &str, file: &Path, activate: bool) -> i32 {
+    let bytes = match std::fs::read(file) {
+        Ok(b) => b,
+        Err(e) => {
+            eprintln!("error: cannot read {}: {e}", file.display());
+            return 1;
+        }
+    };
+    let url = format!("{admin}/v1/plants/{plant}/plugins");
+    let kept = match admin_request("POST", &url, Some((bytes, "application/wasm"))) {
+        Ok((status, text)) if (200..300).contains(&status) => text,
+        Ok((status, text)) => {
+            eprintln!("error: refused ({status}): {text}");
+            return 1;
+        }
+        Err(e) => {
+            eprintln!("error: {url}: {e}; is the host running with host.admin set?");
+            return 1;
+        }
+    };
+    println!("{kept}");
+    if !activate {
+        return 0;
+    }
+    let version: serde_json::Value = serde_json::from_str(&kept).unwrap_or_default();
+    let (Some(plugin), Some(v)) = (version["plugin"].as_str(), version["version"].as_str()) else {
+        eprintln!("error: the admin API's answer names no plugin and version: {kept}");
+        return 1;
+    };
+    admin_call(
+        "POST",
+        &format!("{admin}/v1/plants/{plant}/plugins/{plugin}/activate"),
+        Some(serde_json::json!({ "version": v }).to_string().into_bytes()),
+    )
+}

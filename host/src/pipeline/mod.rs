@@ -1,0 +1,177 @@
+//! The pipeline every transport feeds, and `dlq replay` too: a message of a route takes a slot
+//! ([`crate::admission`]), runs the route's chain on a mediation thread ([`chain`],
+//! [`workers`]), is dead-lettered in the local store when the chain fails for good (if the
+//! source asks for that), and its outputs go to the route's sink ([`sinks`]). Each source maps
+//! the typed outcomes of [`Pipeline::mediate`] and [`sinks::Sinks::deliver`] to its own protocol
+//! (an HTTP status, an AMQP ack, retry or dead letter).
+
+pub mod chain;
+pub mod sinks;
+pub mod workers;
+
+use crate::admission::{Admission, Busy};
+use crate::deadletter::{DeadLetterError, DeadLetterStore};
+use crate::idempotency::IdempotencyStore;
+use crate::plugin::bindings::types::Message;
+use crate::route::{Route, Routes};
+use chain::Failure;
+use std::sync::Arc;
+use workers::{WorkerLost, Workers};
+
+/// What a message needs on its way through the host, shared by every source.
+pub struct Pipeline {
+    /// The route table (also changed by the control plane: activations, reloads).
+    pub routes: Arc<Routes>,
+    /// Slots of the host, its plants and routes.
+    pub admission: Admission,
+    workers: Workers,
+    /// Dead letters of routes whose source has no dead-letter queue of its own.
+    pub deadletters: Arc<DeadLetterStore>,
+    /// Where outputs go.
+    pub sinks: sinks::Sinks,
+    /// Answers kept per `Idempotency-Key` (HTTP) and settled delivery ids (queues); `None`
+    /// when the window is 0.
+    pub idempotency: Option<Arc<IdempotencyStore>>,
+}
+
+/// What a source does when the plant has no free slot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WhenBusy {
+    /// Wait for one (a queue source: its prefetch bounds how many wait).
+    Wait,
+    /// Refuse the message now ([`Mediated::Busy`]; an HTTP caller hears 503).
+    Refuse,
+}
+
+/// Who records a message whose chain failed for good.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnFailure {
+    /// The pipeline, in the local dead-letter store.
+    DeadLetterHere,
+    /// The source (e.g. in its broker's dead-letter queue), or nobody (a replay).
+    Caller,
+}
+
+/// How a source asks for a message to be mediated.
+pub struct Ask {
+    pub when_busy: WhenBusy,
+    pub on_failure: OnFailure,
+    /// Skip the chain when this id of the route was settled before (a redelivery); looked up on
+    /// the mediation thread.
+    pub settled: Option<(Arc<IdempotencyStore>, String)>,
+}
+
+/// Why [`Pipeline::mediate`] gave no outputs.
+#[derive(Debug)]
+pub enum Mediated {
+    /// The plant or route has no free slot ([`WhenBusy::Refuse`]).
+    Busy(Busy),
+    /// The id was settled before: nothing ran.
+    Settled,
+    /// A step failed; `dead_letter` is the local entry's id when one was recorded
+    /// (`Ok(None)`: transient, or left to the caller).
+    Failed {
+        failure: Box<Failure>,
+        dead_letter: Result<Option<i64>, DeadLetterError>,
+    },
+    /// The mediation thread was lost (its job panicked).
+    Lost(WorkerLost),
+}
+
+impl Pipeline {
+    /// A pipeline over `routes` with `threads` mediation threads.
+    pub fn new(
+        routes: Arc<Routes>,
+        admission: Admission,
+        threads: usize,
+        deadletters: Arc<DeadLetterStore>,
+        sinks: sinks::Sinks,
+        idempotency: Option<Arc<IdempotencyStore>>,
+    ) -> Pipeline {
+        Pipeline {
+            routes,
+            admission,
+            workers: Workers::new(threads),
+            deadletters,
+            sinks,
+            idempotency,
+        }
+    }
+
+    /// Run `message` through `route`'s chain on a mediation thread, within a slot of its plant.
+    pub async fn mediate(
+        &self,
+        route: &Arc<Route>,
+        message: Message,
+        ask: Ask,
+    ) -> Result<Vec<Message>, Mediated> {
+        let slot = match ask.when_busy {
+            WhenBusy::Wait => self.admission.wait(&route.plant, &route.name).await,
+            WhenBusy::Refuse => self
+                .admission
+                .enter(&route.plant, &route.name)
+                .await
+                .map_err(Mediated::Busy)?,
+        };
+        tracing::debug!(route = %route.name, message_id = %message.id, "mediating");
+        let route = Arc::clone(route);
+        let deadletters =
+            (ask.on_failure == OnFailure::DeadLetterHere).then(|| Arc::clone(&self.deadletters));
+        let settled = ask.settled;
+        let outcome = self
+            .workers
+            .run(move || {
+                let outcome = if is_settled(&route, &message, settled) {
+                    Err(Mediated::Settled)
+                } else {
+                    chain::run(&route, &message).map_err(|failure| {
+                        let dead_letter = match &deadletters {
+                            Some(store) => chain::dead_letter(store, &route, &message, &failure),
+                            None => Ok(None),
+                        };
+                        Mediated::Failed {
+                            failure,
+                            dead_letter,
+                        }
+                    })
+                };
+                drop(slot);
+                outcome
+            })
+            .await;
+        outcome.unwrap_or_else(|lost| Err(Mediated::Lost(lost)))
+    }
+}
+
+/// Whether `settled` says the message was settled before (an unreadable store mediates).
+fn is_settled(
+    route: &Route,
+    message: &Message,
+    settled: Option<(Arc<IdempotencyStore>, String)>,
+) -> bool {
+    let Some((store, key)) = settled else {
+        return false;
+    };
+    match store.processed(&route.name, &key) {
+        Ok(settled) => settled,
+        Err(e) => {
+            tracing::error!(route = %route.name, message_id = %message.id, error = %e, "idempotency store unreadable; mediating");
+            false
+        }
+    }
+}
+
+/// What `GET /readyz` says of one transport.
+pub struct Readiness {
+    /// Its key in the answer (`broker`).
+    pub name: &'static str,
+    /// `Ok(state)` (`connected`) or why it cannot serve now.
+    pub state: Result<&'static str, String>,
+    /// More facts for the answer (`outbox_waiting`).
+    pub facts: Vec<(&'static str, serde_json::Value)>,
+}
+
+/// A transport whose sessions decide whether the host is ready.
+pub trait Ready: Send + Sync {
+    fn readiness(&self) -> Readiness;
+}
