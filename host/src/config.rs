@@ -3,6 +3,7 @@
 //!
 //! Relative paths in the file are relative to the file's own directory.
 
+use crate::amqp::config::RouteAmqp;
 use crate::lookup::{self, Table, Tables};
 use crate::plugin::StepLimits;
 use crate::plugin::capability::Capability;
@@ -147,7 +148,7 @@ struct RouteSection {
     source: Source,
     sink: Spanned<Sink>,
     webhook: Option<Spanned<WebhookSection>>,
-    amqp: Option<AmqpSection>,
+    amqp: Option<crate::amqp::config::AmqpSection>,
     steps: Spanned<Vec<StepSection>>,
     max_body_kib: Number,
     max_outputs: Number,
@@ -171,18 +172,6 @@ struct RouteAuthSection {
 struct RouteTokenSection {
     name: String,
     sha256: Spanned<String>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct AmqpSection {
-    queue: Option<String>,
-    prefetch: Option<u16>,
-    exchange: Option<String>,
-    routing_key: Option<String>,
-    max_attempts: Option<u32>,
-    retry_delay_ms: Option<u64>,
-    retry_max_delay_ms: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -225,54 +214,6 @@ pub enum Sink {
     Http,
     /// Published to a RabbitMQ exchange with publisher confirms.
     Amqp,
-}
-
-/// A route's broker settings (used when its source or sink is `amqp`).
-#[derive(Debug, Clone, PartialEq)]
-pub struct RouteAmqp {
-    /// Source queue (durable), default `millrace.ROUTE`.
-    pub queue: String,
-    /// Deliveries in flight per consumer, default 32.
-    pub prefetch: u16,
-    /// Sink exchange (durable topic), default `millrace.events`.
-    pub exchange: String,
-    /// Routing key template: `{type}` (the CloudEvent type, else the content type), `{plant}`,
-    /// `{route}`, `{subject}`; default `{plant}.{type}`.
-    pub routing_key: String,
-    /// Where permanent failures go: exchange `millrace.ROUTE.dead-letter` → queue of that name.
-    pub dead_letter: String,
-    /// Runs of one message before a transient failure becomes a dead letter (default 5).
-    pub max_attempts: u32,
-    /// Wait before the first retry (default 1 s); doubled for each further one.
-    pub retry_delay: std::time::Duration,
-    /// Longest wait between two attempts (default 60 s).
-    pub retry_max_delay: std::time::Duration,
-}
-
-impl RouteAmqp {
-    /// The wait before attempt `attempt + 1` after attempt `attempt` (1-based) failed.
-    pub fn retry_delay_after(&self, attempt: u32) -> std::time::Duration {
-        let factor = 1u32
-            .checked_shl(attempt.saturating_sub(1))
-            .unwrap_or(u32::MAX);
-        self.retry_delay
-            .saturating_mul(factor)
-            .min(self.retry_max_delay)
-    }
-
-    /// Every distinct wait between attempts, shortest first (one delay queue each).
-    pub fn retry_delays(&self) -> Vec<std::time::Duration> {
-        let mut delays: Vec<_> = (1..self.max_attempts)
-            .map(|a| self.retry_delay_after(a))
-            .collect();
-        delays.dedup();
-        delays
-    }
-
-    /// The delay queue holding messages for `delay` before they return to the source queue.
-    pub fn retry_queue(&self, delay: std::time::Duration) -> String {
-        format!("{}.retry.{}ms", self.queue, delay.as_millis())
-    }
 }
 
 /// Where sink `http` delivers.
@@ -334,7 +275,7 @@ pub struct Config {
     /// TLS for the listeners (`[tls]`), when set.
     pub tls: Option<crate::http::tls::TlsSettings>,
     /// The broker link's CA and client certificate (`[amqp_tls]`, for `amqps://`).
-    pub amqp_tls: crate::amqp::session::AmqpTls,
+    pub amqp_tls: crate::amqp::config::AmqpTls,
     pub plants: BTreeMap<String, Tables>,
     /// Each plant's share of the host: messages in flight and waiting, state quota.
     pub plant_limits: BTreeMap<String, PlantLimits>,
@@ -480,7 +421,7 @@ pub struct RouteConfig {
     pub sink: Sink,
     /// Set when `sink` is `http`.
     pub webhook: Option<Webhook>,
-    pub amqp: RouteAmqp,
+    pub amqp: crate::amqp::config::RouteAmqp,
     pub max_body_bytes: usize,
     /// What one message may use across the chain.
     pub budget: MessageBudget,
@@ -677,7 +618,7 @@ impl Config {
         let data_dir = dir.join(file.host.data_dir.as_deref().unwrap_or(".millrace"));
         let plugin_dir = dir.join(file.host.plugin_dir.as_deref().unwrap_or("target/plugins"));
         if let Some(url) = &file.host.amqp
-            && let Err(e) = url.get_ref().parse::<lapin::uri::AMQPUri>()
+            && let Err(e) = crate::amqp::config::check_url(url.get_ref())
         {
             diag.error_at(
                 url.span(),
@@ -685,10 +626,10 @@ impl Config {
             );
         }
         let amqp_tls = match &file.amqp_tls {
-            None => crate::amqp::session::AmqpTls::default(),
+            None => crate::amqp::config::AmqpTls::default(),
             Some(t) => {
                 let path = |p: &Option<Spanned<String>>| p.as_ref().map(|p| dir.join(p.get_ref()));
-                let tls = crate::amqp::session::AmqpTls {
+                let tls = crate::amqp::config::AmqpTls {
                     ca: path(&t.ca),
                     cert: path(&t.cert),
                     key: path(&t.key),
@@ -1128,33 +1069,7 @@ impl Config {
                 ));
             }
             let webhook = webhook_config(&mut diag, name.get_ref(), route);
-            let section = route.amqp.as_ref();
-            let amqp = RouteAmqp {
-                queue: section
-                    .and_then(|a| a.queue.clone())
-                    .unwrap_or_else(|| format!("millrace.{}", name.get_ref())),
-                prefetch: section.and_then(|a| a.prefetch).unwrap_or(32).max(1),
-                exchange: section
-                    .and_then(|a| a.exchange.clone())
-                    .unwrap_or_else(|| "millrace.events".into()),
-                routing_key: section
-                    .and_then(|a| a.routing_key.clone())
-                    .unwrap_or_else(|| "{plant}.{type}".into()),
-                dead_letter: format!("millrace.{}.dead-letter", name.get_ref()),
-                max_attempts: section.and_then(|a| a.max_attempts).unwrap_or(5).max(1),
-                retry_delay: std::time::Duration::from_millis(
-                    section
-                        .and_then(|a| a.retry_delay_ms)
-                        .unwrap_or(1000)
-                        .max(1),
-                ),
-                retry_max_delay: std::time::Duration::from_millis(
-                    section
-                        .and_then(|a| a.retry_max_delay_ms)
-                        .unwrap_or(60_000)
-                        .max(1),
-                ),
-            };
+            let amqp = RouteAmqp::from_section(name.get_ref(), route.amqp.as_ref());
             let uses_broker = route.source == Source::Amqp || *route.sink.get_ref() == Sink::Amqp;
             if uses_broker && file.host.amqp.is_none() {
                 diag.error_at(
@@ -1499,54 +1414,5 @@ pub fn toml_to_json(value: &toml::Value) -> serde_json::Value {
                 .map(|(k, v)| (k.clone(), toml_to_json(v)))
                 .collect(),
         ),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use std::time::Duration;
-
-    fn amqp(max_attempts: u32, delay_ms: u64, max_ms: u64) -> RouteAmqp {
-        RouteAmqp {
-            queue: "q".into(),
-            prefetch: 1,
-            exchange: "x".into(),
-            routing_key: "{type}".into(),
-            dead_letter: "d".into(),
-            max_attempts,
-            retry_delay: Duration::from_millis(delay_ms),
-            retry_max_delay: Duration::from_millis(max_ms),
-        }
-    }
-
-    #[test]
-    fn retry_waits_double_up_to_the_cap_with_one_delay_queue_per_distinct_wait() {
-        let a = amqp(7, 1000, 5000);
-        let waits: Vec<_> = (1..7).map(|n| a.retry_delay_after(n).as_millis()).collect();
-        assert_eq!(waits, [1000, 2000, 4000, 5000, 5000, 5000]);
-        let queues: Vec<_> = a
-            .retry_delays()
-            .into_iter()
-            .map(|d| a.retry_queue(d))
-            .collect();
-        assert_eq!(
-            queues,
-            [
-                "q.retry.1000ms",
-                "q.retry.2000ms",
-                "q.retry.4000ms",
-                "q.retry.5000ms"
-            ]
-        );
-        assert!(
-            amqp(1, 1000, 5000).retry_delays().is_empty(),
-            "one attempt: no retries"
-        );
-        assert_eq!(
-            amqp(64, 1000, 60_000).retry_delay_after(60).as_millis(),
-            60_000,
-            "no overflow"
-        );
     }
 }

@@ -5,7 +5,8 @@
 //! (WAL, `synchronous = FULL`) before the sender hears about the failure, so an entry survives a
 //! crash or restart. SQLite lets `millrace dlq list` read the file while a host is writing it.
 
-use crate::plugin::PluginId;
+use crate::durable::now_rfc3339;
+use crate::plugin::id::PluginId;
 use rusqlite::{Connection, OpenFlags, params};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -303,16 +304,6 @@ impl DeadLetterStore {
             .map_err(|e| self.sql(e))?;
         rows.collect::<Result<Vec<_>, _>>().map_err(|e| self.sql(e))
     }
-}
-
-/// Now as RFC 3339 UTC with milliseconds.
-pub fn now_rfc3339() -> String {
-    let format = time::macros::format_description!(
-        "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z"
-    );
-    time::OffsetDateTime::now_utc()
-        .format(&format)
-        .expect("UTC time formats")
 }
 
 #[cfg(test)]

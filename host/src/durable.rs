@@ -68,3 +68,13 @@ pub fn open_in(
     conn.execute_batch(schema).map_err(open)?;
     Ok((path, conn))
 }
+
+/// Now as RFC 3339 UTC with milliseconds.
+pub fn now_rfc3339() -> String {
+    let format = time::macros::format_description!(
+        "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z"
+    );
+    time::OffsetDateTime::now_utc()
+        .format(&format)
+        .expect("UTC time formats")
+}

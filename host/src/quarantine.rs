@@ -146,7 +146,7 @@ impl Quarantines {
         }
         let quarantined = Quarantined {
             subject: subject.clone(),
-            since: crate::deadletter::now_rfc3339(),
+            since: crate::durable::now_rfc3339(),
             failures: breaker.recent.len(),
             last_reason: crate::plugin::bounds::truncate(reason, 512),
         };

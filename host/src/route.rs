@@ -4,7 +4,8 @@
 //! checks each against its step's grants, and calls its `check-settings`; every failure is
 //! reported at the step's place in the configuration file.
 
-use crate::config::{Config, ConfigErrors, Diagnostics, RouteAmqp, Sink, Source, Webhook};
+use crate::amqp::config::RouteAmqp;
+use crate::config::{Config, ConfigErrors, Diagnostics, Sink, Source, Webhook};
 use crate::plugin::engine::PluginEngine;
 use crate::plugin::{Artifact, LoadError, StepRuntime, StepSpec};
 use crate::state::StateStore;

@@ -97,7 +97,7 @@ impl Host {
                 config.idempotency_bounds,
             )?))
         };
-        apply_quotas(config, &state);
+        crate::control::apply_quotas(config, &state);
         let all = routes.all();
         let link = match &config.amqp {
             Some(url) if crate::amqp::used_by(&all) => {
@@ -176,19 +176,6 @@ impl Host {
             connections,
             ready,
         }
-    }
-}
-
-/// Give each plant's state its quota from `config` (at start and on a reload).
-pub fn apply_quotas(config: &Config, state: &StateStore) {
-    for (plant, limits) in &config.plant_limits {
-        state.set_quota(
-            plant,
-            crate::state::Quota {
-                max_keys: limits.state_max_keys,
-                max_bytes: limits.state_max_bytes,
-            },
-        );
     }
 }
 

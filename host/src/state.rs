@@ -209,7 +209,7 @@ impl StateStore {
         conn.execute(
             "INSERT INTO state (plant, key, value, updated_at) VALUES (?1, ?2, ?3, ?4)
              ON CONFLICT (plant, key) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at",
-            params![plant, key, value, crate::deadletter::now_rfc3339()],
+            params![plant, key, value, crate::durable::now_rfc3339()],
         )
         .map_err(|e| self.sql(e))?;
         usage.insert(plant.to_string(), after);

@@ -5,6 +5,7 @@
 //! dead letters (`replay`). Nothing outside this folder speaks lapin.
 
 pub mod broadcast;
+pub mod config;
 pub mod outbox;
 pub mod publisher;
 pub mod replay;

@@ -326,7 +326,7 @@ impl AmqpPublisher {
         if header_string(&table, headers::FIRST_FAILURE).is_none() {
             table.insert(
                 headers::FIRST_FAILURE.into(),
-                text(&crate::deadletter::now_rfc3339()),
+                text(&crate::durable::now_rfc3339()),
             );
         }
         table.insert(headers::ORIGINAL_EXCHANGE.into(), text(&exchange));
@@ -357,7 +357,7 @@ impl AmqpPublisher {
         let mut table = input.properties.headers().clone().unwrap_or_default();
         let (exchange, key) = origin(&table, input.exchange, input.routing_key);
         let first = header_string(&table, headers::FIRST_FAILURE)
-            .unwrap_or_else(crate::deadletter::now_rfc3339);
+            .unwrap_or_else(crate::durable::now_rfc3339);
         let (step, plugin) = match &verdict.step {
             Some((step, plugin)) => (step.to_string(), Some(plugin)),
             None => (String::new(), None),

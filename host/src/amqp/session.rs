@@ -6,10 +6,10 @@
 //! (its unacknowledged deliveries go back to the queue at the broker) and a new connection with
 //! new channels and consumers replaces it, so no half-recovered channel is ever used.
 
+use super::config::AmqpTls;
 use crate::amqp::publisher::AmqpPublisher;
 use crate::route::Routes;
 use futures_lite::StreamExt;
-use lapin::tcp::{OwnedIdentity, OwnedTLSConfig};
 use lapin::{Connection, ConnectionProperties};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -43,58 +43,6 @@ impl Session {
     /// supervisor drops it and connects again.
     pub fn lost(&self, reason: String) {
         let _ = self.lost.send(reason);
-    }
-}
-
-/// The broker link's TLS material (`[amqp_tls]`), for `amqps://` URLs: CA certificates to trust
-/// besides the public web roots, and a client certificate (with `?auth_mechanism=external` in
-/// the URL, the broker takes it as the login: SASL EXTERNAL). The files are read at every
-/// connection, so a rotated certificate is used from the next one.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct AmqpTls {
-    /// CA certificates, PEM, the broker's certificate may chain to.
-    pub ca: Option<std::path::PathBuf>,
-    /// The client certificate chain, PEM.
-    pub cert: Option<std::path::PathBuf>,
-    /// Its private key, PEM (PKCS#8, PKCS#1 or SEC1).
-    pub key: Option<std::path::PathBuf>,
-}
-
-impl AmqpTls {
-    /// Read the files; an error names the file and what is wrong.
-    pub fn load(&self) -> Result<OwnedTLSConfig, String> {
-        use crate::http::tls::pem_certificates;
-        use rustls::pki_types::PrivateKeyDer;
-        use rustls::pki_types::pem::PemObject;
-        let cert_chain = match &self.ca {
-            Some(ca) => Some(
-                String::from_utf8(pem_certificates("broker CA", ca)?.0)
-                    .map_err(|_| format!("broker CA {}: not PEM text", ca.display()))?,
-            ),
-            None => None,
-        };
-        let identity = match (&self.cert, &self.key) {
-            (None, None) => None,
-            (Some(cert), Some(key)) => {
-                let (pem, _) = pem_certificates("client certificate", cert)?;
-                let key_pem =
-                    std::fs::read(key).map_err(|e| format!("client key {}: {e}", key.display()))?;
-                if let Err(e) = PrivateKeyDer::from_pem_slice(&key_pem) {
-                    return Err(format!("client key {}: {e}", key.display()));
-                }
-                Some(OwnedIdentity::PKCS8 { pem, key: key_pem })
-            }
-            _ => {
-                return Err(
-                    "[amqp_tls] cert and key go together (the client certificate and its key)"
-                        .into(),
-                );
-            }
-        };
-        Ok(OwnedTLSConfig {
-            identity,
-            cert_chain,
-        })
     }
 }
 

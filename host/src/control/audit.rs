@@ -79,7 +79,7 @@ impl AuditLog {
             "INSERT INTO audit (at, who, peer, method, path, plant, status, detail)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
             params![
-                crate::deadletter::now_rfc3339(),
+                crate::durable::now_rfc3339(),
                 entry.who,
                 entry.peer,
                 entry.method,

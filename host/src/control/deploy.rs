@@ -305,7 +305,7 @@ impl Deployer {
             kept.pop_front();
         }
         kept.push_back(Refusal {
-            at: crate::deadletter::now_rfc3339(),
+            at: crate::durable::now_rfc3339(),
             plant: plant.into(),
             origin: origin.into(),
             by: by.into(),

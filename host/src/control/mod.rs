@@ -37,3 +37,16 @@ pub struct Control {
     /// this host did not start (a restart is needed).
     pub transports: Vec<Box<dyn reload::Reloadable>>,
 }
+
+/// Give each plant's state its quota from `config` (at start and on a reload).
+pub fn apply_quotas(config: &crate::config::Config, state: &StateStore) {
+    for (plant, limits) in &config.plant_limits {
+        state.set_quota(
+            plant,
+            crate::state::Quota {
+                max_keys: limits.state_max_keys,
+                max_bytes: limits.state_max_bytes,
+            },
+        );
+    }
+}

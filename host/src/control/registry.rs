@@ -178,7 +178,7 @@ impl Registry {
                     source,
                 })?;
         }
-        let now = crate::deadletter::now_rfc3339();
+        let now = crate::durable::now_rfc3339();
         self.conn
             .lock()
             .expect("registry lock")
@@ -257,7 +257,7 @@ impl Registry {
         action: &str,
         by: &str,
     ) -> Result<Activation, RegistryError> {
-        let at = crate::deadletter::now_rfc3339();
+        let at = crate::durable::now_rfc3339();
         let conn = self.conn.lock().expect("registry lock");
         conn.execute(
             "INSERT INTO activations (plant, plugin, version, digest, previous_version, action, by, at)

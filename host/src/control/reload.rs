@@ -112,7 +112,7 @@ fn apply(control: &Control, started: std::time::Instant) -> Result<Reloaded, Rel
         return Err(e.into());
     }
     control.pipeline.admission.configure(&config);
-    crate::start::apply_quotas(&config, &control.state);
+    super::apply_quotas(&config, &control.state);
     let diff = RouteDiff::between(&before, &deployer.routes().all());
     let mut broker_restarted = false;
     for transport in &control.transports {

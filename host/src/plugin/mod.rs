@@ -14,7 +14,10 @@ pub mod bindings;
 pub mod bounds;
 pub mod capability;
 pub mod engine;
+pub mod id;
 pub mod intake;
+
+pub use id::PluginId;
 pub mod signature;
 pub mod store;
 
@@ -291,14 +294,6 @@ pub fn check_info(info: &types::PluginInfo) -> Result<(), String> {
         }
     }
     Ok(())
-}
-
-/// Name, version and digest of the plugin that ran a step (for dead letters and lineage).
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
-pub struct PluginId {
-    pub name: String,
-    pub version: String,
-    pub digest: String,
 }
 
 /// Limits of one step.
