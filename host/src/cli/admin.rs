@@ -25,6 +25,34 @@ pub fn admin_call(method: &str, url: &str, body: Option<Vec<u8>>) -> i32 {
     }
 }
 
+/// `millrace plugin activate`: make `version` of `plugin` the one `plant` runs.
+pub fn activate(admin: &str, plant: &str, plugin: &str, version: &str) -> i32 {
+    let body = serde_json::json!({ "version": version }).to_string();
+    admin_call(
+        "POST",
+        &format!("{admin}/v1/plants/{plant}/plugins/{plugin}/activate"),
+        Some(body.into_bytes()),
+    )
+}
+
+/// `millrace plugin rollback`: back to the version `plant` ran before.
+pub fn rollback(admin: &str, plant: &str, plugin: &str) -> i32 {
+    admin_call(
+        "POST",
+        &format!("{admin}/v1/plants/{plant}/plugins/{plugin}/rollback"),
+        Some(Vec::new()),
+    )
+}
+
+/// `millrace plugin versions`: the versions `plant` keeps of `plugin`, and its history.
+pub fn versions(admin: &str, plant: &str, plugin: &str) -> i32 {
+    admin_call(
+        "GET",
+        &format!("{admin}/v1/plants/{plant}/plugins/{plugin}"),
+        None,
+    )
+}
+
 /// The admin API's answer (status, body) to one request, with the token of
 /// `MILLRACE_ADMIN_TOKEN` and the body typed as `content_type`.
 fn admin_request(

@@ -2,9 +2,11 @@
 //! process exit code; output goes to stdout, errors to stderr.
 
 pub mod admin;
+pub mod args;
 pub mod check;
 pub mod dlq;
 pub mod plugin;
+pub mod run;
 
 pub use admin::{ADMIN_CA_ENV, ADMIN_TOKEN_ENV, admin_call, admin_token, deploy};
 pub use check::check;
