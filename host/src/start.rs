@@ -164,13 +164,10 @@ impl Host {
 
     /// What the message listener serves with.
     pub fn http_source(&self, connections: ConnectionLimits) -> HttpSource {
-        let ready: Vec<Arc<dyn crate::pipeline::Ready>> = match &self.amqp {
-            Some(amqp) => vec![Arc::new(crate::amqp::AmqpReady {
-                link: Arc::clone(&amqp.link),
-                pipeline: Arc::clone(&self.pipeline),
-            })],
-            None => Vec::new(),
-        };
+        let ready: Vec<Arc<dyn crate::pipeline::Ready>> = vec![Arc::new(crate::amqp::AmqpReady {
+            link: self.amqp.as_ref().map(|amqp| Arc::clone(&amqp.link)),
+            pipeline: Arc::clone(&self.pipeline),
+        })];
         HttpSource {
             pipeline: Arc::clone(&self.pipeline),
             connections,

@@ -139,18 +139,20 @@ impl Reloadable for AmqpReload {
     }
 }
 
-/// `/readyz`'s broker entry: connected, or why not and how many outputs wait.
+/// `/readyz`'s broker entry: connected (or not used), or why not and how many outputs wait.
 pub struct AmqpReady {
-    pub link: Arc<BrokerLink>,
+    /// `None`: no route uses the broker.
+    pub link: Option<Arc<BrokerLink>>,
     pub pipeline: Arc<Pipeline>,
 }
 
 impl Ready for AmqpReady {
     fn readiness(&self) -> Readiness {
         let waiting = self.pipeline.sinks.outbox.as_ref().map(|o| o.held());
-        let state = match self.link.link() {
-            Link::Up(_) => Ok("connected"),
-            Link::Down { reason, since } => {
+        let state = match self.link.as_ref().map(|l| l.link()) {
+            None => Ok("not used"),
+            Some(Link::Up(_)) => Ok("connected"),
+            Some(Link::Down { reason, since }) => {
                 let for_s = since.elapsed().map_or(0, |d| d.as_secs());
                 Err(format!(
                     "the broker is not connected (for {for_s} s): {reason}"
