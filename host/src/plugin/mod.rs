@@ -219,9 +219,43 @@ impl std::fmt::Display for InstantiationRefused {
     }
 }
 
+/// Tries of an instantiation that failed because the kernel was briefly busy.
+const BUSY_TRIES: u32 = 3;
+
 /// A new instance serving `context`, with its limits and a first deadline set, and WASI
-/// state when the step is granted `wasi`.
+/// state when the step is granted `wasi`. The first instance of a component makes its memory
+/// image (a sealed memfd); sealing fails with EBUSY while the kernel still holds the freshly
+/// written pages elsewhere, which passes: that failure is tried again with a fresh store.
 fn instantiate(
+    pre: &bindings::PluginPre<Invocation>,
+    context: &Arc<StepContext>,
+    limits: StepLimits,
+    wasi: bool,
+    message_id: &str,
+) -> wasmtime::Result<Warm> {
+    let mut tries = 1;
+    loop {
+        match instantiate_once(pre, context, limits, wasi, message_id) {
+            Err(e) if tries < BUSY_TRIES && kernel_busy(&e) => {
+                tracing::debug!(error = %format!("{e:#}"), tries, "instantiation met a busy kernel; trying again");
+                tries += 1;
+                std::thread::sleep(std::time::Duration::from_millis(u64::from(tries)));
+            }
+            done => return done,
+        }
+    }
+}
+
+/// Whether `e` comes from an operating-system call that answered EBUSY.
+fn kernel_busy(e: &wasmtime::Error) -> bool {
+    e.chain().any(|cause| {
+        cause
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::ResourceBusy)
+    })
+}
+
+fn instantiate_once(
     pre: &bindings::PluginPre<Invocation>,
     context: &Arc<StepContext>,
     limits: StepLimits,
@@ -676,5 +710,22 @@ fn trap_reason(error: &wasmtime::Error) -> String {
     match error.downcast_ref::<Trap>() {
         Some(trap) => trap.to_string(),
         None => format!("{error:#}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_busy_kernel_makes_an_instantiation_worth_trying_again() {
+        let busy = wasmtime::Error::new(std::io::Error::from(std::io::ErrorKind::ResourceBusy))
+            .context("cannot add seals to the memfd")
+            .context("instantiating");
+        assert!(kernel_busy(&busy));
+        let other = wasmtime::Error::new(std::io::Error::from(std::io::ErrorKind::OutOfMemory))
+            .context("instantiating");
+        assert!(!kernel_busy(&other));
+        assert!(!kernel_busy(&wasmtime::Error::msg("a trap")));
     }
 }
