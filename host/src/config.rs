@@ -51,6 +51,9 @@ struct HostSection {
     idempotency_window_s: Option<u64>,
     amqp: Option<Spanned<String>>,
     amqp_declare: Option<bool>,
+    mqtt: Option<Spanned<String>>,
+    mqtt_client_id: Option<String>,
+    mqtt_session_expiry_s: Option<u32>,
     outbox_max_messages: Option<usize>,
     drop_dir: Option<String>,
     drop_settle_ms: Option<u64>,
@@ -123,6 +126,18 @@ struct PlantSection {
     state_max_keys: Number,
     state_max_mib: Number,
     trust: Option<TrustSection>,
+    uns: Option<Spanned<UnsSection>>,
+}
+
+/// `[plants.P.uns]`: the plant's place in the ISA-95 hierarchy of the Unified Namespace.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UnsSection {
+    enterprise: Option<String>,
+    site: Option<String>,
+    area: Option<String>,
+    line: Option<String>,
+    cell: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -149,6 +164,7 @@ struct RouteSection {
     sink: Spanned<Sink>,
     webhook: Option<Spanned<WebhookSection>>,
     amqp: Option<crate::amqp::config::AmqpSection>,
+    mqtt: Option<crate::mqtt::config::MqttSection>,
     steps: Spanned<Vec<StepSection>>,
     max_body_kib: Number,
     max_outputs: Number,
@@ -195,17 +211,19 @@ struct StepSection {
 }
 
 /// Where a route's messages come from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Source {
     /// `POST /v1/routes/{route}/messages` on the HTTP listener.
     Http,
     /// A RabbitMQ queue (`[routes.R.amqp] queue`).
     Amqp,
+    /// MQTT topic filters (`[routes.R.mqtt] topics`).
+    Mqtt,
 }
 
 /// Where a route's outputs go.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Sink {
     /// Back to the HTTP caller in the response.
@@ -214,6 +232,8 @@ pub enum Sink {
     Http,
     /// Published to a RabbitMQ exchange with publisher confirms.
     Amqp,
+    /// Published to an MQTT topic (`[routes.R.mqtt] topic`), acknowledged by the broker.
+    Mqtt,
 }
 
 /// Where sink `http` delivers.
@@ -242,6 +262,13 @@ pub struct Config {
     /// Whether the host declares the broker topology its routes use (`host.amqp_declare`,
     /// default true); false for brokers provisioned beforehand.
     pub amqp_declare: bool,
+    /// The MQTT broker (`mqtt://…`), needed when a route's source or sink is `mqtt`.
+    pub mqtt: Option<crate::mqtt::config::BrokerUrl>,
+    /// The host's MQTT client id (`host.mqtt_client_id`, default `millrace-HOST_ID`): its
+    /// session at the broker, kept while it is away.
+    pub mqtt_client_id: String,
+    /// How long the broker keeps that session while the host is away (default one day).
+    pub mqtt_session_expiry_s: u32,
     /// Outputs of HTTP-in/broker-out routes waiting for the broker, at most (default 100,000).
     pub outbox_max_messages: usize,
     /// How long the answer to a request with an `Idempotency-Key` is kept (0: not kept).
@@ -343,6 +370,8 @@ impl Config {
             ("host.data_dir", self.data_dir.display().to_string()),
             ("host.max_in_flight", self.max_in_flight.to_string()),
             ("host.amqp", format!("{:?}", self.amqp)),
+            ("host.mqtt", format!("{:?}", self.mqtt)),
+            ("host.mqtt_client_id", self.mqtt_client_id.clone()),
             ("host.amqp_declare", self.amqp_declare.to_string()),
             (
                 "host.outbox_max_messages",
@@ -422,6 +451,8 @@ pub struct RouteConfig {
     /// Set when `sink` is `http`.
     pub webhook: Option<Webhook>,
     pub amqp: crate::amqp::config::RouteAmqp,
+    /// Topics, QoS and retries for source/sink `mqtt`.
+    pub mqtt: crate::mqtt::config::RouteMqtt,
     pub max_body_bytes: usize,
     /// What one message may use across the chain.
     pub budget: MessageBudget,
@@ -617,6 +648,20 @@ impl Config {
         });
         let data_dir = dir.join(file.host.data_dir.as_deref().unwrap_or(".millrace"));
         let plugin_dir = dir.join(file.host.plugin_dir.as_deref().unwrap_or("target/plugins"));
+        let mqtt_url = match &file.host.mqtt {
+            Some(url) => match crate::mqtt::config::BrokerUrl::parse(url.get_ref()) {
+                Ok(url) => Some(url),
+                Err(e) => {
+                    diag.error_at(
+                        url.span(),
+                        format!("host.mqtt is not an MQTT broker URL ({e}); write it as mqtt://HOST:1883"),
+                    );
+                    None
+                }
+            },
+            None => None,
+        };
+        let host_id = file.host.id.clone().unwrap_or_else(hostname);
         if let Some(url) = &file.host.amqp
             && let Err(e) = crate::amqp::config::check_url(url.get_ref())
         {
@@ -890,7 +935,37 @@ impl Config {
         let mut plants = BTreeMap::new();
         let mut plant_limits = BTreeMap::new();
         let mut trust = BTreeMap::new();
+        let mut plant_uns: BTreeMap<String, Vec<(String, String)>> = BTreeMap::new();
         for (name, plant) in &file.plants {
+            if let Some(uns) = &plant.uns {
+                let given = [
+                    &uns.get_ref().enterprise,
+                    &uns.get_ref().site,
+                    &uns.get_ref().area,
+                    &uns.get_ref().line,
+                    &uns.get_ref().cell,
+                ];
+                let mut levels = Vec::new();
+                let mut gap = None;
+                for (level, value) in crate::mqtt::config::UNS_LEVELS.iter().zip(given) {
+                    match (value, gap) {
+                        (Some(v), None) if v.is_empty() || v.contains(['/', '+', '#']) => {
+                            diag.error_at(
+                                uns.span(),
+                                format!("plants.{}.uns.{level} = {v:?}: a level is one topic level (not empty; no /, + or #)", name.get_ref()),
+                            );
+                        }
+                        (Some(v), None) => levels.push((level.to_string(), v.clone())),
+                        (Some(_), Some(missing)) => diag.error_at(
+                            uns.span(),
+                            format!("plants.{}.uns gives {level} but not {missing}, the level above it (ISA-95: enterprise/site/area/line/cell)", name.get_ref()),
+                        ),
+                        (None, None) => gap = Some(*level),
+                        (None, Some(_)) => {}
+                    }
+                }
+                plant_uns.insert(name.get_ref().clone(), levels);
+            }
             if let Some(section) = &plant.trust {
                 let mut keys = Vec::new();
                 for key in section.keys.get_ref() {
@@ -1083,6 +1158,34 @@ impl Config {
                     format!("route {} takes messages from a queue, so there is no caller to reply to; use sink \"amqp\" or \"http\"", name.get_ref()),
                 );
             }
+            let mut mqtt = crate::mqtt::config::RouteMqtt::from_section(route.mqtt.as_ref());
+            mqtt.uns = plant_uns.get(plant).cloned().unwrap_or_default();
+            let (mqtt_in, mqtt_out) = (
+                route.source == Source::Mqtt,
+                *route.sink.get_ref() == Sink::Mqtt,
+            );
+            if (mqtt_in || mqtt_out) && file.host.mqtt.is_none() {
+                diag.error_at(
+                    route.sink.span(),
+                    format!("route {} uses MQTT but host.mqtt is not set; add mqtt = \"mqtt://127.0.0.1:1883\" to [host]", name.get_ref()),
+                );
+            }
+            if mqtt_in && *route.sink.get_ref() == Sink::Reply {
+                diag.error_at(
+                    route.sink.span(),
+                    format!("route {} takes MQTT messages, so there is no caller to reply to; use sink \"mqtt\", \"amqp\" or \"http\"", name.get_ref()),
+                );
+            }
+            for problem in mqtt.problems(mqtt_in, mqtt_out) {
+                diag.error_at(
+                    route.sink.span(),
+                    format!(
+                        "route {}: [routes.{}.mqtt] {problem}",
+                        name.get_ref(),
+                        name.get_ref()
+                    ),
+                );
+            }
             routes.push(RouteConfig {
                 name: name.get_ref().clone(),
                 plant: plant.clone(),
@@ -1090,6 +1193,7 @@ impl Config {
                 sink: *route.sink.get_ref(),
                 webhook,
                 amqp,
+                mqtt,
                 max_body_bytes: max_body_kib as usize * 1024,
                 budget,
                 max_in_flight: route_in_flight,
@@ -1119,10 +1223,17 @@ impl Config {
             plugin_dir,
             amqp: file.host.amqp.as_ref().map(|a| a.get_ref().clone()),
             amqp_declare: file.host.amqp_declare.unwrap_or(true),
+            mqtt: mqtt_url,
+            mqtt_client_id: file
+                .host
+                .mqtt_client_id
+                .clone()
+                .unwrap_or_else(|| format!("millrace-{host_id}")),
+            mqtt_session_expiry_s: file.host.mqtt_session_expiry_s.unwrap_or(86_400),
             drop_dir,
             settle: std::time::Duration::from_millis(file.host.drop_settle_ms.unwrap_or(1000)),
             watch_config: file.host.watch_config.unwrap_or(true),
-            host_id: file.host.id.clone().unwrap_or_else(hostname),
+            host_id,
             intake,
             gate_budget,
             quarantine,

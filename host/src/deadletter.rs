@@ -32,6 +32,9 @@ pub enum Kind {
     /// A plugin broke a bound on what it hands over (outputs, bytes, invalid headers, tables),
     /// or the message ran out of its budget across the chain.
     Limit,
+    /// Every attempt a transient failure allows was used (a source without a broker-side
+    /// dead-letter queue: MQTT).
+    AttemptsExhausted,
 }
 
 impl Kind {
@@ -42,6 +45,7 @@ impl Kind {
             Kind::MemoryCap => "memory-cap",
             Kind::Trap => "trap",
             Kind::Limit => "limit",
+            Kind::AttemptsExhausted => "attempts-exhausted",
         }
     }
 
@@ -51,6 +55,7 @@ impl Kind {
             "deadline" => Kind::Deadline,
             "memory-cap" => Kind::MemoryCap,
             "limit" => Kind::Limit,
+            "attempts-exhausted" => Kind::AttemptsExhausted,
             _ => Kind::Trap,
         }
     }

@@ -17,6 +17,7 @@ pub mod fuzz;
 pub mod http;
 pub mod idempotency;
 pub mod lookup;
+pub mod mqtt;
 pub mod pipeline;
 pub mod plugin;
 pub mod quarantine;

@@ -23,6 +23,8 @@ pub struct Route {
     pub webhook: Option<Webhook>,
     /// Queue, exchange and dead-letter names for source/sink `amqp`.
     pub amqp: RouteAmqp,
+    /// Topics, QoS and retries for source/sink `mqtt`.
+    pub mqtt: crate::mqtt::config::RouteMqtt,
     pub max_body_bytes: usize,
     /// What one message may use across the chain.
     pub budget: crate::config::MessageBudget,
@@ -41,6 +43,7 @@ struct RouteBase {
     sink: Sink,
     webhook: Option<Webhook>,
     amqp: RouteAmqp,
+    mqtt: crate::mqtt::config::RouteMqtt,
     max_body_bytes: usize,
     budget: crate::config::MessageBudget,
     auth: Option<crate::config::RouteAuth>,
@@ -56,6 +59,7 @@ macro_rules! base_of {
             sink: $route.sink,
             webhook: $route.webhook.clone(),
             amqp: $route.amqp.clone(),
+            mqtt: $route.mqtt.clone(),
             max_body_bytes: $route.max_body_bytes,
             budget: $route.budget,
             auth: $route.auth.clone(),
@@ -84,6 +88,7 @@ impl Route {
             sink,
             webhook,
             amqp,
+            mqtt,
             max_body_bytes,
             budget,
             auth,
@@ -95,6 +100,7 @@ impl Route {
             sink,
             webhook,
             amqp,
+            mqtt,
             max_body_bytes,
             budget,
             auth,
@@ -111,6 +117,7 @@ impl Route {
             && self.sink == other.sink
             && self.webhook == other.webhook
             && self.amqp == other.amqp
+            && self.mqtt == other.mqtt
             && self.max_body_bytes == other.max_body_bytes
             && self.budget == other.budget
             && self.auth == other.auth

@@ -5,6 +5,7 @@ use crate::config::{Config, ConfigErrors};
 use crate::deadletter::DeadLetterStore;
 use crate::idempotency::IdempotencyStore;
 
+use crate::config::Sink;
 use crate::control::Control;
 use crate::http::connections::ConnectionLimits;
 use crate::http::source::HttpSource;
@@ -57,7 +58,8 @@ pub enum StartError {
 pub struct Host {
     pub pipeline: Arc<Pipeline>,
     pub control: Arc<Control>,
-    pub amqp: Option<Arc<crate::amqp::Amqp>>,
+    /// The transports' sources (AMQP, MQTT) the routes use.
+    pub sources: Vec<Arc<dyn crate::pipeline::Source>>,
 }
 
 impl Host {
@@ -122,14 +124,41 @@ impl Host {
             .map(|store| store.settled_log())
             .transpose()?;
         let has_outbox = outbox.is_some();
+        let mqtt_link = match &config.mqtt {
+            Some(url) if crate::mqtt::used_by(&all) => {
+                Some(Arc::new(crate::mqtt::session::MqttLink::new(
+                    url.clone(),
+                    config.mqtt_client_id.clone(),
+                    config.mqtt_session_expiry_s,
+                    Arc::clone(&routes),
+                )))
+            }
+            _ => None,
+        };
         let pipeline = Arc::new(Pipeline::new(
             Arc::clone(&routes),
             crate::admission::Admission::new(config),
             config.max_in_flight,
             deadletters,
-            Sinks {
-                webhooks: WebhookClient::default(),
-                outbox,
+            {
+                let mut sinks = Sinks::default();
+                sinks.register(Sink::Http, Arc::new(WebhookClient::default()));
+                sinks.register(
+                    Sink::Amqp,
+                    Arc::new(crate::amqp::AmqpSink {
+                        link: link.clone(),
+                        outbox: outbox.clone(),
+                    }),
+                );
+                if let Some(link) = &mqtt_link {
+                    sinks.register(
+                        Sink::Mqtt,
+                        Arc::new(crate::mqtt::MqttSink {
+                            link: Arc::clone(link),
+                        }),
+                    );
+                }
+                sinks
             },
             idempotency,
         ));
@@ -137,6 +166,7 @@ impl Host {
             Arc::new(crate::amqp::Amqp {
                 link: Arc::clone(link),
                 pipeline: Arc::clone(&pipeline),
+                outbox: outbox.clone(),
                 settled,
                 deployer: Arc::clone(&deployer),
                 host_id: config.host_id.clone(),
@@ -150,24 +180,43 @@ impl Host {
             config_path: config.path.clone(),
             restart_only: config.restart_only(),
             connections: config.connections,
-            transports: vec![Box::new(crate::amqp::AmqpReload {
-                link,
-                outbox: has_outbox,
-            })],
+            transports: vec![
+                Box::new(crate::amqp::AmqpReload {
+                    link,
+                    outbox: has_outbox,
+                }),
+                Box::new(crate::mqtt::MqttReload {
+                    link: mqtt_link.clone(),
+                }),
+            ],
         });
+        let mqtt = mqtt_link.map(|link| {
+            Arc::new(crate::mqtt::Mqtt {
+                link,
+                pipeline: Arc::clone(&pipeline),
+            })
+        });
+        let mut sources: Vec<Arc<dyn crate::pipeline::Source>> = Vec::new();
+        if let Some(amqp) = amqp {
+            sources.push(amqp);
+        }
+        if let Some(mqtt) = mqtt {
+            sources.push(mqtt);
+        }
         Ok(Host {
             pipeline,
             control,
-            amqp,
+            sources,
         })
     }
 
     /// What the message listener serves with.
     pub fn http_source(&self, connections: ConnectionLimits) -> HttpSource {
-        let ready: Vec<Arc<dyn crate::pipeline::Ready>> = vec![Arc::new(crate::amqp::AmqpReady {
-            link: self.amqp.as_ref().map(|amqp| Arc::clone(&amqp.link)),
-            pipeline: Arc::clone(&self.pipeline),
-        })];
+        let ready = self
+            .sources
+            .iter()
+            .map(|s| Arc::clone(s) as Arc<dyn crate::pipeline::Ready>)
+            .collect();
         HttpSource {
             pipeline: Arc::clone(&self.pipeline),
             connections,
@@ -213,8 +262,8 @@ pub async fn run(
     // The broker is reached in the background (with backoff): the host serves HTTP, and takes
     // HTTP-in/broker-out messages into the outbox, while it is away. `/readyz` says which.
     let mut background = tokio::task::JoinSet::new();
-    if let Some(amqp) = &host.amqp {
-        Arc::clone(amqp)
+    for source in &host.sources {
+        Arc::clone(source)
             .start(&mut background, stopped.clone())
             .await
             .map_err(StartError::Admin)?;

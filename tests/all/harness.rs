@@ -794,6 +794,101 @@ impl Drop for Broker {
     }
 }
 
+/// A real MQTT broker (mosquitto 2) on loopback for one test (`scripts/mosquitto`), with its
+/// sessions and queued messages on disk; stopped when dropped.
+pub struct Mosquitto {
+    pub port: u16,
+    pid: u32,
+    _dir: tempfile::TempDir,
+}
+
+impl Mosquitto {
+    pub fn start() -> Mosquitto {
+        let dir = tempfile::tempdir().expect("mosquitto dir");
+        let port = {
+            let probe = std::net::TcpListener::bind("127.0.0.1:0").expect("free port");
+            probe.local_addr().unwrap().port()
+        };
+        let pid = Mosquitto::launch(dir.path(), port);
+        Mosquitto {
+            port,
+            pid,
+            _dir: dir,
+        }
+    }
+
+    fn launch(dir: &Path, port: u16) -> u32 {
+        let out = Command::new(root().join("scripts/mosquitto"))
+            .args(["start", &dir.display().to_string(), &port.to_string()])
+            .output()
+            .expect("scripts/mosquitto runs");
+        assert!(
+            out.status.success(),
+            "mosquitto did not start: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout)
+            .trim()
+            .parse()
+            .expect("the broker's pid")
+    }
+
+    pub fn url(&self) -> String {
+        format!("mqtt://127.0.0.1:{}", self.port)
+    }
+
+    /// A Python program with paho-mqtt (Debian's python3-paho-mqtt), a client that is not
+    /// ours, with `PORT` set.
+    fn python(&self, program: &str) -> Command {
+        let mut command = Command::new("/usr/bin/python3");
+        command
+            .arg("-c")
+            .arg(format!(
+                "import json, os, time, threading\nimport paho.mqtt.client as mqtt\nfrom paho.mqtt.properties import Properties\nfrom paho.mqtt.packettypes import PacketTypes\nPORT = int(os.environ['PORT'])\n{program}"
+            ))
+            .env("PORT", self.port.to_string());
+        command
+    }
+
+    /// Start `program` (see [`Mosquitto::client`]) in the background.
+    pub fn spawn_client(&self, program: &str) -> std::process::Child {
+        self.python(program)
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("python3 runs")
+    }
+
+    /// Run `program` with paho-mqtt to completion; its stdout parsed as JSON.
+    pub fn client(&self, program: &str) -> serde_json::Value {
+        let out = self.python(program).output().expect("python3 runs");
+        assert!(
+            out.status.success(),
+            "client failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+            panic!(
+                "client output is not JSON ({e}): {}",
+                String::from_utf8_lossy(&out.stdout)
+            )
+        })
+    }
+}
+
+impl Drop for Mosquitto {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.pid.to_string()])
+            .status();
+        for _ in 0..100 {
+            if !Path::new(&format!("/proc/{}", self.pid)).exists() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
 use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
 };

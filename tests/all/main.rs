@@ -19,6 +19,8 @@ mod http;
 mod ingress_abuse;
 mod instances;
 mod limits;
+mod mqtt;
+mod mqtt_faults;
 mod replay;
 mod signing;
 mod state;

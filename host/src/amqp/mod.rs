@@ -27,6 +27,8 @@ use tokio::task::JoinSet;
 pub struct Amqp {
     pub link: Arc<BrokerLink>,
     pub pipeline: Arc<Pipeline>,
+    /// Outputs waiting for the broker, when a route needs it.
+    pub outbox: Option<Arc<outbox::Outbox>>,
     /// Writer of settled delivery ids (group commit), when the pipeline keeps them.
     pub settled: Option<SettledLog>,
     /// Activations to announce to, and apply from, the hosts on the broker.
@@ -35,11 +37,21 @@ pub struct Amqp {
     pub host_id: String,
 }
 
-impl Amqp {
+impl crate::pipeline::Source for Amqp {
     /// Check the link's TLS (a certificate problem stops the start), then run in `background`
     /// until `stopped`: the session supervisor (topology, consumers, other hosts'
     /// activations), the outbox drainer, and the announcer of this host's activations.
-    pub async fn start(
+    fn start<'a>(
+        self: Arc<Self>,
+        background: &'a mut JoinSet<()>,
+        stopped: watch::Receiver<bool>,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), String>> + Send + 'a>> {
+        Box::pin(self.start_in(background, stopped))
+    }
+}
+
+impl Amqp {
+    async fn start_in(
         self: Arc<Self>,
         background: &mut JoinSet<()>,
         stopped: watch::Receiver<bool>,
@@ -68,7 +80,7 @@ impl Amqp {
                 }
             },
         ));
-        if let Some(outbox) = self.pipeline.sinks.outbox.as_ref().map(Arc::clone) {
+        if let Some(outbox) = self.outbox.as_ref().map(Arc::clone) {
             let link = Arc::clone(&self.link);
             background.spawn(async move { outbox.drain(&link, stopped).await });
         }
@@ -139,20 +151,13 @@ impl Reloadable for AmqpReload {
     }
 }
 
-/// `/readyz`'s broker entry: connected (or not used), or why not and how many outputs wait.
-pub struct AmqpReady {
-    /// `None`: no route uses the broker.
-    pub link: Option<Arc<BrokerLink>>,
-    pub pipeline: Arc<Pipeline>,
-}
-
-impl Ready for AmqpReady {
+/// `/readyz`'s broker entry: connected, or why not; and how many outputs wait.
+impl Ready for Amqp {
     fn readiness(&self) -> Readiness {
-        let waiting = self.pipeline.sinks.outbox.as_ref().map(|o| o.held());
-        let state = match self.link.as_ref().map(|l| l.link()) {
-            None => Ok("not used"),
-            Some(Link::Up(_)) => Ok("connected"),
-            Some(Link::Down { reason, since }) => {
+        let waiting = self.outbox.as_ref().map(|o| o.held());
+        let state = match self.link.link() {
+            Link::Up(_) => Ok("connected"),
+            Link::Down { reason, since } => {
                 let for_s = since.elapsed().map_or(0, |d| d.as_secs());
                 Err(format!(
                     "the broker is not connected (for {for_s} s): {reason}"
@@ -164,5 +169,76 @@ impl Ready for AmqpReady {
             state,
             facts: vec![("outbox_waiting", serde_json::json!(waiting))],
         }
+    }
+}
+
+/// Sink `amqp`: [`Via::Direct`] publishes on the current broker session and waits for the
+/// broker's confirms; [`Via::Held`] puts the outputs in the outbox (on disk), which the running
+/// host publishes in order when the broker is up.
+///
+/// [`Via::Direct`]: crate::pipeline::sinks::Via::Direct
+/// [`Via::Held`]: crate::pipeline::sinks::Via::Held
+pub struct AmqpSink {
+    pub link: Option<Arc<BrokerLink>>,
+    pub outbox: Option<Arc<outbox::Outbox>>,
+}
+
+impl crate::pipeline::sinks::Sink for AmqpSink {
+    fn deliver<'a>(
+        &'a self,
+        route: &'a Route,
+        outputs: Vec<crate::plugin::bindings::types::Message>,
+        via: crate::pipeline::sinks::Via,
+    ) -> crate::pipeline::sinks::Delivering<'a> {
+        use crate::pipeline::sinks::{Delivered, DeliveryError, Via};
+        Box::pin(async move {
+            match (via, &self.outbox, &self.link) {
+                (Via::Held, Some(outbox), _) => {
+                    let keyed: Vec<(String, crate::plugin::bindings::types::Message)> = outputs
+                        .into_iter()
+                        .map(|o| (publisher::routing_key(&route.amqp.routing_key, &o), o))
+                        .collect();
+                    let accepted = keyed.len();
+                    tokio::task::block_in_place(|| {
+                        outbox.put(&route.amqp.exchange, route.lineage(), &keyed)
+                    })
+                    .map_err(|e| match e {
+                        full @ outbox::OutboxError::Full { .. } => {
+                            DeliveryError::Full(full.to_string())
+                        }
+                        outbox::OutboxError::Store(e) => DeliveryError::Store(format!(
+                            "the outbox could not keep the outputs: {e}"
+                        )),
+                    })?;
+                    Ok(Delivered::Held {
+                        accepted,
+                        waiting: outbox.held(),
+                    })
+                }
+                (_, _, Some(link)) => {
+                    let Link::Up(session) = link.link() else {
+                        return Err(DeliveryError::SessionLost(
+                            "the broker is not connected".into(),
+                        ));
+                    };
+                    session
+                        .publisher
+                        .publish(route, &outputs)
+                        .await
+                        .map(Delivered::Published)
+                        .map_err(|e| {
+                            if e.channel_lost() {
+                                DeliveryError::SessionLost(e.to_string())
+                            } else {
+                                DeliveryError::Unavailable(e.to_string())
+                            }
+                        })
+                }
+                _ => Err(DeliveryError::NoSink {
+                    route: route.name.clone(),
+                    kind: route.sink,
+                }),
+            }
+        })
     }
 }

@@ -341,11 +341,11 @@ async fn handle(amqp: &Amqp, session: &Session, route: &Arc<Route>, delivery: &D
             let delivered = amqp
                 .pipeline
                 .sinks
-                .deliver(route, outputs, Via::Publisher(publisher))
+                .deliver(route, outputs, Via::Direct)
                 .await;
             match delivered {
                 Ok(_) => Ok(Outcome::Settled),
-                Err(DeliveryError::Publish(e)) if e.channel_lost() => Err((e.to_string(), true)),
+                Err(DeliveryError::SessionLost(e)) => Err((e, true)),
                 Err(e) => {
                     retry_or_give_up(publisher, route, &arrived, attempt, e.to_string(), None).await
                 }

@@ -164,9 +164,17 @@ fn replay_inner(
         crate::admission::Admission::new(&config),
         1,
         Arc::clone(&store),
-        crate::pipeline::sinks::Sinks {
-            outbox,
-            ..Default::default()
+        {
+            let mut sinks = crate::pipeline::sinks::Sinks::default();
+            sinks.register(
+                crate::config::Sink::Http,
+                Arc::new(crate::http::webhook::WebhookClient::default()),
+            );
+            sinks.register(
+                crate::config::Sink::Amqp,
+                Arc::new(crate::amqp::AmqpSink { link: None, outbox }),
+            );
+            sinks
         },
         None,
     );
@@ -215,7 +223,7 @@ fn replay_inner(
         let sent = runtime.block_on(pipeline.sinks.deliver(
             &route,
             outputs,
-            crate::pipeline::sinks::Via::Outbox,
+            crate::pipeline::sinks::Via::Held,
         ));
         match sent {
             Ok(done) => {

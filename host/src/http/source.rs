@@ -366,22 +366,20 @@ async fn mediate(
     };
     tracing::debug!(route = %route.name, message_id = %id, "mediated");
     let ids: Vec<String> = outputs.iter().map(|o| o.id.clone()).collect();
-    let answer = match pipeline.sinks.deliver(route, outputs, Via::Outbox).await {
+    let answer = match pipeline.sinks.deliver(route, outputs, Via::Held).await {
         Ok(Delivered::Reply(outputs)) => Ok(super::reply::respond(&id, outputs)),
         Ok(Delivered::Webhook(n) | Delivered::Published(n)) => Ok(delivered_response(&id, &ids, n)),
         Ok(Delivered::Held { waiting, .. }) => Ok(held_response(&id, &ids, waiting)),
-        Err(DeliveryError::Outbox(full @ crate::amqp::outbox::OutboxError::Full { .. })) => {
+        Err(DeliveryError::Full(full)) => {
             tracing::warn!(route = %route.name, message_id = %id, "{full}");
-            Err(Problem::outbox_full(&route.name, &id, full.to_string()))
+            Err(Problem::outbox_full(&route.name, &id, full))
         }
-        Err(e @ (DeliveryError::Outbox(_) | DeliveryError::NoOutbox(_))) => {
-            tracing::error!(route = %route.name, message_id = %id, error = %e, "outbox unwritable");
-            Err(Problem::internal(format!(
-                "the outbox could not keep the outputs: {e}"
-            )))
+        Err(e @ (DeliveryError::Store(_) | DeliveryError::NoSink { .. })) => {
+            tracing::error!(route = %route.name, message_id = %id, error = %e, "outputs not kept");
+            Err(Problem::internal(e.to_string()))
         }
         Err(e) => {
-            tracing::warn!(route = %route.name, message_id = %id, error = %e, "webhook delivery failed");
+            tracing::warn!(route = %route.name, message_id = %id, error = %e, "delivery failed");
             Err(Problem::sink_unavailable(&route.name, &id, e.to_string()))
         }
     };

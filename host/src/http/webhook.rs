@@ -106,3 +106,25 @@ impl WebhookClient {
         }
     }
 }
+
+/// Sink `http`: each output POSTed to the route's webhook, in order.
+impl crate::pipeline::sinks::Sink for WebhookClient {
+    fn deliver<'a>(
+        &'a self,
+        route: &'a crate::route::Route,
+        outputs: Vec<Message>,
+        _via: crate::pipeline::sinks::Via,
+    ) -> crate::pipeline::sinks::Delivering<'a> {
+        use crate::pipeline::sinks::{Delivered, DeliveryError as Failed};
+        Box::pin(async move {
+            let webhook = route.webhook.as_ref().ok_or_else(|| Failed::NoSink {
+                route: route.name.clone(),
+                kind: route.sink,
+            })?;
+            WebhookClient::deliver(self, webhook, route.lineage(), &outputs)
+                .await
+                .map(Delivered::Webhook)
+                .map_err(|e| Failed::Unavailable(e.to_string()))
+        })
+    }
+}

@@ -114,6 +114,50 @@ pub fn run(route: &Route, input: &Message) -> Result<Vec<Message>, Box<Failure>>
     Ok(messages)
 }
 
+/// Record `input` as a dead letter after `attempts` runs that each failed for a transient
+/// reason, the last one `why` (at step `failure`'s, or at the sink when `None`).
+pub fn dead_letter_exhausted(
+    store: &DeadLetterStore,
+    route: &Route,
+    input: &Message,
+    attempts: u32,
+    why: &str,
+    failure: Option<&Failure>,
+) -> Result<i64, DeadLetterError> {
+    let (step, plugin) = match failure {
+        Some(f) => (f.step, f.plugin.clone()),
+        None => (
+            route.steps.len() as u32 + 1,
+            PluginId {
+                name: format!("sink:{}", format!("{:?}", route.sink).to_ascii_lowercase()),
+                version: String::new(),
+                digest: String::new(),
+            },
+        ),
+    };
+    let entry = DeadLetter {
+        id: 0,
+        at: String::new(),
+        plant: route.plant.clone(),
+        route: route.name.clone(),
+        message_id: input.id.clone(),
+        step,
+        plugin,
+        kind: Kind::AttemptsExhausted,
+        reason: format!("{attempts} attempts failed; the last: {why}"),
+        field: None,
+        position: None,
+        content_type: input.content_type.clone(),
+        headers: input.headers.clone(),
+        body: input.body.clone(),
+        replayed_at: None,
+        lineage: route.lineage().to_string(),
+    };
+    let id = store.record(&entry)?;
+    tracing::warn!(plant = %route.plant, route = %route.name, message_id = %input.id, attempts, dead_letter = id, "dead-lettered: {}", entry.reason);
+    Ok(id)
+}
+
 /// Record `input` as a dead letter for `failure`; `Ok(None)` if the failure is transient.
 pub fn dead_letter(
     store: &DeadLetterStore,

@@ -175,3 +175,16 @@ pub struct Readiness {
 pub trait Ready: Send + Sync {
     fn readiness(&self) -> Readiness;
 }
+
+/// A transport's source half (AMQP, MQTT; HTTP is the listener): started with the host, it
+/// takes the messages of its routes and feeds the pipeline until `stopped`, and says whether
+/// its session stands. Adding a transport is a folder implementing this and [`sinks::Sink`],
+/// registered in `start`.
+pub trait Source: Ready {
+    /// Start in `background`; an error is configuration to fix (e.g. TLS) and stops the start.
+    fn start<'a>(
+        self: Arc<Self>,
+        background: &'a mut tokio::task::JoinSet<()>,
+        stopped: tokio::sync::watch::Receiver<bool>,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), String>> + Send + 'a>>;
+}

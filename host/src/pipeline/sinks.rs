@@ -1,32 +1,25 @@
-//! Where a route's outputs go: the one `match` on the sink kind. `reply` hands them back to the
-//! source (the HTTP caller's answer), `http` posts them to the webhook, `amqp` publishes them on
-//! the caller's broker session (confirmed) or, when the caller has none, keeps them in the
-//! outbox on disk for the broker.
+//! Where a route's outputs go: the one dispatch on the sink kind. `reply` hands them back to the
+//! source (the HTTP caller's answer); every other kind is a [`Sink`] a transport registers
+//! (`http` a webhook, `amqp` an exchange, `mqtt` a topic). How each one reaches its far side —
+//! confirms, an outbox, acknowledgements — stays inside its transport.
 
-use crate::amqp::outbox::{Outbox, OutboxError};
-use crate::amqp::publisher::{AmqpPublisher, PublishError, routing_key};
-use crate::config::Sink;
-use crate::http::webhook::{self, WebhookClient};
+use crate::config;
 use crate::plugin::bindings::types::Message;
 use crate::route::Route;
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 
-/// The sinks' clients and stores.
-#[derive(Clone, Default)]
-pub struct Sinks {
-    /// Client of the routes whose sink is `http`.
-    pub webhooks: WebhookClient,
-    /// Outputs for the broker from sources that hold no broker session; when a route needs it.
-    pub outbox: Option<Arc<Outbox>>,
-}
-
-/// How a broker sink is reached.
-#[derive(Clone, Copy)]
-pub enum Via<'a> {
-    /// The outbox (acknowledged once on disk; published when the broker is up).
-    Outbox,
-    /// The source's own broker session (acknowledged once the broker confirmed).
-    Publisher(&'a AmqpPublisher),
+/// What the caller waits for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Via {
+    /// The far side itself (the broker's confirm, the webhook's 2xx): a queue source acknowledges
+    /// its delivery only then.
+    Direct,
+    /// A durable hold is enough (the outbox on disk, published when the broker is up), where the
+    /// sink has one; else the far side.
+    Held,
 }
 
 /// Where the outputs went.
@@ -34,67 +27,73 @@ pub enum Via<'a> {
 pub enum Delivered {
     /// Sink `reply`: the outputs, for the source to answer with.
     Reply(Vec<Message>),
-    /// Sink `http`: this many taken (2xx) by the webhook.
+    /// Taken by the webhook (2xx), this many.
     Webhook(usize),
-    /// Sink `amqp` on the source's session: this many confirmed by the broker.
+    /// Confirmed or acknowledged by the broker, this many.
     Published(usize),
-    /// Sink `amqp` through the outbox: `accepted` on disk, `waiting` in the outbox now.
+    /// Held durably (`accepted`), `waiting` in the hold now.
     Held { accepted: usize, waiting: usize },
 }
 
 /// Why the outputs were not delivered.
 #[derive(Debug, thiserror::Error)]
 pub enum DeliveryError {
-    /// The webhook did not take them (worth a retry).
-    #[error(transparent)]
-    Webhook(#[from] webhook::DeliveryError),
-    /// The broker did not confirm them.
-    #[error(transparent)]
-    Publish(#[from] PublishError),
-    /// The outbox is full, or could not keep them.
-    #[error(transparent)]
-    Outbox(#[from] OutboxError),
-    /// The route publishes to the broker but this process has no outbox.
-    #[error("route {0} publishes to the broker but no outbox is open")]
-    NoOutbox(String),
+    /// The far side did not take them (unreachable, refused, not confirmed): worth a retry.
+    #[error("{0}")]
+    Unavailable(String),
+    /// The session to the broker is gone (the caller's own session with it).
+    #[error("{0}")]
+    SessionLost(String),
+    /// The durable hold is full.
+    #[error("{0}")]
+    Full(String),
+    /// The durable hold could not keep them.
+    #[error("{0}")]
+    Store(String),
+    /// No sink of the route's kind runs in this process.
+    #[error("route {route} delivers to {kind:?}, which this process does not run")]
+    NoSink { route: String, kind: config::Sink },
+}
+
+/// Future of one delivery.
+pub type Delivering<'a> =
+    Pin<Box<dyn Future<Output = Result<Delivered, DeliveryError>> + Send + 'a>>;
+
+/// A transport's sink half.
+pub trait Sink: Send + Sync {
+    /// Deliver `outputs` of `route` as `via` asks.
+    fn deliver<'a>(&'a self, route: &'a Route, outputs: Vec<Message>, via: Via) -> Delivering<'a>;
+}
+
+/// The sinks of this process, by kind.
+#[derive(Clone, Default)]
+pub struct Sinks {
+    by_kind: HashMap<config::Sink, Arc<dyn Sink>>,
 }
 
 impl Sinks {
+    /// Deliver to `kind` with `sink` from now on.
+    pub fn register(&mut self, kind: config::Sink, sink: Arc<dyn Sink>) {
+        self.by_kind.insert(kind, sink);
+    }
+
     /// Deliver `outputs` of `route` to its sink.
     pub async fn deliver(
         &self,
         route: &Route,
         outputs: Vec<Message>,
-        via: Via<'_>,
+        via: Via,
     ) -> Result<Delivered, DeliveryError> {
-        match (route.sink, &route.webhook, via) {
-            (Sink::Http, Some(webhook), _) => Ok(Delivered::Webhook(
-                self.webhooks
-                    .deliver(webhook, route.lineage(), &outputs)
-                    .await?,
-            )),
-            (Sink::Amqp, _, Via::Publisher(publisher)) => Ok(Delivered::Published(
-                publisher.publish(route, &outputs).await?,
-            )),
-            (Sink::Amqp, _, Via::Outbox) => {
-                let outbox = self
-                    .outbox
-                    .as_ref()
-                    .ok_or_else(|| DeliveryError::NoOutbox(route.name.clone()))?;
-                let keyed: Vec<(String, Message)> = outputs
-                    .into_iter()
-                    .map(|o| (routing_key(&route.amqp.routing_key, &o), o))
-                    .collect();
-                let accepted = keyed.len();
-                tokio::task::block_in_place(|| {
-                    outbox.put(&route.amqp.exchange, route.lineage(), &keyed)
-                })?;
-                Ok(Delivered::Held {
-                    accepted,
-                    waiting: outbox.held(),
-                })
-            }
-            _ => Ok(Delivered::Reply(outputs)),
+        if route.sink == config::Sink::Reply {
+            return Ok(Delivered::Reply(outputs));
         }
+        let sink = self
+            .by_kind
+            .get(&route.sink)
+            .ok_or_else(|| DeliveryError::NoSink {
+                route: route.name.clone(),
+                kind: route.sink,
+            })?;
+        sink.deliver(route, outputs, via).await
     }
 }

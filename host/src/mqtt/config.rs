@@ -1,0 +1,411 @@
+//! MQTT's sections of the configuration: the broker URL (`host.mqtt`), a route's
+//! `[routes.R.mqtt]` (topic filters and QoS it takes, the topic template and retain flag it
+//! publishes with), and the topic arithmetic both halves need.
+
+use serde::Deserialize;
+
+/// `[routes.R.mqtt]` as written.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MqttSection {
+    pub topics: Option<Vec<String>>,
+    pub qos: Option<u8>,
+    pub topic: Option<String>,
+    pub state_topic: Option<String>,
+    pub retain: Option<bool>,
+    pub max_attempts: Option<u32>,
+    pub retry_delay_ms: Option<u64>,
+    pub retry_max_delay_ms: Option<u64>,
+}
+
+/// A route's MQTT settings (used when its source or sink is `mqtt`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct RouteMqtt {
+    /// Topic filters the route takes (`+` and `#` wildcards; `$share/GROUP/FILTER` splits a
+    /// stream between hosts).
+    pub topics: Vec<String>,
+    /// QoS of the subscription and of what the route publishes (0, 1 or 2; default 1).
+    pub qos: u8,
+    /// Topic template of the outputs (see [`topic`]); `uns` is `{uns}/{type}`; default
+    /// `millrace/{plant}/{type}`.
+    pub topic: String,
+    /// A second topic template each output is also published to, retained: the current state
+    /// per subject (e.g. `{uns}/{type}/{subject}`).
+    pub state_topic: Option<String>,
+    /// Whether outputs are retained (the broker keeps the last one per topic).
+    pub retain: bool,
+    /// The plant's ISA-95 levels (`[plants.P.uns]`), in order: (level, name).
+    pub uns: Vec<(String, String)>,
+    /// Runs of one message before a transient failure becomes a dead letter (default 5).
+    pub max_attempts: u32,
+    /// Wait before the first retry (default 1 s); doubled for each further one.
+    pub retry_delay: std::time::Duration,
+    /// Longest wait between two attempts (default 60 s).
+    pub retry_max_delay: std::time::Duration,
+}
+
+impl RouteMqtt {
+    /// Route settings from the section (defaults where it is silent).
+    pub fn from_section(section: Option<&MqttSection>) -> RouteMqtt {
+        RouteMqtt {
+            topics: section.and_then(|s| s.topics.clone()).unwrap_or_default(),
+            qos: section.and_then(|s| s.qos).unwrap_or(1),
+            topic: match section.and_then(|s| s.topic.clone()) {
+                Some(t) if t == "uns" => "{uns}/{type}".into(),
+                Some(t) => t,
+                None => "millrace/{plant}/{type}".into(),
+            },
+            state_topic: section.and_then(|s| s.state_topic.clone()),
+            retain: section.and_then(|s| s.retain).unwrap_or(false),
+            uns: Vec::new(),
+            max_attempts: section.and_then(|s| s.max_attempts).unwrap_or(5).max(1),
+            retry_delay: std::time::Duration::from_millis(
+                section
+                    .and_then(|s| s.retry_delay_ms)
+                    .unwrap_or(1000)
+                    .max(1),
+            ),
+            retry_max_delay: std::time::Duration::from_millis(
+                section
+                    .and_then(|s| s.retry_max_delay_ms)
+                    .unwrap_or(60_000)
+                    .max(1),
+            ),
+        }
+    }
+
+    /// The wait before attempt `attempt + 1` after attempt `attempt` (1-based) failed.
+    pub fn retry_delay_after(&self, attempt: u32) -> std::time::Duration {
+        let factor = 1u32
+            .checked_shl(attempt.saturating_sub(1))
+            .unwrap_or(u32::MAX);
+        self.retry_delay
+            .saturating_mul(factor)
+            .min(self.retry_max_delay)
+    }
+
+    /// What is wrong with the section for a route whose source (`source`) or sink (`sink`) is
+    /// MQTT.
+    pub fn problems(&self, source: bool, sink: bool) -> Vec<String> {
+        let mut problems = Vec::new();
+        if self.qos > 2 {
+            problems.push(format!("qos is {}; MQTT has QoS 0, 1 and 2", self.qos));
+        }
+        if source && self.topics.is_empty() {
+            problems.push(
+                "the route takes MQTT messages but names no topics; add topics = [\"site/area/+/downtime\"] to [routes.R.mqtt]"
+                    .into(),
+            );
+        }
+        for filter in &self.topics {
+            if let Err(e) = check_filter(filter) {
+                problems.push(format!("topic filter {filter:?}: {e}"));
+            }
+        }
+        for template in std::iter::once(&self.topic).chain(&self.state_topic) {
+            if !sink {
+                break;
+            }
+            if template.is_empty() || template.contains(['+', '#']) {
+                problems.push(format!(
+                    "topic {template:?} is not a topic to publish to (no wildcards, not empty)"
+                ));
+            }
+            for name in placeholders(template) {
+                let known = matches!(name, "plant" | "route" | "type" | "subject")
+                    || name.starts_with("data.")
+                    || (name == "uns" && !self.uns.is_empty())
+                    || self.uns.iter().any(|(level, _)| level == name);
+                if !known {
+                    problems.push(match name {
+                        "uns" | "enterprise" | "site" | "area" | "line" | "cell" => format!(
+                            "topic {template:?} names {{{name}}} but the plant's [plants.P.uns] does not give it"
+                        ),
+                        _ => format!(
+                            "topic {template:?} names {{{name}}}; known: {{plant}}, {{route}}, {{type}}, {{subject}}, {{data.FIELD}}, {{uns}} and the plant's ISA-95 levels"
+                        ),
+                    });
+                }
+            }
+        }
+        problems
+    }
+}
+
+/// Where the broker is: `mqtt://HOST[:PORT]` (1883 by default).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BrokerUrl {
+    pub host: String,
+    pub port: u16,
+    pub user: Option<String>,
+    pub password: Option<String>,
+}
+
+impl BrokerUrl {
+    /// Read `url`; why it is not a broker URL otherwise.
+    pub fn parse(url: &str) -> Result<BrokerUrl, String> {
+        let rest = url
+            .strip_prefix("mqtt://")
+            .ok_or("only mqtt:// URLs are supported")?;
+        let rest = rest.trim_end_matches('/');
+        let (userinfo, hostport) = match rest.rsplit_once('@') {
+            Some((u, h)) => (Some(u), h),
+            None => (None, rest),
+        };
+        let (host, port) = match hostport.rsplit_once(':') {
+            Some((h, p)) => (
+                h,
+                p.parse::<u16>()
+                    .map_err(|_| format!("port {p:?} is not a number from 1 to 65535"))?,
+            ),
+            None => (hostport, 1883),
+        };
+        if host.is_empty() {
+            return Err("no host".into());
+        }
+        let (user, password) = match userinfo.map(|u| u.split_once(':')) {
+            Some(Some((u, p))) => (Some(u.to_string()), Some(p.to_string())),
+            Some(None) => (userinfo.map(str::to_string), None),
+            None => (None, None),
+        };
+        Ok(BrokerUrl {
+            host: host.to_string(),
+            port,
+            user,
+            password,
+        })
+    }
+
+    /// The URL without its password, for logs and readiness answers.
+    pub fn redacted(&self) -> String {
+        match &self.user {
+            Some(user) => format!("mqtt://{user}:***@{}:{}", self.host, self.port),
+            None => format!("mqtt://{}:{}", self.host, self.port),
+        }
+    }
+}
+
+/// Why `filter` is not a topic filter.
+pub fn check_filter(filter: &str) -> Result<(), String> {
+    let plain = strip_share(filter).ok_or("a shared subscription is $share/GROUP/FILTER")?;
+    if plain.is_empty() {
+        return Err("empty".into());
+    }
+    let levels: Vec<&str> = plain.split('/').collect();
+    for (i, level) in levels.iter().enumerate() {
+        if level.contains('#') && (*level != "#" || i + 1 != levels.len()) {
+            return Err("# stands alone as the last level".into());
+        }
+        if level.contains('+') && *level != "+" {
+            return Err("+ stands alone as a level".into());
+        }
+    }
+    Ok(())
+}
+
+/// The filter of `$share/GROUP/FILTER`, or `filter` itself; `None` for a malformed share.
+fn strip_share(filter: &str) -> Option<&str> {
+    match filter.strip_prefix("$share/") {
+        Some(rest) => {
+            let (group, plain) = rest.split_once('/')?;
+            (!group.is_empty() && !group.contains(['+', '#'])).then_some(plain)
+        }
+        None => Some(filter),
+    }
+}
+
+/// Whether `topic` matches `filter` (a `$share/GROUP/` prefix is the filter after it).
+pub fn matches(filter: &str, topic: &str) -> bool {
+    let Some(filter) = strip_share(filter) else {
+        return false;
+    };
+    let mut t = topic.split('/');
+    // Topics starting with `$` are not matched by a leading wildcard (MQTT 4.7.2).
+    if topic.starts_with('$') && (filter.starts_with('+') || filter.starts_with('#')) {
+        return false;
+    }
+    for level in filter.split('/') {
+        match (level, t.next()) {
+            ("#", _) => return true,
+            ("+", Some(_)) => {}
+            (l, Some(tl)) if l == tl => {}
+            _ => return false,
+        }
+    }
+    t.next().is_none()
+}
+
+/// The ISA-95 levels of the Unified Namespace, in order.
+pub const UNS_LEVELS: [&str; 5] = ["enterprise", "site", "area", "line", "cell"];
+
+/// The `{name}`s of `template`.
+fn placeholders(template: &str) -> Vec<&str> {
+    let mut names = Vec::new();
+    let mut rest = template;
+    while let Some(open) = rest.find('{') {
+        let Some(close) = rest[open..].find('}') else {
+            break;
+        };
+        names.push(&rest[open + 1..open + close]);
+        rest = &rest[open + close + 1..];
+    }
+    names
+}
+
+/// Where an output's topic comes from besides the output itself.
+pub struct Names<'a> {
+    pub plant: &'a str,
+    pub route: &'a str,
+    /// The plant's ISA-95 levels, in order.
+    pub uns: &'a [(String, String)],
+}
+
+/// The topic `template` names for an output: `{plant}`, `{route}`, `{type}` (the CloudEvent
+/// type, else the content type), `{subject}` (else `none`), `{data.FIELD}` (a top-level data
+/// field of a JSON event, else `none`), `{uns}` (the plant's ISA-95 path,
+/// `enterprise/site/area/line/cell` as far as configured) and each level by name. Characters
+/// MQTT gives meaning to (`+`, `#`) and `/` inside a value become `_`: only the template makes
+/// levels.
+pub fn topic(template: &str, names: &Names<'_>, content_type: &str, body: &[u8]) -> String {
+    let (plant, route) = (names.plant, names.route);
+    let event: Option<serde_json::Value> = serde_json::from_slice(body).ok();
+    let attr = |name: &str| {
+        event
+            .as_ref()
+            .and_then(|e| e.get(name))
+            .and_then(|v| v.as_str())
+            .map(str::to_string)
+    };
+    let clean = |v: String| v.replace(['+', '#', '/'], "_");
+    let mut out = String::with_capacity(template.len() + 32);
+    let mut rest = template;
+    while let Some(open) = rest.find('{') {
+        out.push_str(&rest[..open]);
+        let Some(close) = rest[open..].find('}') else {
+            out.push_str(&rest[open..]);
+            rest = "";
+            break;
+        };
+        let name = &rest[open + 1..open + close];
+        let value = match name {
+            "plant" => plant.to_string(),
+            "route" => route.to_string(),
+            "type" => attr("type").unwrap_or_else(|| content_type.to_string()),
+            "subject" => attr("subject").unwrap_or_else(|| "none".into()),
+            "uns" => {
+                out.push_str(
+                    &names
+                        .uns
+                        .iter()
+                        .map(|(_, v)| clean(v.clone()))
+                        .collect::<Vec<_>>()
+                        .join("/"),
+                );
+                rest = &rest[open + close + 1..];
+                continue;
+            }
+            level if names.uns.iter().any(|(l, _)| l == level) => names
+                .uns
+                .iter()
+                .find(|(l, _)| l == level)
+                .map(|(_, v)| v.clone())
+                .unwrap_or_default(),
+            field => match field.strip_prefix("data.") {
+                Some(f) => event
+                    .as_ref()
+                    .and_then(|e| e.get("data"))
+                    .and_then(|d| d.get(f))
+                    .map(|v| match v {
+                        serde_json::Value::String(s) => s.clone(),
+                        other => other.to_string(),
+                    })
+                    .unwrap_or_else(|| "none".into()),
+                None => format!("{{{field}}}"),
+            },
+        };
+        out.push_str(&clean(value));
+        rest = &rest[open + close + 1..];
+    }
+    out.push_str(rest);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn filters_match_topics_as_mqtt_says() {
+        assert!(matches("a/+/c", "a/b/c"));
+        assert!(!matches("a/+/c", "a/b/d"));
+        assert!(matches("a/#", "a"));
+        assert!(matches("a/#", "a/b/c"));
+        assert!(!matches("a/+", "a/b/c"));
+        assert!(matches("$share/g/a/+", "a/b"));
+        assert!(!matches("#", "$SYS/uptime"));
+        assert!(check_filter("a/#/b").is_err());
+        assert!(check_filter("a/b+").is_err());
+        assert!(check_filter("$share//a").is_err());
+        assert!(check_filter("$share/g/a/#").is_ok());
+    }
+
+    #[test]
+    fn topics_come_from_the_event_and_never_carry_wildcards() {
+        let event =
+            br#"{"type":"machine.downtime","subject":"press/7","data":{"line":"L+2","n":3}}"#;
+        let uns = vec![
+            ("enterprise".to_string(), "acme".to_string()),
+            ("site".to_string(), "north".to_string()),
+            ("area".to_string(), "assembly".to_string()),
+        ];
+        let names = Names {
+            plant: "p1",
+            route: "r",
+            uns: &uns,
+        };
+        assert_eq!(
+            topic(
+                "uns/{plant}/{data.line}/{type}/{subject}/{data.n}/{data.x}",
+                &names,
+                "application/json",
+                event
+            ),
+            "uns/p1/L_2/machine.downtime/press_7/3/none"
+        );
+        assert_eq!(topic("{type}", &names, "text/csv", b"a,b"), "text_csv");
+        assert_eq!(
+            topic("{uns}/{type}", &names, "application/json", event),
+            "acme/north/assembly/machine.downtime"
+        );
+        assert_eq!(
+            topic("{site}-{area}", &names, "text/csv", b""),
+            "north-assembly"
+        );
+    }
+
+    #[test]
+    fn templates_name_only_what_the_plant_gives() {
+        let mut route = RouteMqtt::from_section(Some(&MqttSection {
+            topic: Some("uns".into()),
+            ..Default::default()
+        }));
+        assert_eq!(route.topic, "{uns}/{type}");
+        assert!(route.problems(false, true)[0].contains("[plants.P.uns]"));
+        route.uns = vec![("enterprise".into(), "acme".into())];
+        assert!(route.problems(false, true).is_empty());
+        route.topic = "{enterprise}/{line}".into();
+        assert!(route.problems(false, true)[0].contains("{line}"));
+        route.topic = "{nope}".into();
+        assert!(route.problems(false, true)[0].contains("known:"));
+    }
+
+    #[test]
+    fn broker_urls_keep_their_password_out_of_logs() {
+        let url = BrokerUrl::parse("mqtt://u:secret@10.0.0.1:1884").unwrap();
+        assert_eq!((url.host.as_str(), url.port), ("10.0.0.1", 1884));
+        assert_eq!(url.redacted(), "mqtt://u:***@10.0.0.1:1884");
+        assert_eq!(BrokerUrl::parse("mqtt://h").unwrap().port, 1883);
+        assert!(BrokerUrl::parse("tcp://h").is_err());
+        assert!(BrokerUrl::parse("mqtt://h:99999").is_err());
+    }
+}

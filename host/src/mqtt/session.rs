@@ -1,0 +1,365 @@
+//! The MQTT 5 session (rumqttc): one connection per host, clean start off with a session expiry,
+//! so QoS 1/2 messages published while the host is away wait at the broker and arrive on
+//! reconnect. Incoming publishes are handed to the source with a settle handle; their PUBACK
+//! (PUBREC for QoS 2) goes out only once settled, and in the order they arrived (MQTT 4.6).
+//! Outputs are published one at a time and count only once the broker's PUBACK came back.
+//!
+//! Reconnecting: `poll` returns the error, the supervisor waits (100 ms doubling to 5 s) and
+//! polls again; the broker then sends the unacknowledged messages again. A session the broker
+//! no longer had (`session_present` false) fails the publish in hand, which the caller retries.
+
+use super::config::BrokerUrl;
+use crate::route::Routes;
+use rumqttc::Outgoing;
+use rumqttc::v5::mqttbytes::QoS;
+use rumqttc::v5::mqttbytes::v5::{
+    Filter, Packet, PubAckReason, Publish, PublishProperties, RetainForwardRule,
+};
+use rumqttc::v5::{AsyncClient, Event, MqttOptions};
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+use tokio::sync::{mpsc, oneshot, watch};
+
+/// First wait before reconnecting; doubled after each failed try up to [`RECONNECT_MAX`].
+pub const RECONNECT_MIN: Duration = Duration::from_millis(100);
+/// Longest wait between two connection attempts.
+pub const RECONNECT_MAX: Duration = Duration::from_secs(5);
+/// Longest wait for the broker's acknowledgement of one publish.
+pub const ANSWER_WITHIN: Duration = Duration::from_secs(30);
+
+/// Where the host stands with the MQTT broker.
+#[derive(Clone, Debug)]
+pub enum Link {
+    Up,
+    Down { reason: String, since: SystemTime },
+}
+
+/// An incoming message and how to settle it.
+pub struct Arrived {
+    pub publish: Publish,
+    /// Send (once) when its outcome is safe: the session acknowledges it in arrival order.
+    pub settle: Settle,
+}
+
+/// Acknowledges one incoming message once settled (dropped unsettled: never acknowledged; the
+/// broker sends it again on the next session).
+pub struct Settle {
+    generation: u64,
+    seq: u64,
+    notes: mpsc::UnboundedSender<Note>,
+}
+
+impl Settle {
+    pub fn settled(self) {
+        let _ = self.notes.send(Note::Settled(self.generation, self.seq));
+    }
+}
+
+/// One publish waiting for the broker's answer.
+struct InHand {
+    pkid: Option<u16>,
+    answer: oneshot::Sender<Result<(), String>>,
+}
+
+/// The session's shared state.
+pub struct MqttLink {
+    url: BrokerUrl,
+    client_id: String,
+    session_expiry_s: u32,
+    state: watch::Sender<Link>,
+    client: Mutex<Option<AsyncClient>>,
+    /// The routes whose filters the session subscribes.
+    routes: Arc<Routes>,
+    /// What this session subscribed (filter → QoS).
+    subscribed: Mutex<std::collections::BTreeMap<String, u8>>,
+    /// One publish at a time: its PUBACK is then unambiguous across reconnects.
+    publishing: tokio::sync::Mutex<()>,
+    in_hand: Mutex<Option<InHand>>,
+}
+
+/// Why outputs did not reach the MQTT broker; every cause is worth a retry.
+#[derive(Debug, thiserror::Error)]
+#[error("MQTT broker: {0}")]
+pub struct PublishError(pub String);
+
+impl MqttLink {
+    pub fn new(
+        url: BrokerUrl,
+        client_id: String,
+        session_expiry_s: u32,
+        routes: Arc<Routes>,
+    ) -> MqttLink {
+        let (state, _) = watch::channel(Link::Down {
+            reason: "not connected yet".into(),
+            since: SystemTime::now(),
+        });
+        MqttLink {
+            url,
+            client_id,
+            session_expiry_s,
+            state,
+            client: Mutex::new(None),
+            routes,
+            subscribed: Mutex::new(std::collections::BTreeMap::new()),
+            publishing: tokio::sync::Mutex::new(()),
+            in_hand: Mutex::new(None),
+        }
+    }
+
+    /// Bring the subscriptions in line with the routes' filters: subscribe new ones (and
+    /// changed QoS), unsubscribe those no route takes any more. Retained messages come with a
+    /// new subscription only, not again with each reconnect.
+    pub fn subscribe_routes(&self) {
+        let Some(client) = self.client.lock().expect("client lock").clone() else {
+            return;
+        };
+        let wanted = super::filters(&self.routes.all());
+        let mut subscribed = self.subscribed.lock().expect("subscribed lock");
+        let new: Vec<Filter> = wanted
+            .iter()
+            .filter(|(f, q)| subscribed.get(*f) != Some(q))
+            .map(|(f, q)| {
+                let mut filter = Filter::new(f.clone(), qos_of(*q));
+                filter.retain_forward_rule = RetainForwardRule::OnNewSubscribe;
+                filter
+            })
+            .collect();
+        if !new.is_empty() {
+            match client.try_subscribe_many(new) {
+                Ok(()) => {
+                    tracing::info!(filters = ?wanted.keys().collect::<Vec<_>>(), "MQTT: subscribed")
+                }
+                Err(e) => tracing::warn!(error = %e, "MQTT: cannot subscribe"),
+            }
+        }
+        for gone in subscribed.keys().filter(|f| !wanted.contains_key(*f)) {
+            if let Err(e) = client.try_unsubscribe(gone.clone()) {
+                tracing::warn!(filter = %gone, error = %e, "MQTT: cannot unsubscribe");
+            }
+        }
+        *subscribed = wanted;
+    }
+
+    pub fn link(&self) -> Link {
+        self.state.borrow().clone()
+    }
+
+    pub fn redacted_url(&self) -> String {
+        self.url.redacted()
+    }
+
+    /// Publish `payload` to `topic` and wait for the broker's PUBACK (QoS 1/2) or the write
+    /// (QoS 0).
+    pub async fn publish(
+        &self,
+        topic: String,
+        qos: u8,
+        retain: bool,
+        payload: Vec<u8>,
+        properties: PublishProperties,
+    ) -> Result<(), PublishError> {
+        let _one = self.publishing.lock().await;
+        let client = self
+            .client
+            .lock()
+            .expect("client lock")
+            .clone()
+            .ok_or_else(|| PublishError("not connected".into()))?;
+        if !matches!(self.link(), Link::Up) {
+            return Err(PublishError("not connected".into()));
+        }
+        let (answer, answered) = oneshot::channel();
+        *self.in_hand.lock().expect("in-hand lock") = Some(InHand { pkid: None, answer });
+        client
+            .publish_with_properties(topic, qos_of(qos), retain, payload, properties)
+            .await
+            .map_err(|e| PublishError(e.to_string()))?;
+        let answer = tokio::time::timeout(ANSWER_WITHIN, answered).await;
+        let answer = match answer {
+            Ok(answer) => answer.map_err(|_| PublishError("the session ended".into()))?,
+            Err(_) => {
+                // Not answered: the caller tries again (at least once; the same message id).
+                self.in_hand.lock().expect("in-hand lock").take();
+                return Err(PublishError(format!(
+                    "no acknowledgement from the broker within {} s",
+                    ANSWER_WITHIN.as_secs()
+                )));
+            }
+        };
+        answer.map_err(PublishError)
+    }
+
+    fn answer(&self, pkid: Option<u16>, result: Result<(), String>) {
+        let mut in_hand = self.in_hand.lock().expect("in-hand lock");
+        let matches = match (&*in_hand, pkid) {
+            (Some(h), Some(p)) => h.pkid == Some(p),
+            (Some(_), None) => true,
+            (None, _) => false,
+        };
+        if matches && let Some(h) = in_hand.take() {
+            let _ = h.answer.send(result);
+        }
+    }
+}
+
+pub fn qos_of(qos: u8) -> QoS {
+    match qos {
+        0 => QoS::AtMostOnce,
+        2 => QoS::ExactlyOnce,
+        _ => QoS::AtLeastOnce,
+    }
+}
+
+/// What the acknowledging task hears, in order.
+enum Note {
+    /// A new connection: messages of earlier ones are not acknowledged (the broker resends them).
+    Session(u64),
+    /// A QoS 1/2 message arrived.
+    Arrived(u64, u64, Box<Publish>),
+    /// The source settled a message.
+    Settled(u64, u64),
+}
+
+/// Acknowledge settled messages in arrival order, per connection.
+async fn acknowledge(client: AsyncClient, mut notes: mpsc::UnboundedReceiver<Note>) {
+    let mut generation = 0;
+    let mut unacked: VecDeque<(u64, Publish, bool)> = VecDeque::new();
+    while let Some(note) = notes.recv().await {
+        match note {
+            Note::Session(g) => {
+                generation = g;
+                unacked.clear();
+            }
+            Note::Arrived(g, seq, publish) if g == generation => {
+                unacked.push_back((seq, *publish, false));
+            }
+            Note::Settled(g, seq) if g == generation => {
+                if let Some(entry) = unacked.iter_mut().find(|(s, _, _)| *s == seq) {
+                    entry.2 = true;
+                }
+                while unacked.front().is_some_and(|(_, _, done)| *done) {
+                    let (_, publish, _) = unacked.pop_front().expect("front");
+                    if let Err(e) = client.ack(&publish).await {
+                        tracing::warn!(error = %e, "MQTT: acknowledgement not sent; the broker sends the message again");
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+/// Keep the session until `shutdown`: connect, subscribe to `filters`, hand each incoming
+/// message to `arrived`, acknowledge settled ones in order, answer publishes; reconnect with
+/// backoff.
+pub async fn supervise(
+    link: Arc<MqttLink>,
+    arrived: mpsc::Sender<Arrived>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut options = MqttOptions::new(&link.client_id, &link.url.host, link.url.port);
+    options
+        .set_clean_start(false)
+        .set_session_expiry_interval(Some(link.session_expiry_s))
+        .set_manual_acks(true)
+        .set_keep_alive(Duration::from_secs(30))
+        .set_receive_maximum(Some(super::RECEIVE_MAXIMUM))
+        .set_max_packet_size(Some(super::MAX_PACKET_BYTES));
+    if let (Some(user), password) = (&link.url.user, &link.url.password) {
+        options.set_credentials(user, password.clone().unwrap_or_default());
+    }
+    let (client, mut events) = AsyncClient::new(options, 256);
+    *link.client.lock().expect("client lock") = Some(client.clone());
+    let (notes, heard) = mpsc::unbounded_channel::<Note>();
+    let acker = tokio::spawn(acknowledge(client.clone(), heard));
+    let (mut generation, mut seq) = (0u64, 0u64);
+    let mut pause = RECONNECT_MIN;
+    loop {
+        let event = tokio::select! {
+            event = events.poll() => event,
+            _ = shutdown.changed() => break,
+        };
+        match event {
+            Ok(Event::Incoming(Packet::ConnAck(ack))) => {
+                generation += 1;
+                let _ = notes.send(Note::Session(generation));
+                pause = RECONNECT_MIN;
+                if !ack.session_present {
+                    link.answer(
+                        None,
+                        Err("the broker did not keep the session; publishing again".into()),
+                    );
+                }
+                if !ack.session_present {
+                    link.subscribed.lock().expect("subscribed lock").clear();
+                }
+                link.subscribe_routes();
+                tracing::info!(
+                    session_present = ack.session_present,
+                    "connected to the MQTT broker"
+                );
+                link.state.send_replace(Link::Up);
+            }
+            Ok(Event::Incoming(Packet::Publish(publish))) => {
+                seq += 1;
+                if publish.qos != QoS::AtMostOnce {
+                    let _ = notes.send(Note::Arrived(generation, seq, Box::new(publish.clone())));
+                }
+                let settle = Settle {
+                    generation,
+                    seq,
+                    notes: notes.clone(),
+                };
+                if arrived.send(Arrived { publish, settle }).await.is_err() {
+                    break;
+                }
+            }
+            Ok(Event::Incoming(Packet::PubAck(ack))) => {
+                let ok = matches!(
+                    ack.reason,
+                    PubAckReason::Success | PubAckReason::NoMatchingSubscribers
+                );
+                let result = if ok {
+                    Ok(())
+                } else {
+                    Err(format!("the broker refused the message: {:?}", ack.reason))
+                };
+                link.answer(Some(ack.pkid), result);
+            }
+            Ok(Event::Incoming(Packet::PubComp(comp))) => link.answer(Some(comp.pkid), Ok(())),
+            Ok(Event::Outgoing(Outgoing::Publish(pkid))) => {
+                let mut in_hand = link.in_hand.lock().expect("in-hand lock");
+                if let Some(h) = in_hand.as_mut()
+                    && h.pkid.is_none()
+                {
+                    h.pkid = Some(pkid);
+                }
+                drop(in_hand);
+                if pkid == 0 {
+                    link.answer(Some(0), Ok(()));
+                }
+            }
+            Ok(_) => {}
+            Err(e) => {
+                let reason = format!("broker {}: {e}", link.url.redacted());
+                tracing::warn!(reason = %reason, retry_in_ms = pause.as_millis() as u64, "MQTT broker unavailable; reconnecting");
+                link.state.send_replace(Link::Down {
+                    reason,
+                    since: SystemTime::now(),
+                });
+                tokio::select! {
+                    () = tokio::time::sleep(pause) => {}
+                    _ = shutdown.changed() => break,
+                }
+                pause = (pause * 2).min(RECONNECT_MAX);
+            }
+        }
+    }
+    link.state.send_replace(Link::Down {
+        reason: "the host is stopping".into(),
+        since: SystemTime::now(),
+    });
+    let _ = client.try_disconnect();
+    acker.abort();
+}

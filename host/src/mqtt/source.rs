@@ -1,0 +1,149 @@
+//! MQTT source: each message arriving on a route's topic filters runs through the pipeline
+//! and is acknowledged (PUBACK/PUBREC, in arrival order) only once its outputs were delivered
+//! or it was dead-lettered in the local store — the same at-least-once contract as AMQP.
+//!
+//! MQTT has no dead-letter queue and no delayed redelivery: a transient failure (the plugin's
+//! retry-later, a sink that is away) is retried here after the route's backoff, the message
+//! unacknowledged meanwhile (it holds one of the session's receive slots: back-pressure); after
+//! `max_attempts` runs it is dead-lettered locally (`attempts-exhausted`). A host that dies
+//! first leaves it unacknowledged, and the broker sends it again to the next session.
+//!
+//! What the plugin sees: the payload; the MQTT 5 content type (else `application/octet-stream`);
+//! headers `mqtt-topic`, `mqtt-level-N` (1-based levels) and every user property; the id from a
+//! `message-id` or CloudEvents `id` user property, else a new UUIDv7.
+
+use super::config::matches;
+use super::session::Arrived;
+use crate::plugin::bindings::types::Message;
+use crate::route::Route;
+use std::sync::Arc;
+
+/// The route whose filters take `topic`, among `routes` (the first configured wins).
+pub fn route_for<'a>(routes: &'a [Arc<Route>], topic: &str) -> Option<&'a Arc<Route>> {
+    routes.iter().find(|r| {
+        r.source == crate::config::Source::Mqtt && r.mqtt.topics.iter().any(|f| matches(f, topic))
+    })
+}
+
+/// The message a route's chain sees for an MQTT publish.
+pub fn message_of(route: &Route, arrived: &Arrived) -> Message {
+    let publish = &arrived.publish;
+    let topic = String::from_utf8_lossy(&publish.topic).into_owned();
+    let properties = publish.properties.as_ref();
+    let mut headers = vec![("mqtt-topic".to_string(), topic.clone())];
+    for (i, level) in topic.split('/').enumerate() {
+        headers.push((format!("mqtt-level-{}", i + 1), level.to_string()));
+    }
+    let user: Vec<(String, String)> = properties
+        .map(|p| p.user_properties.clone())
+        .unwrap_or_default();
+    let id = user
+        .iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case("message-id") || k == "id")
+        .map(|(_, v)| v.clone())
+        .filter(|v| !v.is_empty())
+        .unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
+    headers.extend(user.into_iter().map(|(k, v)| (k.to_ascii_lowercase(), v)));
+    Message {
+        id,
+        plant: route.plant.clone(),
+        route: route.name.clone(),
+        content_type: properties
+            .and_then(|p| p.content_type.clone())
+            .unwrap_or_else(|| "application/octet-stream".into()),
+        headers,
+        body: publish.payload.to_vec(),
+    }
+}
+
+/// Serve what the session hands over until it stops or `shutdown` turns true, then finish the
+/// messages in hand (their acknowledgements go out only if the session still stands).
+pub async fn consume(
+    mqtt: Arc<super::Mqtt>,
+    mut arrived: tokio::sync::mpsc::Receiver<Arrived>,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) {
+    let mut in_flight = tokio::task::JoinSet::new();
+    loop {
+        tokio::select! {
+            next = arrived.recv() => match next {
+                Some(arrived) => {
+                    in_flight.spawn(handle(Arc::clone(&mqtt), arrived));
+                }
+                None => break,
+            },
+            Some(_) = in_flight.join_next(), if !in_flight.is_empty() => {}
+            _ = shutdown.changed() => break,
+        }
+    }
+    while in_flight.join_next().await.is_some() {}
+}
+
+/// Mediate and deliver one message, trying a transient failure again after the route's backoff
+/// until its attempts are used (then a local dead letter); settle it when its outcome is safe.
+async fn handle(mqtt: Arc<super::Mqtt>, arrived: Arrived) {
+    use crate::pipeline::{Ask, Mediated, OnFailure, WhenBusy, chain, sinks::Via};
+    let pipeline = &mqtt.pipeline;
+    let topic = String::from_utf8_lossy(&arrived.publish.topic).into_owned();
+    let routes = pipeline.routes.all();
+    let Some(route) = route_for(&routes, &topic).map(Arc::clone) else {
+        // A filter of an earlier configuration the broker still holds for this session.
+        tracing::warn!(topic = %topic, "MQTT: no route takes this topic; acknowledged and dropped");
+        arrived.settle.settled();
+        return;
+    };
+    let message = message_of(&route, &arrived);
+    let id = message.id.clone();
+    let mut attempt = 1;
+    loop {
+        let ask = Ask {
+            when_busy: WhenBusy::Wait,
+            on_failure: OnFailure::DeadLetterHere,
+            settled: None,
+        };
+        let (why, failure) = match pipeline.mediate(&route, message.clone(), ask).await {
+            Ok(outputs) => match pipeline.sinks.deliver(&route, outputs, Via::Held).await {
+                Ok(_) => break,
+                Err(e) => (e.to_string(), None),
+            },
+            Err(Mediated::Failed {
+                dead_letter: Ok(Some(_)),
+                ..
+            }) => break,
+            Err(Mediated::Failed {
+                failure,
+                dead_letter: Ok(None),
+            }) => (failure.reason(), Some(failure)),
+            Err(Mediated::Failed {
+                dead_letter: Err(e),
+                ..
+            }) => {
+                // Not settled: the broker sends it again on the next session.
+                tracing::error!(route = %route.name, message_id = %id, error = %e, "could not record a dead letter; left unacknowledged");
+                return;
+            }
+            Err(other) => (format!("{other:?}"), None),
+        };
+        if attempt >= route.mqtt.max_attempts {
+            match chain::dead_letter_exhausted(
+                &pipeline.deadletters,
+                &route,
+                &message,
+                attempt,
+                &why,
+                failure.as_deref(),
+            ) {
+                Ok(_) => break,
+                Err(e) => {
+                    tracing::error!(route = %route.name, message_id = %id, error = %e, "could not record a dead letter; left unacknowledged");
+                    return;
+                }
+            }
+        }
+        let delay = route.mqtt.retry_delay_after(attempt);
+        tracing::info!(route = %route.name, message_id = %id, attempt, retry_in_ms = delay.as_millis() as u64, "transient failure, retrying later: {why}");
+        tokio::time::sleep(delay).await;
+        attempt += 1;
+    }
+    arrived.settle.settled();
+}

@@ -1,0 +1,216 @@
+//! MQTT transport against a real mosquitto 2 broker, driven by a client that is not ours
+//! (paho-mqtt, MQTT 5): outputs published to the route's topic template and acknowledged, with
+//! CloudEvents attributes as user properties; poison in the local dead-letter store and
+//! acknowledged (not sent again); messages published while the host is away delivered when it
+//! comes (persistent session).
+
+use crate::harness::*;
+
+/// A topic-to-topic route `mes` with mes-fixed-width; `mqtt` adds keys to its MQTT table.
+fn workspace(broker: &Mosquitto, mqtt: &str) -> Workspace {
+    let mes = plugin("mes-fixed-width");
+    let route = route_toml("mes", &mes, r#"["log", "config", "lookup"]"#, "")
+        .replace("source = \"http\"", "source = \"mqtt\"")
+        .replace(
+            "sink = \"reply\"",
+            &format!("sink = \"mqtt\"\nmqtt = {{ topics = [\"plant-a/+/mes/confirmations\"], topic = \"uns/{{plant}}/{{type}}\"{mqtt} }}"),
+        );
+    Workspace::new(&format!(
+        "[host]\nmqtt = \"{}\"\nid = \"mqtt-test\"\n\n[plants.plant-a.lookups.work_centres]\nentries = {{ WC01 = \"ASSY-01\" }}\n\n{route}\n{}",
+        broker.url(),
+        mes_settings("mes")
+    ))
+}
+
+/// paho (MQTT 5): connect the observer (a persistent session: what is published while it is
+/// away waits for it), subscribe `uns/#` (QoS 1), publish
+/// each (id, body) to line-1's confirmations with `message-id` user properties, then collect
+/// `want` outputs (30 s at most) as {topic, event, props, content_type}.
+fn publish_and_collect(messages: &[(&str, String)], want: usize) -> String {
+    let messages: Vec<String> = messages
+        .iter()
+        .map(|(id, body)| format!("({id:?}, {body:?})"))
+        .collect();
+    format!(
+        r#"
+got = []
+def on_message(c, u, m):
+    props = dict(m.properties.UserProperty) if hasattr(m.properties, 'UserProperty') else {{}}
+    got.append({{'topic': m.topic, 'event': json.loads(m.payload), 'props': props,
+                 'content_type': getattr(m.properties, 'ContentType', None), 'retain': m.retain}})
+sub = mqtt.Client(client_id='observer', protocol=mqtt.MQTTv5)
+sub.on_message = on_message
+session = Properties(PacketTypes.CONNECT)
+session.SessionExpiryInterval = 3600
+sub.connect('127.0.0.1', PORT, clean_start=False, properties=session)
+sub.subscribe('uns/#', qos=1)
+sub.loop_start()
+time.sleep(0.5)
+pub = mqtt.Client(client_id='line-1', protocol=mqtt.MQTTv5)
+pub.connect('127.0.0.1', PORT)
+pub.loop_start()
+for mid, body in [{}]:
+    p = Properties(PacketTypes.PUBLISH)
+    p.UserProperty = ('message-id', mid)
+    p.ContentType = 'text/plain'
+    pub.publish('plant-a/line-1/mes/confirmations', body, qos=1, properties=p).wait_for_publish()
+deadline = time.time() + 30
+while len(got) < {want} and time.time() < deadline:
+    time.sleep(0.05)
+time.sleep(0.5)
+sub.disconnect()
+pub.disconnect()
+print(json.dumps(got))
+"#,
+        messages.join(", ")
+    )
+}
+
+#[test]
+fn mqtt_route_publishes_acknowledged_outputs_and_dead_letters_poison_locally() {
+    let broker = Mosquitto::start();
+    let ws = workspace(&broker, "");
+    let host = ws.start();
+    let ready = host.wait_ready();
+    assert_eq!(ready.json()["mqtt"], "connected", "{}", ready.body);
+    let good = record("WO-1", "0000001000", "WC01");
+    let bad = record("WO-2", "00001A500 ", "WC01");
+    let got = broker.client(&publish_and_collect(
+        &[("m-1", good.clone()), ("m-2", bad), ("m-3", good)],
+        2,
+    ));
+    let outputs = got.as_array().unwrap();
+    assert_eq!(outputs.len(), 2, "two good records, two outputs: {got}");
+    let kind = "millrace.production.completed.v1";
+    for output in outputs {
+        assert_eq!(output["topic"], format!("uns/plant-a/{kind}"), "{output}");
+        assert_eq!(output["event"]["type"], kind);
+        assert_eq!(output["event"]["data"]["work_order"], "WO-1");
+        assert_eq!(output["content_type"], "application/cloudevents+json");
+        // CloudEvents attributes also as MQTT 5 user properties (unchanged names).
+        assert_eq!(output["props"]["type"], kind);
+        assert_eq!(output["props"]["subject"], "WO-1");
+        assert_eq!(output["props"]["id"], output["event"]["id"]);
+        assert_eq!(output["props"]["message-id"], output["event"]["id"]);
+        assert_eq!(output["props"]["millrace-plant"], "plant-a");
+        assert_eq!(output["retain"], 0);
+    }
+    // Output ids derive from the MQTT message ids (a redelivery publishes the same ids).
+    let mut ids: Vec<&str> = outputs
+        .iter()
+        .map(|o| o["event"]["id"].as_str().unwrap_or_default())
+        .collect();
+    ids.sort();
+    assert_eq!(ids, ["m-1-1", "m-3-1"]);
+
+    // The poison record is in the local store, named by its MQTT message id.
+    let listed = ws.millrace(&["dlq", "list", "--json"]);
+    assert!(listed.status.success(), "{listed:?}");
+    let dead: serde_json::Value = serde_json::from_slice(&listed.stdout).unwrap();
+    let dead = dead.as_array().unwrap();
+    assert_eq!(dead.len(), 1, "{dead:?}");
+    assert_eq!(dead[0]["message_id"], "m-2");
+    assert_eq!(dead[0]["kind"], "rejected");
+    let headers: Vec<(String, String)> =
+        serde_json::from_value(dead[0]["headers"].clone()).unwrap();
+    assert!(
+        headers.contains(&(
+            "mqtt-topic".into(),
+            "plant-a/line-1/mes/confirmations".into()
+        )),
+        "{headers:?}"
+    );
+    assert!(headers.contains(&("mqtt-level-2".into(), "line-1".into())));
+
+    // Every input was acknowledged: a host of the same session started again gets nothing.
+    drop(host);
+    let host = ws.start();
+    host.wait_ready();
+    let again = broker.client(&publish_and_collect(&[], 1));
+    assert_eq!(again, serde_json::json!([]), "nothing is delivered twice");
+}
+
+#[test]
+fn messages_published_while_the_host_is_away_are_mediated_when_it_comes_back() {
+    let broker = Mosquitto::start();
+    let ws = workspace(&broker, "");
+    // First run: the host's session and subscription are made at the broker, and the
+    // observer's.
+    let host = ws.start();
+    host.wait_ready();
+    assert_eq!(
+        broker.client(&publish_and_collect(&[], 0)),
+        serde_json::json!([])
+    );
+    host.stop();
+    let good = record("WO-1", "0000001000", "WC01");
+    let messages: Vec<(&str, String)> = ["a-1", "a-2", "a-3"]
+        .into_iter()
+        .map(|id| (id, good.clone()))
+        .collect();
+    // Published while no host runs: they wait in the host's session at the broker.
+    let none = broker.client(&publish_and_collect(&messages, 0));
+    assert_eq!(none, serde_json::json!([]), "no host, no outputs");
+    let host = ws.start();
+    host.wait_ready();
+    let got = broker.client(&publish_and_collect(&[], 3));
+    let got = got.as_array().unwrap();
+    assert_eq!(got.len(), 3, "each waiting message once: {got:?}");
+    let ids: std::collections::BTreeSet<&str> = got
+        .iter()
+        .map(|o| o["event"]["id"].as_str().unwrap_or_default())
+        .collect();
+    assert_eq!(ids.len(), 3, "three distinct outputs: {got:?}");
+    drop(host);
+}
+
+#[test]
+fn events_reach_the_plants_unified_namespace_with_a_retained_state_per_subject() {
+    let broker = Mosquitto::start();
+    let mes = plugin("mes-fixed-width");
+    let route = route_toml("mes", &mes, r#"["log", "config", "lookup"]"#, "").replace(
+        "sink = \"reply\"",
+        "sink = \"mqtt\"\nmqtt = { topic = \"uns\", state_topic = \"{uns}/{type}/{subject}\" }",
+    );
+    let ws = Workspace::new(&format!(
+        "[host]\nmqtt = \"{}\"\n\n[plants.plant-a.uns]\nenterprise = \"acme\"\nsite = \"north\"\narea = \"assembly\"\nline = \"line-1\"\n\n[plants.plant-a.lookups.work_centres]\nentries = {{ WC01 = \"ASSY-01\" }}\n\n{route}\n{}",
+        broker.url(),
+        mes_settings("mes")
+    ));
+    let host = ws.start();
+    host.wait_ready();
+    // HTTP in, MQTT out: the answer comes once the broker acknowledged both publishes.
+    let posted = host.post(
+        "mes",
+        Some("text/plain"),
+        record("WO-7", "0000001000", "WC01"),
+    );
+    assert_eq!(posted.status, 200, "{}", posted.body);
+    // A subscriber arriving afterwards gets the retained current state, not the event stream.
+    let got = broker.client(
+        r#"
+got = []
+def on_message(c, u, m):
+    got.append({'topic': m.topic, 'retain': m.retain, 'event': json.loads(m.payload)})
+sub = mqtt.Client(client_id='late', protocol=mqtt.MQTTv5)
+sub.on_message = on_message
+sub.connect('127.0.0.1', PORT)
+sub.subscribe('acme/#', qos=1)
+sub.loop_start()
+deadline = time.time() + 10
+while not got and time.time() < deadline:
+    time.sleep(0.05)
+time.sleep(0.5)
+sub.disconnect()
+print(json.dumps(got))
+"#,
+    );
+    let got = got.as_array().unwrap();
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert_eq!(
+        got[0]["topic"],
+        "acme/north/assembly/line-1/millrace.production.completed.v1/WO-7"
+    );
+    assert_eq!(got[0]["retain"], 1);
+    assert_eq!(got[0]["event"]["subject"], "WO-7");
+}

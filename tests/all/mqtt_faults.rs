@@ -1,0 +1,187 @@
+//! MQTT under faults, against a real mosquitto 2 and independent paho-mqtt clients: a shared
+//! subscription splitting one stream between two hosts (each message mediated by one), and a
+//! host killed with `kill -9` in the middle of a stream (nothing lost, copies bounded by what
+//! was in flight).
+
+use crate::harness::*;
+use std::time::Duration;
+
+/// A topic-to-topic route `mes` (mes-fixed-width) taking `filter`, publishing to `uns/...`, for
+/// host `id`.
+fn workspace(broker: &Mosquitto, filter: &str, id: &str) -> Workspace {
+    let mes = plugin("mes-fixed-width");
+    let route = route_toml("mes", &mes, r#"["log", "config", "lookup"]"#, "")
+        .replace("source = \"http\"", "source = \"mqtt\"")
+        .replace(
+            "sink = \"reply\"",
+            &format!("sink = \"mqtt\"\nmqtt = {{ topics = [\"{filter}\"], topic = \"uns/{{plant}}/{{subject}}\" }}"),
+        );
+    Workspace::new(&format!(
+        "[host]\nmqtt = \"{}\"\nid = \"{id}\"\n\n[plants.plant-a.lookups.work_centres]\nentries = {{ WC01 = \"ASSY-01\" }}\n\n{route}\n{}",
+        broker.url(),
+        mes_settings("mes")
+    ))
+}
+
+/// A paho observer in the background: a persistent session subscribed to `uns/#`, appending
+/// each output's id (one per line) to `file` as it arrives, until `stop_file` exists.
+fn observe(
+    broker: &Mosquitto,
+    file: &std::path::Path,
+    stop_file: &std::path::Path,
+) -> std::process::Child {
+    broker.spawn_client(&format!(
+        r#"
+out = open({file:?}, 'a', buffering=1)
+def on_message(c, u, m):
+    out.write(json.loads(m.payload)['id'] + '\n')
+sub = mqtt.Client(client_id='observer', protocol=mqtt.MQTTv5)
+sub.on_message = on_message
+session = Properties(PacketTypes.CONNECT)
+session.SessionExpiryInterval = 3600
+sub.connect('127.0.0.1', PORT, clean_start=False, properties=session)
+sub.subscribe('uns/#', qos=1)
+sub.loop_start()
+while not os.path.exists({stop_file:?}):
+    time.sleep(0.05)
+sub.disconnect()
+"#,
+        file = file.display().to_string(),
+        stop_file = stop_file.display().to_string(),
+    ))
+}
+
+/// paho: publish `n` records (QoS 1, `message-id` m-1..m-n; every `poison_every`-th one
+/// poison) to line-1's confirmations; prints the count.
+fn publish(n: usize, poison_every: usize) -> String {
+    let good = record("WO-{i}", "0000001000", "WC01");
+    let bad = record("WO-{i}", "00001A500 ", "WC01");
+    format!(
+        r#"
+pub = mqtt.Client(client_id='line-1', protocol=mqtt.MQTTv5)
+pub.max_inflight_messages_set(100)
+pub.connect('127.0.0.1', PORT)
+pub.loop_start()
+sent = []
+for i in range(1, {n} + 1):
+    p = Properties(PacketTypes.PUBLISH)
+    p.UserProperty = ('message-id', 'm-%d' % i)
+    p.ContentType = 'text/plain'
+    body = ({bad:?} if {poison_every} and i % {poison_every} == 0 else {good:?}).replace('WO-{{i}}'.ljust(12), ('WO-%d' % i).ljust(12))
+    sent.append(pub.publish('plant-a/line-1/mes/confirmations', body, qos=1, properties=p))
+for s in sent:
+    s.wait_for_publish()
+pub.disconnect()
+print(len(sent))
+"#
+    )
+}
+
+/// The ids in the observer's file.
+fn seen(file: &std::path::Path) -> Vec<String> {
+    std::fs::read_to_string(file)
+        .unwrap_or_default()
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+/// Wait until the observer saw `want` distinct ids (a guard of `limit`, not a timing
+/// assertion); what it saw.
+fn wait_for(file: &std::path::Path, want: usize, limit: Duration) -> Vec<String> {
+    let started = std::time::Instant::now();
+    loop {
+        let ids = seen(file);
+        let distinct: std::collections::BTreeSet<&String> = ids.iter().collect();
+        if distinct.len() >= want || started.elapsed() > limit {
+            return ids;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn a_shared_subscription_splits_one_stream_between_two_hosts() {
+    let broker = Mosquitto::start();
+    let filter = "$share/millrace/plant-a/+/mes/confirmations";
+    let (a, b) = (
+        workspace(&broker, filter, "host-a"),
+        workspace(&broker, filter, "host-b"),
+    );
+    let (host_a, host_b) = (a.start(), b.start());
+    host_a.wait_ready();
+    host_b.wait_ready();
+    let dir = tempfile::tempdir().unwrap();
+    let (file, stop) = (dir.path().join("seen"), dir.path().join("stop"));
+    let mut observer = observe(&broker, &file, &stop);
+    std::thread::sleep(Duration::from_millis(500));
+    // 300 records, every third one poison: 200 outputs and 100 dead letters. (The broker hands
+    // shared messages out in turn, so a poison pattern of period 2 would go to one host only.)
+    assert_eq!(broker.client(&publish(300, 3)), 300);
+    let ids = wait_for(&file, 200, Duration::from_secs(60));
+    std::fs::write(&stop, "").unwrap();
+    let _ = observer.wait();
+    let distinct: std::collections::BTreeSet<&String> = ids.iter().collect();
+    assert_eq!(distinct.len(), 200, "every good record once");
+    assert_eq!(ids.len(), 200, "and no good record twice");
+    // The poison went to the dead-letter store of whichever host took it: never to both.
+    let dead = |ws: &Workspace| -> Vec<String> {
+        let out = ws.millrace(&["dlq", "list", "--json"]);
+        assert!(out.status.success(), "{out:?}");
+        let list: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        list.as_array()
+            .unwrap()
+            .iter()
+            .map(|d| d["message_id"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let (dead_a, dead_b) = (dead(&a), dead(&b));
+    assert!(
+        !dead_a.is_empty() && !dead_b.is_empty(),
+        "both hosts took part: {} and {}",
+        dead_a.len(),
+        dead_b.len()
+    );
+    let all: std::collections::BTreeSet<&String> = dead_a.iter().chain(&dead_b).collect();
+    assert_eq!(all.len(), 100, "every poison record dead-lettered once");
+    assert_eq!(dead_a.len() + dead_b.len(), 100, "by one host only");
+    drop((host_a, host_b));
+}
+
+#[test]
+fn a_host_killed_mid_stream_loses_nothing_and_repeats_only_what_was_in_flight() {
+    // 2,000 in the test command; `MILLRACE_MQTT_STREAM=10000` for the documented full run.
+    let n: usize = std::env::var("MILLRACE_MQTT_STREAM")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(2000);
+    let broker = Mosquitto::start();
+    let ws = workspace(&broker, "plant-a/+/mes/confirmations", "host-k");
+    let host = ws.start();
+    host.wait_ready();
+    let dir = tempfile::tempdir().unwrap();
+    let (file, stop) = (dir.path().join("seen"), dir.path().join("stop"));
+    let mut observer = observe(&broker, &file, &stop);
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(broker.client(&publish(n, 0)), n as u64);
+    // Kill the host once it is part-way through.
+    let part = wait_for(&file, n / 4, Duration::from_secs(120));
+    assert!(part.len() < n, "the host was still working when killed");
+    host.kill9();
+    let host = ws.start();
+    host.wait_ready();
+    let ids = wait_for(&file, n, Duration::from_secs(300));
+    std::fs::write(&stop, "").unwrap();
+    let _ = observer.wait();
+    let distinct: std::collections::BTreeSet<&String> = ids.iter().collect();
+    assert_eq!(distinct.len(), n, "every record's output arrived");
+    // Copies come only from what was unacknowledged when the host died: at most the session's
+    // receive maximum (64) of messages in hand.
+    let copies = ids.len() - distinct.len();
+    assert!(copies <= 64, "{copies} copies");
+    eprintln!(
+        "mqtt kill -9: {n} records, {} outputs, {copies} copies",
+        ids.len()
+    );
+    drop(host);
+}
