@@ -837,6 +837,26 @@ impl Mosquitto {
         format!("mqtt://127.0.0.1:{}", self.port)
     }
 
+    /// SIGTERM the broker (it saves its state) and wait until it is gone.
+    pub fn stop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.pid.to_string()])
+            .status();
+        // A guard against a hung broker, not a timing assertion.
+        for _ in 0..600 {
+            if !Path::new(&format!("/proc/{}", self.pid)).exists() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("mosquitto {} did not exit", self.pid);
+    }
+
+    /// Start the broker again on the same data and port (after [`Mosquitto::stop`]).
+    pub fn restart(&mut self) {
+        self.pid = Mosquitto::launch(self._dir.path(), self.port);
+    }
+
     /// A Python program with paho-mqtt (Debian's python3-paho-mqtt), a client that is not
     /// ours, with `PORT` set.
     fn python(&self, program: &str) -> Command {

@@ -1,7 +1,7 @@
 //! MQTT under faults, against a real mosquitto 2 and independent paho-mqtt clients: a shared
 //! subscription splitting one stream between two hosts (each message mediated by one), and a
-//! host killed with `kill -9` in the middle of a stream (nothing lost, copies bounded by what
-//! was in flight).
+//! host killed with `kill -9` in the middle of a stream and the broker restarted in the middle
+//! of one (nothing lost, copies bounded by what was in flight).
 
 use crate::harness::*;
 use std::time::Duration;
@@ -183,5 +183,41 @@ fn a_host_killed_mid_stream_loses_nothing_and_repeats_only_what_was_in_flight() 
         "mqtt kill -9: {n} records, {} outputs, {copies} copies",
         ids.len()
     );
+    drop(host);
+}
+
+#[test]
+fn the_broker_restarting_mid_stream_loses_nothing() {
+    let n = 2000;
+    let mut broker = Mosquitto::start();
+    let ws = workspace(&broker, "plant-a/+/mes/confirmations", "host-r");
+    let host = ws.start();
+    host.wait_ready();
+    let dir = tempfile::tempdir().unwrap();
+    let (file, stop) = (dir.path().join("seen"), dir.path().join("stop"));
+    let observer = observe(&broker, &file, &stop);
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(broker.client(&publish(n, 0)), n as u64);
+    let part = wait_for(&file, n / 4, Duration::from_secs(120));
+    assert!(
+        part.len() < n,
+        "the host was still working when the broker went"
+    );
+    // The broker stops (saving its state) and comes back on the same port; the host and the
+    // observer reconnect to it.
+    broker.stop();
+    broker.restart();
+    let mut observer = observer;
+    let _ = observer.kill();
+    let _ = observer.wait();
+    let observer = observe(&broker, &file, &stop);
+    let ids = wait_for(&file, n, Duration::from_secs(300));
+    std::fs::write(&stop, "").unwrap();
+    let mut observer = observer;
+    let _ = observer.wait();
+    let distinct: std::collections::BTreeSet<&String> = ids.iter().collect();
+    assert_eq!(distinct.len(), n, "every record's output arrived");
+    let copies = ids.len() - distinct.len();
+    assert!(copies <= 64, "{copies} copies");
     drop(host);
 }
