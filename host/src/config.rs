@@ -32,6 +32,7 @@ struct File {
     admin: AdminSection,
     tls: Option<TlsSection>,
     amqp_tls: Option<AmqpTlsSection>,
+    mqtt_tls: Option<AmqpTlsSection>,
     #[serde(default)]
     limits: LimitsSection,
     #[serde(default)]
@@ -54,6 +55,7 @@ struct HostSection {
     mqtt: Option<Spanned<String>>,
     mqtt_client_id: Option<String>,
     mqtt_session_expiry_s: Option<u32>,
+    mqtt_password_env: Option<Spanned<String>>,
     outbox_max_messages: Option<usize>,
     drop_dir: Option<String>,
     drop_settle_ms: Option<u64>,
@@ -269,6 +271,8 @@ pub struct Config {
     pub mqtt_client_id: String,
     /// How long the broker keeps that session while the host is away (default one day).
     pub mqtt_session_expiry_s: u32,
+    /// The MQTT link's CA and client certificate (`[mqtt_tls]`, for `mqtts://`).
+    pub mqtt_tls: crate::mqtt::config::MqttTls,
     /// Outputs of HTTP-in/broker-out routes waiting for the broker, at most (default 100,000).
     pub outbox_max_messages: usize,
     /// How long the answer to a request with an `Idempotency-Key` is kept (0: not kept).
@@ -650,7 +654,22 @@ impl Config {
         let plugin_dir = dir.join(file.host.plugin_dir.as_deref().unwrap_or("target/plugins"));
         let mqtt_url = match &file.host.mqtt {
             Some(url) => match crate::mqtt::config::BrokerUrl::parse(url.get_ref()) {
-                Ok(url) => Some(url),
+                Ok(mut parsed) => {
+                    if let Some(var) = &file.host.mqtt_password_env {
+                        match (std::env::var(var.get_ref()), &parsed.user) {
+                            (Ok(password), Some(_)) => parsed.password = Some(password),
+                            (Ok(_), None) => diag.error_at(
+                                url.span(),
+                                "host.mqtt_password_env is set but host.mqtt names no user; write it as mqtt://USER@HOST:PORT",
+                            ),
+                            (Err(_), _) => diag.error_at(
+                                var.span(),
+                                format!("host.mqtt_password_env names {}, which is not set in the environment", var.get_ref()),
+                            ),
+                        }
+                    }
+                    Some(parsed)
+                }
                 Err(e) => {
                     diag.error_at(
                         url.span(),
@@ -662,6 +681,34 @@ impl Config {
             None => None,
         };
         let host_id = file.host.id.clone().unwrap_or_else(hostname);
+        let mqtt_tls = match &file.mqtt_tls {
+            None => crate::mqtt::config::MqttTls::default(),
+            Some(t) => {
+                let path = |p: &Option<Spanned<String>>| p.as_ref().map(|p| dir.join(p.get_ref()));
+                let tls = crate::mqtt::config::MqttTls {
+                    ca: path(&t.ca),
+                    cert: path(&t.cert),
+                    key: path(&t.key),
+                };
+                let at =
+                    t.ca.as_ref()
+                        .or(t.cert.as_ref())
+                        .or(t.key.as_ref())
+                        .map(|s| s.span());
+                if let (Err(e), Some(at)) = (tls.load(), at.clone()) {
+                    diag.error_at(at, e);
+                }
+                if let Some(at) = at
+                    && !mqtt_url.as_ref().is_some_and(|u| u.tls)
+                {
+                    diag.error_at(
+                        at,
+                        "[mqtt_tls] is set but host.mqtt is not an mqtts:// URL; the link would not use it",
+                    );
+                }
+                tls
+            }
+        };
         if let Some(url) = &file.host.amqp
             && let Err(e) = crate::amqp::config::check_url(url.get_ref())
         {
@@ -1230,6 +1277,7 @@ impl Config {
                 .clone()
                 .unwrap_or_else(|| format!("millrace-{host_id}")),
             mqtt_session_expiry_s: file.host.mqtt_session_expiry_s.unwrap_or(86_400),
+            mqtt_tls,
             drop_dir,
             settle: std::time::Duration::from_millis(file.host.drop_settle_ms.unwrap_or(1000)),
             watch_config: file.host.watch_config.unwrap_or(true),

@@ -128,6 +128,7 @@ impl Host {
             Some(url) if crate::mqtt::used_by(&all) => {
                 Some(Arc::new(crate::mqtt::session::MqttLink::new(
                     url.clone(),
+                    config.mqtt_tls.clone(),
                     config.mqtt_client_id.clone(),
                     config.mqtt_session_expiry_s,
                     Arc::clone(&routes),

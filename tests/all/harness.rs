@@ -798,28 +798,57 @@ impl Drop for Broker {
 /// sessions and queued messages on disk; stopped when dropped.
 pub struct Mosquitto {
     pub port: u16,
+    /// MQTT over TLS ([`Mosquitto::start_tls`]).
+    pub tls_port: Option<u16>,
     pid: u32,
     _dir: tempfile::TempDir,
+}
+
+fn free_port() -> u16 {
+    let probe = std::net::TcpListener::bind("127.0.0.1:0").expect("free port");
+    probe.local_addr().unwrap().port()
 }
 
 impl Mosquitto {
     pub fn start() -> Mosquitto {
         let dir = tempfile::tempdir().expect("mosquitto dir");
-        let port = {
-            let probe = std::net::TcpListener::bind("127.0.0.1:0").expect("free port");
-            probe.local_addr().unwrap().port()
-        };
-        let pid = Mosquitto::launch(dir.path(), port);
+        let port = free_port();
+        let pid = Mosquitto::launch(dir.path(), &[port.to_string()]);
         Mosquitto {
             port,
+            tls_port: None,
             pid,
             _dir: dir,
         }
     }
 
-    fn launch(dir: &Path, port: u16) -> u32 {
+    /// A broker that also takes MQTT over TLS, with `certs`/{ca.pem,broker.pem,broker.key}:
+    /// clients need a certificate of that CA and must log in as `user` with `password`.
+    pub fn start_tls(certs: &Path, user: &str, password: &str) -> Mosquitto {
+        let dir = tempfile::tempdir().expect("mosquitto dir");
+        let (port, tls_port) = (free_port(), free_port());
+        let pid = Mosquitto::launch(
+            dir.path(),
+            &[
+                port.to_string(),
+                tls_port.to_string(),
+                certs.display().to_string(),
+                user.to_string(),
+                password.to_string(),
+            ],
+        );
+        Mosquitto {
+            port,
+            tls_port: Some(tls_port),
+            pid,
+            _dir: dir,
+        }
+    }
+
+    fn launch(dir: &Path, args: &[String]) -> u32 {
         let out = Command::new(root().join("scripts/mosquitto"))
-            .args(["start", &dir.display().to_string(), &port.to_string()])
+            .args(["start", &dir.display().to_string()])
+            .args(args)
             .output()
             .expect("scripts/mosquitto runs");
         assert!(
@@ -854,7 +883,7 @@ impl Mosquitto {
 
     /// Start the broker again on the same data and port (after [`Mosquitto::stop`]).
     pub fn restart(&mut self) {
-        self.pid = Mosquitto::launch(self._dir.path(), self.port);
+        self.pid = Mosquitto::launch(self._dir.path(), &[self.port.to_string()]);
     }
 
     /// A Python program with paho-mqtt (Debian's python3-paho-mqtt), a client that is not

@@ -132,21 +132,85 @@ impl RouteMqtt {
     }
 }
 
-/// Where the broker is: `mqtt://HOST[:PORT]` (1883 by default).
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Where the broker is: `mqtt://HOST[:PORT]` (1883 by default) or `mqtts://HOST[:PORT]` (TLS,
+/// 8883 by default).
+#[derive(Clone, PartialEq, Eq)]
 pub struct BrokerUrl {
     pub host: String,
     pub port: u16,
+    pub tls: bool,
     pub user: Option<String>,
     pub password: Option<String>,
+}
+
+/// Never the password, in logs or anywhere else.
+impl std::fmt::Debug for BrokerUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.redacted())
+    }
+}
+
+/// The MQTT link's TLS material (`[mqtt_tls]`), for `mqtts://`: CA certificates the broker's
+/// certificate may chain to (default: the public web roots), and a client certificate to
+/// present. Read when the host starts (and checked when the configuration is read).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MqttTls {
+    pub ca: Option<std::path::PathBuf>,
+    pub cert: Option<std::path::PathBuf>,
+    pub key: Option<std::path::PathBuf>,
+}
+
+impl MqttTls {
+    /// The client's TLS configuration; an error names the file and what is wrong.
+    pub fn load(&self) -> Result<rustls::ClientConfig, String> {
+        use crate::http::tls::pem_certificates;
+        use rustls::pki_types::PrivateKeyDer;
+        use rustls::pki_types::pem::PemObject;
+        let mut roots = rustls::RootCertStore::empty();
+        match &self.ca {
+            Some(ca) => {
+                let (_, certs) = pem_certificates("broker CA", ca)?;
+                for cert in certs {
+                    roots
+                        .add(cert)
+                        .map_err(|e| format!("broker CA {}: {e}", ca.display()))?;
+                }
+            }
+            None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
+        }
+        let builder = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("TLS: {e}"))?
+        .with_root_certificates(roots);
+        match (&self.cert, &self.key) {
+            (None, None) => Ok(builder.with_no_client_auth()),
+            (Some(cert), Some(key)) => {
+                let (_, chain) = pem_certificates("client certificate", cert)?;
+                let key_pem =
+                    std::fs::read(key).map_err(|e| format!("client key {}: {e}", key.display()))?;
+                let key_der = PrivateKeyDer::from_pem_slice(&key_pem)
+                    .map_err(|e| format!("client key {}: {e}", key.display()))?;
+                builder
+                    .with_client_auth_cert(chain, key_der)
+                    .map_err(|e| format!("client certificate {}: {e}", cert.display()))
+            }
+            _ => Err(
+                "[mqtt_tls] cert and key go together (the client certificate and its key)".into(),
+            ),
+        }
+    }
 }
 
 impl BrokerUrl {
     /// Read `url`; why it is not a broker URL otherwise.
     pub fn parse(url: &str) -> Result<BrokerUrl, String> {
-        let rest = url
-            .strip_prefix("mqtt://")
-            .ok_or("only mqtt:// URLs are supported")?;
+        let (rest, tls) = match (url.strip_prefix("mqtt://"), url.strip_prefix("mqtts://")) {
+            (Some(rest), _) => (rest, false),
+            (_, Some(rest)) => (rest, true),
+            _ => return Err("an MQTT broker URL starts with mqtt:// or mqtts://".into()),
+        };
         let rest = rest.trim_end_matches('/');
         let (userinfo, hostport) = match rest.rsplit_once('@') {
             Some((u, h)) => (Some(u), h),
@@ -158,7 +222,7 @@ impl BrokerUrl {
                 p.parse::<u16>()
                     .map_err(|_| format!("port {p:?} is not a number from 1 to 65535"))?,
             ),
-            None => (hostport, 1883),
+            None => (hostport, if tls { 8883 } else { 1883 }),
         };
         if host.is_empty() {
             return Err("no host".into());
@@ -171,6 +235,7 @@ impl BrokerUrl {
         Ok(BrokerUrl {
             host: host.to_string(),
             port,
+            tls,
             user,
             password,
         })
@@ -178,9 +243,10 @@ impl BrokerUrl {
 
     /// The URL without its password, for logs and readiness answers.
     pub fn redacted(&self) -> String {
+        let scheme = if self.tls { "mqtts" } else { "mqtt" };
         match &self.user {
-            Some(user) => format!("mqtt://{user}:***@{}:{}", self.host, self.port),
-            None => format!("mqtt://{}:{}", self.host, self.port),
+            Some(user) => format!("{scheme}://{user}:***@{}:{}", self.host, self.port),
+            None => format!("{scheme}://{}:{}", self.host, self.port),
         }
     }
 }
@@ -406,6 +472,9 @@ mod tests {
         assert_eq!(url.redacted(), "mqtt://u:***@10.0.0.1:1884");
         assert_eq!(BrokerUrl::parse("mqtt://h").unwrap().port, 1883);
         assert!(BrokerUrl::parse("tcp://h").is_err());
+        let tls = BrokerUrl::parse("mqtts://u:pw@h").unwrap();
+        assert_eq!((tls.port, tls.tls), (8883, true));
+        assert_eq!(format!("{tls:?}"), "mqtts://u:***@h:8883");
         assert!(BrokerUrl::parse("mqtt://h:99999").is_err());
     }
 }

@@ -65,6 +65,7 @@ struct InHand {
 /// The session's shared state.
 pub struct MqttLink {
     url: BrokerUrl,
+    tls: super::config::MqttTls,
     client_id: String,
     session_expiry_s: u32,
     state: watch::Sender<Link>,
@@ -86,6 +87,7 @@ pub struct PublishError(pub String);
 impl MqttLink {
     pub fn new(
         url: BrokerUrl,
+        tls: super::config::MqttTls,
         client_id: String,
         session_expiry_s: u32,
         routes: Arc<Routes>,
@@ -96,6 +98,7 @@ impl MqttLink {
         });
         MqttLink {
             url,
+            tls,
             client_id,
             session_expiry_s,
             state,
@@ -268,6 +271,28 @@ pub async fn supervise(
         .set_max_packet_size(Some(super::MAX_PACKET_BYTES));
     if let (Some(user), password) = (&link.url.user, &link.url.password) {
         options.set_credentials(user, password.clone().unwrap_or_default());
+    }
+    while link.url.tls {
+        match link.tls.load() {
+            Ok(config) => {
+                options.set_transport(rumqttc::Transport::tls_with_config(
+                    rumqttc::TlsConfiguration::Rustls(Arc::new(config)),
+                ));
+                break;
+            }
+            Err(e) => {
+                // Checked when the file was read; a file broken since is reported and read again.
+                tracing::error!(error = %e, "MQTT TLS files do not load; not connecting");
+                link.state.send_replace(Link::Down {
+                    reason: format!("TLS: {e}"),
+                    since: SystemTime::now(),
+                });
+                tokio::select! {
+                    () = tokio::time::sleep(RECONNECT_MAX) => {}
+                    _ = shutdown.changed() => return,
+                }
+            }
+        }
     }
     let (client, mut events) = AsyncClient::new(options, 256);
     *link.client.lock().expect("client lock") = Some(client.clone());
