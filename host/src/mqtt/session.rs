@@ -272,24 +272,26 @@ pub async fn supervise(
     if let (Some(user), password) = (&link.url.user, &link.url.password) {
         options.set_credentials(user, password.clone().unwrap_or_default());
     }
-    while link.url.tls {
-        match link.tls.load() {
-            Ok(config) => {
-                options.set_transport(rumqttc::Transport::tls_with_config(
-                    rumqttc::TlsConfiguration::Rustls(Arc::new(config)),
-                ));
-                break;
-            }
-            Err(e) => {
-                // Checked when the file was read; a file broken since is reported and read again.
-                tracing::error!(error = %e, "MQTT TLS files do not load; not connecting");
-                link.state.send_replace(Link::Down {
-                    reason: format!("TLS: {e}"),
-                    since: SystemTime::now(),
-                });
-                tokio::select! {
-                    () = tokio::time::sleep(RECONNECT_MAX) => {}
-                    _ = shutdown.changed() => return,
+    if link.url.tls {
+        loop {
+            match link.tls.load() {
+                Ok(config) => {
+                    options.set_transport(rumqttc::Transport::tls_with_config(
+                        rumqttc::TlsConfiguration::Rustls(Arc::new(config)),
+                    ));
+                    break;
+                }
+                Err(e) => {
+                    // Checked when the file was read; a file broken since is reported and read again.
+                    tracing::error!(error = %e, "MQTT TLS files do not load; not connecting");
+                    link.state.send_replace(Link::Down {
+                        reason: format!("TLS: {e}"),
+                        since: SystemTime::now(),
+                    });
+                    tokio::select! {
+                        () = tokio::time::sleep(RECONNECT_MAX) => {}
+                        _ = shutdown.changed() => return,
+                    }
                 }
             }
         }
