@@ -13,6 +13,9 @@
 //! `cargo bench -p millrace-host --bench amqp` (or `scripts/bench`). Environment: `N`
 //! (messages per round, default 50000), `ROUNDS` (default 3), `PREFETCH` (default 256).
 
+mod common;
+use common::{cpu_seconds, median, record, root, route_output, setting};
+
 use futures_lite::StreamExt;
 use lapin::options::{
     BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
@@ -21,66 +24,9 @@ use lapin::options::{
 };
 use lapin::types::FieldTable;
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
-
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("host/ has a parent")
-        .to_path_buf()
-}
-
-fn setting(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-/// The event the route makes of [`record`], made natively (the plugin crate against the SDK's
-/// host double): the pipe publishes these bytes, so both sides put the same sizes on the broker.
-fn route_output() -> Vec<u8> {
-    use millrace_sdk::Plugin;
-    let config =
-        millrace_host::config::Config::load(&root().join("examples/quickstart/millrace.toml"))
-            .expect("quickstart config");
-    let route = &config.routes[0];
-    let settings: serde_json::Value =
-        serde_json::from_str(route.steps[0].settings.document()).expect("settings are JSON");
-    let table = config.plants[&route.plant]
-        .get("work_centres")
-        .expect("work_centres table")
-        .clone();
-    let host = millrace_sdk::TestHost::new()
-        .with_settings(settings)
-        .with_table("work_centres", table);
-    let plugin = mes_fixed_width::MesFixedWidth::new(&host).expect("settings load");
-    let outputs = plugin
-        .mediate(
-            &host,
-            millrace_sdk::Message {
-                id: "m-0".into(),
-                plant: route.plant.clone(),
-                route: "bench".into(),
-                content_type: "text/plain".into(),
-                headers: Vec::new(),
-                body: record(),
-            },
-        )
-        .expect("the record maps");
-    outputs.into_iter().next().expect("one event").body
-}
-
-/// One 80-column MES production confirmation (the quickstart's format).
-fn record() -> Vec<u8> {
-    format!(
-        "PC{:<12}{:<18}{:>10}{:<3}{:<6}{:<14}{:<8}A      ",
-        "WO-1", "MAT-4711", "0000012500", "EA", "WC01", "20261127063000", "OP17"
-    )
-    .into_bytes()
-}
 
 struct Node {
     pid: u32,
@@ -214,18 +160,6 @@ async fn preload(ch: &Channel, queue: &str, n: usize) {
         }
         sent += window;
     }
-}
-
-/// CPU seconds (user + system) process `pid` used so far.
-fn cpu_seconds(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // Fields after the command name (which ends with ')'): utime is the 12th, stime the 13th.
-    let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
-    let fields: Vec<&str> = after.split_whitespace().collect();
-    let ticks: f64 = fields.get(11..13).map_or(0.0, |f| {
-        f.iter().filter_map(|v| v.parse::<f64>().ok()).sum()
-    });
-    ticks / 100.0
 }
 
 /// What one round measured: outputs per second, and CPU µs per message of the consumer process
@@ -407,11 +341,6 @@ fn config_text(url: &str, prefetch: u16, data: &Path) -> String {
     )
     .replace("sink = \"reply\"", "sink = \"amqp\"")
     .replace("[routes.mes-confirmations", "[routes.bench")
-}
-
-fn median(mut xs: Vec<f64>) -> f64 {
-    xs.sort_by(f64::total_cmp);
-    xs[xs.len() / 2]
 }
 
 fn main() {

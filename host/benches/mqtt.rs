@@ -14,73 +14,19 @@
 //! `cargo bench -p millrace-host --bench mqtt` (or `scripts/bench`). Environment: `N`
 //! (messages per round, default 20000), `ROUNDS` (default 3).
 
+mod common;
+use common::{cpu_seconds, median, record, root, route_output, setting};
+
 use rumqttc::Outgoing;
 use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::mqttbytes::v5::{Packet, PublishProperties};
 use rumqttc::v5::{AsyncClient, Event, EventLoop, MqttOptions};
 use std::collections::VecDeque;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
-
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("host/ has a parent")
-        .to_path_buf()
-}
-
-fn setting(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-/// One 80-column MES production confirmation (the quickstart's format).
-fn record() -> Vec<u8> {
-    format!(
-        "PC{:<12}{:<18}{:>10}{:<3}{:<6}{:<14}{:<8}A      ",
-        "WO-1", "MAT-4711", "0000012500", "EA", "WC01", "20261127063000", "OP17"
-    )
-    .into_bytes()
-}
-
-/// The event the route makes of [`record`], made natively (the plugin crate against the SDK's
-/// host double): the pipe publishes these bytes.
-fn route_output() -> Vec<u8> {
-    use millrace_sdk::Plugin;
-    let config =
-        millrace_host::config::Config::load(&root().join("examples/quickstart/millrace.toml"))
-            .expect("quickstart config");
-    let route = &config.routes[0];
-    let settings: serde_json::Value =
-        serde_json::from_str(route.steps[0].settings.document()).expect("settings are JSON");
-    let table = config.plants[&route.plant]
-        .get("work_centres")
-        .expect("work_centres table")
-        .clone();
-    let host = millrace_sdk::TestHost::new()
-        .with_settings(settings)
-        .with_table("work_centres", table);
-    let plugin = mes_fixed_width::MesFixedWidth::new(&host).expect("settings load");
-    let outputs = plugin
-        .mediate(
-            &host,
-            millrace_sdk::Message {
-                id: "m-0".into(),
-                plant: route.plant.clone(),
-                route: "bench".into(),
-                content_type: "text/plain".into(),
-                headers: Vec::new(),
-                body: record(),
-            },
-        )
-        .expect("the record maps");
-    outputs.into_iter().next().expect("one event").body
-}
 
 struct Broker {
     pid: u32,
@@ -215,17 +161,6 @@ async fn observe(port: u16, filter: &str) -> (Arc<AtomicUsize>, tokio::task::Joi
     (count, task)
 }
 
-/// CPU seconds (user + system) process `pid` used so far.
-fn cpu_seconds(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
-    let fields: Vec<&str> = after.split_whitespace().collect();
-    let ticks: f64 = fields.get(11..13).map_or(0.0, |f| {
-        f.iter().filter_map(|v| v.parse::<f64>().ok()).sum()
-    });
-    ticks / 100.0
-}
-
 struct Measured {
     rate: f64,
     consumer_us: f64,
@@ -258,11 +193,19 @@ async fn watch(count: &AtomicUsize, n: usize, consumer: u32, broker: u32) -> Mea
 }
 
 /// The plain pipe: each input → the event published QoS 1 → the input acknowledged after that
-/// publish's PUBACK (the broker answers publishes in order, so a queue pairs them).
-async fn pipe(port: u16, n: usize, broker: u32, event: Vec<u8>) -> Measured {
-    preload(port, "pipe", "pipe/in", "pipe/in", n).await;
-    let (count, observer) = observe(port, "pipe/out/#").await;
-    let (client, mut events) = AsyncClient::new(options("pipe", port, true), 256);
+/// publish's PUBACK (the broker answers publishes in order, so a queue pairs them). Its request
+/// channel holds a whole round: a session resumed with messages queued may be sent more than
+/// the receive maximum at once.
+async fn pipe(port: u16, n: usize, round: usize, broker: u32, event: Vec<u8>) -> Measured {
+    // A session and topics of its own per round: nothing left over from the last one.
+    let (id, input, output) = (
+        format!("pipe-{round}"),
+        format!("pipe/{round}/in"),
+        format!("pipe/{round}/out/x"),
+    );
+    preload(port, &id, &input, &input, n).await;
+    let (count, observer) = observe(port, &format!("pipe/{round}/out/#")).await;
+    let (client, mut events) = AsyncClient::new(options(&id, port, true), n + 1024);
     let task = tokio::spawn(async move {
         let mut waiting = VecDeque::new();
         let mut sent = VecDeque::new();
@@ -275,7 +218,7 @@ async fn pipe(port: u16, n: usize, broker: u32, event: Vec<u8>) -> Measured {
                     };
                     client
                         .try_publish_with_properties(
-                            "pipe/out/x",
+                            output.clone(),
                             QoS::AtLeastOnce,
                             false,
                             event.clone(),
@@ -314,11 +257,12 @@ impl Drop for Host {
 }
 
 /// The millrace route, as its own process.
-async fn millrace(port: u16, n: usize, data: &Path, broker: u32) -> Measured {
-    preload(port, "millrace-bench", "bench/in", "bench/in", n).await;
-    let (count, observer) = observe(port, "bench/out/#").await;
+async fn millrace(port: u16, n: usize, round: usize, data: &Path, broker: u32) -> Measured {
+    let input = format!("bench/{round}/in");
+    preload(port, &format!("millrace-bench-{round}"), &input, &input, n).await;
+    let (count, observer) = observe(port, &format!("bench/{round}/out/#")).await;
     let config = data.join("millrace.toml");
-    std::fs::write(&config, config_text(port, data)).unwrap();
+    std::fs::write(&config, config_text(port, round, data)).unwrap();
     let mut host = Host(
         Command::new(env!("CARGO_BIN_EXE_millrace"))
             .args(["run", "--config"])
@@ -340,13 +284,13 @@ async fn millrace(port: u16, n: usize, data: &Path, broker: u32) -> Measured {
 }
 
 /// The quickstart's route and settings, taking from `bench/in` and publishing to `bench/out/…`.
-fn config_text(port: u16, data: &Path) -> String {
+fn config_text(port: u16, round: usize, data: &Path) -> String {
     let quickstart = root().join("examples/quickstart");
     let text = std::fs::read_to_string(quickstart.join("millrace.toml")).unwrap();
     text.replace(
         "[host]\n",
         &format!(
-            "[host]\nmqtt = \"mqtt://127.0.0.1:{port}\"\nmqtt_client_id = \"millrace-bench\"\n"
+            "[host]\nmqtt = \"mqtt://127.0.0.1:{port}\"\nmqtt_client_id = \"millrace-bench-{round}\"\n"
         ),
     )
     .replace(
@@ -369,15 +313,12 @@ fn config_text(port: u16, data: &Path) -> String {
     )
     .replace(
         "source = \"http\"",
-        "source = \"mqtt\"\nmqtt = { topics = [\"bench/in\"], topic = \"bench/out/{type}\" }",
+        &format!(
+            "source = \"mqtt\"\nmqtt = {{ topics = [\"bench/{round}/in\"], topic = \"bench/{round}/out/{{type}}\" }}"
+        ),
     )
     .replace("sink = \"reply\"", "sink = \"mqtt\"")
     .replace("[routes.mes-confirmations", "[routes.bench")
-}
-
-fn median(mut xs: Vec<f64>) -> f64 {
-    xs.sort_by(f64::total_cmp);
-    xs[xs.len() / 2]
 }
 
 fn main() {
@@ -392,10 +333,10 @@ fn main() {
         .unwrap();
     let (mut pipes, mut hosts) = (Vec::new(), Vec::new());
     for round in 1..=rounds {
-        let p = runtime.block_on(pipe(broker.port, n, broker.pid, event.clone()));
+        let p = runtime.block_on(pipe(broker.port, n, round, broker.pid, event.clone()));
         let dir = data.path().join(format!("round-{round}"));
         std::fs::create_dir_all(&dir).unwrap();
-        let m = runtime.block_on(millrace(broker.port, n, &dir, broker.pid));
+        let m = runtime.block_on(millrace(broker.port, n, round, &dir, broker.pid));
         println!(
             "round {round}: rumqttc pipe {:>6.0} msg/s (pipe {:>5.1} µs CPU/msg, broker {:>5.1})   millrace {:>6.0} msg/s (host {:>5.1} µs CPU/msg, broker {:>5.1})   ratio {:.2}",
             p.rate,

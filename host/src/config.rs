@@ -31,8 +31,8 @@ struct File {
     #[serde(default)]
     admin: AdminSection,
     tls: Option<TlsSection>,
-    amqp_tls: Option<AmqpTlsSection>,
-    mqtt_tls: Option<AmqpTlsSection>,
+    amqp_tls: Option<LinkTlsSection>,
+    mqtt_tls: Option<LinkTlsSection>,
     #[serde(default)]
     limits: LimitsSection,
     #[serde(default)]
@@ -86,7 +86,7 @@ struct TlsSection {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct AmqpTlsSection {
+struct LinkTlsSection {
     ca: Option<Spanned<String>>,
     cert: Option<Spanned<String>>,
     key: Option<Spanned<String>>,
@@ -483,6 +483,39 @@ pub struct StepConfig {
     pub settings_at: Location,
 }
 
+/// A link's `[amqp_tls]` / `[mqtt_tls]` section: its files (relative to the configuration's
+/// folder) made into `make`'s type, checked with `load`; set while the link does not use TLS
+/// (`unused` says so) is an error too.
+fn tls_files<T: Default>(
+    diag: &mut Diagnostics<'_>,
+    dir: &Path,
+    section: Option<&LinkTlsSection>,
+    unused: &str,
+    uses_tls: bool,
+    make: impl Fn(Option<PathBuf>, Option<PathBuf>, Option<PathBuf>) -> T,
+    load: impl Fn(&T) -> Result<(), String>,
+) -> T {
+    let Some(t) = section else {
+        return T::default();
+    };
+    let path = |p: &Option<Spanned<String>>| p.as_ref().map(|p| dir.join(p.get_ref()));
+    let files = make(path(&t.ca), path(&t.cert), path(&t.key));
+    let at =
+        t.ca.as_ref()
+            .or(t.cert.as_ref())
+            .or(t.key.as_ref())
+            .map(|s| s.span());
+    if let Some(at) = at {
+        if let Err(e) = load(&files) {
+            diag.error_at(at.clone(), e);
+        }
+        if !uses_tls {
+            diag.error_at(at, unused);
+        }
+    }
+    files
+}
+
 /// A line and column (1-based) in the configuration file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Location {
@@ -681,34 +714,15 @@ impl Config {
             None => None,
         };
         let host_id = file.host.id.clone().unwrap_or_else(hostname);
-        let mqtt_tls = match &file.mqtt_tls {
-            None => crate::mqtt::config::MqttTls::default(),
-            Some(t) => {
-                let path = |p: &Option<Spanned<String>>| p.as_ref().map(|p| dir.join(p.get_ref()));
-                let tls = crate::mqtt::config::MqttTls {
-                    ca: path(&t.ca),
-                    cert: path(&t.cert),
-                    key: path(&t.key),
-                };
-                let at =
-                    t.ca.as_ref()
-                        .or(t.cert.as_ref())
-                        .or(t.key.as_ref())
-                        .map(|s| s.span());
-                if let (Err(e), Some(at)) = (tls.load(), at.clone()) {
-                    diag.error_at(at, e);
-                }
-                if let Some(at) = at
-                    && !mqtt_url.as_ref().is_some_and(|u| u.tls)
-                {
-                    diag.error_at(
-                        at,
-                        "[mqtt_tls] is set but host.mqtt is not an mqtts:// URL; the link would not use it",
-                    );
-                }
-                tls
-            }
-        };
+        let mqtt_tls = tls_files(
+            &mut diag,
+            &dir,
+            file.mqtt_tls.as_ref(),
+            "[mqtt_tls] is set but host.mqtt is not an mqtts:// URL; the link would not use it",
+            mqtt_url.as_ref().is_some_and(|u| u.tls),
+            |ca, cert, key| crate::mqtt::config::MqttTls { ca, cert, key },
+            |tls| tls.load().map(|_| ()),
+        );
         if let Some(url) = &file.host.amqp
             && let Err(e) = crate::amqp::config::check_url(url.get_ref())
         {
@@ -717,38 +731,18 @@ impl Config {
                 format!("host.amqp is not a broker URL ({e}); write it as amqp://USER:PASSWORD@HOST:PORT/VHOST"),
             );
         }
-        let amqp_tls = match &file.amqp_tls {
-            None => crate::amqp::config::AmqpTls::default(),
-            Some(t) => {
-                let path = |p: &Option<Spanned<String>>| p.as_ref().map(|p| dir.join(p.get_ref()));
-                let tls = crate::amqp::config::AmqpTls {
-                    ca: path(&t.ca),
-                    cert: path(&t.cert),
-                    key: path(&t.key),
-                };
-                let at =
-                    t.ca.as_ref()
-                        .or(t.cert.as_ref())
-                        .or(t.key.as_ref())
-                        .map(|s| s.span());
-                if let (Err(e), Some(at)) = (tls.load(), at.clone()) {
-                    diag.error_at(at, e);
-                }
-                if let Some(at) = at
-                    && !file
-                        .host
-                        .amqp
-                        .as_ref()
-                        .is_some_and(|u| u.get_ref().starts_with("amqps://"))
-                {
-                    diag.error_at(
-                        at,
-                        "[amqp_tls] is set but host.amqp is not an amqps:// URL; the link would not use it",
-                    );
-                }
-                tls
-            }
-        };
+        let amqp_tls = tls_files(
+            &mut diag,
+            &dir,
+            file.amqp_tls.as_ref(),
+            "[amqp_tls] is set but host.amqp is not an amqps:// URL; the link would not use it",
+            file.host
+                .amqp
+                .as_ref()
+                .is_some_and(|u| u.get_ref().starts_with("amqps://")),
+            |ca, cert, key| crate::amqp::config::AmqpTls { ca, cert, key },
+            |tls| tls.load().map(|_| ()),
+        );
         let max_in_flight = ranged(
             &mut diag,
             "host.max_in_flight",

@@ -18,6 +18,7 @@ pub mod http;
 pub mod idempotency;
 pub mod lookup;
 pub mod mqtt;
+pub mod outbox;
 pub mod pipeline;
 pub mod plugin;
 pub mod quarantine;

@@ -112,8 +112,9 @@ impl Host {
             _ => None,
         };
         let outbox = if crate::amqp::needs_outbox(&all) {
-            Some(Arc::new(crate::amqp::outbox::Outbox::open(
+            Some(Arc::new(crate::outbox::Outbox::open(
                 &config.data_dir,
+                crate::amqp::outbox::FILE,
                 config.outbox_max_messages,
             )?))
         } else {
@@ -136,6 +137,15 @@ impl Host {
             }
             _ => None,
         };
+        let mqtt_outbox = if mqtt_link.is_some() && crate::mqtt::needs_outbox(&all) {
+            Some(Arc::new(crate::outbox::Outbox::open(
+                &config.data_dir,
+                crate::mqtt::OUTBOX_FILE,
+                config.outbox_max_messages,
+            )?))
+        } else {
+            None
+        };
         let pipeline = Arc::new(Pipeline::new(
             Arc::clone(&routes),
             crate::admission::Admission::new(config),
@@ -151,14 +161,13 @@ impl Host {
                         outbox: outbox.clone(),
                     }),
                 );
-                if let Some(link) = &mqtt_link {
-                    sinks.register(
-                        Sink::Mqtt,
-                        Arc::new(crate::mqtt::MqttSink {
-                            link: Arc::clone(link),
-                        }),
-                    );
-                }
+                sinks.register(
+                    Sink::Mqtt,
+                    Arc::new(crate::mqtt::MqttSink {
+                        link: mqtt_link.clone(),
+                        outbox: mqtt_outbox.clone(),
+                    }),
+                );
                 sinks
             },
             idempotency,
@@ -188,6 +197,7 @@ impl Host {
                 }),
                 Box::new(crate::mqtt::MqttReload {
                     link: mqtt_link.clone(),
+                    outbox: mqtt_outbox.is_some(),
                 }),
             ],
         });
@@ -195,6 +205,7 @@ impl Host {
             Arc::new(crate::mqtt::Mqtt {
                 link,
                 pipeline: Arc::clone(&pipeline),
+                outbox: mqtt_outbox,
             })
         });
         let mut sources: Vec<Arc<dyn crate::pipeline::Source>> = Vec::new();

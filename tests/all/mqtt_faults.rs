@@ -217,7 +217,14 @@ fn the_broker_restarting_mid_stream_loses_nothing() {
     let _ = observer.wait();
     let distinct: std::collections::BTreeSet<&String> = ids.iter().collect();
     assert_eq!(distinct.len(), n, "every record's output arrived");
+    // Copies: inputs in hand when the broker went (at most the receive maximum, 64, mediated
+    // again when the broker sends them again) and outputs in flight to the observer, which
+    // reconnects too (at most the broker's 20 in flight per client).
     let copies = ids.len() - distinct.len();
-    assert!(copies <= 64, "{copies} copies");
+    assert!(copies <= 64 + 20, "{copies} copies");
+    eprintln!(
+        "mqtt broker restart: {n} records, {} outputs, {copies} copies",
+        ids.len()
+    );
     drop(host);
 }

@@ -64,7 +64,7 @@ sub.disconnect()
         Some("text/plain"),
         record("WO-9", "0000001000", "WC01"),
     );
-    assert_eq!(posted.status, 200, "{}", posted.body);
+    assert_eq!(posted.status, 202, "{}", posted.body);
     let got = broker.client(
         r#"
 got = []

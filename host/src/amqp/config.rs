@@ -131,12 +131,7 @@ impl RouteAmqp {
 
     /// The wait before attempt `attempt + 1` after attempt `attempt` (1-based) failed.
     pub fn retry_delay_after(&self, attempt: u32) -> std::time::Duration {
-        let factor = 1u32
-            .checked_shl(attempt.saturating_sub(1))
-            .unwrap_or(u32::MAX);
-        self.retry_delay
-            .saturating_mul(factor)
-            .min(self.retry_max_delay)
+        crate::pipeline::backoff(self.retry_delay, self.retry_max_delay, attempt)
     }
 
     /// Every distinct wait between attempts, shortest first (one delay queue each).

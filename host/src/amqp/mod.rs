@@ -28,7 +28,7 @@ pub struct Amqp {
     pub link: Arc<BrokerLink>,
     pub pipeline: Arc<Pipeline>,
     /// Outputs waiting for the broker, when a route needs it.
-    pub outbox: Option<Arc<outbox::Outbox>>,
+    pub outbox: Option<Arc<crate::outbox::Outbox>>,
     /// Writer of settled delivery ids (group commit), when the pipeline keeps them.
     pub settled: Option<SettledLog>,
     /// Activations to announce to, and apply from, the hosts on the broker.
@@ -82,7 +82,7 @@ impl Amqp {
         ));
         if let Some(outbox) = self.outbox.as_ref().map(Arc::clone) {
             let link = Arc::clone(&self.link);
-            background.spawn(async move { outbox.drain(&link, stopped).await });
+            background.spawn(async move { outbox::drain(&outbox, &link, stopped).await });
         }
         // Ends with the process (the deployer never drops its sender before).
         tokio::spawn(broadcast::announce_all(
@@ -180,7 +180,7 @@ impl Ready for Amqp {
 /// [`Via::Held`]: crate::pipeline::sinks::Via::Held
 pub struct AmqpSink {
     pub link: Option<Arc<BrokerLink>>,
-    pub outbox: Option<Arc<outbox::Outbox>>,
+    pub outbox: Option<Arc<crate::outbox::Outbox>>,
 }
 
 impl crate::pipeline::sinks::Sink for AmqpSink {
@@ -194,26 +194,14 @@ impl crate::pipeline::sinks::Sink for AmqpSink {
         Box::pin(async move {
             match (via, &self.outbox, &self.link) {
                 (Via::Held, Some(outbox), _) => {
-                    let keyed: Vec<(String, crate::plugin::bindings::types::Message)> = outputs
+                    let entries: Vec<_> = outputs
                         .into_iter()
-                        .map(|o| (publisher::routing_key(&route.amqp.routing_key, &o), o))
+                        .map(|o| {
+                            let key = publisher::routing_key(&route.amqp.routing_key, &o);
+                            (route.amqp.exchange.clone(), key, o)
+                        })
                         .collect();
-                    let accepted = keyed.len();
-                    tokio::task::block_in_place(|| {
-                        outbox.put(&route.amqp.exchange, route.lineage(), &keyed)
-                    })
-                    .map_err(|e| match e {
-                        full @ outbox::OutboxError::Full { .. } => {
-                            DeliveryError::Full(full.to_string())
-                        }
-                        outbox::OutboxError::Store(e) => DeliveryError::Store(format!(
-                            "the outbox could not keep the outputs: {e}"
-                        )),
-                    })?;
-                    Ok(Delivered::Held {
-                        accepted,
-                        waiting: outbox.held(),
-                    })
+                    outbox.hold(route.lineage(), &entries)
                 }
                 (_, _, Some(link)) => {
                     let Link::Up(session) = link.link() else {

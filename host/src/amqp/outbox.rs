@@ -1,320 +1,78 @@
-//! The local outbox of routes that take HTTP and publish to the broker: outputs are written to
-//! `DATA_DIR/outbox.sqlite` (the caller hears 202 once they are on disk) and a drainer publishes
-//! them in the order they were accepted, deleting each batch only after the broker confirmed it.
-//! The plant keeps sending while the broker is away; what was accepted survives a host restart.
-//!
-//! Bounded by `host.outbox_max_messages`: a message whose outputs do not fit is refused (503
-//! with `Retry-After`) rather than accepted and lost. A host that dies between the broker's
-//! confirm and the delete publishes that batch again after its restart, with the same output
-//! ids (at least once; consumers deduplicate by `message-id`).
+//! The broker's outbox (`DATA_DIR/outbox.sqlite`; an entry's target is the exchange, its key
+//! the routing key): drained in the order outputs were accepted whenever the broker is up, each
+//! batch deleted only after the broker confirmed it. A host that dies between the confirm and the
+//! delete publishes that batch again after its restart, with the same output ids.
 
-use crate::amqp::session::{BrokerLink, Link, RECONNECT_MAX, RECONNECT_MIN};
+use super::session::{BrokerLink, Link, RECONNECT_MAX, RECONNECT_MIN};
+use crate::outbox::Outbox;
 use crate::plugin::bindings::types::Message;
-use rusqlite::{Connection, params};
-use std::path::{Path, PathBuf};
-use std::sync::Mutex;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::Duration;
-use tokio::sync::{Notify, watch};
+use tokio::sync::watch;
 
-/// File name of the outbox inside the data directory.
+/// File name of the broker's outbox inside the data directory.
 pub const FILE: &str = "outbox.sqlite";
 
 /// Outputs published per batch (one confirm wait, one delete).
 const BATCH: usize = 256;
 
-/// Why outputs were not accepted into the outbox.
-#[derive(Debug, thiserror::Error)]
-pub enum OutboxError {
-    /// The outbox holds `held` of at most `max` outputs; `more` did not fit.
-    #[error(
-        "the outbox is full ({held} of {max} outputs wait for the broker; {more} more do not fit)"
-    )]
-    Full {
-        held: usize,
-        max: usize,
-        more: usize,
-    },
-    #[error(transparent)]
-    Store(#[from] crate::durable::StoreError),
-}
-
-const SCHEMA: &str = "
-CREATE TABLE IF NOT EXISTS outbox (
-    seq INTEGER PRIMARY KEY AUTOINCREMENT,
-    exchange TEXT NOT NULL,
-    routing_key TEXT NOT NULL,
-    message_id TEXT NOT NULL,
-    plant TEXT NOT NULL,
-    route TEXT NOT NULL,
-    content_type TEXT NOT NULL,
-    body BLOB NOT NULL,
-    lineage TEXT NOT NULL,
-    at_ms INTEGER NOT NULL
-);
-";
-
-/// An output waiting for the broker.
-#[derive(Debug, Clone)]
-pub struct Waiting {
-    pub seq: i64,
-    pub exchange: String,
-    pub routing_key: String,
-    /// The chain that made it (`millrace-lineage`).
-    pub lineage: String,
-    pub output: Message,
-}
-
-/// The outbox file.
-pub struct Outbox {
-    path: PathBuf,
-    conn: Mutex<Connection>,
-    held: AtomicUsize,
-    max: usize,
-    wake: Notify,
-}
-
-impl Outbox {
-    /// Open (or create) the outbox in `data_dir`, holding at most `max` outputs.
-    pub fn open(data_dir: &Path, max: usize) -> Result<Outbox, crate::durable::StoreError> {
-        let (path, conn) = crate::durable::open_in(data_dir, FILE, SCHEMA)?;
-        let held: i64 = conn
-            .query_row("SELECT COUNT(*) FROM outbox", [], |row| row.get(0))
-            .map_err(|e| crate::durable::StoreError::sql(&path, e))?;
-        Ok(Outbox {
-            path,
-            conn: Mutex::new(conn),
-            held: AtomicUsize::new(held as usize),
-            max,
-            wake: Notify::new(),
-        })
-    }
-
-    fn sql(&self, source: rusqlite::Error) -> crate::durable::StoreError {
-        crate::durable::StoreError::sql(&self.path, source)
-    }
-
-    /// Outputs waiting.
-    pub fn held(&self) -> usize {
-        self.held.load(Ordering::Relaxed)
-    }
-
-    /// Keep one message's outputs (each with its routing key) for `exchange`, all or none;
-    /// on disk when this returns.
-    pub fn put(
-        &self,
-        exchange: &str,
-        lineage: &str,
-        outputs: &[(String, Message)],
-    ) -> Result<(), OutboxError> {
-        let mut conn = self.conn.lock().expect("outbox connection lock");
-        let held = self.held();
-        if held + outputs.len() > self.max {
-            return Err(OutboxError::Full {
-                held,
-                max: self.max,
-                more: outputs.len(),
-            });
-        }
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as i64);
-        let tx = conn.transaction().map_err(|e| self.sql(e))?;
-        {
-            let mut insert = tx
-                .prepare_cached(
-                    "INSERT INTO outbox (exchange, routing_key, message_id, plant, route, content_type, body, lineage, at_ms)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+/// Publish waiting outputs in order whenever the broker is up, until `shutdown` turns true.
+/// Also picks up outputs another process (`millrace dlq replay`) put in the file.
+pub async fn drain(outbox: &Outbox, link: &BrokerLink, mut shutdown: watch::Receiver<bool>) {
+    let mut state = link.watch();
+    let mut pause = RECONNECT_MIN;
+    while !*shutdown.borrow() {
+        let Link::Up(session) = state.borrow_and_update().clone() else {
+            tokio::select! {
+                _ = state.changed() => continue,
+                _ = shutdown.changed() => break,
+            }
+        };
+        let batch = match tokio::task::block_in_place(|| outbox.oldest(BATCH)) {
+            Ok(batch) => batch,
+            Err(e) => {
+                tracing::error!(error = %e, "outbox unreadable");
+                Vec::new()
+            }
+        };
+        let Some(last) = batch.last().map(|w| w.seq) else {
+            // Nothing waits: sleep until a put, a state change, or a look at the file.
+            tokio::select! {
+                () = outbox.idle() => {}
+                _ = state.changed() => {}
+                _ = shutdown.changed() => break,
+            }
+            continue;
+        };
+        let items: Vec<(&str, &str, &str, &Message)> = batch
+            .iter()
+            .map(|w| {
+                (
+                    w.target.as_str(),
+                    w.key.as_str(),
+                    w.lineage.as_str(),
+                    &w.output,
                 )
-                .map_err(|e| self.sql(e))?;
-            for (key, output) in outputs {
-                insert
-                    .execute(params![
-                        exchange,
-                        key,
-                        output.id,
-                        output.plant,
-                        output.route,
-                        output.content_type,
-                        output.body,
-                        lineage,
-                        now
-                    ])
-                    .map_err(|e| self.sql(e))?;
-            }
-        }
-        tx.commit().map_err(|e| self.sql(e))?;
-        self.held.fetch_add(outputs.len(), Ordering::Relaxed);
-        self.wake.notify_one();
-        Ok(())
-    }
-
-    /// The oldest `n` waiting outputs, in the order they were accepted.
-    pub fn oldest(&self, n: usize) -> Result<Vec<Waiting>, crate::durable::StoreError> {
-        let conn = self.conn.lock().expect("outbox connection lock");
-        let mut select = conn
-            .prepare_cached(
-                "SELECT seq, exchange, routing_key, message_id, plant, route, content_type, body, lineage
-                 FROM outbox ORDER BY seq LIMIT ?1",
-            )
-            .map_err(|e| self.sql(e))?;
-        let rows = select
-            .query_map(params![n as i64], |row| {
-                Ok(Waiting {
-                    seq: row.get(0)?,
-                    exchange: row.get(1)?,
-                    routing_key: row.get(2)?,
-                    lineage: row.get(8)?,
-                    output: Message {
-                        id: row.get(3)?,
-                        plant: row.get(4)?,
-                        route: row.get(5)?,
-                        content_type: row.get(6)?,
-                        headers: Vec::new(),
-                        body: row.get(7)?,
-                    },
-                })
             })
-            .map_err(|e| self.sql(e))?;
-        rows.collect::<Result<_, _>>().map_err(|e| self.sql(e))
-    }
-
-    /// Forget outputs up to and including `seq` (the broker confirmed them).
-    pub fn remove_through(&self, seq: i64) -> Result<(), crate::durable::StoreError> {
-        let conn = self.conn.lock().expect("outbox connection lock");
-        let removed = conn
-            .execute("DELETE FROM outbox WHERE seq <= ?1", params![seq])
-            .map_err(|e| self.sql(e))?;
-        self.held.fetch_sub(
-            removed.min(self.held.load(Ordering::Relaxed)),
-            Ordering::Relaxed,
-        );
-        Ok(())
-    }
-
-    /// Publish waiting outputs in order whenever the broker is up, until `shutdown` turns true.
-    /// Also picks up outputs another process (`millrace dlq replay`) put in the file.
-    pub async fn drain(&self, link: &BrokerLink, mut shutdown: watch::Receiver<bool>) {
-        let mut state = link.watch();
-        let mut pause = RECONNECT_MIN;
-        while !*shutdown.borrow() {
-            let Link::Up(session) = state.borrow_and_update().clone() else {
-                tokio::select! {
-                    _ = state.changed() => continue,
-                    _ = shutdown.changed() => break,
-                }
-            };
-            let batch = match tokio::task::block_in_place(|| self.oldest(BATCH)) {
-                Ok(batch) => batch,
-                Err(e) => {
-                    tracing::error!(error = %e, "outbox unreadable");
-                    Vec::new()
-                }
-            };
-            let Some(last) = batch.last().map(|w| w.seq) else {
-                // Nothing waits: sleep until a put, a state change, or a look at the file.
-                tokio::select! {
-                    () = self.wake.notified() => {}
-                    () = tokio::time::sleep(Duration::from_secs(1)) => {
-                        self.refresh_count();
-                    }
-                    _ = state.changed() => {}
-                    _ = shutdown.changed() => break,
-                }
-                continue;
-            };
-            let items: Vec<(&str, &str, &str, &Message)> = batch
-                .iter()
-                .map(|w| {
-                    (
-                        w.exchange.as_str(),
-                        w.routing_key.as_str(),
-                        w.lineage.as_str(),
-                        &w.output,
-                    )
-                })
-                .collect();
-            let sent = session.publisher.publish_each(&items).await;
-            match sent {
-                Ok(n) => {
-                    pause = RECONNECT_MIN;
-                    tracing::debug!(published = n, "outbox batch confirmed");
-                    if let Err(e) = tokio::task::block_in_place(|| self.remove_through(last)) {
-                        tracing::error!(error = %e, "outbox: confirmed outputs could not be removed; they will be published again");
-                    }
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, waiting = self.held(), "outbox: publishing failed; kept for the next try");
-                    if e.channel_lost() {
-                        session.lost(format!("outbox publishing failed: {e}"));
-                    }
-                    tokio::select! {
-                        () = tokio::time::sleep(pause) => {}
-                        _ = shutdown.changed() => break,
-                    }
-                    pause = (pause * 2).min(RECONNECT_MAX);
+            .collect();
+        let sent = session.publisher.publish_each(&items).await;
+        match sent {
+            Ok(n) => {
+                pause = RECONNECT_MIN;
+                tracing::debug!(published = n, "outbox batch confirmed");
+                if let Err(e) = tokio::task::block_in_place(|| outbox.remove_through(last)) {
+                    tracing::error!(error = %e, "outbox: confirmed outputs could not be removed; they will be published again");
                 }
             }
+            Err(e) => {
+                tracing::warn!(error = %e, waiting = outbox.held(), "outbox: publishing failed; kept for the next try");
+                if e.channel_lost() {
+                    session.lost(format!("outbox publishing failed: {e}"));
+                }
+                tokio::select! {
+                    () = tokio::time::sleep(pause) => {}
+                    _ = shutdown.changed() => break,
+                }
+                pause = (pause * 2).min(RECONNECT_MAX);
+            }
         }
-    }
-
-    /// Re-read the count (another process may have added outputs).
-    fn refresh_count(&self) {
-        let conn = self.conn.lock().expect("outbox connection lock");
-        if let Ok(n) = conn.query_row("SELECT COUNT(*) FROM outbox", [], |row| {
-            row.get::<_, i64>(0)
-        }) {
-            self.held.store(n as usize, Ordering::Relaxed);
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn output(id: &str) -> (String, Message) {
-        (
-            "plant-a.type".into(),
-            Message {
-                id: id.into(),
-                plant: "plant-a".into(),
-                route: "r".into(),
-                content_type: "application/cloudevents+json".into(),
-                headers: Vec::new(),
-                body: id.as_bytes().to_vec(),
-            },
-        )
-    }
-
-    #[test]
-    fn outputs_wait_in_acceptance_order_across_reopens_and_the_bound_refuses_whole_messages() {
-        let dir = tempfile::tempdir().unwrap();
-        let outbox = Outbox::open(dir.path(), 3).unwrap();
-        outbox
-            .put("ex", "p@1+sha256:00", &[output("a-1"), output("a-2")])
-            .unwrap();
-        let full = outbox.put("ex", "p@1+sha256:00", &[output("b-1"), output("b-2")]);
-        assert!(
-            matches!(
-                full,
-                Err(OutboxError::Full {
-                    held: 2,
-                    max: 3,
-                    more: 2
-                })
-            ),
-            "{full:?}"
-        );
-        outbox.put("ex", "p@1+sha256:00", &[output("c-1")]).unwrap();
-        drop(outbox);
-        let outbox = Outbox::open(dir.path(), 3).unwrap();
-        assert_eq!(outbox.held(), 3);
-        let waiting = outbox.oldest(10).unwrap();
-        let ids: Vec<_> = waiting.iter().map(|w| w.output.id.as_str()).collect();
-        assert_eq!(ids, ["a-1", "a-2", "c-1"]);
-        outbox.remove_through(waiting[1].seq).unwrap();
-        assert_eq!(outbox.held(), 1);
-        assert_eq!(outbox.oldest(10).unwrap()[0].output.id, "c-1");
     }
 }

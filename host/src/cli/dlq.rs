@@ -149,14 +149,19 @@ fn replay_inner(
         println!("no dead letters of route {route_name} wait for a replay");
         return Ok(0);
     }
-    let outbox = if route.sink == crate::config::Sink::Amqp && !dry_run {
-        Some(Arc::new(
-            crate::amqp::outbox::Outbox::open(&config.data_dir, config.outbox_max_messages)
-                .map_err(|e| e.to_string())?,
-        ))
-    } else {
-        None
+    // Outputs for a broker go to its outbox, which the running host drains.
+    let outbox = |sink, file| -> Result<_, String> {
+        if route.sink != sink || dry_run {
+            return Ok(None);
+        }
+        crate::outbox::Outbox::open(&config.data_dir, file, config.outbox_max_messages)
+            .map(|o| Some(Arc::new(o)))
+            .map_err(|e| e.to_string())
     };
+    let (amqp_outbox, mqtt_outbox) = (
+        outbox(crate::config::Sink::Amqp, crate::amqp::outbox::FILE)?,
+        outbox(crate::config::Sink::Mqtt, crate::mqtt::OUTBOX_FILE)?,
+    );
     // The same pipeline as the running host's, with one mediation thread; a failure is shown,
     // not recorded again (the dead letter stays).
     let pipeline = crate::pipeline::Pipeline::new(
@@ -172,7 +177,17 @@ fn replay_inner(
             );
             sinks.register(
                 crate::config::Sink::Amqp,
-                Arc::new(crate::amqp::AmqpSink { link: None, outbox }),
+                Arc::new(crate::amqp::AmqpSink {
+                    link: None,
+                    outbox: amqp_outbox,
+                }),
+            );
+            sinks.register(
+                crate::config::Sink::Mqtt,
+                Arc::new(crate::mqtt::MqttSink {
+                    link: None,
+                    outbox: mqtt_outbox,
+                }),
             );
             sinks
         },

@@ -76,12 +76,7 @@ impl RouteMqtt {
 
     /// The wait before attempt `attempt + 1` after attempt `attempt` (1-based) failed.
     pub fn retry_delay_after(&self, attempt: u32) -> std::time::Duration {
-        let factor = 1u32
-            .checked_shl(attempt.saturating_sub(1))
-            .unwrap_or(u32::MAX);
-        self.retry_delay
-            .saturating_mul(factor)
-            .min(self.retry_max_delay)
+        crate::pipeline::backoff(self.retry_delay, self.retry_max_delay, attempt)
     }
 
     /// What is wrong with the section for a route whose source (`source`) or sink (`sink`) is

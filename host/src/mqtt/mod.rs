@@ -10,6 +10,7 @@ pub mod source;
 
 use crate::config::{Sink, Source};
 use crate::control::reload::Reloadable;
+use crate::outbox::Outbox;
 use crate::pipeline::{Pipeline, Readiness, Ready};
 use crate::plugin::bindings::types::Message;
 use crate::route::{Route, RouteDiff};
@@ -27,6 +28,8 @@ pub const MAX_PACKET_BYTES: u32 = 16 << 20;
 pub struct Mqtt {
     pub link: Arc<MqttLink>,
     pub pipeline: Arc<Pipeline>,
+    /// Outputs for MQTT from other sources, while the broker is away; when a route needs it.
+    pub outbox: Option<Arc<Outbox>>,
 }
 
 impl crate::pipeline::Source for Mqtt {
@@ -43,7 +46,11 @@ impl crate::pipeline::Source for Mqtt {
             arrive,
             stopped.clone(),
         ));
-        background.spawn(source::consume(Arc::clone(&self), arrived, stopped));
+        background.spawn(source::consume(Arc::clone(&self), arrived, stopped.clone()));
+        if let Some(outbox) = self.outbox.as_ref().map(Arc::clone) {
+            let (link, routes) = (Arc::clone(&self.link), Arc::clone(&self.pipeline.routes));
+            background.spawn(async move { drain(&outbox, &link, &routes, stopped).await });
+        }
         Box::pin(std::future::ready(Ok(())))
     }
 }
@@ -67,94 +74,178 @@ pub fn filters(routes: &[Arc<Route>]) -> std::collections::BTreeMap<String, u8> 
     filters
 }
 
-/// Publish `outputs` of `route` to their topics, each acknowledged by the broker. A CloudEvent
-/// (JSON with `specversion`) goes in structured mode: the event as the payload, content type
-/// `application/cloudevents+json`, and its attributes also as MQTT 5 user properties (the
-/// CloudEvents MQTT binding allows both); anything else goes as it is, with its content type.
+/// File name of the MQTT outbox inside the data directory (an entry's target is the topic, its
+/// key `retain` or empty).
+pub const OUTBOX_FILE: &str = "mqtt-outbox.sqlite";
+
+/// Whether any of `routes` takes messages from a source without an MQTT session and publishes to
+/// MQTT (its outputs wait in the MQTT outbox while the broker is away).
+pub fn needs_outbox(routes: &[Arc<Route>]) -> bool {
+    routes
+        .iter()
+        .any(|r| r.source != Source::Mqtt && r.sink == Sink::Mqtt)
+}
+
+/// Where `output` of `route` is published: the state topic (retained) first when the route has
+/// one, then the topic; each with its retain flag.
+fn topics(route: &Route, output: &Message) -> Vec<(String, bool)> {
+    let names = config::Names {
+        plant: &output.plant,
+        route: &output.route,
+        uns: &route.mqtt.uns,
+    };
+    let topic = |t: &str| config::topic(t, &names, &output.content_type, &output.body);
+    let mut topics = Vec::with_capacity(2);
+    if let Some(state) = &route.mqtt.state_topic {
+        topics.push((topic(state), true));
+    }
+    topics.push((topic(&route.mqtt.topic), route.mqtt.retain));
+    topics
+}
+
+/// The MQTT 5 properties of `output`. A CloudEvent (JSON with `specversion`) goes in structured
+/// mode: the event as the payload, content type `application/cloudevents+json`, and its
+/// attributes also as user properties (the CloudEvents MQTT binding allows both); anything else
+/// goes as it is, with its content type. Every output carries `message-id`, `millrace-plant`,
+/// `millrace-route` and `millrace-lineage`.
+fn properties(output: &Message, lineage: &str) -> rumqttc::v5::mqttbytes::v5::PublishProperties {
+    let mut user_properties = vec![
+        ("message-id".to_string(), output.id.clone()),
+        ("millrace-plant".to_string(), output.plant.clone()),
+        ("millrace-route".to_string(), output.route.clone()),
+        ("millrace-lineage".to_string(), lineage.to_string()),
+    ];
+    let event = serde_json::from_slice::<serde_json::Value>(&output.body)
+        .ok()
+        .filter(|e| e.get("specversion").is_some());
+    if let Some(serde_json::Value::Object(attributes)) = &event {
+        for (name, value) in attributes {
+            if name == "data" || name == "data_base64" {
+                continue;
+            }
+            let text = match value {
+                serde_json::Value::String(s) => s.clone(),
+                other => other.to_string(),
+            };
+            user_properties.push((name.clone(), text));
+        }
+    }
+    rumqttc::v5::mqttbytes::v5::PublishProperties {
+        content_type: Some(output.content_type.clone()),
+        user_properties,
+        ..Default::default()
+    }
+}
+
+/// Publish `outputs` of `route` to their topics, each acknowledged by the broker.
 pub async fn publish(
     link: &MqttLink,
     route: &Route,
     outputs: &[Message],
 ) -> Result<usize, PublishError> {
-    use rumqttc::v5::mqttbytes::v5::PublishProperties;
     for output in outputs {
-        let names = config::Names {
-            plant: &output.plant,
-            route: &output.route,
-            uns: &route.mqtt.uns,
-        };
-        let topic = config::topic(
-            &route.mqtt.topic,
-            &names,
-            &output.content_type,
-            &output.body,
-        );
-        let state_topic = route
-            .mqtt
-            .state_topic
-            .as_ref()
-            .map(|t| config::topic(t, &names, &output.content_type, &output.body));
-        let mut user_properties = vec![
-            ("message-id".to_string(), output.id.clone()),
-            ("millrace-plant".to_string(), output.plant.clone()),
-            ("millrace-route".to_string(), output.route.clone()),
-            ("millrace-lineage".to_string(), route.lineage().to_string()),
-        ];
-        let event = serde_json::from_slice::<serde_json::Value>(&output.body)
-            .ok()
-            .filter(|e| e.get("specversion").is_some());
-        if let Some(serde_json::Value::Object(attributes)) = &event {
-            for (name, value) in attributes {
-                if name == "data" || name == "data_base64" {
-                    continue;
-                }
-                let text = match value {
-                    serde_json::Value::String(s) => s.clone(),
-                    other => other.to_string(),
-                };
-                user_properties.push((name.clone(), text));
-            }
-        }
-        let properties = PublishProperties {
-            content_type: Some(output.content_type.clone()),
-            user_properties,
-            ..Default::default()
-        };
-        if let Some(state_topic) = state_topic {
-            // The current state per subject: retained, so a subscriber arriving later gets it.
+        for (topic, retain) in topics(route, output) {
+            let properties = properties(output, route.lineage());
             link.publish(
-                state_topic,
+                topic,
                 route.mqtt.qos,
-                true,
+                retain,
                 output.body.clone(),
-                properties.clone(),
+                properties,
             )
             .await?;
         }
-        link.publish(
-            topic,
-            route.mqtt.qos,
-            route.mqtt.retain,
-            output.body.clone(),
-            properties,
-        )
-        .await?;
     }
     Ok(outputs.len())
+}
+
+/// Publish what waits in `outbox` in the order it was accepted whenever the broker is up, until
+/// `shutdown`; each entry deleted once the broker acknowledged it. QoS is the route's (1 when the
+/// route is gone since).
+pub async fn drain(
+    outbox: &Outbox,
+    link: &MqttLink,
+    routes: &crate::route::Routes,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut state = link.watch();
+    let mut pause = session::RECONNECT_MIN;
+    while !*shutdown.borrow() {
+        if !matches!(*state.borrow_and_update(), Link::Up) {
+            tokio::select! {
+                _ = state.changed() => continue,
+                _ = shutdown.changed() => break,
+            }
+        }
+        let batch = match tokio::task::block_in_place(|| outbox.oldest(64)) {
+            Ok(batch) => batch,
+            Err(e) => {
+                tracing::error!(error = %e, "MQTT outbox unreadable");
+                Vec::new()
+            }
+        };
+        if batch.is_empty() {
+            tokio::select! {
+                () = outbox.idle() => {}
+                _ = state.changed() => {}
+                _ = shutdown.changed() => break,
+            }
+            continue;
+        }
+        for waiting in batch {
+            let qos = routes.get(&waiting.output.route).map_or(1, |r| r.mqtt.qos);
+            let properties = properties(&waiting.output, &waiting.lineage);
+            let sent = link
+                .publish(
+                    waiting.target.clone(),
+                    qos,
+                    waiting.key == "retain",
+                    waiting.output.body.clone(),
+                    properties,
+                )
+                .await;
+            match sent {
+                Ok(()) => {
+                    pause = session::RECONNECT_MIN;
+                    if let Err(e) =
+                        tokio::task::block_in_place(|| outbox.remove_through(waiting.seq))
+                    {
+                        tracing::error!(error = %e, "MQTT outbox: a published output could not be removed; it will be published again");
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, waiting = outbox.held(), "MQTT outbox: publishing failed; kept for the next try");
+                    tokio::select! {
+                        () = tokio::time::sleep(pause) => {}
+                        _ = shutdown.changed() => return,
+                    }
+                    pause = (pause * 2).min(session::RECONNECT_MAX);
+                    break;
+                }
+            }
+        }
+    }
 }
 
 /// MQTT's part in a configuration reload.
 pub struct MqttReload {
     pub link: Option<Arc<MqttLink>>,
+    pub outbox: bool,
 }
 
 impl Reloadable for MqttReload {
     fn needs_restart(&self, routes: &[Arc<Route>]) -> Vec<String> {
+        let mut needs = Vec::new();
         if self.link.is_none() && used_by(routes) {
-            vec!["a route now uses MQTT (the host started without it)".to_string()]
-        } else {
-            Vec::new()
+            needs.push("a route now uses MQTT (the host started without it)".to_string());
         }
+        if !self.outbox && needs_outbox(routes) {
+            needs.push(
+                "a route of another source now publishes to MQTT (it needs the MQTT outbox)"
+                    .to_string(),
+            );
+        }
+        needs
     }
 
     fn reloaded(&self, diff: &RouteDiff) -> bool {
@@ -183,20 +274,27 @@ impl Ready for Mqtt {
                 ))
             }
         };
+        let facts = match &self.outbox {
+            Some(outbox) => vec![("mqtt_outbox_waiting", serde_json::json!(outbox.held()))],
+            None => Vec::new(),
+        };
         Readiness {
             name: "mqtt",
             state,
-            facts: Vec::new(),
+            facts,
         }
     }
 }
 
-/// Sink `mqtt`: each output published to its topic and acknowledged by the broker (no hold yet:
-/// [`Via::Held`] publishes too).
+/// Sink `mqtt`: [`Via::Direct`] (or no outbox) publishes each output to its topics and waits
+/// for the broker's acknowledgements; [`Via::Held`] with an outbox keeps them on disk for the
+/// drainer, which publishes them in order when the broker is up.
 ///
+/// [`Via::Direct`]: crate::pipeline::sinks::Via::Direct
 /// [`Via::Held`]: crate::pipeline::sinks::Via::Held
 pub struct MqttSink {
-    pub link: Arc<MqttLink>,
+    pub link: Option<Arc<MqttLink>>,
+    pub outbox: Option<Arc<Outbox>>,
 }
 
 impl crate::pipeline::sinks::Sink for MqttSink {
@@ -204,14 +302,40 @@ impl crate::pipeline::sinks::Sink for MqttSink {
         &'a self,
         route: &'a Route,
         outputs: Vec<Message>,
-        _via: crate::pipeline::sinks::Via,
+        via: crate::pipeline::sinks::Via,
     ) -> crate::pipeline::sinks::Delivering<'a> {
-        use crate::pipeline::sinks::{Delivered, DeliveryError};
+        use crate::pipeline::sinks::{Delivered, DeliveryError, Via};
         Box::pin(async move {
-            publish(&self.link, route, &outputs)
-                .await
-                .map(Delivered::Published)
-                .map_err(|e| DeliveryError::Unavailable(e.to_string()))
+            match (via, &self.outbox, &self.link) {
+                (Via::Held, Some(outbox), _) => {
+                    let entries: Vec<_> = outputs
+                        .iter()
+                        .flat_map(|o| {
+                            topics(route, o).into_iter().map(|(topic, retain)| {
+                                let key = if retain { "retain" } else { "" };
+                                (topic, key.to_string(), o.clone())
+                            })
+                        })
+                        .collect();
+                    outbox
+                        .hold(route.lineage(), &entries)
+                        .map(|held| match held {
+                            Delivered::Held { waiting, .. } => Delivered::Held {
+                                accepted: outputs.len(),
+                                waiting,
+                            },
+                            other => other,
+                        })
+                }
+                (_, _, Some(link)) => publish(link, route, &outputs)
+                    .await
+                    .map(Delivered::Published)
+                    .map_err(|e| DeliveryError::Unavailable(e.to_string())),
+                _ => Err(DeliveryError::NoSink {
+                    route: route.name.clone(),
+                    kind: route.sink,
+                }),
+            }
         })
     }
 }

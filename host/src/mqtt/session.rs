@@ -2,7 +2,8 @@
 //! so QoS 1/2 messages published while the host is away wait at the broker and arrive on
 //! reconnect. Incoming publishes are handed to the source with a settle handle; their PUBACK
 //! (PUBREC for QoS 2) goes out only once settled, and in the order they arrived (MQTT 4.6).
-//! Outputs are published one at a time and count only once the broker's PUBACK came back.
+//! Outputs are published as they come (up to the broker's receive maximum in flight) and each
+//! counts only once the broker's PUBACK (PUBCOMP for QoS 2) for it came back.
 //!
 //! Reconnecting: `poll` returns the error, the supervisor waits (100 ms doubling to 5 s) and
 //! polls again; the broker then sends the unacknowledged messages again. A session the broker
@@ -48,18 +49,85 @@ pub struct Settle {
     generation: u64,
     seq: u64,
     notes: mpsc::UnboundedSender<Note>,
+    /// The current connection's number.
+    current: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl Settle {
+    /// Whether the connection the message came on is gone: the broker sends it again on the new
+    /// one, so whoever holds it should let it go rather than deliver it a second time.
+    pub fn stale(&self) -> bool {
+        self.current.load(std::sync::atomic::Ordering::SeqCst) != self.generation
+    }
+
     pub fn settled(self) {
         let _ = self.notes.send(Note::Settled(self.generation, self.seq));
     }
 }
 
-/// One publish waiting for the broker's answer.
-struct InHand {
-    pkid: Option<u16>,
-    answer: oneshot::Sender<Result<(), String>>,
+/// Where a publish's answer goes.
+type Answer = oneshot::Sender<Result<(), String>>;
+
+/// Publishes waiting for the broker's answer, paired with their packet ids as the session's
+/// events report them. rumqttc hands publishes to the network in the order they were submitted
+/// and reports each (`Outgoing::Publish(pkid)`), so submitted answers are matched in order; a
+/// packet id already waiting is a retransmission after a reconnect; a publish held back because
+/// its packet id is still in use (`AwaitAck`) waits for that id's answer first.
+#[derive(Default)]
+struct Inflight {
+    /// Submitted, not yet on the wire, in submission order.
+    submitted: VecDeque<Answer>,
+    /// On the wire, waiting for PUBACK (PUBCOMP for QoS 2), by packet id.
+    sent: std::collections::HashMap<u16, Answer>,
+    /// Held back until the answer to the same packet id came.
+    held: std::collections::HashMap<u16, Answer>,
+}
+
+impl Inflight {
+    /// A publish went out with `pkid` (0: QoS 0, answered at once).
+    fn on_wire(&mut self, pkid: u16) {
+        if pkid != 0 && self.sent.contains_key(&pkid) {
+            return; // a retransmission
+        }
+        let Some(answer) = self.submitted.pop_front() else {
+            return;
+        };
+        if pkid == 0 {
+            let _ = answer.send(Ok(()));
+        } else {
+            self.sent.insert(pkid, answer);
+        }
+    }
+
+    /// The next publish waits for `pkid`'s answer before it goes out with that id.
+    fn held_back(&mut self, pkid: u16) {
+        if let Some(answer) = self.submitted.pop_front() {
+            self.held.insert(pkid, answer);
+        }
+    }
+
+    /// The broker answered `pkid`.
+    fn answered(&mut self, pkid: u16, result: Result<(), String>) {
+        if let Some(answer) = self.sent.remove(&pkid) {
+            let _ = answer.send(result);
+        }
+        if let Some(next) = self.held.remove(&pkid) {
+            // It goes out now with this id; its own answer comes later.
+            self.sent.insert(pkid, next);
+        }
+    }
+
+    /// The broker did not keep the session: every publish in hand is lost with it.
+    fn session_lost(&mut self, why: &str) {
+        let all = self
+            .submitted
+            .drain(..)
+            .chain(self.sent.drain().map(|(_, a)| a))
+            .chain(self.held.drain().map(|(_, a)| a));
+        for answer in all {
+            let _ = answer.send(Err(why.to_string()));
+        }
+    }
 }
 
 /// The session's shared state.
@@ -75,8 +143,12 @@ pub struct MqttLink {
     /// What this session subscribed (filter → QoS).
     subscribed: Mutex<std::collections::BTreeMap<String, u8>>,
     /// One publish at a time: its PUBACK is then unambiguous across reconnects.
-    publishing: tokio::sync::Mutex<()>,
-    in_hand: Mutex<Option<InHand>>,
+    /// The number of the current connection (counts up with each CONNACK).
+    generation: Arc<std::sync::atomic::AtomicU64>,
+    /// Held while a publish is submitted, so submissions reach rumqttc in the order they were
+    /// recorded.
+    submitting: tokio::sync::Mutex<()>,
+    inflight: Mutex<Inflight>,
 }
 
 /// Why outputs did not reach the MQTT broker; every cause is worth a retry.
@@ -105,8 +177,9 @@ impl MqttLink {
             client: Mutex::new(None),
             routes,
             subscribed: Mutex::new(std::collections::BTreeMap::new()),
-            publishing: tokio::sync::Mutex::new(()),
-            in_hand: Mutex::new(None),
+            generation: Arc::new(std::sync::atomic::AtomicU64::new(0)),
+            submitting: tokio::sync::Mutex::new(()),
+            inflight: Mutex::new(Inflight::default()),
         }
     }
 
@@ -144,6 +217,11 @@ impl MqttLink {
         *subscribed = wanted;
     }
 
+    /// Follow the state as it changes.
+    pub fn watch(&self) -> watch::Receiver<Link> {
+        self.state.subscribe()
+    }
+
     pub fn link(&self) -> Link {
         self.state.borrow().clone()
     }
@@ -162,7 +240,6 @@ impl MqttLink {
         payload: Vec<u8>,
         properties: PublishProperties,
     ) -> Result<(), PublishError> {
-        let _one = self.publishing.lock().await;
         let client = self
             .client
             .lock()
@@ -173,17 +250,31 @@ impl MqttLink {
             return Err(PublishError("not connected".into()));
         }
         let (answer, answered) = oneshot::channel();
-        *self.in_hand.lock().expect("in-hand lock") = Some(InHand { pkid: None, answer });
-        client
-            .publish_with_properties(topic, qos_of(qos), retain, payload, properties)
-            .await
-            .map_err(|e| PublishError(e.to_string()))?;
+        {
+            let _in_order = self.submitting.lock().await;
+            self.inflight
+                .lock()
+                .expect("inflight lock")
+                .submitted
+                .push_back(answer);
+            if let Err(e) = client
+                .publish_with_properties(topic, qos_of(qos), retain, payload, properties)
+                .await
+            {
+                // Never submitted: take its answer back out (the last one recorded).
+                self.inflight
+                    .lock()
+                    .expect("inflight lock")
+                    .submitted
+                    .pop_back();
+                return Err(PublishError(e.to_string()));
+            }
+        }
         let answer = tokio::time::timeout(ANSWER_WITHIN, answered).await;
         let answer = match answer {
             Ok(answer) => answer.map_err(|_| PublishError("the session ended".into()))?,
             Err(_) => {
                 // Not answered: the caller tries again (at least once; the same message id).
-                self.in_hand.lock().expect("in-hand lock").take();
                 return Err(PublishError(format!(
                     "no acknowledgement from the broker within {} s",
                     ANSWER_WITHIN.as_secs()
@@ -193,16 +284,8 @@ impl MqttLink {
         answer.map_err(PublishError)
     }
 
-    fn answer(&self, pkid: Option<u16>, result: Result<(), String>) {
-        let mut in_hand = self.in_hand.lock().expect("in-hand lock");
-        let matches = match (&*in_hand, pkid) {
-            (Some(h), Some(p)) => h.pkid == Some(p),
-            (Some(_), None) => true,
-            (None, _) => false,
-        };
-        if matches && let Some(h) = in_hand.take() {
-            let _ = h.answer.send(result);
-        }
+    fn inflight(&self) -> std::sync::MutexGuard<'_, Inflight> {
+        self.inflight.lock().expect("inflight lock")
     }
 }
 
@@ -269,6 +352,11 @@ pub async fn supervise(
         .set_keep_alive(Duration::from_secs(30))
         .set_receive_maximum(Some(super::RECEIVE_MAXIMUM))
         .set_max_packet_size(Some(super::MAX_PACKET_BYTES));
+    // Small packets (acknowledgements, one publish in hand) go out at once, not held back by
+    // Nagle's algorithm waiting for the broker's delayed TCP acknowledgement.
+    let mut network = rumqttc::NetworkOptions::new();
+    network.set_tcp_nodelay(true);
+    options.set_network_options(network);
     if let (Some(user), password) = (&link.url.user, &link.url.password) {
         options.set_credentials(user, password.clone().unwrap_or_default());
     }
@@ -310,13 +398,13 @@ pub async fn supervise(
         match event {
             Ok(Event::Incoming(Packet::ConnAck(ack))) => {
                 generation += 1;
+                link.generation
+                    .store(generation, std::sync::atomic::Ordering::SeqCst);
                 let _ = notes.send(Note::Session(generation));
                 pause = RECONNECT_MIN;
                 if !ack.session_present {
-                    link.answer(
-                        None,
-                        Err("the broker did not keep the session; publishing again".into()),
-                    );
+                    link.inflight()
+                        .session_lost("the broker did not keep the session; publishing again");
                 }
                 if !ack.session_present {
                     link.subscribed.lock().expect("subscribed lock").clear();
@@ -337,6 +425,7 @@ pub async fn supervise(
                     generation,
                     seq,
                     notes: notes.clone(),
+                    current: Arc::clone(&link.generation),
                 };
                 if arrived.send(Arrived { publish, settle }).await.is_err() {
                     break;
@@ -352,21 +441,13 @@ pub async fn supervise(
                 } else {
                     Err(format!("the broker refused the message: {:?}", ack.reason))
                 };
-                link.answer(Some(ack.pkid), result);
+                link.inflight().answered(ack.pkid, result);
             }
-            Ok(Event::Incoming(Packet::PubComp(comp))) => link.answer(Some(comp.pkid), Ok(())),
-            Ok(Event::Outgoing(Outgoing::Publish(pkid))) => {
-                let mut in_hand = link.in_hand.lock().expect("in-hand lock");
-                if let Some(h) = in_hand.as_mut()
-                    && h.pkid.is_none()
-                {
-                    h.pkid = Some(pkid);
-                }
-                drop(in_hand);
-                if pkid == 0 {
-                    link.answer(Some(0), Ok(()));
-                }
+            Ok(Event::Incoming(Packet::PubComp(comp))) => {
+                link.inflight().answered(comp.pkid, Ok(()));
             }
+            Ok(Event::Outgoing(Outgoing::Publish(pkid))) => link.inflight().on_wire(pkid),
+            Ok(Event::Outgoing(Outgoing::AwaitAck(pkid))) => link.inflight().held_back(pkid),
             Ok(_) => {}
             Err(e) => {
                 let reason = format!("broker {}: {e}", link.url.redacted());
@@ -389,4 +470,48 @@ pub async fn supervise(
     });
     let _ = client.try_disconnect();
     acker.abort();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn submit(inflight: &mut Inflight) -> oneshot::Receiver<Result<(), String>> {
+        let (answer, answered) = oneshot::channel();
+        inflight.submitted.push_back(answer);
+        answered
+    }
+
+    #[test]
+    fn answers_follow_packet_ids_across_retransmissions_held_publishes_and_lost_sessions() {
+        let mut inflight = Inflight::default();
+        let (mut a, mut b, mut c) = (
+            submit(&mut inflight),
+            submit(&mut inflight),
+            submit(&mut inflight),
+        );
+        inflight.on_wire(1);
+        inflight.on_wire(2);
+        // After a reconnect the broker kept the session: 1 goes out again, nothing moves.
+        inflight.on_wire(1);
+        inflight.answered(2, Ok(()));
+        assert_eq!(b.try_recv().unwrap(), Ok(()));
+        assert!(a.try_recv().is_err(), "1 is still waiting");
+        // c would take id 1, still in use: held back until 1 is answered.
+        inflight.held_back(1);
+        inflight.answered(1, Err("refused".into()));
+        assert_eq!(a.try_recv().unwrap(), Err("refused".into()));
+        assert!(
+            c.try_recv().is_err(),
+            "c went out with id 1 and waits for its own answer"
+        );
+        inflight.on_wire(1); // c on the wire: already expected under id 1
+        let mut d = submit(&mut inflight);
+        inflight.on_wire(0); // d at QoS 0: answered when written
+        assert_eq!(d.try_recv().unwrap(), Ok(()));
+        let mut e = submit(&mut inflight);
+        inflight.session_lost("gone");
+        assert_eq!(c.try_recv().unwrap(), Err("gone".into()));
+        assert_eq!(e.try_recv().unwrap(), Err("gone".into()));
+    }
 }

@@ -140,6 +140,11 @@ async fn handle(mqtt: Arc<super::Mqtt>, arrived: Arrived) {
                 }
             }
         }
+        if arrived.settle.stale() {
+            // The broker sends it again on the new connection; that copy is the one to deliver.
+            tracing::info!(route = %route.name, message_id = %id, "the connection it came on is gone; left to its redelivery");
+            return;
+        }
         let delay = route.mqtt.retry_delay_after(attempt);
         tracing::info!(route = %route.name, message_id = %id, attempt, retry_in_ms = delay.as_millis() as u64, "transient failure, retrying later: {why}");
         tokio::time::sleep(delay).await;

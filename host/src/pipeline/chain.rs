@@ -114,6 +114,35 @@ pub fn run(route: &Route, input: &Message) -> Result<Vec<Message>, Box<Failure>>
     Ok(messages)
 }
 
+/// The dead letter of `input` on `route`, failed at `(step, plugin)`.
+fn entry(
+    route: &Route,
+    input: &Message,
+    (step, plugin): (u32, PluginId),
+    kind: Kind,
+    reason: String,
+    (field, position): (Option<String>, Option<u32>),
+) -> DeadLetter {
+    DeadLetter {
+        id: 0,
+        at: String::new(),
+        plant: route.plant.clone(),
+        route: route.name.clone(),
+        message_id: input.id.clone(),
+        step,
+        plugin,
+        kind,
+        reason,
+        field,
+        position,
+        content_type: input.content_type.clone(),
+        headers: input.headers.clone(),
+        body: input.body.clone(),
+        replayed_at: None,
+        lineage: route.lineage().to_string(),
+    }
+}
+
 /// Record `input` as a dead letter after `attempts` runs that each failed for a transient
 /// reason, the last one `why` (at step `failure`'s, or at the sink when `None`).
 pub fn dead_letter_exhausted(
@@ -135,24 +164,14 @@ pub fn dead_letter_exhausted(
             },
         ),
     };
-    let entry = DeadLetter {
-        id: 0,
-        at: String::new(),
-        plant: route.plant.clone(),
-        route: route.name.clone(),
-        message_id: input.id.clone(),
-        step,
-        plugin,
-        kind: Kind::AttemptsExhausted,
-        reason: format!("{attempts} attempts failed; the last: {why}"),
-        field: None,
-        position: None,
-        content_type: input.content_type.clone(),
-        headers: input.headers.clone(),
-        body: input.body.clone(),
-        replayed_at: None,
-        lineage: route.lineage().to_string(),
-    };
+    let entry = entry(
+        route,
+        input,
+        (step, plugin),
+        Kind::AttemptsExhausted,
+        format!("{attempts} attempts failed; the last: {why}"),
+        (None, None),
+    );
     let id = store.record(&entry)?;
     tracing::warn!(plant = %route.plant, route = %route.name, message_id = %input.id, attempts, dead_letter = id, "dead-lettered: {}", entry.reason);
     Ok(id)
@@ -172,24 +191,14 @@ pub fn dead_letter(
         StepFailure::Rejected(r) => (r.field.clone(), r.position),
         _ => (None, None),
     };
-    let entry = DeadLetter {
-        id: 0,
-        at: String::new(),
-        plant: route.plant.clone(),
-        route: route.name.clone(),
-        message_id: input.id.clone(),
-        step: failure.step,
-        plugin: failure.plugin.clone(),
+    let entry = entry(
+        route,
+        input,
+        (failure.step, failure.plugin.clone()),
         kind,
-        reason: failure.reason(),
-        field,
-        position,
-        content_type: input.content_type.clone(),
-        headers: input.headers.clone(),
-        body: input.body.clone(),
-        replayed_at: None,
-        lineage: route.lineage().to_string(),
-    };
+        failure.reason(),
+        (field, position),
+    );
     let id = store.record(&entry)?;
     tracing::warn!(
         plant = %route.plant, route = %route.name, message_id = %input.id, step = failure.step,

@@ -1,0 +1,78 @@
+//! What the broker benchmarks share: the workspace, settings from the environment, the MES
+//! record and the event the route makes of it, CPU time from `/proc`, medians.
+
+use std::path::{Path, PathBuf};
+
+pub fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("host/ has a parent")
+        .to_path_buf()
+}
+
+pub fn setting(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// The event the route makes of [`record`], made natively (the plugin crate against the SDK's
+/// host double): the pipe publishes these bytes, so both sides put the same sizes on the broker.
+pub fn route_output() -> Vec<u8> {
+    use millrace_sdk::Plugin;
+    let config =
+        millrace_host::config::Config::load(&root().join("examples/quickstart/millrace.toml"))
+            .expect("quickstart config");
+    let route = &config.routes[0];
+    let settings: serde_json::Value =
+        serde_json::from_str(route.steps[0].settings.document()).expect("settings are JSON");
+    let table = config.plants[&route.plant]
+        .get("work_centres")
+        .expect("work_centres table")
+        .clone();
+    let host = millrace_sdk::TestHost::new()
+        .with_settings(settings)
+        .with_table("work_centres", table);
+    let plugin = mes_fixed_width::MesFixedWidth::new(&host).expect("settings load");
+    let outputs = plugin
+        .mediate(
+            &host,
+            millrace_sdk::Message {
+                id: "m-0".into(),
+                plant: route.plant.clone(),
+                route: "bench".into(),
+                content_type: "text/plain".into(),
+                headers: Vec::new(),
+                body: record(),
+            },
+        )
+        .expect("the record maps");
+    outputs.into_iter().next().expect("one event").body
+}
+
+/// One 80-column MES production confirmation (the quickstart's format).
+pub fn record() -> Vec<u8> {
+    format!(
+        "PC{:<12}{:<18}{:>10}{:<3}{:<6}{:<14}{:<8}A      ",
+        "WO-1", "MAT-4711", "0000012500", "EA", "WC01", "20261127063000", "OP17"
+    )
+    .into_bytes()
+}
+
+/// CPU seconds (user + system) process `pid` used so far.
+pub fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name (which ends with ')'): utime is the 12th, stime the 13th.
+    let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let ticks: f64 = fields.get(11..13).map_or(0.0, |f| {
+        f.iter().filter_map(|v| v.parse::<f64>().ok()).sum()
+    });
+    ticks / 100.0
+}
+
+pub fn median(mut xs: Vec<f64>) -> f64 {
+    xs.sort_by(f64::total_cmp);
+    xs[xs.len() / 2]
+}
