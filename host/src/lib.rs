@@ -7,6 +7,7 @@
 
 pub mod admission;
 pub mod amqp;
+pub mod backoff;
 pub mod cli;
 pub mod config;
 pub mod conformance;

@@ -794,6 +794,23 @@ impl Drop for Broker {
     }
 }
 
+/// A workspace with route `mes` (mes-fixed-width, plant-a with its work-centre table) from
+/// `source` to MQTT: `host` is the body of `[host]`, `mqtt` the route's MQTT table's keys,
+/// `plant` more configuration before the plant's table (e.g. `[plants.plant-a.uns]`).
+pub fn mes_to_mqtt(host: &str, source: &str, mqtt: &str, plant: &str) -> Workspace {
+    let mes = plugin("mes-fixed-width");
+    let route = route_toml("mes", &mes, r#"["log", "config", "lookup"]"#, "")
+        .replace("source = \"http\"", &format!("source = \"{source}\""))
+        .replace(
+            "sink = \"reply\"",
+            &format!("sink = \"mqtt\"\nmqtt = {{ {mqtt} }}"),
+        );
+    Workspace::new(&format!(
+        "[host]\n{host}\n\n{plant}[plants.plant-a.lookups.work_centres]\nentries = {{ WC01 = \"ASSY-01\" }}\n\n{route}\n{}",
+        mes_settings("mes")
+    ))
+}
+
 /// A real MQTT broker (mosquitto 2) on loopback for one test (`scripts/mosquitto`), with its
 /// sessions and queued messages on disk; stopped when dropped.
 pub struct Mosquitto {

@@ -8,18 +8,14 @@ use crate::harness::*;
 
 /// A topic-to-topic route `mes` with mes-fixed-width; `mqtt` adds keys to its MQTT table.
 fn workspace(broker: &Mosquitto, mqtt: &str) -> Workspace {
-    let mes = plugin("mes-fixed-width");
-    let route = route_toml("mes", &mes, r#"["log", "config", "lookup"]"#, "")
-        .replace("source = \"http\"", "source = \"mqtt\"")
-        .replace(
-            "sink = \"reply\"",
-            &format!("sink = \"mqtt\"\nmqtt = {{ topics = [\"plant-a/+/mes/confirmations\"], topic = \"uns/{{plant}}/{{type}}\"{mqtt} }}"),
-        );
-    Workspace::new(&format!(
-        "[host]\nmqtt = \"{}\"\nid = \"mqtt-test\"\n\n[plants.plant-a.lookups.work_centres]\nentries = {{ WC01 = \"ASSY-01\" }}\n\n{route}\n{}",
-        broker.url(),
-        mes_settings("mes")
-    ))
+    mes_to_mqtt(
+        &format!("mqtt = \"{}\"\nid = \"mqtt-test\"", broker.url()),
+        "mqtt",
+        &format!(
+            "topics = [\"plant-a/+/mes/confirmations\"], topic = \"uns/{{plant}}/{{type}}\"{mqtt}"
+        ),
+        "",
+    )
 }
 
 /// paho (MQTT 5): connect the observer (a persistent session: what is published while it is
@@ -167,16 +163,12 @@ fn messages_published_while_the_host_is_away_are_mediated_when_it_comes_back() {
 #[test]
 fn events_reach_the_plants_unified_namespace_with_a_retained_state_per_subject() {
     let broker = Mosquitto::start();
-    let mes = plugin("mes-fixed-width");
-    let route = route_toml("mes", &mes, r#"["log", "config", "lookup"]"#, "").replace(
-        "sink = \"reply\"",
-        "sink = \"mqtt\"\nmqtt = { topic = \"uns\", state_topic = \"{uns}/{type}/{subject}\" }",
+    let ws = mes_to_mqtt(
+        &format!("mqtt = \"{}\"", broker.url()),
+        "http",
+        r#"topic = "uns", state_topic = "{uns}/{type}/{subject}""#,
+        "[plants.plant-a.uns]\nenterprise = \"acme\"\nsite = \"north\"\narea = \"assembly\"\nline = \"line-1\"\n\n",
     );
-    let ws = Workspace::new(&format!(
-        "[host]\nmqtt = \"{}\"\n\n[plants.plant-a.uns]\nenterprise = \"acme\"\nsite = \"north\"\narea = \"assembly\"\nline = \"line-1\"\n\n[plants.plant-a.lookups.work_centres]\nentries = {{ WC01 = \"ASSY-01\" }}\n\n{route}\n{}",
-        broker.url(),
-        mes_settings("mes")
-    ));
     let host = ws.start();
     host.wait_ready();
     // HTTP in, MQTT out: accepted once in the MQTT outbox (state and stream), published from it.
@@ -218,16 +210,12 @@ print(json.dumps(got))
 #[test]
 fn an_http_route_keeps_accepting_while_the_mqtt_broker_is_away_and_its_outputs_follow() {
     let mut broker = Mosquitto::start();
-    let mes = plugin("mes-fixed-width");
-    let route = route_toml("mes", &mes, r#"["log", "config", "lookup"]"#, "").replace(
-        "sink = \"reply\"",
-        "sink = \"mqtt\"\nmqtt = { topic = \"uns/{plant}/{subject}\" }",
+    let ws = mes_to_mqtt(
+        &format!("mqtt = \"{}\"", broker.url()),
+        "http",
+        r#"topic = "uns/{plant}/{subject}""#,
+        "",
     );
-    let ws = Workspace::new(&format!(
-        "[host]\nmqtt = \"{}\"\n\n[plants.plant-a.lookups.work_centres]\nentries = {{ WC01 = \"ASSY-01\" }}\n\n{route}\n{}",
-        broker.url(),
-        mes_settings("mes")
-    ));
     // The observer's session exists before the broker goes away.
     assert_eq!(
         broker.client(&publish_and_collect(&[], 0)),
@@ -275,4 +263,46 @@ fn an_http_route_keeps_accepting_while_the_mqtt_broker_is_away_and_its_outputs_f
         ready = host.wait_ready();
     }
     assert_eq!(ready.json()["mqtt_outbox_waiting"], 0, "{}", ready.body);
+}
+
+#[test]
+fn cloudevents_go_in_binary_mode_with_their_attributes_as_user_properties_when_asked() {
+    let broker = Mosquitto::start();
+    let ws = mes_to_mqtt(
+        &format!("mqtt = \"{}\"", broker.url()),
+        "http",
+        r#"topic = "uns/{plant}/{subject}", cloudevents = "binary""#,
+        "",
+    );
+    // The observer's session exists before anything is published.
+    assert_eq!(
+        broker.client(&publish_and_collect(&[], 0)),
+        serde_json::json!([])
+    );
+    let host = ws.start();
+    host.wait_ready();
+    let posted = host.post(
+        "mes",
+        Some("text/plain"),
+        record("WO-5", "0000001000", "WC01"),
+    );
+    assert_eq!(posted.status, 202, "{}", posted.body);
+    let got = broker.client(&publish_and_collect(&[], 1));
+    let got = got.as_array().unwrap();
+    assert_eq!(got.len(), 1, "{got:?}");
+    let output = &got[0];
+    assert_eq!(output["topic"], "uns/plant-a/WO-5");
+    // The payload is the event's data; its attributes travel as user properties.
+    assert_eq!(output["event"]["work_order"], "WO-5", "{output}");
+    assert!(output["event"].get("specversion").is_none(), "{output}");
+    assert_eq!(output["content_type"], "application/json");
+    assert_eq!(output["props"]["specversion"], "1.0");
+    assert_eq!(output["props"]["type"], "millrace.production.completed.v1");
+    assert_eq!(output["props"]["subject"], "WO-5");
+    assert_eq!(output["props"]["datacontenttype"], "application/json");
+    assert!(
+        output["props"]["id"]
+            .as_str()
+            .is_some_and(|id| id.ends_with("-1"))
+    );
 }

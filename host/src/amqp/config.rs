@@ -131,7 +131,7 @@ impl RouteAmqp {
 
     /// The wait before attempt `attempt + 1` after attempt `attempt` (1-based) failed.
     pub fn retry_delay_after(&self, attempt: u32) -> std::time::Duration {
-        crate::pipeline::backoff(self.retry_delay, self.retry_max_delay, attempt)
+        crate::backoff::after(self.retry_delay, self.retry_max_delay, attempt)
     }
 
     /// Every distinct wait between attempts, shortest first (one delay queue each).

@@ -13,6 +13,7 @@ pub struct MqttSection {
     pub topic: Option<String>,
     pub state_topic: Option<String>,
     pub retain: Option<bool>,
+    pub cloudevents: Option<String>,
     pub max_attempts: Option<u32>,
     pub retry_delay_ms: Option<u64>,
     pub retry_max_delay_ms: Option<u64>,
@@ -36,6 +37,9 @@ pub struct RouteMqtt {
     pub retain: bool,
     /// The plant's ISA-95 levels (`[plants.P.uns]`), in order: (level, name).
     pub uns: Vec<(String, String)>,
+    /// How a CloudEvent output is carried: `structured` (the whole event as the payload, the
+    /// default) or `binary` (its data as the payload, its attributes as user properties).
+    pub cloudevents: String,
     /// Runs of one message before a transient failure becomes a dead letter (default 5).
     pub max_attempts: u32,
     /// Wait before the first retry (default 1 s); doubled for each further one.
@@ -58,6 +62,9 @@ impl RouteMqtt {
             state_topic: section.and_then(|s| s.state_topic.clone()),
             retain: section.and_then(|s| s.retain).unwrap_or(false),
             uns: Vec::new(),
+            cloudevents: section
+                .and_then(|s| s.cloudevents.clone())
+                .unwrap_or_else(|| "structured".into()),
             max_attempts: section.and_then(|s| s.max_attempts).unwrap_or(5).max(1),
             retry_delay: std::time::Duration::from_millis(
                 section
@@ -76,13 +83,19 @@ impl RouteMqtt {
 
     /// The wait before attempt `attempt + 1` after attempt `attempt` (1-based) failed.
     pub fn retry_delay_after(&self, attempt: u32) -> std::time::Duration {
-        crate::pipeline::backoff(self.retry_delay, self.retry_max_delay, attempt)
+        crate::backoff::after(self.retry_delay, self.retry_max_delay, attempt)
     }
 
     /// What is wrong with the section for a route whose source (`source`) or sink (`sink`) is
     /// MQTT.
     pub fn problems(&self, source: bool, sink: bool) -> Vec<String> {
         let mut problems = Vec::new();
+        if !matches!(self.cloudevents.as_str(), "structured" | "binary") {
+            problems.push(format!(
+                "cloudevents = {:?}; it is \"structured\" (the event as the payload) or \"binary\" (the data as the payload, the attributes as user properties)",
+                self.cloudevents
+            ));
+        }
         if self.qos > 2 {
             problems.push(format!("qos is {}; MQTT has QoS 0, 1 and 2", self.qos));
         }
@@ -458,6 +471,9 @@ mod tests {
         assert!(route.problems(false, true)[0].contains("{line}"));
         route.topic = "{nope}".into();
         assert!(route.problems(false, true)[0].contains("known:"));
+        route.topic = "{enterprise}".into();
+        route.cloudevents = "json".into();
+        assert!(route.problems(false, true)[0].contains("cloudevents"));
     }
 
     #[test]

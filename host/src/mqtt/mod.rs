@@ -103,18 +103,26 @@ fn topics(route: &Route, output: &Message) -> Vec<(String, bool)> {
     topics
 }
 
-/// The MQTT 5 properties of `output`. A CloudEvent (JSON with `specversion`) goes in structured
-/// mode: the event as the payload, content type `application/cloudevents+json`, and its
-/// attributes also as user properties (the CloudEvents MQTT binding allows both); anything else
-/// goes as it is, with its content type. Every output carries `message-id`, `millrace-plant`,
-/// `millrace-route` and `millrace-lineage`.
-fn properties(output: &Message, lineage: &str) -> rumqttc::v5::mqttbytes::v5::PublishProperties {
+/// What goes on the wire for `output`: its payload and MQTT 5 properties. A CloudEvent (JSON
+/// with `specversion`) follows the CloudEvents MQTT binding: in structured mode the event is the
+/// payload (content type `application/cloudevents+json`) and its attributes are also user
+/// properties (the binding allows both); in binary mode (`binary`) its data is the payload, the
+/// content type is its `datacontenttype` (default `application/json`) and its attributes are user
+/// properties under their own names. Anything else goes as it is, with its content type. Every
+/// output carries `message-id`, `millrace-plant`, `millrace-route` and `millrace-lineage`.
+fn wire(
+    output: &Message,
+    lineage: &str,
+    binary: bool,
+) -> (Vec<u8>, rumqttc::v5::mqttbytes::v5::PublishProperties) {
     let mut user_properties = vec![
         ("message-id".to_string(), output.id.clone()),
         ("millrace-plant".to_string(), output.plant.clone()),
         ("millrace-route".to_string(), output.route.clone()),
         ("millrace-lineage".to_string(), lineage.to_string()),
     ];
+    let mut payload = None;
+    let mut content_type = output.content_type.clone();
     let event = serde_json::from_slice::<serde_json::Value>(&output.body)
         .ok()
         .filter(|e| e.get("specversion").is_some());
@@ -129,12 +137,37 @@ fn properties(output: &Message, lineage: &str) -> rumqttc::v5::mqttbytes::v5::Pu
             };
             user_properties.push((name.clone(), text));
         }
+        if binary {
+            content_type = attributes
+                .get("datacontenttype")
+                .and_then(|v| v.as_str())
+                .unwrap_or("application/json")
+                .to_string();
+            payload = Some(
+                match (attributes.get("data"), attributes.get("data_base64")) {
+                    (Some(serde_json::Value::String(text)), _)
+                        if !content_type.contains("json") =>
+                    {
+                        text.clone().into_bytes()
+                    }
+                    (Some(data), _) => data.to_string().into_bytes(),
+                    (None, Some(serde_json::Value::String(b64))) => {
+                        use base64::Engine;
+                        base64::engine::general_purpose::STANDARD
+                            .decode(b64)
+                            .unwrap_or_default()
+                    }
+                    _ => Vec::new(),
+                },
+            );
+        }
     }
-    rumqttc::v5::mqttbytes::v5::PublishProperties {
-        content_type: Some(output.content_type.clone()),
+    let properties = rumqttc::v5::mqttbytes::v5::PublishProperties {
+        content_type: Some(content_type),
         user_properties,
         ..Default::default()
-    }
+    };
+    (payload.unwrap_or_else(|| output.body.clone()), properties)
 }
 
 /// Publish `outputs` of `route` to their topics, each acknowledged by the broker.
@@ -145,15 +178,10 @@ pub async fn publish(
 ) -> Result<usize, PublishError> {
     for output in outputs {
         for (topic, retain) in topics(route, output) {
-            let properties = properties(output, route.lineage());
-            link.publish(
-                topic,
-                route.mqtt.qos,
-                retain,
-                output.body.clone(),
-                properties,
-            )
-            .await?;
+            let (payload, properties) =
+                wire(output, route.lineage(), route.mqtt.cloudevents == "binary");
+            link.publish(topic, route.mqtt.qos, retain, payload, properties)
+                .await?;
         }
     }
     Ok(outputs.len())
@@ -193,14 +221,16 @@ pub async fn drain(
             continue;
         }
         for waiting in batch {
-            let qos = routes.get(&waiting.output.route).map_or(1, |r| r.mqtt.qos);
-            let properties = properties(&waiting.output, &waiting.lineage);
+            let route = routes.get(&waiting.output.route);
+            let qos = route.as_ref().map_or(1, |r| r.mqtt.qos);
+            let binary = route.is_some_and(|r| r.mqtt.cloudevents == "binary");
+            let (payload, properties) = wire(&waiting.output, &waiting.lineage, binary);
             let sent = link
                 .publish(
                     waiting.target.clone(),
                     qos,
                     waiting.key == "retain",
-                    waiting.output.body.clone(),
+                    payload,
                     properties,
                 )
                 .await;

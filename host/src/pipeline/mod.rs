@@ -161,19 +161,6 @@ fn is_settled(
     }
 }
 
-/// The wait before attempt `attempt + 1` after attempt `attempt` (1-based) failed: `first`,
-/// doubled for each further attempt, at most `max`. A transport's retries of transient failures.
-pub fn backoff(
-    first: std::time::Duration,
-    max: std::time::Duration,
-    attempt: u32,
-) -> std::time::Duration {
-    let factor = 1u32
-        .checked_shl(attempt.saturating_sub(1))
-        .unwrap_or(u32::MAX);
-    first.saturating_mul(factor).min(max)
-}
-
 /// What `GET /readyz` says of one transport.
 pub struct Readiness {
     /// Its key in the answer (`broker`).
