@@ -1,8 +1,11 @@
-//! millrace host: messages enter through an ingress (`ingress/`), are matched to a route of a
-//! plant (`route`), pass the route's chain of Wasm plugins (`chain`, `plugin/`), and leave to a
-//! sink (`sink/`) or the dead-letter store (`deadletter`). `config` reads the TOML, `lookup`
-//! the plants' reference tables, `state` keeps the plants' durable key-value state, `mediator`
-//! wires it all and runs it; `admission` gives each plant its share of the mediation slots.
+//! millrace host: messages enter through a transport's source (`http/`, `amqp/`, `mqtt/`), are
+//! matched to a route of a plant (`route`), run through the route's chain of Wasm plugins in
+//! the pipeline (`pipeline/`, `plugin/`) and leave to the route's sink (a transport's other
+//! half) or the dead-letter store (`deadletter`). `control/` changes a running host (admin API,
+//! plugin versions, reloads); `config` reads the TOML, `lookup` the plants' reference tables,
+//! `state` keeps the plants' durable key-value state, `outbox` holds outputs for a broker that is
+//! away, `admission` gives each plant its share of the mediation slots, and `start` builds it
+//! all from a configuration and runs it.
 #![forbid(unsafe_code)]
 
 pub mod admission;
