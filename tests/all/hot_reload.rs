@@ -392,8 +392,10 @@ fn a_dropped_plugin_is_taken_only_once_written_whole_and_a_bad_one_is_refused_wi
         (active(&host) == "2.0.0").then_some(())
     });
     assert_eq!(stamped(&host.url, "a", 1).1, "2.0.0");
-    assert!(plant_dir.join("deployed/stamp-2.wasm").is_file());
-    assert!(!target.exists());
+    // The file is moved aside once its version is active.
+    eventually("the dropped file is moved to deployed/", || {
+        (plant_dir.join("deployed/stamp-2.wasm").is_file() && !target.exists()).then_some(())
+    });
     let doc = host
         .admin("GET", "/v1/plants/plant-a/plugins/stamp", b"")
         .json();

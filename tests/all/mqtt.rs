@@ -306,3 +306,40 @@ fn cloudevents_go_in_binary_mode_with_their_attributes_as_user_properties_when_a
             .is_some_and(|id| id.ends_with("-1"))
     );
 }
+
+#[test]
+fn a_message_over_the_routes_body_bound_is_dead_lettered_not_mediated() {
+    let broker = Mosquitto::start();
+    let ws = workspace(&broker, "");
+    let text = std::fs::read_to_string(ws.config())
+        .unwrap()
+        .replace("sink = \"mqtt\"", "sink = \"mqtt\"\nmax_body_kib = 1");
+    std::fs::write(ws.config(), text).unwrap();
+    let host = ws.start();
+    host.wait_ready();
+    let big = format!(
+        "{}{}",
+        record("WO-1", "0000001000", "WC01"),
+        " ".repeat(2048)
+    );
+    let good = record("WO-2", "0000001000", "WC01");
+    let got = broker.client(&publish_and_collect(&[("big-1", big), ("m-2", good)], 1));
+    let got = got.as_array().unwrap();
+    assert_eq!(
+        got.len(),
+        1,
+        "only the message within the bound is mediated: {got:?}"
+    );
+    assert_eq!(got[0]["event"]["data"]["work_order"], "WO-2");
+    let listed = ws.millrace(&["dlq", "list", "--json"]);
+    let dead: serde_json::Value = serde_json::from_slice(&listed.stdout).unwrap();
+    let dead = dead.as_array().unwrap();
+    assert_eq!(dead.len(), 1, "{dead:?}");
+    assert_eq!(dead[0]["message_id"], "big-1");
+    assert_eq!(dead[0]["kind"], "limit");
+    assert!(
+        dead[0]["reason"].as_str().unwrap().contains("max_body_kib"),
+        "{}",
+        dead[0]["reason"]
+    );
+}

@@ -94,6 +94,21 @@ async fn handle(mqtt: Arc<super::Mqtt>, arrived: Arrived) {
     };
     let message = message_of(&route, &arrived);
     let id = message.id.clone();
+    if message.body.len() > route.max_body_bytes {
+        // No caller to refuse it to: kept as a dead letter (bounded by the packet size).
+        let reason = format!(
+            "the message is {} bytes, over the route's max_body_kib ({} KiB)",
+            message.body.len(),
+            route.max_body_bytes / 1024
+        );
+        match chain::dead_letter_refused(&pipeline.deadletters, &route, &message, reason) {
+            Ok(_) => arrived.settle.settled(),
+            Err(e) => {
+                tracing::error!(route = %route.name, message_id = %id, error = %e, "could not record a dead letter; left unacknowledged");
+            }
+        }
+        return;
+    }
     let mut attempt = 1;
     loop {
         let ask = Ask {

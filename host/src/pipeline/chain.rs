@@ -143,6 +143,28 @@ fn entry(
     }
 }
 
+/// Record `input` as a dead letter the route refused before its chain ran (e.g. a body over
+/// the route's bound from a source that cannot refuse it to a caller): kind `limit`, step 0.
+pub fn dead_letter_refused(
+    store: &DeadLetterStore,
+    route: &Route,
+    input: &Message,
+    reason: String,
+) -> Result<i64, DeadLetterError> {
+    let source = PluginId {
+        name: format!(
+            "source:{}",
+            format!("{:?}", route.source).to_ascii_lowercase()
+        ),
+        version: String::new(),
+        digest: String::new(),
+    };
+    let entry = entry(route, input, (0, source), Kind::Limit, reason, (None, None));
+    let id = store.record(&entry)?;
+    tracing::warn!(plant = %route.plant, route = %route.name, message_id = %input.id, dead_letter = id, "dead-lettered: {}", entry.reason);
+    Ok(id)
+}
+
 /// Record `input` as a dead letter after `attempts` runs that each failed for a transient
 /// reason, the last one `why` (at step `failure`'s, or at the sink when `None`).
 pub fn dead_letter_exhausted(
