@@ -340,12 +340,17 @@ pub struct Names<'a> {
 /// `enterprise/site/area/line/cell` as far as configured) and each level by name. Characters
 /// MQTT gives meaning to (`+`, `#`) and `/` inside a value become `_`: only the template makes
 /// levels.
-pub fn topic(template: &str, names: &Names<'_>, content_type: &str, body: &[u8]) -> String {
+/// `event` is the output's body parsed as JSON, when it is JSON (parsed once per output by the
+/// caller, which also reads it for the properties).
+pub fn topic(
+    template: &str,
+    names: &Names<'_>,
+    content_type: &str,
+    event: Option<&serde_json::Value>,
+) -> String {
     let (plant, route) = (names.plant, names.route);
-    let event: Option<serde_json::Value> = serde_json::from_slice(body).ok();
     let attr = |name: &str| {
         event
-            .as_ref()
             .and_then(|e| e.get(name))
             .and_then(|v| v.as_str())
             .map(str::to_string)
@@ -386,7 +391,6 @@ pub fn topic(template: &str, names: &Names<'_>, content_type: &str, body: &[u8])
                 .unwrap_or_default(),
             field => match field.strip_prefix("data.") {
                 Some(f) => event
-                    .as_ref()
                     .and_then(|e| e.get("data"))
                     .and_then(|d| d.get(f))
                     .map(|v| match v {
@@ -425,6 +429,7 @@ mod tests {
 
     #[test]
     fn topics_come_from_the_event_and_never_carry_wildcards() {
+        let json = |b: &[u8]| serde_json::from_slice::<serde_json::Value>(b).ok();
         let event =
             br#"{"type":"machine.downtime","subject":"press/7","data":{"line":"L+2","n":3}}"#;
         let uns = vec![
@@ -442,17 +447,25 @@ mod tests {
                 "uns/{plant}/{data.line}/{type}/{subject}/{data.n}/{data.x}",
                 &names,
                 "application/json",
-                event
+                json(event).as_ref()
             ),
             "uns/p1/L_2/machine.downtime/press_7/3/none"
         );
-        assert_eq!(topic("{type}", &names, "text/csv", b"a,b"), "text_csv");
         assert_eq!(
-            topic("{uns}/{type}", &names, "application/json", event),
+            topic("{type}", &names, "text/csv", json(b"a,b").as_ref()),
+            "text_csv"
+        );
+        assert_eq!(
+            topic(
+                "{uns}/{type}",
+                &names,
+                "application/json",
+                json(event).as_ref()
+            ),
             "acme/north/assembly/machine.downtime"
         );
         assert_eq!(
-            topic("{site}-{area}", &names, "text/csv", b""),
+            topic("{site}-{area}", &names, "text/csv", None),
             "north-assembly"
         );
     }

@@ -88,13 +88,17 @@ pub fn needs_outbox(routes: &[Arc<Route>]) -> bool {
 
 /// Where `output` of `route` is published: the state topic (retained) first when the route has
 /// one, then the topic; each with its retain flag.
-fn topics(route: &Route, output: &Message) -> Vec<(String, bool)> {
+fn topics(
+    route: &Route,
+    output: &Message,
+    event: Option<&serde_json::Value>,
+) -> Vec<(String, bool)> {
     let names = config::Names {
         plant: &output.plant,
         route: &output.route,
         uns: &route.mqtt.uns,
     };
-    let topic = |t: &str| config::topic(t, &names, &output.content_type, &output.body);
+    let topic = |t: &str| config::topic(t, &names, &output.content_type, event);
     let mut topics = Vec::with_capacity(2);
     if let Some(state) = &route.mqtt.state_topic {
         topics.push((topic(state), true));
@@ -114,6 +118,7 @@ fn wire(
     output: &Message,
     lineage: &str,
     binary: bool,
+    event: Option<&serde_json::Value>,
 ) -> (Vec<u8>, rumqttc::v5::mqttbytes::v5::PublishProperties) {
     let mut user_properties = vec![
         ("message-id".to_string(), output.id.clone()),
@@ -123,10 +128,8 @@ fn wire(
     ];
     let mut payload = None;
     let mut content_type = output.content_type.clone();
-    let event = serde_json::from_slice::<serde_json::Value>(&output.body)
-        .ok()
-        .filter(|e| e.get("specversion").is_some());
-    if let Some(serde_json::Value::Object(attributes)) = &event {
+    let event = event.filter(|e| e.get("specversion").is_some());
+    if let Some(serde_json::Value::Object(attributes)) = event {
         for (name, value) in attributes {
             if name == "data" || name == "data_base64" {
                 continue;
@@ -177,11 +180,19 @@ pub async fn publish(
     outputs: &[Message],
 ) -> Result<usize, PublishError> {
     for output in outputs {
-        for (topic, retain) in topics(route, output) {
-            let (payload, properties) =
-                wire(output, route.lineage(), route.mqtt.cloudevents == "binary");
-            link.publish(topic, route.mqtt.qos, retain, payload, properties)
-                .await?;
+        // The body is read as JSON once, for the topics and the properties.
+        let event = serde_json::from_slice::<serde_json::Value>(&output.body).ok();
+        let binary = route.mqtt.cloudevents == "binary";
+        let (payload, properties) = wire(output, route.lineage(), binary, event.as_ref());
+        for (topic, retain) in topics(route, output, event.as_ref()) {
+            link.publish(
+                topic,
+                route.mqtt.qos,
+                retain,
+                payload.clone(),
+                properties.clone(),
+            )
+            .await?;
         }
     }
     Ok(outputs.len())
@@ -224,7 +235,9 @@ pub async fn drain(
             let route = routes.get(&waiting.output.route);
             let qos = route.as_ref().map_or(1, |r| r.mqtt.qos);
             let binary = route.is_some_and(|r| r.mqtt.cloudevents == "binary");
-            let (payload, properties) = wire(&waiting.output, &waiting.lineage, binary);
+            let event = serde_json::from_slice::<serde_json::Value>(&waiting.output.body).ok();
+            let (payload, properties) =
+                wire(&waiting.output, &waiting.lineage, binary, event.as_ref());
             let sent = link
                 .publish(
                     waiting.target.clone(),
@@ -341,10 +354,13 @@ impl crate::pipeline::sinks::Sink for MqttSink {
                     let entries: Vec<_> = outputs
                         .iter()
                         .flat_map(|o| {
-                            topics(route, o).into_iter().map(|(topic, retain)| {
-                                let key = if retain { "retain" } else { "" };
-                                (topic, key.to_string(), o.clone())
-                            })
+                            let event = serde_json::from_slice::<serde_json::Value>(&o.body).ok();
+                            topics(route, o, event.as_ref())
+                                .into_iter()
+                                .map(|(topic, retain)| {
+                                    let key = if retain { "retain" } else { "" };
+                                    (topic, key.to_string(), o.clone())
+                                })
                         })
                         .collect();
                     outbox

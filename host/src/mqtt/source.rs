@@ -66,7 +66,9 @@ pub async fn consume(
     let mut in_flight = tokio::task::JoinSet::new();
     loop {
         tokio::select! {
-            next = arrived.recv() => match next {
+            // At most the receive maximum in hand: a broker that sends more (some do, resuming a
+            // session) waits in the channel and then in TCP, not in tasks here.
+            next = arrived.recv(), if in_flight.len() < usize::from(super::RECEIVE_MAXIMUM) => match next {
                 Some(arrived) => {
                     in_flight.spawn(handle(Arc::clone(&mqtt), arrived));
                 }
