@@ -66,9 +66,10 @@ pub async fn consume(
     let mut in_flight = tokio::task::JoinSet::new();
     loop {
         tokio::select! {
-            // At most the receive maximum in hand: a broker that sends more (some do, resuming a
-            // session) waits in the channel and then in TCP, not in tasks here.
-            next = arrived.recv(), if in_flight.len() < usize::from(super::RECEIVE_MAXIMUM) => match next {
+            // Taken at once: the session's loop must never wait here, or the acknowledgements
+            // the messages in hand wait for would not be read (the broker's receive maximum is
+            // what bounds them).
+            next = arrived.recv() => match next {
                 Some(arrived) => {
                     in_flight.spawn(handle(Arc::clone(&mqtt), arrived));
                 }
