@@ -9,6 +9,8 @@
 //!   CASE/
 //!     input.EXT              the message body; EXT gives the content type (txt, csv, json, ...)
 //!     content-type           overrides the content type (optional)
+//!     headers.json           the message's headers, {"NAME": "VALUE", ...} (optional; e.g. the
+//!                            `mqtt-topic` an MQTT source sets)
 //!     settings.toml          settings for this case only (optional, replaces the shared ones)
 //!     state.json             the plant's state before the case, {"KEY": VALUE, ...} (optional;
 //!                            a VALUE that is not a string is stored as its JSON text)
@@ -157,6 +159,7 @@ fn run_case(
     let (input_path, content_type) = find_input(case)?;
     let body = std::fs::read(&input_path)
         .map_err(|e| format!("cannot read {}: {e}", input_path.display()))?;
+    let headers = read_headers(&case.join("headers.json"))?;
     let state = Arc::new(StateStore::in_memory());
     for (key, value) in read_state(&case.join("state.json"))? {
         state.put(PLANT, &key, &value).map_err(|e| e.to_string())?;
@@ -180,7 +183,7 @@ fn run_case(
         plant: PLANT.into(),
         route: ROUTE.into(),
         content_type,
-        headers: Vec::new(),
+        headers,
         body,
     };
     let mut got = outcome(step.mediate(&input));
@@ -299,6 +302,31 @@ pub fn read_settings(path: &Path) -> Result<Option<serde_json::Map<String, Value
             .map(|(k, v)| (k.clone(), toml_to_json(v)))
             .collect(),
     ))
+}
+
+/// A case's message headers (`headers.json`), names lower-cased; none if there is no such file.
+fn read_headers(path: &Path) -> Result<Vec<(String, String)>, String> {
+    if !path.exists() {
+        return Ok(Vec::new());
+    }
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let object: serde_json::Map<String, Value> = serde_json::from_str(&text).map_err(|e| {
+        format!(
+            "{}: expected a JSON object of header names and values: {e}",
+            path.display()
+        )
+    })?;
+    object
+        .into_iter()
+        .map(|(name, value)| match value {
+            Value::String(v) => Ok((name.to_ascii_lowercase(), v)),
+            other => Err(format!(
+                "{}: header {name:?} is {other}, not a string",
+                path.display()
+            )),
+        })
+        .collect()
 }
 
 /// A case's initial state (`state.json`); empty if there is no such file.

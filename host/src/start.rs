@@ -177,7 +177,7 @@ impl Host {
                 link: Arc::clone(link),
                 pipeline: Arc::clone(&pipeline),
                 outbox: outbox.clone(),
-                settled,
+                settled: settled.clone(),
                 deployer: Arc::clone(&deployer),
                 host_id: config.host_id.clone(),
             })
@@ -206,6 +206,7 @@ impl Host {
                 link,
                 pipeline: Arc::clone(&pipeline),
                 outbox: mqtt_outbox,
+                settled,
             })
         });
         let mut sources: Vec<Arc<dyn crate::pipeline::Source>> = Vec::new();

@@ -9,6 +9,7 @@ use serde::Deserialize;
 #[serde(deny_unknown_fields)]
 pub struct MqttSection {
     pub topics: Option<Vec<String>>,
+    pub plant_level: Option<usize>,
     pub qos: Option<u8>,
     pub topic: Option<String>,
     pub state_topic: Option<String>,
@@ -25,6 +26,10 @@ pub struct RouteMqtt {
     /// Topic filters the route takes (`+` and `#` wildcards; `$share/GROUP/FILTER` splits a
     /// stream between hosts).
     pub topics: Vec<String>,
+    /// The topic level (1-based) that names the plant: the route takes a message its filters
+    /// match only when that level is its plant's name, so routes of several plants can share one
+    /// topic tree (`acme/+/line-1/downtime`, one route per plant).
+    pub plant_level: Option<usize>,
     /// QoS of the subscription and of what the route publishes (0, 1 or 2; default 1).
     pub qos: u8,
     /// Topic template of the outputs (see [`topic`]); `uns` is `{uns}/{type}`; default
@@ -53,6 +58,7 @@ impl RouteMqtt {
     pub fn from_section(section: Option<&MqttSection>) -> RouteMqtt {
         RouteMqtt {
             topics: section.and_then(|s| s.topics.clone()).unwrap_or_default(),
+            plant_level: section.and_then(|s| s.plant_level),
             qos: section.and_then(|s| s.qos).unwrap_or(1),
             topic: match section.and_then(|s| s.topic.clone()) {
                 Some(t) if t == "uns" => "{uns}/{type}".into(),
@@ -109,6 +115,26 @@ impl RouteMqtt {
             if let Err(e) = check_filter(filter) {
                 problems.push(format!("topic filter {filter:?}: {e}"));
             }
+        }
+        match self.plant_level {
+            Some(0) => problems.push("plant_level is 0; topic levels count from 1".into()),
+            Some(n) if !source => problems.push(format!(
+                "plant_level = {n} is for routes whose source is mqtt"
+            )),
+            Some(n) => {
+                for filter in &self.topics {
+                    let plain = strip_share(filter).unwrap_or(filter);
+                    let levels: Vec<&str> = plain.split('/').collect();
+                    let reaches = levels.len() >= n || levels.last() == Some(&"#");
+                    if !reaches {
+                        problems.push(format!(
+                            "topic filter {filter:?} has {} levels; plant_level = {n} names a level it never has",
+                            levels.len()
+                        ));
+                    }
+                }
+            }
+            None => {}
         }
         for template in std::iter::once(&self.topic).chain(&self.state_topic) {
             if !sink {
@@ -286,6 +312,11 @@ fn strip_share(filter: &str) -> Option<&str> {
         }
         None => Some(filter),
     }
+}
+
+/// Level `n` (1-based) of `topic`.
+pub fn level(topic: &str, n: usize) -> Option<&str> {
+    topic.split('/').nth(n.checked_sub(1)?)
 }
 
 /// Whether `topic` matches `filter` (a `$share/GROUP/` prefix is the filter after it).

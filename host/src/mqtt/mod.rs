@@ -30,6 +30,9 @@ pub struct Mqtt {
     pub pipeline: Arc<Pipeline>,
     /// Outputs for MQTT from other sources, while the broker is away; when a route needs it.
     pub outbox: Option<Arc<Outbox>>,
+    /// Writer of settled message ids (group commit), when the pipeline keeps them: a
+    /// redelivery of a message whose sender gave it an id is not mediated twice.
+    pub settled: Option<crate::idempotency::SettledLog>,
 }
 
 impl crate::pipeline::Source for Mqtt {

@@ -10,18 +10,26 @@
 //!
 //! What the plugin sees: the payload; the MQTT 5 content type (else `application/octet-stream`);
 //! headers `mqtt-topic`, `mqtt-level-N` (1-based levels) and every user property; the id from a
-//! `message-id` or CloudEvents `id` user property, else a new UUIDv7.
+//! `message-id` or CloudEvents `id` user property, else a new UUIDv7. A message whose sender gave
+//! it an id is recorded as settled when its outcome is safe (while the host keeps idempotency
+//! keys, `host.idempotency_window_s`), so a redelivery of it — its acknowledgement lost to a
+//! host killed or a broker restarted — is acknowledged without running again.
 
-use super::config::matches;
+use super::config::{level, matches};
 use super::session::Arrived;
 use crate::plugin::bindings::types::Message;
 use crate::route::Route;
 use std::sync::Arc;
 
-/// The route whose filters take `topic`, among `routes` (the first configured wins).
+/// The route whose filters take `topic`, among `routes` (the first configured wins); a route
+/// with a `plant_level` takes it only when that level names its plant.
 pub fn route_for<'a>(routes: &'a [Arc<Route>], topic: &str) -> Option<&'a Arc<Route>> {
     routes.iter().find(|r| {
-        r.source == crate::config::Source::Mqtt && r.mqtt.topics.iter().any(|f| matches(f, topic))
+        r.source == crate::config::Source::Mqtt
+            && r.mqtt.topics.iter().any(|f| matches(f, topic))
+            && r.mqtt
+                .plant_level
+                .is_none_or(|n| level(topic, n) == Some(r.plant.as_str()))
     })
 }
 
@@ -37,12 +45,7 @@ pub fn message_of(route: &Route, arrived: &Arrived) -> Message {
     let user: Vec<(String, String)> = properties
         .map(|p| p.user_properties.clone())
         .unwrap_or_default();
-    let id = user
-        .iter()
-        .find(|(k, _)| k.eq_ignore_ascii_case("message-id") || k == "id")
-        .map(|(_, v)| v.clone())
-        .filter(|v| !v.is_empty())
-        .unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
+    let id = given_id(arrived).unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
     headers.extend(user.into_iter().map(|(k, v)| (k.to_ascii_lowercase(), v)));
     Message {
         id,
@@ -54,6 +57,18 @@ pub fn message_of(route: &Route, arrived: &Arrived) -> Message {
         headers,
         body: publish.payload.to_vec(),
     }
+}
+
+/// The id the sender gave the message: its `message-id` (any case) or CloudEvents `id` user
+/// property, when not empty.
+pub fn given_id(arrived: &Arrived) -> Option<String> {
+    let properties = arrived.publish.properties.as_ref()?;
+    properties
+        .user_properties
+        .iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case("message-id") || k == "id")
+        .map(|(_, v)| v.clone())
+        .filter(|v| !v.is_empty())
 }
 
 /// Serve what the session hands over until it stops or `shutdown` turns true, then finish the
@@ -112,14 +127,24 @@ async fn handle(mqtt: Arc<super::Mqtt>, arrived: Arrived) {
         }
         return;
     }
+    // Deduplication needs the sender's id: a generated one differs on every redelivery.
+    let dedupe = match (given_id(&arrived), &pipeline.idempotency, &mqtt.settled) {
+        (Some(_), Some(store), Some(log)) => Some((store, log)),
+        _ => None,
+    };
     let mut attempt = 1;
     loop {
         let ask = Ask {
             when_busy: WhenBusy::Wait,
             on_failure: OnFailure::DeadLetterHere,
-            settled: None,
+            settled: dedupe.map(|(store, _)| (Arc::clone(store), id.clone())),
         };
         let (why, failure) = match pipeline.mediate(&route, message.clone(), ask).await {
+            Err(Mediated::Settled) => {
+                tracing::info!(route = %route.name, message_id = %id, "already settled: acknowledged without a second run");
+                arrived.settle.settled();
+                return;
+            }
             Ok(outputs) => match pipeline.sinks.deliver(&route, outputs, Via::Held).await {
                 Ok(_) => break,
                 Err(e) => (e.to_string(), None),
@@ -167,6 +192,12 @@ async fn handle(mqtt: Arc<super::Mqtt>, arrived: Arrived) {
         tracing::info!(route = %route.name, message_id = %id, attempt, retry_in_ms = delay.as_millis() as u64, "transient failure, retrying later: {why}");
         tokio::time::sleep(delay).await;
         attempt += 1;
+    }
+    if let Some((_, log)) = dedupe
+        && let Err(e) = log.mark(&route.name, &id).await
+    {
+        // Its outcome is safe already; only a redelivery would run it twice.
+        tracing::warn!(route = %route.name, message_id = %id, error = %e, "could not record the settled id");
     }
     arrived.settle.settled();
 }
