@@ -24,6 +24,7 @@ mod mqtt_faults;
 mod mqtt_tls;
 mod replay;
 mod signing;
+mod sparkplug;
 mod state;
 mod tls;
 mod wasi;

@@ -10,6 +10,7 @@ use serde::Deserialize;
 pub struct MqttSection {
     pub topics: Option<Vec<String>>,
     pub plant_level: Option<usize>,
+    pub order_levels: Option<Vec<usize>>,
     pub qos: Option<u8>,
     pub topic: Option<String>,
     pub state_topic: Option<String>,
@@ -30,6 +31,10 @@ pub struct RouteMqtt {
     /// match only when that level is its plant's name, so routes of several plants can share one
     /// topic tree (`acme/+/line-1/downtime`, one route per plant).
     pub plant_level: Option<usize>,
+    /// Topic levels (1-based) that key the order: messages whose topics agree on them are
+    /// mediated one after another in arrival order (e.g. a Sparkplug edge node's BIRTH before
+    /// its DATA: `[2, 4, 5]`); empty (the default) runs messages in parallel.
+    pub order_levels: Vec<usize>,
     /// QoS of the subscription and of what the route publishes (0, 1 or 2; default 1).
     pub qos: u8,
     /// Topic template of the outputs (see [`topic`]); `uns` is `{uns}/{type}`; default
@@ -59,6 +64,9 @@ impl RouteMqtt {
         RouteMqtt {
             topics: section.and_then(|s| s.topics.clone()).unwrap_or_default(),
             plant_level: section.and_then(|s| s.plant_level),
+            order_levels: section
+                .and_then(|s| s.order_levels.clone())
+                .unwrap_or_default(),
             qos: section.and_then(|s| s.qos).unwrap_or(1),
             topic: match section.and_then(|s| s.topic.clone()) {
                 Some(t) if t == "uns" => "{uns}/{type}".into(),
@@ -135,6 +143,12 @@ impl RouteMqtt {
                 }
             }
             None => {}
+        }
+        if self.order_levels.contains(&0) {
+            problems.push("order_levels has 0; topic levels count from 1".into());
+        }
+        if !self.order_levels.is_empty() && !source {
+            problems.push("order_levels is for routes whose source is mqtt".into());
         }
         for template in std::iter::once(&self.topic).chain(&self.state_topic) {
             if !sink {

@@ -351,6 +351,9 @@ pub async fn supervise(
         .set_manual_acks(true)
         .set_keep_alive(Duration::from_secs(30))
         .set_receive_maximum(Some(super::RECEIVE_MAXIMUM))
+        // Publishes in flight at once, at most (the broker's receive maximum if lower): what a
+        // broker restart can make the client send twice.
+        .set_outgoing_inflight_upper_limit(super::RECEIVE_MAXIMUM)
         .set_max_packet_size(Some(super::MAX_PACKET_BYTES));
     // Small packets (acknowledgements, one publish in hand) go out at once, not held back by
     // Nagle's algorithm waiting for the broker's delayed TCP acknowledgement.

@@ -73,28 +73,95 @@ pub fn given_id(arrived: &Arrived) -> Option<String> {
 
 /// Serve what the session hands over until it stops or `shutdown` turns true, then finish the
 /// messages in hand (their acknowledgements go out only if the session still stands).
+///
+/// Messages run in parallel, except those of a route with `order_levels`: messages whose
+/// topics agree on those levels form a lane and run one after another, in arrival order (a
+/// transient failure holds its lane until it is retried to an outcome). Copies of one message
+/// (the same sender's id) also share a lane.
 pub async fn consume(
     mqtt: Arc<super::Mqtt>,
     mut arrived: tokio::sync::mpsc::Receiver<Arrived>,
     mut shutdown: tokio::sync::watch::Receiver<bool>,
 ) {
-    let mut in_flight = tokio::task::JoinSet::new();
+    type Lane = tokio::sync::mpsc::UnboundedReceiver<Arrived>;
+    let mut in_flight: tokio::task::JoinSet<Option<(String, Lane)>> = tokio::task::JoinSet::new();
+    // Lanes with a task serving them; only this loop sends to them, so a lane whose task has
+    // returned its receiver holds everything sent to it.
+    let mut lanes: std::collections::HashMap<String, tokio::sync::mpsc::UnboundedSender<Arrived>> =
+        std::collections::HashMap::new();
+    let serve = |in_flight: &mut tokio::task::JoinSet<Option<(String, Lane)>>,
+                 key: String,
+                 mut lane: Lane| {
+        let mqtt = Arc::clone(&mqtt);
+        in_flight.spawn(async move {
+            while let Ok(next) = lane.try_recv() {
+                handle(Arc::clone(&mqtt), next).await;
+            }
+            Some((key, lane))
+        });
+    };
     loop {
         tokio::select! {
             // Taken at once: the session's loop must never wait here, or the acknowledgements
             // the messages in hand wait for would not be read (the broker's receive maximum is
             // what bounds them).
             next = arrived.recv() => match next {
-                Some(arrived) => {
-                    in_flight.spawn(handle(Arc::clone(&mqtt), arrived));
-                }
+                Some(arrived) => match lane_of(&mqtt.pipeline.routes.all(), &arrived) {
+                    None => {
+                        let mqtt = Arc::clone(&mqtt);
+                        in_flight.spawn(async move {
+                            handle(mqtt, arrived).await;
+                            None
+                        });
+                    }
+                    Some(key) => match lanes.get(&key) {
+                        Some(lane) => {
+                            let _ = lane.send(arrived);
+                        }
+                        None => {
+                            let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+                            let _ = tx.send(arrived);
+                            lanes.insert(key.clone(), tx);
+                            serve(&mut in_flight, key, rx);
+                        }
+                    },
+                },
                 None => break,
             },
-            Some(_) = in_flight.join_next(), if !in_flight.is_empty() => {}
+            Some(done) = in_flight.join_next(), if !in_flight.is_empty() => {
+                if let Ok(Some((key, lane))) = done {
+                    if lane.is_empty() {
+                        lanes.remove(&key);
+                    } else {
+                        serve(&mut in_flight, key, lane);
+                    }
+                }
+            }
             _ = shutdown.changed() => break,
         }
     }
+    lanes.clear();
     while in_flight.join_next().await.is_some() {}
+}
+
+/// The lane of a message: on a route that orders by topic levels, the route and those levels;
+/// else, when its sender gave it an id, the route and that id, so that a second copy the broker
+/// sends while the first is in hand waits for it (and then finds it settled) instead of running
+/// beside it; else none (it runs in parallel).
+fn lane_of(routes: &[Arc<Route>], arrived: &Arrived) -> Option<String> {
+    let topic = std::str::from_utf8(&arrived.publish.topic).ok()?;
+    let route = route_for(routes, topic)?;
+    let mut key = route.name.clone();
+    if route.mqtt.order_levels.is_empty() {
+        key.push_str("\0id\0");
+        key.push_str(&given_id(arrived)?);
+        return Some(key);
+    }
+    for n in &route.mqtt.order_levels {
+        key.push('\0');
+        key.push_str(level(topic, *n).unwrap_or_default());
+    }
+    Some(key)
 }
 
 /// Mediate and deliver one message, trying a transient failure again after the route's backoff

@@ -439,7 +439,18 @@ impl SparkplugB {
             Some(b) if b.by == input.id => {
                 return Ok(Some(b.clone()).filter(|b| b.started_at.is_some()));
             }
-            Some(b) if at < b.at || b.down == down => return Ok(None),
+            Some(b) if at <= b.at => return Ok(None), // an older sample, mediated late
+            Some(b) if b.down == down => {
+                // No transition; a newer sample still moves the clock, so that an older one
+                // mediated after it (a replay, a redelivery) changes nothing.
+                let newer = Downtime { at, ..b.clone() };
+                put(
+                    host,
+                    &key,
+                    &serde_json::to_string(&newer).expect("serializes"),
+                )?;
+                return Ok(None);
+            }
             None if !down => {
                 // The first sample seen says running: kept, so a later one orders against it.
                 let first = Downtime {
