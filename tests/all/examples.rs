@@ -7,22 +7,6 @@
 use crate::harness::*;
 use std::path::Path;
 
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap() {
-        let path = entry.unwrap().path();
-        let name = path.file_name().unwrap();
-        if name == ".millrace" {
-            continue;
-        }
-        if path.is_dir() {
-            copy_dir(&path, &to.join(name));
-        } else {
-            std::fs::copy(&path, to.join(name)).unwrap();
-        }
-    }
-}
-
 fn sorted(dir: &Path) -> Vec<std::path::PathBuf> {
     let mut entries: Vec<_> = std::fs::read_dir(dir)
         .unwrap()
@@ -38,6 +22,9 @@ fn every_example_gives_its_expected_outputs() {
     let mut checked = std::collections::BTreeMap::new();
     for example in sorted(&root().join("examples")) {
         let name = example.file_name().unwrap().to_str().unwrap().to_string();
+        if name == "flows" {
+            continue; // flows through brokers: tests/all/mqtt_flows.rs
+        }
         checked.insert(name.clone(), 0);
         let work = tempfile::tempdir().unwrap();
         copy_dir(&example, work.path());

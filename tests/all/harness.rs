@@ -997,3 +997,20 @@ impl Ca {
         (cert.pem(), key.serialize_pem())
     }
 }
+
+/// Copy the folder `from` to `to` (made if missing), leaving out any `.millrace` data folder.
+pub fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap();
+        if name == ".millrace" {
+            continue;
+        }
+        if path.is_dir() {
+            copy_dir(&path, &to.join(name));
+        } else {
+            std::fs::copy(&path, to.join(name)).unwrap();
+        }
+    }
+}

@@ -21,6 +21,7 @@ mod instances;
 mod limits;
 mod mqtt;
 mod mqtt_faults;
+mod mqtt_flows;
 mod mqtt_tls;
 mod replay;
 mod signing;
