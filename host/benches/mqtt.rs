@@ -12,7 +12,8 @@
 //!
 //! Needs `scripts/build-plugins` and Debian's mosquitto (scripts/setup). Run:
 //! `cargo bench -p millrace-host --bench mqtt` (or `scripts/bench`). Environment: `N`
-//! (messages per round, default 20000), `ROUNDS` (default 3).
+//! (messages per round, default 20000), `ROUNDS` (default 3), `DEDUPE=0` (the host keeps no
+//! settled ids: what deduplicating redeliveries costs).
 
 mod common;
 use common::{cpu_seconds, median, record, root, route_output, setting};
@@ -290,7 +291,13 @@ fn config_text(port: u16, round: usize, data: &Path) -> String {
     text.replace(
         "[host]\n",
         &format!(
-            "[host]\nmqtt = \"mqtt://127.0.0.1:{port}\"\nmqtt_client_id = \"millrace-bench-{round}\"\n"
+            "[host]\nmqtt = \"mqtt://127.0.0.1:{port}\"\nmqtt_client_id = \"millrace-bench-{round}\"\n{}",
+            // DEDUPE=0: settled ids not kept (copies after a crash are not recognised).
+            if std::env::var("DEDUPE").as_deref() == Ok("0") {
+                "idempotency_window_s = 0\n"
+            } else {
+                ""
+            }
         ),
     )
     .replace(

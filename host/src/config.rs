@@ -55,6 +55,7 @@ struct HostSection {
     mqtt: Option<Spanned<String>>,
     mqtt_client_id: Option<String>,
     mqtt_session_expiry_s: Option<u32>,
+    mqtt_max_in_hand: Option<usize>,
     mqtt_password_env: Option<Spanned<String>>,
     outbox_max_messages: Option<usize>,
     drop_dir: Option<String>,
@@ -271,6 +272,10 @@ pub struct Config {
     pub mqtt_client_id: String,
     /// How long the broker keeps that session while the host is away (default one day).
     pub mqtt_session_expiry_s: u32,
+    /// MQTT messages received and not yet settled, at most (`host.mqtt_max_in_hand`, default
+    /// 10,000; and 64 MiB of them): what a broker sending past the receive maximum can make
+    /// the host hold.
+    pub mqtt_max_in_hand: usize,
     /// The MQTT link's CA and client certificate (`[mqtt_tls]`, for `mqtts://`).
     pub mqtt_tls: crate::mqtt::config::MqttTls,
     /// Outputs of HTTP-in/broker-out routes waiting for the broker, at most (default 100,000).
@@ -376,6 +381,7 @@ impl Config {
             ("host.amqp", format!("{:?}", self.amqp)),
             ("host.mqtt", format!("{:?}", self.mqtt)),
             ("host.mqtt_client_id", self.mqtt_client_id.clone()),
+            ("host.mqtt_max_in_hand", self.mqtt_max_in_hand.to_string()),
             ("host.amqp_declare", self.amqp_declare.to_string()),
             (
                 "host.outbox_max_messages",
@@ -1271,6 +1277,7 @@ impl Config {
                 .clone()
                 .unwrap_or_else(|| format!("millrace-{host_id}")),
             mqtt_session_expiry_s: file.host.mqtt_session_expiry_s.unwrap_or(86_400),
+            mqtt_max_in_hand: file.host.mqtt_max_in_hand.unwrap_or(10_000).max(1),
             mqtt_tls,
             drop_dir,
             settle: std::time::Duration::from_millis(file.host.drop_settle_ms.unwrap_or(1000)),

@@ -382,11 +382,17 @@ impl IdempotencyStore {
     }
 
     /// A writer, on its own connection, that commits the settled ids of concurrent deliveries
-    /// together: while one commit is on its way to disk the next ones queue, and go in the
-    /// following transaction. Lookups ([`Self::processed`]) are not held up by its commits.
+    /// together: while one commit is on its way the next ones queue, and go in the following
+    /// transaction. Lookups ([`Self::processed`]) are not held up by its commits.
     pub fn settled_log(self: &Arc<Self>) -> Result<SettledLog, IdempotencyError> {
         let dir = self.path.parent().unwrap_or(Path::new("."));
         let (_, mut conn) = crate::durable::open_in(dir, FILE, SCHEMA)?;
+        // A settled id only saves a second run: its commits reach the operating system before
+        // the acknowledgement (a killed host keeps them) but are not each waited for on the
+        // disk; a power loss may forget the last ones, which then run again (copies, never a
+        // loss).
+        conn.pragma_update(None, "synchronous", "NORMAL")
+            .map_err(|e| self.sql(e))?;
         let (tx, rx) = std::sync::mpsc::channel::<Mark>();
         let store = Arc::clone(self);
         std::thread::Builder::new()

@@ -207,6 +207,8 @@ impl Host {
                 pipeline: Arc::clone(&pipeline),
                 outbox: mqtt_outbox,
                 settled,
+                max_in_hand: config.mqtt_max_in_hand,
+                recent: Default::default(),
             })
         });
         let mut sources: Vec<Arc<dyn crate::pipeline::Source>> = Vec::new();

@@ -33,6 +33,42 @@ pub struct Mqtt {
     /// Writer of settled message ids (group commit), when the pipeline keeps them: a
     /// redelivery of a message whose sender gave it an id is not mediated twice.
     pub settled: Option<crate::idempotency::SettledLog>,
+    /// Messages received and not yet settled, at most (`host.mqtt_max_in_hand`).
+    pub max_in_hand: usize,
+    /// Ids settled lately by this host, so that a copy on the same connection (which carries no
+    /// DUP flag) is recognised without reading the store.
+    pub recent: std::sync::Mutex<Recent>,
+}
+
+/// The last [`Recent::CAPACITY`] (route, message id) pairs settled here.
+#[derive(Default)]
+pub struct Recent {
+    known: std::collections::HashSet<String>,
+    order: std::collections::VecDeque<String>,
+}
+
+impl Recent {
+    const CAPACITY: usize = 65_536;
+
+    fn key(route: &str, id: &str) -> String {
+        format!("{route}\0{id}")
+    }
+
+    pub fn contains(&self, route: &str, id: &str) -> bool {
+        self.known.contains(&Self::key(route, id))
+    }
+
+    pub fn insert(&mut self, route: &str, id: &str) {
+        let key = Self::key(route, id);
+        if self.known.insert(key.clone()) {
+            self.order.push_back(key);
+            if self.order.len() > Self::CAPACITY
+                && let Some(old) = self.order.pop_front()
+            {
+                self.known.remove(&old);
+            }
+        }
+    }
 }
 
 impl crate::pipeline::Source for Mqtt {

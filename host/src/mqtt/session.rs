@@ -61,7 +61,18 @@ impl Settle {
     }
 
     pub fn settled(self) {
-        let _ = self.notes.send(Note::Settled(self.generation, self.seq));
+        let _ = self
+            .notes
+            .send(Note::Settled(self.generation, self.seq, true));
+    }
+
+    /// Left unacknowledged on purpose (the host's bound on waiting messages): the later ones
+    /// are acknowledged without waiting for it, and the broker sends it again on the next
+    /// session.
+    pub fn skipped(self) {
+        let _ = self
+            .notes
+            .send(Note::Settled(self.generation, self.seq, false));
     }
 }
 
@@ -186,6 +197,15 @@ impl MqttLink {
     /// Bring the subscriptions in line with the routes' filters: subscribe new ones (and
     /// changed QoS), unsubscribe those no route takes any more. Retained messages come with a
     /// new subscription only, not again with each reconnect.
+    /// End the connection (the supervisor connects again after its pause; the broker then
+    /// sends the unacknowledged messages again).
+    pub fn renew(&self, why: &str) {
+        if let Some(client) = self.client.lock().expect("client lock").clone() {
+            tracing::warn!(reason = why, "MQTT: renewing the session's connection");
+            let _ = client.try_disconnect();
+        }
+    }
+
     pub fn subscribe_routes(&self) {
         let Some(client) = self.client.lock().expect("client lock").clone() else {
             return;
@@ -301,31 +321,50 @@ pub fn qos_of(qos: u8) -> QoS {
 enum Note {
     /// A new connection: messages of earlier ones are not acknowledged (the broker resends them).
     Session(u64),
-    /// A QoS 1/2 message arrived.
-    Arrived(u64, u64, Box<Publish>),
-    /// The source settled a message.
-    Settled(u64, u64),
+    /// A QoS 1/2 message arrived: its packet id and QoS.
+    Arrived(u64, u64, u16, QoS),
+    /// The source is done with a message: acknowledge it (true) or leave it (false).
+    Settled(u64, u64, bool),
 }
 
 /// Acknowledge settled messages in arrival order, per connection.
 async fn acknowledge(client: AsyncClient, mut notes: mpsc::UnboundedReceiver<Note>) {
     let mut generation = 0;
-    let mut unacked: VecDeque<(u64, Publish, bool)> = VecDeque::new();
+    // Messages of this connection from `first` on: packet id, QoS, done, to acknowledge.
+    let mut first = 0u64;
+    let mut unacked: VecDeque<(u16, QoS, bool, bool)> = VecDeque::new();
     while let Some(note) = notes.recv().await {
         match note {
             Note::Session(g) => {
                 generation = g;
                 unacked.clear();
             }
-            Note::Arrived(g, seq, publish) if g == generation => {
-                unacked.push_back((seq, *publish, false));
-            }
-            Note::Settled(g, seq) if g == generation => {
-                if let Some(entry) = unacked.iter_mut().find(|(s, _, _)| *s == seq) {
-                    entry.2 = true;
+            Note::Arrived(g, seq, pkid, qos) if g == generation => {
+                if unacked.is_empty() {
+                    first = seq;
                 }
-                while unacked.front().is_some_and(|(_, _, done)| *done) {
-                    let (_, publish, _) = unacked.pop_front().expect("front");
+                // Sequence numbers of QoS 0 messages are skipped: keep the index dense.
+                while first + (unacked.len() as u64) < seq {
+                    unacked.push_back((0, QoS::AtMostOnce, true, false));
+                }
+                unacked.push_back((pkid, qos, false, false));
+            }
+            Note::Settled(g, seq, ack) if g == generation => {
+                if let Some(entry) = seq
+                    .checked_sub(first)
+                    .and_then(|i| unacked.get_mut(i as usize))
+                {
+                    entry.2 = true;
+                    entry.3 = ack;
+                }
+                while unacked.front().is_some_and(|(_, _, done, _)| *done) {
+                    let (pkid, qos, _, ack) = unacked.pop_front().expect("front");
+                    first += 1;
+                    if !ack {
+                        continue;
+                    }
+                    let mut publish = Publish::new("", qos, Vec::new(), None);
+                    publish.pkid = pkid;
                     if let Err(e) = client.ack(&publish).await {
                         tracing::warn!(error = %e, "MQTT: acknowledgement not sent; the broker sends the message again");
                     }
@@ -422,7 +461,7 @@ pub async fn supervise(
             Ok(Event::Incoming(Packet::Publish(publish))) => {
                 seq += 1;
                 if publish.qos != QoS::AtMostOnce {
-                    let _ = notes.send(Note::Arrived(generation, seq, Box::new(publish.clone())));
+                    let _ = notes.send(Note::Arrived(generation, seq, publish.pkid, publish.qos));
                 }
                 let settle = Settle {
                     generation,

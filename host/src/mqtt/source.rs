@@ -71,77 +71,144 @@ pub fn given_id(arrived: &Arrived) -> Option<String> {
         .filter(|v| !v.is_empty())
 }
 
+/// Messages in hand (received, not yet settled) hold at most this many bytes together, besides
+/// `host.mqtt_max_in_hand` of them. The broker's side of the bound is the session's receive
+/// maximum; a broker that sends past it (mosquitto 2.0 does on a resumed session with a
+/// backlog) meets this one.
+pub const IN_HAND_MAX_BYTES: usize = 64 << 20;
+
 /// Serve what the session hands over until it stops or `shutdown` turns true, then finish the
 /// messages in hand (their acknowledgements go out only if the session still stands).
 ///
 /// Messages run in parallel, except those of a route with `order_levels`: messages whose
 /// topics agree on those levels form a lane and run one after another, in arrival order (a
 /// transient failure holds its lane until it is retried to an outcome). Copies of one message
-/// (the same sender's id) also share a lane.
+/// (the same sender's id) also share a lane. Past `host.mqtt_max_in_hand` messages or
+/// [`IN_HAND_MAX_BYTES`] in hand, what arrives is left unacknowledged; once the rest is done
+/// the session's connection is renewed, and the broker sends the messages left again.
 pub async fn consume(
     mqtt: Arc<super::Mqtt>,
     mut arrived: tokio::sync::mpsc::Receiver<Arrived>,
     mut shutdown: tokio::sync::watch::Receiver<bool>,
 ) {
-    type Lane = tokio::sync::mpsc::UnboundedReceiver<Arrived>;
-    let mut in_flight: tokio::task::JoinSet<Option<(String, Lane)>> = tokio::task::JoinSet::new();
-    // Lanes with a task serving them; only this loop sends to them, so a lane whose task has
-    // returned its receiver holds everything sent to it.
-    let mut lanes: std::collections::HashMap<String, tokio::sync::mpsc::UnboundedSender<Arrived>> =
-        std::collections::HashMap::new();
-    let serve = |in_flight: &mut tokio::task::JoinSet<Option<(String, Lane)>>,
-                 key: String,
-                 mut lane: Lane| {
-        let mqtt = Arc::clone(&mqtt);
-        in_flight.spawn(async move {
-            while let Ok(next) = lane.try_recv() {
-                handle(Arc::clone(&mqtt), next).await;
-            }
-            Some((key, lane))
-        });
-    };
+    let mut running: tokio::task::JoinSet<(Option<String>, usize)> = tokio::task::JoinSet::new();
+    let mut queue = Waiting::default();
+    let mut bytes = 0usize;
+    let mut overflowed = false;
     loop {
+        while let Some((lane, next)) = queue.ready.pop_front() {
+            let mqtt = Arc::clone(&mqtt);
+            let size = size_of(&next);
+            running.spawn(async move {
+                handle(mqtt, next).await;
+                (lane, size)
+            });
+        }
+        if overflowed && running.is_empty() && queue.is_empty() {
+            overflowed = false;
+            mqtt.link
+                .renew("messages past the host's bound were left unacknowledged");
+        }
         tokio::select! {
             // Taken at once: the session's loop must never wait here, or the acknowledgements
-            // the messages in hand wait for would not be read (the broker's receive maximum is
-            // what bounds them).
+            // the messages in hand wait for would not be read.
             next = arrived.recv() => match next {
-                Some(arrived) => match lane_of(&mqtt.pipeline.routes.all(), &arrived) {
-                    None => {
-                        let mqtt = Arc::clone(&mqtt);
-                        in_flight.spawn(async move {
-                            handle(mqtt, arrived).await;
-                            None
-                        });
+                Some(arrived) => {
+                    let in_hand = running.len() + queue.len();
+                    let size = size_of(&arrived);
+                    if in_hand >= mqtt.max_in_hand || bytes + size > IN_HAND_MAX_BYTES {
+                        if !overflowed {
+                            tracing::error!(in_hand, bytes, "MQTT: the broker sends past the session's receive maximum; messages beyond the host's bound are left unacknowledged and come again on a renewed connection");
+                        }
+                        overflowed = true;
+                        arrived.settle.skipped();
+                        continue;
                     }
-                    Some(key) => match lanes.get(&key) {
-                        Some(lane) => {
-                            let _ = lane.send(arrived);
-                        }
-                        None => {
-                            let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-                            let _ = tx.send(arrived);
-                            lanes.insert(key.clone(), tx);
-                            serve(&mut in_flight, key, rx);
-                        }
-                    },
-                },
+                    bytes += size;
+                    let lane = lane_of(&mqtt.pipeline.routes.all(), &arrived);
+                    queue.push(lane, arrived);
+                }
                 None => break,
             },
-            Some(done) = in_flight.join_next(), if !in_flight.is_empty() => {
-                if let Ok(Some((key, lane))) = done {
-                    if lane.is_empty() {
-                        lanes.remove(&key);
-                    } else {
-                        serve(&mut in_flight, key, lane);
+            Some(done) = running.join_next(), if !running.is_empty() => {
+                if let Ok((lane, size)) = done {
+                    bytes -= size;
+                    if let Some(lane) = lane {
+                        queue.lane_done(lane);
                     }
                 }
             }
             _ = shutdown.changed() => break,
         }
     }
-    lanes.clear();
-    while in_flight.join_next().await.is_some() {}
+    while running.join_next().await.is_some() {}
+}
+
+/// What a message in hand holds in memory, about.
+fn size_of(arrived: &Arrived) -> usize {
+    let p = &arrived.publish;
+    256 + p.payload.len()
+        + p.topic.len()
+        + p.properties.as_ref().map_or(0, |props| {
+            props
+                .user_properties
+                .iter()
+                .map(|(k, v)| k.len() + v.len() + 48)
+                .sum()
+        })
+}
+
+/// Messages received and not started: those that may start, in arrival order, and per busy
+/// lane the ones that wait for it.
+#[derive(Default)]
+struct Waiting {
+    ready: std::collections::VecDeque<(Option<String>, Arrived)>,
+    /// A lane is busy while it has an entry; its messages after the running one wait here.
+    lanes: std::collections::HashMap<String, std::collections::VecDeque<Arrived>>,
+    lane_messages: usize,
+}
+
+impl Waiting {
+    fn len(&self) -> usize {
+        self.ready.len() + self.lane_messages
+    }
+
+    fn is_empty(&self) -> bool {
+        self.len() == 0 && self.lanes.is_empty()
+    }
+
+    fn push(&mut self, lane: Option<String>, arrived: Arrived) {
+        match lane {
+            Some(key) => match self.lanes.get_mut(&key) {
+                Some(behind) => {
+                    behind.push_back(arrived);
+                    self.lane_messages += 1;
+                }
+                None => {
+                    self.lanes.insert(key.clone(), Default::default());
+                    self.ready.push_back((Some(key), arrived));
+                }
+            },
+            None => self.ready.push_back((None, arrived)),
+        }
+    }
+
+    /// The running message of `lane` is done: its next one may start.
+    fn lane_done(&mut self, lane: String) {
+        let next = self
+            .lanes
+            .get_mut(&lane)
+            .and_then(|behind| behind.pop_front());
+        match next {
+            Some(next) => {
+                self.lane_messages -= 1;
+                self.ready.push_back((Some(lane), next));
+            }
+            None => {
+                self.lanes.remove(&lane);
+            }
+        }
+    }
 }
 
 /// The lane of a message: on a route that orders by topic levels, the route and those levels;
@@ -194,17 +261,28 @@ async fn handle(mqtt: Arc<super::Mqtt>, arrived: Arrived) {
         }
         return;
     }
-    // Deduplication needs the sender's id: a generated one differs on every redelivery.
+    // Deduplication needs the sender's id: a generated one differs on every redelivery. The
+    // store is read only for what may be a copy: a message the broker sends again on a new
+    // connection carries the DUP flag (MQTT 5 §3.3.1.1); one it sends twice on the same
+    // connection is among the ids settled here lately.
     let dedupe = match (given_id(&arrived), &pipeline.idempotency, &mqtt.settled) {
         (Some(_), Some(store), Some(log)) => Some((store, log)),
         _ => None,
     };
+    let maybe_copy = arrived.publish.dup
+        || mqtt
+            .recent
+            .lock()
+            .expect("recent ids lock")
+            .contains(&route.name, &id);
     let mut attempt = 1;
     loop {
         let ask = Ask {
             when_busy: WhenBusy::Wait,
             on_failure: OnFailure::DeadLetterHere,
-            settled: dedupe.map(|(store, _)| (Arc::clone(store), id.clone())),
+            settled: dedupe
+                .filter(|_| maybe_copy)
+                .map(|(store, _)| (Arc::clone(store), id.clone())),
         };
         let (why, failure) = match pipeline.mediate(&route, message.clone(), ask).await {
             Err(Mediated::Settled) => {
@@ -260,11 +338,18 @@ async fn handle(mqtt: Arc<super::Mqtt>, arrived: Arrived) {
         tokio::time::sleep(delay).await;
         attempt += 1;
     }
-    if let Some((_, log)) = dedupe
-        && let Err(e) = log.mark(&route.name, &id).await
-    {
-        // Its outcome is safe already; only a redelivery would run it twice.
-        tracing::warn!(route = %route.name, message_id = %id, error = %e, "could not record the settled id");
+    if let Some((_, log)) = dedupe {
+        match log.mark(&route.name, &id).await {
+            Ok(()) => mqtt
+                .recent
+                .lock()
+                .expect("recent ids lock")
+                .insert(&route.name, &id),
+            // Its outcome is safe already; only a redelivery would run it twice.
+            Err(e) => {
+                tracing::warn!(route = %route.name, message_id = %id, error = %e, "could not record the settled id")
+            }
+        }
     }
     arrived.settle.settled();
 }
