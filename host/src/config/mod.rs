@@ -10,13 +10,18 @@ use crate::plugin::capability::Capability;
 use crate::plugin::store::Settings;
 use serde::Deserialize;
 use std::collections::{BTreeMap, HashMap};
-use std::fmt;
 use std::net::SocketAddr;
-use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 use toml::Spanned;
+
+mod diagnostics;
+mod routes;
+
+use diagnostics::unlocated;
+pub use diagnostics::{ConfigError, ConfigErrors, Diagnostics, Location};
+use routes::{check_name, read_table, step_config, webhook_config};
 
 /// Default HTTP listen address.
 pub const DEFAULT_HTTP: &str = "127.0.0.1:8080";
@@ -520,111 +525,6 @@ fn tls_files<T: Default>(
         }
     }
     files
-}
-
-/// A line and column (1-based) in the configuration file.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Location {
-    pub line: usize,
-    pub col: usize,
-}
-
-/// One configuration problem, located.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ConfigError {
-    pub file: PathBuf,
-    pub at: Option<Location>,
-    pub message: String,
-}
-
-impl fmt::Display for ConfigError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self.at {
-            Some(at) => write!(
-                f,
-                "{}:{}:{}: {}",
-                self.file.display(),
-                at.line,
-                at.col,
-                self.message
-            ),
-            None => write!(f, "{}: {}", self.file.display(), self.message),
-        }
-    }
-}
-
-/// Every problem found in one configuration file.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub struct ConfigErrors(pub Vec<ConfigError>);
-
-impl fmt::Display for ConfigErrors {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for (i, e) in self.0.iter().enumerate() {
-            if i > 0 {
-                writeln!(f)?;
-            }
-            write!(f, "error: {e}")?;
-        }
-        Ok(())
-    }
-}
-
-/// Collects located errors while reading one file.
-pub struct Diagnostics<'a> {
-    file: &'a Path,
-    text: &'a str,
-    errors: Vec<ConfigError>,
-}
-
-impl<'a> Diagnostics<'a> {
-    pub fn new(file: &'a Path, text: &'a str) -> Self {
-        Diagnostics {
-            file,
-            text,
-            errors: Vec::new(),
-        }
-    }
-
-    pub fn locate(&self, span: Range<usize>) -> Location {
-        let before = &self.text[..span.start.min(self.text.len())];
-        let line = before.matches('\n').count() + 1;
-        let col = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
-        Location { line, col }
-    }
-
-    pub fn error_at(&mut self, span: Range<usize>, message: impl Into<String>) {
-        let at = Some(self.locate(span));
-        self.errors.push(ConfigError {
-            file: self.file.to_path_buf(),
-            at,
-            message: message.into(),
-        });
-    }
-
-    pub fn error_at_location(&mut self, at: Location, message: impl Into<String>) {
-        self.errors.push(ConfigError {
-            file: self.file.to_path_buf(),
-            at: Some(at),
-            message: message.into(),
-        });
-    }
-
-    pub fn finish(self) -> Result<(), ConfigErrors> {
-        if self.errors.is_empty() {
-            Ok(())
-        } else {
-            Err(ConfigErrors(self.errors))
-        }
-    }
-}
-
-/// A config error without a position (file missing, unreadable).
-fn unlocated(path: &Path, message: String) -> ConfigErrors {
-    ConfigErrors(vec![ConfigError {
-        file: path.to_path_buf(),
-        at: None,
-        message,
-    }])
 }
 
 impl Config {
@@ -1352,47 +1252,6 @@ fn hostname() -> String {
         .unwrap_or_else(|| "millrace".into())
 }
 
-/// Sink `http` needs a `[routes.R.webhook]` with an `http://` URL; other sinks take none.
-fn webhook_config(diag: &mut Diagnostics, route: &str, section: &RouteSection) -> Option<Webhook> {
-    match (section.sink.get_ref(), &section.webhook) {
-        (Sink::Http, None) => {
-            diag.error_at(
-                section.sink.span(),
-                format!("route {route} has sink \"http\" but no webhook; add [routes.{route}.webhook] with url = \"http://…\""),
-            );
-            None
-        }
-        (Sink::Http, Some(webhook)) => {
-            let text = webhook.get_ref().url.get_ref();
-            match text.parse::<hyper::Uri>() {
-                Ok(url) if url.scheme_str() == Some("http") && url.host().is_some() => {
-                    Some(Webhook {
-                        url,
-                        timeout: std::time::Duration::from_millis(
-                            webhook.get_ref().timeout_ms.unwrap_or(5000),
-                        ),
-                    })
-                }
-                _ => {
-                    diag.error_at(
-                        webhook.get_ref().url.span(),
-                        format!("route {route}: webhook url {text:?} is not an http:// URL with a host (https is not supported yet)"),
-                    );
-                    None
-                }
-            }
-        }
-        (_, Some(webhook)) => {
-            diag.error_at(
-                webhook.span(),
-                format!("route {route} has a webhook but its sink is not \"http\"; set sink = \"http\" or remove the webhook"),
-            );
-            None
-        }
-        (_, None) => None,
-    }
-}
-
 /// Answers to keyed requests are kept a day: longer than any client's retry schedule.
 const DEFAULT_IDEMPOTENCY_WINDOW_S: u64 = 24 * 60 * 60;
 
@@ -1406,156 +1265,6 @@ fn list(items: &[&str]) -> String {
         "none".to_string()
     } else {
         items.join(", ")
-    }
-}
-
-/// Plant and route names appear in URLs and logs: lower-case letters, digits, `-`, `_`, `.`.
-fn check_name(diag: &mut Diagnostics, name: &Spanned<String>, what: &str) {
-    let n = name.get_ref();
-    let ok = n
-        .chars()
-        .next()
-        .is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
-        && n.chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "-_.".contains(c));
-    if !ok {
-        diag.error_at(name.span(), format!("{what} name {n:?} must start with a lower-case letter or digit and use only a-z, 0-9, '-', '_' and '.'"));
-    }
-}
-
-fn read_table(diag: &mut Diagnostics, dir: &Path, table: &Spanned<LookupSection>) -> Option<Table> {
-    let t = table.get_ref();
-    match (&t.csv, &t.entries) {
-        (Some(csv), None) => match lookup::read_csv(
-            &dir.join(csv),
-            t.key_column.as_deref(),
-            t.value_column.as_deref(),
-        ) {
-            Ok(rows) => Some(rows),
-            Err(e) => {
-                diag.error_at(table.span(), e);
-                None
-            }
-        },
-        (None, Some(entries)) if t.key_column.is_none() && t.value_column.is_none() => Some(
-            entries
-                .iter()
-                .map(|(k, v)| (k.clone(), v.clone()))
-                .collect(),
-        ),
-        (None, Some(_)) => {
-            diag.error_at(
-                table.span(),
-                "key_column and value_column apply to csv tables only",
-            );
-            None
-        }
-        _ => {
-            diag.error_at(table.span(), "a lookup table needs exactly one of csv = \"FILE.csv\" or entries = { KEY = \"VALUE\" }");
-            None
-        }
-    }
-}
-
-/// One step of a route; `at` names it in errors (`routes.R.steps[N]`), `defaults` are the
-/// validated `[limits]`.
-fn step_config(
-    diag: &mut Diagnostics,
-    dir: &Path,
-    plugin_dir: &Path,
-    defaults: &StepLimits,
-    at: &str,
-    step: &StepSection,
-) -> StepConfig {
-    let plugin = step.plugin.get_ref().clone();
-    let plugin_path = if plugin.ends_with(".wasm") || plugin.contains('/') {
-        dir.join(&plugin)
-    } else {
-        plugin_dir.join(format!("{plugin}.wasm"))
-    };
-    let mut grants = Vec::new();
-    for grant in step.grants.iter().flat_map(|g| g.get_ref()) {
-        match Capability::from_name(grant.get_ref()) {
-            Some(cap) if !grants.contains(&cap) => grants.push(cap),
-            Some(_) => diag.error_at(
-                grant.span(),
-                format!("capability {:?} is granted twice", grant.get_ref()),
-            ),
-            None => {
-                let known: Vec<&str> = Capability::ALL.iter().map(|c| c.name()).collect();
-                diag.error_at(
-                    grant.span(),
-                    format!(
-                        "unknown capability {:?}; grants are any of {}",
-                        grant.get_ref(),
-                        known.join(", ")
-                    ),
-                );
-            }
-        }
-    }
-    let mut limit =
-        |key: &str, own: &Number, range: std::ops::RangeInclusive<u64>, default: u64| {
-            ranged(diag, &format!("{at}.{key}"), own.as_ref(), range, default)
-        };
-    let limits = StepLimits {
-        deadline: Duration::from_millis(limit(
-            "deadline_ms",
-            &step.deadline_ms,
-            DEADLINE_MS,
-            defaults.deadline.as_millis() as u64,
-        )),
-        memory_bytes: (limit(
-            "memory_mib",
-            &step.memory_mib,
-            MEMORY_MIB,
-            (defaults.memory_bytes >> 20) as u64,
-        ) as usize)
-            << 20,
-        instance_reuse: limit(
-            "instance_reuse",
-            &step.instance_reuse,
-            INSTANCE_REUSE,
-            u64::from(defaults.instance_reuse),
-        ) as u32,
-        max_outputs: limit(
-            "max_outputs",
-            &step.max_outputs,
-            MAX_OUTPUTS,
-            defaults.max_outputs as u64,
-        ) as usize,
-        max_output_bytes: (limit(
-            "max_output_kib",
-            &step.max_output_kib,
-            MAX_OUTPUT_KIB,
-            (defaults.max_output_bytes >> 10) as u64,
-        ) as usize)
-            << 10,
-    };
-    let settings = Settings::new(
-        step.settings
-            .iter()
-            .flat_map(|s| s.get_ref())
-            .map(|(k, v)| (k.clone(), toml_to_json(v)))
-            .collect(),
-    );
-    StepConfig {
-        plugin,
-        plugin_path,
-        grants,
-        settings,
-        limits,
-        at: diag.locate(step.plugin.span()),
-        grants_at: diag.locate(
-            step.grants
-                .as_ref()
-                .map_or(step.plugin.span(), |g| g.span()),
-        ),
-        settings_at: diag.locate(
-            step.settings
-                .as_ref()
-                .map_or(step.plugin.span(), |s| s.span()),
-        ),
     }
 }
 
