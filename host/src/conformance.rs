@@ -304,20 +304,21 @@ pub fn read_settings(path: &Path) -> Result<Option<serde_json::Map<String, Value
     ))
 }
 
-/// A case's message headers (`headers.json`), names lower-cased; none if there is no such file.
-fn read_headers(path: &Path) -> Result<Vec<(String, String)>, String> {
+/// A JSON object file of a case (`what` says what its entries are); empty if there is no such
+/// file.
+fn read_object(path: &Path, what: &str) -> Result<serde_json::Map<String, Value>, String> {
     if !path.exists() {
-        return Ok(Vec::new());
+        return Ok(serde_json::Map::new());
     }
     let text = std::fs::read_to_string(path)
         .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-    let object: serde_json::Map<String, Value> = serde_json::from_str(&text).map_err(|e| {
-        format!(
-            "{}: expected a JSON object of header names and values: {e}",
-            path.display()
-        )
-    })?;
-    object
+    serde_json::from_str(&text)
+        .map_err(|e| format!("{}: expected a JSON object of {what}: {e}", path.display()))
+}
+
+/// A case's message headers (`headers.json`), names lower-cased; none if there is no such file.
+fn read_headers(path: &Path) -> Result<Vec<(String, String)>, String> {
+    read_object(path, "header names and values")?
         .into_iter()
         .map(|(name, value)| match value {
             Value::String(v) => Ok((name.to_ascii_lowercase(), v)),
@@ -331,18 +332,7 @@ fn read_headers(path: &Path) -> Result<Vec<(String, String)>, String> {
 
 /// A case's initial state (`state.json`); empty if there is no such file.
 fn read_state(path: &Path) -> Result<Vec<(String, String)>, String> {
-    if !path.exists() {
-        return Ok(Vec::new());
-    }
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-    let object: serde_json::Map<String, Value> = serde_json::from_str(&text).map_err(|e| {
-        format!(
-            "{}: expected a JSON object of keys and values: {e}",
-            path.display()
-        )
-    })?;
-    Ok(object
+    Ok(read_object(path, "keys and values")?
         .into_iter()
         .map(|(key, value)| match value {
             Value::String(s) => (key, s),

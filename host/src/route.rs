@@ -285,6 +285,18 @@ impl Routes {
         })
     }
 
+    /// Of the routes `takes` says yes to, the first by name (a fixed choice, the same on every
+    /// host, when several would); read in place, nothing copied but the one found.
+    pub fn first(&self, takes: impl Fn(&Route) -> bool) -> Option<Arc<Route>> {
+        self.by_name
+            .read()
+            .expect("route table lock")
+            .values()
+            .filter(|r| takes(r))
+            .min_by(|a, b| a.name.cmp(&b.name))
+            .cloned()
+    }
+
     pub fn get(&self, name: &str) -> Option<Arc<Route>> {
         self.by_name
             .read()

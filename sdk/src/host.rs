@@ -49,6 +49,19 @@ pub trait Host {
         }
     }
 
+    /// Every table of `tables` is configured for this plant (a step's load check: a missing
+    /// table fails the load, naming it).
+    fn require_tables<'a>(
+        &self,
+        tables: impl IntoIterator<Item = &'a String>,
+    ) -> Result<(), String> {
+        for table in tables {
+            self.lookup(table, "")
+                .map_err(|_| format!("lookup table {table:?} is not configured for this plant"))?;
+        }
+        Ok(())
+    }
+
     /// All settings deserialized into `T`; the error names the setting at fault.
     fn settings<T: DeserializeOwned>(&self) -> Result<T, String> {
         let text = self.settings_json();

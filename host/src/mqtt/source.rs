@@ -21,10 +21,10 @@ use crate::plugin::bindings::types::Message;
 use crate::route::Route;
 use std::sync::Arc;
 
-/// The route whose filters take `topic`, among `routes` (the first configured wins); a route
-/// with a `plant_level` takes it only when that level names its plant.
-pub fn route_for<'a>(routes: &'a [Arc<Route>], topic: &str) -> Option<&'a Arc<Route>> {
-    routes.iter().find(|r| {
+/// The route whose filters take `topic` (the first by name when several do); a route with a
+/// `plant_level` takes it only when that level names its plant.
+pub fn route_for(routes: &crate::route::Routes, topic: &str) -> Option<Arc<Route>> {
+    routes.first(|r| {
         r.source == crate::config::Source::Mqtt
             && r.mqtt.topics.iter().any(|f| matches(f, topic))
             && r.mqtt
@@ -34,7 +34,7 @@ pub fn route_for<'a>(routes: &'a [Arc<Route>], topic: &str) -> Option<&'a Arc<Ro
 }
 
 /// The message a route's chain sees for an MQTT publish.
-pub fn message_of(route: &Route, arrived: &Arrived) -> Message {
+pub fn message_of(route: &Route, arrived: &Arrived, given: Option<&str>) -> Message {
     let publish = &arrived.publish;
     let topic = String::from_utf8_lossy(&publish.topic).into_owned();
     let properties = publish.properties.as_ref();
@@ -45,7 +45,7 @@ pub fn message_of(route: &Route, arrived: &Arrived) -> Message {
     let user: Vec<(String, String)> = properties
         .map(|p| p.user_properties.clone())
         .unwrap_or_default();
-    let id = given_id(arrived).unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
+    let id = given.map_or_else(|| uuid::Uuid::now_v7().to_string(), str::to_string);
     headers.extend(user.into_iter().map(|(k, v)| (k.to_ascii_lowercase(), v)));
     Message {
         id,
@@ -69,6 +69,28 @@ pub fn given_id(arrived: &Arrived) -> Option<String> {
         .find(|(k, _)| k.eq_ignore_ascii_case("message-id") || k == "id")
         .map(|(_, v)| v.clone())
         .filter(|v| !v.is_empty())
+}
+
+/// A message in hand with what is worked out once, when it arrives: its route (none when no
+/// route takes its topic) and the id its sender gave it.
+struct InHand {
+    arrived: Arrived,
+    route: Option<Arc<Route>>,
+    given: Option<String>,
+}
+
+impl InHand {
+    fn new(routes: &crate::route::Routes, arrived: Arrived) -> InHand {
+        let route = std::str::from_utf8(&arrived.publish.topic)
+            .ok()
+            .and_then(|topic| route_for(routes, topic));
+        let given = given_id(&arrived);
+        InHand {
+            arrived,
+            route,
+            given,
+        }
+    }
 }
 
 /// Messages in hand (received, not yet settled) hold at most this many bytes together, besides
@@ -98,7 +120,7 @@ pub async fn consume(
     loop {
         while let Some((lane, next)) = queue.ready.pop_front() {
             let mqtt = Arc::clone(&mqtt);
-            let size = size_of(&next);
+            let size = size_of(&next.arrived);
             running.spawn(async move {
                 handle(mqtt, next).await;
                 (lane, size)
@@ -125,8 +147,8 @@ pub async fn consume(
                         continue;
                     }
                     bytes += size;
-                    let lane = lane_of(&mqtt.pipeline.routes.all(), &arrived);
-                    queue.push(lane, arrived);
+                    let next = InHand::new(&mqtt.pipeline.routes, arrived);
+                    queue.push(lane_of(&next), next);
                 }
                 None => break,
             },
@@ -162,9 +184,9 @@ fn size_of(arrived: &Arrived) -> usize {
 /// lane the ones that wait for it.
 #[derive(Default)]
 struct Waiting {
-    ready: std::collections::VecDeque<(Option<String>, Arrived)>,
+    ready: std::collections::VecDeque<(Option<String>, InHand)>,
     /// A lane is busy while it has an entry; its messages after the running one wait here.
-    lanes: std::collections::HashMap<String, std::collections::VecDeque<Arrived>>,
+    lanes: std::collections::HashMap<String, std::collections::VecDeque<InHand>>,
     lane_messages: usize,
 }
 
@@ -177,7 +199,7 @@ impl Waiting {
         self.len() == 0 && self.lanes.is_empty()
     }
 
-    fn push(&mut self, lane: Option<String>, arrived: Arrived) {
+    fn push(&mut self, lane: Option<String>, arrived: InHand) {
         match lane {
             Some(key) => match self.lanes.get_mut(&key) {
                 Some(behind) => {
@@ -215,15 +237,15 @@ impl Waiting {
 /// else, when its sender gave it an id, the route and that id, so that a second copy the broker
 /// sends while the first is in hand waits for it (and then finds it settled) instead of running
 /// beside it; else none (it runs in parallel).
-fn lane_of(routes: &[Arc<Route>], arrived: &Arrived) -> Option<String> {
-    let topic = std::str::from_utf8(&arrived.publish.topic).ok()?;
-    let route = route_for(routes, topic)?;
+fn lane_of(next: &InHand) -> Option<String> {
+    let route = next.route.as_ref()?;
     let mut key = route.name.clone();
     if route.mqtt.order_levels.is_empty() {
         key.push_str("\0id\0");
-        key.push_str(&given_id(arrived)?);
+        key.push_str(next.given.as_deref()?);
         return Some(key);
     }
+    let topic = std::str::from_utf8(&next.arrived.publish.topic).ok()?;
     for n in &route.mqtt.order_levels {
         key.push('\0');
         key.push_str(level(topic, *n).unwrap_or_default());
@@ -233,18 +255,22 @@ fn lane_of(routes: &[Arc<Route>], arrived: &Arrived) -> Option<String> {
 
 /// Mediate and deliver one message, trying a transient failure again after the route's backoff
 /// until its attempts are used (then a local dead letter); settle it when its outcome is safe.
-async fn handle(mqtt: Arc<super::Mqtt>, arrived: Arrived) {
+async fn handle(mqtt: Arc<super::Mqtt>, next: InHand) {
     use crate::pipeline::{Ask, Mediated, OnFailure, WhenBusy, chain, sinks::Via};
     let pipeline = &mqtt.pipeline;
-    let topic = String::from_utf8_lossy(&arrived.publish.topic).into_owned();
-    let routes = pipeline.routes.all();
-    let Some(route) = route_for(&routes, &topic).map(Arc::clone) else {
+    let InHand {
+        arrived,
+        route,
+        given,
+    } = next;
+    let Some(route) = route else {
         // A filter of an earlier configuration the broker still holds for this session.
+        let topic = String::from_utf8_lossy(&arrived.publish.topic);
         tracing::warn!(topic = %topic, "MQTT: no route takes this topic; acknowledged and dropped");
         arrived.settle.settled();
         return;
     };
-    let message = message_of(&route, &arrived);
+    let message = message_of(&route, &arrived, given.as_deref());
     let id = message.id.clone();
     if message.body.len() > route.max_body_bytes {
         // No caller to refuse it to: kept as a dead letter (bounded by the packet size).
@@ -265,7 +291,7 @@ async fn handle(mqtt: Arc<super::Mqtt>, arrived: Arrived) {
     // store is read only for what may be a copy: a message the broker sends again on a new
     // connection carries the DUP flag (MQTT 5 §3.3.1.1); one it sends twice on the same
     // connection is among the ids settled here lately.
-    let dedupe = match (given_id(&arrived), &pipeline.idempotency, &mqtt.settled) {
+    let dedupe = match (&given, &pipeline.idempotency, &mqtt.settled) {
         (Some(_), Some(store), Some(log)) => Some((store, log)),
         _ => None,
     };

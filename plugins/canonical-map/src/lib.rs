@@ -88,10 +88,7 @@ impl Plugin for CanonicalMap {
             .iter()
             .map(|c| &c.table)
             .chain(settings.units.iter().map(|u| &u.table));
-        for table in tables {
-            host.lookup(table, "")
-                .map_err(|_| format!("lookup table {table:?} is not configured for this plant"))?;
-        }
+        host.require_tables(tables)?;
         Ok(CanonicalMap { settings })
     }
 

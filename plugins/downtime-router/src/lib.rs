@@ -104,14 +104,11 @@ impl Plugin for DowntimeRouter {
 
     fn new(host: &impl Host) -> Result<Self, String> {
         let settings: Settings = host.settings()?;
-        for table in [
+        host.require_tables([
             &settings.machines_table,
             &settings.work_centres_table,
             &settings.reasons_table,
-        ] {
-            host.lookup(table, "")
-                .map_err(|_| format!("lookup table {table:?} is not configured for this plant"))?;
-        }
+        ])?;
         Ok(DowntimeRouter { settings })
     }
 

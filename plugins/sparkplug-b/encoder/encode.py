@@ -110,13 +110,14 @@ def set_value(target, kind, value):
         raise ValueError(f"no encoding for {kind}")
 
 
+def copy_fields(message, spec, names):
+    for name in names:
+        if name in spec:
+            setattr(message, name, spec[name])
+
+
 def fill_metric(metric, spec):
-    if "name" in spec:
-        metric.name = spec["name"]
-    if "alias" in spec:
-        metric.alias = spec["alias"]
-    if "timestamp" in spec:
-        metric.timestamp = spec["timestamp"]
+    copy_fields(metric, spec, ("name", "alias", "timestamp"))
     kind = spec.get("datatype")
     if kind is not None and not spec.get("omit_datatype"):
         metric.datatype = datatype(kind)
@@ -137,12 +138,7 @@ def fill_metric(metric, spec):
 
 def encode(spec):
     payload = pb.Payload()
-    if "timestamp" in spec:
-        payload.timestamp = spec["timestamp"]
-    if "seq" in spec:
-        payload.seq = spec["seq"]
-    if "uuid" in spec:
-        payload.uuid = spec["uuid"]
+    copy_fields(payload, spec, ("timestamp", "seq", "uuid"))
     for m in spec.get("metrics", []):
         fill_metric(payload.metrics.add(), m)
     return payload.SerializeToString()

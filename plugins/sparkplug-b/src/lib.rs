@@ -229,17 +229,15 @@ impl Plugin for SparkplugB {
 
     fn new(host: &impl Host) -> Result<Self, String> {
         let settings: Settings = host.settings()?;
-        for table in [
-            &settings.machines_table,
-            &settings.work_centres_table,
-            &settings.reasons_table,
-        ]
-        .into_iter()
-        .flatten()
-        {
-            host.lookup(table, "")
-                .map_err(|_| format!("lookup table {table:?} is not configured for this plant"))?;
-        }
+        host.require_tables(
+            [
+                &settings.machines_table,
+                &settings.work_centres_table,
+                &settings.reasons_table,
+            ]
+            .into_iter()
+            .flatten(),
+        )?;
         let down: Vec<String> = settings.down_values.iter().map(setting_text).collect();
         let planned: Vec<String> = settings.planned_values.iter().map(setting_text).collect();
         if settings.state_metric.is_some() && down.is_empty() {
@@ -348,13 +346,9 @@ impl SparkplugB {
                     datatype: m.datatype,
                 })
                 .expect("an alias record serializes");
-                put(host, &topic.key(&format!("alias/{alias}")), &record)?;
+                host.state_put(&topic.key(&format!("alias/{alias}")), &record)?;
             } else if let Some(datatype) = m.datatype {
-                put(
-                    host,
-                    &topic.key(&format!("type/{name}")),
-                    &datatype.to_string(),
-                )?;
+                host.state_put(&topic.key(&format!("type/{name}")), &datatype.to_string())?;
             }
             out.push(metric::resolve(m, name, m.datatype, i)?);
         }
@@ -374,13 +368,15 @@ impl SparkplugB {
                 (Some(name), _) => {
                     let datatype = match m.datatype {
                         Some(d) => Some(d),
-                        None => get(host, &topic.key(&format!("type/{name}")))?
+                        None => host
+                            .state_get(&topic.key(&format!("type/{name}")))?
                             .and_then(|t| t.parse().ok()),
                     };
                     (name.clone(), datatype)
                 }
                 (None, Some(alias)) => {
-                    let Some(record) = get(host, &topic.key(&format!("alias/{alias}")))? else {
+                    let Some(record) = host.state_get(&topic.key(&format!("alias/{alias}")))?
+                    else {
                         return Err(MediationError::retry_later(format!(
                             "metric alias {alias} of {} has no BIRTH on record yet (a BIRTH still on its way, or one this plant never received: the edge node must be asked to rebirth)",
                             topic.name()
@@ -427,7 +423,7 @@ impl SparkplugB {
         let text = sample.text().unwrap_or_default();
         let at = sample.timestamp.unwrap_or(payload_at);
         let key = topic.key("downtime");
-        let before: Option<Downtime> = match get(host, &key)? {
+        let before: Option<Downtime> = match host.state_get(&key)? {
             Some(t) => Some(serde_json::from_str(&t).map_err(|e| {
                 MediationError::rejected(format!("the downtime record {key:?} is unreadable: {e}"))
             })?),
@@ -444,11 +440,7 @@ impl SparkplugB {
                 // No transition; a newer sample still moves the clock, so that an older one
                 // mediated after it (a replay, a redelivery) changes nothing.
                 let newer = Downtime { at, ..b.clone() };
-                put(
-                    host,
-                    &key,
-                    &serde_json::to_string(&newer).expect("serializes"),
-                )?;
+                host.state_put(&key, &serde_json::to_string(&newer).expect("serializes"))?;
                 return Ok(None);
             }
             None if !down => {
@@ -463,11 +455,7 @@ impl SparkplugB {
                     planned: false,
                     by: input.id.clone(),
                 };
-                put(
-                    host,
-                    &key,
-                    &serde_json::to_string(&first).expect("serializes"),
-                )?;
+                host.state_put(&key, &serde_json::to_string(&first).expect("serializes"))?;
                 return Ok(None);
             }
             _ => {}
@@ -507,11 +495,7 @@ impl SparkplugB {
                 }
             }
         };
-        put(
-            host,
-            &key,
-            &serde_json::to_string(&record).expect("serializes"),
-        )?;
+        host.state_put(&key, &serde_json::to_string(&record).expect("serializes"))?;
         Ok(Some(record))
     }
 
@@ -632,25 +616,6 @@ fn measured<'a>(
         units,
         attributes,
     })
-}
-
-fn get(host: &impl Host, key: &str) -> Result<Option<String>, MediationError> {
-    host.state_get(key).map_err(|e| state_error(key, e))
-}
-
-fn put(host: &impl Host, key: &str, value: &str) -> Result<(), MediationError> {
-    host.state_put(key, value).map_err(|e| state_error(key, e))
-}
-
-fn state_error(key: &str, e: millrace_sdk::StateError) -> MediationError {
-    match e {
-        millrace_sdk::StateError::Unavailable(why) => {
-            MediationError::retry_later(format!("the plant's state is unavailable: {why}"))
-        }
-        millrace_sdk::StateError::TooLarge(why) => {
-            MediationError::rejected(format!("state key {key:?}: {why}"))
-        }
-    }
 }
 
 millrace_sdk::export!(SparkplugB);

@@ -9,47 +9,27 @@ use serde_json::{Value, json};
 struct Pb(Vec<u8>);
 
 impl Pb {
-    fn varint(mut self, field: u32, mut v: u64) -> Self {
-        self.key(field, 0);
-        loop {
-            let byte = (v & 0x7f) as u8;
+    /// A base-128 varint.
+    fn raw(&mut self, mut v: u64) {
+        while v >= 0x80 {
+            self.0.push((v as u8 & 0x7f) | 0x80);
             v >>= 7;
-            if v == 0 {
-                self.0.push(byte);
-                return self;
-            }
-            self.0.push(byte | 0x80);
         }
+        self.0.push(v as u8);
     }
     fn key(&mut self, field: u32, wire: u8) {
-        let mut k = u64::from(field) << 3 | u64::from(wire);
-        loop {
-            let byte = (k & 0x7f) as u8;
-            k >>= 7;
-            if k == 0 {
-                self.0.push(byte);
-                break;
-            }
-            self.0.push(byte | 0x80);
-        }
+        self.raw(u64::from(field) << 3 | u64::from(wire));
     }
-    fn bytes(mut self, field: u32, b: &[u8]) -> Self {
-        self = self.varint_raw(field, b.len() as u64);
-        self.0.extend_from_slice(b);
+    fn varint(mut self, field: u32, v: u64) -> Self {
+        self.key(field, 0);
+        self.raw(v);
         self
     }
-    fn varint_raw(mut self, field: u32, len: u64) -> Self {
+    fn bytes(mut self, field: u32, b: &[u8]) -> Self {
         self.key(field, 2);
-        let mut v = len;
-        loop {
-            let byte = (v & 0x7f) as u8;
-            v >>= 7;
-            if v == 0 {
-                self.0.push(byte);
-                return self;
-            }
-            self.0.push(byte | 0x80);
-        }
+        self.raw(b.len() as u64);
+        self.0.extend_from_slice(b);
+        self
     }
     fn double(mut self, field: u32, d: f64) -> Self {
         self.key(field, 1);
