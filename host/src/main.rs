@@ -5,6 +5,12 @@ use clap::Parser;
 use millrace_host::{cli, telemetry};
 use std::process::ExitCode;
 
+/// mimalloc rather than the C library's allocator: a message's way through the host is many
+/// small allocations freed on other threads, where glibc's malloc spent about a fifth of the
+/// host's CPU (docs/performance.md, MQTT route throughput).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let args = cli::args::Cli::parse();
     telemetry::init();
