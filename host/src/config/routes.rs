@@ -1,5 +1,5 @@
-//! A route's parts as written: its webhook, its steps (plugin, grants, settings, limits) and
-//! the plant's lookup tables they read, checked against the host's rules.
+//! `[routes.R]`: each route's source and sink, its webhook, its steps (plugin, grants, settings,
+//! limits) and its budget, checked against the host's rules and the plants.
 
 use super::*;
 
@@ -59,44 +59,6 @@ pub(super) fn check_name(diag: &mut Diagnostics, name: &Spanned<String>, what: &
             .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "-_.".contains(c));
     if !ok {
         diag.error_at(name.span(), format!("{what} name {n:?} must start with a lower-case letter or digit and use only a-z, 0-9, '-', '_' and '.'"));
-    }
-}
-
-pub(super) fn read_table(
-    diag: &mut Diagnostics,
-    dir: &Path,
-    table: &Spanned<LookupSection>,
-) -> Option<Table> {
-    let t = table.get_ref();
-    match (&t.csv, &t.entries) {
-        (Some(csv), None) => match lookup::read_csv(
-            &dir.join(csv),
-            t.key_column.as_deref(),
-            t.value_column.as_deref(),
-        ) {
-            Ok(rows) => Some(rows),
-            Err(e) => {
-                diag.error_at(table.span(), e);
-                None
-            }
-        },
-        (None, Some(entries)) if t.key_column.is_none() && t.value_column.is_none() => Some(
-            entries
-                .iter()
-                .map(|(k, v)| (k.clone(), v.clone()))
-                .collect(),
-        ),
-        (None, Some(_)) => {
-            diag.error_at(
-                table.span(),
-                "key_column and value_column apply to csv tables only",
-            );
-            None
-        }
-        _ => {
-            diag.error_at(table.span(), "a lookup table needs exactly one of csv = \"FILE.csv\" or entries = { KEY = \"VALUE\" }");
-            None
-        }
     }
 }
 
@@ -200,4 +162,190 @@ pub(super) fn step_config(
                 .map_or(step.plugin.span(), |s| s.span()),
         ),
     }
+}
+
+/// Read `[routes]` against the host's sections and the plants (paths relative to `dir`).
+pub(super) fn read(
+    diag: &mut Diagnostics,
+    dir: &Path,
+    file: &File,
+    host: &super::host::Host,
+    plants: &super::plants::Plants,
+) -> Vec<RouteConfig> {
+    let super::host::Host {
+        plugin_dir,
+        step_defaults,
+        default_body_kib,
+        default_budget_ms,
+        max_in_flight,
+        ..
+    } = host;
+    let (max_in_flight, default_body_kib, default_budget_ms) =
+        (*max_in_flight, *default_body_kib, *default_budget_ms);
+    let super::plants::Plants {
+        plants, plant_uns, ..
+    } = plants;
+    let mut routes = Vec::new();
+    for (name, route) in &file.routes {
+        check_name(diag, name, "route");
+        let plant = route.plant.get_ref();
+        if !plants.contains_key(plant) {
+            let known: Vec<&str> = plants.keys().map(String::as_str).collect();
+            diag.error_at(
+                route.plant.span(),
+                format!("route {} names plant {plant:?}, which is not configured; add [plants.{plant}] (configured: {})", name.get_ref(), list(&known)),
+            );
+        }
+        if route.steps.get_ref().is_empty() {
+            diag.error_at(
+                route.steps.span(),
+                format!(
+                    "route {} has no steps; add at least one [[routes.{}.steps]]",
+                    name.get_ref(),
+                    name.get_ref()
+                ),
+            );
+        }
+        let route_key = |k: &str| format!("routes.{}.{k}", name.get_ref());
+        let max_body_kib = ranged(
+            diag,
+            &route_key("max_body_kib"),
+            route.max_body_kib.as_ref(),
+            MAX_BODY_KIB,
+            default_body_kib,
+        );
+        let budget = MessageBudget {
+            time: Duration::from_millis(ranged(
+                diag,
+                &route_key("message_budget_ms"),
+                route.message_budget_ms.as_ref(),
+                DEADLINE_MS,
+                default_budget_ms,
+            )),
+            max_outputs: ranged(
+                diag,
+                &route_key("max_outputs"),
+                route.max_outputs.as_ref(),
+                MAX_OUTPUTS,
+                step_defaults.max_outputs as u64,
+            ) as usize,
+            max_output_bytes: (ranged(
+                diag,
+                &route_key("max_output_kib"),
+                route.max_output_kib.as_ref(),
+                MAX_OUTPUT_KIB,
+                (step_defaults.max_output_bytes >> 10) as u64,
+            ) as usize)
+                << 10,
+        };
+        let route_in_flight = route.max_in_flight.as_ref().map(|n| {
+            ranged(
+                diag,
+                &route_key("max_in_flight"),
+                Some(n),
+                1..=max_in_flight as u64,
+                1,
+            ) as usize
+        });
+        let auth = route.auth.as_ref().map(|section| {
+            let mut tokens = Vec::new();
+            for token in &section.get_ref().tokens {
+                match hex::decode(token.sha256.get_ref())
+                    .ok()
+                    .and_then(|h| <[u8; 32]>::try_from(h).ok())
+                {
+                    Some(hash) => tokens.push((token.name.clone(), hash)),
+                    None => diag.error_at(
+                        token.sha256.span(),
+                        "sha256 must be the token's SHA-256 in hex (64 characters)",
+                    ),
+                }
+            }
+            if tokens.is_empty() && section.get_ref().clients.is_empty() {
+                diag.error_at(
+                    section.span(),
+                    format!("routes.{}.auth names no token and no client: nobody could post to the route", name.get_ref()),
+                );
+            }
+            RouteAuth {
+                tokens,
+                clients: section.get_ref().clients.clone(),
+            }
+        });
+        if auth.is_some() && route.source != Source::Http {
+            diag.error_at(
+                route.auth.as_ref().expect("set").span(),
+                format!("routes.{}.auth applies to HTTP routes only", name.get_ref()),
+            );
+        }
+        let mut steps = Vec::new();
+        for (index, step) in route.steps.get_ref().iter().enumerate() {
+            steps.push(step_config(
+                diag,
+                dir,
+                plugin_dir,
+                step_defaults,
+                &format!("routes.{}.steps[{}]", name.get_ref(), index + 1),
+                step,
+            ));
+        }
+        let webhook = webhook_config(diag, name.get_ref(), route);
+        let amqp = RouteAmqp::from_section(name.get_ref(), route.amqp.as_ref());
+        let uses_broker = route.source == Source::Amqp || *route.sink.get_ref() == Sink::Amqp;
+        if uses_broker && file.host.amqp.is_none() {
+            diag.error_at(
+                route.sink.span(),
+                format!("route {} uses the broker but host.amqp is not set; add amqp = \"amqp://127.0.0.1:5672/%2f\" to [host]", name.get_ref()),
+            );
+        }
+        if route.source == Source::Amqp && *route.sink.get_ref() == Sink::Reply {
+            diag.error_at(
+                route.sink.span(),
+                format!("route {} takes messages from a queue, so there is no caller to reply to; use sink \"amqp\" or \"http\"", name.get_ref()),
+            );
+        }
+        let mut mqtt = crate::mqtt::config::RouteMqtt::from_section(route.mqtt.as_ref());
+        mqtt.uns = plant_uns.get(plant).cloned().unwrap_or_default();
+        let (mqtt_in, mqtt_out) = (
+            route.source == Source::Mqtt,
+            *route.sink.get_ref() == Sink::Mqtt,
+        );
+        if (mqtt_in || mqtt_out) && file.host.mqtt.is_none() {
+            diag.error_at(
+                route.sink.span(),
+                format!("route {} uses MQTT but host.mqtt is not set; add mqtt = \"mqtt://127.0.0.1:1883\" to [host]", name.get_ref()),
+            );
+        }
+        if mqtt_in && *route.sink.get_ref() == Sink::Reply {
+            diag.error_at(
+                route.sink.span(),
+                format!("route {} takes MQTT messages, so there is no caller to reply to; use sink \"mqtt\", \"amqp\" or \"http\"", name.get_ref()),
+            );
+        }
+        for problem in mqtt.problems(mqtt_in, mqtt_out) {
+            diag.error_at(
+                route.sink.span(),
+                format!(
+                    "route {}: [routes.{}.mqtt] {problem}",
+                    name.get_ref(),
+                    name.get_ref()
+                ),
+            );
+        }
+        routes.push(RouteConfig {
+            name: name.get_ref().clone(),
+            plant: plant.clone(),
+            source: route.source,
+            sink: *route.sink.get_ref(),
+            webhook,
+            amqp,
+            mqtt,
+            max_body_bytes: max_body_kib as usize * 1024,
+            budget,
+            max_in_flight: route_in_flight,
+            auth,
+            steps,
+        });
+    }
+    routes
 }

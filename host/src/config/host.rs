@@ -1,0 +1,409 @@
+//! The host's own sections: `[host]` (listeners, data, links, bounds), `[admin]`, `[tls]`, the
+//! links' `[amqp_tls]` and `[mqtt_tls]`, and `[limits]` (the defaults of every step and route).
+
+use super::*;
+
+/// `[host]`, `[admin]`, `[tls]`, `[amqp_tls]`, `[mqtt_tls]` and `[limits]`, read and checked: what the
+/// host runs with, and the defaults routes and steps start from.
+pub(super) struct Host {
+    pub http: SocketAddr,
+    pub admin: Option<SocketAddr>,
+    pub data_dir: PathBuf,
+    /// Where plugins named without a path are found.
+    pub plugin_dir: PathBuf,
+    pub mqtt_url: Option<crate::mqtt::config::BrokerUrl>,
+    pub host_id: String,
+    pub mqtt_tls: crate::mqtt::config::MqttTls,
+    pub amqp_tls: crate::amqp::config::AmqpTls,
+    pub max_in_flight: usize,
+    pub intake: crate::plugin::intake::IntakeLimits,
+    pub quarantine: crate::quarantine::Policy,
+    pub connections: crate::http::connections::ConnectionLimits,
+    pub idempotency_bounds: crate::idempotency::Bounds,
+    pub admin_access: AdminAccess,
+    pub tls: Option<crate::http::tls::TlsSettings>,
+    pub gate_budget: Duration,
+    /// `[limits]`: a step's defaults.
+    pub step_defaults: StepLimits,
+    /// `limits.max_body_kib`: a route's default.
+    pub default_body_kib: u64,
+    /// `limits.message_budget_ms`: a route's default.
+    pub default_budget_ms: u64,
+}
+
+/// Read the host's sections of `file` (paths relative to `dir`); problems go to `diag`.
+pub(super) fn read(diag: &mut Diagnostics, dir: &Path, file: &File) -> Host {
+    let http = match &file.host.http {
+        None => DEFAULT_HTTP.parse().expect("the default address parses"),
+        Some(addr) => addr.get_ref().parse().unwrap_or_else(|e| {
+            diag.error_at(
+                addr.span(),
+                format!(
+                    "host.http {:?} is not an address like 127.0.0.1:8080: {e}",
+                    addr.get_ref()
+                ),
+            );
+            DEFAULT_HTTP.parse().expect("the default address parses")
+        }),
+    };
+    let admin = file.host.admin.as_ref().and_then(|addr| {
+        addr.get_ref()
+            .parse()
+            .map_err(|e| {
+                diag.error_at(
+                    addr.span(),
+                    format!(
+                        "host.admin {:?} is not an address like 127.0.0.1:9090: {e}",
+                        addr.get_ref()
+                    ),
+                )
+            })
+            .ok()
+    });
+    let data_dir = dir.join(file.host.data_dir.as_deref().unwrap_or(".millrace"));
+    let plugin_dir = dir.join(file.host.plugin_dir.as_deref().unwrap_or("target/plugins"));
+    let mqtt_url = match &file.host.mqtt {
+        Some(url) => {
+            match crate::mqtt::config::BrokerUrl::parse(url.get_ref()) {
+                Ok(mut parsed) => {
+                    if let Some(var) = &file.host.mqtt_password_env {
+                        match (std::env::var(var.get_ref()), &parsed.user) {
+                        (Ok(password), Some(_)) => parsed.password = Some(password),
+                        (Ok(_), None) => diag.error_at(
+                            url.span(),
+                            "host.mqtt_password_env is set but host.mqtt names no user; write it as mqtt://USER@HOST:PORT",
+                        ),
+                        (Err(_), _) => diag.error_at(
+                            var.span(),
+                            format!("host.mqtt_password_env names {}, which is not set in the environment", var.get_ref()),
+                        ),
+                    }
+                    }
+                    Some(parsed)
+                }
+                Err(e) => {
+                    diag.error_at(
+                    url.span(),
+                    format!("host.mqtt is not an MQTT broker URL ({e}); write it as mqtt://HOST:1883"),
+                );
+                    None
+                }
+            }
+        }
+        None => None,
+    };
+    let host_id = file.host.id.clone().unwrap_or_else(hostname);
+    let mqtt_tls = tls_files(
+        diag,
+        dir,
+        file.mqtt_tls.as_ref(),
+        "[mqtt_tls] is set but host.mqtt is not an mqtts:// URL; the link would not use it",
+        mqtt_url.as_ref().is_some_and(|u| u.tls),
+        |ca, cert, key| crate::mqtt::config::MqttTls { ca, cert, key },
+        |tls| tls.load().map(|_| ()),
+    );
+    if let Some(url) = &file.host.amqp
+        && let Err(e) = crate::amqp::config::check_url(url.get_ref())
+    {
+        diag.error_at(
+            url.span(),
+            format!("host.amqp is not a broker URL ({e}); write it as amqp://USER:PASSWORD@HOST:PORT/VHOST"),
+        );
+    }
+    let amqp_tls = tls_files(
+        diag,
+        dir,
+        file.amqp_tls.as_ref(),
+        "[amqp_tls] is set but host.amqp is not an amqps:// URL; the link would not use it",
+        file.host
+            .amqp
+            .as_ref()
+            .is_some_and(|u| u.get_ref().starts_with("amqps://")),
+        |ca, cert, key| crate::amqp::config::AmqpTls { ca, cert, key },
+        |tls| tls.load().map(|_| ()),
+    );
+    let max_in_flight = ranged(
+        diag,
+        "host.max_in_flight",
+        file.host.max_in_flight.as_ref(),
+        1..=4096,
+        default_max_in_flight() as u64,
+    ) as usize;
+
+    let intake = crate::plugin::intake::IntakeLimits {
+        max_bytes: (ranged(
+            diag,
+            "host.max_component_mib",
+            file.host.max_component_mib.as_ref(),
+            1..=1024,
+            64,
+        ) as usize)
+            << 20,
+        compile_memory_bytes: ranged(
+            diag,
+            "host.compile_memory_mib",
+            file.host.compile_memory_mib.as_ref(),
+            64..=65_536,
+            2048,
+        ) << 20,
+        compile_timeout: Duration::from_secs(ranged(
+            diag,
+            "host.compile_timeout_s",
+            file.host.compile_timeout_s.as_ref(),
+            1..=3600,
+            120,
+        )),
+    };
+    let quarantine = crate::quarantine::Policy {
+        after: ranged(
+            diag,
+            "limits.quarantine_after",
+            file.limits.quarantine_after.as_ref(),
+            0..=1_000_000,
+            5,
+        ) as usize,
+        window: Duration::from_secs(ranged(
+            diag,
+            "limits.quarantine_window_s",
+            file.limits.quarantine_window_s.as_ref(),
+            1..=86_400,
+            60,
+        )),
+        action: match file.limits.quarantine_action.as_ref() {
+            None => crate::quarantine::Action::Pause,
+            Some(a) if a.get_ref() == "pause" => crate::quarantine::Action::Pause,
+            Some(a) if a.get_ref() == "rollback" => crate::quarantine::Action::Rollback,
+            Some(a) => {
+                diag.error_at(
+                    a.span(),
+                    format!(
+                        "limits.quarantine_action {:?} is not one of \"pause\", \"rollback\"",
+                        a.get_ref()
+                    ),
+                );
+                crate::quarantine::Action::Pause
+            }
+        },
+    };
+    let connections = crate::http::connections::ConnectionLimits {
+        max_connections: ranged(
+            diag,
+            "host.max_connections",
+            file.host.max_connections.as_ref(),
+            1..=1_000_000,
+            1024,
+        ) as usize,
+        max_per_client: ranged(
+            diag,
+            "host.max_connections_per_client",
+            file.host.max_connections_per_client.as_ref(),
+            1..=1_000_000,
+            64,
+        ) as usize,
+        header_timeout: Duration::from_secs(ranged(
+            diag,
+            "host.header_timeout_s",
+            file.host.header_timeout_s.as_ref(),
+            1..=3600,
+            30,
+        )),
+        body_timeout: Duration::from_secs(ranged(
+            diag,
+            "host.body_timeout_s",
+            file.host.body_timeout_s.as_ref(),
+            1..=3600,
+            30,
+        )),
+    };
+    let idempotency_bounds = crate::idempotency::Bounds {
+        max_keys: ranged(
+            diag,
+            "host.idempotency_max_keys",
+            file.host.idempotency_max_keys.as_ref(),
+            1..=100_000_000,
+            1_000_000,
+        ),
+        max_bytes: ranged(
+            diag,
+            "host.idempotency_max_mib",
+            file.host.idempotency_max_mib.as_ref(),
+            1..=1_048_576,
+            1024,
+        ) << 20,
+        max_answer_bytes: (ranged(
+            diag,
+            "host.idempotency_max_answer_kib",
+            file.host.idempotency_max_answer_kib.as_ref(),
+            1..=262_144,
+            1024,
+        ) as usize)
+            << 10,
+    };
+    let mut admin_access = AdminAccess {
+        allowed_hosts: file.admin.allowed_hosts.clone().unwrap_or_default(),
+        ..AdminAccess::default()
+    };
+    if let Some(tokens) = &file.admin.tokens {
+        match crate::control::auth::parse_credentials(tokens.get_ref()) {
+            Ok(found) => admin_access.tokens = found,
+            Err(e) => diag.error_at(tokens.span(), format!("admin.tokens: {e}")),
+        }
+    }
+    if let Some(tokens_file) = &file.admin.tokens_file {
+        let path = dir.join(tokens_file.get_ref());
+        if let Err(e) = crate::control::auth::read_tokens_file(&path) {
+            diag.error_at(tokens_file.span(), e);
+        }
+        admin_access.tokens_file = Some(path);
+    }
+    let tls = file.tls.as_ref().map(|t| {
+        let listeners = t
+            .listeners
+            .as_ref()
+            .map(|l| l.get_ref().clone())
+            .unwrap_or_else(|| vec!["http".into(), "admin".into()]);
+        if let Some(l) = &t.listeners
+            && l.get_ref().iter().any(|x| x != "http" && x != "admin")
+        {
+            diag.error_at(l.span(), "tls.listeners lists \"http\" and/or \"admin\"");
+        }
+        let require = t.require_client_cert.unwrap_or(false);
+        if require && t.client_ca.is_none() {
+            diag.error_at(
+                t.cert.span(),
+                "tls.require_client_cert needs tls.client_ca (the CA client certificates chain to)",
+            );
+        }
+        crate::http::tls::TlsSettings {
+            cert: dir.join(t.cert.get_ref()),
+            key: dir.join(t.key.get_ref()),
+            client_ca: t.client_ca.as_ref().map(|c| dir.join(c.get_ref())),
+            require_client_cert: require,
+            http: listeners.iter().any(|l| l == "http"),
+            admin: listeners.iter().any(|l| l == "admin"),
+        }
+    });
+    if let (Some(settings), Some(section)) = (&tls, &file.tls)
+        && let Err(e) = crate::http::tls::Tls::load(settings)
+    {
+        diag.error_at(section.cert.span(), e);
+    }
+    let gate_budget = Duration::from_secs(ranged(
+        diag,
+        "host.gate_budget_s",
+        file.host.gate_budget_s.as_ref(),
+        1..=3600,
+        60,
+    ));
+
+    let fallback = StepLimits::default();
+    let step_defaults = StepLimits {
+        deadline: Duration::from_millis(ranged(
+            diag,
+            "limits.deadline_ms",
+            file.limits.deadline_ms.as_ref(),
+            DEADLINE_MS,
+            fallback.deadline.as_millis() as u64,
+        )),
+        memory_bytes: (ranged(
+            diag,
+            "limits.memory_mib",
+            file.limits.memory_mib.as_ref(),
+            MEMORY_MIB,
+            (fallback.memory_bytes >> 20) as u64,
+        ) as usize)
+            << 20,
+        instance_reuse: ranged(
+            diag,
+            "limits.instance_reuse",
+            file.limits.instance_reuse.as_ref(),
+            INSTANCE_REUSE,
+            u64::from(fallback.instance_reuse),
+        ) as u32,
+        max_outputs: ranged(
+            diag,
+            "limits.max_outputs",
+            file.limits.max_outputs.as_ref(),
+            MAX_OUTPUTS,
+            fallback.max_outputs as u64,
+        ) as usize,
+        max_output_bytes: (ranged(
+            diag,
+            "limits.max_output_kib",
+            file.limits.max_output_kib.as_ref(),
+            MAX_OUTPUT_KIB,
+            (fallback.max_output_bytes >> 10) as u64,
+        ) as usize)
+            << 10,
+    };
+
+    let default_body_kib = ranged(
+        diag,
+        "limits.max_body_kib",
+        file.limits.max_body_kib.as_ref(),
+        MAX_BODY_KIB,
+        1024,
+    );
+    let default_budget_ms = ranged(
+        diag,
+        "limits.message_budget_ms",
+        file.limits.message_budget_ms.as_ref(),
+        DEADLINE_MS,
+        10_000,
+    );
+
+    Host {
+        http,
+        admin,
+        data_dir,
+        plugin_dir,
+        mqtt_url,
+        host_id,
+        mqtt_tls,
+        amqp_tls,
+        max_in_flight,
+        intake,
+        quarantine,
+        connections,
+        idempotency_bounds,
+        admin_access,
+        tls,
+        gate_budget,
+        step_defaults,
+        default_body_kib,
+        default_budget_ms,
+    }
+}
+
+/// A link's `[amqp_tls]` / `[mqtt_tls]` section: its files (relative to the configuration's
+/// folder) made into `make`'s type, checked with `load`; set while the link does not use TLS
+/// (`unused` says so) is an error too.
+fn tls_files<T: Default>(
+    diag: &mut Diagnostics<'_>,
+    dir: &Path,
+    section: Option<&LinkTlsSection>,
+    unused: &str,
+    uses_tls: bool,
+    make: impl Fn(Option<PathBuf>, Option<PathBuf>, Option<PathBuf>) -> T,
+    load: impl Fn(&T) -> Result<(), String>,
+) -> T {
+    let Some(t) = section else {
+        return T::default();
+    };
+    let path = |p: &Option<Spanned<String>>| p.as_ref().map(|p| dir.join(p.get_ref()));
+    let files = make(path(&t.ca), path(&t.cert), path(&t.key));
+    let at =
+        t.ca.as_ref()
+            .or(t.cert.as_ref())
+            .or(t.key.as_ref())
+            .map(|s| s.span());
+    if let Some(at) = at {
+        if let Err(e) = load(&files) {
+            diag.error_at(at.clone(), e);
+        }
+        if !uses_tls {
+            diag.error_at(at, unused);
+        }
+    }
+    files
+}
