@@ -237,6 +237,29 @@ impl DeadLetterStore {
         )
     }
 
+    /// Per plant and route, the entries not replayed yet: how many, and the age in seconds of
+    /// the oldest.
+    pub fn waiting(&self) -> Result<Vec<(String, String, u64, f64)>, DeadLetterError> {
+        let conn = self.conn.lock().expect("dead-letter connection lock");
+        let mut statement = conn
+            .prepare_cached(
+                "SELECT plant, route, COUNT(*), (julianday('now') - julianday(MIN(at))) * 86400.0
+                 FROM dead_letters WHERE replayed_at IS NULL GROUP BY plant, route ORDER BY plant, route",
+            )
+            .map_err(|e| self.sql(e))?;
+        let rows = statement
+            .query_map([], |row| {
+                Ok((
+                    row.get(0)?,
+                    row.get(1)?,
+                    row.get::<_, i64>(2)? as u64,
+                    row.get::<_, Option<f64>>(3)?.unwrap_or(0.0).max(0.0),
+                ))
+            })
+            .map_err(|e| self.sql(e))?;
+        rows.collect::<Result<_, _>>().map_err(|e| self.sql(e))
+    }
+
     /// Record that entry `id` was replayed and delivered.
     pub fn mark_replayed(&self, id: i64) -> Result<(), DeadLetterError> {
         let conn = self.conn.lock().expect("dead-letter connection lock");

@@ -33,6 +33,8 @@ pub struct Route {
     /// The chain, in order. Shared between versions of the route that differ in other steps.
     pub steps: Vec<Arc<StepRuntime>>,
     lineage: String,
+    /// The route's series (its steps' at their versions), resolved once, here.
+    pub meters: crate::telemetry::metrics::RouteMeters,
 }
 
 /// What a route is apart from its steps.
@@ -81,6 +83,22 @@ impl Route {
             .map(|s| format!("{}@{}+{}", s.id.name, s.id.version, s.id.digest))
             .collect::<Vec<_>>()
             .join(",");
+        let versions: Vec<(&str, &str)> = steps
+            .iter()
+            .map(|s| (s.id.name.as_str(), s.id.version.as_str()))
+            .collect();
+        let emits: Vec<&str> = steps
+            .iter()
+            .flat_map(|s| s.info.emits.iter().map(String::as_str))
+            .collect();
+        let meters = crate::telemetry::metrics::RouteMeters::new(
+            &base.plant,
+            &base.name,
+            base.source.as_str(),
+            base.sink.as_str(),
+            &versions,
+            &emits,
+        );
         let RouteBase {
             name,
             plant,
@@ -106,6 +124,7 @@ impl Route {
             auth,
             steps,
             lineage,
+            meters,
         }
     }
 

@@ -349,6 +349,11 @@ pub async fn run(
                 access,
                 audit,
                 bound,
+                links: host
+                    .sources
+                    .iter()
+                    .map(|s| Arc::clone(s) as Arc<dyn crate::pipeline::Ready>)
+                    .collect(),
             }),
             admin_tls,
             stopped.clone(),

@@ -19,6 +19,7 @@ mod http;
 mod ingress_abuse;
 mod instances;
 mod limits;
+mod metrics;
 mod mqtt;
 mod mqtt_faults;
 mod mqtt_flows;

@@ -395,6 +395,7 @@ impl AmqpPublisher {
             .send(&route.amqp.dead_letter, "", input.body, properties)
             .await?;
         confirmed(input.message_id, confirm.await?)?;
+        crate::pipeline::chain::counted(route, verdict.kind);
         Ok(())
     }
 

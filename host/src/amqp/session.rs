@@ -280,6 +280,10 @@ impl Ready {
         self.was_up
             .store(true, std::sync::atomic::Ordering::Relaxed);
         tracing::info!("connected to the broker; consuming");
+        crate::telemetry::metrics()
+            .connection_up
+            .with(&["amqp"])
+            .inc();
         self.link.state.send_replace(Link::Up(self.session));
     }
 }
@@ -297,6 +301,7 @@ pub async fn supervise<Serve, Served>(
     Served: std::future::Future<Output = String>,
 {
     let mut pause = RECONNECT_MIN;
+    let metrics = crate::telemetry::metrics();
     while !*shutdown.borrow() {
         let generation = link.generation.load(std::sync::atomic::Ordering::SeqCst);
         let reason = match link.connect(&routes).await {
@@ -309,8 +314,14 @@ pub async fn supervise<Serve, Served>(
                     was_up: Arc::clone(&was_up),
                 };
                 let ended = serve(session.clone(), lost, ready).await;
-                if was_up.load(std::sync::atomic::Ordering::Relaxed) {
+                let counted = if was_up.load(std::sync::atomic::Ordering::Relaxed) {
                     pause = RECONNECT_MIN;
+                    &metrics.connection_lost
+                } else {
+                    &metrics.connection_failed
+                };
+                if !*shutdown.borrow() {
+                    counted.with(&["amqp"]).inc();
                 }
                 if *shutdown.borrow() {
                     link.state.send_replace(Link::Down {
@@ -325,7 +336,10 @@ pub async fn supervise<Serve, Served>(
                 }
                 ended
             }
-            Err(e) => format!("broker {}: {e}", redact(&link.url)),
+            Err(e) => {
+                metrics.connection_failed.with(&["amqp"]).inc();
+                format!("broker {}: {e}", redact(&link.url))
+            }
         };
         tracing::warn!(reason = %reason, retry_in_ms = pause.as_millis() as u64, "broker unavailable; reconnecting");
         link.state.send_replace(Link::Down {

@@ -292,6 +292,22 @@ impl InOrderAcks {
 }
 
 async fn handle(amqp: &Amqp, session: &Session, route: &Arc<Route>, delivery: &Delivery) -> Settle {
+    let arrived_at = std::time::Instant::now();
+    route.meters.received.inc();
+    let settle = handle_received(amqp, session, route, delivery).await;
+    if matches!(settle, Settle::Ack) {
+        route.meters.latency.since(arrived_at);
+    }
+    settle
+}
+
+/// [`handle`] after the arrival is counted.
+async fn handle_received(
+    amqp: &Amqp,
+    session: &Session,
+    route: &Arc<Route>,
+    delivery: &Delivery,
+) -> Settle {
     let publisher = &session.publisher;
     let properties = &delivery.properties;
     let table = properties.headers().clone().unwrap_or_default();
@@ -427,7 +443,10 @@ async fn retry_or_give_up(
     publisher
         .retry(route, arrived, attempt, delay, &why)
         .await
-        .map(|()| Outcome::Parked)
+        .map(|()| {
+            crate::pipeline::retried(route, attempt);
+            Outcome::Parked
+        })
         .map_err(|e| (e.to_string(), e.channel_lost()))
 }
 

@@ -255,6 +255,29 @@ pub struct Webhook {
 
 // ---- the validated configuration -----------------------------------------------------------
 
+impl Source {
+    /// The name as written in the file (`http`, `amqp`, `mqtt`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Source::Http => "http",
+            Source::Amqp => "amqp",
+            Source::Mqtt => "mqtt",
+        }
+    }
+}
+
+impl Sink {
+    /// The name as written in the file (`reply`, `http`, `amqp`, `mqtt`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Sink::Reply => "reply",
+            Sink::Http => "http",
+            Sink::Amqp => "amqp",
+            Sink::Mqtt => "mqtt",
+        }
+    }
+}
+
 /// A validated configuration.
 #[derive(Debug)]
 pub struct Config {

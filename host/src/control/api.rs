@@ -29,6 +29,7 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode, header};
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use tokio::net::TcpListener;
@@ -43,6 +44,102 @@ pub struct AdminApi {
     pub audit: audit::AuditLog,
     /// The listener's own address (requests must name it in `Host`).
     pub bound: SocketAddr,
+    /// The transports whose sessions `/metrics` reports (up, and their numeric facts).
+    pub links: Vec<Arc<dyn crate::pipeline::Ready>>,
+}
+
+/// `GET /metrics`: the process's series, then what is read when scraped — the links' state and
+/// holds, the local dead letters waiting and their age, the compile cache's hits and misses.
+fn metrics_text(api: &AdminApi) -> String {
+    use crate::telemetry::metrics::write_sampled;
+    let mut out = crate::telemetry::metrics().text();
+    let mut up = Vec::new();
+    let mut facts: BTreeMap<&str, Vec<(Vec<String>, f64)>> = BTreeMap::new();
+    for link in &api.links {
+        let readiness = link.readiness();
+        let name = readiness.name.to_string();
+        up.push((
+            vec![name.clone()],
+            f64::from(u8::from(readiness.state.is_ok())),
+        ));
+        for (fact, value) in readiness.facts {
+            if let Some(value) = value.as_f64() {
+                facts
+                    .entry(fact)
+                    .or_default()
+                    .push((vec![name.clone()], value));
+            }
+        }
+    }
+    write_sampled(
+        &mut out,
+        (
+            "millrace_link_up",
+            "gauge",
+            "Whether the transport's session is up (as /readyz says)",
+        ),
+        &["link"],
+        &up,
+    );
+    for (fact, samples) in facts {
+        let name = format!("millrace_{fact}");
+        write_sampled(
+            &mut out,
+            (
+                &name,
+                "gauge",
+                "Messages the transport holds (as /readyz says)",
+            ),
+            &["link"],
+            &samples,
+        );
+    }
+    match api.control.pipeline.deadletters.waiting() {
+        Ok(waiting) => {
+            let (mut count, mut age) = (Vec::new(), Vec::new());
+            for (plant, route, n, oldest) in waiting {
+                count.push((vec![plant.clone(), route.clone()], n as f64));
+                age.push((vec![plant, route], oldest));
+            }
+            write_sampled(
+                &mut out,
+                (
+                    "millrace_dead_letters_waiting",
+                    "gauge",
+                    "Local dead letters not replayed yet",
+                ),
+                &["plant", "route"],
+                &count,
+            );
+            write_sampled(
+                &mut out,
+                (
+                    "millrace_dead_letters_oldest_age_seconds",
+                    "gauge",
+                    "Age of the oldest local dead letter not replayed yet",
+                ),
+                &["plant", "route"],
+                &age,
+            );
+        }
+        Err(e) => tracing::warn!(error = %e, "metrics: dead letters unreadable"),
+    }
+    if let Some((hits, misses)) = api.control.deployer.engine().cache_stats() {
+        write_sampled(
+            &mut out,
+            (
+                "millrace_compile_cache",
+                "counter",
+                "Components read back compiled from the cache (hit) or compiled (miss)",
+            ),
+            &["outcome"],
+            &[
+                (vec!["hit".into()], hits as f64),
+                (vec!["miss".into()], misses as f64),
+            ],
+        );
+    }
+    out
 }
 
 /// Serve the admin API on `listener` until `shutdown` turns true.
@@ -219,9 +316,9 @@ async fn route(
         (Method::GET, ["metrics"]) => Response::builder()
             .header(
                 header::CONTENT_TYPE,
-                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                "text/plain; version=0.0.4; charset=utf-8",
             )
-            .body(Full::new(Bytes::from(crate::telemetry::metrics().text())))
+            .body(Full::new(Bytes::from(metrics_text(api))))
             .map_err(|e| Problem::internal(e.to_string())),
         (Method::POST, ["v1", "config", "reload"]) => {
             allow(Role::Operator, None)?;

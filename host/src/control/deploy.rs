@@ -295,10 +295,7 @@ impl Deployer {
         tracing::warn!(plant, origin, by, digest = %digest, error = %reason, "plugin candidate refused");
         crate::telemetry::metrics()
             .refusals
-            .get_or_create(&crate::telemetry::RefusalLabels {
-                plant: plant.into(),
-                origin: origin.into(),
-            })
+            .with(&[plant, origin])
             .inc();
         let mut kept = self.refusals.lock().expect("refusals lock");
         if kept.len() == KEPT_REFUSALS {
@@ -480,11 +477,7 @@ impl Deployer {
         tracing::info!(plant, plugin, version, previous = ?previous, action, by, took_ms, "plugin version active");
         crate::telemetry::metrics()
             .activations
-            .get_or_create(&crate::telemetry::ActivationLabels {
-                plant: plant.into(),
-                plugin: plugin.into(),
-                action: action.into(),
-            })
+            .with(&[plant, plugin, action])
             .inc();
         Ok(Activated {
             activation,

@@ -66,12 +66,7 @@ pub fn reload(control: &Control) -> Result<Reloaded, ReloadError> {
             "refused"
         }
     };
-    crate::telemetry::metrics()
-        .reloads
-        .get_or_create(&crate::telemetry::ReloadLabels {
-            outcome: outcome.into(),
-        })
-        .inc();
+    crate::telemetry::metrics().reloads.with(&[outcome]).inc();
     result
 }
 

@@ -332,6 +332,19 @@ async fn mediate(
     route: &Arc<crate::route::Route>,
     message: Message,
 ) -> Result<Response<Full<Bytes>>, Problem> {
+    let arrived_at = std::time::Instant::now();
+    route.meters.received.inc();
+    let answer = answer(pipeline, route, message).await;
+    route.meters.latency.since(arrived_at);
+    answer
+}
+
+/// [`mediate`] after the arrival is counted.
+async fn answer(
+    pipeline: &Pipeline,
+    route: &Arc<crate::route::Route>,
+    message: Message,
+) -> Result<Response<Full<Bytes>>, Problem> {
     let id = message.id.clone();
     let ask = Ask {
         when_busy: WhenBusy::Refuse,

@@ -456,6 +456,10 @@ pub async fn supervise(
                     session_present = ack.session_present,
                     "connected to the MQTT broker"
                 );
+                crate::telemetry::metrics()
+                    .connection_up
+                    .with(&["mqtt"])
+                    .inc();
                 link.state.send_replace(Link::Up);
             }
             Ok(Event::Incoming(Packet::Publish(publish))) => {
@@ -494,10 +498,17 @@ pub async fn supervise(
             Err(e) => {
                 let reason = format!("broker {}: {e}", link.url.redacted());
                 tracing::warn!(reason = %reason, retry_in_ms = pause.as_millis() as u64, "MQTT broker unavailable; reconnecting");
-                link.state.send_replace(Link::Down {
+                let was = link.state.send_replace(Link::Down {
                     reason,
                     since: SystemTime::now(),
                 });
+                let metrics = crate::telemetry::metrics();
+                match was {
+                    Link::Up => &metrics.connection_lost,
+                    Link::Down { .. } => &metrics.connection_failed,
+                }
+                .with(&["mqtt"])
+                .inc();
                 tokio::select! {
                     () = tokio::time::sleep(pause) => {}
                     _ = shutdown.changed() => break,

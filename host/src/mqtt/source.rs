@@ -270,6 +270,8 @@ async fn handle(mqtt: Arc<super::Mqtt>, next: InHand) {
         arrived.settle.settled();
         return;
     };
+    let arrived_at = std::time::Instant::now();
+    route.meters.received.inc();
     let message = message_of(&route, &arrived, given.as_deref());
     let id = message.id.clone();
     if message.body.len() > route.max_body_bytes {
@@ -280,7 +282,10 @@ async fn handle(mqtt: Arc<super::Mqtt>, next: InHand) {
             route.max_body_bytes / 1024
         );
         match chain::dead_letter_refused(&pipeline.deadletters, &route, &message, reason) {
-            Ok(_) => arrived.settle.settled(),
+            Ok(_) => {
+                route.meters.latency.since(arrived_at);
+                arrived.settle.settled();
+            }
             Err(e) => {
                 tracing::error!(route = %route.name, message_id = %id, error = %e, "could not record a dead letter; left unacknowledged");
             }
@@ -313,6 +318,7 @@ async fn handle(mqtt: Arc<super::Mqtt>, next: InHand) {
         let (why, failure) = match pipeline.mediate(&route, message.clone(), ask).await {
             Err(Mediated::Settled) => {
                 tracing::info!(route = %route.name, message_id = %id, "already settled: acknowledged without a second run");
+                route.meters.latency.since(arrived_at);
                 arrived.settle.settled();
                 return;
             }
@@ -360,6 +366,7 @@ async fn handle(mqtt: Arc<super::Mqtt>, next: InHand) {
             return;
         }
         let delay = route.mqtt.retry_delay_after(attempt);
+        crate::pipeline::retried(&route, attempt);
         tracing::info!(route = %route.name, message_id = %id, attempt, retry_in_ms = delay.as_millis() as u64, "transient failure, retrying later: {why}");
         tokio::time::sleep(delay).await;
         attempt += 1;
@@ -377,5 +384,6 @@ async fn handle(mqtt: Arc<super::Mqtt>, next: InHand) {
             }
         }
     }
+    route.meters.latency.since(arrived_at);
     arrived.settle.settled();
 }

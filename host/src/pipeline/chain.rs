@@ -81,15 +81,22 @@ pub fn run(route: &Route, input: &Message) -> Result<Vec<Message>, Box<Failure>>
             if left.is_zero() {
                 return Err(failed(StepFailure::Limit(Breach::Budget(budget.time))));
             }
-            let outputs = step
-                .mediate_within(
-                    message,
-                    Some(Budget {
-                        total: budget.time,
-                        left,
-                    }),
-                )
-                .map_err(failed)?;
+            let meters = &route.meters.steps[index];
+            meters.received.inc();
+            let called = std::time::Instant::now();
+            let outputs = step.mediate_within(
+                message,
+                Some(Budget {
+                    total: budget.time,
+                    left,
+                }),
+            );
+            meters.latency.since(called);
+            let outputs = outputs.map_err(|failure| {
+                meters.error.inc();
+                failed(failure)
+            })?;
+            meters.sent.add(outputs.len() as u64);
             for mut output in outputs {
                 // A plugin cannot move a message to another plant or route.
                 output.plant.clone_from(&route.plant);
@@ -161,8 +168,17 @@ pub fn dead_letter_refused(
     };
     let entry = entry(route, input, (0, source), Kind::Limit, reason, (None, None));
     let id = store.record(&entry)?;
+    counted(route, Kind::Limit.as_str());
     tracing::warn!(plant = %route.plant, route = %route.name, message_id = %input.id, dead_letter = id, "dead-lettered: {}", entry.reason);
     Ok(id)
+}
+
+/// Count a dead letter of `route` (`millrace_dead_letters_total`), wherever it is kept.
+pub fn counted(route: &Route, kind: &str) {
+    crate::telemetry::metrics()
+        .dead_letters
+        .with(&[&route.plant, &route.name, kind, &route.meters.domain])
+        .inc();
 }
 
 /// Record `input` as a dead letter after `attempts` runs that each failed for a transient
@@ -195,6 +211,7 @@ pub fn dead_letter_exhausted(
         (None, None),
     );
     let id = store.record(&entry)?;
+    counted(route, Kind::AttemptsExhausted.as_str());
     tracing::warn!(plant = %route.plant, route = %route.name, message_id = %input.id, attempts, dead_letter = id, "dead-lettered: {}", entry.reason);
     Ok(id)
 }
@@ -222,6 +239,7 @@ pub fn dead_letter(
         (field, position),
     );
     let id = store.record(&entry)?;
+    counted(route, kind.as_str());
     tracing::warn!(
         plant = %route.plant, route = %route.name, message_id = %input.id, step = failure.step,
         plugin = %failure.plugin.name, version = %failure.plugin.version, kind = kind.as_str(), dead_letter = id,

@@ -143,6 +143,14 @@ impl Pipeline {
     }
 }
 
+/// Count a transient failure of `attempt` sent round again (`millrace_retries_total`).
+pub fn retried(route: &Route, attempt: u32) {
+    crate::telemetry::metrics()
+        .retries
+        .with(&[&route.plant, &route.name, &attempt.to_string()])
+        .inc();
+}
+
 /// Whether `settled` says the message was settled before (an unreadable store mediates).
 fn is_settled(
     route: &Route,

@@ -77,23 +77,34 @@ impl Sinks {
         self.by_kind.insert(kind, sink);
     }
 
-    /// Deliver `outputs` of `route` to its sink.
+    /// Deliver `outputs` of `route` to its sink, counted in the route's `output_*` series (held
+    /// durably counts as sent: the hold delivers it).
     pub async fn deliver(
         &self,
         route: &Route,
         outputs: Vec<Message>,
         via: Via,
     ) -> Result<Delivered, DeliveryError> {
+        let meters = &route.meters;
+        let count = outputs.len() as u64;
         if route.sink == config::Sink::Reply {
+            meters.sent.add(count);
             return Ok(Delivered::Reply(outputs));
         }
-        let sink = self
-            .by_kind
-            .get(&route.sink)
-            .ok_or_else(|| DeliveryError::NoSink {
+        let Some(sink) = self.by_kind.get(&route.sink) else {
+            meters.error.add(count);
+            return Err(DeliveryError::NoSink {
                 route: route.name.clone(),
                 kind: route.sink,
-            })?;
-        sink.deliver(route, outputs, via).await
+            });
+        };
+        let started = std::time::Instant::now();
+        let delivered = sink.deliver(route, outputs, via).await;
+        meters.output_latency.since(started);
+        match &delivered {
+            Ok(_) => meters.sent.add(count),
+            Err(_) => meters.error.add(count),
+        }
+        delivered
     }
 }

@@ -441,6 +441,8 @@ pub struct StepRuntime {
     quarantines: Arc<crate::quarantine::Quarantines>,
     /// This step's plugin version on its plant, for the breaker.
     subject: crate::quarantine::Subject,
+    /// Its instances' series.
+    meters: crate::telemetry::metrics::InstanceMeters,
 }
 
 impl StepRuntime {
@@ -505,6 +507,11 @@ impl StepRuntime {
             digest: artifact.digest.clone(),
         };
         let step = StepRuntime {
+            meters: crate::telemetry::metrics::InstanceMeters::new(
+                plant,
+                &info.name,
+                &info.version,
+            ),
             quarantines,
             subject,
             path: artifact.path.clone(),
@@ -553,7 +560,9 @@ impl StepRuntime {
 
     fn instantiate(&self, message_id: &str) -> wasmtime::Result<Warm> {
         let wasi = self.grants.contains(&Capability::Wasi);
-        instantiate(&self.pre, &self.context, self.limits, wasi, message_id)
+        let warm = instantiate(&self.pre, &self.context, self.limits, wasi, message_id)?;
+        self.meters.created.inc();
+        Ok(warm)
     }
 
     /// Mediate one message on a warm (or new) instance of this step, with no message budget
@@ -630,6 +639,8 @@ impl StepRuntime {
             _ => false,
         };
         if counts {
+            self.meters.trapped(failure.kind());
+            self.meters.failed.inc();
             let reason = match &failure {
                 StepFailure::Trap(t) => t.clone(),
                 StepFailure::Limit(b) => b.reason(),
@@ -647,7 +658,11 @@ impl StepRuntime {
             let mut idle = self.idle.lock().expect("idle pool lock");
             if idle.len() < MAX_IDLE {
                 idle.push(warm);
+            } else {
+                self.meters.pool_full.inc();
             }
+        } else {
+            self.meters.served.inc();
         }
     }
 
