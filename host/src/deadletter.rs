@@ -127,29 +127,16 @@ CREATE INDEX IF NOT EXISTS dead_letters_route ON dead_letters (route, id);
 /// Columns added after the first release of the store, with their definitions.
 const ADDED_COLUMNS: &[(&str, &str)] = &[("replayed_at", "TEXT"), ("lineage", "TEXT")];
 
-fn add_missing_columns(conn: &Connection) -> rusqlite::Result<()> {
-    let mut stmt = conn.prepare("SELECT name FROM pragma_table_info('dead_letters')")?;
-    let present: Vec<String> = stmt
-        .query_map([], |row| row.get(0))?
-        .collect::<Result<_, _>>()?;
-    for (column, definition) in ADDED_COLUMNS {
-        if !present.iter().any(|p| p == column) {
-            conn.execute_batch(&format!(
-                "ALTER TABLE dead_letters ADD COLUMN {column} {definition}"
-            ))?;
-        }
-    }
-    Ok(())
-}
-
 impl DeadLetterStore {
     /// Open (or create) the store in `data_dir`.
     pub fn open(data_dir: &Path) -> Result<DeadLetterStore, DeadLetterError> {
         let (path, conn) = crate::durable::open_in(data_dir, FILE, SCHEMA)?;
-        add_missing_columns(&conn).map_err(|source| DeadLetterError::Open {
-            path: path.clone(),
-            source,
-        })?;
+        crate::durable::add_missing_columns(&conn, "dead_letters", ADDED_COLUMNS).map_err(
+            |source| DeadLetterError::Open {
+                path: path.clone(),
+                source,
+            },
+        )?;
         Ok(DeadLetterStore {
             path,
             conn: Mutex::new(conn),

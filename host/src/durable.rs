@@ -78,3 +78,24 @@ pub fn now_rfc3339() -> String {
         .format(&format)
         .expect("UTC time formats")
 }
+
+/// Add to `table` the columns of `added` it lacks (columns added after a store's first
+/// release: a data directory written by an older host opens unchanged).
+pub fn add_missing_columns(
+    conn: &rusqlite::Connection,
+    table: &str,
+    added: &[(&str, &str)],
+) -> rusqlite::Result<()> {
+    let mut stmt = conn.prepare(&format!("SELECT name FROM pragma_table_info('{table}')"))?;
+    let present: Vec<String> = stmt
+        .query_map([], |row| row.get(0))?
+        .collect::<Result<_, _>>()?;
+    for (column, definition) in added {
+        if !present.iter().any(|p| p == column) {
+            conn.execute_batch(&format!(
+                "ALTER TABLE {table} ADD COLUMN {column} {definition}"
+            ))?;
+        }
+    }
+    Ok(())
+}

@@ -50,6 +50,10 @@ CREATE TABLE IF NOT EXISTS outbox (
 );
 ";
 
+/// Columns added after the first release of the outbox: `headers`, the output's trace context
+/// (`traceparent`, `tracestate`) as a JSON array of name/value pairs.
+const ADDED_COLUMNS: &[(&str, &str)] = &[("headers", "TEXT")];
+
 /// An output waiting for the broker.
 #[derive(Debug, Clone)]
 pub struct Waiting {
@@ -80,6 +84,8 @@ impl Outbox {
         max: usize,
     ) -> Result<Outbox, crate::durable::StoreError> {
         let (path, conn) = crate::durable::open_in(data_dir, file, SCHEMA)?;
+        crate::durable::add_missing_columns(&conn, "outbox", ADDED_COLUMNS)
+            .map_err(|e| crate::durable::StoreError::sql(&path, e))?;
         let held: i64 = conn
             .query_row("SELECT COUNT(*) FROM outbox", [], |row| row.get(0))
             .map_err(|e| crate::durable::StoreError::sql(&path, e))?;
@@ -124,11 +130,15 @@ impl Outbox {
         {
             let mut insert = tx
                 .prepare_cached(
-                    "INSERT INTO outbox (exchange, routing_key, message_id, plant, route, content_type, body, lineage, at_ms)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                    "INSERT INTO outbox (exchange, routing_key, message_id, plant, route, content_type, body, lineage, at_ms, headers)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
                 )
                 .map_err(|e| self.sql(e))?;
             for (target, key, output) in outputs {
+                let carried: Vec<(&str, &str)> =
+                    crate::telemetry::trace::carried(&output.headers).collect();
+                let headers = (!carried.is_empty())
+                    .then(|| serde_json::to_string(&carried).expect("string pairs serialize"));
                 insert
                     .execute(params![
                         target,
@@ -139,7 +149,8 @@ impl Outbox {
                         output.content_type,
                         output.body,
                         lineage,
-                        now
+                        now,
+                        headers
                     ])
                     .map_err(|e| self.sql(e))?;
             }
@@ -155,7 +166,7 @@ impl Outbox {
         let conn = self.conn.lock().expect("outbox connection lock");
         let mut select = conn
             .prepare_cached(
-                "SELECT seq, exchange, routing_key, message_id, plant, route, content_type, body, lineage
+                "SELECT seq, exchange, routing_key, message_id, plant, route, content_type, body, lineage, headers
                  FROM outbox ORDER BY seq LIMIT ?1",
             )
             .map_err(|e| self.sql(e))?;
@@ -171,7 +182,10 @@ impl Outbox {
                         plant: row.get(4)?,
                         route: row.get(5)?,
                         content_type: row.get(6)?,
-                        headers: Vec::new(),
+                        headers: row
+                            .get::<_, Option<String>>(9)?
+                            .and_then(|h| serde_json::from_str(&h).ok())
+                            .unwrap_or_default(),
                         body: row.get(7)?,
                     },
                 })
@@ -250,6 +264,41 @@ mod tests {
                 body: id.as_bytes().to_vec(),
             },
         )
+    }
+
+    #[test]
+    fn an_output_keeps_its_trace_context_and_an_older_outbox_opens() {
+        let dir = tempfile::tempdir().unwrap();
+        // An outbox written before the headers column existed.
+        let conn = rusqlite::Connection::open(dir.path().join("outbox.sqlite")).unwrap();
+        conn.execute_batch(&SCHEMA.replace("IF NOT EXISTS ", ""))
+            .unwrap();
+        drop(conn);
+        let outbox = Outbox::open(dir.path(), "outbox.sqlite", 10).unwrap();
+        let (target, key, mut traced) = output("t-1");
+        traced.headers = vec![
+            ("x-other".into(), "not kept".into()),
+            (
+                "traceparent".into(),
+                "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".into(),
+            ),
+            ("tracestate".into(), "vendor=abc".into()),
+        ];
+        outbox
+            .put("p@1+sha256:00", &[(target, key, traced), output("t-2")])
+            .unwrap();
+        let waiting = outbox.oldest(10).unwrap();
+        assert_eq!(
+            waiting[0].output.headers,
+            [
+                (
+                    "traceparent".to_string(),
+                    "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".to_string()
+                ),
+                ("tracestate".to_string(), "vendor=abc".to_string()),
+            ]
+        );
+        assert!(waiting[1].output.headers.is_empty());
     }
 
     #[test]

@@ -377,6 +377,10 @@ pub async fn run(
     }
     let _ = stop.send(true);
     while background.join_next().await.is_some() {}
+    // Spans of the last messages go out before the process ends.
+    tokio::task::block_in_place(|| {
+        crate::telemetry::trace::tracer().flush(std::time::Duration::from_secs(5))
+    });
     tracing::info!("millrace stopped");
     Ok(())
 }

@@ -511,6 +511,8 @@ pub struct Received {
     pub status: u16,
     pub headers: Vec<(String, String)>,
     pub body: String,
+    /// The body's bytes as they came.
+    pub raw: Vec<u8>,
 }
 
 impl Received {
@@ -528,6 +530,9 @@ pub struct WebhookReceiver {
     pub url: String,
     received: std::sync::Arc<std::sync::Mutex<Vec<Received>>>,
     status: std::sync::Arc<std::sync::atomic::AtomicU16>,
+    /// Requests still to be refused (with `refusal`) before `status` applies again.
+    refusals: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    refusal: std::sync::Arc<std::sync::atomic::AtomicU16>,
 }
 
 impl WebhookReceiver {
@@ -538,11 +543,15 @@ impl WebhookReceiver {
         let url = format!("http://{}/events", listener.local_addr().unwrap());
         let received = Arc::new(Mutex::new(Vec::new()));
         let status = Arc::new(AtomicU16::new(200));
+        let refusals = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let refusal = Arc::new(AtomicU16::new(503));
         let (rec, st) = (Arc::clone(&received), Arc::clone(&status));
+        let (left, refused_with) = (Arc::clone(&refusals), Arc::clone(&refusal));
         std::thread::spawn(move || {
             for stream in listener.incoming() {
                 let Ok(stream) = stream else { continue };
                 let (rec, st) = (Arc::clone(&rec), Arc::clone(&st));
+                let (left, refused_with) = (Arc::clone(&left), Arc::clone(&refused_with));
                 std::thread::spawn(move || {
                     let mut reader = BufReader::new(stream.try_clone().expect("clone stream"));
                     let mut writer = stream;
@@ -570,11 +579,19 @@ impl WebhookReceiver {
                             .unwrap_or(0);
                         let mut body = vec![0; len];
                         reader.read_exact(&mut body).expect("body");
-                        let code = st.load(Ordering::SeqCst);
+                        let refuse = left
+                            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                            .is_ok();
+                        let code = if refuse {
+                            refused_with.load(Ordering::SeqCst)
+                        } else {
+                            st.load(Ordering::SeqCst)
+                        };
                         rec.lock().unwrap().push(Received {
                             status: code,
                             headers,
                             body: String::from_utf8_lossy(&body).into_owned(),
+                            raw: body,
                         });
                         let answer = format!("HTTP/1.1 {code} X\r\ncontent-length: 0\r\n\r\n");
                         if std::io::Write::write_all(&mut writer, answer.as_bytes()).is_err() {
@@ -588,7 +605,16 @@ impl WebhookReceiver {
             url,
             received,
             status,
+            refusals,
+            refusal,
         }
+    }
+
+    /// Answer the next `n` requests with `status`, then as before.
+    pub fn refuse_next(&self, n: usize, status: u16) {
+        use std::sync::atomic::Ordering;
+        self.refusal.store(status, Ordering::SeqCst);
+        self.refusals.store(n, Ordering::SeqCst);
     }
 
     /// Answer every later request with `status` (200 takes it; others refuse it).

@@ -29,4 +29,5 @@ mod signing;
 mod sparkplug;
 mod state;
 mod tls;
+mod traces;
 mod wasi;

@@ -284,6 +284,9 @@ impl AmqpPublisher {
             headers.insert("millrace-plant".into(), text(&output.plant));
             headers.insert("millrace-route".into(), text(&output.route));
             headers.insert("millrace-lineage".into(), text(lineage));
+            for (name, value) in crate::telemetry::trace::carried(&output.headers) {
+                headers.insert(name.into(), text(value));
+            }
             let properties = persistent(&output.content_type, &output.id, headers);
             let confirm = self.send(exchange, key, &output.body, properties).await?;
             pending.push((output.id.as_str(), confirm));

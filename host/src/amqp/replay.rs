@@ -71,7 +71,7 @@ pub fn replay(
             if dry_run {
                 let message =
                     super::source::message_of(route, &id, &delivery.properties, &delivery.data);
-                match crate::pipeline::chain::run(route, &message) {
+                match crate::pipeline::chain::run(route, &message, None) {
                     Ok(outputs) => show(&label, &outputs),
                     Err(failure) => {
                         failed += 1;

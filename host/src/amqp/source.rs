@@ -301,6 +301,31 @@ async fn handle(amqp: &Amqp, session: &Session, route: &Arc<Route>, delivery: &D
     settle
 }
 
+/// The span of a delivery: a consumer's `process` span (OpenTelemetry messaging conventions).
+fn delivery_span(
+    route: &Route,
+    message: &Message,
+    delivery: &Delivery,
+    attempt: u32,
+) -> Option<crate::telemetry::trace::Span> {
+    let mut span = crate::pipeline::source_span(
+        route,
+        message,
+        format!("process {}", route.amqp.queue),
+        crate::telemetry::trace::Kind::Consumer,
+    )?;
+    span.set("messaging.system", "rabbitmq");
+    span.set("messaging.operation.type", "process");
+    span.set("messaging.destination.name", route.amqp.queue.as_str());
+    span.set(
+        "messaging.rabbitmq.destination.routing_key",
+        delivery.routing_key.as_str(),
+    );
+    span.set("messaging.message.body.size", delivery.data.len() as i64);
+    span.set("millrace.attempt", i64::from(attempt));
+    Some(span)
+}
+
 /// [`handle`] after the arrival is counted.
 async fn handle_received(
     amqp: &Amqp,
@@ -328,6 +353,7 @@ async fn handle_received(
     let dedupe = given_id.as_ref().and(amqp.pipeline.idempotency.as_ref());
     let attempt = header_number(&table, headers::ATTEMPTS).unwrap_or(0) as u32 + 1;
     let message = message_of(route, &id, properties, &delivery.data);
+    let mut span = delivery_span(route, &message, delivery, attempt);
     let arrived = Arrived {
         message_id: &id,
         body: &delivery.data,
@@ -342,6 +368,7 @@ async fn handle_received(
         when_busy: WhenBusy::Wait,
         on_failure: OnFailure::Caller,
         settled: dedupe.map(|store| (Arc::clone(store), settled_key.clone())),
+        trace: span.as_ref().map(|s| s.context.clone()),
     };
     let mediated = amqp.pipeline.mediate(route, message, ask).await;
     tracing::debug!(route = %route.name, message_id = %id, ok = mediated.is_ok(), "mediated");
@@ -349,6 +376,10 @@ async fn handle_received(
     let result: Result<Outcome, (String, bool)> = match mediated {
         Err(Mediated::Settled) => {
             tracing::info!(route = %route.name, message_id = %id, redelivered = delivery.redelivered, "already settled: acknowledged without a second run");
+            if let Some(mut span) = span.take() {
+                span.set("millrace.outcome", "already-settled");
+                span.end();
+            }
             return Settle::Ack;
         }
         Err(Mediated::Lost(e)) => Err((format!("the mediation task failed: {e}"), false)),
@@ -400,6 +431,14 @@ async fn handle_received(
             .map_err(|e| (format!("could not record the settled id: {e}"), false)),
         (other, _, _) => other,
     };
+    if let Some(mut span) = span.take() {
+        match &result {
+            Ok(Outcome::Settled) => span.set("millrace.outcome", "settled"),
+            Ok(Outcome::Parked) => span.set("millrace.outcome", "retry"),
+            Err((why, _)) => span.fail(why.clone()),
+        }
+        span.end();
+    }
     match result {
         Ok(_) => Settle::Ack,
         Err((why, lost)) => {

@@ -213,6 +213,7 @@ fn replay_inner(
             when_busy: crate::pipeline::WhenBusy::Wait,
             on_failure: crate::pipeline::OnFailure::Caller,
             settled: None,
+            trace: None,
         };
         let outputs = match runtime.block_on(pipeline.mediate(&route, message, ask)) {
             Ok(outputs) => outputs,

@@ -334,8 +334,30 @@ async fn mediate(
 ) -> Result<Response<Full<Bytes>>, Problem> {
     let arrived_at = std::time::Instant::now();
     route.meters.received.inc();
-    let answer = answer(pipeline, route, message).await;
+    let mut span = crate::pipeline::source_span(
+        route,
+        &message,
+        format!("POST /v1/routes/{}/messages", route.name),
+        crate::telemetry::trace::Kind::Server,
+    );
+    if let Some(span) = &mut span {
+        span.set("http.request.method", "POST");
+        span.set("http.route", "/v1/routes/{route}/messages");
+    }
+    let context = span.as_ref().map(|s| s.context.clone());
+    let answer = answer(pipeline, route, message, context).await;
     route.meters.latency.since(arrived_at);
+    if let Some(mut span) = span {
+        let status = match &answer {
+            Ok(response) => response.status(),
+            Err(problem) => problem.status,
+        };
+        span.set("http.response.status_code", i64::from(status.as_u16()));
+        if let Err(problem) = &answer {
+            span.fail(problem.kind);
+        }
+        span.end();
+    }
     answer
 }
 
@@ -344,12 +366,14 @@ async fn answer(
     pipeline: &Pipeline,
     route: &Arc<crate::route::Route>,
     message: Message,
+    trace: Option<crate::telemetry::trace::SpanContext>,
 ) -> Result<Response<Full<Bytes>>, Problem> {
     let id = message.id.clone();
     let ask = Ask {
         when_busy: WhenBusy::Refuse,
         on_failure: OnFailure::DeadLetterHere,
         settled: None,
+        trace,
     };
     let outputs = match pipeline.mediate(route, message, ask).await {
         Ok(outputs) => outputs,

@@ -57,14 +57,18 @@ impl WebhookClient {
         outputs: &[Message],
     ) -> Result<usize, DeliveryError> {
         for output in outputs {
-            let request = Request::builder()
+            let mut request = Request::builder()
                 .method(Method::POST)
                 .uri(webhook.url.clone())
                 .header(header::CONTENT_TYPE, output.content_type.as_str())
                 .header("idempotency-key", output.id.as_str())
                 .header("millrace-plant", output.plant.as_str())
                 .header("millrace-route", output.route.as_str())
-                .header("millrace-lineage", lineage)
+                .header("millrace-lineage", lineage);
+            for (name, value) in crate::telemetry::trace::carried(&output.headers) {
+                request = request.header(name, value);
+            }
+            let request = request
                 .body(Full::new(Bytes::from(output.body.clone())))
                 .map_err(|e| self.unreachable(webhook, output, e.to_string()))?;
             let sent = tokio::time::timeout(webhook.timeout, async {

@@ -165,12 +165,20 @@ fn wire(
         ("millrace-route".to_string(), output.route.clone()),
         ("millrace-lineage".to_string(), lineage.to_string()),
     ];
+    for (name, value) in crate::telemetry::trace::carried(&output.headers) {
+        user_properties.push((name.to_string(), value.to_string()));
+    }
     let mut payload = None;
     let mut content_type = output.content_type.clone();
     let event = event.filter(|e| e.get("specversion").is_some());
     if let Some(serde_json::Value::Object(attributes)) = event {
         for (name, value) in attributes {
-            if name == "data" || name == "data_base64" {
+            // The trace context is written once, from the output's headers.
+            if name == "data"
+                || name == "data_base64"
+                || (user_properties.iter().any(|(k, _)| k == name)
+                    && (name == "traceparent" || name == "tracestate"))
+            {
                 continue;
             }
             let text = match value {

@@ -274,6 +274,26 @@ async fn handle(mqtt: Arc<super::Mqtt>, next: InHand) {
     route.meters.received.inc();
     let message = message_of(&route, &arrived, given.as_deref());
     let id = message.id.clone();
+    let topic = String::from_utf8_lossy(&arrived.publish.topic).into_owned();
+    let mut span = crate::pipeline::source_span(
+        &route,
+        &message,
+        format!("process {topic}"),
+        crate::telemetry::trace::Kind::Consumer,
+    );
+    if let Some(span) = &mut span {
+        span.set("messaging.system", "mqtt");
+        span.set("messaging.operation.type", "process");
+        span.set("messaging.destination.name", topic);
+        span.set("messaging.message.body.size", message.body.len() as i64);
+    }
+    let trace = span.as_ref().map(|s| s.context.clone());
+    let end = |span: Option<crate::telemetry::trace::Span>, outcome: &'static str| {
+        if let Some(mut span) = span {
+            span.set("millrace.outcome", outcome);
+            span.end();
+        }
+    };
     if message.body.len() > route.max_body_bytes {
         // No caller to refuse it to: kept as a dead letter (bounded by the packet size).
         let reason = format!(
@@ -284,6 +304,7 @@ async fn handle(mqtt: Arc<super::Mqtt>, next: InHand) {
         match chain::dead_letter_refused(&pipeline.deadletters, &route, &message, reason) {
             Ok(_) => {
                 route.meters.latency.since(arrived_at);
+                end(span.take(), "dead-lettered");
                 arrived.settle.settled();
             }
             Err(e) => {
@@ -311,6 +332,7 @@ async fn handle(mqtt: Arc<super::Mqtt>, next: InHand) {
         let ask = Ask {
             when_busy: WhenBusy::Wait,
             on_failure: OnFailure::DeadLetterHere,
+            trace: trace.clone(),
             settled: dedupe
                 .filter(|_| maybe_copy)
                 .map(|(store, _)| (Arc::clone(store), id.clone())),
@@ -319,6 +341,7 @@ async fn handle(mqtt: Arc<super::Mqtt>, next: InHand) {
             Err(Mediated::Settled) => {
                 tracing::info!(route = %route.name, message_id = %id, "already settled: acknowledged without a second run");
                 route.meters.latency.since(arrived_at);
+                end(span.take(), "already-settled");
                 arrived.settle.settled();
                 return;
             }
@@ -385,5 +408,6 @@ async fn handle(mqtt: Arc<super::Mqtt>, next: InHand) {
         }
     }
     route.meters.latency.since(arrived_at);
+    end(span.take(), "settled");
     arrived.settle.settled();
 }

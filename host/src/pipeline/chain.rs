@@ -6,6 +6,7 @@ use crate::plugin::bindings::types::Message;
 use crate::plugin::bounds::{Breach, output_bytes};
 use crate::plugin::{Budget, PluginId, StepFailure};
 use crate::route::Route;
+use crate::telemetry::trace::{self, SpanContext};
 
 /// Where in the chain a message failed, and how.
 #[derive(Debug, Clone, PartialEq)]
@@ -56,7 +57,14 @@ impl Failure {
 /// time (each call gets its step's deadline or what is left, whichever is shorter), and the
 /// outputs at each stage (how many, how many bytes). Blocking (Wasm runs on this thread): call
 /// it from a blocking-capable thread.
-pub fn run(route: &Route, input: &Message) -> Result<Vec<Message>, Box<Failure>> {
+///
+/// With `trace` (the message's span), each call is a child span, and every output carries the
+/// message's span as its `traceparent` (header, and attribute of a structured CloudEvent).
+pub fn run(
+    route: &Route,
+    input: &Message,
+    trace: Option<&SpanContext>,
+) -> Result<Vec<Message>, Box<Failure>> {
     let started = std::time::Instant::now();
     let budget = route.budget;
     let mut messages: Vec<Message> = Vec::new();
@@ -83,6 +91,13 @@ pub fn run(route: &Route, input: &Message) -> Result<Vec<Message>, Box<Failure>>
             }
             let meters = &route.meters.steps[index];
             meters.received.inc();
+            let mut span = trace.and_then(|parent| {
+                trace::tracer().start(
+                    format!("step {} {}", index + 1, step.id.name),
+                    trace::Kind::Internal,
+                    Some(parent),
+                )
+            });
             let called = std::time::Instant::now();
             let outputs = step.mediate_within(
                 message,
@@ -92,6 +107,10 @@ pub fn run(route: &Route, input: &Message) -> Result<Vec<Message>, Box<Failure>>
                 }),
             );
             meters.latency.since(called);
+            if let Some(mut span) = span.take() {
+                step_span(&mut span, index, step, &outputs);
+                span.end();
+            }
             let outputs = outputs.map_err(|failure| {
                 meters.error.inc();
                 failed(failure)
@@ -118,7 +137,36 @@ pub fn run(route: &Route, input: &Message) -> Result<Vec<Message>, Box<Failure>>
         }
         messages = next;
     }
+    if let Some(context) = trace {
+        for output in &mut messages {
+            trace::inject(&mut output.headers, context);
+            trace::inject_event(&output.content_type, &mut output.body, context);
+        }
+    }
     Ok(messages)
+}
+
+/// A step's span: the plugin version it ran and what it decided.
+fn step_span(
+    span: &mut trace::Span,
+    index: usize,
+    step: &crate::plugin::StepRuntime,
+    outputs: &Result<Vec<Message>, crate::plugin::StepFailure>,
+) {
+    span.set("millrace.step", index as i64 + 1);
+    span.set("millrace.plugin.name", step.id.name.as_str());
+    span.set("millrace.plugin.version", step.id.version.as_str());
+    span.set("millrace.plugin.digest", step.id.digest.as_str());
+    match outputs {
+        Ok(outputs) => {
+            span.set("millrace.decision", "outputs");
+            span.set("millrace.outputs", outputs.len() as i64);
+        }
+        Err(failure) => {
+            span.set("millrace.decision", failure.kind());
+            span.fail(failure.kind());
+        }
+    }
 }
 
 /// The dead letter of `input` on `route`, failed at `(step, plugin)`.

@@ -14,6 +14,7 @@ use crate::deadletter::{DeadLetterError, DeadLetterStore};
 use crate::idempotency::IdempotencyStore;
 use crate::plugin::bindings::types::Message;
 use crate::route::{Route, Routes};
+use crate::telemetry::trace::SpanContext;
 use chain::Failure;
 use std::sync::Arc;
 use workers::{WorkerLost, Workers};
@@ -59,6 +60,9 @@ pub struct Ask {
     /// Skip the chain when this id of the route was settled before (a redelivery); looked up on
     /// the mediation thread.
     pub settled: Option<(Arc<IdempotencyStore>, String)>,
+    /// The message's span at its source: the steps' spans are its children, the outputs carry
+    /// it (`traceparent`). `None` when tracing is off.
+    pub trace: Option<SpanContext>,
 }
 
 /// Why [`Pipeline::mediate`] gave no outputs.
@@ -118,13 +122,14 @@ impl Pipeline {
         let deadletters =
             (ask.on_failure == OnFailure::DeadLetterHere).then(|| Arc::clone(&self.deadletters));
         let settled = ask.settled;
+        let trace = ask.trace;
         let outcome = self
             .workers
             .run(move || {
                 let outcome = if is_settled(&route, &message, settled) {
                     Err(Mediated::Settled)
                 } else {
-                    chain::run(&route, &message).map_err(|failure| {
+                    chain::run(&route, &message, trace.as_ref()).map_err(|failure| {
                         let dead_letter = match &deadletters {
                             Some(store) => chain::dead_letter(store, &route, &message, &failure),
                             None => Ok(None),
@@ -141,6 +146,27 @@ impl Pipeline {
             .await;
         outcome.unwrap_or_else(|lost| Err(Mediated::Lost(lost)))
     }
+}
+
+/// The span of `message` at its source (named `name`, of `kind`), under the context it brought
+/// (its `traceparent` header or structured CloudEvent attribute); `None` when tracing is off.
+pub fn source_span(
+    route: &Route,
+    message: &Message,
+    name: String,
+    kind: crate::telemetry::trace::Kind,
+) -> Option<crate::telemetry::trace::Span> {
+    let tracer = crate::telemetry::trace::tracer();
+    if !tracer.enabled() {
+        return None;
+    }
+    let parent = SpanContext::of_message(&message.headers, &message.content_type, &message.body);
+    let mut span = tracer.start(name, kind, parent.as_ref())?;
+    span.set("millrace.plant", route.plant.as_str());
+    span.set("millrace.route", route.name.as_str());
+    span.set("millrace.source", route.source.as_str());
+    span.set("messaging.message.id", message.id.as_str());
+    Some(span)
 }
 
 /// Count a transient failure of `attempt` sent round again (`millrace_retries_total`).

@@ -6,6 +6,7 @@
 use crate::config;
 use crate::plugin::bindings::types::Message;
 use crate::route::Route;
+use crate::telemetry::trace;
 use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
@@ -55,6 +56,37 @@ pub enum DeliveryError {
     NoSink { route: String, kind: config::Sink },
 }
 
+/// The span of one delivery, a child of the message's span its outputs carry: `publish` to a
+/// broker (kind producer), `POST` to a webhook (kind client).
+fn deliver_span(route: &Route, outputs: &[Message], count: u64) -> Option<trace::Span> {
+    let tracer = trace::tracer();
+    if !tracer.enabled() {
+        return None;
+    }
+    let parent = trace::SpanContext::from_headers(&outputs.first()?.headers)?;
+    let (name, kind) = match route.sink {
+        config::Sink::Http => ("POST".to_string(), trace::Kind::Client),
+        sink => (format!("publish {}", sink.as_str()), trace::Kind::Producer),
+    };
+    let mut span = tracer.start(name, kind, Some(&parent))?;
+    span.set("millrace.sink", route.sink.as_str());
+    span.set("messaging.batch.message_count", count as i64);
+    match route.sink {
+        config::Sink::Amqp => {
+            span.set("messaging.system", "rabbitmq");
+            span.set("messaging.destination.name", route.amqp.exchange.as_str());
+        }
+        config::Sink::Mqtt => span.set("messaging.system", "mqtt"),
+        config::Sink::Http => {
+            if let Some(webhook) = &route.webhook {
+                span.set("url.full", webhook.url.to_string());
+            }
+        }
+        config::Sink::Reply => {}
+    }
+    Some(span)
+}
+
 /// Future of one delivery.
 pub type Delivering<'a> =
     Pin<Box<dyn Future<Output = Result<Delivered, DeliveryError>> + Send + 'a>>;
@@ -98,9 +130,18 @@ impl Sinks {
                 kind: route.sink,
             });
         };
+        let mut span = deliver_span(route, &outputs, count);
         let started = std::time::Instant::now();
         let delivered = sink.deliver(route, outputs, via).await;
         meters.output_latency.since(started);
+        if let Some(mut span) = span.take() {
+            match &delivered {
+                Ok(Delivered::Held { .. }) => span.set("millrace.outcome", "held"),
+                Ok(_) => span.set("millrace.outcome", "delivered"),
+                Err(e) => span.fail(e.to_string()),
+            }
+            span.end();
+        }
         match &delivered {
             Ok(_) => meters.sent.add(count),
             Err(_) => meters.error.add(count),

@@ -3,6 +3,7 @@
 //! the admin API (`GET /metrics`).
 
 pub mod metrics;
+pub mod trace;
 
 pub use metrics::metrics;
 use std::io::IsTerminal;

@@ -1,0 +1,240 @@
+//! OpenTelemetry traces: one trace per business message across HTTP in → AMQP out → AMQP in →
+//! webhook out, through a retry, exported over OTLP/HTTP to a receiver in the test and decoded
+//! with OpenTelemetry's own protobuf definitions (Python `opentelemetry-proto`, not our encoder's
+//! reading of them).
+
+use crate::harness::*;
+
+/// The spans in the OTLP export requests `bodies`, decoded by `opentelemetry-proto`.
+fn decode(bodies: &[Vec<u8>]) -> Vec<serde_json::Value> {
+    let dir = tempfile::tempdir().unwrap();
+    let mut files = Vec::new();
+    for (i, body) in bodies.iter().enumerate() {
+        let path = dir.path().join(format!("{i}.pb"));
+        std::fs::write(&path, body).unwrap();
+        files.push(path);
+    }
+    let program = r#"
+import json, sys
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+def value(v):
+    kind = v.WhichOneof('value')
+    return getattr(v, kind) if kind else None
+spans = []
+for path in sys.argv[1:]:
+    request = ExportTraceServiceRequest()
+    request.ParseFromString(open(path, 'rb').read())
+    for rs in request.resource_spans:
+        service = {a.key: value(a.value) for a in rs.resource.attributes}.get('service.name')
+        for ss in rs.scope_spans:
+            for s in ss.spans:
+                spans.append({'service': service, 'trace': s.trace_id.hex(), 'id': s.span_id.hex(),
+                    'parent': s.parent_span_id.hex(), 'name': s.name, 'kind': s.kind,
+                    'start': s.start_time_unix_nano, 'end': s.end_time_unix_nano,
+                    'status': s.status.code, 'message': s.status.message,
+                    'attributes': {a.key: value(a.value) for a in s.attributes}})
+print(json.dumps(spans))
+"#;
+    let out = std::process::Command::new(root().join("target/tools/py/bin/python"))
+        .arg("-c")
+        .arg(program)
+        .args(&files)
+        .output()
+        .expect("python runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+#[test]
+fn one_trace_from_http_through_the_broker_and_a_retry_to_the_webhook() {
+    let broker = Broker::start();
+    let collector = WebhookReceiver::start();
+    let downstream = WebhookReceiver::start();
+    // The first delivery to the downstream system is refused: the relay route retries it
+    // through its delay queue.
+    downstream.refuse_next(1, 503);
+    let intake = act_route("intake", "").replace(
+        "sink = \"reply\"",
+        "sink = \"amqp\"\namqp = { exchange = \"plant-a.events\", routing_key = \"relay\" }",
+    );
+    let relay = act_route("relay", "")
+        .replace("source = \"http\"", "source = \"amqp\"")
+        .replace(
+            "sink = \"reply\"",
+            &format!(
+                "sink = \"http\"\namqp = {{ queue = \"plant-a.relay\", max_attempts = 3, retry_delay_ms = 100 }}\nwebhook = {{ url = \"{}\" }}",
+                downstream.url
+            ),
+        );
+    let ws = Workspace::new(&format!(
+        "[host]\namqp = \"{}\"\n\n[plants.plant-a]\n\n{intake}\n{relay}",
+        broker.url()
+    ));
+    let endpoint = collector.url.trim_end_matches("/events").to_string();
+    let host = Host::start(
+        &ws.config(),
+        &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint),
+            ("OTEL_BSP_SCHEDULE_DELAY", "100"),
+            ("OTEL_SERVICE_NAME", "millrace-test"),
+        ],
+    );
+    host.wait_ready();
+    broker.client(
+        "c = pika.BlockingConnection(pika.ConnectionParameters('127.0.0.1', PORT))
+ch = c.channel()
+ch.exchange_declare('plant-a.events', 'topic', durable=True)
+ch.queue_bind('plant-a.relay', 'plant-a.events', 'relay')
+print('{}')",
+    );
+
+    let trace = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let caller_span = "00f067aa0ba902b7";
+    let reply = host.request(
+        "POST",
+        "/v1/routes/intake/messages",
+        Some("text/plain"),
+        &[
+            ("traceparent", &format!("00-{trace}-{caller_span}-01")),
+            ("tracestate", "vendor=abc"),
+        ],
+        b"hello",
+    );
+    assert!(reply.status < 300, "{reply:?}");
+
+    // Until the downstream system took the message, on the second try.
+    let mut waited = 0;
+    while downstream.received().is_empty() {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        waited += 1;
+        assert!(
+            waited < 3000,
+            "never delivered: {:?}",
+            downstream.requests()
+        );
+    }
+    let requests = downstream.requests();
+    assert_eq!(requests.len(), 2, "{requests:?}");
+    assert!(host.stop().success());
+
+    let bodies: Vec<Vec<u8>> = collector
+        .requests()
+        .into_iter()
+        .inspect(|r| {
+            assert_eq!(r.header("content-type"), Some("application/x-protobuf"));
+        })
+        .map(|r| r.raw)
+        .collect();
+    let spans = decode(&bodies);
+    assert!(!spans.is_empty());
+    for span in &spans {
+        assert_eq!(span["trace"], trace, "one trace: {span}");
+        assert_eq!(span["service"], "millrace-test");
+        assert!(span["end"].as_u64() >= span["start"].as_u64(), "{span}");
+    }
+    let named = |name: &str| -> Vec<&serde_json::Value> {
+        spans.iter().filter(|s| s["name"] == name).collect()
+    };
+    let server = named("POST /v1/routes/intake/messages");
+    assert_eq!(server.len(), 1, "{spans:#?}");
+    let server = server[0];
+    assert_eq!(server["kind"], 2, "server");
+    assert_eq!(
+        server["parent"], caller_span,
+        "the caller's span is its parent"
+    );
+    assert_eq!(server["attributes"]["millrace.route"], "intake");
+    assert_eq!(server["attributes"]["http.response.status_code"], 202);
+    let children_of = |parent: &serde_json::Value| -> Vec<&serde_json::Value> {
+        spans
+            .iter()
+            .filter(|s| s["parent"] == parent["id"])
+            .collect()
+    };
+    let mut under_server: Vec<String> = children_of(server)
+        .iter()
+        .map(|s| format!("{} {}", s["kind"], s["name"].as_str().unwrap()))
+        .collect();
+    under_server.sort();
+    assert_eq!(
+        under_server,
+        [
+            "1 step 1 guest-act",
+            "4 publish amqp",
+            "5 process plant-a.relay",
+            "5 process plant-a.relay"
+        ],
+        "the intake's step and publish, and both runs of the relay: {spans:#?}"
+    );
+    let step = named("step 1 guest-act")
+        .into_iter()
+        .find(|s| s["parent"] == server["id"])
+        .unwrap();
+    assert_eq!(step["attributes"]["millrace.plugin.name"], "guest-act");
+    assert_eq!(step["attributes"]["millrace.decision"], "outputs");
+    assert!(
+        step["attributes"]["millrace.plugin.digest"]
+            .as_str()
+            .unwrap()
+            .starts_with("sha256:")
+    );
+
+    let mut runs = named("process plant-a.relay");
+    runs.sort_by_key(|s| s["attributes"]["millrace.attempt"].as_i64());
+    assert_eq!(runs[0]["attributes"]["millrace.attempt"], 1);
+    assert_eq!(runs[0]["attributes"]["millrace.outcome"], "retry");
+    assert_eq!(runs[0]["attributes"]["messaging.system"], "rabbitmq");
+    assert_eq!(runs[1]["attributes"]["millrace.attempt"], 2);
+    assert_eq!(runs[1]["attributes"]["millrace.outcome"], "settled");
+    for (run, status) in [(runs[0], 2), (runs[1], 1)] {
+        let posts: Vec<_> = children_of(run)
+            .into_iter()
+            .filter(|s| s["name"] == "POST")
+            .collect();
+        assert_eq!(posts.len(), 1, "{run}");
+        assert_eq!(posts[0]["kind"], 3, "client");
+        assert_eq!(
+            posts[0]["status"], status,
+            "refused, then taken: {}",
+            posts[0]
+        );
+        assert_eq!(children_of(run).len(), 2, "a step and the delivery: {run}");
+    }
+    // What reached the downstream system names the run that delivered it.
+    let taken = &requests[1];
+    assert_eq!(
+        taken.header("traceparent"),
+        Some(format!("00-{trace}-{}-01", runs[1]["id"].as_str().unwrap()).as_str())
+    );
+    assert_eq!(taken.header("tracestate"), Some("vendor=abc"));
+}
+
+#[test]
+fn without_an_endpoint_nothing_is_traced_and_outputs_carry_no_context_of_ours() {
+    let downstream = WebhookReceiver::start();
+    let route = act_route("intake", "").replace(
+        "sink = \"reply\"",
+        &format!(
+            "sink = \"http\"\nwebhook = {{ url = \"{}\" }}",
+            downstream.url
+        ),
+    );
+    let ws = Workspace::new(&format!("[plants.plant-a]\n\n{route}"));
+    let host = ws.start();
+    host.wait_ready();
+    let reply = host.request(
+        "POST",
+        "/v1/routes/intake/messages",
+        Some("text/plain"),
+        &[],
+        b"hello",
+    );
+    assert!(reply.status < 300, "{reply:?}");
+    let taken = downstream.received();
+    assert_eq!(taken.len(), 1);
+    assert_eq!(taken[0].header("traceparent"), None);
+}
