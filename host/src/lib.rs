@@ -23,6 +23,7 @@ pub mod idempotency;
 pub mod lookup;
 pub mod mqtt;
 pub mod outbox;
+pub mod percent;
 pub mod pipeline;
 pub mod plugin;
 pub mod quarantine;

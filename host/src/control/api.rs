@@ -456,25 +456,7 @@ async fn route(
 
 /// `key=value&…` pairs of a query string (`%XX` and `+` decoded).
 fn form_urlencoded(query: &str) -> Vec<(String, String)> {
-    let decode = |s: &str| {
-        let bytes = s.replace('+', " ").into_bytes();
-        let mut out = Vec::with_capacity(bytes.len());
-        let mut i = 0;
-        while i < bytes.len() {
-            if bytes[i] == b'%'
-                && i + 2 < bytes.len()
-                && let Ok(b) =
-                    u8::from_str_radix(&String::from_utf8_lossy(&bytes[i + 1..i + 3]), 16)
-            {
-                out.push(b);
-                i += 3;
-            } else {
-                out.push(bytes[i]);
-                i += 1;
-            }
-        }
-        String::from_utf8_lossy(&out).into_owned()
-    };
+    let decode = |s: &str| crate::percent::decode(&s.replace('+', " "));
     query
         .split('&')
         .filter(|p| !p.is_empty())
