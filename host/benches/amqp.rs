@@ -11,7 +11,9 @@
 //!
 //! Needs `scripts/build-plugins` and Debian's rabbitmq-server (scripts/setup). Run:
 //! `cargo bench -p millrace-host --bench amqp` (or `scripts/bench`). Environment: `N`
-//! (messages per round, default 50000), `ROUNDS` (default 3), `PREFETCH` (default 256).
+//! (messages per round, default 50000), `ROUNDS` (default 3), `PREFETCH` (default 256),
+//! `TRACE=1` (each round also runs millrace exporting every message's spans over OTLP/HTTP to a
+//! receiver in the bench that takes and drops them: the cost of tracing, same run).
 
 mod common;
 use common::{cpu_seconds, median, record, root, route_output, setting};
@@ -266,8 +268,9 @@ async fn pipe(url: &str, n: usize, prefetch: u16, broker: u32, event: Vec<u8>) -
                     )
                     .await
                     .unwrap();
+                // After the round the channel closes under acks still on their way: not counted.
                 if !confirm.await.unwrap().is_nack() {
-                    delivery.ack(BasicAckOptions::default()).await.unwrap();
+                    let _ = delivery.ack(BasicAckOptions::default()).await;
                 }
             });
         }
@@ -280,7 +283,14 @@ async fn pipe(url: &str, n: usize, prefetch: u16, broker: u32, event: Vec<u8>) -
 }
 
 /// The millrace route, as its own process.
-async fn millrace(url: &str, n: usize, prefetch: u16, data: &Path, broker: u32) -> Measured {
+async fn millrace(
+    url: &str,
+    n: usize,
+    prefetch: u16,
+    data: &Path,
+    broker: u32,
+    otlp: Option<&str>,
+) -> Measured {
     let setup = connect(url).await;
     let ch = setup.create_channel().await.unwrap();
     topology(&ch, "bench.in", "bench.out", "bench.sink").await;
@@ -293,6 +303,7 @@ async fn millrace(url: &str, n: usize, prefetch: u16, data: &Path, broker: u32) 
             .arg(&config)
             .args(["--http", "127.0.0.1:0"])
             .env("RUST_LOG", "warn")
+            .envs(otlp.map(|endpoint| ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint)))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -305,6 +316,50 @@ async fn millrace(url: &str, n: usize, prefetch: u16, data: &Path, broker: u32) 
     let _ = host.0.wait();
     let _ = setup.close(200, "done".into()).await;
     rate
+}
+
+/// An OTLP/HTTP receiver that answers every request 200 and keeps nothing; its base URL.
+fn otlp_sink() -> String {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            std::thread::spawn(move || {
+                let mut reader = BufReader::new(stream.try_clone().unwrap());
+                let mut writer = stream;
+                loop {
+                    let mut length = 0;
+                    let mut line = String::new();
+                    if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                        return;
+                    }
+                    loop {
+                        line.clear();
+                        if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                            return;
+                        }
+                        let header = line.trim_end().to_ascii_lowercase();
+                        if header.is_empty() {
+                            break;
+                        }
+                        if let Some(n) = header.strip_prefix("content-length:") {
+                            length = n.trim().parse().unwrap_or(0);
+                        }
+                    }
+                    let mut body = vec![0; length];
+                    if reader.read_exact(&mut body).is_err()
+                        || writer
+                            .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
+                            .is_err()
+                    {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    url
 }
 
 struct Host(Child);
@@ -356,13 +411,26 @@ fn main() {
         .enable_all()
         .build()
         .unwrap();
-    let (mut pipes, mut hosts) = (Vec::new(), Vec::new());
+    let otlp = (std::env::var("TRACE").as_deref() == Ok("1")).then(otlp_sink);
+    let (mut pipes, mut hosts, mut traced) = (Vec::new(), Vec::new(), Vec::new());
     for round in 1..=rounds {
         let p = runtime.block_on(pipe(&url, n, prefetch, node.pid, event.clone()));
         // A fresh data directory per round: no settled ids from the last one.
         let dir = data.path().join(format!("round-{round}"));
         std::fs::create_dir_all(&dir).unwrap();
-        let m = runtime.block_on(millrace(&url, n, prefetch, &dir, node.pid));
+        let m = runtime.block_on(millrace(&url, n, prefetch, &dir, node.pid, None));
+        if let Some(endpoint) = &otlp {
+            let dir = data.path().join(format!("round-{round}-traced"));
+            std::fs::create_dir_all(&dir).unwrap();
+            let t = runtime.block_on(millrace(&url, n, prefetch, &dir, node.pid, Some(endpoint)));
+            println!(
+                "round {round}: millrace exporting traces {:>6.0} msg/s (host {:>5.1} µs CPU/msg), {:.2} of millrace without",
+                t.rate,
+                t.consumer_us,
+                t.rate / m.rate
+            );
+            traced.push(t);
+        }
         println!(
             "round {round}: lapin pipe {:>6.0} msg/s (pipe {:>5.1} µs CPU/msg, broker {:>5.1})   millrace {:>6.0} msg/s (host {:>5.1} µs CPU/msg, broker {:>5.1})   ratio {:.2}",
             p.rate,
@@ -386,4 +454,13 @@ fn main() {
         med(&pipes, |x| x.broker_us),
         med(&hosts, |x| x.broker_us),
     );
+    if !traced.is_empty() {
+        let t = med(&traced, |x| x.rate);
+        println!(
+            "exporting traces: millrace {t:.0} msg/s, ratio to the pipe {:.2}, {:.1} % below millrace without (host {:.1} µs CPU/msg)",
+            t / p,
+            100.0 * (1.0 - t / m),
+            med(&traced, |x| x.consumer_us),
+        );
+    }
 }

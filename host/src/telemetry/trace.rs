@@ -139,6 +139,29 @@ pub fn inject_event(content_type: &str, body: &mut Vec<u8>, context: &SpanContex
     if !content_type.starts_with("application/cloudevents+json") {
         return;
     }
+    // The common case without a parse: an object naming neither attribute yet gets them
+    // written in after its opening brace.
+    let start = body.iter().position(|b| !b.is_ascii_whitespace());
+    let named = |name: &[u8]| body.windows(name.len()).any(|w| w == name);
+    if let Some(start) = start.filter(|&at| body[at] == b'{')
+        && !named(b"\"traceparent\"")
+        && !named(b"\"tracestate\"")
+    {
+        let mut attributes = format!("\"traceparent\":\"{}\"", context.traceparent());
+        if !context.state.is_empty() {
+            attributes.push_str(",\"tracestate\":");
+            attributes.push_str(&serde_json::to_string(&context.state).expect("a string"));
+        }
+        let empty = body[start + 1..]
+            .iter()
+            .find(|b| !b.is_ascii_whitespace())
+            .is_some_and(|&b| b == b'}');
+        if !empty {
+            attributes.push(',');
+        }
+        body.splice(start + 1..start + 1, attributes.into_bytes());
+        return;
+    }
     let Ok(serde_json::Value::Object(mut event)) = serde_json::from_slice(body) else {
         return;
     };
@@ -438,11 +461,32 @@ impl Tracer {
 /// 16 random bytes from the operating system's generator (every bit random: the ratio sampler
 /// reads the low eight).
 fn random_id() -> [u8; 16] {
-    let mut id = [0u8; 16];
-    while id == [0; 16] {
-        getrandom::fill(&mut id).expect("the operating system's random generator answers");
+    thread_local! {
+        /// SplitMix64, seeded once per thread from the operating system's generator: ids need
+        /// to be unique and evenly spread, not secret.
+        static STATE: std::cell::Cell<u64> = std::cell::Cell::new({
+            let mut seed = [0u8; 8];
+            getrandom::fill(&mut seed).expect("the operating system's random generator answers");
+            u64::from_le_bytes(seed)
+        });
     }
-    id
+    let next = || {
+        STATE.with(|state| {
+            let mut z = state.get().wrapping_add(0x9e37_79b9_7f4a_7c15);
+            state.set(z);
+            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+            z ^ (z >> 31)
+        })
+    };
+    loop {
+        let mut id = [0u8; 16];
+        id[..8].copy_from_slice(&next().to_le_bytes());
+        id[8..].copy_from_slice(&next().to_le_bytes());
+        if id != [0; 16] {
+            return id;
+        }
+    }
 }
 
 /// `k=v,k2=v2` with percent-encoded values, as OTEL_EXPORTER_OTLP_HEADERS writes them.
@@ -468,6 +512,9 @@ struct Exporter {
 /// Spans in one export request, at most.
 const BATCH: usize = 512;
 
+/// How often the export thread takes what waits in the queue.
+const TICK: Duration = Duration::from_millis(25);
+
 impl Exporter {
     fn run(self, spans: mpsc::Receiver<Finished>, flushes: mpsc::Receiver<mpsc::Sender<()>>) {
         let agent = ureq::Agent::new_with_config(
@@ -480,19 +527,17 @@ impl Exporter {
         let mut next = std::time::Instant::now() + self.delay;
         let mut warned = false;
         loop {
-            let wait = next.saturating_duration_since(std::time::Instant::now());
-            let tick = wait.min(Duration::from_millis(50));
-            match spans.recv_timeout(tick) {
-                Ok(span) => batch.push(span),
-                Err(mpsc::RecvTimeoutError::Timeout) => {}
-                Err(mpsc::RecvTimeoutError::Disconnected) => break,
-            }
-            let flush = flushes.try_recv().ok();
-            if flush.is_some() {
-                while let Ok(span) = spans.try_recv() {
-                    batch.push(span);
+            // Polled, not waited on: a thread blocked on the queue would be woken for every
+            // span, a wake-up on the way of every message.
+            std::thread::sleep(TICK);
+            loop {
+                match spans.try_recv() {
+                    Ok(span) => batch.push(span),
+                    Err(mpsc::TryRecvError::Empty) => break,
+                    Err(mpsc::TryRecvError::Disconnected) => return,
                 }
             }
+            let flush = flushes.try_recv().ok();
             let due = std::time::Instant::now() >= next;
             if (due || batch.len() >= BATCH || flush.is_some()) && !batch.is_empty() {
                 for chunk in batch.chunks(BATCH) {
@@ -662,10 +707,26 @@ mod tests {
         let c =
             SpanContext::of_message(&[], "application/cloudevents+json", body.as_bytes()).unwrap();
         assert_eq!(c.traceparent(), parent);
-        let mut out = br#"{"specversion":"1.0","id":"2"}"#.to_vec();
-        inject_event("application/cloudevents+json; charset=utf-8", &mut out, &c);
+        for written in [
+            r#"{"specversion":"1.0","id":"2"}"#,
+            " { } ",
+            r#"{"id":"3","traceparent":"00-00000000000000000000000000000001-0000000000000001-00"}"#,
+        ] {
+            let mut out = written.as_bytes().to_vec();
+            inject_event("application/cloudevents+json; charset=utf-8", &mut out, &c);
+            let event: serde_json::Value = serde_json::from_slice(&out)
+                .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out)));
+            assert_eq!(event["traceparent"], parent, "{written}");
+        }
+        let with_state = SpanContext {
+            state: "a=\"b\"".into(),
+            ..c.clone()
+        };
+        let mut out = br#"{"id":"4"}"#.to_vec();
+        inject_event("application/cloudevents+json", &mut out, &with_state);
         let event: serde_json::Value = serde_json::from_slice(&out).unwrap();
-        assert_eq!(event["traceparent"], parent);
+        assert_eq!(event["tracestate"], "a=\"b\"");
+        assert_eq!(event["id"], "4");
         let mut headers = vec![("TraceParent".to_string(), "old".to_string())];
         inject(&mut headers, &c);
         assert_eq!(headers, [("traceparent".to_string(), parent.to_string())]);
