@@ -13,7 +13,9 @@
 //! `cargo bench -p millrace-host --bench amqp` (or `scripts/bench`). Environment: `N`
 //! (messages per round, default 50000), `ROUNDS` (default 3), `PREFETCH` (default 256),
 //! `TRACE=1` (each round also runs millrace exporting every message's spans over OTLP/HTTP to a
-//! receiver in the bench that takes and drops them: the cost of tracing, same run).
+//! receiver in the bench that takes and drops them: the cost of tracing, same run),
+//! `BASELINE=PATH` (each round also runs the millrace binary at PATH, e.g. one built from an
+//! earlier commit: a change's cost, same run).
 
 mod common;
 use common::{cpu_seconds, median, record, root, route_output, setting};
@@ -290,6 +292,7 @@ async fn millrace(
     data: &Path,
     broker: u32,
     otlp: Option<&str>,
+    binary: &Path,
 ) -> Measured {
     let setup = connect(url).await;
     let ch = setup.create_channel().await.unwrap();
@@ -298,7 +301,7 @@ async fn millrace(
     let config = data.join("millrace.toml");
     std::fs::write(&config, config_text(url, prefetch, data)).unwrap();
     let mut host = Host(
-        Command::new(env!("CARGO_BIN_EXE_millrace"))
+        Command::new(binary)
             .args(["run", "--config"])
             .arg(&config)
             .args(["--http", "127.0.0.1:0"])
@@ -413,16 +416,37 @@ fn main() {
         .unwrap();
     let otlp = (std::env::var("TRACE").as_deref() == Ok("1")).then(otlp_sink);
     let (mut pipes, mut hosts, mut traced) = (Vec::new(), Vec::new(), Vec::new());
+    let this = Path::new(env!("CARGO_BIN_EXE_millrace"));
+    let baseline = std::env::var("BASELINE").ok().map(std::path::PathBuf::from);
+    let mut baselines = Vec::new();
     for round in 1..=rounds {
         let p = runtime.block_on(pipe(&url, n, prefetch, node.pid, event.clone()));
         // A fresh data directory per round: no settled ids from the last one.
         let dir = data.path().join(format!("round-{round}"));
         std::fs::create_dir_all(&dir).unwrap();
-        let m = runtime.block_on(millrace(&url, n, prefetch, &dir, node.pid, None));
+        if let Some(binary) = &baseline {
+            let dir = data.path().join(format!("round-{round}-baseline"));
+            std::fs::create_dir_all(&dir).unwrap();
+            let b = runtime.block_on(millrace(&url, n, prefetch, &dir, node.pid, None, binary));
+            println!(
+                "round {round}: baseline millrace {:>6.0} msg/s (host {:>5.1} µs CPU/msg)",
+                b.rate, b.consumer_us
+            );
+            baselines.push(b);
+        }
+        let m = runtime.block_on(millrace(&url, n, prefetch, &dir, node.pid, None, this));
         if let Some(endpoint) = &otlp {
             let dir = data.path().join(format!("round-{round}-traced"));
             std::fs::create_dir_all(&dir).unwrap();
-            let t = runtime.block_on(millrace(&url, n, prefetch, &dir, node.pid, Some(endpoint)));
+            let t = runtime.block_on(millrace(
+                &url,
+                n,
+                prefetch,
+                &dir,
+                node.pid,
+                Some(endpoint),
+                this,
+            ));
             println!(
                 "round {round}: millrace exporting traces {:>6.0} msg/s (host {:>5.1} µs CPU/msg), {:.2} of millrace without",
                 t.rate,
@@ -454,6 +478,16 @@ fn main() {
         med(&pipes, |x| x.broker_us),
         med(&hosts, |x| x.broker_us),
     );
+    if !baselines.is_empty() {
+        let b = med(&baselines, |x| x.rate);
+        println!(
+            "baseline: millrace {b:.0} msg/s, ratio to the pipe {:.2}; this build {:.2} of the baseline (host {:.1} against {:.1} µs CPU/msg)",
+            b / p,
+            m / b,
+            med(&hosts, |x| x.consumer_us),
+            med(&baselines, |x| x.consumer_us),
+        );
+    }
     if !traced.is_empty() {
         let t = med(&traced, |x| x.rate);
         println!(
