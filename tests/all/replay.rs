@@ -5,7 +5,8 @@
 
 use crate::harness::*;
 
-fn workspace(webhook: &WebhookReceiver) -> Workspace {
+/// A route `mes` of mes-fixed-width, HTTP in, to `webhook`, its work centres in a CSV file (WC01).
+pub(crate) fn workspace(webhook: &WebhookReceiver) -> Workspace {
     let mes = plugin("mes-fixed-width");
     let ws = Workspace::new(
         &(format!(

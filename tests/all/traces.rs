@@ -238,3 +238,90 @@ fn without_an_endpoint_nothing_is_traced_and_outputs_carry_no_context_of_ours() 
     assert_eq!(taken.len(), 1);
     assert_eq!(taken[0].header("traceparent"), None);
 }
+
+#[test]
+fn a_dead_letter_replayed_after_the_fix_stays_in_the_trace_it_came_with() {
+    let collector = WebhookReceiver::start();
+    let downstream = WebhookReceiver::start();
+    let ws = crate::replay::workspace(&downstream);
+    let endpoint = collector.url.trim_end_matches("/events").to_string();
+    let otel = [
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
+        ("OTEL_BSP_SCHEDULE_DELAY", "100"),
+    ];
+    let host = Host::start(&ws.config(), &otel);
+    host.wait_ready();
+    let trace = "0af7651916cd43dd8448eb211c80319c";
+    let caller_span = "b7ad6b7169203331";
+    let rejected = host.request(
+        "POST",
+        "/v1/routes/mes/messages",
+        Some("text/plain"),
+        &[("traceparent", &format!("00-{trace}-{caller_span}-01"))],
+        record("WO-9", "0000001000", "WC09").as_bytes(),
+    );
+    assert_eq!(rejected.status, 422, "{}", rejected.body);
+    assert!(host.stop().success());
+
+    // The fix, then the replay, exporting its spans too.
+    ws.write(
+        "work-centres.csv",
+        "local,canonical\nWC01,ASSY-01\nWC09,PAINT-09\n",
+    );
+    let replay = millrace()
+        .current_dir(ws.dir.path())
+        .args(["dlq", "replay", "--route", "mes"])
+        .envs(otel)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&replay.stdout);
+    assert!(replay.status.success(), "{text}");
+    assert!(text.contains("1 replayed"), "{text}");
+
+    let spans = decode(
+        &collector
+            .requests()
+            .into_iter()
+            .map(|r| r.raw)
+            .collect::<Vec<_>>(),
+    );
+    for span in &spans {
+        assert_eq!(span["trace"], trace, "{span}");
+    }
+    let run = |name: &str| {
+        spans
+            .iter()
+            .find(|s| s["name"] == name)
+            .unwrap_or_else(|| panic!("no {name}: {spans:#?}"))
+    };
+    let first = run("POST /v1/routes/mes/messages");
+    let again = run("replay mes");
+    assert_eq!(first["parent"], caller_span);
+    assert_eq!(first["status"], 2, "rejected: {first}");
+    assert_eq!(
+        again["parent"], caller_span,
+        "the same parent as the first run"
+    );
+    assert_eq!(again["status"], 1, "{again}");
+    let steps: Vec<_> = spans
+        .iter()
+        .filter(|s| s["name"] == "step 1 mes-fixed-width")
+        .map(|s| {
+            (
+                s["parent"].clone(),
+                s["attributes"]["millrace.decision"].clone(),
+            )
+        })
+        .collect();
+    assert!(
+        steps.contains(&(first["id"].clone(), "rejected".into()))
+            && steps.contains(&(again["id"].clone(), "outputs".into())),
+        "{steps:?}"
+    );
+    let delivered = downstream.received();
+    assert_eq!(delivered.len(), 1);
+    assert_eq!(
+        delivered[0].header("traceparent"),
+        Some(format!("00-{trace}-{}-01", again["id"].as_str().unwrap()).as_str())
+    );
+}

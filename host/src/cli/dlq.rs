@@ -209,11 +209,30 @@ fn replay_inner(
             body: entry.body.clone(),
         };
         let label = format!("dead letter {} (message {})", entry.id, entry.message_id);
+        // A replay is a span of the trace the message came with (when traces are exported).
+        let mut span = crate::pipeline::source_span(
+            &route,
+            &message,
+            format!("replay {}", route.name),
+            crate::telemetry::trace::Kind::Internal,
+        );
+        if let Some(span) = &mut span {
+            span.set("millrace.dead_letter.id", entry.id);
+            span.set("millrace.dry_run", dry_run);
+        }
+        let end = |span: Option<crate::telemetry::trace::Span>, failed: Option<String>| {
+            if let Some(mut span) = span {
+                if let Some(why) = failed {
+                    span.fail(why);
+                }
+                span.end();
+            }
+        };
         let ask = crate::pipeline::Ask {
             when_busy: crate::pipeline::WhenBusy::Wait,
             on_failure: crate::pipeline::OnFailure::Caller,
             settled: None,
-            trace: None,
+            trace: span.as_ref().map(|s| s.context.clone()),
         };
         let outputs = match runtime.block_on(pipeline.mediate(&route, message, ask)) {
             Ok(outputs) => outputs,
@@ -228,12 +247,14 @@ fn replay_inner(
                     failure.plugin.version,
                     failure.reason()
                 );
+                end(span, Some(failure.reason()));
                 continue;
             }
             Err(other) => return Err(format!("{label}: not mediated: {other:?}")),
         };
         if dry_run {
             show_outputs(&label, &outputs);
+            end(span, None);
             continue;
         }
         let sent = runtime.block_on(pipeline.sinks.deliver(
@@ -243,6 +264,7 @@ fn replay_inner(
         ));
         match sent {
             Ok(done) => {
+                end(span, None);
                 store.mark_replayed(entry.id).map_err(|e| e.to_string())?;
                 delivered += 1;
                 match done {
@@ -261,9 +283,11 @@ fn replay_inner(
             Err(e) => {
                 failed += 1;
                 println!("{label}: not delivered: {e}");
+                end(span, Some(e.to_string()));
             }
         }
     }
+    crate::telemetry::trace::tracer().flush(std::time::Duration::from_secs(5));
     if dry_run {
         println!(
             "dry run: {} of {} would deliver; nothing was delivered or marked",
