@@ -121,25 +121,27 @@ impl<M: Clone + Default> Family<M> {
     }
 
     fn label_text(&self, values: &[String], extra: Option<(&str, &str)>) -> String {
-        let mut out = String::new();
-        let pairs = self
-            .labels
-            .iter()
-            .copied()
-            .zip(values.iter().map(String::as_str))
-            .chain(extra);
-        for (i, (name, value)) in pairs.enumerate() {
-            if i > 0 {
-                out.push(',');
-            }
-            let _ = write!(out, "{name}=\"{}\"", escape(value));
-        }
-        if out.is_empty() {
-            out
-        } else {
-            format!("{{{out}}}")
-        }
+        label_set(
+            self.labels
+                .iter()
+                .copied()
+                .zip(values.iter().map(String::as_str))
+                .chain(extra),
+        )
     }
+}
+
+/// `{name="value",…}` (escaped), or nothing when there are no labels.
+fn label_set<'a>(pairs: impl Iterator<Item = (&'a str, &'a str)>) -> String {
+    let mut out = String::new();
+    for (i, (name, value)) in pairs.enumerate() {
+        out.push(if i == 0 { '{' } else { ',' });
+        let _ = write!(out, "{name}=\"{}\"", escape(value));
+    }
+    if !out.is_empty() {
+        out.push('}');
+    }
+    out
 }
 
 impl Family<Counter> {
@@ -199,16 +201,12 @@ pub fn write_sampled(
     let _ = writeln!(out, "# HELP {name} {help}");
     let _ = writeln!(out, "# TYPE {name} {kind}");
     for (values, value) in samples {
-        let pairs: Vec<String> = labels
-            .iter()
-            .zip(values)
-            .map(|(l, v)| format!("{l}=\"{}\"", escape(v)))
-            .collect();
-        let labels = if pairs.is_empty() {
-            String::new()
-        } else {
-            format!("{{{}}}", pairs.join(","))
-        };
+        let labels = label_set(
+            labels
+                .iter()
+                .copied()
+                .zip(values.iter().map(String::as_str)),
+        );
         let _ = writeln!(out, "{name}{labels} {value}");
     }
 }

@@ -57,7 +57,7 @@ impl SpanContext {
             trace_id,
             span_id,
             sampled: flags[0] & 1 == 1,
-            state: tracestate.unwrap_or_default().trim().to_string(),
+            state: bounded_state(tracestate.unwrap_or_default()),
         })
     }
 
@@ -100,6 +100,21 @@ impl SpanContext {
         })
     }
 }
+
+/// A `tracestate` as the sender wrote it, or nothing when it is past W3C's bounds (512 bytes,
+/// 32 members): it is copied into every span and every output, so a sender cannot make it cost
+/// more than that.
+fn bounded_state(tracestate: &str) -> String {
+    let state = tracestate.trim();
+    if state.len() > MAX_TRACESTATE_BYTES || state.split(',').count() > MAX_TRACESTATE_MEMBERS {
+        return String::new();
+    }
+    state.to_string()
+}
+
+/// W3C Trace Context's bounds on `tracestate`.
+const MAX_TRACESTATE_BYTES: usize = 512;
+const MAX_TRACESTATE_MEMBERS: usize = 32;
 
 /// Lower-case hex only, as the W3C format wants.
 fn hex_lower(text: &str) -> Option<Vec<u8>> {
@@ -679,6 +694,15 @@ mod tests {
         assert!(c.sampled);
         assert_eq!(c.traceparent(), t);
         assert_eq!(c.state, "congo=t61rcWkgMzE");
+        // A hostile tracestate is not carried on.
+        let long = "k=".to_string() + &"v".repeat(600);
+        let many = (0..40)
+            .map(|i| format!("k{i}=v"))
+            .collect::<Vec<_>>()
+            .join(",");
+        for state in [long, many] {
+            assert_eq!(SpanContext::parse(t, Some(&state)).unwrap().state, "");
+        }
         for bad in [
             "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
             "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",
