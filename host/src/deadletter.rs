@@ -224,6 +224,23 @@ impl DeadLetterStore {
         )
     }
 
+    /// The latest `limit` entries, the newest first (replayed ones too).
+    pub fn latest(&self, limit: u32) -> Result<Vec<DeadLetter>, DeadLetterError> {
+        self.select(
+            "WHERE (?1 IS NULL OR route = ?1) ORDER BY id DESC LIMIT ?2",
+            None,
+            limit,
+        )
+    }
+
+    /// Entry `id`, if kept.
+    pub fn get(&self, id: i64) -> Result<Option<DeadLetter>, DeadLetterError> {
+        let id = id.to_string();
+        Ok(self
+            .select("WHERE id = CAST(?1 AS INTEGER) LIMIT ?2", Some(&id), 1)?
+            .pop())
+    }
+
     /// Per plant and route, the entries not replayed yet: how many, and the age in seconds of
     /// the oldest.
     pub fn waiting(&self) -> Result<Vec<(String, String, u64, f64)>, DeadLetterError> {

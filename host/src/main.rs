@@ -13,6 +13,9 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
     let args = cli::args::Cli::parse();
-    telemetry::init();
+    // `run` sets up logging once its configuration is read (`[telemetry] log_format`).
+    if !args.runs_host() {
+        telemetry::init(telemetry::json_from_env().unwrap_or(false));
+    }
     ExitCode::from(cli::args::dispatch(args) as u8)
 }

@@ -128,6 +128,26 @@ impl Route {
         }
     }
 
+    /// This route for a dry run: steps that keep state run on a private, empty state, and no
+    /// series counts the run.
+    pub fn isolated(&self, engine: &PluginEngine) -> Result<Route, String> {
+        let mut steps = Vec::with_capacity(self.steps.len());
+        for step in &self.steps {
+            if step
+                .grants
+                .contains(&crate::plugin::capability::Capability::State)
+            {
+                let own = step.isolated(engine).map_err(|e| e.to_string())?;
+                steps.push(Arc::new(own));
+            } else {
+                steps.push(Arc::clone(step));
+            }
+        }
+        let mut route = Route::with_steps(base_of!(self), steps);
+        route.meters = crate::telemetry::metrics::RouteMeters::unregistered(&route.meters);
+        Ok(route)
+    }
+
     /// Whether `other` is the same route: the same transports, names, bounds and step versions.
     pub fn same_as(&self, other: &Route) -> bool {
         self.name == other.name

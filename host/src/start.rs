@@ -188,6 +188,7 @@ impl Host {
             quarantines,
             state,
             config_path: config.path.clone(),
+            data_dir: config.data_dir.clone(),
             restart_only: config.restart_only(),
             connections: config.connections,
             transports: vec![
@@ -248,6 +249,11 @@ pub async fn run(
     admin: Option<SocketAddr>,
     insecure_admin: bool,
 ) -> Result<(), StartError> {
+    // Lineage first, so the first message's path is kept; a store that cannot be opened leaves
+    // it off and says so (messages flow regardless).
+    if let Err(e) = crate::lineage::start(&config.data_dir, config.telemetry.lineage) {
+        tracing::error!(error = %e, "message lineage is off");
+    }
     let host = tokio::task::block_in_place(|| Host::start(&config))?;
     if let Some((hits, misses)) = host.control.deployer.engine().cache_stats() {
         tracing::info!(hits, misses, "plugins loaded (compile cache hits/misses)");
@@ -306,6 +312,10 @@ pub async fn run(
         .watch_config
         .then(|| crate::control::reload::watch_file(&config.path, config.settle))
         .flatten();
+    background.spawn(crate::telemetry::series::run(
+        Arc::clone(&host.pipeline.routes),
+        stopped.clone(),
+    ));
     background.spawn(crate::control::reload::serve(
         Arc::clone(&host.control),
         config_file,
@@ -379,7 +389,8 @@ pub async fn run(
     while background.join_next().await.is_some() {}
     // Spans of the last messages go out before the process ends.
     tokio::task::block_in_place(|| {
-        crate::telemetry::trace::tracer().flush(std::time::Duration::from_secs(5))
+        crate::telemetry::trace::tracer().flush(std::time::Duration::from_secs(5));
+        crate::lineage::flush(std::time::Duration::from_secs(5));
     });
     tracing::info!("millrace stopped");
     Ok(())

@@ -388,7 +388,7 @@ async fn handle_received(
             let delivered = amqp
                 .pipeline
                 .sinks
-                .deliver(route, outputs, Via::Direct)
+                .deliver(route, &id, outputs, Via::Direct)
                 .await;
             match delivered {
                 Ok(_) => Ok(Outcome::Settled),
@@ -419,7 +419,17 @@ async fn handle_received(
             publisher
                 .dead_letter(route, &arrived, attempt, &Verdict::failed(&failure))
                 .await
-                .map(|()| Outcome::Settled)
+                .map(|()| {
+                    chain::noted_dead_letter(
+                        route,
+                        &id,
+                        &[],
+                        ("broker", None),
+                        failure.dead_letter_kind().map_or("failed", |k| k.as_str()),
+                        &failure.reason(),
+                    );
+                    Outcome::Settled
+                })
                 .map_err(|e| (e.to_string(), e.channel_lost()))
         }
     };
@@ -466,6 +476,7 @@ async fn retry_or_give_up(
 ) -> Result<Outcome, (String, bool)> {
     if attempt >= route.amqp.max_attempts {
         tracing::warn!(route = %route.name, message_id = %arrived.message_id, attempt, "attempts used up, dead-lettered: {why}");
+        let reason = format!("{attempt} attempts failed; the last: {why}");
         return publisher
             .dead_letter(
                 route,
@@ -474,7 +485,17 @@ async fn retry_or_give_up(
                 &Verdict::exhausted(attempt, why, failure),
             )
             .await
-            .map(|()| Outcome::Settled)
+            .map(|()| {
+                chain::noted_dead_letter(
+                    route,
+                    arrived.message_id,
+                    &[],
+                    ("broker", None),
+                    "attempts-exhausted",
+                    &reason,
+                );
+                Outcome::Settled
+            })
             .map_err(|e| (e.to_string(), e.channel_lost()));
     }
     let delay = route.amqp.retry_delay_after(attempt);
@@ -483,7 +504,7 @@ async fn retry_or_give_up(
         .retry(route, arrived, attempt, delay, &why)
         .await
         .map(|()| {
-            crate::pipeline::retried(route, attempt);
+            crate::pipeline::retried(route, arrived.message_id, attempt, &why);
             Outcome::Parked
         })
         .map_err(|e| (e.to_string(), e.channel_lost()))

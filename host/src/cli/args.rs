@@ -12,6 +12,13 @@ pub struct Cli {
     command: Command,
 }
 
+impl Cli {
+    /// Whether the command runs the host (which sets up its own logging from its configuration).
+    pub fn runs_host(&self) -> bool {
+        matches!(self.command, Command::Run { .. })
+    }
+}
+
 #[derive(Subcommand)]
 pub enum Command {
     /// Run the host: serve every configured route until SIGTERM/SIGINT.
@@ -43,6 +50,18 @@ pub enum Command {
     Dlq {
         #[command(subcommand)]
         command: DlqCommand,
+    },
+    /// The path of a message: each step (plugin@version, digest, duration, decision), where
+    /// its outputs went or the dead letter it became, retries and replays, then the paths of
+    /// its outputs taken in again. Reads DATA_DIR/lineage.db (works while the host runs or not).
+    Trace {
+        /// The message id.
+        id: String,
+        #[arg(long, default_value = "millrace.toml")]
+        config: PathBuf,
+        /// Print the path as JSON.
+        #[arg(long)]
+        json: bool,
     },
     /// Credentials for the admin API.
     Admin {
@@ -336,6 +355,7 @@ pub fn dispatch(cli: Cli) -> i32 {
         Command::Admin {
             command: AdminCommand::Token { name, role, plants },
         } => super::admin_token(&name, &role, &plants),
+        Command::Trace { id, config, json } => super::trace::trace(&config, &id, json),
         Command::Dlq {
             command:
                 DlqCommand::List {

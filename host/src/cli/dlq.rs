@@ -115,6 +115,10 @@ fn replay_inner(
     dry_run: bool,
 ) -> Result<i32, String> {
     let config = Config::load(config_path).map_err(|e| e.to_string())?;
+    // A replay is part of each message's path; a dry run leaves no trace of itself.
+    if !dry_run {
+        crate::lineage::start(&config.data_dir, config.telemetry.lineage)?;
+    }
     let engine = PluginEngine::new(Some(&config.data_dir.join("compile-cache")))
         .map_err(|e| format!("{e:#}"))?;
     // A dry run must not change the plants' state: its stateful steps see an empty state.
@@ -134,7 +138,9 @@ fn replay_inner(
         .get(route_name)
         .ok_or_else(|| format!("no route {route_name:?} in {}", config.path.display()))?;
     if route.source == crate::config::Source::Amqp {
-        return crate::amqp::replay::replay(&config, &route, limit, dry_run, &show_outputs);
+        let replayed = crate::amqp::replay::replay(&config, &route, limit, dry_run, &show_outputs);
+        crate::lineage::flush(std::time::Duration::from_secs(5));
+        return replayed;
     }
     if route.sink == crate::config::Sink::Reply && !dry_run {
         return Err(format!(
@@ -228,6 +234,17 @@ fn replay_inner(
                 span.end();
             }
         };
+        if !dry_run {
+            crate::lineage::note(crate::lineage::of(
+                &route,
+                &entry.message_id,
+                span.as_ref().map(|s| s.context.trace_id),
+                crate::lineage::Event::Replayed {
+                    dead_letter: Some(entry.id),
+                    by: "millrace dlq replay".into(),
+                },
+            ));
+        }
         let ask = crate::pipeline::Ask {
             when_busy: crate::pipeline::WhenBusy::Wait,
             on_failure: crate::pipeline::OnFailure::Caller,
@@ -259,6 +276,7 @@ fn replay_inner(
         }
         let sent = runtime.block_on(pipeline.sinks.deliver(
             &route,
+            &entry.message_id,
             outputs,
             crate::pipeline::sinks::Via::Held,
         ));
@@ -288,6 +306,7 @@ fn replay_inner(
         }
     }
     crate::telemetry::trace::tracer().flush(std::time::Duration::from_secs(5));
+    crate::lineage::flush(std::time::Duration::from_secs(5));
     if dry_run {
         println!(
             "dry run: {} of {} would deliver; nothing was delivered or marked",

@@ -7,6 +7,7 @@ pub mod check;
 pub mod dlq;
 pub mod plugin;
 pub mod run;
+pub mod trace;
 
 pub use admin::{ADMIN_CA_ENV, ADMIN_TOKEN_ENV, admin_call, admin_token, deploy};
 pub use check::check;

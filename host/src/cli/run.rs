@@ -19,6 +19,8 @@ pub fn run(
             return 1;
         }
     };
+    crate::telemetry::init(crate::telemetry::json_from_env().unwrap_or(config.telemetry.log_json));
+    crate::telemetry::trace::configure(&config.telemetry.otel);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

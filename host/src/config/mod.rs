@@ -20,6 +20,7 @@ mod diagnostics;
 mod host;
 mod plants;
 mod routes;
+pub mod telemetry;
 
 use diagnostics::unlocated;
 pub use diagnostics::{ConfigError, ConfigErrors, Diagnostics, Location};
@@ -41,6 +42,8 @@ struct File {
     mqtt_tls: Option<LinkTlsSection>,
     #[serde(default)]
     limits: LimitsSection,
+    #[serde(default)]
+    telemetry: telemetry::TelemetrySection,
     #[serde(default)]
     plants: BTreeMap<Spanned<String>, PlantSection>,
     #[serde(default)]
@@ -348,6 +351,8 @@ pub struct Config {
     /// (`[plants.P.trust]`).
     pub trust: BTreeMap<String, crate::plugin::signature::TrustPolicy>,
     pub routes: Vec<RouteConfig>,
+    /// `[telemetry]`: lineage, log format, trace export.
+    pub telemetry: telemetry::Telemetry,
 }
 
 /// The admin API's credentials (`[admin]`).
@@ -405,6 +410,7 @@ impl Config {
         vec![
             ("host.http", self.http.to_string()),
             ("host.admin", format!("{:?}", self.admin)),
+            ("[telemetry]", self.telemetry.fingerprint()),
             ("host.data_dir", self.data_dir.display().to_string()),
             ("host.max_in_flight", self.max_in_flight.to_string()),
             ("host.amqp", format!("{:?}", self.amqp)),
@@ -554,6 +560,7 @@ impl Config {
         };
 
         let host = host::read(&mut diag, &dir, &file);
+        let telemetry = telemetry::read(&mut diag, &file.telemetry);
         let plants = plants::read(&mut diag, &dir, &file.plants, host.max_in_flight);
         let routes = routes::read(&mut diag, &dir, &file, &host, &plants);
         if routes.is_empty() {
@@ -634,6 +641,7 @@ impl Config {
             plant_limits,
             trust,
             routes,
+            telemetry,
         })
     }
 }

@@ -161,7 +161,7 @@ pub async fn serve(
 }
 
 /// A refusal before anything was done, as a problem document.
-fn denied(denied: Denied) -> Problem {
+pub(super) fn denied(denied: Denied) -> Problem {
     let (status, kind, title) = match &denied {
         Denied::Unauthenticated(_) => (
             StatusCode::UNAUTHORIZED,
@@ -190,6 +190,12 @@ async fn handle(api: &AdminApi, req: Request<Incoming>, peer: SocketAddr) -> Res
         ["v1", "plants", plant, ..] => Some(plant.to_string()),
         _ => None,
     };
+    // The console's own files hold no data: served to anyone, never audited.
+    if method == Method::GET
+        && let Some(asset) = super::console::asset(&path)
+    {
+        return asset;
+    }
     let who = api.access.authenticate(req.headers(), api.bound);
     let outcome = match &who {
         Ok(who) => route(api, who, req, &query).await,
@@ -312,6 +318,48 @@ async fn route(
                 })
                 .collect();
             json(StatusCode::OK, &entries)
+        }
+        (Method::GET, ["v1", "overview"]) => {
+            json(StatusCode::OK, &super::observe::overview(control, who))
+        }
+        (Method::GET, ["v1", "messages"]) => json(
+            StatusCode::OK,
+            &tokio::task::block_in_place(|| {
+                super::observe::messages(control, who, &form_urlencoded(query))
+            })?,
+        ),
+        (Method::GET, ["v1", "messages", id]) => {
+            let id = crate::percent::decode(id);
+            let path = tokio::task::block_in_place(|| super::observe::message(control, who, &id))?;
+            json(StatusCode::OK, &path)
+        }
+        (Method::GET, ["v1", "dead-letters"]) => json(
+            StatusCode::OK,
+            &tokio::task::block_in_place(|| {
+                super::observe::dead_letters(control, who, &form_urlencoded(query))
+            })?,
+        ),
+        (Method::POST, ["v1", "dead-letters", id, "replay"]) => {
+            // The role now; the plant once the dead letter is read (`observe::replay`).
+            if who.role < Role::Operator {
+                return Err(denied(Denied::Forbidden(format!(
+                    "{} is a {} and replaying needs an operator",
+                    who.name,
+                    who.role.as_str()
+                ))));
+            }
+            let id: i64 = id
+                .parse()
+                .map_err(|_| Problem::bad_request(format!("{id:?} is not a dead-letter id")))?;
+            auth::typed(req.headers(), &["application/json"]).map_err(denied)?;
+            let bytes = small_body(control, req).await?;
+            let doc: serde_json::Value = serde_json::from_slice(&bytes)
+                .map_err(|e| Problem::bad_request(format!("body is not JSON: {e}")))?;
+            let dry_run = doc["dry_run"].as_bool().ok_or_else(|| {
+                Problem::bad_request("give {\"dry_run\": true} or {\"dry_run\": false}")
+            })?;
+            let done = super::observe::replay(control, who, id, dry_run).await?;
+            json(StatusCode::OK, &done)
         }
         (Method::GET, ["metrics"]) => Response::builder()
             .header(
@@ -465,6 +513,19 @@ fn form_urlencoded(query: &str) -> Vec<(String, String)> {
             None => (decode(p), String::new()),
         })
         .collect()
+}
+
+/// A request's JSON body, at most 64 KiB.
+async fn small_body(control: &Control, req: Request<Incoming>) -> Result<Vec<u8>, Problem> {
+    const MAX: usize = 64 << 10;
+    let read = tokio::time::timeout(
+        control.connections.body_timeout,
+        Limited::new(req.into_body(), MAX).collect(),
+    )
+    .await
+    .map_err(|_| Problem::request_timeout(control.connections.body_timeout))?;
+    read.map(|b| b.to_bytes().to_vec())
+        .map_err(|_| Problem::bad_request("the body is over 64 KiB"))
 }
 
 async fn body(control: &Control, req: Request<Incoming>) -> Result<Vec<u8>, Problem> {

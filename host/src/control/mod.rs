@@ -7,8 +7,10 @@
 pub mod api;
 pub mod audit;
 pub mod auth;
+pub mod console;
 pub mod deploy;
 pub mod drop;
+pub mod observe;
 pub mod registry;
 pub mod reload;
 mod watch;
@@ -28,6 +30,8 @@ pub struct Control {
     pub state: Arc<StateStore>,
     /// The configuration file, read again by a reload.
     pub config_path: std::path::PathBuf,
+    /// The data directory (the stores the admin API reads: lineage).
+    pub data_dir: std::path::PathBuf,
     /// The settings only a restart applies, as started.
     pub restart_only: Vec<(&'static str, String)>,
     /// What the listeners accept (the admin API's body timeout).

@@ -105,6 +105,11 @@ impl Problem {
         .with("accepted", accepted.to_vec())
     }
 
+    /// The request conflicts with the state of what it names (409).
+    pub fn conflict(detail: impl Into<String>) -> Problem {
+        Problem::new(StatusCode::CONFLICT, "conflict", "Conflict", detail)
+    }
+
     pub fn bad_request(detail: impl Into<String>) -> Problem {
         Problem::new(
             StatusCode::BAD_REQUEST,

@@ -403,7 +403,7 @@ async fn answer(
     };
     tracing::debug!(route = %route.name, message_id = %id, "mediated");
     let ids: Vec<String> = outputs.iter().map(|o| o.id.clone()).collect();
-    let answer = match pipeline.sinks.deliver(route, outputs, Via::Held).await {
+    let answer = match pipeline.sinks.deliver(route, &id, outputs, Via::Held).await {
         Ok(Delivered::Reply(outputs)) => Ok(super::reply::respond(&id, outputs)),
         Ok(Delivered::Webhook(n) | Delivered::Published(n)) => Ok(delivered_response(&id, &ids, n)),
         Ok(Delivered::Held { waiting, .. }) => Ok(held_response(&id, &ids, waiting)),

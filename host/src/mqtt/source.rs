@@ -345,7 +345,11 @@ async fn handle(mqtt: Arc<super::Mqtt>, next: InHand) {
                 arrived.settle.settled();
                 return;
             }
-            Ok(outputs) => match pipeline.sinks.deliver(&route, outputs, Via::Held).await {
+            Ok(outputs) => match pipeline
+                .sinks
+                .deliver(&route, &id, outputs, Via::Held)
+                .await
+            {
                 Ok(_) => break,
                 Err(e) => (e.to_string(), None),
             },
@@ -389,7 +393,7 @@ async fn handle(mqtt: Arc<super::Mqtt>, next: InHand) {
             return;
         }
         let delay = route.mqtt.retry_delay_after(attempt);
-        crate::pipeline::retried(&route, attempt);
+        crate::pipeline::retried(&route, &id, attempt, &why);
         tracing::info!(route = %route.name, message_id = %id, attempt, retry_in_ms = delay.as_millis() as u64, "transient failure, retrying later: {why}");
         tokio::time::sleep(delay).await;
         attempt += 1;

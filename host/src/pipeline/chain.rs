@@ -4,7 +4,7 @@
 use crate::deadletter::{DeadLetter, DeadLetterError, DeadLetterStore, Kind};
 use crate::plugin::bindings::types::Message;
 use crate::plugin::bounds::{Breach, output_bytes};
-use crate::plugin::{Budget, PluginId, StepFailure};
+use crate::plugin::{Budget, CallFacts, PluginId, StepFailure};
 use crate::route::Route;
 use crate::telemetry::trace::{self, SpanContext};
 
@@ -60,10 +60,26 @@ impl Failure {
 ///
 /// With `trace` (the message's span), each call is a child span, and every output carries the
 /// message's span as its `traceparent` (header, and attribute of a structured CloudEvent).
+/// When lineage is kept, the run is noted (`mediated` or `failed`, each step's call).
 pub fn run(
     route: &Route,
     input: &Message,
     trace: Option<&SpanContext>,
+) -> Result<Vec<Message>, Box<Failure>> {
+    let mut hops = crate::lineage::enabled().then(Vec::new);
+    let _current = trace::Current::enter(trace);
+    let ran = run_steps(route, input, trace, hops.as_mut());
+    if let Some(steps) = hops {
+        noted(route, input, trace, steps, &ran);
+    }
+    ran
+}
+
+fn run_steps(
+    route: &Route,
+    input: &Message,
+    trace: Option<&SpanContext>,
+    mut hops: Option<&mut Vec<crate::lineage::StepHop>>,
 ) -> Result<Vec<Message>, Box<Failure>> {
     let started = std::time::Instant::now();
     let budget = route.budget;
@@ -99,20 +115,33 @@ pub fn run(
                 )
             });
             let called = std::time::Instant::now();
-            let outputs = step.mediate_within(
+            let mut facts = CallFacts::default();
+            let outputs = step.mediate_noted(
                 message,
                 Some(Budget {
                     total: budget.time,
                     left,
                 }),
+                &mut facts,
             );
             meters.latency.since(called);
             if let Some(mut span) = span.take() {
-                step_span(&mut span, index, step, &outputs);
+                step_span(&mut span, index, step, &outputs, facts);
                 span.end();
+            }
+            if let Some(hops) = hops.as_deref_mut() {
+                hops.push(step_hop(index, step, called, &outputs, facts));
             }
             let outputs = outputs.map_err(|failure| {
                 meters.error.inc();
+                if let StepFailure::Rejected(r) = &failure
+                    && is_hold(&r.reason)
+                {
+                    crate::telemetry::metrics()
+                        .holds
+                        .with(&[&route.plant, &route.name, &step.id.name])
+                        .inc();
+                }
                 failed(failure)
             })?;
             meters.sent.add(outputs.len() as u64);
@@ -146,17 +175,29 @@ pub fn run(
     Ok(messages)
 }
 
-/// A step's span: the plugin version it ran and what it decided.
+/// Whether a rejection is a quality hold: its reason says a lot (or the message) is on hold —
+/// the convention policy plugins follow (docs/observability.md).
+pub fn is_hold(reason: &str) -> bool {
+    reason.to_ascii_lowercase().contains("on hold")
+}
+
+/// A step's span: the plugin version it ran, what it decided, the instance it ran on.
 fn step_span(
     span: &mut trace::Span,
     index: usize,
     step: &crate::plugin::StepRuntime,
     outputs: &Result<Vec<Message>, crate::plugin::StepFailure>,
+    facts: CallFacts,
 ) {
     span.set("millrace.step", index as i64 + 1);
     span.set("millrace.plugin.name", step.id.name.as_str());
     span.set("millrace.plugin.version", step.id.version.as_str());
     span.set("millrace.plugin.digest", step.id.digest.as_str());
+    span.set(
+        "millrace.instance",
+        if facts.fresh { "fresh" } else { "reused" },
+    );
+    span.set("millrace.memory_bytes", facts.memory_bytes as i64);
     match outputs {
         Ok(outputs) => {
             span.set("millrace.decision", "outputs");
@@ -167,6 +208,107 @@ fn step_span(
             span.fail(failure.kind());
         }
     }
+}
+
+/// A step's call as lineage keeps it.
+fn step_hop(
+    index: usize,
+    step: &crate::plugin::StepRuntime,
+    called: std::time::Instant,
+    outputs: &Result<Vec<Message>, StepFailure>,
+    facts: CallFacts,
+) -> crate::lineage::StepHop {
+    crate::lineage::StepHop {
+        step: index as u32 + 1,
+        plugin: step.id.name.clone(),
+        version: step.id.version.clone(),
+        digest: step.id.digest.clone(),
+        duration_us: called.elapsed().as_micros() as u64,
+        decision: match outputs {
+            Ok(_) => "outputs".to_string(),
+            Err(f) => f.kind().to_string(),
+        },
+        outputs: outputs.as_ref().map_or(0, Vec::len),
+        instance: if facts.fresh { "fresh" } else { "reused" }.to_string(),
+        memory_bytes: facts.memory_bytes,
+    }
+}
+
+/// Note the run of `input` on `route` in its lineage.
+fn noted(
+    route: &Route,
+    input: &Message,
+    trace: Option<&SpanContext>,
+    steps: Vec<crate::lineage::StepHop>,
+    ran: &Result<Vec<Message>, Box<Failure>>,
+) {
+    use crate::lineage::{Event, MAX_OUTPUT_IDS, MAX_REASON_BYTES, bounded, may_name_subject};
+    let source = route.source.as_str().to_string();
+    let mut subject_from = Vec::new();
+    let event = match ran {
+        Ok(outputs) => {
+            for output in outputs {
+                if may_name_subject(&output.content_type, &output.body) {
+                    subject_from.push(output.body.clone());
+                    break;
+                }
+            }
+            Event::Mediated {
+                source,
+                steps,
+                outputs: outputs
+                    .iter()
+                    .take(MAX_OUTPUT_IDS)
+                    .map(|o| o.id.clone())
+                    .collect(),
+                more_outputs: outputs.len().saturating_sub(MAX_OUTPUT_IDS),
+            }
+        }
+        Err(failure) => Event::Failed {
+            source,
+            steps,
+            step: failure.step,
+            kind: failure.failure.kind().to_string(),
+            reason: bounded(&failure.reason(), MAX_REASON_BYTES),
+        },
+    };
+    if may_name_subject(&input.content_type, &input.body) {
+        subject_from.push(input.body.clone());
+    }
+    let mut note = crate::lineage::of(route, &input.id, trace.map(|t| t.trace_id), event);
+    note.subject = input
+        .headers
+        .iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case("ce-subject"))
+        .map(|(_, v)| bounded(v, crate::lineage::MAX_SUBJECT_BYTES));
+    note.subject_from = subject_from;
+    crate::lineage::note(note);
+}
+
+/// Note that `message_id` of `route` became dead letter `id` (`None`: in the broker's queue).
+pub fn noted_dead_letter(
+    route: &Route,
+    message_id: &str,
+    headers: &[(String, String)],
+    (store, id): (&'static str, Option<i64>),
+    kind: &str,
+    reason: &str,
+) {
+    if !crate::lineage::enabled() {
+        return;
+    }
+    let trace_id = SpanContext::from_headers(headers).map(|c| c.trace_id);
+    crate::lineage::note(crate::lineage::of(
+        route,
+        message_id,
+        trace_id,
+        crate::lineage::Event::DeadLettered {
+            store,
+            dead_letter: id,
+            kind: kind.to_string(),
+            reason: crate::lineage::bounded(reason, crate::lineage::MAX_REASON_BYTES),
+        },
+    ));
 }
 
 /// The dead letter of `input` on `route`, failed at `(step, plugin)`.
@@ -217,6 +359,14 @@ pub fn dead_letter_refused(
     let entry = entry(route, input, (0, source), Kind::Limit, reason, (None, None));
     let id = store.record(&entry)?;
     counted(route, Kind::Limit.as_str());
+    noted_dead_letter(
+        route,
+        &input.id,
+        &input.headers,
+        ("local", Some(id)),
+        Kind::Limit.as_str(),
+        &entry.reason,
+    );
     tracing::warn!(plant = %route.plant, route = %route.name, message_id = %input.id, dead_letter = id, "dead-lettered: {}", entry.reason);
     Ok(id)
 }
@@ -260,6 +410,14 @@ pub fn dead_letter_exhausted(
     );
     let id = store.record(&entry)?;
     counted(route, Kind::AttemptsExhausted.as_str());
+    noted_dead_letter(
+        route,
+        &input.id,
+        &input.headers,
+        ("local", Some(id)),
+        Kind::AttemptsExhausted.as_str(),
+        &entry.reason,
+    );
     tracing::warn!(plant = %route.plant, route = %route.name, message_id = %input.id, attempts, dead_letter = id, "dead-lettered: {}", entry.reason);
     Ok(id)
 }
@@ -288,6 +446,14 @@ pub fn dead_letter(
     );
     let id = store.record(&entry)?;
     counted(route, kind.as_str());
+    noted_dead_letter(
+        route,
+        &input.id,
+        &input.headers,
+        ("local", Some(id)),
+        kind.as_str(),
+        &entry.reason,
+    );
     tracing::warn!(
         plant = %route.plant, route = %route.name, message_id = %input.id, step = failure.step,
         plugin = %failure.plugin.name, version = %failure.plugin.version, kind = kind.as_str(), dead_letter = id,

@@ -169,12 +169,24 @@ pub fn source_span(
     Some(span)
 }
 
-/// Count a transient failure of `attempt` sent round again (`millrace_retries_total`).
-pub fn retried(route: &Route, attempt: u32) {
+/// Count a transient failure of `attempt` of `message_id` sent round again
+/// (`millrace_retries_total`), and note it in the message's lineage.
+pub fn retried(route: &Route, message_id: &str, attempt: u32, why: &str) {
     crate::telemetry::metrics()
         .retries
         .with(&[&route.plant, &route.name, &attempt.to_string()])
         .inc();
+    if crate::lineage::enabled() {
+        crate::lineage::note(crate::lineage::of(
+            route,
+            message_id,
+            None,
+            crate::lineage::Event::Retry {
+                attempt,
+                reason: crate::lineage::bounded(why, crate::lineage::MAX_REASON_BYTES),
+            },
+        ));
+    }
 }
 
 /// Whether `settled` says the message was settled before (an unreadable store mediates).

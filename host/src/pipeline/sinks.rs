@@ -109,9 +109,50 @@ impl Sinks {
         self.by_kind.insert(kind, sink);
     }
 
-    /// Deliver `outputs` of `route` to its sink, counted in the route's `output_*` series (held
-    /// durably counts as sent: the hold delivers it).
+    /// Deliver `outputs` of `route` (made of message `of`) to its sink, counted in the route's
+    /// `output_*` series (held durably counts as sent: the hold delivers it) and noted in the
+    /// message's lineage.
     pub async fn deliver(
+        &self,
+        route: &Route,
+        of: &str,
+        outputs: Vec<Message>,
+        via: Via,
+    ) -> Result<Delivered, DeliveryError> {
+        let delivered = self.deliver_counted(route, outputs, via).await;
+        if crate::lineage::enabled() {
+            use crate::lineage::Event;
+            let sink = route.sink.as_str().to_string();
+            let event = match &delivered {
+                Ok(Delivered::Reply(o)) => Event::Delivered {
+                    sink,
+                    outcome: "reply",
+                    count: o.len(),
+                },
+                Ok(Delivered::Held { accepted, .. }) => Event::Delivered {
+                    sink,
+                    outcome: "held",
+                    count: *accepted,
+                },
+                Ok(Delivered::Webhook(n) | Delivered::Published(n)) => Event::Delivered {
+                    sink,
+                    outcome: "delivered",
+                    count: *n,
+                },
+                Err(e) => Event::NotDelivered {
+                    sink,
+                    reason: crate::lineage::bounded(
+                        &e.to_string(),
+                        crate::lineage::MAX_REASON_BYTES,
+                    ),
+                },
+            };
+            crate::lineage::note(crate::lineage::of(route, of, None, event));
+        }
+        delivered
+    }
+
+    async fn deliver_counted(
         &self,
         route: &Route,
         outputs: Vec<Message>,

@@ -403,6 +403,14 @@ impl StepFailure {
     }
 }
 
+/// What one call ran on: a new instance or a pooled one, and the instance's linear memory
+/// after the call (bytes).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CallFacts {
+    pub fresh: bool,
+    pub memory_bytes: u64,
+}
+
 /// What a step is, apart from its plugin: where it runs, what it may use, its limits.
 pub struct StepSpec<'a> {
     pub plant: &'a str,
@@ -558,6 +566,27 @@ impl StepRuntime {
         )
     }
 
+    /// The same step on a private, empty state and no breaker: what a dry run uses, so it
+    /// cannot change the plant's state or trip the step's quarantine.
+    pub fn isolated(&self, engine: &PluginEngine) -> Result<StepRuntime, LoadError> {
+        let artifact = Artifact::load(engine, &self.path)?;
+        let c = &self.context;
+        StepRuntime::load(
+            engine,
+            &artifact,
+            StepSpec {
+                plant: &c.plant,
+                route: &c.route,
+                grants: self.grants.clone(),
+                settings: c.settings.clone(),
+                tables: c.tables.clone(),
+                state: Arc::new(crate::state::StateStore::in_memory()),
+                limits: self.limits,
+                quarantines: Arc::new(crate::quarantine::Quarantines::disabled()),
+            },
+        )
+    }
+
     fn instantiate(&self, message_id: &str) -> wasmtime::Result<Warm> {
         let wasi = self.grants.contains(&Capability::Wasi);
         let warm = instantiate(&self.pre, &self.context, self.limits, wasi, message_id)?;
@@ -579,12 +608,23 @@ impl StepRuntime {
         input: &types::Message,
         budget: Option<Budget>,
     ) -> Result<Vec<types::Message>, StepFailure> {
+        self.mediate_noted(input, budget, &mut CallFacts::default())
+    }
+
+    /// [`StepRuntime::mediate_within`], telling in `facts` what the call ran on.
+    pub fn mediate_noted(
+        &self,
+        input: &types::Message,
+        budget: Option<Budget>,
+        facts: &mut CallFacts,
+    ) -> Result<Vec<types::Message>, StepFailure> {
         if let Some(why) = self.quarantines.check(&self.subject) {
             return Err(StepFailure::Quarantined(why));
         }
         let cut = budget.filter(|b| b.left < self.limits.deadline);
         let deadline = cut.map_or(self.limits.deadline, |b| b.left);
         let pooled = self.idle.lock().expect("idle pool lock").pop();
+        facts.fresh = pooled.is_none();
         let mut warm = match pooled {
             Some(warm) => warm,
             None => self
@@ -598,6 +638,7 @@ impl StepRuntime {
         warm.store.set_epoch_deadline(PluginEngine::ticks(deadline));
         let called = warm.plugin.call_mediate(&mut warm.store, input);
         warm.store.data_mut().flush_guest_output();
+        facts.memory_bytes = warm.store.data().limiter.memory_bytes() as u64;
         let result = match called {
             Ok(result) => result,
             // The instance is dropped here: a trapped instance never serves another message.

@@ -88,6 +88,11 @@ impl Histogram {
     pub fn count(&self) -> u64 {
         self.0.count.load(Relaxed)
     }
+
+    /// Observations per bucket now (not cumulative; the last past every bound).
+    pub fn buckets(&self) -> [u64; LATENCY_BUCKETS_NS.len() + 1] {
+        std::array::from_fn(|i| self.0.buckets[i].load(Relaxed))
+    }
 }
 
 /// A kind of series with its label names; each set of label values is one series.
@@ -255,6 +260,14 @@ pub struct Metrics {
     pub activations: Family<Counter>,
     /// `millrace_config_reloads_total{outcome}`.
     pub reloads: Family<Counter>,
+    /// `millrace_quality_holds_total{plant,route,plugin}`: messages a policy step held back
+    /// (rejected with a `hold` reason: quality hold, blocked shipment).
+    pub holds: Family<Counter>,
+    /// `millrace_lineage_dropped_total`: lineage notes not kept (the writer's queue was full, or
+    /// the store refused them).
+    pub lineage_dropped: Counter,
+    /// `millrace_lineage_pruned_total`: lineage rows pruned by the retention.
+    pub lineage_pruned: Counter,
 }
 
 impl Metrics {
@@ -340,6 +353,13 @@ impl Metrics {
                 "Configuration reloads, applied or refused",
                 &["outcome"],
             ),
+            holds: Family::new(
+                "millrace_quality_holds_total",
+                "Messages a policy step held back (a quality hold)",
+                &["plant", "route", "plugin"],
+            ),
+            lineage_dropped: Counter::default(),
+            lineage_pruned: Counter::default(),
         }
     }
 
@@ -364,8 +384,27 @@ impl Metrics {
             &self.refusals,
             &self.activations,
             &self.reloads,
+            &self.holds,
         ] {
             family.write(&mut out);
+        }
+        for (name, help, counter) in [
+            (
+                "millrace_lineage_dropped_total",
+                "Lineage notes not kept (writer queue full or store error)",
+                &self.lineage_dropped,
+            ),
+            (
+                "millrace_lineage_pruned_total",
+                "Lineage rows pruned by the retention",
+                &self.lineage_pruned,
+            ),
+        ] {
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}",
+                counter.get()
+            );
         }
         for family in [
             &self.input_latency_ns,
@@ -385,7 +424,7 @@ pub fn metrics() -> &'static Metrics {
 }
 
 /// One step's series on one route.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct StepMeters {
     pub received: Counter,
     pub sent: Counter,
@@ -407,6 +446,19 @@ pub struct RouteMeters {
 }
 
 impl RouteMeters {
+    /// Counters shaped like `like` that no series reports (a dry run's).
+    pub fn unregistered(like: &RouteMeters) -> RouteMeters {
+        RouteMeters {
+            received: Counter::default(),
+            latency: Histogram::default(),
+            sent: Counter::default(),
+            error: Counter::default(),
+            output_latency: Histogram::default(),
+            steps: vec![StepMeters::default(); like.steps.len()],
+            domain: like.domain.clone(),
+        }
+    }
+
     /// The series of route `route` of `plant`, taking from `source`, delivering to `sink`,
     /// with steps `(plugin, version)` emitting `emits`.
     pub fn new(

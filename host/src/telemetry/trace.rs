@@ -23,7 +23,7 @@
 //! No endpoint: no span is made and nothing is exported; a message pays one flag check.
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::sync::{LazyLock, Mutex, mpsc};
+use std::sync::{Mutex, OnceLock, mpsc};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// Where a span stands in its trace (W3C Trace Context).
@@ -338,6 +338,31 @@ impl Sampler {
     }
 }
 
+thread_local! {
+    static CURRENT: std::cell::Cell<Option<([u8; 16], [u8; 8])>> = const { std::cell::Cell::new(None) };
+}
+
+/// The span a thread works for (a message's, while its chain runs on a mediation thread): log
+/// lines written meanwhile carry its trace and span ids. Restores the one before when dropped.
+pub struct Current(Option<([u8; 16], [u8; 8])>);
+
+impl Current {
+    pub fn enter(context: Option<&SpanContext>) -> Current {
+        Current(CURRENT.replace(context.map(|c| (c.trace_id, c.span_id))))
+    }
+}
+
+impl Drop for Current {
+    fn drop(&mut self) {
+        CURRENT.set(self.0);
+    }
+}
+
+/// The trace and span ids the current thread works for, if any.
+pub fn current() -> Option<([u8; 16], [u8; 8])> {
+    CURRENT.get()
+}
+
 /// The process's tracer: off unless an OTLP endpoint is configured.
 pub struct Tracer {
     sampler: Sampler,
@@ -347,10 +372,27 @@ pub struct Tracer {
     flushed: Mutex<Option<mpsc::Sender<mpsc::Sender<()>>>>,
 }
 
-/// The process's tracer (configured from the environment on first use).
+static TRACER: OnceLock<Tracer> = OnceLock::new();
+
+/// The process's tracer: as [`configure`] set it, else from the environment on first use.
 pub fn tracer() -> &'static Tracer {
-    static TRACER: LazyLock<Tracer> = LazyLock::new(|| Tracer::from_env(|k| std::env::var(k).ok()));
-    &TRACER
+    TRACER.get_or_init(|| Tracer::from_env(|k| std::env::var(k).ok()))
+}
+
+/// Configure the process's tracer from `settings` (`[telemetry]`, by the standard variable
+/// each stands for), the environment filling the rest. Only before the first span: later, the
+/// tracer already made stays (and this says so).
+pub fn configure(settings: &[(&'static str, String)]) {
+    let made = TRACER.set(Tracer::from_env(|k| {
+        settings
+            .iter()
+            .find(|(var, _)| *var == k)
+            .map(|(_, v)| v.clone())
+            .or_else(|| std::env::var(k).ok())
+    }));
+    if made.is_err() && !settings.is_empty() {
+        tracing::warn!("[telemetry] trace settings not applied: the tracer was already running");
+    }
 }
 
 impl Tracer {

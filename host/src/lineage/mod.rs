@@ -1,0 +1,334 @@
+//! Message lineage: the path each message took through the host — the chain it ran (each step's
+//! plugin, version, digest, duration and decision), where its outputs went or the dead letter it
+//! became, its retries and replays — kept in the embedded store (`DATA_DIR/lineage.db`) for the
+//! admin API (`GET /v1/messages/{id}`, `GET /v1/messages?…`) and `millrace trace ID`.
+//!
+//! The hot path only hands a [`Note`] to a bounded queue ([`note`]); one writer thread turns
+//! notes into rows in batches and prunes what is past the retention ([`store`]). When the queue
+//! is full the note is dropped and counted (`millrace_lineage_dropped_total`): lineage never
+//! slows or blocks a message. Off (`[telemetry] lineage = false`): nothing is queued.
+
+pub mod store;
+
+use serde::Serialize;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+/// Longest reason a note keeps (bytes; the dead letter keeps the whole of it).
+pub const MAX_REASON_BYTES: usize = 1024;
+/// Output ids a note keeps; the rest are counted (`more_outputs`).
+pub const MAX_OUTPUT_IDS: usize = 64;
+/// Longest subject kept (bytes).
+pub const MAX_SUBJECT_BYTES: usize = 256;
+/// Largest body the writer reads a subject from.
+const MAX_SUBJECT_BODY: usize = 64 * 1024;
+/// Notes waiting for the writer, at most.
+const QUEUE: usize = 16_384;
+
+/// What the host keeps of lineage (`[telemetry]`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Retention {
+    /// Whether lineage is kept at all (`lineage`, default true).
+    pub enabled: bool,
+    /// How long a row is kept (`lineage_retention_h`, default 168: a week).
+    pub max_age: Duration,
+    /// Rows kept at most, the oldest pruned first (`lineage_max_rows`, default 1,000,000).
+    pub max_rows: u64,
+}
+
+impl Default for Retention {
+    fn default() -> Retention {
+        Retention {
+            enabled: true,
+            max_age: Duration::from_secs(7 * 24 * 3600),
+            max_rows: 1_000_000,
+        }
+    }
+}
+
+/// One step of a chain as the message passed it.
+#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq)]
+pub struct StepHop {
+    pub step: u32,
+    pub plugin: String,
+    pub version: String,
+    pub digest: String,
+    pub duration_us: u64,
+    /// `outputs`, or the failure's kind (`rejected`, `retry-later`, `deadline`, `trap`, …).
+    pub decision: String,
+    pub outputs: usize,
+    /// Whether the call ran on a new instance (`fresh`) or a pooled one (`reused`).
+    pub instance: String,
+    /// The instance's linear memory after the call, in bytes.
+    pub memory_bytes: u64,
+}
+
+/// What happened to a message at one point of its way.
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "event", rename_all = "kebab-case")]
+pub enum Event {
+    /// The chain ran to its end.
+    Mediated {
+        source: String,
+        steps: Vec<StepHop>,
+        outputs: Vec<String>,
+        #[serde(skip_serializing_if = "is_zero")]
+        more_outputs: usize,
+    },
+    /// A step failed.
+    Failed {
+        source: String,
+        steps: Vec<StepHop>,
+        step: u32,
+        kind: String,
+        reason: String,
+    },
+    /// Recorded as a dead letter: in the local store (`local`, with its id) or the broker's
+    /// dead-letter queue (`broker`).
+    DeadLettered {
+        store: &'static str,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        dead_letter: Option<i64>,
+        kind: String,
+        reason: String,
+    },
+    /// Sent round again after a transient failure (`attempt` failed).
+    Retry { attempt: u32, reason: String },
+    /// The outputs reached the sink (`outcome`: `delivered`, `held` in the outbox, or `reply`).
+    Delivered {
+        sink: String,
+        outcome: &'static str,
+        count: usize,
+    },
+    /// The sink did not take the outputs.
+    NotDelivered { sink: String, reason: String },
+    /// A dead letter of it was run again (by `by`).
+    Replayed {
+        #[serde(skip_serializing_if = "Option::is_none")]
+        dead_letter: Option<i64>,
+        by: String,
+    },
+}
+
+fn is_zero(n: &usize) -> bool {
+    *n == 0
+}
+
+/// One row to be: a message's event, with where and when.
+pub struct Note {
+    pub message_id: String,
+    pub plant: String,
+    pub route: String,
+    pub trace_id: Option<[u8; 16]>,
+    pub at_ms: i64,
+    pub event: Event,
+    /// Bodies (JSON) the writer reads the message's subject from (their `subject` attribute).
+    pub subject_from: Vec<Vec<u8>>,
+    /// The subject when the source or a header named it (`ce-subject`).
+    pub subject: Option<String>,
+}
+
+enum Job {
+    Note(Box<Note>),
+    Flush(flume::Sender<()>),
+}
+
+/// The process's lineage recorder: the writer's queue.
+struct Recorder {
+    queue: flume::Sender<Job>,
+}
+
+static RECORDER: OnceLock<Recorder> = OnceLock::new();
+
+/// Start keeping lineage in `data_dir` as `retention` says (once per process; later calls keep
+/// the first). An error (the store cannot be opened) leaves lineage off and is returned.
+pub fn start(data_dir: &std::path::Path, retention: Retention) -> Result<(), String> {
+    if !retention.enabled || RECORDER.get().is_some() {
+        return Ok(());
+    }
+    let writer = store::LineageStore::open(data_dir).map_err(|e| e.to_string())?;
+    let (queue, jobs) = flume::bounded(QUEUE);
+    std::thread::Builder::new()
+        .name("millrace-lineage".into())
+        .spawn(move || write_loop(writer, jobs, retention))
+        .map_err(|e| format!("cannot start the lineage writer: {e}"))?;
+    let _ = RECORDER.set(Recorder { queue });
+    Ok(())
+}
+
+/// Whether notes are kept (callers skip building them otherwise).
+pub fn enabled() -> bool {
+    RECORDER.get().is_some() && !QUIET.get()
+}
+
+thread_local! {
+    static QUIET: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// While held, this thread notes nothing (a dry run is no part of a message's path).
+pub struct Quiet(bool);
+
+impl Quiet {
+    pub fn enter() -> Quiet {
+        Quiet(QUIET.replace(true))
+    }
+}
+
+impl Drop for Quiet {
+    fn drop(&mut self) {
+        QUIET.set(self.0);
+    }
+}
+
+/// Hand `note` to the writer; dropped (and counted) when its queue is full.
+pub fn note(note: Note) {
+    let Some(recorder) = RECORDER.get() else {
+        return;
+    };
+    if QUIET.get() {
+        return;
+    }
+    if recorder.queue.try_send(Job::Note(Box::new(note))).is_err() {
+        crate::telemetry::metrics().lineage_dropped.inc();
+    }
+}
+
+/// A note of `event` for message `message_id` of `route` now.
+pub fn of(
+    route: &crate::route::Route,
+    message_id: &str,
+    trace_id: Option<[u8; 16]>,
+    event: Event,
+) -> Note {
+    Note {
+        message_id: message_id.to_string(),
+        plant: route.plant.clone(),
+        route: route.name.clone(),
+        trace_id,
+        at_ms: now_ms(),
+        event,
+        subject_from: Vec::new(),
+        subject: None,
+    }
+}
+
+/// Wait (at most `within`) until every note handed over so far is written.
+pub fn flush(within: Duration) {
+    let Some(recorder) = RECORDER.get() else {
+        return;
+    };
+    let (done, written) = flume::bounded(1);
+    if recorder
+        .queue
+        .send_timeout(Job::Flush(done), within)
+        .is_ok()
+    {
+        let _ = written.recv_timeout(within);
+    }
+}
+
+/// `text` cut to at most `max` bytes on a character boundary.
+pub fn bounded(text: &str, max: usize) -> String {
+    crate::plugin::bounds::truncate(text, max)
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+/// The `subject` of a JSON body (a CloudEvent's attribute), bounded.
+pub fn subject_of(body: &[u8]) -> Option<String> {
+    #[derive(serde::Deserialize)]
+    struct Subject {
+        subject: Option<serde_json::Value>,
+    }
+    if body.len() > MAX_SUBJECT_BODY || body.first().is_some_and(|b| *b != b'{') {
+        return None;
+    }
+    let subject = serde_json::from_slice::<Subject>(body).ok()?.subject?;
+    let text = match subject {
+        serde_json::Value::String(s) => s,
+        serde_json::Value::Number(n) => n.to_string(),
+        _ => return None,
+    };
+    (!text.is_empty()).then(|| bounded(&text, MAX_SUBJECT_BYTES))
+}
+
+/// Whether a body of `content_type` may carry a subject the writer can read.
+pub fn may_name_subject(content_type: &str, body: &[u8]) -> bool {
+    content_type.contains("json") && body.len() <= MAX_SUBJECT_BODY
+}
+
+/// Pruning runs at least this often, and after this many rows.
+const PRUNE_EVERY: Duration = Duration::from_secs(30);
+const PRUNE_AFTER_ROWS: u64 = 10_000;
+/// Rows written in one transaction, at most.
+const BATCH: usize = 512;
+
+fn write_loop(mut store: store::LineageStore, jobs: flume::Receiver<Job>, retention: Retention) {
+    let mut last_prune = std::time::Instant::now();
+    let mut since_prune = 0u64;
+    if let Err(e) = store.prune(retention) {
+        tracing::warn!(error = %e, "lineage: pruning failed");
+    }
+    loop {
+        let first = match jobs.recv_timeout(PRUNE_EVERY) {
+            Ok(job) => Some(job),
+            Err(flume::RecvTimeoutError::Timeout) => None,
+            Err(flume::RecvTimeoutError::Disconnected) => return,
+        };
+        let mut notes = Vec::new();
+        let mut flushes = Vec::new();
+        let mut next = first;
+        while let Some(job) = next.take() {
+            match job {
+                Job::Note(note) => notes.push(note),
+                Job::Flush(done) => flushes.push(done),
+            }
+            if notes.len() < BATCH {
+                next = jobs.try_recv().ok();
+            }
+        }
+        if !notes.is_empty() {
+            since_prune += notes.len() as u64;
+            if let Err(e) = store.write(&notes) {
+                crate::telemetry::metrics()
+                    .lineage_dropped
+                    .add(notes.len() as u64);
+                tracing::warn!(error = %e, rows = notes.len(), "lineage: rows not written");
+            }
+        }
+        if since_prune >= PRUNE_AFTER_ROWS || last_prune.elapsed() >= PRUNE_EVERY {
+            if let Err(e) = store.prune(retention) {
+                tracing::warn!(error = %e, "lineage: pruning failed");
+            }
+            last_prune = std::time::Instant::now();
+            since_prune = 0;
+        }
+        for done in flushes {
+            let _ = done.send(());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_subject_is_read_from_a_json_event_only() {
+        assert_eq!(
+            subject_of(br#"{"type":"t","subject":"WO-1","data":{"x":[1,2]}}"#).as_deref(),
+            Some("WO-1")
+        );
+        assert_eq!(subject_of(br#"{"subject":42}"#).as_deref(), Some("42"));
+        assert_eq!(subject_of(br#"{"subject":""}"#), None);
+        assert_eq!(subject_of(br#"{"data":{"subject":"x"}}"#), None);
+        assert_eq!(subject_of(b"A|B|C"), None);
+        let long = format!(r#"{{"subject":"{}"}}"#, "é".repeat(400));
+        assert!(subject_of(long.as_bytes()).unwrap().len() <= MAX_SUBJECT_BYTES);
+    }
+}

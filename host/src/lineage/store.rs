@@ -1,0 +1,471 @@
+//! The lineage file (`DATA_DIR/lineage.db`): one row per event of a message, written in batches
+//! by the writer thread, read by the admin API and `millrace trace`, pruned by age and count.
+//!
+//! Unlike the dead letters, a lineage row is a record, not the message: the file runs with
+//! `synchronous = NORMAL` (a power cut may lose the last moments of it, never corrupt it).
+
+use super::{Note, Retention};
+use crate::durable::StoreError;
+use rusqlite::{Connection, OptionalExtension, params};
+use serde::Serialize;
+use std::path::{Path, PathBuf};
+
+const FILE: &str = "lineage.db";
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS hops (
+    seq INTEGER PRIMARY KEY,
+    message_id TEXT NOT NULL,
+    at_ms INTEGER NOT NULL,
+    plant TEXT NOT NULL,
+    route TEXT NOT NULL,
+    event TEXT NOT NULL,
+    subject TEXT,
+    trace_id TEXT,
+    detail TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS hops_message ON hops(message_id);
+CREATE INDEX IF NOT EXISTS hops_time ON hops(at_ms);
+CREATE INDEX IF NOT EXISTS hops_subject ON hops(subject) WHERE subject IS NOT NULL;
+CREATE INDEX IF NOT EXISTS hops_trace ON hops(trace_id) WHERE trace_id IS NOT NULL;
+";
+
+/// The lineage file.
+pub struct LineageStore {
+    path: PathBuf,
+    conn: Connection,
+}
+
+/// One event of a message, as read back.
+#[derive(Debug, Clone, Serialize)]
+pub struct Hop {
+    pub seq: i64,
+    pub at: String,
+    pub plant: String,
+    pub route: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub subject: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub trace_id: Option<String>,
+    /// The event (`event` names it) and its facts.
+    #[serde(flatten)]
+    pub detail: serde_json::Map<String, serde_json::Value>,
+}
+
+/// A message's path: its events in order, the messages its outputs became (when they have a
+/// path of their own here), and the other messages of its trace.
+#[derive(Debug, Clone, Serialize)]
+pub struct MessagePath {
+    pub id: String,
+    pub plant: String,
+    pub route: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub subject: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub trace_id: Option<String>,
+    pub hops: Vec<Hop>,
+    /// Ids of its outputs that were taken in again (another route's input) and have a path.
+    pub children: Vec<String>,
+    /// Other messages of the same trace (at most 50).
+    pub related: Vec<String>,
+}
+
+/// A message as a search finds it.
+#[derive(Debug, Clone, Serialize)]
+pub struct Found {
+    pub id: String,
+    pub plant: String,
+    pub route: String,
+    pub first_at: String,
+    pub last_at: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub subject: Option<String>,
+    /// Its latest event (`delivered`, `dead-lettered`, …).
+    pub last_event: String,
+}
+
+/// What to search for; `None` is any.
+#[derive(Debug, Clone, Default)]
+pub struct Search {
+    pub plant: Option<String>,
+    pub route: Option<String>,
+    pub subject: Option<String>,
+    /// Events at or after, Unix milliseconds.
+    pub after_ms: Option<i64>,
+    /// Events at or before, Unix milliseconds.
+    pub before_ms: Option<i64>,
+    /// Only these plants (the caller's), `None`: every plant.
+    pub plants: Option<Vec<String>>,
+    pub limit: u32,
+}
+
+impl LineageStore {
+    /// Open (or create) the file in `data_dir`.
+    pub fn open(data_dir: &Path) -> Result<LineageStore, StoreError> {
+        let (path, conn) = crate::durable::open_in(data_dir, FILE, SCHEMA)?;
+        conn.pragma_update(None, "synchronous", "NORMAL")
+            .map_err(|e| StoreError::sql(&path, e))?;
+        Ok(LineageStore { path, conn })
+    }
+
+    /// Open the file of `data_dir` for reading; `None` when none was written yet.
+    pub fn open_read_only(data_dir: &Path) -> Result<Option<LineageStore>, StoreError> {
+        let path = data_dir.join(FILE);
+        if !path.exists() {
+            return Ok(None);
+        }
+        let open = |source| StoreError::Open {
+            path: path.clone(),
+            source,
+        };
+        let conn = Connection::open_with_flags(&path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .map_err(open)?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))
+            .map_err(open)?;
+        Ok(Some(LineageStore { path, conn }))
+    }
+
+    fn sql(&self) -> impl Fn(rusqlite::Error) -> StoreError + '_ {
+        |e| StoreError::sql(&self.path, e)
+    }
+
+    /// Write `notes` in one transaction (subjects read from their bodies here, off the hot path).
+    pub fn write(&mut self, notes: &[Box<Note>]) -> Result<(), StoreError> {
+        let path = self.path.clone();
+        let sql = |e| StoreError::sql(&path, e);
+        let tx = self.conn.transaction().map_err(sql)?;
+        {
+            let mut insert = tx
+                .prepare_cached(
+                    "INSERT INTO hops (message_id, at_ms, plant, route, event, subject, trace_id, detail)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                )
+                .map_err(sql)?;
+            for note in notes {
+                let detail = serde_json::to_value(&note.event).expect("events serialize");
+                let event = detail
+                    .get("event")
+                    .and_then(|e| e.as_str())
+                    .unwrap_or("unknown")
+                    .to_string();
+                let subject = note.subject.clone().or_else(|| {
+                    note.subject_from
+                        .iter()
+                        .find_map(|body| super::subject_of(body))
+                });
+                insert
+                    .execute(params![
+                        note.message_id,
+                        note.at_ms,
+                        note.plant,
+                        note.route,
+                        event,
+                        subject,
+                        note.trace_id.map(hex::encode),
+                        detail.to_string(),
+                    ])
+                    .map_err(sql)?;
+            }
+        }
+        tx.commit().map_err(sql)
+    }
+
+    /// Delete rows older than the retention, then the oldest past its row count.
+    pub fn prune(&self, retention: Retention) -> Result<u64, StoreError> {
+        let cutoff = super::now_ms() - retention.max_age.as_millis() as i64;
+        let mut pruned = self
+            .conn
+            .execute("DELETE FROM hops WHERE at_ms < ?1", params![cutoff])
+            .map_err(self.sql())? as u64;
+        let newest: Option<i64> = self
+            .conn
+            .query_row("SELECT max(seq) FROM hops", [], |r| r.get(0))
+            .map_err(self.sql())?;
+        if let Some(newest) = newest {
+            let keep_from = newest - retention.max_rows as i64;
+            pruned += self
+                .conn
+                .execute("DELETE FROM hops WHERE seq <= ?1", params![keep_from])
+                .map_err(self.sql())? as u64;
+        }
+        if pruned > 0 {
+            crate::telemetry::metrics().lineage_pruned.add(pruned);
+        }
+        Ok(pruned)
+    }
+
+    /// The path of message `id`; `None` when nothing of it is kept (or it is of a plant not in
+    /// `plants`).
+    pub fn path_of(
+        &self,
+        id: &str,
+        plants: Option<&[String]>,
+    ) -> Result<Option<MessagePath>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare_cached(
+                "SELECT seq, at_ms, plant, route, subject, trace_id, detail FROM hops
+                 WHERE message_id = ?1 ORDER BY seq LIMIT 1000",
+            )
+            .map_err(self.sql())?;
+        let hops: Vec<Hop> = stmt
+            .query_map(params![id], |row| {
+                let detail: String = row.get(6)?;
+                Ok(Hop {
+                    seq: row.get(0)?,
+                    at: rfc3339(row.get(1)?),
+                    plant: row.get(2)?,
+                    route: row.get(3)?,
+                    subject: row.get(4)?,
+                    trace_id: row.get(5)?,
+                    detail: serde_json::from_str(&detail).unwrap_or_default(),
+                })
+            })
+            .map_err(self.sql())?
+            .collect::<Result<_, _>>()
+            .map_err(self.sql())?;
+        let Some(first) = hops.first() else {
+            return Ok(None);
+        };
+        if plants.is_some_and(|p| !p.contains(&first.plant)) {
+            return Ok(None);
+        }
+        let (plant, route) = (first.plant.clone(), first.route.clone());
+        let subject = hops.iter().find_map(|h| h.subject.clone());
+        let trace_id = hops.iter().find_map(|h| h.trace_id.clone());
+        let outputs: Vec<String> = hops
+            .iter()
+            .filter_map(|h| h.detail.get("outputs")?.as_array().cloned())
+            .flatten()
+            .filter_map(|v| v.as_str().map(str::to_string))
+            .collect();
+        let mut children = Vec::new();
+        let mut known = self
+            .conn
+            .prepare_cached("SELECT 1 FROM hops WHERE message_id = ?1 LIMIT 1")
+            .map_err(self.sql())?;
+        for output in outputs {
+            if output != id
+                && !children.contains(&output)
+                && known
+                    .query_row(params![output], |_| Ok(()))
+                    .optional()
+                    .map_err(self.sql())?
+                    .is_some()
+            {
+                children.push(output);
+            }
+        }
+        let related = match &trace_id {
+            None => Vec::new(),
+            Some(trace) => {
+                let mut stmt = self
+                    .conn
+                    .prepare_cached(
+                        "SELECT message_id FROM hops WHERE trace_id = ?1 AND message_id != ?2
+                         GROUP BY message_id ORDER BY min(seq) LIMIT 50",
+                    )
+                    .map_err(self.sql())?;
+                stmt.query_map(params![trace, id], |r| r.get(0))
+                    .map_err(self.sql())?
+                    .collect::<Result<_, _>>()
+                    .map_err(self.sql())?
+            }
+        };
+        Ok(Some(MessagePath {
+            id: id.to_string(),
+            plant,
+            route,
+            subject,
+            trace_id,
+            hops,
+            children,
+            related,
+        }))
+    }
+
+    /// Messages matching `search`, the latest first.
+    pub fn search(&self, search: &Search) -> Result<Vec<Found>, StoreError> {
+        let plants = search
+            .plants
+            .as_ref()
+            .map(|p| serde_json::to_string(p).expect("names serialize"));
+        let mut stmt = self
+            .conn
+            .prepare_cached(
+                "SELECT message_id, plant, route, min(at_ms), max(at_ms), max(subject),
+                        (SELECT event FROM hops l WHERE l.message_id = h.message_id ORDER BY seq DESC LIMIT 1)
+                 FROM hops h
+                 WHERE (?1 IS NULL OR plant = ?1)
+                   AND (?2 IS NULL OR route = ?2)
+                   AND (?3 IS NULL OR message_id IN (SELECT message_id FROM hops WHERE subject = ?3))
+                   AND (?4 IS NULL OR at_ms >= ?4)
+                   AND (?5 IS NULL OR at_ms <= ?5)
+                   AND (?6 IS NULL OR plant IN (SELECT value FROM json_each(?6)))
+                 GROUP BY message_id, plant, route
+                 ORDER BY max(seq) DESC
+                 LIMIT ?7",
+            )
+            .map_err(self.sql())?;
+        stmt.query_map(
+            params![
+                search.plant,
+                search.route,
+                search.subject,
+                search.after_ms,
+                search.before_ms,
+                plants,
+                search.limit.clamp(1, 1000),
+            ],
+            |row| {
+                Ok(Found {
+                    id: row.get(0)?,
+                    plant: row.get(1)?,
+                    route: row.get(2)?,
+                    first_at: rfc3339(row.get(3)?),
+                    last_at: rfc3339(row.get(4)?),
+                    subject: row.get(5)?,
+                    last_event: row.get(6)?,
+                })
+            },
+        )
+        .map_err(self.sql())?
+        .collect::<Result<_, _>>()
+        .map_err(self.sql())
+    }
+
+    /// Rows kept now.
+    pub fn rows(&self) -> Result<u64, StoreError> {
+        self.conn
+            .query_row("SELECT count(*) FROM hops", [], |r| r.get::<_, i64>(0))
+            .map(|n| n as u64)
+            .map_err(self.sql())
+    }
+}
+
+/// Unix milliseconds as RFC 3339 UTC.
+pub fn rfc3339(ms: i64) -> String {
+    let format = time::macros::format_description!(
+        "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z"
+    );
+    time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
+        .ok()
+        .and_then(|t| t.format(&format).ok())
+        .unwrap_or_default()
+}
+
+/// An RFC 3339 time (or Unix milliseconds) as Unix milliseconds.
+pub fn parse_time(text: &str) -> Option<i64> {
+    if let Ok(ms) = text.parse::<i64>() {
+        return Some(ms);
+    }
+    let t =
+        time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339).ok()?;
+    Some((t.unix_timestamp_nanos() / 1_000_000) as i64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::{Event, Note, StepHop};
+    use super::*;
+
+    fn note(id: &str, at_ms: i64, event: Event, body: Option<&str>) -> Box<Note> {
+        Box::new(Note {
+            message_id: id.into(),
+            plant: "p1".into(),
+            route: "r1".into(),
+            trace_id: Some([7; 16]),
+            at_ms,
+            event,
+            subject_from: body.map(|b| b.as_bytes().to_vec()).into_iter().collect(),
+            subject: None,
+        })
+    }
+
+    fn mediated(outputs: &[&str]) -> Event {
+        Event::Mediated {
+            source: "http".into(),
+            steps: vec![StepHop {
+                step: 1,
+                plugin: "csv-records".into(),
+                version: "1.0.0".into(),
+                digest: "sha256:ab".into(),
+                duration_us: 40,
+                decision: "outputs".into(),
+                outputs: outputs.len(),
+                instance: "reused".into(),
+                memory_bytes: 1 << 17,
+            }],
+            outputs: outputs.iter().map(|s| s.to_string()).collect(),
+            more_outputs: 0,
+        }
+    }
+
+    #[test]
+    fn a_path_links_outputs_subjects_and_prunes_by_age_and_count() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = LineageStore::open(dir.path()).unwrap();
+        let now = super::super::now_ms();
+        store
+            .write(&[
+                note("m1", now, mediated(&["o1"]), Some(r#"{"subject":"WO-7"}"#)),
+                note(
+                    "m1",
+                    now + 1,
+                    Event::Delivered {
+                        sink: "amqp".into(),
+                        outcome: "delivered",
+                        count: 1,
+                    },
+                    None,
+                ),
+                note("o1", now + 2, mediated(&[]), None),
+            ])
+            .unwrap();
+        let path = store.path_of("m1", None).unwrap().unwrap();
+        assert_eq!(path.hops.len(), 2);
+        assert_eq!(path.subject.as_deref(), Some("WO-7"));
+        assert_eq!(path.children, vec!["o1".to_string()]);
+        assert_eq!(path.related, vec!["o1".to_string()]);
+        assert_eq!(path.hops[1].detail["event"], "delivered");
+        assert!(
+            store
+                .path_of("m1", Some(&["p2".to_string()]))
+                .unwrap()
+                .is_none()
+        );
+        let found = store
+            .search(&Search {
+                subject: Some("WO-7".into()),
+                limit: 10,
+                ..Search::default()
+            })
+            .unwrap();
+        assert_eq!(found.len(), 1);
+        assert_eq!(found[0].last_event, "delivered");
+        // Old rows go by age; then the count bound keeps the newest.
+        store
+            .write(&[note("old", now - 10_000_000, mediated(&[]), None)])
+            .unwrap();
+        let retention = Retention {
+            enabled: true,
+            max_age: std::time::Duration::from_secs(3600),
+            max_rows: 2,
+        };
+        assert_eq!(
+            store.prune(retention).unwrap(),
+            2,
+            "the old row, then m1's first"
+        );
+        assert_eq!(store.rows().unwrap(), 2);
+        assert!(store.path_of("old", None).unwrap().is_none());
+    }
+
+    #[test]
+    fn times_read_as_rfc3339_or_milliseconds() {
+        assert_eq!(parse_time("1000"), Some(1000));
+        assert_eq!(parse_time("1970-01-01T00:00:01Z"), Some(1000));
+        assert_eq!(rfc3339(1500), "1970-01-01T00:00:01.500Z");
+        assert_eq!(parse_time("yesterday"), None);
+    }
+}
