@@ -8,6 +8,7 @@ mod amqp_faults;
 mod amqp_tls;
 mod cli;
 mod config_errors;
+mod console;
 mod events;
 mod examples;
 mod fuzz;

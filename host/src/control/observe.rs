@@ -42,6 +42,7 @@ pub fn overview(control: &Control, who: &Identity) -> serde_json::Value {
                 "domain": route.meters.domain,
                 "steps": steps,
                 "received": history.received,
+                "runs": history.runs,
                 "failed": history.failed,
                 "points": history.points,
             })

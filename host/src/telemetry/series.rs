@@ -1,7 +1,7 @@
 //! The host's own short history of each route, for the operator console: every
 //! [`INTERVAL`] the sampler reads each route's counters and latency buckets, and keeps the
-//! last hour's differences per route in memory — messages taken, messages failed (a step's
-//! failure or a sink's), and the 99th percentile of the time to a safe outcome.
+//! last hour's differences per route in memory — messages taken, chain runs (a replay is a
+//! run) and runs that failed at a step, and the 99th percentile of the time to a safe outcome.
 //!
 //! Memory: [`POINTS`] points of a few words per route; routes removed from the table keep their
 //! history until the process ends (bounded by the routes ever configured).
@@ -24,6 +24,9 @@ pub struct Point {
     /// End of the interval, Unix milliseconds.
     pub at_ms: i64,
     pub received: u64,
+    /// Chain runs (a replay is a run).
+    pub runs: u64,
+    /// Chain runs that failed at a step.
     pub failed: u64,
     /// 99th percentile of arrival-to-outcome time in the interval (the upper bound of its
     /// bucket), milliseconds; `None` when nothing finished.
@@ -34,6 +37,7 @@ pub struct Point {
 struct Reading {
     at_ms: i64,
     received: u64,
+    runs: u64,
     failed: u64,
     buckets: [u64; LATENCY_BUCKETS_NS.len() + 1],
 }
@@ -57,10 +61,15 @@ pub fn series() -> &'static Series {
 
 fn read(route: &Route, at_ms: i64) -> Reading {
     let m = &route.meters;
-    let failed = m.error.get() + m.steps.iter().map(|s| s.error.get()).sum::<u64>();
+    let failed = m.steps.iter().map(|s| s.error.get()).sum::<u64>();
+    let runs = m
+        .steps
+        .first()
+        .map_or(m.received.get(), |s| s.received.get());
     Reading {
         at_ms,
         received: m.received.get(),
+        runs,
         failed,
         buckets: m.latency.buckets(),
     }
@@ -74,6 +83,7 @@ fn point(before: &Reading, now: &Reading) -> Point {
     Point {
         at_ms: now.at_ms,
         received: now.received.saturating_sub(before.received),
+        runs: now.runs.saturating_sub(before.runs),
         failed: now.failed.saturating_sub(before.failed),
         p99_ms: percentile(&buckets, 0.99),
     }
@@ -105,6 +115,7 @@ pub struct RouteHistory {
     pub route: String,
     /// Totals since the host started.
     pub received: u64,
+    pub runs: u64,
     pub failed: u64,
     /// The sampled intervals, oldest first, then the interval running now.
     pub points: Vec<Point>,
@@ -152,6 +163,7 @@ impl Series {
             plant: route.plant.clone(),
             route: route.name.clone(),
             received: now.received,
+            runs: now.runs,
             failed: now.failed,
             points,
         }

@@ -88,9 +88,9 @@ function bars(rows, unit) {
 
 // ---- overview ----------------------------------------------------------------------------
 
-function fmtRate(failed, received) {
-  if (!received) return "–";
-  return `${((100 * failed) / received).toFixed(1)} %`;
+function fmtRate(failed, runs) {
+  if (!runs) return "–";
+  return `${((100 * failed) / runs).toFixed(1)} %`;
 }
 
 async function showOverview() {
@@ -110,7 +110,7 @@ async function showOverview() {
         el("span", { class: "version", title: s.digest }, `${s.plugin}@${s.version}`))),
       el("td", { class: "num received" }, r.received),
       el("td", { class: `num failed ${r.failed ? "bad" : ""}` }, r.failed),
-      el("td", { class: "num rate" }, fmtRate(r.failed, r.received)),
+      el("td", { class: "num rate", title: `${r.failed} of ${r.runs} chain runs failed (replays are runs)` }, fmtRate(r.failed, r.runs)),
       el("td", { class: "num p99" }, p99),
       el("td", {}, sparkline(received, failed, `${r.route}: messages per interval, last hour`)));
   }));
@@ -311,6 +311,7 @@ const views = {
 function handle(e) {
   if (e instanceof Unauthorized) {
     sessionStorage.removeItem(TOKEN_KEY);
+    for (const section of document.querySelectorAll(".view")) section.hidden = true;
     $("#signin").hidden = false;
     $("#signin-error").textContent = e.message;
     $("#token").focus();
@@ -342,6 +343,7 @@ async function refresh() {
 }
 
 function start() {
+  $("#who").remove();
   for (const button of document.querySelectorAll("#tabs button")) button.addEventListener("click", () => show(button.dataset.view));
   $("#signin-form").addEventListener("submit", (event) => {
     event.preventDefault();
@@ -352,8 +354,15 @@ function start() {
   });
   for (const id of ["#dl-plant", "#dl-domain", "#dl-text", "#dl-waiting"]) $(id).addEventListener("input", renderDeadLetters);
   $("#msg-search").addEventListener("submit", searchMessages);
-  setInterval(() => { if (current === "overview") refresh(); }, 5000);
-  show("overview");
+  setInterval(() => { if (current === "overview" && sessionStorage.getItem(TOKEN_KEY) !== null) refresh(); }, 5000);
+  if (sessionStorage.getItem(TOKEN_KEY) === null) {
+    // Nothing is fetched before the operator says which token to use.
+    $("#signin").hidden = false;
+    $("#token").focus();
+    status("Sign in");
+  } else {
+    show("overview");
+  }
 }
 
 start();
