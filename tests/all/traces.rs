@@ -105,6 +105,10 @@ print('{}')",
         b"hello",
     );
     assert!(reply.status < 300, "{reply:?}");
+    let intake_id = serde_json::from_str::<serde_json::Value>(&reply.body).unwrap()["message_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
 
     // Until the downstream system took the message, on the second try.
     let mut waited = 0;
@@ -120,6 +124,57 @@ print('{}')",
     let requests = downstream.requests();
     assert_eq!(requests.len(), 2, "{requests:?}");
     assert!(host.stop().success());
+
+    // The lineage of the same way: the intake's run and hand-over to the broker, then the
+    // relay's run of its output, refused, retried, delivered — one trace.
+    let traced = ws.millrace(&["trace", &intake_id, "--json"]);
+    assert!(
+        traced.status.success(),
+        "{}",
+        String::from_utf8_lossy(&traced.stderr)
+    );
+    let paths: Vec<serde_json::Value> = serde_json::from_slice(&traced.stdout).unwrap();
+    // The act guest hands its input's id on: the relay's run is of the same message id, so one
+    // path holds both routes' events.
+    assert_eq!(paths.len(), 1, "{paths:#?}");
+    let path = &paths[0];
+    assert_eq!(path["id"], intake_id.as_str());
+    assert_eq!(path["trace_id"], trace);
+    let of_route = |route: &str| -> Vec<&serde_json::Value> {
+        path["hops"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|h| h["route"] == route)
+            .collect()
+    };
+    let events = |hops: &[&serde_json::Value]| -> Vec<String> {
+        hops.iter()
+            .map(|h| h["event"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let intake = of_route("intake");
+    assert_eq!(events(&intake), ["mediated", "delivered"], "{path:#}");
+    assert_eq!(intake[0]["source"], "http");
+    assert_eq!(intake[0]["steps"][0]["plugin"], "guest-act");
+    assert_eq!(intake[0]["trace_id"], trace);
+    assert_eq!(intake[1]["sink"], "amqp");
+    let relay = of_route("relay");
+    assert_eq!(
+        events(&relay),
+        [
+            "mediated",
+            "not-delivered",
+            "retry",
+            "mediated",
+            "delivered"
+        ],
+        "{path:#}"
+    );
+    assert_eq!(relay[0]["source"], "amqp");
+    assert_eq!(relay[0]["trace_id"], trace);
+    assert_eq!(relay[2]["attempt"], 1);
+    assert_eq!(relay[4]["sink"], "http");
 
     let bodies: Vec<Vec<u8>> = collector
         .requests()
@@ -176,6 +231,17 @@ print('{}')",
         .unwrap();
     assert_eq!(step["attributes"]["millrace.plugin.name"], "guest-act");
     assert_eq!(step["attributes"]["millrace.decision"], "outputs");
+    assert!(
+        ["fresh", "reused"].contains(&step["attributes"]["millrace.instance"].as_str().unwrap()),
+        "{step}"
+    );
+    assert!(
+        step["attributes"]["millrace.memory_bytes"]
+            .as_i64()
+            .unwrap()
+            > 0,
+        "{step}"
+    );
     assert!(
         step["attributes"]["millrace.plugin.digest"]
             .as_str()
@@ -323,5 +389,57 @@ fn a_dead_letter_replayed_after_the_fix_stays_in_the_trace_it_came_with() {
     assert_eq!(
         delivered[0].header("traceparent"),
         Some(format!("00-{trace}-{}-01", again["id"].as_str().unwrap()).as_str())
+    );
+}
+
+#[test]
+fn trace_settings_from_the_file_and_json_log_lines_that_carry_the_message_trace() {
+    let collector = WebhookReceiver::start();
+    let endpoint = collector.url.trim_end_matches("/events").to_string();
+    let ws = Workspace::new(&format!(
+        "[telemetry]\nlog_format = \"json\"\notlp_endpoint = \"{endpoint}\"\nservice_name = \"plant-a-mediation\"\n\n[plants.plant-a]\n\n{}",
+        act_route("intake", "")
+    ));
+    let mut host = Host::start(&ws.config(), &[("OTEL_BSP_SCHEDULE_DELAY", "100")]);
+    host.wait_ready();
+    let trace = "5c1d2a6f9e8b7a6c5d4e3f2a1b0c9d8e";
+    let trapped = host.request(
+        "POST",
+        "/v1/routes/intake/messages",
+        Some("text/plain"),
+        &[("traceparent", &format!("00-{trace}-1111111111111111-01"))],
+        b"trap",
+    );
+    assert_eq!(trapped.status, 502, "{trapped:?}");
+    // The dead letter's log line is JSON and names the message's trace.
+    let line = host.wait_for_log("dead-lettered");
+    let doc: serde_json::Value =
+        serde_json::from_str(&line).unwrap_or_else(|e| panic!("not a JSON line ({e}): {line}"));
+    assert_eq!(doc["level"], "WARN", "{doc}");
+    assert_eq!(doc["route"], "intake", "{doc}");
+    assert_eq!(doc["trace_id"], trace, "{doc}");
+    assert_eq!(doc["span_id"].as_str().map(str::len), Some(16), "{doc}");
+    assert!(doc["timestamp"].as_str().unwrap().ends_with('Z'), "{doc}");
+    assert!(host.stop().success());
+    // Spans went where the file said, under the service name it gave.
+    let spans = decode(
+        &collector
+            .requests()
+            .into_iter()
+            .map(|r| r.raw)
+            .collect::<Vec<_>>(),
+    );
+    assert!(!spans.is_empty());
+    for span in &spans {
+        assert_eq!(span["service"], "plant-a-mediation", "{span}");
+        assert_eq!(span["trace"], trace, "{span}");
+    }
+    let server = spans
+        .iter()
+        .find(|s| s["name"] == "POST /v1/routes/intake/messages")
+        .unwrap();
+    assert_eq!(
+        doc["span_id"], server["id"],
+        "the line names the message's span"
     );
 }

@@ -126,6 +126,8 @@ impl Pipeline {
         let outcome = self
             .workers
             .run(move || {
+                // Log lines of this run (the plugin's, the dead letter's) carry its trace.
+                let _current = crate::telemetry::trace::Current::enter(trace.as_ref());
                 let outcome = if is_settled(&route, &message, settled) {
                     Err(Mediated::Settled)
                 } else {
