@@ -180,6 +180,7 @@ impl Host {
                 settled: settled.clone(),
                 deployer: Arc::clone(&deployer),
                 host_id: config.host_id.clone(),
+                backlog: Arc::default(),
             })
         });
         let control = Arc::new(Control {

@@ -378,4 +378,72 @@ print(json.dumps({{'outputs': outputs, 'dead': sorted(dead)}}))
         "{text}"
     );
     assert_histograms_consistent(&text);
+
+    // Lineage of the same traffic: a message delivered, one dead-lettered to the broker, one
+    // retried twice and then given up.
+    let events = |id: &str| -> Vec<String> {
+        let reply = host.admin("GET", &format!("/v1/messages/{id}"), b"");
+        assert_eq!(reply.status, 200, "{id}: {reply:?}");
+        let path: serde_json::Value = serde_json::from_str(&reply.body).unwrap();
+        path["hops"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|h| match h["store"].as_str() {
+                Some(store) => format!("{}:{store}", h["event"].as_str().unwrap()),
+                None => h["event"].as_str().unwrap().to_string(),
+            })
+            .collect()
+    };
+    assert_eq!(events("m-1"), ["mediated", "delivered"]);
+    assert_eq!(events("m-2"), ["failed", "dead-lettered:broker"]);
+    assert_eq!(
+        events("a-1"),
+        [
+            "failed",
+            "retry",
+            "failed",
+            "retry",
+            "failed",
+            "dead-lettered:broker"
+        ]
+    );
+    let search = host.admin("GET", "/v1/messages?route=mes&limit=10", b"");
+    let found: serde_json::Value = serde_json::from_str(&search.body).unwrap();
+    assert_eq!(found.as_array().unwrap().len(), 3, "{found}");
+
+    // The backlog: a dead letter left in the broker's queue is counted there, and the source
+    // queue has the host's consumer.
+    broker.client(&format!(
+        r#"
+c = pika.BlockingConnection(pika.ConnectionParameters('127.0.0.1', PORT))
+ch = c.channel()
+ch.confirm_delivery()
+ch.basic_publish('', 'plant-a.mes', {bad:?}.encode(), pika.BasicProperties(message_id='m-9', content_type='text/plain', delivery_mode=2))
+print('{{}}')
+"#
+    ));
+    let dead_queue = [("route", "mes"), ("role", "dead-letter")];
+    let started = std::time::Instant::now();
+    let text = loop {
+        let text = scrape(&host);
+        if value(&text, "millrace_amqp_queue_messages", &dead_queue) == 1.0 {
+            break text;
+        }
+        assert!(started.elapsed() < GUARD, "{text}");
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    };
+    assert_eq!(
+        value(
+            &text,
+            "millrace_amqp_queue_consumers",
+            &[
+                ("route", "mes"),
+                ("role", "source"),
+                ("queue", "plant-a.mes")
+            ]
+        ),
+        1.0,
+        "{text}"
+    );
 }

@@ -4,6 +4,7 @@
 //! is away (`outbox`), activations shared between hosts (`broadcast`), and the replay of broker
 //! dead letters (`replay`). Nothing outside this folder speaks lapin.
 
+pub mod backlog;
 pub mod broadcast;
 pub mod config;
 pub mod outbox;
@@ -35,6 +36,8 @@ pub struct Amqp {
     pub deployer: Arc<Deployer>,
     /// This host's name among hosts sharing the broker (`host.id`).
     pub host_id: String,
+    /// The depth of the queues its routes read, as last read.
+    pub backlog: Arc<backlog::Backlog>,
 }
 
 impl crate::pipeline::Source for Amqp {
@@ -79,6 +82,12 @@ impl Amqp {
                     ended
                 }
             },
+        ));
+        background.spawn(backlog::watch(
+            Arc::clone(&self.backlog),
+            Arc::clone(&self.link),
+            Arc::clone(&self.pipeline.routes),
+            stopped.clone(),
         ));
         if let Some(outbox) = self.outbox.as_ref().map(Arc::clone) {
             let link = Arc::clone(&self.link);
@@ -169,6 +178,41 @@ impl Ready for Amqp {
             state,
             facts: vec![("outbox_waiting", serde_json::json!(waiting))],
         }
+    }
+
+    fn gauges(&self) -> Vec<crate::pipeline::Gauge> {
+        let reading = self.backlog.get();
+        let labels = &["plant", "route", "queue", "role"];
+        let sample = |pick: fn(&(u32, u32)) -> u32| {
+            reading
+                .iter()
+                .map(|((plant, route, queue, role), counts)| {
+                    (
+                        vec![
+                            plant.clone(),
+                            route.clone(),
+                            queue.clone(),
+                            role.to_string(),
+                        ],
+                        f64::from(pick(counts)),
+                    )
+                })
+                .collect()
+        };
+        vec![
+            crate::pipeline::Gauge {
+                name: "millrace_amqp_queue_messages",
+                help: "Messages ready in a broker queue a route reads (its source or dead-letter queue), as last read",
+                labels,
+                samples: sample(|c| c.0),
+            },
+            crate::pipeline::Gauge {
+                name: "millrace_amqp_queue_consumers",
+                help: "Consumers of a broker queue a route reads, as last read",
+                labels,
+                samples: sample(|c| c.1),
+            },
+        ]
     }
 }
 

@@ -81,6 +81,16 @@ fn metrics_text(api: &AdminApi) -> String {
         &["link"],
         &up,
     );
+    for link in &api.links {
+        for gauge in link.gauges() {
+            write_sampled(
+                &mut out,
+                (gauge.name, "gauge", gauge.help),
+                gauge.labels,
+                &gauge.samples,
+            );
+        }
+    }
     for (fact, samples) in facts {
         let name = format!("millrace_{fact}");
         write_sampled(

@@ -222,6 +222,20 @@ pub struct Readiness {
 /// A transport whose sessions decide whether the host is ready.
 pub trait Ready: Send + Sync {
     fn readiness(&self) -> Readiness;
+
+    /// Gauges of its own for `/metrics` (e.g. the depth of the queues it reads).
+    fn gauges(&self) -> Vec<Gauge> {
+        Vec::new()
+    }
+}
+
+/// A gauge family a transport reports when scraped.
+pub struct Gauge {
+    pub name: &'static str,
+    pub help: &'static str,
+    pub labels: &'static [&'static str],
+    /// Label values (in `labels` order) and a value.
+    pub samples: Vec<(Vec<String>, f64)>,
 }
 
 /// A transport's source half (AMQP, MQTT; HTTP is the listener): started with the host, it
