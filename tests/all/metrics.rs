@@ -7,7 +7,7 @@ use crate::harness::*;
 
 /// The sum of the series `name` whose labels include every pair of `labels` (0 when none
 /// does), from a Prometheus text exposition.
-fn value(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+pub(crate) fn value(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
     text.lines()
         .filter(|l| !l.starts_with('#'))
         .filter_map(|line| {

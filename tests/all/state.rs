@@ -58,7 +58,7 @@ fn release(plant: &str) -> String {
 #[test]
 fn quality_hold_blocks_later_shipment_of_same_lot_across_routes_and_restarts() {
     let ws = Workspace::new(&format!(
-        "[plants.plant-a]\n[plants.plant-b]\n\n{}\n{}\n{}",
+        "[host]\nadmin = \"127.0.0.1:0\"\n\n[plants.plant-a]\n[plants.plant-b]\n\n{}\n{}\n{}",
         guard_route("quality", "plant-a"),
         guard_route("shipping", "plant-a"),
         guard_route("shipping-b", "plant-b"),
@@ -81,6 +81,21 @@ fn quality_hold_blocks_later_shipment_of_same_lot_across_routes_and_restarts() {
         "{}",
         blocked.body
     );
+    // Counted as a quality hold that blocked a message, by plant, route and plugin.
+    let text = host.admin("GET", "/metrics", b"").body;
+    let holds = |route: &str| {
+        crate::metrics::value(
+            &text,
+            "millrace_quality_holds_total",
+            &[
+                ("plant", "plant-a"),
+                ("route", route),
+                ("plugin", "policy-guard"),
+            ],
+        )
+    };
+    assert_eq!(holds("shipping"), 1.0, "{text}");
+    assert_eq!(holds("quality"), 0.0, "{text}");
     host.stop();
 
     let host = ws.start();
@@ -106,8 +121,10 @@ fn quality_hold_blocks_later_shipment_of_same_lot_across_routes_and_restarts() {
 fn concurrent_writers_of_one_plant_lose_no_write_and_never_tear_a_value() {
     let ws = Workspace::new(&format!(
         "[host]\nmax_in_flight = 8\n\n[plants.plant-a]\n[plants.plant-b]\n\n{}\n{}\n{}",
-        act_route("w1", ""),
-        act_route("w2", ""),
+        // The calls wait for each other's state writes (disk flushes); what is checked is that
+        // none is lost or torn, not how long they take.
+        act_route("w1", ACT_DEADLINE),
+        act_route("w2", ACT_DEADLINE),
         act_route("other", "").replace("plant = \"plant-a\"", "plant = \"plant-b\""),
     ));
     let host = ws.start();

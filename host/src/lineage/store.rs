@@ -1,8 +1,11 @@
 //! The lineage file (`DATA_DIR/lineage.db`): one row per event of a message, written in batches
 //! by the writer thread, read by the admin API and `millrace trace`, pruned by age and count.
 //!
-//! Unlike the dead letters, a lineage row is a record, not the message: the file runs with
-//! `synchronous = NORMAL` (a power cut may lose the last moments of it, never corrupt it).
+//! Unlike the dead letters, a lineage row is a record, not the message: the file is never
+//! synced to disk by the host (`synchronous = OFF`), so keeping lineage adds no disk flush to
+//! the flushes the message stores need. A host crash loses nothing written; an operating-system
+//! crash or power cut may lose the last moments, or damage the file — a damaged file is moved
+//! aside (`lineage.db.damaged-<ms>`) and a new one started.
 
 use super::{Note, Retention};
 use crate::durable::StoreError;
@@ -102,9 +105,36 @@ pub struct Search {
 impl LineageStore {
     /// Open (or create) the file in `data_dir`.
     pub fn open(data_dir: &Path) -> Result<LineageStore, StoreError> {
+        let opened = Self::open_checked(data_dir);
+        let Err(StoreError::Open { path, source }) = opened else {
+            return opened;
+        };
+        // A damaged file (an OS crash while unsynced): keep it for a look, start a new one.
+        let aside = path.with_extension(format!("db.damaged-{}", super::now_ms()));
+        tracing::warn!(file = %path.display(), moved_to = %aside.display(), error = %source, "the lineage file is unreadable; starting a new one");
+        std::fs::rename(&path, &aside).map_err(|_| StoreError::Open {
+            path: path.clone(),
+            source,
+        })?;
+        for suffix in ["-wal", "-shm"] {
+            let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
+        }
+        Self::open_checked(data_dir)
+    }
+
+    fn open_checked(data_dir: &Path) -> Result<LineageStore, StoreError> {
         let (path, conn) = crate::durable::open_in(data_dir, FILE, SCHEMA)?;
-        conn.pragma_update(None, "synchronous", "NORMAL")
-            .map_err(|e| StoreError::sql(&path, e))?;
+        let open = |source| StoreError::Open {
+            path: path.clone(),
+            source,
+        };
+        conn.pragma_update(None, "synchronous", "OFF")
+            .map_err(open)?;
+        // Reads the header and schema: a file damaged there fails here.
+        conn.query_row("SELECT count(*) FROM sqlite_schema", [], |r| {
+            r.get::<_, i64>(0)
+        })
+        .map_err(open)?;
         Ok(LineageStore { path, conn })
     }
 
