@@ -15,7 +15,8 @@
 //! `TRACE=1` (each round also runs millrace exporting every message's spans over OTLP/HTTP to a
 //! receiver in the bench that takes and drops them: the cost of tracing, same run),
 //! `BASELINE=PATH` (each round also runs the millrace binary at PATH, e.g. one built from an
-//! earlier commit: a change's cost, same run).
+//! earlier commit: a change's cost, same run), `LINEAGE=compare` (each round also runs millrace
+//! with `[telemetry] lineage = false`: the cost of keeping lineage, same run).
 
 mod common;
 use common::{cpu_seconds, median, record, root, route_output, setting};
@@ -291,15 +292,14 @@ async fn millrace(
     prefetch: u16,
     data: &Path,
     broker: u32,
-    otlp: Option<&str>,
-    binary: &Path,
+    (otlp, binary, extra): (Option<&str>, &Path, &str),
 ) -> Measured {
     let setup = connect(url).await;
     let ch = setup.create_channel().await.unwrap();
     topology(&ch, "bench.in", "bench.out", "bench.sink").await;
     preload(&ch, "bench.in", n).await;
     let config = data.join("millrace.toml");
-    std::fs::write(&config, config_text(url, prefetch, data)).unwrap();
+    std::fs::write(&config, config_text(url, prefetch, data) + extra).unwrap();
     let mut host = Host(
         Command::new(binary)
             .args(["run", "--config"])
@@ -419,6 +419,8 @@ fn main() {
     let this = Path::new(env!("CARGO_BIN_EXE_millrace"));
     let baseline = std::env::var("BASELINE").ok().map(std::path::PathBuf::from);
     let mut baselines = Vec::new();
+    let compare_lineage = std::env::var("LINEAGE").as_deref() == Ok("compare");
+    let mut unlineaged = Vec::new();
     for round in 1..=rounds {
         let p = runtime.block_on(pipe(&url, n, prefetch, node.pid, event.clone()));
         // A fresh data directory per round: no settled ids from the last one.
@@ -427,14 +429,47 @@ fn main() {
         if let Some(binary) = &baseline {
             let dir = data.path().join(format!("round-{round}-baseline"));
             std::fs::create_dir_all(&dir).unwrap();
-            let b = runtime.block_on(millrace(&url, n, prefetch, &dir, node.pid, None, binary));
+            let b = runtime.block_on(millrace(
+                &url,
+                n,
+                prefetch,
+                &dir,
+                node.pid,
+                (None, binary, ""),
+            ));
             println!(
                 "round {round}: baseline millrace {:>6.0} msg/s (host {:>5.1} µs CPU/msg)",
                 b.rate, b.consumer_us
             );
             baselines.push(b);
         }
-        let m = runtime.block_on(millrace(&url, n, prefetch, &dir, node.pid, None, this));
+        let m = runtime.block_on(millrace(
+            &url,
+            n,
+            prefetch,
+            &dir,
+            node.pid,
+            (None, this, ""),
+        ));
+        if compare_lineage {
+            let dir = data.path().join(format!("round-{round}-no-lineage"));
+            std::fs::create_dir_all(&dir).unwrap();
+            let l = runtime.block_on(millrace(
+                &url,
+                n,
+                prefetch,
+                &dir,
+                node.pid,
+                (None, this, "\n[telemetry]\nlineage = false\n"),
+            ));
+            println!(
+                "round {round}: millrace without lineage {:>6.0} msg/s (host {:>5.1} µs CPU/msg); with lineage {:.2} of it",
+                l.rate,
+                l.consumer_us,
+                m.rate / l.rate
+            );
+            unlineaged.push(l);
+        }
         if let Some(endpoint) = &otlp {
             let dir = data.path().join(format!("round-{round}-traced"));
             std::fs::create_dir_all(&dir).unwrap();
@@ -444,8 +479,7 @@ fn main() {
                 prefetch,
                 &dir,
                 node.pid,
-                Some(endpoint),
-                this,
+                (Some(endpoint), this, ""),
             ));
             println!(
                 "round {round}: millrace exporting traces {:>6.0} msg/s (host {:>5.1} µs CPU/msg), {:.2} of millrace without",
@@ -486,6 +520,15 @@ fn main() {
             m / b,
             med(&hosts, |x| x.consumer_us),
             med(&baselines, |x| x.consumer_us),
+        );
+    }
+    if !unlineaged.is_empty() {
+        let l = med(&unlineaged, |x| x.rate);
+        println!(
+            "lineage: millrace with it {m:.0} msg/s, without {l:.0} msg/s: {:.1} % below (host {:.1} against {:.1} µs CPU/msg)",
+            100.0 * (1.0 - m / l),
+            med(&hosts, |x| x.consumer_us),
+            med(&unlineaged, |x| x.consumer_us),
         );
     }
     if !traced.is_empty() {

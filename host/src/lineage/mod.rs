@@ -32,7 +32,9 @@ pub struct Retention {
     pub enabled: bool,
     /// How long a row is kept (`lineage_retention_h`, default 168: a week).
     pub max_age: Duration,
-    /// Rows kept at most, the oldest pruned first (`lineage_max_rows`, default 1,000,000).
+    /// Rows kept at most, the oldest pruned first (`lineage_max_rows`, default 1,000,000). A
+    /// row is the events of one message on one route that were written together — usually its
+    /// whole way through the route; a retried message has one per attempt.
     pub max_rows: u64,
 }
 
@@ -282,11 +284,14 @@ fn write_loop(mut store: store::LineageStore, jobs: flume::Receiver<Job>, retent
             Err(flume::RecvTimeoutError::Timeout) => None,
             Err(flume::RecvTimeoutError::Disconnected) => return,
         };
-        // Gather for a moment before writing: fewer, larger transactions touch each page of
-        // the file (and its indexes) once per batch rather than once per message.
+        // Let notes gather for a moment before writing: the writer wakes once per batch, not
+        // once per note (a wake-up costs more than the note), and fewer, larger transactions
+        // touch each page of the file once per batch.
+        if matches!(first, Some(Job::Note(_))) {
+            std::thread::sleep(GATHER);
+        }
         let mut notes = Vec::new();
         let mut flushes = Vec::new();
-        let gathering = std::time::Instant::now();
         let mut next = first;
         while let Some(job) = next.take() {
             match job {
@@ -297,12 +302,6 @@ fn write_loop(mut store: store::LineageStore, jobs: flume::Receiver<Job>, retent
                 break;
             }
             next = jobs.try_recv().ok();
-            if next.is_none() && flushes.is_empty() {
-                let left = GATHER.saturating_sub(gathering.elapsed());
-                if !left.is_zero() {
-                    next = jobs.recv_timeout(left).ok();
-                }
-            }
         }
         if !notes.is_empty() {
             since_prune += notes.len() as u64;

@@ -16,21 +16,20 @@ use std::path::{Path, PathBuf};
 const FILE: &str = "lineage.db";
 
 const SCHEMA: &str = "
-CREATE TABLE IF NOT EXISTS hops (
+CREATE TABLE IF NOT EXISTS paths (
     seq INTEGER PRIMARY KEY,
     message_id TEXT NOT NULL,
     at_ms INTEGER NOT NULL,
     plant TEXT NOT NULL,
     route TEXT NOT NULL,
-    event TEXT NOT NULL,
     subject TEXT,
     trace_id TEXT,
-    detail TEXT NOT NULL
+    events TEXT NOT NULL
 );
-CREATE INDEX IF NOT EXISTS hops_message ON hops(message_id);
-CREATE INDEX IF NOT EXISTS hops_time ON hops(at_ms);
-CREATE INDEX IF NOT EXISTS hops_subject ON hops(subject) WHERE subject IS NOT NULL;
-CREATE INDEX IF NOT EXISTS hops_trace ON hops(trace_id) WHERE trace_id IS NOT NULL;
+CREATE INDEX IF NOT EXISTS paths_message ON paths(message_id);
+CREATE INDEX IF NOT EXISTS paths_time ON paths(at_ms);
+CREATE INDEX IF NOT EXISTS paths_subject ON paths(subject) WHERE subject IS NOT NULL;
+CREATE INDEX IF NOT EXISTS paths_trace ON paths(trace_id) WHERE trace_id IS NOT NULL;
 ";
 
 /// The lineage file.
@@ -159,40 +158,75 @@ impl LineageStore {
         |e| StoreError::sql(&self.path, e)
     }
 
-    /// Write `notes` in one transaction (subjects read from their bodies here, off the hot path).
+    /// Write `notes` in one transaction: one row per message (and route) of the batch, holding
+    /// its events in order (subjects read from their bodies here, off the hot path).
     pub fn write(&mut self, notes: &[Box<Note>]) -> Result<(), StoreError> {
+        #[derive(Serialize)]
+        struct Stamped<'a> {
+            at_ms: i64,
+            #[serde(flatten)]
+            event: &'a super::Event,
+        }
+        let mut rows: Vec<Vec<&Note>> = Vec::new();
+        let mut index: std::collections::HashMap<(&str, &str, &str), usize> =
+            std::collections::HashMap::new();
+        for note in notes {
+            let key = (
+                note.message_id.as_str(),
+                note.plant.as_str(),
+                note.route.as_str(),
+            );
+            match index.get(&key) {
+                Some(&at) => rows[at].push(note),
+                None => {
+                    index.insert(key, rows.len());
+                    rows.push(vec![note]);
+                }
+            }
+        }
         let path = self.path.clone();
         let sql = |e| StoreError::sql(&path, e);
         let tx = self.conn.transaction().map_err(sql)?;
         {
             let mut insert = tx
                 .prepare_cached(
-                    "INSERT INTO hops (message_id, at_ms, plant, route, event, subject, trace_id, detail)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                    "INSERT INTO paths (message_id, at_ms, plant, route, subject, trace_id, events)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
                 )
                 .map_err(sql)?;
-            for note in notes {
-                let detail = serde_json::to_value(&note.event).expect("events serialize");
-                let event = detail
-                    .get("event")
-                    .and_then(|e| e.as_str())
-                    .unwrap_or("unknown")
-                    .to_string();
-                let subject = note.subject.clone().or_else(|| {
-                    note.subject_from
-                        .iter()
-                        .find_map(|body| super::subject_of(body))
+            let mut events = String::new();
+            for row in rows {
+                let first = row[0];
+                events.clear();
+                events.push('[');
+                for (i, note) in row.iter().enumerate() {
+                    if i > 0 {
+                        events.push(',');
+                    }
+                    let stamped = Stamped {
+                        at_ms: note.at_ms,
+                        event: &note.event,
+                    };
+                    events.push_str(&serde_json::to_string(&stamped).expect("events serialize"));
+                }
+                events.push(']');
+                let subject = row.iter().find_map(|note| {
+                    note.subject.clone().or_else(|| {
+                        note.subject_from
+                            .iter()
+                            .find_map(|body| super::subject_of(body))
+                    })
                 });
+                let trace_id = row.iter().find_map(|note| note.trace_id).map(hex::encode);
                 insert
                     .execute(params![
-                        note.message_id,
-                        note.at_ms,
-                        note.plant,
-                        note.route,
-                        event,
+                        first.message_id,
+                        first.at_ms,
+                        first.plant,
+                        first.route,
                         subject,
-                        note.trace_id.map(hex::encode),
-                        detail.to_string(),
+                        trace_id,
+                        events,
                     ])
                     .map_err(sql)?;
             }
@@ -205,17 +239,17 @@ impl LineageStore {
         let cutoff = super::now_ms() - retention.max_age.as_millis() as i64;
         let mut pruned = self
             .conn
-            .execute("DELETE FROM hops WHERE at_ms < ?1", params![cutoff])
+            .execute("DELETE FROM paths WHERE at_ms < ?1", params![cutoff])
             .map_err(self.sql())? as u64;
         let newest: Option<i64> = self
             .conn
-            .query_row("SELECT max(seq) FROM hops", [], |r| r.get(0))
+            .query_row("SELECT max(seq) FROM paths", [], |r| r.get(0))
             .map_err(self.sql())?;
         if let Some(newest) = newest {
             let keep_from = newest - retention.max_rows as i64;
             pruned += self
                 .conn
-                .execute("DELETE FROM hops WHERE seq <= ?1", params![keep_from])
+                .execute("DELETE FROM paths WHERE seq <= ?1", params![keep_from])
                 .map_err(self.sql())? as u64;
         }
         if pruned > 0 {
@@ -234,26 +268,45 @@ impl LineageStore {
         let mut stmt = self
             .conn
             .prepare_cached(
-                "SELECT seq, at_ms, plant, route, subject, trace_id, detail FROM hops
+                "SELECT seq, plant, route, subject, trace_id, events FROM paths
                  WHERE message_id = ?1 ORDER BY seq LIMIT 1000",
             )
             .map_err(self.sql())?;
-        let hops: Vec<Hop> = stmt
+        type Row = (i64, String, String, Option<String>, Option<String>, String);
+        let rows: Vec<Row> = stmt
             .query_map(params![id], |row| {
-                let detail: String = row.get(6)?;
-                Ok(Hop {
-                    seq: row.get(0)?,
-                    at: rfc3339(row.get(1)?),
-                    plant: row.get(2)?,
-                    route: row.get(3)?,
-                    subject: row.get(4)?,
-                    trace_id: row.get(5)?,
-                    detail: serde_json::from_str(&detail).unwrap_or_default(),
-                })
+                Ok((
+                    row.get(0)?,
+                    row.get(1)?,
+                    row.get(2)?,
+                    row.get(3)?,
+                    row.get(4)?,
+                    row.get(5)?,
+                ))
             })
             .map_err(self.sql())?
             .collect::<Result<_, _>>()
             .map_err(self.sql())?;
+        let mut hops = Vec::new();
+        for (seq, plant, route, subject, trace_id, events) in rows {
+            let events: Vec<serde_json::Map<String, serde_json::Value>> =
+                serde_json::from_str(&events).unwrap_or_default();
+            for mut detail in events {
+                let at_ms = detail
+                    .remove("at_ms")
+                    .and_then(|v| v.as_i64())
+                    .unwrap_or_default();
+                hops.push(Hop {
+                    seq,
+                    at: rfc3339(at_ms),
+                    plant: plant.clone(),
+                    route: route.clone(),
+                    subject: subject.clone(),
+                    trace_id: trace_id.clone(),
+                    detail,
+                });
+            }
+        }
         let Some(first) = hops.first() else {
             return Ok(None);
         };
@@ -272,7 +325,7 @@ impl LineageStore {
         let mut children = Vec::new();
         let mut known = self
             .conn
-            .prepare_cached("SELECT 1 FROM hops WHERE message_id = ?1 LIMIT 1")
+            .prepare_cached("SELECT 1 FROM paths WHERE message_id = ?1 LIMIT 1")
             .map_err(self.sql())?;
         for output in outputs {
             if output != id
@@ -292,7 +345,7 @@ impl LineageStore {
                 let mut stmt = self
                     .conn
                     .prepare_cached(
-                        "SELECT message_id FROM hops WHERE trace_id = ?1 AND message_id != ?2
+                        "SELECT message_id FROM paths WHERE trace_id = ?1 AND message_id != ?2
                          GROUP BY message_id ORDER BY min(seq) LIMIT 50",
                     )
                     .map_err(self.sql())?;
@@ -324,11 +377,12 @@ impl LineageStore {
             .conn
             .prepare_cached(
                 "SELECT message_id, plant, route, min(at_ms), max(at_ms), max(subject),
-                        (SELECT event FROM hops l WHERE l.message_id = h.message_id ORDER BY seq DESC LIMIT 1)
-                 FROM hops h
+                        (SELECT json_extract(l.events, '$[#-1].event') FROM paths l
+                         WHERE l.message_id = h.message_id ORDER BY seq DESC LIMIT 1)
+                 FROM paths h
                  WHERE (?1 IS NULL OR plant = ?1)
                    AND (?2 IS NULL OR route = ?2)
-                   AND (?3 IS NULL OR message_id IN (SELECT message_id FROM hops WHERE subject = ?3))
+                   AND (?3 IS NULL OR message_id IN (SELECT message_id FROM paths WHERE subject = ?3))
                    AND (?4 IS NULL OR at_ms >= ?4)
                    AND (?5 IS NULL OR at_ms <= ?5)
                    AND (?6 IS NULL OR plant IN (SELECT value FROM json_each(?6)))
@@ -367,7 +421,7 @@ impl LineageStore {
     /// Rows kept now.
     pub fn rows(&self) -> Result<u64, StoreError> {
         self.conn
-            .query_row("SELECT count(*) FROM hops", [], |r| r.get::<_, i64>(0))
+            .query_row("SELECT count(*) FROM paths", [], |r| r.get::<_, i64>(0))
             .map(|n| n as u64)
             .map_err(self.sql())
     }
@@ -453,7 +507,8 @@ mod tests {
             ])
             .unwrap();
         let path = store.path_of("m1", None).unwrap().unwrap();
-        assert_eq!(path.hops.len(), 2);
+        assert_eq!(path.hops.len(), 2, "two events, one row");
+        assert_eq!(store.rows().unwrap(), 2);
         assert_eq!(path.subject.as_deref(), Some("WO-7"));
         assert_eq!(path.children, vec!["o1".to_string()]);
         assert_eq!(path.related, vec!["o1".to_string()]);
@@ -480,15 +535,13 @@ mod tests {
         let retention = Retention {
             enabled: true,
             max_age: std::time::Duration::from_secs(3600),
-            max_rows: 2,
+            max_rows: 1,
         };
-        assert_eq!(
-            store.prune(retention).unwrap(),
-            2,
-            "the old row, then m1's first"
-        );
-        assert_eq!(store.rows().unwrap(), 2);
+        assert_eq!(store.prune(retention).unwrap(), 2, "the old row, then m1's");
+        assert_eq!(store.rows().unwrap(), 1);
         assert!(store.path_of("old", None).unwrap().is_none());
+        assert!(store.path_of("m1", None).unwrap().is_none());
+        assert!(store.path_of("o1", None).unwrap().is_some());
     }
 
     #[test]
