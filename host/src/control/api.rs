@@ -19,6 +19,9 @@
 //! | POST | `/v1/config/reload` | operator of every plant | read the configuration file again; applied (200) or refused (422) |
 //! | GET | `/v1/audit?plant=&who=&after=&limit=` | viewer | the audit log (of its plants; entries of no plant for every-plant viewers) |
 //! | GET | `/metrics` | viewer | counters, Prometheus text format |
+//! | GET | `/v1/overview`, `/v1/messages…`, `/v1/dead-letters` | viewer | what [`super::observe`] shows |
+//! | POST | `/v1/dead-letters/{id}/replay` | operator | a dry run or a replay of a local dead letter |
+//! | GET | `/`, `/console/…` | none | the operator console's files ([`super::console`]; they hold no data) |
 
 use super::Control;
 use super::auth::{Access, Denied, Identity, Role};
