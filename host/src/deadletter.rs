@@ -89,6 +89,20 @@ pub struct DeadLetter {
     pub lineage: String,
 }
 
+impl DeadLetter {
+    /// The message as it was when it failed, to run again.
+    pub fn message(&self) -> crate::plugin::bindings::types::Message {
+        crate::plugin::bindings::types::Message {
+            id: self.message_id.clone(),
+            plant: self.plant.clone(),
+            route: self.route.clone(),
+            content_type: self.content_type.clone(),
+            headers: self.headers.clone(),
+            body: self.body.clone(),
+        }
+    }
+}
+
 fn serialize_body<S: serde::Serializer>(body: &[u8], s: S) -> Result<S::Ok, S::Error> {
     match std::str::from_utf8(body) {
         Ok(text) => s.serialize_str(text),

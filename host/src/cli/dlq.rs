@@ -206,14 +206,7 @@ fn replay_inner(
         .map_err(|e| format!("cannot start the async runtime: {e}"))?;
     let (mut delivered, mut failed) = (0, 0);
     for entry in &entries {
-        let message = Message {
-            id: entry.message_id.clone(),
-            plant: entry.plant.clone(),
-            route: entry.route.clone(),
-            content_type: entry.content_type.clone(),
-            headers: entry.headers.clone(),
-            body: entry.body.clone(),
-        };
+        let message = entry.message();
         let label = format!("dead letter {} (message {})", entry.id, entry.message_id);
         // A replay is a span of the trace the message came with (when traces are exported).
         let mut span = crate::pipeline::source_span(
@@ -226,14 +219,7 @@ fn replay_inner(
             span.set("millrace.dead_letter.id", entry.id);
             span.set("millrace.dry_run", dry_run);
         }
-        let end = |span: Option<crate::telemetry::trace::Span>, failed: Option<String>| {
-            if let Some(mut span) = span {
-                if let Some(why) = failed {
-                    span.fail(why);
-                }
-                span.end();
-            }
-        };
+        let end = crate::telemetry::trace::end;
         if !dry_run {
             crate::lineage::note(crate::lineage::of(
                 &route,

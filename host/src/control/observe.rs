@@ -208,14 +208,7 @@ pub async fn replay(
         control.deployer.routes().get(&entry.route).ok_or_else(|| {
             Problem::conflict(format!("route {} is not configured now", entry.route))
         })?;
-    let message = Message {
-        id: entry.message_id.clone(),
-        plant: entry.plant.clone(),
-        route: entry.route.clone(),
-        content_type: entry.content_type.clone(),
-        headers: entry.headers.clone(),
-        body: entry.body.clone(),
-    };
+    let message = entry.message();
     if dry_run {
         let engine = control.deployer.engine().clone();
         let ran = tokio::task::spawn_blocking(move || {
@@ -296,14 +289,7 @@ async fn replay_once(
         settled: None,
         trace: span.as_ref().map(|s| s.context.clone()),
     };
-    let end = |span: Option<crate::telemetry::trace::Span>, failed: Option<String>| {
-        if let Some(mut span) = span {
-            if let Some(why) = failed {
-                span.fail(why);
-            }
-            span.end();
-        }
-    };
+    let end = crate::telemetry::trace::end;
     let outputs = match control.pipeline.mediate(route, message, ask).await {
         Ok(outputs) => outputs,
         Err(Mediated::Failed { failure, .. }) => {

@@ -549,42 +549,41 @@ impl StepRuntime {
         engine: &PluginEngine,
         artifact: &Artifact,
     ) -> Result<StepRuntime, LoadError> {
+        let spec = self.spec(
+            Arc::clone(&self.context.state),
+            Arc::clone(&self.quarantines),
+        );
+        StepRuntime::load(engine, artifact, spec)
+    }
+
+    /// This step's spec with `state` and `quarantines`.
+    fn spec(
+        &self,
+        state: Arc<crate::state::StateStore>,
+        quarantines: Arc<crate::quarantine::Quarantines>,
+    ) -> StepSpec<'_> {
         let c = &self.context;
-        StepRuntime::load(
-            engine,
-            artifact,
-            StepSpec {
-                plant: &c.plant,
-                route: &c.route,
-                grants: self.grants.clone(),
-                settings: c.settings.clone(),
-                tables: c.tables.clone(),
-                state: Arc::clone(&c.state),
-                limits: self.limits,
-                quarantines: Arc::clone(&self.quarantines),
-            },
-        )
+        StepSpec {
+            plant: &c.plant,
+            route: &c.route,
+            grants: self.grants.clone(),
+            settings: c.settings.clone(),
+            tables: c.tables.clone(),
+            state,
+            limits: self.limits,
+            quarantines,
+        }
     }
 
     /// The same step on a private, empty state and no breaker: what a dry run uses, so it
     /// cannot change the plant's state or trip the step's quarantine.
     pub fn isolated(&self, engine: &PluginEngine) -> Result<StepRuntime, LoadError> {
         let artifact = Artifact::load(engine, &self.path)?;
-        let c = &self.context;
-        StepRuntime::load(
-            engine,
-            &artifact,
-            StepSpec {
-                plant: &c.plant,
-                route: &c.route,
-                grants: self.grants.clone(),
-                settings: c.settings.clone(),
-                tables: c.tables.clone(),
-                state: Arc::new(crate::state::StateStore::in_memory()),
-                limits: self.limits,
-                quarantines: Arc::new(crate::quarantine::Quarantines::disabled()),
-            },
-        )
+        let spec = self.spec(
+            Arc::new(crate::state::StateStore::in_memory()),
+            Arc::new(crate::quarantine::Quarantines::disabled()),
+        );
+        StepRuntime::load(engine, &artifact, spec)
     }
 
     fn instantiate(&self, message_id: &str) -> wasmtime::Result<Warm> {

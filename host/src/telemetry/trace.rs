@@ -338,6 +338,16 @@ impl Sampler {
     }
 }
 
+/// End `span` (when there is one), failed with `failed`'s reason when given.
+pub fn end(span: Option<Span>, failed: Option<String>) {
+    if let Some(mut span) = span {
+        if let Some(why) = failed {
+            span.fail(why);
+        }
+        span.end();
+    }
+}
+
 thread_local! {
     static CURRENT: std::cell::Cell<Option<([u8; 16], [u8; 8])>> = const { std::cell::Cell::new(None) };
 }
