@@ -18,6 +18,8 @@ use std::time::Duration;
 pub const MAX_REASON_BYTES: usize = 1024;
 /// Output ids a note keeps; the rest are counted (`more_outputs`).
 pub const MAX_OUTPUT_IDS: usize = 64;
+/// Longest message id kept (bytes): a plugin names its outputs' ids, of any length.
+pub const MAX_ID_BYTES: usize = 256;
 /// Longest subject kept (bytes).
 pub const MAX_SUBJECT_BYTES: usize = 256;
 /// Largest body the writer reads a subject from.
@@ -203,7 +205,7 @@ pub fn of(
     event: Event,
 ) -> Note {
     Note {
-        message_id: message_id.to_string(),
+        message_id: bounded(message_id, MAX_ID_BYTES),
         plant: route.plant.clone(),
         route: route.name.clone(),
         trace_id,

@@ -265,6 +265,9 @@ impl LineageStore {
         id: &str,
         plants: Option<&[String]>,
     ) -> Result<Option<MessagePath>, StoreError> {
+        // Ids are kept cut to a bound; a long one is looked up as it was kept.
+        let kept = super::bounded(id, super::MAX_ID_BYTES);
+        let id = kept.as_str();
         let mut stmt = self
             .conn
             .prepare_cached(

@@ -259,7 +259,7 @@ fn noted(
                 outputs: outputs
                     .iter()
                     .take(MAX_OUTPUT_IDS)
-                    .map(|o| o.id.clone())
+                    .map(|o| bounded(&o.id, crate::lineage::MAX_ID_BYTES))
                     .collect(),
                 more_outputs: outputs.len().saturating_sub(MAX_OUTPUT_IDS),
             }
