@@ -91,6 +91,15 @@ fn endpoints(component: &[u8]) -> Vec<(&'static str, &'static str, Option<&'stat
         ("POST", "/v1/config/reload", None, vec![]),
         ("GET", "/v1/audit", None, vec![]),
         ("GET", "/metrics", None, vec![]),
+        ("GET", "/v1/overview", None, vec![]),
+        ("GET", "/v1/messages?plant=plant-b", None, vec![]),
+        ("GET", "/v1/dead-letters", None, vec![]),
+        (
+            "POST",
+            "/v1/dead-letters/1/replay",
+            Some("application/json"),
+            br#"{"dry_run": true}"#.to_vec(),
+        ),
     ]
 }
 
@@ -110,6 +119,15 @@ fn every_endpoint_needs_a_known_token_and_the_right_role_and_plant() {
             assert_eq!(reply.json()["type"], "urn:millrace:problem:unauthenticated");
         }
     }
+    // The console's own files hold no data: served without a token, with a strict policy.
+    let page = call(&host, None, "GET", "/console/", None, &[], b"");
+    assert_eq!(page.status, 200, "{}", page.body);
+    assert!(page.body.contains("millrace console"));
+    assert!(
+        page.header("content-security-policy")
+            .is_some_and(|p| p.contains("default-src 'none'")),
+        "{page:?}"
+    );
     // The viewer reads everything and changes nothing.
     for (method, path, ct, body) in endpoints(&component) {
         let reply = call(&host, Some("token-watcher"), method, path, ct, &[], &body);
