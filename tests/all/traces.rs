@@ -5,6 +5,19 @@
 
 use crate::harness::*;
 
+/// The spans the OTLP receiver `collector` took (each request protobuf), decoded.
+fn spans_of(collector: &WebhookReceiver) -> Vec<serde_json::Value> {
+    let bodies: Vec<Vec<u8>> = collector
+        .requests()
+        .into_iter()
+        .inspect(|r| {
+            assert_eq!(r.header("content-type"), Some("application/x-protobuf"));
+        })
+        .map(|r| r.raw)
+        .collect();
+    decode(&bodies)
+}
+
 /// The spans in the OTLP export requests `bodies`, decoded by `opentelemetry-proto`.
 fn decode(bodies: &[Vec<u8>]) -> Vec<serde_json::Value> {
     let dir = tempfile::tempdir().unwrap();
@@ -176,15 +189,7 @@ print('{}')",
     assert_eq!(relay[2]["attempt"], 1);
     assert_eq!(relay[4]["sink"], "http");
 
-    let bodies: Vec<Vec<u8>> = collector
-        .requests()
-        .into_iter()
-        .inspect(|r| {
-            assert_eq!(r.header("content-type"), Some("application/x-protobuf"));
-        })
-        .map(|r| r.raw)
-        .collect();
-    let spans = decode(&bodies);
+    let spans = spans_of(&collector);
     assert!(!spans.is_empty());
     for span in &spans {
         assert_eq!(span["trace"], trace, "one trace: {span}");
@@ -344,13 +349,7 @@ fn a_dead_letter_replayed_after_the_fix_stays_in_the_trace_it_came_with() {
     assert!(replay.status.success(), "{text}");
     assert!(text.contains("1 replayed"), "{text}");
 
-    let spans = decode(
-        &collector
-            .requests()
-            .into_iter()
-            .map(|r| r.raw)
-            .collect::<Vec<_>>(),
-    );
+    let spans = spans_of(&collector);
     for span in &spans {
         assert_eq!(span["trace"], trace, "{span}");
     }
@@ -422,13 +421,7 @@ fn trace_settings_from_the_file_and_json_log_lines_that_carry_the_message_trace(
     assert!(doc["timestamp"].as_str().unwrap().ends_with('Z'), "{doc}");
     assert!(host.stop().success());
     // Spans went where the file said, under the service name it gave.
-    let spans = decode(
-        &collector
-            .requests()
-            .into_iter()
-            .map(|r| r.raw)
-            .collect::<Vec<_>>(),
-    );
+    let spans = spans_of(&collector);
     assert!(!spans.is_empty());
     for span in &spans {
         assert_eq!(span["service"], "plant-a-mediation", "{span}");

@@ -95,15 +95,10 @@ pub fn replay(
                         .ack(BasicAckOptions::default())
                         .await
                         .map_err(broker)?;
-                    crate::lineage::note(crate::lineage::of(
-                        route,
-                        &id,
-                        None,
-                        crate::lineage::Event::Replayed {
-                            dead_letter: None,
-                            by: "millrace dlq replay".into(),
-                        },
-                    ));
+                    crate::lineage::record(route, &id, None, || crate::lineage::Event::Replayed {
+                        dead_letter: None,
+                        by: "millrace dlq replay".into(),
+                    });
                     replayed += 1;
                     println!("{label}: sent back to {} (replay {n})", route.amqp.queue);
                 }

@@ -220,17 +220,16 @@ fn replay_inner(
             span.set("millrace.dry_run", dry_run);
         }
         let end = crate::telemetry::trace::end;
-        if !dry_run {
-            crate::lineage::note(crate::lineage::of(
-                &route,
-                &entry.message_id,
-                span.as_ref().map(|s| s.context.trace_id),
-                crate::lineage::Event::Replayed {
-                    dead_letter: Some(entry.id),
-                    by: "millrace dlq replay".into(),
-                },
-            ));
-        }
+        // (A dry run keeps no lineage: it was not started.)
+        crate::lineage::record(
+            &route,
+            &entry.message_id,
+            span.as_ref().map(|s| s.context.trace_id),
+            || crate::lineage::Event::Replayed {
+                dead_letter: Some(entry.id),
+                by: "millrace dlq replay".into(),
+            },
+        );
         let ask = crate::pipeline::Ask {
             when_busy: crate::pipeline::WhenBusy::Wait,
             on_failure: crate::pipeline::OnFailure::Caller,

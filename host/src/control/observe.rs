@@ -274,15 +274,15 @@ async fn replay_once(
     if let Some(span) = &mut span {
         span.set("millrace.dead_letter.id", id);
     }
-    crate::lineage::note(crate::lineage::of(
+    crate::lineage::record(
         route,
         &entry.message_id,
         span.as_ref().map(|s| s.context.trace_id),
-        crate::lineage::Event::Replayed {
+        || crate::lineage::Event::Replayed {
             dead_letter: Some(id),
             by: by.to_string(),
         },
-    ));
+    );
     let ask = Ask {
         when_busy: WhenBusy::Refuse,
         on_failure: OnFailure::Caller,

@@ -216,6 +216,18 @@ pub fn of(
     }
 }
 
+/// Note `event` (made only when lineage is kept) for message `message_id` of `route` now.
+pub fn record(
+    route: &crate::route::Route,
+    message_id: &str,
+    trace_id: Option<[u8; 16]>,
+    event: impl FnOnce() -> Event,
+) {
+    if enabled() {
+        note(of(route, message_id, trace_id, event()));
+    }
+}
+
 /// Wait (at most `within`) until every note handed over so far is written.
 pub fn flush(within: Duration) {
     let Some(recorder) = RECORDER.get() else {

@@ -548,6 +548,32 @@ mod tests {
     }
 
     #[test]
+    fn a_plugin_naming_huge_ids_and_reasons_makes_bounded_rows() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = LineageStore::open(dir.path()).unwrap();
+        let huge = "x".repeat(1 << 20);
+        let mut note = note("m1", super::super::now_ms(), mediated(&[]), None);
+        // What the recorder keeps of a hostile run: ids, outputs and reasons cut to their bounds.
+        note.message_id = super::super::bounded(&huge, super::super::MAX_ID_BYTES);
+        note.event = Event::Failed {
+            source: "http".into(),
+            steps: Vec::new(),
+            step: 1,
+            kind: "rejected".into(),
+            reason: super::super::bounded(&huge, super::super::MAX_REASON_BYTES),
+        };
+        store.write(&[note]).unwrap();
+        let events: String = store
+            .conn
+            .query_row("SELECT events || message_id FROM paths", [], |r| r.get(0))
+            .unwrap();
+        assert!(events.len() < 2 * 1024, "{} bytes", events.len());
+        // Found by the id as sent: it is looked up as it was kept.
+        let path = store.path_of(&huge, None).unwrap().unwrap();
+        assert_eq!(path.hops[0].detail["event"], "failed");
+    }
+
+    #[test]
     fn times_read_as_rfc3339_or_milliseconds() {
         assert_eq!(parse_time("1000"), Some(1000));
         assert_eq!(parse_time("1970-01-01T00:00:01Z"), Some(1000));

@@ -272,7 +272,7 @@ fn noted(
             reason: bounded(&failure.reason(), MAX_REASON_BYTES),
         },
     };
-    if may_name_subject(&input.content_type, &input.body) {
+    if subject_from.is_empty() && may_name_subject(&input.content_type, &input.body) {
         subject_from.push(input.body.clone());
     }
     let mut note = crate::lineage::of(route, &input.id, trace.map(|t| t.trace_id), event);
@@ -294,21 +294,15 @@ pub fn noted_dead_letter(
     kind: &str,
     reason: &str,
 ) {
-    if !crate::lineage::enabled() {
-        return;
-    }
     let trace_id = SpanContext::from_headers(headers).map(|c| c.trace_id);
-    crate::lineage::note(crate::lineage::of(
-        route,
-        message_id,
-        trace_id,
+    crate::lineage::record(route, message_id, trace_id, || {
         crate::lineage::Event::DeadLettered {
             store,
             dead_letter: id,
             kind: kind.to_string(),
             reason: crate::lineage::bounded(reason, crate::lineage::MAX_REASON_BYTES),
-        },
-    ));
+        }
+    });
 }
 
 /// The dead letter of `input` on `route`, failed at `(step, plugin)`.

@@ -178,17 +178,10 @@ pub fn retried(route: &Route, message_id: &str, attempt: u32, why: &str) {
         .retries
         .with(&[&route.plant, &route.name, &attempt.to_string()])
         .inc();
-    if crate::lineage::enabled() {
-        crate::lineage::note(crate::lineage::of(
-            route,
-            message_id,
-            None,
-            crate::lineage::Event::Retry {
-                attempt,
-                reason: crate::lineage::bounded(why, crate::lineage::MAX_REASON_BYTES),
-            },
-        ));
-    }
+    crate::lineage::record(route, message_id, None, || crate::lineage::Event::Retry {
+        attempt,
+        reason: crate::lineage::bounded(why, crate::lineage::MAX_REASON_BYTES),
+    });
 }
 
 /// Whether `settled` says the message was settled before (an unreadable store mediates).

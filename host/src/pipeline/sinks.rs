@@ -120,35 +120,27 @@ impl Sinks {
         via: Via,
     ) -> Result<Delivered, DeliveryError> {
         let delivered = self.deliver_counted(route, outputs, via).await;
-        if crate::lineage::enabled() {
+        crate::lineage::record(route, of, None, || {
             use crate::lineage::Event;
             let sink = route.sink.as_str().to_string();
-            let event = match &delivered {
-                Ok(Delivered::Reply(o)) => Event::Delivered {
-                    sink,
-                    outcome: "reply",
-                    count: o.len(),
-                },
-                Ok(Delivered::Held { accepted, .. }) => Event::Delivered {
-                    sink,
-                    outcome: "held",
-                    count: *accepted,
-                },
-                Ok(Delivered::Webhook(n) | Delivered::Published(n)) => Event::Delivered {
-                    sink,
-                    outcome: "delivered",
-                    count: *n,
-                },
+            let taken = |outcome, count| Event::Delivered {
+                sink: sink.clone(),
+                outcome,
+                count,
+            };
+            match &delivered {
+                Ok(Delivered::Reply(o)) => taken("reply", o.len()),
+                Ok(Delivered::Held { accepted, .. }) => taken("held", *accepted),
+                Ok(Delivered::Webhook(n) | Delivered::Published(n)) => taken("delivered", *n),
                 Err(e) => Event::NotDelivered {
-                    sink,
+                    sink: sink.clone(),
                     reason: crate::lineage::bounded(
                         &e.to_string(),
                         crate::lineage::MAX_REASON_BYTES,
                     ),
                 },
-            };
-            crate::lineage::note(crate::lineage::of(route, of, None, event));
-        }
+            }
+        });
         delivered
     }
 
