@@ -381,7 +381,7 @@ fn bench_vectors(c: &mut Criterion) {
         c,
         &engine,
         "canonical-map",
-        &["canonical-map-py"],
+        &["canonical-map-py", "canonical-map-js"],
     );
     bench_plugin::<idoc_flat::IdocFlat>(c, &engine, "idoc-flat");
     // Cases 01 (hold), 04 (release), 05 (ASN of the released lot) run in that order, so every

@@ -113,17 +113,27 @@ fn plugin_test_runs_one_message_and_exits_one_on_reject() {
 #[test]
 fn check_loads_every_plugin_and_a_restart_reuses_compiled_artifacts() {
     let mes = plugin("mes-fixed-width");
-    // The ~18 MB Python component is the one a restart must not compile again.
+    // The ~18 MB Python and ~12 MB JavaScript components are the ones a restart must not
+    // compile again. Each is granted exactly what its own world imports: a component that
+    // imported anything more would not load.
+    let map = "memory_mib = 128\nsettings = { codes = [{ path = \"data.work_centre\", table = \"work_centres\" }] }";
     let python = route_toml(
         "py",
         &plugin("canonical-map-py"),
-        r#"["log", "config", "lookup", "state", "wasi"]"#,
-        "memory_mib = 128\nsettings = { codes = [{ path = \"data.work_centre\", table = \"work_centres\" }] }",
+        r#"["config", "lookup", "wasi"]"#,
+        map,
+    );
+    let js = route_toml(
+        "js",
+        &plugin("canonical-map-js"),
+        r#"["config", "lookup"]"#,
+        map,
     );
     let ws = Workspace::new(
         &("[plants.plant-a.lookups.work_centres]\nentries = { WC01 = \"ASSY-01\" }\n\n"
             .to_string()
             + &python
+            + &js
             + &route_toml("r", &mes, r#"["log", "config", "lookup"]"#, "")
             + &mes_settings("r")),
     );
@@ -134,13 +144,13 @@ fn check_loads_every_plugin_and_a_restart_reuses_compiled_artifacts() {
         String::from_utf8_lossy(&first.stderr)
     );
     assert!(
-        stdout(&first).contains("compile cache: 0 hit(s), 2 miss(es)"),
+        stdout(&first).contains("compile cache: 0 hit(s), 3 miss(es)"),
         "{}",
         stdout(&first)
     );
     let second = ws.millrace(&["check"]);
     assert!(
-        stdout(&second).contains("compile cache: 2 hit(s), 0 miss(es)"),
+        stdout(&second).contains("compile cache: 3 hit(s), 0 miss(es)"),
         "{}",
         stdout(&second)
     );
@@ -188,6 +198,7 @@ fn every_plugin_passes_its_conformance_vectors() {
     }
     for expected in [
         "canonical-map",
+        "canonical-map-js",
         "canonical-map-py",
         "csv-records",
         "downtime-router",

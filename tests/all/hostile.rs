@@ -641,7 +641,7 @@ fn oversized_components_and_compilations_past_their_budget_are_refused() {
     let python = route_toml(
         "py",
         &plugin("canonical-map-py"),
-        r#"["log", "config", "lookup", "state", "wasi"]"#,
+        r#"["config", "lookup", "wasi"]"#,
         "memory_mib = 128\nsettings = { codes = [{ path = \"data.work_centre\", table = \"work_centres\" }] }",
     );
     let memory = workspace(&python);

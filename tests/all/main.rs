@@ -3,6 +3,7 @@
 //! `target/test-guests/`). One test binary, one module per area.
 
 mod admin_auth;
+mod authoring;
 mod amqp;
 mod amqp_faults;
 mod amqp_tls;

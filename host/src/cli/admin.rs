@@ -158,6 +158,7 @@ pub fn admin_token(name: &str, role: &str, plants: &[String]) -> i32 {
     0
 }
 
+/// `millrace plugin deploy FILE --plant P [--activate]`.
 pub fn deploy(admin: &str, plant: &str, file: &Path, activate: bool) -> i32 {
     let bytes = match std::fs::read(file) {
         Ok(b) => b,
@@ -166,30 +167,78 @@ pub fn deploy(admin: &str, plant: &str, file: &Path, activate: bool) -> i32 {
             return 1;
         }
     };
-    let url = format!("{admin}/v1/plants/{plant}/plugins");
-    let kept = match admin_request("POST", &url, Some((bytes, "application/wasm"))) {
-        Ok((status, text)) if (200..300).contains(&status) => text,
-        Ok((status, text)) => {
-            eprintln!("error: refused ({status}): {text}");
-            return 1;
-        }
+    let kept = match upload(admin, plant, bytes) {
+        Ok(kept) => kept,
         Err(e) => {
-            eprintln!("error: {url}: {e}; is the host running with host.admin set?");
+            eprintln!("error: {e}");
             return 1;
         }
     };
-    println!("{kept}");
+    println!("{}", kept.answer);
     if !activate {
         return 0;
     }
-    let version: serde_json::Value = serde_json::from_str(&kept).unwrap_or_default();
-    let (Some(plugin), Some(v)) = (version["plugin"].as_str(), version["version"].as_str()) else {
-        eprintln!("error: the admin API's answer names no plugin and version: {kept}");
-        return 1;
-    };
     admin_call(
         "POST",
-        &format!("{admin}/v1/plants/{plant}/plugins/{plugin}/activate"),
-        Some(serde_json::json!({ "version": v }).to_string().into_bytes()),
+        &format!("{admin}/v1/plants/{plant}/plugins/{}/activate", kept.plugin),
+        Some(serde_json::json!({ "version": kept.version }).to_string().into_bytes()),
     )
+}
+
+/// A version the host kept after its gate.
+pub struct Kept {
+    pub plugin: String,
+    pub version: String,
+    pub digest: String,
+    /// The admin API's answer as it came.
+    pub answer: String,
+}
+
+/// Upload a component to `plant`: the version the host kept, or why not (the gate's reason).
+pub fn upload(admin: &str, plant: &str, bytes: Vec<u8>) -> Result<Kept, String> {
+    let url = format!("{admin}/v1/plants/{plant}/plugins");
+    let answer = match admin_request("POST", &url, Some((bytes, "application/wasm"))) {
+        Ok((status, text)) if (200..300).contains(&status) => text,
+        Ok((status, text)) => {
+            let reason = serde_json::from_str::<serde_json::Value>(&text)
+                .ok()
+                .and_then(|v| v["detail"].as_str().map(str::to_string))
+                .unwrap_or(text);
+            return Err(format!("the host refused the version ({status}): {reason}"));
+        }
+        Err(e) => {
+            return Err(format!(
+                "{url}: {e}; is the host running with host.admin set?"
+            ));
+        }
+    };
+    let kept: serde_json::Value = serde_json::from_str(&answer).unwrap_or_default();
+    let field = |name: &str| kept[name].as_str().map(str::to_string);
+    match (field("plugin"), field("version")) {
+        (Some(plugin), Some(version)) => Ok(Kept {
+            plugin,
+            version,
+            digest: field("digest").unwrap_or_default(),
+            answer,
+        }),
+        _ => Err(format!(
+            "the admin API's answer names no plugin and version: {answer}"
+        )),
+    }
+}
+
+/// Make `version` of `plugin` the one `plant` runs; the admin API's answer or why not.
+pub fn activate_version(
+    admin: &str,
+    plant: &str,
+    plugin: &str,
+    version: &str,
+) -> Result<String, String> {
+    let url = format!("{admin}/v1/plants/{plant}/plugins/{plugin}/activate");
+    let body = serde_json::json!({ "version": version }).to_string();
+    match admin_request("POST", &url, Some((body.into_bytes(), "application/json"))) {
+        Ok((status, text)) if (200..300).contains(&status) => Ok(text),
+        Ok((status, text)) => Err(format!("activation refused ({status}): {text}")),
+        Err(e) => Err(format!("{url}: {e}; is the host running with host.admin set?")),
+    }
 }

@@ -89,6 +89,39 @@ pub enum AdminCommand {
 
 #[derive(Subcommand)]
 pub enum PluginCommand {
+    /// Start a plugin: a folder with a working plugin in the language given (source, README,
+    /// vectors with one passing case and one rejection, its world, and a local host
+    /// configuration whose route section is the snippet for a site's millrace.toml).
+    New {
+        /// The plugin's name: lower-case words joined by '-', e.g. work-report.
+        name: String,
+        #[arg(long, value_enum)]
+        lang: super::author::Language,
+        /// The folder to create (default: ./NAME); must not exist or be empty.
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
+    /// Build the plugin in DIR (its millrace-plugin.toml names the language) into
+    /// DIR/target/NAME.wasm with the toolchains scripts/setup installs (MILLRACE_TOOLS names
+    /// another tools folder); prints the output's path and size.
+    Build {
+        #[arg(default_value = ".")]
+        dir: PathBuf,
+        /// Run DIR/vectors against the build and put them inside it, for the deploy gate.
+        #[arg(long)]
+        bundle: bool,
+    },
+    /// Watch the plugin in DIR: on every change build it, run its vectors and, all passing,
+    /// deploy and activate it on a running host (with the vectors inside, each build under its
+    /// own VERSION-dev.N). A failed build or vector deploys nothing. Runs until interrupted.
+    Dev {
+        dir: PathBuf,
+        #[command(flatten)]
+        at: AdminTarget,
+        /// How often to look for changes, in milliseconds.
+        #[arg(long, default_value_t = 500)]
+        interval_ms: u64,
+    },
     /// Show a plugin's world, imports (the capabilities it asks for), exports, digest and size.
     Inspect { file: PathBuf },
     /// Run one message through one plugin locally, every capability granted. Exit 0 with the
@@ -269,6 +302,25 @@ pub fn dispatch(cli: Cli) -> i32 {
         Command::Plugin {
             command: PluginCommand::Inspect { file },
         } => super::inspect(&file),
+        Command::Plugin {
+            command: PluginCommand::New { name, lang, dir },
+        } => super::author::new::run(&name, lang, dir.as_deref()),
+        Command::Plugin {
+            command: PluginCommand::Build { dir, bundle },
+        } => super::author::build::run(&dir, bundle),
+        Command::Plugin {
+            command:
+                PluginCommand::Dev {
+                    dir,
+                    at,
+                    interval_ms,
+                },
+        } => super::author::dev::run(
+            &dir,
+            &at.admin,
+            &at.plant,
+            std::time::Duration::from_millis(interval_ms.max(50)),
+        ),
         Command::Plugin {
             command:
                 PluginCommand::Test {

@@ -3,6 +3,7 @@
 
 pub mod admin;
 pub mod args;
+pub mod author;
 pub mod check;
 pub mod dlq;
 pub mod plugin;

@@ -1,0 +1,198 @@
+//! `millrace plugin dev DIR --admin URL --plant P`: watch the plugin's sources; on every change
+//! build, run the vectors and, all passing, bundle them, deploy and activate the build on a
+//! running host, printing each step's result and time. A failed build or vector deploys nothing:
+//! the plant keeps its active version. Each build carries its own development version
+//! (`VERSION-dev.N`), so the host never sees two components under one version.
+
+use super::build::{self, GENERATED, Options};
+use super::Manifest;
+use crate::cli::admin;
+use crate::conformance;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant, SystemTime};
+
+/// Folders of a plugin that are build output or tools' caches, never sources.
+const IGNORED: &[&str] = &["target", "types", "node_modules", "__pycache__", ".git"];
+
+/// `millrace plugin dev`. Runs until interrupted; returns only when the folder is not a plugin.
+pub fn run(dir: &Path, admin: &str, plant: &str, interval: Duration) -> i32 {
+    if let Err(e) = Manifest::read(dir) {
+        eprintln!("error: {e}");
+        return 1;
+    }
+    println!(
+        "watching {} (every {} ms); each green build goes to plant {plant} at {admin}",
+        dir.display(),
+        interval.as_millis()
+    );
+    let mut seen = BTreeMap::new();
+    let mut last_stamp = 0;
+    loop {
+        let now = sources(dir);
+        if now != seen {
+            let changed: Vec<&PathBuf> = now
+                .iter()
+                .filter(|(path, time)| seen.get(*path) != Some(*time))
+                .map(|(path, _)| path)
+                .chain(seen.keys().filter(|p| !now.contains_key(*p)))
+                .collect();
+            if seen.is_empty() {
+                println!("-- first build");
+            } else {
+                let names: Vec<String> = changed
+                    .iter()
+                    .map(|p| p.strip_prefix(dir).unwrap_or(p).display().to_string())
+                    .collect();
+                println!("-- changed: {}", names.join(", "));
+            }
+            seen = now;
+            // A development version per build: seconds since the epoch, never reused.
+            let epoch = SystemTime::now()
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs());
+            last_stamp = epoch.max(last_stamp + 1);
+            round(dir, admin, plant, last_stamp);
+            // Changes made during the round are seen on the next pass.
+        }
+        std::thread::sleep(interval);
+    }
+}
+
+/// One build → vectors → deploy → activate, each step printed with its time.
+fn round(dir: &Path, admin: &str, plant: &str, stamp: u64) {
+    let keeps = "not deployed: the plant keeps its active version";
+    let manifest = match Manifest::read(dir) {
+        Ok(m) => m,
+        Err(e) => {
+            println!("manifest FAILED: {e}\n{keeps}");
+            return;
+        }
+    };
+    let version = format!("{}-dev.{stamp}", manifest.version);
+    let output = dir
+        .join("target/dev")
+        .join(format!("{}.wasm", manifest.name));
+    let started = Instant::now();
+    let built = match build::build(
+        dir,
+        &Options {
+            version: Some(version),
+            output: Some(output),
+        },
+    ) {
+        Ok(built) => built,
+        Err(e) => {
+            println!("build    FAILED  {}\n{e}\n{keeps}", took(started));
+            return;
+        }
+    };
+    println!(
+        "build    ok      {}  {} {} ({} bytes)",
+        took(started),
+        built.manifest.name,
+        built.version,
+        built.size
+    );
+
+    let started = Instant::now();
+    let vectors = dir.join("vectors");
+    let results = match conformance::run(&built.path, &vectors, false) {
+        Ok(results) => results,
+        Err(e) => {
+            println!("vectors  FAILED  {}\n{e}\n{keeps}", took(started));
+            return;
+        }
+    };
+    let failed: Vec<_> = results.iter().filter(|c| c.failure.is_some()).collect();
+    if !failed.is_empty() {
+        println!(
+            "vectors  FAILED  {}  {} passed, {} failed",
+            took(started),
+            results.len() - failed.len(),
+            failed.len()
+        );
+        for case in failed {
+            println!(
+                "  FAIL {}\n       {}",
+                case.name,
+                case.failure.as_deref().unwrap_or_default()
+            );
+        }
+        println!("{keeps}");
+        return;
+    }
+    println!(
+        "vectors  ok      {}  {} passed",
+        took(started),
+        results.len()
+    );
+
+    let started = Instant::now();
+    let bundled = std::fs::read(&built.path)
+        .map_err(|e| format!("{}: {e}", built.path.display()))
+        .and_then(|bytes| conformance::bundle(&bytes, &vectors));
+    let kept = bundled.and_then(|bytes| admin::upload(admin, plant, bytes));
+    let kept = match kept {
+        Ok(kept) => kept,
+        Err(e) => {
+            println!("deploy   FAILED  {}\n{e}\n{keeps}", took(started));
+            return;
+        }
+    };
+    println!(
+        "deploy   ok      {}  {} {} kept by the gate ({})",
+        took(started),
+        kept.plugin,
+        kept.version,
+        kept.digest
+    );
+
+    let started = Instant::now();
+    match admin::activate_version(admin, plant, &kept.plugin, &kept.version) {
+        Ok(_) => println!(
+            "activate ok      {}  {} {} is active on plant {plant}",
+            took(started),
+            kept.plugin,
+            kept.version
+        ),
+        Err(e) => println!(
+            "activate FAILED  {}\n{e}\nthe plant keeps its active version",
+            took(started)
+        ),
+    }
+}
+
+fn took(started: Instant) -> String {
+    format!("{:>6.1} s", started.elapsed().as_secs_f64())
+}
+
+/// Every source file of the plugin with its modification time and size.
+fn sources(dir: &Path) -> BTreeMap<PathBuf, (SystemTime, u64)> {
+    let mut found = BTreeMap::new();
+    let mut pending = vec![dir.to_path_buf()];
+    while let Some(at) = pending.pop() {
+        let Ok(entries) = std::fs::read_dir(&at) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            let name = entry.file_name();
+            let name = name.to_string_lossy();
+            let Ok(meta) = entry.metadata() else { continue };
+            if meta.is_dir() {
+                if !IGNORED.contains(&name.as_ref()) {
+                    pending.push(path);
+                }
+            } else if !GENERATED.contains(&name.as_ref())
+                && name != "Cargo.lock"
+                && !name.ends_with('~')
+                && !name.starts_with(".#")
+            {
+                let time = meta.modified().unwrap_or(SystemTime::UNIX_EPOCH);
+                found.insert(path, (time, meta.len()));
+            }
+        }
+    }
+    found
+}
