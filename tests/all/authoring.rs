@@ -28,7 +28,11 @@ fn guide(language: &str) -> String {
 /// The folder of the `millrace` under test, first on PATH.
 fn path_with_millrace() -> String {
     let bin = Path::new(env!("CARGO_BIN_EXE_millrace")).parent().unwrap();
-    format!("{}:{}", bin.display(), std::env::var("PATH").unwrap_or_default())
+    format!(
+        "{}:{}",
+        bin.display(),
+        std::env::var("PATH").unwrap_or_default()
+    )
 }
 
 /// Where the Rust plugins these tests make build, shared so std is built once.
@@ -184,7 +188,10 @@ impl Dev {
         let mut round = Vec::new();
         loop {
             let line = self.lines.recv_timeout(GUARD).unwrap_or_else(|_| {
-                panic!("plugin dev ended a round late or never:\n{}", self.seen.join("\n"))
+                panic!(
+                    "plugin dev ended a round late or never:\n{}",
+                    self.seen.join("\n")
+                )
             });
             self.seen.push(line.clone());
             let last = line.starts_with("activate ") || line.starts_with("not deployed");
@@ -227,16 +234,24 @@ fn plugin_dev_deploys_a_change_only_when_it_builds_and_passes_its_vectors() {
         .arg(&plugin)
         .output()
         .unwrap();
-    assert!(new.status.success(), "{}", String::from_utf8_lossy(&new.stderr));
+    assert!(
+        new.status.success(),
+        "{}",
+        String::from_utf8_lossy(&new.stderr)
+    );
     let build = millrace()
         .args(["plugin", "build"])
         .arg(&plugin)
         .output()
         .unwrap();
-    assert!(build.status.success(), "{}", String::from_utf8_lossy(&build.stderr));
+    assert!(
+        build.status.success(),
+        "{}",
+        String::from_utf8_lossy(&build.stderr)
+    );
     // A host on ephemeral ports with the plugin's route as `plugin new` wrote it.
     let generated = std::fs::read_to_string(plugin.join("millrace.toml")).unwrap();
-    let route = &generated[generated.find("[routes.").unwrap()..];
+    let route = &generated[generated.find("\n[plants.").unwrap()..];
     let ws = Workspace::new(&format!(
         "[host]\nhttp = \"127.0.0.1:0\"\nadmin = \"127.0.0.1:0\"\nplugin_dir = \"{}\"\n\n{route}",
         plugin.join("target").display()
@@ -297,7 +312,10 @@ fn plugin_dev_deploys_a_change_only_when_it_builds_and_passes_its_vectors() {
     assert!(fixed.contains("deploy   ok"), "{fixed}");
     assert!(fixed.contains("activate ok"), "{fixed}");
     let now = active_version(&host);
-    assert!(now.starts_with("0.1.0-dev.") && now != deployed, "{now} after {deployed}");
+    assert!(
+        now.starts_with("0.1.0-dev.") && now != deployed,
+        "{now} after {deployed}"
+    );
     assert!(served("WO-2").contains("production.counted"));
 }
 

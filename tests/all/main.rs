@@ -3,10 +3,10 @@
 //! `target/test-guests/`). One test binary, one module per area.
 
 mod admin_auth;
-mod authoring;
 mod amqp;
 mod amqp_faults;
 mod amqp_tls;
+mod authoring;
 mod cli;
 mod config_errors;
 mod console;

@@ -181,7 +181,11 @@ pub fn deploy(admin: &str, plant: &str, file: &Path, activate: bool) -> i32 {
     admin_call(
         "POST",
         &format!("{admin}/v1/plants/{plant}/plugins/{}/activate", kept.plugin),
-        Some(serde_json::json!({ "version": kept.version }).to_string().into_bytes()),
+        Some(
+            serde_json::json!({ "version": kept.version })
+                .to_string()
+                .into_bytes(),
+        ),
     )
 }
 
@@ -239,6 +243,8 @@ pub fn activate_version(
     match admin_request("POST", &url, Some((body.into_bytes(), "application/json"))) {
         Ok((status, text)) if (200..300).contains(&status) => Ok(text),
         Ok((status, text)) => Err(format!("activation refused ({status}): {text}")),
-        Err(e) => Err(format!("{url}: {e}; is the host running with host.admin set?")),
+        Err(e) => Err(format!(
+            "{url}: {e}; is the host running with host.admin set?"
+        )),
     }
 }

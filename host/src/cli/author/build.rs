@@ -193,7 +193,11 @@ fn rust_toolchain() -> Result<RustToolchain, String> {
         .output()
         .ok()
         .filter(|o| o.status.success())
-        .is_some_and(|o| String::from_utf8_lossy(&o.stdout).lines().any(|l| l == TARGET));
+        .is_some_and(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .any(|l| l == TARGET)
+        });
     if rustup_target {
         let sysroot = Command::new("rustc")
             .args(["--print", "sysroot"])
@@ -239,8 +243,8 @@ fn rust_toolchain() -> Result<RustToolchain, String> {
 
 fn rust(dir: &Path, manifest: &Manifest, version: &str, output: &Path) -> Result<(), String> {
     let toolchain = rust_toolchain()?;
-    let target_dir = std::env::var_os("CARGO_TARGET_DIR")
-        .map_or_else(|| dir.join("target"), PathBuf::from);
+    let target_dir =
+        std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| dir.join("target"), PathBuf::from);
     let mut cargo = toolchain.cargo;
     cargo
         .current_dir(dir)
@@ -286,7 +290,10 @@ fn c(dir: &Path, manifest: &Manifest, version: &str, output: &Path) -> Result<()
         Ok(t) => t.component_ld,
         Err(_) => PathBuf::from(DEBIAN_COMPONENT_LD),
     };
-    need(&linker, "wasm-component-ld (the Rust toolchain's component linker)")?;
+    need(
+        &linker,
+        "wasm-component-ld (the Rust toolchain's component linker)",
+    )?;
     need(&Path::new(LLVM_BIN).join("wasm-ld"), "wasm-ld (lld-22)")?;
     let generated = dir.join("target/gen");
     std::fs::create_dir_all(&generated).map_err(|e| format!("{}: {e}", generated.display()))?;
@@ -307,15 +314,18 @@ fn c(dir: &Path, manifest: &Manifest, version: &str, output: &Path) -> Result<()
     if sources.is_empty() {
         return Err(format!("{} has no .c file", dir.display()));
     }
-    let path = format!(
-        "{LLVM_BIN}:{}",
-        std::env::var("PATH").unwrap_or_default()
-    );
+    let path = format!("{LLVM_BIN}:{}", std::env::var("PATH").unwrap_or_default());
     let mut clang = Command::new(CLANG);
     clang
         // clang hands wasm-component-ld `--wasm-ld-path wasm-ld`, found on PATH.
         .env("PATH", path)
-        .args(["--target=wasm32-wasi", "-mexec-model=reactor", "-O2", "-Wall", "-Wextra"])
+        .args([
+            "--target=wasm32-wasi",
+            "-mexec-model=reactor",
+            "-O2",
+            "-Wall",
+            "-Wextra",
+        ])
         .arg(format!("-DPLUGIN_VERSION=\"{version}\""))
         .arg(format!("-fuse-ld={}", linker.display()))
         .args(["-Wl,--wasi-adapter=none", "--sysroot=/usr"])
@@ -383,12 +393,10 @@ fn js(dir: &Path, manifest: &Manifest, version: &str, output: &Path) -> Result<(
     )?;
     need(&dir.join("plugin.js"), "the plugin's plugin.js")?;
     if Command::new("node").arg("--version").output().is_err() {
-        return Err(
-            format!(
-                "Node.js is missing (node): run {} (it installs Debian's nodejs when there is none)",
-                setup_command(false)
-            ),
-        );
+        return Err(format!(
+            "Node.js is missing (node): run {} (it installs Debian's nodejs when there is none)",
+            setup_command(false)
+        ));
     }
     write_if_changed(
         &dir.join("version.js"),

@@ -4,8 +4,8 @@
 //! the plant keeps its active version. Each build carries its own development version
 //! (`VERSION-dev.N`), so the host never sees two components under one version.
 
-use super::build::{self, GENERATED, Options};
 use super::Manifest;
+use super::build::{self, GENERATED, Options};
 use crate::cli::admin;
 use crate::conformance;
 use std::collections::BTreeMap;

@@ -87,7 +87,8 @@ impl Manifest {
 pub fn check_name(name: &str) -> Result<(), String> {
     let word_ok = |w: &str| {
         w.starts_with(|c: char| c.is_ascii_lowercase())
-            && w.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
+            && w.chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
     };
     if name.is_empty() || name.len() > 64 || !name.split('-').all(word_ok) {
         return Err(format!(
@@ -193,7 +194,15 @@ mod tests {
             assert!(check_name(good).is_ok(), "{good}");
         }
         for bad in [
-            "", "Work", "work_report", "2work", "work-2", "-work", "work-", "a--b", "wörk",
+            "",
+            "Work",
+            "work_report",
+            "2work",
+            "work-2",
+            "-work",
+            "work-",
+            "a--b",
+            "wörk",
         ] {
             assert!(check_name(bad).is_err(), "{bad:?}");
         }
@@ -205,7 +214,16 @@ mod tests {
         for good in ["0.1.0", "1.20.3", "0.1.0-dev.20261202", "2.0.0-rc-1"] {
             assert!(check_version(good).is_ok(), "{good}");
         }
-        for bad in ["1.0", "1.0.0.0", "v1.0.0", "1.0.0-", "1.0.0-a..b", "1.x.0", "", "1.0.0+b"] {
+        for bad in [
+            "1.0",
+            "1.0.0.0",
+            "v1.0.0",
+            "1.0.0-",
+            "1.0.0-a..b",
+            "1.x.0",
+            "",
+            "1.0.0+b",
+        ] {
             assert!(check_version(bad).is_err(), "{bad:?}");
         }
     }

@@ -87,7 +87,10 @@ pub fn run(name: &str, language: Language, dir: Option<&Path>) -> i32 {
     match create(name, language, dir) {
         Ok(dir) => {
             let shown = dir.display();
-            println!("created {shown}: a {} plugin named {name}", language.title());
+            println!(
+                "created {shown}: a {} plugin named {name}",
+                language.title()
+            );
             println!();
             println!("next:");
             println!("  millrace plugin build {shown}");
