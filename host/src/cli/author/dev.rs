@@ -15,6 +15,9 @@ use std::time::{Duration, Instant, SystemTime};
 /// Folders of a plugin that are build output or tools' caches, never sources.
 const IGNORED: &[&str] = &["target", "types", "node_modules", "__pycache__", ".git"];
 
+/// How deep below the plugin's folder sources are looked for.
+const MAX_DEPTH: usize = 8;
+
 /// `millrace plugin dev`. Runs until interrupted; returns only when the folder is not a plugin.
 pub fn run(dir: &Path, admin: &str, plant: &str, interval: Duration) -> i32 {
     if let Err(e) = Manifest::read(dir) {
@@ -170,8 +173,10 @@ fn took(started: Instant) -> String {
 /// Every source file of the plugin with its modification time and size.
 fn sources(dir: &Path) -> BTreeMap<PathBuf, (SystemTime, u64)> {
     let mut found = BTreeMap::new();
-    let mut pending = vec![dir.to_path_buf()];
-    while let Some(at) = pending.pop() {
+    // Links are followed (a twin's vectors/ is one), to a bounded depth so a link to a parent
+    // cannot make the walk endless.
+    let mut pending = vec![(dir.to_path_buf(), 0)];
+    while let Some((at, depth)) = pending.pop() {
         let Ok(entries) = std::fs::read_dir(&at) else {
             continue;
         };
@@ -179,10 +184,12 @@ fn sources(dir: &Path) -> BTreeMap<PathBuf, (SystemTime, u64)> {
             let path = entry.path();
             let name = entry.file_name();
             let name = name.to_string_lossy();
-            let Ok(meta) = entry.metadata() else { continue };
+            let Ok(meta) = std::fs::metadata(&path) else {
+                continue;
+            };
             if meta.is_dir() {
-                if !IGNORED.contains(&name.as_ref()) {
-                    pending.push(path);
+                if !IGNORED.contains(&name.as_ref()) && depth < MAX_DEPTH {
+                    pending.push((path, depth + 1));
                 }
             } else if !GENERATED.contains(&name.as_ref())
                 && name != "Cargo.lock"
@@ -195,4 +202,46 @@ fn sources(dir: &Path) -> BTreeMap<PathBuf, (SystemTime, u64)> {
         }
     }
     found
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sources_leave_out_build_output_and_generated_files_and_a_link_loop_ends() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        for file in [
+            "plugin.js",
+            "version.js",
+            "target/dev/p.wasm",
+            "types/p.d.ts",
+            "vectors/case/input.txt",
+        ] {
+            let path = root.join(file);
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(path, "x").unwrap();
+        }
+        std::os::unix::fs::symlink(root, root.join("loop")).unwrap();
+        let found: Vec<String> = sources(root)
+            .keys()
+            .map(|p| p.strip_prefix(root).unwrap().display().to_string())
+            .collect();
+        assert!(found.contains(&"plugin.js".to_string()), "{found:?}");
+        assert!(found.contains(&"vectors/case/input.txt".to_string()));
+        assert!(
+            found.contains(&"loop/plugin.js".to_string()),
+            "links are followed"
+        );
+        assert!(
+            !found.iter().any(|p| p.ends_with("version.js")
+                || p.contains("target/")
+                || p.contains("types/")),
+            "{found:?}"
+        );
+        // The loop is walked to the depth bound, not forever.
+        let copies = found.iter().filter(|p| p.ends_with("plugin.js")).count();
+        assert_eq!(copies, MAX_DEPTH + 1, "{found:?}");
+    }
 }
