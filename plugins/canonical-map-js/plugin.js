@@ -9,9 +9,9 @@
 
 import * as config from 'millrace:mediation/config@0.1.0';
 import * as lookup from 'millrace:mediation/lookup@0.1.0';
+import { VERSION } from './version.js'; // written by the build from millrace-plugin.toml
 
 const CLOUDEVENTS = 'application/cloudevents+json';
-const VERSION = '1.0.0'; // as millrace-plugin.toml says
 
 class Rejected extends Error {
   constructor(reason, field) {
@@ -41,29 +41,41 @@ function loadSettings() {
   }
   const list = (value, what) => {
     if (value === undefined) return [];
-    if (!Array.isArray(value)) throw new Error(`invalid step settings: ${what} must be a list`);
+    if (!Array.isArray(value)) throw new Error(`invalid step settings: ${what}: expected a sequence`);
     return value;
   };
-  const text = (value, what) => {
-    if (typeof value !== 'string') throw new Error(`invalid step settings: missing field \`${what}\``);
-    return value;
+  // Each entry: only its own fields (a misspelt `required` is an error, not a default), typed.
+  const entry = (value, what, fields) => {
+    if (!isObject(value)) throw new Error(`invalid step settings: ${what}: expected a table`);
+    const unknown = Object.keys(value).filter((k) => !(k in fields));
+    if (unknown.length > 0) {
+      throw new Error(`invalid step settings: unknown field \`${unknown[0]}\`, expected one of ${Object.keys(fields).map((f) => `\`${f}\``).join(', ')}`);
+    }
+    const out = {};
+    for (const [field, [type, fallback]] of Object.entries(fields)) {
+      const v = value[field];
+      if (v === undefined && fallback === undefined) throw new Error(`invalid step settings: missing field \`${field}\``);
+      if (v !== undefined && typeof v !== type) throw new Error(`invalid step settings: ${field}: expected a ${type}`);
+      out[field] = v === undefined ? fallback : v;
+    }
+    return out;
   };
-  const codes = list(settings.codes, 'codes').map((c) => ({
-    path: text(c.path, 'path'),
-    table: text(c.table, 'table'),
-    required: c.required === true,
-  }));
-  const units = list(settings.units, 'units').map((u) => ({
-    at: u.at === undefined ? 'data' : text(u.at, 'at'),
-    quantity: u.quantity === undefined ? 'quantity' : text(u.quantity, 'quantity'),
-    unit: u.unit === undefined ? 'unit' : text(u.unit, 'unit'),
-    table: text(u.table, 'table'),
-  }));
+  const codes = list(settings.codes, 'codes').map((c) =>
+    entry(c, 'codes', { path: ['string'], table: ['string'], required: ['boolean', false] }),
+  );
+  const units = list(settings.units, 'units').map((u) =>
+    entry(u, 'units', {
+      at: ['string', 'data'],
+      quantity: ['string', 'quantity'],
+      unit: ['string', 'unit'],
+      table: ['string'],
+    }),
+  );
   if (codes.length === 0 && units.length === 0) {
     throw new Error('nothing to map: give codes and/or units');
   }
   for (const path of [...codes.map((c) => c.path), ...units.map((u) => u.at)]) {
-    if (path.split('.').some((s) => s === '' || (s.endsWith('[]') ? s.slice(0, -2) : s) === '')) {
+    if (path.split('.').some((s) => s.replace(/(\[\])+$/, '') === '')) {
       throw new Error(`path ${quoted(path)} must be names joined by dots`);
     }
   }
@@ -111,7 +123,8 @@ function code(table, key, field) {
   return value;
 }
 
-const roundHalfAway = (x) => Math.sign(x) * Math.floor(Math.abs(x) + 0.5);
+// Half away from zero, as Rust's f64::round.
+const roundHalfAway = (x) => Math.sign(x) * Math.round(Math.abs(x));
 
 function convert(conversion, at, obj) {
   if (!isObject(obj)) return;
@@ -145,7 +158,8 @@ function convert(conversion, at, obj) {
 function mediateEvent({ codes, units }, message) {
   let event;
   try {
-    event = JSON.parse(new TextDecoder('utf-8', { fatal: true }).decode(message.body));
+    // A byte-order mark stays (JSON does not allow one), as in the Rust plugin.
+    event = JSON.parse(new TextDecoder('utf-8', { fatal: true, ignoreBOM: true }).decode(message.body));
   } catch (e) {
     throw new Rejected(`body is not the expected JSON: ${e instanceof Error ? e.message : e}`);
   }

@@ -33,15 +33,22 @@ static void put_n(buffer *b, const char *s, size_t n) {
 
 static void put(buffer *b, const char *s) { put_n(b, s, strlen(s)); }
 
-/* `s` (n bytes of UTF-8) as a JSON string. */
+/* `s` (n bytes of UTF-8) as a JSON string, escaped as JSON.stringify and serde_json do. */
 static void put_json(buffer *b, const char *s, size_t n) {
     static const char hex[] = "0123456789abcdef";
     put(b, "\"");
     for (size_t i = 0; i < n; i++) {
         unsigned char c = (unsigned char)s[i];
-        if (c == '"' || c == '\\') {
-            char esc[2] = {'\\', (char)c};
-            put_n(b, esc, 2);
+        const char *short_escape = c == '"'    ? "\\\""
+                                   : c == '\\' ? "\\\\"
+                                   : c == '\b'  ? "\\b"
+                                   : c == '\f'  ? "\\f"
+                                   : c == '\n'  ? "\\n"
+                                   : c == '\r'  ? "\\r"
+                                   : c == '\t'  ? "\\t"
+                                                : NULL;
+        if (short_escape) {
+            put(b, short_escape);
         } else if (c < 0x20) {
             char esc[6] = {'\\', 'u', '0', '0', hex[c >> 4], hex[c & 15]};
             put_n(b, esc, 6);
@@ -56,7 +63,11 @@ static void put_json(buffer *b, const char *s, size_t n) {
 static char *source_setting(void) {
     {{snake}}_string_t key, value;
     {{snake}}_string_set(&key, "source");
-    if (!millrace_mediation_config_get(&key, &value)) return strdup("mes");
+    if (!millrace_mediation_config_get(&key, &value)) {
+        char *fallback = strdup("mes");
+        if (!fallback) __builtin_trap();
+        return fallback;
+    }
     char *out = malloc(value.len + 1);
     if (!out) __builtin_trap();
     memcpy(out, value.ptr, value.len);
@@ -66,15 +77,44 @@ static char *source_setting(void) {
 }
 
 static bool reject(millrace_mediation_types_mediation_error_t *err, buffer *reason,
-                   const char *field) {
+                   const char *field, uint32_t position) {
     err->tag = MILLRACE_MEDIATION_TYPES_MEDIATION_ERROR_REJECTED;
     millrace_mediation_types_rejection_t *r = &err->val.rejected;
     r->reason.ptr = (uint8_t *)reason->data;
     r->reason.len = reason->len;
     r->field.is_some = field != NULL;
     if (field) {{snake}}_string_dup(&r->field.val, field);
-    r->position.is_some = false;
+    r->position.is_some = position > 0;
+    r->position.val = position;
     return false;
+}
+
+/* Decimal digits of `v`. */
+static void put_number(buffer *b, size_t v) {
+    char digits[24];
+    size_t n = 0;
+    do digits[n++] = (char)('0' + v % 10);
+    while ((v /= 10) > 0);
+    while (n > 0) put_n(b, &digits[--n], 1);
+}
+
+/* The 1-based position of the first byte of `s` that does not start valid UTF-8, or 0 when all
+ * of it is valid (overlong forms, surrogates and code points past U+10FFFF are invalid). */
+static size_t invalid_utf8(const unsigned char *s, size_t n) {
+    for (size_t i = 0; i < n;) {
+        unsigned char c = s[i];
+        size_t len = c < 0x80 ? 1 : c >= 0xc2 && c <= 0xdf ? 2 : c >= 0xe0 && c <= 0xef ? 3
+                   : c >= 0xf0 && c <= 0xf4                ? 4
+                                                           : 0;
+        if (len == 0 || i + len > n) return i + 1;
+        for (size_t k = 1; k < len; k++)
+            if ((s[i + k] & 0xc0) != 0x80) return i + 1;
+        if ((c == 0xe0 && s[i + 1] < 0xa0) || (c == 0xed && s[i + 1] > 0x9f) ||
+            (c == 0xf0 && s[i + 1] < 0x90) || (c == 0xf4 && s[i + 1] > 0x8f))
+            return i + 1;
+        i += len;
+    }
+    return 0;
 }
 
 /* One field of the record: [start, end) trimmed of spaces and tabs. */
@@ -93,6 +133,13 @@ static bool mediate({{snake}}_message_t *input, {{snake}}_list_message_t *ret,
                     {{snake}}_mediation_error_t *err) {
     const char *text = (const char *)input->body.ptr;
     size_t len = input->body.len;
+    buffer msg = {0};
+    size_t bad = invalid_utf8(input->body.ptr, len);
+    if (bad) {
+        put(&msg, "body is not valid UTF-8 at byte ");
+        put_number(&msg, bad);
+        return reject(err, &msg, NULL, (uint32_t)bad);
+    }
     if (len > 0 && text[len - 1] == '\n') len--;
     if (len > 0 && text[len - 1] == '\r') len--;
     field fields[3];
@@ -106,18 +153,14 @@ static bool mediate({{snake}}_message_t *input, {{snake}}_list_message_t *ret,
             if (p == end) break;
         }
     }
-    buffer msg = {0};
     if (count != 3) {
-        char digits[24];
-        size_t n = 0;
-        for (size_t v = count; n == 0 || v > 0; v /= 10) digits[n++] = (char)('0' + v % 10);
         put(&msg, "expected 3 fields WORK_ORDER;QUANTITY;UNIT, found ");
-        while (n > 0) put_n(&msg, &digits[--n], 1);
-        return reject(err, &msg, NULL);
+        put_number(&msg, count);
+        return reject(err, &msg, NULL, 0);
     }
     if (fields[0].len == 0) {
         put(&msg, "work_order is empty");
-        return reject(err, &msg, "work_order");
+        return reject(err, &msg, "work_order", 0);
     }
     bool whole = fields[1].len > 0 && fields[1].len <= 9;
     for (size_t i = 0; whole && i < fields[1].len; i++)
@@ -126,7 +169,7 @@ static bool mediate({{snake}}_message_t *input, {{snake}}_list_message_t *ret,
         put(&msg, "quantity ");
         put_json(&msg, fields[1].at, fields[1].len);
         put(&msg, " is not a whole number");
-        return reject(err, &msg, "quantity");
+        return reject(err, &msg, "quantity", 0);
     }
     const char *quantity = fields[1].at;
     size_t digits = fields[1].len;

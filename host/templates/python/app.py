@@ -10,8 +10,8 @@ from wit_world.imports import config, types
 from version import VERSION  # written by `millrace plugin build` from millrace-plugin.toml
 
 
-def rejected(reason, field=None):
-    return Err(types.MediationError_Rejected(types.Rejection(reason, field, None)))
+def rejected(reason, field=None, position=None):
+    return Err(types.MediationError_Rejected(types.Rejection(reason, field, position)))
 
 
 def source_setting():
@@ -32,9 +32,10 @@ class WitWorld(wit_world.WitWorld):
         try:
             text = bytes(input.body).decode("utf-8")
         except UnicodeDecodeError as e:
-            raise rejected(f"body is not valid UTF-8 at byte {e.start + 1}")
+            raise rejected(f"body is not valid UTF-8 at byte {e.start + 1}", None, e.start + 1)
         record = text.removesuffix("\n").removesuffix("\r")
-        fields = [f.strip() for f in record.split(";")]
+        # Fields lose the spaces and tabs around them (the same rule in every template).
+        fields = [f.strip(" \t") for f in record.split(";")]
         if len(fields) != 3:
             raise rejected(f"expected 3 fields WORK_ORDER;QUANTITY;UNIT, found {len(fields)}")
         work_order, quantity, unit = fields
@@ -50,5 +51,5 @@ class WitWorld(wit_world.WitWorld):
             "quantity": int(quantity),
             "unit": unit,
         }
-        body = json.dumps(event, ensure_ascii=False).encode("utf-8")
+        body = json.dumps(event, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
         return [types.Message(f"{input.id}-1", input.plant, input.route, "application/json", [], body)]

@@ -187,8 +187,10 @@ struct RustToolchain {
     wasm_ld: PathBuf,
 }
 
-fn rust_toolchain() -> Result<RustToolchain, String> {
+/// The toolchain as seen from `dir` (a `rust-toolchain.toml` there picks rustup's toolchain).
+fn rust_toolchain(dir: &Path) -> Result<RustToolchain, String> {
     let rustup_target = Command::new("rustup")
+        .current_dir(dir)
         .args(["target", "list", "--installed"])
         .output()
         .ok()
@@ -199,18 +201,38 @@ fn rust_toolchain() -> Result<RustToolchain, String> {
                 .any(|l| l == TARGET)
         });
     if rustup_target {
-        let sysroot = Command::new("rustc")
-            .args(["--print", "sysroot"])
-            .output()
-            .map_err(|e| format!("rustc --print sysroot: {e}"))?;
-        let bin = PathBuf::from(String::from_utf8_lossy(&sysroot.stdout).trim())
-            .join("lib/rustlib/x86_64-unknown-linux-gnu/bin");
+        let rustc = |args: &[&str]| {
+            Command::new("rustc")
+                .current_dir(dir)
+                .args(args)
+                .output()
+                .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+                .map_err(|e| format!("rustc {}: {e}", args.join(" ")))
+        };
+        let sysroot = rustc(&["--print", "sysroot"])?;
+        let host = rustc(&["-vV"])?
+            .lines()
+            .find_map(|l| l.strip_prefix("host: ").map(str::to_string))
+            .ok_or("rustc -vV names no host")?;
+        let bin = PathBuf::from(sysroot.trim())
+            .join("lib/rustlib")
+            .join(host)
+            .join("bin");
+        let (component_ld, wasm_ld) = (bin.join("wasm-component-ld"), bin.join("gcc-ld/wasm-ld"));
+        for (path, what) in [(&component_ld, "wasm-component-ld"), (&wasm_ld, "wasm-ld")] {
+            if !path.exists() {
+                return Err(format!(
+                    "rustup's toolchain has the {TARGET} target but no {what} ({}): update it with `rustup update`",
+                    path.display()
+                ));
+            }
+        }
         let mut cargo = Command::new("cargo");
         cargo.arg("build");
         return Ok(RustToolchain {
             cargo,
-            component_ld: bin.join("wasm-component-ld"),
-            wasm_ld: bin.join("gcc-ld/wasm-ld"),
+            component_ld,
+            wasm_ld,
         });
     }
     for (path, what) in [
@@ -218,6 +240,7 @@ fn rust_toolchain() -> Result<RustToolchain, String> {
         (DEBIAN_RUSTC, "Debian's rustc (rustc-web)"),
         (DEBIAN_STD_SOURCE, "Rust's std source (rust-web-src)"),
         (DEBIAN_COMPONENT_LD, "wasm-component-ld (rustc-web)"),
+        ("/usr/lib/llvm-22/bin/wasm-ld", "wasm-ld (lld-22)"),
     ] {
         if !Path::new(path).exists() {
             return Err(format!(
@@ -226,7 +249,6 @@ fn rust_toolchain() -> Result<RustToolchain, String> {
             ));
         }
     }
-    need(&Path::new(LLVM_BIN).join("wasm-ld"), "wasm-ld (lld-22)")?;
     let mut cargo = Command::new(DEBIAN_CARGO);
     cargo
         .env("RUSTC", DEBIAN_RUSTC)
@@ -242,9 +264,13 @@ fn rust_toolchain() -> Result<RustToolchain, String> {
 }
 
 fn rust(dir: &Path, manifest: &Manifest, version: &str, output: &Path) -> Result<(), String> {
-    let toolchain = rust_toolchain()?;
-    let target_dir =
-        std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| dir.join("target"), PathBuf::from);
+    let toolchain = rust_toolchain(dir)?;
+    // Absolute: cargo runs in the plugin's folder, this process reads the result from here.
+    let target_dir = match std::env::var_os("CARGO_TARGET_DIR") {
+        Some(given) => std::path::absolute(PathBuf::from(&given))
+            .map_err(|e| format!("CARGO_TARGET_DIR={}: {e}", PathBuf::from(given).display()))?,
+        None => dir.join("target"),
+    };
     let mut cargo = toolchain.cargo;
     cargo
         .current_dir(dir)
@@ -286,7 +312,7 @@ fn c(dir: &Path, manifest: &Manifest, version: &str, output: &Path) -> Result<()
     need(&wit_bindgen, "wit-bindgen (C bindings generator)")?;
     need(Path::new(CLANG), "clang 19")?;
     need(Path::new(WASI_LIBC), "wasi-libc")?;
-    let linker = match rust_toolchain() {
+    let linker = match rust_toolchain(dir) {
         Ok(t) => t.component_ld,
         Err(_) => PathBuf::from(DEBIAN_COMPONENT_LD),
     };
@@ -312,7 +338,10 @@ fn c(dir: &Path, manifest: &Manifest, version: &str, output: &Path) -> Result<()
         .collect();
     sources.sort();
     if sources.is_empty() {
-        return Err(format!("{} has no .c file", dir.display()));
+        return Err(format!(
+            "{} has no .c file: a C plugin's sources are the .c files beside millrace-plugin.toml (`millrace plugin new NAME --lang c` makes one)",
+            dir.display()
+        ));
     }
     let path = format!("{LLVM_BIN}:{}", std::env::var("PATH").unwrap_or_default());
     let mut clang = Command::new(CLANG);
@@ -391,6 +420,7 @@ fn js(dir: &Path, manifest: &Manifest, version: &str, output: &Path) -> Result<(
         &modules.join("@bytecodealliance/componentize-js"),
         "componentize-js",
     )?;
+    need(&modules.join("@bytecodealliance/jco"), "jco")?;
     need(&dir.join("plugin.js"), "the plugin's plugin.js")?;
     if Command::new("node").arg("--version").output().is_err() {
         return Err(format!(

@@ -12,8 +12,8 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime};
 
-/// Folders of a plugin that are build output or tools' caches, never sources.
-const IGNORED: &[&str] = &["target", "types", "node_modules", "__pycache__", ".git"];
+/// Folders at the top of a plugin's folder that are build output or tools' caches, not sources.
+const IGNORED: &[&str] = &["target", "types", "node_modules", "__pycache__"];
 
 /// How deep below the plugin's folder sources are looked for.
 const MAX_DEPTH: usize = 8;
@@ -187,15 +187,21 @@ fn sources(dir: &Path) -> BTreeMap<PathBuf, (SystemTime, u64)> {
             let Ok(meta) = std::fs::metadata(&path) else {
                 continue;
             };
+            // Hidden files and folders (editor swap files, .git) and editors' backup and
+            // autosave files are not sources.
+            let scratch = name.starts_with('.')
+                || name.ends_with('~')
+                || (name.starts_with('#') && name.ends_with('#'))
+                || name == "4913";
+            if scratch {
+                continue;
+            }
             if meta.is_dir() {
-                if !IGNORED.contains(&name.as_ref()) && depth < MAX_DEPTH {
+                let output = depth == 0 && IGNORED.contains(&name.as_ref());
+                if !output && depth < MAX_DEPTH {
                     pending.push((path, depth + 1));
                 }
-            } else if !GENERATED.contains(&name.as_ref())
-                && name != "Cargo.lock"
-                && !name.ends_with('~')
-                && !name.starts_with(".#")
-            {
+            } else if !(depth == 0 && GENERATED.contains(&name.as_ref())) && name != "Cargo.lock" {
                 let time = meta.modified().unwrap_or(SystemTime::UNIX_EPOCH);
                 found.insert(path, (time, meta.len()));
             }
@@ -218,6 +224,9 @@ mod tests {
             "target/dev/p.wasm",
             "types/p.d.ts",
             "vectors/case/input.txt",
+            "src/types/mod.rs",
+            ".plugin.js.swp",
+            "#plugin.js#",
         ] {
             let path = root.join(file);
             std::fs::create_dir_all(path.parent().unwrap()).unwrap();
@@ -230,6 +239,11 @@ mod tests {
             .collect();
         assert!(found.contains(&"plugin.js".to_string()), "{found:?}");
         assert!(found.contains(&"vectors/case/input.txt".to_string()));
+        assert!(
+            found.contains(&"src/types/mod.rs".to_string()),
+            "only the top folder's types/ is output"
+        );
+        assert!(!found.iter().any(|p| p.contains(".swp") || p.contains('#')));
         assert!(
             found.contains(&"loop/plugin.js".to_string()),
             "links are followed"

@@ -95,8 +95,63 @@ pub fn check_name(name: &str) -> Result<(), String> {
             "{name:?} is not a plugin name: use lower-case words of letters and digits, each starting with a letter, joined by '-' (e.g. work-report), at most 64 characters"
         ));
     }
+    if WIT_KEYWORDS.contains(&name) {
+        return Err(format!(
+            "{name:?} is a WIT keyword and cannot name the plugin's world: choose another name (e.g. {name}-map)"
+        ));
+    }
     Ok(())
 }
+
+/// The longest version a manifest may give.
+const MAX_VERSION: usize = 48;
+
+/// Words WIT reserves: a world cannot be named by one.
+const WIT_KEYWORDS: &[&str] = &[
+    "as",
+    "async",
+    "bool",
+    "borrow",
+    "char",
+    "constructor",
+    "enum",
+    "export",
+    "f32",
+    "f64",
+    "flags",
+    "float32",
+    "float64",
+    "from",
+    "func",
+    "future",
+    "import",
+    "include",
+    "interface",
+    "list",
+    "option",
+    "own",
+    "package",
+    "record",
+    "resource",
+    "result",
+    "s16",
+    "s32",
+    "s64",
+    "s8",
+    "static",
+    "stream",
+    "string",
+    "tuple",
+    "type",
+    "u16",
+    "u32",
+    "u64",
+    "u8",
+    "use",
+    "variant",
+    "with",
+    "world",
+];
 
 /// A version is `MAJOR.MINOR.PATCH` with an optional `-pre-release` (semantic versioning).
 pub fn check_version(version: &str) -> Result<(), String> {
@@ -115,9 +170,10 @@ pub fn check_version(version: &str) -> Result<(), String> {
                 !id.is_empty() && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
             })
     });
-    if !core_ok || !pre_ok || version.len() > 64 {
+    // The host keeps versions of up to 64 bytes; `plugin dev` adds `-dev.` and ten digits.
+    if !core_ok || !pre_ok || version.len() > MAX_VERSION {
         return Err(format!(
-            "{version:?} is not a version: use MAJOR.MINOR.PATCH, e.g. 0.2.0 (semantic versioning)"
+            "{version:?} is not a version: use MAJOR.MINOR.PATCH, e.g. 0.2.0 (semantic versioning), at most {MAX_VERSION} characters"
         ));
     }
     Ok(())

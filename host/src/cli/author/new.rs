@@ -97,9 +97,11 @@ pub fn run(name: &str, language: Language, dir: Option<&Path>) -> i32 {
             println!("  millrace plugin test {shown}/target/{name}.wasm --vectors {shown}/vectors");
             println!("  millrace run --config {shown}/millrace.toml --insecure-admin");
             println!();
-            println!("the route to paste into a site's millrace.toml ({shown}/millrace.toml):");
+            println!(
+                "the plant and route to paste into a site's millrace.toml (from {shown}/millrace.toml; a site names its own plant):"
+            );
             let config = std::fs::read_to_string(dir.join("millrace.toml")).unwrap_or_default();
-            if let Some(at) = config.find("\n[routes.") {
+            if let Some(at) = config.find("\n[plants.") {
                 print!("{}", &config[at + 1..]);
             }
             0
@@ -126,8 +128,12 @@ pub fn create(name: &str, language: Language, dir: Option<&Path>) -> Result<Path
             dir.display()
         ));
     }
+    // A TOML string's content (the path goes between quotes in Cargo.toml).
     let sdk = match language {
-        Language::Rust => sdk_dir()?.display().to_string(),
+        Language::Rust => {
+            let quoted = toml::Value::String(sdk_dir()?.display().to_string()).to_string();
+            quoted[1..quoted.len() - 1].to_string()
+        }
         _ => String::new(),
     };
     let (files_md, toolchain) = about(language);

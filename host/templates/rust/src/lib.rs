@@ -33,7 +33,11 @@ impl Plugin for Report {
         let text = input.body_str()?;
         let record = text.strip_suffix('\n').unwrap_or(text);
         let record = record.strip_suffix('\r').unwrap_or(record);
-        let fields: Vec<&str> = record.split(';').map(str::trim).collect();
+        // Fields lose the spaces and tabs around them (the same rule in every template).
+        let fields: Vec<&str> = record
+            .split(';')
+            .map(|f| f.trim_matches([' ', '\t']))
+            .collect();
         let [work_order, quantity, unit] = fields[..] else {
             return Err(MediationError::rejected(format!(
                 "expected 3 fields WORK_ORDER;QUANTITY;UNIT, found {}",
@@ -53,15 +57,16 @@ impl Plugin for Report {
                     .field("quantity"),
             );
         };
-        let event = serde_json::json!({
-            "event": "production.reported",
-            "plant": input.plant,
-            "source": self.source,
-            "work_order": work_order,
-            "quantity": quantity,
-            "unit": unit,
-        });
-        let mut output = input.with_body("application/json", event.to_string().into_bytes());
+        // Keys in this order, as the C, Python and JavaScript templates write them.
+        let text = |s: &str| serde_json::to_string(s).unwrap_or_default();
+        let event = format!(
+            "{{\"event\":\"production.reported\",\"plant\":{},\"source\":{},\"work_order\":{},\"quantity\":{quantity},\"unit\":{}}}",
+            text(&input.plant),
+            text(&self.source),
+            text(work_order),
+            text(unit)
+        );
+        let mut output = input.with_body("application/json", event.into_bytes());
         output.id = format!("{}-1", input.id);
         Ok(vec![output])
     }
