@@ -248,11 +248,13 @@ mod tests {
             found.contains(&"loop/plugin.js".to_string()),
             "links are followed"
         );
+        // In the folder itself; below the link, the same names are just deeper folders.
+        let top: Vec<&String> = found.iter().filter(|p| !p.starts_with("loop/")).collect();
         assert!(
-            !found.iter().any(|p| p.ends_with("version.js")
-                || p.contains("target/")
-                || p.contains("types/")),
-            "{found:?}"
+            !top.iter().any(|p| p.as_str() == "version.js"
+                || p.starts_with("target/")
+                || p.starts_with("types/")),
+            "{top:?}"
         );
         // The loop is walked to the depth bound, not forever.
         let copies = found.iter().filter(|p| p.ends_with("plugin.js")).count();
