@@ -159,7 +159,7 @@ pub fn admin_token(name: &str, role: &str, plants: &[String]) -> i32 {
 }
 
 /// `millrace plugin deploy FILE --plant P [--activate]`.
-pub fn deploy(admin: &str, plant: &str, file: &Path, activate: bool) -> i32 {
+pub fn deploy(admin: &str, plant: &str, file: &Path, and_activate: bool) -> i32 {
     let bytes = match std::fs::read(file) {
         Ok(b) => b,
         Err(e) => {
@@ -175,18 +175,10 @@ pub fn deploy(admin: &str, plant: &str, file: &Path, activate: bool) -> i32 {
         }
     };
     println!("{}", kept.answer);
-    if !activate {
+    if !and_activate {
         return 0;
     }
-    admin_call(
-        "POST",
-        &format!("{admin}/v1/plants/{plant}/plugins/{}/activate", kept.plugin),
-        Some(
-            serde_json::json!({ "version": kept.version })
-                .to_string()
-                .into_bytes(),
-        ),
-    )
+    activate(admin, plant, &kept.plugin, &kept.version)
 }
 
 /// A version the host kept after its gate.

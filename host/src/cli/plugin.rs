@@ -230,28 +230,10 @@ pub fn vectors(file: &Path, dir: &Path, bless: bool) -> i32 {
 /// `millrace plugin bundle FILE.wasm --vectors DIR -o OUT.wasm`: the vectors are run against
 /// the component first (a failing case is not bundled), then packed into it.
 pub fn bundle(file: &Path, dir: &Path, output: &Path) -> i32 {
-    let bundled = conformance::run(file, dir, false).and_then(|results| {
-        let failed: Vec<&str> = results
-            .iter()
-            .filter(|c| c.failure.is_some())
-            .map(|c| c.name.as_str())
-            .collect();
-        if !failed.is_empty() {
-            return Err(format!(
-                "{} of {} cases fail ({}); run `millrace plugin test {} --vectors {}` to see why",
-                failed.len(),
-                results.len(),
-                failed.join(", "),
-                file.display(),
-                dir.display()
-            ));
-        }
-        let bytes =
-            std::fs::read(file).map_err(|e| format!("cannot read {}: {e}", file.display()))?;
-        let bundled = conformance::bundle(&bytes, dir)?;
-        std::fs::write(output, &bundled)
+    let bundled = bundled(file, dir).and_then(|(cases, bytes)| {
+        std::fs::write(output, &bytes)
             .map_err(|e| format!("cannot write {}: {e}", output.display()))?;
-        Ok((results.len(), bundled))
+        Ok((cases, bytes))
     });
     match bundled {
         Ok((cases, bytes)) => {
@@ -268,6 +250,35 @@ pub fn bundle(file: &Path, dir: &Path, output: &Path) -> i32 {
             1
         }
     }
+}
+
+/// `file` with the vector folder `dir` inside, once every case passes against it; the number
+/// of cases and the bundled bytes. A failing case is named, with the command that shows why.
+pub fn bundled(file: &Path, dir: &Path) -> Result<(usize, Vec<u8>), String> {
+    if !dir.is_dir() {
+        return Err(format!(
+            "{} does not exist: nothing to bundle (a plugin's cases live in its vectors/ folder)",
+            dir.display()
+        ));
+    }
+    let results = conformance::run(file, dir, false)?;
+    let failed: Vec<&str> = results
+        .iter()
+        .filter(|c| c.failure.is_some())
+        .map(|c| c.name.as_str())
+        .collect();
+    if !failed.is_empty() {
+        return Err(format!(
+            "{} of {} cases fail ({}), so nothing was bundled; run `millrace plugin test {} --vectors {}` to see why",
+            failed.len(),
+            results.len(),
+            failed.join(", "),
+            file.display(),
+            dir.display()
+        ));
+    }
+    let bytes = std::fs::read(file).map_err(|e| format!("cannot read {}: {e}", file.display()))?;
+    Ok((results.len(), conformance::bundle(&bytes, dir)?))
 }
 
 /// `millrace plugin keygen --out BASE`: BASE.key (secret, mode 600) and BASE.pub.

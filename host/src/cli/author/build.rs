@@ -4,7 +4,6 @@
 //! stamped into the build, so `describe` reports it.
 
 use super::{Language, Manifest, setup_command, snake, tools_dir};
-use crate::conformance;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -60,7 +59,14 @@ pub fn run(dir: &Path, bundle: bool) -> i32 {
     if !bundle {
         return 0;
     }
-    match bundle_vectors(&built.path, &dir.join("vectors")) {
+    let bundled = crate::cli::plugin::bundled(&built.path, &dir.join("vectors")).and_then(
+        |(cases, bytes)| {
+            std::fs::write(&built.path, bytes)
+                .map_err(|e| format!("cannot write {}: {e}", built.path.display()))?;
+            Ok(cases)
+        },
+    );
+    match bundled {
         Ok(cases) => {
             println!(
                 "bundled {cases} vector case(s) into {}: the deploy gate runs them",
@@ -73,37 +79,6 @@ pub fn run(dir: &Path, bundle: bool) -> i32 {
             1
         }
     }
-}
-
-/// Run the vectors in `vectors` against `component` and, all passing, put them inside it; the
-/// number of cases.
-pub fn bundle_vectors(component: &Path, vectors: &Path) -> Result<usize, String> {
-    if !vectors.is_dir() {
-        return Err(format!(
-            "{} does not exist: nothing to bundle (a plugin's cases live in its vectors/ folder)",
-            vectors.display()
-        ));
-    }
-    let results = conformance::run(component, vectors, false)?;
-    let failed: Vec<&str> = results
-        .iter()
-        .filter(|c| c.failure.is_some())
-        .map(|c| c.name.as_str())
-        .collect();
-    if !failed.is_empty() {
-        return Err(format!(
-            "{} of {} vector case(s) fail ({}), so nothing was bundled: `millrace plugin test {} --vectors {}` shows why",
-            failed.len(),
-            results.len(),
-            failed.join(", "),
-            component.display(),
-            vectors.display()
-        ));
-    }
-    let bytes = std::fs::read(component).map_err(|e| format!("{}: {e}", component.display()))?;
-    let bundled = conformance::bundle(&bytes, vectors)?;
-    std::fs::write(component, bundled).map_err(|e| format!("{}: {e}", component.display()))?;
-    Ok(results.len())
 }
 
 /// Build the plugin in `dir`.

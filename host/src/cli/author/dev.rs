@@ -62,34 +62,31 @@ pub fn run(dir: &Path, admin: &str, plant: &str, interval: Duration) -> i32 {
     }
 }
 
-/// One build → vectors → deploy → activate, each step printed with its time.
+/// One build → vectors → deploy → activate, each step printed with its time; a failed step
+/// ends the round with why and what is still active.
 fn round(dir: &Path, admin: &str, plant: &str, stamp: u64) {
-    let keeps = "not deployed: the plant keeps its active version";
-    let manifest = match Manifest::read(dir) {
-        Ok(m) => m,
-        Err(e) => {
-            println!("manifest FAILED: {e}\n{keeps}");
-            return;
-        }
-    };
-    let version = format!("{}-dev.{stamp}", manifest.version);
-    let output = dir
-        .join("target/dev")
-        .join(format!("{}.wasm", manifest.name));
+    if let Err(failed) = steps(dir, admin, plant, stamp) {
+        println!("{failed}");
+    }
+}
+
+/// A step's result, or the lines saying that it failed, after how long, and why.
+fn step<T>(name: &str, started: Instant, result: Result<T, String>) -> Result<T, String> {
+    const KEEPS: &str = "not deployed: the plant keeps its active version";
+    result.map_err(|e| format!("{name:<8} FAILED  {}\n{e}\n{KEEPS}", took(started)))
+}
+
+fn steps(dir: &Path, admin: &str, plant: &str, stamp: u64) -> Result<(), String> {
     let started = Instant::now();
-    let built = match build::build(
-        dir,
-        &Options {
-            version: Some(version),
-            output: Some(output),
-        },
-    ) {
-        Ok(built) => built,
-        Err(e) => {
-            println!("build    FAILED  {}\n{e}\n{keeps}", took(started));
-            return;
-        }
+    let manifest = step("manifest", started, Manifest::read(dir))?;
+    let options = Options {
+        version: Some(format!("{}-dev.{stamp}", manifest.version)),
+        output: Some(
+            dir.join("target/dev")
+                .join(format!("{}.wasm", manifest.name)),
+        ),
     };
+    let built = step("build", started, build::build(dir, &options))?;
     println!(
         "build    ok      {}  {} {} ({} bytes)",
         took(started),
@@ -100,30 +97,26 @@ fn round(dir: &Path, admin: &str, plant: &str, stamp: u64) {
 
     let started = Instant::now();
     let vectors = dir.join("vectors");
-    let results = match conformance::run(&built.path, &vectors, false) {
-        Ok(results) => results,
-        Err(e) => {
-            println!("vectors  FAILED  {}\n{e}\n{keeps}", took(started));
-            return;
-        }
-    };
-    let failed: Vec<_> = results.iter().filter(|c| c.failure.is_some()).collect();
+    let results = step(
+        "vectors",
+        started,
+        conformance::run(&built.path, &vectors, false),
+    )?;
+    let failed: Vec<String> = results
+        .iter()
+        .filter_map(|c| {
+            let why = c.failure.as_deref()?;
+            Some(format!("  FAIL {}\n       {why}", c.name))
+        })
+        .collect();
     if !failed.is_empty() {
-        println!(
-            "vectors  FAILED  {}  {} passed, {} failed",
-            took(started),
+        let counts = format!(
+            "{} passed, {} failed\n{}",
             results.len() - failed.len(),
-            failed.len()
+            failed.len(),
+            failed.join("\n")
         );
-        for case in failed {
-            println!(
-                "  FAIL {}\n       {}",
-                case.name,
-                case.failure.as_deref().unwrap_or_default()
-            );
-        }
-        println!("{keeps}");
-        return;
+        return step("vectors", started, Err(counts));
     }
     println!(
         "vectors  ok      {}  {} passed",
@@ -132,17 +125,11 @@ fn round(dir: &Path, admin: &str, plant: &str, stamp: u64) {
     );
 
     let started = Instant::now();
-    let bundled = std::fs::read(&built.path)
+    let kept = std::fs::read(&built.path)
         .map_err(|e| format!("{}: {e}", built.path.display()))
-        .and_then(|bytes| conformance::bundle(&bytes, &vectors));
-    let kept = bundled.and_then(|bytes| admin::upload(admin, plant, bytes));
-    let kept = match kept {
-        Ok(kept) => kept,
-        Err(e) => {
-            println!("deploy   FAILED  {}\n{e}\n{keeps}", took(started));
-            return;
-        }
-    };
+        .and_then(|bytes| conformance::bundle(&bytes, &vectors))
+        .and_then(|bytes| admin::upload(admin, plant, bytes));
+    let kept = step("deploy", started, kept)?;
     println!(
         "deploy   ok      {}  {} {} kept by the gate ({})",
         took(started),
@@ -152,18 +139,19 @@ fn round(dir: &Path, admin: &str, plant: &str, stamp: u64) {
     );
 
     let started = Instant::now();
-    match admin::activate_version(admin, plant, &kept.plugin, &kept.version) {
-        Ok(_) => println!(
-            "activate ok      {}  {} {} is active on plant {plant}",
-            took(started),
-            kept.plugin,
-            kept.version
-        ),
-        Err(e) => println!(
+    admin::activate_version(admin, plant, &kept.plugin, &kept.version).map_err(|e| {
+        format!(
             "activate FAILED  {}\n{e}\nthe plant keeps its active version",
             took(started)
-        ),
-    }
+        )
+    })?;
+    println!(
+        "activate ok      {}  {} {} is active on plant {plant}",
+        took(started),
+        kept.plugin,
+        kept.version
+    );
+    Ok(())
 }
 
 fn took(started: Instant) -> String {
