@@ -101,15 +101,15 @@ impl Host {
         };
         crate::control::apply_quotas(config, &state);
         let all = routes.all();
-        let link = match &config.amqp {
-            Some(url) if crate::amqp::used_by(&all) => {
-                Some(Arc::new(crate::amqp::session::BrokerLink::new(
-                    url.clone(),
-                    config.amqp_tls.clone(),
-                    config.amqp_declare,
-                )))
-            }
-            _ => None,
+        let link = if !config.amqp.is_empty() && crate::amqp::used_by(&all) {
+            Some(Arc::new(crate::amqp::session::BrokerLink::new(
+                config.amqp.clone(),
+                config.amqp_tls.clone(),
+                config.amqp_declare,
+                config.amqp_queues,
+            )))
+        } else {
+            None
         };
         let outbox = if crate::amqp::needs_outbox(&all) {
             Some(Arc::new(crate::outbox::Outbox::open(

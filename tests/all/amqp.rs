@@ -590,7 +590,13 @@ fn publish_to_act(broker: &Broker, messages: &[(String, String)]) {
         .join(", ");
     broker.client(&format!(
         r#"
-{CONNECT}ch.queue_declare('plant-a.act', durable=True, arguments={{'x-dead-letter-exchange': 'millrace.act.dead-letter'}})
+{CONNECT}try:
+    ch.queue_declare('plant-a.act', passive=True)
+except pika.exceptions.ChannelClosedByBroker:
+    # Not declared by a host yet: a classic queue, which the host then keeps.
+    ch = c.channel()
+    ch.confirm_delivery()
+    ch.queue_declare('plant-a.act', durable=True, arguments={{'x-dead-letter-exchange': 'millrace.act.dead-letter'}})
 for mid, body in [{list}]:
     ch.basic_publish('', 'plant-a.act', body.encode(), pika.BasicProperties(message_id=mid, content_type='text/plain', delivery_mode=2))
 print('{{}}')

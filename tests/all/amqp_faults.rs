@@ -21,7 +21,7 @@ use lapin::{BasicProperties, Connection, ConnectionProperties, ExchangeKind};
 use std::collections::HashSet;
 use std::time::Duration;
 
-const MESSAGES: usize = 100_000;
+pub const MESSAGES: usize = 100_000;
 const PREFETCH: usize = 256;
 
 fn runtime() -> tokio::runtime::Runtime {
@@ -46,12 +46,13 @@ fn workspace(broker: &Broker) -> Workspace {
     ))
 }
 
-/// Declare the route's queue and an output queue `out` bound to everything it publishes, then
-/// publish `n` persistent inputs `m-0`… with confirms (windows of 1,000).
-fn publish_inputs(broker: &Broker, n: usize) {
+/// Declare the route's queue and an output queue `out` bound to everything it publishes (both
+/// with `queue_args`: e.g. `x-queue-type`), then publish `n` persistent inputs `m-0`… with
+/// confirms (windows of 1,000) to the broker at `url`.
+pub fn publish_inputs(url: &str, n: usize, queue_args: &FieldTable) {
     let body = record("WO-1", "0000001000", "WC01");
     runtime().block_on(async {
-        let conn = Connection::connect(&broker.url(), ConnectionProperties::default())
+        let conn = Connection::connect(url, ConnectionProperties::default())
             .await
             .expect("connect");
         let ch = conn.create_channel().await.expect("channel");
@@ -72,7 +73,7 @@ fn publish_inputs(broker: &Broker, n: usize) {
         ch.queue_declare(
             "out".into(),
             QueueDeclareOptions::durable(),
-            FieldTable::default(),
+            queue_args.clone(),
         )
         .await
         .unwrap();
@@ -85,7 +86,7 @@ fn publish_inputs(broker: &Broker, n: usize) {
         )
         .await
         .unwrap();
-        let mut args = FieldTable::default();
+        let mut args = queue_args.clone();
         args.insert(
             "x-dead-letter-exchange".into(),
             lapin::types::AMQPValue::LongString("millrace.mes.dead-letter".into()),
@@ -120,14 +121,14 @@ fn publish_inputs(broker: &Broker, n: usize) {
     });
 }
 
-/// Messages ready in `queue`. While the broker restarts it cannot be asked: this tries again
-/// until it answers, and fails the test if it never does.
-fn ready(broker: &Broker, queue: &str) -> u32 {
+/// Messages ready in `queue` at the broker at `url`. While the broker restarts it cannot be
+/// asked: this tries again until it answers, and fails the test if it never does.
+pub fn ready(url: &str, queue: &str) -> u32 {
     // A guard against a broker that never comes back, not a timing assertion.
     let deadline = std::time::Instant::now() + GUARD;
     loop {
         let asked = runtime().block_on(async {
-            let conn = Connection::connect(&broker.url(), ConnectionProperties::default())
+            let conn = Connection::connect(url, ConnectionProperties::default())
                 .await
                 .map_err(|e| e.to_string())?;
             let count = async {
@@ -160,10 +161,10 @@ fn ready(broker: &Broker, queue: &str) -> u32 {
 }
 
 /// Wait until `out` holds at least `n` messages.
-fn wait_for_outputs(broker: &Broker, n: u32) {
+pub fn wait_for_outputs(url: &str, n: u32) {
     // A guard against a stalled stream, not a timing assertion.
     for _ in 0..6000 {
-        if ready(broker, "out") >= n {
+        if ready(url, "out") >= n {
             return;
         }
         std::thread::sleep(Duration::from_millis(100));
@@ -172,9 +173,9 @@ fn wait_for_outputs(broker: &Broker, n: u32) {
 }
 
 /// Read every output id off `out` (until it has been quiet for 2 s).
-fn read_outputs(broker: &Broker) -> Vec<String> {
+fn read_outputs(url: &str) -> Vec<String> {
     runtime().block_on(async {
-        let conn = Connection::connect(&broker.url(), ConnectionProperties::default())
+        let conn = Connection::connect(url, ConnectionProperties::default())
             .await
             .expect("connect");
         let ch = conn.create_channel().await.unwrap();
@@ -212,9 +213,10 @@ fn read_outputs(broker: &Broker) -> Vec<String> {
     })
 }
 
-/// Every input has its output under the id derived from its own, copies of those bounded by the
-/// prefetch; once `host` has stopped, nothing waits unacknowledged or was dead-lettered.
-fn assert_each_input_once(broker: &Broker, host: Host, what: &str) {
+/// Every input has its output under the id derived from its own, at most `bound` copies of
+/// those; once `hosts` have stopped, nothing waits unacknowledged or was dead-lettered. Returns
+/// the copies seen.
+pub fn assert_each_input_once(url: &str, hosts: Vec<Host>, what: &str, bound: usize) -> usize {
     // Read outputs as they come until every input's is there (copies make the queue's depth
     // overshoot, so depth alone cannot say when the stream is done).
     let mut ids = Vec::new();
@@ -222,15 +224,17 @@ fn assert_each_input_once(broker: &Broker, host: Host, what: &str) {
     // A guard against a stalled stream, not a timing assertion.
     let deadline = std::time::Instant::now() + Duration::from_secs(600);
     while distinct.len() < MESSAGES && std::time::Instant::now() < deadline {
-        for id in read_outputs(broker) {
+        for id in read_outputs(url) {
             distinct.insert(id.clone());
             ids.push(id);
         }
     }
-    // Stopped, the host publishes nothing more and holds no delivery: what it never
+    // Stopped, the hosts publish nothing more and hold no delivery: what they never
     // acknowledged is back in the source queue, and late copies are in `out`.
-    assert!(host.stop().success(), "{what}: SIGTERM exits 0");
-    for id in read_outputs(broker) {
+    for host in hosts {
+        assert!(host.stop().success(), "{what}: SIGTERM exits 0");
+    }
+    for id in read_outputs(url) {
         distinct.insert(id.clone());
         ids.push(id);
     }
@@ -242,8 +246,8 @@ fn assert_each_input_once(broker: &Broker, host: Host, what: &str) {
     assert!(
         missing.is_empty(),
         "{what}: outputs lost, e.g. {missing:?}; inputs waiting {}, dead letters {}",
-        ready(broker, "plant-a.mes"),
-        ready(broker, "millrace.mes.dead-letter")
+        ready(url, "plant-a.mes"),
+        ready(url, "millrace.mes.dead-letter")
     );
     assert_eq!(
         distinct.len(),
@@ -255,44 +259,48 @@ fn assert_each_input_once(broker: &Broker, host: Host, what: &str) {
         "{what}: {MESSAGES} inputs, {} distinct outputs, {copies} repeated copies (same id)",
         distinct.len()
     );
-    // Only deliveries in hand at the crash can be published again: at most the prefetch.
-    assert!(copies <= PREFETCH, "{what}: {copies} copies");
+    assert!(
+        copies <= bound,
+        "{what}: {copies} copies, more than {bound}"
+    );
     assert_eq!(
-        ready(broker, "plant-a.mes"),
+        ready(url, "plant-a.mes"),
         0,
         "{what}: inputs left unacknowledged"
     );
     assert_eq!(
-        ready(broker, "millrace.mes.dead-letter"),
+        ready(url, "millrace.mes.dead-letter"),
         0,
         "{what}: dead letters"
     );
+    copies
 }
 
 #[test]
 fn broker_killed_mid_stream_loses_nothing_and_repeats_only_deliveries_in_hand() {
     let mut broker = Broker::start();
     let ws = workspace(&broker);
-    publish_inputs(&broker, MESSAGES);
+    publish_inputs(&broker.url(), MESSAGES, &FieldTable::default());
     let host = ws.start();
     host.wait_ready();
-    wait_for_outputs(&broker, (MESSAGES / 3) as u32);
+    wait_for_outputs(&broker.url(), (MESSAGES / 3) as u32);
     broker.kill9();
     broker.restart();
     host.wait_ready();
-    assert_each_input_once(&broker, host, "broker kill -9");
+    // Only deliveries in hand at the crash can be published again: at most the prefetch.
+    assert_each_input_once(&broker.url(), vec![host], "broker kill -9", PREFETCH);
 }
 
 #[test]
 fn host_killed_mid_stream_loses_nothing_and_repeats_only_deliveries_in_hand() {
     let broker = Broker::start();
     let ws = workspace(&broker);
-    publish_inputs(&broker, MESSAGES);
+    publish_inputs(&broker.url(), MESSAGES, &FieldTable::default());
     let host = ws.start();
     host.wait_ready();
-    wait_for_outputs(&broker, (MESSAGES / 3) as u32);
+    wait_for_outputs(&broker.url(), (MESSAGES / 3) as u32);
     host.kill9();
     let host = ws.start();
     host.wait_ready();
-    assert_each_input_once(&broker, host, "host kill -9");
+    assert_each_input_once(&broker.url(), vec![host], "host kill -9", PREFETCH);
 }

@@ -643,6 +643,8 @@ pub struct Broker {
     /// AMQP over TLS ([`Broker::start_tls`]).
     pub tls_port: Option<u16>,
     tls_dir: Option<PathBuf>,
+    /// The Erlang cookie of a node meant for a cluster ([`Cluster`]).
+    cookie: Option<String>,
     pid: u32,
     _dir: tempfile::TempDir,
 }
@@ -660,6 +662,10 @@ impl Broker {
     }
 
     fn start_with(tls_dir: Option<PathBuf>) -> Broker {
+        Broker::start_node(tls_dir, None)
+    }
+
+    fn start_node(tls_dir: Option<PathBuf>, cookie: Option<String>) -> Broker {
         let dir = tempfile::tempdir().expect("broker dir");
         // The node also listens on PORT + 20000 (Erlang distribution).
         let port = loop {
@@ -674,17 +680,18 @@ impl Broker {
             probe.local_addr().unwrap().port()
         });
         let tls = tls_port.zip(tls_dir.clone());
-        let pid = Broker::launch(dir.path(), port, tls.as_ref());
+        let pid = Broker::launch(dir.path(), port, tls.as_ref(), cookie.as_deref());
         Broker {
             port,
             tls_port,
             tls_dir,
+            cookie,
             pid,
             _dir: dir,
         }
     }
 
-    fn launch(dir: &Path, port: u16, tls: Option<&(u16, PathBuf)>) -> u32 {
+    fn launch(dir: &Path, port: u16, tls: Option<&(u16, PathBuf)>, cookie: Option<&str>) -> u32 {
         let mut args = vec![
             "start".to_string(),
             dir.display().to_string(),
@@ -693,10 +700,11 @@ impl Broker {
         if let Some((tls_port, certs)) = tls {
             args.extend([tls_port.to_string(), certs.display().to_string()]);
         }
-        let out = Command::new(root().join("scripts/rabbitmq"))
-            .args(&args)
-            .output()
-            .expect("scripts/rabbitmq runs");
+        let mut script = Command::new(root().join("scripts/rabbitmq"));
+        if let Some(cookie) = cookie {
+            script.env("MILLRACE_ERLANG_COOKIE", cookie);
+        }
+        let out = script.args(&args).output().expect("scripts/rabbitmq runs");
         assert!(
             out.status.success(),
             "broker did not start: {}",
@@ -738,7 +746,12 @@ impl Broker {
     /// Start the node again on the same data and port (after `kill9` or `stop`).
     pub fn restart(&mut self) {
         let tls = self.tls_port.zip(self.tls_dir.clone());
-        self.pid = Broker::launch(self._dir.path(), self.port, tls.as_ref());
+        self.pid = Broker::launch(
+            self._dir.path(),
+            self.port,
+            tls.as_ref(),
+            self.cookie.as_deref(),
+        );
     }
 
     pub fn url(&self) -> String {
@@ -817,6 +830,43 @@ impl Drop for Broker {
             }
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+}
+
+/// RabbitMQ nodes on loopback joined in one cluster (`scripts/rabbitmq join`), each a
+/// [`Broker`] of its own (port, data, kill and restart); stopped when dropped.
+pub struct Cluster {
+    pub nodes: Vec<Broker>,
+}
+
+impl Cluster {
+    pub fn start(size: usize) -> Cluster {
+        let cookie = format!("MILLRACETEST{}X{size}", std::process::id());
+        let nodes: Vec<Broker> = (0..size)
+            .map(|_| Broker::start_node(None, Some(cookie.clone())))
+            .collect();
+        for node in &nodes[1..] {
+            let out = Command::new(root().join("scripts/rabbitmq"))
+                .args(["join", &node._dir.path().display().to_string()])
+                .args([node.port.to_string(), nodes[0].port.to_string()])
+                .output()
+                .expect("scripts/rabbitmq runs");
+            assert!(
+                out.status.success(),
+                "node {} did not join the cluster: {}",
+                node.port,
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Cluster { nodes }
+    }
+
+    /// `host.amqp` of a host that tries node `first` first, then the others in turn.
+    pub fn urls_from(&self, first: usize) -> String {
+        let urls: Vec<String> = (0..self.nodes.len())
+            .map(|i| format!("{:?}", self.nodes[(first + i) % self.nodes.len()].url()))
+            .collect();
+        format!("[{}]", urls.join(", "))
     }
 }
 

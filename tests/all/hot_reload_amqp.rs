@@ -1,6 +1,7 @@
 //! Plugin versions swapped on broker routes against a real RabbitMQ node: activations under a
 //! continuous stream of deliveries (nothing lost, one version per output, lineage agreeing), and
-//! activations reaching every host that shares the broker, including one that was away.
+//! activations reaching every host that shares the broker, including one that was away, one that
+//! joins later and one whose control queue was lost (the last activation retained on the broker).
 
 use crate::harness::*;
 use crate::hot_reload::{activate, both_versions_one_per_output, eventually, kept};
@@ -171,6 +172,80 @@ fn an_activation_reaches_every_host_on_the_broker_even_one_that_was_away() {
     assert_eq!(stamp_of(&a), "2.0.0");
     // Host A never applied its own announcements.
     assert_eq!(active(&a)["history"].as_array().unwrap().len(), 3);
+}
+
+#[test]
+fn hosts_that_join_later_or_lost_their_queue_converge_on_the_last_activation() {
+    let broker = Broker::start();
+    let (ws_a, ws_b, ws_c) = (
+        workspace(&broker, "host-a"),
+        workspace(&broker, "host-b"),
+        workspace(&broker, "host-c"),
+    );
+    let a = ws_a.start();
+    let b = ws_b.start();
+    a.wait_ready();
+    b.wait_ready();
+    let stamp_of = |host: &Host| {
+        let reply = host.post("a", Some("text/plain"), "x");
+        assert_eq!(reply.status, 200, "{}", reply.body);
+        reply.json()["stamp"].as_str().unwrap().to_string()
+    };
+    let active_version = |host: &Host| active(host)["active"]["version"].clone();
+    let stamp_2 = std::fs::read(guest("guest-stamp-2")).unwrap();
+    assert_eq!(
+        a.admin("POST", "/v1/plants/plant-a/plugins", &stamp_2)
+            .status,
+        201
+    );
+    let activated = std::time::Instant::now();
+    assert_eq!(activate(&a, "2.0.0").status, 200);
+    eventually("host B runs 2.0.0", || {
+        (active_version(&b) == "2.0.0").then_some(())
+    });
+    let live = activated.elapsed();
+
+    // A host that was never on this broker: no queue holds the announcement for it.
+    let started = std::time::Instant::now();
+    let c = ws_c.start();
+    c.wait_ready();
+    eventually("host C, new, runs 2.0.0", || {
+        (active_version(&c) == "2.0.0").then_some(())
+    });
+    let joined = started.elapsed();
+    assert_eq!(stamp_of(&c), "2.0.0");
+    let doc = active(&c);
+    assert_eq!(kept(&doc, "2.0.0")["origin"], "broadcast", "{doc}");
+
+    // A host whose control queue is gone while it is away (deleted, expired by a policy).
+    assert!(b.stop().success());
+    broker.ctl(&["delete_queue", "millrace.control.host-b"]);
+    let back = a.admin("POST", "/v1/plants/plant-a/plugins/stamp/rollback", b"");
+    assert_eq!(back.status, 200, "{}", back.body);
+    eventually("host C back on 1.0.0", || {
+        (active_version(&c) == "1.0.0").then_some(())
+    });
+    let started = std::time::Instant::now();
+    let b = ws_b.start();
+    b.wait_ready();
+    eventually("host B, its queue lost, back on 1.0.0", || {
+        (active_version(&b) == "1.0.0").then_some(())
+    });
+    let returned = started.elapsed();
+    assert_eq!(stamp_of(&b), "1.0.0");
+    // Restarting a host that already runs the retained version applies nothing.
+    let history = active(&c)["history"].as_array().unwrap().len();
+    assert!(c.stop().success());
+    let c = ws_c.start();
+    c.wait_ready();
+    assert_eq!(stamp_of(&c), "1.0.0");
+    assert_eq!(active(&c)["history"].as_array().unwrap().len(), history);
+    println!(
+        "convergence: activation to host B {} ms; new host C start to 2.0.0 {} ms; host B with its queue lost, start to 1.0.0 {} ms (100 ms polling)",
+        live.as_millis(),
+        joined.as_millis(),
+        returned.as_millis()
+    );
 }
 
 #[test]

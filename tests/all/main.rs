@@ -8,6 +8,7 @@ mod amqp_faults;
 mod amqp_tls;
 mod authoring;
 mod cli;
+mod cluster;
 mod config_errors;
 mod console;
 mod events;

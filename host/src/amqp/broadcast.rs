@@ -9,6 +9,16 @@
 //! own. A host whose routes do not run the plugin on that plant skips it; one whose gate refuses
 //! it keeps its version and records the refusal. Runs on the broker session (hosts whose routes
 //! use the broker); an activation made while the broker is away is not announced (logged).
+//!
+//! **The last activation is retained** for hosts that join later or return after their control
+//! queue was lost: each announcement is also kept, bytes and all, as the only message of the
+//! queue `millrace.control.last.PLANT.PLUGIN` (`x-max-length = 1`: a newer one drops the older).
+//! On each session a host first binds its control queue (so nothing announced from then on is
+//! missed), then reads the retained activation of every plant and plugin its routes run and
+//! applies it like an announcement (skipped when that exact component already runs), then follows
+//! its queue. A read takes the message without acknowledging it and gives it back by closing its
+//! channel (a requeue by `nack` could put a stale value back over a newer one); a host that finds
+//! the queue empty tries twice more 50 ms apart, in case another host's read held the message.
 
 use crate::amqp::publisher::header_string;
 use crate::amqp::session::{BrokerLink, Link, Session};
@@ -18,7 +28,7 @@ use futures_lite::StreamExt;
 use lapin::BasicProperties;
 use lapin::options::{
     BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
-    ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
+    ConfirmSelectOptions,
 };
 use lapin::types::{AMQPValue, FieldTable};
 use std::sync::Arc;
@@ -29,6 +39,11 @@ pub const EXCHANGE: &str = "millrace.control";
 /// The queue of host `id` on [`EXCHANGE`].
 pub fn queue(id: &str) -> String {
     format!("{EXCHANGE}.{id}")
+}
+
+/// The queue that retains the last activation of `plugin` on `plant`.
+pub fn last(plant: &str, plugin: &str) -> String {
+    format!("{EXCHANGE}.last.{plant}.{plugin}")
 }
 
 const FROM: &str = "x-millrace-host";
@@ -113,28 +128,41 @@ async fn announce(link: &BrokerLink, deployer: &Deployer, host_id: &str, activat
             .confirm_select(ConfirmSelectOptions::default())
             .await
             .map_err(|e| e.to_string())?;
-        declare_exchange(&channel)
+        let retained = last(&note.plant, &note.plugin);
+        let mut declarer = super::topology::Declarer::open(&session.connection, session.queues)
             .await
             .map_err(|e| e.to_string())?;
-        let confirm = channel
-            .basic_publish(
-                EXCHANGE.into(),
-                "".into(),
-                BasicPublishOptions::default(),
-                &bytes,
-                BasicProperties::default()
-                    .with_delivery_mode(2)
-                    .with_content_type("application/wasm".into())
-                    .with_headers(note.headers()),
-            )
-            .await
-            .map_err(|e| e.to_string())?
+        declarer
+            .exchange(EXCHANGE, lapin::ExchangeKind::Fanout)
             .await
             .map_err(|e| e.to_string())?;
-        let _ = channel.close(200, "announced".into()).await;
-        if confirm.is_nack() {
-            return Err("the broker refused it".to_string());
+        declarer
+            .queue(&retained, super::topology::Role::LastValue)
+            .await
+            .map_err(|e| e.to_string())?;
+        declarer.close().await;
+        // To every host's queue, then as the retained last value (default exchange).
+        for (exchange, key) in [(EXCHANGE, ""), ("", retained.as_str())] {
+            let confirm = channel
+                .basic_publish(
+                    exchange.into(),
+                    key.into(),
+                    BasicPublishOptions::default(),
+                    &bytes,
+                    BasicProperties::default()
+                        .with_delivery_mode(2)
+                        .with_content_type("application/wasm".into())
+                        .with_headers(note.headers()),
+                )
+                .await
+                .map_err(|e| e.to_string())?
+                .await
+                .map_err(|e| e.to_string())?;
+            if confirm.is_nack() {
+                return Err("the broker refused it".to_string());
+            }
         }
+        let _ = channel.close(200, "announced".into()).await;
         Ok::<_, String>(())
     };
     match sent.await {
@@ -147,20 +175,6 @@ async fn announce(link: &BrokerLink, deployer: &Deployer, host_id: &str, activat
     }
 }
 
-async fn declare_exchange(channel: &lapin::Channel) -> Result<(), lapin::Error> {
-    channel
-        .exchange_declare(
-            EXCHANGE.into(),
-            lapin::ExchangeKind::Fanout,
-            ExchangeDeclareOptions {
-                durable: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-}
-
 /// Declare this host's control queue and start applying the activations other hosts announce,
 /// for as long as `session` lasts (the returned task). `None`, logged, if the broker refuses.
 pub async fn follow(
@@ -170,24 +184,29 @@ pub async fn follow(
 ) -> Option<tokio::task::JoinHandle<()>> {
     let queue = queue(&host_id);
     let started = async {
+        let mut declarer =
+            super::topology::Declarer::open(&session.connection, session.queues).await?;
+        declarer
+            .exchange(EXCHANGE, lapin::ExchangeKind::Fanout)
+            .await?;
+        declarer.queue(&queue, super::topology::Role::Plain).await?;
+        declarer.bind(&queue, EXCHANGE, "").await?;
+        let mut slots: Vec<(String, String)> = deployer
+            .routes()
+            .all()
+            .iter()
+            .flat_map(|r| r.steps.iter().map(|s| (r.plant.clone(), s.id.name.clone())))
+            .collect();
+        slots.sort();
+        slots.dedup();
+        for (plant, plugin) in &slots {
+            declarer
+                .queue(&last(plant, plugin), super::topology::Role::LastValue)
+                .await?;
+        }
+        declarer.close().await;
+        catch_up(&deployer, session, &slots).await;
         let channel = session.connection.create_channel().await?;
-        declare_exchange(&channel).await?;
-        channel
-            .queue_declare(
-                queue.as_str().into(),
-                QueueDeclareOptions::durable(),
-                FieldTable::default(),
-            )
-            .await?;
-        channel
-            .queue_bind(
-                queue.as_str().into(),
-                EXCHANGE.into(),
-                "".into(),
-                QueueBindOptions::default(),
-                FieldTable::default(),
-            )
-            .await?;
         channel.basic_qos(1, BasicQosOptions::default()).await?;
         let consumer = channel
             .basic_consume(
@@ -209,6 +228,72 @@ pub async fn follow(
     Some(tokio::spawn(apply_each(
         deployer, host_id, channel, consumer,
     )))
+}
+
+/// Apply the retained last activation of each of `slots` (plant, plugin) that differs from what
+/// runs here: see the module's notes.
+async fn catch_up(deployer: &Arc<Deployer>, session: &Session, slots: &[(String, String)]) {
+    for (plant, plugin) in slots {
+        let queue = last(plant, plugin);
+        let mut found = None;
+        for attempt in 0..3 {
+            if attempt > 0 {
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+            match read_retained(session, &queue).await {
+                Ok(Some(message)) => {
+                    found = Some(message);
+                    break;
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::warn!(queue = %queue, error = %e, "cannot read the last activation retained on the broker");
+                    break;
+                }
+            }
+        }
+        let Some((note, bytes)) = found else {
+            continue;
+        };
+        let running = deployer
+            .routes()
+            .running(&note.plant, &note.plugin)
+            .map(|s| s.id.digest.clone());
+        if running.as_deref() == Some(note.digest.as_str()) {
+            continue;
+        }
+        tracing::info!(plant = %note.plant, plugin = %note.plugin, version = %note.version, from = %note.from, "applying the last activation retained on the broker");
+        let deployer = Arc::clone(deployer);
+        let _ = tokio::task::spawn_blocking(move || apply(&deployer, &note, &bytes)).await;
+    }
+}
+
+/// The message retained in `queue`, read without taking it: fetched unacknowledged, then given
+/// back by closing the channel.
+async fn read_retained(
+    session: &Session,
+    queue: &str,
+) -> Result<Option<(Note, Vec<u8>)>, lapin::Error> {
+    let channel = session.connection.create_channel().await?;
+    let got = channel
+        .basic_get(
+            queue.into(),
+            lapin::options::BasicGetOptions { no_ack: false },
+        )
+        .await;
+    let read = got.map(|message| {
+        message.and_then(|m| {
+            let note = m
+                .delivery
+                .properties
+                .headers()
+                .as_ref()
+                .and_then(Note::read)?;
+            Some((note, m.delivery.data.clone()))
+        })
+    });
+    let _ = channel.close(200, "read".into()).await;
+    read
 }
 
 async fn apply_each(

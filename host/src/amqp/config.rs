@@ -11,6 +11,63 @@ pub fn check_url(url: &str) -> Result<(), String> {
         .map_err(|e| e.to_string())
 }
 
+/// `host.amqp`: one broker URL, or the URLs of a cluster's nodes (tried in turn).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum BrokerUrls {
+    One(String),
+    Nodes(Vec<String>),
+}
+
+impl BrokerUrls {
+    pub fn list(&self) -> Vec<String> {
+        match self {
+            BrokerUrls::One(url) => vec![url.clone()],
+            BrokerUrls::Nodes(urls) => urls.clone(),
+        }
+    }
+}
+
+/// The type of queue the host declares (`host.amqp_queues`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum QueueKind {
+    /// Replicated (Raft) queues; what RabbitMQ recommends for data that must not be lost.
+    Quorum,
+    /// Single-node queues (mirrored only by a broker policy).
+    Classic,
+}
+
+impl QueueKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            QueueKind::Quorum => "quorum",
+            QueueKind::Classic => "classic",
+        }
+    }
+}
+
+/// How the host declares its queues: `host.amqp_queues` (default quorum) and
+/// `host.amqp_delivery_limit` (default 20; 0 for none), see [`super::topology`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Queues {
+    pub kind: QueueKind,
+    /// Deliveries of one message from a quorum source queue before the broker dead-letters it.
+    pub delivery_limit: Option<u32>,
+}
+
+/// The default of `host.amqp_delivery_limit`.
+pub const DEFAULT_DELIVERY_LIMIT: u32 = 20;
+
+impl Default for Queues {
+    fn default() -> Self {
+        Queues {
+            kind: QueueKind::Quorum,
+            delivery_limit: Some(DEFAULT_DELIVERY_LIMIT),
+        }
+    }
+}
+
 /// The broker link's TLS material (`[amqp_tls]`), for `amqps://` URLs: CA certificates to trust
 /// besides the public web roots, and a client certificate (with `?auth_mechanism=external` in
 /// the URL, the broker takes it as the login: SASL EXTERNAL). The files are read at every

@@ -1,6 +1,6 @@
 //! AMQP 0-9-1 (RabbitMQ via lapin), every part of it: the supervised broker session
-//! (`session`), the consumer of queue routes (`source`), the confirm-mode publisher with its
-//! retry and dead-letter topology (`publisher`), the outbox that holds outputs while the broker
+//! (`session`), the consumer of queue routes (`source`), the queues and exchanges the host declares
+//! (`topology`), the confirm-mode publisher (`publisher`), the outbox that holds outputs while the broker
 //! is away (`outbox`), activations shared between hosts (`broadcast`), and the replay of broker
 //! dead letters (`replay`). Nothing outside this folder speaks lapin.
 
@@ -12,6 +12,7 @@ pub mod publisher;
 pub mod replay;
 pub mod session;
 pub mod source;
+pub mod topology;
 
 use crate::config::{Sink, Source};
 use crate::control::deploy::Deployer;

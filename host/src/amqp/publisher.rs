@@ -1,6 +1,5 @@
 //! Sink `amqp`: outputs are published to the route's exchange (durable topic) as persistent
 //! messages on a channel in confirm mode; a publish counts only when the broker confirmed it.
-//! Also the topology every broker route needs, and the route's dead-letter queue.
 //!
 //! Message properties follow the CloudEvents AMQP binding for structured mode: the body is the
 //! event, `content-type` is `application/cloudevents+json`, `message-id` the output's id (so
@@ -10,12 +9,9 @@ use crate::pipeline::chain::Failure;
 use crate::plugin::PluginId;
 use crate::plugin::bindings::types::Message;
 use crate::route::Route;
-use lapin::options::{
-    BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions,
-    QueueDeclareOptions,
-};
+use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
-use lapin::{BasicProperties, Channel, Connection, ExchangeKind};
+use lapin::{BasicProperties, Channel, Connection};
 
 /// Why outputs did not reach the broker; every cause is worth a redelivery.
 #[derive(Debug, thiserror::Error)]
@@ -174,79 +170,6 @@ impl AmqpPublisher {
             .confirm_select(ConfirmSelectOptions::default())
             .await?;
         Ok(AmqpPublisher { channel })
-    }
-
-    /// Declare what `route` uses: its sink exchange, its source queue (dead-lettering into its
-    /// dead-letter exchange), one delay queue per retry wait (expiring back into the source
-    /// queue), and the dead-letter exchange and queue. Idempotent.
-    pub async fn declare(&self, route: &Route) -> Result<(), lapin::Error> {
-        let a = &route.amqp;
-        let durable = ExchangeDeclareOptions {
-            durable: true,
-            ..Default::default()
-        };
-        self.channel
-            .exchange_declare(
-                a.dead_letter.as_str().into(),
-                ExchangeKind::Fanout,
-                durable,
-                FieldTable::default(),
-            )
-            .await?;
-        self.channel
-            .queue_declare(
-                a.dead_letter.as_str().into(),
-                QueueDeclareOptions::durable(),
-                FieldTable::default(),
-            )
-            .await?;
-        self.channel
-            .queue_bind(
-                a.dead_letter.as_str().into(),
-                a.dead_letter.as_str().into(),
-                "".into(),
-                QueueBindOptions::default(),
-                FieldTable::default(),
-            )
-            .await?;
-        if route.sink == crate::config::Sink::Amqp {
-            self.channel
-                .exchange_declare(
-                    a.exchange.as_str().into(),
-                    ExchangeKind::Topic,
-                    durable,
-                    FieldTable::default(),
-                )
-                .await?;
-        }
-        if route.source == crate::config::Source::Amqp {
-            let mut args = FieldTable::default();
-            args.insert("x-dead-letter-exchange".into(), text(&a.dead_letter));
-            self.channel
-                .queue_declare(
-                    a.queue.as_str().into(),
-                    QueueDeclareOptions::durable(),
-                    args,
-                )
-                .await?;
-            for delay in a.retry_delays() {
-                let mut args = FieldTable::default();
-                args.insert(
-                    "x-message-ttl".into(),
-                    AMQPValue::LongLongInt(delay.as_millis() as i64),
-                );
-                args.insert("x-dead-letter-exchange".into(), text(""));
-                args.insert("x-dead-letter-routing-key".into(), text(&a.queue));
-                self.channel
-                    .queue_declare(
-                        a.retry_queue(delay).as_str().into(),
-                        QueueDeclareOptions::durable(),
-                        args,
-                    )
-                    .await?;
-            }
-        }
-        Ok(())
     }
 
     /// Publish one persistent message, `mandatory` (a message no queue takes comes back rather

@@ -18,21 +18,22 @@ pub fn replay(
     dry_run: bool,
     show: &dyn Fn(&str, &[Message]),
 ) -> Result<i32, String> {
-    let url = config.amqp.as_ref().ok_or_else(|| {
-        format!(
+    if config.amqp.is_empty() {
+        return Err(format!(
             "route {} consumes a queue but host.amqp is not set",
             route.name
-        )
-    })?;
+        ));
+    }
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(|e| format!("cannot start the async runtime: {e}"))?;
-    let broker = |e: lapin::Error| format!("broker {}: {e}", super::session::redact(url));
     runtime.block_on(async {
-        let connection = super::session::open(url, &config.amqp_tls, "millrace dlq replay")
-            .await
-            .map_err(|e| format!("broker {}: {e}", super::session::redact(url)))?;
+        let (connection, at) =
+            super::session::open_any(&config.amqp, 0, &config.amqp_tls, "millrace dlq replay")
+                .await?;
+        let url = &config.amqp[at];
+        let broker = |e: lapin::Error| format!("broker {}: {e}", super::session::redact(url));
         let publisher = super::publisher::AmqpPublisher::open(&connection)
             .await
             .map_err(broker)?;

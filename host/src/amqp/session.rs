@@ -35,6 +35,8 @@ pub struct Session {
     pub connection: Arc<Connection>,
     /// The confirm-mode publishing channel.
     pub publisher: AmqpPublisher,
+    /// How the host declares its queues.
+    pub queues: super::config::Queues,
     lost: mpsc::UnboundedSender<String>,
 }
 
@@ -57,6 +59,25 @@ pub async fn open(url: &str, tls: &AmqpTls, name: &str) -> Result<Connection, Op
         .connect()
         .await
         .map_err(OpenError::Broker)
+}
+
+/// Open a connection to the first of `urls` that takes it (the nodes of a cluster), starting
+/// at `first`. Returns the connection and the index of its URL, or the last error.
+pub async fn open_any(
+    urls: &[String],
+    first: usize,
+    tls: &AmqpTls,
+    name: &str,
+) -> Result<(Connection, usize), String> {
+    let mut last = String::from("host.amqp lists no broker URL");
+    for n in 0..urls.len() {
+        let at = (first + n) % urls.len();
+        match open(&urls[at], tls, name).await {
+            Ok(connection) => return Ok((connection, at)),
+            Err(e) => last = format!("broker {}: {e}", redact(&urls[at])),
+        }
+    }
+    Err(last)
 }
 
 /// Why a connection could not be opened.
@@ -121,9 +142,13 @@ impl OpenError {
 
 /// The supervisor's shared state.
 pub struct BrokerLink {
-    url: String,
+    /// One URL, or one per node of a cluster.
+    urls: Vec<String>,
+    /// The node to try first at the next connection: the one after the node last lost.
+    next: std::sync::atomic::AtomicUsize,
     tls: AmqpTls,
     declare: bool,
+    queues: super::config::Queues,
     state: watch::Sender<Link>,
     /// Bumped by [`BrokerLink::restart`]: a session set up from routes read before a bump is
     /// not used.
@@ -131,18 +156,30 @@ pub struct BrokerLink {
 }
 
 impl BrokerLink {
-    pub fn new(url: String, tls: AmqpTls, declare: bool) -> BrokerLink {
+    pub fn new(
+        urls: Vec<String>,
+        tls: AmqpTls,
+        declare: bool,
+        queues: super::config::Queues,
+    ) -> BrokerLink {
         let (state, _) = watch::channel(Link::Down {
             reason: "not connected yet".into(),
             since: SystemTime::now(),
         });
         BrokerLink {
-            url,
+            urls,
+            next: std::sync::atomic::AtomicUsize::new(0),
             tls,
             declare,
+            queues,
             state,
             generation: std::sync::atomic::AtomicU64::new(0),
         }
+    }
+
+    /// How the host declares its queues.
+    pub fn queues(&self) -> super::config::Queues {
+        self.queues
     }
 
     /// The current state.
@@ -170,23 +207,32 @@ impl BrokerLink {
         self.state.subscribe()
     }
 
-    /// Connect and declare every broker route's topology (unless `host.amqp_declare` is off).
+    /// Connect (to the first node that takes the connection, from the one after the node last
+    /// lost) and declare every broker route's topology (unless `host.amqp_declare` is off).
     async fn connect(
         &self,
         routes: &Routes,
     ) -> Result<(Session, mpsc::UnboundedReceiver<String>), String> {
-        let connection = open(&self.url, &self.tls, "millrace")
-            .await
-            .map_err(|e| e.to_string())?;
+        use std::sync::atomic::Ordering;
+        let first = self.next.load(Ordering::Relaxed);
+        let (connection, at) = open_any(&self.urls, first, &self.tls, "millrace").await?;
+        // A session lost later starts the next connection at the following node.
+        self.next.store(at + 1, Ordering::Relaxed);
+        if self.urls.len() > 1 {
+            tracing::info!(broker = %redact(&self.urls[at]), "connected to a node of the cluster");
+        }
         self.declare_on(connection, routes)
             .await
-            .map_err(|e| e.to_string())
+            .map_err(|e| format!("broker {}: {e}", redact(&self.urls[at])))
     }
 
     /// Check, at start, that the link's TLS works: a certificate problem is configuration to
     /// fix and stops the start (a broker that is away is waited for instead).
     pub async fn check_tls(&self) -> Result<(), String> {
-        if !self.url.starts_with("amqps://") {
+        let Some(url) = self.urls.first() else {
+            return Ok(());
+        };
+        if !url.starts_with("amqps://") {
             return Ok(());
         }
         // A broker that refuses the host's certificate sends an alert and closes; the host may
@@ -197,7 +243,7 @@ impl BrokerLink {
         for _ in 0..TRIES {
             let attempt = tokio::time::timeout(
                 Duration::from_secs(20),
-                open(&self.url, &self.tls, "millrace (TLS check)"),
+                open(url, &self.tls, "millrace (TLS check)"),
             )
             .await;
             match attempt {
@@ -208,7 +254,7 @@ impl BrokerLink {
                 Ok(Err(e)) if e.is_tls() => {
                     return Err(format!(
                         "broker {}: TLS: {e}; see [amqp_tls] (ca, cert, key)",
-                        redact(&self.url)
+                        redact(url)
                     ));
                 }
                 Ok(Err(e)) if e.is_cut() => cut.push(e.to_string()),
@@ -218,7 +264,7 @@ impl BrokerLink {
         }
         Err(format!(
             "broker {}: the broker closed the connection after the TLS handshake {TRIES} times ({}); it probably refuses this host's client certificate ([amqp_tls] cert: issued by a CA the broker trusts?)",
-            redact(&self.url),
+            redact(url),
             cut.last().map(String::as_str).unwrap_or_default()
         ))
     }
@@ -230,9 +276,11 @@ impl BrokerLink {
     ) -> Result<(Session, mpsc::UnboundedReceiver<String>), lapin::Error> {
         let publisher = AmqpPublisher::open(&connection).await?;
         if self.declare {
+            let mut declarer = super::topology::Declarer::open(&connection, self.queues).await?;
             for route in routes.all().iter().filter(|r| r.uses_broker()) {
-                publisher.declare(route).await?;
+                declarer.route(route).await?;
             }
+            declarer.close().await;
         }
         let (lost, lost_rx) = mpsc::unbounded_channel();
         let mut events = connection.events_listener();
@@ -248,6 +296,7 @@ impl BrokerLink {
             Session {
                 connection: Arc::new(connection),
                 publisher,
+                queues: self.queues,
                 lost,
             },
             lost_rx,
@@ -338,7 +387,7 @@ pub async fn supervise<Serve, Served>(
             }
             Err(e) => {
                 metrics.connection_failed.with(&["amqp"]).inc();
-                format!("broker {}: {e}", redact(&link.url))
+                e
             }
         };
         tracing::warn!(reason = %reason, retry_in_ms = pause.as_millis() as u64, "broker unavailable; reconnecting");

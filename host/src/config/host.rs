@@ -102,23 +102,44 @@ pub(super) fn read(diag: &mut Diagnostics, dir: &Path, file: &File) -> Host {
         |ca, cert, key| crate::mqtt::config::MqttTls { ca, cert, key },
         |tls| tls.load().map(|_| ()),
     );
-    if let Some(url) = &file.host.amqp
-        && let Err(e) = crate::amqp::config::check_url(url.get_ref())
-    {
-        diag.error_at(
-            url.span(),
-            format!("host.amqp is not a broker URL ({e}); write it as amqp://USER:PASSWORD@HOST:PORT/VHOST"),
-        );
+    let amqp_urls = file
+        .host
+        .amqp
+        .as_ref()
+        .map(|urls| urls.get_ref().list())
+        .unwrap_or_default();
+    if let Some(urls) = &file.host.amqp {
+        if amqp_urls.is_empty() {
+            diag.error_at(
+                urls.span(),
+                "host.amqp lists no broker URL; write one, or one per node of the cluster",
+            );
+        }
+        for url in &amqp_urls {
+            if let Err(e) = crate::amqp::config::check_url(url) {
+                diag.error_at(
+                    urls.span(),
+                    format!("host.amqp: {} is not a broker URL ({e}); write it as amqp://USER:PASSWORD@HOST:PORT/VHOST", crate::amqp::session::redact(url)),
+                );
+            }
+        }
+        let tls = amqp_urls
+            .iter()
+            .filter(|u| u.starts_with("amqps://"))
+            .count();
+        if tls != 0 && tls != amqp_urls.len() {
+            diag.error_at(
+                urls.span(),
+                "host.amqp mixes amqps:// and amqp:// URLs; every node of one broker is reached the same way",
+            );
+        }
     }
     let amqp_tls = tls_files(
         diag,
         dir,
         file.amqp_tls.as_ref(),
         "[amqp_tls] is set but host.amqp is not an amqps:// URL; the link would not use it",
-        file.host
-            .amqp
-            .as_ref()
-            .is_some_and(|u| u.get_ref().starts_with("amqps://")),
+        amqp_urls.iter().any(|u| u.starts_with("amqps://")),
         |ca, cert, key| crate::amqp::config::AmqpTls { ca, cert, key },
         |tls| tls.load().map(|_| ()),
     );

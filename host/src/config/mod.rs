@@ -59,8 +59,10 @@ struct HostSection {
     plugin_dir: Option<String>,
     max_in_flight: Option<Spanned<u64>>,
     idempotency_window_s: Option<u64>,
-    amqp: Option<Spanned<String>>,
+    amqp: Option<Spanned<crate::amqp::config::BrokerUrls>>,
     amqp_declare: Option<bool>,
+    amqp_queues: Option<crate::amqp::config::QueueKind>,
+    amqp_delivery_limit: Option<u32>,
     mqtt: Option<Spanned<String>>,
     mqtt_client_id: Option<String>,
     mqtt_session_expiry_s: Option<u32>,
@@ -292,8 +294,11 @@ pub struct Config {
     pub max_in_flight: usize,
     pub data_dir: PathBuf,
     pub plugin_dir: PathBuf,
-    /// The broker (`amqp://…`), needed when a route's source or sink is `amqp`.
-    pub amqp: Option<String>,
+    /// The broker (`amqp://…`), needed when a route's source or sink is `amqp`: one URL, or
+    /// the URLs of a cluster's nodes, tried in turn. Empty: not set.
+    pub amqp: Vec<String>,
+    /// The type of queue the host declares and the delivery limit of its source queues.
+    pub amqp_queues: crate::amqp::config::Queues,
     /// Whether the host declares the broker topology its routes use (`host.amqp_declare`,
     /// default true); false for brokers provisioned beforehand.
     pub amqp_declare: bool,
@@ -418,6 +423,7 @@ impl Config {
             ("host.mqtt_client_id", self.mqtt_client_id.clone()),
             ("host.mqtt_max_in_hand", self.mqtt_max_in_hand.to_string()),
             ("host.amqp_declare", self.amqp_declare.to_string()),
+            ("host.amqp_queues", format!("{:?}", self.amqp_queues)),
             (
                 "host.outbox_max_messages",
                 self.outbox_max_messages.to_string(),
@@ -608,8 +614,24 @@ impl Config {
             max_in_flight,
             data_dir,
             plugin_dir,
-            amqp: file.host.amqp.as_ref().map(|a| a.get_ref().clone()),
+            amqp: file
+                .host
+                .amqp
+                .as_ref()
+                .map(|a| a.get_ref().list())
+                .unwrap_or_default(),
             amqp_declare: file.host.amqp_declare.unwrap_or(true),
+            amqp_queues: crate::amqp::config::Queues {
+                kind: file
+                    .host
+                    .amqp_queues
+                    .unwrap_or(crate::amqp::config::QueueKind::Quorum),
+                delivery_limit: match file.host.amqp_delivery_limit {
+                    Some(0) => None,
+                    Some(n) => Some(n),
+                    None => Some(crate::amqp::config::DEFAULT_DELIVERY_LIMIT),
+                },
+            },
             mqtt: mqtt_url,
             mqtt_client_id: file
                 .host

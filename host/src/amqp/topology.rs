@@ -1,0 +1,283 @@
+//! The broker-side parts the host declares: for each broker route its sink exchange, its source
+//! queue, one delay queue per retry wait and its dead-letter exchange and queue; for the hosts
+//! sharing a broker the control exchange, each host's control queue and the last activation of
+//! each plant and plugin.
+//!
+//! Queues are declared of the type `host.amqp_queues` names: **quorum** (the default; replicated
+//! on a cluster, at-least-once dead-lettering) or **classic**. A queue that already exists keeps
+//! its type: when the declaration of the configured type is refused because the queue exists
+//! with other arguments (`PRECONDITION_FAILED`), the other type is tried, and taken if it
+//! matches, with a warning. A broker that has no quorum queues refuses their declaration the
+//! same way and gets classic queues.
+//!
+//! What quorum queues add:
+//! - delay queues dead-letter back to the source queue **at least once**
+//!   (`x-dead-letter-strategy = at-least-once`, with `x-overflow = reject-publish` that the
+//!   strategy requires): a message whose wait expires is not removed from the delay queue until
+//!   the source queue has it, so a broker node lost during that hop loses nothing;
+//! - source queues carry `x-delivery-limit` (`host.amqp_delivery_limit`, default 20): a message
+//!   delivered that many times without being settled (it takes the host down each time, say) is
+//!   moved to the route's dead-letter queue by the broker (header `x-first-death-reason` =
+//!   `delivery_limit`) instead of coming back forever, at least once as well.
+
+use super::config::{QueueKind, Queues};
+use crate::route::Route;
+use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
+use lapin::protocol::{AMQPErrorKind, AMQPSoftError};
+use lapin::types::{AMQPValue, FieldTable, LongString};
+use lapin::{Channel, Connection, ExchangeKind};
+use std::time::Duration;
+
+/// What a queue is for, which decides its arguments.
+#[derive(Debug, Clone, Copy)]
+pub enum Role<'a> {
+    /// A route's source queue; what the broker dead-letters goes to `dead_letter` (exchange).
+    Source { dead_letter: &'a str },
+    /// A delay queue: messages wait `wait`, then go back to queue `back_to`.
+    Delay { wait: Duration, back_to: &'a str },
+    /// A queue that only holds messages: dead letters, a host's control queue.
+    Plain,
+    /// Holds the last message published to it (`x-max-length = 1`, oldest dropped).
+    LastValue,
+}
+
+/// Declares on one channel of its own; a refused declaration closes a channel, so it opens a
+/// new one after each refusal.
+pub struct Declarer<'a> {
+    connection: &'a Connection,
+    channel: Channel,
+    queues: Queues,
+}
+
+fn text(value: &str) -> AMQPValue {
+    AMQPValue::LongString(LongString::from(value))
+}
+
+fn refused(e: &lapin::Error) -> bool {
+    matches!(
+        e.kind(),
+        lapin::ErrorKind::ProtocolError(amqp)
+            if matches!(amqp.kind(), AMQPErrorKind::Soft(AMQPSoftError::PRECONDITIONFAILED))
+    )
+}
+
+/// The arguments of a queue of `kind` for `role`.
+pub fn arguments(kind: QueueKind, delivery_limit: Option<u32>, role: Role<'_>) -> FieldTable {
+    let mut args = FieldTable::default();
+    let quorum = kind == QueueKind::Quorum;
+    if quorum {
+        args.insert("x-queue-type".into(), text("quorum"));
+    }
+    match role {
+        Role::Source { dead_letter } => {
+            args.insert("x-dead-letter-exchange".into(), text(dead_letter));
+            if quorum {
+                if let Some(limit) = delivery_limit {
+                    args.insert(
+                        "x-delivery-limit".into(),
+                        AMQPValue::LongLongInt(i64::from(limit)),
+                    );
+                }
+                args.insert("x-dead-letter-strategy".into(), text("at-least-once"));
+                args.insert("x-overflow".into(), text("reject-publish"));
+            }
+        }
+        Role::Delay { wait, back_to } => {
+            args.insert(
+                "x-message-ttl".into(),
+                AMQPValue::LongLongInt(wait.as_millis().min(i64::MAX as u128) as i64),
+            );
+            args.insert("x-dead-letter-exchange".into(), text(""));
+            args.insert("x-dead-letter-routing-key".into(), text(back_to));
+            if quorum {
+                args.insert("x-dead-letter-strategy".into(), text("at-least-once"));
+                args.insert("x-overflow".into(), text("reject-publish"));
+            }
+        }
+        Role::Plain => {}
+        Role::LastValue => {
+            args.insert("x-max-length".into(), AMQPValue::LongLongInt(1));
+        }
+    }
+    args
+}
+
+impl<'a> Declarer<'a> {
+    pub async fn open(connection: &'a Connection, queues: Queues) -> Result<Self, lapin::Error> {
+        Ok(Declarer {
+            connection,
+            channel: connection.create_channel().await?,
+            queues,
+        })
+    }
+
+    /// Declare a durable exchange.
+    pub async fn exchange(&mut self, name: &str, kind: ExchangeKind) -> Result<(), lapin::Error> {
+        self.channel
+            .exchange_declare(
+                name.into(),
+                kind,
+                ExchangeDeclareOptions {
+                    durable: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+    }
+
+    /// Declare a durable queue for `role`, of the configured type unless it already exists as
+    /// the other (see the module's notes). Returns the type it has.
+    pub async fn queue(&mut self, name: &str, role: Role<'_>) -> Result<QueueKind, lapin::Error> {
+        let wanted = self.queues.kind;
+        let first = self.try_queue(name, wanted, role).await;
+        let Err(e) = first else {
+            return Ok(wanted);
+        };
+        if !refused(&e) {
+            return Err(e);
+        }
+        self.channel = self.connection.create_channel().await?;
+        let other = match wanted {
+            QueueKind::Quorum => QueueKind::Classic,
+            QueueKind::Classic => QueueKind::Quorum,
+        };
+        match self.try_queue(name, other, role).await {
+            Ok(()) => {
+                tracing::warn!(
+                    queue = name,
+                    configured = wanted.name(),
+                    kept = other.name(),
+                    "the queue exists as a {} queue; kept as it is (host.amqp_queues applies to queues declared new)",
+                    other.name()
+                );
+                Ok(other)
+            }
+            Err(_) => {
+                self.channel = self.connection.create_channel().await?;
+                Err(e)
+            }
+        }
+    }
+
+    async fn try_queue(
+        &self,
+        name: &str,
+        kind: QueueKind,
+        role: Role<'_>,
+    ) -> Result<(), lapin::Error> {
+        self.channel
+            .queue_declare(
+                name.into(),
+                QueueDeclareOptions::durable(),
+                arguments(kind, self.queues.delivery_limit, role),
+            )
+            .await
+            .map(|_| ())
+    }
+
+    /// Bind `queue` to `exchange` with `key`.
+    pub async fn bind(&self, queue: &str, exchange: &str, key: &str) -> Result<(), lapin::Error> {
+        self.channel
+            .queue_bind(
+                queue.into(),
+                exchange.into(),
+                key.into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+    }
+
+    /// Declare what `route` uses: its sink exchange, its source queue (dead-lettering into its
+    /// dead-letter exchange), one delay queue per retry wait (expiring back into the source
+    /// queue), and the dead-letter exchange and queue. Idempotent.
+    pub async fn route(&mut self, route: &Route) -> Result<(), lapin::Error> {
+        let a = &route.amqp;
+        self.exchange(&a.dead_letter, ExchangeKind::Fanout).await?;
+        self.queue(&a.dead_letter, Role::Plain).await?;
+        self.bind(&a.dead_letter, &a.dead_letter, "").await?;
+        if route.sink == crate::config::Sink::Amqp {
+            self.exchange(&a.exchange, ExchangeKind::Topic).await?;
+        }
+        if route.source == crate::config::Source::Amqp {
+            self.queue(
+                &a.queue,
+                Role::Source {
+                    dead_letter: &a.dead_letter,
+                },
+            )
+            .await?;
+            for wait in a.retry_delays() {
+                self.queue(
+                    &a.retry_queue(wait),
+                    Role::Delay {
+                        wait,
+                        back_to: &a.queue,
+                    },
+                )
+                .await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Close the channel.
+    pub async fn close(self) {
+        let _ = self.channel.close(200, "declared".into()).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn names(args: &FieldTable) -> Vec<String> {
+        args.inner().keys().map(|k| k.to_string()).collect()
+    }
+
+    #[test]
+    fn quorum_delay_queues_dead_letter_at_least_once() {
+        let delay = Role::Delay {
+            wait: Duration::from_millis(500),
+            back_to: "q",
+        };
+        let quorum = arguments(QueueKind::Quorum, Some(20), delay);
+        assert_eq!(
+            quorum.inner().get("x-dead-letter-strategy"),
+            Some(&text("at-least-once"))
+        );
+        assert_eq!(
+            quorum.inner().get("x-overflow"),
+            Some(&text("reject-publish"))
+        );
+        let classic = arguments(QueueKind::Classic, Some(20), delay);
+        assert!(
+            !names(&classic)
+                .iter()
+                .any(|n| n == "x-queue-type" || n == "x-dead-letter-strategy" || n == "x-overflow")
+        );
+    }
+
+    #[test]
+    fn only_quorum_source_queues_carry_the_delivery_limit() {
+        let source = Role::Source { dead_letter: "dl" };
+        let quorum = arguments(QueueKind::Quorum, Some(7), source);
+        assert_eq!(
+            quorum.inner().get("x-delivery-limit"),
+            Some(&AMQPValue::LongLongInt(7))
+        );
+        assert!(
+            arguments(QueueKind::Quorum, None, source)
+                .inner()
+                .get("x-delivery-limit")
+                .is_none()
+        );
+        assert!(
+            arguments(QueueKind::Classic, Some(7), source)
+                .inner()
+                .get("x-delivery-limit")
+                .is_none()
+        );
+    }
+}

@@ -1,0 +1,76 @@
+//! A fleet on a RabbitMQ cluster: three nodes of Debian's RabbitMQ joined on loopback, three
+//! hosts competing on one route whose queues are quorum queues (the default), each host listing
+//! the three nodes from a different first one. During a 100,000-message stream the node that
+//! leads the route's queues is killed with SIGKILL and restarted (a leader election, the hosts on
+//! it failing over to the other nodes), then one host is killed with SIGKILL and restarted.
+//! Afterwards every input has its output under the id derived from its own, copies are counted
+//! and bounded by what the hosts held unacknowledged at the two crashes, and with the hosts
+//! stopped the source, delay and dead-letter queues are empty.
+
+use crate::amqp_faults::{MESSAGES, assert_each_input_once, publish_inputs, wait_for_outputs};
+use crate::harness::*;
+use lapin::types::{AMQPValue, FieldTable};
+
+const PREFETCH: usize = 64;
+
+fn workspace(cluster: &Cluster, host: usize) -> Workspace {
+    let mes = plugin("mes-fixed-width");
+    let route = route_toml("mes", &mes, r#"["log", "config", "lookup"]"#, "")
+        .replace("source = \"http\"", "source = \"amqp\"")
+        .replace(
+            "sink = \"reply\"",
+            &format!("sink = \"amqp\"\namqp = {{ queue = \"plant-a.mes\", exchange = \"plant-a.events\", prefetch = {PREFETCH} }}"),
+        );
+    Workspace::new(&format!(
+        "[host]\nid = \"h{host}\"\namqp = {}\n\n[plants.plant-a.lookups.work_centres]\nentries = {{ WC01 = \"ASSY-01\" }}\n\n{route}\n{}",
+        cluster.urls_from(host),
+        mes_settings("mes")
+    ))
+}
+
+#[test]
+fn three_hosts_on_a_three_node_cluster_lose_the_leader_node_and_a_host_mid_stream_and_lose_nothing()
+{
+    let mut cluster = Cluster::start(3);
+    // The route's queue and `out` are declared through node 2, so their leaders are there.
+    let mut quorum = FieldTable::default();
+    quorum.insert(
+        "x-queue-type".into(),
+        AMQPValue::LongString("quorum".into()),
+    );
+    publish_inputs(&cluster.nodes[2].url(), MESSAGES, &quorum);
+    let observer = cluster.nodes[0].url();
+    let spaces: Vec<Workspace> = (0..3).map(|i| workspace(&cluster, i)).collect();
+    let mut hosts: Vec<Host> = spaces.iter().map(Workspace::start).collect();
+    for host in &hosts {
+        host.wait_ready();
+    }
+    wait_for_outputs(&observer, (MESSAGES / 3) as u32);
+    cluster.nodes[2].kill9();
+    // The other nodes elect new leaders; host h2 reconnects to node 0 meanwhile.
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    cluster.nodes[2].restart();
+    wait_for_outputs(&observer, (2 * MESSAGES / 3) as u32);
+    hosts.remove(1).kill9();
+    hosts.insert(1, spaces[1].start());
+    for host in &hosts {
+        host.wait_ready();
+    }
+    // Each crash can repeat at most what the hosts held unacknowledged: the node's loss returns
+    // every host's deliveries (the queue's leader moved), the host's its own.
+    let copies = assert_each_input_once(
+        &observer,
+        hosts,
+        "cluster: leader node and host kill -9",
+        4 * PREFETCH,
+    );
+    println!("cluster: {copies} copies for {MESSAGES} inputs");
+    for delay in ["1000ms", "2000ms", "4000ms", "8000ms"] {
+        let queue = format!("plant-a.mes.retry.{delay}");
+        assert_eq!(
+            crate::amqp_faults::ready(&observer, &queue),
+            0,
+            "{queue} is empty"
+        );
+    }
+}
