@@ -323,14 +323,23 @@ impl Host {
     /// Wait until `GET /readyz` answers 200 (the broker is connected); the last answer.
     pub fn wait_ready(&self) -> Reply {
         // A guard against a hung host, not a timing assertion.
+        let mut last = None;
         for _ in 0..1200 {
             let reply = self.request("GET", "/readyz", None, &[], b"");
             if reply.status == 200 {
                 return reply;
             }
+            last = Some(reply.body);
             std::thread::sleep(Duration::from_millis(100));
         }
-        panic!("the host never became ready");
+        let mut log = self.log.clone();
+        log.extend(self.stderr.try_iter());
+        let tail = &log[log.len().saturating_sub(30)..];
+        panic!(
+            "the host never became ready; last /readyz: {}\nits log's end:\n{}",
+            last.unwrap_or_default(),
+            tail.join("\n")
+        );
     }
 
     /// SIGKILL: the host dies without finishing anything.
@@ -758,6 +767,11 @@ impl Broker {
         format!("amqp://guest:guest@127.0.0.1:{}/%2f", self.port)
     }
 
+    /// The node's process (the Erlang VM).
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
+
     /// `rabbitmqctl ARGS` against this node; its stdout.
     pub fn ctl(&self, args: &[&str]) -> String {
         // The package's inner script: /usr/sbin/rabbitmqctl switches to the rabbitmq user.
@@ -831,6 +845,21 @@ impl Drop for Broker {
             std::thread::sleep(Duration::from_millis(50));
         }
     }
+}
+
+/// CPU time (user + system) process `pid` has used so far, from `/proc` (10 ms resolution).
+pub fn cpu_time(pid: u32) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command (which may hold spaces) start after its closing parenthesis.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest.split_whitespace().collect())
+        .unwrap_or_default();
+    let ticks: u64 = fields
+        .get(11..13)
+        .map(|f| f.iter().filter_map(|v| v.parse::<u64>().ok()).sum())
+        .unwrap_or(0);
+    Duration::from_millis(ticks * 10)
 }
 
 /// RabbitMQ nodes on loopback joined in one cluster (`scripts/rabbitmq join`), each a

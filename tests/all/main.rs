@@ -5,6 +5,7 @@
 mod admin_auth;
 mod amqp;
 mod amqp_faults;
+mod amqp_order;
 mod amqp_tls;
 mod authoring;
 mod cli;

@@ -131,6 +131,41 @@ pub struct AmqpSection {
     max_attempts: Option<u32>,
     retry_delay_ms: Option<u64>,
     retry_max_delay_ms: Option<u64>,
+    order_by: Option<OrderBy>,
+}
+
+/// `routes.R.amqp.order_by`: which deliveries of a route keep their order. Deliveries with the
+/// same key are mediated one after another, in the order the queue gave them; different keys run
+/// concurrently. The source queue gets a single active consumer, so one host at a time consumes
+/// it (the others stand by and take over when it goes).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
+pub enum OrderBy {
+    /// Every delivery: the whole queue in order.
+    Queue,
+    /// Deliveries with the same routing key.
+    RoutingKey,
+    /// Deliveries with the same value of this header (lower case; none: the key is empty).
+    Header(String),
+}
+
+impl TryFrom<String> for OrderBy {
+    type Error = String;
+
+    fn try_from(text: String) -> Result<Self, String> {
+        match text.as_str() {
+            "queue" => Ok(OrderBy::Queue),
+            "routing-key" => Ok(OrderBy::RoutingKey),
+            _ => match text.strip_prefix("header:") {
+                Some(name) if !name.trim().is_empty() => {
+                    Ok(OrderBy::Header(name.trim().to_ascii_lowercase()))
+                }
+                _ => Err(format!(
+                    "order_by {text:?} is not one of \"queue\", \"routing-key\", \"header:NAME\""
+                )),
+            },
+        }
+    }
 }
 
 /// A route's broker settings (used when its source or sink is `amqp`).
@@ -153,6 +188,8 @@ pub struct RouteAmqp {
     pub retry_delay: std::time::Duration,
     /// Longest wait between two attempts (default 60 s).
     pub retry_max_delay: std::time::Duration,
+    /// Which deliveries keep their order (none: all run concurrently, competing hosts).
+    pub order_by: Option<OrderBy>,
 }
 
 impl RouteAmqp {
@@ -183,6 +220,7 @@ impl RouteAmqp {
                     .unwrap_or(60_000)
                     .max(1),
             ),
+            order_by: section.and_then(|a| a.order_by.clone()),
         }
     }
 
@@ -221,6 +259,7 @@ mod tests {
             max_attempts,
             retry_delay: Duration::from_millis(delay_ms),
             retry_max_delay: Duration::from_millis(max_ms),
+            order_by: None,
         }
     }
 

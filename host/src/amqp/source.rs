@@ -20,6 +20,7 @@
 //! can publish an output twice (with the same id).
 
 use super::Amqp;
+use super::config::OrderBy;
 use crate::amqp::publisher::{Arrived, Verdict, header_number, headers};
 use crate::amqp::session::{Ready, Session};
 use crate::config::Source;
@@ -120,33 +121,125 @@ async fn serve_consumer(
 ) -> String {
     let mut in_flight = JoinSet::new();
     let mut acks = InOrderAcks::new();
+    let mut keys = Keys::default();
+    let start = |in_flight: &mut JoinSet<(Delivery, Settle)>, delivery: Delivery| {
+        // The route as it is now: a message runs on the version current when it arrives,
+        // throughout.
+        let current = amqp
+            .pipeline
+            .routes
+            .get(&route.name)
+            .unwrap_or_else(|| Arc::clone(&route));
+        let (amqp, session) = (Arc::clone(&amqp), session.clone());
+        in_flight
+            .spawn(async move {
+                let settle = handle(&amqp, &session, &current, &delivery).await;
+                (delivery, settle)
+            })
+            .id()
+    };
     let ended = loop {
         tokio::select! {
             next = consumer.next() => match next {
-                Some(Ok(delivery)) => {
-                    // The route as it is now: a message runs on the version current when it
-                    // arrives, throughout.
-                    let current = amqp.pipeline.routes.get(&route.name).unwrap_or_else(|| Arc::clone(&route));
-                    let (amqp, session, route) =
-                        (Arc::clone(&amqp), session.clone(), current);
-                    in_flight.spawn(async move {
-                        let settle = handle(&amqp, &session, &route, &delivery).await;
-                        (delivery, settle)
-                    });
-                }
+                Some(Ok(delivery)) => match &route.amqp.order_by {
+                    Some(order) => {
+                        if let Some(ready) = keys.arrive(key_of(order, &delivery), delivery) {
+                            let (key, delivery) = ready;
+                            let task = start(&mut in_flight, delivery);
+                            keys.started(task, key);
+                        }
+                    }
+                    None => {
+                        start(&mut in_flight, delivery);
+                    }
+                },
                 Some(Err(e)) => break format!("route {}: consumer ended: {e}", route.name),
                 None => break format!("route {}: the consumer was cancelled", route.name),
             },
-            Some(done) = in_flight.join_next(), if !in_flight.is_empty() => {
+            Some(done) = in_flight.join_next_with_id(), if !in_flight.is_empty() => {
+                let (task, done) = match done {
+                    Ok((task, out)) => (task, Ok(out)),
+                    Err(e) => (e.id(), Err(e)),
+                };
+                if let Some((key, next)) = keys.finished(task) {
+                    let task = start(&mut in_flight, next);
+                    keys.started(task, key);
+                }
                 settle(&channel, &route, &mut acks, done).await;
             }
             _ = stop.changed() => break String::new(),
         }
     };
+    // Deliveries waiting behind their key are left unacknowledged: the broker gives them back,
+    // in order, when the channel closes.
     while let Some(done) = in_flight.join_next().await {
         settle(&channel, &route, &mut acks, done).await;
     }
     ended
+}
+
+/// The order key of a delivery on a route with `order_by`.
+fn key_of(order: &OrderBy, delivery: &Delivery) -> String {
+    match order {
+        OrderBy::Queue => String::new(),
+        OrderBy::RoutingKey => delivery.routing_key.as_str().to_string(),
+        OrderBy::Header(name) => delivery
+            .properties
+            .headers()
+            .as_ref()
+            .and_then(|table| {
+                table
+                    .inner()
+                    .iter()
+                    .find(|(k, _)| k.as_str().eq_ignore_ascii_case(name))
+                    .and_then(|(_, v)| header_text(v))
+            })
+            .unwrap_or_default(),
+    }
+}
+
+/// The keys of an ordered route with a delivery being mediated, and the deliveries waiting
+/// behind each, in arrival order.
+#[derive(Default)]
+struct Keys {
+    busy: std::collections::HashMap<String, std::collections::VecDeque<Delivery>>,
+    running: std::collections::HashMap<tokio::task::Id, String>,
+}
+
+impl Keys {
+    /// A delivery arrived: returned to start now if its key is free, else queued behind it.
+    fn arrive(&mut self, key: String, delivery: Delivery) -> Option<(String, Delivery)> {
+        match self.busy.get_mut(&key) {
+            Some(waiting) => {
+                waiting.push_back(delivery);
+                None
+            }
+            None => {
+                self.busy.insert(key.clone(), Default::default());
+                Some((key, delivery))
+            }
+        }
+    }
+
+    fn started(&mut self, task: tokio::task::Id, key: String) {
+        self.running.insert(task, key);
+    }
+
+    /// Task `task` is done: the next delivery of its key, if one waits (the key stays busy).
+    fn finished(&mut self, task: tokio::task::Id) -> Option<(String, Delivery)> {
+        let key = self.running.remove(&task)?;
+        let next = self
+            .busy
+            .get_mut(&key)
+            .and_then(|waiting| waiting.pop_front());
+        match next {
+            Some(delivery) => Some((key, delivery)),
+            None => {
+                self.busy.remove(&key);
+                None
+            }
+        }
+    }
 }
 
 /// Acknowledge (in order, several at once) or requeue a delivery [`handle`] is done with.
@@ -249,6 +342,9 @@ enum Outcome {
     Settled,
     /// Parked in a delay queue: ack (it comes back, so it is not recorded as settled).
     Parked,
+    /// An ordered route's transient failure: run it again here after this wait, holding its
+    /// key (a delay queue would let later deliveries of the key pass it).
+    Hold(std::time::Duration),
 }
 
 /// What the consumer does with a delivery once [`handle`] is done with it.
@@ -294,7 +390,16 @@ impl InOrderAcks {
 async fn handle(amqp: &Amqp, session: &Session, route: &Arc<Route>, delivery: &Delivery) -> Settle {
     let arrived_at = std::time::Instant::now();
     route.meters.received.inc();
-    let settle = handle_received(amqp, session, route, delivery).await;
+    let mut held = 0;
+    let settle = loop {
+        match handle_received(amqp, session, route, delivery, held).await {
+            Ok(settle) => break settle,
+            Err(wait) => {
+                held += 1;
+                tokio::time::sleep(wait).await;
+            }
+        }
+    };
     if matches!(settle, Settle::Ack) {
         route.meters.latency.since(arrived_at);
     }
@@ -326,13 +431,15 @@ fn delivery_span(
     Some(span)
 }
 
-/// [`handle`] after the arrival is counted.
+/// [`handle`] after the arrival is counted; `held`: runs of this delivery made here already
+/// (an ordered route's retries). `Err(wait)`: run it again here after `wait`.
 async fn handle_received(
     amqp: &Amqp,
     session: &Session,
     route: &Arc<Route>,
     delivery: &Delivery,
-) -> Settle {
+    held: u32,
+) -> Result<Settle, std::time::Duration> {
     let publisher = &session.publisher;
     let properties = &delivery.properties;
     let table = properties.headers().clone().unwrap_or_default();
@@ -351,7 +458,7 @@ async fn handle_received(
         _ => id.clone(),
     };
     let dedupe = given_id.as_ref().and(amqp.pipeline.idempotency.as_ref());
-    let attempt = header_number(&table, headers::ATTEMPTS).unwrap_or(0) as u32 + 1;
+    let attempt = header_number(&table, headers::ATTEMPTS).unwrap_or(0) as u32 + 1 + held;
     let message = message_of(route, &id, properties, &delivery.data);
     let mut span = delivery_span(route, &message, delivery, attempt);
     let arrived = Arrived {
@@ -380,7 +487,7 @@ async fn handle_received(
                 span.set("millrace.outcome", "already-settled");
                 span.end();
             }
-            return Settle::Ack;
+            return Ok(Settle::Ack);
         }
         Err(Mediated::Lost(e)) => Err((format!("the mediation task failed: {e}"), false)),
         Err(Mediated::Busy(busy)) => Err((busy.to_string(), false)),
@@ -444,22 +551,29 @@ async fn handle_received(
     if let Some(mut span) = span.take() {
         match &result {
             Ok(Outcome::Settled) => span.set("millrace.outcome", "settled"),
-            Ok(Outcome::Parked) => span.set("millrace.outcome", "retry"),
+            Ok(Outcome::Parked | Outcome::Hold(_)) => span.set("millrace.outcome", "retry"),
             Err((why, _)) => span.fail(why.clone()),
         }
         span.end();
     }
     match result {
-        Ok(_) => Settle::Ack,
-        Err((why, lost)) => {
-            // Not acknowledged: the broker delivers it again, to this session or the next.
+        Ok(Outcome::Hold(wait)) => Err(wait),
+        Ok(_) => Ok(Settle::Ack),
+        Err((why, true)) => {
+            // Not acknowledged: the broker delivers it again, to the next session.
             tracing::warn!(route = %route.name, message_id = %id, "not settled, the broker will redeliver: {why}");
-            if lost {
-                session.lost(format!("publishing failed: {why}"));
-                Settle::Leave
-            } else {
-                Settle::Requeue
-            }
+            session.lost(format!("publishing failed: {why}"));
+            Ok(Settle::Leave)
+        }
+        Err((why, false)) if route.amqp.order_by.is_some() && attempt < route.amqp.max_attempts => {
+            // A requeue would let later deliveries of its key pass it: run it again here.
+            let wait = route.amqp.retry_delay_after(attempt);
+            tracing::warn!(route = %route.name, message_id = %id, attempt, retry_in_ms = wait.as_millis() as u64, "not settled, run again here (ordered route): {why}");
+            Err(wait)
+        }
+        Err((why, false)) => {
+            tracing::warn!(route = %route.name, message_id = %id, "not settled, the broker will redeliver: {why}");
+            Ok(Settle::Requeue)
         }
     }
 }
@@ -500,6 +614,10 @@ async fn retry_or_give_up(
     }
     let delay = route.amqp.retry_delay_after(attempt);
     tracing::info!(route = %route.name, message_id = %arrived.message_id, attempt, retry_in_ms = delay.as_millis() as u64, "transient failure, retrying later: {why}");
+    if route.amqp.order_by.is_some() {
+        crate::pipeline::retried(route, arrived.message_id, attempt, &why);
+        return Ok(Outcome::Hold(delay));
+    }
     publisher
         .retry(route, arrived, attempt, delay, &why)
         .await

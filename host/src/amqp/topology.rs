@@ -8,7 +8,8 @@
 //! its type: when the declaration of the configured type is refused because the queue exists
 //! with other arguments (`PRECONDITION_FAILED`), the other type is tried, and taken if it
 //! matches, with a warning. A broker that has no quorum queues refuses their declaration the
-//! same way and gets classic queues.
+//! same way and gets classic queues. A queue that matches neither (provisioned by someone else
+//! with arguments of their own) is used as it is, with a warning.
 //!
 //! What quorum queues add:
 //! - delay queues dead-letter back to the source queue **at least once**
@@ -31,8 +32,12 @@ use std::time::Duration;
 /// What a queue is for, which decides its arguments.
 #[derive(Debug, Clone, Copy)]
 pub enum Role<'a> {
-    /// A route's source queue; what the broker dead-letters goes to `dead_letter` (exchange).
-    Source { dead_letter: &'a str },
+    /// A route's source queue; what the broker dead-letters goes to `dead_letter` (exchange);
+    /// `single_active`: one consumer at a time (a route with `order_by`).
+    Source {
+        dead_letter: &'a str,
+        single_active: bool,
+    },
     /// A delay queue: messages wait `wait`, then go back to queue `back_to`.
     Delay { wait: Duration, back_to: &'a str },
     /// A queue that only holds messages: dead letters, a host's control queue.
@@ -69,8 +74,14 @@ pub fn arguments(kind: QueueKind, delivery_limit: Option<u32>, role: Role<'_>) -
         args.insert("x-queue-type".into(), text("quorum"));
     }
     match role {
-        Role::Source { dead_letter } => {
+        Role::Source {
+            dead_letter,
+            single_active,
+        } => {
             args.insert("x-dead-letter-exchange".into(), text(dead_letter));
+            if single_active {
+                args.insert("x-single-active-consumer".into(), AMQPValue::Boolean(true));
+            }
             if quorum {
                 if let Some(limit) = delivery_limit {
                     args.insert(
@@ -153,6 +164,25 @@ impl<'a> Declarer<'a> {
                 );
                 Ok(other)
             }
+            Err(other_error) if refused(&other_error) => {
+                // Declared by someone else with arguments of their own: used as it is.
+                self.channel = self.connection.create_channel().await?;
+                self.channel
+                    .queue_declare(
+                        name.into(),
+                        QueueDeclareOptions {
+                            passive: true,
+                            ..Default::default()
+                        },
+                        FieldTable::default(),
+                    )
+                    .await?;
+                tracing::warn!(
+                    queue = name,
+                    "the queue exists with other arguments than the host declares ({e}); used as it is, without the host's dead-lettering, delivery limit or type"
+                );
+                Ok(wanted)
+            }
             Err(_) => {
                 self.channel = self.connection.create_channel().await?;
                 Err(e)
@@ -205,6 +235,7 @@ impl<'a> Declarer<'a> {
                 &a.queue,
                 Role::Source {
                     dead_letter: &a.dead_letter,
+                    single_active: a.order_by.is_some(),
                 },
             )
             .await?;
@@ -261,7 +292,10 @@ mod tests {
 
     #[test]
     fn only_quorum_source_queues_carry_the_delivery_limit() {
-        let source = Role::Source { dead_letter: "dl" };
+        let source = Role::Source {
+            dead_letter: "dl",
+            single_active: false,
+        };
         let quorum = arguments(QueueKind::Quorum, Some(7), source);
         assert_eq!(
             quorum.inner().get("x-delivery-limit"),

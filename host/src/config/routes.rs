@@ -292,6 +292,21 @@ pub(super) fn read(
         let webhook = webhook_config(diag, name.get_ref(), route);
         let amqp = RouteAmqp::from_section(name.get_ref(), route.amqp.as_ref());
         let uses_broker = route.source == Source::Amqp || *route.sink.get_ref() == Sink::Amqp;
+        if let Some(order) = &amqp.order_by {
+            if route.source != Source::Amqp {
+                diag.error_at(
+                    route.sink.span(),
+                    format!("route {}: amqp.order_by ({order:?}) applies to routes whose source is amqp", name.get_ref()),
+                );
+            }
+            let quorum = file.host.amqp_queues != Some(crate::amqp::config::QueueKind::Classic);
+            if quorum && file.host.amqp_delivery_limit == Some(0) {
+                diag.error_at(
+                    route.sink.span(),
+                    format!("route {}: amqp.order_by needs host.amqp_delivery_limit above 0 with quorum queues (without a limit a quorum queue puts a returned delivery behind the others, out of order)", name.get_ref()),
+                );
+            }
+        }
         if uses_broker && file.host.amqp.is_none() {
             diag.error_at(
                 route.sink.span(),

@@ -1,0 +1,163 @@
+//! Per-key order on a broker route (`order_by = "header:lot"`): two hosts on one quorum queue
+//! with a single active consumer, deliveries of one lot mediated one after another while lots
+//! run concurrently, the active host killed with SIGKILL mid-stream and the standby taking over.
+//! Every lot's outputs come out in the order its inputs went in (first copies; a crash may
+//! repeat a few with the same id). The same stream on a route without `order_by` comes out of
+//! order, so the check can fail. A message that asks to be retried holds its lot: the next one
+//! of the lot starts only once it was given up.
+
+use crate::harness::*;
+
+const LOTS: usize = 6;
+const PER_LOT: usize = 100;
+
+fn workspace(broker: &Broker, id: &str, order: &str) -> Workspace {
+    let route = act_route("act", 10_000)
+        .replace("source = \"http\"", "source = \"amqp\"")
+        .replace(
+            "sink = \"reply\"",
+            &format!("sink = \"amqp\"\namqp = {{ queue = \"plant-a.act\", exchange = \"plant-a.events\", prefetch = 64, max_attempts = 3, retry_delay_ms = 50{order} }}"),
+        );
+    Workspace::new(&format!(
+        "[host]\nid = \"{id}\"\namqp = \"{}\"\n\n[plants.plant-a]\n\n{route}",
+        broker.url()
+    ))
+}
+
+/// Publish the stream: lot `k`'s message `i` is `L{k}-{i}` with header `lot`, lots interleaved;
+/// a slow message then a quick one, so run side by side the quick one finishes first. Message
+/// `L0-50` asks to be retried (it ends as a dead letter) when `with_retry`.
+fn publish(broker: &Broker, with_retry: bool) {
+    broker.client(&format!(
+        r#"c = pika.BlockingConnection(pika.ConnectionParameters('127.0.0.1', PORT))
+ch = c.channel()
+ch.confirm_delivery()
+ch.exchange_declare('plant-a.events', 'topic', durable=True)
+ch.queue_declare('out', durable=True, arguments={{'x-queue-type': 'quorum'}})
+ch.queue_bind('out', 'plant-a.events', '#')
+for i in range({PER_LOT}):
+    for k in range({LOTS}):
+        body = 'work 2000000' if i % 2 == 0 else 'work 1'
+        if {with_retry} and k == 0 and i == 50: body = 'retry 10'
+        ch.basic_publish('', 'plant-a.act', body.encode(), pika.BasicProperties(message_id='L%d-%d' % (k, i), content_type='text/plain', delivery_mode=2, headers={{'lot': 'L%d' % k}}))
+print('{{}}')
+"#,
+        with_retry = if with_retry { "True" } else { "False" }
+    ));
+}
+
+/// Read `out` until `n` distinct outputs came, counting those in `before` (read earlier); the
+/// ids read now in the order they came.
+fn outputs(broker: &Broker, before: &[String], n: usize) -> Vec<String> {
+    let got = broker.client(&format!(
+        r#"c = pika.BlockingConnection(pika.ConnectionParameters('127.0.0.1', PORT))
+ch = c.channel()
+ids, seen = [], set({before})
+deadline = time.time() + 300
+while len(seen) < {n} and time.time() < deadline:
+    m, p, b = ch.basic_get('out', auto_ack=True)
+    if m:
+        ids.append(p.message_id)
+        seen.add(p.message_id)
+    else: time.sleep(0.05)
+print(json.dumps(ids))
+"#,
+        before = serde_json::to_string(before).unwrap()
+    ));
+    got.as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap().to_string())
+        .collect()
+}
+
+/// Lots whose first copies came out of input order, and how many copies repeated an id.
+fn disorder(ids: &[String]) -> (Vec<String>, usize) {
+    let mut last = vec![None::<usize>; LOTS];
+    let mut seen = std::collections::HashSet::new();
+    let mut out_of_order = Vec::new();
+    let mut copies = 0;
+    for id in ids {
+        if !seen.insert(id.clone()) {
+            copies += 1;
+            continue;
+        }
+        // L{k}-{i}-1
+        let parts: Vec<&str> = id.trim_start_matches('L').split('-').collect();
+        let (k, i): (usize, usize) = (parts[0].parse().unwrap(), parts[1].parse().unwrap());
+        if last[k].is_some_and(|before| before > i) {
+            out_of_order.push(id.clone());
+        }
+        last[k] = Some(i);
+    }
+    (out_of_order, copies)
+}
+
+#[test]
+fn a_route_ordered_by_lot_keeps_each_lots_order_across_a_host_killed_mid_stream() {
+    let broker = Broker::start();
+    // Control: the same stream without order_by is mediated side by side, out of order.
+    let ws = workspace(&broker, "solo", "");
+    let host = ws.start();
+    host.wait_ready();
+    publish(&broker, false);
+    let ids = outputs(&broker, &[], LOTS * PER_LOT);
+    assert!(host.stop().success());
+    let (out_of_order, _) = disorder(&ids);
+    assert!(
+        !out_of_order.is_empty(),
+        "without order_by, quick messages overtake slow ones"
+    );
+    broker.ctl(&["delete_queue", "plant-a.act"]);
+
+    let (ws_a, ws_b) = (
+        workspace(&broker, "host-a", ", order_by = \"header:lot\""),
+        workspace(&broker, "host-b", ", order_by = \"header:lot\""),
+    );
+    let mut a = Host::start(&ws_a.config(), &[("RUST_LOG", "millrace_host=debug")]);
+    a.wait_ready();
+    let mut b = Host::start(&ws_b.config(), &[("RUST_LOG", "millrace_host=debug")]);
+    b.wait_ready();
+    publish(&broker, true);
+    // Host A consumes (the single active consumer); B stands by until A is killed.
+    let mut ids = outputs(&broker, &[], 150);
+    let log_a = a.drain_log();
+    a.kill9();
+    let expected = LOTS * PER_LOT - 1; // L0-50 is given up
+    ids.extend(outputs(&broker, &ids, expected));
+    let (out_of_order, copies) = disorder(&ids);
+    assert!(
+        out_of_order.is_empty(),
+        "out of lot order: {out_of_order:?}"
+    );
+    let distinct: std::collections::HashSet<&String> = ids.iter().collect();
+    assert_eq!(
+        distinct.len(),
+        expected,
+        "every input but L0-50 has its output"
+    );
+    assert!(copies <= 64, "{copies} copies, more than the prefetch");
+    println!("ordered by lot: {expected} outputs in lot order, {copies} copies after the kill");
+    let log_b = b.drain_log();
+    assert!(
+        log_b.iter().any(|l| l.contains("delivery received")),
+        "host B took over"
+    );
+    // L0-50 is retried in place and given up before L0-51 starts, on whichever host ran them.
+    for log in [&log_a, &log_b] {
+        let at = |needle: &str, id: &str| {
+            log.iter()
+                .position(|l| l.contains(needle) && l.contains(&format!("message_id={id} ")))
+        };
+        if let Some(next) = at("delivery received", "L0-51") {
+            let gave_up = at("attempts used up", "L0-50");
+            assert!(
+                gave_up.is_some_and(|g| g < next),
+                "L0-51 started before L0-50 was given up"
+            );
+        }
+    }
+    assert!(b.stop().success());
+    assert_eq!(broker.depth("plant-a.act"), 0);
+    assert_eq!(broker.depth("millrace.act.dead-letter"), 1, "L0-50");
+}
