@@ -91,7 +91,17 @@ fn bench(c: &mut Criterion) {
     );
     let engine = PluginEngine::new(None).expect("engine");
     let artifact = Artifact::load(&engine, &path).expect("component loads");
-    let load = |instance_reuse| {
+    // The same component on an engine whose instances come from a pool (`host.instance_pool`).
+    let pooled_engine = PluginEngine::with_pool(
+        None,
+        Some(millrace_host::plugin::engine::InstancePool {
+            instances: 100,
+            max_memory_bytes: 64 << 20,
+        }),
+    )
+    .expect("pooling engine");
+    let pooled_artifact = Artifact::load(&pooled_engine, &path).expect("component loads");
+    let load_on = |engine: &PluginEngine, artifact: &Artifact, instance_reuse| {
         let spec = StepSpec {
             plant: &route.plant,
             route: &route.name,
@@ -107,10 +117,12 @@ fn bench(c: &mut Criterion) {
             },
             quarantines: std::sync::Arc::new(millrace_host::quarantine::Quarantines::disabled()),
         };
-        StepRuntime::load(&engine, &artifact, spec).expect("step loads")
+        StepRuntime::load(engine, artifact, spec).expect("step loads")
     };
+    let load = |instance_reuse| load_on(&engine, &artifact, instance_reuse);
     let reused = load(u32::MAX);
     let fresh = load(1);
+    let fresh_pooled = load_on(&pooled_engine, &pooled_artifact, 1);
     assert_eq!(reused.mediate(&message).expect("wasm run").len(), 12);
 
     let mut group = c.benchmark_group("mes-fixed-width");
@@ -128,6 +140,19 @@ fn bench(c: &mut Criterion) {
     });
     group.bench_function("wasm-fresh-instance", |b| {
         b.iter(|| black_box(fresh.mediate(black_box(&message))))
+    });
+    group.bench_function("wasm-fresh-instance-pooling", |b| {
+        b.iter(|| black_box(fresh_pooled.mediate(black_box(&message))))
+    });
+    group.finish();
+
+    // A new instance alone, made and dropped: on-demand mappings against the pool.
+    let mut group = c.benchmark_group("instantiate/mes-fixed-width");
+    group.bench_function("on-demand", |b| {
+        b.iter(|| fresh.instantiate_and_drop().expect("instantiates"))
+    });
+    group.bench_function("pooling", |b| {
+        b.iter(|| fresh_pooled.instantiate_and_drop().expect("instantiates"))
     });
     group.finish();
 }

@@ -12,7 +12,7 @@ const LOTS: usize = 6;
 const PER_LOT: usize = 100;
 
 fn workspace(broker: &Broker, id: &str, order: &str) -> Workspace {
-    let route = act_route("act", 10_000)
+    let route = act_route("act", ACT_DEADLINE)
         .replace("source = \"http\"", "source = \"amqp\"")
         .replace(
             "sink = \"reply\"",
@@ -37,7 +37,7 @@ ch.queue_declare('out', durable=True, arguments={{'x-queue-type': 'quorum'}})
 ch.queue_bind('out', 'plant-a.events', '#')
 for i in range({PER_LOT}):
     for k in range({LOTS}):
-        body = 'work 2000000' if i % 2 == 0 else 'work 1'
+        body = 'work 20000000' if i % 2 == 0 else 'work 1'
         if {with_retry} and k == 0 and i == 50: body = 'retry 10'
         ch.basic_publish('', 'plant-a.act', body.encode(), pika.BasicProperties(message_id='L%d-%d' % (k, i), content_type='text/plain', delivery_mode=2, headers={{'lot': 'L%d' % k}}))
 print('{{}}')
@@ -124,6 +124,10 @@ fn a_route_ordered_by_lot_keeps_each_lots_order_across_a_host_killed_mid_stream(
     let log_a = a.drain_log();
     a.kill9();
     let expected = LOTS * PER_LOT - 1; // L0-50 is given up
+    assert!(
+        ids.len() < expected,
+        "host A was killed mid-stream (it had not finished)"
+    );
     ids.extend(outputs(&broker, &ids, expected));
     let (out_of_order, copies) = disorder(&ids);
     assert!(

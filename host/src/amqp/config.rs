@@ -149,6 +149,16 @@ pub enum OrderBy {
     Header(String),
 }
 
+impl std::fmt::Display for OrderBy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            OrderBy::Queue => f.write_str("queue"),
+            OrderBy::RoutingKey => f.write_str("routing-key"),
+            OrderBy::Header(name) => write!(f, "header:{name}"),
+        }
+    }
+}
+
 impl TryFrom<String> for OrderBy {
     type Error = String;
 

@@ -119,7 +119,11 @@ pub(super) fn read(diag: &mut Diagnostics, dir: &Path, file: &File) -> Host {
             if let Err(e) = crate::amqp::config::check_url(url) {
                 diag.error_at(
                     urls.span(),
-                    format!("host.amqp: {} is not a broker URL ({e}); write it as amqp://USER:PASSWORD@HOST:PORT/VHOST", crate::amqp::session::redact(url)),
+                    if amqp_urls.len() == 1 {
+                        format!("host.amqp is not a broker URL ({e}); write it as amqp://USER:PASSWORD@HOST:PORT/VHOST")
+                    } else {
+                        format!("host.amqp: {} is not a broker URL ({e}); write each as amqp://USER:PASSWORD@HOST:PORT/VHOST", crate::amqp::session::redact(url))
+                    },
                 );
             }
         }

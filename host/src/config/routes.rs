@@ -296,7 +296,7 @@ pub(super) fn read(
             if route.source != Source::Amqp {
                 diag.error_at(
                     route.sink.span(),
-                    format!("route {}: amqp.order_by ({order:?}) applies to routes whose source is amqp", name.get_ref()),
+                    format!("route {}: amqp.order_by = \"{order}\" orders a queue's deliveries; it applies to routes whose source is amqp", name.get_ref()),
                 );
             }
             let quorum = file.host.amqp_queues != Some(crate::amqp::config::QueueKind::Classic);

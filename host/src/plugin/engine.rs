@@ -4,10 +4,41 @@
 
 use std::path::Path;
 use std::time::Duration;
-use wasmtime::{Cache, CacheConfig, Config, Engine};
+use wasmtime::{
+    Cache, CacheConfig, Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig,
+};
 
 /// How often the epoch advances; deadlines are whole ticks.
 pub const EPOCH_TICK: Duration = Duration::from_millis(1);
+
+/// Instances made from a pool reserved up front (wasmtime's pooling allocator) instead of
+/// mapped and unmapped one by one: `host.instance_pool`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct InstancePool {
+    /// Instances alive at once, at most: every step's warm ones, the ones running, the probes
+    /// of deploys. One more is refused (the message fails as a transient failure).
+    pub instances: u32,
+    /// The largest linear memory of one instance; each slot reserves this much address space
+    /// (not memory) plus a guard.
+    pub max_memory_bytes: u64,
+}
+
+impl InstancePool {
+    fn config(self) -> PoolingAllocationConfig {
+        let mut pool = PoolingAllocationConfig::default();
+        // A component holds a few core instances (the guest, wasi adapters, shims).
+        pool.total_component_instances(self.instances);
+        pool.total_core_instances(self.instances.saturating_mul(4));
+        pool.total_memories(self.instances.saturating_mul(2));
+        pool.total_tables(self.instances.saturating_mul(4));
+        pool.max_memory_size(self.max_memory_bytes as usize);
+        // Pages a released slot keeps mapped for the next instance: no page faults and no
+        // unmapping (TLB shootdowns) for the first MiB of memory and the tables.
+        pool.linear_memory_keep_resident(1 << 20);
+        pool.table_keep_resident(64 << 10);
+        pool
+    }
+}
 
 /// The shared engine and its epoch ticker (stopped when the last engine handle is dropped).
 #[derive(Clone)]
@@ -20,6 +51,18 @@ impl PluginEngine {
     /// An engine whose compiled artifacts are cached under `cache_dir` (none: compile every time).
     pub fn new(cache_dir: Option<&Path>) -> anyhow::Result<PluginEngine> {
         Self::build(cache_dir, |_| {})
+    }
+
+    /// [`PluginEngine::new`] whose instances come from `pool` when one is given.
+    pub fn with_pool(
+        cache_dir: Option<&Path>,
+        pool: Option<InstancePool>,
+    ) -> anyhow::Result<PluginEngine> {
+        Self::build(cache_dir, |config| {
+            if let Some(pool) = pool {
+                config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool.config()));
+            }
+        })
     }
 
     /// [`PluginEngine::new`] with the settings changed by `adjust` after the host's own.

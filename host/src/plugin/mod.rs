@@ -599,6 +599,14 @@ impl StepRuntime {
         self.mediate_within(input, None)
     }
 
+    /// Make a new instance of this step and drop it: what a fresh instance costs besides its
+    /// call (`instance_reuse = 1`), for benchmarks.
+    pub fn instantiate_and_drop(&self) -> Result<(), StepFailure> {
+        self.instantiate("benchmark")
+            .map(drop)
+            .map_err(|e| self.classify(None, e, None))
+    }
+
     /// Mediate one message on a warm (or new) instance of this step. The call gets the step's
     /// deadline or what is left of the message's `budget`, whichever is shorter; its outputs
     /// are checked against the step's bounds ([`bounds::check_outputs`]).
