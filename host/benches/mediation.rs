@@ -91,16 +91,27 @@ fn bench(c: &mut Criterion) {
     );
     let engine = PluginEngine::new(None).expect("engine");
     let artifact = Artifact::load(&engine, &path).expect("component loads");
-    // The same component on an engine whose instances come from a pool (`host.instance_pool`).
-    let pooled_engine = PluginEngine::with_pool(
-        None,
-        Some(millrace_host::plugin::engine::InstancePool {
-            instances: 100,
-            max_memory_bytes: 64 << 20,
-        }),
-    )
-    .expect("pooling engine");
-    let pooled_artifact = Artifact::load(&pooled_engine, &path).expect("component loads");
+    // The same component on engines whose instances come from a pool (`host.instance_pool`),
+    // keeping none, 64 KiB or 1 MiB of each released memory resident.
+    let pooled: Vec<(&str, PluginEngine)> = [
+        ("pooling", 0),
+        ("pooling-64k", 64 << 10),
+        ("pooling-1m", 1 << 20),
+    ]
+    .into_iter()
+    .map(|(name, keep)| {
+        let engine = PluginEngine::with_pool(
+            None,
+            Some(millrace_host::plugin::engine::InstancePool {
+                instances: 100,
+                max_memory_bytes: 64 << 20,
+                keep_resident_bytes: keep,
+            }),
+        )
+        .expect("pooling engine");
+        (name, engine)
+    })
+    .collect();
     let load_on = |engine: &PluginEngine, artifact: &Artifact, instance_reuse| {
         let spec = StepSpec {
             plant: &route.plant,
@@ -122,7 +133,13 @@ fn bench(c: &mut Criterion) {
     let load = |instance_reuse| load_on(&engine, &artifact, instance_reuse);
     let reused = load(u32::MAX);
     let fresh = load(1);
-    let fresh_pooled = load_on(&pooled_engine, &pooled_artifact, 1);
+    let fresh_pooled: Vec<(&str, StepRuntime)> = pooled
+        .iter()
+        .map(|(name, engine)| {
+            let artifact = Artifact::load(engine, &path).expect("component loads");
+            (*name, load_on(engine, &artifact, 1))
+        })
+        .collect();
     assert_eq!(reused.mediate(&message).expect("wasm run").len(), 12);
 
     let mut group = c.benchmark_group("mes-fixed-width");
@@ -141,9 +158,11 @@ fn bench(c: &mut Criterion) {
     group.bench_function("wasm-fresh-instance", |b| {
         b.iter(|| black_box(fresh.mediate(black_box(&message))))
     });
-    group.bench_function("wasm-fresh-instance-pooling", |b| {
-        b.iter(|| black_box(fresh_pooled.mediate(black_box(&message))))
-    });
+    for (name, step) in &fresh_pooled {
+        group.bench_function(format!("wasm-fresh-instance-{name}"), |b| {
+            b.iter(|| black_box(step.mediate(black_box(&message))))
+        });
+    }
     group.finish();
 
     // A new instance alone, made and dropped: on-demand mappings against the pool.
@@ -151,9 +170,11 @@ fn bench(c: &mut Criterion) {
     group.bench_function("on-demand", |b| {
         b.iter(|| fresh.instantiate_and_drop().expect("instantiates"))
     });
-    group.bench_function("pooling", |b| {
-        b.iter(|| fresh_pooled.instantiate_and_drop().expect("instantiates"))
-    });
+    for (name, step) in &fresh_pooled {
+        group.bench_function(*name, |b| {
+            b.iter(|| step.instantiate_and_drop().expect("instantiates"))
+        });
+    }
     group.finish();
 }
 

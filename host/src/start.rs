@@ -67,7 +67,7 @@ impl Host {
     /// under the data directory) and open the stores.
     pub fn start(config: &Config) -> Result<Host, StartError> {
         let engine = Arc::new(
-            PluginEngine::new(Some(&config.data_dir.join("compile-cache")))
+            PluginEngine::with_pool(Some(&config.data_dir.join("compile-cache")), config.pool())
                 .map_err(StartError::Engine)?,
         );
         let state = Arc::new(StateStore::open(&config.data_dir)?);

@@ -50,6 +50,25 @@ fn an_instance_serves_at_most_instance_reuse_messages_of_its_own_step_only() {
 }
 
 #[test]
+fn instances_from_the_pool_start_clean_in_a_slot_another_instance_used() {
+    // Four slots: every fresh instance takes a slot an earlier one used and released, with
+    // part of its memory kept resident. Its counter (a static in linear memory) starts again.
+    let ws = Workspace::new(&format!(
+        "[host]\ninstance_pool = 4\n\n[plants.plant-a]\n\n{}\n{}",
+        act_route("fresh", "instance_reuse = 1"),
+        act_route("r3", "instance_reuse = 3"),
+    ));
+    let host = ws.start();
+    let fresh: Vec<u64> = (0..20).map(|_| served(&host, "fresh")).collect();
+    assert_eq!(fresh, [1; 20]);
+    let reused: Vec<u64> = (0..7).map(|_| served(&host, "r3")).collect();
+    assert_eq!(reused, [1, 2, 3, 1, 2, 3, 1]);
+    let trapped = host.post("fresh", Some("text/plain"), "trap");
+    assert_eq!(trapped.status, 502, "{}", trapped.body);
+    assert_eq!(served(&host, "fresh"), 1);
+}
+
+#[test]
 fn a_trapped_instance_is_discarded_and_the_next_message_gets_a_fresh_one() {
     let ws = Workspace::new(&format!(
         "[plants.plant-a]\n\n{}",

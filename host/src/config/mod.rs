@@ -63,6 +63,7 @@ struct HostSection {
     amqp_declare: Option<bool>,
     amqp_queues: Option<crate::amqp::config::QueueKind>,
     amqp_delivery_limit: Option<u32>,
+    instance_pool: Option<u32>,
     mqtt: Option<Spanned<String>>,
     mqtt_client_id: Option<String>,
     mqtt_session_expiry_s: Option<u32>,
@@ -299,6 +300,8 @@ pub struct Config {
     pub amqp: Vec<String>,
     /// The type of queue the host declares and the delivery limit of its source queues.
     pub amqp_queues: crate::amqp::config::Queues,
+    /// Instances made from a pool of this many slots (`host.instance_pool`); none: on demand.
+    pub instance_pool: Option<u32>,
     /// Whether the host declares the broker topology its routes use (`host.amqp_declare`,
     /// default true); false for brokers provisioned beforehand.
     pub amqp_declare: bool,
@@ -409,6 +412,23 @@ pub struct MessageBudget {
 }
 
 impl Config {
+    /// The instance pool of `host.instance_pool`: its slots hold the largest memory a step of
+    /// this configuration may have (a reload that raises it is refused: it needs a restart).
+    pub fn pool(&self) -> Option<crate::plugin::engine::InstancePool> {
+        let instances = self.instance_pool?;
+        let largest = self
+            .routes
+            .iter()
+            .flat_map(|r| r.steps.iter().map(|s| s.limits.memory_bytes))
+            .max()
+            .unwrap_or(64 << 20);
+        Some(crate::plugin::engine::InstancePool {
+            instances,
+            max_memory_bytes: largest as u64,
+            keep_resident_bytes: crate::plugin::engine::POOL_KEEP_RESIDENT,
+        })
+    }
+
     /// The settings only a restart applies, as (`key`, value) pairs in a fixed order; a
     /// reload that changes any of them is refused.
     pub fn restart_only(&self) -> Vec<(&'static str, String)> {
@@ -424,6 +444,7 @@ impl Config {
             ("host.mqtt_max_in_hand", self.mqtt_max_in_hand.to_string()),
             ("host.amqp_declare", self.amqp_declare.to_string()),
             ("host.amqp_queues", format!("{:?}", self.amqp_queues)),
+            ("host.instance_pool", format!("{:?}", self.pool())),
             (
                 "host.outbox_max_messages",
                 self.outbox_max_messages.to_string(),
@@ -621,6 +642,7 @@ impl Config {
                 .map(|a| a.get_ref().list())
                 .unwrap_or_default(),
             amqp_declare: file.host.amqp_declare.unwrap_or(true),
+            instance_pool: file.host.instance_pool.filter(|n| *n > 0),
             amqp_queues: crate::amqp::config::Queues {
                 kind: file
                     .host

@@ -11,6 +11,10 @@ use wasmtime::{
 /// How often the epoch advances; deadlines are whole ticks.
 pub const EPOCH_TICK: Duration = Duration::from_millis(1);
 
+/// What a released slot keeps resident of each memory: the fastest of 0, 64 KiB and 1 MiB for
+/// a fresh instance of `mes-fixed-width` (docs/performance.md, fresh instances).
+pub const POOL_KEEP_RESIDENT: usize = 64 << 10;
+
 /// Instances made from a pool reserved up front (wasmtime's pooling allocator) instead of
 /// mapped and unmapped one by one: `host.instance_pool`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -21,6 +25,9 @@ pub struct InstancePool {
     /// The largest linear memory of one instance; each slot reserves this much address space
     /// (not memory) plus a guard.
     pub max_memory_bytes: u64,
+    /// Bytes of each memory a released slot keeps mapped and zeroes for the next instance (no
+    /// page faults, no unmapping for those); the rest is given back to the kernel.
+    pub keep_resident_bytes: usize,
 }
 
 impl InstancePool {
@@ -32,10 +39,8 @@ impl InstancePool {
         pool.total_memories(self.instances.saturating_mul(2));
         pool.total_tables(self.instances.saturating_mul(4));
         pool.max_memory_size(self.max_memory_bytes as usize);
-        // Pages a released slot keeps mapped for the next instance: no page faults and no
-        // unmapping (TLB shootdowns) for the first MiB of memory and the tables.
-        pool.linear_memory_keep_resident(1 << 20);
-        pool.table_keep_resident(64 << 10);
+        pool.linear_memory_keep_resident(self.keep_resident_bytes);
+        pool.table_keep_resident(self.keep_resident_bytes.min(64 << 10));
         pool
     }
 }

@@ -1,0 +1,300 @@
+//! The HTTP route against a plain hyper server doing the same work natively, same load, same run.
+//!
+//! - **millrace**: `millrace run` as its own process with the quickstart's route (HTTP in, reply
+//!   out, `mes-fixed-width` with its work-centre table, limits as the quickstart sets them).
+//! - **plain hyper**: a hyper 1 HTTP/1.1 server in this process (a tokio runtime with one worker
+//!   per core) that, per request, reads the body and runs the `mes-fixed-width` crate compiled
+//!   natively with the same settings and table, then answers the event the way the route's reply
+//!   does (one output: its body and content type). No sandbox, no routing, no limits.
+//!
+//! The load is the same for both: `CLIENTS` threads in this process, each with one keep-alive
+//! connection (ureq), sending the quickstart's 80-byte record back to back for `SECONDS`;
+//! rounds alternate hyper / millrace. Reported per round: requests per second, p50 and p99 of
+//! the request latency, and for millrace its CPU per request (`/proc`). The load generator
+//! shares the machine's cores with the server in both cases.
+//!
+//! Run: `cargo bench -p millrace-host --bench http` (needs `scripts/build-plugins`).
+//! Environment: `ROUNDS` (default 3), `SECONDS` (default 5), `CLIENTS` (default 4).
+
+#[path = "common/mod.rs"]
+mod common;
+
+use common::{cpu_seconds, median, record, root, setting};
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// The SDK's host interface for the native run: the route's settings and table, logs dropped.
+struct NativeHost {
+    settings: serde_json::Map<String, serde_json::Value>,
+    table: std::collections::BTreeMap<String, String>,
+}
+
+impl millrace_sdk::Host for NativeHost {
+    fn log(&self, _level: millrace_sdk::Level, _message: &str) {}
+    fn setting(&self, key: &str) -> Option<String> {
+        self.settings.get(key).map(|v| match v {
+            serde_json::Value::String(s) => s.clone(),
+            other => other.to_string(),
+        })
+    }
+    fn setting_keys(&self) -> Vec<String> {
+        self.settings.keys().cloned().collect()
+    }
+    fn settings_json(&self) -> String {
+        serde_json::Value::Object(self.settings.clone()).to_string()
+    }
+    fn lookup(&self, _table: &str, key: &str) -> Result<Option<String>, millrace_sdk::LookupError> {
+        Ok(self.table.get(key).cloned())
+    }
+    fn state_get(&self, _key: &str) -> Result<Option<String>, millrace_sdk::StateError> {
+        Ok(None)
+    }
+    fn state_put(&self, _key: &str, _value: &str) -> Result<(), millrace_sdk::StateError> {
+        Ok(())
+    }
+    fn state_delete(&self, _key: &str) -> Result<bool, millrace_sdk::StateError> {
+        Ok(false)
+    }
+}
+
+/// The quickstart configuration, with its data directory in `data` and absolute paths.
+fn quickstart(data: &std::path::Path) -> String {
+    let quickstart = root().join("examples/quickstart");
+    std::fs::read_to_string(quickstart.join("millrace.toml"))
+        .unwrap()
+        .replace(
+            "data_dir = \".millrace\"",
+            &format!("data_dir = \"{}\"", data.join("data").display()),
+        )
+        .replace(
+            "plugin_dir = \"../../target/plugins\"",
+            &format!(
+                "plugin_dir = \"{}\"",
+                root().join("target/plugins").display()
+            ),
+        )
+        .replace(
+            "csv = \"work-centres.csv\"",
+            &format!(
+                "csv = \"{}\"",
+                quickstart.join("work-centres.csv").display()
+            ),
+        )
+}
+
+/// The native plugin with the quickstart's settings and table.
+fn native() -> (mes_fixed_width::MesFixedWidth, NativeHost) {
+    use millrace_sdk::Plugin;
+    let config =
+        millrace_host::config::Config::load(&root().join("examples/quickstart/millrace.toml"))
+            .expect("quickstart config");
+    let route = &config.routes[0];
+    let settings: serde_json::Value =
+        serde_json::from_str(route.steps[0].settings.document()).expect("settings are JSON");
+    let table = config.plants[&route.plant]
+        .get("work_centres")
+        .expect("work_centres table")
+        .clone();
+    let host = NativeHost {
+        settings: settings.as_object().expect("an object").clone(),
+        table: table.into_iter().collect(),
+    };
+    let plugin = mes_fixed_width::MesFixedWidth::new(&host).expect("settings load");
+    (plugin, host)
+}
+
+/// Serve the native transform on `listener` until the process ends.
+fn serve_native(listener: std::net::TcpListener) {
+    use http_body_util::{BodyExt, Full};
+    use hyper::body::Bytes;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(std::thread::available_parallelism().map_or(2, |n| n.get()))
+        .enable_all()
+        .build()
+        .unwrap();
+    let native = Arc::new(native());
+    let counter = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    runtime.block_on(async move {
+        listener.set_nonblocking(true).unwrap();
+        let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+        loop {
+            let (stream, _) = listener.accept().await.unwrap();
+            let _ = stream.set_nodelay(true);
+            let (native, counter) = (Arc::clone(&native), Arc::clone(&counter));
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(move |request: hyper::Request<_>| {
+                    let (native, counter) = (Arc::clone(&native), Arc::clone(&counter));
+                    async move {
+                        use millrace_sdk::Plugin;
+                        let content_type = request
+                            .headers()
+                            .get(hyper::header::CONTENT_TYPE)
+                            .and_then(|v| v.to_str().ok())
+                            .unwrap_or("application/octet-stream")
+                            .to_string();
+                        let body = request.into_body().collect().await?.to_bytes();
+                        let n = counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        let (plugin, host) = &*native;
+                        let input = millrace_sdk::Message {
+                            id: format!("n-{n}"),
+                            plant: "plant-north".into(),
+                            route: "mes-confirmations".into(),
+                            content_type,
+                            headers: Vec::new(),
+                            body: body.to_vec(),
+                        };
+                        let response = match plugin.mediate(host, input) {
+                            Ok(outputs) if outputs.len() == 1 => {
+                                let out = outputs.into_iter().next().expect("one");
+                                hyper::Response::builder()
+                                    .status(200)
+                                    .header(hyper::header::CONTENT_TYPE, out.content_type)
+                                    .header("millrace-output-id", out.id)
+                                    .body(Full::new(Bytes::from(out.body)))
+                                    .unwrap()
+                            }
+                            _ => hyper::Response::builder()
+                                .status(422)
+                                .body(Full::new(Bytes::new()))
+                                .unwrap(),
+                        };
+                        Ok::<_, hyper::Error>(response)
+                    }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+}
+
+struct Load {
+    rate: f64,
+    p50_us: f64,
+    p99_us: f64,
+}
+
+/// `clients` keep-alive clients posting the record to `url` for `seconds`.
+fn load(url: &str, clients: usize, seconds: u64) -> Load {
+    let body = record();
+    let until = Instant::now() + Duration::from_secs(seconds);
+    let threads: Vec<_> = (0..clients)
+        .map(|_| {
+            let (url, body) = (url.to_string(), body.clone());
+            std::thread::spawn(move || {
+                let agent: ureq::Agent = ureq::Agent::config_builder()
+                    .http_status_as_error(false)
+                    .build()
+                    .into();
+                let mut latencies = Vec::new();
+                while Instant::now() < until {
+                    let started = Instant::now();
+                    let mut response = agent
+                        .post(&url)
+                        .header("content-type", "text/plain")
+                        .send(&body[..])
+                        .expect("request");
+                    assert_eq!(response.status(), 200, "the record maps");
+                    let _ = response.body_mut().read_to_vec().expect("body");
+                    latencies.push(started.elapsed().as_secs_f64() * 1e6);
+                }
+                latencies
+            })
+        })
+        .collect();
+    let mut all: Vec<f64> = threads
+        .into_iter()
+        .flat_map(|t| t.join().unwrap())
+        .collect();
+    all.sort_by(f64::total_cmp);
+    let at = |q: f64| all[((all.len() as f64 * q) as usize).min(all.len() - 1)];
+    Load {
+        rate: all.len() as f64 / seconds as f64,
+        p50_us: at(0.50),
+        p99_us: at(0.99),
+    }
+}
+
+struct Millrace {
+    child: Child,
+    url: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Millrace {
+    fn start() -> Millrace {
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("millrace.toml");
+        std::fs::write(&config, quickstart(dir.path())).unwrap();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_millrace"))
+            .args(["run", "--config"])
+            .arg(&config)
+            .args(["--http", "127.0.0.1:0"])
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("millrace starts");
+        let lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let mut url = String::new();
+        for line in lines.map_while(Result::ok) {
+            if let Some(u) = line.strip_prefix("millrace: listening on ") {
+                url = format!("{u}/v1/routes/mes-confirmations/messages");
+                break;
+            }
+        }
+        assert!(!url.is_empty(), "millrace did not start");
+        Millrace {
+            child,
+            url,
+            _dir: dir,
+        }
+    }
+}
+
+impl Drop for Millrace {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn main() {
+    let rounds = setting("ROUNDS", 3);
+    let seconds = setting("SECONDS", 5) as u64;
+    let clients = setting("CLIENTS", 4);
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let native_url = format!(
+        "http://{}/v1/routes/mes-confirmations/messages",
+        listener.local_addr().unwrap()
+    );
+    std::thread::spawn(move || serve_native(listener));
+    let host = Millrace::start();
+    // Warm both (connections, the compile cache, the first instance).
+    load(&native_url, clients, 1);
+    load(&host.url, clients, 1);
+    println!("http: {clients} keep-alive clients, {seconds} s per side per round, {rounds} rounds");
+    let mut ratios = Vec::new();
+    for round in 1..=rounds {
+        let plain = load(&native_url, clients, seconds);
+        let cpu_before = cpu_seconds(host.child.id());
+        let ours = load(&host.url, clients, seconds);
+        let cpu = cpu_seconds(host.child.id()) - cpu_before;
+        let ratio = ours.rate / plain.rate;
+        ratios.push(ratio);
+        println!(
+            "round {round}: plain hyper {:.0} req/s (p50 {:.0} µs, p99 {:.0} µs); millrace {:.0} req/s (p50 {:.0} µs, p99 {:.0} µs, {:.1} µs CPU per request); ratio {ratio:.2}",
+            plain.rate,
+            plain.p50_us,
+            plain.p99_us,
+            ours.rate,
+            ours.p50_us,
+            ours.p99_us,
+            cpu * 1e6 / (ours.rate * seconds as f64),
+        );
+    }
+    println!("median ratio {:.2}", median(ratios));
+}
