@@ -17,6 +17,7 @@
 //! Environment: `ROUNDS` (default 3), `SECONDS` (default 5), `CLIENTS` (default 4).
 
 #[path = "common/mod.rs"]
+#[allow(dead_code)] // the broker benchmarks' helpers this one does not use
 mod common;
 
 use common::{cpu_seconds, median, record, root, setting};
@@ -124,45 +125,47 @@ fn serve_native(listener: std::net::TcpListener) {
             let _ = stream.set_nodelay(true);
             let (native, counter) = (Arc::clone(&native), Arc::clone(&counter));
             tokio::spawn(async move {
-                let service = hyper::service::service_fn(move |request: hyper::Request<_>| {
-                    let (native, counter) = (Arc::clone(&native), Arc::clone(&counter));
-                    async move {
-                        use millrace_sdk::Plugin;
-                        let content_type = request
-                            .headers()
-                            .get(hyper::header::CONTENT_TYPE)
-                            .and_then(|v| v.to_str().ok())
-                            .unwrap_or("application/octet-stream")
-                            .to_string();
-                        let body = request.into_body().collect().await?.to_bytes();
-                        let n = counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                        let (plugin, host) = &*native;
-                        let input = millrace_sdk::Message {
-                            id: format!("n-{n}"),
-                            plant: "plant-north".into(),
-                            route: "mes-confirmations".into(),
-                            content_type,
-                            headers: Vec::new(),
-                            body: body.to_vec(),
-                        };
-                        let response = match plugin.mediate(host, input) {
-                            Ok(outputs) if outputs.len() == 1 => {
-                                let out = outputs.into_iter().next().expect("one");
-                                hyper::Response::builder()
-                                    .status(200)
-                                    .header(hyper::header::CONTENT_TYPE, out.content_type)
-                                    .header("millrace-output-id", out.id)
-                                    .body(Full::new(Bytes::from(out.body)))
-                                    .unwrap()
-                            }
-                            _ => hyper::Response::builder()
-                                .status(422)
-                                .body(Full::new(Bytes::new()))
-                                .unwrap(),
-                        };
-                        Ok::<_, hyper::Error>(response)
-                    }
-                });
+                let service = hyper::service::service_fn(
+                    move |request: hyper::Request<hyper::body::Incoming>| {
+                        let (native, counter) = (Arc::clone(&native), Arc::clone(&counter));
+                        async move {
+                            use millrace_sdk::Plugin;
+                            let content_type = request
+                                .headers()
+                                .get(hyper::header::CONTENT_TYPE)
+                                .and_then(|v| v.to_str().ok())
+                                .unwrap_or("application/octet-stream")
+                                .to_string();
+                            let body = request.into_body().collect().await?.to_bytes();
+                            let n = counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                            let (plugin, host) = &*native;
+                            let input = millrace_sdk::Message {
+                                id: format!("n-{n}"),
+                                plant: "plant-north".into(),
+                                route: "mes-confirmations".into(),
+                                content_type,
+                                headers: Vec::new(),
+                                body: body.to_vec(),
+                            };
+                            let response = match plugin.mediate(host, input) {
+                                Ok(outputs) if outputs.len() == 1 => {
+                                    let out = outputs.into_iter().next().expect("one");
+                                    hyper::Response::builder()
+                                        .status(200)
+                                        .header(hyper::header::CONTENT_TYPE, out.content_type)
+                                        .header("millrace-output-id", out.id)
+                                        .body(Full::new(Bytes::from(out.body)))
+                                        .unwrap()
+                                }
+                                _ => hyper::Response::builder()
+                                    .status(422)
+                                    .body(Full::new(Bytes::new()))
+                                    .unwrap(),
+                            };
+                            Ok::<_, hyper::Error>(response)
+                        }
+                    },
+                );
                 let _ = hyper::server::conn::http1::Builder::new()
                     .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
                     .await;
