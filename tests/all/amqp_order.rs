@@ -73,7 +73,7 @@ print(json.dumps(ids))
 
 /// Lots whose first copies came out of input order, and how many copies repeated an id.
 fn disorder(ids: &[String]) -> (Vec<String>, usize) {
-    let mut last = vec![None::<usize>; LOTS];
+    let mut last = [None::<usize>; LOTS];
     let mut seen = std::collections::HashSet::new();
     let mut out_of_order = Vec::new();
     let mut copies = 0;
