@@ -735,6 +735,16 @@ impl StepRuntime {
                 max: self.limits.max_output_bytes,
             });
         }
+        // Every slot of `host.instance_pool` in use: the host's capacity, not the plugin's fault
+        // (not counted by its breaker); the message is tried again later.
+        if let Some(full) = error.downcast_ref::<wasmtime::PoolConcurrencyLimitError>() {
+            return StepFailure::RetryLater(types::Retry {
+                reason: format!(
+                    "the host's instance pool is full ({full}); raise host.instance_pool"
+                ),
+                after_ms: Some(100),
+            });
+        }
         match (error.downcast_ref::<Trap>(), cut) {
             (Some(Trap::Interrupt), Some(budget)) => {
                 StepFailure::Limit(Breach::Budget(budget.total))
