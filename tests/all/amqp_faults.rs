@@ -13,8 +13,8 @@
 use crate::harness::*;
 use futures_lite::StreamExt;
 use lapin::options::{
-    BasicConsumeOptions, BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions,
-    ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
+    BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
+    ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
 };
 use lapin::types::FieldTable;
 use lapin::{BasicProperties, Connection, ConnectionProperties, ExchangeKind};
@@ -172,7 +172,9 @@ pub fn wait_for_outputs(url: &str, n: u32) {
     panic!("fewer than {n} outputs after 10 minutes");
 }
 
-/// Read every output id off `out` (until it has been quiet for 2 s).
+/// Read every output id off `out` (until it has been quiet for 2 s). Each read is acknowledged
+/// (several at once) only once recorded: a delivery still on its way when the reader closes
+/// goes back to the queue, never lost on the reader's side.
 fn read_outputs(url: &str) -> Vec<String> {
     runtime().block_on(async {
         let conn = Connection::connect(url, ConnectionProperties::default())
@@ -186,15 +188,13 @@ fn read_outputs(url: &str) -> Vec<String> {
             .basic_consume(
                 "out".into(),
                 "reader".into(),
-                BasicConsumeOptions {
-                    no_ack: true,
-                    ..Default::default()
-                },
+                BasicConsumeOptions::default(),
                 FieldTable::default(),
             )
             .await
             .unwrap();
         let mut ids = Vec::new();
+        let mut unacked = None;
         while let Ok(Some(delivery)) =
             tokio::time::timeout(Duration::from_secs(2), consumer.next()).await
         {
@@ -207,6 +207,18 @@ fn read_outputs(url: &str) -> Vec<String> {
                     .map(|s| s.as_str().to_string())
                     .unwrap_or_default(),
             );
+            unacked = Some(delivery.delivery_tag);
+            if ids.len() % 500 == 0 {
+                ch.basic_ack(delivery.delivery_tag, BasicAckOptions { multiple: true })
+                    .await
+                    .expect("ack");
+                unacked = None;
+            }
+        }
+        if let Some(tag) = unacked {
+            ch.basic_ack(tag, BasicAckOptions { multiple: true })
+                .await
+                .expect("ack");
         }
         let _ = conn.close(200, "done".into()).await;
         ids
@@ -231,8 +243,10 @@ pub fn assert_each_input_once(url: &str, hosts: Vec<Host>, what: &str, bound: us
     }
     // Stopped, the hosts publish nothing more and hold no delivery: what they never
     // acknowledged is back in the source queue, and late copies are in `out`.
-    for host in hosts {
-        assert!(host.stop().success(), "{what}: SIGTERM exits 0");
+    let mut logs = Vec::new();
+    for mut host in hosts {
+        assert!(host.stop_in_place().success(), "{what}: SIGTERM exits 0");
+        logs.push(host.drain_log());
     }
     for id in read_outputs(url) {
         distinct.insert(id.clone());
@@ -243,12 +257,23 @@ pub fn assert_each_input_once(url: &str, hosts: Vec<Host>, what: &str, bound: us
         .filter(|id| !distinct.contains(id))
         .take(5)
         .collect();
-    assert!(
-        missing.is_empty(),
-        "{what}: outputs lost, e.g. {missing:?}; inputs waiting {}, dead letters {}",
-        ready(url, "plant-a.mes"),
-        ready(url, "millrace.mes.dead-letter")
-    );
+    if let Some(first) = missing.first() {
+        // What the hosts said of the first lost one's input, for the failure.
+        let input = format!(
+            "m-{} ",
+            first.trim_end_matches("-1").trim_start_matches("m-")
+        );
+        let said: Vec<&String> = logs
+            .iter()
+            .flatten()
+            .filter(|l| l.contains(&format!("message_id={input}")))
+            .collect();
+        panic!(
+            "{what}: outputs lost, e.g. {missing:?}; inputs waiting {}, dead letters {}; the hosts' log lines about {input}: {said:#?}",
+            ready(url, "plant-a.mes"),
+            ready(url, "millrace.mes.dead-letter")
+        );
+    }
     assert_eq!(
         distinct.len(),
         MESSAGES,
