@@ -121,7 +121,7 @@ async fn serve_consumer(
 ) -> String {
     let mut in_flight = JoinSet::new();
     let mut acks = InOrderAcks::new();
-    let mut keys = Keys::default();
+    let mut keys: Keys<Delivery> = Keys::default();
     let start = |in_flight: &mut JoinSet<(Delivery, Settle)>, delivery: Delivery| {
         // The route as it is now: a message runs on the version current when it arrives,
         // throughout.
@@ -198,17 +198,25 @@ fn key_of(order: &OrderBy, delivery: &Delivery) -> String {
     }
 }
 
-/// The keys of an ordered route with a delivery being mediated, and the deliveries waiting
-/// behind each, in arrival order.
-#[derive(Default)]
-struct Keys {
-    busy: std::collections::HashMap<String, std::collections::VecDeque<Delivery>>,
-    running: std::collections::HashMap<tokio::task::Id, String>,
+/// The keys of an ordered route with a delivery being mediated (by the task that runs it), and
+/// the deliveries `D` waiting behind each, in arrival order.
+struct Keys<D, Task = tokio::task::Id> {
+    busy: std::collections::HashMap<String, std::collections::VecDeque<D>>,
+    running: std::collections::HashMap<Task, String>,
 }
 
-impl Keys {
+impl<D, Task> Default for Keys<D, Task> {
+    fn default() -> Self {
+        Keys {
+            busy: Default::default(),
+            running: Default::default(),
+        }
+    }
+}
+
+impl<D, Task: std::hash::Hash + Eq> Keys<D, Task> {
     /// A delivery arrived: returned to start now if its key is free, else queued behind it.
-    fn arrive(&mut self, key: String, delivery: Delivery) -> Option<(String, Delivery)> {
+    fn arrive(&mut self, key: String, delivery: D) -> Option<(String, D)> {
         match self.busy.get_mut(&key) {
             Some(waiting) => {
                 waiting.push_back(delivery);
@@ -221,12 +229,12 @@ impl Keys {
         }
     }
 
-    fn started(&mut self, task: tokio::task::Id, key: String) {
+    fn started(&mut self, task: Task, key: String) {
         self.running.insert(task, key);
     }
 
     /// Task `task` is done: the next delivery of its key, if one waits (the key stays busy).
-    fn finished(&mut self, task: tokio::task::Id) -> Option<(String, Delivery)> {
+    fn finished(&mut self, task: Task) -> Option<(String, D)> {
         let key = self.running.remove(&task)?;
         let next = self
             .busy
@@ -631,6 +639,35 @@ async fn retry_or_give_up(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_key_runs_one_delivery_at_a_time_in_arrival_order() {
+        let mut keys: Keys<&str, u32> = Keys::default();
+        // a1 starts; a2 and a3 wait behind it; b1 has a key of its own.
+        let (key, first) = keys.arrive("a".into(), "a1").expect("a is free");
+        keys.started(1, key);
+        assert_eq!(first, "a1");
+        assert!(keys.arrive("a".into(), "a2").is_none());
+        assert!(keys.arrive("a".into(), "a3").is_none());
+        let (key, b1) = keys.arrive("b".into(), "b1").expect("b is free");
+        keys.started(2, key);
+        assert_eq!(b1, "b1");
+        // b1 done: nothing waits behind b, which is free again.
+        assert!(keys.finished(2).is_none());
+        assert!(keys.arrive("b".into(), "b2").is_some());
+        // a1 done: a2 next (a stays busy), then a3, then a is free.
+        let (key, next) = keys.finished(1).expect("a2 waits");
+        assert_eq!(next, "a2");
+        keys.started(3, key);
+        assert!(keys.arrive("a".into(), "a4").is_none(), "a is still busy");
+        let (key, next) = keys.finished(3).expect("a3 waits");
+        assert_eq!(next, "a3");
+        keys.started(4, key);
+        let (_, next) = keys.finished(4).expect("a4 waits");
+        assert_eq!(next, "a4");
+        // An unknown task (one that was never keyed) frees nothing.
+        assert!(keys.finished(99).is_none());
+    }
 
     #[test]
     fn out_of_order_settlements_are_acknowledged_in_order_runs() {
