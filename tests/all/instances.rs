@@ -69,6 +69,56 @@ fn instances_from_the_pool_start_clean_in_a_slot_another_instance_used() {
 }
 
 #[test]
+fn a_message_that_finds_every_pool_slot_taken_is_asked_to_retry_not_counted_as_a_plugin_failure() {
+    // Three slots: each route keeps one warm instance, one slot is free. Three slow messages
+    // on route `a` at once: one on its warm instance, one in the free slot, and one finds no
+    // slot — the host's capacity, answered retry-later, not a trap of the plugin.
+    let ws = Workspace::new(&format!(
+        "[host]\ninstance_pool = 3\n\n[plants.plant-a]\n\n{}\n{}",
+        act_route("a", ACT_DEADLINE),
+        act_route("b", ACT_DEADLINE),
+    ));
+    let host = ws.start();
+    assert_eq!(served(&host, "b"), 1);
+    let base = host.url.clone();
+    let answers: Vec<Reply> = std::thread::scope(|scope| {
+        let sent: Vec<_> = (0..3)
+            .map(|_| {
+                scope.spawn(|| {
+                    request(
+                        &base,
+                        "POST",
+                        "/v1/routes/a/messages",
+                        Some("text/plain"),
+                        &[],
+                        SLOW_WORK.as_bytes(),
+                    )
+                })
+            })
+            .collect();
+        sent.into_iter().map(|t| t.join().unwrap()).collect()
+    });
+    let mut statuses: Vec<u16> = answers.iter().map(|r| r.status).collect();
+    statuses.sort();
+    assert_eq!(
+        statuses,
+        [200, 200, 503],
+        "{:?}",
+        answers.iter().map(|r| &r.body).collect::<Vec<_>>()
+    );
+    let refused = answers.iter().find(|r| r.status == 503).unwrap();
+    assert_eq!(refused.kind(), "retry-later", "{}", refused.body);
+    assert!(
+        refused.body.contains("instance pool is full"),
+        "{}",
+        refused.body
+    );
+    // The plugin's breaker did not count it: route `a` serves on.
+    assert_eq!(host.post("a", Some("text/plain"), "ok").status, 200);
+    assert_eq!(served(&host, "b"), 2);
+}
+
+#[test]
 fn a_trapped_instance_is_discarded_and_the_next_message_gets_a_fresh_one() {
     let ws = Workspace::new(&format!(
         "[plants.plant-a]\n\n{}",
