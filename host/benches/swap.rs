@@ -14,7 +14,8 @@
 //! A fresh host per round. Needs `scripts/build-plugins`. Run:
 //! `cargo bench -p millrace-host --bench swap`. Environment: `ROUNDS` (default 3), `SECONDS`
 //! (default 5), `CLIENTS` (default 2), `STORM_MS` (default `10,100`), `TOGGLES` (precompiled
-//! activations timed per round, default 20).
+//! activations timed per round, default 20), `POOL` (the host's `host.instance_pool`; default
+//! 0: off).
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -61,7 +62,11 @@ impl Host {
         std::fs::write(
             &config,
             format!(
-                "[host]\nadmin = \"127.0.0.1:0\"\n\n[plants.plant-a]\n\n[routes.a]\nplant = \"plant-a\"\nsource = \"http\"\nsink = \"reply\"\n\n[[routes.a.steps]]\nplugin = \"{}\"\ngrants = [\"log\"]\n",
+                "[host]\nadmin = \"127.0.0.1:0\"\n{}\n[plants.plant-a]\n\n[routes.a]\nplant = \"plant-a\"\nsource = \"http\"\nsink = \"reply\"\n\n[[routes.a.steps]]\nplugin = \"{}\"\ngrants = [\"log\"]\n",
+                match setting("POOL", 0) {
+                    0 => String::new(),
+                    n => format!("instance_pool = {n}\n"),
+                },
                 guest("guest-stamp-1").display()
             ),
         )
@@ -70,6 +75,8 @@ impl Host {
             .args(["run", "--config"])
             .arg(&config)
             .args(["--http", "127.0.0.1:0"])
+            // The benchmark's own host on loopback: admin calls without credentials.
+            .arg("--insecure-admin")
             .env("RUST_LOG", "warn")
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
@@ -126,8 +133,14 @@ fn send(agent: &ureq::Agent, url: &str) -> String {
 }
 
 fn admin(agent: &ureq::Agent, host: &Host, path: &str, body: &[u8]) {
+    let content_type = if body.first() == Some(&b'{') {
+        "application/json"
+    } else {
+        "application/wasm"
+    };
     let reply = agent
         .post(&format!("{}{path}", host.admin))
+        .header("content-type", content_type)
         .send(body)
         .expect("the admin API answers");
     assert!(reply.status().is_success(), "{path}: {}", reply.status());
