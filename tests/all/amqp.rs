@@ -624,6 +624,40 @@ print(json.dumps(ids))
 }
 
 #[test]
+fn a_delivery_given_back_past_the_delivery_limit_is_dead_lettered_by_the_broker() {
+    let broker = Broker::start();
+    // The host declares the route's quorum queue with its delivery limit, then stops.
+    let ws = act_workspace(&broker, "amqp_delivery_limit = 3", "");
+    let host = ws.start();
+    host.wait_ready();
+    assert!(host.stop().success());
+    publish_to_act(&broker, &[("p-1".to_string(), "ok".to_string())]);
+    // Another consumer takes it and gives it back, again and again (a host dying on it).
+    let got = broker.client(&format!(
+        r#"
+{CONNECT}given_back = 0
+while given_back < 10:
+    m, p, b = ch.basic_get('plant-a.act', auto_ack=False)
+    if not m: break
+    ch.basic_nack(m.delivery_tag, requeue=True)
+    given_back += 1
+dead = None
+deadline = time.time() + 30
+while dead is None and time.time() < deadline:
+    m, p, b = ch.basic_get('millrace.act.dead-letter', auto_ack=True)
+    if m: dead = {{'id': p.message_id, 'reason': p.headers.get('x-first-death-reason')}}
+    else: time.sleep(0.05)
+print(json.dumps({{'given_back': given_back, 'dead': dead}}))
+"#
+    ));
+    assert_eq!(got["dead"]["id"], "p-1", "{got}");
+    assert_eq!(got["dead"]["reason"], "delivery_limit", "{got}");
+    let given_back = got["given_back"].as_u64().unwrap();
+    assert!((3..=4).contains(&given_back), "{got}");
+    assert_eq!(broker.depth("plant-a.act"), 0);
+}
+
+#[test]
 fn sigterm_finishes_the_deliveries_in_hand_and_leaves_the_rest_in_the_queue() {
     const MESSAGES: usize = 12;
     let broker = Broker::start();
