@@ -32,16 +32,21 @@ fn runtime() -> tokio::runtime::Runtime {
 }
 
 fn workspace(broker: &Broker) -> Workspace {
+    mes_stream_workspace(&format!("amqp = \"{}\"", broker.url()), PREFETCH)
+}
+
+/// The stream's route `mes` (queue `plant-a.mes` → exchange `plant-a.events`, mes-fixed-width
+/// with its table) with `prefetch`; `host` is the body of `[host]` (its broker link).
+pub fn mes_stream_workspace(host: &str, prefetch: usize) -> Workspace {
     let mes = plugin("mes-fixed-width");
     let route = route_toml("mes", &mes, r#"["log", "config", "lookup"]"#, "")
         .replace("source = \"http\"", "source = \"amqp\"")
         .replace(
             "sink = \"reply\"",
-            &format!("sink = \"amqp\"\namqp = {{ queue = \"plant-a.mes\", exchange = \"plant-a.events\", prefetch = {PREFETCH} }}"),
+            &format!("sink = \"amqp\"\namqp = {{ queue = \"plant-a.mes\", exchange = \"plant-a.events\", prefetch = {prefetch} }}"),
         );
     Workspace::new(&format!(
-        "[host]\namqp = \"{}\"\n\n[plants.plant-a.lookups.work_centres]\nentries = {{ WC01 = \"ASSY-01\" }}\n\n{route}\n{}",
-        broker.url(),
+        "[host]\n{host}\n\n[plants.plant-a.lookups.work_centres]\nentries = {{ WC01 = \"ASSY-01\" }}\n\n{route}\n{}",
         mes_settings("mes")
     ))
 }

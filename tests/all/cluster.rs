@@ -8,7 +8,7 @@
 //! stopped the source, delay and dead-letter queues are empty.
 
 use crate::amqp_faults::{
-    MESSAGES, assert_each_input_once, publish_inputs, ready, wait_for_outputs,
+    MESSAGES, assert_each_input_once, mes_stream_workspace, publish_inputs, ready, wait_for_outputs,
 };
 use crate::harness::*;
 use lapin::types::{AMQPValue, FieldTable};
@@ -17,18 +17,10 @@ use std::time::Duration;
 const PREFETCH: usize = 64;
 
 fn workspace(cluster: &Cluster, host: usize) -> Workspace {
-    let mes = plugin("mes-fixed-width");
-    let route = route_toml("mes", &mes, r#"["log", "config", "lookup"]"#, "")
-        .replace("source = \"http\"", "source = \"amqp\"")
-        .replace(
-            "sink = \"reply\"",
-            &format!("sink = \"amqp\"\namqp = {{ queue = \"plant-a.mes\", exchange = \"plant-a.events\", prefetch = {PREFETCH} }}"),
-        );
-    Workspace::new(&format!(
-        "[host]\nid = \"h{host}\"\namqp = {}\n\n[plants.plant-a.lookups.work_centres]\nentries = {{ WC01 = \"ASSY-01\" }}\n\n{route}\n{}",
-        cluster.urls_from(host),
-        mes_settings("mes")
-    ))
+    mes_stream_workspace(
+        &format!("id = \"h{host}\"\namqp = {}", cluster.urls_from(host)),
+        PREFETCH,
+    )
 }
 
 #[test]
