@@ -88,19 +88,10 @@ fn quickstart(data: &std::path::Path) -> String {
 /// The native plugin with the quickstart's settings and table.
 fn native() -> (mes_fixed_width::MesFixedWidth, NativeHost) {
     use millrace_sdk::Plugin;
-    let config =
-        millrace_host::config::Config::load(&root().join("examples/quickstart/millrace.toml"))
-            .expect("quickstart config");
-    let route = &config.routes[0];
-    let settings: serde_json::Value =
-        serde_json::from_str(route.steps[0].settings.document()).expect("settings are JSON");
-    let table = config.plants[&route.plant]
-        .get("work_centres")
-        .expect("work_centres table")
-        .clone();
+    let (_, settings, table) = common::quickstart_step();
     let host = NativeHost {
         settings: settings.as_object().expect("an object").clone(),
-        table: table.into_iter().collect(),
+        table,
     };
     let plugin = mes_fixed_width::MesFixedWidth::new(&host).expect("settings load");
     (plugin, host)

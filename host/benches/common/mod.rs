@@ -21,6 +21,33 @@ pub fn setting(name: &str, default: usize) -> usize {
 /// host double): the pipe publishes these bytes, so both sides put the same sizes on the broker.
 pub fn route_output() -> Vec<u8> {
     use millrace_sdk::Plugin;
+    let (plant, settings, table) = quickstart_step();
+    let host = millrace_sdk::TestHost::new()
+        .with_settings(settings)
+        .with_table("work_centres", table);
+    let plugin = mes_fixed_width::MesFixedWidth::new(&host).expect("settings load");
+    let outputs = plugin
+        .mediate(
+            &host,
+            millrace_sdk::Message {
+                id: "m-0".into(),
+                plant,
+                route: "bench".into(),
+                content_type: "text/plain".into(),
+                headers: Vec::new(),
+                body: record(),
+            },
+        )
+        .expect("the record maps");
+    outputs.into_iter().next().expect("one event").body
+}
+
+/// The quickstart's route: its plant, its step's settings and the work-centre table.
+pub fn quickstart_step() -> (
+    String,
+    serde_json::Value,
+    std::collections::BTreeMap<String, String>,
+) {
     let config =
         millrace_host::config::Config::load(&root().join("examples/quickstart/millrace.toml"))
             .expect("quickstart config");
@@ -31,24 +58,7 @@ pub fn route_output() -> Vec<u8> {
         .get("work_centres")
         .expect("work_centres table")
         .clone();
-    let host = millrace_sdk::TestHost::new()
-        .with_settings(settings)
-        .with_table("work_centres", table);
-    let plugin = mes_fixed_width::MesFixedWidth::new(&host).expect("settings load");
-    let outputs = plugin
-        .mediate(
-            &host,
-            millrace_sdk::Message {
-                id: "m-0".into(),
-                plant: route.plant.clone(),
-                route: "bench".into(),
-                content_type: "text/plain".into(),
-                headers: Vec::new(),
-                body: record(),
-            },
-        )
-        .expect("the record maps");
-    outputs.into_iter().next().expect("one event").body
+    (route.plant.clone(), settings, table.into_iter().collect())
 }
 
 /// One 80-column MES production confirmation (the quickstart's format).
