@@ -6,6 +6,10 @@
 //! conformance vectors (one iteration = each case once), natively and with a reused instance.
 //!
 //! Needs `scripts/build-plugins` first. Run: `scripts/bench` (prints the ratios).
+//!
+//! `VARIANT=NAME` also runs `target/plugins/PLUGIN.NAME.wasm` (a build with another code
+//! generation lever, `scripts/build-plugins` says how) beside each Rust plugin, in the same
+//! groups: a lever measured against the usual build and native code in one run.
 
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
 use mes_fixed_width::MesFixedWidth;
@@ -17,6 +21,19 @@ use millrace_sdk::{Plugin, TestHost};
 use std::hint::black_box;
 use std::path::Path;
 use std::time::Duration;
+
+/// `PLUGIN.VARIANT` when `VARIANT` is set and that build exists.
+fn variant(plugin: &str) -> Option<String> {
+    let variant = std::env::var("VARIANT").ok()?;
+    let name = format!("{plugin}.{variant}");
+    let path = root().join("target/plugins").join(format!("{name}.wasm"));
+    assert!(
+        path.exists(),
+        "VARIANT={variant}: {} missing (scripts/build-plugins builds it)",
+        path.display()
+    );
+    Some(name)
+}
 
 fn root() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -141,6 +158,13 @@ fn bench(c: &mut Criterion) {
         })
         .collect();
     assert_eq!(reused.mediate(&message).expect("wasm run").len(), 12);
+    let reused_variant = variant("mes-fixed-width").map(|name| {
+        let path = root().join("target/plugins").join(format!("{name}.wasm"));
+        let artifact = Artifact::load(&engine, &path).expect("component loads");
+        let step = load_on(&engine, &artifact, u32::MAX);
+        assert_eq!(step.mediate(&message).expect("wasm run").len(), 12);
+        (name, step)
+    });
 
     let mut group = c.benchmark_group("mes-fixed-width");
     group.throughput(Throughput::Bytes(body.len() as u64));
@@ -155,6 +179,11 @@ fn bench(c: &mut Criterion) {
     group.bench_function("wasm-reused-instance", |b| {
         b.iter(|| black_box(reused.mediate(black_box(&message))))
     });
+    if let Some((name, step)) = &reused_variant {
+        group.bench_function(format!("{name}-reused-instance"), |b| {
+            b.iter(|| black_box(step.mediate(black_box(&message))))
+        });
+    }
     group.bench_function("wasm-fresh-instance", |b| {
         b.iter(|| black_box(fresh.mediate(black_box(&message))))
     });
@@ -379,7 +408,14 @@ fn bench_cases<P: Plugin>(
         step
     };
     let step = load(name);
-    let twin_steps: Vec<_> = twins.iter().map(|twin| (*twin, load(twin))).collect();
+    let twin_steps: Vec<_> = variant(name)
+        .into_iter()
+        .chain(twins.iter().map(|twin| twin.to_string()))
+        .map(|twin| {
+            let step = load(&twin);
+            (twin, step)
+        })
+        .collect();
     let mut group = c.benchmark_group(group_name);
     group.throughput(throughput);
     group.bench_function("native", |b| {

@@ -17,25 +17,18 @@
 //! activations timed per round, default 20), `POOL` (the host's `host.instance_pool`; default
 //! 0: off).
 
-use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+#[allow(dead_code)] // the broker benchmarks' helpers this one does not use
+mod common;
+
+use common::host::{Host, agent, latencies, pct};
+use common::{median, root};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("host/ has a parent")
-        .to_path_buf()
-}
-
 fn setting(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
+    common::setting(name, default as usize) as u64
 }
 
 fn guest(name: &str) -> PathBuf {
@@ -48,75 +41,22 @@ fn guest(name: &str) -> PathBuf {
     path
 }
 
-struct Host {
-    child: Child,
-    url: String,
-    admin: String,
-    _dir: tempfile::TempDir,
-}
-
-impl Host {
-    fn start() -> Host {
-        let dir = tempfile::tempdir().unwrap();
-        let config = dir.path().join("millrace.toml");
-        std::fs::write(
-            &config,
-            format!(
-                "[host]\nadmin = \"127.0.0.1:0\"\n{}\n[plants.plant-a]\n\n[routes.a]\nplant = \"plant-a\"\nsource = \"http\"\nsink = \"reply\"\n\n[[routes.a.steps]]\nplugin = \"{}\"\ngrants = [\"log\"]\n",
-                match setting("POOL", 0) {
-                    0 => String::new(),
-                    n => format!("instance_pool = {n}\n"),
-                },
-                guest("guest-stamp-1").display()
-            ),
-        )
-        .unwrap();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_millrace"))
-            .args(["run", "--config"])
-            .arg(&config)
-            .args(["--http", "127.0.0.1:0"])
-            // The benchmark's own host on loopback: admin calls without credentials.
-            .arg("--insecure-admin")
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("millrace starts");
-        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-        let (mut url, mut admin) = (String::new(), String::new());
-        while url.is_empty() || admin.is_empty() {
-            let line = lines
-                .next()
-                .expect("millrace prints its addresses")
-                .unwrap();
-            if let Some(a) = line.strip_prefix("millrace: admin on ") {
-                admin = a.to_string();
-            }
-            if let Some(u) = line.strip_prefix("millrace: listening on ") {
-                url = u.to_string();
-            }
-        }
-        Host {
-            child,
-            url,
-            admin,
-            _dir: dir,
-        }
-    }
-}
-
-impl Drop for Host {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn agent() -> ureq::Agent {
-    ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .build()
-        .into()
+/// A fresh host running `stamp` 1.0.0 on route `a` of plant `plant-a`, in `dir`.
+fn start(dir: &tempfile::TempDir) -> Host {
+    let config = dir.path().join("millrace.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[host]\nadmin = \"127.0.0.1:0\"\n{}\n[plants.plant-a]\n\n[routes.a]\nplant = \"plant-a\"\nsource = \"http\"\nsink = \"reply\"\n\n[[routes.a.steps]]\nplugin = \"{}\"\ngrants = [\"log\"]\n",
+            match setting("POOL", 0) {
+                0 => String::new(),
+                n => format!("instance_pool = {n}\n"),
+            },
+            guest("guest-stamp-1").display()
+        ),
+    )
+    .unwrap();
+    Host::start(&config)
 }
 
 /// One message; the version that answered.
@@ -132,24 +72,9 @@ fn send(agent: &ureq::Agent, url: &str) -> String {
     body["stamp"].as_str().unwrap().to_string()
 }
 
-fn admin(agent: &ureq::Agent, host: &Host, path: &str, body: &[u8]) {
-    let content_type = if body.first() == Some(&b'{') {
-        "application/json"
-    } else {
-        "application/wasm"
-    };
-    let reply = agent
-        .post(&format!("{}{path}", host.admin))
-        .header("content-type", content_type)
-        .send(body)
-        .expect("the admin API answers");
-    assert!(reply.status().is_success(), "{path}: {}", reply.status());
-}
-
 fn activate(agent: &ureq::Agent, host: &Host, version: &str) {
-    admin(
+    host.admin(
         agent,
-        host,
         "/v1/plants/plant-a/plugins/stamp/activate",
         format!("{{\"version\": \"{version}\"}}").as_bytes(),
     );
@@ -205,53 +130,6 @@ impl Load {
     }
 }
 
-/// Latencies (µs) of `clients` clients sending for `seconds`, while `meanwhile` runs.
-fn latencies(
-    url: &str,
-    clients: u64,
-    seconds: u64,
-    meanwhile: impl FnOnce(&AtomicBool),
-) -> Vec<f64> {
-    let stop = Arc::new(AtomicBool::new(false));
-    let threads: Vec<_> = (0..clients)
-        .map(|_| {
-            let (stop, url) = (Arc::clone(&stop), url.to_string());
-            std::thread::spawn(move || {
-                let agent = agent();
-                let mut took = Vec::new();
-                while !stop.load(Ordering::SeqCst) {
-                    let started = Instant::now();
-                    send(&agent, &url);
-                    took.push(started.elapsed().as_secs_f64() * 1e6);
-                }
-                took
-            })
-        })
-        .collect();
-    let flag = Arc::clone(&stop);
-    let timer = std::thread::spawn(move || {
-        std::thread::sleep(Duration::from_secs(seconds));
-        flag.store(true, Ordering::SeqCst);
-    });
-    meanwhile(&stop);
-    timer.join().unwrap();
-    let mut all: Vec<f64> = threads
-        .into_iter()
-        .flat_map(|t| t.join().unwrap())
-        .collect();
-    all.sort_by(f64::total_cmp);
-    all
-}
-
-fn pct(sorted: &[f64], p: f64) -> f64 {
-    sorted[((sorted.len() as f64 * p) as usize).min(sorted.len() - 1)]
-}
-
-fn median(mut xs: Vec<f64>) -> f64 {
-    xs.sort_by(f64::total_cmp);
-    xs[xs.len() / 2]
-}
-
 fn main() {
     let rounds = setting("ROUNDS", 3);
     let seconds = setting("SECONDS", 5);
@@ -274,14 +152,15 @@ fn main() {
         vec![Vec::new(); storms.len()],
     );
     for round in 1..=rounds {
-        let host = Host::start();
+        let dir = tempfile::tempdir().unwrap();
+        let host = start(&dir);
         let agent = agent();
         send(&agent, &host.url);
         let load = Load::start(&host.url);
         std::thread::sleep(Duration::from_millis(200));
 
         let t0 = Instant::now();
-        admin(&agent, &host, "/v1/plants/plant-a/plugins", &stamp_2);
+        host.admin(&agent, "/v1/plants/plant-a/plugins", &stamp_2);
         let upload = t0.elapsed().as_secs_f64() * 1000.0;
         activate(&agent, &host, "2.0.0");
         let took = load.first(t0, "2.0.0").as_secs_f64() * 1000.0;
@@ -300,7 +179,10 @@ fn main() {
         let round_precompiled = median(these.clone());
         precompiled.extend(these);
 
-        let steady = latencies(&host.url, clients, seconds, |_| {});
+        let one = |agent: &ureq::Agent, _: u64| {
+            send(agent, &host.url);
+        };
+        let steady = latencies(clients, seconds, &one, |_| {});
         let s99 = pct(&steady, 0.99);
         let mut line = format!(
             "round {round}: first answer of the new version: fresh (upload+compile+gate+activate) {took:.1} ms (upload {upload:.1} ms), precompiled median {round_precompiled:.2} ms\n  steady: {} msgs p50 {:.0} µs p99 {s99:.0} µs",
@@ -309,7 +191,7 @@ fn main() {
         );
         for (i, every) in storms.iter().enumerate() {
             let mut swaps = 0u64;
-            let storm = latencies(&host.url, clients, seconds, |stop| {
+            let storm = latencies(clients, seconds, &one, |stop| {
                 while !stop.load(Ordering::SeqCst) {
                     activate(
                         &agent,

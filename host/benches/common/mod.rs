@@ -3,6 +3,9 @@
 
 use std::path::{Path, PathBuf};
 
+#[allow(dead_code)] // only the benchmarks that drive a host over HTTP use it
+pub mod host;
+
 pub fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()

@@ -64,6 +64,57 @@ pub struct Refusal {
 /// How many refusals [`Deployer::refusals`] remembers.
 pub const KEPT_REFUSALS: usize = 100;
 
+/// How many compiled versions a host keeps in memory beyond the code its routes run: the most
+/// recently deployed or activated. Activating one of the others reads its compiled code back
+/// from the compile cache on disk (a few milliseconds) instead of finding it in memory.
+pub const KEPT_COMPILED: usize = 64;
+
+/// Values by key, at most `limit` of them: inserting one more forgets the least recently used.
+struct Recent<T> {
+    limit: usize,
+    uses: u64,
+    kept: HashMap<String, (T, u64)>,
+}
+
+impl<T: Clone> Recent<T> {
+    fn new(limit: usize) -> Recent<T> {
+        Recent {
+            limit,
+            uses: 0,
+            kept: HashMap::new(),
+        }
+    }
+
+    fn get(&mut self, key: &str) -> Option<T> {
+        self.uses += 1;
+        let uses = self.uses;
+        self.kept.get_mut(key).map(|(value, used)| {
+            *used = uses;
+            value.clone()
+        })
+    }
+
+    fn insert(&mut self, key: String, value: T) {
+        self.uses += 1;
+        self.kept.insert(key, (value, self.uses));
+        while self.kept.len() > self.limit {
+            let Some(oldest) = self
+                .kept
+                .iter()
+                .min_by_key(|(_, (_, used))| *used)
+                .map(|(k, _)| k.clone())
+            else {
+                break;
+            };
+            self.kept.remove(&oldest);
+        }
+    }
+
+    fn remove(&mut self, key: &str) {
+        self.kept.remove(key);
+    }
+}
+
 /// What the gate may spend on one candidate, and where it compiles.
 #[derive(Debug, Clone)]
 pub struct GateLimits {
@@ -91,8 +142,9 @@ pub struct Deployer {
     trust: std::sync::RwLock<
         std::collections::BTreeMap<String, crate::plugin::signature::TrustPolicy>,
     >,
-    /// Compiled components by digest, so an activation does not compile.
-    compiled: Mutex<HashMap<String, Arc<Artifact>>>,
+    /// Compiled components by digest, so an activation does not compile: the last
+    /// [`KEPT_COMPILED`] deployed or activated (the routes hold the ones they run anyway).
+    compiled: Mutex<Recent<Arc<Artifact>>>,
     /// One activation or configuration reload at a time.
     activating: Mutex<()>,
     refusals: Mutex<std::collections::VecDeque<Refusal>>,
@@ -112,7 +164,7 @@ impl Deployer {
             announce: Mutex::new(None),
             gate,
             trust: Default::default(),
-            compiled: Mutex::new(HashMap::new()),
+            compiled: Mutex::new(Recent::new(KEPT_COMPILED)),
             activating: Mutex::new(()),
             refusals: Mutex::new(std::collections::VecDeque::new()),
         }
@@ -185,7 +237,7 @@ impl Deployer {
         bytes: Option<&[u8]>,
     ) -> Result<Arc<Artifact>, DeployError> {
         if let Some(kept) = self.compiled.lock().expect("compiled lock").get(digest) {
-            return Ok(Arc::clone(kept));
+            return Ok(kept);
         }
         let path = self.registry.blob(digest);
         let artifact = Arc::new(match bytes {
@@ -351,8 +403,9 @@ impl Deployer {
         let wanted =
             crate::plugin::intake::capabilities(&shape.imports, &routes.plant_grants(plant))
                 .map_err(refused)?;
-        let artifact = match self.compiled.lock().expect("compiled lock").get(digest) {
-            Some(kept) => Arc::clone(kept),
+        let kept = self.compiled.lock().expect("compiled lock").get(digest);
+        let artifact = match kept {
+            Some(kept) => kept,
             None => Arc::new(crate::plugin::intake::compile(
                 engine,
                 &self.gate.cache_dir,
@@ -498,5 +551,29 @@ impl Deployer {
                 plugin: plugin.into(),
             })?;
         self.activate(Slot { plant, plugin }, &previous, by, "rollback")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Recent;
+
+    #[test]
+    fn the_least_recently_used_is_forgotten_past_the_limit() {
+        let mut recent = Recent::new(2);
+        recent.insert("a".into(), 1);
+        recent.insert("b".into(), 2);
+        // Using a makes b the least recently used.
+        assert_eq!(recent.get("a"), Some(1));
+        recent.insert("c".into(), 3);
+        assert_eq!(recent.get("b"), None);
+        assert_eq!(recent.get("a"), Some(1));
+        assert_eq!(recent.get("c"), Some(3));
+        recent.remove("a");
+        assert_eq!(recent.get("a"), None);
+        recent.insert("d".into(), 4);
+        recent.insert("e".into(), 5);
+        assert_eq!(recent.kept.len(), 2);
+        assert_eq!(recent.get("c"), None);
     }
 }
