@@ -7,6 +7,11 @@
 //!
 //! Needs `scripts/build-plugins` first. Run: `scripts/bench` (prints the ratios).
 //!
+//! `INTERLEAVE=ROUNDS` measures the headline and the `vectors/` groups without Criterion: each
+//! round times a batch (~20 ms) of every case of a group in turn, starting with a different case
+//! each round, and the ratio to native is taken within each round; prints the medians. On a
+//! machine whose speed drifts (a shared VM), ratios from one round share its conditions.
+//!
 //! `VARIANT=NAME` also runs `target/plugins/PLUGIN.NAME.wasm` (a build with another code
 //! generation lever, `scripts/build-plugins` says how) beside each Rust plugin, in the same
 //! groups: a lever measured against the usual build and native code in one run.
@@ -21,6 +26,75 @@ use millrace_sdk::{Plugin, TestHost};
 use std::hint::black_box;
 use std::path::Path;
 use std::time::Duration;
+
+/// A case of an interleaved group: runs `n` calls and returns the time they took (setup such
+/// as cloning the native input made outside it).
+type Timed<'a> = Box<dyn FnMut(u64) -> Duration + 'a>;
+
+/// `INTERLEAVE` rounds of `cases` (the first is native) in turn; prints each case's median per
+/// call and the median of its per-round ratio to native.
+fn interleaved(group: &str, rounds: usize, mut cases: Vec<(String, Timed<'_>)>) {
+    // Calls per batch: about 20 ms of the slowest case.
+    let slowest = cases
+        .iter_mut()
+        .map(|(_, run)| run(20) / 20)
+        .max()
+        .unwrap_or(Duration::from_micros(1));
+    let calls = (Duration::from_millis(20).as_nanos() / slowest.as_nanos().max(1)).max(1) as u64;
+    let n = cases.len();
+    let mut per_call = vec![Vec::new(); n];
+    for round in 0..rounds {
+        for k in 0..n {
+            let i = (round + k) % n;
+            per_call[i].push((cases[i].1)(calls).as_secs_f64() * 1e6 / calls as f64);
+        }
+    }
+    let median = |mut xs: Vec<f64>| {
+        xs.sort_by(f64::total_cmp);
+        xs[xs.len() / 2]
+    };
+    for (i, (name, _)) in cases.iter().enumerate() {
+        let ratios: Vec<f64> = (0..rounds)
+            .map(|r| per_call[i][r] / per_call[0][r])
+            .collect();
+        let (lo, hi) = ratios
+            .iter()
+            .fold((f64::MAX, f64::MIN), |(lo, hi), r| (lo.min(*r), hi.max(*r)));
+        println!(
+            "interleaved {group}/{name}: {:.2} µs per iteration, × native {:.2} (rounds {lo:.2}–{hi:.2}; {rounds} rounds of {calls})",
+            median(per_call[i].clone()),
+            median(ratios.clone()),
+        );
+    }
+}
+
+/// `INTERLEAVE` when set: the rounds of [`interleaved`].
+fn interleave() -> Option<usize> {
+    std::env::var("INTERLEAVE").ok().map(|v| {
+        v.parse()
+            .expect("INTERLEAVE: a number of rounds, e.g. INTERLEAVE=40")
+    })
+}
+
+/// An interleaved case: every message through `step`.
+fn each<'a>(step: &'a StepRuntime, messages: &'a [Message]) -> Timed<'a> {
+    Box::new(move |n| {
+        timed(n, || {
+            for m in messages {
+                black_box(step.mediate(black_box(m)).ok());
+            }
+        })
+    })
+}
+
+/// `n` calls of `call`, timed.
+fn timed(n: u64, mut call: impl FnMut()) -> Duration {
+    let started = std::time::Instant::now();
+    for _ in 0..n {
+        call();
+    }
+    started.elapsed()
+}
 
 /// `PLUGIN.VARIANT` when `VARIANT` is set and that build exists.
 fn variant(plugin: &str) -> Option<String> {
@@ -166,6 +240,36 @@ fn bench(c: &mut Criterion) {
         (name, step)
     });
 
+    if let Some(rounds) = interleave() {
+        let mut cases: Vec<(String, Timed<'_>)> = vec![
+            (
+                "native".into(),
+                Box::new(|n| {
+                    let inputs = vec![native_input.clone(); n as usize];
+                    let mut inputs = inputs.into_iter();
+                    timed(n, || {
+                        black_box(
+                            plugin
+                                .mediate(&host, black_box(inputs.next().unwrap()))
+                                .ok(),
+                        );
+                    })
+                }),
+            ),
+            (
+                "wasm-reused-instance".into(),
+                Box::new(|n| timed(n, || drop(black_box(reused.mediate(black_box(&message)))))),
+            ),
+        ];
+        if let Some((name, step)) = &reused_variant {
+            cases.push((
+                format!("{name}-reused-instance"),
+                Box::new(|n| timed(n, || drop(black_box(step.mediate(black_box(&message)))))),
+            ));
+        }
+        interleaved("mes-fixed-width", rounds, cases);
+        return;
+    }
     let mut group = c.benchmark_group("mes-fixed-width");
     group.throughput(Throughput::Bytes(body.len() as u64));
     // The native call takes the message by value: its clone is made outside the timing.
@@ -416,6 +520,31 @@ fn bench_cases<P: Plugin>(
             (twin, step)
         })
         .collect();
+    if let Some(rounds) = interleave() {
+        let mut cases: Vec<(String, Timed<'_>)> = vec![
+            (
+                "native".into(),
+                Box::new(|n| {
+                    let batches = vec![native_inputs.clone(); n as usize];
+                    let mut batches = batches.into_iter();
+                    timed(n, || {
+                        for input in batches.next().unwrap() {
+                            black_box(plugin.mediate(&host, input).ok());
+                        }
+                    })
+                }),
+            ),
+            ("wasm-reused-instance".into(), each(&step, &v.messages)),
+        ];
+        for (twin, twin_step) in &twin_steps {
+            cases.push((
+                format!("{twin}-reused-instance"),
+                each(twin_step, &v.messages),
+            ));
+        }
+        interleaved(group_name, rounds, cases);
+        return;
+    }
     let mut group = c.benchmark_group(group_name);
     group.throughput(throughput);
     group.bench_function("native", |b| {

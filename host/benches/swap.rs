@@ -147,6 +147,7 @@ fn main() {
         })
         .collect();
     let mut steady_p99 = Vec::new();
+    let mut activation_cpu = Vec::new();
     let (mut storm_p99, mut ratios) = (
         vec![Vec::new(); storms.len()],
         vec![Vec::new(); storms.len()],
@@ -178,6 +179,17 @@ fn main() {
         load.stop();
         let round_precompiled = median(these.clone());
         precompiled.extend(these);
+
+        // What an activation costs the host, with no message load: its CPU time over
+        // back-to-back activations.
+        let cpu_before = common::cpu_seconds(host.child.id());
+        let quiet = 1000;
+        for i in 0..quiet {
+            activate(&agent, &host, if i % 2 == 0 { "1.0.0" } else { "2.0.0" });
+        }
+        let per_activation =
+            (common::cpu_seconds(host.child.id()) - cpu_before) * 1000.0 / quiet as f64;
+        activation_cpu.push(per_activation);
 
         let one = |agent: &ureq::Agent, _: u64| {
             send(agent, &host.url);
@@ -229,6 +241,10 @@ fn main() {
         max(&fresh),
         fresh.len(),
         median(uploads)
+    );
+    println!(
+        "host CPU per activation (1,000 back to back, no message load): median of rounds {:.3} ms",
+        median(activation_cpu)
     );
     println!("p99 latency: steady median {:.0} µs", median(steady_p99));
     for (i, every) in storms.iter().enumerate() {

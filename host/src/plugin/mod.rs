@@ -475,8 +475,9 @@ impl StepRuntime {
             plugin: artifact.path.display().to_string(),
             reason,
         };
-        // A first instance answers `describe` and checks the settings; it is not kept, so
-        // instances that serve messages log under the plugin's own name and version.
+        // A first instance answers `describe` and checks the settings, then becomes the step's
+        // first warm instance (under the plugin's own name and version, for its log entries):
+        // one instance made per load, not two.
         let mut context = StepContext {
             plant: plant.to_string(),
             route: route.to_string(),
@@ -535,10 +536,9 @@ impl StepRuntime {
             limits,
             idle: Mutex::new(Vec::new()),
         };
-        let warm = step
-            .instantiate("warm-up")
-            .map_err(|e| trapped(format!("{e:#}")))?;
-        step.idle.lock().expect("idle pool lock").push(warm);
+        probe.store.data_mut().step = Arc::clone(&step.context);
+        step.meters.created.inc();
+        step.idle.lock().expect("idle pool lock").push(probe);
         Ok(step)
     }
 
