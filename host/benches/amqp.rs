@@ -16,7 +16,12 @@
 //! receiver in the bench that takes and drops them: the cost of tracing, same run),
 //! `BASELINE=PATH` (each round also runs the millrace binary at PATH, e.g. one built from an
 //! earlier commit: a change's cost, same run), `LINEAGE=compare` (each round also runs millrace
-//! with `[telemetry] lineage = false`: the cost of keeping lineage, same run).
+//! with `[telemetry] lineage = false`: the cost of keeping lineage, same run), `HOST_SETTINGS=LINES`
+//! (each round also runs millrace with these lines added to its `[host]` section, e.g.
+//! `HOST_SETTINGS="max_in_flight = 2"`: a setting's effect, same run), `PIPE_LIKE_HOST=headers`,
+//! `one-header`, `mandatory` or `both` (each round also runs the pipe publishing that part of what
+//! the host adds to an output: its three `millrace-*` headers, or their values in one header,
+//! `mandatory`; what it costs the broker and the client, same run).
 
 mod common;
 use common::{cpu_seconds, median, record, root, route_output, setting};
@@ -216,7 +221,47 @@ async fn watch(observer: &Channel, sink: &str, n: usize, consumer: u32, broker: 
 
 /// The plain pipe: consume `pipe.in`, publish every body to `pipe.out` (persistent, confirmed),
 /// ack after the confirm, one task per delivery — millrace's delivery path without mediation.
-async fn pipe(url: &str, n: usize, prefetch: u16, broker: u32, event: Vec<u8>) -> Measured {
+/// What the host adds to each output besides the pipe's properties: its three `millrace-*`
+/// headers (the lineage as long as the route's) and `mandatory`.
+const HOST_HEADERS: [(&str, &str); 3] = [
+    ("millrace-plant", "plant-north"),
+    ("millrace-route", "mes-confirmations"),
+    (
+        "millrace-lineage",
+        "mes-fixed-width@1.2.0+sha256:0000000000000000000000000000000000000000000000000000000000000000",
+    ),
+];
+
+/// What the pipe adds of what the host adds to an output.
+#[derive(Clone, Copy)]
+struct LikeHost {
+    headers: Headers,
+    mandatory: bool,
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Headers {
+    None,
+    /// The host's three.
+    Host,
+    /// The same values in one header.
+    One,
+}
+
+const PLAIN: LikeHost = LikeHost {
+    headers: Headers::None,
+    mandatory: false,
+};
+
+/// The plain lapin pipe, or with `like_host`'s parts of what the host adds to an output.
+async fn pipe(
+    url: &str,
+    n: usize,
+    prefetch: u16,
+    broker: u32,
+    event: Vec<u8>,
+    like_host: LikeHost,
+) -> Measured {
     let event = std::sync::Arc::new(event);
     let setup = connect(url).await;
     let ch = setup.create_channel().await.unwrap();
@@ -247,7 +292,27 @@ async fn pipe(url: &str, n: usize, prefetch: u16, broker: u32, event: Vec<u8>) -
             let publisher = publisher.clone();
             let event = std::sync::Arc::clone(&event);
             tokio::spawn(async move {
+                let mut headers = FieldTable::default();
+                match like_host.headers {
+                    Headers::None => {}
+                    Headers::Host => {
+                        for (name, value) in HOST_HEADERS {
+                            headers.insert(
+                                name.into(),
+                                lapin::types::AMQPValue::LongString(value.into()),
+                            );
+                        }
+                    }
+                    Headers::One => {
+                        let values: Vec<&str> = HOST_HEADERS.iter().map(|(_, v)| *v).collect();
+                        headers.insert(
+                            "millrace".into(),
+                            lapin::types::AMQPValue::LongString(values.join(" ").into()),
+                        );
+                    }
+                }
                 let properties = BasicProperties::default()
+                    .with_headers(headers)
                     .with_content_type("application/cloudevents+json".into())
                     .with_message_id(
                         format!(
@@ -265,7 +330,10 @@ async fn pipe(url: &str, n: usize, prefetch: u16, broker: u32, event: Vec<u8>) -
                     .basic_publish(
                         "pipe.out".into(),
                         "plant.event".into(),
-                        BasicPublishOptions::default(),
+                        BasicPublishOptions {
+                            mandatory: like_host.mandatory,
+                            ..Default::default()
+                        },
                         &event,
                         properties,
                     )
@@ -299,7 +367,14 @@ async fn millrace(
     topology(&ch, "bench.in", "bench.out", "bench.sink").await;
     preload(&ch, "bench.in", n).await;
     let config = data.join("millrace.toml");
-    std::fs::write(&config, config_text(url, prefetch, data) + extra).unwrap();
+    let text = config_text(url, prefetch, data);
+    // `extra` adds to the configuration: lines for the host section when it starts with
+    // `[host]`, otherwise whole sections at the end.
+    let text = match extra.strip_prefix("[host]\n") {
+        Some(lines) => text.replacen("[host]\n", &format!("[host]\n{lines}\n"), 1),
+        None => text + extra,
+    };
+    std::fs::write(&config, text).unwrap();
     let mut host = Host(
         Command::new(binary)
             .args(["run", "--config"])
@@ -421,8 +496,43 @@ fn main() {
     let mut baselines = Vec::new();
     let compare_lineage = std::env::var("LINEAGE").as_deref() == Ok("compare");
     let mut unlineaged = Vec::new();
+    let host_settings = std::env::var("HOST_SETTINGS").ok();
+    let like_host_name = std::env::var("PIPE_LIKE_HOST").unwrap_or_default();
+    let pipe_like_host = match like_host_name.as_str() {
+        "" => None,
+        "headers" => Some(LikeHost {
+            headers: Headers::Host,
+            mandatory: false,
+        }),
+        "one-header" => Some(LikeHost {
+            headers: Headers::One,
+            mandatory: false,
+        }),
+        "mandatory" => Some(LikeHost {
+            headers: Headers::None,
+            mandatory: true,
+        }),
+        "both" => Some(LikeHost {
+            headers: Headers::Host,
+            mandatory: true,
+        }),
+        other => panic!("PIPE_LIKE_HOST={other}: headers, one-header, mandatory or both"),
+    };
+    let mut piped_like_host = Vec::new();
+    let mut adjusted = Vec::new();
     for round in 1..=rounds {
-        let p = runtime.block_on(pipe(&url, n, prefetch, node.pid, event.clone()));
+        let p = runtime.block_on(pipe(&url, n, prefetch, node.pid, event.clone(), PLAIN));
+        if let Some(like_host) = pipe_like_host {
+            let h = runtime.block_on(pipe(&url, n, prefetch, node.pid, event.clone(), like_host));
+            println!(
+                "round {round}: lapin pipe with {like_host_name} {:>6.0} msg/s (pipe {:>5.1} µs CPU/msg, broker {:>5.1}); {:.2} of the plain pipe",
+                h.rate,
+                h.consumer_us,
+                h.broker_us,
+                h.rate / p.rate
+            );
+            piped_like_host.push(h);
+        }
         // A fresh data directory per round: no settled ids from the last one.
         let dir = data.path().join(format!("round-{round}"));
         std::fs::create_dir_all(&dir).unwrap();
@@ -469,6 +579,26 @@ fn main() {
                 m.rate / l.rate
             );
             unlineaged.push(l);
+        }
+        if let Some(lines) = &host_settings {
+            let dir = data.path().join(format!("round-{round}-adjusted"));
+            std::fs::create_dir_all(&dir).unwrap();
+            let a = runtime.block_on(millrace(
+                &url,
+                n,
+                prefetch,
+                &dir,
+                node.pid,
+                (None, this, &format!("[host]\n{lines}")),
+            ));
+            println!(
+                "round {round}: millrace with {lines:?} {:>6.0} msg/s (host {:>5.1} µs CPU/msg, broker {:>5.1}); {:.2} of millrace without",
+                a.rate,
+                a.consumer_us,
+                a.broker_us,
+                a.rate / m.rate
+            );
+            adjusted.push(a);
         }
         if let Some(endpoint) = &otlp {
             let dir = data.path().join(format!("round-{round}-traced"));
@@ -529,6 +659,27 @@ fn main() {
             100.0 * (1.0 - m / l),
             med(&hosts, |x| x.consumer_us),
             med(&unlineaged, |x| x.consumer_us),
+        );
+    }
+    if !piped_like_host.is_empty() {
+        println!(
+            "lapin pipe with {like_host_name}: {:.0} msg/s, {:.2} of the plain pipe; broker {:.1} against {:.1} µs CPU/msg, pipe {:.1} against {:.1}",
+            med(&piped_like_host, |x| x.rate),
+            med(&piped_like_host, |x| x.rate) / p,
+            med(&piped_like_host, |x| x.broker_us),
+            med(&pipes, |x| x.broker_us),
+            med(&piped_like_host, |x| x.consumer_us),
+            med(&pipes, |x| x.consumer_us),
+        );
+    }
+    if let (Some(lines), false) = (&host_settings, adjusted.is_empty()) {
+        let a = med(&adjusted, |x| x.rate);
+        println!(
+            "with {lines:?}: millrace {a:.0} msg/s, ratio to the pipe {:.2}, {:.2} of millrace without (host {:.1} against {:.1} µs CPU/msg)",
+            a / p,
+            a / m,
+            med(&adjusted, |x| x.consumer_us),
+            med(&hosts, |x| x.consumer_us),
         );
     }
     if !traced.is_empty() {

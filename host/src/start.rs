@@ -107,6 +107,7 @@ impl Host {
                 config.amqp_tls.clone(),
                 config.amqp_declare,
                 config.amqp_queues,
+                config.amqp_output_headers,
             )))
         } else {
             None

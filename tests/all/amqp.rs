@@ -67,7 +67,7 @@ outputs, dead = [], []
 deadline = time.time() + 30
 while (len(outputs) < 2 or len(dead) < 1) and time.time() < deadline:
     m, p, b = ch.basic_get('out', auto_ack=True)
-    if m: outputs.append({{'key': m.routing_key, 'id': p.message_id, 'type': p.content_type, 'mode': p.delivery_mode, 'event': json.loads(b)}})
+    if m: outputs.append({{'key': m.routing_key, 'id': p.message_id, 'type': p.content_type, 'mode': p.delivery_mode, 'headers': {{k: (v.decode() if isinstance(v, bytes) else v) for k, v in (p.headers or {{}}).items()}}, 'event': json.loads(b)}})
     m, p, b = ch.basic_get('millrace.mes.dead-letter', auto_ack=True)
     if m: dead.append({{'id': p.message_id, 'headers': {{k: (v.decode() if isinstance(v, bytes) else v) for k, v in p.headers.items()}}, 'body': b.decode()}})
     if not m: time.sleep(0.05)
@@ -88,6 +88,16 @@ print(json.dumps({{'outputs': outputs, 'dead': dead}}))
     assert_eq!(outputs[0]["type"], "application/cloudevents+json");
     assert_eq!(outputs[0]["mode"], 2, "persistent");
     assert_eq!(outputs[0]["event"]["data"]["work_centre"], "ASSY-01");
+    let headers = &outputs[0]["headers"];
+    assert_eq!(headers["millrace-plant"], "plant-a", "{got}");
+    assert_eq!(headers["millrace-route"], "mes");
+    assert!(
+        headers["millrace-lineage"]
+            .as_str()
+            .unwrap()
+            .starts_with("mes-fixed-width@1.1.0+sha256:"),
+        "{got}"
+    );
     let dead = got["dead"].as_array().unwrap();
     assert_eq!(dead.len(), 1, "{got}");
     let headers = &dead[0]["headers"];
@@ -125,6 +135,57 @@ print(json.dumps({{'outputs': outputs, 'dead': dead}}))
         0,
         "one dead letter"
     );
+}
+
+#[test]
+fn with_output_headers_off_an_output_has_no_header_table_and_a_dead_letter_keeps_its_headers() {
+    let broker = Broker::start();
+    let ws = workspace(&broker);
+    let config = std::fs::read_to_string(ws.config()).unwrap();
+    ws.write(
+        "millrace.toml",
+        &config.replacen("[host]\n", "[host]\namqp_output_headers = false\n", 1),
+    );
+    let host = ws.start();
+    host.wait_ready();
+    let good = record("WO-1", "0000001000", "WC01");
+    let bad = record("WO-2", "00001A500 ", "WC01");
+    let program = format!(
+        r#"
+{CONNECT}for mid, body in [('m-1', {good:?}), ('m-2', {bad:?})]:
+    ch.basic_publish('', 'plant-a.mes', body.encode(), pika.BasicProperties(message_id=mid, content_type='text/plain', delivery_mode=2))
+outputs, dead = [], []
+deadline = time.time() + 30
+while (len(outputs) < 1 or len(dead) < 1) and time.time() < deadline:
+    m, p, b = ch.basic_get('out', auto_ack=True)
+    if m: outputs.append({{'id': p.message_id, 'headers': None if p.headers is None else sorted(p.headers), 'event': json.loads(b)}})
+    m, p, b = ch.basic_get('millrace.mes.dead-letter', auto_ack=True)
+    if m: dead.append({{'id': p.message_id, 'headers': sorted(p.headers or {{}})}})
+    if not m: time.sleep(0.05)
+print(json.dumps({{'outputs': outputs, 'dead': dead}}))
+"#
+    );
+    let got = broker.client(&program);
+    let outputs = got["outputs"].as_array().unwrap();
+    assert_eq!(outputs.len(), 1, "{got}");
+    assert_eq!(outputs[0]["id"], "m-1-1");
+    assert_eq!(outputs[0]["event"]["data"]["work_centre"], "ASSY-01");
+    assert!(
+        outputs[0]["headers"].is_null(),
+        "no header table on the output: {got}"
+    );
+    // Dead letters say why whatever the setting.
+    let dead = got["dead"].as_array().unwrap();
+    assert_eq!(dead.len(), 1, "{got}");
+    assert!(
+        dead[0]["headers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|h| h == "x-millrace-reason"),
+        "{got}"
+    );
+    assert!(host.stop().success());
 }
 
 #[test]

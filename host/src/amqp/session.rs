@@ -149,6 +149,8 @@ pub struct BrokerLink {
     tls: AmqpTls,
     declare: bool,
     queues: super::config::Queues,
+    /// Whether outputs carry the `millrace-*` headers (`host.amqp_output_headers`).
+    output_headers: bool,
     state: watch::Sender<Link>,
     /// Bumped by [`BrokerLink::restart`]: a session set up from routes read before a bump is
     /// not used.
@@ -161,6 +163,7 @@ impl BrokerLink {
         tls: AmqpTls,
         declare: bool,
         queues: super::config::Queues,
+        output_headers: bool,
     ) -> BrokerLink {
         let (state, _) = watch::channel(Link::Down {
             reason: "not connected yet".into(),
@@ -172,6 +175,7 @@ impl BrokerLink {
             tls,
             declare,
             queues,
+            output_headers,
             state,
             generation: std::sync::atomic::AtomicU64::new(0),
         }
@@ -274,7 +278,7 @@ impl BrokerLink {
         connection: Connection,
         routes: &Routes,
     ) -> Result<(Session, mpsc::UnboundedReceiver<String>), lapin::Error> {
-        let publisher = AmqpPublisher::open(&connection).await?;
+        let publisher = AmqpPublisher::open(&connection, self.output_headers).await?;
         if self.declare {
             let mut declarer = super::topology::Declarer::open(&connection, self.queues).await?;
             for route in routes.all().iter().filter(|r| r.uses_broker()) {

@@ -63,6 +63,7 @@ struct HostSection {
     amqp_declare: Option<bool>,
     amqp_queues: Option<crate::amqp::config::QueueKind>,
     amqp_delivery_limit: Option<u32>,
+    amqp_output_headers: Option<bool>,
     instance_pool: Option<u32>,
     mqtt: Option<Spanned<String>>,
     mqtt_client_id: Option<String>,
@@ -300,6 +301,9 @@ pub struct Config {
     pub amqp: Vec<String>,
     /// The type of queue the host declares and the delivery limit of its source queues.
     pub amqp_queues: crate::amqp::config::Queues,
+    /// Whether outputs published to the broker carry the `millrace-plant`, `millrace-route` and
+    /// `millrace-lineage` headers (`host.amqp_output_headers`, default true).
+    pub amqp_output_headers: bool,
     /// Instances made from a pool of this many slots (`host.instance_pool`); none: on demand.
     pub instance_pool: Option<u32>,
     /// Whether the host declares the broker topology its routes use (`host.amqp_declare`,
@@ -444,6 +448,10 @@ impl Config {
             ("host.mqtt_max_in_hand", self.mqtt_max_in_hand.to_string()),
             ("host.amqp_declare", self.amqp_declare.to_string()),
             ("host.amqp_queues", format!("{:?}", self.amqp_queues)),
+            (
+                "host.amqp_output_headers",
+                self.amqp_output_headers.to_string(),
+            ),
             ("host.instance_pool", format!("{:?}", self.pool())),
             (
                 "host.outbox_max_messages",
@@ -643,6 +651,7 @@ impl Config {
                 .unwrap_or_default(),
             amqp_declare: file.host.amqp_declare.unwrap_or(true),
             instance_pool: file.host.instance_pool.filter(|n| *n > 0),
+            amqp_output_headers: file.host.amqp_output_headers.unwrap_or(true),
             amqp_queues: crate::amqp::config::Queues {
                 kind: file
                     .host
