@@ -15,14 +15,16 @@
 //! `cargo bench -p millrace-host --bench swap`. Environment: `ROUNDS` (default 3), `SECONDS`
 //! (default 5), `CLIENTS` (default 2), `STORM_MS` (default `10,100`), `TOGGLES` (precompiled
 //! activations timed per round, default 20), `POOL` (the host's `host.instance_pool`; default
-//! 0: off).
+//! 0: off), `BASELINE` (a `millrace` binary, e.g. built from an earlier commit, measured the same
+//! way in each round after this build's: a change's effect, same run). Each round also reports
+//! the host's CPU per activation over 1,000 back-to-back activations with no message load.
 
 #[allow(dead_code)] // the broker benchmarks' helpers this one does not use
 mod common;
 
 use common::host::{Host, agent, latencies, pct};
 use common::{median, root};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -41,8 +43,8 @@ fn guest(name: &str) -> PathBuf {
     path
 }
 
-/// A fresh host running `stamp` 1.0.0 on route `a` of plant `plant-a`, in `dir`.
-fn start(dir: &tempfile::TempDir) -> Host {
+/// A fresh host (`binary`) running `stamp` 1.0.0 on route `a` of plant `plant-a`, in `dir`.
+fn start(dir: &tempfile::TempDir, binary: &Path) -> Host {
     let config = dir.path().join("millrace.toml");
     std::fs::write(
         &config,
@@ -56,7 +58,7 @@ fn start(dir: &tempfile::TempDir) -> Host {
         ),
     )
     .unwrap();
-    Host::start(&config)
+    Host::start_binary(binary, &config)
 }
 
 /// One message; the version that answered.
@@ -130,13 +132,108 @@ impl Load {
     }
 }
 
-fn main() {
-    let rounds = setting("ROUNDS", 3);
+/// What one round measured on one binary.
+struct Round {
+    fresh: f64,
+    upload: f64,
+    precompiled: Vec<f64>,
+    activation_cpu: f64,
+    steady_p99: f64,
+    storm_p99: Vec<f64>,
+    ratios: Vec<f64>,
+}
+
+fn round(binary: &Path, label: &str, number: u64, storms: &[u64]) -> Round {
     let seconds = setting("SECONDS", 5);
     let clients = setting("CLIENTS", 2);
     let toggles = setting("TOGGLES", 20);
     let stamp_2 = std::fs::read(guest("guest-stamp-2")).unwrap();
-    let (mut fresh, mut precompiled, mut uploads) = (Vec::new(), Vec::new(), Vec::new());
+    let dir = tempfile::tempdir().unwrap();
+    let host = start(&dir, binary);
+    let agent = agent();
+    send(&agent, &host.url);
+    let load = Load::start(&host.url);
+    std::thread::sleep(Duration::from_millis(200));
+
+    let t0 = Instant::now();
+    host.admin(&agent, "/v1/plants/plant-a/plugins", &stamp_2);
+    let upload = t0.elapsed().as_secs_f64() * 1000.0;
+    activate(&agent, &host, "2.0.0");
+    let fresh = load.first(t0, "2.0.0").as_secs_f64() * 1000.0;
+
+    let mut precompiled = Vec::new();
+    for i in 0..toggles {
+        let version = if i % 2 == 0 { "1.0.0" } else { "2.0.0" };
+        std::thread::sleep(Duration::from_millis(20));
+        let t0 = Instant::now();
+        activate(&agent, &host, version);
+        precompiled.push(load.first(t0, version).as_secs_f64() * 1000.0);
+    }
+    load.stop();
+
+    // What an activation costs the host, with no message load: its CPU time over
+    // back-to-back activations.
+    let cpu_before = common::cpu_seconds(host.child.id());
+    let quiet = 1000;
+    for i in 0..quiet {
+        activate(&agent, &host, if i % 2 == 0 { "1.0.0" } else { "2.0.0" });
+    }
+    let activation_cpu =
+        (common::cpu_seconds(host.child.id()) - cpu_before) * 1000.0 / quiet as f64;
+
+    let one = |agent: &ureq::Agent, _: u64| {
+        send(agent, &host.url);
+    };
+    let steady = latencies(clients, seconds, &one, |_| {});
+    let s99 = pct(&steady, 0.99);
+    let mut line = format!(
+        "round {number}{label}: first answer of the new version: fresh (upload+compile+gate+activate) {fresh:.1} ms (upload {upload:.1} ms), precompiled median {:.2} ms; host CPU per activation {activation_cpu:.3} ms\n  steady: {} msgs p50 {:.0} µs p99 {s99:.0} µs",
+        median(precompiled.clone()),
+        steady.len(),
+        pct(&steady, 0.5),
+    );
+    let (mut storm_p99, mut ratios) = (Vec::new(), Vec::new());
+    for every in storms {
+        let mut swaps = 0u64;
+        let storm = latencies(clients, seconds, &one, |stop| {
+            while !stop.load(Ordering::SeqCst) {
+                activate(
+                    &agent,
+                    &host,
+                    if swaps.is_multiple_of(2) {
+                        "1.0.0"
+                    } else {
+                        "2.0.0"
+                    },
+                );
+                swaps += 1;
+                std::thread::sleep(Duration::from_millis(*every));
+            }
+        });
+        let w99 = pct(&storm, 0.99);
+        line += &format!(
+            "\n  storm, an activation every {every} ms ({swaps} swaps): {} msgs p50 {:.0} µs p99 {w99:.0} µs; p99 storm/steady {:.2}",
+            storm.len(),
+            pct(&storm, 0.5),
+            w99 / s99
+        );
+        storm_p99.push(w99);
+        ratios.push(w99 / s99);
+    }
+    println!("{line}");
+    Round {
+        fresh,
+        upload,
+        precompiled,
+        activation_cpu,
+        steady_p99: s99,
+        storm_p99,
+        ratios,
+    }
+}
+
+fn main() {
+    let rounds = setting("ROUNDS", 3);
     let storms: Vec<u64> = std::env::var("STORM_MS")
         .unwrap_or_else(|_| "10,100".into())
         .split(',')
@@ -146,113 +243,46 @@ fn main() {
                 .expect("STORM_MS: milliseconds, comma separated")
         })
         .collect();
-    let mut steady_p99 = Vec::new();
-    let mut activation_cpu = Vec::new();
-    let (mut storm_p99, mut ratios) = (
-        vec![Vec::new(); storms.len()],
-        vec![Vec::new(); storms.len()],
-    );
-    for round in 1..=rounds {
-        let dir = tempfile::tempdir().unwrap();
-        let host = start(&dir);
-        let agent = agent();
-        send(&agent, &host.url);
-        let load = Load::start(&host.url);
-        std::thread::sleep(Duration::from_millis(200));
-
-        let t0 = Instant::now();
-        host.admin(&agent, "/v1/plants/plant-a/plugins", &stamp_2);
-        let upload = t0.elapsed().as_secs_f64() * 1000.0;
-        activate(&agent, &host, "2.0.0");
-        let took = load.first(t0, "2.0.0").as_secs_f64() * 1000.0;
-        fresh.push(took);
-        uploads.push(upload);
-
-        let mut these = Vec::new();
-        for i in 0..toggles {
-            let version = if i % 2 == 0 { "1.0.0" } else { "2.0.0" };
-            std::thread::sleep(Duration::from_millis(20));
-            let t0 = Instant::now();
-            activate(&agent, &host, version);
-            these.push(load.first(t0, version).as_secs_f64() * 1000.0);
+    let mut binaries = vec![(String::new(), PathBuf::from(env!("CARGO_BIN_EXE_millrace")))];
+    if let Ok(baseline) = std::env::var("BASELINE") {
+        binaries.push((" (baseline)".to_string(), PathBuf::from(baseline)));
+    }
+    let mut results: Vec<Vec<Round>> = binaries.iter().map(|_| Vec::new()).collect();
+    for number in 1..=rounds {
+        for (i, (label, binary)) in binaries.iter().enumerate() {
+            results[i].push(round(binary, label, number, &storms));
         }
-        load.stop();
-        let round_precompiled = median(these.clone());
-        precompiled.extend(these);
-
-        // What an activation costs the host, with no message load: its CPU time over
-        // back-to-back activations.
-        let cpu_before = common::cpu_seconds(host.child.id());
-        let quiet = 1000;
-        for i in 0..quiet {
-            activate(&agent, &host, if i % 2 == 0 { "1.0.0" } else { "2.0.0" });
-        }
-        let per_activation =
-            (common::cpu_seconds(host.child.id()) - cpu_before) * 1000.0 / quiet as f64;
-        activation_cpu.push(per_activation);
-
-        let one = |agent: &ureq::Agent, _: u64| {
-            send(agent, &host.url);
-        };
-        let steady = latencies(clients, seconds, &one, |_| {});
-        let s99 = pct(&steady, 0.99);
-        let mut line = format!(
-            "round {round}: first answer of the new version: fresh (upload+compile+gate+activate) {took:.1} ms (upload {upload:.1} ms), precompiled median {round_precompiled:.2} ms\n  steady: {} msgs p50 {:.0} µs p99 {s99:.0} µs",
-            steady.len(),
-            pct(&steady, 0.5),
-        );
-        for (i, every) in storms.iter().enumerate() {
-            let mut swaps = 0u64;
-            let storm = latencies(clients, seconds, &one, |stop| {
-                while !stop.load(Ordering::SeqCst) {
-                    activate(
-                        &agent,
-                        &host,
-                        if swaps.is_multiple_of(2) {
-                            "1.0.0"
-                        } else {
-                            "2.0.0"
-                        },
-                    );
-                    swaps += 1;
-                    std::thread::sleep(Duration::from_millis(*every));
-                }
-            });
-            let w99 = pct(&storm, 0.99);
-            line += &format!(
-                "\n  storm, an activation every {every} ms ({swaps} swaps): {} msgs p50 {:.0} µs p99 {w99:.0} µs; p99 storm/steady {:.2}",
-                storm.len(),
-                pct(&storm, 0.5),
-                w99 / s99
-            );
-            storm_p99[i].push(w99);
-            ratios[i].push(w99 / s99);
-        }
-        println!("{line}");
-        steady_p99.push(s99);
     }
     let max = |xs: &[f64]| xs.iter().copied().fold(f64::MIN, f64::max);
-    println!(
-        "\nactivation → first message served by the new version: precompiled median {:.2} ms (max {:.2} ms, {} activations); freshly compiled median {:.1} ms (max {:.1} ms, {} rounds; of which the upload call — compile and gate — median {:.1} ms)",
-        median(precompiled.clone()),
-        max(&precompiled),
-        precompiled.len(),
-        median(fresh.clone()),
-        max(&fresh),
-        fresh.len(),
-        median(uploads)
-    );
-    println!(
-        "host CPU per activation (1,000 back to back, no message load): median of rounds {:.3} ms",
-        median(activation_cpu)
-    );
-    println!("p99 latency: steady median {:.0} µs", median(steady_p99));
-    for (i, every) in storms.iter().enumerate() {
+    for ((label, _), runs) in binaries.iter().zip(&results) {
+        let precompiled: Vec<f64> = runs.iter().flat_map(|r| r.precompiled.clone()).collect();
+        let fresh: Vec<f64> = runs.iter().map(|r| r.fresh).collect();
         println!(
-            "  storm every {every} ms: p99 median {:.0} µs, storm/steady median {:.2} (max {:.2})",
-            median(storm_p99[i].clone()),
-            median(ratios[i].clone()),
-            max(&ratios[i])
+            "\nthis build{label}: activation → first message served by the new version: precompiled median {:.2} ms (max {:.2} ms, {} activations); freshly compiled median {:.1} ms (max {:.1} ms, {} rounds; of which the upload call — compile and gate — median {:.1} ms)",
+            median(precompiled.clone()),
+            max(&precompiled),
+            precompiled.len(),
+            median(fresh.clone()),
+            max(&fresh),
+            fresh.len(),
+            median(runs.iter().map(|r| r.upload).collect())
         );
+        println!(
+            "host CPU per activation (1,000 back to back, no message load): median of rounds {:.3} ms",
+            median(runs.iter().map(|r| r.activation_cpu).collect())
+        );
+        println!(
+            "p99 latency: steady median {:.0} µs",
+            median(runs.iter().map(|r| r.steady_p99).collect())
+        );
+        for (i, every) in storms.iter().enumerate() {
+            let ratios: Vec<f64> = runs.iter().map(|r| r.ratios[i]).collect();
+            println!(
+                "  storm every {every} ms: p99 median {:.0} µs, storm/steady median {:.2} (max {:.2})",
+                median(runs.iter().map(|r| r.storm_p99[i]).collect()),
+                median(ratios.clone()),
+                max(&ratios)
+            );
+        }
     }
 }

@@ -20,7 +20,12 @@ impl Host {
     /// `millrace run` on `config` (its data directory, compile cache included, beside it),
     /// returned once it printed both addresses.
     pub fn start(config: &Path) -> Host {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_millrace"))
+        Host::start_binary(Path::new(env!("CARGO_BIN_EXE_millrace")), config)
+    }
+
+    /// [`Host::start`] with another `millrace` binary (e.g. one built from an earlier commit).
+    pub fn start_binary(binary: &Path, config: &Path) -> Host {
+        let mut child = Command::new(binary)
             .args(["run", "--config"])
             .arg(config)
             .args(["--http", "127.0.0.1:0"])
