@@ -133,6 +133,65 @@ fn swapping_versions_under_load_loses_nothing_mixes_nothing_and_leaves_other_pla
     );
 }
 
+/// `guest-stamp-1` answering as `version` (five bytes, like its own `1.0.0`): distinct bytes, so
+/// a distinct component with its own compiled code.
+fn stamp_as(version: &str) -> Vec<u8> {
+    let mut bytes = std::fs::read(guest("guest-stamp-1")).expect("guest built");
+    let at = bytes
+        .windows(5)
+        .position(|w| w == b"1.0.0")
+        .expect("the guest holds its version string");
+    bytes[at..at + 5].copy_from_slice(version.as_bytes());
+    bytes
+}
+
+#[test]
+fn versions_no_longer_kept_compiled_in_memory_activate_from_the_compile_cache() {
+    // More versions than a host keeps compiled in memory (64 beyond its routes'): the first ones
+    // uploaded are forgotten there, and activating one reads it back from the compile cache.
+    let ws = workspace();
+    let host = ws.start();
+    host.wait_ready();
+    let versions: Vec<String> = (0..70)
+        .map(|i| format!("9.{}.{}", i / 10, i % 10))
+        .collect();
+    for version in &versions {
+        let deployed = host.admin("POST", "/v1/plants/plant-a/plugins", &stamp_as(version));
+        assert_eq!(deployed.status, 201, "{version}: {}", deployed.body);
+        assert_eq!(deployed.json()["version"], version.as_str());
+    }
+    // Read back from the compile cache: a hit each time a forgotten version is activated, none
+    // for one still kept (the last uploaded).
+    let hits = || {
+        let metrics = host.admin("GET", "/metrics", b"").body;
+        crate::metrics::value(&metrics, "millrace_compile_cache", &[("outcome", "hit")])
+    };
+    for (version, from_cache) in [
+        (&versions[0], true),
+        (&versions[69], false),
+        (&versions[1], true),
+        (&versions[0], false),
+    ] {
+        let before = hits();
+        let activated = activate(&host, version);
+        assert_eq!(activated.status, 200, "{version}: {}", activated.body);
+        assert_eq!(
+            hits() > before,
+            from_cache,
+            "{version}: read back from the cache"
+        );
+        let (status, stamp, lineage, body) = stamped(&host.url, "a", 0);
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(&stamp, version);
+        assert!(
+            lineage.starts_with(&format!("stamp@{version}+sha256:")),
+            "{lineage}"
+        );
+    }
+    // The other plant kept its version throughout.
+    assert_eq!(stamped(&host.url, "b", 0).1, "1.0.0");
+}
+
 #[test]
 fn bad_candidates_are_refused_with_the_reason_while_the_active_version_serves() {
     let ws = workspace();
