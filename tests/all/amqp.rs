@@ -47,6 +47,15 @@ while not ids and time.time() < deadline:
     )
 }
 
+/// Add `line` to the workspace configuration's `[host]` section.
+fn host_setting(ws: &Workspace, line: &str) {
+    let config = std::fs::read_to_string(ws.config()).unwrap();
+    ws.write(
+        "millrace.toml",
+        &config.replacen("[host]\n", &format!("[host]\n{line}\n"), 1),
+    );
+}
+
 fn workspace(broker: &Broker) -> Workspace {
     workspace_with(broker, "", "WC01 = \"ASSY-01\"")
 }
@@ -141,11 +150,7 @@ print(json.dumps({{'outputs': outputs, 'dead': dead}}))
 fn with_output_headers_off_an_output_has_no_header_table_and_a_dead_letter_keeps_its_headers() {
     let broker = Broker::start();
     let ws = workspace(&broker);
-    let config = std::fs::read_to_string(ws.config()).unwrap();
-    ws.write(
-        "millrace.toml",
-        &config.replacen("[host]\n", "[host]\namqp_output_headers = false\n", 1),
-    );
+    host_setting(&ws, "amqp_output_headers = false");
     let host = ws.start();
     host.wait_ready();
     let good = record("WO-1", "0000001000", "WC01");
@@ -529,11 +534,7 @@ print(json.dumps({{'ids': ids}}))
 fn with_declaring_off_a_missing_queue_keeps_the_host_not_ready_until_it_is_provisioned() {
     let broker = Broker::start();
     let ws = workspace(&broker);
-    let config = std::fs::read_to_string(ws.config()).unwrap();
-    ws.write(
-        "millrace.toml",
-        &config.replace("[host]\n", "[host]\namqp_declare = false\n"),
-    );
+    host_setting(&ws, "amqp_declare = false");
     let host = ws.start();
     // The host does not create the queue: consuming fails, the host says why and retries.
     let mut reason = String::new();
