@@ -10,11 +10,14 @@
 //! The load is the same for both: `CLIENTS` threads in this process, each with one keep-alive
 //! connection (ureq), sending the quickstart's 80-byte record back to back for `SECONDS`;
 //! rounds alternate hyper / millrace. Reported per round: requests per second, p50 and p99 of
-//! the request latency, and for millrace its CPU per request (`/proc`). The load generator
+//! the request latency, and for millrace its CPU per request (`/proc`) and the share of chains
+//! that ran on the async worker that took the request (`millrace_chains_inline_total`). The load generator
 //! shares the machine's cores with the server in both cases.
 //!
 //! Run: `cargo bench -p millrace-host --bench http` (needs `scripts/build-plugins`).
-//! Environment: `ROUNDS` (default 3), `SECONDS` (default 5), `CLIENTS` (default 4).
+//! Environment: `ROUNDS` (default 3), `SECONDS` (default 5), `CLIENTS` (default 4),
+//! `BASELINE=PATH`: another `millrace` binary (e.g. one built from an earlier commit) measured
+//! in the same rounds, after this build's side, with its own ratio to the same plain-hyper side.
 
 #[path = "common/mod.rs"]
 #[allow(dead_code)] // the broker benchmarks' helpers this one does not use
@@ -82,6 +85,11 @@ fn quickstart(data: &std::path::Path) -> String {
                 "csv = \"{}\"",
                 quickstart.join("work-centres.csv").display()
             ),
+        )
+        // An admin listener for `/metrics` (how many chains ran inline).
+        .replace(
+            "http = \"127.0.0.1:8080\"",
+            "http = \"127.0.0.1:8080\"\nadmin = \"127.0.0.1:0\"",
         )
 }
 
@@ -215,18 +223,19 @@ fn load(url: &str, clients: usize, seconds: u64) -> Load {
 struct Millrace {
     child: Child,
     url: String,
+    metrics: String,
     _dir: tempfile::TempDir,
 }
 
 impl Millrace {
-    fn start() -> Millrace {
+    fn start(binary: &std::path::Path) -> Millrace {
         let dir = tempfile::tempdir().unwrap();
         let config = dir.path().join("millrace.toml");
         std::fs::write(&config, quickstart(dir.path())).unwrap();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_millrace"))
+        let mut child = Command::new(binary)
             .args(["run", "--config"])
             .arg(&config)
-            .args(["--http", "127.0.0.1:0"])
+            .args(["--http", "127.0.0.1:0", "--insecure-admin"])
             .env("RUST_LOG", "warn")
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
@@ -234,7 +243,11 @@ impl Millrace {
             .expect("millrace starts");
         let lines = BufReader::new(child.stdout.take().unwrap()).lines();
         let mut url = String::new();
+        let mut metrics = String::new();
         for line in lines.map_while(Result::ok) {
+            if let Some(u) = line.strip_prefix("millrace: admin on ") {
+                metrics = format!("{u}/metrics");
+            }
             if let Some(u) = line.strip_prefix("millrace: listening on ") {
                 url = format!("{u}/v1/routes/mes-confirmations/messages");
                 break;
@@ -244,8 +257,25 @@ impl Millrace {
         Millrace {
             child,
             url,
+            metrics,
             _dir: dir,
         }
+    }
+
+    /// Chains run so far, and how many of them inline (0 when the binary does not say).
+    fn chains(&self) -> (f64, f64) {
+        let text = ureq::get(&self.metrics)
+            .call()
+            .ok()
+            .and_then(|mut r| r.body_mut().read_to_string().ok())
+            .unwrap_or_default();
+        let sum = |series: &str| -> f64 {
+            text.lines()
+                .filter(|l| l.starts_with(series))
+                .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+                .sum()
+        };
+        (sum("input_received{"), sum("millrace_chains_inline_total{"))
     }
 }
 
@@ -266,29 +296,46 @@ fn main() {
         listener.local_addr().unwrap()
     );
     std::thread::spawn(move || serve_native(listener));
-    let host = Millrace::start();
-    // Warm both (connections, the compile cache, the first instance).
+    let mut hosts = vec![(
+        "millrace",
+        Millrace::start(std::path::Path::new(env!("CARGO_BIN_EXE_millrace"))),
+    )];
+    if let Ok(baseline) = std::env::var("BASELINE") {
+        hosts.push(("baseline", Millrace::start(std::path::Path::new(&baseline))));
+    }
+    // Warm all (connections, the compile cache, the first instance).
     load(&native_url, clients, 1);
-    load(&host.url, clients, 1);
+    for (_, host) in &hosts {
+        load(&host.url, clients, 1);
+    }
     println!("http: {clients} keep-alive clients, {seconds} s per side per round, {rounds} rounds");
-    let mut ratios = Vec::new();
+    let mut ratios = vec![Vec::new(); hosts.len()];
     for round in 1..=rounds {
         let plain = load(&native_url, clients, seconds);
-        let cpu_before = cpu_seconds(host.child.id());
-        let ours = load(&host.url, clients, seconds);
-        let cpu = cpu_seconds(host.child.id()) - cpu_before;
-        let ratio = ours.rate / plain.rate;
-        ratios.push(ratio);
         println!(
-            "round {round}: plain hyper {:.0} req/s (p50 {:.0} µs, p99 {:.0} µs); millrace {:.0} req/s (p50 {:.0} µs, p99 {:.0} µs, {:.1} µs CPU per request); ratio {ratio:.2}",
-            plain.rate,
-            plain.p50_us,
-            plain.p99_us,
-            ours.rate,
-            ours.p50_us,
-            ours.p99_us,
-            cpu * 1e6 / (ours.rate * seconds as f64),
+            "round {round}: plain hyper {:.0} req/s (p50 {:.0} µs, p99 {:.0} µs)",
+            plain.rate, plain.p50_us, plain.p99_us,
         );
+        for ((name, host), ratios) in hosts.iter().zip(&mut ratios) {
+            let cpu_before = cpu_seconds(host.child.id());
+            let chains_before = host.chains();
+            let ours = load(&host.url, clients, seconds);
+            let cpu = cpu_seconds(host.child.id()) - cpu_before;
+            let chains = host.chains();
+            let inline_share =
+                (chains.1 - chains_before.1) / (chains.0 - chains_before.0).max(1.0) * 100.0;
+            let ratio = ours.rate / plain.rate;
+            ratios.push(ratio);
+            println!(
+                "  {name}: {:.0} req/s (p50 {:.0} µs, p99 {:.0} µs, {:.1} µs CPU per request, {inline_share:.0} % of chains inline); ratio {ratio:.2}",
+                ours.rate,
+                ours.p50_us,
+                ours.p99_us,
+                cpu * 1e6 / (ours.rate * seconds as f64),
+            );
+        }
     }
-    println!("median ratio {:.2}", median(ratios));
+    for ((name, _), ratios) in hosts.iter().zip(ratios) {
+        println!("{name}: median ratio {:.2}", median(ratios));
+    }
 }

@@ -35,6 +35,8 @@ pub struct Route {
     lineage: String,
     /// The route's series (its steps' at their versions), resolved once, here.
     pub meters: crate::telemetry::metrics::RouteMeters,
+    /// Whether this version's chain has shown itself short enough to run inline.
+    pub inline: Arc<crate::pipeline::workers::Inline>,
 }
 
 /// What a route is apart from its steps.
@@ -99,6 +101,15 @@ impl Route {
             &versions,
             &emits,
         );
+        let may_run_inline = steps.iter().all(|s| {
+            !s.grants.iter().any(|g| {
+                matches!(
+                    g,
+                    crate::plugin::capability::Capability::State
+                        | crate::plugin::capability::Capability::Wasi
+                )
+            })
+        });
         let RouteBase {
             name,
             plant,
@@ -125,6 +136,7 @@ impl Route {
             steps,
             lineage,
             meters,
+            inline: Arc::new(crate::pipeline::workers::Inline::new(may_run_inline)),
         }
     }
 

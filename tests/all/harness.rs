@@ -471,6 +471,16 @@ pub fn try_request(
     })
 }
 
+/// The value of one counter line of the host's `GET /metrics` (0 when absent).
+pub fn counter(host: &Host, line_start: &str) -> u64 {
+    let text = host.admin("GET", "/metrics", b"").body;
+    text.lines()
+        .find(|l| l.starts_with(line_start))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}
+
 /// A config of one HTTP route `name` → one step of `plugin` (a path) with extra step TOML.
 pub fn route_toml(name: &str, plugin: &Path, grants: &str, extra: &str) -> String {
     format!(

@@ -560,6 +560,131 @@ fn a_looping_plugin_flooded_with_messages_takes_only_its_plants_share_of_the_hos
 }
 
 #[test]
+fn a_chain_that_turns_to_looping_after_earning_inline_runs_holds_one_async_worker_at_most() {
+    use millrace_host::pipeline::workers::{LONG_RUNS_TO_STAY_OFF, SHORT_RUNS_TO_INLINE};
+    const EARN_WITHIN: u32 = 200;
+    // Plant A's spin route answers `ok` at once: after SHORT_RUNS_TO_INLINE of those, its chain
+    // runs on the async worker that took the request. Then it loops until its deadline.
+    let spin = route_toml(
+        "spin",
+        &guest("guest-spin"),
+        r#"["log"]"#,
+        "deadline_ms = 2000",
+    );
+    let ws = workspace(&spin);
+    // Plant A's share of slots: 4 loops at once, more than the host has async workers.
+    let config = std::fs::read_to_string(ws.config()).unwrap();
+    ws.write(
+        "millrace.toml",
+        &config.replace("max_in_flight = 4", "max_in_flight = 8"),
+    );
+    let mut host = ws.start();
+    let inline = |host: &Host, route: &str| {
+        counter(
+            host,
+            &format!("millrace_chains_inline_total{{plant=\"plant-a\",route=\"{route}\"}}"),
+        )
+    };
+    let ok = |host: &Host| {
+        let reply = host.post("spin", Some("text/plain"), "ok");
+        assert_eq!(reply.status, 200, "{}", reply.body);
+    };
+    // Short runs until the chain runs inline: SHORT_RUNS_TO_INLINE in a row, more when a cold
+    // start (first runs of the host's code, an instance's first touches of memory) ran long.
+    let earn = |host: &Host| {
+        let before = inline(host, "spin");
+        for _ in 0..EARN_WITHIN {
+            ok(host);
+            if inline(host, "spin") > before {
+                return;
+            }
+        }
+        panic!("the chain did not run inline within {EARN_WITHIN} short runs");
+    };
+    if std::thread::available_parallelism().map_or(1, usize::from) < 2 {
+        // One async worker: none to spare, so no chain runs inline.
+        for _ in 0..SHORT_RUNS_TO_INLINE * 2 {
+            ok(&host);
+        }
+        assert_eq!(inline(&host, "spin"), 0);
+        return;
+    }
+    earn(&host);
+    let earned = inline(&host, "spin");
+
+    // Four loops at once (the plant's share of slots): one may hold an async worker, the
+    // others loop on mediation threads; the runtime keeps its other workers for plant B and the
+    // admin API.
+    let baseline = Bystander::baseline(&host.url, Duration::from_secs(1));
+    let during = Bystander::start(&host.url);
+    let loops: Vec<_> = (0..4)
+        .map(|_| {
+            let url = host.url.clone();
+            std::thread::spawn(move || {
+                let reply = request(
+                    &url,
+                    "POST",
+                    "/v1/routes/spin/messages",
+                    Some("text/plain"),
+                    &[],
+                    b"loop",
+                );
+                reply.kind()
+            })
+        })
+        .collect();
+    for kind in loops.into_iter().map(|t| t.join().expect("loop client")) {
+        assert_eq!(kind, "plugin-deadline");
+    }
+    let spare = std::thread::available_parallelism().map_or(1, usize::from) - 1;
+    let looped_inline = inline(&host, "spin") - earned;
+    assert!(
+        looped_inline as usize <= spare,
+        "{looped_inline} of the 4 concurrent loops ran inline; the runtime has {spare} worker(s) to spare"
+    );
+    assert_served(
+        "a looping chain that had run inline",
+        &baseline,
+        &during.finish(),
+    );
+    assert_eq!(
+        counter(&host, "millrace_chains_inline_total{plant=\"plant-b\""),
+        0,
+        "plant B's chain may block (it is granted state): it never runs inline"
+    );
+
+    // A long run sends the chain back to the mediation threads until it earns inline runs
+    // again; after LONG_RUNS_TO_STAY_OFF it never runs inline again.
+    for long in 1..=LONG_RUNS_TO_STAY_OFF {
+        let before = inline(&host, "spin");
+        for _ in 1..SHORT_RUNS_TO_INLINE {
+            ok(&host);
+        }
+        assert_eq!(
+            inline(&host, "spin"),
+            before,
+            "after long run {long}: back on the mediation threads"
+        );
+        if long == LONG_RUNS_TO_STAY_OFF {
+            break;
+        }
+        earn(&host);
+        let reply = host.post("spin", Some("text/plain"), "loop");
+        assert_eq!(reply.kind(), "plugin-deadline", "{}", reply.body);
+    }
+    let off = inline(&host, "spin");
+    for _ in 0..SHORT_RUNS_TO_INLINE * 3 {
+        ok(&host);
+    }
+    assert_eq!(inline(&host, "spin"), off, "off for good");
+    let line = host.wait_for_log("runs on the mediation threads from now on");
+    assert!(
+        line.contains("route=spin") && line.contains("cpu_us="),
+        "{line}"
+    );
+}
+
+#[test]
 fn a_message_fanned_out_past_its_budget_stops_at_the_budget_not_at_outputs_times_deadline() {
     // Step 1 makes 300 outputs; step 2 works ~0.3 s on each: 90 s of deadlines, but the
     // message's budget across the chain is 2 s.

@@ -390,16 +390,6 @@ pub(crate) fn eventually<T>(what: &str, mut probe: impl FnMut() -> Option<T>) ->
     panic!("never happened: {what}");
 }
 
-/// The value of one counter line of `GET /metrics` (0 when absent).
-fn counter(host: &Host, line_start: &str) -> u64 {
-    let text = host.admin("GET", "/metrics", b"").body;
-    text.lines()
-        .find(|l| l.starts_with(line_start))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(0)
-}
-
 fn active(host: &Host) -> String {
     host.admin("GET", "/v1/plants/plant-a/plugins/stamp", b"")
         .json()["active"]["version"]

@@ -65,6 +65,21 @@ pub struct Ask {
     pub trace: Option<SpanContext>,
 }
 
+/// What a chain's run came to, before any dead letter is written.
+enum Ran {
+    Settled,
+    Mediated(Vec<Message>),
+    Failed(Box<FailedRun>),
+}
+
+/// A failed run: what writing its dead letter needs; its slot is held until then.
+struct FailedRun {
+    failure: Box<Failure>,
+    message: Message,
+    trace: Option<SpanContext>,
+    slot: crate::admission::Admitted,
+}
+
 /// Why [`Pipeline::mediate`] gave no outputs.
 #[derive(Debug)]
 pub enum Mediated {
@@ -95,14 +110,16 @@ impl Pipeline {
         Pipeline {
             routes,
             admission,
-            workers: Workers::new(threads),
+            workers: Workers::new(threads, true),
             deadletters,
             sinks,
             idempotency,
         }
     }
 
-    /// Run `message` through `route`'s chain on a mediation thread, within a slot of its plant.
+    /// Run `message` through `route`'s chain within a slot of its plant: on a mediation thread,
+    /// or on this task when the chain has shown itself short ([`workers::Workers::run_chain`]).
+    /// A failed message's dead letter (when asked for here) is written on a mediation thread.
     pub async fn mediate(
         &self,
         route: &Arc<Route>,
@@ -118,35 +135,76 @@ impl Pipeline {
                 .map_err(Mediated::Busy)?,
         };
         tracing::debug!(route = %route.name, message_id = %message.id, "mediating");
-        let route = Arc::clone(route);
-        let deadletters =
-            (ask.on_failure == OnFailure::DeadLetterHere).then(|| Arc::clone(&self.deadletters));
         let settled = ask.settled;
         let trace = ask.trace;
-        let outcome = self
-            .workers
-            .run(move || {
-                // Log lines of this run (the plugin's, the dead letter's) carry its trace.
+        let off = {
+            let route = Arc::clone(route);
+            move |took: std::time::Duration| {
+                tracing::info!(plant = %route.plant, route = %route.name, cpu_us = took.as_micros() as u64, "this version of the route's chain ran long; it runs on the mediation threads from now on");
+            }
+        };
+        let ran = {
+            let (record, inline) = (&route.inline, &route.meters.inline);
+            let route = Arc::clone(route);
+            self.workers.run_chain(record, inline, off, move || {
+                // Log lines of this run (the plugin's) carry its trace.
                 let _current = crate::telemetry::trace::Current::enter(trace.as_ref());
-                let outcome = if is_settled(&route, &message, settled) {
-                    Err(Mediated::Settled)
+                let ran = if is_settled(&route, &message, settled) {
+                    Ran::Settled
                 } else {
-                    chain::run(&route, &message, trace.as_ref()).map_err(|failure| {
-                        let dead_letter = match &deadletters {
-                            Some(store) => chain::dead_letter(store, &route, &message, &failure),
-                            None => Ok(None),
-                        };
-                        Mediated::Failed {
-                            failure,
-                            dead_letter,
+                    match chain::run(&route, &message, trace.as_ref()) {
+                        Ok(outputs) => Ran::Mediated(outputs),
+                        // The slot is kept until the dead letter is written.
+                        Err(failure) => {
+                            return Ran::Failed(Box::new(FailedRun {
+                                failure,
+                                message,
+                                trace,
+                                slot,
+                            }));
                         }
-                    })
+                    }
                 };
                 drop(slot);
-                outcome
+                ran
             })
-            .await;
-        outcome.unwrap_or_else(|lost| Err(Mediated::Lost(lost)))
+        };
+        match ran.await.map_err(Mediated::Lost)? {
+            Ran::Settled => Err(Mediated::Settled),
+            Ran::Mediated(outputs) => Ok(outputs),
+            Ran::Failed(failed) => {
+                let FailedRun {
+                    failure,
+                    message,
+                    trace,
+                    slot,
+                } = *failed;
+                // Written on a mediation thread: a store's write never holds an async worker.
+                let dead_letter = match ask.on_failure {
+                    OnFailure::DeadLetterHere => {
+                        let store = Arc::clone(&self.deadletters);
+                        let route = Arc::clone(route);
+                        self.workers
+                            .run(move || {
+                                let _current =
+                                    crate::telemetry::trace::Current::enter(trace.as_ref());
+                                let written =
+                                    chain::dead_letter(&store, &route, &message, &failure);
+                                (failure, written)
+                            })
+                            .await
+                            .map_err(Mediated::Lost)?
+                    }
+                    OnFailure::Caller => (failure, Ok(None)),
+                };
+                drop(slot);
+                let (failure, dead_letter) = dead_letter;
+                Err(Mediated::Failed {
+                    failure,
+                    dead_letter,
+                })
+            }
+        }
     }
 }
 

@@ -1,13 +1,40 @@
-//! The threads chains run on: a plugin call blocks its thread, so chains never run on the async
-//! workers.
+//! The threads chains run on, and when a short chain runs on the task that took its message
+//! instead.
+//!
+//! A plugin call blocks its thread (it is bounded by the step's deadline, not cooperative), so
+//! a chain runs on a mediation thread by default. Handing each message to a mediation thread and
+//! its answer back costs two thread switches and wake-ups, which for a chain of a few tens of
+//! microseconds is most of the host's CPU per message. So a route whose chain has shown itself
+//! short ([`Inline`]) runs on the async worker that took the message, while at least one async
+//! worker is left free for everything else (other connections, the admin API, timers).
 
-/// The threads that run chains. A plugin call blocks its thread (it is bounded by the step's
-/// deadline, not cooperative), so chains run here rather than on the async workers. A fixed set
-/// of threads takes jobs from one queue in arrival order: a busy thread goes on to the next job
-/// without being woken, which under load saves most of the thread switches a fresh hand-off per
-/// message would cost.
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
+use std::time::Duration;
+
+/// The longest run that counts as short, in CPU time of the thread that ran it: a chain that runs
+/// longer on a worker holds it from its other tasks for that long. (Time the thread spent
+/// preempted by other threads is not the chain's. A chain that could block, waiting in a host
+/// call, never runs inline: see [`Inline::new`].)
+pub const SHORT_RUN: Duration = Duration::from_micros(500);
+/// Short runs in a row on the mediation threads before a route's chain may run inline.
+pub const SHORT_RUNS_TO_INLINE: u32 = 16;
+/// Runs over [`SHORT_RUN`], each after the chain had earned inline runs, after which it never
+/// runs inline again (until the route is rebuilt: an activation or reload makes a new record).
+pub const LONG_RUNS_TO_STAY_OFF: u32 = 3;
+/// Short runs after which one long run is forgiven: a rare long run (the machine's hiccups, a
+/// rare large message) does not take a chain off for good; a chain that runs long more often
+/// than this does.
+pub const SHORT_RUNS_TO_FORGIVE: u32 = 1_000;
+
+/// The threads that run chains. A fixed set of threads takes jobs from one queue in arrival
+/// order: a busy thread goes on to the next job without being woken, which under load saves
+/// most of the thread switches a fresh hand-off per message would cost.
 pub struct Workers {
     jobs: flume::Sender<Box<dyn FnOnce() + Send>>,
+    /// Chains running inline now, across the host.
+    inline_now: AtomicUsize,
+    /// Whether short chains may run inline at all (`host.inline_chains`).
+    inline: bool,
 }
 
 /// The job's thread died (its job panicked); the message was not mediated.
@@ -15,9 +42,71 @@ pub struct Workers {
 #[error("the mediation thread failed while running the chain")]
 pub struct WorkerLost;
 
+/// What one route's chain has shown of its run times, deciding whether it runs inline. One per
+/// route version: a new version starts on the mediation threads and earns its way.
+#[derive(Debug)]
+pub struct Inline {
+    /// Short runs in a row.
+    short: AtomicU32,
+    /// Long runs not forgiven yet.
+    long: AtomicU32,
+    /// Short runs since a long one was last forgiven.
+    since_forgiven: AtomicU32,
+    /// Set once `long` reached [`LONG_RUNS_TO_STAY_OFF`].
+    off: AtomicBool,
+}
+
+impl Inline {
+    /// The record of a chain that may earn inline runs when `may` (no step can block its
+    /// thread: no step is granted `state`, whose writes wait for the store, or WASI, whose
+    /// `poll` can sleep), and never otherwise.
+    pub fn new(may: bool) -> Inline {
+        Inline {
+            short: AtomicU32::new(0),
+            long: AtomicU32::new(0),
+            since_forgiven: AtomicU32::new(0),
+            off: AtomicBool::new(!may),
+        }
+    }
+
+    /// Whether the chain has earned running inline.
+    pub fn earned(&self) -> bool {
+        !self.off.load(Ordering::Relaxed)
+            && self.short.load(Ordering::Relaxed) >= SHORT_RUNS_TO_INLINE
+    }
+
+    /// Note a run that took `took` (see [`SHORT_RUN`]); `true` when this run took the chain
+    /// off inline runs for good.
+    fn ran(&self, took: Duration) -> bool {
+        if took <= SHORT_RUN {
+            if self.since_forgiven.fetch_add(1, Ordering::Relaxed) + 1 >= SHORT_RUNS_TO_FORGIVE {
+                self.since_forgiven.store(0, Ordering::Relaxed);
+                let _ = self
+                    .long
+                    .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
+            }
+            let _ = self
+                .short
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                    (n < SHORT_RUNS_TO_INLINE).then_some(n + 1)
+                });
+            return false;
+        }
+        // Long runs before the chain earned inline runs (a cold start: first instances, first
+        // touches of memory) held no async worker and do not count against it.
+        let earned = self.short.swap(0, Ordering::Relaxed) >= SHORT_RUNS_TO_INLINE;
+        if !earned {
+            return false;
+        }
+        let long = self.long.fetch_add(1, Ordering::Relaxed) + 1;
+        long == LONG_RUNS_TO_STAY_OFF && !self.off.swap(true, Ordering::Relaxed)
+    }
+}
+
 impl Workers {
-    /// Start `threads` threads (at least one).
-    pub fn new(threads: usize) -> Workers {
+    /// Start `threads` threads (at least one); `inline`: whether short chains may run on the
+    /// task that took the message.
+    pub fn new(threads: usize, inline: bool) -> Workers {
         let (jobs, queue) = flume::unbounded::<Box<dyn FnOnce() + Send>>();
         for i in 0..threads.max(1) {
             let queue = queue.clone();
@@ -32,7 +121,11 @@ impl Workers {
                 })
                 .expect("a mediation thread starts");
         }
-        Workers { jobs }
+        Workers {
+            jobs,
+            inline_now: AtomicUsize::new(0),
+            inline,
+        }
     }
 
     /// Run `job` on a mediation thread; its result.
@@ -47,5 +140,166 @@ impl Workers {
             }))
             .map_err(|_| WorkerLost)?;
         answered.await.map_err(|_| WorkerLost)
+    }
+
+    /// Run a chain of a route whose run times `record` keeps: here, on the calling async
+    /// worker, when the record has earned it and another worker stays free; otherwise on a
+    /// mediation thread. Either way the run's time is noted in `record`. `on_off` names the
+    /// route in the log line of a chain taken off inline runs (with the CPU time of the run that did it); `inline` counts inline runs.
+    pub async fn run_chain<T: Send + 'static>(
+        &self,
+        record: &std::sync::Arc<Inline>,
+        inline: &crate::telemetry::metrics::Counter,
+        on_off: impl FnOnce(Duration) + Send + 'static,
+        job: impl FnOnce() -> T + Send + 'static,
+    ) -> Result<T, WorkerLost> {
+        if let Some(_running) = self.inline_slot(record) {
+            inline.inc();
+            let started = RunClock::start();
+            let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(job));
+            if let Some(took) = started.took()
+                && record.ran(took)
+            {
+                on_off(took);
+            }
+            return ran.map_err(|_| WorkerLost);
+        }
+        let record = std::sync::Arc::clone(record);
+        self.run(move || {
+            let started = RunClock::start();
+            let answer = job();
+            if let Some(took) = started.took()
+                && record.ran(took)
+            {
+                on_off(took);
+            }
+            answer
+        })
+        .await
+    }
+
+    /// A place for one inline run now, if `record` earned it and the runtime has a worker
+    /// to spare.
+    fn inline_slot(&self, record: &Inline) -> Option<InlineRun<'_>> {
+        if !self.inline || !record.earned() {
+            return None;
+        }
+        // One worker is always left to the runtime's other tasks (a single-threaded runtime
+        // has none to spare).
+        let handle = tokio::runtime::Handle::try_current().ok()?;
+        let spare = handle.metrics().num_workers().saturating_sub(1);
+        self.inline_now
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < spare).then_some(n + 1)
+            })
+            .ok()?;
+        Some(InlineRun(&self.inline_now))
+    }
+}
+
+/// What a run cost the thread it ran on: the thread's CPU time, so that time the thread spent
+/// preempted by others is not counted against the chain. A run that made a plugin instance (a
+/// step's first, one replacing an instance that served its share or trapped, one more for a
+/// busier route) is not timed: that cost is the host's, once per instance, not the chain's.
+struct RunClock {
+    cpu: Duration,
+    made: u64,
+}
+
+impl RunClock {
+    fn start() -> RunClock {
+        RunClock {
+            cpu: thread_cpu(),
+            made: crate::plugin::instances_made_here(),
+        }
+    }
+
+    /// The run's CPU time, `None` when it made an instance.
+    fn took(&self) -> Option<Duration> {
+        (crate::plugin::instances_made_here() == self.made)
+            .then(|| thread_cpu().saturating_sub(self.cpu))
+    }
+}
+
+/// This thread's CPU time so far.
+fn thread_cpu() -> Duration {
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::ThreadCPUTime);
+    Duration::new(t.tv_sec as u64, t.tv_nsec as u32)
+}
+
+/// One inline run in progress (counted in `Workers::inline_now` until dropped).
+struct InlineRun<'a>(&'a AtomicUsize);
+
+impl Drop for InlineRun<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_rare_long_run_is_forgiven() {
+        let record = Inline::new(true);
+        let (short, long) = (SHORT_RUN / 2, SHORT_RUN * 2);
+        for _ in 0..LONG_RUNS_TO_STAY_OFF * 3 {
+            for _ in 0..SHORT_RUNS_TO_FORGIVE {
+                record.ran(short);
+            }
+            assert!(record.earned());
+            assert!(!record.ran(long));
+        }
+        for _ in 0..SHORT_RUNS_TO_INLINE {
+            record.ran(short);
+        }
+        assert!(record.earned());
+    }
+
+    #[test]
+    fn a_chain_that_may_block_never_earns_inline_runs() {
+        let record = Inline::new(false);
+        for _ in 0..SHORT_RUNS_TO_INLINE * 4 {
+            record.ran(SHORT_RUN / 2);
+        }
+        assert!(!record.earned());
+    }
+
+    #[test]
+    fn a_chain_earns_inline_runs_by_short_runs_in_a_row_and_loses_them_for_good_after_long_ones() {
+        let record = Inline::new(true);
+        let short = SHORT_RUN / 2;
+        let long = SHORT_RUN * 2;
+        // Long runs before it earned anything (a cold start) do not count against it.
+        for _ in 0..LONG_RUNS_TO_STAY_OFF * 2 {
+            assert!(!record.ran(long));
+        }
+        for _ in 1..SHORT_RUNS_TO_INLINE {
+            record.ran(short);
+        }
+        assert!(!record.earned());
+        record.ran(short);
+        assert!(record.earned());
+        // A long run starts the count again, and counts against it.
+        assert!(!record.ran(long));
+        assert!(!record.earned());
+        // A long run right after it does not count: the chain was on the mediation threads.
+        assert!(!record.ran(long));
+        for n in 2..=LONG_RUNS_TO_STAY_OFF {
+            for _ in 0..SHORT_RUNS_TO_INLINE {
+                record.ran(short);
+            }
+            assert!(record.earned());
+            assert_eq!(record.ran(long), n == LONG_RUNS_TO_STAY_OFF);
+        }
+        for _ in 0..SHORT_RUNS_TO_FORGIVE * 2 {
+            record.ran(short);
+        }
+        assert!(!record.earned(), "off for good");
+        for _ in 0..SHORT_RUNS_TO_INLINE {
+            record.ran(short);
+        }
+        assert!(!record.ran(long), "taken off once");
     }
 }

@@ -222,6 +222,16 @@ impl std::fmt::Display for InstantiationRefused {
 /// Tries of an instantiation that failed because the kernel was briefly busy.
 const BUSY_TRIES: u32 = 3;
 
+thread_local! {
+    static MADE_HERE: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+}
+
+/// Instances this thread has begun to make so far: a chain run that made one is not timed as
+/// the chain's own cost ([`crate::pipeline::workers`]).
+pub fn instances_made_here() -> u64 {
+    MADE_HERE.get()
+}
+
 /// A new instance serving `context`, with its limits and a first deadline set, and WASI
 /// state when the step is granted `wasi`. The first instance of a component makes its memory
 /// image (a sealed memfd); sealing fails with EBUSY while the kernel still holds the freshly
@@ -262,6 +272,7 @@ fn instantiate_once(
     wasi: bool,
     message_id: &str,
 ) -> wasmtime::Result<Warm> {
+    MADE_HERE.set(MADE_HERE.get() + 1);
     let mut store = Store::new(
         pre.engine(),
         Invocation {

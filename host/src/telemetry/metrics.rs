@@ -260,6 +260,9 @@ pub struct Metrics {
     pub activations: Family<Counter>,
     /// `millrace_config_reloads_total{outcome}`.
     pub reloads: Family<Counter>,
+    /// `millrace_chains_inline_total{plant,route}`: chains run on the async worker that took
+    /// their message instead of a mediation thread.
+    pub chains_inline: Family<Counter>,
     /// `millrace_quality_holds_total{plant,route,plugin}`: messages a policy step held back
     /// (rejected with a `hold` reason: quality hold, blocked shipment).
     pub holds: Family<Counter>,
@@ -353,6 +356,11 @@ impl Metrics {
                 "Configuration reloads, applied or refused",
                 &["outcome"],
             ),
+            chains_inline: Family::new(
+                "millrace_chains_inline_total",
+                "Chains run on the async worker that took their message (short chains)",
+                &["plant", "route"],
+            ),
             holds: Family::new(
                 "millrace_quality_holds_total",
                 "Messages a policy step held back (a quality hold)",
@@ -385,6 +393,7 @@ impl Metrics {
             &self.activations,
             &self.reloads,
             &self.holds,
+            &self.chains_inline,
         ] {
             family.write(&mut out);
         }
@@ -440,6 +449,8 @@ pub struct RouteMeters {
     pub sent: Counter,
     pub error: Counter,
     pub output_latency: Histogram,
+    /// Chains of this route version run inline (`millrace_chains_inline_total`).
+    pub inline: Counter,
     pub steps: Vec<StepMeters>,
     /// The route's business domain(s): the families of the event types its steps emit.
     pub domain: String,
@@ -454,6 +465,7 @@ impl RouteMeters {
             sent: Counter::default(),
             error: Counter::default(),
             output_latency: Histogram::default(),
+            inline: Counter::default(),
             steps: vec![StepMeters::default(); like.steps.len()],
             domain: like.domain.clone(),
         }
@@ -490,6 +502,7 @@ impl RouteMeters {
             sent: m.output_sent.with(&[plant, route, sink]),
             error: m.output_error.with(&[plant, route, sink]),
             output_latency: m.output_latency_ns.with(&[plant, route, sink]),
+            inline: m.chains_inline.with(&[plant, route]),
             steps,
             domain: domain_of(emits),
         }
