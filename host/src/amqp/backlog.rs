@@ -43,7 +43,14 @@ pub async fn watch(
             _ = stopped.changed() => return,
         }
         let reading = match link.link() {
-            Link::Up(session) => read(&session.connection, &routes).await,
+            // A reading never holds up the host's stop: the session's connection is closed
+            // when the host stops, and a broker call pending on it may never complete.
+            Link::Up(session) => tokio::select! {
+                reading = tokio::time::timeout(INTERVAL, read(&session.connection, &routes)) => {
+                    reading.unwrap_or_else(|_| Reading::new())
+                }
+                _ = stopped.changed() => return,
+            },
             Link::Down { .. } => Reading::new(),
         };
         *backlog.0.lock().expect("backlog lock") = reading;
