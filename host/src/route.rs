@@ -101,15 +101,11 @@ impl Route {
             &versions,
             &emits,
         );
-        let may_run_inline = steps.iter().all(|s| {
-            !s.grants.iter().any(|g| {
-                matches!(
-                    g,
-                    crate::plugin::capability::Capability::State
-                        | crate::plugin::capability::Capability::Wasi
-                )
-            })
-        });
+        let inline = Arc::new(crate::pipeline::workers::Inline::new(
+            !steps.iter().any(|s| s.grants.iter().any(|g| g.may_block())),
+            &base.plant,
+            &base.name,
+        ));
         let RouteBase {
             name,
             plant,
@@ -136,7 +132,7 @@ impl Route {
             steps,
             lineage,
             meters,
-            inline: Arc::new(crate::pipeline::workers::Inline::new(may_run_inline)),
+            inline,
         }
     }
 

@@ -275,6 +275,29 @@ pub fn assert_served(what: &str, baseline: &Served, during: &Served) {
     );
 }
 
+/// Plant A's route `spin`: the spin guest (passes `ok` through, loops on anything else), stopped
+/// at `deadline_ms`.
+fn spin_route(deadline_ms: u32) -> String {
+    route_toml(
+        "spin",
+        &guest("guest-spin"),
+        r#"["log"]"#,
+        &format!("deadline_ms = {deadline_ms}"),
+    )
+}
+
+/// One message to the `spin` route that loops until its deadline.
+fn loop_once(url: &str) -> Reply {
+    request(
+        url,
+        "POST",
+        "/v1/routes/spin/messages",
+        Some("text/plain"),
+        &[],
+        b"loop",
+    )
+}
+
 /// Plant A with the attackers' routes, plant B with `steady` (the `act` guest).
 fn workspace(extra_routes: &str) -> Workspace {
     let steady = act_route("steady", "").replace("plant = \"plant-a\"", "plant = \"plant-b\"");
@@ -508,13 +531,7 @@ fn a_looping_plugin_flooded_with_messages_takes_only_its_plants_share_of_the_hos
     // Plant A: a plugin that loops until its deadline, sent as many concurrent messages as the
     // host has slots and more. Plant A may hold half the host's slots; the rest wait (at most
     // max_waiting) or are answered 503 plant-busy at once.
-    let spin = route_toml(
-        "spin",
-        &guest("guest-spin"),
-        r#"["log"]"#,
-        "deadline_ms = 1000",
-    );
-    let ws = workspace(&spin);
+    let ws = workspace(&spin_route(1000));
     let host = ws.start();
     let baseline = Bystander::baseline(&host.url, Duration::from_secs(1));
     let during = Bystander::start(&host.url);
@@ -525,14 +542,7 @@ fn a_looping_plugin_flooded_with_messages_takes_only_its_plants_share_of_the_hos
             std::thread::spawn(move || {
                 (0..3)
                     .map(|_| {
-                        let reply = request(
-                            &url,
-                            "POST",
-                            "/v1/routes/spin/messages",
-                            Some("text/plain"),
-                            &[],
-                            b"loop",
-                        );
+                        let reply = loop_once(&url);
                         (reply.status, reply.kind())
                     })
                     .collect::<Vec<_>>()
@@ -565,13 +575,7 @@ fn a_chain_that_turns_to_looping_after_earning_inline_runs_holds_one_async_worke
     const EARN_WITHIN: u32 = 200;
     // Plant A's spin route answers `ok` at once: after SHORT_RUNS_TO_INLINE of those, its chain
     // runs on the async worker that took the request. Then it loops until its deadline.
-    let spin = route_toml(
-        "spin",
-        &guest("guest-spin"),
-        r#"["log"]"#,
-        "deadline_ms = 2000",
-    );
-    let ws = workspace(&spin);
+    let ws = workspace(&spin_route(2000));
     // Plant A's share of slots: 4 loops at once, more than the host has async workers.
     let config = std::fs::read_to_string(ws.config()).unwrap();
     ws.write(
@@ -620,17 +624,7 @@ fn a_chain_that_turns_to_looping_after_earning_inline_runs_holds_one_async_worke
     let loops: Vec<_> = (0..4)
         .map(|_| {
             let url = host.url.clone();
-            std::thread::spawn(move || {
-                let reply = request(
-                    &url,
-                    "POST",
-                    "/v1/routes/spin/messages",
-                    Some("text/plain"),
-                    &[],
-                    b"loop",
-                );
-                reply.kind()
-            })
+            std::thread::spawn(move || loop_once(&url).kind())
         })
         .collect();
     for kind in loops.into_iter().map(|t| t.join().expect("loop client")) {
@@ -669,7 +663,7 @@ fn a_chain_that_turns_to_looping_after_earning_inline_runs_holds_one_async_worke
             break;
         }
         earn(&host);
-        let reply = host.post("spin", Some("text/plain"), "loop");
+        let reply = loop_once(&host.url);
         assert_eq!(reply.kind(), "plugin-deadline", "{}", reply.body);
     }
     let off = inline(&host, "spin");

@@ -110,7 +110,7 @@ impl Pipeline {
         Pipeline {
             routes,
             admission,
-            workers: Workers::new(threads, true),
+            workers: Workers::new(threads),
             deadletters,
             sinks,
             idempotency,
@@ -137,16 +137,10 @@ impl Pipeline {
         tracing::debug!(route = %route.name, message_id = %message.id, "mediating");
         let settled = ask.settled;
         let trace = ask.trace;
-        let off = {
-            let route = Arc::clone(route);
-            move |took: std::time::Duration| {
-                tracing::info!(plant = %route.plant, route = %route.name, cpu_us = took.as_micros() as u64, "this version of the route's chain ran long; it runs on the mediation threads from now on");
-            }
-        };
         let ran = {
             let (record, inline) = (&route.inline, &route.meters.inline);
             let route = Arc::clone(route);
-            self.workers.run_chain(record, inline, off, move || {
+            self.workers.run_chain(record, inline, move || {
                 // Log lines of this run (the plugin's) carry its trace.
                 let _current = crate::telemetry::trace::Current::enter(trace.as_ref());
                 let ran = if is_settled(&route, &message, settled) {

@@ -33,8 +33,6 @@ pub struct Workers {
     jobs: flume::Sender<Box<dyn FnOnce() + Send>>,
     /// Chains running inline now, across the host.
     inline_now: AtomicUsize,
-    /// Whether short chains may run inline at all (`host.inline_chains`).
-    inline: bool,
 }
 
 /// The job's thread died (its job panicked); the message was not mediated.
@@ -54,18 +52,23 @@ pub struct Inline {
     since_forgiven: AtomicU32,
     /// Set once `long` reached [`LONG_RUNS_TO_STAY_OFF`].
     off: AtomicBool,
+    /// The route's plant and name, for the log line when it is taken off.
+    plant: String,
+    route: String,
 }
 
 impl Inline {
-    /// The record of a chain that may earn inline runs when `may` (no step can block its
-    /// thread: no step is granted `state`, whose writes wait for the store, or WASI, whose
-    /// `poll` can sleep), and never otherwise.
-    pub fn new(may: bool) -> Inline {
+    /// The record of a chain that may earn inline runs when `may` (no step's grants may block
+    /// its thread: [`crate::plugin::capability::Capability::may_block`]), and never otherwise;
+    /// of route `route` of `plant`.
+    pub fn new(may: bool, plant: &str, route: &str) -> Inline {
         Inline {
             short: AtomicU32::new(0),
             long: AtomicU32::new(0),
             since_forgiven: AtomicU32::new(0),
             off: AtomicBool::new(!may),
+            plant: plant.to_string(),
+            route: route.to_string(),
         }
     }
 
@@ -73,6 +76,16 @@ impl Inline {
     pub fn earned(&self) -> bool {
         !self.off.load(Ordering::Relaxed)
             && self.short.load(Ordering::Relaxed) >= SHORT_RUNS_TO_INLINE
+    }
+
+    /// Note a run timed from `started` (a run that made an instance is not noted); says so in
+    /// the log when it takes the chain off inline runs for good.
+    fn note(&self, started: RunClock) {
+        if let Some(took) = started.took()
+            && self.ran(took)
+        {
+            tracing::info!(plant = %self.plant, route = %self.route, cpu_us = took.as_micros() as u64, "this version of the route's chain ran long; it runs on the mediation threads from now on");
+        }
     }
 
     /// Note a run that took `took` (see [`SHORT_RUN`]); `true` when this run took the chain
@@ -104,9 +117,8 @@ impl Inline {
 }
 
 impl Workers {
-    /// Start `threads` threads (at least one); `inline`: whether short chains may run on the
-    /// task that took the message.
-    pub fn new(threads: usize, inline: bool) -> Workers {
+    /// Start `threads` threads (at least one).
+    pub fn new(threads: usize) -> Workers {
         let (jobs, queue) = flume::unbounded::<Box<dyn FnOnce() + Send>>();
         for i in 0..threads.max(1) {
             let queue = queue.clone();
@@ -124,7 +136,6 @@ impl Workers {
         Workers {
             jobs,
             inline_now: AtomicUsize::new(0),
-            inline,
         }
     }
 
@@ -143,36 +154,27 @@ impl Workers {
     }
 
     /// Run a chain of a route whose run times `record` keeps: here, on the calling async
-    /// worker, when the record has earned it and another worker stays free; otherwise on a
-    /// mediation thread. Either way the run's time is noted in `record`. `on_off` names the
-    /// route in the log line of a chain taken off inline runs (with the CPU time of the run that did it); `inline` counts inline runs.
+    /// worker, when the record has earned it and another worker stays free (counted in
+    /// `inline`); otherwise on a mediation thread. Either way the run's time is noted in
+    /// `record`.
     pub async fn run_chain<T: Send + 'static>(
         &self,
         record: &std::sync::Arc<Inline>,
         inline: &crate::telemetry::metrics::Counter,
-        on_off: impl FnOnce(Duration) + Send + 'static,
         job: impl FnOnce() -> T + Send + 'static,
     ) -> Result<T, WorkerLost> {
         if let Some(_running) = self.inline_slot(record) {
             inline.inc();
             let started = RunClock::start();
             let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(job));
-            if let Some(took) = started.took()
-                && record.ran(took)
-            {
-                on_off(took);
-            }
+            record.note(started);
             return ran.map_err(|_| WorkerLost);
         }
         let record = std::sync::Arc::clone(record);
         self.run(move || {
             let started = RunClock::start();
             let answer = job();
-            if let Some(took) = started.took()
-                && record.ran(took)
-            {
-                on_off(took);
-            }
+            record.note(started);
             answer
         })
         .await
@@ -181,7 +183,7 @@ impl Workers {
     /// A place for one inline run now, if `record` earned it and the runtime has a worker
     /// to spare.
     fn inline_slot(&self, record: &Inline) -> Option<InlineRun<'_>> {
-        if !self.inline || !record.earned() {
+        if !record.earned() {
             return None;
         }
         // One worker is always left to the runtime's other tasks (a single-threaded runtime
@@ -242,7 +244,7 @@ mod tests {
 
     #[test]
     fn a_rare_long_run_is_forgiven() {
-        let record = Inline::new(true);
+        let record = Inline::new(true, "plant-a", "r");
         let (short, long) = (SHORT_RUN / 2, SHORT_RUN * 2);
         for _ in 0..LONG_RUNS_TO_STAY_OFF * 3 {
             for _ in 0..SHORT_RUNS_TO_FORGIVE {
@@ -259,7 +261,7 @@ mod tests {
 
     #[test]
     fn a_chain_that_may_block_never_earns_inline_runs() {
-        let record = Inline::new(false);
+        let record = Inline::new(false, "plant-a", "r");
         for _ in 0..SHORT_RUNS_TO_INLINE * 4 {
             record.ran(SHORT_RUN / 2);
         }
@@ -268,7 +270,7 @@ mod tests {
 
     #[test]
     fn a_chain_earns_inline_runs_by_short_runs_in_a_row_and_loses_them_for_good_after_long_ones() {
-        let record = Inline::new(true);
+        let record = Inline::new(true, "plant-a", "r");
         let short = SHORT_RUN / 2;
         let long = SHORT_RUN * 2;
         // Long runs before it earned anything (a cold start) do not count against it.

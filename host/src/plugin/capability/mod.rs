@@ -55,6 +55,15 @@ impl Capability {
         }
     }
 
+    /// Whether a call of it may block its thread: `state` (a write waits for the store) and
+    /// WASI (`poll` can sleep). A chain with such a step never runs on an async worker.
+    pub fn may_block(self) -> bool {
+        match self {
+            Capability::Log | Capability::Config | Capability::Lookup => false,
+            Capability::State | Capability::Wasi => true,
+        }
+    }
+
     /// Parse a grant name.
     pub fn from_name(name: &str) -> Option<Capability> {
         Capability::ALL.into_iter().find(|c| c.name() == name)
