@@ -627,6 +627,91 @@ print(json.dumps({{'dead': dead}}))
     );
 }
 
+/// Outputs that a queue takes and outputs none takes, published side by side on one host: each
+/// is judged by its own fate. lapin hands a `basic.return` to whichever confirm resolves next,
+/// so with publishes sharing a channel some unroutable outputs read as confirmed (never
+/// dead-lettered: lost) and some routed ones as returned; this fails then.
+#[test]
+fn routed_and_unroutable_outputs_published_side_by_side_are_each_judged_by_their_own_fate() {
+    const EACH: usize = 1000;
+    let broker = Broker::start();
+    // `out` takes the events of work order WO-1 only; WO-2's have no queue.
+    let ws = workspace_with(
+        &broker,
+        ", prefetch = 256, max_attempts = 2, retry_delay_ms = 100",
+        "WC01 = \"ASSY-01\"",
+    );
+    let config = std::fs::read_to_string(ws.config()).unwrap();
+    ws.write(
+        "millrace.toml",
+        &config.replace(
+            "routing_key = \"{plant}.{type}\"",
+            "routing_key = \"{subject}\"",
+        ),
+    );
+    let host = ws.start();
+    host.wait_ready();
+    let (routed, unroutable) = (
+        record("WO-1", "0000001000", "WC01"),
+        record("WO-2", "0000001000", "WC01"),
+    );
+    let got = broker.client(&format!(
+        r#"
+c = pika.BlockingConnection(pika.ConnectionParameters('127.0.0.1', PORT))
+ch = c.channel()
+ch.confirm_delivery()
+ch.exchange_declare('plant-a.events', 'topic', durable=True)
+ch.queue_declare('out', durable=True)
+ch.queue_bind('out', 'plant-a.events', 'WO-1')
+for i in range({EACH}):
+    for mid, body in [('r-%d' % i, {routed:?}), ('u-%d' % i, {unroutable:?})]:
+        ch.basic_publish('', 'plant-a.mes', body.encode(), pika.BasicProperties(message_id=mid, content_type='text/plain', delivery_mode=2))
+outputs, dead = set(), set()
+deadline = time.time() + 120
+while (len(outputs) < {EACH} or len(dead) < {EACH}) and time.time() < deadline:
+    m, p, b = ch.basic_get('out', auto_ack=True)
+    if m: outputs.add(p.message_id)
+    d, q, _ = ch.basic_get('millrace.mes.dead-letter', auto_ack=True)
+    if d: dead.add(q.message_id)
+    if not m and not d: time.sleep(0.05)
+print(json.dumps({{'outputs': sorted(outputs), 'dead': sorted(dead)}}))
+"#
+    ));
+    assert!(host.stop().success());
+    let ids = |key: &str| -> Vec<String> {
+        got[key]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_str().unwrap().to_string())
+            .collect()
+    };
+    let (outputs, dead) = (ids("outputs"), ids("dead"));
+    let routed_lost: Vec<String> = (0..EACH)
+        .map(|i| format!("r-{i}-1"))
+        .filter(|id| !outputs.contains(id))
+        .take(5)
+        .collect();
+    let unroutable_lost: Vec<String> = (0..EACH)
+        .map(|i| format!("u-{i}"))
+        .filter(|id| !dead.contains(id))
+        .take(5)
+        .collect();
+    assert!(
+        routed_lost.is_empty() && unroutable_lost.is_empty(),
+        "routed outputs missing from `out`, e.g. {routed_lost:?}; unroutable inputs never dead-lettered (taken as delivered), e.g. {unroutable_lost:?}"
+    );
+    assert!(
+        dead.iter().all(|id| id.starts_with("u-")),
+        "only inputs whose output no queue takes are dead-lettered: {:?}",
+        dead.iter()
+            .filter(|id| !id.starts_with("u-"))
+            .take(5)
+            .collect::<Vec<_>>()
+    );
+    assert_eq!(broker.depth("plant-a.mes"), 0);
+}
+
 /// A queue-to-exchange route `act` (queue `plant-a.act`) running the `act` guest; `amqp` adds
 /// keys to its broker table, `host` to the host table.
 fn act_workspace(broker: &Broker, host: &str, amqp: &str) -> Workspace {

@@ -232,8 +232,15 @@ fn read_outputs(url: &str) -> Vec<String> {
 
 /// Every input has its output under the id derived from its own, at most `bound` copies of
 /// those; once `hosts` have stopped, nothing waits unacknowledged or was dead-lettered. Returns
-/// the copies seen.
-pub fn assert_each_input_once(url: &str, hosts: Vec<Host>, what: &str, bound: usize) -> usize {
+/// the copies seen. `killed`: the logs of hosts killed earlier in the stream, for the account a
+/// failure gives.
+pub fn assert_each_input_once(
+    url: &str,
+    hosts: Vec<Host>,
+    killed: Vec<Vec<String>>,
+    what: &str,
+    bound: usize,
+) -> usize {
     // Read outputs as they come until every input's is there (copies make the queue's depth
     // overshoot, so depth alone cannot say when the stream is done).
     let mut ids = Vec::new();
@@ -248,7 +255,8 @@ pub fn assert_each_input_once(url: &str, hosts: Vec<Host>, what: &str, bound: us
     }
     // Stopped, the hosts publish nothing more and hold no delivery: what they never
     // acknowledged is back in the source queue, and late copies are in `out`.
-    let mut logs = Vec::new();
+    let killed_count = killed.len();
+    let mut logs = killed;
     for mut host in hosts {
         assert!(host.stop_in_place().success(), "{what}: SIGTERM exits 0");
         logs.push(host.drain_log());
@@ -268,13 +276,51 @@ pub fn assert_each_input_once(url: &str, hosts: Vec<Host>, what: &str, bound: us
             "m-{} ",
             first.trim_end_matches("-1").trim_start_matches("m-")
         );
-        let said: Vec<&String> = logs
+        // Each log is labelled: the hosts killed earlier first, then those stopped here.
+        let labelled: Vec<(String, &Vec<String>)> = logs
             .iter()
-            .flatten()
-            .filter(|l| l.contains(&format!("message_id={input}")))
+            .enumerate()
+            .map(|(i, log)| {
+                let label = if i < killed_count {
+                    format!("killed host {i}")
+                } else {
+                    format!("host {}", i - killed_count)
+                };
+                (label, log)
+            })
+            .collect();
+        let said: Vec<String> = labelled
+            .iter()
+            .flat_map(|(label, log)| {
+                log.iter()
+                    .filter(|l| l.contains(&format!("message_id={input}")))
+                    .map(move |l| format!("{label}: {l}"))
+            })
+            .collect();
+        let warned: Vec<String> = labelled
+            .iter()
+            .flat_map(|(label, log)| {
+                log.iter()
+                    .filter(|l| l.contains("WARN") || l.contains("ERROR"))
+                    .take(40)
+                    .map(move |l| format!("{label}: {l}"))
+            })
+            .collect();
+        let parked: Vec<String> = ["1000ms", "2000ms", "4000ms", "8000ms"]
+            .iter()
+            .map(|d| format!("{d}: {}", ready(url, &format!("plant-a.mes.retry.{d}"))))
+            .collect();
+        let strangers: Vec<&String> = distinct
+            .iter()
+            .filter(|id| {
+                !id.strip_prefix("m-")
+                    .and_then(|rest| rest.strip_suffix("-1"))
+                    .is_some_and(|n| n.parse::<usize>().is_ok_and(|n| n < MESSAGES))
+            })
+            .take(5)
             .collect();
         panic!(
-            "{what}: outputs lost, e.g. {missing:?}; inputs waiting {}, dead letters {}; the hosts' log lines about {input}: {said:#?}",
+            "{what}: outputs lost, e.g. {missing:?}; inputs waiting {}, dead letters {}, parked in the delay queues {parked:?}, outputs with other ids {strangers:?}; the hosts' log lines about {input}: {said:#?}; their warnings: {warned:#?}",
             ready(url, "plant-a.mes"),
             ready(url, "millrace.mes.dead-letter")
         );
@@ -318,7 +364,13 @@ fn broker_killed_mid_stream_loses_nothing_and_repeats_only_deliveries_in_hand() 
     broker.restart();
     host.wait_ready();
     // Only deliveries in hand at the crash can be published again: at most the prefetch.
-    assert_each_input_once(&broker.url(), vec![host], "broker kill -9", PREFETCH);
+    assert_each_input_once(
+        &broker.url(),
+        vec![host],
+        Vec::new(),
+        "broker kill -9",
+        PREFETCH,
+    );
 }
 
 #[test]
@@ -329,8 +381,14 @@ fn host_killed_mid_stream_loses_nothing_and_repeats_only_deliveries_in_hand() {
     let host = ws.start();
     host.wait_ready();
     wait_for_outputs(&broker.url(), (MESSAGES / 3) as u32);
-    host.kill9();
+    let killed = host.kill9();
     let host = ws.start();
     host.wait_ready();
-    assert_each_input_once(&broker.url(), vec![host], "host kill -9", PREFETCH);
+    assert_each_input_once(
+        &broker.url(),
+        vec![host],
+        vec![killed],
+        "host kill -9",
+        PREFETCH,
+    );
 }

@@ -36,7 +36,15 @@ fn three_hosts_on_a_three_node_cluster_lose_the_leader_node_and_a_host_mid_strea
     publish_inputs(&cluster.nodes[2].url(), MESSAGES, &quorum);
     let observer = cluster.nodes[0].url();
     let spaces: Vec<Workspace> = (0..3).map(|i| workspace(&cluster, i)).collect();
-    let mut hosts: Vec<Host> = spaces.iter().map(Workspace::start).collect();
+    // Each delivery's lines (received, mediated) are logged: a lost output's failure names
+    // what the hosts did with its input.
+    let start = |ws: &Workspace| {
+        Host::start(
+            &ws.config(),
+            &[("RUST_LOG", "info,millrace_host::amqp::source=debug")],
+        )
+    };
+    let mut hosts: Vec<Host> = spaces.iter().map(start).collect();
     for host in &hosts {
         host.wait_ready();
     }
@@ -65,8 +73,8 @@ fn three_hosts_on_a_three_node_cluster_lose_the_leader_node_and_a_host_mid_strea
     std::thread::sleep(std::time::Duration::from_secs(2));
     cluster.nodes[2].restart();
     wait_for_outputs(&observer, (2 * MESSAGES / 3) as u32);
-    hosts.remove(1).kill9();
-    hosts.insert(1, spaces[1].start());
+    let killed = hosts.remove(1).kill9();
+    hosts.insert(1, start(&spaces[1]));
     for host in &hosts {
         host.wait_ready();
     }
@@ -75,6 +83,7 @@ fn three_hosts_on_a_three_node_cluster_lose_the_leader_node_and_a_host_mid_strea
     let copies = assert_each_input_once(
         &observer,
         hosts,
+        vec![killed],
         "cluster: leader node and host kill -9",
         4 * PREFETCH,
     );

@@ -342,11 +342,12 @@ impl Host {
         );
     }
 
-    /// SIGKILL: the host dies without finishing anything.
-    pub fn kill9(mut self) {
-        let mut child = self.child.take().expect("running");
-        let _ = child.kill();
-        let _ = child.wait();
+    /// SIGKILL: the host dies without finishing anything. Returns its whole log, to the last
+    /// line it wrote before it died.
+    pub fn kill9(mut self) -> Vec<String> {
+        self.signal("KILL");
+        self.wait_exit();
+        self.log.clone()
     }
 
     /// SIGTERM, then wait for the exit.

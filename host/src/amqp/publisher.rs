@@ -4,6 +4,15 @@
 //! Message properties follow the CloudEvents AMQP binding for structured mode: the body is the
 //! event, `content-type` is `application/cloudevents+json`, `message-id` the output's id (so
 //! consumers deduplicate); `millrace-plant` and `millrace-route` headers name where it came from.
+//!
+//! Every publish is `mandatory`: a message no queue takes comes back (`basic.return`) and counts
+//! as not delivered. lapin hands a return to whichever confirm of the channel resolves next, not
+//! to the message returned (with `multiple` acks, to any of the messages the ack covers), so on a
+//! channel shared by concurrent publishes an unroutable message could read as confirmed: lost.
+//! Each publish therefore takes a channel of its own from a pool ([`CHANNELS`] at most, opened
+//! as needed) and waits for every confirm on it before the channel serves another; the returns
+//! it collects are matched to its messages by id, exchange and routing key, and a return that
+//! matches none marks them all not delivered (a copy later, never a loss).
 
 use crate::pipeline::chain::Failure;
 use crate::plugin::PluginId;
@@ -12,6 +21,7 @@ use crate::route::Route;
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::{BasicProperties, Channel, Connection};
+use std::sync::{Arc, Mutex, Weak};
 
 /// Why outputs did not reach the broker; every cause is worth a redelivery.
 #[derive(Debug, thiserror::Error)]
@@ -31,22 +41,69 @@ pub enum PublishError {
     },
 }
 
-/// What the broker's confirm of message `id` says: taken (and routed to a queue), or why not.
-fn confirmed(id: &str, confirmation: lapin::Confirmation) -> Result<(), PublishError> {
+/// One message of a publish: where it goes and what it is.
+struct Outgoing<'a> {
+    exchange: &'a str,
+    routing_key: &'a str,
+    /// Its `message-id` (empty when it has none).
+    id: &'a str,
+    body: &'a [u8],
+    properties: BasicProperties,
+}
+
+/// What the broker's confirms of one publish say, message by message in `sent` order: taken (and
+/// routed to a queue), or why not. `answers` holds every confirm of the channel the publish had
+/// to itself, so every return among them belongs to one of `sent`; lapin may have attached it
+/// to another message's confirm, so a return is matched by id, exchange and routing key.
+fn judge(sent: &[Outgoing<'_>], answers: Vec<lapin::Confirmation>) -> Result<usize, PublishError> {
     use lapin::Confirmation;
-    match confirmation {
-        Confirmation::Ack(None) => Ok(()),
-        Confirmation::Ack(Some(returned)) => Err(PublishError::Unroutable {
-            id: id.to_string(),
-            exchange: returned.delivery.exchange.to_string(),
-            routing_key: returned.delivery.routing_key.to_string(),
-        }),
-        Confirmation::Nack(_) => Err(PublishError::Nacked(id.to_string())),
-        // The channel is in confirm mode: an answer without a confirm means it is not usable.
-        Confirmation::NotRequested => Err(PublishError::Broker(lapin::Error::from(
-            lapin::ErrorKind::InvalidChannelState(lapin::ChannelState::Closed, "no confirm"),
-        ))),
+    let mut returned = Vec::new();
+    let mut verdicts = Vec::with_capacity(answers.len());
+    for answer in answers {
+        match answer {
+            Confirmation::Ack(message) => {
+                returned.extend(message);
+                verdicts.push(true);
+            }
+            Confirmation::Nack(message) => {
+                returned.extend(message);
+                verdicts.push(false);
+            }
+            // The channel is in confirm mode: an answer without a confirm means it is not usable.
+            Confirmation::NotRequested => {
+                return Err(PublishError::Broker(lapin::Error::from(
+                    lapin::ErrorKind::InvalidChannelState(
+                        lapin::ChannelState::Closed,
+                        "no confirm",
+                    ),
+                )));
+            }
+        }
     }
+    let is = |r: &lapin::message::BasicReturnMessage, o: &Outgoing<'_>| {
+        r.delivery.exchange.as_str() == o.exchange
+            && r.delivery.routing_key.as_str() == o.routing_key
+            && r.properties
+                .message_id()
+                .as_ref()
+                .map_or("", |id| id.as_str())
+                == o.id
+    };
+    // A return that matches none of them: any of them may be the one returned.
+    let unplaced = returned.iter().any(|r| !sent.iter().any(|o| is(r, o)));
+    for (o, acked) in sent.iter().zip(verdicts) {
+        if unplaced || returned.iter().any(|r| is(r, o)) {
+            return Err(PublishError::Unroutable {
+                id: o.id.to_string(),
+                exchange: o.exchange.to_string(),
+                routing_key: o.routing_key.to_string(),
+            });
+        }
+        if !acked {
+            return Err(PublishError::Nacked(o.id.to_string()));
+        }
+    }
+    Ok(sent.len())
 }
 
 impl PublishError {
@@ -56,15 +113,97 @@ impl PublishError {
     }
 }
 
-/// A confirm-mode channel shared by every route that publishes.
+/// Most confirm-mode channels a publisher opens on its connection: as many publishes can wait
+/// for their confirms at once; more wait for a channel.
+pub const CHANNELS: usize = 32;
+
+/// The publisher of one broker connection, shared by every route that publishes.
 #[derive(Clone)]
 pub struct AmqpPublisher {
-    channel: Channel,
+    channels: Arc<Channels>,
     /// Whether outputs carry `millrace-plant`, `millrace-route` and `millrace-lineage`
     /// (`host.amqp_output_headers`). Without them (and no trace context to carry) an output has
     /// no header table, which RabbitMQ handles for markedly less CPU per message
     /// (docs/performance.md).
     output_headers: bool,
+}
+
+/// Confirm-mode channels of one connection, each carrying one publish at a time.
+struct Channels {
+    connection: Weak<Connection>,
+    idle: Mutex<Vec<Channel>>,
+    slots: tokio::sync::Semaphore,
+}
+
+/// A channel taken for one publish. Back to the pool only once every confirm on it came
+/// ([`Taken::clean`]); a publish given up half-way (an error, or its task dropped) closes it,
+/// so no confirm or return of it can reach the next publish.
+struct Taken<'a> {
+    channels: &'a Channels,
+    channel: Option<Channel>,
+    _slot: tokio::sync::SemaphorePermit<'a>,
+}
+
+impl Taken<'_> {
+    fn channel(&self) -> &Channel {
+        self.channel.as_ref().expect("held until dropped")
+    }
+
+    /// Every confirm of this channel came: it may serve the next publish.
+    fn clean(mut self) {
+        if let Some(channel) = self.channel.take() {
+            self.channels
+                .idle
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(channel);
+        }
+    }
+}
+
+impl Drop for Taken<'_> {
+    fn drop(&mut self) {
+        // Not put back: dropping the last handle closes the channel at the broker.
+        self.channel.take();
+    }
+}
+
+impl Channels {
+    async fn take(&self) -> Result<Taken<'_>, lapin::Error> {
+        let slot = self
+            .slots
+            .acquire()
+            .await
+            .expect("the pool's semaphore is never closed");
+        let idle = loop {
+            let next = self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop();
+            match next {
+                Some(channel) if !channel.status().connected() => continue,
+                other => break other,
+            }
+        };
+        let channel = match idle {
+            Some(channel) => channel,
+            None => {
+                let Some(connection) = self.connection.upgrade() else {
+                    return Err(lapin::Error::from(lapin::ErrorKind::InvalidChannelState(
+                        lapin::ChannelState::Closed,
+                        "the connection is closed",
+                    )));
+                };
+                let channel = connection.create_channel().await?;
+                channel
+                    .confirm_select(ConfirmSelectOptions::default())
+                    .await?;
+                channel
+            }
+        };
+        Ok(Taken {
+            channels: self,
+            channel: Some(channel),
+            _slot: slot,
+        })
+    }
 }
 
 const PERSISTENT: u8 = 2;
@@ -155,6 +294,14 @@ pub fn header_string(table: &FieldTable, name: &str) -> Option<String> {
     }
 }
 
+/// The `message-id` a message is sent with (empty when it has none).
+fn sent_id(properties: &BasicProperties) -> &str {
+    properties
+        .message_id()
+        .as_ref()
+        .map_or("", |id| id.as_str())
+}
+
 /// Where a delivery first came from: kept in headers across retries, else where it is now.
 fn origin(table: &FieldTable, exchange: &str, routing_key: &str) -> (String, String) {
     (
@@ -174,41 +321,51 @@ pub struct Arrived<'a> {
 }
 
 impl AmqpPublisher {
+    /// A publisher on `connection`; its first channel is opened now (a broker that refuses
+    /// channels fails here, not at the first publish).
     pub async fn open(
-        connection: &Connection,
+        connection: &Arc<Connection>,
         output_headers: bool,
     ) -> Result<AmqpPublisher, lapin::Error> {
-        let channel = connection.create_channel().await?;
-        channel
-            .confirm_select(ConfirmSelectOptions::default())
-            .await?;
+        let channels = Arc::new(Channels {
+            connection: Arc::downgrade(connection),
+            idle: Mutex::new(Vec::new()),
+            slots: tokio::sync::Semaphore::new(CHANNELS),
+        });
+        channels.take().await?.clean();
         Ok(AmqpPublisher {
-            channel,
+            channels,
             output_headers,
         })
     }
 
-    /// Publish one persistent message, `mandatory` (a message no queue takes comes back rather
-    /// than vanishing); the returned confirm resolves when the broker took it.
-    async fn send(
-        &self,
-        exchange: &str,
-        routing_key: &str,
-        body: &[u8],
-        properties: BasicProperties,
-    ) -> Result<lapin::PublisherConfirm, lapin::Error> {
-        self.channel
-            .basic_publish(
-                exchange.into(),
-                routing_key.into(),
-                BasicPublishOptions {
-                    mandatory: true,
-                    ..Default::default()
-                },
-                body,
-                properties,
-            )
-            .await
+    /// Publish `messages` persistent and `mandatory` on a channel of their own, in order, and
+    /// wait until the broker confirmed every one (see the module's doc for why a channel each).
+    async fn send(&self, messages: &[Outgoing<'_>]) -> Result<usize, PublishError> {
+        let taken = self.channels.take().await?;
+        let mut confirms = Vec::with_capacity(messages.len());
+        for message in messages {
+            let confirm = taken
+                .channel()
+                .basic_publish(
+                    message.exchange.into(),
+                    message.routing_key.into(),
+                    BasicPublishOptions {
+                        mandatory: true,
+                        ..Default::default()
+                    },
+                    message.body,
+                    message.properties.clone(),
+                )
+                .await?;
+            confirms.push(confirm);
+        }
+        let mut answers = Vec::with_capacity(confirms.len());
+        for confirm in confirms {
+            answers.push(confirm.await?);
+        }
+        taken.clean();
+        judge(messages, answers)
     }
 
     /// Publish each output to its exchange with its routing key and lineage, in order, and wait until the
@@ -217,7 +374,7 @@ impl AmqpPublisher {
         &self,
         outputs: &[(&str, &str, &str, &Message)],
     ) -> Result<usize, PublishError> {
-        let mut pending = Vec::new();
+        let mut messages = Vec::with_capacity(outputs.len());
         for &(exchange, key, lineage, output) in outputs {
             let mut headers = FieldTable::default();
             if self.output_headers {
@@ -228,15 +385,15 @@ impl AmqpPublisher {
             for (name, value) in crate::telemetry::trace::carried(&output.headers) {
                 headers.insert(name.into(), text(value));
             }
-            let properties = persistent(&output.content_type, &output.id, headers);
-            let confirm = self.send(exchange, key, &output.body, properties).await?;
-            pending.push((output.id.as_str(), confirm));
+            messages.push(Outgoing {
+                exchange,
+                routing_key: key,
+                id: &output.id,
+                body: &output.body,
+                properties: persistent(&output.content_type, &output.id, headers),
+            });
         }
-        let sent = pending.len();
-        for (id, confirm) in pending {
-            confirmed(id, confirm.await?)?;
-        }
-        Ok(sent)
+        self.send(&messages).await
     }
 
     /// Publish `outputs` to the route's exchange and wait until the broker confirmed each.
@@ -283,8 +440,14 @@ impl AmqpPublisher {
             .with_delivery_mode(PERSISTENT)
             .with_headers(table);
         let queue = route.amqp.retry_queue(delay);
-        let confirm = self.send("", &queue, input.body, properties).await?;
-        confirmed(input.message_id, confirm.await?)?;
+        self.send(&[Outgoing {
+            exchange: "",
+            routing_key: &queue,
+            id: sent_id(&properties),
+            body: input.body,
+            properties: properties.clone(),
+        }])
+        .await?;
         Ok(())
     }
 
@@ -335,10 +498,14 @@ impl AmqpPublisher {
             .with_delivery_mode(PERSISTENT)
             .with_message_id(ShortString::from(input.message_id))
             .with_headers(table);
-        let confirm = self
-            .send(&route.amqp.dead_letter, "", input.body, properties)
-            .await?;
-        confirmed(input.message_id, confirm.await?)?;
+        self.send(&[Outgoing {
+            exchange: &route.amqp.dead_letter,
+            routing_key: "",
+            id: input.message_id,
+            body: input.body,
+            properties,
+        }])
+        .await?;
         crate::pipeline::chain::counted(route, verdict.kind);
         Ok(())
     }
@@ -364,8 +531,14 @@ impl AmqpPublisher {
             AMQPValue::LongLongInt(replay as i64),
         );
         let properties = properties.clone().with_headers(table);
-        let confirm = self.send("", &route.amqp.queue, body, properties).await?;
-        confirmed("", confirm.await?)?;
+        self.send(&[Outgoing {
+            exchange: "",
+            routing_key: &route.amqp.queue,
+            id: sent_id(&properties),
+            body,
+            properties: properties.clone(),
+        }])
+        .await?;
         Ok(replay)
     }
 }

@@ -32,6 +32,7 @@ pub fn replay(
         let (connection, at) =
             super::session::open_any(&config.amqp, 0, &config.amqp_tls, "millrace dlq replay")
                 .await?;
+        let connection = std::sync::Arc::new(connection);
         let url = &config.amqp[at];
         let broker = |e: lapin::Error| format!("broker {}: {e}", super::session::redact(url));
         let publisher =

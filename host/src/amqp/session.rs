@@ -278,6 +278,7 @@ impl BrokerLink {
         connection: Connection,
         routes: &Routes,
     ) -> Result<(Session, mpsc::UnboundedReceiver<String>), lapin::Error> {
+        let connection = Arc::new(connection);
         let publisher = AmqpPublisher::open(&connection, self.output_headers).await?;
         if self.declare {
             let mut declarer = super::topology::Declarer::open(&connection, self.queues).await?;
@@ -298,7 +299,7 @@ impl BrokerLink {
         });
         Ok((
             Session {
-                connection: Arc::new(connection),
+                connection,
                 publisher,
                 queues: self.queues,
                 lost,

@@ -282,13 +282,15 @@ async fn settle(
                 })
                 .await
                 .map(|_| ());
-            match (nacked, acks.settle(tag)) {
-                (Ok(()), Some(upto)) => {
+            // Settled only once the broker took the nack: a tag whose nack failed must never
+            // be covered by a later multiple ack (that would acknowledge it unmediated).
+            match nacked.map(|()| acks.settle(tag)) {
+                Ok(Some(upto)) => {
                     channel
                         .basic_ack(upto, BasicAckOptions { multiple: true })
                         .await
                 }
-                (other, _) => other,
+                other => other.map(|_| ()),
             }
         }
     };
