@@ -47,13 +47,16 @@ while not ids and time.time() < deadline:
     )
 }
 
+/// Replace the first `from` in the workspace configuration with `to`.
+fn edit_config(ws: &Workspace, from: &str, to: &str) {
+    let config = std::fs::read_to_string(ws.config()).unwrap();
+    assert!(config.contains(from), "{from:?} is in the configuration");
+    ws.write("millrace.toml", &config.replacen(from, to, 1));
+}
+
 /// Add `line` to the workspace configuration's `[host]` section.
 fn host_setting(ws: &Workspace, line: &str) {
-    let config = std::fs::read_to_string(ws.config()).unwrap();
-    ws.write(
-        "millrace.toml",
-        &config.replacen("[host]\n", &format!("[host]\n{line}\n"), 1),
-    );
+    edit_config(ws, "[host]\n", &format!("[host]\n{line}\n"));
 }
 
 fn workspace(broker: &Broker) -> Workspace {
@@ -584,13 +587,10 @@ fn an_output_no_queue_takes_is_retried_then_dead_lettered_not_dropped() {
         ", max_attempts = 2, retry_delay_ms = 100",
         "WC01 = \"ASSY-01\"",
     );
-    let config = std::fs::read_to_string(ws.config()).unwrap();
-    ws.write(
-        "millrace.toml",
-        &config.replace(
-            "exchange = \"plant-a.events\"",
-            "exchange = \"unbound.events\"",
-        ),
+    edit_config(
+        &ws,
+        "exchange = \"plant-a.events\"",
+        "exchange = \"unbound.events\"",
     );
     let host = ws.start();
     host.wait_ready();
@@ -641,13 +641,10 @@ fn routed_and_unroutable_outputs_published_side_by_side_are_each_judged_by_their
         ", prefetch = 256, max_attempts = 2, retry_delay_ms = 100",
         "WC01 = \"ASSY-01\"",
     );
-    let config = std::fs::read_to_string(ws.config()).unwrap();
-    ws.write(
-        "millrace.toml",
-        &config.replace(
-            "routing_key = \"{plant}.{type}\"",
-            "routing_key = \"{subject}\"",
-        ),
+    edit_config(
+        &ws,
+        "routing_key = \"{plant}.{type}\"",
+        "routing_key = \"{subject}\"",
     );
     let host = ws.start();
     host.wait_ready();
@@ -655,15 +652,11 @@ fn routed_and_unroutable_outputs_published_side_by_side_are_each_judged_by_their
         record("WO-1", "0000001000", "WC01"),
         record("WO-2", "0000001000", "WC01"),
     );
+    // The usual client, with `out` bound to WO-1's key only.
+    let connect = CONNECT.replace("'plant-a.events', '#'", "'plant-a.events', 'WO-1'");
     let got = broker.client(&format!(
         r#"
-c = pika.BlockingConnection(pika.ConnectionParameters('127.0.0.1', PORT))
-ch = c.channel()
-ch.confirm_delivery()
-ch.exchange_declare('plant-a.events', 'topic', durable=True)
-ch.queue_declare('out', durable=True)
-ch.queue_bind('out', 'plant-a.events', 'WO-1')
-for i in range({EACH}):
+{connect}for i in range({EACH}):
     for mid, body in [('r-%d' % i, {routed:?}), ('u-%d' % i, {unroutable:?})]:
         ch.basic_publish('', 'plant-a.mes', body.encode(), pika.BasicProperties(message_id=mid, content_type='text/plain', delivery_mode=2))
 outputs, dead = set(), set()

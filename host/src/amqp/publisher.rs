@@ -136,8 +136,9 @@ struct Channels {
 }
 
 /// A channel taken for one publish. Back to the pool only once every confirm on it came
-/// ([`Taken::clean`]); a publish given up half-way (an error, or its task dropped) closes it,
-/// so no confirm or return of it can reach the next publish.
+/// ([`Taken::clean`]); a publish given up half-way (an error, or its task dropped) drops it,
+/// and dropping the last handle closes the channel at the broker, so no confirm or return of it
+/// can reach the next publish.
 struct Taken<'a> {
     channels: &'a Channels,
     channel: Option<Channel>,
@@ -158,13 +159,6 @@ impl Taken<'_> {
                 .unwrap_or_else(|e| e.into_inner())
                 .push(channel);
         }
-    }
-}
-
-impl Drop for Taken<'_> {
-    fn drop(&mut self) {
-        // Not put back: dropping the last handle closes the channel at the broker.
-        self.channel.take();
     }
 }
 
@@ -341,10 +335,10 @@ impl AmqpPublisher {
 
     /// Publish `messages` persistent and `mandatory` on a channel of their own, in order, and
     /// wait until the broker confirmed every one (see the module's doc for why a channel each).
-    async fn send(&self, messages: &[Outgoing<'_>]) -> Result<usize, PublishError> {
+    async fn send(&self, mut messages: Vec<Outgoing<'_>>) -> Result<usize, PublishError> {
         let taken = self.channels.take().await?;
         let mut confirms = Vec::with_capacity(messages.len());
-        for message in messages {
+        for message in &mut messages {
             let confirm = taken
                 .channel()
                 .basic_publish(
@@ -355,7 +349,7 @@ impl AmqpPublisher {
                         ..Default::default()
                     },
                     message.body,
-                    message.properties.clone(),
+                    std::mem::take(&mut message.properties),
                 )
                 .await?;
             confirms.push(confirm);
@@ -365,7 +359,7 @@ impl AmqpPublisher {
             answers.push(confirm.await?);
         }
         taken.clean();
-        judge(messages, answers)
+        judge(&messages, answers)
     }
 
     /// Publish each output to its exchange with its routing key and lineage, in order, and wait until the
@@ -393,7 +387,7 @@ impl AmqpPublisher {
                 properties: persistent(&output.content_type, &output.id, headers),
             });
         }
-        self.send(&messages).await
+        self.send(messages).await
     }
 
     /// Publish `outputs` to the route's exchange and wait until the broker confirmed each.
@@ -440,12 +434,13 @@ impl AmqpPublisher {
             .with_delivery_mode(PERSISTENT)
             .with_headers(table);
         let queue = route.amqp.retry_queue(delay);
-        self.send(&[Outgoing {
+        let id = sent_id(&properties).to_string();
+        self.send(vec![Outgoing {
             exchange: "",
             routing_key: &queue,
-            id: sent_id(&properties),
+            id: &id,
             body: input.body,
-            properties: properties.clone(),
+            properties,
         }])
         .await?;
         Ok(())
@@ -498,7 +493,7 @@ impl AmqpPublisher {
             .with_delivery_mode(PERSISTENT)
             .with_message_id(ShortString::from(input.message_id))
             .with_headers(table);
-        self.send(&[Outgoing {
+        self.send(vec![Outgoing {
             exchange: &route.amqp.dead_letter,
             routing_key: "",
             id: input.message_id,
@@ -531,12 +526,13 @@ impl AmqpPublisher {
             AMQPValue::LongLongInt(replay as i64),
         );
         let properties = properties.clone().with_headers(table);
-        self.send(&[Outgoing {
+        let id = sent_id(&properties).to_string();
+        self.send(vec![Outgoing {
             exchange: "",
             routing_key: &route.amqp.queue,
-            id: sent_id(&properties),
+            id: &id,
             body,
-            properties: properties.clone(),
+            properties,
         }])
         .await?;
         Ok(replay)
