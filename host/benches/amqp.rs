@@ -548,8 +548,8 @@ fn main() {
                 (None, binary, ""),
             ));
             println!(
-                "round {round}: baseline millrace {:>6.0} msg/s (host {:>5.1} µs CPU/msg)",
-                b.rate, b.consumer_us
+                "round {round}: baseline millrace {:>6.0} msg/s (host {:>5.1} µs CPU/msg, broker {:.1})",
+                b.rate, b.consumer_us, b.broker_us
             );
             baselines.push(b);
         }
@@ -645,11 +645,13 @@ fn main() {
     if !baselines.is_empty() {
         let b = med(&baselines, |x| x.rate);
         println!(
-            "baseline: millrace {b:.0} msg/s, ratio to the pipe {:.2}; this build {:.2} of the baseline (host {:.1} against {:.1} µs CPU/msg)",
+            "baseline: millrace {b:.0} msg/s, ratio to the pipe {:.2}; this build {:.2} of the baseline (host {:.1} against {:.1} µs CPU/msg, broker {:.1} against {:.1})",
             b / p,
             m / b,
             med(&hosts, |x| x.consumer_us),
             med(&baselines, |x| x.consumer_us),
+            med(&hosts, |x| x.broker_us),
+            med(&baselines, |x| x.broker_us),
         );
     }
     if !unlineaged.is_empty() {

@@ -708,16 +708,135 @@ print(json.dumps({{'outputs': sorted(outputs), 'dead': sorted(dead)}}))
 /// A queue-to-exchange route `act` (queue `plant-a.act`) running the `act` guest; `amqp` adds
 /// keys to its broker table, `host` to the host table.
 fn act_workspace(broker: &Broker, host: &str, amqp: &str) -> Workspace {
-    let route = act_route("act", ACT_DEADLINE)
-        .replace("source = \"http\"", "source = \"amqp\"")
-        .replace(
+    queue_route_workspace(broker, &act_route("act", ACT_DEADLINE), host, amqp)
+}
+
+/// `route` (an HTTP-to-reply route `act`, first of the routes it may hold) turned into queue
+/// `plant-a.act` to exchange `plant-a.events`; `amqp` adds keys to its broker table, `host` to
+/// the host table.
+fn queue_route_workspace(broker: &Broker, route: &str, host: &str, amqp: &str) -> Workspace {
+    let route = route
+        .replacen("source = \"http\"", "source = \"amqp\"", 1)
+        .replacen(
             "sink = \"reply\"",
             &format!("sink = \"amqp\"\namqp = {{ queue = \"plant-a.act\", exchange = \"plant-a.events\"{amqp} }}"),
+            1,
         );
     Workspace::new(&format!(
         "[host]\namqp = \"{}\"\n{host}\n[plants.plant-a]\n\n{route}",
         broker.url()
     ))
+}
+
+/// An output whose id, content type or routing key is longer than an AMQP short string (255
+/// bytes) cannot be framed: published, it would corrupt the frame, and the broker would close
+/// the connection every route of the host shares (and again after every redelivery). Such an
+/// output fails its own message; the connection stays up and the rest are delivered.
+#[test]
+fn outputs_with_names_past_amqps_short_strings_fail_their_message_not_the_connection() {
+    let broker = Broker::start();
+    let hostile = guest("guest-hostile");
+    // `act` takes from a queue; `web` takes HTTP requests and publishes through the outbox.
+    let route = route_toml("act", &hostile, r#"["log", "state"]"#, "")
+        + &route_toml("web", &hostile, r#"["log", "state"]"#, "").replace(
+            "sink = \"reply\"",
+            "sink = \"amqp\"\namqp = { exchange = \"plant-a.events\", routing_key = \"{subject}\" }",
+        );
+    let ws = queue_route_workspace(
+        &broker,
+        &route,
+        "",
+        ", routing_key = \"{subject}\", max_attempts = 1",
+    );
+    let mut host = ws.start();
+    host.wait_ready();
+    let long_subject = format!("{{\"subject\": \"{}\"}}", "s".repeat(300));
+    publish_to_act(
+        &broker,
+        &[
+            // id and content type of 255 bytes each: the most that fits.
+            ("l-255".to_string(), "long 255".to_string()),
+            // 256: one byte past it.
+            ("l-256".to_string(), "long 256".to_string()),
+            // Echoed: its routing key (the event's subject) is 300 bytes.
+            ("k-300".to_string(), long_subject.clone()),
+            ("ok-1".to_string(), r#"{"subject": "fine"}"#.to_string()),
+        ],
+    );
+    let got = broker.client(&format!(
+        r#"
+{CONNECT}outputs, dead = [], []
+deadline = time.time() + 60
+while (len(outputs) < 2 or len(dead) < 2) and time.time() < deadline:
+    m, p, b = ch.basic_get('out', auto_ack=True)
+    if m: outputs.append({{'id': p.message_id, 'type': p.content_type, 'key': m.routing_key}})
+    m, p, b = ch.basic_get('millrace.act.dead-letter', auto_ack=True)
+    if m: dead.append({{'id': p.message_id, **{{k: (v.decode() if isinstance(v, bytes) else v) for k, v in p.headers.items() if k in ('x-millrace-kind', 'x-millrace-reason')}}}})
+    if not m: time.sleep(0.05)
+print(json.dumps({{'outputs': outputs, 'dead': sorted(dead, key=lambda d: d['id'])}}))
+"#
+    ));
+    let outputs = got["outputs"].as_array().unwrap();
+    let mut ids: Vec<&str> = outputs.iter().map(|o| o["id"].as_str().unwrap()).collect();
+    ids.sort();
+    assert_eq!(ids, ["i".repeat(255).as_str(), "ok-1"], "{got}");
+    let longest = outputs.iter().find(|o| o["id"] != "ok-1").unwrap();
+    assert_eq!(longest["type"].as_str().unwrap().len(), 255, "{got}");
+    let dead = got["dead"].as_array().unwrap();
+    assert_eq!(dead.len(), 2, "{got}");
+    assert_eq!(dead[0]["id"], "k-300", "{got}");
+    assert!(
+        dead[0]["x-millrace-reason"]
+            .as_str()
+            .unwrap()
+            .contains("routing key is 300 bytes"),
+        "{got}"
+    );
+    assert_eq!(dead[1]["id"], "l-256", "{got}");
+    assert_eq!(dead[1]["x-millrace-kind"], "limit", "{got}");
+    assert!(
+        dead[1]["x-millrace-reason"]
+            .as_str()
+            .unwrap()
+            .contains("must be 1 to 255 bytes"),
+        "{got}"
+    );
+    // One session from start to end: the broker never closed the host's connection.
+    let log = host.drain_log();
+    let sessions = log
+        .iter()
+        .filter(|l| l.contains("connected to the broker; consuming"))
+        .count();
+    let dropped: Vec<&String> = log.iter().filter(|l| l.contains("reconnecting")).collect();
+    assert!(
+        sessions == 1 && dropped.is_empty(),
+        "{sessions} sessions; {dropped:?}"
+    );
+    // Over HTTP: refused before anything is held (held, it would stop the outbox, which
+    // publishes in order); the next request goes through the outbox to the broker.
+    let refused = host.post_with_key("web", "application/json", "w-300", &long_subject);
+    assert_eq!(refused.status, 503, "{}", refused.body);
+    assert!(
+        refused.body.contains("routing key is 300 bytes"),
+        "{}",
+        refused.body
+    );
+    let taken = host.post_with_key("web", "application/json", "w-1", r#"{"subject": "web"}"#);
+    assert_eq!(taken.status, 202, "{}", taken.body);
+    let got = broker.client(&format!(
+        r#"
+{CONNECT}deadline = time.time() + 60
+got = None
+while got is None and time.time() < deadline:
+    m, p, b = ch.basic_get('out', auto_ack=True)
+    if m: got = {{'id': p.message_id, 'key': m.routing_key}}
+    else: time.sleep(0.05)
+print(json.dumps(got))
+"#
+    ));
+    assert_eq!(got["id"], "w-1", "{got}");
+    assert_eq!(got["key"], "web", "{got}");
+    assert_eq!(broker.depth("plant-a.act"), 0);
 }
 
 /// pika: declare `out` (bound to the route's exchange) and the queue `plant-a.act`, then publish

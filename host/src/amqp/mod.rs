@@ -239,13 +239,17 @@ impl crate::pipeline::sinks::Sink for AmqpSink {
         Box::pin(async move {
             match (via, &self.outbox, &self.link) {
                 (Via::Held, Some(outbox), _) => {
-                    let entries: Vec<_> = outputs
+                    // Only what can be published is held: one that cannot would stop the
+                    // outbox, which publishes in order, for every route.
+                    let entries = outputs
                         .into_iter()
                         .map(|o| {
                             let key = publisher::routing_key(&route.amqp.routing_key, &o);
-                            (route.amqp.exchange.clone(), key, o)
+                            publisher::check_publishable(&route.amqp.exchange, &key, &o)
+                                .map(|()| (route.amqp.exchange.clone(), key, o))
                         })
-                        .collect();
+                        .collect::<Result<Vec<_>, _>>()
+                        .map_err(|e| DeliveryError::Unavailable(e.to_string()))?;
                     outbox.hold(route.lineage(), &entries)
                 }
                 (_, _, Some(link)) => {

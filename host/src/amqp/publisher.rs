@@ -7,12 +7,14 @@
 //!
 //! Every publish is `mandatory`: a message no queue takes comes back (`basic.return`) and counts
 //! as not delivered. lapin hands a return to whichever confirm of the channel resolves next, not
-//! to the message returned (with `multiple` acks, to any of the messages the ack covers), so on a
-//! channel shared by concurrent publishes an unroutable message could read as confirmed: lost.
-//! Each publish therefore takes a channel of its own from a pool ([`CHANNELS`] at most, opened
-//! as needed) and waits for every confirm on it before the channel serves another; the returns
-//! it collects are matched to its messages by id, exchange and routing key, and a return that
-//! matches none marks them all not delivered (a copy later, never a loss).
+//! to the message returned (with `multiple` acks, to any of the messages the ack covers), so a
+//! publish cannot judge its messages by its own confirms alone. Concurrent publishes therefore
+//! share a channel as a *batch*: the batch has its channel to itself (a pool of [`CHANNELS`] at
+//! most, opened as needed), closes when its first confirm came (publishes made meanwhile share
+//! that round trip) or at 256 messages, and its collector waits for every confirm on the channel
+//! before judging: every return it got is matched to the batch's messages by id, exchange and
+//! routing key, and one that matches none marks them all not delivered (a copy later, never a
+//! loss). Only then does the channel serve another batch.
 
 use crate::pipeline::chain::Failure;
 use crate::plugin::PluginId;
@@ -30,6 +32,15 @@ pub enum PublishError {
     Broker(#[from] lapin::Error),
     #[error("the broker refused (nack) output {0}")]
     Nacked(String),
+    /// A name the message would carry does not fit an AMQP short string.
+    #[error(
+        "message {id}: its {what} is {len} bytes, AMQP carries at most 255 (for a routing key: the route's `routing_key` template filled from the event)"
+    )]
+    TooLong {
+        id: String,
+        what: &'static str,
+        len: usize,
+    },
     /// No queue is bound where the message was published: it would have vanished.
     #[error(
         "no queue takes message {id} (exchange {exchange:?}, routing key {routing_key:?}); bind one"
@@ -51,59 +62,116 @@ struct Outgoing<'a> {
     properties: BasicProperties,
 }
 
-/// What the broker's confirms of one publish say, message by message in `sent` order: taken (and
-/// routed to a queue), or why not. `answers` holds every confirm of the channel the publish had
-/// to itself, so every return among them belongs to one of `sent`; lapin may have attached it
-/// to another message's confirm, so a return is matched by id, exchange and routing key.
-fn judge(sent: &[Outgoing<'_>], answers: Vec<lapin::Confirmation>) -> Result<usize, PublishError> {
+/// What a return is matched by: a hash of the exchange, routing key and `message-id` of a
+/// message sent. Messages with equal hashes are judged alike: a copy at worst, never a loss.
+fn key(exchange: &str, routing_key: &str, id: &str) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::hash::DefaultHasher::new();
+    (exchange, routing_key, id).hash(&mut hasher);
+    hasher.finish()
+}
+
+/// Why a publish did not go through: the first message (by index in the publish) that did not,
+/// or the channel failing.
+enum Fate {
+    Returned(usize),
+    Nacked(usize),
+    Broker(lapin::Error),
+}
+
+/// What the broker's confirms of one batch say, publish by publish (in the order they joined),
+/// each message in the order sent: taken (and routed to a queue), or why not. `answers` holds
+/// every confirm of the channel the batch had to itself, so every return among them belongs to
+/// one of its messages; lapin may have attached it to another message's confirm, so a return is
+/// matched by id, exchange and routing key, and one that matches none marks them all returned.
+fn judge(
+    sent: &[Vec<u64>],
+    answers: &[Vec<Result<lapin::Confirmation, lapin::Error>>],
+) -> Vec<Result<(), Fate>> {
     use lapin::Confirmation;
-    let mut returned = Vec::new();
-    let mut verdicts = Vec::with_capacity(answers.len());
-    for answer in answers {
-        match answer {
-            Confirmation::Ack(message) => {
-                returned.extend(message);
-                verdicts.push(true);
+    let returned: Vec<u64> = answers
+        .iter()
+        .flatten()
+        .filter_map(|a| match a {
+            Ok(Confirmation::Ack(Some(r)) | Confirmation::Nack(Some(r))) => Some(key(
+                r.delivery.exchange.as_str(),
+                r.delivery.routing_key.as_str(),
+                r.properties
+                    .message_id()
+                    .as_ref()
+                    .map_or("", |id| id.as_str()),
+            )),
+            _ => None,
+        })
+        .collect();
+    let unplaced = returned
+        .iter()
+        .any(|r| !sent.iter().flatten().any(|k| k == r));
+    let one = |keys: &Vec<u64>, answers: &Vec<Result<Confirmation, lapin::Error>>| {
+        for (i, (k, answer)) in keys.iter().zip(answers).enumerate() {
+            let acked = match answer {
+                Ok(Confirmation::Ack(_)) => true,
+                Ok(Confirmation::Nack(_)) => false,
+                Err(e) => return Err(Fate::Broker(e.clone())),
+                // The channel is in confirm mode: an answer without a confirm means it is not
+                // usable.
+                Ok(Confirmation::NotRequested) => {
+                    return Err(Fate::Broker(lapin::Error::from(
+                        lapin::ErrorKind::InvalidChannelState(
+                            lapin::ChannelState::Closed,
+                            "no confirm",
+                        ),
+                    )));
+                }
+            };
+            if unplaced || returned.contains(k) {
+                return Err(Fate::Returned(i));
             }
-            Confirmation::Nack(message) => {
-                returned.extend(message);
-                verdicts.push(false);
-            }
-            // The channel is in confirm mode: an answer without a confirm means it is not usable.
-            Confirmation::NotRequested => {
-                return Err(PublishError::Broker(lapin::Error::from(
-                    lapin::ErrorKind::InvalidChannelState(
-                        lapin::ChannelState::Closed,
-                        "no confirm",
-                    ),
-                )));
+            if !acked {
+                return Err(Fate::Nacked(i));
             }
         }
-    }
-    let is = |r: &lapin::message::BasicReturnMessage, o: &Outgoing<'_>| {
-        r.delivery.exchange.as_str() == o.exchange
-            && r.delivery.routing_key.as_str() == o.routing_key
-            && r.properties
-                .message_id()
-                .as_ref()
-                .map_or("", |id| id.as_str())
-                == o.id
+        Ok(())
     };
-    // A return that matches none of them: any of them may be the one returned.
-    let unplaced = returned.iter().any(|r| !sent.iter().any(|o| is(r, o)));
-    for (o, acked) in sent.iter().zip(verdicts) {
-        if unplaced || returned.iter().any(|r| is(r, o)) {
-            return Err(PublishError::Unroutable {
-                id: o.id.to_string(),
-                exchange: o.exchange.to_string(),
-                routing_key: o.routing_key.to_string(),
-            });
-        }
-        if !acked {
-            return Err(PublishError::Nacked(o.id.to_string()));
-        }
+    sent.iter().zip(answers).map(|(k, a)| one(k, a)).collect()
+}
+
+/// Most bytes of an AMQP short string: exchange, routing key, `message-id`, content type.
+pub const MAX_SHORT_STRING: usize = 255;
+
+/// Whether every name of message `id` fits an AMQP short string. One that does not cannot be
+/// framed (lapin writes its length in one byte): published, it would corrupt the frame and the
+/// broker would close the connection every route shares.
+fn fits(id: &str, names: [(&'static str, &str); 4]) -> Result<(), PublishError> {
+    match names
+        .into_iter()
+        .find(|(_, value)| value.len() > MAX_SHORT_STRING)
+    {
+        None => Ok(()),
+        Some((what, value)) => Err(PublishError::TooLong {
+            id: id.chars().take(64).collect(),
+            what,
+            len: value.len(),
+        }),
     }
-    Ok(sent.len())
+}
+
+/// Whether an output can be published to `exchange` with `routing_key`: every name it would
+/// carry fits an AMQP short string.
+pub fn check_publishable(
+    exchange: &str,
+    routing_key: &str,
+    output: &Message,
+) -> Result<(), PublishError> {
+    fits(
+        &output.id,
+        [
+            ("exchange", exchange),
+            ("routing key", routing_key),
+            ("id", &output.id),
+            ("content type", &output.content_type),
+        ],
+    )
 }
 
 impl PublishError {
@@ -113,9 +181,12 @@ impl PublishError {
     }
 }
 
-/// Most confirm-mode channels a publisher opens on its connection: as many publishes can wait
-/// for their confirms at once; more wait for a channel.
+/// Most confirm-mode channels a publisher opens on its connection: as many batches can wait for
+/// their confirms at once; a publish that finds none free waits for one.
 pub const CHANNELS: usize = 32;
+
+/// Most messages one batch takes; a publish that would go beyond starts the next batch.
+const BATCH_MESSAGES: usize = 256;
 
 /// The publisher of one broker connection, shared by every route that publishes.
 #[derive(Clone)]
@@ -128,29 +199,49 @@ pub struct AmqpPublisher {
     output_headers: bool,
 }
 
-/// Confirm-mode channels of one connection, each carrying one publish at a time.
+/// Confirm-mode channels of one connection, each carrying one batch at a time.
 struct Channels {
     connection: Weak<Connection>,
     idle: Mutex<Vec<Channel>>,
-    slots: tokio::sync::Semaphore,
+    slots: Arc<tokio::sync::Semaphore>,
+    /// The batch publishes join while it is open.
+    open: Mutex<Option<Arc<Batch>>>,
 }
 
-/// A channel taken for one publish. Back to the pool only once every confirm on it came
-/// ([`Taken::clean`]); a publish given up half-way (an error, or its task dropped) drops it,
-/// and dropping the last handle closes the channel at the broker, so no confirm or return of it
-/// can reach the next publish.
-struct Taken<'a> {
-    channels: &'a Channels,
+/// Publishes sharing one channel: each publishes its messages on it and hands their confirms to
+/// the batch's collector, which closes the batch when its first confirm came (or it is full),
+/// waits for every confirm on the channel and judges each publish.
+struct Batch {
+    channel: Channel,
+    join: tokio::sync::Mutex<Join>,
+}
+
+struct Join {
+    /// Where publishes hand their confirms; `None` once the batch is closed.
+    members: Option<tokio::sync::mpsc::UnboundedSender<Member>>,
+    messages: usize,
+    /// A publish on the channel failed: it does not go back to the pool.
+    broken: bool,
+}
+
+/// One publish of a batch.
+struct Member {
+    sent: Vec<u64>,
+    confirms: Vec<lapin::PublisherConfirm>,
+    verdict: tokio::sync::oneshot::Sender<Result<(), Fate>>,
+}
+
+/// A channel taken for one batch. Back to the pool only once every confirm on it came
+/// ([`Taken::clean`]); a batch given up half-way drops it, and dropping the last handle closes
+/// the channel at the broker, so no confirm or return of it can reach the next batch.
+struct Taken {
+    channels: Arc<Channels>,
     channel: Option<Channel>,
-    _slot: tokio::sync::SemaphorePermit<'a>,
+    _slot: tokio::sync::OwnedSemaphorePermit,
 }
 
-impl Taken<'_> {
-    fn channel(&self) -> &Channel {
-        self.channel.as_ref().expect("held until dropped")
-    }
-
-    /// Every confirm of this channel came: it may serve the next publish.
+impl Taken {
+    /// Every confirm of this channel came: it may serve the next batch.
     fn clean(mut self) {
         if let Some(channel) = self.channel.take() {
             self.channels
@@ -163,10 +254,11 @@ impl Taken<'_> {
 }
 
 impl Channels {
-    async fn take(&self) -> Result<Taken<'_>, lapin::Error> {
+    async fn take(self: &Arc<Self>) -> Result<Taken, lapin::Error> {
         let slot = self
             .slots
-            .acquire()
+            .clone()
+            .acquire_owned()
             .await
             .expect("the pool's semaphore is never closed");
         let idle = loop {
@@ -193,13 +285,94 @@ impl Channels {
             }
         };
         Ok(Taken {
-            channels: self,
+            channels: self.clone(),
             channel: Some(channel),
             _slot: slot,
         })
     }
-}
 
+    /// The open batch, if any.
+    fn open(&self) -> Option<Arc<Batch>> {
+        self.open.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// A new batch on a channel of its own, open for publishes to join, its collector started.
+    async fn begin(self: &Arc<Self>) -> Result<Arc<Batch>, lapin::Error> {
+        let taken = self.take().await?;
+        let (members, joined) = tokio::sync::mpsc::unbounded_channel();
+        let batch = Arc::new(Batch {
+            channel: taken.channel.clone().expect("held until dropped"),
+            join: tokio::sync::Mutex::new(Join {
+                members: Some(members),
+                messages: 0,
+                broken: false,
+            }),
+        });
+        *self.open.lock().unwrap_or_else(|e| e.into_inner()) = Some(batch.clone());
+        tokio::spawn(self.clone().collect(batch.clone(), taken, joined));
+        Ok(batch)
+    }
+
+    /// `batch` takes no more publishes (a no-op when another batch is open by now).
+    fn close(&self, batch: &Arc<Batch>, join: &mut Join) {
+        join.members = None;
+        let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
+        if open.as_ref().is_some_and(|b| Arc::ptr_eq(b, batch)) {
+            *open = None;
+        }
+    }
+
+    /// Wait for every confirm of `batch` and tell each publish its fate. The batch closes when
+    /// its first confirm came: publishes made meanwhile share its round trip to the broker.
+    async fn collect(
+        self: Arc<Self>,
+        batch: Arc<Batch>,
+        taken: Taken,
+        mut joined: tokio::sync::mpsc::UnboundedReceiver<Member>,
+    ) {
+        let mut members = Vec::new();
+        let mut answers: Vec<Vec<_>> = Vec::new();
+        if let Some(mut first) = joined.recv().await {
+            let mut confirms = std::mem::take(&mut first.confirms).into_iter();
+            let mut answered = Vec::with_capacity(confirms.len());
+            if let Some(confirm) = confirms.next() {
+                answered.push(confirm.await);
+            }
+            self.close(&batch, &mut *batch.join.lock().await);
+            for confirm in confirms {
+                answered.push(confirm.await);
+            }
+            answers.push(answered);
+            members.push(first);
+        }
+        while let Some(mut member) = joined.recv().await {
+            let mut answered = Vec::with_capacity(member.confirms.len());
+            for confirm in std::mem::take(&mut member.confirms) {
+                answered.push(confirm.await);
+            }
+            answers.push(answered);
+            members.push(member);
+        }
+        let intact = !batch.join.lock().await.broken
+            && answers.iter().flatten().all(|a| {
+                matches!(
+                    a,
+                    Ok(lapin::Confirmation::Ack(_) | lapin::Confirmation::Nack(_))
+                )
+            });
+        let sent: Vec<Vec<u64>> = members
+            .iter_mut()
+            .map(|m| std::mem::take(&mut m.sent))
+            .collect();
+        for (member, verdict) in members.into_iter().zip(judge(&sent, &answers)) {
+            // A publish whose task is gone has nobody to tell.
+            let _ = member.verdict.send(verdict);
+        }
+        if intact {
+            taken.clean();
+        }
+    }
+}
 const PERSISTENT: u8 = 2;
 
 fn text(value: &str) -> AMQPValue {
@@ -324,7 +497,8 @@ impl AmqpPublisher {
         let channels = Arc::new(Channels {
             connection: Arc::downgrade(connection),
             idle: Mutex::new(Vec::new()),
-            slots: tokio::sync::Semaphore::new(CHANNELS),
+            slots: Arc::new(tokio::sync::Semaphore::new(CHANNELS)),
+            open: Mutex::new(None),
         });
         channels.take().await?.clean();
         Ok(AmqpPublisher {
@@ -333,33 +507,107 @@ impl AmqpPublisher {
         })
     }
 
-    /// Publish `messages` persistent and `mandatory` on a channel of their own, in order, and
-    /// wait until the broker confirmed every one (see the module's doc for why a channel each).
+    /// Publish `messages` persistent and `mandatory`, in order, and wait until the broker
+    /// confirmed every one. Concurrent publishes share a channel as one batch, judged together
+    /// (see the module's doc for why a batch has its channel to itself).
     async fn send(&self, mut messages: Vec<Outgoing<'_>>) -> Result<usize, PublishError> {
-        let taken = self.channels.take().await?;
-        let mut confirms = Vec::with_capacity(messages.len());
-        for message in &mut messages {
-            let confirm = taken
-                .channel()
-                .basic_publish(
-                    message.exchange.into(),
-                    message.routing_key.into(),
-                    BasicPublishOptions {
-                        mandatory: true,
-                        ..Default::default()
-                    },
-                    message.body,
-                    std::mem::take(&mut message.properties),
-                )
-                .await?;
-            confirms.push(confirm);
+        if messages.is_empty() {
+            return Ok(0);
         }
-        let mut answers = Vec::with_capacity(confirms.len());
-        for confirm in confirms {
-            answers.push(confirm.await?);
+        for m in &messages {
+            let content_type = m.properties.content_type().as_ref();
+            fits(
+                m.id,
+                [
+                    ("exchange", m.exchange),
+                    ("routing key", m.routing_key),
+                    ("id", m.id),
+                    ("content type", content_type.map_or("", |t| t.as_str())),
+                ],
+            )?;
         }
-        taken.clean();
-        judge(&messages, answers)
+        let (verdict, judged) = tokio::sync::oneshot::channel();
+        let mut verdict = Some(verdict);
+        loop {
+            let batch = match self.channels.open() {
+                Some(batch) => batch,
+                None => self.channels.begin().await?,
+            };
+            let mut join = batch.join.lock().await;
+            if join.members.is_none() {
+                continue;
+            }
+            if join.messages > 0 && join.messages + messages.len() > BATCH_MESSAGES {
+                self.channels.close(&batch, &mut join);
+                continue;
+            }
+            // Until this publish is handed to the collector, a publish given up half-way (its
+            // task dropped) leaves confirms on the channel nobody waits for: not back to the pool.
+            let was_broken = std::mem::replace(&mut join.broken, true);
+            let mut confirms = Vec::with_capacity(messages.len());
+            for message in &mut messages {
+                let published = batch
+                    .channel
+                    .basic_publish(
+                        message.exchange.into(),
+                        message.routing_key.into(),
+                        BasicPublishOptions {
+                            mandatory: true,
+                            ..Default::default()
+                        },
+                        message.body,
+                        std::mem::take(&mut message.properties),
+                    )
+                    .await;
+                match published {
+                    Ok(confirm) => confirms.push(confirm),
+                    Err(e) => {
+                        // The channel is broken: nobody joins this batch any more.
+                        self.channels.close(&batch, &mut join);
+                        return Err(e.into());
+                    }
+                }
+            }
+            join.messages += messages.len();
+            let member = Member {
+                sent: messages
+                    .iter()
+                    .map(|m| key(m.exchange, m.routing_key, m.id))
+                    .collect(),
+                confirms,
+                verdict: verdict.take().expect("sent once"),
+            };
+            join.members
+                .as_ref()
+                .expect("open, checked above")
+                .send(member)
+                .map_err(|_| {
+                    lapin::Error::from(lapin::ErrorKind::InvalidChannelState(
+                        lapin::ChannelState::Closed,
+                        "the batch's collector is gone",
+                    ))
+                })?;
+            join.broken = was_broken;
+            break;
+        }
+        let fate = judged.await.unwrap_or_else(|_| {
+            Err(Fate::Broker(lapin::Error::from(
+                lapin::ErrorKind::InvalidChannelState(
+                    lapin::ChannelState::Closed,
+                    "the publish was abandoned (the host is stopping)",
+                ),
+            )))
+        });
+        match fate {
+            Ok(()) => Ok(messages.len()),
+            Err(Fate::Broker(e)) => Err(PublishError::Broker(e)),
+            Err(Fate::Nacked(i)) => Err(PublishError::Nacked(messages[i].id.to_string())),
+            Err(Fate::Returned(i)) => Err(PublishError::Unroutable {
+                id: messages[i].id.to_string(),
+                exchange: messages[i].exchange.to_string(),
+                routing_key: messages[i].routing_key.to_string(),
+            }),
+        }
     }
 
     /// Publish each output to its exchange with its routing key and lineage, in order, and wait until the

@@ -46,7 +46,7 @@ use std::sync::Arc;
 use tokio::net::TcpListener;
 
 /// Longest accepted `Idempotency-Key`.
-const MAX_KEY_LEN: usize = 256;
+const MAX_KEY_LEN: usize = 255;
 
 /// What the message listener serves with.
 pub struct HttpSource {

@@ -48,10 +48,11 @@ impl Breach {
     }
 }
 
-/// Longest output id (it becomes an AMQP `message-id` and an HTTP `Idempotency-Key`).
-pub const MAX_ID_BYTES: usize = 256;
-/// Longest output content type.
-pub const MAX_CONTENT_TYPE_BYTES: usize = 256;
+/// Longest output id (it becomes an AMQP `message-id` and an HTTP `Idempotency-Key`): what an
+/// AMQP short string holds.
+pub const MAX_ID_BYTES: usize = 255;
+/// Longest output content type (an AMQP short string too).
+pub const MAX_CONTENT_TYPE_BYTES: usize = 255;
 /// Headers one output may carry.
 pub const MAX_HEADERS: usize = 64;
 /// Longest header name.

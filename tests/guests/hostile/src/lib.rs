@@ -9,6 +9,8 @@
 //! - `log N`: N log entries of 64 KiB, each full of newlines that would forge log lines;
 //! - `state N`: N state writes of 60 KB each under new keys;
 //! - `recurse`: unbounded recursion (a stack overflow);
+//! - `long N`: one output whose id and content type are N bytes each (names a transport may
+//!   carry in a length-prefixed field);
 //! - anything else: one output, the input unchanged.
 //!
 //! Imports `log` and `state`: a route running it grants both.
@@ -98,6 +100,14 @@ impl Plugin for Hostile {
                     depth.to_string().into_bytes(),
                 )])
             }
+            "long" => Ok(vec![Message {
+                id: "i".repeat(n),
+                ..one(
+                    &input,
+                    &format!("text/{}", "x".repeat(n.saturating_sub(5))),
+                    b"l".to_vec(),
+                )
+            }]),
             _ => Ok(vec![input]),
         }
     }
