@@ -213,15 +213,48 @@ struct Channels {
 /// waits for every confirm on the channel and judges each publish.
 struct Batch {
     channel: Channel,
-    join: tokio::sync::Mutex<Join>,
+    join: Mutex<Join>,
 }
 
 struct Join {
-    /// Where publishes hand their confirms; `None` once the batch is closed.
+    /// Where publishes hand their confirms; `None` once the batch is closed. A publish joins by
+    /// taking a clone, so the collector's list of publishes ends only when every publish that
+    /// joined has handed its confirms over (or was given up).
     members: Option<tokio::sync::mpsc::UnboundedSender<Member>>,
     messages: usize,
-    /// A publish on the channel failed: it does not go back to the pool.
+    /// A publish on the channel failed or was given up half-way: the channel may carry confirms
+    /// nobody waits for, so it does not go back to the pool.
     broken: bool,
+}
+
+impl Batch {
+    fn join(&self) -> std::sync::MutexGuard<'_, Join> {
+        self.join.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// Marks its batch broken when dropped before [`Joined::handed_over`]: a publish given up
+/// half-way (its task dropped) left confirms on the channel that no collector waits for.
+struct Joined {
+    batch: Arc<Batch>,
+    members: tokio::sync::mpsc::UnboundedSender<Member>,
+    handed_over: bool,
+}
+
+impl Joined {
+    fn hand_over(mut self, member: Member) {
+        // The collector is alive while any sender is: it cannot be gone.
+        let _ = self.members.send(member);
+        self.handed_over = true;
+    }
+}
+
+impl Drop for Joined {
+    fn drop(&mut self) {
+        if !self.handed_over {
+            self.batch.join().broken = true;
+        }
+    }
 }
 
 /// One publish of a batch.
@@ -302,7 +335,7 @@ impl Channels {
         let (members, joined) = tokio::sync::mpsc::unbounded_channel();
         let batch = Arc::new(Batch {
             channel: taken.channel.clone().expect("held until dropped"),
-            join: tokio::sync::Mutex::new(Join {
+            join: Mutex::new(Join {
                 members: Some(members),
                 messages: 0,
                 broken: false,
@@ -338,7 +371,7 @@ impl Channels {
             if let Some(confirm) = confirms.next() {
                 answered.push(confirm.await);
             }
-            self.close(&batch, &mut *batch.join.lock().await);
+            self.close(&batch, &mut batch.join());
             for confirm in confirms {
                 answered.push(confirm.await);
             }
@@ -353,7 +386,7 @@ impl Channels {
             answers.push(answered);
             members.push(member);
         }
-        let intact = !batch.join.lock().await.broken
+        let intact = !batch.join().broken
             && answers.iter().flatten().all(|a| {
                 matches!(
                     a,
@@ -526,70 +559,61 @@ impl AmqpPublisher {
                 ],
             )?;
         }
-        let (verdict, judged) = tokio::sync::oneshot::channel();
-        let mut verdict = Some(verdict);
-        loop {
+        let joined = loop {
             let batch = match self.channels.open() {
                 Some(batch) => batch,
                 None => self.channels.begin().await?,
             };
-            let mut join = batch.join.lock().await;
-            if join.members.is_none() {
+            let mut join = batch.join();
+            let Some(members) = join.members.clone() else {
                 continue;
-            }
+            };
             if join.messages > 0 && join.messages + messages.len() > BATCH_MESSAGES {
                 self.channels.close(&batch, &mut join);
                 continue;
             }
-            // Until this publish is handed to the collector, a publish given up half-way (its
-            // task dropped) leaves confirms on the channel nobody waits for: not back to the pool.
-            let was_broken = std::mem::replace(&mut join.broken, true);
-            let mut confirms = Vec::with_capacity(messages.len());
-            for message in &mut messages {
-                let published = batch
-                    .channel
-                    .basic_publish(
-                        message.exchange.into(),
-                        message.routing_key.into(),
-                        BasicPublishOptions {
-                            mandatory: true,
-                            ..Default::default()
-                        },
-                        message.body,
-                        std::mem::take(&mut message.properties),
-                    )
-                    .await;
-                match published {
-                    Ok(confirm) => confirms.push(confirm),
-                    Err(e) => {
-                        // The channel is broken: nobody joins this batch any more.
-                        self.channels.close(&batch, &mut join);
-                        return Err(e.into());
-                    }
+            join.messages += messages.len();
+            drop(join);
+            break Joined {
+                batch,
+                members,
+                handed_over: false,
+            };
+        };
+        let mut confirms = Vec::with_capacity(messages.len());
+        for message in &mut messages {
+            let published = joined
+                .batch
+                .channel
+                .basic_publish(
+                    message.exchange.into(),
+                    message.routing_key.into(),
+                    BasicPublishOptions {
+                        mandatory: true,
+                        ..Default::default()
+                    },
+                    message.body,
+                    std::mem::take(&mut message.properties),
+                )
+                .await;
+            match published {
+                Ok(confirm) => confirms.push(confirm),
+                Err(e) => {
+                    // The channel is broken: nobody joins this batch any more.
+                    self.channels.close(&joined.batch, &mut joined.batch.join());
+                    return Err(e.into());
                 }
             }
-            join.messages += messages.len();
-            let member = Member {
-                sent: messages
-                    .iter()
-                    .map(|m| key(m.exchange, m.routing_key, m.id))
-                    .collect(),
-                confirms,
-                verdict: verdict.take().expect("sent once"),
-            };
-            join.members
-                .as_ref()
-                .expect("open, checked above")
-                .send(member)
-                .map_err(|_| {
-                    lapin::Error::from(lapin::ErrorKind::InvalidChannelState(
-                        lapin::ChannelState::Closed,
-                        "the batch's collector is gone",
-                    ))
-                })?;
-            join.broken = was_broken;
-            break;
         }
+        let (verdict, judged) = tokio::sync::oneshot::channel();
+        joined.hand_over(Member {
+            sent: messages
+                .iter()
+                .map(|m| key(m.exchange, m.routing_key, m.id))
+                .collect(),
+            confirms,
+            verdict,
+        });
         let fate = judged.await.unwrap_or_else(|_| {
             Err(Fate::Broker(lapin::Error::from(
                 lapin::ErrorKind::InvalidChannelState(
@@ -816,6 +840,65 @@ pub fn routing_key(template: &str, output: &Message) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use lapin::Confirmation;
+
+    /// The broker's return of the message sent to `exchange` with `routing_key` and `id`.
+    fn returned(exchange: &str, routing_key: &str, id: &str) -> lapin::message::BasicReturnMessage {
+        let mut delivery = lapin::message::Delivery::mock(
+            0,
+            exchange.into(),
+            routing_key.into(),
+            false,
+            Vec::new(),
+        );
+        delivery.properties = BasicProperties::default().with_message_id(id.into());
+        lapin::message::BasicReturnMessage {
+            delivery,
+            reply_code: 312,
+            reply_text: "NO_ROUTE".into(),
+        }
+    }
+
+    #[test]
+    fn a_return_is_judged_by_the_message_it_names_not_the_confirm_it_came_with() {
+        let sent = vec![
+            vec![key("ev", "a", "a-1"), key("ev", "a", "a-2")],
+            vec![key("ev", "b", "b-1")],
+        ];
+        // b-1's return came attached to a-2's confirm (lapin's order), b-1's own ack is bare.
+        let answers = vec![
+            vec![
+                Ok(Confirmation::Ack(None)),
+                Ok(Confirmation::Ack(Some(returned("ev", "b", "b-1")))),
+            ],
+            vec![Ok(Confirmation::Ack(None))],
+        ];
+        let verdicts = judge(&sent, &answers);
+        assert!(verdicts[0].is_ok(), "a-1 and a-2 were routed");
+        assert!(
+            matches!(verdicts[1], Err(Fate::Returned(0))),
+            "b-1 came back"
+        );
+
+        // A return naming none of the batch's messages: any of them may be the one returned.
+        let answers = vec![
+            vec![Ok(Confirmation::Ack(None)), Ok(Confirmation::Ack(None))],
+            vec![Ok(Confirmation::Ack(Some(returned("ev", "b", "x-9"))))],
+        ];
+        let verdicts = judge(&sent, &answers);
+        assert!(verdicts.iter().all(|v| matches!(v, Err(Fate::Returned(0)))));
+
+        // A nack is the message's own; a failed confirm fails its publish.
+        let answers = vec![
+            vec![Ok(Confirmation::Ack(None)), Ok(Confirmation::Nack(None))],
+            vec![Err(lapin::Error::from(
+                lapin::ErrorKind::InvalidChannelState(lapin::ChannelState::Closed, "gone"),
+            ))],
+        ];
+        let verdicts = judge(&sent, &answers);
+        assert!(matches!(verdicts[0], Err(Fate::Nacked(1))));
+        assert!(matches!(verdicts[1], Err(Fate::Broker(_))));
+    }
 
     #[test]
     fn routing_keys_come_from_the_event() {
