@@ -406,6 +406,7 @@ impl Channels {
         }
     }
 }
+
 const PERSISTENT: u8 = 2;
 
 fn text(value: &str) -> AMQPValue {
