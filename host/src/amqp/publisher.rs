@@ -10,11 +10,14 @@
 //! to the message returned (with `multiple` acks, to any of the messages the ack covers), so a
 //! publish cannot judge its messages by its own confirms alone. Concurrent publishes therefore
 //! share a channel as a *batch*: the batch has its channel to itself (a pool of [`CHANNELS`] at
-//! most, opened as needed), closes when its first confirm came (publishes made meanwhile share
-//! that round trip) or at 256 messages, and its collector waits for every confirm on the channel
-//! before judging: every return it got is matched to the batch's messages by id, exchange and
-//! routing key, and one that matches none marks them all not delivered (a copy later, never a
-//! loss). Only then does the channel serve another batch.
+//! most, opened as needed), closes when the first confirm its collector waits for came
+//! (publishes made meanwhile share that round trip) or at 256 messages, and its collector waits
+//! for every confirm on the channel before judging: every return it got is matched to the
+//! batch's messages by id, exchange and routing key, and one that matches none marks them all
+//! not delivered. A publish given up half-way (a failed publish, its task dropped) takes confirms
+//! with it that may carry another's return, so then no message of the batch counts as
+//! delivered. Either way: a copy later, never a loss. Only a batch judged by all its confirms
+//! gives its channel back to the pool.
 
 use crate::pipeline::chain::Failure;
 use crate::plugin::PluginId;
@@ -41,6 +44,10 @@ pub enum PublishError {
         what: &'static str,
         len: usize,
     },
+    /// Another publish sharing the channel was given up half-way, taking confirms (and any
+    /// return attached to them) with it: whether these messages were routed is not known.
+    #[error("not known whether output {0} was routed (a publish sharing its channel failed)")]
+    Unjudged(String),
     /// No queue is bound where the message was published: it would have vanished.
     #[error(
         "no queue takes message {id} (exchange {exchange:?}, routing key {routing_key:?}); bind one"
@@ -77,16 +84,21 @@ enum Fate {
     Returned(usize),
     Nacked(usize),
     Broker(lapin::Error),
+    /// A publish of the batch was given up half-way: the confirms it dropped may have carried
+    /// a return of this publish's messages, so whether they were routed is not known.
+    Unknown,
 }
 
 /// What the broker's confirms of one batch say, publish by publish (in the order they joined),
 /// each message in the order sent: taken (and routed to a queue), or why not. `answers` holds
-/// every confirm of the channel the batch had to itself, so every return among them belongs to
-/// one of its messages; lapin may have attached it to another message's confirm, so a return is
+/// every confirm of the channel the batch had to itself (a batch one of whose publishes was given
+/// up half-way is not judged by them: see [`Fate::Unknown`]), so every return among them belongs
+/// to one of its messages; lapin may have attached it to another message's confirm, so a return is
 /// matched by id, exchange and routing key, and one that matches none marks them all returned.
 fn judge(
     sent: &[Vec<u64>],
     answers: &[Vec<Result<lapin::Confirmation, lapin::Error>>],
+    broken: bool,
 ) -> Vec<Result<(), Fate>> {
     use lapin::Confirmation;
     let returned: Vec<u64> = answers
@@ -133,7 +145,12 @@ fn judge(
         }
         Ok(())
     };
-    sent.iter().zip(answers).map(|(k, a)| one(k, a)).collect()
+    sent.iter()
+        .zip(answers)
+        // A publish given up half-way dropped confirms that may carry another's return: no
+        // publish of the batch counts as routed.
+        .map(|(k, a)| one(k, a).and_then(|()| if broken { Err(Fate::Unknown) } else { Ok(()) }))
+        .collect()
 }
 
 /// Most bytes of an AMQP short string: exchange, routing key, `message-id`, content type.
@@ -185,7 +202,8 @@ impl PublishError {
 /// their confirms at once; a publish that finds none free waits for one.
 pub const CHANNELS: usize = 32;
 
-/// Most messages one batch takes; a publish that would go beyond starts the next batch.
+/// Most messages one batch takes (counted as publishes join); a publish that would go beyond
+/// starts the next batch, and a publish of more than this many has a batch of its own.
 const BATCH_MESSAGES: usize = 256;
 
 /// The publisher of one broker connection, shared by every route that publishes.
@@ -236,6 +254,7 @@ impl Batch {
 /// Marks its batch broken when dropped before [`Joined::handed_over`]: a publish given up
 /// half-way (its task dropped) left confirms on the channel that no collector waits for.
 struct Joined {
+    channels: Arc<Channels>,
     batch: Arc<Batch>,
     members: tokio::sync::mpsc::UnboundedSender<Member>,
     handed_over: bool,
@@ -243,7 +262,8 @@ struct Joined {
 
 impl Joined {
     fn hand_over(mut self, member: Member) {
-        // The collector is alive while any sender is: it cannot be gone.
+        // The collector lives while a sender does, unless the runtime is stopping: then the
+        // publish learns from its dropped verdict.
         let _ = self.members.send(member);
         self.handed_over = true;
     }
@@ -252,7 +272,11 @@ impl Joined {
 impl Drop for Joined {
     fn drop(&mut self) {
         if !self.handed_over {
-            self.batch.join().broken = true;
+            // Nobody joins it any more either: its collector ends once the publishes that did
+            // join have handed over.
+            let mut join = self.batch.join();
+            join.broken = true;
+            self.channels.close(&self.batch, &mut join);
         }
     }
 }
@@ -341,12 +365,17 @@ impl Channels {
                 broken: false,
             }),
         });
-        *self.open.lock().unwrap_or_else(|e| e.into_inner()) = Some(batch.clone());
+        // Another publish may have begun one meanwhile: that one stays open to the rest, this one
+        // serves the publish that began it.
+        self.open
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get_or_insert_with(|| batch.clone());
         tokio::spawn(self.clone().collect(batch.clone(), taken, joined));
         Ok(batch)
     }
 
-    /// `batch` takes no more publishes (a no-op when another batch is open by now).
+    /// `batch` takes no more publishes, and is no longer the open one (if it still was).
     fn close(&self, batch: &Arc<Batch>, join: &mut Join) {
         join.members = None;
         let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
@@ -386,7 +415,8 @@ impl Channels {
             answers.push(answered);
             members.push(member);
         }
-        let intact = !batch.join().broken
+        let broken = batch.join().broken;
+        let intact = !broken
             && answers.iter().flatten().all(|a| {
                 matches!(
                     a,
@@ -397,7 +427,7 @@ impl Channels {
             .iter_mut()
             .map(|m| std::mem::take(&mut m.sent))
             .collect();
-        for (member, verdict) in members.into_iter().zip(judge(&sent, &answers)) {
+        for (member, verdict) in members.into_iter().zip(judge(&sent, &answers, broken)) {
             // A publish whose task is gone has nobody to tell.
             let _ = member.verdict.send(verdict);
         }
@@ -413,8 +443,8 @@ fn text(value: &str) -> AMQPValue {
     AMQPValue::LongString(LongString::from(value.as_bytes().to_vec()))
 }
 
-/// Properties of a persistent message with an id (outputs and dead letters alike).
-/// Persistent properties; no header table at all when `headers` is empty.
+/// Properties of a persistent message with an id (outputs and dead letters alike); no header
+/// table at all when `headers` is empty.
 fn persistent(content_type: &str, message_id: &str, headers: FieldTable) -> BasicProperties {
     let properties = BasicProperties::default()
         .with_content_type(ShortString::from(content_type))
@@ -576,6 +606,7 @@ impl AmqpPublisher {
             join.messages += messages.len();
             drop(join);
             break Joined {
+                channels: self.channels.clone(),
                 batch,
                 members,
                 handed_over: false,
@@ -600,8 +631,7 @@ impl AmqpPublisher {
             match published {
                 Ok(confirm) => confirms.push(confirm),
                 Err(e) => {
-                    // The channel is broken: nobody joins this batch any more.
-                    self.channels.close(&joined.batch, &mut joined.batch.join());
+                    // The channel is broken: dropping `joined` closes the batch and marks it.
                     return Err(e.into());
                 }
             }
@@ -626,6 +656,7 @@ impl AmqpPublisher {
         match fate {
             Ok(()) => Ok(messages.len()),
             Err(Fate::Broker(e)) => Err(PublishError::Broker(e)),
+            Err(Fate::Unknown) => Err(PublishError::Unjudged(messages[0].id.to_string())),
             Err(Fate::Nacked(i)) => Err(PublishError::Nacked(messages[i].id.to_string())),
             Err(Fate::Returned(i)) => Err(PublishError::Unroutable {
                 id: messages[i].id.to_string(),
@@ -874,7 +905,7 @@ mod tests {
             ],
             vec![Ok(Confirmation::Ack(None))],
         ];
-        let verdicts = judge(&sent, &answers);
+        let verdicts = judge(&sent, &answers, false);
         assert!(verdicts[0].is_ok(), "a-1 and a-2 were routed");
         assert!(
             matches!(verdicts[1], Err(Fate::Returned(0))),
@@ -886,7 +917,7 @@ mod tests {
             vec![Ok(Confirmation::Ack(None)), Ok(Confirmation::Ack(None))],
             vec![Ok(Confirmation::Ack(Some(returned("ev", "b", "x-9"))))],
         ];
-        let verdicts = judge(&sent, &answers);
+        let verdicts = judge(&sent, &answers, false);
         assert!(verdicts.iter().all(|v| matches!(v, Err(Fate::Returned(0)))));
 
         // A nack is the message's own; a failed confirm fails its publish.
@@ -896,9 +927,22 @@ mod tests {
                 lapin::ErrorKind::InvalidChannelState(lapin::ChannelState::Closed, "gone"),
             ))],
         ];
-        let verdicts = judge(&sent, &answers);
+        let verdicts = judge(&sent, &answers, false);
         assert!(matches!(verdicts[0], Err(Fate::Nacked(1))));
         assert!(matches!(verdicts[1], Err(Fate::Broker(_))));
+
+        // A publish of the batch was given up half-way: its dropped confirms may have carried
+        // b-1's return, so b-1's bare ack proves nothing; a-2's own return still names it.
+        let answers = vec![
+            vec![
+                Ok(Confirmation::Ack(None)),
+                Ok(Confirmation::Ack(Some(returned("ev", "a", "a-2")))),
+            ],
+            vec![Ok(Confirmation::Ack(None))],
+        ];
+        let verdicts = judge(&sent, &answers, true);
+        assert!(matches!(verdicts[0], Err(Fate::Returned(1))));
+        assert!(matches!(verdicts[1], Err(Fate::Unknown)));
     }
 
     #[test]
