@@ -156,10 +156,21 @@ fn judge(
 /// Most bytes of an AMQP short string: exchange, routing key, `message-id`, content type.
 pub const MAX_SHORT_STRING: usize = 255;
 
-/// Whether every name of message `id` fits an AMQP short string. One that does not cannot be
+/// Whether every name of a message fits an AMQP short string. One that does not cannot be
 /// framed (lapin writes its length in one byte): published, it would corrupt the frame and the
 /// broker would close the connection every route shares.
-fn fits(id: &str, names: [(&'static str, &str); 4]) -> Result<(), PublishError> {
+fn fits(
+    exchange: &str,
+    routing_key: &str,
+    id: &str,
+    content_type: &str,
+) -> Result<(), PublishError> {
+    let names = [
+        ("exchange", exchange),
+        ("routing key", routing_key),
+        ("id", id),
+        ("content type", content_type),
+    ];
     match names
         .into_iter()
         .find(|(_, value)| value.len() > MAX_SHORT_STRING)
@@ -180,15 +191,7 @@ pub fn check_publishable(
     routing_key: &str,
     output: &Message,
 ) -> Result<(), PublishError> {
-    fits(
-        &output.id,
-        [
-            ("exchange", exchange),
-            ("routing key", routing_key),
-            ("id", &output.id),
-            ("content type", &output.content_type),
-        ],
-    )
+    fits(exchange, routing_key, &output.id, &output.content_type)
 }
 
 impl PublishError {
@@ -227,7 +230,7 @@ struct Channels {
 }
 
 /// Publishes sharing one channel: each publishes its messages on it and hands their confirms to
-/// the batch's collector, which closes the batch when its first confirm came (or it is full),
+/// the batch's collector, which closes the batch when the first of them came (or it is full),
 /// waits for every confirm on the channel and judges each publish.
 struct Batch {
     channel: Channel,
@@ -385,7 +388,7 @@ impl Channels {
     }
 
     /// Wait for every confirm of `batch` and tell each publish its fate. The batch closes when
-    /// its first confirm came: publishes made meanwhile share its round trip to the broker.
+    /// the first confirm handed over came: publishes made meanwhile share its round trip.
     async fn collect(
         self: Arc<Self>,
         batch: Arc<Batch>,
@@ -394,23 +397,16 @@ impl Channels {
     ) {
         let mut members = Vec::new();
         let mut answers: Vec<Vec<_>> = Vec::new();
-        if let Some(mut first) = joined.recv().await {
-            let mut confirms = std::mem::take(&mut first.confirms).into_iter();
-            let mut answered = Vec::with_capacity(confirms.len());
-            if let Some(confirm) = confirms.next() {
-                answered.push(confirm.await);
-            }
-            self.close(&batch, &mut batch.join());
-            for confirm in confirms {
-                answered.push(confirm.await);
-            }
-            answers.push(answered);
-            members.push(first);
-        }
+        let mut open = true;
         while let Some(mut member) = joined.recv().await {
             let mut answered = Vec::with_capacity(member.confirms.len());
             for confirm in std::mem::take(&mut member.confirms) {
                 answered.push(confirm.await);
+                // The first confirm came: publishes from now on start the next batch.
+                if open {
+                    self.close(&batch, &mut batch.join());
+                    open = false;
+                }
             }
             answers.push(answered);
             members.push(member);
@@ -581,13 +577,10 @@ impl AmqpPublisher {
         for m in &messages {
             let content_type = m.properties.content_type().as_ref();
             fits(
+                m.exchange,
+                m.routing_key,
                 m.id,
-                [
-                    ("exchange", m.exchange),
-                    ("routing key", m.routing_key),
-                    ("id", m.id),
-                    ("content type", content_type.map_or("", |t| t.as_str())),
-                ],
+                content_type.map_or("", |t| t.as_str()),
             )?;
         }
         let joined = loop {
@@ -614,7 +607,7 @@ impl AmqpPublisher {
         };
         let mut confirms = Vec::with_capacity(messages.len());
         for message in &mut messages {
-            let published = joined
+            let confirm = joined
                 .batch
                 .channel
                 .basic_publish(
@@ -627,14 +620,10 @@ impl AmqpPublisher {
                     message.body,
                     std::mem::take(&mut message.properties),
                 )
-                .await;
-            match published {
-                Ok(confirm) => confirms.push(confirm),
-                Err(e) => {
-                    // The channel is broken: dropping `joined` closes the batch and marks it.
-                    return Err(e.into());
-                }
-            }
+                // A failed publish breaks the channel: dropping `joined` closes the batch and
+                // marks it broken.
+                .await?;
+            confirms.push(confirm);
         }
         let (verdict, judged) = tokio::sync::oneshot::channel();
         joined.hand_over(Member {
