@@ -18,6 +18,8 @@
 //! Environment: `ROUNDS` (default 3), `SECONDS` (default 5), `CLIENTS` (default 4),
 //! `BASELINE=PATH`: another `millrace` binary (e.g. one built from an earlier commit) measured
 //! in the same rounds, after this build's side, with its own ratio to the same plain-hyper side.
+//! `HOST_LOG=DIR`: each host's log at `info` in `DIR/millrace.log` and `DIR/baseline.log`
+//! (e.g. to see a route's chain taken off inline runs, and why).
 
 #[path = "common/mod.rs"]
 #[allow(dead_code)] // the broker benchmarks' helpers this one does not use
@@ -228,17 +230,22 @@ struct Millrace {
 }
 
 impl Millrace {
-    fn start(binary: &std::path::Path) -> Millrace {
+    /// Start `binary` as `name` (its log goes to `HOST_LOG/NAME.log` when that is set).
+    fn start(name: &str, binary: &std::path::Path) -> Millrace {
         let dir = tempfile::tempdir().unwrap();
         let config = dir.path().join("millrace.toml");
         std::fs::write(&config, quickstart(dir.path())).unwrap();
+        let log = std::env::var_os("HOST_LOG").map(|dir| {
+            std::fs::File::create(std::path::Path::new(&dir).join(format!("{name}.log")))
+                .expect("HOST_LOG: a writable directory")
+        });
         let mut child = Command::new(binary)
             .args(["run", "--config"])
             .arg(&config)
             .args(["--http", "127.0.0.1:0", "--insecure-admin"])
-            .env("RUST_LOG", "warn")
+            .env("RUST_LOG", if log.is_some() { "info" } else { "warn" })
             .stdout(Stdio::piped())
-            .stderr(Stdio::null())
+            .stderr(log.map_or_else(Stdio::null, Stdio::from))
             .spawn()
             .expect("millrace starts");
         let lines = BufReader::new(child.stdout.take().unwrap()).lines();
@@ -298,10 +305,16 @@ fn main() {
     std::thread::spawn(move || serve_native(listener));
     let mut hosts = vec![(
         "millrace",
-        Millrace::start(std::path::Path::new(env!("CARGO_BIN_EXE_millrace"))),
+        Millrace::start(
+            "millrace",
+            std::path::Path::new(env!("CARGO_BIN_EXE_millrace")),
+        ),
     )];
     if let Ok(baseline) = std::env::var("BASELINE") {
-        hosts.push(("baseline", Millrace::start(std::path::Path::new(&baseline))));
+        hosts.push((
+            "baseline",
+            Millrace::start("baseline", std::path::Path::new(&baseline)),
+        ));
     }
     // Warm all (connections, the compile cache, the first instance).
     load(&native_url, clients, 1);

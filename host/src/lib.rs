@@ -20,6 +20,7 @@ pub mod durable;
 pub mod fuzz;
 pub mod http;
 pub mod idempotency;
+pub mod ids;
 pub mod lineage;
 pub mod lookup;
 pub mod mqtt;

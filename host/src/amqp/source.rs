@@ -458,9 +458,7 @@ async fn handle_received(
         .as_ref()
         .map(|s| s.as_str().to_string())
         .filter(|s| !s.is_empty());
-    let id = given_id
-        .clone()
-        .unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
+    let id = given_id.clone().unwrap_or_else(crate::ids::message_id);
     // Deduplication needs the sender's id; a generated one differs on every redelivery. A
     // replayed dead letter is a new run of the same message: its replay count is in the key.
     let settled_key = match header_number(&table, headers::REPLAY) {

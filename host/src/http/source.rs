@@ -157,9 +157,7 @@ async fn route_request(
         }
         None => None,
     };
-    let id = key
-        .clone()
-        .unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
+    let id = key.clone().unwrap_or_else(crate::ids::message_id);
     // Plugins never see the sender's credentials; they see who it was (`millrace-client`).
     let mut headers: Vec<(String, String)> = req
         .headers()

@@ -51,7 +51,7 @@ impl Default for Retention {
 }
 
 /// One step of a chain as the message passed it.
-#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct StepHop {
     pub step: u32,
     pub plugin: String,
@@ -59,10 +59,10 @@ pub struct StepHop {
     pub digest: String,
     pub duration_us: u64,
     /// `outputs`, or the failure's kind (`rejected`, `retry-later`, `deadline`, `trap`, …).
-    pub decision: String,
+    pub decision: &'static str,
     pub outputs: usize,
     /// Whether the call ran on a new instance (`fresh`) or a pooled one (`reused`).
-    pub instance: String,
+    pub instance: &'static str,
     /// The instance's linear memory after the call, in bytes.
     pub memory_bytes: u64,
 }
@@ -73,7 +73,7 @@ pub struct StepHop {
 pub enum Event {
     /// The chain ran to its end.
     Mediated {
-        source: String,
+        source: &'static str,
         steps: Vec<StepHop>,
         outputs: Vec<String>,
         #[serde(skip_serializing_if = "is_zero")]
@@ -81,7 +81,7 @@ pub enum Event {
     },
     /// A step failed.
     Failed {
-        source: String,
+        source: &'static str,
         steps: Vec<StepHop>,
         step: u32,
         kind: String,
@@ -100,12 +100,12 @@ pub enum Event {
     Retry { attempt: u32, reason: String },
     /// The outputs reached the sink (`outcome`: `delivered`, `held` in the outbox, or `reply`).
     Delivered {
-        sink: String,
+        sink: &'static str,
         outcome: &'static str,
         count: usize,
     },
     /// The sink did not take the outputs.
-    NotDelivered { sink: String, reason: String },
+    NotDelivered { sink: &'static str, reason: String },
     /// A dead letter of it was run again (by `by`).
     Replayed {
         #[serde(skip_serializing_if = "Option::is_none")]

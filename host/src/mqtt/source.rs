@@ -45,7 +45,7 @@ pub fn message_of(route: &Route, arrived: &Arrived, given: Option<&str>) -> Mess
     let user: Vec<(String, String)> = properties
         .map(|p| p.user_properties.clone())
         .unwrap_or_default();
-    let id = given.map_or_else(|| uuid::Uuid::now_v7().to_string(), str::to_string);
+    let id = given.map_or_else(crate::ids::message_id, str::to_string);
     headers.extend(user.into_iter().map(|(k, v)| (k.to_ascii_lowercase(), v)));
     Message {
         id,

@@ -225,11 +225,11 @@ fn step_hop(
         digest: step.id.digest.clone(),
         duration_us: called.elapsed().as_micros() as u64,
         decision: match outputs {
-            Ok(_) => "outputs".to_string(),
-            Err(f) => f.kind().to_string(),
+            Ok(_) => "outputs",
+            Err(f) => f.kind(),
         },
         outputs: outputs.as_ref().map_or(0, Vec::len),
-        instance: if facts.fresh { "fresh" } else { "reused" }.to_string(),
+        instance: if facts.fresh { "fresh" } else { "reused" },
         memory_bytes: facts.memory_bytes,
     }
 }
@@ -243,7 +243,7 @@ fn noted(
     ran: &Result<Vec<Message>, Box<Failure>>,
 ) {
     use crate::lineage::{Event, MAX_OUTPUT_IDS, MAX_REASON_BYTES, bounded, may_name_subject};
-    let source = route.source.as_str().to_string();
+    let source = route.source.as_str();
     let mut subject_from = Vec::new();
     let event = match ran {
         Ok(outputs) => {

@@ -122,9 +122,9 @@ impl Sinks {
         let delivered = self.deliver_counted(route, outputs, via).await;
         crate::lineage::record(route, of, None, || {
             use crate::lineage::Event;
-            let sink = route.sink.as_str().to_string();
+            let sink = route.sink.as_str();
             let taken = |outcome, count| Event::Delivered {
-                sink: sink.clone(),
+                sink,
                 outcome,
                 count,
             };
@@ -133,7 +133,7 @@ impl Sinks {
                 Ok(Delivered::Held { accepted, .. }) => taken("held", *accepted),
                 Ok(Delivered::Webhook(n) | Delivered::Published(n)) => taken("delivered", *n),
                 Err(e) => Event::NotDelivered {
-                    sink: sink.clone(),
+                    sink,
                     reason: crate::lineage::bounded(
                         &e.to_string(),
                         crate::lineage::MAX_REASON_BYTES,

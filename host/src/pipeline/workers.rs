@@ -78,7 +78,7 @@ impl Inline {
             && self.short.load(Ordering::Relaxed) >= SHORT_RUNS_TO_INLINE
     }
 
-    /// Note a run timed from `started` (a run that made an instance is not noted); says so in
+    /// Note a run timed from `started` (a run that made or dropped an instance is not noted); says so in
     /// the log when it takes the chain off inline runs for good.
     fn note(&self, started: RunClock) {
         if let Some(took) = started.took()
@@ -202,9 +202,15 @@ impl Workers {
 /// What a run cost the thread it ran on: the thread's CPU time, so that time the thread spent
 /// preempted by others is not counted against the chain. A run that made a plugin instance (a
 /// step's first, one replacing an instance that served its share or trapped, one more for a
-/// busier route) is not timed: that cost is the host's, once per instance, not the chain's.
+/// busier route) or dropped one (one that served its share) is not timed: that cost is the
+/// host's, once per instance, not the chain's.
+///
+/// Reading a thread's CPU clock is a system call; the wall clock is not. A thread's CPU time
+/// never exceeds the wall time that passed, so a run whose wall time is within [`SHORT_RUN`]
+/// is short without a second read of the CPU clock.
 struct RunClock {
     cpu: Duration,
+    wall: std::time::Instant,
     made: u64,
 }
 
@@ -212,14 +218,22 @@ impl RunClock {
     fn start() -> RunClock {
         RunClock {
             cpu: thread_cpu(),
-            made: crate::plugin::instances_made_here(),
+            wall: std::time::Instant::now(),
+            made: crate::plugin::instances_churned_here(),
         }
     }
 
-    /// The run's CPU time, `None` when it made an instance.
+    /// The run's CPU time (its wall time when that is within [`SHORT_RUN`]), `None` when it made
+    /// or dropped an instance.
     fn took(&self) -> Option<Duration> {
-        (crate::plugin::instances_made_here() == self.made)
-            .then(|| thread_cpu().saturating_sub(self.cpu))
+        if crate::plugin::instances_churned_here() != self.made {
+            return None;
+        }
+        let wall = self.wall.elapsed();
+        if wall <= SHORT_RUN {
+            return Some(wall);
+        }
+        Some(thread_cpu().saturating_sub(self.cpu))
     }
 }
 

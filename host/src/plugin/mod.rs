@@ -223,13 +223,20 @@ impl std::fmt::Display for InstantiationRefused {
 const BUSY_TRIES: u32 = 3;
 
 thread_local! {
-    static MADE_HERE: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+    static CHURN_HERE: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
 }
 
-/// Instances this thread has begun to make so far: a chain run that made one is not timed as
-/// the chain's own cost ([`crate::pipeline::workers`]).
-pub fn instances_made_here() -> u64 {
-    MADE_HERE.get()
+/// Instances this thread has begun to make or has retired so far: a chain run that made one, or
+/// dropped one that served its share of messages (or found the idle pool full), is not timed as
+/// the chain's own cost ([`crate::pipeline::workers`]). Dropping an instance unmaps its memory,
+/// which on a busy machine can take longer than the chain. (An instance dropped because its
+/// call trapped or ran out of time is not counted here: that run is the chain's.)
+pub fn instances_churned_here() -> u64 {
+    CHURN_HERE.get()
+}
+
+fn churned() {
+    CHURN_HERE.set(CHURN_HERE.get() + 1);
 }
 
 /// A new instance serving `context`, with its limits and a first deadline set, and WASI
@@ -272,7 +279,7 @@ fn instantiate_once(
     wasi: bool,
     message_id: &str,
 ) -> wasmtime::Result<Warm> {
-    MADE_HERE.set(MADE_HERE.get() + 1);
+    churned();
     let mut store = Store::new(
         pre.engine(),
         Invocation {
@@ -717,12 +724,14 @@ impl StepRuntime {
             let mut idle = self.idle.lock().expect("idle pool lock");
             if idle.len() < MAX_IDLE {
                 idle.push(warm);
-            } else {
-                self.meters.pool_full.inc();
+                return;
             }
+            self.meters.pool_full.inc();
         } else {
             self.meters.served.inc();
         }
+        churned();
+        drop(warm);
     }
 
     /// What a failed call (or instantiation) means. `cut` is the message budget when it made

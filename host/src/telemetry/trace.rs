@@ -480,11 +480,11 @@ impl Tracer {
         self.queue.as_ref()?;
         let trace_id = match parent {
             Some(p) => p.trace_id,
-            None => random_id(),
+            None => crate::ids::random_bytes(),
         };
         let sampled = self.sampler.sample(&trace_id, parent);
         let span_id = loop {
-            let id: [u8; 8] = random_id()[..8].try_into().expect("8 bytes");
+            let id: [u8; 8] = crate::ids::random_bytes()[..8].try_into().expect("8 bytes");
             if id != [0; 8] {
                 break id;
             }
@@ -521,37 +521,6 @@ impl Tracer {
         let (done, wait) = mpsc::channel();
         if flush.send(done).is_ok() {
             let _ = wait.recv_timeout(within);
-        }
-    }
-}
-
-/// 16 random bytes from the operating system's generator (every bit random: the ratio sampler
-/// reads the low eight).
-fn random_id() -> [u8; 16] {
-    thread_local! {
-        /// SplitMix64, seeded once per thread from the operating system's generator: ids need
-        /// to be unique and evenly spread, not secret.
-        static STATE: std::cell::Cell<u64> = std::cell::Cell::new({
-            let mut seed = [0u8; 8];
-            getrandom::fill(&mut seed).expect("the operating system's random generator answers");
-            u64::from_le_bytes(seed)
-        });
-    }
-    let next = || {
-        STATE.with(|state| {
-            let mut z = state.get().wrapping_add(0x9e37_79b9_7f4a_7c15);
-            state.set(z);
-            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-            z ^ (z >> 31)
-        })
-    };
-    loop {
-        let mut id = [0u8; 16];
-        id[..8].copy_from_slice(&next().to_le_bytes());
-        id[8..].copy_from_slice(&next().to_le_bytes());
-        if id != [0; 16] {
-            return id;
         }
     }
 }
@@ -826,11 +795,11 @@ mod tests {
         let always = Sampler::from_env(Some("traceidratio"), Some("1"));
         let half = Sampler::from_env(Some("traceidratio"), Some("0.5"));
         let kept = (0..2000)
-            .filter(|_| half.sample(&random_id(), None))
+            .filter(|_| half.sample(&crate::ids::random_bytes(), None))
             .count();
         assert!((700..1300).contains(&kept), "{kept} of 2000");
-        assert!(!never.sample(&random_id(), None));
-        assert!(always.sample(&random_id(), None));
+        assert!(!never.sample(&crate::ids::random_bytes(), None));
+        assert!(always.sample(&crate::ids::random_bytes(), None));
     }
 
     #[test]
