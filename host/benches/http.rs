@@ -10,7 +10,7 @@
 //! The load is the same for both: `CLIENTS` threads in this process, each with one keep-alive
 //! connection (ureq), sending the quickstart's 80-byte record back to back for `SECONDS`;
 //! rounds alternate hyper / millrace. Reported per round: requests per second, p50 and p99 of
-//! the request latency, and for millrace its CPU per request (`/proc`) and the share of chains
+//! the request latency, and CPU per request (`/proc`: the millrace process; the plain server's threads) and the share of chains
 //! that ran on the async worker that took the request (`millrace_chains_inline_total`). The load generator
 //! shares the machine's cores with the server in both cases.
 //!
@@ -108,11 +108,37 @@ fn native() -> (mes_fixed_width::MesFixedWidth, NativeHost) {
 }
 
 /// Serve the native transform on `listener` until the process ends.
+/// The name of the plain server's threads (their CPU time is summed per round).
+const PLAIN_THREADS: &str = "plain-hyper";
+
+/// CPU seconds the plain server's threads have used so far.
+fn plain_cpu_seconds() -> f64 {
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return 0.0;
+    };
+    tasks
+        .filter_map(Result::ok)
+        .filter(|task| {
+            std::fs::read_to_string(task.path().join("comm"))
+                .is_ok_and(|comm| comm.trim() == PLAIN_THREADS)
+        })
+        .map(|task| {
+            let stat = std::fs::read_to_string(task.path().join("stat")).unwrap_or_default();
+            let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+            let fields: Vec<&str> = after.split_whitespace().collect();
+            fields.get(11..13).map_or(0.0, |f| {
+                f.iter().filter_map(|v| v.parse::<f64>().ok()).sum::<f64>() / 100.0
+            })
+        })
+        .sum()
+}
+
 fn serve_native(listener: std::net::TcpListener) {
     use http_body_util::{BodyExt, Full};
     use hyper::body::Bytes;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(std::thread::available_parallelism().map_or(2, |n| n.get()))
+        .thread_name(PLAIN_THREADS)
         .enable_all()
         .build()
         .unwrap();
@@ -324,10 +350,15 @@ fn main() {
     println!("http: {clients} keep-alive clients, {seconds} s per side per round, {rounds} rounds");
     let mut ratios = vec![Vec::new(); hosts.len()];
     for round in 1..=rounds {
+        let plain_cpu_before = plain_cpu_seconds();
         let plain = load(&native_url, clients, seconds);
+        let plain_cpu = plain_cpu_seconds() - plain_cpu_before;
         println!(
-            "round {round}: plain hyper {:.0} req/s (p50 {:.0} µs, p99 {:.0} µs)",
-            plain.rate, plain.p50_us, plain.p99_us,
+            "round {round}: plain hyper {:.0} req/s (p50 {:.0} µs, p99 {:.0} µs, {:.1} µs CPU per request)",
+            plain.rate,
+            plain.p50_us,
+            plain.p99_us,
+            plain_cpu * 1e6 / (plain.rate * seconds as f64),
         );
         for ((name, host), ratios) in hosts.iter().zip(&mut ratios) {
             let cpu_before = cpu_seconds(host.child.id());

@@ -571,7 +571,9 @@ fn a_looping_plugin_flooded_with_messages_takes_only_its_plants_share_of_the_hos
 
 #[test]
 fn a_chain_that_turns_to_looping_after_earning_inline_runs_holds_one_async_worker_at_most() {
-    use millrace_host::pipeline::workers::{LONG_RUNS_TO_STAY_OFF, SHORT_RUNS_TO_INLINE};
+    use millrace_host::pipeline::workers::{
+        LONG_RUNS_TO_STAY_OFF, SHORT_RUNS_OFF, SHORT_RUNS_TO_INLINE,
+    };
     const EARN_WITHIN: u32 = 200;
     // Plant A's spin route answers `ok` at once: after SHORT_RUNS_TO_INLINE of those, its chain
     // runs on the async worker that took the request. Then it loops until its deadline.
@@ -648,7 +650,7 @@ fn a_chain_that_turns_to_looping_after_earning_inline_runs_holds_one_async_worke
     );
 
     // A long run sends the chain back to the mediation threads until it earns inline runs
-    // again; after LONG_RUNS_TO_STAY_OFF it never runs inline again.
+    // again; after LONG_RUNS_TO_STAY_OFF it is taken off for SHORT_RUNS_OFF short runs.
     for long in 1..=LONG_RUNS_TO_STAY_OFF {
         let before = inline(&host, "spin");
         for _ in 1..SHORT_RUNS_TO_INLINE {
@@ -666,16 +668,31 @@ fn a_chain_that_turns_to_looping_after_earning_inline_runs_holds_one_async_worke
         let reply = loop_once(&host.url);
         assert_eq!(reply.kind(), "plugin-deadline", "{}", reply.body);
     }
+    let line = host.wait_for_log("runs on the mediation threads until it has run short");
+    assert!(
+        line.contains("route=spin")
+            && line.contains("cpu_us=")
+            && line.contains(&format!("short_runs_off={SHORT_RUNS_OFF}")),
+        "{line}"
+    );
     let off = inline(&host, "spin");
     for _ in 0..SHORT_RUNS_TO_INLINE * 3 {
         ok(&host);
     }
-    assert_eq!(inline(&host, "spin"), off, "off for good");
-    let line = host.wait_for_log("runs on the mediation threads from now on");
-    assert!(
-        line.contains("route=spin") && line.contains("cpu_us="),
-        "{line}"
+    assert_eq!(inline(&host, "spin"), off, "off");
+    // Back after SHORT_RUNS_OFF short runs (a chain taken off by a burst of the machine's
+    // hiccups is not off for good); the next time it would stay off twice as long. Short runs
+    // since it was taken off: the 15 after the last long run, and the 48 above.
+    let since_off = (SHORT_RUNS_TO_INLINE - 1) + SHORT_RUNS_TO_INLINE * 3;
+    for _ in since_off..SHORT_RUNS_OFF - 1 {
+        ok(&host);
+    }
+    assert_eq!(
+        inline(&host, "spin"),
+        off,
+        "off until SHORT_RUNS_OFF short runs"
     );
+    earn(&host);
 }
 
 #[test]

@@ -8,7 +8,7 @@
 //! short ([`Inline`]) runs on the async worker that took the message, while at least one async
 //! worker is left free for everything else (other connections, the admin API, timers).
 
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::time::Duration;
 
 /// The longest run that counts as short, in CPU time of the thread that ran it: a chain that runs
@@ -18,13 +18,22 @@ use std::time::Duration;
 pub const SHORT_RUN: Duration = Duration::from_micros(500);
 /// Short runs in a row on the mediation threads before a route's chain may run inline.
 pub const SHORT_RUNS_TO_INLINE: u32 = 16;
-/// Runs over [`SHORT_RUN`], each after the chain had earned inline runs, after which it never
-/// runs inline again (until the route is rebuilt: an activation or reload makes a new record).
+/// Runs over [`SHORT_RUN`], each after the chain had earned inline runs, after which it is
+/// taken off inline runs for a while: [`SHORT_RUNS_OFF`] short runs on the mediation threads the
+/// first time, twice as many each time after (until the route is rebuilt: an activation or
+/// reload makes a new record, which starts over).
 pub const LONG_RUNS_TO_STAY_OFF: u32 = 3;
 /// Short runs after which one long run is forgiven: a rare long run (the machine's hiccups, a
-/// rare large message) does not take a chain off for good; a chain that runs long more often
-/// than this does.
+/// rare large message) does not take a chain off; a chain that runs long more often than this
+/// does.
 pub const SHORT_RUNS_TO_FORGIVE: u32 = 1_000;
+/// Short runs on the mediation threads a chain taken off inline runs for the first time needs
+/// before it may earn them again; each later time doubles it, up to 2^10 times this. A chain that
+/// keeps running long thus spends ever longer off; one that was taken off by a burst of the
+/// machine's hiccups comes back.
+pub const SHORT_RUNS_OFF: u32 = 1_000;
+/// The most doublings of [`SHORT_RUNS_OFF`].
+const MAX_OFF_DOUBLINGS: u32 = 10;
 
 /// The threads that run chains. A fixed set of threads takes jobs from one queue in arrival
 /// order: a busy thread goes on to the next job without being woken, which under load saves
@@ -50,8 +59,12 @@ pub struct Inline {
     long: AtomicU32,
     /// Short runs since a long one was last forgiven.
     since_forgiven: AtomicU32,
-    /// Set once `long` reached [`LONG_RUNS_TO_STAY_OFF`].
-    off: AtomicBool,
+    /// Short runs still needed before the chain may earn inline runs again (0: none).
+    off_for: AtomicU32,
+    /// Times the chain was taken off inline runs.
+    times_off: AtomicU32,
+    /// Set for a chain that may block: it never runs inline.
+    never: bool,
     /// The route's plant and name, for the log line when it is taken off.
     plant: String,
     route: String,
@@ -66,7 +79,9 @@ impl Inline {
             short: AtomicU32::new(0),
             long: AtomicU32::new(0),
             since_forgiven: AtomicU32::new(0),
-            off: AtomicBool::new(!may),
+            off_for: AtomicU32::new(0),
+            times_off: AtomicU32::new(0),
+            never: !may,
             plant: plant.to_string(),
             route: route.to_string(),
         }
@@ -74,24 +89,28 @@ impl Inline {
 
     /// Whether the chain has earned running inline.
     pub fn earned(&self) -> bool {
-        !self.off.load(Ordering::Relaxed)
+        !self.never
+            && self.off_for.load(Ordering::Relaxed) == 0
             && self.short.load(Ordering::Relaxed) >= SHORT_RUNS_TO_INLINE
     }
 
-    /// Note a run timed from `started` (a run that made or dropped an instance is not noted); says so in
-    /// the log when it takes the chain off inline runs for good.
+    /// Note a run timed from `started` (a run that made or dropped an instance is not noted);
+    /// says so in the log when it takes the chain off inline runs.
     fn note(&self, started: RunClock) {
         if let Some(took) = started.took()
-            && self.ran(took)
+            && let Some(off_for) = self.ran(took)
         {
-            tracing::info!(plant = %self.plant, route = %self.route, cpu_us = took.as_micros() as u64, "this version of the route's chain ran long; it runs on the mediation threads from now on");
+            tracing::info!(plant = %self.plant, route = %self.route, cpu_us = took.as_micros() as u64, short_runs_off = off_for, "this version of the route's chain ran long; it runs on the mediation threads until it has run short that many times");
         }
     }
 
-    /// Note a run that took `took` (see [`SHORT_RUN`]); `true` when this run took the chain
-    /// off inline runs for good.
-    fn ran(&self, took: Duration) -> bool {
+    /// Note a run that took `took` (see [`SHORT_RUN`]); when this run took the chain off
+    /// inline runs, for how many short runs.
+    fn ran(&self, took: Duration) -> Option<u32> {
         if took <= SHORT_RUN {
+            let _ = self
+                .off_for
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
             if self.since_forgiven.fetch_add(1, Ordering::Relaxed) + 1 >= SHORT_RUNS_TO_FORGIVE {
                 self.since_forgiven.store(0, Ordering::Relaxed);
                 let _ = self
@@ -103,16 +122,24 @@ impl Inline {
                 .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
                     (n < SHORT_RUNS_TO_INLINE).then_some(n + 1)
                 });
-            return false;
+            return None;
         }
         // Long runs before the chain earned inline runs (a cold start: first instances, first
         // touches of memory) held no async worker and do not count against it.
-        let earned = self.short.swap(0, Ordering::Relaxed) >= SHORT_RUNS_TO_INLINE;
+        let earned = self.short.swap(0, Ordering::Relaxed) >= SHORT_RUNS_TO_INLINE
+            && self.off_for.load(Ordering::Relaxed) == 0;
         if !earned {
-            return false;
+            return None;
         }
         let long = self.long.fetch_add(1, Ordering::Relaxed) + 1;
-        long == LONG_RUNS_TO_STAY_OFF && !self.off.swap(true, Ordering::Relaxed)
+        if long < LONG_RUNS_TO_STAY_OFF {
+            return None;
+        }
+        self.long.store(0, Ordering::Relaxed);
+        let times = self.times_off.fetch_add(1, Ordering::Relaxed);
+        let off_for = SHORT_RUNS_OFF << times.min(MAX_OFF_DOUBLINGS);
+        self.off_for.store(off_for, Ordering::Relaxed);
+        Some(off_for)
     }
 }
 
@@ -256,66 +283,85 @@ impl Drop for InlineRun<'_> {
 mod tests {
     use super::*;
 
+    const SHORT: Duration = Duration::from_micros(250);
+    const LONG: Duration = Duration::from_micros(1000);
+
+    fn short_runs(record: &Inline, n: u32) {
+        for _ in 0..n {
+            assert_eq!(record.ran(SHORT), None);
+        }
+    }
+
     #[test]
     fn a_rare_long_run_is_forgiven() {
         let record = Inline::new(true, "plant-a", "r");
-        let (short, long) = (SHORT_RUN / 2, SHORT_RUN * 2);
         for _ in 0..LONG_RUNS_TO_STAY_OFF * 3 {
-            for _ in 0..SHORT_RUNS_TO_FORGIVE {
-                record.ran(short);
-            }
+            short_runs(&record, SHORT_RUNS_TO_FORGIVE);
             assert!(record.earned());
-            assert!(!record.ran(long));
+            assert_eq!(record.ran(LONG), None);
         }
-        for _ in 0..SHORT_RUNS_TO_INLINE {
-            record.ran(short);
-        }
+        short_runs(&record, SHORT_RUNS_TO_INLINE);
         assert!(record.earned());
     }
 
     #[test]
     fn a_chain_that_may_block_never_earns_inline_runs() {
         let record = Inline::new(false, "plant-a", "r");
-        for _ in 0..SHORT_RUNS_TO_INLINE * 4 {
-            record.ran(SHORT_RUN / 2);
-        }
+        short_runs(&record, SHORT_RUNS_TO_INLINE * 4);
         assert!(!record.earned());
     }
 
     #[test]
-    fn a_chain_earns_inline_runs_by_short_runs_in_a_row_and_loses_them_for_good_after_long_ones() {
+    fn a_chain_earns_inline_runs_by_short_runs_in_a_row_and_loses_them_after_long_ones() {
         let record = Inline::new(true, "plant-a", "r");
-        let short = SHORT_RUN / 2;
-        let long = SHORT_RUN * 2;
         // Long runs before it earned anything (a cold start) do not count against it.
         for _ in 0..LONG_RUNS_TO_STAY_OFF * 2 {
-            assert!(!record.ran(long));
+            assert_eq!(record.ran(LONG), None);
         }
-        for _ in 1..SHORT_RUNS_TO_INLINE {
-            record.ran(short);
-        }
+        short_runs(&record, SHORT_RUNS_TO_INLINE - 1);
         assert!(!record.earned());
-        record.ran(short);
+        short_runs(&record, 1);
         assert!(record.earned());
         // A long run starts the count again, and counts against it.
-        assert!(!record.ran(long));
+        assert_eq!(record.ran(LONG), None);
         assert!(!record.earned());
         // A long run right after it does not count: the chain was on the mediation threads.
-        assert!(!record.ran(long));
+        assert_eq!(record.ran(LONG), None);
         for n in 2..=LONG_RUNS_TO_STAY_OFF {
-            for _ in 0..SHORT_RUNS_TO_INLINE {
-                record.ran(short);
-            }
+            short_runs(&record, SHORT_RUNS_TO_INLINE);
             assert!(record.earned());
-            assert_eq!(record.ran(long), n == LONG_RUNS_TO_STAY_OFF);
+            let off = record.ran(LONG);
+            assert_eq!(off, (n == LONG_RUNS_TO_STAY_OFF).then_some(SHORT_RUNS_OFF));
         }
-        for _ in 0..SHORT_RUNS_TO_FORGIVE * 2 {
-            record.ran(short);
+        short_runs(&record, SHORT_RUNS_OFF - 1);
+        assert!(
+            !record.earned(),
+            "off until it ran short SHORT_RUNS_OFF times"
+        );
+        short_runs(&record, 1);
+        assert!(record.earned(), "back");
+    }
+
+    #[test]
+    fn each_time_a_chain_is_taken_off_it_stays_off_twice_as_long_up_to_a_bound() {
+        let record = Inline::new(true, "plant-a", "r");
+        short_runs(&record, SHORT_RUNS_TO_INLINE);
+        for time in 0..MAX_OFF_DOUBLINGS + 2 {
+            let expected = SHORT_RUNS_OFF << time.min(MAX_OFF_DOUBLINGS);
+            for n in 1..=LONG_RUNS_TO_STAY_OFF {
+                assert!(record.earned());
+                let off = record.ran(LONG);
+                assert_eq!(off, (n == LONG_RUNS_TO_STAY_OFF).then_some(expected));
+                if n < LONG_RUNS_TO_STAY_OFF {
+                    short_runs(&record, SHORT_RUNS_TO_INLINE);
+                }
+            }
+            short_runs(&record, expected - 1);
+            assert!(!record.earned(), "time {time}: still off");
+            // Long runs while off do not count, and do not shorten the time off.
+            assert_eq!(record.ran(LONG), None);
+            short_runs(&record, SHORT_RUNS_TO_INLINE);
+            assert!(record.earned(), "time {time}: back");
         }
-        assert!(!record.earned(), "off for good");
-        for _ in 0..SHORT_RUNS_TO_INLINE {
-            record.ran(short);
-        }
-        assert!(!record.ran(long), "taken off once");
     }
 }
