@@ -32,39 +32,6 @@ CREATE INDEX IF NOT EXISTS paths_subject ON paths(subject) WHERE subject IS NOT 
 CREATE INDEX IF NOT EXISTS paths_trace ON paths(trace_id) WHERE trace_id IS NOT NULL;
 ";
 
-/// A hasher for the writer's grouping of a batch's notes by message: keys are the host's own
-/// notes, not chosen to collide, and SipHash was a measurable part of each write.
-#[derive(Clone, Copy, Default)]
-struct Fast;
-
-impl std::hash::BuildHasher for Fast {
-    type Hasher = FastHasher;
-    fn build_hasher(&self) -> FastHasher {
-        FastHasher(0xcbf2_9ce4_8422_2325)
-    }
-}
-
-/// FNV-1a over 8-byte words.
-struct FastHasher(u64);
-
-impl std::hash::Hasher for FastHasher {
-    fn write(&mut self, bytes: &[u8]) {
-        let mut chunks = bytes.chunks_exact(8);
-        for chunk in &mut chunks {
-            let word = u64::from_le_bytes(chunk.try_into().expect("8 bytes"));
-            self.0 = (self.0 ^ word).wrapping_mul(0x0000_0100_0000_01b3);
-        }
-        for &b in chunks.remainder() {
-            self.0 = (self.0 ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3);
-        }
-    }
-
-    fn finish(&self) -> u64 {
-        // Spread the high bits down: hashbrown takes its bucket from the low ones.
-        self.0 ^ (self.0 >> 29)
-    }
-}
-
 /// The lineage file.
 pub struct LineageStore {
     path: PathBuf,
@@ -204,8 +171,9 @@ impl LineageStore {
         // note of its row (`usize::MAX`: none).
         let mut firsts: Vec<usize> = Vec::new();
         let mut next = vec![usize::MAX; notes.len()];
-        let mut last: std::collections::HashMap<(&str, &str, &str), usize, Fast> =
-            std::collections::HashMap::with_capacity_and_hasher(notes.len(), Fast);
+        // SipHash with a random key: message ids are the senders', chosen by anyone.
+        let mut last: std::collections::HashMap<(&str, &str, &str), usize> =
+            std::collections::HashMap::with_capacity(notes.len());
         for (at, note) in notes.iter().enumerate() {
             let key = (
                 note.message_id.as_str(),

@@ -94,7 +94,7 @@ impl Inline {
             && self.short.load(Ordering::Relaxed) >= SHORT_RUNS_TO_INLINE
     }
 
-    /// Note a run timed from `started` (a run that made or dropped an instance is not noted);
+    /// Note a run timed from `started` (a run that made an instance is not noted);
     /// says so in the log when it takes the chain off inline runs.
     fn note(&self, started: RunClock) {
         if let Some(took) = started.took()
@@ -229,8 +229,8 @@ impl Workers {
 /// What a run cost the thread it ran on: the thread's CPU time, so that time the thread spent
 /// preempted by others is not counted against the chain. A run that made a plugin instance (a
 /// step's first, one replacing an instance that served its share or trapped, one more for a
-/// busier route) or dropped one (one that served its share) is not timed: that cost is the
-/// host's, once per instance, not the chain's.
+/// busier route) is not timed: that cost is the host's, once per instance, not the chain's. (An
+/// instance that served its share is dropped on the reaper thread, not in the run.)
 ///
 /// Reading a thread's CPU clock is a system call; the wall clock is not. A thread's CPU time
 /// never exceeds the wall time that passed, so a run whose wall time is within [`SHORT_RUN`]
@@ -246,14 +246,14 @@ impl RunClock {
         RunClock {
             cpu: thread_cpu(),
             wall: std::time::Instant::now(),
-            made: crate::plugin::instances_churned_here(),
+            made: crate::plugin::instances_made_here(),
         }
     }
 
     /// The run's CPU time (its wall time when that is within [`SHORT_RUN`]), `None` when it made
-    /// or dropped an instance.
+    /// an instance.
     fn took(&self) -> Option<Duration> {
-        if crate::plugin::instances_churned_here() != self.made {
+        if crate::plugin::instances_made_here() != self.made {
             return None;
         }
         let wall = self.wall.elapsed();

@@ -223,20 +223,14 @@ impl std::fmt::Display for InstantiationRefused {
 const BUSY_TRIES: u32 = 3;
 
 thread_local! {
-    static CHURN_HERE: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+    static MADE_HERE: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
 }
 
-/// Instances this thread has begun to make or has retired so far: a chain run that made one, or
-/// dropped one that served its share of messages (or found the idle pool full), is not timed as
-/// the chain's own cost ([`crate::pipeline::workers`]). Dropping an instance unmaps its memory,
-/// which on a busy machine can take longer than the chain. (An instance dropped because its
-/// call trapped or ran out of time is not counted here: that run is the chain's.)
-pub fn instances_churned_here() -> u64 {
-    CHURN_HERE.get()
-}
-
-fn churned() {
-    CHURN_HERE.set(CHURN_HERE.get() + 1);
+/// Instances this thread has begun to make so far: a chain run that made one is not timed as
+/// the chain's own cost ([`crate::pipeline::workers`]). (Instances are dropped on the reaper
+/// thread, [`reap`], except one whose call trapped or ran out of time: that run is the chain's.)
+pub fn instances_made_here() -> u64 {
+    MADE_HERE.get()
 }
 
 /// A new instance serving `context`, with its limits and a first deadline set, and WASI
@@ -279,7 +273,7 @@ fn instantiate_once(
     wasi: bool,
     message_id: &str,
 ) -> wasmtime::Result<Warm> {
-    churned();
+    MADE_HERE.set(MADE_HERE.get() + 1);
     let mut store = Store::new(
         pre.engine(),
         Invocation {
@@ -452,6 +446,46 @@ struct Warm {
 
 /// Idle instances kept per step; beyond this, returned instances are dropped.
 const MAX_IDLE: usize = 16;
+
+/// Batches of instances waiting for the reaper thread, at most; past this they are dropped
+/// where they are let go.
+const REAPER_QUEUE: usize = 256;
+
+/// Drop `instances` on the reaper thread, not here: dropping an instance unmaps its memory (a
+/// system call that also interrupts the other cores to flush their address translations),
+/// which would otherwise hold the thread that let it go — often an async worker answering a
+/// request, when a step is replaced by an activation or an instance has served its share.
+/// When the reaper is behind (or cannot start), they are dropped here.
+fn reap(instances: Vec<Warm>) {
+    static REAPER: std::sync::OnceLock<Option<std::sync::mpsc::SyncSender<Vec<Warm>>>> =
+        std::sync::OnceLock::new();
+    if instances.is_empty() {
+        return;
+    }
+    let reaper = REAPER.get_or_init(|| {
+        let (send, receive) = std::sync::mpsc::sync_channel::<Vec<Warm>>(REAPER_QUEUE);
+        std::thread::Builder::new()
+            .name("millrace-reaper".into())
+            .spawn(move || {
+                for instances in receive {
+                    drop(instances);
+                }
+            })
+            .ok()
+            .map(|_| send)
+    });
+    if let Some(reaper) = reaper {
+        // Full or gone: the instances come back in the error and are dropped here.
+        let _ = reaper.try_send(instances);
+    }
+}
+
+impl Drop for StepRuntime {
+    fn drop(&mut self) {
+        let idle = std::mem::take(&mut *self.idle.lock().unwrap_or_else(|e| e.into_inner()));
+        reap(idle);
+    }
+}
 
 /// One step of one route: a plugin version, its grants, settings, tables and limits.
 pub struct StepRuntime {
@@ -730,8 +764,7 @@ impl StepRuntime {
         } else {
             self.meters.served.inc();
         }
-        churned();
-        drop(warm);
+        reap(vec![warm]);
     }
 
     /// What a failed call (or instantiation) means. `cut` is the message budget when it made
