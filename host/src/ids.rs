@@ -1,18 +1,16 @@
 //! Identifiers the host makes: message ids for messages that arrive without one, and trace and
-//! span ids. They need to be unique and evenly spread, not secret, so they come from a
-//! per-thread generator seeded once from the operating system's generator: making one costs no
-//! system call (a `getrandom` per message was measurable on the HTTP route).
+//! span ids.
+//!
+//! Message ids come from the operating system's secure generator (one `getrandom` each): a
+//! sender that could predict the id the host will give another sender's message could claim it
+//! first with its own `Idempotency-Key`, and so the ids of that message's outputs, which
+//! downstream deduplicates by. Trace and span ids need to be unique and evenly spread, not
+//! secret, so they come from a per-thread generator seeded once from the operating system's.
 
-/// A new message id: a UUIDv7 (milliseconds since the Unix epoch, then 74 random bits), as
-/// text.
+/// A new message id: a UUIDv7 (milliseconds since the Unix epoch, then 74 bits from the
+/// operating system's secure generator), as text.
 pub fn message_id() -> String {
-    let millis = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64);
-    let random: [u8; 10] = random_bytes()[..10].try_into().expect("10 bytes");
-    uuid::Builder::from_unix_timestamp_millis(millis, &random)
-        .into_uuid()
-        .to_string()
+    uuid::Uuid::now_v7().to_string()
 }
 
 /// 16 random bytes, never all zero (every bit random: the trace sampler reads the low eight).

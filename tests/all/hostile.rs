@@ -681,8 +681,11 @@ fn a_chain_that_turns_to_looping_after_earning_inline_runs_holds_one_async_worke
     }
     assert_eq!(inline(&host, "spin"), off, "off");
     // Back after SHORT_RUNS_OFF short runs (a chain taken off by a burst of the machine's
-    // hiccups is not off for good); the next time it would stay off twice as long. Short runs
-    // since it was taken off: the 15 after the last long run, and the 48 above.
+    // hiccups is not off for good); the next time it would stay off twice as long. Requests
+    // since it was taken off: the 15 after the last long run, and the 48 above. (Those that
+    // made an instance are not counted as runs — the first after the long run's trap, one each
+    // `instance_reuse` — so the chain comes back a few requests after these; `earn` allows it
+    // 200.)
     let since_off = (SHORT_RUNS_TO_INLINE - 1) + SHORT_RUNS_TO_INLINE * 3;
     for _ in since_off..SHORT_RUNS_OFF - 1 {
         ok(&host);

@@ -27,13 +27,15 @@ pub const LONG_RUNS_TO_STAY_OFF: u32 = 3;
 /// rare large message) does not take a chain off; a chain that runs long more often than this
 /// does.
 pub const SHORT_RUNS_TO_FORGIVE: u32 = 1_000;
-/// Short runs on the mediation threads a chain taken off inline runs for the first time needs
-/// before it may earn them again; each later time doubles it, up to 2^10 times this. A chain that
-/// keeps running long thus spends ever longer off; one that was taken off by a burst of the
-/// machine's hiccups comes back.
+/// Short runs on the mediation threads a chain taken off inline runs for the first time makes
+/// there before it runs inline again (the last 16 of them in a row, as when it first earned
+/// them); each later time doubles it, up to 2^10 times this. A chain that keeps running long
+/// thus spends ever longer off; one that was taken off by a burst of the machine's hiccups
+/// comes back.
 pub const SHORT_RUNS_OFF: u32 = 1_000;
 /// The most doublings of [`SHORT_RUNS_OFF`].
 const MAX_OFF_DOUBLINGS: u32 = 10;
+const _: () = assert!(SHORT_RUNS_OFF <= u32::MAX >> MAX_OFF_DOUBLINGS);
 
 /// The threads that run chains. A fixed set of threads takes jobs from one queue in arrival
 /// order: a busy thread goes on to the next job without being woken, which under load saves
@@ -108,10 +110,14 @@ impl Inline {
     /// inline runs, for how many short runs.
     fn ran(&self, took: Duration) -> Option<u32> {
         if took <= SHORT_RUN {
-            let _ = self
+            // A short run while off counts toward coming back, not toward forgiveness.
+            let was_off = self
                 .off_for
-                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
-            if self.since_forgiven.fetch_add(1, Ordering::Relaxed) + 1 >= SHORT_RUNS_TO_FORGIVE {
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
+                .is_ok();
+            if !was_off
+                && self.since_forgiven.fetch_add(1, Ordering::Relaxed) + 1 >= SHORT_RUNS_TO_FORGIVE
+            {
                 self.since_forgiven.store(0, Ordering::Relaxed);
                 let _ = self
                     .long
@@ -131,11 +137,23 @@ impl Inline {
         if !earned {
             return None;
         }
-        let long = self.long.fetch_add(1, Ordering::Relaxed) + 1;
-        if long < LONG_RUNS_TO_STAY_OFF {
+        // The run that makes the count reach LONG_RUNS_TO_STAY_OFF (and only that one) takes the
+        // chain off and starts the count again.
+        let before = self
+            .long
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                Some(if n + 1 >= LONG_RUNS_TO_STAY_OFF {
+                    0
+                } else {
+                    n + 1
+                })
+            })
+            .unwrap_or_default();
+        if before + 1 < LONG_RUNS_TO_STAY_OFF {
             return None;
         }
-        self.long.store(0, Ordering::Relaxed);
+        // Forgiveness starts again too: the short runs off do not buy a long run on return.
+        self.since_forgiven.store(0, Ordering::Relaxed);
         let times = self.times_off.fetch_add(1, Ordering::Relaxed);
         let off_for = SHORT_RUNS_OFF << times.min(MAX_OFF_DOUBLINGS);
         self.off_for.store(off_for, Ordering::Relaxed);
@@ -243,9 +261,11 @@ struct RunClock {
 
 impl RunClock {
     fn start() -> RunClock {
+        // The wall clock first, so that the wall interval encloses the CPU one.
+        let wall = std::time::Instant::now();
         RunClock {
             cpu: thread_cpu(),
-            wall: std::time::Instant::now(),
+            wall,
             made: crate::plugin::instances_made_here(),
         }
     }

@@ -50,6 +50,8 @@ impl InstancePool {
 pub struct PluginEngine {
     engine: Engine,
     cache: Option<Cache>,
+    /// Whether instances come from the pooling allocator (`host.instance_pool`).
+    pooled: bool,
 }
 
 impl PluginEngine {
@@ -63,11 +65,14 @@ impl PluginEngine {
         cache_dir: Option<&Path>,
         pool: Option<InstancePool>,
     ) -> anyhow::Result<PluginEngine> {
-        Self::build(cache_dir, |config| {
+        let pooled = pool.is_some();
+        let mut engine = Self::build(cache_dir, |config| {
             if let Some(pool) = pool {
                 config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool.config()));
             }
-        })
+        })?;
+        engine.pooled = pooled;
+        Ok(engine)
     }
 
     /// [`PluginEngine::new`] with the settings changed by `adjust` after the host's own.
@@ -126,11 +131,19 @@ impl PluginEngine {
         Ok(PluginEngine {
             engine,
             cache: cached,
+            pooled: false,
         })
     }
 
     pub fn engine(&self) -> &Engine {
         &self.engine
+    }
+
+    /// Whether instances come from the pooling allocator: dropping one then returns its slot
+    /// (cheap, no unmapping), and must not wait for the reaper, or the next instance may find
+    /// the pool full.
+    pub fn pooled(&self) -> bool {
+        self.pooled
     }
 
     /// Compile-cache hits and misses since start, when a cache is configured.

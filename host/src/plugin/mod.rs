@@ -447,43 +447,59 @@ struct Warm {
 /// Idle instances kept per step; beyond this, returned instances are dropped.
 const MAX_IDLE: usize = 16;
 
-/// Batches of instances waiting for the reaper thread, at most; past this they are dropped
-/// where they are let go.
+/// Instances waiting for the reaper thread, at most; past this they are dropped where they are
+/// let go.
 const REAPER_QUEUE: usize = 256;
 
-/// Drop `instances` on the reaper thread, not here: dropping an instance unmaps its memory (a
-/// system call that also interrupts the other cores to flush their address translations),
-/// which would otherwise hold the thread that let it go — often an async worker answering a
-/// request, when a step is replaced by an activation or an instance has served its share.
-/// When the reaper is behind (or cannot start), they are dropped here.
-fn reap(instances: Vec<Warm>) {
-    static REAPER: std::sync::OnceLock<Option<std::sync::mpsc::SyncSender<Vec<Warm>>>> =
+/// Drop `instances`, on the reaper thread when `off_thread`: dropping an instance made on demand
+/// unmaps its memory (a system call that also interrupts the other cores to flush their address
+/// translations), which would otherwise hold the thread that let it go — often an async worker
+/// answering a request, when a step is replaced by an activation or an instance has served its
+/// share. Instances of the pooling allocator are dropped here (`off_thread` false): their drop
+/// only returns the slot, and a slot held by the reaper could make the next instance find the
+/// pool full. When the reaper has [`REAPER_QUEUE`] instances waiting (or cannot start), they
+/// are dropped here too.
+fn reap(instances: Vec<Warm>, off_thread: bool) {
+    static REAPER: std::sync::OnceLock<Option<std::sync::mpsc::Sender<Vec<Warm>>>> =
         std::sync::OnceLock::new();
-    if instances.is_empty() {
+    static WAITING: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    use std::sync::atomic::Ordering;
+    let n = instances.len();
+    if n == 0 || !off_thread {
         return;
     }
     let reaper = REAPER.get_or_init(|| {
-        let (send, receive) = std::sync::mpsc::sync_channel::<Vec<Warm>>(REAPER_QUEUE);
+        let (send, receive) = std::sync::mpsc::channel::<Vec<Warm>>();
         std::thread::Builder::new()
             .name("millrace-reaper".into())
             .spawn(move || {
                 for instances in receive {
+                    let n = instances.len();
                     drop(instances);
+                    WAITING.fetch_sub(n, Ordering::AcqRel);
                 }
             })
             .ok()
             .map(|_| send)
     });
-    if let Some(reaper) = reaper {
-        // Full or gone: the instances come back in the error and are dropped here.
-        let _ = reaper.try_send(instances);
+    let Some(reaper) = reaper else {
+        return;
+    };
+    let taken = WAITING
+        .fetch_update(Ordering::AcqRel, Ordering::Acquire, |w| {
+            (w + n <= REAPER_QUEUE).then_some(w + n)
+        })
+        .is_ok();
+    if taken && let Err(back) = reaper.send(instances) {
+        WAITING.fetch_sub(n, Ordering::AcqRel);
+        drop(back);
     }
 }
 
 impl Drop for StepRuntime {
     fn drop(&mut self) {
         let idle = std::mem::take(&mut *self.idle.lock().unwrap_or_else(|e| e.into_inner()));
-        reap(idle);
+        reap(idle, !self.pooled);
     }
 }
 
@@ -503,6 +519,8 @@ pub struct StepRuntime {
     subject: crate::quarantine::Subject,
     /// Its instances' series.
     meters: crate::telemetry::metrics::InstanceMeters,
+    /// Whether its instances come from the pooling allocator ([`reap`]).
+    pooled: bool,
 }
 
 impl StepRuntime {
@@ -587,6 +605,7 @@ impl StepRuntime {
             context: Arc::new(context),
             limits,
             idle: Mutex::new(Vec::new()),
+            pooled: engine.pooled(),
         };
         probe.store.data_mut().step = Arc::clone(&step.context);
         step.meters.created.inc();
@@ -764,7 +783,7 @@ impl StepRuntime {
         } else {
             self.meters.served.inc();
         }
-        reap(vec![warm]);
+        reap(vec![warm], !self.pooled);
     }
 
     /// What a failed call (or instantiation) means. `cut` is the message budget when it made
