@@ -25,7 +25,7 @@
 #[allow(dead_code)] // the broker benchmarks' helpers this one does not use
 mod common;
 
-use common::{cpu_seconds, median, record, root, setting};
+use common::{cpu_seconds, median, record, root, setting, stat_cpu_seconds};
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -122,14 +122,7 @@ fn plain_cpu_seconds() -> f64 {
             std::fs::read_to_string(task.path().join("comm"))
                 .is_ok_and(|comm| comm.trim() == PLAIN_THREADS)
         })
-        .map(|task| {
-            let stat = std::fs::read_to_string(task.path().join("stat")).unwrap_or_default();
-            let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
-            let fields: Vec<&str> = after.split_whitespace().collect();
-            fields.get(11..13).map_or(0.0, |f| {
-                f.iter().filter_map(|v| v.parse::<f64>().ok()).sum::<f64>() / 100.0
-            })
-        })
+        .map(|task| stat_cpu_seconds(&task.path().join("stat")))
         .sum()
 }
 

@@ -139,9 +139,7 @@ impl PluginEngine {
         &self.engine
     }
 
-    /// Whether instances come from the pooling allocator: dropping one then returns its slot
-    /// (cheap, no unmapping), and must not wait for the reaper, or the next instance may find
-    /// the pool full.
+    /// Whether instances come from the pooling allocator (`host.instance_pool`).
     pub fn pooled(&self) -> bool {
         self.pooled
     }

@@ -451,21 +451,19 @@ const MAX_IDLE: usize = 16;
 /// let go.
 const REAPER_QUEUE: usize = 256;
 
-/// Drop `instances`, on the reaper thread when `off_thread`: dropping an instance made on demand
-/// unmaps its memory (a system call that also interrupts the other cores to flush their address
-/// translations), which would otherwise hold the thread that let it go — often an async worker
-/// answering a request, when a step is replaced by an activation or an instance has served its
-/// share. Instances of the pooling allocator are dropped here (`off_thread` false): their drop
-/// only returns the slot, and a slot held by the reaper could make the next instance find the
-/// pool full. When the reaper has [`REAPER_QUEUE`] instances waiting (or cannot start), they
-/// are dropped here too.
-fn reap(instances: Vec<Warm>, off_thread: bool) {
+/// Drop `instances` on the reaper thread: dropping an instance made on demand unmaps its memory
+/// (a system call that also interrupts the other cores to flush their address translations),
+/// which would otherwise hold the thread that let it go — often an async worker answering a
+/// request, when a step is replaced by an activation or an instance has served its share. When
+/// the reaper has [`REAPER_QUEUE`] instances waiting (or cannot start), they are dropped here.
+/// (Instances of the pooling allocator do not come here: [`StepRuntime::let_go`].)
+fn reap(instances: Vec<Warm>) {
     static REAPER: std::sync::OnceLock<Option<std::sync::mpsc::Sender<Vec<Warm>>>> =
         std::sync::OnceLock::new();
     static WAITING: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
     use std::sync::atomic::Ordering;
     let n = instances.len();
-    if n == 0 || !off_thread {
+    if n == 0 {
         return;
     }
     let reaper = REAPER.get_or_init(|| {
@@ -499,7 +497,7 @@ fn reap(instances: Vec<Warm>, off_thread: bool) {
 impl Drop for StepRuntime {
     fn drop(&mut self) {
         let idle = std::mem::take(&mut *self.idle.lock().unwrap_or_else(|e| e.into_inner()));
-        reap(idle, !self.pooled);
+        self.let_go(idle);
     }
 }
 
@@ -783,7 +781,16 @@ impl StepRuntime {
         } else {
             self.meters.served.inc();
         }
-        reap(vec![warm], !self.pooled);
+        self.let_go(vec![warm]);
+    }
+
+    /// Drop `instances` this step no longer keeps: on the reaper thread ([`reap`]), unless
+    /// they come from the pooling allocator, whose drop only returns the slot (no unmapping)
+    /// and must not wait, or the next instance may find the pool full.
+    fn let_go(&self, instances: Vec<Warm>) {
+        if !self.pooled {
+            reap(instances);
+        }
     }
 
     /// What a failed call (or instantiation) means. `cut` is the message budget when it made
