@@ -26,6 +26,7 @@
 //! not linked, so the built component does not import it and its route need not grant it.
 #![warn(missing_docs)]
 
+pub mod alloc;
 mod cloudevent;
 pub mod data;
 mod host;
@@ -37,6 +38,16 @@ pub mod runtime;
 pub mod testing;
 #[cfg(feature = "time")]
 pub mod time;
+
+/// Small blocks from size classes (see [`alloc`]) in a plugin built for `wasm32`, unless the
+/// plugin turns the default feature `size-classes` off (e.g. to install an allocator of its own).
+#[cfg(all(
+    target_arch = "wasm32",
+    not(target_feature = "atomics"),
+    feature = "size-classes"
+))]
+#[global_allocator]
+static ALLOCATOR: alloc::SizeClasses = alloc::SizeClasses::new();
 
 /// Bindings generated from `wit/` (the one `generate!` site of the guest side).
 #[doc(hidden)]
