@@ -1,31 +1,42 @@
-//! The guest's memory allocator: small blocks in size classes with a free list each, larger ones
-//! from the standard allocator. Installed as the global allocator of a plugin built for `wasm32`.
+//! The guest's memory allocator: small blocks from size classes, the rest from the standard
+//! allocator. Installed as the global allocator of a plugin built for `wasm32`.
 //!
 //! A plugin call allocates and frees many small blocks (the input's fields, each output's
 //! strings and vectors, the parser's intermediate values). The standard allocator of
 //! `wasm32-unknown-unknown` (dlmalloc) searches bins, splits and merges blocks on each of them;
-//! here a block of at most [`LARGEST`] bytes is taken from and given back to the list of its size
-//! class, a pointer pushed or popped. Rust tells the allocator each block's size when it is
-//! freed, so blocks carry no header.
+//! here a block of at most [`LARGEST`] bytes (alignment at most 16) is popped from, and pushed
+//! back to, a free list. Rust tells the allocator each block's size when it is freed, so blocks
+//! carry no header.
 //!
-//! Memory: a freed block stays in its class for the next allocation of that class, never given
-//! back to the standard allocator; what a class holds is its highest use so far (a Wasm memory
-//! never shrinks anyway). Blocks are cut from chunks of [`CHUNK`] bytes; a block is at most a
-//! quarter larger than asked (above 256 bytes) or 15 bytes larger (at most 256 bytes).
+//! Blocks live in slabs of [`SLAB`] bytes, each of one class at a time, aligned to their size so
+//! a block finds its slab by masking its address. On `wasm32` slabs are cut from pages the
+//! allocator grows the memory by ([`GROW`] bytes at a time, page-aligned, so no alignment gap),
+//! elsewhere (tests) from the backing allocator. A class takes blocks from its slabs that have a
+//! free one. A slab whose last block is freed goes to a pool shared by every class, unless it is
+//! its class's only slab with room (kept, so one block taken and freed per call does not move a
+//! slab each time); a class that needs a slab takes one from the pool before growing the memory.
+//! So a call that needed many blocks of one size leaves their slabs to any size after it. Slabs
+//! are never handed back to dlmalloc (a Wasm memory never shrinks anyway). One live block keeps
+//! its whole slab for its class. A block is at most 15 bytes larger than asked up to 256 bytes,
+//! at most a quarter larger above.
 //!
 //! A Wasm instance without the threads proposal runs one thread: the lists need no lock. The
 //! allocator is installed only there (see `lib.rs`).
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::UnsafeCell;
-use std::ptr::{self, NonNull};
+use std::ptr;
 
 /// Largest block served from the size classes; larger ones go to the standard allocator.
 pub const LARGEST: usize = 4096;
 /// Alignment of every class block (and the largest alignment served from the classes).
 const ALIGN: usize = 16;
-/// Bytes taken from the standard allocator at a time to cut class blocks from.
-pub const CHUNK: usize = 64 * 1024;
+/// Bytes of one slab (and its alignment).
+pub const SLAB: usize = 32 * 1024;
+/// Bytes of new slabs taken at a time: two Wasm pages, four slabs.
+pub const GROW: usize = 2 * 65536;
+/// Bytes at the start of a slab that hold its header.
+const HEADER: usize = 64;
 /// Classes: 16 of 16-byte steps up to 256, then 4 per doubling up to [`LARGEST`].
 const CLASSES: usize = 16 + 4 * 4;
 
@@ -43,13 +54,26 @@ pub const fn class_of(size: usize) -> (usize, usize) {
     (16 + (bits - 9) * 4 + (k - 1), base + k * step)
 }
 
-struct Lists {
-    /// Head of each class's free list (a freed block holds the next one's address).
-    free: [*mut u8; CLASSES],
-    /// The rest of the current chunk, not yet cut into blocks.
-    cursor: *mut u8,
+/// The start of a slab: its blocks follow from `HEADER` on.
+#[repr(C)]
+struct Slab {
+    /// Freed blocks of this slab (a free block holds the next one's address).
+    free: *mut u8,
+    /// The first block never handed out, and the end of the block area.
+    fresh: *mut u8,
     end: *mut u8,
+    /// The class's other slabs with a free block.
+    prev: *mut Slab,
+    next: *mut Slab,
+    /// Blocks handed out and not freed.
+    live: usize,
+    /// Whether the slab is in its class's list (it has a free block).
+    listed: bool,
 }
+
+const _: () = assert!(size_of::<Slab>() <= HEADER && HEADER.is_multiple_of(ALIGN));
+const _: () = assert!(SLAB - HEADER >= 4 * LARGEST && GROW.is_multiple_of(SLAB));
+const _: () = assert!(GROW.is_multiple_of(65536));
 
 /// Size classes over `B` (the standard allocator when installed; any allocator in tests).
 pub struct SizeClasses<B: GlobalAlloc = System> {
@@ -57,8 +81,15 @@ pub struct SizeClasses<B: GlobalAlloc = System> {
     backing: B,
 }
 
+struct Lists {
+    /// Per class, the first of its slabs that have a free block.
+    open: [*mut Slab; CLASSES],
+    /// Empty slabs of no class (each holds the next one's address).
+    pool: *mut u8,
+}
+
 // SAFETY: installed only on `wasm32` without the `atomics` feature, where an instance runs one
-// thread, so the lists are never touched by two threads.
+// thread, so the slabs are never touched by two threads.
 #[cfg(all(target_arch = "wasm32", not(target_feature = "atomics")))]
 unsafe impl Sync for SizeClasses {}
 
@@ -75,14 +106,19 @@ impl Default for SizeClasses {
     }
 }
 
+#[cfg(not(target_arch = "wasm32"))]
+const GROW_LAYOUT: Layout = match Layout::from_size_align(GROW, SLAB) {
+    Ok(layout) => layout,
+    Err(_) => panic!("the layout of new slabs"),
+};
+
 impl<B: GlobalAlloc> SizeClasses<B> {
     /// Empty classes over `backing`.
     pub const fn over(backing: B) -> Self {
         SizeClasses {
             lists: UnsafeCell::new(Lists {
-                free: [ptr::null_mut(); CLASSES],
-                cursor: ptr::null_mut(),
-                end: ptr::null_mut(),
+                open: [ptr::null_mut(); CLASSES],
+                pool: ptr::null_mut(),
             }),
             backing,
         }
@@ -92,51 +128,139 @@ impl<B: GlobalAlloc> SizeClasses<B> {
         layout.size() <= LARGEST && layout.align() <= ALIGN
     }
 
-    /// A block of `class` (`block` bytes): from its list, else cut from the chunk.
+    /// Put `slab` first in the list of `class`.
     ///
     /// # Safety
-    /// Not called from two threads at once.
-    unsafe fn take(&self, class: usize, block: usize) -> *mut u8 {
-        // SAFETY: one thread (the caller's contract); no reference into the lists outlives this.
-        let lists = unsafe { &mut *self.lists.get() };
-        let head = lists.free[class];
-        if let Some(head) = NonNull::new(head) {
-            // SAFETY: a listed block is ours, free, at least 16 bytes and 16-aligned; its first
-            // word holds the next block's address.
-            lists.free[class] = unsafe { head.as_ptr().cast::<*mut u8>().read() };
-            return head.as_ptr();
-        }
-        if (lists.end as usize) - (lists.cursor as usize) < block {
-            // SAFETY: a non-zero size and a power-of-two alignment.
-            let chunk = unsafe {
-                self.backing
-                    .alloc(Layout::from_size_align_unchecked(CHUNK, ALIGN))
-            };
-            if chunk.is_null() {
-                return chunk;
+    /// `slab` is a slab of `class`, not listed; one thread.
+    unsafe fn link(open: &mut [*mut Slab; CLASSES], class: usize, slab: *mut Slab) {
+        // SAFETY: `slab` and the list's slabs are live slabs of ours (the caller's contract).
+        unsafe {
+            let head = open[class];
+            (*slab).prev = ptr::null_mut();
+            (*slab).next = head;
+            (*slab).listed = true;
+            if !head.is_null() {
+                (*head).prev = slab;
             }
-            // The rest of the old chunk is left unused (less than one block of the largest
-            // class).
-            lists.cursor = chunk;
-            // SAFETY: within the chunk just taken.
-            lists.end = unsafe { chunk.add(CHUNK) };
+            open[class] = slab;
         }
-        let at = lists.cursor;
-        // SAFETY: `block` bytes fit before `end` (checked above).
-        lists.cursor = unsafe { at.add(block) };
-        at
     }
 
-    /// Give `at` back to the list of `class`.
+    /// Take `slab` out of the list of `class`.
     ///
     /// # Safety
-    /// `at` is a block of `class` taken from these lists and not in use; one thread.
+    /// `slab` is listed in `class`; one thread.
+    unsafe fn unlink(open: &mut [*mut Slab; CLASSES], class: usize, slab: *mut Slab) {
+        // SAFETY: as `link`.
+        unsafe {
+            let (prev, next) = ((*slab).prev, (*slab).next);
+            if prev.is_null() {
+                open[class] = next;
+            } else {
+                (*prev).next = next;
+            }
+            if !next.is_null() {
+                (*next).prev = prev;
+            }
+            (*slab).listed = false;
+        }
+    }
+
+    /// `GROW` bytes of new slabs, aligned to `SLAB`, or null when the memory cannot grow.
+    fn more(&self) -> *mut u8 {
+        #[cfg(target_arch = "wasm32")]
+        {
+            let page = core::arch::wasm32::memory_grow(0, GROW / 65536);
+            if page == usize::MAX {
+                return ptr::null_mut();
+            }
+            ptr::with_exposed_provenance_mut(page * 65536)
+        }
+        #[cfg(not(target_arch = "wasm32"))]
+        // SAFETY: a non-zero size and a power-of-two alignment.
+        unsafe {
+            self.backing.alloc(GROW_LAYOUT)
+        }
+    }
+
+    /// A block of `class` (`block` bytes), or null when no slab can be had.
+    ///
+    /// # Safety
+    /// One thread.
+    unsafe fn take(&self, class: usize, block: usize) -> *mut u8 {
+        // SAFETY: one thread (the caller's contract); no other reference to the lists lives.
+        let lists = unsafe { &mut *self.lists.get() };
+        let mut slab = lists.open[class];
+        // SAFETY: slabs are ours, `SLAB`-aligned and `SLAB` long; a listed slab has a free or a
+        // fresh block; a pooled slab holds the next pooled one's address.
+        unsafe {
+            if slab.is_null() {
+                if lists.pool.is_null() {
+                    let new = self.more();
+                    if new.is_null() {
+                        return new;
+                    }
+                    for at in (0..GROW).step_by(SLAB).rev() {
+                        new.add(at).cast::<*mut u8>().write(lists.pool);
+                        lists.pool = new.add(at);
+                    }
+                }
+                let base = lists.pool;
+                lists.pool = base.cast::<*mut u8>().read();
+                slab = base.cast::<Slab>();
+                let first = base.add(HEADER);
+                slab.write(Slab {
+                    free: ptr::null_mut(),
+                    fresh: first,
+                    end: first.add((SLAB - HEADER) / block * block),
+                    prev: ptr::null_mut(),
+                    next: ptr::null_mut(),
+                    live: 0,
+                    listed: false,
+                });
+                Self::link(&mut lists.open, class, slab);
+            }
+            let at = if (*slab).free.is_null() {
+                let at = (*slab).fresh;
+                (*slab).fresh = at.add(block);
+                at
+            } else {
+                let at = (*slab).free;
+                (*slab).free = at.cast::<*mut u8>().read();
+                at
+            };
+            (*slab).live += 1;
+            if (*slab).free.is_null() && (*slab).fresh == (*slab).end {
+                Self::unlink(&mut lists.open, class, slab);
+            }
+            at
+        }
+    }
+
+    /// Give `at` back to its slab; a slab left empty goes to the pool unless it is its class's
+    /// only one with room.
+    ///
+    /// # Safety
+    /// `at` is a block of `class` taken from these slabs and not in use; one thread.
     unsafe fn give(&self, at: *mut u8, class: usize) {
-        // SAFETY: as the contract says; the block is at least 16 bytes, 16-aligned.
+        // SAFETY: as the contract says; the block is at least 16 bytes, 16-aligned, inside a
+        // slab aligned to `SLAB`.
         unsafe {
             let lists = &mut *self.lists.get();
-            at.cast::<*mut u8>().write(lists.free[class]);
-            lists.free[class] = at;
+            let slab = at.map_addr(|a| a & !(SLAB - 1)).cast::<Slab>();
+            at.cast::<*mut u8>().write((*slab).free);
+            (*slab).free = at;
+            (*slab).live -= 1;
+            if !(*slab).listed {
+                Self::link(&mut lists.open, class, slab);
+            }
+            let alone = (*slab).prev.is_null() && (*slab).next.is_null();
+            if (*slab).live == 0 && !alone {
+                Self::unlink(&mut lists.open, class, slab);
+                let base = slab.cast::<u8>();
+                base.cast::<*mut u8>().write(lists.pool);
+                lists.pool = base;
+            }
         }
     }
 }
@@ -191,7 +315,47 @@ unsafe impl<B: GlobalAlloc> GlobalAlloc for SizeClasses<B> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::collections::HashSet;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    /// The system allocator, counting the bytes it holds, refusing past `budget`.
+    struct Counting {
+        held: AtomicUsize,
+        budget: usize,
+    }
+
+    impl Counting {
+        fn new(budget: usize) -> Self {
+            Counting {
+                held: AtomicUsize::new(0),
+                budget,
+            }
+        }
+    }
+
+    unsafe impl GlobalAlloc for Counting {
+        unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+            if self.held.load(Ordering::Relaxed) + layout.size() > self.budget {
+                return ptr::null_mut();
+            }
+            self.held.fetch_add(layout.size(), Ordering::Relaxed);
+            unsafe { System.alloc(layout) }
+        }
+        unsafe fn dealloc(&self, at: *mut u8, layout: Layout) {
+            self.held.fetch_sub(layout.size(), Ordering::Relaxed);
+            unsafe { System.dealloc(at, layout) }
+        }
+    }
+
+    fn layout(size: usize, align: usize) -> Layout {
+        Layout::from_size_align(size, align).unwrap()
+    }
+
+    /// `at` is a block of a slab: past the header, wholly inside the block area.
+    fn in_a_slab(at: *mut u8, size: usize) -> bool {
+        let offset = at as usize & (SLAB - 1);
+        let block = class_of(size).1;
+        offset >= HEADER && (offset - HEADER).is_multiple_of(block) && offset + block <= SLAB
+    }
 
     #[test]
     fn a_class_block_holds_its_size_and_wastes_at_most_a_quarter_above_256_bytes() {
@@ -219,79 +383,140 @@ mod tests {
     }
 
     #[test]
-    fn blocks_do_not_overlap_are_reused_after_free_and_keep_their_bytes_across_a_realloc() {
-        let classes = SizeClasses::over(System);
+    fn blocks_are_aligned_inside_their_slab_apart_and_keep_their_bytes() {
+        let classes = SizeClasses::over(Counting::new(usize::MAX));
         let sizes = [1usize, 16, 17, 100, 256, 257, 1000, 4096, 4097, 100_000];
         let mut live: Vec<(*mut u8, Layout)> = Vec::new();
         for round in 0..50u8 {
             for &size in &sizes {
-                let layout = Layout::from_size_align(size, 8).unwrap();
-                // SAFETY: a valid non-zero layout; the block is filled within its size.
+                let layout = layout(size, 16);
                 let at = unsafe { classes.alloc(layout) };
-                assert!(!at.is_null() && (at as usize).is_multiple_of(8));
+                assert!(!at.is_null() && (at as usize).is_multiple_of(16), "{size}");
+                if size <= LARGEST {
+                    assert!(in_a_slab(at, size), "{size} at {at:?}");
+                }
                 unsafe { ptr::write_bytes(at, round, size) };
                 live.push((at, layout));
             }
         }
-        // No two live blocks overlap.
         let mut spans: Vec<(usize, usize)> = live
             .iter()
             .map(|(at, l)| (*at as usize, *at as usize + l.size()))
             .collect();
         spans.sort_unstable();
-        assert!(spans.windows(2).all(|w| w[0].1 <= w[1].0));
-        // Each block still holds what was written into it.
+        assert!(spans.windows(2).all(|w| w[0].1 <= w[1].0), "blocks overlap");
         for (i, (at, layout)) in live.iter().enumerate() {
             let round = (i / sizes.len()) as u8;
             let bytes = unsafe { std::slice::from_raw_parts(*at, layout.size()) };
             assert!(bytes.iter().all(|b| *b == round), "block {i}");
         }
-        // Freed small blocks come back for the next allocations of their class.
-        let freed: HashSet<usize> = live
-            .iter()
-            .filter(|(_, l)| l.size() == 100)
-            .map(|(at, _)| *at as usize)
-            .collect();
-        live.retain(|(at, layout)| {
-            if layout.size() == 100 {
-                unsafe { classes.dealloc(*at, *layout) };
-                false
-            } else {
-                true
-            }
-        });
-        let layout = Layout::from_size_align(97, 1).unwrap();
-        for _ in 0..freed.len() {
-            let at = unsafe { classes.alloc(layout) };
-            assert!(freed.contains(&(at as usize)));
-            live.push((at, layout));
-        }
-        // A realloc within the class keeps the block; across classes and to a large block it
-        // moves the bytes.
-        let small = Layout::from_size_align(20, 4).unwrap();
-        let at = unsafe { classes.alloc(small) };
-        unsafe { ptr::copy_nonoverlapping(b"0123456789abcdefghij".as_ptr(), at, 20) };
-        assert_eq!(unsafe { classes.realloc(at, small, 32) }, at);
-        let grown = unsafe { classes.realloc(at, small, 300) };
-        let big = unsafe { classes.realloc(grown, Layout::from_size_align(300, 4).unwrap(), 9000) };
-        assert_eq!(
-            unsafe { std::slice::from_raw_parts(big, 20) },
-            b"0123456789abcdefghij"
-        );
-        unsafe { classes.dealloc(big, Layout::from_size_align(9000, 4).unwrap()) };
         for (at, layout) in live {
-            if !SizeClasses::<System>::served(layout) {
-                unsafe { classes.dealloc(at, layout) };
+            unsafe { classes.dealloc(at, layout) };
+        }
+        // Every slab went back to the pool but one per class: nothing of the classes is lost.
+        let again: Vec<*mut u8> = (0..100)
+            .map(|_| unsafe { classes.alloc(layout(24, 8)) })
+            .collect();
+        assert!(again.iter().all(|at| in_a_slab(*at, 24)));
+    }
+
+    #[test]
+    fn a_realloc_keeps_the_block_within_its_class_and_moves_the_bytes_across_classes() {
+        let classes = SizeClasses::over(Counting::new(usize::MAX));
+        let text = b"0123456789abcdefghij";
+        let at = unsafe { classes.alloc(layout(20, 4)) };
+        unsafe { ptr::copy_nonoverlapping(text.as_ptr(), at, 20) };
+        assert_eq!(unsafe { classes.realloc(at, layout(20, 4), 32) }, at);
+        let grown = unsafe { classes.realloc(at, layout(32, 4), 300) };
+        assert!(in_a_slab(grown, 300));
+        let big = unsafe { classes.realloc(grown, layout(300, 4), 9000) };
+        let back = unsafe { classes.realloc(big, layout(9000, 4), 4096) };
+        assert!(in_a_slab(back, 4096));
+        let small = unsafe { classes.realloc(back, layout(4096, 4), 20) };
+        assert!(in_a_slab(small, 20));
+        assert_eq!(unsafe { std::slice::from_raw_parts(small, 20) }, text);
+        unsafe { classes.dealloc(small, layout(20, 4)) };
+        assert_eq!(
+            classes.backing.held.load(Ordering::Relaxed),
+            GROW,
+            "only slabs held"
+        );
+    }
+
+    #[test]
+    fn slabs_emptied_by_frees_serve_any_class_after() {
+        let classes = SizeClasses::over(Counting::new(usize::MAX));
+        let held = || classes.backing.held.load(Ordering::Relaxed);
+        let mut peak = 0;
+        for size in [48usize, 200, 3000, 48] {
+            let layout = layout(size, 8);
+            // Enough blocks for several slabs of the class.
+            let blocks: Vec<*mut u8> = (0..(5 * SLAB / size))
+                .map(|_| unsafe { classes.alloc(layout) })
+                .collect();
+            assert!(
+                blocks
+                    .iter()
+                    .all(|at| !at.is_null() && in_a_slab(*at, size))
+            );
+            peak = peak.max(held());
+            // Freed in an order that empties slabs while others are still partly used.
+            for at in blocks
+                .iter()
+                .step_by(2)
+                .chain(blocks.iter().skip(1).step_by(2))
+            {
+                unsafe { classes.dealloc(*at, layout) };
             }
         }
+        // Each size needed about six slabs; the later ones reused the earlier ones' slabs.
+        assert!(
+            peak >= 5 * SLAB && held() <= peak + GROW,
+            "{peak} {}",
+            held()
+        );
+        assert!(held() < 12 * SLAB, "{}", held());
+    }
+
+    #[test]
+    fn out_of_memory_is_a_null_and_leaves_blocks_intact() {
+        let classes = SizeClasses::over(Counting::new(GROW));
+        let mut blocks = Vec::new();
+        loop {
+            let at = unsafe { classes.alloc(layout(1000, 8)) };
+            if at.is_null() {
+                break;
+            }
+            unsafe { ptr::write_bytes(at, 7, 1000) };
+            blocks.push(at);
+        }
+        // Four slabs of 31 blocks of 1,024 bytes (the header takes one block's room).
+        assert_eq!(blocks.len(), 4 * ((SLAB - HEADER) / 1024));
+        let last = *blocks.last().unwrap();
+        assert!(unsafe { classes.realloc(last, layout(1000, 8), 2000) }.is_null());
+        assert!(unsafe { classes.alloc(layout(10_000, 8)) }.is_null());
+        assert!(
+            unsafe { std::slice::from_raw_parts(last, 1000) }
+                .iter()
+                .all(|b| *b == 7)
+        );
+        // A freed block serves the next allocation again.
+        unsafe { classes.dealloc(last, layout(1000, 8)) };
+        assert_eq!(unsafe { classes.alloc(layout(1000, 8)) }, last);
     }
 
     #[test]
     fn alignments_above_sixteen_go_to_the_backing_allocator() {
-        let classes = SizeClasses::over(System);
-        let layout = Layout::from_size_align(64, 64).unwrap();
-        let at = unsafe { classes.alloc(layout) };
-        assert!((at as usize).is_multiple_of(64));
-        unsafe { classes.dealloc(at, layout) };
+        let classes = SizeClasses::over(Counting::new(usize::MAX));
+        for align in [32usize, 64, 4096] {
+            let blocks: Vec<*mut u8> = (0..20)
+                .map(|_| unsafe { classes.alloc(layout(48, align)) })
+                .collect();
+            for at in blocks {
+                assert!((at as usize).is_multiple_of(align), "{align}: {at:?}");
+                unsafe { classes.dealloc(at, layout(48, align)) };
+            }
+        }
+        assert_eq!(classes.backing.held.load(Ordering::Relaxed), 0);
     }
 }

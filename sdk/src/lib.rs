@@ -41,10 +41,13 @@ pub mod time;
 
 /// Small blocks from size classes (see [`alloc`]) in a plugin built for `wasm32`, unless the
 /// plugin turns the default feature `size-classes` off (e.g. to install an allocator of its own).
+/// `--cfg millrace_std_alloc` in the build's flags turns it off too: the benchmarks' variant build
+/// with the standard allocator (`docs/performance.md`).
 #[cfg(all(
     target_arch = "wasm32",
     not(target_feature = "atomics"),
-    feature = "size-classes"
+    feature = "size-classes",
+    not(millrace_std_alloc)
 ))]
 #[global_allocator]
 static ALLOCATOR: alloc::SizeClasses = alloc::SizeClasses::new();
