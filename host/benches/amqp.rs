@@ -19,9 +19,10 @@
 //! with `[telemetry] lineage = false`: the cost of keeping lineage, same run), `HOST_SETTINGS=LINES`
 //! (each round also runs millrace with these lines added to its `[host]` section, e.g.
 //! `HOST_SETTINGS="max_in_flight = 2"`: a setting's effect, same run), `PIPE_LIKE_HOST=headers`,
-//! `one-header`, `mandatory` or `both` (each round also runs the pipe publishing that part of what
-//! the host adds to an output: its three `millrace-*` headers, or their values in one header,
-//! `mandatory`; what it costs the broker and the client, same run).
+//! `one-header`, `properties`, `mandatory` or `both` (each round also runs the pipe publishing
+//! that part of what the host adds to an output: its three `millrace-*` headers, their values in
+//! one header or in basic properties instead of headers, `mandatory`; what it costs the broker
+//! and the client, same run).
 
 mod common;
 use common::{cpu_seconds, median, record, root, route_output, setting};
@@ -246,6 +247,9 @@ enum Headers {
     Host,
     /// The same values in one header.
     One,
+    /// The same values in basic properties (`app-id`, `type`, `correlation-id`), no header
+    /// table.
+    Properties,
 }
 
 const PLAIN: LikeHost = LikeHost {
@@ -310,8 +314,17 @@ async fn pipe(
                             lapin::types::AMQPValue::LongString(values.join(" ").into()),
                         );
                     }
+                    Headers::Properties => {}
                 }
-                let properties = BasicProperties::default()
+                let mut properties = BasicProperties::default();
+                if like_host.headers == Headers::Properties {
+                    let [(_, plant), (_, route), (_, lineage)] = HOST_HEADERS;
+                    properties = properties
+                        .with_app_id(plant.into())
+                        .with_kind(route.into())
+                        .with_correlation_id(lineage.into());
+                }
+                let properties = properties
                     .with_headers(headers)
                     .with_content_type("application/cloudevents+json".into())
                     .with_message_id(
@@ -516,7 +529,13 @@ fn main() {
             headers: Headers::Host,
             mandatory: true,
         }),
-        other => panic!("PIPE_LIKE_HOST={other}: headers, one-header, mandatory or both"),
+        "properties" => Some(LikeHost {
+            headers: Headers::Properties,
+            mandatory: false,
+        }),
+        other => {
+            panic!("PIPE_LIKE_HOST={other}: headers, one-header, properties, mandatory or both")
+        }
     };
     let mut piped_like_host = Vec::new();
     let mut adjusted = Vec::new();

@@ -708,7 +708,7 @@ print(json.dumps({{'outputs': sorted(outputs), 'dead': sorted(dead)}}))
 /// A queue-to-exchange route `act` (queue `plant-a.act`) running the `act` guest; `amqp` adds
 /// keys to its broker table, `host` to the host table.
 fn act_workspace(broker: &Broker, host: &str, amqp: &str) -> Workspace {
-    queue_route_workspace(broker, &act_route("act", ACT_DEADLINE), host, amqp)
+    queue_route_workspace(broker, &slow_act_route("act"), host, amqp)
 }
 
 /// `route` (an HTTP-to-reply route `act`, first of the routes it may hold) turned into queue

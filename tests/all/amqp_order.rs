@@ -12,7 +12,7 @@ const LOTS: usize = 6;
 const PER_LOT: usize = 100;
 
 fn workspace(broker: &Broker, id: &str, order: &str) -> Workspace {
-    let route = act_route("act", ACT_DEADLINE)
+    let route = slow_act_route("act")
         .replace("source = \"http\"", "source = \"amqp\"")
         .replace(
             "sink = \"reply\"",

@@ -497,12 +497,22 @@ pub fn act_route(name: &str, extra: &str) -> String {
 }
 
 /// A message for the `act` guest that keeps its call busy for a while and then finishes: long
-/// enough that a test can act while it runs (seconds here), far inside [`ACT_DEADLINE`]. How
+/// enough that a test can act while it runs (seconds here), far inside the deadline and budget of [`slow_act_route`]. How
 /// long it takes is never asserted; tests that need it still running check the log's order.
 pub const SLOW_WORK: &str = "work 3000000000";
 
 /// A step deadline for slow `act` messages: the slow work finishes well inside it.
-pub const ACT_DEADLINE: &str = "deadline_ms = 120000";
+const ACT_DEADLINE: &str = "deadline_ms = 120000";
+
+/// [`act_route`] for [`SLOW_WORK`]: a step deadline and a message budget it finishes well
+/// inside, however loaded the machine (the default budget, 10 s, is not).
+pub fn slow_act_route(name: &str) -> String {
+    act_route(name, ACT_DEADLINE).replacen(
+        "plant = \"plant-a\"\n",
+        "plant = \"plant-a\"\nmessage_budget_ms = 120000\n",
+        1,
+    )
+}
 
 /// The quickstart's mes-fixed-width step settings, as TOML lines.
 pub fn mes_settings(route: &str) -> String {

@@ -239,10 +239,7 @@ fn a_repeated_request_gets_the_kept_answer_without_running_the_chain_again() {
 
 #[test]
 fn a_keyed_request_still_being_mediated_is_answered_409_and_then_its_answer() {
-    let ws = Workspace::new(&format!(
-        "[plants.plant-a]\n\n{}",
-        act_route("act", ACT_DEADLINE)
-    ));
+    let ws = Workspace::new(&format!("[plants.plant-a]\n\n{}", slow_act_route("act")));
     let mut host = Host::start(&ws.config(), &[("RUST_LOG", "millrace_host=debug")]);
     let url = host.url.clone();
     let first = std::thread::spawn(move || {

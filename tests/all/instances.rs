@@ -75,8 +75,8 @@ fn a_message_that_finds_every_pool_slot_taken_is_asked_to_retry_not_counted_as_a
     // slot — the host's capacity, answered retry-later, not a trap of the plugin.
     let ws = Workspace::new(&format!(
         "[host]\ninstance_pool = 3\n\n[plants.plant-a]\n\n{}\n{}",
-        act_route("a", ACT_DEADLINE),
-        act_route("b", ACT_DEADLINE),
+        slow_act_route("a"),
+        slow_act_route("b"),
     ));
     let host = ws.start();
     assert_eq!(served(&host, "b"), 1);

@@ -111,10 +111,7 @@ fn memory_growth_guest_hits_the_cap_and_the_route_recovers() {
 /// `signal` while a slow message is being mediated: that message is finished and answered 200,
 /// a new connection is refused once the host has stopped accepting, and the host exits 0.
 fn in_flight_message_finishes_after(signal: &str) {
-    let ws = Workspace::new(&format!(
-        "[plants.plant-a]\n\n{}",
-        act_route("act", ACT_DEADLINE)
-    ));
+    let ws = Workspace::new(&format!("[plants.plant-a]\n\n{}", slow_act_route("act")));
     let mut host = Host::start(&ws.config(), &[("RUST_LOG", "millrace_host=debug")]);
     let url = host.url.clone();
     let in_flight = std::thread::spawn(move || {

@@ -123,8 +123,8 @@ fn concurrent_writers_of_one_plant_lose_no_write_and_never_tear_a_value() {
         "[host]\nmax_in_flight = 8\n\n[plants.plant-a]\n[plants.plant-b]\n\n{}\n{}\n{}",
         // The calls wait for each other's state writes (disk flushes); what is checked is that
         // none is lost or torn, not how long they take.
-        act_route("w1", ACT_DEADLINE),
-        act_route("w2", ACT_DEADLINE),
+        slow_act_route("w1"),
+        slow_act_route("w2"),
         act_route("other", "").replace("plant = \"plant-a\"", "plant = \"plant-b\""),
     ));
     let host = ws.start();
