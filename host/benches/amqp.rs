@@ -321,7 +321,7 @@ async fn pipe(
                     let [(_, plant), (_, route), (_, lineage)] = HOST_HEADERS;
                     properties = properties
                         .with_app_id(plant.into())
-                        .with_kind(route.into())
+                        .with_type(route.into())
                         .with_correlation_id(lineage.into());
                 }
                 let properties = properties
