@@ -388,7 +388,30 @@ pub async fn run(
         }
     }
     let _ = stop.send(true);
-    while background.join_next().await.is_some() {}
+    // Deliveries in hand finish within their message budget; past the longest budget and a
+    // margin for their publishes and acks (a broker connection lost while stopping can leave a
+    // confirm unanswered), the host stops without them and the broker gives them back.
+    let drain = host
+        .pipeline
+        .routes
+        .all()
+        .iter()
+        .map(|r| r.budget.time)
+        .max()
+        .unwrap_or_default()
+        + STOP_MARGIN;
+    let drained = tokio::time::timeout(drain, async {
+        while background.join_next().await.is_some() {}
+    })
+    .await;
+    if drained.is_err() {
+        tracing::warn!(
+            unfinished = background.len(),
+            within_s = drain.as_secs(),
+            "stopping with work unfinished: deliveries not acknowledged go back to the broker"
+        );
+        background.abort_all();
+    }
     // Spans of the last messages go out before the process ends.
     tokio::task::block_in_place(|| {
         crate::telemetry::trace::tracer().flush(std::time::Duration::from_secs(5));
@@ -445,6 +468,9 @@ async fn listen(
     let local = bound.local_addr().map_err(failed)?;
     Ok((bound, local))
 }
+
+/// How long stopping waits for deliveries in hand beyond the longest message budget.
+const STOP_MARGIN: std::time::Duration = std::time::Duration::from_secs(30);
 
 async fn shutdown_signal() {
     use tokio::signal::unix::{SignalKind, signal};
