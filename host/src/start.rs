@@ -284,7 +284,7 @@ pub async fn run(
     let (stop, stopped) = tokio::sync::watch::channel(false);
     // The broker is reached in the background (with backoff): the host serves HTTP, and takes
     // HTTP-in/broker-out messages into the outbox, while it is away. `/readyz` says which.
-    let mut background = tokio::task::JoinSet::new();
+    let mut background = crate::pipeline::Background::default();
     for source in &host.sources {
         Arc::clone(source)
             .start(&mut background, stopped.clone())
@@ -298,31 +298,33 @@ pub async fn run(
         .as_deref()
         .and_then(|dir| crate::control::drop::watch(&host.control.deployer, dir, config.settle))
     {
-        background.spawn(crate::control::drop::serve(
-            Arc::clone(&host.control.deployer),
-            watched,
-            stopped.clone(),
-        ));
+        background.spawn(
+            "drop folder",
+            crate::control::drop::serve(
+                Arc::clone(&host.control.deployer),
+                watched,
+                stopped.clone(),
+            ),
+        );
     }
     if host.control.quarantines.policy().action == crate::quarantine::Action::Rollback {
-        background.spawn(roll_back_quarantined(
-            Arc::clone(&host.control),
-            stopped.clone(),
-        ));
+        background.spawn(
+            "quarantine rollback",
+            roll_back_quarantined(Arc::clone(&host.control), stopped.clone()),
+        );
     }
     let config_file = config
         .watch_config
         .then(|| crate::control::reload::watch_file(&config.path, config.settle))
         .flatten();
-    background.spawn(crate::telemetry::series::run(
-        Arc::clone(&host.pipeline.routes),
-        stopped.clone(),
-    ));
-    background.spawn(crate::control::reload::serve(
-        Arc::clone(&host.control),
-        config_file,
-        stopped.clone(),
-    ));
+    background.spawn(
+        "metric series",
+        crate::telemetry::series::run(Arc::clone(&host.pipeline.routes), stopped.clone()),
+    );
+    background.spawn(
+        "configuration reload",
+        crate::control::reload::serve(Arc::clone(&host.control), config_file, stopped.clone()),
+    );
     if let Some(addr) = admin.or(config.admin) {
         let access = crate::control::auth::Access::new(
             config.admin_access.tokens.clone(),
@@ -354,22 +356,25 @@ pub async fn run(
         let scheme = if admin_tls.is_some() { "https" } else { "http" };
         tracing::info!("admin API on {scheme}://{bound}");
         println!("millrace: admin on {scheme}://{bound}");
-        background.spawn(crate::control::api::serve(
-            listener,
-            Arc::new(crate::control::api::AdminApi {
-                control: Arc::clone(&host.control),
-                access,
-                audit,
-                bound,
-                links: host
-                    .sources
-                    .iter()
-                    .map(|s| Arc::clone(s) as Arc<dyn crate::pipeline::Ready>)
-                    .collect(),
-            }),
-            admin_tls,
-            stopped.clone(),
-        ));
+        background.spawn(
+            "admin API",
+            crate::control::api::serve(
+                listener,
+                Arc::new(crate::control::api::AdminApi {
+                    control: Arc::clone(&host.control),
+                    access,
+                    audit,
+                    bound,
+                    links: host
+                        .sources
+                        .iter()
+                        .map(|s| Arc::clone(s) as Arc<dyn crate::pipeline::Ready>)
+                        .collect(),
+                }),
+                admin_tls,
+                stopped.clone(),
+            ),
+        );
     }
     tracing::info!(routes = %routes.join(","), "millrace listening on {http_scheme}://{bound}");
     // One stable line on stdout for scripts and tests.
@@ -380,17 +385,14 @@ pub async fn run(
         let _ = http_stop.changed().await;
     });
     tokio::pin!(http);
-    tokio::select! {
-        () = &mut http => {}
-        () = shutdown_signal() => {
-            let _ = stop.send(true);
-            http.await;
-        }
-    }
+    let http_finished = tokio::select! {
+        () = &mut http => true,
+        () = shutdown_signal() => false,
+    };
     let _ = stop.send(true);
-    // Deliveries in hand finish within their message budget; past the longest budget and a
-    // margin for their publishes and acks (a broker connection lost while stopping can leave a
-    // confirm unanswered), the host stops without them and the broker gives them back.
+    // Requests and deliveries in hand finish within their message budget; past the longest
+    // budget and a margin for their publishes and acks, the host stops without them (the
+    // broker gives unacknowledged deliveries back; an HTTP client sees its connection close).
     let drain = host
         .pipeline
         .routes
@@ -400,17 +402,18 @@ pub async fn run(
         .max()
         .unwrap_or_default()
         + STOP_MARGIN;
-    let drained = tokio::time::timeout(drain, async {
-        while background.join_next().await.is_some() {}
-    })
-    .await;
-    if drained.is_err() {
+    let until = tokio::time::Instant::now() + drain;
+    let mut unfinished = Vec::new();
+    if !http_finished && tokio::time::timeout_at(until, &mut http).await.is_err() {
+        unfinished.push("HTTP requests");
+    }
+    unfinished.extend(background.finish(until).await);
+    if !unfinished.is_empty() {
         tracing::warn!(
-            unfinished = background.len(),
+            unfinished = %unfinished.join(","),
             within_s = drain.as_secs(),
             "stopping with work unfinished: deliveries not acknowledged go back to the broker"
         );
-        background.abort_all();
     }
     // Spans of the last messages go out before the process ends.
     tokio::task::block_in_place(|| {

@@ -67,8 +67,13 @@ struct Slab {
     next: *mut Slab,
     /// Blocks handed out and not freed.
     live: usize,
-    /// Whether the slab is in its class's list (it has a free block).
-    listed: bool,
+}
+
+impl Slab {
+    /// Whether a block can be taken: then, and only then, the slab is in its class's list.
+    fn has_room(&self) -> bool {
+        !self.free.is_null() || self.fresh != self.end
+    }
 }
 
 const _: () = assert!(size_of::<Slab>() <= HEADER && HEADER.is_multiple_of(ALIGN));
@@ -138,7 +143,6 @@ impl<B: GlobalAlloc> SizeClasses<B> {
             let head = open[class];
             (*slab).prev = ptr::null_mut();
             (*slab).next = head;
-            (*slab).listed = true;
             if !head.is_null() {
                 (*head).prev = slab;
             }
@@ -162,7 +166,6 @@ impl<B: GlobalAlloc> SizeClasses<B> {
             if !next.is_null() {
                 (*next).prev = prev;
             }
-            (*slab).listed = false;
         }
     }
 
@@ -216,7 +219,6 @@ impl<B: GlobalAlloc> SizeClasses<B> {
                     prev: ptr::null_mut(),
                     next: ptr::null_mut(),
                     live: 0,
-                    listed: false,
                 });
                 Self::link(&mut lists.open, class, slab);
             }
@@ -230,7 +232,7 @@ impl<B: GlobalAlloc> SizeClasses<B> {
                 at
             };
             (*slab).live += 1;
-            if (*slab).free.is_null() && (*slab).fresh == (*slab).end {
+            if !(*slab).has_room() {
                 Self::unlink(&mut lists.open, class, slab);
             }
             at
@@ -248,10 +250,11 @@ impl<B: GlobalAlloc> SizeClasses<B> {
         unsafe {
             let lists = &mut *self.lists.get();
             let slab = at.map_addr(|a| a & !(SLAB - 1)).cast::<Slab>();
+            let was_full = !(*slab).has_room();
             at.cast::<*mut u8>().write((*slab).free);
             (*slab).free = at;
             (*slab).live -= 1;
-            if !(*slab).listed {
+            if was_full {
                 Self::link(&mut lists.open, class, slab);
             }
             let alone = (*slab).prev.is_null() && (*slab).next.is_null();

@@ -2,7 +2,8 @@
 //! confirmed outputs on the sink exchange with their ids and routing keys, poison messages on
 //! the route's dead-letter queue with headers saying why, every input acknowledged; retries
 //! through the delay queues; replay from the dead-letter queue; a host that starts without its
-//! broker and connects when it comes; the outbox of an HTTP route while the broker is away.
+//! broker and connects when it comes, and one whose broker node never answers; the outbox of an
+//! HTTP route while the broker is away.
 
 use crate::harness::*;
 
@@ -233,6 +234,103 @@ fn a_host_started_without_its_broker_is_not_ready_then_connects_and_consumes() {
         publish_and_take_output("m-7", &good)
     ));
     assert_eq!(got["ids"], serde_json::json!(["m-7-1"]), "{got}");
+}
+
+/// A node that takes the TCP connection and never answers (hung, or a proxy in front of a dead
+/// node): a host told to stop while it connects there stops without waiting for it, and a host
+/// with another node in `host.amqp` gives the silent one up and connects to the next.
+#[test]
+fn a_node_that_takes_the_connection_and_never_answers_holds_neither_the_stop_nor_the_next_node() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").expect("a free port");
+    let silent_url = format!(
+        "amqp://guest:guest@127.0.0.1:{}/%2f",
+        silent.local_addr().unwrap().port()
+    );
+    let accepted = std::sync::Arc::new(AtomicUsize::new(0));
+    let counted = std::sync::Arc::clone(&accepted);
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for connection in silent.incoming().map_while(Result::ok) {
+            held.push(connection);
+            counted.fetch_add(1, Ordering::SeqCst);
+        }
+    });
+
+    // Only the silent node: stopped while its first connection is being opened.
+    let ws = crate::amqp_faults::mes_stream_workspace(&format!("amqp = {silent_url:?}"), 16);
+    let mut host = ws.start();
+    // A guard against a host that never connects, not a timing assertion.
+    for _ in 0..1200 {
+        if accepted.load(Ordering::SeqCst) > 0 {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert!(accepted.load(Ordering::SeqCst) > 0, "the host connects");
+    assert!(host.stop_in_place().success(), "exit 0 after SIGTERM");
+    let log = host.drain_log();
+    assert!(
+        !log.iter()
+            .any(|l| l.contains("stopping with work unfinished")),
+        "the stop did not wait for the connection being opened:\n{}",
+        log.join("\n")
+    );
+
+    // The silent node first, then a real one: given up for the real one, which serves.
+    let broker = Broker::start();
+    let ws = crate::amqp_faults::mes_stream_workspace(
+        &format!("amqp = [{silent_url:?}, {:?}]", broker.url()),
+        16,
+    );
+    let mut host = ws.start();
+    let ready = host.wait_ready();
+    assert_eq!(ready.json()["broker"], "connected");
+    host.wait_for_log("the connection did not open within");
+    let good = record("WO-8", "0000001000", "WC01");
+    let got = broker.client(&format!(
+        r#"
+{}print(json.dumps({{'ids': ids}}))
+"#,
+        publish_and_take_output("m-8", &good)
+    ));
+    assert_eq!(got["ids"], serde_json::json!(["m-8-1"]), "{got}");
+    assert!(host.stop().success());
+}
+
+/// A broker that stops answering (its process frozen with SIGSTOP: connections stay open, nothing
+/// is answered) does not hold a host's stop: the host gives up waiting for the close of its
+/// channels and its connection and exits.
+#[test]
+fn a_host_whose_broker_stops_answering_still_stops() {
+    let broker = Broker::start();
+    let ws = workspace(&broker);
+    let mut host = ws.start();
+    host.wait_ready();
+    let signal = |name: &str| {
+        let sent = std::process::Command::new("kill")
+            .args([name, &broker.pid().to_string()])
+            .status()
+            .expect("kill runs");
+        assert!(sent.success(), "kill {name}");
+    };
+    signal("-STOP");
+    let stopped = host.stop_in_place();
+    signal("-CONT");
+    assert!(stopped.success(), "exit 0 after SIGTERM");
+    let log = host.drain_log();
+    assert!(
+        log.iter()
+            .any(|l| l.contains("the broker did not answer the connection's close")),
+        "the close was not answered, and not waited for past its bound:\n{}",
+        log.join("\n")
+    );
+    assert!(
+        !log.iter()
+            .any(|l| l.contains("stopping with work unfinished")),
+        "stopping needed no more than its own bounds:\n{}",
+        log.join("\n")
+    );
 }
 
 #[test]

@@ -19,6 +19,9 @@
 //! its queue. A read takes the message without acknowledging it and gives it back by closing its
 //! channel (a requeue by `nack` could put a stale value back over a newer one); a host that finds
 //! the queue empty tries twice more 50 ms apart, in case another host's read held the message.
+//! The reads of one session take at most [`CATCH_UP_LIMIT`] together: past it (a broker slow to
+//! answer, e.g. a quorum queue without a leader) the host logs the slots it did not check and
+//! consumes with the versions it runs; announcements from then on still reach its queue.
 
 use crate::amqp::publisher::header_string;
 use crate::amqp::session::{BrokerLink, Link, Session};
@@ -32,6 +35,9 @@ use lapin::options::{
 };
 use lapin::types::{AMQPValue, FieldTable};
 use std::sync::Arc;
+
+/// Longest the reads of the retained activations may take on one session.
+pub const CATCH_UP_LIMIT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// The fanout exchange activations are announced on.
 pub const EXCHANGE: &str = "millrace.control";
@@ -181,7 +187,7 @@ pub async fn follow(
     deployer: Arc<Deployer>,
     host_id: String,
     session: &Session,
-) -> Option<tokio::task::JoinHandle<()>> {
+) -> Option<Following> {
     let queue = queue(&host_id);
     let started = async {
         let mut declarer =
@@ -225,22 +231,50 @@ pub async fn follow(
             return None;
         }
     };
-    Some(tokio::spawn(apply_each(
-        deployer, host_id, channel, consumer,
-    )))
+    Some(Following {
+        task: tokio::spawn(apply_each(deployer, host_id, consumer)),
+        channel,
+    })
+}
+
+/// Other hosts' activations being applied on a session: the task and its consumer's channel.
+pub struct Following {
+    task: tokio::task::JoinHandle<()>,
+    channel: lapin::Channel,
+}
+
+impl Following {
+    /// Stop: the channel is closed first (a control message not yet acknowledged goes back to
+    /// the queue, to be applied on the next session), then the task.
+    pub async fn stop(self) {
+        super::session::close_channel(&self.channel, "session ends").await;
+        self.task.abort();
+    }
 }
 
 /// Apply the retained last activation of each of `slots` (plant, plugin) that differs from what
 /// runs here: see the module's notes.
 async fn catch_up(deployer: &Arc<Deployer>, session: &Session, slots: &[(String, String)]) {
-    for (plant, plugin) in slots {
+    let until = tokio::time::Instant::now() + CATCH_UP_LIMIT;
+    for (n, (plant, plugin)) in slots.iter().enumerate() {
         let queue = last(plant, plugin);
         let mut found = None;
         for attempt in 0..3 {
             if attempt > 0 {
                 tokio::time::sleep(std::time::Duration::from_millis(50)).await;
             }
-            match read_retained(session, &queue).await {
+            let Ok(read) = tokio::time::timeout_at(until, read_retained(session, &queue)).await
+            else {
+                let unchecked: Vec<String> =
+                    slots[n..].iter().map(|(p, g)| format!("{p}/{g}")).collect();
+                tracing::warn!(
+                    within_s = CATCH_UP_LIMIT.as_secs(),
+                    unchecked = %unchecked.join(","),
+                    "the broker did not give the retained activations in time; running the versions this host has"
+                );
+                return;
+            };
+            match read {
                 Ok(Some(message)) => {
                     found = Some(message);
                     break;
@@ -296,12 +330,7 @@ async fn read_retained(
     read
 }
 
-async fn apply_each(
-    deployer: Arc<Deployer>,
-    host_id: String,
-    _channel: lapin::Channel, // the consumer lives as long as its channel
-    mut consumer: lapin::Consumer,
-) {
+async fn apply_each(deployer: Arc<Deployer>, host_id: String, mut consumer: lapin::Consumer) {
     while let Some(Ok(delivery)) = consumer.next().await {
         let note = delivery.properties.headers().as_ref().and_then(Note::read);
         match note {

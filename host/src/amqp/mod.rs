@@ -18,12 +18,11 @@ use crate::config::{Sink, Source};
 use crate::control::deploy::Deployer;
 use crate::control::reload::Reloadable;
 use crate::idempotency::SettledLog;
-use crate::pipeline::{Pipeline, Readiness, Ready};
+use crate::pipeline::{Background, Pipeline, Readiness, Ready};
 use crate::route::{Route, RouteDiff};
 use session::{BrokerLink, Link};
 use std::sync::Arc;
 use tokio::sync::watch;
-use tokio::task::JoinSet;
 
 /// The broker transport of a host whose routes use the broker.
 pub struct Amqp {
@@ -47,7 +46,7 @@ impl crate::pipeline::Source for Amqp {
     /// activations), the outbox drainer, and the announcer of this host's activations.
     fn start<'a>(
         self: Arc<Self>,
-        background: &'a mut JoinSet<()>,
+        background: &'a mut Background,
         stopped: watch::Receiver<bool>,
     ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), String>> + Send + 'a>> {
         Box::pin(self.start_in(background, stopped))
@@ -57,42 +56,56 @@ impl crate::pipeline::Source for Amqp {
 impl Amqp {
     async fn start_in(
         self: Arc<Self>,
-        background: &mut JoinSet<()>,
+        background: &mut Background,
         stopped: watch::Receiver<bool>,
     ) -> Result<(), String> {
         self.link.check_tls().await?;
         let amqp = Arc::clone(&self);
         let shutdown = stopped.clone();
-        background.spawn(session::supervise(
-            Arc::clone(&self.link),
-            Arc::clone(&self.pipeline.routes),
-            stopped.clone(),
-            move |session, lost, ready| {
-                let (amqp, shutdown) = (Arc::clone(&amqp), shutdown.clone());
-                async move {
-                    let control = broadcast::follow(
-                        Arc::clone(&amqp.deployer),
-                        amqp.host_id.clone(),
-                        &session,
-                    )
-                    .await;
-                    let ended = source::consume(amqp, session, lost, shutdown, ready).await;
-                    if let Some(control) = control {
-                        control.abort();
+        background.spawn(
+            "amqp session",
+            session::supervise(
+                Arc::clone(&self.link),
+                Arc::clone(&self.pipeline.routes),
+                stopped.clone(),
+                move |session, lost, ready| {
+                    let (amqp, shutdown) = (Arc::clone(&amqp), shutdown.clone());
+                    async move {
+                        // Stopping does not wait for the set-up's broker calls.
+                        let mut stopping = shutdown.clone();
+                        let control = tokio::select! {
+                            control = broadcast::follow(
+                                Arc::clone(&amqp.deployer),
+                                amqp.host_id.clone(),
+                                &session,
+                            ) => control,
+                            _ = stopping.wait_for(|stop| *stop) => {
+                                return "the host is stopping".to_string();
+                            }
+                        };
+                        let ended = source::consume(amqp, session, lost, shutdown, ready).await;
+                        if let Some(control) = control {
+                            control.stop().await;
+                        }
+                        ended
                     }
-                    ended
-                }
-            },
-        ));
-        background.spawn(backlog::watch(
-            Arc::clone(&self.backlog),
-            Arc::clone(&self.link),
-            Arc::clone(&self.pipeline.routes),
-            stopped.clone(),
-        ));
+                },
+            ),
+        );
+        background.spawn(
+            "amqp backlog",
+            backlog::watch(
+                Arc::clone(&self.backlog),
+                Arc::clone(&self.link),
+                Arc::clone(&self.pipeline.routes),
+                stopped.clone(),
+            ),
+        );
         if let Some(outbox) = self.outbox.as_ref().map(Arc::clone) {
             let link = Arc::clone(&self.link);
-            background.spawn(async move { outbox::drain(&outbox, &link, stopped).await });
+            background.spawn("amqp outbox", async move {
+                outbox::drain(&outbox, &link, stopped).await
+            });
         }
         // Ends with the process (the deployer never drops its sender before).
         tokio::spawn(broadcast::announce_all(

@@ -19,6 +19,12 @@ use tokio::sync::{mpsc, watch};
 pub const RECONNECT_MIN: Duration = Duration::from_millis(100);
 /// Longest wait between two connection attempts.
 pub const RECONNECT_MAX: Duration = Duration::from_secs(5);
+/// Longest a connection may take to open (TCP, TLS, the AMQP handshake and login): a node that
+/// takes the TCP connection and never answers (hung, or a proxy in front of a dead node) is
+/// given up for the next one, as a node that refuses is.
+pub const OPEN_TIMEOUT: Duration = Duration::from_secs(20);
+/// Longest stopping waits for the broker to answer the connection's close.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Where the host stands with the broker.
 #[derive(Clone)]
@@ -48,17 +54,35 @@ impl Session {
     }
 }
 
-/// Open a connection to `url` (its TLS material read now).
+/// Close `channel` (within [`CLOSE_TIMEOUT`]) before it is dropped. A channel only dropped is
+/// closed by lapin in the background, and when the connection is closed meanwhile that close
+/// finds the channel closing and lapin fails the whole connection ("invalid channel state:
+/// Closing") instead of closing it.
+pub async fn close_channel(channel: &lapin::Channel, why: &str) {
+    if tokio::time::timeout(CLOSE_TIMEOUT, channel.close(200, why.into()))
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            channel = channel.id(),
+            within_s = CLOSE_TIMEOUT.as_secs(),
+            "the broker did not answer a channel's close; left to close with the connection"
+        );
+    }
+}
+
+/// Open a connection to `url` (its TLS material read now), within [`OPEN_TIMEOUT`].
 pub async fn open(url: &str, tls: &AmqpTls, name: &str) -> Result<Connection, OpenError> {
     let config = tls.load().map_err(OpenError::Files)?;
-    lapin::DefaultConnectionBuilder::new()
+    let builder = lapin::DefaultConnectionBuilder::new()
         .map_err(OpenError::Broker)?
         .with_uri_str(url.to_string())
         .with_properties(ConnectionProperties::default().with_connection_name(name.into()))
-        .with_tls_config(config)
-        .connect()
-        .await
-        .map_err(OpenError::Broker)
+        .with_tls_config(config);
+    match tokio::time::timeout(OPEN_TIMEOUT, builder.connect()).await {
+        Ok(opened) => opened.map_err(OpenError::Broker),
+        Err(_) => Err(OpenError::Unanswered),
+    }
 }
 
 /// Open a connection to the first of `urls` that takes it (the nodes of a cluster), starting
@@ -74,7 +98,12 @@ pub async fn open_any(
         let at = (first + n) % urls.len();
         match open(&urls[at], tls, name).await {
             Ok(connection) => return Ok((connection, at)),
-            Err(e) => last = format!("broker {}: {e}", redact(&urls[at])),
+            Err(e) => {
+                last = format!("broker {}: {e}", redact(&urls[at]));
+                if n + 1 < urls.len() {
+                    tracing::warn!(error = %last, "a broker node did not take the connection; trying the next");
+                }
+            }
         }
     }
     Err(last)
@@ -89,6 +118,9 @@ pub enum OpenError {
     /// The broker could not be reached, refused the login, or its certificate.
     #[error("{0}")]
     Broker(lapin::Error),
+    /// The connection was not open within [`OPEN_TIMEOUT`].
+    #[error("the connection did not open within {} s", OPEN_TIMEOUT.as_secs())]
+    Unanswered,
 }
 
 impl OpenError {
@@ -136,6 +168,7 @@ impl OpenError {
                 }
                 false
             }
+            OpenError::Unanswered => false,
         }
     }
 }
@@ -245,23 +278,22 @@ impl BrokerLink {
         const TRIES: usize = 3;
         let mut cut = Vec::new();
         for _ in 0..TRIES {
-            let attempt = tokio::time::timeout(
-                Duration::from_secs(20),
-                open(url, &self.tls, "millrace (TLS check)"),
-            )
-            .await;
-            match attempt {
-                Ok(Ok(connection)) => {
-                    let _ = connection.close(200, "TLS checked".into()).await;
+            match open(url, &self.tls, "millrace (TLS check)").await {
+                Ok(connection) => {
+                    let _ = tokio::time::timeout(
+                        CLOSE_TIMEOUT,
+                        connection.close(200, "TLS checked".into()),
+                    )
+                    .await;
                     return Ok(());
                 }
-                Ok(Err(e)) if e.is_tls() => {
+                Err(e) if e.is_tls() => {
                     return Err(format!(
                         "broker {}: TLS: {e}; see [amqp_tls] (ca, cert, key)",
                         redact(url)
                     ));
                 }
-                Ok(Err(e)) if e.is_cut() => cut.push(e.to_string()),
+                Err(e) if e.is_cut() => cut.push(e.to_string()),
                 // Away or slow: the supervisor keeps trying.
                 _ => return Ok(()),
             }
@@ -358,7 +390,12 @@ pub async fn supervise<Serve, Served>(
     let metrics = crate::telemetry::metrics();
     while !*shutdown.borrow() {
         let generation = link.generation.load(std::sync::atomic::Ordering::SeqCst);
-        let reason = match link.connect(&routes).await {
+        // Stopping does not wait for a connection being made (a broker slow to answer).
+        let connected = tokio::select! {
+            connected = link.connect(&routes) => connected,
+            _ = shutdown.wait_for(|stop| *stop) => break,
+        };
+        let reason = match connected {
             Ok((session, lost)) => {
                 let was_up = Arc::new(std::sync::atomic::AtomicBool::new(false));
                 let ready = Ready {
@@ -382,10 +419,17 @@ pub async fn supervise<Serve, Served>(
                         reason: "the host is stopping".into(),
                         since: SystemTime::now(),
                     });
-                    let _ = session
+                    // A broker that does not answer the close is not waited for: the
+                    // connection ends with the process either way.
+                    let closed = session
                         .connection
-                        .close(200, "millrace shutting down".into())
-                        .await;
+                        .close(200, "millrace shutting down".into());
+                    if tokio::time::timeout(CLOSE_TIMEOUT, closed).await.is_err() {
+                        tracing::warn!(
+                            within_s = CLOSE_TIMEOUT.as_secs(),
+                            "the broker did not answer the connection's close; stopping without"
+                        );
+                    }
                     break;
                 }
                 ended

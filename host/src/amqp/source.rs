@@ -175,6 +175,7 @@ async fn serve_consumer(
     while let Some(done) = in_flight.join_next().await {
         settle(&channel, &route, &mut acks, done).await;
     }
+    super::session::close_channel(&channel, "consumer ends").await;
     ended
 }
 

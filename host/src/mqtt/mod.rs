@@ -11,13 +11,12 @@ pub mod source;
 use crate::config::{Sink, Source};
 use crate::control::reload::Reloadable;
 use crate::outbox::Outbox;
-use crate::pipeline::{Pipeline, Readiness, Ready};
+use crate::pipeline::{Background, Pipeline, Readiness, Ready};
 use crate::plugin::bindings::types::Message;
 use crate::route::{Route, RouteDiff};
 use session::{Link, MqttLink, PublishError};
 use std::sync::Arc;
 use tokio::sync::{mpsc, watch};
-use tokio::task::JoinSet;
 
 /// Messages the broker may have unacknowledged with this host at once (MQTT receive maximum).
 pub const RECEIVE_MAXIMUM: u16 = 64;
@@ -76,19 +75,23 @@ impl crate::pipeline::Source for Mqtt {
     /// the source serving what arrives.
     fn start<'a>(
         self: Arc<Self>,
-        background: &'a mut JoinSet<()>,
+        background: &'a mut Background,
         stopped: watch::Receiver<bool>,
     ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), String>> + Send + 'a>> {
         let (arrive, arrived) = mpsc::channel(usize::from(RECEIVE_MAXIMUM));
-        background.spawn(session::supervise(
-            Arc::clone(&self.link),
-            arrive,
-            stopped.clone(),
-        ));
-        background.spawn(source::consume(Arc::clone(&self), arrived, stopped.clone()));
+        background.spawn(
+            "mqtt session",
+            session::supervise(Arc::clone(&self.link), arrive, stopped.clone()),
+        );
+        background.spawn(
+            "mqtt source",
+            source::consume(Arc::clone(&self), arrived, stopped.clone()),
+        );
         if let Some(outbox) = self.outbox.as_ref().map(Arc::clone) {
             let (link, routes) = (Arc::clone(&self.link), Arc::clone(&self.pipeline.routes));
-            background.spawn(async move { drain(&outbox, &link, &routes, stopped).await });
+            background.spawn("mqtt outbox", async move {
+                drain(&outbox, &link, &routes, stopped).await
+            });
         }
         Box::pin(std::future::ready(Ok(())))
     }

@@ -283,6 +283,50 @@ pub struct Gauge {
     pub samples: Vec<(Vec<String>, f64)>,
 }
 
+/// The host's long-running tasks (transport sessions and sources, outboxes, watchers), each
+/// with a name: stopping waits for them, and names the ones it stopped waiting for.
+#[derive(Default)]
+pub struct Background {
+    tasks: tokio::task::JoinSet<&'static str>,
+    running: Vec<&'static str>,
+}
+
+impl Background {
+    /// Run `task`, known as `name` (e.g. "amqp session").
+    pub fn spawn(
+        &mut self,
+        name: &'static str,
+        task: impl std::future::Future<Output = ()> + Send + 'static,
+    ) {
+        self.running.push(name);
+        self.tasks.spawn(async move {
+            task.await;
+            name
+        });
+    }
+
+    /// Wait for every task to finish, at most until `until`. Returns the names of those that had
+    /// not by then, which are aborted.
+    pub async fn finish(mut self, until: tokio::time::Instant) -> Vec<&'static str> {
+        let finished = tokio::time::timeout_at(until, async {
+            while let Some(done) = self.tasks.join_next().await {
+                // A task that panicked counts as finished; its name is not known here.
+                if let Ok(name) = done
+                    && let Some(at) = self.running.iter().position(|n| *n == name)
+                {
+                    self.running.swap_remove(at);
+                }
+            }
+        })
+        .await;
+        if finished.is_ok() {
+            return Vec::new();
+        }
+        self.tasks.abort_all();
+        self.running
+    }
+}
+
 /// A transport's source half (AMQP, MQTT; HTTP is the listener): started with the host, it
 /// takes the messages of its routes and feeds the pipeline until `stopped`, and says whether
 /// its session stands. Adding a transport is a folder implementing this and [`sinks::Sink`],
@@ -291,7 +335,33 @@ pub trait Source: Ready {
     /// Start in `background`; an error is configuration to fix (e.g. TLS) and stops the start.
     fn start<'a>(
         self: Arc<Self>,
-        background: &'a mut tokio::task::JoinSet<()>,
+        background: &'a mut Background,
         stopped: tokio::sync::watch::Receiver<bool>,
     ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), String>> + Send + 'a>>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Background;
+    use std::time::Duration;
+
+    #[tokio::test]
+    async fn finishing_background_work_names_only_the_tasks_that_did_not_finish() {
+        let mut done = Background::default();
+        done.spawn("quick", async {});
+        done.spawn("short", tokio::time::sleep(Duration::from_millis(1)));
+        let until = tokio::time::Instant::now() + Duration::from_secs(60);
+        assert!(done.finish(until).await.is_empty(), "all finished");
+
+        let (dropped, gone) = tokio::sync::oneshot::channel::<()>();
+        let mut stuck = Background::default();
+        stuck.spawn("stuck", async move {
+            let _held = dropped;
+            std::future::pending::<()>().await;
+        });
+        let until = tokio::time::Instant::now() + Duration::from_millis(200);
+        assert_eq!(stuck.finish(until).await, vec!["stuck"]);
+        // The task left unfinished was aborted: what it held is dropped.
+        assert!(gone.await.is_err(), "aborted");
+    }
 }
