@@ -19,9 +19,10 @@
 //! its queue. A read takes the message without acknowledging it and gives it back by closing its
 //! channel (a requeue by `nack` could put a stale value back over a newer one); a host that finds
 //! the queue empty tries twice more 50 ms apart, in case another host's read held the message.
-//! The reads of one session take at most [`CATCH_UP_LIMIT`] together: past it (a broker slow to
-//! answer, e.g. a quorum queue without a leader) the host logs the slots it did not check and
-//! consumes with the versions it runs; announcements from then on still reach its queue.
+//! The reads of one session wait at most [`CATCH_UP_LIMIT`] for the broker together: past it (a
+//! broker slow to answer, e.g. a quorum queue without a leader) the host logs the slots it did
+//! not check and consumes with the versions it runs; announcements from then on still reach its
+//! queue.
 
 use crate::amqp::publisher::header_string;
 use crate::amqp::session::{BrokerLink, Link, Session};
@@ -244,10 +245,13 @@ pub struct Following {
 }
 
 impl Following {
-    /// Stop: the channel is closed first (a control message not yet acknowledged goes back to
-    /// the queue, to be applied on the next session), then the task.
-    pub async fn stop(self) {
-        super::session::close_channel(&self.channel, "session ends").await;
+    /// Stop; when the host is `stopping`, the channel is closed first (before the connection
+    /// is), else it goes with the lost session. A control message not yet acknowledged goes
+    /// back to the queue, to be applied on the next session.
+    pub async fn stop(self, stopping: bool) {
+        if stopping {
+            super::session::close_channel(&self.channel, "session ends").await;
+        }
         self.task.abort();
     }
 }
@@ -255,7 +259,8 @@ impl Following {
 /// Apply the retained last activation of each of `slots` (plant, plugin) that differs from what
 /// runs here: see the module's notes.
 async fn catch_up(deployer: &Arc<Deployer>, session: &Session, slots: &[(String, String)]) {
-    let until = tokio::time::Instant::now() + CATCH_UP_LIMIT;
+    // Only the time spent waiting for the broker counts, not applying what was read.
+    let mut left = CATCH_UP_LIMIT;
     for (n, (plant, plugin)) in slots.iter().enumerate() {
         let queue = last(plant, plugin);
         let mut found = None;
@@ -263,8 +268,10 @@ async fn catch_up(deployer: &Arc<Deployer>, session: &Session, slots: &[(String,
             if attempt > 0 {
                 tokio::time::sleep(std::time::Duration::from_millis(50)).await;
             }
-            let Ok(read) = tokio::time::timeout_at(until, read_retained(session, &queue)).await
-            else {
+            let asked = tokio::time::Instant::now();
+            let read = tokio::time::timeout(left, read_retained(session, &queue)).await;
+            left = left.saturating_sub(asked.elapsed());
+            let Ok(read) = read else {
                 let unchecked: Vec<String> =
                     slots[n..].iter().map(|(p, g)| format!("{p}/{g}")).collect();
                 tracing::warn!(

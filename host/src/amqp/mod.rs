@@ -85,7 +85,8 @@ impl Amqp {
                         };
                         let ended = source::consume(amqp, session, lost, shutdown, ready).await;
                         if let Some(control) = control {
-                            control.stop().await;
+                            let stopped = *stopping.borrow();
+                            control.stop(stopped).await;
                         }
                         ended
                     }

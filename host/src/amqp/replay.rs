@@ -29,9 +29,14 @@ pub fn replay(
         .build()
         .map_err(|e| format!("cannot start the async runtime: {e}"))?;
     runtime.block_on(async {
-        let (connection, at) =
-            super::session::open_any(&config.amqp, 0, &config.amqp_tls, "millrace dlq replay")
-                .await?;
+        let (connection, at) = super::session::open_any(
+            &config.amqp,
+            0,
+            &config.amqp_tls,
+            "millrace dlq replay",
+            &super::session::Attempts::default(),
+        )
+        .await?;
         let connection = std::sync::Arc::new(connection);
         let url = &config.amqp[at];
         let broker = |e: lapin::Error| format!("broker {}: {e}", super::session::redact(url));

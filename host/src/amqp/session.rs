@@ -14,6 +14,7 @@ use lapin::{Connection, ConnectionProperties};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
 
 /// First wait before reconnecting; doubled after each failed try up to [`RECONNECT_MAX`].
 pub const RECONNECT_MIN: Duration = Duration::from_millis(100);
@@ -71,39 +72,91 @@ pub async fn close_channel(channel: &lapin::Channel, why: &str) {
     }
 }
 
-/// Open a connection to `url` (its TLS material read now), within [`OPEN_TIMEOUT`].
+/// Open a connection to `url` (its TLS material read now), within [`OPEN_TIMEOUT`]. An attempt
+/// given up on keeps running in lapin (see [`Attempts`]): for one-off connections only.
 pub async fn open(url: &str, tls: &AmqpTls, name: &str) -> Result<Connection, OpenError> {
+    tokio::time::timeout(OPEN_TIMEOUT, open_unbounded(url, tls, name))
+        .await
+        .unwrap_or(Err(OpenError::Unanswered))
+}
+
+async fn open_unbounded(url: &str, tls: &AmqpTls, name: &str) -> Result<Connection, OpenError> {
     let config = tls.load().map_err(OpenError::Files)?;
     let builder = lapin::DefaultConnectionBuilder::new()
         .map_err(OpenError::Broker)?
         .with_uri_str(url.to_string())
         .with_properties(ConnectionProperties::default().with_connection_name(name.into()))
         .with_tls_config(config);
-    match tokio::time::timeout(OPEN_TIMEOUT, builder.connect()).await {
-        Ok(opened) => opened.map_err(OpenError::Broker),
-        Err(_) => Err(OpenError::Unanswered),
+    builder.connect().await.map_err(OpenError::Broker)
+}
+
+/// Connection attempts given up on after [`OPEN_TIMEOUT`], by node. lapin cannot cancel an
+/// attempt (its I/O thread and socket live until the node answers or closes the connection), so
+/// the next open to that node waits on the attempt still pending there instead of starting
+/// another: a node that never answers holds at most one thread and one socket of the host.
+pub struct Attempts<T>(std::sync::Mutex<std::collections::HashMap<usize, JoinHandle<T>>>);
+
+impl<T> Default for Attempts<T> {
+    fn default() -> Self {
+        Attempts(std::sync::Mutex::default())
+    }
+}
+
+impl<T: Send + 'static> Attempts<T> {
+    /// The outcome of the attempt at node `at` (the one pending there, else a new one made by
+    /// `start`), or `None` when it has not come within `limit`; the attempt is then kept.
+    pub async fn outcome<F>(
+        &self,
+        at: usize,
+        limit: Duration,
+        start: impl FnOnce() -> F,
+    ) -> Option<Result<T, tokio::task::JoinError>>
+    where
+        F: std::future::Future<Output = T> + Send + 'static,
+    {
+        let pending = self.0.lock().unwrap_or_else(|e| e.into_inner()).remove(&at);
+        let mut attempt = pending.unwrap_or_else(|| tokio::spawn(start()));
+        match tokio::time::timeout(limit, &mut attempt).await {
+            Ok(outcome) => Some(outcome),
+            Err(_) => {
+                self.0
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(at, attempt);
+                None
+            }
+        }
     }
 }
 
 /// Open a connection to the first of `urls` that takes it (the nodes of a cluster), starting
-/// at `first`. Returns the connection and the index of its URL, or the last error.
+/// at `first`, each within [`OPEN_TIMEOUT`]. Returns the connection and the index of its URL,
+/// or the last error.
 pub async fn open_any(
     urls: &[String],
     first: usize,
     tls: &AmqpTls,
     name: &str,
+    attempts: &Attempts<Result<Connection, OpenError>>,
 ) -> Result<(Connection, usize), String> {
     let mut last = String::from("host.amqp lists no broker URL");
     for n in 0..urls.len() {
         let at = (first + n) % urls.len();
-        match open(&urls[at], tls, name).await {
-            Ok(connection) => return Ok((connection, at)),
-            Err(e) => {
-                last = format!("broker {}: {e}", redact(&urls[at]));
-                if n + 1 < urls.len() {
-                    tracing::warn!(error = %last, "a broker node did not take the connection; trying the next");
-                }
-            }
+        let (url, tls, named) = (urls[at].clone(), tls.clone(), name.to_string());
+        let outcome = attempts
+            .outcome(at, OPEN_TIMEOUT, || async move {
+                open_unbounded(&url, &tls, &named).await
+            })
+            .await;
+        let error = match outcome {
+            Some(Ok(Ok(connection))) => return Ok((connection, at)),
+            Some(Ok(Err(e))) => e.to_string(),
+            Some(Err(failed)) => format!("the connection attempt failed: {failed}"),
+            None => OpenError::Unanswered.to_string(),
+        };
+        last = format!("broker {}: {error}", redact(&urls[at]));
+        if n + 1 < urls.len() {
+            tracing::warn!(error = %last, "a broker node did not take the connection; trying the next");
         }
     }
     Err(last)
@@ -188,6 +241,8 @@ pub struct BrokerLink {
     /// Bumped by [`BrokerLink::restart`]: a session set up from routes read before a bump is
     /// not used.
     generation: std::sync::atomic::AtomicU64,
+    /// Attempts to open a connection still pending at a node that did not answer in time.
+    attempts: Attempts<Result<Connection, OpenError>>,
 }
 
 impl BrokerLink {
@@ -211,6 +266,7 @@ impl BrokerLink {
             output_headers,
             state,
             generation: std::sync::atomic::AtomicU64::new(0),
+            attempts: Attempts::default(),
         }
     }
 
@@ -252,7 +308,8 @@ impl BrokerLink {
     ) -> Result<(Session, mpsc::UnboundedReceiver<String>), String> {
         use std::sync::atomic::Ordering;
         let first = self.next.load(Ordering::Relaxed);
-        let (connection, at) = open_any(&self.urls, first, &self.tls, "millrace").await?;
+        let (connection, at) =
+            open_any(&self.urls, first, &self.tls, "millrace", &self.attempts).await?;
         // A session lost later starts the next connection at the following node.
         self.next.store(at + 1, Ordering::Relaxed);
         if self.urls.len() > 1 {
@@ -467,6 +524,49 @@ pub fn redact(url: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_node_that_does_not_answer_holds_one_attempt_and_its_late_answer_is_taken() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let attempts = Attempts::<u32>::default();
+        let started = AtomicUsize::new(0);
+        let (answer, answered) = tokio::sync::oneshot::channel::<u32>();
+        let mut answered = Some(answered);
+        for _ in 0..3 {
+            let outcome = attempts
+                .outcome(0, Duration::from_millis(20), || {
+                    started.fetch_add(1, Ordering::SeqCst);
+                    let answered = answered.take().expect("the answer is taken once");
+                    async move { answered.await.unwrap_or(0) }
+                })
+                .await;
+            assert!(outcome.is_none(), "no answer yet");
+        }
+        assert_eq!(
+            started.load(Ordering::SeqCst),
+            1,
+            "one attempt, waited on 3 times"
+        );
+        answer.send(7).unwrap();
+        let late = attempts
+            .outcome(0, Duration::from_secs(60), || -> std::future::Ready<u32> {
+                panic!("a second attempt at a node with one pending")
+            })
+            .await;
+        assert_eq!(late.unwrap().unwrap(), 7, "the pending attempt's answer");
+        let other = attempts
+            .outcome(1, Duration::from_secs(60), || std::future::ready(9))
+            .await;
+        assert_eq!(other.unwrap().unwrap(), 9, "another node: its own attempt");
+        let again = attempts
+            .outcome(0, Duration::from_secs(60), || std::future::ready(8))
+            .await;
+        assert_eq!(
+            again.unwrap().unwrap(),
+            8,
+            "answered: the next open is a new attempt"
+        );
+    }
 
     #[test]
     fn passwords_never_reach_logs() {

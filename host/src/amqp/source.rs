@@ -175,7 +175,10 @@ async fn serve_consumer(
     while let Some(done) = in_flight.join_next().await {
         settle(&channel, &route, &mut acks, done).await;
     }
-    super::session::close_channel(&channel, "consumer ends").await;
+    if ended.is_empty() {
+        // Stopping: closed before the connection is. A lost session's channels go with it.
+        super::session::close_channel(&channel, "consumer ends").await;
+    }
     ended
 }
 

@@ -287,8 +287,8 @@ pub struct Gauge {
 /// with a name: stopping waits for them, and names the ones it stopped waiting for.
 #[derive(Default)]
 pub struct Background {
-    tasks: tokio::task::JoinSet<&'static str>,
-    running: Vec<&'static str>,
+    tasks: tokio::task::JoinSet<()>,
+    running: Vec<(tokio::task::Id, &'static str)>,
 }
 
 impl Background {
@@ -298,24 +298,21 @@ impl Background {
         name: &'static str,
         task: impl std::future::Future<Output = ()> + Send + 'static,
     ) {
-        self.running.push(name);
-        self.tasks.spawn(async move {
-            task.await;
-            name
-        });
+        let id = self.tasks.spawn(task).id();
+        self.running.push((id, name));
     }
 
     /// Wait for every task to finish, at most until `until`. Returns the names of those that had
     /// not by then, which are aborted.
     pub async fn finish(mut self, until: tokio::time::Instant) -> Vec<&'static str> {
         let finished = tokio::time::timeout_at(until, async {
-            while let Some(done) = self.tasks.join_next().await {
-                // A task that panicked counts as finished; its name is not known here.
-                if let Ok(name) = done
-                    && let Some(at) = self.running.iter().position(|n| *n == name)
-                {
-                    self.running.swap_remove(at);
-                }
+            while let Some(done) = self.tasks.join_next_with_id().await {
+                // A task that panicked has finished too.
+                let id = match done {
+                    Ok((id, ())) => id,
+                    Err(e) => e.id(),
+                };
+                self.running.retain(|(running, _)| *running != id);
             }
         })
         .await;
@@ -323,7 +320,7 @@ impl Background {
             return Vec::new();
         }
         self.tasks.abort_all();
-        self.running
+        self.running.into_iter().map(|(_, name)| name).collect()
     }
 }
 
