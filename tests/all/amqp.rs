@@ -48,6 +48,16 @@ while not ids and time.time() < deadline:
     )
 }
 
+/// A good record published as `id` comes out of the route as output `id-1`.
+fn assert_mediated(broker: &Broker, id: &str) {
+    let good = record("WO-7", "0000001000", "WC01");
+    let got = broker.client(&format!(
+        "{}print(json.dumps({{'ids': ids}}))\n",
+        publish_and_take_output(id, &good)
+    ));
+    assert_eq!(got["ids"], serde_json::json!([format!("{id}-1")]), "{got}");
+}
+
 /// Replace the first `from` in the workspace configuration with `to`.
 fn edit_config(ws: &Workspace, from: &str, to: &str) {
     let config = std::fs::read_to_string(ws.config()).unwrap();
@@ -226,14 +236,7 @@ fn a_host_started_without_its_broker_is_not_ready_then_connects_and_consumes() {
     broker.restart();
     let ready = host.wait_ready();
     assert_eq!(ready.json()["broker"], "connected");
-    let good = record("WO-7", "0000001000", "WC01");
-    let got = broker.client(&format!(
-        r#"
-{}print(json.dumps({{'ids': ids}}))
-"#,
-        publish_and_take_output("m-7", &good)
-    ));
-    assert_eq!(got["ids"], serde_json::json!(["m-7-1"]), "{got}");
+    assert_mediated(&broker, "m-7");
 }
 
 /// A node that takes the TCP connection and never answers (hung, or a proxy in front of a dead
@@ -287,14 +290,7 @@ fn a_node_that_takes_the_connection_and_never_answers_holds_neither_the_stop_nor
     let ready = host.wait_ready();
     assert_eq!(ready.json()["broker"], "connected");
     host.wait_for_log("the connection did not open within");
-    let good = record("WO-8", "0000001000", "WC01");
-    let got = broker.client(&format!(
-        r#"
-{}print(json.dumps({{'ids': ids}}))
-"#,
-        publish_and_take_output("m-8", &good)
-    ));
-    assert_eq!(got["ids"], serde_json::json!(["m-8-1"]), "{got}");
+    assert_mediated(&broker, "m-8");
     assert!(host.stop().success());
 }
 

@@ -118,7 +118,7 @@ pub fn replay(
         }
         // Unacknowledged dead letters (a dry run's, failed ones) return to their queue.
         let _ = channel.close(200, "replay done".into()).await;
-        let _ = connection.close(200, "replay done".into()).await;
+        super::session::close_connection(&connection, "replay done").await;
         if dry_run {
             println!(
                 "dry run: {} of {} would deliver; every dead letter stays in {queue}",

@@ -24,7 +24,7 @@ pub const RECONNECT_MAX: Duration = Duration::from_secs(5);
 /// takes the TCP connection and never answers (hung, or a proxy in front of a dead node) is
 /// given up for the next one, as a node that refuses is.
 pub const OPEN_TIMEOUT: Duration = Duration::from_secs(20);
-/// Longest stopping waits for the broker to answer the connection's close.
+/// Longest the host waits for the broker to answer the close of a channel or a connection.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Where the host stands with the broker.
@@ -72,15 +72,23 @@ pub async fn close_channel(channel: &lapin::Channel, why: &str) {
     }
 }
 
-/// Open a connection to `url` (its TLS material read now), within [`OPEN_TIMEOUT`]. An attempt
-/// given up on keeps running in lapin (see [`Attempts`]): for one-off connections only.
-pub async fn open(url: &str, tls: &AmqpTls, name: &str) -> Result<Connection, OpenError> {
-    tokio::time::timeout(OPEN_TIMEOUT, open_unbounded(url, tls, name))
+/// Close `connection` (within [`CLOSE_TIMEOUT`]): a broker that does not answer the close is
+/// not waited for, the connection ends with its last handle either way.
+pub async fn close_connection(connection: &Connection, why: &str) {
+    if tokio::time::timeout(CLOSE_TIMEOUT, connection.close(200, why.into()))
         .await
-        .unwrap_or(Err(OpenError::Unanswered))
+        .is_err()
+    {
+        tracing::warn!(
+            within_s = CLOSE_TIMEOUT.as_secs(),
+            "the broker did not answer the connection's close; going on without"
+        );
+    }
 }
 
-async fn open_unbounded(url: &str, tls: &AmqpTls, name: &str) -> Result<Connection, OpenError> {
+/// Open a connection to `url` (its TLS material read now), however long it takes: through
+/// [`open_at`] only.
+async fn open(url: &str, tls: &AmqpTls, name: &str) -> Result<Connection, OpenError> {
     let config = tls.load().map_err(OpenError::Files)?;
     let builder = lapin::DefaultConnectionBuilder::new()
         .map_err(OpenError::Broker)?
@@ -88,6 +96,23 @@ async fn open_unbounded(url: &str, tls: &AmqpTls, name: &str) -> Result<Connecti
         .with_properties(ConnectionProperties::default().with_connection_name(name.into()))
         .with_tls_config(config);
     builder.connect().await.map_err(OpenError::Broker)
+}
+
+/// Open a connection to `url`, node `at` of `attempts`, within [`OPEN_TIMEOUT`].
+async fn open_at(
+    attempts: &Attempts<Result<Connection, OpenError>>,
+    at: usize,
+    url: &str,
+    tls: &AmqpTls,
+    name: &str,
+) -> Result<Connection, OpenError> {
+    let (url, tls, name) = (url.to_string(), tls.clone(), name.to_string());
+    let opening = || async move { open(&url, &tls, &name).await };
+    match attempts.outcome(at, OPEN_TIMEOUT, opening).await {
+        Some(Ok(opened)) => opened,
+        Some(Err(failed)) => Err(OpenError::Failed(failed.to_string())),
+        None => Err(OpenError::Unanswered),
+    }
 }
 
 /// Connection attempts given up on after [`OPEN_TIMEOUT`], by node. lapin cannot cancel an
@@ -142,19 +167,10 @@ pub async fn open_any(
     let mut last = String::from("host.amqp lists no broker URL");
     for n in 0..urls.len() {
         let at = (first + n) % urls.len();
-        let (url, tls, named) = (urls[at].clone(), tls.clone(), name.to_string());
-        let outcome = attempts
-            .outcome(at, OPEN_TIMEOUT, || async move {
-                open_unbounded(&url, &tls, &named).await
-            })
-            .await;
-        let error = match outcome {
-            Some(Ok(Ok(connection))) => return Ok((connection, at)),
-            Some(Ok(Err(e))) => e.to_string(),
-            Some(Err(failed)) => format!("the connection attempt failed: {failed}"),
-            None => OpenError::Unanswered.to_string(),
-        };
-        last = format!("broker {}: {error}", redact(&urls[at]));
+        match open_at(attempts, at, &urls[at], tls, name).await {
+            Ok(connection) => return Ok((connection, at)),
+            Err(e) => last = format!("broker {}: {e}", redact(&urls[at])),
+        }
         if n + 1 < urls.len() {
             tracing::warn!(error = %last, "a broker node did not take the connection; trying the next");
         }
@@ -174,6 +190,9 @@ pub enum OpenError {
     /// The connection was not open within [`OPEN_TIMEOUT`].
     #[error("the connection did not open within {} s", OPEN_TIMEOUT.as_secs())]
     Unanswered,
+    /// The attempt's task ended without an outcome (a panic in the client).
+    #[error("the connection attempt failed: {0}")]
+    Failed(String),
 }
 
 impl OpenError {
@@ -221,7 +240,7 @@ impl OpenError {
                 }
                 false
             }
-            OpenError::Unanswered => false,
+            OpenError::Unanswered | OpenError::Failed(_) => false,
         }
     }
 }
@@ -335,13 +354,9 @@ impl BrokerLink {
         const TRIES: usize = 3;
         let mut cut = Vec::new();
         for _ in 0..TRIES {
-            match open(url, &self.tls, "millrace (TLS check)").await {
+            match open_at(&self.attempts, 0, url, &self.tls, "millrace (TLS check)").await {
                 Ok(connection) => {
-                    let _ = tokio::time::timeout(
-                        CLOSE_TIMEOUT,
-                        connection.close(200, "TLS checked".into()),
-                    )
-                    .await;
+                    close_connection(&connection, "TLS checked").await;
                     return Ok(());
                 }
                 Err(e) if e.is_tls() => {
@@ -476,17 +491,7 @@ pub async fn supervise<Serve, Served>(
                         reason: "the host is stopping".into(),
                         since: SystemTime::now(),
                     });
-                    // A broker that does not answer the close is not waited for: the
-                    // connection ends with the process either way.
-                    let closed = session
-                        .connection
-                        .close(200, "millrace shutting down".into());
-                    if tokio::time::timeout(CLOSE_TIMEOUT, closed).await.is_err() {
-                        tracing::warn!(
-                            within_s = CLOSE_TIMEOUT.as_secs(),
-                            "the broker did not answer the connection's close; stopping without"
-                        );
-                    }
+                    close_connection(&session.connection, "millrace shutting down").await;
                     break;
                 }
                 ended
