@@ -25,6 +25,7 @@
 #[allow(dead_code)] // the broker benchmarks' helpers this one does not use
 mod common;
 
+use common::host::metric_sum;
 use common::{cpu_seconds, median, record, root, setting, stat_cpu_seconds};
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
@@ -290,18 +291,10 @@ impl Millrace {
 
     /// Chains run so far, and how many of them inline (0 when the binary does not say).
     fn chains(&self) -> (f64, f64) {
-        let text = ureq::get(&self.metrics)
-            .call()
-            .ok()
-            .and_then(|mut r| r.body_mut().read_to_string().ok())
-            .unwrap_or_default();
-        let sum = |series: &str| -> f64 {
-            text.lines()
-                .filter(|l| l.starts_with(series))
-                .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-                .sum()
-        };
-        (sum("input_received{"), sum("millrace_chains_inline_total{"))
+        (
+            metric_sum(&self.metrics, "input_received{"),
+            metric_sum(&self.metrics, "millrace_chains_inline_total{"),
+        )
     }
 }
 

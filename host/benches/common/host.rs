@@ -10,6 +10,8 @@ use std::time::{Duration, Instant};
 
 pub struct Host {
     pub child: Child,
+    /// The host's data directory (`.millrace` beside its configuration).
+    pub data: std::path::PathBuf,
     /// `http://127.0.0.1:PORT` of the routes.
     pub url: String,
     /// `http://127.0.0.1:PORT` of the admin API.
@@ -50,7 +52,13 @@ impl Host {
                 url = u.to_string();
             }
         }
-        Host { child, url, admin }
+        let data = config.parent().unwrap_or(Path::new(".")).join(".millrace");
+        Host {
+            child,
+            url,
+            admin,
+            data,
+        }
     }
 
     /// Resident memory now (`VmRSS`) and at its highest (`VmHWM`), in bytes.
@@ -65,6 +73,21 @@ impl Host {
                 .map_or(0, |kib| kib << 10)
         };
         (field("VmRSS:"), field("VmHWM:"))
+    }
+
+    /// Bytes of the lineage file and its write-ahead log.
+    pub fn lineage_bytes(&self) -> u64 {
+        ["lineage.db", "lineage.db-wal"]
+            .iter()
+            .filter_map(|f| std::fs::metadata(self.data.join(f)).ok())
+            .map(|m| m.len())
+            .sum()
+    }
+
+    /// The sum of every `/metrics` line of the series that starts with `series` (e.g.
+    /// `"millrace_chains_inline_total{"`).
+    pub fn metric(&self, series: &str) -> f64 {
+        metric_sum(&format!("{}/metrics", self.admin), series)
     }
 
     /// POST `body` to the admin API at `path` (JSON when it starts with `{`, else a component).
@@ -95,6 +118,20 @@ impl Drop for Host {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// The sum of the values of the lines that start with `series` in the Prometheus text at
+/// `url` (0 when it cannot be read: a binary that does not export that series).
+pub fn metric_sum(url: &str, series: &str) -> f64 {
+    let text = ureq::get(url)
+        .call()
+        .ok()
+        .and_then(|mut r| r.body_mut().read_to_string().ok())
+        .unwrap_or_default();
+    text.lines()
+        .filter(|l| l.starts_with(series))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
 }
 
 /// A keep-alive client that reads non-2xx answers instead of failing on them.
