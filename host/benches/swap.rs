@@ -7,9 +7,9 @@
 //!   *Freshly compiled*: the upload (compile + gate) and the activation together, on a host
 //!   whose data directory (and compile cache) has never seen the component.
 //! - **latency during a swap storm vs steady state**: `CLIENTS` keep-alive clients sending for
-//!   `SECONDS`, first with no activation, then while activations toggle the version every
-//!   `STORM_MS` (each of a comma-separated list, default `10,100`); p50 and p99 of each, same
-//!   host, same run.
+//!   `SECONDS` with no activation and `SECONDS` while activations toggle the version every
+//!   `STORM_MS` (each of a comma-separated list, default `10,100`), in alternating slices
+//!   (`SLICE_MS`, below); p50 and p99 of each, same host, same run.
 //!
 //! A fresh host per round. Needs `scripts/build-plugins`. Run:
 //! `cargo bench -p millrace-host --bench swap`. Environment: `ROUNDS` (default 3), `SECONDS`
@@ -18,6 +18,10 @@
 //! 0: off), `BASELINE` (a `millrace` binary, e.g. built from an earlier commit, measured the same
 //! way in each round after this build's: a change's effect, same run). Each round also reports
 //! the host's CPU per activation over 1,000 back-to-back activations with no message load.
+//! `SLICE_MS` (default 500): steady and storm measured in alternating slices of that many ms,
+//! 2 × `SECONDS` per storm rate, so both see the same machine (this VM's speed drifts from second
+//! to second); 0 measures them one after the other, `SECONDS` each. `SETTLE_MS` (default 0):
+//! requests starting in the first that many ms of a slice count for neither.
 
 #[allow(dead_code)] // the broker benchmarks' helpers this one does not use
 mod common;
@@ -184,6 +188,17 @@ fn round(binary: &Path, label: &str, number: u64, storms: &[u64]) -> Round {
     let one = |agent: &ureq::Agent, _: u64| {
         send(agent, &host.url);
     };
+    let slice = setting("SLICE_MS", 500);
+    if slice > 0 {
+        let line = sliced(&host, &agent, number, label, storms, slice);
+        return Round {
+            fresh,
+            upload,
+            precompiled,
+            activation_cpu,
+            ..line
+        };
+    }
     let steady = latencies(clients, seconds, &one, |_| {});
     let s99 = pct(&steady, 0.99);
     let mut line = format!(
@@ -230,6 +245,97 @@ fn round(binary: &Path, label: &str, number: u64, storms: &[u64]) -> Round {
         storm_p99,
         ratios,
     }
+}
+
+/// Steady and storm in alternating slices of `slice` ms for 2 × `SECONDS` per storm rate, on
+/// the same host: both see the same machine. A request counts for the slice it started in;
+/// those that start in the first `SETTLE_MS` (default 0) of a slice count for neither.
+fn sliced(
+    host: &Host,
+    agent: &ureq::Agent,
+    number: u64,
+    label: &str,
+    storms: &[u64],
+    slice: u64,
+) -> Round {
+    let (seconds, clients) = (setting("SECONDS", 5), setting("CLIENTS", 2));
+    let settle = Duration::from_millis(setting("SETTLE_MS", 0));
+    let mut line =
+        format!("round {number}{label}: steady and storm in alternating {slice} ms slices");
+    let mut round = Round {
+        fresh: 0.0,
+        upload: 0.0,
+        precompiled: Vec::new(),
+        activation_cpu: 0.0,
+        steady_p99: 0.0,
+        storm_p99: Vec::new(),
+        ratios: Vec::new(),
+    };
+    for every in storms {
+        // 0: steady, 1: storm, 2: settling (counted for neither).
+        let phase = std::sync::atomic::AtomicU8::new(2);
+        let tagged: Mutex<[Vec<f64>; 2]> = Mutex::new([Vec::new(), Vec::new()]);
+        let one = |agent: &ureq::Agent, _: u64| {
+            let at = phase.load(Ordering::SeqCst);
+            let t0 = Instant::now();
+            send(agent, &host.url);
+            if at < 2 {
+                tagged.lock().unwrap()[at as usize].push(t0.elapsed().as_secs_f64() * 1e6);
+            }
+        };
+        let mut swaps = 0u64;
+        latencies(clients, 2 * seconds, &one, |stop| {
+            for n in 0.. {
+                if stop.load(Ordering::SeqCst) {
+                    break;
+                }
+                let storm = n % 2 == 1;
+                let start = Instant::now();
+                phase.store(2, Ordering::SeqCst);
+                while start.elapsed() < Duration::from_millis(slice) && !stop.load(Ordering::SeqCst)
+                {
+                    if start.elapsed() >= settle {
+                        phase.store(storm as u8, Ordering::SeqCst);
+                    }
+                    if storm {
+                        activate(
+                            agent,
+                            host,
+                            if swaps.is_multiple_of(2) {
+                                "1.0.0"
+                            } else {
+                                "2.0.0"
+                            },
+                        );
+                        swaps += 1;
+                        std::thread::sleep(Duration::from_millis(*every));
+                    } else {
+                        std::thread::sleep(Duration::from_millis(1));
+                    }
+                }
+            }
+        });
+        let [mut steady, mut storm] = tagged.into_inner().unwrap();
+        steady.sort_by(f64::total_cmp);
+        storm.sort_by(f64::total_cmp);
+        let (s99, w99) = (pct(&steady, 0.99), pct(&storm, 0.99));
+        line += &format!(
+            "\n  an activation every {every} ms in the storm slices ({swaps} swaps): steady {} msgs p50 {:.0} µs p99 {s99:.0} µs; storm {} msgs p50 {:.0} µs p99 {w99:.0} µs; p99 storm/steady {:.2}",
+            steady.len(),
+            pct(&steady, 0.5),
+            storm.len(),
+            pct(&storm, 0.5),
+            w99 / s99
+        );
+        // The steady p99 reported for the round: the first storm rate's slices.
+        if round.storm_p99.is_empty() {
+            round.steady_p99 = s99;
+        }
+        round.storm_p99.push(w99);
+        round.ratios.push(w99 / s99);
+    }
+    println!("{line}");
+    round
 }
 
 fn main() {
