@@ -22,7 +22,8 @@
 //! `one-header`, `properties`, `mandatory` or `both` (each round also runs the pipe publishing
 //! that part of what the host adds to an output: its three `millrace-*` headers, their values in
 //! one header or in basic properties instead of headers, `mandatory`; what it costs the broker
-//! and the client, same run).
+//! and the client, same run), `QUEUES=quorum` (both sides' queues quorum queues, with the
+//! arguments millrace declares; default classic).
 
 mod common;
 use common::{cpu_seconds, median, record, root, route_output, setting};
@@ -35,6 +36,8 @@ use lapin::options::{
 };
 use lapin::types::FieldTable;
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
+use millrace_host::amqp::config::QueueKind;
+use millrace_host::amqp::topology::{Role, arguments};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -127,16 +130,28 @@ async fn topology(ch: &Channel, queue: &str, exchange: &str, sink: &str) {
     .unwrap();
 }
 
-/// The route's source queue carries the arguments millrace declares it with.
-fn queue_args(q: &str, source: &str) -> FieldTable {
-    let mut args = FieldTable::default();
-    if q == source && q == "bench.in" {
-        args.insert(
-            "x-dead-letter-exchange".into(),
-            lapin::types::AMQPValue::LongString("millrace.bench.dead-letter".into()),
-        );
+/// The queues' type: `QUEUES=quorum` or `classic` (the default).
+fn queue_kind() -> QueueKind {
+    match std::env::var("QUEUES").as_deref() {
+        Ok("quorum") => QueueKind::Quorum,
+        Ok("classic") | Err(_) => QueueKind::Classic,
+        Ok(other) => panic!("QUEUES: quorum or classic, not {other:?}"),
     }
-    args
+}
+
+/// Both sides' source queues carry the arguments millrace declares its source with (dead-letter
+/// exchange; on quorum queues the delivery limit and at-least-once dead-lettering too), the
+/// sinks those of a plain queue of the same type.
+fn queue_args(q: &str, source: &str) -> FieldTable {
+    let role = if q == source {
+        Role::Source {
+            dead_letter: "millrace.bench.dead-letter",
+            single_active: false,
+        }
+    } else {
+        Role::Plain
+    };
+    arguments(queue_kind(), Some(20), role)
 }
 
 /// Publish `n` persistent inputs with confirms (windows of 1,000).
