@@ -23,7 +23,7 @@
 //! that part of what the host adds to an output: its three `millrace-*` headers, their values in
 //! one header or in basic properties instead of headers, `mandatory`; what it costs the broker
 //! and the client, same run), `QUEUES=quorum` (both sides' queues quorum queues, with the
-//! arguments millrace declares; default classic).
+//! arguments millrace declares, and the host's `amqp_queues` set to match; default classic).
 
 mod common;
 use common::{cpu_seconds, median, record, root, route_output, setting};
@@ -36,7 +36,7 @@ use lapin::options::{
 };
 use lapin::types::FieldTable;
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
-use millrace_host::amqp::config::QueueKind;
+use millrace_host::amqp::config::{DEFAULT_DELIVERY_LIMIT, QueueKind};
 use millrace_host::amqp::topology::{Role, arguments};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -151,7 +151,7 @@ fn queue_args(q: &str, source: &str) -> FieldTable {
     } else {
         Role::Plain
     };
-    arguments(queue_kind(), Some(20), role)
+    arguments(queue_kind(), Some(DEFAULT_DELIVERY_LIMIT), role)
 }
 
 /// Publish `n` persistent inputs with confirms (windows of 1,000).
@@ -482,7 +482,10 @@ fn config_text(url: &str, prefetch: u16, data: &Path) -> String {
     let text = std::fs::read_to_string(quickstart.join("millrace.toml")).unwrap();
     text.replace(
         "[host]\n",
-        &format!("[host]\namqp = \"{url}\"\nidempotency_window_s = 86400\n"),
+        &format!(
+            "[host]\namqp = \"{url}\"\nidempotency_window_s = 86400\namqp_queues = \"{}\"\n",
+            queue_kind().name()
+        ),
     )
     .replace(
         "data_dir = \".millrace\"",

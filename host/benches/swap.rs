@@ -188,9 +188,13 @@ fn round(binary: &Path, label: &str, number: u64, storms: &[u64]) -> Round {
     let one = |agent: &ureq::Agent, _: u64| {
         send(agent, &host.url);
     };
+    let head = format!(
+        "round {number}{label}: first answer of the new version: fresh (upload+compile+gate+activate) {fresh:.1} ms (upload {upload:.1} ms), precompiled median {:.2} ms; host CPU per activation {activation_cpu:.3} ms",
+        median(precompiled.clone()),
+    );
     let slice = setting("SLICE_MS", 500);
     if slice > 0 {
-        let line = sliced(&host, &agent, number, label, storms, slice);
+        let line = sliced(&host, &agent, head, storms, slice);
         return Round {
             fresh,
             upload,
@@ -202,8 +206,7 @@ fn round(binary: &Path, label: &str, number: u64, storms: &[u64]) -> Round {
     let steady = latencies(clients, seconds, &one, |_| {});
     let s99 = pct(&steady, 0.99);
     let mut line = format!(
-        "round {number}{label}: first answer of the new version: fresh (upload+compile+gate+activate) {fresh:.1} ms (upload {upload:.1} ms), precompiled median {:.2} ms; host CPU per activation {activation_cpu:.3} ms\n  steady: {} msgs p50 {:.0} µs p99 {s99:.0} µs",
-        median(precompiled.clone()),
+        "{head}\n  steady: {} msgs p50 {:.0} µs p99 {s99:.0} µs",
         steady.len(),
         pct(&steady, 0.5),
     );
@@ -250,18 +253,14 @@ fn round(binary: &Path, label: &str, number: u64, storms: &[u64]) -> Round {
 /// Steady and storm in alternating slices of `slice` ms for 2 × `SECONDS` per storm rate, on
 /// the same host: both see the same machine. A request counts for the slice it started in;
 /// those that start in the first `SETTLE_MS` (default 0) of a slice count for neither.
-fn sliced(
-    host: &Host,
-    agent: &ureq::Agent,
-    number: u64,
-    label: &str,
-    storms: &[u64],
-    slice: u64,
-) -> Round {
+fn sliced(host: &Host, agent: &ureq::Agent, head: String, storms: &[u64], slice: u64) -> Round {
     let (seconds, clients) = (setting("SECONDS", 5), setting("CLIENTS", 2));
     let settle = Duration::from_millis(setting("SETTLE_MS", 0));
-    let mut line =
-        format!("round {number}{label}: steady and storm in alternating {slice} ms slices");
+    assert!(
+        settle.as_millis() < u128::from(slice) && seconds * 1000 > slice,
+        "SETTLE_MS < SLICE_MS, and 2 × SECONDS long enough for a steady and a storm slice"
+    );
+    let mut line = format!("{head}\n  steady and storm in alternating {slice} ms slices");
     let mut round = Round {
         fresh: 0.0,
         upload: 0.0,
@@ -316,6 +315,10 @@ fn sliced(
             }
         });
         let [mut steady, mut storm] = tagged.into_inner().unwrap();
+        assert!(
+            !steady.is_empty() && !storm.is_empty(),
+            "no request counted in a steady or a storm slice"
+        );
         steady.sort_by(f64::total_cmp);
         storm.sort_by(f64::total_cmp);
         let (s99, w99) = (pct(&steady, 0.99), pct(&storm, 0.99));

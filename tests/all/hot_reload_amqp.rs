@@ -226,11 +226,20 @@ fn hosts_that_join_later_or_lost_their_queue_converge_on_the_last_activation() {
         (active_version(&c) == "1.0.0").then_some(())
     });
     let started = std::time::Instant::now();
-    let b = ws_b.start();
+    let mut b = ws_b.start();
     b.wait_ready();
-    eventually("host B, its queue lost, back on 1.0.0", || {
-        (active_version(&b) == "1.0.0").then_some(())
+    let converged = (0..1200).any(|_| {
+        let on = active_version(&b) == "1.0.0";
+        if !on {
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        on
     });
+    assert!(
+        converged,
+        "host B, its queue lost, never back on 1.0.0; its log:\n{}",
+        b.drain_log().join("\n")
+    );
     let returned = started.elapsed();
     assert_eq!(stamp_of(&b), "1.0.0");
     // Restarting a host that already runs the retained version applies nothing.
@@ -246,6 +255,62 @@ fn hosts_that_join_later_or_lost_their_queue_converge_on_the_last_activation() {
         joined.as_millis(),
         returned.as_millis()
     );
+}
+
+#[test]
+fn a_host_that_cannot_read_the_retained_activation_at_first_reads_it_again_and_converges() {
+    let broker = Broker::start();
+    let (ws_a, ws_b) = (workspace(&broker, "host-a"), workspace(&broker, "host-b"));
+    let a = ws_a.start();
+    let b = ws_b.start();
+    a.wait_ready();
+    b.wait_ready();
+    // Host B away with its control queue gone: only the retained activation can bring it along.
+    assert!(b.stop().success());
+    broker.ctl(&["delete_queue", "millrace.control.host-b"]);
+    let stamp_2 = std::fs::read(guest("guest-stamp-2")).unwrap();
+    assert_eq!(
+        a.admin("POST", "/v1/plants/plant-a/plugins", &stamp_2)
+            .status,
+        201
+    );
+    assert_eq!(activate(&a, "2.0.0").status, 200);
+    // The broker refuses reads of the retained activations (what any read error looks like to
+    // the host): every other queue stays readable.
+    let read = |pattern: &str| {
+        broker.ctl(&["set_permissions", "-p", "/", "guest", ".*", ".*", pattern]);
+    };
+    read("^(?!millrace\\.control\\.last\\.).*");
+    let mut b = ws_b.start();
+    b.wait_ready();
+    b.wait_for_log("cannot read the last activation retained on the broker");
+    assert_eq!(active(&b)["active"]["version"], "1.0.0");
+    // Readable again: host B reads it on its next try, within the same session.
+    read(".*");
+    let converged = (0..600).any(|_| {
+        let on = active(&b)["active"]["version"] == "2.0.0";
+        if !on {
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        on
+    });
+    assert!(
+        converged,
+        "host B never read the retained activation again; its log:\n{}",
+        b.drain_log().join("\n")
+    );
+    let log = b.drain_log();
+    assert!(
+        log.iter()
+            .any(|l| l.contains("applying the last activation retained on the broker")),
+        "{log:?}"
+    );
+    // The refused read closed its own channel only: the session, and consuming, went on.
+    let dropped: Vec<&String> = log
+        .iter()
+        .filter(|l| l.contains("reconnecting") || l.contains("stopped consuming"))
+        .collect();
+    assert!(dropped.is_empty(), "{dropped:#?}");
 }
 
 #[test]

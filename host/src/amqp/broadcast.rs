@@ -21,8 +21,10 @@
 //! the queue empty tries twice more 50 ms apart, in case another host's read held the message.
 //! The reads of one session wait at most [`CATCH_UP_LIMIT`] for the broker together: past it (a
 //! broker slow to answer, e.g. a quorum queue without a leader) the host logs the slots it did
-//! not check and consumes with the versions it runs; announcements from then on still reach its
-//! queue.
+//! not check and consumes with the versions it runs. Those slots, and any whose read failed, are
+//! read again every [`CATCH_UP_RETRY`] (each time within the same limit) until every one is
+//! checked or the session ends; only then does the host apply what its own queue holds, which
+//! waits there meanwhile (so what it applies last is still the latest announced).
 
 use crate::amqp::publisher::header_string;
 use crate::amqp::session::{BrokerLink, Link, Session};
@@ -39,6 +41,9 @@ use std::sync::Arc;
 
 /// Longest the reads of the retained activations may take on one session.
 pub const CATCH_UP_LIMIT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Pause before the retained activations left unchecked are read again.
+pub const CATCH_UP_RETRY: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// The fanout exchange activations are announced on.
 pub const EXCHANGE: &str = "millrace.control";
@@ -212,7 +217,7 @@ pub async fn follow(
                 .await?;
         }
         declarer.close().await;
-        catch_up(&deployer, session, &slots).await;
+        let unchecked = catch_up(&deployer, &session.connection, &slots).await;
         let channel = session.connection.create_channel().await?;
         channel.basic_qos(1, BasicQosOptions::default()).await?;
         let consumer = channel
@@ -223,17 +228,28 @@ pub async fn follow(
                 FieldTable::default(),
             )
             .await?;
-        Ok::<_, lapin::Error>((channel, consumer))
+        Ok::<_, lapin::Error>((channel, consumer, unchecked))
     };
-    let (channel, consumer) = match started.await {
+    let (channel, consumer, mut unchecked) = match started.await {
         Ok(started) => started,
         Err(e) => {
             tracing::warn!(queue = %queue, error = %e, "cannot follow other hosts' activations on this session");
             return None;
         }
     };
+    let session = session.clone();
+    let task = async move {
+        // Announcements wait in the queue until every retained activation was checked.
+        while !unchecked.is_empty() {
+            tokio::time::sleep(CATCH_UP_RETRY).await;
+            unchecked = catch_up(&deployer, &session.connection, &unchecked).await;
+        }
+        let why = apply_each(deployer, host_id, consumer).await;
+        // Not following announcements is not a state to stay in: a new session follows again.
+        session.lost(why);
+    };
     Some(Following {
-        task: tokio::spawn(apply_each(deployer, host_id, consumer)),
+        task: tokio::spawn(task),
         channel,
     })
 }
@@ -257,8 +273,14 @@ impl Following {
 }
 
 /// Apply the retained last activation of each of `slots` (plant, plugin) that differs from what
-/// runs here: see the module's notes.
-async fn catch_up(deployer: &Arc<Deployer>, session: &Session, slots: &[(String, String)]) {
+/// runs here: see the module's notes. Returns the slots not checked: those past the time limit
+/// and those whose read failed.
+async fn catch_up(
+    deployer: &Arc<Deployer>,
+    connection: &lapin::Connection,
+    slots: &[(String, String)],
+) -> Vec<(String, String)> {
+    let mut unchecked = Vec::new();
     // Only the time spent waiting for the broker counts, not applying what was read.
     let mut left = CATCH_UP_LIMIT;
     for (n, (plant, plugin)) in slots.iter().enumerate() {
@@ -269,17 +291,19 @@ async fn catch_up(deployer: &Arc<Deployer>, session: &Session, slots: &[(String,
                 tokio::time::sleep(std::time::Duration::from_millis(50)).await;
             }
             let asked = tokio::time::Instant::now();
-            let read = tokio::time::timeout(left, read_retained(session, &queue)).await;
+            let read = tokio::time::timeout(left, read_retained(connection, &queue)).await;
             left = left.saturating_sub(asked.elapsed());
             let Ok(read) = read else {
-                let unchecked: Vec<String> =
+                let named: Vec<String> =
                     slots[n..].iter().map(|(p, g)| format!("{p}/{g}")).collect();
                 tracing::warn!(
                     within_s = CATCH_UP_LIMIT.as_secs(),
-                    unchecked = %unchecked.join(","),
-                    "the broker did not give the retained activations in time; running the versions this host has"
+                    unchecked = %named.join(","),
+                    retry_s = CATCH_UP_RETRY.as_secs(),
+                    "the broker did not give the retained activations in time; running the versions this host has until it does"
                 );
-                return;
+                unchecked.extend(slots[n..].iter().cloned());
+                return unchecked;
             };
             match read {
                 Ok(Some(message)) => {
@@ -288,7 +312,8 @@ async fn catch_up(deployer: &Arc<Deployer>, session: &Session, slots: &[(String,
                 }
                 Ok(None) => {}
                 Err(e) => {
-                    tracing::warn!(queue = %queue, error = %e, "cannot read the last activation retained on the broker");
+                    tracing::warn!(queue = %queue, error = %e, retry_s = CATCH_UP_RETRY.as_secs(), "cannot read the last activation retained on the broker; trying again later");
+                    unchecked.push((plant.clone(), plugin.clone()));
                     break;
                 }
             }
@@ -307,15 +332,16 @@ async fn catch_up(deployer: &Arc<Deployer>, session: &Session, slots: &[(String,
         let deployer = Arc::clone(deployer);
         let _ = tokio::task::spawn_blocking(move || apply(&deployer, &note, &bytes)).await;
     }
+    unchecked
 }
 
 /// The message retained in `queue`, read without taking it: fetched unacknowledged, then given
 /// back by closing the channel.
 async fn read_retained(
-    session: &Session,
+    connection: &lapin::Connection,
     queue: &str,
 ) -> Result<Option<(Note, Vec<u8>)>, lapin::Error> {
-    let channel = session.connection.create_channel().await?;
+    let channel = connection.create_channel().await?;
     let got = channel
         .basic_get(
             queue.into(),
@@ -337,8 +363,18 @@ async fn read_retained(
     read
 }
 
-async fn apply_each(deployer: Arc<Deployer>, host_id: String, mut consumer: lapin::Consumer) {
-    while let Some(Ok(delivery)) = consumer.next().await {
+/// Apply what arrives on the control queue until its consumer ends; returns why it ended.
+async fn apply_each(
+    deployer: Arc<Deployer>,
+    host_id: String,
+    mut consumer: lapin::Consumer,
+) -> String {
+    loop {
+        let delivery = match consumer.next().await {
+            Some(Ok(delivery)) => delivery,
+            Some(Err(e)) => return format!("the control queue's consumer ended: {e}"),
+            None => return "the control queue's consumer was cancelled".to_string(),
+        };
         let note = delivery.properties.headers().as_ref().and_then(Note::read);
         match note {
             Some(note) if note.from != host_id => {
@@ -350,8 +386,7 @@ async fn apply_each(deployer: Arc<Deployer>, host_id: String, mut consumer: lapi
             None => tracing::warn!("a control message without an activation's headers; dropped"),
         }
         if let Err(e) = delivery.acker.ack(BasicAckOptions::default()).await {
-            tracing::warn!(error = %e, "cannot acknowledge a control message");
-            return;
+            return format!("cannot acknowledge a control message: {e}");
         }
     }
 }

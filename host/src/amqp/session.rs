@@ -55,6 +55,16 @@ impl Session {
     }
 }
 
+/// Whether `error` ended one channel only: an AMQP soft error, which the broker reports by
+/// closing that channel, not the connection.
+fn channel_only(error: &lapin::Error) -> bool {
+    matches!(
+        error.kind(),
+        lapin::ErrorKind::ProtocolError(amqp)
+            if matches!(amqp.kind(), lapin::protocol::AMQPErrorKind::Soft(_))
+    )
+}
+
 /// Close `channel` (within [`CLOSE_TIMEOUT`]) before it is dropped. A channel only dropped is
 /// closed by lapin in the background, and when the connection is closed meanwhile that close
 /// finds the channel closing and lapin fails the whole connection ("invalid channel state:
@@ -396,8 +406,16 @@ impl BrokerLink {
         let on_error = lost.clone();
         tokio::spawn(async move {
             while let Some(event) = events.next().await {
-                if let lapin::Event::Error(e) = event {
-                    let _ = on_error.send(format!("connection error: {e}"));
+                match event {
+                    // The broker closed one channel (e.g. a read it refused): whoever used that
+                    // channel sees its own call fail and decides; the session goes on.
+                    lapin::Event::Error(e) if channel_only(&e) => {
+                        tracing::info!(error = %e, "the broker closed a channel; the session goes on");
+                    }
+                    lapin::Event::Error(e) => {
+                        let _ = on_error.send(format!("connection error: {e}"));
+                    }
+                    _ => {}
                 }
             }
         });
