@@ -215,17 +215,7 @@ fn round(binary: &Path, label: &str, number: u64, storms: &[u64]) -> Round {
         let mut swaps = 0u64;
         let storm = latencies(clients, seconds, &one, |stop| {
             while !stop.load(Ordering::SeqCst) {
-                activate(
-                    &agent,
-                    &host,
-                    if swaps.is_multiple_of(2) {
-                        "1.0.0"
-                    } else {
-                        "2.0.0"
-                    },
-                );
-                swaps += 1;
-                std::thread::sleep(Duration::from_millis(*every));
+                swap(&agent, &host, &mut swaps, *every);
             }
         });
         let w99 = pct(&storm, 0.99);
@@ -248,6 +238,19 @@ fn round(binary: &Path, label: &str, number: u64, storms: &[u64]) -> Round {
         storm_p99,
         ratios,
     }
+}
+
+/// The storm's step: activate the other version (1.0.0 after an even count of `swaps`), count
+/// it, wait `every` ms.
+fn swap(agent: &ureq::Agent, host: &Host, swaps: &mut u64, every: u64) {
+    let version = if swaps.is_multiple_of(2) {
+        "1.0.0"
+    } else {
+        "2.0.0"
+    };
+    activate(agent, host, version);
+    *swaps += 1;
+    std::thread::sleep(Duration::from_millis(every));
 }
 
 /// Steady and storm in alternating slices of `slice` ms for 2 × `SECONDS` per storm rate, on
@@ -297,17 +300,7 @@ fn sliced(host: &Host, agent: &ureq::Agent, head: String, storms: &[u64], slice:
                         phase.store(storm as u8, Ordering::SeqCst);
                     }
                     if storm {
-                        activate(
-                            agent,
-                            host,
-                            if swaps.is_multiple_of(2) {
-                                "1.0.0"
-                            } else {
-                                "2.0.0"
-                            },
-                        );
-                        swaps += 1;
-                        std::thread::sleep(Duration::from_millis(*every));
+                        swap(agent, host, &mut swaps, *every);
                     } else {
                         std::thread::sleep(Duration::from_millis(1));
                     }

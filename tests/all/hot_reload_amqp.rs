@@ -23,6 +23,19 @@ fn workspace(broker: &Broker, id: &str) -> Workspace {
     ))
 }
 
+/// Polls every 100 ms, at most `polls` times, until `host` runs `version` of `stamp`; else fails
+/// with `what` and the host's log.
+fn runs_within(host: &mut Host, version: &str, polls: usize, what: &str) {
+    let runs = (0..polls).any(|_| {
+        let on = active(host)["active"]["version"] == version;
+        if !on {
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        on
+    });
+    assert!(runs, "{what}; its log:\n{}", host.drain_log().join("\n"));
+}
+
 fn active(host: &Host) -> serde_json::Value {
     host.admin("GET", "/v1/plants/plant-a/plugins/stamp", b"")
         .json()
@@ -228,17 +241,11 @@ fn hosts_that_join_later_or_lost_their_queue_converge_on_the_last_activation() {
     let started = std::time::Instant::now();
     let mut b = ws_b.start();
     b.wait_ready();
-    let converged = (0..1200).any(|_| {
-        let on = active_version(&b) == "1.0.0";
-        if !on {
-            std::thread::sleep(std::time::Duration::from_millis(100));
-        }
-        on
-    });
-    assert!(
-        converged,
-        "host B, its queue lost, never back on 1.0.0; its log:\n{}",
-        b.drain_log().join("\n")
+    runs_within(
+        &mut b,
+        "1.0.0",
+        1200,
+        "host B, its queue lost, never back on 1.0.0",
     );
     let returned = started.elapsed();
     assert_eq!(stamp_of(&b), "1.0.0");
@@ -287,17 +294,11 @@ fn a_host_that_cannot_read_the_retained_activation_at_first_reads_it_again_and_c
     assert_eq!(active(&b)["active"]["version"], "1.0.0");
     // Readable again: host B reads it on its next try, within the same session.
     read(".*");
-    let converged = (0..600).any(|_| {
-        let on = active(&b)["active"]["version"] == "2.0.0";
-        if !on {
-            std::thread::sleep(std::time::Duration::from_millis(100));
-        }
-        on
-    });
-    assert!(
-        converged,
-        "host B never read the retained activation again; its log:\n{}",
-        b.drain_log().join("\n")
+    runs_within(
+        &mut b,
+        "2.0.0",
+        600,
+        "host B never read the retained activation again",
     );
     let log = b.drain_log();
     assert!(
