@@ -145,13 +145,12 @@ impl StateStore {
     pub fn get(&self, plant: &str, key: &str) -> Result<Option<String>, StateError> {
         Self::check_key(key)?;
         let conn = self.conn.lock().expect("state connection lock");
-        conn.query_row(
-            "SELECT value FROM state WHERE plant = ?1 AND key = ?2",
-            params![plant, key],
-            |row| row.get(0),
-        )
-        .optional()
-        .map_err(|e| self.sql(e))
+        conn.prepare_cached("SELECT value FROM state WHERE plant = ?1 AND key = ?2")
+            .and_then(|mut read| {
+                read.query_row(params![plant, key], |row| row.get(0))
+                    .optional()
+            })
+            .map_err(|e| self.sql(e))
     }
 
     /// Store `value` under `key` in `plant`'s namespace; committed when this returns.
@@ -167,14 +166,7 @@ impl StateStore {
         let conn = self.conn.lock().expect("state connection lock");
         let mut usage = self.usage.lock().expect("state usage lock");
         let now = self.usage_of(&conn, &mut usage, plant)?;
-        let previous: Option<i64> = conn
-            .query_row(
-                "SELECT length(CAST(value AS BLOB)) FROM state WHERE plant = ?1 AND key = ?2",
-                params![plant, key],
-                |row| row.get(0),
-            )
-            .optional()
-            .map_err(|e| self.sql(e))?;
+        let previous = Self::stored_length(&conn, plant, key).map_err(|e| self.sql(e))?;
         let after = match previous {
             Some(old) => Usage {
                 keys: now.keys,
@@ -206,14 +198,24 @@ impl StateStore {
                 });
             }
         }
-        conn.execute(
+        conn.prepare_cached(
             "INSERT INTO state (plant, key, value, updated_at) VALUES (?1, ?2, ?3, ?4)
              ON CONFLICT (plant, key) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at",
-            params![plant, key, value, crate::durable::now_rfc3339()],
         )
+        .and_then(|mut write| write.execute(params![plant, key, value, crate::durable::now_rfc3339()]))
         .map_err(|e| self.sql(e))?;
         usage.insert(plant.to_string(), after);
         Ok(())
+    }
+
+    /// The length in bytes of the value stored under `key`, if any. Statements on the hot path
+    /// are cached on the connection: parsing one costs more than running it.
+    fn stored_length(conn: &Connection, plant: &str, key: &str) -> rusqlite::Result<Option<i64>> {
+        conn.prepare_cached(
+            "SELECT length(CAST(value AS BLOB)) FROM state WHERE plant = ?1 AND key = ?2",
+        )?
+        .query_row(params![plant, key], |row| row.get(0))
+        .optional()
     }
 
     /// What `plant`'s state holds (read from the file the first time).
@@ -247,19 +249,10 @@ impl StateStore {
         Self::check_key(key)?;
         let conn = self.conn.lock().expect("state connection lock");
         let mut usage = self.usage.lock().expect("state usage lock");
-        let old: Option<i64> = conn
-            .query_row(
-                "SELECT length(CAST(value AS BLOB)) FROM state WHERE plant = ?1 AND key = ?2",
-                params![plant, key],
-                |row| row.get(0),
-            )
-            .optional()
-            .map_err(|e| self.sql(e))?;
+        let old = Self::stored_length(&conn, plant, key).map_err(|e| self.sql(e))?;
         let removed = conn
-            .execute(
-                "DELETE FROM state WHERE plant = ?1 AND key = ?2",
-                params![plant, key],
-            )
+            .prepare_cached("DELETE FROM state WHERE plant = ?1 AND key = ?2")
+            .and_then(|mut delete| delete.execute(params![plant, key]))
             .map_err(|e| self.sql(e))?;
         if let (Some(old), Some(known)) = (old, usage.get_mut(plant)) {
             known.keys -= 1;
