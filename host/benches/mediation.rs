@@ -15,12 +15,16 @@
 //! `VARIANT=NAME` also runs `target/plugins/PLUGIN.NAME.wasm` (a build with another code
 //! generation lever, `scripts/build-plugins` says how) beside each Rust plugin, in the same
 //! groups: a lever measured against the usual build and native code in one run.
+//!
+//! `ENGINE=NAME` (`inlining`, `speed-and-size`, `without-deadline-checks`) also runs each Rust
+//! plugin's usual component on an engine with that code-generation setting, as the case
+//! `engine-NAME`: a wasmtime setting measured the same way.
 
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
 use mes_fixed_width::MesFixedWidth;
 use millrace_host::config::Config;
 use millrace_host::plugin::bindings::types::Message;
-use millrace_host::plugin::engine::PluginEngine;
+use millrace_host::plugin::engine::{Codegen, PluginEngine};
 use millrace_host::plugin::{Artifact, StepLimits, StepRuntime, StepSpec};
 use millrace_sdk::{Plugin, TestHost};
 use std::hint::black_box;
@@ -94,6 +98,19 @@ fn timed(n: u64, mut call: impl FnMut()) -> Duration {
         call();
     }
     started.elapsed()
+}
+
+/// `ENGINE=NAME`: an engine with that code-generation setting ([`Codegen::named`]), on which the
+/// usual components run beside the host's engine.
+fn measured_engine() -> Option<(String, PluginEngine)> {
+    let name = std::env::var("ENGINE").ok()?;
+    let codegen = Codegen::named(&name).unwrap_or_else(|| {
+        panic!("ENGINE={name}: one of inlining, speed-and-size, without-deadline-checks")
+    });
+    Some((
+        name,
+        PluginEngine::for_measurement(codegen).expect("engine"),
+    ))
 }
 
 /// `PLUGIN.VARIANT` when `VARIANT` is set and that build exists.
@@ -232,13 +249,25 @@ fn bench(c: &mut Criterion) {
         })
         .collect();
     assert_eq!(reused.mediate(&message).expect("wasm run").len(), 12);
-    let reused_variant = variant("mes-fixed-width").map(|name| {
-        let path = root().join("target/plugins").join(format!("{name}.wasm"));
-        let artifact = Artifact::load(&engine, &path).expect("component loads");
-        let step = load_on(&engine, &artifact, u32::MAX);
+    let measured = measured_engine();
+    let reused_variant = variant("mes-fixed-width")
+        .map(|name| {
+            let path = root().join("target/plugins").join(format!("{name}.wasm"));
+            let artifact = Artifact::load(&engine, &path).expect("component loads");
+            (name, load_on(&engine, &artifact, u32::MAX))
+        })
+        .into_iter()
+        .chain(measured.iter().map(|(codegen, engine)| {
+            let artifact = Artifact::load(engine, &path).expect("component loads");
+            (
+                format!("engine-{codegen}"),
+                load_on(engine, &artifact, u32::MAX),
+            )
+        }));
+    let reused_variants: Vec<(String, StepRuntime)> = reused_variant.collect();
+    for (_, step) in &reused_variants {
         assert_eq!(step.mediate(&message).expect("wasm run").len(), 12);
-        (name, step)
-    });
+    }
 
     if let Some(rounds) = interleave() {
         let mut cases: Vec<(String, Timed<'_>)> = vec![
@@ -261,7 +290,7 @@ fn bench(c: &mut Criterion) {
                 Box::new(|n| timed(n, || drop(black_box(reused.mediate(black_box(&message)))))),
             ),
         ];
-        if let Some((name, step)) = &reused_variant {
+        for (name, step) in &reused_variants {
             cases.push((
                 format!("{name}-reused-instance"),
                 Box::new(|n| timed(n, || drop(black_box(step.mediate(black_box(&message)))))),
@@ -283,7 +312,7 @@ fn bench(c: &mut Criterion) {
     group.bench_function("wasm-reused-instance", |b| {
         b.iter(|| black_box(reused.mediate(black_box(&message))))
     });
-    if let Some((name, step)) = &reused_variant {
+    for (name, step) in &reused_variants {
         group.bench_function(format!("{name}-reused-instance"), |b| {
             b.iter(|| black_box(step.mediate(black_box(&message))))
         });
@@ -482,7 +511,8 @@ fn bench_cases<P: Plugin>(
             input.id
         );
     }
-    let load = |component: &str| {
+    let measured = measured_engine();
+    let load = |component: &str, engine: &PluginEngine| {
         let artifact = Artifact::load(
             engine,
             &root()
@@ -511,14 +541,19 @@ fn bench_cases<P: Plugin>(
         }
         step
     };
-    let step = load(name);
+    let step = load(name, engine);
     let twin_steps: Vec<_> = variant(name)
         .into_iter()
         .chain(twins.iter().map(|twin| twin.to_string()))
         .map(|twin| {
-            let step = load(&twin);
+            let step = load(&twin, engine);
             (twin, step)
         })
+        .chain(
+            measured
+                .iter()
+                .map(|(codegen, on)| (format!("engine-{codegen}"), load(name, on))),
+        )
         .collect();
     if let Some(rounds) = interleave() {
         let mut cases: Vec<(String, Timed<'_>)> = vec![

@@ -45,6 +45,29 @@ impl InstancePool {
     }
 }
 
+/// Code-generation settings measured against the host's own ([`PluginEngine::for_measurement`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Codegen {
+    /// Cranelift inlines calls between Wasm functions, within and across a component's modules.
+    Inlining,
+    /// Cranelift's `speed_and_size` optimisation level instead of `speed`.
+    SpeedAndSize,
+    /// No epoch checks in the compiled code: what the deadline checks cost. Measurement only.
+    WithoutDeadlineChecks,
+}
+
+impl Codegen {
+    /// The setting named `name`: `inlining`, `speed-and-size`, `without-deadline-checks`.
+    pub fn named(name: &str) -> Option<Codegen> {
+        Some(match name {
+            "inlining" => Codegen::Inlining,
+            "speed-and-size" => Codegen::SpeedAndSize,
+            "without-deadline-checks" => Codegen::WithoutDeadlineChecks,
+            _ => return None,
+        })
+    }
+}
+
 /// The shared engine and its epoch ticker (stopped when the last engine handle is dropped).
 #[derive(Clone)]
 pub struct PluginEngine {
@@ -73,6 +96,23 @@ impl PluginEngine {
         })?;
         engine.pooled = pooled;
         Ok(engine)
+    }
+
+    /// An engine with one code-generation setting the host does not use, to measure what it
+    /// would change (the mediation benchmark's `ENGINE`; docs/performance.md). The host never
+    /// builds one: [`Codegen::WithoutDeadlineChecks`] compiles guests that no deadline stops.
+    pub fn for_measurement(codegen: Codegen) -> anyhow::Result<PluginEngine> {
+        Self::build(None, |config| match codegen {
+            Codegen::Inlining => {
+                config.compiler_inlining(wasmtime::Inlining::Yes);
+            }
+            Codegen::SpeedAndSize => {
+                config.cranelift_opt_level(wasmtime::OptLevel::SpeedAndSize);
+            }
+            Codegen::WithoutDeadlineChecks => {
+                config.epoch_interruption(false);
+            }
+        })
     }
 
     /// [`PluginEngine::new`] with the settings changed by `adjust` after the host's own.
