@@ -189,11 +189,12 @@ impl IdempotencyStore {
         let oldest = now_ms() - self.window.as_millis() as i64;
         let found = {
             let conn = self.conn.lock().expect("idempotency connection lock");
-            conn.query_row(
+            conn.prepare_cached(
                 "SELECT fingerprint, status, headers, body FROM answers
                  WHERE route = ?1 AND key = ?2 AND at_ms >= ?3",
-                params![route, key, oldest],
-                |row| {
+            )
+            .and_then(|mut read| {
+                read.query_row(params![route, key, oldest], |row| {
                     let headers: String = row.get(2)?;
                     Ok((
                         row.get::<_, String>(0)?,
@@ -203,9 +204,9 @@ impl IdempotencyStore {
                             body: row.get(3)?,
                         },
                     ))
-                },
-            )
-            .optional()
+                })
+                .optional()
+            })
             .map_err(|e| self.sql(e))?
         };
         match found {
@@ -373,11 +374,9 @@ impl IdempotencyStore {
                     .map_err(|e| self.sql(e))?;
             }
         }
-        tx.execute(
-            "DELETE FROM processed WHERE at_ms < ?1",
-            params![now - self.window.as_millis() as i64],
-        )
-        .map_err(|e| self.sql(e))?;
+        tx.prepare_cached("DELETE FROM processed WHERE at_ms < ?1")
+            .and_then(|mut expire| expire.execute(params![now - self.window.as_millis() as i64]))
+            .map_err(|e| self.sql(e))?;
         tx.commit().map_err(|e| self.sql(e))
     }
 

@@ -198,7 +198,8 @@ impl Outbox {
     pub fn remove_through(&self, seq: i64) -> Result<(), crate::durable::StoreError> {
         let conn = self.conn.lock().expect("outbox connection lock");
         let removed = conn
-            .execute("DELETE FROM outbox WHERE seq <= ?1", params![seq])
+            .prepare_cached("DELETE FROM outbox WHERE seq <= ?1")
+            .and_then(|mut forget| forget.execute(params![seq]))
             .map_err(|e| self.sql(e))?;
         self.held.fetch_sub(
             removed.min(self.held.load(Ordering::Relaxed)),
