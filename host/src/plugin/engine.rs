@@ -3,13 +3,75 @@
 //! compiled artifacts so a restart does not recompile.
 
 use std::path::Path;
-use std::time::Duration;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Condvar, Mutex};
+use std::time::{Duration, Instant};
 use wasmtime::{
     Cache, CacheConfig, Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig,
 };
 
 /// How often the epoch advances; deadlines are whole ticks.
 pub const EPOCH_TICK: Duration = Duration::from_millis(1);
+
+/// How long after the last guest code ran the ticker keeps ticking every [`EPOCH_TICK`].
+const TICKING_AFTER_LAST_CALL: Duration = Duration::from_secs(1);
+
+/// How often an idle ticker wakes (no guest code for [`TICKING_AFTER_LAST_CALL`]): it then
+/// advances the epoch by one tick per wake, so the epoch runs slower than the clock and a
+/// deadline counted from it comes late, never early. A call wakes it at once ([`guest_running`]);
+/// guest code run without saying so would still be stopped, at most 10× late.
+const IDLE_WAKE: Duration = Duration::from_millis(10);
+
+/// What the epoch tickers know of guest code running: one for the process ([`ACTIVITY`]);
+/// tests make their own.
+struct Activity {
+    /// Guest calls in progress.
+    running: AtomicUsize,
+    /// Guest calls started so far: a ticker that sees it move keeps ticking.
+    entered: AtomicU64,
+    /// Tickers in their idle wait, and what wakes them.
+    idle: AtomicUsize,
+    wake: (Mutex<()>, Condvar),
+}
+
+impl Activity {
+    const fn new() -> Activity {
+        Activity {
+            running: AtomicUsize::new(0),
+            entered: AtomicU64::new(0),
+            idle: AtomicUsize::new(0),
+            wake: (Mutex::new(()), Condvar::new()),
+        }
+    }
+
+    fn enter(&'static self) -> GuestRunning {
+        self.entered.fetch_add(1, Ordering::Relaxed);
+        self.running.fetch_add(1, Ordering::SeqCst);
+        if self.idle.load(Ordering::SeqCst) > 0 {
+            let _waking = self.wake.0.lock().unwrap_or_else(|e| e.into_inner());
+            self.wake.1.notify_all();
+        }
+        GuestRunning(self)
+    }
+}
+
+/// Guest code run by every engine of the process.
+static ACTIVITY: Activity = Activity::new();
+
+/// Held while guest code runs (instantiation, a call and its post-return): keeps the epoch
+/// ticker at full rate, and wakes it when it idles. Every call into a plugin goes through one.
+pub struct GuestRunning(&'static Activity);
+
+/// Guest code is about to run on some engine of this process: see [`GuestRunning`].
+pub fn guest_running() -> GuestRunning {
+    ACTIVITY.enter()
+}
+
+impl Drop for GuestRunning {
+    fn drop(&mut self) {
+        self.0.running.fetch_sub(1, Ordering::SeqCst);
+    }
+}
 
 /// What a released slot keeps resident of each memory: the fastest of 0, 64 KiB and 1 MiB for
 /// a fresh instance of `mes-fixed-width` (docs/performance.md, fresh instances).
@@ -152,21 +214,7 @@ impl PluginEngine {
         let weak = engine.weak();
         std::thread::Builder::new()
             .name("millrace-epoch".into())
-            .spawn(move || {
-                // The epoch follows the clock, not the number of wake-ups: a ticker woken late
-                // (a busy machine) catches up, so a deadline in ticks stays a deadline in time.
-                let started = std::time::Instant::now();
-                let mut ticks: u64 = 0;
-                while let Some(engine) = weak.upgrade() {
-                    let due = (started.elapsed().as_micros() / EPOCH_TICK.as_micros()) as u64;
-                    while ticks < due {
-                        engine.increment_epoch();
-                        ticks += 1;
-                    }
-                    drop(engine);
-                    std::thread::sleep(EPOCH_TICK);
-                }
-            })
+            .spawn(move || tick(weak, &ACTIVITY))
             .map_err(|e| anyhow::anyhow!("cannot start the epoch ticker thread: {e}"))?;
         Ok(PluginEngine {
             engine,
@@ -197,6 +245,49 @@ impl PluginEngine {
     }
 }
 
+/// The epoch ticker of one engine, until the engine is dropped. While guest code runs (and for
+/// [`TICKING_AFTER_LAST_CALL`] after) the epoch follows the clock, not the number of wake-ups:
+/// a ticker woken late (a busy machine) catches up, so a deadline in ticks stays a deadline in
+/// time. Idle, it wakes every [`IDLE_WAKE`] (not every tick: ~100 wake-ups a second instead of
+/// 1,000 on a host with nothing to do) and advances one tick per wake; the idle time is not
+/// caught up afterwards, so no deadline set meanwhile comes early.
+fn tick(weak: wasmtime::EngineWeak, activity: &Activity) {
+    let mut since = Instant::now();
+    let mut ticks: u64 = 0;
+    let mut seen = activity.entered.load(Ordering::Relaxed);
+    let mut last_call = Instant::now();
+    while let Some(engine) = weak.upgrade() {
+        let entered = activity.entered.load(Ordering::Relaxed);
+        if entered != seen || activity.running.load(Ordering::SeqCst) > 0 {
+            seen = entered;
+            last_call = Instant::now();
+        }
+        if last_call.elapsed() < TICKING_AFTER_LAST_CALL {
+            let due = (since.elapsed().as_micros() / EPOCH_TICK.as_micros()) as u64;
+            while ticks < due {
+                engine.increment_epoch();
+                ticks += 1;
+            }
+            drop(engine);
+            std::thread::sleep(EPOCH_TICK);
+            continue;
+        }
+        engine.increment_epoch();
+        drop(engine);
+        activity.idle.fetch_add(1, Ordering::SeqCst);
+        {
+            let waiting = activity.wake.0.lock().unwrap_or_else(|e| e.into_inner());
+            if activity.running.load(Ordering::SeqCst) == 0 {
+                drop(activity.wake.1.wait_timeout(waiting, IDLE_WAKE));
+            }
+        }
+        activity.idle.fetch_sub(1, Ordering::SeqCst);
+        // Full rate from here on, counted from now.
+        since = Instant::now();
+        ticks = 0;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -207,6 +298,62 @@ mod tests {
 
     fn compile(engine: &PluginEngine) -> Module {
         Module::new(engine.engine(), wat::parse_str(SPIN).unwrap()).unwrap()
+    }
+
+    /// Polls `done` until it holds; fails (rather than hangs) after 20 s.
+    fn eventually(what: &str, done: impl Fn() -> bool) {
+        let until = Instant::now() + Duration::from_secs(20);
+        while !done() {
+            assert!(Instant::now() < until, "never: {what}");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    #[test]
+    fn an_idle_ticker_wakes_for_a_call_and_a_spinning_guest_is_stopped_either_way() {
+        let activity: &'static Activity = Box::leak(Box::new(Activity::new()));
+        let mut config = Config::new();
+        config.epoch_interruption(true);
+        let engine = Engine::new(&config).unwrap();
+        let module = Module::new(&engine, wat::parse_str(SPIN).unwrap()).unwrap();
+        let weak = engine.weak();
+        std::thread::spawn(move || tick(weak, activity));
+        let spin = move |deadline: Duration| {
+            let mut store = Store::new(&engine, ());
+            store.set_epoch_deadline(PluginEngine::ticks(deadline));
+            let instance = wasmtime::Instance::new(&mut store, &module, &[]).unwrap();
+            let spin = instance
+                .get_typed_func::<(), ()>(&mut store, "spin")
+                .unwrap();
+            let trap = spin.call(&mut store, ()).unwrap_err();
+            assert_eq!(trap.downcast_ref::<Trap>(), Some(&Trap::Interrupt));
+        };
+
+        // No guest code for a while: the ticker idles.
+        eventually("the ticker idles", || {
+            activity.idle.load(Ordering::SeqCst) > 0
+        });
+        // A call wakes it back to full rate, and stays until it ends.
+        let running = activity.enter();
+        eventually("the ticker is back at full rate", || {
+            activity.idle.load(Ordering::SeqCst) == 0
+        });
+        spin(Duration::from_millis(5));
+        drop(running);
+
+        // Guest code run without saying so is still stopped, by the idle ticks.
+        eventually("the ticker idles again", || {
+            activity.idle.load(Ordering::SeqCst) > 0
+        });
+        let stopped = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let done = std::sync::Arc::clone(&stopped);
+        std::thread::spawn(move || {
+            spin(Duration::from_millis(3));
+            done.store(true, Ordering::SeqCst);
+        });
+        eventually("a spinning call with no guard is stopped", || {
+            stopped.load(Ordering::SeqCst)
+        });
     }
 
     #[test]

@@ -187,7 +187,10 @@ pub fn describe_within(
     };
     let wasi = grants.contains(&Capability::Wasi);
     let mut warm = instantiate(&pre, &context, limits, wasi, "describe").map_err(trapped)?;
-    let info = warm.plugin.call_describe(&mut warm.store);
+    let info = {
+        let _running = engine::guest_running();
+        warm.plugin.call_describe(&mut warm.store)
+    };
     warm.store.data_mut().flush_guest_output();
     let info = info.map_err(trapped)?;
     check_info(&info).map_err(|reason| LoadError::Info {
@@ -288,7 +291,11 @@ fn instantiate_once(
     // What one lift may copy out of the instance: a call's outputs, a host call's arguments.
     store.set_hostcall_fuel(limits.max_output_bytes);
     store.set_epoch_deadline(PluginEngine::ticks(limits.deadline));
-    let plugin = match pre.instantiate(&mut store) {
+    let instantiated = {
+        let _running = engine::guest_running();
+        pre.instantiate(&mut store)
+    };
+    let plugin = match instantiated {
         Ok(plugin) => plugin,
         Err(e) => {
             return Err(match store.data().limiter.refused() {
@@ -561,7 +568,10 @@ impl StepRuntime {
         let wasi = grants.contains(&Capability::Wasi);
         let mut probe = instantiate(&pre, &probe_context, limits, wasi, "load")
             .map_err(|e| trapped(format!("{e:#}")))?;
-        let info = probe.plugin.call_describe(&mut probe.store);
+        let info = {
+            let _running = engine::guest_running();
+            probe.plugin.call_describe(&mut probe.store)
+        };
         probe.store.data_mut().flush_guest_output();
         let info = info.map_err(|e| trapped(format!("describe: {e:#}")))?;
         check_info(&info).map_err(|reason| LoadError::Info {
@@ -569,7 +579,10 @@ impl StepRuntime {
             reason,
         })?;
         context.plugin = format!("{}@{}", info.name, info.version);
-        let checked = probe.plugin.call_check_settings(&mut probe.store);
+        let checked = {
+            let _running = engine::guest_running();
+            probe.plugin.call_check_settings(&mut probe.store)
+        };
         probe.store.data_mut().flush_guest_output();
         checked
             .map_err(|e| trapped(format!("check-settings: {e:#}")))?
@@ -712,7 +725,10 @@ impl StepRuntime {
         data.limiter.reset();
         data.last_error_log = None;
         warm.store.set_epoch_deadline(PluginEngine::ticks(deadline));
-        let called = warm.plugin.call_mediate(&mut warm.store, input);
+        let called = {
+            let _running = engine::guest_running();
+            warm.plugin.call_mediate(&mut warm.store, input)
+        };
         warm.store.data_mut().flush_guest_output();
         facts.memory_bytes = warm.store.data().limiter.memory_bytes() as u64;
         let result = match called {
