@@ -250,7 +250,7 @@ fn bench(c: &mut Criterion) {
         .collect();
     assert_eq!(reused.mediate(&message).expect("wasm run").len(), 12);
     let measured = measured_engine();
-    let reused_variant = variant("mes-fixed-width")
+    let reused_variants: Vec<(String, StepRuntime)> = variant("mes-fixed-width")
         .map(|name| {
             let path = root().join("target/plugins").join(format!("{name}.wasm"));
             let artifact = Artifact::load(&engine, &path).expect("component loads");
@@ -263,8 +263,8 @@ fn bench(c: &mut Criterion) {
                 format!("engine-{codegen}"),
                 load_on(engine, &artifact, u32::MAX),
             )
-        }));
-    let reused_variants: Vec<(String, StepRuntime)> = reused_variant.collect();
+        }))
+        .collect();
     for (_, step) in &reused_variants {
         assert_eq!(step.mediate(&message).expect("wasm run").len(), 12);
     }
