@@ -23,6 +23,17 @@ fn workspace(broker: &Broker, id: &str) -> Workspace {
     ))
 }
 
+/// Hosts `host-a` and `host-b` on `broker`, started and ready, with their workspaces (a host
+/// stopped later starts again from its own).
+fn two_hosts(broker: &Broker) -> (Workspace, Workspace, Host, Host) {
+    let (ws_a, ws_b) = (workspace(broker, "host-a"), workspace(broker, "host-b"));
+    let a = ws_a.start();
+    let b = ws_b.start();
+    a.wait_ready();
+    b.wait_ready();
+    (ws_a, ws_b, a, b)
+}
+
 /// Polls every 100 ms, at most `polls` times, until `host` runs `version` of `stamp`; else fails
 /// with `what` and the host's log.
 fn runs_within(host: &mut Host, version: &str, polls: usize, what: &str) {
@@ -138,11 +149,7 @@ print(json.dumps({{'outputs': outputs, 'copies': copies}}))"
 #[test]
 fn an_activation_reaches_every_host_on_the_broker_even_one_that_was_away() {
     let broker = Broker::start();
-    let (ws_a, ws_b) = (workspace(&broker, "host-a"), workspace(&broker, "host-b"));
-    let a = ws_a.start();
-    let b = ws_b.start();
-    a.wait_ready();
-    b.wait_ready();
+    let (_ws_a, ws_b, a, b) = two_hosts(&broker);
     let stamp_of = |host: &Host| {
         let reply = host.post("a", Some("text/plain"), "x");
         assert_eq!(reply.status, 200, "{}", reply.body);
@@ -190,15 +197,8 @@ fn an_activation_reaches_every_host_on_the_broker_even_one_that_was_away() {
 #[test]
 fn hosts_that_join_later_or_lost_their_queue_converge_on_the_last_activation() {
     let broker = Broker::start();
-    let (ws_a, ws_b, ws_c) = (
-        workspace(&broker, "host-a"),
-        workspace(&broker, "host-b"),
-        workspace(&broker, "host-c"),
-    );
-    let a = ws_a.start();
-    let b = ws_b.start();
-    a.wait_ready();
-    b.wait_ready();
+    let (_ws_a, ws_b, a, b) = two_hosts(&broker);
+    let ws_c = workspace(&broker, "host-c");
     let stamp_of = |host: &Host| {
         let reply = host.post("a", Some("text/plain"), "x");
         assert_eq!(reply.status, 200, "{}", reply.body);
@@ -267,11 +267,7 @@ fn hosts_that_join_later_or_lost_their_queue_converge_on_the_last_activation() {
 #[test]
 fn a_host_that_cannot_read_the_retained_activation_at_first_reads_it_again_and_converges() {
     let broker = Broker::start();
-    let (ws_a, ws_b) = (workspace(&broker, "host-a"), workspace(&broker, "host-b"));
-    let a = ws_a.start();
-    let b = ws_b.start();
-    a.wait_ready();
-    b.wait_ready();
+    let (_ws_a, ws_b, a, b) = two_hosts(&broker);
     // Host B away with its control queue gone: only the retained activation can bring it along.
     assert!(b.stop().success());
     broker.ctl(&["delete_queue", "millrace.control.host-b"]);

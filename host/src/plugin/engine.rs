@@ -300,6 +300,18 @@ mod tests {
         Module::new(engine.engine(), wat::parse_str(SPIN).unwrap()).unwrap()
     }
 
+    /// Runs `module`'s `spin` under `deadline`: it must end as an interrupt.
+    fn spin_is_interrupted(engine: &Engine, module: &Module, deadline: Duration) {
+        let mut store = Store::new(engine, ());
+        store.set_epoch_deadline(PluginEngine::ticks(deadline));
+        let instance = wasmtime::Instance::new(&mut store, module, &[]).unwrap();
+        let spin = instance
+            .get_typed_func::<(), ()>(&mut store, "spin")
+            .unwrap();
+        let trap = spin.call(&mut store, ()).unwrap_err();
+        assert_eq!(trap.downcast_ref::<Trap>(), Some(&Trap::Interrupt));
+    }
+
     /// Polls `done` until it holds; fails (rather than hangs) after 20 s.
     fn eventually(what: &str, done: impl Fn() -> bool) {
         let until = Instant::now() + Duration::from_secs(20);
@@ -318,16 +330,7 @@ mod tests {
         let module = Module::new(&engine, wat::parse_str(SPIN).unwrap()).unwrap();
         let weak = engine.weak();
         std::thread::spawn(move || tick(weak, activity));
-        let spin = move |deadline: Duration| {
-            let mut store = Store::new(&engine, ());
-            store.set_epoch_deadline(PluginEngine::ticks(deadline));
-            let instance = wasmtime::Instance::new(&mut store, &module, &[]).unwrap();
-            let spin = instance
-                .get_typed_func::<(), ()>(&mut store, "spin")
-                .unwrap();
-            let trap = spin.call(&mut store, ()).unwrap_err();
-            assert_eq!(trap.downcast_ref::<Trap>(), Some(&Trap::Interrupt));
-        };
+        let spin = move |deadline| spin_is_interrupted(&engine, &module, deadline);
 
         // No guest code for a while: the ticker idles.
         eventually("the ticker idles", || {
@@ -367,14 +370,7 @@ mod tests {
         let again = PluginEngine::new(Some(dir.path())).unwrap();
         let module = compile(&again);
         assert_eq!(again.cache_stats(), Some((1, 0)), "reused");
-        let mut store = Store::new(again.engine(), ());
-        store.set_epoch_deadline(PluginEngine::ticks(Duration::from_millis(5)));
-        let instance = wasmtime::Instance::new(&mut store, &module, &[]).unwrap();
-        let spin = instance
-            .get_typed_func::<(), ()>(&mut store, "spin")
-            .unwrap();
-        let trap = spin.call(&mut store, ()).unwrap_err();
-        assert_eq!(trap.downcast_ref::<Trap>(), Some(&Trap::Interrupt));
+        spin_is_interrupted(again.engine(), &module, Duration::from_millis(5));
 
         // Other settings (here: code compiled without the epoch checks deadlines rely on): the
         // cached code is not taken; it is compiled again for these settings.
