@@ -98,30 +98,31 @@ impl<D: Serialize> CloudEvent<D> {
     fn to_json(&self) -> serde_json::Result<Vec<u8>> {
         let mut out = Vec::with_capacity(512);
         // `specversion` and `datacontenttype` are always "1.0" and "application/json" (`new`).
-        out.extend_from_slice(b"{\"specversion\":\"1.0\",\"id\":");
-        serde_json::to_writer(&mut out, &self.id)?;
-        out.extend_from_slice(b",\"source\":");
-        serde_json::to_writer(&mut out, &self.source)?;
-        out.extend_from_slice(b",\"type\":");
-        serde_json::to_writer(&mut out, &self.ty)?;
-        if let Some(subject) = &self.subject {
-            out.extend_from_slice(b",\"subject\":");
-            serde_json::to_writer(&mut out, subject)?;
-        }
-        if let Some(time) = &self.time {
-            out.extend_from_slice(b",\"time\":");
-            serde_json::to_writer(&mut out, time)?;
-        }
+        out.extend_from_slice(b"{\"specversion\":\"1.0\"");
+        attribute(&mut out, b",\"id\":", Some(&self.id))?;
+        attribute(&mut out, b",\"source\":", Some(&self.source))?;
+        attribute(&mut out, b",\"type\":", Some(&self.ty))?;
+        attribute(&mut out, b",\"subject\":", self.subject.as_ref())?;
+        attribute(&mut out, b",\"time\":", self.time.as_ref())?;
         out.extend_from_slice(b",\"datacontenttype\":\"application/json\"");
-        if let Some(dataschema) = &self.dataschema {
-            out.extend_from_slice(b",\"dataschema\":");
-            serde_json::to_writer(&mut out, dataschema)?;
-        }
-        out.extend_from_slice(b",\"data\":");
-        serde_json::to_writer(&mut out, &self.data)?;
+        attribute(&mut out, b",\"dataschema\":", self.dataschema.as_ref())?;
+        attribute(&mut out, b",\"data\":", Some(&self.data))?;
         out.push(b'}');
         Ok(out)
     }
+}
+
+/// `name` (`,"name":`, a constant) and `value` as JSON, when there is a value.
+fn attribute<T: Serialize>(
+    out: &mut Vec<u8>,
+    name: &[u8],
+    value: Option<&T>,
+) -> serde_json::Result<()> {
+    if let Some(value) = value {
+        out.extend_from_slice(name);
+        serde_json::to_writer(&mut *out, value)?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]
