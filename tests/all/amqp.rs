@@ -208,6 +208,51 @@ print(json.dumps({{'outputs': outputs, 'dead': dead}}))
 }
 
 #[test]
+fn a_delivery_over_the_routes_max_body_is_dead_lettered_unmediated_and_the_next_is_served() {
+    let broker = Broker::start();
+    let ws = workspace(&broker);
+    edit_config(&ws, "sink = \"amqp\"", "max_body_kib = 1\nsink = \"amqp\"");
+    let host = ws.start();
+    host.wait_ready();
+    let good = record("WO-1", "0000001000", "WC01");
+    // 26 good records, 2 KiB: mediated, it would give 26 outputs.
+    let big = vec![good.clone(); 26].join("\n");
+    assert!(big.len() > 1024);
+    let program = format!(
+        r#"
+{CONNECT}for mid, body in [('m-big', {big:?}), ('m-1', {good:?})]:
+    ch.basic_publish('', 'plant-a.mes', body.encode(), pika.BasicProperties(message_id=mid, content_type='text/plain', delivery_mode=2))
+outputs, dead = [], []
+deadline = time.time() + 30
+while (len(outputs) < 1 or len(dead) < 1) and time.time() < deadline:
+    m, p, b = ch.basic_get('out', auto_ack=True)
+    if m: outputs.append(p.message_id)
+    m, p, b = ch.basic_get('millrace.mes.dead-letter', auto_ack=True)
+    if m: dead.append({{'id': p.message_id, 'headers': {{k: (v.decode() if isinstance(v, bytes) else v) for k, v in p.headers.items()}}, 'body': b.decode()}})
+    if not m: time.sleep(0.05)
+print(json.dumps({{'outputs': outputs, 'dead': dead}}))
+"#
+    );
+    let got = broker.client(&program);
+    assert_eq!(got["outputs"], serde_json::json!(["m-1-1"]), "{got}");
+    let dead = got["dead"].as_array().unwrap();
+    assert_eq!(dead.len(), 1, "{got}");
+    assert_eq!(dead[0]["id"], "m-big");
+    assert_eq!(dead[0]["body"], big.as_str(), "the message kept whole");
+    let headers = &dead[0]["headers"];
+    assert_eq!(headers["x-millrace-kind"], "limit", "{got}");
+    assert_eq!(headers["x-millrace-plugin"], "", "no step ran: {got}");
+    let reason = headers["x-millrace-reason"].as_str().unwrap();
+    assert!(
+        reason.contains(&format!("{} bytes", big.len())) && reason.contains("max_body_kib (1 KiB)"),
+        "{reason}"
+    );
+    assert!(host.stop().success());
+    assert_eq!(broker.depth("plant-a.mes"), 0, "both acknowledged");
+    assert_eq!(broker.depth("out"), 0, "no output of the big one");
+}
+
+#[test]
 fn a_host_started_without_its_broker_is_not_ready_then_connects_and_consumes() {
     let mut broker = Broker::start();
     let ws = workspace(&broker);

@@ -472,6 +472,15 @@ impl Verdict {
         }
     }
 
+    /// A delivery the route refuses before any step runs (over its `max_body_kib`).
+    pub fn refused(reason: String) -> Verdict {
+        Verdict {
+            kind: crate::deadletter::Kind::Limit.as_str(),
+            reason,
+            step: None,
+        }
+    }
+
     /// Transient failures until the route's attempts ran out; `last` says the last one.
     pub fn exhausted(attempts: u32, last: String, failure: Option<&Failure>) -> Verdict {
         Verdict {

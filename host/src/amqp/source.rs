@@ -471,8 +471,6 @@ async fn handle_received(
     };
     let dedupe = given_id.as_ref().and(amqp.pipeline.idempotency.as_ref());
     let attempt = header_number(&table, headers::ATTEMPTS).unwrap_or(0) as u32 + 1 + held;
-    let message = message_of(route, &id, properties, &delivery.data);
-    let mut span = delivery_span(route, &message, delivery, attempt);
     let arrived = Arrived {
         message_id: &id,
         body: &delivery.data,
@@ -481,6 +479,34 @@ async fn handle_received(
         routing_key: delivery.routing_key.as_str(),
     };
     tracing::debug!(route = %route.name, message_id = %id, attempt, "delivery received");
+    if delivery.data.len() > route.max_body_bytes {
+        // Never mediated: the route's bound on a message holds whatever the broker carries.
+        let reason = format!(
+            "the message is {} bytes, over the route's max_body_kib ({} KiB)",
+            delivery.data.len(),
+            route.max_body_bytes / 1024
+        );
+        tracing::warn!(route = %route.name, message_id = %id, "dead-lettered to the broker: {reason}");
+        let verdict = Verdict::refused(reason);
+        let result = publisher
+            .dead_letter(route, &arrived, attempt, &verdict)
+            .await
+            .map(|()| {
+                chain::noted_dead_letter(
+                    route,
+                    &id,
+                    &[],
+                    ("broker", None),
+                    verdict.kind,
+                    &verdict.reason,
+                );
+                Outcome::Settled
+            })
+            .map_err(|e| (e.to_string(), e.channel_lost()));
+        return settle_for(session, route, &id, attempt, result);
+    }
+    let message = message_of(route, &id, properties, &delivery.data);
+    let mut span = delivery_span(route, &message, delivery, attempt);
     // Back-pressure: a saturated plant's consumer waits for a slot (its prefetch bounds how
     // many); failures go to the broker's dead-letter queue, not the local store.
     let ask = Ask {
@@ -568,6 +594,19 @@ async fn handle_received(
         }
         span.end();
     }
+    settle_for(session, route, &id, attempt, result)
+}
+
+/// What the consumer does with delivery `id` of `route` whose attempt `attempt` came to
+/// `result` (`Err((why, whether the broker session is gone))`); `Err(wait)`: run it again here
+/// after `wait`.
+fn settle_for(
+    session: &Session,
+    route: &Route,
+    id: &str,
+    attempt: u32,
+    result: Result<Outcome, (String, bool)>,
+) -> Result<Settle, std::time::Duration> {
     match result {
         Ok(Outcome::Hold(wait)) => Err(wait),
         Ok(_) => Ok(Settle::Ack),
