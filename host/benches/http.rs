@@ -26,7 +26,7 @@
 mod common;
 
 use common::host::metric_sum;
-use common::{cpu_seconds, median, record, root, setting, stat_cpu_seconds};
+use common::{cpu_seconds, median, record, root, setting, stat_cpu_seconds, thread_switches};
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -337,31 +337,40 @@ fn main() {
     let mut ratios = vec![Vec::new(); hosts.len()];
     for round in 1..=rounds {
         let plain_cpu_before = plain_cpu_seconds();
+        let plain_switches_before = thread_switches("self", Some(PLAIN_THREADS));
         let plain = load(&native_url, clients, seconds);
         let plain_cpu = plain_cpu_seconds() - plain_cpu_before;
+        let plain_switches = thread_switches("self", Some(PLAIN_THREADS)) - plain_switches_before;
+        let requests = plain.rate * seconds as f64;
         println!(
-            "round {round}: plain hyper {:.0} req/s (p50 {:.0} µs, p99 {:.0} µs, {:.1} µs CPU per request)",
+            "round {round}: plain hyper {:.0} req/s (p50 {:.0} µs, p99 {:.0} µs, {:.1} µs CPU per request, {:.2} thread switches per request)",
             plain.rate,
             plain.p50_us,
             plain.p99_us,
-            plain_cpu * 1e6 / (plain.rate * seconds as f64),
+            plain_cpu * 1e6 / requests,
+            plain_switches as f64 / requests,
         );
         for ((name, host), ratios) in hosts.iter().zip(&mut ratios) {
+            let pid = host.child.id().to_string();
             let cpu_before = cpu_seconds(host.child.id());
+            let switches_before = thread_switches(&pid, None);
             let chains_before = host.chains();
             let ours = load(&host.url, clients, seconds);
             let cpu = cpu_seconds(host.child.id()) - cpu_before;
+            let switches = thread_switches(&pid, None) - switches_before;
             let chains = host.chains();
             let inline_share =
                 (chains.1 - chains_before.1) / (chains.0 - chains_before.0).max(1.0) * 100.0;
             let ratio = ours.rate / plain.rate;
             ratios.push(ratio);
+            let requests = ours.rate * seconds as f64;
             println!(
-                "  {name}: {:.0} req/s (p50 {:.0} µs, p99 {:.0} µs, {:.1} µs CPU per request, {inline_share:.0} % of chains inline); ratio {ratio:.2}",
+                "  {name}: {:.0} req/s (p50 {:.0} µs, p99 {:.0} µs, {:.1} µs CPU per request, {:.2} thread switches per request, {inline_share:.0} % of chains inline); ratio {ratio:.2}",
                 ours.rate,
                 ours.p50_us,
                 ours.p99_us,
-                cpu * 1e6 / (ours.rate * seconds as f64),
+                cpu * 1e6 / requests,
+                switches as f64 / requests,
             );
         }
     }

@@ -91,6 +91,33 @@ pub fn stat_cpu_seconds(stat: &std::path::Path) -> f64 {
     ticks / 100.0
 }
 
+/// Thread switches (voluntary and forced) the threads of process `pid` have made so far, summed
+/// over those whose name is `name` (every thread when `None`): a thread's switches count when it
+/// goes to sleep waiting for something and when the scheduler takes it off its core.
+#[allow(dead_code)] // only the HTTP benchmark reads them
+pub fn thread_switches(pid: &str, name: Option<&str>) -> u64 {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return 0;
+    };
+    tasks
+        .filter_map(Result::ok)
+        .filter(|task| {
+            name.is_none_or(|name| {
+                std::fs::read_to_string(task.path().join("comm"))
+                    .is_ok_and(|comm| comm.trim() == name)
+            })
+        })
+        .filter_map(|task| std::fs::read_to_string(task.path().join("status")).ok())
+        .flat_map(|status| {
+            status
+                .lines()
+                .filter(|l| l.contains("ctxt_switches:"))
+                .filter_map(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+                .collect::<Vec<_>>()
+        })
+        .sum()
+}
+
 pub fn median(mut xs: Vec<f64>) -> f64 {
     xs.sort_by(f64::total_cmp);
     xs[xs.len() / 2]
