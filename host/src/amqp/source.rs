@@ -488,21 +488,8 @@ async fn handle_received(
         );
         tracing::warn!(route = %route.name, message_id = %id, "dead-lettered to the broker: {reason}");
         let verdict = Verdict::refused(reason);
-        let result = publisher
-            .dead_letter(route, &arrived, attempt, &verdict)
-            .await
-            .map(|()| {
-                chain::noted_dead_letter(
-                    route,
-                    &id,
-                    &[],
-                    ("broker", None),
-                    verdict.kind,
-                    &verdict.reason,
-                );
-                Outcome::Settled
-            })
-            .map_err(|e| (e.to_string(), e.channel_lost()));
+        let noted = (verdict.kind, verdict.reason.as_str());
+        let result = dead_letter(publisher, route, &arrived, attempt, &verdict, noted).await;
         return settle_for(session, route, &id, attempt, result);
     }
     let message = message_of(route, &id, properties, &delivery.data);
@@ -561,21 +548,18 @@ async fn handle_received(
         }
         Err(Mediated::Failed { failure, .. }) => {
             tracing::warn!(route = %route.name, message_id = %id, step = failure.step, plugin = %failure.plugin.name, "dead-lettered to the broker: {}", failure.reason());
-            publisher
-                .dead_letter(route, &arrived, attempt, &Verdict::failed(&failure))
-                .await
-                .map(|()| {
-                    chain::noted_dead_letter(
-                        route,
-                        &id,
-                        &[],
-                        ("broker", None),
-                        failure.dead_letter_kind().map_or("failed", |k| k.as_str()),
-                        &failure.reason(),
-                    );
-                    Outcome::Settled
-                })
-                .map_err(|e| (e.to_string(), e.channel_lost()))
+            let kind = failure.dead_letter_kind().map_or("failed", |k| k.as_str());
+            let reason = failure.reason();
+            let verdict = Verdict::failed(&failure);
+            dead_letter(
+                publisher,
+                route,
+                &arrived,
+                attempt,
+                &verdict,
+                (kind, &reason),
+            )
+            .await
         }
     };
     let result = match (result, dedupe, &amqp.settled) {
@@ -629,6 +613,33 @@ fn settle_for(
     }
 }
 
+/// Publish the delivery `arrived` (attempt `attempt`) to the route's dead-letter queue with
+/// `verdict`, noted in its lineage as `(kind, reason)` once the broker confirmed it.
+async fn dead_letter(
+    publisher: &crate::amqp::publisher::AmqpPublisher,
+    route: &Route,
+    arrived: &Arrived<'_>,
+    attempt: u32,
+    verdict: &Verdict,
+    (kind, reason): (&str, &str),
+) -> Result<Outcome, (String, bool)> {
+    publisher
+        .dead_letter(route, arrived, attempt, verdict)
+        .await
+        .map(|()| {
+            chain::noted_dead_letter(
+                route,
+                arrived.message_id,
+                &[],
+                ("broker", None),
+                kind,
+                reason,
+            );
+            Outcome::Settled
+        })
+        .map_err(|e| (e.to_string(), e.channel_lost()))
+}
+
 /// A transient failure of attempt `attempt`: park the delivery for its next wait, or, when the
 /// route's attempts are used up, dead-letter it.
 async fn retry_or_give_up(
@@ -642,26 +653,9 @@ async fn retry_or_give_up(
     if attempt >= route.amqp.max_attempts {
         tracing::warn!(route = %route.name, message_id = %arrived.message_id, attempt, "attempts used up, dead-lettered: {why}");
         let reason = format!("{attempt} attempts failed; the last: {why}");
-        return publisher
-            .dead_letter(
-                route,
-                arrived,
-                attempt,
-                &Verdict::exhausted(attempt, why, failure),
-            )
-            .await
-            .map(|()| {
-                chain::noted_dead_letter(
-                    route,
-                    arrived.message_id,
-                    &[],
-                    ("broker", None),
-                    "attempts-exhausted",
-                    &reason,
-                );
-                Outcome::Settled
-            })
-            .map_err(|e| (e.to_string(), e.channel_lost()));
+        let verdict = Verdict::exhausted(attempt, why, failure);
+        let noted = ("attempts-exhausted", reason.as_str());
+        return dead_letter(publisher, route, arrived, attempt, &verdict, noted).await;
     }
     let delay = route.amqp.retry_delay_after(attempt);
     tracing::info!(route = %route.name, message_id = %arrived.message_id, attempt, retry_in_ms = delay.as_millis() as u64, "transient failure, retrying later: {why}");
