@@ -58,6 +58,15 @@ fn assert_mediated(broker: &Broker, id: &str) {
     assert_eq!(got["ids"], serde_json::json!([format!("{id}-1")]), "{got}");
 }
 
+/// `(id, body)` pairs as the items of a Python list literal.
+fn python_pairs(messages: &[(impl AsRef<str>, impl AsRef<str>)]) -> String {
+    messages
+        .iter()
+        .map(|(id, body)| format!("({:?}, {:?})", id.as_ref(), body.as_ref()))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// pika: publish `messages` (id, body) to the route's queue, then take outputs from `out` and
 /// dead letters from the route's dead-letter queue until there are `outputs` and `dead` of them
 /// (30 s at most): `{"outputs": [{key, id, type, mode, headers (null when none), event}],
@@ -68,11 +77,7 @@ fn publish_and_collect(
     outputs: usize,
     dead: usize,
 ) -> serde_json::Value {
-    let list = messages
-        .iter()
-        .map(|(id, body)| format!("({id:?}, {body:?})"))
-        .collect::<Vec<_>>()
-        .join(", ");
+    let list = python_pairs(messages);
     broker.client(&format!(
         r#"
 {CONNECT}def text(headers):
@@ -962,11 +967,7 @@ print(json.dumps(got))
 /// pika: declare `out` (bound to the route's exchange) and the queue `plant-a.act`, then publish
 /// each `(id, body)` persistently with confirms.
 fn publish_to_act(broker: &Broker, messages: &[(String, String)]) {
-    let list = messages
-        .iter()
-        .map(|(id, body)| format!("({id:?}, {body:?})"))
-        .collect::<Vec<_>>()
-        .join(", ");
+    let list = python_pairs(messages);
     broker.client(&format!(
         r#"
 {CONNECT}try:
