@@ -72,6 +72,17 @@ macro_rules! base_of {
 }
 
 impl Route {
+    /// Why a message of `len` bytes is refused, when it is over the route's `max_body_kib` (a
+    /// source with no caller to answer dead-letters it with this reason).
+    pub fn over_max_body(&self, len: usize) -> Option<String> {
+        (len > self.max_body_bytes).then(|| {
+            format!(
+                "the message is {len} bytes, over the route's max_body_kib ({} KiB)",
+                self.max_body_bytes / 1024
+            )
+        })
+    }
+
     /// The chain this version of the route runs: `name@version+digest` of each step, comma
     /// separated. Outputs and dead letters carry it (`millrace-lineage`).
     pub fn lineage(&self) -> &str {

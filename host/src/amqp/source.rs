@@ -479,13 +479,8 @@ async fn handle_received(
         routing_key: delivery.routing_key.as_str(),
     };
     tracing::debug!(route = %route.name, message_id = %id, attempt, "delivery received");
-    if delivery.data.len() > route.max_body_bytes {
+    if let Some(reason) = route.over_max_body(delivery.data.len()) {
         // Never mediated: the route's bound on a message holds whatever the broker carries.
-        let reason = format!(
-            "the message is {} bytes, over the route's max_body_kib ({} KiB)",
-            delivery.data.len(),
-            route.max_body_bytes / 1024
-        );
         tracing::warn!(route = %route.name, message_id = %id, "dead-lettered to the broker: {reason}");
         let verdict = Verdict::refused(reason);
         let noted = (verdict.kind, verdict.reason.as_str());

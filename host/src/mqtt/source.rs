@@ -294,13 +294,8 @@ async fn handle(mqtt: Arc<super::Mqtt>, next: InHand) {
             span.end();
         }
     };
-    if message.body.len() > route.max_body_bytes {
+    if let Some(reason) = route.over_max_body(message.body.len()) {
         // No caller to refuse it to: kept as a dead letter (bounded by the packet size).
-        let reason = format!(
-            "the message is {} bytes, over the route's max_body_kib ({} KiB)",
-            message.body.len(),
-            route.max_body_bytes / 1024
-        );
         match chain::dead_letter_refused(&pipeline.deadletters, &route, &message, reason) {
             Ok(_) => {
                 route.meters.latency.since(arrived_at);
