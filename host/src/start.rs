@@ -107,7 +107,7 @@ impl Host {
                 config.amqp_tls.clone(),
                 config.amqp_declare,
                 config.amqp_queues,
-                config.amqp_output_headers,
+                config.amqp_publishing,
             )))
         } else {
             None

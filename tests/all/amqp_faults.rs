@@ -392,3 +392,158 @@ fn host_killed_mid_stream_loses_nothing_and_repeats_only_deliveries_in_hand() {
         PREFETCH,
     );
 }
+
+/// A TCP proxy in front of a broker that relays the broker's frames one by one and, on the first
+/// connection it takes, drops every `basic.ack` the broker sends (the confirms of publishes):
+/// the connection stays alive (heartbeats, deliveries and every other answer pass), a publish
+/// is never confirmed. Later connections pass whole.
+struct ConfirmEater {
+    port: u16,
+    connections: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    eaten: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl ConfirmEater {
+    fn start(upstream: u16) -> ConfirmEater {
+        use std::sync::Arc;
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("a free port");
+        let port = listener.local_addr().unwrap().port();
+        let connections = Arc::new(AtomicUsize::new(0));
+        let eaten = Arc::new(AtomicUsize::new(0));
+        let (counted, eats) = (Arc::clone(&connections), Arc::clone(&eaten));
+        std::thread::spawn(move || {
+            for client in listener.incoming().map_while(Result::ok) {
+                let Ok(server) = std::net::TcpStream::connect(("127.0.0.1", upstream)) else {
+                    continue;
+                };
+                let first = counted.fetch_add(1, Ordering::SeqCst) == 0;
+                let (mut up_from, mut up_to) =
+                    (client.try_clone().unwrap(), server.try_clone().unwrap());
+                std::thread::spawn(move || {
+                    let _ = std::io::copy(&mut up_from, &mut up_to);
+                    let _ = up_to.shutdown(std::net::Shutdown::Both);
+                });
+                let eats = Arc::clone(&eats);
+                std::thread::spawn(move || relay_frames(server, client, first, &eats));
+            }
+        });
+        ConfirmEater {
+            port,
+            connections,
+            eaten,
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("amqp://guest:guest@127.0.0.1:{}/%2f", self.port)
+    }
+}
+
+/// Relay AMQP frames (type, channel, size, payload, frame end) from the broker to the client,
+/// leaving out `basic.ack` (class 60, method 80) when `eat_confirms`.
+fn relay_frames(
+    mut from: std::net::TcpStream,
+    mut to: std::net::TcpStream,
+    eat_confirms: bool,
+    eaten: &std::sync::atomic::AtomicUsize,
+) {
+    use std::io::{Read, Write};
+    loop {
+        let mut head = [0u8; 7];
+        if from.read_exact(&mut head).is_err() {
+            break;
+        }
+        let size = u32::from_be_bytes([head[3], head[4], head[5], head[6]]) as usize;
+        let mut rest = vec![0u8; size + 1];
+        if from.read_exact(&mut rest).is_err() {
+            break;
+        }
+        let confirm = head[0] == 1 && size >= 4 && rest[..4] == [0, 60, 0, 80];
+        if eat_confirms && confirm {
+            eaten.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            continue;
+        }
+        if to
+            .write_all(&head)
+            .and_then(|()| to.write_all(&rest))
+            .is_err()
+        {
+            break;
+        }
+    }
+    let _ = to.shutdown(std::net::Shutdown::Both);
+}
+
+/// A broker that keeps the connection alive and never confirms a publish (RabbitMQ's
+/// quorum-queue client before 4.1.5 could lose an enqueue when the link to the leader's node
+/// broke and hold the channel's later ones behind it):
+/// past `host.amqp_confirm_timeout_s` the host gives the session up and connects again, the
+/// deliveries in hand come again, and every input has its output. Without the bound the
+/// deliveries in hand wait for ever and the stream stops at the prefetch.
+#[test]
+fn confirms_that_never_come_give_the_session_up_and_lose_nothing() {
+    use std::sync::atomic::Ordering;
+    const INPUTS: usize = 500;
+    const IN_HAND: usize = 32;
+    let broker = Broker::start();
+    publish_inputs(&broker.url(), INPUTS, &FieldTable::default());
+    let eater = ConfirmEater::start(broker.port);
+    let ws = mes_stream_workspace(
+        &format!("amqp = {:?}\namqp_confirm_timeout_s = 2", eater.url()),
+        IN_HAND,
+    );
+    let mut host = ws.start();
+    host.wait_ready();
+    let mut ids = Vec::new();
+    let mut distinct = HashSet::new();
+    // A guard against a stalled stream, not a timing assertion.
+    let deadline = std::time::Instant::now() + GUARD;
+    while distinct.len() < INPUTS && std::time::Instant::now() < deadline {
+        for id in read_outputs(&broker.url()) {
+            distinct.insert(id.clone());
+            ids.push(id);
+        }
+    }
+    assert!(host.stop_in_place().success(), "SIGTERM exits 0");
+    let log = host.drain_log();
+    let missing: Vec<String> = (0..INPUTS)
+        .map(|i| format!("m-{i}-1"))
+        .filter(|id| !distinct.contains(id))
+        .take(5)
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "outputs missing, e.g. {missing:?} ({} of {INPUTS} there); {} confirms eaten on {} connection(s)",
+        distinct.len(),
+        eater.eaten.load(Ordering::SeqCst),
+        eater.connections.load(Ordering::SeqCst)
+    );
+    assert!(
+        eater.eaten.load(Ordering::SeqCst) > 0,
+        "the first connection published"
+    );
+    assert!(
+        eater.connections.load(Ordering::SeqCst) >= 2,
+        "the host connected again"
+    );
+    assert!(
+        log.iter()
+            .any(|l| l.contains("did not confirm a publish within 2 s")),
+        "the warning names the bound:\n{}",
+        log.join("\n")
+    );
+    // What the first connection published was routed (only its confirms were lost): those
+    // outputs come again with the same ids, at most the deliveries it held.
+    let copies = ids.len() - distinct.len();
+    assert!(
+        copies <= IN_HAND,
+        "{copies} copies, more than the {IN_HAND} deliveries in hand"
+    );
+    assert_eq!(ready(&broker.url(), "plant-a.mes"), 0, "inputs all taken");
+    assert_eq!(
+        ready(&broker.url(), "millrace.mes.dead-letter"),
+        0,
+        "no dead letters"
+    );
+}

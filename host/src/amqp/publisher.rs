@@ -18,6 +18,14 @@
 //! with it that may carry another's return, so then no message of the batch counts as
 //! delivered. Either way: a copy later, never a loss. Only a batch judged by all its confirms
 //! gives its channel back to the pool.
+//!
+//! A confirm is waited for at most `host.amqp_confirm_timeout_s` (while the broker is not
+//! blocking the connection: under its flow control waiting is right). A broker can keep a live
+//! connection and never confirm (RabbitMQ's quorum-queue client before 4.1.5 could lose an
+//! enqueue sent while the link to the leader's node broke, and hold the channel's later ones
+//! behind it); past the bound the batch's messages count
+//! as not published, with a broker error, so the session is rebuilt and the deliveries in hand
+//! come again: a copy, never a loss, and never a delivery held for ever.
 
 use crate::pipeline::chain::Failure;
 use crate::plugin::PluginId;
@@ -27,6 +35,7 @@ use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::{BasicProperties, Channel, Connection};
 use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
 
 /// Why outputs did not reach the broker; every cause is worth a redelivery.
 #[derive(Debug, thiserror::Error)]
@@ -209,20 +218,30 @@ pub const CHANNELS: usize = 32;
 /// starts the next batch, and a publish of more than this many has a batch of its own.
 const BATCH_MESSAGES: usize = 256;
 
-/// The publisher of one broker connection, shared by every route that publishes.
-#[derive(Clone)]
-pub struct AmqpPublisher {
-    channels: Arc<Channels>,
+/// How a publisher publishes.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Publishing {
     /// Whether outputs carry `millrace-plant`, `millrace-route` and `millrace-lineage`
     /// (`host.amqp_output_headers`). Without them (and no trace context to carry) an output has
     /// no header table, which RabbitMQ handles for markedly less CPU per message
     /// (docs/performance.md).
+    pub output_headers: bool,
+    /// How long the broker may take to confirm a publish while it is not blocking the
+    /// connection (`host.amqp_confirm_timeout_s`).
+    pub confirm_timeout: Duration,
+}
+
+/// The publisher of one broker connection, shared by every route that publishes.
+#[derive(Clone)]
+pub struct AmqpPublisher {
+    channels: Arc<Channels>,
     output_headers: bool,
 }
 
 /// Confirm-mode channels of one connection, each carrying one batch at a time.
 struct Channels {
     connection: Weak<Connection>,
+    confirm_timeout: Duration,
     idle: Mutex<Vec<Channel>>,
     slots: Arc<tokio::sync::Semaphore>,
     /// The batch publishes join while it is open.
@@ -387,6 +406,40 @@ impl Channels {
         }
     }
 
+    /// The broker's answer to one publish, waited for until `deadline`, which moves on while
+    /// the broker blocks the connection (flow control). Past it: an error, which drops the
+    /// channel and the session.
+    async fn answer(
+        &self,
+        confirm: lapin::PublisherConfirm,
+        deadline: &mut tokio::time::Instant,
+    ) -> Result<lapin::Confirmation, lapin::Error> {
+        let mut confirm = std::pin::pin!(confirm);
+        loop {
+            // The answer is taken if it is there, even past the deadline.
+            match tokio::time::timeout_at(*deadline, confirm.as_mut()).await {
+                Ok(answer) => return answer,
+                Err(_) if self.blocked() => *deadline += self.confirm_timeout,
+                Err(_) => {
+                    return Err(lapin::Error::from(std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        format!(
+                            "the broker did not confirm a publish within {} s (host.amqp_confirm_timeout_s)",
+                            self.confirm_timeout.as_secs()
+                        ),
+                    )));
+                }
+            }
+        }
+    }
+
+    /// Whether the broker is blocking the connection (a memory or disk alarm).
+    fn blocked(&self) -> bool {
+        self.connection
+            .upgrade()
+            .is_some_and(|c| c.status().blocked())
+    }
+
     /// Wait for every confirm of `batch` and tell each publish its fate. The batch closes when
     /// the first confirm handed over came: publishes made meanwhile share its round trip.
     async fn collect(
@@ -398,10 +451,13 @@ impl Channels {
         let mut members = Vec::new();
         let mut answers: Vec<Vec<_>> = Vec::new();
         let mut open = true;
+        let mut deadline = None;
         while let Some(mut member) = joined.recv().await {
+            let deadline =
+                deadline.get_or_insert_with(|| tokio::time::Instant::now() + self.confirm_timeout);
             let mut answered = Vec::with_capacity(member.confirms.len());
             for confirm in std::mem::take(&mut member.confirms) {
-                answered.push(confirm.await);
+                answered.push(self.answer(confirm, deadline).await);
                 // The first confirm came: publishes from now on start the next batch.
                 if open {
                     self.close(&batch, &mut batch.join());
@@ -561,10 +617,11 @@ impl AmqpPublisher {
     /// channels fails here, not at the first publish).
     pub async fn open(
         connection: &Arc<Connection>,
-        output_headers: bool,
+        publishing: Publishing,
     ) -> Result<AmqpPublisher, lapin::Error> {
         let channels = Arc::new(Channels {
             connection: Arc::downgrade(connection),
+            confirm_timeout: publishing.confirm_timeout,
             idle: Mutex::new(Vec::new()),
             slots: Arc::new(tokio::sync::Semaphore::new(CHANNELS)),
             open: Mutex::new(None),
@@ -572,7 +629,7 @@ impl AmqpPublisher {
         channels.take().await?.clean();
         Ok(AmqpPublisher {
             channels,
-            output_headers,
+            output_headers: publishing.output_headers,
         })
     }
 

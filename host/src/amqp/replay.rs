@@ -40,10 +40,9 @@ pub fn replay(
         let connection = std::sync::Arc::new(connection);
         let url = &config.amqp[at];
         let broker = |e: lapin::Error| format!("broker {}: {e}", super::session::redact(url));
-        let publisher =
-            super::publisher::AmqpPublisher::open(&connection, config.amqp_output_headers)
-                .await
-                .map_err(broker)?;
+        let publisher = super::publisher::AmqpPublisher::open(&connection, config.amqp_publishing)
+            .await
+            .map_err(broker)?;
         let channel = connection.create_channel().await.map_err(broker)?;
         let queue = route.amqp.dead_letter.as_str();
         let mut taken = Vec::new();

@@ -264,8 +264,8 @@ pub struct BrokerLink {
     tls: AmqpTls,
     declare: bool,
     queues: super::config::Queues,
-    /// Whether outputs carry the `millrace-*` headers (`host.amqp_output_headers`).
-    output_headers: bool,
+    /// What outputs carry and how long a confirm may take.
+    publishing: super::publisher::Publishing,
     state: watch::Sender<Link>,
     /// Bumped by [`BrokerLink::restart`]: a session set up from routes read before a bump is
     /// not used.
@@ -280,7 +280,7 @@ impl BrokerLink {
         tls: AmqpTls,
         declare: bool,
         queues: super::config::Queues,
-        output_headers: bool,
+        publishing: super::publisher::Publishing,
     ) -> BrokerLink {
         let (state, _) = watch::channel(Link::Down {
             reason: "not connected yet".into(),
@@ -292,7 +292,7 @@ impl BrokerLink {
             tls,
             declare,
             queues,
-            output_headers,
+            publishing,
             state,
             generation: std::sync::atomic::AtomicU64::new(0),
             attempts: Attempts::default(),
@@ -393,7 +393,7 @@ impl BrokerLink {
         routes: &Routes,
     ) -> Result<(Session, mpsc::UnboundedReceiver<String>), lapin::Error> {
         let connection = Arc::new(connection);
-        let publisher = AmqpPublisher::open(&connection, self.output_headers).await?;
+        let publisher = AmqpPublisher::open(&connection, self.publishing).await?;
         if self.declare {
             let mut declarer = super::topology::Declarer::open(&connection, self.queues).await?;
             for route in routes.all().iter().filter(|r| r.uses_broker()) {

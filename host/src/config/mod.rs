@@ -64,6 +64,7 @@ struct HostSection {
     amqp_queues: Option<crate::amqp::config::QueueKind>,
     amqp_delivery_limit: Option<u32>,
     amqp_output_headers: Option<bool>,
+    amqp_confirm_timeout_s: Option<u32>,
     instance_pool: Option<u32>,
     mqtt: Option<Spanned<String>>,
     mqtt_client_id: Option<String>,
@@ -301,9 +302,9 @@ pub struct Config {
     pub amqp: Vec<String>,
     /// The type of queue the host declares and the delivery limit of its source queues.
     pub amqp_queues: crate::amqp::config::Queues,
-    /// Whether outputs published to the broker carry the `millrace-plant`, `millrace-route` and
-    /// `millrace-lineage` headers (`host.amqp_output_headers`, default true).
-    pub amqp_output_headers: bool,
+    /// What outputs published to the broker carry (`host.amqp_output_headers`, default true)
+    /// and how long a confirm may take (`host.amqp_confirm_timeout_s`, default 60).
+    pub amqp_publishing: crate::amqp::publisher::Publishing,
     /// Instances made from a pool of this many slots (`host.instance_pool`); none: on demand.
     pub instance_pool: Option<u32>,
     /// Whether the host declares the broker topology its routes use (`host.amqp_declare`,
@@ -450,7 +451,11 @@ impl Config {
             ("host.amqp_queues", format!("{:?}", self.amqp_queues)),
             (
                 "host.amqp_output_headers",
-                self.amqp_output_headers.to_string(),
+                self.amqp_publishing.output_headers.to_string(),
+            ),
+            (
+                "host.amqp_confirm_timeout_s",
+                self.amqp_publishing.confirm_timeout.as_secs().to_string(),
             ),
             ("host.instance_pool", format!("{:?}", self.pool())),
             (
@@ -651,7 +656,12 @@ impl Config {
                 .unwrap_or_default(),
             amqp_declare: file.host.amqp_declare.unwrap_or(true),
             instance_pool: file.host.instance_pool.filter(|n| *n > 0),
-            amqp_output_headers: file.host.amqp_output_headers.unwrap_or(true),
+            amqp_publishing: crate::amqp::publisher::Publishing {
+                output_headers: file.host.amqp_output_headers.unwrap_or(true),
+                confirm_timeout: std::time::Duration::from_secs(u64::from(
+                    file.host.amqp_confirm_timeout_s.unwrap_or(60).max(1),
+                )),
+            },
             amqp_queues: crate::amqp::config::Queues {
                 kind: file
                     .host
