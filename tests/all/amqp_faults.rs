@@ -547,3 +547,54 @@ fn confirms_that_never_come_give_the_session_up_and_lose_nothing() {
         "no dead letters"
     );
 }
+
+/// A broker under a memory alarm blocks the connection's publishes (`connection.blocked`): that
+/// is flow control, not a broker failing, so the confirm timeout does not run meanwhile. With
+/// the bound at 2 s and the broker blocking for several times that, the host keeps its session
+/// (no copies, no warning of a missing confirm) and every input has its output once the alarm
+/// clears.
+#[test]
+fn a_broker_blocking_publishes_for_longer_than_the_confirm_timeout_is_waited_for() {
+    const INPUTS: usize = 200;
+    let broker = Broker::start();
+    publish_inputs(&broker.url(), INPUTS, &FieldTable::default());
+    broker.ctl(&["set_vm_memory_high_watermark", "0"]);
+    let ws = mes_stream_workspace(
+        &format!("amqp = {:?}\namqp_confirm_timeout_s = 2", broker.url()),
+        32,
+    );
+    let mut host = ws.start();
+    host.wait_ready();
+    host.wait_for_log("the broker blocks this connection's publishes");
+    // Blocked for several times the bound before the alarm clears.
+    std::thread::sleep(Duration::from_secs(8));
+    broker.ctl(&["set_vm_memory_high_watermark", "0.4"]);
+    let mut ids = Vec::new();
+    let mut distinct = HashSet::new();
+    // A guard against a stalled stream, not a timing assertion.
+    let deadline = std::time::Instant::now() + GUARD;
+    while distinct.len() < INPUTS && std::time::Instant::now() < deadline {
+        for id in read_outputs(&broker.url()) {
+            distinct.insert(id.clone());
+            ids.push(id);
+        }
+    }
+    assert!(host.stop_in_place().success(), "SIGTERM exits 0");
+    let log = host.drain_log();
+    let said = log.join("\n");
+    assert_eq!(
+        distinct.len(),
+        INPUTS,
+        "every input has its output:\n{said}"
+    );
+    assert_eq!(
+        ids.len(),
+        INPUTS,
+        "no copies: the session was kept:\n{said}"
+    );
+    assert!(
+        !said.contains("did not confirm a publish"),
+        "no confirm timed out while blocked:\n{said}"
+    );
+    assert_eq!(ready(&broker.url(), "plant-a.mes"), 0, "inputs all taken");
+}

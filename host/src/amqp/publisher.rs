@@ -407,19 +407,24 @@ impl Channels {
     }
 
     /// The broker's answer to one publish, waited for until `deadline`, which moves on while
-    /// the broker blocks the connection (flow control). Past it: an error, which drops the
-    /// channel and the session.
+    /// the broker blocks the connection (flow control), and once more after it stopped
+    /// blocking (the answers held meanwhile are on their way). Past it: an error, which drops
+    /// the channel and the session.
     async fn answer(
         &self,
         confirm: lapin::PublisherConfirm,
         deadline: &mut tokio::time::Instant,
     ) -> Result<lapin::Confirmation, lapin::Error> {
         let mut confirm = std::pin::pin!(confirm);
+        let mut was_blocked = false;
         loop {
             // The answer is taken if it is there, even past the deadline.
             match tokio::time::timeout_at(*deadline, confirm.as_mut()).await {
                 Ok(answer) => return answer,
-                Err(_) if self.blocked() => *deadline += self.confirm_timeout,
+                Err(_) if self.blocked() || was_blocked => {
+                    was_blocked = self.blocked();
+                    *deadline = tokio::time::Instant::now() + self.confirm_timeout;
+                }
                 Err(_) => {
                     return Err(lapin::Error::from(std::io::Error::new(
                         std::io::ErrorKind::TimedOut,

@@ -415,6 +415,14 @@ impl BrokerLink {
                     lapin::Event::Error(e) => {
                         let _ = on_error.send(format!("connection error: {e}"));
                     }
+                    // Flow control (a memory or disk alarm): publishes wait, unconfirmed, and
+                    // the confirm timeout does not run meanwhile.
+                    lapin::Event::ConnectionBlocked(reason) => {
+                        tracing::warn!(%reason, "the broker blocks this connection's publishes; they wait");
+                    }
+                    lapin::Event::ConnectionUnblocked => {
+                        tracing::info!("the broker no longer blocks this connection's publishes");
+                    }
                     _ => {}
                 }
             }
