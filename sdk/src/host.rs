@@ -92,7 +92,14 @@ impl Host for WasmHost {
     }
 
     fn lookup(&self, table: &str, key: &str) -> Result<Option<String>, LookupError> {
-        crate::bindings::millrace::mediation::lookup::get(table, key)
+        if let Some(value) = found::get(table, key) {
+            return Ok(Some(value));
+        }
+        let answer = crate::bindings::millrace::mediation::lookup::get(table, key)?;
+        if let Some(value) = &answer {
+            found::keep(table, key, value);
+        }
+        Ok(answer)
     }
 
     fn state_get(&self, key: &str) -> Result<Option<String>, StateError> {
@@ -105,5 +112,58 @@ impl Host for WasmHost {
 
     fn state_delete(&self, key: &str) -> Result<bool, StateError> {
         crate::bindings::millrace::mediation::state::delete(key)
+    }
+}
+
+/// The values this instance found in the plant's tables. A table does not change during the life
+/// of an instance (the host gives a step with other tables new instances: `wit/`, `lookup`), so
+/// a value found once is that key's value for good, and a repeat costs no call to the host. Only
+/// values found are kept — keys the operator's tables hold, not whatever a message names — at
+/// most `MAX_ENTRIES` and `MAX_BYTES` of them; past either it starts over.
+#[cfg(target_arch = "wasm32")]
+mod found {
+    use std::cell::RefCell;
+    use std::collections::BTreeMap;
+
+    pub const MAX_ENTRIES: usize = 4096;
+    pub const MAX_BYTES: usize = 1 << 20;
+
+    #[derive(Default)]
+    struct Found {
+        tables: BTreeMap<String, BTreeMap<String, String>>,
+        entries: usize,
+        bytes: usize,
+    }
+
+    thread_local! {
+        static FOUND: RefCell<Found> = RefCell::default();
+    }
+
+    pub fn get(table: &str, key: &str) -> Option<String> {
+        FOUND.with(|found| {
+            found
+                .borrow()
+                .tables
+                .get(table)
+                .and_then(|rows| rows.get(key))
+                .cloned()
+        })
+    }
+
+    pub fn keep(table: &str, key: &str, value: &str) {
+        FOUND.with(|found| {
+            let mut found = found.borrow_mut();
+            let bytes = table.len() + key.len() + value.len();
+            if found.entries >= MAX_ENTRIES || found.bytes + bytes > MAX_BYTES {
+                *found = Found::default();
+            }
+            found
+                .tables
+                .entry(table.to_string())
+                .or_default()
+                .insert(key.to_string(), value.to_string());
+            found.entries += 1;
+            found.bytes += bytes;
+        });
     }
 }
