@@ -406,33 +406,38 @@ impl Channels {
         }
     }
 
-    /// The broker's answer to one publish, waited for until `deadline`, which moves on while
-    /// the broker blocks the connection (flow control), and once more after it stopped
-    /// blocking (the answers held meanwhile are on their way). Past it: an error, which drops
-    /// the channel and the session.
+    /// The broker's answer to one publish, waited for until `clock` rings; the clock is put
+    /// forward while the broker blocks the connection (flow control), and once more after it
+    /// stopped blocking (the answers held meanwhile are on their way). Past it: an error, which
+    /// drops the channel and the session. One clock serves a whole batch: set once, not per
+    /// message.
     async fn answer(
         &self,
         confirm: lapin::PublisherConfirm,
-        deadline: &mut tokio::time::Instant,
+        mut clock: std::pin::Pin<&mut tokio::time::Sleep>,
     ) -> Result<lapin::Confirmation, lapin::Error> {
         let mut confirm = std::pin::pin!(confirm);
         let mut was_blocked = false;
         loop {
-            // The answer is taken if it is there, even past the deadline.
-            match tokio::time::timeout_at(*deadline, confirm.as_mut()).await {
-                Ok(answer) => return answer,
-                Err(_) if self.blocked() || was_blocked => {
-                    was_blocked = self.blocked();
-                    *deadline = tokio::time::Instant::now() + self.confirm_timeout;
-                }
-                Err(_) => {
-                    return Err(lapin::Error::from(std::io::Error::new(
-                        std::io::ErrorKind::TimedOut,
-                        format!(
-                            "the broker did not confirm a publish within {} s (host.amqp_confirm_timeout_s)",
-                            self.confirm_timeout.as_secs()
-                        ),
-                    )));
+            tokio::select! {
+                // The answer is taken if it is there, even once the clock rang.
+                biased;
+                answer = confirm.as_mut() => return answer,
+                () = clock.as_mut() => {
+                    if self.blocked() || was_blocked {
+                        was_blocked = self.blocked();
+                        clock
+                            .as_mut()
+                            .reset(tokio::time::Instant::now() + self.confirm_timeout);
+                    } else {
+                        return Err(lapin::Error::from(std::io::Error::new(
+                            std::io::ErrorKind::TimedOut,
+                            format!(
+                                "the broker did not confirm a publish within {} s (host.amqp_confirm_timeout_s)",
+                                self.confirm_timeout.as_secs()
+                            ),
+                        )));
+                    }
                 }
             }
         }
@@ -456,13 +461,14 @@ impl Channels {
         let mut members = Vec::new();
         let mut answers: Vec<Vec<_>> = Vec::new();
         let mut open = true;
-        let mut deadline = None;
+        // Set when the first publish is handed over: the batch's bound runs from there.
+        let mut clock = None;
         while let Some(mut member) = joined.recv().await {
-            let deadline =
-                deadline.get_or_insert_with(|| tokio::time::Instant::now() + self.confirm_timeout);
+            let clock =
+                clock.get_or_insert_with(|| Box::pin(tokio::time::sleep(self.confirm_timeout)));
             let mut answered = Vec::with_capacity(member.confirms.len());
             for confirm in std::mem::take(&mut member.confirms) {
-                answered.push(self.answer(confirm, deadline).await);
+                answered.push(self.answer(confirm, clock.as_mut()).await);
                 // The first confirm came: publishes from now on start the next batch.
                 if open {
                     self.close(&batch, &mut batch.join());
