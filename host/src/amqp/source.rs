@@ -25,8 +25,8 @@ use crate::amqp::publisher::{Arrived, Verdict, header_number, headers};
 use crate::amqp::session::{Ready, Session};
 use crate::config::Source;
 use crate::pipeline::chain;
-use crate::pipeline::sinks::DeliveryError;
 use crate::pipeline::sinks::Via;
+use crate::pipeline::sinks::{Delivered, DeliveryError};
 use crate::pipeline::{Ask, Mediated, OnFailure, WhenBusy};
 use crate::plugin::StepFailure;
 use crate::plugin::bindings::types::Message;
@@ -518,7 +518,17 @@ async fn handle_received(
                 .deliver(route, &id, outputs, Via::Direct)
                 .await;
             match delivered {
-                Ok(_) => Ok(Outcome::Settled),
+                Ok(delivered) => {
+                    // What the sink took (for a broker sink: outputs it judged confirmed and
+                    // routed); a lost output's failure in the crash tests names it.
+                    let outputs = match &delivered {
+                        Delivered::Published(n) | Delivered::Webhook(n) => *n,
+                        Delivered::Held { accepted, .. } => *accepted,
+                        Delivered::Reply(outputs) => outputs.len(),
+                    };
+                    tracing::debug!(route = %route.name, message_id = %id, outputs, "delivered");
+                    Ok(Outcome::Settled)
+                }
                 Err(DeliveryError::SessionLost(e)) => Err((e, true)),
                 Err(e) => {
                     retry_or_give_up(publisher, route, &arrived, attempt, e.to_string(), None).await
