@@ -177,6 +177,23 @@ pub fn wait_for_outputs(url: &str, n: u32) {
     panic!("fewer than {n} outputs after 10 minutes");
 }
 
+/// Read the output ids off `out` as they come until `n` distinct ones are there, or `guard`
+/// passed (a guard against a stalled stream, not a timing assertion): every id read, copies
+/// included, and the distinct ones. Copies make the queue's depth overshoot, so depth alone
+/// cannot say when the stream is done.
+fn read_until(url: &str, n: usize, guard: Duration) -> (Vec<String>, HashSet<String>) {
+    let mut ids = Vec::new();
+    let mut distinct = HashSet::new();
+    let deadline = std::time::Instant::now() + guard;
+    while distinct.len() < n && std::time::Instant::now() < deadline {
+        for id in read_outputs(url) {
+            distinct.insert(id.clone());
+            ids.push(id);
+        }
+    }
+    (ids, distinct)
+}
+
 /// Read every output id off `out` (until it has been quiet for 2 s). Each read is acknowledged
 /// (several at once) only once recorded: a delivery still on its way when the reader closes
 /// goes back to the queue, never lost on the reader's side.
@@ -241,18 +258,7 @@ pub fn assert_each_input_once(
     what: &str,
     bound: usize,
 ) -> usize {
-    // Read outputs as they come until every input's is there (copies make the queue's depth
-    // overshoot, so depth alone cannot say when the stream is done).
-    let mut ids = Vec::new();
-    let mut distinct = HashSet::new();
-    // A guard against a stalled stream, not a timing assertion.
-    let deadline = std::time::Instant::now() + Duration::from_secs(600);
-    while distinct.len() < MESSAGES && std::time::Instant::now() < deadline {
-        for id in read_outputs(url) {
-            distinct.insert(id.clone());
-            ids.push(id);
-        }
-    }
+    let (mut ids, mut distinct) = read_until(url, MESSAGES, Duration::from_secs(600));
     // Stopped, the hosts publish nothing more and hold no delivery: what they never
     // acknowledged is back in the source queue, and late copies are in `out`.
     let killed_count = killed.len();
@@ -495,16 +501,7 @@ fn confirms_that_never_come_give_the_session_up_and_lose_nothing() {
     );
     let mut host = ws.start();
     host.wait_ready();
-    let mut ids = Vec::new();
-    let mut distinct = HashSet::new();
-    // A guard against a stalled stream, not a timing assertion.
-    let deadline = std::time::Instant::now() + GUARD;
-    while distinct.len() < INPUTS && std::time::Instant::now() < deadline {
-        for id in read_outputs(&broker.url()) {
-            distinct.insert(id.clone());
-            ids.push(id);
-        }
-    }
+    let (ids, distinct) = read_until(&broker.url(), INPUTS, GUARD);
     assert!(host.stop_in_place().success(), "SIGTERM exits 0");
     let log = host.drain_log();
     let missing: Vec<String> = (0..INPUTS)
@@ -569,16 +566,7 @@ fn a_broker_blocking_publishes_for_longer_than_the_confirm_timeout_is_waited_for
     // Blocked for several times the bound before the alarm clears.
     std::thread::sleep(Duration::from_secs(8));
     broker.ctl(&["set_vm_memory_high_watermark", "0.4"]);
-    let mut ids = Vec::new();
-    let mut distinct = HashSet::new();
-    // A guard against a stalled stream, not a timing assertion.
-    let deadline = std::time::Instant::now() + GUARD;
-    while distinct.len() < INPUTS && std::time::Instant::now() < deadline {
-        for id in read_outputs(&broker.url()) {
-            distinct.insert(id.clone());
-            ids.push(id);
-        }
-    }
+    let (ids, distinct) = read_until(&broker.url(), INPUTS, GUARD);
     assert!(host.stop_in_place().success(), "SIGTERM exits 0");
     let log = host.drain_log();
     let said = log.join("\n");
