@@ -1163,6 +1163,109 @@ print(json.dumps({{'dead': dead}}))
     );
 }
 
+/// A delivery whose retry copy the broker refuses (`basic.nack`: its delay queue replaced under
+/// the host by one that takes nothing) is given back on its own (`basic.nack`, requeue) and
+/// comes again. The acknowledgement that follows never names a delivery given back: the broker
+/// would refuse it ("unknown delivery tag") and close the consumer's channel, giving back every
+/// delivery in hand (and the host would reconnect). The same session keeps serving; the
+/// broker's delivery limit ends the loop (a dead letter).
+#[test]
+fn a_delivery_given_back_alone_is_not_named_by_the_next_acknowledgement() {
+    let broker = Broker::start();
+    let ws = act_workspace(&broker, "", ", max_attempts = 3, retry_delay_ms = 100");
+    let mut host = ws.start();
+    host.wait_ready();
+    broker.client(&format!(
+        r#"
+{CONNECT}ch.queue_delete('plant-a.act.retry.100ms')
+ch.queue_declare('plant-a.act.retry.100ms', durable=True, arguments={{'x-max-length': 0, 'x-overflow': 'reject-publish'}})
+print('{{}}')
+"#
+    ));
+    publish_to_act(&broker, &[("g-1".to_string(), "retry 50".to_string())]);
+    host.wait_for_log_where(
+        |l| l.contains("message_id=g-1") && l.contains("the broker will redeliver"),
+        "g-1 given back",
+    );
+    publish_to_act(&broker, &[("g-2".to_string(), "ok".to_string())]);
+    let dead = wait_for_dead_letter(&broker, "millrace.act.dead-letter");
+    assert_eq!(dead["id"], "g-1", "{dead}");
+    assert_eq!(dead["reason"], "delivery_limit", "{dead}");
+    assert!(host.stop_in_place().success());
+    let log = host.drain_log();
+    let refused: Vec<&String> = log
+        .iter()
+        .filter(|l| {
+            l.contains("unknown delivery tag")
+                || l.contains("ack failed")
+                || l.contains("consumer ended")
+        })
+        .collect();
+    assert!(
+        refused.is_empty(),
+        "the consumer's channel was closed over an acknowledgement: {refused:#?}"
+    );
+    let sessions = log
+        .iter()
+        .filter(|l| l.contains("connected to the broker"))
+        .count();
+    assert_eq!(sessions, 1, "one session throughout: {log:#?}");
+    assert_eq!(take_outputs(&broker), vec!["g-2".to_string()]);
+}
+
+/// A delay queue deleted under the host: the retry copy comes back unroutable, the session is
+/// rebuilt (after the reconnect's pause, not a delivery coming straight back to fail the same
+/// way), the new session declares the queue again, and the retries go on to the dead letter.
+#[test]
+fn a_delay_queue_deleted_under_the_host_is_declared_again_by_a_new_session() {
+    let broker = Broker::start();
+    let ws = act_workspace(&broker, "", ", max_attempts = 3, retry_delay_ms = 100");
+    let mut host = ws.start();
+    host.wait_ready();
+    broker.client(&format!(
+        r#"
+{CONNECT}ch.queue_delete('plant-a.act.retry.100ms')
+print('{{}}')
+"#
+    ));
+    publish_to_act(&broker, &[("d-1".to_string(), "retry 50".to_string())]);
+    let dead = wait_for_dead_letter(&broker, "millrace.act.dead-letter");
+    assert_eq!(dead["id"], "d-1", "{dead}");
+    assert_eq!(dead["kind"], "attempts-exhausted", "{dead}");
+    assert!(host.stop_in_place().success());
+    let log = host.drain_log();
+    let sessions = log
+        .iter()
+        .filter(|l| l.contains("connected to the broker"))
+        .count();
+    assert_eq!(sessions, 2, "the session rebuilt once: {log:#?}");
+    assert!(
+        log.iter()
+            .any(|l| l.contains("no queue takes message d-1") && l.contains("retry.100ms")),
+        "{log:#?}"
+    );
+    assert_eq!(broker.depth("plant-a.act.retry.100ms"), 0);
+}
+
+/// pika: the first dead letter on `queue` (a guard of 60 s against a stalled stream, not a
+/// timing assertion): its id, the broker's reason and the host's kind.
+fn wait_for_dead_letter(broker: &Broker, queue: &str) -> serde_json::Value {
+    broker.client(&format!(
+        r#"
+{CONNECT}dead = None
+deadline = time.time() + 60
+while dead is None and time.time() < deadline:
+    m, p, b = ch.basic_get('{queue}', auto_ack=True)
+    if m:
+        h = p.headers or {{}}
+        kind = h.get('x-millrace-kind')
+        dead = {{'id': p.message_id, 'reason': h.get('x-first-death-reason'), 'kind': kind.decode() if isinstance(kind, bytes) else kind}}
+    else: time.sleep(0.05)
+print(json.dumps(dead))
+"#
+    ))
+}
+
 #[test]
 fn the_outbox_survives_a_kill_9_of_the_host_and_delivers_everything_once_in_order() {
     let mut broker = Broker::start();

@@ -270,7 +270,7 @@ async fn settle(
     let tag = delivery.delivery_tag;
     let sent = match settle {
         Settle::Leave => return,
-        Settle::Ack => match acks.settle(tag) {
+        Settle::Ack => match acks.settle(tag, Given::Acknowledged) {
             Some(upto) => {
                 channel
                     .basic_ack(upto, BasicAckOptions { multiple: true })
@@ -288,7 +288,7 @@ async fn settle(
                 .map(|_| ());
             // Settled only once the broker took the nack: a tag whose nack failed must never
             // be covered by a later multiple ack (that would acknowledge it unmediated).
-            match nacked.map(|()| acks.settle(tag)) {
+            match nacked.map(|()| acks.settle(tag, Given::Back)) {
                 Ok(Some(upto)) => {
                     channel
                         .basic_ack(upto, BasicAckOptions { multiple: true })
@@ -372,29 +372,43 @@ enum Settle {
     Leave,
 }
 
+/// How a delivery was settled with the broker.
+#[derive(Clone, Copy, PartialEq, Debug)]
+enum Given {
+    /// To be acknowledged (with a later `multiple` ack).
+    Acknowledged,
+    /// Already given back on its own (`basic.nack` with requeue): no longer the channel's.
+    Back,
+}
+
 /// Delivery tags settled out of order, acknowledged in order: one `multiple` ack covers every
 /// tag up to the highest one below which all are settled. Tags of a channel count up from 1.
+/// The ack names the highest tag of the run still to acknowledge: the broker refuses a
+/// `multiple` ack naming a tag it no longer holds (one given back) and closes the channel
+/// ("unknown delivery tag"), which would give back every delivery in hand.
 struct InOrderAcks {
-    /// Every tag below this one is acknowledged.
+    /// Every tag below this one is settled.
     next: u64,
-    settled: std::collections::BTreeSet<u64>,
+    settled: std::collections::BTreeMap<u64, Given>,
 }
 
 impl InOrderAcks {
     fn new() -> InOrderAcks {
         InOrderAcks {
             next: 1,
-            settled: std::collections::BTreeSet::new(),
+            settled: std::collections::BTreeMap::new(),
         }
     }
 
-    /// Record `tag` as settled; the tag to acknowledge with `multiple` when the run below it
-    /// is complete.
-    fn settle(&mut self, tag: u64) -> Option<u64> {
-        self.settled.insert(tag);
+    /// Record `tag` as settled (`how`); the tag to acknowledge with `multiple` when the run
+    /// below it is complete and holds a tag to acknowledge.
+    fn settle(&mut self, tag: u64, how: Given) -> Option<u64> {
+        self.settled.insert(tag, how);
         let mut upto = None;
-        while self.settled.remove(&self.next) {
-            upto = Some(self.next);
+        while let Some(how) = self.settled.remove(&self.next) {
+            if how == Given::Acknowledged {
+                upto = Some(self.next);
+            }
             self.next += 1;
         }
         upto
@@ -618,6 +632,14 @@ fn settle_for(
     }
 }
 
+/// Whether a failed publish to a queue the host declares itself (a delay or the dead-letter
+/// queue) needs a new session: the channel is gone, or the queue is (deleted under the host: the
+/// copy came back unroutable, and a new session declares it again, after the reconnect's pause,
+/// instead of the delivery coming straight back to fail the same way).
+fn own_queue_failed(e: &crate::amqp::publisher::PublishError) -> bool {
+    e.channel_lost() || matches!(e, crate::amqp::publisher::PublishError::Unroutable { .. })
+}
+
 /// Publish the delivery `arrived` (attempt `attempt`) to the route's dead-letter queue with
 /// `verdict`, noted in its lineage as `(kind, reason)` once the broker confirmed it.
 async fn dead_letter(
@@ -642,7 +664,7 @@ async fn dead_letter(
             );
             Outcome::Settled
         })
-        .map_err(|e| (e.to_string(), e.channel_lost()))
+        .map_err(|e| (e.to_string(), own_queue_failed(&e)))
 }
 
 /// A transient failure of attempt `attempt`: park the delivery for its next wait, or, when the
@@ -675,7 +697,7 @@ async fn retry_or_give_up(
             crate::pipeline::retried(route, arrived.message_id, attempt, &why);
             Outcome::Parked
         })
-        .map_err(|e| (e.to_string(), e.channel_lost()))
+        .map_err(|e| (e.to_string(), own_queue_failed(&e)))
 }
 
 #[cfg(test)]
@@ -713,12 +735,34 @@ mod tests {
 
     #[test]
     fn out_of_order_settlements_are_acknowledged_in_order_runs() {
+        use Given::*;
         let mut acks = InOrderAcks::new();
-        assert_eq!(acks.settle(2), None, "1 is still in hand");
-        assert_eq!(acks.settle(3), None);
-        assert_eq!(acks.settle(1), Some(3), "1..=3 with one multiple ack");
-        assert_eq!(acks.settle(5), None);
-        assert_eq!(acks.settle(4), Some(5));
-        assert_eq!(acks.settle(6), Some(6));
+        assert_eq!(acks.settle(2, Acknowledged), None, "1 is still in hand");
+        assert_eq!(acks.settle(3, Acknowledged), None);
+        assert_eq!(
+            acks.settle(1, Acknowledged),
+            Some(3),
+            "1..=3 with one multiple ack"
+        );
+        assert_eq!(acks.settle(5, Acknowledged), None);
+        assert_eq!(acks.settle(4, Acknowledged), Some(5));
+        assert_eq!(acks.settle(6, Acknowledged), Some(6));
+    }
+
+    #[test]
+    fn a_multiple_ack_never_names_a_tag_given_back() {
+        use Given::*;
+        let mut acks = InOrderAcks::new();
+        // A run ending in a tag given back is acknowledged up to the tag before it.
+        assert_eq!(acks.settle(2, Back), None, "1 is still in hand");
+        assert_eq!(acks.settle(1, Acknowledged), Some(1));
+        // A run of tags given back only: nothing to acknowledge.
+        assert_eq!(acks.settle(3, Back), None);
+        // One given back inside a run is covered by the ack of a later tag (the broker skips
+        // what it no longer holds).
+        assert_eq!(acks.settle(5, Acknowledged), None);
+        assert_eq!(acks.settle(6, Back), None);
+        assert_eq!(acks.settle(4, Back), Some(5));
+        assert_eq!(acks.settle(7, Acknowledged), Some(7));
     }
 }
