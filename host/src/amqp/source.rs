@@ -165,7 +165,7 @@ async fn serve_consumer(
                     let task = start(&mut in_flight, next);
                     keys.started(task, key);
                 }
-                settle(&channel, &route, &mut acks, done).await;
+                settle(&session, &channel, &route, &mut acks, done).await;
             }
             _ = stop.changed() => break String::new(),
         }
@@ -173,7 +173,7 @@ async fn serve_consumer(
     // Deliveries waiting behind their key are left unacknowledged: the broker gives them back,
     // in order, when the channel closes.
     while let Some(done) = in_flight.join_next().await {
-        settle(&channel, &route, &mut acks, done).await;
+        settle(&session, &channel, &route, &mut acks, done).await;
     }
     if ended.is_empty() {
         // Stopping: closed before the connection is. A lost session's channels go with it.
@@ -256,15 +256,18 @@ impl<D, Task: std::hash::Hash + Eq> Keys<D, Task> {
 
 /// Acknowledge (in order, several at once) or requeue a delivery [`handle`] is done with.
 async fn settle(
+    session: &Session,
     channel: &lapin::Channel,
     route: &Route,
     acks: &mut InOrderAcks,
     done: Result<(Delivery, Settle), tokio::task::JoinError>,
 ) {
     let Ok((delivery, settle)) = done else {
-        // A handler that panicked leaves its delivery to the broker (redelivered with the
-        // session); its tag is never settled, so no later ack covers it.
+        // A handler that panicked leaves its delivery to the broker; its tag is never settled,
+        // so no later ack covers it, and the route's acks stop there: the session is rebuilt
+        // (after the reconnect pause), and the deliveries in hand come again.
         tracing::error!(route = %route.name, "a delivery handler failed");
+        session.lost(format!("route {}: a delivery handler failed", route.name));
         return;
     };
     let tag = delivery.delivery_tag;
