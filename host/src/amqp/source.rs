@@ -622,10 +622,13 @@ fn settle_for(
             session.lost(format!("publishing failed: {why}"));
             Ok(Settle::Leave)
         }
-        Err((why, false)) if route.amqp.order_by.is_some() && attempt < route.amqp.max_attempts => {
-            // A requeue would let later deliveries of its key pass it: run it again here.
+        Err((why, false)) if attempt < route.amqp.max_attempts => {
+            // Not parked (the broker refused the retry copy), or not settled otherwise: run it
+            // again here after the attempt's wait, holding its place. Given straight back, it
+            // would come straight back (with no delivery limit on a classic queue, for ever),
+            // and on an ordered route later deliveries of its key would pass it.
             let wait = route.amqp.retry_delay_after(attempt);
-            tracing::warn!(route = %route.name, message_id = %id, attempt, retry_in_ms = wait.as_millis() as u64, "not settled, run again here (ordered route): {why}");
+            tracing::warn!(route = %route.name, message_id = %id, attempt, retry_in_ms = wait.as_millis() as u64, "not settled, run again here: {why}");
             Err(wait)
         }
         Err((why, false)) => {
