@@ -856,6 +856,16 @@ impl Broker {
 
 impl Drop for Broker {
     fn drop(&mut self) {
+        // A failing test keeps the node's data and logs (its queues' Raft logs among them) for
+        // whoever reads the failure.
+        if std::thread::panicking() {
+            self._dir.disable_cleanup(true);
+            eprintln!(
+                "broker node {}: data and logs kept in {}",
+                self.port,
+                self._dir.path().display()
+            );
+        }
         let _ = Command::new("kill")
             .args(["-TERM", &self.pid.to_string()])
             .status();
