@@ -463,7 +463,8 @@ fn delivery_span(
 }
 
 /// [`handle`] after the arrival is counted; `held`: runs of this delivery made here already
-/// (an ordered route's retries). `Err(wait)`: run it again here after `wait`.
+/// (retries held here: an ordered route's, or any route's delivery the host could not settle).
+/// `Err(wait)`: run it again here after `wait`.
 async fn handle_received(
     amqp: &Amqp,
     session: &Session,
