@@ -1215,10 +1215,7 @@ print('{{}}')
         refused.is_empty(),
         "the consumer's channel was closed over an acknowledgement: {refused:#?}"
     );
-    let sessions = log
-        .iter()
-        .filter(|l| l.contains("connected to the broker"))
-        .count();
+    let sessions = sessions(&log);
     assert_eq!(sessions, 1, "one session throughout: {log:#?}");
     assert_eq!(take_outputs(&broker), vec!["g-2".to_string()]);
 }
@@ -1244,10 +1241,7 @@ print('{{}}')
     assert_eq!(dead["kind"], "attempts-exhausted", "{dead}");
     assert!(host.stop_in_place().success());
     let log = host.drain_log();
-    let sessions = log
-        .iter()
-        .filter(|l| l.contains("connected to the broker"))
-        .count();
+    let sessions = sessions(&log);
     assert_eq!(sessions, 2, "the session rebuilt once: {log:#?}");
     assert!(
         log.iter()
@@ -1255,6 +1249,13 @@ print('{{}}')
         "{log:#?}"
     );
     assert_eq!(broker.depth("plant-a.act.retry.100ms"), 0);
+}
+
+/// How many broker sessions a host's log shows it began.
+fn sessions(log: &[String]) -> usize {
+    log.iter()
+        .filter(|l| l.contains("connected to the broker"))
+        .count()
 }
 
 /// pika: the first dead letter on `queue` (a guard of 60 s against a stalled stream, not a
