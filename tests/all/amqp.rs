@@ -1322,3 +1322,98 @@ fn the_outbox_survives_a_kill_9_of_the_host_and_delivers_everything_once_in_orde
     ids.extend(take_outputs(&broker));
     assert_eq!(ids, ["k-1-1", "k-2-1", "k-3-1", "k-4-1", "k-5-1"]);
 }
+
+/// Publishes of one batch made at once from tasks on several threads, half to a queue that
+/// refuses everything (`x-max-length` 0, `reject-publish`), half to one that takes them, with
+/// bodies large enough that building their frames takes a while: each publish is told its own
+/// confirm. lapin numbers a publish's confirm and queues its frames in two steps; two publishes
+/// crossing between them would each be told the other's (an output the broker refused judged
+/// confirmed: its input acknowledged, the output lost).
+#[test]
+fn publishes_racing_on_one_channel_are_each_told_their_own_confirm() {
+    use lapin::options::QueueDeclareOptions;
+    use lapin::types::{AMQPValue, FieldTable};
+    use millrace_host::amqp::publisher::{AmqpPublisher, PublishError, Publishing};
+    use millrace_host::plugin::bindings::types::Message;
+    use std::sync::Arc;
+    const ROUNDS: usize = 40;
+    const AT_ONCE: usize = 64;
+    let broker = Broker::start();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(4)
+        .enable_all()
+        .build()
+        .unwrap();
+    let crossed = runtime.block_on(async {
+        let connection = Arc::new(
+            lapin::Connection::connect(&broker.url(), lapin::ConnectionProperties::default())
+                .await
+                .expect("connect"),
+        );
+        let channel = connection.create_channel().await.unwrap();
+        let mut refuses = FieldTable::default();
+        refuses.insert("x-max-length".into(), AMQPValue::LongInt(0));
+        refuses.insert(
+            "x-overflow".into(),
+            AMQPValue::LongString("reject-publish".into()),
+        );
+        for (queue, arguments) in [("takes", FieldTable::default()), ("refuses", refuses)] {
+            channel
+                .queue_declare(queue.into(), QueueDeclareOptions::default(), arguments)
+                .await
+                .expect("declare");
+        }
+        let publisher = AmqpPublisher::open(
+            &connection,
+            Publishing {
+                output_headers: false,
+                confirm_timeout: std::time::Duration::from_secs(60),
+            },
+        )
+        .await
+        .expect("publisher");
+        let mut crossed = Vec::new();
+        for round in 0..ROUNDS {
+            let tasks: Vec<_> = (0..AT_ONCE)
+                .map(|i| {
+                    let publisher = publisher.clone();
+                    tokio::spawn(async move {
+                        let (queue, body) = if i % 2 == 0 {
+                            ("takes", vec![b'x'; 256 * 1024])
+                        } else {
+                            ("refuses", b"small".to_vec())
+                        };
+                        let message = Message {
+                            id: format!("r{round}-{i}"),
+                            plant: "plant-a".into(),
+                            route: "race".into(),
+                            content_type: "text/plain".into(),
+                            headers: Vec::new(),
+                            body,
+                        };
+                        let told = publisher.publish_each(&[("", queue, "", &message)]).await;
+                        (queue, message.id, told)
+                    })
+                })
+                .collect();
+            for task in tasks {
+                let (queue, id, told) = task.await.expect("publish task");
+                let right = match queue {
+                    "takes" => told.is_ok(),
+                    _ => matches!(told, Err(PublishError::Nacked(_))),
+                };
+                if !right {
+                    crossed.push(format!("{id} to {queue}: {told:?}"));
+                }
+            }
+        }
+        crossed
+    });
+    assert!(
+        crossed.is_empty(),
+        "{} of {} publishes were told another's confirm, e.g. {:?}",
+        crossed.len(),
+        ROUNDS * AT_ONCE,
+        &crossed[..crossed.len().min(5)]
+    );
+}

@@ -72,6 +72,24 @@ fn three_hosts_on_a_three_node_cluster_lose_the_leader_node_and_a_host_mid_strea
     // The other nodes elect new leaders; host h2 reconnects to node 0 meanwhile.
     std::thread::sleep(std::time::Duration::from_secs(2));
     cluster.nodes[2].restart();
+    // The chaos run (docs/amqp.md): `MILLRACE_CLUSTER_KILLS=N` kills, N more times while the
+    // stream runs, whichever node leads `out` at that moment, each once 1,000 more outputs came.
+    let more: usize = std::env::var("MILLRACE_CLUSTER_KILLS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    for kill in 0..more {
+        let made = ready(&observer, "out");
+        if made as usize >= MESSAGES * 9 / 10 {
+            println!("cluster: the stream ended after {kill} more node kill(s)");
+            break;
+        }
+        wait_for_outputs(&observer, made + 1000);
+        let leader = cluster.leader_of("out");
+        cluster.nodes[leader].kill9();
+        std::thread::sleep(std::time::Duration::from_secs(2));
+        cluster.nodes[leader].restart();
+    }
     wait_for_outputs(&observer, (2 * MESSAGES / 3) as u32);
     let killed = hosts.remove(1).kill9();
     hosts.insert(1, start(&spaces[1]));
@@ -85,7 +103,7 @@ fn three_hosts_on_a_three_node_cluster_lose_the_leader_node_and_a_host_mid_strea
         hosts,
         vec![killed],
         "cluster: leader node and host kill -9",
-        4 * PREFETCH,
+        (4 + 3 * more) * PREFETCH,
     );
     println!("cluster: {copies} copies for {MESSAGES} inputs");
     for delay in ["1000ms", "2000ms", "4000ms", "8000ms"] {

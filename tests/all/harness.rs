@@ -928,6 +928,24 @@ impl Cluster {
             .collect();
         format!("[{}]", urls.join(", "))
     }
+
+    /// Which node leads quorum queue `queue` (of vhost `/`) now, as its Raft members say; asked
+    /// of each node in turn until one answers.
+    pub fn leader_of(&self, queue: &str) -> usize {
+        let ask =
+            format!("{{ok, _, {{_, Leader}}}} = ra:members({{'%2F_{queue}', node()}}), Leader.");
+        for node in &self.nodes {
+            let said = node.ctl(&["eval", &ask]);
+            if let Some(i) = self
+                .nodes
+                .iter()
+                .position(|n| said.contains(&format!("millrace-{}@", n.port)))
+            {
+                return i;
+            }
+        }
+        panic!("no node names the leader of {queue}");
+    }
 }
 
 /// A workspace with route `mes` (mes-fixed-width, plant-a with its work-centre table) from

@@ -19,6 +19,13 @@
 //! delivered. Either way: a copy later, never a loss. Only a batch judged by all its confirms
 //! gives its channel back to the pool.
 //!
+//! lapin numbers a publish's confirm and queues its frames in two steps of the publish's first
+//! poll; two publishes polled at once on two threads may take their numbers in one order and put
+//! their frames on the wire in the other, and each is then told the other's confirm (seen in the
+//! cluster test: an output the broker refused judged confirmed, its input acknowledged, the
+//! output lost; and the retry copy published beside it judged refused). A batch's publishes
+//! therefore take that first poll one at a time, under the batch's `order` lock.
+//!
 //! A confirm is waited for at most `host.amqp_confirm_timeout_s` (while the broker is not
 //! blocking the connection: under its flow control waiting is right). A broker can keep a live
 //! connection and never confirm (RabbitMQ's quorum-queue client before 4.1.5 could lose an
@@ -254,6 +261,9 @@ struct Channels {
 struct Batch {
     channel: Channel,
     join: Mutex<Join>,
+    /// Held over a publish's first poll on the channel (see the module's doc): confirm numbers
+    /// follow the order of the frames on the wire.
+    order: Mutex<()>,
 }
 
 struct Join {
@@ -386,6 +396,7 @@ impl Channels {
                 messages: 0,
                 broken: false,
             }),
+            order: Mutex::new(()),
         });
         // Another publish may have begun one meanwhile: that one stays open to the rest, this one
         // serves the publish that began it.
@@ -684,23 +695,30 @@ impl AmqpPublisher {
         };
         let mut confirms = Vec::with_capacity(messages.len());
         for message in &mut messages {
-            let confirm = joined
-                .batch
-                .channel
-                .basic_publish(
-                    message.exchange.into(),
-                    message.routing_key.into(),
-                    BasicPublishOptions {
-                        mandatory: true,
-                        ..Default::default()
-                    },
-                    message.body,
-                    std::mem::take(&mut message.properties),
-                )
-                // A failed publish breaks the channel: dropping `joined` closes the batch and
-                // marks it broken.
-                .await?;
-            confirms.push(confirm);
+            let publish = joined.batch.channel.basic_publish(
+                message.exchange.into(),
+                message.routing_key.into(),
+                BasicPublishOptions {
+                    mandatory: true,
+                    ..Default::default()
+                },
+                message.body,
+                std::mem::take(&mut message.properties),
+            );
+            let mut publish = std::pin::pin!(publish);
+            // The first poll numbers the confirm and queues the frames: one publish at a time.
+            let first = std::future::poll_fn(|cx| {
+                let _order = joined.batch.order.lock().unwrap_or_else(|e| e.into_inner());
+                std::task::Poll::Ready(publish.as_mut().poll(cx))
+            })
+            .await;
+            let published = match first {
+                std::task::Poll::Ready(published) => published,
+                std::task::Poll::Pending => publish.await,
+            };
+            // A failed publish breaks the channel: dropping `joined` closes the batch and marks
+            // it broken.
+            confirms.push(published?);
         }
         let (verdict, judged) = tokio::sync::oneshot::channel();
         joined.hand_over(Member {
