@@ -247,18 +247,19 @@ fn read_outputs(url: &str) -> Vec<String> {
     })
 }
 
-/// Every input has its output under the id derived from its own, at most `bound` copies of
-/// those; once `hosts` have stopped, nothing waits unacknowledged or was dead-lettered. Returns
-/// the copies seen. `killed`: the logs of hosts killed earlier in the stream, for the account a
-/// failure gives.
+/// Every one of the `inputs` inputs has its output under the id derived from its own, at most
+/// `bound` copies of those; once `hosts` have stopped, nothing waits unacknowledged or was
+/// dead-lettered. Returns the copies seen. `killed`: the logs of hosts killed earlier in the
+/// stream, for the account a failure gives.
 pub fn assert_each_input_once(
     url: &str,
+    inputs: usize,
     hosts: Vec<Host>,
     killed: Vec<Vec<String>>,
     what: &str,
     bound: usize,
 ) -> usize {
-    let (mut ids, mut distinct) = read_until(url, MESSAGES, Duration::from_secs(600));
+    let (mut ids, mut distinct) = read_until(url, inputs, Duration::from_secs(600));
     // Stopped, the hosts publish nothing more and hold no delivery: what they never
     // acknowledged is back in the source queue, and late copies are in `out`.
     let killed_count = killed.len();
@@ -271,7 +272,7 @@ pub fn assert_each_input_once(
         distinct.insert(id.clone());
         ids.push(id);
     }
-    let missing: Vec<String> = (0..MESSAGES)
+    let missing: Vec<String> = (0..inputs)
         .map(|i| format!("m-{i}-1"))
         .filter(|id| !distinct.contains(id))
         .take(5)
@@ -321,7 +322,7 @@ pub fn assert_each_input_once(
             .filter(|id| {
                 !id.strip_prefix("m-")
                     .and_then(|rest| rest.strip_suffix("-1"))
-                    .is_some_and(|n| n.parse::<usize>().is_ok_and(|n| n < MESSAGES))
+                    .is_some_and(|n| n.parse::<usize>().is_ok_and(|n| n < inputs))
             })
             .take(5)
             .collect();
@@ -333,12 +334,12 @@ pub fn assert_each_input_once(
     }
     assert_eq!(
         distinct.len(),
-        MESSAGES,
+        inputs,
         "{what}: only the expected ids, one per input"
     );
     let copies = ids.len() - distinct.len();
     println!(
-        "{what}: {MESSAGES} inputs, {} distinct outputs, {copies} repeated copies (same id)",
+        "{what}: {inputs} inputs, {} distinct outputs, {copies} repeated copies (same id)",
         distinct.len()
     );
     assert!(
@@ -372,6 +373,7 @@ fn broker_killed_mid_stream_loses_nothing_and_repeats_only_deliveries_in_hand() 
     // Only deliveries in hand at the crash can be published again: at most the prefetch.
     assert_each_input_once(
         &broker.url(),
+        MESSAGES,
         vec![host],
         Vec::new(),
         "broker kill -9",
@@ -392,6 +394,7 @@ fn host_killed_mid_stream_loses_nothing_and_repeats_only_deliveries_in_hand() {
     host.wait_ready();
     assert_each_input_once(
         &broker.url(),
+        MESSAGES,
         vec![host],
         vec![killed],
         "host kill -9",

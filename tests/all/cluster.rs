@@ -26,6 +26,14 @@ fn workspace(cluster: &Cluster, host: usize) -> Workspace {
 #[test]
 fn three_hosts_on_a_three_node_cluster_lose_the_leader_node_and_a_host_mid_stream_and_lose_nothing()
 {
+    // The chaos run (docs/amqp.md): `MILLRACE_CLUSTER_KILLS=N` kills, N more times while the
+    // stream runs, whichever node leads `out` at that moment, each once 1,000 more outputs came;
+    // the stream is longer by 20,000 inputs per kill (a node's restart takes seconds).
+    let more: usize = std::env::var("MILLRACE_CLUSTER_KILLS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    let inputs = MESSAGES + 20_000 * more;
     let mut cluster = Cluster::start(3);
     // The route's queue and `out` are declared through node 2, so their leaders are there.
     let mut quorum = FieldTable::default();
@@ -33,7 +41,7 @@ fn three_hosts_on_a_three_node_cluster_lose_the_leader_node_and_a_host_mid_strea
         "x-queue-type".into(),
         AMQPValue::LongString("quorum".into()),
     );
-    publish_inputs(&cluster.nodes[2].url(), MESSAGES, &quorum);
+    publish_inputs(&cluster.nodes[2].url(), inputs, &quorum);
     let observer = cluster.nodes[0].url();
     let spaces: Vec<Workspace> = (0..3).map(|i| workspace(&cluster, i)).collect();
     // Each delivery's lines (received, mediated) are logged: a lost output's failure names
@@ -60,7 +68,7 @@ fn three_hosts_on_a_three_node_cluster_lose_the_leader_node_and_a_host_mid_strea
         )
     };
     let before = (cpu(&hosts, &cluster), ready(&observer, "out"));
-    wait_for_outputs(&observer, (MESSAGES / 3) as u32);
+    wait_for_outputs(&observer, (inputs / 3) as u32);
     let after = (cpu(&hosts, &cluster), ready(&observer, "out"));
     let made = f64::from(after.1 - before.1);
     println!(
@@ -72,15 +80,9 @@ fn three_hosts_on_a_three_node_cluster_lose_the_leader_node_and_a_host_mid_strea
     // The other nodes elect new leaders; host h2 reconnects to node 0 meanwhile.
     std::thread::sleep(std::time::Duration::from_secs(2));
     cluster.nodes[2].restart();
-    // The chaos run (docs/amqp.md): `MILLRACE_CLUSTER_KILLS=N` kills, N more times while the
-    // stream runs, whichever node leads `out` at that moment, each once 1,000 more outputs came.
-    let more: usize = std::env::var("MILLRACE_CLUSTER_KILLS")
-        .ok()
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(0);
     for kill in 0..more {
         let made = ready(&observer, "out");
-        if made as usize >= MESSAGES * 9 / 10 {
+        if made as usize >= inputs * 9 / 10 {
             println!("cluster: the stream ended after {kill} more node kill(s)");
             break;
         }
@@ -90,7 +92,7 @@ fn three_hosts_on_a_three_node_cluster_lose_the_leader_node_and_a_host_mid_strea
         std::thread::sleep(std::time::Duration::from_secs(2));
         cluster.nodes[leader].restart();
     }
-    wait_for_outputs(&observer, (2 * MESSAGES / 3) as u32);
+    wait_for_outputs(&observer, (2 * inputs / 3) as u32);
     let killed = hosts.remove(1).kill9();
     hosts.insert(1, start(&spaces[1]));
     for host in &hosts {
@@ -100,12 +102,13 @@ fn three_hosts_on_a_three_node_cluster_lose_the_leader_node_and_a_host_mid_strea
     // every host's deliveries (the queue's leader moved), the host's its own.
     let copies = assert_each_input_once(
         &observer,
+        inputs,
         hosts,
         vec![killed],
         "cluster: leader node and host kill -9",
         (4 + 3 * more) * PREFETCH,
     );
-    println!("cluster: {copies} copies for {MESSAGES} inputs");
+    println!("cluster: {copies} copies for {inputs} inputs");
     for delay in ["1000ms", "2000ms", "4000ms", "8000ms"] {
         let queue = format!("plant-a.mes.retry.{delay}");
         assert_eq!(ready(&observer, &queue), 0, "{queue} is empty");
