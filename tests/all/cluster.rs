@@ -28,12 +28,12 @@ fn three_hosts_on_a_three_node_cluster_lose_the_leader_node_and_a_host_mid_strea
 {
     // The chaos run (docs/amqp.md): `MILLRACE_CLUSTER_KILLS=N` kills, N more times while the
     // stream runs, whichever node leads `out` at that moment, each once 1,000 more outputs came;
-    // the stream is longer by 20,000 inputs per kill (a node's restart takes seconds).
+    // the stream is longer by 100,000 inputs per kill (a node restarts in tens of seconds).
     let more: usize = std::env::var("MILLRACE_CLUSTER_KILLS")
         .ok()
         .and_then(|n| n.parse().ok())
         .unwrap_or(0);
-    let inputs = MESSAGES + 20_000 * more;
+    let inputs = MESSAGES + 100_000 * more;
     let mut cluster = Cluster::start(3);
     // The route's queue and `out` are declared through node 2, so their leaders are there.
     let mut quorum = FieldTable::default();
