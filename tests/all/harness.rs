@@ -930,7 +930,8 @@ impl Cluster {
     }
 
     /// Which node leads quorum queue `queue` (of vhost `/`) now, as its Raft members say; asked
-    /// of each node in turn until one answers.
+    /// of each node in turn until one names a node of the cluster (a node that cannot be asked
+    /// fails the test).
     pub fn leader_of(&self, queue: &str) -> usize {
         let ask =
             format!("{{ok, _, {{_, Leader}}}} = ra:members({{'%2F_{queue}', node()}}), Leader.");
