@@ -238,6 +238,11 @@ fn rust_toolchain(dir: &Path) -> Result<RustToolchain, String> {
     })
 }
 
+/// A call costs more in Wasm than natively (each function entry checks the stack and the epoch
+/// deadline), so LLVM inlines more than its default (225) for plugins: 3–14 % less time per
+/// message for the parsers (docs/performance.md). `scripts/build-plugins` passes the same flag.
+const INLINE_THRESHOLD: &str = "-Cllvm-args=-inline-threshold=1000";
+
 fn rust(dir: &Path, manifest: &Manifest, version: &str, output: &Path) -> Result<(), String> {
     let toolchain = rust_toolchain(dir)?;
     // Absolute: cargo runs in the plugin's folder, this process reads the result from here.
@@ -263,7 +268,7 @@ fn rust(dir: &Path, manifest: &Manifest, version: &str, output: &Path) -> Result
         ))
         .arg("--config")
         .arg(format!(
-            "target.{TARGET}.rustflags=[\"-Clink-arg=--wasm-ld-path={}\"]",
+            "target.{TARGET}.rustflags=[\"-Clink-arg=--wasm-ld-path={}\", \"{INLINE_THRESHOLD}\"]",
             toolchain.wasm_ld.display()
         ));
     execute(cargo, "cargo build")?;
