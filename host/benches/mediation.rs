@@ -4,6 +4,9 @@
 //!
 //! The `vectors/PLUGIN` groups do the same for every plugin on the output-giving cases of its
 //! conformance vectors (one iteration = each case once), natively and with a reused instance.
+//! There the native side's `state` calls go to the store the host gives a step (SQLite in
+//! memory, as on the Wasm side), so a plugin keeping state pays for the same store on both
+//! sides; with `INTERLEAVE`, `native-state-in-a-map` is the SDK's double alone (state in a map).
 //!
 //! Needs `scripts/build-plugins` first. Run: `scripts/bench` (prints the ratios).
 //!
@@ -440,7 +443,52 @@ fn to_sdk(m: &Message) -> millrace_sdk::Message {
     }
 }
 
-/// One plugin on its vectors: natively against the host double, and through the host with a
+/// The native side's host: the SDK's double for settings, tables and logs, and for `state` the
+/// store the host gives a step (SQLite, in memory here as on the Wasm side), so both sides pay
+/// for the same state calls and the ratio is the sandbox's alone.
+struct NativeHost {
+    double: TestHost,
+    state: std::sync::Arc<millrace_host::state::StateStore>,
+}
+
+impl millrace_sdk::Host for NativeHost {
+    fn log(&self, level: millrace_sdk::Level, message: &str) {
+        self.double.log(level, message)
+    }
+    fn setting(&self, key: &str) -> Option<String> {
+        self.double.setting(key)
+    }
+    fn setting_keys(&self) -> Vec<String> {
+        self.double.setting_keys()
+    }
+    fn settings_json(&self) -> String {
+        self.double.settings_json()
+    }
+    fn lookup(&self, table: &str, key: &str) -> Result<Option<String>, millrace_sdk::LookupError> {
+        self.double.lookup(table, key)
+    }
+    fn state_get(&self, key: &str) -> Result<Option<String>, millrace_sdk::StateError> {
+        self.state
+            .get(millrace_host::conformance::PLANT, key)
+            .map_err(native_state_error)
+    }
+    fn state_put(&self, key: &str, value: &str) -> Result<(), millrace_sdk::StateError> {
+        self.state
+            .put(millrace_host::conformance::PLANT, key, value)
+            .map_err(native_state_error)
+    }
+    fn state_delete(&self, key: &str) -> Result<bool, millrace_sdk::StateError> {
+        self.state
+            .delete(millrace_host::conformance::PLANT, key)
+            .map_err(native_state_error)
+    }
+}
+
+fn native_state_error(e: millrace_host::state::StateError) -> millrace_sdk::StateError {
+    millrace_sdk::StateError::Unavailable(e.to_string())
+}
+
+/// One plugin on its vectors: natively (against [`NativeHost`]), and through the host with a
 /// warm reused instance. One iteration = every output-giving case once.
 fn bench_plugin<P: Plugin>(c: &mut Criterion, engine: &PluginEngine, name: &str) {
     bench_plugin_and_twins::<P>(c, engine, name, &[]);
@@ -498,10 +546,19 @@ fn bench_cases<P: Plugin>(
     throughput: Throughput,
     twins: &[&str],
 ) {
-    let mut host = TestHost::new().with_settings(serde_json::Value::Object(v.settings.clone()));
-    for (table, rows) in v.tables.iter() {
-        host = host.with_table(table, rows.clone());
-    }
+    let double = || {
+        let mut double =
+            TestHost::new().with_settings(serde_json::Value::Object(v.settings.clone()));
+        for (table, rows) in v.tables.iter() {
+            double = double.with_table(table, rows.clone());
+        }
+        double
+    };
+    let host = NativeHost {
+        double: double(),
+        state: std::sync::Arc::new(millrace_host::state::StateStore::in_memory()),
+    };
+    let double = double();
     let plugin = P::new(&host).expect("settings load natively");
     let native_inputs: Vec<_> = v.messages.iter().map(to_sdk).collect();
     for input in &native_inputs {
@@ -570,6 +627,20 @@ fn bench_cases<P: Plugin>(
                 }),
             ),
             ("wasm-reused-instance".into(), each(&step, &v.messages)),
+            (
+                // The SDK's double alone (state in a map, no SQLite): how the native side was
+                // measured before 2026-12-04; differs from `native` only for plugins using state.
+                "native-state-in-a-map".into(),
+                Box::new(|n| {
+                    let batches = vec![native_inputs.clone(); n as usize];
+                    let mut batches = batches.into_iter();
+                    timed(n, || {
+                        for input in batches.next().unwrap() {
+                            black_box(plugin.mediate(&double, input).ok());
+                        }
+                    })
+                }),
+            ),
         ];
         for (twin, twin_step) in &twin_steps {
             cases.push((
