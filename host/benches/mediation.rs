@@ -94,6 +94,23 @@ fn each<'a>(step: &'a StepRuntime, messages: &'a [Message]) -> Timed<'a> {
     })
 }
 
+/// `n` iterations of the native plugin over `inputs` against `host` (the inputs' clones made
+/// before the timing: the native call takes a message by value).
+fn native_each<'a, P: Plugin, H: millrace_sdk::Host>(
+    plugin: &'a P,
+    host: &'a H,
+    inputs: &'a [millrace_sdk::Message],
+) -> Timed<'a> {
+    Box::new(move |n| {
+        let mut batches = vec![inputs.to_vec(); n as usize].into_iter();
+        timed(n, || {
+            for input in batches.next().unwrap() {
+                black_box(plugin.mediate(host, input).ok());
+            }
+        })
+    })
+}
+
 /// `n` calls of `call`, timed.
 fn timed(n: u64, mut call: impl FnMut()) -> Duration {
     let started = std::time::Instant::now();
@@ -614,32 +631,13 @@ fn bench_cases<P: Plugin>(
         .collect();
     if let Some(rounds) = interleave() {
         let mut cases: Vec<(String, Timed<'_>)> = vec![
-            (
-                "native".into(),
-                Box::new(|n| {
-                    let batches = vec![native_inputs.clone(); n as usize];
-                    let mut batches = batches.into_iter();
-                    timed(n, || {
-                        for input in batches.next().unwrap() {
-                            black_box(plugin.mediate(&host, input).ok());
-                        }
-                    })
-                }),
-            ),
+            ("native".into(), native_each(&plugin, &host, &native_inputs)),
             ("wasm-reused-instance".into(), each(&step, &v.messages)),
             (
                 // The SDK's double alone (state in a map, no SQLite): how the native side was
                 // measured before 2026-12-04; differs from `native` only for plugins using state.
                 "native-state-in-a-map".into(),
-                Box::new(|n| {
-                    let batches = vec![native_inputs.clone(); n as usize];
-                    let mut batches = batches.into_iter();
-                    timed(n, || {
-                        for input in batches.next().unwrap() {
-                            black_box(plugin.mediate(&double, input).ok());
-                        }
-                    })
-                }),
+                native_each(&plugin, &double, &native_inputs),
             ),
         ];
         for (twin, twin_step) in &twin_steps {
