@@ -19,8 +19,8 @@
 //! generation lever, `scripts/build-plugins` says how) beside each Rust plugin, in the same
 //! groups: a lever measured against the usual build and native code in one run.
 //!
-//! `ENGINE=NAME` (`inlining`, `speed-and-size`, `without-deadline-checks`) also runs each Rust
-//! plugin's usual component on an engine with that code-generation setting, as the case
+//! `ENGINE=NAME` (`inlining`, `speed-and-size`, `without-deadline-checks`, `fixed-memory`,
+//! `eager-tables`) also runs each Rust plugin's usual component on an engine with that code-generation setting, as the case
 //! `engine-NAME`: a wasmtime setting measured the same way.
 
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
@@ -125,7 +125,10 @@ fn timed(n: u64, mut call: impl FnMut()) -> Duration {
 fn measured_engine() -> Option<(String, PluginEngine)> {
     let name = std::env::var("ENGINE").ok()?;
     let codegen = Codegen::named(&name).unwrap_or_else(|| {
-        panic!("ENGINE={name}: one of inlining, speed-and-size, without-deadline-checks")
+        panic!(
+            "ENGINE={name}: one of inlining, speed-and-size, without-deadline-checks, \
+             fixed-memory, eager-tables"
+        )
     });
     Some((
         name,

@@ -116,15 +116,22 @@ pub enum Codegen {
     SpeedAndSize,
     /// No epoch checks in the compiled code: what the deadline checks cost. Measurement only.
     WithoutDeadlineChecks,
+    /// Linear memories never move (`memory_may_move(false)`): the base pointer may be kept.
+    FixedMemory,
+    /// Tables filled at instantiation (`table_lazy_init(false)`): indirect calls skip the check.
+    EagerTables,
 }
 
 impl Codegen {
-    /// The setting named `name`: `inlining`, `speed-and-size`, `without-deadline-checks`.
+    /// The setting named `name`: `inlining`, `speed-and-size`, `without-deadline-checks`,
+    /// `fixed-memory`, `eager-tables`.
     pub fn named(name: &str) -> Option<Codegen> {
         Some(match name {
             "inlining" => Codegen::Inlining,
             "speed-and-size" => Codegen::SpeedAndSize,
             "without-deadline-checks" => Codegen::WithoutDeadlineChecks,
+            "fixed-memory" => Codegen::FixedMemory,
+            "eager-tables" => Codegen::EagerTables,
             _ => return None,
         })
     }
@@ -173,6 +180,12 @@ impl PluginEngine {
             }
             Codegen::WithoutDeadlineChecks => {
                 config.epoch_interruption(false);
+            }
+            Codegen::FixedMemory => {
+                config.memory_may_move(false);
+            }
+            Codegen::EagerTables => {
+                config.table_lazy_init(false);
             }
         })
     }
