@@ -198,3 +198,62 @@ print(json.dumps(ids))",
         "dead letters: {dead:?}"
     );
 }
+
+/// One lot's message held for its retry's wait does not hold the other lots: with a window
+/// (`prefetch`) of 4, the 40 messages of lot L1 come out while L0-0 still waits 60 s for its
+/// second attempt (deliveries settled behind a held one are acknowledged alone; acknowledged
+/// in order only, they kept the window full until L0-0 was done). Stopping the host then leaves
+/// L0-0 to the broker at once instead of waiting out its retry.
+#[test]
+fn a_lot_held_for_its_retry_does_not_hold_the_other_lots() {
+    let broker = Broker::start();
+    let route = slow_act_route("act")
+        .replace("source = \"http\"", "source = \"amqp\"")
+        .replace(
+            "sink = \"reply\"",
+            "sink = \"amqp\"\namqp = { queue = \"plant-a.act\", exchange = \"plant-a.events\", prefetch = 4, max_attempts = 3, retry_delay_ms = 60000, order_by = \"header:lot\" }",
+        );
+    let ws = Workspace::new(&format!(
+        "[host]\nid = \"solo\"\namqp = \"{}\"\n\n[plants.plant-a]\n\n{route}",
+        broker.url()
+    ));
+    let mut host = Host::start(&ws.config(), &[("RUST_LOG", "millrace_host=debug")]);
+    host.wait_ready();
+    broker.client(
+        r#"c = pika.BlockingConnection(pika.ConnectionParameters('127.0.0.1', PORT))
+ch = c.channel()
+ch.confirm_delivery()
+ch.exchange_declare('plant-a.events', 'topic', durable=True)
+ch.queue_declare('out', durable=True, arguments={'x-queue-type': 'quorum'})
+ch.queue_bind('out', 'plant-a.events', '#')
+def send(id, lot, body):
+    ch.basic_publish('', 'plant-a.act', body.encode(), pika.BasicProperties(message_id=id, content_type='text/plain', delivery_mode=2, headers={'lot': lot}))
+send('L0-0', 'L0', 'retry 10')
+for i in range(40): send('L1-%d' % i, 'L1', 'work 1')
+print('{}')
+"#,
+    );
+    let ids = outputs(&broker, &[], 40);
+    let distinct: std::collections::HashSet<&String> = ids.iter().collect();
+    let log = host.drain_log();
+    assert_eq!(
+        distinct.len(),
+        40,
+        "lot L1's outputs while L0-0 is held; the host's log's end:\n{}",
+        log[log.len().saturating_sub(20)..].join("\n")
+    );
+    let about_l0 = |log: &[String], needle: &str| {
+        log.iter()
+            .any(|l| l.contains(needle) && l.contains("message_id=L0-0 "))
+    };
+    assert!(
+        about_l0(&log, "retrying later") && !about_l0(&log, "attempts used up"),
+        "L0-0 was held, not given up"
+    );
+    assert!(host.stop_in_place().success());
+    assert!(
+        about_l0(&host.drain_log(), "left to the broker instead of run again here"),
+        "stopping cut L0-0's wait"
+    );
+    assert_eq!(broker.depth("plant-a.act"), 1, "L0-0 is back in its queue");
+}

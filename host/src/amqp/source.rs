@@ -122,6 +122,7 @@ async fn serve_consumer(
     let mut in_flight = JoinSet::new();
     let mut acks = InOrderAcks::new();
     let mut keys: Keys<Delivery> = Keys::default();
+    let stopping = stop.clone();
     let start = |in_flight: &mut JoinSet<(Delivery, Settle)>, delivery: Delivery| {
         // The route as it is now: a message runs on the version current when it arrives,
         // throughout.
@@ -130,10 +131,10 @@ async fn serve_consumer(
             .routes
             .get(&route.name)
             .unwrap_or_else(|| Arc::clone(&route));
-        let (amqp, session) = (Arc::clone(&amqp), session.clone());
+        let (amqp, session, stopping) = (Arc::clone(&amqp), session.clone(), stopping.clone());
         in_flight
             .spawn(async move {
-                let settle = handle(&amqp, &session, &current, &delivery).await;
+                let settle = handle(&amqp, &session, &current, &delivery, stopping).await;
                 (delivery, settle)
             })
             .id()
@@ -161,7 +162,17 @@ async fn serve_consumer(
                     Ok((task, out)) => (task, Ok(out)),
                     Err(e) => (e.id(), Err(e)),
                 };
-                if let Some((key, next)) = keys.finished(task) {
+                let comes_again = !matches!(done, Ok((_, Settle::Ack)));
+                if route.amqp.order_by.is_some() && comes_again {
+                    // It comes again (requeued, or to the next session): the next delivery of
+                    // its key must not pass it. The key stops here and the session is rebuilt,
+                    // so the deliveries in hand go back to the queue behind it, in order.
+                    keys.stalled(task);
+                    session.lost(format!(
+                        "route {}: an ordered delivery was not settled; its key waits for it",
+                        route.name
+                    ));
+                } else if let Some((key, next)) = keys.finished(task) {
                     let task = start(&mut in_flight, next);
                     keys.started(task, key);
                 }
@@ -237,6 +248,12 @@ impl<D, Task: std::hash::Hash + Eq> Keys<D, Task> {
         self.running.insert(task, key);
     }
 
+    /// Task `task` is done with a delivery that comes again: its key stays busy, and what
+    /// waits behind it (or arrives later) is never started on this consumer.
+    fn stalled(&mut self, task: Task) {
+        self.running.remove(&task);
+    }
+
     /// Task `task` is done: the next delivery of its key, if one waits (the key stays busy).
     fn finished(&mut self, task: Task) -> Option<(String, D)> {
         let key = self.running.remove(&task)?;
@@ -273,6 +290,16 @@ async fn settle(
     let tag = delivery.delivery_tag;
     let sent = match settle {
         Settle::Leave => return,
+        // An ordered route's keys run side by side, and one key's delivery may be held here
+        // for its retry's wait: a delivery settled behind one still in hand is acknowledged
+        // alone, so the run below does not keep the window (`prefetch`) full and the other
+        // keys waiting.
+        Settle::Ack if route.amqp.order_by.is_some() && acks.waits_below(tag) => {
+            settle_alone(channel, acks, &delivery, || {
+                delivery.ack(BasicAckOptions::default())
+            })
+            .await
+        }
         Settle::Ack => match acks.settle(tag, Given::Acknowledged) {
             Some(upto) => {
                 channel
@@ -282,27 +309,37 @@ async fn settle(
             None => Ok(()),
         },
         Settle::Requeue => {
-            let nacked = delivery
-                .nack(lapin::options::BasicNackOptions {
+            settle_alone(channel, acks, &delivery, || {
+                delivery.nack(lapin::options::BasicNackOptions {
                     requeue: true,
                     ..Default::default()
                 })
-                .await
-                .map(|_| ());
-            // Settled only once the broker took the nack: a tag whose nack failed must never
-            // be covered by a later multiple ack (that would acknowledge it unmediated).
-            match nacked.map(|()| acks.settle(tag, Given::Back)) {
-                Ok(Some(upto)) => {
-                    channel
-                        .basic_ack(upto, BasicAckOptions { multiple: true })
-                        .await
-                }
-                other => other.map(|_| ()),
-            }
+            })
+            .await
         }
     };
     if let Err(e) = sent {
         tracing::warn!(route = %route.name, error = %e, "ack failed; the broker redelivers");
+    }
+}
+
+/// Settle `delivery` on its own (by `send`: an ack or a nack), then acknowledge the run it
+/// completes. Recorded only once the broker took it: a tag whose ack or nack failed must never
+/// be covered by a later multiple ack (that would acknowledge it unmediated).
+async fn settle_alone<T, F: std::future::Future<Output = lapin::Result<T>>>(
+    channel: &lapin::Channel,
+    acks: &mut InOrderAcks,
+    delivery: &Delivery,
+    send: impl FnOnce() -> F,
+) -> lapin::Result<()> {
+    let sent = send().await.map(|_| ());
+    match sent.map(|()| acks.settle(delivery.delivery_tag, Given::Alone)) {
+        Ok(Some(upto)) => {
+            channel
+                .basic_ack(upto, BasicAckOptions { multiple: true })
+                .await
+        }
+        other => other.map(|_| ()),
     }
 }
 
@@ -380,8 +417,9 @@ enum Settle {
 enum Given {
     /// To be acknowledged (with a later `multiple` ack).
     Acknowledged,
-    /// Already given back on its own (`basic.nack` with requeue): no longer the channel's.
-    Back,
+    /// Already settled on its own (`basic.nack` with requeue, or acknowledged alone): no
+    /// longer the channel's.
+    Alone,
 }
 
 /// Delivery tags settled out of order, acknowledged in order: one `multiple` ack covers every
@@ -403,6 +441,11 @@ impl InOrderAcks {
         }
     }
 
+    /// Whether a tag below `tag` is still in hand (so `tag` cannot join an acknowledged run).
+    fn waits_below(&self, tag: u64) -> bool {
+        tag > self.next
+    }
+
     /// Record `tag` as settled (`how`); the tag to acknowledge with `multiple` when the run
     /// below it is complete and holds a tag to acknowledge.
     fn settle(&mut self, tag: u64, how: Given) -> Option<u64> {
@@ -418,7 +461,13 @@ impl InOrderAcks {
     }
 }
 
-async fn handle(amqp: &Amqp, session: &Session, route: &Arc<Route>, delivery: &Delivery) -> Settle {
+async fn handle(
+    amqp: &Amqp,
+    session: &Session,
+    route: &Arc<Route>,
+    delivery: &Delivery,
+    mut stopping: watch::Receiver<bool>,
+) -> Settle {
     let arrived_at = std::time::Instant::now();
     route.meters.received.inc();
     let mut held = 0;
@@ -427,7 +476,17 @@ async fn handle(amqp: &Amqp, session: &Session, route: &Arc<Route>, delivery: &D
             Ok(settle) => break settle,
             Err(wait) => {
                 held += 1;
-                tokio::time::sleep(wait).await;
+                tokio::select! {
+                    () = tokio::time::sleep(wait) => {}
+                    // The session is ending (lost, or the host stopping): not run again here
+                    // but left to the broker, which gives it to the next session or another
+                    // host, instead of the reconnect (or the stop) waiting out the retry.
+                    _ = stopping.wait_for(|stop| *stop) => {
+                        let id = delivery.properties.message_id().as_ref().map(|s| s.as_str());
+                        tracing::info!(route = %route.name, message_id = %id.unwrap_or_default(), runs = held, "the session ends: left to the broker instead of run again here");
+                        break Settle::Leave;
+                    }
+                }
             }
         }
     };
@@ -741,6 +800,23 @@ mod tests {
     }
 
     #[test]
+    fn a_delivery_that_comes_again_stops_its_key() {
+        let mut keys: Keys<&str, u32> = Keys::default();
+        let (key, _) = keys.arrive("a".into(), "a1").expect("a is free");
+        keys.started(1, key);
+        assert!(keys.arrive("a".into(), "a2").is_none());
+        let (key, _) = keys.arrive("b".into(), "b1").expect("b is free");
+        keys.started(2, key);
+        // a1 is left to the broker: a2 must not pass it, nor anything of a arriving later.
+        keys.stalled(1);
+        assert!(keys.finished(1).is_none(), "a1's task is gone");
+        assert!(keys.arrive("a".into(), "a3").is_none(), "a stays busy");
+        // Other keys go on.
+        assert!(keys.finished(2).is_none());
+        assert!(keys.arrive("b".into(), "b2").is_some());
+    }
+
+    #[test]
     fn out_of_order_settlements_are_acknowledged_in_order_runs() {
         use Given::*;
         let mut acks = InOrderAcks::new();
@@ -761,15 +837,31 @@ mod tests {
         use Given::*;
         let mut acks = InOrderAcks::new();
         // A run ending in a tag given back is acknowledged up to the tag before it.
-        assert_eq!(acks.settle(2, Back), None, "1 is still in hand");
+        assert_eq!(acks.settle(2, Alone), None, "1 is still in hand");
         assert_eq!(acks.settle(1, Acknowledged), Some(1));
         // A run of tags given back only: nothing to acknowledge.
-        assert_eq!(acks.settle(3, Back), None);
+        assert_eq!(acks.settle(3, Alone), None);
         // One given back inside a run is covered by the ack of a later tag (the broker skips
         // what it no longer holds).
         assert_eq!(acks.settle(5, Acknowledged), None);
-        assert_eq!(acks.settle(6, Back), None);
-        assert_eq!(acks.settle(4, Back), Some(5));
+        assert_eq!(acks.settle(6, Alone), None);
+        assert_eq!(acks.settle(4, Alone), Some(5));
         assert_eq!(acks.settle(7, Acknowledged), Some(7));
+    }
+
+    #[test]
+    fn a_tag_acknowledged_alone_is_never_named_by_a_run() {
+        use Given::*;
+        let mut acks = InOrderAcks::new();
+        assert!(!acks.waits_below(1));
+        // 1 is held (an ordered route's retry); 2 and 3 are settled behind it, alone.
+        assert!(acks.waits_below(2));
+        assert_eq!(acks.settle(2, Alone), None);
+        assert!(acks.waits_below(3));
+        assert_eq!(acks.settle(3, Alone), None);
+        // 1 done: the run 1..=3 is acknowledged up to 1 only (2 and 3 are no longer held).
+        assert_eq!(acks.settle(1, Acknowledged), Some(1));
+        assert!(!acks.waits_below(4));
+        assert_eq!(acks.settle(4, Acknowledged), Some(4));
     }
 }

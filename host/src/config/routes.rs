@@ -48,9 +48,21 @@ pub(super) fn webhook_config(
     }
 }
 
+/// The longest plant or route name: both are part of names the host gives broker queues
+/// (`millrace.ROUTE.dead-letter`, `millrace.control.last.PLANT.PLUGIN`), which RabbitMQ limits
+/// to 255 bytes.
+pub const MAX_NAME_BYTES: usize = 100;
+
 /// Plant and route names appear in URLs and logs: lower-case letters, digits, `-`, `_`, `.`.
 pub(super) fn check_name(diag: &mut Diagnostics, name: &Spanned<String>, what: &str) {
     let n = name.get_ref();
+    if n.len() > MAX_NAME_BYTES {
+        diag.error_at(
+            name.span(),
+            format!("{what} name is {} bytes long; at most {MAX_NAME_BYTES} (it is part of the broker queues' names)", n.len()),
+        );
+        return;
+    }
     let ok = n
         .chars()
         .next()
