@@ -252,7 +252,10 @@ print('{}')
     );
     assert!(host.stop_in_place().success());
     assert!(
-        about_l0(&host.drain_log(), "left to the broker instead of run again here"),
+        about_l0(
+            &host.drain_log(),
+            "left to the broker instead of run again here"
+        ),
         "stopping cut L0-0's wait"
     );
     assert_eq!(broker.depth("plant-a.act"), 1, "L0-0 is back in its queue");

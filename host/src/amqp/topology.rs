@@ -181,7 +181,13 @@ impl<'a> Declarer<'a> {
                     queue = name,
                     "the queue exists with other arguments than the host declares ({e}); used as it is, without the host's dead-lettering, delivery limit or type"
                 );
-                if matches!(role, Role::Source { single_active: true, .. }) {
+                if matches!(
+                    role,
+                    Role::Source {
+                        single_active: true,
+                        ..
+                    }
+                ) {
                     tracing::warn!(
                         queue = name,
                         "the route has order_by, which needs the queue's x-single-active-consumer: unless the queue has it, several hosts consume it at once and per-key order is not kept"
