@@ -182,7 +182,12 @@ async fn preload(ch: &Channel, queue: &str, n: usize) {
             );
         }
         for c in confirms {
-            assert!(c.await.unwrap().is_ack());
+            let confirm = tokio::time::timeout(Duration::from_secs(300), c)
+                .await
+                .unwrap_or_else(|_| {
+                    panic!("preload: no confirm within 300 s at {sent} of {n} (a broker alarm?)")
+                });
+            assert!(confirm.unwrap().is_ack());
         }
         sent += window;
     }
@@ -419,7 +424,21 @@ async fn millrace(
     let _ = Command::new("kill")
         .args(["-TERM", &host.0.id().to_string()])
         .status();
-    let _ = host.0.wait();
+    // A host that does not stop is a finding, not a reason for the bench to hang: said, then
+    // killed.
+    let stopping = Instant::now();
+    while host.0.try_wait().ok().flatten().is_none() {
+        if stopping.elapsed() > Duration::from_secs(120) {
+            eprintln!(
+                "millrace (pid {}) did not exit within 120 s of SIGTERM; killed",
+                host.0.id()
+            );
+            let _ = host.0.kill();
+            let _ = host.0.wait();
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let _ = setup.close(200, "done".into()).await;
     rate
 }
