@@ -162,16 +162,13 @@ async fn serve_consumer(
                     Ok((task, out)) => (task, Ok(out)),
                     Err(e) => (e.id(), Err(e)),
                 };
-                let comes_again = !matches!(done, Ok((_, Settle::Ack)));
+                // Left to the broker (the session is lost or ending) or its handler failed
+                // (which loses the session): it comes again, to the next session, and the next
+                // delivery of its key must not pass it. The key stops here; what waits behind
+                // it goes back to the queue with it when the channel closes, in order.
+                let comes_again = matches!(done, Ok((_, Settle::Leave)) | Err(_));
                 if route.amqp.order_by.is_some() && comes_again {
-                    // It comes again (requeued, or to the next session): the next delivery of
-                    // its key must not pass it. The key stops here and the session is rebuilt,
-                    // so the deliveries in hand go back to the queue behind it, in order.
                     keys.stalled(task);
-                    session.lost(format!(
-                        "route {}: an ordered delivery was not settled; its key waits for it",
-                        route.name
-                    ));
                 } else if let Some((key, next)) = keys.finished(task) {
                     let task = start(&mut in_flight, next);
                     keys.started(task, key);
