@@ -53,6 +53,10 @@ pub(super) fn webhook_config(
 /// to 255 bytes.
 pub const MAX_NAME_BYTES: usize = 100;
 
+/// The longest `routes.R.amqp.queue`: room for the delay queues' `.retry.<ms>ms` within
+/// RabbitMQ's 255 bytes.
+pub const MAX_QUEUE_BYTES: usize = 200;
+
 /// Plant and route names appear in URLs and logs: lower-case letters, digits, `-`, `_`, `.`.
 pub(super) fn check_name(diag: &mut Diagnostics, name: &Spanned<String>, what: &str) {
     let n = name.get_ref();
@@ -304,6 +308,12 @@ pub(super) fn read(
         let webhook = webhook_config(diag, name.get_ref(), route);
         let amqp = RouteAmqp::from_section(name.get_ref(), route.amqp.as_ref());
         let uses_broker = route.source == Source::Amqp || *route.sink.get_ref() == Sink::Amqp;
+        if uses_broker && amqp.queue.len() > MAX_QUEUE_BYTES {
+            diag.error_at(
+                route.sink.span(),
+                format!("route {}: amqp.queue is {} bytes long; at most {MAX_QUEUE_BYTES} (the host names its delay queues QUEUE.retry.<ms>ms, and RabbitMQ limits names to 255 bytes)", name.get_ref(), amqp.queue.len()),
+            );
+        }
         if let Some(order) = &amqp.order_by {
             if route.source != Source::Amqp {
                 diag.error_at(
