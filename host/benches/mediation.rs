@@ -19,9 +19,9 @@
 //! generation lever, `scripts/build-plugins` says how) beside each Rust plugin, in the same
 //! groups: a lever measured against the usual build and native code in one run.
 //!
-//! `ENGINE=NAME` (`inlining`, `speed-and-size`, `without-deadline-checks`, `fixed-memory`,
-//! `eager-tables`) also runs each Rust plugin's usual component on an engine with that code-generation setting, as the case
-//! `engine-NAME`: a wasmtime setting measured the same way.
+//! `ENGINE=NAME` (one of [`Codegen::ALL`]) also runs each Rust plugin's usual component on an
+//! engine with that code-generation setting, as the case `engine-NAME`: a wasmtime setting
+//! measured the same way.
 
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
 use mes_fixed_width::MesFixedWidth;
@@ -126,8 +126,8 @@ fn measured_engine() -> Option<(String, PluginEngine)> {
     let name = std::env::var("ENGINE").ok()?;
     let codegen = Codegen::named(&name).unwrap_or_else(|| {
         panic!(
-            "ENGINE={name}: one of inlining, speed-and-size, without-deadline-checks, \
-             fixed-memory, eager-tables"
+            "ENGINE={name}: one of {}",
+            Codegen::ALL.map(|(n, _)| n).join(", ")
         )
     });
     Some((

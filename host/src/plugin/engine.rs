@@ -123,17 +123,21 @@ pub enum Codegen {
 }
 
 impl Codegen {
-    /// The setting named `name`: `inlining`, `speed-and-size`, `without-deadline-checks`,
-    /// `fixed-memory`, `eager-tables`.
+    /// Every setting, by the name [`Codegen::named`] takes.
+    pub const ALL: [(&'static str, Codegen); 5] = [
+        ("inlining", Codegen::Inlining),
+        ("speed-and-size", Codegen::SpeedAndSize),
+        ("without-deadline-checks", Codegen::WithoutDeadlineChecks),
+        ("fixed-memory", Codegen::FixedMemory),
+        ("eager-tables", Codegen::EagerTables),
+    ];
+
+    /// The setting named `name` (one of [`Codegen::ALL`]).
     pub fn named(name: &str) -> Option<Codegen> {
-        Some(match name {
-            "inlining" => Codegen::Inlining,
-            "speed-and-size" => Codegen::SpeedAndSize,
-            "without-deadline-checks" => Codegen::WithoutDeadlineChecks,
-            "fixed-memory" => Codegen::FixedMemory,
-            "eager-tables" => Codegen::EagerTables,
-            _ => return None,
-        })
+        Self::ALL
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, codegen)| *codegen)
     }
 }
 
