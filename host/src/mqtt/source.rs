@@ -106,7 +106,8 @@ pub const IN_HAND_MAX_BYTES: usize = 64 << 20;
 pub const RUNNING_MAX: usize = super::RECEIVE_MAXIMUM as usize;
 
 /// Serve what the session hands over until it stops or `shutdown` turns true, then finish the
-/// messages in hand (their acknowledgements go out only if the session still stands).
+/// messages running (their acknowledgements go out only if the session still stands; those
+/// not started are left to the broker).
 ///
 /// Messages run in parallel, at most [`RUNNING_MAX`] at once, except those of a route with
 /// `order_levels`: messages whose topics agree on those levels form a lane and run one after
