@@ -78,6 +78,7 @@ impl Host {
             .map_err(crate::control::deploy::DeployError::from)?;
         let deployer = Arc::new(crate::control::deploy::Deployer::new(
             registry,
+            &config.host_id,
             crate::control::deploy::GateLimits {
                 intake: config.intake,
                 budget: config.gate_budget,

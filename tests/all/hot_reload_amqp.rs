@@ -351,3 +351,91 @@ print(json.dumps(out))",
     assert_eq!(got["body"]["input"], "hello");
     assert_eq!(host.pid(), pid, "never restarted");
 }
+
+#[test]
+fn an_activation_made_while_the_broker_was_away_is_kept_and_reaches_the_other_hosts() {
+    let mut broker = Broker::start();
+    let (_ws_a, _ws_b, a, b) = two_hosts(&broker);
+    let version = |host: &Host| active(host)["active"]["version"].clone();
+    let stamp_2 = std::fs::read(guest("guest-stamp-2")).unwrap();
+    let up = a.admin("POST", "/v1/plants/plant-a/plugins", &stamp_2);
+    assert_eq!(up.status, 201, "{}", up.body);
+    // Announced (and retained): 2.0.0, then the rollback to 1.0.0.
+    assert_eq!(activate(&a, "2.0.0").status, 200);
+    eventually("host B runs 2.0.0", || {
+        (version(&b) == "2.0.0").then_some(())
+    });
+    let back = a.admin("POST", "/v1/plants/plant-a/plugins/stamp/rollback", b"");
+    assert_eq!(back.status, 200, "{}", back.body);
+    eventually("host B back on 1.0.0", || {
+        (version(&b) == "1.0.0").then_some(())
+    });
+    // The broker goes; host A activates 2.0.0 again, which it cannot announce now.
+    broker.stop();
+    assert_eq!(activate(&a, "2.0.0").status, 200);
+    broker.restart();
+    // Back on the broker, the retained rollback is older than host A's activation: host A keeps
+    // 2.0.0 and announces it, and host B follows.
+    let mut b = b;
+    runs_within(
+        &mut b,
+        "2.0.0",
+        1200,
+        "host B never got the activation made while the broker was away",
+    );
+    let mut a = a;
+    a.wait_for_log("the broker does not have this host's last activation; announcing it");
+    assert_eq!(version(&a), "2.0.0");
+    // The retained one is now host A's: a host reading it later agrees.
+    let history = active(&a)["history"].as_array().unwrap().clone();
+    assert_eq!(history.len(), 3, "{history:?}");
+}
+
+#[test]
+fn two_hosts_activating_one_plugin_at_once_end_on_the_same_version() {
+    let broker = Broker::start();
+    let (_ws_a, _ws_b, mut a, mut b) = two_hosts(&broker);
+    let stamp_2 = std::fs::read(guest("guest-stamp-2")).unwrap();
+    let up = a.admin("POST", "/v1/plants/plant-a/plugins", &stamp_2);
+    assert_eq!(up.status, 201, "{}", up.body);
+    // Both at once: host A activates 2.0.0 and host B activates 1.0.0 again, each before the
+    // other's announcement arrives (without an order, each would end on the other's).
+    let call = |admin: &Option<String>, version: &str| {
+        let base = admin.clone().expect("host.admin is set");
+        let body = format!("{{\"version\": \"{version}\"}}");
+        let token = format!("Bearer {TEST_ADMIN_TOKEN}");
+        move || {
+            let path = "/v1/plants/plant-a/plugins/stamp/activate";
+            let headers = [("authorization", token.as_str())];
+            let json = Some("application/json");
+            request(&base, "POST", path, json, &headers, body.as_bytes()).status
+        }
+    };
+    let (on_a, on_b) = (call(&a.admin, "2.0.0"), call(&b.admin, "1.0.0"));
+    std::thread::scope(|s| {
+        let (on_a, on_b) = (s.spawn(on_a), s.spawn(on_b));
+        assert_eq!(on_a.join().unwrap(), 200);
+        assert_eq!(on_b.join().unwrap(), 200);
+    });
+    // Each host has dealt with the other's announcement (applied it, or found it older).
+    for (host, other) in [(&mut a, "host-b"), (&mut b, "host-a")] {
+        host.wait_for_log_where(
+            |l| {
+                (l.contains("activation from another host applied")
+                    || l.contains("not later than this slot's last one"))
+                    && l.contains(other)
+            },
+            "the other host's announcement dealt with",
+        );
+    }
+    let (on_a, on_b) = (active(&a), active(&b));
+    assert_eq!(
+        on_a["active"]["version"], on_b["active"]["version"],
+        "host A: {on_a}\nhost B: {on_b}"
+    );
+    let stamp = |doc: &serde_json::Value| doc["history"].as_array().unwrap().last().cloned();
+    assert_eq!(
+        stamp(&on_a).unwrap()["stamp_ms"],
+        stamp(&on_b).unwrap()["stamp_ms"]
+    );
+}

@@ -8,7 +8,16 @@
 //! Announcements are not broadcast again by the hosts that apply them, and a host skips its
 //! own. A host whose routes do not run the plugin on that plant skips it; one whose gate refuses
 //! it keeps its version and records the refusal. Runs on the broker session (hosts whose routes
-//! use the broker); an activation made while the broker is away is not announced (logged).
+//! use the broker); an activation made while the broker is away is announced on the next
+//! session, when the retained one (below) is older or missing.
+//!
+//! **Order.** Each activation carries a stamp ([`Stamp`]: milliseconds never below one past the
+//! slot's last stamp known to the host, then the id of the host it was made on), recorded with
+//! it on every host that applies it. An announcement or a retained activation is applied only
+//! when its stamp is later than the slot's last activation here: hosts activating one slot at
+//! about the same time all end on the later one, and nothing older (a retained read, a queue's
+//! backlog) undoes a newer activation. Announcements without a stamp (hosts of an earlier
+//! release) are applied as they come.
 //!
 //! **The last activation is retained** for hosts that join later or return after their control
 //! queue was lost: each announcement is also kept, bytes and all, as the only message of the
@@ -29,7 +38,7 @@
 use crate::amqp::publisher::header_string;
 use crate::amqp::session::{BrokerLink, Link, Session};
 use crate::control::deploy::{DeployError, Deployer, Slot};
-use crate::control::registry::{Activation, RegistryError};
+use crate::control::registry::{Activation, RegistryError, Stamp};
 use futures_lite::StreamExt;
 use lapin::BasicProperties;
 use lapin::options::{
@@ -70,6 +79,8 @@ struct Note {
     digest: String,
     action: String,
     by: String,
+    /// The activation's place in its slot's order; `None` from a host of an earlier release.
+    stamp: Option<Stamp>,
 }
 
 impl Note {
@@ -86,6 +97,11 @@ impl Note {
         ] {
             table.insert(name.into(), AMQPValue::LongString(value.as_str().into()));
         }
+        if let Some(stamp) = &self.stamp {
+            table.insert("stamp-ms".into(), AMQPValue::LongLongInt(stamp.ms));
+            let host = AMQPValue::LongString(stamp.host.as_str().into());
+            table.insert("stamp-host".into(), host);
+        }
         table
     }
 
@@ -99,6 +115,10 @@ impl Note {
             digest: get("digest")?,
             action: get("action")?,
             by: get("by")?,
+            stamp: match (table.inner().get("stamp-ms"), get("stamp-host")) {
+                (Some(AMQPValue::LongLongInt(ms)), Some(host)) => Some(Stamp { ms: *ms, host }),
+                _ => None,
+            },
         })
     }
 }
@@ -113,11 +133,29 @@ pub async fn announce_all(link: Arc<BrokerLink>, deployer: Arc<Deployer>, host_i
 }
 
 /// Tell the other hosts on the broker that `activation` happened here (best effort: logged when
-/// the broker is away or does not confirm).
+/// the broker does not confirm). While the broker is away it waits for the next session, and
+/// then announces it only if it is still the slot's last activation here.
 async fn announce(link: &BrokerLink, deployer: &Deployer, host_id: &str, activation: &Activation) {
-    let Link::Up(session) = link.link() else {
-        tracing::warn!(plant = %activation.plant, plugin = %activation.plugin, version = %activation.version, "the broker is away: this activation is not announced to other hosts");
-        return;
+    let session = match link.link() {
+        Link::Up(session) => session,
+        _ => {
+            tracing::warn!(plant = %activation.plant, plugin = %activation.plugin, version = %activation.version, "the broker is away: this activation is announced once it is back");
+            let mut state = link.watch();
+            let Ok(up) = state.wait_for(|l| matches!(l, Link::Up(_))).await else {
+                return;
+            };
+            let Link::Up(session) = up.clone() else {
+                return;
+            };
+            let last = deployer
+                .registry
+                .stamp(&activation.plant, &activation.plugin);
+            if last.as_ref().ok() != Some(&activation.stamp) {
+                tracing::info!(plant = %activation.plant, plugin = %activation.plugin, version = %activation.version, "an activation made while the broker was away and since replaced; not announced");
+                return;
+            }
+            session
+        }
     };
     let note = Note {
         from: host_id.to_string(),
@@ -127,6 +165,7 @@ async fn announce(link: &BrokerLink, deployer: &Deployer, host_id: &str, activat
         digest: activation.digest.clone(),
         action: activation.action.clone(),
         by: activation.by.clone(),
+        stamp: Some(activation.stamp.clone()),
     };
     let blob = deployer.registry.blob(&activation.digest);
     let sent = async {
@@ -217,7 +256,7 @@ pub async fn follow(
                 .await?;
         }
         declarer.close().await;
-        let unchecked = catch_up(&deployer, &session.connection, &slots).await;
+        let unchecked = catch_up(&deployer, &host_id, &session.connection, &slots).await;
         let channel = session.connection.create_channel().await?;
         channel.basic_qos(1, BasicQosOptions::default()).await?;
         let consumer = channel
@@ -242,7 +281,7 @@ pub async fn follow(
         // Announcements wait in the queue until every retained activation was checked.
         while !unchecked.is_empty() {
             tokio::time::sleep(CATCH_UP_RETRY).await;
-            unchecked = catch_up(&deployer, &session.connection, &unchecked).await;
+            unchecked = catch_up(&deployer, &host_id, &session.connection, &unchecked).await;
         }
         let why = apply_each(deployer, host_id, consumer).await;
         // Not following announcements is not a state to stay in: a new session follows again.
@@ -273,10 +312,13 @@ impl Following {
 }
 
 /// Apply the retained last activation of each of `slots` (plant, plugin) that differs from what
-/// runs here: see the module's notes. Returns the slots not checked: those past the time limit
-/// and those whose read failed.
+/// runs here and is later than the slot's last activation here; announce this host's own last
+/// activation of a slot when the retained one is older or missing (made while the broker was
+/// away): see the module's notes. Returns the slots not checked: those past the time limit and
+/// those whose read failed.
 async fn catch_up(
     deployer: &Arc<Deployer>,
+    host_id: &str,
     connection: &lapin::Connection,
     slots: &[(String, String)],
 ) -> Vec<(String, String)> {
@@ -285,7 +327,7 @@ async fn catch_up(
     let mut left = CATCH_UP_LIMIT;
     for (n, (plant, plugin)) in slots.iter().enumerate() {
         let queue = last(plant, plugin);
-        let mut found = None;
+        let (mut found, mut failed) = (None, false);
         for attempt in 0..3 {
             if attempt > 0 {
                 tokio::time::sleep(std::time::Duration::from_millis(50)).await;
@@ -314,13 +356,32 @@ async fn catch_up(
                 Err(e) => {
                     tracing::warn!(queue = %queue, error = %e, retry_s = CATCH_UP_RETRY.as_secs(), "cannot read the last activation retained on the broker; trying again later");
                     unchecked.push((plant.clone(), plugin.clone()));
+                    failed = true;
                     break;
                 }
             }
         }
+        if !failed {
+            announce_if_missing(
+                deployer,
+                host_id,
+                plant,
+                plugin,
+                found.as_ref().map(|f| &f.0),
+            );
+        }
         let Some((note, bytes)) = found else {
             continue;
         };
+        let slot = Slot {
+            plant: &note.plant,
+            plugin: &note.plugin,
+        };
+        if let Some(stamp) = &note.stamp
+            && !deployer.is_later(slot, stamp).unwrap_or(true)
+        {
+            continue;
+        }
         let running = deployer
             .routes()
             .running(&note.plant, &note.plugin)
@@ -333,6 +394,41 @@ async fn catch_up(
         let _ = tokio::task::spawn_blocking(move || apply(&deployer, &note, &bytes)).await;
     }
     unchecked
+}
+
+/// Announce this host's last activation of `plant`'s `plugin` again when it was made here and
+/// the broker's retained one (`retained`) is older or missing: it was made while the broker was
+/// away (or its announcement was lost). Others apply it once (its stamp is later than theirs);
+/// a second announcement of it is skipped everywhere.
+fn announce_if_missing(
+    deployer: &Deployer,
+    host_id: &str,
+    plant: &str,
+    plugin: &str,
+    retained: Option<&Note>,
+) {
+    let last = match deployer.registry.history(plant, Some(plugin)) {
+        Ok(mut history) => history.pop(),
+        Err(e) => {
+            tracing::warn!(plant, plugin, error = %e, "cannot read this slot's activations");
+            return;
+        }
+    };
+    let Some(last) = last.filter(|a| a.stamp.host == host_id) else {
+        return;
+    };
+    let older = match retained {
+        None => true,
+        Some(Note {
+            stamp: Some(stamp), ..
+        }) => *stamp < last.stamp,
+        // From a host of an earlier release: no order to compare.
+        Some(_) => false,
+    };
+    if older {
+        tracing::info!(plant, plugin, version = %last.version, "the broker does not have this host's last activation; announcing it");
+        deployer.announce(&last);
+    }
 }
 
 /// The message retained in `queue`, read without taking it: fetched unacknowledged, then given
@@ -401,6 +497,17 @@ fn apply(d: &Deployer, note: &Note, bytes: &[u8]) {
         tracing::debug!(plant = %note.plant, plugin = %note.plugin, "announced activation is for a plugin no route here runs");
         return;
     }
+    let slot = Slot {
+        plant: &note.plant,
+        plugin: &note.plugin,
+    };
+    // An older one is not even kept (nor gated): it would never run.
+    if let Some(stamp) = &note.stamp
+        && !d.is_later(slot, stamp).unwrap_or(true)
+    {
+        tracing::info!(plant = %note.plant, plugin = %note.plugin, version = %note.version, from = %note.from, "an announced activation not later than this slot's last one; skipped");
+        return;
+    }
     let by = format!("{} via {}", note.by, note.from);
     let kept = match d.registry.find(&note.plant, &note.plugin, &note.version) {
         Ok(kept) if kept.digest != note.digest => Err(RegistryError::VersionTaken {
@@ -416,13 +523,12 @@ fn apply(d: &Deployer, note: &Note, bytes: &[u8]) {
         }
         Err(e) => Err(DeployError::from(e)),
     };
-    let slot = Slot {
-        plant: &note.plant,
-        plugin: &note.plugin,
-    };
-    let done = kept.and_then(|()| d.apply_announced(slot, &note.version, &by, &note.action));
+    let stamp = note.stamp.clone().ok_or(note.from.as_str());
+    let done = kept.and_then(|()| d.apply_announced(slot, &note.version, &by, &note.action, stamp));
     match done {
-        Ok(_) => {
+        // Another activation came in between: logged by the deployer.
+        Ok(None) => {}
+        Ok(Some(_)) => {
             tracing::info!(plant = %note.plant, plugin = %note.plugin, version = %note.version, from = %note.from, "activation from another host applied")
         }
         Err(e) => {

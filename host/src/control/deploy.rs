@@ -6,7 +6,7 @@
 //! The deployer owns the engine and the route table it changes, and announces every activation
 //! made here to whoever subscribed ([`Deployer::announcements`]: the hosts sharing a broker).
 
-use crate::control::registry::{Activation, NewVersion, Registry, RegistryError, Version};
+use crate::control::registry::{Activation, NewVersion, Registry, RegistryError, Stamp, Version};
 use crate::plugin::engine::PluginEngine;
 use crate::plugin::{Artifact, LoadError};
 use crate::route::{Routes, SwapError};
@@ -31,6 +31,13 @@ pub enum DeployError {
     Untrusted(String),
     #[error("{0}")]
     Registry(#[from] RegistryError),
+}
+
+/// Where an activation was made: here (stamped now), or on another host (with the stamp its
+/// announcement carries, or the announcing host's id when it carries none).
+enum Made<'a> {
+    Here,
+    Elsewhere(Result<Stamp, &'a str>),
 }
 
 /// A plugin of a plant: what an activation changes.
@@ -131,6 +138,8 @@ pub struct GateLimits {
 /// Deploys, activations and rollbacks of one host.
 pub struct Deployer {
     pub registry: Registry,
+    /// This host's id (`host.id`): the stamps of the activations made here carry it.
+    host_id: String,
     engine: Arc<PluginEngine>,
     routes: Arc<Routes>,
     /// Where activations made on this host are announced, once someone subscribed.
@@ -153,12 +162,14 @@ pub struct Deployer {
 impl Deployer {
     pub fn new(
         registry: Registry,
+        host_id: &str,
         gate: GateLimits,
         engine: Arc<PluginEngine>,
         routes: Arc<Routes>,
     ) -> Deployer {
         Deployer {
             registry,
+            host_id: host_id.to_string(),
             engine,
             routes,
             announce: Mutex::new(None),
@@ -476,22 +487,40 @@ impl Deployer {
         by: &str,
         action: &str,
     ) -> Result<Activated, DeployError> {
-        let activated = self.activate_here(slot, version, by, action)?;
-        if let Some(announce) = &*self.announce.lock().expect("announce lock") {
-            let _ = announce.send(activated.activation.clone());
-        }
+        let activated = self
+            .activate_here(slot, version, by, action, Made::Here)?
+            .expect("an activation made here is never older");
+        self.announce(&activated.activation);
         Ok(activated)
     }
 
-    /// [`Deployer::activate`] for an activation another host announced: not announced again.
+    /// Announce `activation` to the other hosts (when someone subscribed): what
+    /// [`Deployer::activate`] does, and what a host does again for its own activation that
+    /// the broker's retained one does not have yet (made while the broker was away).
+    pub fn announce(&self, activation: &Activation) {
+        if let Some(announce) = &*self.announce.lock().expect("announce lock") {
+            let _ = announce.send(activation.clone());
+        }
+    }
+
+    /// [`Deployer::activate`] for an activation another host announced, not announced again:
+    /// applied only when `stamp` is later than the slot's (`None`, nothing done, when it is
+    /// not). An announcement without a stamp (from a host of an earlier release) is applied as
+    /// it comes, stamped here as made on `from`.
     pub fn apply_announced(
         &self,
         slot: Slot<'_>,
         version: &str,
         by: &str,
         action: &str,
-    ) -> Result<Activated, DeployError> {
-        self.activate_here(slot, version, by, action)
+        stamp: Result<Stamp, &str>,
+    ) -> Result<Option<Activated>, DeployError> {
+        self.activate_here(slot, version, by, action, Made::Elsewhere(stamp))
+    }
+
+    /// Whether an announcement stamped `stamp` is later than what `slot` last activated here.
+    pub fn is_later(&self, slot: Slot<'_>, stamp: &Stamp) -> Result<bool, DeployError> {
+        Ok(*stamp > self.registry.stamp(slot.plant, slot.plugin)?)
     }
 
     fn activate_here(
@@ -500,11 +529,22 @@ impl Deployer {
         version: &str,
         by: &str,
         action: &str,
-    ) -> Result<Activated, DeployError> {
+        made: Made<'_>,
+    ) -> Result<Option<Activated>, DeployError> {
         let (engine, routes) = (&*self.engine, &*self.routes);
         let Slot { plant, plugin } = slot;
         let started = std::time::Instant::now();
         let _one_at_a_time = self.activating.lock().expect("activation lock");
+        let last = self.registry.stamp(plant, plugin)?;
+        let stamp = match made {
+            Made::Here => Stamp::next(&last, &self.host_id),
+            Made::Elsewhere(Ok(stamp)) if stamp <= last => {
+                tracing::info!(plant, plugin, version, stamp_ms = stamp.ms, from = %stamp.host, last_ms = last.ms, last_from = %last.host, "an announced activation not later than this slot's last one; skipped");
+                return Ok(None);
+            }
+            Made::Elsewhere(Ok(stamp)) => stamp,
+            Made::Elsewhere(Err(from)) => Stamp::next(&last, from),
+        };
         let target = self.registry.find(plant, plugin, version)?;
         // Kept versions were checked when they came in; a trust policy may have come since.
         if self.trust.read().expect("trust lock").contains_key(plant) {
@@ -526,17 +566,17 @@ impl Deployer {
         let took_ms = started.elapsed().as_secs_f64() * 1000.0;
         let activation = self
             .registry
-            .record(&target, previous.as_deref(), action, by)?;
+            .record(&target, previous.as_deref(), action, by, stamp)?;
         tracing::info!(plant, plugin, version, previous = ?previous, action, by, took_ms, "plugin version active");
         crate::telemetry::metrics()
             .activations
             .with(&[plant, plugin, action])
             .inc();
-        Ok(Activated {
+        Ok(Some(Activated {
             activation,
             routes: names,
             took_ms,
-        })
+        }))
     }
 
     /// Go back to the version that was active before the current one.

@@ -85,6 +85,35 @@ pub struct Activation {
     pub action: String,
     pub by: String,
     pub at: String,
+    /// Where it stands in the slot's order across hosts ([`Stamp`]).
+    #[serde(flatten)]
+    pub stamp: Stamp,
+}
+
+/// The order of a slot's activations across the hosts that share them: milliseconds, never
+/// less than one past the slot's last stamp known here (so an activation made after seeing
+/// another is always later, whatever the clocks say), then the id of the host it was made on
+/// (so two made at once order the same everywhere). An announcement is applied only when its
+/// stamp is later than the slot's; activations recorded before stamps existed have 0 and "".
+#[derive(Debug, Clone, Default, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]
+pub struct Stamp {
+    #[serde(rename = "stamp_ms")]
+    pub ms: i64,
+    #[serde(rename = "stamp_host")]
+    pub host: String,
+}
+
+impl Stamp {
+    /// A stamp for an activation made now on `host`, after `last`.
+    pub fn next(last: &Stamp, host: &str) -> Stamp {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as i64);
+        Stamp {
+            ms: now.max(last.ms + 1),
+            host: host.to_string(),
+        }
+    }
 }
 
 const SCHEMA: &str = "
@@ -107,8 +136,16 @@ CREATE TABLE IF NOT EXISTS activations (
     previous_version TEXT,
     action TEXT NOT NULL,
     by TEXT NOT NULL,
-    at TEXT NOT NULL
+    at TEXT NOT NULL,
+    stamp_ms INTEGER NOT NULL DEFAULT 0,
+    stamp_host TEXT NOT NULL DEFAULT ''
 );
+";
+
+/// Registries written before stamps: their activations get the two columns (0 and '').
+const STAMPED: &str = "
+ALTER TABLE activations ADD COLUMN stamp_ms INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE activations ADD COLUMN stamp_host TEXT NOT NULL DEFAULT '';
 ";
 
 /// The registry of one data directory.
@@ -123,6 +160,17 @@ impl Registry {
     pub fn open(data_dir: &Path) -> Result<Registry, RegistryError> {
         let dir = data_dir.join("registry");
         let (path, conn) = crate::durable::open_in(&dir, "registry.sqlite", SCHEMA)?;
+        let sql = |source| crate::durable::StoreError::sql(&path, source);
+        let stamped: bool = conn
+            .query_row(
+                "SELECT COUNT(*) > 0 FROM pragma_table_info('activations') WHERE name = 'stamp_ms'",
+                [],
+                |row| row.get(0),
+            )
+            .map_err(sql)?;
+        if !stamped {
+            conn.execute_batch(STAMPED).map_err(sql)?;
+        }
         let blobs = dir.join("blobs");
         std::fs::create_dir_all(&blobs).map_err(|source| RegistryError::Blob {
             path: blobs,
@@ -249,19 +297,20 @@ impl Registry {
         rows.collect::<Result<_, _>>().map_err(|e| self.sql(e))
     }
 
-    /// Record that `version` became active (`action` `activate` or `rollback`).
+    /// Record that `version` became active (`action` `activate` or `rollback`) at `stamp`.
     pub fn record(
         &self,
         version: &Version,
         previous: Option<&str>,
         action: &str,
         by: &str,
+        stamp: Stamp,
     ) -> Result<Activation, RegistryError> {
         let at = crate::durable::now_rfc3339();
         let conn = self.conn.lock().expect("registry lock");
         conn.execute(
-            "INSERT INTO activations (plant, plugin, version, digest, previous_version, action, by, at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            "INSERT INTO activations (plant, plugin, version, digest, previous_version, action, by, at, stamp_ms, stamp_host)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
             params![
                 version.plant,
                 version.plugin,
@@ -270,7 +319,9 @@ impl Registry {
                 previous,
                 action,
                 by,
-                at
+                at,
+                stamp.ms,
+                stamp.host
             ],
         )
         .map_err(|e| self.sql(e))?;
@@ -284,7 +335,27 @@ impl Registry {
             action: action.into(),
             by: by.into(),
             at,
+            stamp,
         })
+    }
+
+    /// The stamp of the last activation of `plugin` on `plant` (the default when none).
+    pub fn stamp(&self, plant: &str, plugin: &str) -> Result<Stamp, RegistryError> {
+        let conn = self.conn.lock().expect("registry lock");
+        conn.query_row(
+            "SELECT stamp_ms, stamp_host FROM activations WHERE plant = ?1 AND plugin = ?2
+             ORDER BY seq DESC LIMIT 1",
+            params![plant, plugin],
+            |row| {
+                Ok(Stamp {
+                    ms: row.get(0)?,
+                    host: row.get(1)?,
+                })
+            },
+        )
+        .optional()
+        .map(Option::unwrap_or_default)
+        .map_err(|e| self.sql(e))
     }
 
     /// The activations of `plugin` on `plant` (every plugin when `None`), oldest first.
@@ -296,7 +367,8 @@ impl Registry {
         let conn = self.conn.lock().expect("registry lock");
         let mut select = conn
             .prepare(
-                "SELECT seq, plant, plugin, version, digest, previous_version, action, by, at
+                "SELECT seq, plant, plugin, version, digest, previous_version, action, by, at,
+                        stamp_ms, stamp_host
                  FROM activations WHERE plant = ?1 AND (?2 IS NULL OR plugin = ?2) ORDER BY seq",
             )
             .map_err(|e| self.sql(e))?;
@@ -312,6 +384,10 @@ impl Registry {
                     action: row.get(6)?,
                     by: row.get(7)?,
                     at: row.get(8)?,
+                    stamp: Stamp {
+                        ms: row.get(9)?,
+                        host: row.get(10)?,
+                    },
                 })
             })
             .map_err(|e| self.sql(e))?;
@@ -384,7 +460,13 @@ mod tests {
             .unwrap();
         assert_eq!(std::fs::read(registry.blob("sha256:02")).unwrap(), b"two");
         registry
-            .record(&v2, Some("1.0.0"), "activate", "ops")
+            .record(
+                &v2,
+                Some("1.0.0"),
+                "activate",
+                "ops",
+                Stamp::next(&Stamp::default(), "h"),
+            )
             .unwrap();
         drop(registry);
         let registry = Registry::open(dir.path()).unwrap();
@@ -397,5 +479,63 @@ mod tests {
             registry.find("a", "stamp", "9.9.9"),
             Err(RegistryError::UnknownVersion { .. })
         ));
+    }
+
+    #[test]
+    fn a_registry_from_before_stamps_gets_them_and_the_last_activation_gives_the_slot_its_stamp() {
+        let dir = tempfile::tempdir().unwrap();
+        let before = SCHEMA
+            .replace("    stamp_ms INTEGER NOT NULL DEFAULT 0,\n", "")
+            .replace(",\n    stamp_host TEXT NOT NULL DEFAULT ''", "");
+        assert!(!before.contains("stamp_"), "{before}");
+        let registry_dir = dir.path().join("registry");
+        let (_, conn) = crate::durable::open_in(&registry_dir, "registry.sqlite", &before).unwrap();
+        conn.execute(
+            "INSERT INTO activations (plant, plugin, version, digest, action, by, at)
+             VALUES ('a', 'stamp', '1.0.0', 'sha256:01', 'activate', 'ops', 'then')",
+            [],
+        )
+        .unwrap();
+        drop(conn);
+        let registry = Registry::open(dir.path()).unwrap();
+        assert_eq!(
+            registry.history("a", None).unwrap()[0].stamp,
+            Stamp::default()
+        );
+        assert_eq!(registry.stamp("a", "stamp").unwrap(), Stamp::default());
+        assert_eq!(registry.stamp("a", "other").unwrap(), Stamp::default());
+        let v2 = registry
+            .add(&new("a", "stamp", "2.0.0", "sha256:02"), b"two")
+            .unwrap();
+        // Later than the last stamp even when this host's clock says otherwise.
+        let ahead = Stamp {
+            ms: i64::MAX / 2,
+            host: "b".into(),
+        };
+        registry
+            .record(&v2, Some("1.0.0"), "activate", "ops via b", ahead.clone())
+            .unwrap();
+        assert_eq!(registry.stamp("a", "stamp").unwrap(), ahead);
+        let next = Stamp::next(&ahead, "a");
+        assert_eq!(next.ms, ahead.ms + 1);
+        assert!(next > ahead);
+        // Made at the same millisecond: the host's id orders them, the same on every host.
+        let (on_a, on_b) = (
+            Stamp {
+                ms: 7,
+                host: "host-a".into(),
+            },
+            Stamp {
+                ms: 7,
+                host: "host-b".into(),
+            },
+        );
+        assert!(on_b > on_a);
+        drop(registry);
+        let registry = Registry::open(dir.path()).unwrap();
+        assert_eq!(
+            registry.history("a", Some("stamp")).unwrap()[1].stamp,
+            ahead
+        );
     }
 }
