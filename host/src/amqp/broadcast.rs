@@ -115,11 +115,27 @@ impl Note {
             digest: get("digest")?,
             action: get("action")?,
             by: get("by")?,
-            stamp: match (table.inner().get("stamp-ms"), get("stamp-host")) {
-                (Some(AMQPValue::LongLongInt(ms)), Some(host)) => Some(Stamp { ms: *ms, host }),
+            stamp: match (
+                table.inner().get("stamp-ms").and_then(integer),
+                get("stamp-host"),
+            ) {
+                (Some(ms), Some(host)) => Some(Stamp { ms, host }),
                 _ => None,
             },
         })
+    }
+}
+
+/// A header's integer, whatever width a broker or client gave it (a number in a string too).
+fn integer(value: &AMQPValue) -> Option<i64> {
+    match value {
+        AMQPValue::LongLongInt(n) => Some(*n),
+        AMQPValue::LongInt(n) => Some(i64::from(*n)),
+        AMQPValue::LongUInt(n) => Some(i64::from(*n)),
+        AMQPValue::ShortInt(n) => Some(i64::from(*n)),
+        AMQPValue::ShortUInt(n) => Some(i64::from(*n)),
+        AMQPValue::LongString(s) => std::str::from_utf8(s.as_bytes()).ok()?.parse().ok(),
+        _ => None,
     }
 }
 
@@ -147,16 +163,18 @@ async fn announce(link: &BrokerLink, deployer: &Deployer, host_id: &str, activat
             let Link::Up(session) = up.clone() else {
                 return;
             };
-            let last = deployer
-                .registry
-                .stamp(&activation.plant, &activation.plugin);
-            if last.as_ref().ok() != Some(&activation.stamp) {
-                tracing::info!(plant = %activation.plant, plugin = %activation.plugin, version = %activation.version, "an activation made while the broker was away and since replaced; not announced");
-                return;
-            }
             session
         }
     };
+    // One replaced meanwhile (while the broker was away, or by the next one made here) is not
+    // announced: its successor is, and an older one must not be the one the broker retains.
+    let latest = deployer
+        .registry
+        .stamp(&activation.plant, &activation.plugin);
+    if latest.is_ok_and(|latest| latest != activation.stamp) {
+        tracing::info!(plant = %activation.plant, plugin = %activation.plugin, version = %activation.version, "an activation since replaced here; not announced");
+        return;
+    }
     let note = Note {
         from: host_id.to_string(),
         plant: activation.plant.clone(),
@@ -386,20 +404,25 @@ async fn catch_up(
             .routes()
             .running(&note.plant, &note.plugin)
             .map(|s| s.id.digest.clone());
-        if running.as_deref() == Some(note.digest.as_str()) {
+        // A stamped later one is applied even on the same component, so that its stamp is the
+        // slot's here.
+        if note.stamp.is_none() && running.as_deref() == Some(note.digest.as_str()) {
             continue;
         }
         tracing::info!(plant = %note.plant, plugin = %note.plugin, version = %note.version, from = %note.from, "applying the last activation retained on the broker");
         let deployer = Arc::clone(deployer);
-        let _ = tokio::task::spawn_blocking(move || apply(&deployer, &note, &bytes)).await;
+        let host_id = host_id.to_string();
+        let _ =
+            tokio::task::spawn_blocking(move || apply(&deployer, &host_id, &note, &bytes)).await;
     }
     unchecked
 }
 
 /// Announce this host's last activation of `plant`'s `plugin` again when it was made here and
-/// the broker's retained one (`retained`) is older or missing: it was made while the broker was
-/// away (or its announcement was lost). Others apply it once (its stamp is later than theirs);
-/// a second announcement of it is skipped everywhere.
+/// `retained` (the broker's retained one, or one just announced) is older or missing: it was
+/// made while the broker was away, its announcement was lost, or an older one was published
+/// after it. Others apply it once (its stamp is later than theirs); a second announcement of it
+/// is skipped everywhere, and only a strictly older one brings it again, so this ends.
 fn announce_if_missing(
     deployer: &Deployer,
     host_id: &str,
@@ -426,7 +449,7 @@ fn announce_if_missing(
         Some(_) => false,
     };
     if older {
-        tracing::info!(plant, plugin, version = %last.version, "the broker does not have this host's last activation; announcing it");
+        tracing::info!(plant, plugin, version = %last.version, "this host's last activation is later than what the broker may retain; announcing it again");
         deployer.announce(&last);
     }
 }
@@ -474,9 +497,11 @@ async fn apply_each(
         let note = delivery.properties.headers().as_ref().and_then(Note::read);
         match note {
             Some(note) if note.from != host_id => {
-                let deployer = Arc::clone(&deployer);
+                let (deployer, host_id) = (Arc::clone(&deployer), host_id.clone());
                 let bytes = delivery.data.clone();
-                let _ = tokio::task::spawn_blocking(move || apply(&deployer, &note, &bytes)).await;
+                let _ =
+                    tokio::task::spawn_blocking(move || apply(&deployer, &host_id, &note, &bytes))
+                        .await;
             }
             Some(_) => {}
             None => tracing::warn!("a control message without an activation's headers; dropped"),
@@ -488,7 +513,7 @@ async fn apply_each(
 }
 
 /// Make another host's activation ours: keep the version (gated) if we lack it, then activate.
-fn apply(d: &Deployer, note: &Note, bytes: &[u8]) {
+fn apply(d: &Deployer, host_id: &str, note: &Note, bytes: &[u8]) {
     if crate::plugin::digest(bytes) != note.digest {
         tracing::warn!(plant = %note.plant, plugin = %note.plugin, version = %note.version, from = %note.from, digest = %note.digest, "an announced activation whose bytes do not have its digest; ignored");
         return;
@@ -501,11 +526,14 @@ fn apply(d: &Deployer, note: &Note, bytes: &[u8]) {
         plant: &note.plant,
         plugin: &note.plugin,
     };
-    // An older one is not even kept (nor gated): it would never run.
+    // An older one is not even kept (nor gated): it would never run. When this host made the
+    // later one, it announces that again: the older one may now be what the broker retains
+    // (published after it).
     if let Some(stamp) = &note.stamp
         && !d.is_later(slot, stamp).unwrap_or(true)
     {
         tracing::info!(plant = %note.plant, plugin = %note.plugin, version = %note.version, from = %note.from, "an announced activation not later than this slot's last one; skipped");
+        announce_if_missing(d, host_id, &note.plant, &note.plugin, Some(note));
         return;
     }
     let by = format!("{} via {}", note.by, note.from);

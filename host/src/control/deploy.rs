@@ -490,7 +490,6 @@ impl Deployer {
         let activated = self
             .activate_here(slot, version, by, action, Made::Here)?
             .expect("an activation made here is never older");
-        self.announce(&activated.activation);
         Ok(activated)
     }
 
@@ -536,6 +535,7 @@ impl Deployer {
         let started = std::time::Instant::now();
         let _one_at_a_time = self.activating.lock().expect("activation lock");
         let last = self.registry.stamp(plant, plugin)?;
+        let here = matches!(made, Made::Here);
         let stamp = match made {
             Made::Here => Stamp::next(&last, &self.host_id),
             Made::Elsewhere(Ok(stamp)) if stamp <= last => {
@@ -567,6 +567,10 @@ impl Deployer {
         let activation = self
             .registry
             .record(&target, previous.as_deref(), action, by, stamp)?;
+        if here {
+            // Under the activation lock: announced in the order they were made.
+            self.announce(&activation);
+        }
         tracing::info!(plant, plugin, version, previous = ?previous, action, by, took_ms, "plugin version active");
         crate::telemetry::metrics()
             .activations

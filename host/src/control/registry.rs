@@ -110,7 +110,7 @@ impl Stamp {
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as i64);
         Stamp {
-            ms: now.max(last.ms + 1),
+            ms: now.max(last.ms.saturating_add(1)),
             host: host.to_string(),
         }
     }
@@ -144,8 +144,10 @@ CREATE TABLE IF NOT EXISTS activations (
 
 /// Registries written before stamps: their activations get the two columns (0 and '').
 const STAMPED: &str = "
+BEGIN;
 ALTER TABLE activations ADD COLUMN stamp_ms INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE activations ADD COLUMN stamp_host TEXT NOT NULL DEFAULT '';
+COMMIT;
 ";
 
 /// The registry of one data directory.

@@ -121,7 +121,10 @@ pub async fn consume(
     mut arrived: tokio::sync::mpsc::Receiver<Arrived>,
     mut shutdown: tokio::sync::watch::Receiver<bool>,
 ) {
-    let mut running: tokio::task::JoinSet<(Option<String>, usize)> = tokio::task::JoinSet::new();
+    let mut running: tokio::task::JoinSet<()> = tokio::task::JoinSet::new();
+    // Per running task, its lane and size: freed when it ends, even by a panic.
+    let mut started: std::collections::HashMap<tokio::task::Id, (Option<String>, usize)> =
+        std::collections::HashMap::new();
     let mut queue = Waiting::default();
     let mut bytes = 0usize;
     let mut overflowed = false;
@@ -129,12 +132,18 @@ pub async fn consume(
         while running.len() < RUNNING_MAX
             && let Some((lane, next)) = queue.ready.pop_front()
         {
-            let mqtt = Arc::clone(&mqtt);
             let size = size_of(&next.arrived);
-            running.spawn(async move {
-                handle(mqtt, next).await;
-                (lane, size)
-            });
+            if next.arrived.settle.stale() {
+                // Its connection is gone: the broker sends it again on the new one, where it
+                // is the copy to run.
+                bytes -= size;
+                if let Some(lane) = lane {
+                    queue.lane_done(lane);
+                }
+                continue;
+            }
+            let task = running.spawn(handle(Arc::clone(&mqtt), next));
+            started.insert(task.id(), (lane, size));
         }
         if overflowed && running.is_empty() && queue.is_empty() {
             overflowed = false;
@@ -162,8 +171,15 @@ pub async fn consume(
                 }
                 None => break,
             },
-            Some(done) = running.join_next(), if !running.is_empty() => {
-                if let Ok((lane, size)) = done {
+            Some(done) = running.join_next_with_id(), if !running.is_empty() => {
+                let id = match done {
+                    Ok((id, ())) => id,
+                    Err(e) => {
+                        tracing::error!(error = %e, "MQTT: a message's handling failed; left unacknowledged");
+                        e.id()
+                    }
+                };
+                if let Some((lane, size)) = started.remove(&id) {
                     bytes -= size;
                     if let Some(lane) = lane {
                         queue.lane_done(lane);
