@@ -304,22 +304,13 @@ impl Host {
     /// A request to the admin API as the test operator; a body is typed as JSON when it looks
     /// like JSON, else as a component (`application/wasm`).
     pub fn admin(&self, method: &str, path: &str, body: &[u8]) -> Reply {
-        let base = self.admin.as_deref().expect("host.admin is set");
-        let content_type = match body.first() {
-            None => None,
-            Some(b'{' | b'[') => Some("application/json"),
-            Some(_) => Some("application/wasm"),
-        };
-        request(
-            base,
+        admin_request(
+            self.admin.as_deref().expect("host.admin is set"),
             method,
             path,
-            content_type,
-            &[("authorization", &format!("Bearer {TEST_ADMIN_TOKEN}"))],
             body,
         )
     }
-
     /// Wait until `GET /readyz` answers 200 (the broker is connected); the last answer.
     pub fn wait_ready(&self) -> Reply {
         // A guard against a hung host, not a timing assertion.
@@ -953,13 +944,20 @@ impl Cluster {
 /// `source` to MQTT: `host` is the body of `[host]`, `mqtt` the route's MQTT table's keys,
 /// `plant` more configuration before the plant's table (e.g. `[plants.plant-a.uns]`).
 pub fn mes_to_mqtt(host: &str, source: &str, mqtt: &str, plant: &str) -> Workspace {
+    mes_from(
+        host,
+        source,
+        &format!("sink = \"mqtt\"\nmqtt = {{ {mqtt} }}"),
+        plant,
+    )
+}
+
+/// [`mes_to_mqtt`] with any sink: `sink` is the route's lines from `sink = ...` on.
+pub fn mes_from(host: &str, source: &str, sink: &str, plant: &str) -> Workspace {
     let mes = plugin("mes-fixed-width");
     let route = route_toml("mes", &mes, r#"["log", "config", "lookup"]"#, "")
         .replace("source = \"http\"", &format!("source = \"{source}\""))
-        .replace(
-            "sink = \"reply\"",
-            &format!("sink = \"mqtt\"\nmqtt = {{ {mqtt} }}"),
-        );
+        .replace("sink = \"reply\"", sink);
     Workspace::new(&format!(
         "[host]\n{host}\n\n{plant}[plants.plant-a.lookups.work_centres]\nentries = {{ WC01 = \"ASSY-01\" }}\n\n{route}\n{}",
         mes_settings("mes")
@@ -1168,4 +1166,23 @@ pub fn copy_dir(from: &Path, to: &Path) {
             std::fs::copy(&path, to.join(name)).unwrap();
         }
     }
+}
+
+/// A request to the admin API at `base` with the test's token (what [`Host::admin`] sends; this
+/// one needs no `Host`, e.g. from another thread). The body's first byte says its type: JSON
+/// for `{` or `[`, else a component.
+pub fn admin_request(base: &str, method: &str, path: &str, body: &[u8]) -> Reply {
+    let content_type = match body.first() {
+        None => None,
+        Some(b'{' | b'[') => Some("application/json"),
+        Some(_) => Some("application/wasm"),
+    };
+    request(
+        base,
+        method,
+        path,
+        content_type,
+        &[("authorization", &format!("Bearer {TEST_ADMIN_TOKEN}"))],
+        body,
+    )
 }

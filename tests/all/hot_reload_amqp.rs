@@ -405,12 +405,9 @@ fn two_hosts_activating_one_plugin_at_once_end_on_the_same_version() {
     let call = |admin: &Option<String>, version: &str| {
         let base = admin.clone().expect("host.admin is set");
         let body = format!("{{\"version\": \"{version}\"}}");
-        let token = format!("Bearer {TEST_ADMIN_TOKEN}");
         move || {
             let path = "/v1/plants/plant-a/plugins/stamp/activate";
-            let headers = [("authorization", token.as_str())];
-            let json = Some("application/json");
-            request(&base, "POST", path, json, &headers, body.as_bytes()).status
+            admin_request(&base, "POST", path, body.as_bytes()).status
         }
     };
     let (on_a, on_b) = (call(&a.admin, "2.0.0"), call(&b.admin, "1.0.0"));

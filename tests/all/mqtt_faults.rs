@@ -306,23 +306,16 @@ fn a_broker_sending_past_the_receive_maximum_never_has_more_than_it_running() {
         }
     });
     let broker = Mosquitto::start();
-    let mes = plugin("mes-fixed-width");
-    let route = route_toml("mes", &mes, r#"["log", "config", "lookup"]"#, "")
-        .replace("source = \"http\"", "source = \"mqtt\"")
-        .replace(
-            "sink = \"reply\"",
-            &format!(
-                "sink = \"http\"\nmqtt = {{ topics = [\"plant-a/+/mes/confirmations\"] }}\n\
-                 webhook = {{ url = \"{url}\", timeout_ms = 600000 }}"
-            ),
-        );
-    let ws = Workspace::new(&format!(
-        "[host]\nmqtt = \"{}\"\nid = \"host-m\"\n\n[plants.plant-a.lookups.work_centres]\n\
-         entries = {{ WC01 = \"ASSY-01\" }}\n\n{route}\n{}",
-        broker.url(),
-        mes_settings("mes")
-    ));
-    let host = ws.start();
+    let ws = mes_from(
+        &format!("mqtt = \"{}\"\nid = \"host-m\"", broker.url()),
+        "mqtt",
+        &format!(
+            "sink = \"http\"\nmqtt = {{ topics = [\"plant-a/+/mes/confirmations\"] }}\n\
+             webhook = {{ url = \"{url}\", timeout_ms = 600000 }}"
+        ),
+        "",
+    );
+    let mut host = ws.start();
     host.wait_ready();
     assert_eq!(broker.client(&publish(2000, 0)), 2000);
     // Wait for the held requests to stop moving (2 s unchanged) or to pass the bound.
@@ -334,11 +327,16 @@ fn a_broker_sending_past_the_receive_maximum_never_has_more_than_it_running() {
     let (mut last, mut since) = (held(), std::time::Instant::now());
     let started = std::time::Instant::now();
     while held() <= 64 && (last < 64 || since.elapsed() < Duration::from_secs(2)) {
-        assert!(
-            started.elapsed() < Duration::from_secs(120),
-            "only {} requests held after 120 s",
-            held()
-        );
+        if started.elapsed() > Duration::from_secs(120) {
+            // Once seen in a run beside 50 other tests; what the connection did, to say why.
+            let log = host.drain_log();
+            let said: Vec<&String> = log.iter().filter(|l| l.contains("MQTT")).collect();
+            panic!(
+                "only {} requests held ({} in all) after 120 s; the host's MQTT lines:\n{said:#?}",
+                held(),
+                requests.load(std::sync::atomic::Ordering::SeqCst)
+            );
+        }
         std::thread::sleep(Duration::from_millis(50));
         if held() != last {
             (last, since) = (held(), std::time::Instant::now());
