@@ -447,3 +447,71 @@ fn two_hosts_activating_one_plugin_at_once_end_on_the_same_version() {
         (active(&c)["active"]["version"] == agreed).then_some(())
     });
 }
+
+/// Every queue on `broker` with its arguments (`rabbitmqctl list_queues`), as name → {argument:
+/// value}.
+fn queue_arguments(broker: &Broker) -> serde_json::Map<String, serde_json::Value> {
+    let out = broker.ctl(&["list_queues", "name", "arguments", "--formatter", "json"]);
+    let listed: serde_json::Value = serde_json::from_str(&out[out.find('[').unwrap_or(0)..])
+        .unwrap_or_else(|e| panic!("list_queues is not JSON ({e}): {out}"));
+    let mut queues = serde_json::Map::new();
+    for queue in listed.as_array().expect("a list of queues") {
+        let args = queue["arguments"].as_array().expect("arguments");
+        let args = args
+            .iter()
+            .map(|a| (a[0].as_str().unwrap().to_string(), a[2].clone()))
+            .collect();
+        let name = queue["name"].as_str().unwrap().to_string();
+        queues.insert(name, serde_json::Value::Object(args));
+    }
+    queues
+}
+
+#[test]
+fn queues_read_and_given_back_have_a_delivery_limit_none_reaches_and_control_queues_expire() {
+    let broker = Broker::start();
+    // Host A's control queue as the release before declared it: quorum, no expiry.
+    broker.client(
+        "c = pika.BlockingConnection(pika.ConnectionParameters('127.0.0.1', PORT))\n\
+         c.channel().queue_declare('millrace.control.host-a', durable=True, arguments={'x-queue-type': 'quorum'})\n\
+         print('{}')",
+    );
+    let (_ws_a, _ws_b, mut a, b) = two_hosts(&broker);
+    a.wait_for_log("declared by an earlier release");
+    let retained = "millrace.control.last.plant-a/stamp";
+    let queues = eventually("the retained activation's queue is declared", || {
+        let queues = queue_arguments(&broker);
+        queues.contains_key(retained).then_some(queues)
+    });
+    let args = |name: &str| {
+        queues
+            .get(name)
+            .unwrap_or_else(|| panic!("no queue {name}: {queues:?}"))
+            .clone()
+    };
+    // RabbitMQ 4 would give these a limit of 20, and every read of a retained activation gives
+    // it back: a limit none reaches. Not -1, which RabbitMQ 3.10 takes for a limit.
+    let none = serde_json::json!(2147483647);
+    assert_eq!(args(retained)["x-delivery-limit"], none, "{queues:?}");
+    assert_eq!(args(retained)["x-max-length"], 1, "{queues:?}");
+    assert_eq!(args("millrace.q.dead-letter")["x-delivery-limit"], none);
+    assert_eq!(args("millrace.control.host-b")["x-delivery-limit"], none);
+    assert_eq!(args("millrace.control.host-b")["x-expires"], 604_800_000);
+    // The source queue keeps the configured poison fuse.
+    assert_eq!(args("plant-a.stamp")["x-delivery-limit"], 20);
+    // The earlier release's queue is kept as it was, without the warning for foreign queues,
+    // and still followed.
+    assert_eq!(
+        args("millrace.control.host-a"),
+        serde_json::json!({"x-queue-type": "quorum"})
+    );
+    let stamp_2 = std::fs::read(guest("guest-stamp-2")).unwrap();
+    let up = b.admin("POST", "/v1/plants/plant-a/plugins", &stamp_2);
+    assert_eq!(up.status, 201, "{}", up.body);
+    assert_eq!(activate(&b, "2.0.0").status, 200);
+    eventually("host A runs what host B activated", || {
+        (active(&a)["active"]["version"] == "2.0.0").then_some(())
+    });
+    let log = a.drain_log().join("\n");
+    assert!(!log.contains("exists with other arguments"), "{log}");
+}

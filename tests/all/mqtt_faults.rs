@@ -328,11 +328,11 @@ fn a_broker_sending_past_the_receive_maximum_never_has_more_than_it_running() {
     let started = std::time::Instant::now();
     while held() <= 64 && (last < 64 || since.elapsed() < Duration::from_secs(2)) {
         if started.elapsed() > Duration::from_secs(120) {
-            // Once seen in a run beside 50 other tests; what the connection did, to say why.
+            // Once seen in a run beside 50 other tests; the host's last lines, to say why.
             let log = host.drain_log();
-            let said: Vec<&String> = log.iter().filter(|l| l.contains("MQTT")).collect();
+            let said = &log[log.len().saturating_sub(80)..];
             panic!(
-                "only {} requests held ({} in all) after 120 s; the host's MQTT lines:\n{said:#?}",
+                "only {} requests held ({} in all) after 120 s; the host's last log lines:\n{said:#?}",
                 held(),
                 requests.load(std::sync::atomic::Ordering::SeqCst)
             );

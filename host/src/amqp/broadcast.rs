@@ -21,7 +21,7 @@
 //!
 //! **The last activation is retained** for hosts that join later or return after their control
 //! queue was lost: each announcement is also kept, bytes and all, as the only message of the
-//! queue `millrace.control.last.PLANT.PLUGIN` (`x-max-length = 1`: a newer one drops the older).
+//! queue `millrace.control.last.PLANT/PLUGIN` (`x-max-length = 1`: a newer one drops the older).
 //! On each session a host first binds its control queue (so nothing announced from then on is
 //! missed), then reads the retained activation of every plant and plugin its routes run and
 //! applies it like an announcement (skipped when that exact component already runs), then follows
@@ -62,9 +62,11 @@ pub fn queue(id: &str) -> String {
     format!("{EXCHANGE}.{id}")
 }
 
-/// The queue that retains the last activation of `plugin` on `plant`.
+/// The queue that retains the last activation of `plugin` on `plant`. Both names may contain
+/// `.`, neither `/`, which joins them: plant `a.b` with plugin `c` and plant `a` with plugin
+/// `b.c` have a queue each.
 pub fn last(plant: &str, plugin: &str) -> String {
-    format!("{EXCHANGE}.last.{plant}.{plugin}")
+    format!("{EXCHANGE}.last.{plant}/{plugin}")
 }
 
 const FROM: &str = "x-millrace-host";
@@ -258,7 +260,9 @@ pub async fn follow(
         declarer
             .exchange(EXCHANGE, lapin::ExchangeKind::Fanout)
             .await?;
-        declarer.queue(&queue, super::topology::Role::Plain).await?;
+        declarer
+            .queue(&queue, super::topology::Role::Control)
+            .await?;
         declarer.bind(&queue, EXCHANGE, "").await?;
         let mut slots: Vec<(String, String)> = deployer
             .routes()
@@ -562,5 +566,21 @@ fn apply(d: &Deployer, host_id: &str, note: &Note, bytes: &[u8]) {
         Err(e) => {
             tracing::warn!(plant = %note.plant, plugin = %note.plugin, version = %note.version, from = %note.from, error = %e, "activation from another host refused; this host keeps its version")
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_with_dots_retain_their_activations_in_queues_of_their_own() {
+        assert_ne!(last("a.b", "c"), last("a", "b.c"));
+        assert_eq!(
+            last("plant-a", "mes.fixed"),
+            "millrace.control.last.plant-a/mes.fixed"
+        );
+        // No host's control queue is a retained queue: host ids have no `/`.
+        assert!(!queue("last.plant-a.mes").contains('/'));
     }
 }

@@ -168,6 +168,7 @@ async fn serve_consumer(
                 // it goes back to the queue with it when the channel closes, in order.
                 let comes_again = matches!(done, Ok((_, Settle::Leave)) | Err(_));
                 if route.amqp.order_by.is_some() && comes_again {
+                    tracing::debug!(route = %route.name, "a delivery left to the broker stops its key on this consumer");
                     keys.stalled(task);
                 } else if let Some((key, next)) = keys.finished(task) {
                     let task = start(&mut in_flight, next);

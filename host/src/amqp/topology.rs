@@ -8,8 +8,9 @@
 //! its type: when the declaration of the configured type is refused because the queue exists
 //! with other arguments (`PRECONDITION_FAILED`), the other type is tried, and taken if it
 //! matches, with a warning. A broker that has no quorum queues refuses their declaration the
-//! same way and gets classic queues. A queue that matches neither (provisioned by someone else
-//! with arguments of their own) is used as it is, with a warning.
+//! same way and gets classic queues. A queue declared by an earlier release (without the
+//! arguments below marked *since 2026-12*) is kept as it is. A queue that matches none of these
+//! (provisioned by someone else with arguments of their own) is used as it is, with a warning.
 //!
 //! What quorum queues add:
 //! - delay queues dead-letter back to the source queue **at least once**
@@ -19,7 +20,14 @@
 //! - source queues carry `x-delivery-limit` (`host.amqp_delivery_limit`, default 20): a message
 //!   delivered that many times without being settled (it takes the host down each time, say) is
 //!   moved to the route's dead-letter queue by the broker (header `x-first-death-reason` =
-//!   `delivery_limit`) instead of coming back forever, at least once as well.
+//!   `delivery_limit`) instead of coming back forever, at least once as well;
+//! - every other quorum queue but the delay queues, and a source queue with
+//!   `amqp_delivery_limit = 0`, carries a limit no message reaches ([`NO_DELIVERY_LIMIT`],
+//!   *since 2026-12*): RabbitMQ 4 would give them 20, and the host gives retained activations
+//!   back at every read, `dlq` its dead letters.
+//!
+//! A host's control queue expires after [`CONTROL_QUEUE_EXPIRY`] without a consumer (*since
+//! 2026-12*).
 
 use super::config::{QueueKind, Queues};
 use crate::route::Route;
@@ -40,8 +48,12 @@ pub enum Role<'a> {
     },
     /// A delay queue: messages wait `wait`, then go back to queue `back_to`.
     Delay { wait: Duration, back_to: &'a str },
-    /// A queue that only holds messages: dead letters, a host's control queue.
+    /// A queue that only holds messages: a route's dead letters.
     Plain,
+    /// A host's control queue: removed by the broker after [`CONTROL_QUEUE_EXPIRY`] without a
+    /// consumer, so the queue of a host that never returns (a host id that changed) does not
+    /// keep receiving every announcement.
+    Control,
     /// Holds the last message published to it (`x-max-length = 1`, oldest dropped).
     LastValue,
 }
@@ -53,6 +65,17 @@ pub struct Declarer<'a> {
     channel: Channel,
     queues: Queues,
 }
+
+/// How long a host's control queue outlives its host's last session. A host away longer finds
+/// it gone, declares it again and converges from the retained activations.
+pub const CONTROL_QUEUE_EXPIRY: Duration = Duration::from_secs(7 * 24 * 60 * 60);
+
+/// The `x-delivery-limit` of a quorum queue that is to have none. RabbitMQ 4 gives a quorum
+/// queue declared without one a limit of 20, and reading a retained activation or a dead letter
+/// gives the message back, which counts as a delivery. `-1`, RabbitMQ 4's "none", is not used:
+/// RabbitMQ 3.10 reads it as a limit and drops the message at its first return (measured on
+/// 3.10.8).
+pub const NO_DELIVERY_LIMIT: i64 = i32::MAX as i64;
 
 fn text(value: &str) -> AMQPValue {
     AMQPValue::LongString(LongString::from(value))
@@ -83,12 +106,8 @@ pub fn arguments(kind: QueueKind, delivery_limit: Option<u32>, role: Role<'_>) -
                 args.insert("x-single-active-consumer".into(), AMQPValue::Boolean(true));
             }
             if quorum {
-                if let Some(limit) = delivery_limit {
-                    args.insert(
-                        "x-delivery-limit".into(),
-                        AMQPValue::LongLongInt(i64::from(limit)),
-                    );
-                }
+                let limit = delivery_limit.map_or(NO_DELIVERY_LIMIT, i64::from);
+                args.insert("x-delivery-limit".into(), AMQPValue::LongLongInt(limit));
                 args.insert("x-dead-letter-strategy".into(), text("at-least-once"));
                 args.insert("x-overflow".into(), text("reject-publish"));
             }
@@ -106,11 +125,46 @@ pub fn arguments(kind: QueueKind, delivery_limit: Option<u32>, role: Role<'_>) -
             }
         }
         Role::Plain => {}
+        Role::Control => {
+            let ms = CONTROL_QUEUE_EXPIRY.as_millis() as i64;
+            args.insert("x-expires".into(), AMQPValue::LongLongInt(ms));
+        }
         Role::LastValue => {
             args.insert("x-max-length".into(), AMQPValue::LongLongInt(1));
         }
     }
+    // Queues the host reads and gives back (retained activations, dead letters under `dlq`)
+    // or that are to have no limit: none on RabbitMQ 4 either.
+    if quorum
+        && !args.inner().contains_key("x-delivery-limit")
+        && !matches!(role, Role::Delay { .. })
+    {
+        args.insert(
+            "x-delivery-limit".into(),
+            AMQPValue::LongLongInt(NO_DELIVERY_LIMIT),
+        );
+    }
     args
+}
+
+/// `args` as the release before delivery limits on every quorum queue and control queues'
+/// expiry declared them: without a "none" `x-delivery-limit` and without `x-expires`. `None`
+/// when that is `args` itself.
+fn earlier_release(args: &FieldTable) -> Option<FieldTable> {
+    let mut earlier = FieldTable::default();
+    let mut dropped = false;
+    for (key, value) in args.inner() {
+        let added = match key.as_str() {
+            "x-delivery-limit" => *value == AMQPValue::LongLongInt(NO_DELIVERY_LIMIT),
+            "x-expires" => true,
+            _ => false,
+        };
+        dropped |= added;
+        if !added {
+            earlier.insert(key.clone(), value.clone());
+        }
+    }
+    dropped.then_some(earlier)
 }
 
 impl<'a> Declarer<'a> {
@@ -138,82 +192,82 @@ impl<'a> Declarer<'a> {
     }
 
     /// Declare a durable queue for `role`, of the configured type unless it already exists as
-    /// the other (see the module's notes). Returns the type it has.
+    /// the other (see the module's notes), or as an earlier release of the host declared it.
+    /// Returns the type it has.
     pub async fn queue(&mut self, name: &str, role: Role<'_>) -> Result<QueueKind, lapin::Error> {
         let wanted = self.queues.kind;
-        let first = self.try_queue(name, wanted, role).await;
-        let Err(e) = first else {
-            return Ok(wanted);
-        };
-        if !refused(&e) {
-            return Err(e);
-        }
-        self.channel = self.connection.create_channel().await?;
         let other = match wanted {
             QueueKind::Quorum => QueueKind::Classic,
             QueueKind::Classic => QueueKind::Quorum,
         };
-        match self.try_queue(name, other, role).await {
-            Ok(()) => {
-                tracing::warn!(
-                    queue = name,
-                    configured = wanted.name(),
-                    kept = other.name(),
-                    "the queue exists as a {} queue; kept as it is (host.amqp_queues applies to queues declared new)",
-                    other.name()
-                );
-                Ok(other)
-            }
-            Err(other_error) if refused(&other_error) => {
-                // Declared by someone else with arguments of their own: used as it is.
-                self.channel = self.connection.create_channel().await?;
-                self.channel
-                    .queue_declare(
-                        name.into(),
-                        QueueDeclareOptions {
-                            passive: true,
-                            ..Default::default()
-                        },
-                        FieldTable::default(),
-                    )
-                    .await?;
-                tracing::warn!(
-                    queue = name,
-                    "the queue exists with other arguments than the host declares ({e}); used as it is, without the host's dead-lettering, delivery limit or type"
-                );
-                if matches!(
-                    role,
-                    Role::Source {
-                        single_active: true,
-                        ..
+        let mut first = None;
+        for kind in [wanted, other] {
+            let args = arguments(kind, self.queues.delivery_limit, role);
+            for (args, earlier) in [(Some(args.clone()), false), (earlier_release(&args), true)] {
+                let Some(args) = args else { continue };
+                let e = match self.declare(name, args).await {
+                    Ok(()) => {
+                        if kind != wanted {
+                            tracing::warn!(
+                                queue = name,
+                                configured = wanted.name(),
+                                kept = kind.name(),
+                                "the queue exists as a {} queue; kept as it is (host.amqp_queues applies to queues declared new)",
+                                kind.name()
+                            );
+                        }
+                        if earlier {
+                            tracing::info!(
+                                queue = name,
+                                "the queue was declared by an earlier release, without x-delivery-limit or x-expires; kept as it is (on RabbitMQ 4 a quorum queue without x-delivery-limit has a limit of 20: see docs/amqp.md)"
+                            );
+                        }
+                        return Ok(kind);
                     }
-                ) {
-                    tracing::warn!(
-                        queue = name,
-                        "the route has order_by, which needs the queue's x-single-active-consumer: unless the queue has it, several hosts consume it at once and per-key order is not kept"
-                    );
+                    Err(e) => e,
+                };
+                if !refused(&e) {
+                    return Err(e);
                 }
-                Ok(wanted)
-            }
-            Err(_) => {
+                // A refused declaration closes its channel.
                 self.channel = self.connection.create_channel().await?;
-                Err(e)
+                first.get_or_insert(e);
             }
         }
-    }
-
-    async fn try_queue(
-        &self,
-        name: &str,
-        kind: QueueKind,
-        role: Role<'_>,
-    ) -> Result<(), lapin::Error> {
+        let e = first.expect("a declaration was refused");
+        // Declared by someone else with arguments of their own: used as it is.
         self.channel
             .queue_declare(
                 name.into(),
-                QueueDeclareOptions::durable(),
-                arguments(kind, self.queues.delivery_limit, role),
+                QueueDeclareOptions {
+                    passive: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
             )
+            .await?;
+        tracing::warn!(
+            queue = name,
+            "the queue exists with other arguments than the host declares ({e}); used as it is, without the host's dead-lettering, delivery limit or type"
+        );
+        if matches!(
+            role,
+            Role::Source {
+                single_active: true,
+                ..
+            }
+        ) {
+            tracing::warn!(
+                queue = name,
+                "the route has order_by, which needs the queue's x-single-active-consumer: unless the queue has it, several hosts consume it at once and per-key order is not kept"
+            );
+        }
+        Ok(wanted)
+    }
+
+    async fn declare(&self, name: &str, args: FieldTable) -> Result<(), lapin::Error> {
+        self.channel
+            .queue_declare(name.into(), QueueDeclareOptions::durable(), args)
             .await
             .map(|_| ())
     }
@@ -303,7 +357,7 @@ mod tests {
     }
 
     #[test]
-    fn only_quorum_source_queues_carry_the_delivery_limit() {
+    fn only_quorum_queues_carry_a_delivery_limit_and_none_is_a_high_one() {
         let source = Role::Source {
             dead_letter: "dl",
             single_active: false,
@@ -313,12 +367,27 @@ mod tests {
             quorum.inner().get("x-delivery-limit"),
             Some(&AMQPValue::LongLongInt(7))
         );
-        assert!(
-            arguments(QueueKind::Quorum, None, source)
-                .inner()
-                .get("x-delivery-limit")
-                .is_none()
-        );
+        // "None" is a limit no message reaches, not the broker's default (20 on RabbitMQ 4).
+        for role in [source, Role::Plain, Role::Control, Role::LastValue] {
+            let limit = if matches!(role, Role::Source { .. }) {
+                None
+            } else {
+                Some(7)
+            };
+            assert_eq!(
+                arguments(QueueKind::Quorum, limit, role)
+                    .inner()
+                    .get("x-delivery-limit"),
+                Some(&AMQPValue::LongLongInt(NO_DELIVERY_LIMIT)),
+                "{role:?}"
+            );
+            assert!(
+                arguments(QueueKind::Classic, limit, role)
+                    .inner()
+                    .get("x-delivery-limit")
+                    .is_none()
+            );
+        }
         assert!(
             arguments(QueueKind::Classic, Some(7), source)
                 .inner()

@@ -92,7 +92,26 @@ pub(super) fn read(diag: &mut Diagnostics, dir: &Path, file: &File) -> Host {
         }
         None => None,
     };
-    let host_id = file.host.id.clone().unwrap_or_else(hostname);
+    let host_id = match &file.host.id {
+        Some(id) => {
+            if let Err(why) = check_host_id(id.get_ref()) {
+                diag.error_at(id.span(), format!("host.id {why}"));
+            }
+            id.get_ref().clone()
+        }
+        // A hostname uses the same characters; anything else becomes `-`.
+        None => hostname()
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || "-_.".contains(c) {
+                    c
+                } else {
+                    '-'
+                }
+            })
+            .take(MAX_HOST_ID_BYTES)
+            .collect(),
+    };
     let mqtt_tls = tls_files(
         diag,
         dir,
@@ -431,4 +450,31 @@ fn tls_files<T: Default>(
         }
     }
     files
+}
+
+/// The longest `host.id`: it is part of the host's control queue's name
+/// (`millrace.control.ID`), which RabbitMQ limits to 255 bytes, and of its MQTT client id.
+pub const MAX_HOST_ID_BYTES: usize = 100;
+
+/// A host id names broker queues and appears in every activation's stamp: 1 to
+/// [`MAX_HOST_ID_BYTES`] of letters, digits, `-`, `_`, `.` (what hostnames use), never `/`, so
+/// it cannot name another of the host's queues.
+pub(super) fn check_host_id(id: &str) -> Result<(), String> {
+    if id.is_empty() || id.len() > MAX_HOST_ID_BYTES {
+        return Err(format!(
+            "{:?} is {} bytes long; it must be 1 to {MAX_HOST_ID_BYTES}",
+            id.escape_debug().take(40).collect::<String>(),
+            id.len()
+        ));
+    }
+    if !id
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+    {
+        return Err(format!(
+            "{:?} must use only letters, digits, '-', '_' and '.' (it names the host's broker queue)",
+            id.escape_debug().take(120).collect::<String>()
+        ));
+    }
+    Ok(())
 }

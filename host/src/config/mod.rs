@@ -75,7 +75,7 @@ struct HostSection {
     drop_dir: Option<String>,
     drop_settle_ms: Option<u64>,
     watch_config: Option<bool>,
-    id: Option<String>,
+    id: Option<Spanned<String>>,
     max_component_mib: Number,
     compile_memory_mib: Number,
     compile_timeout_s: Number,

@@ -49,7 +49,7 @@ pub(super) fn webhook_config(
 }
 
 /// The longest plant or route name: both are part of names the host gives broker queues
-/// (`millrace.ROUTE.dead-letter`, `millrace.control.last.PLANT.PLUGIN`), which RabbitMQ limits
+/// (`millrace.ROUTE.dead-letter`, `millrace.control.last.PLANT/PLUGIN`), which RabbitMQ limits
 /// to 255 bytes.
 pub const MAX_NAME_BYTES: usize = 100;
 
