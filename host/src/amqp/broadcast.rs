@@ -20,14 +20,19 @@
 //! release) are applied as they come.
 //!
 //! **The last activation is retained** for hosts that join later or return after their control
-//! queue was lost: each announcement is also kept, bytes and all, as the only message of the
-//! queue `millrace.control.last.PLANT/PLUGIN` (`x-max-length = 1`: a newer one drops the older).
-//! On each session a host first binds its control queue (so nothing announced from then on is
-//! missed), then reads the retained activation of every plant and plugin its routes run and
-//! applies it like an announcement (skipped when that exact component already runs), then follows
-//! its queue. A read takes the message without acknowledging it and gives it back by closing its
-//! channel (a requeue by `nack` could put a stale value back over a newer one); a host that finds
-//! the queue empty tries twice more 50 ms apart, in case another host's read held the message.
+//! queue was lost: each announcement is also kept, bytes and all, in the queue
+//! `millrace.control.last.PLANT/PLUGIN`, which holds the last
+//! [`LAST_VALUES_KEPT`](super::topology::LAST_VALUES_KEPT) (`x-max-length`: a newer one drops
+//! the oldest). On each session a host first binds its control queue (so nothing announced from
+//! then on is missed), then reads the retained activations of every plant and plugin its routes
+//! run, takes the latest by its stamp and applies it like an announcement (skipped when that
+//! exact component already runs), then follows its queue. A read takes the messages without
+//! acknowledging them and gives them back by closing its channel. The queue keeps more than one
+//! because of how a quorum queue takes messages back: a reader giving back an older one after
+//! another reader gave back a newer one published in between leaves the older one and drops the
+//! newer when there is room for one only (measured on 3.10.8, with `nack` and with closing the
+//! channel alike). A host that finds the queue empty tries twice more 50 ms apart, in case
+//! another host's read held the messages.
 //! The reads of one session wait at most [`CATCH_UP_LIMIT`] for the broker together: past it (a
 //! broker slow to answer, e.g. a quorum queue without a leader) the host logs the slots it did
 //! not check and consumes with the versions it runs. Those slots, and any whose read failed, are
@@ -105,6 +110,17 @@ impl Note {
             table.insert("stamp-host".into(), host);
         }
         table
+    }
+
+    /// Whether this note is the later of the two retained: by stamp; a stamped one before an
+    /// unstamped one (an earlier release's); of two unstamped ones, this, read after.
+    fn later_than(&self, other: &Note) -> bool {
+        match (&self.stamp, &other.stamp) {
+            (Some(mine), Some(theirs)) => mine > theirs,
+            (Some(_), None) => true,
+            (None, Some(_)) => false,
+            (None, None) => true,
+        }
     }
 
     fn read(table: &FieldTable) -> Option<Note> {
@@ -465,25 +481,38 @@ async fn read_retained(
     queue: &str,
 ) -> Result<Option<(Note, Vec<u8>)>, lapin::Error> {
     let channel = connection.create_channel().await?;
-    let got = channel
-        .basic_get(
-            queue.into(),
-            lapin::options::BasicGetOptions { no_ack: false },
-        )
-        .await;
-    let read = got.map(|message| {
-        message.and_then(|m| {
-            let note = m
-                .delivery
-                .properties
-                .headers()
-                .as_ref()
-                .and_then(Note::read)?;
-            Some((note, m.delivery.data.clone()))
-        })
-    });
+    let mut latest: Option<(Note, Vec<u8>)> = None;
+    let mut read = Ok(());
+    // What the queue holds, at most what it keeps (and a little more, should it hold more).
+    for _ in 0..super::topology::LAST_VALUES_KEPT + 2 {
+        let got = channel
+            .basic_get(
+                queue.into(),
+                lapin::options::BasicGetOptions { no_ack: false },
+            )
+            .await;
+        let message = match got {
+            Ok(Some(message)) => message,
+            Ok(None) => break,
+            Err(e) => {
+                read = Err(e);
+                break;
+            }
+        };
+        let headers = message.delivery.properties.headers().as_ref();
+        let Some(note) = headers.and_then(Note::read) else {
+            continue;
+        };
+        if latest
+            .as_ref()
+            .is_none_or(|(best, _)| note.later_than(best))
+        {
+            latest = Some((note, message.delivery.data.clone()));
+        }
+    }
+    // Given back, every one, by closing the channel.
     let _ = channel.close(200, "read".into()).await;
-    read
+    read.map(|()| latest)
 }
 
 /// Apply what arrives on the control queue until its consumer ends; returns why it ended.
