@@ -318,7 +318,10 @@ fn a_broker_sending_past_the_receive_maximum_never_has_more_than_it_running() {
     let mut host = ws.start();
     host.wait_ready();
     assert_eq!(broker.client(&publish(2000, 0)), 2000);
-    // Wait for the held requests to stop moving (2 s unchanged) or to pass the bound.
+    // Wait for the held requests to stop moving (3 s unchanged) or to pass the bound. Fewer
+    // than 64 may end up held: acknowledgements go in arrival order (MQTT 5 §4.6), so a message
+    // answered after an earlier one was held waits unacknowledged behind it and keeps a place
+    // in the broker's window (seen: 35 to 63 under load).
     let held = || {
         requests
             .load(std::sync::atomic::Ordering::SeqCst)
@@ -326,14 +329,12 @@ fn a_broker_sending_past_the_receive_maximum_never_has_more_than_it_running() {
     };
     let (mut last, mut since) = (held(), std::time::Instant::now());
     let started = std::time::Instant::now();
-    while held() <= 64 && (last < 64 || since.elapsed() < Duration::from_secs(2)) {
+    while held() <= 64 && (last == 0 || since.elapsed() < Duration::from_secs(3)) {
         if started.elapsed() > Duration::from_secs(120) {
-            // Once seen in a run beside 50 other tests; the host's last lines, to say why.
             let log = host.drain_log();
             let said = &log[log.len().saturating_sub(80)..];
             panic!(
-                "only {} requests held ({} in all) after 120 s; the host's last log lines:\n{said:#?}",
-                held(),
+                "no request held after 120 s ({} in all); the host's last log lines:\n{said:#?}",
                 requests.load(std::sync::atomic::Ordering::SeqCst)
             );
         }
@@ -342,7 +343,8 @@ fn a_broker_sending_past_the_receive_maximum_never_has_more_than_it_running() {
             (last, since) = (held(), std::time::Instant::now());
         }
     }
-    assert_eq!(held(), 64, "messages running at once");
+    eprintln!("mqtt running bound: {} requests held", held());
+    assert!(held() <= 64, "{} messages running at once", held());
     drop(host);
 }
 
