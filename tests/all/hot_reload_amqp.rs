@@ -493,7 +493,7 @@ fn queues_read_and_given_back_have_a_delivery_limit_none_reaches_and_control_que
     // it back: a limit none reaches. Not -1, which RabbitMQ 3.10 takes for a limit.
     let none = serde_json::json!(2147483647);
     assert_eq!(args(retained)["x-delivery-limit"], none, "{queues:?}");
-    assert_eq!(args(retained)["x-max-length"], 4, "{queues:?}");
+    assert_eq!(args(retained)["x-max-length"], 16, "{queues:?}");
     assert_eq!(args("millrace.q.dead-letter")["x-delivery-limit"], none);
     assert_eq!(args("millrace.control.host-b")["x-delivery-limit"], none);
     assert_eq!(args("millrace.control.host-b")["x-expires"], 604_800_000);
@@ -517,10 +517,10 @@ fn queues_read_and_given_back_have_a_delivery_limit_none_reaches_and_control_que
 }
 
 /// Two readers of the retained activations (hosts reconnecting at once) with an announcement
-/// between their reads, giving them back in the other order: on a quorum queue with room for
-/// one message, the older activation stayed and the newer was dropped, so a host joining then
-/// took the older one (the code before: host C went to 2.0.0 while A and B ran 1.0.0). With
-/// room for a few, both stay and a reader takes the later by its stamp.
+/// between their reads, giving them back in the other order. On a quorum queue a message given
+/// back goes to the front and the queue's length bound drops from the front: with room for one
+/// (or four, four held) the newer activation was dropped and a host joining then took an older
+/// one. Readers now remove what is older than the latest they read, so the bound never drops.
 #[test]
 fn readers_giving_retained_activations_back_out_of_order_leave_the_latest_to_join_by() {
     let broker = Broker::start();
@@ -528,14 +528,25 @@ fn readers_giving_retained_activations_back_out_of_order_leave_the_latest_to_joi
     let stamp_2 = std::fs::read(guest("guest-stamp-2")).unwrap();
     let up = a.admin("POST", "/v1/plants/plant-a/plugins", &stamp_2);
     assert_eq!(up.status, 201, "{}", up.body);
-    assert_eq!(activate(&a, "2.0.0").status, 200);
-    a.wait_for_log("activation announced to the other hosts");
+    // Four activations retained, none read since (the hosts read at connecting only).
+    let rollback = |a: &Host| {
+        let back = a.admin("POST", "/v1/plants/plant-a/plugins/stamp/rollback", b"");
+        assert_eq!(back.status, 200, "{}", back.body);
+    };
+    for n in 0..4 {
+        if n % 2 == 0 {
+            assert_eq!(activate(&a, "2.0.0").status, 200);
+        } else {
+            rollback(&a);
+        }
+        a.wait_for_log("activation announced to the other hosts");
+    }
     let retained = "millrace.control.last.plant-a/stamp";
     let dir = tempfile::tempdir().unwrap();
     let (held, go) = (dir.path().join("held"), dir.path().join("go"));
     let read = std::thread::scope(|scope| {
-        // Reader X holds what is retained (2.0.0); after the rollback's announcement reader Y
-        // holds what came (1.0.0); Y gives back first, then X.
+        // Reader X holds the four; the fifth activation (2.0.0) is announced; reader Y holds
+        // it; Y gives back first, then X.
         let readers = scope.spawn(|| {
             broker.client(&format!(
                 r#"def reader():
@@ -555,31 +566,31 @@ x[1].close()
 print(json.dumps([x[2], y[2]]))"#
             ))
         });
-        eventually("reader X holds the retained activation", || {
+        eventually("reader X holds the retained activations", || {
             held.exists().then_some(())
         });
-        let back = a.admin("POST", "/v1/plants/plant-a/plugins/stamp/rollback", b"");
-        assert_eq!(back.status, 200, "{}", back.body);
+        assert_eq!(activate(&a, "2.0.0").status, 200);
         a.wait_for_log("activation announced to the other hosts");
         std::fs::write(&go, "").unwrap();
         readers.join().expect("the readers ran")
     });
     assert_eq!(
         read,
-        serde_json::json!([["2.0.0"], ["1.0.0"]]),
+        serde_json::json!([["2.0.0", "1.0.0", "2.0.0", "1.0.0"], ["2.0.0"]]),
         "what X and Y held"
     );
-    eventually("host B back on 1.0.0", || {
-        (active(&b)["active"]["version"] == "1.0.0").then_some(())
+    eventually("host B on 2.0.0", || {
+        (active(&b)["active"]["version"] == "2.0.0").then_some(())
     });
-    // A host joining now takes the rollback, the latest, not the 2.0.0 given back last.
+    // A host joining now takes the fifth, the latest, not the fourth (a rollback to 1.0.0).
     let ws_c = workspace(&broker, "host-c");
     let mut c = ws_c.start();
     c.wait_ready();
     let applied = c.wait_for_log("applying the last activation retained");
-    assert!(applied.contains("version=1.0.0"), "{applied}");
-    assert_eq!(active(&c)["active"]["version"], "1.0.0");
+    assert!(applied.contains("version=2.0.0"), "{applied}");
+    assert_eq!(active(&c)["active"]["version"], "2.0.0");
     let reply = c.post("a", Some("text/plain"), "x");
-    assert_eq!(reply.json()["stamp"], "1.0.0", "{}", reply.body);
-    assert_eq!(broker.depth(retained), 2, "both activations retained");
+    assert_eq!(reply.json()["stamp"], "2.0.0", "{}", reply.body);
+    // Host C's read removed the older ones.
+    assert_eq!(broker.depth(retained), 1, "only the latest left");
 }

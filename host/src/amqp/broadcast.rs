@@ -21,18 +21,23 @@
 //!
 //! **The last activation is retained** for hosts that join later or return after their control
 //! queue was lost: each announcement is also kept, bytes and all, in the queue
-//! `millrace.control.last.PLANT/PLUGIN`, which holds the last
-//! [`LAST_VALUES_KEPT`](super::topology::LAST_VALUES_KEPT) (`x-max-length`: a newer one drops
-//! the oldest). On each session a host first binds its control queue (so nothing announced from
-//! then on is missed), then reads the retained activations of every plant and plugin its routes
-//! run, takes the latest by its stamp and applies it like an announcement (skipped when that
-//! exact component already runs), then follows its queue. A read takes the messages without
-//! acknowledging them and gives them back by closing its channel. The queue keeps more than one
-//! because of how a quorum queue takes messages back: a reader giving back an older one after
-//! another reader gave back a newer one published in between leaves the older one and drops the
-//! newer when there is room for one only (measured on 3.10.8, with `nack` and with closing the
-//! channel alike). A host that finds the queue empty tries twice more 50 ms apart, in case
-//! another host's read held the messages.
+//! `millrace.control.last.PLANT/PLUGIN`. On each session a host first binds its control queue
+//! (so nothing announced from then on is missed), then reads the retained activations of every
+//! plant and plugin its routes run, takes the latest by its stamp and applies it like an
+//! announcement (skipped when that exact component already runs), then follows its queue. A
+//! read takes the messages without acknowledging them, removes (acknowledges) those older than
+//! the latest it read and gives that one back by closing its channel, so the queue holds the
+//! latest and what was announced since. Its length bound
+//! ([`LAST_VALUES_KEPT`](super::topology::LAST_VALUES_KEPT), `x-max-length`) is a safety limit
+//! only: on a quorum queue, a message given back goes to the front and the bound drops from the
+//! front, so two readers giving back out of order around an announcement would have the bound
+//! drop the newer one (measured on 3.10.8 with room for one, and with room for four once four
+//! were held, with `nack` and with closing the channel alike). A host that finds the queue
+//! empty tries twice more 50 ms apart, in case another host's read held the messages. Two hosts
+//! reading at once while the queue holds two or more may split them, and the one that read only
+//! older ones applies those: it follows the newer from its own queue if that queue existed when
+//! the newer was announced; a host new since then stays on the older one until the next
+//! activation (a known gap, like an empty read counted as checked).
 //! The reads of one session wait at most [`CATCH_UP_LIMIT`] for the broker together: past it (a
 //! broker slow to answer, e.g. a quorum queue without a leader) the host logs the slots it did
 //! not check and consumes with the versions it runs. Those slots, and any whose read failed, are
@@ -481,9 +486,11 @@ async fn read_retained(
     queue: &str,
 ) -> Result<Option<(Note, Vec<u8>)>, lapin::Error> {
     let channel = connection.create_channel().await?;
-    let mut latest: Option<(Note, Vec<u8>)> = None;
+    // The latest read (its delivery tag, note and bytes), and the tags of the others.
+    let mut latest: Option<(u64, Note, Vec<u8>)> = None;
+    let mut older = Vec::new();
     let mut read = Ok(());
-    // What the queue holds, at most what it keeps (and a little more, should it hold more).
+    // What the queue holds, at most its bound (and a little more, should it hold more).
     for _ in 0..super::topology::LAST_VALUES_KEPT + 2 {
         let got = channel
             .basic_get(
@@ -499,20 +506,33 @@ async fn read_retained(
                 break;
             }
         };
-        let headers = message.delivery.properties.headers().as_ref();
-        let Some(note) = headers.and_then(Note::read) else {
-            continue;
-        };
-        if latest
+        let tag = message.delivery.delivery_tag;
+        let note = message
+            .delivery
+            .properties
+            .headers()
             .as_ref()
-            .is_none_or(|(best, _)| note.later_than(best))
-        {
-            latest = Some((note, message.delivery.data.clone()));
+            .and_then(Note::read);
+        match (note, &latest) {
+            (Some(note), None) => latest = Some((tag, note, message.delivery.data)),
+            (Some(note), Some((_, best, _))) if note.later_than(best) => {
+                older.extend(latest.take().map(|(tag, _, _)| tag));
+                latest = Some((tag, note, message.delivery.data));
+            }
+            // Older than one read here, or not an activation at all.
+            _ => older.push(tag),
         }
     }
-    // Given back, every one, by closing the channel.
+    // The older ones are removed and only the latest is given back (by closing the channel), so
+    // the queue's bound never has to drop a message: it would drop the one given back first,
+    // which may be the newest (on a quorum queue, with readers giving back out of order).
+    if read.is_ok() {
+        for tag in older {
+            let _ = channel.basic_ack(tag, BasicAckOptions::default()).await;
+        }
+    }
     let _ = channel.close(200, "read".into()).await;
-    read.map(|()| latest)
+    read.map(|()| latest.map(|(_, note, bytes)| (note, bytes)))
 }
 
 /// Apply what arrives on the control queue until its consumer ends; returns why it ended.

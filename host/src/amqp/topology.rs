@@ -54,8 +54,8 @@ pub enum Role<'a> {
     /// consumer, so the queue of a host that never returns (a host id that changed) does not
     /// keep receiving every announcement.
     Control,
-    /// Holds the last [`LAST_VALUES_KEPT`] messages published to it (`x-max-length`, oldest
-    /// dropped); readers take the latest by its stamp.
+    /// Holds what was published to it, at most [`LAST_VALUES_KEPT`] (`x-max-length`); readers
+    /// take the latest by its stamp and remove the older ones.
     LastValue,
 }
 
@@ -67,12 +67,11 @@ pub struct Declarer<'a> {
     queues: Queues,
 }
 
-/// Messages a last-value queue keeps. More than one: on a quorum queue, a reader giving back an
-/// older message after another reader gave back a newer one published meanwhile leaves the
-/// older one, and drops the newer, when the queue may hold only one (measured on 3.10.8 with
-/// both `basic.nack` and closing the channel). With room for a few, both stay, and readers take
-/// the latest by its stamp.
-pub const LAST_VALUES_KEPT: usize = 4;
+/// Messages a last-value queue may hold: a safety bound. Its readers remove what is older than
+/// the latest they read and give that one back, so it holds the latest and what was announced
+/// since the last read; the bound drops a message only past that (on a quorum queue, the one
+/// given back first, which may be the newest: measured on 3.10.8).
+pub const LAST_VALUES_KEPT: usize = 16;
 
 /// How long a host's control queue outlives its host's last session. A host away longer finds
 /// it gone, declares it again and converges from the retained activations.
@@ -114,8 +113,12 @@ pub fn arguments(kind: QueueKind, delivery_limit: Option<u32>, role: Role<'_>) -
                 args.insert("x-single-active-consumer".into(), AMQPValue::Boolean(true));
             }
             if quorum {
-                let limit = delivery_limit.map_or(NO_DELIVERY_LIMIT, i64::from);
-                args.insert("x-delivery-limit".into(), AMQPValue::LongLongInt(limit));
+                if let Some(limit) = delivery_limit {
+                    args.insert(
+                        "x-delivery-limit".into(),
+                        AMQPValue::LongLongInt(i64::from(limit)),
+                    );
+                }
                 args.insert("x-dead-letter-strategy".into(), text("at-least-once"));
                 args.insert("x-overflow".into(), text("reject-publish"));
             }
@@ -143,11 +146,10 @@ pub fn arguments(kind: QueueKind, delivery_limit: Option<u32>, role: Role<'_>) -
         }
     }
     // Queues the host reads and gives back (retained activations, dead letters under `dlq`)
-    // or that are to have no limit: none on RabbitMQ 4 either.
-    if quorum
-        && !args.inner().contains_key("x-delivery-limit")
-        && !matches!(role, Role::Delay { .. })
-    {
+    // and control queues: no limit on RabbitMQ 4 either. Not a source queue without one
+    // (`amqp_delivery_limit = 0`): that would move where a message given back goes (RabbitMQ 3
+    // puts it at the front of a quorum queue with a limit, at the back of one without).
+    if quorum && matches!(role, Role::Plain | Role::Control | Role::LastValue) {
         args.insert(
             "x-delivery-limit".into(),
             AMQPValue::LongLongInt(NO_DELIVERY_LIMIT),
@@ -212,7 +214,12 @@ impl<'a> Declarer<'a> {
         let mut first = None;
         for kind in [wanted, other] {
             let args = arguments(kind, self.queues.delivery_limit, role);
-            for (args, earlier) in [(Some(args.clone()), false), (earlier_release(&args), true)] {
+            // No earlier release declared a retained-activations queue of this name.
+            let before = match role {
+                Role::LastValue => None,
+                _ => earlier_release(&args),
+            };
+            for (args, earlier) in [(Some(args), false), (before, true)] {
                 let Some(args) = args else { continue };
                 let e = match self.declare(name, args).await {
                     Ok(()) => {
@@ -244,8 +251,11 @@ impl<'a> Declarer<'a> {
             }
         }
         let e = first.expect("a declaration was refused");
-        // Declared by someone else with arguments of their own: used as it is.
-        self.channel
+        // Declared by someone else with arguments of their own: used as it is. If it is not
+        // there at all, the broker refused the arguments themselves (a policy, say): that
+        // refusal is the error.
+        let passive = self
+            .channel
             .queue_declare(
                 name.into(),
                 QueueDeclareOptions {
@@ -254,7 +264,11 @@ impl<'a> Declarer<'a> {
                 },
                 FieldTable::default(),
             )
-            .await?;
+            .await;
+        if passive.is_err() {
+            self.channel = self.connection.create_channel().await?;
+            return Err(e);
+        }
         tracing::warn!(
             queue = name,
             "the queue exists with other arguments than the host declares ({e}); used as it is, without the host's dead-lettering, delivery limit or type"
@@ -376,13 +390,16 @@ mod tests {
             quorum.inner().get("x-delivery-limit"),
             Some(&AMQPValue::LongLongInt(7))
         );
+        // A source queue without a limit keeps none (where a message given back goes).
+        assert!(
+            arguments(QueueKind::Quorum, None, source)
+                .inner()
+                .get("x-delivery-limit")
+                .is_none()
+        );
         // "None" is a limit no message reaches, not the broker's default (20 on RabbitMQ 4).
-        for role in [source, Role::Plain, Role::Control, Role::LastValue] {
-            let limit = if matches!(role, Role::Source { .. }) {
-                None
-            } else {
-                Some(7)
-            };
+        for role in [Role::Plain, Role::Control, Role::LastValue] {
+            let limit = Some(7);
             assert_eq!(
                 arguments(QueueKind::Quorum, limit, role)
                     .inner()
