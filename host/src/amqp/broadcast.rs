@@ -255,6 +255,11 @@ async fn announce(link: &BrokerLink, deployer: &Deployer, host_id: &str, activat
             }
         }
         let _ = channel.close(200, "announced".into()).await;
+        // What the queue held before this one is older: removed now, so the queue holds about
+        // one activation and a host's read at connecting stays short.
+        if let Err(e) = read_retained(&session.connection, &retained).await {
+            tracing::debug!(queue = %retained, error = %e, "the retained activations were not trimmed; the next read does it");
+        }
         Ok::<_, String>(())
     };
     match sent.await {
@@ -486,9 +491,8 @@ async fn read_retained(
     queue: &str,
 ) -> Result<Option<(Note, Vec<u8>)>, lapin::Error> {
     let channel = connection.create_channel().await?;
-    // The latest read (its delivery tag, note and bytes), and the tags of the others.
+    // The latest read: its delivery tag, note and bytes.
     let mut latest: Option<(u64, Note, Vec<u8>)> = None;
-    let mut older = Vec::new();
     let mut read = Ok(());
     // What the queue holds, at most its bound (and a little more, should it hold more).
     for _ in 0..super::topology::LAST_VALUES_KEPT + 2 {
@@ -513,22 +517,28 @@ async fn read_retained(
             .headers()
             .as_ref()
             .and_then(Note::read);
-        match (note, &latest) {
-            (Some(note), None) => latest = Some((tag, note, message.delivery.data)),
-            (Some(note), Some((_, best, _))) if note.later_than(best) => {
-                older.extend(latest.take().map(|(tag, _, _)| tag));
+        let superseded = match (note, &latest) {
+            (Some(note), None) => {
                 latest = Some((tag, note, message.delivery.data));
+                None
+            }
+            (Some(note), Some((_, best, _))) if note.later_than(best) => {
+                let before = latest.take().map(|(tag, _, _)| tag);
+                latest = Some((tag, note, message.delivery.data));
+                before
             }
             // Older than one read here, or not an activation at all.
-            _ => older.push(tag),
-        }
-    }
-    // The older ones are removed and only the latest is given back (by closing the channel), so
-    // the queue's bound never has to drop a message: it would drop the one given back first,
-    // which may be the newest (on a quorum queue, with readers giving back out of order).
-    if read.is_ok() {
-        for tag in older {
-            let _ = channel.basic_ack(tag, BasicAckOptions::default()).await;
+            _ => Some(tag),
+        };
+        // Removed at once (so a read cut short by the time limit still shortens the queue)
+        // while the latest is held; only that is given back, by closing the channel. So the
+        // queue's bound never has to drop a message: it would drop the one given back first,
+        // which may be the newest (on a quorum queue, with readers giving back out of order).
+        if let Some(tag) = superseded
+            && let Err(e) = channel.basic_ack(tag, BasicAckOptions::default()).await
+        {
+            read = Err(e);
+            break;
         }
     }
     let _ = channel.close(200, "read".into()).await;
