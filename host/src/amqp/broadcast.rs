@@ -25,9 +25,9 @@
 //! (so nothing announced from then on is missed), then reads the retained activations of every
 //! plant and plugin its routes run, takes the latest by its stamp and applies it like an
 //! announcement (skipped when that exact component already runs), then follows its queue. A
-//! read takes the messages without acknowledging them, removes (acknowledges) those older than
-//! the latest it read and gives that one back by closing its channel, so the queue holds the
-//! latest and what was announced since. Its length bound
+//! read takes the messages without acknowledging them, removes (acknowledges) each as soon as
+//! it holds a later one and gives the latest back by closing its channel; a host that announces
+//! reads the queue so right after, so it holds about one activation. Its length bound
 //! ([`LAST_VALUES_KEPT`](super::topology::LAST_VALUES_KEPT), `x-max-length`) is a safety limit
 //! only: on a quorum queue, a message given back goes to the front and the bound drops from the
 //! front, so two readers giving back out of order around an announcement would have the bound
