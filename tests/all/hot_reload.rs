@@ -30,6 +30,11 @@ pub(crate) fn activate(host: &Host, version: &str) -> Reply {
     )
 }
 
+/// Roll plant A's `stamp` back to its previous version.
+pub(crate) fn rollback(host: &Host) -> Reply {
+    host.admin("POST", "/v1/plants/plant-a/plugins/stamp/rollback", b"")
+}
+
 /// One message to `route`: the version in the answer's body and in its lineage header.
 fn stamped(base: &str, route: &str, n: usize) -> (u16, String, String, String) {
     let reply = request(
@@ -272,7 +277,7 @@ fn bad_candidates_are_refused_with_the_reason_while_the_active_version_serves() 
     assert_eq!(upload(&host, "plant-a", "guest-stamp-2").status, 201);
     assert_eq!(activate(&host, "2.0.0").status, 200);
     assert_eq!(stamped(&host.url, "a", 1).1, "2.0.0");
-    let back = host.admin("POST", "/v1/plants/plant-a/plugins/stamp/rollback", b"");
+    let back = rollback(&host);
     assert_eq!(back.status, 200, "{}", back.body);
     assert_eq!(back.json()["activation"]["version"], "1.0.0");
     assert_eq!(back.json()["activation"]["action"], "rollback");
@@ -482,7 +487,7 @@ fn a_dropped_plugin_is_taken_only_once_written_whole_and_a_bad_one_is_refused_wi
     assert_eq!(active(&host), "2.0.0");
 
     // Rollback restores the configured version.
-    let back = host.admin("POST", "/v1/plants/plant-a/plugins/stamp/rollback", b"");
+    let back = rollback(&host);
     assert_eq!(back.status, 200, "{}", back.body);
     assert_eq!(stamped(&host.url, "a", 2).1, "1.0.0");
     done.store(true, Ordering::SeqCst);

@@ -4,7 +4,7 @@
 //! joins later and one whose control queue was lost (the last activation retained on the broker).
 
 use crate::harness::*;
-use crate::hot_reload::{activate, both_versions_one_per_output, eventually, kept};
+use crate::hot_reload::{activate, both_versions_one_per_output, eventually, kept, rollback};
 
 /// Plant A: HTTP route `a` and broker route `q` (queue `plant-a.stamp` → exchange
 /// `plant-a.events`), both running `stamp`; this host is `host.id = ID`.
@@ -173,7 +173,7 @@ fn an_activation_reaches_every_host_on_the_broker_even_one_that_was_away() {
     assert_eq!(doc["history"][0]["by"], "test-operator via host-a", "{doc}");
 
     // Rollback travels too.
-    let back = a.admin("POST", "/v1/plants/plant-a/plugins/stamp/rollback", b"");
+    let back = rollback(&a);
     assert_eq!(back.status, 200, "{}", back.body);
     eventually("host B back on 1.0.0", || {
         (active_version(&b) == "1.0.0").then_some(())
@@ -233,7 +233,7 @@ fn hosts_that_join_later_or_lost_their_queue_converge_on_the_last_activation() {
     // A host whose control queue is gone while it is away (deleted, expired by a policy).
     assert!(b.stop().success());
     broker.ctl(&["delete_queue", "millrace.control.host-b"]);
-    let back = a.admin("POST", "/v1/plants/plant-a/plugins/stamp/rollback", b"");
+    let back = rollback(&a);
     assert_eq!(back.status, 200, "{}", back.body);
     eventually("host C back on 1.0.0", || {
         (active_version(&c) == "1.0.0").then_some(())
@@ -365,7 +365,7 @@ fn an_activation_made_while_the_broker_was_away_is_kept_and_reaches_the_other_ho
     eventually("host B runs 2.0.0", || {
         (version(&b) == "2.0.0").then_some(())
     });
-    let back = a.admin("POST", "/v1/plants/plant-a/plugins/stamp/rollback", b"");
+    let back = rollback(&a);
     assert_eq!(back.status, 200, "{}", back.body);
     eventually("host B back on 1.0.0", || {
         (version(&b) == "1.0.0").then_some(())
@@ -574,7 +574,7 @@ print(json.dumps([x[2], y[2]]))"#
         eventually("reader X holds the retained activations", || {
             held.exists().then_some(())
         });
-        let back = a.admin("POST", "/v1/plants/plant-a/plugins/stamp/rollback", b"");
+        let back = rollback(&a);
         assert_eq!(back.status, 200, "{}", back.body);
         a.wait_for_log("activation announced to the other hosts");
         std::fs::write(&go, "").unwrap();

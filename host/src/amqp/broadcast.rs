@@ -117,17 +117,6 @@ impl Note {
         table
     }
 
-    /// Whether this note is the later of the two retained: by stamp; a stamped one before an
-    /// unstamped one (an earlier release's); of two unstamped ones, this, read after.
-    fn later_than(&self, other: &Note) -> bool {
-        match (&self.stamp, &other.stamp) {
-            (Some(mine), Some(theirs)) => mine > theirs,
-            (Some(_), None) => true,
-            (None, Some(_)) => false,
-            (None, None) => true,
-        }
-    }
-
     fn read(table: &FieldTable) -> Option<Note> {
         let get = |name| header_string(table, name);
         Some(Note {
@@ -522,7 +511,9 @@ async fn read_retained(
                 latest = Some((tag, note, message.delivery.data));
                 None
             }
-            (Some(note), Some((_, best, _))) if note.later_than(best) => {
+            // By stamp (only stamped notes are retained in this queue; an unstamped one is
+            // older than any stamped one).
+            (Some(note), Some((_, best, _))) if note.stamp > best.stamp => {
                 let before = latest.take().map(|(tag, _, _)| tag);
                 latest = Some((tag, note, message.delivery.data));
                 before

@@ -21,10 +21,10 @@
 //!   delivered that many times without being settled (it takes the host down each time, say) is
 //!   moved to the route's dead-letter queue by the broker (header `x-first-death-reason` =
 //!   `delivery_limit`) instead of coming back forever, at least once as well;
-//! - every other quorum queue but the delay queues, and a source queue with
-//!   `amqp_delivery_limit = 0`, carries a limit no message reaches ([`NO_DELIVERY_LIMIT`],
-//!   *since 2026-12*): RabbitMQ 4 would give them 20, and the host gives retained activations
-//!   back at every read, `dlq` its dead letters.
+//! - dead-letter, control and retained-activation queues carry a limit no message reaches
+//!   ([`NO_DELIVERY_LIMIT`], *since 2026-12*): RabbitMQ 4 would give them 20, and the host gives
+//!   retained activations back at every read, `dlq` its dead letters. Delay queues (no
+//!   consumer) and source queues with `amqp_delivery_limit = 0` carry none.
 //!
 //! A host's control queue expires after [`CONTROL_QUEUE_EXPIRY`] without a consumer (*since
 //! 2026-12*).
@@ -211,44 +211,47 @@ impl<'a> Declarer<'a> {
             QueueKind::Quorum => QueueKind::Classic,
             QueueKind::Classic => QueueKind::Quorum,
         };
-        let mut first = None;
+        // In order: each type with the arguments of this release, then of the earlier one (no
+        // earlier release declared a retained-activations queue of this name).
+        let mut tries = Vec::new();
         for kind in [wanted, other] {
             let args = arguments(kind, self.queues.delivery_limit, role);
-            // No earlier release declared a retained-activations queue of this name.
             let before = match role {
                 Role::LastValue => None,
                 _ => earlier_release(&args),
             };
-            for (args, earlier) in [(Some(args), false), (before, true)] {
-                let Some(args) = args else { continue };
-                let e = match self.declare(name, args).await {
-                    Ok(()) => {
-                        if kind != wanted {
-                            tracing::warn!(
-                                queue = name,
-                                configured = wanted.name(),
-                                kept = kind.name(),
-                                "the queue exists as a {} queue; kept as it is (host.amqp_queues applies to queues declared new)",
-                                kind.name()
-                            );
-                        }
-                        if earlier {
-                            tracing::info!(
-                                queue = name,
-                                "the queue was declared by an earlier release, without x-delivery-limit or x-expires; kept as it is (on RabbitMQ 4 a quorum queue without x-delivery-limit has a limit of 20: see docs/amqp.md)"
-                            );
-                        }
-                        return Ok(kind);
+            tries.push((kind, args, false));
+            tries.extend(before.map(|args| (kind, args, true)));
+        }
+        let mut first = None;
+        for (kind, args, earlier) in tries {
+            let e = match self.declare(name, args).await {
+                Ok(()) => {
+                    if kind != wanted {
+                        tracing::warn!(
+                            queue = name,
+                            configured = wanted.name(),
+                            kept = kind.name(),
+                            "the queue exists as a {} queue; kept as it is (host.amqp_queues applies to queues declared new)",
+                            kind.name()
+                        );
                     }
-                    Err(e) => e,
-                };
-                if !refused(&e) {
-                    return Err(e);
+                    if earlier {
+                        tracing::info!(
+                            queue = name,
+                            "the queue was declared by an earlier release, without x-delivery-limit or x-expires; kept as it is (on RabbitMQ 4 a quorum queue without x-delivery-limit has a limit of 20: see docs/amqp.md)"
+                        );
+                    }
+                    return Ok(kind);
                 }
-                // A refused declaration closes its channel.
-                self.channel = self.connection.create_channel().await?;
-                first.get_or_insert(e);
+                Err(e) => e,
+            };
+            if !refused(&e) {
+                return Err(e);
             }
+            // A refused declaration closes its channel.
+            self.channel = self.connection.create_channel().await?;
+            first.get_or_insert(e);
         }
         let e = first.expect("a declaration was refused");
         // Declared by someone else with arguments of their own: used as it is. If it is not

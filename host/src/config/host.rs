@@ -102,13 +102,7 @@ pub(super) fn read(diag: &mut Diagnostics, dir: &Path, file: &File) -> Host {
         // A hostname uses the same characters; anything else becomes `-`.
         None => hostname()
             .chars()
-            .map(|c| {
-                if c.is_ascii_alphanumeric() || "-_.".contains(c) {
-                    c
-                } else {
-                    '-'
-                }
-            })
+            .map(|c| if host_id_char(c) { c } else { '-' })
             .take(MAX_HOST_ID_BYTES)
             .collect(),
     };
@@ -467,14 +461,16 @@ pub(super) fn check_host_id(id: &str) -> Result<(), String> {
             id.len()
         ));
     }
-    if !id
-        .chars()
-        .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
-    {
+    if !id.chars().all(host_id_char) {
         return Err(format!(
             "{:?} must use only letters, digits, '-', '_' and '.' (it names the host's broker queue)",
             id.escape_debug().take(120).collect::<String>()
         ));
     }
     Ok(())
+}
+
+/// A character a host id may have: what hostnames use, and `_`.
+fn host_id_char(c: char) -> bool {
+    c.is_ascii_alphanumeric() || "-_.".contains(c)
 }

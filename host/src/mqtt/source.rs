@@ -136,10 +136,7 @@ pub async fn consume(
             if next.arrived.settle.stale() {
                 // Its connection is gone: the broker sends it again on the new one, where it
                 // is the copy to run.
-                bytes -= size;
-                if let Some(lane) = lane {
-                    queue.lane_done(lane);
-                }
+                queue.release(&mut bytes, lane, size);
                 continue;
             }
             let task = running.spawn(handle(Arc::clone(&mqtt), next));
@@ -180,10 +177,7 @@ pub async fn consume(
                     }
                 };
                 if let Some((lane, size)) = started.remove(&id) {
-                    bytes -= size;
-                    if let Some(lane) = lane {
-                        queue.lane_done(lane);
-                    }
+                    queue.release(&mut bytes, lane, size);
                 }
             }
             _ = shutdown.changed() => break,
@@ -238,6 +232,15 @@ impl Waiting {
                 }
             },
             None => self.ready.push_back((None, arrived)),
+        }
+    }
+
+    /// A message of `size` bytes, in `lane`, is no longer in hand (done, or dropped unstarted):
+    /// its bytes are freed from `bytes` and its lane's next message may start.
+    fn release(&mut self, bytes: &mut usize, lane: Option<String>, size: usize) {
+        *bytes -= size;
+        if let Some(lane) = lane {
+            self.lane_done(lane);
         }
     }
 
