@@ -600,3 +600,73 @@ print(json.dumps([x[2], y[2]]))"#
     // Host C's read removed the older ones.
     assert_eq!(broker.depth(retained), 1, "only the latest left");
 }
+
+/// A host whose first read of a retained activation finds the queue empty, because another
+/// reader holds its message just then, reads it again a few seconds on and converges; its empty
+/// read announces nothing.
+#[test]
+fn a_host_that_finds_the_retained_activation_held_by_another_reader_converges_on_its_second_read() {
+    let broker = Broker::start();
+    let (_ws_a, _ws_b, mut a, b) = two_hosts(&broker);
+    let stamp_2 = std::fs::read(guest("guest-stamp-2")).unwrap();
+    let up = a.admin("POST", "/v1/plants/plant-a/plugins", &stamp_2);
+    assert_eq!(up.status, 201, "{}", up.body);
+    assert_eq!(activate(&a, "2.0.0").status, 200);
+    a.wait_for_log("activation announced to the other hosts");
+    eventually("host B on 2.0.0", || {
+        (active(&b)["active"]["version"] == "2.0.0").then_some(())
+    });
+    let retained = "millrace.control.last.plant-a/stamp";
+    let dir = tempfile::tempdir().unwrap();
+    let (held, go) = (dir.path().join("held"), dir.path().join("go"));
+    let ws_c = workspace(&broker, "host-c");
+    let (mut c, read) = std::thread::scope(|scope| {
+        // Reader X holds the retained activation until told to give it back.
+        let reader = scope.spawn(|| {
+            broker.client(&format!(
+                r#"c = pika.BlockingConnection(pika.ConnectionParameters('127.0.0.1', PORT))
+ch = c.channel()
+m, p, b = ch.basic_get({retained:?}, auto_ack=False)
+open({held:?}, 'w').close()
+while not os.path.exists({go:?}): time.sleep(0.05)
+ch.close()
+print(json.dumps(p.headers['version'] if m else None))"#
+            ))
+        });
+        eventually("reader X holds the retained activation", || {
+            held.exists().then_some(())
+        });
+        let mut c = ws_c.start();
+        c.wait_ready();
+        let first = c.wait_for_log("the retained activations read");
+        assert!(first.contains("unchecked=0"), "{first}");
+        assert_eq!(
+            active(&c)["active"]["version"],
+            "1.0.0",
+            "host C found nothing on its first read"
+        );
+        std::fs::write(&go, "").unwrap();
+        (c, reader.join().expect("the reader ran"))
+    });
+    assert_eq!(read, serde_json::json!("2.0.0"), "what X held");
+    runs_within(
+        &mut c,
+        "2.0.0",
+        300,
+        "host C never read the retained activation again",
+    );
+    let log = c.drain_log();
+    assert!(
+        log.iter()
+            .any(|l| l.contains("applying the last activation retained on the broker")),
+        "{log:?}"
+    );
+    assert!(
+        !log.iter().any(|l| l.contains("announcing it again")),
+        "{log:?}"
+    );
+    // Nothing was announced by host C's empty read: the others stay on 2.0.0.
+    assert_eq!(active(&a)["active"]["version"], "2.0.0");
+    assert_eq!(active(&b)["active"]["version"], "2.0.0");
+    assert_eq!(broker.depth(retained), 1, "the activation retained");
+}

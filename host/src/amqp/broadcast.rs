@@ -35,9 +35,10 @@
 //! were held, with `nack` and with closing the channel alike). A host that finds the queue
 //! empty tries twice more 50 ms apart, in case another host's read held the messages. Two hosts
 //! reading at once while the queue holds two or more may split them, and the one that read only
-//! older ones applies those: it follows the newer from its own queue if that queue existed when
-//! the newer was announced; a host new since then stays on the older one until the next
-//! activation (a known gap, like an empty read counted as checked).
+//! older ones applies those; an empty read counts as checked. So every session reads every slot
+//! once more [`SETTLE`] to twice that after its first read (drawn per session), beside following
+//! its queue: by then the other readers have given the messages back. A reader holding them
+//! across both reads still leaves a new host on its version until the slot's next activation.
 //! The reads of one session wait at most [`CATCH_UP_LIMIT`] for the broker together: past it (a
 //! broker slow to answer, e.g. a quorum queue without a leader) the host logs the slots it did
 //! not check and consumes with the versions it runs. Those slots, and any whose read failed, are
@@ -63,6 +64,10 @@ pub const CATCH_UP_LIMIT: std::time::Duration = std::time::Duration::from_secs(1
 
 /// Pause before the retained activations left unchecked are read again.
 pub const CATCH_UP_RETRY: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// The least wait before a session's second read of the retained activations
+/// ([`settle_after`]).
+pub const SETTLE: std::time::Duration = std::time::Duration::from_secs(3);
 
 /// The fanout exchange activations are announced on.
 pub const EXCHANGE: &str = "millrace.control";
@@ -294,6 +299,11 @@ pub async fn follow(
         }
         declarer.close().await;
         let unchecked = catch_up(&deployer, &host_id, &session.connection, &slots).await;
+        tracing::info!(
+            slots = slots.len(),
+            unchecked = unchecked.len(),
+            "the retained activations read"
+        );
         let channel = session.connection.create_channel().await?;
         channel.basic_qos(1, BasicQosOptions::default()).await?;
         let consumer = channel
@@ -304,9 +314,9 @@ pub async fn follow(
                 FieldTable::default(),
             )
             .await?;
-        Ok::<_, lapin::Error>((channel, consumer, unchecked))
+        Ok::<_, lapin::Error>((channel, consumer, slots, unchecked))
     };
-    let (channel, consumer, mut unchecked) = match started.await {
+    let (channel, consumer, slots, mut unchecked) = match started.await {
         Ok(started) => started,
         Err(e) => {
             tracing::warn!(queue = %queue, error = %e, "cannot follow other hosts' activations on this session");
@@ -320,7 +330,23 @@ pub async fn follow(
             tokio::time::sleep(CATCH_UP_RETRY).await;
             unchecked = catch_up(&deployer, &host_id, &session.connection, &unchecked).await;
         }
-        let why = apply_each(deployer, host_id, consumer).await;
+        // Every slot read once more a few seconds on, beside following the queue: a read that
+        // found the queue empty because another host's read held its messages, or that got
+        // only older ones of a split, then finds the latest (by then given back).
+        let again = async {
+            tokio::time::sleep(settle_after(&host_id)).await;
+            let mut left = catch_up(&deployer, &host_id, &session.connection, &slots).await;
+            while !left.is_empty() {
+                tokio::time::sleep(CATCH_UP_RETRY).await;
+                left = catch_up(&deployer, &host_id, &session.connection, &left).await;
+            }
+            tracing::info!(slots = slots.len(), "the retained activations read again");
+            std::future::pending::<std::convert::Infallible>().await
+        };
+        let why = tokio::select! {
+            why = apply_each(Arc::clone(&deployer), host_id.clone(), consumer) => why,
+            never = again => match never {},
+        };
         // Not following announcements is not a state to stay in: a new session follows again.
         session.lost(why);
     };
@@ -328,6 +354,16 @@ pub async fn follow(
         task: tokio::spawn(task),
         channel,
     })
+}
+
+/// When a session's second read of the retained activations starts: [`SETTLE`] and up to as
+/// much again, drawn anew for each session (hosts that connect at once, after a broker restart,
+/// do not read again at once).
+fn settle_after(host_id: &str) -> std::time::Duration {
+    use std::hash::BuildHasher;
+    let draw = std::collections::hash_map::RandomState::new().hash_one(host_id);
+    let spread = u64::try_from(SETTLE.as_millis()).unwrap_or(u64::MAX);
+    SETTLE + std::time::Duration::from_millis(draw % spread.max(1))
 }
 
 /// Other hosts' activations being applied on a session: the task and its consumer's channel.
