@@ -185,11 +185,14 @@ fn broker_route_publishes_confirmed_outputs_and_dead_letters_poison_with_headers
     );
 }
 
+/// With the headers off and the provenance in the event, an output has no header table and
+/// says where it came from in its own attributes.
 #[test]
 fn with_output_headers_off_an_output_has_no_header_table_and_a_dead_letter_keeps_its_headers() {
     let broker = Broker::start();
     let ws = workspace(&broker);
     host_setting(&ws, "amqp_output_headers = false");
+    host_setting(&ws, "amqp_event_provenance = true");
     let host = ws.start();
     host.wait_ready();
     let good = record("WO-1", "0000001000", "WC01");
@@ -210,6 +213,12 @@ fn with_output_headers_off_an_output_has_no_header_table_and_a_dead_letter_keeps
         dead[0]["headers"].get("x-millrace-reason").is_some(),
         "{got}"
     );
+    let event = &outputs[0]["event"];
+    assert_eq!(event["millraceplant"], "plant-a", "{got}");
+    assert_eq!(event["millraceroute"], "mes", "{got}");
+    let lineage = event["millracelineage"].as_str().unwrap_or_default();
+    assert!(lineage.starts_with("mes-fixed-width@"), "{got}");
+    assert_eq!(lineage, dead[0]["headers"]["x-millrace-lineage"], "{got}");
     assert!(host.stop().success());
 }
 
@@ -1371,6 +1380,7 @@ fn publishes_racing_on_one_channel_are_each_told_their_own_confirm() {
             &connection,
             Publishing {
                 output_headers: false,
+                event_provenance: false,
                 confirm_timeout: std::time::Duration::from_secs(60),
             },
         )

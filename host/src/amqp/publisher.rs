@@ -81,7 +81,8 @@ struct Outgoing<'a> {
     routing_key: &'a str,
     /// Its `message-id` (empty when it has none).
     id: &'a str,
-    body: &'a [u8],
+    /// The output's own bytes, or a copy with attributes written in.
+    body: std::borrow::Cow<'a, [u8]>,
     properties: BasicProperties,
 }
 
@@ -233,6 +234,10 @@ pub struct Publishing {
     /// no header table, which RabbitMQ handles for markedly less CPU per message
     /// (docs/performance.md).
     pub output_headers: bool,
+    /// Whether outputs that are structured CloudEvents carry the same three values as the
+    /// extension attributes `millraceplant`, `millraceroute` and `millracelineage`
+    /// (`host.amqp_event_provenance`): in the body, which the broker does not read.
+    pub event_provenance: bool,
     /// How long the broker may take to confirm a publish while it is not blocking the
     /// connection (`host.amqp_confirm_timeout_s`).
     pub confirm_timeout: Duration,
@@ -243,6 +248,7 @@ pub struct Publishing {
 pub struct AmqpPublisher {
     channels: Arc<Channels>,
     output_headers: bool,
+    event_provenance: bool,
 }
 
 /// Confirm-mode channels of one connection, each carrying one batch at a time.
@@ -652,6 +658,7 @@ impl AmqpPublisher {
         Ok(AmqpPublisher {
             channels,
             output_headers: publishing.output_headers,
+            event_provenance: publishing.event_provenance,
         })
     }
 
@@ -702,7 +709,7 @@ impl AmqpPublisher {
                     mandatory: true,
                     ..Default::default()
                 },
-                message.body,
+                &message.body,
                 std::mem::take(&mut message.properties),
             );
             let mut publish = std::pin::pin!(publish);
@@ -767,11 +774,23 @@ impl AmqpPublisher {
             for (name, value) in crate::telemetry::trace::carried(&output.headers) {
                 headers.insert(name.into(), text(value));
             }
+            let mut body = std::borrow::Cow::Borrowed(output.body.as_slice());
+            if self.event_provenance
+                && crate::pipeline::event::is_structured(&output.content_type)
+            {
+                let provenance = [
+                    ("millraceplant", output.plant.as_str()),
+                    ("millraceroute", output.route.as_str()),
+                    ("millracelineage", lineage),
+                ];
+                let written = body.to_mut();
+                crate::pipeline::event::set_attributes(&output.content_type, written, &provenance);
+            }
             messages.push(Outgoing {
                 exchange,
                 routing_key: key,
                 id: &output.id,
-                body: &output.body,
+                body,
                 properties: persistent(&output.content_type, &output.id, headers),
             });
         }
@@ -827,7 +846,7 @@ impl AmqpPublisher {
             exchange: "",
             routing_key: &queue,
             id: &id,
-            body: input.body,
+            body: input.body.into(),
             properties,
         }])
         .await?;
@@ -885,7 +904,7 @@ impl AmqpPublisher {
             exchange: &route.amqp.dead_letter,
             routing_key: "",
             id: input.message_id,
-            body: input.body,
+            body: input.body.into(),
             properties,
         }])
         .await?;
@@ -919,7 +938,7 @@ impl AmqpPublisher {
             exchange: "",
             routing_key: &route.amqp.queue,
             id: &id,
-            body,
+            body: body.into(),
             properties,
         }])
         .await?;

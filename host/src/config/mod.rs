@@ -64,6 +64,7 @@ struct HostSection {
     amqp_queues: Option<crate::amqp::config::QueueKind>,
     amqp_delivery_limit: Option<u32>,
     amqp_output_headers: Option<bool>,
+    amqp_event_provenance: Option<bool>,
     amqp_confirm_timeout_s: Option<u32>,
     instance_pool: Option<u32>,
     mqtt: Option<Spanned<String>>,
@@ -302,7 +303,8 @@ pub struct Config {
     pub amqp: Vec<String>,
     /// The type of queue the host declares and the delivery limit of its source queues.
     pub amqp_queues: crate::amqp::config::Queues,
-    /// What outputs published to the broker carry (`host.amqp_output_headers`, default true)
+    /// What outputs published to the broker carry (`host.amqp_output_headers`, default true;
+    /// `host.amqp_event_provenance`, default false)
     /// and how long a confirm may take (`host.amqp_confirm_timeout_s`, default 60).
     pub amqp_publishing: crate::amqp::publisher::Publishing,
     /// Instances made from a pool of this many slots (`host.instance_pool`); none: on demand.
@@ -452,6 +454,10 @@ impl Config {
             (
                 "host.amqp_output_headers",
                 self.amqp_publishing.output_headers.to_string(),
+            ),
+            (
+                "host.amqp_event_provenance",
+                self.amqp_publishing.event_provenance.to_string(),
             ),
             (
                 "host.amqp_confirm_timeout_s",
@@ -658,6 +664,7 @@ impl Config {
             instance_pool: file.host.instance_pool.filter(|n| *n > 0),
             amqp_publishing: crate::amqp::publisher::Publishing {
                 output_headers: file.host.amqp_output_headers.unwrap_or(true),
+                event_provenance: file.host.amqp_event_provenance.unwrap_or(false),
                 confirm_timeout: std::time::Duration::from_secs(u64::from(
                     file.host.amqp_confirm_timeout_s.unwrap_or(60).max(1),
                 )),

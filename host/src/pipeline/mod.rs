@@ -6,6 +6,7 @@
 //! (an HTTP status, an AMQP ack, retry or dead letter).
 
 pub mod chain;
+pub mod event;
 pub mod sinks;
 pub mod workers;
 

@@ -89,7 +89,7 @@ impl SpanContext {
         body: &[u8],
     ) -> Option<SpanContext> {
         SpanContext::from_headers(headers).or_else(|| {
-            if !content_type.starts_with("application/cloudevents+json") {
+            if !crate::pipeline::event::is_structured(content_type) {
                 return None;
             }
             let event: serde_json::Value = serde_json::from_slice(body).ok()?;
@@ -151,42 +151,12 @@ pub fn inject(headers: &mut Vec<(String, String)>, context: &SpanContext) {
 /// Set a structured CloudEvent's `traceparent` (and `tracestate`) extension attributes; other
 /// bodies are left as they are.
 pub fn inject_event(content_type: &str, body: &mut Vec<u8>, context: &SpanContext) {
-    if !content_type.starts_with("application/cloudevents+json") {
-        return;
-    }
-    // The common case without a parse: an object naming neither attribute yet gets them
-    // written in after its opening brace.
-    let start = body.iter().position(|b| !b.is_ascii_whitespace());
-    let named = |name: &[u8]| body.windows(name.len()).any(|w| w == name);
-    if let Some(start) = start.filter(|&at| body[at] == b'{')
-        && !named(b"\"traceparent\"")
-        && !named(b"\"tracestate\"")
-    {
-        let mut attributes = format!("\"traceparent\":\"{}\"", context.traceparent());
-        if !context.state.is_empty() {
-            attributes.push_str(",\"tracestate\":");
-            attributes.push_str(&serde_json::to_string(&context.state).expect("a string"));
-        }
-        let empty = body[start + 1..]
-            .iter()
-            .find(|b| !b.is_ascii_whitespace())
-            .is_some_and(|&b| b == b'}');
-        if !empty {
-            attributes.push(',');
-        }
-        body.splice(start + 1..start + 1, attributes.into_bytes());
-        return;
-    }
-    let Ok(serde_json::Value::Object(mut event)) = serde_json::from_slice(body) else {
-        return;
-    };
-    event.insert("traceparent".into(), context.traceparent().into());
+    let traceparent = context.traceparent();
+    let mut attributes = vec![("traceparent", traceparent.as_str())];
     if !context.state.is_empty() {
-        event.insert("tracestate".into(), context.state.clone().into());
+        attributes.push(("tracestate", context.state.as_str()));
     }
-    if let Ok(text) = serde_json::to_vec(&event) {
-        *body = text;
-    }
+    crate::pipeline::event::set_attributes(content_type, body, &attributes);
 }
 
 /// OTLP span kinds.

@@ -1,0 +1,95 @@
+//! Attributes the host writes into an output that is a structured CloudEvent (content type
+//! `application/cloudevents+json`): the trace context it carries (`traceparent`,
+//! `tracestate`) and, where a route asks for it, where it came from (`millraceplant`,
+//! `millraceroute`, `millracelineage`). Other outputs are left as they are.
+
+/// Whether `content_type` is that of a structured CloudEvent in JSON.
+pub fn is_structured(content_type: &str) -> bool {
+    content_type.starts_with("application/cloudevents+json")
+}
+
+/// Set each of `attributes` (name, string value) in the structured CloudEvent `body`,
+/// replacing an attribute of that name; a body of another content type, or not an object, is
+/// left as it is (one that is not JSON is not checked: it stays unparseable).
+pub fn set_attributes(content_type: &str, body: &mut Vec<u8>, attributes: &[(&str, &str)]) {
+    if !is_structured(content_type) || attributes.is_empty() {
+        return;
+    }
+    // The common case without a parse: an object naming none of them yet (anywhere, as a
+    // quoted string) gets them written in after its opening brace.
+    let start = body.iter().position(|b| !b.is_ascii_whitespace());
+    let named = |name: &str| {
+        let quoted = format!("\"{name}\"");
+        body.windows(quoted.len()).any(|w| w == quoted.as_bytes())
+    };
+    if let Some(start) = start.filter(|&at| body[at] == b'{')
+        && !attributes.iter().any(|(name, _)| named(name))
+    {
+        let mut written = Vec::new();
+        for (name, value) in attributes {
+            for text in [name, value] {
+                serde_json::to_writer(&mut written, text).expect("a string writes");
+                written.push(b':');
+            }
+            *written.last_mut().expect("written") = b',';
+        }
+        let empty = body[start + 1..]
+            .iter()
+            .find(|b| !b.is_ascii_whitespace())
+            .is_some_and(|&b| b == b'}');
+        if empty {
+            written.pop();
+        }
+        body.splice(start + 1..start + 1, written);
+        return;
+    }
+    let Ok(serde_json::Value::Object(mut event)) = serde_json::from_slice(body) else {
+        return;
+    };
+    for (name, value) in attributes {
+        event.insert((*name).to_string(), (*value).into());
+    }
+    if let Ok(text) = serde_json::to_vec(&event) {
+        *body = text;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn set(content_type: &str, body: &str, attributes: &[(&str, &str)]) -> String {
+        let mut body = body.as_bytes().to_vec();
+        set_attributes(content_type, &mut body, attributes);
+        String::from_utf8(body).unwrap()
+    }
+
+    #[test]
+    fn attributes_are_written_into_structured_events_only() {
+        let ce = "application/cloudevents+json; charset=utf-8";
+        let pairs = [("millraceplant", "plant-a"), ("millracelineage", "a@1+x\"y")];
+        for body in [
+            r#"{"specversion":"1.0","id":"1"}"#,
+            " { } ",
+            // Already named: replaced, by the parse.
+            r#"{"id":"2","millraceplant":"other"}"#,
+            // Named in the data only: the parse too, the data kept.
+            r#"{"id":"3","data":{"x":"millraceplant"}}"#,
+        ] {
+            let out = set(ce, body, &pairs);
+            let event: serde_json::Value =
+                serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
+            assert_eq!(event["millraceplant"], "plant-a", "{body}");
+            assert_eq!(event["millracelineage"], "a@1+x\"y", "{body}");
+            if body.contains("data") {
+                assert_eq!(event["data"]["x"], "millraceplant");
+            }
+        }
+        // Not a structured event, not an object, not JSON: unchanged.
+        assert_eq!(set("application/json", "{}", &pairs), "{}");
+        assert_eq!(set(ce, "[1]", &pairs), "[1]");
+        let broken = set(ce, "{not json", &pairs);
+        assert!(serde_json::from_str::<serde_json::Value>(&broken).is_err(), "{broken}");
+        assert_eq!(set(ce, r#"{"a":1}"#, &[]), r#"{"a":1}"#);
+    }
+}
