@@ -19,10 +19,11 @@
 //! with `[telemetry] lineage = false`: the cost of keeping lineage, same run), `HOST_SETTINGS=LINES`
 //! (each round also runs millrace with these lines added to its `[host]` section, e.g.
 //! `HOST_SETTINGS="max_in_flight = 2"`: a setting's effect, same run), `PIPE_LIKE_HOST=headers`,
-//! `one-header`, `properties`, `mandatory` or `both` (each round also runs the pipe publishing
-//! that part of what the host adds to an output: its three `millrace-*` headers, their values in
-//! one header or in basic properties instead of headers, `mandatory`; what it costs the broker
-//! and the client, same run), `QUEUES=quorum` (both sides' queues quorum queues, with the
+//! `one-header`, `properties`, `mandatory`, `both` or `event` (each round also runs the pipe
+//! publishing that part of what the host adds to an output: its three `millrace-*` headers,
+//! their values in one header, in basic properties instead of headers or as the event's
+//! attributes (`host.amqp_event_provenance`), `mandatory`; what it costs the broker and the
+//! client, same run), `QUEUES=quorum` (both sides' queues quorum queues, with the
 //! arguments millrace declares, and the host's `amqp_queues` set to match; default classic).
 
 mod common;
@@ -570,16 +571,29 @@ fn main() {
             headers: Headers::Properties,
             mandatory: false,
         }),
-        other => {
-            panic!("PIPE_LIKE_HOST={other}: headers, one-header, properties, mandatory or both")
-        }
+        // The body with the three values as event attributes (`host.amqp_event_provenance`).
+        "event" => Some(PLAIN),
+        other => panic!(
+            "PIPE_LIKE_HOST={other}: headers, one-header, properties, mandatory, both or event"
+        ),
     };
     let mut piped_like_host = Vec::new();
     let mut adjusted = Vec::new();
     for round in 1..=rounds {
         let p = runtime.block_on(pipe(&url, n, prefetch, node.pid, event.clone(), PLAIN));
         if let Some(like_host) = pipe_like_host {
-            let h = runtime.block_on(pipe(&url, n, prefetch, node.pid, event.clone(), like_host));
+            let mut body = event.clone();
+            if like_host_name == "event" {
+                let [(_, plant), (_, route), (_, lineage)] = HOST_HEADERS;
+                let provenance = [
+                    ("millraceplant", plant),
+                    ("millraceroute", route),
+                    ("millracelineage", lineage),
+                ];
+                let kind = "application/cloudevents+json";
+                millrace_host::pipeline::event::set_attributes(kind, &mut body, &provenance);
+            }
+            let h = runtime.block_on(pipe(&url, n, prefetch, node.pid, body, like_host));
             println!(
                 "round {round}: lapin pipe with {like_host_name} {:>6.0} msg/s (pipe {:>5.1} µs CPU/msg, broker {:>5.1}); {:.2} of the plain pipe",
                 h.rate,

@@ -775,8 +775,7 @@ impl AmqpPublisher {
                 headers.insert(name.into(), text(value));
             }
             let mut body = std::borrow::Cow::Borrowed(output.body.as_slice());
-            if self.event_provenance
-                && crate::pipeline::event::is_structured(&output.content_type)
+            if self.event_provenance && crate::pipeline::event::is_structured(&output.content_type)
             {
                 let provenance = [
                     ("millraceplant", output.plant.as_str()),

@@ -67,7 +67,10 @@ mod tests {
     #[test]
     fn attributes_are_written_into_structured_events_only() {
         let ce = "application/cloudevents+json; charset=utf-8";
-        let pairs = [("millraceplant", "plant-a"), ("millracelineage", "a@1+x\"y")];
+        let pairs = [
+            ("millraceplant", "plant-a"),
+            ("millracelineage", "a@1+x\"y"),
+        ];
         for body in [
             r#"{"specversion":"1.0","id":"1"}"#,
             " { } ",
@@ -89,7 +92,10 @@ mod tests {
         assert_eq!(set("application/json", "{}", &pairs), "{}");
         assert_eq!(set(ce, "[1]", &pairs), "[1]");
         let broken = set(ce, "{not json", &pairs);
-        assert!(serde_json::from_str::<serde_json::Value>(&broken).is_err(), "{broken}");
+        assert!(
+            serde_json::from_str::<serde_json::Value>(&broken).is_err(),
+            "{broken}"
+        );
         assert_eq!(set(ce, r#"{"a":1}"#, &[]), r#"{"a":1}"#);
     }
 }
