@@ -34,6 +34,13 @@ fn two_hosts(broker: &Broker) -> (Workspace, Workspace, Host, Host) {
     (ws_a, ws_b, a, b)
 }
 
+/// Wait until `host` has read the retained activations the second time (3–6 s after it
+/// connected): a test that holds or counts a retained queue's messages itself starts after it,
+/// so that no read of the host's holds them meanwhile.
+fn second_read_done(host: &mut Host) {
+    host.wait_for_log("the retained activations read again");
+}
+
 /// Polls every 100 ms, at most `polls` times, until `host` runs `version` of `stamp`; else fails
 /// with `what` and the host's log.
 fn runs_within(host: &mut Host, version: &str, polls: usize, what: &str) {
@@ -525,7 +532,10 @@ fn queues_read_and_given_back_have_a_delivery_limit_none_reaches_and_control_que
 #[test]
 fn readers_giving_retained_activations_back_out_of_order_leave_the_latest_to_join_by() {
     let broker = Broker::start();
-    let (_ws_a, _ws_b, mut a, b) = two_hosts(&broker);
+    let (_ws_a, _ws_b, mut a, mut b) = two_hosts(&broker);
+    for host in [&mut a, &mut b] {
+        second_read_done(host);
+    }
     let stamp_2 = std::fs::read(guest("guest-stamp-2")).unwrap();
     let up = a.admin("POST", "/v1/plants/plant-a/plugins", &stamp_2);
     assert_eq!(up.status, 201, "{}", up.body);
@@ -597,7 +607,9 @@ print(json.dumps([x[2], y[2]]))"#
     assert_eq!(active(&c)["active"]["version"], "1.0.0");
     let reply = c.post("a", Some("text/plain"), "x");
     assert_eq!(reply.json()["stamp"], "1.0.0", "{}", reply.body);
-    // Host C's read removed the older ones.
+    // Host C's reads removed the older ones (counted after its second read, which holds the
+    // message for a moment).
+    c.wait_for_log("the retained activations read again");
     assert_eq!(broker.depth(retained), 1, "only the latest left");
 }
 
@@ -607,7 +619,10 @@ print(json.dumps([x[2], y[2]]))"#
 #[test]
 fn a_host_that_finds_the_retained_activation_held_by_another_reader_converges_on_its_second_read() {
     let broker = Broker::start();
-    let (_ws_a, _ws_b, mut a, b) = two_hosts(&broker);
+    let (_ws_a, _ws_b, mut a, mut b) = two_hosts(&broker);
+    for host in [&mut a, &mut b] {
+        second_read_done(host);
+    }
     let stamp_2 = std::fs::read(guest("guest-stamp-2")).unwrap();
     let up = a.admin("POST", "/v1/plants/plant-a/plugins", &stamp_2);
     assert_eq!(up.status, 201, "{}", up.body);
@@ -669,4 +684,51 @@ print(json.dumps(p.headers['version'] if m else None))"#
     assert_eq!(active(&a)["active"]["version"], "2.0.0");
     assert_eq!(active(&b)["active"]["version"], "2.0.0");
     assert_eq!(broker.depth(retained), 1, "the activation retained");
+}
+
+/// What else lands in a retained queue (a message without an activation's headers, one
+/// claiming a later activation whose bytes do not have its digest) is removed by a reader and
+/// does not pass for the latest: a host joining takes the real one, which stays retained.
+#[test]
+fn messages_in_a_retained_queue_that_are_not_activations_are_removed_and_the_real_one_stays() {
+    let broker = Broker::start();
+    let (_ws_a, _ws_b, mut a, mut b) = two_hosts(&broker);
+    for host in [&mut a, &mut b] {
+        second_read_done(host);
+    }
+    let stamp_2 = std::fs::read(guest("guest-stamp-2")).unwrap();
+    let up = a.admin("POST", "/v1/plants/plant-a/plugins", &stamp_2);
+    assert_eq!(up.status, 201, "{}", up.body);
+    assert_eq!(activate(&a, "2.0.0").status, 200);
+    a.wait_for_log("activation announced to the other hosts");
+    let retained = "millrace.control.last.plant-a/stamp";
+    broker.client(&format!(
+        r#"c = pika.BlockingConnection(pika.ConnectionParameters('127.0.0.1', PORT))
+ch = c.channel()
+ch.confirm_delivery()
+m, p, body = ch.basic_get({retained:?}, auto_ack=False)
+ch.basic_nack(m.delivery_tag, requeue=True)
+ch.basic_publish('', {retained:?}, b'junk', pika.BasicProperties(delivery_mode=2))
+h = dict(p.headers)
+h['stamp-ms'] = int(h['stamp-ms']) + 1000000
+h['version'] = '9.9.9'
+ch.basic_publish('', {retained:?}, b'not the component', pika.BasicProperties(headers=h, delivery_mode=2))
+c.close()
+print('{{}}')"#
+    ));
+    assert_eq!(broker.depth(retained), 3);
+    let ws_c = workspace(&broker, "host-c");
+    let mut c = ws_c.start();
+    c.wait_ready();
+    let applied = c.wait_for_log("applying the last activation retained");
+    assert!(applied.contains("version=2.0.0"), "{applied}");
+    runs_within(&mut c, "2.0.0", 300, "host C never ran the real activation");
+    let log = c.drain_log();
+    let removed = log
+        .iter()
+        .filter(|l| l.contains("a retained message that is not an activation"))
+        .count();
+    assert_eq!(removed, 2, "{log:#?}");
+    c.wait_for_log("the retained activations read again");
+    assert_eq!(broker.depth(retained), 1, "the real one left");
 }

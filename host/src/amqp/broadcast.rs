@@ -26,7 +26,8 @@
 //! plant and plugin its routes run, takes the latest by its stamp and applies it like an
 //! announcement (skipped when that exact component already runs), then follows its queue. A
 //! read takes the messages without acknowledging them, removes (acknowledges) each as soon as
-//! it holds a later one and gives the latest back by closing its channel; a host that announces
+//! it holds a later one, and anything that is not an activation whose bytes have its digest,
+//! and gives the latest back by closing its channel; a host that announces
 //! reads the queue so right after, so it holds about one activation. Its length bound
 //! ([`LAST_VALUES_KEPT`](super::topology::LAST_VALUES_KEPT), `x-max-length`) is a safety limit
 //! only: on a quorum queue, a message given back goes to the front and the bound drops from the
@@ -542,16 +543,43 @@ async fn read_retained(
             .headers()
             .as_ref()
             .and_then(Note::read);
+        // Only an activation whose bytes have its digest counts: anything else in the queue
+        // (published there by other than a host) must not pass for the latest and have the
+        // real one removed. Hashed off the async workers (a component may be megabytes).
+        let (note, bytes) = match note {
+            Some(note) => {
+                let bytes = message.delivery.data;
+                let checked = tokio::task::spawn_blocking(move || {
+                    let whole = crate::plugin::digest(&bytes) == note.digest;
+                    (whole.then_some(note), bytes)
+                })
+                .await;
+                match checked {
+                    Ok(checked) => checked,
+                    Err(e) => {
+                        tracing::warn!(queue, error = %e, "cannot check a retained activation's digest");
+                        break;
+                    }
+                }
+            }
+            None => (None, Vec::new()),
+        };
+        if note.is_none() {
+            tracing::warn!(
+                queue,
+                "a retained message that is not an activation (no activation's headers, or bytes without its digest); removed"
+            );
+        }
         let superseded = match (note, &latest) {
             (Some(note), None) => {
-                latest = Some((tag, note, message.delivery.data));
+                latest = Some((tag, note, bytes));
                 None
             }
             // By stamp (only stamped notes are retained in this queue; an unstamped one is
             // older than any stamped one).
             (Some(note), Some((_, best, _))) if note.stamp > best.stamp => {
                 let before = latest.take().map(|(tag, _, _)| tag);
-                latest = Some((tag, note, message.delivery.data));
+                latest = Some((tag, note, bytes));
                 before
             }
             // Older than one read here, or not an activation at all.
