@@ -37,8 +37,9 @@
 //! empty tries twice more 50 ms apart, in case another host's read held the messages. Two hosts
 //! reading at once while the queue holds two or more may split them, and the one that read only
 //! older ones applies those; an empty read counts as checked. So every session reads every slot
-//! once more [`SETTLE`] to twice that after its first read (drawn per session), beside following
-//! its queue: by then the other readers have given the messages back. A reader holding them
+//! once more [`SETTLE`] to twice that after its first read checked them all (drawn per
+//! session), between the announcements it applies: by then the other readers have given the
+//! messages back. A reader holding them
 //! across both reads still leaves a new host on its version until the slot's next activation.
 //! The reads of one session wait at most [`CATCH_UP_LIMIT`] for the broker together: past it (a
 //! broker slow to answer, e.g. a quorum queue without a leader) the host logs the slots it did
@@ -331,23 +332,7 @@ pub async fn follow(
             tokio::time::sleep(CATCH_UP_RETRY).await;
             unchecked = catch_up(&deployer, &host_id, &session.connection, &unchecked).await;
         }
-        // Every slot read once more a few seconds on, beside following the queue: a read that
-        // found the queue empty because another host's read held its messages, or that got
-        // only older ones of a split, then finds the latest (by then given back).
-        let again = async {
-            tokio::time::sleep(settle_after(&host_id)).await;
-            let mut left = catch_up(&deployer, &host_id, &session.connection, &slots).await;
-            while !left.is_empty() {
-                tokio::time::sleep(CATCH_UP_RETRY).await;
-                left = catch_up(&deployer, &host_id, &session.connection, &left).await;
-            }
-            tracing::info!(slots = slots.len(), "the retained activations read again");
-            std::future::pending::<std::convert::Infallible>().await
-        };
-        let why = tokio::select! {
-            why = apply_each(Arc::clone(&deployer), host_id.clone(), consumer) => why,
-            never = again => match never {},
-        };
+        let why = apply_each(&deployer, &host_id, consumer, &session.connection, slots).await;
         // Not following announcements is not a state to stay in: a new session follows again.
         session.lost(why);
     };
@@ -359,10 +344,12 @@ pub async fn follow(
 
 /// When a session's second read of the retained activations starts: [`SETTLE`] and up to as
 /// much again, drawn anew for each session (hosts that connect at once, after a broker restart,
-/// do not read again at once).
-fn settle_after(host_id: &str) -> std::time::Duration {
-    use std::hash::BuildHasher;
-    let draw = std::collections::hash_map::RandomState::new().hash_one(host_id);
+/// mostly do not read again at once).
+fn settle_after() -> std::time::Duration {
+    use std::hash::{BuildHasher, Hasher};
+    let draw = std::collections::hash_map::RandomState::new()
+        .build_hasher()
+        .finish();
     let spread = u64::try_from(SETTLE.as_millis()).unwrap_or(u64::MAX);
     SETTLE + std::time::Duration::from_millis(draw % spread.max(1))
 }
@@ -545,45 +532,48 @@ async fn read_retained(
             .and_then(Note::read);
         // Only an activation whose bytes have its digest counts: anything else in the queue
         // (published there by other than a host) must not pass for the latest and have the
-        // real one removed. Hashed off the async workers (a component may be megabytes).
-        let (note, bytes) = match note {
+        // real one removed. Checked only for one later than the latest so far (an older one
+        // is removed anyway), off the async workers (a component may be megabytes).
+        let superseded = match note {
+            None => {
+                tracing::warn!(
+                    queue,
+                    "a retained message that is not an activation (no activation's headers); removed"
+                );
+                Some(tag)
+            }
+            // Older than one read here (only stamped notes are retained in this queue; an
+            // unstamped one is older than any stamped one).
+            Some(note)
+                if latest
+                    .as_ref()
+                    .is_some_and(|(_, best, _)| note.stamp <= best.stamp) =>
+            {
+                Some(tag)
+            }
             Some(note) => {
                 let bytes = message.delivery.data;
                 let checked = tokio::task::spawn_blocking(move || {
-                    let whole = crate::plugin::digest(&bytes) == note.digest;
-                    (whole.then_some(note), bytes)
+                    (crate::plugin::digest(&bytes) == note.digest).then_some((note, bytes))
                 })
                 .await;
                 match checked {
-                    Ok(checked) => checked,
+                    Ok(Some((note, bytes))) => {
+                        latest.replace((tag, note, bytes)).map(|(tag, _, _)| tag)
+                    }
+                    Ok(None) => {
+                        tracing::warn!(
+                            queue,
+                            "a retained message that is not an activation (bytes without its digest); removed"
+                        );
+                        Some(tag)
+                    }
                     Err(e) => {
                         tracing::warn!(queue, error = %e, "cannot check a retained activation's digest");
                         break;
                     }
                 }
             }
-            None => (None, Vec::new()),
-        };
-        if note.is_none() {
-            tracing::warn!(
-                queue,
-                "a retained message that is not an activation (no activation's headers, or bytes without its digest); removed"
-            );
-        }
-        let superseded = match (note, &latest) {
-            (Some(note), None) => {
-                latest = Some((tag, note, bytes));
-                None
-            }
-            // By stamp (only stamped notes are retained in this queue; an unstamped one is
-            // older than any stamped one).
-            (Some(note), Some((_, best, _))) if note.stamp > best.stamp => {
-                let before = latest.take().map(|(tag, _, _)| tag);
-                latest = Some((tag, note, bytes));
-                before
-            }
-            // Older than one read here, or not an activation at all.
-            _ => Some(tag),
         };
         // Removed at once (so a read cut short by the time limit still shortens the queue)
         // while the latest is held; only that is given back, by closing the channel. So the
@@ -601,13 +591,36 @@ async fn read_retained(
 }
 
 /// Apply what arrives on the control queue until its consumer ends; returns why it ended.
+/// Between deliveries, [`settle_after`] the first read, it reads the retained activations of
+/// every one of `slots` once more (and those left unchecked again every [`CATCH_UP_RETRY`]): a
+/// read that found a queue empty because another host's read held its messages, or that got
+/// only older ones of a split, then finds the latest, by then given back. One thing at a time:
+/// an announcement and its retained copy are never applied at once.
 async fn apply_each(
-    deployer: Arc<Deployer>,
-    host_id: String,
+    deployer: &Arc<Deployer>,
+    host_id: &str,
     mut consumer: lapin::Consumer,
+    connection: &lapin::Connection,
+    slots: Vec<(String, String)>,
 ) -> String {
+    let (count, mut again) = (slots.len(), slots);
+    let read_again = tokio::time::sleep(settle_after());
+    let mut read_again = std::pin::pin!(read_again);
     loop {
-        let delivery = match consumer.next().await {
+        let delivery = tokio::select! {
+            delivery = consumer.next() => delivery,
+            () = &mut read_again, if !again.is_empty() => {
+                again = catch_up(deployer, host_id, connection, &again).await;
+                if again.is_empty() {
+                    tracing::info!(slots = count, "the retained activations read again");
+                } else {
+                    let next = tokio::time::Instant::now() + CATCH_UP_RETRY;
+                    read_again.as_mut().reset(next);
+                }
+                continue;
+            }
+        };
+        let delivery = match delivery {
             Some(Ok(delivery)) => delivery,
             Some(Err(e)) => return format!("the control queue's consumer ended: {e}"),
             None => return "the control queue's consumer was cancelled".to_string(),
@@ -615,7 +628,7 @@ async fn apply_each(
         let note = delivery.properties.headers().as_ref().and_then(Note::read);
         match note {
             Some(note) if note.from != host_id => {
-                let (deployer, host_id) = (Arc::clone(&deployer), host_id.clone());
+                let (deployer, host_id) = (Arc::clone(deployer), host_id.to_string());
                 let bytes = delivery.data.clone();
                 let _ =
                     tokio::task::spawn_blocking(move || apply(&deployer, &host_id, &note, &bytes))

@@ -1,7 +1,8 @@
 //! Attributes the host writes into an output that is a structured CloudEvent (content type
 //! `application/cloudevents+json`): the trace context it carries (`traceparent`,
-//! `tracestate`) and, where a route asks for it, where it came from (`millraceplant`,
-//! `millraceroute`, `millracelineage`). Other outputs are left as they are.
+//! `tracestate`) and, with `host.amqp_event_provenance`, where it came from (`millraceplant`,
+//! `millraceroute`, `millracelineage`). Other outputs are left as they are. The event's other
+//! members keep their bytes (order, numbers, escapes) whichever way the attributes go in.
 
 /// Whether `content_type` is that of a structured CloudEvent in JSON.
 pub fn is_structured(content_type: &str) -> bool {
@@ -43,14 +44,55 @@ pub fn set_attributes(content_type: &str, body: &mut Vec<u8>, attributes: &[(&st
         body.splice(start + 1..start + 1, written);
         return;
     }
-    let Ok(serde_json::Value::Object(mut event)) = serde_json::from_slice(body) else {
+    // One of them named already: the members read as they are written, those of the names
+    // dropped, the attributes first and then the rest, each with its own bytes.
+    let Ok(Members(members)) = serde_json::from_slice::<Members>(body) else {
         return;
     };
+    let mut written = b"{".to_vec();
     for (name, value) in attributes {
-        event.insert((*name).to_string(), (*value).into());
+        for text in [name, value] {
+            serde_json::to_writer(&mut written, text).expect("a string writes");
+            written.push(b':');
+        }
+        *written.last_mut().expect("written") = b',';
     }
-    if let Ok(text) = serde_json::to_vec(&event) {
-        *body = text;
+    for (name, value) in &members {
+        if attributes.iter().any(|(given, _)| given == name) {
+            continue;
+        }
+        serde_json::to_writer(&mut written, name).expect("a string writes");
+        written.push(b':');
+        written.extend_from_slice(value.get().as_bytes());
+        written.push(b',');
+    }
+    *written.last_mut().expect("written") = b'}';
+    *body = written;
+}
+
+/// A JSON object's members in the order written, each value as its own bytes.
+struct Members(Vec<(String, Box<serde_json::value::RawValue>)>);
+
+impl<'de> serde::Deserialize<'de> for Members {
+    fn deserialize<D: serde::Deserializer<'de>>(from: D) -> Result<Members, D::Error> {
+        struct Read;
+        impl<'de> serde::de::Visitor<'de> for Read {
+            type Value = Members;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<M: serde::de::MapAccess<'de>>(
+                self,
+                mut map: M,
+            ) -> Result<Members, M::Error> {
+                let mut members = Vec::new();
+                while let Some(member) = map.next_entry()? {
+                    members.push(member);
+                }
+                Ok(Members(members))
+            }
+        }
+        from.deserialize_map(Read)
     }
 }
 
@@ -78,6 +120,7 @@ mod tests {
             r#"{"id":"2","millraceplant":"other"}"#,
             // Named in the data only: the parse too, the data kept.
             r#"{"id":"3","data":{"x":"millraceplant"}}"#,
+            r#"{"millracelineage":"old","z":1E2,"a":[1, 2]}"#,
         ] {
             let out = set(ce, body, &pairs);
             let event: serde_json::Value =
@@ -88,6 +131,15 @@ mod tests {
                 assert_eq!(event["data"]["x"], "millraceplant");
             }
         }
+        // The other members keep their order and bytes through the parse.
+        assert_eq!(
+            set(
+                ce,
+                r#"{"z":1E2, "millraceplant":"x","a":[1, 2],"n":123456789012345678901234567890}"#,
+                &pairs
+            ),
+            r#"{"millraceplant":"plant-a","millracelineage":"a@1+x\"y","z":1E2,"a":[1, 2],"n":123456789012345678901234567890}"#
+        );
         // Not a structured event, not an object, not JSON: unchanged.
         assert_eq!(set("application/json", "{}", &pairs), "{}");
         assert_eq!(set(ce, "[1]", &pairs), "[1]");
