@@ -687,8 +687,9 @@ print(json.dumps(p.headers['version'] if m else None))"#
 }
 
 /// What else lands in a retained queue (a message without an activation's headers, one
-/// claiming a later activation whose bytes do not have its digest) is removed by a reader and
-/// does not pass for the latest: a host joining takes the real one, which stays retained.
+/// claiming a later activation whose bytes do not have its digest, a later activation of
+/// another plant) is removed by a reader and does not pass for the latest: a host joining
+/// takes the real one, which stays retained.
 #[test]
 fn messages_in_a_retained_queue_that_are_not_activations_are_removed_and_the_real_one_stays() {
     let broker = Broker::start();
@@ -713,10 +714,14 @@ h = dict(p.headers)
 h['stamp-ms'] = int(h['stamp-ms']) + 1000000
 h['version'] = '9.9.9'
 ch.basic_publish('', {retained:?}, b'not the component', pika.BasicProperties(headers=h, delivery_mode=2))
+h = dict(p.headers)
+h['stamp-ms'] = int(h['stamp-ms']) + 2000000
+h['plant'] = 'plant-b'
+ch.basic_publish('', {retained:?}, body, pika.BasicProperties(headers=h, delivery_mode=2))
 c.close()
 print('{{}}')"#
     ));
-    assert_eq!(broker.depth(retained), 3);
+    assert_eq!(broker.depth(retained), 4);
     let ws_c = workspace(&broker, "host-c");
     let mut c = ws_c.start();
     c.wait_ready();
@@ -728,7 +733,7 @@ print('{{}}')"#
         .iter()
         .filter(|l| l.contains("a retained message that is not an activation"))
         .count();
-    assert_eq!(removed, 2, "{log:#?}");
+    assert_eq!(removed, 3, "{log:#?}");
     c.wait_for_log("the retained activations read again");
     assert_eq!(broker.depth(retained), 1, "the real one left");
 }

@@ -253,7 +253,7 @@ async fn announce(link: &BrokerLink, deployer: &Deployer, host_id: &str, activat
         let _ = channel.close(200, "announced".into()).await;
         // What the queue held before this one is older: removed now, so the queue holds about
         // one activation and a host's read at connecting stays short.
-        if let Err(e) = read_retained(&session.connection, &retained).await {
+        if let Err(e) = read_retained(&session.connection, &note.plant, &note.plugin).await {
             tracing::debug!(queue = %retained, error = %e, "the retained activations were not trimmed; the next read does it");
         }
         Ok::<_, String>(())
@@ -394,7 +394,7 @@ async fn catch_up(
                 tokio::time::sleep(std::time::Duration::from_millis(50)).await;
             }
             let asked = tokio::time::Instant::now();
-            let read = tokio::time::timeout(left, read_retained(connection, &queue)).await;
+            let read = tokio::time::timeout(left, read_retained(connection, plant, plugin)).await;
             left = left.saturating_sub(asked.elapsed());
             let Ok(read) = read else {
                 let named: Vec<String> =
@@ -497,13 +497,19 @@ fn announce_if_missing(
     }
 }
 
-/// The message retained in `queue`, read without taking it: fetched unacknowledged, then given
-/// back by closing the channel.
+/// The latest activation retained for `plant`'s `plugin`, read without taking it: fetched
+/// unacknowledged, then given back by closing the channel (the others removed as read).
 async fn read_retained(
     connection: &lapin::Connection,
-    queue: &str,
-) -> Result<Option<(Note, Vec<u8>)>, lapin::Error> {
-    let channel = connection.create_channel().await?;
+    plant: &str,
+    plugin: &str,
+) -> Result<Option<(Note, Vec<u8>)>, String> {
+    let queue = last(plant, plugin);
+    let queue = queue.as_str();
+    let channel = connection
+        .create_channel()
+        .await
+        .map_err(|e| e.to_string())?;
     // The latest read: its delivery tag, note and bytes.
     let mut latest: Option<(u64, Note, Vec<u8>)> = None;
     let mut read = Ok(());
@@ -519,17 +525,19 @@ async fn read_retained(
             Ok(Some(message)) => message,
             Ok(None) => break,
             Err(e) => {
-                read = Err(e);
+                read = Err(e.to_string());
                 break;
             }
         };
         let tag = message.delivery.delivery_tag;
+        // An activation of another slot is not one of this queue's.
         let note = message
             .delivery
             .properties
             .headers()
             .as_ref()
-            .and_then(Note::read);
+            .and_then(Note::read)
+            .filter(|note| note.plant == plant && note.plugin == plugin);
         // Only an activation whose bytes have its digest counts: anything else in the queue
         // (published there by other than a host) must not pass for the latest and have the
         // real one removed. Checked only for one later than the latest so far (an older one
@@ -538,7 +546,7 @@ async fn read_retained(
             None => {
                 tracing::warn!(
                     queue,
-                    "a retained message that is not an activation (no activation's headers); removed"
+                    "a retained message that is not an activation (no activation's headers, or another slot's); removed"
                 );
                 Some(tag)
             }
@@ -569,7 +577,8 @@ async fn read_retained(
                         Some(tag)
                     }
                     Err(e) => {
-                        tracing::warn!(queue, error = %e, "cannot check a retained activation's digest");
+                        // Not held, so given back with the channel; the read did not finish.
+                        read = Err(format!("cannot check a retained activation's digest: {e}"));
                         break;
                     }
                 }
@@ -582,7 +591,7 @@ async fn read_retained(
         if let Some(tag) = superseded
             && let Err(e) = channel.basic_ack(tag, BasicAckOptions::default()).await
         {
-            read = Err(e);
+            read = Err(e.to_string());
             break;
         }
     }

@@ -2,7 +2,8 @@
 //! `application/cloudevents+json`): the trace context it carries (`traceparent`,
 //! `tracestate`) and, with `host.amqp_event_provenance`, where it came from (`millraceplant`,
 //! `millraceroute`, `millracelineage`). Other outputs are left as they are. The event's other
-//! members keep their bytes (order, numbers, escapes) whichever way the attributes go in.
+//! members keep their order and their values' bytes (numbers, escapes) whichever way the
+//! attributes go in.
 
 /// Whether `content_type` is that of a structured CloudEvent in JSON.
 pub fn is_structured(content_type: &str) -> bool {
@@ -23,7 +24,10 @@ pub fn set_attributes(content_type: &str, body: &mut Vec<u8>, attributes: &[(&st
         let quoted = format!("\"{name}\"");
         body.windows(quoted.len()).any(|w| w == quoted.as_bytes())
     };
+    // A name may also be written with escapes (`\u0070`): an event with any takes the parse.
+    let escaped = body.windows(2).any(|w| w == b"\\u");
     if let Some(start) = start.filter(|&at| body[at] == b'{')
+        && !escaped
         && !attributes.iter().any(|(name, _)| named(name))
     {
         let mut written = Vec::new();
@@ -121,6 +125,8 @@ mod tests {
             // Named in the data only: the parse too, the data kept.
             r#"{"id":"3","data":{"x":"millraceplant"}}"#,
             r#"{"millracelineage":"old","z":1E2,"a":[1, 2]}"#,
+            // Named with an escape.
+            r#"{"millrace\u0070lant":"other"}"#,
         ] {
             let out = set(ce, body, &pairs);
             let event: serde_json::Value =
