@@ -41,6 +41,24 @@ fn second_read_done(host: &mut Host) {
     host.wait_for_log("the retained activations read again");
 }
 
+/// The queue retaining plant-a's last activation of `stamp`.
+const RETAINED: &str = "millrace.control.last.plant-a/stamp";
+
+/// [`two_hosts`], both past their second read of the retained activations, then 2.0.0 uploaded
+/// to host A, activated there and announced (retained in [`RETAINED`]).
+fn two_hosts_announcing_2(broker: &Broker) -> (Workspace, Workspace, Host, Host) {
+    let (ws_a, ws_b, mut a, mut b) = two_hosts(broker);
+    for host in [&mut a, &mut b] {
+        second_read_done(host);
+    }
+    let stamp_2 = std::fs::read(guest("guest-stamp-2")).unwrap();
+    let up = a.admin("POST", "/v1/plants/plant-a/plugins", &stamp_2);
+    assert_eq!(up.status, 201, "{}", up.body);
+    assert_eq!(activate(&a, "2.0.0").status, 200);
+    a.wait_for_log("activation announced to the other hosts");
+    (ws_a, ws_b, a, b)
+}
+
 /// Polls every 100 ms, at most `polls` times, until `host` runs `version` of `stamp`; else fails
 /// with `what` and the host's log.
 fn runs_within(host: &mut Host, version: &str, polls: usize, what: &str) {
@@ -485,7 +503,7 @@ fn queues_read_and_given_back_have_a_delivery_limit_none_reaches_and_control_que
     );
     let (_ws_a, _ws_b, mut a, b) = two_hosts(&broker);
     a.wait_for_log("declared by an earlier release");
-    let retained = "millrace.control.last.plant-a/stamp";
+    let retained = RETAINED;
     let queues = eventually("the retained activation's queue is declared", || {
         let queues = queue_arguments(&broker);
         queues.contains_key(retained).then_some(queues)
@@ -532,16 +550,8 @@ fn queues_read_and_given_back_have_a_delivery_limit_none_reaches_and_control_que
 #[test]
 fn readers_giving_retained_activations_back_out_of_order_leave_the_latest_to_join_by() {
     let broker = Broker::start();
-    let (_ws_a, _ws_b, mut a, mut b) = two_hosts(&broker);
-    for host in [&mut a, &mut b] {
-        second_read_done(host);
-    }
-    let stamp_2 = std::fs::read(guest("guest-stamp-2")).unwrap();
-    let up = a.admin("POST", "/v1/plants/plant-a/plugins", &stamp_2);
-    assert_eq!(up.status, 201, "{}", up.body);
-    assert_eq!(activate(&a, "2.0.0").status, 200);
-    a.wait_for_log("activation announced to the other hosts");
-    let retained = "millrace.control.last.plant-a/stamp";
+    let (_ws_a, _ws_b, mut a, b) = two_hosts_announcing_2(&broker);
+    let retained = RETAINED;
     // The queue full: 2.0.0's announcement and three copies of it stamped earlier (what hosts
     // that never read it in between would leave; an announcement trims the queue).
     broker.client(&format!(
@@ -619,19 +629,11 @@ print(json.dumps([x[2], y[2]]))"#
 #[test]
 fn a_host_that_finds_the_retained_activation_held_by_another_reader_converges_on_its_second_read() {
     let broker = Broker::start();
-    let (_ws_a, _ws_b, mut a, mut b) = two_hosts(&broker);
-    for host in [&mut a, &mut b] {
-        second_read_done(host);
-    }
-    let stamp_2 = std::fs::read(guest("guest-stamp-2")).unwrap();
-    let up = a.admin("POST", "/v1/plants/plant-a/plugins", &stamp_2);
-    assert_eq!(up.status, 201, "{}", up.body);
-    assert_eq!(activate(&a, "2.0.0").status, 200);
-    a.wait_for_log("activation announced to the other hosts");
+    let (_ws_a, _ws_b, a, b) = two_hosts_announcing_2(&broker);
     eventually("host B on 2.0.0", || {
         (active(&b)["active"]["version"] == "2.0.0").then_some(())
     });
-    let retained = "millrace.control.last.plant-a/stamp";
+    let retained = RETAINED;
     let dir = tempfile::tempdir().unwrap();
     let (held, go) = (dir.path().join("held"), dir.path().join("go"));
     let ws_c = workspace(&broker, "host-c");
@@ -693,16 +695,8 @@ print(json.dumps(p.headers['version'] if m else None))"#
 #[test]
 fn messages_in_a_retained_queue_that_are_not_activations_are_removed_and_the_real_one_stays() {
     let broker = Broker::start();
-    let (_ws_a, _ws_b, mut a, mut b) = two_hosts(&broker);
-    for host in [&mut a, &mut b] {
-        second_read_done(host);
-    }
-    let stamp_2 = std::fs::read(guest("guest-stamp-2")).unwrap();
-    let up = a.admin("POST", "/v1/plants/plant-a/plugins", &stamp_2);
-    assert_eq!(up.status, 201, "{}", up.body);
-    assert_eq!(activate(&a, "2.0.0").status, 200);
-    a.wait_for_log("activation announced to the other hosts");
-    let retained = "millrace.control.last.plant-a/stamp";
+    let (_ws_a, _ws_b, _a, _b) = two_hosts_announcing_2(&broker);
+    let retained = RETAINED;
     broker.client(&format!(
         r#"c = pika.BlockingConnection(pika.ConnectionParameters('127.0.0.1', PORT))
 ch = c.channel()
