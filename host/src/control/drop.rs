@@ -212,20 +212,23 @@ fn read_candidate(path: &Path, max_bytes: usize) -> Result<Vec<u8>, String> {
 }
 
 /// Move `path` into `folder` beside it (and write the reason next to it when refused).
+///
+/// The file moves first and its reason follows: whoever sees a reason finds the file beside it.
 fn file_away(path: &Path, folder: &str, reason: Option<&str>) -> std::io::Result<()> {
     let parent = path.parent().expect("a candidate has a plant folder");
     let name = path.file_name().expect("a candidate has a name");
     let target_dir = parent.join(folder);
     std::fs::create_dir_all(&target_dir)?;
     let target = target_dir.join(name);
+    std::fs::rename(path, &target)?;
     if let Some(reason) = reason {
         // Written aside, then renamed: whoever watches the folder sees the whole reason or none.
-        let mut note = target.as_os_str().to_owned();
+        let mut note = target.into_os_string();
         note.push(".reason");
         let mut partial = note.clone();
         partial.push(".partial");
         std::fs::write(PathBuf::from(&partial), format!("{reason}\n"))?;
         std::fs::rename(PathBuf::from(partial), PathBuf::from(note))?;
     }
-    std::fs::rename(path, target)
+    Ok(())
 }
