@@ -783,7 +783,12 @@ impl AmqpPublisher {
                     ("millracelineage", lineage),
                 ];
                 let written = body.to_mut();
-                crate::pipeline::event::set_attributes(&output.content_type, written, &provenance);
+                crate::pipeline::event::set_attributes(
+                    &output.content_type,
+                    written,
+                    &provenance,
+                    &[],
+                );
             }
             messages.push(Outgoing {
                 exchange,

@@ -11,10 +11,16 @@ pub fn is_structured(content_type: &str) -> bool {
 }
 
 /// Set each of `attributes` (name, string value) in the structured CloudEvent `body`,
-/// replacing an attribute of that name; a body of another content type, or not an object, is
-/// left as it is (one that is not JSON is not checked: it stays unparseable).
-pub fn set_attributes(content_type: &str, body: &mut Vec<u8>, attributes: &[(&str, &str)]) {
-    if !is_structured(content_type) || attributes.is_empty() {
+/// replacing an attribute of that name, and remove those named in `removed`; a body of another
+/// content type, or not an object, is left as it is (one that is not JSON is not checked: it
+/// stays unparseable).
+pub fn set_attributes(
+    content_type: &str,
+    body: &mut Vec<u8>,
+    attributes: &[(&str, &str)],
+    removed: &[&str],
+) {
+    if !is_structured(content_type) || (attributes.is_empty() && removed.is_empty()) {
         return;
     }
     // The common case without a parse: an object naming none of them yet (anywhere, as a
@@ -29,6 +35,7 @@ pub fn set_attributes(content_type: &str, body: &mut Vec<u8>, attributes: &[(&st
     if let Some(start) = start.filter(|&at| body[at] == b'{')
         && !escaped
         && !attributes.iter().any(|(name, _)| named(name))
+        && !removed.iter().any(|name| named(name))
     {
         let mut written = Vec::new();
         for (name, value) in attributes {
@@ -49,7 +56,8 @@ pub fn set_attributes(content_type: &str, body: &mut Vec<u8>, attributes: &[(&st
         return;
     }
     // One of them named already: the members read as they are written, those of the names
-    // dropped, the attributes first and then the rest, each with its own bytes.
+    // (given or removed) dropped, the attributes first and then the rest, each with its own
+    // bytes.
     let Ok(Members(members)) = serde_json::from_slice::<Members>(body) else {
         return;
     };
@@ -62,7 +70,7 @@ pub fn set_attributes(content_type: &str, body: &mut Vec<u8>, attributes: &[(&st
         *written.last_mut().expect("written") = b',';
     }
     for (name, value) in &members {
-        if attributes.iter().any(|(given, _)| given == name) {
+        if attributes.iter().any(|(given, _)| given == name) || removed.contains(&name.as_str()) {
             continue;
         }
         serde_json::to_writer(&mut written, name).expect("a string writes");
@@ -70,7 +78,10 @@ pub fn set_attributes(content_type: &str, body: &mut Vec<u8>, attributes: &[(&st
         written.extend_from_slice(value.get().as_bytes());
         written.push(b',');
     }
-    *written.last_mut().expect("written") = b'}';
+    if written.len() > 1 {
+        written.pop();
+    }
+    written.push(b'}');
     *body = written;
 }
 
@@ -106,7 +117,7 @@ mod tests {
 
     fn set(content_type: &str, body: &str, attributes: &[(&str, &str)]) -> String {
         let mut body = body.as_bytes().to_vec();
-        set_attributes(content_type, &mut body, attributes);
+        set_attributes(content_type, &mut body, attributes, &[]);
         String::from_utf8(body).unwrap()
     }
 

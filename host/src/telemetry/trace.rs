@@ -148,15 +148,22 @@ pub fn inject(headers: &mut Vec<(String, String)>, context: &SpanContext) {
     }
 }
 
-/// Set a structured CloudEvent's `traceparent` (and `tracestate`) extension attributes; other
-/// bodies are left as they are.
+/// Set a structured CloudEvent's `traceparent` (and `tracestate`, removed when the context has
+/// none) extension attributes; other bodies are left as they are.
 pub fn inject_event(content_type: &str, body: &mut Vec<u8>, context: &SpanContext) {
     let traceparent = context.traceparent();
-    let mut attributes = vec![("traceparent", traceparent.as_str())];
-    if !context.state.is_empty() {
-        attributes.push(("tracestate", context.state.as_str()));
+    // As in the headers: the event carries the message's `tracestate` or none, never one a
+    // plugin wrote.
+    if context.state.is_empty() {
+        let attributes = [("traceparent", traceparent.as_str())];
+        crate::pipeline::event::set_attributes(content_type, body, &attributes, &["tracestate"]);
+    } else {
+        let attributes = [
+            ("traceparent", traceparent.as_str()),
+            ("tracestate", context.state.as_str()),
+        ];
+        crate::pipeline::event::set_attributes(content_type, body, &attributes, &[]);
     }
-    crate::pipeline::event::set_attributes(content_type, body, &attributes);
 }
 
 /// OTLP span kinds.
@@ -742,6 +749,22 @@ mod tests {
         let event: serde_json::Value = serde_json::from_slice(&out).unwrap();
         assert_eq!(event["tracestate"], "a=\"b\"");
         assert_eq!(event["id"], "4");
+        // A context without state takes away a tracestate the plugin wrote, as the headers do.
+        for written in [
+            r#"{"id":"5","tracestate":"plugin=1","n":1E2}"#,
+            r#"{"tracestate":"plugin=1"}"#,
+        ] {
+            let mut out = written.as_bytes().to_vec();
+            inject_event("application/cloudevents+json", &mut out, &c);
+            let text = String::from_utf8(out).unwrap();
+            let event: serde_json::Value =
+                serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}"));
+            assert_eq!(event.get("tracestate"), None, "{text}");
+            assert_eq!(event["traceparent"], parent, "{text}");
+            if written.contains("1E2") {
+                assert!(text.ends_with(r#""id":"5","n":1E2}"#), "{text}");
+            }
+        }
         let mut headers = vec![("TraceParent".to_string(), "old".to_string())];
         inject(&mut headers, &c);
         assert_eq!(headers, [("traceparent".to_string(), parent.to_string())]);
