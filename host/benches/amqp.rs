@@ -591,7 +591,7 @@ fn main() {
                     ("millracelineage", lineage),
                 ];
                 let kind = "application/cloudevents+json";
-                millrace_host::pipeline::event::set_attributes(kind, &mut body, &provenance);
+                millrace_host::pipeline::event::set_attributes(kind, &mut body, &provenance, &[]);
             }
             let h = runtime.block_on(pipe(&url, n, prefetch, node.pid, body, like_host));
             println!(
