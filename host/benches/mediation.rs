@@ -19,6 +19,9 @@
 //! generation lever, `scripts/build-plugins` says how) beside each Rust plugin, in the same
 //! groups: a lever measured against the usual build and native code in one run.
 //!
+//! `ONLY=A,B` measures only the groups whose name contains one of the words (e.g.
+//! `ONLY=vectors/downtime-router`); the others are not loaded.
+//!
 //! `ENGINE=NAME` (one of [`Codegen::ALL`]) also runs each Rust plugin's usual component on an
 //! engine with that code-generation setting, as the case `engine-NAME`: a wasmtime setting
 //! measured the same way.
@@ -76,6 +79,13 @@ fn interleaved(group: &str, rounds: usize, mut cases: Vec<(String, Timed<'_>)>) 
 }
 
 /// `INTERLEAVE` when set: the rounds of [`interleaved`].
+/// Whether `ONLY` (when set) names `group`.
+fn selected(group: &str) -> bool {
+    std::env::var("ONLY").map_or(true, |groups| {
+        groups.split(',').any(|word| group.contains(word.trim()))
+    })
+}
+
 fn interleave() -> Option<usize> {
     std::env::var("INTERLEAVE").ok().map(|v| {
         v.parse()
@@ -174,6 +184,9 @@ fn input() -> Vec<u8> {
 }
 
 fn bench(c: &mut Criterion) {
+    if !selected("mes-fixed-width") && !selected("instantiate/mes-fixed-width") {
+        return;
+    }
     let config =
         Config::load(&root().join("examples/quickstart/millrace.toml")).expect("quickstart config");
     let route = &config.routes[0];
@@ -538,6 +551,9 @@ fn bench_plugin_and_twins<P: Plugin>(
 /// A parser on the largest file of its real-world corpus (`corpus/PLUGIN` groups, throughput
 /// in bytes), natively and through the host with a warm instance.
 fn bench_largest_corpus_file<P: Plugin>(c: &mut Criterion, engine: &PluginEngine, name: &str) {
+    if !selected(&format!("corpus/{name}")) {
+        return;
+    }
     let v = largest_corpus_file(name);
     let throughput = Throughput::Bytes(v.messages[0].body.len() as u64);
     eprintln!(
@@ -566,6 +582,9 @@ fn bench_cases<P: Plugin>(
     throughput: Throughput,
     twins: &[&str],
 ) {
+    if !selected(group_name) {
+        return;
+    }
     let double = || {
         let mut double =
             TestHost::new().with_settings(serde_json::Value::Object(v.settings.clone()));

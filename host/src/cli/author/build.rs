@@ -332,6 +332,9 @@ fn c(dir: &Path, manifest: &Manifest, version: &str, output: &Path) -> Result<()
             "--target=wasm32-wasi",
             "-mexec-model=reactor",
             "-O2",
+            // Across the plugin's files and the generated bindings: ~4 % less time per message
+            // for the C twin of downtime-router (docs/performance.md).
+            "-flto",
             "-Wall",
             "-Wextra",
         ])
