@@ -393,10 +393,16 @@ fn a_redelivered_message_that_was_settled_gives_no_second_output() {
         r#"
 {CONNECT}props = pika.BasicProperties(message_id='m-5', content_type='text/plain', delivery_mode=2)
 ch.basic_publish('', 'plant-a.mes', {good:?}.encode(), props)
+ids = []
+deadline = time.time() + 30
+while 'm-5-1' not in ids and time.time() < deadline:
+    m, p, b = ch.basic_get('out', auto_ack=True)
+    if m: ids.append(p.message_id)
+    else: time.sleep(0.05)
+# The output is out; the input is settled once the broker confirms the output.
 time.sleep(1.0)
 ch.basic_publish('', 'plant-a.mes', {good:?}.encode(), props)
 ch.basic_publish('', 'plant-a.mes', {good:?}.encode(), pika.BasicProperties(message_id='m-6', content_type='text/plain', delivery_mode=2))
-ids = []
 deadline = time.time() + 30
 while 'm-6-1' not in ids and time.time() < deadline:
     m, p, b = ch.basic_get('out', auto_ack=True)
@@ -493,7 +499,10 @@ print(json.dumps({{'dead': dead}}))
         "{waits:?}"
     );
 
-    // m-2: refused once, then the webhook is back; the retry delivers it, once.
+    // m-2: refused once, then the webhook is back; the retry delivers it, once. (Set before
+    // m-2 is sent: the retry comes 100 ms after the refusal.)
+    webhook.refuse_next(1, 503);
+    webhook.answer_with(200);
     broker.client(&format!(
         r#"
 {CONNECT}ch.basic_publish('', 'plant-a.mes', {:?}.encode(), pika.BasicProperties(message_id='m-2', content_type='text/plain', delivery_mode=2))
@@ -506,7 +515,6 @@ print('{{}}')
         "m-2 parked for a retry",
     );
     assert!(line.contains("attempt=1"), "{line}");
-    webhook.answer_with(200);
     // A guard against a lost message, not a timing assertion.
     for _ in 0..600 {
         if !webhook.received().is_empty() {
@@ -672,8 +680,11 @@ print(json.dumps({{'ids': ids}}))
         serde_json::json!(["k-1-1", "k-2-1", "k-3-1", "k-4-1"]),
         "{got}"
     );
-    let ready = host.wait_ready();
-    assert_eq!(ready.json()["outbox_waiting"], 0);
+    // Each output leaves the outbox once the broker confirms it, which may be after the
+    // consumer above got it.
+    crate::hot_reload::eventually("the outbox emptied", || {
+        (host.wait_ready().json()["outbox_waiting"] == 0).then_some(())
+    });
     // Room again: the fifth is accepted now.
     assert_eq!(post(&host, 5).status, 202);
 }

@@ -303,8 +303,17 @@ print(json.dumps({{'outputs': outputs, 'dead': sorted(dead)}}))
         serde_json::json!(["attempts-exhausted", "rejected"]),
         "{got}"
     );
-    let text = scrape(&host);
+    // Outputs and dead letters are counted once the broker confirms them, and a message's
+    // latency once it is settled: the consumer above may see them first.
     let mes_in = [("route", "mes"), ("source", "amqp")];
+    let text = crate::hot_reload::eventually("the traffic counted", || {
+        let text = scrape(&host);
+        let counted = value(&text, "input_latency_ns_count", &mes_in) >= 3.0
+            && value(&text, "output_sent", &[("route", "mes"), ("sink", "amqp")]) >= 2.0
+            && value(&text, "millrace_dead_letters_total", &[("route", "mes")]) >= 1.0
+            && value(&text, "millrace_dead_letters_total", &[("route", "act")]) >= 1.0;
+        counted.then_some(text)
+    });
     assert_eq!(value(&text, "input_received", &mes_in), 3.0, "{text}");
     assert_eq!(
         value(&text, "input_latency_ns_count", &mes_in),
@@ -395,6 +404,16 @@ print(json.dumps({{'outputs': outputs, 'dead': sorted(dead)}}))
             })
             .collect()
     };
+    // A hop is noted once its delivery is confirmed: wait for each message's last.
+    for (id, last) in [
+        ("m-1", "delivered"),
+        ("m-2", "dead-lettered:broker"),
+        ("a-1", "dead-lettered:broker"),
+    ] {
+        crate::hot_reload::eventually(&format!("{id} {last}"), || {
+            (events(id).last().map(String::as_str) == Some(last)).then_some(())
+        });
+    }
     assert_eq!(events("m-1"), ["mediated", "delivered"]);
     assert_eq!(events("m-2"), ["failed", "dead-lettered:broker"]);
     assert_eq!(

@@ -100,10 +100,7 @@ fn mqtt_route_publishes_acknowledged_outputs_and_dead_letters_poison_locally() {
     assert_eq!(ids, ["m-1-1", "m-3-1"]);
 
     // The poison record is in the local store, named by its MQTT message id.
-    let listed = ws.millrace(&["dlq", "list", "--json"]);
-    assert!(listed.status.success(), "{listed:?}");
-    let dead: serde_json::Value = serde_json::from_slice(&listed.stdout).unwrap();
-    let dead = dead.as_array().unwrap();
+    let dead = dead_letters(&ws, 1);
     assert_eq!(dead.len(), 1, "{dead:?}");
     assert_eq!(dead[0]["message_id"], "m-2");
     assert_eq!(dead[0]["kind"], "rejected");
@@ -119,7 +116,7 @@ fn mqtt_route_publishes_acknowledged_outputs_and_dead_letters_poison_locally() {
     assert!(headers.contains(&("mqtt-level-2".into(), "line-1".into())));
 
     // Every input was acknowledged: a host of the same session started again gets nothing.
-    drop(host);
+    host.stop();
     let host = ws.start();
     host.wait_ready();
     let again = broker.client(&publish_and_collect(&[], 1));
@@ -331,9 +328,7 @@ fn a_message_over_the_routes_body_bound_is_dead_lettered_not_mediated() {
         "only the message within the bound is mediated: {got:?}"
     );
     assert_eq!(got[0]["event"]["data"]["work_order"], "WO-2");
-    let listed = ws.millrace(&["dlq", "list", "--json"]);
-    let dead: serde_json::Value = serde_json::from_slice(&listed.stdout).unwrap();
-    let dead = dead.as_array().unwrap();
+    let dead = dead_letters(&ws, 1);
     assert_eq!(dead.len(), 1, "{dead:?}");
     assert_eq!(dead[0]["message_id"], "big-1");
     assert_eq!(dead[0]["kind"], "limit");
@@ -342,4 +337,16 @@ fn a_message_over_the_routes_body_bound_is_dead_lettered_not_mediated() {
         "{}",
         dead[0]["reason"]
     );
+}
+
+/// The workspace's dead letters once there are at least `at_least` (written beside the
+/// outputs, not before them).
+fn dead_letters(ws: &Workspace, at_least: usize) -> Vec<serde_json::Value> {
+    crate::hot_reload::eventually(&format!("{at_least} dead letters"), || {
+        let listed = ws.millrace(&["dlq", "list", "--json"]);
+        assert!(listed.status.success(), "{listed:?}");
+        let dead: serde_json::Value = serde_json::from_slice(&listed.stdout).unwrap();
+        let dead = dead.as_array().unwrap().clone();
+        (dead.len() >= at_least).then_some(dead)
+    })
 }

@@ -562,11 +562,13 @@ impl Deployer {
         let rebuilt = routes.with_plugin(engine, plant, plugin, &artifact)?;
         let mut names: Vec<String> = rebuilt.iter().map(|r| r.name.clone()).collect();
         names.sort();
-        routes.install(rebuilt);
-        let took_ms = started.elapsed().as_secs_f64() * 1000.0;
+        // Recorded before the routes change: an activation that cannot be recorded is not
+        // made, and whoever sees the new version serve finds it in the history.
         let activation = self
             .registry
             .record(&target, previous.as_deref(), action, by, stamp)?;
+        routes.install(rebuilt);
+        let took_ms = started.elapsed().as_secs_f64() * 1000.0;
         if here {
             // Under the activation lock: announced in the order they were made.
             self.announce(&activation);
