@@ -439,12 +439,20 @@ async fn roll_back_quarantined(
             _ = shutdown.changed() => return,
         };
         let deployer = Arc::clone(&control.deployer);
-        let (plant, plugin) = (subject.plant.clone(), subject.plugin.clone());
-        let rolled =
-            tokio::task::spawn_blocking(move || deployer.rollback(&plant, &plugin, "quarantine"))
-                .await;
+        let (plant, plugin, version) = (
+            subject.plant.clone(),
+            subject.plugin.clone(),
+            subject.version.clone(),
+        );
+        let rolled = tokio::task::spawn_blocking(move || {
+            deployer.roll_back_quarantined(&plant, &plugin, &version)
+        })
+        .await;
         match rolled {
-            Ok(Ok(activated)) => {
+            Ok(Ok(None)) => {
+                tracing::info!(plant = %subject.plant, plugin = %subject.plugin, version = %subject.version, "a quarantined version no longer running; nothing rolled back");
+            }
+            Ok(Ok(Some(activated))) => {
                 tracing::warn!(plant = %subject.plant, plugin = %subject.plugin, from = %subject.version, to = %activated.activation.version, "quarantined version rolled back");
             }
             Ok(Err(e)) => {

@@ -116,7 +116,7 @@ fn mqtt_route_publishes_acknowledged_outputs_and_dead_letters_poison_locally() {
     assert!(headers.contains(&("mqtt-level-2".into(), "line-1".into())));
 
     // Every input was acknowledged: a host of the same session started again gets nothing.
-    host.stop();
+    assert!(host.stop().success());
     let host = ws.start();
     host.wait_ready();
     let again = broker.client(&publish_and_collect(&[], 1));
@@ -135,7 +135,7 @@ fn messages_published_while_the_host_is_away_are_mediated_when_it_comes_back() {
         broker.client(&publish_and_collect(&[], 0)),
         serde_json::json!([])
     );
-    host.stop();
+    assert!(host.stop().success());
     let good = record("WO-1", "0000001000", "WC01");
     let messages: Vec<(&str, String)> = ["a-1", "a-2", "a-3"]
         .into_iter()

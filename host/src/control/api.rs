@@ -416,6 +416,9 @@ async fn route(
         }
         (Method::GET, ["v1", "plants", plant, "plugins", plugin]) => {
             allow(Role::Viewer, Some(plant))?;
+            // The routes first: an activation is recorded before they change, so the history
+            // read after them has every activation they show.
+            let active = running(control, plant, plugin);
             let registry = &control.deployer.registry;
             let versions = registry
                 .versions(plant, plugin)
@@ -423,7 +426,6 @@ async fn route(
             let history = registry
                 .history(plant, Some(plugin))
                 .map_err(|e| Problem::internal(e.to_string()))?;
-            let active = running(control, plant, plugin);
             if versions.is_empty() && active.is_none() {
                 return Err(Problem::not_found(format!(
                     "plant {plant} has no plugin {plugin}"

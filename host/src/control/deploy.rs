@@ -37,6 +37,8 @@ pub enum DeployError {
 /// announcement carries, or the announcing host's id when it carries none).
 enum Made<'a> {
     Here,
+    /// Here, and only while the routes still run this version (else nothing is done).
+    HereReplacing(&'a str),
     Elsewhere(Result<Stamp, &'a str>),
 }
 
@@ -534,10 +536,24 @@ impl Deployer {
         let Slot { plant, plugin } = slot;
         let started = std::time::Instant::now();
         let _one_at_a_time = self.activating.lock().expect("activation lock");
+        if let Made::HereReplacing(replaced) = made
+            && routes
+                .running(plant, plugin)
+                .is_none_or(|s| s.id.version != replaced)
+        {
+            tracing::info!(
+                plant,
+                plugin,
+                version,
+                replaced,
+                "the version to replace no longer runs; nothing done"
+            );
+            return Ok(None);
+        }
         let last = self.registry.stamp(plant, plugin)?;
-        let here = matches!(made, Made::Here);
+        let here = matches!(made, Made::Here | Made::HereReplacing(_));
         let stamp = match made {
-            Made::Here => Stamp::next(&last, &self.host_id),
+            Made::Here | Made::HereReplacing(_) => Stamp::next(&last, &self.host_id),
             Made::Elsewhere(Ok(stamp)) if stamp <= last => {
                 tracing::info!(plant, plugin, version, stamp_ms = stamp.ms, from = %stamp.host, last_ms = last.ms, last_from = %last.host, "an announced activation not later than this slot's last one; skipped");
                 return Ok(None);
@@ -587,7 +603,32 @@ impl Deployer {
 
     /// Go back to the version that was active before the current one.
     pub fn rollback(&self, plant: &str, plugin: &str, by: &str) -> Result<Activated, DeployError> {
-        let previous = self
+        let previous = self.previous(plant, plugin)?;
+        self.activate(Slot { plant, plugin }, &previous, by, "rollback")
+    }
+
+    /// [`Deployer::rollback`] of a quarantined version, by `quarantine`: done only while the
+    /// routes still run `quarantined` (`None` when another activation came first: a message
+    /// still in flight on the old version must not bring it back).
+    pub fn roll_back_quarantined(
+        &self,
+        plant: &str,
+        plugin: &str,
+        quarantined: &str,
+    ) -> Result<Option<Activated>, DeployError> {
+        let previous = self.previous(plant, plugin)?;
+        self.activate_here(
+            Slot { plant, plugin },
+            &previous,
+            "quarantine",
+            "rollback",
+            Made::HereReplacing(quarantined),
+        )
+    }
+
+    /// The version active before the slot's last activation.
+    fn previous(&self, plant: &str, plugin: &str) -> Result<String, DeployError> {
+        Ok(self
             .registry
             .history(plant, Some(plugin))?
             .pop()
@@ -595,8 +636,7 @@ impl Deployer {
             .ok_or_else(|| RegistryError::NoPrevious {
                 plant: plant.into(),
                 plugin: plugin.into(),
-            })?;
-        self.activate(Slot { plant, plugin }, &previous, by, "rollback")
+            })?)
     }
 }
 

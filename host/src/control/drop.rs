@@ -116,8 +116,14 @@ async fn take(deployer: &Arc<Deployer>, dir: &Path, path: PathBuf) {
         Ok(Err(reason)) => (REFUSED, Some(reason)),
         Err(e) => (REFUSED, Some(format!("the deploy stopped: {e}"))),
     };
-    if let Err(e) = file_away(&path, folder, reason.as_deref()) {
-        tracing::error!(file = %path.display(), error = %e, "cannot move a dropped plugin out of the drop folder");
+    match file_away(&path, folder, reason.as_deref()) {
+        Ok(()) => {}
+        Err(Filed::NotMoved(e)) => {
+            tracing::error!(file = %path.display(), error = %e, "cannot move a dropped plugin out of the drop folder");
+        }
+        Err(Filed::NoReason(e)) => {
+            tracing::error!(file = %path.display(), error = %e, reason = reason.as_deref().unwrap_or_default(), "a refused plugin was moved aside but its reason could not be written beside it");
+        }
     }
 }
 
@@ -211,24 +217,39 @@ fn read_candidate(path: &Path, max_bytes: usize) -> Result<Vec<u8>, String> {
     Ok(bytes)
 }
 
+/// Why a dropped file was not filed away whole.
+enum Filed {
+    NotMoved(std::io::Error),
+    NoReason(std::io::Error),
+}
+
 /// Move `path` into `folder` beside it (and write the reason next to it when refused).
 ///
 /// The file moves first and its reason follows: whoever sees a reason finds the file beside it.
-fn file_away(path: &Path, folder: &str, reason: Option<&str>) -> std::io::Result<()> {
+/// The reason of an earlier file of the same name goes first, so it is never read as this one's.
+fn file_away(path: &Path, folder: &str, reason: Option<&str>) -> Result<(), Filed> {
     let parent = path.parent().expect("a candidate has a plant folder");
     let name = path.file_name().expect("a candidate has a name");
     let target_dir = parent.join(folder);
-    std::fs::create_dir_all(&target_dir)?;
+    std::fs::create_dir_all(&target_dir).map_err(Filed::NotMoved)?;
     let target = target_dir.join(name);
-    std::fs::rename(path, &target)?;
+    let mut note = target.clone().into_os_string();
+    note.push(".reason");
+    let note = PathBuf::from(note);
+    if reason.is_some() {
+        match std::fs::remove_file(&note) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(Filed::NotMoved(e)),
+            _ => {}
+        }
+    }
+    std::fs::rename(path, &target).map_err(Filed::NotMoved)?;
     if let Some(reason) = reason {
         // Written aside, then renamed: whoever watches the folder sees the whole reason or none.
-        let mut note = target.into_os_string();
-        note.push(".reason");
-        let mut partial = note.clone();
+        let mut partial = note.clone().into_os_string();
         partial.push(".partial");
-        std::fs::write(PathBuf::from(&partial), format!("{reason}\n"))?;
-        std::fs::rename(PathBuf::from(partial), PathBuf::from(note))?;
+        let partial = PathBuf::from(partial);
+        std::fs::write(&partial, format!("{reason}\n")).map_err(Filed::NoReason)?;
+        std::fs::rename(partial, note).map_err(Filed::NoReason)?;
     }
     Ok(())
 }

@@ -122,6 +122,28 @@ mod tests {
     }
 
     #[test]
+    fn removed_attributes_go_and_the_rest_stays_valid() {
+        let ce = "application/cloudevents+json";
+        for (body, want) in [
+            (r#"{"tracestate":"x"}"#, "{}"),
+            (r#" { "a" : 1 , "tracestate":"x" } "#, r#"{"a":1}"#),
+            (
+                r#"{"tracestate":"x","b":[1E2],"tracestate":"y"}"#,
+                r#"{"b":[1E2]}"#,
+            ),
+            // Not named: left as it is.
+            (r#"{"a":1}"#, r#"{"a":1}"#),
+        ] {
+            let mut out = body.as_bytes().to_vec();
+            set_attributes(ce, &mut out, &[], &["tracestate"]);
+            assert_eq!(String::from_utf8(out).unwrap(), want, "{body}");
+        }
+        let mut out = br#"{"tracestate":"x"}"#.to_vec();
+        set_attributes(ce, &mut out, &[("traceparent", "t")], &["tracestate"]);
+        assert_eq!(String::from_utf8(out).unwrap(), r#"{"traceparent":"t"}"#);
+    }
+
+    #[test]
     fn attributes_are_written_into_structured_events_only() {
         let ce = "application/cloudevents+json; charset=utf-8";
         let pairs = [
