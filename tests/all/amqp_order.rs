@@ -235,7 +235,13 @@ print('{}')
     );
     let ids = outputs(&broker, &[], 40);
     let distinct: std::collections::HashSet<&String> = ids.iter().collect();
-    let log = host.drain_log();
+    let log = host.log_once(
+        |log| {
+            log.iter()
+                .any(|l| l.contains("retrying later") && l.contains("message_id=L0-0 "))
+        },
+        "L0-0 held for a retry",
+    );
     assert_eq!(
         distinct.len(),
         40,

@@ -292,6 +292,27 @@ impl Host {
         self.log.clone()
     }
 
+    /// Every log line written so far, once `holds` of them (lines are read from the host's
+    /// stderr by another thread, so a line written before an effect the test saw may still be
+    /// on its way); `what` names the wait in the failure.
+    pub fn log_once(&mut self, holds: impl Fn(&[String]) -> bool, what: &str) -> Vec<String> {
+        let deadline = std::time::Instant::now() + GUARD;
+        loop {
+            self.log.extend(self.stderr.try_iter());
+            if holds(&self.log) {
+                return self.log.clone();
+            }
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match self.stderr.recv_timeout(left) {
+                Ok(line) => self.log.push(line),
+                Err(_) => panic!(
+                    "the log never showed {what}; the log so far:\n{}",
+                    self.log.join("\n")
+                ),
+            }
+        }
+    }
+
     /// Every log line read so far.
     pub fn log_so_far(&self) -> Vec<String> {
         self.log.clone()

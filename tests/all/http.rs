@@ -263,7 +263,16 @@ fn a_keyed_request_still_being_mediated_is_answered_409_and_then_its_answer() {
     );
     assert_eq!(again.header("retry-after"), Some("1"));
     // The 409 came while the first was in flight: before the chain finished.
-    let log = host.drain_log();
+    let received = "message received route=act message_id=k-slow";
+    let log = host.log_once(
+        |log| {
+            log.iter().filter(|l| l.contains(received)).count() >= 2
+                && log
+                    .iter()
+                    .any(|l| l.contains("mediated route=act message_id=k-slow"))
+        },
+        "both requests with the key and the first one's end",
+    );
     let conflict = log
         .iter()
         .position(|l| l.contains("message received route=act message_id=k-slow"))
