@@ -22,6 +22,8 @@ pub struct WatPlugin {
     pub content_type: &'static str,
     pub describe_traps: bool,
     pub mediate_traps: bool,
+    /// `mediate` loops until its deadline stops it.
+    pub mediate_spins: bool,
     /// Component-level items added before the plugin's own core instance (extra core modules
     /// and instances, imports).
     pub extra: String,
@@ -37,6 +39,7 @@ impl Default for WatPlugin {
             content_type: "text/plain",
             describe_traps: false,
             mediate_traps: false,
+            mediate_spins: false,
             extra: String::new(),
         }
     }
@@ -147,6 +150,8 @@ impl WatPlugin {
             extra = self.extra,
             trap = if self.mediate_traps {
                 "unreachable"
+            } else if self.mediate_spins {
+                "(loop $spin br $spin)"
             } else {
                 ""
             },
@@ -922,6 +927,91 @@ fn a_version_that_keeps_trapping_is_quarantined_then_lifted_or_rolled_back() {
         .clone();
     assert_eq!(last["action"], "rollback", "{history}");
     assert_eq!(last["by"], "quarantine", "{history}");
+}
+
+/// A quarantine that trips for a version no longer running (its last message was still in
+/// flight when an operator activated another) rolls nothing back: it would bring the
+/// quarantined version back.
+#[test]
+fn a_quarantine_of_a_version_replaced_meanwhile_rolls_nothing_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let v1 = WatPlugin::default().write(dir.path(), "v1.wasm");
+    let ws = workspace(&route_toml("wat", &v1, "[]", "deadline_ms = 2000"));
+    let config = std::fs::read_to_string(ws.config()).unwrap().replace(
+        "quarantine_after = 0",
+        "quarantine_after = 2\nquarantine_action = \"rollback\"",
+    );
+    ws.write("millrace.toml", &config);
+    let mut host = ws.start();
+    let spins = WatPlugin {
+        version: "2.0.0",
+        mediate_spins: true,
+        ..WatPlugin::default()
+    };
+    let v3 = WatPlugin {
+        version: "3.0.0",
+        ..WatPlugin::default()
+    };
+    for component in [spins.component(), v3.component()] {
+        let kept = host.admin("POST", "/v1/plants/plant-a/plugins", &component);
+        assert_eq!(kept.status, 201, "{}", kept.body);
+    }
+    let activate = |version: &str| {
+        let body = format!(r#"{{"version": "{version}"}}"#);
+        let reply = host.admin(
+            "POST",
+            "/v1/plants/plant-a/plugins/wat-plugin/activate",
+            body.as_bytes(),
+        );
+        assert_eq!(reply.status, 200, "{}", reply.body);
+    };
+    activate("2.0.0");
+    // One failure (the deadline), then a second message held in 2.0.0's loop...
+    assert_ne!(host.post("wat", Some("text/plain"), "go").status, 200);
+    let url = host.url.clone();
+    let second = std::thread::spawn(move || {
+        request(
+            &url,
+            "POST",
+            "/v1/routes/wat/messages",
+            Some("text/plain"),
+            &[],
+            b"go",
+        )
+        .status
+    });
+    let on_2 = [("route", "wat"), ("version", "2.0.0")];
+    crate::hot_reload::eventually("the second message runs on 2.0.0", || {
+        let text = host.admin("GET", "/metrics", b"").body;
+        (crate::metrics::value(&text, "processor_received", &on_2) >= 2.0).then_some(())
+    });
+    // ...while 3.0.0 is activated: its failure trips 2.0.0's quarantine after the change.
+    activate("3.0.0");
+    assert_ne!(second.join().unwrap(), 200);
+    let outcome = host.wait_for_log_where(
+        |l| l.contains("quarantined version") && l.contains("rolled back"),
+        "the quarantine's outcome",
+    );
+    assert!(
+        outcome.contains("a quarantined version no longer running; nothing rolled back"),
+        "{outcome}"
+    );
+    let doc = host
+        .admin("GET", "/v1/plants/plant-a/plugins/wat-plugin", b"")
+        .json();
+    assert_eq!(doc["active"]["version"], "3.0.0", "{doc}");
+    let last = doc["history"].as_array().unwrap().last().unwrap().clone();
+    assert_eq!(last["version"], "3.0.0", "{doc}");
+    assert_eq!(last["action"], "activate", "{doc}");
+    let served = host.post("wat", Some("text/plain"), "go");
+    assert_eq!(served.status, 200, "{}", served.body);
+    assert!(
+        served
+            .header("millrace-lineage")
+            .is_some_and(|l| l.starts_with("wat-plugin@3.0.0+")),
+        "{:?}",
+        served.header("millrace-lineage")
+    );
 }
 
 #[test]
