@@ -3,8 +3,8 @@
 //! plant is quarantined there. While quarantined, its steps do not run: messages are answered
 //! as transient failures (HTTP 503 `plugin-quarantined` with Retry-After, AMQP parked for a
 //! retry) — held, not lost. With `limits.quarantine_action = "rollback"` the host also rolls the
-//! plant back to the version that was active before (a new version starts with a closed
-//! breaker). An operator lists quarantines and lifts one on the admin API.
+//! plant back to the version that was active before, while the quarantined version still runs
+//! (a new version starts with a closed breaker). An operator lists quarantines and lifts one on the admin API.
 //!
 //! Rejections and retry-later answers are the plugin doing its job, not failures here.
 
@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 pub enum Action {
     /// Hold its messages until an operator lifts the quarantine (or activates a version).
     Pause,
-    /// Also roll the plant back to the version active before.
+    /// Also roll the plant back to the version active before (while the quarantined one runs).
     Rollback,
 }
 

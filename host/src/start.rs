@@ -427,7 +427,8 @@ pub async fn run(
 
 /// With `limits.quarantine_action = "rollback"`: roll each plant whose plugin version was
 /// quarantined back to the version active before (announced to other hosts like any
-/// activation); a plant with no earlier version keeps the quarantine.
+/// activation), if that version still runs here; a plant with no earlier version keeps the
+/// quarantine.
 async fn roll_back_quarantined(
     control: Arc<Control>,
     mut shutdown: tokio::sync::watch::Receiver<bool>,

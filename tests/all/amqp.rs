@@ -967,7 +967,13 @@ print(json.dumps({{'outputs': outputs, 'dead': sorted(dead, key=lambda d: d['id'
     assert_eq!(dead[1]["x-millrace-kind"], "limit", "{got}");
     assert!(reason(1).contains("must be 1 to 255 bytes"), "{got}");
     // One session from start to end: the broker never closed the host's connection.
-    let log = host.drain_log();
+    let log = host.log_once(
+        |log| {
+            log.iter()
+                .any(|l| l.contains("connected to the broker; consuming"))
+        },
+        "the session",
+    );
     let sessions = log
         .iter()
         .filter(|l| l.contains("connected to the broker; consuming"))

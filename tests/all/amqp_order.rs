@@ -141,10 +141,10 @@ fn a_route_ordered_by_lot_keeps_each_lots_order_across_a_host_killed_mid_stream(
     );
     assert!(copies <= 64, "{copies} copies, more than the prefetch");
     println!("ordered by lot: {expected} outputs in lot order, {copies} copies after the kill");
-    let log_b = b.drain_log();
-    assert!(
-        log_b.iter().any(|l| l.contains("delivery received")),
-        "host B took over"
+    // Host B took over.
+    let log_b = b.log_once(
+        |log| log.iter().any(|l| l.contains("delivery received")),
+        "host B's deliveries",
     );
     // L0-50 is retried in place and given up before L0-51 starts, on whichever host ran them:
     // on host B, either B ran L0-50 again (host A died before its ack) and gave it up first,

@@ -936,7 +936,8 @@ fn a_version_that_keeps_trapping_is_quarantined_then_lifted_or_rolled_back() {
 fn a_quarantine_of_a_version_replaced_meanwhile_rolls_nothing_back() {
     let dir = tempfile::tempdir().unwrap();
     let v1 = WatPlugin::default().write(dir.path(), "v1.wasm");
-    let ws = workspace(&route_toml("wat", &v1, "[]", "deadline_ms = 2000"));
+    // Long enough for the activation below to come while the second message still runs.
+    let ws = workspace(&route_toml("wat", &v1, "[]", "deadline_ms = 5000"));
     let config = std::fs::read_to_string(ws.config()).unwrap().replace(
         "quarantine_after = 0",
         "quarantine_after = 2\nquarantine_action = \"rollback\"",

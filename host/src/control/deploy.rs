@@ -537,16 +537,18 @@ impl Deployer {
         let started = std::time::Instant::now();
         let _one_at_a_time = self.activating.lock().expect("activation lock");
         if let Made::HereReplacing(replaced) = made
-            && routes
+            && (routes
                 .running(plant, plugin)
                 .is_none_or(|s| s.id.version != replaced)
+                || self.previous(plant, plugin)? != version)
         {
+            // Another activation came between the caller's look and the lock.
             tracing::info!(
                 plant,
                 plugin,
                 version,
                 replaced,
-                "the version to replace no longer runs; nothing done"
+                "the version to replace no longer runs, or its predecessor changed; nothing done"
             );
             return Ok(None);
         }
@@ -616,6 +618,15 @@ impl Deployer {
         plugin: &str,
         quarantined: &str,
     ) -> Result<Option<Activated>, DeployError> {
+        // Checked first without the lock (a version replaced by a reload has no history to go
+        // back through), then again under it.
+        if self
+            .routes
+            .running(plant, plugin)
+            .is_none_or(|s| s.id.version != quarantined)
+        {
+            return Ok(None);
+        }
         let previous = self.previous(plant, plugin)?;
         self.activate_here(
             Slot { plant, plugin },

@@ -253,3 +253,36 @@ fn file_away(path: &Path, folder: &str, reason: Option<&str>) -> Result<(), File
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_refused_file_has_its_own_reason_beside_it_never_an_earlier_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let plant = dir.path().join("plant-a");
+        std::fs::create_dir_all(&plant).unwrap();
+        let file = plant.join("junk.wasm");
+        for (bytes, reason) in [("first", "reason a"), ("second", "reason b")] {
+            std::fs::write(&file, bytes).unwrap();
+            assert!(file_away(&file, REFUSED, Some(reason)).is_ok());
+            let refused = plant.join(REFUSED);
+            assert_eq!(
+                std::fs::read_to_string(refused.join("junk.wasm")).unwrap(),
+                bytes
+            );
+            assert_eq!(
+                std::fs::read_to_string(refused.join("junk.wasm.reason")).unwrap(),
+                format!("{reason}\n")
+            );
+            assert!(!file.exists());
+            assert!(!refused.join("junk.wasm.reason.partial").exists());
+        }
+        // Deployed: moved, no reason written.
+        std::fs::write(&file, "good").unwrap();
+        assert!(file_away(&file, DEPLOYED, None).is_ok());
+        assert!(plant.join(DEPLOYED).join("junk.wasm").is_file());
+        assert!(!plant.join(DEPLOYED).join("junk.wasm.reason").exists());
+    }
+}
