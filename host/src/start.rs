@@ -182,6 +182,7 @@ impl Host {
                 settled: settled.clone(),
                 deployer: Arc::clone(&deployer),
                 host_id: config.host_id.clone(),
+                retained_reread: config.amqp_retained_reread,
                 backlog: Arc::default(),
             })
         });

@@ -629,6 +629,20 @@ print(json.dumps([x[2], y[2]]))"#
 /// read announces nothing.
 #[test]
 fn a_host_that_finds_the_retained_activation_held_by_another_reader_converges_on_its_second_read() {
+    joins_while_another_reader_holds_the_retained_activation(false);
+}
+
+/// The same with the message held across the host's second read too: its periodic read
+/// (`host.amqp_retained_reread_s`, 5 s here) finds it once it is given back.
+#[test]
+fn a_host_whose_two_reads_find_the_retained_activation_held_converges_on_a_periodic_read() {
+    joins_while_another_reader_holds_the_retained_activation(true);
+}
+
+/// Host C joins hosts A and B (on 2.0.0) while reader X holds the retained activation, across
+/// C's first read only or, with `past_second_read`, across its second read too; once X gives it
+/// back, C must come to run 2.0.0 without anything announced by its empty reads.
+fn joins_while_another_reader_holds_the_retained_activation(past_second_read: bool) {
     let broker = Broker::start();
     let (_ws_a, _ws_b, a, b) = two_hosts_announcing_2(&broker);
     eventually("host B on 2.0.0", || {
@@ -638,6 +652,13 @@ fn a_host_that_finds_the_retained_activation_held_by_another_reader_converges_on
     let dir = tempfile::tempdir().unwrap();
     let (held, go) = (dir.path().join("held"), dir.path().join("go"));
     let ws_c = workspace(&broker, "host-c");
+    if past_second_read {
+        let config = std::fs::read_to_string(ws_c.config()).unwrap();
+        ws_c.write(
+            "millrace.toml",
+            &config.replace("[host]\n", "[host]\namqp_retained_reread_s = 5\n"),
+        );
+    }
     let (mut c, read) = std::thread::scope(|scope| {
         // Reader X holds the retained activation until told to give it back.
         let reader = scope.spawn(|| {
@@ -658,10 +679,13 @@ print(json.dumps(p.headers['version'] if m else None))"#
         c.wait_ready();
         let first = c.wait_for_log("the retained activations read");
         assert!(first.contains("unchecked=0"), "{first}");
+        if past_second_read {
+            c.wait_for_log("the retained activations read again");
+        }
         assert_eq!(
             active(&c)["active"]["version"],
             "1.0.0",
-            "host C found nothing on its first read"
+            "host C found nothing while X held the message"
         );
         std::fs::write(&go, "").unwrap();
         (c, reader.join().expect("the reader ran"))
@@ -684,7 +708,7 @@ print(json.dumps(p.headers['version'] if m else None))"#
         !log.iter().any(|l| l.contains("announcing it again")),
         "{log:?}"
     );
-    // Nothing was announced by host C's empty read: the others stay on 2.0.0.
+    // Nothing was announced by host C's empty reads: the others stay on 2.0.0.
     assert_eq!(active(&a)["active"]["version"], "2.0.0");
     assert_eq!(active(&b)["active"]["version"], "2.0.0");
     assert_eq!(broker.depth(retained), 1, "the activation retained");

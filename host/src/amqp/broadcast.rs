@@ -39,8 +39,8 @@
 //! older ones applies those; an empty read counts as checked. So every session reads every slot
 //! once more [`SETTLE`] to twice that after its first read checked them all (drawn per
 //! session), between the announcements it applies: by then the other readers have given the
-//! messages back. A reader holding them
-//! across both reads still leaves a new host on its version until the slot's next activation.
+//! messages back. A reader holding them across both reads leaves a new host on its version
+//! until the next periodic read (`host.amqp_retained_reread_s`, default every 5 minutes).
 //! The reads of one session wait at most [`CATCH_UP_LIMIT`] for the broker together: past it (a
 //! broker slow to answer, e.g. a quorum queue without a leader) the host logs the slots it did
 //! not check and consumes with the versions it runs. Those slots, and any whose read failed, are
@@ -269,11 +269,13 @@ async fn announce(link: &BrokerLink, deployer: &Deployer, host_id: &str, activat
 }
 
 /// Declare this host's control queue and start applying the activations other hosts announce,
-/// for as long as `session` lasts (the returned task). `None`, logged, if the broker refuses.
+/// for as long as `session` lasts (the returned task), reading the retained ones again every
+/// `reread`. `None`, logged, if the broker refuses.
 pub async fn follow(
     deployer: Arc<Deployer>,
     host_id: String,
     session: &Session,
+    reread: Option<std::time::Duration>,
 ) -> Option<Following> {
     let queue = queue(&host_id);
     let started = async {
@@ -332,7 +334,15 @@ pub async fn follow(
             tokio::time::sleep(CATCH_UP_RETRY).await;
             unchecked = catch_up(&deployer, &host_id, &session.connection, &unchecked).await;
         }
-        let why = apply_each(&deployer, &host_id, consumer, &session.connection, slots).await;
+        let why = apply_each(
+            &deployer,
+            &host_id,
+            consumer,
+            &session.connection,
+            slots,
+            reread,
+        )
+        .await;
         // Not following announcements is not a state to stay in: a new session follows again.
         session.lost(why);
     };
@@ -603,16 +613,19 @@ async fn read_retained(
 /// Between deliveries, [`settle_after`] the first read, it reads the retained activations of
 /// every one of `slots` once more (and those left unchecked again every [`CATCH_UP_RETRY`]): a
 /// read that found a queue empty because another host's read held its messages, or that got
-/// only older ones of a split, then finds the latest, by then given back. One thing at a time:
-/// an announcement and its retained copy are never applied at once.
+/// only older ones of a split, then finds the latest, by then given back. Then again every
+/// `reread`, for a read held across both (the same way). One thing at a time: an announcement
+/// and its retained copy are never applied at once.
 async fn apply_each(
     deployer: &Arc<Deployer>,
     host_id: &str,
     mut consumer: lapin::Consumer,
     connection: &lapin::Connection,
     slots: Vec<(String, String)>,
+    reread: Option<std::time::Duration>,
 ) -> String {
-    let (count, mut again) = (slots.len(), slots);
+    let mut again = slots.clone();
+    let mut periodic = false;
     let read_again = tokio::time::sleep(settle_after());
     let mut read_again = std::pin::pin!(read_again);
     loop {
@@ -620,11 +633,19 @@ async fn apply_each(
             delivery = consumer.next() => delivery,
             () = &mut read_again, if !again.is_empty() => {
                 again = catch_up(deployer, host_id, connection, &again).await;
-                if again.is_empty() {
-                    tracing::info!(slots = count, "the retained activations read again");
-                } else {
+                if !again.is_empty() {
                     let next = tokio::time::Instant::now() + CATCH_UP_RETRY;
                     read_again.as_mut().reset(next);
+                    continue;
+                }
+                if periodic {
+                    tracing::debug!(slots = slots.len(), "the retained activations read (periodic)");
+                } else {
+                    tracing::info!(slots = slots.len(), reread_s = reread.map(|p| p.as_secs()), "the retained activations read again");
+                }
+                if let Some(period) = reread {
+                    (again, periodic) = (slots.clone(), true);
+                    read_again.as_mut().reset(tokio::time::Instant::now() + period);
                 }
                 continue;
             }

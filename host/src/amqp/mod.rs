@@ -36,6 +36,8 @@ pub struct Amqp {
     pub deployer: Arc<Deployer>,
     /// This host's name among hosts sharing the broker (`host.id`).
     pub host_id: String,
+    /// How often each session reads the retained activations again (`None`: never).
+    pub retained_reread: Option<std::time::Duration>,
     /// The depth of the queues its routes read, as last read.
     pub backlog: Arc<backlog::Backlog>,
 }
@@ -78,6 +80,7 @@ impl Amqp {
                                 Arc::clone(&amqp.deployer),
                                 amqp.host_id.clone(),
                                 &session,
+                                amqp.retained_reread,
                             ) => control,
                             _ = stopping.wait_for(|stop| *stop) => {
                                 return "the host is stopping".to_string();

@@ -66,6 +66,7 @@ struct HostSection {
     amqp_output_headers: Option<bool>,
     amqp_event_provenance: Option<bool>,
     amqp_confirm_timeout_s: Option<u32>,
+    amqp_retained_reread_s: Option<u64>,
     instance_pool: Option<u32>,
     mqtt: Option<Spanned<String>>,
     mqtt_client_id: Option<String>,
@@ -307,6 +308,9 @@ pub struct Config {
     /// `host.amqp_event_provenance`, default false)
     /// and how long a confirm may take (`host.amqp_confirm_timeout_s`, default 60).
     pub amqp_publishing: crate::amqp::publisher::Publishing,
+    /// How often a broker session reads the retained activations again after its second read
+    /// (`host.amqp_retained_reread_s`, default 300, at least 5; 0: never).
+    pub amqp_retained_reread: Option<std::time::Duration>,
     /// Instances made from a pool of this many slots (`host.instance_pool`); none: on demand.
     pub instance_pool: Option<u32>,
     /// Whether the host declares the broker topology its routes use (`host.amqp_declare`,
@@ -462,6 +466,10 @@ impl Config {
             (
                 "host.amqp_confirm_timeout_s",
                 self.amqp_publishing.confirm_timeout.as_secs().to_string(),
+            ),
+            (
+                "host.amqp_retained_reread_s",
+                format!("{:?}", self.amqp_retained_reread),
             ),
             ("host.instance_pool", format!("{:?}", self.pool())),
             (
@@ -662,6 +670,10 @@ impl Config {
                 .unwrap_or_default(),
             amqp_declare: file.host.amqp_declare.unwrap_or(true),
             instance_pool: file.host.instance_pool.filter(|n| *n > 0),
+            amqp_retained_reread: match file.host.amqp_retained_reread_s.unwrap_or(300) {
+                0 => None,
+                s => Some(std::time::Duration::from_secs(s.max(5))),
+            },
             amqp_publishing: crate::amqp::publisher::Publishing {
                 output_headers: file.host.amqp_output_headers.unwrap_or(true),
                 event_provenance: file.host.amqp_event_provenance.unwrap_or(false),
