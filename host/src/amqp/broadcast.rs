@@ -302,7 +302,14 @@ pub async fn follow(
                 .await?;
         }
         declarer.close().await;
-        let unchecked = catch_up(&deployer, &host_id, &session.connection, &slots).await;
+        let unchecked = catch_up(
+            &deployer,
+            &host_id,
+            &session.connection,
+            &slots,
+            Pass::Start,
+        )
+        .await;
         tracing::info!(
             slots = slots.len(),
             unchecked = unchecked.len(),
@@ -332,7 +339,14 @@ pub async fn follow(
         // Announcements wait in the queue until every retained activation was checked.
         while !unchecked.is_empty() {
             tokio::time::sleep(CATCH_UP_RETRY).await;
-            unchecked = catch_up(&deployer, &host_id, &session.connection, &unchecked).await;
+            unchecked = catch_up(
+                &deployer,
+                &host_id,
+                &session.connection,
+                &unchecked,
+                Pass::Start,
+            )
+            .await;
         }
         let why = apply_each(
             &deployer,
@@ -382,24 +396,46 @@ impl Following {
     }
 }
 
+/// Which read of the retained activations [`catch_up`] makes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Pass {
+    /// A session's first and second reads (and their retries every [`CATCH_UP_RETRY`]): an
+    /// empty queue is read twice more 50 ms apart, and an empty or older one has this host's
+    /// own last activation of the slot announced again.
+    Start,
+    /// A periodic read (`host.amqp_retained_reread_s`), made of `PERIODIC_SLOTS` slots at a
+    /// time: each queue read once; only an older retained activation than this host's own is
+    /// answered with an announcement (an empty read may be another reader's hold).
+    Periodic { again_s: u64 },
+}
+
+/// Slots read at each step of a periodic read, so the control queue's announcements are
+/// applied between the steps.
+const PERIODIC_SLOTS: usize = 16;
+
 /// Apply the retained last activation of each of `slots` (plant, plugin) that differs from what
 /// runs here and is later than the slot's last activation here; announce this host's own last
 /// activation of a slot when the retained one is older or missing (made while the broker was
-/// away): see the module's notes. Returns the slots not checked: those past the time limit and
-/// those whose read failed.
+/// away), as `pass` says: see the module's notes. Returns the slots not checked: those past the
+/// time limit and those whose read failed.
 async fn catch_up(
     deployer: &Arc<Deployer>,
     host_id: &str,
     connection: &lapin::Connection,
     slots: &[(String, String)],
+    pass: Pass,
 ) -> Vec<(String, String)> {
+    let (attempts, retry_s) = match pass {
+        Pass::Start => (3, CATCH_UP_RETRY.as_secs()),
+        Pass::Periodic { again_s } => (1, again_s),
+    };
     let mut unchecked = Vec::new();
     // Only the time spent waiting for the broker counts, not applying what was read.
     let mut left = CATCH_UP_LIMIT;
     for (n, (plant, plugin)) in slots.iter().enumerate() {
         let queue = last(plant, plugin);
         let (mut found, mut failed) = (None, false);
-        for attempt in 0..3 {
+        for attempt in 0..attempts {
             if attempt > 0 {
                 tokio::time::sleep(std::time::Duration::from_millis(50)).await;
             }
@@ -412,7 +448,7 @@ async fn catch_up(
                 tracing::warn!(
                     within_s = CATCH_UP_LIMIT.as_secs(),
                     unchecked = %named.join(","),
-                    retry_s = CATCH_UP_RETRY.as_secs(),
+                    retry_s,
                     "the broker did not give the retained activations in time; running the versions this host has until it does"
                 );
                 unchecked.extend(slots[n..].iter().cloned());
@@ -425,14 +461,14 @@ async fn catch_up(
                 }
                 Ok(None) => {}
                 Err(e) => {
-                    tracing::warn!(queue = %queue, error = %e, retry_s = CATCH_UP_RETRY.as_secs(), "cannot read the last activation retained on the broker; trying again later");
+                    tracing::warn!(queue = %queue, error = %e, retry_s, "cannot read the last activation retained on the broker; trying again later");
                     unchecked.push((plant.clone(), plugin.clone()));
                     failed = true;
                     break;
                 }
             }
         }
-        if !failed {
+        if !failed && (pass == Pass::Start || found.is_some()) {
             announce_if_missing(
                 deployer,
                 host_id,
@@ -625,28 +661,51 @@ async fn apply_each(
     reread: Option<std::time::Duration>,
 ) -> String {
     let mut again = slots.clone();
-    let mut periodic = false;
+    // Periodic reads, once the second read is done: where the next step starts, and the
+    // slots of the current round.
+    let (mut periodic, mut cursor, mut round) = (false, 0, Vec::new());
     let read_again = tokio::time::sleep(settle_after());
     let mut read_again = std::pin::pin!(read_again);
     loop {
         let delivery = tokio::select! {
             delivery = consumer.next() => delivery,
-            () = &mut read_again, if !again.is_empty() => {
-                again = catch_up(deployer, host_id, connection, &again).await;
-                if !again.is_empty() {
-                    let next = tokio::time::Instant::now() + CATCH_UP_RETRY;
-                    read_again.as_mut().reset(next);
+            () = &mut read_again, if !again.is_empty() || periodic => {
+                let now = tokio::time::Instant::now();
+                if !periodic {
+                    again = catch_up(deployer, host_id, connection, &again, Pass::Start).await;
+                    if !again.is_empty() {
+                        read_again.as_mut().reset(now + CATCH_UP_RETRY);
+                        continue;
+                    }
+                    tracing::info!(slots = slots.len(), reread_s = reread.map(|p| p.as_secs()), "the retained activations read again");
+                    let Some(period) = reread else { continue };
+                    periodic = true;
+                    read_again.as_mut().reset(now + period);
                     continue;
                 }
-                if periodic {
-                    tracing::debug!(slots = slots.len(), "the retained activations read (periodic)");
+                let period = reread.expect("periodic reads have a period");
+                if cursor == 0 {
+                    // A round: the slots declared on this session that a route still runs.
+                    let routes = deployer.routes();
+                    round = slots
+                        .iter()
+                        .filter(|(plant, plugin)| routes.running(plant, plugin).is_some())
+                        .cloned()
+                        .collect();
+                }
+                let step = round.len().clamp(1, PERIODIC_SLOTS);
+                let end = (cursor + step).min(round.len());
+                let again_s = period.as_secs();
+                let _ = catch_up(deployer, host_id, connection, &round[cursor..end], Pass::Periodic { again_s }).await;
+                cursor = if end >= round.len() {
+                    tracing::debug!(slots = round.len(), "the retained activations read (periodic)");
+                    0
                 } else {
-                    tracing::info!(slots = slots.len(), reread_s = reread.map(|p| p.as_secs()), "the retained activations read again");
-                }
-                if let Some(period) = reread {
-                    (again, periodic) = (slots.clone(), true);
-                    read_again.as_mut().reset(tokio::time::Instant::now() + period);
-                }
+                    end
+                };
+                // A round's steps spread over the period.
+                let steps = u32::try_from(round.len().div_ceil(PERIODIC_SLOTS).max(1)).unwrap_or(u32::MAX);
+                read_again.as_mut().reset(now + period / steps);
                 continue;
             }
         };

@@ -309,7 +309,7 @@ pub struct Config {
     /// and how long a confirm may take (`host.amqp_confirm_timeout_s`, default 60).
     pub amqp_publishing: crate::amqp::publisher::Publishing,
     /// How often a broker session reads the retained activations again after its second read
-    /// (`host.amqp_retained_reread_s`, default 300, at least 5; 0: never).
+    /// (`host.amqp_retained_reread_s`, default 300, 5 to 86,400; 0: never).
     pub amqp_retained_reread: Option<std::time::Duration>,
     /// Instances made from a pool of this many slots (`host.instance_pool`); none: on demand.
     pub instance_pool: Option<u32>,
@@ -672,7 +672,7 @@ impl Config {
             instance_pool: file.host.instance_pool.filter(|n| *n > 0),
             amqp_retained_reread: match file.host.amqp_retained_reread_s.unwrap_or(300) {
                 0 => None,
-                s => Some(std::time::Duration::from_secs(s.max(5))),
+                s => Some(std::time::Duration::from_secs(s.clamp(5, 86_400))),
             },
             amqp_publishing: crate::amqp::publisher::Publishing {
                 output_headers: file.host.amqp_output_headers.unwrap_or(true),
