@@ -413,6 +413,11 @@ enum Pass {
 /// applied between the steps.
 const PERIODIC_SLOTS: usize = 16;
 
+/// The steps of a periodic round over `slots` slots (at least one).
+fn round_steps(slots: usize) -> u32 {
+    u32::try_from(slots.div_ceil(PERIODIC_SLOTS).max(1)).unwrap_or(u32::MAX)
+}
+
 /// Apply the retained last activation of each of `slots` (plant, plugin) that differs from what
 /// runs here and is later than the slot's last activation here; announce this host's own last
 /// activation of a slot when the retained one is older or missing (made while the broker was
@@ -670,9 +675,10 @@ async fn apply_each(
         let delivery = tokio::select! {
             delivery = consumer.next() => delivery,
             () = &mut read_again, if !again.is_empty() || periodic => {
-                let now = tokio::time::Instant::now();
+                // Each wait counts from the end of the reads before it.
                 if !periodic {
                     again = catch_up(deployer, host_id, connection, &again, Pass::Start).await;
+                    let now = tokio::time::Instant::now();
                     if !again.is_empty() {
                         read_again.as_mut().reset(now + CATCH_UP_RETRY);
                         continue;
@@ -680,7 +686,7 @@ async fn apply_each(
                     tracing::info!(slots = slots.len(), reread_s = reread.map(|p| p.as_secs()), "the retained activations read again");
                     let Some(period) = reread else { continue };
                     periodic = true;
-                    read_again.as_mut().reset(now + period);
+                    read_again.as_mut().reset(now + period / round_steps(slots.len()));
                     continue;
                 }
                 let period = reread.expect("periodic reads have a period");
@@ -704,8 +710,8 @@ async fn apply_each(
                     end
                 };
                 // A round's steps spread over the period.
-                let steps = u32::try_from(round.len().div_ceil(PERIODIC_SLOTS).max(1)).unwrap_or(u32::MAX);
-                read_again.as_mut().reset(now + period / steps);
+                let now = tokio::time::Instant::now();
+                read_again.as_mut().reset(now + period / round_steps(round.len()));
                 continue;
             }
         };
