@@ -274,14 +274,17 @@ impl Host {
                 return self.log[self.log_cursor - 1].clone();
             }
             self.log_cursor = self.log.len();
-            let left = deadline.saturating_duration_since(std::time::Instant::now());
-            match self.stderr.recv_timeout(left) {
-                Ok(line) => self.log.push(line),
-                Err(_) => panic!(
-                    "no log line with {what:?}; the log so far:\n{}",
-                    self.log.join("\n")
-                ),
-            }
+            self.next_log_line(deadline, &format!("no log line with {what:?}"));
+        }
+    }
+
+    /// Wait until `deadline` for the host's next log line and keep it; past it, fail with
+    /// `failure` and the log so far.
+    fn next_log_line(&mut self, deadline: std::time::Instant, failure: &str) {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        match self.stderr.recv_timeout(left) {
+            Ok(line) => self.log.push(line),
+            Err(_) => panic!("{failure}; the log so far:\n{}", self.log.join("\n")),
         }
     }
 
@@ -302,14 +305,7 @@ impl Host {
             if holds(&self.log) {
                 return self.log.clone();
             }
-            let left = deadline.saturating_duration_since(std::time::Instant::now());
-            match self.stderr.recv_timeout(left) {
-                Ok(line) => self.log.push(line),
-                Err(_) => panic!(
-                    "the log never showed {what}; the log so far:\n{}",
-                    self.log.join("\n")
-                ),
-            }
+            self.next_log_line(deadline, &format!("the log never showed {what}"));
         }
     }
 
