@@ -531,6 +531,81 @@ fn candidates_that_trap_in_describe_import_the_unknown_or_carry_spinning_vectors
     assert_served("gate attacks", &baseline, &during.finish());
 }
 
+/// A core module whose start function makes a `call_indirect` checked against a declared
+/// subtype (the function-references and GC proposals). wasmtime 48.0.8 built without its `gc`
+/// feature, as the host is, aborted the whole process on that check (GHSA-rc4p-x33f-vpr2).
+const DECLARED_SUBTYPE_CALL: &str = "(core module $subtype
+    (type $f (sub (func)))
+    (type $g (sub $f (func)))
+    (table 1 funcref)
+    (func $h (type $g))
+    (elem (i32.const 0) func $h)
+    (func $go i32.const 0 call_indirect (type $f))
+    (start $go))
+  (core instance $subtype_i (instantiate $subtype))";
+
+#[test]
+fn a_candidate_using_a_wasm_proposal_the_host_does_not_offer_is_refused_and_the_host_stays_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let plain = WatPlugin::default().write(dir.path(), "plain.wasm");
+    let ws = workspace(&route_toml("wat", &plain, "[]", ""));
+    let host = ws.start();
+    let baseline = Bystander::baseline(&host.url, Duration::from_secs(1));
+    let during = Bystander::start(&host.url);
+
+    let subtype = WatPlugin {
+        version: "2.0.0",
+        extra: DECLARED_SUBTYPE_CALL.into(),
+        ..WatPlugin::default()
+    };
+    let refused = |plugin: &WatPlugin| {
+        let reply = host.admin("POST", "/v1/plants/plant-a/plugins", &plugin.component());
+        assert_eq!(reply.status, 422, "{}", reply.body);
+        reply.json()["detail"].as_str().unwrap().to_string()
+    };
+    let why = refused(&subtype);
+    assert!(
+        why.contains("gc proposal must be enabled to use subtypes"),
+        "{why}"
+    );
+    // A typed call (`call_ref`), function references alone.
+    let call_ref = WatPlugin {
+        version: "2.0.1",
+        extra: "(core module $typed
+    (type $v (func))
+    (func $h (type $v))
+    (elem declare func $h)
+    (func (export \"go\") (call_ref $v (ref.func $h))))"
+            .into(),
+        ..WatPlugin::default()
+    };
+    let why = refused(&call_ref);
+    assert!(
+        why.contains("function references support is not enabled"),
+        "{why}"
+    );
+
+    // The host is up, plant A's route serves on its version, plant B was served throughout.
+    let reply = host.post("wat", Some("text/plain"), "x");
+    assert_eq!((reply.status, reply.body.as_str()), (200, "ok"));
+    assert_served("a declared subtype", &baseline, &during.finish());
+    assert!(host.stop().success(), "the host exits cleanly");
+
+    // Run locally, the same component is refused with the reason: exit 1, not an abort.
+    let file = subtype.write(dir.path(), "subtype.wasm");
+    std::fs::write(dir.path().join("in.txt"), "x").unwrap();
+    let out = ws.millrace(&[
+        "plugin",
+        "test",
+        file.to_str().unwrap(),
+        "--input",
+        dir.path().join("in.txt").to_str().unwrap(),
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("to use subtypes"), "{stderr}");
+}
+
 #[test]
 fn a_looping_plugin_flooded_with_messages_takes_only_its_plants_share_of_the_host() {
     // Plant A: a plugin that loops until its deadline, sent as many concurrent messages as the

@@ -206,6 +206,12 @@ impl PluginEngine {
         // One memory per core module: what every toolchain emits. A component may still hold
         // several modules, each with its memory; the instance's limiter caps them together.
         config.wasm_multi_memory(false);
+        // No typed function references and no GC, neither of which any plugin toolchain emits:
+        // this build has no GC runtime, and a `call_indirect` checked against a declared subtype
+        // aborted the process in such builds of wasmtime before 48.0.9 (GHSA-rc4p-x33f-vpr2).
+        // A module using them is refused when it is compiled, naming the proposal.
+        config.wasm_gc(false);
+        config.wasm_features(wasmtime::WasmFeatures::FUNCTION_REFERENCES, false);
         // Guests get 512 KiB of native stack for deep recursion; deeper is a stack-overflow trap.
         config.max_wasm_stack(512 * 1024);
         adjust(&mut config);
