@@ -379,6 +379,77 @@ print(json.dumps(out))",
 }
 
 #[test]
+fn a_slot_a_reload_adds_without_a_broker_change_takes_the_retained_activation_without_reconnecting()
+{
+    let broker = Broker::start();
+    // Plant B's HTTP route `b` runs `stamp` on host A from the start, on host B only after a
+    // reload (which touches no broker route, so host B's session goes on).
+    let b_route = route_toml("b", &guest("guest-stamp-1"), r#"["log"]"#, "")
+        .replace("plant = \"plant-a\"", "plant = \"plant-b\"");
+    let plant_b = format!("\n[plants.plant-b]\n\n{b_route}");
+    let ws_a = workspace(&broker, "host-a");
+    let config_a = std::fs::read_to_string(ws_a.config()).unwrap();
+    ws_a.write("millrace.toml", &format!("{config_a}{plant_b}"));
+    let ws_b = workspace(&broker, "host-b");
+    let config_b = std::fs::read_to_string(ws_b.config())
+        .unwrap()
+        .replace("[host]\n", "[host]\nwatch_config = false\n");
+    ws_b.write("millrace.toml", &config_b);
+    let (mut a, mut b) = (ws_a.start(), ws_b.start());
+    a.wait_ready();
+    b.wait_ready();
+    second_read_done(&mut b);
+
+    // Plant B's 2.0.0 activated on host A: announced (host B runs no such slot: skipped) and
+    // retained.
+    let stamp_2 = std::fs::read(guest("guest-stamp-2")).unwrap();
+    let up = a.admin("POST", "/v1/plants/plant-b/plugins", &stamp_2);
+    assert_eq!(up.status, 201, "{}", up.body);
+    let activated = a.admin(
+        "POST",
+        "/v1/plants/plant-b/plugins/stamp/activate",
+        br#"{"version": "2.0.0"}"#,
+    );
+    assert_eq!(activated.status, 200, "{}", activated.body);
+    a.wait_for_log("activation announced to the other hosts");
+
+    std::fs::write(ws_b.config(), format!("{config_b}{plant_b}")).unwrap();
+    let reloaded = b.admin("POST", "/v1/config/reload", b"");
+    assert_eq!(reloaded.status, 200, "{}", reloaded.body);
+    assert_eq!(reloaded.json()["added"], serde_json::json!(["b"]));
+    assert_eq!(reloaded.json()["broker_restarted"], false);
+    let added = std::time::Instant::now();
+    let version = |host: &Host| {
+        let reply = host.post("b", Some("text/plain"), "x");
+        assert_eq!(reply.status, 200, "{}", reply.body);
+        reply.json()["stamp"].as_str().unwrap().to_string()
+    };
+    eventually("host B runs plant B's 2.0.0 after the reload", || {
+        (version(&b) == "2.0.0").then_some(())
+    });
+    println!(
+        "reload to plant B's retained 2.0.0 on host B: {} ms",
+        added.elapsed().as_millis()
+    );
+    let log = b.log_once(
+        |log| {
+            log.iter()
+                .any(|l| l.contains("the retained activations of slots a reload added read"))
+        },
+        "the added slot read",
+    );
+    let dropped: Vec<&String> = log
+        .iter()
+        .filter(|l| l.contains("reconnecting") || l.contains("stopped consuming"))
+        .collect();
+    assert!(dropped.is_empty(), "the session went on: {dropped:#?}");
+    let doc = b
+        .admin("GET", "/v1/plants/plant-b/plugins/stamp", b"")
+        .json();
+    assert_eq!(kept(&doc, "2.0.0")["origin"], "broadcast", "{doc}");
+}
+
+#[test]
 fn an_activation_made_while_the_broker_was_away_is_kept_and_reaches_the_other_hosts() {
     let mut broker = Broker::start();
     let (_ws_a, _ws_b, a, b) = two_hosts(&broker);

@@ -47,6 +47,10 @@
 //! read again every [`CATCH_UP_RETRY`] (each time within the same limit) until every one is
 //! checked or the session ends; only then does the host apply what its own queue holds, which
 //! waits there meanwhile (so what it applies last is still the latest announced).
+//!
+//! A configuration reload that changes no broker route keeps the session: every
+//! [`ADDED_SLOTS_EVERY`] the session looks for slots the routes did not run at its last look,
+//! declares their retained queues and reads them as a first read does.
 
 use crate::amqp::publisher::header_string;
 use crate::amqp::session::{BrokerLink, Link, Session};
@@ -288,19 +292,8 @@ pub async fn follow(
             .queue(&queue, super::topology::Role::Control)
             .await?;
         declarer.bind(&queue, EXCHANGE, "").await?;
-        let mut slots: Vec<(String, String)> = deployer
-            .routes()
-            .all()
-            .iter()
-            .flat_map(|r| r.steps.iter().map(|s| (r.plant.clone(), s.id.name.clone())))
-            .collect();
-        slots.sort();
-        slots.dedup();
-        for (plant, plugin) in &slots {
-            declarer
-                .queue(&last(plant, plugin), super::topology::Role::LastValue)
-                .await?;
-        }
+        let slots = running_slots(&deployer);
+        declare_retained(&mut declarer, &slots).await?;
         declarer.close().await;
         let unchecked = catch_up(
             &deployer,
@@ -348,15 +341,7 @@ pub async fn follow(
             )
             .await;
         }
-        let why = apply_each(
-            &deployer,
-            &host_id,
-            consumer,
-            &session.connection,
-            slots,
-            reread,
-        )
-        .await;
+        let why = apply_each(&deployer, &host_id, consumer, &session, slots, reread).await;
         // Not following announcements is not a state to stay in: a new session follows again.
         session.lost(why);
     };
@@ -364,6 +349,65 @@ pub async fn follow(
         task: tokio::spawn(task),
         channel,
     })
+}
+
+/// The (plant, plugin) slots the routes run now, sorted, each once.
+fn running_slots(deployer: &Deployer) -> Vec<(String, String)> {
+    let mut slots: Vec<(String, String)> = deployer
+        .routes()
+        .all()
+        .iter()
+        .flat_map(|r| r.steps.iter().map(|s| (r.plant.clone(), s.id.name.clone())))
+        .collect();
+    slots.sort();
+    slots.dedup();
+    slots
+}
+
+/// Declare the queue retaining the last activation of each of `slots`.
+async fn declare_retained(
+    declarer: &mut super::topology::Declarer<'_>,
+    slots: &[(String, String)],
+) -> Result<(), lapin::Error> {
+    for (plant, plugin) in slots {
+        declarer
+            .queue(&last(plant, plugin), super::topology::Role::LastValue)
+            .await?;
+    }
+    Ok(())
+}
+
+/// Read the retained activations of `added`, slots a configuration reload gave the routes since
+/// the session started (or since the last check): their queues declared, then read as at the
+/// session's start. Returns the slots not checked, to be tried again at the next check.
+async fn catch_up_added(
+    deployer: &Arc<Deployer>,
+    host_id: &str,
+    session: &Session,
+    added: &[(String, String)],
+) -> Vec<(String, String)> {
+    let declared = async {
+        let mut declarer =
+            super::topology::Declarer::open(&session.connection, session.queues).await?;
+        declare_retained(&mut declarer, added).await?;
+        declarer.close().await;
+        Ok::<_, lapin::Error>(())
+    };
+    let declared = match tokio::time::timeout(CATCH_UP_LIMIT, declared).await {
+        Ok(declared) => declared.map_err(|e| e.to_string()),
+        Err(_) => Err(format!("no answer within {} s", CATCH_UP_LIMIT.as_secs())),
+    };
+    if let Err(e) = declared {
+        tracing::warn!(slots = added.len(), error = %e, retry_s = CATCH_UP_RETRY.as_secs(), "cannot declare the retained activations' queues of slots a reload added; trying again later");
+        return added.to_vec();
+    }
+    let unchecked = catch_up(deployer, host_id, &session.connection, added, Pass::Start).await;
+    tracing::info!(
+        slots = added.len(),
+        unchecked = unchecked.len(),
+        "the retained activations of slots a reload added read"
+    );
+    unchecked
 }
 
 /// When a session's second read of the retained activations starts: [`SETTLE`] and up to as
@@ -408,6 +452,10 @@ enum Pass {
     /// answered with an announcement (an empty read may be another reader's hold).
     Periodic { again_s: u64 },
 }
+
+/// How often a session looks for slots a configuration reload gave the routes (a reload that
+/// changes no broker route keeps the session), to read their retained activations.
+const ADDED_SLOTS_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Slots read at each step of a periodic read, so the control queue's announcements are
 /// applied between the steps.
@@ -661,11 +709,19 @@ async fn apply_each(
     deployer: &Arc<Deployer>,
     host_id: &str,
     mut consumer: lapin::Consumer,
-    connection: &lapin::Connection,
-    slots: Vec<(String, String)>,
+    session: &Session,
+    mut slots: Vec<(String, String)>,
     reread: Option<std::time::Duration>,
 ) -> String {
+    let connection = &session.connection;
     let mut again = slots.clone();
+    // The slots the routes ran at the last look, and the next look for slots a reload added.
+    let mut running = slots.clone();
+    let mut look = tokio::time::interval_at(
+        tokio::time::Instant::now() + ADDED_SLOTS_EVERY,
+        ADDED_SLOTS_EVERY,
+    );
+    look.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // Periodic reads, once the second read is done: where the next step starts, and the
     // slots of the current round.
     let (mut periodic, mut cursor, mut round) = (false, 0, Vec::new());
@@ -674,6 +730,26 @@ async fn apply_each(
     loop {
         let delivery = tokio::select! {
             delivery = consumer.next() => delivery,
+            _ = look.tick() => {
+                let now = running_slots(deployer);
+                let added: Vec<(String, String)> = now
+                    .iter()
+                    .filter(|slot| running.binary_search(slot).is_err())
+                    .cloned()
+                    .collect();
+                running = now;
+                if !added.is_empty() {
+                    let unchecked = catch_up_added(deployer, host_id, session, &added).await;
+                    // Not checked: added again at the next look.
+                    running.retain(|slot| !unchecked.contains(slot));
+                    for slot in added.into_iter().filter(|slot| !unchecked.contains(slot)) {
+                        if let Err(at) = slots.binary_search(&slot) {
+                            slots.insert(at, slot);
+                        }
+                    }
+                }
+                continue;
+            }
             () = &mut read_again, if !again.is_empty() || periodic => {
                 // Each wait counts from the end of the reads before it.
                 if !periodic {
