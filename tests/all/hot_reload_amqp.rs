@@ -396,9 +396,10 @@ fn a_slot_a_reload_adds_without_a_broker_change_takes_the_retained_activation_wi
         .replace("[host]\n", "[host]\nwatch_config = false\n");
     ws_b.write("millrace.toml", &config_b);
     let (mut a, mut b) = (ws_a.start(), ws_b.start());
-    a.wait_ready();
-    b.wait_ready();
-    second_read_done(&mut b);
+    for host in [&mut a, &mut b] {
+        host.wait_ready();
+        second_read_done(host);
+    }
 
     // Plant B's 2.0.0 activated on host A: announced (host B runs no such slot: skipped) and
     // retained.
@@ -412,6 +413,14 @@ fn a_slot_a_reload_adds_without_a_broker_change_takes_the_retained_activation_wi
     );
     assert_eq!(activated.status, 200, "{}", activated.body);
     a.wait_for_log("activation announced to the other hosts");
+    // Host B has taken the announcement from its queue (and skipped it) before the reload.
+    eventually("host B's control queue empty", || {
+        let queues = broker.ctl(&["list_queues", "name", "messages"]);
+        queues
+            .lines()
+            .any(|l| l.split_whitespace().collect::<Vec<_>>() == ["millrace.control.host-b", "0"])
+            .then_some(())
+    });
 
     std::fs::write(ws_b.config(), format!("{config_b}{plant_b}")).unwrap();
     let reloaded = b.admin("POST", "/v1/config/reload", b"");
@@ -433,10 +442,14 @@ fn a_slot_a_reload_adds_without_a_broker_change_takes_the_retained_activation_wi
     );
     let log = b.log_once(
         |log| {
-            log.iter()
+            log.iter().any(|l| {
+                l.contains("applying the last activation retained on the broker")
+                    && l.contains("plant-b")
+            }) && log
+                .iter()
                 .any(|l| l.contains("the retained activations of slots a reload added read"))
         },
-        "the added slot read",
+        "plant B's retained activation applied, read as an added slot",
     );
     let dropped: Vec<&String> = log
         .iter()

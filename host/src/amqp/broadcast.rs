@@ -50,7 +50,10 @@
 //!
 //! A configuration reload that changes no broker route keeps the session: every
 //! [`ADDED_SLOTS_EVERY`] the session looks for slots the routes did not run at its last look,
-//! declares their retained queues and reads them as a first read does.
+//! declares their retained queues (each on its own) and reads them as a first read does,
+//! [`PERIODIC_SLOTS`] at a time, then once more at the first look [`settle_after`] later
+//! ([`Added`]); from then on they are in the periodic rounds. A slot taken away and given back
+//! between two looks waits for the next periodic round.
 
 use crate::amqp::publisher::header_string;
 use crate::amqp::session::{BrokerLink, Link, Session};
@@ -377,36 +380,176 @@ async fn declare_retained(
     Ok(())
 }
 
-/// Read the retained activations of `added`, slots a configuration reload gave the routes since
-/// the session started (or since the last check): their queues declared, then read as at the
-/// session's start. Returns the slots not checked, to be tried again at the next check.
+/// Slots a configuration reload gave the routes while a session lasts (a reload that changes no
+/// broker route keeps the session): found at each look, every [`ADDED_SLOTS_EVERY`], their
+/// retained queues declared and read as a session's first read does, [`PERIODIC_SLOTS`] at a
+/// time, then read once more [`settle_after`] later, as a session's own slots are.
+struct Added {
+    /// The slots the routes ran at the last look, sorted.
+    running: Vec<(String, String)>,
+    /// Found, not read yet (or their declare or read failed: tried at a later look).
+    first: Vec<(String, String)>,
+    /// Read once; when to read again.
+    second: Vec<((String, String), tokio::time::Instant)>,
+}
+
+/// What a look did, for when the next one comes.
+enum Looked {
+    /// Slots are left to read and nothing failed: look again soon.
+    More,
+    /// Nothing left, or something failed: the next look in [`ADDED_SLOTS_EVERY`].
+    Done,
+}
+
+impl Added {
+    fn new(running: Vec<(String, String)>) -> Added {
+        Added {
+            running,
+            first: Vec::new(),
+            second: Vec::new(),
+        }
+    }
+
+    /// One look: the second reads that are due, then the first reads of up to
+    /// [`PERIODIC_SLOTS`] slots found; each read slot joins `slots` (the periodic rounds').
+    async fn look(
+        &mut self,
+        deployer: &Arc<Deployer>,
+        host_id: &str,
+        session: &Session,
+        slots: &mut Vec<(String, String)>,
+    ) -> Looked {
+        let now_running = running_slots(deployer);
+        for slot in &now_running {
+            if self.running.binary_search(slot).is_err() && !self.first.contains(slot) {
+                self.first.push(slot.clone());
+            }
+        }
+        self.running = now_running;
+        // A slot a later reload took away again is not read.
+        let running = &self.running;
+        self.first
+            .retain(|slot| running.binary_search(slot).is_ok());
+        self.second
+            .retain(|(slot, _)| running.binary_search(slot).is_ok());
+
+        let now = tokio::time::Instant::now();
+        let mut due = Vec::new();
+        self.second.retain(|(slot, at)| {
+            let take = *at <= now && due.len() < PERIODIC_SLOTS;
+            if take {
+                due.push(slot.clone());
+            }
+            !take
+        });
+        let mut failed = false;
+        if !due.is_empty() {
+            let unchecked =
+                catch_up(deployer, host_id, &session.connection, &due, Pass::Start).await;
+            failed |= !unchecked.is_empty();
+            let again = tokio::time::Instant::now() + CATCH_UP_RETRY;
+            self.second
+                .extend(unchecked.into_iter().map(|slot| (slot, again)));
+        }
+
+        let step: Vec<(String, String)> = self
+            .first
+            .drain(..self.first.len().min(PERIODIC_SLOTS))
+            .collect();
+        if !step.is_empty() {
+            let unchecked = catch_up_added(deployer, host_id, session, &step).await;
+            failed |= !unchecked.is_empty();
+            let settled = tokio::time::Instant::now() + settle_after();
+            for slot in step {
+                if unchecked.contains(&slot) {
+                    self.first.push(slot);
+                    continue;
+                }
+                self.second.push((slot.clone(), settled));
+                if let Err(at) = slots.binary_search(&slot) {
+                    slots.insert(at, slot);
+                }
+            }
+        }
+        if !failed && !self.first.is_empty() {
+            Looked::More
+        } else {
+            Looked::Done
+        }
+    }
+}
+
+/// Declare and read, as a session's first read does, the retained activations of `added`
+/// (slots a reload added): each queue declared on its own, so one refused does not stop the
+/// others, all within [`CATCH_UP_LIMIT`], then the reads within the same limit again. Returns
+/// the slots not checked.
 async fn catch_up_added(
     deployer: &Arc<Deployer>,
     host_id: &str,
     session: &Session,
     added: &[(String, String)],
 ) -> Vec<(String, String)> {
-    let declared = async {
-        let mut declarer =
-            super::topology::Declarer::open(&session.connection, session.queues).await?;
-        declare_retained(&mut declarer, added).await?;
-        declarer.close().await;
-        Ok::<_, lapin::Error>(())
-    };
-    let declared = match tokio::time::timeout(CATCH_UP_LIMIT, declared).await {
-        Ok(declared) => declared.map_err(|e| e.to_string()),
-        Err(_) => Err(format!("no answer within {} s", CATCH_UP_LIMIT.as_secs())),
-    };
-    if let Err(e) = declared {
-        tracing::warn!(slots = added.len(), error = %e, retry_s = CATCH_UP_RETRY.as_secs(), "cannot declare the retained activations' queues of slots a reload added; trying again later");
-        return added.to_vec();
+    let started = tokio::time::Instant::now();
+    let (mut declared, mut unchecked) = (Vec::new(), Vec::new());
+    let mut declarer: Option<super::topology::Declarer<'_>> = None;
+    for (n, (plant, plugin)) in added.iter().enumerate() {
+        let left = CATCH_UP_LIMIT.saturating_sub(started.elapsed());
+        let queue = last(plant, plugin);
+        let done = tokio::time::timeout(left, async {
+            let open = match declarer.take() {
+                Some(open) => open,
+                None => {
+                    super::topology::Declarer::open(&session.connection, session.queues).await?
+                }
+            };
+            let open = declarer.insert(open);
+            open.queue(&queue, super::topology::Role::LastValue)
+                .await
+                .map(|_| ())
+        })
+        .await;
+        match done {
+            Ok(Ok(())) => declared.push((plant.clone(), plugin.clone())),
+            Ok(Err(e)) => {
+                tracing::warn!(queue = %queue, error = %e, retry_s = ADDED_SLOTS_EVERY.as_secs(), "cannot declare the retained activation's queue of a slot a reload added; trying again later");
+                unchecked.push((plant.clone(), plugin.clone()));
+                // Its channel may be closed by the refusal: the next slot gets a new one.
+                if let Some(open) = declarer.take() {
+                    open.close().await;
+                }
+            }
+            Err(_) => {
+                let named: Vec<String> =
+                    added[n..].iter().map(|(p, g)| format!("{p}/{g}")).collect();
+                tracing::warn!(within_s = CATCH_UP_LIMIT.as_secs(), unchecked = %named.join(","), retry_s = ADDED_SLOTS_EVERY.as_secs(), "the broker did not declare the retained activations' queues of slots a reload added in time; trying again later");
+                unchecked.extend(added[n..].iter().cloned());
+                if let Some(open) = declarer.take() {
+                    let _ = tokio::time::timeout(CATCH_UP_RETRY, open.close()).await;
+                }
+                break;
+            }
+        }
     }
-    let unchecked = catch_up(deployer, host_id, &session.connection, added, Pass::Start).await;
+    if let Some(open) = declarer.take() {
+        open.close().await;
+    }
+    if declared.is_empty() {
+        return unchecked;
+    }
+    let not_read = catch_up(
+        deployer,
+        host_id,
+        &session.connection,
+        &declared,
+        Pass::Start,
+    )
+    .await;
     tracing::info!(
-        slots = added.len(),
-        unchecked = unchecked.len(),
+        slots = declared.len(),
+        unchecked = not_read.len(),
         "the retained activations of slots a reload added read"
     );
+    unchecked.extend(not_read);
     unchecked
 }
 
@@ -456,6 +599,9 @@ enum Pass {
 /// How often a session looks for slots a configuration reload gave the routes (a reload that
 /// changes no broker route keeps the session), to read their retained activations.
 const ADDED_SLOTS_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// The pause between two looks while slots a reload added are left to read.
+const ADDED_SLOTS_STEP: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// Slots read at each step of a periodic read, so the control queue's announcements are
 /// applied between the steps.
@@ -715,13 +861,10 @@ async fn apply_each(
 ) -> String {
     let connection = &session.connection;
     let mut again = slots.clone();
-    // The slots the routes ran at the last look, and the next look for slots a reload added.
-    let mut running = slots.clone();
-    let mut look = tokio::time::interval_at(
-        tokio::time::Instant::now() + ADDED_SLOTS_EVERY,
-        ADDED_SLOTS_EVERY,
-    );
-    look.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Slots a reload adds, and the next look for them.
+    let mut added = Added::new(slots.clone());
+    let look = tokio::time::sleep(ADDED_SLOTS_EVERY);
+    let mut look = std::pin::pin!(look);
     // Periodic reads, once the second read is done: where the next step starts, and the
     // slots of the current round.
     let (mut periodic, mut cursor, mut round) = (false, 0, Vec::new());
@@ -730,24 +873,13 @@ async fn apply_each(
     loop {
         let delivery = tokio::select! {
             delivery = consumer.next() => delivery,
-            _ = look.tick() => {
-                let now = running_slots(deployer);
-                let added: Vec<(String, String)> = now
-                    .iter()
-                    .filter(|slot| running.binary_search(slot).is_err())
-                    .cloned()
-                    .collect();
-                running = now;
-                if !added.is_empty() {
-                    let unchecked = catch_up_added(deployer, host_id, session, &added).await;
-                    // Not checked: added again at the next look.
-                    running.retain(|slot| !unchecked.contains(slot));
-                    for slot in added.into_iter().filter(|slot| !unchecked.contains(slot)) {
-                        if let Err(at) = slots.binary_search(&slot) {
-                            slots.insert(at, slot);
-                        }
-                    }
-                }
+            () = &mut look => {
+                let next = match added.look(deployer, host_id, session, &mut slots).await {
+                    Looked::More => ADDED_SLOTS_STEP,
+                    Looked::Done => ADDED_SLOTS_EVERY,
+                };
+                // Counted from the end of this look's reads.
+                look.as_mut().reset(tokio::time::Instant::now() + next);
                 continue;
             }
             () = &mut read_again, if !again.is_empty() || periodic => {
