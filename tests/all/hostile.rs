@@ -27,6 +27,9 @@ pub struct WatPlugin {
     /// Component-level items added before the plugin's own core instance (extra core modules
     /// and instances, imports).
     pub extra: String,
+    /// A function `mediate` calls first: an export of the core instance `$e`, which `extra`
+    /// defines.
+    pub mediate_calls: Option<&'static str>,
 }
 
 impl Default for WatPlugin {
@@ -41,6 +44,7 @@ impl Default for WatPlugin {
             mediate_traps: false,
             mediate_spins: false,
             extra: String::new(),
+            mediate_calls: None,
         }
     }
 }
@@ -81,6 +85,7 @@ impl WatPlugin {
             r#"(component
   {extra}
   (core module $m
+    {import}
     (memory (export "memory") {pages})
     (global $heap (mut i32) (i32.const {HEAP}))
     (func (export "realloc") (param i32 i32 i32 i32) (result i32)
@@ -101,6 +106,7 @@ impl WatPlugin {
     (func (export "check-settings") (result i32) i32.const 64)
     (func (export "mediate") (param i32 i32 i32 i32 i32 i32 i32 i32 i32 i32 i32 i32) (result i32)
       (local $i i32) (local $e i32)
+      {call}
       {trap}
       (block $done (loop $next
         local.get $i i32.const {outputs} i32.ge_u br_if $done
@@ -129,7 +135,7 @@ impl WatPlugin {
     (data (i32.const 300) "{ct}")
     (data (i32.const 420) "x")
     (data (i32.const {BODY}) "ok"))
-  (core instance $i (instantiate $m))
+  (core instance $i (instantiate $m {with}))
   (type $message' (record (field "id" string) (field "plant" string) (field "route" string)
     (field "content-type" string) (field "headers" (list (tuple string string))) (field "body" (list u8))))
   (export $message "message" (type $message'))
@@ -148,6 +154,19 @@ impl WatPlugin {
   (func (export "mediate") (param "input" $message) (result (result (list $message) (error $error)))
     (canon lift (core func $i "mediate") (memory $i "memory") (realloc (func $i "realloc")))))"#,
             extra = self.extra,
+            import = self.mediate_calls.map_or(String::new(), |f| {
+                format!("(import \"e\" \"{f}\" (func $first))")
+            }),
+            call = if self.mediate_calls.is_some() {
+                "call $first"
+            } else {
+                ""
+            },
+            with = if self.mediate_calls.is_some() {
+                "(with \"e\" (instance $e))"
+            } else {
+                ""
+            },
             trap = if self.mediate_traps {
                 "unreachable"
             } else if self.mediate_spins {
@@ -604,6 +623,64 @@ fn a_candidate_using_a_wasm_proposal_the_host_does_not_offer_is_refused_and_the_
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("to use subtypes"), "{stderr}");
+}
+
+/// WASI imports and a core instance `$e` whose `block` waits on the monotonic clock for
+/// `nanos` (as a guest's `sleep` does): the guest runs no code meanwhile.
+fn clock_wait(nanos: u64) -> String {
+    format!(
+        r#"(import "wasi:io/poll@0.2.0" (instance $poll
+    (export "pollable" (type $p (sub resource)))
+    (export "[method]pollable.block" (func (param "self" (borrow $p))))))
+  (alias export $poll "pollable" (type $pollable))
+  (import "wasi:clocks/monotonic-clock@0.2.0" (instance $clock
+    (alias outer 1 $pollable (type $p))
+    (export "pollable" (type $pe (eq $p)))
+    (export "subscribe-duration" (func (param "when" u64) (result (own $pe))))))
+  (core func $subscribe (canon lower (func $clock "subscribe-duration")))
+  (core func $wait (canon lower (func $poll "[method]pollable.block")))
+  (core module $blocks
+    (import "c" "subscribe" (func $subscribe (param i64) (result i32)))
+    (import "p" "block" (func $block (param i32)))
+    (func (export "block") (call $block (call $subscribe (i64.const {nanos})))))
+  (core instance $e (instantiate $blocks
+    (with "c" (instance (export "subscribe" (func $subscribe))))
+    (with "p" (instance (export "block" (func $wait))))))"#,
+        nanos = nanos as i64
+    )
+}
+
+#[test]
+fn a_wasi_guest_waiting_on_the_clock_past_its_deadline_is_stopped_at_the_deadline() {
+    let dir = tempfile::tempdir().unwrap();
+    // Waits for ever (u64::MAX ns) in every call.
+    let waits = WatPlugin {
+        extra: clock_wait(u64::MAX),
+        mediate_calls: Some("block"),
+        ..WatPlugin::default()
+    }
+    .write(dir.path(), "waits.wasm");
+    let ws = workspace(&route_toml(
+        "waits",
+        &waits,
+        r#"["wasi"]"#,
+        "deadline_ms = 300",
+    ));
+    let host = ws.start();
+    let baseline = Bystander::baseline(&host.url, Duration::from_secs(1));
+    let during = Bystander::start(&host.url);
+    for _ in 0..3 {
+        let reply = host.post("waits", Some("text/plain"), "x");
+        assert_eq!(
+            (reply.status, reply.kind()),
+            (503, "plugin-deadline".to_string()),
+            "{}",
+            reply.body
+        );
+    }
+    assert_served("guests waiting on the clock", &baseline, &during.finish());
+    // Nothing still waits: the host stops at once, its in-flight messages finished.
+    assert!(host.stop().success(), "the host exits cleanly");
 }
 
 #[test]

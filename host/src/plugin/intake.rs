@@ -44,6 +44,11 @@ pub const MAX_FUNCTION_BYTES: usize = 4 << 20;
 pub const MAX_LOCALS: u64 = 50_000;
 pub const MAX_MEMORIES: usize = 64;
 pub const MAX_TABLES: usize = 256;
+/// Globals defined by all the core modules together. Each instance holds its globals outside
+/// linear memory, written at instantiation, so `memory_mib` does not count them: one module of
+/// a million `v128` globals instantiated 126 times held 2.1 GB under a 64 MiB cap. The CPython
+/// component defines 874.
+pub const MAX_GLOBALS: usize = 10_000;
 
 /// What a component is made of, read without compiling it.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -56,6 +61,7 @@ pub struct Shape {
     pub most_locals: u64,
     pub memories: usize,
     pub tables: usize,
+    pub globals: usize,
     /// The component's own imports (`millrace:mediation/log@0.1.0`, `wasi:io/streams@0.2.6`).
     pub imports: Vec<String>,
 }
@@ -154,6 +160,12 @@ pub fn shape(bytes: &[u8], max_bytes: usize) -> Result<Shape, String> {
                 shape.tables += reader.count() as usize;
                 if shape.tables > MAX_TABLES {
                     return over("tables", shape.tables, MAX_TABLES);
+                }
+            }
+            Payload::GlobalSection(reader) => {
+                shape.globals += reader.count() as usize;
+                if shape.globals > MAX_GLOBALS {
+                    return over("globals", shape.globals, MAX_GLOBALS);
                 }
             }
             _ => {}
@@ -346,6 +358,7 @@ mod tests {
         // tests run in CI).
         for (dir, name) in [
             ("plugins", "canonical-map-py"),
+            ("plugins", "canonical-map-js"),
             ("plugins", "policy-guard"),
             ("plugins", "downtime-router-c"),
             ("plugins", "mes-fixed-width"),
@@ -383,6 +396,31 @@ mod tests {
         );
         let bytes = wat::parse_str(&wat).unwrap();
         assert!(shape(&bytes, 1 << 20).unwrap_err().contains("locals"));
+    }
+
+    #[test]
+    fn globals_past_the_bound_are_refused_unread_by_the_compiler() {
+        // Two modules: the bound is on the component's globals together.
+        let module = |n: usize| {
+            format!(
+                "(core module {})",
+                "(global (mut i32) (i32.const 0))".repeat(n)
+            )
+        };
+        let at = format!(
+            "(component {} {})",
+            module(MAX_GLOBALS / 2),
+            module(MAX_GLOBALS / 2)
+        );
+        let shape = shape(&wat::parse_str(&at).unwrap(), 1 << 20).unwrap();
+        assert_eq!(shape.globals, MAX_GLOBALS);
+        let past = format!(
+            "(component {} {})",
+            module(MAX_GLOBALS / 2),
+            module(MAX_GLOBALS / 2 + 1)
+        );
+        let why = super::shape(&wat::parse_str(&past).unwrap(), 1 << 20).unwrap_err();
+        assert!(why.contains("globals; at most 10000"), "{why}");
     }
 
     #[test]

@@ -291,6 +291,9 @@ fn instantiate_once(
     // What one lift may copy out of the instance: a call's outputs, a host call's arguments.
     store.set_hostcall_fuel(limits.max_output_bytes);
     store.set_epoch_deadline(PluginEngine::ticks(limits.deadline));
+    if let Some(wasi) = store.data_mut().wasi.as_mut() {
+        wasi.call_until(limits.deadline);
+    }
     let instantiated = {
         let _running = engine::guest_running();
         pre.instantiate(&mut store)
@@ -725,6 +728,9 @@ impl StepRuntime {
         data.limiter.reset();
         data.last_error_log = None;
         warm.store.set_epoch_deadline(PluginEngine::ticks(deadline));
+        if let Some(wasi) = warm.store.data_mut().wasi.as_mut() {
+            wasi.call_until(deadline);
+        }
         let called = {
             let _running = engine::guest_running();
             warm.plugin.call_mediate(&mut warm.store, input)

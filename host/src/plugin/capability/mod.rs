@@ -106,7 +106,7 @@ impl Capability {
             Capability::State => {
                 bindings::state::add_to_linker::<_, HasSelf<Invocation>>(linker, |s| s)
             }
-            Capability::Wasi => wasmtime_wasi::p2::add_to_linker_sync(linker),
+            Capability::Wasi => wasi::add_to_linker(linker),
         }
     }
 }

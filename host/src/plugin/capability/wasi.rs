@@ -5,16 +5,29 @@
 //! switched off), an empty environment, no arguments, a closed stdin, the host's clocks and a
 //! random source. stdout and stderr are collected per call and written to the host log with the
 //! plant, route, plugin and message id (stderr at warn level; its last line explains a trap).
+//!
+//! A clock subscription (`wasi:clocks/monotonic-clock` `subscribe-duration` and
+//! `subscribe-instant`) wakes no later than the current call's deadline: a guest blocked in
+//! `pollable.block` runs no guest code, so the epoch deadline alone would not stop it. Woken at
+//! the deadline, the guest's next instruction finds the deadline past and traps.
 
 use crate::plugin::store::{Invocation, StepContext};
 use bytes::Bytes;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
-use wasmtime::component::ResourceTable;
+use wasmtime::component::{Linker, Resource, ResourceTable};
 use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
-use wasmtime_wasi::p2::{OutputStream, Pollable, StreamResult};
+use wasmtime_wasi::p2::{DynPollable, OutputStream, Pollable, StreamResult};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+
+/// The monotonic clock interface whose subscriptions are bounded (the version
+/// `wasmtime_wasi::p2::add_to_linker_sync` defines; guests importing an earlier 0.2 match it).
+const MONOTONIC_CLOCK: &str = "wasi:clocks/monotonic-clock@0.2.12";
+
+/// How long past the call's deadline a clock subscription may still wake: a tick of the epoch
+/// ticker and some, so the guest's next epoch check finds the deadline past.
+const WAKE_AFTER_DEADLINE: std::time::Duration = std::time::Duration::from_millis(2);
 
 /// Bytes kept per stream and call; beyond this, output is dropped and the log says so.
 const MAX_OUTPUT_BYTES: usize = 64 * 1024;
@@ -25,6 +38,25 @@ pub struct Wasi {
     table: ResourceTable,
     stdout: Captured,
     stderr: Captured,
+    /// The current call's deadline ([`Wasi::call_until`]); clock subscriptions wake by then.
+    until: Option<tokio::time::Instant>,
+    /// The guest's monotonic clock, to turn its instants into waits.
+    clock: Monotonic,
+}
+
+/// A monotonic clock counting from its creation, as `wasmtime_wasi`'s own does; copies share
+/// the start.
+#[derive(Clone, Copy)]
+struct Monotonic(std::time::Instant);
+
+impl wasmtime_wasi::HostMonotonicClock for Monotonic {
+    fn resolution(&self) -> u64 {
+        1
+    }
+
+    fn now(&self) -> u64 {
+        u64::try_from(self.0.elapsed().as_nanos()).unwrap_or(u64::MAX)
+    }
 }
 
 /// WASI with no authority, stdout and stderr captured.
@@ -32,7 +64,9 @@ impl Default for Wasi {
     fn default() -> Wasi {
         let stdout = Captured::default();
         let stderr = Captured::default();
+        let clock = Monotonic(std::time::Instant::now());
         let ctx = WasiCtx::builder()
+            .monotonic_clock(clock)
             .stdout(stdout.clone())
             .stderr(stderr.clone())
             .allow_tcp(false)
@@ -44,11 +78,67 @@ impl Default for Wasi {
             table: ResourceTable::new(),
             stdout,
             stderr,
+            until: None,
+            clock,
         }
     }
 }
 
+/// WASI for `linker` (capability `wasi`): `wasmtime_wasi`'s, with the monotonic clock's
+/// subscriptions bounded by the call's deadline.
+pub fn add_to_linker(linker: &mut Linker<Invocation>) -> wasmtime::Result<()> {
+    wasmtime_wasi::p2::add_to_linker_sync(linker)?;
+    linker.allow_shadowing(true);
+    let mut clock = linker.instance(MONOTONIC_CLOCK)?;
+    clock.func_wrap(
+        "subscribe-duration",
+        |mut store: wasmtime::StoreContextMut<'_, Invocation>, (nanos,): (u64,)| {
+            let wasi = store.data_mut().wasi.as_mut().expect("a step granted wasi");
+            Ok((wasi.sleep(std::time::Duration::from_nanos(nanos))?,))
+        },
+    )?;
+    clock.func_wrap(
+        "subscribe-instant",
+        |mut store: wasmtime::StoreContextMut<'_, Invocation>, (when,): (u64,)| {
+            let wasi = store.data_mut().wasi.as_mut().expect("a step granted wasi");
+            let now = wasmtime_wasi::HostMonotonicClock::now(&wasi.clock);
+            Ok((wasi.sleep(std::time::Duration::from_nanos(when.saturating_sub(now)))?,))
+        },
+    )?;
+    linker.allow_shadowing(false);
+    Ok(())
+}
+
+/// A clock subscription: ready at `0`.
+struct Sleep(tokio::time::Instant);
+
+#[wasmtime_wasi::async_trait]
+impl Pollable for Sleep {
+    async fn ready(&mut self) {
+        tokio::time::sleep_until(self.0).await;
+    }
+}
+
 impl Wasi {
+    /// The call about to run ends at `deadline` from now.
+    pub fn call_until(&mut self, deadline: std::time::Duration) {
+        self.until = tokio::time::Instant::now().checked_add(deadline + WAKE_AFTER_DEADLINE);
+    }
+
+    /// A pollable ready after `wait`, or at the call's deadline if that comes first.
+    fn sleep(&mut self, wait: std::time::Duration) -> wasmtime::Result<Resource<DynPollable>> {
+        let now = tokio::time::Instant::now();
+        let wake = match (now.checked_add(wait), self.until) {
+            (Some(wake), Some(until)) => wake.min(until),
+            (Some(wake), None) => wake,
+            (None, Some(until)) => until,
+            // Past what the clock can say and no deadline: the farthest it can.
+            (None, None) => now + std::time::Duration::from_secs(86_400 * 365),
+        };
+        let sleep = self.table.push(Sleep(wake))?;
+        wasmtime_wasi::p2::subscribe(&mut self.table, sleep)
+    }
+
     /// Write what the guest printed since the last call to the log; the last stderr line, if
     /// any, to explain a trap.
     pub fn flush_to_log(&self, step: &StepContext, message_id: &str) -> Option<String> {
