@@ -970,6 +970,28 @@ fn oversized_components_and_compilations_past_their_budget_are_refused() {
         "{}",
         refused.body
     );
+    // Small files whose instances would cost far more than their bytes: nested components
+    // instantiating each other twice per level (2.4 KB, 8 million instances: 1.2 GB of the
+    // host's memory when it loaded them), a million globals: refused unread.
+    let mut doubling = "(component)".to_string();
+    for _ in 0..23 {
+        doubling =
+            format!("(component {doubling} (instance (instantiate 0)) (instance (instantiate 0)))");
+    }
+    let refused = upload(&wat::parse_str(&doubling).unwrap());
+    assert_eq!(refused.status, 422, "{}", refused.body);
+    assert!(
+        refused.body.contains("more than 1024 instances"),
+        "{}",
+        refused.body
+    );
+    let globals = format!(
+        "(component (core module {}))",
+        "(global i32 (i32.const 0))".repeat(1_000_000)
+    );
+    let refused = upload(&wat::parse_str(&globals).unwrap());
+    assert_eq!(refused.status, 422, "{}", refused.body);
+    assert!(refused.body.contains("globals"), "{}", refused.body);
     assert_served(
         "a compilation past its memory budget",
         &baseline,

@@ -49,6 +49,62 @@ pub const MAX_TABLES: usize = 256;
 /// a million `v128` globals instantiated 126 times held 2.1 GB under a 64 MiB cap. The CPython
 /// component defines 874.
 pub const MAX_GLOBALS: usize = 10_000;
+/// Instances one instantiation of the component makes at run time: itself, each core instance
+/// and each component instance, those of nested components as often as they are instantiated.
+/// Counted from the structure, since nesting multiplies: 23 levels of a component instantiating
+/// the one inside it twice (2.4 KB) are 8 million instances, which held 1.2 GB of the host's
+/// memory when it loaded them. The CPython component makes about 70.
+pub const MAX_FLAT_INSTANCES: u64 = 1024;
+
+/// A component or core module being read, for counting instances ([`MAX_FLAT_INSTANCES`]).
+enum Frame {
+    Module,
+    Component {
+        /// What instantiating each entry of the component index space makes, in order.
+        components: Vec<u64>,
+        /// What instantiating this component makes so far, itself included.
+        instances: u64,
+    },
+}
+
+/// The current (innermost) component frame.
+fn innermost(frames: &mut [Frame]) -> Result<(&mut Vec<u64>, &mut u64), String> {
+    match frames.last_mut() {
+        Some(Frame::Component {
+            components,
+            instances,
+        }) => Ok((components, instances)),
+        _ => Err("not a valid component: a component section outside a component".into()),
+    }
+}
+
+/// What instantiating component `index` of the component `up` levels out from the innermost
+/// makes.
+fn weight(frames: &[Frame], up: u32, index: u32) -> Result<u64, String> {
+    let at = frames
+        .len()
+        .checked_sub(1 + up as usize)
+        .ok_or("not a valid component: an outer alias past the outermost component")?;
+    match &frames[at] {
+        Frame::Component { components, .. } => components
+            .get(index as usize)
+            .copied()
+            .ok_or_else(|| format!("not a valid component: no component {index}")),
+        Frame::Module => Err("not a valid component: a component alias into a module".into()),
+    }
+}
+
+/// Add `made` to what the innermost component makes; past [`MAX_FLAT_INSTANCES`], refused.
+fn makes(frames: &mut [Frame], made: u64) -> Result<(), String> {
+    let (_, instances) = innermost(frames)?;
+    *instances = instances.saturating_add(made);
+    if *instances > MAX_FLAT_INSTANCES {
+        return Err(format!(
+            "the component makes more than {MAX_FLAT_INSTANCES} instances when instantiated (components instantiated within each other multiply); at most {MAX_FLAT_INSTANCES} are accepted"
+        ));
+    }
+    Ok(())
+}
 
 /// What a component is made of, read without compiling it.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -62,6 +118,8 @@ pub struct Shape {
     pub memories: usize,
     pub tables: usize,
     pub globals: usize,
+    /// Instances one instantiation makes at run time ([`MAX_FLAT_INSTANCES`]).
+    pub flat_instances: u64,
     /// The component's own imports (`millrace:mediation/log@0.1.0`, `wasi:io/streams@0.2.6`).
     pub imports: Vec<String>,
 }
@@ -83,6 +141,7 @@ pub fn shape(bytes: &[u8], max_bytes: usize) -> Result<Shape, String> {
     }
     let mut shape = Shape::default();
     let mut depth = 0usize;
+    let mut frames: Vec<Frame> = Vec::new();
     let over = |what: &str, n: usize, max: usize| {
         Err(format!(
             "the component has {n} {what}; at most {max} are accepted"
@@ -91,8 +150,28 @@ pub fn shape(bytes: &[u8], max_bytes: usize) -> Result<Shape, String> {
     for payload in wasmparser::Parser::new(0).parse_all(bytes) {
         use wasmparser::Payload;
         match payload.map_err(|e| format!("not a valid component: {e}"))? {
-            Payload::Version { .. } => depth += 1,
-            Payload::End(_) => depth = depth.saturating_sub(1),
+            Payload::Version { encoding, .. } => {
+                depth += 1;
+                frames.push(match encoding {
+                    wasmparser::Encoding::Module => Frame::Module,
+                    wasmparser::Encoding::Component => Frame::Component {
+                        components: Vec::new(),
+                        instances: 1,
+                    },
+                });
+            }
+            Payload::End(_) => {
+                depth = depth.saturating_sub(1);
+                if let Some(Frame::Component { instances, .. }) = frames.pop() {
+                    match frames.last_mut() {
+                        Some(Frame::Component { components, .. }) => components.push(instances),
+                        Some(Frame::Module) => {
+                            return Err("not a valid component: a component inside a module".into());
+                        }
+                        None => shape.flat_instances = instances,
+                    }
+                }
+            }
             Payload::ModuleSection { .. } => {
                 shape.core_modules += 1;
                 if shape.core_modules > MAX_CORE_MODULES {
@@ -110,10 +189,70 @@ pub fn shape(bytes: &[u8], max_bytes: usize) -> Result<Shape, String> {
                 if shape.core_instances > MAX_CORE_INSTANCES {
                     return over("core instances", shape.core_instances, MAX_CORE_INSTANCES);
                 }
+                for instance in reader {
+                    let instance = instance.map_err(|e| format!("not a valid component: {e}"))?;
+                    if matches!(instance, wasmparser::Instance::Instantiate { .. }) {
+                        makes(&mut frames, 1)?;
+                    }
+                }
             }
-            Payload::ComponentImportSection(reader) if depth == 1 => {
+            Payload::ComponentInstanceSection(reader) => {
+                for instance in reader {
+                    let instance = instance.map_err(|e| format!("not a valid component: {e}"))?;
+                    if let wasmparser::ComponentInstance::Instantiate {
+                        component_index, ..
+                    } = instance
+                    {
+                        let made = weight(&frames, 0, component_index)?;
+                        makes(&mut frames, made)?;
+                    }
+                }
+            }
+            Payload::ComponentAliasSection(reader) => {
+                for alias in reader {
+                    match alias.map_err(|e| format!("not a valid component: {e}"))? {
+                        wasmparser::ComponentAlias::Outer {
+                            kind: wasmparser::ComponentOuterAliasKind::Component,
+                            count,
+                            index,
+                        } => {
+                            let made = weight(&frames, count, index)?;
+                            innermost(&mut frames)?.0.push(made);
+                        }
+                        wasmparser::ComponentAlias::InstanceExport {
+                            kind: wasmparser::ComponentExternalKind::Component,
+                            ..
+                        } => {
+                            return Err(
+                                "the component takes a component from an instance's exports; components are accepted only as defined inside it"
+                                    .into(),
+                            );
+                        }
+                        _ => {}
+                    }
+                }
+            }
+            Payload::ComponentExportSection(reader) => {
+                for export in reader {
+                    let export = export.map_err(|e| format!("not a valid component: {e}"))?;
+                    if export.kind == wasmparser::ComponentExternalKind::Component {
+                        let made = weight(&frames, 0, export.index)?;
+                        innermost(&mut frames)?.0.push(made);
+                    }
+                }
+            }
+            Payload::ComponentImportSection(reader) => {
                 for import in reader {
                     let import = import.map_err(|e| format!("not a valid component: {e}"))?;
+                    if matches!(import.ty, wasmparser::ComponentTypeRef::Component(_)) {
+                        return Err(
+                            "the component imports a component; components are accepted only as defined inside it"
+                                .into(),
+                        );
+                    }
+                    if depth != 1 {
+                        continue;
+                    }
                     // Imported types (`message`, from the world's `use types.{..}`) are not
                     // capabilities; instances and functions are.
                     if !matches!(import.ty, wasmparser::ComponentTypeRef::Type(_)) {
@@ -421,6 +560,43 @@ mod tests {
         );
         let why = super::shape(&wat::parse_str(&past).unwrap(), 1 << 20).unwrap_err();
         assert!(why.contains("globals; at most 10000"), "{why}");
+    }
+
+    /// `levels` components, each instantiating the one inside it twice.
+    fn doubling(levels: usize) -> Vec<u8> {
+        let mut wat = "(component)".to_string();
+        for _ in 0..levels {
+            wat =
+                format!("(component {wat} (instance (instantiate 0)) (instance (instantiate 0)))");
+        }
+        wat::parse_str(&wat).unwrap()
+    }
+
+    #[test]
+    fn nested_components_that_multiply_instances_are_refused_unread_by_the_compiler() {
+        // 2^9 - 1 + 2^9 = 1023 instances: accepted; one level more: refused.
+        assert_eq!(shape(&doubling(9), 1 << 20).unwrap().flat_instances, 1023);
+        let why = shape(&doubling(10), 1 << 20).unwrap_err();
+        assert!(why.contains("more than 1024 instances"), "{why}");
+        assert!(shape(&doubling(23), 1 << 20).is_err());
+
+        // The same through outer aliases of sibling components: each instantiates the one
+        // before it twice.
+        let mut wat = "(component (component $c0)".to_string();
+        for k in 1..=12 {
+            wat += &format!(
+                " (component $c{k} (alias outer 1 $c{j} (component $in)) (instance (instantiate $in)) (instance (instantiate $in)))",
+                j = k - 1
+            );
+        }
+        wat += " (instance (instantiate $c12)))";
+        let why = shape(&wat::parse_str(&wat).unwrap(), 1 << 20).unwrap_err();
+        assert!(why.contains("more than 1024 instances"), "{why}");
+
+        // A component passed in from outside could multiply what is not counted here.
+        let imports = "(component (component (import \"c\" (component)) ))";
+        let why = shape(&wat::parse_str(imports).unwrap(), 1 << 20).unwrap_err();
+        assert!(why.contains("imports a component"), "{why}");
     }
 
     #[test]
