@@ -991,7 +991,11 @@ fn oversized_components_and_compilations_past_their_budget_are_refused() {
     );
     let refused = upload(&wat::parse_str(&globals).unwrap());
     assert_eq!(refused.status, 422, "{}", refused.body);
-    assert!(refused.body.contains("globals"), "{}", refused.body);
+    assert!(
+        refused.body.contains("globals; at most 10000"),
+        "{}",
+        refused.body
+    );
     assert_served(
         "a compilation past its memory budget",
         &baseline,

@@ -53,54 +53,119 @@ pub const MAX_GLOBALS: usize = 10_000;
 /// and each component instance, those of nested components as often as they are instantiated.
 /// Counted from the structure, since nesting multiplies: 23 levels of a component instantiating
 /// the one inside it twice (2.4 KB) are 8 million instances, which held 1.2 GB of the host's
-/// memory when it loaded them. The CPython component makes about 70.
+/// memory when it loaded them. The CPython component makes 16.
 pub const MAX_FLAT_INSTANCES: u64 = 1024;
 
-/// A component or core module being read, for counting instances ([`MAX_FLAT_INSTANCES`]).
+/// Functions of all the core instances one instantiation makes, each module's counted as
+/// often as it is instantiated. An instance keeps a function reference (32 bytes) for each of
+/// its functions that can escape, written at instantiation, outside linear memory: one module
+/// of 390,000 functions instantiated 126 times would hold 1.6 GB. The CPython component's
+/// instances have 14,583 together.
+pub const MAX_FLAT_FUNCTIONS: u64 = 200_000;
+
+/// Entries of one index space (components or core modules) of one component.
+const MAX_INDEX_ENTRIES: usize = 1_000;
+
+/// What one instantiation makes: instances, and the functions of its core instances.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+struct Made {
+    instances: u64,
+    functions: u64,
+}
+
+impl Made {
+    fn add(&mut self, other: Made) {
+        self.instances = self.instances.saturating_add(other.instances);
+        self.functions = self.functions.saturating_add(other.functions);
+    }
+}
+
+/// A component or core module being read, for counting what an instantiation makes
+/// ([`MAX_FLAT_INSTANCES`], [`MAX_FLAT_FUNCTIONS`]).
 enum Frame {
-    Module,
+    /// A core module and its functions (imported and defined).
+    Module { functions: u64 },
     Component {
         /// What instantiating each entry of the component index space makes, in order.
-        components: Vec<u64>,
+        components: Vec<Made>,
+        /// The functions of each entry of the core module index space, in order.
+        modules: Vec<u64>,
         /// What instantiating this component makes so far, itself included.
-        instances: u64,
+        made: Made,
     },
 }
 
-/// The current (innermost) component frame.
-fn innermost(frames: &mut [Frame]) -> Result<(&mut Vec<u64>, &mut u64), String> {
+/// The current (innermost) component frame's index spaces and count.
+type Innermost<'a> = (&'a mut Vec<Made>, &'a mut Vec<u64>, &'a mut Made);
+
+fn innermost(frames: &mut [Frame]) -> Result<Innermost<'_>, String> {
     match frames.last_mut() {
         Some(Frame::Component {
             components,
-            instances,
-        }) => Ok((components, instances)),
+            modules,
+            made,
+        }) => Ok((components, modules, made)),
         _ => Err("not a valid component: a component section outside a component".into()),
     }
 }
 
-/// What instantiating component `index` of the component `up` levels out from the innermost
-/// makes.
-fn weight(frames: &[Frame], up: u32, index: u32) -> Result<u64, String> {
+/// The component frame `up` levels out from the innermost.
+fn outer(frames: &[Frame], up: u32) -> Result<(&[Made], &[u64]), String> {
     let at = frames
         .len()
         .checked_sub(1 + up as usize)
         .ok_or("not a valid component: an outer alias past the outermost component")?;
     match &frames[at] {
-        Frame::Component { components, .. } => components
-            .get(index as usize)
-            .copied()
-            .ok_or_else(|| format!("not a valid component: no component {index}")),
-        Frame::Module => Err("not a valid component: a component alias into a module".into()),
+        Frame::Component {
+            components,
+            modules,
+            ..
+        } => Ok((components, modules)),
+        Frame::Module { .. } => Err("not a valid component: an alias into a module".into()),
     }
 }
 
-/// Add `made` to what the innermost component makes; past [`MAX_FLAT_INSTANCES`], refused.
-fn makes(frames: &mut [Frame], made: u64) -> Result<(), String> {
-    let (_, instances) = innermost(frames)?;
-    *instances = instances.saturating_add(made);
-    if *instances > MAX_FLAT_INSTANCES {
+/// What instantiating component `index` of the component `up` levels out makes.
+fn weight(frames: &[Frame], up: u32, index: u32) -> Result<Made, String> {
+    outer(frames, up)?
+        .0
+        .get(index as usize)
+        .copied()
+        .ok_or_else(|| format!("not a valid component: no component {index}"))
+}
+
+/// The functions of core module `index` of the component `up` levels out.
+fn functions(frames: &[Frame], up: u32, index: u32) -> Result<u64, String> {
+    outer(frames, up)?
+        .1
+        .get(index as usize)
+        .copied()
+        .ok_or_else(|| format!("not a valid component: no core module {index}"))
+}
+
+/// Push onto an index space, within [`MAX_INDEX_ENTRIES`].
+fn push<T>(space: &mut Vec<T>, entry: T) -> Result<(), String> {
+    if space.len() >= MAX_INDEX_ENTRIES {
+        return Err(format!(
+            "the component has more than {MAX_INDEX_ENTRIES} components or core modules in one index space"
+        ));
+    }
+    space.push(entry);
+    Ok(())
+}
+
+/// Add `made` to what the innermost component makes; past the bounds, refused.
+fn makes(frames: &mut [Frame], made: Made) -> Result<(), String> {
+    let (_, _, total) = innermost(frames)?;
+    total.add(made);
+    if total.instances > MAX_FLAT_INSTANCES {
         return Err(format!(
             "the component makes more than {MAX_FLAT_INSTANCES} instances when instantiated (components instantiated within each other multiply); at most {MAX_FLAT_INSTANCES} are accepted"
+        ));
+    }
+    if total.functions > MAX_FLAT_FUNCTIONS {
+        return Err(format!(
+            "the component's instances have more than {MAX_FLAT_FUNCTIONS} functions together (each module counted as often as it is instantiated); at most {MAX_FLAT_FUNCTIONS} are accepted"
         ));
     }
     Ok(())
@@ -120,6 +185,8 @@ pub struct Shape {
     pub globals: usize,
     /// Instances one instantiation makes at run time ([`MAX_FLAT_INSTANCES`]).
     pub flat_instances: u64,
+    /// Functions of those instances together ([`MAX_FLAT_FUNCTIONS`]).
+    pub flat_functions: u64,
     /// The component's own imports (`millrace:mediation/log@0.1.0`, `wasi:io/streams@0.2.6`).
     pub imports: Vec<String>,
 }
@@ -153,23 +220,39 @@ pub fn shape(bytes: &[u8], max_bytes: usize) -> Result<Shape, String> {
             Payload::Version { encoding, .. } => {
                 depth += 1;
                 frames.push(match encoding {
-                    wasmparser::Encoding::Module => Frame::Module,
+                    wasmparser::Encoding::Module => Frame::Module { functions: 0 },
                     wasmparser::Encoding::Component => Frame::Component {
                         components: Vec::new(),
-                        instances: 1,
+                        modules: Vec::new(),
+                        made: Made {
+                            instances: 1,
+                            functions: 0,
+                        },
                     },
                 });
             }
             Payload::End(_) => {
                 depth = depth.saturating_sub(1);
-                if let Some(Frame::Component { instances, .. }) = frames.pop() {
-                    match frames.last_mut() {
-                        Some(Frame::Component { components, .. }) => components.push(instances),
-                        Some(Frame::Module) => {
+                match frames.pop() {
+                    Some(Frame::Component { made, .. }) => match frames.last_mut() {
+                        Some(Frame::Component { components, .. }) => push(components, made)?,
+                        Some(Frame::Module { .. }) => {
                             return Err("not a valid component: a component inside a module".into());
                         }
-                        None => shape.flat_instances = instances,
-                    }
+                        None => {
+                            shape.flat_instances = made.instances;
+                            shape.flat_functions = made.functions;
+                        }
+                    },
+                    Some(Frame::Module { functions }) => match frames.last_mut() {
+                        Some(Frame::Component { modules, .. }) => push(modules, functions)?,
+                        Some(Frame::Module { .. }) => {
+                            return Err("not a valid component: a module inside a module".into());
+                        }
+                        // A core module alone is refused before it is read.
+                        None => {}
+                    },
+                    None => {}
                 }
             }
             Payload::ModuleSection { .. } => {
@@ -191,8 +274,15 @@ pub fn shape(bytes: &[u8], max_bytes: usize) -> Result<Shape, String> {
                 }
                 for instance in reader {
                     let instance = instance.map_err(|e| format!("not a valid component: {e}"))?;
-                    if matches!(instance, wasmparser::Instance::Instantiate { .. }) {
-                        makes(&mut frames, 1)?;
+                    if let wasmparser::Instance::Instantiate { module_index, .. } = instance {
+                        let functions = functions(&frames, 0, module_index)?;
+                        makes(
+                            &mut frames,
+                            Made {
+                                instances: 1,
+                                functions,
+                            },
+                        )?;
                     }
                 }
             }
@@ -217,14 +307,24 @@ pub fn shape(bytes: &[u8], max_bytes: usize) -> Result<Shape, String> {
                             index,
                         } => {
                             let made = weight(&frames, count, index)?;
-                            innermost(&mut frames)?.0.push(made);
+                            push(innermost(&mut frames)?.0, made)?;
+                        }
+                        wasmparser::ComponentAlias::Outer {
+                            kind: wasmparser::ComponentOuterAliasKind::CoreModule,
+                            count,
+                            index,
+                        } => {
+                            let functions = functions(&frames, count, index)?;
+                            push(innermost(&mut frames)?.1, functions)?;
                         }
                         wasmparser::ComponentAlias::InstanceExport {
-                            kind: wasmparser::ComponentExternalKind::Component,
+                            kind:
+                                wasmparser::ComponentExternalKind::Component
+                                | wasmparser::ComponentExternalKind::Module,
                             ..
                         } => {
                             return Err(
-                                "the component takes a component from an instance's exports; components are accepted only as defined inside it"
+                                "the component takes a component or a core module from an instance's exports; they are accepted only as defined inside it"
                                     .into(),
                             );
                         }
@@ -235,18 +335,29 @@ pub fn shape(bytes: &[u8], max_bytes: usize) -> Result<Shape, String> {
             Payload::ComponentExportSection(reader) => {
                 for export in reader {
                     let export = export.map_err(|e| format!("not a valid component: {e}"))?;
-                    if export.kind == wasmparser::ComponentExternalKind::Component {
-                        let made = weight(&frames, 0, export.index)?;
-                        innermost(&mut frames)?.0.push(made);
+                    match export.kind {
+                        wasmparser::ComponentExternalKind::Component => {
+                            let made = weight(&frames, 0, export.index)?;
+                            push(innermost(&mut frames)?.0, made)?;
+                        }
+                        wasmparser::ComponentExternalKind::Module => {
+                            let functions = functions(&frames, 0, export.index)?;
+                            push(innermost(&mut frames)?.1, functions)?;
+                        }
+                        _ => {}
                     }
                 }
             }
             Payload::ComponentImportSection(reader) => {
                 for import in reader {
                     let import = import.map_err(|e| format!("not a valid component: {e}"))?;
-                    if matches!(import.ty, wasmparser::ComponentTypeRef::Component(_)) {
+                    if matches!(
+                        import.ty,
+                        wasmparser::ComponentTypeRef::Component(_)
+                            | wasmparser::ComponentTypeRef::Module(_)
+                    ) {
                         return Err(
-                            "the component imports a component; components are accepted only as defined inside it"
+                            "the component imports a component or a core module; they are accepted only as defined inside it"
                                 .into(),
                         );
                     }
@@ -260,7 +371,23 @@ pub fn shape(bytes: &[u8], max_bytes: usize) -> Result<Shape, String> {
                     }
                 }
             }
+            Payload::ImportSection(reader) => {
+                // Imported functions can escape too: they count as the module's functions.
+                let mut imported = 0u64;
+                for import in reader.into_imports() {
+                    let import = import.map_err(|e| format!("not a valid component: {e}"))?;
+                    if matches!(import.ty, wasmparser::TypeRef::Func(_)) {
+                        imported += 1;
+                    }
+                }
+                if let Some(Frame::Module { functions }) = frames.last_mut() {
+                    *functions = functions.saturating_add(imported);
+                }
+            }
             Payload::FunctionSection(reader) => {
+                if let Some(Frame::Module { functions }) = frames.last_mut() {
+                    *functions = functions.saturating_add(u64::from(reader.count()));
+                }
                 shape.functions += reader.count() as usize;
                 if shape.functions > MAX_FUNCTIONS {
                     return over("functions", shape.functions, MAX_FUNCTIONS);
@@ -592,6 +719,24 @@ mod tests {
         wat += " (instance (instantiate $c12)))";
         let why = shape(&wat::parse_str(&wat).unwrap(), 1 << 20).unwrap_err();
         assert!(why.contains("more than 1024 instances"), "{why}");
+
+        // One module of 2,000 functions instantiated 101 times: past the functions' bound;
+        // 99 times (and its 99 instances, the component itself): within both.
+        let module = format!("(core module $m {})", "(func)".repeat(2_000));
+        let instantiated = |n: usize| {
+            let wat = format!(
+                "(component {module} {})",
+                "(core instance (instantiate $m))".repeat(n)
+            );
+            shape(&wat::parse_str(&wat).unwrap(), 1 << 20)
+        };
+        let within = instantiated(99).unwrap();
+        assert_eq!(
+            (within.flat_instances, within.flat_functions),
+            (100, 198_000)
+        );
+        let why = instantiated(101).unwrap_err();
+        assert!(why.contains("more than 200000 functions"), "{why}");
 
         // A component passed in from outside could multiply what is not counted here.
         let imports = "(component (component (import \"c\" (component)) ))";

@@ -38,8 +38,9 @@ pub struct Wasi {
     table: ResourceTable,
     stdout: Captured,
     stderr: Captured,
-    /// The current call's deadline ([`Wasi::call_until`]); clock subscriptions wake by then.
-    until: Option<tokio::time::Instant>,
+    /// The current call's deadline ([`Wasi::call_until`]), shared with every clock
+    /// subscription of the instance: one made in an earlier call wakes by this call's deadline.
+    until: Until,
     /// The guest's monotonic clock, to turn its instants into waits.
     clock: Monotonic,
 }
@@ -67,6 +68,9 @@ impl Default for Wasi {
         let clock = Monotonic(std::time::Instant::now());
         let ctx = WasiCtx::builder()
             .monotonic_clock(clock)
+            // Random bytes are made in the host, between the guest's deadline checks: a call
+            // asks for at most 64 KiB (wasmtime_wasi's own bound is 64 MiB).
+            .max_random_size(64 << 10)
             .stdout(stdout.clone())
             .stderr(stderr.clone())
             .allow_tcp(false)
@@ -78,7 +82,7 @@ impl Default for Wasi {
             table: ResourceTable::new(),
             stdout,
             stderr,
-            until: None,
+            until: Until::default(),
             clock,
         }
     }
@@ -109,33 +113,54 @@ pub fn add_to_linker(linker: &mut Linker<Invocation>) -> wasmtime::Result<()> {
     Ok(())
 }
 
-/// A clock subscription: ready at `0`.
-struct Sleep(tokio::time::Instant);
+/// The deadline of the call running now (none before the first call: a subscription is then
+/// ready at once).
+#[derive(Clone, Default)]
+struct Until(Arc<Mutex<Option<tokio::time::Instant>>>);
+
+impl Until {
+    fn get(&self) -> Option<tokio::time::Instant> {
+        *self.0.lock().expect("deadline lock")
+    }
+}
+
+/// A clock subscription: ready at `wake`, or at the deadline of the call waiting on it if that
+/// comes first.
+struct Sleep {
+    wake: tokio::time::Instant,
+    until: Until,
+}
 
 #[wasmtime_wasi::async_trait]
 impl Pollable for Sleep {
     async fn ready(&mut self) {
-        tokio::time::sleep_until(self.0).await;
+        let wake = match self.until.get() {
+            Some(until) => self.wake.min(until),
+            None => return,
+        };
+        tokio::time::sleep_until(wake).await;
     }
 }
 
 impl Wasi {
     /// The call about to run ends at `deadline` from now.
     pub fn call_until(&mut self, deadline: std::time::Duration) {
-        self.until = tokio::time::Instant::now().checked_add(deadline + WAKE_AFTER_DEADLINE);
+        *self.until.0.lock().expect("deadline lock") =
+            tokio::time::Instant::now().checked_add(deadline + WAKE_AFTER_DEADLINE);
     }
 
-    /// A pollable ready after `wait`, or at the call's deadline if that comes first.
+    /// A pollable ready after `wait`, or at the deadline of the call waiting on it if that
+    /// comes first.
     fn sleep(&mut self, wait: std::time::Duration) -> wasmtime::Result<Resource<DynPollable>> {
         let now = tokio::time::Instant::now();
-        let wake = match (now.checked_add(wait), self.until) {
-            (Some(wake), Some(until)) => wake.min(until),
-            (Some(wake), None) => wake,
-            (None, Some(until)) => until,
-            // Past what the clock can say and no deadline: the farthest it can.
-            (None, None) => now + std::time::Duration::from_secs(86_400 * 365),
-        };
-        let sleep = self.table.push(Sleep(wake))?;
+        // Past what the clock can say: the farthest it can; the deadline comes first anyway.
+        let wake = now
+            .checked_add(wait)
+            .unwrap_or(now + std::time::Duration::from_secs(86_400 * 365));
+        let sleep = self.table.push(Sleep {
+            wake,
+            until: self.until.clone(),
+        })?;
         wasmtime_wasi::p2::subscribe(&mut self.table, sleep)
     }
 
