@@ -738,10 +738,18 @@ mod tests {
         let why = instantiated(101).unwrap_err();
         assert!(why.contains("more than 200000 functions"), "{why}");
 
-        // A component passed in from outside could multiply what is not counted here.
+        // A component passed in from outside could multiply what is not counted here: one
+        // imported, or taken from an instance's exports.
         let imports = "(component (component (import \"c\" (component)) ))";
         let why = shape(&wat::parse_str(imports).unwrap(), 1 << 20).unwrap_err();
         assert!(why.contains("imports a component"), "{why}");
+        let taken = "(component
+            (component $inner (component $c) (export \"c\" (component $c)))
+            (instance $i (instantiate $inner))
+            (alias export $i \"c\" (component $c2))
+            (instance (instantiate $c2)))";
+        let why = shape(&wat::parse_str(taken).unwrap(), 1 << 20).unwrap_err();
+        assert!(why.contains("from an instance's exports"), "{why}");
     }
 
     #[test]
