@@ -78,7 +78,19 @@ pub fn replay(
             if dry_run {
                 let message =
                     super::source::message_of(route, &id, &delivery.properties, &delivery.data);
-                match crate::pipeline::chain::run(route, &message, None) {
+                // On a thread of its own, as the host runs chains: a WASI step's host calls
+                // block on a runtime of their own, which they cannot do inside this one.
+                let ran = std::thread::scope(|scope| {
+                    scope
+                        .spawn(|| crate::pipeline::chain::run(route, &message, None))
+                        .join()
+                });
+                let Ok(ran) = ran else {
+                    failed += 1;
+                    println!("{label}: the dry run of its chain panicked");
+                    continue;
+                };
+                match ran {
                     Ok(outputs) => show(&label, &outputs),
                     Err(failure) => {
                         failed += 1;
