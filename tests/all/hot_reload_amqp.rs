@@ -72,6 +72,19 @@ fn runs_within(host: &mut Host, version: &str, polls: usize, what: &str) {
     assert!(runs, "{what}; its log:\n{}", host.drain_log().join("\n"));
 }
 
+/// No line of `log` says the host's broker session was lost: it neither reconnected nor stopped
+/// consuming.
+fn session_went_on(log: &[String]) {
+    let dropped: Vec<&String> = log
+        .iter()
+        .filter(|l| l.contains("reconnecting") || l.contains("stopped consuming"))
+        .collect();
+    assert!(
+        dropped.is_empty(),
+        "the session did not go on: {dropped:#?}"
+    );
+}
+
 fn active(host: &Host) -> serde_json::Value {
     host.admin("GET", "/v1/plants/plant-a/plugins/stamp", b"")
         .json()
@@ -329,11 +342,7 @@ fn a_host_that_cannot_read_the_retained_activation_at_first_reads_it_again_and_c
         "the retained activation applied",
     );
     // The refused read closed its own channel only: the session, and consuming, went on.
-    let dropped: Vec<&String> = log
-        .iter()
-        .filter(|l| l.contains("reconnecting") || l.contains("stopped consuming"))
-        .collect();
-    assert!(dropped.is_empty(), "{dropped:#?}");
+    session_went_on(&log);
 }
 
 #[test]
@@ -451,11 +460,7 @@ fn a_slot_a_reload_adds_without_a_broker_change_takes_the_retained_activation_wi
         },
         "plant B's retained activation applied, read as an added slot",
     );
-    let dropped: Vec<&String> = log
-        .iter()
-        .filter(|l| l.contains("reconnecting") || l.contains("stopped consuming"))
-        .collect();
-    assert!(dropped.is_empty(), "the session went on: {dropped:#?}");
+    session_went_on(&log);
     let doc = b
         .admin("GET", "/v1/plants/plant-b/plugins/stamp", b"")
         .json();

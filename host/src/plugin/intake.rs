@@ -207,7 +207,6 @@ pub fn shape(bytes: &[u8], max_bytes: usize) -> Result<Shape, String> {
         );
     }
     let mut shape = Shape::default();
-    let mut depth = 0usize;
     let mut frames: Vec<Frame> = Vec::new();
     let over = |what: &str, n: usize, max: usize| {
         Err(format!(
@@ -218,7 +217,6 @@ pub fn shape(bytes: &[u8], max_bytes: usize) -> Result<Shape, String> {
         use wasmparser::Payload;
         match payload.map_err(|e| format!("not a valid component: {e}"))? {
             Payload::Version { encoding, .. } => {
-                depth += 1;
                 frames.push(match encoding {
                     wasmparser::Encoding::Module => Frame::Module { functions: 0 },
                     wasmparser::Encoding::Component => Frame::Component {
@@ -232,7 +230,6 @@ pub fn shape(bytes: &[u8], max_bytes: usize) -> Result<Shape, String> {
                 });
             }
             Payload::End(_) => {
-                depth = depth.saturating_sub(1);
                 match frames.pop() {
                     Some(Frame::Component { made, .. }) => match frames.last_mut() {
                         Some(Frame::Component { components, .. }) => push(components, made)?,
@@ -361,7 +358,8 @@ pub fn shape(bytes: &[u8], max_bytes: usize) -> Result<Shape, String> {
                                 .into(),
                         );
                     }
-                    if depth != 1 {
+                    // Only the outermost component's imports are asked of the host.
+                    if frames.len() != 1 {
                         continue;
                     }
                     // Imported types (`message`, from the world's `use types.{..}`) are not

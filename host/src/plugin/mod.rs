@@ -240,6 +240,16 @@ pub fn instances_made_here() -> u64 {
 /// state when the step is granted `wasi`. The first instance of a component makes its memory
 /// image (a sealed memfd); sealing fails with EBUSY while the kernel still holds the freshly
 /// written pages elsewhere, which passes: that failure is tried again with a fresh store.
+/// The next call into `store` (instantiation included) ends `deadline` from now: the epoch
+/// deadline for guest code, and for a WASI guest the wake-up of its clock waits, which run no
+/// guest code.
+fn set_deadline(store: &mut Store<Invocation>, deadline: Duration) {
+    store.set_epoch_deadline(PluginEngine::ticks(deadline));
+    if let Some(wasi) = store.data_mut().wasi.as_mut() {
+        wasi.call_until(deadline);
+    }
+}
+
 fn instantiate(
     pre: &bindings::PluginPre<Invocation>,
     context: &Arc<StepContext>,
@@ -290,10 +300,7 @@ fn instantiate_once(
     store.limiter(|inv| &mut inv.limiter);
     // What one lift may copy out of the instance: a call's outputs, a host call's arguments.
     store.set_hostcall_fuel(limits.max_output_bytes);
-    store.set_epoch_deadline(PluginEngine::ticks(limits.deadline));
-    if let Some(wasi) = store.data_mut().wasi.as_mut() {
-        wasi.call_until(limits.deadline);
-    }
+    set_deadline(&mut store, limits.deadline);
     let instantiated = {
         let _running = engine::guest_running();
         pre.instantiate(&mut store)
@@ -727,10 +734,7 @@ impl StepRuntime {
         data.message_id.clone_from(&input.id);
         data.limiter.reset();
         data.last_error_log = None;
-        warm.store.set_epoch_deadline(PluginEngine::ticks(deadline));
-        if let Some(wasi) = warm.store.data_mut().wasi.as_mut() {
-            wasi.call_until(deadline);
-        }
+        set_deadline(&mut warm.store, deadline);
         let called = {
             let _running = engine::guest_running();
             warm.plugin.call_mediate(&mut warm.store, input)
