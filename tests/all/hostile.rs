@@ -628,6 +628,32 @@ fn a_candidate_using_a_wasm_proposal_the_host_does_not_offer_is_refused_and_the_
 /// WASI imports and a core instance `$e` whose `block` waits on the monotonic clock for
 /// `nanos` (as a guest's `sleep` does): the guest runs no code meanwhile.
 fn clock_wait(nanos: u64) -> String {
+    clock_guest(&format!(
+        "(func (export \"block\") (call $block (call $subscribe (i64.const {}))))",
+        nanos as i64
+    ))
+}
+
+/// [`clock_wait`], but the subscription is made in one call and waited on in the next: the
+/// first call of an instance subscribes for `nanos` and keeps the pollable without waiting,
+/// every later call waits on that pollable.
+fn clock_wait_next_call(nanos: u64) -> String {
+    clock_guest(&format!(
+        "(global $held (mut i32) (i32.const -1))
+    (func (export \"block\")
+      global.get $held i32.const -1 i32.eq
+      if
+        (global.set $held (call $subscribe (i64.const {})))
+      else
+        (call $block (global.get $held))
+      end)",
+        nanos as i64
+    ))
+}
+
+/// WASI's clock and poll imports, lowered into a core module with `body` (which may call
+/// `$subscribe` and `$block`), instantiated as `$e`.
+fn clock_guest(body: &str) -> String {
     format!(
         r#"(import "wasi:io/poll@0.2.0" (instance $poll
     (export "pollable" (type $p (sub resource)))
@@ -642,11 +668,10 @@ fn clock_wait(nanos: u64) -> String {
   (core module $blocks
     (import "c" "subscribe" (func $subscribe (param i64) (result i32)))
     (import "p" "block" (func $block (param i32)))
-    (func (export "block") (call $block (call $subscribe (i64.const {nanos})))))
+    {body})
   (core instance $e (instantiate $blocks
     (with "c" (instance (export "subscribe" (func $subscribe))))
-    (with "p" (instance (export "block" (func $wait))))))"#,
-        nanos = nanos as i64
+    (with "p" (instance (export "block" (func $wait))))))"#
     )
 }
 
@@ -680,6 +705,35 @@ fn a_wasi_guest_waiting_on_the_clock_past_its_deadline_is_stopped_at_the_deadlin
     }
     assert_served("guests waiting on the clock", &baseline, &during.finish());
     // Nothing still waits: the host stops at once, its in-flight messages finished.
+    assert!(host.stop().success(), "the host exits cleanly");
+}
+
+#[test]
+fn a_clock_subscription_made_in_an_earlier_call_wakes_by_the_deadline_of_the_call_waiting_on_it() {
+    let dir = tempfile::tempdir().unwrap();
+    // The first call subscribes for ever and returns; the next call of the same (reused)
+    // instance waits on that subscription.
+    let later = WatPlugin {
+        extra: clock_wait_next_call(u64::MAX),
+        mediate_calls: Some("block"),
+        ..WatPlugin::default()
+    }
+    .write(dir.path(), "later.wasm");
+    let ws = workspace(&route_toml(
+        "later",
+        &later,
+        r#"["wasi"]"#,
+        "deadline_ms = 300",
+    ));
+    let host = ws.start();
+    let first = host.post("later", Some("text/plain"), "x");
+    assert_eq!((first.status, first.body.as_str()), (200, "ok"));
+    // The first call's deadline is past. Woken by it, the wait would end at once and the call
+    // answer `ok`; it must end at this call's deadline instead.
+    std::thread::sleep(Duration::from_millis(600));
+    let second = host.post("later", Some("text/plain"), "x");
+    assert_eq!(second.status, 503, "{}", second.body);
+    assert_eq!(second.kind(), "plugin-deadline", "{}", second.body);
     assert!(host.stop().success(), "the host exits cleanly");
 }
 
