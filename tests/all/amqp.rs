@@ -634,6 +634,76 @@ print(json.dumps({{'ids': ids, 'centres': keys}}))
 }
 
 #[test]
+fn a_wasi_step_waiting_on_the_clock_runs_in_a_dry_run_of_dead_letters_and_in_plugin_test() {
+    use crate::hostile::{WatPlugin, clock_wait};
+    let broker = Broker::start();
+    let dir = tempfile::tempdir().unwrap();
+    let config = |plugin: &std::path::Path| {
+        let route = route_toml("wat", plugin, r#"["wasi"]"#, "")
+            .replace("source = \"http\"", "source = \"amqp\"")
+            .replace(
+                "sink = \"reply\"",
+                "sink = \"amqp\"\namqp = { queue = \"plant-a.wat\", exchange = \"plant-a.events\" }",
+            );
+        format!(
+            "[host]\namqp = \"{}\"\n\n[plants.plant-a]\n\n{route}",
+            broker.url()
+        )
+    };
+    // A step that traps: the message is dead-lettered.
+    let traps = WatPlugin {
+        mediate_traps: true,
+        ..WatPlugin::default()
+    }
+    .write(dir.path(), "traps.wasm");
+    let ws = Workspace::new(&config(&traps));
+    let host = ws.start();
+    host.wait_ready();
+    let dead = broker.client(&format!(
+        r#"
+{CONNECT}ch.basic_publish('', 'plant-a.wat', b'x', pika.BasicProperties(message_id='m-1', content_type='text/plain', delivery_mode=2))
+deadline = time.time() + 30
+while ch.queue_declare('millrace.wat.dead-letter', passive=True).method.message_count < 1 and time.time() < deadline:
+    time.sleep(0.05)
+print(json.dumps(ch.queue_declare('millrace.wat.dead-letter', passive=True).method.message_count))
+"#
+    ));
+    assert_eq!(dead, 1, "the message is dead-lettered");
+    assert!(host.stop().success());
+
+    // The fixed step is a WASI guest that waits on the clock (1 ms) in every call, as a
+    // runtime's `sleep` does: its dry run must run the chain, not fail on the CLI's runtime.
+    let waits = WatPlugin {
+        extra: clock_wait(1_000_000),
+        mediate_calls: Some("block"),
+        ..WatPlugin::default()
+    }
+    .write(dir.path(), "waits.wasm");
+    ws.write("millrace.toml", &config(&waits));
+    let dry = ws.millrace(&["dlq", "replay", "--route", "wat", "--dry-run"]);
+    let text = String::from_utf8_lossy(&dry.stdout);
+    let errors = String::from_utf8_lossy(&dry.stderr);
+    assert!(dry.status.success(), "{text}\n{errors}");
+    assert!(text.contains("would deliver 1 output(s)"), "{text}");
+    let left = broker.client(
+        "c = pika.BlockingConnection(pika.ConnectionParameters('127.0.0.1', PORT))\nprint(c.channel().queue_declare('millrace.wat.dead-letter', passive=True).method.message_count)",
+    );
+    assert_eq!(left, 1, "a dry run takes nothing");
+
+    // So does a local run of the same component.
+    std::fs::write(dir.path().join("in.txt"), "x").unwrap();
+    let local = ws.millrace(&[
+        "plugin",
+        "test",
+        waits.to_str().unwrap(),
+        "--input",
+        dir.path().join("in.txt").to_str().unwrap(),
+    ]);
+    let errors = String::from_utf8_lossy(&local.stderr);
+    assert!(local.status.success(), "{errors}");
+}
+
+#[test]
 fn an_http_route_keeps_accepting_into_the_outbox_while_the_broker_is_away_and_across_a_restart() {
     let mut broker = Broker::start();
     // The consumer's queue exists before the broker goes away (durable, bound).

@@ -627,7 +627,7 @@ fn a_candidate_using_a_wasm_proposal_the_host_does_not_offer_is_refused_and_the_
 
 /// WASI imports and a core instance `$e` whose `block` waits on the monotonic clock for
 /// `nanos` (as a guest's `sleep` does): the guest runs no code meanwhile.
-fn clock_wait(nanos: u64) -> String {
+pub fn clock_wait(nanos: u64) -> String {
     clock_guest(&format!(
         "(func (export \"block\") (call $block (call $subscribe (i64.const {}))))",
         nanos as i64
