@@ -181,7 +181,10 @@ impl Host {
                 outbox: outbox.clone(),
                 settled: settled.clone(),
                 deployer: Arc::clone(&deployer),
-                host_id: config.host_id.clone(),
+                fleet: Arc::new(crate::amqp::broadcast::Fleet {
+                    id: config.host_id.clone(),
+                    key: config.control_key.clone(),
+                }),
                 retained_reread: config.amqp_retained_reread,
                 backlog: Arc::default(),
             })

@@ -85,6 +85,21 @@ fn session_went_on(log: &[String]) {
     );
 }
 
+/// The retained queue holds exactly one message once the reads that held it have given it back
+/// (on a quorum queue a message given back is counted again a moment after the reader's
+/// channel closes); a count that stays otherwise fails with `what`.
+fn retained_settles_at_one(broker: &Broker, what: &str) {
+    let mut last = 0;
+    for _ in 0..50 {
+        last = broker.depth(RETAINED);
+        if last == 1 {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    panic!("{what}: the retained queue holds {last} messages, not 1");
+}
+
 fn active(host: &Host) -> serde_json::Value {
     host.admin("GET", "/v1/plants/plant-a/plugins/stamp", b"")
         .json()
@@ -710,7 +725,7 @@ print(json.dumps([x[2], y[2]]))"#
     // Host C's reads removed the older ones (counted after its second read, which holds the
     // message for a moment).
     c.wait_for_log("the retained activations read again");
-    assert_eq!(broker.depth(retained), 1, "only the latest left");
+    retained_settles_at_one(&broker, "only the latest left");
 }
 
 /// A host whose first read of a retained activation finds the queue empty, because another
@@ -800,7 +815,7 @@ print(json.dumps(p.headers['version'] if m else None))"#
     // Nothing was announced by host C's empty reads: the others stay on 2.0.0.
     assert_eq!(active(&a)["active"]["version"], "2.0.0");
     assert_eq!(active(&b)["active"]["version"], "2.0.0");
-    assert_eq!(broker.depth(retained), 1, "the activation retained");
+    retained_settles_at_one(&broker, "the activation retained");
 }
 
 /// What else lands in a retained queue (a message without an activation's headers, one
@@ -844,5 +859,108 @@ print('{{}}')"#
         .count();
     assert_eq!(removed, 3, "{log:#?}");
     c.wait_for_log("the retained activations read again");
-    assert_eq!(broker.depth(retained), 1, "the real one left");
+    retained_settles_at_one(&broker, "the real one left");
+}
+
+/// The environment variable holding the fleet's control key in [`keyed`] workspaces, and the key.
+const KEY_VAR: &str = "MILLRACE_TEST_CONTROL_KEY";
+const KEY: &str = "test-fleet-control-key-0123456789abcdef";
+
+/// [`workspace`] with `host.control_key_env`; its host starts with [`start_keyed`].
+fn keyed(broker: &Broker, id: &str) -> Workspace {
+    let ws = workspace(broker, id);
+    let config = std::fs::read_to_string(ws.config()).unwrap();
+    ws.write(
+        "millrace.toml",
+        &config.replacen(
+            "[host]\n",
+            &format!("[host]\ncontrol_key_env = \"{KEY_VAR}\"\n"),
+            1,
+        ),
+    );
+    ws
+}
+
+fn start_keyed(ws: &Workspace) -> Host {
+    Host::start(&ws.config(), &[(KEY_VAR, KEY)])
+}
+
+#[test]
+fn with_a_control_key_only_activations_sealed_with_it_are_applied_or_retained() {
+    let broker = Broker::start();
+    let (ws_a, ws_b) = (keyed(&broker, "host-a"), keyed(&broker, "host-b"));
+    let (mut a, mut b) = (start_keyed(&ws_a), start_keyed(&ws_b));
+    for host in [&mut a, &mut b] {
+        host.wait_ready();
+        second_read_done(host);
+    }
+    // Sealed activations go from host to host as before.
+    let stamp_2 = std::fs::read(guest("guest-stamp-2")).unwrap();
+    let up = a.admin("POST", "/v1/plants/plant-a/plugins", &stamp_2);
+    assert_eq!(up.status, 201, "{}", up.body);
+    assert_eq!(activate(&a, "2.0.0").status, 200);
+    a.wait_for_log("activation announced to the other hosts");
+    runs_within(
+        &mut b,
+        "2.0.0",
+        300,
+        "host B never applied A's sealed activation",
+    );
+    assert!(
+        b.wait_for_log("activation from another host applied")
+            .contains("version=2.0.0")
+    );
+
+    // A publisher without the key offers version 1.0.0 (its real bytes and digest), stamped far
+    // in the future: once without a seal, once with the seal of the real activation. Each to
+    // every host's queue and to the retained queue.
+    let retained = RETAINED;
+    let stamp_1 = guest("guest-stamp-1");
+    let sealed = broker.client(&format!(
+        r#"import hashlib
+c = pika.BlockingConnection(pika.ConnectionParameters('127.0.0.1', PORT))
+ch = c.channel()
+ch.confirm_delivery()
+m, p, body = ch.basic_get({retained:?}, auto_ack=False)
+ch.basic_nack(m.delivery_tag, requeue=True)
+old = open({stamp_1:?}, 'rb').read()
+for n, seal in enumerate([None, p.headers.get('seal', '00' * 32)]):
+    h = dict(p.headers)
+    h.pop('seal', None)
+    if seal: h['seal'] = seal
+    h['version'] = '1.0.0'
+    h['digest'] = 'sha256:' + hashlib.sha256(old).hexdigest()
+    h['stamp-ms'] = int(h['stamp-ms']) + 1000000000 + n
+    h['x-millrace-host'] = 'host-x'
+    for exchange, key in [('millrace.control', ''), ('', {retained:?})]:
+        ch.basic_publish(exchange, key, old, pika.BasicProperties(headers=h, delivery_mode=2))
+c.close()
+print(json.dumps('seal' in p.headers))"#
+    ));
+    assert_eq!(sealed, true, "host A seals its activations");
+    // Host B drops both announcements and stays on 2.0.0.
+    for _ in 0..2 {
+        let dropped = b.wait_for_log("not sealed with this fleet's control key");
+        assert!(dropped.contains("version=1.0.0"), "{dropped}");
+    }
+    assert_eq!(active(&b)["active"]["version"], "2.0.0");
+    // A host joining later finds the real activation retained and removes the two others.
+    let ws_c = keyed(&broker, "host-c");
+    let mut c = start_keyed(&ws_c);
+    c.wait_ready();
+    let applied = c.wait_for_log("applying the last activation retained");
+    assert!(applied.contains("version=2.0.0"), "{applied}");
+    runs_within(&mut c, "2.0.0", 300, "host C never ran the real activation");
+    c.wait_for_log("the retained activations read again");
+    let removed = c
+        .drain_log()
+        .iter()
+        .filter(|l| l.contains("a retained message that is not an activation"))
+        .count();
+    assert_eq!(removed, 2);
+    retained_settles_at_one(&broker, "the real one left");
+    // No host ran the offered version.
+    for host in [&a, &b, &c] {
+        assert_eq!(active(host)["active"]["version"], "2.0.0");
+    }
 }

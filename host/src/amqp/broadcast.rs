@@ -95,6 +95,99 @@ pub fn last(plant: &str, plugin: &str) -> String {
 
 const FROM: &str = "x-millrace-host";
 
+/// The header carrying an activation's seal ([`ControlKey`]), hex.
+const SEAL: &str = "seal";
+
+/// The key the hosts of one fleet share to seal their activations (`host.control_key_env`):
+/// with it, a host applies or retains only activations sealed with the same key, so whoever may
+/// publish to the broker without it cannot offer the hosts an activation. An HMAC-SHA256 over
+/// every header of the activation (its stamp included); the bytes are bound by the digest.
+#[derive(Clone)]
+pub struct ControlKey(Vec<u8>);
+
+impl std::fmt::Debug for ControlKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ControlKey(..)")
+    }
+}
+
+impl ControlKey {
+    /// The fewest bytes a key may have.
+    pub const MIN_BYTES: usize = 32;
+
+    pub fn new(key: &[u8]) -> Result<ControlKey, String> {
+        if key.len() < Self::MIN_BYTES {
+            return Err(format!(
+                "is {} bytes; a control key has at least {} (`openssl rand -hex 32` makes one)",
+                key.len(),
+                Self::MIN_BYTES
+            ));
+        }
+        Ok(ControlKey(key.to_vec()))
+    }
+
+    /// A short name for the key, the same on every host that has it (a hash; it does not give
+    /// the key away), for the log and to tell a changed key.
+    pub fn fingerprint(&self) -> String {
+        use sha2::Digest;
+        let hash = sha2::Sha256::new()
+            .chain_update(b"millrace control key")
+            .chain_update(&self.0)
+            .finalize();
+        hex::encode(&hash[..8])
+    }
+
+    /// The seal of `note`, ready to give its tag or check one.
+    fn seal(&self, note: &Note) -> hmac::Hmac<sha2::Sha256> {
+        use hmac::Mac;
+        let mut mac =
+            hmac::Hmac::<sha2::Sha256>::new_from_slice(&self.0).expect("HMAC takes any key length");
+        let (ms, host) = match &note.stamp {
+            Some(stamp) => (stamp.ms.to_string(), stamp.host.as_str()),
+            None => (String::new(), ""),
+        };
+        mac.update(b"millrace activation 1");
+        // Each field with its length first: no two activations give the same input.
+        for field in [
+            note.from.as_str(),
+            &note.plant,
+            &note.plugin,
+            &note.version,
+            &note.digest,
+            &note.action,
+            &note.by,
+            &ms,
+            host,
+        ] {
+            mac.update(&(field.len() as u64).to_be_bytes());
+            mac.update(field.as_bytes());
+        }
+        mac
+    }
+}
+
+/// Who this host is among the hosts on the broker: its id (`host.id`) and the fleet's
+/// [`ControlKey`], if set.
+#[derive(Debug)]
+pub struct Fleet {
+    pub id: String,
+    pub key: Option<ControlKey>,
+}
+
+impl Fleet {
+    /// Whether `note`, read from `headers`, may be applied or retained here: always without a
+    /// key; with one, only when sealed with it.
+    fn vouches(&self, note: &Note, headers: &FieldTable) -> bool {
+        use hmac::Mac;
+        let Some(key) = &self.key else {
+            return true;
+        };
+        header_string(headers, SEAL)
+            .and_then(|tag| hex::decode(tag).ok())
+            .is_some_and(|tag| key.seal(note).verify_slice(&tag).is_ok())
+    }
+}
+
 /// One announced activation, as carried in the message headers.
 #[derive(Debug)]
 struct Note {
@@ -110,7 +203,8 @@ struct Note {
 }
 
 impl Note {
-    fn headers(&self) -> FieldTable {
+    /// The note as headers, sealed with `key` if there is one.
+    fn headers(&self, key: Option<&ControlKey>) -> FieldTable {
         let mut table = FieldTable::default();
         for (name, value) in [
             (FROM, &self.from),
@@ -127,6 +221,11 @@ impl Note {
             table.insert("stamp-ms".into(), AMQPValue::LongLongInt(stamp.ms));
             let host = AMQPValue::LongString(stamp.host.as_str().into());
             table.insert("stamp-host".into(), host);
+        }
+        if let Some(key) = key {
+            use hmac::Mac;
+            let tag = hex::encode(key.seal(self).finalize().into_bytes());
+            table.insert(SEAL.into(), AMQPValue::LongString(tag.into()));
         }
         table
     }
@@ -167,17 +266,17 @@ fn integer(value: &AMQPValue) -> Option<i64> {
 
 /// Tell the other hosts on the broker about each activation made here, as the deployer
 /// reports them ([`Deployer::announcements`]), until the deployer is gone.
-pub async fn announce_all(link: Arc<BrokerLink>, deployer: Arc<Deployer>, host_id: String) {
+pub async fn announce_all(link: Arc<BrokerLink>, deployer: Arc<Deployer>, fleet: Arc<Fleet>) {
     let mut activations = deployer.announcements();
     while let Some(activation) = activations.recv().await {
-        announce(&link, &deployer, &host_id, &activation).await;
+        announce(&link, &deployer, &fleet, &activation).await;
     }
 }
 
 /// Tell the other hosts on the broker that `activation` happened here (best effort: logged when
 /// the broker does not confirm). While the broker is away it waits for the next session, and
 /// then announces it only if it is still the slot's last activation here.
-async fn announce(link: &BrokerLink, deployer: &Deployer, host_id: &str, activation: &Activation) {
+async fn announce(link: &BrokerLink, deployer: &Deployer, fleet: &Fleet, activation: &Activation) {
     let session = match link.link() {
         Link::Up(session) => session,
         _ => {
@@ -202,7 +301,7 @@ async fn announce(link: &BrokerLink, deployer: &Deployer, host_id: &str, activat
         return;
     }
     let note = Note {
-        from: host_id.to_string(),
+        from: fleet.id.clone(),
         plant: activation.plant.clone(),
         plugin: activation.plugin.clone(),
         version: activation.version.clone(),
@@ -247,7 +346,7 @@ async fn announce(link: &BrokerLink, deployer: &Deployer, host_id: &str, activat
                     BasicProperties::default()
                         .with_delivery_mode(2)
                         .with_content_type("application/wasm".into())
-                        .with_headers(note.headers()),
+                        .with_headers(note.headers(fleet.key.as_ref())),
                 )
                 .await
                 .map_err(|e| e.to_string())?
@@ -260,7 +359,7 @@ async fn announce(link: &BrokerLink, deployer: &Deployer, host_id: &str, activat
         let _ = channel.close(200, "announced".into()).await;
         // What the queue held before this one is older: removed now, so the queue holds about
         // one activation and a host's read at connecting stays short.
-        if let Err(e) = read_retained(&session.connection, &note.plant, &note.plugin).await {
+        if let Err(e) = read_retained(&session.connection, fleet, &note.plant, &note.plugin).await {
             tracing::debug!(queue = %retained, error = %e, "the retained activations were not trimmed; the next read does it");
         }
         Ok::<_, String>(())
@@ -280,11 +379,11 @@ async fn announce(link: &BrokerLink, deployer: &Deployer, host_id: &str, activat
 /// `reread`. `None`, logged, if the broker refuses.
 pub async fn follow(
     deployer: Arc<Deployer>,
-    host_id: String,
+    fleet: Arc<Fleet>,
     session: &Session,
     reread: Option<std::time::Duration>,
 ) -> Option<Following> {
-    let queue = queue(&host_id);
+    let queue = queue(&fleet.id);
     let started = async {
         let mut declarer =
             super::topology::Declarer::open(&session.connection, session.queues).await?;
@@ -298,17 +397,11 @@ pub async fn follow(
         let slots = running_slots(&deployer);
         declare_retained(&mut declarer, &slots).await?;
         declarer.close().await;
-        let unchecked = catch_up(
-            &deployer,
-            &host_id,
-            &session.connection,
-            &slots,
-            Pass::Start,
-        )
-        .await;
+        let unchecked = catch_up(&deployer, &fleet, &session.connection, &slots, Pass::Start).await;
         tracing::info!(
             slots = slots.len(),
             unchecked = unchecked.len(),
+            control_key = %fleet.key.as_ref().map_or("none".to_string(), ControlKey::fingerprint),
             "the retained activations read"
         );
         let channel = session.connection.create_channel().await?;
@@ -337,14 +430,14 @@ pub async fn follow(
             tokio::time::sleep(CATCH_UP_RETRY).await;
             unchecked = catch_up(
                 &deployer,
-                &host_id,
+                &fleet,
                 &session.connection,
                 &unchecked,
                 Pass::Start,
             )
             .await;
         }
-        let why = apply_each(&deployer, &host_id, consumer, &session, slots, reread).await;
+        let why = apply_each(&deployer, &fleet, consumer, &session, slots, reread).await;
         // Not following announcements is not a state to stay in: a new session follows again.
         session.lost(why);
     };
@@ -415,7 +508,7 @@ impl Added {
     async fn look(
         &mut self,
         deployer: &Arc<Deployer>,
-        host_id: &str,
+        fleet: &Fleet,
         session: &Session,
         slots: &mut Vec<(String, String)>,
     ) -> Looked {
@@ -444,8 +537,7 @@ impl Added {
         });
         let mut failed = false;
         if !due.is_empty() {
-            let unchecked =
-                catch_up(deployer, host_id, &session.connection, &due, Pass::Start).await;
+            let unchecked = catch_up(deployer, fleet, &session.connection, &due, Pass::Start).await;
             failed |= !unchecked.is_empty();
             let again = tokio::time::Instant::now() + CATCH_UP_RETRY;
             self.second
@@ -457,7 +549,7 @@ impl Added {
             .drain(..self.first.len().min(PERIODIC_SLOTS))
             .collect();
         if !step.is_empty() {
-            let unchecked = catch_up_added(deployer, host_id, session, &step).await;
+            let unchecked = catch_up_added(deployer, fleet, session, &step).await;
             failed |= !unchecked.is_empty();
             let settled = tokio::time::Instant::now() + settle_after();
             for slot in step {
@@ -485,7 +577,7 @@ impl Added {
 /// the slots not checked.
 async fn catch_up_added(
     deployer: &Arc<Deployer>,
-    host_id: &str,
+    fleet: &Fleet,
     session: &Session,
     added: &[(String, String)],
 ) -> Vec<(String, String)> {
@@ -536,14 +628,7 @@ async fn catch_up_added(
     if declared.is_empty() {
         return unchecked;
     }
-    let not_read = catch_up(
-        deployer,
-        host_id,
-        &session.connection,
-        &declared,
-        Pass::Start,
-    )
-    .await;
+    let not_read = catch_up(deployer, fleet, &session.connection, &declared, Pass::Start).await;
     tracing::info!(
         slots = declared.len(),
         unchecked = not_read.len(),
@@ -619,7 +704,7 @@ fn round_steps(slots: usize) -> u32 {
 /// time limit and those whose read failed.
 async fn catch_up(
     deployer: &Arc<Deployer>,
-    host_id: &str,
+    fleet: &Fleet,
     connection: &lapin::Connection,
     slots: &[(String, String)],
     pass: Pass,
@@ -639,7 +724,8 @@ async fn catch_up(
                 tokio::time::sleep(std::time::Duration::from_millis(50)).await;
             }
             let asked = tokio::time::Instant::now();
-            let read = tokio::time::timeout(left, read_retained(connection, plant, plugin)).await;
+            let read =
+                tokio::time::timeout(left, read_retained(connection, fleet, plant, plugin)).await;
             left = left.saturating_sub(asked.elapsed());
             let Ok(read) = read else {
                 let named: Vec<String> =
@@ -670,7 +756,7 @@ async fn catch_up(
         if !failed && (pass == Pass::Start || found.is_some()) {
             announce_if_missing(
                 deployer,
-                host_id,
+                &fleet.id,
                 plant,
                 plugin,
                 found.as_ref().map(|f| &f.0),
@@ -699,7 +785,7 @@ async fn catch_up(
         }
         tracing::info!(plant = %note.plant, plugin = %note.plugin, version = %note.version, from = %note.from, "applying the last activation retained on the broker");
         let deployer = Arc::clone(deployer);
-        let host_id = host_id.to_string();
+        let host_id = fleet.id.clone();
         let _ =
             tokio::task::spawn_blocking(move || apply(&deployer, &host_id, &note, &bytes)).await;
     }
@@ -746,6 +832,7 @@ fn announce_if_missing(
 /// unacknowledged, then given back by closing the channel (the others removed as read).
 async fn read_retained(
     connection: &lapin::Connection,
+    fleet: &Fleet,
     plant: &str,
     plugin: &str,
 ) -> Result<Option<(Note, Vec<u8>)>, String> {
@@ -775,14 +862,18 @@ async fn read_retained(
             }
         };
         let tag = message.delivery.delivery_tag;
-        // An activation of another slot is not one of this queue's.
+        // An activation of another slot is not one of this queue's, nor one the fleet's key
+        // did not seal.
         let note = message
             .delivery
             .properties
             .headers()
             .as_ref()
-            .and_then(Note::read)
-            .filter(|note| note.plant == plant && note.plugin == plugin);
+            .and_then(|headers| {
+                Note::read(headers).filter(|note| {
+                    note.plant == plant && note.plugin == plugin && fleet.vouches(note, headers)
+                })
+            });
         // Only an activation whose bytes have its digest counts: anything else in the queue
         // (published there by other than a host) must not pass for the latest and have the
         // real one removed. Checked only for one later than the latest so far (an older one
@@ -791,7 +882,8 @@ async fn read_retained(
             None => {
                 tracing::warn!(
                     queue,
-                    "a retained message that is not an activation (no activation's headers, or another slot's); removed"
+                    sealed = fleet.key.is_some(),
+                    "a retained message that is not an activation (no activation's headers, another slot's, or, with a control key, not sealed with it); removed"
                 );
                 Some(tag)
             }
@@ -853,7 +945,7 @@ async fn read_retained(
 /// and its retained copy are never applied at once.
 async fn apply_each(
     deployer: &Arc<Deployer>,
-    host_id: &str,
+    fleet: &Fleet,
     mut consumer: lapin::Consumer,
     session: &Session,
     mut slots: Vec<(String, String)>,
@@ -874,7 +966,7 @@ async fn apply_each(
         let delivery = tokio::select! {
             delivery = consumer.next() => delivery,
             () = &mut look => {
-                let next = match added.look(deployer, host_id, session, &mut slots).await {
+                let next = match added.look(deployer, fleet, session, &mut slots).await {
                     Looked::More => ADDED_SLOTS_STEP,
                     Looked::Done => ADDED_SLOTS_EVERY,
                 };
@@ -885,7 +977,7 @@ async fn apply_each(
             () = &mut read_again, if !again.is_empty() || periodic => {
                 // Each wait counts from the end of the reads before it.
                 if !periodic {
-                    again = catch_up(deployer, host_id, connection, &again, Pass::Start).await;
+                    again = catch_up(deployer, fleet, connection, &again, Pass::Start).await;
                     let now = tokio::time::Instant::now();
                     if !again.is_empty() {
                         read_again.as_mut().reset(now + CATCH_UP_RETRY);
@@ -910,7 +1002,7 @@ async fn apply_each(
                 let step = round.len().clamp(1, PERIODIC_SLOTS);
                 let end = (cursor + step).min(round.len());
                 let again_s = period.as_secs();
-                let _ = catch_up(deployer, host_id, connection, &round[cursor..end], Pass::Periodic { again_s }).await;
+                let _ = catch_up(deployer, fleet, connection, &round[cursor..end], Pass::Periodic { again_s }).await;
                 cursor = if end >= round.len() {
                     tracing::debug!(slots = round.len(), "the retained activations read (periodic)");
                     0
@@ -928,10 +1020,14 @@ async fn apply_each(
             Some(Err(e)) => return format!("the control queue's consumer ended: {e}"),
             None => return "the control queue's consumer was cancelled".to_string(),
         };
-        let note = delivery.properties.headers().as_ref().and_then(Note::read);
+        let headers = delivery.properties.headers().as_ref();
+        let note = headers.and_then(Note::read);
         match note {
-            Some(note) if note.from != host_id => {
-                let (deployer, host_id) = (Arc::clone(deployer), host_id.to_string());
+            Some(note) if headers.is_some_and(|h| !fleet.vouches(&note, h)) => {
+                tracing::warn!(plant = %note.plant, plugin = %note.plugin, version = %note.version, from = %note.from, "an announced activation not sealed with this fleet's control key (host.control_key_env); dropped");
+            }
+            Some(note) if note.from != fleet.id => {
+                let (deployer, host_id) = (Arc::clone(deployer), fleet.id.clone());
                 let bytes = delivery.data.clone();
                 let _ =
                     tokio::task::spawn_blocking(move || apply(&deployer, &host_id, &note, &bytes))
@@ -1002,6 +1098,62 @@ fn apply(d: &Deployer, host_id: &str, note: &Note, bytes: &[u8]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn note() -> Note {
+        Note {
+            from: "host-a".into(),
+            plant: "plant-a".into(),
+            plugin: "stamp".into(),
+            version: "2.0.0".into(),
+            digest: "sha256:00".into(),
+            action: "activate".into(),
+            by: "ops".into(),
+            stamp: Some(Stamp {
+                ms: 1_000,
+                host: "host-a".into(),
+            }),
+        }
+    }
+
+    #[test]
+    fn only_activations_sealed_with_the_fleets_key_are_vouched_for() {
+        assert!(ControlKey::new(&[7; ControlKey::MIN_BYTES - 1]).is_err());
+        let key = ControlKey::new(&[7; ControlKey::MIN_BYTES]).unwrap();
+        let other = ControlKey::new(&[8; ControlKey::MIN_BYTES]).unwrap();
+        let fleet = Fleet {
+            id: "host-b".into(),
+            key: Some(key.clone()),
+        };
+        let sealed = note().headers(Some(&key));
+        assert!(fleet.vouches(&note(), &sealed));
+        // Not sealed, sealed with another key, or any field changed after sealing: refused.
+        assert!(!fleet.vouches(&note(), &note().headers(None)));
+        assert!(!fleet.vouches(&note(), &note().headers(Some(&other))));
+        let changes: [fn(&mut Note); 4] = [
+            |n| n.version = "1.0.0".into(),
+            |n| n.stamp.as_mut().unwrap().ms += 1_000_000,
+            |n| n.digest = "sha256:01".into(),
+            |n| n.from = "host-x".into(),
+        ];
+        for change in changes {
+            let mut changed = note();
+            change(&mut changed);
+            assert!(!fleet.vouches(&changed, &sealed));
+        }
+        // Fields are length-prefixed: moving a byte from one field to the next changes the seal.
+        let mut shifted = note();
+        shifted.plant = "plant-as".into();
+        shifted.plugin = "tamp".into();
+        assert!(!fleet.vouches(&shifted, &sealed));
+        // Without a key every activation is taken, as before keys.
+        let open = Fleet {
+            id: "host-b".into(),
+            key: None,
+        };
+        assert!(open.vouches(&note(), &note().headers(None)));
+        assert_eq!(key.fingerprint(), key.clone().fingerprint());
+        assert_ne!(key.fingerprint(), other.fingerprint());
+    }
 
     #[test]
     fn names_with_dots_retain_their_activations_in_queues_of_their_own() {

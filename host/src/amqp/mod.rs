@@ -34,8 +34,8 @@ pub struct Amqp {
     pub settled: Option<SettledLog>,
     /// Activations to announce to, and apply from, the hosts on the broker.
     pub deployer: Arc<Deployer>,
-    /// This host's name among hosts sharing the broker (`host.id`).
-    pub host_id: String,
+    /// This host among the hosts on the broker: its id and the fleet's control key.
+    pub fleet: Arc<broadcast::Fleet>,
     /// How often each session reads the retained activations again (`None`: never).
     pub retained_reread: Option<std::time::Duration>,
     /// The depth of the queues its routes read, as last read.
@@ -78,7 +78,7 @@ impl Amqp {
                         let control = tokio::select! {
                             control = broadcast::follow(
                                 Arc::clone(&amqp.deployer),
-                                amqp.host_id.clone(),
+                                Arc::clone(&amqp.fleet),
                                 &session,
                                 amqp.retained_reread,
                             ) => control,
@@ -115,7 +115,7 @@ impl Amqp {
         tokio::spawn(broadcast::announce_all(
             Arc::clone(&self.link),
             Arc::clone(&self.deployer),
-            self.host_id.clone(),
+            Arc::clone(&self.fleet),
         ));
         Ok(())
     }

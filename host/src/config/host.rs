@@ -13,6 +13,7 @@ pub(super) struct Host {
     pub plugin_dir: PathBuf,
     pub mqtt_url: Option<crate::mqtt::config::BrokerUrl>,
     pub host_id: String,
+    pub control_key: Option<crate::amqp::broadcast::ControlKey>,
     pub mqtt_tls: crate::mqtt::config::MqttTls,
     pub amqp_tls: crate::amqp::config::AmqpTls,
     pub max_in_flight: usize,
@@ -390,6 +391,30 @@ pub(super) fn read(diag: &mut Diagnostics, dir: &Path, file: &File) -> Host {
         10_000,
     );
 
+    let control_key = file.host.control_key_env.as_ref().and_then(|var| {
+        let key = match std::env::var(var.get_ref()) {
+            Ok(key) => key,
+            Err(_) => {
+                diag.error_at(
+                    var.span(),
+                    format!(
+                        "host.control_key_env names {}, which is not set in the environment",
+                        var.get_ref()
+                    ),
+                );
+                return None;
+            }
+        };
+        crate::amqp::broadcast::ControlKey::new(key.trim().as_bytes())
+            .map_err(|why| {
+                diag.error_at(
+                    var.span(),
+                    format!("the control key in {} {why}", var.get_ref()),
+                )
+            })
+            .ok()
+    });
+
     Host {
         http,
         admin,
@@ -397,6 +422,7 @@ pub(super) fn read(diag: &mut Diagnostics, dir: &Path, file: &File) -> Host {
         plugin_dir,
         mqtt_url,
         host_id,
+        control_key,
         mqtt_tls,
         amqp_tls,
         max_in_flight,

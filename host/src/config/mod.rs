@@ -73,6 +73,7 @@ struct HostSection {
     mqtt_session_expiry_s: Option<u32>,
     mqtt_max_in_hand: Option<usize>,
     mqtt_password_env: Option<Spanned<String>>,
+    control_key_env: Option<Spanned<String>>,
     outbox_max_messages: Option<usize>,
     drop_dir: Option<String>,
     drop_settle_ms: Option<u64>,
@@ -308,6 +309,10 @@ pub struct Config {
     /// `host.amqp_event_provenance`, default false)
     /// and how long a confirm may take (`host.amqp_confirm_timeout_s`, default 60).
     pub amqp_publishing: crate::amqp::publisher::Publishing,
+    /// The key the fleet's hosts seal their activations with on the broker
+    /// (`host.control_key_env` names the environment variable holding it); none: activations
+    /// are not sealed, and any publisher to the control exchange can offer one.
+    pub control_key: Option<crate::amqp::broadcast::ControlKey>,
     /// How often a broker session reads the retained activations again after its second read
     /// (`host.amqp_retained_reread_s`, default 300, 5 to 86,400; 0: never).
     pub amqp_retained_reread: Option<std::time::Duration>,
@@ -471,6 +476,12 @@ impl Config {
                 "host.amqp_retained_reread_s",
                 format!("{:?}", self.amqp_retained_reread),
             ),
+            (
+                "host.control_key_env",
+                self.control_key
+                    .as_ref()
+                    .map_or("none".to_string(), |k| k.fingerprint()),
+            ),
             ("host.instance_pool", format!("{:?}", self.pool())),
             (
                 "host.outbox_max_messages",
@@ -632,6 +643,7 @@ impl Config {
             plugin_dir,
             mqtt_url,
             host_id,
+            control_key,
             mqtt_tls,
             amqp_tls,
             max_in_flight,
@@ -670,6 +682,7 @@ impl Config {
                 .unwrap_or_default(),
             amqp_declare: file.host.amqp_declare.unwrap_or(true),
             instance_pool: file.host.instance_pool.filter(|n| *n > 0),
+            control_key,
             amqp_retained_reread: match file.host.amqp_retained_reread_s.unwrap_or(300) {
                 0 => None,
                 s => Some(std::time::Duration::from_secs(s.clamp(5, 86_400))),
