@@ -48,6 +48,12 @@
 //! checked or the session ends; only then does the host apply what its own queue holds, which
 //! waits there meanwhile (so what it applies last is still the latest announced).
 //!
+//! **Sealed with the fleet's key.** With `host.control_key_env` set ([`ControlKey`]), every
+//! activation announced here carries a seal over its headers, and only activations sealed with
+//! the same key are applied from the control queue or counted in a retained queue; others are
+//! dropped or removed there like anything that is not an activation. Without the key, anything
+//! that looks like an activation is taken, and the gate is the only check.
+//!
 //! A configuration reload that changes no broker route keeps the session: every
 //! [`ADDED_SLOTS_EVERY`] the session looks for slots the routes did not run at its last look,
 //! declares their retained queues (each on its own) and reads them as a first read does,
