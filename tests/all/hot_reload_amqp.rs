@@ -864,7 +864,7 @@ print('{{}}')"#
 
 /// The environment variable holding the fleet's control key in [`keyed`] workspaces, and the key.
 const KEY_VAR: &str = "MILLRACE_TEST_CONTROL_KEY";
-const KEY: &str = "test-fleet-control-key-0123456789abcdef";
+const KEY: &str = "5f0c2a9e7d41b3866e12f0a4c9d87b3e21a6f5c0d9e8b7a61234567890abcdef";
 
 /// [`workspace`] with `host.control_key_env`; its host starts with [`start_keyed`].
 fn keyed(broker: &Broker, id: &str) -> Workspace {
@@ -921,7 +921,11 @@ fn with_a_control_key_only_activations_sealed_with_it_are_applied_or_retained() 
 c = pika.BlockingConnection(pika.ConnectionParameters('127.0.0.1', PORT))
 ch = c.channel()
 ch.confirm_delivery()
-m, p, body = ch.basic_get({retained:?}, auto_ack=False)
+deadline = time.time() + 30
+m = None
+while m is None and time.time() < deadline:
+    m, p, body = ch.basic_get({retained:?}, auto_ack=False)
+    if m is None: time.sleep(0.05)
 ch.basic_nack(m.delivery_tag, requeue=True)
 old = open({stamp_1:?}, 'rb').read()
 for n, seal in enumerate([None, p.headers.get('seal', '00' * 32)]):

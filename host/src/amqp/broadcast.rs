@@ -124,12 +124,22 @@ impl ControlKey {
     pub fn new(key: &[u8]) -> Result<ControlKey, String> {
         if key.len() < Self::MIN_BYTES {
             return Err(format!(
-                "is {} bytes; a control key has at least {} (`openssl rand -hex 32` makes one)",
+                "has {} bytes; a control key has at least {}",
                 key.len(),
                 Self::MIN_BYTES
             ));
         }
         Ok(ControlKey(key.to_vec()))
+    }
+
+    /// A key written in hex (`openssl rand -hex 32` makes one): random bytes, not a passphrase,
+    /// so that its fingerprint in the log does not help guess it.
+    pub fn from_hex(text: &str) -> Result<ControlKey, String> {
+        let bytes = hex::decode(text.trim()).map_err(|_| {
+            "is not hex; write at least 32 random bytes in hex (`openssl rand -hex 32` makes them)"
+                .to_string()
+        })?;
+        ControlKey::new(&bytes)
     }
 
     /// A short name for the key, the same on every host that has it (a hash; it does not give
@@ -1124,6 +1134,9 @@ mod tests {
     #[test]
     fn only_activations_sealed_with_the_fleets_key_are_vouched_for() {
         assert!(ControlKey::new(&[7; ControlKey::MIN_BYTES - 1]).is_err());
+        assert!(ControlKey::from_hex(&"ab".repeat(31)).is_err());
+        assert!(ControlKey::from_hex("a passphrase of more than 32 bytes").is_err());
+        assert!(ControlKey::from_hex(&format!("{}\n", "ab".repeat(32))).is_ok());
         let key = ControlKey::new(&[7; ControlKey::MIN_BYTES]).unwrap();
         let other = ControlKey::new(&[8; ControlKey::MIN_BYTES]).unwrap();
         let fleet = Fleet {
@@ -1135,11 +1148,17 @@ mod tests {
         // Not sealed, sealed with another key, or any field changed after sealing: refused.
         assert!(!fleet.vouches(&note(), &note().headers(None)));
         assert!(!fleet.vouches(&note(), &note().headers(Some(&other))));
-        let changes: [fn(&mut Note); 4] = [
-            |n| n.version = "1.0.0".into(),
-            |n| n.stamp.as_mut().unwrap().ms += 1_000_000,
-            |n| n.digest = "sha256:01".into(),
+        let changes: [fn(&mut Note); 10] = [
             |n| n.from = "host-x".into(),
+            |n| n.plant = "plant-b".into(),
+            |n| n.plugin = "other".into(),
+            |n| n.version = "1.0.0".into(),
+            |n| n.digest = "sha256:01".into(),
+            |n| n.action = "rollback".into(),
+            |n| n.by = "someone".into(),
+            |n| n.stamp.as_mut().unwrap().ms += 1_000_000,
+            |n| n.stamp.as_mut().unwrap().host = "host-x".into(),
+            |n| n.stamp = None,
         ];
         for change in changes {
             let mut changed = note();

@@ -394,7 +394,14 @@ pub(super) fn read(diag: &mut Diagnostics, dir: &Path, file: &File) -> Host {
     let control_key = file.host.control_key_env.as_ref().and_then(|var| {
         let key = match std::env::var(var.get_ref()) {
             Ok(key) => key,
-            Err(_) => {
+            Err(std::env::VarError::NotUnicode(_)) => {
+                diag.error_at(
+                    var.span(),
+                    format!("the control key in {} is not hex", var.get_ref()),
+                );
+                return None;
+            }
+            Err(std::env::VarError::NotPresent) => {
                 diag.error_at(
                     var.span(),
                     format!(
@@ -405,7 +412,7 @@ pub(super) fn read(diag: &mut Diagnostics, dir: &Path, file: &File) -> Host {
                 return None;
             }
         };
-        crate::amqp::broadcast::ControlKey::new(key.trim().as_bytes())
+        crate::amqp::broadcast::ControlKey::from_hex(&key)
             .map_err(|why| {
                 diag.error_at(
                     var.span(),

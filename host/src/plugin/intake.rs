@@ -506,7 +506,8 @@ fn run_compiler(
         .arg((limits.compile_memory_bytes >> 20).to_string())
         .arg("--cpu-s")
         .arg(limits.compile_timeout.as_secs().max(1).to_string())
-        .env_remove("RUST_LOG")
+        // Nothing from the host's environment (secrets such as the control key among it).
+        .env_clear()
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
