@@ -968,3 +968,46 @@ print(json.dumps('seal' in p.headers))"#
         assert_eq!(active(host)["active"]["version"], "2.0.0");
     }
 }
+
+/// A retained activation lost from its queue (pushed out by a full queue, the queue purged) is
+/// announced again by the host that made it at its next periodic read, within the same broker
+/// session; a host joining then converges on it.
+#[test]
+fn a_retained_activation_lost_from_its_queue_is_announced_again_by_the_host_that_made_it() {
+    let broker = Broker::start();
+    let ws_a = workspace(&broker, "host-a");
+    let config = std::fs::read_to_string(ws_a.config()).unwrap();
+    ws_a.write(
+        "millrace.toml",
+        &config.replace("[host]\n", "[host]\namqp_retained_reread_s = 5\n"),
+    );
+    let mut a = ws_a.start();
+    a.wait_ready();
+    second_read_done(&mut a);
+    let stamp_2 = std::fs::read(guest("guest-stamp-2")).unwrap();
+    let up = a.admin("POST", "/v1/plants/plant-a/plugins", &stamp_2);
+    assert_eq!(up.status, 201, "{}", up.body);
+    assert_eq!(activate(&a, "2.0.0").status, 200);
+    a.wait_for_log("activation announced to the other hosts");
+    let retained = RETAINED;
+    let purged = broker.client(&format!(
+        r#"c = pika.BlockingConnection(pika.ConnectionParameters('127.0.0.1', PORT))
+print(c.channel().queue_purge({retained:?}).method.message_count)"#
+    ));
+    assert_eq!(purged, 1, "the retained activation was there, and is gone");
+    let again = a.wait_for_log("announcing it again");
+    assert!(again.contains("version=2.0.0"), "{again}");
+    retained_settles_at_one(&broker, "the activation retained again");
+    session_went_on(&a.drain_log());
+    let ws_c = workspace(&broker, "host-c");
+    let mut c = ws_c.start();
+    c.wait_ready();
+    let applied = c.wait_for_log("applying the last activation retained");
+    assert!(applied.contains("version=2.0.0"), "{applied}");
+    runs_within(
+        &mut c,
+        "2.0.0",
+        300,
+        "host C never ran the activation announced again",
+    );
+}

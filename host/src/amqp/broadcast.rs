@@ -40,7 +40,10 @@
 //! once more [`SETTLE`] to twice that after its first read checked them all (drawn per
 //! session), between the announcements it applies: by then the other readers have given the
 //! messages back. A reader holding them across both reads leaves a new host on its version
-//! until the next periodic read (`host.amqp_retained_reread_s`, default every 5 minutes).
+//! until the next periodic read (`host.amqp_retained_reread_s`, default every 5 minutes). Every
+//! read, periodic ones too, answers an empty queue or an older activation with this host's own
+//! last activation of the slot when it was made here: a retained activation lost from its queue
+//! is back within a period.
 //! The reads of one session wait at most [`CATCH_UP_LIMIT`] for the broker together: past it (a
 //! broker slow to answer, e.g. a quorum queue without a leader) the host logs the slots it did
 //! not check and consumes with the versions it runs. Those slots, and any whose read failed, are
@@ -687,13 +690,10 @@ impl Following {
 /// Which read of the retained activations [`catch_up`] makes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Pass {
-    /// A session's first and second reads (and their retries every [`CATCH_UP_RETRY`]): an
-    /// empty queue is read twice more 50 ms apart, and an empty or older one has this host's
-    /// own last activation of the slot announced again.
+    /// A session's first and second reads (and their retries every [`CATCH_UP_RETRY`]).
     Start,
     /// A periodic read (`host.amqp_retained_reread_s`), made of `PERIODIC_SLOTS` slots at a
-    /// time: each queue read once; only an older retained activation than this host's own is
-    /// answered with an announcement (an empty read may be another reader's hold).
+    /// time.
     Periodic { again_s: u64 },
 }
 
@@ -725,10 +725,15 @@ async fn catch_up(
     slots: &[(String, String)],
     pass: Pass,
 ) -> Vec<(String, String)> {
-    let (attempts, retry_s) = match pass {
-        Pass::Start => (3, CATCH_UP_RETRY.as_secs()),
-        Pass::Periodic { again_s } => (1, again_s),
+    let retry_s = match pass {
+        Pass::Start => CATCH_UP_RETRY.as_secs(),
+        Pass::Periodic { again_s } => again_s,
     };
+    // An empty queue is read twice more 50 ms apart (another reader may hold its message),
+    // then an empty or older one has this host's own last activation of the slot announced
+    // again: so a retained activation lost (pushed out of its queue, the queue deleted) is
+    // back within a period, not at the next session of the host that made it.
+    let attempts = 3;
     let mut unchecked = Vec::new();
     // Only the time spent waiting for the broker counts, not applying what was read.
     let mut left = CATCH_UP_LIMIT;
@@ -769,7 +774,7 @@ async fn catch_up(
                 }
             }
         }
-        if !failed && (pass == Pass::Start || found.is_some()) {
+        if !failed {
             announce_if_missing(
                 deployer,
                 &fleet.id,
