@@ -983,6 +983,8 @@ async fn apply_each(
     let (mut periodic, mut cursor, mut round) = (false, 0, Vec::new());
     let read_again = tokio::time::sleep(settle_after());
     let mut read_again = std::pin::pin!(read_again);
+    // Messages dropped from the control queue (anyone who may publish there can send them).
+    let mut dropped = Dropped::default();
     loop {
         let delivery = tokio::select! {
             delivery = consumer.next() => delivery,
@@ -1045,7 +1047,9 @@ async fn apply_each(
         let note = headers.and_then(Note::read);
         match note {
             Some(note) if headers.is_some_and(|h| !fleet.vouches(&note, h)) => {
-                tracing::warn!(plant = %note.plant, plugin = %note.plugin, version = %note.version, from = %note.from, "an announced activation not sealed with this fleet's control key (host.control_key_env); dropped");
+                if let Some(since) = dropped.one() {
+                    tracing::warn!(plant = %note.plant, plugin = %note.plugin, version = %note.version, from = %note.from, dropped_unlogged = since, "an announced activation not sealed with this fleet's control key (host.control_key_env); dropped");
+                }
             }
             Some(note) if note.from != fleet.id => {
                 let (deployer, host_id) = (Arc::clone(deployer), fleet.id.clone());
@@ -1055,10 +1059,50 @@ async fn apply_each(
                         .await;
             }
             Some(_) => {}
-            None => tracing::warn!("a control message without an activation's headers; dropped"),
+            None => {
+                if let Some(since) = dropped.one() {
+                    tracing::warn!(
+                        dropped_unlogged = since,
+                        "a control message without an activation's headers; dropped"
+                    );
+                }
+            }
         }
         if let Err(e) = delivery.acker.ack(BasicAckOptions::default()).await {
             return format!("cannot acknowledge a control message: {e}");
+        }
+    }
+}
+
+/// Control messages dropped, logged at most [`Dropped::LINES`] a minute: a flood of them (from
+/// anyone allowed to publish to the control exchange) does not flood the log. Each line says
+/// how many went unlogged before it.
+#[derive(Default)]
+struct Dropped {
+    minute: Option<tokio::time::Instant>,
+    logged: u32,
+    unlogged: u64,
+}
+
+impl Dropped {
+    const LINES: u32 = 10;
+
+    /// One more dropped: `Some(unlogged before it)` when it is to be logged.
+    fn one(&mut self) -> Option<u64> {
+        let now = tokio::time::Instant::now();
+        if self
+            .minute
+            .is_none_or(|start| now.duration_since(start) >= std::time::Duration::from_secs(60))
+        {
+            self.minute = Some(now);
+            self.logged = 0;
+        }
+        if self.logged < Self::LINES {
+            self.logged += 1;
+            Some(std::mem::take(&mut self.unlogged))
+        } else {
+            self.unlogged += 1;
+            None
         }
     }
 }
@@ -1134,6 +1178,18 @@ mod tests {
                 host: "host-a".into(),
             }),
         }
+    }
+
+    #[test]
+    fn dropped_control_messages_are_logged_at_most_ten_a_minute() {
+        let mut dropped = Dropped::default();
+        let logged: Vec<Option<u64>> = (0..25).map(|_| dropped.one()).collect();
+        assert_eq!(logged[..10], [Some(0); 10]);
+        assert!(logged[10..].iter().all(Option::is_none));
+        // A minute on, the next is logged with the count of those that were not.
+        dropped.minute = Some(tokio::time::Instant::now() - std::time::Duration::from_secs(61));
+        assert_eq!(dropped.one(), Some(15));
+        assert_eq!(dropped.one(), Some(0));
     }
 
     #[test]
