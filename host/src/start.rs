@@ -184,6 +184,7 @@ impl Host {
                 fleet: Arc::new(crate::amqp::broadcast::Fleet {
                     id: config.host_id.clone(),
                     key: config.control_key.clone(),
+                    also: config.control_keys_also.clone(),
                 }),
                 retained_reread: config.amqp_retained_reread,
                 backlog: Arc::default(),

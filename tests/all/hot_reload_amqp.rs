@@ -1011,3 +1011,75 @@ print(c.channel().queue_purge({retained:?}).method.message_count)"#
         "host C never ran the activation announced again",
     );
 }
+
+/// The environment variable holding the keys also taken in [`changing_keys`] workspaces, and a
+/// second key.
+const ALSO_VAR: &str = "MILLRACE_TEST_CONTROL_KEY_ALSO";
+const NEW_KEY: &str = "a1b2c3d4e5f60718293a4b5c6d7e8f90a1b2c3d4e5f60718293a4b5c6d7e8f90";
+
+/// A host sealing with `seal` and taking seals of `also` too, started.
+fn changing_keys(broker: &Broker, id: &str, seal: &str, also: &str) -> (Workspace, Host) {
+    let ws = keyed(broker, id);
+    let config = std::fs::read_to_string(ws.config()).unwrap();
+    ws.write(
+        "millrace.toml",
+        &config.replacen(
+            "[host]\n",
+            &format!("[host]\ncontrol_key_also_env = \"{ALSO_VAR}\"\n"),
+            1,
+        ),
+    );
+    let host = Host::start(&ws.config(), &[(KEY_VAR, seal), (ALSO_VAR, also)]);
+    host.wait_ready();
+    (ws, host)
+}
+
+/// The middle of a change of keys: host A still seals with the old key, host B already with
+/// the new one, both taking both; activations go both ways, and a host on the new key alone
+/// (the end of the change) converges on the latest.
+#[test]
+fn hosts_changing_keys_take_each_others_activations_throughout() {
+    let broker = Broker::start();
+    let (_ws_a, mut a) = changing_keys(&broker, "host-a", KEY, NEW_KEY);
+    let (_ws_b, mut b) = changing_keys(&broker, "host-b", NEW_KEY, KEY);
+    for host in [&mut a, &mut b] {
+        second_read_done(host);
+    }
+    let stamp_2 = std::fs::read(guest("guest-stamp-2")).unwrap();
+    let up = a.admin("POST", "/v1/plants/plant-a/plugins", &stamp_2);
+    assert_eq!(up.status, 201, "{}", up.body);
+    assert_eq!(activate(&a, "2.0.0").status, 200);
+    runs_within(
+        &mut b,
+        "2.0.0",
+        300,
+        "host B never applied the old key's seal",
+    );
+    let back = rollback(&b);
+    assert_eq!(back.status, 200, "{}", back.body);
+    runs_within(
+        &mut a,
+        "1.0.0",
+        300,
+        "host A never applied the new key's seal",
+    );
+    for host in [&mut a, &mut b] {
+        let log = host.drain_log();
+        assert!(
+            !log.iter().any(|l| l.contains("not sealed")),
+            "nothing dropped: {log:#?}"
+        );
+    }
+    // The change done: a host with the new key alone takes the rollback B sealed with it.
+    let ws_c = keyed(&broker, "host-c");
+    let mut c = Host::start(&ws_c.config(), &[(KEY_VAR, NEW_KEY)]);
+    c.wait_ready();
+    let applied = c.wait_for_log("applying the last activation retained");
+    assert!(applied.contains("version=1.0.0"), "{applied}");
+    runs_within(
+        &mut c,
+        "1.0.0",
+        300,
+        "host C never ran the retained rollback",
+    );
+}

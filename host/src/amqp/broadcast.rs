@@ -185,25 +185,30 @@ impl ControlKey {
     }
 }
 
-/// Who this host is among the hosts on the broker: its id (`host.id`) and the fleet's
-/// [`ControlKey`], if set.
+/// Who this host is among the hosts on the broker: its id (`host.id`), the fleet's
+/// [`ControlKey`] it seals with, if set, and the keys whose seals it also takes while the fleet
+/// changes keys (`host.control_key_also_env`).
 #[derive(Debug)]
 pub struct Fleet {
     pub id: String,
     pub key: Option<ControlKey>,
+    pub also: Vec<ControlKey>,
 }
 
 impl Fleet {
     /// Whether `note`, read from `headers`, may be applied or retained here: always without a
-    /// key; with one, only when sealed with it.
+    /// key; with one, only when sealed with it or with one of the keys also taken.
     fn vouches(&self, note: &Note, headers: &FieldTable) -> bool {
         use hmac::Mac;
         let Some(key) = &self.key else {
             return true;
         };
-        header_string(headers, SEAL)
-            .and_then(|tag| hex::decode(tag).ok())
-            .is_some_and(|tag| key.seal(note).verify_slice(&tag).is_ok())
+        let Some(tag) = header_string(headers, SEAL).and_then(|tag| hex::decode(tag).ok()) else {
+            return false;
+        };
+        std::iter::once(key)
+            .chain(&self.also)
+            .any(|key| key.seal(note).verify_slice(&tag).is_ok())
     }
 }
 
@@ -1203,6 +1208,7 @@ mod tests {
         let fleet = Fleet {
             id: "host-b".into(),
             key: Some(key.clone()),
+            also: Vec::new(),
         };
         let sealed = note().headers(Some(&key));
         assert!(fleet.vouches(&note(), &sealed));
@@ -1232,9 +1238,22 @@ mod tests {
         shifted.plugin = "tamp".into();
         assert!(!fleet.vouches(&shifted, &sealed));
         // Without a key every activation is taken, as before keys.
+        // While the fleet changes keys: sealed with the key, taking the other's seals too.
+        let changing = Fleet {
+            id: "host-b".into(),
+            key: Some(other.clone()),
+            also: vec![key.clone()],
+        };
+        assert!(changing.vouches(&note(), &sealed));
+        assert!(changing.vouches(&note(), &note().headers(Some(&other))));
+        let third = ControlKey::new(&[9; ControlKey::MIN_BYTES]).unwrap();
+        assert!(!changing.vouches(&note(), &note().headers(Some(&third))));
+        assert!(!changing.vouches(&note(), &note().headers(None)));
+        // Without a key every activation is taken, as before keys.
         let open = Fleet {
             id: "host-b".into(),
             key: None,
+            also: Vec::new(),
         };
         assert!(open.vouches(&note(), &note().headers(None)));
         assert_eq!(key.fingerprint(), key.clone().fingerprint());

@@ -14,6 +14,7 @@ pub(super) struct Host {
     pub mqtt_url: Option<crate::mqtt::config::BrokerUrl>,
     pub host_id: String,
     pub control_key: Option<crate::amqp::broadcast::ControlKey>,
+    pub control_keys_also: Vec<crate::amqp::broadcast::ControlKey>,
     pub mqtt_tls: crate::mqtt::config::MqttTls,
     pub amqp_tls: crate::amqp::config::AmqpTls,
     pub max_in_flight: usize,
@@ -392,27 +393,8 @@ pub(super) fn read(diag: &mut Diagnostics, dir: &Path, file: &File) -> Host {
     );
 
     let control_key = file.host.control_key_env.as_ref().and_then(|var| {
-        let key = match std::env::var(var.get_ref()) {
-            Ok(key) => key,
-            Err(std::env::VarError::NotUnicode(_)) => {
-                diag.error_at(
-                    var.span(),
-                    format!("the control key in {} is not hex", var.get_ref()),
-                );
-                return None;
-            }
-            Err(std::env::VarError::NotPresent) => {
-                diag.error_at(
-                    var.span(),
-                    format!(
-                        "host.control_key_env names {}, which is not set in the environment",
-                        var.get_ref()
-                    ),
-                );
-                return None;
-            }
-        };
-        crate::amqp::broadcast::ControlKey::from_hex(&key)
+        let text = env_text(diag, var, "host.control_key_env")?;
+        crate::amqp::broadcast::ControlKey::from_hex(&text)
             .map_err(|why| {
                 diag.error_at(
                     var.span(),
@@ -421,6 +403,35 @@ pub(super) fn read(diag: &mut Diagnostics, dir: &Path, file: &File) -> Host {
             })
             .ok()
     });
+    // Keys whose seals are taken too while the fleet changes keys: hex, separated by commas or
+    // white space.
+    let control_keys_also = match &file.host.control_key_also_env {
+        None => Vec::new(),
+        Some(var) if file.host.control_key_env.is_none() => {
+            diag.error_at(
+                var.span(),
+                "host.control_key_also_env is set but host.control_key_env is not; name the key this host seals with first",
+            );
+            Vec::new()
+        }
+        Some(var) => env_text(diag, var, "host.control_key_also_env")
+            .map(|text| {
+                text.split(|c: char| c == ',' || c.is_whitespace())
+                    .filter(|k| !k.is_empty())
+                    .filter_map(|k| {
+                        crate::amqp::broadcast::ControlKey::from_hex(k)
+                            .map_err(|why| {
+                                diag.error_at(
+                                    var.span(),
+                                    format!("a control key in {} {why}", var.get_ref()),
+                                )
+                            })
+                            .ok()
+                    })
+                    .collect()
+            })
+            .unwrap_or_default(),
+    };
 
     Host {
         http,
@@ -430,6 +441,7 @@ pub(super) fn read(diag: &mut Diagnostics, dir: &Path, file: &File) -> Host {
         mqtt_url,
         host_id,
         control_key,
+        control_keys_also,
         mqtt_tls,
         amqp_tls,
         max_in_flight,
@@ -443,6 +455,31 @@ pub(super) fn read(diag: &mut Diagnostics, dir: &Path, file: &File) -> Host {
         step_defaults,
         default_body_kib,
         default_budget_ms,
+    }
+}
+
+/// The value of the environment variable `var` names (setting `key`); an error at `var` when
+/// it is not set or not text.
+fn env_text(diag: &mut Diagnostics<'_>, var: &Spanned<String>, key: &str) -> Option<String> {
+    match std::env::var(var.get_ref()) {
+        Ok(text) => Some(text),
+        Err(std::env::VarError::NotUnicode(_)) => {
+            diag.error_at(
+                var.span(),
+                format!("{key}: {} does not hold text", var.get_ref()),
+            );
+            None
+        }
+        Err(std::env::VarError::NotPresent) => {
+            diag.error_at(
+                var.span(),
+                format!(
+                    "{key} names {}, which is not set in the environment",
+                    var.get_ref()
+                ),
+            );
+            None
+        }
     }
 }
 

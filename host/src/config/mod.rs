@@ -74,6 +74,7 @@ struct HostSection {
     mqtt_max_in_hand: Option<usize>,
     mqtt_password_env: Option<Spanned<String>>,
     control_key_env: Option<Spanned<String>>,
+    control_key_also_env: Option<Spanned<String>>,
     outbox_max_messages: Option<usize>,
     drop_dir: Option<String>,
     drop_settle_ms: Option<u64>,
@@ -313,6 +314,9 @@ pub struct Config {
     /// (`host.control_key_env` names the environment variable holding it); none: activations
     /// are not sealed, and any publisher to the control exchange can offer one.
     pub control_key: Option<crate::amqp::broadcast::ControlKey>,
+    /// Keys whose seals are taken too while the fleet changes keys
+    /// (`host.control_key_also_env`); seals are made with `control_key` only.
+    pub control_keys_also: Vec<crate::amqp::broadcast::ControlKey>,
     /// How often a broker session reads the retained activations again after its second read
     /// (`host.amqp_retained_reread_s`, default 300, 5 to 86,400; 0: never).
     pub amqp_retained_reread: Option<std::time::Duration>,
@@ -482,6 +486,14 @@ impl Config {
                     .as_ref()
                     .map_or("none".to_string(), |k| k.fingerprint()),
             ),
+            (
+                "host.control_key_also_env",
+                self.control_keys_also
+                    .iter()
+                    .map(|k| k.fingerprint())
+                    .collect::<Vec<_>>()
+                    .join(","),
+            ),
             ("host.instance_pool", format!("{:?}", self.pool())),
             (
                 "host.outbox_max_messages",
@@ -644,6 +656,7 @@ impl Config {
             mqtt_url,
             host_id,
             control_key,
+            control_keys_also,
             mqtt_tls,
             amqp_tls,
             max_in_flight,
@@ -683,6 +696,7 @@ impl Config {
             amqp_declare: file.host.amqp_declare.unwrap_or(true),
             instance_pool: file.host.instance_pool.filter(|n| *n > 0),
             control_key,
+            control_keys_also,
             amqp_retained_reread: match file.host.amqp_retained_reread_s.unwrap_or(300) {
                 0 => None,
                 s => Some(std::time::Duration::from_secs(s.clamp(5, 86_400))),
