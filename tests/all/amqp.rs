@@ -703,6 +703,74 @@ print(json.dumps(ch.queue_declare('millrace.wat.dead-letter', passive=True).meth
     assert!(local.status.success(), "{errors}");
 }
 
+/// pika with header values written as given bytes (`Raw`), for headers no client library
+/// would make.
+const RAW_HEADERS: &str = "import pika.data, struct
+class Raw:
+    def __init__(s, b): s.b = b
+_encode = pika.data.encode_value
+def _raw(pieces, value):
+    if isinstance(value, Raw):
+        pieces.append(value.b)
+        return len(value.b)
+    return _encode(pieces, value)
+pika.data.encode_value = _raw
+";
+
+#[test]
+fn headers_nested_as_deep_as_a_frame_allows_neither_crash_the_host_nor_stall_its_route() {
+    let broker = Broker::start();
+    let ws = workspace(&broker);
+    let host = ws.start();
+    host.wait_ready();
+    // One header: arrays nested as deep as a 128 KiB frame (the broker's default frame_max,
+    // which the host never exceeds) holds, 5 bytes a level; then a table nested likewise, 7
+    // bytes a level. A parser or a drop that recurses per level without bound overflows its
+    // thread's stack and aborts the process.
+    let good = record("WO-9", "0000001000", "WC01");
+    let got = broker.client(&format!(
+        r#"{RAW_HEADERS}
+def arrays(depth):
+    inner = b''
+    for _ in range(depth):
+        inner = b'A' + struct.pack('>I', len(inner)) + inner
+    return b'A' + struct.pack('>I', len(inner)) + inner
+def tables(depth):
+    inner = b''
+    for _ in range(depth):
+        inner = b'\x01kF' + struct.pack('>I', len(inner)) + inner
+    return b'F' + struct.pack('>I', len(inner)) + inner
+c = pika.BlockingConnection(pika.ConnectionParameters('127.0.0.1', PORT, frame_max=131072))
+ch = c.channel()
+ch.confirm_delivery()
+ch.exchange_declare('plant-a.events', 'topic', durable=True)
+ch.queue_declare('out', durable=True)
+ch.queue_bind('out', 'plant-a.events', '#')
+for n, deep in enumerate([arrays(26000), tables(18500)]):
+    ch.basic_publish('', 'plant-a.mes', b'x', pika.BasicProperties(message_id='deep-%d' % n, headers={{'deep': Raw(deep)}}, delivery_mode=2))
+ch.basic_publish('', 'plant-a.mes', {good:?}.encode(), pika.BasicProperties(message_id='m-9', content_type='text/plain', delivery_mode=2))
+ids = []
+deadline = time.time() + 60
+while not ids and time.time() < deadline:
+    m, p, b = ch.basic_get('out', auto_ack=True)
+    if m: ids.append(p.message_id)
+    else: time.sleep(0.05)
+print(json.dumps(ids))
+"#
+    ));
+    assert_eq!(got, serde_json::json!(["m-9-1"]), "the route goes on");
+    // Both were taken and answered like any message the plugin refuses: dead letters.
+    let dead = (0..100)
+        .map(|_| {
+            std::thread::sleep(std::time::Duration::from_millis(100));
+            broker.depth("millrace.mes.dead-letter")
+        })
+        .find(|&n| n >= 2);
+    assert_eq!(dead, Some(2), "both dead-lettered");
+    assert_eq!(broker.depth("plant-a.mes"), 0, "every input acknowledged");
+    assert!(host.stop().success(), "the host exits cleanly");
+}
+
 #[test]
 fn an_http_route_keeps_accepting_into_the_outbox_while_the_broker_is_away_and_across_a_restart() {
     let mut broker = Broker::start();

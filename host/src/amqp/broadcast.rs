@@ -292,25 +292,61 @@ fn integer(value: &AMQPValue) -> Option<i64> {
 /// reports them ([`Deployer::announcements`]), until the deployer is gone.
 pub async fn announce_all(link: Arc<BrokerLink>, deployer: Arc<Deployer>, fleet: Arc<Fleet>) {
     let mut activations = deployer.announcements();
+    // Each slot's last activation announced, since when, and how often since: the same one is
+    // sent at most ANNOUNCED_PER_WINDOW times in ANNOUNCED_WINDOW (an older activation
+    // announced after it is answered once; older ones replayed to this host, sealed or not,
+    // would otherwise have it sent again, bytes and all, once per replay).
+    let mut announced = std::collections::HashMap::new();
     while let Some(activation) = activations.recv().await {
-        announce(&link, &deployer, &fleet, &activation).await;
+        let slot = (activation.plant.clone(), activation.plugin.clone());
+        let now = tokio::time::Instant::now();
+        let sent = match announced.get(&slot) {
+            Some((stamp, since, sent))
+                if *stamp == activation.stamp && now.duration_since(*since) < ANNOUNCED_WINDOW =>
+            {
+                *sent
+            }
+            _ => {
+                announced.insert(slot.clone(), (activation.stamp.clone(), now, 0));
+                0
+            }
+        };
+        if sent >= ANNOUNCED_PER_WINDOW {
+            tracing::debug!(plant = %activation.plant, plugin = %activation.plugin, version = %activation.version, "announced moments ago; not again yet");
+            continue;
+        }
+        if announce(&link, &deployer, &fleet, &activation).await
+            && let Some((_, _, sent)) = announced.get_mut(&slot)
+        {
+            *sent += 1;
+        }
     }
 }
+
+/// The window within which one activation is announced at most [`ANNOUNCED_PER_WINDOW`] times.
+const ANNOUNCED_WINDOW: std::time::Duration = std::time::Duration::from_secs(10);
+const ANNOUNCED_PER_WINDOW: u32 = 2;
 
 /// Tell the other hosts on the broker that `activation` happened here (best effort: logged when
 /// the broker does not confirm). While the broker is away it waits for the next session, and
 /// then announces it only if it is still the slot's last activation here.
-async fn announce(link: &BrokerLink, deployer: &Deployer, fleet: &Fleet, activation: &Activation) {
+/// Whether the broker took it.
+async fn announce(
+    link: &BrokerLink,
+    deployer: &Deployer,
+    fleet: &Fleet,
+    activation: &Activation,
+) -> bool {
     let session = match link.link() {
         Link::Up(session) => session,
         _ => {
             tracing::warn!(plant = %activation.plant, plugin = %activation.plugin, version = %activation.version, "the broker is away: this activation is announced once it is back");
             let mut state = link.watch();
             let Ok(up) = state.wait_for(|l| matches!(l, Link::Up(_))).await else {
-                return;
+                return false;
             };
             let Link::Up(session) = up.clone() else {
-                return;
+                return false;
             };
             session
         }
@@ -322,7 +358,7 @@ async fn announce(link: &BrokerLink, deployer: &Deployer, fleet: &Fleet, activat
         .stamp(&activation.plant, &activation.plugin);
     if latest.is_ok_and(|latest| latest != activation.stamp) {
         tracing::info!(plant = %activation.plant, plugin = %activation.plugin, version = %activation.version, "an activation since replaced here; not announced");
-        return;
+        return false;
     }
     let note = Note {
         from: fleet.id.clone(),
@@ -390,10 +426,12 @@ async fn announce(link: &BrokerLink, deployer: &Deployer, fleet: &Fleet, activat
     };
     match sent.await {
         Ok(()) => {
-            tracing::info!(plant = %note.plant, plugin = %note.plugin, version = %note.version, "activation announced to the other hosts")
+            tracing::info!(plant = %note.plant, plugin = %note.plugin, version = %note.version, "activation announced to the other hosts");
+            true
         }
         Err(e) => {
-            tracing::warn!(plant = %note.plant, plugin = %note.plugin, version = %note.version, error = %e, "this activation could not be announced to other hosts")
+            tracing::warn!(plant = %note.plant, plugin = %note.plugin, version = %note.version, error = %e, "this activation could not be announced to other hosts");
+            false
         }
     }
 }
@@ -812,8 +850,10 @@ async fn catch_up(
         tracing::info!(plant = %note.plant, plugin = %note.plugin, version = %note.version, from = %note.from, "applying the last activation retained on the broker");
         let deployer = Arc::clone(deployer);
         let host_id = fleet.id.clone();
-        let _ =
-            tokio::task::spawn_blocking(move || apply(&deployer, &host_id, &note, &bytes)).await;
+        let _ = tokio::task::spawn_blocking(move || {
+            apply(&deployer, &host_id, &note, &bytes, &Default::default())
+        })
+        .await;
     }
     unchecked
 }
@@ -988,8 +1028,10 @@ async fn apply_each(
     let (mut periodic, mut cursor, mut round) = (false, 0, Vec::new());
     let read_again = tokio::time::sleep(settle_after());
     let mut read_again = std::pin::pin!(read_again);
-    // Messages dropped from the control queue (anyone who may publish there can send them).
-    let mut dropped = Dropped::default();
+    // Messages dropped or skipped from the control queue (anyone who may publish there can
+    // send them, and replay sealed ones).
+    let dropped = Arc::new(std::sync::Mutex::new(Dropped::default()));
+    let one = |dropped: &std::sync::Mutex<Dropped>| dropped.lock().expect("dropped lock").one();
     loop {
         let delivery = tokio::select! {
             delivery = consumer.next() => delivery,
@@ -1052,20 +1094,21 @@ async fn apply_each(
         let note = headers.and_then(Note::read);
         match note {
             Some(note) if headers.is_some_and(|h| !fleet.vouches(&note, h)) => {
-                if let Some(since) = dropped.one() {
+                if let Some(since) = one(&dropped) {
                     tracing::warn!(plant = %note.plant, plugin = %note.plugin, version = %note.version, from = %note.from, dropped_unlogged = since, "an announced activation not sealed with this fleet's control key (host.control_key_env); dropped");
                 }
             }
             Some(note) if note.from != fleet.id => {
                 let (deployer, host_id) = (Arc::clone(deployer), fleet.id.clone());
-                let bytes = delivery.data.clone();
-                let _ =
-                    tokio::task::spawn_blocking(move || apply(&deployer, &host_id, &note, &bytes))
-                        .await;
+                let (bytes, dropped) = (delivery.data.clone(), Arc::clone(&dropped));
+                let _ = tokio::task::spawn_blocking(move || {
+                    apply(&deployer, &host_id, &note, &bytes, &dropped)
+                })
+                .await;
             }
             Some(_) => {}
             None => {
-                if let Some(since) = dropped.one() {
+                if let Some(since) = one(&dropped) {
                     tracing::warn!(
                         dropped_unlogged = since,
                         "a control message without an activation's headers; dropped"
@@ -1113,9 +1156,20 @@ impl Dropped {
 }
 
 /// Make another host's activation ours: keep the version (gated) if we lack it, then activate.
-fn apply(d: &Deployer, host_id: &str, note: &Note, bytes: &[u8]) {
+/// What is dropped or skipped without effect (bytes without their digest, activations not
+/// later than the slot's: a replay of sealed ones) is logged as `dropped` allows.
+fn apply(
+    d: &Deployer,
+    host_id: &str,
+    note: &Note,
+    bytes: &[u8],
+    dropped: &std::sync::Mutex<Dropped>,
+) {
+    let one = || dropped.lock().expect("dropped lock").one();
     if crate::plugin::digest(bytes) != note.digest {
-        tracing::warn!(plant = %note.plant, plugin = %note.plugin, version = %note.version, from = %note.from, digest = %note.digest, "an announced activation whose bytes do not have its digest; ignored");
+        if let Some(since) = one() {
+            tracing::warn!(plant = %note.plant, plugin = %note.plugin, version = %note.version, from = %note.from, digest = %note.digest, dropped_unlogged = since, "an announced activation whose bytes do not have its digest; ignored");
+        }
         return;
     }
     if d.routes().running(&note.plant, &note.plugin).is_none() {
@@ -1132,7 +1186,9 @@ fn apply(d: &Deployer, host_id: &str, note: &Note, bytes: &[u8]) {
     if let Some(stamp) = &note.stamp
         && !d.is_later(slot, stamp).unwrap_or(true)
     {
-        tracing::info!(plant = %note.plant, plugin = %note.plugin, version = %note.version, from = %note.from, "an announced activation not later than this slot's last one; skipped");
+        if let Some(since) = one() {
+            tracing::info!(plant = %note.plant, plugin = %note.plugin, version = %note.version, from = %note.from, dropped_unlogged = since, "an announced activation not later than this slot's last one; skipped");
+        }
         announce_if_missing(d, host_id, &note.plant, &note.plugin, Some(note));
         return;
     }

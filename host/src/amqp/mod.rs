@@ -121,6 +121,19 @@ impl Amqp {
     }
 }
 
+/// The largest frame the host takes from a broker (RabbitMQ's default `frame_max`): it bounds
+/// a message's header table, and so how deeply a sender can nest it.
+pub const MAX_FRAME_BYTES: u32 = 128 * 1024;
+
+/// Stack of the threads that take messages from a broker (the client's I/O thread parses a
+/// delivery's header table, the async workers drop it), and of every other thread started
+/// without a size of its own: the parser and the drop of a header table recurse once per
+/// level of nesting, and [`MAX_FRAME_BYTES`] allows about 26,000 levels of nested arrays.
+/// Measured with such a header (`amqp::headers_nested_as_deep_as_a_frame_allows...`): 16 MiB
+/// aborted the host, 64 MiB held; four times that. Address space only: a thread uses what it
+/// touches.
+pub const THREAD_STACK_BYTES: u64 = 256 << 20;
+
 /// Whether any of `routes` takes from or publishes to the broker.
 pub fn used_by(routes: &[Arc<Route>]) -> bool {
     routes.iter().any(|r| r.uses_broker())

@@ -100,9 +100,18 @@ pub async fn close_connection(connection: &Connection, why: &str) {
 /// [`open_at`] only.
 async fn open(url: &str, tls: &AmqpTls, name: &str) -> Result<Connection, OpenError> {
     let config = tls.load().map_err(OpenError::Files)?;
+    // Frames of at most MAX_FRAME_BYTES, whatever the URL or the broker propose: a frame bounds
+    // how deeply a sender can nest a message's headers (super::THREAD_STACK_BYTES).
+    let mut uri: lapin::uri::AMQPUri = url.parse().map_err(OpenError::Url)?;
+    let frame_max = uri
+        .query
+        .frame_max
+        .filter(|&n| n > 0)
+        .unwrap_or(super::MAX_FRAME_BYTES);
+    uri.query.frame_max = Some(frame_max.min(super::MAX_FRAME_BYTES));
     let builder = lapin::DefaultConnectionBuilder::new()
         .map_err(OpenError::Broker)?
-        .with_uri_str(url.to_string())
+        .with_uri(uri)
         .with_properties(ConnectionProperties::default().with_connection_name(name.into()))
         .with_tls_config(config);
     builder.connect().await.map_err(OpenError::Broker)
@@ -194,6 +203,9 @@ pub enum OpenError {
     /// The TLS files did not load.
     #[error("{0}")]
     Files(String),
+    /// The broker URL does not parse (checked with the configuration, so not expected here).
+    #[error("the broker URL: {0}")]
+    Url(String),
     /// The broker could not be reached, refused the login, or its certificate.
     #[error("{0}")]
     Broker(lapin::Error),
@@ -250,7 +262,7 @@ impl OpenError {
                 }
                 false
             }
-            OpenError::Unanswered | OpenError::Failed(_) => false,
+            OpenError::Url(_) | OpenError::Unanswered | OpenError::Failed(_) => false,
         }
     }
 }

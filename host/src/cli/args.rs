@@ -17,6 +17,12 @@ impl Cli {
     pub fn runs_host(&self) -> bool {
         matches!(self.command, Command::Run { .. })
     }
+
+    /// Whether the command may take messages from a broker (the host, `dlq`): its threads need
+    /// [`crate::amqp::THREAD_STACK_BYTES`] of stack.
+    pub fn reads_a_broker(&self) -> bool {
+        matches!(self.command, Command::Run { .. } | Command::Dlq { .. })
+    }
 }
 
 #[derive(Subcommand)]
