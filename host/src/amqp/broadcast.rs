@@ -110,7 +110,8 @@ const SEAL: &str = "seal";
 /// The key the hosts of one fleet share to seal their activations (`host.control_key_env`):
 /// with it, a host applies or retains only activations sealed with the same key, so whoever may
 /// publish to the broker without it cannot offer the hosts an activation. An HMAC-SHA256 over
-/// every header of the activation (its stamp included); the bytes are bound by the digest.
+/// the headers a host acts on (from, plant, plugin, version, digest, action, by, stamp; others
+/// are read by no host); the bytes are bound by the digest.
 #[derive(Clone)]
 pub struct ControlKey(Vec<u8>);
 
