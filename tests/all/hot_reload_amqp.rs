@@ -1083,3 +1083,51 @@ fn hosts_changing_keys_take_each_others_activations_throughout() {
         "host C never ran the retained rollback",
     );
 }
+
+/// Older activations replayed to a host that made the later one (anyone who may publish to the
+/// control exchange can replay them) have it announce its own again at most twice in 10 s, not
+/// once per replay: each announcement sends its component to every host.
+#[test]
+fn replayed_older_activations_do_not_make_a_host_resend_its_own_per_replay() {
+    let broker = Broker::start();
+    let (_ws_a, _ws_b, mut a, _b) = two_hosts_announcing_2(&broker);
+    let before = a.drain_log().len();
+    let retained = RETAINED;
+    broker.client(&format!(
+        r#"c = pika.BlockingConnection(pika.ConnectionParameters('127.0.0.1', PORT))
+ch = c.channel()
+ch.confirm_delivery()
+deadline = time.time() + 30
+m = None
+while m is None and time.time() < deadline:
+    m, p, body = ch.basic_get({retained:?}, auto_ack=False)
+    if m is None: time.sleep(0.05)
+ch.basic_nack(m.delivery_tag, requeue=True)
+h = dict(p.headers)
+h['stamp-ms'] = int(h['stamp-ms']) - 1000
+h['stamp-host'] = 'host-x'
+h['x-millrace-host'] = 'host-x'
+for _ in range(30):
+    ch.basic_publish('millrace.control', '', body, pika.BasicProperties(headers=h, delivery_mode=2))
+c.close()
+print('{{}}')"#
+    ));
+    // Host A took all 30 (its control queue empty), and answered them.
+    let queue = "millrace.control.host-a";
+    (0..300)
+        .find(|_| {
+            std::thread::sleep(std::time::Duration::from_millis(100));
+            broker.depth(queue) == 0
+        })
+        .expect("host A took the replays");
+    a.wait_for_log("activation announced to the other hosts");
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    let sent = a.drain_log()[before..]
+        .iter()
+        .filter(|l| l.contains("activation announced to the other hosts"))
+        .count();
+    assert!(
+        (1..=2).contains(&sent),
+        "announced again {sent} times for 30 replays"
+    );
+}
