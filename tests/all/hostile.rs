@@ -675,22 +675,28 @@ fn clock_guest(body: &str) -> String {
     )
 }
 
+/// A workspace with route `name` of plant A: a WAT plugin granted `wasi` whose `mediate` first
+/// calls `block` of `extra` ([`clock_wait`], [`clock_wait_next_call`]), under a 300 ms deadline.
+fn clock_route(dir: &std::path::Path, name: &str, extra: String) -> Workspace {
+    let plugin = WatPlugin {
+        extra,
+        mediate_calls: Some("block"),
+        ..WatPlugin::default()
+    }
+    .write(dir, &format!("{name}.wasm"));
+    workspace(&route_toml(
+        name,
+        &plugin,
+        r#"["wasi"]"#,
+        "deadline_ms = 300",
+    ))
+}
+
 #[test]
 fn a_wasi_guest_waiting_on_the_clock_past_its_deadline_is_stopped_at_the_deadline() {
     let dir = tempfile::tempdir().unwrap();
     // Waits for ever (u64::MAX ns) in every call.
-    let waits = WatPlugin {
-        extra: clock_wait(u64::MAX),
-        mediate_calls: Some("block"),
-        ..WatPlugin::default()
-    }
-    .write(dir.path(), "waits.wasm");
-    let ws = workspace(&route_toml(
-        "waits",
-        &waits,
-        r#"["wasi"]"#,
-        "deadline_ms = 300",
-    ));
+    let ws = clock_route(dir.path(), "waits", clock_wait(u64::MAX));
     let host = ws.start();
     let baseline = Bystander::baseline(&host.url, Duration::from_secs(1));
     let during = Bystander::start(&host.url);
@@ -713,18 +719,7 @@ fn a_clock_subscription_made_in_an_earlier_call_wakes_by_the_deadline_of_the_cal
     let dir = tempfile::tempdir().unwrap();
     // The first call subscribes for ever and returns; the next call of the same (reused)
     // instance waits on that subscription.
-    let later = WatPlugin {
-        extra: clock_wait_next_call(u64::MAX),
-        mediate_calls: Some("block"),
-        ..WatPlugin::default()
-    }
-    .write(dir.path(), "later.wasm");
-    let ws = workspace(&route_toml(
-        "later",
-        &later,
-        r#"["wasi"]"#,
-        "deadline_ms = 300",
-    ));
+    let ws = clock_route(dir.path(), "later", clock_wait_next_call(u64::MAX));
     let host = ws.start();
     let first = host.post("later", Some("text/plain"), "x");
     assert_eq!((first.status, first.body.as_str()), (200, "ok"));

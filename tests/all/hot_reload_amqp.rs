@@ -51,12 +51,26 @@ fn two_hosts_announcing_2(broker: &Broker) -> (Workspace, Workspace, Host, Host)
     for host in [&mut a, &mut b] {
         second_read_done(host);
     }
-    let stamp_2 = std::fs::read(guest("guest-stamp-2")).unwrap();
-    let up = a.admin("POST", "/v1/plants/plant-a/plugins", &stamp_2);
-    assert_eq!(up.status, 201, "{}", up.body);
-    assert_eq!(activate(&a, "2.0.0").status, 200);
-    a.wait_for_log("activation announced to the other hosts");
+    announce_2(&mut a);
     (ws_a, ws_b, a, b)
+}
+
+/// 2.0.0 uploaded to `host`, activated there and announced (retained in [`RETAINED`]).
+fn announce_2(host: &mut Host) {
+    let stamp_2 = std::fs::read(guest("guest-stamp-2")).unwrap();
+    let up = host.admin("POST", "/v1/plants/plant-a/plugins", &stamp_2);
+    assert_eq!(up.status, 201, "{}", up.body);
+    assert_eq!(activate(host, "2.0.0").status, 200);
+    host.wait_for_log("activation announced to the other hosts");
+}
+
+/// `ws`'s configuration with `line` added to its `[host]` table.
+fn with_host_line(ws: &Workspace, line: &str) {
+    let config = std::fs::read_to_string(ws.config()).unwrap();
+    ws.write(
+        "millrace.toml",
+        &config.replacen("[host]\n", &format!("[host]\n{line}\n"), 1),
+    );
 }
 
 /// Polls every 100 ms, at most `polls` times, until `host` runs `version` of `stamp`; else fails
@@ -757,11 +771,7 @@ fn joins_while_another_reader_holds_the_retained_activation(past_second_read: bo
     let (held, go) = (dir.path().join("held"), dir.path().join("go"));
     let ws_c = workspace(&broker, "host-c");
     if past_second_read {
-        let config = std::fs::read_to_string(ws_c.config()).unwrap();
-        ws_c.write(
-            "millrace.toml",
-            &config.replace("[host]\n", "[host]\namqp_retained_reread_s = 5\n"),
-        );
+        with_host_line(&ws_c, "amqp_retained_reread_s = 5");
     }
     let (mut c, read) = std::thread::scope(|scope| {
         // Reader X holds the retained activation until told to give it back.
@@ -869,15 +879,7 @@ const KEY: &str = "5f0c2a9e7d41b3866e12f0a4c9d87b3e21a6f5c0d9e8b7a61234567890abc
 /// [`workspace`] with `host.control_key_env`; its host starts with [`start_keyed`].
 fn keyed(broker: &Broker, id: &str) -> Workspace {
     let ws = workspace(broker, id);
-    let config = std::fs::read_to_string(ws.config()).unwrap();
-    ws.write(
-        "millrace.toml",
-        &config.replacen(
-            "[host]\n",
-            &format!("[host]\ncontrol_key_env = \"{KEY_VAR}\"\n"),
-            1,
-        ),
-    );
+    with_host_line(&ws, &format!("control_key_env = \"{KEY_VAR}\""));
     ws
 }
 
@@ -895,11 +897,7 @@ fn with_a_control_key_only_activations_sealed_with_it_are_applied_or_retained() 
         second_read_done(host);
     }
     // Sealed activations go from host to host as before.
-    let stamp_2 = std::fs::read(guest("guest-stamp-2")).unwrap();
-    let up = a.admin("POST", "/v1/plants/plant-a/plugins", &stamp_2);
-    assert_eq!(up.status, 201, "{}", up.body);
-    assert_eq!(activate(&a, "2.0.0").status, 200);
-    a.wait_for_log("activation announced to the other hosts");
+    announce_2(&mut a);
     runs_within(
         &mut b,
         "2.0.0",
@@ -976,19 +974,11 @@ print(json.dumps('seal' in p.headers))"#
 fn a_retained_activation_lost_from_its_queue_is_announced_again_by_the_host_that_made_it() {
     let broker = Broker::start();
     let ws_a = workspace(&broker, "host-a");
-    let config = std::fs::read_to_string(ws_a.config()).unwrap();
-    ws_a.write(
-        "millrace.toml",
-        &config.replace("[host]\n", "[host]\namqp_retained_reread_s = 5\n"),
-    );
+    with_host_line(&ws_a, "amqp_retained_reread_s = 5");
     let mut a = ws_a.start();
     a.wait_ready();
     second_read_done(&mut a);
-    let stamp_2 = std::fs::read(guest("guest-stamp-2")).unwrap();
-    let up = a.admin("POST", "/v1/plants/plant-a/plugins", &stamp_2);
-    assert_eq!(up.status, 201, "{}", up.body);
-    assert_eq!(activate(&a, "2.0.0").status, 200);
-    a.wait_for_log("activation announced to the other hosts");
+    announce_2(&mut a);
     let retained = RETAINED;
     let purged = broker.client(&format!(
         r#"c = pika.BlockingConnection(pika.ConnectionParameters('127.0.0.1', PORT))
@@ -1020,15 +1010,7 @@ const NEW_KEY: &str = "a1b2c3d4e5f60718293a4b5c6d7e8f90a1b2c3d4e5f60718293a4b5c6
 /// A host sealing with `seal` and taking seals of `also` too, started.
 fn changing_keys(broker: &Broker, id: &str, seal: &str, also: &str) -> (Workspace, Host) {
     let ws = keyed(broker, id);
-    let config = std::fs::read_to_string(ws.config()).unwrap();
-    ws.write(
-        "millrace.toml",
-        &config.replacen(
-            "[host]\n",
-            &format!("[host]\ncontrol_key_also_env = \"{ALSO_VAR}\"\n"),
-            1,
-        ),
-    );
+    with_host_line(&ws, &format!("control_key_also_env = \"{ALSO_VAR}\""));
     let host = Host::start(&ws.config(), &[(KEY_VAR, seal), (ALSO_VAR, also)]);
     host.wait_ready();
     (ws, host)
@@ -1045,10 +1027,7 @@ fn hosts_changing_keys_take_each_others_activations_throughout() {
     for host in [&mut a, &mut b] {
         second_read_done(host);
     }
-    let stamp_2 = std::fs::read(guest("guest-stamp-2")).unwrap();
-    let up = a.admin("POST", "/v1/plants/plant-a/plugins", &stamp_2);
-    assert_eq!(up.status, 201, "{}", up.body);
-    assert_eq!(activate(&a, "2.0.0").status, 200);
+    announce_2(&mut a);
     runs_within(
         &mut b,
         "2.0.0",
