@@ -17,7 +17,8 @@
 //!
 //! `VARIANT=NAME` also runs `target/plugins/PLUGIN.NAME.wasm` (a build with another code
 //! generation lever, `scripts/build-plugins` says how) beside each Rust plugin, in the same
-//! groups: a lever measured against the usual build and native code in one run.
+//! groups: a lever measured against the usual build and native code in one run. A twin's
+//! `TWIN.NAME.wasm` (e.g. the C plugin's) runs too when one is there.
 //!
 //! `ONLY=A,B` measures only the groups whose name contains one of the words (e.g.
 //! `ONLY=vectors/downtime-router`); the others are not loaded.
@@ -644,7 +645,20 @@ fn bench_cases<P: Plugin>(
     let step = load(name, engine);
     let twin_steps: Vec<_> = variant(name)
         .into_iter()
-        .chain(twins.iter().map(|twin| twin.to_string()))
+        .chain(twins.iter().flat_map(|twin| {
+            // A twin's variant is measured when one was built (its language's toolchain may
+            // have no such lever).
+            let built = std::env::var("VARIANT")
+                .ok()
+                .map(|v| format!("{twin}.{v}"))
+                .filter(|n| {
+                    root()
+                        .join("target/plugins")
+                        .join(format!("{n}.wasm"))
+                        .exists()
+                });
+            std::iter::once(twin.to_string()).chain(built)
+        }))
         .map(|twin| {
             let step = load(&twin, engine);
             (twin, step)

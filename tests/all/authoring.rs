@@ -73,6 +73,20 @@ fn the_plugin_guide_runs_as_written_in_each_language() {
             stdout.contains("bundled 2 vector case(s)"),
             "the new version carries its vectors: {all}"
         );
+        // A Rust or C plugin's code goes through wasm-opt (scripts/setup installs it); the
+        // interpreters of Python and JavaScript plugins do not.
+        let optimised = stdout
+            .lines()
+            .filter(|l| l.starts_with("built work-report"))
+            .map(|l| l.contains("; wasm-opt -O3: code "))
+            .collect::<Vec<_>>();
+        assert!(!optimised.is_empty(), "no build line: {all}");
+        assert!(
+            optimised
+                .iter()
+                .all(|&o| o == matches!(language, "c" | "rust")),
+            "{all}"
+        );
         // Both records served: one by the first version, one by the deployed one.
         for work_order in ["WO-1001", "WO-1002"] {
             let event = stdout

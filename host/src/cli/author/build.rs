@@ -3,6 +3,7 @@
 //! `--bundle`, its vectors run and travel inside it. The version of `millrace-plugin.toml` is
 //! stamped into the build, so `describe` reports it.
 
+use super::optimise::{self, Optimised};
 use super::{Language, Manifest, setup_command, snake, tools_dir};
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -27,6 +28,19 @@ pub struct Built {
     /// The version stamped in (what `describe` reports).
     pub version: String,
     pub took: Duration,
+    /// What `wasm-opt` did to a Rust or C plugin's code; `None` for Python and JavaScript (their
+    /// core module is the language's interpreter).
+    pub optimised: Option<Optimised>,
+}
+
+impl Built {
+    /// `; ` and what `wasm-opt` did, for the line saying what was built; empty when it did not run.
+    pub fn optimised_note(&self) -> String {
+        self.optimised
+            .as_ref()
+            .map(|o| format!("; {o}"))
+            .unwrap_or_default()
+    }
 }
 
 /// How to build.
@@ -48,13 +62,14 @@ pub fn run(dir: &Path, bundle: bool) -> i32 {
         }
     };
     println!(
-        "built {} {} ({}) in {:.1} s: {} ({} bytes)",
+        "built {} {} ({}) in {:.1} s: {} ({} bytes{})",
         built.manifest.name,
         built.version,
         built.manifest.language.title(),
         built.took.as_secs_f64(),
         built.path.display(),
-        built.size
+        built.size,
+        built.optimised_note()
     );
     if !bundle {
         return 0;
@@ -115,12 +130,23 @@ pub fn build(dir: &Path, options: &Options) -> Result<Built, String> {
             manifest.language.title()
         ));
     }
+    let optimised = match manifest.language {
+        Language::Rust | Language::C => Some(optimise::component(
+            &output,
+            &dir.join("target").join("wasm-opt"),
+        )?),
+        Language::Python | Language::Js => None,
+    };
+    let size = std::fs::metadata(&output)
+        .map_err(|e| format!("{}: {e}", output.display()))?
+        .len();
     Ok(Built {
         manifest,
         path: shown,
-        size: bytes.len() as u64,
+        size,
         version,
         took: started.elapsed(),
+        optimised,
     })
 }
 
@@ -323,11 +349,13 @@ fn c(dir: &Path, manifest: &Manifest, version: &str, output: &Path) -> Result<()
             dir.display()
         ));
     }
-    let path = format!("{LLVM_BIN}:{}", std::env::var("PATH").unwrap_or_default());
     let mut clang = Command::new(CLANG);
     clang
-        // clang hands wasm-component-ld `--wasm-ld-path wasm-ld`, found on PATH.
-        .env("PATH", path)
+        // clang hands wasm-component-ld `--wasm-ld-path wasm-ld`, found on PATH. PATH is LLVM's
+        // alone: clang would run a wasm-opt it finds on the linked component, which wasm-opt
+        // cannot read (and clang 19's `--no-wasm-opt` drops the link step); the component's
+        // code is optimised after (optimise.rs).
+        .env("PATH", LLVM_BIN)
         .args([
             "--target=wasm32-wasi",
             "-mexec-model=reactor",

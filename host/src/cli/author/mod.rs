@@ -6,6 +6,7 @@
 pub mod build;
 pub mod dev;
 pub mod new;
+pub mod optimise;
 
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
