@@ -29,7 +29,7 @@ pub struct Built {
     pub version: String,
     pub took: Duration,
     /// What `wasm-opt` did to a Rust or C plugin's code; `None` for Python and JavaScript (their
-    /// core module is the language's interpreter).
+    /// core module is the language's interpreter) and when [`Options::unoptimised`].
     pub optimised: Option<Optimised>,
 }
 
@@ -50,6 +50,8 @@ pub struct Options {
     pub version: Option<String>,
     /// Where to write the component instead of `DIR/target/NAME.wasm`.
     pub output: Option<PathBuf>,
+    /// Keep a Rust or C plugin's code as linked, without `wasm-opt` (`plugin dev`'s quick loop).
+    pub unoptimised: bool,
 }
 
 /// `millrace plugin build [DIR] [--bundle]`.
@@ -131,11 +133,8 @@ pub fn build(dir: &Path, options: &Options) -> Result<Built, String> {
         ));
     }
     let optimised = match manifest.language {
-        Language::Rust | Language::C => Some(optimise::component(
-            &output,
-            &dir.join("target").join("wasm-opt"),
-        )?),
-        Language::Python | Language::Js => None,
+        Language::Rust | Language::C if !options.unoptimised => Some(optimise::component(&output)?),
+        _ => None,
     };
     let size = std::fs::metadata(&output)
         .map_err(|e| format!("{}: {e}", output.display()))?

@@ -85,6 +85,8 @@ fn steps(dir: &Path, admin: &str, plant: &str, stamp: u64) -> Result<(), String>
             dir.join("target/dev")
                 .join(format!("{}.wasm", manifest.name)),
         ),
+        // Each save builds again: the seconds of `wasm-opt` are left to `plugin build`.
+        unoptimised: true,
     };
     let built = step("build", started, build::build(dir, &options))?;
     println!(

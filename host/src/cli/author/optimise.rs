@@ -1,8 +1,9 @@
 //! A built component's code through Binaryen's `wasm-opt -O3`: the component's largest core
 //! module (the plugin's code; the others are the toolchain's few-byte shims) is optimised and put
-//! back in place, every other section kept byte for byte. 2–7 % less time per message for the
-//! plugins on small messages, none on large ones (docs/performance.md, "Levers tried on
-//! 2026-12-05"). `scripts/build-plugins` does the same with `scripts/optimise-component`.
+//! back in place, every other section kept byte for byte. Up to 7 % less time per message, most
+//! for the small-message plugins; csv-records and large IDoc files 1–3 % more (docs/performance.md,
+//! "Levers tried on 2026-12-05"). `scripts/build-plugins` does the same with
+//! `scripts/optimise-component`.
 
 use std::path::Path;
 use std::process::Command;
@@ -10,9 +11,13 @@ use std::process::Command;
 /// Binaryen's optimiser, found on PATH (`scripts/setup` installs Debian's `binaryen`).
 const WASM_OPT: &str = "wasm-opt";
 
-/// What Rust and clang emit for `wasm32` and the host's engine takes. Binaryen refuses a module
-/// using a feature not named, and names none that adds a capability (no threads, no GC).
-pub const FEATURES: [&str; 7] = [
+/// `-O3`, DWARF dropped (it would describe the code as linked, not as optimised), and the
+/// features Rust and clang emit for `wasm32` and the host's engine takes: Binaryen refuses a
+/// module using a feature not named, and these name none that adds a capability (no threads, no
+/// GC). `scripts/optimise-component` passes the same.
+pub const ARGS: [&str; 9] = [
+    "-O3",
+    "--strip-debug",
     "--enable-bulk-memory",
     "--enable-sign-ext",
     "--enable-mutable-globals",
@@ -49,10 +54,9 @@ impl std::fmt::Display for Optimised {
     }
 }
 
-/// Optimise the component at `path` in place, with `scratch` (a folder) for wasm-opt's files.
-/// An error is a component that cannot be read or written; wasm-opt's absence or refusal leaves
-/// the component as it was and says so.
-pub fn component(path: &Path, scratch: &Path) -> Result<Optimised, String> {
+/// Optimise the component at `path` in place. An error is a component that cannot be read or
+/// written; wasm-opt's absence or refusal leaves the component as it was and says so.
+pub fn component(path: &Path) -> Result<Optimised, String> {
     let bytes = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
     let sections = sections(&bytes).map_err(|e| format!("{}: {e}", path.display()))?;
     let Some(code) = sections
@@ -64,16 +68,22 @@ pub fn component(path: &Path, scratch: &Path) -> Result<Optimised, String> {
             "the component has no core module".into(),
         ));
     };
-    std::fs::create_dir_all(scratch).map_err(|e| format!("{}: {e}", scratch.display()))?;
-    let (input, output) = (scratch.join("code.wasm"), scratch.join("code.opt.wasm"));
+    // A folder of its own, removed when done: builds may run side by side.
+    let scratch = tempfile::Builder::new()
+        .prefix("millrace-wasm-opt-")
+        .tempdir()
+        .map_err(|e| format!("a scratch folder for wasm-opt: {e}"))?;
+    let (input, output) = (
+        scratch.path().join("code.wasm"),
+        scratch.path().join("code.opt.wasm"),
+    );
     std::fs::write(&input, &bytes[code.content.clone()])
         .map_err(|e| format!("{}: {e}", input.display()))?;
     let run = Command::new(WASM_OPT)
         .arg(&input)
         .arg("-o")
         .arg(&output)
-        .arg("-O3")
-        .args(FEATURES)
+        .args(ARGS)
         .output();
     let run = match run {
         Ok(run) => run,
@@ -91,7 +101,8 @@ pub fn component(path: &Path, scratch: &Path) -> Result<Optimised, String> {
     }
     let optimised = std::fs::read(&output).map_err(|e| format!("{}: {e}", output.display()))?;
     let replaced = splice(&bytes, &sections, code.content.start, &optimised);
-    // What wasm-opt wrote must still be a valid component before it replaces the build.
+    // What wasm-opt wrote must still be a valid component before it replaces the build (the
+    // host's engine, which enables fewer proposals, checks it again at `plugin test` and deploy).
     if let Err(e) = wasmparser::Validator::new_with_features(wasmparser::WasmFeatures::all())
         .validate_all(&replaced)
     {
