@@ -1,8 +1,8 @@
 //! A built component's code through Binaryen's `wasm-opt -O3`: the component's largest core
 //! module (the plugin's code; the others are the toolchain's few-byte shims) is optimised and put
-//! back in place, every other section kept byte for byte. Up to 7 % less time per message, most
-//! for the small-message plugins; csv-records and large IDoc files 1–3 % more (docs/performance.md,
-//! "Levers tried on 2026-12-05"). `scripts/build-plugins` does the same with
+//! back in place, every other section kept byte for byte. 5–8 % less time per message for most of
+//! the repository's plugins, 5–6 % more for csv-records' vectors (docs/performance.md, "Levers
+//! tried on 2026-12-05"). `scripts/build-plugins` does the same with
 //! `scripts/optimise-component`.
 
 use std::path::Path;
@@ -11,12 +11,17 @@ use std::process::Command;
 /// Binaryen's optimiser, found on PATH (`scripts/setup` installs Debian's `binaryen`).
 const WASM_OPT: &str = "wasm-opt";
 
-/// `-O3`, DWARF dropped (it would describe the code as linked, not as optimised), and the
-/// features Rust and clang emit for `wasm32` and the host's engine takes: Binaryen refuses a
-/// module using a feature not named, and these name none that adds a capability (no threads, no
-/// GC). `scripts/optimise-component` passes the same.
-pub const ARGS: [&str; 9] = [
+/// `-O3` with more inlining than Binaryen's defaults (functions of up to 20 instructions always,
+/// up to 200 without calls, and functions with loops: what measured best, docs/performance.md),
+/// DWARF dropped (it would describe the code as linked, not as optimised), and the features Rust
+/// and clang emit for `wasm32` and the host's engine takes: Binaryen refuses a module using a
+/// feature not named, and these name none that adds a capability (no threads, no GC).
+/// `scripts/optimise-component` passes the same.
+pub const ARGS: [&str; 12] = [
     "-O3",
+    "--always-inline-max-function-size=20",
+    "--flexible-inline-max-function-size=200",
+    "--inline-functions-with-loops",
     "--strip-debug",
     "--enable-bulk-memory",
     "--enable-sign-ext",
