@@ -99,6 +99,24 @@ fn session_went_on(log: &[String]) {
     );
 }
 
+/// Python for `broker.client`: a channel `ch` with confirms, and the retained activation read and
+/// given back (`p` its properties, `body` its bytes), waiting up to 30 s while a host's read holds
+/// it.
+fn read_retained() -> String {
+    format!(
+        r#"c = pika.BlockingConnection(pika.ConnectionParameters('127.0.0.1', PORT))
+ch = c.channel()
+ch.confirm_delivery()
+deadline = time.time() + 30
+m = None
+while m is None and time.time() < deadline:
+    m, p, body = ch.basic_get({RETAINED:?}, auto_ack=False)
+    if m is None: time.sleep(0.05)
+ch.basic_nack(m.delivery_tag, requeue=True)
+"#
+    )
+}
+
 /// The retained queue holds exactly one message once the reads that held it have given it back
 /// (on a quorum queue a message given back is counted again a moment after the reader's
 /// channel closes); a count that stays otherwise fails with `what`.
@@ -912,20 +930,11 @@ fn with_a_control_key_only_activations_sealed_with_it_are_applied_or_retained() 
     // A publisher without the key offers version 1.0.0 (its real bytes and digest), stamped far
     // in the future: once without a seal, once with the seal of the real activation. Each to
     // every host's queue and to the retained queue.
-    let retained = RETAINED;
+    let (retained, read) = (RETAINED, read_retained());
     let stamp_1 = guest("guest-stamp-1");
     let sealed = broker.client(&format!(
         r#"import hashlib
-c = pika.BlockingConnection(pika.ConnectionParameters('127.0.0.1', PORT))
-ch = c.channel()
-ch.confirm_delivery()
-deadline = time.time() + 30
-m = None
-while m is None and time.time() < deadline:
-    m, p, body = ch.basic_get({retained:?}, auto_ack=False)
-    if m is None: time.sleep(0.05)
-ch.basic_nack(m.delivery_tag, requeue=True)
-old = open({stamp_1:?}, 'rb').read()
+{read}old = open({stamp_1:?}, 'rb').read()
 for n, seal in enumerate([None, p.headers.get('seal', '00' * 32)]):
     h = dict(p.headers)
     h.pop('seal', None)
@@ -1071,18 +1080,9 @@ fn replayed_older_activations_do_not_make_a_host_resend_its_own_per_replay() {
     let broker = Broker::start();
     let (_ws_a, _ws_b, mut a, _b) = two_hosts_announcing_2(&broker);
     let before = a.drain_log().len();
-    let retained = RETAINED;
+    let read = read_retained();
     broker.client(&format!(
-        r#"c = pika.BlockingConnection(pika.ConnectionParameters('127.0.0.1', PORT))
-ch = c.channel()
-ch.confirm_delivery()
-deadline = time.time() + 30
-m = None
-while m is None and time.time() < deadline:
-    m, p, body = ch.basic_get({retained:?}, auto_ack=False)
-    if m is None: time.sleep(0.05)
-ch.basic_nack(m.delivery_tag, requeue=True)
-h = dict(p.headers)
+        r#"{read}h = dict(p.headers)
 h['stamp-ms'] = int(h['stamp-ms']) - 1000
 h['stamp-host'] = 'host-x'
 h['x-millrace-host'] = 'host-x'

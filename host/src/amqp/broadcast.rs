@@ -1294,7 +1294,6 @@ mod tests {
         shifted.plant = "plant-as".into();
         shifted.plugin = "tamp".into();
         assert!(!fleet.vouches(&shifted, &sealed));
-        // Without a key every activation is taken, as before keys.
         // While the fleet changes keys: sealed with the key, taking the other's seals too.
         let changing = Fleet {
             id: "host-b".into(),

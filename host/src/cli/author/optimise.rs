@@ -141,19 +141,21 @@ fn sections(bytes: &[u8]) -> Result<Vec<Section>, String> {
     let mut reader = wasmparser::BinaryReader::new(&bytes[PREAMBLE.len()..], PREAMBLE.len());
     let mut sections = Vec::new();
     while !reader.eof() {
-        let read = |reader: &mut wasmparser::BinaryReader<'_>| -> wasmparser::Result<Section> {
-            let id = reader.read_u8()?;
-            let len = reader.read_var_u32()? as usize;
-            let start = reader.original_position();
-            reader.read_bytes(len)?;
-            Ok(Section {
-                id,
-                content: start..start + len,
-            })
-        };
-        sections.push(read(&mut reader).map_err(|e| e.to_string())?);
+        sections.push(section(&mut reader).map_err(|e| e.to_string())?);
     }
     Ok(sections)
+}
+
+/// The section at `reader`'s position: its id, its length, then as many bytes.
+fn section(reader: &mut wasmparser::BinaryReader<'_>) -> wasmparser::Result<Section> {
+    let id = reader.read_u8()?;
+    let len = reader.read_var_u32()? as usize;
+    let start = reader.original_position();
+    reader.read_bytes(len)?;
+    Ok(Section {
+        id,
+        content: start..start + len,
+    })
 }
 
 /// `bytes` with the content of the section starting at `at` replaced by `with`.
