@@ -1,14 +1,17 @@
 //! Identifiers the host makes: message ids for messages that arrive without one, and trace and
 //! span ids.
 //!
-//! Message ids come from the operating system's secure generator (one `getrandom` each): a
-//! sender that could predict the id the host will give another sender's message could claim it
-//! first with its own `Idempotency-Key`, and so the ids of that message's outputs, which
-//! downstream deduplicates by. Trace and span ids need to be unique and evenly spread, not
-//! secret, so they come from a per-thread generator seeded once from the operating system's.
+//! Message ids come from a cryptographically secure generator: a sender that could predict the
+//! id the host will give another sender's message could claim it first with its own
+//! `Idempotency-Key`, and so the ids of that message's outputs, which downstream deduplicates
+//! by. The generator is `rand`'s per-thread one (ChaCha12, seeded from the operating system's
+//! generator and seeded again after every 64 KiB it gives), so an id costs no system call; its
+//! output cannot be predicted from earlier ids. Trace and span ids need to be unique and evenly
+//! spread, not secret, so they come from a cheaper per-thread generator seeded once from the
+//! operating system's.
 
-/// A new message id: a UUIDv7 (milliseconds since the Unix epoch, then 74 bits from the
-/// operating system's secure generator), as text.
+/// A new message id: a UUIDv7 (milliseconds since the Unix epoch, then 74 bits from the secure
+/// generator above), as text.
 pub fn message_id() -> String {
     uuid::Uuid::now_v7().to_string()
 }
