@@ -630,16 +630,24 @@ fn queue_arguments(broker: &Broker) -> serde_json::Map<String, serde_json::Value
 }
 
 #[test]
-fn queues_read_and_given_back_have_a_delivery_limit_none_reaches_and_control_queues_expire() {
+fn queues_read_and_given_back_have_a_delivery_limit_none_reaches_and_control_queues_expire_and_are_bounded()
+ {
     let broker = Broker::start();
-    // Host A's control queue as the release before declared it: quorum, no expiry.
+    // Host A's control queue as the first release declared it (quorum, no expiry), host C's as
+    // the release before the length bounds (expiry and a delivery limit none reaches).
     broker.client(
         "c = pika.BlockingConnection(pika.ConnectionParameters('127.0.0.1', PORT))\n\
-         c.channel().queue_declare('millrace.control.host-a', durable=True, arguments={'x-queue-type': 'quorum'})\n\
+         ch = c.channel()\n\
+         ch.queue_declare('millrace.control.host-a', durable=True, arguments={'x-queue-type': 'quorum'})\n\
+         ch.queue_declare('millrace.control.host-c', durable=True, arguments={'x-queue-type': 'quorum', 'x-expires': 604800000, 'x-delivery-limit': 2147483647})\n\
          print('{}')",
     );
     let (_ws_a, _ws_b, mut a, b) = two_hosts(&broker);
     a.wait_for_log("declared by an earlier release");
+    let ws_c = workspace(&broker, "host-c");
+    let mut c = ws_c.start();
+    c.wait_ready();
+    c.wait_for_log("declared by an earlier release");
     let retained = RETAINED;
     let queues = eventually("the retained activation's queue is declared", || {
         let queues = queue_arguments(&broker);
@@ -659,6 +667,11 @@ fn queues_read_and_given_back_have_a_delivery_limit_none_reaches_and_control_que
     assert_eq!(args("millrace.q.dead-letter")["x-delivery-limit"], none);
     assert_eq!(args("millrace.control.host-b")["x-delivery-limit"], none);
     assert_eq!(args("millrace.control.host-b")["x-expires"], 604_800_000);
+    assert_eq!(args("millrace.control.host-b")["x-max-length"], 1000);
+    assert_eq!(
+        args("millrace.control.host-b")["x-max-length-bytes"],
+        1_073_741_824
+    );
     // The source queue keeps the configured poison fuse.
     assert_eq!(args("plant-a.stamp")["x-delivery-limit"], 20);
     // The earlier release's queue is kept as it was, without the warning for foreign queues,
@@ -666,6 +679,10 @@ fn queues_read_and_given_back_have_a_delivery_limit_none_reaches_and_control_que
     assert_eq!(
         args("millrace.control.host-a"),
         serde_json::json!({"x-queue-type": "quorum"})
+    );
+    assert_eq!(
+        args("millrace.control.host-c"),
+        serde_json::json!({"x-queue-type": "quorum", "x-expires": 604_800_000, "x-delivery-limit": 2147483647})
     );
     let stamp_2 = std::fs::read(guest("guest-stamp-2")).unwrap();
     let up = b.admin("POST", "/v1/plants/plant-a/plugins", &stamp_2);
@@ -676,6 +693,30 @@ fn queues_read_and_given_back_have_a_delivery_limit_none_reaches_and_control_que
     });
     let log = a.drain_log().join("\n");
     assert!(!log.contains("exists with other arguments"), "{log}");
+    let log = c.drain_log().join("\n");
+    assert!(!log.contains("exists with other arguments"), "{log}");
+    // Host B away, and its control queue flooded: the broker keeps the newest 1,000.
+    b.stop();
+    eventually("host B's control queue has no consumer", || {
+        let out = broker.ctl(&["list_queues", "name", "consumers"]);
+        out.lines()
+            .any(|l| l.split_whitespace().collect::<Vec<_>>() == ["millrace.control.host-b", "0"])
+            .then_some(())
+    });
+    broker.client(
+        "c = pika.BlockingConnection(pika.ConnectionParameters('127.0.0.1', PORT))\n\
+         ch = c.channel()\n\
+         ch.confirm_delivery()\n\
+         for i in range(1200):\n    ch.basic_publish('', 'millrace.control.host-b', str(i).encode())\n\
+         print('{}')",
+    );
+    assert_eq!(broker.depth("millrace.control.host-b"), 1000);
+    let oldest = broker.client(
+        "c = pika.BlockingConnection(pika.ConnectionParameters('127.0.0.1', PORT))\n\
+         m, p, body = c.channel().basic_get('millrace.control.host-b', auto_ack=False)\n\
+         print(json.dumps(body.decode()))",
+    );
+    assert_eq!(oldest, "200", "the oldest were dropped");
 }
 
 /// Two readers of the retained activations (hosts reconnecting at once) with an announcement

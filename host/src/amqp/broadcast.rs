@@ -3,7 +3,10 @@
 //! `millrace.control`; every host has its own durable queue there (`millrace.control.HOST_ID`,
 //! `host.id`) and applies what arrives — the same gate (origin `broadcast`), then the same
 //! activation — in the order it was published. A host that is away finds the activations
-//! waiting in its queue when it connects again.
+//! waiting in its queue when it connects again (the newest
+//! [`CONTROL_QUEUE_KEPT`](super::topology::CONTROL_QUEUE_KEPT) of them, within
+//! [`CONTROL_QUEUE_BYTES`](super::topology::CONTROL_QUEUE_BYTES); what the bounds drop, the
+//! retained activations below still give).
 //!
 //! Announcements are not broadcast again by the hosts that apply them, and a host skips its
 //! own. A host whose routes do not run the plugin on that plant skips it; one whose gate refuses

@@ -27,7 +27,8 @@
 //!   consumer) and source queues with `amqp_delivery_limit = 0` carry none.
 //!
 //! A host's control queue expires after [`CONTROL_QUEUE_EXPIRY`] without a consumer (*since
-//! 2026-12*).
+//! 2026-12*), and holds at most [`CONTROL_QUEUE_KEPT`] messages and [`CONTROL_QUEUE_BYTES`]
+//! bytes, the oldest dropped past either (*since 2026-12-06*).
 
 use super::config::{QueueKind, Queues};
 use crate::route::Route;
@@ -52,7 +53,8 @@ pub enum Role<'a> {
     Plain,
     /// A host's control queue: removed by the broker after [`CONTROL_QUEUE_EXPIRY`] without a
     /// consumer, so the queue of a host that never returns (a host id that changed) does not
-    /// keep receiving every announcement.
+    /// keep receiving every announcement; bounded by [`CONTROL_QUEUE_KEPT`] and
+    /// [`CONTROL_QUEUE_BYTES`] meanwhile (the broker drops the oldest past either).
     Control,
     /// Holds what was published to it, at most [`LAST_VALUES_KEPT`] (`x-max-length`); readers
     /// take the latest by its stamp and remove the older ones.
@@ -76,6 +78,20 @@ pub const LAST_VALUES_KEPT: usize = 16;
 /// How long a host's control queue outlives its host's last session. A host away longer finds
 /// it gone, declares it again and converges from the retained activations.
 pub const CONTROL_QUEUE_EXPIRY: Duration = Duration::from_secs(7 * 24 * 60 * 60);
+
+/// Messages a host's control queue holds at most (`x-max-length`); past it the broker drops
+/// the oldest (its default overflow, `drop-head`). What it holds waits for a host that is away,
+/// and every activation announced meanwhile is also retained per slot, which the host reads
+/// before its control queue when it connects (and every `host.amqp_retained_reread_s`): a
+/// dropped activation is not one the host needs to converge. The bound keeps a fleet's
+/// announcements (each carries its component) from filling the broker while a host is away
+/// for up to [`CONTROL_QUEUE_EXPIRY`], and a publisher flooding the queue from growing it.
+pub const CONTROL_QUEUE_KEPT: i64 = 1_000;
+
+/// Bytes of message bodies a host's control queue holds at most (`x-max-length-bytes`), the
+/// oldest dropped past it: 16 activations of the largest component `host.max_component_mib`
+/// accepts by default (64 MiB).
+pub const CONTROL_QUEUE_BYTES: i64 = 1 << 30;
 
 /// The `x-delivery-limit` of a quorum queue that is to have none. RabbitMQ 4 gives a quorum
 /// queue declared without one a limit of 20, and reading a retained activation or a dead letter
@@ -139,6 +155,14 @@ pub fn arguments(kind: QueueKind, delivery_limit: Option<u32>, role: Role<'_>) -
         Role::Control => {
             let ms = CONTROL_QUEUE_EXPIRY.as_millis() as i64;
             args.insert("x-expires".into(), AMQPValue::LongLongInt(ms));
+            args.insert(
+                "x-max-length".into(),
+                AMQPValue::LongLongInt(CONTROL_QUEUE_KEPT),
+            );
+            args.insert(
+                "x-max-length-bytes".into(),
+                AMQPValue::LongLongInt(CONTROL_QUEUE_BYTES),
+            );
         }
         Role::LastValue => {
             let kept = LAST_VALUES_KEPT as i64;
@@ -158,24 +182,41 @@ pub fn arguments(kind: QueueKind, delivery_limit: Option<u32>, role: Role<'_>) -
     args
 }
 
-/// `args` as the release before delivery limits on every quorum queue and control queues'
-/// expiry declared them: without a "none" `x-delivery-limit` and without `x-expires`. `None`
-/// when that is `args` itself.
-fn earlier_release(args: &FieldTable) -> Option<FieldTable> {
+/// `args` (for `role`) as earlier releases declared them, the latest first, each only when it
+/// differs from the one before: before control queues' length bounds (*since 2026-12-06*:
+/// without `x-max-length` and `x-max-length-bytes` on a control queue), and before delivery
+/// limits on every quorum queue and control queues' expiry (without a "none"
+/// `x-delivery-limit` and without `x-expires` either). No earlier release declared a
+/// retained-activations queue: none for [`Role::LastValue`].
+fn earlier_releases(args: &FieldTable, role: Role<'_>) -> Vec<FieldTable> {
+    if matches!(role, Role::LastValue) {
+        return Vec::new();
+    }
+    let control = matches!(role, Role::Control);
+    let before_bounds = without(args, |key, _| {
+        control && matches!(key, "x-max-length" | "x-max-length-bytes")
+    });
+    let first = without(&before_bounds, |key, value| match key {
+        "x-delivery-limit" => *value == AMQPValue::LongLongInt(NO_DELIVERY_LIMIT),
+        "x-expires" => true,
+        _ => false,
+    });
+    [(&before_bounds, args), (&first, &before_bounds)]
+        .into_iter()
+        .filter(|(earlier, later)| earlier.inner() != later.inner())
+        .map(|(earlier, _)| earlier.clone())
+        .collect()
+}
+
+/// `args` without the arguments `added` names.
+fn without(args: &FieldTable, added: impl Fn(&str, &AMQPValue) -> bool) -> FieldTable {
     let mut earlier = FieldTable::default();
-    let mut dropped = false;
     for (key, value) in args.inner() {
-        let added = match key.as_str() {
-            "x-delivery-limit" => *value == AMQPValue::LongLongInt(NO_DELIVERY_LIMIT),
-            "x-expires" => true,
-            _ => false,
-        };
-        dropped |= added;
-        if !added {
+        if !added(key.as_str(), value) {
             earlier.insert(key.clone(), value.clone());
         }
     }
-    dropped.then_some(earlier)
+    earlier
 }
 
 impl<'a> Declarer<'a> {
@@ -211,17 +252,13 @@ impl<'a> Declarer<'a> {
             QueueKind::Quorum => QueueKind::Classic,
             QueueKind::Classic => QueueKind::Quorum,
         };
-        // In order: each type with the arguments of this release, then of the earlier one (no
-        // earlier release declared a retained-activations queue of this name).
+        // In order: each type with the arguments of this release, then of the earlier ones.
         let mut tries = Vec::new();
         for kind in [wanted, other] {
             let args = arguments(kind, self.queues.delivery_limit, role);
-            let before = match role {
-                Role::LastValue => None,
-                _ => earlier_release(&args),
-            };
+            let before = earlier_releases(&args, role);
             tries.push((kind, args, false));
-            tries.extend(before.map(|args| (kind, args, true)));
+            tries.extend(before.into_iter().map(|args| (kind, args, true)));
         }
         let mut first = None;
         for (kind, args, earlier) in tries {
@@ -239,7 +276,7 @@ impl<'a> Declarer<'a> {
                     if earlier {
                         tracing::info!(
                             queue = name,
-                            "the queue was declared by an earlier release, without x-delivery-limit or x-expires; kept as it is (on RabbitMQ 4 a quorum queue without x-delivery-limit has a limit of 20: see docs/amqp.md)"
+                            "the queue was declared by an earlier release, without x-delivery-limit, x-expires or a control queue's length bounds; kept as it is (on RabbitMQ 4 a quorum queue without x-delivery-limit has a limit of 20, and a control queue without bounds grows while its host is away: see docs/amqp.md)"
                         );
                     }
                     return Ok(kind);
@@ -423,5 +460,44 @@ mod tests {
                 .get("x-delivery-limit")
                 .is_none()
         );
+    }
+
+    #[test]
+    fn control_queues_are_bounded_and_the_earlier_releases_declarations_are_tried_latest_first() {
+        for kind in [QueueKind::Quorum, QueueKind::Classic] {
+            let now = arguments(kind, Some(20), Role::Control);
+            let get = |args: &FieldTable, key: &str| args.inner().get(key).cloned();
+            assert_eq!(
+                get(&now, "x-max-length"),
+                Some(AMQPValue::LongLongInt(CONTROL_QUEUE_KEPT))
+            );
+            assert_eq!(
+                get(&now, "x-max-length-bytes"),
+                Some(AMQPValue::LongLongInt(CONTROL_QUEUE_BYTES))
+            );
+            let earlier = earlier_releases(&now, Role::Control);
+            // The release before the bounds: expiry (and the "none" limit on quorum) only.
+            let mut expiry_only = names(&now);
+            expiry_only.retain(|n| n != "x-max-length" && n != "x-max-length-bytes");
+            assert_eq!(names(&earlier[0]), expiry_only, "{kind:?}");
+            // The first release: the queue type alone.
+            let first: Vec<String> = match kind {
+                QueueKind::Quorum => vec!["x-queue-type".into()],
+                QueueKind::Classic => vec![],
+            };
+            assert_eq!(names(&earlier[1]), first, "{kind:?}");
+            assert_eq!(earlier.len(), 2);
+        }
+        // Other queues: the release before limits and expiry only, and none when nothing was
+        // added (a classic dead-letter queue); a retained-activations queue's `x-max-length`
+        // was there from the start.
+        let plain = arguments(QueueKind::Quorum, Some(20), Role::Plain);
+        let earlier = earlier_releases(&plain, Role::Plain);
+        assert_eq!(earlier.len(), 1);
+        assert_eq!(names(&earlier[0]), vec!["x-queue-type".to_string()]);
+        let classic = arguments(QueueKind::Classic, Some(20), Role::Plain);
+        assert!(earlier_releases(&classic, Role::Plain).is_empty());
+        let retained = arguments(QueueKind::Quorum, Some(20), Role::LastValue);
+        assert!(earlier_releases(&retained, Role::LastValue).is_empty());
     }
 }
