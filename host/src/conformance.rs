@@ -23,6 +23,12 @@
 //!
 //! Every case starts from its own `state.json` (or an empty state) in a fresh in-memory store.
 //!
+//! Locally (`plugin test`, `plugin bundle`) every case that passes runs a second time on the
+//! instance that ran it, its state set back to `state.json`, and must give the same answer: the
+//! host reuses an instance for many messages (`instance_reuse`), so what an instance keeps
+//! between calls (parsed settings, cached lookups) must not change what it answers. The deploy
+//! gate runs each case once, within its time budget.
+//!
 //! A case's message has id `CASE`, plant `test-plant`, route `test-route` (the SDK's
 //! `TestHost::message` uses the same plant and route, so native tests can share expectations).
 //! Bodies of JSON outputs are compared as JSON, others as text.
@@ -62,21 +68,26 @@ pub struct Sandbox {
     pub limits: StepLimits,
     /// When the run must stop (the gate's budget), if ever.
     pub until: Option<std::time::Instant>,
+    /// Run each case that passes a second time on the instance that ran it (module notes);
+    /// needs `limits.instance_reuse` ≥ 2.
+    pub warm_repeat: bool,
 }
 
 impl Sandbox {
     /// Locally (`millrace plugin test --vectors`, `plugin bundle`): every capability, 5 s per
-    /// call, 256 MiB.
+    /// call, 256 MiB, each case run again on its warm instance.
     pub fn local() -> Sandbox {
         Sandbox {
             grants: Capability::ALL.to_vec(),
             limits: StepLimits {
                 deadline: Duration::from_secs(5),
                 memory_bytes: 256 << 20,
-                instance_reuse: 1,
+                // The case's own instance, then once more for the warm repeat.
+                instance_reuse: 2,
                 ..StepLimits::default()
             },
             until: None,
+            warm_repeat: true,
         }
     }
 }
@@ -161,9 +172,8 @@ fn run_case(
         .map_err(|e| format!("cannot read {}: {e}", input_path.display()))?;
     let headers = read_headers(&case.join("headers.json"))?;
     let state = Arc::new(StateStore::in_memory());
-    for (key, value) in read_state(&case.join("state.json"))? {
-        state.put(PLANT, &key, &value).map_err(|e| e.to_string())?;
-    }
+    let before = read_state(&case.join("state.json"))?;
+    set_state(&state, &before)?;
     let spec = StepSpec {
         plant: PLANT,
         route: ROUTE,
@@ -186,21 +196,7 @@ fn run_case(
         headers,
         body,
     };
-    let mut got = outcome(step.mediate(&input));
-    let after = state.entries(PLANT).map_err(|e| e.to_string())?;
-    if !after.is_empty() {
-        let shown = after
-            .into_iter()
-            .map(|(key, value)| {
-                let value = match serde_json::from_str::<Value>(&value) {
-                    Ok(v @ (Value::Object(_) | Value::Array(_))) => v,
-                    _ => Value::String(value),
-                };
-                (key, value)
-            })
-            .collect();
-        got["state"] = Value::Object(shown);
-    }
+    let got = observe(&step, &input, &state)?;
     let expected_path = case.join("expected.json");
     if bless {
         let text = serde_json::to_string_pretty(&got).expect("JSON values print") + "\n";
@@ -216,13 +212,58 @@ fn run_case(
     })?;
     let expected: Value =
         serde_json::from_str(&text).map_err(|e| format!("{}: {e}", expected_path.display()))?;
-    Ok((got != expected).then(|| {
-        format!(
+    let print = |v: &Value| serde_json::to_string(v).expect("JSON values print");
+    if got != expected {
+        return Ok(Some(format!(
             "expected {}\n     got {}",
-            serde_json::to_string(&expected).expect("JSON values print"),
-            serde_json::to_string(&got).expect("JSON values print")
+            print(&expected),
+            print(&got)
+        )));
+    }
+    if !sandbox.warm_repeat {
+        return Ok(None);
+    }
+    set_state(&state, &before)?;
+    let again = observe(&step, &input, &state)?;
+    Ok((again != got).then(|| {
+        format!(
+            "run again on the instance that ran it (the host reuses instances: instance_reuse), its state set back, it gave\n     {}\n     not {}",
+            print(&again),
+            print(&got)
         )
     }))
+}
+
+/// Make `plant`'s state in `state` exactly `entries`.
+fn set_state(state: &StateStore, entries: &[(String, String)]) -> Result<(), String> {
+    for (key, _) in state.entries(PLANT).map_err(|e| e.to_string())? {
+        state.delete(PLANT, &key).map_err(|e| e.to_string())?;
+    }
+    for (key, value) in entries {
+        state.put(PLANT, key, value).map_err(|e| e.to_string())?;
+    }
+    Ok(())
+}
+
+/// What one call of `step` on `input` gave, in the `expected.json` shape, with the plant's
+/// state after it when not empty.
+fn observe(step: &StepRuntime, input: &Message, state: &StateStore) -> Result<Value, String> {
+    let mut got = outcome(step.mediate(input));
+    let after = state.entries(PLANT).map_err(|e| e.to_string())?;
+    if !after.is_empty() {
+        let shown = after
+            .into_iter()
+            .map(|(key, value)| {
+                let value = match serde_json::from_str::<Value>(&value) {
+                    Ok(v @ (Value::Object(_) | Value::Array(_))) => v,
+                    _ => Value::String(value),
+                };
+                (key, value)
+            })
+            .collect();
+        got["state"] = Value::Object(shown);
+    }
+    Ok(got)
 }
 
 /// What a call gave, in the `expected.json` shape.

@@ -125,9 +125,76 @@ static bool reject(plugin_mediation_error_t *err, char *reason, const char *fiel
     return false;
 }
 
+/* ---- the values this instance found in the plant's tables ---- */
+
+/* A table does not change during the life of an instance (wit/: `lookup`), so a value found once
+ * is that key's value for good and a repeat costs no call to the host. Only values found are kept
+ * (keys the operator's tables hold, not whatever a message names), at most KNOWN_ENTRIES entries
+ * and KNOWN_BYTES bytes of them; past either it starts over. The Rust SDK's rule. */
+#define KNOWN_ENTRIES 4096
+#define KNOWN_SLOTS 8192 /* a power of two above KNOWN_ENTRIES: a probe always ends */
+#define KNOWN_BYTES (1 << 20)
+
+typedef struct {
+    char *table, *key, *value; /* table NULL: an empty slot */
+    uint32_t hash;
+} known_entry;
+
+/* Static, so an instance that looks nothing up pays nothing for it (zero pages of its memory). */
+static struct {
+    known_entry slots[KNOWN_SLOTS];
+    size_t entries, bytes;
+} known;
+
+static uint32_t known_hash(const char *table, const char *key) {
+    uint32_t h = 2166136261u; /* FNV-1a over table, a 0 byte, key */
+    for (const unsigned char *p = (const unsigned char *)table; *p; p++) h = (h ^ *p) * 16777619u;
+    h *= 16777619u;
+    for (const unsigned char *p = (const unsigned char *)key; *p; p++) h = (h ^ *p) * 16777619u;
+    return h;
+}
+
+/* The slot holding (table, key), or the empty slot where it would go. */
+static known_entry *known_slot(const char *table, const char *key, uint32_t hash) {
+    for (size_t i = hash & (KNOWN_SLOTS - 1);; i = (i + 1) & (KNOWN_SLOTS - 1)) {
+        known_entry *e = &known.slots[i];
+        if (!e->table ||
+            (e->hash == hash && strcmp(e->table, table) == 0 && strcmp(e->key, key) == 0))
+            return e;
+    }
+}
+
+static void known_keep(const char *table, const char *key, const char *value, uint32_t hash) {
+    size_t bytes = strlen(table) + strlen(key) + strlen(value);
+    if (known.entries >= KNOWN_ENTRIES || known.bytes + bytes > KNOWN_BYTES) {
+        for (size_t i = 0; i < KNOWN_SLOTS; i++) {
+            free(known.slots[i].table);
+            free(known.slots[i].key);
+            free(known.slots[i].value);
+        }
+        memset(&known, 0, sizeof known);
+    }
+    known_entry *e = known_slot(table, key, hash);
+    if (e->table) return;
+    e->table = strdup(table);
+    e->key = strdup(key);
+    e->value = strdup(value);
+    if (!e->table || !e->key || !e->value) __builtin_trap();
+    e->hash = hash;
+    known.entries++;
+    known.bytes += bytes;
+}
+
 /* The value of `key` in `table`; NULL after filling `err` (the Rust SDK's `Host::code`). */
 static char *code(const char *table, const char *key, const char *field,
                   plugin_mediation_error_t *err) {
+    uint32_t hash = known_hash(table, key);
+    const known_entry *kept = known_slot(table, key, hash);
+    if (kept->table) {
+        char *value = strdup(kept->value);
+        if (!value) __builtin_trap();
+        return value;
+    }
     plugin_string_t t, k;
     plugin_string_set(&t, table);
     plugin_string_set(&k, key);
@@ -149,6 +216,7 @@ static char *code(const char *table, const char *key, const char *field,
     }
     char *value = owned(&found.val);
     plugin_option_string_free(&found);
+    known_keep(table, key, value, hash);
     return value;
 }
 

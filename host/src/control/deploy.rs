@@ -453,6 +453,7 @@ impl Deployer {
             grants: step.grants.clone(),
             limits: step.limits(),
             until: Some(until),
+            warm_repeat: false,
         };
         if let Some(cases) = crate::conformance::run_embedded(engine, &artifact, bytes, &sandbox)
             .map_err(DeployError::Vectors)?
