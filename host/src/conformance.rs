@@ -23,11 +23,13 @@
 //!
 //! Every case starts from its own `state.json` (or an empty state) in a fresh in-memory store.
 //!
-//! Locally (`plugin test`, `plugin bundle`) every case that passes runs a second time on the
+//! Locally (`plugin test`, `plugin bundle`, `plugin dev`) every case runs a second time on the
 //! instance that ran it, its state set back to `state.json`, and must give the same answer: the
 //! host reuses an instance for many messages (`instance_reuse`), so what an instance keeps
-//! between calls (parsed settings, cached lookups) must not change what it answers. The deploy
-//! gate runs each case once, within its time budget.
+//! between calls (parsed settings, cached lookups) must not change what it answers. Not a case
+//! whose call failed (a trap, the deadline, a limit): its instance is gone. `--bless` writes
+//! nothing for a case whose two answers differ. The deploy gate runs each case once, within its
+//! time budget.
 //!
 //! A case's message has id `CASE`, plant `test-plant`, route `test-route` (the SDK's
 //! `TestHost::message` uses the same plant and route, so native tests can share expectations).
@@ -68,8 +70,8 @@ pub struct Sandbox {
     pub limits: StepLimits,
     /// When the run must stop (the gate's budget), if ever.
     pub until: Option<std::time::Instant>,
-    /// Run each case that passes a second time on the instance that ran it (module notes);
-    /// needs `limits.instance_reuse` ≥ 2.
+    /// Run each case a second time on the instance that ran it (module notes); needs
+    /// `limits.instance_reuse` ≥ 2.
     pub warm_repeat: bool,
 }
 
@@ -108,6 +110,12 @@ pub fn run_artifact(
     bless: bool,
     sandbox: &Sandbox,
 ) -> Result<Vec<CaseResult>, String> {
+    if sandbox.warm_repeat && sandbox.limits.instance_reuse < 2 {
+        return Err(format!(
+            "running each case again on its instance needs instance_reuse of at least 2, not {}",
+            sandbox.limits.instance_reuse
+        ));
+    }
     let shared_settings = read_settings(&dir.join("settings.toml"))?;
     let tables = read_tables(&dir.join("lookups"))?;
     let mut cases: Vec<PathBuf> = std::fs::read_dir(dir)
@@ -197,8 +205,27 @@ fn run_case(
         body,
     };
     let got = observe(&step, &input, &state)?;
+    let print = |v: &Value| serde_json::to_string(v).expect("JSON values print");
+    // The second run, on the instance that ran the first (`None`: not run, or the same answer).
+    let again = || -> Result<Option<String>, String> {
+        if !sandbox.warm_repeat || got.get("failed").is_some() {
+            return Ok(None);
+        }
+        set_state(&state, &before)?;
+        let again = observe(&step, &input, &state)?;
+        Ok((again != got).then(|| {
+            format!(
+                "run again on the instance that ran it (the host reuses instances: instance_reuse), its state set back, it gave\n     {}\n     not {}",
+                print(&again),
+                print(&got)
+            )
+        }))
+    };
     let expected_path = case.join("expected.json");
     if bless {
+        if let Some(differs) = again()? {
+            return Ok(Some(format!("not blessed: {differs}")));
+        }
         let text = serde_json::to_string_pretty(&got).expect("JSON values print") + "\n";
         std::fs::write(&expected_path, text)
             .map_err(|e| format!("cannot write {}: {e}", expected_path.display()))?;
@@ -212,7 +239,6 @@ fn run_case(
     })?;
     let expected: Value =
         serde_json::from_str(&text).map_err(|e| format!("{}: {e}", expected_path.display()))?;
-    let print = |v: &Value| serde_json::to_string(v).expect("JSON values print");
     if got != expected {
         return Ok(Some(format!(
             "expected {}\n     got {}",
@@ -220,18 +246,7 @@ fn run_case(
             print(&got)
         )));
     }
-    if !sandbox.warm_repeat {
-        return Ok(None);
-    }
-    set_state(&state, &before)?;
-    let again = observe(&step, &input, &state)?;
-    Ok((again != got).then(|| {
-        format!(
-            "run again on the instance that ran it (the host reuses instances: instance_reuse), its state set back, it gave\n     {}\n     not {}",
-            print(&again),
-            print(&got)
-        )
-    }))
+    again()
 }
 
 /// Make `plant`'s state in `state` exactly `entries`.

@@ -1,17 +1,20 @@
 //! Identifiers the host makes: message ids for messages that arrive without one, and trace and
 //! span ids.
 //!
-//! Message ids come from a cryptographically secure generator: a sender that could predict the
-//! id the host will give another sender's message could claim it first with its own
-//! `Idempotency-Key`, and so the ids of that message's outputs, which downstream deduplicates
-//! by. The generator is `rand`'s per-thread one (ChaCha12, seeded from the operating system's
-//! generator and seeded again after every 64 KiB it gives), so an id costs no system call; its
-//! output cannot be predicted from earlier ids. Trace and span ids need to be unique and evenly
-//! spread, not secret, so they come from a cheaper per-thread generator seeded once from the
-//! operating system's.
+//! Message ids must be hard to guess: a sender that could predict the id the host will give
+//! another sender's message could claim it first with its own `Idempotency-Key`, and so the ids
+//! of that message's outputs, which downstream deduplicates by. They are the `uuid` crate's
+//! UUIDv7: the millisecond, then a 42-bit counter drawn at random at each new millisecond and
+//! counted up within it, then 32 random bits. A sender that saw an id knows the counter of the
+//! next one made in the same millisecond, so 32 bits are left to guess. The random bits come from
+//! `rand`'s per-thread generator (ChaCha12, seeded from the operating system's generator and
+//! seeded again after every 64 KiB it gives; the `fast-rng` feature), so an id costs no system
+//! call. A host restored from a memory snapshot (a VM's or a process's) would give the same
+//! random bits as the original until it reseeds: do not clone running hosts from a snapshot.
+//! Trace and span ids need to be unique and evenly spread, not secret, so they come from a
+//! cheaper per-thread generator seeded once from the operating system's.
 
-/// A new message id: a UUIDv7 (milliseconds since the Unix epoch, then 74 bits from the secure
-/// generator above), as text.
+/// A new message id: a UUIDv7 (module notes), as text.
 pub fn message_id() -> String {
     uuid::Uuid::now_v7().to_string()
 }

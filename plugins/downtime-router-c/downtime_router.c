@@ -129,24 +129,24 @@ static bool reject(plugin_mediation_error_t *err, char *reason, const char *fiel
 
 /* A table does not change during the life of an instance (wit/: `lookup`), so a value found once
  * is that key's value for good and a repeat costs no call to the host. Only values found are kept
- * (keys the operator's tables hold, not whatever a message names), at most KNOWN_ENTRIES entries
- * and KNOWN_BYTES bytes of them; past either it starts over. The Rust SDK's rule. */
-#define KNOWN_ENTRIES 4096
-#define KNOWN_SLOTS 8192 /* a power of two above KNOWN_ENTRIES: a probe always ends */
-#define KNOWN_BYTES (1 << 20)
+ * (keys the operator's tables hold, not whatever a message names), at most FOUND_ENTRIES entries
+ * and FOUND_BYTES bytes of them; past either it starts over. The Rust SDK's rule. */
+#define FOUND_ENTRIES 4096
+#define FOUND_SLOTS 8192 /* a power of two above FOUND_ENTRIES: a probe always ends */
+#define FOUND_BYTES (1 << 20)
 
 typedef struct {
     char *table, *key, *value; /* table NULL: an empty slot */
     uint32_t hash;
-} known_entry;
+} found_entry;
 
-/* Static, so an instance that looks nothing up pays nothing for it (zero pages of its memory). */
+/* Static: 128 KiB of the instance's memory from the start, its pages zero until used. */
 static struct {
-    known_entry slots[KNOWN_SLOTS];
+    found_entry slots[FOUND_SLOTS];
     size_t entries, bytes;
-} known;
+} found_values;
 
-static uint32_t known_hash(const char *table, const char *key) {
+static uint32_t found_hash(const char *table, const char *key) {
     uint32_t h = 2166136261u; /* FNV-1a over table, a 0 byte, key */
     for (const unsigned char *p = (const unsigned char *)table; *p; p++) h = (h ^ *p) * 16777619u;
     h *= 16777619u;
@@ -155,41 +155,50 @@ static uint32_t known_hash(const char *table, const char *key) {
 }
 
 /* The slot holding (table, key), or the empty slot where it would go. */
-static known_entry *known_slot(const char *table, const char *key, uint32_t hash) {
-    for (size_t i = hash & (KNOWN_SLOTS - 1);; i = (i + 1) & (KNOWN_SLOTS - 1)) {
-        known_entry *e = &known.slots[i];
+static found_entry *found_slot(const char *table, const char *key, uint32_t hash) {
+    for (size_t i = hash & (FOUND_SLOTS - 1);; i = (i + 1) & (FOUND_SLOTS - 1)) {
+        found_entry *e = &found_values.slots[i];
         if (!e->table ||
             (e->hash == hash && strcmp(e->table, table) == 0 && strcmp(e->key, key) == 0))
             return e;
     }
 }
 
-static void known_keep(const char *table, const char *key, const char *value, uint32_t hash) {
-    size_t bytes = strlen(table) + strlen(key) + strlen(value);
-    if (known.entries >= KNOWN_ENTRIES || known.bytes + bytes > KNOWN_BYTES) {
-        for (size_t i = 0; i < KNOWN_SLOTS; i++) {
-            free(known.slots[i].table);
-            free(known.slots[i].key);
-            free(known.slots[i].value);
-        }
-        memset(&known, 0, sizeof known);
+static void found_forget(void) {
+    for (size_t i = 0; i < FOUND_SLOTS; i++) {
+        free(found_values.slots[i].table);
+        free(found_values.slots[i].key);
+        free(found_values.slots[i].value);
     }
-    known_entry *e = known_slot(table, key, hash);
+    memset(&found_values, 0, sizeof found_values);
+}
+
+/* Keep `value` as (table, key)'s; a value too large to keep, or no memory to keep it in, is
+ * only not kept. */
+static void found_keep(const char *table, const char *key, const char *value, uint32_t hash) {
+    size_t bytes = strlen(table) + strlen(key) + strlen(value);
+    if (bytes > FOUND_BYTES) return;
+    if (found_values.entries >= FOUND_ENTRIES || found_values.bytes + bytes > FOUND_BYTES)
+        found_forget();
+    found_entry *e = found_slot(table, key, hash);
     if (e->table) return;
-    e->table = strdup(table);
-    e->key = strdup(key);
-    e->value = strdup(value);
-    if (!e->table || !e->key || !e->value) __builtin_trap();
-    e->hash = hash;
-    known.entries++;
-    known.bytes += bytes;
+    char *t = strdup(table), *k = strdup(key), *v = strdup(value);
+    if (!t || !k || !v) {
+        free(t);
+        free(k);
+        free(v);
+        return;
+    }
+    *e = (found_entry){t, k, v, hash};
+    found_values.entries++;
+    found_values.bytes += bytes;
 }
 
 /* The value of `key` in `table`; NULL after filling `err` (the Rust SDK's `Host::code`). */
 static char *code(const char *table, const char *key, const char *field,
                   plugin_mediation_error_t *err) {
-    uint32_t hash = known_hash(table, key);
-    const known_entry *kept = known_slot(table, key, hash);
+    uint32_t hash = found_hash(table, key);
+    const found_entry *kept = found_slot(table, key, hash);
     if (kept->table) {
         char *value = strdup(kept->value);
         if (!value) __builtin_trap();
@@ -216,7 +225,7 @@ static char *code(const char *table, const char *key, const char *field,
     }
     char *value = owned(&found.val);
     plugin_option_string_free(&found);
-    known_keep(table, key, value, hash);
+    found_keep(table, key, value, hash);
     return value;
 }
 

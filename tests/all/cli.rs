@@ -161,6 +161,61 @@ fn check_loads_every_plugin_and_a_restart_reuses_compiled_artifacts() {
     );
 }
 
+/// A plugin whose instance answers a repeated message differently (guest-act's `count`: how many
+/// messages its instance served) fails its vectors on the second run, and `--bless` writes
+/// nothing for that case; a case answered the same way both times passes and is blessed.
+#[test]
+fn a_case_answered_differently_by_the_instance_that_ran_it_fails_and_is_not_blessed() {
+    let ws = Workspace::new("");
+    for (case, body) in [("count", "count"), ("echo", "same each time")] {
+        std::fs::create_dir_all(ws.dir.path().join("vectors").join(case)).unwrap();
+        ws.write(&format!("vectors/{case}/input.txt"), body);
+    }
+    let act = guest("guest-act");
+    let test = |bless: bool| {
+        let mut args = vec![
+            "plugin",
+            "test",
+            act.to_str().unwrap(),
+            "--vectors",
+            "vectors",
+        ];
+        if bless {
+            args.push("--bless");
+        }
+        ws.millrace(&args)
+    };
+    let blessed = test(true);
+    let text = stdout(&blessed);
+    assert_eq!(blessed.status.code(), Some(1), "{text}");
+    assert!(text.contains("FAIL count"), "{text}");
+    assert!(
+        text.contains("not blessed: run again on the instance that ran it"),
+        "{text}"
+    );
+    assert!(text.contains("BLESSED echo"), "{text}");
+    let expected = |case: &str| {
+        ws.dir
+            .path()
+            .join("vectors")
+            .join(case)
+            .join("expected.json")
+    };
+    assert!(!expected("count").exists());
+    assert!(expected("echo").exists());
+    // What the first run gives, written by hand: the second run on the same instance differs.
+    ws.write(
+        "vectors/count/expected.json",
+        r#"{"outputs": [{"id": "count-1", "content_type": "text/plain", "body": "{\"served\": 1}"}]}"#,
+    );
+    let tested = test(false);
+    let text = stdout(&tested);
+    assert_eq!(tested.status.code(), Some(1), "{text}");
+    assert!(text.contains("FAIL count"), "{text}");
+    assert!(text.contains(r#""body":"{\"served\": 2}""#), "{text}");
+    assert!(text.contains("PASS echo"), "{text}");
+}
+
 #[test]
 fn every_plugin_passes_its_conformance_vectors() {
     // Every folder of plugins/ is a plugin with vectors, checked by name: a plugin added without

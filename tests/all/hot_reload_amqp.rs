@@ -670,7 +670,7 @@ fn queues_read_and_given_back_have_a_delivery_limit_none_reaches_and_control_que
     assert_eq!(args("millrace.control.host-b")["x-max-length"], 1000);
     assert_eq!(
         args("millrace.control.host-b")["x-max-length-bytes"],
-        1_073_741_824
+        268_435_456
     );
     // The source queue keeps the configured poison fuse.
     assert_eq!(args("plant-a.stamp")["x-delivery-limit"], 20);
@@ -688,15 +688,16 @@ fn queues_read_and_given_back_have_a_delivery_limit_none_reaches_and_control_que
     let up = b.admin("POST", "/v1/plants/plant-a/plugins", &stamp_2);
     assert_eq!(up.status, 201, "{}", up.body);
     assert_eq!(activate(&b, "2.0.0").status, 200);
-    eventually("host A runs what host B activated", || {
-        (active(&a)["active"]["version"] == "2.0.0").then_some(())
+    eventually("hosts A and C run what host B activated", || {
+        (active(&a)["active"]["version"] == "2.0.0" && active(&c)["active"]["version"] == "2.0.0")
+            .then_some(())
     });
     let log = a.drain_log().join("\n");
     assert!(!log.contains("exists with other arguments"), "{log}");
     let log = c.drain_log().join("\n");
     assert!(!log.contains("exists with other arguments"), "{log}");
     // Host B away, and its control queue flooded: the broker keeps the newest 1,000.
-    b.stop();
+    assert!(b.stop().success());
     eventually("host B's control queue has no consumer", || {
         let out = broker.ctl(&["list_queues", "name", "consumers"]);
         out.lines()

@@ -82,16 +82,18 @@ pub const CONTROL_QUEUE_EXPIRY: Duration = Duration::from_secs(7 * 24 * 60 * 60)
 /// Messages a host's control queue holds at most (`x-max-length`); past it the broker drops
 /// the oldest (its default overflow, `drop-head`). What it holds waits for a host that is away,
 /// and every activation announced meanwhile is also retained per slot, which the host reads
-/// before its control queue when it connects (and every `host.amqp_retained_reread_s`): a
-/// dropped activation is not one the host needs to converge. The bound keeps a fleet's
-/// announcements (each carries its component) from filling the broker while a host is away
-/// for up to [`CONTROL_QUEUE_EXPIRY`], and a publisher flooding the queue from growing it.
+/// before its control queue when it connects (and every `host.amqp_retained_reread_s`, unless
+/// 0): a dropped activation is not one the host needs to converge. The bound keeps a fleet's
+/// announcements (each carries its component) from growing one queue without end while its
+/// host is away for up to [`CONTROL_QUEUE_EXPIRY`], and a publisher flooding it likewise. It is
+/// per queue: the broker holds as much for each host's queue, on each node a quorum queue is
+/// replicated on.
 pub const CONTROL_QUEUE_KEPT: i64 = 1_000;
 
 /// Bytes of message bodies a host's control queue holds at most (`x-max-length-bytes`), the
-/// oldest dropped past it: 16 activations of the largest component `host.max_component_mib`
+/// oldest dropped past it: 4 activations of the largest component `host.max_component_mib`
 /// accepts by default (64 MiB).
-pub const CONTROL_QUEUE_BYTES: i64 = 1 << 30;
+pub const CONTROL_QUEUE_BYTES: i64 = 256 << 20;
 
 /// The `x-delivery-limit` of a quorum queue that is to have none. RabbitMQ 4 gives a quorum
 /// queue declared without one a limit of 20, and reading a retained activation or a dead letter
