@@ -35,7 +35,7 @@ use millrace_host::plugin::engine::{Codegen, PluginEngine};
 use millrace_host::plugin::{Artifact, StepLimits, StepRuntime, StepSpec};
 use millrace_sdk::{Plugin, TestHost};
 use std::hint::black_box;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 /// A case of an interleaved group: runs `n` calls and returns the time they took (setup such
@@ -149,15 +149,20 @@ fn measured_engine() -> Option<(String, PluginEngine)> {
 
 /// `PLUGIN.VARIANT` when `VARIANT` is set and that build exists.
 fn variant(plugin: &str) -> Option<String> {
-    let variant = std::env::var("VARIANT").ok()?;
-    let name = format!("{plugin}.{variant}");
-    let path = root().join("target/plugins").join(format!("{name}.wasm"));
+    let (name, path) = variant_build(plugin)?;
     assert!(
         path.exists(),
-        "VARIANT={variant}: {} missing (scripts/build-plugins builds it)",
+        "VARIANT: {} missing (scripts/build-plugins builds it)",
         path.display()
     );
     Some(name)
+}
+
+/// `PLUGIN.VARIANT` and where its build would be, when `VARIANT` is set.
+fn variant_build(plugin: &str) -> Option<(String, PathBuf)> {
+    let name = format!("{plugin}.{}", std::env::var("VARIANT").ok()?);
+    let path = root().join("target/plugins").join(format!("{name}.wasm"));
+    Some((name, path))
 }
 
 fn root() -> &'static Path {
@@ -648,15 +653,9 @@ fn bench_cases<P: Plugin>(
         .chain(twins.iter().flat_map(|twin| {
             // A twin's variant is measured when one was built (its language's toolchain may
             // have no such lever).
-            let built = std::env::var("VARIANT")
-                .ok()
-                .map(|v| format!("{twin}.{v}"))
-                .filter(|n| {
-                    root()
-                        .join("target/plugins")
-                        .join(format!("{n}.wasm"))
-                        .exists()
-                });
+            let built = variant_build(twin)
+                .filter(|(_, path)| path.exists())
+                .map(|(name, _)| name);
             std::iter::once(twin.to_string()).chain(built)
         }))
         .map(|twin| {

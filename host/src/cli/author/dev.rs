@@ -90,12 +90,11 @@ fn steps(dir: &Path, admin: &str, plant: &str, stamp: u64) -> Result<(), String>
     };
     let built = step("build", started, build::build(dir, &options))?;
     println!(
-        "build    ok      {}  {} {} ({} bytes{})",
+        "build    ok      {}  {} {} ({} bytes)",
         took(started),
         built.manifest.name,
         built.version,
-        built.size,
-        built.optimised_note()
+        built.size
     );
 
     let started = Instant::now();

@@ -3,7 +3,8 @@
 //! back in place, every other section kept byte for byte. 5–8 % less time per message for most of
 //! the repository's plugins, 5–6 % more for csv-records' vectors (docs/performance.md, "Levers
 //! tried on 2026-12-05"). `scripts/build-plugins` does the same with
-//! `scripts/optimise-component`.
+//! `scripts/optimise-component`, which runs before this binary exists; both read their `wasm-opt`
+//! arguments from `wasm-opt-args` beside this file.
 
 use std::path::Path;
 use std::process::Command;
@@ -11,26 +12,14 @@ use std::process::Command;
 /// Binaryen's optimiser, found on PATH (`scripts/setup` installs Debian's `binaryen`).
 const WASM_OPT: &str = "wasm-opt";
 
-/// `-O3` with more inlining than Binaryen's defaults (functions of up to 20 instructions always,
-/// up to 200 without calls, and functions with loops: what measured best, docs/performance.md),
-/// DWARF dropped (it would describe the code as linked, not as optimised), and the features Rust
-/// and clang emit for `wasm32` and the host's engine takes: Binaryen refuses a module using a
-/// feature not named, and these name none that adds a capability (no threads, no GC).
-/// `scripts/optimise-component` passes the same.
-pub const ARGS: [&str; 12] = [
-    "-O3",
-    "--always-inline-max-function-size=20",
-    "--flexible-inline-max-function-size=200",
-    "--inline-functions-with-loops",
-    "--strip-debug",
-    "--enable-bulk-memory",
-    "--enable-sign-ext",
-    "--enable-mutable-globals",
-    "--enable-nontrapping-float-to-int",
-    "--enable-multivalue",
-    "--enable-reference-types",
-    "--enable-simd",
-];
+/// The arguments of `wasm-opt`, one per line of `wasm-opt-args` (lines starting with `#` are
+/// notes, and say why each is there); `scripts/optimise-component` reads the same file.
+pub fn args() -> impl Iterator<Item = &'static str> {
+    include_str!("wasm-opt-args")
+        .lines()
+        .map(str::trim)
+        .filter(|line| !line.is_empty() && !line.starts_with('#'))
+}
 
 /// What optimising did.
 #[derive(Debug)]
@@ -88,7 +77,7 @@ pub fn component(path: &Path) -> Result<Optimised, String> {
         .arg(&input)
         .arg("-o")
         .arg(&output)
-        .args(ARGS)
+        .args(args())
         .output();
     let run = match run {
         Ok(run) => run,
