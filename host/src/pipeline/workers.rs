@@ -33,6 +33,15 @@ pub const SHORT_RUNS_TO_FORGIVE: u32 = 1_000;
 /// thus spends ever longer off; one that was taken off by a burst of the machine's hiccups
 /// comes back.
 pub const SHORT_RUNS_OFF: u32 = 1_000;
+/// Runs whose CPU time is read from their start after a run over [`SHORT_RUN`] of wall time
+/// (and a new route version's first runs). Reading a thread's CPU clock is a system call, and
+/// a run within [`SHORT_RUN`] of wall time needs none: it is short whatever it was preempted
+/// for. So outside such a stretch a run reads only the wall clock; a run over [`SHORT_RUN`] of
+/// wall time that did not read the CPU clock at its start is not counted either way (it may
+/// only have been preempted) and makes the next runs read it. As many as [`SHORT_RUNS_TO_FORGIVE`]:
+/// of the long runs that would take a chain off, only the first after that many runs within
+/// [`SHORT_RUN`] of wall time goes uncounted.
+pub const TIMED_RUNS: u32 = SHORT_RUNS_TO_FORGIVE;
 /// The most doublings of [`SHORT_RUNS_OFF`].
 const MAX_OFF_DOUBLINGS: u32 = 10;
 const _: () = assert!(SHORT_RUNS_OFF <= u32::MAX >> MAX_OFF_DOUBLINGS);
@@ -65,6 +74,8 @@ pub struct Inline {
     off_for: AtomicU32,
     /// Times the chain was taken off inline runs.
     times_off: AtomicU32,
+    /// Runs still to read the CPU clock at their start ([`TIMED_RUNS`]).
+    timed: AtomicU32,
     /// Set for a chain that may block: it never runs inline.
     never: bool,
     /// The route's plant and name, for the log line when it is taken off.
@@ -83,6 +94,7 @@ impl Inline {
             since_forgiven: AtomicU32::new(0),
             off_for: AtomicU32::new(0),
             times_off: AtomicU32::new(0),
+            timed: AtomicU32::new(TIMED_RUNS),
             never: !may,
             plant: plant.to_string(),
             route: route.to_string(),
@@ -96,13 +108,39 @@ impl Inline {
             && self.short.load(Ordering::Relaxed) >= SHORT_RUNS_TO_INLINE
     }
 
+    /// Whether a run starting now reads the CPU clock at its start ([`TIMED_RUNS`]).
+    fn timing(&self) -> bool {
+        self.timed.load(Ordering::Relaxed) > 0
+    }
+
     /// Note a run timed from `started` (a run that made an instance is not noted);
     /// says so in the log when it takes the chain off inline runs.
     fn note(&self, started: RunClock) {
-        if let Some(took) = started.took()
-            && let Some(off_for) = self.ran(took)
-        {
-            tracing::info!(plant = %self.plant, route = %self.route, cpu_us = took.as_micros() as u64, short_runs_off = off_for, "this version of the route's chain ran long; it runs on the mediation threads until it has run short that many times");
+        if let Some(took) = started.took() {
+            self.noted(took);
+        }
+    }
+
+    /// [`Inline::note`] of a run that took `took`.
+    fn noted(&self, took: Took) {
+        let cpu = match took {
+            Took::Short(wall) => {
+                let _ = self
+                    .timed
+                    .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
+                wall
+            }
+            Took::Cpu(cpu) => {
+                self.timed.store(TIMED_RUNS, Ordering::Relaxed);
+                cpu
+            }
+            Took::Untimed => {
+                self.timed.store(TIMED_RUNS, Ordering::Relaxed);
+                return;
+            }
+        };
+        if let Some(off_for) = self.ran(cpu) {
+            tracing::info!(plant = %self.plant, route = %self.route, cpu_us = cpu.as_micros() as u64, short_runs_off = off_for, "this version of the route's chain ran long; it runs on the mediation threads until it has run short that many times");
         }
     }
 
@@ -210,14 +248,14 @@ impl Workers {
     ) -> Result<T, WorkerLost> {
         if let Some(_running) = self.inline_slot(record) {
             inline.inc();
-            let started = RunClock::start();
+            let started = RunClock::start(record);
             let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(job));
             record.note(started);
             return ran.map_err(|_| WorkerLost);
         }
         let record = std::sync::Arc::clone(record);
         self.run(move || {
-            let started = RunClock::start();
+            let started = RunClock::start(&record);
             let answer = job();
             record.note(started);
             answer
@@ -252,35 +290,50 @@ impl Workers {
 ///
 /// Reading a thread's CPU clock is a system call; the wall clock is not. A thread's CPU time
 /// never exceeds the wall time that passed, so a run whose wall time is within [`SHORT_RUN`]
-/// is short without a second read of the CPU clock.
+/// is short without reading the CPU clock; the CPU clock is read at a run's start only while
+/// the route's record asks for it ([`TIMED_RUNS`]), and at its end only when the wall time is
+/// longer.
 struct RunClock {
-    cpu: Duration,
+    cpu: Option<Duration>,
     wall: std::time::Instant,
     made: u64,
 }
 
+/// What a run took, as far as [`RunClock`] could tell.
+#[derive(Debug, Clone, Copy)]
+enum Took {
+    /// Its wall time, within [`SHORT_RUN`].
+    Short(Duration),
+    /// Its CPU time; its wall time was longer than [`SHORT_RUN`].
+    Cpu(Duration),
+    /// Longer than [`SHORT_RUN`] of wall time; its CPU time is unknown.
+    Untimed,
+}
+
 impl RunClock {
-    fn start() -> RunClock {
+    fn start(record: &Inline) -> RunClock {
         // The wall clock first, so that the wall interval encloses the CPU one.
         let wall = std::time::Instant::now();
         RunClock {
-            cpu: thread_cpu(),
+            cpu: record.timing().then(thread_cpu),
             wall,
             made: crate::plugin::instances_made_here(),
         }
     }
 
-    /// The run's CPU time (its wall time when that is within [`SHORT_RUN`]), `None` when it made
-    /// an instance.
-    fn took(&self) -> Option<Duration> {
+    /// What the run took; `None` when it made an instance.
+    fn took(&self) -> Option<Took> {
         if crate::plugin::instances_made_here() != self.made {
             return None;
         }
         let wall = self.wall.elapsed();
         if wall <= SHORT_RUN {
-            return Some(wall);
+            return Some(Took::Short(wall));
         }
-        Some(thread_cpu().saturating_sub(self.cpu))
+        Some(match self.cpu {
+            Some(cpu) => Took::Cpu(thread_cpu().saturating_sub(cpu)),
+            None => Took::Untimed,
+        })
     }
 }
 
@@ -322,6 +375,53 @@ mod tests {
         }
         short_runs(&record, SHORT_RUNS_TO_INLINE);
         assert!(record.earned());
+    }
+
+    #[test]
+    fn the_cpu_clock_is_read_only_after_a_run_long_in_wall_time_and_an_untimed_one_does_not_count()
+    {
+        let record = Inline::new(true, "plant-a", "r");
+        // A new version's first runs read it.
+        assert!(record.timing());
+        for _ in 0..TIMED_RUNS - 1 {
+            record.noted(Took::Short(SHORT));
+        }
+        assert!(record.timing(), "still one timed run left");
+        record.noted(Took::Short(SHORT));
+        assert!(
+            !record.timing(),
+            "TIMED_RUNS runs within SHORT_RUN of wall time: no more"
+        );
+        assert!(record.earned());
+        // A run long in wall time whose CPU time is unknown (it may only have been preempted)
+        // does not count against the chain, and makes the next runs read the CPU clock.
+        record.noted(Took::Untimed);
+        assert!(record.earned(), "an untimed run is not counted");
+        assert!(record.timing());
+        // Those runs count as they took: long in CPU time, the chain loses its inline runs.
+        record.noted(Took::Cpu(LONG));
+        assert!(!record.earned());
+        assert!(record.timing(), "a long run keeps the CPU clock read");
+        // Preempted but short in CPU time: counts as short.
+        short_runs(&record, SHORT_RUNS_TO_INLINE - 1);
+        record.noted(Took::Cpu(SHORT));
+        assert!(record.earned());
+        // Untimed runs alone never take a chain off, however many.
+        for _ in 0..LONG_RUNS_TO_STAY_OFF * 4 {
+            record.noted(Took::Untimed);
+        }
+        assert!(record.earned());
+        // While timed, long runs count as `ran` says: with the one above, LONG_RUNS_TO_STAY_OFF
+        // of them, each after earning, take it off.
+        for n in 2..=LONG_RUNS_TO_STAY_OFF {
+            assert!(record.earned());
+            record.noted(Took::Cpu(LONG));
+            if n < LONG_RUNS_TO_STAY_OFF {
+                short_runs(&record, SHORT_RUNS_TO_INLINE);
+            }
+        }
+        short_runs(&record, SHORT_RUNS_TO_INLINE);
+        assert!(!record.earned(), "taken off for SHORT_RUNS_OFF short runs");
     }
 
     #[test]
