@@ -13,8 +13,9 @@ use std::time::Duration;
 
 /// The longest run that counts as short, in CPU time of the thread that ran it: a chain that runs
 /// longer on a worker holds it from its other tasks for that long. (Time the thread spent
-/// preempted by other threads is not the chain's. A chain that could block, waiting in a host
-/// call, never runs inline: see [`Inline::new`].)
+/// preempted by other threads is not the chain's; when the CPU clock was not read, see
+/// [`TIMED_RUNS`]. A chain that could block, waiting in a host call, never runs inline: see
+/// [`Inline::new`].)
 pub const SHORT_RUN: Duration = Duration::from_micros(500);
 /// Short runs in a row on the mediation threads before a route's chain may run inline.
 pub const SHORT_RUNS_TO_INLINE: u32 = 16;
@@ -33,14 +34,17 @@ pub const SHORT_RUNS_TO_FORGIVE: u32 = 1_000;
 /// thus spends ever longer off; one that was taken off by a burst of the machine's hiccups
 /// comes back.
 pub const SHORT_RUNS_OFF: u32 = 1_000;
-/// Runs whose CPU time is read from their start after a run over [`SHORT_RUN`] of wall time
-/// (and a new route version's first runs). Reading a thread's CPU clock is a system call, and
-/// a run within [`SHORT_RUN`] of wall time needs none: it is short whatever it was preempted
-/// for. So outside such a stretch a run reads only the wall clock; a run over [`SHORT_RUN`] of
-/// wall time that did not read the CPU clock at its start is not counted either way (it may
-/// only have been preempted) and makes the next runs read it. As many as [`SHORT_RUNS_TO_FORGIVE`]:
-/// of the long runs that would take a chain off, only the first after that many runs within
-/// [`SHORT_RUN`] of wall time goes uncounted.
+/// How long a stretch of runs that read the CPU clock at their start lasts: this many runs within
+/// [`SHORT_RUN`] of wall time (runs that made an instance are not counted, runs while the chain
+/// is taken off inline runs neither). A stretch starts with a route version and again at every
+/// run over [`SHORT_RUN`] of wall time. Reading a thread's CPU clock is a system call, and a run
+/// within [`SHORT_RUN`] of wall time needs none: it is short whatever it was preempted for. So
+/// outside a stretch a run reads only the wall clock. A run over [`SHORT_RUN`] of wall time
+/// that did not read the CPU clock at its start sends the chain back to the mediation threads,
+/// as a long run does, but is not counted toward taking it off (it may only have been
+/// preempted). So of a chain's long runs at most one per this many short runs goes uncounted
+/// (taking it off can cost one long inline run more than if every run were timed); a chain
+/// coming back after being taken off is timed.
 pub const TIMED_RUNS: u32 = SHORT_RUNS_TO_FORGIVE;
 /// The most doublings of [`SHORT_RUNS_OFF`].
 const MAX_OFF_DOUBLINGS: u32 = 10;
@@ -125,9 +129,12 @@ impl Inline {
     fn noted(&self, took: Took) {
         let cpu = match took {
             Took::Short(wall) => {
-                let _ = self
-                    .timed
-                    .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
+                // The stretch lasts while the chain is off, so its first runs back are timed.
+                if self.off_for.load(Ordering::Relaxed) == 0 {
+                    let _ = self
+                        .timed
+                        .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
+                }
                 wall
             }
             Took::Cpu(cpu) => {
@@ -135,7 +142,9 @@ impl Inline {
                 cpu
             }
             Took::Untimed => {
+                // Back to the mediation threads until it earns inline runs again, uncounted.
                 self.timed.store(TIMED_RUNS, Ordering::Relaxed);
+                self.short.store(0, Ordering::Relaxed);
                 return;
             }
         };
@@ -291,8 +300,8 @@ impl Workers {
 /// Reading a thread's CPU clock is a system call; the wall clock is not. A thread's CPU time
 /// never exceeds the wall time that passed, so a run whose wall time is within [`SHORT_RUN`]
 /// is short without reading the CPU clock; the CPU clock is read at a run's start only while
-/// the route's record asks for it ([`TIMED_RUNS`]), and at its end only when the wall time is
-/// longer.
+/// the route's record asks for it ([`TIMED_RUNS`]), and at its end only when it was read at
+/// the start and the wall time is longer.
 struct RunClock {
     cpu: Option<Duration>,
     wall: std::time::Instant,
@@ -378,50 +387,85 @@ mod tests {
     }
 
     #[test]
-    fn the_cpu_clock_is_read_only_after_a_run_long_in_wall_time_and_an_untimed_one_does_not_count()
-    {
+    fn the_cpu_clock_is_read_in_a_stretch_after_a_run_long_in_wall_time_and_an_untimed_one_is_not_counted()
+     {
         let record = Inline::new(true, "plant-a", "r");
-        // A new version's first runs read it.
+        let noted_short = |n: u32| {
+            for _ in 0..n {
+                record.noted(Took::Short(SHORT));
+            }
+        };
+        // A new version's first TIMED_RUNS runs read it.
         assert!(record.timing());
-        for _ in 0..TIMED_RUNS - 1 {
-            record.noted(Took::Short(SHORT));
-        }
-        assert!(record.timing(), "still one timed run left");
-        record.noted(Took::Short(SHORT));
-        assert!(
-            !record.timing(),
-            "TIMED_RUNS runs within SHORT_RUN of wall time: no more"
-        );
+        noted_short(TIMED_RUNS - 1);
+        assert!(record.timing(), "one timed run left");
+        noted_short(1);
+        assert!(!record.timing(), "the stretch is over");
         assert!(record.earned());
         // A run long in wall time whose CPU time is unknown (it may only have been preempted)
-        // does not count against the chain, and makes the next runs read the CPU clock.
+        // sends the chain back to the mediation threads and starts a stretch.
         record.noted(Took::Untimed);
-        assert!(record.earned(), "an untimed run is not counted");
+        assert!(!record.earned(), "back on the mediation threads");
         assert!(record.timing());
-        // Those runs count as they took: long in CPU time, the chain loses its inline runs.
+        noted_short(SHORT_RUNS_TO_INLINE);
+        assert!(record.earned());
+        // A timed long run counts, and starts the stretch again in full.
         record.noted(Took::Cpu(LONG));
         assert!(!record.earned());
-        assert!(record.timing(), "a long run keeps the CPU clock read");
-        // Preempted but short in CPU time: counts as short.
-        short_runs(&record, SHORT_RUNS_TO_INLINE - 1);
+        noted_short(TIMED_RUNS - 1);
+        assert!(record.timing(), "the long run started a whole stretch");
+        noted_short(1);
+        assert!(!record.timing());
+        // Preempted but short in CPU time: a short run.
         record.noted(Took::Cpu(SHORT));
         assert!(record.earned());
-        // Untimed runs alone never take a chain off, however many.
+        // Untimed runs are never counted toward taking the chain off, however many.
         for _ in 0..LONG_RUNS_TO_STAY_OFF * 4 {
             record.noted(Took::Untimed);
+            assert!(!record.earned());
+            noted_short(SHORT_RUNS_TO_INLINE);
+            assert!(record.earned(), "earned back, not taken off");
         }
-        assert!(record.earned());
-        // While timed, long runs count as `ran` says: with the one above, LONG_RUNS_TO_STAY_OFF
-        // of them, each after earning, take it off.
-        for n in 2..=LONG_RUNS_TO_STAY_OFF {
+        // Timed long runs are: LONG_RUNS_TO_STAY_OFF of them, each after earning (the one
+        // above was forgiven by the TIMED_RUNS short runs after it), take it off.
+        for n in 1..=LONG_RUNS_TO_STAY_OFF {
             assert!(record.earned());
             record.noted(Took::Cpu(LONG));
             if n < LONG_RUNS_TO_STAY_OFF {
-                short_runs(&record, SHORT_RUNS_TO_INLINE);
+                noted_short(SHORT_RUNS_TO_INLINE);
             }
         }
-        short_runs(&record, SHORT_RUNS_TO_INLINE);
-        assert!(!record.earned(), "taken off for SHORT_RUNS_OFF short runs");
+        noted_short(SHORT_RUNS_OFF - 1);
+        assert!(!record.earned(), "off");
+        // Its short runs while off do not end the stretch: its first runs back are timed.
+        noted_short(1);
+        assert!(record.earned(), "back");
+        assert!(record.timing(), "and timed");
+    }
+
+    #[test]
+    fn a_run_long_in_wall_time_is_untimed_unless_its_start_read_the_cpu_clock() {
+        let made = crate::plugin::instances_made_here();
+        let long_ago = std::time::Instant::now() - LONG;
+        let untimed = RunClock {
+            cpu: None,
+            wall: long_ago,
+            made,
+        };
+        assert!(matches!(untimed.took(), Some(Took::Untimed)));
+        let timed = RunClock {
+            cpu: Some(thread_cpu()),
+            wall: long_ago,
+            made,
+        };
+        assert!(matches!(timed.took(), Some(Took::Cpu(cpu)) if cpu < SHORT_RUN));
+        // A run's start reads the CPU clock only while its route's record asks for it.
+        let record = Inline::new(true, "plant-a", "r");
+        assert!(RunClock::start(&record).cpu.is_some());
+        for _ in 0..TIMED_RUNS {
+            record.noted(Took::Short(SHORT));
+        }
+        assert!(RunClock::start(&record).cpu.is_none());
     }
 
     #[test]
