@@ -778,7 +778,7 @@ fn a_looping_plugin_flooded_with_messages_takes_only_its_plants_share_of_the_hos
 #[test]
 fn a_chain_that_turns_to_looping_after_earning_inline_runs_holds_one_async_worker_at_most() {
     use millrace_host::pipeline::workers::{
-        LONG_RUNS_TO_STAY_OFF, SHORT_RUNS_OFF, SHORT_RUNS_TO_INLINE,
+        LONG_RUNS_TO_STAY_OFF, SHORT_RUNS_OFF, SHORT_RUNS_TO_INLINE, TIMED_RUNS,
     };
     const EARN_WITHIN: u32 = 200;
     // Plant A's spin route answers `ok` at once: after SHORT_RUNS_TO_INLINE of those, its chain
@@ -906,6 +906,28 @@ fn a_chain_that_turns_to_looping_after_earning_inline_runs_holds_one_async_worke
         inline(&host, "spin"),
         off,
         "off until SHORT_RUNS_OFF short runs"
+    );
+    earn(&host);
+
+    // Runs read the CPU clock at their start only in a stretch (which lasted while the chain
+    // was off); after TIMED_RUNS short runs back it is over (unless a run long in wall time, a
+    // hiccup of a loaded machine, started another; the runs that made an instance do not
+    // count, hence a few more), and a loop then runs untimed. It is not counted toward taking
+    // the chain off, but it sends the chain back to the mediation threads, as a timed long run
+    // does: either way, the chain must not stay inline.
+    for _ in 0..TIMED_RUNS + 50 {
+        ok(&host);
+    }
+    let reply = loop_once(&host.url);
+    assert_eq!(reply.kind(), "plugin-deadline", "{}", reply.body);
+    let before = inline(&host, "spin");
+    for _ in 1..SHORT_RUNS_TO_INLINE {
+        ok(&host);
+    }
+    assert_eq!(
+        inline(&host, "spin"),
+        before,
+        "after an untimed long run: back on the mediation threads"
     );
     earn(&host);
 }
