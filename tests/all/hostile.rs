@@ -968,6 +968,27 @@ fn a_message_fanned_out_past_its_budget_stops_at_the_budget_not_at_outputs_times
 }
 
 #[test]
+fn log_entries_below_the_hosts_level_cost_no_log_budget() {
+    let ws = workspace("");
+    let mut host = Host::start(&ws.config(), &[]);
+    // 200 entries of ~66 KB at `debug`, which the default level (`info`) drops: were they
+    // counted, they would empty the step's budget (a burst of 128 KiB) and the error after
+    // them would be dropped.
+    let debug = host.post("hostile", Some("text/plain"), "debug-log 200");
+    assert_eq!(debug.status, 200, "{}", debug.body);
+    let error = host.post("hostile", Some("text/plain"), "log 1");
+    assert_eq!(error.status, 200, "{}", error.body);
+    assert!(host.stop_in_place().success());
+    let log = host.drain_log();
+    let written = log.iter().filter(|l| l.contains("flood")).count();
+    assert_eq!(written, 1, "only the error entry is written: {log:#?}");
+    assert!(
+        !log.iter().any(|l| l.contains("plugin log entries dropped")),
+        "{log:#?}"
+    );
+}
+
+#[test]
 fn log_and_state_floods_are_bounded_and_cannot_forge_log_lines() {
     let ws = workspace("");
     let mut host = Host::start(&ws.config(), &[]);

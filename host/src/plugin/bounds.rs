@@ -7,6 +7,8 @@
 //! is stopped while the host copies, not after.
 
 use crate::plugin::bindings::types::Message;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 /// A bound the host enforces on what a plugin hands over, broken.
@@ -132,7 +134,18 @@ pub fn check_outputs(
 
 /// Visible ASCII, spaces and tabs, and UTF-8 beyond ASCII: no CR, LF, NUL or other controls.
 fn is_header_text(s: &str) -> bool {
-    s.chars().all(|c| c == '\t' || !c.is_control())
+    // The controls (`char::is_control`) are U+0000–U+001F, U+007F and U+0080–U+009F; in UTF-8
+    // the last are the only characters whose encoding starts 0xC2 0x80–0x9F. So the bytes are
+    // enough, with no decoding.
+    let bytes = s.as_bytes();
+    !bytes.iter().enumerate().any(|(i, &b)| {
+        (b < 0x20 && b != b'\t')
+            || b == 0x7f
+            || (b == 0xc2
+                && bytes
+                    .get(i + 1)
+                    .is_some_and(|next| (0x80..=0x9f).contains(next)))
+    })
 }
 
 /// An HTTP token (RFC 9110 §5.6.2).
@@ -195,39 +208,57 @@ pub fn log_entry(message: &str) -> String {
     }
 }
 
-/// A token bucket of log bytes for one step.
+/// A token bucket of log bytes for one step (all its instances together), and the entries it
+/// dropped since they were last reported.
 #[derive(Debug)]
 pub struct LogBudget {
+    bucket: Mutex<Bucket>,
+    /// Entries dropped since the last report: read on every call (no lock while it is zero).
+    dropped: AtomicU64,
+}
+
+#[derive(Debug)]
+struct Bucket {
     per_second: usize,
     available: f64,
     at: Instant,
-    /// Entries dropped since the last report.
-    pub dropped: u64,
 }
 
 impl LogBudget {
     pub fn new(per_second: usize) -> LogBudget {
         LogBudget {
-            per_second,
-            available: (2 * per_second) as f64,
-            at: Instant::now(),
-            dropped: 0,
+            bucket: Mutex::new(Bucket {
+                per_second,
+                available: (2 * per_second) as f64,
+                at: Instant::now(),
+            }),
+            dropped: AtomicU64::new(0),
         }
     }
 
-    /// Whether an entry of `bytes` may be written now (then it is counted).
-    pub fn take(&mut self, bytes: usize) -> bool {
+    /// Whether an entry of `bytes` may be written now (then it is counted; else it is counted
+    /// as dropped).
+    pub fn take(&self, bytes: usize) -> bool {
+        let mut bucket = self.bucket.lock().expect("log budget lock");
         let now = Instant::now();
-        let refill = now.duration_since(self.at).as_secs_f64() * self.per_second as f64;
-        self.available = (self.available + refill).min((2 * self.per_second) as f64);
-        self.at = now;
-        if self.available >= bytes as f64 {
-            self.available -= bytes as f64;
+        let refill = now.duration_since(bucket.at).as_secs_f64() * bucket.per_second as f64;
+        bucket.available = (bucket.available + refill).min((2 * bucket.per_second) as f64);
+        bucket.at = now;
+        if bucket.available >= bytes as f64 {
+            bucket.available -= bytes as f64;
             true
         } else {
-            self.dropped += 1;
+            self.dropped.fetch_add(1, Ordering::Relaxed);
             false
         }
+    }
+
+    /// The entries dropped since the last call of this (which reports them).
+    pub fn take_dropped(&self) -> u64 {
+        if self.dropped.load(Ordering::Relaxed) == 0 {
+            return 0;
+        }
+        self.dropped.swap(0, Ordering::Relaxed)
     }
 }
 
@@ -303,10 +334,27 @@ mod tests {
     }
 
     #[test]
+    fn header_text_is_every_character_but_the_controls_tab_allowed() {
+        for c in (0..=0x10ffff).filter_map(char::from_u32) {
+            let expected = c == '\t' || !c.is_control();
+            for text in [c.to_string(), format!("a{c}é"), format!("\u{a0}{c}")] {
+                assert_eq!(is_header_text(&text), expected, "{text:?}");
+            }
+        }
+        assert!(is_header_text(""));
+        assert!(!is_header_text("ok\u{85}"), "NEL, a C1 control");
+        assert!(
+            is_header_text("\u{c2}\u{a0}\u{100}"),
+            "0xC2 followed by other bytes"
+        );
+    }
+
+    #[test]
     fn a_log_budget_lets_a_burst_through_then_drops() {
-        let mut budget = LogBudget::new(1000);
+        let budget = LogBudget::new(1000);
         assert!(budget.take(2000), "the burst");
         assert!(!budget.take(1000), "then nothing until it refills");
-        assert_eq!(budget.dropped, 1);
+        assert_eq!(budget.take_dropped(), 1);
+        assert_eq!(budget.take_dropped(), 0, "a drop is reported once");
     }
 }

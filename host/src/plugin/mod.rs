@@ -177,9 +177,7 @@ pub fn describe_within(
         settings: Settings::default(),
         tables: Tables::default(),
         state: Arc::new(crate::state::StateStore::in_memory()),
-        log_budget: Arc::new(Mutex::new(bounds::LogBudget::new(
-            bounds::LOG_BYTES_PER_SECOND,
-        ))),
+        log_budget: Arc::new(bounds::LogBudget::new(bounds::LOG_BYTES_PER_SECOND)),
     });
     let trapped = |e: wasmtime::Error| LoadError::Trapped {
         plugin: artifact.path.display().to_string(),
@@ -570,9 +568,7 @@ impl StepRuntime {
             settings,
             tables,
             state,
-            log_budget: Arc::new(Mutex::new(bounds::LogBudget::new(
-                bounds::LOG_BYTES_PER_SECOND,
-            ))),
+            log_budget: Arc::new(bounds::LogBudget::new(bounds::LOG_BYTES_PER_SECOND)),
         };
         let probe_context = Arc::new(context.clone());
         let wasi = grants.contains(&Capability::Wasi);

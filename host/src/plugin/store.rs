@@ -24,7 +24,7 @@ pub struct StepContext {
     /// The state store; the `state` capability reads and writes `plant`'s namespace only.
     pub state: Arc<StateStore>,
     /// Log bytes the step may still write (all its instances together).
-    pub log_budget: Arc<std::sync::Mutex<crate::plugin::bounds::LogBudget>>,
+    pub log_budget: Arc<crate::plugin::bounds::LogBudget>,
 }
 
 /// A step's settings: the TOML table of the configuration, as JSON.
@@ -78,14 +78,7 @@ impl Invocation {
     /// what a WASI guest printed goes to the log; its last stderr line explains a trap when the
     /// plugin logged no error itself.
     pub fn flush_guest_output(&mut self) {
-        let dropped = std::mem::take(
-            &mut self
-                .step
-                .log_budget
-                .lock()
-                .expect("log budget lock")
-                .dropped,
-        );
+        let dropped = self.step.log_budget.take_dropped();
         if dropped > 0 {
             let step = &self.step;
             tracing::warn!(target: "millrace::plugin", plant = %step.plant, route = %step.route, plugin = %step.plugin, message_id = %self.message_id, dropped, "plugin log entries dropped: over {} bytes per second", crate::plugin::bounds::LOG_BYTES_PER_SECOND);

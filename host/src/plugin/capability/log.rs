@@ -2,7 +2,8 @@
 //! and message id. Each entry is one line of at most [`bounds::MAX_LOG_ENTRY_BYTES`] (control
 //! characters escaped, so a plugin cannot forge other lines), and a step writes at most
 //! [`bounds::LOG_BYTES_PER_SECOND`] (with a burst of as much again); what is over is dropped and
-//! the drop reported once the budget allows a line again.
+//! the drop reported once the budget allows a line again. Entries below the host's log level are
+//! dropped first: they cost the host no more than the call and do not count against the budget.
 
 use super::bindings::log::{Host, Level};
 use crate::plugin::bounds;
@@ -10,23 +11,21 @@ use crate::plugin::store::Invocation;
 
 impl Host for Invocation {
     fn write(&mut self, level: Level, message: String) {
+        // An entry the host's log level drops costs nothing more and does not count against
+        // the budget. An error is still kept to explain a failure of the call.
+        if level != Level::Error && !enabled(level) {
+            return;
+        }
         let step = &self.step;
         let id = self.message_id.as_str();
         let entry = bounds::log_entry(&message);
-        let dropped = {
-            let mut budget = step.log_budget.lock().expect("log budget lock");
-            if !budget.take(entry.len()) {
-                None
-            } else {
-                Some(std::mem::take(&mut budget.dropped))
-            }
-        };
-        let Some(dropped) = dropped else {
+        if !step.log_budget.take(entry.len()) {
             if level == Level::Error {
                 self.last_error_log = Some(entry);
             }
             return;
-        };
+        }
+        let dropped = step.log_budget.take_dropped();
         if dropped > 0 {
             tracing::warn!(target: "millrace::plugin", plant = %step.plant, route = %step.route, plugin = %step.plugin, dropped, "plugin log entries dropped: over {} bytes per second", bounds::LOG_BYTES_PER_SECOND);
         }
@@ -45,5 +44,22 @@ impl Host for Invocation {
         if level == Level::Error {
             self.last_error_log = Some(entry);
         }
+    }
+}
+
+/// Whether the host's log writes plugin entries of `level` (the fields those entries carry
+/// named, for filters that select on them).
+fn enabled(level: Level) -> bool {
+    macro_rules! on {
+        ($lvl:expr) => {
+            tracing::enabled!(target: "millrace::plugin", $lvl, plant, route, plugin, message_id)
+        };
+    }
+    match level {
+        Level::Trace => on!(tracing::Level::TRACE),
+        Level::Debug => on!(tracing::Level::DEBUG),
+        Level::Info => on!(tracing::Level::INFO),
+        Level::Warn => on!(tracing::Level::WARN),
+        Level::Error => on!(tracing::Level::ERROR),
     }
 }

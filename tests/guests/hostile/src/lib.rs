@@ -7,6 +7,7 @@
 //! - `header`: one output whose content type carries CR LF and a forged header;
 //! - `reason MIB`: a rejection whose reason is MIB MiB;
 //! - `log N`: N log entries of 64 KiB, each full of newlines that would forge log lines;
+//! - `debug-log N`: the same at level `debug`, which the host's default level drops;
 //! - `state N`: N state writes of 60 KB each under new keys;
 //! - `recurse`: unbounded recursion (a stack overflow);
 //! - `long N`: one output whose id and content type are N bytes each (names a transport may
@@ -76,11 +77,16 @@ impl Plugin for Hostile {
                 b"h".to_vec(),
             )]),
             "reason" => Err(MediationError::rejected("r".repeat(n << 20))),
-            "log" => {
+            "log" | "debug-log" => {
                 let line =
                     "flood\n2026-12-01T00:00:00Z ERROR millrace_host: forged line\n".repeat(1100);
+                let level = if command == "log" {
+                    Level::Error
+                } else {
+                    Level::Debug
+                };
                 for _ in 0..n {
-                    host.log(Level::Error, &line);
+                    host.log(level, &line);
                 }
                 Ok(vec![input])
             }
