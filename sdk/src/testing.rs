@@ -71,11 +71,17 @@ impl TestHost {
     }
 
     /// Build `P` from these settings and mediate one message with it, as the host would on a
-    /// fresh instance.
+    /// fresh instance; like the host, every output gets the input's plant and route.
     pub fn run<P: Plugin>(&self, input: Message) -> Result<Vec<Message>, MediationError> {
         let plugin = P::new(self)
             .map_err(|e| MediationError::rejected(format!("step settings are invalid: {e}")))?;
-        plugin.mediate(self, input)
+        let (plant, route) = (input.plant.clone(), input.route.clone());
+        let mut outputs = plugin.mediate(self, input)?;
+        for output in &mut outputs {
+            output.plant.clone_from(&plant);
+            output.route.clone_from(&route);
+        }
+        Ok(outputs)
     }
 
     /// A message for tests: id `test-1`, plant `test-plant`, route `test-route`.
@@ -179,8 +185,40 @@ mod tests {
         );
     }
 
+    /// A plugin whose one output is an event of its input.
+    struct Evented;
+
+    impl crate::Plugin for Evented {
+        fn describe() -> crate::PluginInfo {
+            crate::PluginInfo::new("evented", "0.1.0")
+        }
+        fn new(_host: &impl Host) -> Result<Self, String> {
+            Ok(Evented)
+        }
+        fn mediate(
+            &self,
+            _host: &impl Host,
+            input: Message,
+        ) -> Result<Vec<Message>, MediationError> {
+            let event = CloudEvent::new("e-1", "/plants/x/y", "millrace.test.v1", json!({}));
+            Ok(vec![event.into_message(&input)])
+        }
+    }
+
     #[test]
-    fn cloudevent_is_structured_mode_json_with_the_input_plant_and_route() {
+    fn run_gives_every_output_the_input_plant_and_route_as_the_host_does() {
+        let mut input = TestHost::message("text/plain", "x");
+        input.plant = "plant-north".into();
+        input.route = "downtime".into();
+        let out = TestHost::new().run::<Evented>(input).unwrap();
+        assert_eq!(
+            (out[0].plant.as_str(), out[0].route.as_str()),
+            ("plant-north", "downtime")
+        );
+    }
+
+    #[test]
+    fn cloudevent_is_structured_mode_json_and_leaves_plant_and_route_to_the_host() {
         let input = TestHost::message("text/plain", "x");
         let out = CloudEvent::new(
             "e-1",
@@ -193,7 +231,7 @@ mod tests {
         assert_eq!(out.content_type, "application/cloudevents+json");
         assert_eq!(
             (out.plant.as_str(), out.route.as_str(), out.id.as_str()),
-            ("test-plant", "test-route", "e-1")
+            ("", "", "e-1")
         );
         let event: serde_json::Value = serde_json::from_slice(&out.body).unwrap();
         assert_eq!(
