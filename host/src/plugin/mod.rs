@@ -183,7 +183,7 @@ pub fn describe_within(
         plugin: artifact.path.display().to_string(),
         reason: bounds::truncate(&format!("{e:#}"), bounds::MAX_REASON_BYTES),
     };
-    let wasi = grants.contains(&Capability::Wasi);
+    let wasi = capability::needs_wasi(&artifact.imports, grants);
     let mut warm = instantiate(&pre, &context, limits, wasi, "describe").map_err(trapped)?;
     let info = {
         let _running = engine::guest_running();
@@ -534,6 +534,8 @@ pub struct StepRuntime {
     meters: crate::telemetry::metrics::InstanceMeters,
     /// Whether its instances come from the pooling allocator ([`reap`]).
     pooled: bool,
+    /// Whether its instances get WASI state ([`capability::needs_wasi`]).
+    wasi: bool,
 }
 
 impl StepRuntime {
@@ -571,7 +573,7 @@ impl StepRuntime {
             log_budget: Arc::new(bounds::LogBudget::new(bounds::LOG_BYTES_PER_SECOND)),
         };
         let probe_context = Arc::new(context.clone());
-        let wasi = grants.contains(&Capability::Wasi);
+        let wasi = capability::needs_wasi(&artifact.imports, &grants);
         let mut probe = instantiate(&pre, &probe_context, limits, wasi, "load")
             .map_err(|e| trapped(format!("{e:#}")))?;
         let info = {
@@ -623,6 +625,7 @@ impl StepRuntime {
             limits,
             idle: Mutex::new(Vec::new()),
             pooled: engine.pooled(),
+            wasi,
         };
         probe.store.data_mut().step = Arc::clone(&step.context);
         step.meters.created.inc();
@@ -675,8 +678,7 @@ impl StepRuntime {
     }
 
     fn instantiate(&self, message_id: &str) -> wasmtime::Result<Warm> {
-        let wasi = self.grants.contains(&Capability::Wasi);
-        let warm = instantiate(&self.pre, &self.context, self.limits, wasi, message_id)?;
+        let warm = instantiate(&self.pre, &self.context, self.limits, self.wasi, message_id)?;
         self.meters.created.inc();
         Ok(warm)
     }

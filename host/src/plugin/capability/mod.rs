@@ -153,9 +153,35 @@ pub fn check_grants(imports: &[String], grants: &[Capability]) -> Result<(), Vec
     }
 }
 
+/// Whether instances of a component with `imports`, granted `grants`, get WASI state: only when
+/// WASI is granted and the component imports some of it. One that imports none cannot call it,
+/// so it pays for none of it (no WASI context per instance, no deadline or captured output to
+/// keep per call), whatever its step grants.
+pub fn needs_wasi(imports: &[String], grants: &[Capability]) -> bool {
+    grants.contains(&Capability::Wasi)
+        && imports
+            .iter()
+            .any(|import| Capability::of_import(import) == Ok(Some(Capability::Wasi)))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_a_component_importing_wasi_and_granted_it_gets_wasi_state() {
+        let rust = ["millrace:mediation/log@0.1.0".to_string()];
+        let c = [
+            "millrace:mediation/log@0.1.0".to_string(),
+            "wasi:cli/stdout@0.2.6".to_string(),
+        ];
+        assert!(
+            !needs_wasi(&rust, &Capability::ALL),
+            "granted, not imported"
+        );
+        assert!(needs_wasi(&c, &Capability::ALL));
+        assert!(!needs_wasi(&c, &[Capability::Log]), "imported, not granted");
+    }
 
     #[test]
     fn import_names_map_to_capabilities() {
