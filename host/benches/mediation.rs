@@ -38,6 +38,14 @@ use std::hint::black_box;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+/// The host's allocator (`host/src/main.rs`), for both sides: the Wasm side's host work
+/// (lifting outputs, the call's bookkeeping) allocates as it does in `millrace`, and the native
+/// side, the plugin compiled into this process, allocates as it would compiled into the host.
+/// (Before 2026-12-06 this benchmark ran on the C library's allocator, whose slower allocations
+/// made the native side slower and the ratios lower: docs/performance.md.)
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// A case of an interleaved group: runs `n` calls and returns the time they took (setup such
 /// as cloning the native input made outside it).
 type Timed<'a> = Box<dyn FnMut(u64) -> Duration + 'a>;

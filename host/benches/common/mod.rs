@@ -3,6 +3,12 @@
 
 use std::path::{Path, PathBuf};
 
+/// The host's allocator (`host/src/main.rs`) for everything a benchmark runs in its own process:
+/// a baseline (the plain lapin pipe, the plain hyper server, the native transform) allocates as
+/// the `millrace` process it is compared with does.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[allow(dead_code)] // only the benchmarks that drive a host over HTTP use it
 pub mod host;
 
