@@ -971,9 +971,9 @@ fn a_message_fanned_out_past_its_budget_stops_at_the_budget_not_at_outputs_times
 fn log_entries_below_the_hosts_level_cost_no_log_budget() {
     let ws = workspace("");
     let mut host = Host::start(&ws.config(), &[]);
-    // 200 entries of ~66 KB at `debug`, which the default level (`info`) drops: were they
-    // counted, they would empty the step's budget (a burst of 128 KiB) and the error after
-    // them would be dropped.
+    // 200 entries at `debug` (~66 KB asked, ~2 KiB each once cut), which the default level
+    // (`info`) drops: were they counted, they would empty the step's budget (a burst of
+    // 128 KiB) and the error after them would be dropped.
     let debug = host.post("hostile", Some("text/plain"), "debug-log 200");
     assert_eq!(debug.status, 200, "{}", debug.body);
     let error = host.post("hostile", Some("text/plain"), "log 1");
@@ -986,6 +986,21 @@ fn log_entries_below_the_hosts_level_cost_no_log_budget() {
         !log.iter().any(|l| l.contains("plugin log entries dropped")),
         "{log:#?}"
     );
+}
+
+#[test]
+fn log_entries_at_a_level_the_host_writes_are_written_whatever_filters_select_on_fields() {
+    let ws = workspace("");
+    // Debug for plugins, but warn for lines carrying `stream` (what WASI guests print): a
+    // plugin's own entries have no such field, so its debug entry is written.
+    let filter = "info,millrace::plugin=debug,millrace::plugin[{stream}]=warn";
+    let mut host = Host::start(&ws.config(), &[("RUST_LOG", filter)]);
+    let debug = host.post("hostile", Some("text/plain"), "debug-log 1");
+    assert_eq!(debug.status, 200, "{}", debug.body);
+    assert!(host.stop_in_place().success());
+    let log = host.drain_log();
+    let written = log.iter().filter(|l| l.contains("flood")).count();
+    assert_eq!(written, 1, "the debug entry is written: {log:#?}");
 }
 
 #[test]

@@ -235,9 +235,10 @@ pub fn instances_made_here() -> u64 {
 }
 
 /// A new instance serving `context`, with its limits and a first deadline set, and WASI
-/// state when the step is granted `wasi`. The first instance of a component makes its memory
-/// image (a sealed memfd); sealing fails with EBUSY while the kernel still holds the freshly
-/// written pages elsewhere, which passes: that failure is tried again with a fresh store.
+/// state when `wasi` ([`capability::needs_wasi`]: granted and imported). The first instance
+/// of a component makes its memory image (a sealed memfd); sealing fails with EBUSY while the
+/// kernel still holds the freshly written pages elsewhere, which passes: that failure is tried
+/// again with a fresh store.
 /// The next call into `store` (instantiation included) ends `deadline` from now: the epoch
 /// deadline for guest code, and for a WASI guest the wake-up of its clock waits, which run no
 /// guest code.

@@ -69,7 +69,8 @@ pub struct Invocation {
     /// The last error-level entry the plugin logged during the current call (e.g. the SDK's
     /// panic message), to explain a trap in the dead-letter reason.
     pub last_error_log: Option<String>,
-    /// WASI state, for steps granted `wasi` only.
+    /// WASI state, for components that import WASI and whose step grants it only
+    /// ([`crate::plugin::capability::needs_wasi`]).
     pub wasi: Option<crate::plugin::capability::wasi::Wasi>,
 }
 

@@ -13,7 +13,10 @@ impl Host for Invocation {
     fn write(&mut self, level: Level, message: String) {
         // An entry the host's log level drops costs nothing more and does not count against
         // the budget. An error is still kept to explain a failure of the call.
-        if level != Level::Error && !enabled(level) {
+        if !enabled(level) {
+            if level == Level::Error {
+                self.last_error_log = Some(bounds::log_entry(&message));
+            }
             return;
         }
         let step = &self.step;
@@ -47,12 +50,14 @@ impl Host for Invocation {
     }
 }
 
-/// Whether the host's log writes plugin entries of `level` (the fields those entries carry
-/// named, for filters that select on them).
+/// Whether the host's log writes plugin entries of `level`: asked as for the event `write`
+/// emits, with its target and field names, so a filter that selects on fields (e.g.
+/// `millrace::plugin[{stream}]=warn`, which only the lines WASI guests print carry) answers as
+/// it will for the entry.
 fn enabled(level: Level) -> bool {
     macro_rules! on {
         ($lvl:expr) => {
-            tracing::enabled!(target: "millrace::plugin", $lvl, plant, route, plugin, message_id)
+            tracing::event_enabled!(target: "millrace::plugin", $lvl, plant, route, plugin, message_id, message)
         };
     }
     match level {

@@ -97,14 +97,22 @@ pub fn add_to_linker(linker: &mut Linker<Invocation>) -> wasmtime::Result<()> {
     clock.func_wrap(
         "subscribe-duration",
         |mut store: wasmtime::StoreContextMut<'_, Invocation>, (nanos,): (u64,)| {
-            let wasi = store.data_mut().wasi.as_mut().expect("a step granted wasi");
+            let wasi = store
+                .data_mut()
+                .wasi
+                .as_mut()
+                .expect("a component importing WASI has WASI state");
             Ok((wasi.sleep(std::time::Duration::from_nanos(nanos))?,))
         },
     )?;
     clock.func_wrap(
         "subscribe-instant",
         |mut store: wasmtime::StoreContextMut<'_, Invocation>, (when,): (u64,)| {
-            let wasi = store.data_mut().wasi.as_mut().expect("a step granted wasi");
+            let wasi = store
+                .data_mut()
+                .wasi
+                .as_mut()
+                .expect("a component importing WASI has WASI state");
             let now = wasmtime_wasi::HostMonotonicClock::now(&wasi.clock);
             Ok((wasi.sleep(std::time::Duration::from_nanos(when.saturating_sub(now)))?,))
         },
@@ -195,7 +203,7 @@ impl WasiView for Invocation {
         let wasi = self
             .wasi
             .as_mut()
-            .expect("WASI is linked only for steps granted `wasi`, whose instances have it");
+            .expect("only a component that imports WASI calls it, and its instances have WASI state (needs_wasi)");
         WasiCtxView {
             ctx: &mut wasi.ctx,
             table: &mut wasi.table,
