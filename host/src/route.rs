@@ -113,7 +113,7 @@ impl Route {
             &emits,
         );
         let inline = Arc::new(crate::pipeline::workers::Inline::new(
-            !steps.iter().any(|s| s.grants.iter().any(|g| g.may_block())),
+            !steps.iter().any(|s| s.may_block()),
             &base.plant,
             &base.name,
         ));

@@ -776,6 +776,48 @@ fn a_looping_plugin_flooded_with_messages_takes_only_its_plants_share_of_the_hos
 }
 
 #[test]
+fn only_capabilities_a_component_imports_keep_its_chain_off_inline_runs() {
+    use millrace_host::pipeline::workers::SHORT_RUNS_TO_INLINE;
+    if std::thread::available_parallelism().map_or(1, usize::from) < 2 {
+        return; // one async worker: none to spare, no chain runs inline anyway
+    }
+    // The spin guest imports `log` only; its step also grants `state` and `wasi`, which may
+    // block but which it cannot call. The act guest imports `state`: granted the same, its
+    // chain stays on the mediation threads.
+    let spin = route_toml(
+        "spin",
+        &guest("guest-spin"),
+        r#"["log", "state", "wasi"]"#,
+        "",
+    );
+    let act = route_toml(
+        "act",
+        &guest("guest-act"),
+        r#"["log", "state", "wasi"]"#,
+        "",
+    );
+    let ws = workspace(&format!("{spin}\n{act}"));
+    let host = ws.start();
+    let inline = |route: &str| {
+        counter(
+            &host,
+            &format!("millrace_chains_inline_total{{plant=\"plant-a\",route=\"{route}\"}}"),
+        )
+    };
+    for route in ["spin", "act"] {
+        for _ in 0..SHORT_RUNS_TO_INLINE * 10 {
+            let reply = host.post(route, Some("text/plain"), "ok");
+            assert_eq!(reply.status, 200, "{route}: {}", reply.body);
+        }
+    }
+    assert!(
+        inline("spin") > 0,
+        "a chain whose grants it cannot call runs inline"
+    );
+    assert_eq!(inline("act"), 0, "a chain that may block never runs inline");
+}
+
+#[test]
 fn a_chain_that_turns_to_looping_after_earning_inline_runs_holds_one_async_worker_at_most() {
     use millrace_host::pipeline::workers::{
         LONG_RUNS_TO_STAY_OFF, SHORT_RUNS_OFF, SHORT_RUNS_TO_INLINE, TIMED_RUNS,

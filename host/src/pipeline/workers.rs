@@ -88,9 +88,9 @@ pub struct Inline {
 }
 
 impl Inline {
-    /// The record of a chain that may earn inline runs when `may` (no step's grants may block
-    /// its thread: [`crate::plugin::capability::Capability::may_block`]), and never otherwise;
-    /// of route `route` of `plant`.
+    /// The record of a chain that may earn inline runs when `may` (no step may block its
+    /// thread: [`crate::plugin::StepRuntime::may_block`]), and never otherwise; of route
+    /// `route` of `plant`.
     pub fn new(may: bool, plant: &str, route: &str) -> Inline {
         Inline {
             short: AtomicU32::new(0),

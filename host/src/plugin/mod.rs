@@ -537,6 +537,8 @@ pub struct StepRuntime {
     pooled: bool,
     /// Whether its instances get WASI state ([`capability::needs_wasi`]).
     wasi: bool,
+    /// Whether a call may block its thread ([`capability::imports_blocking`]).
+    blocking: bool,
 }
 
 impl StepRuntime {
@@ -627,6 +629,7 @@ impl StepRuntime {
             idle: Mutex::new(Vec::new()),
             pooled: engine.pooled(),
             wasi,
+            blocking: capability::imports_blocking(&artifact.imports),
         };
         probe.store.data_mut().step = Arc::clone(&step.context);
         step.meters.created.inc();
@@ -676,6 +679,12 @@ impl StepRuntime {
             Arc::new(crate::quarantine::Quarantines::disabled()),
         );
         StepRuntime::load(engine, &artifact, spec)
+    }
+
+    /// Whether a call of this step may block its thread: its component imports `state` or
+    /// WASI (which its grants then include). Its chains never run inline.
+    pub fn may_block(&self) -> bool {
+        self.blocking
     }
 
     fn instantiate(&self, message_id: &str) -> wasmtime::Result<Warm> {

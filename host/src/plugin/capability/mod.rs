@@ -56,7 +56,8 @@ impl Capability {
     }
 
     /// Whether a call of it may block its thread: `state` (a write waits for the store) and
-    /// WASI (`poll` can sleep). A chain with such a step never runs on an async worker.
+    /// WASI (`poll` can sleep). A chain with a step whose component imports such a capability
+    /// never runs on an async worker ([`imports_blocking`]).
     pub fn may_block(self) -> bool {
         match self {
             Capability::Log | Capability::Config | Capability::Lookup => false,
@@ -153,6 +154,15 @@ pub fn check_grants(imports: &[String], grants: &[Capability]) -> Result<(), Vec
     }
 }
 
+/// Whether a component with `imports` may block its thread in a call: it imports a capability
+/// that may ([`Capability::may_block`]). What a step grants beyond its component's imports
+/// cannot be called, so it does not count.
+pub fn imports_blocking(imports: &[String]) -> bool {
+    imports
+        .iter()
+        .any(|import| matches!(Capability::of_import(import), Ok(Some(cap)) if cap.may_block()))
+}
+
 /// Whether instances of a component with `imports`, granted `grants`, get WASI state: only when
 /// WASI is granted and the component imports some of it. One that imports none cannot call it,
 /// so it pays for none of it (no WASI context per instance, no deadline or captured output to
@@ -181,6 +191,17 @@ mod tests {
             !needs_wasi(&python, &[Capability::Log]),
             "imported, not granted"
         );
+    }
+
+    #[test]
+    fn only_an_imported_capability_that_may_block_makes_a_component_blocking() {
+        let log = "millrace:mediation/log@0.1.0".to_string();
+        let state = "millrace:mediation/state@0.1.0".to_string();
+        let clocks = "wasi:clocks/monotonic-clock@0.2.6".to_string();
+        assert!(!imports_blocking(std::slice::from_ref(&log)));
+        assert!(imports_blocking(&[log.clone(), state]));
+        assert!(imports_blocking(&[log, clocks]));
+        assert!(!imports_blocking(&[]));
     }
 
     #[test]
