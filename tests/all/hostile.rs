@@ -855,6 +855,18 @@ fn a_chain_that_turns_to_looping_after_earning_inline_runs_holds_one_async_worke
         }
         panic!("the chain did not run inline within {EARN_WITHIN} short runs");
     };
+    // One short run fewer than earn inline runs: none of them ran inline.
+    let back_on_the_mediation_threads = |host: &Host, after: &str| {
+        let before = inline(host, "spin");
+        for _ in 1..SHORT_RUNS_TO_INLINE {
+            ok(host);
+        }
+        assert_eq!(
+            inline(host, "spin"),
+            before,
+            "after {after}: back on the mediation threads"
+        );
+    };
     if std::thread::available_parallelism().map_or(1, usize::from) < 2 {
         // One async worker: none to spare, so no chain runs inline.
         for _ in 0..SHORT_RUNS_TO_INLINE * 2 {
@@ -900,15 +912,7 @@ fn a_chain_that_turns_to_looping_after_earning_inline_runs_holds_one_async_worke
     // A long run sends the chain back to the mediation threads until it earns inline runs
     // again; after LONG_RUNS_TO_STAY_OFF it is taken off for SHORT_RUNS_OFF short runs.
     for long in 1..=LONG_RUNS_TO_STAY_OFF {
-        let before = inline(&host, "spin");
-        for _ in 1..SHORT_RUNS_TO_INLINE {
-            ok(&host);
-        }
-        assert_eq!(
-            inline(&host, "spin"),
-            before,
-            "after long run {long}: back on the mediation threads"
-        );
+        back_on_the_mediation_threads(&host, &format!("long run {long}"));
         if long == LONG_RUNS_TO_STAY_OFF {
             break;
         }
@@ -962,15 +966,7 @@ fn a_chain_that_turns_to_looping_after_earning_inline_runs_holds_one_async_worke
     }
     let reply = loop_once(&host.url);
     assert_eq!(reply.kind(), "plugin-deadline", "{}", reply.body);
-    let before = inline(&host, "spin");
-    for _ in 1..SHORT_RUNS_TO_INLINE {
-        ok(&host);
-    }
-    assert_eq!(
-        inline(&host, "spin"),
-        before,
-        "after an untimed long run: back on the mediation threads"
-    );
+    back_on_the_mediation_threads(&host, "an untimed long run");
     earn(&host);
 }
 

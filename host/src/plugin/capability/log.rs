@@ -9,6 +9,35 @@ use super::bindings::log::{Host, Level};
 use crate::plugin::bounds;
 use crate::plugin::store::Invocation;
 
+/// `$body` with `$name` the `tracing::Level` of the plugin's `$level`: tracing's macros take a
+/// constant level (one callsite per level), so each level is its own arm.
+macro_rules! at_level {
+    ($level:expr, $name:ident => $body:expr) => {
+        match $level {
+            Level::Trace => {
+                const $name: tracing::Level = tracing::Level::TRACE;
+                $body
+            }
+            Level::Debug => {
+                const $name: tracing::Level = tracing::Level::DEBUG;
+                $body
+            }
+            Level::Info => {
+                const $name: tracing::Level = tracing::Level::INFO;
+                $body
+            }
+            Level::Warn => {
+                const $name: tracing::Level = tracing::Level::WARN;
+                $body
+            }
+            Level::Error => {
+                const $name: tracing::Level = tracing::Level::ERROR;
+                $body
+            }
+        }
+    };
+}
+
 impl Host for Invocation {
     fn write(&mut self, level: Level, message: String) {
         // An entry the host's log level drops costs nothing more and does not count against
@@ -32,18 +61,7 @@ impl Host for Invocation {
         if dropped > 0 {
             tracing::warn!(target: "millrace::plugin", plant = %step.plant, route = %step.route, plugin = %step.plugin, dropped, "plugin log entries dropped: over {} bytes per second", bounds::LOG_BYTES_PER_SECOND);
         }
-        macro_rules! emit {
-            ($lvl:expr) => {
-                tracing::event!(target: "millrace::plugin", $lvl, plant = %step.plant, route = %step.route, plugin = %step.plugin, message_id = %id, "{entry}")
-            };
-        }
-        match level {
-            Level::Trace => emit!(tracing::Level::TRACE),
-            Level::Debug => emit!(tracing::Level::DEBUG),
-            Level::Info => emit!(tracing::Level::INFO),
-            Level::Warn => emit!(tracing::Level::WARN),
-            Level::Error => emit!(tracing::Level::ERROR),
-        }
+        at_level!(level, LEVEL => tracing::event!(target: "millrace::plugin", LEVEL, plant = %step.plant, route = %step.route, plugin = %step.plugin, message_id = %id, "{entry}"));
         if level == Level::Error {
             self.last_error_log = Some(entry);
         }
@@ -55,16 +73,5 @@ impl Host for Invocation {
 /// `millrace::plugin[{stream}]=warn`, which only the lines WASI guests print carry) answers as
 /// it will for the entry.
 fn enabled(level: Level) -> bool {
-    macro_rules! on {
-        ($lvl:expr) => {
-            tracing::event_enabled!(target: "millrace::plugin", $lvl, plant, route, plugin, message_id, message)
-        };
-    }
-    match level {
-        Level::Trace => on!(tracing::Level::TRACE),
-        Level::Debug => on!(tracing::Level::DEBUG),
-        Level::Info => on!(tracing::Level::INFO),
-        Level::Warn => on!(tracing::Level::WARN),
-        Level::Error => on!(tracing::Level::ERROR),
-    }
+    at_level!(level, LEVEL => tracing::event_enabled!(target: "millrace::plugin", LEVEL, plant, route, plugin, message_id, message))
 }
