@@ -154,13 +154,19 @@ pub fn check_grants(imports: &[String], grants: &[Capability]) -> Result<(), Vec
     }
 }
 
+/// The capabilities a component with `imports` calls ([`Capability::of_import`]; imports of
+/// no capability, or of none millrace provides, left out: [`check_grants`] refuses the latter).
+fn imported(imports: &[String]) -> impl Iterator<Item = Capability> + '_ {
+    imports
+        .iter()
+        .filter_map(|import| Capability::of_import(import).ok().flatten())
+}
+
 /// Whether a component with `imports` may block its thread in a call: it imports a capability
 /// that may ([`Capability::may_block`]). What a step grants beyond its component's imports
 /// cannot be called, so it does not count.
 pub fn imports_blocking(imports: &[String]) -> bool {
-    imports
-        .iter()
-        .any(|import| matches!(Capability::of_import(import), Ok(Some(cap)) if cap.may_block()))
+    imported(imports).any(Capability::may_block)
 }
 
 /// Whether instances of a component with `imports`, granted `grants`, get WASI state: only when
@@ -168,7 +174,7 @@ pub fn imports_blocking(imports: &[String]) -> bool {
 /// so it pays for none of it (no WASI context per instance, no deadline or captured output to
 /// keep per call), whatever its step grants.
 pub fn needs_wasi(imports: &[String], grants: &[Capability]) -> bool {
-    grants.contains(&Capability::Wasi) && imports.iter().any(|import| import.starts_with("wasi:"))
+    grants.contains(&Capability::Wasi) && imported(imports).any(|cap| cap == Capability::Wasi)
 }
 
 #[cfg(test)]
