@@ -38,6 +38,7 @@ use lapin::options::{
 use lapin::types::FieldTable;
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
 use millrace_host::amqp::config::{DEFAULT_DELIVERY_LIMIT, QueueKind};
+use millrace_host::amqp::session::close_connection;
 use millrace_host::amqp::topology::{Role, arguments};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -382,8 +383,10 @@ async fn pipe(
     });
     let rate = watch(&ch, "pipe.sink", n, std::process::id(), broker).await;
     task.abort();
-    let _ = conn.close(200, "done".into()).await;
-    let _ = setup.close(200, "done".into()).await;
+    // Bounded: lapin has been seen to drop the socket at this close and never resolve it,
+    // which hung the bench between rounds.
+    close_connection(&conn, "done").await;
+    close_connection(&setup, "done").await;
     rate
 }
 
@@ -440,7 +443,7 @@ async fn millrace(
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let _ = setup.close(200, "done".into()).await;
+    close_connection(&setup, "done").await;
     rate
 }
 

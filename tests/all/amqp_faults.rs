@@ -122,7 +122,7 @@ pub fn publish_inputs(url: &str, n: usize, queue_args: &FieldTable) {
                 assert!(confirm.await.expect("confirm").is_ack());
             }
         }
-        let _ = conn.close(200, "done".into()).await;
+        millrace_host::amqp::session::close_connection(&conn, "done").await;
     });
 }
 
@@ -152,7 +152,7 @@ pub fn ready(url: &str, queue: &str) -> u32 {
             }
             .await
             .map_err(|e| e.to_string());
-            let _ = conn.close(200, "done".into()).await;
+            millrace_host::amqp::session::close_connection(&conn, "done").await;
             count
         });
         match asked {
@@ -242,7 +242,7 @@ fn read_outputs(url: &str) -> Vec<String> {
                 .await
                 .expect("ack");
         }
-        let _ = conn.close(200, "done".into()).await;
+        millrace_host::amqp::session::close_connection(&conn, "done").await;
         ids
     })
 }

@@ -92,6 +92,6 @@ async fn read(connection: &lapin::Connection, routes: &Routes) -> Reading {
             }
         }
     }
-    let _ = channel.close(200, "backlog read".into()).await;
+    super::session::close_channel(&channel, "backlog read").await;
     reading
 }

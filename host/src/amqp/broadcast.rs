@@ -420,7 +420,7 @@ async fn announce(
                 return Err("the broker refused it".to_string());
             }
         }
-        let _ = channel.close(200, "announced".into()).await;
+        super::session::close_channel(&channel, "announced").await;
         // What the queue held before this one is older: removed now, so the queue holds about
         // one activation and a host's read at connecting stays short.
         if let Err(e) = read_retained(&session.connection, fleet, &note.plant, &note.plugin).await {
@@ -1002,7 +1002,7 @@ async fn read_retained(
             break;
         }
     }
-    let _ = channel.close(200, "read".into()).await;
+    super::session::close_channel(&channel, "read").await;
     read.map(|()| latest.map(|(_, note, bytes)| (note, bytes)))
 }
 

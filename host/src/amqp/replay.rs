@@ -128,7 +128,7 @@ pub fn replay(
             }
         }
         // Unacknowledged dead letters (a dry run's, failed ones) return to their queue.
-        let _ = channel.close(200, "replay done".into()).await;
+        super::session::close_channel(&channel, "replay done").await;
         super::session::close_connection(&connection, "replay done").await;
         if dry_run {
             println!(

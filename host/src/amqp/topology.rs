@@ -384,9 +384,9 @@ impl<'a> Declarer<'a> {
         Ok(())
     }
 
-    /// Close the channel.
+    /// Close the channel (bounded: [`super::session::close_channel`]).
     pub async fn close(self) {
-        let _ = self.channel.close(200, "declared".into()).await;
+        super::session::close_channel(&self.channel, "declared").await;
     }
 }
 
