@@ -120,16 +120,21 @@ pub enum Codegen {
     FixedMemory,
     /// Tables filled at instantiation (`table_lazy_init(false)`): indirect calls skip the check.
     EagerTables,
+    /// The host's settings, and a perf map of the compiled code (`/tmp/perf-PID.map`) so that
+    /// `perf report` names a guest's functions (from the component's name section, when it was
+    /// built with one). Measurement only: it changes no code.
+    PerfMap,
 }
 
 impl Codegen {
     /// Every setting, by the name [`Codegen::named`] takes.
-    pub const ALL: [(&'static str, Codegen); 5] = [
+    pub const ALL: [(&'static str, Codegen); 6] = [
         ("inlining", Codegen::Inlining),
         ("speed-and-size", Codegen::SpeedAndSize),
         ("without-deadline-checks", Codegen::WithoutDeadlineChecks),
         ("fixed-memory", Codegen::FixedMemory),
         ("eager-tables", Codegen::EagerTables),
+        ("perf-map", Codegen::PerfMap),
     ];
 
     /// The setting named `name` (one of [`Codegen::ALL`]).
@@ -190,6 +195,9 @@ impl PluginEngine {
             }
             Codegen::EagerTables => {
                 config.table_lazy_init(false);
+            }
+            Codegen::PerfMap => {
+                config.profiler(wasmtime::ProfilingStrategy::PerfMap);
             }
         })
     }
