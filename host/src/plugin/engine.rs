@@ -325,7 +325,7 @@ mod tests {
     use wasmtime::{Module, Store, Trap};
 
     /// A core module whose `spin` export never returns.
-    const SPIN: &str = r#"(module (func (export "spin") (loop (br 0))))"#;
+    const SPIN: &str = r#"(module (func $spin (export "spin") (loop (br 0))))"#;
 
     fn compile(engine: &PluginEngine) -> Module {
         Module::new(engine.engine(), wat::parse_str(SPIN).unwrap()).unwrap()
@@ -388,6 +388,26 @@ mod tests {
         eventually("a spinning call with no guard is stopped", || {
             stopped.load(Ordering::SeqCst)
         });
+    }
+
+    #[test]
+    fn every_measurement_setting_is_found_by_its_name_and_runs_code() {
+        let map = std::path::PathBuf::from(format!("/tmp/perf-{}.map", std::process::id()));
+        for (name, codegen) in Codegen::ALL {
+            assert_eq!(Codegen::named(name), Some(codegen));
+            let engine = PluginEngine::for_measurement(codegen).unwrap();
+            let module = compile(&engine);
+            if codegen != Codegen::WithoutDeadlineChecks {
+                spin_is_interrupted(engine.engine(), &module, Duration::from_millis(5));
+            }
+            if codegen == Codegen::PerfMap {
+                // The perf map names the compiled function for `perf report`.
+                let written = std::fs::read_to_string(&map).unwrap_or_default();
+                let _ = std::fs::remove_file(&map);
+                assert!(written.contains("spin"), "perf map: {written:?}");
+            }
+        }
+        assert_eq!(Codegen::named("no-such-setting"), None);
     }
 
     #[test]
