@@ -49,7 +49,7 @@ impl Plugin for MesFixedWidth {
     fn mediate(&self, host: &impl Host, input: Message) -> Result<Vec<Message>, MediationError> {
         let source = format!("/plants/{}/{}", input.plant, self.layout.source_system);
         let mut outputs = Vec::new();
-        for (index, line) in input.body.split(|b| *b == b'\n').enumerate() {
+        for (index, line) in lines(&input.body).enumerate() {
             let line_no = index + 1;
             let line = line.strip_suffix(b"\r").unwrap_or(line);
             if line.is_empty() {
@@ -94,6 +94,36 @@ impl Plugin for MesFixedWidth {
         }
         Ok(outputs)
     }
+}
+
+/// The lines of `body` (split at `\n`, as `split` would), found eight bytes at a time.
+fn lines(body: &[u8]) -> impl Iterator<Item = &[u8]> {
+    let mut rest = Some(body);
+    std::iter::from_fn(move || {
+        let text = rest?;
+        match newline(text) {
+            Some(at) => {
+                rest = Some(&text[at + 1..]);
+                Some(&text[..at])
+            }
+            None => {
+                rest = None;
+                Some(text)
+            }
+        }
+    })
+}
+
+/// The index of the first `\n` in `bytes`.
+fn newline(bytes: &[u8]) -> Option<usize> {
+    let mut at = 0;
+    for chunk in bytes.chunks_exact(8) {
+        if chunk.iter().fold(false, |found, b| found | (*b == b'\n')) {
+            break;
+        }
+        at += 8;
+    }
+    bytes[at..].iter().position(|b| *b == b'\n').map(|i| at + i)
 }
 
 millrace_sdk::export!(MesFixedWidth);

@@ -442,3 +442,36 @@ fn local_times_in_an_iana_time_zone_follow_daylight_saving_time() {
         (Some("completed_at"), Some(52))
     );
 }
+
+/// Every placement of a newline or a bad byte in bodies of 0 to 24 bytes: the chunked searches
+/// find what a byte-by-byte search finds.
+#[test]
+fn lines_and_bad_bytes_are_found_where_a_byte_by_byte_search_finds_them() {
+    use crate::layout::Encoding;
+    use crate::record::first_disallowed;
+    for len in 0..=24 {
+        for at in 0..=len {
+            for (mark, second) in [(b'\n', None), (b'\n', Some(len / 2)), (0x1f, None)] {
+                let mut body = vec![b'A'; len];
+                if at < len {
+                    body[at] = mark;
+                }
+                if let Some(other) = second.filter(|o| *o < len) {
+                    body[other] = mark;
+                }
+                let split: Vec<&[u8]> = body.split(|b| *b == b'\n').collect();
+                assert_eq!(lines(&body).collect::<Vec<_>>(), split, "{body:?}");
+                for encoding in [Encoding::Ascii, Encoding::Latin1] {
+                    let expected = body.iter().position(|b| {
+                        !((0x20..0x7f).contains(b) || (encoding == Encoding::Latin1 && *b >= 0xa0))
+                    });
+                    assert_eq!(first_disallowed(encoding, &body), expected, "{body:?}");
+                }
+            }
+        }
+    }
+    // Latin-1 letters are allowed in a Latin-1 layout only.
+    let latin1 = b"Gr\xfc\xdfe aus M\xfcnchen";
+    assert_eq!(first_disallowed(Encoding::Latin1, latin1), None);
+    assert_eq!(first_disallowed(Encoding::Ascii, latin1), Some(2));
+}
