@@ -451,7 +451,15 @@ fn lines_and_bad_bytes_are_found_where_a_byte_by_byte_search_finds_them() {
     use crate::record::first_disallowed;
     for len in 0..=24 {
         for at in 0..=len {
-            for (mark, second) in [(b'\n', None), (b'\n', Some(len / 2)), (0x1f, None)] {
+            let marks = [
+                (b'\n', None),
+                (b'\n', Some(len / 2)),
+                (0x1f, None),
+                (0x7f, None),
+                (0x85, None),
+                (0xff, None),
+            ];
+            for (mark, second) in marks {
                 let mut body = vec![b'A'; len];
                 if at < len {
                     body[at] = mark;
