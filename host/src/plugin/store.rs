@@ -79,16 +79,22 @@ impl Invocation {
     /// what a WASI guest printed goes to the log; its last stderr line explains a trap when the
     /// plugin logged no error itself.
     pub fn flush_guest_output(&mut self) {
-        let dropped = self.step.log_budget.take_dropped();
-        if dropped > 0 {
-            let step = &self.step;
-            tracing::warn!(target: "millrace::plugin", plant = %step.plant, route = %step.route, plugin = %step.plugin, message_id = %self.message_id, dropped, "plugin log entries dropped: over {} bytes per second", crate::plugin::bounds::LOG_BYTES_PER_SECOND);
-        }
+        self.report_log_drops();
         if let Some(wasi) = &self.wasi
             && let Some(last) = wasi.flush_to_log(&self.step, &self.message_id)
             && self.last_error_log.is_none()
         {
             self.last_error_log = Some(last);
+        }
+    }
+
+    /// Entries dropped over the step's log budget since they were last reported, in one line
+    /// (nothing when none were).
+    pub fn report_log_drops(&self) {
+        let dropped = self.step.log_budget.take_dropped();
+        if dropped > 0 {
+            let step = &self.step;
+            tracing::warn!(target: "millrace::plugin", plant = %step.plant, route = %step.route, plugin = %step.plugin, message_id = %self.message_id, dropped, "plugin log entries dropped: over {} bytes per second", crate::plugin::bounds::LOG_BYTES_PER_SECOND);
         }
     }
 }

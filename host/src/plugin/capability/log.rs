@@ -57,10 +57,7 @@ impl Host for Invocation {
             }
             return;
         }
-        let dropped = step.log_budget.take_dropped();
-        if dropped > 0 {
-            tracing::warn!(target: "millrace::plugin", plant = %step.plant, route = %step.route, plugin = %step.plugin, dropped, "plugin log entries dropped: over {} bytes per second", bounds::LOG_BYTES_PER_SECOND);
-        }
+        self.report_log_drops();
         at_level!(level, LEVEL => tracing::event!(target: "millrace::plugin", LEVEL, plant = %step.plant, route = %step.route, plugin = %step.plugin, message_id = %id, "{entry}"));
         if level == Level::Error {
             self.last_error_log = Some(entry);
