@@ -402,25 +402,39 @@ fn host_killed_mid_stream_loses_nothing_and_repeats_only_deliveries_in_hand() {
     );
 }
 
+/// A broker method by its class and method ids (AMQP 0-9-1 §4.2.6), as a relay matches it.
+type Method = (u16, u16);
+/// `basic.ack`: the broker's confirm of a publish.
+const BASIC_ACK: Method = (60, 80);
+/// `channel.close-ok`: the broker's answer to the close of a channel.
+const CHANNEL_CLOSE_OK: Method = (20, 41);
+/// `connection.close-ok`: the broker's answer to the close of the connection.
+const CONNECTION_CLOSE_OK: Method = (10, 51);
+
+/// How long a relay that ate a `connection.close-ok` keeps the client's socket open: far longer
+/// than the host waits for the answer.
+const HUNG_NODE_HOLDS: Duration = Duration::from_secs(120);
+
 /// A TCP proxy in front of a broker that relays the broker's frames one by one and, on the first
-/// connection it takes, drops every `basic.ack` the broker sends (the confirms of publishes):
-/// the connection stays alive (heartbeats, deliveries and every other answer pass), a publish
-/// is never confirmed. Later connections pass whole.
-struct ConfirmEater {
+/// connection it takes, drops every frame of the broker's methods in `eats`: the connection
+/// stays alive (heartbeats, deliveries and every other answer pass), the methods eaten never
+/// arrive; after eating a `connection.close-ok` it relays nothing more and holds the client's
+/// socket open ([`HUNG_NODE_HOLDS`]), as a hung node would. Later connections pass whole.
+struct FrameEater {
     port: u16,
     connections: std::sync::Arc<std::sync::atomic::AtomicUsize>,
     eaten: std::sync::Arc<std::sync::atomic::AtomicUsize>,
 }
 
-impl ConfirmEater {
-    fn start(upstream: u16) -> ConfirmEater {
+impl FrameEater {
+    fn start(upstream: u16, eats: &'static [Method]) -> FrameEater {
         use std::sync::Arc;
         use std::sync::atomic::{AtomicUsize, Ordering};
         let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("a free port");
         let port = listener.local_addr().unwrap().port();
         let connections = Arc::new(AtomicUsize::new(0));
         let eaten = Arc::new(AtomicUsize::new(0));
-        let (counted, eats) = (Arc::clone(&connections), Arc::clone(&eaten));
+        let (counted, eaten_here) = (Arc::clone(&connections), Arc::clone(&eaten));
         std::thread::spawn(move || {
             for client in listener.incoming().map_while(Result::ok) {
                 let Ok(server) = std::net::TcpStream::connect(("127.0.0.1", upstream)) else {
@@ -433,11 +447,12 @@ impl ConfirmEater {
                     let _ = std::io::copy(&mut up_from, &mut up_to);
                     let _ = up_to.shutdown(std::net::Shutdown::Both);
                 });
-                let eats = Arc::clone(&eats);
-                std::thread::spawn(move || relay_frames(server, client, first, &eats));
+                let eaten_here = Arc::clone(&eaten_here);
+                let eats: &[Method] = if first { eats } else { &[] };
+                std::thread::spawn(move || relay_frames(server, client, eats, &eaten_here));
             }
         });
-        ConfirmEater {
+        FrameEater {
             port,
             connections,
             eaten,
@@ -450,11 +465,11 @@ impl ConfirmEater {
 }
 
 /// Relay AMQP frames (type, channel, size, payload, frame end) from the broker to the client,
-/// leaving out `basic.ack` (class 60, method 80) when `eat_confirms`.
+/// leaving out the method frames of `eats`.
 fn relay_frames(
     mut from: std::net::TcpStream,
     mut to: std::net::TcpStream,
-    eat_confirms: bool,
+    eats: &[Method],
     eaten: &std::sync::atomic::AtomicUsize,
 ) {
     use std::io::{Read, Write};
@@ -468,9 +483,19 @@ fn relay_frames(
         if from.read_exact(&mut rest).is_err() {
             break;
         }
-        let confirm = head[0] == 1 && size >= 4 && rest[..4] == [0, 60, 0, 80];
-        if eat_confirms && confirm {
+        let method = (head[0] == 1 && size >= 4).then(|| {
+            (
+                u16::from_be_bytes([rest[0], rest[1]]),
+                u16::from_be_bytes([rest[2], rest[3]]),
+            )
+        });
+        if method.is_some_and(|m| eats.contains(&m)) {
             eaten.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            if method == Some(CONNECTION_CLOSE_OK) {
+                // The node closes the socket after this answer; a hung node keeps it open.
+                std::thread::sleep(HUNG_NODE_HOLDS);
+                break;
+            }
             continue;
         }
         if to
@@ -482,6 +507,40 @@ fn relay_frames(
         }
     }
     let _ = to.shutdown(std::net::Shutdown::Both);
+}
+
+/// A broker that takes the close of a channel and of the connection and never answers either
+/// (hung, or its answers lost on the way): the host's closes (`session::close_channel`,
+/// `session::close_connection`, which every close in the host goes through) give up after their
+/// bound and return, where lapin's own close waits for the answer without a limit and would hold
+/// the task closing (a backlog read, a replay, a bench's round) for good.
+#[test]
+fn closes_the_broker_never_answers_are_given_up() {
+    use millrace_host::amqp::session::{close_channel, close_connection};
+    use std::sync::atomic::Ordering;
+    let broker = Broker::start();
+    let eater = FrameEater::start(broker.port, &[CHANNEL_CLOSE_OK, CONNECTION_CLOSE_OK]);
+    runtime().block_on(async {
+        let conn = Connection::connect(&eater.url(), ConnectionProperties::default())
+            .await
+            .expect("connect through the relay");
+        let ch = conn.create_channel().await.expect("channel");
+        // Far above the bound of each close (5 s): reached only when a close does not return.
+        let closed = tokio::time::timeout(Duration::from_secs(60), async {
+            close_channel(&ch, "test").await;
+            close_connection(&conn, "test").await;
+        })
+        .await;
+        assert!(
+            closed.is_ok(),
+            "a close the broker never answered did not return within 60 s"
+        );
+    });
+    assert_eq!(
+        eater.eaten.load(Ordering::SeqCst),
+        2,
+        "the broker answered both closes and the relay ate both answers"
+    );
 }
 
 /// A broker that keeps the connection alive and never confirms a publish (RabbitMQ's
@@ -497,7 +556,7 @@ fn confirms_that_never_come_give_the_session_up_and_lose_nothing() {
     const IN_HAND: usize = 32;
     let broker = Broker::start();
     publish_inputs(&broker.url(), INPUTS, &FieldTable::default());
-    let eater = ConfirmEater::start(broker.port);
+    let eater = FrameEater::start(broker.port, &[BASIC_ACK]);
     let ws = mes_stream_workspace(
         &format!("amqp = {:?}\namqp_confirm_timeout_s = 2", eater.url()),
         IN_HAND,
