@@ -23,6 +23,9 @@
 //! `ONLY=A,B` measures only the groups whose name contains one of the words (e.g.
 //! `ONLY=vectors/downtime-router`); the others are not loaded.
 //!
+//! The `floor/PLUGIN` groups run a guest that answers with its input (`tests/guests/echo`) on
+//! a plugin's vectors: what a call through the host costs whatever the plugin does.
+//!
 //! `ENGINE=NAME` (one of [`Codegen::ALL`]) also runs each Rust plugin's usual component on an
 //! engine with that code-generation setting, as the case `engine-NAME`: a wasmtime setting
 //! measured the same way.
@@ -155,8 +158,12 @@ fn measured_engine() -> Option<(String, PluginEngine)> {
     ))
 }
 
-/// `PLUGIN.VARIANT` when `VARIANT` is set and that build exists.
+/// `PLUGIN.VARIANT` when `VARIANT` is set and that build exists. Test guests are not built as
+/// variants.
 fn variant(plugin: &str) -> Option<String> {
+    if plugin.starts_with("guest-") {
+        return None;
+    }
     let (name, path) = variant_build(plugin)?;
     assert!(
         path.exists(),
@@ -171,6 +178,17 @@ fn variant_build(plugin: &str) -> Option<(String, PathBuf)> {
     let name = format!("{plugin}.{}", std::env::var("VARIANT").ok()?);
     let path = root().join("target/plugins").join(format!("{name}.wasm"));
     Some((name, path))
+}
+
+/// Where `scripts/build-plugins` puts a component: a plugin's (or its variant's, or its twin's)
+/// under `target/plugins`, a test guest's (`guest-…`) under `target/test-guests`.
+fn component_path(component: &str) -> PathBuf {
+    let folder = if component.starts_with("guest-") {
+        "target/test-guests"
+    } else {
+        "target/plugins"
+    };
+    root().join(folder).join(format!("{component}.wasm"))
 }
 
 fn root() -> &'static Path {
@@ -566,6 +584,20 @@ fn bench_plugin_and_twins<P: Plugin>(
     );
 }
 
+/// What any call costs (`floor/PLUGIN` groups): a guest that answers with its input unchanged
+/// (`tests/guests/echo`), natively and through the host with a warm instance, on the messages
+/// of a plugin's vectors. The difference is the boundary: the input lowered into the guest, the
+/// guest's bindings, the output (as large as the input) lifted back, the instance's bookkeeping.
+fn bench_floor(c: &mut Criterion, engine: &PluginEngine, plugin: &str) {
+    let group_name = format!("floor/{plugin}");
+    if !selected(&group_name) {
+        return;
+    }
+    let v = vectors(plugin);
+    let throughput = Throughput::Elements(v.messages.len() as u64);
+    bench_cases::<guest_echo::Echo>(c, engine, "guest-echo", &group_name, v, throughput, &[]);
+}
+
 /// A parser on the largest file of its real-world corpus (`corpus/PLUGIN` groups, throughput
 /// in bytes), natively and through the host with a warm instance.
 fn bench_largest_corpus_file<P: Plugin>(c: &mut Criterion, engine: &PluginEngine, name: &str) {
@@ -627,13 +659,7 @@ fn bench_cases<P: Plugin>(
     }
     let measured = measured_engine();
     let load = |component: &str, engine: &PluginEngine| {
-        let artifact = Artifact::load(
-            engine,
-            &root()
-                .join("target/plugins")
-                .join(format!("{component}.wasm")),
-        )
-        .expect("component loads");
+        let artifact = Artifact::load(engine, &component_path(component)).expect("component loads");
         let spec = StepSpec {
             plant: millrace_host::conformance::PLANT,
             route: millrace_host::conformance::ROUTE,
@@ -749,6 +775,9 @@ fn bench_vectors(c: &mut Criterion) {
     // Cases 01 (hold), 04 (release), 05 (ASN of the released lot) run in that order, so every
     // iteration leaves the state as it found it.
     bench_plugin::<policy_guard::PolicyGuard>(c, &engine, "policy-guard");
+    // The floor on the two plugins whose messages are smallest (their ratios are the highest).
+    bench_floor(c, &engine, "mes-fixed-width");
+    bench_floor(c, &engine, "downtime-router");
     bench_largest_corpus_file::<x12_856::X12Asn>(c, &engine, "x12-856");
     bench_largest_corpus_file::<csv_records::CsvRecords>(c, &engine, "csv-records");
     bench_largest_corpus_file::<idoc_flat::IdocFlat>(c, &engine, "idoc-flat");
