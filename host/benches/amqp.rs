@@ -24,7 +24,9 @@
 //! their values in one header, in basic properties instead of headers or as the event's
 //! attributes (`host.amqp_event_provenance`), `mandatory`; what it costs the broker and the
 //! client, same run), `QUEUES=quorum` (both sides' queues quorum queues, with the
-//! arguments millrace declares, and the host's `amqp_queues` set to match; default classic).
+//! arguments millrace declares, and the host's `amqp_queues` set to match; default classic),
+//! `QUEUE_POLICY=JSON` (a broker policy with that definition on every queue, both sides alike,
+//! e.g. `QUEUE_POLICY='{"queue-mode":"lazy"}'`).
 
 mod common;
 use common::{cpu_seconds, median, record, root, route_output, setting};
@@ -79,6 +81,45 @@ impl Node {
 
     fn url(&self) -> String {
         format!("amqp://guest:guest@127.0.0.1:{}/%2f", self.port)
+    }
+
+    /// `rabbitmqctl ARGS` against this node (the package's inner script: the outer one switches
+    /// to the `rabbitmq` user).
+    fn ctl(&self, args: &[&str]) {
+        let ctl = std::fs::read_dir("/usr/lib/rabbitmq/lib")
+            .expect("rabbitmq-server is installed")
+            .filter_map(Result::ok)
+            .map(|e| e.path().join("sbin/rabbitmqctl"))
+            .find(|p| p.exists())
+            .expect("rabbitmqctl");
+        let out = Command::new(ctl)
+            .args(["-n", &format!("millrace-{}@localhost", self.port)])
+            .args(args)
+            .env("HOME", self._dir.path().join("home"))
+            .env("RABBITMQ_CONF_ENV_FILE", "/dev/null")
+            .output()
+            .expect("rabbitmqctl runs");
+        assert!(
+            out.status.success(),
+            "rabbitmqctl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// `QUEUE_POLICY=JSON`: a policy with that definition on every queue of the node (e.g.
+    /// `{"queue-mode":"lazy"}`), for both sides alike.
+    fn apply_queue_policy(&self) {
+        if let Ok(definition) = std::env::var("QUEUE_POLICY") {
+            self.ctl(&[
+                "set_policy",
+                "bench-queues",
+                ".*",
+                &definition,
+                "--apply-to",
+                "queues",
+            ]);
+            eprintln!("queue policy on every queue: {definition}");
+        }
     }
 }
 
@@ -537,6 +578,7 @@ fn main() {
     let prefetch = setting("PREFETCH", 256) as u16;
     let event = route_output();
     let node = Node::start();
+    node.apply_queue_policy();
     let url = node.url();
     let data = tempfile::tempdir().unwrap();
     let runtime = tokio::runtime::Builder::new_multi_thread()
