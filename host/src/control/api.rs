@@ -29,8 +29,8 @@ use super::{audit, auth, reload};
 use crate::control::deploy::DeployError;
 use crate::http::problem::Problem;
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full, Limited};
-use hyper::body::{Body as _, Incoming};
+use http_body_util::Full;
+use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode, header};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -39,8 +39,6 @@ use tokio::net::TcpListener;
 
 /// Largest body the admin API reads (components are capped again by the gate).
 const MAX_UPLOAD: usize = 1024 << 20;
-/// Bytes past the component size limit the admin API reads and drops before answering 413.
-const DRAIN_PAST_LIMIT: u64 = 64 << 20;
 
 /// What the admin listener serves with.
 pub struct AdminApi {
@@ -534,26 +532,27 @@ fn form_urlencoded(query: &str) -> Vec<(String, String)> {
 
 /// A request's JSON body, at most 64 KiB.
 async fn small_body(control: &Control, req: Request<Incoming>) -> Result<Vec<u8>, Problem> {
-    const MAX: usize = 64 << 10;
-    let read = tokio::time::timeout(
-        control.connections.body_timeout,
-        Limited::new(req.into_body(), MAX).collect(),
-    )
-    .await
-    .map_err(|_| Problem::request_timeout(control.connections.body_timeout))?;
-    read.map(|b| b.to_bytes().to_vec())
-        .map_err(|_| Problem::bad_request("the body is over 64 KiB"))
+    use crate::http::body::{Read, read_within};
+    const MAX: u64 = 64 << 10;
+    let timeout = control.connections.body_timeout;
+    match read_within(req.into_body(), MAX, timeout).await {
+        Read::Whole(bytes) => Ok(bytes.to_vec()),
+        Read::TooLarge => Err(Problem::bad_request("the body is over 64 KiB")),
+        Read::TimedOut => Err(Problem::request_timeout(timeout)),
+        Read::Failed(e) => Err(Problem::bad_request(format!(
+            "the body could not be read: {e}"
+        ))),
+    }
 }
 
-/// A component's body, at most `host.max_component_mib`. An upload over it is answered 413 once
-/// the rest of its body (at most [`DRAIN_PAST_LIMIT`] more, within the body timeout) has been
-/// read and dropped: a client that sends its whole body before reading the answer, as most do,
-/// would otherwise have the connection reset under it and never see the 413. A body declared
-/// longer than that is refused unread.
+/// A component's body, at most `host.max_component_mib` (413 past it, [`crate::http::body`]).
 async fn body(control: &Control, req: Request<Incoming>) -> Result<Vec<u8>, Problem> {
-    let limit = control.deployer.max_component_bytes().min(MAX_UPLOAD) as u64;
-    let too_large = || {
-        Problem::new(
+    use crate::http::body::{Read, read_within};
+    let limit = control.deployer.max_component_bytes().min(MAX_UPLOAD);
+    let timeout = control.connections.body_timeout;
+    match read_within(req.into_body(), limit as u64, timeout).await {
+        Read::Whole(bytes) => Ok(bytes.to_vec()),
+        Read::TooLarge => Err(Problem::new(
             StatusCode::PAYLOAD_TOO_LARGE,
             "component-too-large",
             "Component too large",
@@ -561,39 +560,11 @@ async fn body(control: &Control, req: Request<Incoming>) -> Result<Vec<u8>, Prob
                 "the body is over the limit: at most {} MiB are accepted (host.max_component_mib)",
                 limit >> 20
             ),
-        )
-    };
-    let mut incoming = req.into_body();
-    if incoming.size_hint().lower() > limit + DRAIN_PAST_LIMIT {
-        return Err(too_large());
-    }
-    let mut kept = Vec::new();
-    let mut seen = 0u64;
-    let read = tokio::time::timeout(control.connections.body_timeout, async {
-        while let Some(frame) = incoming.frame().await {
-            let frame = frame
-                .map_err(|e| Problem::bad_request(format!("the body could not be read: {e}")))?;
-            let Ok(data) = frame.into_data() else {
-                continue;
-            };
-            seen += data.len() as u64;
-            if seen <= limit {
-                kept.extend_from_slice(&data);
-            } else if seen > limit + DRAIN_PAST_LIMIT {
-                break;
-            } else if !kept.is_empty() {
-                kept = Vec::new();
-            }
-        }
-        Ok::<(), Problem>(())
-    })
-    .await;
-    if seen > limit {
-        return Err(too_large());
-    }
-    match read {
-        Err(_) => Err(Problem::request_timeout(control.connections.body_timeout)),
-        Ok(read) => read.map(|()| kept),
+        )),
+        Read::TimedOut => Err(Problem::request_timeout(timeout)),
+        Read::Failed(e) => Err(Problem::bad_request(format!(
+            "the body could not be read: {e}"
+        ))),
     }
 }
 

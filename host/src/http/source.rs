@@ -26,6 +26,7 @@
 //!
 //! Shutdown: stop accepting, let in-flight requests finish, return.
 
+use super::body::{Read, read_within};
 use super::problem::Problem;
 use crate::config::Source;
 use crate::idempotency::{self, Begin, StoredAnswer};
@@ -37,7 +38,7 @@ use crate::plugin::bindings::types::Message;
 use crate::plugin::bounds::Breach;
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode, header};
 use hyper_util::server::graceful::GracefulShutdown;
@@ -140,14 +141,6 @@ async fn route_request(
             ));
         }
     }
-    let declared = req
-        .headers()
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<usize>().ok());
-    if declared.is_some_and(|len| len > route.max_body_bytes) {
-        return Err(Problem::too_large(&route.name, route.max_body_bytes));
-    }
     let key = match req.headers().get("idempotency-key").map(|v| v.to_str()) {
         Some(Ok(key)) if !key.is_empty() && key.len() <= MAX_KEY_LEN => Some(key.to_string()),
         Some(_) => {
@@ -173,21 +166,12 @@ async fn route_request(
     if let Some(client) = client {
         headers.push(("millrace-client".into(), client));
     }
-    let read = tokio::time::timeout(
-        source.connections.body_timeout,
-        Limited::new(req.into_body(), route.max_body_bytes).collect(),
-    )
-    .await
-    .map_err(|_| Problem::request_timeout(source.connections.body_timeout))?;
-    let body = match read {
-        Ok(collected) => collected.to_bytes(),
-        Err(e)
-            if e.downcast_ref::<http_body_util::LengthLimitError>()
-                .is_some() =>
-        {
-            return Err(Problem::too_large(&route.name, route.max_body_bytes));
-        }
-        Err(e) => {
+    let timeout = source.connections.body_timeout;
+    let body = match read_within(req.into_body(), route.max_body_bytes as u64, timeout).await {
+        Read::Whole(bytes) => bytes,
+        Read::TooLarge => return Err(Problem::too_large(&route.name, route.max_body_bytes)),
+        Read::TimedOut => return Err(Problem::request_timeout(timeout)),
+        Read::Failed(e) => {
             return Err(Problem::bad_request(format!(
                 "could not read the request body: {e}"
             )));

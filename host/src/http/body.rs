@@ -1,0 +1,64 @@
+//! Reading a request's body within a limit, for the message listener and the admin API.
+//!
+//! A body over the limit is answered 413, and most clients send their whole body before they
+//! read the answer: closing the connection with the rest of the body unread makes the kernel
+//! reset it under the sender, which then sees "connection reset" or "broken pipe" instead of
+//! the 413 (and may send the same body again and again). So the rest of such a body is read and
+//! dropped, at most [`DRAIN_PAST_LIMIT`] bytes more and within the body timeout, before the 413
+//! goes out; a body declared longer than the limit plus that is refused unread.
+
+use bytes::Bytes;
+use http_body_util::BodyExt;
+use hyper::body::{Body, Incoming};
+use std::time::Duration;
+
+/// Bytes past a body's limit read and dropped before its 413 is sent, at most.
+pub const DRAIN_PAST_LIMIT: u64 = 64 << 20;
+
+/// What reading a body within a limit came to.
+#[derive(Debug)]
+pub enum Read {
+    /// The whole body, within the limit.
+    Whole(Bytes),
+    /// Over the limit (read on and dropped as far as [`DRAIN_PAST_LIMIT`] allows).
+    TooLarge,
+    /// Not all there within the timeout.
+    TimedOut,
+    /// The connection failed while the body was read.
+    Failed(hyper::Error),
+}
+
+/// Read `body`, at most `limit` bytes, within `timeout` (see the module's comment for a body
+/// over the limit). Memory held: at most `limit` bytes.
+pub async fn read_within(mut body: Incoming, limit: u64, timeout: Duration) -> Read {
+    if body.size_hint().lower() > limit.saturating_add(DRAIN_PAST_LIMIT) {
+        return Read::TooLarge;
+    }
+    let mut kept: Vec<u8> = Vec::new();
+    let mut seen = 0u64;
+    let read = tokio::time::timeout(timeout, async {
+        while let Some(frame) = body.frame().await {
+            let Ok(data) = frame?.into_data() else {
+                continue;
+            };
+            seen += data.len() as u64;
+            if seen <= limit {
+                kept.extend_from_slice(&data);
+            } else if seen > limit.saturating_add(DRAIN_PAST_LIMIT) {
+                break;
+            } else if kept.capacity() > 0 {
+                kept = Vec::new();
+            }
+        }
+        Ok::<(), hyper::Error>(())
+    })
+    .await;
+    if seen > limit {
+        return Read::TooLarge;
+    }
+    match read {
+        Err(_) => Read::TimedOut,
+        Ok(Err(e)) => Read::Failed(e),
+        Ok(Ok(())) => Read::Whole(Bytes::from(kept)),
+    }
+}
