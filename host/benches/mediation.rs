@@ -10,7 +10,7 @@
 //!
 //! Needs `scripts/build-plugins` first. Run: `scripts/bench` (prints the ratios).
 //!
-//! `INTERLEAVE=ROUNDS` measures the headline and the `vectors/` groups without Criterion: each
+//! `INTERLEAVE=ROUNDS` measures the headline and the other groups without Criterion: each
 //! round times a batch (~20 ms) of every case of a group in turn, starting with a different case
 //! each round, and the ratio to native is taken within each round; prints the medians. On a
 //! machine whose speed drifts (a shared VM), ratios from one round share its conditions.
@@ -21,14 +21,16 @@
 //! `TWIN.NAME.wasm` (e.g. the C plugin's) runs too when one is there.
 //!
 //! `ONLY=A,B` measures only the groups whose name contains one of the words (e.g.
-//! `ONLY=vectors/downtime-router`); the others are not loaded.
+//! `ONLY=vectors/downtime-router`; `ONLY=downtime-router` takes `floor/downtime-router` too);
+//! the others are not loaded.
 //!
 //! The `floor/PLUGIN` groups run a guest that answers with its input (`tests/guests/echo`) on
-//! a plugin's vectors: what a call through the host costs whatever the plugin does.
+//! a plugin's vectors: what a call through the host costs before the plugin does anything (one
+//! output as large as the input).
 //!
-//! `ENGINE=NAME` (one of [`Codegen::ALL`]) also runs each Rust plugin's usual component on an
-//! engine with that code-generation setting, as the case `engine-NAME`: a wasmtime setting
-//! measured the same way.
+//! `ENGINE=NAME` (one of [`Codegen::ALL`]) also runs each Rust plugin's usual component (and
+//! the echo guest of the `floor/` groups) on an engine with that code-generation setting, as the
+//! case `engine-NAME`: a wasmtime setting measured the same way.
 
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
 use mes_fixed_width::MesFixedWidth;

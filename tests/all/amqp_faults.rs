@@ -480,7 +480,8 @@ fn relay_frames(
         }
         let size = u32::from_be_bytes([head[3], head[4], head[5], head[6]]) as usize;
         let mut rest = vec![0u8; size + 1];
-        if from.read_exact(&mut rest).is_err() {
+        if from.read_exact(&mut rest).is_err() || rest[size] != 0xCE {
+            // Closed, or out of step with the frames (no frame-end octet): relay nothing more.
             break;
         }
         let method = (head[0] == 1 && size >= 4).then(|| {
