@@ -46,6 +46,33 @@ fn workspace(host: &str) -> Workspace {
     ))
 }
 
+/// A client that asks before it sends (`Expect: 100-continue`) a body declared over the route's
+/// limit is answered 413 at once: no `100 Continue` invites the body first. (One that sends its
+/// body over the limit without asking gets the 413 too, once the host has read the rest and
+/// dropped it: `http.rs::every_error_status_is_a_problem_document`.)
+#[test]
+fn a_body_declared_over_the_limit_by_a_client_that_asks_first_is_refused_before_it_is_sent() {
+    let ws = workspace("");
+    let host = ws.start();
+    let mut asking = attacker(&host.url);
+    asking
+        .write_all(
+            b"POST /v1/routes/act/messages HTTP/1.1\r\nhost: x\r\ncontent-type: text/plain\r\ncontent-length: 16777216\r\nexpect: 100-continue\r\n\r\n",
+        )
+        .unwrap();
+    asking.set_read_timeout(Some(GUARD)).unwrap();
+    let mut got = Vec::new();
+    let mut chunk = [0u8; 4096];
+    while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+        match asking.read(&mut chunk) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => got.extend_from_slice(&chunk[..n]),
+        }
+    }
+    let answer = String::from_utf8_lossy(&got);
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+}
+
 #[test]
 fn slow_bodies_and_slow_headers_are_cut_off_at_their_timeouts() {
     let ws =

@@ -532,10 +532,11 @@ fn form_urlencoded(query: &str) -> Vec<(String, String)> {
 
 /// A request's JSON body, at most 64 KiB.
 async fn small_body(control: &Control, req: Request<Incoming>) -> Result<Vec<u8>, Problem> {
-    use crate::http::body::{Read, read_within};
+    use crate::http::body::{Read, expects_continue, read_within};
     const MAX: u64 = 64 << 10;
     let timeout = control.connections.body_timeout;
-    match read_within(req.into_body(), MAX, timeout).await {
+    let asks_first = expects_continue(req.headers());
+    match read_within(req.into_body(), MAX, timeout, asks_first).await {
         Read::Whole(bytes) => Ok(bytes.to_vec()),
         Read::TooLarge => Err(Problem::bad_request("the body is over 64 KiB")),
         Read::TimedOut => Err(Problem::request_timeout(timeout)),
@@ -547,10 +548,11 @@ async fn small_body(control: &Control, req: Request<Incoming>) -> Result<Vec<u8>
 
 /// A component's body, at most `host.max_component_mib` (413 past it, [`crate::http::body`]).
 async fn body(control: &Control, req: Request<Incoming>) -> Result<Vec<u8>, Problem> {
-    use crate::http::body::{Read, read_within};
+    use crate::http::body::{Read, expects_continue, read_within};
     let limit = control.deployer.max_component_bytes().min(MAX_UPLOAD);
     let timeout = control.connections.body_timeout;
-    match read_within(req.into_body(), limit as u64, timeout).await {
+    let asks_first = expects_continue(req.headers());
+    match read_within(req.into_body(), limit as u64, timeout, asks_first).await {
         Read::Whole(bytes) => Ok(bytes.to_vec()),
         Read::TooLarge => Err(Problem::new(
             StatusCode::PAYLOAD_TOO_LARGE,

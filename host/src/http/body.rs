@@ -5,7 +5,8 @@
 //! reset it under the sender, which then sees "connection reset" or "broken pipe" instead of
 //! the 413 (and may send the same body again and again). So the rest of such a body is read and
 //! dropped, at most [`DRAIN_PAST_LIMIT`] bytes more and within the body timeout, before the 413
-//! goes out; a body declared longer than the limit plus that is refused unread.
+//! goes out; a body declared longer than the limit plus that is refused unread, as is one
+//! declared over the limit by a client that asked before sending it (`Expect: 100-continue`).
 
 use bytes::Bytes;
 use http_body_util::BodyExt;
@@ -28,10 +29,27 @@ pub enum Read {
     Failed(hyper::Error),
 }
 
+/// Whether the client asks to hear from the server before it sends its body (`Expect:
+/// 100-continue`, RFC 9110 §10.1.1).
+pub fn expects_continue(headers: &hyper::HeaderMap) -> bool {
+    headers
+        .get(hyper::header::EXPECT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.trim().eq_ignore_ascii_case("100-continue"))
+}
+
 /// Read `body`, at most `limit` bytes, within `timeout` (see the module's comment for a body
-/// over the limit). Memory held: at most `limit` bytes.
-pub async fn read_within(mut body: Incoming, limit: u64, timeout: Duration) -> Read {
-    if body.size_hint().lower() > limit.saturating_add(DRAIN_PAST_LIMIT) {
+/// over the limit). A client that `asks_first` ([`expects_continue`]) and declares a body over
+/// the limit is refused unread: it has sent none of it, and reading would invite it (`100
+/// Continue`). Memory held: at most `limit` bytes.
+pub async fn read_within(
+    mut body: Incoming,
+    limit: u64,
+    timeout: Duration,
+    asks_first: bool,
+) -> Read {
+    let drain = if asks_first { 0 } else { DRAIN_PAST_LIMIT };
+    if body.size_hint().lower() > limit.saturating_add(drain) {
         return Read::TooLarge;
     }
     let mut kept: Vec<u8> = Vec::new();

@@ -26,7 +26,7 @@
 //!
 //! Shutdown: stop accepting, let in-flight requests finish, return.
 
-use super::body::{Read, read_within};
+use super::body::{Read, expects_continue, read_within};
 use super::problem::Problem;
 use crate::config::Source;
 use crate::idempotency::{self, Begin, StoredAnswer};
@@ -167,7 +167,15 @@ async fn route_request(
         headers.push(("millrace-client".into(), client));
     }
     let timeout = source.connections.body_timeout;
-    let body = match read_within(req.into_body(), route.max_body_bytes as u64, timeout).await {
+    let asks_first = expects_continue(req.headers());
+    let body = match read_within(
+        req.into_body(),
+        route.max_body_bytes as u64,
+        timeout,
+        asks_first,
+    )
+    .await
+    {
         Read::Whole(bytes) => bytes,
         Read::TooLarge => return Err(Problem::too_large(&route.name, route.max_body_bytes)),
         Read::TimedOut => return Err(Problem::request_timeout(timeout)),
