@@ -52,7 +52,8 @@ pub async fn read_within(
     if body.size_hint().lower() > limit.saturating_add(drain) {
         return Read::TooLarge;
     }
-    let mut kept: Vec<u8> = Vec::new();
+    // The frames within the limit, as received: one frame (the usual case) is not copied.
+    let mut kept: Vec<Bytes> = Vec::new();
     let mut seen = 0u64;
     let read = tokio::time::timeout(timeout, async {
         while let Some(frame) = body.frame().await {
@@ -61,10 +62,10 @@ pub async fn read_within(
             };
             seen += data.len() as u64;
             if seen <= limit {
-                kept.extend_from_slice(&data);
+                kept.push(data);
             } else if seen > limit.saturating_add(DRAIN_PAST_LIMIT) {
                 break;
-            } else if kept.capacity() > 0 {
+            } else if !kept.is_empty() {
                 kept = Vec::new();
             }
         }
@@ -77,6 +78,10 @@ pub async fn read_within(
     match read {
         Err(_) => Read::TimedOut,
         Ok(Err(e)) => Read::Failed(e),
-        Ok(Ok(())) => Read::Whole(Bytes::from(kept)),
+        Ok(Ok(())) => Read::Whole(match kept.len() {
+            0 => Bytes::new(),
+            1 => kept.swap_remove(0),
+            _ => Bytes::from(kept.concat()),
+        }),
     }
 }
