@@ -1107,6 +1107,16 @@ fn oversized_components_and_compilations_past_their_budget_are_refused() {
     let big = upload(&vec![0u8; 40 << 20]);
     assert_eq!(big.status, 413, "{}", big.body);
     assert!(big.body.contains("at most 20 MiB"), "{}", big.body);
+    // Without credentials: refused before its body is read, and the client still sees the 401.
+    let anonymous = request(
+        host.admin.as_deref().expect("host.admin is set"),
+        "POST",
+        "/v1/plants/plant-a/plugins",
+        Some("application/wasm"),
+        &[],
+        &vec![0u8; 40 << 20],
+    );
+    assert_eq!(anonymous.status, 401, "{}", anonymous.body);
     // Another Python component (same imports): its compilation runs out of memory in the
     // child process; the host is not touched.
     let probe = std::fs::read(guest("guest-wasi-probe")).unwrap();

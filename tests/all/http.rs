@@ -103,6 +103,24 @@ fn every_error_status_is_a_problem_document() {
         413,
         "message-too-large",
     );
+    // Answered before the body is read at all (no such resource, a media type the route does
+    // not take): the sender of a large body sees the answer too.
+    problem(
+        &host.request(
+            "POST",
+            "/elsewhere",
+            Some("text/plain"),
+            &[],
+            huge.as_bytes(),
+        ),
+        404,
+        "not-found",
+    );
+    problem(
+        &host.post("mes", Some("application/json"), &huge),
+        415,
+        "unsupported-content-type",
+    );
     let doc = problem(
         &host.post("mes", Some("application/json"), "{}"),
         415,

@@ -27,6 +27,7 @@ use super::Control;
 use super::auth::{Access, Denied, Identity, Role};
 use super::{audit, auth, reload};
 use crate::control::deploy::DeployError;
+use crate::http::body::{Read, Unread};
 use crate::http::problem::Problem;
 use bytes::Bytes;
 use http_body_util::Full;
@@ -195,6 +196,19 @@ pub(super) fn denied(denied: Denied) -> Problem {
 /// Answer one request: authenticate, route, and record it in the audit log when it changes
 /// something or is refused.
 async fn handle(api: &AdminApi, req: Request<Incoming>, peer: SocketAddr) -> Response<Full<Bytes>> {
+    let (req, mut unread) = crate::http::body::split(req);
+    let response = answer(api, req, &mut unread, peer).await;
+    unread.drain(api.control.connections.body_timeout).await;
+    response
+}
+
+/// The answer to one request, its body read from `unread` where the request has one.
+async fn answer(
+    api: &AdminApi,
+    req: Request<()>,
+    unread: &mut Unread,
+    peer: SocketAddr,
+) -> Response<Full<Bytes>> {
     let method = req.method().clone();
     let path = req.uri().path().to_string();
     let query = req.uri().query().unwrap_or_default().to_string();
@@ -211,7 +225,7 @@ async fn handle(api: &AdminApi, req: Request<Incoming>, peer: SocketAddr) -> Res
     }
     let who = api.access.authenticate(req.headers(), api.bound);
     let outcome = match &who {
-        Ok(who) => route(api, who, req, &query).await,
+        Ok(who) => route(api, who, req, unread, &query).await,
         Err(e) => Err(denied(e.clone())),
     };
     let (response, detail) = match outcome {
@@ -274,7 +288,8 @@ fn refused(e: DeployError) -> Problem {
 async fn route(
     api: &AdminApi,
     who: &Identity,
-    req: Request<Incoming>,
+    req: Request<()>,
+    unread: &mut Unread,
     query: &str,
 ) -> Result<Response<Full<Bytes>>, Problem> {
     let control = &api.control;
@@ -365,7 +380,7 @@ async fn route(
                 .parse()
                 .map_err(|_| Problem::bad_request(format!("{id:?} is not a dead-letter id")))?;
             auth::typed(req.headers(), &["application/json"]).map_err(denied)?;
-            let bytes = small_body(control, req).await?;
+            let bytes = small_body(control, unread).await?;
             let doc: serde_json::Value = serde_json::from_slice(&bytes)
                 .map_err(|e| Problem::bad_request(format!("body is not JSON: {e}")))?;
             let dry_run = doc["dry_run"].as_bool().ok_or_else(|| {
@@ -443,7 +458,7 @@ async fn route(
                 &["application/wasm", "application/octet-stream"],
             )
             .map_err(denied)?;
-            let bytes = body(control, req).await?;
+            let bytes = body(control, unread).await?;
             let (plant, control_) = (plant.to_string(), Arc::clone(control));
             let deployed = tokio::task::spawn_blocking(move || {
                 control_.deployer.deploy(&plant, &bytes, &by, "upload")
@@ -472,7 +487,7 @@ async fn route(
             allow(Role::Operator, Some(plant))?;
             let wanted = if *action == "activate" {
                 auth::typed(req.headers(), &["application/json"]).map_err(denied)?;
-                let bytes = body(control, req).await?;
+                let bytes = body(control, unread).await?;
                 let doc: serde_json::Value = serde_json::from_slice(&bytes)
                     .map_err(|e| Problem::bad_request(format!("body is not JSON: {e}")))?;
                 Some(
@@ -531,30 +546,20 @@ fn form_urlencoded(query: &str) -> Vec<(String, String)> {
 }
 
 /// A request's JSON body, at most 64 KiB.
-async fn small_body(control: &Control, req: Request<Incoming>) -> Result<Vec<u8>, Problem> {
-    use crate::http::body::{Read, expects_continue, read_within};
+async fn small_body(control: &Control, unread: &mut Unread) -> Result<Vec<u8>, Problem> {
     const MAX: u64 = 64 << 10;
-    let timeout = control.connections.body_timeout;
-    let asks_first = expects_continue(req.headers());
-    match read_within(req.into_body(), MAX, timeout, asks_first).await {
-        Read::Whole(bytes) => Ok(bytes.to_vec()),
-        Read::TooLarge => Err(Problem::bad_request("the body is over 64 KiB")),
-        Read::TimedOut => Err(Problem::request_timeout(timeout)),
-        Read::Failed(e) => Err(Problem::bad_request(format!(
-            "the body could not be read: {e}"
-        ))),
+    match read(control, unread, MAX).await? {
+        Some(bytes) => Ok(bytes),
+        None => Err(Problem::bad_request("the body is over 64 KiB")),
     }
 }
 
 /// A component's body, at most `host.max_component_mib` (413 past it, [`crate::http::body`]).
-async fn body(control: &Control, req: Request<Incoming>) -> Result<Vec<u8>, Problem> {
-    use crate::http::body::{Read, expects_continue, read_within};
+async fn body(control: &Control, unread: &mut Unread) -> Result<Vec<u8>, Problem> {
     let limit = control.deployer.max_component_bytes().min(MAX_UPLOAD);
-    let timeout = control.connections.body_timeout;
-    let asks_first = expects_continue(req.headers());
-    match read_within(req.into_body(), limit as u64, timeout, asks_first).await {
-        Read::Whole(bytes) => Ok(bytes.to_vec()),
-        Read::TooLarge => Err(Problem::new(
+    match read(control, unread, limit as u64).await? {
+        Some(bytes) => Ok(bytes),
+        None => Err(Problem::new(
             StatusCode::PAYLOAD_TOO_LARGE,
             "component-too-large",
             "Component too large",
@@ -563,10 +568,24 @@ async fn body(control: &Control, req: Request<Incoming>) -> Result<Vec<u8>, Prob
                 limit >> 20
             ),
         )),
-        Read::TimedOut => Err(Problem::request_timeout(timeout)),
-        Read::Failed(e) => Err(Problem::bad_request(format!(
+    }
+}
+
+/// The request's body within `limit` bytes (`None`: over it), or the problem reading it.
+async fn read(
+    control: &Control,
+    unread: &mut Unread,
+    limit: u64,
+) -> Result<Option<Vec<u8>>, Problem> {
+    let timeout = control.connections.body_timeout;
+    match unread.read(limit, timeout).await {
+        Some(Read::Whole(bytes)) => Ok(Some(bytes.to_vec())),
+        Some(Read::TooLarge) => Ok(None),
+        Some(Read::TimedOut) => Err(Problem::request_timeout(timeout)),
+        Some(Read::Failed(e)) => Err(Problem::bad_request(format!(
             "the body could not be read: {e}"
         ))),
+        None => Err(Problem::internal("the request body was read twice")),
     }
 }
 

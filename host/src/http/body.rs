@@ -7,9 +7,15 @@
 //! dropped, at most [`DRAIN_PAST_LIMIT`] bytes more and within the body timeout, before the 413
 //! goes out; a body declared longer than the limit plus that is refused unread, as is one
 //! declared over the limit by a client that asked before sending it (`Expect: 100-continue`).
+//!
+//! The same holds for a request answered before its body is read at all (no such route, not
+//! authenticated, a media type not taken): a handler gets the request's head and the body in an
+//! [`Unread`], and what is still unread when the answer is ready is read and dropped
+//! ([`Unread::drain`]) within the same bounds.
 
 use bytes::Bytes;
 use http_body_util::BodyExt;
+use hyper::Request;
 use hyper::body::{Body, Incoming};
 use std::time::Duration;
 
@@ -83,5 +89,41 @@ pub async fn read_within(
             1 => kept.swap_remove(0),
             _ => Bytes::from(kept.concat()),
         }),
+    }
+}
+
+/// A request's body until its handler reads it.
+pub struct Unread {
+    body: Option<Incoming>,
+    asks_first: bool,
+}
+
+/// `req` as its head, for the handler, and its body, unread.
+pub fn split(req: Request<Incoming>) -> (Request<()>, Unread) {
+    let (head, body) = req.into_parts();
+    let asks_first = expects_continue(&head.headers);
+    (
+        Request::from_parts(head, ()),
+        Unread {
+            body: Some(body),
+            asks_first,
+        },
+    )
+}
+
+impl Unread {
+    /// The body, at most `limit` bytes, within `timeout` ([`read_within`]). Read once: a second
+    /// read finds it gone (a failure of the connection's body, as far as the caller can tell).
+    pub async fn read(&mut self, limit: u64, timeout: Duration) -> Option<Read> {
+        let body = self.body.take()?;
+        Some(read_within(body, limit, timeout, self.asks_first).await)
+    }
+
+    /// Read and drop a body still unread (the request was answered without it), within the
+    /// bounds of [`read_within`] for a limit of nothing.
+    pub async fn drain(self, timeout: Duration) {
+        if let Some(body) = self.body {
+            let _ = read_within(body, 0, timeout, self.asks_first).await;
+        }
     }
 }

@@ -26,7 +26,7 @@
 //!
 //! Shutdown: stop accepting, let in-flight requests finish, return.
 
-use super::body::{Read, expects_continue, read_within};
+use super::body::{Read, Unread, split};
 use super::problem::Problem;
 use crate::config::Source;
 use crate::idempotency::{self, Begin, StoredAnswer};
@@ -82,7 +82,10 @@ pub async fn serve(
 
 /// Answer one request; never fails (errors are problem documents).
 pub async fn handle(source: &HttpSource, req: Request<Incoming>) -> Response<Full<Bytes>> {
-    match route_request(source, req).await {
+    let (req, mut body) = split(req);
+    let answered = route_request(source, req, &mut body).await;
+    body.drain(source.connections.body_timeout).await;
+    match answered {
         Ok(response) => response,
         Err(problem) => problem.into_response(),
     }
@@ -90,7 +93,8 @@ pub async fn handle(source: &HttpSource, req: Request<Incoming>) -> Response<Ful
 
 async fn route_request(
     source: &HttpSource,
-    req: Request<Incoming>,
+    req: Request<()>,
+    unread: &mut Unread,
 ) -> Result<Response<Full<Bytes>>, Problem> {
     let path = req.uri().path().to_string();
     if path == "/healthz" {
@@ -167,19 +171,12 @@ async fn route_request(
         headers.push(("millrace-client".into(), client));
     }
     let timeout = source.connections.body_timeout;
-    let asks_first = expects_continue(req.headers());
-    let body = match read_within(
-        req.into_body(),
-        route.max_body_bytes as u64,
-        timeout,
-        asks_first,
-    )
-    .await
-    {
-        Read::Whole(bytes) => bytes,
-        Read::TooLarge => return Err(Problem::too_large(&route.name, route.max_body_bytes)),
-        Read::TimedOut => return Err(Problem::request_timeout(timeout)),
-        Read::Failed(e) => {
+    let body = match unread.read(route.max_body_bytes as u64, timeout).await {
+        Some(Read::Whole(bytes)) => bytes,
+        None => return Err(Problem::internal("the request body was read twice")),
+        Some(Read::TooLarge) => return Err(Problem::too_large(&route.name, route.max_body_bytes)),
+        Some(Read::TimedOut) => return Err(Problem::request_timeout(timeout)),
+        Some(Read::Failed(e)) => {
             return Err(Problem::bad_request(format!(
                 "could not read the request body: {e}"
             )));
@@ -449,10 +446,7 @@ pub fn handler(source: Arc<HttpSource>) -> super::connections::Handler {
 pub struct ClientCertificate(pub String);
 
 /// Who may post to `auth`'s route: a listed token, or a listed client certificate.
-fn authenticate(
-    auth: &crate::config::RouteAuth,
-    req: &Request<Incoming>,
-) -> Result<String, String> {
+fn authenticate(auth: &crate::config::RouteAuth, req: &Request<()>) -> Result<String, String> {
     if let Some(ClientCertificate(name)) = req.extensions().get::<ClientCertificate>()
         && auth.clients.iter().any(|c| c == name)
     {
