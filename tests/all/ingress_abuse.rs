@@ -66,31 +66,41 @@ fn a_body_within_the_limit_arriving_in_many_pieces_is_mediated_whole() {
     assert!(reply.body == body, "the body came back changed");
 }
 
-/// A client that asks before it sends (`Expect: 100-continue`) a body declared over the route's
-/// limit is answered 413 at once: no `100 Continue` invites the body first. (One that sends its
-/// body over the limit without asking gets the 413 too, once the host has read the rest and
-/// dropped it: `http.rs::every_error_status_is_a_problem_document`.)
+/// A client that asks before it sends (`Expect: 100-continue`) and is refused gets the refusal at
+/// once: no `100 Continue` invites its body first. A body declared over the route's limit (the
+/// `Expect` hyper goes by is the last one), and a chunked body to a path that does not exist.
+/// (One that sends its body over the limit without asking gets the 413 too, once the host has
+/// read the rest and dropped it: `http.rs::every_error_status_is_a_problem_document`.)
 #[test]
 fn a_body_declared_over_the_limit_by_a_client_that_asks_first_is_refused_before_it_is_sent() {
     let ws = workspace("");
     let host = ws.start();
-    let mut asking = attacker(&host.url);
-    asking
-        .write_all(
-            b"POST /v1/routes/act/messages HTTP/1.1\r\nhost: x\r\ncontent-type: text/plain\r\ncontent-length: 16777216\r\nexpect: 100-continue\r\n\r\n",
-        )
-        .unwrap();
-    asking.set_read_timeout(Some(GUARD)).unwrap();
-    let mut got = Vec::new();
-    let mut chunk = [0u8; 4096];
-    while !got.windows(4).any(|w| w == b"\r\n\r\n") {
-        match asking.read(&mut chunk) {
-            Ok(0) | Err(_) => break,
-            Ok(n) => got.extend_from_slice(&chunk[..n]),
+    let first_answer = |request: &[u8]| {
+        let mut asking = attacker(&host.url);
+        asking.write_all(request).unwrap();
+        asking.set_read_timeout(Some(GUARD)).unwrap();
+        let mut got = Vec::new();
+        let mut chunk = [0u8; 4096];
+        while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+            match asking.read(&mut chunk) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => got.extend_from_slice(&chunk[..n]),
+            }
         }
-    }
-    let answer = String::from_utf8_lossy(&got);
+        String::from_utf8_lossy(&got).into_owned()
+    };
+    let answer = first_answer(
+        b"POST /v1/routes/act/messages HTTP/1.1\r\nhost: x\r\ncontent-type: text/plain\r\ncontent-length: 16777216\r\nexpect: 100-continue\r\n\r\n",
+    );
     assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+    let answer = first_answer(
+        b"POST /v1/routes/act/messages HTTP/1.1\r\nhost: x\r\ncontent-type: text/plain\r\ncontent-length: 16777216\r\nexpect: something\r\nexpect: 100-continue\r\n\r\n",
+    );
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+    let answer = first_answer(
+        b"POST /nowhere HTTP/1.1\r\nhost: x\r\ncontent-type: text/plain\r\ntransfer-encoding: chunked\r\nexpect: 100-continue\r\n\r\n",
+    );
+    assert!(answer.starts_with("HTTP/1.1 404"), "{answer}");
 }
 
 #[test]

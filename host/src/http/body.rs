@@ -35,19 +35,25 @@ pub enum Read {
     Failed(hyper::Error),
 }
 
-/// Whether the client asks to hear from the server before it sends its body (`Expect:
-/// 100-continue`, RFC 9110 §10.1.1).
-pub fn expects_continue(headers: &hyper::HeaderMap) -> bool {
-    headers
-        .get(hyper::header::EXPECT)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.trim().eq_ignore_ascii_case("100-continue"))
+/// Whether the client of a request with this `head` asks to hear from the server before it
+/// sends its body (`Expect: 100-continue`, RFC 9110 §10.1.1), as hyper decides it: the last
+/// `Expect` header, from HTTP/1.1 on.
+pub fn expects_continue(head: &hyper::http::request::Parts) -> bool {
+    head.version > hyper::Version::HTTP_10
+        && head
+            .headers
+            .get_all(hyper::header::EXPECT)
+            .iter()
+            .next_back()
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.trim().eq_ignore_ascii_case("100-continue"))
 }
 
 /// Read `body`, at most `limit` bytes, within `timeout` (see the module's comment for a body
 /// over the limit). A client that `asks_first` ([`expects_continue`]) and declares a body over
 /// the limit is refused unread: it has sent none of it, and reading would invite it (`100
-/// Continue`). Memory held: at most `limit` bytes.
+/// Continue`). Memory held: the first frame as received (a slice of the connection's read
+/// buffer), then at most `limit` bytes copied.
 pub async fn read_within(
     mut body: Incoming,
     limit: u64,
@@ -58,8 +64,11 @@ pub async fn read_within(
     if body.size_hint().lower() > limit.saturating_add(drain) {
         return Read::TooLarge;
     }
-    // The frames within the limit, as received: one frame (the usual case) is not copied.
-    let mut kept: Vec<Bytes> = Vec::new();
+    // The first frame as received (the usual one-frame body is not copied); from the second on,
+    // the frames copied into one buffer, so that no frame keeps a read buffer of its own alive.
+    let mut first: Option<Bytes> = None;
+    let mut joined: Vec<u8> = Vec::new();
+    let expected = body.size_hint().lower().min(limit) as usize;
     let mut seen = 0u64;
     let read = tokio::time::timeout(timeout, async {
         while let Some(frame) = body.frame().await {
@@ -68,11 +77,20 @@ pub async fn read_within(
             };
             seen += data.len() as u64;
             if seen <= limit {
-                kept.push(data);
+                match first.take() {
+                    None if joined.is_empty() => first = Some(data),
+                    None => joined.extend_from_slice(&data),
+                    Some(before) => {
+                        joined.reserve(expected.max(before.len() + data.len()));
+                        joined.extend_from_slice(&before);
+                        joined.extend_from_slice(&data);
+                    }
+                }
             } else if seen > limit.saturating_add(DRAIN_PAST_LIMIT) {
                 break;
-            } else if !kept.is_empty() {
-                kept = Vec::new();
+            } else {
+                first = None;
+                joined = Vec::new();
             }
         }
         Ok::<(), hyper::Error>(())
@@ -84,11 +102,7 @@ pub async fn read_within(
     match read {
         Err(_) => Read::TimedOut,
         Ok(Err(e)) => Read::Failed(e),
-        Ok(Ok(())) => Read::Whole(match kept.len() {
-            0 => Bytes::new(),
-            1 => kept.swap_remove(0),
-            _ => Bytes::from(kept.concat()),
-        }),
+        Ok(Ok(())) => Read::Whole(first.unwrap_or_else(|| Bytes::from(joined))),
     }
 }
 
@@ -101,7 +115,7 @@ pub struct Unread {
 /// `req` as its head, for the handler, and its body, unread.
 pub fn split(req: Request<Incoming>) -> (Request<()>, Unread) {
     let (head, body) = req.into_parts();
-    let asks_first = expects_continue(&head.headers);
+    let asks_first = expects_continue(&head);
     (
         Request::from_parts(head, ()),
         Unread {
@@ -120,10 +134,15 @@ impl Unread {
     }
 
     /// Read and drop a body still unread (the request was answered without it), within the
-    /// bounds of [`read_within`] for a limit of nothing.
+    /// bounds of [`read_within`] for a limit of nothing. A client that asked before sending
+    /// (`Expect: 100-continue`) has sent nothing and is not invited to: nothing is read (hyper
+    /// then answers without a `100 Continue` and closes the connection).
     pub async fn drain(self, timeout: Duration) {
+        if self.asks_first {
+            return;
+        }
         if let Some(body) = self.body {
-            let _ = read_within(body, 0, timeout, self.asks_first).await;
+            let _ = read_within(body, 0, timeout, false).await;
         }
     }
 }
