@@ -801,22 +801,17 @@ impl Broker {
         self.pid
     }
 
-    /// `rabbitmqctl ARGS` against this node; its stdout.
+    /// `rabbitmqctl ARGS` against this node (`scripts/rabbitmq ctl`); its stdout.
     pub fn ctl(&self, args: &[&str]) -> String {
-        // The package's inner script: /usr/sbin/rabbitmqctl switches to the rabbitmq user.
-        let ctl = std::fs::read_dir("/usr/lib/rabbitmq/lib")
-            .expect("rabbitmq-server is installed")
-            .filter_map(Result::ok)
-            .map(|e| e.path().join("sbin/rabbitmqctl"))
-            .find(|p| p.exists())
-            .expect("rabbitmqctl");
-        let out = Command::new(ctl)
-            .args(["-n", &format!("millrace-{}@localhost", self.port)])
+        let out = Command::new(root().join("scripts/rabbitmq"))
+            .args([
+                "ctl",
+                self._dir.path().to_str().unwrap(),
+                &self.port.to_string(),
+            ])
             .args(args)
-            .env("HOME", self._dir.path().join("home"))
-            .env("RABBITMQ_CONF_ENV_FILE", "/dev/null")
             .output()
-            .expect("rabbitmqctl runs");
+            .expect("scripts/rabbitmq runs");
         assert!(
             out.status.success(),
             "rabbitmqctl {args:?}: {}",

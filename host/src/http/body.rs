@@ -38,7 +38,7 @@ pub enum Read {
 /// Whether the client of a request with this `head` asks to hear from the server before it
 /// sends its body (`Expect: 100-continue`, RFC 9110 §10.1.1), as hyper decides it: the last
 /// `Expect` header, from HTTP/1.1 on.
-pub fn expects_continue(head: &hyper::http::request::Parts) -> bool {
+fn expects_continue(head: &hyper::http::request::Parts) -> bool {
     head.version > hyper::Version::HTTP_10
         && head
             .headers
@@ -54,12 +54,7 @@ pub fn expects_continue(head: &hyper::http::request::Parts) -> bool {
 /// the limit is refused unread: it has sent none of it, and reading would invite it (`100
 /// Continue`). Memory held: the first frame as received (a slice of the connection's read
 /// buffer), then at most `limit` bytes copied.
-pub async fn read_within(
-    mut body: Incoming,
-    limit: u64,
-    timeout: Duration,
-    asks_first: bool,
-) -> Read {
+async fn read_within(mut body: Incoming, limit: u64, timeout: Duration, asks_first: bool) -> Read {
     let drain = if asks_first { 0 } else { DRAIN_PAST_LIMIT };
     if body.size_hint().lower() > limit.saturating_add(drain) {
         return Read::TooLarge;
