@@ -23,7 +23,9 @@
 //! publishing that part of what the host adds to an output: its three `millrace-*` headers,
 //! their values in one header, in basic properties instead of headers or as the event's
 //! attributes (`host.amqp_event_provenance`), `mandatory`; what it costs the broker and the
-//! client, same run), `QUEUES=quorum` (both sides' queues quorum queues, with the
+//! client, same run), `PIPE_LIKE_HOST=plain` (the plain pipe a second time: the method's own
+//! spread, a pipe against itself), `HOST_SETTINGS` replacing a key the bench sets
+//! (`idempotency_window_s = 0`: without deduplication), `QUEUES=quorum` (both sides' queues quorum queues, with the
 //! arguments millrace declares, and the host's `amqp_queues` set to match; default classic),
 //! `QUEUE_POLICY=JSON` (a broker policy with that definition on every queue, both sides alike,
 //! e.g. `QUEUE_POLICY='{"queue-mode":"lazy"}'`).
@@ -443,8 +445,23 @@ async fn millrace(
     let text = config_text(url, prefetch, data);
     // `extra` adds to the configuration: lines for the host section when it starts with
     // `[host]`, otherwise whole sections at the end.
+    // A key the lines set replaces the bench's own line for it (TOML refuses a key twice).
     let text = match extra.strip_prefix("[host]\n") {
-        Some(lines) => text.replacen("[host]\n", &format!("[host]\n{lines}\n"), 1),
+        Some(lines) => {
+            let set: Vec<&str> = lines
+                .lines()
+                .filter_map(|line| line.split_once('=').map(|(key, _)| key.trim()))
+                .collect();
+            let kept: Vec<&str> = text
+                .lines()
+                .filter(|line| {
+                    line.split_once('=')
+                        .is_none_or(|(key, _)| !set.contains(&key.trim()))
+                })
+                .collect();
+            kept.join("\n")
+                .replacen("[host]\n", &format!("[host]\n{lines}\n"), 1)
+        }
         None => text + extra,
     };
     std::fs::write(&config, text).unwrap();
@@ -613,8 +630,10 @@ fn main() {
         }),
         // The body with the three values as event attributes (`host.amqp_event_provenance`).
         "event" => Some(PLAIN),
+        // The plain pipe again: the method's own spread, a pipe against itself.
+        "plain" => Some(PLAIN),
         other => panic!(
-            "PIPE_LIKE_HOST={other}: headers, one-header, properties, mandatory, both or event"
+            "PIPE_LIKE_HOST={other}: headers, one-header, properties, mandatory, both, event or plain"
         ),
     };
     let mut piped_like_host = Vec::new();
