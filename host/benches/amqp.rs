@@ -31,7 +31,7 @@
 //! e.g. `QUEUE_POLICY='{"queue-mode":"lazy"}'`).
 
 mod common;
-use common::{cpu_seconds, median, record, root, route_output, setting};
+use common::{cpu_seconds, median, record, root, route_output, running, setting};
 
 use futures_lite::StreamExt;
 use lapin::options::{
@@ -241,8 +241,15 @@ struct Measured {
     broker_us: f64,
 }
 
-/// Watch `sink` fill up to `n`; measure between 5 % and 100 %.
-async fn watch(observer: &Channel, sink: &str, n: usize, consumer: u32, broker: u32) -> Measured {
+/// Watch `sink` fill up to `n`; measure between 5 % and 100 %. A consumer process that ends
+/// first fails the round at once, with the end of its log (`log`) when it wrote one.
+async fn watch(
+    observer: &Channel,
+    sink: &str,
+    n: usize,
+    (consumer, log): (u32, Option<&Path>),
+    broker: u32,
+) -> Measured {
     let depth = || async {
         observer
             .queue_declare(
@@ -264,6 +271,16 @@ async fn watch(observer: &Channel, sink: &str, n: usize, consumer: u32, broker: 
         let d = depth().await;
         let now = Instant::now();
         assert!(now < deadline, "stalled at {d} of {n} outputs");
+        if d < n && !running(consumer) {
+            let text = log.and_then(|l| std::fs::read_to_string(l).ok());
+            let tail = text.as_deref().map_or("", |t| {
+                let from = (t.len().saturating_sub(2000)..t.len())
+                    .find(|i| t.is_char_boundary(*i))
+                    .unwrap_or(t.len());
+                &t[from..]
+            });
+            panic!("the consumer process ended at {d} of {n} outputs; its log ends:\n{tail}");
+        }
         if start.is_none() && d >= from {
             start = Some((now, d, cpu_seconds(consumer), cpu_seconds(broker)));
         }
@@ -419,7 +436,7 @@ async fn pipe(
             });
         }
     });
-    let rate = watch(&ch, "pipe.sink", n, std::process::id(), broker).await;
+    let rate = watch(&ch, "pipe.sink", n, (std::process::id(), None), broker).await;
     task.abort();
     // Bounded: lapin has been seen to drop the socket at this close and never resolve it,
     // which hung the bench between rounds.
@@ -442,6 +459,7 @@ async fn millrace(
     topology(&ch, "bench.in", "bench.out", "bench.sink").await;
     preload(&ch, "bench.in", n).await;
     let config = data.join("millrace.toml");
+    let log = data.join("millrace.log");
     let text = config_text(url, prefetch, data);
     // `extra` adds to the configuration: lines for the host section when it starts with
     // `[host]`, otherwise whole sections at the end.
@@ -473,11 +491,11 @@ async fn millrace(
             .env("RUST_LOG", "warn")
             .envs(otlp.map(|endpoint| ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint)))
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
             .expect("millrace starts"),
     );
-    let rate = watch(&ch, "bench.sink", n, host.0.id(), broker).await;
+    let rate = watch(&ch, "bench.sink", n, (host.0.id(), Some(&log)), broker).await;
     let _ = Command::new("kill")
         .args(["-TERM", &host.0.id().to_string()])
         .status();

@@ -97,6 +97,14 @@ pub fn stat_cpu_seconds(stat: &std::path::Path) -> f64 {
     ticks / 100.0
 }
 
+/// Whether process `pid` still runs (not gone, not a zombie waiting to be reaped).
+#[allow(dead_code)] // only the AMQP benchmark asks
+pub fn running(pid: u32) -> bool {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let state = stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().next());
+    matches!(state, Some(s) if s != "Z" && s != "X")
+}
+
 /// Thread switches (voluntary and forced) the threads of process `pid` have made so far, summed
 /// over those whose name is `name` (every thread when `None`): a thread's switches count when it
 /// goes to sleep waiting for something and when the scheduler takes it off its core.
