@@ -25,8 +25,9 @@
 //! attributes (`host.amqp_event_provenance`), `mandatory`; what it costs the broker and the
 //! client, same run), `PIPE_LIKE_HOST=plain` (the plain pipe a second time: the method's own
 //! spread, a pipe against itself), `HOST_SETTINGS` replacing a key the bench sets
-//! (`idempotency_window_s = 0`: without deduplication), `QUEUES=quorum` (both sides' queues quorum queues, with the
-//! arguments millrace declares, and the host's `amqp_queues` set to match; default classic),
+//! (`idempotency_window_s = 0`: without deduplication), `QUEUES=quorum` (both sides' queues
+//! quorum queues, with the arguments millrace declares, and the host's `amqp_queues` set to
+//! match; default classic),
 //! `QUEUE_POLICY=JSON` (a broker policy with that definition on every queue, both sides alike,
 //! e.g. `QUEUE_POLICY='{"queue-mode":"lazy"}'`).
 
@@ -462,19 +463,25 @@ async fn millrace(
     let log = data.join("millrace.log");
     let text = config_text(url, prefetch, data);
     // `extra` adds to the configuration: lines for the host section when it starts with
-    // `[host]`, otherwise whole sections at the end.
-    // A key the lines set replaces the bench's own line for it (TOML refuses a key twice).
+    // `[host]` (a key they set replaces the bench's own line for it in that section: TOML
+    // takes a key once), otherwise whole sections at the end.
     let text = match extra.strip_prefix("[host]\n") {
         Some(lines) => {
             let set: Vec<&str> = lines
                 .lines()
                 .filter_map(|line| line.split_once('=').map(|(key, _)| key.trim()))
                 .collect();
+            let mut section = "";
             let kept: Vec<&str> = text
                 .lines()
                 .filter(|line| {
-                    line.split_once('=')
-                        .is_none_or(|(key, _)| !set.contains(&key.trim()))
+                    if line.starts_with('[') {
+                        section = line.trim();
+                    }
+                    section != "[host]"
+                        || line
+                            .split_once('=')
+                            .is_none_or(|(key, _)| !set.contains(&key.trim()))
                 })
                 .collect();
             kept.join("\n")

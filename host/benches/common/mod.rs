@@ -101,7 +101,9 @@ pub fn stat_cpu_seconds(stat: &std::path::Path) -> f64 {
 #[allow(dead_code)] // only the AMQP benchmark asks
 pub fn running(pid: u32) -> bool {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let state = stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().next());
+    let state = stat
+        .rsplit_once(')')
+        .and_then(|(_, rest)| rest.split_whitespace().next());
     matches!(state, Some(s) if s != "Z" && s != "X")
 }
 
