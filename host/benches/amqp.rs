@@ -17,17 +17,16 @@
 //! `BASELINE=PATH` (each round also runs the millrace binary at PATH, e.g. one built from an
 //! earlier commit: a change's cost, same run), `LINEAGE=compare` (each round also runs millrace
 //! with `[telemetry] lineage = false`: the cost of keeping lineage, same run), `HOST_SETTINGS=LINES`
-//! (each round also runs millrace with these lines added to its `[host]` section, e.g.
-//! `HOST_SETTINGS="max_in_flight = 2"`: a setting's effect, same run), `PIPE_LIKE_HOST=headers`,
-//! `one-header`, `properties`, `mandatory`, `both` or `event` (each round also runs the pipe
-//! publishing that part of what the host adds to an output: its three `millrace-*` headers,
-//! their values in one header, in basic properties instead of headers or as the event's
-//! attributes (`host.amqp_event_provenance`), `mandatory`; what it costs the broker and the
-//! client, same run), `PIPE_LIKE_HOST=plain` (the plain pipe a second time: the method's own
-//! spread, a pipe against itself), `HOST_SETTINGS` replacing a key the bench sets
-//! (`idempotency_window_s = 0`: without deduplication), `QUEUES=quorum` (both sides' queues
-//! quorum queues, with the arguments millrace declares, and the host's `amqp_queues` set to
-//! match; default classic),
+//! (each round also runs millrace with these lines added to its `[host]` section, replacing the
+//! bench's own line for a key they set, e.g. `HOST_SETTINGS="max_in_flight = 2"` or
+//! `"idempotency_window_s = 0"`, without deduplication: a setting's effect, same run),
+//! `PIPE_LIKE_HOST=headers`, `one-header`, `properties`, `mandatory`, `both` or `event` (each
+//! round also runs the pipe publishing that part of what the host adds to an output: its three
+//! `millrace-*` headers, their values in one header, in basic properties instead of headers or
+//! as the event's attributes (`host.amqp_event_provenance`), `mandatory`; what it costs the
+//! broker and the client, same run), `PIPE_LIKE_HOST=plain` (the plain pipe a second time: the method's own
+//! spread, a pipe against itself), `QUEUES=quorum` (both sides' queues quorum queues, with the
+//! arguments millrace declares, and the host's `amqp_queues` set to match; default classic),
 //! `QUEUE_POLICY=JSON` (a broker policy with that definition on every queue, both sides alike,
 //! e.g. `QUEUE_POLICY='{"queue-mode":"lazy"}'`).
 
