@@ -27,7 +27,7 @@ use super::Control;
 use super::auth::{Access, Denied, Identity, Role};
 use super::{audit, auth, reload};
 use crate::control::deploy::DeployError;
-use crate::http::body::{Read, Unread};
+use crate::http::body::Unread;
 use crate::http::problem::Problem;
 use bytes::Bytes;
 use http_body_util::Full;
@@ -546,20 +546,18 @@ fn form_urlencoded(query: &str) -> Vec<(String, String)> {
 }
 
 /// A request's JSON body, at most 64 KiB.
-async fn small_body(control: &Control, unread: &mut Unread) -> Result<Vec<u8>, Problem> {
-    const MAX: u64 = 64 << 10;
-    match read(control, unread, MAX).await? {
-        Some(bytes) => Ok(bytes),
-        None => Err(Problem::bad_request("the body is over 64 KiB")),
-    }
+async fn small_body(control: &Control, unread: &mut Unread) -> Result<Bytes, Problem> {
+    let too_large = || Problem::bad_request("the body is over 64 KiB");
+    unread
+        .read(64 << 10, control.connections.body_timeout, too_large)
+        .await
 }
 
 /// A component's body, at most `host.max_component_mib` (413 past it, [`crate::http::body`]).
-async fn body(control: &Control, unread: &mut Unread) -> Result<Vec<u8>, Problem> {
+async fn body(control: &Control, unread: &mut Unread) -> Result<Bytes, Problem> {
     let limit = control.deployer.max_component_bytes().min(MAX_UPLOAD);
-    match read(control, unread, limit as u64).await? {
-        Some(bytes) => Ok(bytes),
-        None => Err(Problem::new(
+    let too_large = || {
+        Problem::new(
             StatusCode::PAYLOAD_TOO_LARGE,
             "component-too-large",
             "Component too large",
@@ -567,26 +565,11 @@ async fn body(control: &Control, unread: &mut Unread) -> Result<Vec<u8>, Problem
                 "the body is over the limit: at most {} MiB are accepted (host.max_component_mib)",
                 limit >> 20
             ),
-        )),
-    }
-}
-
-/// The request's body within `limit` bytes (`None`: over it), or the problem reading it.
-async fn read(
-    control: &Control,
-    unread: &mut Unread,
-    limit: u64,
-) -> Result<Option<Vec<u8>>, Problem> {
-    let timeout = control.connections.body_timeout;
-    match unread.read(limit, timeout).await {
-        Some(Read::Whole(bytes)) => Ok(Some(bytes.to_vec())),
-        Some(Read::TooLarge) => Ok(None),
-        Some(Read::TimedOut) => Err(Problem::request_timeout(timeout)),
-        Some(Read::Failed(e)) => Err(Problem::bad_request(format!(
-            "the body could not be read: {e}"
-        ))),
-        None => Err(Problem::internal("the request body was read twice")),
-    }
+        )
+    };
+    unread
+        .read(limit as u64, control.connections.body_timeout, too_large)
+        .await
 }
 
 /// The version of `plugin` the plant's routes run now.

@@ -13,6 +13,7 @@
 //! [`Unread`], and what is still unread when the answer is ready is read and dropped
 //! ([`Unread::drain`]) within the same bounds.
 
+use super::problem::Problem;
 use bytes::Bytes;
 use http_body_util::BodyExt;
 use hyper::Request;
@@ -24,7 +25,7 @@ pub const DRAIN_PAST_LIMIT: u64 = 64 << 20;
 
 /// What reading a body within a limit came to.
 #[derive(Debug)]
-pub enum Read {
+enum Read {
     /// The whole body, within the limit.
     Whole(Bytes),
     /// Over the limit (read on and dropped as far as [`DRAIN_PAST_LIMIT`] allows).
@@ -121,11 +122,26 @@ pub fn split(req: Request<Incoming>) -> (Request<()>, Unread) {
 }
 
 impl Unread {
-    /// The body, at most `limit` bytes, within `timeout` ([`read_within`]). Read once: a second
-    /// read finds it gone (a failure of the connection's body, as far as the caller can tell).
-    pub async fn read(&mut self, limit: u64, timeout: Duration) -> Option<Read> {
-        let body = self.body.take()?;
-        Some(read_within(body, limit, timeout, self.asks_first).await)
+    /// The body, at most `limit` bytes, within `timeout` ([`read_within`]), or the problem to
+    /// answer: `too_large()` past the limit, 408 past the timeout, 400 when the connection
+    /// failed. Read once: a second read is the host's own error.
+    pub async fn read(
+        &mut self,
+        limit: u64,
+        timeout: Duration,
+        too_large: impl FnOnce() -> Problem,
+    ) -> Result<Bytes, Problem> {
+        let Some(body) = self.body.take() else {
+            return Err(Problem::internal("the request body was read twice"));
+        };
+        match read_within(body, limit, timeout, self.asks_first).await {
+            Read::Whole(bytes) => Ok(bytes),
+            Read::TooLarge => Err(too_large()),
+            Read::TimedOut => Err(Problem::request_timeout(timeout)),
+            Read::Failed(e) => Err(Problem::bad_request(format!(
+                "the body could not be read: {e}"
+            ))),
+        }
     }
 
     /// Read and drop a body still unread (the request was answered without it), within the

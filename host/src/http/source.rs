@@ -26,7 +26,7 @@
 //!
 //! Shutdown: stop accepting, let in-flight requests finish, return.
 
-use super::body::{Read, Unread, split};
+use super::body::{Unread, split};
 use super::problem::Problem;
 use crate::config::Source;
 use crate::idempotency::{self, Begin, StoredAnswer};
@@ -170,18 +170,14 @@ async fn route_request(
     if let Some(client) = client {
         headers.push(("millrace-client".into(), client));
     }
-    let timeout = source.connections.body_timeout;
-    let body = match unread.read(route.max_body_bytes as u64, timeout).await {
-        Some(Read::Whole(bytes)) => bytes,
-        None => return Err(Problem::internal("the request body was read twice")),
-        Some(Read::TooLarge) => return Err(Problem::too_large(&route.name, route.max_body_bytes)),
-        Some(Read::TimedOut) => return Err(Problem::request_timeout(timeout)),
-        Some(Read::Failed(e)) => {
-            return Err(Problem::bad_request(format!(
-                "could not read the request body: {e}"
-            )));
-        }
-    };
+    let too_large = || Problem::too_large(&route.name, route.max_body_bytes);
+    let body = unread
+        .read(
+            route.max_body_bytes as u64,
+            source.connections.body_timeout,
+            too_large,
+        )
+        .await?;
     let message = Message {
         id: id.clone(),
         plant: route.plant.clone(),
