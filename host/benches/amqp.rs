@@ -24,9 +24,10 @@
 //! round also runs the pipe publishing that part of what the host adds to an output: its three
 //! `millrace-*` headers, their values in one header, in basic properties instead of headers or
 //! as the event's attributes (`host.amqp_event_provenance`), `mandatory`; what it costs the
-//! broker and the client, same run), `PIPE_LIKE_HOST=plain` (the plain pipe a second time: the method's own
-//! spread, a pipe against itself), `QUEUES=quorum` (both sides' queues quorum queues, with the
-//! arguments millrace declares, and the host's `amqp_queues` set to match; default classic),
+//! broker and the client, same run), `PIPE_LIKE_HOST=plain` (the plain pipe a second time: the
+//! method's own spread, a pipe against itself), `QUEUES=quorum` (both sides' queues quorum
+//! queues, with the arguments millrace declares, and the host's `amqp_queues` set to match;
+//! default classic),
 //! `QUEUE_POLICY=JSON` (a broker policy with that definition on every queue, both sides alike,
 //! e.g. `QUEUE_POLICY='{"queue-mode":"lazy"}'`).
 
