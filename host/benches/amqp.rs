@@ -20,16 +20,17 @@
 //! (each round also runs millrace with these lines added to its `[host]` section, replacing the
 //! bench's own line for a key they set, e.g. `HOST_SETTINGS="max_in_flight = 2"` or
 //! `"idempotency_window_s = 0"`, without deduplication: a setting's effect, same run),
-//! `PIPE_LIKE_HOST=headers`, `one-header`, `properties`, `mandatory`, `both` or `event` (each
-//! round also runs the pipe publishing that part of what the host adds to an output: its three
-//! `millrace-*` headers, their values in one header, in basic properties instead of headers or
-//! as the event's attributes (`host.amqp_event_provenance`), `mandatory`; what it costs the
-//! broker and the client, same run), `PIPE_LIKE_HOST=plain` (the plain pipe a second time: the
-//! method's own spread, a pipe against itself), `QUEUES=quorum` (both sides' queues quorum
-//! queues, with the arguments millrace declares, and the host's `amqp_queues` set to match;
-//! default classic),
-//! `QUEUE_POLICY=JSON` (a broker policy with that definition on every queue, both sides alike,
-//! e.g. `QUEUE_POLICY='{"queue-mode":"lazy"}'`).
+//! `PIPE_LIKE_HOST=headers`, `one-header`, `properties`, `app-id`, `mandatory`, `both` or
+//! `event` (each round also runs the pipe publishing that part of what the host adds to an
+//! output: its three `millrace-*` headers, their values in one header, in basic properties
+//! instead of headers, the lineage alone as `app-id`, or as the event's attributes
+//! (`host.amqp_event_provenance`), `mandatory`; what it costs the broker and the client, same
+//! run), `PIPE_LIKE_HOST=plain` (the plain pipe a second time: the method's own spread, a pipe
+//! against itself), `PIPE_LIKE_HOST=empty-table` (the pipe with an empty header table, as the
+//! plain pipe published before 2026-12-06), `QUEUES=quorum` (both sides' queues quorum queues,
+//! with the arguments millrace declares, and the host's `amqp_queues` set to match; default
+//! classic), `QUEUE_POLICY=JSON` (a broker policy with that definition on every queue, both
+//! sides alike, e.g. `QUEUE_POLICY='{"queue-mode":"lazy"}'`).
 
 mod common;
 use common::{cpu_seconds, median, record, root, route_output, running, setting};
@@ -328,6 +329,10 @@ enum Headers {
     /// The same values in basic properties (`app-id`, `type`, `correlation-id`), no header
     /// table.
     Properties,
+    /// The lineage alone, as the basic property `app-id`, no header table.
+    AppId,
+    /// A header table with no entries (what the plain pipe published before 2026-12-06).
+    Empty,
 }
 
 const PLAIN: LikeHost = LikeHost {
@@ -392,7 +397,7 @@ async fn pipe(
                             lapin::types::AMQPValue::LongString(values.join(" ").into()),
                         );
                     }
-                    Headers::Properties => {}
+                    Headers::Properties | Headers::AppId | Headers::Empty => {}
                 }
                 let mut properties = BasicProperties::default();
                 if like_host.headers == Headers::Properties {
@@ -402,8 +407,17 @@ async fn pipe(
                         .with_type(route.into())
                         .with_correlation_id(lineage.into());
                 }
+                if like_host.headers == Headers::AppId {
+                    properties = properties.with_app_id(HOST_HEADERS[2].1.into());
+                }
+                // A plain lapin pipe sends no header table, nor does the host without headers.
+                if matches!(
+                    like_host.headers,
+                    Headers::Host | Headers::One | Headers::Empty
+                ) {
+                    properties = properties.with_headers(headers);
+                }
                 let properties = properties
-                    .with_headers(headers)
                     .with_content_type("application/cloudevents+json".into())
                     .with_message_id(
                         format!(
@@ -653,12 +667,21 @@ fn main() {
             headers: Headers::Properties,
             mandatory: false,
         }),
+        "app-id" => Some(LikeHost {
+            headers: Headers::AppId,
+            mandatory: false,
+        }),
+        "empty-table" => Some(LikeHost {
+            headers: Headers::Empty,
+            mandatory: false,
+        }),
         // The body with the three values as event attributes (`host.amqp_event_provenance`).
         "event" => Some(PLAIN),
         // The plain pipe again: the method's own spread, a pipe against itself.
         "plain" => Some(PLAIN),
         other => panic!(
-            "PIPE_LIKE_HOST={other}: headers, one-header, properties, mandatory, both, event or plain"
+            "PIPE_LIKE_HOST={other}: headers, one-header, properties, app-id, empty-table, mandatory, \
+             both, event or plain"
         ),
     };
     let mut piped_like_host = Vec::new();
