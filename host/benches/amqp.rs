@@ -16,10 +16,11 @@
 //! receiver in the bench that takes and drops them: the cost of tracing, same run),
 //! `BASELINE=PATH` (each round also runs the millrace binary at PATH, e.g. one built from an
 //! earlier commit: a change's cost, same run), `LINEAGE=compare` (each round also runs millrace
-//! with `[telemetry] lineage = false`: the cost of keeping lineage, same run), `HOST_SETTINGS=LINES`
-//! (each round also runs millrace with these lines added to its `[host]` section, replacing the
-//! bench's own line for a key they set, e.g. `HOST_SETTINGS="max_in_flight = 2"` or
-//! `"idempotency_window_s = 0"`, without deduplication: a setting's effect, same run),
+//! with `[telemetry] lineage = false`: the cost of keeping lineage, same run),
+//! `HOST_SETTINGS=LINES` (each round also runs millrace with these lines added to its `[host]`
+//! section, replacing the bench's own line for a key they set, e.g.
+//! `HOST_SETTINGS="max_in_flight = 2"` or `"idempotency_window_s = 0"`, without deduplication:
+//! a setting's effect, same run),
 //! `PIPE_LIKE_HOST=headers`, `one-header`, `properties`, `app-id`, `mandatory`, `both` or
 //! `event` (each round also runs the pipe publishing that part of what the host adds to an
 //! output: its three `millrace-*` headers, their values in one header, in basic properties
