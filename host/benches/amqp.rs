@@ -26,7 +26,8 @@
 //! output: its three `millrace-*` headers, their values in one header, in basic properties
 //! instead of headers, the lineage alone as `app-id`, or as the event's attributes
 //! (`host.amqp_event_provenance`), `mandatory`; what it costs the broker and the client, same
-//! run), `PIPE_LIKE_HOST=plain` (the plain pipe a second time: the method's own spread, a pipe
+//! run), `PIPE_LIKE_HOST=channels` (the pipe publishing on 32 confirm channels in turn, as many
+//! as the host's publisher keeps), `PIPE_LIKE_HOST=plain` (the plain pipe a second time: the method's own spread, a pipe
 //! against itself), `PIPE_LIKE_HOST=empty-table` (the pipe with an empty header table, as the
 //! plain pipe published before 2026-12-06), `QUEUES=quorum` (both sides' queues quorum queues,
 //! with the arguments millrace declares, and the host's `amqp_queues` set to match; default
@@ -318,6 +319,8 @@ const HOST_HEADERS: [(&str, &str); 3] = [
 struct LikeHost {
     headers: Headers,
     mandatory: bool,
+    /// Confirm channels the pipe publishes on, in turn (the host's pool has 32).
+    channels: usize,
 }
 
 #[derive(Clone, Copy, PartialEq)]
@@ -339,6 +342,7 @@ enum Headers {
 const PLAIN: LikeHost = LikeHost {
     headers: Headers::None,
     mandatory: false,
+    channels: 1,
 };
 
 /// The plain lapin pipe, or with `like_host`'s parts of what the host adds to an output.
@@ -356,11 +360,16 @@ async fn pipe(
     topology(&ch, "pipe.in", "pipe.out", "pipe.sink").await;
     preload(&ch, "pipe.in", n).await;
     let conn = connect(url).await;
-    let publisher = conn.create_channel().await.unwrap();
-    publisher
-        .confirm_select(ConfirmSelectOptions::default())
-        .await
-        .unwrap();
+    let mut publishers = Vec::new();
+    for _ in 0..like_host.channels {
+        let publisher = conn.create_channel().await.unwrap();
+        publisher
+            .confirm_select(ConfirmSelectOptions::default())
+            .await
+            .unwrap();
+        publishers.push(publisher);
+    }
+    let publishers = std::sync::Arc::new(publishers);
     let consumer_ch = conn.create_channel().await.unwrap();
     consumer_ch
         .basic_qos(prefetch, BasicQosOptions::default())
@@ -376,8 +385,10 @@ async fn pipe(
         .await
         .unwrap();
     let task = tokio::spawn(async move {
+        let mut turn = 0usize;
         while let Some(Ok(delivery)) = consumer.next().await {
-            let publisher = publisher.clone();
+            let publisher = publishers[turn % publishers.len()].clone();
+            turn += 1;
             let event = std::sync::Arc::clone(&event);
             tokio::spawn(async move {
                 let mut headers = FieldTable::default();
@@ -651,30 +662,41 @@ fn main() {
         "headers" => Some(LikeHost {
             headers: Headers::Host,
             mandatory: false,
+            channels: 1,
         }),
         "one-header" => Some(LikeHost {
             headers: Headers::One,
             mandatory: false,
+            channels: 1,
         }),
         "mandatory" => Some(LikeHost {
             headers: Headers::None,
             mandatory: true,
+            channels: 1,
         }),
         "both" => Some(LikeHost {
             headers: Headers::Host,
             mandatory: true,
+            channels: 1,
         }),
         "properties" => Some(LikeHost {
             headers: Headers::Properties,
             mandatory: false,
+            channels: 1,
+        }),
+        "channels" => Some(LikeHost {
+            channels: 32,
+            ..PLAIN
         }),
         "app-id" => Some(LikeHost {
             headers: Headers::AppId,
             mandatory: false,
+            channels: 1,
         }),
         "empty-table" => Some(LikeHost {
             headers: Headers::Empty,
             mandatory: false,
+            channels: 1,
         }),
         // The body with the three values as event attributes (`host.amqp_event_provenance`).
         "event" => Some(PLAIN),
@@ -682,7 +704,7 @@ fn main() {
         "plain" => Some(PLAIN),
         other => panic!(
             "PIPE_LIKE_HOST={other}: headers, one-header, properties, app-id, empty-table, mandatory, \
-             both, event or plain"
+             both, channels, event or plain"
         ),
     };
     let mut piped_like_host = Vec::new();
