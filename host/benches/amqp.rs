@@ -21,18 +21,18 @@
 //! section, replacing the bench's own line for a key they set, e.g.
 //! `HOST_SETTINGS="max_in_flight = 2"` or `"idempotency_window_s = 0"`, without deduplication:
 //! a setting's effect, same run),
-//! `PIPE_LIKE_HOST=headers`, `one-header`, `properties`, `app-id`, `mandatory`, `both` or
-//! `event` (each round also runs the pipe publishing that part of what the host adds to an
-//! output: its three `millrace-*` headers, their values in one header, in basic properties
-//! instead of headers, the lineage alone as `app-id`, or as the event's attributes
-//! (`host.amqp_event_provenance`), `mandatory`; what it costs the broker and the client, same
-//! run), `PIPE_LIKE_HOST=channels` (the pipe publishing on 32 confirm channels in turn, as many
-//! as the host's publisher keeps), `PIPE_LIKE_HOST=plain` (the plain pipe a second time: the method's own spread, a pipe
-//! against itself), `PIPE_LIKE_HOST=empty-table` (the pipe with an empty header table, as the
-//! plain pipe published before 2026-12-06), `QUEUES=quorum` (both sides' queues quorum queues,
-//! with the arguments millrace declares, and the host's `amqp_queues` set to match; default
-//! classic), `QUEUE_POLICY=JSON` (a broker policy with that definition on every queue, both
-//! sides alike, e.g. `QUEUE_POLICY='{"queue-mode":"lazy"}'`).
+//! `PIPE_LIKE_HOST=headers`, `one-header`, `properties`, `app-id`, `mandatory`, `both` or `event`
+//! (each round also runs the pipe publishing that part of what the host adds to an output: its
+//! three `millrace-*` headers, their values in one header, in basic properties instead of headers,
+//! the lineage alone as `app-id`, or as the event's attributes (`host.amqp_event_provenance`),
+//! `mandatory`; what it costs the broker and the client, same run), `PIPE_LIKE_HOST=channels` (the
+//! pipe publishing on 32 confirm channels in turn, the size of the host's pool),
+//! `PIPE_LIKE_HOST=plain` (the plain pipe a second time: the method's own spread, a pipe against
+//! itself), `PIPE_LIKE_HOST=empty-table` (the pipe with an empty header table, as the plain pipe
+//! published before 2026-12-06), `QUEUES=quorum` (both sides' queues quorum queues, with the
+//! arguments millrace declares, and the host's `amqp_queues` set to match; default classic),
+//! `QUEUE_POLICY=JSON` (a broker policy with that definition on every queue, both sides alike, e.g.
+//! `QUEUE_POLICY='{"queue-mode":"lazy"}'`).
 
 mod common;
 use common::{cpu_seconds, median, record, root, route_output, running, setting};
