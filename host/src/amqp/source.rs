@@ -158,32 +158,43 @@ async fn serve_consumer(
                 None => break format!("route {}: the consumer was cancelled", route.name),
             },
             Some(done) = in_flight.join_next_with_id(), if !in_flight.is_empty() => {
-                let (task, done) = match done {
-                    Ok((task, out)) => (task, Ok(out)),
-                    Err(e) => (e.id(), Err(e)),
-                };
-                // Left to the broker (the session is lost or ending) or its handler failed
-                // (which loses the session): it comes again, to the next session, and the next
-                // delivery of its key must not pass it. The key stops here; what waits behind
-                // it goes back to the queue with it when the channel closes, in order.
-                let comes_again = matches!(done, Ok((_, Settle::Leave)) | Err(_));
-                if route.amqp.order_by.is_some() && comes_again {
-                    tracing::debug!(route = %route.name, "a delivery left to the broker stops its key on this consumer");
-                    keys.stalled(task);
-                } else if let Some((key, next)) = keys.finished(task) {
-                    let task = start(&mut in_flight, next);
-                    keys.started(task, key);
+                // Every handler done by now is settled before one ack covers their run:
+                // deliveries whose outputs one batch of confirms judged finish together.
+                let mut upto = None;
+                let mut next = Some(done);
+                while let Some(done) = next {
+                    let (task, done) = match done {
+                        Ok((task, out)) => (task, Ok(out)),
+                        Err(e) => (e.id(), Err(e)),
+                    };
+                    // Left to the broker (the session is lost or ending) or its handler failed
+                    // (which loses the session): it comes again, to the next session, and the
+                    // next delivery of its key must not pass it. The key stops here; what
+                    // waits behind it goes back to the queue with it when the channel closes,
+                    // in order.
+                    let comes_again = matches!(done, Ok((_, Settle::Leave)) | Err(_));
+                    if route.amqp.order_by.is_some() && comes_again {
+                        tracing::debug!(route = %route.name, "a delivery left to the broker stops its key on this consumer");
+                        keys.stalled(task);
+                    } else if let Some((key, next)) = keys.finished(task) {
+                        let task = start(&mut in_flight, next);
+                        keys.started(task, key);
+                    }
+                    upto = settle(&session, &route, &mut acks, done).await.or(upto);
+                    next = in_flight.try_join_next_with_id();
                 }
-                settle(&session, &channel, &route, &mut acks, done).await;
+                acknowledge(&channel, &route, upto).await;
             }
             _ = stop.changed() => break String::new(),
         }
     };
     // Deliveries waiting behind their key are left unacknowledged: the broker gives them back,
     // in order, when the channel closes.
+    let mut upto = None;
     while let Some(done) = in_flight.join_next().await {
-        settle(&session, &channel, &route, &mut acks, done).await;
+        upto = settle(&session, &route, &mut acks, done).await.or(upto);
     }
+    acknowledge(&channel, &route, upto).await;
     if ended.is_empty() {
         // Stopping: closed before the connection is. A lost session's channels go with it.
         super::session::close_channel(&channel, "consumer ends").await;
@@ -269,45 +280,37 @@ impl<D, Task: std::hash::Hash + Eq> Keys<D, Task> {
     }
 }
 
-/// Acknowledge (in order, several at once) or requeue a delivery [`handle`] is done with.
+/// Settle a delivery [`handle`] is done with: a nack (requeue) or an ack alone is sent now;
+/// an ack in order is recorded. The answer is the tag a `multiple` ack may now name (the run of
+/// settled tags it completes), for [`acknowledge`]: the caller sends one for all the deliveries
+/// it settles at once.
 async fn settle(
     session: &Session,
-    channel: &lapin::Channel,
     route: &Route,
     acks: &mut InOrderAcks,
     done: Result<(Delivery, Settle), tokio::task::JoinError>,
-) {
+) -> Option<u64> {
     let Ok((delivery, settle)) = done else {
         // A handler that panicked leaves its delivery to the broker; its tag is never settled,
         // so no later ack covers it, and the route's acks stop there: the session is rebuilt
         // (after the reconnect pause), and the deliveries in hand come again.
         tracing::error!(route = %route.name, "a delivery handler failed");
         session.lost(format!("route {}: a delivery handler failed", route.name));
-        return;
+        return None;
     };
     let tag = delivery.delivery_tag;
     let sent = match settle {
-        Settle::Leave => return,
+        Settle::Leave => return None,
         // An ordered route's keys run side by side, and one key's delivery may be held here
         // for its retry's wait: a delivery settled behind one still in hand is acknowledged
         // alone, so the run below does not keep the window (`prefetch`) full and the other
         // keys waiting.
         Settle::Ack if route.amqp.order_by.is_some() && acks.waits_below(tag) => {
-            settle_alone(channel, acks, &delivery, || {
-                delivery.ack(BasicAckOptions::default())
-            })
-            .await
+            settle_alone(acks, &delivery, || delivery.ack(BasicAckOptions::default())).await
         }
-        Settle::Ack => match acks.settle(tag, Given::Acknowledged) {
-            Some(upto) => {
-                channel
-                    .basic_ack(upto, BasicAckOptions { multiple: true })
-                    .await
-            }
-            None => Ok(()),
-        },
+        Settle::Ack => Ok(acks.settle(tag, Given::Acknowledged)),
         Settle::Requeue => {
-            settle_alone(channel, acks, &delivery, || {
+            settle_alone(acks, &delivery, || {
                 delivery.nack(lapin::options::BasicNackOptions {
                     requeue: true,
                     ..Default::default()
@@ -316,29 +319,35 @@ async fn settle(
             .await
         }
     };
-    if let Err(e) = sent {
+    sent.unwrap_or_else(|e| {
+        tracing::warn!(route = %route.name, error = %e, "ack failed; the broker redelivers");
+        None
+    })
+}
+
+/// Acknowledge every tag up to `upto` (when there is one) with one `multiple` ack.
+async fn acknowledge(channel: &lapin::Channel, route: &Route, upto: Option<u64>) {
+    let Some(upto) = upto else { return };
+    if let Err(e) = channel
+        .basic_ack(upto, BasicAckOptions { multiple: true })
+        .await
+    {
         tracing::warn!(route = %route.name, error = %e, "ack failed; the broker redelivers");
     }
 }
 
-/// Settle `delivery` on its own (by `send`: an ack or a nack), then acknowledge the run it
-/// completes. Recorded only once the broker took it: a tag whose ack or nack failed must never
-/// be covered by a later multiple ack (that would acknowledge it unmediated).
+/// Settle `delivery` on its own (by `send`: an ack or a nack); the tag a `multiple` ack may
+/// now name for the run it completes. Recorded only once the broker took it: a tag whose ack or
+/// nack failed must never be covered by a later multiple ack (that would acknowledge it
+/// unmediated).
 async fn settle_alone<T, F: std::future::Future<Output = lapin::Result<T>>>(
-    channel: &lapin::Channel,
     acks: &mut InOrderAcks,
     delivery: &Delivery,
     send: impl FnOnce() -> F,
-) -> lapin::Result<()> {
-    let sent = send().await.map(|_| ());
-    match sent.map(|()| acks.settle(delivery.delivery_tag, Given::Alone)) {
-        Ok(Some(upto)) => {
-            channel
-                .basic_ack(upto, BasicAckOptions { multiple: true })
-                .await
-        }
-        other => other.map(|_| ()),
-    }
+) -> lapin::Result<Option<u64>> {
+    send()
+        .await
+        .map(|_| acks.settle(delivery.delivery_tag, Given::Alone))
 }
 
 fn header_text(value: &AMQPValue) -> Option<String> {
