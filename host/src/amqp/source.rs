@@ -159,7 +159,8 @@ async fn serve_consumer(
             },
             Some(done) = in_flight.join_next_with_id(), if !in_flight.is_empty() => {
                 // Every handler done by now is settled before one ack covers their run:
-                // deliveries whose outputs one batch of confirms judged finish together.
+                // deliveries whose outputs one batch of confirms judged finish together. (A
+                // nack or an ack alone among them goes out at once, before that ack.)
                 let mut upto = None;
                 let mut next = Some(done);
                 while let Some(done) = next {
@@ -190,11 +191,15 @@ async fn serve_consumer(
     };
     // Deliveries waiting behind their key are left unacknowledged: the broker gives them back,
     // in order, when the channel closes.
-    let mut upto = None;
+    // Each run acknowledged as soon as it is complete: a stop that runs out of time cuts this
+    // loop short, and only what is in hand then comes again.
     while let Some(done) = in_flight.join_next().await {
-        upto = settle(&session, &route, &mut acks, done).await.or(upto);
+        let mut upto = settle(&session, &route, &mut acks, done).await;
+        while let Some(done) = in_flight.try_join_next() {
+            upto = settle(&session, &route, &mut acks, done).await.or(upto);
+        }
+        acknowledge(&channel, &route, upto).await;
     }
-    acknowledge(&channel, &route, upto).await;
     if ended.is_empty() {
         // Stopping: closed before the connection is. A lost session's channels go with it.
         super::session::close_channel(&channel, "consumer ends").await;
@@ -281,9 +286,9 @@ impl<D, Task: std::hash::Hash + Eq> Keys<D, Task> {
 }
 
 /// Settle a delivery [`handle`] is done with: a nack (requeue) or an ack alone is sent now;
-/// an ack in order is recorded. The answer is the tag a `multiple` ack may now name (the run of
-/// settled tags it completes), for [`acknowledge`]: the caller sends one for all the deliveries
-/// it settles at once.
+/// an ack in order is recorded. The answer is the highest tag a `multiple` ack may now name (the
+/// run of settled tags it completes), for [`acknowledge`]: the caller sends one for all the
+/// deliveries it settles at once, naming the latest answer (they only grow).
 async fn settle(
     session: &Session,
     route: &Route,
