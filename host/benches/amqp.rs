@@ -661,28 +661,24 @@ fn main() {
         "" => None,
         "headers" => Some(LikeHost {
             headers: Headers::Host,
-            mandatory: false,
-            channels: 1,
+            ..PLAIN
         }),
         "one-header" => Some(LikeHost {
             headers: Headers::One,
-            mandatory: false,
-            channels: 1,
+            ..PLAIN
         }),
         "mandatory" => Some(LikeHost {
-            headers: Headers::None,
             mandatory: true,
-            channels: 1,
+            ..PLAIN
         }),
         "both" => Some(LikeHost {
             headers: Headers::Host,
             mandatory: true,
-            channels: 1,
+            ..PLAIN
         }),
         "properties" => Some(LikeHost {
             headers: Headers::Properties,
-            mandatory: false,
-            channels: 1,
+            ..PLAIN
         }),
         "channels" => Some(LikeHost {
             channels: 32,
@@ -690,13 +686,11 @@ fn main() {
         }),
         "app-id" => Some(LikeHost {
             headers: Headers::AppId,
-            mandatory: false,
-            channels: 1,
+            ..PLAIN
         }),
         "empty-table" => Some(LikeHost {
             headers: Headers::Empty,
-            mandatory: false,
-            channels: 1,
+            ..PLAIN
         }),
         // The body with the three values as event attributes (`host.amqp_event_provenance`).
         "event" => Some(PLAIN),

@@ -190,9 +190,8 @@ async fn serve_consumer(
         }
     };
     // Deliveries waiting behind their key are left unacknowledged: the broker gives them back,
-    // in order, when the channel closes.
-    // Each run acknowledged as soon as it is complete: a stop that runs out of time cuts this
-    // loop short, and only what is in hand then comes again.
+    // in order, when the channel closes. Each run is acknowledged as soon as it is complete: a
+    // stop that runs out of time cuts this loop short, and only what is in hand comes again.
     while let Some(done) = in_flight.join_next().await {
         let mut upto = settle(&session, &route, &mut acks, done).await;
         while let Some(done) = in_flight.try_join_next() {
@@ -325,7 +324,7 @@ async fn settle(
         }
     };
     sent.unwrap_or_else(|e| {
-        tracing::warn!(route = %route.name, error = %e, "ack failed; the broker redelivers");
+        tracing::warn!(route = %route.name, error = %e, "ack or nack failed; the broker redelivers");
         None
     })
 }
