@@ -397,17 +397,19 @@ pub async fn run(
     };
     let _ = stop.send(true);
     // Requests and deliveries in hand finish within their message budget; past the longest
-    // budget and a margin for their publishes and acks, the host stops without them (the
-    // broker gives unacknowledged deliveries back; an HTTP client sees its connection close).
-    let drain = host
-        .pipeline
-        .routes
-        .all()
-        .iter()
-        .map(|r| r.budget.time)
-        .max()
-        .unwrap_or_default()
-        + STOP_MARGIN;
+    // budget and a margin for their publishes and acks (or `host.stop_timeout_s`), the host
+    // stops without them (the broker gives unacknowledged deliveries back; an HTTP client sees
+    // its connection close).
+    let drain = config.stop_timeout.unwrap_or_else(|| {
+        host.pipeline
+            .routes
+            .all()
+            .iter()
+            .map(|r| r.budget.time)
+            .max()
+            .unwrap_or_default()
+            + STOP_MARGIN
+    });
     let until = tokio::time::Instant::now() + drain;
     let mut unfinished = Vec::new();
     if !http_finished && tokio::time::timeout_at(until, &mut http).await.is_err() {

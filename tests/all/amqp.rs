@@ -1309,6 +1309,66 @@ fn sigterm_finishes_the_deliveries_in_hand_and_leaves_the_rest_in_the_queue() {
     assert_eq!(broker.depth("millrace.act.dead-letter"), 0);
 }
 
+/// A stop that runs out of time (`host.stop_timeout_s`) while a delivery is still being
+/// mediated acknowledges the deliveries whose runs finished while it waited: only the unfinished
+/// one comes again, not the ones already published.
+#[test]
+fn a_stop_that_runs_out_of_time_acknowledges_the_runs_finished_while_it_waited() {
+    let broker = Broker::start();
+    // Two mediation slots and two deliveries in hand: `w-0` (the lower delivery tag) runs a few
+    // seconds, past the signal; `w-1` works until its deadline (120 s), past the stop's bound.
+    let ws = act_workspace(
+        &broker,
+        "max_in_flight = 2\nstop_timeout_s = 20",
+        ", prefetch = 2",
+    );
+    publish_to_act(
+        &broker,
+        &[
+            ("w-0".to_string(), "work 4000000000".to_string()),
+            ("w-1".to_string(), "work 1000000000000000".to_string()),
+        ],
+    );
+    let mut host = Host::start(&ws.config(), &[("RUST_LOG", "millrace_host=debug")]);
+    host.wait_for_log("mediating route=act");
+    host.wait_for_log("mediating route=act");
+    host.signal("TERM");
+    assert!(host.wait_exit().success(), "exit 0 after SIGTERM");
+    let log = host.drain_log();
+    let at = |what: &str| {
+        log.iter()
+            .position(|l| l.contains(what))
+            .unwrap_or_else(|| panic!("no {what:?} in the log:\n{}", log.join("\n")))
+    };
+    let signalled = at("SIGTERM received");
+    assert!(
+        log.iter()
+            .position(|l| l.contains("mediated route=act") && l.contains("message_id=w-0"))
+            .is_some_and(|finished| finished > signalled),
+        "w-0 finished before the signal, so this did not test the stop:\n{}",
+        log.join("\n")
+    );
+    at("stopping with work unfinished");
+    assert!(
+        !log.iter()
+            .any(|l| l.contains("message_id=w-1") && l.contains("mediated route=act")),
+        "w-1 finished:\n{}",
+        log.join("\n")
+    );
+    assert_eq!(take_outputs(&broker), vec!["w-0-1".to_string()]);
+    // The broker gives back what was unacknowledged when the connection closed, all at once.
+    // A guard against a message never given back, not a timing assertion.
+    let mut back = 0;
+    for _ in 0..600 {
+        back = broker.depth("plant-a.act");
+        if back > 0 {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert_eq!(back, 1, "only w-1 comes again: w-0's run was acknowledged");
+}
+
 #[test]
 fn a_plugin_asking_to_retry_later_is_parked_and_retried_until_its_attempts_run_out() {
     let broker = Broker::start();

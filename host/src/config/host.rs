@@ -25,6 +25,7 @@ pub(super) struct Host {
     pub admin_access: AdminAccess,
     pub tls: Option<crate::http::tls::TlsSettings>,
     pub gate_budget: Duration,
+    pub stop_timeout: Option<Duration>,
     /// `[limits]`: a step's defaults.
     pub step_defaults: StepLimits,
     /// `limits.max_body_kib`: a route's default.
@@ -335,6 +336,15 @@ pub(super) fn read(diag: &mut Diagnostics, dir: &Path, file: &File) -> Host {
         1..=3600,
         60,
     ));
+    let stop_timeout = file.host.stop_timeout_s.as_ref().map(|s| {
+        Duration::from_secs(ranged(
+            diag,
+            "host.stop_timeout_s",
+            Some(s),
+            STOP_TIMEOUT_S,
+            0,
+        ))
+    });
 
     let fallback = StepLimits::default();
     let step_defaults = StepLimits {
@@ -452,6 +462,7 @@ pub(super) fn read(diag: &mut Diagnostics, dir: &Path, file: &File) -> Host {
         admin_access,
         tls,
         gate_budget,
+        stop_timeout,
         step_defaults,
         default_body_kib,
         default_budget_ms,

@@ -84,6 +84,7 @@ struct HostSection {
     compile_memory_mib: Number,
     compile_timeout_s: Number,
     gate_budget_s: Number,
+    stop_timeout_s: Number,
     max_connections: Number,
     max_connections_per_client: Number,
     header_timeout_s: Number,
@@ -359,6 +360,9 @@ pub struct Config {
     /// Time the gate may spend running one candidate (describe, every step's load, its sample
     /// vectors) (`host.gate_budget_s`, default 60).
     pub gate_budget: Duration,
+    /// How long stopping waits for the requests and deliveries in hand (`host.stop_timeout_s`);
+    /// none: the longest route's message budget plus 30 s.
+    pub stop_timeout: Option<Duration>,
     /// When a plugin version is quarantined and what then (`limits.quarantine_*`).
     pub quarantine: crate::quarantine::Policy,
     /// What each listener accepts (`host.max_connections`, `max_connections_per_client`,
@@ -520,6 +524,7 @@ impl Config {
                 self.intake.compile_timeout.as_secs().to_string(),
             ),
             ("host.gate_budget_s", self.gate_budget.as_secs().to_string()),
+            ("host.stop_timeout_s", format!("{:?}", self.stop_timeout)),
             ("limits.quarantine_after", self.quarantine.after.to_string()),
             (
                 "limits.quarantine_window_s",
@@ -667,6 +672,7 @@ impl Config {
             admin_access,
             tls,
             gate_budget,
+            stop_timeout,
             ..
         } = host;
         let plants::Plants {
@@ -734,6 +740,7 @@ impl Config {
             host_id,
             intake,
             gate_budget,
+            stop_timeout,
             quarantine,
             connections,
             idempotency_bounds,
@@ -764,6 +771,8 @@ const INSTANCE_REUSE: std::ops::RangeInclusive<u64> = 1..=1_000_000;
 const MAX_BODY_KIB: std::ops::RangeInclusive<u64> = 1..=262_144;
 const MAX_OUTPUTS: std::ops::RangeInclusive<u64> = 1..=100_000;
 const MAX_OUTPUT_KIB: std::ops::RangeInclusive<u64> = 1..=262_144;
+/// `host.stop_timeout_s`: 0 stops without waiting for the work in hand.
+const STOP_TIMEOUT_S: std::ops::RangeInclusive<u64> = 0..=86_400;
 
 /// `value` if it lies in `range` (else an error at it, naming `key` and the range), or
 /// `default` when it is not set.
