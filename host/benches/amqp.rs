@@ -443,7 +443,9 @@ async fn pipe(
                         .into(),
                     )
                     .with_delivery_mode(2);
-                let confirm = publisher
+                // After the round the connection closes under publishes and acks still on
+                // their way: they fail, uncounted (the round's outputs were counted already).
+                let Ok(confirm) = publisher
                     .basic_publish(
                         "pipe.out".into(),
                         "plant.event".into(),
@@ -455,9 +457,10 @@ async fn pipe(
                         properties,
                     )
                     .await
-                    .unwrap();
-                // After the round the channel closes under acks still on their way: not counted.
-                if !confirm.await.unwrap().is_nack() {
+                else {
+                    return;
+                };
+                if confirm.await.is_ok_and(|c| !c.is_nack()) {
                     let _ = delivery.ack(BasicAckOptions::default()).await;
                 }
             });
