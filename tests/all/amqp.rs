@@ -1310,28 +1310,32 @@ fn sigterm_finishes_the_deliveries_in_hand_and_leaves_the_rest_in_the_queue() {
 }
 
 /// A stop that runs out of time (`host.stop_timeout_s`) while a delivery is still being
-/// mediated acknowledges the deliveries whose runs finished while it waited: only the unfinished
-/// one comes again, not the ones already published.
+/// mediated acknowledges the deliveries that finished while it waited, as far as acknowledgements
+/// in order allow: only the unfinished one comes again, and the finished one behind it.
 #[test]
 fn a_stop_that_runs_out_of_time_acknowledges_the_runs_finished_while_it_waited() {
     let broker = Broker::start();
-    // Two mediation slots and two deliveries in hand: `w-0` (the lower delivery tag) runs a few
-    // seconds, past the signal; `w-1` works until its deadline (120 s), past the stop's bound.
+    // Three mediation slots and three deliveries in hand, tagged in the order published (one
+    // publishing channel, one queue): `w-0` and `w-2` run a few seconds, past the signal;
+    // `w-1` works until its deadline (120 s), past the stop's bound.
     let ws = act_workspace(
         &broker,
-        "max_in_flight = 2\nstop_timeout_s = 20",
-        ", prefetch = 2",
+        "max_in_flight = 3\nstop_timeout_s = 20",
+        ", prefetch = 3",
     );
+    let short = "work 4000000000".to_string();
     publish_to_act(
         &broker,
         &[
-            ("w-0".to_string(), "work 4000000000".to_string()),
+            ("w-0".to_string(), short.clone()),
             ("w-1".to_string(), "work 1000000000000000".to_string()),
+            ("w-2".to_string(), short),
         ],
     );
     let mut host = Host::start(&ws.config(), &[("RUST_LOG", "millrace_host=debug")]);
-    host.wait_for_log("mediating route=act");
-    host.wait_for_log("mediating route=act");
+    for _ in 0..3 {
+        host.wait_for_log("mediating route=act");
+    }
     host.signal("TERM");
     assert!(host.wait_exit().success(), "exit 0 after SIGTERM");
     let log = host.drain_log();
@@ -1341,21 +1345,31 @@ fn a_stop_that_runs_out_of_time_acknowledges_the_runs_finished_while_it_waited()
             .unwrap_or_else(|| panic!("no {what:?} in the log:\n{}", log.join("\n")))
     };
     let signalled = at("SIGTERM received");
+    let finished = |id: &str| {
+        log.iter().position(|l| {
+            l.contains("mediated route=act") && l.contains(&format!("message_id={id} "))
+        })
+    };
+    for id in ["w-0", "w-2"] {
+        assert!(
+            finished(id).is_some_and(|at| at > signalled),
+            "{id} did not finish after the signal, so this did not test the stop:\n{}",
+            log.join("\n")
+        );
+    }
     assert!(
-        log.iter()
-            .position(|l| l.contains("mediated route=act") && l.contains("message_id=w-0"))
-            .is_some_and(|finished| finished > signalled),
-        "w-0 finished before the signal, so this did not test the stop:\n{}",
-        log.join("\n")
-    );
-    at("stopping with work unfinished");
-    assert!(
-        !log.iter()
-            .any(|l| l.contains("message_id=w-1") && l.contains("mediated route=act")),
+        finished("w-1").is_none(),
         "w-1 finished:\n{}",
         log.join("\n")
     );
-    assert_eq!(take_outputs(&broker), vec!["w-0-1".to_string()]);
+    assert!(
+        log[at("stopping with work unfinished")].contains("within_s=20"),
+        "the stop's bound is host.stop_timeout_s:\n{}",
+        log.join("\n")
+    );
+    let mut outputs = take_outputs(&broker);
+    outputs.sort();
+    assert_eq!(outputs, ["w-0-1", "w-2-1"]);
     // The broker gives back what was unacknowledged when the connection closed, all at once.
     // A guard against a message never given back, not a timing assertion.
     let mut back = 0;
@@ -1366,7 +1380,10 @@ fn a_stop_that_runs_out_of_time_acknowledges_the_runs_finished_while_it_waited()
         }
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
-    assert_eq!(back, 1, "only w-1 comes again: w-0's run was acknowledged");
+    assert_eq!(
+        back, 2,
+        "w-0 was acknowledged; w-1 comes again, and w-2 behind it (acknowledgements in order)"
+    );
 }
 
 #[test]

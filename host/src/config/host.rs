@@ -342,7 +342,7 @@ pub(super) fn read(diag: &mut Diagnostics, dir: &Path, file: &File) -> Host {
             "host.stop_timeout_s",
             Some(s),
             STOP_TIMEOUT_S,
-            0,
+            *STOP_TIMEOUT_S.start(),
         ))
     });
 

@@ -771,8 +771,8 @@ const INSTANCE_REUSE: std::ops::RangeInclusive<u64> = 1..=1_000_000;
 const MAX_BODY_KIB: std::ops::RangeInclusive<u64> = 1..=262_144;
 const MAX_OUTPUTS: std::ops::RangeInclusive<u64> = 1..=100_000;
 const MAX_OUTPUT_KIB: std::ops::RangeInclusive<u64> = 1..=262_144;
-/// `host.stop_timeout_s`: 0 stops without waiting for the work in hand.
-const STOP_TIMEOUT_S: std::ops::RangeInclusive<u64> = 0..=86_400;
+/// `host.stop_timeout_s`: at least a second, which also bounds the broker sessions' orderly close.
+const STOP_TIMEOUT_S: std::ops::RangeInclusive<u64> = 1..=86_400;
 
 /// `value` if it lies in `range` (else an error at it, naming `key` and the range), or
 /// `default` when it is not set.
