@@ -1323,7 +1323,7 @@ fn a_stop_that_runs_out_of_time_acknowledges_the_runs_finished_while_it_waited()
         "max_in_flight = 3\nstop_timeout_s = 20",
         ", prefetch = 3",
     );
-    let short = "work 4000000000".to_string();
+    let short = SLOW_WORK.to_string();
     publish_to_act(
         &broker,
         &[
@@ -1347,7 +1347,9 @@ fn a_stop_that_runs_out_of_time_acknowledges_the_runs_finished_while_it_waited()
     let signalled = at("SIGTERM received");
     let finished = |id: &str| {
         log.iter().position(|l| {
-            l.contains("mediated route=act") && l.contains(&format!("message_id={id} "))
+            l.contains("mediated route=act")
+                && l.split_whitespace()
+                    .any(|w| w == format!("message_id={id}"))
         })
     };
     for id in ["w-0", "w-2"] {

@@ -350,3 +350,98 @@ fn dead_letters(ws: &Workspace, at_least: usize) -> Vec<serde_json::Value> {
         (dead.len() >= at_least).then_some(dead)
     })
 }
+
+/// A host told to stop keeps its MQTT session up while the messages running finish: their
+/// acknowledgements go out, so the broker does not send them again to the next session. Here
+/// the stop runs out of time (`host.stop_timeout_s`) with one message still running: the one
+/// that finished before it is acknowledged; the one still running comes again, and so does
+/// the finished one behind it (acknowledgements go in arrival order), which is then
+/// acknowledged without a second run.
+#[test]
+fn a_stopping_host_acknowledges_the_messages_it_finishes_before_it_disconnects() {
+    let broker = Mosquitto::start();
+    let route = slow_act_route("act")
+        .replacen("source = \"http\"", "source = \"mqtt\"", 1)
+        .replacen(
+            "sink = \"reply\"",
+            "sink = \"mqtt\"\nmqtt = { topics = [\"plant-a/+/act\"], topic = \"out/act\" }",
+            1,
+        );
+    let ws = Workspace::new(&format!(
+        "[host]\nmqtt = \"{}\"\nid = \"mqtt-stop\"\nmax_in_flight = 3\nstop_timeout_s = 20\n\n[plants.plant-a]\n\n{route}",
+        broker.url()
+    ));
+    let mut host = Host::start(&ws.config(), &[("RUST_LOG", "millrace_host=debug")]);
+    host.wait_ready();
+    // In arrival order: `m-0` and `m-2` run a few seconds, past the signal; `m-1` until its
+    // deadline (120 s), past the stop's bound.
+    let messages = [
+        ("m-0", SLOW_WORK),
+        ("m-1", "work 1000000000000000"),
+        ("m-2", SLOW_WORK),
+    ]
+    .map(|(id, body)| format!("({id:?}, {body:?})"))
+    .join(", ");
+    broker.client(&format!(
+        r#"
+pub = mqtt.Client(client_id='line-1', protocol=mqtt.MQTTv5)
+pub.connect('127.0.0.1', PORT)
+pub.loop_start()
+for mid, body in [{messages}]:
+    p = Properties(PacketTypes.PUBLISH)
+    p.UserProperty = ('message-id', mid)
+    p.ContentType = 'text/plain'
+    pub.publish('plant-a/line-1/act', body, qos=1, properties=p).wait_for_publish()
+pub.disconnect()
+print(json.dumps([]))
+"#
+    ));
+    for _ in 0..3 {
+        host.wait_for_log("mediating route=act");
+    }
+    host.signal("TERM");
+    assert!(host.wait_exit().success(), "exit 0 after SIGTERM");
+    let log = host.drain_log();
+    let signalled = log
+        .iter()
+        .position(|l| l.contains("SIGTERM received"))
+        .expect("the signal is logged");
+    let finished = |id: &str| {
+        log.iter().position(|l| {
+            l.contains("mediated route=act")
+                && l.split_whitespace()
+                    .any(|w| w == format!("message_id={id}"))
+        })
+    };
+    for id in ["m-0", "m-2"] {
+        assert!(
+            finished(id).is_some_and(|at| at > signalled),
+            "{id} did not finish after the signal (its output goes out on the session, which \
+             must stay up while it runs), or finished before it and did not test the stop:\n{}",
+            log.join("\n")
+        );
+    }
+    assert!(
+        log.iter()
+            .any(|l| l.contains("stopping with work unfinished")),
+        "m-1 was still running when the stop's bound ended:\n{}",
+        log.join("\n")
+    );
+    // The same session again: the broker sends what was not acknowledged, in order.
+    let mut host = Host::start(&ws.config(), &[("RUST_LOG", "millrace_host=debug")]);
+    host.wait_for_log(
+        "already settled: acknowledged without a second run route=act message_id=m-2",
+    );
+    let log = host.log_so_far();
+    assert!(
+        log.iter()
+            .any(|l| l.contains("mediating route=act message_id=m-1")),
+        "m-1 comes again and runs:\n{}",
+        log.join("\n")
+    );
+    assert!(
+        !log.iter().any(|l| l.contains("message_id=m-0")),
+        "m-0 was acknowledged before the host disconnected, and does not come again:\n{}",
+        log.join("\n")
+    );
+}

@@ -304,6 +304,31 @@ impl MqttLink {
         answer.map_err(PublishError)
     }
 
+    /// The session's events that concern the host's own publishes: on the wire, held back,
+    /// answered. (Incoming publishes are the supervisor's.)
+    fn outputs_event(&self, event: &Event) {
+        match event {
+            Event::Incoming(Packet::PubAck(ack)) => {
+                let ok = matches!(
+                    ack.reason,
+                    PubAckReason::Success | PubAckReason::NoMatchingSubscribers
+                );
+                let result = if ok {
+                    Ok(())
+                } else {
+                    Err(format!("the broker refused the message: {:?}", ack.reason))
+                };
+                self.inflight().answered(ack.pkid, result);
+            }
+            Event::Incoming(Packet::PubComp(comp)) => {
+                self.inflight().answered(comp.pkid, Ok(()));
+            }
+            Event::Outgoing(Outgoing::Publish(pkid)) => self.inflight().on_wire(*pkid),
+            Event::Outgoing(Outgoing::AwaitAck(pkid)) => self.inflight().held_back(*pkid),
+            _ => {}
+        }
+    }
+
     fn inflight(&self) -> std::sync::MutexGuard<'_, Inflight> {
         self.inflight.lock().expect("inflight lock")
     }
@@ -325,6 +350,8 @@ enum Note {
     Arrived(u64, u64, u16, QoS),
     /// The source is done with a message: acknowledge it (true) or leave it (false).
     Settled(u64, u64, bool),
+    /// Answered once every acknowledgement of the notes before it is handed to the client.
+    Flush(oneshot::Sender<()>),
 }
 
 /// Acknowledge settled messages in arrival order, per connection.
@@ -369,6 +396,9 @@ async fn acknowledge(client: AsyncClient, mut notes: mpsc::UnboundedReceiver<Not
                         tracing::warn!(error = %e, "MQTT: acknowledgement not sent; the broker sends the message again");
                     }
                 }
+            }
+            Note::Flush(done) => {
+                let _ = done.send(());
             }
             _ => {}
         }
@@ -473,28 +503,17 @@ pub async fn supervise(
                     notes: notes.clone(),
                     current: Arc::clone(&link.generation),
                 };
-                if arrived.send(Arrived { publish, settle }).await.is_err() {
+                // The source stops taking messages when the host stops: then this one is left
+                // to the broker, and the session drains.
+                let handed = tokio::select! {
+                    sent = arrived.send(Arrived { publish, settle }) => sent.is_ok(),
+                    _ = shutdown.changed() => false,
+                };
+                if !handed {
                     break;
                 }
             }
-            Ok(Event::Incoming(Packet::PubAck(ack))) => {
-                let ok = matches!(
-                    ack.reason,
-                    PubAckReason::Success | PubAckReason::NoMatchingSubscribers
-                );
-                let result = if ok {
-                    Ok(())
-                } else {
-                    Err(format!("the broker refused the message: {:?}", ack.reason))
-                };
-                link.inflight().answered(ack.pkid, result);
-            }
-            Ok(Event::Incoming(Packet::PubComp(comp))) => {
-                link.inflight().answered(comp.pkid, Ok(()));
-            }
-            Ok(Event::Outgoing(Outgoing::Publish(pkid))) => link.inflight().on_wire(pkid),
-            Ok(Event::Outgoing(Outgoing::AwaitAck(pkid))) => link.inflight().held_back(pkid),
-            Ok(_) => {}
+            Ok(event) => link.outputs_event(&event),
             Err(e) => {
                 let reason = format!("broker {}: {e}", link.url.redacted());
                 tracing::warn!(reason = %reason, retry_in_ms = pause.as_millis() as u64, "MQTT broker unavailable; reconnecting");
@@ -517,12 +536,58 @@ pub async fn supervise(
             }
         }
     }
+    if matches!(*link.state.borrow(), Link::Up) {
+        drain(&link, &client, &mut events, &arrived, &notes).await;
+    }
     link.state.send_replace(Link::Down {
         reason: "the host is stopping".into(),
         since: SystemTime::now(),
     });
     let _ = client.try_disconnect();
     acker.abort();
+}
+
+/// The host is stopping with the session up: the source finishes the messages running, and
+/// their outputs and acknowledgements still go out on this connection. So it is kept (polled,
+/// not reconnected) until the source is done, its acknowledgements are handed to the client
+/// and the client's DISCONNECT is sent (or the connection is lost, or the stop's own bound
+/// ends the task). Messages arriving meanwhile are left unacknowledged: the broker sends them
+/// again to the next session.
+async fn drain(
+    link: &MqttLink,
+    client: &AsyncClient,
+    events: &mut rumqttc::v5::EventLoop,
+    arrived: &mpsc::Sender<Arrived>,
+    notes: &mpsc::UnboundedSender<Note>,
+) {
+    let settled = async {
+        // The source drops its end once every message it started is settled.
+        arrived.closed().await;
+        let (done, flushed) = oneshot::channel();
+        if notes.send(Note::Flush(done)).is_ok() {
+            let _ = flushed.await;
+        }
+        // Queued behind the acknowledgements: the client sends them first.
+        let _ = client.disconnect().await;
+    };
+    tokio::pin!(settled);
+    let mut disconnecting = false;
+    loop {
+        tokio::select! {
+            () = &mut settled, if !disconnecting => disconnecting = true,
+            event = events.poll() => match event {
+                Ok(Event::Outgoing(Outgoing::Disconnect)) => {
+                    tracing::info!("MQTT: messages in hand settled; disconnected");
+                    return;
+                }
+                Ok(event) => link.outputs_event(&event),
+                Err(e) => {
+                    tracing::warn!(error = %e, "MQTT: the connection ended while stopping; what is unacknowledged comes again");
+                    return;
+                }
+            },
+        }
+    }
 }
 
 #[cfg(test)]

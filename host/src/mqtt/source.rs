@@ -106,8 +106,9 @@ pub const IN_HAND_MAX_BYTES: usize = 64 << 20;
 pub const RUNNING_MAX: usize = super::RECEIVE_MAXIMUM as usize;
 
 /// Serve what the session hands over until it stops or `shutdown` turns true, then finish the
-/// messages running (their acknowledgements go out only if the session still stands; those
-/// not started are left to the broker).
+/// messages running (those not started are left to the broker). When the host stops, the
+/// session stays up until they are done and their acknowledgements are sent
+/// ([`super::session::supervise`]); a session lost meanwhile sends none, and they come again.
 ///
 /// Messages run in parallel, at most [`RUNNING_MAX`] at once, except those of a route with
 /// `order_levels`: messages whose topics agree on those levels form a lane and run one after
@@ -437,5 +438,6 @@ async fn handle(mqtt: Arc<super::Mqtt>, next: InHand) {
     }
     route.meters.latency.since(arrived_at);
     end(span.take(), "settled");
+    tracing::debug!(route = %route.name, message_id = %id, "mediated");
     arrived.settle.settled();
 }
