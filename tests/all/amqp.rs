@@ -1320,7 +1320,7 @@ fn a_stop_that_runs_out_of_time_acknowledges_the_runs_finished_while_it_waited()
     // `w-1` works until its deadline (120 s), past the stop's bound.
     let ws = act_workspace(
         &broker,
-        "max_in_flight = 3\nstop_timeout_s = 20",
+        "max_in_flight = 3\nstop_timeout_s = 30",
         ", prefetch = 3",
     );
     let short = SLOW_WORK.to_string();
@@ -1365,7 +1365,7 @@ fn a_stop_that_runs_out_of_time_acknowledges_the_runs_finished_while_it_waited()
         log.join("\n")
     );
     assert!(
-        log[at("stopping with work unfinished")].contains("within_s=20"),
+        log[at("stopping with work unfinished")].contains("within_s=30"),
         "the stop's bound is host.stop_timeout_s:\n{}",
         log.join("\n")
     );

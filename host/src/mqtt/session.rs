@@ -536,30 +536,39 @@ pub async fn supervise(
             }
         }
     }
-    if matches!(*link.state.borrow(), Link::Up) {
-        drain(&link, &client, &mut events, &arrived, &notes).await;
+    let drained = matches!(*link.state.borrow(), Link::Up)
+        && drain(&link, &client, &mut events, &arrived, &notes).await;
+    if !drained {
+        // No acknowledgement goes out any more: the messages still running are left to their
+        // redelivery (stale) rather than retried here on a connection that is gone.
+        link.generation
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
     }
     link.state.send_replace(Link::Down {
         reason: "the host is stopping".into(),
         since: SystemTime::now(),
     });
+    // Publishes of other sources (the outbox, other routes' outputs) still waiting for an
+    // answer fail now instead of waiting it out.
+    link.inflight().session_lost("the host is stopping");
     let _ = client.try_disconnect();
     acker.abort();
 }
 
 /// The host is stopping with the session up: the source finishes the messages running, and
 /// their outputs and acknowledgements still go out on this connection. So it is kept (polled,
-/// not reconnected) until the source is done, its acknowledgements are handed to the client
-/// and the client's DISCONNECT is sent (or the connection is lost, or the stop's own bound
-/// ends the task). Messages arriving meanwhile are left unacknowledged: the broker sends them
-/// again to the next session.
+/// not reconnected) until the source is done, its acknowledgements are handed to the client,
+/// the QoS 2 exchanges they began are complete (the broker's PUBREL answered), and the client's
+/// DISCONNECT is sent. Returns false when the connection was lost first (or the stop's own bound
+/// ends the task): what was not acknowledged comes again. Messages arriving meanwhile are left
+/// unacknowledged: the broker sends them again to the next session.
 async fn drain(
     link: &MqttLink,
     client: &AsyncClient,
     events: &mut rumqttc::v5::EventLoop,
     arrived: &mpsc::Sender<Arrived>,
     notes: &mpsc::UnboundedSender<Note>,
-) {
+) -> bool {
     let settled = async {
         // The source drops its end once every message it started is settled.
         arrived.closed().await;
@@ -567,23 +576,35 @@ async fn drain(
         if notes.send(Note::Flush(done)).is_ok() {
             let _ = flushed.await;
         }
-        // Queued behind the acknowledgements: the client sends them first.
-        let _ = client.disconnect().await;
     };
     tokio::pin!(settled);
-    let mut disconnecting = false;
+    let (mut flushed, mut disconnecting) = (false, false);
+    // QoS 2 messages whose PUBREC went out and whose PUBREL is not answered yet: a session
+    // left there would have the broker send the PUBREL to a client that knows nothing of it.
+    let mut released = std::collections::HashSet::new();
     loop {
+        if flushed && !disconnecting && released.is_empty() {
+            // Queued behind the acknowledgements, so sent after them. A full request queue
+            // refuses it: tried again after the next event, which empties the queue.
+            disconnecting = client.try_disconnect().is_ok();
+        }
         tokio::select! {
-            () = &mut settled, if !disconnecting => disconnecting = true,
+            () = &mut settled, if !flushed => flushed = true,
             event = events.poll() => match event {
-                Ok(Event::Outgoing(Outgoing::Disconnect)) => {
+                Ok(Event::Outgoing(Outgoing::Disconnect)) if disconnecting => {
                     tracing::info!("MQTT: messages in hand settled; disconnected");
-                    return;
+                    return true;
+                }
+                Ok(Event::Outgoing(Outgoing::PubRec(pkid))) => {
+                    released.insert(pkid);
+                }
+                Ok(Event::Outgoing(Outgoing::PubComp(pkid))) => {
+                    released.remove(&pkid);
                 }
                 Ok(event) => link.outputs_event(&event),
                 Err(e) => {
                     tracing::warn!(error = %e, "MQTT: the connection ended while stopping; what is unacknowledged comes again");
-                    return;
+                    return false;
                 }
             },
         }
