@@ -351,14 +351,15 @@ fn dead_letters(ws: &Workspace, at_least: usize) -> Vec<serde_json::Value> {
     })
 }
 
-/// A route `act` from MQTT (`plant-a/+/act`) to MQTT (`out/act`) with one step of the `act`
-/// guest, slow work allowed; `host` adds keys to the host table (whose id names the session).
-fn act_over_mqtt(broker: &Mosquitto, host: &str) -> Workspace {
+/// A route `act` from MQTT (`plant-a/+/act`) to MQTT (`out/act`), subscribed and publishing with
+/// QoS `qos`, with one step of the `act` guest, slow work allowed; `host` adds keys to the host
+/// table (whose id names the session).
+fn act_over_mqtt(broker: &Mosquitto, qos: u8, host: &str) -> Workspace {
     let route = slow_act_route("act")
         .replacen("source = \"http\"", "source = \"mqtt\"", 1)
         .replacen(
             "sink = \"reply\"",
-            "sink = \"mqtt\"\nmqtt = { topics = [\"plant-a/+/act\"], topic = \"out/act\" }",
+            &format!("sink = \"mqtt\"\nmqtt = {{ topics = [\"plant-a/+/act\"], topic = \"out/act\", qos = {qos} }}"),
             1,
         );
     Workspace::new(&format!(
@@ -367,9 +368,9 @@ fn act_over_mqtt(broker: &Mosquitto, host: &str) -> Workspace {
     ))
 }
 
-/// Publish each (id, body) to `plant-a/line-1/act` (QoS 1, in order, each acknowledged by the
-/// broker before the next), with the id as the `message-id` user property.
-fn publish_to_act(broker: &Mosquitto, messages: &[(&str, &str)]) {
+/// Publish each (id, body) to `plant-a/line-1/act` (QoS `qos`, in order, each acknowledged by
+/// the broker before the next), with the id as the `message-id` user property.
+fn publish_to_act(broker: &Mosquitto, qos: u8, messages: &[(&str, &str)]) {
     let messages = messages
         .iter()
         .map(|(id, body)| format!("({id:?}, {body:?})"))
@@ -384,7 +385,7 @@ for mid, body in [{messages}]:
     p = Properties(PacketTypes.PUBLISH)
     p.UserProperty = ('message-id', mid)
     p.ContentType = 'text/plain'
-    pub.publish('plant-a/line-1/act', body, qos=1, properties=p).wait_for_publish()
+    pub.publish('plant-a/line-1/act', body, qos={qos}, properties=p).wait_for_publish()
 pub.disconnect()
 print(json.dumps([]))
 "#
@@ -396,11 +397,24 @@ print(json.dumps([]))
 /// again.
 #[test]
 fn a_stopping_host_finishes_the_messages_running_and_none_comes_again() {
+    stop_finishes_the_messages_running(1);
+}
+
+/// The same with QoS 2: the exchanges the acknowledgements begin (PUBREC, the broker's PUBREL,
+/// PUBCOMP) are complete before the host disconnects, so the next host of the session is not
+/// sent a PUBREL it knows nothing of (which its client takes for a protocol error, and drops the
+/// connection, again and again).
+#[test]
+fn a_stopping_host_completes_the_qos_2_exchanges_it_began() {
+    stop_finishes_the_messages_running(2);
+}
+
+fn stop_finishes_the_messages_running(qos: u8) {
     let broker = Mosquitto::start();
-    let ws = act_over_mqtt(&broker, "max_in_flight = 2");
+    let ws = act_over_mqtt(&broker, qos, "max_in_flight = 2");
     let mut host = Host::start(&ws.config(), &[("RUST_LOG", "millrace_host=debug")]);
     host.wait_ready();
-    publish_to_act(&broker, &[("n-0", SLOW_WORK), ("n-1", SLOW_WORK)]);
+    publish_to_act(&broker, qos, &[("n-0", SLOW_WORK), ("n-1", SLOW_WORK)]);
     for _ in 0..2 {
         host.wait_for_log("mediating route=act");
     }
@@ -428,12 +442,17 @@ fn a_stopping_host_finishes_the_messages_running_and_none_comes_again() {
     // arrival order.
     let mut host = Host::start(&ws.config(), &[("RUST_LOG", "millrace_host=debug")]);
     host.wait_ready();
-    publish_to_act(&broker, &[("n-2", "work 1")]);
+    publish_to_act(&broker, qos, &[("n-2", "work 1")]);
     host.wait_for_log_where(
         |l| l.contains("mediated route=act") && l.ends_with("message_id=n-2"),
         "n-2 mediated",
     );
     let log = host.log_so_far();
+    assert!(
+        !log.iter().any(|l| l.contains("reconnecting")),
+        "the session resumed without an error:\n{}",
+        log.join("\n")
+    );
     assert!(
         !log.iter()
             .any(|l| l.contains("message_id=n-0") || l.contains("message_id=n-1")),
@@ -451,13 +470,14 @@ fn a_stopping_host_finishes_the_messages_running_and_none_comes_again() {
 #[test]
 fn a_stopping_host_acknowledges_the_messages_it_finishes_before_it_disconnects() {
     let broker = Mosquitto::start();
-    let ws = act_over_mqtt(&broker, "max_in_flight = 3\nstop_timeout_s = 30");
+    let ws = act_over_mqtt(&broker, 1, "max_in_flight = 3\nstop_timeout_s = 30");
     let mut host = Host::start(&ws.config(), &[("RUST_LOG", "millrace_host=debug")]);
     host.wait_ready();
     // In arrival order: `m-0` and `m-2` run a few seconds, past the signal; `m-1` until its
     // deadline (120 s), past the stop's bound.
     publish_to_act(
         &broker,
+        1,
         &[
             ("m-0", SLOW_WORK),
             ("m-1", "work 1000000000000000"),
