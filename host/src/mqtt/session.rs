@@ -350,8 +350,34 @@ enum Note {
     Arrived(u64, u64, u16, QoS),
     /// The source is done with a message: acknowledge it (true) or leave it (false).
     Settled(u64, u64, bool),
-    /// Answered once every acknowledgement of the notes before it is handed to the client.
-    Flush(oneshot::Sender<()>),
+    /// Answered, once every acknowledgement of the notes before it is handed to the client, with
+    /// how many acknowledgements were handed to it in all.
+    Flush(oneshot::Sender<u64>),
+}
+
+/// The acknowledgements of incoming messages the client has put on the wire (counted from its
+/// events), and the QoS 2 ones among them whose exchange is still open (PUBREC sent, the
+/// broker's PUBREL not answered with PUBCOMP yet).
+#[derive(Default)]
+struct AcksOnWire {
+    written: u64,
+    open: std::collections::HashSet<u16>,
+}
+
+impl AcksOnWire {
+    fn saw(&mut self, event: &Event) {
+        match event {
+            Event::Outgoing(Outgoing::PubAck(_)) => self.written += 1,
+            Event::Outgoing(Outgoing::PubRec(pkid)) => {
+                self.written += 1;
+                self.open.insert(*pkid);
+            }
+            Event::Outgoing(Outgoing::PubComp(pkid)) => {
+                self.open.remove(pkid);
+            }
+            _ => {}
+        }
+    }
 }
 
 /// Acknowledge settled messages in arrival order, per connection.
@@ -360,6 +386,7 @@ async fn acknowledge(client: AsyncClient, mut notes: mpsc::UnboundedReceiver<Not
     // Messages of this connection from `first` on: packet id, QoS, done, to acknowledge.
     let mut first = 0u64;
     let mut unacked: VecDeque<(u16, QoS, bool, bool)> = VecDeque::new();
+    let mut handed = 0u64;
     while let Some(note) = notes.recv().await {
         match note {
             Note::Session(g) => {
@@ -392,13 +419,16 @@ async fn acknowledge(client: AsyncClient, mut notes: mpsc::UnboundedReceiver<Not
                     }
                     let mut publish = Publish::new("", qos, Vec::new(), None);
                     publish.pkid = pkid;
-                    if let Err(e) = client.ack(&publish).await {
-                        tracing::warn!(error = %e, "MQTT: acknowledgement not sent; the broker sends the message again");
+                    match client.ack(&publish).await {
+                        Ok(()) => handed += 1,
+                        Err(e) => {
+                            tracing::warn!(error = %e, "MQTT: acknowledgement not sent; the broker sends the message again")
+                        }
                     }
                 }
             }
             Note::Flush(done) => {
-                let _ = done.send(());
+                let _ = done.send(handed);
             }
             _ => {}
         }
@@ -461,6 +491,7 @@ pub async fn supervise(
     let (notes, heard) = mpsc::unbounded_channel::<Note>();
     let acker = tokio::spawn(acknowledge(client.clone(), heard));
     let (mut generation, mut seq) = (0u64, 0u64);
+    let mut acks = AcksOnWire::default();
     let mut pause = RECONNECT_MIN;
     loop {
         let event = tokio::select! {
@@ -469,6 +500,8 @@ pub async fn supervise(
         };
         match event {
             Ok(Event::Incoming(Packet::ConnAck(ack))) => {
+                // rumqttc forgets the open QoS 2 exchanges of the last connection.
+                acks.open.clear();
                 generation += 1;
                 link.generation
                     .store(generation, std::sync::atomic::Ordering::SeqCst);
@@ -513,7 +546,10 @@ pub async fn supervise(
                     break;
                 }
             }
-            Ok(event) => link.outputs_event(&event),
+            Ok(event) => {
+                acks.saw(&event);
+                link.outputs_event(&event);
+            }
             Err(e) => {
                 let reason = format!("broker {}: {e}", link.url.redacted());
                 tracing::warn!(reason = %reason, retry_in_ms = pause.as_millis() as u64, "MQTT broker unavailable; reconnecting");
@@ -537,7 +573,7 @@ pub async fn supervise(
         }
     }
     let drained = matches!(*link.state.borrow(), Link::Up)
-        && drain(&link, &client, &mut events, &arrived, &notes).await;
+        && drain(&link, &client, &mut events, &arrived, &notes, &mut acks).await;
     if !drained {
         // No acknowledgement goes out any more: the messages still running are left to their
         // redelivery (stale) rather than retried here on a connection that is gone.
@@ -557,7 +593,7 @@ pub async fn supervise(
 
 /// The host is stopping with the session up: the source finishes the messages running, and
 /// their outputs and acknowledgements still go out on this connection. So it is kept (polled,
-/// not reconnected) until the source is done, its acknowledgements are handed to the client,
+/// not reconnected) until the source is done, every acknowledgement it was handed is on the wire,
 /// the QoS 2 exchanges they began are complete (the broker's PUBREL answered), and the client's
 /// DISCONNECT is sent. Returns false when the connection was lost first (or the stop's own bound
 /// ends the task): what was not acknowledged comes again. Messages arriving meanwhile are left
@@ -568,40 +604,41 @@ async fn drain(
     events: &mut rumqttc::v5::EventLoop,
     arrived: &mpsc::Sender<Arrived>,
     notes: &mpsc::UnboundedSender<Note>,
+    acks: &mut AcksOnWire,
 ) -> bool {
     let settled = async {
         // The source drops its end once every message it started is settled.
         arrived.closed().await;
         let (done, flushed) = oneshot::channel();
-        if notes.send(Note::Flush(done)).is_ok() {
-            let _ = flushed.await;
+        if notes.send(Note::Flush(done)).is_err() {
+            return 0;
         }
+        flushed.await.unwrap_or(0)
     };
     tokio::pin!(settled);
-    let (mut flushed, mut disconnecting) = (false, false);
-    // QoS 2 messages whose PUBREC went out and whose PUBREL is not answered yet: a session
-    // left there would have the broker send the PUBREL to a client that knows nothing of it.
-    let mut released = std::collections::HashSet::new();
+    // Acknowledgements handed to the client in all, once the source is done.
+    let mut handed = None;
+    let mut disconnecting = false;
     loop {
-        if flushed && !disconnecting && released.is_empty() {
-            // Queued behind the acknowledgements, so sent after them. A full request queue
-            // refuses it: tried again after the next event, which empties the queue.
+        // A QoS 2 session left with an exchange open would have the broker send its PUBREL to
+        // the next client of the session, which knows nothing of it (rumqttc takes that for a
+        // protocol error, and drops the connection, again and again).
+        if handed.is_some_and(|n| acks.written >= n) && !disconnecting && acks.open.is_empty() {
+            // Queued behind everything the client was handed, so sent after it. A full request
+            // queue refuses it: tried again after the next event, which empties the queue.
             disconnecting = client.try_disconnect().is_ok();
         }
         tokio::select! {
-            () = &mut settled, if !flushed => flushed = true,
+            n = &mut settled, if handed.is_none() => handed = Some(n),
             event = events.poll() => match event {
                 Ok(Event::Outgoing(Outgoing::Disconnect)) if disconnecting => {
                     tracing::info!("MQTT: messages in hand settled; disconnected");
                     return true;
                 }
-                Ok(Event::Outgoing(Outgoing::PubRec(pkid))) => {
-                    released.insert(pkid);
+                Ok(event) => {
+                    acks.saw(&event);
+                    link.outputs_event(&event);
                 }
-                Ok(Event::Outgoing(Outgoing::PubComp(pkid))) => {
-                    released.remove(&pkid);
-                }
-                Ok(event) => link.outputs_event(&event),
                 Err(e) => {
                     tracing::warn!(error = %e, "MQTT: the connection ended while stopping; what is unacknowledged comes again");
                     return false;
