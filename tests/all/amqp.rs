@@ -1233,15 +1233,7 @@ fn sigterm_finishes_the_deliveries_in_hand_and_leaves_the_rest_in_the_queue() {
         .collect();
     publish_to_act(&broker, &inputs);
     let mut host = Host::start(&ws.config(), &[("RUST_LOG", "millrace_host=debug")]);
-    host.wait_for_log("mediating route=act");
-    host.wait_for_log("mediating route=act");
-    host.signal("TERM");
-    assert!(host.wait_exit().success(), "exit 0 after SIGTERM");
-    let log = host.drain_log();
-    let signalled = log
-        .iter()
-        .position(|l| l.contains("SIGTERM received"))
-        .expect("the signal is logged");
+    let (log, signalled) = host.stop_while_mediating("act", 2);
     let id_of = |line: &str| {
         line.split_whitespace()
             .find_map(|w| w.strip_prefix("message_id="))
@@ -1333,25 +1325,8 @@ fn a_stop_that_runs_out_of_time_acknowledges_the_runs_finished_while_it_waited()
         ],
     );
     let mut host = Host::start(&ws.config(), &[("RUST_LOG", "millrace_host=debug")]);
-    for _ in 0..3 {
-        host.wait_for_log("mediating route=act");
-    }
-    host.signal("TERM");
-    assert!(host.wait_exit().success(), "exit 0 after SIGTERM");
-    let log = host.drain_log();
-    let at = |what: &str| {
-        log.iter()
-            .position(|l| l.contains(what))
-            .unwrap_or_else(|| panic!("no {what:?} in the log:\n{}", log.join("\n")))
-    };
-    let signalled = at("SIGTERM received");
-    let finished = |id: &str| {
-        log.iter().position(|l| {
-            l.contains("mediated route=act")
-                && l.split_whitespace()
-                    .any(|w| w == format!("message_id={id}"))
-        })
-    };
+    let (log, signalled) = host.stop_while_mediating("act", 3);
+    let finished = |id: &str| mediated_at(&log, "act", id);
     for id in ["w-0", "w-2"] {
         assert!(
             finished(id).is_some_and(|at| at > signalled),
@@ -1365,7 +1340,8 @@ fn a_stop_that_runs_out_of_time_acknowledges_the_runs_finished_while_it_waited()
         log.join("\n")
     );
     assert!(
-        log[at("stopping with work unfinished")].contains("within_s=30"),
+        log.iter()
+            .any(|l| l.contains("stopping with work unfinished") && l.contains("within_s=30")),
         "the stop's bound is host.stop_timeout_s:\n{}",
         log.join("\n")
     );

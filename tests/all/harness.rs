@@ -379,6 +379,22 @@ impl Host {
         assert!(status.success(), "kill -{signal} {pid} failed");
     }
 
+    /// Once `running` messages of `route` are being mediated, send SIGTERM and wait for an exit
+    /// 0; the whole log and the index of its `SIGTERM received` line.
+    pub fn stop_while_mediating(&mut self, route: &str, running: usize) -> (Vec<String>, usize) {
+        for _ in 0..running {
+            self.wait_for_log(&format!("mediating route={route}"));
+        }
+        self.signal("TERM");
+        assert!(self.wait_exit().success(), "exit 0 after SIGTERM");
+        let log = self.drain_log();
+        let signalled = log
+            .iter()
+            .position(|l| l.contains("SIGTERM received"))
+            .expect("the signal is logged");
+        (log, signalled)
+    }
+
     /// Wait for the exit (after a signal was sent), keeping the host's log readable afterwards;
     /// a host still running after [`GUARD`] is killed and the test fails.
     pub fn wait_exit(&mut self) -> ExitStatus {
@@ -520,6 +536,19 @@ pub fn slow_act_route(name: &str) -> String {
         "plant = \"plant-a\"\nmessage_budget_ms = 120000\n",
         1,
     )
+}
+
+/// Whether a host's log `line` says message `id` of `route` was mediated (a source's `mediated`
+/// line, at debug level).
+pub fn says_mediated(line: &str, route: &str, id: &str) -> bool {
+    let words: Vec<&str> = line.split_whitespace().collect();
+    let (route, id) = (format!("route={route}"), format!("message_id={id}"));
+    ["mediated", &route, &id].iter().all(|w| words.contains(w))
+}
+
+/// The index of the first line of `log` that [`says_mediated`] `id` of `route`.
+pub fn mediated_at(log: &[String], route: &str, id: &str) -> Option<usize> {
+    log.iter().position(|l| says_mediated(l, route, id))
 }
 
 /// The quickstart's mes-fixed-width step settings, as TOML lines.

@@ -417,18 +417,11 @@ fn stop_finishes_the_messages_running(qos: u8) {
     let mut host = Host::start(&ws.config(), &[("RUST_LOG", "millrace_host=debug")]);
     host.wait_ready();
     publish_to_act(&broker, qos, &[("n-0", SLOW_WORK), ("n-1", SLOW_WORK)]);
-    for _ in 0..2 {
-        host.wait_for_log("mediating route=act");
-    }
-    host.signal("TERM");
-    assert!(host.wait_exit().success(), "exit 0 after SIGTERM");
-    let log = host.drain_log();
+    let (log, _) = host.stop_while_mediating("act", 2);
     let has = |what: &str| log.iter().any(|l| l.contains(what));
     for id in ["n-0", "n-1"] {
         assert!(
-            log.iter().any(|l| l.contains("mediated route=act")
-                && l.split_whitespace()
-                    .any(|w| w == format!("message_id={id}"))),
+            mediated_at(&log, "act", id).is_some(),
             "{id} finished:\n{}",
             log.join("\n")
         );
@@ -445,10 +438,7 @@ fn stop_finishes_the_messages_running(qos: u8) {
     let mut host = Host::start(&ws.config(), &[("RUST_LOG", "millrace_host=debug")]);
     host.wait_ready();
     publish_to_act(&broker, qos, &[("n-2", "work 1")]);
-    host.wait_for_log_where(
-        |l| l.contains("mediated route=act") && l.ends_with("message_id=n-2"),
-        "n-2 mediated",
-    );
+    host.wait_for_log_where(|l| says_mediated(l, "act", "n-2"), "n-2 mediated");
     let log = host.log_so_far();
     assert!(
         !log.iter().any(|l| l.contains("reconnecting")),
@@ -486,23 +476,8 @@ fn a_stopping_host_acknowledges_the_messages_it_finishes_before_it_disconnects()
             ("m-2", SLOW_WORK),
         ],
     );
-    for _ in 0..3 {
-        host.wait_for_log("mediating route=act");
-    }
-    host.signal("TERM");
-    assert!(host.wait_exit().success(), "exit 0 after SIGTERM");
-    let log = host.drain_log();
-    let signalled = log
-        .iter()
-        .position(|l| l.contains("SIGTERM received"))
-        .expect("the signal is logged");
-    let finished = |id: &str| {
-        log.iter().position(|l| {
-            l.contains("mediated route=act")
-                && l.split_whitespace()
-                    .any(|w| w == format!("message_id={id}"))
-        })
-    };
+    let (log, signalled) = host.stop_while_mediating("act", 3);
+    let finished = |id: &str| mediated_at(&log, "act", id);
     for id in ["m-0", "m-2"] {
         assert!(
             finished(id).is_some_and(|at| at > signalled),
