@@ -14,7 +14,10 @@
 //!
 //! AMQP: the ids of settled deliveries (per route, same window) are kept, so a redelivery of a
 //! message already settled — the host died before its ack reached the broker — is acknowledged
-//! without a second run.
+//! without a second run. A filter in memory ([`seen`]) answers most lookups of ids never settled
+//! without reading the file.
+
+mod seen;
 
 use rusqlite::{Connection, OptionalExtension, params};
 use sha2::{Digest, Sha256};
@@ -86,6 +89,8 @@ pub struct IdempotencyStore {
     window: Duration,
     bounds: Bounds,
     conn: Mutex<Connection>,
+    /// Settled ids, as a filter: an id it does not hold was not settled.
+    seen: Arc<seen::Seen>,
     in_flight: Mutex<HashSet<(String, String)>>,
     /// Answers kept, their bytes (read from the file when opened, kept up to date under
     /// `conn`'s lock), and the time the last one was kept.
@@ -160,11 +165,14 @@ impl IdempotencyStore {
                 |row| Ok((row.get(0)?, row.get(1)?)),
             )
             .map_err(|e| IdempotencyError::sql(&path, e))?;
+        let seen = Arc::new(seen::Seen::new());
+        read_settled(&path, window, &seen);
         Ok(IdempotencyStore {
             path,
             window,
             bounds,
             conn: Mutex::new(conn),
+            seen,
             in_flight: Mutex::new(HashSet::new()),
             kept: Mutex::new((kept.0 as u64, kept.1 as u64, 0)),
         })
@@ -334,6 +342,9 @@ impl IdempotencyStore {
 impl IdempotencyStore {
     /// Whether `message_id` was settled on `route` within the window.
     pub fn processed(&self, route: &str, message_id: &str) -> Result<bool, IdempotencyError> {
+        if !self.seen.may_hold(route, message_id) {
+            return Ok(false);
+        }
         let oldest = now_ms() - self.window.as_millis() as i64;
         let conn = self.conn.lock().expect("idempotency connection lock");
         conn.prepare_cached(
@@ -361,6 +372,13 @@ impl IdempotencyStore {
         settled: &[(String, String)],
     ) -> Result<(), IdempotencyError> {
         let now = now_ms();
+        let oldest = now - self.window.as_millis() as i64;
+        // Into the filter first: from the commit on, a lookup must find them.
+        self.seen.add(
+            settled.iter().map(|(r, m)| (r.as_str(), m.as_str())),
+            now,
+            oldest,
+        );
         let tx = conn.transaction().map_err(|e| self.sql(e))?;
         {
             let mut insert = tx
@@ -375,7 +393,7 @@ impl IdempotencyStore {
             }
         }
         tx.prepare_cached("DELETE FROM processed WHERE at_ms < ?1")
-            .and_then(|mut expire| expire.execute(params![now - self.window.as_millis() as i64]))
+            .and_then(|mut expire| expire.execute(params![oldest]))
             .map_err(|e| self.sql(e))?;
         tx.commit().map_err(|e| self.sql(e))
     }
@@ -414,6 +432,47 @@ impl IdempotencyStore {
             })
             .expect("the settled-ids writer thread starts");
         Ok(SettledLog { tx })
+    }
+}
+
+/// Read the ids `path` holds settled within `window` into `seen`, on a thread of its own (until
+/// it is done, lookups read the store). A failure is logged and leaves lookups on the store.
+fn read_settled(path: &Path, window: Duration, seen: &Arc<seen::Seen>) {
+    let (path, seen) = (path.to_path_buf(), Arc::clone(seen));
+    let read = move || -> rusqlite::Result<u64> {
+        let conn = Connection::open_with_flags(&path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)?;
+        conn.busy_timeout(Duration::from_secs(5))?;
+        let oldest = now_ms() - window.as_millis() as i64;
+        let mut past = seen::Generations::default();
+        let mut ids = 0;
+        let mut rows = conn.prepare(
+            "SELECT route, message_id, at_ms FROM processed WHERE at_ms >= ?1 ORDER BY at_ms",
+        )?;
+        let mut rows = rows.query(params![oldest])?;
+        while let Some(row) = rows.next()? {
+            let (route, id): (&str, &str) = (
+                row.get_ref(0)?.as_str().unwrap_or_default(),
+                row.get_ref(1)?.as_str().unwrap_or_default(),
+            );
+            past.add(seen.hash(route, id), row.get(2)?);
+            ids += 1;
+        }
+        seen.complete(past);
+        Ok(ids)
+    };
+    let started = std::time::Instant::now();
+    let spawned = std::thread::Builder::new()
+        .name("millrace-settled-read".into())
+        .spawn(move || match read() {
+            Ok(ids) => tracing::info!(
+                ids,
+                read_ms = started.elapsed().as_millis() as u64,
+                "settled ids read into the filter"
+            ),
+            Err(e) => tracing::warn!(error = %e, "settled ids not read into the filter; every lookup reads the store"),
+        });
+    if let Err(e) = spawned {
+        tracing::warn!(error = %e, "settled ids not read into the filter; every lookup reads the store");
     }
 }
 
@@ -591,6 +650,19 @@ mod tests {
         drop(store);
         let reopened = IdempotencyStore::open(dir.path(), Duration::from_secs(60)).unwrap();
         assert!(reopened.processed("r", "m-1").unwrap());
+        // Once the ids the file held are read into the filter, it answers for them too.
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while !reopened.seen.is_complete() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the filter was never read"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert!(reopened.processed("r", "m-1").unwrap());
+        assert!(!reopened.processed("r", "m-2").unwrap());
+        reopened.mark_processed("r", "m-2").unwrap();
+        assert!(reopened.processed("r", "m-2").unwrap());
     }
 
     #[test]
