@@ -450,6 +450,16 @@ print(json.dumps({{'ids': ids}}))
         "and made no output after the host stopped"
     );
     host.wait_for_log("already settled: acknowledged without a second run");
+    // A host started again on the same data reads the settled ids into its filter of them, and
+    // a repeat then is still known without a second run.
+    let mut again = ws.start();
+    again.wait_ready();
+    again.wait_for_log("settled ids read into the filter");
+    let got = broker.client(&program.replace("m-6", "m-7"));
+    assert_eq!(got["ids"], serde_json::json!(["m-7-1"]), "{got}");
+    again.wait_for_log("already settled: acknowledged without a second run");
+    assert!(again.stop().success());
+    assert_eq!(broker.depth("plant-a.mes"), 0);
 }
 
 #[test]
