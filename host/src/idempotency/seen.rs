@@ -176,11 +176,13 @@ impl Seen {
     }
 
     /// Whether [`Seen::complete`] was called.
+    #[cfg(test)]
     pub fn is_complete(&self) -> bool {
         self.complete.load(Ordering::Acquire)
     }
 
-    /// Generations held now (for tests and the log).
+    /// Generations held now.
+    #[cfg(test)]
     pub fn generations(&self) -> usize {
         self.generations
             .read()
