@@ -24,6 +24,18 @@ pub enum StoreError {
         #[source]
         source: rusqlite::Error,
     },
+    /// Another process holds the store's lock: its data directory serves another host.
+    #[error(
+        "{path} is held by another process: a data directory serves one host at a time (give each host its own host.data_dir)"
+    )]
+    InUse { path: PathBuf },
+    /// The store's lock file could not be opened or locked.
+    #[error("cannot lock {path}: {source}")]
+    Lock {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     /// A read or write failed.
     #[error("store {path}: {source}")]
     Sql {

@@ -28,6 +28,31 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// File name of the store inside the data directory.
 pub const FILE: &str = "idempotency.sqlite";
+/// The file a host holds locked while it has the store open.
+pub const LOCK_FILE: &str = "idempotency.lock";
+
+/// Lock `path` (created if missing) for this process, or say who holds it.
+fn lock(path: &Path) -> Result<std::fs::File, IdempotencyError> {
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(path)
+        .map_err(|source| IdempotencyError::Lock {
+            path: path.to_path_buf(),
+            source,
+        })?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => Err(IdempotencyError::InUse {
+            path: path.to_path_buf(),
+        }),
+        Err(std::fs::TryLockError::Error(source)) => Err(IdempotencyError::Lock {
+            path: path.to_path_buf(),
+            source,
+        }),
+    }
+}
 
 /// Errors of the store.
 pub use crate::durable::StoreError as IdempotencyError;
@@ -89,6 +114,9 @@ pub struct IdempotencyStore {
     window: Duration,
     bounds: Bounds,
     conn: Mutex<Connection>,
+    /// Held while the store is open: the filter knows only the ids this process settles, so
+    /// no other process may settle ids in the same file meanwhile.
+    _lock: std::fs::File,
     /// Settled ids, as a filter: an id it does not hold was not settled.
     seen: Arc<seen::Seen>,
     in_flight: Mutex<HashSet<(String, String)>>,
@@ -158,6 +186,7 @@ impl IdempotencyStore {
         bounds: Bounds,
     ) -> Result<IdempotencyStore, IdempotencyError> {
         let (path, conn) = crate::durable::open_in(data_dir, FILE, SCHEMA)?;
+        let lock = lock(&data_dir.join(LOCK_FILE))?;
         let kept: (i64, i64) = conn
             .query_row(
                 &format!("SELECT COUNT(*), COALESCE(SUM({ROW_BYTES}), 0) FROM answers"),
@@ -166,12 +195,13 @@ impl IdempotencyStore {
             )
             .map_err(|e| IdempotencyError::sql(&path, e))?;
         let seen = Arc::new(seen::Seen::new());
-        read_settled(&path, window, &seen);
+        read_settled(&path, &seen);
         Ok(IdempotencyStore {
             path,
             window,
             bounds,
             conn: Mutex::new(conn),
+            _lock: lock,
             seen,
             in_flight: Mutex::new(HashSet::new()),
             kept: Mutex::new((kept.0 as u64, kept.1 as u64, 0)),
@@ -374,11 +404,8 @@ impl IdempotencyStore {
         let now = now_ms();
         let oldest = now - self.window.as_millis() as i64;
         // Into the filter first: from the commit on, a lookup must find them.
-        self.seen.add(
-            settled.iter().map(|(r, m)| (r.as_str(), m.as_str())),
-            now,
-            oldest,
-        );
+        self.seen
+            .add(settled.iter().map(|(r, m)| (r.as_str(), m.as_str())), now);
         let tx = conn.transaction().map_err(|e| self.sql(e))?;
         {
             let mut insert = tx
@@ -395,7 +422,10 @@ impl IdempotencyStore {
         tx.prepare_cached("DELETE FROM processed WHERE at_ms < ?1")
             .and_then(|mut expire| expire.execute(params![oldest]))
             .map_err(|e| self.sql(e))?;
-        tx.commit().map_err(|e| self.sql(e))
+        tx.commit().map_err(|e| self.sql(e))?;
+        // What the file no longer holds, the filter may forget: only once that is committed.
+        self.seen.forget_before(oldest);
+        Ok(())
     }
 
     /// A writer, on its own connection, that commits the settled ids of concurrent deliveries
@@ -435,26 +465,25 @@ impl IdempotencyStore {
     }
 }
 
-/// Read the ids `path` holds settled within `window` into `seen`, on a thread of its own (until
-/// it is done, lookups read the store). A failure is logged and leaves lookups on the store.
-fn read_settled(path: &Path, window: Duration, seen: &Arc<seen::Seen>) {
+/// Read every id `path` holds settled into `seen`, on a thread of its own (until it is done,
+/// lookups read the store). Those past the window too: the file keeps them until the next
+/// commit, and a clock set back would make them count again. A failure is logged and leaves
+/// lookups on the store.
+fn read_settled(path: &Path, seen: &Arc<seen::Seen>) {
     let (path, seen) = (path.to_path_buf(), Arc::clone(seen));
     let read = move || -> rusqlite::Result<u64> {
         let conn = Connection::open_with_flags(&path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)?;
         conn.busy_timeout(Duration::from_secs(5))?;
-        let oldest = now_ms() - window.as_millis() as i64;
         let mut past = seen::Generations::default();
         let mut ids = 0;
-        let mut rows = conn.prepare(
-            "SELECT route, message_id, at_ms FROM processed WHERE at_ms >= ?1 ORDER BY at_ms",
-        )?;
-        let mut rows = rows.query(params![oldest])?;
+        let mut rows =
+            conn.prepare("SELECT route, message_id, at_ms FROM processed ORDER BY at_ms")?;
+        let mut rows = rows.query([])?;
         while let Some(row) = rows.next()? {
-            let (route, id): (&str, &str) = (
-                row.get_ref(0)?.as_str().unwrap_or_default(),
-                row.get_ref(1)?.as_str().unwrap_or_default(),
-            );
-            past.add(seen.hash(route, id), row.get(2)?);
+            // Anything but text fails the read, which leaves every lookup on the store: an id
+            // left out would be reported as never settled.
+            let (route, id): (String, String) = (row.get(0)?, row.get(1)?);
+            past.add(seen.hash(&route, &id), row.get(2)?);
             ids += 1;
         }
         seen.complete(past);
@@ -663,6 +692,19 @@ mod tests {
         assert!(!reopened.processed("r", "m-2").unwrap());
         reopened.mark_processed("r", "m-2").unwrap();
         assert!(reopened.processed("r", "m-2").unwrap());
+    }
+
+    #[test]
+    fn a_second_store_on_the_same_directory_is_refused_while_the_first_is_open() {
+        let (dir, store) = store(Duration::from_secs(60));
+        let second = IdempotencyStore::open(dir.path(), Duration::from_secs(60));
+        assert!(
+            matches!(second, Err(IdempotencyError::InUse { .. })),
+            "{:?}",
+            second.map(|_| ())
+        );
+        drop(store);
+        IdempotencyStore::open(dir.path(), Duration::from_secs(60)).expect("free once closed");
     }
 
     #[test]

@@ -365,3 +365,45 @@ fn plugin_test_help_describes_every_argument() {
         assert!(described, "{argument} is not described: {line:?}");
     }
 }
+
+/// The settled ids' filter knows only what its own host settles, so a data directory serves one
+/// host: a second `millrace run` on it refuses to start and names the lock; once the first has
+/// stopped, a host starts on it again.
+#[test]
+fn a_second_host_on_the_same_data_directory_refuses_to_start_and_says_why() {
+    let ws = Workspace::new(&format!("[plants.plant-a]\n\n{}", act_route("act", "")));
+    let first = ws.start();
+    first.wait_ready();
+    let mut second = millrace()
+        .args(["run", "--config"])
+        .arg(ws.config())
+        .args(["--http", "127.0.0.1:0"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("millrace run starts");
+    // A guard against a second host that runs, not a timing assertion.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    let status = loop {
+        if let Some(status) = second.try_wait().unwrap() {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = second.kill();
+            panic!("a second host on the same data directory kept running");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut second.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert!(!status.success(), "{stderr}");
+    assert!(
+        stderr.contains("idempotency.lock is held by another process: a data directory serves one host at a time"),
+        "{stderr}"
+    );
+    first.wait_ready();
+    assert!(first.stop().success());
+    let again = ws.start();
+    again.wait_ready();
+    assert!(again.stop().success());
+}

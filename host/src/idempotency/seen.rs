@@ -6,11 +6,12 @@
 //! A split-block Bloom filter (each id sets one bit in each word of one 64-byte block), in
 //! generations of [`GENERATION_BYTES`] that each take [`GENERATION_IDS`] ids: an id the store
 //! settled is always reported as maybe settled (the store then decides); one it did not is
-//! reported so by mistake about once in a hundred lookups while the generations hold no more
-//! than their share. Bounded: at most [`MAX_GENERATIONS`]; past that the two oldest are merged
-//! into one (their bits together: nothing is forgotten, mistakes grow more common, and in the
-//! worst case every lookup reads the store, as without a filter). A generation whose newest id
-//! is older than the window is dropped.
+//! reported so by mistake by about one lookup in a hundred for each full generation (a lookup
+//! asks them all). Bounded: at most [`MAX_GENERATIONS`] (twice that while the ids of the file
+//! are read at opening); past that the two oldest are merged into one (their bits together:
+//! nothing is forgotten, mistakes grow more common, and in the worst case every lookup reads the
+//! store, as without a filter). A generation whose newest id is older than the window is dropped
+//! once the store has deleted those rows (at its next commit of settled ids).
 
 use std::hash::BuildHasher;
 use std::sync::RwLock;
@@ -145,24 +146,26 @@ impl Seen {
             .may_hold(hash)
     }
 
-    /// Take ids the store is about to hold, settled at `at_ms`, and drop the generations
-    /// settled wholly before `oldest_ms`. Called before they are written, so an id the store
-    /// holds is never reported as not held.
-    pub fn add<'a>(
-        &self,
-        ids: impl IntoIterator<Item = (&'a str, &'a str)>,
-        at_ms: i64,
-        oldest_ms: i64,
-    ) {
+    /// Take ids the store is about to hold, settled at `at_ms`. Called before they are written,
+    /// so an id the store holds is never reported as not held.
+    pub fn add<'a>(&self, ids: impl IntoIterator<Item = (&'a str, &'a str)>, at_ms: i64) {
         let hashes: Vec<u64> = ids
             .into_iter()
             .map(|(route, id)| self.hash(route, id))
             .collect();
         let mut generations = self.generations.write().expect("settled-ids filter lock");
-        generations.forget_before(oldest_ms);
         for hash in hashes {
             generations.add(hash, at_ms);
         }
+    }
+
+    /// Drop the generations settled wholly before `oldest_ms`: called once the store has
+    /// deleted its rows from before then.
+    pub fn forget_before(&self, oldest_ms: i64) {
+        self.generations
+            .write()
+            .expect("settled-ids filter lock")
+            .forget_before(oldest_ms);
     }
 
     /// The ids the store held when opened (read by [`Seen::hash`] into `past`): put them before
@@ -203,11 +206,7 @@ mod tests {
     }
 
     fn add(seen: &Seen, ids: &[(String, String)], at_ms: i64) {
-        seen.add(
-            ids.iter().map(|(r, m)| (r.as_str(), m.as_str())),
-            at_ms,
-            i64::MIN,
-        );
+        seen.add(ids.iter().map(|(r, m)| (r.as_str(), m.as_str())), at_ms);
     }
 
     fn mistakes(seen: &Seen, range: std::ops::Range<u64>) -> usize {
@@ -281,7 +280,13 @@ mod tests {
         add(&seen, &new, 20);
         assert_eq!(seen.generations(), 2);
         // The window now starts after the old generation's newest id.
-        seen.add([("r", "m-late")], 30, 11);
+        seen.add([("r", "m-late")], 30);
+        assert_eq!(
+            seen.generations(),
+            2,
+            "nothing is forgotten before it is asked for"
+        );
+        seen.forget_before(11);
         assert_eq!(seen.generations(), 1);
         assert!(new.iter().all(|(r, m)| seen.may_hold(r, m)));
         assert!(seen.may_hold("r", "m-late"));
