@@ -40,6 +40,9 @@ pub enum StartError {
     /// loopback, TLS files that do not load).
     #[error("{0}")]
     Admin(String),
+    /// The SIGTERM or SIGINT handler could not be installed.
+    #[error("cannot catch SIGTERM and SIGINT: {0}")]
+    Signals(#[source] std::io::Error),
     /// A listener (messages or admin) could not be bound.
     #[error("cannot listen on {addr} ({listener}): {source}; pick another address with {flag}")]
     Bind {
@@ -382,6 +385,10 @@ pub async fn run(
             ),
         );
     }
+    // The signals are caught from here on: one sent as soon as the host says it listens (a
+    // supervisor, a test) finds the handlers in place, not the default action that ends the
+    // process with the requests in hand.
+    let shutdown = shutdown_signal().map_err(StartError::Signals)?;
     tracing::info!(routes = %routes.join(","), "millrace listening on {http_scheme}://{bound}");
     // One stable line on stdout for scripts and tests.
     println!("millrace: listening on {http_scheme}://{bound}");
@@ -393,7 +400,7 @@ pub async fn run(
     tokio::pin!(http);
     let http_finished = tokio::select! {
         () = &mut http => true,
-        () = shutdown_signal() => false,
+        () = shutdown => false,
     };
     let _ = stop.send(true);
     // Requests and deliveries in hand finish within their message budget; past the longest
@@ -492,12 +499,15 @@ async fn listen(
 /// How long stopping waits for deliveries in hand beyond the longest message budget.
 const STOP_MARGIN: std::time::Duration = std::time::Duration::from_secs(30);
 
-async fn shutdown_signal() {
+/// Install the SIGTERM and SIGINT handlers now; the future ends when either signal comes.
+fn shutdown_signal() -> std::io::Result<impl std::future::Future<Output = ()>> {
     use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler installs");
-    let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler installs");
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM received"),
-        _ = int.recv() => tracing::info!("SIGINT received"),
-    }
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM received"),
+            _ = int.recv() => tracing::info!("SIGINT received"),
+        }
+    })
 }
