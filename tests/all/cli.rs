@@ -407,3 +407,31 @@ fn a_second_host_on_the_same_data_directory_refuses_to_start_and_says_why() {
     again.wait_ready();
     assert!(again.stop().success());
 }
+
+/// The window of kept answers and settled ids is checked against its range (its milliseconds
+/// are computed with it), with the place of the wrong value.
+#[test]
+fn an_idempotency_window_out_of_range_is_refused_where_it_is_written() {
+    let route = act_route("act", "");
+    let ws = Workspace::new(&format!(
+        "[host]\nidempotency_window_s = 18446744073709551\n\n[plants.plant-a]\n\n{route}"
+    ));
+    let out = ws.millrace(&["check", "--config", ws.config().to_str().unwrap()]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains(
+            "millrace.toml:2:24: host.idempotency_window_s = 18446744073709551 is out of range; it must be 0 to 31536000"
+        ),
+        "{stderr}"
+    );
+    let ws = Workspace::new(&format!(
+        "[host]\nidempotency_window_s = 31536000\n\n[plants.plant-a]\n\n{route}"
+    ));
+    let out = ws.millrace(&["check", "--config", ws.config().to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -22,6 +22,7 @@ pub(super) struct Host {
     pub quarantine: crate::quarantine::Policy,
     pub connections: crate::http::connections::ConnectionLimits,
     pub idempotency_bounds: crate::idempotency::Bounds,
+    pub idempotency_window: Duration,
     pub admin_access: AdminAccess,
     pub tls: Option<crate::http::tls::TlsSettings>,
     pub gate_budget: Duration,
@@ -336,6 +337,13 @@ pub(super) fn read(diag: &mut Diagnostics, dir: &Path, file: &File) -> Host {
         1..=3600,
         60,
     ));
+    let idempotency_window = Duration::from_secs(ranged(
+        diag,
+        "host.idempotency_window_s",
+        file.host.idempotency_window_s.as_ref(),
+        IDEMPOTENCY_WINDOW_S,
+        DEFAULT_IDEMPOTENCY_WINDOW_S,
+    ));
     let stop_timeout = file.host.stop_timeout_s.as_ref().map(|s| {
         Duration::from_secs(ranged(
             diag,
@@ -459,6 +467,7 @@ pub(super) fn read(diag: &mut Diagnostics, dir: &Path, file: &File) -> Host {
         quarantine,
         connections,
         idempotency_bounds,
+        idempotency_window,
         admin_access,
         tls,
         gate_budget,

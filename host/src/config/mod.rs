@@ -58,7 +58,7 @@ struct HostSection {
     data_dir: Option<String>,
     plugin_dir: Option<String>,
     max_in_flight: Option<Spanned<u64>>,
-    idempotency_window_s: Option<u64>,
+    idempotency_window_s: Number,
     amqp: Option<Spanned<crate::amqp::config::BrokerUrls>>,
     amqp_declare: Option<bool>,
     amqp_queues: Option<crate::amqp::config::QueueKind>,
@@ -669,6 +669,7 @@ impl Config {
             quarantine,
             connections,
             idempotency_bounds,
+            idempotency_window,
             admin_access,
             tls,
             gate_budget,
@@ -748,11 +749,7 @@ impl Config {
             tls,
             amqp_tls,
             outbox_max_messages: file.host.outbox_max_messages.unwrap_or(100_000).max(1),
-            idempotency_window: std::time::Duration::from_secs(
-                file.host
-                    .idempotency_window_s
-                    .unwrap_or(DEFAULT_IDEMPOTENCY_WINDOW_S),
-            ),
+            idempotency_window,
             plants,
             plant_limits,
             trust,
@@ -813,6 +810,8 @@ fn hostname() -> String {
 
 /// Answers to keyed requests are kept a day: longer than any client's retry schedule.
 const DEFAULT_IDEMPOTENCY_WINDOW_S: u64 = 24 * 60 * 60;
+/// `host.idempotency_window_s`: 0 (nothing kept) to a year.
+const IDEMPOTENCY_WINDOW_S: std::ops::RangeInclusive<u64> = 0..=365 * 24 * 60 * 60;
 
 /// Four messages in flight per core: enough to keep every core busy while some wait on the host.
 fn default_max_in_flight() -> usize {
