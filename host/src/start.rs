@@ -291,6 +291,11 @@ pub async fn run(
         .collect();
     routes.sort();
     let (stop, stopped) = tokio::sync::watch::channel(false);
+    // The signals are caught from here on, before any source takes a message: one sent as soon
+    // as the host takes messages or says it listens (a supervisor, a test) finds the handlers in
+    // place, not the default action that ends the process with messages in hand. One that comes
+    // before the host serves is acted on once it does.
+    let shutdown = shutdown_signal().map_err(StartError::Signals)?;
     // The broker is reached in the background (with backoff): the host serves HTTP, and takes
     // HTTP-in/broker-out messages into the outbox, while it is away. `/readyz` says which.
     let mut background = crate::pipeline::Background::default();
@@ -385,10 +390,6 @@ pub async fn run(
             ),
         );
     }
-    // The signals are caught from here on: one sent as soon as the host says it listens (a
-    // supervisor, a test) finds the handlers in place, not the default action that ends the
-    // process with the requests in hand.
-    let shutdown = shutdown_signal().map_err(StartError::Signals)?;
     tracing::info!(routes = %routes.join(","), "millrace listening on {http_scheme}://{bound}");
     // One stable line on stdout for scripts and tests.
     println!("millrace: listening on {http_scheme}://{bound}");
