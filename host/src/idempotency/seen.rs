@@ -205,6 +205,18 @@ mod tests {
             .collect()
     }
 
+    /// A filter with nothing read at opening: it answers from its generations at once.
+    fn complete() -> Seen {
+        let seen = Seen::new();
+        seen.complete(Generations::default());
+        seen
+    }
+
+    /// Count the newest generation as full, so the next id starts another.
+    fn fill_newest(seen: &Seen) {
+        seen.generations.write().unwrap().0.last_mut().unwrap().ids = GENERATION_IDS;
+    }
+
     fn add(seen: &Seen, ids: &[(String, String)], at_ms: i64) {
         seen.add(ids.iter().map(|(r, m)| (r.as_str(), m.as_str())), at_ms);
     }
@@ -218,8 +230,7 @@ mod tests {
 
     #[test]
     fn every_id_taken_is_reported_and_few_others_are() {
-        let seen = Seen::new();
-        seen.complete(Generations::default());
+        let seen = complete();
         let taken = ids(0..100_000);
         add(&seen, &taken, 1);
         assert!(taken.iter().all(|(r, m)| seen.may_hold(r, m)));
@@ -254,15 +265,14 @@ mod tests {
 
     #[test]
     fn past_its_bound_the_oldest_generations_merge_and_nothing_is_forgotten() {
-        let seen = Seen::new();
-        seen.complete(Generations::default());
-        // One id fills a generation when GENERATION_IDS is reached; fill MAX + 2 of them by
-        // count, cheaply: take a few ids, then pretend each generation is full.
+        let seen = complete();
+        // A generation is full at GENERATION_IDS ids; make MAX + 3 of them cheaply: take a few
+        // ids, then count each generation as full.
         let mut all = Vec::new();
         for g in 0..(MAX_GENERATIONS as u64 + 3) {
             let batch = ids(g * 1000..g * 1000 + 1000);
             add(&seen, &batch, g as i64);
-            seen.generations.write().unwrap().0.last_mut().unwrap().ids = GENERATION_IDS;
+            fill_newest(&seen);
             all.extend(batch);
         }
         assert_eq!(seen.generations(), MAX_GENERATIONS);
@@ -271,11 +281,10 @@ mod tests {
 
     #[test]
     fn generations_wholly_older_than_the_window_are_dropped() {
-        let seen = Seen::new();
-        seen.complete(Generations::default());
+        let seen = complete();
         let old = ids(0..1000);
         add(&seen, &old, 10);
-        seen.generations.write().unwrap().0.last_mut().unwrap().ids = GENERATION_IDS;
+        fill_newest(&seen);
         let new = ids(1000..2000);
         add(&seen, &new, 20);
         assert_eq!(seen.generations(), 2);
