@@ -126,9 +126,8 @@ pub struct Note {
     pub trace_id: Option<[u8; 16]>,
     pub at_ms: i64,
     pub event: Event,
-    /// Bodies (JSON) the writer reads the message's subject from (their `subject` attribute).
-    pub subject_from: Vec<Vec<u8>>,
-    /// The subject when the source or a header named it (`ce-subject`).
+    /// The message's subject: what a header named (`ce-subject`), else the `subject` attribute
+    /// of its first JSON output (or of the input, when it gave none), bounded.
     pub subject: Option<String>,
 }
 
@@ -211,7 +210,6 @@ pub fn of(
         trace_id,
         at_ms: now_ms(),
         event,
-        subject_from: Vec::new(),
         subject: None,
     }
 }
@@ -281,10 +279,18 @@ pub fn may_name_subject(content_type: &str, body: &[u8]) -> bool {
 /// Pruning runs at least this often, and after this many rows.
 const PRUNE_EVERY: Duration = Duration::from_secs(30);
 const PRUNE_AFTER_ROWS: u64 = 10_000;
-/// Rows written in one transaction, at most.
-const BATCH: usize = 2048;
-/// How long the writer gathers notes before a write (unless a flush is asked for).
-const GATHER: Duration = Duration::from_millis(100);
+/// Notes written in one transaction, at most: as many as the queue holds. Under load a batch is
+/// thousands of rows, and a page of an index that ids in no order (a sender's UUIDs, trace ids)
+/// touch is written once per batch, not once per row (`cargo bench -p millrace-host --bench
+/// lineage`).
+pub const BATCH: usize = QUEUE;
+/// How long the writer gathers notes before a write, at most (unless a flush is asked for).
+const GATHER: Duration = Duration::from_millis(250);
+/// Notes waiting after which the writer writes without gathering longer: half the queue, so
+/// that notes keep finding room while it writes.
+const WRITE_AT: usize = QUEUE / 2;
+/// How often the writer looks whether [`WRITE_AT`] notes wait while it gathers.
+const GATHER_STEP: Duration = Duration::from_millis(10);
 
 fn write_loop(mut store: store::LineageStore, jobs: flume::Receiver<Job>, retention: Retention) {
     let mut last_prune = std::time::Instant::now();
@@ -302,7 +308,10 @@ fn write_loop(mut store: store::LineageStore, jobs: flume::Receiver<Job>, retent
         // once per note (a wake-up costs more than the note), and fewer, larger transactions
         // touch each page of the file once per batch.
         if matches!(first, Some(Job::Note(_))) {
-            std::thread::sleep(GATHER);
+            let gathering = std::time::Instant::now();
+            while gathering.elapsed() < GATHER && jobs.len() < WRITE_AT {
+                std::thread::sleep(GATHER_STEP);
+            }
         }
         let mut notes = Vec::new();
         let mut flushes = Vec::new();

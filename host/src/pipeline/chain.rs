@@ -244,15 +244,14 @@ fn noted(
 ) {
     use crate::lineage::{Event, MAX_OUTPUT_IDS, MAX_REASON_BYTES, bounded, may_name_subject};
     let source = route.source.as_str();
-    let mut subject_from = Vec::new();
+    // The body the subject is read from: the first output that may name one, else the input.
+    let mut subject_from = None;
     let event = match ran {
         Ok(outputs) => {
-            for output in outputs {
-                if may_name_subject(&output.content_type, &output.body) {
-                    subject_from.push(output.body.clone());
-                    break;
-                }
-            }
+            subject_from = outputs
+                .iter()
+                .find(|output| may_name_subject(&output.content_type, &output.body))
+                .map(|output| output.body.as_slice());
             Event::Mediated {
                 source,
                 steps,
@@ -272,16 +271,18 @@ fn noted(
             reason: bounded(&failure.reason(), MAX_REASON_BYTES),
         },
     };
-    if subject_from.is_empty() && may_name_subject(&input.content_type, &input.body) {
-        subject_from.push(input.body.clone());
+    if subject_from.is_none() && may_name_subject(&input.content_type, &input.body) {
+        subject_from = Some(input.body.as_slice());
     }
     let mut note = crate::lineage::of(route, &input.id, trace.map(|t| t.trace_id), event);
+    // A subject named by the input's header comes first; else the one the body names, read here
+    // so that the note carries a bounded subject, not a copy of the body.
     note.subject = input
         .headers
         .iter()
         .find(|(k, _)| k.eq_ignore_ascii_case("ce-subject"))
-        .map(|(_, v)| bounded(v, crate::lineage::MAX_SUBJECT_BYTES));
-    note.subject_from = subject_from;
+        .map(|(_, v)| bounded(v, crate::lineage::MAX_SUBJECT_BYTES))
+        .or_else(|| subject_from.and_then(crate::lineage::subject_of));
     crate::lineage::note(note);
 }
 
