@@ -289,11 +289,13 @@ impl Millrace {
         }
     }
 
-    /// Chains run so far, and how many of them inline (0 when the binary does not say).
-    fn chains(&self) -> (f64, f64) {
+    /// Chains run so far, how many of them inline, and lineage notes dropped (0 when the
+    /// binary does not say).
+    fn chains(&self) -> (f64, f64, f64) {
         (
             metric_sum(&self.metrics, "input_received{"),
             metric_sum(&self.metrics, "millrace_chains_inline_total{"),
+            metric_sum(&self.metrics, "millrace_lineage_dropped_total"),
         )
     }
 }
@@ -364,8 +366,10 @@ fn main() {
             let ratio = ours.rate / plain.rate;
             ratios.push(ratio);
             let requests = ours.rate * seconds as f64;
+            // A request makes two lineage notes (the chain's run, the reply).
+            let dropped = (chains.2 - chains_before.2) / (2.0 * requests) * 100.0;
             println!(
-                "  {name}: {:.0} req/s (p50 {:.0} µs, p99 {:.0} µs, {:.1} µs CPU per request, {:.2} thread switches per request, {inline_share:.0} % of chains inline); ratio {ratio:.2}",
+                "  {name}: {:.0} req/s (p50 {:.0} µs, p99 {:.0} µs, {:.1} µs CPU per request, {:.2} thread switches per request, {inline_share:.0} % of chains inline, {dropped:.0} % of lineage notes dropped); ratio {ratio:.2}",
                 ours.rate,
                 ours.p50_us,
                 ours.p99_us,

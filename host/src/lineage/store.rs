@@ -165,14 +165,8 @@ impl LineageStore {
     }
 
     /// Write `notes` in one transaction: one row per message (and route) of the batch, holding
-    /// its events in order (subjects read from their bodies here, off the hot path).
+    /// its events in order.
     pub fn write(&mut self, notes: &[Box<Note>]) -> Result<(), StoreError> {
-        #[derive(Serialize)]
-        struct Stamped<'a> {
-            at_ms: i64,
-            #[serde(flatten)]
-            event: &'a super::Event,
-        }
         // The notes of each row, in order: a row's first note, then for every note the next
         // note of its row (`usize::MAX`: none).
         let mut firsts: Vec<usize> = Vec::new();
@@ -202,6 +196,7 @@ impl LineageStore {
                 )
                 .map_err(sql)?;
             let mut events: Vec<u8> = Vec::new();
+            let mut event: Vec<u8> = Vec::new();
             for first in firsts {
                 let row = std::iter::successors(Some(first), |&at| {
                     Some(next[at]).filter(|&n| n != usize::MAX)
@@ -215,11 +210,13 @@ impl LineageStore {
                     if i > 0 {
                         events.push(b',');
                     }
-                    let stamped = Stamped {
-                        at_ms: note.at_ms,
-                        event: &note.event,
-                    };
-                    serde_json::to_writer(&mut events, &stamped).expect("events serialize");
+                    // `{"at_ms":…,` and then the event's members (`"event":…`, as it is tagged):
+                    // one object, written without serde's flattening.
+                    event.clear();
+                    serde_json::to_writer(&mut event, &note.event).expect("events serialize");
+                    use std::io::Write as _;
+                    write!(events, "{{\"at_ms\":{},", note.at_ms).expect("a Vec takes bytes");
+                    events.extend_from_slice(&event[1..]);
                     if subject.is_none() {
                         subject = note.subject.as_deref();
                     }
