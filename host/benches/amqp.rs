@@ -243,6 +243,33 @@ struct Measured {
     rate: f64,
     consumer_us: f64,
     broker_us: f64,
+    /// Of the lineage notes the host made (two per message), the share its file holds after it
+    /// stopped (the rest were dropped: the writer's queue was full); `None` for the pipe or
+    /// without lineage.
+    lineage_kept: Option<f64>,
+}
+
+/// Of the `2 n` lineage notes a host made of `n` messages, the share the lineage file in
+/// `data_dir` holds; `None` when it has none.
+fn lineage_kept(data_dir: &Path, n: usize) -> Option<f64> {
+    let file = data_dir.join("lineage.db");
+    let db = rusqlite::Connection::open_with_flags(&file, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+        .ok()?;
+    let notes: i64 = db
+        .query_row(
+            "SELECT coalesce(sum(json_array_length(events)), 0) FROM paths",
+            [],
+            |r| r.get(0),
+        )
+        .ok()?;
+    Some(notes as f64 / (2 * n) as f64)
+}
+
+/// `, lineage kept N %` when the host kept lineage.
+fn kept(m: &Measured) -> String {
+    m.lineage_kept
+        .map(|k| format!(", lineage kept {:.0} %", k * 100.0))
+        .unwrap_or_default()
 }
 
 /// Watch `sink` fill up to `n`; measure between 5 % and 100 %. A consumer process that ends
@@ -295,6 +322,7 @@ async fn watch(
                 rate: done / now.duration_since(t0).as_secs_f64(),
                 consumer_us: (cpu_seconds(consumer) - c0) / done * 1e6,
                 broker_us: (cpu_seconds(broker) - b0) / done * 1e6,
+                lineage_kept: None,
             };
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
@@ -551,7 +579,10 @@ async fn millrace(
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     close_connection(&setup, "done").await;
-    rate
+    Measured {
+        lineage_kept: lineage_kept(&data.join("data"), n),
+        ..rate
+    }
 }
 
 /// An OTLP/HTTP receiver that answers every request 200 and keeps nothing; its base URL.
@@ -745,8 +776,11 @@ fn main() {
                 (None, binary, ""),
             ));
             println!(
-                "round {round}: baseline millrace {:>6.0} msg/s (host {:>5.1} µs CPU/msg, broker {:.1})",
-                b.rate, b.consumer_us, b.broker_us
+                "round {round}: baseline millrace {:>6.0} msg/s (host {:>5.1} µs CPU/msg, broker {:.1}{})",
+                b.rate,
+                b.consumer_us,
+                b.broker_us,
+                kept(&b)
             );
             baselines.push(b);
         }
@@ -817,13 +851,14 @@ fn main() {
             traced.push(t);
         }
         println!(
-            "round {round}: lapin pipe {:>6.0} msg/s (pipe {:>5.1} µs CPU/msg, broker {:>5.1})   millrace {:>6.0} msg/s (host {:>5.1} µs CPU/msg, broker {:>5.1})   ratio {:.2}",
+            "round {round}: lapin pipe {:>6.0} msg/s (pipe {:>5.1} µs CPU/msg, broker {:>5.1})   millrace {:>6.0} msg/s (host {:>5.1} µs CPU/msg, broker {:>5.1}{})   ratio {:.2}",
             p.rate,
             p.consumer_us,
             p.broker_us,
             m.rate,
             m.consumer_us,
             m.broker_us,
+            kept(&m),
             m.rate / p.rate
         );
         pipes.push(p);
