@@ -253,8 +253,9 @@ struct Measured {
 /// `data_dir` holds; `None` when it has none.
 fn lineage_kept(data_dir: &Path, n: usize) -> Option<f64> {
     let file = data_dir.join("lineage.db");
-    let db = rusqlite::Connection::open_with_flags(&file, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
-        .ok()?;
+    let db =
+        rusqlite::Connection::open_with_flags(&file, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .ok()?;
     let notes: i64 = db
         .query_row(
             "SELECT coalesce(sum(json_array_length(events)), 0) FROM paths",
