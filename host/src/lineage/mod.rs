@@ -315,6 +315,7 @@ const GATHER_STEP: Duration = Duration::from_millis(10);
 /// what waits behind it: the notes to write (at most [`BATCH`]) and the flushes to answer once
 /// they are written. Gathers for [`GATHER`] first, unless [`WRITE_AT`] notes already wait or a
 /// flush is asked for.
+#[allow(clippy::vec_box)] // the notes stay in the boxes they came through the queue in
 fn take_batch(
     jobs: &flume::Receiver<Job>,
     first: Option<Job>,
