@@ -12,6 +12,7 @@
 //! Run: `cargo bench -p millrace-host --bench lineage`. Environment: `N` (messages per round,
 //! default 200000), `ROUNDS` (default 3).
 
+#[allow(dead_code)] // the broker benchmarks' helpers this one does not use
 mod common;
 
 use millrace_host::lineage::store::LineageStore;
