@@ -288,10 +288,18 @@ pub fn may_name_subject(content_type: &str, body: &[u8]) -> bool {
 const WRITER_NICE: i32 = 10;
 
 /// Give the calling thread the writer's lower priority (on Linux a thread's nice value is its
-/// own); a host that cannot keeps the writer at the normal priority.
+/// own), never a higher one than it has (a host started with a larger nice value keeps it); a
+/// host that cannot keeps the writer at its priority.
 fn lower_priority() {
-    if let Err(e) = rustix::process::setpriority_process(None, WRITER_NICE) {
-        tracing::debug!(error = %e, "lineage: the writer keeps the normal priority");
+    let lowered = rustix::process::getpriority_process(None).and_then(|nice| {
+        if nice < WRITER_NICE {
+            rustix::process::setpriority_process(None, WRITER_NICE)
+        } else {
+            Ok(())
+        }
+    });
+    if let Err(e) = lowered {
+        tracing::debug!(error = %e, "lineage: the writer keeps its priority");
     }
 }
 
@@ -429,12 +437,20 @@ mod tests {
 
     #[test]
     fn the_writer_runs_below_the_normal_priority_and_no_other_thread_does() {
+        let here = rustix::process::getpriority_process(None).unwrap();
         let writer = std::thread::spawn(|| {
             lower_priority();
             rustix::process::getpriority_process(None).unwrap()
         });
-        assert_eq!(writer.join().unwrap(), WRITER_NICE);
-        assert_eq!(rustix::process::getpriority_process(None).unwrap(), 0);
+        assert_eq!(writer.join().unwrap(), here.max(WRITER_NICE));
+        assert_eq!(rustix::process::getpriority_process(None).unwrap(), here);
+        // A thread already below the writer's priority stays there.
+        let lower = std::thread::spawn(move || {
+            rustix::process::setpriority_process(None, here.max(WRITER_NICE + 5)).unwrap();
+            lower_priority();
+            rustix::process::getpriority_process(None).unwrap()
+        });
+        assert_eq!(lower.join().unwrap(), here.max(WRITER_NICE + 5));
     }
 
     #[test]
