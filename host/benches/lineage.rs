@@ -17,6 +17,7 @@ mod common;
 
 use millrace_host::lineage::store::LineageStore;
 use millrace_host::lineage::{BATCH, Event, Note, StepHop};
+use millrace_host::pipeline::workers::thread_cpu;
 
 fn main() {
     let n = common::setting("N", 200_000);
@@ -141,10 +142,4 @@ fn mediated(i: usize) -> Event {
         outputs: vec![format!("WC-1042-{i:06}-1")],
         more_outputs: 0,
     }
-}
-
-/// This thread's CPU time so far.
-fn thread_cpu() -> std::time::Duration {
-    let t = rustix::time::clock_gettime(rustix::time::ClockId::ThreadCPUTime);
-    std::time::Duration::new(t.tv_sec as u64, t.tv_nsec as u32)
 }
