@@ -471,4 +471,30 @@ mod tests {
         );
         assert!(cut.len() < MAX_SUBJECT_BYTES + 32, "{cut}");
     }
+
+    #[test]
+    fn a_hostile_body_on_the_messages_way_gives_no_subject_and_no_panic() {
+        // Read on the message's way: a sender's or a plugin's body, whatever it holds.
+        let deep = format!(
+            r#"{{"data":{}1{},"subject":"x"}}"#,
+            "[".repeat(10_000),
+            "]".repeat(10_000)
+        );
+        assert_eq!(
+            subject_of(deep.as_bytes()),
+            None,
+            "nesting past serde_json's limit"
+        );
+        let padding = "x".repeat(MAX_SUBJECT_BODY);
+        let big = format!(r#"{{"subject":"WO-1","pad":"{padding}"}}"#);
+        assert_eq!(
+            subject_of(big.as_bytes()),
+            None,
+            "a body past the bound is not read"
+        );
+        assert!(!may_name_subject("application/json", big.as_bytes()));
+        assert_eq!(subject_of(br#"{"subject":"WO-1""#), None, "cut short");
+        assert_eq!(subject_of(b"{\"subject\":\"\xff\"}"), None, "not UTF-8");
+        assert_eq!(subject_of(br#"{"subject":["a"]}"#), None);
+    }
 }
