@@ -10,7 +10,8 @@
 //! The load is the same for both: `CLIENTS` threads in this process, each with one keep-alive
 //! connection (ureq), sending the quickstart's 80-byte record back to back for `SECONDS`;
 //! rounds alternate hyper / millrace. Reported per round: requests per second, p50 and p99 of
-//! the request latency, and CPU per request (`/proc`: the millrace process; the plain server's threads) and the share of chains
+//! the request latency, and CPU per request (`/proc`: the millrace process, of which its lineage
+//! writer thread's; the plain server's threads) and the share of chains
 //! that ran on the async worker that took the request (`millrace_chains_inline_total`), and the
 //! share of lineage notes (two per request) dropped (`millrace_lineage_dropped_total`). The load generator
 //! shares the machine's cores with the server in both cases.
@@ -27,7 +28,7 @@
 mod common;
 
 use common::host::metric_sum;
-use common::{cpu_seconds, median, record, root, setting, stat_cpu_seconds, thread_switches};
+use common::{cpu_seconds, median, record, root, setting, thread_switches, threads_cpu_seconds};
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -109,25 +110,12 @@ fn native() -> (mes_fixed_width::MesFixedWidth, NativeHost) {
     (plugin, host)
 }
 
-/// Serve the native transform on `listener` until the process ends.
 /// The name of the plain server's threads (their CPU time is summed per round).
 const PLAIN_THREADS: &str = "plain-hyper";
+/// The name of the host's lineage writer thread, as `/proc` shows it (cut to 15 bytes).
+const LINEAGE_WRITER: &str = "millrace-lineag";
 
-/// CPU seconds the plain server's threads have used so far.
-fn plain_cpu_seconds() -> f64 {
-    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
-        return 0.0;
-    };
-    tasks
-        .filter_map(Result::ok)
-        .filter(|task| {
-            std::fs::read_to_string(task.path().join("comm"))
-                .is_ok_and(|comm| comm.trim() == PLAIN_THREADS)
-        })
-        .map(|task| stat_cpu_seconds(&task.path().join("stat")))
-        .sum()
-}
-
+/// Serve the native transform on `listener` until the process ends.
 fn serve_native(listener: std::net::TcpListener) {
     use http_body_util::{BodyExt, Full};
     use hyper::body::Bytes;
@@ -339,10 +327,10 @@ fn main() {
     println!("http: {clients} keep-alive clients, {seconds} s per side per round, {rounds} rounds");
     let mut ratios = vec![Vec::new(); hosts.len()];
     for round in 1..=rounds {
-        let plain_cpu_before = plain_cpu_seconds();
+        let plain_cpu_before = threads_cpu_seconds("self", PLAIN_THREADS);
         let plain_switches_before = thread_switches("self", Some(PLAIN_THREADS));
         let plain = load(&native_url, clients, seconds);
-        let plain_cpu = plain_cpu_seconds() - plain_cpu_before;
+        let plain_cpu = threads_cpu_seconds("self", PLAIN_THREADS) - plain_cpu_before;
         let plain_switches = thread_switches("self", Some(PLAIN_THREADS)) - plain_switches_before;
         let requests = plain.rate * seconds as f64;
         println!(
@@ -357,10 +345,12 @@ fn main() {
             let pid = host.child.id().to_string();
             let cpu_before = cpu_seconds(host.child.id());
             let switches_before = thread_switches(&pid, None);
+            let writer_before = threads_cpu_seconds(&pid, LINEAGE_WRITER);
             let chains_before = host.chains();
             let ours = load(&host.url, clients, seconds);
             let cpu = cpu_seconds(host.child.id()) - cpu_before;
             let switches = thread_switches(&pid, None) - switches_before;
+            let writer = threads_cpu_seconds(&pid, LINEAGE_WRITER) - writer_before;
             let chains = host.chains();
             let inline_share =
                 (chains.1 - chains_before.1) / (chains.0 - chains_before.0).max(1.0) * 100.0;
@@ -370,11 +360,12 @@ fn main() {
             // A request makes two lineage notes (the chain's run, the reply).
             let dropped = (chains.2 - chains_before.2) / (2.0 * requests) * 100.0;
             println!(
-                "  {name}: {:.0} req/s (p50 {:.0} µs, p99 {:.0} µs, {:.1} µs CPU per request, {:.2} thread switches per request, {inline_share:.0} % of chains inline, {dropped:.0} % of lineage notes dropped); ratio {ratio:.2}",
+                "  {name}: {:.0} req/s (p50 {:.0} µs, p99 {:.0} µs, {:.1} µs CPU per request of which {:.1} the lineage writer's, {:.2} thread switches per request, {inline_share:.0} % of chains inline, {dropped:.0} % of lineage notes dropped); ratio {ratio:.2}",
                 ours.rate,
                 ours.p50_us,
                 ours.p99_us,
                 cpu * 1e6 / requests,
+                writer * 1e6 / requests,
                 switches as f64 / requests,
             );
         }

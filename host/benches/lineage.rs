@@ -10,7 +10,8 @@
 //! UUIDv4), each without and with a trace id (random, as W3C trace ids are).
 //!
 //! Run: `cargo bench -p millrace-host --bench lineage`. Environment: `N` (messages per round,
-//! default 200000), `ROUNDS` (default 3).
+//! default 200000), `ROUNDS` (default 3), `BATCH_NOTES` (notes per write, default the writer's
+//! bound: under load the writer writes once half of it waits).
 
 #[allow(dead_code)] // the broker benchmarks' helpers this one does not use
 mod common;
@@ -22,14 +23,15 @@ use millrace_host::pipeline::workers::thread_cpu;
 fn main() {
     let n = common::setting("N", 200_000);
     let rounds = common::setting("ROUNDS", 3);
+    let batch = common::setting("BATCH_NOTES", BATCH);
     let body = common::route_output();
-    println!("{n} messages per round, batches of {BATCH} notes, median of {rounds} rounds:");
+    println!("{n} messages per round, batches of {batch} notes, median of {rounds} rounds:");
     for shape in [Ids::Sequential, Ids::UuidV7, Ids::Random] {
         for traced in [false, true] {
             let mut cpu = Vec::new();
             let mut bytes = Vec::new();
             for _ in 0..rounds {
-                let (us, size) = round(n, shape, traced, &body);
+                let (us, size) = round(n, batch, shape, traced, &body);
                 cpu.push(us);
                 bytes.push(size);
             }
@@ -78,12 +80,12 @@ impl Ids {
 }
 
 /// One round: µs of the writing thread's CPU per message, and the file's bytes per message.
-fn round(n: usize, ids: Ids, traced: bool, body: &[u8]) -> (f64, f64) {
+fn round(n: usize, batch: usize, ids: Ids, traced: bool, body: &[u8]) -> (f64, f64) {
     let dir = tempfile::tempdir().expect("a temporary directory");
     let mut store = LineageStore::open(dir.path()).expect("the lineage file opens");
     let started_ms = millrace_host::lineage::now_ms();
     let mut spent = std::time::Duration::ZERO;
-    let mut notes: Vec<Box<Note>> = Vec::with_capacity(BATCH);
+    let mut notes: Vec<Box<Note>> = Vec::with_capacity(batch);
     // Read on the hot path (`pipeline::chain`), so out of the time here.
     let subject = millrace_host::lineage::subject_of(body);
     for i in 0..n {
@@ -110,7 +112,7 @@ fn round(n: usize, ids: Ids, traced: bool, body: &[u8]) -> (f64, f64) {
             },
             None,
         ));
-        if notes.len() >= BATCH || i + 1 == n {
+        if notes.len() >= batch || i + 1 == n {
             let before = thread_cpu();
             store.write(&notes).expect("the batch is written");
             notes.clear();

@@ -97,6 +97,20 @@ pub fn stat_cpu_seconds(stat: &std::path::Path) -> f64 {
     ticks / 100.0
 }
 
+/// CPU seconds the threads named `name` of process `pid` (`self`: this one) have used so far.
+pub fn threads_cpu_seconds(pid: &str, name: &str) -> f64 {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return 0.0;
+    };
+    tasks
+        .filter_map(Result::ok)
+        .filter(|task| {
+            std::fs::read_to_string(task.path().join("comm")).is_ok_and(|comm| comm.trim() == name)
+        })
+        .map(|task| stat_cpu_seconds(&task.path().join("stat")))
+        .sum()
+}
+
 /// Whether process `pid` still runs (not gone, not a zombie waiting to be reaped).
 #[allow(dead_code)] // only the AMQP benchmark asks
 pub fn running(pid: u32) -> bool {
