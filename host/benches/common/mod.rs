@@ -98,6 +98,7 @@ pub fn stat_cpu_seconds(stat: &std::path::Path) -> f64 {
 }
 
 /// CPU seconds the threads named `name` of process `pid` (`self`: this one) have used so far.
+#[allow(dead_code)] // only the HTTP benchmark asks
 pub fn threads_cpu_seconds(pid: &str, name: &str) -> f64 {
     let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
         return 0.0;
