@@ -62,18 +62,6 @@ pub fn open_in(
     file: &str,
     schema: &str,
 ) -> Result<(PathBuf, Connection), StoreError> {
-    open_paged(data_dir, file, schema, None)
-}
-
-/// [`open_in`], a file it creates laid out in pages of `page_size` bytes (a power of two from
-/// 512 to 65,536; `None`: SQLite's 4,096). A file that exists keeps the page size it was made
-/// with.
-pub fn open_paged(
-    data_dir: &Path,
-    file: &str,
-    schema: &str,
-    page_size: Option<u32>,
-) -> Result<(PathBuf, Connection), StoreError> {
     std::fs::create_dir_all(data_dir).map_err(|source| StoreError::Directory {
         path: data_dir.to_path_buf(),
         source,
@@ -84,10 +72,6 @@ pub fn open_paged(
         source,
     };
     let conn = Connection::open(&path).map_err(open)?;
-    if let Some(bytes) = page_size {
-        // Before the journal mode: switching a new file to WAL writes its first page.
-        conn.pragma_update(None, "page_size", bytes).map_err(open)?;
-    }
     conn.pragma_update(None, "journal_mode", "WAL")
         .map_err(open)?;
     conn.pragma_update(None, "synchronous", "FULL")

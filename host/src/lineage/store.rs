@@ -17,13 +17,6 @@ const FILE: &str = "lineage.db";
 /// The writer's page cache, at most (KiB): the pages of the indexes a batch of rows touches
 /// stay in memory between batches (without it, ids in no order cost a read of the file per row).
 const CACHE_KIB: i64 = 32 * 1024;
-/// The page size of a file the writer starts (bytes). A batch of rows then touches fewer,
-/// larger pages of each index, each written once to the write-ahead log and once at its
-/// checkpoint, and each with its own frame header and checksum: against SQLite's 4 KiB, 25 %
-/// less of the writer's CPU per message with time-ordered ids and 35 % less with ids in no order
-/// and trace ids (`cargo bench -p millrace-host --bench lineage`). A file made with another
-/// page size keeps it.
-pub const PAGE_BYTES: u32 = 32 * 1024;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS paths (
@@ -132,7 +125,7 @@ impl LineageStore {
     }
 
     fn open_checked(data_dir: &Path) -> Result<LineageStore, StoreError> {
-        let (path, conn) = crate::durable::open_paged(data_dir, FILE, SCHEMA, Some(PAGE_BYTES))?;
+        let (path, conn) = crate::durable::open_in(data_dir, FILE, SCHEMA)?;
         let open = |source| StoreError::Open {
             path: path.clone(),
             source,
@@ -585,44 +578,6 @@ mod tests {
         // Found by the id as sent: it is looked up as it was kept.
         let path = store.path_of(&huge, None).unwrap().unwrap();
         assert_eq!(path.hops[0].detail["event"], "failed");
-    }
-
-    fn page_size(store: &LineageStore) -> u32 {
-        store
-            .conn
-            .query_row("PRAGMA page_size", [], |r| r.get(0))
-            .unwrap()
-    }
-
-    #[test]
-    fn a_new_file_has_the_writers_pages_and_an_older_file_keeps_its_own() {
-        let dir = tempfile::tempdir().unwrap();
-        let now = super::super::now_ms();
-        let store = LineageStore::open(dir.path()).unwrap();
-        assert_eq!(page_size(&store), PAGE_BYTES);
-        drop(store);
-        // A file of SQLite's default pages, written by an earlier host.
-        let older = tempfile::tempdir().unwrap();
-        crate::durable::open_in(older.path(), FILE, SCHEMA).unwrap();
-        let mut store = LineageStore::open(older.path()).unwrap();
-        assert_eq!(page_size(&store), 4096);
-        store
-            .write(&[note(
-                "m1",
-                now,
-                mediated(&[]),
-                Some(r#"{"subject":"WO-7"}"#),
-            )])
-            .unwrap();
-        let path = store.path_of("m1", None).unwrap().unwrap();
-        assert_eq!(path.subject.as_deref(), Some("WO-7"));
-        // Reopened, each keeps what it was made with.
-        drop(store);
-        assert_eq!(page_size(&LineageStore::open(older.path()).unwrap()), 4096);
-        assert_eq!(
-            page_size(&LineageStore::open_read_only(dir.path()).unwrap().unwrap()),
-            PAGE_BYTES
-        );
     }
 
     #[test]
