@@ -9,7 +9,8 @@
 //! an observer connection; the rate is taken between 5 % and 100 % of the outputs, so start-up
 //! is left out of both. Rounds alternate pipe / millrace; medians are printed.
 //! Each millrace run also reports the share of its lineage notes (two per message) that its
-//! lineage file holds after it stopped: the rest were dropped because the writer's queue was full.
+//! lineage file holds after it stopped: the rest were dropped because the writer's queue was full;
+//! and the CPU per message of its lineage writer thread, part of the host's.
 //!
 //! Needs `scripts/build-plugins` and Debian's rabbitmq-server (scripts/setup). Run:
 //! `cargo bench -p millrace-host --bench amqp` (or `scripts/bench`). Environment: `N`
@@ -37,7 +38,10 @@
 //! `QUEUE_POLICY='{"queue-mode":"lazy"}'`).
 
 mod common;
-use common::{cpu_seconds, median, record, root, route_output, running, setting};
+use common::{
+    LINEAGE_WRITER, cpu_seconds, median, record, root, route_output, running, setting,
+    threads_cpu_seconds,
+};
 
 use futures_lite::StreamExt;
 use lapin::options::{
@@ -249,6 +253,8 @@ struct Measured {
     /// stopped (the rest were dropped: the writer's queue was full); `None` for the pipe or
     /// without lineage.
     lineage_kept: Option<f64>,
+    /// CPU µs per message of the host's lineage writer thread (0 for the pipe or without lineage).
+    writer_us: f64,
 }
 
 /// Of the `2 n` lineage notes a host made of `n` messages, the share the lineage file in
@@ -268,10 +274,16 @@ fn lineage_kept(data_dir: &Path, n: usize) -> Option<f64> {
     Some(notes as f64 / (2 * n) as f64)
 }
 
-/// `, lineage kept N %` when the host kept lineage.
+/// `, lineage kept N % (writer W µs CPU/msg)` when the host kept lineage.
 fn kept(m: &Measured) -> String {
     m.lineage_kept
-        .map(|k| format!(", lineage kept {:.0} %", k * 100.0))
+        .map(|k| {
+            format!(
+                ", lineage kept {:.0} % (writer {:.1} µs CPU/msg)",
+                k * 100.0,
+                m.writer_us
+            )
+        })
         .unwrap_or_default()
 }
 
@@ -316,16 +328,19 @@ async fn watch(
             panic!("the consumer process ended at {d} of {n} outputs; its log ends:\n{tail}");
         }
         if start.is_none() && d >= from {
-            start = Some((now, d, cpu_seconds(consumer), cpu_seconds(broker)));
+            let writer = threads_cpu_seconds(&consumer.to_string(), LINEAGE_WRITER);
+            start = Some((now, d, cpu_seconds(consumer), cpu_seconds(broker), writer));
         }
         if d >= n {
-            let (t0, d0, c0, b0) = start.expect("set before the end");
+            let (t0, d0, c0, b0, w0) = start.expect("set before the end");
+            let writer = threads_cpu_seconds(&consumer.to_string(), LINEAGE_WRITER) - w0;
             let done = (d - d0) as f64;
             return Measured {
                 rate: done / now.duration_since(t0).as_secs_f64(),
                 consumer_us: (cpu_seconds(consumer) - c0) / done * 1e6,
                 broker_us: (cpu_seconds(broker) - b0) / done * 1e6,
                 lineage_kept: None,
+                writer_us: writer / done * 1e6,
             };
         }
         tokio::time::sleep(Duration::from_millis(10)).await;

@@ -28,7 +28,10 @@
 mod common;
 
 use common::host::metric_sum;
-use common::{cpu_seconds, median, record, root, setting, thread_switches, threads_cpu_seconds};
+use common::{
+    LINEAGE_WRITER, cpu_seconds, median, record, root, setting, thread_switches,
+    threads_cpu_seconds,
+};
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -112,8 +115,6 @@ fn native() -> (mes_fixed_width::MesFixedWidth, NativeHost) {
 
 /// The name of the plain server's threads (their CPU time is summed per round).
 const PLAIN_THREADS: &str = "plain-hyper";
-/// The name of the host's lineage writer thread, as `/proc` shows it (cut to 15 bytes).
-const LINEAGE_WRITER: &str = "millrace-lineag";
 
 /// Serve the native transform on `listener` until the process ends.
 fn serve_native(listener: std::net::TcpListener) {

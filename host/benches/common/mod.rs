@@ -97,8 +97,12 @@ pub fn stat_cpu_seconds(stat: &std::path::Path) -> f64 {
     ticks / 100.0
 }
 
+/// The name of the host's lineage writer thread, as `/proc` shows it (cut to 15 bytes).
+#[allow(dead_code)] // the broker and HTTP benchmarks ask
+pub const LINEAGE_WRITER: &str = "millrace-lineag";
+
 /// CPU seconds the threads named `name` of process `pid` (`self`: this one) have used so far.
-#[allow(dead_code)] // only the HTTP benchmark asks
+#[allow(dead_code)] // the broker and HTTP benchmarks ask
 pub fn threads_cpu_seconds(pid: &str, name: &str) -> f64 {
     let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
         return 0.0;
