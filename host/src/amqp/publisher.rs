@@ -952,7 +952,7 @@ impl AmqpPublisher {
 
 /// The routing key for `output` from `template`: `{type}` is the CloudEvent `type` of a
 /// structured-mode body (else the content type), `{subject}` its `subject` (else empty),
-/// `{plant}` and `{route}` the output's.
+/// `{plant}` and `{route}` the output's; filled in one pass ([`crate::pipeline::sinks::address`]).
 pub fn routing_key(template: &str, output: &Message) -> String {
     /// The two attributes a template can name; the rest of the event is skipped unparsed.
     #[derive(Default, serde::Deserialize)]
@@ -966,14 +966,16 @@ pub fn routing_key(template: &str, output: &Message) -> String {
     } else {
         Attributes::default()
     };
-    template
-        .replace(
-            "{type}",
-            event.ty.as_deref().unwrap_or(&output.content_type),
-        )
-        .replace("{subject}", event.subject.as_deref().unwrap_or_default())
-        .replace("{plant}", &output.plant)
-        .replace("{route}", &output.route)
+    crate::pipeline::sinks::address(template, |name, key| {
+        key.push_str(match name {
+            "type" => event.ty.as_deref().unwrap_or(&output.content_type),
+            "subject" => event.subject.as_deref().unwrap_or_default(),
+            "plant" => &output.plant,
+            "route" => &output.route,
+            _ => return false,
+        });
+        true
+    })
 }
 
 #[cfg(test)]
@@ -1073,5 +1075,15 @@ mod tests {
             ..output
         };
         assert_eq!(routing_key("{type}.{subject}", &plain), "text/plain.");
+        // Braces that name nothing stay; a value naming a placeholder is not filled in turn.
+        assert_eq!(routing_key("{x}.{plant}{", &plain), "{x}.plant-north{");
+        let naming = Message {
+            body: br#"{"type":"t.{subject}.{plant}","subject":"{route}"}"#.to_vec(),
+            ..plain
+        };
+        assert_eq!(
+            routing_key("{type}/{subject}/{route}", &naming),
+            "t.{subject}.{plant}/{route}/mes"
+        );
     }
 }

@@ -401,32 +401,17 @@ pub fn topic(
             .map(str::to_string)
     };
     let clean = |v: String| v.replace(['+', '#', '/'], "_");
-    let mut out = String::with_capacity(template.len() + 32);
-    let mut rest = template;
-    while let Some(open) = rest.find('{') {
-        out.push_str(&rest[..open]);
-        let Some(close) = rest[open..].find('}') else {
-            out.push_str(&rest[open..]);
-            rest = "";
-            break;
-        };
-        let name = &rest[open + 1..open + close];
+    crate::pipeline::sinks::address(template, |name, out| {
         let value = match name {
             "plant" => plant.to_string(),
             "route" => route.to_string(),
             "type" => attr("type").unwrap_or_else(|| content_type.to_string()),
             "subject" => attr("subject").unwrap_or_else(|| "none".into()),
             "uns" => {
-                out.push_str(
-                    &names
-                        .uns
-                        .iter()
-                        .map(|(_, v)| clean(v.clone()))
-                        .collect::<Vec<_>>()
-                        .join("/"),
-                );
-                rest = &rest[open + close + 1..];
-                continue;
+                // The levels' own `/` are the topic's: each level is cleaned, not the path.
+                let path: Vec<String> = names.uns.iter().map(|(_, v)| clean(v.clone())).collect();
+                out.push_str(&path.join("/"));
+                return true;
             }
             level if names.uns.iter().any(|(l, _)| l == level) => names
                 .uns
@@ -447,10 +432,8 @@ pub fn topic(
             },
         };
         out.push_str(&clean(value));
-        rest = &rest[open + close + 1..];
-    }
-    out.push_str(rest);
-    out
+        true
+    })
 }
 
 #[cfg(test)]

@@ -12,6 +12,28 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 
+/// An output's address from a sink's `template` (an AMQP routing key, an MQTT topic): each
+/// `{name}` filled by `fill(name, into)`, which appends the value and says whether it knows the
+/// name (one it does not stays as it is written, and so does a `{` never closed). One pass: what
+/// a value holds (a `{subject}` in an event's `type`, say) is copied, never filled in turn.
+pub fn address(template: &str, mut fill: impl FnMut(&str, &mut String) -> bool) -> String {
+    let mut out = String::with_capacity(template.len() + 64);
+    let mut rest = template;
+    while let Some(open) = rest.find('{') {
+        out.push_str(&rest[..open]);
+        rest = &rest[open..];
+        let Some(close) = rest.find('}') else {
+            break;
+        };
+        if !fill(&rest[1..close], &mut out) {
+            out.push_str(&rest[..=close]);
+        }
+        rest = &rest[close + 1..];
+    }
+    out.push_str(rest);
+    out
+}
+
 /// What the caller waits for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Via {
@@ -180,5 +202,31 @@ impl Sinks {
             Err(_) => meters.error.add(count),
         }
         delivered
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::address;
+
+    #[test]
+    fn an_address_is_filled_in_one_pass_and_keeps_what_it_does_not_know() {
+        let fill = |name: &str, out: &mut String| match name {
+            "a" => {
+                out.push_str("{b}");
+                true
+            }
+            "b" => {
+                out.push_str("B");
+                true
+            }
+            _ => false,
+        };
+        assert_eq!(address("x.{a}.{b}", fill), "x.{b}.B");
+        assert_eq!(address("{c}/{b}", fill), "{c}/B");
+        assert_eq!(address("pre{b}mid{open", fill), "preBmid{open");
+        assert_eq!(address("}{}{{b}", fill), "}{}{{b}");
+        assert_eq!(address("", fill), "");
+        assert_eq!(address("é{b}ü", fill), "éBü");
     }
 }
