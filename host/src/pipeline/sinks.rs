@@ -217,7 +217,7 @@ mod tests {
                 true
             }
             "b" => {
-                out.push_str("B");
+                out.push('B');
                 true
             }
             _ => false,
