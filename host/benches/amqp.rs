@@ -10,7 +10,9 @@
 //! is left out of both. Rounds alternate pipe / millrace; medians are printed.
 //! Each millrace run also reports the share of its lineage notes (two per message) that its
 //! lineage file holds after it stopped: the rest were dropped because the writer's queue was full;
-//! and the CPU per message of its lineage writer thread, part of the host's.
+//! and the CPU per message of its lineage writer thread, part of the host's (read over the same
+//! window; the writer works up to 250 ms behind the messages, so a window holds some notes of
+//! the time before it and leaves some of its own for after).
 //!
 //! Needs `scripts/build-plugins` and Debian's rabbitmq-server (scripts/setup). Run:
 //! `cargo bench -p millrace-host --bench amqp` (or `scripts/bench`). Environment: `N`

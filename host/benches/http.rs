@@ -11,7 +11,7 @@
 //! connection (ureq), sending the quickstart's 80-byte record back to back for `SECONDS`;
 //! rounds alternate hyper / millrace. Reported per round: requests per second, p50 and p99 of
 //! the request latency, and CPU per request (`/proc`: the millrace process, of which its lineage
-//! writer thread's; the plain server's threads) and the share of chains
+//! writer thread's, which works up to 250 ms behind the requests; the plain server's threads) and the share of chains
 //! that ran on the async worker that took the request (`millrace_chains_inline_total`), and the
 //! share of lineage notes (two per request) dropped (`millrace_lineage_dropped_total`). The load generator
 //! shares the machine's cores with the server in both cases.

@@ -2,16 +2,16 @@
 //!
 //! Each message is the two notes the AMQP route makes of one input (`mediated` with one step
 //! and the subject of the route's event, then `delivered`), written by
-//! `LineageStore::write` in batches of `lineage::BATCH` notes, as the writer thread writes them,
-//! into a new file per round. The time is the writing thread's CPU time (its share of the
+//! `LineageStore::write` in batches of `BATCH_NOTES` notes (by default the writer's bound,
+//! `lineage::BATCH`; under load the writer writes once half of that waits), into a new file per
+//! round. The time is the writing thread's CPU time (its share of the
 //! kernel's file work included); building the notes, the hot path's part, is left out. Message
 //! ids: `sequential` (`m-1`, `m-2`, …, the AMQP benchmark's), `uuid-v7` (what the host gives a
 //! message that came without one: time-ordered), `random` (32 random hex digits, as a sender's
 //! UUIDv4), each without and with a trace id (random, as W3C trace ids are).
 //!
 //! Run: `cargo bench -p millrace-host --bench lineage`. Environment: `N` (messages per round,
-//! default 200000), `ROUNDS` (default 3), `BATCH_NOTES` (notes per write, default the writer's
-//! bound: under load the writer writes once half of it waits).
+//! default 200000), `ROUNDS` (default 3), `BATCH_NOTES` (notes per write).
 
 #[allow(dead_code)] // the broker benchmarks' helpers this one does not use
 mod common;

@@ -1077,6 +1077,10 @@ mod tests {
         assert_eq!(routing_key("{type}.{subject}", &plain), "text/plain.");
         // Braces that name nothing stay; a value naming a placeholder is not filled in turn.
         assert_eq!(routing_key("{x}.{plant}{", &plain), "{x}.plant-north{");
+        assert_eq!(
+            routing_key("{{plant}.{{type}}", &plain),
+            "{plant-north.{text/plain}"
+        );
         let naming = Message {
             body: br#"{"type":"t.{subject}.{plant}","subject":"{route}"}"#.to_vec(),
             ..plain

@@ -159,7 +159,7 @@ impl RouteMqtt {
                     "topic {template:?} is not a topic to publish to (no wildcards, not empty)"
                 ));
             }
-            for name in placeholders(template) {
+            for name in crate::pipeline::sinks::placeholders(template) {
                 let known = matches!(name, "plant" | "route" | "type" | "subject")
                     || name.starts_with("data.")
                     || (name == "uns" && !self.uns.is_empty())
@@ -357,20 +357,6 @@ pub fn matches(filter: &str, topic: &str) -> bool {
 /// The ISA-95 levels of the Unified Namespace, in order.
 pub const UNS_LEVELS: [&str; 5] = ["enterprise", "site", "area", "line", "cell"];
 
-/// The `{name}`s of `template`.
-fn placeholders(template: &str) -> Vec<&str> {
-    let mut names = Vec::new();
-    let mut rest = template;
-    while let Some(open) = rest.find('{') {
-        let Some(close) = rest[open..].find('}') else {
-            break;
-        };
-        names.push(&rest[open + 1..open + close]);
-        rest = &rest[open + close + 1..];
-    }
-    names
-}
-
 /// Where an output's topic comes from besides the output itself.
 pub struct Names<'a> {
     pub plant: &'a str,
@@ -495,6 +481,20 @@ mod tests {
         assert_eq!(
             topic("{site}-{area}", &names, "text/csv", None),
             "north-assembly"
+        );
+        // What names nothing stays, cleaned as a value is; a level's own `/`, `+`, `#` too.
+        assert_eq!(
+            topic("x/{a/b}/{{plant}/{plant", &names, "text/csv", None),
+            "x/{a_b}/{p1/{plant"
+        );
+        let uns = vec![
+            ("enterprise".to_string(), "ac/me".to_string()),
+            ("site".to_string(), "n+1#".to_string()),
+        ];
+        let names = Names { uns: &uns, ..names };
+        assert_eq!(
+            topic("{uns}/{site}", &names, "text/csv", None),
+            "ac_me/n_1_/n_1_"
         );
     }
 

@@ -12,26 +12,62 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 
-/// An output's address from a sink's `template` (an AMQP routing key, an MQTT topic): each
-/// `{name}` filled by `fill(name, into)`, which appends the value and says whether it knows the
-/// name (one it does not stays as it is written, and so does a `{` never closed). One pass: what
-/// a value holds (a `{subject}` in an event's `type`, say) is copied, never filled in turn.
-pub fn address(template: &str, mut fill: impl FnMut(&str, &mut String) -> bool) -> String {
-    let mut out = String::with_capacity(template.len() + 64);
+/// A piece of an address template: text copied as it is, or the name between a `{` and a `}`.
+enum Piece<'a> {
+    Text(&'a str),
+    Name(&'a str),
+}
+
+/// The pieces of `template` in order. A name runs from the last `{` before a `}` to it, so in
+/// `{{plant}` the first `{` is text; a `}` with no `{` before it, and a `{` never closed, are text.
+fn pieces<'a>(template: &'a str, mut piece: impl FnMut(Piece<'a>)) {
     let mut rest = template;
-    while let Some(open) = rest.find('{') {
-        out.push_str(&rest[..open]);
-        rest = &rest[open..];
-        let Some(close) = rest.find('}') else {
-            break;
-        };
-        if !fill(&rest[1..close], &mut out) {
-            out.push_str(&rest[..=close]);
+    while let Some(close) = rest.find('}') {
+        match rest[..close].rfind('{') {
+            Some(open) => {
+                if open > 0 {
+                    piece(Piece::Text(&rest[..open]));
+                }
+                piece(Piece::Name(&rest[open + 1..close]));
+            }
+            None => piece(Piece::Text(&rest[..=close])),
         }
         rest = &rest[close + 1..];
     }
-    out.push_str(rest);
+    if !rest.is_empty() {
+        piece(Piece::Text(rest));
+    }
+}
+
+/// An output's address from a sink's `template` (an AMQP routing key, an MQTT topic): each
+/// `{name}` ([`placeholders`]) filled by `fill(name, into)`, which appends the value and says
+/// whether it knows the name (one it does not stays as it is written). One pass: what a value
+/// holds (a `{subject}` in an event's `type`, say) is copied, never filled in turn.
+pub fn address(template: &str, mut fill: impl FnMut(&str, &mut String) -> bool) -> String {
+    let mut out = String::with_capacity(template.len() + 64);
+    pieces(template, |piece| match piece {
+        Piece::Text(text) => out.push_str(text),
+        Piece::Name(name) => {
+            if !fill(name, &mut out) {
+                out.push('{');
+                out.push_str(name);
+                out.push('}');
+            }
+        }
+    });
     out
+}
+
+/// The names an address `template` gives, in order, as [`address`] reads them (for checking a
+/// template when the configuration is read).
+pub fn placeholders(template: &str) -> Vec<&str> {
+    let mut names = Vec::new();
+    pieces(template, |piece| {
+        if let Piece::Name(name) = piece {
+            names.push(name);
+        }
+    });
+    names
 }
 
 /// What the caller waits for.
@@ -225,8 +261,16 @@ mod tests {
         assert_eq!(address("x.{a}.{b}", fill), "x.{b}.B");
         assert_eq!(address("{c}/{b}", fill), "{c}/B");
         assert_eq!(address("pre{b}mid{open", fill), "preBmid{open");
-        assert_eq!(address("}{}{{b}", fill), "}{}{{b}");
+        // A name starts at the last `{` before its `}`: the braces around it are text.
+        assert_eq!(address("}{}{{b}", fill), "}{}{B");
+        assert_eq!(address("{{b}}", fill), "{B}");
+        assert_eq!(address("{x{b}y}", fill), "{xBy}");
         assert_eq!(address("", fill), "");
-        assert_eq!(address("é{b}ü", fill), "éBü");
+        assert_eq!(address("{", fill), "{");
+        assert_eq!(address("é{b}ü{é}", fill), "éBü{é}");
+        assert_eq!(
+            super::placeholders("}{}{{b}.{x{c}y}{open"),
+            vec!["", "b", "c"]
+        );
     }
 }
