@@ -101,18 +101,29 @@ pub fn stat_cpu_seconds(stat: &std::path::Path) -> f64 {
 #[allow(dead_code)] // the broker and HTTP benchmarks ask
 pub const LINEAGE_WRITER: &str = "millrace-lineag";
 
+/// The `/proc` directories of the threads of process `pid` (`self`: this one) whose name is
+/// `name` (every thread when `None`).
+#[allow(dead_code)] // the broker and HTTP benchmarks ask
+fn tasks(pid: &str, name: Option<&str>) -> Vec<std::path::PathBuf> {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return Vec::new();
+    };
+    tasks
+        .filter_map(|task| Some(task.ok()?.path()))
+        .filter(|task| {
+            name.is_none_or(|name| {
+                std::fs::read_to_string(task.join("comm")).is_ok_and(|comm| comm.trim() == name)
+            })
+        })
+        .collect()
+}
+
 /// CPU seconds the threads named `name` of process `pid` (`self`: this one) have used so far.
 #[allow(dead_code)] // the broker and HTTP benchmarks ask
 pub fn threads_cpu_seconds(pid: &str, name: &str) -> f64 {
-    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
-        return 0.0;
-    };
-    tasks
-        .filter_map(Result::ok)
-        .filter(|task| {
-            std::fs::read_to_string(task.path().join("comm")).is_ok_and(|comm| comm.trim() == name)
-        })
-        .map(|task| stat_cpu_seconds(&task.path().join("stat")))
+    tasks(pid, Some(name))
+        .iter()
+        .map(|task| stat_cpu_seconds(&task.join("stat")))
         .sum()
 }
 
@@ -131,18 +142,9 @@ pub fn running(pid: u32) -> bool {
 /// goes to sleep waiting for something and when the scheduler takes it off its core.
 #[allow(dead_code)] // only the HTTP benchmark reads them
 pub fn thread_switches(pid: &str, name: Option<&str>) -> u64 {
-    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
-        return 0;
-    };
-    tasks
-        .filter_map(Result::ok)
-        .filter(|task| {
-            name.is_none_or(|name| {
-                std::fs::read_to_string(task.path().join("comm"))
-                    .is_ok_and(|comm| comm.trim() == name)
-            })
-        })
-        .filter_map(|task| std::fs::read_to_string(task.path().join("status")).ok())
+    tasks(pid, name)
+        .iter()
+        .filter_map(|task| std::fs::read_to_string(task.join("status")).ok())
         .flat_map(|status| {
             status
                 .lines()
