@@ -954,22 +954,26 @@ impl AmqpPublisher {
 /// structured-mode body (else the content type), `{subject}` its `subject` (else empty),
 /// `{plant}` and `{route}` the output's; filled in one pass ([`crate::pipeline::sinks::address`]).
 pub fn routing_key(template: &str, output: &Message) -> String {
-    /// The two attributes a template can name; the rest of the event is skipped unparsed.
+    /// The two attributes a template can name, each read on its own
+    /// ([`attribute_text`](crate::pipeline::sinks::attribute_text)); the rest of the event is
+    /// skipped unparsed.
     #[derive(Default, serde::Deserialize)]
     struct Attributes {
         #[serde(rename = "type")]
-        ty: Option<String>,
-        subject: Option<String>,
+        ty: Option<serde_json::Value>,
+        subject: Option<serde_json::Value>,
     }
-    let event = if template.contains("{type}") || template.contains("{subject}") {
-        serde_json::from_slice(&output.body).unwrap_or_default()
+    let (ty, subject) = if template.contains("{type}") || template.contains("{subject}") {
+        let event: Attributes = serde_json::from_slice(&output.body).unwrap_or_default();
+        let text = crate::pipeline::sinks::attribute_text;
+        (event.ty.and_then(text), event.subject.and_then(text))
     } else {
-        Attributes::default()
+        (None, None)
     };
     crate::pipeline::sinks::address(template, |name, key| {
         key.push_str(match name {
-            "type" => event.ty.as_deref().unwrap_or(&output.content_type),
-            "subject" => event.subject.as_deref().unwrap_or_default(),
+            "type" => ty.as_deref().unwrap_or(&output.content_type),
+            "subject" => subject.as_deref().unwrap_or_default(),
             "plant" => &output.plant,
             "route" => &output.route,
             _ => return false,
@@ -1089,5 +1093,22 @@ mod tests {
             routing_key("{type}/{subject}/{route}", &naming),
             "t.{subject}.{plant}/{route}/mes"
         );
+        // An attribute of another kind does not cost the event its other attribute: a number
+        // is its text, anything else is absent.
+        let numbered = Message {
+            body: br#"{"type":"t.count","subject":4711}"#.to_vec(),
+            ..naming
+        };
+        assert_eq!(routing_key("{type}.{subject}", &numbered), "t.count.4711");
+        let listed = Message {
+            body: br#"{"subject":["a"],"type":"t.list","data":{"subject":1}}"#.to_vec(),
+            ..numbered
+        };
+        assert_eq!(routing_key("{type}.{subject}", &listed), "t.list.");
+        let typed = Message {
+            body: br#"{"type":{"v":1},"subject":"WO-2"}"#.to_vec(),
+            ..listed
+        };
+        assert_eq!(routing_key("{type}.{subject}", &typed), "text/plain.WO-2");
     }
 }

@@ -268,11 +268,7 @@ pub fn subject_of(body: &[u8]) -> Option<String> {
         return None;
     }
     let subject = serde_json::from_slice::<Subject>(body).ok()?.subject?;
-    let text = match subject {
-        serde_json::Value::String(s) => s,
-        serde_json::Value::Number(n) => n.to_string(),
-        _ => return None,
-    };
+    let text = crate::pipeline::sinks::attribute_text(subject)?;
     (!text.is_empty()).then(|| bounded(&text, MAX_SUBJECT_BYTES))
 }
 

@@ -383,8 +383,8 @@ pub fn topic(
     let attr = |name: &str| {
         event
             .and_then(|e| e.get(name))
-            .and_then(|v| v.as_str())
-            .map(str::to_string)
+            .cloned()
+            .and_then(crate::pipeline::sinks::attribute_text)
     };
     let clean = |v: String| v.replace(['+', '#', '/'], "_");
     crate::pipeline::sinks::address(template, |name, out| {
@@ -481,6 +481,17 @@ mod tests {
         assert_eq!(
             topic("{site}-{area}", &names, "text/csv", None),
             "north-assembly"
+        );
+        // A number is its text; an attribute of another kind is absent, alone.
+        let odd = br#"{"type":{"v":1},"subject":4711}"#;
+        assert_eq!(
+            topic(
+                "{type}/{subject}",
+                &names,
+                "application/json",
+                json(odd).as_ref()
+            ),
+            "application_json/4711"
         );
         // What names nothing stays, cleaned as a value is; a level's own `/`, `+`, `#` too.
         assert_eq!(
