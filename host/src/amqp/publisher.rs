@@ -951,24 +951,14 @@ impl AmqpPublisher {
 }
 
 /// The routing key for `output` from `template`: `{type}` is the CloudEvent `type` of a
-/// structured-mode body (else the content type), `{subject}` its `subject` (else empty),
-/// `{plant}` and `{route}` the output's; filled in one pass ([`crate::pipeline::sinks::address`]).
+/// structured-mode body (else the content type), `{subject}` its `subject` (else empty), both
+/// read as [`crate::pipeline::event::read_attributes`] reads them; `{plant}` and `{route}` the
+/// output's; filled in one pass ([`crate::pipeline::sinks::address`]).
 pub fn routing_key(template: &str, output: &Message) -> String {
-    /// The two attributes a template can name, each read on its own
-    /// ([`attribute_text`](crate::pipeline::sinks::attribute_text)); the rest of the event is
-    /// skipped unparsed.
-    #[derive(Default, serde::Deserialize)]
-    struct Attributes {
-        #[serde(rename = "type")]
-        ty: Option<serde_json::Value>,
-        subject: Option<serde_json::Value>,
-    }
-    let (ty, subject) = if template.contains("{type}") || template.contains("{subject}") {
-        let event: Attributes = serde_json::from_slice(&output.body).unwrap_or_default();
-        let text = crate::pipeline::sinks::attribute_text;
-        (event.ty.and_then(text), event.subject.and_then(text))
+    let [ty, subject] = if template.contains("{type}") || template.contains("{subject}") {
+        crate::pipeline::event::read_attributes(&output.body, ["type", "subject"])
     } else {
-        (None, None)
+        [None, None]
     };
     crate::pipeline::sinks::address(template, |name, key| {
         key.push_str(match name {

@@ -258,18 +258,16 @@ pub fn now_ms() -> i64 {
         .map_or(0, |d| d.as_millis() as i64)
 }
 
-/// The `subject` of a JSON body (a CloudEvent's attribute), bounded.
+/// The `subject` of a JSON body (a CloudEvent's attribute, read as
+/// [`crate::pipeline::event::read_attributes`] reads it), bounded.
 pub fn subject_of(body: &[u8]) -> Option<String> {
-    #[derive(serde::Deserialize)]
-    struct Subject {
-        subject: Option<serde_json::Value>,
-    }
     if body.len() > MAX_SUBJECT_BODY || body.first().is_some_and(|b| *b != b'{') {
         return None;
     }
-    let subject = serde_json::from_slice::<Subject>(body).ok()?.subject?;
-    let text = crate::pipeline::sinks::attribute_text(subject)?;
-    (!text.is_empty()).then(|| bounded(&text, MAX_SUBJECT_BYTES))
+    let [subject] = crate::pipeline::event::read_attributes(body, ["subject"]);
+    subject
+        .filter(|text| !text.is_empty())
+        .map(|text| bounded(&text, MAX_SUBJECT_BYTES))
 }
 
 /// Whether a body of `content_type` may carry a subject the writer can read.
@@ -487,7 +485,10 @@ mod tests {
             "a body past the bound is not read"
         );
         assert!(!may_name_subject("application/json", big.as_bytes()));
-        assert_eq!(subject_of(br#"{"subject":"WO-1""#), None, "cut short");
+        // Read no further than the subject: a body cut short after it still names it.
+        assert_eq!(subject_of(br#"{"subject":"WO-1""#).as_deref(), Some("WO-1"));
+        assert_eq!(subject_of(br#"{"subject":"WO-1"#), None, "cut short");
+        assert_eq!(subject_of(br#"{"data":[1,"subject":"WO-1"}"#), None);
         assert_eq!(subject_of(b"{\"subject\":\"\xff\"}"), None, "not UTF-8");
         assert_eq!(subject_of(br#"{"subject":["a"]}"#), None);
     }

@@ -384,7 +384,7 @@ pub fn topic(
         event
             .and_then(|e| e.get(name))
             .cloned()
-            .and_then(crate::pipeline::sinks::attribute_text)
+            .and_then(crate::pipeline::event::attribute_text)
     };
     let clean = |v: String| v.replace(['+', '#', '/'], "_");
     crate::pipeline::sinks::address(template, |name, out| {

@@ -3,7 +3,8 @@
 //! `tracestate`) and, with `host.amqp_event_provenance`, where it came from (`millraceplant`,
 //! `millraceroute`, `millracelineage`). Other outputs are left as they are. The event's other
 //! members keep their order and their values' bytes (numbers, escapes) whichever way the
-//! attributes go in.
+//! attributes go in. And the attributes it reads from an event (an address's `{type}` and
+//! `{subject}`, lineage's subject): [`read_attributes`].
 
 /// Whether `content_type` is that of a structured CloudEvent in JSON.
 pub fn is_structured(content_type: &str) -> bool {
@@ -111,6 +112,97 @@ impl<'de> serde::Deserialize<'de> for Members {
     }
 }
 
+/// An event attribute as text: a string as it is, a number as JSON writes it; anything else (an
+/// object, a list, `true`, `null`) counts as absent. One reading for every sink and for lineage,
+/// so that an attribute of the wrong kind never costs the event its other attributes.
+pub fn attribute_text(value: serde_json::Value) -> Option<String> {
+    match value {
+        serde_json::Value::String(text) => Some(text),
+        serde_json::Value::Number(number) => Some(number.to_string()),
+        _ => None,
+    }
+}
+
+/// The members named in `names` of the JSON object `body`, each as [`attribute_text`] reads it
+/// (`None`: not there, or of another kind). One pass that stops once every one named has been
+/// read: an event from the SDK writes its `type` and `subject` before its `data`, which is then
+/// not read at all. So the body is checked as JSON only as far as it is read, and of a name
+/// written twice the first counts. A body that is not an object gives `None` for each; so does
+/// one that breaks off or goes wrong before the last name wanted, for the names not yet read.
+pub fn read_attributes<const N: usize>(body: &[u8], names: [&str; N]) -> [Option<String>; N] {
+    use serde::de::{DeserializeSeed, Error, IgnoredAny, MapAccess, Visitor};
+    use std::borrow::Cow;
+
+    /// A member's name, borrowed from the body unless it is written with escapes.
+    struct Name<'de>(Cow<'de, str>);
+    impl<'de> serde::Deserialize<'de> for Name<'de> {
+        fn deserialize<D: serde::Deserializer<'de>>(from: D) -> Result<Self, D::Error> {
+            struct Text;
+            impl<'de> Visitor<'de> for Text {
+                type Value = Name<'de>;
+                fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                    f.write_str("a member's name")
+                }
+                fn visit_borrowed_str<E: Error>(self, text: &'de str) -> Result<Name<'de>, E> {
+                    Ok(Name(Cow::Borrowed(text)))
+                }
+                fn visit_str<E: Error>(self, text: &str) -> Result<Name<'de>, E> {
+                    Ok(Name(Cow::Owned(text.to_owned())))
+                }
+            }
+            from.deserialize_str(Text)
+        }
+    }
+
+    struct Read<'n, const N: usize> {
+        names: [&'n str; N],
+        found: [Option<String>; N],
+        read: [bool; N],
+    }
+    /// Said to stop the parse once every name is read: not a fault of the body.
+    const ALL_READ: &str = "every attribute wanted is read";
+    impl<'de, const N: usize> Visitor<'de> for &mut Read<'_, N> {
+        type Value = ();
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a JSON object")
+        }
+        fn visit_map<M: MapAccess<'de>>(self, mut map: M) -> Result<(), M::Error> {
+            while let Some(Name(name)) = map.next_key::<Name<'de>>()? {
+                match self.names.iter().position(|wanted| *wanted == name) {
+                    Some(at) if !self.read[at] => {
+                        self.read[at] = true;
+                        self.found[at] = attribute_text(map.next_value()?);
+                        if self.read.iter().all(|read| *read) {
+                            return Err(M::Error::custom(ALL_READ));
+                        }
+                    }
+                    _ => {
+                        map.next_value::<IgnoredAny>()?;
+                    }
+                }
+            }
+            Ok(())
+        }
+    }
+    impl<'de, const N: usize> DeserializeSeed<'de> for &mut Read<'_, N> {
+        type Value = ();
+        fn deserialize<D: serde::Deserializer<'de>>(self, from: D) -> Result<(), D::Error> {
+            from.deserialize_map(self)
+        }
+    }
+
+    let mut read = Read {
+        names,
+        found: std::array::from_fn(|_| None),
+        read: [false; N],
+    };
+    if N > 0 {
+        // What was read before the parse stopped stands, whatever stopped it.
+        let _ = (&mut read).deserialize(&mut serde_json::Deserializer::from_slice(body));
+    }
+    read.found
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -119,6 +211,61 @@ mod tests {
         let mut body = body.as_bytes().to_vec();
         set_attributes(content_type, &mut body, attributes, &[]);
         String::from_utf8(body).unwrap()
+    }
+
+    #[test]
+    fn attributes_are_read_one_by_one_and_no_further_than_needed() {
+        let read = |body: &str| read_attributes(body.as_bytes(), ["type", "subject"]);
+        let some = |text: &str| Some(text.to_string());
+        assert_eq!(
+            read(r#"{"specversion":"1.0","type":"t.1","subject":"WO-1","data":{"subject":"x"}}"#),
+            [some("t.1"), some("WO-1")]
+        );
+        // Each on its own: a number is its text, another kind is absent alone.
+        assert_eq!(
+            read(r#"{"subject":4711,"type":"t"}"#),
+            [some("t"), some("4711")]
+        );
+        assert_eq!(
+            read(r#"{"subject":-1.5e3,"type":["t"]}"#),
+            [None, some("-1500.0")]
+        );
+        assert_eq!(read(r#"{"subject":{"a":[1]},"type":null}"#), [None, None]);
+        // Only top-level members count; names with escapes are read as names.
+        assert_eq!(
+            read(r#" { "data" : {"type":"inner"}, "\u0074ype" : "esc\"aped" } "#),
+            [some("esc\"aped"), None]
+        );
+        // The first of a name written twice counts.
+        assert_eq!(
+            read(r#"{"type":"a","type":"b","subject":"s"}"#),
+            [some("a"), some("s")]
+        );
+        // Nothing after the last name wanted is read: a body broken there still gives both.
+        assert_eq!(
+            read(r#"{"type":"t","subject":"s","data":{broken"#),
+            [some("t"), some("s")]
+        );
+        // Broken before a name: what was read stands, the rest is absent.
+        assert_eq!(read(r#"{"type":"t","data":[1,}"#), [some("t"), None]);
+        for body in [
+            "",
+            "[1]",
+            "\"type\"",
+            "not json",
+            r#"{"type""#,
+            "{\"type\":\"t",
+        ] {
+            assert_eq!(read(body), [None, None], "{body:?}");
+        }
+        // Deep nesting is skipped without recursion; as a wanted value it stops at the
+        // parser's depth bound (absent), never exhausting the stack.
+        let nested = |depth: usize| format!("{}1{}", "[".repeat(depth), "]".repeat(depth));
+        let deep = format!(r#"{{"type":"t","x":{},"subject":"s"}}"#, nested(100_000));
+        assert_eq!(read(&deep), [some("t"), some("s")]);
+        let deep = format!(r#"{{"type":"t","subject":{}}}"#, nested(100_000));
+        assert_eq!(read(&deep), [some("t"), None]);
+        assert_eq!(read_attributes(b"{}", []), []);
     }
 
     #[test]

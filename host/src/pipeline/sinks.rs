@@ -70,18 +70,6 @@ pub fn placeholders(template: &str) -> Vec<&str> {
     names
 }
 
-/// An event attribute an address or a note names (`type`, `subject`) as text: a string as it
-/// is, a number as JSON writes it; anything else (an object, a list, `true`, `null`) counts as
-/// absent. One reading for every sink and for lineage, so that an attribute of the wrong kind
-/// never costs the event its other attributes.
-pub fn attribute_text(value: serde_json::Value) -> Option<String> {
-    match value {
-        serde_json::Value::String(text) => Some(text),
-        serde_json::Value::Number(number) => Some(number.to_string()),
-        _ => None,
-    }
-}
-
 /// What the caller waits for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Via {
