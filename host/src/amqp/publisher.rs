@@ -955,10 +955,14 @@ impl AmqpPublisher {
 /// read as [`crate::pipeline::event::read_attributes`] reads them; `{plant}` and `{route}` the
 /// output's; filled in one pass ([`crate::pipeline::sinks::address`]).
 pub fn routing_key(template: &str, output: &Message) -> String {
-    let [ty, subject] = if template.contains("{type}") || template.contains("{subject}") {
-        crate::pipeline::event::read_attributes(&output.body, ["type", "subject"])
-    } else {
-        [None, None]
+    // Only the names the template gives are asked for: the read stops once they are read.
+    use crate::pipeline::event::read_attributes;
+    let body = &output.body;
+    let [ty, subject] = match (template.contains("{type}"), template.contains("{subject}")) {
+        (true, true) => read_attributes(body, ["type", "subject"]),
+        (true, false) => [read_attributes(body, ["type"])[0].take(), None],
+        (false, true) => [None, read_attributes(body, ["subject"])[0].take()],
+        (false, false) => [None, None],
     };
     crate::pipeline::sinks::address(template, |name, key| {
         key.push_str(match name {

@@ -383,8 +383,12 @@ pub fn topic(
     let attr = |name: &str| {
         event
             .and_then(|e| e.get(name))
-            .cloned()
-            .and_then(crate::pipeline::event::attribute_text)
+            .and_then(|value| match value {
+                // A number as serde_json writes it back (the body is parsed already).
+                serde_json::Value::String(text) => Some(text.clone()),
+                serde_json::Value::Number(number) => Some(number.to_string()),
+                _ => None,
+            })
     };
     let clean = |v: String| v.replace(['+', '#', '/'], "_");
     crate::pipeline::sinks::address(template, |name, out| {

@@ -112,13 +112,14 @@ impl<'de> serde::Deserialize<'de> for Members {
     }
 }
 
-/// An event attribute as text: a string as it is, a number as JSON writes it; anything else (an
-/// object, a list, `true`, `null`) counts as absent. One reading for every sink and for lineage,
-/// so that an attribute of the wrong kind never costs the event its other attributes.
-pub fn attribute_text(value: serde_json::Value) -> Option<String> {
-    match value {
-        serde_json::Value::String(text) => Some(text),
-        serde_json::Value::Number(number) => Some(number.to_string()),
+/// An event attribute as text, from its JSON as written (`raw`): a string as it reads (escapes
+/// resolved), a number as written (`1E3` stays `1E3`); anything else (an object, a list, `true`,
+/// `null`, a string whose escapes do not read) counts as absent. So an attribute of the wrong
+/// kind never costs the event its other attributes.
+pub fn attribute_text(raw: &str) -> Option<String> {
+    match raw.as_bytes().first()? {
+        b'"' => serde_json::from_str(raw).ok(),
+        b'-' | b'0'..=b'9' => Some(raw.to_owned()),
         _ => None,
     }
 }
@@ -126,9 +127,12 @@ pub fn attribute_text(value: serde_json::Value) -> Option<String> {
 /// The members named in `names` of the JSON object `body`, each as [`attribute_text`] reads it
 /// (`None`: not there, or of another kind). One pass that stops once every one named has been
 /// read: an event from the SDK writes its `type` and `subject` before its `data`, which is then
-/// not read at all. So the body is checked as JSON only as far as it is read, and of a name
-/// written twice the first counts. A body that is not an object gives `None` for each; so does
-/// one that breaks off or goes wrong before the last name wanted, for the names not yet read.
+/// not read at all (when it has every name asked for; else the body is read to its end). So the
+/// body is checked as JSON only as far as it is read, and of a name written twice the first
+/// counts. Every value, wanted or not, is only scanned for its end (no tree is built, no depth
+/// bound applies, nothing recurses): a wanted value of another kind is skipped, however large
+/// or deep. A body that is not an object gives `None` for each; so does one that breaks off or
+/// goes wrong before the last name wanted, for the names not yet read.
 pub fn read_attributes<const N: usize>(body: &[u8], names: [&str; N]) -> [Option<String>; N] {
     use serde::de::{DeserializeSeed, Error, IgnoredAny, MapAccess, Visitor};
     use std::borrow::Cow;
@@ -171,7 +175,8 @@ pub fn read_attributes<const N: usize>(body: &[u8], names: [&str; N]) -> [Option
                 match self.names.iter().position(|wanted| *wanted == name) {
                     Some(at) if !self.read[at] => {
                         self.read[at] = true;
-                        self.found[at] = attribute_text(map.next_value()?);
+                        let raw: &'de serde_json::value::RawValue = map.next_value()?;
+                        self.found[at] = attribute_text(raw.get());
                         if self.read.iter().all(|read| *read) {
                             return Err(M::Error::custom(ALL_READ));
                         }
@@ -221,15 +226,34 @@ mod tests {
             read(r#"{"specversion":"1.0","type":"t.1","subject":"WO-1","data":{"subject":"x"}}"#),
             [some("t.1"), some("WO-1")]
         );
-        // Each on its own: a number is its text, another kind is absent alone.
+        // Each on its own: a number is its text as written, another kind is absent alone,
+        // before the other name as after it.
         assert_eq!(
             read(r#"{"subject":4711,"type":"t"}"#),
             [some("t"), some("4711")]
         );
         assert_eq!(
-            read(r#"{"subject":-1.5e3,"type":["t"]}"#),
-            [None, some("-1500.0")]
+            read(r#"{"subject":-1.5E3,"type":["t"]}"#),
+            [None, some("-1.5E3")]
         );
+        assert_eq!(
+            read(r#"{"subject":123456789012345678901,"type":"t"}"#),
+            [some("t"), some("123456789012345678901")]
+        );
+        assert_eq!(
+            read(r#"{"subject":1e400,"type":"t"}"#),
+            [some("t"), some("1e400")]
+        );
+        assert_eq!(
+            read(r#"{"subject":"\udc00","type":"t"}"#),
+            [some("t"), None]
+        );
+        let deep_list = format!(
+            r#"{{"subject":{}1{},"type":"t"}}"#,
+            "[".repeat(200),
+            "]".repeat(200)
+        );
+        assert_eq!(read(&deep_list), [some("t"), None]);
         assert_eq!(read(r#"{"subject":{"a":[1]},"type":null}"#), [None, None]);
         // Only top-level members count; names with escapes are read as names.
         assert_eq!(
@@ -258,12 +282,11 @@ mod tests {
         ] {
             assert_eq!(read(body), [None, None], "{body:?}");
         }
-        // Deep nesting is skipped without recursion; as a wanted value it stops at the
-        // parser's depth bound (absent), never exhausting the stack.
+        // Deep nesting is skipped without recursion, wanted or not: no stack to exhaust.
         let nested = |depth: usize| format!("{}1{}", "[".repeat(depth), "]".repeat(depth));
         let deep = format!(r#"{{"type":"t","x":{},"subject":"s"}}"#, nested(100_000));
         assert_eq!(read(&deep), [some("t"), some("s")]);
-        let deep = format!(r#"{{"type":"t","subject":{}}}"#, nested(100_000));
+        let deep = format!(r#"{{"subject":{},"type":"t"}}"#, nested(100_000));
         assert_eq!(read(&deep), [some("t"), None]);
         assert_eq!(read_attributes(b"{}", []), []);
     }
