@@ -473,29 +473,28 @@ mod tests {
             topic("{type}", &names, "text/csv", json(b"a,b").as_ref()),
             "text_csv"
         );
-        assert_eq!(
-            topic(
+        // A JSON event's attributes: a number is its text, one of another kind is absent alone.
+        for (template, body, want) in [
+            (
                 "{uns}/{type}",
-                &names,
-                "application/json",
-                json(event).as_ref()
+                &event[..],
+                "acme/north/assembly/machine.downtime",
             ),
-            "acme/north/assembly/machine.downtime"
-        );
+            (
+                "{type}/{subject}",
+                br#"{"type":{"v":1},"subject":4711}"#,
+                "application_json/4711",
+            ),
+        ] {
+            let event = json(body);
+            assert_eq!(
+                topic(template, &names, "application/json", event.as_ref()),
+                want
+            );
+        }
         assert_eq!(
             topic("{site}-{area}", &names, "text/csv", None),
             "north-assembly"
-        );
-        // A number is its text; an attribute of another kind is absent, alone.
-        let odd = br#"{"type":{"v":1},"subject":4711}"#;
-        assert_eq!(
-            topic(
-                "{type}/{subject}",
-                &names,
-                "application/json",
-                json(odd).as_ref()
-            ),
-            "application_json/4711"
         );
         // What names nothing stays, cleaned as a value is; a level's own `/`, `+`, `#` too.
         assert_eq!(
