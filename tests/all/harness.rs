@@ -704,6 +704,55 @@ impl WebhookReceiver {
     }
 }
 
+/// Offset of a RabbitMQ node's Erlang distribution port from its AMQP port (`scripts/rabbitmq`).
+const DIST_PORT_OFFSET: u16 = 20000;
+/// The lowest port [`server_port`] hands out.
+const FIRST_SERVER_PORT: u16 = 10000;
+
+/// A loopback port for a server a test starts (a broker), free when probed together with
+/// `port + DIST_PORT_OFFSET` (a RabbitMQ node's second listener). Where the machine leaves room,
+/// ports come from below the kernel's ephemeral range, so an outgoing connection of another test
+/// cannot take one between this probe and the server's bind, and none is handed out twice in one
+/// test run.
+pub fn server_port() -> u16 {
+    use std::sync::OnceLock;
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static START: OnceLock<u32> = OnceLock::new();
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let free = |port: u16| std::net::TcpListener::bind(("127.0.0.1", port)).is_ok();
+    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    let end = ephemeral_low.saturating_sub(DIST_PORT_OFFSET);
+    if end <= FIRST_SERVER_PORT + 100 {
+        // No room below the ephemeral range on this machine: let the kernel choose.
+        loop {
+            let probe = std::net::TcpListener::bind("127.0.0.1:0").expect("free port");
+            let port = probe.local_addr().unwrap().port();
+            if port.checked_add(DIST_PORT_OFFSET).is_some_and(free) {
+                return port;
+            }
+        }
+    }
+    let span = u32::from(end - FIRST_SERVER_PORT);
+    // Two runs at once on one machine start at different places.
+    let start = *START.get_or_init(|| {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos());
+        std::process::id().wrapping_mul(7919) ^ nanos
+    });
+    for _ in 0..span {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let port = FIRST_SERVER_PORT + (start.wrapping_add(n) % span) as u16;
+        if free(port) && free(port + DIST_PORT_OFFSET) {
+            return port;
+        }
+    }
+    panic!("no free loopback port pair below {ephemeral_low}");
+}
+
 /// A real RabbitMQ node on loopback for one test (`scripts/rabbitmq`), stopped when dropped.
 pub struct Broker {
     pub port: u16,
@@ -734,20 +783,22 @@ impl Broker {
 
     fn start_node(tls_dir: Option<PathBuf>, cookie: Option<String>) -> Broker {
         let dir = tempfile::tempdir().expect("broker dir");
-        // The node also listens on PORT + 20000 (Erlang distribution).
-        let port = loop {
-            let probe = std::net::TcpListener::bind("127.0.0.1:0").expect("free port");
-            let port = probe.local_addr().unwrap().port();
-            if port < 45000 && std::net::TcpListener::bind(("127.0.0.1", port + 20000)).is_ok() {
-                break port;
+        // A port can still be taken by another program between the probe and the node's
+        // bind; the node then reports `eaddrinuse` and is started on other ports.
+        let mut attempts = 0;
+        let (port, tls_port, pid) = loop {
+            attempts += 1;
+            let port = server_port();
+            let tls_port = tls_dir.as_ref().map(|_| server_port());
+            let tls = tls_port.zip(tls_dir.clone());
+            match Broker::launch(dir.path(), port, tls.as_ref(), cookie.as_deref()) {
+                Ok(pid) => break (port, tls_port, pid),
+                Err(e) if attempts < 3 && e.contains("eaddrinuse") => {
+                    eprintln!("broker port {port} was taken; starting on others");
+                }
+                Err(e) => panic!("broker did not start: {e}"),
             }
         };
-        let tls_port = tls_dir.as_ref().map(|_| {
-            let probe = std::net::TcpListener::bind("127.0.0.1:0").expect("free port");
-            probe.local_addr().unwrap().port()
-        });
-        let tls = tls_port.zip(tls_dir.clone());
-        let pid = Broker::launch(dir.path(), port, tls.as_ref(), cookie.as_deref());
         Broker {
             port,
             tls_port,
@@ -758,7 +809,12 @@ impl Broker {
         }
     }
 
-    fn launch(dir: &Path, port: u16, tls: Option<&(u16, PathBuf)>, cookie: Option<&str>) -> u32 {
+    fn launch(
+        dir: &Path,
+        port: u16,
+        tls: Option<&(u16, PathBuf)>,
+        cookie: Option<&str>,
+    ) -> Result<u32, String> {
         let mut args = vec![
             "start".to_string(),
             dir.display().to_string(),
@@ -772,15 +828,13 @@ impl Broker {
             script.env("MILLRACE_ERLANG_COOKIE", cookie);
         }
         let out = script.args(&args).output().expect("scripts/rabbitmq runs");
-        assert!(
-            out.status.success(),
-            "broker did not start: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout)
+        if !out.status.success() {
+            return Err(String::from_utf8_lossy(&out.stderr).into_owned());
+        }
+        Ok(String::from_utf8_lossy(&out.stdout)
             .trim()
             .parse()
-            .expect("the broker's pid")
+            .expect("the broker's pid"))
     }
 
     /// SIGKILL the node (a crash: nothing flushed beyond what it already made durable).
@@ -818,7 +872,8 @@ impl Broker {
             self.port,
             tls.as_ref(),
             self.cookie.as_deref(),
-        );
+        )
+        .unwrap_or_else(|e| panic!("broker did not restart: {e}"));
     }
 
     pub fn url(&self) -> String {
@@ -1015,15 +1070,10 @@ pub struct Mosquitto {
     _dir: tempfile::TempDir,
 }
 
-fn free_port() -> u16 {
-    let probe = std::net::TcpListener::bind("127.0.0.1:0").expect("free port");
-    probe.local_addr().unwrap().port()
-}
-
 impl Mosquitto {
     pub fn start() -> Mosquitto {
         let dir = tempfile::tempdir().expect("mosquitto dir");
-        let port = free_port();
+        let port = server_port();
         let pid = Mosquitto::launch(dir.path(), &[port.to_string()]);
         Mosquitto {
             port,
@@ -1037,7 +1087,7 @@ impl Mosquitto {
     /// clients need a certificate of that CA and must log in as `user` with `password`.
     pub fn start_tls(certs: &Path, user: &str, password: &str) -> Mosquitto {
         let dir = tempfile::tempdir().expect("mosquitto dir");
-        let (port, tls_port) = (free_port(), free_port());
+        let (port, tls_port) = (server_port(), server_port());
         let pid = Mosquitto::launch(
             dir.path(),
             &[
