@@ -11,7 +11,9 @@ use crate::amqp::publisher::AmqpPublisher;
 use crate::route::Routes;
 use futures_lite::StreamExt;
 use lapin::{Connection, ConnectionProperties};
+use std::future::Future;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::{Duration, SystemTime};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
@@ -109,12 +111,36 @@ async fn open(url: &str, tls: &AmqpTls, name: &str) -> Result<Connection, OpenEr
         .filter(|&n| n > 0)
         .unwrap_or(super::MAX_FRAME_BYTES);
     uri.query.frame_max = Some(frame_max.min(super::MAX_FRAME_BYTES));
-    let builder = lapin::DefaultConnectionBuilder::new()
-        .map_err(OpenError::Broker)?
-        .with_uri(uri)
-        .with_properties(ConnectionProperties::default().with_connection_name(name.into()))
-        .with_tls_config(config);
-    builder.connect().await.map_err(OpenError::Broker)
+    let runtime = lapin::runtime::default_runtime().map_err(OpenError::Broker)?;
+    // lapin (4.12) opens the socket on its I/O thread while this task registers the reply to the
+    // protocol header it then awaits. A refusal that came before the registration was never
+    // given to that reply: the attempt waited forever, and with it every later open to the node
+    // (`Attempts`). The I/O thread opens the socket only once the first poll has registered it.
+    let (registered, gate) = watch::channel(false);
+    let connecting = lapin::Connection::connector(
+        uri,
+        runtime,
+        async move |uri, runtime| {
+            // Set before the sender is dropped (`wait_for` reads the value first), unless the
+            // attempt ended before its first poll did.
+            let mut gate = gate.clone();
+            if gate.wait_for(|registered| *registered).await.is_err() {
+                return Err(std::io::Error::other("the connection attempt was dropped").into());
+            }
+            lapin::tcp::AMQPUriTcpExt::connect_with_config_async(&uri, config.as_ref(), &runtime)
+                .await
+                .map_err(lapin::Error::from)
+        },
+        ConnectionProperties::default().with_connection_name(name.into()),
+    );
+    let mut connecting = std::pin::pin!(connecting);
+    let first = std::future::poll_fn(|cx| Poll::Ready(connecting.as_mut().poll(cx))).await;
+    registered.send_replace(true);
+    match first {
+        Poll::Ready(opened) => opened,
+        Poll::Pending => connecting.await,
+    }
+    .map_err(OpenError::Broker)
 }
 
 /// Open a connection to `url`, node `at` of `attempts`, within [`OPEN_TIMEOUT`].
@@ -610,6 +636,29 @@ mod tests {
             "answered: the next open is a new attempt"
         );
     }
+
+    /// lapin 4.12 opens the TCP connection on its I/O thread while the caller registers the reply
+    /// it awaits; a refusal that came first left that reply unanswered and the attempt waiting
+    /// forever. Repeated refusals, each answered.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_refused_connection_is_reported_never_left_waiting() {
+        let port = {
+            let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            probe.local_addr().unwrap().port()
+        };
+        let url = format!("amqp://guest:guest@127.0.0.1:{port}/%2f");
+        let tls = AmqpTls::default();
+        for n in 1..=ATTEMPTS {
+            // A guard against the hang, not a timing assertion: a refusal is answered at once.
+            match tokio::time::timeout(OPEN_TIMEOUT, open(&url, &tls, "test")).await {
+                Ok(Err(OpenError::Broker(_))) => {}
+                Ok(Err(other)) => panic!("not the broker's refusal: {other}"),
+                Ok(Ok(_)) => panic!("nothing listens on {port}"),
+                Err(_) => panic!("attempt {n} of {ATTEMPTS} was left waiting"),
+            }
+        }
+    }
+    const ATTEMPTS: usize = 2000;
 
     #[test]
     fn passwords_never_reach_logs() {
