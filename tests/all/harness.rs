@@ -713,7 +713,7 @@ const FIRST_SERVER_PORT: u16 = 10000;
 /// `port + DIST_PORT_OFFSET` (a RabbitMQ node's second listener). Where the machine leaves room,
 /// ports come from below the kernel's ephemeral range, so an outgoing connection of another test
 /// cannot take one between this probe and the server's bind, and none is handed out twice in one
-/// test run.
+/// test run (of fewer starts than the range has ports: 2,768 with Linux's default range).
 pub fn server_port() -> u16 {
     use std::sync::OnceLock;
     use std::sync::atomic::{AtomicU32, Ordering};
@@ -782,18 +782,18 @@ impl Broker {
     }
 
     fn start_node(tls_dir: Option<PathBuf>, cookie: Option<String>) -> Broker {
-        let dir = tempfile::tempdir().expect("broker dir");
-        // A port can still be taken by another program between the probe and the node's
-        // bind; the node then reports `eaddrinuse` and is started on other ports.
-        let mut attempts = 0;
-        let (port, tls_port, pid) = loop {
-            attempts += 1;
+        // A port can still be taken by another program between the probe and the node's bind:
+        // the node then stops and is started again, afresh, on other ports (three starts at most).
+        let mut starts = 0;
+        let (dir, port, tls_port, pid) = loop {
+            starts += 1;
+            let dir = tempfile::tempdir().expect("broker dir");
             let port = server_port();
             let tls_port = tls_dir.as_ref().map(|_| server_port());
             let tls = tls_port.zip(tls_dir.clone());
             match Broker::launch(dir.path(), port, tls.as_ref(), cookie.as_deref()) {
-                Ok(pid) => break (port, tls_port, pid),
-                Err(e) if attempts < 3 && e.contains("eaddrinuse") => {
+                Ok(pid) => break (dir, port, tls_port, pid),
+                Err(e) if starts < 3 && e.contains("a port of the node was taken") => {
                     eprintln!("broker port {port} was taken; starting on others");
                 }
                 Err(e) => panic!("broker did not start: {e}"),

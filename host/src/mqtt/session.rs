@@ -552,11 +552,12 @@ pub async fn supervise(
             }
             Err(e) => {
                 let reason = format!("broker {}: {e}", link.url.redacted());
-                tracing::warn!(reason = %reason, retry_in_ms = pause.as_millis() as u64, "MQTT broker unavailable; reconnecting");
+                // The state first: once the warning is out, /readyz names the same reason.
                 let was = link.state.send_replace(Link::Down {
-                    reason,
+                    reason: reason.clone(),
                     since: SystemTime::now(),
                 });
+                tracing::warn!(reason = %reason, retry_in_ms = pause.as_millis() as u64, "MQTT broker unavailable; reconnecting");
                 let metrics = crate::telemetry::metrics();
                 match was {
                     Link::Up => &metrics.connection_lost,
