@@ -69,13 +69,7 @@ struct Node {
 impl Node {
     fn start() -> Node {
         let dir = tempfile::tempdir().expect("broker dir");
-        let port = loop {
-            let probe = std::net::TcpListener::bind("127.0.0.1:0").expect("free port");
-            let port = probe.local_addr().unwrap().port();
-            if port < 45000 && std::net::TcpListener::bind(("127.0.0.1", port + 20000)).is_ok() {
-                break port;
-            }
-        };
+        let port = common::ports::server_port();
         let out = Command::new(root().join("scripts/rabbitmq"))
             .args(["start", dir.path().to_str().unwrap(), &port.to_string()])
             .output()

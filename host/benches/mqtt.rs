@@ -38,11 +38,7 @@ struct Broker {
 impl Broker {
     fn start() -> Broker {
         let dir = tempfile::tempdir().expect("broker dir");
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = common::ports::server_port();
         let out = Command::new(root().join("scripts/mosquitto"))
             .args(["start", dir.path().to_str().unwrap(), &port.to_string()])
             .output()

@@ -28,6 +28,7 @@ mod mqtt;
 mod mqtt_faults;
 mod mqtt_flows;
 mod mqtt_tls;
+mod ports;
 mod replay;
 mod signing;
 mod sparkplug;

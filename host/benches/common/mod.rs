@@ -12,6 +12,10 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[allow(dead_code)] // only the benchmarks that drive a host over HTTP use it
 pub mod host;
 
+#[allow(dead_code)] // only the benchmarks that start a broker use it
+#[path = "../../../tests/all/ports.rs"]
+pub mod ports;
+
 pub fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
