@@ -746,7 +746,7 @@ impl Broker {
             match Broker::launch(dir.path(), port, tls.as_ref(), cookie.as_deref()) {
                 Ok(pid) => break (dir, port, tls_port, pid),
                 Err(e) if starts < 3 && e.contains("a port of the node was taken") => {
-                    eprintln!("broker port {port} was taken; starting on others");
+                    eprintln!("a port of broker {port} was taken; starting on others: {e}");
                 }
                 Err(e) => panic!("broker did not start: {e}"),
             }
