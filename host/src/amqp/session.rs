@@ -651,6 +651,7 @@ mod tests {
     /// beside three busy loops was left waiting; none of 6 such runs after it).
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_refused_connection_is_reported_never_left_waiting() {
+        const ATTEMPTS: usize = 2000;
         // Bound, never listening: every connection to it is refused, and no one else can take it.
         let held = tokio::net::TcpSocket::new_v4().unwrap();
         held.bind("127.0.0.1:0".parse().unwrap()).unwrap();
@@ -667,7 +668,6 @@ mod tests {
             }
         }
     }
-    const ATTEMPTS: usize = 2000;
 
     #[test]
     fn passwords_never_reach_logs() {
