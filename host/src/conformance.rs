@@ -94,10 +94,16 @@ impl Sandbox {
     }
 }
 
-/// Run every case of `dir` against `plugin`. With `bless`, write each case's `expected.json`
-/// from what the plugin gives instead of comparing.
-pub fn run(plugin: &Path, dir: &Path, bless: bool) -> Result<Vec<CaseResult>, String> {
-    let engine = PluginEngine::new(None).map_err(|e| format!("{e:#}"))?;
+/// Run every case of `dir` against `plugin`, compiled into or taken from `compile_cache` when one
+/// is given. With `bless`, write each case's `expected.json` from what the plugin gives instead
+/// of comparing.
+pub fn run(
+    plugin: &Path,
+    dir: &Path,
+    bless: bool,
+    compile_cache: Option<&Path>,
+) -> Result<Vec<CaseResult>, String> {
+    let engine = PluginEngine::new(compile_cache).map_err(|e| format!("{e:#}"))?;
     let artifact = Artifact::load(&engine, plugin).map_err(|e| e.to_string())?;
     run_artifact(&engine, &artifact, dir, bless, &Sandbox::local())
 }

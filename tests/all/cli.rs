@@ -108,6 +108,29 @@ fn plugin_test_runs_one_message_and_exits_one_on_reject() {
     let text = stdout(&bad);
     assert!(text.contains("rejected: line 1, field quantity"), "{text}");
     assert!(text.contains("position: 33"), "{text}");
+
+    // With a compile cache the first test compiles into it and the next of the same bytes takes
+    // the compiled code from it, with the same answer.
+    let cached = |input: &'static str| {
+        let mut a = args(input);
+        a.extend(["--compile-cache".to_string(), "cache".to_string()]);
+        run(a)
+    };
+    for (input, how) in [
+        ("good.txt", "compiled into"),
+        ("bad.txt", "taken from"),
+        ("good.txt", "taken from"),
+    ] {
+        let out = cached(input);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains(&format!("compile cache: {how} cache")),
+            "{input}: {err}"
+        );
+        let plain = run(args(input));
+        assert_eq!(out.status.code(), plain.status.code(), "{input}: {err}");
+        assert_eq!(stdout(&out), stdout(&plain), "{input}");
+    }
 }
 
 #[test]

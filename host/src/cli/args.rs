@@ -167,6 +167,12 @@ pub enum PluginCommand {
         /// `memory` trap), as a route's `memory_mib` does.
         #[arg(long, default_value_t = 64)]
         memory_mib: u32,
+        /// Keep the compiled plugin in DIR and take it from there when the same bytes are tested
+        /// again (the host's compile cache format): a repeated test then skips the compilation.
+        /// Only this user should be able to write DIR: its contents are loaded as native code.
+        /// Default: compile every time, keep nothing.
+        #[arg(long, value_name = "DIR")]
+        compile_cache: Option<PathBuf>,
     },
     /// Compile a component into a compile cache, limiting this process's address space and CPU
     /// time first; the host runs this for every candidate it did not get from its own
@@ -333,9 +339,10 @@ pub fn dispatch(cli: Cli) -> i32 {
                     file,
                     vectors: Some(vectors),
                     bless,
+                    compile_cache,
                     ..
                 },
-        } => super::vectors(&file, &vectors, bless),
+        } => super::vectors(&file, &vectors, bless, compile_cache.as_deref()),
         Command::Plugin {
             command:
                 PluginCommand::Test {
@@ -347,6 +354,7 @@ pub fn dispatch(cli: Cli) -> i32 {
                     lookup,
                     deadline_ms,
                     memory_mib,
+                    compile_cache,
                     ..
                 },
         } => super::test(super::TestRun {
@@ -358,6 +366,7 @@ pub fn dispatch(cli: Cli) -> i32 {
             lookups: lookup,
             deadline_ms,
             memory_mib,
+            compile_cache,
         }),
         Command::Plugin {
             command: PluginCommand::Test { .. },

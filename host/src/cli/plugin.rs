@@ -72,6 +72,8 @@ pub struct TestRun {
     pub lookups: Vec<String>,
     pub deadline_ms: u64,
     pub memory_mib: u32,
+    /// Where compiled plugins are kept between runs (`--compile-cache`); none: compile each time.
+    pub compile_cache: Option<PathBuf>,
 }
 
 /// `millrace plugin test`: one message through one plugin, every capability granted.
@@ -113,8 +115,16 @@ fn test_inner(run: TestRun) -> Result<i32, String> {
     let body = std::fs::read(&run.input)
         .map_err(|e| format!("cannot read input {}: {e}", run.input.display()))?;
 
-    let engine = PluginEngine::new(None).map_err(|e| format!("{e:#}"))?;
+    let engine = PluginEngine::new(run.compile_cache.as_deref()).map_err(|e| format!("{e:#}"))?;
     let artifact = Artifact::load(&engine, &run.file).map_err(|e| e.to_string())?;
+    if let (Some(dir), Some((hits, _))) = (&run.compile_cache, engine.cache_stats()) {
+        let how = if hits > 0 {
+            "taken from"
+        } else {
+            "compiled into"
+        };
+        eprintln!("compile cache: {how} {}", dir.display());
+    }
     let limits = StepLimits {
         deadline: Duration::from_millis(run.deadline_ms),
         memory_bytes: run.memory_mib as usize * 1024 * 1024,
@@ -200,8 +210,8 @@ fn test_inner(run: TestRun) -> Result<i32, String> {
 
 /// `millrace plugin test FILE.wasm --vectors DIR [--bless]`: every case, one line each, then
 /// `N passed, M failed`; exit 1 if any failed.
-pub fn vectors(file: &Path, dir: &Path, bless: bool) -> i32 {
-    let results = match conformance::run(file, dir, bless) {
+pub fn vectors(file: &Path, dir: &Path, bless: bool, compile_cache: Option<&Path>) -> i32 {
+    let results = match conformance::run(file, dir, bless, compile_cache) {
         Ok(results) => results,
         Err(e) => {
             eprintln!("error: {e}");
@@ -261,7 +271,7 @@ pub fn bundled(file: &Path, dir: &Path) -> Result<(usize, Vec<u8>), String> {
             dir.display()
         ));
     }
-    let results = conformance::run(file, dir, false)?;
+    let results = conformance::run(file, dir, false, None)?;
     let failed: Vec<&str> = results
         .iter()
         .filter(|c| c.failure.is_some())

@@ -102,7 +102,7 @@ fn steps(dir: &Path, admin: &str, plant: &str, stamp: u64) -> Result<(), String>
     let results = step(
         "vectors",
         started,
-        conformance::run(&built.path, &vectors, false),
+        conformance::run(&built.path, &vectors, false, None),
     )?;
     let failed: Vec<String> = results
         .iter()
