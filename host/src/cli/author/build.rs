@@ -277,11 +277,16 @@ fn rust(dir: &Path, manifest: &Manifest, version: &str, output: &Path) -> Result
         None => dir.join("target"),
     };
     let mut cargo = toolchain.cargo;
+    // The build picks its compiler and flags itself: a workspace wrapper meant for another
+    // toolchain (e.g. clippy-driver, what the test command builds with) cannot compile for it.
     cargo
         .current_dir(dir)
         .env_remove("RUSTFLAGS")
         .env_remove("CARGO_BUILD_RUSTFLAGS")
         .env_remove("CARGO_ENCODED_RUSTFLAGS")
+        .env_remove("RUSTC_WORKSPACE_WRAPPER")
+        .env_remove("CARGO_BUILD_RUSTC_WORKSPACE_WRAPPER")
+        .env_remove("CLIPPY_ARGS")
         .env("MILLRACE_PLUGIN_VERSION", version)
         .env("CARGO_TARGET_DIR", &target_dir)
         .args(["--release", "--target", TARGET, "--manifest-path"])
