@@ -117,7 +117,7 @@ fn plugin_test_runs_one_message_and_exits_one_on_reject() {
         run(a)
     };
     for (input, how) in [
-        ("good.txt", "compiled into"),
+        ("good.txt", "compiled, kept (if writable) in"),
         ("bad.txt", "taken from"),
         ("good.txt", "taken from"),
     ] {
@@ -130,7 +130,37 @@ fn plugin_test_runs_one_message_and_exits_one_on_reject() {
         let plain = run(args(input));
         assert_eq!(out.status.code(), plain.status.code(), "{input}: {err}");
         assert_eq!(stdout(&out), stdout(&plain), "{input}");
+        assert!(!String::from_utf8_lossy(&plain.stderr).contains("compile cache"));
     }
+    // The vectors form keeps the compiled plugin in its cache too.
+    let vectors = root().join("plugins/mes-fixed-width/vectors");
+    let out = ws.millrace(&[
+        "plugin",
+        "test",
+        mes.to_str().unwrap(),
+        "--vectors",
+        vectors.to_str().unwrap(),
+        "--compile-cache",
+        "vectors-cache",
+    ]);
+    assert!(out.status.success(), "{}", stdout(&out));
+    let kept = walk_files(&ws.dir.path().join("vectors-cache"));
+    assert!(kept > 0, "nothing kept in the vectors' compile cache");
+}
+
+/// Files under `dir`, at any depth.
+fn walk_files(dir: &std::path::Path) -> usize {
+    std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .flatten()
+                .map(|e| {
+                    let path = e.path();
+                    if path.is_dir() { walk_files(&path) } else { 1 }
+                })
+                .sum()
+        })
+        .unwrap_or(0)
 }
 
 #[test]

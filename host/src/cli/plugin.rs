@@ -121,7 +121,7 @@ fn test_inner(run: TestRun) -> Result<i32, String> {
         let how = if hits > 0 {
             "taken from"
         } else {
-            "compiled into"
+            "compiled, kept (if writable) in"
         };
         eprintln!("compile cache: {how} {}", dir.display());
     }
