@@ -187,7 +187,8 @@ pub fn describe_within(
     let mut warm = instantiate(&pre, &context, limits, wasi, "describe").map_err(trapped)?;
     let info = {
         let _running = engine::guest_running();
-        warm.plugin.call_describe(&mut warm.store)
+        let info = warm.plugin.call_describe(&mut warm.store);
+        within_deadline(&warm.store, info)
     };
     warm.store.data_mut().flush_guest_output();
     let info = info.map_err(trapped)?;
@@ -249,6 +250,16 @@ fn set_deadline(store: &mut Store<Invocation>, deadline: Duration) {
     }
 }
 
+/// `called`, the outcome of a call into `store` (instantiation included), unless a clock wait of
+/// that call was woken by its deadline: then the interrupt the guest's next epoch check would
+/// have met, whenever the ticker ticks.
+fn within_deadline<T>(
+    store: &Store<Invocation>,
+    called: wasmtime::Result<T>,
+) -> wasmtime::Result<T> {
+    capability::wasi::past_deadline(store.data().wasi.as_ref(), called)
+}
+
 fn instantiate(
     pre: &bindings::PluginPre<Invocation>,
     context: &Arc<StepContext>,
@@ -304,6 +315,7 @@ fn instantiate_once(
         let _running = engine::guest_running();
         pre.instantiate(&mut store)
     };
+    let instantiated = within_deadline(&store, instantiated);
     let plugin = match instantiated {
         Ok(plugin) => plugin,
         Err(e) => {
@@ -581,7 +593,8 @@ impl StepRuntime {
             .map_err(|e| trapped(format!("{e:#}")))?;
         let info = {
             let _running = engine::guest_running();
-            probe.plugin.call_describe(&mut probe.store)
+            let info = probe.plugin.call_describe(&mut probe.store);
+            within_deadline(&probe.store, info)
         };
         probe.store.data_mut().flush_guest_output();
         let info = info.map_err(|e| trapped(format!("describe: {e:#}")))?;
@@ -592,7 +605,8 @@ impl StepRuntime {
         context.plugin = format!("{}@{}", info.name, info.version);
         let checked = {
             let _running = engine::guest_running();
-            probe.plugin.call_check_settings(&mut probe.store)
+            let checked = probe.plugin.call_check_settings(&mut probe.store);
+            within_deadline(&probe.store, checked)
         };
         probe.store.data_mut().flush_guest_output();
         checked
@@ -747,6 +761,7 @@ impl StepRuntime {
             let _running = engine::guest_running();
             warm.plugin.call_mediate(&mut warm.store, input)
         };
+        let called = within_deadline(&warm.store, called);
         warm.store.data_mut().flush_guest_output();
         facts.memory_bytes = warm.store.data().limiter.memory_bytes() as u64;
         let result = match called {

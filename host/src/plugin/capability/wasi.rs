@@ -26,7 +26,9 @@ use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 const MONOTONIC_CLOCK: &str = "wasi:clocks/monotonic-clock@0.2.12";
 
 /// How long past the call's deadline a clock subscription may still wake: a tick of the epoch
-/// ticker and some, so the guest's next epoch check finds the deadline past.
+/// ticker and some, so the guest's next epoch check usually finds the deadline past. A call
+/// whose wait was woken this way fails at the deadline even if the ticker has not ticked yet
+/// ([`Wasi::woken_by_deadline`]).
 const WAKE_AFTER_DEADLINE: std::time::Duration = std::time::Duration::from_millis(2);
 
 /// Bytes kept per stream and call; beyond this, output is dropped and the log says so.
@@ -122,13 +124,28 @@ pub fn add_to_linker(linker: &mut Linker<Invocation>) -> wasmtime::Result<()> {
 }
 
 /// The deadline of the call running now (none before the first call: a subscription is then
-/// ready at once).
+/// ready at once), and whether a clock wait of that call was woken by it.
 #[derive(Clone, Default)]
-struct Until(Arc<Mutex<Option<tokio::time::Instant>>>);
+struct Until(Arc<Mutex<CallClock>>);
+
+#[derive(Default)]
+struct CallClock {
+    until: Option<tokio::time::Instant>,
+    woken: bool,
+}
 
 impl Until {
     fn get(&self) -> Option<tokio::time::Instant> {
-        *self.0.lock().expect("deadline lock")
+        self.0.lock().expect("deadline lock").until
+    }
+
+    /// A wait of the call that set `until` ended there.
+    fn woken_at(&self, until: tokio::time::Instant) {
+        let mut clock = self.0.lock().expect("deadline lock");
+        // A later call may have set its own deadline meanwhile; this wake is not its.
+        if clock.until == Some(until) {
+            clock.woken = true;
+        }
     }
 }
 
@@ -142,19 +159,35 @@ struct Sleep {
 #[wasmtime_wasi::async_trait]
 impl Pollable for Sleep {
     async fn ready(&mut self) {
-        let wake = match self.until.get() {
-            Some(until) => self.wake.min(until),
-            None => return,
+        let Some(until) = self.until.get() else {
+            return;
         };
-        tokio::time::sleep_until(wake).await;
+        if self.wake < until {
+            tokio::time::sleep_until(self.wake).await;
+        } else {
+            tokio::time::sleep_until(until).await;
+            self.until.woken_at(until);
+        }
+    }
+}
+
+/// `called`, the outcome of a call into an instance with `wasi` state, unless a clock wait of
+/// that call was woken by its deadline: then the interrupt the guest's next epoch check would
+/// have met, whenever the ticker ticks.
+pub fn past_deadline<T>(wasi: Option<&Wasi>, called: wasmtime::Result<T>) -> wasmtime::Result<T> {
+    match called {
+        Ok(_) if wasi.is_some_and(Wasi::woken_by_deadline) => Err(wasmtime::Trap::Interrupt.into()),
+        called => called,
     }
 }
 
 impl Wasi {
     /// The call about to run ends at `deadline` from now.
     pub fn call_until(&mut self, deadline: std::time::Duration) {
-        *self.until.0.lock().expect("deadline lock") =
-            tokio::time::Instant::now().checked_add(deadline + WAKE_AFTER_DEADLINE);
+        *self.until.0.lock().expect("deadline lock") = CallClock {
+            until: tokio::time::Instant::now().checked_add(deadline + WAKE_AFTER_DEADLINE),
+            woken: false,
+        };
     }
 
     /// A pollable ready after `wait`, or at the deadline of the call waiting on it if that
@@ -170,6 +203,13 @@ impl Wasi {
             until: self.until.clone(),
         })?;
         wasmtime_wasi::p2::subscribe(&mut self.table, sleep)
+    }
+
+    /// Whether a clock wait of the current call was woken by its deadline: the call is past
+    /// its deadline, whether or not the guest's next epoch check has found that yet (the
+    /// ticker may run late on a loaded machine).
+    fn woken_by_deadline(&self) -> bool {
+        self.until.0.lock().expect("deadline lock").woken
     }
 
     /// Write what the guest printed since the last call to the log; the last stderr line, if
@@ -303,5 +343,70 @@ impl tokio::io::AsyncWrite for Captured {
 
     fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         Poll::Ready(Ok(()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    /// What a guest's wait on `wait` makes of a call with `deadline`: whether the call then
+    /// counts as past its deadline, with the guest having answered.
+    async fn answered_after_waiting(wasi: &mut Wasi, deadline: Duration, wait: Duration) -> bool {
+        wasi.call_until(deadline);
+        let mut sleep = Sleep {
+            wake: tokio::time::Instant::now() + wait,
+            until: wasi.until.clone(),
+        };
+        sleep.ready().await;
+        past_deadline(Some(wasi), Ok("answer")).is_err()
+    }
+
+    #[tokio::test]
+    async fn a_call_whose_clock_wait_the_deadline_woke_is_past_it_whatever_the_ticker_did() {
+        let mut wasi = Wasi::default();
+        // No epoch ticker runs here: only the wake decides.
+        assert!(
+            answered_after_waiting(
+                &mut wasi,
+                Duration::from_millis(5),
+                Duration::from_secs(3600)
+            )
+            .await
+        );
+        let interrupt = past_deadline(Some(&wasi), Ok(())).unwrap_err();
+        assert_eq!(
+            interrupt.downcast_ref::<wasmtime::Trap>(),
+            Some(&wasmtime::Trap::Interrupt)
+        );
+        // The next call starts afresh; a wait that ends before its deadline leaves it alone.
+        assert!(
+            !answered_after_waiting(&mut wasi, Duration::from_secs(60), Duration::from_millis(1))
+                .await
+        );
+        // A failed call keeps its own error; an instance without WASI is never past this way.
+        wasi.call_until(Duration::ZERO);
+        wasi.until.woken_at(wasi.until.get().unwrap());
+        let trap = past_deadline::<()>(
+            Some(&wasi),
+            Err(wasmtime::Trap::UnreachableCodeReached.into()),
+        );
+        assert_eq!(
+            trap.unwrap_err().downcast_ref::<wasmtime::Trap>(),
+            Some(&wasmtime::Trap::UnreachableCodeReached)
+        );
+        assert!(past_deadline(None, Ok(())).is_ok());
+    }
+
+    #[tokio::test]
+    async fn a_wait_of_an_earlier_call_ending_at_its_deadline_does_not_mark_the_next_call() {
+        let mut wasi = Wasi::default();
+        wasi.call_until(Duration::from_millis(1));
+        let earlier = wasi.until.get().unwrap();
+        wasi.call_until(Duration::from_secs(60));
+        // The earlier call's wait ends at the earlier deadline, after the next call began.
+        wasi.until.woken_at(earlier);
+        assert!(past_deadline(Some(&wasi), Ok(())).is_ok());
     }
 }
