@@ -21,7 +21,18 @@ use lapin::{BasicProperties, Connection, ConnectionProperties, ExchangeKind};
 use std::collections::HashSet;
 use std::time::Duration;
 
-pub const MESSAGES: usize = 100_000;
+/// The inputs of a stream killed mid-way (here and in cluster.rs): 100,000, or
+/// `MILLRACE_STREAM_MESSAGES` (at least 3,000), which the test command sets lower to bound CI's
+/// time (README.md).
+pub fn stream_messages() -> usize {
+    match std::env::var("MILLRACE_STREAM_MESSAGES") {
+        Err(_) => 100_000,
+        Ok(n) => match n.parse::<usize>() {
+            Ok(n) if n >= 3_000 => n,
+            _ => panic!("MILLRACE_STREAM_MESSAGES={n:?}: a number of inputs, at least 3,000"),
+        },
+    }
+}
 const PREFETCH: usize = 256;
 
 fn runtime() -> tokio::runtime::Runtime {
@@ -361,19 +372,20 @@ pub fn assert_each_input_once(
 
 #[test]
 fn broker_killed_mid_stream_loses_nothing_and_repeats_only_deliveries_in_hand() {
+    let messages = stream_messages();
     let mut broker = Broker::start();
     let ws = workspace(&broker);
-    publish_inputs(&broker.url(), MESSAGES, &FieldTable::default());
+    publish_inputs(&broker.url(), messages, &FieldTable::default());
     let host = ws.start();
     host.wait_ready();
-    wait_for_outputs(&broker.url(), (MESSAGES / 3) as u32);
+    wait_for_outputs(&broker.url(), (messages / 3) as u32);
     broker.kill9();
     broker.restart();
     host.wait_ready();
     // Only deliveries in hand at the crash can be published again: at most the prefetch.
     assert_each_input_once(
         &broker.url(),
-        MESSAGES,
+        messages,
         vec![host],
         Vec::new(),
         "broker kill -9",
@@ -383,18 +395,19 @@ fn broker_killed_mid_stream_loses_nothing_and_repeats_only_deliveries_in_hand() 
 
 #[test]
 fn host_killed_mid_stream_loses_nothing_and_repeats_only_deliveries_in_hand() {
+    let messages = stream_messages();
     let broker = Broker::start();
     let ws = workspace(&broker);
-    publish_inputs(&broker.url(), MESSAGES, &FieldTable::default());
+    publish_inputs(&broker.url(), messages, &FieldTable::default());
     let host = ws.start();
     host.wait_ready();
-    wait_for_outputs(&broker.url(), (MESSAGES / 3) as u32);
+    wait_for_outputs(&broker.url(), (messages / 3) as u32);
     let killed = host.kill9();
     let host = ws.start();
     host.wait_ready();
     assert_each_input_once(
         &broker.url(),
-        MESSAGES,
+        messages,
         vec![host],
         vec![killed],
         "host kill -9",

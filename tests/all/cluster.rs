@@ -1,14 +1,16 @@
 //! A fleet on a RabbitMQ cluster: three nodes of Debian's RabbitMQ joined on loopback, three
 //! hosts competing on one route whose queues are quorum queues (the default), each host listing
-//! the three nodes from a different first one. During a 100,000-message stream the node that
-//! leads the route's queues is killed with SIGKILL and restarted (a leader election, the hosts on
-//! it failing over to the other nodes), then one host is killed with SIGKILL and restarted.
+//! the three nodes from a different first one. During a 100,000-message stream (fewer in CI:
+//! `amqp_faults::stream_messages`) the node that leads the route's queues is killed with
+//! SIGKILL and restarted (a leader election, the hosts on it failing over to the other nodes),
+//! then one host is killed with SIGKILL and restarted.
 //! Afterwards every input has its output under the id derived from its own, copies are counted
 //! and bounded by what the hosts held unacknowledged at the two crashes, and with the hosts
 //! stopped the source, delay and dead-letter queues are empty.
 
 use crate::amqp_faults::{
-    MESSAGES, assert_each_input_once, mes_stream_workspace, publish_inputs, ready, wait_for_outputs,
+    assert_each_input_once, mes_stream_workspace, publish_inputs, ready, stream_messages,
+    wait_for_outputs,
 };
 use crate::harness::*;
 use lapin::types::{AMQPValue, FieldTable};
@@ -33,7 +35,7 @@ fn three_hosts_on_a_three_node_cluster_lose_the_leader_node_and_a_host_mid_strea
         .ok()
         .and_then(|n| n.parse().ok())
         .unwrap_or(0);
-    let inputs = MESSAGES + 100_000 * more;
+    let inputs = stream_messages() + 100_000 * more;
     let mut cluster = Cluster::start(3);
     // The route's queue and `out` are declared through node 2, so their leaders are there.
     let mut quorum = FieldTable::default();
