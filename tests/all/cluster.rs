@@ -95,6 +95,14 @@ fn three_hosts_on_a_three_node_cluster_lose_the_leader_node_and_a_host_mid_strea
         cluster.nodes[leader].restart();
     }
     wait_for_outputs(&observer, (2 * inputs / 3) as u32);
+    // The host's crash must come mid-stream: a short stream (MILLRACE_STREAM_MESSAGES) may have
+    // ended while the node restarted.
+    let at_kill = ready(&observer, "out");
+    println!("cluster: host h1 killed at {at_kill} outputs of {inputs}");
+    assert!(
+        (at_kill as usize) < inputs,
+        "the stream ended before the host was killed: make it longer (MILLRACE_STREAM_MESSAGES)"
+    );
     let killed = hosts.remove(1).kill9();
     hosts.insert(1, start(&spaces[1]));
     for host in &hosts {

@@ -9,7 +9,9 @@
 //! A clock subscription (`wasi:clocks/monotonic-clock` `subscribe-duration` and
 //! `subscribe-instant`) wakes no later than the current call's deadline: a guest blocked in
 //! `pollable.block` runs no guest code, so the epoch deadline alone would not stop it. Woken at
-//! the deadline, the guest's next instruction finds the deadline past and traps.
+//! the deadline, the guest's next epoch check finds the deadline past and traps; should the
+//! guest answer first (the epoch ticker late on a loaded machine), the answer is taken as that
+//! interrupt ([`past_deadline`]).
 
 use crate::plugin::store::{Invocation, StepContext};
 use bytes::Bytes;
