@@ -21,7 +21,7 @@ use lapin::{BasicProperties, Connection, ConnectionProperties, ExchangeKind};
 use std::collections::HashSet;
 use std::time::Duration;
 
-/// The inputs of a stream killed mid-way (here and in cluster.rs): 100,000, or
+/// The inputs of the streams whose broker or host is killed mid-way here: 100,000, or
 /// `MILLRACE_STREAM_MESSAGES` (at least 3,000), which the test command sets lower to bound CI's
 /// time (README.md).
 pub fn stream_messages() -> usize {
