@@ -24,7 +24,7 @@ use std::time::Duration;
 /// The inputs of the streams whose broker or host is killed mid-way here: 100,000, or
 /// `MILLRACE_STREAM_MESSAGES` (at least 3,000), which the test command sets lower to bound CI's
 /// time (README.md).
-pub fn stream_messages() -> usize {
+fn stream_messages() -> usize {
     match std::env::var("MILLRACE_STREAM_MESSAGES") {
         Err(_) => 100_000,
         Ok(n) => match n.parse::<usize>() {
