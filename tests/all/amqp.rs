@@ -115,7 +115,7 @@ fn workspace(broker: &Broker) -> Workspace {
 
 #[test]
 fn broker_route_publishes_confirmed_outputs_and_dead_letters_poison_with_headers() {
-    let broker = Broker::start();
+    let broker = Broker::shared();
     let ws = workspace(&broker);
     let host = ws.start();
     host.wait_ready();
@@ -189,7 +189,7 @@ fn broker_route_publishes_confirmed_outputs_and_dead_letters_poison_with_headers
 /// says where it came from in its own attributes.
 #[test]
 fn with_output_headers_off_an_output_has_no_header_table_and_a_dead_letter_keeps_its_headers() {
-    let broker = Broker::start();
+    let broker = Broker::shared();
     let ws = workspace(&broker);
     host_setting(&ws, "amqp_output_headers = false");
     host_setting(&ws, "amqp_event_provenance = true");
@@ -224,7 +224,7 @@ fn with_output_headers_off_an_output_has_no_header_table_and_a_dead_letter_keeps
 
 #[test]
 fn a_delivery_over_the_routes_max_body_is_dead_lettered_unmediated_and_the_next_is_served() {
-    let broker = Broker::start();
+    let broker = Broker::shared();
     let ws = workspace(&broker);
     edit_config(&ws, "sink = \"amqp\"", "max_body_kib = 1\nsink = \"amqp\"");
     let host = ws.start();
@@ -332,7 +332,7 @@ fn a_node_that_takes_the_connection_and_never_answers_holds_neither_the_stop_nor
     );
 
     // The silent node first, then a real one: given up for the real one, which serves.
-    let broker = Broker::start();
+    let broker = Broker::shared();
     let ws = crate::amqp_faults::mes_stream_workspace(
         &format!("amqp = [{silent_url:?}, {:?}]", broker.url()),
         16,
@@ -382,7 +382,7 @@ fn a_host_whose_broker_stops_answering_still_stops() {
 
 #[test]
 fn a_redelivered_message_that_was_settled_gives_no_second_output() {
-    let broker = Broker::start();
+    let broker = Broker::shared();
     let ws = workspace(&broker);
     host_setting(&ws, "admin = \"127.0.0.1:0\"");
     let config = std::fs::read_to_string(ws.config()).unwrap();
@@ -465,7 +465,7 @@ print(json.dumps({{'ids': ids}}))
 #[test]
 fn transient_failures_are_retried_through_the_delay_queues_then_dead_lettered_when_attempts_run_out()
  {
-    let broker = Broker::start();
+    let broker = Broker::shared();
     let webhook = WebhookReceiver::start();
     let mes = plugin("mes-fixed-width");
     let route = route_toml("mes", &mes, r#"["log", "config", "lookup"]"#, "")
@@ -574,7 +574,7 @@ print('{{}}')
 
 #[test]
 fn dead_letters_are_replayed_from_the_broker_after_the_chain_is_fixed() {
-    let broker = Broker::start();
+    let broker = Broker::shared();
     // WC02 is not in the table yet: its message is rejected.
     let ws = workspace(&broker);
     let host = ws.start();
@@ -646,7 +646,7 @@ print(json.dumps({{'ids': ids, 'centres': keys}}))
 #[test]
 fn a_wasi_step_waiting_on_the_clock_runs_in_a_dry_run_of_dead_letters_and_in_plugin_test() {
     use crate::hostile::{WatPlugin, clock_wait};
-    let broker = Broker::start();
+    let broker = Broker::shared();
     let dir = tempfile::tempdir().unwrap();
     let config = |plugin: &std::path::Path| {
         let route = route_toml("wat", plugin, r#"["wasi"]"#, "")
@@ -729,7 +729,7 @@ pika.data.encode_value = _raw
 
 #[test]
 fn headers_nested_as_deep_as_a_frame_allows_neither_crash_the_host_nor_stall_its_route() {
-    let broker = Broker::start();
+    let broker = Broker::shared();
     let ws = workspace(&broker);
     let host = ws.start();
     host.wait_ready();
@@ -859,7 +859,7 @@ print(json.dumps({{'ids': ids}}))
 
 #[test]
 fn with_declaring_off_a_missing_queue_keeps_the_host_not_ready_until_it_is_provisioned() {
-    let broker = Broker::start();
+    let broker = Broker::shared();
     let ws = workspace(&broker);
     host_setting(&ws, "amqp_declare = false");
     let host = ws.start();
@@ -904,7 +904,7 @@ print(json.dumps({{'ids': ids, 'declared_by_host': names}}))
 
 #[test]
 fn an_output_no_queue_takes_is_retried_then_dead_lettered_not_dropped() {
-    let broker = Broker::start();
+    let broker = Broker::shared();
     // The route publishes to an exchange nobody bound a queue to.
     let ws = workspace_with(
         &broker,
@@ -958,7 +958,7 @@ print(json.dumps({{'dead': dead}}))
 #[test]
 fn routed_and_unroutable_outputs_published_side_by_side_are_each_judged_by_their_own_fate() {
     const EACH: usize = 1000;
-    let broker = Broker::start();
+    let broker = Broker::shared();
     // `out` takes the events of work order WO-1 only; WO-2's have no queue.
     let ws = workspace_with(
         &broker,
@@ -1058,7 +1058,7 @@ fn queue_route_workspace(broker: &Broker, route: &str, host: &str, amqp: &str) -
 /// output fails its own message; the connection stays up and the rest are delivered.
 #[test]
 fn outputs_with_names_past_amqps_short_strings_fail_their_message_not_the_connection() {
-    let broker = Broker::start();
+    let broker = Broker::shared();
     let hostile = guest("guest-hostile");
     // `act` takes from a queue; `web` takes HTTP requests and publishes through the outbox.
     let route = route_toml("act", &hostile, r#"["log", "state"]"#, "")
@@ -1199,7 +1199,7 @@ print(json.dumps(ids))
 
 #[test]
 fn a_delivery_given_back_past_the_delivery_limit_is_dead_lettered_by_the_broker() {
-    let broker = Broker::start();
+    let broker = Broker::shared();
     // The host declares the route's quorum queue with its delivery limit, then stops.
     let ws = act_workspace(&broker, "amqp_delivery_limit = 3", "");
     let host = ws.start();
@@ -1234,7 +1234,7 @@ print(json.dumps({{'given_back': given_back, 'dead': dead}}))
 #[test]
 fn sigterm_finishes_the_deliveries_in_hand_and_leaves_the_rest_in_the_queue() {
     const MESSAGES: usize = 12;
-    let broker = Broker::start();
+    let broker = Broker::shared();
     // Two mediation threads, up to four deliveries in hand: at the signal two are being
     // mediated, up to two wait for a thread, the rest wait at the broker.
     let ws = act_workspace(&broker, "max_in_flight = 2", ", prefetch = 4");
@@ -1316,7 +1316,7 @@ fn sigterm_finishes_the_deliveries_in_hand_and_leaves_the_rest_in_the_queue() {
 /// in order allow: only the unfinished one comes again, and the finished one behind it.
 #[test]
 fn a_stop_that_runs_out_of_time_acknowledges_the_runs_finished_while_it_waited() {
-    let broker = Broker::start();
+    let broker = Broker::shared();
     // Three mediation slots and three deliveries in hand, tagged in the order published (one
     // publishing channel, one queue): `w-0` and `w-2` run a few seconds, past the signal;
     // `w-1` works until its deadline (120 s), past the stop's bound.
@@ -1376,7 +1376,7 @@ fn a_stop_that_runs_out_of_time_acknowledges_the_runs_finished_while_it_waited()
 
 #[test]
 fn a_plugin_asking_to_retry_later_is_parked_and_retried_until_its_attempts_run_out() {
-    let broker = Broker::start();
+    let broker = Broker::shared();
     let ws = act_workspace(&broker, "", ", max_attempts = 3, retry_delay_ms = 100");
     let host = ws.start();
     host.wait_ready();
@@ -1421,7 +1421,7 @@ print(json.dumps({{'dead': dead}}))
 /// would reconnect). The same session keeps serving the next delivery.
 #[test]
 fn a_delivery_given_back_alone_is_not_named_by_the_next_acknowledgement() {
-    let broker = Broker::start();
+    let broker = Broker::shared();
     let ws = act_workspace(&broker, "", ", max_attempts = 2, retry_delay_ms = 100");
     let mut host = ws.start();
     host.wait_ready();
@@ -1474,7 +1474,7 @@ print('{{}}')
 /// way), the new session declares the queue again, and the retries go on to the dead letter.
 #[test]
 fn a_delay_queue_deleted_under_the_host_is_declared_again_by_a_new_session() {
-    let broker = Broker::start();
+    let broker = Broker::shared();
     let ws = act_workspace(&broker, "", ", max_attempts = 3, retry_delay_ms = 100");
     let mut host = ws.start();
     host.wait_ready();

@@ -95,7 +95,7 @@ fn disorder(ids: &[String]) -> (Vec<String>, usize) {
 
 #[test]
 fn a_route_ordered_by_lot_keeps_each_lots_order_across_a_host_killed_mid_stream() {
-    let broker = Broker::start();
+    let broker = Broker::shared();
     // Control: the same stream without order_by is mediated side by side, out of order.
     let ws = workspace(&broker, "solo", "");
     let host = ws.start();
@@ -206,7 +206,7 @@ print(json.dumps(ids))",
 /// L0-0 to the broker at once instead of waiting out its retry.
 #[test]
 fn a_lot_held_for_its_retry_does_not_hold_the_other_lots() {
-    let broker = Broker::start();
+    let broker = Broker::shared();
     let route = slow_act_route("act")
         .replace("source = \"http\"", "source = \"amqp\"")
         .replace(

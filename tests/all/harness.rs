@@ -705,7 +705,9 @@ impl WebhookReceiver {
     }
 }
 
-/// A real RabbitMQ node on loopback for one test (`scripts/rabbitmq`), stopped when dropped.
+/// A real RabbitMQ node on loopback (`scripts/rabbitmq`): a node of a test's own, stopped when
+/// dropped ([`Broker::start`]), or a virtual host of a test's own on the node the tests of this
+/// process share ([`Broker::shared`]).
 pub struct Broker {
     pub port: u16,
     /// AMQP over TLS ([`Broker::start_tls`]).
@@ -714,12 +716,106 @@ pub struct Broker {
     /// The Erlang cookie of a node meant for a cluster ([`Cluster`]).
     cookie: Option<String>,
     pid: u32,
-    _dir: tempfile::TempDir,
+    /// The node's data and logs.
+    dir: PathBuf,
+    held: Held,
+}
+
+/// What a [`Broker`] handle holds.
+enum Held {
+    /// A node of its own: its directory, removed when the handle is dropped.
+    Node(tempfile::TempDir),
+    /// A virtual host of the shared node, deleted when the handle is dropped.
+    Vhost(String),
+}
+
+/// The node [`Broker::shared`] hands out virtual hosts of: `test-0` … `test-{SHARED_VHOSTS - 1}`,
+/// made when it starts (one `rabbitmqctl` run, ~0.7 s of CPU, instead of one per test).
+struct SharedNode {
+    port: u16,
+    pid: u32,
+    dir: PathBuf,
+    next: std::sync::atomic::AtomicUsize,
+}
+
+/// More than the tests that share the node.
+const SHARED_VHOSTS: usize = 64;
+
+impl SharedNode {
+    fn start() -> SharedNode {
+        let (dir, port, _, pid) = Broker::launch_afresh(None, None);
+        let dir = dir.keep();
+        rabbitmqctl(
+            &dir,
+            port,
+            &[
+                "eval",
+                &format!(
+                    "[begin V = list_to_binary(\"test-\" ++ integer_to_list(N)), \
+                 rabbit_vhost:add(V, <<\"millrace-tests\">>), \
+                 ok = rabbit_auth_backend_internal:set_permissions(<<\"guest\">>, V, \
+                 <<\".*\">>, <<\".*\">>, <<\".*\">>, <<\"millrace-tests\">>) \
+                 end || N <- lists:seq(0, {})].",
+                    SHARED_VHOSTS - 1
+                ),
+            ],
+        );
+        // Stopped, and its directory removed, once this test process has exited (however it
+        // ends: no destructor runs for a static), by a watcher of its own session that the shell
+        // starting it leaves behind.
+        let watcher = format!(
+            "while kill -0 {test} 2>/dev/null; do sleep 1; done; kill -TERM {pid}; \
+             while kill -0 {pid} 2>/dev/null; do sleep 1; done; rm -rf '{dir}'",
+            test = std::process::id(),
+            dir = dir.display()
+        );
+        let started = Command::new("bash")
+            .args([
+                "-c",
+                "setsid bash -c \"$1\" </dev/null >/dev/null 2>&1 &",
+                "bash",
+            ])
+            .arg(watcher)
+            .status()
+            .expect("bash runs");
+        assert!(started.success(), "the shared node's watcher did not start");
+        SharedNode {
+            port,
+            pid,
+            dir,
+            next: std::sync::atomic::AtomicUsize::new(0),
+        }
+    }
 }
 
 impl Broker {
     pub fn start() -> Broker {
         Broker::start_with(None)
+    }
+
+    /// A virtual host of this test's own on one node the tests of this process share: starting
+    /// a node costs ~6 s of CPU. For a test that neither stops, kills, freezes nor reconfigures
+    /// its node, nor loads it more than a few thousand messages (those start their own): what a
+    /// test declares and consumes lives in its virtual host (`url` and `client` connect to it,
+    /// `ctl` adds `-p VHOST`), so it sees only its own queues, exchanges and connections. The node
+    /// stops once the process has exited.
+    pub fn shared() -> Broker {
+        static NODE: std::sync::OnceLock<SharedNode> = std::sync::OnceLock::new();
+        let node = NODE.get_or_init(SharedNode::start);
+        let n = node.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        assert!(
+            n < SHARED_VHOSTS,
+            "more tests share the broker node than SHARED_VHOSTS"
+        );
+        Broker {
+            port: node.port,
+            tls_port: None,
+            tls_dir: None,
+            cookie: None,
+            pid: node.pid,
+            dir: node.dir.clone(),
+            held: Held::Vhost(format!("test-{n}")),
+        }
     }
 
     /// A node that also takes AMQP over TLS, with `certs`/{ca.pem,broker.pem,broker.key}: clients
@@ -734,31 +830,59 @@ impl Broker {
     }
 
     fn start_node(tls_dir: Option<PathBuf>, cookie: Option<String>) -> Broker {
-        // A port can still be taken by another program between the probe and the node's bind:
-        // the node then stops and is started again, afresh, on other ports (three starts at most).
-        let mut starts = 0;
-        let (dir, port, tls_port, pid) = loop {
-            starts += 1;
-            let dir = tempfile::tempdir().expect("broker dir");
-            let port = server_port();
-            let tls_port = tls_dir.as_ref().map(|_| server_port());
-            let tls = tls_port.zip(tls_dir.clone());
-            match Broker::launch(dir.path(), port, tls.as_ref(), cookie.as_deref()) {
-                Ok(pid) => break (dir, port, tls_port, pid),
-                Err(e) if starts < 3 && e.contains("a port of the node was taken") => {
-                    eprintln!("a port of broker {port} was taken; starting on others: {e}");
-                }
-                Err(e) => panic!("broker did not start: {e}"),
-            }
-        };
+        let (dir, port, tls_port, pid) =
+            Broker::launch_afresh(tls_dir.as_deref(), cookie.as_deref());
         Broker {
             port,
             tls_port,
             tls_dir,
             cookie,
             pid,
-            _dir: dir,
+            dir: dir.path().to_path_buf(),
+            held: Held::Node(dir),
         }
+    }
+
+    /// A node started on fresh ports with a fresh directory: the directory, AMQP port, TLS
+    /// port and the node's pid.
+    fn launch_afresh(
+        tls_dir: Option<&Path>,
+        cookie: Option<&str>,
+    ) -> (tempfile::TempDir, u16, Option<u16>, u32) {
+        // A port can still be taken by another program between the probe and the node's bind:
+        // the node then stops and is started again, afresh, on other ports (three starts at most).
+        let mut starts = 0;
+        loop {
+            starts += 1;
+            let dir = tempfile::tempdir().expect("broker dir");
+            let port = server_port();
+            let tls_port = tls_dir.map(|_| server_port());
+            let tls = tls_port.zip(tls_dir.map(Path::to_path_buf));
+            match Broker::launch(dir.path(), port, tls.as_ref(), cookie) {
+                Ok(pid) => return (dir, port, tls_port, pid),
+                Err(e) if starts < 3 && e.contains("a port of the node was taken") => {
+                    eprintln!("a port of broker {port} was taken; starting on others: {e}");
+                }
+                Err(e) => panic!("broker did not start: {e}"),
+            }
+        }
+    }
+
+    /// The virtual host the handle stands for: `/` for a node of its own.
+    pub fn vhost(&self) -> &str {
+        match &self.held {
+            Held::Node(_) => "/",
+            Held::Vhost(name) => name,
+        }
+    }
+
+    /// A node of the handle's own, for what stops, freezes or reconfigures it.
+    fn own_node(&self) -> u32 {
+        assert!(
+            matches!(self.held, Held::Node(_)),
+            "a test that stops, kills, freezes or reconfigures its broker starts its own (Broker::start)"
+        );
+        self.pid
     }
 
     fn launch(
@@ -792,7 +916,7 @@ impl Broker {
     /// SIGKILL the node (a crash: nothing flushed beyond what it already made durable).
     pub fn kill9(&mut self) {
         let _ = Command::new("kill")
-            .args(["-KILL", &self.pid.to_string()])
+            .args(["-KILL", &self.own_node().to_string()])
             .status();
         self.wait_gone();
     }
@@ -800,7 +924,7 @@ impl Broker {
     /// SIGTERM the node and wait until it is gone.
     pub fn stop(&mut self) {
         let _ = Command::new("kill")
-            .args(["-TERM", &self.pid.to_string()])
+            .args(["-TERM", &self.own_node().to_string()])
             .status();
         self.wait_gone();
     }
@@ -818,42 +942,37 @@ impl Broker {
 
     /// Start the node again on the same data and port (after `kill9` or `stop`).
     pub fn restart(&mut self) {
+        self.own_node();
         let tls = self.tls_port.zip(self.tls_dir.clone());
-        self.pid = Broker::launch(
-            self._dir.path(),
-            self.port,
-            tls.as_ref(),
-            self.cookie.as_deref(),
-        )
-        .unwrap_or_else(|e| panic!("broker did not restart: {e}"));
+        self.pid = Broker::launch(&self.dir, self.port, tls.as_ref(), self.cookie.as_deref())
+            .unwrap_or_else(|e| panic!("broker did not restart: {e}"));
     }
 
+    /// The AMQP URL of the handle's virtual host.
     pub fn url(&self) -> String {
-        format!("amqp://guest:guest@127.0.0.1:{}/%2f", self.port)
+        let vhost = match self.vhost() {
+            "/" => "%2f",
+            name => name,
+        };
+        format!("amqp://guest:guest@127.0.0.1:{}/{vhost}", self.port)
     }
 
-    /// The node's process (the Erlang VM).
+    /// The node's process (the Erlang VM), of a node of the test's own.
     pub fn pid(&self) -> u32 {
-        self.pid
+        self.own_node()
     }
 
-    /// `rabbitmqctl ARGS` against this node (`scripts/rabbitmq ctl`); its stdout.
+    /// `rabbitmqctl ARGS` against this node (`scripts/rabbitmq ctl`), for the handle's virtual
+    /// host (`-p VHOST` added on the shared node); its stdout.
     pub fn ctl(&self, args: &[&str]) -> String {
-        let out = Command::new(root().join("scripts/rabbitmq"))
-            .args([
-                "ctl",
-                self._dir.path().to_str().unwrap(),
-                &self.port.to_string(),
-            ])
-            .args(args)
-            .output()
-            .expect("scripts/rabbitmq runs");
-        assert!(
-            out.status.success(),
-            "rabbitmqctl {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
+        match &self.held {
+            Held::Node(_) => self.node_ctl(args),
+            Held::Vhost(vhost) => self.node_ctl(&[args, &["-p", vhost]].concat()),
+        }
+    }
+
+    fn node_ctl(&self, args: &[&str]) -> String {
+        rabbitmqctl(&self.dir, self.port, args)
     }
 
     /// Messages in `queue`. RabbitMQ counts only messages ready for delivery, not those a
@@ -869,14 +988,19 @@ impl Broker {
     }
 
     /// Run a Python program with pika (Debian's python3-pika), a client that is not ours, with
-    /// `PORT` set; its stdout parsed as JSON.
+    /// `PORT` set; its stdout parsed as JSON. Its `pika.ConnectionParameters(...)` connect to the
+    /// handle's virtual host unless they name one.
     pub fn client(&self, program: &str) -> serde_json::Value {
         let out = Command::new("/usr/bin/python3")
             .arg("-c")
             .arg(format!(
-                "import json, os, time, pika\nPORT = int(os.environ['PORT'])\n{program}"
+                "import json, os, time, pika\nPORT = int(os.environ['PORT'])\n\
+                 _parameters = pika.ConnectionParameters\n\
+                 pika.ConnectionParameters = lambda *a, **k: \
+                 _parameters(*a, **{{'virtual_host': os.environ['VHOST'], **k}})\n{program}"
             ))
             .env("PORT", self.port.to_string())
+            .env("VHOST", self.vhost())
             .output()
             .expect("python3 runs");
         assert!(
@@ -895,14 +1019,28 @@ impl Broker {
 
 impl Drop for Broker {
     fn drop(&mut self) {
+        let dir = match &mut self.held {
+            Held::Node(dir) => dir,
+            Held::Vhost(vhost) => {
+                // A failing test's queues stay until the test process exits.
+                if std::thread::panicking() {
+                    eprintln!(
+                        "broker node {} (shared): vhost {vhost}; data and logs in {} until the tests end",
+                        self.port,
+                        self.dir.display()
+                    );
+                }
+                return;
+            }
+        };
         // A failing test keeps the node's data and logs (its queues' Raft logs among them) for
         // whoever reads the failure.
         if std::thread::panicking() {
-            self._dir.disable_cleanup(true);
+            dir.disable_cleanup(true);
             eprintln!(
                 "broker node {}: data and logs kept in {}",
                 self.port,
-                self._dir.path().display()
+                self.dir.display()
             );
         }
         let _ = Command::new("kill")
@@ -915,6 +1053,21 @@ impl Drop for Broker {
             std::thread::sleep(Duration::from_millis(50));
         }
     }
+}
+
+/// `rabbitmqctl ARGS` against the node of `dir` and `port` (`scripts/rabbitmq ctl`); its stdout.
+fn rabbitmqctl(dir: &Path, port: u16, args: &[&str]) -> String {
+    let out = Command::new(root().join("scripts/rabbitmq"))
+        .args(["ctl", dir.to_str().unwrap(), &port.to_string()])
+        .args(args)
+        .output()
+        .expect("scripts/rabbitmq runs");
+    assert!(
+        out.status.success(),
+        "rabbitmqctl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// CPU time (user + system) process `pid` has used so far, from `/proc` (10 ms resolution).
@@ -946,7 +1099,7 @@ impl Cluster {
             .collect();
         for node in &nodes[1..] {
             let out = Command::new(root().join("scripts/rabbitmq"))
-                .args(["join", &node._dir.path().display().to_string()])
+                .args(["join", &node.dir.display().to_string()])
                 .args([node.port.to_string(), nodes[0].port.to_string()])
                 .output()
                 .expect("scripts/rabbitmq runs");

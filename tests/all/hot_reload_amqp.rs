@@ -233,7 +233,7 @@ print(json.dumps({{'outputs': outputs, 'copies': copies}}))"
 
 #[test]
 fn an_activation_reaches_every_host_on_the_broker_even_one_that_was_away() {
-    let broker = Broker::start();
+    let broker = Broker::shared();
     let (_ws_a, ws_b, a, b) = two_hosts(&broker);
     let stamp_of = |host: &Host| {
         let reply = host.post("a", Some("text/plain"), "x");
@@ -281,7 +281,7 @@ fn an_activation_reaches_every_host_on_the_broker_even_one_that_was_away() {
 
 #[test]
 fn hosts_that_join_later_or_lost_their_queue_converge_on_the_last_activation() {
-    let broker = Broker::start();
+    let broker = Broker::shared();
     let (_ws_a, ws_b, a, b) = two_hosts(&broker);
     let ws_c = workspace(&broker, "host-c");
     let stamp_of = |host: &Host| {
@@ -394,7 +394,7 @@ fn a_host_that_cannot_read_the_retained_activation_at_first_reads_it_again_and_c
 
 #[test]
 fn a_reloaded_configuration_with_a_new_broker_route_consumes_its_queue_without_restart() {
-    let broker = Broker::start();
+    let broker = Broker::shared();
     let ws = workspace(&broker, "host-a");
     // Reloaded through the admin API only, so its answer says what this reload changed.
     let config = std::fs::read_to_string(ws.config())
@@ -437,7 +437,7 @@ print(json.dumps(out))",
 #[test]
 fn a_slot_a_reload_adds_without_a_broker_change_takes_the_retained_activation_without_reconnecting()
 {
-    let broker = Broker::start();
+    let broker = Broker::shared();
     // Plant B's HTTP route `b` runs `stamp` on host A from the start, on host B only after a
     // reload (which touches no broker route, so host B's session goes on).
     let b_route = route_toml("b", &guest("guest-stamp-1"), r#"["log"]"#, "")
@@ -557,7 +557,7 @@ fn an_activation_made_while_the_broker_was_away_is_kept_and_reaches_the_other_ho
 
 #[test]
 fn two_hosts_activating_one_plugin_at_once_end_on_the_same_version() {
-    let broker = Broker::start();
+    let broker = Broker::shared();
     let (_ws_a, _ws_b, mut a, mut b) = two_hosts(&broker);
     let stamp_2 = std::fs::read(guest("guest-stamp-2")).unwrap();
     let up = a.admin("POST", "/v1/plants/plant-a/plugins", &stamp_2);
@@ -632,7 +632,7 @@ fn queue_arguments(broker: &Broker) -> serde_json::Map<String, serde_json::Value
 #[test]
 fn queues_read_and_given_back_have_a_delivery_limit_none_reaches_and_control_queues_expire_and_are_bounded()
  {
-    let broker = Broker::start();
+    let broker = Broker::shared();
     // Host A's control queue as the first release declared it (quorum, no expiry), host C's as
     // the release before the length bounds (expiry and a delivery limit none reaches).
     broker.client(
@@ -728,7 +728,7 @@ fn queues_read_and_given_back_have_a_delivery_limit_none_reaches_and_control_que
 /// drops.
 #[test]
 fn readers_giving_retained_activations_back_out_of_order_leave_the_latest_to_join_by() {
-    let broker = Broker::start();
+    let broker = Broker::shared();
     let (_ws_a, _ws_b, mut a, b) = two_hosts_announcing_2(&broker);
     let retained = RETAINED;
     // The queue full: 2.0.0's announcement and three copies of it stamped earlier (what hosts
@@ -821,7 +821,7 @@ fn a_host_whose_two_reads_find_the_retained_activation_held_converges_on_a_perio
 /// C's first read only or, with `past_second_read`, across its second read too; once X gives it
 /// back, C must come to run 2.0.0 without anything announced by its empty reads.
 fn joins_while_another_reader_holds_the_retained_activation(past_second_read: bool) {
-    let broker = Broker::start();
+    let broker = Broker::shared();
     let (_ws_a, _ws_b, a, b) = two_hosts_announcing_2(&broker);
     eventually("host B on 2.0.0", || {
         (active(&b)["active"]["version"] == "2.0.0").then_some(())
@@ -894,7 +894,7 @@ print(json.dumps(p.headers['version'] if m else None))"#
 /// takes the real one, which stays retained.
 #[test]
 fn messages_in_a_retained_queue_that_are_not_activations_are_removed_and_the_real_one_stays() {
-    let broker = Broker::start();
+    let broker = Broker::shared();
     let (_ws_a, _ws_b, _a, _b) = two_hosts_announcing_2(&broker);
     let retained = RETAINED;
     broker.client(&format!(
@@ -949,7 +949,7 @@ fn start_keyed(ws: &Workspace) -> Host {
 
 #[test]
 fn with_a_control_key_only_activations_sealed_with_it_are_applied_or_retained() {
-    let broker = Broker::start();
+    let broker = Broker::shared();
     let (ws_a, ws_b) = (keyed(&broker, "host-a"), keyed(&broker, "host-b"));
     let (mut a, mut b) = (start_keyed(&ws_a), start_keyed(&ws_b));
     for host in [&mut a, &mut b] {
@@ -1023,7 +1023,7 @@ print(json.dumps('seal' in p.headers))"#
 /// session; a host joining then converges on it.
 #[test]
 fn a_retained_activation_lost_from_its_queue_is_announced_again_by_the_host_that_made_it() {
-    let broker = Broker::start();
+    let broker = Broker::shared();
     let ws_a = workspace(&broker, "host-a");
     with_host_line(&ws_a, "amqp_retained_reread_s = 5");
     let mut a = ws_a.start();
@@ -1072,7 +1072,7 @@ fn changing_keys(broker: &Broker, id: &str, seal: &str, also: &str) -> (Workspac
 /// (the end of the change) converges on the latest.
 #[test]
 fn hosts_changing_keys_take_each_others_activations_throughout() {
-    let broker = Broker::start();
+    let broker = Broker::shared();
     let (_ws_a, mut a) = changing_keys(&broker, "host-a", KEY, NEW_KEY);
     let (_ws_b, mut b) = changing_keys(&broker, "host-b", NEW_KEY, KEY);
     for host in [&mut a, &mut b] {
@@ -1119,7 +1119,7 @@ fn hosts_changing_keys_take_each_others_activations_throughout() {
 /// once per replay: each announcement sends its component to every host.
 #[test]
 fn replayed_older_activations_do_not_make_a_host_resend_its_own_per_replay() {
-    let broker = Broker::start();
+    let broker = Broker::shared();
     let (_ws_a, _ws_b, mut a, _b) = two_hosts_announcing_2(&broker);
     let before = a.drain_log().len();
     let read = read_retained();

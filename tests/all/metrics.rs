@@ -252,7 +252,7 @@ fn assert_dashboard_reads(text: &str) {
 
 #[test]
 fn amqp_traffic_moves_input_output_retry_dead_letter_and_link_series() {
-    let broker = Broker::start();
+    let broker = Broker::shared();
     let mes = plugin("mes-fixed-width");
     let route = route_toml("mes", &mes, r#"["log", "config", "lookup"]"#, "")
         .replace("source = \"http\"", "source = \"amqp\"")

@@ -56,7 +56,7 @@ fn every_flow_example_is_run_here() {
 #[test]
 fn downtime_from_mqtt_reaches_the_cmms_webhook_and_planning_over_amqp() {
     let mosquitto = Mosquitto::start();
-    let rabbit = Broker::start();
+    let rabbit = Broker::shared();
     let cmms = WebhookReceiver::start();
     let (_dir, config) = flow(
         "downtime-to-cmms-and-planning",

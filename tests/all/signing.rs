@@ -174,7 +174,7 @@ fn unsigned_configured_plugins_and_policies_without_usable_keys_fail_closed() {
 
 #[test]
 fn a_host_that_requires_signatures_refuses_an_unsigned_version_broadcast_by_another() {
-    let broker = Broker::start();
+    let broker = Broker::shared();
     let ws_b = Workspace::new("");
     let (a_key, a_pub) = keygen(&ws_b, "release");
     let signed_1 = sign(

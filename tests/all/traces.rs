@@ -64,7 +64,7 @@ print(json.dumps(spans))
 
 #[test]
 fn one_trace_from_http_through_the_broker_and_a_retry_to_the_webhook() {
-    let broker = Broker::start();
+    let broker = Broker::shared();
     let collector = WebhookReceiver::start();
     let downstream = WebhookReceiver::start();
     // The first delivery to the downstream system is refused: the relay route retries it
