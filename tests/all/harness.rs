@@ -725,7 +725,7 @@ pub struct Broker {
 enum Held {
     /// A node of its own: its directory, removed when the handle is dropped.
     Node(tempfile::TempDir),
-    /// A virtual host of the shared node, deleted when the handle is dropped.
+    /// A virtual host of the shared node.
     Vhost(String),
 }
 
@@ -742,30 +742,30 @@ struct SharedNode {
 const SHARED_VHOSTS: usize = 64;
 
 impl SharedNode {
-    fn start() -> SharedNode {
+    /// The node started, or why it was not: a node that failed to start is not started again
+    /// by every test that would share it.
+    fn start() -> Result<SharedNode, String> {
+        std::panic::catch_unwind(SharedNode::start_node).map_err(|panic| {
+            panic
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_default()
+        })
+    }
+
+    fn start_node() -> SharedNode {
         let (dir, port, _, pid) = Broker::launch_afresh(None, None);
         let dir = dir.keep();
-        rabbitmqctl(
-            &dir,
-            port,
-            &[
-                "eval",
-                &format!(
-                    "[begin V = list_to_binary(\"test-\" ++ integer_to_list(N)), \
-                 rabbit_vhost:add(V, <<\"millrace-tests\">>), \
-                 ok = rabbit_auth_backend_internal:set_permissions(<<\"guest\">>, V, \
-                 <<\".*\">>, <<\".*\">>, <<\".*\">>, <<\"millrace-tests\">>) \
-                 end || N <- lists:seq(0, {})].",
-                    SHARED_VHOSTS - 1
-                ),
-            ],
-        );
-        // Stopped, and its directory removed, once this test process has exited (however it
-        // ends: no destructor runs for a static), by a watcher of its own session that the shell
-        // starting it leaves behind.
+        // Stopped (killed if it has not stopped 60 s after SIGTERM), and its directory removed
+        // unless a failing test marked it kept, once this test process has exited, however it
+        // ends (no destructor runs for a static): by a watcher in a session of its own that the
+        // shell starting it leaves behind.
         let watcher = format!(
-            "while kill -0 {test} 2>/dev/null; do sleep 1; done; kill -TERM {pid}; \
-             while kill -0 {pid} 2>/dev/null; do sleep 1; done; rm -rf '{dir}'",
+            "gone() {{ ! kill -0 $1 2>/dev/null || grep -q '^State:[[:space:]]*Z' /proc/$1/status; }}; \
+             until gone {test}; do sleep 1; done; kill -TERM {pid}; \
+             for _ in $(seq 60); do gone {pid} && break; sleep 1; done; kill -KILL {pid} 2>/dev/null; \
+             [ -e '{dir}/keep' ] || rm -rf '{dir}'",
             test = std::process::id(),
             dir = dir.display()
         );
@@ -779,6 +779,21 @@ impl SharedNode {
             .status()
             .expect("bash runs");
         assert!(started.success(), "the shared node's watcher did not start");
+        rabbitmqctl(
+            &dir,
+            port,
+            &[
+                "eval",
+                &format!(
+                    "[begin V = list_to_binary(\"test-\" ++ integer_to_list(N)), \
+                     rabbit_vhost:add(V, <<\"millrace-tests\">>), \
+                     ok = rabbit_auth_backend_internal:set_permissions(<<\"guest\">>, V, \
+                     <<\".*\">>, <<\".*\">>, <<\".*\">>, <<\"millrace-tests\">>) \
+                     end || N <- lists:seq(0, {})].",
+                    SHARED_VHOSTS - 1
+                ),
+            ],
+        );
         SharedNode {
             port,
             pid,
@@ -800,8 +815,11 @@ impl Broker {
     /// `ctl` adds `-p VHOST`), so it sees only its own queues, exchanges and connections. The node
     /// stops once the process has exited.
     pub fn shared() -> Broker {
-        static NODE: std::sync::OnceLock<SharedNode> = std::sync::OnceLock::new();
-        let node = NODE.get_or_init(SharedNode::start);
+        static NODE: std::sync::OnceLock<Result<SharedNode, String>> = std::sync::OnceLock::new();
+        let node = match NODE.get_or_init(SharedNode::start) {
+            Ok(node) => node,
+            Err(e) => panic!("the shared broker node did not start: {e}"),
+        };
         let n = node.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         assert!(
             n < SHARED_VHOSTS,
@@ -1022,10 +1040,12 @@ impl Drop for Broker {
         let dir = match &mut self.held {
             Held::Node(dir) => dir,
             Held::Vhost(vhost) => {
-                // A failing test's queues stay until the test process exits.
+                // A failing test keeps the node's data and logs: its queues stay until the test
+                // process exits, the directory after (the node's watcher leaves it).
                 if std::thread::panicking() {
+                    let _ = std::fs::write(self.dir.join("keep"), vhost.as_bytes());
                     eprintln!(
-                        "broker node {} (shared): vhost {vhost}; data and logs in {} until the tests end",
+                        "broker node {} (shared, vhost {vhost}): data and logs kept in {}",
                         self.port,
                         self.dir.display()
                     );
