@@ -887,7 +887,7 @@ impl Broker {
     }
 
     /// The virtual host the handle stands for: `/` for a node of its own.
-    pub fn vhost(&self) -> &str {
+    fn vhost(&self) -> &str {
         match &self.held {
             Held::Node(_) => "/",
             Held::Vhost(name) => name,
@@ -984,13 +984,11 @@ impl Broker {
     /// host (`-p VHOST` added on the shared node); its stdout.
     pub fn ctl(&self, args: &[&str]) -> String {
         match &self.held {
-            Held::Node(_) => self.node_ctl(args),
-            Held::Vhost(vhost) => self.node_ctl(&[args, &["-p", vhost]].concat()),
+            Held::Node(_) => rabbitmqctl(&self.dir, self.port, args),
+            Held::Vhost(vhost) => {
+                rabbitmqctl(&self.dir, self.port, &[args, &["-p", vhost]].concat())
+            }
         }
-    }
-
-    fn node_ctl(&self, args: &[&str]) -> String {
-        rabbitmqctl(&self.dir, self.port, args)
     }
 
     /// Messages in `queue`. RabbitMQ counts only messages ready for delivery, not those a
