@@ -566,6 +566,7 @@ async fn millrace(
             .args(["run", "--config"])
             .arg(&config)
             .args(["--http", "127.0.0.1:0"])
+            .env_remove("MILLRACE_COMPILE_CACHE")
             .env("RUST_LOG", "warn")
             .envs(otlp.map(|endpoint| ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint)))
             .stdout(Stdio::null())

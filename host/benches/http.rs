@@ -253,6 +253,7 @@ impl Millrace {
             .args(["run", "--config"])
             .arg(&config)
             .args(["--http", "127.0.0.1:0", "--insecure-admin"])
+            .env_remove("MILLRACE_COMPILE_CACHE")
             .env("RUST_LOG", if log.is_some() { "info" } else { "warn" })
             .stdout(Stdio::piped())
             .stderr(log.map_or_else(Stdio::null, Stdio::from))

@@ -265,6 +265,7 @@ async fn millrace(port: u16, n: usize, round: usize, data: &Path, broker: u32) -
             .args(["run", "--config"])
             .arg(&config)
             .args(["--http", "127.0.0.1:0"])
+            .env_remove("MILLRACE_COMPILE_CACHE")
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())
             .stderr(Stdio::null())

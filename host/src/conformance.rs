@@ -108,6 +108,18 @@ pub fn run(
     run_artifact(&engine, &artifact, dir, bless, &Sandbox::local())
 }
 
+/// [`run`] against a component's `bytes` (named `plugin` in messages), not a file's.
+pub fn run_bytes(
+    plugin: &Path,
+    bytes: &[u8],
+    dir: &Path,
+    compile_cache: Option<&Path>,
+) -> Result<Vec<CaseResult>, String> {
+    let engine = PluginEngine::new(compile_cache).map_err(|e| format!("{e:#}"))?;
+    let artifact = Artifact::from_bytes(&engine, plugin, bytes).map_err(|e| e.to_string())?;
+    run_artifact(&engine, &artifact, dir, false, &Sandbox::local())
+}
+
 /// Run every case of `dir` against a loaded component, in `sandbox`.
 pub fn run_artifact(
     engine: &PluginEngine,

@@ -57,6 +57,7 @@ impl Envelope {
         let text = std::fs::read_to_string(config).map_err(|e| e.to_string())?;
         let mut config = Config::parse(config, &text).map_err(|e| e.to_string())?;
         config.data_dir = data.path().to_path_buf();
+        config.compile_cache = data.path().join("compile-cache");
         config.connections.header_timeout = Duration::from_secs(2);
         config.connections.body_timeout = Duration::from_secs(2);
         let runtime = tokio::runtime::Builder::new_multi_thread()

@@ -70,7 +70,7 @@ impl Host {
     /// under the data directory) and open the stores.
     pub fn start(config: &Config) -> Result<Host, StartError> {
         let engine = Arc::new(
-            PluginEngine::with_pool(Some(&config.data_dir.join("compile-cache")), config.pool())
+            PluginEngine::with_pool(Some(&config.compile_cache), config.pool())
                 .map_err(StartError::Engine)?,
         );
         let state = Arc::new(StateStore::open(&config.data_dir)?);
@@ -85,7 +85,7 @@ impl Host {
             crate::control::deploy::GateLimits {
                 intake: config.intake,
                 budget: config.gate_budget,
-                cache_dir: config.data_dir.join("compile-cache"),
+                cache_dir: config.compile_cache.clone(),
                 scratch_dir: crate::plugin::intake::scratch_dir(&config.data_dir),
             },
             Arc::clone(&engine),

@@ -59,6 +59,7 @@ fn the_plugin_guide_runs_as_written_in_each_language() {
             .current_dir(dir.path())
             .env("PATH", path_with_millrace())
             .env("CARGO_TARGET_DIR", rust_target_dir())
+            .env("MILLRACE_COMPILE_CACHE", shared_compile_cache())
             .env_remove("MILLRACE_ADMIN_TOKEN")
             .output()
             .expect("bash runs");

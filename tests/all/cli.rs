@@ -88,7 +88,15 @@ fn plugin_test_runs_one_message_and_exits_one_on_reject() {
         .map(str::to_string)
         .collect::<Vec<_>>()
     };
-    let run = |a: Vec<String>| ws.millrace(&a.iter().map(String::as_str).collect::<Vec<_>>());
+    // Without the test run's shared compile cache: a plain test keeps nothing.
+    let run = |a: Vec<String>| {
+        millrace()
+            .env_remove("MILLRACE_COMPILE_CACHE")
+            .current_dir(ws.dir.path())
+            .args(&a)
+            .output()
+            .unwrap()
+    };
 
     let good = run(args("good.txt"));
     assert!(
@@ -190,7 +198,16 @@ fn check_loads_every_plugin_and_a_restart_reuses_compiled_artifacts() {
             + &route_toml("r", &mes, r#"["log", "config", "lookup"]"#, "")
             + &mes_settings("r")),
     );
-    let first = ws.millrace(&["check"]);
+    // In the data directory's own cache, not the test run's shared one.
+    let check = || {
+        millrace()
+            .env_remove("MILLRACE_COMPILE_CACHE")
+            .current_dir(ws.dir.path())
+            .arg("check")
+            .output()
+            .unwrap()
+    };
+    let first = check();
     assert!(
         first.status.success(),
         "{}",
@@ -201,7 +218,7 @@ fn check_loads_every_plugin_and_a_restart_reuses_compiled_artifacts() {
         "{}",
         stdout(&first)
     );
-    let second = ws.millrace(&["check"]);
+    let second = check();
     assert!(
         stdout(&second).contains("compile cache: 3 hit(s), 0 miss(es)"),
         "{}",
@@ -487,4 +504,47 @@ fn an_idempotency_window_out_of_range_is_refused_where_it_is_written() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+#[test]
+fn the_compile_cache_is_the_configured_one_else_the_environments_else_the_data_directorys() {
+    let mes = plugin("mes-fixed-width");
+    let routes = "[plants.plant-a.lookups.work_centres]\nentries = { WC01 = \"ASSY-01\" }\n\n"
+        .to_string()
+        + &route_toml("r", &mes, r#"["log", "config", "lookup"]"#, "")
+        + &mes_settings("r");
+    let ws = Workspace::new(&routes);
+    let check = |env: Option<&str>| {
+        let mut cmd = millrace();
+        cmd.env_remove("MILLRACE_COMPILE_CACHE")
+            .current_dir(ws.dir.path())
+            .arg("check");
+        if let Some(dir) = env {
+            cmd.env("MILLRACE_COMPILE_CACHE", ws.dir.path().join(dir));
+        }
+        let out = cmd.output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        stdout(&out)
+    };
+    let kept = |dir: &str| walk_files(&ws.dir.path().join(dir));
+    // The environment's cache when the file names none, and only that one.
+    assert!(check(Some("from-env")).contains("0 hit(s), 1 miss(es)"));
+    assert!(kept("from-env") > 0 && kept(".millrace/compile-cache") == 0);
+    assert!(check(Some("from-env")).contains("1 hit(s), 0 miss(es)"));
+    // Without it, the data directory's.
+    assert!(check(None).contains("0 hit(s), 1 miss(es)"));
+    assert!(kept(".millrace/compile-cache") > 0);
+    // `host.compile_cache` (relative to the file's folder) wins over the environment.
+    ws.write(
+        "millrace.toml",
+        &format!("[host]\ncompile_cache = \"from-file\"\n\n{routes}"),
+    );
+    assert!(check(Some("from-env")).contains("0 hit(s), 1 miss(es)"));
+    assert!(kept("from-file") > 0);
+    assert!(check(Some("elsewhere")).contains("1 hit(s), 0 miss(es)"));
+    assert_eq!(kept("elsewhere"), 0);
 }

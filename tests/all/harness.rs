@@ -49,8 +49,35 @@ pub fn blessing() -> bool {
 /// The `millrace` binary under test.
 pub fn millrace() -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_millrace"));
-    cmd.env_remove("RUST_LOG");
+    cmd.env_remove("RUST_LOG")
+        .env("MILLRACE_COMPILE_CACHE", shared_compile_cache());
     cmd
+}
+
+/// The compile cache the hosts and commands of this test process share
+/// (`$MILLRACE_COMPILE_CACHE`): each component is compiled once per test run instead of once per
+/// host, as a machine's hosts would share one. A test of the cache itself removes the variable.
+/// `target/test-compile-cache/run-PID`; when the first test asks for it, the folders of test
+/// processes no longer running are removed, and one of this PID left by an earlier run (PIDs
+/// repeat in containers): every run starts with an empty cache.
+pub fn shared_compile_cache() -> &'static Path {
+    static DIR: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    DIR.get_or_init(|| {
+        let parent = root().join("target/test-compile-cache");
+        let own = std::process::id().to_string();
+        if let Ok(entries) = std::fs::read_dir(&parent) {
+            for entry in entries.flatten() {
+                let name = entry.file_name();
+                let pid = name.to_str().and_then(|n| n.strip_prefix("run-"));
+                if pid.is_some_and(|pid| pid == own || !Path::new("/proc").join(pid).exists()) {
+                    let _ = std::fs::remove_dir_all(entry.path());
+                }
+            }
+        }
+        let dir = parent.join(format!("run-{own}"));
+        std::fs::create_dir_all(&dir).expect("make the shared compile cache");
+        dir
+    })
 }
 
 /// Run `millrace ARGS` in `dir` to completion (admin commands carry the test operator's token).

@@ -1083,6 +1083,9 @@ fn log_and_state_floods_are_bounded_and_cannot_forge_log_lines() {
 
 #[test]
 fn oversized_components_and_compilations_past_their_budget_are_refused() {
+    // Its hosts compile in their own data directories' caches, not the test run's shared one
+    // (`MILLRACE_COMPILE_CACHE` empty): a component another test compiled would be taken from
+    // there instead of being compiled within the budget.
     // A plant that grants what the Python components import; the host's compilation budget is
     // small enough that compiling CPython (≈400 MB, ≈5 s here) does not fit.
     let python = route_toml(
@@ -1097,7 +1100,7 @@ fn oversized_components_and_compilations_past_their_budget_are_refused() {
         "[host]\ncompile_memory_mib = 128\nmax_component_mib = 20\n",
     ) + "\n[plants.plant-a.lookups.work_centres]\nentries = { WC01 = \"ASSY-01\" }\n";
     memory.write("millrace.toml", &config);
-    let host = memory.start();
+    let host = Host::start(&memory.config(), &[("MILLRACE_COMPILE_CACHE", "")]);
     let baseline = Bystander::baseline(&host.url, Duration::from_secs(1));
     let during = Bystander::start(&host.url);
     let upload = |bytes: &[u8]| host.admin("POST", "/v1/plants/plant-a/plugins", bytes);
@@ -1165,7 +1168,7 @@ fn oversized_components_and_compilations_past_their_budget_are_refused() {
         .unwrap()
         .replace("compile_memory_mib = 128", "compile_timeout_s = 1");
     memory.write("millrace.toml", &config);
-    let host = memory.start();
+    let host = Host::start(&memory.config(), &[("MILLRACE_COMPILE_CACHE", "")]);
     let refused = host.admin("POST", "/v1/plants/plant-a/plugins", &probe);
     assert_eq!(refused.status, 422, "{}", refused.body);
     assert!(

@@ -33,6 +33,7 @@ impl Host {
             .args(["--http", "127.0.0.1:0"])
             // The benchmark's own host on loopback: admin calls without credentials.
             .arg("--insecure-admin")
+            .env_remove("MILLRACE_COMPILE_CACHE")
             .env("RUST_LOG", "warn")
             .stdout(Stdio::piped())
             .stderr(Stdio::null())

@@ -170,7 +170,7 @@ pub enum PluginCommand {
         /// Keep the compiled plugin in DIR and take it from there when the same bytes are tested
         /// again (the host's compile cache format): a repeated test then skips the compilation.
         /// Only this user should be able to write DIR: its contents are loaded as native code.
-        /// Default: compile every time, keep nothing.
+        /// Default: `$MILLRACE_COMPILE_CACHE` if set, else compile every time, keep nothing.
         #[arg(long, value_name = "DIR")]
         compile_cache: Option<PathBuf>,
     },
@@ -180,7 +180,7 @@ pub enum PluginCommand {
     /// refused (`error: REASON`); killed or aborted past the budget.
     Compile {
         file: PathBuf,
-        /// The compile cache directory (the host's `DATA_DIR/compile-cache`).
+        /// The compile cache directory (the host's `host.compile_cache`).
         #[arg(long)]
         cache: PathBuf,
         /// Address space this process may use, in MiB.
@@ -342,7 +342,14 @@ pub fn dispatch(cli: Cli) -> i32 {
                     compile_cache,
                     ..
                 },
-        } => super::vectors(&file, &vectors, bless, compile_cache.as_deref()),
+        } => super::vectors(
+            &file,
+            &vectors,
+            bless,
+            compile_cache
+                .or_else(crate::config::compile_cache_from_env)
+                .as_deref(),
+        ),
         Command::Plugin {
             command:
                 PluginCommand::Test {
@@ -366,7 +373,7 @@ pub fn dispatch(cli: Cli) -> i32 {
             lookups: lookup,
             deadline_ms,
             memory_mib,
-            compile_cache,
+            compile_cache: compile_cache.or_else(crate::config::compile_cache_from_env),
         }),
         Command::Plugin {
             command: PluginCommand::Test { .. },

@@ -15,7 +15,7 @@ pub fn check(config_path: &Path) -> i32 {
             return 1;
         }
     };
-    let engine = match PluginEngine::new(Some(&config.data_dir.join("compile-cache"))) {
+    let engine = match PluginEngine::new(Some(&config.compile_cache)) {
         Ok(e) => e,
         Err(e) => {
             eprintln!("error: {e:#}");

@@ -119,8 +119,7 @@ fn replay_inner(
     if !dry_run {
         crate::lineage::start(&config.data_dir, config.telemetry.lineage)?;
     }
-    let engine = PluginEngine::new(Some(&config.data_dir.join("compile-cache")))
-        .map_err(|e| format!("{e:#}"))?;
+    let engine = PluginEngine::new(Some(&config.compile_cache)).map_err(|e| format!("{e:#}"))?;
     // A dry run must not change the plants' state: its stateful steps see an empty state.
     let state = if dry_run {
         Arc::new(crate::state::StateStore::in_memory())

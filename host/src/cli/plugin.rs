@@ -262,8 +262,10 @@ pub fn bundle(file: &Path, dir: &Path, output: &Path) -> i32 {
     }
 }
 
-/// `file` with the vector folder `dir` inside, once every case passes against it; the number
-/// of cases and the bundled bytes. A failing case is named, with the command that shows why.
+/// `file` with the vector folder `dir` inside, once every case passes against those bundled bytes
+/// (what a host then compiles: with a shared compile cache, `$MILLRACE_COMPILE_CACHE`, a deploy
+/// of them takes the code compiled here); the number of cases and the bundled bytes. A failing
+/// case is named, with the command that shows why.
 pub fn bundled(file: &Path, dir: &Path) -> Result<(usize, Vec<u8>), String> {
     if !dir.is_dir() {
         return Err(format!(
@@ -271,7 +273,10 @@ pub fn bundled(file: &Path, dir: &Path) -> Result<(usize, Vec<u8>), String> {
             dir.display()
         ));
     }
-    let results = conformance::run(file, dir, false, None)?;
+    let bytes = std::fs::read(file).map_err(|e| format!("cannot read {}: {e}", file.display()))?;
+    let bundled = conformance::bundle(&bytes, dir)?;
+    let cache = crate::config::compile_cache_from_env();
+    let results = conformance::run_bytes(file, &bundled, dir, cache.as_deref())?;
     let failed: Vec<&str> = results
         .iter()
         .filter(|c| c.failure.is_some())
@@ -287,8 +292,7 @@ pub fn bundled(file: &Path, dir: &Path) -> Result<(usize, Vec<u8>), String> {
             dir.display()
         ));
     }
-    let bytes = std::fs::read(file).map_err(|e| format!("cannot read {}: {e}", file.display()))?;
-    Ok((results.len(), conformance::bundle(&bytes, dir)?))
+    Ok((results.len(), bundled))
 }
 
 /// `millrace plugin keygen --out BASE`: BASE.key (secret, mode 600) and BASE.pub.

@@ -9,6 +9,7 @@ pub(super) struct Host {
     pub http: SocketAddr,
     pub admin: Option<SocketAddr>,
     pub data_dir: PathBuf,
+    pub compile_cache: PathBuf,
     /// Where plugins named without a path are found.
     pub plugin_dir: PathBuf,
     pub mqtt_url: Option<crate::mqtt::config::BrokerUrl>,
@@ -65,6 +66,10 @@ pub(super) fn read(diag: &mut Diagnostics, dir: &Path, file: &File) -> Host {
             .ok()
     });
     let data_dir = dir.join(file.host.data_dir.as_deref().unwrap_or(".millrace"));
+    let compile_cache = match file.host.compile_cache.as_deref() {
+        Some(given) => dir.join(given),
+        None => compile_cache_from_env().unwrap_or_else(|| data_dir.join("compile-cache")),
+    };
     let plugin_dir = dir.join(file.host.plugin_dir.as_deref().unwrap_or("target/plugins"));
     let mqtt_url = match &file.host.mqtt {
         Some(url) => {
@@ -455,6 +460,7 @@ pub(super) fn read(diag: &mut Diagnostics, dir: &Path, file: &File) -> Host {
         http,
         admin,
         data_dir,
+        compile_cache,
         plugin_dir,
         mqtt_url,
         host_id,
@@ -563,4 +569,11 @@ pub(super) fn check_host_id(id: &str) -> Result<(), String> {
 /// A character a host id may have: what hostnames use, and `_`.
 fn host_id_char(c: char) -> bool {
     c.is_ascii_alphanumeric() || "-_.".contains(c)
+}
+
+/// The compile cache `$MILLRACE_COMPILE_CACHE` names (made absolute against the working
+/// directory), if set and not empty: one cache for a machine's hosts and commands.
+pub fn compile_cache_from_env() -> Option<PathBuf> {
+    let given = std::env::var_os("MILLRACE_COMPILE_CACHE").filter(|v| !v.is_empty())?;
+    Some(std::path::absolute(&given).unwrap_or_else(|_| PathBuf::from(given)))
 }

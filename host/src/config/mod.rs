@@ -18,6 +18,7 @@ use toml::Spanned;
 
 mod diagnostics;
 mod host;
+pub use host::compile_cache_from_env;
 mod plants;
 mod routes;
 pub mod telemetry;
@@ -56,6 +57,7 @@ struct HostSection {
     http: Option<Spanned<String>>,
     admin: Option<Spanned<String>>,
     data_dir: Option<String>,
+    compile_cache: Option<String>,
     plugin_dir: Option<String>,
     max_in_flight: Option<Spanned<u64>>,
     idempotency_window_s: Number,
@@ -301,6 +303,10 @@ pub struct Config {
     /// Messages mediated at once across all routes; more wait for a slot.
     pub max_in_flight: usize,
     pub data_dir: PathBuf,
+    /// Where compiled plugins are kept between runs (`host.compile_cache`, else
+    /// `$MILLRACE_COMPILE_CACHE`, else `DATA_DIR/compile-cache`); its files are loaded as native
+    /// code.
+    pub compile_cache: PathBuf,
     pub plugin_dir: PathBuf,
     /// The broker (`amqp://…`), needed when a route's source or sink is `amqp`: one URL, or
     /// the URLs of a cluster's nodes, tried in turn. Empty: not set.
@@ -461,6 +467,10 @@ impl Config {
             ("host.admin", format!("{:?}", self.admin)),
             ("[telemetry]", self.telemetry.fingerprint()),
             ("host.data_dir", self.data_dir.display().to_string()),
+            (
+                "host.compile_cache",
+                self.compile_cache.display().to_string(),
+            ),
             ("host.max_in_flight", self.max_in_flight.to_string()),
             ("host.amqp", format!("{:?}", self.amqp)),
             ("host.mqtt", format!("{:?}", self.mqtt)),
@@ -657,6 +667,7 @@ impl Config {
             http,
             admin,
             data_dir,
+            compile_cache,
             plugin_dir,
             mqtt_url,
             host_id,
@@ -693,6 +704,7 @@ impl Config {
             admin,
             max_in_flight,
             data_dir,
+            compile_cache,
             plugin_dir,
             amqp: file
                 .host

@@ -146,6 +146,64 @@ impl Codegen {
     }
 }
 
+/// The folder under a compile cache `dir` that wasmtime's cache writes to, and the only one its
+/// cleanup touches (it deletes files it did not write): a cache named on a folder that holds
+/// other files leaves them alone.
+const CODE_FOLDER: &str = "compiled";
+
+/// `dir/compiled`, made (mode 700) if missing, after checking that no other user can put code
+/// in it: its files are loaded as native code. It must be a folder of the host's user (not a
+/// symlink), writable by that user alone (group and other write bits are removed); no folder
+/// above it may belong to another user than root or the host's, or be writable by group or
+/// others (unless sticky, like /tmp): they could swap the cache for another.
+fn code_folder(dir: &Path) -> anyhow::Result<std::path::PathBuf> {
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+    let code = dir.join(CODE_FOLDER);
+    let named = |e: &dyn std::fmt::Display| {
+        anyhow::anyhow!("compile cache directory {}: {e}", code.display())
+    };
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&code)
+        .map_err(|e| named(&format!("cannot create it: {e}")))?;
+    let meta = std::fs::symlink_metadata(&code).map_err(|e| named(&e))?;
+    if !meta.is_dir() {
+        return Err(named(&"not a directory (a symlink is not followed)"));
+    }
+    let me = rustix::process::geteuid().as_raw();
+    if meta.uid() != me {
+        return Err(named(&format!(
+            "it belongs to user {} and the host runs as {me}; its files are loaded as native code",
+            meta.uid()
+        )));
+    }
+    if meta.mode() & 0o022 != 0 {
+        std::fs::set_permissions(&code, std::fs::Permissions::from_mode(0o700))
+            .map_err(|e| named(&format!("cannot make it writable by its owner only: {e}")))?;
+    }
+    let code = code.canonicalize().map_err(|e| named(&e))?;
+    for above in code.ancestors().skip(1) {
+        let meta =
+            std::fs::metadata(above).map_err(|e| named(&format!("{}: {e}", above.display())))?;
+        if meta.uid() != 0 && meta.uid() != me {
+            return Err(named(&format!(
+                "{} belongs to user {}, who could swap the cache; its files are loaded as native code, so every folder above it must be root's or the host's user's",
+                above.display(),
+                meta.uid()
+            )));
+        }
+        if meta.mode() & 0o022 != 0 && meta.mode() & 0o1000 == 0 {
+            return Err(named(&format!(
+                "{} is writable by others (mode {:o}), who could swap the cache; its files are loaded as native code",
+                above.display(),
+                meta.mode() & 0o7777
+            )));
+        }
+    }
+    Ok(code)
+}
+
 /// The shared engine and its epoch ticker (stopped when the last engine handle is dropped).
 #[derive(Clone)]
 pub struct PluginEngine {
@@ -224,15 +282,7 @@ impl PluginEngine {
         config.max_wasm_stack(512 * 1024);
         adjust(&mut config);
         if let Some(dir) = cache_dir {
-            std::fs::create_dir_all(dir).map_err(|e| {
-                anyhow::anyhow!(
-                    "cannot create compile cache directory {}: {e}",
-                    dir.display()
-                )
-            })?;
-            let dir = dir
-                .canonicalize()
-                .map_err(|e| anyhow::anyhow!("compile cache directory {}: {e}", dir.display()))?;
+            let dir = code_folder(dir)?;
             let mut cache = CacheConfig::new();
             cache.with_directory(&dir);
             let cache = Cache::new(cache)
@@ -441,5 +491,37 @@ mod tests {
         .unwrap();
         compile(&other);
         assert_eq!(other.cache_stats(), Some((0, 1)), "not reused");
+    }
+
+    #[test]
+    fn a_compile_cache_others_could_write_to_is_refused_or_made_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = |path: &Path, mode: u32| {
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap()
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let cache = dir.path().join("cache");
+        std::fs::create_dir(&cache).unwrap();
+        // A folder above the code that others may write to: refused.
+        mode(&cache, 0o777);
+        let refused = PluginEngine::new(Some(&cache)).err().expect("refused");
+        assert!(
+            refused
+                .to_string()
+                .contains("is writable by others (mode 777)"),
+            "{refused}"
+        );
+        // The code's own folder is made writable by the host's user alone.
+        mode(&cache, 0o755);
+        let code = cache.join(CODE_FOLDER);
+        mode(&code, 0o777);
+        assert!(PluginEngine::new(Some(&cache)).is_ok());
+        let now = std::fs::metadata(&code).unwrap().permissions().mode();
+        assert_eq!(now & 0o777, 0o700);
+        // A symlink in its place is not followed.
+        std::fs::remove_dir_all(&code).unwrap();
+        std::os::unix::fs::symlink(dir.path(), &code).unwrap();
+        let refused = PluginEngine::new(Some(&cache)).err().expect("refused");
+        assert!(refused.to_string().contains("not a directory"), "{refused}");
     }
 }

@@ -97,12 +97,19 @@ fn steps(dir: &Path, admin: &str, plant: &str, stamp: u64) -> Result<(), String>
         built.size
     );
 
+    // The vectors run against the bytes deployed next (bundled with them): with a shared compile
+    // cache the host then takes the code compiled here.
     let started = Instant::now();
     let vectors = dir.join("vectors");
+    let bundled = std::fs::read(&built.path)
+        .map_err(|e| format!("{}: {e}", built.path.display()))
+        .and_then(|bytes| conformance::bundle(&bytes, &vectors));
+    let bundled = step("vectors", started, bundled)?;
+    let cache = crate::config::compile_cache_from_env();
     let results = step(
         "vectors",
         started,
-        conformance::run(&built.path, &vectors, false, None),
+        conformance::run_bytes(&built.path, &bundled, &vectors, cache.as_deref()),
     )?;
     let failed: Vec<String> = results
         .iter()
@@ -127,11 +134,7 @@ fn steps(dir: &Path, admin: &str, plant: &str, stamp: u64) -> Result<(), String>
     );
 
     let started = Instant::now();
-    let kept = std::fs::read(&built.path)
-        .map_err(|e| format!("{}: {e}", built.path.display()))
-        .and_then(|bytes| conformance::bundle(&bytes, &vectors))
-        .and_then(|bytes| admin::upload(admin, plant, bytes));
-    let kept = step("deploy", started, kept)?;
+    let kept = step("deploy", started, admin::upload(admin, plant, bundled))?;
     println!(
         "deploy   ok      {}  {} {} kept by the gate ({})",
         took(started),
