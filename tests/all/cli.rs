@@ -547,4 +547,21 @@ fn the_compile_cache_is_the_configured_one_else_the_environments_else_the_data_d
     assert!(kept("from-file") > 0);
     assert!(check(Some("elsewhere")).contains("1 hit(s), 0 miss(es)"));
     assert_eq!(kept("elsewhere"), 0);
+    // A relative path in the variable is taken from the working directory, not the file's.
+    ws.write("millrace.toml", &routes);
+    let cwd = ws.dir.path().join("cwd");
+    std::fs::create_dir(&cwd).unwrap();
+    let out = millrace()
+        .env("MILLRACE_COMPILE_CACHE", "relative")
+        .current_dir(&cwd)
+        .args(["check", "--config", "../millrace.toml"])
+        .output()
+        .unwrap();
+    assert!(
+        stdout(&out).contains("0 hit(s), 1 miss(es)"),
+        "{}{}",
+        stdout(&out),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(kept("cwd/relative") > 0 && kept("relative") == 0);
 }
