@@ -90,12 +90,11 @@ fn plugin_test_runs_one_message_and_exits_one_on_reject() {
     };
     // Without the test run's shared compile cache: a plain test keeps nothing.
     let run = |a: Vec<String>| {
-        millrace()
-            .env_remove("MILLRACE_COMPILE_CACHE")
-            .current_dir(ws.dir.path())
-            .args(&a)
-            .output()
-            .unwrap()
+        run_in_with_cache(
+            ws.dir.path(),
+            None,
+            &a.iter().map(String::as_str).collect::<Vec<_>>(),
+        )
     };
 
     let good = run(args("good.txt"));
@@ -199,14 +198,7 @@ fn check_loads_every_plugin_and_a_restart_reuses_compiled_artifacts() {
             + &mes_settings("r")),
     );
     // In the data directory's own cache, not the test run's shared one.
-    let check = || {
-        millrace()
-            .env_remove("MILLRACE_COMPILE_CACHE")
-            .current_dir(ws.dir.path())
-            .arg("check")
-            .output()
-            .unwrap()
-    };
+    let check = || run_in_with_cache(ws.dir.path(), None, &["check"]);
     let first = check();
     assert!(
         first.status.success(),
@@ -515,14 +507,8 @@ fn the_compile_cache_is_the_configured_one_else_the_environments_else_the_data_d
         + &mes_settings("r");
     let ws = Workspace::new(&routes);
     let check = |env: Option<&str>| {
-        let mut cmd = millrace();
-        cmd.env_remove("MILLRACE_COMPILE_CACHE")
-            .current_dir(ws.dir.path())
-            .arg("check");
-        if let Some(dir) = env {
-            cmd.env("MILLRACE_COMPILE_CACHE", ws.dir.path().join(dir));
-        }
-        let out = cmd.output().unwrap();
+        let cache = env.map(|dir| ws.dir.path().join(dir));
+        let out = run_in_with_cache(ws.dir.path(), cache.as_deref(), &["check"]);
         assert!(
             out.status.success(),
             "{}",
@@ -551,12 +537,11 @@ fn the_compile_cache_is_the_configured_one_else_the_environments_else_the_data_d
     ws.write("millrace.toml", &routes);
     let cwd = ws.dir.path().join("cwd");
     std::fs::create_dir(&cwd).unwrap();
-    let out = millrace()
-        .env("MILLRACE_COMPILE_CACHE", "relative")
-        .current_dir(&cwd)
-        .args(["check", "--config", "../millrace.toml"])
-        .output()
-        .unwrap();
+    let out = run_in_with_cache(
+        &cwd,
+        Some(std::path::Path::new("relative")),
+        &["check", "--config", "../millrace.toml"],
+    );
     assert!(
         stdout(&out).contains("0 hit(s), 1 miss(es)"),
         "{}{}",

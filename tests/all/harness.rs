@@ -82,8 +82,18 @@ pub fn shared_compile_cache() -> &'static Path {
 
 /// Run `millrace ARGS` in `dir` to completion (admin commands carry the test operator's token).
 pub fn run_in(dir: &Path, args: &[&str]) -> Output {
-    millrace()
-        .current_dir(dir)
+    run_in_with_cache(dir, Some(shared_compile_cache()), args)
+}
+
+/// [`run_in`] with `$MILLRACE_COMPILE_CACHE` set to `cache`, or unset (then the configuration's
+/// or data directory's cache; none for `plugin test`) instead of the test run's shared one.
+pub fn run_in_with_cache(dir: &Path, cache: Option<&Path>, args: &[&str]) -> Output {
+    let mut cmd = millrace();
+    cmd.env_remove("MILLRACE_COMPILE_CACHE");
+    if let Some(cache) = cache {
+        cmd.env("MILLRACE_COMPILE_CACHE", cache);
+    }
+    cmd.current_dir(dir)
         .args(args)
         .env("MILLRACE_ADMIN_TOKEN", TEST_ADMIN_TOKEN)
         .output()
